@@ -1,0 +1,1 @@
+//! Parsing of control files: multi-document YAML of Kubernetes objects.

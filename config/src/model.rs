@@ -1,0 +1,209 @@
+//! The service model: what a ClusterIP gateway forwards, independent of
+//! where it came from (a control file or the Kubernetes API).
+//!
+//! Invariants the translation into this model guarantees and the data
+//! plane relies on:
+//! - every [`ServiceTable`] lists services sorted by [`ServiceName`];
+//! - no two services share a VIP;
+//! - within a service, `(port, protocol)` pairs are unique;
+//! - endpoints of a port are sorted and unique by `(ip, port)`.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+/// Layer-4 protocol of a service port. SCTP is rejected at translation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// IANA protocol number as carried in the IPv4 header (RFC 790).
+    pub const fn ip_number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+
+    /// The protocol for an IPv4 protocol number, if cipgw forwards it.
+    pub const fn from_ip_number(number: u8) -> Option<Self> {
+        match number {
+            6 => Some(Protocol::Tcp),
+            17 => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name as used in table listings (`tcp`, `udp`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `namespace/name` of a Kubernetes object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceName {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// `spec.type` of a Service. Every type but ExternalName has its
+/// ClusterIP forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceKind {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    ExternalName,
+}
+
+impl ServiceKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ServiceKind::ClusterIp => "ClusterIP",
+            ServiceKind::NodePort => "NodePort",
+            ServiceKind::LoadBalancer => "LoadBalancer",
+            ServiceKind::ExternalName => "ExternalName",
+        }
+    }
+}
+
+/// The virtual IP of a Service, or why it has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterIp {
+    /// Forwarded: connections to this address are load-balanced.
+    Vip(Ipv4Addr),
+    /// `clusterIP: None`: no VIP, never forwarded; clients reach Pods
+    /// directly.
+    Headless,
+    /// `type: ExternalName`: a DNS alias, nothing for the data plane.
+    ExternalName,
+}
+
+impl ClusterIp {
+    /// The address to forward, if any.
+    pub const fn vip(self) -> Option<Ipv4Addr> {
+        match self {
+            ClusterIp::Vip(ip) => Some(ip),
+            ClusterIp::Headless | ClusterIp::ExternalName => None,
+        }
+    }
+}
+
+/// Conditions of an endpoint, as EndpointSlice `conditions` carry them
+/// (Pods in file mode map Ready to `ready` and `serving`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointState {
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+impl EndpointState {
+    /// A ready, serving, not terminating endpoint.
+    pub const READY: EndpointState = EndpointState {
+        ready: true,
+        serving: true,
+        terminating: false,
+    };
+}
+
+/// One backend of one service port: a Pod address and its target port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub ip: Ipv4Addr,
+    /// The resolved targetPort on this endpoint.
+    pub port: u16,
+    pub state: EndpointState,
+    /// Pod name (from `targetRef` or the Pod object), for listings.
+    pub pod: Option<String>,
+}
+
+/// One `spec.ports[]` entry with its endpoints resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    /// `spec.ports[].name`; empty names are `None`.
+    pub name: Option<String>,
+    /// The port clients connect to on the VIP.
+    pub port: u16,
+    pub protocol: Protocol,
+    /// The targetPort as written (number or container-port name), for
+    /// listings; each endpoint carries the resolved number.
+    pub target_port: TargetPort,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// `spec.ports[].targetPort` as written in the Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+impl fmt::Display for TargetPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetPort::Number(n) => write!(f, "{n}"),
+            TargetPort::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// A Service as the data plane sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: ServiceName,
+    pub kind: ServiceKind,
+    pub cluster_ip: ClusterIp,
+    pub ports: Vec<ServicePort>,
+}
+
+/// Every Service the gateway knows, sorted by name. Immutable once built;
+/// a change builds a new table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceTable {
+    pub services: Vec<Service>,
+}
+
+impl ServiceTable {
+    /// Services that have a VIP to forward.
+    pub fn forwarded(&self) -> impl Iterator<Item = (&Service, Ipv4Addr)> {
+        self.services
+            .iter()
+            .filter_map(|s| s.cluster_ip.vip().map(|vip| (s, vip)))
+    }
+
+    /// Looks a service up by name.
+    pub fn get(&self, name: &ServiceName) -> Option<&Service> {
+        self.services
+            .binary_search_by(|s| s.name.cmp(name))
+            .ok()
+            .map(|i| &self.services[i])
+    }
+}

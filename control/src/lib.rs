@@ -1,0 +1,1 @@
+//! Control plane: sources of desired state and their translation to the model.

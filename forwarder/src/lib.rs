@@ -1,0 +1,12 @@
+//! cipgw's data plane: how packets move.
+//!
+//! A frame arrives on an AF_XDP socket ([`xsk`]) that the XDP program
+//! ([`bpf`]) redirected to because it is for a VIP or from a backend; a
+//! per-core worker ([`worker`]) runs it through the [`pipeline`]: parse
+//! ([`wire`]), conntrack lookup ([`conntrack`]), on a miss a service lookup
+//! in the published [`table`] and a backend choice ([`lb`]), the rewrite with
+//! incremental checksums ([`checksum`]) and L2 addressing from the kernel's
+//! routes and neighbours ([`route`], [`netlink`]). Nothing in this crate
+//! depends on Kubernetes clients or an async runtime.
+
+pub mod route;
