@@ -9,4 +9,17 @@
 //! routes and neighbours ([`route`], [`netlink`]). Nothing in this crate
 //! depends on Kubernetes clients or an async runtime.
 
+pub mod bpf;
+pub mod checksum;
+pub mod conntrack;
+pub mod counters;
+pub mod daemon;
+pub mod lab;
+pub mod lb;
+pub mod netlink;
+pub mod pipeline;
 pub mod route;
+pub mod table;
+pub mod wire;
+pub mod worker;
+pub mod xsk;
