@@ -1,1 +1,171 @@
-//! (in progress)
+//! Internet checksums (RFC 1071) and their incremental update (RFC 1624).
+//!
+//! The rewrite path never recomputes a checksum over a whole packet: it
+//! folds the difference between old and new field values into the stored
+//! checksum, `HC' = ~(~HC + ~m + m')` (RFC 1624, eqn. 3), which is correct
+//! for every input including the one's-complement corner cases that
+//! RFC 1141's form got wrong.
+
+/// Adds 16-bit words to a 32-bit one's-complement accumulator.
+#[inline(always)]
+fn add_words(mut acc: u32, bytes: &[u8]) -> u32 {
+    let mut chunks = bytes.chunks_exact(2);
+    for pair in &mut chunks {
+        acc += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        acc += u32::from(*last) << 8;
+    }
+    acc
+}
+
+/// Folds carries into 16 bits.
+#[inline(always)]
+fn fold(mut acc: u32) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    // The loop leaves at most 16 significant bits.
+    acc as u16
+}
+
+/// The Internet checksum of `data` (RFC 1071).
+pub fn checksum(data: &[u8]) -> u16 {
+    !fold(add_words(0, data))
+}
+
+/// The TCP/UDP checksum over the IPv4 pseudo-header and `segment`
+/// (RFC 9293 section 3.1, RFC 768).
+pub fn l4_checksum(src: [u8; 4], dst: [u8; 4], protocol: u8, segment: &[u8]) -> u16 {
+    let mut acc = add_words(0, &src);
+    acc = add_words(acc, &dst);
+    acc += u32::from(protocol);
+    // Segment lengths come from a 16-bit IPv4 total length.
+    acc += segment.len() as u32;
+    !fold(add_words(acc, segment))
+}
+
+/// A pending checksum difference: old words removed, new words added.
+///
+/// Collect every changed 16-bit word of a packet once, then apply the
+/// same delta to each checksum that covers those words (the IPv4 header
+/// checksum covers the addresses; the TCP/UDP checksum covers addresses
+/// through the pseudo-header and the ports).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delta(u32);
+
+impl Delta {
+    /// Records that a 16-bit word changed from `old` to `new`.
+    #[inline(always)]
+    pub fn word(self, old: u16, new: u16) -> Self {
+        Delta(self.0 + u32::from(!old) + u32::from(new))
+    }
+
+    /// Records that a 32-bit field (an IPv4 address) changed.
+    #[inline(always)]
+    pub fn addr(self, old: [u8; 4], new: [u8; 4]) -> Self {
+        self.word(
+            u16::from_be_bytes([old[0], old[1]]),
+            u16::from_be_bytes([new[0], new[1]]),
+        )
+        .word(
+            u16::from_be_bytes([old[2], old[3]]),
+            u16::from_be_bytes([new[2], new[3]]),
+        )
+    }
+
+    /// Applies the delta to a stored checksum (RFC 1624, eqn. 3).
+    #[inline(always)]
+    pub fn apply(self, checksum: u16) -> u16 {
+        !fold(u32::from(!checksum) + fold(self.0) as u32)
+    }
+
+    /// Applies the delta to a UDP checksum: zero means "no checksum" and
+    /// stays zero, and a computed zero is sent as all ones (RFC 768).
+    #[inline(always)]
+    pub fn apply_udp(self, checksum: u16) -> u16 {
+        if checksum == 0 {
+            return 0;
+        }
+        match self.apply(checksum) {
+            0 => 0xffff,
+            c => c,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn rfc1071_example() {
+        // RFC 1071 section 3: words 0001 f203 f4f5 f6f7 sum to ddf2.
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(checksum(&data), !0xddf2);
+    }
+
+    #[test]
+    fn verifies_to_zero() {
+        let mut header = [
+            0x45, 0x00, 0x00, 0x1c, 0x12, 0x34, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 198, 18, 0, 2,
+            198, 18, 100, 10,
+        ];
+        let c = checksum(&header);
+        header[10..12].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(checksum(&header), 0);
+    }
+
+    #[test]
+    fn udp_zero_stays_zero() {
+        let delta = Delta::default().word(1, 2);
+        assert_eq!(delta.apply_udp(0), 0);
+    }
+
+    proptest! {
+        /// Updating any 16-bit word incrementally gives the same checksum
+        /// as recomputing it over the changed data.
+        #[test]
+        fn incremental_equals_full(
+            mut data in proptest::collection::vec(any::<u8>(), 2..128),
+            changes in proptest::collection::vec((any::<usize>(), any::<u16>()), 1..6),
+        ) {
+            if data.len() % 2 == 1 { data.pop(); }
+            let before = checksum(&data);
+            let mut delta = Delta::default();
+            for (at, new) in changes {
+                let i = (at % (data.len() / 2)) * 2;
+                let old = u16::from_be_bytes([data[i], data[i + 1]]);
+                data[i..i + 2].copy_from_slice(&new.to_be_bytes());
+                delta = delta.word(old, new);
+            }
+            let full = checksum(&data);
+            let incremental = delta.apply(before);
+            // 0x0000 and 0xffff are the two one's-complement zeros; a
+            // verifier accepts either (RFC 1624 section 3).
+            prop_assert!(incremental == full || (incremental ^ full) == 0xffff && (full == 0 || full == 0xffff),
+                "incremental {incremental:#06x} full {full:#06x}");
+        }
+
+        /// Rewriting addresses and ports of a UDP or TCP segment
+        /// incrementally matches recomputing over the pseudo-header.
+        #[test]
+        fn l4_rewrite_matches_recompute(
+            payload in proptest::collection::vec(any::<u8>(), 8..200),
+            src in any::<[u8; 4]>(), dst in any::<[u8; 4]>(), new_dst in any::<[u8; 4]>(),
+            new_port in any::<u16>(), tcp in any::<bool>(),
+        ) {
+            let protocol = if tcp { 6 } else { 17 };
+            let mut segment = payload.clone();
+            let before = l4_checksum(src, dst, protocol, &segment);
+            let old_port = u16::from_be_bytes([segment[2], segment[3]]);
+            segment[2..4].copy_from_slice(&new_port.to_be_bytes());
+            let delta = Delta::default().addr(dst, new_dst).word(old_port, new_port);
+            let full = l4_checksum(src, new_dst, protocol, &segment);
+            let incremental = delta.apply(before);
+            prop_assert!(incremental == full || (incremental ^ full) == 0xffff && (full == 0 || full == 0xffff),
+                "incremental {incremental:#06x} full {full:#06x}");
+        }
+    }
+}

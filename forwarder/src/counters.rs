@@ -1,1 +1,194 @@
-//! (in progress)
+//! Per-worker packet counters.
+//!
+//! Each worker owns one [`WorkerCounters`] and is its only writer, so an
+//! increment is a relaxed load and store (no locked read-modify-write);
+//! readers (the admin endpoint, tests) sum all workers' counters when they
+//! scrape. Each worker's block is cache-line aligned so that two workers
+//! never write the same line.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a frame that reached a worker was not forwarded. Each reason
+/// indexes a counter (like Cilium's `DROP_*` codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DropReason {
+    /// Shorter than an Ethernet header.
+    TruncatedEthernet,
+    /// Carries an 802.1Q/802.1ad tag; cipgw forwards untagged frames only.
+    VlanTagged,
+    /// IPv4 header cut short by the end of the frame, or a total length
+    /// beyond it.
+    TruncatedIpv4,
+    /// Not version 4, IHL below 5, or total length below the header.
+    MalformedIpv4,
+    /// An IPv4 fragment for a VIP or from a backend: fragments carry no
+    /// ports (later ones) and are not reassembled.
+    Fragment,
+    /// TCP or UDP header cut short.
+    TruncatedL4,
+    /// TCP data offset below 5, or UDP length not matching the IP payload.
+    MalformedL4,
+    /// A protocol other than TCP or UDP to a VIP.
+    UnsupportedProtocol,
+    /// The VIP exists but the Service defines no such port/protocol.
+    NoServicePort,
+    /// The Service port has no ready (or serving) endpoint.
+    NoEndpoints,
+    /// From a backend's address and port, but no tracked flow.
+    ReplyWithoutFlow,
+    /// The same client address/port reached the same backend through two
+    /// VIPs at once; replies could not be told apart.
+    ReplyClash,
+    /// TTL would reach zero.
+    TtlExceeded,
+    /// No route to the destination.
+    NoRoute,
+    /// The route leaves through an interface cipgw is not attached to.
+    RouteNotAttached,
+    /// The next hop's MAC did not resolve in time.
+    NeighbourTimeout,
+    /// Too many frames already waiting for neighbour resolution.
+    NeighbourQueueFull,
+    /// Not for cipgw (no VIP, no backend); reaches a worker only when the
+    /// table changed after the XDP program redirected it. AF_XDP cannot
+    /// hand a frame back to the kernel, so it is dropped and counted.
+    NotOurs,
+    /// The egress port has no socket on this worker.
+    NoTxQueue,
+    /// The egress TX ring was full.
+    TxRingFull,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 20] = [
+        DropReason::TruncatedEthernet,
+        DropReason::VlanTagged,
+        DropReason::TruncatedIpv4,
+        DropReason::MalformedIpv4,
+        DropReason::Fragment,
+        DropReason::TruncatedL4,
+        DropReason::MalformedL4,
+        DropReason::UnsupportedProtocol,
+        DropReason::NoServicePort,
+        DropReason::NoEndpoints,
+        DropReason::ReplyWithoutFlow,
+        DropReason::ReplyClash,
+        DropReason::TtlExceeded,
+        DropReason::NoRoute,
+        DropReason::RouteNotAttached,
+        DropReason::NeighbourTimeout,
+        DropReason::NeighbourQueueFull,
+        DropReason::NotOurs,
+        DropReason::NoTxQueue,
+        DropReason::TxRingFull,
+    ];
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// The label used in metrics and listings.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::TruncatedEthernet => "truncated_ethernet",
+            DropReason::VlanTagged => "vlan_tagged",
+            DropReason::TruncatedIpv4 => "truncated_ipv4",
+            DropReason::MalformedIpv4 => "malformed_ipv4",
+            DropReason::Fragment => "fragment",
+            DropReason::TruncatedL4 => "truncated_l4",
+            DropReason::MalformedL4 => "malformed_l4",
+            DropReason::UnsupportedProtocol => "unsupported_protocol",
+            DropReason::NoServicePort => "no_service_port",
+            DropReason::NoEndpoints => "no_endpoints",
+            DropReason::ReplyWithoutFlow => "reply_without_flow",
+            DropReason::ReplyClash => "reply_clash",
+            DropReason::TtlExceeded => "ttl_exceeded",
+            DropReason::NoRoute => "no_route",
+            DropReason::RouteNotAttached => "route_not_attached",
+            DropReason::NeighbourTimeout => "neighbour_timeout",
+            DropReason::NeighbourQueueFull => "neighbour_queue_full",
+            DropReason::NotOurs => "not_ours",
+            DropReason::NoTxQueue => "no_tx_queue",
+            DropReason::TxRingFull => "tx_ring_full",
+        }
+    }
+}
+
+/// A counter with one writer.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Only the owning worker calls this.
+    #[inline(always)]
+    pub fn add(&self, n: u64) {
+        // Relaxed: a statistic with a single writer; readers need no
+        // ordering with other memory, only an untorn value.
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    #[inline(always)]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    pub fn get(&self) -> u64 {
+        // Relaxed: see `add`.
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything one worker counts.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct WorkerCounters {
+    pub rx_packets: Counter,
+    pub rx_bytes: Counter,
+    pub tx_packets: Counter,
+    pub tx_bytes: Counter,
+    /// Packets of tracked flows, client to backend.
+    pub forwarded: Counter,
+    /// Packets of tracked flows, backend to client.
+    pub replies: Counter,
+    /// Connections given a backend.
+    pub new_flows: Counter,
+    /// Frames that waited for a neighbour and then went out.
+    pub neighbour_resolved: Counter,
+    /// Frames that were not ours (would have been XDP_PASS).
+    pub passed: Counter,
+    pub drops: [Counter; DropReason::COUNT],
+}
+
+impl WorkerCounters {
+    #[inline(always)]
+    pub fn count_drop(&self, reason: DropReason) {
+        self.drops[reason as usize].inc();
+    }
+
+    pub fn drops_of(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].get()
+    }
+
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().map(Counter::get).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_index_their_own_counter() {
+        for (i, reason) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{reason:?} out of order in ALL");
+        }
+        let c = WorkerCounters::default();
+        c.count_drop(DropReason::NoEndpoints);
+        c.count_drop(DropReason::NoEndpoints);
+        assert_eq!(c.drops_of(DropReason::NoEndpoints), 2);
+        assert_eq!(c.total_drops(), 2);
+        assert_eq!(std::mem::align_of::<WorkerCounters>(), 64);
+    }
+}

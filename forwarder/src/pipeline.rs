@@ -1,1 +1,325 @@
-//! (in progress)
+//! The per-packet work: classify, track, rewrite, address.
+//!
+//! [`Pipeline::process`] takes one Ethernet frame in place and returns a
+//! [`Verdict`]; it never allocates, never blocks beyond a conntrack shard
+//! lock, never logs, and never panics whatever the bytes are (every header
+//! goes through a checked view first). The same code runs in the AF_XDP
+//! workers and in the in-memory tests and benches, which is what lets the
+//! table-driven tests stand for the real data path.
+//!
+//! Policy for traffic cipgw does not forward:
+//! - fragments to a VIP or from a backend are dropped and counted
+//!   (`fragment`): later fragments carry no ports, and cipgw does not
+//!   reassemble;
+//! - 802.1Q-tagged frames are dropped and counted (`vlan_tagged`);
+//! - a TTL that would reach zero is dropped and counted (`ttl_exceeded`):
+//!   cipgw is a routing hop and decrements TTL like one.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use cipgw_config::Protocol;
+
+use crate::checksum::Delta;
+use crate::conntrack::{Conntrack, Direction, FlowHit, FlowKey, InsertError};
+use crate::counters::{DropReason, WorkerCounters};
+use crate::lb::Rng;
+use crate::route::{MacAddr, NetSnapshot, PortId, RouteError};
+use crate::table::{CompiledTable, Miss, ServiceKey};
+use crate::wire::ethernet::{self, ethertype, EthernetFrame};
+use crate::wire::ipv4::Ipv4Packet;
+use crate::wire::tcp::TcpSegment;
+use crate::wire::udp::UdpDatagram;
+use crate::wire::WireError;
+
+/// What happens to a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Rewritten and addressed: send it out of `port`.
+    Forward { port: PortId },
+    /// Not cipgw's: the kernel's business (what XDP_PASS does).
+    Pass,
+    /// Rewritten, but the next hop's MAC is not known yet: hold the frame
+    /// and finish it with [`set_l2`] once the neighbour resolves.
+    AwaitNeighbour { port: PortId, next_hop: Ipv4Addr },
+    /// Dropped, for the reason given.
+    Drop(DropReason),
+}
+
+/// Everything a batch of packets is processed against, loaded once per
+/// batch.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchContext<'a> {
+    pub table: &'a CompiledTable,
+    pub net: &'a NetSnapshot,
+    /// Coarse clock, seconds.
+    pub now: u32,
+}
+
+/// One worker's packet pipeline.
+#[derive(Debug)]
+pub struct Pipeline {
+    conntrack: Arc<Conntrack>,
+    counters: Arc<WorkerCounters>,
+    rng: Rng,
+}
+
+/// Where the IPv4 header starts in an untagged frame.
+const L3_OFFSET: usize = ethernet::HEADER_LEN;
+
+/// The parsed 5-tuple and the offsets the rewrite needs.
+struct Parsed {
+    key: FlowKey,
+    /// Offset of the L4 header in the frame.
+    l4_offset: usize,
+    /// End of the IP packet in the frame (padding excluded).
+    l3_end: usize,
+    ttl: u8,
+}
+
+impl Pipeline {
+    pub fn new(conntrack: Arc<Conntrack>, counters: Arc<WorkerCounters>, rng: Rng) -> Self {
+        Self {
+            conntrack,
+            counters,
+            rng,
+        }
+    }
+
+    pub fn counters(&self) -> &Arc<WorkerCounters> {
+        &self.counters
+    }
+
+    /// Processes one frame in place and counts the outcome.
+    #[inline]
+    pub fn process(&mut self, frame: &mut [u8], ctx: &BatchContext<'_>) -> Verdict {
+        let verdict = self.classify_and_rewrite(frame, ctx);
+        match verdict {
+            Verdict::Drop(reason) => self.counters.count_drop(reason),
+            Verdict::Pass => self.counters.passed.inc(),
+            Verdict::Forward { .. } | Verdict::AwaitNeighbour { .. } => {}
+        }
+        verdict
+    }
+
+    #[inline]
+    fn classify_and_rewrite(&mut self, frame: &mut [u8], ctx: &BatchContext<'_>) -> Verdict {
+        let parsed = match parse(frame, ctx.table) {
+            Ok(p) => p,
+            Err(v) => return v,
+        };
+        let key = parsed.key;
+
+        let hit = match self.conntrack.lookup(&key, ctx.now) {
+            Some(hit) => hit,
+            // A packet that cannot be forwarded creates no state.
+            None if parsed.ttl <= 1 && ctx.table.is_vip(key.dst) => {
+                return Verdict::Drop(DropReason::TtlExceeded)
+            }
+            None => match self.new_flow(&key, ctx) {
+                Ok(hit) => hit,
+                Err(v) => return v,
+            },
+        };
+        if parsed.ttl <= 1 {
+            return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        match hit.direction {
+            Direction::Forward => self.counters.forwarded.inc(),
+            Direction::Reply => self.counters.replies.inc(),
+        }
+        rewrite(frame, &parsed, &hit);
+
+        let dst = match hit.direction {
+            Direction::Forward => hit.nat_ip,
+            Direction::Reply => key.dst,
+        };
+        let next_hop = match ctx.net.next_hop(dst) {
+            Ok(nh) => nh,
+            Err(RouteError::NoRoute) => return Verdict::Drop(DropReason::NoRoute),
+            Err(RouteError::NotAttached) => return Verdict::Drop(DropReason::RouteNotAttached),
+        };
+        let Some(port) = ctx.net.port(next_hop.port) else {
+            return Verdict::Drop(DropReason::RouteNotAttached);
+        };
+        match ctx.net.neighbour(next_hop.port, next_hop.ip) {
+            Some(mac) => {
+                set_l2(frame, port.mac, mac);
+                Verdict::Forward {
+                    port: next_hop.port,
+                }
+            }
+            None => Verdict::AwaitNeighbour {
+                port: next_hop.port,
+                next_hop: next_hop.ip,
+            },
+        }
+    }
+
+    /// A packet no flow knows: a new connection to a VIP, or not ours.
+    #[cold]
+    fn new_flow(&mut self, key: &FlowKey, ctx: &BatchContext<'_>) -> Result<FlowHit, Verdict> {
+        let service = ServiceKey {
+            vip: key.dst,
+            port: key.dst_port,
+            protocol: key.protocol,
+        };
+        let backends = match ctx.table.lookup(&service) {
+            Ok(backends) => backends,
+            Err(Miss::NoPort) => return Err(Verdict::Drop(DropReason::NoServicePort)),
+            Err(Miss::NoEndpoints) => return Err(Verdict::Drop(DropReason::NoEndpoints)),
+            Err(Miss::NotVip) => {
+                return Err(
+                    if ctx.table.is_backend(key.src, key.src_port, key.protocol) {
+                        Verdict::Drop(DropReason::ReplyWithoutFlow)
+                    } else {
+                        Verdict::Pass
+                    },
+                )
+            }
+        };
+        // A reply-key clash is retried on another backend a few times
+        // before the connection is given up.
+        let first = self.rng.below(backends.len());
+        for attempt in 0..backends.len().min(4) {
+            let backend = backends[(first + attempt) % backends.len()];
+            match self
+                .conntrack
+                .insert(*key, (backend.ip, backend.port), ctx.now)
+            {
+                Ok(hit) => {
+                    self.counters.new_flows.inc();
+                    return Ok(hit);
+                }
+                Err(InsertError::ReplyClash) => continue,
+            }
+        }
+        Err(Verdict::Drop(DropReason::ReplyClash))
+    }
+}
+
+/// Parses the headers of a frame the XDP program redirected.
+#[inline]
+fn parse(frame: &[u8], table: &CompiledTable) -> Result<Parsed, Verdict> {
+    let eth = EthernetFrame::new_checked(frame)
+        .map_err(|_| Verdict::Drop(DropReason::TruncatedEthernet))?;
+    match eth.ethertype() {
+        ethertype::IPV4 => {}
+        ethertype::VLAN | ethertype::QINQ => return Err(Verdict::Drop(DropReason::VlanTagged)),
+        _ => return Err(Verdict::Pass),
+    }
+    let ip = Ipv4Packet::new_checked(&frame[L3_OFFSET..]).map_err(|e| {
+        Verdict::Drop(match e {
+            WireError::Truncated => DropReason::TruncatedIpv4,
+            WireError::Malformed => DropReason::MalformedIpv4,
+        })
+    })?;
+    let (src, dst) = (ip.source(), ip.destination());
+    let Some(protocol) = Protocol::from_ip_number(ip.protocol()) else {
+        return Err(if table.is_vip(dst) {
+            Verdict::Drop(DropReason::UnsupportedProtocol)
+        } else {
+            Verdict::Pass
+        });
+    };
+    if ip.is_fragment() {
+        // The XDP program redirects fragments to a VIP, and first
+        // fragments from a backend port; neither is forwarded.
+        return Err(Verdict::Drop(DropReason::Fragment));
+    }
+    let l4 = ip.payload();
+    let l4_err = |e| {
+        Verdict::Drop(match e {
+            WireError::Truncated => DropReason::TruncatedL4,
+            WireError::Malformed => DropReason::MalformedL4,
+        })
+    };
+    let (src_port, dst_port) = match protocol {
+        Protocol::Tcp => {
+            let tcp = TcpSegment::new_checked(l4).map_err(l4_err)?;
+            (tcp.src_port(), tcp.dst_port())
+        }
+        Protocol::Udp => {
+            let udp = UdpDatagram::new_checked(l4).map_err(l4_err)?;
+            (udp.src_port(), udp.dst_port())
+        }
+    };
+    Ok(Parsed {
+        key: FlowKey {
+            src,
+            dst,
+            src_port,
+            dst_port,
+            protocol,
+        },
+        l4_offset: L3_OFFSET + ip.header_len(),
+        l3_end: L3_OFFSET + ip.total_len(),
+        ttl: ip.ttl(),
+    })
+}
+
+/// Rewrites addresses, ports, TTL and checksums in place (RFC 1624).
+#[inline]
+fn rewrite(frame: &mut [u8], parsed: &Parsed, hit: &FlowHit) {
+    let key = &parsed.key;
+    let (old_addr, old_port) = match hit.direction {
+        Direction::Forward => (key.dst, key.dst_port),
+        Direction::Reply => (key.src, key.src_port),
+    };
+    let addr_delta = Delta::default().addr(old_addr.octets(), hit.nat_ip.octets());
+    // TTL shares a 16-bit word with the protocol number.
+    let proto = key.protocol.ip_number();
+    let ttl = parsed.ttl;
+    let ip_delta = addr_delta.word(
+        u16::from_be_bytes([ttl, proto]),
+        u16::from_be_bytes([ttl - 1, proto]),
+    );
+    // The L4 checksum covers the addresses through the pseudo-header.
+    let l4_delta = addr_delta.word(old_port, hit.nat_port);
+
+    // The views are rebuilt over bytes `parse` already validated, so they
+    // cannot fail; if they did, the rewrite would be skipped, never read
+    // out of bounds.
+    if let Ok(mut ip) = Ipv4Packet::new_checked(&mut frame[L3_OFFSET..parsed.l3_end]) {
+        match hit.direction {
+            Direction::Forward => ip.set_destination(hit.nat_ip),
+            Direction::Reply => ip.set_source(hit.nat_ip),
+        }
+        ip.set_ttl(ttl - 1);
+        ip.set_checksum(ip_delta.apply(ip.checksum()));
+    }
+    let l4 = &mut frame[parsed.l4_offset..parsed.l3_end];
+    match key.protocol {
+        Protocol::Tcp => {
+            if let Ok(mut tcp) = TcpSegment::new_checked(l4) {
+                match hit.direction {
+                    Direction::Forward => tcp.set_dst_port(hit.nat_port),
+                    Direction::Reply => tcp.set_src_port(hit.nat_port),
+                }
+                tcp.set_checksum(l4_delta.apply(tcp.checksum()));
+            }
+        }
+        Protocol::Udp => {
+            if let Ok(mut udp) = UdpDatagram::new_checked(l4) {
+                match hit.direction {
+                    Direction::Forward => udp.set_dst_port(hit.nat_port),
+                    Direction::Reply => udp.set_src_port(hit.nat_port),
+                }
+                udp.set_checksum(l4_delta.apply_udp(udp.checksum()));
+            }
+        }
+    }
+}
+
+/// Writes the Ethernet addresses for the next hop.
+#[inline]
+pub fn set_l2(frame: &mut [u8], src: MacAddr, dst: MacAddr) {
+    if let Ok(mut eth) = EthernetFrame::new_checked(frame) {
+        eth.set_source(src);
+        eth.set_destination(dst);
+    }
+}
+
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;

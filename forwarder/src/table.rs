@@ -1,1 +1,331 @@
-//! (in progress)
+//! The compiled service table the workers look new flows up in.
+//!
+//! The control thread compiles a [`CompiledTable`] from the service model
+//! and publishes it through [`TableHandle`]; workers load the current one
+//! once per batch and never see it change under them. Everything a worker
+//! needs for a new flow is precomputed here: the hash map from
+//! VIP:port/protocol to the endpoints that may take new connections.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use ahash::RandomState;
+use arc_swap::ArcSwap;
+use cipgw_config::{Endpoint, Protocol, ServiceTable};
+
+/// VIP, service port and protocol: what a new connection is looked up by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceKey {
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl Hash for ServiceKey {
+    // One word: the lookup is on the new-flow path.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(
+            (u64::from(u32::from(self.vip)) << 24)
+                | (u64::from(self.port) << 8)
+                | u64::from(self.protocol.ip_number()),
+        );
+    }
+}
+
+/// A backend as the data plane writes it into packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Backend {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+}
+
+/// What new connections to one VIP:port/protocol may go to.
+#[derive(Debug, Clone)]
+pub struct PortEntry {
+    /// Index of the Service in the model's `services`.
+    pub service: usize,
+    /// Endpoints new flows are spread over: the ready ones, or when none
+    /// is ready the serving terminating ones (Kubernetes >= 1.28).
+    pub backends: Box<[Backend]>,
+}
+
+/// Why a VIP packet found no backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// The address is no VIP.
+    NotVip,
+    /// The VIP's Service defines no such port/protocol.
+    NoPort,
+    /// The port has no usable endpoint.
+    NoEndpoints,
+}
+
+/// An immutable, compiled service table.
+#[derive(Debug)]
+pub struct CompiledTable {
+    generation: u64,
+    model: Arc<ServiceTable>,
+    ports: HashMap<ServiceKey, PortEntry, RandomState>,
+    vips: HashSet<Ipv4Addr, RandomState>,
+    /// Every endpoint address/port/protocol of a forwarded Service: the
+    /// sources whose packets are replies.
+    backends: HashSet<(Ipv4Addr, u16, Protocol), RandomState>,
+}
+
+/// The endpoints of a port that may take new connections.
+fn usable(endpoints: &[Endpoint]) -> Box<[Backend]> {
+    let pick = |want_ready: bool| {
+        endpoints
+            .iter()
+            .filter(|e| {
+                if want_ready {
+                    e.state.ready
+                } else {
+                    e.state.serving && e.state.terminating
+                }
+            })
+            .map(|e| Backend {
+                ip: e.ip,
+                port: e.port,
+            })
+            .collect::<Box<[Backend]>>()
+    };
+    let ready = pick(true);
+    if ready.is_empty() {
+        pick(false)
+    } else {
+        ready
+    }
+}
+
+impl CompiledTable {
+    /// Compiles the model. Runs on the control thread, never a worker.
+    pub fn compile(model: Arc<ServiceTable>, generation: u64) -> Self {
+        let mut ports = HashMap::with_hasher(RandomState::new());
+        let mut vips = HashSet::with_hasher(RandomState::new());
+        let mut backends = HashSet::with_hasher(RandomState::new());
+        for (index, service) in model.services.iter().enumerate() {
+            let Some(vip) = service.cluster_ip.vip() else {
+                continue;
+            };
+            vips.insert(vip);
+            for port in &service.ports {
+                for e in &port.endpoints {
+                    backends.insert((e.ip, e.port, port.protocol));
+                }
+                ports.insert(
+                    ServiceKey {
+                        vip,
+                        port: port.port,
+                        protocol: port.protocol,
+                    },
+                    PortEntry {
+                        service: index,
+                        backends: usable(&port.endpoints),
+                    },
+                );
+            }
+        }
+        Self {
+            generation,
+            model,
+            ports,
+            vips,
+            backends,
+        }
+    }
+
+    /// An empty table (nothing forwarded).
+    pub fn empty() -> Self {
+        Self::compile(Arc::new(ServiceTable::default()), 0)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn model(&self) -> &Arc<ServiceTable> {
+        &self.model
+    }
+
+    /// The backends a new connection to `key` may go to.
+    #[inline]
+    pub fn lookup(&self, key: &ServiceKey) -> Result<&[Backend], Miss> {
+        match self.ports.get(key) {
+            Some(entry) if entry.backends.is_empty() => Err(Miss::NoEndpoints),
+            Some(entry) => Ok(&entry.backends),
+            None if self.vips.contains(&key.vip) => Err(Miss::NoPort),
+            None => Err(Miss::NotVip),
+        }
+    }
+
+    #[inline]
+    pub fn is_vip(&self, ip: Ipv4Addr) -> bool {
+        self.vips.contains(&ip)
+    }
+
+    /// True when packets from this address/port/protocol are replies.
+    #[inline]
+    pub fn is_backend(&self, ip: Ipv4Addr, port: u16, protocol: Protocol) -> bool {
+        self.backends.contains(&(ip, port, protocol))
+    }
+
+    /// VIPs the XDP program must redirect.
+    pub fn vips(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.vips.iter().copied()
+    }
+
+    /// Endpoint sources the XDP program must redirect (replies).
+    pub fn backends(&self) -> impl Iterator<Item = (Ipv4Addr, u16, Protocol)> + '_ {
+        self.backends.iter().copied()
+    }
+
+    /// Number of VIP:port/protocol entries.
+    pub fn len(&self) -> usize {
+        self.ports.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ports.is_empty()
+    }
+}
+
+/// Where the current table is published. Cloning shares the same slot.
+#[derive(Debug, Clone)]
+pub struct TableHandle {
+    current: Arc<ArcSwap<CompiledTable>>,
+}
+
+impl TableHandle {
+    pub fn new(table: CompiledTable) -> Self {
+        Self {
+            current: Arc::new(ArcSwap::from_pointee(table)),
+        }
+    }
+
+    /// Replaces the table; workers see it from their next batch on.
+    pub fn publish(&self, table: CompiledTable) {
+        self.current.store(Arc::new(table));
+    }
+
+    /// The current table (an `Arc` clone; for the control thread and
+    /// admin views).
+    pub fn current(&self) -> Arc<CompiledTable> {
+        self.current.load_full()
+    }
+
+    /// A per-worker cache that reloads only when a new table was
+    /// published: one atomic load per batch in the common case.
+    pub fn cache(&self) -> arc_swap::Cache<Arc<ArcSwap<CompiledTable>>, Arc<CompiledTable>> {
+        arc_swap::Cache::new(Arc::clone(&self.current))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cipgw_config::{
+        ClusterIp, EndpointState, Service, ServiceKind, ServiceName, ServicePort, TargetPort,
+    };
+
+    fn endpoint(last: u8, state: EndpointState) -> Endpoint {
+        Endpoint {
+            ip: Ipv4Addr::new(198, 18, 2, last),
+            port: 5678,
+            state,
+            pod: None,
+        }
+    }
+
+    fn model(endpoints: Vec<Endpoint>) -> Arc<ServiceTable> {
+        Arc::new(ServiceTable {
+            services: vec![
+                Service {
+                    name: ServiceName::new("default", "echo"),
+                    kind: ServiceKind::ClusterIp,
+                    cluster_ip: ClusterIp::Vip(Ipv4Addr::new(198, 18, 100, 10)),
+                    ports: vec![ServicePort {
+                        name: None,
+                        port: 8080,
+                        protocol: Protocol::Tcp,
+                        target_port: TargetPort::Number(5678),
+                        endpoints,
+                    }],
+                },
+                Service {
+                    name: ServiceName::new("default", "headless"),
+                    kind: ServiceKind::ClusterIp,
+                    cluster_ip: ClusterIp::Headless,
+                    ports: vec![],
+                },
+            ],
+        })
+    }
+
+    fn key(port: u16) -> ServiceKey {
+        ServiceKey {
+            vip: Ipv4Addr::new(198, 18, 100, 10),
+            port,
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    #[test]
+    fn ready_endpoints_take_new_flows() {
+        let terminating = EndpointState {
+            ready: false,
+            serving: true,
+            terminating: true,
+        };
+        let t = CompiledTable::compile(
+            model(vec![
+                endpoint(11, EndpointState::READY),
+                endpoint(12, terminating),
+            ]),
+            1,
+        );
+        assert_eq!(
+            t.lookup(&key(8080)),
+            Ok(&[Backend {
+                ip: Ipv4Addr::new(198, 18, 2, 11),
+                port: 5678
+            }][..])
+        );
+        assert_eq!(t.lookup(&key(8081)), Err(Miss::NoPort));
+        assert!(t.is_backend(Ipv4Addr::new(198, 18, 2, 12), 5678, Protocol::Tcp));
+        assert!(!t.is_backend(Ipv4Addr::new(198, 18, 2, 12), 5678, Protocol::Udp));
+        assert_eq!(t.vips().count(), 1, "headless services get no VIP");
+    }
+
+    #[test]
+    fn serving_terminating_endpoints_are_the_fallback() {
+        let terminating = EndpointState {
+            ready: false,
+            serving: true,
+            terminating: true,
+        };
+        let gone = EndpointState {
+            ready: false,
+            serving: false,
+            terminating: true,
+        };
+        let t = CompiledTable::compile(
+            model(vec![endpoint(12, terminating), endpoint(13, gone)]),
+            1,
+        );
+        assert_eq!(t.lookup(&key(8080)).map(<[_]>::len), Ok(1));
+        let t = CompiledTable::compile(model(vec![endpoint(13, gone)]), 1);
+        assert_eq!(t.lookup(&key(8080)), Err(Miss::NoEndpoints));
+    }
+
+    #[test]
+    fn publication_reaches_cached_readers() {
+        let handle = TableHandle::new(CompiledTable::empty());
+        let mut cache = handle.cache();
+        assert_eq!(cache.load().generation(), 0);
+        handle.publish(CompiledTable::compile(model(vec![]), 7));
+        assert_eq!(cache.load().generation(), 7);
+    }
+}

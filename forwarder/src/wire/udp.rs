@@ -1,0 +1,100 @@
+//! UDP headers (RFC 768).
+
+use super::{read_u16, write_u16, WireError};
+
+mod field {
+    pub const SRC_PORT: usize = 0;
+    pub const DST_PORT: usize = 2;
+    pub const LENGTH: usize = 4;
+    pub const CHECKSUM: usize = 6;
+}
+
+pub const HEADER_LEN: usize = 8;
+
+/// A view of a UDP datagram.
+#[derive(Debug)]
+pub struct UdpDatagram<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> UdpDatagram<T> {
+    /// Checks the header and that the length field covers the header and
+    /// equals the bytes given (the IP payload). No accessor panics after.
+    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
+        let bytes = buffer.as_ref();
+        if bytes.len() < HEADER_LEN {
+            return Err(WireError::Truncated);
+        }
+        let length = usize::from(read_u16(bytes, field::LENGTH));
+        if length < HEADER_LEN || length != bytes.len() {
+            return Err(WireError::Malformed);
+        }
+        Ok(Self { buffer })
+    }
+
+    pub fn src_port(&self) -> u16 {
+        read_u16(self.buffer.as_ref(), field::SRC_PORT)
+    }
+
+    pub fn dst_port(&self) -> u16 {
+        read_u16(self.buffer.as_ref(), field::DST_PORT)
+    }
+
+    pub fn length(&self) -> u16 {
+        read_u16(self.buffer.as_ref(), field::LENGTH)
+    }
+
+    /// The checksum; zero means the sender computed none (RFC 768).
+    pub fn checksum(&self) -> u16 {
+        read_u16(self.buffer.as_ref(), field::CHECKSUM)
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpDatagram<T> {
+    pub fn set_src_port(&mut self, port: u16) {
+        write_u16(self.buffer.as_mut(), field::SRC_PORT, port);
+    }
+
+    pub fn set_dst_port(&mut self, port: u16) {
+        write_u16(self.buffer.as_mut(), field::DST_PORT, port);
+    }
+
+    pub fn set_checksum(&mut self, checksum: u16) {
+        write_u16(self.buffer.as_mut(), field::CHECKSUM, checksum);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static DATAGRAM: [u8; 12] = [
+        0x30, 0x39, 0x1f, 0x90, 0x00, 0x0c, 0x12, 0x34, b'p', b'i', b'n', b'g',
+    ];
+
+    #[test]
+    fn reads_fields() {
+        let d = UdpDatagram::new_checked(&DATAGRAM[..]).expect("valid datagram");
+        assert_eq!((d.src_port(), d.dst_port()), (12345, 8080));
+        assert_eq!(d.length(), 12);
+        assert_eq!(d.checksum(), 0x1234);
+    }
+
+    #[test]
+    fn rejects_length_mismatch() {
+        assert_eq!(
+            UdpDatagram::new_checked(&DATAGRAM[..7]).err(),
+            Some(WireError::Truncated)
+        );
+        assert_eq!(
+            UdpDatagram::new_checked(&DATAGRAM[..11]).err(),
+            Some(WireError::Malformed)
+        );
+        let mut short = DATAGRAM;
+        short[5] = 7;
+        assert_eq!(
+            UdpDatagram::new_checked(&short[..]).err(),
+            Some(WireError::Malformed)
+        );
+    }
+}
