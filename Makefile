@@ -1,0 +1,34 @@
+# cipgw: the commands a user and CI need. `make demo` and `make test` are all
+# a fresh Debian machine with the Rust toolchain needs (as root: the demo and
+# the namespace tests create network namespaces; setup installs packages).
+
+CARGO ?= cargo
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+
+.PHONY: all setup build demo test lint bench
+
+all: build
+
+# Installs the missing system packages (idempotent).
+setup:
+	bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release -p cipgw
+
+# Self-contained: namespaces, echo Pods, the gateway, requests to the VIP.
+demo: setup
+	$(CARGO) build --release -p cipgw
+	$(TARGET_DIR)/release/cipgw demo
+
+# The binary first: end-to-end tests run it (CARGO_BIN_EXE_cipgw).
+test: setup
+	$(CARGO) build -p cipgw --bins
+	$(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: setup
+	$(CARGO) bench -p cipgw
