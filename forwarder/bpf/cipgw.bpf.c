@@ -1,0 +1,143 @@
+// SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only
+/*
+ * cipgw's XDP program: decides, per received frame, whether it belongs to
+ * the gateway's AF_XDP data plane or to the kernel.
+ *
+ * A frame goes to the AF_XDP socket of its (interface, RX queue) when it is
+ * IPv4 and either
+ *   - addressed to a service VIP (cipgw_vips; address only, so TCP, UDP
+ *     and ICMP alike), or
+ *   - a TCP/UDP reply from a known backend endpoint: (source address,
+ *     source port, protocol) in cipgw_backends. Only unfragmented packets
+ *     and first fragments carry ports; later fragments go to the kernel.
+ * Everything else (ARP, IPv6, SSH, traffic to the gateway itself) is
+ * XDP_PASS, and so is a matching frame whose queue has no socket bound:
+ * bpf_redirect_map's fallback action is XDP_PASS.
+ *
+ * Socket slots: cipgw_ports maps the ingress ifindex to the port's base
+ * slot; the slot in cipgw_xsks is base + RX queue index. Userspace
+ * (forwarder/src/bpf.rs) owns the layout; map names are its interface.
+ *
+ * The control plane writes the maps, this program only reads them.
+ */
+#include "cipgw_bpf.h"
+
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+
+/* RFC 791: fragment offset is the low 13 bits of frag_off. */
+#define IP_OFFSET_MASK 0x1FFF
+
+/* IEEE 802.1Q tag: TCI then the encapsulated EtherType. */
+struct vlan_tag {
+	__be16 tci;
+	__be16 encap_proto;
+};
+
+/* Key of cipgw_backends; 8 bytes, no implicit padding. */
+struct backend_key {
+	__be32 addr;
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32); /* IPv4 address, network byte order */
+	__type(value, __u8);
+} cipgw_vips SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct backend_key);
+	__type(value, __u8);
+} cipgw_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);   /* ifindex */
+	__type(value, __u32); /* base slot in cipgw_xsks */
+} cipgw_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u32);
+} cipgw_xsks SEC(".maps");
+
+static __always_inline int to_socket(struct xdp_md *ctx)
+{
+	__u32 ifindex = ctx->ingress_ifindex;
+	__u32 *base = bpf_map_lookup_elem(&cipgw_ports, &ifindex);
+
+	if (!base)
+		return XDP_PASS;
+	return (int)bpf_redirect_map(&cipgw_xsks, *base + ctx->rx_queue_index,
+				     XDP_PASS);
+}
+
+SEC("xdp")
+int cipgw_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip;
+	struct backend_key key;
+	__be16 *ports;
+	__be16 proto;
+	__u32 daddr;
+
+	if ((void *)(eth + 1) > data_end)
+		return XDP_PASS;
+	proto = eth->h_proto;
+	ip = (void *)(eth + 1);
+
+	/* At most one VLAN tag (802.1Q or 802.1ad outer). */
+	if (proto == cipgw_htons(ETH_P_8021Q) ||
+	    proto == cipgw_htons(ETH_P_8021AD)) {
+		struct vlan_tag *tag = (void *)(eth + 1);
+
+		if ((void *)(tag + 1) > data_end)
+			return XDP_PASS;
+		proto = tag->encap_proto;
+		ip = (void *)(tag + 1);
+	}
+	if (proto != cipgw_htons(ETH_P_IP))
+		return XDP_PASS;
+	if ((void *)(ip + 1) > data_end)
+		return XDP_PASS;
+	if (ip->version != 4 || ip->ihl < 5)
+		return XDP_PASS;
+
+	daddr = ip->daddr;
+	if (bpf_map_lookup_elem(&cipgw_vips, &daddr))
+		return to_socket(ctx);
+
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return XDP_PASS;
+	if (ip->frag_off & cipgw_htons(IP_OFFSET_MASK))
+		return XDP_PASS;
+
+	/* ihl is 4 bits: the L4 header starts 20..60 bytes into the IP one. */
+	ports = (void *)ip + ((__u32)ip->ihl * 4);
+	if ((void *)(ports + 2) > data_end)
+		return XDP_PASS;
+
+	key.addr = ip->saddr;
+	key.port = ports[0]; /* source port: first field of TCP and UDP */
+	key.proto = ip->protocol;
+	key.pad = 0;
+	if (bpf_map_lookup_elem(&cipgw_backends, &key))
+		return to_socket(ctx);
+
+	return XDP_PASS;
+}
+
+char _license[] SEC("license") = "GPL";
