@@ -1,1 +1,561 @@
-//! (in progress)
+//! AF_XDP sockets for one worker: one UMEM, one socket per
+//! (port, interface, RX queue) the worker serves, all sharing the UMEM.
+//!
+//! Sharing one UMEM across a worker's sockets is what lets a frame received
+//! on one interface be transmitted on another without a copy. Each
+//! (interface, queue) pair gets its own fill and completion rings
+//! (XDP_SHARED_UMEM; libxdp sets that up). The frames of the UMEM are owned
+//! by exactly one place at a time: [`WorkerIo::free_frames`], a fill ring,
+//! an RX ring, a TX ring or a completion ring. The ring loop that moves them
+//! lives in the worker; this module only sets things up and offers thin
+//! helpers for the awkward calls.
+//!
+//! Sockets are created with `XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD`: cipgw loads
+//! its own XDP program ([`crate::bpf`]) and registers each socket's fd in its
+//! XSKMAP. Zero-copy is tried first in `Auto` mode (veth has none: bind fails
+//! with EOPNOTSUPP, and everything is rebuilt in copy mode).
+
+use std::collections::HashSet;
+use std::ffi::{c_char, CString};
+use std::fmt;
+use std::fs;
+use std::io;
+use std::num::NonZeroU32;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use xsk_rs::config::{
+    BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig, XdpFlags,
+};
+pub use xsk_rs::socket::XdpStatistics;
+pub use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
+
+use crate::route::{MacAddr, PortId};
+
+/// Whether to bind sockets in zero-copy mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ZeroCopy {
+    /// Zero-copy where the driver has it, else copy mode.
+    #[default]
+    Auto,
+    /// Zero-copy or fail.
+    Required,
+    /// Copy mode only.
+    Off,
+}
+
+/// Sizes and modes of a worker's UMEM and sockets. Ring sizes must be
+/// powers of two; the frame size a power of two of at least 2048.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XskConfig {
+    /// Bytes per UMEM frame (one packet per frame; no multi-buffer).
+    pub frame_size: u32,
+    /// Frames in the worker's UMEM, shared by all its sockets.
+    pub frame_count: u32,
+    /// Descriptors per RX ring.
+    pub rx_size: u32,
+    /// Descriptors per TX ring.
+    pub tx_size: u32,
+    /// Descriptors per fill ring.
+    pub fill_size: u32,
+    /// Descriptors per completion ring.
+    pub comp_size: u32,
+    /// Headroom reserved for the application at the start of each frame,
+    /// ahead of the kernel's XDP headroom.
+    pub frame_headroom: u32,
+    pub zero_copy: ZeroCopy,
+    /// Bind with XDP_USE_NEED_WAKEUP (the kernel tells when a kick is
+    /// needed, instead of the worker always making the syscall).
+    pub need_wakeup: bool,
+    /// Back the UMEM with huge pages.
+    pub huge_pages: bool,
+}
+
+impl Default for XskConfig {
+    fn default() -> Self {
+        XskConfig {
+            frame_size: 2048,
+            frame_count: 4096,
+            rx_size: 2048,
+            tx_size: 2048,
+            fill_size: 2048,
+            comp_size: 2048,
+            frame_headroom: 0,
+            zero_copy: ZeroCopy::Auto,
+            need_wakeup: true,
+            huge_pages: false,
+        }
+    }
+}
+
+/// One (port, interface, RX queue) a worker serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueAssignment {
+    pub port: PortId,
+    pub ifname: String,
+    pub ifindex: u32,
+    pub queue: u32,
+}
+
+/// Why a worker's AF_XDP setup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum XskError {
+    #[error("AF_XDP configuration: {0}")]
+    Config(String),
+    #[error("creating the UMEM ({frames} frames of {frame_size} bytes): {source}")]
+    Umem {
+        frames: u32,
+        frame_size: u32,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("AF_XDP socket on {ifname} queue {queue} ({mode}): {reason}: {source}")]
+    Socket {
+        ifname: String,
+        queue: u32,
+        mode: &'static str,
+        reason: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{ifname} queue {queue} is assigned twice to the same worker")]
+    DuplicateQueue { ifname: String, queue: u32 },
+    #[error("interface {ifname}: {what}: {source}")]
+    Interface {
+        ifname: String,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The rings of one AF_XDP socket and where it is bound.
+pub struct PortSocket {
+    pub port: PortId,
+    pub ifname: String,
+    pub ifindex: u32,
+    pub queue: u32,
+    /// Whether the socket is bound in zero-copy mode.
+    pub zero_copy: bool,
+    pub tx: TxQueue,
+    pub rx: RxQueue,
+    pub fill: FillQueue,
+    pub comp: CompQueue,
+}
+
+impl fmt::Debug for PortSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PortSocket")
+            .field("port", &self.port)
+            .field("ifname", &self.ifname)
+            .field("ifindex", &self.ifindex)
+            .field("queue", &self.queue)
+            .field("zero_copy", &self.zero_copy)
+            .field("fd", &self.fd())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PortSocket {
+    /// The socket's fd, for [`crate::bpf::XdpProgram::register_socket`].
+    #[inline]
+    pub fn fd(&self) -> RawFd {
+        self.rx.fd().as_raw_fd()
+    }
+
+    /// The kernel's drop and ring counters for this socket.
+    pub fn stats(&self) -> io::Result<XdpStatistics> {
+        self.rx.fd().xdp_statistics()
+    }
+
+    /// Kicks the kernel to transmit what was queued on the TX ring, if it
+    /// asked for a kick (XDP_USE_NEED_WAKEUP) — a `sendto` syscall only
+    /// then. Transient "try again" errors are not errors.
+    #[inline]
+    pub fn kick_tx(&mut self) -> io::Result<()> {
+        if self.tx.needs_wakeup() {
+            self.tx.wakeup()?;
+        }
+        Ok(())
+    }
+
+    /// Wakes the driver to pick up new fill-ring entries, if it asked for
+    /// it: a zero-timeout `poll` on the socket.
+    #[inline]
+    pub fn kick_fill(&mut self) -> io::Result<()> {
+        if self.fill.needs_wakeup() {
+            self.fill.wakeup(self.rx.fd_mut(), 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything one worker needs to move packets: its UMEM, the frames not
+/// currently given to the kernel, and its sockets.
+pub struct WorkerIo {
+    pub umem: Umem,
+    /// Frames owned by the worker (not on any ring).
+    pub free_frames: Vec<FrameDesc>,
+    pub sockets: Vec<PortSocket>,
+    /// The configuration the UMEM and sockets were built with.
+    pub config: XskConfig,
+    /// Largest packet a frame holds (frame size minus headrooms).
+    pub frame_mtu: u32,
+}
+
+impl fmt::Debug for WorkerIo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerIo")
+            .field("free_frames", &self.free_frames.len())
+            .field("sockets", &self.sockets)
+            .field("config", &self.config)
+            .field("frame_mtu", &self.frame_mtu)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerIo {
+    /// Creates the worker's UMEM and binds one socket per assignment, in
+    /// the calling thread's network namespace. Does not touch XDP programs
+    /// or maps: register each [`PortSocket::fd`] with the XDP program
+    /// afterwards.
+    pub fn open(config: &XskConfig, queues: &[QueueAssignment]) -> Result<WorkerIo, XskError> {
+        let mut seen = HashSet::new();
+        for q in queues {
+            if !seen.insert((q.ifname.as_str(), q.queue)) {
+                return Err(XskError::DuplicateQueue {
+                    ifname: q.ifname.clone(),
+                    queue: q.queue,
+                });
+            }
+        }
+        match config.zero_copy {
+            ZeroCopy::Off => open_in_mode(config, queues, false),
+            ZeroCopy::Required => open_in_mode(config, queues, true),
+            ZeroCopy::Auto => match open_in_mode(config, queues, true) {
+                Ok(io) => Ok(io),
+                Err(e @ XskError::Socket { .. }) => {
+                    tracing::info!(
+                        error = %e,
+                        "AF_XDP zero-copy unavailable, using copy mode"
+                    );
+                    // Everything built so far was dropped with the error;
+                    // start over with a fresh UMEM in copy mode.
+                    open_in_mode(config, queues, false)
+                }
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// Frames in the UMEM (wherever they currently are).
+    #[inline]
+    pub fn frame_count(&self) -> u32 {
+        self.config.frame_count
+    }
+
+    /// Gives up to `per_socket` free frames to each socket's fill ring so
+    /// the kernel can receive into them; returns how many were given in
+    /// total. Frames stay in `free_frames` where a ring is full or the
+    /// free list runs out.
+    pub fn prefill(&mut self, per_socket: usize) -> usize {
+        let mut given = 0;
+        for s in &mut self.sockets {
+            let wanted = per_socket.min(self.free_frames.len());
+            // Reservations are all-or-nothing: ask only for what fits.
+            let room = s.fill.nb_free(u32::try_from(wanted).unwrap_or(u32::MAX));
+            let n = wanted.min(room as usize);
+            let start = self.free_frames.len() - n;
+            // SAFETY: frames in `free_frames` belong to this UMEM (they
+            // came from `Umem::new` or back from its rings) and are on no
+            // ring, so handing them to the kernel cannot alias a frame it
+            // or the worker is using.
+            let produced = unsafe { s.fill.produce(&self.free_frames[start..]) };
+            // `produce` takes the whole slice or nothing: those frames are
+            // now the kernel's.
+            self.free_frames.drain(start..start + produced);
+            given += produced;
+            if let Err(e) = s.kick_fill() {
+                tracing::debug!(ifname = %s.ifname, queue = s.queue, error = %e, "fill wakeup");
+            }
+        }
+        given
+    }
+}
+
+fn open_in_mode(
+    config: &XskConfig,
+    queues: &[QueueAssignment],
+    zero_copy: bool,
+) -> Result<WorkerIo, XskError> {
+    let umem_config = umem_config(config)?;
+    let frame_mtu = umem_config.mtu();
+    let frames = NonZeroU32::new(config.frame_count)
+        .ok_or_else(|| XskError::Config("frame_count must be positive".into()))?;
+    let (umem, free_frames) =
+        Umem::new(umem_config, frames, config.huge_pages).map_err(|e| XskError::Umem {
+            frames: config.frame_count,
+            frame_size: config.frame_size,
+            source: Box::new(io::Error::other(error_chain(&e))),
+        })?;
+    let socket_config = socket_config(config, zero_copy)?;
+    let mode = if zero_copy { "zero-copy" } else { "copy mode" };
+
+    let mut sockets = Vec::with_capacity(queues.len());
+    for q in queues {
+        let iface: Interface = q.ifname.parse().map_err(|_| XskError::Interface {
+            ifname: q.ifname.clone(),
+            what: "interface name",
+            source: io::Error::from(io::ErrorKind::InvalidInput),
+        })?;
+        // SAFETY: every socket is created with
+        // XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD (see `socket_config`), which is
+        // what xsk-rs requires when a UMEM is shared; (interface, queue)
+        // pairs are unique (checked in `WorkerIo::open`), so each socket
+        // gets fresh fill and completion rings.
+        let created = unsafe { Socket::new(socket_config, &umem, &iface, q.queue) };
+        let (tx, rx, rings) = created.map_err(|e| XskError::Socket {
+            ifname: q.ifname.clone(),
+            queue: q.queue,
+            mode,
+            reason: e.to_string(),
+            source: std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<io::Error>())
+                .and_then(io::Error::raw_os_error)
+                .map(io::Error::from_raw_os_error)
+                .unwrap_or_else(|| io::Error::other("no OS error")),
+        })?;
+        let (fill, comp) = rings.ok_or_else(|| XskError::Socket {
+            ifname: q.ifname.clone(),
+            queue: q.queue,
+            mode,
+            reason: "libxdp returned no fill/completion rings".into(),
+            source: io::Error::other("shared (interface, queue) context"),
+        })?;
+        tracing::debug!(ifname = %q.ifname, queue = q.queue, mode, "AF_XDP socket bound");
+        sockets.push(PortSocket {
+            port: q.port,
+            ifname: q.ifname.clone(),
+            ifindex: q.ifindex,
+            queue: q.queue,
+            zero_copy,
+            tx,
+            rx,
+            fill,
+            comp,
+        });
+    }
+    Ok(WorkerIo {
+        umem,
+        free_frames,
+        sockets,
+        config: *config,
+        frame_mtu,
+    })
+}
+
+fn umem_config(c: &XskConfig) -> Result<UmemConfig, XskError> {
+    let frame_size = FrameSize::new(c.frame_size).map_err(|e| XskError::Config(e.to_string()))?;
+    UmemConfig::builder()
+        .frame_size(frame_size)
+        .fill_queue_size(queue_size("fill_size", c.fill_size)?)
+        .comp_queue_size(queue_size("comp_size", c.comp_size)?)
+        .frame_headroom(c.frame_headroom)
+        .build()
+        .map_err(|e| XskError::Config(e.to_string()))
+}
+
+fn socket_config(c: &XskConfig, zero_copy: bool) -> Result<SocketConfig, XskError> {
+    let mut bind = if zero_copy {
+        BindFlags::XDP_ZEROCOPY
+    } else {
+        BindFlags::XDP_COPY
+    };
+    if c.need_wakeup {
+        bind |= BindFlags::XDP_USE_NEED_WAKEUP;
+    }
+    Ok(SocketConfig::builder()
+        .rx_queue_size(queue_size("rx_size", c.rx_size)?)
+        .tx_queue_size(queue_size("tx_size", c.tx_size)?)
+        .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+        .xdp_flags(XdpFlags::empty())
+        .bind_flags(bind)
+        .build())
+}
+
+fn queue_size(what: &str, n: u32) -> Result<QueueSize, XskError> {
+    QueueSize::new(n).map_err(|e| XskError::Config(format!("{what}: {e}")))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+// ---------------------------------------------------------------------
+// Interface facts, from the calling thread's network namespace (ioctls on
+// a socket follow the thread's namespace; /sys may belong to another).
+
+/// The ifindex of an interface.
+pub fn interface_index(ifname: &str) -> io::Result<u32> {
+    let name = CString::new(ifname).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `name` is a valid NUL-terminated string for the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(index)
+}
+
+/// The Ethernet address of an interface.
+pub fn interface_mac(ifname: &str) -> io::Result<MacAddr> {
+    let sock = ioctl_socket()?;
+    let mut req = ifreq(ifname)?;
+    // SAFETY: SIOCGIFHWADDR reads the name and writes `ifru_hwaddr` of a
+    // properly sized ifreq.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the ioctl succeeded, so the union holds a hardware address.
+    let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
+    if i32::from(hw.sa_family) != i32::from(libc::ARPHRD_ETHER) {
+        return Err(io::Error::other(format!(
+            "{ifname} is not an Ethernet interface (ARPHRD {})",
+            hw.sa_family
+        )));
+    }
+    let mut mac = [0u8; 6];
+    for (m, &b) in mac.iter_mut().zip(hw.sa_data.iter()) {
+        *m = b as u8;
+    }
+    Ok(mac)
+}
+
+/// `struct ethtool_channels` (linux/ethtool.h).
+#[repr(C)]
+#[derive(Default)]
+struct EthtoolChannels {
+    cmd: u32,
+    max_rx: u32,
+    max_tx: u32,
+    max_other: u32,
+    max_combined: u32,
+    rx_count: u32,
+    tx_count: u32,
+    other_count: u32,
+    combined_count: u32,
+}
+
+/// linux/ethtool.h: get channel counts.
+const ETHTOOL_GCHANNELS: u32 = 0x3c;
+
+/// How many RX queues an interface has in use: the driver's channel
+/// counts (rx + combined, as `ethtool -l` shows them), else the
+/// `queues/rx-*` entries in sysfs when that sysfs shows this namespace's
+/// interface, else 1.
+pub fn rx_queue_count(ifname: &str) -> io::Result<u32> {
+    let ifindex = interface_index(ifname)?;
+    let sock = ioctl_socket()?;
+    let mut channels = EthtoolChannels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..Default::default()
+    };
+    let mut req = ifreq(ifname)?;
+    req.ifr_ifru.ifru_data = (&mut channels as *mut EthtoolChannels).cast::<c_char>();
+    // SAFETY: SIOCETHTOOL with ETHTOOL_GCHANNELS reads and writes a
+    // `struct ethtool_channels`, which `ifru_data` points to and which
+    // outlives the call.
+    let ret = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req) };
+    if ret == 0 {
+        let n = channels.rx_count.saturating_add(channels.combined_count);
+        if n > 0 {
+            return Ok(n);
+        }
+    }
+    // No channel info (EOPNOTSUPP): ask sysfs, if it is this namespace's.
+    let dir = format!("/sys/class/net/{ifname}");
+    let sysfs_index = fs::read_to_string(format!("{dir}/ifindex"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    if sysfs_index == Some(ifindex) {
+        if let Ok(entries) = fs::read_dir(format!("{dir}/queues")) {
+            let n = entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count();
+            if n > 0 {
+                return Ok(u32::try_from(n).unwrap_or(u32::MAX));
+            }
+        }
+    }
+    Ok(1)
+}
+
+fn ioctl_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the fd was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn ifreq(ifname: &str) -> io::Result<libc::ifreq> {
+    let bytes = ifname.as_bytes();
+    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid interface name {ifname:?}"),
+        ));
+    }
+    // SAFETY: ifreq is plain old data (a name array and a union of plain
+    // fields); all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, &src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = src as c_char;
+    }
+    Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid() {
+        let c = XskConfig::default();
+        let u = umem_config(&c).expect("umem config");
+        assert_eq!(u.frame_size().get(), 2048);
+        assert!(u.mtu() >= 1514, "a frame holds a full Ethernet frame");
+        socket_config(&c, false).expect("socket config");
+    }
+
+    #[test]
+    fn bad_sizes_are_rejected() {
+        let c = XskConfig {
+            rx_size: 1000,
+            ..XskConfig::default()
+        };
+        assert!(matches!(socket_config(&c, false), Err(XskError::Config(_))));
+        let c = XskConfig {
+            frame_size: 3000,
+            ..XskConfig::default()
+        };
+        assert!(matches!(umem_config(&c), Err(XskError::Config(_))));
+    }
+
+    #[test]
+    fn loopback_facts() {
+        assert_eq!(interface_index("lo").expect("lo exists"), 1);
+        assert!(interface_mac("lo").is_err(), "lo is not Ethernet");
+        assert!(rx_queue_count("lo").expect("lo queues") >= 1);
+        assert!(interface_index("no-such-if0").is_err());
+        assert!(ifreq("a-name-that-is-far-too-long").is_err());
+    }
+}
