@@ -1,1 +1,1142 @@
-//! (in progress)
+//! The kernel's IPv4 routes, neighbours and links, read over rtnetlink and
+//! kept current as a published [`NetSnapshot`].
+//!
+//! Workers never talk to the kernel: they load the current snapshot (an
+//! `Arc` behind an [`ArcSwap`]) once per batch, and when a next hop has no
+//! resolved neighbour they drop a request into a bounded channel
+//! ([`Resolver::request_resolution`], never blocks, never allocates). The
+//! monitor thread owns both netlink sockets: it listens to route,
+//! neighbour and link events, coalesces them, re-dumps the tables and
+//! publishes a new snapshot when its content changed (and re-dumps every
+//! few seconds regardless, in case an event was lost); it also asks the
+//! kernel to resolve requested neighbours, as "managed" entries
+//! (NTF_EXT_MANAGED, Linux >= 5.16) that the kernel then keeps resolved by
+//! itself.
+//!
+//! Everything here runs in the network namespace of the thread that calls
+//! it (sockets are bound to a namespace when created); the monitor thread
+//! inherits the namespace of the thread that spawns it.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{c_char, CStr};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use crossbeam::channel::{self, Receiver, Sender, TrySendError};
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_DUMP_INTR, NLM_F_REQUEST,
+};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourMessage,
+    NeighbourState,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::protocols::NETLINK_ROUTE;
+use netlink_sys::{Socket, SocketAddr};
+
+use crate::route::{MacAddr, NetSnapshot, Port, Route};
+
+/// rtnetlink multicast groups (linux/rtnetlink.h).
+const RTNLGRP_LINK: u32 = 1;
+const RTNLGRP_NEIGH: u32 = 3;
+const RTNLGRP_IPV4_ROUTE: u32 = 7;
+
+/// linux/netlink.h message types.
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+
+/// Largest datagram the kernel sends us (dumps are capped at 32 KiB).
+const RECV_BUF: usize = 64 * 1024;
+/// How long one request (dump or change) may take in total.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Receive timeout per `recv` on the request socket.
+const RECV_TIMEOUT: Duration = Duration::from_millis(500);
+/// A dump the kernel marks interrupted (tables changed meanwhile) is
+/// retried this often.
+const DUMP_RETRIES: usize = 3;
+
+/// How long the monitor sleeps waiting for events; bounds how late it
+/// notices a resolution request or a stop.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Events arriving faster than this are folded into one re-dump.
+const MIN_REBUILD_INTERVAL: Duration = Duration::from_millis(50);
+/// Safety net: re-dump this often even without events.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+/// Resolution requests waiting for the monitor; more are dropped.
+const REQUEST_QUEUE: usize = 1024;
+/// The same neighbour is asked for at most this often.
+const REQUEST_DEBOUNCE: Duration = Duration::from_secs(1);
+
+/// Why talking to the kernel failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("netlink socket: {what}: {source}")]
+    Socket {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("netlink {what}: kernel says: {source}")]
+    Kernel {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("netlink {what}: no complete answer within {timeout:?}")]
+    Timeout { what: String, timeout: Duration },
+    #[error("netlink {what}: dump interrupted {DUMP_RETRIES} times by concurrent changes")]
+    Interrupted { what: String },
+    #[error("interface {name:?} not found")]
+    NoSuchInterface { name: String },
+    #[error("too many ports: {0} (PortId is a u8)")]
+    TooManyPorts(usize),
+    #[error("spawning the netlink monitor thread: {0}")]
+    Spawn(#[source] io::Error),
+}
+
+/// One IPv4 neighbour table entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Neighbour {
+    pub ifindex: u32,
+    pub ip: Ipv4Addr,
+    pub mac: Option<MacAddr>,
+    pub state: NeighbourState,
+    /// Whether the kernel keeps it resolved by itself (NTF_EXT_MANAGED).
+    pub managed: bool,
+}
+
+impl Neighbour {
+    /// Whether the entry has a usable link-layer address: states
+    /// REACHABLE, STALE, DELAY, PROBE, PERMANENT or NOARP (STALE and
+    /// friends are still valid; the kernel re-confirms them).
+    pub fn is_resolved(&self) -> bool {
+        self.mac.is_some()
+            && matches!(
+                self.state,
+                NeighbourState::Reachable
+                    | NeighbourState::Stale
+                    | NeighbourState::Delay
+                    | NeighbourState::Probe
+                    | NeighbourState::Permanent
+                    | NeighbourState::Noarp
+            )
+    }
+}
+
+/// One network interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub ifindex: u32,
+    pub name: String,
+    /// The link-layer address, if the interface has a 6-byte one.
+    pub mac: Option<MacAddr>,
+}
+
+/// How a resolution request was passed to the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResolveMethod {
+    /// A managed neighbour entry (NTF_EXT_MANAGED): the kernel resolves it
+    /// and keeps it fresh.
+    Managed,
+    /// NTF_USE: the kernel probes once, like a packet would.
+    Use,
+    /// A datagram to the discard port, bound to the device: the kernel
+    /// ARPs to send it.
+    Datagram,
+}
+
+// ---------------------------------------------------------------------
+// One-shot queries.
+
+/// The main table's IPv4 unicast routes, best (lowest metric) first among
+/// equal prefixes.
+pub fn dump_routes() -> Result<Vec<Route>, NetlinkError> {
+    Rtnl::open(&[])?.routes()
+}
+
+/// The IPv4 neighbour table, every state.
+pub fn dump_neighbours() -> Result<Vec<Neighbour>, NetlinkError> {
+    Rtnl::open(&[])?.neighbours()
+}
+
+/// All links.
+pub fn dump_links() -> Result<Vec<Link>, NetlinkError> {
+    Rtnl::open(&[])?.links()
+}
+
+/// Routes, resolved neighbours and the named ports, as one snapshot.
+/// `ports` order defines the `PortId`s.
+pub fn dump_snapshot(ports: &[String]) -> Result<NetSnapshot, NetlinkError> {
+    let mut rtnl = Rtnl::open(&[])?;
+    let state = rtnl.collect(ports, &[])?;
+    Ok(state.snapshot())
+}
+
+/// Asks the kernel to resolve `ip` on `ifindex` now: a managed neighbour
+/// entry, else NTF_USE, else a datagram that makes the kernel ARP.
+pub fn resolve_neighbour(ifindex: u32, ip: Ipv4Addr) -> Result<ResolveMethod, NetlinkError> {
+    Rtnl::open(&[])?.resolve(ifindex, ip)
+}
+
+// ---------------------------------------------------------------------
+// The monitor.
+
+/// Handle for asking the monitor to resolve a neighbour; cheap to clone,
+/// safe to use from worker threads.
+#[derive(Debug, Clone)]
+pub struct Resolver {
+    tx: Sender<(u32, Ipv4Addr)>,
+}
+
+impl Resolver {
+    /// Queues a request to resolve `ip` on `ifindex`. Never blocks: when
+    /// the queue is full (or the monitor has stopped) the request is
+    /// dropped and `false` returned; the caller will ask again on a later
+    /// packet.
+    #[inline]
+    pub fn request_resolution(&self, ifindex: u32, ip: Ipv4Addr) -> bool {
+        match self.tx.try_send((ifindex, ip)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
+
+/// The running monitor: the current snapshot and a way to request
+/// resolutions. Stops its thread on drop.
+#[derive(Debug)]
+pub struct NetMonitor {
+    current: Arc<ArcSwap<NetSnapshot>>,
+    resolver: Resolver,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl NetMonitor {
+    /// The current snapshot (a cheap atomic load).
+    #[inline]
+    pub fn snapshot(&self) -> Arc<NetSnapshot> {
+        self.current.load_full()
+    }
+
+    /// The publication point itself, for workers to hold.
+    pub fn handle(&self) -> Arc<ArcSwap<NetSnapshot>> {
+        Arc::clone(&self.current)
+    }
+
+    /// A resolution handle for worker threads.
+    pub fn resolver(&self) -> Resolver {
+        self.resolver.clone()
+    }
+
+    /// See [`Resolver::request_resolution`].
+    #[inline]
+    pub fn request_resolution(&self, ifindex: u32, ip: Ipv4Addr) -> bool {
+        self.resolver.request_resolution(ifindex, ip)
+    }
+}
+
+impl Drop for NetMonitor {
+    fn drop(&mut self) {
+        // Relaxed: the flag carries no data; the join below is what
+        // synchronises with the thread's end.
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("netlink monitor thread panicked");
+            }
+        }
+    }
+}
+
+/// Dumps the tables once (failing if a port does not exist), publishes
+/// that snapshot, and starts a thread keeping it current. `ports` are the
+/// attached interfaces in `PortId` order.
+pub fn spawn_monitor(ports: Vec<String>) -> Result<NetMonitor, NetlinkError> {
+    if ports.len() > usize::from(u8::MAX) {
+        return Err(NetlinkError::TooManyPorts(ports.len()));
+    }
+    let events = Rtnl::open(&[RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE])?;
+    events.set_nonblocking()?;
+    let mut requests = Rtnl::open(&[])?;
+    // Subscribed before dumping: a change between the dump and the first
+    // poll is seen as an event, not lost.
+    let state = requests.collect(&ports, &[])?;
+    let current = Arc::new(ArcSwap::from_pointee(state.snapshot()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = channel::bounded(REQUEST_QUEUE);
+
+    let mut monitor = Monitor {
+        ports,
+        events,
+        requests,
+        rx,
+        current: Arc::clone(&current),
+        stop: Arc::clone(&stop),
+        state,
+        recent: HashMap::new(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("cipgw-netlink".into())
+        .spawn(move || monitor.run())
+        .map_err(NetlinkError::Spawn)?;
+    Ok(NetMonitor {
+        current,
+        resolver: Resolver { tx },
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// What a snapshot is built from; compared to skip publishing unchanged
+/// snapshots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Tables {
+    routes: Vec<Route>,
+    neighbours: HashMap<(u32, Ipv4Addr), MacAddr>,
+    ports: Vec<Port>,
+}
+
+impl Tables {
+    fn snapshot(&self) -> NetSnapshot {
+        NetSnapshot::new(
+            self.routes.clone(),
+            self.neighbours.clone(),
+            self.ports.clone(),
+        )
+    }
+
+    fn has_ifindex(&self, ifindex: u32) -> bool {
+        self.ports.iter().any(|p| p.ifindex == ifindex)
+    }
+}
+
+struct Monitor {
+    ports: Vec<String>,
+    events: Rtnl,
+    requests: Rtnl,
+    rx: Receiver<(u32, Ipv4Addr)>,
+    current: Arc<ArcSwap<NetSnapshot>>,
+    stop: Arc<AtomicBool>,
+    state: Tables,
+    /// When each neighbour was last asked for (debounce).
+    recent: HashMap<(u32, Ipv4Addr), Instant>,
+}
+
+impl Monitor {
+    fn run(&mut self) {
+        let mut dirty = false;
+        let mut last_rebuild = Instant::now();
+        // Relaxed: see NetMonitor::drop.
+        while !self.stop.load(Ordering::Relaxed) {
+            match self.events.wait_readable(POLL_INTERVAL) {
+                Ok(true) => dirty |= self.drain_events(),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "netlink monitor poll");
+                    std::thread::sleep(POLL_INTERVAL);
+                }
+            }
+            self.serve_requests();
+            let since = last_rebuild.elapsed();
+            if (dirty && since >= MIN_REBUILD_INTERVAL) || since >= REFRESH_INTERVAL {
+                // Whatever arrived while we waited is covered by the dump.
+                dirty = false;
+                last_rebuild = Instant::now();
+                self.rebuild();
+            }
+        }
+        tracing::debug!("netlink monitor stopped");
+    }
+
+    /// Reads every pending event; whether any concerns the snapshot.
+    fn drain_events(&mut self) -> bool {
+        let mut relevant = false;
+        // Bounded: at most this many datagrams per wake-up, then re-dump.
+        for _ in 0..256 {
+            match self.events.recv(libc::MSG_DONTWAIT) {
+                Ok(n) => {
+                    let buf = &self.events.buf[..n];
+                    for raw in split_messages(buf) {
+                        relevant |= self.is_relevant(raw);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    // The kernel dropped events: only a re-dump is safe.
+                    tracing::debug!("netlink event overrun, re-dumping");
+                    relevant = true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "netlink event socket");
+                    return true;
+                }
+            }
+        }
+        relevant
+    }
+
+    fn is_relevant(&self, raw: &[u8]) -> bool {
+        let msg = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw) {
+            Ok(m) => m,
+            // Cannot tell what it was: assume it matters.
+            Err(_) => return true,
+        };
+        let NetlinkPayload::InnerMessage(msg) = msg.payload else {
+            return false;
+        };
+        match msg {
+            RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => {
+                r.header.address_family == AddressFamily::Inet
+                    && route_table(&r) == u32::from(RouteHeader::RT_TABLE_MAIN)
+            }
+            RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n) => {
+                n.header.family == AddressFamily::Inet && self.state.has_ifindex(n.header.ifindex)
+            }
+            RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l) => {
+                self.state.has_ifindex(l.header.index)
+                    || l.attributes.iter().any(|a| match a {
+                        LinkAttribute::IfName(name) => self.ports.iter().any(|p| p == name),
+                        _ => false,
+                    })
+            }
+            _ => false,
+        }
+    }
+
+    fn serve_requests(&mut self) {
+        let now = Instant::now();
+        // Bounded per wake-up so events and stops are not starved.
+        for _ in 0..REQUEST_QUEUE {
+            let Ok((ifindex, ip)) = self.rx.try_recv() else {
+                break;
+            };
+            if let Some(&at) = self.recent.get(&(ifindex, ip)) {
+                if now.duration_since(at) < REQUEST_DEBOUNCE {
+                    continue;
+                }
+            }
+            self.recent.insert((ifindex, ip), now);
+            match self.requests.resolve(ifindex, ip) {
+                Ok(method) => {
+                    tracing::debug!(ifindex, %ip, ?method, "neighbour resolution requested")
+                }
+                Err(e) => {
+                    tracing::warn!(ifindex, %ip, error = %e, "neighbour resolution request failed")
+                }
+            }
+        }
+        if self.recent.len() > 4 * REQUEST_QUEUE {
+            self.recent
+                .retain(|_, at| now.duration_since(*at) < REQUEST_DEBOUNCE);
+        }
+    }
+
+    fn rebuild(&mut self) {
+        match self.requests.collect(&self.ports, &self.state.ports) {
+            Ok(tables) if tables == self.state => {}
+            Ok(tables) => {
+                self.current.store(Arc::new(tables.snapshot()));
+                tracing::debug!(
+                    routes = tables.routes.len(),
+                    neighbours = tables.neighbours.len(),
+                    "network snapshot published"
+                );
+                self.state = tables;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "re-reading routes and neighbours failed; keeping the last snapshot")
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------
+// The rtnetlink socket.
+
+struct Rtnl {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Rtnl {
+    fn open(groups: &[u32]) -> Result<Rtnl, NetlinkError> {
+        let sock_err = |what| move |source| NetlinkError::Socket { what, source };
+        let mut sock = Socket::new(NETLINK_ROUTE).map_err(sock_err("socket(NETLINK_ROUTE)"))?;
+        sock.bind(&SocketAddr::new(0, 0))
+            .map_err(sock_err("bind"))?;
+        for &g in groups {
+            sock.add_membership(g)
+                .map_err(sock_err("joining a multicast group"))?;
+        }
+        if !groups.is_empty() {
+            // Room for bursts (a flapping link, a table reload): fewer
+            // overruns, each of which costs a full re-dump.
+            if let Err(e) = sock.set_rx_buf_sz(4 * 1024 * 1024) {
+                tracing::debug!(error = %e, "netlink receive buffer");
+            }
+        }
+        set_recv_timeout(sock.as_raw_fd(), RECV_TIMEOUT).map_err(sock_err("SO_RCVTIMEO"))?;
+        Ok(Rtnl {
+            sock,
+            seq: 0,
+            buf: Vec::with_capacity(RECV_BUF),
+        })
+    }
+
+    fn set_nonblocking(&self) -> Result<(), NetlinkError> {
+        self.sock
+            .set_non_blocking(true)
+            .map_err(|source| NetlinkError::Socket {
+                what: "O_NONBLOCK",
+                source,
+            })
+    }
+
+    fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
+        let mut pfd = libc::pollfd {
+            fd: self.sock.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd, for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(n > 0)
+    }
+
+    /// One datagram into `self.buf`; its length.
+    fn recv(&mut self, flags: libc::c_int) -> io::Result<usize> {
+        self.buf.clear();
+        let n = self.sock.recv(&mut self.buf, flags | libc::MSG_TRUNC)?;
+        if n > self.buf.len() {
+            return Err(io::Error::other(format!(
+                "netlink datagram of {n} bytes truncated to {}",
+                self.buf.len()
+            )));
+        }
+        Ok(n)
+    }
+
+    fn send(&mut self, flags: u16, msg: RouteNetlinkMessage) -> Result<u32, NetlinkError> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = self.seq;
+        let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        nl.finalize();
+        let mut out = vec![0u8; nl.buffer_len()];
+        nl.serialize(&mut out);
+        let kernel = SocketAddr::new(0, 0);
+        self.sock
+            .send_to(&out, &kernel, 0)
+            .map_err(|source| NetlinkError::Socket {
+                what: "send",
+                source,
+            })?;
+        Ok(self.seq)
+    }
+
+    /// Sends a dump request and collects every answer, retrying when the
+    /// kernel says the dump was interrupted by concurrent changes.
+    fn dump(
+        &mut self,
+        what: &str,
+        make: impl Fn() -> RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+        for _ in 0..DUMP_RETRIES {
+            match self.dump_once(what, make()) {
+                Err(NetlinkError::Interrupted { .. }) => continue,
+                other => return other,
+            }
+        }
+        Err(NetlinkError::Interrupted {
+            what: what.to_owned(),
+        })
+    }
+
+    fn dump_once(
+        &mut self,
+        what: &str,
+        msg: RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+        let seq = self.send(NLM_F_REQUEST | NLM_F_DUMP, msg)?;
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let mut out = Vec::new();
+        let mut interrupted = false;
+        loop {
+            if Instant::now() >= deadline {
+                return Err(NetlinkError::Timeout {
+                    what: what.to_owned(),
+                    timeout: REQUEST_TIMEOUT,
+                });
+            }
+            let n = match self.recv(0) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
+                Err(source) => {
+                    return Err(NetlinkError::Socket {
+                        what: "recv",
+                        source,
+                    })
+                }
+            };
+            let mut done = false;
+            for raw in split_messages(&self.buf[..n]) {
+                let h = RawHeader::parse(raw);
+                if h.seq != seq {
+                    continue; // a late answer to an earlier request
+                }
+                if h.flags & NLM_F_DUMP_INTR != 0 {
+                    interrupted = true;
+                }
+                match h.kind {
+                    NLMSG_DONE => done = true,
+                    NLMSG_ERROR => {
+                        let code = error_code(raw);
+                        if code != 0 {
+                            return Err(NetlinkError::Kernel {
+                                what: what.to_owned(),
+                                source: io::Error::from_raw_os_error(code),
+                            });
+                        }
+                    }
+                    _ => match NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw) {
+                        Ok(m) => {
+                            if let NetlinkPayload::InnerMessage(m) = m.payload {
+                                out.push(m);
+                            }
+                        }
+                        // One entry we cannot decode must not hide the rest.
+                        Err(e) => {
+                            tracing::debug!(what, error = %e, "skipping undecodable netlink message")
+                        }
+                    },
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        if interrupted {
+            return Err(NetlinkError::Interrupted {
+                what: what.to_owned(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Sends a change request and waits for its acknowledgement.
+    fn change(
+        &mut self,
+        what: &str,
+        flags: u16,
+        msg: RouteNetlinkMessage,
+    ) -> Result<(), NetlinkError> {
+        let seq = self.send(NLM_F_REQUEST | NLM_F_ACK | flags, msg)?;
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        while Instant::now() < deadline {
+            let n = match self.recv(0) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
+                Err(source) => {
+                    return Err(NetlinkError::Socket {
+                        what: "recv",
+                        source,
+                    })
+                }
+            };
+            for raw in split_messages(&self.buf[..n]) {
+                let h = RawHeader::parse(raw);
+                if h.seq == seq && h.kind == NLMSG_ERROR {
+                    return match error_code(raw) {
+                        0 => Ok(()),
+                        code => Err(NetlinkError::Kernel {
+                            what: what.to_owned(),
+                            source: io::Error::from_raw_os_error(code),
+                        }),
+                    };
+                }
+            }
+        }
+        Err(NetlinkError::Timeout {
+            what: what.to_owned(),
+            timeout: REQUEST_TIMEOUT,
+        })
+    }
+
+    fn routes(&mut self) -> Result<Vec<Route>, NetlinkError> {
+        let msgs = self.dump("route dump", || {
+            let mut m = RouteMessage::default();
+            m.header.address_family = AddressFamily::Inet;
+            RouteNetlinkMessage::GetRoute(m)
+        })?;
+        let mut routes: Vec<(Route, u32)> = msgs
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => parse_route(r),
+                _ => None,
+            })
+            .collect();
+        // Among equal prefixes the lowest metric wins: put it first
+        // (NetSnapshot's sort by prefix length is stable).
+        routes.sort_by_key(|&(r, metric)| (std::cmp::Reverse(r.prefix_len), metric));
+        Ok(routes.into_iter().map(|(r, _)| r).collect())
+    }
+
+    fn neighbours(&mut self) -> Result<Vec<Neighbour>, NetlinkError> {
+        let msgs = self.dump("neighbour dump", || {
+            let mut m = NeighbourMessage::default();
+            m.header.family = AddressFamily::Inet;
+            RouteNetlinkMessage::GetNeighbour(m)
+        })?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n) => parse_neighbour(n),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
+        let msgs = self.dump("link dump", || {
+            RouteNetlinkMessage::GetLink(LinkMessage::default())
+        })?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(parse_link(l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Dumps everything a snapshot needs. A port missing from the link
+    /// table keeps its `previous` entry (it may be coming back) or, with
+    /// none, is an error.
+    fn collect(&mut self, ports: &[String], previous: &[Port]) -> Result<Tables, NetlinkError> {
+        let links = self.links()?;
+        let mut resolved_ports = Vec::with_capacity(ports.len());
+        for (i, name) in ports.iter().enumerate() {
+            if let Some(l) = links.iter().find(|l| &l.name == name) {
+                resolved_ports.push(Port {
+                    ifindex: l.ifindex,
+                    name: name.clone(),
+                    mac: l.mac.unwrap_or_default(),
+                });
+            } else if let Some(p) = previous.get(i) {
+                tracing::warn!(port = %name, "attached interface has disappeared");
+                resolved_ports.push(p.clone());
+            } else {
+                return Err(NetlinkError::NoSuchInterface { name: name.clone() });
+            }
+        }
+        let attached: HashSet<u32> = resolved_ports.iter().map(|p| p.ifindex).collect();
+        let neighbours = self
+            .neighbours()?
+            .into_iter()
+            .filter(|n| attached.contains(&n.ifindex) && n.is_resolved())
+            .filter_map(|n| Some(((n.ifindex, n.ip), n.mac?)))
+            .collect();
+        let routes = self.routes()?;
+        Ok(Tables {
+            routes,
+            neighbours,
+            ports: resolved_ports,
+        })
+    }
+
+    /// Asks the kernel to resolve a neighbour, by the best means it takes.
+    fn resolve(&mut self, ifindex: u32, ip: Ipv4Addr) -> Result<ResolveMethod, NetlinkError> {
+        let managed = self.change(
+            "adding a managed neighbour",
+            NLM_F_CREATE,
+            neighbour_request(ifindex, ip, true),
+        );
+        let managed_err = match managed {
+            Ok(()) => return Ok(ResolveMethod::Managed),
+            Err(e) => e,
+        };
+        tracing::debug!(ifindex, %ip, error = %managed_err, "managed neighbour refused, trying NTF_USE");
+        if self
+            .change(
+                "neighbour NTF_USE",
+                NLM_F_CREATE,
+                neighbour_request(ifindex, ip, false),
+            )
+            .is_ok()
+        {
+            return Ok(ResolveMethod::Use);
+        }
+        poke_with_datagram(ifindex, ip).map_err(|source| NetlinkError::Kernel {
+            what: format!("resolving {ip} on ifindex {ifindex} (managed entry refused: {managed_err}; datagram)"),
+            source,
+        })?;
+        Ok(ResolveMethod::Datagram)
+    }
+}
+
+/// RTM_NEWNEIGH asking for resolution: a managed entry, or NTF_USE.
+fn neighbour_request(ifindex: u32, ip: Ipv4Addr, managed: bool) -> RouteNetlinkMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = AddressFamily::Inet;
+    m.header.ifindex = ifindex;
+    // The state is ignored for managed/NTF_USE updates (the kernel keeps
+    // the entry's own); it must not be PERMANENT for a managed one.
+    m.header.state = NeighbourState::None;
+    m.attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    if managed {
+        m.attributes
+            .push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
+    } else {
+        m.header.flags = NeighbourFlags::Use;
+    }
+    RouteNetlinkMessage::NewNeighbour(m)
+}
+
+/// Makes the kernel ARP for `ip` on `ifindex` by sending it an empty
+/// datagram on the discard port (RFC 863), bound to the device.
+fn poke_with_datagram(ifindex: u32, ip: Ipv4Addr) -> io::Result<()> {
+    let mut name = [0 as c_char; libc::IF_NAMESIZE];
+    // SAFETY: `name` has IF_NAMESIZE bytes, as if_indextoname requires.
+    if unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { CStr::from_ptr(name.as_ptr()) };
+    let sock = UdpSocket::bind("0.0.0.0:0")?;
+    bind_to_device(sock.as_raw_fd(), name)?;
+    sock.connect(SocketAddrV4::new(ip, 9))?;
+    sock.set_nonblocking(true)?;
+    match sock.send(&[]) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn bind_to_device(fd: RawFd, name: &CStr) -> io::Result<()> {
+    let bytes = name.to_bytes_with_nul();
+    // SAFETY: SO_BINDTODEVICE reads `bytes.len()` bytes of a NUL-terminated
+    // interface name that outlives the call.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            bytes.as_ptr().cast(),
+            bytes.len() as libc::socklen_t,
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_recv_timeout(fd: RawFd, timeout: Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: SO_RCVTIMEO reads a `timeval` that outlives the call.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------
+// Decoding.
+
+/// The fixed netlink header fields (host byte order), read without
+/// decoding the payload.
+struct RawHeader {
+    kind: u16,
+    flags: u16,
+    seq: u32,
+}
+
+impl RawHeader {
+    /// `raw` comes from `split_messages`, so it holds at least 16 bytes.
+    fn parse(raw: &[u8]) -> RawHeader {
+        RawHeader {
+            kind: u16::from_ne_bytes([raw[4], raw[5]]),
+            flags: u16::from_ne_bytes([raw[6], raw[7]]),
+            seq: u32::from_ne_bytes([raw[8], raw[9], raw[10], raw[11]]),
+        }
+    }
+}
+
+/// Splits a datagram into its netlink messages (each at least a header
+/// long, 4-byte aligned as NLMSG_ALIGN says). Stops at the first malformed
+/// length.
+fn split_messages(mut buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        if buf.len() < 16 {
+            return None;
+        }
+        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if len < 16 || len > buf.len() {
+            return None;
+        }
+        let (msg, rest) = buf.split_at(len);
+        let aligned = (len + 3) & !3;
+        buf = rest.get(aligned - len..).unwrap_or(&[]);
+        Some(msg)
+    })
+}
+
+/// The errno of an NLMSG_ERROR message (0 for an acknowledgement).
+fn error_code(raw: &[u8]) -> i32 {
+    match raw.get(16..20) {
+        Some(b) => i32::from_ne_bytes([b[0], b[1], b[2], b[3]]).saturating_abs(),
+        None => libc::EPROTO,
+    }
+}
+
+fn route_table(r: &RouteMessage) -> u32 {
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(r.header.table))
+}
+
+/// A main-table IPv4 unicast route with an output interface, and its
+/// metric. Multipath routes use their first next hop.
+fn parse_route(r: &RouteMessage) -> Option<(Route, u32)> {
+    if r.header.address_family != AddressFamily::Inet
+        || r.header.kind != RouteType::Unicast
+        || route_table(r) != u32::from(RouteHeader::RT_TABLE_MAIN)
+    {
+        return None;
+    }
+    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let mut oif = None;
+    let mut gateway = None;
+    let mut metric = 0;
+    for a in &r.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+            RouteAttribute::Priority(p) => metric = *p,
+            RouteAttribute::MultiPath(hops) if oif.is_none() => {
+                if let Some(hop) = hops.first() {
+                    oif = Some(hop.interface_index);
+                    gateway = hop.attributes.iter().find_map(|a| match a {
+                        RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+                        _ => None,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    Some((
+        Route {
+            dst,
+            prefix_len: r.header.destination_prefix_length.min(32),
+            ifindex: oif?,
+            gateway,
+        },
+        metric,
+    ))
+}
+
+fn parse_neighbour(n: &NeighbourMessage) -> Option<Neighbour> {
+    if n.header.family != AddressFamily::Inet {
+        return None;
+    }
+    let mut ip = None;
+    let mut mac = None;
+    let mut managed = false;
+    for a in &n.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(addr)) => ip = Some(*addr),
+            NeighbourAttribute::LinkLayerAddress(ll) => {
+                mac = <MacAddr>::try_from(ll.as_slice()).ok()
+            }
+            NeighbourAttribute::ExtFlags(f) => managed = f.contains(NeighbourExtFlags::Managed),
+            _ => {}
+        }
+    }
+    Some(Neighbour {
+        ifindex: n.header.ifindex,
+        ip: ip?,
+        mac,
+        state: n.header.state,
+        managed,
+    })
+}
+
+fn parse_link(l: &LinkMessage) -> Link {
+    let mut name = String::new();
+    let mut mac = None;
+    for a in &l.attributes {
+        match a {
+            LinkAttribute::IfName(n) => name.clone_from(n),
+            LinkAttribute::Address(a) => mac = <MacAddr>::try_from(a.as_slice()).ok(),
+            _ => {}
+        }
+    }
+    Link {
+        ifindex: l.header.index,
+        name,
+        mac,
+    }
+}
+
+/// The name of an interface in this thread's namespace.
+pub fn interface_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has IF_NAMESIZE bytes, as if_indextoname requires.
+    if unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) }.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    Some(
+        unsafe { CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_messages_walks_aligned_messages() {
+        let mut buf = Vec::new();
+        // 17-byte message (padded to 20), then a 16-byte one.
+        buf.extend_from_slice(&17u32.to_ne_bytes());
+        buf.extend_from_slice(&[0; 13]);
+        buf.extend_from_slice(&[0; 3]);
+        buf.extend_from_slice(&16u32.to_ne_bytes());
+        buf.extend_from_slice(&3u16.to_ne_bytes());
+        buf.extend_from_slice(&[0; 10]);
+        let msgs: Vec<&[u8]> = split_messages(&buf).collect();
+        assert_eq!(msgs.len(), 2);
+        assert_eq!(msgs[0].len(), 17);
+        assert_eq!(RawHeader::parse(msgs[1]).kind, NLMSG_DONE);
+        // A length beyond the buffer ends the walk.
+        let bad = 64u32.to_ne_bytes().repeat(4);
+        assert_eq!(split_messages(&bad).count(), 0);
+    }
+
+    #[test]
+    fn resolved_states() {
+        let mut n = Neighbour {
+            ifindex: 1,
+            ip: Ipv4Addr::new(198, 18, 0, 1),
+            mac: Some([2, 0, 0, 0, 0, 1]),
+            state: NeighbourState::Stale,
+            managed: false,
+        };
+        assert!(n.is_resolved());
+        n.state = NeighbourState::Incomplete;
+        assert!(!n.is_resolved());
+        n.state = NeighbourState::Reachable;
+        n.mac = None;
+        assert!(!n.is_resolved());
+    }
+
+    #[test]
+    fn route_parsing_takes_main_table_unicast_only() {
+        let mut r = RouteMessage::default();
+        r.header.address_family = AddressFamily::Inet;
+        r.header.kind = RouteType::Unicast;
+        r.header.table = RouteHeader::RT_TABLE_MAIN;
+        r.header.destination_prefix_length = 24;
+        r.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(
+                Ipv4Addr::new(198, 18, 1, 0),
+            )));
+        r.attributes.push(RouteAttribute::Oif(7));
+        r.attributes.push(RouteAttribute::Priority(100));
+        let (route, metric) = parse_route(&r).expect("unicast main route");
+        assert_eq!(
+            route,
+            Route {
+                dst: Ipv4Addr::new(198, 18, 1, 0),
+                prefix_len: 24,
+                ifindex: 7,
+                gateway: None
+            }
+        );
+        assert_eq!(metric, 100);
+        r.header.table = 255; // local
+        assert!(parse_route(&r).is_none());
+        r.header.table = RouteHeader::RT_TABLE_MAIN;
+        r.header.kind = RouteType::Local;
+        assert!(parse_route(&r).is_none());
+    }
+
+    #[test]
+    fn dumps_work_in_this_namespace() {
+        // Reading is unprivileged; loopback always exists.
+        let links = dump_links().expect("link dump");
+        assert!(links.iter().any(|l| l.name == "lo" && l.ifindex == 1));
+        dump_routes().expect("route dump");
+        dump_neighbours().expect("neighbour dump");
+        let s = dump_snapshot(&["lo".to_owned()]).expect("snapshot");
+        assert_eq!(s.ports()[0].ifindex, 1);
+        assert!(matches!(
+            dump_snapshot(&["no-such-if0".to_owned()]),
+            Err(NetlinkError::NoSuchInterface { .. })
+        ));
+    }
+}
