@@ -7,9 +7,14 @@
 //! every rule in it can be tested on static input.
 
 pub mod control_file;
+pub mod listing;
 pub mod model;
 pub mod settings;
 
+pub use control_file::{
+    parse_control_file, ControlFileError, ControlObjects, Located, Location, ObjectRef,
+};
+pub use listing::render_table;
 pub use model::{
     ClusterIp, Endpoint, EndpointState, Protocol, Service, ServiceKind, ServiceName, ServicePort,
     ServiceTable, TargetPort,

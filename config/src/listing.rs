@@ -1,0 +1,282 @@
+//! The human-readable service table that `cipgw check` prints.
+//!
+//! One line per forwarded `VIP:port/protocol`, sorted by VIP then port,
+//! followed by the services that are listed but never forwarded: headless
+//! ones (one line per port, with the endpoints clients reach directly) and
+//! ExternalName ones. Endpoints that the data plane would not pick for a
+//! new connection are marked: `(not-ready)`, `(terminating)`, or
+//! `(terminating,serving)`.
+//!
+//! ```text
+//! 198.18.100.10:8080/tcp  default/echo-server (ClusterIP)  -> 198.18.2.11:5678, 198.18.2.12:5678
+//! headless                default/db (ClusterIP, headless)  port 5432/tcp -> 198.18.3.1:5432
+//! -                       default/ext (ExternalName)        not forwarded
+//! ```
+
+use std::fmt::Write as _;
+
+use crate::model::{ClusterIp, Endpoint, Service, ServicePort, ServiceTable};
+
+/// Renders `table` as lines of text, each ending in a newline; an empty
+/// table renders as `(no services)`.
+pub fn render_table(table: &ServiceTable) -> String {
+    let mut rows: Vec<Row> = Vec::new();
+
+    let mut forwarded: Vec<_> = table.forwarded().collect();
+    forwarded.sort_by_key(|(service, vip)| (*vip, &service.name));
+    let mut vip_rows = Vec::new();
+    for (service, vip) in forwarded {
+        let who = describe(service, "", "");
+        if service.ports.is_empty() {
+            vip_rows.push((vip, 0, 0, Row::new(vip.to_string(), who, "(no ports)")));
+        }
+        for port in &service.ports {
+            vip_rows.push((
+                vip,
+                port.port,
+                port.protocol.ip_number(),
+                Row::new(
+                    format!("{vip}:{}/{}", port.port, port.protocol),
+                    describe(service, &port_suffix(port), ""),
+                    format!("-> {}", endpoints(port)),
+                ),
+            ));
+        }
+    }
+    // Sorted by VIP, then port, then protocol (TCP before UDP).
+    vip_rows.sort_by_key(|(vip, port, protocol, _)| (*vip, *port, *protocol));
+    rows.extend(vip_rows.into_iter().map(|(_, _, _, row)| row));
+
+    // Services are sorted by name already; keep that order.
+    for service in &table.services {
+        match service.cluster_ip {
+            ClusterIp::Vip(_) | ClusterIp::ExternalName => {}
+            ClusterIp::Headless => {
+                let who = describe(service, "", ", headless");
+                if service.ports.is_empty() {
+                    rows.push(Row::new("headless".into(), who.clone(), "no ports"));
+                }
+                let mut ports: Vec<&ServicePort> = service.ports.iter().collect();
+                ports.sort_by_key(|p| (p.port, p.protocol));
+                for port in ports {
+                    rows.push(Row::new(
+                        "headless".into(),
+                        who.clone(),
+                        format!(
+                            "port {}/{}{} -> {}",
+                            port.port,
+                            port.protocol,
+                            port.name
+                                .as_deref()
+                                .map(|n| format!(" ({n})"))
+                                .unwrap_or_default(),
+                            endpoints(port)
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    for service in &table.services {
+        if service.cluster_ip == ClusterIp::ExternalName {
+            rows.push(Row::new(
+                "-".into(),
+                format!("{} ({})", service.name, service.kind.as_str()),
+                "not forwarded",
+            ));
+        }
+    }
+
+    if rows.is_empty() {
+        return "(no services)\n".to_owned();
+    }
+    let first = rows.iter().map(|r| r.vip.len()).max().unwrap_or(0);
+    let second = rows.iter().map(|r| r.who.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for row in rows {
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "{:first$}  {:second$}  {}", row.vip, row.who, row.rest);
+    }
+    out
+}
+
+impl ServiceTable {
+    /// The table as `cipgw check` prints it; see [`render_table`].
+    pub fn render(&self) -> String {
+        render_table(self)
+    }
+}
+
+struct Row {
+    vip: String,
+    who: String,
+    rest: String,
+}
+
+impl Row {
+    fn new(vip: String, who: String, rest: impl Into<String>) -> Self {
+        Self {
+            vip,
+            who,
+            rest: rest.into(),
+        }
+    }
+}
+
+/// `default/echo:http (ClusterIP, headless)`: the name (with the port name,
+/// as kube-proxy names a service port) and the type.
+fn describe(service: &Service, port: &str, extra: &str) -> String {
+    format!("{}{port} ({}{extra})", service.name, service.kind.as_str())
+}
+
+fn port_suffix(port: &ServicePort) -> String {
+    port.name
+        .as_deref()
+        .map(|name| format!(":{name}"))
+        .unwrap_or_default()
+}
+
+fn endpoints(port: &ServicePort) -> String {
+    if port.endpoints.is_empty() {
+        return "(no endpoints)".to_owned();
+    }
+    let mut out = String::new();
+    for (i, endpoint) in port.endpoints.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "{}:{}{}", endpoint.ip, endpoint.port, mark(endpoint));
+    }
+    out
+}
+
+/// Why the data plane would not pick this endpoint for a new connection
+/// (or, for a ready terminating one, that it is on its way out).
+fn mark(endpoint: &Endpoint) -> &'static str {
+    let state = endpoint.state;
+    match (state.ready, state.serving, state.terminating) {
+        (true, _, false) => "",
+        (false, _, false) => "(not-ready)",
+        (_, true, true) => "(terminating,serving)",
+        (_, false, true) => "(terminating)",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::model::{EndpointState, Protocol, ServiceKind, ServiceName, TargetPort};
+
+    fn endpoint(last: u8, port: u16, state: EndpointState) -> Endpoint {
+        Endpoint {
+            ip: Ipv4Addr::new(198, 18, 2, last),
+            port,
+            state,
+            pod: None,
+        }
+    }
+
+    fn port(
+        name: Option<&str>,
+        port: u16,
+        protocol: Protocol,
+        endpoints: Vec<Endpoint>,
+    ) -> ServicePort {
+        ServicePort {
+            name: name.map(str::to_owned),
+            port,
+            protocol,
+            target_port: TargetPort::Number(port),
+            endpoints,
+        }
+    }
+
+    fn service(name: &str, kind: ServiceKind, ip: ClusterIp, ports: Vec<ServicePort>) -> Service {
+        Service {
+            name: ServiceName::new("default", name),
+            kind,
+            cluster_ip: ip,
+            ports,
+        }
+    }
+
+    #[test]
+    fn renders_sorted_lines_with_marks() {
+        let vip = |last| ClusterIp::Vip(Ipv4Addr::new(198, 18, 100, last));
+        let terminating = EndpointState {
+            ready: false,
+            serving: false,
+            terminating: true,
+        };
+        let not_ready = EndpointState {
+            ready: false,
+            serving: false,
+            terminating: false,
+        };
+        let table = ServiceTable {
+            services: vec![
+                service(
+                    "db",
+                    ServiceKind::ClusterIp,
+                    ClusterIp::Headless,
+                    vec![port(
+                        None,
+                        5432,
+                        Protocol::Tcp,
+                        vec![endpoint(21, 5432, EndpointState::READY)],
+                    )],
+                ),
+                service(
+                    "echo-server",
+                    ServiceKind::ClusterIp,
+                    vip(10),
+                    vec![port(
+                        None,
+                        8080,
+                        Protocol::Tcp,
+                        vec![
+                            endpoint(11, 5678, EndpointState::READY),
+                            endpoint(14, 5678, terminating),
+                            endpoint(15, 5678, not_ready),
+                        ],
+                    )],
+                ),
+                service(
+                    "ext",
+                    ServiceKind::ExternalName,
+                    ClusterIp::ExternalName,
+                    vec![],
+                ),
+                service(
+                    "web",
+                    ServiceKind::NodePort,
+                    vip(5),
+                    vec![
+                        port(Some("https"), 443, Protocol::Tcp, vec![]),
+                        port(
+                            Some("dns"),
+                            53,
+                            Protocol::Udp,
+                            vec![endpoint(30, 53, EndpointState::READY)],
+                        ),
+                    ],
+                ),
+            ],
+        };
+        let expected = "\
+198.18.100.5:53/udp     default/web:dns (NodePort)        -> 198.18.2.30:53
+198.18.100.5:443/tcp    default/web:https (NodePort)      -> (no endpoints)
+198.18.100.10:8080/tcp  default/echo-server (ClusterIP)   -> 198.18.2.11:5678, 198.18.2.14:5678(terminating), 198.18.2.15:5678(not-ready)
+headless                default/db (ClusterIP, headless)  port 5432/tcp -> 198.18.2.21:5432
+-                       default/ext (ExternalName)        not forwarded
+";
+        assert_eq!(table.render(), expected);
+    }
+
+    #[test]
+    fn empty_table() {
+        assert_eq!(render_table(&ServiceTable::default()), "(no services)\n");
+    }
+}
