@@ -1,0 +1,1632 @@
+//! The one translation from Kubernetes objects to the service model.
+//!
+//! Both sources call [`translate`] (or [`translate_lenient`]) with the same
+//! k8s-openapi types: the control file with the objects it parsed, each
+//! carrying its [`Location`] for error messages; the Kubernetes-API source
+//! with the contents of its reflector stores and no locations. The rules
+//! are Kubernetes' own:
+//!
+//! - `spec.type` ClusterIP (the default), NodePort and LoadBalancer have
+//!   their ClusterIP forwarded; ExternalName is listed, never forwarded.
+//! - `clusterIP: None` is headless: listed with its endpoints, never
+//!   forwarded. A fixed `clusterIP` (or `clusterIPs[0]`) must be an IPv4
+//!   address inside the service CIDR (of a dual-stack Service the IPv4
+//!   entry is used); two Services never share one. A Service without one
+//!   gets a stable address from the CIDR ([`crate::allocate`]).
+//! - Ports: `port` 1-65535, `protocol` TCP or UDP (default TCP),
+//!   `targetPort` a number or a container-port name (default: `port`);
+//!   `(port, protocol)` and port names are unique within a Service, and a
+//!   Service with several ports names all of them.
+//! - Endpoints come from the IPv4 EndpointSlices labelled
+//!   `kubernetes.io/service-name: <service>` in the Service's namespace
+//!   whenever any slice names the Service (FQDN and IPv6 slices count as
+//!   present but add nothing). Otherwise they come from the Pods in the
+//!   namespace that the Service's selector matches, the way the
+//!   EndpointSlice controller would build them: every Pod with an IP that
+//!   has not terminated (`Succeeded`/`Failed`), `serving` = its Ready
+//!   condition, `terminating` = it has a deletionTimestamp, and `ready` =
+//!   serving and not terminating (or always, with
+//!   `publishNotReadyAddresses`). The data plane picks only ready ones;
+//!   listings show the rest.
+//! - Slice conditions: `ready` nil means true, `serving` nil means the
+//!   same as ready, `terminating` nil means false. An endpoint's address is
+//!   its first `addresses` entry, as EndpointSlice consumers must use.
+//! - Target ports resolve per endpoint: from a slice, the `ports[]` entry
+//!   with the Service port's name and protocol (its number is the target),
+//!   else, when the slice lists no ports at all, a numeric targetPort; from
+//!   a Pod, a numeric targetPort, or the container port with that name and
+//!   protocol. An endpoint whose port does not resolve is left out of that
+//!   Service port, as kube-proxy leaves it out.
+//! - An address that is not IPv4 where IPv4 is needed (a Pod's IP, an
+//!   endpoint of an IPv4 slice) is an error, whether or not a Service
+//!   selects the object: a control file is checked whole.
+//!
+//! The output keeps the model's invariants: Services sorted by name,
+//! unique VIPs, unique `(port, protocol)` per Service, endpoints sorted
+//! and unique by `(ip, port)` (a duplicate keeps its most ready state).
+
+// Errors here end a translation and are built once per bad object: their
+// size costs nothing, and boxing their fields would only make matching
+// clumsier.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use cipgw_config::control_file::{ControlObjects, Location, ObjectRef, DEFAULT_NAMESPACE};
+use cipgw_config::{
+    ClusterIp, Endpoint, EndpointState, Protocol, Service, ServiceKind, ServiceName, ServicePort,
+    ServiceTable, TargetPort,
+};
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::allocate;
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// One Kubernetes object to translate, and where it was written if it
+/// came from a control file.
+#[derive(Debug)]
+pub struct Object<'a, K> {
+    pub object: &'a K,
+    pub location: Option<Location>,
+}
+
+impl<K> Clone for Object<'_, K> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<K> Copy for Object<'_, K> {}
+
+/// Everything one translation reads.
+#[derive(Debug, Default)]
+pub struct Objects<'a> {
+    pub services: Vec<Object<'a, core::Service>>,
+    pub endpoint_slices: Vec<Object<'a, discovery::EndpointSlice>>,
+    pub pods: Vec<Object<'a, core::Pod>>,
+}
+
+impl<'a> Objects<'a> {
+    /// The objects of a parsed control file, with their locations.
+    pub fn from_control_file(objects: &'a ControlObjects) -> Self {
+        fn located<K>(objects: &[cipgw_config::Located<K>]) -> Vec<Object<'_, K>> {
+            objects
+                .iter()
+                .map(|o| Object {
+                    object: &o.object,
+                    location: Some(o.location),
+                })
+                .collect()
+        }
+        Self {
+            services: located(&objects.services),
+            endpoint_slices: located(&objects.endpoint_slices),
+            pods: located(&objects.pods),
+        }
+    }
+
+    /// Objects without a file behind them (the Kubernetes API).
+    pub fn from_api(
+        services: impl IntoIterator<Item = &'a core::Service>,
+        endpoint_slices: impl IntoIterator<Item = &'a discovery::EndpointSlice>,
+        pods: impl IntoIterator<Item = &'a core::Pod>,
+    ) -> Self {
+        fn unlocated<'a, K: 'a>(objects: impl IntoIterator<Item = &'a K>) -> Vec<Object<'a, K>> {
+            objects
+                .into_iter()
+                .map(|object| Object {
+                    object,
+                    location: None,
+                })
+                .collect()
+        }
+        Self {
+            services: unlocated(services),
+            endpoint_slices: unlocated(endpoint_slices),
+            pods: unlocated(pods),
+        }
+    }
+}
+
+/// An object that cannot be translated, named with its field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TranslateError {
+    /// A field with a value Kubernetes (or cipgw) does not allow.
+    #[error("{object}: {field}: {problem}")]
+    Field {
+        object: ObjectRef,
+        /// Path within the object, e.g. `spec.ports[0].port`.
+        field: String,
+        problem: Problem,
+    },
+    /// Two Services with one ClusterIP; `object` is the later in file
+    /// order (by name for objects from the API).
+    #[error("{object}: {field}: {ip} is already the ClusterIP of {other}")]
+    DuplicateClusterIp {
+        object: ObjectRef,
+        field: String,
+        ip: Ipv4Addr,
+        other: ObjectRef,
+    },
+    /// The same Service written twice.
+    #[error("{object}: defined twice, first at {other}")]
+    DuplicateService { object: ObjectRef, other: ObjectRef },
+    /// No address left to allocate for a Service without a ClusterIP.
+    #[error(
+        "{object}: spec.clusterIP: no free address left in service CIDR {cidr} \
+         ({usable} usable addresses); set spec.clusterIP or use a larger service CIDR"
+    )]
+    CidrFull {
+        object: ObjectRef,
+        cidr: Ipv4Net,
+        usable: u32,
+    },
+}
+
+impl TranslateError {
+    /// The object at fault.
+    pub fn object(&self) -> &ObjectRef {
+        match self {
+            TranslateError::Field { object, .. }
+            | TranslateError::DuplicateClusterIp { object, .. }
+            | TranslateError::DuplicateService { object, .. }
+            | TranslateError::CidrFull { object, .. } => object,
+        }
+    }
+}
+
+/// What is wrong with a field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("{value} is out of range 1-65535")]
+    PortOutOfRange { value: i64 },
+    #[error("SCTP is not supported")]
+    Sctp,
+    #[error("unknown protocol {0:?}: expected TCP or UDP")]
+    UnknownProtocol(String),
+    #[error(
+        "unknown service type {0:?}: expected ClusterIP, NodePort, LoadBalancer or ExternalName"
+    )]
+    UnknownServiceType(String),
+    #[error("{0:?} is not an IP address")]
+    BadIp(String),
+    #[error("{0} is an IPv6 address; cipgw forwards IPv4 only")]
+    Ipv6(Ipv6Addr),
+    #[error("{0} is an IPv6 address in an IPv4 EndpointSlice")]
+    Ipv6InIpv4Slice(Ipv6Addr),
+    #[error("{ip} is outside the service CIDR {cidr}")]
+    OutsideServiceCidr { ip: Ipv4Addr, cidr: Ipv4Net },
+    #[error("{ip} is the network or broadcast address of the service CIDR {cidr}")]
+    ReservedAddress { ip: Ipv4Addr, cidr: Ipv4Net },
+    #[error("{first:?} differs from spec.clusterIP {cluster_ip:?}; they must be equal")]
+    ClusterIpsMismatch { first: String, cluster_ip: String },
+    #[error("port {port}/{protocol} is already listed at spec.ports[{first}]")]
+    DuplicatePort {
+        port: u16,
+        protocol: Protocol,
+        first: usize,
+    },
+    #[error("{name:?} is already the name of spec.ports[{first}]")]
+    DuplicatePortName { name: String, first: usize },
+    #[error("required when a Service has more than one port")]
+    MissingPortName,
+    #[error("{0:?} is a number in quotes: write it without quotes, or name a container port")]
+    QuotedPortNumber(String),
+    #[error(
+        "{0:?} is not a port name (at most 15 lowercase letters, digits and '-', \
+         with at least one letter)"
+    )]
+    BadPortName(String),
+    #[error("no address: an endpoint needs at least one")]
+    NoAddress,
+}
+
+/// Translates `objects` into a service table, or the first error in file
+/// order (errors of objects without a location come last).
+pub fn translate(
+    objects: &Objects<'_>,
+    service_cidr: Ipv4Net,
+) -> Result<ServiceTable, TranslateError> {
+    let (table, errors) = translate_lenient(objects, service_cidr);
+    match errors
+        .into_iter()
+        .min_by_key(|e| (e.object().location.is_none(), e.object().location))
+    {
+        Some(error) => Err(error),
+        None => Ok(table),
+    }
+}
+
+/// Translates what can be translated: an object with an error is left out
+/// (a Service entirely; an EndpointSlice or Pod from every Service), and
+/// every error is returned. For sources that must keep serving when one
+/// object is wrong (the Kubernetes API).
+pub fn translate_lenient(
+    objects: &Objects<'_>,
+    service_cidr: Ipv4Net,
+) -> (ServiceTable, Vec<TranslateError>) {
+    let mut errors = Vec::new();
+    let pods = PodIndex::build(&objects.pods, &mut errors);
+    let slices = SliceIndex::build(&objects.endpoint_slices, &mut errors);
+
+    let mut specs: Vec<ServiceSpec<'_>> = objects
+        .services
+        .iter()
+        .filter_map(|s| {
+            ServiceSpec::parse(*s, service_cidr)
+                .map_err(|e| errors.push(e))
+                .ok()
+        })
+        .collect();
+    specs.sort_by(|a, b| {
+        (&a.name, a.object.location.is_none(), a.object.location).cmp(&(
+            &b.name,
+            b.object.location.is_none(),
+            b.object.location,
+        ))
+    });
+    specs.dedup_by(|later, first| {
+        let duplicate = later.name == first.name;
+        if duplicate {
+            errors.push(TranslateError::DuplicateService {
+                object: later.object.clone(),
+                other: first.object.clone(),
+            });
+        }
+        duplicate
+    });
+
+    // Fixed ClusterIPs first, then allocation around them.
+    // The first claim in file order keeps the address (by name for
+    // objects without a location).
+    let mut claims: Vec<usize> = (0..specs.len()).collect();
+    claims.sort_by_key(|&i| {
+        let location = specs[i].object.location;
+        (location.is_none(), location, i)
+    });
+    let mut owners: HashMap<Ipv4Addr, usize> = HashMap::new();
+    let mut dropped = vec![false; specs.len()];
+    for i in claims {
+        let spec = &specs[i];
+        if let Address::Fixed { ip, field } = &spec.address {
+            if let Some(&owner) = owners.get(ip) {
+                errors.push(TranslateError::DuplicateClusterIp {
+                    object: spec.object.clone(),
+                    field: field.clone(),
+                    ip: *ip,
+                    other: specs[owner].object.clone(),
+                });
+                dropped[i] = true;
+            } else {
+                owners.insert(*ip, i);
+            }
+        }
+    }
+    let taken: HashSet<Ipv4Addr> = owners.keys().copied().collect();
+    let wanted = specs
+        .iter()
+        .filter(|s| matches!(s.address, Address::Allocate))
+        .map(|s| &s.name);
+    let allocated = match allocate::allocate(service_cidr, &taken, wanted) {
+        Ok(allocated) => allocated,
+        Err(full) => {
+            for (i, spec) in specs.iter().enumerate() {
+                if matches!(spec.address, Address::Allocate)
+                    && !full.allocated.contains_key(&spec.name)
+                {
+                    errors.push(TranslateError::CidrFull {
+                        object: spec.object.clone(),
+                        cidr: service_cidr,
+                        usable: full.usable,
+                    });
+                    dropped[i] = true;
+                }
+            }
+            full.allocated
+        }
+    };
+
+    let services = specs
+        .iter()
+        .zip(dropped)
+        .filter(|(_, dropped)| !dropped)
+        .map(|(spec, _)| {
+            let cluster_ip = match &spec.address {
+                Address::Fixed { ip, .. } => ClusterIp::Vip(*ip),
+                Address::Allocate => ClusterIp::Vip(allocated[&spec.name]),
+                Address::Headless => ClusterIp::Headless,
+                Address::ExternalName => ClusterIp::ExternalName,
+            };
+            Service {
+                name: spec.name.clone(),
+                kind: spec.kind,
+                cluster_ip,
+                ports: spec
+                    .ports
+                    .iter()
+                    .map(|port| ServicePort {
+                        name: port.name.clone(),
+                        port: port.port,
+                        protocol: port.protocol,
+                        target_port: port.target.clone(),
+                        endpoints: endpoints(spec, port, &slices, &pods),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    (ServiceTable { services }, errors)
+}
+
+/// Where a Service's VIP comes from.
+enum Address {
+    Fixed { ip: Ipv4Addr, field: String },
+    Allocate,
+    Headless,
+    ExternalName,
+}
+
+/// A Service's spec, checked.
+struct ServiceSpec<'a> {
+    object: ObjectRef,
+    name: ServiceName,
+    kind: ServiceKind,
+    address: Address,
+    ports: Vec<PortSpec>,
+    /// Non-empty selector; `None` selects no Pods.
+    selector: Option<&'a BTreeMap<String, String>>,
+    publish_not_ready: bool,
+}
+
+struct PortSpec {
+    name: Option<String>,
+    port: u16,
+    protocol: Protocol,
+    target: TargetPort,
+}
+
+impl<'a> ServiceSpec<'a> {
+    fn parse(service: Object<'a, core::Service>, cidr: Ipv4Net) -> Result<Self, TranslateError> {
+        let name = ObjectRef::name_of(&service.object.metadata);
+        let object = ObjectRef::new(service.location, "Service", name.clone());
+        let field_error = |field: String, problem: Problem| TranslateError::Field {
+            object: object.clone(),
+            field,
+            problem,
+        };
+        static NO_SPEC: std::sync::OnceLock<core::ServiceSpec> = std::sync::OnceLock::new();
+        let spec = match &service.object.spec {
+            Some(spec) => spec,
+            None => NO_SPEC.get_or_init(core::ServiceSpec::default),
+        };
+
+        let kind = match spec.type_.as_deref().unwrap_or_default() {
+            "" | "ClusterIP" => ServiceKind::ClusterIp,
+            "NodePort" => ServiceKind::NodePort,
+            "LoadBalancer" => ServiceKind::LoadBalancer,
+            "ExternalName" => ServiceKind::ExternalName,
+            other => {
+                return Err(field_error(
+                    "spec.type".into(),
+                    Problem::UnknownServiceType(other.into()),
+                ))
+            }
+        };
+        let address = if kind == ServiceKind::ExternalName {
+            Address::ExternalName
+        } else {
+            cluster_address(spec, cidr).map_err(|(field, problem)| field_error(field, problem))?
+        };
+        let ports = parse_ports(spec.ports.as_deref().unwrap_or_default())
+            .map_err(|(field, problem)| field_error(field, problem))?;
+        Ok(Self {
+            name,
+            kind,
+            address,
+            ports,
+            selector: spec.selector.as_ref().filter(|s| !s.is_empty()),
+            publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
+            object,
+        })
+    }
+}
+
+type FieldProblem = (String, Problem);
+
+fn cluster_address(spec: &core::ServiceSpec, cidr: Ipv4Net) -> Result<Address, FieldProblem> {
+    let primary = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty());
+    let list = spec.cluster_ips.as_deref().unwrap_or_default();
+    if let (Some(primary), Some(first)) = (primary, list.first()) {
+        if primary != first {
+            return Err((
+                "spec.clusterIPs[0]".into(),
+                Problem::ClusterIpsMismatch {
+                    first: first.clone(),
+                    cluster_ip: primary.into(),
+                },
+            ));
+        }
+    }
+    // (field, value) in order of preference: the primary, then the others.
+    let mut candidates: Vec<(String, &str)> = Vec::new();
+    if let Some(primary) = primary {
+        candidates.push(("spec.clusterIP".into(), primary));
+    }
+    for (i, ip) in list.iter().enumerate() {
+        if i > 0 || primary.is_none() {
+            candidates.push((format!("spec.clusterIPs[{i}]"), ip));
+        }
+    }
+    match candidates.first() {
+        None => return Ok(Address::Allocate),
+        Some((_, "None")) => return Ok(Address::Headless),
+        Some(_) => {}
+    }
+    let mut first_v6 = None;
+    for (field, value) in candidates {
+        match parse_ip(value) {
+            Err(problem) => return Err((field, problem)),
+            Ok(IpAddr::V6(v6)) => {
+                first_v6.get_or_insert((field, v6));
+            }
+            Ok(IpAddr::V4(ip)) => {
+                check_in_cidr(ip, cidr).map_err(|problem| (field.clone(), problem))?;
+                return Ok(Address::Fixed { ip, field });
+            }
+        }
+    }
+    let (field, v6) = first_v6.expect("a non-empty candidate list without IPv4 has IPv6");
+    Err((field, Problem::Ipv6(v6)))
+}
+
+fn check_in_cidr(ip: Ipv4Addr, cidr: Ipv4Net) -> Result<(), Problem> {
+    let cidr = cidr.trunc();
+    if !cidr.contains(&ip) {
+        return Err(Problem::OutsideServiceCidr { ip, cidr });
+    }
+    if cidr.prefix_len() <= 30 && (ip == cidr.network() || ip == cidr.broadcast()) {
+        return Err(Problem::ReservedAddress { ip, cidr });
+    }
+    Ok(())
+}
+
+fn parse_ip(value: &str) -> Result<IpAddr, Problem> {
+    value
+        .parse::<IpAddr>()
+        .map_err(|_| Problem::BadIp(value.into()))
+}
+
+fn parse_ports(ports: &[core::ServicePort]) -> Result<Vec<PortSpec>, FieldProblem> {
+    let mut out: Vec<PortSpec> = Vec::with_capacity(ports.len());
+    for (i, p) in ports.iter().enumerate() {
+        let field = |name: &str| format!("spec.ports[{i}].{name}");
+        let port = port_number(p.port).map_err(|e| (field("port"), e))?;
+        let protocol = parse_protocol(p.protocol.as_deref()).map_err(|e| (field("protocol"), e))?;
+        let name = p.name.clone().filter(|n| !n.is_empty());
+        let target = match &p.target_port {
+            // Kubernetes defaults an absent, 0 or "" targetPort to port.
+            None => TargetPort::Number(port),
+            Some(IntOrString::Int(0)) => TargetPort::Number(port),
+            Some(IntOrString::String(s)) if s.is_empty() => TargetPort::Number(port),
+            Some(IntOrString::Int(n)) => {
+                TargetPort::Number(port_number(*n).map_err(|e| (field("targetPort"), e))?)
+            }
+            Some(IntOrString::String(s)) => {
+                TargetPort::Name(port_name(s).map_err(|e| (field("targetPort"), e))?)
+            }
+        };
+        if let Some(first) = out
+            .iter()
+            .position(|o| o.port == port && o.protocol == protocol)
+        {
+            return Err((
+                format!("spec.ports[{i}]"),
+                Problem::DuplicatePort {
+                    port,
+                    protocol,
+                    first,
+                },
+            ));
+        }
+        if let Some(name) = &name {
+            if let Some(first) = out.iter().position(|o| o.name.as_ref() == Some(name)) {
+                return Err((
+                    field("name"),
+                    Problem::DuplicatePortName {
+                        name: name.clone(),
+                        first,
+                    },
+                ));
+            }
+        }
+        out.push(PortSpec {
+            name,
+            port,
+            protocol,
+            target,
+        });
+    }
+    if out.len() > 1 {
+        if let Some(i) = out.iter().position(|p| p.name.is_none()) {
+            return Err((format!("spec.ports[{i}].name"), Problem::MissingPortName));
+        }
+    }
+    Ok(out)
+}
+
+fn port_number(value: i32) -> Result<u16, Problem> {
+    match u16::try_from(value) {
+        Ok(port) if port != 0 => Ok(port),
+        _ => Err(Problem::PortOutOfRange {
+            value: value.into(),
+        }),
+    }
+}
+
+/// A container-port name as Kubernetes allows it (IANA service name
+/// syntax, RFC 6335 section 5.1).
+fn port_name(name: &str) -> Result<String, Problem> {
+    if name.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Problem::QuotedPortNumber(name.into()));
+    }
+    let valid = name.len() <= 15
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().any(|b| b.is_ascii_lowercase())
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--");
+    if valid {
+        Ok(name.into())
+    } else {
+        Err(Problem::BadPortName(name.into()))
+    }
+}
+
+fn parse_protocol(value: Option<&str>) -> Result<Protocol, Problem> {
+    match value.unwrap_or("TCP") {
+        "TCP" => Ok(Protocol::Tcp),
+        "UDP" => Ok(Protocol::Udp),
+        "SCTP" => Err(Problem::Sctp),
+        other => Err(Problem::UnknownProtocol(other.into())),
+    }
+}
+
+/// A protocol as other objects (container ports, slice ports) name it;
+/// SCTP and unknown names match no Service port.
+fn protocol_of(value: Option<&str>) -> Option<Protocol> {
+    parse_protocol(value).ok()
+}
+
+/// The endpoints of one Service port, sorted and unique by `(ip, port)`.
+fn endpoints(
+    spec: &ServiceSpec<'_>,
+    port: &PortSpec,
+    slices: &SliceIndex<'_>,
+    pods: &PodIndex<'_>,
+) -> Vec<Endpoint> {
+    let mut out = Vec::new();
+    let key = (spec.name.namespace.as_str(), spec.name.name.as_str());
+    if let Some(service_slices) = slices.by_service.get(&key) {
+        for slice in service_slices {
+            slice.endpoints_for(port, &mut out);
+        }
+    } else if let Some(selector) = spec.selector {
+        for pod in pods.select(&spec.name.namespace, selector) {
+            pod.endpoint_for(port, spec.publish_not_ready, &mut out);
+        }
+    }
+    out.sort_by(|a, b| {
+        (a.ip, a.port)
+            .cmp(&(b.ip, b.port))
+            // Among duplicates, the most ready first: that one is kept.
+            .then(b.state.ready.cmp(&a.state.ready))
+            .then(b.state.serving.cmp(&a.state.serving))
+            .then(a.state.terminating.cmp(&b.state.terminating))
+            .then(a.pod.cmp(&b.pod))
+    });
+    out.dedup_by_key(|e| (e.ip, e.port));
+    out
+}
+
+/// An EndpointSlice, checked.
+struct SliceInfo<'a> {
+    /// Only IPv4 slices carry endpoints; others only mark the Service as
+    /// having slices.
+    ports: Vec<SlicePort<'a>>,
+    endpoints: Vec<(Ipv4Addr, EndpointState, Option<&'a str>)>,
+}
+
+struct SlicePort<'a> {
+    name: Option<&'a str>,
+    protocol: Option<Protocol>,
+    port: Option<u16>,
+}
+
+impl SliceInfo<'_> {
+    fn endpoints_for(&self, port: &PortSpec, out: &mut Vec<Endpoint>) {
+        let numeric = match port.target {
+            TargetPort::Number(n) => Some(n),
+            TargetPort::Name(_) => None,
+        };
+        let matching = self
+            .ports
+            .iter()
+            .find(|p| p.name == port.name.as_deref() && p.protocol == Some(port.protocol));
+        let target = match matching {
+            Some(p) => p.port.or(numeric),
+            None if self.ports.is_empty() => numeric,
+            None => None,
+        };
+        let Some(target) = target else { return };
+        out.extend(self.endpoints.iter().map(|(ip, state, pod)| Endpoint {
+            ip: *ip,
+            port: target,
+            state: *state,
+            pod: pod.map(str::to_owned),
+        }));
+    }
+}
+
+/// EndpointSlices by `(namespace, service name)`.
+struct SliceIndex<'a> {
+    by_service: HashMap<(&'a str, &'a str), Vec<SliceInfo<'a>>>,
+}
+
+impl<'a> SliceIndex<'a> {
+    fn build(
+        slices: &[Object<'a, discovery::EndpointSlice>],
+        errors: &mut Vec<TranslateError>,
+    ) -> Self {
+        let mut by_service: HashMap<(&str, &str), Vec<SliceInfo<'_>>> = HashMap::new();
+        for slice in slices {
+            let metadata = &slice.object.metadata;
+            let Some(service) = metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            else {
+                // Belongs to no Service: Kubernetes ignores it too.
+                continue;
+            };
+            let namespace = metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+            // Present even when invalid or not IPv4: the Service's
+            // endpoints come from slices, not from Pods.
+            let entry = by_service.entry((namespace, service.as_str())).or_default();
+            match check_slice(slice.object) {
+                Ok(info) => entry.push(info),
+                Err((field, problem)) => errors.push(TranslateError::Field {
+                    object: ObjectRef::new(
+                        slice.location,
+                        "EndpointSlice",
+                        ObjectRef::name_of(metadata),
+                    ),
+                    field,
+                    problem,
+                }),
+            }
+        }
+        Self { by_service }
+    }
+}
+
+fn check_slice(slice: &discovery::EndpointSlice) -> Result<SliceInfo<'_>, FieldProblem> {
+    if slice.address_type != "IPv4" {
+        return Ok(SliceInfo {
+            ports: Vec::new(),
+            endpoints: Vec::new(),
+        });
+    }
+    let mut ports = Vec::new();
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
+        let port = p
+            .port
+            .map(port_number)
+            .transpose()
+            .map_err(|e| (format!("ports[{i}].port"), e))?;
+        ports.push(SlicePort {
+            name: p.name.as_deref().filter(|n| !n.is_empty()),
+            protocol: protocol_of(p.protocol.as_deref()),
+            port,
+        });
+    }
+    let mut endpoints = Vec::with_capacity(slice.endpoints.len());
+    for (i, endpoint) in slice.endpoints.iter().enumerate() {
+        let Some(address) = endpoint.addresses.first() else {
+            return Err((format!("endpoints[{i}].addresses"), Problem::NoAddress));
+        };
+        let field = || format!("endpoints[{i}].addresses[0]");
+        let ip = match parse_ip(address).map_err(|e| (field(), e))? {
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(ip) => return Err((field(), Problem::Ipv6InIpv4Slice(ip))),
+        };
+        let conditions = endpoint.conditions.as_ref();
+        let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+        let state = EndpointState {
+            ready,
+            serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
+            terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+        };
+        let pod = endpoint
+            .target_ref
+            .as_ref()
+            .filter(|r| r.kind.as_deref() == Some("Pod"))
+            .and_then(|r| r.name.as_deref());
+        endpoints.push((ip, state, pod));
+    }
+    Ok(SliceInfo { ports, endpoints })
+}
+
+/// A Pod that can be an endpoint, checked.
+struct PodInfo<'a> {
+    name: &'a str,
+    labels: Option<&'a BTreeMap<String, String>>,
+    ip: Ipv4Addr,
+    /// The Ready condition is True.
+    serving: bool,
+    terminating: bool,
+    /// Named container ports: (name, protocol, number).
+    ports: Vec<(&'a str, Option<Protocol>, u16)>,
+}
+
+impl PodInfo<'_> {
+    fn endpoint_for(&self, port: &PortSpec, publish_not_ready: bool, out: &mut Vec<Endpoint>) {
+        let target = match &port.target {
+            TargetPort::Number(n) => Some(*n),
+            TargetPort::Name(name) => self
+                .ports
+                .iter()
+                .find(|(n, protocol, _)| n == name && *protocol == Some(port.protocol))
+                .map(|(_, _, number)| *number),
+        };
+        let Some(target) = target else { return };
+        out.push(Endpoint {
+            ip: self.ip,
+            port: target,
+            state: EndpointState {
+                // As the EndpointSlice controller sets it.
+                ready: publish_not_ready || (self.serving && !self.terminating),
+                serving: self.serving,
+                terminating: self.terminating,
+            },
+            pod: Some(self.name.to_owned()),
+        });
+    }
+
+    fn matches(&self, selector: &BTreeMap<String, String>) -> bool {
+        let Some(labels) = self.labels else {
+            return false;
+        };
+        selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// Pods by `(namespace, label, value)`, to select without scanning.
+struct PodIndex<'a> {
+    pods: Vec<PodInfo<'a>>,
+    by_label: HashMap<(&'a str, &'a str, &'a str), Vec<usize>>,
+}
+
+impl<'a> PodIndex<'a> {
+    fn build(pods: &[Object<'a, core::Pod>], errors: &mut Vec<TranslateError>) -> Self {
+        let mut index = Self {
+            pods: Vec::new(),
+            by_label: HashMap::new(),
+        };
+        for pod in pods {
+            let metadata = &pod.object.metadata;
+            let info = match check_pod(pod.object) {
+                Ok(Some(info)) => info,
+                Ok(None) => continue,
+                Err((field, problem)) => {
+                    errors.push(TranslateError::Field {
+                        object: ObjectRef::new(pod.location, "Pod", ObjectRef::name_of(metadata)),
+                        field,
+                        problem,
+                    });
+                    continue;
+                }
+            };
+            let namespace = metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+            for (key, value) in info.labels.into_iter().flatten() {
+                index
+                    .by_label
+                    .entry((namespace, key, value))
+                    .or_default()
+                    .push(index.pods.len());
+            }
+            index.pods.push(info);
+        }
+        index
+    }
+
+    /// Pods of `namespace` whose labels match every pair of `selector`
+    /// (non-empty).
+    fn select<'s>(
+        &'s self,
+        namespace: &'s str,
+        selector: &'s BTreeMap<String, String>,
+    ) -> impl Iterator<Item = &'s PodInfo<'a>> + 's {
+        let shortest = selector
+            .iter()
+            .map(|(k, v)| {
+                self.by_label
+                    .get(&(namespace, k.as_str(), v.as_str()))
+                    .map_or(&[][..], Vec::as_slice)
+            })
+            .min_by_key(|candidates| candidates.len())
+            .unwrap_or_default();
+        shortest
+            .iter()
+            .map(|&i| &self.pods[i])
+            .filter(move |pod| pod.matches(selector))
+    }
+}
+
+/// `None` for a Pod that is no endpoint: no IP yet, or terminated.
+fn check_pod(pod: &core::Pod) -> Result<Option<PodInfo<'_>>, FieldProblem> {
+    let Some(status) = pod.status.as_ref() else {
+        return Ok(None);
+    };
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return Ok(None);
+    }
+    // The primary address first, then the others (dual-stack).
+    let mut candidates: Vec<(String, &str)> = Vec::new();
+    if let Some(ip) = status.pod_ip.as_deref().filter(|ip| !ip.is_empty()) {
+        candidates.push(("status.podIP".into(), ip));
+    }
+    for (i, ip) in status.pod_ips.iter().flatten().enumerate() {
+        candidates.push((format!("status.podIPs[{i}].ip"), &ip.ip));
+    }
+    let mut ipv4 = None;
+    let mut first_v6 = None;
+    for (field, value) in candidates {
+        match parse_ip(value) {
+            Err(problem) => return Err((field, problem)),
+            Ok(IpAddr::V4(ip)) => {
+                ipv4.get_or_insert(ip);
+            }
+            Ok(IpAddr::V6(ip)) => {
+                first_v6.get_or_insert((field, ip));
+            }
+        }
+    }
+    let ip = match (ipv4, first_v6) {
+        (Some(ip), _) => ip,
+        (None, Some((field, ip))) => return Err((field, Problem::Ipv6(ip))),
+        (None, None) => return Ok(None),
+    };
+
+    let mut ports = Vec::new();
+    if let Some(spec) = &pod.spec {
+        let containers = spec
+            .containers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("spec.containers[{i}]"), c));
+        // Sidecars (restartable init containers) serve ports too.
+        let sidecars = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter(|(_, c)| c.restart_policy.as_deref() == Some("Always"))
+            .map(|(i, c)| (format!("spec.initContainers[{i}]"), c));
+        for (field, container) in containers.chain(sidecars) {
+            for (j, p) in container.ports.iter().flatten().enumerate() {
+                let number = port_number(p.container_port)
+                    .map_err(|e| (format!("{field}.ports[{j}].containerPort"), e))?;
+                if let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                    ports.push((name, protocol_of(p.protocol.as_deref()), number));
+                }
+            }
+        }
+    }
+
+    let serving = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    Ok(Some(PodInfo {
+        name: pod.metadata.name.as_deref().unwrap_or_default(),
+        labels: pod.metadata.labels.as_ref(),
+        ip,
+        serving,
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+        ports,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use cipgw_config::control_file::parse_control_file;
+
+    use super::*;
+
+    fn cidr() -> Ipv4Net {
+        "198.18.100.0/24".parse().expect("valid")
+    }
+
+    fn table(yaml: &str) -> ServiceTable {
+        let objects = parse_control_file(yaml).expect("parses");
+        translate(&Objects::from_control_file(&objects), cidr())
+            .unwrap_or_else(|e| panic!("translates: {e}"))
+    }
+
+    fn error(yaml: &str) -> String {
+        let objects = parse_control_file(yaml).expect("parses");
+        translate(&Objects::from_control_file(&objects), cidr())
+            .expect_err("input is invalid")
+            .to_string()
+    }
+
+    fn service<'t>(table: &'t ServiceTable, namespace: &str, name: &str) -> &'t Service {
+        table
+            .get(&ServiceName::new(namespace, name))
+            .unwrap_or_else(|| panic!("{namespace}/{name} listed"))
+    }
+
+    /// `ip:port` of each endpoint, with the state of the not-ready ones.
+    fn eps(port: &ServicePort) -> Vec<String> {
+        port.endpoints
+            .iter()
+            .map(|e| {
+                let s = e.state;
+                let flags = match (s.ready, s.serving, s.terminating) {
+                    (true, true, false) => String::new(),
+                    (r, sv, t) => format!(" r={r} s={sv} t={t}"),
+                };
+                format!("{}:{}{flags}", e.ip, e.port)
+            })
+            .collect()
+    }
+
+    fn pod(name: &str, namespace: &str, app: &str, ip: &str, ready: bool, extra: &str) -> String {
+        let ready = if ready { "True" } else { "False" };
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  \
+             labels:\n    app: {app}\n{extra}status:\n  phase: Running\n  podIP: {ip}\n  \
+             conditions:\n  - type: Ready\n    status: \"{ready}\"\n"
+        )
+    }
+
+    const ECHO: &str = "\
+apiVersion: v1
+kind: Service
+metadata:
+  name: echo
+spec:
+  clusterIP: 198.18.100.10
+  selector:
+    app: echo
+  ports:
+  - port: 8080
+    targetPort: 5678
+";
+
+    #[test]
+    fn pods_give_endpoints_as_the_endpointslice_controller_would() {
+        let yaml = [
+            ECHO.to_owned(),
+            pod("ready", "default", "echo", "198.18.2.11", true, ""),
+            pod("unready", "default", "echo", "198.18.2.12", false, ""),
+            pod(
+                "leaving",
+                "default",
+                "echo",
+                "198.18.2.13",
+                true,
+                "",
+            )
+            .replace(
+                "  labels:",
+                "  deletionTimestamp: \"2025-01-10T10:00:00Z\"\n  labels:",
+            ),
+            pod("other-ns", "shop", "echo", "198.18.2.14", true, ""),
+            pod("other-app", "default", "web", "198.18.2.15", true, ""),
+            pod("done", "default", "echo", "198.18.2.16", true, "")
+                .replace("phase: Running", "phase: Succeeded"),
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: pending\n  labels:\n    app: echo\n\
+             status:\n  phase: Pending\n"
+                .to_owned(),
+        ]
+        .concat();
+        let plain = table(&yaml);
+        let echo = service(&plain, "default", "echo");
+        assert_eq!(
+            eps(&echo.ports[0]),
+            [
+                "198.18.2.11:5678",
+                "198.18.2.12:5678 r=false s=false t=false",
+                "198.18.2.13:5678 r=false s=true t=true",
+            ]
+        );
+        assert_eq!(echo.ports[0].endpoints[0].pod.as_deref(), Some("ready"));
+        assert_eq!(echo.ports[0].target_port, TargetPort::Number(5678));
+
+        let published = yaml.replace(
+            "  selector:",
+            "  publishNotReadyAddresses: true\n  selector:",
+        );
+        let published = table(&published);
+        let all_ready = service(&published, "default", "echo").ports[0]
+            .endpoints
+            .iter()
+            .all(|e| e.state.ready);
+        assert!(
+            all_ready,
+            "publishNotReadyAddresses makes every endpoint ready"
+        );
+    }
+
+    #[test]
+    fn service_without_selector_or_slices_has_no_endpoints() {
+        let yaml = format!(
+            "{}{}",
+            ECHO.replace("  selector:\n    app: echo\n", ""),
+            pod("p", "default", "echo", "198.18.2.11", true, "")
+        );
+        assert!(table(&yaml).services[0].ports[0].endpoints.is_empty());
+    }
+
+    const SLICE_HEAD: &str = "\
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: echo-1
+  labels:
+    kubernetes.io/service-name: echo
+addressType: IPv4
+";
+
+    #[test]
+    fn slices_take_precedence_and_carry_conditions() {
+        let yaml = format!(
+            "{ECHO}{}{SLICE_HEAD}endpoints:
+- addresses: [198.18.3.1]
+- addresses: [198.18.3.2]
+  conditions: {{ready: false}}
+- addresses: [198.18.3.3]
+  conditions: {{ready: false, serving: true, terminating: true}}
+  targetRef: {{kind: Pod, name: echo-c}}
+- addresses: [198.18.3.4]
+  conditions: {{ready: false}}
+- addresses: [198.18.3.5, 198.18.3.50]
+  targetRef: {{kind: Node, name: node-1}}
+{}---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: echo-v6
+  labels:
+    kubernetes.io/service-name: echo
+addressType: IPv6
+endpoints:
+- addresses: [\"fd00::1\"]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: echo-fqdn
+  labels:
+    kubernetes.io/service-name: echo
+addressType: FQDN
+endpoints:
+- addresses: [echo.example.net]
+",
+            pod("p", "default", "echo", "198.18.2.11", true, ""),
+            // A second slice repeats 198.18.3.4, ready this time: the
+            // most ready copy is kept.
+            SLICE_HEAD.replace("echo-1\n", "echo-2\n") + "endpoints:\n- addresses: [198.18.3.4]\n",
+        );
+        let table = table(&yaml);
+        let port = &service(&table, "default", "echo").ports[0];
+        assert_eq!(
+            eps(port),
+            [
+                "198.18.3.1:5678",
+                "198.18.3.2:5678 r=false s=false t=false",
+                "198.18.3.3:5678 r=false s=true t=true",
+                "198.18.3.4:5678",
+                "198.18.3.5:5678",
+            ]
+        );
+        assert_eq!(port.endpoints[2].pod.as_deref(), Some("echo-c"));
+        assert_eq!(
+            port.endpoints[4].pod, None,
+            "targetRef of kind Node names no Pod"
+        );
+    }
+
+    #[test]
+    fn non_ipv4_slices_still_replace_pods() {
+        let yaml = format!(
+            "{ECHO}{}{}endpoints:\n- addresses: [\"fd00::1\"]\n",
+            pod("p", "default", "echo", "198.18.2.11", true, ""),
+            SLICE_HEAD.replace("IPv4", "IPv6"),
+        );
+        assert!(table(&yaml).services[0].ports[0].endpoints.is_empty());
+    }
+
+    #[test]
+    fn named_target_port_resolves_through_slices() {
+        let yaml = format!(
+            "\
+apiVersion: v1
+kind: Service
+metadata:
+  name: echo
+spec:
+  clusterIP: 198.18.100.10
+  ports:
+  - name: http
+    port: 80
+    targetPort: web
+  - name: admin
+    port: 9000
+    targetPort: 9001
+  - name: raw
+    port: 7000
+    targetPort: 7001
+{SLICE_HEAD}ports:
+- name: http
+  port: 8080
+- name: admin
+  port: 9999
+endpoints:
+- addresses: [198.18.3.1]
+{}ports: []
+endpoints:
+- addresses: [198.18.3.2]
+",
+            SLICE_HEAD.replace("echo-1\n", "echo-2\n"),
+        );
+        let table = table(&yaml);
+        let echo = service(&table, "default", "echo");
+        let by_name = |name: &str| {
+            echo.ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name))
+                .map(eps)
+                .expect("port listed")
+        };
+        // Named: only the slice that names the port resolves it.
+        assert_eq!(by_name("http"), ["198.18.3.1:8080"]);
+        assert_eq!(echo.ports[0].target_port, TargetPort::Name("web".into()));
+        // Numeric: the slice's number wins; a slice without ports falls
+        // back to targetPort.
+        assert_eq!(by_name("admin"), ["198.18.3.1:9999", "198.18.3.2:9001"]);
+        // A slice listing other ports only leaves the endpoint out.
+        assert_eq!(by_name("raw"), ["198.18.3.2:7001"]);
+    }
+
+    #[test]
+    fn named_target_port_resolves_through_pods() {
+        let ports = |list: &str| format!("spec:\n  containers:\n  - name: c\n    ports:\n{list}");
+        let yaml = [
+            ECHO.replace("targetPort: 5678", "targetPort: http"),
+            pod(
+                "tcp",
+                "default",
+                "echo",
+                "198.18.2.11",
+                true,
+                &ports("    - {name: metrics, containerPort: 9090}\n    - {name: http, containerPort: 8081}\n"),
+            ),
+            pod(
+                "udp-only",
+                "default",
+                "echo",
+                "198.18.2.12",
+                true,
+                &ports("    - {name: http, containerPort: 8082, protocol: UDP}\n"),
+            ),
+            pod(
+                "sidecar",
+                "default",
+                "echo",
+                "198.18.2.13",
+                true,
+                "spec:\n  containers:\n  - name: main\n  initContainers:\n  - name: proxy\n    \
+                 restartPolicy: Always\n    ports:\n    - {name: http, containerPort: 8083}\n",
+            ),
+            pod("no-ports", "default", "echo", "198.18.2.14", true, ""),
+        ]
+        .concat();
+        let table = table(&yaml);
+        assert_eq!(
+            eps(&table.services[0].ports[0]),
+            ["198.18.2.11:8081", "198.18.2.13:8083"]
+        );
+    }
+
+    #[test]
+    fn several_ports_and_one_port_on_several_vips() {
+        let yaml = "\
+apiVersion: v1
+kind: Service
+metadata: {name: b}
+spec:
+  clusterIP: 198.18.100.12
+  ports:
+  - {name: http, port: 80}
+  - {name: dns, port: 53, protocol: UDP}
+  - {name: dns-tcp, port: 53, protocol: TCP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: a}
+spec:
+  clusterIP: 198.18.100.11
+  ports:
+  - {port: 80, name: ''}
+";
+        let table = table(yaml);
+        let names: Vec<String> = table.services.iter().map(|s| s.name.to_string()).collect();
+        assert_eq!(names, ["default/a", "default/b"], "sorted by name");
+        let a = service(&table, "default", "a");
+        assert_eq!(a.ports[0].name, None, "empty name is no name");
+        let b = service(&table, "default", "b");
+        let ports: Vec<(u16, Protocol)> = b.ports.iter().map(|p| (p.port, p.protocol)).collect();
+        assert_eq!(
+            ports,
+            [
+                (80, Protocol::Tcp),
+                (53, Protocol::Udp),
+                (53, Protocol::Tcp)
+            ]
+        );
+        let vips: Vec<(String, Ipv4Addr)> = table
+            .forwarded()
+            .map(|(s, vip)| (s.name.name.clone(), vip))
+            .collect();
+        assert_eq!(
+            vips,
+            [
+                ("a".into(), Ipv4Addr::new(198, 18, 100, 11)),
+                ("b".into(), Ipv4Addr::new(198, 18, 100, 12))
+            ]
+        );
+    }
+
+    #[test]
+    fn headless_external_name_node_port_and_load_balancer() {
+        let yaml = format!(
+            "\
+apiVersion: v1
+kind: Service
+metadata: {{name: db}}
+spec:
+  clusterIP: None
+  selector: {{app: db}}
+  ports: [{{port: 5432}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: db2}}
+spec:
+  clusterIPs: [None]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: ext}}
+spec:
+  type: ExternalName
+  externalName: db.example.net
+  ports: [{{port: 5432}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: np}}
+spec:
+  type: NodePort
+  clusterIP: 198.18.100.21
+  ports: [{{port: 80, nodePort: 30080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: lb}}
+spec:
+  type: LoadBalancer
+  clusterIP: 198.18.100.22
+  ports: [{{port: 80}}]
+{}",
+            pod("db-0", "default", "db", "198.18.4.1", true, "")
+        );
+        let table = table(&yaml);
+        let db = service(&table, "default", "db");
+        assert_eq!(db.cluster_ip, ClusterIp::Headless);
+        assert_eq!(eps(&db.ports[0]), ["198.18.4.1:5432"]);
+        assert_eq!(
+            service(&table, "default", "db2").cluster_ip,
+            ClusterIp::Headless
+        );
+        let ext = service(&table, "default", "ext");
+        assert_eq!(
+            (ext.kind, ext.cluster_ip),
+            (ServiceKind::ExternalName, ClusterIp::ExternalName)
+        );
+        let np = service(&table, "default", "np");
+        assert_eq!(
+            (np.kind, np.cluster_ip),
+            (
+                ServiceKind::NodePort,
+                ClusterIp::Vip(Ipv4Addr::new(198, 18, 100, 21))
+            )
+        );
+        let lb = service(&table, "default", "lb");
+        assert_eq!(lb.kind, ServiceKind::LoadBalancer);
+        assert_eq!(table.forwarded().count(), 2);
+    }
+
+    #[test]
+    fn allocated_cluster_ips_are_stable_and_avoid_fixed_ones() {
+        let doc = |name: &str, ip: &str| {
+            format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\n\
+                 spec:\n  {ip}ports: [{{port: 80}}]\n"
+            )
+        };
+        let docs = [
+            doc("a", ""),
+            doc("b", ""),
+            doc("c", "clusterIPs: [198.18.100.77]\n  "),
+            doc("d", "clusterIP: \"\"\n  "),
+        ];
+        let forward = table(&docs.concat());
+        let backward = table(&docs.iter().rev().cloned().collect::<String>());
+        assert_eq!(forward, backward, "document order does not matter");
+        let vip = |name: &str| {
+            service(&forward, "default", name)
+                .cluster_ip
+                .vip()
+                .expect("forwarded")
+        };
+        assert_eq!(vip("c"), Ipv4Addr::new(198, 18, 100, 77));
+        let ips: HashSet<Ipv4Addr> = ["a", "b", "c", "d"].map(vip).into();
+        assert_eq!(ips.len(), 4, "unique");
+        for ip in ips {
+            assert!(cidr().contains(&ip) && ip.octets()[3] >= 2 && ip.octets()[3] <= 254);
+        }
+        // The same name gets the same address whatever else is there.
+        let alone = table(&doc("a", ""));
+        assert_eq!(
+            alone.services[0].cluster_ip.vip(),
+            Some(vip("a")),
+            "no collision here, so the address is a's home slot"
+        );
+    }
+
+    #[test]
+    fn dual_stack_uses_the_ipv4_cluster_ip() {
+        let yaml = "\
+apiVersion: v1
+kind: Service
+metadata: {name: dual}
+spec:
+  clusterIP: fd00::10
+  clusterIPs: [fd00::10, 198.18.100.40]
+  ports: [{port: 80}]
+";
+        let table = table(yaml);
+        assert_eq!(
+            table.services[0].cluster_ip,
+            ClusterIp::Vip(Ipv4Addr::new(198, 18, 100, 40))
+        );
+    }
+
+    fn service_doc(spec: &str) -> String {
+        format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: echo\nspec:\n{spec}")
+    }
+
+    #[test]
+    fn field_errors_name_document_object_and_field() {
+        let cases = [
+            (
+                "  clusterIP: fd00::10\n  ports: [{port: 80}]\n",
+                "spec.clusterIP: fd00::10 is an IPv6 address; cipgw forwards IPv4 only",
+            ),
+            (
+                "  clusterIP: 198.18.100.300\n",
+                "spec.clusterIP: \"198.18.100.300\" is not an IP address",
+            ),
+            (
+                "  clusterIP: 198.18.100.0\n",
+                "spec.clusterIP: 198.18.100.0 is the network or broadcast address of the \
+                 service CIDR 198.18.100.0/24",
+            ),
+            (
+                "  clusterIP: 198.18.100.5\n  clusterIPs: [198.18.100.6]\n",
+                "spec.clusterIPs[0]: \"198.18.100.6\" differs from spec.clusterIP \
+                 \"198.18.100.5\"; they must be equal",
+            ),
+            (
+                "  type: Gateway\n",
+                "spec.type: unknown service type \"Gateway\": expected ClusterIP, NodePort, \
+                 LoadBalancer or ExternalName",
+            ),
+            (
+                "  ports: [{port: 0}]\n",
+                "spec.ports[0].port: 0 is out of range 1-65535",
+            ),
+            (
+                "  ports: [{port: 80, targetPort: 65536}]\n",
+                "spec.ports[0].targetPort: 65536 is out of range 1-65535",
+            ),
+            (
+                "  ports: [{port: 80, targetPort: \"8080\"}]\n",
+                "spec.ports[0].targetPort: \"8080\" is a number in quotes: write it without \
+                 quotes, or name a container port",
+            ),
+            (
+                "  ports: [{port: 80, targetPort: Web_Port}]\n",
+                "spec.ports[0].targetPort: \"Web_Port\" is not a port name (at most 15 \
+                 lowercase letters, digits and '-', with at least one letter)",
+            ),
+            (
+                "  ports: [{port: 80, protocol: SCTP}]\n",
+                "spec.ports[0].protocol: SCTP is not supported",
+            ),
+            (
+                "  ports: [{port: 80, protocol: tcp}]\n",
+                "spec.ports[0].protocol: unknown protocol \"tcp\": expected TCP or UDP",
+            ),
+            (
+                "  ports: [{name: a, port: 80}, {name: b, port: 80}]\n",
+                "spec.ports[1]: port 80/tcp is already listed at spec.ports[0]",
+            ),
+            (
+                "  ports: [{name: a, port: 80}, {name: a, port: 81}]\n",
+                "spec.ports[1].name: \"a\" is already the name of spec.ports[0]",
+            ),
+            (
+                "  ports: [{name: a, port: 80}, {port: 81}]\n",
+                "spec.ports[1].name: required when a Service has more than one port",
+            ),
+        ];
+        for (spec, expected) in cases {
+            assert_eq!(
+                error(&service_doc(spec)),
+                format!("document 1 (Service default/echo): {expected}"),
+                "for spec {spec:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_addresses_in_pods_and_slices() {
+        let bad_pod = format!(
+            "{ECHO}{}",
+            pod("p", "default", "echo", "198.18.2.x", true, "")
+        );
+        assert_eq!(
+            error(&bad_pod),
+            "document 2 (Pod default/p): status.podIP: \"198.18.2.x\" is not an IP address"
+        );
+        let v6_pod = format!(
+            "{ECHO}{}",
+            pod("p", "default", "echo", "\"fd00::2\"", true, "")
+        );
+        assert_eq!(
+            error(&v6_pod),
+            "document 2 (Pod default/p): status.podIP: fd00::2 is an IPv6 address; \
+             cipgw forwards IPv4 only"
+        );
+        let v6_in_v4 = format!(
+            "{ECHO}{SLICE_HEAD}endpoints:\n- addresses: [198.18.3.1]\n- addresses: [\"fd00::3\"]\n"
+        );
+        assert_eq!(
+            error(&v6_in_v4),
+            "document 2 (EndpointSlice default/echo-1): endpoints[1].addresses[0]: \
+             fd00::3 is an IPv6 address in an IPv4 EndpointSlice"
+        );
+        let no_address = format!("{ECHO}{SLICE_HEAD}endpoints:\n- addresses: []\n");
+        assert_eq!(
+            error(&no_address),
+            "document 2 (EndpointSlice default/echo-1): endpoints[0].addresses: \
+             no address: an endpoint needs at least one"
+        );
+        let slice_port = format!("{ECHO}{SLICE_HEAD}ports: [{{port: 0}}]\nendpoints: []\n");
+        assert_eq!(
+            error(&slice_port),
+            "document 2 (EndpointSlice default/echo-1): ports[0].port: 0 is out of range 1-65535"
+        );
+        let container_port = format!(
+            "{ECHO}{}",
+            pod(
+                "p",
+                "default",
+                "echo",
+                "198.18.2.11",
+                true,
+                "spec:\n  containers:\n  - name: c\n    ports: [{containerPort: 70000}]\n"
+            )
+        );
+        assert_eq!(
+            error(&container_port),
+            "document 2 (Pod default/p): spec.containers[0].ports[0].containerPort: \
+             70000 is out of range 1-65535"
+        );
+    }
+
+    #[test]
+    fn duplicates_name_both_objects() {
+        let twice = format!(
+            "{ECHO}---\n{}",
+            ECHO.replace("198.18.100.10", "198.18.100.11")
+        );
+        assert_eq!(
+            error(&twice),
+            "document 2 (Service default/echo): defined twice, first at document 1 \
+             (Service default/echo)"
+        );
+        let same_ip = format!("{}---\n{ECHO}", ECHO.replace("name: echo", "name: zeta"));
+        assert_eq!(
+            error(&same_ip),
+            "document 2 (Service default/echo): spec.clusterIP: 198.18.100.10 is already \
+             the ClusterIP of document 1 (Service default/zeta)"
+        );
+    }
+
+    #[test]
+    fn full_cidr_is_an_error_naming_the_service() {
+        let yaml: String = (0..4)
+            .map(|i| format!("---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}}}\n"))
+            .collect();
+        let objects = parse_control_file(&yaml).expect("parses");
+        let small: Ipv4Net = "198.18.100.0/29".parse().expect("valid"); // 5 usable
+        assert!(translate(&Objects::from_control_file(&objects), small).is_ok());
+        let tiny: Ipv4Net = "198.18.100.0/30".parse().expect("valid"); // 1 usable
+        let error = translate(&Objects::from_control_file(&objects), tiny)
+            .expect_err("4 > 1")
+            .to_string();
+        assert!(
+            error.starts_with("document ")
+                && error.contains(
+                    "spec.clusterIP: no free address left in service CIDR \
+                                   198.18.100.0/30 (1 usable addresses)"
+                ),
+            "unexpected: {error}"
+        );
+    }
+
+    #[test]
+    fn first_error_in_file_order_and_lenient_keeps_the_rest() {
+        let yaml = format!(
+            "{}---\n{}---\n{ECHO}",
+            service_doc("  ports: [{port: 80, protocol: SCTP}]\n").replace("name: echo", "name: z"),
+            service_doc("  ports: [{port: 0}]\n").replace("name: echo", "name: a"),
+        );
+        let objects = parse_control_file(&yaml).expect("parses");
+        let objects = Objects::from_control_file(&objects);
+        assert!(error(&yaml).starts_with("document 1 (Service default/z)"));
+        let (table, errors) = translate_lenient(&objects, cidr());
+        assert_eq!(errors.len(), 2);
+        let names: Vec<String> = table.services.iter().map(|s| s.name.to_string()).collect();
+        assert_eq!(names, ["default/echo"]);
+    }
+
+    #[test]
+    fn api_objects_are_named_without_a_document() {
+        let objects =
+            parse_control_file(&service_doc("  ports: [{port: 70000}]\n")).expect("parses");
+        let services: Vec<core::Service> = objects.services.into_iter().map(|s| s.object).collect();
+        let error = translate(&Objects::from_api(&services, [], []), cidr())
+            .expect_err("invalid")
+            .to_string();
+        assert_eq!(
+            error,
+            "Service default/echo: spec.ports[0].port: 70000 is out of range 1-65535"
+        );
+    }
+}
