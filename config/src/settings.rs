@@ -81,7 +81,9 @@ pub fn default_cores() -> Vec<usize> {
 }
 
 pub fn default_admin() -> SocketAddr {
-    DEFAULT_ADMIN_ADDR.parse().expect("default admin address is valid")
+    DEFAULT_ADMIN_ADDR
+        .parse()
+        .expect("default admin address is valid")
 }
 
 pub fn default_service_cidr() -> Ipv4Net {

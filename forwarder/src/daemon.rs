@@ -1,1 +1,314 @@
-//! (in progress)
+//! `cipgw run`: wires the parts of a running gateway together.
+//!
+//! Start-up order matters for the first packet:
+//! 1. the service table is loaded and compiled (a bad control file stops
+//!    start-up with the error);
+//! 2. the netlink monitor publishes the first routes/neighbours snapshot;
+//! 3. the XDP program is loaded, its VIP and backend maps filled, and the
+//!    AF_XDP sockets of every worker opened and registered in the XSKMAP;
+//! 4. only then is the program attached, so no VIP packet is redirected
+//!    to a socket that is not there yet;
+//! 5. workers start, pinned to their cores; neighbours of all backends are
+//!    resolved ahead of the first connection.
+//!
+//! On SIGINT/SIGTERM workers stop, the program is detached from every
+//! interface (also when start-up fails half-way, by `XdpProgram`'s Drop)
+//! and the process exits 0.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use cipgw_config::settings::{Settings, Source};
+use cipgw_config::ServiceTable;
+
+use crate::bpf::{self, BackendKey, XdpProgram};
+use crate::conntrack::Conntrack;
+use crate::counters::WorkerCounters;
+use crate::lb::Rng;
+use crate::netlink::{self, NetMonitor};
+use crate::pipeline::Pipeline;
+use crate::table::{CompiledTable, TableHandle};
+use crate::worker::{Worker, WorkerShared};
+use crate::xsk::{self, QueueAssignment, WorkerIo, XskConfig};
+
+/// Idle timeouts until flows have a lifecycle of their own: how long a
+/// flow may go without packets before the sweeper removes it.
+const TCP_IDLE: Duration = Duration::from_secs(3600);
+const UDP_IDLE: Duration = Duration::from_secs(120);
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// The gateway's state that outlives start-up.
+struct Gateway {
+    table: TableHandle,
+    program: XdpProgram,
+    monitor: NetMonitor,
+    conntrack: Arc<Conntrack>,
+    workers: Vec<(usize, JoinHandle<()>)>,
+    counters: Vec<Arc<WorkerCounters>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Loads the service table the settings point at.
+pub fn load_table(settings: &Settings) -> anyhow::Result<ServiceTable> {
+    match &settings.source {
+        Source::ControlFile(path) => Ok(cipgw_control::file_source::load_control_file(
+            path,
+            settings.service_cidr,
+        )?),
+        Source::Kubernetes { .. } => bail!("the Kubernetes source is not available in this build"),
+    }
+}
+
+/// The XDP map contents a table needs.
+fn map_sets(table: &CompiledTable) -> (HashSet<Ipv4Addr>, HashSet<BackendKey>) {
+    let vips = table.vips().collect();
+    let backends = table
+        .backends()
+        .map(|(ip, port, proto)| (ip, port, proto.ip_number()))
+        .collect();
+    (vips, backends)
+}
+
+/// Runs the gateway until SIGINT or SIGTERM.
+pub fn run(settings: Settings) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+    }
+    let gateway = start(&settings, Arc::clone(&stop))?;
+    gateway.serve(&settings);
+    gateway.shutdown()
+}
+
+fn start(settings: &Settings, stop: Arc<AtomicBool>) -> anyhow::Result<Gateway> {
+    let model = load_table(settings)?;
+    let compiled = CompiledTable::compile(Arc::new(model), 1);
+    tracing::info!(
+        services = compiled.model().services.len(),
+        entries = compiled.len(),
+        "service table loaded"
+    );
+
+    // Interfaces, their queues, and the XSKMAP layout.
+    let mut ifindexes = Vec::new();
+    let mut queue_counts = Vec::new();
+    for iface in &settings.ifaces {
+        let ifindex = xsk::interface_index(iface)
+            .with_context(|| format!("--iface {iface}: no such interface"))?;
+        let queues = xsk::rx_queue_count(iface)
+            .with_context(|| format!("--iface {iface}: reading its queue count"))?;
+        ifindexes.push(ifindex);
+        queue_counts.push(queues);
+    }
+    let base_slots = bpf::base_slots(&queue_counts)?;
+
+    let monitor =
+        netlink::spawn_monitor(settings.ifaces.clone()).context("starting the netlink monitor")?;
+
+    let mut program = XdpProgram::load().context("loading the XDP program")?;
+    let (vips, backends) = map_sets(&compiled);
+    program.add_missing(&vips, &backends)?;
+    for (i, &ifindex) in ifindexes.iter().enumerate() {
+        program.set_port(ifindex, base_slots[i])?;
+    }
+
+    // Queue q of every interface belongs to worker q mod workers, so a
+    // flow received on queue q can leave on queue q of the other arm
+    // from the same worker.
+    let workers = settings.cores.len();
+    let mut assignments: Vec<Vec<QueueAssignment>> = vec![Vec::new(); workers];
+    for (port, iface) in settings.ifaces.iter().enumerate() {
+        for queue in 0..queue_counts[port] {
+            assignments[queue as usize % workers].push(QueueAssignment {
+                port: u8::try_from(port).context("too many interfaces")?,
+                ifname: iface.clone(),
+                ifindex: ifindexes[port],
+                queue,
+            });
+        }
+    }
+
+    let table = TableHandle::new(compiled);
+    let conntrack = Arc::new(Conntrack::with_capacity(1 << 16));
+    let resolver = monitor.resolver();
+    let resolve: crate::worker::ResolveFn = Arc::new(move |ifindex, ip| {
+        resolver.request_resolution(ifindex, ip);
+    });
+    let epoch = Instant::now();
+    let mut pending = Vec::new();
+    for (w, queues) in assignments.into_iter().enumerate() {
+        let core = settings.cores[w];
+        if queues.is_empty() {
+            tracing::warn!(
+                core,
+                "no interface queue left for this core's worker; it does not start"
+            );
+            continue;
+        }
+        for q in &queues {
+            tracing::info!(core, iface = %q.ifname, queue = q.queue, "queue assigned");
+        }
+        let ports_on_worker: HashSet<_> = queues.iter().map(|q| q.port).collect();
+        if ports_on_worker.len() < settings.ifaces.len() {
+            tracing::warn!(
+                core,
+                "this worker has no queue on some interface and cannot transmit there; \
+                 give every interface at least as many queues as workers"
+            );
+        }
+        let config = XskConfig {
+            frame_count: (4096u32).max(2 * 2048 * queues.len() as u32),
+            ..XskConfig::default()
+        };
+        let mut io = WorkerIo::open(&config, &queues)
+            .with_context(|| format!("opening AF_XDP sockets for the worker on core {core}"))?;
+        for (socket, q) in io.sockets.iter().zip(&queues) {
+            program.register_socket(base_slots[usize::from(q.port)] + q.queue, socket.fd())?;
+        }
+        io.prefill(config.fill_size as usize);
+        pending.push((core, io));
+    }
+    if pending.is_empty() {
+        bail!("no worker has a queue to serve");
+    }
+
+    for (i, &ifindex) in ifindexes.iter().enumerate() {
+        let mode = program
+            .attach(ifindex, settings.xdp_mode)
+            .with_context(|| format!("attaching XDP to {}", settings.ifaces[i]))?;
+        tracing::info!(iface = %settings.ifaces[i], ?mode, "XDP program attached");
+    }
+
+    let mut handles = Vec::new();
+    let mut counters = Vec::new();
+    for (core, io) in pending {
+        let worker_counters = Arc::new(WorkerCounters::default());
+        counters.push(Arc::clone(&worker_counters));
+        let pipeline = Pipeline::new(Arc::clone(&conntrack), worker_counters, Rng::from_entropy());
+        let shared = WorkerShared {
+            table: table.clone(),
+            net: monitor.handle(),
+            stop: Arc::clone(&stop),
+            resolve: Arc::clone(&resolve),
+            epoch,
+        };
+        let worker = Worker::new(io, pipeline, shared, settings.ifaces.len());
+        let handle = std::thread::Builder::new()
+            .name(format!("cipgw-worker-{core}"))
+            .spawn(move || {
+                if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                    tracing::warn!(core, "could not pin the worker to its core");
+                }
+                worker.run();
+            })
+            .context("spawning a worker thread")?;
+        handles.push((core, handle));
+    }
+
+    let gateway = Gateway {
+        table,
+        program,
+        monitor,
+        conntrack,
+        workers: handles,
+        counters,
+        stop,
+    };
+    gateway.resolve_backends();
+    tracing::info!(
+        ifaces = ?settings.ifaces,
+        workers = gateway.workers.len(),
+        "cipgw ready"
+    );
+    Ok(gateway)
+}
+
+impl Gateway {
+    /// Asks the kernel to resolve the next hop of every backend now, so
+    /// that the first packet of a connection finds its MAC.
+    fn resolve_backends(&self) {
+        let net = self.monitor.snapshot();
+        let table = self.table.current();
+        let mut asked = HashSet::new();
+        for (ip, _, _) in table.backends() {
+            if let Ok(nh) = net.next_hop(ip) {
+                if net.neighbour(nh.port, nh.ip).is_none() && asked.insert((nh.port, nh.ip)) {
+                    if let Some(port) = net.port(nh.port) {
+                        self.monitor.request_resolution(port.ifindex, nh.ip);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The control loop: housekeeping until asked to stop.
+    fn serve(&self, _settings: &Settings) {
+        let epoch = Instant::now();
+        let mut last_sweep = Instant::now();
+        // Acquire: pairs with the signal handler's store.
+        while !self.stop.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(100));
+            if self.workers.iter().any(|(_, h)| h.is_finished()) {
+                tracing::error!("a worker thread ended unexpectedly; shutting down");
+                // Release: workers see everything before the stop request.
+                self.stop.store(true, Ordering::Release);
+                break;
+            }
+            if last_sweep.elapsed() >= SWEEP_EVERY {
+                last_sweep = Instant::now();
+                let now = epoch.elapsed().as_secs() as u32;
+                let removed = self.conntrack.expire(|proto| {
+                    let idle = match proto {
+                        cipgw_config::Protocol::Tcp => TCP_IDLE,
+                        cipgw_config::Protocol::Udp => UDP_IDLE,
+                    };
+                    now.saturating_sub(idle.as_secs() as u32)
+                });
+                if removed > 0 {
+                    tracing::debug!(removed, "expired idle flows");
+                }
+                self.resolve_backends();
+            }
+        }
+    }
+
+    fn shutdown(mut self) -> anyhow::Result<()> {
+        tracing::info!("stopping");
+        // Release: see `serve`.
+        self.stop.store(true, Ordering::Release);
+        let mut panicked = false;
+        for (core, handle) in self.workers.drain(..) {
+            if handle.join().is_err() {
+                tracing::error!(core, "worker panicked");
+                panicked = true;
+            }
+        }
+        let totals = self.counters.iter().fold((0, 0, 0), |acc, c| {
+            (
+                acc.0 + c.rx_packets.get(),
+                acc.1 + c.tx_packets.get(),
+                acc.2 + c.total_drops(),
+            )
+        });
+        tracing::info!(
+            rx = totals.0,
+            tx = totals.1,
+            dropped = totals.2,
+            "workers stopped"
+        );
+        self.program
+            .detach_all()
+            .context("detaching the XDP program")?;
+        tracing::info!("XDP programs detached; bye");
+        if panicked {
+            bail!("a worker panicked");
+        }
+        Ok(())
+    }
+}

@@ -69,7 +69,7 @@ impl NetSnapshot {
         ports: Vec<Port>,
     ) -> Self {
         assert!(ports.len() <= usize::from(PortId::MAX), "too many ports");
-        routes.sort_by(|a, b| b.prefix_len.cmp(&a.prefix_len));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix_len));
         Self {
             routes,
             neighbours,

@@ -1,1 +1,347 @@
-//! (in progress)
+//! A worker: one thread, pinned to one core, owning the AF_XDP sockets of
+//! every (interface, queue) assigned to it and the UMEM they share.
+//!
+//! The loop, per iteration:
+//! 1. load the current service table and network snapshot (one atomic
+//!    load each, see [`crate::table::TableHandle::cache`]);
+//! 2. per socket: reclaim completed TX frames, top the fill ring up, take
+//!    a batch from RX and run each frame through the [`Pipeline`];
+//!    forwarded frames are queued for the egress port's TX ring (same
+//!    UMEM: no copy), everything else returns to the free list;
+//! 3. per port: one produce + kick of the TX ring for the whole batch;
+//! 4. frames waiting for a neighbour are retried; those waiting too long
+//!    are dropped and counted;
+//! 5. with nothing to do, `poll(2)` on all sockets (bounded), so an idle
+//!    gateway does not burn its cores.
+//!
+//! Rings are only touched from this thread. Nothing here allocates after
+//! start-up: every buffer is sized once.
+
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use xsk_rs::FrameDesc;
+
+use crate::counters::{DropReason, WorkerCounters};
+use crate::pipeline::{set_l2, BatchContext, Pipeline, Verdict};
+use crate::route::{NetSnapshot, PortId};
+use crate::table::TableHandle;
+use crate::xsk::WorkerIo;
+
+/// Frames taken from one RX ring per iteration.
+pub const RX_BATCH: usize = 64;
+/// Frames that may wait for neighbour resolution at once, per worker.
+pub const HOLD_CAPACITY: usize = 256;
+/// How long a frame waits for its next hop's MAC (the kernel's ARP gives
+/// up after about 3 s with default settings).
+pub const HOLD_TIMEOUT: Duration = Duration::from_secs(3);
+/// Idle wait before the loop checks its stop flag and held frames again.
+const IDLE_POLL_MS: i32 = 50;
+/// Empty iterations before the worker sleeps in poll(2).
+const SPIN_BEFORE_SLEEP: u32 = 32;
+
+/// Asks the kernel to resolve a neighbour; never blocks.
+pub type ResolveFn = Arc<dyn Fn(u32, Ipv4Addr) + Send + Sync>;
+
+/// What a worker needs from the rest of the gateway.
+pub struct WorkerShared {
+    pub table: TableHandle,
+    pub net: Arc<ArcSwap<NetSnapshot>>,
+    pub stop: Arc<AtomicBool>,
+    pub resolve: ResolveFn,
+    /// Seconds since this instant are the conntrack clock.
+    pub epoch: Instant,
+}
+
+impl std::fmt::Debug for WorkerShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerShared").finish_non_exhaustive()
+    }
+}
+
+/// A frame waiting for its next hop's MAC.
+#[derive(Debug)]
+struct Held {
+    desc: FrameDesc,
+    port: PortId,
+    next_hop: Ipv4Addr,
+    since: Instant,
+}
+
+/// One worker's state.
+pub struct Worker {
+    io: WorkerIo,
+    pipeline: Pipeline,
+    shared: WorkerShared,
+    /// Per egress port: frames to transmit this iteration.
+    tx_pending: Vec<Vec<FrameDesc>>,
+    /// Per port: index of this worker's socket that transmits on it.
+    tx_socket: Vec<Option<usize>>,
+    held: VecDeque<Held>,
+    rx_descs: Vec<FrameDesc>,
+    comp_descs: Vec<FrameDesc>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("sockets", &self.io.sockets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// `ports` is the number of attached interfaces (PortIds 0..ports).
+    pub fn new(io: WorkerIo, pipeline: Pipeline, shared: WorkerShared, ports: usize) -> Self {
+        let mut tx_socket = vec![None; ports];
+        for (i, s) in io.sockets.iter().enumerate() {
+            let slot = &mut tx_socket[usize::from(s.port)];
+            if slot.is_none() {
+                *slot = Some(i);
+            }
+        }
+        let frames = io.frame_count() as usize;
+        Self {
+            tx_pending: (0..ports).map(|_| Vec::with_capacity(frames)).collect(),
+            tx_socket,
+            held: VecDeque::with_capacity(HOLD_CAPACITY),
+            rx_descs: vec![FrameDesc::default(); RX_BATCH],
+            comp_descs: vec![FrameDesc::default(); frames.max(RX_BATCH)],
+            io,
+            pipeline,
+            shared,
+        }
+    }
+
+    pub fn counters(&self) -> &Arc<WorkerCounters> {
+        self.pipeline.counters()
+    }
+
+    /// Runs until the stop flag is set.
+    pub fn run(mut self) {
+        let mut table_cache = self.shared.table.cache();
+        let mut idle_rounds = 0u32;
+        // Acquire: pairs with the Release store that asks workers to stop,
+        // so everything the stopping thread did before is visible here.
+        while !self.shared.stop.load(Ordering::Acquire) {
+            let table = Arc::clone(table_cache.load());
+            let net = self.shared.net.load_full();
+            let now = Instant::now();
+            let ctx = BatchContext {
+                table: &table,
+                net: &net,
+                now: now.duration_since(self.shared.epoch).as_secs() as u32,
+            };
+            let mut work = 0;
+            for s in 0..self.io.sockets.len() {
+                self.reclaim_and_refill(s);
+                work += self.receive(s, &ctx);
+            }
+            if !self.held.is_empty() {
+                work += self.retry_held(&net, now);
+            }
+            self.transmit();
+            if work == 0 {
+                idle_rounds += 1;
+                if idle_rounds >= SPIN_BEFORE_SLEEP {
+                    self.sleep();
+                    idle_rounds = 0;
+                }
+            } else {
+                idle_rounds = 0;
+            }
+        }
+    }
+
+    /// Completed TX frames back to the free list; free frames to the fill
+    /// ring.
+    fn reclaim_and_refill(&mut self, s: usize) {
+        let socket = &mut self.io.sockets[s];
+        // SAFETY: the descriptors filled in belong to this worker's UMEM
+        // (every socket of the worker shares it) and, once consumed from
+        // the completion ring, are no longer used by the kernel.
+        let done = unsafe { socket.comp.consume(&mut self.comp_descs) };
+        self.io
+            .free_frames
+            .extend_from_slice(&self.comp_descs[..done]);
+
+        let want = socket.fill.nb_free(self.io.free_frames.len() as u32) as usize;
+        let give = want.min(self.io.free_frames.len());
+        if give > 0 {
+            let from = self.io.free_frames.len() - give;
+            // SAFETY: frames on the free list belong to this UMEM and are
+            // owned by no ring and no pending batch, so the kernel may
+            // write them.
+            let produced = unsafe { socket.fill.produce(&self.io.free_frames[from..]) };
+            self.io
+                .free_frames
+                .truncate(self.io.free_frames.len() - produced);
+            // Only a syscall when the kernel asked for one.
+            let _ = socket.kick_fill();
+        }
+    }
+
+    /// Takes one batch from a socket's RX ring through the pipeline.
+    fn receive(&mut self, s: usize, ctx: &BatchContext<'_>) -> usize {
+        let socket = &mut self.io.sockets[s];
+        // SAFETY: the descriptors are filled in by the ring with frames of
+        // this worker's UMEM, handed over to us by the kernel.
+        let n = unsafe { socket.rx.consume(&mut self.rx_descs) };
+        if n == 0 {
+            return 0;
+        }
+        let counters = Arc::clone(self.pipeline.counters());
+        counters.rx_packets.add(n as u64);
+        for i in 0..n {
+            let mut desc = self.rx_descs[i];
+            let verdict = {
+                // SAFETY: `desc` came from this UMEM's RX ring and is
+                // owned by this thread until it is put on a ring again;
+                // nothing else reads or writes the frame meanwhile.
+                let mut data = unsafe { self.io.umem.data_mut(&mut desc) };
+                let frame = data.contents_mut();
+                counters.rx_bytes.add(frame.len() as u64);
+                self.pipeline.process(frame, ctx)
+            };
+            match verdict {
+                Verdict::Forward { port } => self.queue_tx(port, desc),
+                Verdict::AwaitNeighbour { port, next_hop } => self.hold(desc, port, next_hop),
+                Verdict::Pass => {
+                    // AF_XDP cannot hand a frame back to the kernel; this
+                    // only happens when the table changed after the XDP
+                    // program redirected the frame.
+                    counters.count_drop(DropReason::NotOurs);
+                    self.io.free_frames.push(desc);
+                }
+                Verdict::Drop(_) => self.io.free_frames.push(desc),
+            }
+        }
+        n
+    }
+
+    fn queue_tx(&mut self, port: PortId, desc: FrameDesc) {
+        match self.tx_pending.get_mut(usize::from(port)) {
+            Some(q) if self.tx_socket[usize::from(port)].is_some() => q.push(desc),
+            _ => {
+                self.pipeline.counters().count_drop(DropReason::NoTxQueue);
+                self.io.free_frames.push(desc);
+            }
+        }
+    }
+
+    fn hold(&mut self, desc: FrameDesc, port: PortId, next_hop: Ipv4Addr) {
+        if self.held.len() >= HOLD_CAPACITY {
+            self.pipeline
+                .counters()
+                .count_drop(DropReason::NeighbourQueueFull);
+            self.io.free_frames.push(desc);
+            return;
+        }
+        let fresh = !self
+            .held
+            .iter()
+            .any(|h| h.port == port && h.next_hop == next_hop);
+        if fresh {
+            let net = self.shared.net.load();
+            if let Some(p) = net.port(port) {
+                (self.shared.resolve)(p.ifindex, next_hop);
+            }
+        }
+        self.held.push_back(Held {
+            desc,
+            port,
+            next_hop,
+            since: Instant::now(),
+        });
+    }
+
+    /// Sends held frames whose neighbour resolved; drops the expired.
+    fn retry_held(&mut self, net: &NetSnapshot, now: Instant) -> usize {
+        let mut sent = 0;
+        for _ in 0..self.held.len() {
+            let Some(mut h) = self.held.pop_front() else {
+                break;
+            };
+            match (net.neighbour(h.port, h.next_hop), net.port(h.port)) {
+                (Some(mac), Some(port)) => {
+                    {
+                        // SAFETY: held frames are owned by this thread (on
+                        // no ring) and belong to this worker's UMEM.
+                        let mut data = unsafe { self.io.umem.data_mut(&mut h.desc) };
+                        set_l2(data.contents_mut(), port.mac, mac);
+                    }
+                    self.pipeline.counters().neighbour_resolved.inc();
+                    self.queue_tx(h.port, h.desc);
+                    sent += 1;
+                }
+                _ if now.duration_since(h.since) > HOLD_TIMEOUT => {
+                    self.pipeline
+                        .counters()
+                        .count_drop(DropReason::NeighbourTimeout);
+                    self.io.free_frames.push(h.desc);
+                }
+                _ => self.held.push_back(h),
+            }
+        }
+        sent
+    }
+
+    /// One produce and kick per egress port for the whole iteration.
+    fn transmit(&mut self) {
+        let counters = Arc::clone(self.pipeline.counters());
+        for port in 0..self.tx_pending.len() {
+            if self.tx_pending[port].is_empty() {
+                continue;
+            }
+            let Some(s) = self.tx_socket[port] else {
+                continue;
+            };
+            let socket = &mut self.io.sockets[s];
+            let pending = &mut self.tx_pending[port];
+            // SAFETY: every pending descriptor is a frame of this UMEM
+            // owned by this thread; after produce the kernel owns the
+            // produced ones until they come back on the completion ring.
+            let sent = unsafe { socket.tx.produce(pending) };
+            // Copy mode asks for a sendto(2) kick to transmit; errors
+            // (EAGAIN, ENOBUFS) leave frames on the ring for the next kick.
+            let _ = socket.kick_tx();
+            let bytes: usize = pending[..sent].iter().map(|d| d.lengths().data()).sum();
+            counters.tx_packets.add(sent as u64);
+            counters.tx_bytes.add(bytes as u64);
+            for _ in sent..pending.len() {
+                counters.count_drop(DropReason::TxRingFull);
+            }
+            self.io.free_frames.extend_from_slice(&pending[sent..]);
+            pending.clear();
+        }
+    }
+
+    /// Waits for RX on any socket, at most `IDLE_POLL_MS`.
+    fn sleep(&mut self) {
+        let mut fds: [libc::pollfd; 64] = [libc::pollfd {
+            fd: -1,
+            events: 0,
+            revents: 0,
+        }; 64];
+        let n = self.io.sockets.len().min(fds.len());
+        for (pfd, s) in fds.iter_mut().zip(&self.io.sockets) {
+            pfd.fd = s.rx.fd().as_raw_fd();
+            pfd.events = libc::POLLIN;
+        }
+        let timeout = if self.held.is_empty() {
+            IDLE_POLL_MS
+        } else {
+            1
+        };
+        // SAFETY: `fds` is a valid array of `n` initialised pollfd structs
+        // that outlives the call.
+        unsafe {
+            libc::poll(fds.as_mut_ptr(), n as libc::nfds_t, timeout);
+        }
+    }
+}

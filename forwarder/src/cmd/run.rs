@@ -1,0 +1,138 @@
+//! `cipgw run`: settings from flags over an optional TOML file, then the
+//! daemon.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use cipgw_config::settings::{self, Settings, Source, XdpMode};
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+
+use super::BadInput;
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// TOML file with any of the settings below (keys as the flag names,
+    /// e.g. `iface = ["eth1"]`, `control-file = "..."`); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Interface to attach to; repeat for a two-arm gateway (client side
+    /// and Pod side).
+    #[arg(long = "iface", value_name = "IF")]
+    pub ifaces: Vec<String>,
+    /// Control file of Kubernetes manifests (Services, EndpointSlices,
+    /// Pods, Lists) to take the service table from.
+    #[arg(long, value_name = "FILE")]
+    pub control_file: Option<PathBuf>,
+    /// Cores to run workers on, one worker per core: `0`, `0,1`, `2-5`.
+    #[arg(long, value_name = "LIST")]
+    pub cores: Option<String>,
+    /// XDP attach mode: native where the driver has it (auto), native
+    /// only, or generic SKB mode.
+    #[arg(long, value_name = "MODE")]
+    pub xdp_mode: Option<XdpMode>,
+    /// Admin HTTP endpoint address.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+    /// CIDR ClusterIPs are allocated from and must lie in.
+    #[arg(long, value_name = "CIDR")]
+    pub service_cidr: Option<Ipv4Net>,
+}
+
+/// The TOML file's shape: every setting optional, named as its flag.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileSettings {
+    iface: Option<Vec<String>>,
+    control_file: Option<PathBuf>,
+    cores: Option<String>,
+    xdp_mode: Option<XdpMode>,
+    admin: Option<SocketAddr>,
+    service_cidr: Option<Ipv4Net>,
+}
+
+/// Parses `0`, `0,1`, `2-5`, `0,2-3`.
+pub fn parse_cores(list: &str) -> Result<Vec<usize>, String> {
+    let mut cores = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let parse = |s: &str| {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("--cores {list:?}: {s:?} is not a core number"))
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (parse(a)?, parse(b)?);
+                if a > b {
+                    return Err(format!("--cores {list:?}: range {part:?} is backwards"));
+                }
+                cores.extend(a..=b);
+            }
+            None => cores.push(parse(part)?),
+        }
+    }
+    Ok(cores)
+}
+
+fn load_file(path: &Path) -> anyhow::Result<FileSettings> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading settings file {}", path.display()))?;
+    toml::from_str(&text)
+        .map_err(|e| BadInput(format!("settings file {}: {e}", path.display())).into())
+}
+
+/// Layers flags over the file and checks the result.
+fn settings(args: RunArgs) -> anyhow::Result<Settings> {
+    let file = match &args.config {
+        Some(path) => load_file(path)?,
+        None => FileSettings::default(),
+    };
+    let ifaces = if args.ifaces.is_empty() {
+        file.iface.unwrap_or_default()
+    } else {
+        args.ifaces
+    };
+    let source = match args.control_file.or(file.control_file) {
+        Some(path) => Source::ControlFile(path),
+        None => return Err(BadInput("--control-file is required".into()).into()),
+    };
+    let cores = match args.cores.or(file.cores) {
+        Some(list) => parse_cores(&list).map_err(BadInput)?,
+        None => settings::default_cores(),
+    };
+    let s = Settings {
+        ifaces,
+        source,
+        cores,
+        xdp_mode: args.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
+        admin: args
+            .admin
+            .or(file.admin)
+            .unwrap_or_else(settings::default_admin),
+        service_cidr: args
+            .service_cidr
+            .or(file.service_cidr)
+            .unwrap_or_else(settings::default_service_cidr),
+    };
+    s.validate().map_err(|e| BadInput(e.to_string()))?;
+    Ok(s)
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let settings = settings(args)?;
+    cipgw::daemon::run(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_lists() {
+        assert_eq!(parse_cores("0"), Ok(vec![0]));
+        assert_eq!(parse_cores("0,2-4"), Ok(vec![0, 2, 3, 4]));
+        assert!(parse_cores("3-1").is_err());
+        assert!(parse_cores("x").is_err());
+    }
+}
