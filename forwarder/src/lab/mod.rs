@@ -42,6 +42,7 @@ pub use echo::EchoServer;
 pub use netns::{remove_stale_namespaces, unique_prefix, Netns, NsChild, NS_PREFIX};
 pub use topology::{
     GatewayInfo, IfaceInfo, NodeInfo, Shape, SwitchInfo, Topology, TopologyBuilder, TopologyInfo,
+    MAX_PODS,
 };
 
 /// Why a lab operation failed, with what a user needs to reproduce it.
