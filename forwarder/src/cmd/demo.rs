@@ -1,6 +1,189 @@
-//! placeholder
+//! `cipgw demo`: the Kubernetes echo-server demo, self-contained.
+//!
+//! Builds a two-arm lab (client, gateway, three Pods on a switch), starts
+//! an echo server on each Pod (`Hello from <pod> at <ip>`), writes a
+//! control file with one ClusterIP Service (port 8080 -> targetPort 5678,
+//! selector app: echo-server) and the three Pods, runs `cipgw run` on the
+//! gateway, sends requests to the VIP from the client and prints who
+//! answered. Everything is removed afterwards, also on Ctrl-C or a failure.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use cipgw::lab::{self, EchoServer, GatewayProcess, Topology};
+
+const SERVICE_PORT: u16 = 8080;
+const TARGET_PORT: u16 = 5678;
+
 #[derive(Debug, clap::Args)]
-pub struct DemoArgs {}
-pub fn demo(_args: DemoArgs) -> anyhow::Result<()> {
-    anyhow::bail!("demo: in progress")
+pub struct DemoArgs {
+    /// Requests to send to the ClusterIP.
+    #[arg(long, default_value_t = 30)]
+    pub requests: u32,
+    /// Show the gateway's log as it runs.
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+/// The demo's control file: the Service and its Pods, as `kubectl get
+/// svc,pods -o yaml` would show them.
+fn control_file(vip: &str, pods: &[(String, String)]) -> String {
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: echo-server\n  namespace: default\n\
+         spec:\n  type: ClusterIP\n  clusterIP: {vip}\n  selector:\n    app: echo-server\n  \
+         ports:\n  - name: http\n    port: {SERVICE_PORT}\n    targetPort: {TARGET_PORT}\n    \
+         protocol: TCP\n"
+    );
+    for (name, ip) in pods {
+        let _ = write!(
+            yaml,
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n  \
+             labels:\n    app: echo-server\nspec:\n  containers:\n  - name: echo\n    \
+             image: hashicorp/http-echo\n    ports:\n    - containerPort: {TARGET_PORT}\n\
+             status:\n  phase: Running\n  podIP: {ip}\n  conditions:\n  - type: Ready\n    \
+             status: \"True\"\n"
+        );
+    }
+    yaml
+}
+
+pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    // SAFETY: geteuid(2) has no preconditions and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(super::BadInput(
+            "the demo builds network namespaces and attaches XDP programs: run it as root".into(),
+        )
+        .into());
+    }
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&interrupted))
+            .context("installing signal handlers")?;
+    }
+    let stale = lab::remove_stale_namespaces().unwrap_or_default();
+    if !stale.is_empty() {
+        println!("removed {} namespaces left by an earlier run", stale.len());
+    }
+
+    println!("building the lab: client -> gateway -> 3 echo-server Pods (198.18.0.0/15)");
+    let topology = Topology::two_arm("demo").pods(3).build()?;
+    let info = topology.info().clone();
+    let vip = info.vip(10);
+
+    let mut servers = Vec::new();
+    let mut pods = Vec::new();
+    for (i, (pod, ns)) in info.pods.iter().zip(topology.pods()).enumerate() {
+        let name = format!("echo-server-{}", i + 1);
+        let addr = SocketAddrV4::new(pod.iface.addr, TARGET_PORT);
+        servers.push(EchoServer::start_tcp(ns, addr, &name)?);
+        println!("  pod {name:<14} {addr}");
+        pods.push((name, pod.iface.addr.to_string()));
+    }
+
+    let dir = std::env::temp_dir().join(format!("cipgw-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let _remove_dir = RemoveDir(dir.clone());
+    let file = dir.join("services.yaml");
+    std::fs::write(&file, control_file(&vip.to_string(), &pods))
+        .with_context(|| format!("writing {}", file.display()))?;
+    println!(
+        "  service default/echo-server  ClusterIP {vip}:{SERVICE_PORT} -> targetPort {TARGET_PORT}"
+    );
+
+    let exe = std::env::current_exe().context("locating the cipgw binary")?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut gw_args: Vec<String> = Vec::new();
+    for iface in info.gateway.ifaces() {
+        gw_args.extend(["--iface".into(), iface.to_owned()]);
+    }
+    gw_args.extend([
+        "--control-file".into(),
+        file.display().to_string(),
+        "--service-cidr".into(),
+        info.vip_range.to_string(),
+        "--cores".into(),
+        (cores - 1).to_string(),
+    ]);
+    println!("starting: cipgw run {}", gw_args.join(" "));
+    let gateway = GatewayProcess::start(
+        &exe,
+        topology.gateway(),
+        &gw_args,
+        args.verbose,
+        Duration::from_secs(20),
+    )?;
+
+    println!(
+        "\nsending {} requests to http://{vip}:{SERVICE_PORT}/ from the client:",
+        args.requests
+    );
+    let target = SocketAddrV4::new(vip, SERVICE_PORT);
+    let mut served: BTreeMap<String, u32> = BTreeMap::new();
+    let mut failed = 0;
+    for i in 1..=args.requests {
+        // Relaxed: a flag checked between requests, ordering nothing else.
+        if interrupted.load(Ordering::Relaxed) {
+            println!("interrupted; cleaning up");
+            break;
+        }
+        let answer = topology.in_client(move || {
+            lab::tcp_request(target, b"GET / HTTP/1.0\r\n\r\n", Duration::from_secs(3))
+        });
+        match answer {
+            Ok(text) => {
+                let line = text
+                    .lines()
+                    .find(|l| l.starts_with("Hello from"))
+                    .unwrap_or(text.trim())
+                    .to_owned();
+                println!("  {i:>3}: {line}");
+                let pod = line
+                    .strip_prefix("Hello from ")
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .unwrap_or("?")
+                    .to_owned();
+                *served.entry(pod).or_default() += 1;
+            }
+            Err(e) => {
+                println!("  {i:>3}: failed: {e}");
+                failed += 1;
+            }
+        }
+    }
+
+    println!("\nwho served the requests:");
+    for (pod, n) in &served {
+        println!("  {pod:<16} {n:>3}  {}", "#".repeat(*n as usize));
+    }
+    if failed > 0 {
+        println!("  failed           {failed:>3}");
+    }
+
+    let status = gateway.stop(Duration::from_secs(5))?;
+    for s in servers {
+        s.stop();
+    }
+    drop(topology);
+    println!("\ngateway exited ({status}); lab removed");
+    if failed > 0 {
+        anyhow::bail!("{failed} requests failed");
+    }
+    if !status.success() {
+        anyhow::bail!("the gateway exited with {status}");
+    }
+    Ok(())
+}
+
+/// Removes the demo's temporary directory on drop.
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

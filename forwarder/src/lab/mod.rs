@@ -26,6 +26,7 @@
 mod client;
 mod cmd;
 mod echo;
+mod gateway;
 mod netns;
 mod topology;
 
@@ -39,6 +40,7 @@ use std::time::Duration;
 
 pub use client::{ping, tcp_request, tcp_session, udp_request};
 pub use echo::EchoServer;
+pub use gateway::GatewayProcess;
 pub use netns::{remove_stale_namespaces, unique_prefix, Netns, NsChild, NS_PREFIX};
 pub use topology::{
     GatewayInfo, IfaceInfo, NodeInfo, Shape, SwitchInfo, Topology, TopologyBuilder, TopologyInfo,
