@@ -117,7 +117,7 @@ fn frame(src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Vec<u8> {
 
 fn pipeline() -> Pipeline {
     Pipeline::new(
-        Arc::new(Conntrack::with_capacity(1 << 20)),
+        Arc::new(Conntrack::default()),
         Arc::new(WorkerCounters::default()),
         Rng::new(7),
     )

@@ -103,11 +103,16 @@ pub struct Conntrack {
 
 impl Default for Conntrack {
     fn default() -> Self {
-        Self::with_capacity(0)
+        Self::with_capacity(Self::INITIAL_FLOWS)
     }
 }
 
 impl Conntrack {
+    /// Flows the table holds before it first grows. Small on purpose: a
+    /// sparse table spreads a few live flows over many cache lines, which
+    /// costs more per packet than the occasional growth of one shard.
+    pub const INITIAL_FLOWS: usize = 4096;
+
     /// A table with room for `flows` connections (both directions)
     /// before it grows.
     pub fn with_capacity(flows: usize) -> Self {

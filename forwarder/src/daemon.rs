@@ -135,7 +135,7 @@ fn start(settings: &Settings, stop: Arc<AtomicBool>) -> anyhow::Result<Gateway> 
     }
 
     let table = TableHandle::new(compiled);
-    let conntrack = Arc::new(Conntrack::with_capacity(1 << 16));
+    let conntrack = Arc::new(Conntrack::default());
     let resolver = monitor.resolver();
     let resolve: crate::worker::ResolveFn = Arc::new(move |ifindex, ip| {
         resolver.request_resolution(ifindex, ip);

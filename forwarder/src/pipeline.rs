@@ -62,6 +62,81 @@ pub struct Pipeline {
     conntrack: Arc<Conntrack>,
     counters: Arc<WorkerCounters>,
     rng: Rng,
+    hops: NextHopCache,
+}
+
+/// A resolved next hop for one destination: egress port and both MACs.
+#[derive(Debug, Clone, Copy, Default)]
+struct CachedHop {
+    /// Destination address; 0.0.0.0 marks an empty slot.
+    dst: u32,
+    port: PortId,
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+}
+
+/// A small direct-mapped, per-worker cache of destination -> next hop, so
+/// that an established flow's packet costs one conntrack lookup and not
+/// also a route match and a neighbour lookup. Emptied whenever the network
+/// snapshot changes; only resolved next hops are cached.
+#[derive(Debug)]
+struct NextHopCache {
+    snapshot: u64,
+    slots: Box<[CachedHop; NextHopCache::SLOTS]>,
+}
+
+impl NextHopCache {
+    const SLOTS: usize = 256;
+
+    fn new() -> Self {
+        Self {
+            snapshot: 0,
+            slots: Box::new([CachedHop::default(); Self::SLOTS]),
+        }
+    }
+
+    #[inline(always)]
+    fn slot(dst: u32) -> usize {
+        // Fibonacci hashing: the top 8 bits of a multiplicative hash.
+        (dst.wrapping_mul(0x9e37_79b9) >> 24) as usize
+    }
+
+    #[inline]
+    fn lookup(&mut self, net: &NetSnapshot, dst: Ipv4Addr) -> Result<CachedHop, Verdict> {
+        if self.snapshot != net.id() {
+            self.slots.fill(CachedHop::default());
+            self.snapshot = net.id();
+        }
+        let key = u32::from(dst);
+        let slot = Self::slot(key);
+        let cached = self.slots[slot];
+        if cached.dst == key && key != 0 {
+            return Ok(cached);
+        }
+        let next_hop = net.next_hop(dst).map_err(|e| {
+            Verdict::Drop(match e {
+                RouteError::NoRoute => DropReason::NoRoute,
+                RouteError::NotAttached => DropReason::RouteNotAttached,
+            })
+        })?;
+        let port = net
+            .port(next_hop.port)
+            .ok_or(Verdict::Drop(DropReason::RouteNotAttached))?;
+        let mac = net
+            .neighbour(next_hop.port, next_hop.ip)
+            .ok_or(Verdict::AwaitNeighbour {
+                port: next_hop.port,
+                next_hop: next_hop.ip,
+            })?;
+        let hop = CachedHop {
+            dst: key,
+            port: next_hop.port,
+            src_mac: port.mac,
+            dst_mac: mac,
+        };
+        self.slots[slot] = hop;
+        Ok(hop)
+    }
 }
 
 /// Where the IPv4 header starts in an untagged frame.
@@ -83,6 +158,7 @@ impl Pipeline {
             conntrack,
             counters,
             rng,
+            hops: NextHopCache::new(),
         }
     }
 
@@ -134,25 +210,12 @@ impl Pipeline {
             Direction::Forward => hit.nat_ip,
             Direction::Reply => key.dst,
         };
-        let next_hop = match ctx.net.next_hop(dst) {
-            Ok(nh) => nh,
-            Err(RouteError::NoRoute) => return Verdict::Drop(DropReason::NoRoute),
-            Err(RouteError::NotAttached) => return Verdict::Drop(DropReason::RouteNotAttached),
-        };
-        let Some(port) = ctx.net.port(next_hop.port) else {
-            return Verdict::Drop(DropReason::RouteNotAttached);
-        };
-        match ctx.net.neighbour(next_hop.port, next_hop.ip) {
-            Some(mac) => {
-                set_l2(frame, port.mac, mac);
-                Verdict::Forward {
-                    port: next_hop.port,
-                }
+        match self.hops.lookup(ctx.net, dst) {
+            Ok(hop) => {
+                set_l2(frame, hop.src_mac, hop.dst_mac);
+                Verdict::Forward { port: hop.port }
             }
-            None => Verdict::AwaitNeighbour {
-                port: next_hop.port,
-                next_hop: next_hop.ip,
-            },
+            Err(verdict) => verdict,
         }
     }
 

@@ -6,6 +6,9 @@
 //! current one once per batch. Lookups here are pure and allocation-free.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ahash::RandomState;
 use std::net::Ipv4Addr;
 
 /// Index of an attached interface in the gateway's port list (0..ports).
@@ -53,11 +56,14 @@ pub enum RouteError {
 /// Routes, neighbours and attached ports at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct NetSnapshot {
+    /// Unique per snapshot built in this process (0 only for `Default`),
+    /// so per-worker caches can tell snapshots apart without holding them.
+    id: u64,
     /// Sorted by prefix length, longest first, so the first match wins.
     routes: Vec<Route>,
     /// Resolved neighbours (states REACHABLE, STALE, DELAY, PROBE,
     /// PERMANENT, NOARP) by (ifindex, address).
-    neighbours: HashMap<(u32, Ipv4Addr), MacAddr>,
+    neighbours: HashMap<(u32, Ipv4Addr), MacAddr, RandomState>,
     ports: Vec<Port>,
 }
 
@@ -70,11 +76,20 @@ impl NetSnapshot {
     ) -> Self {
         assert!(ports.len() <= usize::from(PortId::MAX), "too many ports");
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix_len));
+        /// Source of snapshot ids.
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Self {
+            // Relaxed: only uniqueness matters, not ordering.
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             routes,
-            neighbours,
+            neighbours: neighbours.into_iter().collect(),
             ports,
         }
+    }
+
+    /// This snapshot's process-unique id.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     pub fn ports(&self) -> &[Port] {
