@@ -1,7 +1,6 @@
 //! `cipgw run`: settings from flags over an optional TOML file, then the
 //! daemon.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -32,9 +31,6 @@ pub struct RunArgs {
     /// only, or generic SKB mode.
     #[arg(long, value_name = "MODE")]
     pub xdp_mode: Option<XdpMode>,
-    /// Admin HTTP endpoint address.
-    #[arg(long, value_name = "ADDR")]
-    pub admin: Option<SocketAddr>,
     /// CIDR ClusterIPs are allocated from and must lie in.
     #[arg(long, value_name = "CIDR")]
     pub service_cidr: Option<Ipv4Net>,
@@ -48,7 +44,6 @@ struct FileSettings {
     control_file: Option<PathBuf>,
     cores: Option<String>,
     xdp_mode: Option<XdpMode>,
-    admin: Option<SocketAddr>,
     service_cidr: Option<Ipv4Net>,
 }
 
@@ -106,10 +101,8 @@ fn settings(args: RunArgs) -> anyhow::Result<Settings> {
         source,
         cores,
         xdp_mode: args.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
-        admin: args
-            .admin
-            .or(file.admin)
-            .unwrap_or_else(settings::default_admin),
+        // The admin endpoint is not served yet; the default is recorded.
+        admin: settings::default_admin(),
         service_cidr: args
             .service_cidr
             .or(file.service_cidr)
