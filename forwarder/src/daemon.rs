@@ -74,19 +74,26 @@ fn map_sets(table: &CompiledTable) -> (HashSet<Ipv4Addr>, HashSet<BackendKey>) {
     (vips, backends)
 }
 
+/// Run-time options that are not part of the deployable settings.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Benchmark pass-through mode: L2 forwarding to this peer's MAC.
+    pub pass_through: Option<Ipv4Addr>,
+}
+
 /// Runs the gateway until SIGINT or SIGTERM.
-pub fn run(settings: Settings) -> anyhow::Result<()> {
+pub fn run(settings: Settings, options: Options) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("installing signal handlers")?;
     }
-    let gateway = start(&settings, Arc::clone(&stop))?;
+    let gateway = start(&settings, &options, Arc::clone(&stop))?;
     gateway.serve(&settings);
     gateway.shutdown()
 }
 
-fn start(settings: &Settings, stop: Arc<AtomicBool>) -> anyhow::Result<Gateway> {
+fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Gateway> {
     let model = load_table(settings)?;
     let compiled = CompiledTable::compile(Arc::new(model), 1);
     tracing::info!(
@@ -197,6 +204,7 @@ fn start(settings: &Settings, stop: Arc<AtomicBool>) -> anyhow::Result<Gateway> 
             stop: Arc::clone(&stop),
             resolve: Arc::clone(&resolve),
             epoch,
+            pass_through: options.pass_through,
         };
         let worker = Worker::new(io, pipeline, shared, settings.ifaces.len());
         let handle = std::thread::Builder::new()
@@ -221,6 +229,10 @@ fn start(settings: &Settings, stop: Arc<AtomicBool>) -> anyhow::Result<Gateway> 
         stop,
     };
     gateway.resolve_backends();
+    if let Some(peer) = options.pass_through {
+        tracing::warn!(%peer, "pass-through mode: L2 forwarding only, no NAT (benchmarks)");
+        gateway.resolve(peer);
+    }
     tracing::info!(
         ifaces = ?settings.ifaces,
         workers = gateway.workers.len(),
@@ -243,6 +255,16 @@ impl Gateway {
                         self.monitor.request_resolution(port.ifindex, nh.ip);
                     }
                 }
+            }
+        }
+    }
+
+    /// Asks the kernel to resolve the next hop towards `ip`.
+    fn resolve(&self, ip: Ipv4Addr) {
+        let net = self.monitor.snapshot();
+        if let Ok(nh) = net.next_hop(ip) {
+            if let Some(port) = net.port(nh.port) {
+                self.monitor.request_resolution(port.ifindex, nh.ip);
             }
         }
     }

@@ -56,6 +56,9 @@ pub struct WorkerShared {
     pub resolve: ResolveFn,
     /// Seconds since this instant are the conntrack clock.
     pub epoch: Instant,
+    /// Pass-through mode (benchmarks): forward every frame to the other
+    /// port, addressed to this peer's MAC, without parsing beyond L2.
+    pub pass_through: Option<Ipv4Addr>,
 }
 
 impl std::fmt::Debug for WorkerShared {
@@ -197,6 +200,11 @@ impl Worker {
         }
         let counters = Arc::clone(self.pipeline.counters());
         counters.rx_packets.add(n as u64);
+        if let Some(peer) = self.shared.pass_through {
+            let ingress = socket.port;
+            self.pass_through(n, ingress, peer, ctx.net);
+            return n;
+        }
         for i in 0..n {
             let mut desc = self.rx_descs[i];
             let verdict = {
@@ -222,6 +230,40 @@ impl Worker {
             }
         }
         n
+    }
+
+    /// The benchmark's upper bound: L2 forwarding to the other port.
+    fn pass_through(&mut self, n: usize, ingress: PortId, peer: Ipv4Addr, net: &NetSnapshot) {
+        let ports = self.tx_pending.len();
+        let egress = ((usize::from(ingress) + 1) % ports) as PortId;
+        let addresses = net
+            .port(egress)
+            .and_then(|p| net.neighbour(egress, peer).map(|mac| (p.mac, mac)));
+        let counters = Arc::clone(self.pipeline.counters());
+        for i in 0..n {
+            let mut desc = self.rx_descs[i];
+            match addresses {
+                Some((src, dst)) => {
+                    {
+                        // SAFETY: as in `receive`: a frame of this UMEM
+                        // just taken from the RX ring, owned by this thread.
+                        let mut data = unsafe { self.io.umem.data_mut(&mut desc) };
+                        counters.rx_bytes.add(data.contents().len() as u64);
+                        set_l2(data.contents_mut(), src, dst);
+                    }
+                    self.queue_tx(egress, desc);
+                }
+                None => {
+                    counters.count_drop(DropReason::NeighbourTimeout);
+                    self.io.free_frames.push(desc);
+                }
+            }
+        }
+        if addresses.is_none() {
+            if let Some(p) = net.port(egress) {
+                (self.shared.resolve)(p.ifindex, peer);
+            }
+        }
     }
 
     fn queue_tx(&mut self, port: PortId, desc: FrameDesc) {

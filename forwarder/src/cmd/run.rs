@@ -34,6 +34,14 @@ pub struct RunArgs {
     /// CIDR ClusterIPs are allocated from and must lie in.
     #[arg(long, value_name = "CIDR")]
     pub service_cidr: Option<Ipv4Net>,
+    /// Benchmark mode: forward every redirected frame to the other
+    /// interface with only its Ethernet addresses rewritten (no parse
+    /// beyond L2, no NAT, no conntrack): the upper bound of the AF_XDP path.
+    #[arg(long, requires = "pass_through_peer")]
+    pub pass_through: bool,
+    /// The address whose MAC pass-through frames are sent to.
+    #[arg(long, value_name = "IP")]
+    pub pass_through_peer: Option<std::net::Ipv4Addr>,
 }
 
 /// The TOML file's shape: every setting optional, named as its flag.
@@ -113,8 +121,14 @@ fn settings(args: RunArgs) -> anyhow::Result<Settings> {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let options = cipgw::daemon::Options {
+        pass_through: args
+            .pass_through
+            .then_some(args.pass_through_peer)
+            .flatten(),
+    };
     let settings = settings(args)?;
-    cipgw::daemon::run(settings)
+    cipgw::daemon::run(settings, options)
 }
 
 #[cfg(test)]
