@@ -126,7 +126,15 @@ impl Row {
 /// `default/echo:http (ClusterIP, headless)`: the name (with the port name,
 /// as kube-proxy names a service port) and the type.
 fn describe(service: &Service, port: &str, extra: &str) -> String {
-    format!("{}{port} ({}{extra})", service.name, service.kind.as_str())
+    let affinity = service
+        .session_affinity
+        .map(|t| format!(", affinity ClientIP {t}s"))
+        .unwrap_or_default();
+    format!(
+        "{}{port} ({}{affinity}{extra})",
+        service.name,
+        service.kind.as_str()
+    )
 }
 
 fn port_suffix(port: &ServicePort) -> String {
@@ -198,6 +206,7 @@ mod tests {
             name: ServiceName::new("default", name),
             kind,
             cluster_ip: ip,
+            session_affinity: None,
             ports,
         }
     }

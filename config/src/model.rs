@@ -182,7 +182,17 @@ pub struct Service {
     pub kind: ServiceKind,
     pub cluster_ip: ClusterIp,
     pub ports: Vec<ServicePort>,
+    /// `sessionAffinity: ClientIP`: new connections from a client go to the
+    /// endpoint its earlier ones went to, until this many seconds pass
+    /// without a packet from it (`sessionAffinityConfig.clientIP.
+    /// timeoutSeconds`, default 10800). `None` for `sessionAffinity: None`.
+    pub session_affinity: Option<u32>,
 }
+
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+/// Kubernetes' upper bound for it (one day).
+pub const MAX_AFFINITY_TIMEOUT: u32 = 86_400;
 
 /// Every Service the gateway knows, sorted by name. Immutable once built;
 /// a change builds a new table.

@@ -225,6 +225,10 @@ pub enum Problem {
     BadPortName(String),
     #[error("no address: an endpoint needs at least one")]
     NoAddress,
+    #[error("unknown session affinity {0:?}: expected None or ClientIP")]
+    UnknownSessionAffinity(String),
+    #[error("{0} is out of range 1-86400 seconds")]
+    AffinityTimeoutOutOfRange(i64),
 }
 
 /// Translates `objects` into a service table, or the first error in file
@@ -347,6 +351,7 @@ pub fn translate_lenient(
                 name: spec.name.clone(),
                 kind: spec.kind,
                 cluster_ip,
+                session_affinity: spec.affinity,
                 ports: spec
                     .ports
                     .iter()
@@ -382,6 +387,8 @@ struct ServiceSpec<'a> {
     /// Non-empty selector; `None` selects no Pods.
     selector: Option<&'a BTreeMap<String, String>>,
     publish_not_ready: bool,
+    /// Session affinity timeout in seconds, when ClientIP.
+    affinity: Option<u32>,
 }
 
 struct PortSpec {
@@ -425,7 +432,10 @@ impl<'a> ServiceSpec<'a> {
         };
         let ports = parse_ports(spec.ports.as_deref().unwrap_or_default())
             .map_err(|(field, problem)| field_error(field, problem))?;
+        let affinity =
+            session_affinity(spec).map_err(|(field, problem)| field_error(field, problem))?;
         Ok(Self {
+            affinity,
             name,
             kind,
             address,
@@ -438,6 +448,37 @@ impl<'a> ServiceSpec<'a> {
 }
 
 type FieldProblem = (String, Problem);
+
+/// `spec.sessionAffinity` and its timeout, as Kubernetes validates them.
+fn session_affinity(spec: &core::ServiceSpec) -> Result<Option<u32>, FieldProblem> {
+    match spec.session_affinity.as_deref().unwrap_or("None") {
+        "" | "None" => Ok(None),
+        "ClientIP" => {
+            let timeout = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .map_or(
+                    i64::from(cipgw_config::model::DEFAULT_AFFINITY_TIMEOUT),
+                    i64::from,
+                );
+            match u32::try_from(timeout) {
+                Ok(t) if (1..=cipgw_config::model::MAX_AFFINITY_TIMEOUT).contains(&t) => {
+                    Ok(Some(t))
+                }
+                _ => Err((
+                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds".into(),
+                    Problem::AffinityTimeoutOutOfRange(timeout),
+                )),
+            }
+        }
+        other => Err((
+            "spec.sessionAffinity".into(),
+            Problem::UnknownSessionAffinity(other.into()),
+        )),
+    }
+}
 
 fn cluster_address(spec: &core::ServiceSpec, cidr: Ipv4Net) -> Result<Address, FieldProblem> {
     let primary = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty());
@@ -1627,6 +1668,39 @@ spec:
         assert_eq!(
             error,
             "Service default/echo: spec.ports[0].port: 70000 is out of range 1-65535"
+        );
+    }
+
+    #[test]
+    fn session_affinity_client_ip_and_its_timeout() {
+        let none = table(&service_doc("  ports: [{port: 80}]\n"));
+        assert_eq!(service(&none, "default", "echo").session_affinity, None);
+        let default = table(&service_doc(
+            "  sessionAffinity: ClientIP\n  ports: [{port: 80}]\n",
+        ));
+        assert_eq!(
+            service(&default, "default", "echo").session_affinity,
+            Some(10_800)
+        );
+        let short = table(&service_doc(
+            "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      \
+             timeoutSeconds: 5\n  ports: [{port: 80}]\n",
+        ));
+        assert_eq!(service(&short, "default", "echo").session_affinity, Some(5));
+        assert_eq!(
+            error(&service_doc(
+                "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      \
+                 timeoutSeconds: 86401\n  ports: [{port: 80}]\n",
+            )),
+            "document 1 (Service default/echo): spec.sessionAffinityConfig.clientIP.timeoutSeconds: \
+             86401 is out of range 1-86400 seconds"
+        );
+        assert_eq!(
+            error(&service_doc(
+                "  sessionAffinity: Cookie\n  ports: [{port: 80}]\n"
+            )),
+            "document 1 (Service default/echo): spec.sessionAffinity: unknown session affinity \
+             \"Cookie\": expected None or ClientIP"
         );
     }
 }
