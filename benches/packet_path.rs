@@ -48,6 +48,7 @@ fn table(services: usize) -> CompiledTable {
             name: ServiceName::new("bench", format!("svc-{i:05}")),
             kind: ServiceKind::ClusterIp,
             cluster_ip: ClusterIp::Vip(vip),
+            session_affinity: None,
             ports: vec![ServicePort {
                 name: None,
                 port: 8080,

@@ -42,6 +42,8 @@ pub enum DropReason {
     ReplyClash,
     /// TTL would reach zero.
     TtlExceeded,
+    /// The connection table is full of flows that may not be evicted.
+    ConntrackFull,
     /// No route to the destination.
     NoRoute,
     /// The route leaves through an interface cipgw is not attached to.
@@ -61,7 +63,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 20] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::TruncatedEthernet,
         DropReason::VlanTagged,
         DropReason::TruncatedIpv4,
@@ -75,6 +77,7 @@ impl DropReason {
         DropReason::ReplyWithoutFlow,
         DropReason::ReplyClash,
         DropReason::TtlExceeded,
+        DropReason::ConntrackFull,
         DropReason::NoRoute,
         DropReason::RouteNotAttached,
         DropReason::NeighbourTimeout,
@@ -101,6 +104,7 @@ impl DropReason {
             DropReason::ReplyWithoutFlow => "reply_without_flow",
             DropReason::ReplyClash => "reply_clash",
             DropReason::TtlExceeded => "ttl_exceeded",
+            DropReason::ConntrackFull => "conntrack_full",
             DropReason::NoRoute => "no_route",
             DropReason::RouteNotAttached => "route_not_attached",
             DropReason::NeighbourTimeout => "neighbour_timeout",

@@ -36,11 +36,8 @@ use crate::table::{CompiledTable, TableHandle};
 use crate::worker::{Worker, WorkerShared};
 use crate::xsk::{self, QueueAssignment, WorkerIo, XskConfig};
 
-/// Idle timeouts until flows have a lifecycle of their own: how long a
-/// flow may go without packets before the sweeper removes it.
-const TCP_IDLE: Duration = Duration::from_secs(3600);
-const UDP_IDLE: Duration = Duration::from_secs(120);
-const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// How often expired flows are swept out of conntrack.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// The gateway's state that outlives start-up.
 struct Gateway {
@@ -285,13 +282,7 @@ impl Gateway {
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = Instant::now();
                 let now = epoch.elapsed().as_secs() as u32;
-                let removed = self.conntrack.expire(|proto| {
-                    let idle = match proto {
-                        cipgw_config::Protocol::Tcp => TCP_IDLE,
-                        cipgw_config::Protocol::Udp => UDP_IDLE,
-                    };
-                    now.saturating_sub(idle.as_secs() as u32)
-                });
+                let removed = self.conntrack.sweep(now);
                 if removed > 0 {
                     tracing::debug!(removed, "expired idle flows");
                 }

@@ -150,6 +150,8 @@ struct Parsed {
     /// End of the IP packet in the frame (padding excluded).
     l3_end: usize,
     ttl: u8,
+    /// TCP control bits (0 for UDP).
+    tcp_flags: u8,
 }
 
 impl Pipeline {
@@ -186,7 +188,7 @@ impl Pipeline {
         };
         let key = parsed.key;
 
-        let hit = match self.conntrack.lookup(&key, ctx.now) {
+        let hit = match self.conntrack.lookup(&key, ctx.now, parsed.tcp_flags) {
             Some(hit) => hit,
             // A packet that cannot be forwarded creates no state.
             None if parsed.ttl <= 1 && ctx.table.is_vip(key.dst) => {
@@ -255,6 +257,9 @@ impl Pipeline {
                     return Ok(hit);
                 }
                 Err(InsertError::ReplyClash) => continue,
+                Err(InsertError::Full) => {
+                    return Err(Verdict::Drop(DropReason::ConntrackFull))
+                }
             }
         }
         Err(Verdict::Drop(DropReason::ReplyClash))
@@ -297,14 +302,14 @@ fn parse(frame: &[u8], table: &CompiledTable) -> Result<Parsed, Verdict> {
             WireError::Malformed => DropReason::MalformedL4,
         })
     };
-    let (src_port, dst_port) = match protocol {
+    let (src_port, dst_port, tcp_flags) = match protocol {
         Protocol::Tcp => {
             let tcp = TcpSegment::new_checked(l4).map_err(l4_err)?;
-            (tcp.src_port(), tcp.dst_port())
+            (tcp.src_port(), tcp.dst_port(), tcp.flags())
         }
         Protocol::Udp => {
             let udp = UdpDatagram::new_checked(l4).map_err(l4_err)?;
-            (udp.src_port(), udp.dst_port())
+            (udp.src_port(), udp.dst_port(), 0)
         }
     };
     Ok(Parsed {
@@ -318,6 +323,7 @@ fn parse(frame: &[u8], table: &CompiledTable) -> Result<Parsed, Verdict> {
         l4_offset: L3_OFFSET + ip.header_len(),
         l3_end: L3_OFFSET + ip.total_len(),
         ttl: ip.ttl(),
+        tcp_flags,
     })
 }
 

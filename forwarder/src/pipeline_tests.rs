@@ -57,24 +57,28 @@ fn table() -> CompiledTable {
             name: ServiceName::new("default", "echo"),
             kind: ServiceKind::ClusterIp,
             cluster_ip: ClusterIp::Vip(VIP.into()),
+            session_affinity: None,
             ports: vec![port(8080, Protocol::Tcp, 5678, vec![ep(POD1, 5678)])],
         },
         Service {
             name: ServiceName::new("default", "empty"),
             kind: ServiceKind::ClusterIp,
             cluster_ip: ClusterIp::Vip(EMPTY_VIP.into()),
+            session_affinity: None,
             ports: vec![port(80, Protocol::Tcp, 80, vec![])],
         },
         Service {
             name: ServiceName::new("default", "headless"),
             kind: ServiceKind::ClusterIp,
             cluster_ip: ClusterIp::Headless,
+            session_affinity: None,
             ports: vec![port(5432, Protocol::Tcp, 5432, vec![ep(POD1, 5432)])],
         },
         Service {
             name: ServiceName::new("default", "udp"),
             kind: ServiceKind::ClusterIp,
             cluster_ip: ClusterIp::Vip(UDP_VIP.into()),
+            session_affinity: None,
             ports: vec![port(53, Protocol::Udp, 5353, vec![ep(POD1, 5353)])],
         },
     ];

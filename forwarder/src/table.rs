@@ -246,6 +246,7 @@ mod tests {
                     name: ServiceName::new("default", "echo"),
                     kind: ServiceKind::ClusterIp,
                     cluster_ip: ClusterIp::Vip(Ipv4Addr::new(198, 18, 100, 10)),
+                    session_affinity: None,
                     ports: vec![ServicePort {
                         name: None,
                         port: 8080,
@@ -258,6 +259,7 @@ mod tests {
                     name: ServiceName::new("default", "headless"),
                     kind: ServiceKind::ClusterIp,
                     cluster_ip: ClusterIp::Headless,
+                    session_affinity: None,
                     ports: vec![],
                 },
             ],
