@@ -46,16 +46,23 @@ pub fn load_control_file(path: &Path, service_cidr: Ipv4Net) -> Result<ServiceTa
         path: path.to_owned(),
         error,
     })?;
-    load_control_text(&text, service_cidr).map_err(|error| match error {
-        TextError::Parse(error) => ControlError::Parse {
-            path: path.to_owned(),
-            error,
-        },
-        TextError::Translate(error) => ControlError::Translate {
-            path: path.to_owned(),
-            error,
-        },
-    })
+    load_control_text(&text, service_cidr).map_err(|error| ControlError::from_text(path, error))
+}
+
+impl ControlError {
+    /// The error of the control file at `path` whose text gave `error`.
+    pub fn from_text(path: &Path, error: TextError) -> Self {
+        match error {
+            TextError::Parse(error) => ControlError::Parse {
+                path: path.to_owned(),
+                error,
+            },
+            TextError::Translate(error) => ControlError::Translate {
+                path: path.to_owned(),
+                error,
+            },
+        }
+    }
 }
 
 /// Why control-file text gave no service table.

@@ -1,0 +1,561 @@
+//! The Kubernetes API as a live source: v1 Services and
+//! discovery.k8s.io/v1 EndpointSlices of all namespaces, watched with
+//! kube-runtime and translated into tables.
+//!
+//! The daemon is synchronous, so the source brings its own tokio runtime
+//! (one thread, current-thread scheduler) and reports over the channel of
+//! [`SourceEvent`]s like every other source.
+//!
+//! Rules, as kube-proxy keeps them:
+//! - a Service labelled `service.kubernetes.io/service-proxy-name` is
+//!   somebody else's unless the value is this gateway's name
+//!   (`--proxy-name`); a Service without a ClusterIP (the API server has
+//!   not assigned one yet) is skipped: nothing is allocated in this mode;
+//!   headless and ExternalName Services are listed, never forwarded (the
+//!   translation's rule);
+//! - each resource has a watcher with a reflector store; a (re)list,
+//!   `Init` ... `InitDone`, replaces the store at once, so objects that
+//!   were deleted while the watch was down are gone after it. No table is
+//!   built before both resources have been listed once; the first one is
+//!   followed by `Synced`;
+//! - tables are built at most once per `min_sync_period` ([`Coalescer`]);
+//!   one that equals the last is not sent;
+//! - translation is lenient: an object with an error is left out and
+//!   reported (`Invalid`), the others are still forwarded;
+//! - watch errors are retried with kube-runtime's default backoff (800 ms
+//!   doubling to 30 s). When the API server cannot be reached,
+//!   `Disconnected` is sent once and the last table stays; `/version` is
+//!   probed every [`PROBE_EVERY`] to notice it is back (`Reconnected`). A
+//!   watch that merely ends or breaks, or an expired resource version
+//!   (`410 Gone`, which forces a relist), is routine and reported to
+//!   nobody but the log.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cipgw_config::ServiceTable;
+use crossbeam::channel::Sender;
+use futures::StreamExt;
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client};
+
+use crate::coalesce::Coalescer;
+use crate::source::{SourceError, SourceEvent, SourceHandle, DEFAULT_MIN_SYNC_PERIOD};
+use crate::translate::{translate_lenient, Objects, TranslateError};
+
+/// The label with which a Service names the proxy that serves it.
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+
+/// The proxy name cipgw answers to unless told otherwise.
+pub const DEFAULT_PROXY_NAME: &str = "cipgw";
+
+/// Quiet time after an event before a table is built: the events of one
+/// change (a Service and its slice, a rollout step) arrive together.
+pub const SETTLE: Duration = Duration::from_millis(20);
+
+/// How often an unreachable API server is probed.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// How long one probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long the runtime gets to wind down its connections on stop.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Settings of the Kubernetes source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeSourceConfig {
+    /// A kubeconfig file; `None`: the standard inference (`$KUBECONFIG`,
+    /// `~/.kube/config`, then the in-cluster service account).
+    pub kubeconfig: Option<PathBuf>,
+    /// The `service.kubernetes.io/service-proxy-name` value this gateway
+    /// serves besides unlabelled Services.
+    pub proxy_name: String,
+    /// The cluster's service CIDR: ClusterIPs outside it are reported and
+    /// left out.
+    pub service_cidr: Ipv4Net,
+    /// At most one table per period.
+    pub min_sync_period: Duration,
+}
+
+impl KubeSourceConfig {
+    /// Defaults for everything but the service CIDR: inferred
+    /// configuration, proxy name `cipgw`, one table per second at most.
+    pub fn new(service_cidr: Ipv4Net) -> Self {
+        Self {
+            kubeconfig: None,
+            proxy_name: DEFAULT_PROXY_NAME.to_owned(),
+            service_cidr,
+            min_sync_period: DEFAULT_MIN_SYNC_PERIOD,
+        }
+    }
+}
+
+/// Whether this gateway forwards `service`: not another proxy's (by the
+/// service-proxy-name label), and with a ClusterIP assigned (or of type
+/// ExternalName, which has none and is only listed).
+pub fn is_selected(service: &Service, proxy_name: &str) -> bool {
+    let label = service
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(SERVICE_PROXY_NAME_LABEL));
+    if label.is_some_and(|name| name != proxy_name) {
+        return false;
+    }
+    let spec = service.spec.as_ref();
+    let external_name = spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName");
+    let has_cluster_ip = spec
+        .and_then(|s| s.cluster_ip.as_deref())
+        .is_some_and(|ip| !ip.is_empty());
+    external_name || has_cluster_ip
+}
+
+/// The table for the objects of the API, with the errors of the objects
+/// left out of it.
+pub fn build_table<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    endpoint_slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    proxy_name: &str,
+    service_cidr: Ipv4Net,
+) -> (ServiceTable, Vec<TranslateError>) {
+    let services = services.into_iter().filter(|s| is_selected(s, proxy_name));
+    let objects = Objects::from_api(services, endpoint_slices, std::iter::empty::<&Pod>());
+    translate_lenient(&objects, service_cidr)
+}
+
+/// Starts the Kubernetes source. The client configuration is loaded
+/// before this returns (a bad kubeconfig is an error here); connecting is
+/// the source's business: an unreachable API server is reported as
+/// `Disconnected` and retried.
+pub fn spawn_kube_source(
+    config: KubeSourceConfig,
+    tx: Sender<SourceEvent>,
+) -> Result<SourceHandle, SourceError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| SourceError::Thread {
+            what: "Kubernetes source's runtime",
+            error,
+        })?;
+    let client = runtime.block_on(client(config.kubeconfig.as_deref()))?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("cipgw-kube-src".into())
+        .spawn(move || {
+            runtime.block_on(run(client, config, tx, stop_rx));
+            runtime.shutdown_timeout(SHUTDOWN_TIMEOUT);
+        })
+        .map_err(|error| SourceError::Thread {
+            what: "Kubernetes source",
+            error,
+        })?;
+    Ok(SourceHandle::new(
+        "kubernetes",
+        Box::new(move || {
+            // Gone only if the thread has already ended.
+            let _ = stop_tx.send(());
+        }),
+        thread,
+    ))
+}
+
+/// A client for the kubeconfig at `path`, or the inferred configuration.
+async fn client(path: Option<&Path>) -> Result<Client, SourceError> {
+    let config = match path {
+        Some(path) => {
+            let kubeconfig_error = |error| SourceError::Kubeconfig {
+                path: path.to_owned(),
+                error,
+            };
+            let kubeconfig = Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(kubeconfig_error)?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// The two watched resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resource {
+    Services = 0,
+    EndpointSlices = 1,
+}
+
+impl Resource {
+    const fn as_str(self) -> &'static str {
+        match self {
+            Resource::Services => "services",
+            Resource::EndpointSlices => "endpointslices",
+        }
+    }
+}
+
+/// What a watcher's item means for the source.
+#[derive(Debug)]
+enum Step {
+    /// Part of a (re)list in progress: the store has not changed yet.
+    Listing,
+    /// A (re)list is complete and in the store.
+    Listed,
+    /// An object was added, changed or deleted.
+    Changed,
+    /// The watch ended, broke or expired (410): the watcher resumes or
+    /// relists by itself.
+    Routine(String),
+    /// The API server cannot be reached or refuses the request.
+    Failed(String),
+}
+
+impl Step {
+    fn of<K>(item: &Result<watcher::Event<K>, watcher::Error>) -> Self {
+        match item {
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => Step::Listing,
+            Ok(watcher::Event::InitDone) => Step::Listed,
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Step::Changed,
+            Err(error @ (watcher::Error::WatchFailed(_) | watcher::Error::WatchError(_))) => {
+                Step::Routine(error.to_string())
+            }
+            Err(error) => Step::Failed(error.to_string()),
+        }
+    }
+}
+
+/// The source's state, owned by its task.
+struct Syncer {
+    proxy_name: String,
+    service_cidr: Ipv4Net,
+    tx: Sender<SourceEvent>,
+    services: Store<Service>,
+    endpoint_slices: Store<EndpointSlice>,
+    coalescer: Coalescer,
+    /// Whether each resource has been listed once.
+    listed: [bool; 2],
+    synced: bool,
+    disconnected: bool,
+    /// The last table sent and the problems reported since.
+    table: Option<Arc<ServiceTable>>,
+    errors: BTreeSet<String>,
+}
+
+async fn run(
+    client: Client,
+    config: KubeSourceConfig,
+    tx: Sender<SourceEvent>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let (services, services_writer) = reflector::store::<Service>();
+    let (endpoint_slices, slices_writer) = reflector::store::<EndpointSlice>();
+    let watch = watcher::Config::default();
+    let mut service_events = pin!(watcher(Api::<Service>::all(client.clone()), watch.clone())
+        .default_backoff()
+        .reflect(services_writer));
+    let mut slice_events = pin!(watcher(Api::<EndpointSlice>::all(client.clone()), watch)
+        .default_backoff()
+        .reflect(slices_writer));
+    let mut sync = Syncer {
+        proxy_name: config.proxy_name,
+        service_cidr: config.service_cidr,
+        tx,
+        services,
+        endpoint_slices,
+        coalescer: Coalescer::new(config.min_sync_period, SETTLE),
+        listed: [false; 2],
+        synced: false,
+        disconnected: false,
+        table: None,
+        errors: BTreeSet::new(),
+    };
+    let (probe_tx, mut probe_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut probe: Option<tokio::task::JoinHandle<()>> = None;
+    tracing::info!(
+        proxy_name = %sync.proxy_name,
+        service_cidr = %sync.service_cidr,
+        "watching Services and EndpointSlices"
+    );
+    loop {
+        let deadline = sync.coalescer.deadline();
+        let wake = deadline.map_or_else(
+            // Never reached: the branch is disabled without a deadline.
+            || tokio::time::Instant::now() + Duration::from_secs(3600),
+            tokio::time::Instant::from_std,
+        );
+        let keep_going = tokio::select! {
+            _ = &mut stop => false,
+            Some(item) = service_events.next() => {
+                sync.on_step(Resource::Services, Step::of(&item))
+            }
+            Some(item) = slice_events.next() => {
+                sync.on_step(Resource::EndpointSlices, Step::of(&item))
+            }
+            () = tokio::time::sleep_until(wake), if deadline.is_some() => sync.on_due(),
+            Some(()) = probe_rx.recv() => sync.reconnected(),
+        };
+        if !keep_going {
+            break;
+        }
+        match (&probe, sync.disconnected) {
+            (None, true) => {
+                probe = Some(tokio::spawn(probe_until_reachable(
+                    client.clone(),
+                    probe_tx.clone(),
+                )));
+            }
+            (Some(_), false) => {
+                if let Some(task) = probe.take() {
+                    task.abort();
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(task) = probe {
+        task.abort();
+    }
+    tracing::debug!("Kubernetes source stopped");
+}
+
+/// Asks for `/version` until the API server answers, then says so once.
+async fn probe_until_reachable(client: Client, reachable: tokio::sync::mpsc::Sender<()>) {
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        if let Ok(Ok(_)) = tokio::time::timeout(PROBE_TIMEOUT, client.apiserver_version()).await {
+            let _ = reachable.send(()).await;
+            return;
+        }
+    }
+}
+
+impl Syncer {
+    /// Acts on one watcher item. False when the daemon is gone.
+    fn on_step(&mut self, resource: Resource, step: Step) -> bool {
+        if matches!(step, Step::Listing | Step::Listed | Step::Changed)
+            && self.disconnected
+            && !self.reconnected()
+        {
+            return false;
+        }
+        match step {
+            Step::Listing => {}
+            Step::Listed => {
+                tracing::debug!(resource = resource.as_str(), "listed");
+                self.listed[resource as usize] = true;
+                self.changed();
+            }
+            Step::Changed => self.changed(),
+            Step::Routine(error) => {
+                tracing::debug!(resource = resource.as_str(), %error, "watch interrupted; resuming");
+            }
+            Step::Failed(error) => {
+                if !self.disconnected {
+                    self.disconnected = true;
+                    let error = format!("{}: {error}", resource.as_str());
+                    tracing::warn!(%error,
+                        "Kubernetes API unreachable; the last table stays while retrying");
+                    return self.send(SourceEvent::Disconnected { error });
+                }
+                tracing::debug!(resource = resource.as_str(), %error, "still unreachable");
+            }
+        }
+        true
+    }
+
+    fn changed(&mut self) {
+        if self.listed.iter().all(|&listed| listed) {
+            self.coalescer.changed(Instant::now());
+        }
+    }
+
+    fn reconnected(&mut self) -> bool {
+        if !self.disconnected {
+            return true;
+        }
+        self.disconnected = false;
+        tracing::info!("Kubernetes API reachable again");
+        self.send(SourceEvent::Reconnected)
+    }
+
+    /// Builds and sends the table if the coalescer says it is time.
+    fn on_due(&mut self) -> bool {
+        if !self.coalescer.take_due(Instant::now()) {
+            return true;
+        }
+        let started = Instant::now();
+        let services = self.services.state();
+        let slices = self.endpoint_slices.state();
+        let (table, errors) = build_table(
+            services.iter().map(Arc::as_ref),
+            slices.iter().map(Arc::as_ref),
+            &self.proxy_name,
+            self.service_cidr,
+        );
+        tracing::debug!(
+            services = services.len(),
+            endpoint_slices = slices.len(),
+            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            "table built"
+        );
+        if self.table.as_deref() != Some(&table) {
+            tracing::info!(
+                services = table.services.len(),
+                "Kubernetes state changed; new table"
+            );
+            let table = Arc::new(table);
+            self.table = Some(Arc::clone(&table));
+            if !self.send(SourceEvent::Table(table)) {
+                return false;
+            }
+        }
+        let errors: BTreeSet<String> = errors.iter().map(ToString::to_string).collect();
+        for error in errors.difference(&self.errors) {
+            tracing::warn!(%error, "object left out of the table");
+            if !self.send(SourceEvent::Invalid {
+                error: error.clone(),
+            }) {
+                return false;
+            }
+        }
+        if errors.is_empty() && !self.errors.is_empty() && !self.send(SourceEvent::Valid) {
+            return false;
+        }
+        self.errors = errors;
+        if !self.synced {
+            self.synced = true;
+            tracing::info!("initial sync with the Kubernetes API done");
+            return self.send(SourceEvent::Synced);
+        }
+        true
+    }
+
+    fn send(&self, event: SourceEvent) -> bool {
+        self.tx.send(event).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn cidr() -> Ipv4Net {
+        "198.18.100.0/24".parse().expect("valid")
+    }
+
+    fn service(name: &str, ip: Option<&str>, proxy: Option<&str>) -> Service {
+        let mut labels = serde_json::Map::new();
+        if let Some(proxy) = proxy {
+            labels.insert(SERVICE_PROXY_NAME_LABEL.into(), proxy.into());
+        }
+        let mut spec = json!({"ports": [{"port": 80}]});
+        if let Some(ip) = ip {
+            spec["clusterIP"] = ip.into();
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"namespace": "default", "name": name, "labels": labels},
+            "spec": spec,
+        }))
+        .expect("valid Service")
+    }
+
+    #[test]
+    fn proxy_name_label_rule() {
+        assert!(is_selected(
+            &service("plain", Some("198.18.100.1"), None),
+            "cipgw"
+        ));
+        assert!(is_selected(
+            &service("ours", Some("198.18.100.2"), Some("cipgw")),
+            "cipgw"
+        ));
+        assert!(!is_selected(
+            &service("theirs", Some("198.18.100.3"), Some("other")),
+            "cipgw"
+        ));
+        assert!(is_selected(
+            &service("theirs", Some("198.18.100.3"), Some("other")),
+            "other"
+        ));
+    }
+
+    #[test]
+    fn services_without_cluster_ip_are_skipped_not_allocated() {
+        assert!(!is_selected(&service("pending", None, None), "cipgw"));
+        assert!(!is_selected(&service("empty", Some(""), None), "cipgw"));
+        assert!(is_selected(
+            &service("headless", Some("None"), None),
+            "cipgw"
+        ));
+        let external: Service = serde_json::from_value(json!({
+            "metadata": {"namespace": "default", "name": "ext"},
+            "spec": {"type": "ExternalName", "externalName": "example.invalid"},
+        }))
+        .expect("valid");
+        assert!(is_selected(&external, "cipgw"));
+
+        let services = [
+            service("a", Some("198.18.100.1"), None),
+            service("pending", None, None),
+            service("theirs", Some("198.18.100.3"), Some("other")),
+            service("bad", Some("198.19.0.1"), None),
+        ];
+        let (table, errors) = build_table(&services, [], "cipgw", cidr());
+        let names: Vec<_> = table.services.iter().map(|s| s.name.to_string()).collect();
+        assert_eq!(names, ["default/a"]);
+        let errors: Vec<_> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            errors,
+            ["Service default/bad: spec.clusterIP: 198.19.0.1 is outside the service CIDR 198.18.100.0/24"]
+        );
+    }
+
+    #[test]
+    fn bad_kubeconfig_fails_at_spawn() {
+        let mut config = KubeSourceConfig::new(cidr());
+        config.kubeconfig = Some("/nonexistent/cipgw-kubeconfig".into());
+        let (tx, _rx) = crate::source::channel();
+        let error = spawn_kube_source(config, tx).expect_err("no such file");
+        assert!(
+            error
+                .to_string()
+                .starts_with("cannot read kubeconfig /nonexistent/cipgw-kubeconfig"),
+            "{error}"
+        );
+    }
+
+    /// An https API server (in-cluster's kind) gets a rustls client
+    /// without any system TLS library or crypto provider set up by hand.
+    #[test]
+    fn https_client_builds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kubeconfig");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+             clusters: [{name: c, cluster: {server: 'https://127.0.0.1:1', insecure-skip-tls-verify: true}}]\n\
+             contexts: [{name: c, context: {cluster: c, user: u}}]\n\
+             users: [{name: u, user: {token: t}}]\n",
+        )
+        .expect("write");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime
+            .block_on(client(Some(&path)))
+            .expect("client builds");
+    }
+}

@@ -1,0 +1,211 @@
+//! The interface between a running source of desired state and the daemon.
+//!
+//! A source (the control file, [`crate::file_watch`], or the Kubernetes
+//! API, [`crate::kube_source`]) runs on a thread of its own and reports to
+//! the daemon's control thread through a crossbeam channel of
+//! [`SourceEvent`]s; the daemon is synchronous and waits on the channel with
+//! `recv_timeout` between its housekeeping. Dropping the [`SourceHandle`]
+//! stops the source and joins its thread (within about a second).
+//!
+//! What a consumer can rely on:
+//! - every [`SourceEvent::Table`] is complete and valid, and differs from
+//!   the table sent before it: installing it as a whole is always right;
+//! - at most one `Table` per `min_sync_period`, and none later than one
+//!   period after the change it reflects (see [`crate::coalesce`]);
+//! - [`SourceEvent::Synced`] comes once, right after the first `Table`
+//!   (a source that is not synced yet must not be reported ready);
+//! - [`SourceEvent::Invalid`] comes once per distinct problem, and
+//!   [`SourceEvent::Valid`] once when the input has no problem left;
+//! - [`SourceEvent::Disconnected`] and [`SourceEvent::Reconnected`]
+//!   (Kubernetes only) alternate, `Disconnected` first; while disconnected
+//!   no `Table` comes and the last one stays in force.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use cipgw_config::ServiceTable;
+pub use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
+
+/// kube-proxy's default `--min-sync-period`: at most one table per second.
+pub const DEFAULT_MIN_SYNC_PERIOD: Duration = Duration::from_secs(1);
+
+/// What a source tells the daemon.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceEvent {
+    /// A complete, valid new desired state, different from the last one.
+    Table(Arc<ServiceTable>),
+    /// The source's latest input has a problem; the message names the
+    /// file or object and the field. A control file with a problem changes
+    /// nothing (the last good table stays); from the Kubernetes API the
+    /// object at fault is left out of the tables while the rest are still
+    /// sent. Sent once per distinct message.
+    Invalid { error: String },
+    /// Every problem reported by `Invalid` is gone.
+    Valid,
+    /// The first table has been sent: the first good load of the control
+    /// file, or the first full list of both Services and EndpointSlices.
+    Synced,
+    /// The Kubernetes API cannot be reached (or refuses the watch); the
+    /// source retries with backoff and sends no table meanwhile.
+    Disconnected { error: String },
+    /// The Kubernetes API answers again after `Disconnected`; the watches
+    /// resume on their own backoff and send what changed meanwhile.
+    Reconnected,
+}
+
+/// A channel for [`SourceEvent`]s. Unbounded: a source sends a handful of
+/// events per `min_sync_period` at most, so it never needs to wait for the
+/// daemon.
+pub fn channel() -> (Sender<SourceEvent>, Receiver<SourceEvent>) {
+    crossbeam::channel::unbounded()
+}
+
+/// Why a source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot watch directory {} of control file {}: {error}", dir.display(), path.display())]
+    Watch {
+        path: std::path::PathBuf,
+        dir: std::path::PathBuf,
+        error: notify::Error,
+    },
+    #[error("cannot read kubeconfig {}: {error}", path.display())]
+    Kubeconfig {
+        path: std::path::PathBuf,
+        error: kube::config::KubeconfigError,
+    },
+    #[error("no Kubernetes configuration (neither in-cluster nor a kubeconfig): {0}")]
+    InferConfig(#[from] kube::config::InferConfigError),
+    #[error("cannot create the Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+    #[error("cannot start the {what}: {error}")]
+    Thread {
+        what: &'static str,
+        error: std::io::Error,
+    },
+}
+
+/// A running source. Dropping it (or [`SourceHandle::stop`]) stops the
+/// source and waits for its thread; no event is sent after that.
+#[must_use = "dropping the handle stops the source"]
+pub struct SourceHandle {
+    name: &'static str,
+    stop: Option<Box<dyn FnOnce() + Send>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SourceHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceHandle")
+            .field("name", &self.name)
+            .field("running", &!self.is_finished())
+            .finish()
+    }
+}
+
+impl SourceHandle {
+    /// `stop` asks the thread to end; it must not block.
+    pub(crate) fn new(
+        name: &'static str,
+        stop: Box<dyn FnOnce() + Send>,
+        thread: JoinHandle<()>,
+    ) -> Self {
+        Self {
+            name,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Which source this is (`control file` or `kubernetes`), for logs.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Whether the source's thread has ended (on its own only when the
+    /// receiving end of its channel is gone).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().map_or(true, JoinHandle::is_finished)
+    }
+
+    /// Stops the source and waits for its thread.
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for SourceHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop();
+        }
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!(source = self.name, "source thread panicked");
+            }
+        }
+    }
+}
+
+/// Parses a duration as kube-proxy's flags write them: a number with a
+/// unit, `ms`, `s`, `m` or `h` (`1s`, `250ms`, `1.5s`, `2m`), or `0`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("{text:?}: a duration needs a unit (ms, s, m or h), e.g. 1s"))?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: {number:?} is not a number"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?}: expected ms, s, m or h"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "1", "s", "1x", "1..2s", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn dropping_the_handle_stops_and_joins() {
+        let (stop_tx, stop_rx) = crossbeam::channel::bounded::<()>(1);
+        let thread = std::thread::spawn(move || {
+            let _ = stop_rx.recv();
+        });
+        let handle = SourceHandle::new(
+            "test",
+            Box::new(move || {
+                let _ = stop_tx.send(());
+            }),
+            thread,
+        );
+        assert!(!handle.is_finished());
+        handle.stop();
+    }
+}

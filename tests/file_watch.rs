@@ -1,0 +1,1 @@
+//! The control-file source on a real filesystem (in progress).
