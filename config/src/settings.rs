@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use serde::Deserialize;
@@ -46,8 +47,7 @@ impl std::str::FromStr for XdpMode {
 }
 
 /// Where the service table comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     /// A control file of Kubernetes manifests.
     ControlFile(PathBuf),
@@ -55,23 +55,80 @@ pub enum Source {
     Kubernetes { kubeconfig: Option<PathBuf> },
 }
 
-/// Everything `cipgw run` needs to start.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+/// Everything `cipgw run` needs to start. The command line (and its TOML
+/// file) fill it; see `cipgw run --help` for each setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// Interfaces to attach to (one-arm: one; two-arm: client side and Pod
     /// side).
     pub ifaces: Vec<String>,
     pub source: Source,
     /// Cores to run workers on, one worker per core.
-    #[serde(default = "default_cores")]
     pub cores: Vec<usize>,
-    #[serde(default)]
     pub xdp_mode: XdpMode,
-    #[serde(default = "default_admin")]
     pub admin: SocketAddr,
-    #[serde(default = "default_service_cidr")]
     pub service_cidr: Ipv4Net,
+    /// Source ranges VIP traffic is accepted from; empty accepts all.
+    pub cluster_cidrs: Vec<Ipv4Net>,
+    pub conntrack: ConntrackSettings,
+}
+
+/// Connection-tracking limits and timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConntrackSettings {
+    /// Flows tracked at most; `None` sizes it from the machine's memory.
+    pub max_flows: Option<usize>,
+    /// Share of the table (percent) flows without a reply may hold.
+    pub unreplied_percent: u8,
+    pub tcp_syn_sent: Duration,
+    pub tcp_established: Duration,
+    pub tcp_fin_wait: Duration,
+    pub tcp_close_wait: Duration,
+    pub tcp_time_wait: Duration,
+    pub tcp_close: Duration,
+    pub udp_unreplied: Duration,
+    pub udp_replied: Duration,
+}
+
+impl Default for ConntrackSettings {
+    /// kube-proxy's nf_conntrack settings (established 24 h, close-wait
+    /// 1 h) and Linux's defaults for the other states.
+    fn default() -> Self {
+        Self {
+            max_flows: None,
+            unreplied_percent: 50,
+            tcp_syn_sent: Duration::from_secs(120),
+            tcp_established: Duration::from_secs(24 * 3600),
+            tcp_fin_wait: Duration::from_secs(120),
+            tcp_close_wait: Duration::from_secs(3600),
+            tcp_time_wait: Duration::from_secs(120),
+            tcp_close: Duration::from_secs(10),
+            udp_unreplied: Duration::from_secs(30),
+            udp_replied: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Parses a duration as `90`, `90s`, `15m`, `24h` or `1d` (whole units).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: expected e.g. 30s, 15m, 24h"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use s, m, h or d")),
+    };
+    n.checked_mul(scale)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
 }
 
 /// Core 0 alone: a gateway that works on any machine. Production
@@ -103,6 +160,10 @@ pub enum SettingsError {
     NoCores,
     #[error("--cores: core {0} listed twice")]
     DuplicateCore(usize),
+    #[error("--conntrack-max: must be at least 1")]
+    ZeroConntrackMax,
+    #[error("--conntrack-unreplied-percent: {0} is not between 1 and 100")]
+    UnrepliedPercent(u8),
 }
 
 impl Settings {
@@ -124,6 +185,14 @@ impl Settings {
                 return Err(SettingsError::DuplicateCore(*core));
             }
         }
+        if self.conntrack.max_flows == Some(0) {
+            return Err(SettingsError::ZeroConntrackMax);
+        }
+        if !(1..=100).contains(&self.conntrack.unreplied_percent) {
+            return Err(SettingsError::UnrepliedPercent(
+                self.conntrack.unreplied_percent,
+            ));
+        }
         Ok(())
     }
 }
@@ -131,6 +200,16 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
 
     fn settings() -> Settings {
         Settings {
@@ -140,6 +219,8 @@ mod tests {
             xdp_mode: XdpMode::Auto,
             admin: default_admin(),
             service_cidr: default_service_cidr(),
+            cluster_cidrs: Vec::new(),
+            conntrack: ConntrackSettings::default(),
         }
     }
 
@@ -161,6 +242,9 @@ mod tests {
         s.cores.clear();
         assert_eq!(s.validate(), Err(SettingsError::NoCores));
         assert_eq!("native".parse::<XdpMode>(), Ok(XdpMode::Native));
+        let mut s = settings();
+        s.conntrack.unreplied_percent = 0;
+        assert_eq!(s.validate(), Err(SettingsError::UnrepliedPercent(0)));
         assert!("fast".parse::<XdpMode>().is_err());
     }
 }

@@ -177,6 +177,8 @@ const FIN_FORWARD: u8 = 0x10;
 const FIN_REPLY: u8 = 0x20;
 /// A packet was seen backend -> client.
 const REPLIED: u8 = 0x40;
+/// The flow's Service has session affinity.
+const AFFINITY: u8 = 0x80;
 
 /// Idle timeouts per state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,6 +302,7 @@ impl FlowEntry {
             nat_ip: self.nat_ip,
             nat_port: self.nat_port,
             state: FlowState::from_bits(bits),
+            affinity: bits & AFFINITY != 0,
         }
     }
 }
@@ -311,6 +314,8 @@ pub struct FlowHit {
     pub nat_ip: Ipv4Addr,
     pub nat_port: u16,
     pub state: FlowState,
+    /// The flow's Service has session affinity.
+    pub affinity: bool,
 }
 
 /// Why a new flow could not be tracked.
@@ -437,7 +442,10 @@ impl Conntrack {
         let _ = entry
             .state
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
-                Some(merge(cur, next_state(cur, entry.direction, key.protocol, flags)))
+                Some(merge(
+                    cur,
+                    next_state(cur, entry.direction, key.protocol, flags),
+                ))
             });
         let partner = entry.partner(key);
         let hit = entry.hit(next);
@@ -452,8 +460,7 @@ impl Conntrack {
                     Some(merge(cur, next))
                 })
                 .unwrap_or(next);
-            if other.direction == Direction::Forward && prev & REPLIED == 0 && next & REPLIED != 0
-            {
+            if other.direction == Direction::Forward && prev & REPLIED == 0 && next & REPLIED != 0 {
                 self.unreplied.fetch_sub(1, STAT);
             }
         }
@@ -471,6 +478,7 @@ impl Conntrack {
         forward: FlowKey,
         backend: (Ipv4Addr, u16),
         now: u32,
+        affinity: bool,
     ) -> Result<FlowHit, InsertError> {
         let unreplied_cap = (self.config.max_flows * usize::from(self.config.unreplied_percent))
             .div_ceil(100)
@@ -482,7 +490,8 @@ impl Conntrack {
             return Err(InsertError::Full);
         }
 
-        let state = FlowState::initial(forward.protocol) as u8;
+        let state =
+            FlowState::initial(forward.protocol) as u8 | if affinity { AFFINITY } else { 0 };
         let reply = FlowKey {
             src: backend.0,
             dst: forward.src,
@@ -708,7 +717,7 @@ fn next_state(bits: u8, direction: Direction, protocol: Protocol, flags: u8) -> 
                 && matches!(state, FlowState::TcpTimeWait | FlowState::TcpClose)
             {
                 // The client reuses the port for a new connection.
-                return FlowState::TcpSynSent as u8;
+                return (bits & (REPLIED | AFFINITY)) | FlowState::TcpSynSent as u8;
             } else {
                 if flags & tcp_flags::FIN != 0 {
                     flag_bits |= match direction {
@@ -776,7 +785,9 @@ mod tests {
     #[test]
     fn insert_tracks_both_directions() {
         let ct = Conntrack::default();
-        let hit = ct.insert(forward(40000), backend(), 1).expect("insert");
+        let hit = ct
+            .insert(forward(40000), backend(), 1, false)
+            .expect("insert");
         assert_eq!((hit.nat_ip, hit.nat_port), backend());
         assert_eq!(ct.entries(), 2);
         let f = ct.lookup(&forward(40000), 2, SYN).expect("forward entry");
@@ -792,9 +803,15 @@ mod tests {
     #[test]
     fn first_backend_wins_a_race() {
         let ct = Conntrack::default();
-        ct.insert(forward(40000), backend(), 1).expect("first insert");
+        ct.insert(forward(40000), backend(), 1, false)
+            .expect("first insert");
         let again = ct
-            .insert(forward(40000), (Ipv4Addr::new(198, 18, 2, 12), 5678), 1)
+            .insert(
+                forward(40000),
+                (Ipv4Addr::new(198, 18, 2, 12), 5678),
+                1,
+                false,
+            )
             .expect("second insert");
         assert_eq!(again.nat_ip, backend().0);
     }
@@ -802,10 +819,11 @@ mod tests {
     #[test]
     fn reply_clash_is_reported() {
         let ct = Conntrack::default();
-        ct.insert(forward(40000), backend(), 1).expect("first");
+        ct.insert(forward(40000), backend(), 1, false)
+            .expect("first");
         let other_vip = key([198, 18, 0, 2], 40000, [198, 18, 100, 11], 80);
         assert_eq!(
-            ct.insert(other_vip, backend(), 1),
+            ct.insert(other_vip, backend(), 1, false),
             Err(InsertError::ReplyClash)
         );
     }
@@ -817,13 +835,17 @@ mod tests {
         let t = Timeouts::default();
         let ct = Conntrack::default();
         let mut now = 1000;
-        ct.insert(forward(1), backend(), now).expect("insert");
+        ct.insert(forward(1), backend(), now, false)
+            .expect("insert");
         let st = |ct: &Conntrack, k: &FlowKey, flags: u8, now: u32| {
             ct.lookup(k, now, flags).expect("tracked").state
         };
         assert_eq!(st(&ct, &forward(1), SYN, now), FlowState::TcpSynSent);
         assert_eq!(ct.summary().unreplied, 1);
-        assert_eq!(st(&ct, &reply(1), SYN | ACK, now), FlowState::TcpEstablished);
+        assert_eq!(
+            st(&ct, &reply(1), SYN | ACK, now),
+            FlowState::TcpEstablished
+        );
         assert_eq!(ct.summary().unreplied, 0);
         assert_eq!(st(&ct, &forward(1), ACK, now), FlowState::TcpEstablished);
 
@@ -848,7 +870,7 @@ mod tests {
     #[test]
     fn rst_closes_and_syn_reopens() {
         let ct = Conntrack::default();
-        ct.insert(forward(2), backend(), 0).expect("insert");
+        ct.insert(forward(2), backend(), 0, false).expect("insert");
         ct.lookup(&reply(2), 0, SYN | ACK);
         assert_eq!(
             ct.lookup(&reply(2), 1, RST).map(|h| h.state),
@@ -866,10 +888,17 @@ mod tests {
     #[test]
     fn syn_sent_expires_after_120s() {
         let ct = Conntrack::default();
-        ct.insert(forward(3), backend(), 0).expect("insert");
+        ct.insert(forward(3), backend(), 0, false).expect("insert");
         assert_eq!(ct.sweep(120), 0);
         assert_eq!(ct.sweep(121), 1);
-        assert_eq!(ct.summary(), ConntrackSummary { flows: 0, unreplied: 0, max_flows: 1 << 20 });
+        assert_eq!(
+            ct.summary(),
+            ConntrackSummary {
+                flows: 0,
+                unreplied: 0,
+                max_flows: 1 << 20
+            }
+        );
     }
 
     #[test]
@@ -879,11 +908,20 @@ mod tests {
         f.protocol = Protocol::Udp;
         let mut r = reply(4);
         r.protocol = Protocol::Udp;
-        ct.insert(f, backend(), 0).expect("insert");
-        assert_eq!(ct.lookup(&f, 0, 0).map(|h| h.state), Some(FlowState::UdpUnreplied));
+        ct.insert(f, backend(), 0, false).expect("insert");
+        assert_eq!(
+            ct.lookup(&f, 0, 0).map(|h| h.state),
+            Some(FlowState::UdpUnreplied)
+        );
         assert_eq!(ct.sweep(30), 0);
-        assert_eq!(ct.lookup(&r, 30, 0).map(|h| h.state), Some(FlowState::UdpReplied));
-        assert_eq!(ct.lookup(&f, 30, 0).map(|h| h.state), Some(FlowState::UdpReplied));
+        assert_eq!(
+            ct.lookup(&r, 30, 0).map(|h| h.state),
+            Some(FlowState::UdpReplied)
+        );
+        assert_eq!(
+            ct.lookup(&f, 30, 0).map(|h| h.state),
+            Some(FlowState::UdpReplied)
+        );
         assert_eq!(ct.sweep(30 + 120), 0);
         assert_eq!(ct.sweep(30 + 121), 1);
     }
@@ -891,7 +929,7 @@ mod tests {
     #[test]
     fn one_way_stream_from_backend_keeps_the_flow() {
         let ct = Conntrack::default();
-        ct.insert(forward(5), backend(), 0).expect("insert");
+        ct.insert(forward(5), backend(), 0, false).expect("insert");
         ct.lookup(&reply(5), 0, SYN | ACK);
         ct.lookup(&forward(5), 0, ACK);
         // Only the backend talks for two days.
@@ -910,17 +948,20 @@ mod tests {
         });
         // Two established flows.
         for p in [10, 11] {
-            ct.insert(forward(p), backend(), 0).expect("insert");
+            ct.insert(forward(p), backend(), 0, false).expect("insert");
             ct.lookup(&reply(p), 0, SYN | ACK);
         }
         // Two unreplied ones fill the table.
-        ct.insert(forward(20), backend(), 0).expect("insert");
-        ct.insert(forward(21), backend(), 0).expect("insert");
+        ct.insert(forward(20), backend(), 0, false).expect("insert");
+        ct.insert(forward(21), backend(), 0, false).expect("insert");
         // A fifth evicts the oldest unreplied (20), then 21, then refuses.
-        ct.insert(forward(22), backend(), 1).expect("evicts 20");
+        ct.insert(forward(22), backend(), 1, false)
+            .expect("evicts 20");
         assert!(ct.lookup(&forward(20), 1, 0).is_none());
-        ct.insert(forward(23), backend(), 1).expect("evicts 21");
-        ct.insert(forward(24), backend(), 1).expect("evicts 22");
+        ct.insert(forward(23), backend(), 1, false)
+            .expect("evicts 21");
+        ct.insert(forward(24), backend(), 1, false)
+            .expect("evicts 22");
         assert_eq!(ct.summary().flows, 4);
         for p in [10, 11] {
             assert_eq!(
@@ -933,7 +974,7 @@ mod tests {
         ct.lookup(&reply(24), 2, SYN | ACK);
         ct.lookup(&reply(23), 2, SYN | ACK);
         assert_eq!(
-            ct.insert(forward(30), backend(), 3),
+            ct.insert(forward(30), backend(), 3, false),
             Err(InsertError::Full)
         );
         assert_eq!(ct.stats().refused.load(STAT), 1);
@@ -947,10 +988,11 @@ mod tests {
             unreplied_percent: 10,
             timeouts: Timeouts::default(),
         });
-        ct.insert(forward(1), backend(), 0).expect("insert");
+        ct.insert(forward(1), backend(), 0, false).expect("insert");
         ct.lookup(&reply(1), 0, SYN | ACK);
         for p in 100..1100 {
-            ct.insert(forward(p), backend(), 0).expect("flood flows evict each other");
+            ct.insert(forward(p), backend(), 0, false)
+                .expect("flood flows evict each other");
         }
         let s = ct.summary();
         assert_eq!(s.unreplied, 10, "{s:?}");
@@ -961,8 +1003,8 @@ mod tests {
     #[test]
     fn retire_removes_both_directions() {
         let ct = Conntrack::default();
-        ct.insert(forward(7), backend(), 0).expect("insert");
-        ct.insert(forward(8), (Ipv4Addr::new(198, 18, 2, 12), 5678), 0)
+        ct.insert(forward(7), backend(), 0, false).expect("insert");
+        ct.insert(forward(8), (Ipv4Addr::new(198, 18, 2, 12), 5678), 0, false)
             .expect("insert");
         let gone = ct.retire(|_, (ip, _)| ip == backend().0);
         assert_eq!(gone, 1);

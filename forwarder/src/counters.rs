@@ -44,6 +44,18 @@ pub enum DropReason {
     TtlExceeded,
     /// The connection table is full of flows that may not be evicted.
     ConntrackFull,
+    /// A TCP segment other than a SYN to a VIP with no tracked flow (its
+    /// endpoint was removed, or the gateway restarted); answered with RST.
+    TcpNoFlow,
+    /// A source that cannot be a client: group MAC, multicast, broadcast,
+    /// 0.0.0.0/8 or loopback address.
+    BadSource,
+    /// A VIP as source address (spoofed).
+    VipAsSource,
+    /// VIP traffic from outside `--cluster-cidr`.
+    SourceNotInCluster,
+    /// An echo request to a VIP beyond the per-source answer rate.
+    RateLimited,
     /// No route to the destination.
     NoRoute,
     /// The route leaves through an interface cipgw is not attached to.
@@ -63,7 +75,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 21] = [
+    pub const ALL: [DropReason; 26] = [
         DropReason::TruncatedEthernet,
         DropReason::VlanTagged,
         DropReason::TruncatedIpv4,
@@ -78,6 +90,11 @@ impl DropReason {
         DropReason::ReplyClash,
         DropReason::TtlExceeded,
         DropReason::ConntrackFull,
+        DropReason::TcpNoFlow,
+        DropReason::BadSource,
+        DropReason::VipAsSource,
+        DropReason::SourceNotInCluster,
+        DropReason::RateLimited,
         DropReason::NoRoute,
         DropReason::RouteNotAttached,
         DropReason::NeighbourTimeout,
@@ -105,6 +122,11 @@ impl DropReason {
             DropReason::ReplyClash => "reply_clash",
             DropReason::TtlExceeded => "ttl_exceeded",
             DropReason::ConntrackFull => "conntrack_full",
+            DropReason::TcpNoFlow => "tcp_no_flow",
+            DropReason::BadSource => "bad_source",
+            DropReason::VipAsSource => "vip_as_source",
+            DropReason::SourceNotInCluster => "source_not_in_cluster",
+            DropReason::RateLimited => "rate_limited",
             DropReason::NoRoute => "no_route",
             DropReason::RouteNotAttached => "route_not_attached",
             DropReason::NeighbourTimeout => "neighbour_timeout",
@@ -161,6 +183,13 @@ pub struct WorkerCounters {
     pub neighbour_resolved: Counter,
     /// Frames that were not ours (would have been XDP_PASS).
     pub passed: Counter,
+    /// Refusals sent (TCP RST, ICMP port unreachable).
+    pub refusals: Counter,
+    /// Refusals not sent because of the per-source rate limit (the frames
+    /// are counted as drops under their reason).
+    pub refusals_rate_limited: Counter,
+    /// Echo replies sent for pings to VIPs.
+    pub echo_replies: Counter,
     pub drops: [Counter; DropReason::COUNT],
 }
 

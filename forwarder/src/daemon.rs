@@ -26,12 +26,13 @@ use anyhow::{bail, Context};
 use cipgw_config::settings::{Settings, Source};
 use cipgw_config::ServiceTable;
 
+use crate::affinity::Affinity;
 use crate::bpf::{self, BackendKey, XdpProgram};
-use crate::conntrack::Conntrack;
+use crate::conntrack::{Conntrack, ConntrackConfig, Timeouts};
 use crate::counters::WorkerCounters;
 use crate::lb::Rng;
 use crate::netlink::{self, NetMonitor};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::table::{CompiledTable, TableHandle};
 use crate::worker::{Worker, WorkerShared};
 use crate::xsk::{self, QueueAssignment, WorkerIo, XskConfig};
@@ -45,6 +46,7 @@ struct Gateway {
     program: XdpProgram,
     monitor: NetMonitor,
     conntrack: Arc<Conntrack>,
+    affinity: Arc<Affinity>,
     workers: Vec<(usize, JoinHandle<()>)>,
     counters: Vec<Arc<WorkerCounters>>,
     stop: Arc<AtomicBool>,
@@ -59,6 +61,40 @@ pub fn load_table(settings: &Settings) -> anyhow::Result<ServiceTable> {
         )?),
         Source::Kubernetes { .. } => bail!("the Kubernetes source is not available in this build"),
     }
+}
+
+/// The connection table's bounds and timeouts from the settings; the
+/// default maximum is sized from the machine's memory.
+fn conntrack_config(settings: &Settings) -> ConntrackConfig {
+    let c = &settings.conntrack;
+    ConntrackConfig {
+        max_flows: c
+            .max_flows
+            .unwrap_or_else(|| ConntrackConfig::max_for_memory(memory_bytes())),
+        unreplied_percent: c.unreplied_percent,
+        timeouts: Timeouts {
+            tcp_syn_sent: c.tcp_syn_sent,
+            tcp_established: c.tcp_established,
+            tcp_fin_wait: c.tcp_fin_wait,
+            tcp_close_wait: c.tcp_close_wait,
+            tcp_time_wait: c.tcp_time_wait,
+            tcp_close: c.tcp_close,
+            udp_unreplied: c.udp_unreplied,
+            udp_replied: c.udp_replied,
+        },
+    }
+}
+
+/// Total memory from /proc/meminfo (4 GiB if it cannot be read).
+fn memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(4 << 30)
 }
 
 /// The XDP map contents a table needs.
@@ -139,7 +175,23 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
     }
 
     let table = TableHandle::new(compiled);
-    let conntrack = Arc::new(Conntrack::default());
+    let conntrack = Arc::new(Conntrack::new(conntrack_config(settings)));
+    let summary = conntrack.summary();
+    tracing::info!(
+        conntrack_max = summary.max_flows,
+        unreplied_percent = settings.conntrack.unreplied_percent,
+        "connection table bounded"
+    );
+    if settings.cluster_cidrs.is_empty() {
+        tracing::warn!(
+            "no --cluster-cidr given: VIPs accept traffic from any source; \
+             a ClusterIP is meant to be reachable from inside the cluster only"
+        );
+    }
+    let affinity = Arc::new(Affinity::default());
+    let pipeline_config = PipelineConfig {
+        cluster_cidrs: settings.cluster_cidrs.clone(),
+    };
     let resolver = monitor.resolver();
     let resolve: crate::worker::ResolveFn = Arc::new(move |ifindex, ip| {
         resolver.request_resolution(ifindex, ip);
@@ -194,7 +246,9 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
     for (core, io) in pending {
         let worker_counters = Arc::new(WorkerCounters::default());
         counters.push(Arc::clone(&worker_counters));
-        let pipeline = Pipeline::new(Arc::clone(&conntrack), worker_counters, Rng::from_entropy());
+        let pipeline = Pipeline::new(Arc::clone(&conntrack), worker_counters, Rng::from_entropy())
+            .with_affinity(Arc::clone(&affinity))
+            .with_config(pipeline_config.clone());
         let shared = WorkerShared {
             table: table.clone(),
             net: monitor.handle(),
@@ -221,6 +275,7 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
         program,
         monitor,
         conntrack,
+        affinity,
         workers: handles,
         counters,
         stop,
@@ -286,6 +341,10 @@ impl Gateway {
                 if removed > 0 {
                     tracing::debug!(removed, "expired idle flows");
                 }
+                let table = self.table.current();
+                self.affinity.sweep(now, |service| {
+                    table.port_entry(service).and_then(|e| e.affinity)
+                });
                 self.resolve_backends();
             }
         }

@@ -9,6 +9,7 @@
 //! routes and neighbours ([`route`], [`netlink`]). Nothing in this crate
 //! depends on Kubernetes clients or an async runtime.
 
+pub mod affinity;
 pub mod bpf;
 pub mod checksum;
 pub mod conntrack;
@@ -18,6 +19,7 @@ pub mod lab;
 pub mod lb;
 pub mod netlink;
 pub mod pipeline;
+pub mod reject;
 pub mod route;
 pub mod table;
 pub mod wire;

@@ -1,16 +1,29 @@
-//! The per-packet work: classify, track, rewrite, address.
+//! The per-packet work: classify, track, rewrite, address, or answer.
 //!
 //! [`Pipeline::process`] takes one Ethernet frame in place and returns a
 //! [`Verdict`]; it never allocates, never blocks beyond a conntrack shard
 //! lock, never logs, and never panics whatever the bytes are (every header
 //! goes through a checked view first). The same code runs in the AF_XDP
-//! workers and in the in-memory tests and benches, which is what lets the
-//! table-driven tests stand for the real data path.
+//! workers and in the in-memory tests, benches and fuzzer, which is what
+//! lets them stand for the real data path.
 //!
-//! Policy for traffic cipgw does not forward:
-//! - fragments to a VIP or from a backend are dropped and counted
-//!   (`fragment`): later fragments carry no ports, and cipgw does not
-//!   reassemble;
+//! Every frame gets one verdict and one count. Policy:
+//! - a new connection to a VIP that cannot be served is refused, not
+//!   blackholed (Kubernetes' reject semantics): TCP gets a RST, UDP an ICMP
+//!   port unreachable, rate-limited per source ([`crate::reject`]). That
+//!   covers a port the Service does not define, a Service without usable
+//!   endpoints, a full connection table, and a TCP segment other than a
+//!   SYN for a connection the gateway does not know (its endpoint was
+//!   removed, or the gateway restarted): the client fails fast;
+//! - `ping <ClusterIP>` is answered by the gateway when the Service has
+//!   endpoints; other ICMP to a VIP is dropped and counted;
+//! - VIP traffic from outside the cluster's source ranges is dropped
+//!   silently (`source_not_in_cluster`): a ClusterIP is internal;
+//! - sources that cannot be clients (group MAC, multicast, broadcast,
+//!   0.0.0.0/8, loopback, a VIP itself) are dropped and counted;
+//! - IPv4 fragments to a VIP or from a backend port are dropped and
+//!   counted (`fragment`): later fragments carry no ports and cipgw does
+//!   not reassemble; IPv4 options are carried through unchanged;
 //! - 802.1Q-tagged frames are dropped and counted (`vlan_tagged`);
 //! - a TTL that would reach zero is dropped and counted (`ttl_exceeded`):
 //!   cipgw is a routing hop and decrements TTL like one.
@@ -19,16 +32,20 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use cipgw_config::Protocol;
+use ipnet::Ipv4Net;
 
+use crate::affinity::Affinity;
 use crate::checksum::Delta;
 use crate::conntrack::{Conntrack, Direction, FlowHit, FlowKey, InsertError};
 use crate::counters::{DropReason, WorkerCounters};
 use crate::lb::Rng;
+use crate::reject::{self, RefusalLimiter};
 use crate::route::{MacAddr, NetSnapshot, PortId, RouteError};
 use crate::table::{CompiledTable, Miss, ServiceKey};
 use crate::wire::ethernet::{self, ethertype, EthernetFrame};
+use crate::wire::icmp::{self, IcmpPacket};
 use crate::wire::ipv4::Ipv4Packet;
-use crate::wire::tcp::TcpSegment;
+use crate::wire::tcp::{flags as tcp_flags, TcpSegment};
 use crate::wire::udp::UdpDatagram;
 use crate::wire::WireError;
 
@@ -37,6 +54,9 @@ use crate::wire::WireError;
 pub enum Verdict {
     /// Rewritten and addressed: send it out of `port`.
     Forward { port: PortId },
+    /// The frame now holds the gateway's own answer (a refusal or an echo
+    /// reply) of `len` bytes: send it out of `port`, back to the sender.
+    Respond { port: PortId, len: usize },
     /// Not cipgw's: the kernel's business (what XDP_PASS does).
     Pass,
     /// Rewritten, but the next hop's MAC is not known yet: hold the frame
@@ -56,13 +76,23 @@ pub struct BatchContext<'a> {
     pub now: u32,
 }
 
+/// Policy settings of the packet path.
+#[derive(Debug, Clone, Default)]
+pub struct PipelineConfig {
+    /// Source ranges VIP traffic is accepted from; empty accepts all.
+    pub cluster_cidrs: Vec<Ipv4Net>,
+}
+
 /// One worker's packet pipeline.
 #[derive(Debug)]
 pub struct Pipeline {
     conntrack: Arc<Conntrack>,
+    affinity: Arc<Affinity>,
     counters: Arc<WorkerCounters>,
+    config: PipelineConfig,
     rng: Rng,
     hops: NextHopCache,
+    refusals: RefusalLimiter,
 }
 
 /// A resolved next hop for one destination: egress port and both MACs.
@@ -141,6 +171,8 @@ impl NextHopCache {
 
 /// Where the IPv4 header starts in an untagged frame.
 const L3_OFFSET: usize = ethernet::HEADER_LEN;
+/// IANA protocol number of ICMP (RFC 790).
+const PROTO_ICMP: u8 = 1;
 
 /// The parsed 5-tuple and the offsets the rewrite needs.
 struct Parsed {
@@ -154,14 +186,42 @@ struct Parsed {
     tcp_flags: u8,
 }
 
+/// What the headers say about a frame.
+enum Classified {
+    /// TCP or UDP: track and forward.
+    Flow(Parsed),
+    /// An ICMP message to a VIP.
+    IcmpToVip { src: Ipv4Addr, dst: Ipv4Addr },
+}
+
 impl Pipeline {
     pub fn new(conntrack: Arc<Conntrack>, counters: Arc<WorkerCounters>, rng: Rng) -> Self {
         Self {
             conntrack,
+            affinity: Arc::new(Affinity::default()),
             counters,
+            config: PipelineConfig::default(),
             rng,
             hops: NextHopCache::new(),
+            refusals: RefusalLimiter::default(),
         }
+    }
+
+    /// Shares session-affinity bindings with the other workers.
+    pub fn with_affinity(mut self, affinity: Arc<Affinity>) -> Self {
+        self.affinity = affinity;
+        self
+    }
+
+    pub fn with_config(mut self, config: PipelineConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Replaces the refusal rate limits.
+    pub fn with_refusal_limits(mut self, limiter: RefusalLimiter) -> Self {
+        self.refusals = limiter;
+        self
     }
 
     pub fn counters(&self) -> &Arc<WorkerCounters> {
@@ -169,32 +229,48 @@ impl Pipeline {
     }
 
     /// Processes one frame in place and counts the outcome.
+    ///
+    /// `buf[..len]` is the frame; the rest of `buf` is room an answer may
+    /// grow into ([`Verdict::Respond`] gives its length). `ingress` is the
+    /// port the frame arrived on.
     #[inline]
-    pub fn process(&mut self, frame: &mut [u8], ctx: &BatchContext<'_>) -> Verdict {
-        let verdict = self.classify_and_rewrite(frame, ctx);
+    pub fn process(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        ingress: PortId,
+        ctx: &BatchContext<'_>,
+    ) -> Verdict {
+        let len = len.min(buf.len());
+        let verdict = self.classify_and_rewrite(buf, len, ingress, ctx);
         match verdict {
             Verdict::Drop(reason) => self.counters.count_drop(reason),
             Verdict::Pass => self.counters.passed.inc(),
-            Verdict::Forward { .. } | Verdict::AwaitNeighbour { .. } => {}
+            Verdict::Forward { .. } | Verdict::AwaitNeighbour { .. } | Verdict::Respond { .. } => {}
         }
         verdict
     }
 
     #[inline]
-    fn classify_and_rewrite(&mut self, frame: &mut [u8], ctx: &BatchContext<'_>) -> Verdict {
-        let parsed = match parse(frame, ctx.table) {
-            Ok(p) => p,
+    fn classify_and_rewrite(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        ingress: PortId,
+        ctx: &BatchContext<'_>,
+    ) -> Verdict {
+        let parsed = match classify(&buf[..len], ctx.table) {
+            Ok(Classified::Flow(p)) => p,
+            Ok(Classified::IcmpToVip { src, dst }) => {
+                return self.icmp_to_vip(buf, len, ingress, src, dst, ctx)
+            }
             Err(v) => return v,
         };
         let key = parsed.key;
 
         let hit = match self.conntrack.lookup(&key, ctx.now, parsed.tcp_flags) {
             Some(hit) => hit,
-            // A packet that cannot be forwarded creates no state.
-            None if parsed.ttl <= 1 && ctx.table.is_vip(key.dst) => {
-                return Verdict::Drop(DropReason::TtlExceeded)
-            }
-            None => match self.new_flow(&key, ctx) {
+            None => match self.new_flow(buf, len, ingress, &parsed, ctx) {
                 Ok(hit) => hit,
                 Err(v) => return v,
             },
@@ -206,6 +282,16 @@ impl Pipeline {
             Direction::Forward => self.counters.forwarded.inc(),
             Direction::Reply => self.counters.replies.inc(),
         }
+        if hit.affinity && hit.direction == Direction::Forward {
+            // Affinity lasts from the client's last packet.
+            let service = ServiceKey {
+                vip: key.dst,
+                port: key.dst_port,
+                protocol: key.protocol,
+            };
+            self.affinity.touch(service, key.src, ctx.now);
+        }
+        let frame = &mut buf[..len];
         rewrite(frame, &parsed, &hit);
 
         let dst = match hit.direction {
@@ -223,52 +309,185 @@ impl Pipeline {
 
     /// A packet no flow knows: a new connection to a VIP, or not ours.
     #[cold]
-    fn new_flow(&mut self, key: &FlowKey, ctx: &BatchContext<'_>) -> Result<FlowHit, Verdict> {
+    fn new_flow(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        ingress: PortId,
+        parsed: &Parsed,
+        ctx: &BatchContext<'_>,
+    ) -> Result<FlowHit, Verdict> {
+        let key = &parsed.key;
+        if !ctx.table.is_vip(key.dst) {
+            return Err(
+                if ctx.table.is_backend(key.src, key.src_port, key.protocol) {
+                    Verdict::Drop(DropReason::ReplyWithoutFlow)
+                } else {
+                    Verdict::Pass
+                },
+            );
+        }
+        self.check_source(&buf[..len], key.src, ctx)?;
+        if parsed.ttl <= 1 {
+            return Err(Verdict::Drop(DropReason::TtlExceeded));
+        }
+        if key.protocol == Protocol::Tcp {
+            let f = parsed.tcp_flags;
+            if f & tcp_flags::RST != 0 {
+                // Never answer a RST; nothing to reset.
+                return Err(Verdict::Drop(DropReason::TcpNoFlow));
+            }
+            if f & tcp_flags::SYN == 0 || f & tcp_flags::ACK != 0 {
+                return Err(self.refuse(buf, len, ingress, key, DropReason::TcpNoFlow, ctx));
+            }
+        }
         let service = ServiceKey {
             vip: key.dst,
             port: key.dst_port,
             protocol: key.protocol,
         };
-        let backends = match ctx.table.lookup(&service) {
-            Ok(backends) => backends,
-            Err(Miss::NoPort) => return Err(Verdict::Drop(DropReason::NoServicePort)),
-            Err(Miss::NoEndpoints) => return Err(Verdict::Drop(DropReason::NoEndpoints)),
-            Err(Miss::NotVip) => {
-                return Err(
-                    if ctx.table.is_backend(key.src, key.src_port, key.protocol) {
-                        Verdict::Drop(DropReason::ReplyWithoutFlow)
-                    } else {
-                        Verdict::Pass
-                    },
-                )
+        let entry = match ctx.table.lookup(&service) {
+            Ok(entry) => entry,
+            Err(Miss::NoPort) => {
+                return Err(self.refuse(buf, len, ingress, key, DropReason::NoServicePort, ctx))
             }
+            Err(Miss::NoEndpoints) => {
+                return Err(self.refuse(buf, len, ingress, key, DropReason::NoEndpoints, ctx))
+            }
+            Err(Miss::NotVip) => return Err(Verdict::Pass),
+        };
+        let backends = &entry.backends;
+        let first = match entry.affinity {
+            Some(timeout) => {
+                let chosen =
+                    self.affinity
+                        .pick(service, key.src, backends, timeout, ctx.now, &mut self.rng);
+                backends.iter().position(|b| *b == chosen).unwrap_or(0)
+            }
+            None => self.rng.below(backends.len()),
         };
         // A reply-key clash is retried on another backend a few times
         // before the connection is given up.
-        let first = self.rng.below(backends.len());
         for attempt in 0..backends.len().min(4) {
             let backend = backends[(first + attempt) % backends.len()];
-            match self
-                .conntrack
-                .insert(*key, (backend.ip, backend.port), ctx.now)
-            {
+            match self.conntrack.insert(
+                *key,
+                (backend.ip, backend.port),
+                ctx.now,
+                entry.affinity.is_some(),
+            ) {
                 Ok(hit) => {
                     self.counters.new_flows.inc();
                     return Ok(hit);
                 }
                 Err(InsertError::ReplyClash) => continue,
                 Err(InsertError::Full) => {
-                    return Err(Verdict::Drop(DropReason::ConntrackFull))
+                    return Err(self.refuse(buf, len, ingress, key, DropReason::ConntrackFull, ctx))
                 }
             }
         }
         Err(Verdict::Drop(DropReason::ReplyClash))
     }
+
+    /// Whether a source may open connections to VIPs.
+    fn check_source(
+        &self,
+        frame: &[u8],
+        src: Ipv4Addr,
+        ctx: &BatchContext<'_>,
+    ) -> Result<(), Verdict> {
+        let group_mac = frame.get(6).is_some_and(|b| b & 1 == 1);
+        if group_mac
+            || src.is_multicast()
+            || src.is_broadcast()
+            || src.is_loopback()
+            || src.octets()[0] == 0
+        {
+            return Err(Verdict::Drop(DropReason::BadSource));
+        }
+        if ctx.table.is_vip(src) {
+            return Err(Verdict::Drop(DropReason::VipAsSource));
+        }
+        if !self.config.cluster_cidrs.is_empty()
+            && !self.config.cluster_cidrs.iter().any(|c| c.contains(&src))
+        {
+            return Err(Verdict::Drop(DropReason::SourceNotInCluster));
+        }
+        Ok(())
+    }
+
+    /// Refuses a connection: counts `reason`, and answers with a RST (TCP)
+    /// or ICMP port unreachable (UDP) when the rate limit allows.
+    #[cold]
+    fn refuse(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        ingress: PortId,
+        key: &FlowKey,
+        reason: DropReason,
+        ctx: &BatchContext<'_>,
+    ) -> Verdict {
+        let Some(port) = ctx.net.port(ingress) else {
+            return Verdict::Drop(reason);
+        };
+        if !self.refusals.allow(key.src, ctx.now) {
+            self.counters.refusals_rate_limited.inc();
+            return Verdict::Drop(reason);
+        }
+        let answer = match key.protocol {
+            Protocol::Tcp => reject::tcp_reset(buf, len, port.mac),
+            Protocol::Udp => reject::port_unreachable(buf, len, port.mac),
+        };
+        match answer {
+            Some(len) => {
+                // The frame is not forwarded: counted under its reason, and
+                // as a refusal sent.
+                self.counters.count_drop(reason);
+                self.counters.refusals.inc();
+                Verdict::Respond { port: ingress, len }
+            }
+            None => Verdict::Drop(reason),
+        }
+    }
+
+    /// ICMP to a VIP: echo requests are answered when the Service has
+    /// endpoints; everything else is dropped and counted.
+    #[cold]
+    fn icmp_to_vip(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        ingress: PortId,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        ctx: &BatchContext<'_>,
+    ) -> Verdict {
+        if let Err(v) = self.check_source(&buf[..len], src, ctx) {
+            return v;
+        }
+        if !ctx.table.vip_has_endpoints(dst) {
+            return Verdict::Drop(DropReason::NoEndpoints);
+        }
+        let Some(port) = ctx.net.port(ingress) else {
+            return Verdict::Drop(DropReason::NoTxQueue);
+        };
+        if !self.refusals.allow(src, ctx.now) {
+            return Verdict::Drop(DropReason::RateLimited);
+        }
+        match reject::echo_reply(buf, len, port.mac) {
+            Some(len) => {
+                self.counters.echo_replies.inc();
+                Verdict::Respond { port: ingress, len }
+            }
+            None => Verdict::Drop(DropReason::UnsupportedProtocol),
+        }
+    }
 }
 
 /// Parses the headers of a frame the XDP program redirected.
 #[inline]
-fn parse(frame: &[u8], table: &CompiledTable) -> Result<Parsed, Verdict> {
+fn classify(frame: &[u8], table: &CompiledTable) -> Result<Classified, Verdict> {
     let eth = EthernetFrame::new_checked(frame)
         .map_err(|_| Verdict::Drop(DropReason::TruncatedEthernet))?;
     match eth.ethertype() {
@@ -284,11 +503,17 @@ fn parse(frame: &[u8], table: &CompiledTable) -> Result<Parsed, Verdict> {
     })?;
     let (src, dst) = (ip.source(), ip.destination());
     let Some(protocol) = Protocol::from_ip_number(ip.protocol()) else {
-        return Err(if table.is_vip(dst) {
-            Verdict::Drop(DropReason::UnsupportedProtocol)
-        } else {
-            Verdict::Pass
-        });
+        if !table.is_vip(dst) {
+            return Err(Verdict::Pass);
+        }
+        if ip.protocol() == PROTO_ICMP && !ip.is_fragment() {
+            let is_echo = IcmpPacket::new_checked(ip.payload())
+                .is_ok_and(|m| m.msg_type() == icmp::kind::ECHO_REQUEST);
+            if is_echo {
+                return Ok(Classified::IcmpToVip { src, dst });
+            }
+        }
+        return Err(Verdict::Drop(DropReason::UnsupportedProtocol));
     };
     if ip.is_fragment() {
         // The XDP program redirects fragments to a VIP, and first
@@ -312,7 +537,7 @@ fn parse(frame: &[u8], table: &CompiledTable) -> Result<Parsed, Verdict> {
             (udp.src_port(), udp.dst_port(), 0)
         }
     };
-    Ok(Parsed {
+    Ok(Classified::Flow(Parsed {
         key: FlowKey {
             src,
             dst,
@@ -324,7 +549,7 @@ fn parse(frame: &[u8], table: &CompiledTable) -> Result<Parsed, Verdict> {
         l3_end: L3_OFFSET + ip.total_len(),
         ttl: ip.ttl(),
         tcp_flags,
-    })
+    }))
 }
 
 /// Rewrites addresses, ports, TTL and checksums in place (RFC 1624).

@@ -14,6 +14,7 @@ use cipgw_config::{
 use etherparse::PacketBuilder;
 
 use super::*;
+use crate::reject::RefusalLimiter;
 use crate::route::{Port, Route};
 
 const CLIENT: [u8; 4] = [198, 18, 0, 2];
@@ -116,6 +117,9 @@ fn net(client_resolved: bool) -> NetSnapshot {
     ];
     let mut neighbours = HashMap::new();
     neighbours.insert((11, POD1.into()), POD1_MAC);
+    for last in [12, 13] {
+        neighbours.insert((11, [198, 18, 2, last].into()), [2, 0, 0, 0, 2, last]);
+    }
     if client_resolved {
         neighbours.insert((10, CLIENT.into()), CLIENT_MAC);
     }
@@ -156,10 +160,60 @@ fn udp(
     out
 }
 
+/// The RST the gateway answers with: from `from` to `to`, sequence `seq`,
+/// and an ACK of `ack` when given (RFC 9293 3.10.7.1).
+fn rst(from: ([u8; 4], u16), to: ([u8; 4], u16), seq: u32, ack: Option<u32>) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(GW_CLIENT_MAC, CLIENT_MAC)
+        .ipv4(from.0, to.0, 64)
+        .tcp(from.1, to.1, seq, 0)
+        .rst();
+    let b = match ack {
+        Some(n) => b.ack(n),
+        None => b,
+    };
+    let mut out = Vec::new();
+    b.write(&mut out, &[]).expect("test frame builds");
+    out
+}
+
+/// The ICMP port unreachable answering `frame` (an untagged IPv4 frame
+/// without options), quoting its IP header and 8 payload bytes.
+fn unreachable(frame: &[u8]) -> Vec<u8> {
+    let ip = &frame[14..];
+    let (src, dst) = (
+        [ip[12], ip[13], ip[14], ip[15]],
+        [ip[16], ip[17], ip[18], ip[19]],
+    );
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(GW_CLIENT_MAC, CLIENT_MAC)
+        .ipv4(dst, src, 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
+        .write(&mut out, &ip[..28])
+        .expect("test frame builds");
+    out
+}
+
+fn ping(src: [u8; 4], dst: [u8; 4], src_mac: [u8; 6], reply: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let b = PacketBuilder::ethernet2(src_mac, GW_CLIENT_MAC).ipv4(src, dst, 64);
+    let b = if reply {
+        b.icmpv4_echo_reply(0x4242, 3)
+    } else {
+        b.icmpv4_echo_request(0x4242, 3)
+    };
+    b.write(&mut out, b"0123456789abcdef")
+        .expect("test frame builds");
+    out
+}
+
 struct Harness {
     pipeline: Pipeline,
     table: CompiledTable,
     net: NetSnapshot,
+    /// The synthetic clock, seconds.
+    now: u32,
 }
 
 impl Harness {
@@ -172,16 +226,31 @@ impl Harness {
             ),
             table: table(),
             net: net(true),
+            now: 100,
         }
     }
 
-    fn run(&mut self, frame: &mut [u8]) -> Verdict {
+    /// Runs a frame that arrived on the port its source MAC says, with
+    /// room to grow; leaves `frame` as the frame that would leave.
+    fn run(&mut self, frame: &mut Vec<u8>) -> Verdict {
         let ctx = BatchContext {
             table: &self.table,
             net: &self.net,
-            now: 100,
+            now: self.now,
         };
-        self.pipeline.process(frame, &ctx)
+        let ingress = if frame.get(6..12) == Some(&POD1_MAC[..]) {
+            POD_PORT
+        } else {
+            CLIENT_PORT
+        };
+        let len = frame.len();
+        frame.resize(len + 256, 0xee);
+        let verdict = self.pipeline.process(frame, len, ingress, &ctx);
+        frame.truncate(match verdict {
+            Verdict::Respond { len, .. } => len,
+            _ => len,
+        });
+        verdict
     }
 
     fn counters(&self) -> &WorkerCounters {
@@ -310,7 +379,7 @@ fn forward_cases() -> Vec<Case> {
             output: None,
         },
         Case {
-            name: "a port the Service does not define",
+            name: "a port the Service does not define is refused with a RST",
             input: tcp(
                 CLIENT_MAC,
                 GW_CLIENT_MAC,
@@ -319,17 +388,29 @@ fn forward_cases() -> Vec<Case> {
                 64,
                 true,
             ),
-            verdict: Verdict::Drop(DropReason::NoServicePort),
-            output: None,
+            verdict: Verdict::Respond {
+                port: CLIENT_PORT,
+                len: 54,
+            },
+            output: Some(rst((VIP, 9999), (CLIENT, 40003), 0, Some(1000 + 18 + 1))),
         },
         Case {
-            name: "the right port with the wrong protocol",
+            name: "the right port with the wrong protocol: ICMP port unreachable",
             input: udp(CLIENT_MAC, GW_CLIENT_MAC, (CLIENT, 40003), (VIP, 8080), 64),
-            verdict: Verdict::Drop(DropReason::NoServicePort),
-            output: None,
+            verdict: Verdict::Respond {
+                port: CLIENT_PORT,
+                len: 14 + 20 + 8 + 28,
+            },
+            output: Some(unreachable(&udp(
+                CLIENT_MAC,
+                GW_CLIENT_MAC,
+                (CLIENT, 40003),
+                (VIP, 8080),
+                64,
+            ))),
         },
         Case {
-            name: "a Service without endpoints",
+            name: "a Service without endpoints refuses with a RST",
             input: tcp(
                 CLIENT_MAC,
                 GW_CLIENT_MAC,
@@ -338,8 +419,16 @@ fn forward_cases() -> Vec<Case> {
                 64,
                 true,
             ),
-            verdict: Verdict::Drop(DropReason::NoEndpoints),
-            output: None,
+            verdict: Verdict::Respond {
+                port: CLIENT_PORT,
+                len: 54,
+            },
+            output: Some(rst(
+                (EMPTY_VIP, 80),
+                (CLIENT, 40004),
+                0,
+                Some(1000 + 18 + 1),
+            )),
         },
         Case {
             name: "a backend packet without a flow",
@@ -394,6 +483,11 @@ fn forwarding_cases() {
     );
     assert_eq!((c.forwarded.get(), c.replies.get()), (3, 2));
     assert_eq!(c.passed.get(), 2);
+    assert_eq!(
+        c.refusals.get(),
+        3,
+        "two RSTs and one ICMP port unreachable"
+    );
     assert_eq!(c.drops_of(DropReason::NoServicePort), 2);
     assert_eq!(c.drops_of(DropReason::NoEndpoints), 1);
     assert_eq!(c.drops_of(DropReason::ReplyWithoutFlow), 1);
@@ -600,4 +694,443 @@ fn frames_with_padding_and_options_forward() {
     let mut expected = udp(GW_POD_MAC, POD1_MAC, (CLIENT, 33002), (POD1, 5353), 63);
     expected.extend_from_slice(&[0; 10]);
     assert_eq!(frame, expected);
+}
+
+/// A Harness whose Service `default/sticky` (VIP .40:80/TCP -> three Pods
+/// :8080) has ClientIP affinity with a 10 s timeout, or `backends` of them.
+fn affinity_table(backends: &[u8]) -> CompiledTable {
+    let services = vec![Service {
+        name: ServiceName::new("default", "sticky"),
+        kind: ServiceKind::ClusterIp,
+        cluster_ip: ClusterIp::Vip(STICKY_VIP.into()),
+        session_affinity: Some(10),
+        ports: vec![port(
+            80,
+            Protocol::Tcp,
+            8080,
+            backends
+                .iter()
+                .map(|&last| ep([198, 18, 2, last], 8080))
+                .collect(),
+        )],
+    }];
+    CompiledTable::compile(Arc::new(ServiceTable { services }), 2)
+}
+
+const STICKY_VIP: [u8; 4] = [198, 18, 100, 40];
+
+/// The Pod (last octet) a forwarded frame was sent to.
+fn pod_of(frame: &[u8]) -> u8 {
+    frame[14 + 19]
+}
+
+#[test]
+fn refusals_pings_and_segments_without_a_flow() {
+    let mut h = Harness::new();
+    let mut rst_in = tcp(
+        CLIENT_MAC,
+        GW_CLIENT_MAC,
+        (CLIENT, 41000),
+        (VIP, 8080),
+        64,
+        false,
+    );
+    rst_in[14 + 20 + 13] = tcp_flags::RST;
+    let echo_reply_out = {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(GW_CLIENT_MAC, CLIENT_MAC)
+            .ipv4(VIP, CLIENT, 64)
+            .icmpv4_echo_reply(0x4242, 3)
+            .write(&mut out, b"0123456789abcdef")
+            .expect("test frame builds");
+        out
+    };
+    let cases: Vec<Case> = vec![
+        Case {
+            name: "an ACK for a connection the gateway does not know gets a RST",
+            input: tcp(
+                CLIENT_MAC,
+                GW_CLIENT_MAC,
+                (CLIENT, 41001),
+                (VIP, 8080),
+                64,
+                false,
+            ),
+            verdict: Verdict::Respond {
+                port: CLIENT_PORT,
+                len: 54,
+            },
+            output: Some(rst((VIP, 8080), (CLIENT, 41001), 1, None)),
+        },
+        Case {
+            name: "a RST without a flow is never answered",
+            input: rst_in,
+            verdict: Verdict::Drop(DropReason::TcpNoFlow),
+            output: None,
+        },
+        Case {
+            name: "ping to a VIP with endpoints is answered",
+            input: ping(CLIENT, VIP, CLIENT_MAC, false),
+            verdict: Verdict::Respond {
+                port: CLIENT_PORT,
+                len: echo_reply_out.len(),
+            },
+            output: Some(echo_reply_out),
+        },
+        Case {
+            name: "ping to a VIP without endpoints is not",
+            input: ping(CLIENT, EMPTY_VIP, CLIENT_MAC, false),
+            verdict: Verdict::Drop(DropReason::NoEndpoints),
+            output: None,
+        },
+        Case {
+            name: "other ICMP to a VIP is dropped",
+            input: ping(CLIENT, VIP, CLIENT_MAC, true),
+            verdict: Verdict::Drop(DropReason::UnsupportedProtocol),
+            output: None,
+        },
+        Case {
+            name: "ping to anything else is the kernel's",
+            input: ping(CLIENT, GW_CLIENT_SIDE, CLIENT_MAC, false),
+            verdict: Verdict::Pass,
+            output: None,
+        },
+    ];
+    for case in cases {
+        let mut frame = case.input.clone();
+        assert_eq!(h.run(&mut frame), case.verdict, "case {:?}", case.name);
+        let expected = case.output.unwrap_or(case.input);
+        assert_eq!(frame, expected, "case {:?}: output frame", case.name);
+    }
+    let c = h.counters();
+    assert_eq!((c.refusals.get(), c.echo_replies.get()), (1, 1));
+    assert_eq!(c.drops_of(DropReason::TcpNoFlow), 2);
+    assert_eq!(c.new_flows.get(), 0);
+}
+
+#[test]
+fn sources_that_cannot_be_clients_are_dropped() {
+    let mut h = Harness::new();
+    let syn_from =
+        |mac: [u8; 6], src: [u8; 4]| tcp(mac, GW_CLIENT_MAC, (src, 40000), (VIP, 8080), 64, true);
+    let cases = [
+        (
+            "multicast source",
+            syn_from(CLIENT_MAC, [224, 0, 0, 1]),
+            DropReason::BadSource,
+        ),
+        (
+            "broadcast source",
+            syn_from(CLIENT_MAC, [255, 255, 255, 255]),
+            DropReason::BadSource,
+        ),
+        (
+            "this-network source",
+            syn_from(CLIENT_MAC, [0, 0, 0, 0]),
+            DropReason::BadSource,
+        ),
+        (
+            "loopback source",
+            syn_from(CLIENT_MAC, [127, 0, 0, 1]),
+            DropReason::BadSource,
+        ),
+        (
+            "group MAC source",
+            syn_from([1, 0, 0x5e, 0, 0, 1], CLIENT),
+            DropReason::BadSource,
+        ),
+        (
+            "a VIP as source",
+            syn_from(CLIENT_MAC, UDP_VIP),
+            DropReason::VipAsSource,
+        ),
+    ];
+    for (name, input, reason) in cases {
+        let mut frame = input.clone();
+        assert_eq!(h.run(&mut frame), Verdict::Drop(reason), "case {name:?}");
+        assert_eq!(frame, input, "case {name:?}: untouched");
+    }
+    assert_eq!(h.counters().new_flows.get(), 0);
+}
+
+#[test]
+fn cluster_cidr_admits_only_cluster_sources() {
+    let mut h = Harness::new();
+    h.pipeline = Pipeline::new(
+        Arc::new(Conntrack::default()),
+        Arc::new(WorkerCounters::default()),
+        Rng::new(1),
+    )
+    .with_config(PipelineConfig {
+        cluster_cidrs: vec!["198.18.0.0/24".parse().expect("cidr")],
+    });
+    let mut inside = tcp(
+        CLIENT_MAC,
+        GW_CLIENT_MAC,
+        (CLIENT, 40000),
+        (VIP, 8080),
+        64,
+        true,
+    );
+    assert_eq!(h.run(&mut inside), Verdict::Forward { port: POD_PORT });
+    // Outside gets nothing at all, not even a refusal for a closed port.
+    for dport in [8080, 9999] {
+        let input = tcp(
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+            ([198, 19, 5, 5], 40000),
+            (VIP, dport),
+            64,
+            true,
+        );
+        let mut frame = input.clone();
+        assert_eq!(
+            h.run(&mut frame),
+            Verdict::Drop(DropReason::SourceNotInCluster)
+        );
+        assert_eq!(frame, input);
+    }
+    let mut outside_ping = ping([198, 19, 5, 5], VIP, CLIENT_MAC, false);
+    assert_eq!(
+        h.run(&mut outside_ping),
+        Verdict::Drop(DropReason::SourceNotInCluster)
+    );
+    assert_eq!(h.counters().refusals.get(), 0);
+}
+
+/// A SYN carrying 4 bytes of IPv4 options (four NOPs), as etherparse
+/// builds it (checksums computed from scratch).
+fn syn_with_options(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: ([u8; 4], u16),
+    dst: ([u8; 4], u16),
+    ttl: u8,
+) -> Vec<u8> {
+    let mut ip = etherparse::Ipv4Header::new(0, ttl, etherparse::IpNumber::TCP, src.0, dst.0)
+        .expect("header");
+    ip.options = [1u8, 1, 1, 1][..].try_into().expect("options");
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
+        .tcp(src.1, dst.1, 1000, 64240)
+        .syn()
+        .write(&mut out, b"")
+        .expect("test frame builds");
+    out
+}
+
+#[test]
+fn ipv4_options_are_carried_through() {
+    let mut h = Harness::new();
+    let mut frame = syn_with_options(CLIENT_MAC, GW_CLIENT_MAC, (CLIENT, 40100), (VIP, 8080), 64);
+    assert_eq!(frame[14], 0x46, "IHL 6");
+    assert_eq!(h.run(&mut frame), Verdict::Forward { port: POD_PORT });
+    assert_eq!(
+        frame,
+        syn_with_options(GW_POD_MAC, POD1_MAC, (CLIENT, 40100), (POD1, 5678), 63)
+    );
+}
+
+#[test]
+fn a_full_table_refuses_new_connections_and_keeps_established_ones() {
+    let mut h = Harness::new();
+    h.pipeline = Pipeline::new(
+        Arc::new(Conntrack::new(crate::conntrack::ConntrackConfig {
+            max_flows: 2,
+            unreplied_percent: 100,
+            timeouts: Default::default(),
+        })),
+        Arc::new(WorkerCounters::default()),
+        Rng::new(1),
+    );
+    for p in [50000, 50001] {
+        let mut syn = tcp(
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+            (CLIENT, p),
+            (VIP, 8080),
+            64,
+            true,
+        );
+        assert_eq!(h.run(&mut syn), Verdict::Forward { port: POD_PORT });
+        let mut synack = tcp(POD1_MAC, GW_POD_MAC, (POD1, 5678), (CLIENT, p), 64, true);
+        assert_eq!(h.run(&mut synack), Verdict::Forward { port: CLIENT_PORT });
+    }
+    let mut third = tcp(
+        CLIENT_MAC,
+        GW_CLIENT_MAC,
+        (CLIENT, 50002),
+        (VIP, 8080),
+        64,
+        true,
+    );
+    assert_eq!(
+        h.run(&mut third),
+        Verdict::Respond {
+            port: CLIENT_PORT,
+            len: 54
+        }
+    );
+    assert_eq!(
+        third,
+        rst((VIP, 8080), (CLIENT, 50002), 0, Some(1000 + 18 + 1))
+    );
+    assert_eq!(h.counters().drops_of(DropReason::ConntrackFull), 1);
+    for p in [50000, 50001] {
+        let mut data = tcp(
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+            (CLIENT, p),
+            (VIP, 8080),
+            64,
+            false,
+        );
+        assert_eq!(
+            h.run(&mut data),
+            Verdict::Forward { port: POD_PORT },
+            "flow {p} lives on"
+        );
+    }
+}
+
+#[test]
+fn refusals_are_rate_limited_per_source() {
+    let mut h = Harness::new();
+    h.pipeline = Pipeline::new(
+        Arc::new(Conntrack::default()),
+        Arc::new(WorkerCounters::default()),
+        Rng::new(1),
+    )
+    .with_refusal_limits(RefusalLimiter::new(3, 100));
+    let mut answered = 0;
+    for p in 0..5u16 {
+        let mut syn = tcp(
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+            (CLIENT, 42000 + p),
+            (VIP, 9999),
+            64,
+            true,
+        );
+        match h.run(&mut syn) {
+            Verdict::Respond { .. } => answered += 1,
+            v => assert_eq!(v, Verdict::Drop(DropReason::NoServicePort)),
+        }
+    }
+    assert_eq!(answered, 3);
+    let c = h.counters();
+    assert_eq!((c.refusals.get(), c.refusals_rate_limited.get()), (3, 2));
+    assert_eq!(
+        c.drops_of(DropReason::NoServicePort),
+        5,
+        "every frame counted once"
+    );
+    // The next second brings a new budget.
+    h.now += 1;
+    let mut syn = tcp(
+        CLIENT_MAC,
+        GW_CLIENT_MAC,
+        (CLIENT, 42010),
+        (VIP, 9999),
+        64,
+        true,
+    );
+    assert!(matches!(h.run(&mut syn), Verdict::Respond { .. }));
+}
+
+#[test]
+fn session_affinity_sticks_moves_and_expires() {
+    let mut h = Harness::new();
+    h.table = affinity_table(&[11, 12, 13]);
+    let connect = |h: &mut Harness, client: [u8; 4], port: u16| {
+        let mut syn = tcp(
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+            (client, port),
+            (STICKY_VIP, 80),
+            64,
+            true,
+        );
+        assert_eq!(h.run(&mut syn), Verdict::Forward { port: POD_PORT });
+        pod_of(&syn)
+    };
+    let first = connect(&mut h, CLIENT, 30000);
+    for p in 1..50 {
+        assert_eq!(connect(&mut h, CLIENT, 30000 + p), first, "connection {p}");
+    }
+    // The endpoint goes away: the client moves, and sticks to the new one.
+    let rest: Vec<u8> = [11, 12, 13].into_iter().filter(|&p| p != first).collect();
+    h.table = affinity_table(&rest);
+    let moved = connect(&mut h, CLIENT, 31000);
+    assert_ne!(moved, first);
+    for p in 1..10 {
+        assert_eq!(connect(&mut h, CLIENT, 31000 + p), moved);
+    }
+    // Packets of a live connection keep the binding alive past the timeout.
+    for _ in 0..3 {
+        h.now += 6;
+        let mut data = tcp(
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+            (CLIENT, 31001),
+            (STICKY_VIP, 80),
+            64,
+            false,
+        );
+        assert_eq!(h.run(&mut data), Verdict::Forward { port: POD_PORT });
+    }
+    assert_eq!(connect(&mut h, CLIENT, 32000), moved);
+    // Silent for longer than 10 s: clients are rebalanced. Over many
+    // clients, both remaining endpoints get some.
+    h.now += 11;
+    let mut seen = std::collections::HashSet::new();
+    for c in 0..40u8 {
+        seen.insert(connect(&mut h, [198, 18, 0, 100 + c], 33000));
+    }
+    assert_eq!(seen.len(), 2, "rebalanced over {rest:?}");
+}
+
+#[test]
+fn a_closed_flow_expires_and_its_stragglers_are_reset() {
+    let mut h = Harness::new();
+    let ct = Arc::new(Conntrack::default());
+    h.pipeline = Pipeline::new(
+        Arc::clone(&ct),
+        Arc::new(WorkerCounters::default()),
+        Rng::new(1),
+    );
+    let mut syn = tcp(
+        CLIENT_MAC,
+        GW_CLIENT_MAC,
+        (CLIENT, 43000),
+        (VIP, 8080),
+        64,
+        true,
+    );
+    assert_eq!(h.run(&mut syn), Verdict::Forward { port: POD_PORT });
+    let mut rst_back = tcp(
+        POD1_MAC,
+        GW_POD_MAC,
+        (POD1, 5678),
+        (CLIENT, 43000),
+        64,
+        false,
+    );
+    rst_back[14 + 20 + 13] = tcp_flags::RST;
+    // Recompute nothing: the pipeline's incremental update keeps the
+    // (now wrong) checksum wrong in the same way; only the state matters.
+    assert_eq!(h.run(&mut rst_back), Verdict::Forward { port: CLIENT_PORT });
+    assert_eq!(ct.sweep(h.now + 10), 0, "close lasts 10 s");
+    assert_eq!(ct.sweep(h.now + 11), 1);
+    h.now += 11;
+    let mut straggler = tcp(
+        CLIENT_MAC,
+        GW_CLIENT_MAC,
+        (CLIENT, 43000),
+        (VIP, 8080),
+        64,
+        false,
+    );
+    assert!(matches!(h.run(&mut straggler), Verdict::Respond { .. }));
 }

@@ -49,6 +49,8 @@ pub struct PortEntry {
     /// Endpoints new flows are spread over: the ready ones, or when none
     /// is ready the serving terminating ones (Kubernetes >= 1.28).
     pub backends: Box<[Backend]>,
+    /// Session affinity timeout (seconds) for `sessionAffinity: ClientIP`.
+    pub affinity: Option<u32>,
 }
 
 /// Why a VIP packet found no backend.
@@ -69,6 +71,7 @@ pub struct CompiledTable {
     model: Arc<ServiceTable>,
     ports: HashMap<ServiceKey, PortEntry, RandomState>,
     vips: HashSet<Ipv4Addr, RandomState>,
+    vips_with_endpoints: HashSet<Ipv4Addr, RandomState>,
     /// Every endpoint address/port/protocol of a forwarded Service: the
     /// sources whose packets are replies.
     backends: HashSet<(Ipv4Addr, u16, Protocol), RandomState>,
@@ -106,6 +109,7 @@ impl CompiledTable {
         let mut ports = HashMap::with_hasher(RandomState::new());
         let mut vips = HashSet::with_hasher(RandomState::new());
         let mut backends = HashSet::with_hasher(RandomState::new());
+        let mut vips_with_endpoints = HashSet::with_hasher(RandomState::new());
         for (index, service) in model.services.iter().enumerate() {
             let Some(vip) = service.cluster_ip.vip() else {
                 continue;
@@ -115,6 +119,10 @@ impl CompiledTable {
                 for e in &port.endpoints {
                     backends.insert((e.ip, e.port, port.protocol));
                 }
+                let usable = usable(&port.endpoints);
+                if !usable.is_empty() {
+                    vips_with_endpoints.insert(vip);
+                }
                 ports.insert(
                     ServiceKey {
                         vip,
@@ -123,7 +131,8 @@ impl CompiledTable {
                     },
                     PortEntry {
                         service: index,
-                        backends: usable(&port.endpoints),
+                        backends: usable,
+                        affinity: service.session_affinity,
                     },
                 );
             }
@@ -133,6 +142,7 @@ impl CompiledTable {
             model,
             ports,
             vips,
+            vips_with_endpoints,
             backends,
         }
     }
@@ -150,15 +160,27 @@ impl CompiledTable {
         &self.model
     }
 
-    /// The backends a new connection to `key` may go to.
+    /// What a new connection to `key` may go to.
     #[inline]
-    pub fn lookup(&self, key: &ServiceKey) -> Result<&[Backend], Miss> {
+    pub fn lookup(&self, key: &ServiceKey) -> Result<&PortEntry, Miss> {
         match self.ports.get(key) {
             Some(entry) if entry.backends.is_empty() => Err(Miss::NoEndpoints),
-            Some(entry) => Ok(&entry.backends),
+            Some(entry) => Ok(entry),
             None if self.vips.contains(&key.vip) => Err(Miss::NoPort),
             None => Err(Miss::NotVip),
         }
+    }
+
+    /// The entry of a VIP port, usable endpoints or not.
+    #[inline]
+    pub fn port_entry(&self, key: &ServiceKey) -> Option<&PortEntry> {
+        self.ports.get(key)
+    }
+
+    /// True when some port of the Service behind `vip` has a usable
+    /// endpoint (what `ping <ClusterIP>` is answered for).
+    pub fn vip_has_endpoints(&self, vip: Ipv4Addr) -> bool {
+        self.vips_with_endpoints.contains(&vip)
     }
 
     #[inline]
@@ -289,13 +311,13 @@ mod tests {
             1,
         );
         assert_eq!(
-            t.lookup(&key(8080)),
+            t.lookup(&key(8080)).map(|e| &e.backends[..]),
             Ok(&[Backend {
                 ip: Ipv4Addr::new(198, 18, 2, 11),
                 port: 5678
             }][..])
         );
-        assert_eq!(t.lookup(&key(8081)), Err(Miss::NoPort));
+        assert_eq!(t.lookup(&key(8081)).err(), Some(Miss::NoPort));
         assert!(t.is_backend(Ipv4Addr::new(198, 18, 2, 12), 5678, Protocol::Tcp));
         assert!(!t.is_backend(Ipv4Addr::new(198, 18, 2, 12), 5678, Protocol::Udp));
         assert_eq!(t.vips().count(), 1, "headless services get no VIP");
@@ -317,9 +339,9 @@ mod tests {
             model(vec![endpoint(12, terminating), endpoint(13, gone)]),
             1,
         );
-        assert_eq!(t.lookup(&key(8080)).map(<[_]>::len), Ok(1));
+        assert_eq!(t.lookup(&key(8080)).map(|e| e.backends.len()), Ok(1));
         let t = CompiledTable::compile(model(vec![endpoint(13, gone)]), 1);
-        assert_eq!(t.lookup(&key(8080)), Err(Miss::NoEndpoints));
+        assert_eq!(t.lookup(&key(8080)).err(), Some(Miss::NoEndpoints));
     }
 
     #[test]

@@ -200,8 +200,8 @@ impl Worker {
         }
         let counters = Arc::clone(self.pipeline.counters());
         counters.rx_packets.add(n as u64);
+        let ingress = socket.port;
         if let Some(peer) = self.shared.pass_through {
-            let ingress = socket.port;
             self.pass_through(n, ingress, peer, ctx.net);
             return n;
         }
@@ -212,12 +212,25 @@ impl Worker {
                 // owned by this thread until it is put on a ring again;
                 // nothing else reads or writes the frame meanwhile.
                 let mut data = unsafe { self.io.umem.data_mut(&mut desc) };
-                let frame = data.contents_mut();
-                counters.rx_bytes.add(frame.len() as u64);
-                self.pipeline.process(frame, ctx)
+                let len = data.contents().len();
+                counters.rx_bytes.add(len as u64);
+                // Open the whole frame so an answer may grow into it, then
+                // set the length the verdict leaves.
+                data.cursor().set_pos(usize::MAX);
+                let verdict = self
+                    .pipeline
+                    .process(data.contents_mut(), len, ingress, ctx);
+                let out_len = match verdict {
+                    Verdict::Respond { len, .. } => len,
+                    _ => len,
+                };
+                data.cursor().set_pos(out_len);
+                verdict
             };
             match verdict {
-                Verdict::Forward { port } => self.queue_tx(port, desc),
+                Verdict::Forward { port } | Verdict::Respond { port, .. } => {
+                    self.queue_tx(port, desc)
+                }
                 Verdict::AwaitNeighbour { port, next_hop } => self.hold(desc, port, next_hop),
                 Verdict::Pass => {
                     // AF_XDP cannot hand a frame back to the kernel; this

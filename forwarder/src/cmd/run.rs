@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use cipgw_config::settings::{self, Settings, Source, XdpMode};
+use cipgw_config::settings::{self, parse_duration, ConntrackSettings, Settings, Source, XdpMode};
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
@@ -13,7 +13,9 @@ use super::BadInput;
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// TOML file with any of the settings below (keys as the flag names,
-    /// e.g. `iface = ["eth1"]`, `control-file = "..."`); flags override it.
+    /// e.g. `iface = ["eth1"]`, `control-file = "..."`, `cluster-cidr =
+    /// [...]`, the `conntrack-*` ones under a `[conntrack]` table); flags
+    /// override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Interface to attach to; repeat for a two-arm gateway (client side
@@ -34,6 +36,13 @@ pub struct RunArgs {
     /// CIDR ClusterIPs are allocated from and must lie in.
     #[arg(long, value_name = "CIDR")]
     pub service_cidr: Option<Ipv4Net>,
+    /// Source range VIP traffic is accepted from (repeatable): the
+    /// cluster's Pod and node CIDRs. Without any, every source is accepted
+    /// (and a warning says so).
+    #[arg(long = "cluster-cidr", value_name = "CIDR")]
+    pub cluster_cidrs: Vec<Ipv4Net>,
+    #[command(flatten)]
+    pub conntrack: ConntrackArgs,
     /// Benchmark mode: forward every redirected frame to the other
     /// interface with only its Ethernet addresses rewritten (no parse
     /// beyond L2, no NAT, no conntrack): the upper bound of the AF_XDP path.
@@ -42,6 +51,113 @@ pub struct RunArgs {
     /// The address whose MAC pass-through frames are sent to.
     #[arg(long, value_name = "IP")]
     pub pass_through_peer: Option<std::net::Ipv4Addr>,
+}
+
+/// Connection-tracking flags (kube-proxy's names where it has them).
+/// Durations: `90`, `90s`, `15m`, `24h`, `1d`.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConntrackArgs {
+    /// Flows tracked at most (both directions are one flow); default: sized
+    /// from the machine's memory, printed at start.
+    #[arg(long, value_name = "N")]
+    pub conntrack_max: Option<usize>,
+    /// Share of the table (1-100 %) flows without a reply may hold, so a
+    /// SYN flood cannot push out established connections [default: 50].
+    #[arg(long, value_name = "PERCENT")]
+    pub conntrack_unreplied_percent: Option<u8>,
+    /// Idle timeout of a TCP flow whose SYN got no answer [default: 120s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, with = "duration_text")]
+    pub conntrack_tcp_timeout_syn_sent: Option<std::time::Duration>,
+    /// Idle timeout of an established TCP flow [default: 24h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, with = "duration_text")]
+    pub conntrack_tcp_timeout_established: Option<std::time::Duration>,
+    /// Idle timeout after a FIN one way [default: 120s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, with = "duration_text")]
+    pub conntrack_tcp_timeout_fin_wait: Option<std::time::Duration>,
+    /// Idle timeout after a FIN one way was answered by the other side
+    /// [default: 1h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, with = "duration_text")]
+    pub conntrack_tcp_timeout_close_wait: Option<std::time::Duration>,
+    /// Idle timeout after FINs both ways [default: 120s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, with = "duration_text")]
+    pub conntrack_tcp_timeout_time_wait: Option<std::time::Duration>,
+    /// Idle timeout after an RST [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, with = "duration_text")]
+    pub conntrack_tcp_timeout_close: Option<std::time::Duration>,
+    /// Idle timeout of a UDP flow without a reply [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, with = "duration_text")]
+    pub conntrack_udp_timeout: Option<std::time::Duration>,
+    /// Idle timeout of a UDP flow that got a reply [default: 120s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, with = "duration_text")]
+    pub conntrack_udp_timeout_stream: Option<std::time::Duration>,
+}
+
+/// Durations in the TOML file are written as on the command line.
+mod duration_text {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        cipgw_config::settings::parse_duration(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl ConntrackArgs {
+    /// Flags over file over defaults.
+    fn resolve(self, file: ConntrackArgs) -> ConntrackSettings {
+        let d = ConntrackSettings::default();
+        ConntrackSettings {
+            max_flows: self.conntrack_max.or(file.conntrack_max),
+            unreplied_percent: self
+                .conntrack_unreplied_percent
+                .or(file.conntrack_unreplied_percent)
+                .unwrap_or(d.unreplied_percent),
+            tcp_syn_sent: self
+                .conntrack_tcp_timeout_syn_sent
+                .or(file.conntrack_tcp_timeout_syn_sent)
+                .unwrap_or(d.tcp_syn_sent),
+            tcp_established: self
+                .conntrack_tcp_timeout_established
+                .or(file.conntrack_tcp_timeout_established)
+                .unwrap_or(d.tcp_established),
+            tcp_fin_wait: self
+                .conntrack_tcp_timeout_fin_wait
+                .or(file.conntrack_tcp_timeout_fin_wait)
+                .unwrap_or(d.tcp_fin_wait),
+            tcp_close_wait: self
+                .conntrack_tcp_timeout_close_wait
+                .or(file.conntrack_tcp_timeout_close_wait)
+                .unwrap_or(d.tcp_close_wait),
+            tcp_time_wait: self
+                .conntrack_tcp_timeout_time_wait
+                .or(file.conntrack_tcp_timeout_time_wait)
+                .unwrap_or(d.tcp_time_wait),
+            tcp_close: self
+                .conntrack_tcp_timeout_close
+                .or(file.conntrack_tcp_timeout_close)
+                .unwrap_or(d.tcp_close),
+            udp_unreplied: self
+                .conntrack_udp_timeout
+                .or(file.conntrack_udp_timeout)
+                .unwrap_or(d.udp_unreplied),
+            udp_replied: self
+                .conntrack_udp_timeout_stream
+                .or(file.conntrack_udp_timeout_stream)
+                .unwrap_or(d.udp_replied),
+        }
+    }
 }
 
 /// The TOML file's shape: every setting optional, named as its flag.
@@ -53,6 +169,10 @@ struct FileSettings {
     cores: Option<String>,
     xdp_mode: Option<XdpMode>,
     service_cidr: Option<Ipv4Net>,
+    cluster_cidr: Option<Vec<Ipv4Net>>,
+    /// The `--conntrack-*` settings, under a `[conntrack]` table.
+    #[serde(default)]
+    conntrack: ConntrackArgs,
 }
 
 /// Parses `0`, `0,1`, `2-5`, `0,2-3`.
@@ -115,6 +235,12 @@ fn settings(args: RunArgs) -> anyhow::Result<Settings> {
             .service_cidr
             .or(file.service_cidr)
             .unwrap_or_else(settings::default_service_cidr),
+        cluster_cidrs: if args.cluster_cidrs.is_empty() {
+            file.cluster_cidr.unwrap_or_default()
+        } else {
+            args.cluster_cidrs
+        },
+        conntrack: args.conntrack.resolve(file.conntrack),
     };
     s.validate().map_err(|e| BadInput(e.to_string()))?;
     Ok(s)

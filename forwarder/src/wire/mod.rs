@@ -9,6 +9,7 @@
 //! behaviour).
 
 pub mod ethernet;
+pub mod icmp;
 pub mod ipv4;
 pub mod tcp;
 pub mod udp;

@@ -1,0 +1,362 @@
+//! Answers the gateway gives in its own name, built in place in the frame
+//! that asked for them: refusals (a TCP RST, or ICMP port unreachable for
+//! UDP) for connections to a VIP that cannot be served, and ICMP echo
+//! replies so that `ping <ClusterIP>` works. This is Kubernetes' reject
+//! semantics (kube-proxy's nftables mode): a client learns at once that
+//! nobody is there instead of timing out.
+//!
+//! Every builder re-parses what it needs, writes fresh headers with full
+//! checksums (the answer is a new packet), and returns the new frame
+//! length, or `None` when no answer may or can be given (a RST is never
+//! answered; the buffer is too small). Refusals are rate-limited per
+//! source ([`RefusalLimiter`]).
+
+use std::net::Ipv4Addr;
+
+use crate::checksum::{checksum, l4_checksum, Delta};
+use crate::route::MacAddr;
+use crate::wire::ethernet::{self, EthernetFrame};
+use crate::wire::icmp::{self, IcmpPacket};
+use crate::wire::ipv4::{self, Ipv4Packet};
+use crate::wire::tcp::{self, flags, TcpSegment};
+
+const L3: usize = ethernet::HEADER_LEN;
+/// TTL of packets the gateway originates (Linux's default).
+const TTL: u8 = 64;
+/// IANA protocol numbers (RFC 790).
+const PROTO_ICMP: u8 = 1;
+const PROTO_TCP: u8 = 6;
+
+/// Swaps the Ethernet addresses: the answer goes back to the sender, from
+/// the gateway's port.
+fn answer_l2(buf: &mut [u8], port_mac: MacAddr) {
+    if let Ok(mut eth) = EthernetFrame::new_checked(&mut buf[..]) {
+        let sender = eth.source();
+        eth.set_destination(sender);
+        eth.set_source(port_mac);
+    }
+}
+
+/// Writes a 20-byte IPv4 header (no options) at `buf[L3..]`.
+fn write_ipv4(buf: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, total_len: u16) {
+    let h = &mut buf[L3..L3 + ipv4::MIN_HEADER_LEN];
+    h.copy_from_slice(&[
+        0x45, 0, 0, 0, 0, 0, 0x40, 0, TTL, protocol, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]);
+    h[2..4].copy_from_slice(&total_len.to_be_bytes());
+    h[12..16].copy_from_slice(&src.octets());
+    h[16..20].copy_from_slice(&dst.octets());
+    let c = checksum(h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// A TCP RST answering the segment in `buf[..len]` (RFC 9293, 3.10.7.1:
+/// the reply to a segment for a connection that does not exist).
+pub fn tcp_reset(buf: &mut [u8], len: usize, port_mac: MacAddr) -> Option<usize> {
+    const OUT: usize = L3 + ipv4::MIN_HEADER_LEN + tcp::MIN_HEADER_LEN;
+    if buf.len() < OUT || len > buf.len() {
+        return None;
+    }
+    let ip = Ipv4Packet::new_checked(&buf[L3..len]).ok()?;
+    let (src, dst, l4_start) = (ip.source(), ip.destination(), L3 + ip.header_len());
+    let segment_len = ip.total_len() - ip.header_len();
+    let seg = TcpSegment::new_checked(ip.payload()).ok()?;
+    let in_flags = seg.flags();
+    if in_flags & flags::RST != 0 {
+        return None;
+    }
+    let l4 = &buf[l4_start..];
+    let seq = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]);
+    let ack = u32::from_be_bytes([l4[8], l4[9], l4[10], l4[11]]);
+    let (sport, dport) = (seg.src_port(), seg.dst_port());
+    let data_len = segment_len - seg.header_len();
+    // SEG.LEN counts SYN and FIN as one octet each.
+    let seg_len = data_len as u32
+        + u32::from(in_flags & flags::SYN != 0)
+        + u32::from(in_flags & flags::FIN != 0);
+    let (out_seq, out_ack, out_flags) = if in_flags & flags::ACK != 0 {
+        (ack, 0, flags::RST)
+    } else {
+        (0, seq.wrapping_add(seg_len), flags::RST | flags::ACK)
+    };
+
+    answer_l2(buf, port_mac);
+    write_ipv4(buf, dst, src, PROTO_TCP, (OUT - L3) as u16);
+    let t = &mut buf[L3 + ipv4::MIN_HEADER_LEN..OUT];
+    t.fill(0);
+    t[0..2].copy_from_slice(&dport.to_be_bytes());
+    t[2..4].copy_from_slice(&sport.to_be_bytes());
+    t[4..8].copy_from_slice(&out_seq.to_be_bytes());
+    t[8..12].copy_from_slice(&out_ack.to_be_bytes());
+    t[12] = 0x50;
+    t[13] = out_flags;
+    let c = l4_checksum(dst.octets(), src.octets(), PROTO_TCP, t);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    Some(OUT)
+}
+
+/// An ICMP port unreachable answering the datagram in `buf[..len]`
+/// (RFC 792; RFC 1812 4.3.2.3 for how much of it to quote: the IP header
+/// and the first 8 bytes of its payload).
+pub fn port_unreachable(buf: &mut [u8], len: usize, port_mac: MacAddr) -> Option<usize> {
+    if len > buf.len() {
+        return None;
+    }
+    let ip = Ipv4Packet::new_checked(&buf[L3..len]).ok()?;
+    let (src, dst) = (ip.source(), ip.destination());
+    let quoted_len = (ip.header_len() + 8).min(ip.total_len());
+    let mut quoted = [0u8; 60 + 8];
+    quoted[..quoted_len].copy_from_slice(&buf[L3..L3 + quoted_len]);
+    let icmp_start = L3 + ipv4::MIN_HEADER_LEN;
+    let out = icmp_start + icmp::HEADER_LEN + quoted_len;
+    if buf.len() < out {
+        return None;
+    }
+
+    answer_l2(buf, port_mac);
+    write_ipv4(buf, dst, src, PROTO_ICMP, (out - L3) as u16);
+    let m = &mut buf[icmp_start..out];
+    m[..icmp::HEADER_LEN].fill(0);
+    m[0] = icmp::kind::DESTINATION_UNREACHABLE;
+    m[1] = icmp::unreachable::PORT;
+    m[icmp::HEADER_LEN..].copy_from_slice(&quoted[..quoted_len]);
+    let c = checksum(m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    Some(out)
+}
+
+/// Turns the echo request in `buf[..len]` into its echo reply, sent from
+/// the address that was pinged. Same length (payload echoed as is).
+pub fn echo_reply(buf: &mut [u8], len: usize, port_mac: MacAddr) -> Option<usize> {
+    if len > buf.len() {
+        return None;
+    }
+    let ip = Ipv4Packet::new_checked(&buf[L3..len]).ok()?;
+    let (src, dst) = (ip.source(), ip.destination());
+    let (l4_start, l3_end) = (L3 + ip.header_len(), L3 + ip.total_len());
+    let msg = IcmpPacket::new_checked(ip.payload()).ok()?;
+    if msg.msg_type() != icmp::kind::ECHO_REQUEST || msg.code() != 0 {
+        return None;
+    }
+    let old_checksum = msg.checksum();
+
+    answer_l2(buf, port_mac);
+    // Options of the request are not echoed: the reply's header is fresh,
+    // and the ICMP message moves up behind it.
+    let body_len = l3_end - l4_start;
+    buf.copy_within(l4_start..l3_end, L3 + ipv4::MIN_HEADER_LEN);
+    let icmp_start = L3 + ipv4::MIN_HEADER_LEN;
+    let out = icmp_start + body_len;
+    write_ipv4(buf, dst, src, PROTO_ICMP, (out - L3) as u16);
+    let mut reply = IcmpPacket::new_checked(&mut buf[icmp_start..out]).ok()?;
+    reply.set_msg_type(icmp::kind::ECHO_REPLY);
+    // Type shares a word with code (0): 0x0800 -> 0x0000.
+    let delta = Delta::default().word(u16::from(icmp::kind::ECHO_REQUEST) << 8, 0);
+    reply.set_checksum(delta.apply(old_checksum));
+    Some(out)
+}
+
+/// Limits refusals per source address and in total, per worker, in
+/// one-second windows: a scan of closed ports cannot turn the gateway into
+/// a packet amplifier, and one noisy client cannot use up the budget of
+/// the others (slots are direct-mapped; a colliding source takes over a
+/// slot at its next window).
+#[derive(Debug)]
+pub struct RefusalLimiter {
+    per_source: u32,
+    total: u32,
+    window: u32,
+    sent_in_window: u32,
+    slots: Box<[Slot]>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    source: u32,
+    window: u32,
+    sent: u32,
+}
+
+impl RefusalLimiter {
+    const SLOTS: usize = 1024;
+
+    /// At most `per_source` refusals a second to one address and `total`
+    /// a second in all.
+    pub fn new(per_source: u32, total: u32) -> Self {
+        Self {
+            per_source,
+            total,
+            window: 0,
+            sent_in_window: 0,
+            slots: vec![Slot::default(); Self::SLOTS].into_boxed_slice(),
+        }
+    }
+
+    /// Whether a refusal to `source` may be sent in second `now`.
+    pub fn allow(&mut self, source: Ipv4Addr, now: u32) -> bool {
+        if self.window != now {
+            self.window = now;
+            self.sent_in_window = 0;
+        }
+        if self.sent_in_window >= self.total {
+            return false;
+        }
+        let key = u32::from(source);
+        let slot = &mut self.slots[(key.wrapping_mul(0x9e37_79b9) >> 22) as usize];
+        if slot.source != key || slot.window != now {
+            *slot = Slot {
+                source: key,
+                window: now,
+                sent: 0,
+            };
+        }
+        if slot.sent >= self.per_source {
+            return false;
+        }
+        slot.sent += 1;
+        self.sent_in_window += 1;
+        true
+    }
+}
+
+impl Default for RefusalLimiter {
+    /// 100 refusals a second per source, 10,000 in all per worker.
+    fn default() -> Self {
+        Self::new(100, 10_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{Icmpv4Type, PacketBuilder, SlicedPacket, TransportSlice};
+
+    const GW: MacAddr = [2, 0, 0, 0, 0, 1];
+    const CLIENT: MacAddr = [2, 0, 0, 0, 0, 2];
+
+    fn with_room(mut frame: Vec<u8>) -> (Vec<u8>, usize) {
+        let len = frame.len();
+        frame.resize(len + 128, 0xee);
+        (frame, len)
+    }
+
+    fn tcp_frame(syn: bool, payload: &[u8]) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2(CLIENT, GW)
+            .ipv4([198, 18, 0, 2], [198, 18, 100, 10], 64)
+            .tcp(40000, 9999, 1000, 64240);
+        let b = if syn { b.syn() } else { b.ack(777) };
+        let mut out = Vec::new();
+        b.write(&mut out, payload).expect("builds");
+        out
+    }
+
+    /// Parses an answer with etherparse, which verifies nothing, and
+    /// checks the checksums itself.
+    fn check_answer(frame: &[u8]) -> SlicedPacket<'_> {
+        let p = SlicedPacket::from_ethernet(frame).expect("answer parses");
+        let eth = p.link.as_ref().expect("ethernet");
+        let etherparse::LinkSlice::Ethernet2(eth) = eth else {
+            panic!("ethernet II")
+        };
+        assert_eq!(eth.source(), GW);
+        assert_eq!(eth.destination(), CLIENT);
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+            panic!("ipv4")
+        };
+        assert_eq!(checksum(ip.header().slice()), 0, "IP header checksum");
+        assert_eq!(ip.header().source(), [198, 18, 100, 10]);
+        assert_eq!(ip.header().destination(), [198, 18, 0, 2]);
+        p
+    }
+
+    #[test]
+    fn rst_answers_a_syn_with_ack_of_its_sequence() {
+        let (mut buf, len) = with_room(tcp_frame(true, b""));
+        let out = tcp_reset(&mut buf, len, GW).expect("answered");
+        let p = check_answer(&buf[..out]);
+        let Some(TransportSlice::Tcp(t)) = p.transport else {
+            panic!("tcp")
+        };
+        assert!(t.rst() && t.ack() && !t.syn());
+        assert_eq!((t.source_port(), t.destination_port()), (9999, 40000));
+        assert_eq!((t.sequence_number(), t.acknowledgment_number()), (0, 1001));
+        assert_eq!(
+            l4_checksum([198, 18, 100, 10], [198, 18, 0, 2], 6, &buf[34..out]),
+            0,
+            "TCP checksum"
+        );
+    }
+
+    #[test]
+    fn rst_answers_an_ack_from_its_ack_number_and_never_a_rst() {
+        let (mut buf, len) = with_room(tcp_frame(false, b"data"));
+        let out = tcp_reset(&mut buf, len, GW).expect("answered");
+        let p = check_answer(&buf[..out]);
+        let Some(TransportSlice::Tcp(t)) = p.transport else {
+            panic!("tcp")
+        };
+        assert!(t.rst() && !t.ack());
+        assert_eq!(t.sequence_number(), 777);
+
+        let mut rst = tcp_frame(false, b"");
+        rst[14 + 20 + 13] |= flags::RST;
+        let (mut buf, len) = with_room(rst);
+        assert_eq!(tcp_reset(&mut buf, len, GW), None);
+    }
+
+    #[test]
+    fn port_unreachable_quotes_header_and_8_bytes() {
+        let mut frame = Vec::new();
+        PacketBuilder::ethernet2(CLIENT, GW)
+            .ipv4([198, 18, 0, 2], [198, 18, 100, 10], 64)
+            .udp(33000, 53)
+            .write(&mut frame, b"question")
+            .expect("builds");
+        let original_ip = frame[14..14 + 28].to_vec();
+        let (mut buf, len) = with_room(frame);
+        let out = port_unreachable(&mut buf, len, GW).expect("answered");
+        assert_eq!(out, 14 + 20 + 8 + 28);
+        let p = check_answer(&buf[..out]);
+        let Some(TransportSlice::Icmpv4(m)) = p.transport else {
+            panic!("icmp")
+        };
+        assert!(matches!(
+            m.icmp_type(),
+            Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port)
+        ));
+        assert_eq!(checksum(&buf[34..out]), 0, "ICMP checksum");
+        assert_eq!(&buf[42..out], &original_ip[..]);
+    }
+
+    #[test]
+    fn echo_reply_swaps_and_keeps_the_payload() {
+        let mut frame = Vec::new();
+        PacketBuilder::ethernet2(CLIENT, GW)
+            .ipv4([198, 18, 0, 2], [198, 18, 100, 10], 64)
+            .icmpv4_echo_request(0x1234, 7)
+            .write(&mut frame, b"abcdefgh")
+            .expect("builds");
+        let (mut buf, len) = with_room(frame);
+        let out = echo_reply(&mut buf, len, GW).expect("answered");
+        assert_eq!(out, len);
+        let p = check_answer(&buf[..out]);
+        let Some(TransportSlice::Icmpv4(m)) = p.transport else {
+            panic!("icmp")
+        };
+        assert!(matches!(m.icmp_type(), Icmpv4Type::EchoReply(h) if h.id == 0x1234 && h.seq == 7));
+        assert_eq!(m.payload(), b"abcdefgh");
+        assert_eq!(checksum(&buf[34..out]), 0, "ICMP checksum");
+    }
+
+    #[test]
+    fn limiter_caps_per_source_and_total() {
+        let mut l = RefusalLimiter::new(2, 3);
+        let a = Ipv4Addr::new(198, 18, 0, 2);
+        let b = Ipv4Addr::new(198, 18, 0, 3);
+        assert!(l.allow(a, 1) && l.allow(a, 1));
+        assert!(!l.allow(a, 1), "per-source cap");
+        assert!(l.allow(b, 1));
+        assert!(!l.allow(Ipv4Addr::new(198, 18, 0, 4), 1), "total cap");
+        assert!(l.allow(a, 2), "a new second");
+    }
+}
