@@ -20,6 +20,9 @@ pub mod kube_source;
 pub mod source;
 pub mod translate;
 
+#[cfg(test)]
+mod deploy_manifests;
+
 pub use file_source::{load_control_file, load_control_text, ControlError, TextError};
 pub use file_watch::spawn_file_source;
 pub use kube_source::{spawn_kube_source, KubeSourceConfig};
