@@ -1,0 +1,629 @@
+//! Shared setup of the namespace end-to-end tests: per-test control
+//! files, the gateway process with the standard arguments, and client-side
+//! exchanges that report which Pod answered. Failures panic with the
+//! gateway's recent log attached.
+
+// Shared by several test targets, each of which uses a part of it.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::{Display, Write as _};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use cipgw::lab::{
+    self, EchoServer, GatewayProcess, NodeInfo, Topology, TopologyBuilder, TopologyInfo,
+};
+
+/// Where the echo servers listen for TCP (the Services' targetPort).
+pub const TARGET_PORT: u16 = 5678;
+/// Where the echo servers listen for UDP.
+pub const UDP_TARGET_PORT: u16 = 5353;
+
+/// The TCP Service port most tests use: 8080 -> 5678.
+pub const HTTP: Port = Port {
+    name: "http",
+    port: 8080,
+    target: TARGET_PORT,
+    protocol: "TCP",
+};
+/// The UDP Service port: 53 -> 5353.
+pub const DNS: Port = Port {
+    name: "dns",
+    port: 53,
+    target: UDP_TARGET_PORT,
+    protocol: "UDP",
+};
+
+/// Bound of one exchange that is expected to work.
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long traffic that must not get through is given.
+pub const NOT_FORWARDED_WITHIN: Duration = Duration::from_secs(1);
+/// Bound of a whole batch of exchanges (each is bounded too).
+const BATCH_BUDGET: Duration = Duration::from_secs(90);
+const READY_WITHIN: Duration = Duration::from_secs(20);
+/// The gateway must exit within this after SIGTERM.
+const STOP_WITHIN: Duration = Duration::from_secs(5);
+/// The gateway's worker core; the client runs on the other one.
+const GATEWAY_CORE: &str = "1";
+const CLIENT_CORE: usize = 0;
+/// Lines of the gateway's log attached to a failure.
+const LOG_TAIL: usize = 40;
+
+/// The `cipgw` binary under test.
+pub fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_cipgw"))
+}
+
+/// The repository's `testdata/` directory.
+pub fn testdata() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata")
+}
+
+/// One Service port as the control file spells it.
+#[derive(Debug, Clone, Copy)]
+pub struct Port {
+    pub name: &'static str,
+    pub port: u16,
+    pub target: u16,
+    pub protocol: &'static str,
+}
+
+/// A `v1 Service` in namespace `default`. `cluster_ip` is an address,
+/// `None` (headless) or empty (allocated); without `selector` its
+/// endpoints come from EndpointSlices.
+pub fn service(name: &str, cluster_ip: &str, selector: Option<&str>, ports: &[Port]) -> String {
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\n\
+         spec:\n  type: ClusterIP\n"
+    );
+    if !cluster_ip.is_empty() {
+        let _ = writeln!(yaml, "  clusterIP: {cluster_ip}");
+    }
+    if let Some(app) = selector {
+        let _ = write!(yaml, "  selector:\n    app: {app}\n");
+    }
+    yaml.push_str("  ports:\n");
+    for p in ports {
+        let _ = write!(
+            yaml,
+            "  - name: {}\n    port: {}\n    targetPort: {}\n    protocol: {}\n",
+            p.name, p.port, p.target, p.protocol
+        );
+    }
+    yaml
+}
+
+/// A ready `v1 Pod` labelled `app: <app>` at the lab node's address.
+pub fn pod(node: &NodeInfo, app: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: default\n  \
+         labels:\n    app: {app}\nstatus:\n  phase: Running\n  podIP: {}\n  \
+         conditions:\n  - type: Ready\n    status: \"True\"\n",
+        node.name, node.iface.addr
+    )
+}
+
+/// A `discovery.k8s.io/v1 EndpointSlice` of Service `service` with one
+/// ready endpoint per node, for `port`.
+pub fn endpoint_slice(service: &str, nodes: &[&NodeInfo], port: &Port) -> String {
+    let mut yaml = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  \
+         name: {service}-1\n  namespace: default\n  labels:\n    \
+         kubernetes.io/service-name: {service}\naddressType: IPv4\nports:\n\
+         - name: {}\n  port: {}\n  protocol: {}\nendpoints:\n",
+        port.name, port.target, port.protocol
+    );
+    for node in nodes {
+        let _ = write!(
+            yaml,
+            "- addresses: [{}]\n  conditions:\n    ready: true\n  targetRef:\n    \
+             kind: Pod\n    name: {}\n    namespace: default\n",
+            node.iface.addr, node.name
+        );
+    }
+    yaml
+}
+
+/// The Pod name in an echo reply `Hello from <pod> at <ip>`, checked
+/// against the lab: the name must be a lab Pod and the address its own.
+pub fn pod_name<'a>(info: &TopologyInfo, reply: &'a str) -> Result<&'a str, String> {
+    let mut words = reply.trim_end().split(' ');
+    let parsed = match (words.next(), words.next(), words.next(), words.next()) {
+        (Some("Hello"), Some("from"), Some(name), Some("at")) => words.next().map(|ip| (name, ip)),
+        _ => None,
+    };
+    let Some((name, ip)) = parsed else {
+        return Err(format!("not an echo reply: {reply:?}"));
+    };
+    match info.pods.iter().find(|p| p.name == name) {
+        Some(p) if p.iface.addr.to_string() == ip => Ok(name),
+        Some(p) => Err(format!("{reply:?}: {name} is at {}", p.iface.addr)),
+        None => Err(format!("{reply:?}: no Pod named {name} in the lab")),
+    }
+}
+
+/// A directory `cipgw-test-<pid>-<n>` under the system temp dir, removed
+/// on drop.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        // Relaxed: the counter only hands out distinct values.
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("cipgw-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    /// Writes `text` to `name` in the directory and returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let file = self.path.join(name);
+        std::fs::write(&file, text).unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
+        file
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// What a finished command printed.
+#[derive(Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `exe ARGS...` to completion within 20 s (SIGKILLed after that).
+pub fn run_cipgw(args: &[&str]) -> Output {
+    const WITHIN: Duration = Duration::from_secs(20);
+    let line = format!("{} {}", exe().display(), args.join(" "));
+    let mut child = Command::new(exe())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting `{line}`: {e}"));
+    // Drain both pipes on their own threads so a chatty child cannot
+    // block on a full pipe while this thread waits for it.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = Instant::now() + WITHIN;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("`{line}` did not finish within {WITHIN:?}");
+            }
+            Err(e) => panic!("waiting for `{line}`: {e}"),
+        }
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+/// `cipgw check --control-file FILE --service-cidr CIDR`.
+pub fn check(file: &Path, service_cidr: &str) -> Output {
+    run_cipgw(&[
+        "check",
+        "--control-file",
+        &file.display().to_string(),
+        "--service-cidr",
+        service_cidr,
+    ])
+}
+
+/// Pins the calling thread to `core`, so the client does not compete
+/// with the gateway's worker for its core (a failure only loses the
+/// pinning).
+fn pin_to(core: usize) {
+    let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
+}
+
+/// A built lab with its echo servers, control file and gateway. Fields
+/// drop in order: the gateway first, then the echo servers, then the
+/// namespaces, then the control file's directory.
+#[derive(Debug)]
+pub struct Lab {
+    gateway: Option<GatewayProcess>,
+    servers: Vec<EchoServer>,
+    topology: Topology,
+    dir: TempDir,
+    control: Option<PathBuf>,
+}
+
+impl Lab {
+    /// Builds the topology (after removing namespaces a killed earlier
+    /// run left behind).
+    pub fn build(builder: TopologyBuilder) -> Lab {
+        if let Ok(stale) = lab::remove_stale_namespaces() {
+            if !stale.is_empty() {
+                eprintln!("removed stale lab namespaces: {stale:?}");
+            }
+        }
+        let topology = builder
+            .build()
+            .unwrap_or_else(|e| panic!("building the lab: {e}"));
+        Lab {
+            gateway: None,
+            servers: Vec::new(),
+            topology,
+            dir: TempDir::new(),
+            control: None,
+        }
+    }
+
+    pub fn info(&self) -> &TopologyInfo {
+        self.topology.info()
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Starts a TCP echo server on every Pod at `<pod ip>:port`.
+    pub fn tcp_echo(&mut self, port: u16) {
+        let servers = self
+            .topology
+            .start_tcp_echo(port)
+            .unwrap_or_else(|e| panic!("starting TCP echo servers on port {port}: {e}"));
+        self.servers.extend(servers);
+    }
+
+    /// Starts a UDP echo server on every Pod at `<pod ip>:port`.
+    pub fn udp_echo(&mut self, port: u16) {
+        let servers = self
+            .topology
+            .start_udp_echo(port)
+            .unwrap_or_else(|e| panic!("starting UDP echo servers on port {port}: {e}"));
+        self.servers.extend(servers);
+    }
+
+    /// TCP connections the echo servers on `port` accepted so far.
+    pub fn accepted(&self, port: u16) -> u64 {
+        self.servers
+            .iter()
+            .filter(|s| s.addr().port() == port)
+            .map(EchoServer::connections)
+            .sum()
+    }
+
+    /// Writes the control file the gateway will use: the documents
+    /// joined as multi-document YAML.
+    pub fn control_file(&mut self, documents: &[String]) -> PathBuf {
+        let file = self.write_file("services.yaml", documents);
+        self.control = Some(file.clone());
+        file
+    }
+
+    /// Writes `documents` as multi-document YAML to `name` in the test's
+    /// temporary directory.
+    pub fn write_file(&self, name: &str, documents: &[String]) -> PathBuf {
+        self.dir.write(name, &documents.join("---\n"))
+    }
+
+    /// `cipgw check` on `file` with the lab's VIP range; must succeed.
+    /// Returns the listing.
+    pub fn check(&self, file: &Path) -> String {
+        let out = check(file, &self.info().vip_range.to_string());
+        assert!(
+            out.status.success(),
+            "cipgw check on {}: {out:?}",
+            file.display()
+        );
+        out.stdout
+    }
+
+    /// Ready Pods `pods` (indices into the lab's Pods) labelled `app`.
+    pub fn pods(&self, pods: &[usize], app: &str) -> Vec<String> {
+        pods.iter()
+            .map(|&i| pod(&self.info().pods[i], app))
+            .collect()
+    }
+
+    /// Service `name` at `vip` with `ports`, selecting `app: <name>`,
+    /// and the Pods `pods` (indices) carrying that label.
+    pub fn selector_service(
+        &self,
+        name: &str,
+        vip: Ipv4Addr,
+        ports: &[Port],
+        pods: &[usize],
+    ) -> Vec<String> {
+        let mut docs = vec![service(name, &vip.to_string(), Some(name), ports)];
+        docs.extend(self.pods(pods, name));
+        docs
+    }
+
+    /// `cipgw run` on every gateway interface with the control file,
+    /// the lab's VIP range and one worker on core 1; waits for ready.
+    pub fn start_gateway(&mut self) {
+        self.start_gateway_with(&[]);
+    }
+
+    /// [`Lab::start_gateway`] with more `cipgw run` arguments.
+    pub fn start_gateway_with(&mut self, extra: &[&str]) {
+        assert!(self.gateway.is_none(), "the gateway is already running");
+        let control = self
+            .control
+            .clone()
+            .expect("write the control file before starting the gateway");
+        let info = self.info();
+        let mut args: Vec<String> = Vec::new();
+        for iface in info.gateway.ifaces() {
+            args.extend(["--iface".into(), iface.to_owned()]);
+        }
+        args.extend([
+            "--control-file".into(),
+            control.display().to_string(),
+            "--service-cidr".into(),
+            info.vip_range.to_string(),
+            "--cores".into(),
+            GATEWAY_CORE.into(),
+        ]);
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let gateway =
+            GatewayProcess::start(exe(), self.topology.gateway(), &args, false, READY_WITHIN)
+                .unwrap_or_else(|e| panic!("starting the gateway: {e}"));
+        self.gateway = Some(gateway);
+    }
+
+    /// SIGTERM; the gateway must exit with status 0 within 5 s and
+    /// leave no XDP program on its interfaces.
+    #[track_caller]
+    pub fn stop_gateway(&mut self) {
+        let mut gateway = self.gateway.take().expect("the gateway is not running");
+        let started = Instant::now();
+        if let Err(e) = gateway.signal(libc::SIGTERM) {
+            panic!("SIGTERM to the gateway: {e}{}", log_tail(&gateway));
+        }
+        let status = match gateway.wait(STOP_WITHIN) {
+            Ok(Some(status)) => status,
+            Ok(None) => panic!(
+                "the gateway did not exit within {STOP_WITHIN:?} of SIGTERM{}",
+                log_tail(&gateway)
+            ),
+            Err(e) => panic!("waiting for the gateway: {e}{}", log_tail(&gateway)),
+        };
+        assert!(
+            status.success(),
+            "the gateway exited with {status} after SIGTERM{}",
+            log_tail(&gateway)
+        );
+        eprintln!(
+            "gateway exited ({status}) {:?} after SIGTERM",
+            started.elapsed()
+        );
+        let left = self.xdp_ifaces();
+        assert!(
+            left.is_empty(),
+            "XDP programs left on {left:?} after the gateway exited{}",
+            log_tail(&gateway)
+        );
+    }
+
+    /// SIGKILL (a crash); waits until it is gone.
+    #[track_caller]
+    pub fn kill_gateway(&mut self) {
+        let mut gateway = self.gateway.take().expect("the gateway is not running");
+        gateway
+            .signal(libc::SIGKILL)
+            .unwrap_or_else(|e| panic!("SIGKILL to the gateway: {e}"));
+        match gateway.wait(STOP_WITHIN) {
+            Ok(Some(_)) => {}
+            other => panic!("the gateway did not die of SIGKILL: {other:?}"),
+        }
+    }
+
+    /// Whether the gateway process is still alive.
+    pub fn gateway_running(&mut self) -> bool {
+        self.gateway
+            .as_mut()
+            .is_some_and(GatewayProcess::is_running)
+    }
+
+    /// Gateway interfaces that have an XDP program attached
+    /// (`ip link show` mentions `xdp`).
+    pub fn xdp_ifaces(&self) -> Vec<String> {
+        self.info()
+            .gateway
+            .ifaces()
+            .into_iter()
+            .filter(|iface| {
+                let shown = self
+                    .topology
+                    .gateway()
+                    .ip(&["link", "show", iface])
+                    .unwrap_or_else(|e| panic!("ip link show {iface}: {e}"));
+                shown.contains("xdp")
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Panics with `what` and the gateway's recent log.
+    #[track_caller]
+    pub fn fail(&self, what: impl Display) -> ! {
+        let log = self.gateway.as_ref().map(log_tail).unwrap_or_default();
+        panic!("{what}{log}")
+    }
+
+    /// Runs `f` on a thread in the client namespace pinned to core 0.
+    pub fn in_client<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        self.topology
+            .client()
+            .run(move || {
+                pin_to(CLIENT_CORE);
+                f()
+            })
+            .unwrap_or_else(|e| self.fail(format_args!("running in the client: {e}")))
+    }
+
+    /// `connections` TCP connections from the client to `target`, one
+    /// after another, each with `requests` request lines; checks that
+    /// every reply of a connection names the same Pod and returns how
+    /// many connections each Pod served.
+    pub fn tcp_sessions(
+        &self,
+        target: SocketAddrV4,
+        connections: usize,
+        requests: usize,
+    ) -> BTreeMap<String, usize> {
+        let sessions = self.in_client(move || {
+            let deadline = Instant::now() + BATCH_BUDGET;
+            let mut sessions = Vec::with_capacity(connections);
+            for i in 0..connections {
+                if Instant::now() > deadline {
+                    return Err(format!("only {i} sessions within {BATCH_BUDGET:?}"));
+                }
+                let replies = lab::tcp_session(target, requests, EXCHANGE_TIMEOUT)
+                    .map_err(|e| format!("connection {} of {connections}: {e}", i + 1))?;
+                sessions.push(replies);
+            }
+            Ok(sessions)
+        });
+        let sessions =
+            sessions.unwrap_or_else(|e| self.fail(format_args!("TCP sessions with {target}: {e}")));
+        let mut served = BTreeMap::new();
+        for (i, replies) in sessions.iter().enumerate() {
+            if replies.len() != requests {
+                self.fail(format_args!(
+                    "connection {i} to {target}: {} replies to {requests} requests",
+                    replies.len()
+                ));
+            }
+            let pods: BTreeSet<&str> = replies
+                .iter()
+                .map(|r| pod_name(self.info(), r).unwrap_or_else(|e| self.fail(e)))
+                .collect();
+            if pods.len() != 1 {
+                self.fail(format_args!(
+                    "connection {i} to {target} was answered by several Pods: {replies:?}"
+                ));
+            }
+            for pod in pods {
+                *served.entry(pod.to_owned()).or_default() += 1;
+            }
+        }
+        eprintln!("{connections} TCP connections to {target}: {served:?}");
+        served
+    }
+
+    /// `n` UDP requests to `target`, each from a fresh socket (a new
+    /// flow); checks that every reply comes from `target` itself and
+    /// returns how many requests each Pod answered.
+    pub fn udp_exchanges(&self, target: SocketAddrV4, n: usize) -> BTreeMap<String, usize> {
+        let replies = self.in_client(move || {
+            let deadline = Instant::now() + BATCH_BUDGET;
+            let mut replies = Vec::with_capacity(n);
+            for i in 0..n {
+                if Instant::now() > deadline {
+                    return Err(format!("only {i} exchanges within {BATCH_BUDGET:?}"));
+                }
+                let what = format!("UDP request {} of {n} to {target}", i + 1);
+                let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
+                    .map_err(|e| format!("{what}: bind: {e}"))?;
+                socket
+                    .set_read_timeout(Some(EXCHANGE_TIMEOUT))
+                    .map_err(|e| format!("{what}: {e}"))?;
+                socket
+                    .send_to(format!("request {i}\n").as_bytes(), target)
+                    .map_err(|e| format!("{what}: send: {e}"))?;
+                let mut buf = [0u8; 2048];
+                let (len, from) = socket
+                    .recv_from(&mut buf)
+                    .map_err(|e| format!("{what}: no reply within {EXCHANGE_TIMEOUT:?}: {e}"))?;
+                // An unconnected socket takes datagrams from anyone, so
+                // this shows where the reply really came from.
+                if from != SocketAddr::V4(target) {
+                    return Err(format!("{what}: the reply came from {from}, not the VIP"));
+                }
+                replies.push(String::from_utf8_lossy(&buf[..len]).into_owned());
+            }
+            Ok(replies)
+        });
+        let replies = replies.unwrap_or_else(|e| self.fail(format_args!("UDP exchanges: {e}")));
+        let mut served = BTreeMap::new();
+        for reply in &replies {
+            let pod = pod_name(self.info(), reply).unwrap_or_else(|e| self.fail(e));
+            *served.entry(pod.to_owned()).or_default() += 1;
+        }
+        eprintln!("{n} UDP requests to {target}: {served:?}");
+        served
+    }
+
+    /// A TCP connection from the client to `target` must not be
+    /// established within 1 s (a timeout, a refusal or an unreachable
+    /// error are all fine).
+    #[track_caller]
+    pub fn assert_not_forwarded(&self, target: SocketAddrV4) {
+        let started = Instant::now();
+        let outcome = self.in_client(move || {
+            TcpStream::connect_timeout(&SocketAddr::V4(target), NOT_FORWARDED_WITHIN).and_then(
+                |mut stream| {
+                    let local = stream.local_addr()?;
+                    // Show what answered, if anything does.
+                    let _ = stream.set_read_timeout(Some(NOT_FORWARDED_WITHIN));
+                    let _ = stream.write_all(b"request\n");
+                    let mut buf = [0u8; 256];
+                    let n = stream.read(&mut buf).unwrap_or(0);
+                    Ok((local, String::from_utf8_lossy(&buf[..n]).into_owned()))
+                },
+            )
+        });
+        match outcome {
+            Ok((local, reply)) => self.fail(format_args!(
+                "a TCP connection {local} -> {target} was established (reply {reply:?}); \
+                 it must not be forwarded"
+            )),
+            Err(e) => eprintln!(
+                "{target} not forwarded, as expected: {e} after {:?}",
+                started.elapsed()
+            ),
+        }
+    }
+}
+
+/// The last lines of the gateway's log, for failure messages.
+fn log_tail(gateway: &GatewayProcess) -> String {
+    let log = gateway.log();
+    let skip = log.len().saturating_sub(LOG_TAIL);
+    let mut text = format!("\n--- gateway log (last {} lines) ---", log.len() - skip);
+    for line in &log[skip..] {
+        text.push('\n');
+        text.push_str(line);
+    }
+    text
+}
