@@ -24,11 +24,13 @@
 //!   reported (`Invalid`), the others are still forwarded;
 //! - watch errors are retried with kube-runtime's default backoff (800 ms
 //!   doubling to 30 s). When the API server cannot be reached,
-//!   `Disconnected` is sent once and the last table stays; `/version` is
-//!   probed every [`PROBE_EVERY`] to notice it is back (`Reconnected`). A
-//!   watch that merely ends or breaks, or an expired resource version
-//!   (`410 Gone`, which forces a relist), is routine and reported to
-//!   nobody but the log.
+//!   or refuses the list or watch (RBAC, errors), `Disconnected` is sent
+//!   once and the last table stays; every [`PROBE_EVERY`] a one-item list
+//!   of each resource checks whether it answers again (`Reconnected`): the
+//!   request the watchers need, so a server that answers but forbids does
+//!   not count as back. A watch that merely ends or breaks, or an expired
+//!   resource version (`410 Gone`, which forces a relist), is routine and
+//!   reported to nobody but the log.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -42,6 +44,7 @@ use futures::StreamExt;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -206,27 +209,33 @@ impl Resource {
 /// What a watcher's item means for the source.
 #[derive(Debug)]
 enum Step {
+    /// A (re)list begins.
+    Starting,
     /// Part of a (re)list in progress: the store has not changed yet.
     Listing,
     /// A (re)list is complete and in the store.
     Listed,
     /// An object was added, changed or deleted.
     Changed,
-    /// The watch ended, broke or expired (410): the watcher resumes or
-    /// relists by itself.
+    /// The watch broke or expired (410): the watcher resumes or relists
+    /// by itself.
     Routine(String),
-    /// The API server cannot be reached or refuses the request.
+    /// The API server cannot be reached, or answers the list or watch
+    /// with an error.
     Failed(String),
 }
 
 impl Step {
     fn of<K>(item: &Result<watcher::Event<K>, watcher::Error>) -> Self {
         match item {
-            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => Step::Listing,
+            // Sent before the list request is made: no sign of an answer.
+            Ok(watcher::Event::Init) => Step::Starting,
+            Ok(watcher::Event::InitApply(_)) => Step::Listing,
             Ok(watcher::Event::InitDone) => Step::Listed,
             Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Step::Changed,
-            Err(error @ (watcher::Error::WatchFailed(_) | watcher::Error::WatchError(_))) => {
-                Step::Routine(error.to_string())
+            Err(error @ watcher::Error::WatchFailed(_)) => Step::Routine(error.to_string()),
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                Step::Routine(format!("resource version expired, relisting: {status}"))
             }
             Err(error) => Step::Failed(error.to_string()),
         }
@@ -244,7 +253,8 @@ struct Syncer {
     /// Whether each resource has been listed once.
     listed: [bool; 2],
     synced: bool,
-    disconnected: bool,
+    /// Which resources' last request failed; disconnected while any.
+    failing: [bool; 2],
     /// The last table sent and the problems reported since.
     table: Option<Arc<ServiceTable>>,
     errors: BTreeSet<String>,
@@ -274,7 +284,7 @@ async fn run(
         coalescer: Coalescer::new(config.min_sync_period, SETTLE),
         listed: [false; 2],
         synced: false,
-        disconnected: false,
+        failing: [false; 2],
         table: None,
         errors: BTreeSet::new(),
     };
@@ -301,12 +311,12 @@ async fn run(
                 sync.on_step(Resource::EndpointSlices, Step::of(&item))
             }
             () = tokio::time::sleep_until(wake), if deadline.is_some() => sync.on_due(),
-            Some(()) = probe_rx.recv() => sync.reconnected(),
+            Some(()) = probe_rx.recv() => sync.probe_answered(),
         };
         if !keep_going {
             break;
         }
-        match (&probe, sync.disconnected) {
+        match (&probe, sync.is_disconnected()) {
             (None, true) => {
                 probe = Some(tokio::spawn(probe_until_reachable(
                     client.clone(),
@@ -327,28 +337,44 @@ async fn run(
     tracing::debug!("Kubernetes source stopped");
 }
 
-/// Asks for `/version` until the API server answers, then says so once.
+/// Lists one object of each resource until the API server answers both,
+/// then says so once.
 async fn probe_until_reachable(client: Client, reachable: tokio::sync::mpsc::Sender<()>) {
+    let one = ListParams::default().limit(1);
+    let services = Api::<Service>::all(client.clone());
+    let slices = Api::<EndpointSlice>::all(client);
     loop {
         tokio::time::sleep(PROBE_EVERY).await;
-        if let Ok(Ok(_)) = tokio::time::timeout(PROBE_TIMEOUT, client.apiserver_version()).await {
-            let _ = reachable.send(()).await;
-            return;
+        let probe = async { services.list(&one).await.and(slices.list(&one).await) };
+        match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+            Ok(Ok(_)) => {
+                let _ = reachable.send(()).await;
+                return;
+            }
+            Ok(Err(error)) => tracing::debug!(%error, "Kubernetes API probe failed"),
+            Err(_) => tracing::debug!("Kubernetes API probe timed out"),
         }
     }
 }
 
 impl Syncer {
+    fn is_disconnected(&self) -> bool {
+        self.failing.iter().any(|&failing| failing)
+    }
+
     /// Acts on one watcher item. False when the daemon is gone.
     fn on_step(&mut self, resource: Resource, step: Step) -> bool {
         if matches!(step, Step::Listing | Step::Listed | Step::Changed)
-            && self.disconnected
-            && !self.reconnected()
+            && self.failing[resource as usize]
         {
-            return false;
+            // This resource's requests work again.
+            self.failing[resource as usize] = false;
+            if !self.is_disconnected() && !self.announce_reconnected() {
+                return false;
+            }
         }
         match step {
-            Step::Listing => {}
+            Step::Starting | Step::Listing => {}
             Step::Listed => {
                 tracing::debug!(resource = resource.as_str(), "listed");
                 self.listed[resource as usize] = true;
@@ -359,8 +385,9 @@ impl Syncer {
                 tracing::debug!(resource = resource.as_str(), %error, "watch interrupted; resuming");
             }
             Step::Failed(error) => {
-                if !self.disconnected {
-                    self.disconnected = true;
+                let was_disconnected = self.is_disconnected();
+                self.failing[resource as usize] = true;
+                if !was_disconnected {
                     let error = format!("{}: {error}", resource.as_str());
                     tracing::warn!(%error,
                         "Kubernetes API unreachable; the last table stays while retrying");
@@ -378,11 +405,16 @@ impl Syncer {
         }
     }
 
-    fn reconnected(&mut self) -> bool {
-        if !self.disconnected {
+    /// The probe got answers for every resource.
+    fn probe_answered(&mut self) -> bool {
+        if !self.is_disconnected() {
             return true;
         }
-        self.disconnected = false;
+        self.failing = [false; 2];
+        self.announce_reconnected()
+    }
+
+    fn announce_reconnected(&mut self) -> bool {
         tracing::info!("Kubernetes API reachable again");
         self.send(SourceEvent::Reconnected)
     }

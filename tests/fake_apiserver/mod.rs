@@ -127,6 +127,8 @@ struct State {
     expire: u64,
     open_watches: usize,
     connections: usize,
+    /// Resources answered with 403 Forbidden, as without RBAC.
+    forbidden: [bool; 2],
     snapshots: HashMap<String, (u64, Vec<Value>)>,
     next_snapshot: u64,
 }
@@ -191,6 +193,7 @@ users:
                     expire: 0,
                     open_watches: 0,
                     connections: 0,
+                    forbidden: [false; 2],
                     snapshots: HashMap::new(),
                     next_snapshot: 0,
                 }),
@@ -356,6 +359,12 @@ users:
     pub fn drop_watches(&self) {
         self.shared.lock().cut += 1;
         self.shared.changed.notify_all();
+    }
+
+    /// Answers lists and watches of `resource` with 403 Forbidden (or
+    /// stops doing so), as the real server does without RBAC for them.
+    pub fn forbid(&self, resource: Resource, forbidden: bool) {
+        self.shared.lock().forbidden[resource.index()] = forbidden;
     }
 
     /// How many lists of `resource` were served (a relist adds one).
@@ -540,6 +549,18 @@ fn handle(shared: &Shared, stream: &mut TcpStream, request: &Request, cut: u64) 
             ),
         );
     };
+    if shared.lock().forbidden[resource.index()] {
+        let plural = request.path.rsplit('/').next().unwrap_or_default();
+        let group = match resource {
+            Resource::Services => "",
+            Resource::EndpointSlices => "discovery.k8s.io",
+        };
+        let message = format!(
+            "{plural} is forbidden: User \"system:serviceaccount:cipgw-system:cipgw\" \
+             cannot list resource \"{plural}\" in API group \"{group}\" at the cluster scope"
+        );
+        return respond(stream, "403 Forbidden", &status(403, "Forbidden", &message));
+    }
     let watch = matches!(
         request.query.get("watch").map(String::as_str),
         Some("true" | "1")
