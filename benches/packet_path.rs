@@ -18,7 +18,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cipgw::conntrack::Conntrack;
+use cipgw::conntrack::{Conntrack, ConntrackConfig};
 use cipgw::counters::WorkerCounters;
 use cipgw::lb::Rng;
 use cipgw::pipeline::{BatchContext, Pipeline, Verdict};
@@ -148,8 +148,9 @@ fn bench(c: &mut Criterion) {
     let mut replies = Vec::new();
     for f in &frames {
         let mut copy = f.clone();
+        let len = copy.len();
         assert!(matches!(
-            p.process(&mut copy, &ctx),
+            p.process(&mut copy, len, 0, &ctx),
             Verdict::Forward { .. }
         ));
         // The reply of this flow: backend -> client.
@@ -160,7 +161,7 @@ fn bench(c: &mut Criterion) {
         replies.push(frame((backend, 5678), (client_ip, cport)));
     }
 
-    let mut scratch = vec![0u8; 64];
+    let mut scratch = vec![0u8; 2048];
     group.bench_function("copy_only", |b| {
         let mut i = 0;
         b.iter(|| {
@@ -176,7 +177,7 @@ fn bench(c: &mut Criterion) {
             let f = &frames[i & 1023];
             scratch[..f.len()].copy_from_slice(f);
             i += 1;
-            black_box(p.process(&mut scratch[..f.len()], &ctx))
+            black_box(p.process(&mut scratch, f.len(), 0, &ctx))
         })
     });
     group.bench_function("reply/1024_flows", |b| {
@@ -185,7 +186,7 @@ fn bench(c: &mut Criterion) {
             let f = &replies[i & 1023];
             scratch[..f.len()].copy_from_slice(f);
             i += 1;
-            black_box(p.process(&mut scratch[..f.len()], &ctx))
+            black_box(p.process(&mut scratch, f.len(), 0, &ctx))
         })
     });
 
@@ -199,14 +200,20 @@ fn bench(c: &mut Criterion) {
         let base = frame((client(0), 1), (vip, 8080));
         group.bench_function(format!("new_flow/{services}_services"), |b| {
             b.iter_custom(|iters| {
-                // A fresh table per measurement, sized for it, so every
-                // packet really is a new flow.
+                // A fresh table per measurement, bounded above what it
+                // takes, so every packet really is a new flow and nothing
+                // is evicted.
                 let mut p = Pipeline::new(
-                    Arc::new(Conntrack::with_capacity(iters as usize)),
+                    Arc::new(Conntrack::new(ConntrackConfig {
+                        max_flows: iters as usize + 1,
+                        unreplied_percent: 100,
+                        ..ConntrackConfig::default()
+                    })),
                     Arc::new(WorkerCounters::default()),
                     Rng::new(9),
                 );
                 let mut f = base.clone();
+                let len = f.len();
                 let start = Instant::now();
                 for i in 0..iters {
                     f.copy_from_slice(&base);
@@ -215,7 +222,7 @@ fn bench(c: &mut Criterion) {
                     // verify it.
                     f[28..30].copy_from_slice(&(((i >> 16) as u16) | 0x100).to_be_bytes());
                     f[34..36].copy_from_slice(&(i as u16).to_be_bytes());
-                    black_box(p.process(&mut f, &ctx));
+                    black_box(p.process(&mut f, len, 0, &ctx));
                 }
                 start.elapsed()
             })

@@ -71,7 +71,18 @@ pub struct Settings {
     /// Source ranges VIP traffic is accepted from; empty accepts all.
     pub cluster_cidrs: Vec<Ipv4Net>,
     pub conntrack: ConntrackSettings,
+    /// At most one table rebuild per period (kube-proxy's
+    /// `--min-sync-period`).
+    pub min_sync_period: Duration,
+    /// The `service.kubernetes.io/service-proxy-name` this gateway serves
+    /// besides unlabelled Services (Kubernetes source).
+    pub proxy_name: String,
 }
+
+/// kube-proxy's default `--min-sync-period`.
+pub const DEFAULT_MIN_SYNC_PERIOD: Duration = Duration::from_secs(1);
+/// The default `--proxy-name`.
+pub const DEFAULT_PROXY_NAME: &str = "cipgw";
 
 /// Connection-tracking limits and timeouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,26 +120,33 @@ impl Default for ConntrackSettings {
     }
 }
 
-/// Parses a duration as `90`, `90s`, `15m`, `24h` or `1d` (whole units).
+/// Parses a duration as kube-proxy's flags write them: a number with a
+/// unit, `ms`, `s`, `m`, `h` or `d` (`250ms`, `1.5s`, `15m`, `24h`), or `0`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
     let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("{text:?}: a duration needs a unit (ms, s, m, h or d), e.g. 1s"))?;
     let (number, unit) = text.split_at(split);
-    let n: u64 = number
+    let value: f64 = number
         .parse()
-        .map_err(|_| format!("{text:?} is not a duration: expected e.g. 30s, 15m, 24h"))?;
-    let scale = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use s, m, h or d")),
+        .map_err(|_| format!("{text:?}: {number:?} is not a number"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86_400.0,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?}: expected ms, s, m, h or d"
+            ))
+        }
     };
-    n.checked_mul(scale)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("{text:?} is too long"))
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
 /// Core 0 alone: a gateway that works on any machine. Production
@@ -203,12 +221,16 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
         assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
         assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("").is_err());
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "1", "s", "1x", "1..2s", "-1s", "5 parsecs"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should not parse");
+        }
     }
 
     fn settings() -> Settings {
@@ -221,6 +243,8 @@ mod tests {
             service_cidr: default_service_cidr(),
             cluster_cidrs: Vec::new(),
             conntrack: ConntrackSettings::default(),
+            min_sync_period: DEFAULT_MIN_SYNC_PERIOD,
+            proxy_name: DEFAULT_PROXY_NAME.into(),
         }
     }
 

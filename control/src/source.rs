@@ -148,33 +148,8 @@ impl Drop for SourceHandle {
     }
 }
 
-/// Parses a duration as kube-proxy's flags write them: a number with a
-/// unit, `ms`, `s`, `m` or `h` (`1s`, `250ms`, `1.5s`, `2m`), or `0`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("{text:?}: a duration needs a unit (ms, s, m or h), e.g. 1s"))?;
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?}: {number:?} is not a number"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => {
-            return Err(format!(
-                "{text:?}: unknown unit {unit:?}: expected ms, s, m or h"
-            ))
-        }
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
-}
+/// Durations as kube-proxy's flags write them (`250ms`, `1s`, `2m`).
+pub use cipgw_config::settings::parse_duration;
 
 #[cfg(test)]
 mod tests {

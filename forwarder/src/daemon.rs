@@ -24,7 +24,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use cipgw_config::settings::{Settings, Source};
-use cipgw_config::ServiceTable;
+use cipgw_config::{Protocol, ServiceTable};
+use cipgw_control::source::{
+    self as control_source, Receiver, RecvTimeoutError, SourceEvent, SourceHandle,
+};
 
 use crate::affinity::Affinity;
 use crate::bpf::{self, BackendKey, XdpProgram};
@@ -42,6 +45,13 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// The gateway's state that outlives start-up.
 struct Gateway {
+    /// Where desired state comes from, and its events.
+    source: SourceHandle,
+    events: Receiver<SourceEvent>,
+    /// Conntrack's clock starts here (workers share it).
+    epoch: Instant,
+    /// True once the first table is published and workers run.
+    ready: Arc<AtomicBool>,
     table: TableHandle,
     program: XdpProgram,
     monitor: NetMonitor,
@@ -52,15 +62,56 @@ struct Gateway {
     stop: Arc<AtomicBool>,
 }
 
-/// Loads the service table the settings point at.
-pub fn load_table(settings: &Settings) -> anyhow::Result<ServiceTable> {
+/// The table to start with: the control file's, checked before anything
+/// is attached (a gateway started on a broken file exits with the error);
+/// empty for the Kubernetes source, which is not ready until its first
+/// full sync.
+fn initial_table(settings: &Settings) -> anyhow::Result<ServiceTable> {
     match &settings.source {
         Source::ControlFile(path) => Ok(cipgw_control::file_source::load_control_file(
             path,
             settings.service_cidr,
         )?),
-        Source::Kubernetes { .. } => bail!("the Kubernetes source is not available in this build"),
+        Source::Kubernetes { .. } => Ok(ServiceTable::default()),
     }
+}
+
+/// Starts the configured source of desired state.
+fn spawn_source(settings: &Settings) -> anyhow::Result<(SourceHandle, Receiver<SourceEvent>)> {
+    let (tx, rx) = control_source::channel();
+    let handle = match &settings.source {
+        Source::ControlFile(path) => cipgw_control::file_watch::spawn_file_source(
+            path.clone(),
+            settings.service_cidr,
+            settings.min_sync_period,
+            tx,
+        )?,
+        Source::Kubernetes { kubeconfig } => cipgw_control::kube_source::spawn_kube_source(
+            cipgw_control::kube_source::KubeSourceConfig {
+                kubeconfig: kubeconfig.clone(),
+                proxy_name: settings.proxy_name.clone(),
+                service_cidr: settings.service_cidr,
+                min_sync_period: settings.min_sync_period,
+            },
+            tx,
+        )?,
+    };
+    Ok((handle, rx))
+}
+
+/// Every (VIP, port, protocol, endpoint address, endpoint port) of a
+/// table, whatever the endpoint's state: flows to anything in here may
+/// go on; flows to anything not in here lost their endpoint or port.
+fn flow_targets(model: &ServiceTable) -> HashSet<(Ipv4Addr, u16, Protocol, Ipv4Addr, u16)> {
+    let mut targets = HashSet::new();
+    for (service, vip) in model.forwarded() {
+        for port in &service.ports {
+            for e in &port.endpoints {
+                targets.insert((vip, port.port, port.protocol, e.ip, e.port));
+            }
+        }
+    }
+    targets
 }
 
 /// The connection table's bounds and timeouts from the settings; the
@@ -107,6 +158,14 @@ fn map_sets(table: &CompiledTable) -> (HashSet<Ipv4Addr>, HashSet<BackendKey>) {
     (vips, backends)
 }
 
+/// What applying a table did.
+#[derive(Debug, Clone, Copy)]
+struct ApplySummary {
+    generation: u64,
+    entries: usize,
+    retired: usize,
+}
+
 /// Run-time options that are not part of the deployable settings.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -121,13 +180,14 @@ pub fn run(settings: Settings, options: Options) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("installing signal handlers")?;
     }
-    let gateway = start(&settings, &options, Arc::clone(&stop))?;
+    let mut gateway = start(&settings, &options, Arc::clone(&stop))?;
     gateway.serve(&settings);
     gateway.shutdown()
 }
 
 fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Gateway> {
-    let model = load_table(settings)?;
+    let model = initial_table(settings)?;
+    let from_file = matches!(settings.source, Source::ControlFile(_));
     let compiled = CompiledTable::compile(Arc::new(model), 1);
     tracing::info!(
         services = compiled.model().services.len(),
@@ -270,7 +330,14 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
         handles.push((core, handle));
     }
 
+    let (source, events) = spawn_source(settings).context("starting the source of services")?;
+    tracing::info!(source = source.name(), "watching for changes");
+    let ready = Arc::new(AtomicBool::new(false));
     let gateway = Gateway {
+        source,
+        events,
+        epoch,
+        ready,
         table,
         program,
         monitor,
@@ -284,6 +351,11 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
     if let Some(peer) = options.pass_through {
         tracing::warn!(%peer, "pass-through mode: L2 forwarding only, no NAT (benchmarks)");
         gateway.resolve(peer);
+    }
+    if from_file {
+        gateway.set_ready();
+    } else {
+        tracing::info!("waiting for the first full sync from the Kubernetes API");
     }
     tracing::info!(
         ifaces = ?settings.ifaces,
@@ -321,22 +393,34 @@ impl Gateway {
         }
     }
 
-    /// The control loop: housekeeping until asked to stop.
-    fn serve(&self, _settings: &Settings) {
-        let epoch = Instant::now();
+    /// The control loop: applies what the source reports, and does the
+    /// housekeeping, until asked to stop.
+    fn serve(&mut self, _settings: &Settings) {
         let mut last_sweep = Instant::now();
         // Acquire: pairs with the signal handler's store.
         while !self.stop.load(Ordering::Acquire) {
-            std::thread::sleep(Duration::from_millis(100));
+            match self.events.recv_timeout(Duration::from_millis(100)) {
+                Ok(event) => self.on_event(event),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    tracing::error!(
+                        source = self.source.name(),
+                        "the source stopped; shutting down"
+                    );
+                    // Release: workers see everything before the stop request.
+                    self.stop.store(true, Ordering::Release);
+                    break;
+                }
+            }
             if self.workers.iter().any(|(_, h)| h.is_finished()) {
                 tracing::error!("a worker thread ended unexpectedly; shutting down");
-                // Release: workers see everything before the stop request.
+                // Release: see above.
                 self.stop.store(true, Ordering::Release);
                 break;
             }
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = Instant::now();
-                let now = epoch.elapsed().as_secs() as u32;
+                let now = self.epoch.elapsed().as_secs() as u32;
                 let removed = self.conntrack.sweep(now);
                 if removed > 0 {
                     tracing::debug!(removed, "expired idle flows");
@@ -348,6 +432,82 @@ impl Gateway {
                 self.resolve_backends();
             }
         }
+    }
+
+    fn set_ready(&self) {
+        // Release: readers of the flag (admin) see the published table.
+        self.ready.store(true, Ordering::Release);
+    }
+
+    fn on_event(&mut self, event: SourceEvent) {
+        match event {
+            SourceEvent::Table(model) => {
+                let started = Instant::now();
+                match self.apply(model) {
+                    Ok(summary) => tracing::info!(
+                        took = ?started.elapsed(),
+                        generation = summary.generation,
+                        entries = summary.entries,
+                        retired_flows = summary.retired,
+                        "service table applied"
+                    ),
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "applying the new service table failed; the previous one stays")
+                    }
+                }
+            }
+            SourceEvent::Synced => {
+                tracing::info!(source = self.source.name(), "first full sync done");
+                self.set_ready();
+            }
+            SourceEvent::Invalid { error } => {
+                tracing::error!(source = self.source.name(), %error, "invalid input; the last good table stays in force");
+            }
+            SourceEvent::Valid => tracing::info!(source = self.source.name(), "input valid again"),
+            SourceEvent::Disconnected { error } => {
+                tracing::warn!(%error, "Kubernetes API unreachable; forwarding with the last table")
+            }
+            SourceEvent::Reconnected => tracing::info!("Kubernetes API reachable again"),
+        }
+    }
+
+    /// Installs a new desired state: XDP map entries for new VIPs and
+    /// backends first, then the table, then the map entries nobody needs
+    /// any more, so no packet for a VIP that exists before and after is
+    /// ever handed to the kernel by mistake; then flows whose endpoint or
+    /// Service port went away are retired (their next TCP segment is
+    /// answered with a RST, their next UDP datagram picks a live endpoint).
+    fn apply(&mut self, model: Arc<ServiceTable>) -> anyhow::Result<ApplySummary> {
+        let old = self.table.current();
+        if **old.model() == *model {
+            return Ok(ApplySummary {
+                generation: old.generation(),
+                entries: old.len(),
+                retired: 0,
+            });
+        }
+        let compiled = CompiledTable::compile(Arc::clone(&model), old.generation() + 1);
+        let (vips, backends) = map_sets(&compiled);
+        self.program.add_missing(&vips, &backends)?;
+        let summary = ApplySummary {
+            generation: compiled.generation(),
+            entries: compiled.len(),
+            retired: 0,
+        };
+        self.table.publish(compiled);
+        self.program.remove_stale(&vips, &backends)?;
+
+        let before = flow_targets(old.model());
+        let after = flow_targets(&model);
+        let retired = if before.is_subset(&after) {
+            0
+        } else {
+            self.conntrack.retire(|key, (ip, port)| {
+                !after.contains(&(key.dst, key.dst_port, key.protocol, ip, port))
+            })
+        };
+        self.resolve_backends();
+        Ok(ApplySummary { retired, ..summary })
     }
 
     fn shutdown(mut self) -> anyhow::Result<()> {

@@ -473,6 +473,20 @@ impl Lab {
             .collect()
     }
 
+    /// The gateway's log must have a line containing `needle`.
+    #[track_caller]
+    pub fn assert_log_contains(&self, needle: &str) {
+        let found = self
+            .gateway
+            .as_ref()
+            .is_some_and(|g| g.log().iter().any(|line| line.contains(needle)));
+        if !found {
+            self.fail(format_args!(
+                "the gateway's log does not mention {needle:?}"
+            ));
+        }
+    }
+
     /// Panics with `what` and the gateway's recent log.
     #[track_caller]
     pub fn fail(&self, what: impl Display) -> ! {

@@ -23,9 +23,26 @@ pub struct RunArgs {
     #[arg(long = "iface", value_name = "IF")]
     pub ifaces: Vec<String>,
     /// Control file of Kubernetes manifests (Services, EndpointSlices,
-    /// Pods, Lists) to take the service table from.
-    #[arg(long, value_name = "FILE")]
+    /// Pods, Lists) to take the service table from; watched, and reloaded
+    /// when it changes (an invalid version changes nothing).
+    #[arg(long, value_name = "FILE", conflicts_with = "kubernetes")]
     pub control_file: Option<PathBuf>,
+    /// Take Services and EndpointSlices from the Kubernetes API (in-cluster
+    /// configuration, or --kubeconfig).
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// kubeconfig file for --kubernetes (default: in-cluster, then
+    /// $KUBECONFIG and ~/.kube/config).
+    #[arg(long, value_name = "FILE", requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Serve Services labelled service.kubernetes.io/service-proxy-name
+    /// with this value (besides unlabelled ones) [default: cipgw].
+    #[arg(long, value_name = "NAME")]
+    pub proxy_name: Option<String>,
+    /// At most one table rebuild per period, however fast objects change
+    /// (kube-proxy's --min-sync-period) [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub min_sync_period: Option<std::time::Duration>,
     /// Cores to run workers on, one worker per core: `0`, `0,1`, `2-5`.
     #[arg(long, value_name = "LIST")]
     pub cores: Option<String>,
@@ -54,7 +71,7 @@ pub struct RunArgs {
 }
 
 /// Connection-tracking flags (kube-proxy's names where it has them).
-/// Durations: `90`, `90s`, `15m`, `24h`, `1d`.
+/// Durations: `250ms`, `90s`, `15m`, `24h`, `1d`.
 #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ConntrackArgs {
@@ -166,6 +183,11 @@ impl ConntrackArgs {
 struct FileSettings {
     iface: Option<Vec<String>>,
     control_file: Option<PathBuf>,
+    kubernetes: Option<bool>,
+    kubeconfig: Option<PathBuf>,
+    proxy_name: Option<String>,
+    #[serde(default, with = "duration_text")]
+    min_sync_period: Option<std::time::Duration>,
     cores: Option<String>,
     xdp_mode: Option<XdpMode>,
     service_cidr: Option<Ipv4Net>,
@@ -216,9 +238,20 @@ fn settings(args: RunArgs) -> anyhow::Result<Settings> {
     } else {
         args.ifaces
     };
-    let source = match args.control_file.or(file.control_file) {
-        Some(path) => Source::ControlFile(path),
-        None => return Err(BadInput("--control-file is required".into()).into()),
+    let kubernetes = args.kubernetes || file.kubernetes.unwrap_or(false);
+    let source = match (args.control_file.or(file.control_file), kubernetes) {
+        (Some(_), true) => {
+            return Err(
+                BadInput("--control-file and --kubernetes exclude each other".into()).into(),
+            )
+        }
+        (Some(path), false) => Source::ControlFile(path),
+        (None, true) => Source::Kubernetes {
+            kubeconfig: args.kubeconfig.or(file.kubeconfig),
+        },
+        (None, false) => {
+            return Err(BadInput("one of --control-file or --kubernetes is required".into()).into())
+        }
     };
     let cores = match args.cores.or(file.cores) {
         Some(list) => parse_cores(&list).map_err(BadInput)?,
@@ -241,6 +274,14 @@ fn settings(args: RunArgs) -> anyhow::Result<Settings> {
             args.cluster_cidrs
         },
         conntrack: args.conntrack.resolve(file.conntrack),
+        min_sync_period: args
+            .min_sync_period
+            .or(file.min_sync_period)
+            .unwrap_or(settings::DEFAULT_MIN_SYNC_PERIOD),
+        proxy_name: args
+            .proxy_name
+            .or(file.proxy_name)
+            .unwrap_or_else(|| settings::DEFAULT_PROXY_NAME.into()),
     };
     s.validate().map_err(|e| BadInput(e.to_string()))?;
     Ok(s)

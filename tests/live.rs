@@ -1,0 +1,386 @@
+//! End-to-end tests of a live control file under a running gateway, in
+//! network namespaces with the real binary: the file is rewritten (in
+//! place, truncate-and-write, atomic rename) while traffic flows.
+//!
+//! Cases:
+//! - service B changes 200 times while TCP connections and UDP datagrams
+//!   to service A run continuously: not one fails or goes unanswered;
+//! - a Service scales from 3 Pods to 1 and back: new connections follow
+//!   within 1 s, a UDP flow to a removed Pod recovers on its next
+//!   datagram, a TCP connection to a removed Pod gets a RST;
+//! - an invalid file written over a good one changes nothing (traffic
+//!   goes on, the error is logged with its document and field); a fixed
+//!   file then takes effect.
+//!
+//! Rules as in tests/netns.rs: one test at a time, root (skip with a reason
+//! otherwise, never when CI=true), RAII cleanup, 198.18.0.0/15 only.
+
+use std::collections::BTreeMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cipgw::lab::{self, Topology, TopologyInfo};
+
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{pod_name, Lab, Port, DNS, HTTP, TARGET_PORT, UDP_TARGET_PORT};
+
+/// How a new version of the control file is put in place.
+#[derive(Debug, Clone, Copy)]
+enum Rewrite {
+    /// Truncate and write the same file (what most editors' "save" does).
+    Truncate,
+    /// Write a temporary file and rename it over (what Kubernetes
+    /// ConfigMap volumes and careful tools do).
+    Rename,
+}
+
+fn write_version(path: &Path, text: &str, how: Rewrite) {
+    match how {
+        Rewrite::Truncate => std::fs::write(path, text),
+        Rewrite::Rename => {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path))
+        }
+    }
+    .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
+
+fn vip_port(vip: Ipv4Addr, port: &Port) -> SocketAddrV4 {
+    SocketAddrV4::new(vip, port.port)
+}
+
+/// A lab with TCP and UDP echo servers on `pods` Pods.
+fn lab(pods: usize) -> Lab {
+    let mut lab = Lab::build(Topology::two_arm("live").pods(pods));
+    lab.tcp_echo(TARGET_PORT);
+    lab.udp_echo(UDP_TARGET_PORT);
+    lab
+}
+
+/// One request line over an open connection; the reply line.
+fn request(stream: &mut TcpStream) -> std::io::Result<String> {
+    stream.write_all(b"still there?\n")?;
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while !reply.ends_with(b"\n") {
+        if stream.read(&mut byte)? == 0 {
+            return Err(ErrorKind::UnexpectedEof.into());
+        }
+        reply.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&reply).into_owned())
+}
+
+/// The Pod that answers a new TCP connection to `target`.
+fn connect_pod(info: &TopologyInfo, target: SocketAddrV4) -> Result<String, String> {
+    let reply = lab::tcp_request(target, b"who?\n", Duration::from_secs(2))
+        .map_err(|e| format!("TCP to {target}: {e}"))?;
+    pod_name(info, &reply).map(str::to_owned)
+}
+
+#[test]
+fn churn_on_service_b_never_disturbs_service_a() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    const CHANGES: usize = 200;
+    let mut lab = lab(3);
+    let vip_a = lab.info().vip(10);
+    let vip_b = lab.info().vip(20);
+    // Pods 1 and 2 belong to A; B's version `i` moves over ports and Pods.
+    let version = |lab: &Lab, i: usize| -> Vec<String> {
+        let mut docs = lab.selector_service("alpha", vip_a, &[HTTP, DNS], &[0, 1]);
+        let b_port = Port {
+            name: "web",
+            port: 9000 + (i % 50) as u16,
+            target: TARGET_PORT,
+            protocol: "TCP",
+        };
+        let b_pods: &[usize] = if i % 2 == 0 { &[2] } else { &[1, 2] };
+        docs.push(support::service(
+            "beta",
+            &vip_b.to_string(),
+            Some("beta"),
+            &[b_port],
+        ));
+        docs.extend(lab.pods(b_pods, "beta"));
+        docs
+    };
+    let first = version(&lab, 0);
+    let file = lab.control_file(&first);
+    lab.start_gateway_with(&["--min-sync-period", "100ms"]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let stop = Arc::clone(&stop);
+        let info = lab.info().clone();
+        lab.topology()
+            .client()
+            .spawn_thread("traffic-a", move || {
+                let (mut tcp_ok, mut udp_ok) = (0usize, 0usize);
+                let deadline = Instant::now() + Duration::from_secs(120);
+                // Relaxed: a stop flag; nothing else is published through it.
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let pod = connect_pod(&info, vip_port(vip_a, &HTTP))?;
+                    if pod != info.pods[0].name && pod != info.pods[1].name {
+                        return Err(format!("A answered by {pod}, not one of its Pods"));
+                    }
+                    tcp_ok += 1;
+                    let reply =
+                        lab::udp_request(vip_port(vip_a, &DNS), b"query\n", Duration::from_secs(1))
+                            .map_err(|e| format!("UDP to A after {udp_ok} answers: {e}"))?;
+                    pod_name(&info, &reply)?;
+                    udp_ok += 1;
+                }
+                Ok::<_, String>((tcp_ok, udp_ok))
+            })
+            .unwrap_or_else(|e| panic!("starting traffic to A: {e}"))
+    };
+    let started = Instant::now();
+    for i in 1..=CHANGES {
+        let how = if i % 2 == 0 {
+            Rewrite::Truncate
+        } else {
+            Rewrite::Rename
+        };
+        write_version(&file, &version(&lab, i).join("---\n"), how);
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    // Let the last version land, with traffic still running.
+    std::thread::sleep(Duration::from_millis(1500));
+    // Relaxed: see the traffic thread.
+    stop.store(true, Ordering::Relaxed);
+    let (tcp_ok, udp_ok) = traffic
+        .join()
+        .unwrap_or_else(|_| lab.fail("traffic thread panicked"))
+        .unwrap_or_else(|e| lab.fail(format_args!("traffic to A during churn on B: {e}")));
+    eprintln!(
+        "{CHANGES} changes of B in {:?}; A served {tcp_ok} TCP connections and {udp_ok} UDP \
+         requests without a failure",
+        started.elapsed()
+    );
+    assert!(
+        tcp_ok >= 50 && udp_ok >= 50,
+        "too little traffic to mean anything"
+    );
+    // B's final version is live: port 9000 + 200 % 50 on Pod 3.
+    let last = vip_port(
+        vip_b,
+        &Port {
+            name: "web",
+            port: 9000,
+            target: TARGET_PORT,
+            protocol: "TCP",
+        },
+    );
+    let info = lab.info().clone();
+    let pod = lab
+        .in_client(move || connect_pod(&info, last))
+        .unwrap_or_else(|e| lab.fail(e));
+    assert_eq!(pod, lab.info().pods[2].name);
+    lab.stop_gateway();
+}
+
+#[test]
+fn scaling_to_one_pod_and_back_moves_traffic_within_a_second() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    let mut lab = lab(3);
+    let vip = lab.info().vip(10);
+    let three = lab.selector_service("echo", vip, &[HTTP, DNS], &[0, 1, 2]);
+    let one = lab.selector_service("echo", vip, &[HTTP, DNS], &[0]);
+    let file = lab.control_file(&three);
+    lab.start_gateway();
+    let info = lab.info().clone();
+    let pod1 = info.pods[0].name.clone();
+
+    // Open a TCP connection and a UDP flow to each Pod.
+    let flows = lab.in_client({
+        let info = info.clone();
+        move || {
+            let mut tcp: BTreeMap<String, TcpStream> = BTreeMap::new();
+            let mut udp: BTreeMap<String, UdpSocket> = BTreeMap::new();
+            for _ in 0..60 {
+                if tcp.len() == 3 && udp.len() == 3 {
+                    break;
+                }
+                let mut s = TcpStream::connect_timeout(
+                    &SocketAddr::V4(vip_port(vip, &HTTP)),
+                    Duration::from_secs(2),
+                )?;
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                let reply = request(&mut s)?;
+                let pod = pod_name(&info, &reply).map_err(std::io::Error::other)?;
+                tcp.entry(pod.to_owned()).or_insert(s);
+                let u = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+                u.connect(vip_port(vip, &DNS))?;
+                u.set_read_timeout(Some(Duration::from_secs(1)))?;
+                u.send(b"which?\n")?;
+                let mut buf = [0u8; 256];
+                let n = u.recv(&mut buf)?;
+                let pod = pod_name(&info, &String::from_utf8_lossy(&buf[..n]))
+                    .map_err(std::io::Error::other)?
+                    .to_owned();
+                udp.entry(pod).or_insert(u);
+            }
+            Ok::<_, std::io::Error>((tcp, udp))
+        }
+    });
+    let (mut tcp, udp) = flows.unwrap_or_else(|e| lab.fail(format_args!("opening flows: {e}")));
+    assert_eq!(
+        (tcp.len(), udp.len()),
+        (3, 3),
+        "a TCP and a UDP flow per Pod"
+    );
+
+    // Scale to one Pod.
+    let written = Instant::now();
+    write_version(&file, &one.join("---\n"), Rewrite::Rename);
+    let followed = lab.in_client({
+        let (info, pod1) = (info.clone(), pod1.clone());
+        move || {
+            // New connections must all go to pod1 within 1 s.
+            // (A connection opened to a Pod just before it is removed is
+            // reset: that counts as not yet followed.)
+            let mut streak = 0;
+            while written.elapsed() < Duration::from_secs(3) {
+                match connect_pod(&info, vip_port(vip, &HTTP)) {
+                    Ok(pod) if pod == pod1 => {
+                        streak += 1;
+                        if streak == 10 {
+                            return Ok(written.elapsed());
+                        }
+                    }
+                    Ok(_) => streak = 0,
+                    Err(e) if e.contains("reset") => streak = 0,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err("new connections still reach removed Pods after 3 s".to_owned())
+        }
+    });
+    let took = followed.unwrap_or_else(|e| lab.fail(e));
+    eprintln!("scaled to one Pod: new connections followed within {took:?}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "took {took:?} (10 in a row on pod1)"
+    );
+
+    // UDP flows to removed Pods recover on their next datagram.
+    let udp_after = lab.in_client({
+        let info = info.clone();
+        move || {
+            let mut answers = BTreeMap::new();
+            for (was, u) in &udp {
+                u.send(b"still?\n")
+                    .map_err(|e| format!("UDP flow of {was}: {e}"))?;
+                let mut buf = [0u8; 256];
+                let n = u
+                    .recv(&mut buf)
+                    .map_err(|e| format!("UDP flow of {was}: no answer: {e}"))?;
+                let now = pod_name(&info, &String::from_utf8_lossy(&buf[..n]))?.to_owned();
+                answers.insert(was.clone(), now);
+            }
+            Ok::<_, String>(answers)
+        }
+    });
+    let udp_after = udp_after.unwrap_or_else(|e| lab.fail(e));
+    for (was, now) in &udp_after {
+        assert_eq!(now, &pod1, "the UDP flow that was on {was} is now on {now}");
+    }
+
+    // TCP connections to removed Pods get a RST; the one to pod1 lives on.
+    for (pod, stream) in &mut tcp {
+        let outcome = request(stream);
+        if *pod == pod1 {
+            let reply =
+                outcome.unwrap_or_else(|e| lab.fail(format_args!("{pod}'s connection: {e}")));
+            assert_eq!(pod_name(&info, &reply).ok(), Some(pod1.as_str()));
+        } else {
+            match outcome {
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+                other => lab.fail(format_args!(
+                    "connection to removed {pod}: {other:?}; expected a reset"
+                )),
+            }
+        }
+    }
+
+    // Back to three: new connections spread again within a second.
+    let written = Instant::now();
+    write_version(&file, &three.join("---\n"), Rewrite::Truncate);
+    let spread = lab.in_client({
+        let info = info.clone();
+        move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while written.elapsed() < Duration::from_secs(3) {
+                seen.insert(connect_pod(&info, vip_port(vip, &HTTP))?);
+                if seen.len() == 3 {
+                    return Ok(written.elapsed());
+                }
+            }
+            Err(format!("only {seen:?} after 3 s"))
+        }
+    });
+    let took = spread.unwrap_or_else(|e| lab.fail(e));
+    eprintln!("scaled back to three Pods: all reached within {took:?}");
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    lab.stop_gateway();
+}
+
+#[test]
+fn an_invalid_file_changes_nothing_until_it_is_fixed() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    let mut lab = lab(3);
+    let vip = lab.info().vip(10);
+    let vip_c = lab.info().vip(30);
+    let good = lab.selector_service("echo", vip, &[HTTP], &[0, 1, 2]);
+    let file = lab.control_file(&good);
+    lab.start_gateway();
+
+    let mut broken = good.clone();
+    broken[0] = broken[0].replace("port: 8080", "port: 80800");
+    write_version(&file, &broken.join("---\n"), Rewrite::Truncate);
+    std::thread::sleep(Duration::from_millis(1500));
+    let served = lab.tcp_sessions(vip_port(vip, &HTTP), 20, 1);
+    assert_eq!(
+        served.values().sum::<usize>(),
+        20,
+        "the last good table serves on"
+    );
+    lab.assert_log_contains("spec.ports[0].port");
+    lab.assert_log_contains("80800");
+
+    // Fixed, with one more Service: it takes effect.
+    let mut fixed = good.clone();
+    fixed.extend(lab.selector_service("charlie", vip_c, &[HTTP], &[2]));
+    write_version(&file, &fixed.join("---\n"), Rewrite::Rename);
+    let info = lab.info().clone();
+    let took = lab
+        .in_client(move || {
+            let written = Instant::now();
+            while written.elapsed() < Duration::from_secs(3) {
+                if let Ok(pod) = connect_pod(&info, vip_port(vip_c, &HTTP)) {
+                    return Ok((written.elapsed(), pod));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err("the fixed file's new Service never answered".to_owned())
+        })
+        .unwrap_or_else(|e| lab.fail(e));
+    eprintln!("fixed file took effect within {:?}", took.0);
+    assert_eq!(took.1, lab.info().pods[2].name);
+    lab.stop_gateway();
+}
