@@ -62,7 +62,17 @@ pub fn spawn_file_source(
     min_sync_period: Duration,
     tx: Sender<SourceEvent>,
 ) -> Result<SourceHandle, SourceError> {
-    let path = path.into();
+    spawn(path.into(), service_cidr, min_sync_period, tx, true)
+}
+
+/// [`spawn_file_source`], with inotify or (for tests of the poll) without.
+fn spawn(
+    path: PathBuf,
+    service_cidr: Ipv4Net,
+    min_sync_period: Duration,
+    tx: Sender<SourceEvent>,
+    inotify: bool,
+) -> Result<SourceHandle, SourceError> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
         _ => PathBuf::from("."),
@@ -82,16 +92,22 @@ pub fn spawn_file_source(
         .to_owned();
 
     let (fs_tx, fs_rx) = crossbeam::channel::unbounded();
-    let mut watcher = notify::recommended_watcher(move |event| {
-        // The receiver is gone only when the source has stopped.
-        let _ = fs_tx.send(event);
-    })
-    .map_err(watch_error)?;
-    // Watch before the first read, so that no change between the two is
-    // missed.
-    watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
+    let watcher = if inotify {
+        let fs_tx = fs_tx.clone();
+        let mut watcher = notify::recommended_watcher(move |event| {
+            // The receiver is gone only when the source has stopped.
+            let _ = fs_tx.send(event);
+        })
         .map_err(watch_error)?;
+        // Watch before the first read, so that no change between the two
+        // is missed.
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map_err(watch_error)?;
+        Some(watcher)
+    } else {
+        None
+    };
 
     let (stop_tx, stop_rx) = crossbeam::channel::bounded::<()>(0);
     let source = FileSource {
@@ -113,6 +129,8 @@ pub fn spawn_file_source(
         .spawn(move || {
             // Dropped with the thread: inotify stops with the source.
             let _watcher = watcher;
+            // Keeps the channel open when there is no watcher.
+            let _fs_tx = fs_tx;
             source.run(&fs_rx, &stop_rx);
         })
         .map_err(|error| SourceError::Thread {
@@ -329,5 +347,48 @@ impl FileSource {
 
     fn send(&self, event: SourceEvent) -> bool {
         self.tx.send(event).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With no inotify events at all, the poll alone picks changes up
+    /// within about [`POLL_EVERY`].
+    #[test]
+    fn poll_alone_sees_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("services.yaml");
+        let text = |ip: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{namespace: default, name: web}}\n\
+                 spec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n"
+            )
+        };
+        std::fs::write(&path, text("198.18.100.1")).expect("write");
+        let (tx, rx) = crate::source::channel();
+        let cidr = "198.18.100.0/24".parse().expect("valid");
+        let _source =
+            spawn(path.clone(), cidr, Duration::from_millis(100), tx, false).expect("starts");
+        let vip = |event| match event {
+            Ok(SourceEvent::Table(table)) => table.services[0].cluster_ip.vip(),
+            other => panic!("expected a table, got {other:?}"),
+        };
+        assert_eq!(
+            vip(rx.recv_timeout(Duration::from_secs(1))),
+            Some("198.18.100.1".parse().expect("valid"))
+        );
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(1)),
+            Ok(SourceEvent::Synced)
+        );
+        let started = Instant::now();
+        std::fs::write(&path, text("198.18.100.2")).expect("write");
+        assert_eq!(
+            vip(rx.recv_timeout(POLL_EVERY * 2)),
+            Some("198.18.100.2".parse().expect("valid"))
+        );
+        assert!(started.elapsed() <= POLL_EVERY + Duration::from_millis(500));
     }
 }
