@@ -13,8 +13,9 @@
 //! - with `--conntrack-max` small, a burst beyond it is refused with RST,
 //!   every established connection keeps working, and after the burst the
 //!   table drains so new connections succeed again;
-//! - affinity: 50 connections from one client land on one Pod; after the
-//!   (short) timeout passes, clients are rebalanced.
+//! - affinity: 50 connections from one client land on one Pod; when that
+//!   Pod is removed the client moves (and sticks to its new Pod); after
+//!   the (short) timeout passes, clients are rebalanced.
 //!
 //! Rules as in tests/netns.rs: one test at a time, root (skip with a reason
 //! otherwise, never when CI=true), RAII cleanup, 198.18.0.0/15 only.
@@ -280,15 +281,16 @@ fn client_ip_affinity_sticks_then_rebalances_after_its_timeout() {
         return;
     }
     const CLIENTS: u8 = 12;
-    let mut lab = lab_with(|lab| {
-        let mut docs = lab.selector_service("sticky", lab.info().vip(40), &[HTTP], &[0, 1, 2]);
+    let sticky = |lab: &Lab, pods: &[usize]| {
+        let mut docs = lab.selector_service("sticky", lab.info().vip(40), &[HTTP], pods);
         docs[0] = docs[0].replace(
             "spec:\n",
             "spec:\n  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      \
              timeoutSeconds: 2\n",
         );
         docs
-    });
+    };
+    let mut lab = lab_with(|lab| sticky(lab, &[0, 1, 2]));
     // More client addresses, so that rebalancing shows across clients.
     let client = lab.info().client.clone();
     for i in 0..CLIENTS {
@@ -298,7 +300,7 @@ fn client_ip_affinity_sticks_then_rebalances_after_its_timeout() {
             .ip(&["addr", "add", &addr, "dev", &client.iface.name])
             .unwrap_or_else(|e| panic!("adding {addr}: {e}"));
     }
-    lab.start_gateway();
+    lab.start_gateway_with(&["--min-sync-period", "100ms"]);
     let target = vip_port(lab.info().vip(40), &HTTP);
     let info = lab.info().clone();
 
@@ -357,6 +359,42 @@ fn client_ip_affinity_sticks_then_rebalances_after_its_timeout() {
         .map(|r| pod_name(&info, r).unwrap_or_else(|e| lab.fail(e)))
         .collect();
     assert_eq!(pods.len(), 1, "50 connections from one client: {pods:?}");
+    let pinned = pods
+        .into_iter()
+        .next()
+        .map(str::to_owned)
+        .unwrap_or_default();
+
+    // Its Pod goes away (well within the timeout): the client moves to
+    // another Pod at once and sticks to that one (kubernetes #71809).
+    let gone = info
+        .pods
+        .iter()
+        .position(|p| p.name == pinned)
+        .unwrap_or_else(|| lab.fail(format_args!("{pinned} is no lab Pod")));
+    let rest: Vec<usize> = (0..3).filter(|&i| i != gone).collect();
+    let file = lab.control_file(&sticky(&lab, &rest));
+    eprintln!("removed {pinned} from the Service in {}", file.display());
+    std::thread::sleep(Duration::from_millis(400));
+    let after = lab.in_client(move || {
+        (0..20)
+            .map(|_| lab::tcp_request(target, b"who?\n", Duration::from_secs(3)))
+            .collect::<Result<Vec<_>, _>>()
+    });
+    let after = after.unwrap_or_else(|e| lab.fail(format_args!("after the removal: {e}")));
+    let moved_to: std::collections::BTreeSet<&str> = after
+        .iter()
+        .map(|r| pod_name(&info, r).unwrap_or_else(|e| lab.fail(e)))
+        .collect();
+    assert_eq!(moved_to.len(), 1, "after {pinned} left: {moved_to:?}");
+    assert!(
+        !moved_to.contains(pinned.as_str()),
+        "still pinned to the removed {pinned}"
+    );
+    // All three Pods again, for the timeout check below (the other
+    // clients' bindings date from the first round).
+    lab.control_file(&sticky(&lab, &[0, 1, 2]));
+    std::thread::sleep(Duration::from_millis(400));
 
     // Silent past the 2 s timeout: every client picks afresh. With 12
     // clients and 3 Pods, the chance that none moves is (1/3)^12.
