@@ -9,6 +9,7 @@
 //! routes and neighbours ([`route`], [`netlink`]). Nothing in this crate
 //! depends on Kubernetes clients or an async runtime.
 
+pub mod admin;
 pub mod affinity;
 pub mod bpf;
 pub mod checksum;
@@ -17,6 +18,7 @@ pub mod counters;
 pub mod daemon;
 pub mod lab;
 pub mod lb;
+pub mod metrics;
 pub mod netlink;
 pub mod pipeline;
 pub mod reject;

@@ -3,8 +3,11 @@
 //! codes (64 for bad input, as sysexits' EX_USAGE; 1 for everything else).
 
 mod check;
+mod conntrack;
 mod demo;
 mod run;
+mod services;
+mod status;
 
 use clap::{Parser, Subcommand};
 
@@ -24,25 +27,47 @@ pub struct LogArgs {
     /// is used when this is not given.
     #[arg(long, global = true)]
     pub log_level: Option<String>,
+    /// Log line format: `text` for people, `json` (one object per line)
+    /// for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway on the given interfaces until SIGINT/SIGTERM.
-    Run(run::RunArgs),
+    // Boxed: the run flags dwarf every other command's.
+    Run(Box<run::RunArgs>),
     /// Validate a control file and print the resolved service table.
     Check(check::CheckArgs),
     /// Build a namespace lab with three echo Pods behind one ClusterIP,
     /// run the gateway, send requests to the VIP and show who answered.
     Demo(demo::DemoArgs),
+    /// Show a running gateway's state, counters and latencies (from its
+    /// admin endpoint).
+    Status(status::StatusArgs),
+    /// List the Services a running gateway forwards, with their
+    /// endpoints, states and counters (like `ipvsadm -Ln --stats`).
+    Services(services::ServicesArgs),
+    /// List the flows a running gateway tracks, filtered and paged.
+    Conntrack(conntrack::ConntrackArgs),
 }
 
 impl Command {
     pub fn run(self) -> anyhow::Result<()> {
         match self {
-            Command::Run(args) => run::run(args),
+            Command::Run(args) => run::run(*args),
             Command::Check(args) => check::check(args),
             Command::Demo(args) => demo::demo(args),
+            Command::Status(args) => status::status(args),
+            Command::Services(args) => services::services(args),
+            Command::Conntrack(args) => conntrack::conntrack(args),
         }
     }
 }
@@ -72,9 +97,15 @@ pub fn init_logging(args: &LogArgs) {
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
 }
