@@ -29,11 +29,13 @@ use cipgw_control::source::{
     self as control_source, Receiver, RecvTimeoutError, SourceEvent, SourceHandle,
 };
 
+use crate::admin::{AdminServer, AdminState};
 use crate::affinity::Affinity;
 use crate::bpf::{self, BackendKey, XdpProgram};
 use crate::conntrack::{Conntrack, ConntrackConfig, Timeouts};
 use crate::counters::WorkerCounters;
 use crate::lb::Rng;
+use crate::metrics::WorkerTelemetry;
 use crate::netlink::{self, NetMonitor};
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::table::{CompiledTable, TableHandle};
@@ -60,6 +62,8 @@ struct Gateway {
     workers: Vec<(usize, JoinHandle<()>)>,
     counters: Vec<Arc<WorkerCounters>>,
     stop: Arc<AtomicBool>,
+    admin: Arc<AdminState>,
+    _admin_server: AdminServer,
 }
 
 /// The table to start with: the control file's, checked before anything
@@ -186,7 +190,9 @@ pub fn run(settings: Settings, options: Options) -> anyhow::Result<()> {
 }
 
 fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Gateway> {
+    let load_started = Instant::now();
     let model = initial_table(settings)?;
+    let load_time = load_started.elapsed();
     let from_file = matches!(settings.source, Source::ControlFile(_));
     let compiled = CompiledTable::compile(Arc::new(model), 1);
     tracing::info!(
@@ -236,6 +242,19 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
 
     let table = TableHandle::new(compiled);
     let conntrack = Arc::new(Conntrack::new(conntrack_config(settings)));
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin = Arc::new(AdminState::new(
+        settings.ifaces.clone(),
+        table.clone(),
+        Arc::clone(&conntrack),
+        Arc::clone(&ready),
+    ));
+    if from_file {
+        admin
+            .control()
+            .record_sync(load_time, &Ok::<(), std::convert::Infallible>(()));
+    }
+    let admin_server = AdminServer::start(settings.admin, Arc::clone(&admin))?;
     let summary = conntrack.summary();
     tracing::info!(
         conntrack_max = summary.max_flows,
@@ -304,7 +323,9 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
     let mut handles = Vec::new();
     let mut counters = Vec::new();
     for (core, io) in pending {
-        let worker_counters = Arc::new(WorkerCounters::default());
+        let telemetry = WorkerTelemetry::new(core);
+        admin.add_worker(telemetry.clone());
+        let worker_counters = Arc::clone(&telemetry.counters);
         counters.push(Arc::clone(&worker_counters));
         let pipeline = Pipeline::new(Arc::clone(&conntrack), worker_counters, Rng::from_entropy())
             .with_affinity(Arc::clone(&affinity))
@@ -317,7 +338,13 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
             epoch,
             pass_through: options.pass_through,
         };
-        let worker = Worker::new(io, pipeline, shared, settings.ifaces.len());
+        let worker = Worker::new(
+            io,
+            pipeline,
+            shared,
+            settings.ifaces.len(),
+            telemetry.latency_recorder(),
+        );
         let handle = std::thread::Builder::new()
             .name(format!("cipgw-worker-{core}"))
             .spawn(move || {
@@ -332,7 +359,6 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
 
     let (source, events) = spawn_source(settings).context("starting the source of services")?;
     tracing::info!(source = source.name(), "watching for changes");
-    let ready = Arc::new(AtomicBool::new(false));
     let gateway = Gateway {
         source,
         events,
@@ -346,6 +372,8 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
         workers: handles,
         counters,
         stop,
+        admin,
+        _admin_server: admin_server,
     };
     gateway.resolve_backends();
     if let Some(peer) = options.pass_through {
@@ -443,7 +471,9 @@ impl Gateway {
         match event {
             SourceEvent::Table(model) => {
                 let started = Instant::now();
-                match self.apply(model) {
+                let result = self.apply(model);
+                self.admin.control().record_sync(started.elapsed(), &result);
+                match result {
                     Ok(summary) => tracing::info!(
                         took = ?started.elapsed(),
                         generation = summary.generation,
@@ -461,10 +491,12 @@ impl Gateway {
                 self.set_ready();
             }
             SourceEvent::Invalid { error } => {
+                self.admin.control().record_invalid(&error);
                 tracing::error!(source = self.source.name(), %error, "invalid input; the last good table stays in force");
             }
             SourceEvent::Valid => tracing::info!(source = self.source.name(), "input valid again"),
             SourceEvent::Disconnected { error } => {
+                self.admin.control().record_error(&error);
                 tracing::warn!(%error, "Kubernetes API unreachable; forwarding with the last table")
             }
             SourceEvent::Reconnected => tracing::info!("Kubernetes API reachable again"),
@@ -512,6 +544,8 @@ impl Gateway {
 
     fn shutdown(mut self) -> anyhow::Result<()> {
         tracing::info!("stopping");
+        // Release: as in `set_ready`; /readyz answers 503 from now on.
+        self.ready.store(false, Ordering::Release);
         // Release: see `serve`.
         self.stop.store(true, Ordering::Release);
         let mut panicked = false;

@@ -28,6 +28,7 @@ use arc_swap::ArcSwap;
 use xsk_rs::FrameDesc;
 
 use crate::counters::{DropReason, WorkerCounters};
+use crate::metrics::WorkerLatency;
 use crate::pipeline::{set_l2, BatchContext, Pipeline, Verdict};
 use crate::route::{NetSnapshot, PortId};
 use crate::table::TableHandle;
@@ -88,6 +89,7 @@ pub struct Worker {
     held: VecDeque<Held>,
     rx_descs: Vec<FrameDesc>,
     comp_descs: Vec<FrameDesc>,
+    latency: WorkerLatency,
 }
 
 impl std::fmt::Debug for Worker {
@@ -100,7 +102,13 @@ impl std::fmt::Debug for Worker {
 
 impl Worker {
     /// `ports` is the number of attached interfaces (PortIds 0..ports).
-    pub fn new(io: WorkerIo, pipeline: Pipeline, shared: WorkerShared, ports: usize) -> Self {
+    pub fn new(
+        io: WorkerIo,
+        pipeline: Pipeline,
+        shared: WorkerShared,
+        ports: usize,
+        latency: WorkerLatency,
+    ) -> Self {
         let mut tx_socket = vec![None; ports];
         for (i, s) in io.sockets.iter().enumerate() {
             let slot = &mut tx_socket[usize::from(s.port)];
@@ -118,6 +126,7 @@ impl Worker {
             io,
             pipeline,
             shared,
+            latency,
         }
     }
 
@@ -135,6 +144,7 @@ impl Worker {
             let table = Arc::clone(table_cache.load());
             let net = self.shared.net.load_full();
             let now = Instant::now();
+            self.latency.flush_if_due(now);
             let ctx = BatchContext {
                 table: &table,
                 net: &net,
@@ -198,6 +208,7 @@ impl Worker {
         if n == 0 {
             return 0;
         }
+        let batch_started = Instant::now();
         let counters = Arc::clone(self.pipeline.counters());
         counters.rx_packets.add(n as u64);
         let ingress = socket.port;
@@ -217,9 +228,10 @@ impl Worker {
                 // Open the whole frame so an answer may grow into it, then
                 // set the length the verdict leaves.
                 data.cursor().set_pos(usize::MAX);
-                let verdict = self
-                    .pipeline
-                    .process(data.contents_mut(), len, ingress, ctx);
+                let verdict = self.latency.time_packet(|| {
+                    self.pipeline
+                        .process(data.contents_mut(), len, ingress, ctx)
+                });
                 let out_len = match verdict {
                     Verdict::Respond { len, .. } => len,
                     _ => len,
@@ -242,6 +254,7 @@ impl Worker {
                 Verdict::Drop(_) => self.io.free_frames.push(desc),
             }
         }
+        self.latency.record_batch(n, batch_started.elapsed());
         n
     }
 

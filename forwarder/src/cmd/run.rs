@@ -18,6 +18,11 @@ pub struct RunArgs {
     /// override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Address of the admin HTTP endpoint: /metrics, /healthz, /readyz
+    /// and the JSON views the status/services/conntrack commands read
+    /// [default: 127.0.0.1:9477].
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<std::net::SocketAddr>,
     /// Interface to attach to; repeat for a two-arm gateway (client side
     /// and Pod side).
     #[arg(long = "iface", value_name = "IF")]
@@ -182,6 +187,7 @@ impl ConntrackArgs {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileSettings {
     iface: Option<Vec<String>>,
+    admin: Option<std::net::SocketAddr>,
     control_file: Option<PathBuf>,
     kubernetes: Option<bool>,
     kubeconfig: Option<PathBuf>,
@@ -262,8 +268,10 @@ fn settings(args: RunArgs) -> anyhow::Result<Settings> {
         source,
         cores,
         xdp_mode: args.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
-        // The admin endpoint is not served yet; the default is recorded.
-        admin: settings::default_admin(),
+        admin: args
+            .admin
+            .or(file.admin)
+            .unwrap_or_else(settings::default_admin),
         service_cidr: args
             .service_cidr
             .or(file.service_cidr)
