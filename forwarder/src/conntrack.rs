@@ -42,7 +42,7 @@
 //! with a RST. Concurrent inserts may overshoot the limit by at most one
 //! flow per worker.
 //!
-//! Memory per flow: two map entries of 16-byte key + 12-byte value in
+//! Memory per flow: two map entries of 16-byte key + 16-byte value in
 //! hashbrown tables (one control byte each, load factor up to 7/8), plus a
 //! 16-byte slot in the eviction queue for unreplied flows: about 80 bytes
 //! when the tables are full, ~140 right after a table doubled. The
@@ -271,6 +271,29 @@ struct FlowEntry {
     nat_ip: Ipv4Addr,
     /// Coarse time of the last packet this way, in the caller's seconds.
     last_seen: AtomicU32,
+    /// The Service port's counter slot ([`NO_SLOT`] when not counted).
+    slot: u32,
+}
+
+/// A flow whose Service port has no counter slot.
+pub const NO_SLOT: u32 = u32::MAX;
+
+/// What a new flow carries besides its addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowMeta {
+    /// The Service has session affinity.
+    pub affinity: bool,
+    /// The Service port's counter slot, or [`NO_SLOT`].
+    pub slot: u32,
+}
+
+impl Default for FlowMeta {
+    fn default() -> Self {
+        Self {
+            affinity: false,
+            slot: NO_SLOT,
+        }
+    }
 }
 
 impl FlowEntry {
@@ -303,6 +326,7 @@ impl FlowEntry {
             nat_port: self.nat_port,
             state: FlowState::from_bits(bits),
             affinity: bits & AFFINITY != 0,
+            slot: self.slot,
         }
     }
 }
@@ -316,6 +340,8 @@ pub struct FlowHit {
     pub state: FlowState,
     /// The flow's Service has session affinity.
     pub affinity: bool,
+    /// The Service port's counter slot, or [`NO_SLOT`].
+    pub slot: u32,
 }
 
 /// Why a new flow could not be tracked.
@@ -478,7 +504,7 @@ impl Conntrack {
         forward: FlowKey,
         backend: (Ipv4Addr, u16),
         now: u32,
-        affinity: bool,
+        meta: FlowMeta,
     ) -> Result<FlowHit, InsertError> {
         let unreplied_cap = (self.config.max_flows * usize::from(self.config.unreplied_percent))
             .div_ceil(100)
@@ -491,7 +517,7 @@ impl Conntrack {
         }
 
         let state =
-            FlowState::initial(forward.protocol) as u8 | if affinity { AFFINITY } else { 0 };
+            FlowState::initial(forward.protocol) as u8 | if meta.affinity { AFFINITY } else { 0 };
         let reply = FlowKey {
             src: backend.0,
             dst: forward.src,
@@ -513,6 +539,7 @@ impl Conntrack {
                     nat_ip: forward.dst,
                     nat_port: forward.dst_port,
                     last_seen: AtomicU32::new(now),
+                    slot: meta.slot,
                 });
             }
         }
@@ -529,6 +556,7 @@ impl Conntrack {
                     nat_ip: backend.0,
                     nat_port: backend.1,
                     last_seen: AtomicU32::new(now),
+                    slot: meta.slot,
                 });
                 (e.hit(state), true)
             }
@@ -786,7 +814,7 @@ mod tests {
     fn insert_tracks_both_directions() {
         let ct = Conntrack::default();
         let hit = ct
-            .insert(forward(40000), backend(), 1, false)
+            .insert(forward(40000), backend(), 1, FlowMeta::default())
             .expect("insert");
         assert_eq!((hit.nat_ip, hit.nat_port), backend());
         assert_eq!(ct.entries(), 2);
@@ -803,14 +831,14 @@ mod tests {
     #[test]
     fn first_backend_wins_a_race() {
         let ct = Conntrack::default();
-        ct.insert(forward(40000), backend(), 1, false)
+        ct.insert(forward(40000), backend(), 1, FlowMeta::default())
             .expect("first insert");
         let again = ct
             .insert(
                 forward(40000),
                 (Ipv4Addr::new(198, 18, 2, 12), 5678),
                 1,
-                false,
+                FlowMeta::default(),
             )
             .expect("second insert");
         assert_eq!(again.nat_ip, backend().0);
@@ -819,11 +847,11 @@ mod tests {
     #[test]
     fn reply_clash_is_reported() {
         let ct = Conntrack::default();
-        ct.insert(forward(40000), backend(), 1, false)
+        ct.insert(forward(40000), backend(), 1, FlowMeta::default())
             .expect("first");
         let other_vip = key([198, 18, 0, 2], 40000, [198, 18, 100, 11], 80);
         assert_eq!(
-            ct.insert(other_vip, backend(), 1, false),
+            ct.insert(other_vip, backend(), 1, FlowMeta::default()),
             Err(InsertError::ReplyClash)
         );
     }
@@ -835,7 +863,7 @@ mod tests {
         let t = Timeouts::default();
         let ct = Conntrack::default();
         let mut now = 1000;
-        ct.insert(forward(1), backend(), now, false)
+        ct.insert(forward(1), backend(), now, FlowMeta::default())
             .expect("insert");
         let st = |ct: &Conntrack, k: &FlowKey, flags: u8, now: u32| {
             ct.lookup(k, now, flags).expect("tracked").state
@@ -870,7 +898,8 @@ mod tests {
     #[test]
     fn rst_closes_and_syn_reopens() {
         let ct = Conntrack::default();
-        ct.insert(forward(2), backend(), 0, false).expect("insert");
+        ct.insert(forward(2), backend(), 0, FlowMeta::default())
+            .expect("insert");
         ct.lookup(&reply(2), 0, SYN | ACK);
         assert_eq!(
             ct.lookup(&reply(2), 1, RST).map(|h| h.state),
@@ -888,7 +917,8 @@ mod tests {
     #[test]
     fn syn_sent_expires_after_120s() {
         let ct = Conntrack::default();
-        ct.insert(forward(3), backend(), 0, false).expect("insert");
+        ct.insert(forward(3), backend(), 0, FlowMeta::default())
+            .expect("insert");
         assert_eq!(ct.sweep(120), 0);
         assert_eq!(ct.sweep(121), 1);
         assert_eq!(
@@ -908,7 +938,8 @@ mod tests {
         f.protocol = Protocol::Udp;
         let mut r = reply(4);
         r.protocol = Protocol::Udp;
-        ct.insert(f, backend(), 0, false).expect("insert");
+        ct.insert(f, backend(), 0, FlowMeta::default())
+            .expect("insert");
         assert_eq!(
             ct.lookup(&f, 0, 0).map(|h| h.state),
             Some(FlowState::UdpUnreplied)
@@ -929,7 +960,8 @@ mod tests {
     #[test]
     fn one_way_stream_from_backend_keeps_the_flow() {
         let ct = Conntrack::default();
-        ct.insert(forward(5), backend(), 0, false).expect("insert");
+        ct.insert(forward(5), backend(), 0, FlowMeta::default())
+            .expect("insert");
         ct.lookup(&reply(5), 0, SYN | ACK);
         ct.lookup(&forward(5), 0, ACK);
         // Only the backend talks for two days.
@@ -948,19 +980,22 @@ mod tests {
         });
         // Two established flows.
         for p in [10, 11] {
-            ct.insert(forward(p), backend(), 0, false).expect("insert");
+            ct.insert(forward(p), backend(), 0, FlowMeta::default())
+                .expect("insert");
             ct.lookup(&reply(p), 0, SYN | ACK);
         }
         // Two unreplied ones fill the table.
-        ct.insert(forward(20), backend(), 0, false).expect("insert");
-        ct.insert(forward(21), backend(), 0, false).expect("insert");
+        ct.insert(forward(20), backend(), 0, FlowMeta::default())
+            .expect("insert");
+        ct.insert(forward(21), backend(), 0, FlowMeta::default())
+            .expect("insert");
         // A fifth evicts the oldest unreplied (20), then 21, then refuses.
-        ct.insert(forward(22), backend(), 1, false)
+        ct.insert(forward(22), backend(), 1, FlowMeta::default())
             .expect("evicts 20");
         assert!(ct.lookup(&forward(20), 1, 0).is_none());
-        ct.insert(forward(23), backend(), 1, false)
+        ct.insert(forward(23), backend(), 1, FlowMeta::default())
             .expect("evicts 21");
-        ct.insert(forward(24), backend(), 1, false)
+        ct.insert(forward(24), backend(), 1, FlowMeta::default())
             .expect("evicts 22");
         assert_eq!(ct.summary().flows, 4);
         for p in [10, 11] {
@@ -974,7 +1009,7 @@ mod tests {
         ct.lookup(&reply(24), 2, SYN | ACK);
         ct.lookup(&reply(23), 2, SYN | ACK);
         assert_eq!(
-            ct.insert(forward(30), backend(), 3, false),
+            ct.insert(forward(30), backend(), 3, FlowMeta::default()),
             Err(InsertError::Full)
         );
         assert_eq!(ct.stats().refused.load(STAT), 1);
@@ -988,10 +1023,11 @@ mod tests {
             unreplied_percent: 10,
             timeouts: Timeouts::default(),
         });
-        ct.insert(forward(1), backend(), 0, false).expect("insert");
+        ct.insert(forward(1), backend(), 0, FlowMeta::default())
+            .expect("insert");
         ct.lookup(&reply(1), 0, SYN | ACK);
         for p in 100..1100 {
-            ct.insert(forward(p), backend(), 0, false)
+            ct.insert(forward(p), backend(), 0, FlowMeta::default())
                 .expect("flood flows evict each other");
         }
         let s = ct.summary();
@@ -1003,9 +1039,15 @@ mod tests {
     #[test]
     fn retire_removes_both_directions() {
         let ct = Conntrack::default();
-        ct.insert(forward(7), backend(), 0, false).expect("insert");
-        ct.insert(forward(8), (Ipv4Addr::new(198, 18, 2, 12), 5678), 0, false)
+        ct.insert(forward(7), backend(), 0, FlowMeta::default())
             .expect("insert");
+        ct.insert(
+            forward(8),
+            (Ipv4Addr::new(198, 18, 2, 12), 5678),
+            0,
+            FlowMeta::default(),
+        )
+        .expect("insert");
         let gone = ct.retire(|_, (ip, _)| ip == backend().0);
         assert_eq!(gone, 1);
         assert_eq!(ct.entries(), 2);

@@ -35,7 +35,7 @@ use crate::bpf::{self, BackendKey, XdpProgram};
 use crate::conntrack::{Conntrack, ConntrackConfig, Timeouts};
 use crate::counters::WorkerCounters;
 use crate::lb::Rng;
-use crate::metrics::WorkerTelemetry;
+use crate::metrics::{ServiceStats, WorkerTelemetry};
 use crate::netlink::{self, NetMonitor};
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::table::{CompiledTable, TableHandle};
@@ -64,6 +64,8 @@ struct Gateway {
     stop: Arc<AtomicBool>,
     admin: Arc<AdminState>,
     _admin_server: AdminServer,
+    /// Per-Service-port counter slots, reassigned with every table.
+    service_stats: Arc<ServiceStats>,
 }
 
 /// The table to start with: the control file's, checked before anything
@@ -194,7 +196,11 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
     let model = initial_table(settings)?;
     let load_time = load_started.elapsed();
     let from_file = matches!(settings.source, Source::ControlFile(_));
-    let compiled = CompiledTable::compile(Arc::new(model), 1);
+    // Per-Service-port counters: slots assigned before each compile, so
+    // that the table carries them and counters exist before it is live.
+    let service_stats = Arc::new(ServiceStats::new());
+    let slots = service_stats.assign(&model);
+    let compiled = CompiledTable::compile_with_slots(Arc::new(model), 1, |s, p| slots.get(s, p));
     tracing::info!(
         services = compiled.model().services.len(),
         entries = compiled.len(),
@@ -320,6 +326,7 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
         tracing::info!(iface = %settings.ifaces[i], ?mode, "XDP program attached");
     }
 
+    admin.count_services(Arc::clone(&service_stats));
     let mut handles = Vec::new();
     let mut counters = Vec::new();
     for (core, io) in pending {
@@ -329,7 +336,8 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
         counters.push(Arc::clone(&worker_counters));
         let pipeline = Pipeline::new(Arc::clone(&conntrack), worker_counters, Rng::from_entropy())
             .with_affinity(Arc::clone(&affinity))
-            .with_config(pipeline_config.clone());
+            .with_config(pipeline_config.clone())
+            .with_service_counters(service_stats.add_worker());
         let shared = WorkerShared {
             table: table.clone(),
             net: monitor.handle(),
@@ -374,6 +382,7 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
         stop,
         admin,
         _admin_server: admin_server,
+        service_stats: Arc::clone(&service_stats),
     };
     gateway.resolve_backends();
     if let Some(peer) = options.pass_through {
@@ -518,7 +527,11 @@ impl Gateway {
                 retired: 0,
             });
         }
-        let compiled = CompiledTable::compile(Arc::clone(&model), old.generation() + 1);
+        let slots = self.service_stats.assign(&model);
+        let compiled =
+            CompiledTable::compile_with_slots(Arc::clone(&model), old.generation() + 1, |s, p| {
+                slots.get(s, p)
+            });
         let (vips, backends) = map_sets(&compiled);
         self.program.add_missing(&vips, &backends)?;
         let summary = ApplySummary {

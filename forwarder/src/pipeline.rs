@@ -36,9 +36,10 @@ use ipnet::Ipv4Net;
 
 use crate::affinity::Affinity;
 use crate::checksum::Delta;
-use crate::conntrack::{Conntrack, Direction, FlowHit, FlowKey, InsertError};
+use crate::conntrack::{Conntrack, Direction, FlowHit, FlowKey, FlowMeta, InsertError, NO_SLOT};
 use crate::counters::{DropReason, WorkerCounters};
 use crate::lb::Rng;
+use crate::metrics::ServiceCounters;
 use crate::reject::{self, RefusalLimiter};
 use crate::route::{MacAddr, NetSnapshot, PortId, RouteError};
 use crate::table::{CompiledTable, Miss, ServiceKey};
@@ -93,6 +94,8 @@ pub struct Pipeline {
     rng: Rng,
     hops: NextHopCache,
     refusals: RefusalLimiter,
+    /// This worker's per-Service-port counters, when counting.
+    services: Option<Arc<ServiceCounters>>,
 }
 
 /// A resolved next hop for one destination: egress port and both MACs.
@@ -204,7 +207,14 @@ impl Pipeline {
             rng,
             hops: NextHopCache::new(),
             refusals: RefusalLimiter::default(),
+            services: None,
         }
+    }
+
+    /// Counts packets, bytes and flows per Service port into `counters`.
+    pub fn with_service_counters(mut self, counters: Arc<ServiceCounters>) -> Self {
+        self.services = Some(counters);
+        self
     }
 
     /// Shares session-affinity bindings with the other workers.
@@ -281,6 +291,12 @@ impl Pipeline {
         match hit.direction {
             Direction::Forward => self.counters.forwarded.inc(),
             Direction::Reply => self.counters.replies.inc(),
+        }
+        if hit.slot != NO_SLOT {
+            if let Some(c) = self.services.as_ref().and_then(|s| s.get(hit.slot)) {
+                c.packets.inc();
+                c.bytes.add(len as u64);
+            }
         }
         if hit.affinity && hit.direction == Direction::Forward {
             // Affinity lasts from the client's last packet.
@@ -370,14 +386,19 @@ impl Pipeline {
         // before the connection is given up.
         for attempt in 0..backends.len().min(4) {
             let backend = backends[(first + attempt) % backends.len()];
-            match self.conntrack.insert(
-                *key,
-                (backend.ip, backend.port),
-                ctx.now,
-                entry.affinity.is_some(),
-            ) {
+            let meta = FlowMeta {
+                affinity: entry.affinity.is_some(),
+                slot: entry.slot,
+            };
+            match self
+                .conntrack
+                .insert(*key, (backend.ip, backend.port), ctx.now, meta)
+            {
                 Ok(hit) => {
                     self.counters.new_flows.inc();
+                    if let Some(c) = self.services.as_ref().and_then(|s| s.get(entry.slot)) {
+                        c.flows.inc();
+                    }
                     return Ok(hit);
                 }
                 Err(InsertError::ReplyClash) => continue,

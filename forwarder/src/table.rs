@@ -51,6 +51,9 @@ pub struct PortEntry {
     pub backends: Box<[Backend]>,
     /// Session affinity timeout (seconds) for `sessionAffinity: ClientIP`.
     pub affinity: Option<u32>,
+    /// The port's per-Service counter slot ([`crate::conntrack::NO_SLOT`]
+    /// when not counted).
+    pub slot: u32,
 }
 
 /// Why a VIP packet found no backend.
@@ -106,6 +109,16 @@ fn usable(endpoints: &[Endpoint]) -> Box<[Backend]> {
 impl CompiledTable {
     /// Compiles the model. Runs on the control thread, never a worker.
     pub fn compile(model: Arc<ServiceTable>, generation: u64) -> Self {
+        Self::compile_with_slots(model, generation, |_, _| None)
+    }
+
+    /// Compiles the model with a counter slot for each Service port
+    /// (`slot(service index, port index)`).
+    pub fn compile_with_slots(
+        model: Arc<ServiceTable>,
+        generation: u64,
+        slot: impl Fn(usize, usize) -> Option<u32>,
+    ) -> Self {
         let mut ports = HashMap::with_hasher(RandomState::new());
         let mut vips = HashSet::with_hasher(RandomState::new());
         let mut backends = HashSet::with_hasher(RandomState::new());
@@ -115,7 +128,7 @@ impl CompiledTable {
                 continue;
             };
             vips.insert(vip);
-            for port in &service.ports {
+            for (port_index, port) in service.ports.iter().enumerate() {
                 for e in &port.endpoints {
                     backends.insert((e.ip, e.port, port.protocol));
                 }
@@ -133,6 +146,7 @@ impl CompiledTable {
                         service: index,
                         backends: usable,
                         affinity: service.session_affinity,
+                        slot: slot(index, port_index).unwrap_or(crate::conntrack::NO_SLOT),
                     },
                 );
             }
