@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 
 /// cipgw: a Kubernetes ClusterIP data plane on AF_XDP.
 #[derive(Debug, Parser)]
-#[command(name = "cipgw", version, about)]
+#[command(name = "cipgw", version)]
 pub struct Cli {
     #[command(flatten)]
     pub log: LogArgs,
