@@ -1,0 +1,536 @@
+#!/usr/bin/env bash
+# cipgw's end-to-end veth benchmark: cipgw next to the kernel's own paths,
+# on the same topology, in the same run.
+#
+#   benches/veth/run.sh [--smoke] [--workloads LIST] [--peers LIST]
+#                       [--services LIST] [--duration S] [--warmup S]
+#                       [--reps N] [--xdp-mode native|skb] [--out DIR]
+#                       [--profile] [--no-build] [--debug] [--quiet-wait S]
+#                       [--generator auto|pktgen|udp-gen]
+#
+# Topology (three namespaces, two veth pairs, nothing in the root one):
+#
+#   client ns               gateway ns                      backend ns
+#   vcN 198.18.0.2 ──── vgN 198.18.0.1 | vpN 198.18.2.1 ──── vbN 198.18.2.11-13
+#
+# VIPs come from 198.19.0.0/16; the backend namespace holds the measured
+# Service's three endpoints (one interface, three addresses). For UDP it
+# is a sink: an nftables netdev ingress rule drops UDP before the IP
+# layer, and delivered packets are its interface's rx_packets.
+#
+# Peers (--peers, default all): forward (kernel forwarding, no NAT),
+# iptables (kube-proxy's iptables mode ruleset, iptables-nft), nftables
+# (kube-proxy's nftables mode ruleset), cipgw-pt (cipgw --pass-through:
+# L2 rewrite only, the AF_XDP upper bound; UDP only), cipgw (full NAT).
+#
+# Workloads (--workloads, default all): udp-est (64-byte UDP over 1,024
+# flows), udp-new (a new flow every packet), scale (udp-est and udp-new at
+# every --services count, tcp-crr at the largest), tcp-rr (latency over
+# one connection), tcp-crr (connections/s), tcp-stream (bulk Gbit/s).
+#
+# Placement (printed at start): generator, TCP clients and server on CPU 0;
+# the gateway on CPU 1: cipgw's worker (--cores 1) and the gateway veths'
+# threaded NAPI kthreads (DESIGN.md: threaded NAPI beats RPS here).
+#
+# Generator (--generator, default auto): kernel pktgen on CPU 0 when the
+# client namespace has /proc/net/pktgen, else cipgw-veth-bench udp-gen, an
+# open-loop AF_PACKET + sendmmsg generator (these VMs' kernels have no
+# pktgen). Either way offered = the client veth's tx packets + tx drops.
+#
+# Output: DIR/raw.jsonl (one record per measurement), DIR/results.json,
+# DIR/results.md, DIR/pps.png; DIR defaults to target/veth-bench/<UTC time>.
+# --smoke (CI): 1 s per measurement, Services 1 and 1000, one rep; then
+# checks every peer and workload has a non-zero result (CI runs
+# `--smoke --debug`: debug binaries, which the test step has built).
+# --profile adds one uncounted rep per cipgw UDP workload under
+# `perf record -g -C 1` (DIR/perf-*.txt). --quiet-wait S (default 60,
+# smoke 0): before each measurement wait up to S seconds for other work on
+# the machine to stop; the busy share seen goes into the record. Everything
+# the script creates is removed on exit, failure or signal.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+ORIG_ARGS=("$@")
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+
+ALL_PEERS="forward iptables nftables cipgw-pt cipgw"
+ALL_WORKLOADS="udp-est udp-new scale tcp-rr tcp-crr tcp-stream"
+
+SMOKE=0
+PEERS=$ALL_PEERS
+WORKLOADS=$ALL_WORKLOADS
+SERVICES=""
+DURATION=""
+WARMUP=""
+REPS=""
+XDP_MODE=native
+OUT=""
+PROFILE=0
+BUILD=1
+PROFILE_DIR=release
+QUIET_WAIT=""
+GENERATOR=auto
+
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
+die() { echo "run.sh: $*" >&2; exit 1; }
+list() { tr ',' ' ' <<<"$1"; }
+
+while (($#)); do
+    case $1 in
+    --smoke) SMOKE=1 ;;
+    --peers) PEERS=$(list "$2"); shift ;;
+    --workloads) WORKLOADS=$(list "$2"); shift ;;
+    --services) SERVICES=$(list "$2"); shift ;;
+    --duration) DURATION=$2; shift ;;
+    --warmup) WARMUP=$2; shift ;;
+    --reps) REPS=$2; shift ;;
+    --xdp-mode) XDP_MODE=$2; shift ;;
+    --out) OUT=$2; shift ;;
+    --profile) PROFILE=1 ;;
+    --no-build) BUILD=0 ;;
+    --debug) PROFILE_DIR=debug ;;
+    --quiet-wait) QUIET_WAIT=$2; shift ;;
+    --generator) GENERATOR=$2; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) die "unknown argument $1 (see --help)" ;;
+    esac
+    shift
+done
+
+for p in $PEERS; do [[ " $ALL_PEERS " == *" $p "* ]] || die "unknown peer $p (have: $ALL_PEERS)"; done
+for w in $WORKLOADS; do [[ " $ALL_WORKLOADS " == *" $w "* ]] || die "unknown workload $w (have: $ALL_WORKLOADS)"; done
+[[ $XDP_MODE == native || $XDP_MODE == skb ]] || die "--xdp-mode is native or skb"
+[[ $GENERATOR =~ ^(auto|pktgen|udp-gen)$ ]] || die "--generator is auto, pktgen or udp-gen"
+if ((SMOKE)); then
+    : "${SERVICES:=1 1000}" "${DURATION:=1}" "${WARMUP:=0.5}" "${REPS:=1}" "${QUIET_WAIT:=0}"
+else
+    : "${SERVICES:=1 1000 10000}" "${DURATION:=3}" "${WARMUP:=1}" "${REPS:=3}" "${QUIET_WAIT:=60}"
+fi
+[[ " $SERVICES " == *" 1 "* ]] || SERVICES="1 $SERVICES"
+MAX_SERVICES=$(tr ' ' '\n' <<<"$SERVICES" | sort -n | tail -1)
+OUT=${OUT:-$TARGET_DIR/veth-bench/$(date -u +%Y%m%dT%H%M%SZ)}
+has() { [[ " $1 " == *" $2 "* ]]; }
+
+[[ $(id -u) -eq 0 ]] || die "needs root: it creates network namespaces"
+
+# --- packages (only what is missing) -------------------------------------
+need_pkgs=()
+for pair in iptables:iptables nft:nftables conntrack:conntrack gnuplot:gnuplot-nox \
+    ethtool:ethtool ip:iproute2 taskset:util-linux; do
+    command -v "${pair%%:*}" >/dev/null || need_pkgs+=("${pair#*:}")
+done
+if ((PROFILE)) && ! command -v perf >/dev/null; then need_pkgs+=(linux-perf); fi
+if ((${#need_pkgs[@]})); then
+    echo "run.sh: installing ${need_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" </dev/null >/dev/null
+fi
+# kube-proxy programs iptables through the nf_tables backend.
+iptables --version | grep -q nf_tables || die "iptables is not the nf_tables backend ($(iptables --version))"
+
+# --- binaries -------------------------------------------------------------
+if ((BUILD)); then
+    echo "run.sh: building cipgw and cipgw-veth-bench ($PROFILE_DIR)"
+    release=(--release)
+    [[ $PROFILE_DIR == debug ]] && release=()
+    (cd "$ROOT" && cargo build "${release[@]}" -q -p cipgw -p cipgw-veth-bench)
+fi
+CIPGW=$TARGET_DIR/$PROFILE_DIR/cipgw
+TOOL=$TARGET_DIR/$PROFILE_DIR/cipgw-veth-bench
+[[ -x $CIPGW && -x $TOOL ]] || die "missing $CIPGW or $TOOL (drop --no-build)"
+
+mkdir -p "$OUT"
+RAW=$OUT/raw.jsonl
+: >"$RAW"
+
+# --- names, addresses -----------------------------------------------------
+ID=$$
+NS_CL=cipgw-vethbench-$ID-cl
+NS_GW=cipgw-vethbench-$ID-gw
+NS_BE=cipgw-vethbench-$ID-be
+VC=vc$ID VG=vg$ID VP=vp$ID VB=vb$ID
+CL_IP=198.18.0.2 GW_CL_IP=198.18.0.1 GW_BE_IP=198.18.2.1
+BACKENDS=(198.18.2.11 198.18.2.12 198.18.2.13)
+MAC_VC=02:00:c6:12:00:02 MAC_VG=02:00:c6:12:00:01
+MAC_VP=02:00:c6:12:02:01 MAC_VB=02:00:c6:12:02:0b
+SERVICE_CIDR=198.19.0.0/16
+GEN_CPU=0 GW_CPU=1
+
+# --- cleanup --------------------------------------------------------------
+PIDS=()      # every process this script started, killed on exit
+CIPGW_PID=""
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    [[ -n $CIPGW_PID ]] && stop_cipgw || true
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    # Anything else still inside our namespaces was started by this run.
+    for ns in $NS_CL $NS_GW $NS_BE; do
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+    done
+    for ns in $NS_CL $NS_GW $NS_BE; do ip netns del "$ns" 2>/dev/null || true; done
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+# --- topology -------------------------------------------------------------
+echo "run.sh: building the topology ($NS_CL, $NS_GW, $NS_BE)"
+for ns in $NS_CL $NS_GW $NS_BE; do
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    in_ns "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 \
+        net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 net.ipv4.ip_forward=0
+done
+ip -n "$NS_CL" link add "$VC" address $MAC_VC type veth peer name "$VG" address $MAC_VG netns "$NS_GW"
+ip -n "$NS_GW" link add "$VP" address $MAC_VP type veth peer name "$VB" address $MAC_VB netns "$NS_BE"
+ip -n "$NS_CL" addr add $CL_IP/24 dev "$VC"
+ip -n "$NS_GW" addr add $GW_CL_IP/24 dev "$VG"
+ip -n "$NS_GW" addr add $GW_BE_IP/24 dev "$VP"
+for a in "${BACKENDS[@]}"; do ip -n "$NS_BE" addr add "$a/24" dev "$VB"; done
+# AF_XDP needs complete checksums from the senders (DESIGN.md).
+in_ns "$NS_CL" ethtool -K "$VC" tx off >/dev/null
+in_ns "$NS_BE" ethtool -K "$VB" tx off >/dev/null
+# GRO on the gateway's veths gives them NAPI instances (as a NIC has) for
+# the kernel peers; cipgw's XDP program keeps them.
+for d in $VG $VP; do in_ns "$NS_GW" ethtool -K "$d" gro on >/dev/null; done
+ip -n "$NS_CL" link set "$VC" up
+ip -n "$NS_GW" link set "$VG" up
+ip -n "$NS_GW" link set "$VP" up
+ip -n "$NS_BE" link set "$VB" up
+ip -n "$NS_CL" route add $SERVICE_CIDR via $GW_CL_IP
+ip -n "$NS_CL" route add 198.18.2.0/24 via $GW_CL_IP
+ip -n "$NS_BE" route add default via $GW_BE_IP
+# Many connections per second from one address (tcp-crr).
+in_ns "$NS_CL" sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
+in_ns "$NS_BE" nft -f - <<EOF
+table netdev sink {
+    chain ingress {
+        type filter hook ingress device "$VB" priority 0; policy accept;
+        meta l4proto udp drop
+    }
+}
+EOF
+# Threaded NAPI on the gateway's veths, kthreads on the gateway core.
+for d in $VG $VP; do in_ns "$NS_GW" sh -c "echo 1 > /sys/class/net/$d/threaded"; done
+
+# Processes that hold each namespace: /proc/PID/net/dev are its counters.
+# `ip netns exec` execs its command, so $! is the process itself (a
+# shell function in the background would be a subshell in the root ns).
+for ns in $NS_CL $NS_GW $NS_BE; do
+    ip netns exec "$ns" sleep 86400 &
+    PIDS+=($!)
+done
+H_CL=${PIDS[0]} H_GW=${PIDS[1]} H_BE=${PIDS[2]}
+ip netns exec "$NS_BE" taskset -c $GEN_CPU "$TOOL" tcp-server --listen 0.0.0.0:8080 --cpu $GEN_CPU 2>"$OUT/tcp-server.log" &
+PIDS+=($!)
+
+napi_threads() { # pids of the gateway veths' NAPI kthreads
+    local f
+    for f in /proc/[0-9]*/comm; do
+        case $(cat "$f" 2>/dev/null) in
+        napi/"$VG"-* | napi/"$VP"-*) f=${f#/proc/}; echo "${f%/comm}" ;;
+        esac
+    done
+}
+pin_napi() {
+    local pid
+    for pid in $(napi_threads); do taskset -pc $GW_CPU "$pid" >/dev/null; done
+}
+placement() {
+    local pid
+    echo "placement:"
+    echo "  CPU $GEN_CPU: udp-gen, TCP clients (client ns), TCP server (backend ns)"
+    for pid in $(napi_threads); do
+        echo "  CPU $(awk '/Cpus_allowed_list/{print $2}' "/proc/$pid/status"): $(cat "/proc/$pid/comm") (threaded NAPI, gateway receive)"
+    done
+    echo "  CPU $GW_CPU: cipgw worker (--cores $GW_CPU) for the cipgw peers"
+    echo "  client and backend veths: no NAPI; their receive runs in the sender's softirq"
+}
+pin_napi
+napi_pids=$(napi_threads | wc -l)
+((napi_pids == 2)) || die "expected 2 NAPI kthreads for $VG/$VP, found $napi_pids"
+placement | tee "$OUT/placement.txt"
+if [[ $GENERATOR == auto ]]; then
+    GENERATOR=udp-gen
+    ip netns exec "$NS_CL" test -e /proc/net/pktgen/pgctrl && GENERATOR=pktgen
+fi
+echo "generator: $GENERATOR on CPU $GEN_CPU" | tee -a "$OUT/placement.txt"
+
+# --- rule sets ------------------------------------------------------------
+for n in $SERVICES; do
+    "$TOOL" gen-rules --services "$n" --backends "$(IFS=,; echo "${BACKENDS[*]}")" \
+        --node-ip $GW_CL_IP --service-cidr $SERVICE_CIDR --out "$OUT/rules/$n"
+done
+
+# --- measurement helpers --------------------------------------------------
+# One line: time, client tx packets, client tx drops, gateway rx packets,
+# gateway rx drops, gateway pod-side tx packets and drops, backend rx.
+snap() {
+    local t
+    t=$(date +%s.%N)
+    awk -v t="$t" -v vc="$VC:" -v vg="$VG:" -v vp="$VP:" -v vb="$VB:" '
+        FILENAME ~ "/" hcl "/" && $1 == vc { ctx = $11; ctd = $13 }
+        FILENAME ~ "/" hgw "/" && $1 == vg { grx = $3; grd = $5 }
+        FILENAME ~ "/" hgw "/" && $1 == vp { gtx = $11; gtd = $13 }
+        FILENAME ~ "/" hbe "/" && $1 == vb { brx = $3 }
+        END { printf "[%s,%d,%d,%d,%d,%d,%d,%d]", t, ctx, ctd, grx, grd, gtx, gtd, brx }
+    ' hcl="$H_CL" hgw="$H_GW" hbe="$H_BE" \
+        "/proc/$H_CL/net/dev" "/proc/$H_GW/net/dev" "/proc/$H_BE/net/dev"
+}
+
+# Fraction of both CPUs busy over half a second.
+cpu_busy() {
+    local a b
+    a=($(head -1 /proc/stat)); sleep 0.5; b=($(head -1 /proc/stat))
+    awk -v a="${a[*]:1}" -v b="${b[*]:1}" 'BEGIN {
+        n = split(a, x, " "); split(b, y, " "); tot = 0
+        for (i = 1; i <= n; i++) tot += y[i] - x[i]
+        idle = (y[4] - x[4]) + (y[5] - x[5])
+        printf "%.3f", (tot > 0 ? 1 - idle / tot : 0) }'
+}
+
+# Waits (at most QUIET_WAIT s) for other work on the machine to stop, so
+# builds and tests of others do not land in a measurement; returns the
+# busy fraction seen last, which goes into the record.
+quiet() {
+    local busy waited=0
+    busy=$(cpu_busy)
+    while awk -v b="$busy" 'BEGIN { exit !(b > 0.15) }' && ((waited < QUIET_WAIT)); do
+        sleep 2
+        waited=$((waited + 2))
+        busy=$(cpu_busy)
+    done
+    ((waited == 0)) || echo "    (waited ${waited}s for the machine to go quiet: busy $busy)" >&2
+    echo "$busy"
+}
+
+flush_state() {
+    in_ns "$NS_GW" conntrack -F >/dev/null 2>&1 || true
+}
+
+record() { echo "$1" >>"$RAW"; }
+
+# Kernel pktgen (Documentation/networking/pktgen.rst), in the client
+# namespace: its per-CPU kthread kpktgend_N sends on our veth. pkt_size 60
+# is a 64-byte frame on the wire; UDPCSUM gives complete UDP checksums.
+pg() { # FILE COMMAND
+    ip netns exec "$NS_CL" sh -c "echo '$2' > /proc/net/pktgen/$1"
+}
+pktgen_start() { # DST DPORT WORKLOAD SECONDS -> sets GEN_PID
+    local d=$VC cmd
+    pg "kpktgend_$GEN_CPU" rem_device_all
+    pg "kpktgend_$GEN_CPU" "add_device $d"
+    for cmd in "count 0" "clone_skb 0" "pkt_size 60" "delay 0" "dst_mac $MAC_VG" \
+        "src_mac $MAC_VC" "dst $1" "udp_dst_min $2" "udp_dst_max $2" "flag UDPCSUM"; do
+        pg $d "$cmd"
+    done
+    if [[ $3 == udp-new ]]; then
+        for cmd in "src_min 198.18.64.0" "src_max 198.18.127.255" "udp_src_min 1024" \
+            "udp_src_max 65535" "flag IPSRC_RND" "flag UDPSRC_RND"; do pg $d "$cmd"; done
+    else
+        for cmd in "src_min $CL_IP" "src_max $CL_IP" "udp_src_min 10000" "udp_src_max 11023" \
+            "flag !IPSRC_RND" "flag !UDPSRC_RND"; do pg $d "$cmd"; done
+    fi
+    # `start` blocks until `stop`; the subshell below stops it in time.
+    ip netns exec "$NS_CL" sh -c 'echo start > /proc/net/pktgen/pgctrl' &
+    GEN_PID=$!
+    (sleep "$4"; ip netns exec "$NS_CL" sh -c 'echo stop > /proc/net/pktgen/pgctrl') &
+    PIDS+=($!)
+}
+
+# udp PEER WORKLOAD SERVICES REP DST DPORT
+udp_run() {
+    local peer=$1 wl=$2 n=$3 rep=$4 dst=$5 dport=$6 pattern busy s0 s1 gen total
+    pattern=(--flows 1024 --sport 10000)
+    [[ $wl == udp-new ]] && pattern=(--new-flows)
+    flush_state
+    busy=$(quiet)
+    total=$(awk -v w="$WARMUP" -v d="$DURATION" 'BEGIN { print w + d + 0.3 }')
+    if [[ $GENERATOR == pktgen ]]; then
+        echo '{"generator":"pktgen"}' >"$OUT/gen.json"
+        pktgen_start "$dst" "$dport" "$wl" "$total"
+    else
+        ip netns exec "$NS_CL" taskset -c $GEN_CPU "$TOOL" udp-gen --iface "$VC" --src-mac $MAC_VC \
+            --dst-mac $MAC_VG --src $CL_IP --dst "$dst" --dport "$dport" "${pattern[@]}" \
+            --duration "$total" --cpu $GEN_CPU >"$OUT/gen.json" &
+        GEN_PID=$!
+    fi
+    local gpid=$GEN_PID
+    sleep "$WARMUP"
+    s0=$(snap)
+    if [[ -n ${PERF_OUT:-} ]]; then
+        perf record -q -g -C $GW_CPU -o "$PERF_OUT.data" -- sleep "$DURATION" >/dev/null 2>&1 || true
+    else
+        sleep "$DURATION"
+    fi
+    s1=$(snap)
+    wait "$gpid" || die "udp-gen failed for $peer $wl"
+    gen=$(cat "$OUT/gen.json")
+    record "{\"peer\":\"$peer\",\"workload\":\"$wl\",\"services\":$n,\"rep\":$rep,\"busy\":$busy,\"snap0\":$s0,\"snap1\":$s1,\"gen\":$gen}"
+    awk -v a="$s0" -v b="$s1" 'BEGIN {
+        gsub(/[\[\]]/, "", a); gsub(/[\[\]]/, "", b); split(a, x, ","); split(b, y, ",")
+        dt = y[1] - x[1]; off = (y[2] - x[2] + y[3] - x[3]) / dt; del = (y[8] - x[8]) / dt
+        printf "    offered %.3f Mpps, delivered %.3f Mpps (loss %.1f%%)\n", off / 1e6, del / 1e6, (off > 0 ? 100 * (1 - del / off) : 0) }'
+}
+
+# tcp PEER WORKLOAD SERVICES REP TO
+tcp_run() {
+    local peer=$1 wl=$2 n=$3 rep=$4 to=$5 busy res
+    flush_state
+    busy=$(quiet)
+    res=$(in_ns "$NS_CL" taskset -c $GEN_CPU "$TOOL" "$wl" --to "$to" --duration "$DURATION" \
+        --warmup "$WARMUP" --cpu $GEN_CPU) || die "$wl failed for $peer"
+    record "{\"peer\":\"$peer\",\"workload\":\"$wl\",\"services\":$n,\"rep\":$rep,\"busy\":$busy,\"tcp\":$res}"
+    echo "    $res"
+}
+
+# --- peers ----------------------------------------------------------------
+start_cipgw() { # MODE(cipgw|cipgw-pt) SERVICES
+    local extra=() t0
+    [[ $1 == cipgw-pt ]] && extra=(--pass-through --pass-through-peer "${BACKENDS[0]}")
+    t0=$(date +%s.%N)
+    ip netns exec "$NS_GW" "$CIPGW" run --iface "$VG" --iface "$VP" --control-file "$OUT/rules/$2/control.yaml" \
+        --service-cidr $SERVICE_CIDR --cores $GW_CPU --xdp-mode "$XDP_MODE" "${extra[@]}" \
+        >"$OUT/cipgw-$1-$2.log" 2>&1 &
+    CIPGW_PID=$!
+    local i
+    for ((i = 0; i < 300; i++)); do
+        grep -q "cipgw ready" "$OUT/cipgw-$1-$2.log" && break
+        kill -0 "$CIPGW_PID" 2>/dev/null || { cat "$OUT/cipgw-$1-$2.log" >&2; die "cipgw exited before it was ready"; }
+        sleep 0.1
+    done
+    grep -q "cipgw ready" "$OUT/cipgw-$1-$2.log" || die "cipgw not ready after 30 s"
+    SETUP_S=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+    pin_napi
+}
+stop_cipgw() {
+    local i
+    kill -TERM "$CIPGW_PID" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do kill -0 "$CIPGW_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$CIPGW_PID" 2>/dev/null || true
+    wait "$CIPGW_PID" 2>/dev/null || true
+    CIPGW_PID=""
+}
+
+peer_up() { # PEER SERVICES
+    local t0
+    t0=$(date +%s.%N)
+    SETUP_S=0
+    case $1 in
+    forward)
+        in_ns "$NS_GW" sysctl -qw net.ipv4.ip_forward=1 ;;
+    iptables)
+        in_ns "$NS_GW" sysctl -qw net.ipv4.ip_forward=1
+        in_ns "$NS_GW" iptables-restore <"$OUT/rules/$2/iptables.rules" ;;
+    nftables)
+        in_ns "$NS_GW" sysctl -qw net.ipv4.ip_forward=1
+        in_ns "$NS_GW" nft -f "$OUT/rules/$2/nftables.nft" ;;
+    cipgw | cipgw-pt)
+        in_ns "$NS_GW" sysctl -qw net.ipv4.ip_forward=0
+        start_cipgw "$1" "$2" ;;
+    esac
+    [[ $1 == cipgw* ]] || SETUP_S=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+    record "{\"peer\":\"$1\",\"workload\":\"setup\",\"services\":$2,\"setup_s\":$SETUP_S}"
+    # Resolve the backends' MACs before traffic starts.
+    local a
+    for a in "${BACKENDS[@]}"; do in_ns "$NS_GW" ping -c1 -W1 "$a" >/dev/null 2>&1 || true; done
+}
+peer_down() {
+    [[ -n $CIPGW_PID ]] && stop_cipgw
+    in_ns "$NS_GW" nft flush ruleset
+    in_ns "$NS_GW" sysctl -qw net.ipv4.ip_forward=0
+    flush_state
+}
+
+# Which workloads run at which Service count, per peer.
+plan() { # PEER SERVICES -> workloads
+    local peer=$1 n=$2 w out=()
+    for w in udp-est udp-new tcp-rr tcp-crr tcp-stream; do
+        if ((n == 1)) || [[ $peer == forward ]]; then
+            has "$WORKLOADS" "$w" && out+=("$w")
+        elif has "$WORKLOADS" scale; then
+            case $w in
+            udp-est | udp-new) out+=("$w") ;;
+            tcp-crr) ((n == MAX_SERVICES)) && has "$WORKLOADS" tcp-crr && out+=("$w") ;;
+            esac
+        fi
+    done
+    # The scale workload needs udp-est at one Service too.
+    if ((n == 1)) && has "$WORKLOADS" scale && ! has "${out[*]:-}" udp-est; then out=(udp-est "${out[@]}"); fi
+    # Pass-through does no NAT: a TCP handshake to the VIP cannot complete.
+    [[ $peer == cipgw-pt ]] && out=($(tr ' ' '\n' <<<"${out[*]:-}" | grep '^udp' || true))
+    echo "${out[*]:-}"
+}
+
+# --- metadata -------------------------------------------------------------
+rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+git -C "$ROOT" diff --quiet HEAD 2>/dev/null || rev="$rev+dirty"
+cat >"$OUT/meta.json" <<EOF
+{"date":"$(date -u +%Y-%m-%dT%H:%M:%SZ)",
+ "cpu":"$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)",
+ "cores":$(nproc),
+ "kernel":"$(uname -r)",
+ "xdp_mode":"$XDP_MODE",
+ "build":"$PROFILE_DIR",
+ "cipgw_rev":"$rev",
+ "iptables":"$(iptables --version)",
+ "nft":"$(nft --version)",
+ "smoke":$SMOKE, "duration_s":$DURATION, "warmup_s":$WARMUP, "reps":$REPS,
+ "services":[$(tr ' ' ',' <<<"$SERVICES")],
+ "peers":"$PEERS", "workloads":"$WORKLOADS",
+ "generator":"$([[ $GENERATOR == pktgen ]] && echo "kernel pktgen" || echo "cipgw-veth-bench udp-gen (AF_PACKET + sendmmsg, open loop)"), 60-byte frames (64 on the wire)",
+ "placement":$(awk 'BEGIN{printf "["} NR>1{printf "%s\"%s\"", (NR>2?",":""), $0} END{printf "]"}' "$OUT/placement.txt" | sed 's/  */ /g'),
+ "command":"benches/veth/run.sh $(printf '%q ' "${ORIG_ARGS[@]:-}")"}
+EOF
+
+# --- the run --------------------------------------------------------------
+started=$SECONDS
+for peer in $PEERS; do
+    counts=$SERVICES
+    [[ $peer == forward ]] && counts=0
+    for n in $counts; do
+        wls=$(plan "$peer" "$n")
+        [[ -n $wls ]] || continue
+        rules=$n; ((n == 0)) && rules=1
+        echo "== $peer, $n Services: $wls"
+        peer_up "$peer" "$rules"
+        echo "   (set up in ${SETUP_S}s)"
+        for wl in $wls; do
+            if [[ $peer == forward ]]; then
+                udp_dst=${BACKENDS[0]} udp_port=9000 tcp_to=${BACKENDS[0]}:8080
+            else
+                # shellcheck disable=SC1090
+                . "$OUT/rules/$rules/meta.env"
+                udp_dst=$VIP udp_port=$UDP_PORT tcp_to=$VIP:$TCP_PORT
+            fi
+            for ((rep = 1; rep <= REPS; rep++)); do
+                echo "  $wl rep $rep"
+                case $wl in
+                udp-*) udp_run "$peer" "$wl" "$n" "$rep" "$udp_dst" "$udp_port" ;;
+                tcp-*) tcp_run "$peer" "$wl" "$n" "$rep" "$tcp_to" ;;
+                esac
+            done
+            if ((PROFILE)) && [[ $wl == udp-* && $peer != forward ]] && ((n == 1 || n == MAX_SERVICES)); then
+                echo "  $wl profile (perf record -g on CPU $GW_CPU; not counted)"
+                # rep 0: recorded for reference, left out of the medians.
+                PERF_OUT=$OUT/perf-$peer-$wl-$n udp_run "$peer" "$wl" "$n" 0 "$udp_dst" "$udp_port"
+                perf report -i "$OUT/perf-$peer-$wl-$n.data" --no-children --sort comm,sym --stdio -g none \
+                    2>/dev/null | grep -v '^#' | grep -v '^$' | head -60 >"$OUT/perf-$peer-$wl-$n.txt" || true
+            fi
+        done
+        peer_down
+    done
+done
+echo "run.sh: measured in $((SECONDS - started))s"
+
+"$TOOL" report --dir "$OUT"
+if ((SMOKE)); then
+    "$TOOL" check --dir "$OUT"
+fi
+echo "run.sh: results in $OUT (results.md, results.json, pps.png)"

@@ -1,0 +1,863 @@
+//! From a run's raw records (`raw.jsonl`, one per measurement, written by
+//! run.sh) to what people read: medians per (peer, workload, Service
+//! count) in `results.json`, tables and the issue's target ratios in
+//! `results.md`, and `pps.png` (gnuplot): delivered packets/s per peer,
+//! and against the Service count.
+//!
+//! Packet rates come from kernel counters read twice around the measured
+//! window: offered = the client veth's tx packets + tx drops (frames the
+//! gateway's receive queue refused), delivered = the backend veth's rx
+//! packets. Records with `rep` 0 (profiling runs) are kept in the raw file
+//! but left out of the medians.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Peers in presentation order, with the names tables use.
+const PEERS: [(&str, &str); 5] = [
+    ("forward", "kernel forwarding, no NAT"),
+    ("iptables", "kube-proxy iptables (nft backend)"),
+    ("nftables", "kube-proxy nftables"),
+    ("cipgw-pt", "cipgw pass-through (L2 only)"),
+    ("cipgw", "cipgw (full NAT)"),
+];
+const UDP: [&str; 2] = ["udp-est", "udp-new"];
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// The run's output directory (raw.jsonl, meta.json).
+    #[arg(long)]
+    dir: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The run's output directory (results.json, meta.json).
+    #[arg(long)]
+    dir: PathBuf,
+}
+
+/// One line of raw.jsonl.
+#[derive(Debug, Deserialize)]
+struct Raw {
+    peer: String,
+    workload: String,
+    services: u32,
+    #[serde(default)]
+    rep: u32,
+    #[serde(default)]
+    busy: f64,
+    /// [time, client tx, client tx drop, gw rx, gw rx drop, gw pod-side
+    /// tx, gw pod-side tx drop, backend rx]
+    snap0: Option<[f64; 8]>,
+    snap1: Option<[f64; 8]>,
+    tcp: Option<TcpRaw>,
+    setup_s: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TcpRaw {
+    transactions_per_s: Option<f64>,
+    connections_per_s: Option<f64>,
+    gbit_per_s: Option<f64>,
+    #[serde(default)]
+    errors: u64,
+    latency_us: Option<Latency>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+struct Latency {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+/// The median of one (peer, workload, Service count) over its reps.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Cell {
+    peer: String,
+    workload: String,
+    /// 0 for kernel forwarding (no Services involved).
+    services: u32,
+    reps: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivered_pps: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offered_pps: Option<f64>,
+    /// 1 - delivered/offered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loss: Option<f64>,
+    /// Frames the gateway's veth dropped on receive (for AF_XDP: RX ring
+    /// full), per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gw_rx_drop_pps: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transactions_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connections_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gbit_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_us: Option<Latency>,
+    #[serde(default)]
+    errors: u64,
+    /// Highest share of both CPUs busy just before a rep started (other
+    /// work on the machine; the script waits for it to drop below 0.15).
+    busy_before: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Target {
+    what: String,
+    want: String,
+    measured: Option<f64>,
+    pass: Option<bool>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Results {
+    meta: Value,
+    results: Vec<Cell>,
+    /// Seconds to load the rules or start cipgw, per peer and Service count.
+    setup_s: BTreeMap<String, BTreeMap<u32, f64>>,
+    targets: Vec<Target>,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    })
+}
+
+fn read_meta(dir: &Path) -> anyhow::Result<Value> {
+    let path = dir.join("meta.json");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn cells(raws: &[Raw]) -> Vec<Cell> {
+    let mut groups: BTreeMap<(String, String, u32), Vec<&Raw>> = BTreeMap::new();
+    for r in raws.iter().filter(|r| r.rep > 0) {
+        groups
+            .entry((r.peer.clone(), r.workload.clone(), r.services))
+            .or_default()
+            .push(r);
+    }
+    let mut out = Vec::new();
+    for ((peer, workload, services), rs) in groups {
+        let mut c = Cell {
+            peer,
+            workload,
+            services,
+            reps: rs.len(),
+            busy_before: rs.iter().map(|r| r.busy).fold(0.0, f64::max),
+            ..Cell::default()
+        };
+        let rates: Vec<[f64; 4]> = rs
+            .iter()
+            .filter_map(|r| {
+                let (a, b) = (r.snap0?, r.snap1?);
+                let dt = b[0] - a[0];
+                (dt > 0.0).then(|| {
+                    let offered = (b[1] - a[1] + b[2] - a[2]) / dt;
+                    let delivered = (b[7] - a[7]) / dt;
+                    [offered, delivered, (b[4] - a[4]) / dt, 0.0]
+                })
+            })
+            .collect();
+        if !rates.is_empty() {
+            c.offered_pps = median(rates.iter().map(|r| r[0]).collect());
+            c.delivered_pps = median(rates.iter().map(|r| r[1]).collect());
+            c.gw_rx_drop_pps = median(rates.iter().map(|r| r[2]).collect());
+            c.loss = median(
+                rates
+                    .iter()
+                    .map(|r| if r[0] > 0.0 { 1.0 - r[1] / r[0] } else { 0.0 })
+                    .collect(),
+            );
+        }
+        let tcps: Vec<&TcpRaw> = rs.iter().filter_map(|r| r.tcp.as_ref()).collect();
+        if !tcps.is_empty() {
+            let m = |f: &dyn Fn(&TcpRaw) -> Option<f64>| {
+                median(tcps.iter().filter_map(|t| f(t)).collect())
+            };
+            c.transactions_per_s = m(&|t| t.transactions_per_s);
+            c.connections_per_s = m(&|t| t.connections_per_s);
+            c.gbit_per_s = m(&|t| t.gbit_per_s);
+            c.errors = tcps.iter().map(|t| t.errors).sum();
+            let lat = |f: &dyn Fn(&Latency) -> f64| {
+                median(
+                    tcps.iter()
+                        .filter_map(|t| t.latency_us.as_ref().map(f))
+                        .collect(),
+                )
+            };
+            if let (Some(p50), Some(p90), Some(p99), Some(p999), Some(max)) = (
+                lat(&|l| l.p50),
+                lat(&|l| l.p90),
+                lat(&|l| l.p99),
+                lat(&|l| l.p999),
+                lat(&|l| l.max),
+            ) {
+                c.latency_us = Some(Latency {
+                    p50,
+                    p90,
+                    p99,
+                    p999,
+                    max,
+                });
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// (peer, workload, Service count, metric): one side of a ratio.
+type Operand<'a> = (&'a str, &'a str, u32, fn(&Cell) -> Option<f64>);
+
+/// Lookup helper over the cells.
+struct Table<'a>(&'a [Cell]);
+
+impl Table<'_> {
+    fn get(&self, peer: &str, workload: &str, services: u32) -> Option<&Cell> {
+        // Kernel forwarding has no Services: its one cell stands for all.
+        let services = if peer == "forward" { 0 } else { services };
+        self.0
+            .iter()
+            .find(|c| c.peer == peer && c.workload == workload && c.services == services)
+    }
+
+    fn pps(&self, peer: &str, workload: &str, services: u32) -> Option<f64> {
+        self.get(peer, workload, services)?.delivered_pps
+    }
+
+    fn ratio(&self, a: Operand<'_>, b: Operand<'_>) -> Option<f64> {
+        let x = (a.3)(self.get(a.0, a.1, a.2)?)?;
+        let y = (b.3)(self.get(b.0, b.1, b.2)?)?;
+        (y > 0.0).then_some(x / y)
+    }
+}
+
+fn pps(c: &Cell) -> Option<f64> {
+    c.delivered_pps
+}
+fn cps(c: &Cell) -> Option<f64> {
+    c.connections_per_s
+}
+fn gbps(c: &Cell) -> Option<f64> {
+    c.gbit_per_s
+}
+fn p99(c: &Cell) -> Option<f64> {
+    c.latency_us.as_ref().map(|l| l.p99)
+}
+
+/// The issue's targets (issue 5, part 2), as ratios from this run.
+fn targets(t: &Table<'_>, counts: &[u32]) -> Vec<Target> {
+    let max = counts.iter().copied().max().unwrap_or(1);
+    let at_least = |what: String, want: f64, measured: Option<f64>| Target {
+        what,
+        want: format!(">= {want}"),
+        measured,
+        pass: measured.map(|m| m >= want),
+    };
+    let mut v = vec![
+        at_least(
+            "udp-est: cipgw / nftables".into(),
+            1.15,
+            t.ratio(
+                ("cipgw", "udp-est", 1, pps),
+                ("nftables", "udp-est", 1, pps),
+            ),
+        ),
+        at_least(
+            "udp-est: cipgw / cipgw pass-through".into(),
+            0.95,
+            t.ratio(
+                ("cipgw", "udp-est", 1, pps),
+                ("cipgw-pt", "udp-est", 1, pps),
+            ),
+        ),
+    ];
+    for &n in counts {
+        v.push(at_least(
+            format!("udp-new: cipgw / nftables at {n} Services"),
+            3.0,
+            t.ratio(
+                ("cipgw", "udp-new", n, pps),
+                ("nftables", "udp-new", n, pps),
+            ),
+        ));
+    }
+    v.push(at_least(
+        format!("udp-new: cipgw / iptables at {max} Services"),
+        50.0,
+        t.ratio(
+            ("cipgw", "udp-new", max, pps),
+            ("iptables", "udp-new", max, pps),
+        ),
+    ));
+    v.push(at_least(
+        format!("scale: cipgw udp-est at {max} / at 1 Service"),
+        0.95,
+        t.ratio(("cipgw", "udp-est", max, pps), ("cipgw", "udp-est", 1, pps)),
+    ));
+    let ends: &[u32] = if max > 1 { &[1, max] } else { &[1] };
+    for &n in ends {
+        v.push(at_least(
+            format!("tcp-crr: cipgw / nftables at {n} Services"),
+            1.0,
+            t.ratio(
+                ("cipgw", "tcp-crr", n, cps),
+                ("nftables", "tcp-crr", n, cps),
+            ),
+        ));
+    }
+    v.push(at_least(
+        format!("tcp-crr: cipgw / iptables at {max} Services"),
+        1.6,
+        t.ratio(
+            ("cipgw", "tcp-crr", max, cps),
+            ("iptables", "tcp-crr", max, cps),
+        ),
+    ));
+    let rr = t.ratio(("cipgw", "tcp-rr", 1, p99), ("nftables", "tcp-rr", 1, p99));
+    v.push(Target {
+        what: "tcp-rr: cipgw p99 / nftables p99".into(),
+        want: "<= 1.1".into(),
+        measured: rr,
+        pass: rr.map(|m| m <= 1.1),
+    });
+    v.push(at_least(
+        "tcp-stream: cipgw / kernel forwarding".into(),
+        0.45,
+        t.ratio(
+            ("cipgw", "tcp-stream", 1, gbps),
+            ("forward", "tcp-stream", 1, gbps),
+        ),
+    ));
+    v.push(at_least(
+        "stretch: cipgw pass-through / kernel forwarding (udp-est)".into(),
+        0.8,
+        t.ratio(
+            ("cipgw-pt", "udp-est", 1, pps),
+            ("forward", "udp-est", 1, pps),
+        ),
+    ));
+    v
+}
+
+fn service_counts(meta: &Value) -> Vec<u32> {
+    meta["services"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_u64())
+                .map(|n| n as u32)
+                .collect()
+        })
+        .unwrap_or_else(|| vec![1])
+}
+
+pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
+    let meta = read_meta(&args.dir)?;
+    let raw_path = args.dir.join("raw.jsonl");
+    let text =
+        fs::read_to_string(&raw_path).with_context(|| format!("reading {}", raw_path.display()))?;
+    let mut raws = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        raws.push(
+            serde_json::from_str::<Raw>(line)
+                .with_context(|| format!("{}:{}", raw_path.display(), i + 1))?,
+        );
+    }
+    let mut setup_s: BTreeMap<String, BTreeMap<u32, f64>> = BTreeMap::new();
+    for r in &raws {
+        if let Some(s) = r.setup_s {
+            setup_s
+                .entry(r.peer.clone())
+                .or_default()
+                .insert(r.services, s);
+        }
+    }
+    let results = cells(&raws);
+    let counts = service_counts(&meta);
+    let targets = targets(&Table(&results), &counts);
+    let all = Results {
+        meta,
+        results,
+        setup_s,
+        targets,
+    };
+    fs::write(
+        args.dir.join("results.json"),
+        serde_json::to_string_pretty(&all)? + "\n",
+    )?;
+    let md = markdown(&all, &counts);
+    fs::write(args.dir.join("results.md"), &md)?;
+    print!("{md}");
+    plot(&all, &counts, &args.dir)?;
+    Ok(())
+}
+
+fn mpps(v: Option<f64>) -> String {
+    v.map_or("–".into(), |v| format!("{:.3}", v / 1e6))
+}
+
+fn num(v: Option<f64>, digits: usize) -> String {
+    v.map_or("–".into(), |v| format!("{v:.digits$}"))
+}
+
+fn thousands(n: u32) -> String {
+    if n >= 1000 {
+        format!("{},{:03}", n / 1000, n % 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+fn present_peers(all: &Results) -> Vec<(&'static str, &'static str)> {
+    PEERS
+        .iter()
+        .copied()
+        .filter(|(p, _)| all.results.iter().any(|c| c.peer == *p))
+        .collect()
+}
+
+fn markdown(all: &Results, counts: &[u32]) -> String {
+    let t = Table(&all.results);
+    let m = &all.meta;
+    let s = |k: &str| m[k].as_str().unwrap_or("?").to_owned();
+    let mut o = String::new();
+    let _ = writeln!(o, "### veth benchmark, {}\n", s("date"));
+    let _ = writeln!(
+        o,
+        "- machine: {} ({} cores), kernel {}, XDP mode {}, cipgw {}",
+        s("cpu"),
+        m["cores"],
+        s("kernel"),
+        s("xdp_mode"),
+        s("cipgw_rev")
+    );
+    let _ = writeln!(o, "- peers' tools: {}; {}", s("iptables"), s("nft"));
+    let _ = writeln!(o, "- command: `{}`", s("command").trim());
+    let _ = writeln!(
+        o,
+        "- each figure: median of {} rep(s) of {} s after {} s warm-up; generator: {}",
+        m["reps"],
+        m["duration_s"],
+        m["warmup_s"],
+        s("generator")
+    );
+    if let Some(p) = m["placement"].as_array() {
+        let lines: Vec<&str> = p.iter().filter_map(|v| v.as_str()).map(str::trim).collect();
+        let _ = writeln!(o, "- placement: {}", lines.join("; "));
+    }
+    let busiest = all
+        .results
+        .iter()
+        .map(|c| c.busy_before)
+        .fold(0.0, f64::max);
+    let _ = writeln!(
+        o,
+        "- other load on the machine just before a measurement: at most {:.0}% of both CPUs\n",
+        busiest * 100.0
+    );
+
+    let peers = present_peers(all);
+    let _ = writeln!(
+        o,
+        "#### 64-byte UDP: delivered Mpps (loss) by Service count\n"
+    );
+    let mut head = String::from("| peer |");
+    let mut rule = String::from("|---|");
+    for w in UDP {
+        for &n in counts {
+            let _ = write!(head, " {w} {} |", thousands(n));
+            rule.push_str("---:|");
+        }
+    }
+    let _ = writeln!(o, "{head}\n{rule}");
+    for (p, name) in &peers {
+        let _ = write!(o, "| {name} |");
+        for w in UDP {
+            for &n in counts {
+                let cell = t.get(p, w, n);
+                let txt = match cell {
+                    Some(c) if c.delivered_pps.is_some() => {
+                        let shared = *p == "forward" && n != 1;
+                        format!(
+                            "{}{} ({:.0}%)",
+                            if shared { "(" } else { "" },
+                            mpps(c.delivered_pps),
+                            c.loss.unwrap_or(0.0) * 100.0
+                        ) + if shared { ")" } else { "" }
+                    }
+                    _ => "–".into(),
+                };
+                let _ = write!(o, " {txt} |");
+            }
+        }
+        o.push('\n');
+    }
+    let _ = writeln!(
+        o,
+        "\nKernel forwarding involves no Services: its one figure is repeated in parentheses.\n"
+    );
+
+    let max = counts.iter().copied().max().unwrap_or(1);
+    let _ = writeln!(o, "#### TCP through the VIP\n");
+    let _ = writeln!(
+        o,
+        "| peer | rr p50 µs | rr p99 µs | rr p99.9 µs | rr trans/s | crr conn/s (1) | crr conn/s ({}) | crr errors | stream Gbit/s |",
+        thousands(max)
+    );
+    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (p, name) in &peers {
+        if *p == "cipgw-pt" {
+            let _ = writeln!(
+                o,
+                "| {name} | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a |"
+            );
+            continue;
+        }
+        let rr = t.get(p, "tcp-rr", 1);
+        let lat = rr.and_then(|c| c.latency_us.clone());
+        let crr1 = t.get(p, "tcp-crr", 1);
+        let crrn = if max > 1 {
+            t.get(p, "tcp-crr", max)
+        } else {
+            None
+        };
+        let _ = writeln!(
+            o,
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            num(lat.as_ref().map(|l| l.p50), 1),
+            num(lat.as_ref().map(|l| l.p99), 1),
+            num(lat.as_ref().map(|l| l.p999), 1),
+            num(rr.and_then(|c| c.transactions_per_s), 0),
+            num(crr1.and_then(|c| c.connections_per_s), 0),
+            num(crrn.and_then(|c| c.connections_per_s), 0),
+            crr1.map(|c| c.errors).unwrap_or(0) + crrn.map(|c| c.errors).unwrap_or(0),
+            num(t.get(p, "tcp-stream", 1).and_then(|c| c.gbit_per_s), 2),
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\ncipgw pass-through rewrites L2 only (no NAT), so a TCP handshake to the VIP cannot complete: n/a.\n"
+    );
+
+    let _ = writeln!(o, "#### Issue 5 targets, as ratios measured in this run\n");
+    let _ = writeln!(o, "| target | want | measured | |");
+    let _ = writeln!(o, "|---|---:|---:|---|");
+    for tg in &all.targets {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} |",
+            tg.what,
+            tg.want,
+            num(tg.measured, 2),
+            match tg.pass {
+                Some(true) => "met",
+                Some(false) => "**not met**",
+                None => "not measured",
+            }
+        );
+    }
+
+    if !all.setup_s.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n#### Set-up time: loading the ruleset / starting cipgw until ready (s)\n"
+        );
+        let _ = write!(o, "| peer |");
+        for &n in counts {
+            let _ = write!(o, " {} |", thousands(n));
+        }
+        let _ = writeln!(o, "\n|---|{}", "---:|".repeat(counts.len()));
+        for (p, name) in &peers {
+            if *p == "forward" {
+                continue;
+            }
+            let _ = write!(o, "| {name} |");
+            for n in counts {
+                let v = all.setup_s.get(*p).and_then(|m| m.get(n)).copied();
+                let _ = write!(o, " {} |", num(v, 2));
+            }
+            o.push('\n');
+        }
+    }
+    o
+}
+
+/// One colour per peer in both panels' lines: the kernel's paths warm,
+/// cipgw's blue.
+fn peer_color(peer: &str) -> &'static str {
+    match peer {
+        "forward" => "#555555",
+        "iptables" => "#c0392b",
+        "nftables" => "#e08a2c",
+        "cipgw-pt" => "#7fb3e6",
+        _ => "#1f4e9c",
+    }
+}
+
+/// Stands in for a panel without data; comments out the plot after it.
+const EMPTY_PANEL: &str =
+    "set label 1 \"not measured\" at graph 0.5,0.5 center\nplot NaN notitle\nunset label 1\n# ";
+
+/// Writes the gnuplot data and script and renders pps.png.
+fn plot(all: &Results, counts: &[u32], dir: &Path) -> anyhow::Result<()> {
+    let t = Table(&all.results);
+    let peers = present_peers(all);
+    let any = |w: &str, n: u32| peers.iter().any(|(p, _)| t.pps(p, w, n).is_some());
+    let has_bars = UDP.iter().any(|w| any(w, 1));
+    let has_scale = UDP.iter().any(|w| counts.iter().any(|&n| any(w, n)));
+    let mut bars = String::from("# peer udp-est udp-new (Mpps, 1 Service)\n");
+    for (p, name) in &peers {
+        // 0 for "not measured": a histogram column may not be all NaN.
+        let v = |w| {
+            t.pps(p, w, 1)
+                .map_or("0".into(), |v| format!("{:.4}", v / 1e6))
+        };
+        let _ = writeln!(bars, "\"{name}\" {} {}", v("udp-est"), v("udp-new"));
+    }
+    fs::write(dir.join("pps-peers.dat"), bars)?;
+    let mut scale = String::new();
+    for (p, name) in &peers {
+        let _ = writeln!(scale, "\"{name}\"");
+        for &n in counts {
+            let v = |w| {
+                t.pps(p, w, n)
+                    .map_or("NaN".into(), |v| format!("{:.4}", v / 1e6))
+            };
+            let _ = writeln!(scale, "{n} {} {}", v("udp-est"), v("udp-new"));
+        }
+        scale.push_str("\n\n");
+    }
+    fs::write(dir.join("pps-services.dat"), scale)?;
+    let ymax = all
+        .results
+        .iter()
+        .filter_map(|c| c.delivered_pps)
+        .fold(0.0, f64::max)
+        / 1e6;
+    let m = &all.meta;
+    let title = format!(
+        "cipgw veth benchmark, {} ({} cores), kernel {}, XDP {}",
+        m["cpu"].as_str().unwrap_or("?"),
+        m["cores"],
+        m["kernel"].as_str().unwrap_or("?"),
+        m["xdp_mode"].as_str().unwrap_or("?")
+    );
+    let xmax = counts.iter().copied().max().unwrap_or(1).max(10) as f64 * 3.0;
+    let script = format!(
+        r##"set terminal pngcairo size 1500,620 font "sans,11"
+set output "pps.png"
+set multiplot layout 1,2 title "{title}" font "sans,13"
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.85 border -1
+set boxwidth 0.9
+set ylabel "delivered Mpps (64-byte UDP)"
+set yrange [0:{ymax:.3}]
+set grid ytics
+set key top right
+set xtics rotate by -20 left font "sans,10"
+set title "per peer, 1 Service"
+{bars_plot}plot "pps-peers.dat" using 2:xtic(1) title "udp-est (1,024 flows)" lc rgb "#3a7dc9", \
+     "" using 3 title "udp-new (new flow every packet)" lc rgb "#e08a2c", \
+     "" using 0:2:($2 > 0 ? sprintf("%.2f",$2) : "") with labels offset -2.2,0.6 font "sans,9" notitle, \
+     "" using 0:3:($3 > 0 ? sprintf("%.2f",$3) : "") with labels offset 2.2,0.6 font "sans,9" notitle
+unset xtics
+set xtics nomirror
+set logscale x
+set xrange [0.5:{xmax}]
+set xlabel "Services (the measured one is the last)"
+set key below font "sans,9" maxrows 3 width 2
+set title "against Service count: solid udp-est, dashed udp-new"
+set style data linespoints
+colors = "{colors}"
+{scale_plot}plot for [i=0:{last}] "pps-services.dat" index i using 1:2 lw 2 pt 7 lc rgb word(colors, i+1) title columnheader(1), \
+     for [i=0:{last}] "pps-services.dat" index i using 1:3 lw 2 pt 6 dt 2 lc rgb word(colors, i+1) notitle
+unset multiplot
+"##,
+        last = peers.len().saturating_sub(1),
+        colors = peers
+            .iter()
+            .map(|(p, _)| peer_color(p))
+            .collect::<Vec<_>>()
+            .join(" "),
+        // Headroom above the tallest bar for the legend.
+        ymax = (ymax * 1.3).max(0.1),
+        // gnuplot refuses a plot without a single valid point.
+        bars_plot = if has_bars { "" } else { EMPTY_PANEL },
+        scale_plot = if has_scale { "" } else { EMPTY_PANEL },
+    );
+    fs::write(dir.join("pps.gp"), script)?;
+    let status = Command::new("gnuplot")
+        .arg("pps.gp")
+        .current_dir(dir)
+        .status()
+        .context("running gnuplot (Debian package gnuplot-nox)")?;
+    if !status.success() {
+        bail!("gnuplot pps.gp failed: {status}");
+    }
+    Ok(())
+}
+
+/// Every peer and workload the run asked for must have a non-zero result.
+pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
+    let path = args.dir.join("results.json");
+    let all: Results = serde_json::from_str(
+        &fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", path.display()))?;
+    let words = |k: &str| -> BTreeSet<String> {
+        all.meta[k]
+            .as_str()
+            .unwrap_or("")
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let (peers, workloads) = (words("peers"), words("workloads"));
+    let counts = service_counts(&all.meta);
+    let t = Table(&all.results);
+    let (mut passed, mut failed) = (0, 0);
+    let mut expect = |ok: bool, what: String| {
+        if ok {
+            passed += 1;
+        } else {
+            failed += 1;
+            eprintln!("check: FAIL {what}");
+        }
+    };
+    for peer in &peers {
+        for w in &workloads {
+            let tcp = w.starts_with("tcp");
+            if tcp && peer == "cipgw-pt" {
+                continue; // no NAT: TCP to the VIP cannot work
+            }
+            let positive = |v: Option<f64>| v.is_some_and(|v| v > 0.0);
+            match w.as_str() {
+                "udp-est" | "udp-new" => {
+                    expect(
+                        positive(t.pps(peer, w, 1)),
+                        format!("{peer} {w}: delivered pps"),
+                    );
+                }
+                "scale" => {
+                    for &n in &counts {
+                        expect(
+                            positive(t.pps(peer, "udp-est", n)),
+                            format!("{peer} scale: udp-est at {n} Services"),
+                        );
+                    }
+                }
+                "tcp-rr" => {
+                    let c = t.get(peer, w, 1);
+                    expect(
+                        positive(c.and_then(|c| c.transactions_per_s))
+                            && positive(c.and_then(|c| c.latency_us.as_ref().map(|l| l.p99))),
+                        format!("{peer} tcp-rr: transactions/s and latency"),
+                    );
+                }
+                "tcp-crr" => expect(
+                    positive(t.get(peer, w, 1).and_then(|c| c.connections_per_s)),
+                    format!("{peer} tcp-crr: connections/s"),
+                ),
+                "tcp-stream" => expect(
+                    positive(t.get(peer, w, 1).and_then(|c| c.gbit_per_s)),
+                    format!("{peer} tcp-stream: Gbit/s"),
+                ),
+                other => expect(false, format!("unknown workload {other}")),
+            }
+        }
+    }
+    for file in ["results.md", "pps.png"] {
+        let ok = fs::metadata(args.dir.join(file)).is_ok_and(|m| m.len() > 0);
+        expect(ok, format!("{file} written"));
+    }
+    println!("veth-bench check: {passed} passed, {failed} failed");
+    if failed > 0 || passed == 0 {
+        bail!("{failed} of {} checks failed", passed + failed);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(peer: &str, wl: &str, services: u32, rep: u32, delivered: f64) -> Raw {
+        Raw {
+            peer: peer.into(),
+            workload: wl.into(),
+            services,
+            rep,
+            busy: 0.0,
+            snap0: Some([0.0; 8]),
+            snap1: Some([2.0, 2.0e6, 0.0, 0.0, 0.0, 0.0, 0.0, delivered * 2.0]),
+            tcp: None,
+            setup_s: None,
+        }
+    }
+
+    #[test]
+    fn medians_ignore_profiling_reps_and_compute_loss() {
+        let raws = vec![
+            raw("cipgw", "udp-est", 1, 1, 0.5e6),
+            raw("cipgw", "udp-est", 1, 2, 0.7e6),
+            raw("cipgw", "udp-est", 1, 3, 0.6e6),
+            raw("cipgw", "udp-est", 1, 0, 0.1e6),
+        ];
+        let c = cells(&raws);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].reps, 3);
+        assert_eq!(c[0].delivered_pps, Some(0.6e6));
+        assert_eq!(c[0].offered_pps, Some(1.0e6));
+        assert!((c[0].loss.unwrap() - 0.4).abs() < 1e-9);
+    }
+
+    #[test]
+    fn forwarding_stands_for_every_service_count_and_ratios_follow() {
+        let raws = vec![
+            raw("forward", "udp-est", 0, 1, 1.0e6),
+            raw("cipgw-pt", "udp-est", 1, 1, 0.8e6),
+            raw("cipgw", "udp-est", 1, 1, 0.78e6),
+            raw("cipgw", "udp-est", 10000, 1, 0.77e6),
+            raw("nftables", "udp-est", 1, 1, 0.5e6),
+        ];
+        let c = cells(&raws);
+        let t = Table(&c);
+        assert_eq!(t.pps("forward", "udp-est", 10000), Some(1.0e6));
+        let tg = targets(&t, &[1, 10000]);
+        let find = |s: &str| tg.iter().find(|x| x.what.starts_with(s)).unwrap();
+        assert_eq!(find("udp-est: cipgw / nftables").pass, Some(true));
+        assert_eq!(find("udp-est: cipgw / cipgw pass").pass, Some(true));
+        assert_eq!(find("scale:").pass, Some(true));
+        assert_eq!(find("stretch:").pass, Some(true));
+        assert_eq!(find("tcp-stream:").pass, None);
+    }
+}
