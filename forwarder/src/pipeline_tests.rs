@@ -144,6 +144,48 @@ fn tcp(
     out
 }
 
+/// A SYN (with 18 bytes of data) from the client's `port` to `vip:dport`.
+fn client_syn(port: u16, vip: [u8; 4], dport: u16) -> Vec<u8> {
+    tcp(
+        CLIENT_MAC,
+        GW_CLIENT_MAC,
+        (CLIENT, port),
+        (vip, dport),
+        64,
+        true,
+    )
+}
+
+/// An ACK with data from the client's `port` to `vip:dport`.
+fn client_ack(port: u16, vip: [u8; 4], dport: u16) -> Vec<u8> {
+    tcp(
+        CLIENT_MAC,
+        GW_CLIENT_MAC,
+        (CLIENT, port),
+        (vip, dport),
+        64,
+        false,
+    )
+}
+
+/// Pod 1's SYN-flagged answer to the client's `port` (etherparse's
+/// builder has no SYN+ACK; the pipeline only needs the direction).
+fn pod_synack(port: u16) -> Vec<u8> {
+    tcp(POD1_MAC, GW_POD_MAC, (POD1, 5678), (CLIENT, port), 64, true)
+}
+
+/// An ACK with data from Pod 1 to the client's `port`.
+fn pod_ack(port: u16) -> Vec<u8> {
+    tcp(
+        POD1_MAC,
+        GW_POD_MAC,
+        (POD1, 5678),
+        (CLIENT, port),
+        64,
+        false,
+    )
+}
+
 fn udp(
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
@@ -208,6 +250,11 @@ fn ping(src: [u8; 4], dst: [u8; 4], src_mac: [u8; 6], reply: bool) -> Vec<u8> {
     out
 }
 
+/// A pipeline over `conntrack` with fresh counters and a fixed seed.
+fn pipeline(conntrack: Arc<Conntrack>) -> Pipeline {
+    Pipeline::new(conntrack, Arc::new(WorkerCounters::default()), Rng::new(1))
+}
+
 struct Harness {
     pipeline: Pipeline,
     table: CompiledTable,
@@ -219,11 +266,7 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         Self {
-            pipeline: Pipeline::new(
-                Arc::new(Conntrack::default()),
-                Arc::new(WorkerCounters::default()),
-                Rng::new(1),
-            ),
+            pipeline: pipeline(Arc::new(Conntrack::default())),
             table: table(),
             net: net(true),
             now: 100,
@@ -270,14 +313,7 @@ fn forward_cases() -> Vec<Case> {
     vec![
         Case {
             name: "new TCP flow to VIP is DNATed to the backend",
-            input: tcp(
-                CLIENT_MAC,
-                GW_CLIENT_MAC,
-                (CLIENT, 40000),
-                (VIP, 8080),
-                64,
-                true,
-            ),
+            input: client_syn(40000, VIP, 8080),
             verdict: Verdict::Forward { port: POD_PORT },
             output: Some(tcp(
                 GW_POD_MAC,
@@ -290,14 +326,7 @@ fn forward_cases() -> Vec<Case> {
         },
         Case {
             name: "established TCP flow keeps its backend",
-            input: tcp(
-                CLIENT_MAC,
-                GW_CLIENT_MAC,
-                (CLIENT, 40000),
-                (VIP, 8080),
-                64,
-                false,
-            ),
+            input: client_ack(40000, VIP, 8080),
             verdict: Verdict::Forward { port: POD_PORT },
             output: Some(tcp(
                 GW_POD_MAC,
@@ -310,14 +339,7 @@ fn forward_cases() -> Vec<Case> {
         },
         Case {
             name: "reply leaves from the VIP and service port",
-            input: tcp(
-                POD1_MAC,
-                GW_POD_MAC,
-                (POD1, 5678),
-                (CLIENT, 40000),
-                64,
-                false,
-            ),
+            input: pod_ack(40000),
             verdict: Verdict::Forward { port: CLIENT_PORT },
             output: Some(tcp(
                 GW_CLIENT_MAC,
@@ -354,40 +376,19 @@ fn forward_cases() -> Vec<Case> {
         },
         Case {
             name: "traffic to the gateway itself is the kernel's",
-            input: tcp(
-                CLIENT_MAC,
-                GW_CLIENT_MAC,
-                (CLIENT, 40001),
-                (GW_CLIENT_SIDE, 22),
-                64,
-                true,
-            ),
+            input: client_syn(40001, GW_CLIENT_SIDE, 22),
             verdict: Verdict::Pass,
             output: None,
         },
         Case {
             name: "a headless Service's Pod is reached directly, not by cipgw",
-            input: tcp(
-                CLIENT_MAC,
-                GW_CLIENT_MAC,
-                (CLIENT, 40002),
-                (POD1, 5432),
-                64,
-                true,
-            ),
+            input: client_syn(40002, POD1, 5432),
             verdict: Verdict::Pass,
             output: None,
         },
         Case {
             name: "a port the Service does not define is refused with a RST",
-            input: tcp(
-                CLIENT_MAC,
-                GW_CLIENT_MAC,
-                (CLIENT, 40003),
-                (VIP, 9999),
-                64,
-                true,
-            ),
+            input: client_syn(40003, VIP, 9999),
             verdict: Verdict::Respond {
                 port: CLIENT_PORT,
                 len: 54,
@@ -411,14 +412,7 @@ fn forward_cases() -> Vec<Case> {
         },
         Case {
             name: "a Service without endpoints refuses with a RST",
-            input: tcp(
-                CLIENT_MAC,
-                GW_CLIENT_MAC,
-                (CLIENT, 40004),
-                (EMPTY_VIP, 80),
-                64,
-                true,
-            ),
+            input: client_syn(40004, EMPTY_VIP, 80),
             verdict: Verdict::Respond {
                 port: CLIENT_PORT,
                 len: 54,
@@ -432,14 +426,7 @@ fn forward_cases() -> Vec<Case> {
         },
         Case {
             name: "a backend packet without a flow",
-            input: tcp(
-                POD1_MAC,
-                GW_POD_MAC,
-                (POD1, 5678),
-                (CLIENT, 50000),
-                64,
-                false,
-            ),
+            input: pod_ack(50000),
             verdict: Verdict::Drop(DropReason::ReplyWithoutFlow),
             output: None,
         },
@@ -516,23 +503,9 @@ fn zero_udp_checksum_stays_zero() {
 fn unresolved_neighbour_holds_the_frame() {
     let mut h = Harness::new();
     h.net = net(false);
-    let mut syn = tcp(
-        CLIENT_MAC,
-        GW_CLIENT_MAC,
-        (CLIENT, 40000),
-        (VIP, 8080),
-        64,
-        true,
-    );
+    let mut syn = client_syn(40000, VIP, 8080);
     assert_eq!(h.run(&mut syn), Verdict::Forward { port: POD_PORT });
-    let mut reply = tcp(
-        POD1_MAC,
-        GW_POD_MAC,
-        (POD1, 5678),
-        (CLIENT, 40000),
-        64,
-        false,
-    );
+    let mut reply = pod_ack(40000);
     assert_eq!(
         h.run(&mut reply),
         Verdict::AwaitNeighbour {
@@ -557,14 +530,7 @@ fn unresolved_neighbour_holds_the_frame() {
 
 #[test]
 fn malformed_frames_are_counted_drops() {
-    let good = tcp(
-        CLIENT_MAC,
-        GW_CLIENT_MAC,
-        (CLIENT, 40000),
-        (VIP, 8080),
-        64,
-        true,
-    );
+    let good = client_syn(40000, VIP, 8080);
     let good_udp = udp(
         CLIENT_MAC,
         GW_CLIENT_MAC,
@@ -727,14 +693,7 @@ fn pod_of(frame: &[u8]) -> u8 {
 #[test]
 fn refusals_pings_and_segments_without_a_flow() {
     let mut h = Harness::new();
-    let mut rst_in = tcp(
-        CLIENT_MAC,
-        GW_CLIENT_MAC,
-        (CLIENT, 41000),
-        (VIP, 8080),
-        64,
-        false,
-    );
+    let mut rst_in = client_ack(41000, VIP, 8080);
     rst_in[14 + 20 + 13] = tcp_flags::RST;
     let echo_reply_out = {
         let mut out = Vec::new();
@@ -748,14 +707,7 @@ fn refusals_pings_and_segments_without_a_flow() {
     let cases: Vec<Case> = vec![
         Case {
             name: "an ACK for a connection the gateway does not know gets a RST",
-            input: tcp(
-                CLIENT_MAC,
-                GW_CLIENT_MAC,
-                (CLIENT, 41001),
-                (VIP, 8080),
-                64,
-                false,
-            ),
+            input: client_ack(41001, VIP, 8080),
             verdict: Verdict::Respond {
                 port: CLIENT_PORT,
                 len: 54,
@@ -856,22 +808,10 @@ fn sources_that_cannot_be_clients_are_dropped() {
 #[test]
 fn cluster_cidr_admits_only_cluster_sources() {
     let mut h = Harness::new();
-    h.pipeline = Pipeline::new(
-        Arc::new(Conntrack::default()),
-        Arc::new(WorkerCounters::default()),
-        Rng::new(1),
-    )
-    .with_config(PipelineConfig {
+    h.pipeline = pipeline(Arc::new(Conntrack::default())).with_config(PipelineConfig {
         cluster_cidrs: vec!["198.18.0.0/24".parse().expect("cidr")],
     });
-    let mut inside = tcp(
-        CLIENT_MAC,
-        GW_CLIENT_MAC,
-        (CLIENT, 40000),
-        (VIP, 8080),
-        64,
-        true,
-    );
+    let mut inside = client_syn(40000, VIP, 8080);
     assert_eq!(h.run(&mut inside), Verdict::Forward { port: POD_PORT });
     // Outside gets nothing at all, not even a refusal for a closed port.
     for dport in [8080, 9999] {
@@ -935,36 +875,20 @@ fn ipv4_options_are_carried_through() {
 #[test]
 fn a_full_table_refuses_new_connections_and_keeps_established_ones() {
     let mut h = Harness::new();
-    h.pipeline = Pipeline::new(
-        Arc::new(Conntrack::new(crate::conntrack::ConntrackConfig {
+    h.pipeline = pipeline(Arc::new(Conntrack::new(
+        crate::conntrack::ConntrackConfig {
             max_flows: 2,
             unreplied_percent: 100,
             timeouts: Default::default(),
-        })),
-        Arc::new(WorkerCounters::default()),
-        Rng::new(1),
-    );
+        },
+    )));
     for p in [50000, 50001] {
-        let mut syn = tcp(
-            CLIENT_MAC,
-            GW_CLIENT_MAC,
-            (CLIENT, p),
-            (VIP, 8080),
-            64,
-            true,
-        );
+        let mut syn = client_syn(p, VIP, 8080);
         assert_eq!(h.run(&mut syn), Verdict::Forward { port: POD_PORT });
-        let mut synack = tcp(POD1_MAC, GW_POD_MAC, (POD1, 5678), (CLIENT, p), 64, true);
+        let mut synack = pod_synack(p);
         assert_eq!(h.run(&mut synack), Verdict::Forward { port: CLIENT_PORT });
     }
-    let mut third = tcp(
-        CLIENT_MAC,
-        GW_CLIENT_MAC,
-        (CLIENT, 50002),
-        (VIP, 8080),
-        64,
-        true,
-    );
+    let mut third = client_syn(50002, VIP, 8080);
     assert_eq!(
         h.run(&mut third),
         Verdict::Respond {
@@ -978,14 +902,7 @@ fn a_full_table_refuses_new_connections_and_keeps_established_ones() {
     );
     assert_eq!(h.counters().drops_of(DropReason::ConntrackFull), 1);
     for p in [50000, 50001] {
-        let mut data = tcp(
-            CLIENT_MAC,
-            GW_CLIENT_MAC,
-            (CLIENT, p),
-            (VIP, 8080),
-            64,
-            false,
-        );
+        let mut data = client_ack(p, VIP, 8080);
         assert_eq!(
             h.run(&mut data),
             Verdict::Forward { port: POD_PORT },
@@ -997,12 +914,8 @@ fn a_full_table_refuses_new_connections_and_keeps_established_ones() {
 #[test]
 fn refusals_are_rate_limited_per_source() {
     let mut h = Harness::new();
-    h.pipeline = Pipeline::new(
-        Arc::new(Conntrack::default()),
-        Arc::new(WorkerCounters::default()),
-        Rng::new(1),
-    )
-    .with_refusal_limits(RefusalLimiter::new(3, 100));
+    h.pipeline =
+        pipeline(Arc::new(Conntrack::default())).with_refusal_limits(RefusalLimiter::new(3, 100));
     let mut answered = 0;
     for p in 0..5u16 {
         let mut syn = tcp(
@@ -1028,14 +941,7 @@ fn refusals_are_rate_limited_per_source() {
     );
     // The next second brings a new budget.
     h.now += 1;
-    let mut syn = tcp(
-        CLIENT_MAC,
-        GW_CLIENT_MAC,
-        (CLIENT, 42010),
-        (VIP, 9999),
-        64,
-        true,
-    );
+    let mut syn = client_syn(42010, VIP, 9999);
     assert!(matches!(h.run(&mut syn), Verdict::Respond { .. }));
 }
 
@@ -1070,14 +976,7 @@ fn session_affinity_sticks_moves_and_expires() {
     // Packets of a live connection keep the binding alive past the timeout.
     for _ in 0..3 {
         h.now += 6;
-        let mut data = tcp(
-            CLIENT_MAC,
-            GW_CLIENT_MAC,
-            (CLIENT, 31001),
-            (STICKY_VIP, 80),
-            64,
-            false,
-        );
+        let mut data = client_ack(31001, STICKY_VIP, 80);
         assert_eq!(h.run(&mut data), Verdict::Forward { port: POD_PORT });
     }
     assert_eq!(connect(&mut h, CLIENT, 32000), moved);
@@ -1095,28 +994,10 @@ fn session_affinity_sticks_moves_and_expires() {
 fn a_closed_flow_expires_and_its_stragglers_are_reset() {
     let mut h = Harness::new();
     let ct = Arc::new(Conntrack::default());
-    h.pipeline = Pipeline::new(
-        Arc::clone(&ct),
-        Arc::new(WorkerCounters::default()),
-        Rng::new(1),
-    );
-    let mut syn = tcp(
-        CLIENT_MAC,
-        GW_CLIENT_MAC,
-        (CLIENT, 43000),
-        (VIP, 8080),
-        64,
-        true,
-    );
+    h.pipeline = pipeline(Arc::clone(&ct));
+    let mut syn = client_syn(43000, VIP, 8080);
     assert_eq!(h.run(&mut syn), Verdict::Forward { port: POD_PORT });
-    let mut rst_back = tcp(
-        POD1_MAC,
-        GW_POD_MAC,
-        (POD1, 5678),
-        (CLIENT, 43000),
-        64,
-        false,
-    );
+    let mut rst_back = pod_ack(43000);
     rst_back[14 + 20 + 13] = tcp_flags::RST;
     // Recompute nothing: the pipeline's incremental update keeps the
     // (now wrong) checksum wrong in the same way; only the state matters.
@@ -1124,13 +1005,6 @@ fn a_closed_flow_expires_and_its_stragglers_are_reset() {
     assert_eq!(ct.sweep(h.now + 10), 0, "close lasts 10 s");
     assert_eq!(ct.sweep(h.now + 11), 1);
     h.now += 11;
-    let mut straggler = tcp(
-        CLIENT_MAC,
-        GW_CLIENT_MAC,
-        (CLIENT, 43000),
-        (VIP, 8080),
-        64,
-        false,
-    );
+    let mut straggler = client_ack(43000, VIP, 8080);
     assert!(matches!(h.run(&mut straggler), Verdict::Respond { .. }));
 }
