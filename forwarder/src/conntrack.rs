@@ -384,6 +384,9 @@ pub struct Conntrack {
     config: ConntrackConfig,
     /// Flows in the table (forward entries).
     live: AtomicUsize,
+    /// Counts removals of replied flows, so that per-worker caches of
+    /// flows ([`crate::pipeline`]) know when to forget what they hold.
+    removals: AtomicU64,
     /// Flows no reply has been seen for.
     unreplied: AtomicUsize,
     /// Forward keys of flows inserted unreplied, oldest first; entries
@@ -426,6 +429,7 @@ impl Conntrack {
                 ..config
             },
             live: AtomicUsize::new(0),
+            removals: AtomicU64::new(0),
             unreplied: AtomicUsize::new(0),
             unreplied_fifo: ArrayQueue::new(max_flows),
             stats: ConntrackStats::default(),
@@ -599,6 +603,14 @@ impl Conntrack {
     /// Accounting and partner removal after a forward entry was removed.
     fn forget(&self, key: &FlowKey, forward: &FlowEntry) {
         self.flows.remove(&forward.partner(key));
+        // Only flows that got a reply are ever cached by workers, so only
+        // their removal needs to reach the caches (a SYN flood's evictions
+        // do not). Release: a cache that sees the new count also sees the
+        // entries gone from the map.
+        // Relaxed (the state load): see `lookup`.
+        if forward.state.load(Ordering::Relaxed) & REPLIED != 0 {
+            self.removals.fetch_add(1, Ordering::Release);
+        }
         self.live.fetch_sub(1, STAT);
         // Relaxed: see `lookup`.
         if forward.state.load(Ordering::Relaxed) & REPLIED == 0 {
@@ -621,6 +633,13 @@ impl Conntrack {
             }
         }
         true
+    }
+
+    /// How many replied flows were ever removed; changes whenever one is.
+    #[inline]
+    pub fn removals(&self) -> u64 {
+        // Acquire: pairs with the Release in `forget`.
+        self.removals.load(Ordering::Acquire)
     }
 
     /// Entries in the table (two per flow).

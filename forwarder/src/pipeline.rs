@@ -36,7 +36,9 @@ use ipnet::Ipv4Net;
 
 use crate::affinity::Affinity;
 use crate::checksum::Delta;
-use crate::conntrack::{Conntrack, Direction, FlowHit, FlowKey, FlowMeta, InsertError, NO_SLOT};
+use crate::conntrack::{
+    Conntrack, Direction, FlowHit, FlowKey, FlowMeta, FlowState, InsertError, NO_SLOT,
+};
 use crate::counters::{DropReason, WorkerCounters};
 use crate::lb::Rng;
 use crate::metrics::ServiceCounters;
@@ -93,6 +95,7 @@ pub struct Pipeline {
     config: PipelineConfig,
     rng: Rng,
     hops: NextHopCache,
+    flows: FlowCache,
     refusals: RefusalLimiter,
     /// This worker's per-Service-port counters, when counting.
     services: Option<Arc<ServiceCounters>>,
@@ -172,6 +175,81 @@ impl NextHopCache {
     }
 }
 
+/// A per-worker, direct-mapped cache of established flows in front of the
+/// shared conntrack table (Katran keeps per-CPU LRU caches in front of its
+/// global table for the same reason): a packet of an established flow
+/// whose state cannot change (no SYN, FIN or RST) costs a compare instead
+/// of a shard lock and a hash probe. The shared entry is still visited
+/// once per second per flow and worker, which keeps its last-seen time
+/// (and session affinity) fresh for the sweeper. The whole cache is
+/// stale whenever a replied flow leaves the table (conntrack's removal
+/// count changes), so a retired or expired flow is never served from here;
+/// only replied flows are cached, so evictions of unreplied flows in a SYN
+/// flood do not empty it.
+#[derive(Debug)]
+struct FlowCache {
+    slots: Box<[CachedFlow]>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CachedFlow {
+    key: FlowKey,
+    hit: FlowHit,
+    /// The second the shared entry was last visited.
+    touched: u32,
+    /// Conntrack's removal count when cached: the entry is good while it
+    /// has not changed.
+    removals: u64,
+}
+
+impl FlowCache {
+    const SLOTS: usize = 4096;
+
+    fn new() -> Self {
+        Self {
+            slots: Vec::new().into_boxed_slice(),
+        }
+    }
+
+    #[inline(always)]
+    fn slot(key: &FlowKey) -> usize {
+        let a = u32::from(key.src) ^ u32::from(key.dst).rotate_left(16);
+        let b = (u32::from(key.src_port) << 16) | u32::from(key.dst_port);
+        ((a ^ b.wrapping_mul(0x85eb_ca6b)).wrapping_mul(0x9e37_79b9) >> 20) as usize
+    }
+
+    /// A cached hit for `key`, if it is fresh this second.
+    #[inline]
+    fn get(&self, key: &FlowKey, now: u32, removals: u64) -> Option<FlowHit> {
+        let cached = self.slots.get(Self::slot(key))?;
+        (cached.touched == now && cached.removals == removals && cached.key == *key)
+            .then_some(cached.hit)
+    }
+
+    #[inline]
+    fn put(&mut self, key: FlowKey, hit: FlowHit, now: u32, removals: u64) {
+        if self.slots.is_empty() {
+            // Allocated at the first established flow, not per pipeline.
+            self.slots = vec![
+                CachedFlow {
+                    key,
+                    hit,
+                    touched: u32::MAX,
+                    removals,
+                };
+                Self::SLOTS
+            ]
+            .into_boxed_slice();
+        }
+        self.slots[Self::slot(&key)] = CachedFlow {
+            key,
+            hit,
+            touched: now,
+            removals,
+        };
+    }
+}
+
 /// Where the IPv4 header starts in an untagged frame.
 const L3_OFFSET: usize = ethernet::HEADER_LEN;
 /// IANA protocol number of ICMP (RFC 790).
@@ -206,6 +284,7 @@ impl Pipeline {
             config: PipelineConfig::default(),
             rng,
             hops: NextHopCache::new(),
+            flows: FlowCache::new(),
             refusals: RefusalLimiter::default(),
             services: None,
         }
@@ -278,11 +357,29 @@ impl Pipeline {
         };
         let key = parsed.key;
 
-        let hit = match self.conntrack.lookup(&key, ctx.now, parsed.tcp_flags) {
+        // Packets that may change a flow's state always see the table.
+        let steady = parsed.tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0;
+        let removals = self.conntrack.removals();
+        let cached = if steady {
+            self.flows.get(&key, ctx.now, removals)
+        } else {
+            None
+        };
+        let hit = match cached {
             Some(hit) => hit,
-            None => match self.new_flow(buf, len, ingress, &parsed, ctx) {
-                Ok(hit) => hit,
-                Err(v) => return v,
+            None => match self.conntrack.lookup(&key, ctx.now, parsed.tcp_flags) {
+                Some(hit) => {
+                    if steady
+                        && matches!(hit.state, FlowState::TcpEstablished | FlowState::UdpReplied)
+                    {
+                        self.flows.put(key, hit, ctx.now, removals);
+                    }
+                    hit
+                }
+                None => match self.new_flow(buf, len, ingress, &parsed, ctx) {
+                    Ok(hit) => hit,
+                    Err(v) => return v,
+                },
             },
         };
         if parsed.ttl <= 1 {

@@ -1008,3 +1008,37 @@ fn a_closed_flow_expires_and_its_stragglers_are_reset() {
     let mut straggler = client_ack(43000, VIP, 8080);
     assert!(matches!(h.run(&mut straggler), Verdict::Respond { .. }));
 }
+
+#[test]
+fn the_flow_cache_never_serves_a_retired_flow() {
+    let mut h = Harness::new();
+    let ct = Arc::new(Conntrack::default());
+    h.pipeline = pipeline(Arc::clone(&ct));
+    let mut syn = client_syn(44000, VIP, 8080);
+    assert_eq!(h.run(&mut syn), Verdict::Forward { port: POD_PORT });
+    let mut synack = pod_synack(44000);
+    assert_eq!(h.run(&mut synack), Verdict::Forward { port: CLIENT_PORT });
+    // Established: these are served from the worker's cache after the
+    // first, within the same second.
+    for _ in 0..5 {
+        let mut data = client_ack(44000, VIP, 8080);
+        assert_eq!(h.run(&mut data), Verdict::Forward { port: POD_PORT });
+        assert_eq!(
+            data,
+            tcp(
+                GW_POD_MAC,
+                POD1_MAC,
+                (CLIENT, 44000),
+                (POD1, 5678),
+                63,
+                false
+            )
+        );
+    }
+    assert_eq!(ct.retire(|_, _| true), 1);
+    let mut data = client_ack(44000, VIP, 8080);
+    assert!(
+        matches!(h.run(&mut data), Verdict::Respond { .. }),
+        "a retired flow's next segment is reset, not forwarded from a cache"
+    );
+}
