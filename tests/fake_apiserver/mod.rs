@@ -129,7 +129,8 @@ struct State {
     connections: usize,
     /// Resources answered with 403 Forbidden, as without RBAC.
     forbidden: [bool; 2],
-    snapshots: HashMap<String, (u64, Vec<Value>)>,
+    /// Shared, so that serving a page does not copy the whole list.
+    snapshots: HashMap<String, (u64, Arc<Vec<Value>>)>,
     next_snapshot: u64,
 }
 
@@ -618,7 +619,7 @@ fn serve_list(
                     .values()
                     .map(list_item)
                     .collect();
-                (state.rv, items, 0)
+                (state.rv, Arc::new(items), 0)
             }
         };
         let end = limit.map_or(items.len(), |l| (offset + l).min(items.len()));

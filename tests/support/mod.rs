@@ -400,6 +400,43 @@ impl Lab {
         self.gateway = Some(gateway);
     }
 
+    /// `cipgw run --kubernetes --kubeconfig FILE` on every gateway
+    /// interface, with the lab's VIP range, one worker on core 1 and
+    /// `extra` arguments. Returns once the process runs; its first sync
+    /// with the API server comes later (the log says "first full sync
+    /// done"). The API server must be reachable from the gateway's
+    /// namespace.
+    pub fn start_gateway_kubernetes(&mut self, kubeconfig: &Path, extra: &[&str]) {
+        assert!(self.gateway.is_none(), "the gateway is already running");
+        let info = self.info();
+        let mut args: Vec<String> = Vec::new();
+        for iface in info.gateway.ifaces() {
+            args.extend(["--iface".into(), iface.to_owned()]);
+        }
+        args.extend([
+            "--kubernetes".into(),
+            "--kubeconfig".into(),
+            kubeconfig.display().to_string(),
+            "--service-cidr".into(),
+            info.vip_range.to_string(),
+            "--cores".into(),
+            GATEWAY_CORE.into(),
+        ]);
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let gateway =
+            GatewayProcess::start(exe(), self.topology.gateway(), &args, false, READY_WITHIN)
+                .unwrap_or_else(|e| panic!("starting the gateway: {e}"));
+        self.gateway = Some(gateway);
+    }
+
+    /// Every line the gateway has logged so far (none before it starts).
+    pub fn gateway_log(&self) -> Vec<String> {
+        self.gateway
+            .as_ref()
+            .map(GatewayProcess::log)
+            .unwrap_or_default()
+    }
+
     /// SIGTERM; the gateway must exit with status 0 within 5 s and
     /// leave no XDP program on its interfaces.
     #[track_caller]

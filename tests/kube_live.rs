@@ -1,0 +1,862 @@
+//! End-to-end tests of the Kubernetes source under a running gateway, in
+//! network namespaces with the real binary (`cipgw run --kubernetes`)
+//! against the fake API server of tests/fake_apiserver: the scenarios of
+//! tests/live.rs, driven through Service and EndpointSlice updates
+//! instead of the control file.
+//!
+//! The fake API server runs inside the lab's gateway namespace: its
+//! listening socket is bound on 127.0.0.1 there (from a thread that
+//! joined the namespace), which is the loopback the gateway's kube client
+//! reaches. Its serving threads work from anywhere once it is bound; a
+//! restart binds again, so it is done from the namespace too.
+//!
+//! Cases:
+//! - service B changes 200 times through the API while TCP connections
+//!   and UDP datagrams to service A run continuously: not one fails or
+//!   goes unanswered;
+//! - an EndpointSlice scales from 3 Pods to 1 and back: new connections
+//!   follow within 1 s, a UDP flow to a removed Pod recovers on its next
+//!   datagram, a TCP connection to a removed Pod gets a RST;
+//! - an endpoint turned terminating (ready=false, serving=true,
+//!   terminating=true) keeps its open connection and UDP flow while new
+//!   ones avoid it; with no ready endpoint left it takes new ones (the
+//!   Kubernetes >= 1.28 fallback); removed, its connection gets a RST;
+//! - the API server goes away: the table stays and traffic flows; objects
+//!   changed meanwhile (history compacted, so the watch must relist) are
+//!   converged to when it is back;
+//! - nothing is forwarded until the first full sync: the gateway started
+//!   while the API server is down forwards nothing and `/readyz` says 503;
+//!   once the server comes back and the sync is done, it is ready and
+//!   forwards;
+//! - an object the gateway cannot use is reported and left out while the
+//!   rest keeps forwarding; fixed, it takes effect.
+//!
+//! Rules as in tests/netns.rs: one test at a time, root (skip with a reason
+//! otherwise, never when CI=true), RAII cleanup, 198.18.0.0/15 only.
+
+#[path = "fake_apiserver/mod.rs"]
+mod fake_apiserver;
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cipgw::admin::client;
+use cipgw::lab::{self, NodeInfo, Topology, TopologyInfo};
+use cipgw_config::settings::default_admin;
+use fake_apiserver::FakeApiServer;
+use serde_json::{json, Value};
+
+use support::{pod_name, Lab, Port, DNS, HTTP, TARGET_PORT, UDP_TARGET_PORT};
+
+/// What the gateway logs once both resources are listed and the first
+/// table is in.
+const SYNCED: &str = "first full sync done";
+/// What the gateway logs for every table it installs.
+const APPLIED: &str = "service table applied";
+/// What the gateway logs when it loses the API server.
+const UNREACHABLE: &str = "Kubernetes API unreachable";
+
+/// Bound of the first sync with a reachable API server.
+const SYNC_WITHIN: Duration = Duration::from_secs(20);
+/// Bound of things that wait through kube-runtime's watch backoff
+/// (800 ms doubling up to 30 s) after an outage.
+const AFTER_BACKOFF: Duration = Duration::from_secs(40);
+/// How long a continuous-traffic thread may run at most.
+const TRAFFIC_BUDGET: Duration = Duration::from_secs(120);
+
+/// An endpoint's conditions in an EndpointSlice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Condition {
+    /// ready, serving, not terminating.
+    Ready,
+    /// Shutting down but still serving: ready=false, serving=true,
+    /// terminating=true.
+    Terminating,
+}
+
+/// A `v1 Service` in namespace `default` at `vip` with `ports`, as the
+/// API server stores it (its endpoints come from EndpointSlices).
+fn service(name: &str, vip: Ipv4Addr, ports: &[Port]) -> Value {
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|p| {
+            json!({"name": p.name, "port": p.port, "targetPort": p.target, "protocol": p.protocol})
+        })
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"namespace": "default", "name": name},
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": vip.to_string(),
+            "clusterIPs": [vip.to_string()],
+            "selector": {"app": name},
+            "ports": ports,
+        },
+    })
+}
+
+/// The EndpointSlice `<service>-1` of Service `service`: one endpoint
+/// per lab node with its conditions, and the target of each of `ports`.
+fn slice(service: &str, ports: &[Port], endpoints: &[(&NodeInfo, Condition)]) -> Value {
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|p| json!({"name": p.name, "port": p.target, "protocol": p.protocol}))
+        .collect();
+    let endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|(node, condition)| {
+            let ready = *condition == Condition::Ready;
+            json!({
+                "addresses": [node.iface.addr.to_string()],
+                "conditions": {"ready": ready, "serving": true, "terminating": !ready},
+                "targetRef": {"kind": "Pod", "namespace": "default", "name": node.name},
+            })
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "namespace": "default",
+            "name": format!("{service}-1"),
+            "labels": {"kubernetes.io/service-name": service},
+        },
+        "addressType": "IPv4",
+        "ports": ports,
+        "endpoints": endpoints,
+    })
+}
+
+/// A lab, the fake API server in its gateway namespace, and the gateway
+/// once started. Fields drop in order: the lab (gateway first, then
+/// echo servers and namespaces), then the API server.
+struct KubeLab {
+    lab: Lab,
+    api: FakeApiServer,
+}
+
+impl KubeLab {
+    /// A two-arm lab with TCP and UDP echo servers on `pods` Pods and an
+    /// empty API server the gateway namespace can reach.
+    fn new(pods: usize) -> KubeLab {
+        let mut lab = Lab::build(Topology::two_arm("kubelive").pods(pods));
+        lab.tcp_echo(TARGET_PORT);
+        lab.udp_echo(UDP_TARGET_PORT);
+        let api = lab
+            .topology()
+            .gateway()
+            .run(FakeApiServer::start)
+            .unwrap_or_else(|e| panic!("starting the fake API server in the gateway: {e}"));
+        KubeLab { lab, api }
+    }
+
+    fn info(&self) -> &TopologyInfo {
+        self.lab.info()
+    }
+
+    fn pod(&self, i: usize) -> &NodeInfo {
+        &self.info().pods[i]
+    }
+
+    /// Starts `cipgw run --kubernetes` against the fake API server.
+    fn start_gateway(&mut self, extra: &[&str]) {
+        let kubeconfig = self.api.kubeconfig().to_owned();
+        self.lab.start_gateway_kubernetes(&kubeconfig, extra);
+    }
+
+    /// Brings the stopped API server back on its port, binding from the
+    /// gateway namespace.
+    fn restart_api(&self) {
+        let api = &self.api;
+        self.lab
+            .topology()
+            .gateway()
+            .run(|| api.restart())
+            .unwrap_or_else(|e| {
+                self.lab
+                    .fail(format_args!("restarting the API server: {e}"))
+            });
+    }
+
+    /// The status `/readyz` of the gateway's admin endpoint (at its
+    /// default address, in the gateway namespace) answers.
+    #[track_caller]
+    fn readyz(&self) -> u16 {
+        self.lab
+            .topology()
+            .gateway()
+            .run(|| client::get(default_admin(), "/readyz", Duration::from_secs(5)))
+            .unwrap_or_else(|e| self.lab.fail(format_args!("entering the gateway: {e}")))
+            .unwrap_or_else(|e| self.lab.fail(format_args!("GET /readyz: {e}")))
+            .status
+    }
+
+    /// How many of the gateway's log lines contain `needle`.
+    fn log_count(&self, needle: &str) -> usize {
+        self.lab
+            .gateway_log()
+            .iter()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+
+    /// Waits until more than `before` log lines contain `needle`; how
+    /// long that took.
+    #[track_caller]
+    fn wait_log(&self, needle: &str, before: usize, within: Duration) -> Duration {
+        let started = Instant::now();
+        while self.log_count(needle) <= before {
+            if started.elapsed() > within {
+                self.lab.fail(format_args!(
+                    "the gateway did not log {needle:?} within {within:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        started.elapsed()
+    }
+
+    /// Waits for the first full sync.
+    #[track_caller]
+    fn wait_synced(&self, within: Duration) -> Duration {
+        self.wait_log(SYNCED, 0, within)
+    }
+
+    /// Applies `objects` and waits until the gateway has installed a
+    /// new table after them.
+    #[track_caller]
+    fn apply_and_wait(&self, objects: &[Value]) {
+        let before = self.log_count(APPLIED);
+        for object in objects {
+            self.api.apply(object.clone());
+        }
+        self.wait_log(APPLIED, before, Duration::from_secs(5));
+    }
+}
+
+fn vip_port(vip: Ipv4Addr, port: &Port) -> SocketAddrV4 {
+    SocketAddrV4::new(vip, port.port)
+}
+
+/// One request line over an open connection; the reply line.
+fn request(stream: &mut TcpStream) -> std::io::Result<String> {
+    stream.write_all(b"still there?\n")?;
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while !reply.ends_with(b"\n") {
+        if stream.read(&mut byte)? == 0 {
+            return Err(ErrorKind::UnexpectedEof.into());
+        }
+        reply.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&reply).into_owned())
+}
+
+/// The Pod that answers a new TCP connection to `target`.
+fn connect_pod(info: &TopologyInfo, target: SocketAddrV4) -> Result<String, String> {
+    let reply = lab::tcp_request(target, b"who?\n", Duration::from_secs(2))
+        .map_err(|e| format!("TCP to {target}: {e}"))?;
+    pod_name(info, &reply).map(str::to_owned)
+}
+
+/// The Pod that answers one datagram to `target`, from a socket that
+/// stays connected (one UDP flow).
+fn udp_pod(info: &TopologyInfo, socket: &UdpSocket) -> std::io::Result<String> {
+    socket.send(b"which?\n")?;
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf)?;
+    pod_name(info, &String::from_utf8_lossy(&buf[..n]))
+        .map(str::to_owned)
+        .map_err(std::io::Error::other)
+}
+
+/// Open flows, one TCP connection and one UDP flow per Pod, by the Pod
+/// that answers them.
+struct Flows {
+    tcp: BTreeMap<String, TcpStream>,
+    udp: BTreeMap<String, UdpSocket>,
+}
+
+/// Opens connections and UDP flows to `vip` until every one of the
+/// `pods` Pods has one of each (bounded).
+fn open_flows(lab: &Lab, vip: Ipv4Addr, pods: usize) -> Flows {
+    let info = lab.info().clone();
+    let flows = lab.in_client(move || {
+        let mut tcp: BTreeMap<String, TcpStream> = BTreeMap::new();
+        let mut udp: BTreeMap<String, UdpSocket> = BTreeMap::new();
+        for _ in 0..60 {
+            if tcp.len() == pods && udp.len() == pods {
+                break;
+            }
+            let mut s = TcpStream::connect_timeout(
+                &SocketAddr::V4(vip_port(vip, &HTTP)),
+                Duration::from_secs(2),
+            )?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let reply = request(&mut s)?;
+            let pod = pod_name(&info, &reply).map_err(std::io::Error::other)?;
+            tcp.entry(pod.to_owned()).or_insert(s);
+            let u = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+            u.connect(vip_port(vip, &DNS))?;
+            u.set_read_timeout(Some(Duration::from_secs(1)))?;
+            let pod = udp_pod(&info, &u)?;
+            udp.entry(pod).or_insert(u);
+        }
+        Ok::<_, std::io::Error>(Flows { tcp, udp })
+    });
+    let flows = flows.unwrap_or_else(|e| lab.fail(format_args!("opening flows: {e}")));
+    assert_eq!(
+        (flows.tcp.len(), flows.udp.len()),
+        (pods, pods),
+        "a TCP and a UDP flow per Pod"
+    );
+    flows
+}
+
+/// A UDP request to `target` must go unanswered within 1 s.
+#[track_caller]
+fn assert_udp_not_answered(lab: &Lab, target: SocketAddrV4) {
+    let outcome =
+        lab.in_client(move || lab::udp_request(target, b"anyone?\n", Duration::from_secs(1)));
+    if let Ok(reply) = outcome {
+        lab.fail(format_args!(
+            "UDP to {target} was answered ({reply:?}); it must not be forwarded"
+        ));
+    }
+}
+
+/// Continuous traffic to one Service from the client: a new TCP
+/// connection, then a UDP request from a fresh socket (a new flow), again
+/// and again until stopped, each answered by one of the Service's Pods.
+/// Stopped (not checked) on drop.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<(usize, usize), String>>>,
+}
+
+impl Traffic {
+    fn start(lab: &Lab, vip: Ipv4Addr, pods: &[usize]) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let info = lab.info().clone();
+        let allowed: BTreeSet<String> = pods.iter().map(|&i| info.pods[i].name.clone()).collect();
+        let thread = {
+            let stop = Arc::clone(&stop);
+            lab.topology()
+                .client()
+                .spawn_thread("traffic", move || {
+                    let (mut tcp_ok, mut udp_ok) = (0usize, 0usize);
+                    let deadline = Instant::now() + TRAFFIC_BUDGET;
+                    // Relaxed: a stop flag; nothing else is published through it.
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        let pod = connect_pod(&info, vip_port(vip, &HTTP))
+                            .map_err(|e| format!("after {tcp_ok} connections: {e}"))?;
+                        if !allowed.contains(&pod) {
+                            return Err(format!("{vip} answered by {pod}, not one of {allowed:?}"));
+                        }
+                        tcp_ok += 1;
+                        let reply = lab::udp_request(
+                            vip_port(vip, &DNS),
+                            b"query\n",
+                            Duration::from_secs(1),
+                        )
+                        .map_err(|e| format!("UDP after {udp_ok} answers: {e}"))?;
+                        let pod = pod_name(&info, &reply)?;
+                        if !allowed.contains(pod) {
+                            return Err(format!("{vip} UDP answered by {pod}"));
+                        }
+                        udp_ok += 1;
+                    }
+                    Ok((tcp_ok, udp_ok))
+                })
+                .unwrap_or_else(|e| panic!("starting traffic to {vip}: {e}"))
+        };
+        Traffic {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the traffic; every exchange must have succeeded. Returns the
+    /// TCP connections and UDP requests answered.
+    #[track_caller]
+    fn finish(mut self, lab: &Lab, what: &str) -> (usize, usize) {
+        // Relaxed: see the traffic thread.
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.take().expect("finished once");
+        let counts = thread
+            .join()
+            .unwrap_or_else(|_| lab.fail("the traffic thread panicked"))
+            .unwrap_or_else(|e| lab.fail(format_args!("traffic {what}: {e}")));
+        assert!(
+            counts.0 >= 20 && counts.1 >= 20,
+            "too little traffic {what} to mean anything: {counts:?}"
+        );
+        counts
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        // Relaxed: see the traffic thread.
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn churn_on_service_b_through_the_api_never_disturbs_service_a() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    const CHANGES: usize = 200;
+    let mut k = KubeLab::new(3);
+    let vip_a = k.info().vip(10);
+    let vip_b = k.info().vip(20);
+    let (pod1, pod2, pod3) = (k.pod(0).clone(), k.pod(1).clone(), k.pod(2).clone());
+    // Pods 1 and 2 serve A; B's version `i` moves over ports and Pods.
+    let b_port = |i: usize| Port {
+        name: "web",
+        port: 9000 + (i % 50) as u16,
+        target: TARGET_PORT,
+        protocol: "TCP",
+    };
+    let b_version = |i: usize| -> [Value; 2] {
+        let endpoints: &[(&NodeInfo, Condition)] = if i % 2 == 0 {
+            &[(&pod3, Condition::Ready)]
+        } else {
+            &[(&pod2, Condition::Ready), (&pod3, Condition::Ready)]
+        };
+        [
+            service("beta", vip_b, &[b_port(i)]),
+            slice("beta", &[b_port(i)], endpoints),
+        ]
+    };
+    k.api.apply(service("alpha", vip_a, &[HTTP, DNS]));
+    k.api.apply(slice(
+        "alpha",
+        &[HTTP, DNS],
+        &[(&pod1, Condition::Ready), (&pod2, Condition::Ready)],
+    ));
+    for object in b_version(0) {
+        k.api.apply(object);
+    }
+    k.start_gateway(&["--min-sync-period", "100ms"]);
+    k.wait_synced(SYNC_WITHIN);
+
+    let traffic = Traffic::start(&k.lab, vip_a, &[0, 1]);
+    let applied_before = k.log_count(APPLIED);
+    let started = Instant::now();
+    for i in 1..=CHANGES {
+        for object in b_version(i) {
+            k.api.apply(object);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    // Let the last version land, with traffic still running.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (tcp_ok, udp_ok) = traffic.finish(&k.lab, "to A during churn on B");
+    let tables = k.log_count(APPLIED) - applied_before;
+    eprintln!(
+        "{CHANGES} changes of B through the API in {:?} ({tables} tables installed); A served \
+         {tcp_ok} TCP connections and {udp_ok} UDP requests without a failure",
+        started.elapsed()
+    );
+    assert!(
+        (2..=CHANGES).contains(&tables),
+        "{tables} tables for {CHANGES} changes: they should be coalesced, not dropped"
+    );
+    // B's final version is live: port 9000 + 200 % 50 on Pod 3 only, and
+    // the port before it is gone.
+    let info = k.info().clone();
+    let last = vip_port(vip_b, &b_port(CHANGES));
+    let served = k.lab.tcp_sessions(last, 10, 1);
+    assert_eq!(
+        served.keys().collect::<Vec<_>>(),
+        [&pod3.name],
+        "B's last version has Pod 3 only"
+    );
+    k.lab
+        .assert_not_forwarded(vip_port(vip_b, &b_port(CHANGES - 1)));
+    let pod = k
+        .lab
+        .in_client(move || connect_pod(&info, vip_port(vip_a, &HTTP)))
+        .unwrap_or_else(|e| k.lab.fail(e));
+    assert!(pod == pod1.name || pod == pod2.name, "A answered by {pod}");
+    k.lab.stop_gateway();
+}
+
+#[test]
+fn scaling_a_slice_to_one_pod_and_back_moves_traffic_within_a_second() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    let mut k = KubeLab::new(3);
+    let vip = k.info().vip(10);
+    let nodes: Vec<NodeInfo> = k.info().pods.clone();
+    let three: Vec<(&NodeInfo, Condition)> = nodes.iter().map(|n| (n, Condition::Ready)).collect();
+    let one = [(&nodes[0], Condition::Ready)];
+    k.api.apply(service("echo", vip, &[HTTP, DNS]));
+    k.api.apply(slice("echo", &[HTTP, DNS], &three));
+    // The default --min-sync-period (1 s), as deployed.
+    k.start_gateway(&[]);
+    k.wait_synced(SYNC_WITHIN);
+    let info = k.info().clone();
+    let pod1 = nodes[0].name.clone();
+
+    let Flows { mut tcp, udp } = open_flows(&k.lab, vip, 3);
+
+    // Scale to one Pod.
+    let written = Instant::now();
+    k.api.apply(slice("echo", &[HTTP, DNS], &one));
+    let followed = k.lab.in_client({
+        let (info, pod1) = (info.clone(), pod1.clone());
+        move || {
+            // New connections must all go to pod1 within 1 s. (A
+            // connection opened to a Pod just before it is removed is
+            // reset: that counts as not yet followed.)
+            let mut streak = 0;
+            while written.elapsed() < Duration::from_secs(3) {
+                match connect_pod(&info, vip_port(vip, &HTTP)) {
+                    Ok(pod) if pod == pod1 => {
+                        streak += 1;
+                        if streak == 10 {
+                            return Ok(written.elapsed());
+                        }
+                    }
+                    Ok(_) => streak = 0,
+                    Err(e) if e.contains("reset") => streak = 0,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err("new connections still reach removed Pods after 3 s".to_owned())
+        }
+    });
+    let took = followed.unwrap_or_else(|e| k.lab.fail(e));
+    eprintln!("slice scaled to one Pod: new connections followed within {took:?}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "took {took:?} (10 in a row on pod1)"
+    );
+
+    // UDP flows to removed Pods recover on their next datagram.
+    let udp_after = k.lab.in_client({
+        let info = info.clone();
+        move || {
+            let mut answers = BTreeMap::new();
+            for (was, u) in &udp {
+                let now = udp_pod(&info, u).map_err(|e| format!("UDP flow of {was}: {e}"))?;
+                answers.insert(was.clone(), now);
+            }
+            Ok::<_, String>(answers)
+        }
+    });
+    let udp_after = udp_after.unwrap_or_else(|e| k.lab.fail(e));
+    for (was, now) in &udp_after {
+        assert_eq!(now, &pod1, "the UDP flow that was on {was} is now on {now}");
+    }
+
+    // TCP connections to removed Pods get a RST; the one to pod1 lives on.
+    for (pod, stream) in &mut tcp {
+        let outcome = request(stream);
+        if *pod == pod1 {
+            let reply =
+                outcome.unwrap_or_else(|e| k.lab.fail(format_args!("{pod}'s connection: {e}")));
+            assert_eq!(pod_name(&info, &reply).ok(), Some(pod1.as_str()));
+        } else {
+            match outcome {
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+                other => k.lab.fail(format_args!(
+                    "connection to removed {pod}: {other:?}; expected a reset"
+                )),
+            }
+        }
+    }
+
+    // Back to three: new connections spread again within a second.
+    let written = Instant::now();
+    k.api.apply(slice("echo", &[HTTP, DNS], &three));
+    let spread = k.lab.in_client({
+        let info = info.clone();
+        move || {
+            let mut seen = BTreeSet::new();
+            while written.elapsed() < Duration::from_secs(3) {
+                seen.insert(connect_pod(&info, vip_port(vip, &HTTP))?);
+                if seen.len() == 3 {
+                    return Ok(written.elapsed());
+                }
+            }
+            Err(format!("only {seen:?} after 3 s"))
+        }
+    });
+    let took = spread.unwrap_or_else(|e| k.lab.fail(e));
+    eprintln!("slice scaled back to three Pods: all reached within {took:?}");
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    k.lab.stop_gateway();
+}
+
+#[test]
+fn a_terminating_endpoint_keeps_its_flows_and_takes_no_new_ones() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    let mut k = KubeLab::new(3);
+    let vip = k.info().vip(10);
+    let nodes: Vec<NodeInfo> = k.info().pods.clone();
+    let ready = |i: usize| (&nodes[i], Condition::Ready);
+    let terminating = |i: usize| (&nodes[i], Condition::Terminating);
+    k.api.apply(service("echo", vip, &[HTTP, DNS]));
+    k.api
+        .apply(slice("echo", &[HTTP, DNS], &[ready(0), ready(1), ready(2)]));
+    k.start_gateway(&["--min-sync-period", "100ms"]);
+    k.wait_synced(SYNC_WITHIN);
+    let info = k.info().clone();
+    let pod3 = nodes[2].name.clone();
+
+    let Flows { mut tcp, udp } = open_flows(&k.lab, vip, 3);
+
+    // Pod 3 shuts down: still serving, no longer ready.
+    k.apply_and_wait(&[slice(
+        "echo",
+        &[HTTP, DNS],
+        &[ready(0), ready(1), terminating(2)],
+    )]);
+    let served = k.lab.tcp_sessions(vip_port(vip, &HTTP), 30, 1);
+    assert!(
+        !served.contains_key(&pod3) && served.len() == 2,
+        "new connections must avoid the terminating {pod3}: {served:?}"
+    );
+    let served = k.lab.udp_exchanges(vip_port(vip, &DNS), 30);
+    assert!(
+        !served.contains_key(&pod3),
+        "new UDP flows must avoid the terminating {pod3}: {served:?}"
+    );
+    // Every open flow goes on where it was, the terminating Pod's too.
+    let check_flows = |tcp: &mut BTreeMap<String, TcpStream>, udp: &BTreeMap<String, UdpSocket>| {
+        for (pod, stream) in tcp.iter_mut() {
+            let reply = request(stream)
+                .unwrap_or_else(|e| k.lab.fail(format_args!("{pod}'s open connection: {e}")));
+            assert_eq!(pod_name(&info, &reply).ok(), Some(pod.as_str()));
+        }
+        let udp_now = k.lab.in_client(|| {
+            udp.iter()
+                .map(|(was, u)| Ok((was.clone(), udp_pod(&info, u)?)))
+                .collect::<std::io::Result<Vec<(String, String)>>>()
+        });
+        for (was, now) in udp_now.unwrap_or_else(|e| k.lab.fail(format_args!("UDP flows: {e}"))) {
+            assert_eq!(was, now, "the UDP flow on {was} moved to {now}");
+        }
+    };
+    check_flows(&mut tcp, &udp);
+
+    // No ready endpoint left: serving terminating ones take new flows
+    // (Kubernetes >= 1.28).
+    k.apply_and_wait(&[slice("echo", &[HTTP, DNS], &[terminating(2)])]);
+    let served = k.lab.tcp_sessions(vip_port(vip, &HTTP), 10, 1);
+    assert_eq!(
+        served.keys().collect::<Vec<_>>(),
+        [&pod3],
+        "with no ready endpoint the serving terminating one takes new connections"
+    );
+    let mut pod3_stream = tcp.remove(&pod3).expect("a connection to pod 3");
+    let reply = request(&mut pod3_stream)
+        .unwrap_or_else(|e| k.lab.fail(format_args!("{pod3}'s open connection: {e}")));
+    assert_eq!(pod_name(&info, &reply).ok(), Some(pod3.as_str()));
+
+    // Gone for good: its open connection is reset, and the Service has no
+    // endpoint left.
+    k.apply_and_wait(&[slice("echo", &[HTTP, DNS], &[])]);
+    match request(&mut pod3_stream) {
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        other => k.lab.fail(format_args!(
+            "connection to the removed {pod3}: {other:?}; expected a reset"
+        )),
+    }
+    k.lab.assert_not_forwarded(vip_port(vip, &HTTP));
+    k.lab.stop_gateway();
+}
+
+#[test]
+fn api_server_outage_keeps_the_table_and_converges_when_it_is_back() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    let mut k = KubeLab::new(3);
+    let (vip_a, vip_b, vip_c) = (k.info().vip(10), k.info().vip(20), k.info().vip(30));
+    let nodes: Vec<NodeInfo> = k.info().pods.clone();
+    let ready = |i: usize| (&nodes[i], Condition::Ready);
+    k.api.apply(service("alpha", vip_a, &[HTTP, DNS]));
+    k.api.apply(slice(
+        "alpha",
+        &[HTTP, DNS],
+        &[ready(0), ready(1), ready(2)],
+    ));
+    k.api.apply(service("beta", vip_b, &[HTTP]));
+    k.api.apply(slice("beta", &[HTTP], &[ready(1)]));
+    k.start_gateway(&["--min-sync-period", "100ms"]);
+    k.wait_synced(SYNC_WITHIN);
+
+    // The API server goes away while A carries traffic.
+    let traffic = Traffic::start(&k.lab, vip_a, &[0, 1, 2]);
+    std::thread::sleep(Duration::from_millis(500));
+    k.api.stop();
+    let noticed = k.wait_log(UNREACHABLE, 0, Duration::from_secs(10));
+    eprintln!("the gateway noticed the outage within {noticed:?}");
+    assert_eq!(k.readyz(), 200, "ready on the last table during an outage");
+    // Meanwhile: A scales to Pod 1, B is deleted, C appears; the history
+    // is compacted, so the gateway's watches must relist.
+    k.api.apply(slice("alpha", &[HTTP, DNS], &[ready(0)]));
+    k.api.delete("Service", "default", "beta");
+    k.api.delete("EndpointSlice", "default", "beta-1");
+    k.api.apply(service("charlie", vip_c, &[HTTP]));
+    k.api.apply(slice("charlie", &[HTTP], &[ready(2)]));
+    k.api.compact();
+    std::thread::sleep(Duration::from_secs(3));
+    // The last table stays in force: B still forwards, C is unknown.
+    let served = k.lab.tcp_sessions(vip_port(vip_b, &HTTP), 5, 1);
+    assert_eq!(served.keys().collect::<Vec<_>>(), [&nodes[1].name]);
+    k.lab.assert_not_forwarded(vip_port(vip_c, &HTTP));
+    let (tcp_ok, udp_ok) = traffic.finish(&k.lab, "to A during the outage");
+    eprintln!("A served {tcp_ok} TCP connections and {udp_ok} UDP requests across the outage");
+
+    // Back: the gateway converges to what changed meanwhile.
+    let back = Instant::now();
+    k.restart_api();
+    let info = k.info().clone();
+    let converged = k
+        .lab
+        .in_client(move || {
+            while back.elapsed() < AFTER_BACKOFF {
+                if connect_pod(&info, vip_port(vip_c, &HTTP)).is_ok() {
+                    return Ok(back.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(format!(
+                "C did not answer within {AFTER_BACKOFF:?} of the restart"
+            ))
+        })
+        .unwrap_or_else(|e| k.lab.fail(e));
+    eprintln!("converged {converged:?} after the API server came back");
+    k.lab.assert_log_contains("Kubernetes API reachable again");
+    let served = k.lab.tcp_sessions(vip_port(vip_c, &HTTP), 5, 1);
+    assert_eq!(served.keys().collect::<Vec<_>>(), [&nodes[2].name]);
+    let served = k.lab.tcp_sessions(vip_port(vip_a, &HTTP), 10, 1);
+    assert_eq!(
+        served.keys().collect::<Vec<_>>(),
+        [&nodes[0].name],
+        "A scaled to Pod 1 while the API server was down"
+    );
+    let served = k.lab.udp_exchanges(vip_port(vip_a, &DNS), 10);
+    assert_eq!(served.keys().collect::<Vec<_>>(), [&nodes[0].name]);
+    k.lab.assert_not_forwarded(vip_port(vip_b, &HTTP));
+    k.lab.stop_gateway();
+}
+
+#[test]
+fn nothing_is_forwarded_before_the_first_full_sync() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    let mut k = KubeLab::new(2);
+    let vip = k.info().vip(10);
+    let nodes: Vec<NodeInfo> = k.info().pods.clone();
+    k.api.apply(service("echo", vip, &[HTTP, DNS]));
+    k.api.apply(slice(
+        "echo",
+        &[HTTP, DNS],
+        &[(&nodes[0], Condition::Ready), (&nodes[1], Condition::Ready)],
+    ));
+    // The objects are there, but the API server is not reachable.
+    k.api.stop();
+    k.start_gateway(&["--min-sync-period", "100ms"]);
+    k.lab
+        .assert_log_contains("waiting for the first full sync from the Kubernetes API");
+    k.wait_log(UNREACHABLE, 0, Duration::from_secs(10));
+    assert_eq!(k.readyz(), 503, "ready before the first sync");
+    k.lab.assert_not_forwarded(vip_port(vip, &HTTP));
+    assert_udp_not_answered(&k.lab, vip_port(vip, &DNS));
+    assert_eq!(k.readyz(), 503, "ready before the first sync");
+    assert_eq!(k.log_count(SYNCED), 0, "synced without an API server");
+    assert_eq!(k.log_count(APPLIED), 0, "a table without an API server");
+
+    let back = Instant::now();
+    k.restart_api();
+    let synced = k.wait_synced(AFTER_BACKOFF);
+    eprintln!("first full sync {synced:?} after the API server came up");
+    let served = k.lab.tcp_sessions(vip_port(vip, &HTTP), 20, 1);
+    assert_eq!(
+        served.len(),
+        2,
+        "both Pods serve after the sync: {served:?}"
+    );
+    // (The log line comes just before the flag is set: asked after.)
+    assert_eq!(k.readyz(), 200, "ready after the first sync");
+    k.lab.udp_exchanges(vip_port(vip, &DNS), 5);
+    eprintln!(
+        "forwarding {:?} after the API server came up",
+        back.elapsed()
+    );
+    k.lab.stop_gateway();
+}
+
+#[test]
+fn an_unusable_object_is_reported_and_left_out_until_fixed() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    let mut k = KubeLab::new(3);
+    let (vip, vip_c) = (k.info().vip(10), k.info().vip(30));
+    let nodes: Vec<NodeInfo> = k.info().pods.clone();
+    let all: Vec<(&NodeInfo, Condition)> = nodes.iter().map(|n| (n, Condition::Ready)).collect();
+    k.api.apply(service("echo", vip, &[HTTP]));
+    k.api.apply(slice("echo", &[HTTP], &all));
+    k.start_gateway(&["--min-sync-period", "100ms"]);
+    k.wait_synced(SYNC_WITHIN);
+
+    // A Service whose port the gateway cannot use (the real API server
+    // would refuse this one; a ClusterIP outside --service-cidr is the
+    // kind it lets through).
+    let mut bad = service("charlie", vip_c, &[HTTP]);
+    bad["spec"]["ports"][0]["port"] = 80800.into();
+    let outside = service("delta", Ipv4Addr::new(198, 19, 0, 40), &[HTTP]);
+    k.api.apply(bad);
+    k.api.apply(outside);
+    k.api
+        .apply(slice("charlie", &[HTTP], &[(&nodes[2], Condition::Ready)]));
+    std::thread::sleep(Duration::from_millis(1500));
+    let served = k.lab.tcp_sessions(vip_port(vip, &HTTP), 20, 1);
+    assert_eq!(served.values().sum::<usize>(), 20, "the rest serves on");
+    k.lab.assert_log_contains("spec.ports[0].port");
+    k.lab.assert_log_contains("80800");
+    k.lab
+        .assert_log_contains("198.19.0.40 is outside the service CIDR");
+    k.lab.assert_not_forwarded(vip_port(vip_c, &HTTP));
+
+    // Fixed: it takes effect.
+    let written = Instant::now();
+    k.apply_and_wait(&[service("charlie", vip_c, &[HTTP])]);
+    eprintln!(
+        "the fixed Service was installed {:?} after the update",
+        written.elapsed()
+    );
+    let served = k.lab.tcp_sessions(vip_port(vip_c, &HTTP), 5, 1);
+    assert_eq!(served.keys().collect::<Vec<_>>(), [&nodes[2].name]);
+    k.lab.stop_gateway();
+}
