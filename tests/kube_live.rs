@@ -65,9 +65,9 @@ const UNREACHABLE: &str = "Kubernetes API unreachable";
 
 /// Bound of the first sync with a reachable API server.
 const SYNC_WITHIN: Duration = Duration::from_secs(20);
-/// Bound of things that wait through kube-runtime's watch backoff
-/// (800 ms doubling up to 30 s) after an outage.
-const AFTER_BACKOFF: Duration = Duration::from_secs(40);
+/// Bound of things that wait through the watchers' backoff after an
+/// outage (250 ms doubling to 2 s; converging takes about 4 s here).
+const AFTER_BACKOFF: Duration = Duration::from_secs(15);
 /// How long a continuous-traffic thread may run at most.
 const TRAFFIC_BUDGET: Duration = Duration::from_secs(120);
 

@@ -47,6 +47,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::reflector::{self, Store};
+use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 
@@ -260,6 +261,43 @@ struct Syncer {
     errors: BTreeSet<String>,
 }
 
+/// The watchers' retry delays: 250 ms doubling to at most 2 s, and back
+/// to 250 ms after 5 s without an error. kube-runtime's default (800 ms to
+/// 30 s, reset only after 2 min) left a gateway on a mixed old/new table
+/// for 12-18 s after a short API outage, because the relist that follows
+/// a 410 waited out a delay grown during the outage. A gateway is one
+/// client among few; a short cap costs the API server little.
+#[derive(Debug, Clone)]
+struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(250);
+    const CAP: Duration = Duration::from_secs(2);
+    const RESET_AFTER: Duration = Duration::from_secs(5);
+
+    fn new() -> ResetTimerBackoff<WatchBackoff> {
+        ResetTimerBackoff::new(WatchBackoff { next: Self::FIRST }, Self::RESET_AFTER)
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::CAP);
+        Some(delay)
+    }
+}
+
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
 async fn run(
     client: Client,
     config: KubeSourceConfig,
@@ -270,10 +308,10 @@ async fn run(
     let (endpoint_slices, slices_writer) = reflector::store::<EndpointSlice>();
     let watch = watcher::Config::default();
     let mut service_events = pin!(watcher(Api::<Service>::all(client.clone()), watch.clone())
-        .default_backoff()
+        .backoff(WatchBackoff::new())
         .reflect(services_writer));
     let mut slice_events = pin!(watcher(Api::<EndpointSlice>::all(client.clone()), watch)
-        .default_backoff()
+        .backoff(WatchBackoff::new())
         .reflect(slices_writer));
     let mut sync = Syncer {
         proxy_name: config.proxy_name,

@@ -365,6 +365,9 @@ pub struct ConntrackStats {
     pub refused: AtomicU64,
     /// Flows removed because their backend or Service went away.
     pub retired: AtomicU64,
+    /// Finished flows (TIME_WAIT, closed) that made way for a new
+    /// connection reusing their reply 5-tuple through another VIP.
+    pub reused: AtomicU64,
     /// Flows expired by the sweeper, per state.
     pub expired: [AtomicU64; FlowState::ALL.len()],
 }
@@ -529,22 +532,41 @@ impl Conntrack {
             dst_port: forward.src_port,
             protocol: forward.protocol,
         };
-        match self.flows.entry(reply) {
-            Entry::Occupied(existing) => {
-                let e = existing.get();
-                if e.nat_ip != forward.dst || e.nat_port != forward.dst_port {
-                    return Err(InsertError::ReplyClash);
+        // The reply key is taken when the client reuses a port with which
+        // it reached the same backend through another VIP. If that older
+        // connection is over (TIME_WAIT or closed), the client's new SYN
+        // shows it is done with it: the old flow makes way. Otherwise the
+        // replies could not be told apart and the new flow is refused.
+        for _ in 0..2 {
+            let finished = match self.flows.entry(reply) {
+                Entry::Occupied(existing) => {
+                    let e = existing.get();
+                    if e.nat_ip == forward.dst && e.nat_port == forward.dst_port {
+                        break;
+                    }
+                    // Relaxed: see `lookup`.
+                    let old = FlowState::from_bits(e.state.load(Ordering::Relaxed));
+                    if !matches!(old, FlowState::TcpTimeWait | FlowState::TcpClose) {
+                        return Err(InsertError::ReplyClash);
+                    }
+                    true
                 }
-            }
-            Entry::Vacant(slot) => {
-                slot.insert(FlowEntry {
-                    state: AtomicU8::new(state),
-                    direction: Direction::Reply,
-                    nat_ip: forward.dst,
-                    nat_port: forward.dst_port,
-                    last_seen: AtomicU32::new(now),
-                    slot: meta.slot,
-                });
+                Entry::Vacant(slot) => {
+                    slot.insert(FlowEntry {
+                        state: AtomicU8::new(state),
+                        direction: Direction::Reply,
+                        nat_ip: forward.dst,
+                        nat_port: forward.dst_port,
+                        last_seen: AtomicU32::new(now),
+                        slot: meta.slot,
+                    });
+                    break;
+                }
+            };
+            // The shard lock is released before the old flow is removed.
+            if finished {
+                self.remove(&reply);
+                self.stats.reused.fetch_add(1, STAT);
             }
         }
         let (hit, inserted) = match self.flows.entry(forward) {
@@ -861,6 +883,34 @@ mod tests {
             )
             .expect("second insert");
         assert_eq!(again.nat_ip, backend().0);
+    }
+
+    #[test]
+    fn a_finished_flow_makes_way_for_a_reused_port() {
+        let ct = Conntrack::default();
+        let via_a = forward(40000);
+        ct.insert(via_a, backend(), 1, FlowMeta::default())
+            .expect("first");
+        ct.lookup(&reply(40000), 1, SYN | ACK);
+        ct.lookup(&via_a, 2, ACK | FIN);
+        ct.lookup(&reply(40000), 2, ACK | FIN);
+        // The same client port to the same backend through another VIP.
+        let via_b = key([198, 18, 0, 2], 40000, [198, 18, 100, 11], 8080);
+        let hit = ct
+            .insert(via_b, backend(), 3, FlowMeta::default())
+            .expect("reused");
+        assert_eq!(hit.nat_ip, backend().0);
+        assert!(
+            ct.lookup(&via_a, 3, ACK).is_none(),
+            "the finished flow is gone"
+        );
+        assert_eq!(
+            ct.lookup(&reply(40000), 3, SYN | ACK).map(|h| h.nat_ip),
+            Some(Ipv4Addr::new(198, 18, 100, 11)),
+            "replies now belong to the new flow"
+        );
+        assert_eq!(ct.stats().reused.load(STAT), 1);
+        assert_eq!(ct.summary().flows, 1);
     }
 
     #[test]

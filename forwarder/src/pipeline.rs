@@ -504,7 +504,10 @@ impl Pipeline {
                 }
             }
         }
-        Err(Verdict::Drop(DropReason::ReplyClash))
+        // Every usable endpoint already carries a live flow from this
+        // client port through another VIP: refuse at once rather than let
+        // the client retry the same port into the same clash.
+        Err(self.refuse(buf, len, ingress, key, DropReason::ReplyClash, ctx))
     }
 
     /// Whether a source may open connections to VIPs.
