@@ -1,0 +1,750 @@
+//! The packet-path fuzz harness: any byte string becomes a short session
+//! of frames run through cipgw's whole [`Pipeline`] (parse, classify,
+//! conntrack lookup and insert, rewrite, refusals and echo replies) against
+//! a fixed service table, with invariants checked after every frame.
+//!
+//! It lives in a library (not only in the fuzz target) so that the seed
+//! corpus can be generated and replayed by ordinary tests
+//! (`tests/seeds.rs`) without libFuzzer.
+//!
+//! Input format (all of it is valid; short inputs simply end early):
+//!
+//! ```text
+//! byte 0          setup: bits 0-2  max_flows - 1 (a table of 1..=8 flows,
+//!                                  so eviction and refusal paths run)
+//!                        bits 3-4  unreplied share: 100, 50, 25 or 1 %
+//!                        bit 5     --cluster-cidr 198.18.0.0/24 (else all)
+//!                        bits 6-7  backend-choice RNG seed
+//! then records    ctl    bits 0-1  ingress port: 0 client side, 1 Pod
+//!                                  side, 2 a port the snapshot lacks, 3 = 0
+//!                        bit 2     fix up checksums first (IPv4 header and
+//!                                  TCP/UDP/ICMP), so mutated frames stay
+//!                                  well-formed enough to reach deep paths
+//!                        bit 3     sweep conntrack after the frame
+//!                        bits 4-6  clock step before the frame, seconds:
+//!                                  0, 1, 2, 11, 31, 121, 3601, 86401
+//!                        bit 7     endpoint churn before the frame: switch
+//!                                  to the other table and retire flows
+//!                                  whose backend left it
+//!                 len    u16, little endian (cut to what is left)
+//!                 frame  len bytes (at most 2048, one UMEM frame)
+//! ```
+//!
+//! Invariants, for any input: nothing panics (overflow and debug
+//! assertions are on in fuzz builds); a `Forward` (or `AwaitNeighbour`)
+//! frame still parses as IPv4, leaves through a port that exists, had its
+//! TTL decremented, and goes to a backend of the table or comes from a VIP;
+//! it belongs to a flow conntrack holds (not only a worker's cache of it)
+//! and was rewritten to that flow's backend (or VIP, for a reply);
+//! its IPv4 header checksum, and its TCP/UDP checksum, are valid whenever
+//! they were valid on input; a `Respond` fits the buffer, goes back out of
+//! the ingress port, and is a well-formed IPv4 packet with correct
+//! checksums (an echo reply's ICMP checksum when the request's was);
+//! conntrack holds at most `max_flows + 1` flows, exactly two entries per
+//! flow, and no more unreplied flows than flows.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, OnceLock};
+
+use cipgw::checksum::{checksum, l4_checksum};
+use cipgw::conntrack::{Conntrack, ConntrackConfig, Direction, FlowKey, Timeouts};
+use cipgw::counters::WorkerCounters;
+use cipgw::lb::Rng;
+use cipgw::pipeline::{BatchContext, Pipeline, PipelineConfig, Verdict};
+use cipgw::route::{NetSnapshot, Port, PortId, Route};
+use cipgw::table::CompiledTable;
+use cipgw_config::{
+    ClusterIp, Endpoint, EndpointState, Protocol, Service, ServiceKind, ServiceName, ServicePort,
+    ServiceTable, TargetPort,
+};
+
+/// Size of one UMEM frame: the frame plus the room an answer may use.
+pub const BUF_LEN: usize = 2048;
+/// Frames per input, so that one input cannot run for long.
+pub const MAX_FRAMES: usize = 64;
+/// The synthetic clock's start, seconds.
+pub const START: u32 = 1000;
+/// Clock steps selectable per frame (seconds): around every timeout.
+pub const CLOCK_STEPS: [u32; 8] = [0, 1, 2, 11, 31, 121, 3601, 86401];
+/// Unreplied shares selectable in the setup byte (percent).
+pub const UNREPLIED_PERCENT: [u8; 4] = [100, 50, 25, 1];
+
+/// Addresses of the fixed topology (RFC 2544 benchmarking range only).
+pub mod addr {
+    /// Clients on the gateway's port 0 with a resolved MAC: .2 to .9.
+    pub const CLIENT: [u8; 4] = [198, 18, 0, 2];
+    /// A client whose MAC is not resolved: replies to it wait.
+    pub const CLIENT_UNRESOLVED: [u8; 4] = [198, 18, 0, 20];
+    /// A client outside `--cluster-cidr` when the setup restricts it.
+    pub const CLIENT_OUTSIDE: [u8; 4] = [198, 18, 1, 2];
+    /// `web`: TCP 80 -> 8080 and UDP 53 -> 5353 on POD1..POD3.
+    pub const WEB_VIP: [u8; 4] = [198, 19, 0, 10];
+    /// `dns`: UDP 53 -> 5353 on POD1, POD2.
+    pub const DNS_VIP: [u8; 4] = [198, 19, 0, 20];
+    /// `empty`: TCP 80 and UDP 53 without endpoints.
+    pub const EMPTY_VIP: [u8; 4] = [198, 19, 0, 30];
+    /// `sticky`: ClientIP affinity (10 s), TCP 80 -> 8080 on POD1, POD2
+    /// and POD_UNRESOLVED.
+    pub const STICKY_VIP: [u8; 4] = [198, 19, 0, 40];
+    /// `draining`: TCP 80 -> 8080 on a serving, terminating Pod only.
+    pub const DRAINING_VIP: [u8; 4] = [198, 19, 0, 50];
+    /// `solo`: TCP 80 -> 8080 and UDP 53 -> 5353 on POD1 only, so seeds
+    /// know the backend a flow gets.
+    pub const SOLO_VIP: [u8; 4] = [198, 19, 0, 60];
+    /// `far`: TCP 80 -> 8080 on a Pod behind a router, one with no route,
+    /// and one routed through an interface cipgw is not attached to.
+    pub const FAR_VIP: [u8; 4] = [198, 19, 0, 70];
+    pub const POD1: [u8; 4] = [198, 18, 2, 11];
+    pub const POD2: [u8; 4] = [198, 18, 2, 12];
+    pub const POD3: [u8; 4] = [198, 18, 2, 13];
+    /// Replaces POD3 in the churned table.
+    pub const POD4: [u8; 4] = [198, 18, 2, 17];
+    /// A Pod whose MAC is not resolved.
+    pub const POD_UNRESOLVED: [u8; 4] = [198, 18, 2, 14];
+    /// The headless Service's Pod (no VIP).
+    pub const POD_HEADLESS: [u8; 4] = [198, 18, 2, 15];
+    pub const POD_DRAINING: [u8; 4] = [198, 18, 2, 16];
+    /// Behind the router 198.18.2.1.
+    pub const POD_ROUTED: [u8; 4] = [198, 18, 9, 9];
+    pub const POD_NO_ROUTE: [u8; 4] = [198, 19, 200, 1];
+    pub const POD_DETACHED: [u8; 4] = [198, 19, 201, 1];
+    pub const ROUTER: [u8; 4] = [198, 18, 2, 1];
+}
+
+/// MAC addresses of the fixed topology.
+pub mod mac {
+    pub const CLIENT: [u8; 6] = [2, 0, 0, 0, 0, 2];
+    pub const GW_CLIENT_SIDE: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    pub const GW_POD_SIDE: [u8; 6] = [2, 0, 0, 0, 2, 1];
+    pub const POD1: [u8; 6] = [2, 0, 0, 0, 2, 11];
+}
+
+/// Ingress port ids of the fixed topology.
+pub const CLIENT_PORT: PortId = 0;
+pub const POD_PORT: PortId = 1;
+/// A port id the snapshot does not have.
+pub const UNKNOWN_PORT: PortId = 7;
+
+fn endpoint(ip: [u8; 4], port: u16, state: EndpointState) -> Endpoint {
+    Endpoint {
+        ip: ip.into(),
+        port,
+        state,
+        pod: None,
+    }
+}
+
+fn service_port(port: u16, protocol: Protocol, target: u16, pods: &[[u8; 4]]) -> ServicePort {
+    ServicePort {
+        name: None,
+        port,
+        protocol,
+        target_port: TargetPort::Number(target),
+        endpoints: pods
+            .iter()
+            .map(|ip| endpoint(*ip, target, EndpointState::READY))
+            .collect(),
+    }
+}
+
+fn service(
+    name: &str,
+    cluster_ip: ClusterIp,
+    affinity: Option<u32>,
+    ports: Vec<ServicePort>,
+) -> Service {
+    Service {
+        name: ServiceName::new("fuzz", name),
+        kind: ServiceKind::ClusterIp,
+        cluster_ip,
+        session_affinity: affinity,
+        ports,
+    }
+}
+
+/// The service model; `churned` is the same after endpoint changes: POD3
+/// replaced by POD4 in `web`, POD2 gone from `sticky`, `dns` without
+/// endpoints and `empty` with one.
+pub fn model(churned: bool) -> ServiceTable {
+    use addr::*;
+    let vip = |a: [u8; 4]| ClusterIp::Vip(a.into());
+    let web_pods: &[[u8; 4]] = if churned {
+        &[POD1, POD2, POD4]
+    } else {
+        &[POD1, POD2, POD3]
+    };
+    let sticky_pods: &[[u8; 4]] = if churned {
+        &[POD1, POD_UNRESOLVED]
+    } else {
+        &[POD1, POD2, POD_UNRESOLVED]
+    };
+    let dns_pods: &[[u8; 4]] = if churned { &[] } else { &[POD1, POD2] };
+    let empty_pods: &[[u8; 4]] = if churned { &[POD2] } else { &[] };
+    let mut draining = service_port(80, Protocol::Tcp, 8080, &[]);
+    draining.endpoints.push(endpoint(
+        POD_DRAINING,
+        8080,
+        EndpointState {
+            ready: false,
+            serving: true,
+            terminating: true,
+        },
+    ));
+    let mut services = vec![
+        service(
+            "web",
+            vip(WEB_VIP),
+            None,
+            vec![
+                service_port(80, Protocol::Tcp, 8080, web_pods),
+                service_port(53, Protocol::Udp, 5353, web_pods),
+            ],
+        ),
+        service(
+            "dns",
+            vip(DNS_VIP),
+            None,
+            vec![service_port(53, Protocol::Udp, 5353, dns_pods)],
+        ),
+        service(
+            "empty",
+            vip(EMPTY_VIP),
+            None,
+            vec![
+                service_port(80, Protocol::Tcp, 8080, empty_pods),
+                service_port(53, Protocol::Udp, 5353, empty_pods),
+            ],
+        ),
+        service(
+            "sticky",
+            vip(STICKY_VIP),
+            Some(10),
+            vec![service_port(80, Protocol::Tcp, 8080, sticky_pods)],
+        ),
+        service("draining", vip(DRAINING_VIP), None, vec![draining]),
+        service(
+            "solo",
+            vip(SOLO_VIP),
+            None,
+            vec![
+                service_port(80, Protocol::Tcp, 8080, &[POD1]),
+                service_port(53, Protocol::Udp, 5353, &[POD1]),
+            ],
+        ),
+        service(
+            "far",
+            vip(FAR_VIP),
+            None,
+            vec![service_port(
+                80,
+                Protocol::Tcp,
+                8080,
+                &[POD_ROUTED, POD_NO_ROUTE, POD_DETACHED],
+            )],
+        ),
+        service(
+            "headless",
+            ClusterIp::Headless,
+            None,
+            vec![service_port(5432, Protocol::Tcp, 5432, &[POD_HEADLESS])],
+        ),
+    ];
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    ServiceTable { services }
+}
+
+/// Two-arm gateway: port 0 towards the clients, port 1 towards the Pods.
+pub fn net() -> NetSnapshot {
+    use addr::*;
+    let ports = vec![
+        Port {
+            ifindex: 10,
+            name: "gw-client".into(),
+            mac: mac::GW_CLIENT_SIDE,
+        },
+        Port {
+            ifindex: 11,
+            name: "gw-pods".into(),
+            mac: mac::GW_POD_SIDE,
+        },
+    ];
+    let route = |dst: [u8; 4], prefix_len, ifindex, gateway: Option<[u8; 4]>| Route {
+        dst: dst.into(),
+        prefix_len,
+        ifindex,
+        gateway: gateway.map(Ipv4Addr::from),
+    };
+    let routes = vec![
+        route([198, 18, 0, 0], 23, 10, None),
+        route([198, 18, 2, 0], 24, 11, None),
+        route([198, 18, 9, 0], 24, 11, Some(ROUTER)),
+        // An interface cipgw is not attached to.
+        route([198, 19, 201, 0], 24, 99, None),
+    ];
+    let mut neighbours = HashMap::new();
+    for last in 2..10 {
+        neighbours.insert((10, Ipv4Addr::new(198, 18, 0, last)), [2, 0, 0, 0, 0, last]);
+    }
+    neighbours.insert((10, CLIENT_OUTSIDE.into()), [2, 0, 0, 0, 1, 2]);
+    for pod in [POD1, POD2, POD3, POD4, POD_HEADLESS, POD_DRAINING, ROUTER] {
+        neighbours.insert((11, pod.into()), [2, 0, 0, 0, 2, pod[3]]);
+    }
+    NetSnapshot::new(routes, neighbours, ports)
+}
+
+/// The immutable part of the setup, built once per process.
+struct Fixed {
+    tables: [CompiledTable; 2],
+    net: NetSnapshot,
+}
+
+fn fixed() -> &'static Fixed {
+    static FIXED: OnceLock<Fixed> = OnceLock::new();
+    FIXED.get_or_init(|| Fixed {
+        tables: [
+            CompiledTable::compile(Arc::new(model(false)), 1),
+            CompiledTable::compile(Arc::new(model(true)), 2),
+        ],
+        net: net(),
+    })
+}
+
+/// Builds a fuzz input: the setup byte, then `(ctl, frame)` records.
+pub fn encode(setup: u8, frames: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut out = vec![setup];
+    for (ctl, frame) in frames {
+        out.push(*ctl);
+        let len = u16::try_from(frame.len()).expect("frame fits a u16 length");
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(frame);
+    }
+    out
+}
+
+/// Named bits of the setup and control bytes, for building inputs.
+pub mod bits {
+    /// Setup: `max_flows` (1..=8).
+    pub const fn max_flows(n: u8) -> u8 {
+        (n - 1) & 0x07
+    }
+    /// Setup: index into `UNREPLIED_PERCENT`.
+    pub const fn unreplied(index: u8) -> u8 {
+        (index & 0x03) << 3
+    }
+    /// Setup: restrict VIP sources to 198.18.0.0/24.
+    pub const CLUSTER_CIDR: u8 = 0x20;
+
+    /// Control: ingress port 0..=2.
+    pub const fn ingress(port: u8) -> u8 {
+        port & 0x03
+    }
+    pub const FIX_CHECKSUMS: u8 = 0x04;
+    pub const SWEEP: u8 = 0x08;
+    /// Control: index into `CLOCK_STEPS`.
+    pub const fn step(index: u8) -> u8 {
+        (index & 0x07) << 4
+    }
+    pub const CHURN: u8 = 0x80;
+}
+
+/// What one frame came to, for tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    /// The frame as it would leave (the answer, for `Respond`).
+    pub frame: Vec<u8>,
+}
+
+/// Runs one input, checking every invariant; panics on a violation.
+pub fn run(data: &[u8]) {
+    run_session(data, |_| {});
+}
+
+/// Runs one input and returns each frame's outcome.
+pub fn outcomes(data: &[u8]) -> Vec<Outcome> {
+    let mut out = Vec::new();
+    run_session(data, |o| out.push(o));
+    out
+}
+
+/// Runs one input, handing each frame's outcome to `seen` as it happens
+/// (so that what came before a broken invariant can be shown).
+pub fn run_with(data: &[u8], seen: impl FnMut(Outcome)) {
+    run_session(data, seen);
+}
+
+fn run_session(data: &[u8], mut seen: impl FnMut(Outcome)) {
+    let Some((&setup, mut rest)) = data.split_first() else {
+        return;
+    };
+    let fixed = fixed();
+    let max_flows = usize::from(setup & 0x07) + 1;
+    let conntrack = Arc::new(Conntrack::new(ConntrackConfig {
+        max_flows,
+        unreplied_percent: UNREPLIED_PERCENT[usize::from((setup >> 3) & 0x03)],
+        timeouts: Timeouts::default(),
+    }));
+    let cluster_cidrs = if setup & bits::CLUSTER_CIDR != 0 {
+        vec!["198.18.0.0/24".parse().expect("valid CIDR")]
+    } else {
+        Vec::new()
+    };
+    let mut pipeline = Pipeline::new(
+        conntrack.clone(),
+        Arc::new(WorkerCounters::default()),
+        Rng::new(u64::from(setup >> 6) + 1),
+    )
+    .with_config(PipelineConfig { cluster_cidrs });
+
+    let mut now = START;
+    let mut current = 0;
+    let mut buf = [0u8; BUF_LEN];
+    for _ in 0..MAX_FRAMES {
+        let Some((&ctl, tail)) = rest.split_first() else {
+            break;
+        };
+        let (len, tail) = match tail {
+            [lo, hi, tail @ ..] => (usize::from(u16::from_le_bytes([*lo, *hi])), tail),
+            _ => (tail.len(), &[][..]),
+        };
+        let len = len.min(tail.len()).min(BUF_LEN);
+        let (frame, tail) = tail.split_at(len);
+        rest = tail;
+
+        now += CLOCK_STEPS[usize::from((ctl >> 4) & 0x07)];
+        if ctl & bits::CHURN != 0 {
+            current ^= 1;
+            let table = &fixed.tables[current];
+            // What the control thread does when endpoints go away.
+            conntrack.retire(|key, (ip, port)| !table.is_backend(ip, port, key.protocol));
+        }
+        let ingress = match ctl & 0x03 {
+            1 => POD_PORT,
+            2 => UNKNOWN_PORT,
+            _ => CLIENT_PORT,
+        };
+        // Stale bytes behind the frame, as in a reused UMEM frame.
+        buf.fill(0xee);
+        buf[..len].copy_from_slice(frame);
+        if ctl & bits::FIX_CHECKSUMS != 0 {
+            fix_checksums(&mut buf[..len]);
+        }
+        let before = Checked::of(&buf[..len]);
+
+        let ctx = BatchContext {
+            table: &fixed.tables[current],
+            net: &fixed.net,
+            now,
+        };
+        let verdict = pipeline.process(&mut buf, len, ingress, &ctx);
+        check_verdict(verdict, &before, &buf, len, ingress, &fixed.tables);
+        if let Verdict::Forward { .. } | Verdict::AwaitNeighbour { .. } = verdict {
+            check_tracked(verdict, &before, &buf[..len], &conntrack);
+        }
+
+        if ctl & bits::SWEEP != 0 {
+            conntrack.sweep(now);
+        }
+        let summary = conntrack.summary();
+        assert!(
+            summary.flows <= max_flows + 1,
+            "conntrack holds {} flows, max {max_flows}",
+            summary.flows
+        );
+        assert_eq!(
+            conntrack.entries(),
+            2 * summary.flows,
+            "every flow has exactly its two entries"
+        );
+        assert!(summary.unreplied <= summary.flows, "{summary:?}");
+
+        let out_len = match verdict {
+            Verdict::Respond { len, .. } => len,
+            _ => len,
+        };
+        seen(Outcome {
+            verdict,
+            frame: buf[..out_len].to_vec(),
+        });
+    }
+}
+
+/// IANA protocol numbers (RFC 790).
+const ICMP: u8 = 1;
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const L3: usize = 14;
+
+/// A well-formed-enough untagged IPv4 frame's header fields, for checks.
+#[derive(Debug, Clone, Copy)]
+struct Ip {
+    header_len: usize,
+    total_len: usize,
+    protocol: u8,
+    ttl: u8,
+    src: [u8; 4],
+    dst: [u8; 4],
+}
+
+fn parse_ip(frame: &[u8]) -> Option<Ip> {
+    if frame.len() < L3 + 20 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &frame[L3..];
+    let header_len = usize::from(ip[0] & 0x0f) * 4;
+    let total_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    if ip[0] >> 4 != 4 || header_len < 20 || total_len < header_len || total_len > ip.len() {
+        return None;
+    }
+    Some(Ip {
+        header_len,
+        total_len,
+        protocol: ip[9],
+        ttl: ip[8],
+        src: [ip[12], ip[13], ip[14], ip[15]],
+        dst: [ip[16], ip[17], ip[18], ip[19]],
+    })
+}
+
+/// Where an L4 protocol keeps its checksum, and the minimum header.
+fn l4_checksum_at(protocol: u8) -> Option<usize> {
+    match protocol {
+        TCP => Some(16),
+        UDP => Some(6),
+        ICMP => Some(2),
+        _ => None,
+    }
+}
+
+/// Whether the IPv4 header checksum verifies.
+fn ip_header_ok(frame: &[u8], ip: &Ip) -> bool {
+    checksum(&frame[L3..L3 + ip.header_len]) == 0
+}
+
+/// Whether the TCP/UDP (pseudo-header) or ICMP checksum verifies over the
+/// IP payload; `None` when there is none to verify (a UDP checksum of 0,
+/// a payload too short to hold the field, another protocol).
+fn l4_ok(frame: &[u8], ip: &Ip) -> Option<bool> {
+    let payload = &frame[L3 + ip.header_len..L3 + ip.total_len];
+    let at = l4_checksum_at(ip.protocol)?;
+    if payload.len() < at + 2 {
+        return None;
+    }
+    Some(match ip.protocol {
+        ICMP => checksum(payload) == 0,
+        UDP if payload[6..8] == [0, 0] => return None,
+        _ => l4_checksum(ip.src, ip.dst, ip.protocol, payload) == 0,
+    })
+}
+
+/// Recomputes the IPv4 header checksum and the TCP/UDP/ICMP checksum of
+/// an untagged IPv4 frame, as far as its lengths allow.
+pub fn fix_checksums(frame: &mut [u8]) {
+    if frame.len() < L3 + 20 || frame[12..14] != [0x08, 0x00] {
+        return;
+    }
+    let header_len = usize::from(frame[L3] & 0x0f) * 4;
+    if header_len < 20 || L3 + header_len > frame.len() {
+        return;
+    }
+    frame[L3 + 10..L3 + 12].fill(0);
+    let c = checksum(&frame[L3..L3 + header_len]);
+    frame[L3 + 10..L3 + 12].copy_from_slice(&c.to_be_bytes());
+    let Some(ip) = parse_ip(frame) else {
+        return;
+    };
+    let Some(at) = l4_checksum_at(ip.protocol) else {
+        return;
+    };
+    let payload = &mut frame[L3 + ip.header_len..L3 + ip.total_len];
+    if payload.len() < at + 2 {
+        return;
+    }
+    payload[at..at + 2].fill(0);
+    let c = match ip.protocol {
+        ICMP => checksum(payload),
+        UDP => match l4_checksum(ip.src, ip.dst, UDP, payload) {
+            // RFC 768: a computed zero is sent as all ones.
+            0 => 0xffff,
+            c => c,
+        },
+        _ => l4_checksum(ip.src, ip.dst, ip.protocol, payload),
+    };
+    payload[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// The first two 16-bit words of the IP payload: the ports of TCP/UDP.
+fn ports(frame: &[u8], ip: &Ip) -> Option<(u16, u16)> {
+    match frame[L3 + ip.header_len..L3 + ip.total_len] {
+        [s0, s1, d0, d1, ..] => Some((u16::from_be_bytes([s0, s1]), u16::from_be_bytes([d0, d1]))),
+        _ => None,
+    }
+}
+
+/// What the input frame looked like, for checks of the output.
+struct Checked {
+    ip: Option<Ip>,
+    ip_ok: bool,
+    l4_ok: Option<bool>,
+    /// Source and destination port, when the payload holds them.
+    ports: Option<(u16, u16)>,
+}
+
+impl Checked {
+    fn of(frame: &[u8]) -> Self {
+        let ip = parse_ip(frame);
+        Self {
+            ip,
+            ip_ok: ip.is_some_and(|ip| ip_header_ok(frame, &ip)),
+            l4_ok: ip.and_then(|ip| l4_ok(frame, &ip)),
+            ports: ip.and_then(|ip| ports(frame, &ip)),
+        }
+    }
+}
+
+/// A forwarded frame belongs to a flow conntrack holds (whatever cache
+/// the pipeline keeps in front of it), and was rewritten as that flow says.
+fn check_tracked(verdict: Verdict, before: &Checked, frame: &[u8], conntrack: &Conntrack) {
+    let (Some(input), Some((src_port, dst_port))) = (before.ip, before.ports) else {
+        panic!("{verdict:?} for a frame without ports");
+    };
+    let protocol = if input.protocol == TCP {
+        Protocol::Tcp
+    } else {
+        Protocol::Udp
+    };
+    let key = FlowKey {
+        src: input.src.into(),
+        dst: input.dst.into(),
+        src_port,
+        dst_port,
+        protocol,
+    };
+    let mut tracked = None;
+    conntrack.for_each(|k, hit| {
+        if *k == key {
+            tracked = Some(hit);
+        }
+    });
+    let hit =
+        tracked.unwrap_or_else(|| panic!("{verdict:?} for {key:?}, which conntrack does not hold"));
+    let ip = parse_ip(frame).expect("checked by check_verdict");
+    let (sport, dport) = ports(frame, &ip).expect("checked by check_verdict");
+    let expected = match hit.direction {
+        Direction::Forward => (input.src, src_port, hit.nat_ip.octets(), hit.nat_port),
+        Direction::Reply => (hit.nat_ip.octets(), hit.nat_port, input.dst, dst_port),
+    };
+    assert_eq!(
+        (ip.src, sport, ip.dst, dport),
+        expected,
+        "{verdict:?}: rewrite disagrees with conntrack's {hit:?}"
+    );
+}
+
+fn check_verdict(
+    verdict: Verdict,
+    before: &Checked,
+    buf: &[u8],
+    len: usize,
+    ingress: PortId,
+    tables: &[CompiledTable; 2],
+) {
+    match verdict {
+        Verdict::Forward { port } | Verdict::AwaitNeighbour { port, .. } => {
+            assert!(
+                fixed().net.port(port).is_some(),
+                "{verdict:?}: no such port"
+            );
+            let frame = &buf[..len];
+            let input = before
+                .ip
+                .unwrap_or_else(|| panic!("{verdict:?} for a frame that is not IPv4"));
+            let ip = parse_ip(frame)
+                .unwrap_or_else(|| panic!("{verdict:?}: the output no longer parses as IPv4"));
+            assert_eq!(
+                (ip.header_len, ip.total_len, ip.protocol),
+                (input.header_len, input.total_len, input.protocol),
+                "{verdict:?}: the rewrite changed the IPv4 framing"
+            );
+            assert_eq!(
+                Some(ip.ttl),
+                input.ttl.checked_sub(1),
+                "{verdict:?}: TTL not decremented"
+            );
+            if before.ip_ok {
+                assert!(
+                    ip_header_ok(frame, &ip),
+                    "{verdict:?}: IPv4 header checksum broken by the rewrite"
+                );
+            }
+            if before.l4_ok == Some(true) {
+                assert_eq!(
+                    l4_ok(frame, &ip),
+                    Some(true),
+                    "{verdict:?}: L4 checksum broken by the rewrite"
+                );
+            }
+            let protocol = match ip.protocol {
+                TCP => Protocol::Tcp,
+                UDP => Protocol::Udp,
+                other => panic!("{verdict:?}: forwarded protocol {other}"),
+            };
+            let l4 = &frame[L3 + ip.header_len..L3 + ip.total_len];
+            let [s0, s1, d0, d1, ..] = *l4 else {
+                panic!("{verdict:?}: forwarded without ports");
+            };
+            let (sport, dport) = (u16::from_be_bytes([s0, s1]), u16::from_be_bytes([d0, d1]));
+            let to_backend = tables
+                .iter()
+                .any(|t| t.is_backend(ip.dst.into(), dport, protocol));
+            let from_vip = tables.iter().any(|t| t.is_vip(ip.src.into()));
+            assert!(
+                to_backend || from_vip,
+                "{verdict:?}: {:?}:{sport} -> {:?}:{dport} is neither to a backend nor from a VIP",
+                ip.src,
+                ip.dst
+            );
+        }
+        Verdict::Respond { port, len: out } => {
+            assert_eq!(port, ingress, "answers go back where the frame came from");
+            assert!(
+                out <= buf.len(),
+                "answer of {out} bytes overruns the buffer"
+            );
+            let frame = &buf[..out];
+            let input = before
+                .ip
+                .unwrap_or_else(|| panic!("{verdict:?} to a frame that is not IPv4"));
+            let ip = parse_ip(frame)
+                .unwrap_or_else(|| panic!("{verdict:?}: the answer does not parse as IPv4"));
+            assert_eq!(
+                L3 + ip.total_len,
+                out,
+                "{verdict:?}: answer length disagrees with its IPv4 total length"
+            );
+            assert!(ip_header_ok(frame, &ip), "{verdict:?}: bad IPv4 checksum");
+            assert_eq!(
+                (ip.src, ip.dst),
+                (input.dst, input.src),
+                "{verdict:?}: answer not from the VIP to the sender"
+            );
+            let l4 = l4_ok(frame, &ip);
+            match (ip.protocol, frame.get(L3 + ip.header_len)) {
+                // An echo reply keeps the request's checksum correctness.
+                (ICMP, Some(0)) => {
+                    if before.l4_ok == Some(true) {
+                        assert_eq!(l4, Some(true), "{verdict:?}: echo reply checksum");
+                    }
+                }
+                (ICMP, Some(3)) | (TCP, _) => {
+                    assert_eq!(l4, Some(true), "{verdict:?}: refusal checksum")
+                }
+                (protocol, kind) => {
+                    panic!("{verdict:?}: unexpected answer, protocol {protocol} type {kind:?}")
+                }
+            }
+        }
+        Verdict::Pass | Verdict::Drop(_) => {}
+    }
+}

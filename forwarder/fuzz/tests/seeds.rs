@@ -1,0 +1,787 @@
+//! The packet-path fuzzer's seed corpus: hand-made valid and near-valid
+//! sessions, each with the verdicts it is meant to reach, so the corpus
+//! keeps covering what it claims to as the pipeline changes.
+//!
+//! - `seeds_reach_their_verdicts`: every seed, run through the harness,
+//!   gets the verdicts written next to it;
+//! - `committed_corpus_is_current`: `corpus/packet_path/` holds exactly
+//!   these seeds (regenerate with `cargo test --manifest-path
+//!   forwarder/fuzz/Cargo.toml -- --ignored write_seed_corpus`);
+//! - `corpus_replays`: every file in the corpus directory (seeds and any
+//!   minimized crash added later) runs without breaking an invariant.
+
+use std::path::PathBuf;
+
+use cipgw::counters::DropReason;
+use cipgw::pipeline::Verdict;
+use cipgw::route::PortId;
+use cipgw_fuzz::addr::*;
+use cipgw_fuzz::{bits, encode, mac, outcomes, CLIENT_PORT, POD_PORT};
+use etherparse::{PacketBuilder, VlanId};
+
+/// What a frame of a seed should come to.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    Forward(PortId),
+    Await,
+    Respond,
+    Pass,
+    Drop(DropReason),
+    /// Depends on the random backend choice.
+    Any,
+}
+
+impl Expect {
+    fn matches(self, verdict: Verdict) -> bool {
+        match (self, verdict) {
+            (Expect::Forward(p), Verdict::Forward { port }) => p == port,
+            (Expect::Await, Verdict::AwaitNeighbour { .. }) => true,
+            (Expect::Respond, Verdict::Respond { .. }) => true,
+            (Expect::Pass, Verdict::Pass) => true,
+            (Expect::Drop(r), Verdict::Drop(d)) => r == d,
+            (Expect::Any, _) => true,
+            _ => false,
+        }
+    }
+}
+
+use Expect::*;
+
+const TO_PODS: Expect = Forward(POD_PORT);
+const TO_CLIENT: Expect = Forward(CLIENT_PORT);
+
+/// Control bytes: a frame from the client side or the Pod side, with
+/// checksums fixed up.
+const C: u8 = bits::FIX_CHECKSUMS | bits::ingress(0);
+const P: u8 = bits::FIX_CHECKSUMS | bits::ingress(1);
+/// A table of 8 flows, no flood guard to speak of.
+const SETUP: u8 = bits::max_flows(8);
+
+mod tcpf {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+use tcpf::*;
+
+struct Seed {
+    name: String,
+    input: Vec<u8>,
+    expect: Vec<Expect>,
+}
+
+/// Builds seeds.
+struct Seeds(Vec<Seed>);
+
+impl Seeds {
+    fn add(&mut self, name: impl Into<String>, setup: u8, frames: Vec<(u8, Vec<u8>, Expect)>) {
+        let records: Vec<(u8, &[u8])> = frames.iter().map(|(c, f, _)| (*c, &f[..])).collect();
+        self.0.push(Seed {
+            name: name.into(),
+            input: encode(setup, &records),
+            expect: frames.iter().map(|(_, _, e)| *e).collect(),
+        });
+    }
+}
+
+/// Ethernet addresses for a frame from `src`: a Pod (towards the
+/// gateway's Pod side) or a client.
+fn macs(src: [u8; 4]) -> ([u8; 6], [u8; 6]) {
+    if src[..3] == [198, 18, 2] || src[..3] == [198, 18, 9] {
+        ([2, 0, 0, 0, 2, src[3]], mac::GW_POD_SIDE)
+    } else {
+        (mac::CLIENT, mac::GW_CLIENT_SIDE)
+    }
+}
+
+fn tcp_ttl(src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: u8, ttl: u8, data: &[u8]) -> Vec<u8> {
+    let (smac, dmac) = macs(src.0);
+    let mut b = PacketBuilder::ethernet2(smac, dmac)
+        .ipv4(src.0, dst.0, ttl)
+        .tcp(src.1, dst.1, 1000, 64240);
+    if flags & SYN != 0 {
+        b = b.syn();
+    }
+    if flags & ACK != 0 {
+        b = b.ack(2000);
+    }
+    if flags & FIN != 0 {
+        b = b.fin();
+    }
+    if flags & RST != 0 {
+        b = b.rst();
+    }
+    if flags & PSH != 0 {
+        b = b.psh();
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, data).expect("seed frame builds");
+    out
+}
+
+fn tcp(src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: u8) -> Vec<u8> {
+    let data: &[u8] = if flags & PSH != 0 {
+        b"GET / HTTP/1.1\r\n\r\n"
+    } else {
+        &[]
+    };
+    tcp_ttl(src, dst, flags, 64, data)
+}
+
+fn udp(src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Vec<u8> {
+    let (smac, dmac) = macs(src.0);
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(smac, dmac)
+        .ipv4(src.0, dst.0, 64)
+        .udp(src.1, dst.1)
+        .write(&mut out, b"\x12\x34\x01\x00\x00\x01query")
+        .expect("seed frame builds");
+    out
+}
+
+fn ping(src: [u8; 4], dst: [u8; 4], reply: bool) -> Vec<u8> {
+    let (smac, dmac) = macs(src);
+    let b = PacketBuilder::ethernet2(smac, dmac).ipv4(src, dst, 64);
+    let b = if reply {
+        b.icmpv4_echo_reply(0x4242, 1)
+    } else {
+        b.icmpv4_echo_request(0x4242, 1)
+    };
+    let mut out = Vec::new();
+    b.write(&mut out, b"0123456789abcdef")
+        .expect("seed frame builds");
+    out
+}
+
+fn arp() -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&mac::CLIENT);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&mac::CLIENT);
+    f.extend_from_slice(&CLIENT);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&WEB_VIP);
+    f.resize(60, 0);
+    f
+}
+
+/// Inserts `words` 32-bit words of IPv4 options (NOPs, then an end of
+/// list) after the fixed header, updating IHL and the total length.
+fn with_options(mut f: Vec<u8>, words: usize) -> Vec<u8> {
+    let mut options = vec![1u8; words * 4];
+    if let Some(last) = options.last_mut() {
+        *last = 0;
+    }
+    f.splice(34..34, options);
+    f[14] = 0x40 | (5 + words as u8);
+    let total = u16::from_be_bytes([f[16], f[17]]) + (words * 4) as u16;
+    f[16..18].copy_from_slice(&total.to_be_bytes());
+    f
+}
+
+/// Sets the IPv4 total length to the header plus `l4` bytes and cuts the
+/// frame there: a complete IP packet whose L4 header is short.
+fn short_l4(mut f: Vec<u8>, l4: usize) -> Vec<u8> {
+    f.truncate(34 + l4);
+    f[16..18].copy_from_slice(&((20 + l4) as u16).to_be_bytes());
+    f
+}
+
+fn set(mut f: Vec<u8>, at: usize, bytes: &[u8]) -> Vec<u8> {
+    f[at..at + bytes.len()].copy_from_slice(bytes);
+    f
+}
+
+fn vlan(tags: usize, inner: &[u8]) -> Vec<u8> {
+    let (smac, dmac) = (mac::CLIENT, mac::GW_CLIENT_SIDE);
+    let b = PacketBuilder::ethernet2(smac, dmac);
+    let id = |n| VlanId::try_new(n).expect("valid VLAN id");
+    let mut out = Vec::new();
+    let payload = &inner[34..];
+    let (sport, dport) = (
+        u16::from_be_bytes([payload[0], payload[1]]),
+        u16::from_be_bytes([payload[2], payload[3]]),
+    );
+    let src = [inner[26], inner[27], inner[28], inner[29]];
+    let dst = [inner[30], inner[31], inner[32], inner[33]];
+    if tags == 1 {
+        b.single_vlan(id(5))
+            .ipv4(src, dst, 64)
+            .tcp(sport, dport, 1000, 64240)
+            .syn()
+            .write(&mut out, &[])
+    } else {
+        b.double_vlan(id(5), id(6))
+            .ipv4(src, dst, 64)
+            .tcp(sport, dport, 1000, 64240)
+            .syn()
+            .write(&mut out, &[])
+    }
+    .expect("seed frame builds");
+    out
+}
+
+fn client(last: u8, port: u16) -> ([u8; 4], u16) {
+    ([198, 18, 0, last], port)
+}
+
+fn seeds() -> Vec<Seed> {
+    let c = client(2, 40000);
+    let solo = (SOLO_VIP, 80);
+    let web = (WEB_VIP, 80);
+    let pod1 = (POD1, 8080);
+    let step = bits::step;
+    let mut s = Seeds(Vec::new());
+
+    // A whole TCP connection, then silence past TIME_WAIT and a sweep.
+    s.add(
+        "tcp_handshake_data_close",
+        SETUP,
+        vec![
+            (C, tcp(c, solo, SYN), TO_PODS),
+            (P, tcp(pod1, c, SYN | ACK), TO_CLIENT),
+            (C | step(1), tcp(c, solo, ACK), TO_PODS),
+            (C, tcp(c, solo, ACK | PSH), TO_PODS),
+            (P, tcp(pod1, c, ACK | PSH), TO_CLIENT),
+            (C | step(2), tcp(c, solo, FIN | ACK), TO_PODS),
+            (P, tcp(pod1, c, ACK), TO_CLIENT),
+            (P, tcp(pod1, c, FIN | ACK), TO_CLIENT),
+            (C, tcp(c, solo, ACK), TO_PODS),
+            (C | step(5) | bits::SWEEP, arp(), Pass),
+            (C, tcp(c, solo, ACK), Respond),
+        ],
+    );
+    s.add(
+        "tcp_syn_to_vip",
+        SETUP,
+        vec![(C, tcp(c, web, SYN), TO_PODS)],
+    );
+    s.add(
+        "tcp_rst_from_backend",
+        SETUP,
+        vec![
+            (C, tcp(c, solo, SYN), TO_PODS),
+            (P, tcp(pod1, c, RST | ACK), TO_CLIENT),
+            (C | step(3) | bits::SWEEP, arp(), Pass),
+            (C, tcp(c, solo, SYN), TO_PODS),
+        ],
+    );
+    s.add(
+        "tcp_rst_from_client",
+        SETUP,
+        vec![
+            (C, tcp(c, solo, SYN), TO_PODS),
+            (P, tcp(pod1, c, SYN | ACK), TO_CLIENT),
+            (C, tcp(c, solo, RST), TO_PODS),
+            (C, tcp(c, solo, SYN), TO_PODS),
+        ],
+    );
+    s.add(
+        "tcp_ack_without_flow",
+        SETUP,
+        vec![(C, tcp(c, web, ACK | PSH), Respond)],
+    );
+    s.add(
+        "tcp_fin_without_flow",
+        SETUP,
+        vec![(C, tcp(c, web, FIN | ACK), Respond)],
+    );
+    s.add(
+        "tcp_rst_without_flow",
+        SETUP,
+        vec![(C, tcp(c, web, RST), Drop(DropReason::TcpNoFlow))],
+    );
+    s.add(
+        "tcp_syn_no_endpoints",
+        SETUP,
+        vec![(C, tcp(c, (EMPTY_VIP, 80), SYN), Respond)],
+    );
+    s.add(
+        "tcp_syn_undefined_port",
+        SETUP,
+        vec![(C, tcp(c, (WEB_VIP, 81), SYN), Respond)],
+    );
+    s.add(
+        "tcp_syn_unknown_ingress",
+        SETUP,
+        vec![(
+            bits::FIX_CHECKSUMS | bits::ingress(2),
+            tcp(c, (EMPTY_VIP, 80), SYN),
+            Drop(DropReason::NoEndpoints),
+        )],
+    );
+    s.add(
+        "tcp_syn_draining",
+        SETUP,
+        vec![(C, tcp(c, (DRAINING_VIP, 80), SYN), TO_PODS)],
+    );
+    s.add(
+        "tcp_syn_far_backends",
+        SETUP,
+        (0..6)
+            .map(|i| (C, tcp(client(2, 41000 + i), (FAR_VIP, 80), SYN), Any))
+            .collect(),
+    );
+    s.add(
+        "udp_request_reply",
+        SETUP,
+        vec![
+            (C, udp(client(2, 33000), (SOLO_VIP, 53)), TO_PODS),
+            (P, udp((POD1, 5353), client(2, 33000)), TO_CLIENT),
+            (C | step(4), udp(client(2, 33000), (SOLO_VIP, 53)), TO_PODS),
+            (C | step(6) | bits::SWEEP, arp(), Pass),
+        ],
+    );
+    s.add(
+        "udp_no_endpoints",
+        SETUP,
+        vec![(C, udp(c, (EMPTY_VIP, 53)), Respond)],
+    );
+    s.add(
+        "udp_undefined_port",
+        SETUP,
+        vec![(C, udp(c, (DNS_VIP, 54)), Respond)],
+    );
+    s.add(
+        "udp_endpoints_churn",
+        SETUP,
+        vec![
+            (C, udp(client(3, 33001), (DNS_VIP, 53)), TO_PODS),
+            (
+                C | bits::CHURN,
+                udp(client(3, 33002), (DNS_VIP, 53)),
+                Respond,
+            ),
+            (C, udp(client(3, 33003), (EMPTY_VIP, 53)), TO_PODS),
+            (
+                C | bits::CHURN,
+                udp(client(3, 33004), (DNS_VIP, 53)),
+                TO_PODS,
+            ),
+        ],
+    );
+    s.add(
+        "udp_reply_without_flow",
+        SETUP,
+        vec![(
+            P,
+            udp((POD1, 5353), client(2, 33000)),
+            Drop(DropReason::ReplyWithoutFlow),
+        )],
+    );
+    s.add(
+        "icmp_echo_to_vip",
+        SETUP,
+        vec![
+            (C, ping(CLIENT, WEB_VIP, false), Respond),
+            (
+                C,
+                ping(CLIENT, EMPTY_VIP, false),
+                Drop(DropReason::NoEndpoints),
+            ),
+            (
+                C,
+                ping(CLIENT, WEB_VIP, true),
+                Drop(DropReason::UnsupportedProtocol),
+            ),
+            (C, ping(CLIENT, POD1, false), Pass),
+        ],
+    );
+    s.add(
+        "icmp_echo_with_options",
+        SETUP,
+        vec![(C, with_options(ping(CLIENT, WEB_VIP, false), 3), Respond)],
+    );
+    let syn = tcp(c, solo, SYN);
+    s.add(
+        "vlan_single_tag",
+        SETUP,
+        vec![(C, vlan(1, &syn), Drop(DropReason::VlanTagged))],
+    );
+    s.add(
+        "vlan_double_tag",
+        SETUP,
+        vec![(C, vlan(2, &syn), Drop(DropReason::VlanTagged))],
+    );
+    s.add(
+        "fragment_first",
+        SETUP,
+        vec![(
+            C,
+            set(syn.clone(), 20, &[0x20, 0]),
+            Drop(DropReason::Fragment),
+        )],
+    );
+    s.add(
+        "fragment_later",
+        SETUP,
+        vec![(
+            C,
+            set(syn.clone(), 20, &[0x00, 0x10]),
+            Drop(DropReason::Fragment),
+        )],
+    );
+    s.add(
+        "ipv4_options_both_ways",
+        SETUP,
+        vec![
+            (C, with_options(tcp(c, solo, SYN), 1), TO_PODS),
+            (P, with_options(tcp(pod1, c, SYN | ACK), 10), TO_CLIENT),
+            (C, with_options(tcp(c, solo, ACK | PSH), 2), TO_PODS),
+        ],
+    );
+    s.add(
+        "ttl_expiring",
+        SETUP,
+        vec![
+            (
+                C,
+                tcp_ttl(c, solo, SYN, 1, &[]),
+                Drop(DropReason::TtlExceeded),
+            ),
+            (
+                C,
+                tcp_ttl(c, solo, SYN, 0, &[]),
+                Drop(DropReason::TtlExceeded),
+            ),
+            (C, tcp_ttl(c, solo, SYN, 2, &[]), TO_PODS),
+            (
+                P,
+                tcp_ttl(pod1, c, SYN | ACK, 1, &[]),
+                Drop(DropReason::TtlExceeded),
+            ),
+        ],
+    );
+    // Cut at and around every header boundary (the IPv4 total length
+    // still claims the whole packet).
+    let data_syn = tcp_ttl(c, solo, SYN, 64, b"early data");
+    for cut in [0, 1, 13, 14, 15, 33, 34, 35, 53, 54, 63] {
+        let expect = match cut {
+            0..=13 => Drop(DropReason::TruncatedEthernet),
+            _ => Drop(DropReason::TruncatedIpv4),
+        };
+        s.add(
+            format!("truncated_tcp_at_{cut}"),
+            SETUP,
+            vec![(C, data_syn[..cut].to_vec(), expect)],
+        );
+    }
+    let datagram = udp(c, (SOLO_VIP, 53));
+    for cut in [41, 42, 49] {
+        s.add(
+            format!("truncated_udp_at_{cut}"),
+            SETUP,
+            vec![(C, datagram[..cut].to_vec(), Drop(DropReason::TruncatedIpv4))],
+        );
+    }
+    // Complete IP packets with short L4 headers.
+    for l4 in [0, 8, 19] {
+        s.add(
+            format!("short_tcp_header_{l4}"),
+            SETUP,
+            vec![(C, short_l4(syn.clone(), l4), Drop(DropReason::TruncatedL4))],
+        );
+    }
+    s.add(
+        "short_udp_header_7",
+        SETUP,
+        vec![(
+            C,
+            short_l4(datagram.clone(), 7),
+            Drop(DropReason::TruncatedL4),
+        )],
+    );
+    s.add(
+        "ipv4_ihl_4",
+        SETUP,
+        vec![(
+            C,
+            set(syn.clone(), 14, &[0x44]),
+            Drop(DropReason::MalformedIpv4),
+        )],
+    );
+    s.add(
+        "ipv4_version_6",
+        SETUP,
+        vec![(
+            C,
+            set(syn.clone(), 14, &[0x65]),
+            Drop(DropReason::MalformedIpv4),
+        )],
+    );
+    s.add(
+        "ipv4_total_len_below_header",
+        SETUP,
+        vec![(
+            C,
+            set(syn.clone(), 16, &[0, 19]),
+            Drop(DropReason::MalformedIpv4),
+        )],
+    );
+    s.add(
+        "ipv4_total_len_beyond_frame",
+        SETUP,
+        vec![(
+            C,
+            set(syn.clone(), 16, &[0x05, 0xdc]),
+            Drop(DropReason::TruncatedIpv4),
+        )],
+    );
+    s.add(
+        "tcp_data_offset_4",
+        SETUP,
+        vec![(
+            C,
+            set(syn.clone(), 46, &[0x40]),
+            Drop(DropReason::MalformedL4),
+        )],
+    );
+    s.add(
+        "tcp_data_offset_past_end",
+        SETUP,
+        vec![(
+            C,
+            set(syn.clone(), 46, &[0xf0]),
+            Drop(DropReason::TruncatedL4),
+        )],
+    );
+    s.add(
+        "udp_length_mismatch",
+        SETUP,
+        vec![
+            (
+                C,
+                set(datagram.clone(), 38, &[0, 9]),
+                Drop(DropReason::MalformedL4),
+            ),
+            (
+                C,
+                set(datagram.clone(), 38, &[0, 200]),
+                Drop(DropReason::MalformedL4),
+            ),
+        ],
+    );
+    let mut padded = tcp(c, solo, SYN);
+    padded.resize(60, 0);
+    s.add(
+        "ethernet_padding",
+        SETUP,
+        vec![(C, padded, TO_PODS), (C, tcp(c, solo, ACK), TO_PODS)],
+    );
+    s.add(
+        "bad_sources",
+        SETUP,
+        vec![
+            (
+                C,
+                tcp(([255, 255, 255, 255], 1), web, SYN),
+                Drop(DropReason::BadSource),
+            ),
+            (
+                C,
+                tcp(([224, 0, 0, 1], 1), web, SYN),
+                Drop(DropReason::BadSource),
+            ),
+            (
+                C,
+                tcp(([0, 0, 0, 5], 1), web, SYN),
+                Drop(DropReason::BadSource),
+            ),
+            (
+                C,
+                tcp(([127, 0, 0, 1], 1), web, SYN),
+                Drop(DropReason::BadSource),
+            ),
+            (
+                C,
+                set(tcp(c, web, SYN), 6, &[0x03]),
+                Drop(DropReason::BadSource),
+            ),
+            (
+                C,
+                tcp((DNS_VIP, 1), web, SYN),
+                Drop(DropReason::VipAsSource),
+            ),
+        ],
+    );
+    s.add(
+        "cluster_cidr",
+        SETUP | bits::CLUSTER_CIDR,
+        vec![
+            (
+                C,
+                tcp((CLIENT_OUTSIDE, 40000), solo, SYN),
+                Drop(DropReason::SourceNotInCluster),
+            ),
+            (
+                C,
+                ping(CLIENT_OUTSIDE, WEB_VIP, false),
+                Drop(DropReason::SourceNotInCluster),
+            ),
+            (C, tcp(c, solo, SYN), TO_PODS),
+        ],
+    );
+    // Two established flows and a SYN flood in a 4-flow table whose
+    // unreplied share is 50 %: the flood evicts itself, then a table full
+    // of established flows refuses, and a day later drains.
+    let mut flood = Vec::new();
+    for port in [50000, 50001] {
+        flood.push((C, tcp(client(4, port), solo, SYN), TO_PODS));
+        flood.push((P, tcp(pod1, client(4, port), SYN | ACK), TO_CLIENT));
+    }
+    for port in 60000..60006 {
+        flood.push((C, tcp(client(5, port), solo, SYN), TO_PODS));
+    }
+    flood.push((C, tcp(client(5, 60000), solo, ACK), Respond));
+    for port in [60004, 60005] {
+        flood.push((P, tcp(pod1, client(5, port), SYN | ACK), TO_CLIENT));
+    }
+    flood.push((C, tcp(client(5, 60010), solo, SYN), Respond));
+    flood.push((C, tcp(client(4, 50000), solo, ACK), TO_PODS));
+    flood.push((C | step(7) | bits::SWEEP, arp(), Pass));
+    flood.push((C, tcp(client(5, 60011), solo, SYN), TO_PODS));
+    s.add(
+        "syn_flood_small_table",
+        bits::max_flows(4) | bits::unreplied(1),
+        flood,
+    );
+    s.add(
+        "session_affinity",
+        SETUP,
+        vec![
+            (C, tcp(client(6, 42000), (STICKY_VIP, 80), SYN), Any),
+            (C, tcp(client(6, 42001), (STICKY_VIP, 80), SYN), Any),
+            (
+                C | step(1),
+                tcp(client(6, 42002), (STICKY_VIP, 80), SYN),
+                Any,
+            ),
+            (
+                C | step(3),
+                tcp(client(6, 42003), (STICKY_VIP, 80), SYN),
+                Any,
+            ),
+            (
+                C | bits::CHURN,
+                tcp(client(6, 42004), (STICKY_VIP, 80), SYN),
+                Any,
+            ),
+            (C, tcp(client(6, 42000), (STICKY_VIP, 80), ACK), Any),
+        ],
+    );
+    s.add(
+        "headless_is_not_ours",
+        SETUP,
+        vec![
+            (C, tcp(c, (POD_HEADLESS, 5432), SYN), Pass),
+            (P, tcp((POD_HEADLESS, 5432), c, SYN | ACK), Pass),
+        ],
+    );
+    let mut ipv6 = tcp(c, solo, SYN);
+    ipv6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    let mut gre = tcp(c, solo, SYN);
+    gre[23] = 47;
+    s.add(
+        "not_ours",
+        SETUP,
+        vec![
+            (C, arp(), Pass),
+            (C, ipv6, Pass),
+            (C, tcp(c, (POD1, 8080), SYN), Pass),
+            (C, gre, Drop(DropReason::UnsupportedProtocol)),
+        ],
+    );
+    s.add(
+        "unresolved_neighbours",
+        SETUP,
+        vec![
+            (C, tcp((CLIENT_UNRESOLVED, 40000), solo, SYN), TO_PODS),
+            (P, tcp(pod1, (CLIENT_UNRESOLVED, 40000), SYN | ACK), Await),
+        ],
+    );
+    s.add(
+        "reply_clash_across_vips",
+        SETUP,
+        vec![
+            (C, tcp(client(7, 43000), solo, SYN), TO_PODS),
+            (C, tcp(client(7, 43000), web, SYN), Any),
+            (C, tcp(client(7, 43000), (STICKY_VIP, 80), SYN), Any),
+        ],
+    );
+    let mut churn: Vec<(u8, Vec<u8>, Expect)> = (0..6)
+        .map(|i| (C, tcp(client(8, 44000 + i), web, SYN), TO_PODS))
+        .collect();
+    churn.push((C | bits::CHURN, arp(), Pass));
+    churn.extend((0..6).map(|i| (C, tcp(client(8, 44000 + i), web, ACK), Any)));
+    s.add("endpoint_churn_retires_flows", SETUP, churn);
+    s.0
+}
+
+fn corpus_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/packet_path")
+}
+
+#[test]
+fn seeds_reach_their_verdicts() {
+    for seed in seeds() {
+        let got = outcomes(&seed.input);
+        assert_eq!(got.len(), seed.expect.len(), "{}: frames run", seed.name);
+        for (i, (o, e)) in got.iter().zip(&seed.expect).enumerate() {
+            assert!(
+                e.matches(o.verdict),
+                "{} frame {i}: expected {e:?}, got {:?}",
+                seed.name,
+                o.verdict
+            );
+        }
+    }
+}
+
+#[test]
+fn committed_corpus_is_current() {
+    for seed in seeds() {
+        let path = corpus_dir().join(&seed.name);
+        let committed = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}; regenerate the corpus", path.display()));
+        assert!(
+            committed == seed.input,
+            "{} differs from its seed; regenerate the corpus",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn corpus_replays() {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(corpus_dir())
+        .expect("corpus directory")
+        .map(|e| e.expect("corpus entry").path())
+        .collect();
+    paths.sort();
+    assert!(!paths.is_empty(), "empty corpus");
+    let failed: Vec<String> = paths
+        .iter()
+        .filter(|path| {
+            let data = std::fs::read(path).expect("corpus file");
+            std::panic::catch_unwind(|| cipgw_fuzz::run(&data)).is_err()
+        })
+        .map(|path| path.display().to_string())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "inputs breaking an invariant: {failed:#?}"
+    );
+}
+
+/// Writes the seeds into `corpus/packet_path/`.
+#[test]
+#[ignore = "writes the committed corpus"]
+fn write_seed_corpus() {
+    let dir = corpus_dir();
+    std::fs::create_dir_all(&dir).expect("corpus directory");
+    for seed in seeds() {
+        std::fs::write(dir.join(&seed.name), &seed.input).expect("write seed");
+    }
+}
