@@ -1,0 +1,366 @@
+//! Connection tracking at the issue's scale: 1 M live flows, one or two
+//! cores, no I/O.
+//!
+//! Cases (flows are TCP; "established" means a reply was seen, so both
+//! directions are tracked and no lookup writes):
+//! - `memory`: not timed by criterion; RSS (from /proc/self/statm) before
+//!   building a default-sized table (max 1,048,576 flows) and after
+//!   inserting 1 M flows (both directions), divided by the flows; printed
+//!   raw and after `malloc_trim` returned freed memory to the kernel;
+//! - `lookup_established/1M_flows/1_thread`: `Conntrack::lookup` hits in a
+//!   random order over both directions of 1 M flows, on core 0;
+//! - `lookup_established/1M_flows/2_threads`: the same on cores 0 and 1 at
+//!   once, each with its own order; the figure is per core (each thread
+//!   does the iterations; the time is the slower thread's);
+//! - `insert/1M_flows`: `Conntrack::insert` of new flows (both directions,
+//!   unreplied) into a table holding 1 M established flows, in chunks of
+//!   64 Ki removed again outside the timing so the table stays at 1 M;
+//! - `syn_flood/1M_flows/guard`: what a new-flow packet costs in conntrack
+//!   (a lookup miss, then an insert) for a new 5-tuple every packet that
+//!   never gets a reply, on core 0, with a table of 2 Mi flows where
+//!   unreplied flows may hold 10 %: once the flood holds its share, every
+//!   insert first evicts the oldest unreplied flow (the flood guard).
+//!   Meanwhile core 1 does established lookups; its rate, and that none
+//!   of them missed (established flows are never evicted), are printed;
+//! - `syn_flood/1M_flows/full`: the same with the default table (max
+//!   1,048,576 flows, 50 % unreplied) nearly full of the 1 M established
+//!   flows: every insert evicts because the table is full.
+//!
+//! Run: `cargo bench -p cipgw --bench conntrack`.
+
+use std::hint::black_box;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Barrier;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use cipgw::conntrack::{Conntrack, ConntrackConfig, FlowKey, FlowMeta};
+use cipgw::lb::Rng;
+use cipgw::wire::tcp::flags::{ACK, SYN};
+use cipgw_config::Protocol;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+/// Live flows in every case.
+const FLOWS: u32 = 1_000_000;
+/// The coarse clock: constant, so lookups never write `last_seen`.
+const NOW: u32 = 1_000;
+/// Flood and insert keys are numbered from here up, apart from the live
+/// flows' numbers.
+const FRESH: u32 = 1 << 31;
+/// Inserts timed between two untimed clean-ups.
+const INSERT_CHUNK: u64 = 1 << 16;
+
+/// Client address and port of flow `n`: 198.18.0.0/16, every port.
+fn client(n: u32) -> (Ipv4Addr, u16) {
+    (Ipv4Addr::from(0xc612_0000 | (n >> 16)), n as u16)
+}
+
+/// One of 16 VIPs (198.19.255.1-16, port 80).
+fn vip(n: u32) -> Ipv4Addr {
+    Ipv4Addr::new(198, 19, 255, 1 + (n % 16) as u8)
+}
+
+/// One of 64 backends (198.19.0.1-64, port 8080), spread by a hash.
+fn backend(n: u32) -> (Ipv4Addr, u16) {
+    let h = n.wrapping_mul(0x9e37_79b9) >> 26;
+    (Ipv4Addr::new(198, 19, 0, 1 + h as u8), 8080)
+}
+
+fn forward(n: u32) -> FlowKey {
+    let (src, src_port) = client(n);
+    FlowKey {
+        src,
+        dst: vip(n),
+        src_port,
+        dst_port: 80,
+        protocol: Protocol::Tcp,
+    }
+}
+
+fn reply(n: u32) -> FlowKey {
+    let (dst, dst_port) = client(n);
+    let (src, src_port) = backend(n);
+    FlowKey {
+        src,
+        dst,
+        src_port,
+        dst_port,
+        protocol: Protocol::Tcp,
+    }
+}
+
+/// A table with `config`, holding flows `0..FLOWS`, each replied to.
+fn established(config: ConntrackConfig) -> Conntrack {
+    let ct = Conntrack::new(config);
+    for n in 0..FLOWS {
+        ct.insert(forward(n), backend(n), NOW, FlowMeta::default())
+            .expect("room for the live flows");
+        ct.lookup(&reply(n), NOW, SYN | ACK)
+            .expect("reply entry tracked");
+    }
+    assert_eq!(ct.summary().flows, FLOWS as usize);
+    assert_eq!(ct.summary().unreplied, 0);
+    ct
+}
+
+/// Both directions' keys of the live flows, in a random order.
+fn shuffled_keys(seed: u64) -> Vec<FlowKey> {
+    let mut keys: Vec<FlowKey> = (0..FLOWS).flat_map(|n| [forward(n), reply(n)]).collect();
+    let mut rng = Rng::new(seed);
+    for i in (1..keys.len()).rev() {
+        keys.swap(i, rng.below(i + 1));
+    }
+    keys
+}
+
+fn pin(core: usize) {
+    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+        eprintln!("conntrack bench: could not pin to core {core}; figures are not per core");
+    }
+}
+
+/// `iters` established lookups from `keys[*cursor..]`, wrapping; returns
+/// the time taken and the number of misses.
+fn lookups(ct: &Conntrack, keys: &[FlowKey], cursor: &mut usize, iters: u64) -> (Duration, u64) {
+    let mut misses = 0;
+    let mut i = *cursor;
+    let start = Instant::now();
+    for _ in 0..iters {
+        let hit = ct.lookup(black_box(&keys[i]), NOW, ACK);
+        misses += u64::from(black_box(hit).is_none());
+        i += 1;
+        if i == keys.len() {
+            i = 0;
+        }
+    }
+    let elapsed = start.elapsed();
+    *cursor = i;
+    (elapsed, misses)
+}
+
+/// Resident set size of this process, bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("read /proc/self/statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|f| f.parse().ok())
+        .expect("statm has a resident field");
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page as u64
+}
+
+/// Returns freed heap memory to the kernel, so RSS shows live memory.
+fn trim() {
+    // SAFETY: malloc_trim only walks glibc's own free lists.
+    unsafe { libc::malloc_trim(0) };
+}
+
+/// Memory per flow, measured before any other case allocates (freed
+/// tables would otherwise be reused and hide the growth).
+fn memory_per_flow() {
+    trim();
+    let before = rss();
+    let ct = established(ConntrackConfig::default());
+    let raw = rss();
+    trim();
+    let trimmed = rss();
+    let per_flow = |after: u64| after.saturating_sub(before) as f64 / f64::from(FLOWS);
+    println!(
+        "conntrack/memory: {} flows ({} entries) in a table of max {} flows: \
+         RSS +{:.1} MiB = {:.1} bytes/flow ({:.1} bytes/flow after malloc_trim)",
+        FLOWS,
+        ct.entries(),
+        ct.config().max_flows,
+        (trimmed.saturating_sub(before)) as f64 / (1 << 20) as f64,
+        per_flow(raw),
+        per_flow(trimmed),
+    );
+    drop(ct);
+    trim();
+}
+
+/// Established lookups on core 1 until `stop`; returns (lookups, misses,
+/// time).
+fn background_lookups(ct: &Conntrack, keys: &[FlowKey], stop: &AtomicBool) -> (u64, u64, Duration) {
+    pin(1);
+    let mut cursor = 0;
+    let (mut done, mut misses) = (0, 0);
+    let mut busy = Duration::ZERO;
+    // Relaxed: a stop flag; no data is published through it.
+    while !stop.load(Ordering::Relaxed) {
+        let (t, m) = lookups(ct, keys, &mut cursor, 4096);
+        busy += t;
+        done += 4096;
+        misses += m;
+    }
+    (done, misses, busy)
+}
+
+/// A new-flow packet's conntrack work for fresh flow `n`; true when the
+/// flow was tracked, false when it was refused.
+#[inline]
+fn new_flow(ct: &Conntrack, n: u32) -> bool {
+    let key = forward(n);
+    if ct.lookup(&key, NOW, SYN).is_some() {
+        return true;
+    }
+    ct.insert(key, backend(n), NOW, FlowMeta::default()).is_ok()
+}
+
+fn syn_flood(c: &mut Criterion, name: &str, config: ConntrackConfig, keys: &[FlowKey]) {
+    let ct = established(config);
+    let mut next = FRESH;
+    let (mut refused, mut flooded) = (0u64, 0u64);
+    let (mut bg_done, mut bg_misses, mut bg_time) = (0u64, 0u64, Duration::ZERO);
+    let mut group = c.benchmark_group("syn_flood");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(5));
+    group.warm_up_time(Duration::from_secs(2));
+    group.bench_function(format!("1M_flows/{name}"), |b| {
+        b.iter_custom(|iters| {
+            let stop = AtomicBool::new(false);
+            let barrier = Barrier::new(2);
+            thread::scope(|s| {
+                let bg = s.spawn(|| {
+                    barrier.wait();
+                    background_lookups(&ct, keys, &stop)
+                });
+                barrier.wait();
+                let start = Instant::now();
+                for _ in 0..iters {
+                    refused += u64::from(!new_flow(&ct, next));
+                    next = next.checked_add(1).expect("fresh flow numbers left");
+                }
+                let elapsed = start.elapsed();
+                // Relaxed: see `background_lookups`.
+                stop.store(true, Ordering::Relaxed);
+                let (done, misses, time) = bg.join().expect("lookup thread");
+                bg_done += done;
+                bg_misses += misses;
+                bg_time += time;
+                flooded += iters;
+                elapsed
+            })
+        })
+    });
+    group.finish();
+    if flooded == 0 {
+        // Filtered out.
+        return;
+    }
+    let s = ct.summary();
+    let stats = ct.stats();
+    println!(
+        "syn_flood/1M_flows/{name}: {flooded} new flows, {refused} refused, {} evicted; \
+         table now {} flows ({} unreplied, max {}); core 1 meanwhile: {:.2} M established \
+         lookups/s, {bg_misses} misses",
+        stats.evicted.load(Ordering::Relaxed),
+        s.flows,
+        s.unreplied,
+        s.max_flows,
+        bg_done as f64 / bg_time.as_secs_f64().max(1e-9) / 1e6,
+    );
+    assert_eq!(bg_misses, 0, "an established flow was evicted");
+}
+
+fn bench(c: &mut Criterion) {
+    pin(0);
+    memory_per_flow();
+
+    let keys0 = shuffled_keys(1);
+    let keys1 = shuffled_keys(2);
+    // Room for the live flows and the inserts: 2 Mi flows.
+    let roomy = ConntrackConfig {
+        max_flows: 1 << 21,
+        ..ConntrackConfig::default()
+    };
+    let ct = established(roomy);
+
+    let mut group = c.benchmark_group("lookup_established");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(5));
+    group.warm_up_time(Duration::from_secs(2));
+    let mut cursor0 = 0;
+    group.bench_function("1M_flows/1_thread", |b| {
+        b.iter_custom(|iters| {
+            let (t, misses) = lookups(&ct, &keys0, &mut cursor0, iters);
+            assert_eq!(misses, 0);
+            t
+        })
+    });
+    let mut cursor1 = 0;
+    group.bench_function("1M_flows/2_threads", |b| {
+        b.iter_custom(|iters| {
+            let barrier = Barrier::new(2);
+            thread::scope(|s| {
+                let other = s.spawn(|| {
+                    pin(1);
+                    barrier.wait();
+                    lookups(&ct, &keys1, &mut cursor1, iters)
+                });
+                barrier.wait();
+                let (mine, m0) = lookups(&ct, &keys0, &mut cursor0, iters);
+                let (theirs, m1) = other.join().expect("lookup thread");
+                assert_eq!(m0 + m1, 0);
+                mine.max(theirs)
+            })
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("insert");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(5));
+    group.warm_up_time(Duration::from_secs(2));
+    let mut next = FRESH;
+    group.bench_function("1M_flows", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let chunk = left.min(INSERT_CHUNK) as u32;
+                let first = next;
+                next = next.checked_add(chunk).expect("fresh flow numbers left");
+                let start = Instant::now();
+                let mut failed = 0u32;
+                for n in first..first + chunk {
+                    failed += u32::from(
+                        ct.insert(forward(n), backend(n), NOW, FlowMeta::default())
+                            .is_err(),
+                    );
+                }
+                total += start.elapsed();
+                assert_eq!(failed, 0, "inserts refused");
+                for n in first..first + chunk {
+                    ct.remove(&forward(n));
+                }
+                left -= u64::from(chunk);
+            }
+            total
+        })
+    });
+    group.finish();
+    assert_eq!(ct.summary().flows, FLOWS as usize);
+    drop(ct);
+
+    syn_flood(
+        c,
+        "guard",
+        ConntrackConfig {
+            max_flows: 1 << 21,
+            unreplied_percent: 10,
+            ..ConntrackConfig::default()
+        },
+        &keys1,
+    );
+    syn_flood(c, "full", ConntrackConfig::default(), &keys1);
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
