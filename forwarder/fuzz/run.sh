@@ -3,7 +3,7 @@
 #
 #   forwarder/fuzz/run.sh [SECONDS]
 #
-# Installs cargo-fuzz when it is missing. Builds with `--sanitizer none`:
+# Installs cargo-fuzz (into its target directory) when it is missing. Builds with `--sanitizer none`:
 # Rust's own bounds and overflow checks (on in fuzz builds) find what
 # AddressSanitizer would in this safe code, and without a sanitizer
 # cargo-fuzz needs no nightly toolchain (no RUSTC_BOOTSTRAP either).
@@ -26,9 +26,12 @@ fuzz_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # workspace's, and must not wait on its lock.
 export CARGO_TARGET_DIR="$fuzz_dir/target"
 
+# cargo-fuzz is installed inside the checkout (CI caches nothing outside).
+tools="$CARGO_TARGET_DIR/tools"
+export PATH="$tools/bin:$PATH"
 if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "::: installing cargo-fuzz"
-    cargo install cargo-fuzz --locked
+    echo "::: installing cargo-fuzz into $tools"
+    cargo install cargo-fuzz --locked --root "$tools"
 fi
 
 work="$CARGO_TARGET_DIR/corpus/packet_path"

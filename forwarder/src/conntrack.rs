@@ -602,10 +602,13 @@ impl Conntrack {
         Ok(hit)
     }
 
-    /// Evicts the oldest flow that has not been replied to. Bounded work:
-    /// gives up after a few queue slots of flows that have moved on.
+    /// Evicts the oldest flow that has not been replied to. Queue slots of
+    /// flows that have moved on (replied, or gone) are consumed on the way;
+    /// each is consumed once, so the work is amortised over the inserts
+    /// that queued them, and one call is bounded to keep a worker's pause
+    /// short.
     fn evict_oldest_unreplied(&self) -> bool {
-        for _ in 0..32 {
+        for _ in 0..4096 {
             let Some(key) = self.unreplied_fifo.pop() else {
                 return false;
             };

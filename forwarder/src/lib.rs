@@ -6,8 +6,10 @@
 //! ([`wire`]), conntrack lookup ([`conntrack`]), on a miss a service lookup
 //! in the published [`table`] and a backend choice ([`lb`]), the rewrite with
 //! incremental checksums ([`checksum`]) and L2 addressing from the kernel's
-//! routes and neighbours ([`route`], [`netlink`]). Nothing in this crate
-//! depends on Kubernetes clients or an async runtime.
+//! routes and neighbours ([`route`], [`netlink`]). The data plane depends
+//! on no Kubernetes client and no async runtime: only the `daemon` feature
+//! (on by default; the running gateway and the `cipgw` binary) brings in
+//! the control plane, and the fuzzer builds the library without it.
 
 pub mod admin;
 pub mod affinity;
@@ -15,6 +17,7 @@ pub mod bpf;
 pub mod checksum;
 pub mod conntrack;
 pub mod counters;
+#[cfg(feature = "daemon")]
 pub mod daemon;
 pub mod lab;
 pub mod lb;

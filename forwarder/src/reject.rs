@@ -13,7 +13,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::checksum::{checksum, l4_checksum, Delta};
+use crate::checksum::{checksum, l4_checksum};
 use crate::route::MacAddr;
 use crate::wire::ethernet::{self, EthernetFrame};
 use crate::wire::icmp::{self, IcmpPacket};
@@ -138,7 +138,6 @@ pub fn echo_reply(buf: &mut [u8], len: usize, port_mac: MacAddr) -> Option<usize
     if msg.msg_type() != icmp::kind::ECHO_REQUEST || msg.code() != 0 {
         return None;
     }
-    let old_checksum = msg.checksum();
 
     answer_l2(buf, port_mac);
     // Options of the request are not echoed: the reply's header is fresh,
@@ -150,9 +149,13 @@ pub fn echo_reply(buf: &mut [u8], len: usize, port_mac: MacAddr) -> Option<usize
     write_ipv4(buf, dst, src, PROTO_ICMP, (out - L3) as u16);
     let mut reply = IcmpPacket::new_checked(&mut buf[icmp_start..out]).ok()?;
     reply.set_msg_type(icmp::kind::ECHO_REPLY);
-    // Type shares a word with code (0): 0x0800 -> 0x0000.
-    let delta = Delta::default().word(u16::from(icmp::kind::ECHO_REQUEST) << 8, 0);
-    reply.set_checksum(delta.apply(old_checksum));
+    // A full checksum, not an incremental one: a message that sums to
+    // zero must carry 0xffff, which the RFC 1624 update can turn into
+    // 0x0000 (found by the fuzzer); a ping is no hot path.
+    reply.set_checksum(0);
+    let c = checksum(&buf[icmp_start..out]);
+    let mut reply = IcmpPacket::new_checked(&mut buf[icmp_start..out]).ok()?;
+    reply.set_checksum(c);
     Some(out)
 }
 
@@ -346,6 +349,25 @@ mod tests {
         assert!(matches!(m.icmp_type(), Icmpv4Type::EchoReply(h) if h.id == 0x1234 && h.seq == 7));
         assert_eq!(m.payload(), b"abcdefgh");
         assert_eq!(checksum(&buf[34..out]), 0, "ICMP checksum");
+    }
+
+    #[test]
+    fn echo_reply_of_an_all_zero_message_has_a_valid_checksum() {
+        let mut frame = Vec::new();
+        PacketBuilder::ethernet2(CLIENT, GW)
+            .ipv4([198, 18, 0, 2], [198, 18, 100, 10], 64)
+            .icmpv4_echo_request(0, 0)
+            .write(&mut frame, &[])
+            .expect("builds");
+        let (mut buf, len) = with_room(frame);
+        let out = echo_reply(&mut buf, len, GW).expect("answered");
+        assert_eq!(&buf[34..36], &[0, 0], "echo reply, code 0");
+        assert_eq!(
+            &buf[36..38],
+            &[0xff, 0xff],
+            "all-zero message checksums to 0xffff"
+        );
+        assert_eq!(checksum(&buf[34..out]), 0);
     }
 
     #[test]
