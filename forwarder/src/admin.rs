@@ -1163,7 +1163,8 @@ mod tests {
                 protocol: Protocol::Tcp,
             };
             let backend = (Ipv4Addr::new(198, 18, 2, 11 + (i % 2) as u8), 5678);
-            ct.insert(key, backend, 1, Default::default()).expect("insert");
+            ct.insert(key, backend, 1, Default::default())
+                .expect("insert");
         }
         AdminState::new(
             vec!["to-client".into(), "to-pods".into()],
