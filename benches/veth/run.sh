@@ -216,6 +216,13 @@ table netdev sink {
     }
 }
 EOF
+# No RPS anywhere (cross-CPU interrupts are what these VMs do worst):
+# receive work stays where NAPI or the sender runs it.
+for x in "$NS_CL $VC" "$NS_GW $VG" "$NS_GW $VP" "$NS_BE $VB"; do
+    set -- $x
+    in_ns "$1" sh -c "echo 0 > /sys/class/net/$2/queues/rx-0/rps_cpus"
+done
+set --
 # Threaded NAPI on the gateway's veths, kthreads on the gateway core.
 for d in $VG $VP; do in_ns "$NS_GW" sh -c "echo 1 > /sys/class/net/$d/threaded"; done
 
@@ -251,6 +258,7 @@ placement() {
     done
     echo "  CPU $GW_CPU: cipgw worker (--cores $GW_CPU) for the cipgw peers"
     echo "  client and backend veths: no NAPI; their receive runs in the sender's softirq"
+    echo "  RPS off on every veth (rps_cpus 0)"
 }
 pin_napi
 napi_pids=$(napi_threads | wc -l)
@@ -298,14 +306,20 @@ cpu_busy() {
 # Waits (at most QUIET_WAIT s) for other work on the machine to stop, so
 # builds and tests of others do not land in a measurement; returns the
 # busy fraction seen last, which goes into the record.
+# At most 10 times QUIET_WAIT in all, so a machine that stays busy delays
+# the run by minutes, not hours.
+QUIET_BUDGET_FILE=$OUT/.quiet-budget
+echo $((QUIET_WAIT * 10)) >"$QUIET_BUDGET_FILE"
 quiet() {
-    local busy waited=0
+    local busy waited=0 budget
+    budget=$(cat "$QUIET_BUDGET_FILE")
     busy=$(cpu_busy)
-    while awk -v b="$busy" 'BEGIN { exit !(b > 0.15) }' && ((waited < QUIET_WAIT)); do
+    while awk -v b="$busy" 'BEGIN { exit !(b > 0.15) }' && ((waited < QUIET_WAIT && waited < budget)); do
         sleep 2
         waited=$((waited + 2))
         busy=$(cpu_busy)
     done
+    echo $((budget - waited)) >"$QUIET_BUDGET_FILE"
     ((waited == 0)) || echo "    (waited ${waited}s for the machine to go quiet: busy $busy)" >&2
     echo "$busy"
 }
@@ -469,6 +483,7 @@ plan() { # PEER SERVICES -> workloads
 }
 
 # --- metadata -------------------------------------------------------------
+json_escape() { sed 's/\\/\\\\/g; s/"/\\"/g' <<<"$1"; }
 rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 git -C "$ROOT" diff --quiet HEAD 2>/dev/null || rev="$rev+dirty"
 cat >"$OUT/meta.json" <<EOF
@@ -486,7 +501,7 @@ cat >"$OUT/meta.json" <<EOF
  "peers":"$PEERS", "workloads":"$WORKLOADS",
  "generator":"$([[ $GENERATOR == pktgen ]] && echo "kernel pktgen" || echo "cipgw-veth-bench udp-gen (AF_PACKET + sendmmsg, open loop)"), 60-byte frames (64 on the wire)",
  "placement":$(awk 'BEGIN{printf "["} NR>1{printf "%s\"%s\"", (NR>2?",":""), $0} END{printf "]"}' "$OUT/placement.txt" | sed 's/  */ /g'),
- "command":"benches/veth/run.sh $(printf '%q ' "${ORIG_ARGS[@]:-}")"}
+ "command":"$(json_escape "benches/veth/run.sh ${ORIG_ARGS[*]:-}")"}
 EOF
 
 # --- the run --------------------------------------------------------------
