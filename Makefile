@@ -5,7 +5,7 @@
 CARGO ?= cargo
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: all setup build demo test lint bench
+.PHONY: all setup build demo test lint bench bench-veth bench-veth-smoke
 
 all: build
 
@@ -32,3 +32,13 @@ lint:
 
 bench: setup
 	$(CARGO) bench -p cipgw
+
+# End-to-end veth benchmark (root, ~15-25 min): cipgw against kernel
+# forwarding and kube-proxy's iptables and nftables rulesets; results in
+# target/veth-bench/<time>/.
+bench-veth: setup
+	bash benches/veth/run.sh
+
+# Its CI smoke mode: every peer and workload present and non-zero (~80 s).
+bench-veth-smoke: setup
+	bash benches/veth/run.sh --smoke --debug
