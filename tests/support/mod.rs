@@ -375,29 +375,12 @@ impl Lab {
 
     /// [`Lab::start_gateway`] with more `cipgw run` arguments.
     pub fn start_gateway_with(&mut self, extra: &[&str]) {
-        assert!(self.gateway.is_none(), "the gateway is already running");
         let control = self
             .control
             .clone()
             .expect("write the control file before starting the gateway");
-        let info = self.info();
-        let mut args: Vec<String> = Vec::new();
-        for iface in info.gateway.ifaces() {
-            args.extend(["--iface".into(), iface.to_owned()]);
-        }
-        args.extend([
-            "--control-file".into(),
-            control.display().to_string(),
-            "--service-cidr".into(),
-            info.vip_range.to_string(),
-            "--cores".into(),
-            GATEWAY_CORE.into(),
-        ]);
-        args.extend(extra.iter().map(|a| (*a).to_owned()));
-        let gateway =
-            GatewayProcess::start(exe(), self.topology.gateway(), &args, false, READY_WITHIN)
-                .unwrap_or_else(|e| panic!("starting the gateway: {e}"));
-        self.gateway = Some(gateway);
+        let source = ["--control-file".to_owned(), control.display().to_string()];
+        self.launch(&source, extra);
     }
 
     /// `cipgw run --kubernetes --kubeconfig FILE` on every gateway
@@ -407,16 +390,26 @@ impl Lab {
     /// done"). The API server must be reachable from the gateway's
     /// namespace.
     pub fn start_gateway_kubernetes(&mut self, kubeconfig: &Path, extra: &[&str]) {
+        let source = [
+            "--kubernetes".to_owned(),
+            "--kubeconfig".to_owned(),
+            kubeconfig.display().to_string(),
+        ];
+        self.launch(&source, extra);
+    }
+
+    /// `cipgw run` on every gateway interface with `source` (where the
+    /// services come from), the lab's VIP range, one worker on core 1 and
+    /// `extra`; waits until the process reports ready.
+    fn launch(&mut self, source: &[String], extra: &[&str]) {
         assert!(self.gateway.is_none(), "the gateway is already running");
         let info = self.info();
         let mut args: Vec<String> = Vec::new();
         for iface in info.gateway.ifaces() {
             args.extend(["--iface".into(), iface.to_owned()]);
         }
+        args.extend_from_slice(source);
         args.extend([
-            "--kubernetes".into(),
-            "--kubeconfig".into(),
-            kubeconfig.display().to_string(),
             "--service-cidr".into(),
             info.vip_range.to_string(),
             "--cores".into(),
