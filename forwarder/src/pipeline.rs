@@ -359,20 +359,18 @@ impl Pipeline {
 
         // Packets that may change a flow's state always see the table.
         let steady = parsed.tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0;
-        let removals = self.conntrack.removals();
-        let cached = if steady {
-            self.flows.get(&key, ctx.now, removals)
-        } else {
-            None
-        };
+        // Read before the table lookup, so a flow cached below carries a
+        // count no newer than what the lookup saw.
+        let removals = steady.then(|| self.conntrack.removals());
+        let cached = removals.and_then(|r| self.flows.get(&key, ctx.now, r));
         let hit = match cached {
             Some(hit) => hit,
             None => match self.conntrack.lookup(&key, ctx.now, parsed.tcp_flags) {
                 Some(hit) => {
-                    if steady
-                        && matches!(hit.state, FlowState::TcpEstablished | FlowState::UdpReplied)
-                    {
-                        self.flows.put(key, hit, ctx.now, removals);
+                    if let Some(removals) = removals {
+                        if matches!(hit.state, FlowState::TcpEstablished | FlowState::UdpReplied) {
+                            self.flows.put(key, hit, ctx.now, removals);
+                        }
                     }
                     hit
                 }
