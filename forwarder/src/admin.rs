@@ -13,7 +13,7 @@
 //! One thread answers requests one at a time (tiny_http; its own accept
 //! thread and connection pool only read requests): nothing here touches
 //! the packet path beyond reading counters, cloning published histograms
-//! and walking conntrack under its shard read locks. Every view is
+//! and walking conntrack's records (lock-free, as workers read them). Every view is
 //! computed at request time from [`AdminState`], which the daemon fills
 //! in as the gateway starts. The JSON view types derive `Deserialize`
 //! too, so the CLI ([`client`]) reads what the server writes.

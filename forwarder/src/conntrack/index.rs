@@ -1,0 +1,413 @@
+//! The hash index from a 5-tuple to its flow record: 64-byte buckets of
+//! seven slots, each slot a 32-bit signature (the hash's high half) and a
+//! 32-bit reference (record id and direction). One flow has two slots, one
+//! per direction; a lookup reads one bucket line, then the records whose
+//! signature matches (almost always exactly one).
+//!
+//! A key's home bucket comes from its hash; when the home bucket is full
+//! the slot goes to the next bucket with room, and every bucket passed
+//! counts one more overflowing key, so a lookup goes on to the next bucket
+//! only while the current one's count is non-zero (folly's F14 does the
+//! same). Chains are short: the table is sized for 3.5 keys per bucket at
+//! `max_flows` (half full), and the hash is keyed per process, so clients
+//! cannot aim their flows at one chain. A chain longer than
+//! [`MAX_CHAIN`] buckets is refused rather than searched.
+//!
+//! Readers never lock and never write. Writers lock the buckets they
+//! change with a bit in the bucket's meta word, always a contiguous run
+//! from a key's home upwards, taken in increasing order and held only for
+//! the one slot change: no writer waits on another for long, and none can
+//! deadlock. Slots never move, so a key present for the whole of a lookup
+//! is always found; a reference read from a slot may point to a record
+//! that has since been reused, which the record's sequence check catches.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::slab::RecordId;
+
+/// Slots per bucket: seven references and one meta word fill 64 bytes.
+pub(super) const SLOTS: usize = 7;
+/// Buckets a key may be placed away from its home, at most.
+pub(super) const MAX_CHAIN: usize = 16;
+/// Keys per bucket the index is sized for at full table (of 7).
+const KEYS_PER_BUCKET_NUM: usize = 7;
+const KEYS_PER_BUCKET_DEN: usize = 2;
+
+/// Meta word: lock bit (63) and the count of keys that overflowed past
+/// this bucket (0..32).
+const LOCKED: u64 = 1 << 63;
+const OVERFLOW: u64 = 0xffff_ffff;
+
+#[derive(Debug, Default)]
+#[repr(C, align(64))]
+struct Bucket {
+    meta: AtomicU64,
+    slots: [AtomicU64; SLOTS],
+}
+
+/// Bytes of index per flow (two keys) when the table is full.
+pub(super) const INDEX_BYTES_PER_FLOW: usize =
+    2 * std::mem::size_of::<Bucket>() * KEYS_PER_BUCKET_DEN / KEYS_PER_BUCKET_NUM + 1;
+
+/// Which of a flow's two keys a slot stands for.
+pub(super) const FORWARD: u32 = 0;
+pub(super) const REPLY: u32 = 1;
+
+/// A slot's content: signature and reference; never 0 (record ids start
+/// at 1).
+#[inline]
+pub(super) fn slot_word(hash: u64, id: RecordId, direction: u32) -> u64 {
+    (hash & !0xffff_ffff) | u64::from(id << 1 | direction)
+}
+
+/// Record id and direction of a slot word.
+#[inline]
+pub(super) fn reference(word: u64) -> (RecordId, u32) {
+    let r = word as u32;
+    (r >> 1, r & 1)
+}
+
+/// The outcome of placing a key.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Placed<T> {
+    Linked,
+    /// A live flow already holds the key (what `existing` returned).
+    Exists(T),
+    /// The key's chain is too long.
+    ChainFull,
+}
+
+#[derive(Debug)]
+pub(super) struct FlowIndex {
+    buckets: Box<[Bucket]>,
+    /// Buckets a hash maps to; the rest (MAX_CHAIN) only take overflow.
+    homes: u64,
+}
+
+impl FlowIndex {
+    /// An index for `flows` flows (two keys each), zeroed lazily.
+    pub fn new(flows: usize) -> FlowIndex {
+        let homes = (2 * flows * KEYS_PER_BUCKET_DEN)
+            .div_ceil(KEYS_PER_BUCKET_NUM)
+            .max(1);
+        // SAFETY: a Bucket is eight AtomicU64s, for which all-zero bytes
+        // are a valid value (an empty slot, an unlocked bucket).
+        let buckets: Box<[Bucket]> = unsafe { super::zeroed_slice(homes + MAX_CHAIN) };
+        super::advise_huge_pages(&buckets);
+        FlowIndex {
+            buckets,
+            homes: homes as u64,
+        }
+    }
+
+    /// The home bucket of a hash (Lemire's multiply-shift reduction of
+    /// the low half; the high half is the signature).
+    #[inline]
+    pub fn home(&self, hash: u64) -> usize {
+        (((hash & 0xffff_ffff) * self.homes) >> 32) as usize
+    }
+
+    /// Hints the CPU to fetch a hash's home bucket.
+    #[inline]
+    pub fn prefetch(&self, hash: u64) {
+        if let Some(b) = self.buckets.get(self.home(hash)) {
+            super::prefetch(b);
+        }
+    }
+
+    /// Hints the CPU to fetch a home bucket by its number.
+    #[inline]
+    pub fn prefetch_home(&self, home: usize) {
+        if let Some(b) = self.buckets.get(home) {
+            super::prefetch(b);
+        }
+    }
+
+    /// Calls `check` with the reference of every slot whose signature
+    /// matches `hash`, in the key's chain, until it returns `Some`.
+    #[inline]
+    pub fn find<T>(
+        &self,
+        hash: u64,
+        mut check: impl FnMut(RecordId, u32) -> Option<T>,
+    ) -> Option<T> {
+        let sig = hash >> 32;
+        let home = self.home(hash);
+        for bucket in self.buckets.get(home..)?.iter().take(MAX_CHAIN) {
+            for slot in &bucket.slots {
+                // Acquire: pairs with the Release in `link`: the record
+                // behind a reference was published before it.
+                let word = slot.load(Ordering::Acquire);
+                if word != 0 && word >> 32 == sig {
+                    let (id, direction) = reference(word);
+                    if let Some(found) = check(id, direction) {
+                        return Some(found);
+                    }
+                }
+            }
+            // Acquire: a count seen as zero means no key of this chain
+            // sits further on, as of a moment no earlier than the slots
+            // read above.
+            if bucket.meta.load(Ordering::Acquire) & OVERFLOW == 0 {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// Places `word` in the chain of `hash` unless `existing` finds a live
+    /// flow for the same key there (checked under the home bucket's lock,
+    /// which every writer of this key holds, so two writers of one key
+    /// cannot both place it).
+    pub fn link<T>(
+        &self,
+        hash: u64,
+        word: u64,
+        existing: impl FnMut(RecordId, u32) -> Option<T>,
+    ) -> Placed<T> {
+        let home = self.home(hash);
+        let mut held = Held::new(self, home);
+        if let Some(found) = self.find(hash, existing) {
+            return Placed::Exists(found);
+        }
+        for b in home..home + MAX_CHAIN {
+            if b > home && !held.extend_to(b) {
+                break;
+            }
+            let Some(bucket) = self.buckets.get(b) else {
+                break;
+            };
+            // Relaxed: we hold this bucket's lock; no one else stores to
+            // its slots.
+            if let Some(free) = bucket.slots.iter().find(|s| s.load(Ordering::Relaxed) == 0) {
+                for passed in &self.buckets[home..b] {
+                    // Relaxed: under the lock; published with the slot.
+                    let meta = passed.meta.load(Ordering::Relaxed);
+                    passed.meta.store(meta + 1, Ordering::Relaxed);
+                }
+                // Release: the record and the counts above are visible to
+                // a reader that sees the reference.
+                free.store(word, Ordering::Release);
+                return Placed::Linked;
+            }
+        }
+        Placed::ChainFull
+    }
+
+    /// Clears the slot holding exactly `word` in the chain of `hash`.
+    /// Returns whether it was there.
+    pub fn unlink(&self, hash: u64, word: u64) -> bool {
+        let home = self.home(hash);
+        let mut held = Held::new(self, home);
+        for b in home..home + MAX_CHAIN {
+            if b > home && !held.extend_to(b) {
+                return false;
+            }
+            let Some(bucket) = self.buckets.get(b) else {
+                return false;
+            };
+            // Relaxed: under the lock.
+            if let Some(slot) = bucket
+                .slots
+                .iter()
+                .find(|s| s.load(Ordering::Relaxed) == word)
+            {
+                // Release: pairs with `find`'s Acquire, for symmetry with
+                // `link`; an empty slot publishes nothing.
+                slot.store(0, Ordering::Release);
+                for passed in &self.buckets[home..b] {
+                    // Relaxed: under the lock.
+                    let meta = passed.meta.load(Ordering::Relaxed);
+                    if meta & OVERFLOW != 0 {
+                        passed.meta.store(meta - 1, Ordering::Relaxed);
+                    }
+                }
+                return true;
+            }
+            // Relaxed: under the lock.
+            if bucket.meta.load(Ordering::Relaxed) & OVERFLOW == 0 {
+                return false;
+            }
+        }
+        false
+    }
+
+    /// Slots in use, and whether every overflow count equals the keys
+    /// that sit past its bucket (tests).
+    #[cfg(test)]
+    pub fn audit(&self, home_of: impl Fn(u64) -> usize) -> (usize, bool) {
+        let mut used = 0;
+        let mut counts = vec![0u64; self.buckets.len()];
+        for (b, bucket) in self.buckets.iter().enumerate() {
+            for slot in &bucket.slots {
+                let word = slot.load(Ordering::Relaxed);
+                if word != 0 {
+                    used += 1;
+                    for passed in &mut counts[home_of(word)..b] {
+                        *passed += 1;
+                    }
+                }
+            }
+        }
+        let consistent = self
+            .buckets
+            .iter()
+            .zip(&counts)
+            .all(|(bucket, &c)| bucket.meta.load(Ordering::Relaxed) == c);
+        (used, consistent)
+    }
+
+    /// Keys that overflowed past a bucket (tests and diagnostics).
+    #[cfg(test)]
+    pub fn overflow(&self, bucket: usize) -> u64 {
+        self.buckets[bucket].meta.load(Ordering::Relaxed) & OVERFLOW
+    }
+
+    fn lock(&self, b: usize) {
+        let Some(bucket) = self.buckets.get(b) else {
+            return;
+        };
+        let mut spins = 0u32;
+        loop {
+            // Relaxed: a test before the swap, to spin on a shared line.
+            let meta = bucket.meta.load(Ordering::Relaxed);
+            if meta & LOCKED == 0
+                && bucket
+                    .meta
+                    .compare_exchange_weak(
+                        meta,
+                        meta | LOCKED,
+                        // Acquire: what the last holder wrote under the
+                        // lock is visible to us.
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                return;
+            }
+            spins += 1;
+            if spins % 64 == 0 {
+                // The holder may have been preempted on our core.
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    fn unlock(&self, b: usize) {
+        if let Some(bucket) = self.buckets.get(b) {
+            // Relaxed: only the lock holder writes the meta word, so a
+            // plain load and store clear the bit without a locked
+            // instruction.
+            let meta = bucket.meta.load(Ordering::Relaxed);
+            // Release: what we wrote under the lock is visible to the next
+            // holder.
+            bucket.meta.store(meta & !LOCKED, Ordering::Release);
+        }
+    }
+}
+
+/// Bucket locks held from `first` to `last`, released on drop.
+struct Held<'a> {
+    index: &'a FlowIndex,
+    first: usize,
+    last: usize,
+}
+
+impl<'a> Held<'a> {
+    fn new(index: &'a FlowIndex, home: usize) -> Held<'a> {
+        index.lock(home);
+        Held {
+            index,
+            first: home,
+            last: home,
+        }
+    }
+
+    /// Locks buckets up to `b`; false when `b` is past the index.
+    fn extend_to(&mut self, b: usize) -> bool {
+        if b >= self.index.buckets.len() {
+            return false;
+        }
+        while self.last < b {
+            self.last += 1;
+            self.index.lock(self.last);
+        }
+        true
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        for b in self.first..=self.last {
+            self.index.unlock(b);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hash whose home is bucket 0 of a one-home index, with signature
+    /// `sig`.
+    fn hash(sig: u32) -> u64 {
+        u64::from(sig) << 32
+    }
+
+    #[test]
+    fn full_buckets_overflow_into_the_next_and_counts_track_it() {
+        let index = FlowIndex::new(1);
+        assert_eq!(index.homes, 1);
+        let words: Vec<u64> = (1..=20)
+            .map(|id| slot_word(hash(id), id, FORWARD))
+            .collect();
+        for (i, &w) in words.iter().enumerate() {
+            let placed = index.link(hash(i as u32 + 1), w, |_, _| None::<()>);
+            assert_eq!(placed, Placed::Linked, "key {i}");
+        }
+        // 7 at home, 7 in the next, 6 in the third.
+        assert_eq!(
+            (index.overflow(0), index.overflow(1), index.overflow(2)),
+            (13, 6, 0)
+        );
+        for (i, &w) in words.iter().enumerate() {
+            let found = index.find(hash(i as u32 + 1), |id, _| Some(id));
+            assert_eq!(found, Some(reference(w).0), "key {i} is found");
+        }
+        // Removing a key from the third bucket lowers both counts.
+        assert!(index.unlink(hash(20), words[19]));
+        assert_eq!((index.overflow(0), index.overflow(1)), (12, 5));
+        assert!(!index.unlink(hash(20), words[19]), "already gone");
+        assert_eq!(index.find(hash(20), |id, _| Some(id)), None);
+        // A freed home slot is reused before the chain grows.
+        assert!(index.unlink(hash(1), words[0]));
+        assert_eq!(
+            index.link(hash(99), slot_word(hash(99), 99, REPLY), |_, _| None::<()>),
+            Placed::Linked
+        );
+        assert_eq!(index.overflow(0), 12);
+        assert_eq!(
+            index.find(hash(99), |id, d| Some((id, d))),
+            Some((99, REPLY))
+        );
+    }
+
+    #[test]
+    fn link_reports_an_existing_key_and_chains_have_an_end() {
+        let index = FlowIndex::new(1);
+        let w = slot_word(hash(5), 5, FORWARD);
+        assert_eq!(index.link(hash(5), w, |_, _| None::<()>), Placed::Linked);
+        assert_eq!(index.link(hash(5), w, |id, _| Some(id)), Placed::Exists(5));
+        let mut placed = 1;
+        while index.link(hash(7), slot_word(hash(7), 7, FORWARD), |_, _| None::<()>)
+            == Placed::Linked
+        {
+            placed += 1;
+            assert!(placed <= SLOTS * MAX_CHAIN, "the chain must end");
+        }
+        assert_eq!(placed, SLOTS * MAX_CHAIN);
+    }
+}

@@ -1,0 +1,1044 @@
+//! Connection tracking: which backend each connection was given, and how
+//! long the gateway keeps remembering it.
+//!
+//! One table holds both directions of every flow, keyed by the 5-tuple
+//! exactly as it appears on the wire:
+//! - the forward key (client, VIP, client port, VIP port) finds the
+//!   backend the flow was given (the destination to write);
+//! - the reply key (backend, client, backend port, client port) finds the
+//!   VIP and port (the source to write), so replies leave the gateway
+//!   from the address the client connected to.
+//!
+//! The table is sized once, from `max_flows`, and never grows (no pause,
+//! no doubling of memory under load): a slab of 32-byte flow records
+//! ([`slab`]) and a hash index of 64-byte buckets holding both keys of
+//! every flow ([`index`]). A lookup is one bucket line and one record
+//! line; workers read without any lock and without writing a shared line
+//! (a record is a sequence lock), and write only when a flow's state or
+//! last-seen second changes. [`Conntrack::prefetch_index`] and
+//! [`Conntrack::prefetch_flow`] let a worker fetch those two lines for a
+//! whole batch of packets before it looks any of them up. The hash is
+//! aHash with per-process random keys, so clients cannot aim their flows
+//! at one chain.
+//!
+//! Lifecycle. Each flow has a state driven by what both directions carry,
+//! with its own idle timeout (defaults as kube-proxy configures
+//! nf_conntrack, and Linux's for the rest):
+//!
+//! | state | entered on | timeout |
+//! |---|---|---|
+//! | TCP SYN sent | first SYN from the client | 120 s |
+//! | TCP established | any packet from the backend | 24 h |
+//! | TCP FIN wait | a FIN one way | 120 s |
+//! | TCP close wait | a FIN one way, then a packet the other way | 1 h |
+//! | TCP time wait | FINs both ways | 120 s |
+//! | TCP close | an RST either way | 10 s |
+//! | UDP unreplied | first datagram | 30 s |
+//! | UDP replied | first reply | 120 s |
+//!
+//! A flow is idle when no packet went either way. The sweeper
+//! ([`Conntrack::sweep`]) walks the records without a lock and removes
+//! expired flows one by one; a removal locks only the two index chains it
+//! changes.
+//!
+//! Bounds. The table holds at most `max_flows` flows (a flow is both
+//! directions). A new flow that would exceed it, or that would let
+//! unreplied flows hold more than their share of the table (the flood
+//! guard), first evicts the oldest unreplied flow; established flows are
+//! never evicted for a new one. When nothing can be evicted the new flow is
+//! refused and counted ([`InsertError::Full`]); the pipeline answers it
+//! with a RST. Concurrent inserts may overshoot the limit by at most one
+//! flow per worker.
+//!
+//! Memory per flow, allocated once and touched as flows arrive:
+//! [`ConntrackConfig::BYTES_PER_FLOW`] (a 32-byte record, two index slots
+//! at half load, a 16-byte eviction-queue entry); the `conntrack`
+//! criterion bench measures it.
+
+mod index;
+mod queue;
+mod slab;
+
+use std::hash::{Hash, Hasher};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ahash::RandomState;
+use cipgw_config::Protocol;
+use crossbeam::utils::CachePadded;
+
+use self::index::{FlowIndex, Placed};
+use self::queue::{EvictionQueue, Queued, QUEUE_BYTES};
+use self::slab::{FlowData, Life, RecordId, Slab};
+use crate::wire::tcp::flags as tcp_flags;
+
+/// A 5-tuple as seen on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowKey {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub protocol: Protocol,
+}
+
+impl FlowKey {
+    /// The key of the other direction of the same flow, as seen on the
+    /// wire before any rewrite (only meaningful without NAT).
+    pub fn reversed(&self) -> FlowKey {
+        FlowKey {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            protocol: self.protocol,
+        }
+    }
+}
+
+impl Hash for FlowKey {
+    // Two word-sized writes instead of five field writes: the hash is on
+    // the per-packet path.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64((u64::from(u32::from(self.src)) << 32) | u64::from(u32::from(self.dst)));
+        state.write_u64(
+            (u64::from(self.src_port) << 24)
+                | (u64::from(self.dst_port) << 8)
+                | u64::from(self.protocol.ip_number()),
+        );
+    }
+}
+
+/// Which way a packet travels relative to the connection's first packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to VIP: write the backend as destination.
+    Forward,
+    /// Backend to client: write the VIP as source.
+    Reply,
+}
+
+/// Where a flow is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FlowState {
+    TcpSynSent = 0,
+    TcpEstablished = 1,
+    TcpFinWait = 2,
+    TcpCloseWait = 3,
+    TcpTimeWait = 4,
+    TcpClose = 5,
+    UdpUnreplied = 6,
+    UdpReplied = 7,
+}
+
+impl FlowState {
+    pub const ALL: [FlowState; 8] = [
+        FlowState::TcpSynSent,
+        FlowState::TcpEstablished,
+        FlowState::TcpFinWait,
+        FlowState::TcpCloseWait,
+        FlowState::TcpTimeWait,
+        FlowState::TcpClose,
+        FlowState::UdpUnreplied,
+        FlowState::UdpReplied,
+    ];
+
+    /// The label used in metrics and listings.
+    pub const fn name(self) -> &'static str {
+        match self {
+            FlowState::TcpSynSent => "tcp_syn_sent",
+            FlowState::TcpEstablished => "tcp_established",
+            FlowState::TcpFinWait => "tcp_fin_wait",
+            FlowState::TcpCloseWait => "tcp_close_wait",
+            FlowState::TcpTimeWait => "tcp_time_wait",
+            FlowState::TcpClose => "tcp_close",
+            FlowState::UdpUnreplied => "udp_unreplied",
+            FlowState::UdpReplied => "udp_replied",
+        }
+    }
+
+    /// The state a new flow starts in.
+    pub const fn initial(protocol: Protocol) -> FlowState {
+        match protocol {
+            Protocol::Tcp => FlowState::TcpSynSent,
+            Protocol::Udp => FlowState::UdpUnreplied,
+        }
+    }
+
+    const fn from_bits(bits: u8) -> FlowState {
+        match bits & STATE_MASK {
+            0 => FlowState::TcpSynSent,
+            1 => FlowState::TcpEstablished,
+            2 => FlowState::TcpFinWait,
+            3 => FlowState::TcpCloseWait,
+            4 => FlowState::TcpTimeWait,
+            5 => FlowState::TcpClose,
+            6 => FlowState::UdpUnreplied,
+            _ => FlowState::UdpReplied,
+        }
+    }
+}
+
+/// State byte layout: the state in the low bits, then flags.
+const STATE_MASK: u8 = 0x0f;
+/// A FIN was seen client -> backend.
+const FIN_FORWARD: u8 = 0x10;
+/// A FIN was seen backend -> client.
+const FIN_REPLY: u8 = 0x20;
+/// A packet was seen backend -> client.
+const REPLIED: u8 = 0x40;
+/// The flow's Service has session affinity.
+const AFFINITY: u8 = 0x80;
+
+/// Idle timeouts per state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_syn_sent: Duration,
+    pub tcp_established: Duration,
+    pub tcp_fin_wait: Duration,
+    pub tcp_close_wait: Duration,
+    pub tcp_time_wait: Duration,
+    pub tcp_close: Duration,
+    pub udp_unreplied: Duration,
+    pub udp_replied: Duration,
+}
+
+impl Default for Timeouts {
+    /// kube-proxy's nf_conntrack settings (established 24 h, close-wait
+    /// 1 h) and Linux's defaults for the rest.
+    fn default() -> Self {
+        Self {
+            tcp_syn_sent: Duration::from_secs(120),
+            tcp_established: Duration::from_secs(24 * 3600),
+            tcp_fin_wait: Duration::from_secs(120),
+            tcp_close_wait: Duration::from_secs(3600),
+            tcp_time_wait: Duration::from_secs(120),
+            tcp_close: Duration::from_secs(10),
+            udp_unreplied: Duration::from_secs(30),
+            udp_replied: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Timeouts {
+    /// The timeout of a state, in whole seconds.
+    pub fn of(&self, state: FlowState) -> u32 {
+        let d = match state {
+            FlowState::TcpSynSent => self.tcp_syn_sent,
+            FlowState::TcpEstablished => self.tcp_established,
+            FlowState::TcpFinWait => self.tcp_fin_wait,
+            FlowState::TcpCloseWait => self.tcp_close_wait,
+            FlowState::TcpTimeWait => self.tcp_time_wait,
+            FlowState::TcpClose => self.tcp_close,
+            FlowState::UdpUnreplied => self.udp_unreplied,
+            FlowState::UdpReplied => self.udp_replied,
+        };
+        u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
+    }
+}
+
+/// How big the table may grow and how long flows live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConntrackConfig {
+    /// Flows (both directions count as one) the table holds at most.
+    pub max_flows: usize,
+    /// Percentage of `max_flows` unreplied flows may hold (flood guard).
+    pub unreplied_percent: u8,
+    pub timeouts: Timeouts,
+}
+
+impl ConntrackConfig {
+    /// Bytes of memory per flow of `max_flows`: record, index slots
+    /// and eviction-queue entry.
+    pub const BYTES_PER_FLOW: u64 =
+        (slab::RECORD_BYTES + index::INDEX_BYTES_PER_FLOW + QUEUE_BYTES) as u64;
+
+    /// The largest table: record ids and their direction bit share 32 bits.
+    pub const MAX_FLOWS: usize = 1 << 30;
+
+    /// The default maximum for a machine with `memory` bytes: 1/64 of
+    /// it at [`Self::BYTES_PER_FLOW`], between 64 Ki and 4 Mi flows.
+    pub fn max_for_memory(memory: u64) -> usize {
+        let flows = memory / 64 / Self::BYTES_PER_FLOW;
+        flows.clamp(1 << 16, 1 << 22) as usize
+    }
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        Self {
+            max_flows: 1 << 20,
+            unreplied_percent: 50,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// A flow whose Service port has no counter slot.
+pub const NO_SLOT: u32 = u32::MAX;
+
+/// What a new flow carries besides its addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowMeta {
+    /// The Service has session affinity.
+    pub affinity: bool,
+    /// The Service port's counter slot, or [`NO_SLOT`].
+    pub slot: u32,
+}
+
+impl Default for FlowMeta {
+    fn default() -> Self {
+        Self {
+            affinity: false,
+            slot: NO_SLOT,
+        }
+    }
+}
+
+/// The rewrite a tracked packet gets, and its flow's state after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowHit {
+    pub direction: Direction,
+    pub nat_ip: Ipv4Addr,
+    pub nat_port: u16,
+    pub state: FlowState,
+    /// The flow's Service has session affinity.
+    pub affinity: bool,
+    /// The Service port's counter slot, or [`NO_SLOT`].
+    pub slot: u32,
+}
+
+/// Why a new flow could not be tracked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertError {
+    /// Another flow already owns the reply key: the same client address
+    /// and port reached the same backend through another VIP. Without
+    /// source NAT the replies could not be told apart.
+    ReplyClash,
+    /// The table is full of flows that may not be evicted.
+    Full,
+}
+
+/// Why flows left the table.
+#[derive(Debug, Default)]
+pub struct ConntrackStats {
+    pub inserted: AtomicU64,
+    /// Unreplied flows evicted for a new one.
+    pub evicted: AtomicU64,
+    /// New flows refused because nothing could be evicted.
+    pub refused: AtomicU64,
+    /// Flows removed because their backend or Service went away.
+    pub retired: AtomicU64,
+    /// Finished flows (TIME_WAIT, closed) that made way for a new
+    /// connection reusing their reply 5-tuple through another VIP.
+    pub reused: AtomicU64,
+    /// Flows expired by the sweeper, per state.
+    pub expired: [AtomicU64; FlowState::ALL.len()],
+}
+
+/// A point-in-time summary for metrics and admin views.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConntrackSummary {
+    pub flows: usize,
+    pub unreplied: usize,
+    pub max_flows: usize,
+}
+
+/// Records beyond `max_flows`: concurrent inserts may overshoot the limit
+/// by one flow per worker.
+const RECORD_SLACK: usize = 256;
+/// Queue entries popped at most for one eviction: the queue also holds
+/// entries of flows that got their reply or left, each popped once.
+const EVICTION_SCAN: usize = 4096;
+/// How far ahead of the eviction in progress the queue prefetches.
+const EVICTION_LOOKAHEAD: usize = 8;
+/// Attempts to remove a flow whose life word keeps changing under us.
+const CLAIM_ATTEMPTS: usize = 8;
+
+/// The connection-tracking table.
+#[derive(Debug)]
+pub struct Conntrack {
+    index: FlowIndex,
+    slab: Slab,
+    hasher: RandomState,
+    config: ConntrackConfig,
+    /// Flows in the table. Its own line: every insert and removal writes
+    /// it, and nothing on the lookup path reads it.
+    live: CachePadded<AtomicUsize>,
+    /// Flows no reply has been seen for.
+    unreplied: CachePadded<AtomicUsize>,
+    /// Counts removals of replied flows, so that per-worker caches of
+    /// flows ([`crate::pipeline`]) know when to forget what they hold.
+    /// Read on every steady packet, written rarely: its own line.
+    removals: CachePadded<AtomicU64>,
+    /// Flows inserted unreplied, oldest first; entries of flows that got
+    /// a reply or left are skipped when popped.
+    unreplied_queue: EvictionQueue,
+    stats: CachePadded<ConntrackStats>,
+}
+
+impl Default for Conntrack {
+    fn default() -> Self {
+        Self::new(ConntrackConfig::default())
+    }
+}
+
+/// Ordering for the table's counters: they are statistics and limits that
+/// tolerate a momentarily stale value; no other memory is published
+/// through them.
+const STAT: Ordering = Ordering::Relaxed;
+
+/// A live flow found behind an index slot.
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    id: RecordId,
+    direction: Direction,
+    flow: FlowData,
+    life: Life,
+}
+
+impl FlowData {
+    fn forward_key(&self) -> FlowKey {
+        FlowKey {
+            src: self.client,
+            dst: self.vip,
+            src_port: self.client_port,
+            dst_port: self.vip_port,
+            protocol: self.protocol,
+        }
+    }
+
+    fn reply_key(&self) -> FlowKey {
+        FlowKey {
+            src: self.backend,
+            dst: self.client,
+            src_port: self.backend_port,
+            dst_port: self.client_port,
+            protocol: self.protocol,
+        }
+    }
+
+    fn key(&self, direction: Direction) -> FlowKey {
+        match direction {
+            Direction::Forward => self.forward_key(),
+            Direction::Reply => self.reply_key(),
+        }
+    }
+
+    fn hit(&self, direction: Direction, bits: u8) -> FlowHit {
+        let (nat_ip, nat_port) = match direction {
+            Direction::Forward => (self.backend, self.backend_port),
+            Direction::Reply => (self.vip, self.vip_port),
+        };
+        FlowHit {
+            direction,
+            nat_ip,
+            nat_port,
+            state: FlowState::from_bits(bits),
+            affinity: bits & AFFINITY != 0,
+            slot: self.slot,
+        }
+    }
+}
+
+fn direction_of(bit: u32) -> Direction {
+    if bit == index::FORWARD {
+        Direction::Forward
+    } else {
+        Direction::Reply
+    }
+}
+
+/// A boxed slice of `len` zeroed `T`s. The allocator takes large blocks
+/// straight from the kernel, which zero-fills pages lazily: a table's
+/// memory is only touched as flows arrive.
+///
+/// # Safety
+///
+/// All-zero bytes must be a valid `T`.
+unsafe fn zeroed_slice<T>(len: usize) -> Box<[T]> {
+    let layout = std::alloc::Layout::array::<T>(len).expect("conntrack table size overflows");
+    if layout.size() == 0 {
+        return Box::default();
+    }
+    // SAFETY: the layout has a non-zero size.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<T>();
+    if ptr.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: `ptr` is a fresh allocation of `layout`, i.e. of `len` Ts,
+    // all zero, which the caller promises is a valid T; the Box takes
+    // ownership and frees it with the same layout.
+    unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, len)) }
+}
+
+/// Asks the kernel to back a large table with transparent huge pages:
+/// lookups land at random over tens of megabytes, and with 4 KiB pages
+/// nearly every one would also miss the TLB (a page walk, which a VM
+/// nests). Only a hint: where THP is off, or the kernel has no huge page
+/// at hand, the table works the same on small pages.
+fn advise_huge_pages<T>(table: &[T]) {
+    const HUGE: usize = 2 << 20;
+    let bytes = std::mem::size_of_val(table);
+    if bytes < HUGE {
+        return;
+    }
+    let start = table.as_ptr() as usize;
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let aligned = start.next_multiple_of(page);
+    let len = (start + bytes - aligned) / page * page;
+    // SAFETY: [aligned, aligned + len) lies inside `table`'s allocation,
+    // which this process owns; MADV_HUGEPAGE changes only how the kernel
+    // backs those pages, never their contents.
+    unsafe {
+        libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+    }
+}
+
+/// Hints the CPU to fetch the cache line holding `item`.
+#[inline(always)]
+fn prefetch<T>(item: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint: it never faults and changes no
+    // memory; the address comes from a live reference.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (item as *const T).cast(),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = item;
+}
+
+impl Conntrack {
+    pub fn new(config: ConntrackConfig) -> Self {
+        let records = config.max_flows.clamp(1, ConntrackConfig::MAX_FLOWS) + RECORD_SLACK;
+        Self::with_index_for(config, records)
+    }
+
+    /// A table whose index is sized for `index_flows` flows (tests use a
+    /// tiny one to make every chain overflow).
+    fn with_index_for(config: ConntrackConfig, index_flows: usize) -> Self {
+        let max_flows = config.max_flows.clamp(1, ConntrackConfig::MAX_FLOWS);
+        let records = max_flows + RECORD_SLACK;
+        Self {
+            index: FlowIndex::new(index_flows),
+            slab: Slab::new(records as u32),
+            hasher: RandomState::new(),
+            config: ConntrackConfig {
+                max_flows,
+                ..config
+            },
+            live: CachePadded::new(AtomicUsize::new(0)),
+            unreplied: CachePadded::new(AtomicUsize::new(0)),
+            removals: CachePadded::new(AtomicU64::new(0)),
+            unreplied_queue: EvictionQueue::new(records),
+            stats: CachePadded::new(ConntrackStats::default()),
+        }
+    }
+
+    pub fn config(&self) -> &ConntrackConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> &ConntrackStats {
+        &self.stats
+    }
+
+    pub fn summary(&self) -> ConntrackSummary {
+        ConntrackSummary {
+            flows: self.live.load(STAT),
+            unreplied: self.unreplied.load(STAT),
+            max_flows: self.config.max_flows,
+        }
+    }
+
+    /// The key's hash, for [`Conntrack::prefetch_index`],
+    /// [`Conntrack::prefetch_flow`] and [`Conntrack::lookup_hashed`].
+    #[inline]
+    pub fn hash(&self, key: &FlowKey) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// First step of a batched lookup: fetch the key's index bucket.
+    #[inline]
+    pub fn prefetch_index(&self, hash: u64) {
+        self.index.prefetch(hash);
+    }
+
+    /// Second step, once the bucket has arrived: fetch the records its
+    /// matching slots point to.
+    #[inline]
+    pub fn prefetch_flow(&self, hash: u64) {
+        self.index.find(hash, |id, _| {
+            self.slab.prefetch(id);
+            None::<()>
+        });
+    }
+
+    /// Looks a packet's key up, marks the flow as seen at `now` and
+    /// advances its state by the packet's TCP flags (0 for UDP).
+    #[inline]
+    pub fn lookup(&self, key: &FlowKey, now: u32, flags: u8) -> Option<FlowHit> {
+        self.lookup_hashed(key, self.hash(key), now, flags)
+    }
+
+    /// [`Conntrack::lookup`] with the key's hash already computed.
+    #[inline]
+    pub fn lookup_hashed(&self, key: &FlowKey, hash: u64, now: u32, flags: u8) -> Option<FlowHit> {
+        let found = self.find(key, hash)?;
+        self.touch(found, key.protocol, now, flags)
+    }
+
+    /// The live flow holding `key`, if any.
+    #[inline]
+    fn find(&self, key: &FlowKey, hash: u64) -> Option<Found> {
+        self.index
+            .find(hash, |id, bit| self.live_match(id, direction_of(bit), key))
+    }
+
+    /// The flow in record `id`, if it is live and its `direction` key is
+    /// `key`.
+    #[inline]
+    fn live_match(&self, id: RecordId, direction: Direction, key: &FlowKey) -> Option<Found> {
+        let (flow, life) = self.slab.read(id)?;
+        (flow.key(direction) == *key).then_some(Found {
+            id,
+            direction,
+            flow,
+            life,
+        })
+    }
+
+    /// Records a packet on a found flow: last seen, state.
+    #[inline]
+    fn touch(&self, found: Found, protocol: Protocol, now: u32, flags: u8) -> Option<FlowHit> {
+        let mut life = found.life;
+        loop {
+            let bits = life.bits();
+            let next = next_state(bits, found.direction, protocol, flags);
+            let updated = life.with(next, now.max(life.seen()));
+            // Unchanged (the common case within a second): no write, so
+            // the record's line stays shared between cores.
+            if updated == life {
+                return Some(found.flow.hit(found.direction, next));
+            }
+            match self.slab.update(found.id, life, updated) {
+                Ok(()) => {
+                    // REPLIED is set exactly once per flow (never
+                    // cleared), by the one swap that wins here.
+                    if bits & REPLIED == 0 && next & REPLIED != 0 {
+                        self.unreplied.fetch_sub(1, STAT);
+                    }
+                    return Some(found.flow.hit(found.direction, next));
+                }
+                // Removed meanwhile: a miss.
+                Err(now_life) if now_life.seq() != life.seq() => return None,
+                Err(now_life) => life = now_life,
+            }
+        }
+    }
+
+    /// Tracks a new flow from `forward` (client -> VIP) to `backend`.
+    ///
+    /// When the forward key is already tracked (another worker raced us),
+    /// the existing backend wins and is returned, so both packets go to
+    /// the same place. When the table is full, or unreplied flows hold
+    /// their whole share of it, the oldest unreplied flow is evicted
+    /// first; when none can be, the flow is refused.
+    pub fn insert(
+        &self,
+        forward: FlowKey,
+        backend: (Ipv4Addr, u16),
+        now: u32,
+        meta: FlowMeta,
+    ) -> Result<FlowHit, InsertError> {
+        self.insert_hashed(forward, self.hash(&forward), backend, now, meta)
+    }
+
+    /// [`Conntrack::insert`] with the forward key's hash already computed
+    /// (by the lookup that missed).
+    pub fn insert_hashed(
+        &self,
+        forward: FlowKey,
+        forward_hash: u64,
+        backend: (Ipv4Addr, u16),
+        now: u32,
+        meta: FlowMeta,
+    ) -> Result<FlowHit, InsertError> {
+        let flow = FlowData {
+            client: forward.src,
+            client_port: forward.src_port,
+            vip: forward.dst,
+            vip_port: forward.dst_port,
+            backend: backend.0,
+            backend_port: backend.1,
+            protocol: forward.protocol,
+            slot: meta.slot,
+        };
+        let reply = flow.reply_key();
+        let reply_hash = self.hash(&reply);
+        // The reply bucket is a miss of its own; let it arrive while the
+        // record is written and room is made.
+        self.index.prefetch(reply_hash);
+
+        // Counted, queued and given a record (an evicted flow's, in a
+        // flood) before the record is published: from then on a sweep
+        // may find it, and whoever removes a flow counts it out.
+        let Some(id) = self.admit(
+            self.index.home(forward_hash) as u32,
+            self.index.home(reply_hash) as u32,
+        ) else {
+            self.stats.refused.fetch_add(1, STAT);
+            return Err(InsertError::Full);
+        };
+        let bits =
+            FlowState::initial(forward.protocol) as u8 | if meta.affinity { AFFINITY } else { 0 };
+        let life = self.slab.publish(id, &flow, bits, now);
+
+        let forward_word = index::slot_word(forward_hash, id, index::FORWARD);
+        match self.index.link(forward_hash, forward_word, |other, bit| {
+            self.live_match(other, direction_of(bit), &forward)
+        }) {
+            Placed::Linked => {}
+            Placed::Exists(existing) => {
+                self.discard(id, life, forward_hash, reply_hash);
+                return Ok(existing.flow.hit(existing.direction, existing.life.bits()));
+            }
+            Placed::ChainFull => {
+                self.discard(id, life, forward_hash, reply_hash);
+                self.stats.refused.fetch_add(1, STAT);
+                return Err(InsertError::Full);
+            }
+        }
+
+        // The reply key is taken when the client reuses a port with which
+        // it reached the same backend through another VIP. If that older
+        // connection is over (TIME_WAIT or closed), the client's new SYN
+        // shows it is done with it: the old flow makes way. Otherwise the
+        // replies could not be told apart and the new flow is refused.
+        let reply_word = index::slot_word(reply_hash, id, index::REPLY);
+        for _ in 0..CLAIM_ATTEMPTS {
+            match self.index.link(reply_hash, reply_word, |other, bit| {
+                self.live_match(other, direction_of(bit), &reply)
+            }) {
+                Placed::Linked => {
+                    self.stats.inserted.fetch_add(1, STAT);
+                    self.unlink_if_gone(id, life, forward_hash, reply_hash);
+                    return Ok(flow.hit(Direction::Forward, bits));
+                }
+                Placed::Exists(old) => {
+                    let finished = |l: Life| {
+                        matches!(
+                            FlowState::from_bits(l.bits()),
+                            FlowState::TcpTimeWait | FlowState::TcpClose
+                        )
+                    };
+                    if !finished(old.life) {
+                        self.discard(id, life, forward_hash, reply_hash);
+                        return Err(InsertError::ReplyClash);
+                    }
+                    if self
+                        .remove_flow(old.id, |_, l| l.seq() == old.life.seq() && finished(l))
+                        .is_some()
+                    {
+                        self.stats.reused.fetch_add(1, STAT);
+                    }
+                }
+                Placed::ChainFull => {
+                    self.discard(id, life, forward_hash, reply_hash);
+                    self.stats.refused.fetch_add(1, STAT);
+                    return Err(InsertError::Full);
+                }
+            }
+        }
+        self.discard(id, life, forward_hash, reply_hash);
+        Err(InsertError::ReplyClash)
+    }
+
+    /// A sweep or retirement may remove a flow between its publication
+    /// and its linking; if its unlinking came before our link, the slots
+    /// we placed would point at a free record for ever. Checked after
+    /// linking (Acquire load in `read`, after the Release of the bucket
+    /// lock): a removal that is not seen here unlinks after us.
+    fn unlink_if_gone(&self, id: RecordId, life: Life, forward_hash: u64, reply_hash: u64) {
+        if self
+            .slab
+            .read(id)
+            .is_some_and(|(_, now)| now.seq() == life.seq())
+        {
+            return;
+        }
+        self.index.unlink(
+            forward_hash,
+            index::slot_word(forward_hash, id, index::FORWARD),
+        );
+        self.index
+            .unlink(reply_hash, index::slot_word(reply_hash, id, index::REPLY));
+    }
+
+    /// Takes back a flow `insert` counted and queued but could not link.
+    fn discard(&self, id: RecordId, life: Life, forward_hash: u64, reply_hash: u64) {
+        if self.remove_flow(id, |_, l| l.seq() == life.seq()).is_none() {
+            // Removed by someone else, maybe before we linked a key.
+            self.unlink_if_gone(id, life, forward_hash, reply_hash);
+        }
+    }
+
+    /// Makes room for a new unreplied flow, counts it in and queues it;
+    /// returns the record it gets, or `None` when room was needed and
+    /// nothing could be evicted.
+    ///
+    /// Room is needed when the table is full or unreplied flows hold
+    /// their share of it (the flood guard): the oldest unreplied flow is
+    /// evicted and the new flow takes over its record and its place in
+    /// both counts, so a flood's insert costs no allocation and no count
+    /// update. Queue slots of flows that have moved on (replied, or gone)
+    /// are consumed on the way; each is consumed once, so the work is
+    /// amortised over the inserts that queued them, and one call is
+    /// bounded to keep a worker's pause short. The queue prefetches the
+    /// records and buckets of the flows a few evictions ahead, so a
+    /// flood's evictions do not wait on memory.
+    fn admit(&self, forward_home: u32, reply_home: u32) -> Option<RecordId> {
+        let unreplied_cap = (self.config.max_flows * usize::from(self.config.unreplied_percent))
+            .div_ceil(100)
+            .max(1);
+        let mut queue = self.unreplied_queue.lock();
+        let full = self.live.load(STAT) >= self.config.max_flows;
+        let flooded = self.unreplied.load(STAT) >= unreplied_cap;
+        let queued = |id| Queued {
+            id,
+            seq: self.slab.pending_seq(id),
+            forward_home,
+            reply_home,
+        };
+        if !full && !flooded {
+            let id = self.slab.alloc()?;
+            queue.push(queued(id));
+            drop(queue);
+            self.live.fetch_add(1, STAT);
+            self.unreplied.fetch_add(1, STAT);
+            return Some(id);
+        }
+        for _ in 0..EVICTION_SCAN {
+            let victim = queue.pop_front()?;
+            if let Some(ahead) = queue.get(EVICTION_LOOKAHEAD) {
+                self.slab.prefetch(ahead.id);
+                self.index.prefetch_home(ahead.forward_home as usize);
+                self.index.prefetch_home(ahead.reply_home as usize);
+            }
+            let claimed = self.claim_flow(victim.id, |_, l| {
+                l.seq() == victim.seq && l.bits() & REPLIED == 0
+            });
+            if let Some((flow, _)) = claimed {
+                queue.push(queued(victim.id));
+                drop(queue);
+                // The victim's slots go before its record is reused, so
+                // no slot of it can be mistaken for the new flow's.
+                self.unlink(victim.id, &flow);
+                self.stats.evicted.fetch_add(1, STAT);
+                return Some(victim.id);
+            }
+        }
+        None
+    }
+
+    /// Claims the flow in record `id` if `doomed` says so of its current
+    /// state (see [`Slab::claim`]). Re-reads when a packet changed the
+    /// flow between the check and the claim, so a flow is only removed
+    /// for what it is at the moment it goes.
+    fn claim_flow(
+        &self,
+        id: RecordId,
+        doomed: impl Fn(&FlowData, Life) -> bool,
+    ) -> Option<(FlowData, Life)> {
+        for _ in 0..CLAIM_ATTEMPTS {
+            let (flow, life) = self.slab.read(id)?;
+            if !doomed(&flow, life) {
+                return None;
+            }
+            if self.slab.claim(id, life) {
+                return Some((flow, life));
+            }
+        }
+        None
+    }
+
+    /// Takes a claimed flow's keys out of the index.
+    fn unlink(&self, id: RecordId, flow: &FlowData) {
+        let forward_hash = self.hash(&flow.forward_key());
+        let reply_hash = self.hash(&flow.reply_key());
+        self.index.unlink(
+            forward_hash,
+            index::slot_word(forward_hash, id, index::FORWARD),
+        );
+        self.index
+            .unlink(reply_hash, index::slot_word(reply_hash, id, index::REPLY));
+    }
+
+    /// Removes the flow in record `id` if `doomed` says so (see
+    /// [`Conntrack::claim_flow`]) and counts it out; returns what it was.
+    fn remove_flow(
+        &self,
+        id: RecordId,
+        doomed: impl Fn(&FlowData, Life) -> bool,
+    ) -> Option<(FlowData, Life)> {
+        let (flow, life) = self.claim_flow(id, doomed)?;
+        self.unlink(id, &flow);
+        self.slab.free(id);
+        self.live.fetch_sub(1, STAT);
+        if life.bits() & REPLIED == 0 {
+            self.unreplied.fetch_sub(1, STAT);
+        } else {
+            // Only flows that got a reply are ever cached by workers, so
+            // only their removal needs to reach the caches (a SYN flood's
+            // evictions do not). Release: a cache that sees the new count
+            // also sees the flow gone from the index.
+            self.removals.fetch_add(1, Ordering::Release);
+        }
+        Some((flow, life))
+    }
+
+    /// Removes a flow by either of its keys. Returns whether it existed.
+    pub fn remove(&self, key: &FlowKey) -> bool {
+        let Some(found) = self.find(key, self.hash(key)) else {
+            return false;
+        };
+        self.remove_flow(found.id, |_, l| l.seq() == found.life.seq())
+            .is_some()
+    }
+
+    /// How many replied flows were ever removed; changes whenever one is.
+    #[inline]
+    pub fn removals(&self) -> u64 {
+        // Acquire: pairs with the Release in `remove_flow`.
+        self.removals.load(Ordering::Acquire)
+    }
+
+    /// Entries in the table (two keys per flow).
+    pub fn entries(&self) -> usize {
+        2 * self.live.load(STAT)
+    }
+
+    /// Live flows, by record (a snapshot per record).
+    fn flows(&self) -> impl Iterator<Item = (RecordId, FlowData, Life)> + '_ {
+        (1..self.slab.high_water())
+            .filter_map(|id| self.slab.read(id).map(|(flow, life)| (id, flow, life)))
+    }
+
+    /// Removes every flow idle for longer than its state's timeout at
+    /// `now` (idle: no packet either way). Walks the records without any
+    /// lock; each removal locks only the two index chains it changes, so
+    /// workers never wait on the sweep. Returns the number of flows
+    /// removed.
+    pub fn sweep(&self, now: u32) -> usize {
+        let timeouts = &self.config.timeouts;
+        let expired = |l: Life| {
+            let state = FlowState::from_bits(l.bits());
+            l.seen().saturating_add(timeouts.of(state)) < now
+        };
+        let mut removed = 0;
+        for (id, _, life) in self.flows() {
+            if !expired(life) {
+                continue;
+            }
+            if let Some((_, gone)) = self.remove_flow(id, |_, l| expired(l)) {
+                let state = FlowState::from_bits(gone.bits());
+                self.stats.expired[state as usize].fetch_add(1, STAT);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Removes every flow `retire` selects (given the forward key and the
+    /// backend), e.g. because its backend or Service port went away.
+    /// Returns the number of flows removed.
+    pub fn retire(&self, retire: impl Fn(&FlowKey, (Ipv4Addr, u16)) -> bool) -> usize {
+        let doomed = |f: &FlowData| retire(&f.forward_key(), (f.backend, f.backend_port));
+        let mut removed = 0;
+        for (id, flow, _) in self.flows() {
+            if doomed(&flow) && self.remove_flow(id, |f, _| doomed(f)).is_some() {
+                removed += 1;
+            }
+        }
+        self.stats.retired.fetch_add(removed as u64, STAT);
+        removed
+    }
+
+    /// Visits both keys of every flow (for admin views and tests).
+    pub fn for_each(&self, mut visit: impl FnMut(&FlowKey, FlowHit)) {
+        for (_, flow, life) in self.flows() {
+            for direction in [Direction::Forward, Direction::Reply] {
+                visit(&flow.key(direction), flow.hit(direction, life.bits()));
+            }
+        }
+    }
+}
+
+/// The state bits after a packet with `flags` travelling `direction`.
+#[inline]
+fn next_state(bits: u8, direction: Direction, protocol: Protocol, flags: u8) -> u8 {
+    let state = FlowState::from_bits(bits);
+    let mut flag_bits = bits & !STATE_MASK;
+    if direction == Direction::Reply {
+        flag_bits |= REPLIED;
+    }
+    let next = match protocol {
+        Protocol::Udp => {
+            if flag_bits & REPLIED != 0 {
+                FlowState::UdpReplied
+            } else {
+                FlowState::UdpUnreplied
+            }
+        }
+        Protocol::Tcp => {
+            if flags & tcp_flags::RST != 0 {
+                FlowState::TcpClose
+            } else if direction == Direction::Forward
+                && flags & tcp_flags::SYN != 0
+                && flags & tcp_flags::ACK == 0
+                && matches!(state, FlowState::TcpTimeWait | FlowState::TcpClose)
+            {
+                // The client reuses the port for a new connection.
+                return (bits & (REPLIED | AFFINITY)) | FlowState::TcpSynSent as u8;
+            } else {
+                if flags & tcp_flags::FIN != 0 {
+                    flag_bits |= match direction {
+                        Direction::Forward => FIN_FORWARD,
+                        Direction::Reply => FIN_REPLY,
+                    };
+                }
+                let fins = flag_bits & (FIN_FORWARD | FIN_REPLY);
+                if state == FlowState::TcpClose {
+                    FlowState::TcpClose
+                } else if fins == FIN_FORWARD | FIN_REPLY {
+                    FlowState::TcpTimeWait
+                } else if fins != 0 {
+                    // One side closed; a packet from the other side that
+                    // is not its own FIN means it stays open.
+                    let other_side_spoke = match direction {
+                        Direction::Forward => fins == FIN_REPLY,
+                        Direction::Reply => fins == FIN_FORWARD,
+                    };
+                    if other_side_spoke || state == FlowState::TcpCloseWait {
+                        FlowState::TcpCloseWait
+                    } else {
+                        FlowState::TcpFinWait
+                    }
+                } else if flag_bits & REPLIED != 0 {
+                    FlowState::TcpEstablished
+                } else {
+                    FlowState::TcpSynSent
+                }
+            }
+        }
+    };
+    flag_bits | next as u8
+}
+
+#[cfg(test)]
+mod tests;

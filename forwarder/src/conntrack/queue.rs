@@ -1,0 +1,157 @@
+//! The eviction queue: unreplied flows, oldest first, behind a spin lock.
+//!
+//! Every new flow passes through here once (queued, and in a flood one
+//! older flow evicted), for a few dozen nanoseconds under the lock. The
+//! lock is a test-and-test-and-set whose release is a plain store, so a
+//! round costs one locked instruction; std's `Mutex` adds a second one
+//! (an exchange on release, for its waiter bookkeeping), which on this
+//! path is measurable.
+
+use std::cell::UnsafeCell;
+use std::collections::VecDeque;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::slab::RecordId;
+
+/// An unreplied flow waiting in the queue: its record, the sequence it
+/// had (a reused record is a different flow), and its two home buckets,
+/// so the queue can prefetch what evicting it will touch.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Queued {
+    pub id: RecordId,
+    pub seq: u32,
+    pub forward_home: u32,
+    pub reply_home: u32,
+}
+
+/// Bytes of queue per flow.
+pub(super) const QUEUE_BYTES: usize = std::mem::size_of::<Queued>();
+
+#[derive(Debug)]
+pub(super) struct EvictionQueue {
+    locked: AtomicBool,
+    entries: UnsafeCell<VecDeque<Queued>>,
+}
+
+// SAFETY: `entries` is only reached through a `QueueGuard`, and at most
+// one guard exists at a time (the `locked` flag), so the queue is never
+// touched from two threads at once; `Queued` is plain data.
+unsafe impl Sync for EvictionQueue {}
+
+impl EvictionQueue {
+    /// A queue of at most `capacity` entries, allocated once.
+    pub fn new(capacity: usize) -> EvictionQueue {
+        EvictionQueue {
+            locked: AtomicBool::new(false),
+            entries: UnsafeCell::new(VecDeque::with_capacity(capacity)),
+        }
+    }
+
+    pub fn lock(&self) -> QueueGuard<'_> {
+        let mut spins = 0u32;
+        loop {
+            // Relaxed: a test before the swap, to spin on a shared line.
+            if !self.locked.load(Ordering::Relaxed)
+                && self
+                    .locked
+                    // Acquire: what the last holder did to the queue is
+                    // visible to us.
+                    .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return QueueGuard { queue: self };
+            }
+            spins += 1;
+            if spins % 64 == 0 {
+                // The holder may have been preempted on our core.
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
+/// The queue, locked.
+pub(super) struct QueueGuard<'a> {
+    queue: &'a EvictionQueue,
+}
+
+impl QueueGuard<'_> {
+    /// Appends an entry; a full queue (it never grows) drops its oldest
+    /// entry, which by then mostly belongs to a flow replied long ago.
+    pub fn push(&mut self, entry: Queued) {
+        if self.len() == self.capacity() {
+            self.pop_front();
+        }
+        self.push_back(entry);
+    }
+}
+
+impl Deref for QueueGuard<'_> {
+    type Target = VecDeque<Queued>;
+
+    fn deref(&self) -> &VecDeque<Queued> {
+        // SAFETY: this guard is the only one (see `Sync` above).
+        unsafe { &*self.queue.entries.get() }
+    }
+}
+
+impl DerefMut for QueueGuard<'_> {
+    fn deref_mut(&mut self) -> &mut VecDeque<Queued> {
+        // SAFETY: this guard is the only one (see `Sync` above).
+        unsafe { &mut *self.queue.entries.get() }
+    }
+}
+
+impl Drop for QueueGuard<'_> {
+    fn drop(&mut self) {
+        // Release: our changes to the queue are visible to the next
+        // holder.
+        self.queue.locked.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: RecordId) -> Queued {
+        Queued {
+            id,
+            seq: 2,
+            forward_home: 0,
+            reply_home: 0,
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_its_oldest_entry_and_never_grows() {
+        let queue = EvictionQueue::new(3);
+        let mut q = queue.lock();
+        let capacity = q.capacity();
+        for id in 1..=capacity as u32 + 2 {
+            q.push(entry(id));
+        }
+        assert_eq!(q.len(), capacity);
+        assert_eq!(q.capacity(), capacity);
+        assert_eq!(q.front().map(|e| e.id), Some(3));
+    }
+
+    #[test]
+    fn threads_take_turns() {
+        let queue = EvictionQueue::new(4096);
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let queue = &queue;
+                s.spawn(move || {
+                    for i in 0..1000 {
+                        queue.lock().push(entry(t * 1000 + i));
+                    }
+                });
+            }
+        });
+        assert_eq!(queue.lock().len(), 4000);
+    }
+}

@@ -1,0 +1,420 @@
+//! The flow records: one 32-byte record per flow, holding both directions
+//! (client, VIP, backend, ports, protocol, counter slot, state, last seen),
+//! in a slab allocated once at start and addressed by a `u32` index.
+//!
+//! Readers never lock. A record is a sequence lock in the style of the
+//! kernel's seqcount: its `life` word carries a sequence number that is
+//! even while the record holds a live flow and odd while it is free or
+//! being written. A reader loads `life`, the three data words, and `life`
+//! again; it believes the data only if the sequence did not change. The
+//! flow's state and last-seen time live in the same word as the sequence,
+//! so a state change is one compare-and-swap that fails when the flow was
+//! removed meanwhile.
+//!
+//! Free records form a lock-free stack (Treiber) threaded through their
+//! first word, with a tag against ABA; records never used yet are handed
+//! out by a bump counter, so the slab's pages are only touched as flows
+//! arrive.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+
+use cipgw_config::Protocol;
+
+/// A record index; 0 is never used, so a slot word of 0 can mean empty.
+pub(super) type RecordId = u32;
+
+/// The flow a record holds, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct FlowData {
+    pub client: Ipv4Addr,
+    pub client_port: u16,
+    pub vip: Ipv4Addr,
+    pub vip_port: u16,
+    pub backend: Ipv4Addr,
+    pub backend_port: u16,
+    pub protocol: Protocol,
+    pub slot: u32,
+}
+
+/// The `life` word: sequence (bits 40..64), state bits (32..40), last
+/// seen (0..32, the caller's coarse seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Life(pub u64);
+
+impl Life {
+    const SEQ_SHIFT: u32 = 40;
+
+    pub const fn new(seq: u32, bits: u8, seen: u32) -> Life {
+        Life(((seq as u64 & 0xff_ffff) << Self::SEQ_SHIFT) | ((bits as u64) << 32) | seen as u64)
+    }
+
+    pub const fn seq(self) -> u32 {
+        (self.0 >> Self::SEQ_SHIFT) as u32
+    }
+
+    /// Even and not 0: the record holds a live flow (0 is a record never
+    /// used).
+    pub const fn is_live(self) -> bool {
+        self.seq() & 1 == 0 && self.seq() != 0
+    }
+
+    pub const fn bits(self) -> u8 {
+        (self.0 >> 32) as u8
+    }
+
+    pub const fn seen(self) -> u32 {
+        self.0 as u32
+    }
+
+    pub const fn with(self, bits: u8, seen: u32) -> Life {
+        Life::new(self.seq(), bits, seen)
+    }
+
+    /// The same flow state with the next sequence number.
+    pub const fn next_seq(self) -> Life {
+        Life::new(self.seq().wrapping_add(1), self.bits(), self.seen())
+    }
+}
+
+/// One flow. 32 bytes, so two share a cache line and a lookup touches one.
+#[derive(Debug, Default)]
+#[repr(C, align(32))]
+struct Record {
+    /// Client address (bits 32..64), client port (16..32), VIP port (0..16).
+    /// While the record is free: the next free record's index.
+    client: AtomicU64,
+    /// VIP (bits 32..64), backend address (0..32).
+    addrs: AtomicU64,
+    /// Backend port (bits 48..64), protocol (40..48: 0 TCP, 1 UDP),
+    /// counter slot (0..32).
+    target: AtomicU64,
+    /// See [`Life`].
+    life: AtomicU64,
+}
+
+/// Bytes of slab per flow.
+pub(super) const RECORD_BYTES: usize = std::mem::size_of::<Record>();
+
+fn encode(d: &FlowData) -> [u64; 3] {
+    let proto = match d.protocol {
+        Protocol::Tcp => 0u64,
+        Protocol::Udp => 1,
+    };
+    [
+        (u64::from(u32::from(d.client)) << 32)
+            | (u64::from(d.client_port) << 16)
+            | u64::from(d.vip_port),
+        (u64::from(u32::from(d.vip)) << 32) | u64::from(u32::from(d.backend)),
+        (u64::from(d.backend_port) << 48) | (proto << 40) | u64::from(d.slot),
+    ]
+}
+
+fn decode(client: u64, addrs: u64, target: u64) -> FlowData {
+    FlowData {
+        client: Ipv4Addr::from((client >> 32) as u32),
+        client_port: (client >> 16) as u16,
+        vip_port: client as u16,
+        vip: Ipv4Addr::from((addrs >> 32) as u32),
+        backend: Ipv4Addr::from(addrs as u32),
+        backend_port: (target >> 48) as u16,
+        protocol: if (target >> 40) & 1 == 0 {
+            Protocol::Tcp
+        } else {
+            Protocol::Udp
+        },
+        slot: target as u32,
+    }
+}
+
+/// The slab of records and its free list.
+#[derive(Debug)]
+pub(super) struct Slab {
+    records: Box<[Record]>,
+    /// Top of the free stack: tag (bits 32..64) | record id (0..32, 0 =
+    /// empty).
+    free_head: AtomicU64,
+    /// Records `1..never_used` have been handed out at least once.
+    never_used: AtomicU32,
+}
+
+impl Slab {
+    /// A slab for `capacity` records, zeroed lazily by the kernel.
+    pub fn new(capacity: u32) -> Slab {
+        let len = capacity as usize + 1;
+        // SAFETY: a Record is four AtomicU64s, for which all-zero bytes
+        // are a valid value (a record never used).
+        let records: Box<[Record]> = unsafe { super::zeroed_slice(len) };
+        super::advise_huge_pages(&records);
+        Slab {
+            records,
+            free_head: AtomicU64::new(0),
+            never_used: AtomicU32::new(1),
+        }
+    }
+
+    /// Records that may hold a flow: ids `1..high_water()`.
+    pub fn high_water(&self) -> RecordId {
+        // Relaxed: a scan bound; records handed out later hold flows
+        // inserted after the scan began, which it may skip.
+        self.never_used.load(Ordering::Relaxed)
+    }
+
+    fn record(&self, id: RecordId) -> Option<&Record> {
+        self.records.get(id as usize).filter(|_| id != 0)
+    }
+
+    /// Hints the CPU to fetch a record's line.
+    #[inline]
+    pub fn prefetch(&self, id: RecordId) {
+        if let Some(r) = self.record(id) {
+            super::prefetch(r);
+        }
+    }
+
+    /// Reads a live record: its flow and current life, or `None` when the
+    /// record is free, being written, or changed while being read.
+    #[inline]
+    pub fn read(&self, id: RecordId) -> Option<(FlowData, Life)> {
+        let r = self.record(id)?;
+        // Acquire: pairs with the Release in `publish`, so the data words
+        // written before the sequence became even are seen.
+        let first = Life(r.life.load(Ordering::Acquire));
+        if !first.is_live() {
+            return None;
+        }
+        // Relaxed: validated by the sequence check below.
+        let client = r.client.load(Ordering::Relaxed);
+        let addrs = r.addrs.load(Ordering::Relaxed);
+        let target = r.target.load(Ordering::Relaxed);
+        // Acquire fence: the data loads above happen before the second
+        // load of `life`; if any of them saw a newer writer's store, that
+        // writer's Release fence (see `publish`) makes its odd sequence
+        // visible to the load below.
+        fence(Ordering::Acquire);
+        let second = Life(r.life.load(Ordering::Relaxed));
+        if second.seq() != first.seq() {
+            return None;
+        }
+        Some((decode(client, addrs, target), second))
+    }
+
+    /// Replaces a live record's life word (state, last seen) if it is
+    /// still `current`; on failure returns what it is now.
+    #[inline]
+    pub fn update(&self, id: RecordId, current: Life, new: Life) -> Result<(), Life> {
+        let Some(r) = self.record(id) else {
+            return Err(Life(1 << Life::SEQ_SHIFT));
+        };
+        // Relaxed: the life word publishes nothing but itself; the
+        // sequence in it makes the swap fail once the flow is removed.
+        r.life
+            .compare_exchange_weak(current.0, new.0, Ordering::Relaxed, Ordering::Relaxed)
+            .map(|_| ())
+            .map_err(Life)
+    }
+
+    /// Takes a free record, or `None` when all are in use.
+    pub fn alloc(&self) -> Option<RecordId> {
+        // Acquire: the popped record's `next` word and its claim (odd
+        // sequence) were written before it was pushed (Release below).
+        let mut head = self.free_head.load(Ordering::Acquire);
+        loop {
+            let id = head as u32;
+            let Some(r) = self.record(id) else {
+                return self.bump();
+            };
+            // Relaxed: if another thread popped this record meanwhile and
+            // rewrote `client`, the tag makes the swap below fail.
+            let next = r.client.load(Ordering::Relaxed) as u32;
+            let tag = (head >> 32).wrapping_add(1);
+            match self.free_head.compare_exchange_weak(
+                head,
+                (tag << 32) | u64::from(next),
+                // Acquire on success: as for the load above.
+                Ordering::Acquire,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(id),
+                Err(now) => head = now,
+            }
+        }
+    }
+
+    fn bump(&self) -> Option<RecordId> {
+        let len = self.records.len() as u32;
+        // Relaxed: never-used records are all zero and published by
+        // `publish` itself; the counter orders nothing.
+        self.never_used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < len).then_some(n + 1)
+            })
+            .ok()
+    }
+
+    /// The (even) sequence [`Slab::publish`] will give a record taken
+    /// with [`Slab::alloc`].
+    pub fn pending_seq(&self, id: RecordId) -> u32 {
+        // Relaxed: the record is ours until published.
+        let seq = self
+            .record(id)
+            .map_or(0, |r| Life(r.life.load(Ordering::Relaxed)).seq());
+        Self::live_seq_after(seq)
+    }
+
+    /// The live sequence that follows a free (odd) or never-used (0) one;
+    /// never 0, also when the 24-bit counter wraps.
+    fn live_seq_after(seq: u32) -> u32 {
+        let next = if seq == 0 { 2 } else { (seq + 1) & 0xff_ffff };
+        if next == 0 {
+            2
+        } else {
+            next
+        }
+    }
+
+    /// Writes a flow into a record taken with [`Slab::alloc`] and makes it
+    /// live (even sequence). Returns its life.
+    pub fn publish(&self, id: RecordId, flow: &FlowData, bits: u8, seen: u32) -> Life {
+        let Some(r) = self.record(id) else {
+            return Life(1 << Life::SEQ_SHIFT);
+        };
+        // Relaxed: the record is ours (free or never used); readers only
+        // believe an even, non-zero sequence.
+        let seq = Life(r.life.load(Ordering::Relaxed)).seq();
+        let live = Self::live_seq_after(seq);
+        if seq == 0 {
+            // Never used: mark it as being written first.
+            // Relaxed: ordered before the data stores by the fence below.
+            r.life.store(Life::new(1, 0, 0).0, Ordering::Relaxed);
+        }
+        // Release fence: a reader whose data loads see any store below
+        // also sees, after its Acquire fence, the odd sequence.
+        fence(Ordering::Release);
+        let [client, addrs, target] = encode(flow);
+        // Relaxed: published by the Release store of `life`.
+        r.client.store(client, Ordering::Relaxed);
+        r.addrs.store(addrs, Ordering::Relaxed);
+        r.target.store(target, Ordering::Relaxed);
+        let life = Life::new(live, bits, seen);
+        // Release: the data words above are visible to whoever sees the
+        // even sequence.
+        r.life.store(life.0, Ordering::Release);
+        life
+    }
+
+    /// Ends a live flow if its life is still `current`: the sequence turns
+    /// odd, so no reader believes the record any more and no state change
+    /// can succeed. Exactly one caller wins; it must then unlink the flow
+    /// and [`Slab::free`] the record.
+    pub fn claim(&self, id: RecordId, current: Life) -> bool {
+        let Some(r) = self.record(id) else {
+            return false;
+        };
+        current.is_live()
+            && r.life
+                .compare_exchange(
+                    current.0,
+                    current.next_seq().0,
+                    // AcqRel: the claim is ordered after the reads that
+                    // chose the victim and before the record's reuse.
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// Returns a claimed record to the free stack.
+    pub fn free(&self, id: RecordId) {
+        let Some(r) = self.record(id) else {
+            return;
+        };
+        // Relaxed: ordered by the Release swap of the head below.
+        let mut head = self.free_head.load(Ordering::Relaxed);
+        loop {
+            r.client.store(head & 0xffff_ffff, Ordering::Relaxed);
+            let tag = (head >> 32).wrapping_add(1);
+            match self.free_head.compare_exchange_weak(
+                head,
+                (tag << 32) | u64::from(id),
+                // Release: the `next` word and the claim are visible to
+                // the thread that pops this record.
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(now) => head = now,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(n: u8) -> FlowData {
+        FlowData {
+            client: Ipv4Addr::new(198, 18, 0, n),
+            client_port: 40000 + u16::from(n),
+            vip: Ipv4Addr::new(198, 19, 255, 1),
+            vip_port: 80,
+            backend: Ipv4Addr::new(198, 19, 0, n),
+            backend_port: 8080,
+            protocol: if n % 2 == 0 {
+                Protocol::Tcp
+            } else {
+                Protocol::Udp
+            },
+            slot: u32::from(n) * 1000,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_are_reused_after_free() {
+        let slab = Slab::new(2);
+        let a = slab.alloc().expect("first record");
+        let b = slab.alloc().expect("second record");
+        assert_eq!(slab.alloc(), None, "capacity is 2");
+        let life = slab.publish(a, &flow(1), 0x42, 7);
+        slab.publish(b, &flow(2), 0, 8);
+        assert_eq!(slab.read(a), Some((flow(1), life)));
+        assert_eq!((life.bits(), life.seen()), (0x42, 7));
+        assert!(slab.claim(a, life));
+        assert!(!slab.claim(a, life), "only one claim wins");
+        assert_eq!(slab.read(a), None, "a claimed record is not read");
+        slab.free(a);
+        assert_eq!(slab.alloc(), Some(a), "freed records come back");
+        let again = slab.publish(a, &flow(3), 0, 9);
+        assert_ne!(again.seq(), life.seq(), "reuse changes the sequence");
+        assert_eq!(slab.read(a).map(|(d, _)| d), Some(flow(3)));
+        assert!(
+            slab.update(a, life, life.with(1, 10)).is_err(),
+            "a stale life cannot update the reused record"
+        );
+    }
+
+    #[test]
+    fn id_zero_and_out_of_range_are_never_records() {
+        let slab = Slab::new(1);
+        assert_eq!(slab.read(0), None);
+        assert_eq!(slab.alloc(), Some(1));
+        assert_eq!(slab.read(1), None, "a record never published is not live");
+        slab.free(1);
+        assert_eq!(slab.read(5), None);
+        assert!(!slab.claim(0, Life::new(0, 0, 0)));
+        slab.free(9);
+        assert_eq!(slab.alloc(), Some(1));
+        assert_eq!(slab.alloc(), None);
+    }
+
+    #[test]
+    fn the_live_sequence_skips_zero_when_it_wraps() {
+        assert_eq!(Slab::live_seq_after(0), 2);
+        assert_eq!(Slab::live_seq_after(7), 8);
+        assert_eq!(Slab::live_seq_after(0xff_ffff), 2);
+        assert!(Life::new(2, 0, 0).is_live());
+        assert!(!Life::new(0, 0, 0).is_live());
+        assert!(!Life::new(3, 0, 0).is_live());
+    }
+}
