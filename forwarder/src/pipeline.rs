@@ -1,9 +1,11 @@
 //! The per-packet work: classify, track, rewrite, address, or answer.
 //!
 //! [`Pipeline::process`] takes one Ethernet frame in place and returns a
-//! [`Verdict`]; it never allocates, never blocks beyond a conntrack shard
-//! lock, never logs, and never panics whatever the bytes are (every header
-//! goes through a checked view first). The same code runs in the AF_XDP
+//! [`Verdict`]; it never allocates, never logs, takes no lock for a packet
+//! of a known flow (conntrack reads are lock-free; a new flow briefly
+//! locks two index buckets and the eviction queue), and never panics
+//! whatever the bytes are (every header goes through a checked view
+//! first). The same code runs in the AF_XDP
 //! workers and in the in-memory tests, benches and fuzzer, which is what
 //! lets them stand for the real data path.
 //!
@@ -99,7 +101,13 @@ pub struct Pipeline {
     refusals: RefusalLimiter,
     /// This worker's per-Service-port counters, when counting.
     services: Option<Arc<ServiceCounters>>,
+    /// Conntrack hashes of the batch being prefetched.
+    prefetching: Box<[u64; PREFETCH_BATCH]>,
+    prefetched: usize,
 }
+
+/// Frames whose flows one [`Pipeline::prefetch`] round fetches at most.
+pub const PREFETCH_BATCH: usize = 256;
 
 /// A resolved next hop for one destination: egress port and both MACs.
 #[derive(Debug, Clone, Copy, Default)]
@@ -179,7 +187,7 @@ impl NextHopCache {
 /// shared conntrack table (Katran keeps per-CPU LRU caches in front of its
 /// global table for the same reason): a packet of an established flow
 /// whose state cannot change (no SYN, FIN or RST) costs a compare instead
-/// of a shard lock and a hash probe. The shared entry is still visited
+/// of a hash, a bucket probe and a record read. The shared entry is still visited
 /// once per second per flow and worker, which keeps its last-seen time
 /// (and session affinity) fresh for the sweeper. The whole cache is
 /// stale whenever a replied flow leaves the table (conntrack's removal
@@ -287,7 +295,38 @@ impl Pipeline {
             flows: FlowCache::new(),
             refusals: RefusalLimiter::default(),
             services: None,
+            prefetching: Box::new([0; PREFETCH_BATCH]),
+            prefetched: 0,
         }
+    }
+
+    /// First pass over an RX batch, before any of its frames is
+    /// processed: asks for the conntrack bucket of each frame's flow,
+    /// without parsing beyond the 5-tuple or counting anything. Then
+    /// [`Pipeline::prefetch_flows`] asks for the flow records those
+    /// buckets point to, so that the lookups of the batch find both lines
+    /// in cache instead of waiting for memory one packet after another.
+    /// Frames beyond [`PREFETCH_BATCH`] in one round are not prefetched.
+    #[inline]
+    pub fn prefetch(&mut self, frame: &[u8]) {
+        let Some(key) = flow_key(frame) else {
+            return;
+        };
+        if let Some(slot) = self.prefetching.get_mut(self.prefetched) {
+            let hash = self.conntrack.hash(&key);
+            self.conntrack.prefetch_index(hash);
+            *slot = hash;
+            self.prefetched += 1;
+        }
+    }
+
+    /// Second pass: see [`Pipeline::prefetch`].
+    #[inline]
+    pub fn prefetch_flows(&mut self) {
+        for &hash in &self.prefetching[..self.prefetched] {
+            self.conntrack.prefetch_flow(hash);
+        }
+        self.prefetched = 0;
     }
 
     /// Counts packets, bytes and flows per Service port into `counters`.
@@ -365,20 +404,30 @@ impl Pipeline {
         let cached = removals.and_then(|r| self.flows.get(&key, ctx.now, r));
         let hit = match cached {
             Some(hit) => hit,
-            None => match self.conntrack.lookup(&key, ctx.now, parsed.tcp_flags) {
-                Some(hit) => {
-                    if let Some(removals) = removals {
-                        if matches!(hit.state, FlowState::TcpEstablished | FlowState::UdpReplied) {
-                            self.flows.put(key, hit, ctx.now, removals);
+            None => {
+                // Hashed once for the lookup and, on a miss, the insert.
+                let hash = self.conntrack.hash(&key);
+                match self
+                    .conntrack
+                    .lookup_hashed(&key, hash, ctx.now, parsed.tcp_flags)
+                {
+                    Some(hit) => {
+                        if let Some(removals) = removals {
+                            if matches!(
+                                hit.state,
+                                FlowState::TcpEstablished | FlowState::UdpReplied
+                            ) {
+                                self.flows.put(key, hit, ctx.now, removals);
+                            }
                         }
+                        hit
                     }
-                    hit
+                    None => match self.new_flow(buf, len, ingress, &parsed, hash, ctx) {
+                        Ok(hit) => hit,
+                        Err(v) => return v,
+                    },
                 }
-                None => match self.new_flow(buf, len, ingress, &parsed, ctx) {
-                    Ok(hit) => hit,
-                    Err(v) => return v,
-                },
-            },
+            }
         };
         if parsed.ttl <= 1 {
             return Verdict::Drop(DropReason::TtlExceeded);
@@ -426,6 +475,7 @@ impl Pipeline {
         len: usize,
         ingress: PortId,
         parsed: &Parsed,
+        hash: u64,
         ctx: &BatchContext<'_>,
     ) -> Result<FlowHit, Verdict> {
         let key = &parsed.key;
@@ -485,10 +535,13 @@ impl Pipeline {
                 affinity: entry.affinity.is_some(),
                 slot: entry.slot,
             };
-            match self
-                .conntrack
-                .insert(*key, (backend.ip, backend.port), ctx.now, meta)
-            {
+            match self.conntrack.insert_hashed(
+                *key,
+                hash,
+                (backend.ip, backend.port),
+                ctx.now,
+                meta,
+            ) {
                 Ok(hit) => {
                     self.counters.new_flows.inc();
                     if let Some(c) = self.services.as_ref().and_then(|s| s.get(entry.slot)) {
@@ -669,6 +722,27 @@ fn classify(frame: &[u8], table: &CompiledTable) -> Result<Classified, Verdict> 
         ttl: ip.ttl(),
         tcp_flags,
     }))
+}
+
+/// The 5-tuple of a TCP or UDP frame, for prefetching: no verdicts, no
+/// table, nothing counted; frames it cannot read simply yield nothing.
+#[inline]
+fn flow_key(frame: &[u8]) -> Option<FlowKey> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.ethertype() != ethertype::IPV4 {
+        return None;
+    }
+    let ip = Ipv4Packet::new_checked(frame.get(L3_OFFSET..)?).ok()?;
+    let protocol = Protocol::from_ip_number(ip.protocol())?;
+    // TCP and UDP both start with the two ports.
+    let ports = ip.payload().get(..4)?;
+    Some(FlowKey {
+        src: ip.source(),
+        dst: ip.destination(),
+        src_port: u16::from_be_bytes([ports[0], ports[1]]),
+        dst_port: u16::from_be_bytes([ports[2], ports[3]]),
+        protocol,
+    })
 }
 
 /// Rewrites addresses, ports, TTL and checksums in place (RFC 1624).

@@ -216,6 +216,14 @@ impl Worker {
             self.pass_through(n, ingress, peer, ctx.net);
             return n;
         }
+        // Fetch the batch's conntrack lines before processing any frame.
+        for desc in &self.rx_descs[..n] {
+            // SAFETY: a frame of this UMEM just taken from the RX ring,
+            // owned by this thread; only read here.
+            let data = unsafe { self.io.umem.data(desc) };
+            self.pipeline.prefetch(data.contents());
+        }
+        self.pipeline.prefetch_flows();
         for i in 0..n {
             let mut desc = self.rx_descs[i];
             let verdict = {

@@ -432,6 +432,9 @@ fn run_session(data: &[u8], mut seen: impl FnMut(Outcome)) {
         }
         let before = Checked::of(&buf[..len]);
 
+        // As the worker does for each RX batch (here a batch of one).
+        pipeline.prefetch(&buf[..len]);
+        pipeline.prefetch_flows();
         let ctx = BatchContext {
             table: &fixed.tables[current],
             net: &fixed.net,
