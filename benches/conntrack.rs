@@ -7,16 +7,21 @@
 //!   building a default-sized table (max 1,048,576 flows) and after
 //!   inserting 1 M flows (both directions), divided by the flows; printed
 //!   raw and after `malloc_trim` returned freed memory to the kernel;
-//! - `lookup_established/1M_flows/1_thread`: `Conntrack::lookup` hits in a
-//!   random order over both directions of 1 M flows, on core 0;
-//! - `lookup_established/1M_flows/2_threads`: the same on cores 0 and 1 at
+//! - `lookup_established/1M_flows/1_thread`: lookup hits in a random order
+//!   over both directions of 1 M flows, on core 0, batched as a worker
+//!   does them for an RX batch of 32 (hash all, `prefetch_index` all,
+//!   `prefetch_flow` all, then `lookup_hashed` each);
+//! - `lookup_established/1M_flows/1_thread_unbatched`: the same keys one
+//!   `Conntrack::lookup` at a time, nothing prefetched;
+//! - `lookup_established/1M_flows/2_threads`: batched, on cores 0 and 1 at
 //!   once, each with its own order; the figure is per core (each thread
 //!   does the iterations; the time is the slower thread's);
 //! - `insert/1M_flows`: `Conntrack::insert` of new flows (both directions,
 //!   unreplied) into a table holding 1 M established flows, in chunks of
 //!   64 Ki removed again outside the timing so the table stays at 1 M;
 //! - `syn_flood/1M_flows/guard`: what a new-flow packet costs in conntrack
-//!   (a lookup miss, then an insert) for a new 5-tuple every packet that
+//!   (in batches of 32: the keys' buckets prefetched, then per packet a
+//!   lookup miss and an insert) for a new 5-tuple every packet that
 //!   never gets a reply, on core 0, with a table of 2 Mi flows where
 //!   unreplied flows may hold 10 %: once the flood holds its share, every
 //!   insert first evicts the oldest unreplied flow (the flood guard).
@@ -120,9 +125,61 @@ fn pin(core: usize) {
     }
 }
 
-/// `iters` established lookups from `keys[*cursor..]`, wrapping; returns
-/// the time taken and the number of misses.
+/// Keys a worker looks up together: an RX batch.
+const BATCH: usize = 32;
+
+/// `iters` established lookups from `keys[*cursor..]`, wrapping, the way
+/// a worker does them for an RX batch: hash every key, fetch the index
+/// buckets, then the records, then look each up. Returns the time taken
+/// and the number of misses.
 fn lookups(ct: &Conntrack, keys: &[FlowKey], cursor: &mut usize, iters: u64) -> (Duration, u64) {
+    let mut misses = 0;
+    let mut i = *cursor;
+    let mut left = iters;
+    let mut batch = [FlowKey {
+        src: Ipv4Addr::UNSPECIFIED,
+        dst: Ipv4Addr::UNSPECIFIED,
+        src_port: 0,
+        dst_port: 0,
+        protocol: Protocol::Tcp,
+    }; BATCH];
+    let mut hashes = [0u64; BATCH];
+    let start = Instant::now();
+    while left > 0 {
+        let n = (left as usize).min(BATCH);
+        for slot in &mut batch[..n] {
+            *slot = keys[i];
+            i += 1;
+            if i == keys.len() {
+                i = 0;
+            }
+        }
+        for (key, hash) in batch[..n].iter().zip(&mut hashes) {
+            *hash = ct.hash(black_box(key));
+            ct.prefetch_index(*hash);
+        }
+        for hash in &hashes[..n] {
+            ct.prefetch_flow(*hash);
+        }
+        for (key, hash) in batch[..n].iter().zip(&hashes) {
+            let hit = ct.lookup_hashed(key, *hash, NOW, ACK);
+            misses += u64::from(black_box(hit).is_none());
+        }
+        left -= n as u64;
+    }
+    let elapsed = start.elapsed();
+    *cursor = i;
+    (elapsed, misses)
+}
+
+/// The same lookups one at a time, with no prefetching: what a packet
+/// costs when it cannot be batched.
+fn lookups_one_by_one(
+    ct: &Conntrack,
+    keys: &[FlowKey],
+    cursor: &mut usize,
+    iters: u64,
+) -> (Duration, u64) {
     let mut misses = 0;
     let mut i = *cursor;
     let start = Instant::now();
@@ -199,15 +256,30 @@ fn background_lookups(ct: &Conntrack, keys: &[FlowKey], stop: &AtomicBool) -> (u
     (done, misses, busy)
 }
 
-/// A new-flow packet's conntrack work for fresh flow `n`; true when the
-/// flow was tracked, false when it was refused.
+/// The conntrack work of a batch of new-flow packets for fresh flows
+/// `first..first + n` (n <= BATCH), as a worker does it: hash and fetch
+/// every key's bucket, then for each a lookup (a miss) and an insert.
+/// Returns how many were refused.
 #[inline]
-fn new_flow(ct: &Conntrack, n: u32) -> bool {
-    let key = forward(n);
-    if ct.lookup(&key, NOW, SYN).is_some() {
-        return true;
+fn new_flows(ct: &Conntrack, first: u32, n: usize) -> u64 {
+    let mut hashes = [0u64; BATCH];
+    for (i, hash) in hashes[..n].iter_mut().enumerate() {
+        *hash = ct.hash(&forward(first + i as u32));
+        ct.prefetch_index(*hash);
     }
-    ct.insert(key, backend(n), NOW, FlowMeta::default()).is_ok()
+    let mut refused = 0;
+    for (i, hash) in hashes[..n].iter().enumerate() {
+        let m = first + i as u32;
+        let key = forward(m);
+        if ct.lookup_hashed(&key, *hash, NOW, SYN).is_some() {
+            continue;
+        }
+        refused += u64::from(
+            ct.insert(key, backend(m), NOW, FlowMeta::default())
+                .is_err(),
+        );
+    }
+    refused
 }
 
 fn syn_flood(c: &mut Criterion, name: &str, config: ConntrackConfig, keys: &[FlowKey]) {
@@ -231,9 +303,12 @@ fn syn_flood(c: &mut Criterion, name: &str, config: ConntrackConfig, keys: &[Flo
                 });
                 barrier.wait();
                 let start = Instant::now();
-                for _ in 0..iters {
-                    refused += u64::from(!new_flow(&ct, next));
-                    next = next.checked_add(1).expect("fresh flow numbers left");
+                let mut left = iters;
+                while left > 0 {
+                    let n = (left as usize).min(BATCH);
+                    refused += new_flows(&ct, next, n);
+                    next = next.checked_add(n as u32).expect("fresh flow numbers left");
+                    left -= n as u64;
                 }
                 let elapsed = start.elapsed();
                 // Relaxed: see `background_lookups`.
@@ -289,6 +364,13 @@ fn bench(c: &mut Criterion) {
     group.bench_function("1M_flows/1_thread", |b| {
         b.iter_custom(|iters| {
             let (t, misses) = lookups(&ct, &keys0, &mut cursor0, iters);
+            assert_eq!(misses, 0);
+            t
+        })
+    });
+    group.bench_function("1M_flows/1_thread_unbatched", |b| {
+        b.iter_custom(|iters| {
+            let (t, misses) = lookups_one_by_one(&ct, &keys0, &mut cursor0, iters);
             assert_eq!(misses, 0);
             t
         })
