@@ -167,6 +167,7 @@ impl FlowState {
         }
     }
 
+    #[inline]
     const fn from_bits(bits: u8) -> FlowState {
         match bits & STATE_MASK {
             0 => FlowState::TcpSynSent,
@@ -400,6 +401,7 @@ struct Found {
 }
 
 impl FlowData {
+    #[inline]
     fn forward_key(&self) -> FlowKey {
         FlowKey {
             src: self.client,
@@ -410,6 +412,7 @@ impl FlowData {
         }
     }
 
+    #[inline]
     fn reply_key(&self) -> FlowKey {
         FlowKey {
             src: self.backend,
@@ -420,6 +423,7 @@ impl FlowData {
         }
     }
 
+    #[inline]
     fn key(&self, direction: Direction) -> FlowKey {
         match direction {
             Direction::Forward => self.forward_key(),
@@ -427,6 +431,7 @@ impl FlowData {
         }
     }
 
+    #[inline]
     fn hit(&self, direction: Direction, bits: u8) -> FlowHit {
         let (nat_ip, nat_port) = match direction {
             Direction::Forward => (self.backend, self.backend_port),
@@ -443,6 +448,7 @@ impl FlowData {
     }
 }
 
+#[inline]
 fn direction_of(bit: u32) -> Direction {
     if bit == index::FORWARD {
         Direction::Forward

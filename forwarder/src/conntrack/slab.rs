@@ -45,33 +45,40 @@ pub(super) struct Life(pub u64);
 impl Life {
     const SEQ_SHIFT: u32 = 40;
 
+    #[inline]
     pub const fn new(seq: u32, bits: u8, seen: u32) -> Life {
         Life(((seq as u64 & 0xff_ffff) << Self::SEQ_SHIFT) | ((bits as u64) << 32) | seen as u64)
     }
 
+    #[inline]
     pub const fn seq(self) -> u32 {
         (self.0 >> Self::SEQ_SHIFT) as u32
     }
 
     /// Even and not 0: the record holds a live flow (0 is a record never
     /// used).
+    #[inline]
     pub const fn is_live(self) -> bool {
         self.seq() & 1 == 0 && self.seq() != 0
     }
 
+    #[inline]
     pub const fn bits(self) -> u8 {
         (self.0 >> 32) as u8
     }
 
+    #[inline]
     pub const fn seen(self) -> u32 {
         self.0 as u32
     }
 
+    #[inline]
     pub const fn with(self, bits: u8, seen: u32) -> Life {
         Life::new(self.seq(), bits, seen)
     }
 
     /// The same flow state with the next sequence number.
+    #[inline]
     pub const fn next_seq(self) -> Life {
         Life::new(self.seq().wrapping_add(1), self.bits(), self.seen())
     }
@@ -96,6 +103,7 @@ struct Record {
 /// Bytes of slab per flow.
 pub(super) const RECORD_BYTES: usize = std::mem::size_of::<Record>();
 
+#[inline]
 fn encode(d: &FlowData) -> [u64; 3] {
     let proto = match d.protocol {
         Protocol::Tcp => 0u64,
@@ -110,6 +118,7 @@ fn encode(d: &FlowData) -> [u64; 3] {
     ]
 }
 
+#[inline]
 fn decode(client: u64, addrs: u64, target: u64) -> FlowData {
     FlowData {
         client: Ipv4Addr::from((client >> 32) as u32),
@@ -160,6 +169,7 @@ impl Slab {
         self.never_used.load(Ordering::Relaxed)
     }
 
+    #[inline]
     fn record(&self, id: RecordId) -> Option<&Record> {
         self.records.get(id as usize).filter(|_| id != 0)
     }
