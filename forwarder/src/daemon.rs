@@ -265,7 +265,8 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
     tracing::info!(
         conntrack_max = summary.max_flows,
         unreplied_percent = settings.conntrack.unreplied_percent,
-        "connection table bounded"
+        table_mib = (summary.max_flows as u64 * ConntrackConfig::BYTES_PER_FLOW) >> 20,
+        "connection table bounded (memory is taken as flows arrive)"
     );
     if settings.cluster_cidrs.is_empty() {
         tracing::warn!(
