@@ -130,6 +130,9 @@ struct Results {
     /// Seconds to load the rules or start cipgw, per peer and Service count.
     setup_s: BTreeMap<String, BTreeMap<u32, f64>>,
     targets: Vec<Target>,
+    /// DIR/losses.md as run.sh wrote it (not part of results.json).
+    #[serde(skip)]
+    losses: Option<String>,
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -403,16 +406,18 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     let results = cells(&raws);
     let counts = service_counts(&meta);
     let targets = targets(&Table(&results), &counts);
-    let all = Results {
+    let mut all = Results {
         meta,
         results,
         setup_s,
         targets,
+        losses: None,
     };
     fs::write(
         args.dir.join("results.json"),
         serde_json::to_string_pretty(&all)? + "\n",
     )?;
+    all.losses = fs::read_to_string(args.dir.join("losses.md")).ok();
     let md = markdown(&all, &counts);
     fs::write(args.dir.join("results.md"), &md)?;
     print!("{md}");
@@ -436,12 +441,21 @@ fn thousands(n: u32) -> String {
     }
 }
 
-fn present_peers(all: &Results) -> Vec<(&'static str, &'static str)> {
-    PEERS
+/// The peers measured, known ones in presentation order, then run.sh's
+/// variants (`cipgw+NAME`: cipgw with extra arguments) under their own
+/// names.
+fn present_peers(all: &Results) -> Vec<(String, String)> {
+    let mut peers: Vec<(String, String)> = PEERS
         .iter()
-        .copied()
         .filter(|(p, _)| all.results.iter().any(|c| c.peer == *p))
-        .collect()
+        .map(|(p, name)| ((*p).to_owned(), (*name).to_owned()))
+        .collect();
+    for c in &all.results {
+        if !peers.iter().any(|(p, _)| *p == c.peer) {
+            peers.push((c.peer.clone(), c.peer.clone()));
+        }
+    }
+    peers
 }
 
 fn markdown(all: &Results, counts: &[u32]) -> String {
@@ -530,10 +544,17 @@ fn markdown(all: &Results, counts: &[u32]) -> String {
     }
     targets_table(&mut o, all);
     setup_table(&mut o, all, &peers, counts);
+    if let Some(losses) = &all.losses {
+        let _ = writeln!(
+            o,
+            "\n#### Where cipgw's packets went (Mpps; /metrics and the kernel's AF_XDP counters)\n"
+        );
+        o.push_str(losses);
+    }
     o
 }
 
-fn tcp_table(o: &mut String, t: &Table<'_>, peers: &[(&str, &str)], max: u32) {
+fn tcp_table(o: &mut String, t: &Table<'_>, peers: &[(String, String)], max: u32) {
     let _ = writeln!(o, "#### TCP through the VIP\n");
     let _ = writeln!(
         o,
@@ -596,7 +617,7 @@ fn targets_table(o: &mut String, all: &Results) {
     }
 }
 
-fn setup_table(o: &mut String, all: &Results, peers: &[(&str, &str)], counts: &[u32]) {
+fn setup_table(o: &mut String, all: &Results, peers: &[(String, String)], counts: &[u32]) {
     if !all.setup_s.is_empty() {
         let _ = writeln!(
             o,
@@ -613,7 +634,7 @@ fn setup_table(o: &mut String, all: &Results, peers: &[(&str, &str)], counts: &[
             }
             let _ = write!(o, "| {name} |");
             for n in counts {
-                let v = all.setup_s.get(*p).and_then(|m| m.get(n)).copied();
+                let v = all.setup_s.get(p).and_then(|m| m.get(n)).copied();
                 let _ = write!(o, " {} |", num(v, 2));
             }
             o.push('\n');
