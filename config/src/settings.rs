@@ -93,6 +93,10 @@ pub struct IoSettings {
     pub rx_batch: u32,
     /// Descriptors per RX, TX, fill and completion ring (a power of two).
     pub ring_size: u32,
+    /// How long an idle worker keeps polling its rings (yielding the core
+    /// between rounds) before it sleeps in poll(2); waking a sleeping
+    /// worker costs a request its wake-up latency.
+    pub idle_spin: Duration,
 }
 
 /// Default frames per RX batch.
@@ -101,6 +105,10 @@ pub const DEFAULT_RX_BATCH: u32 = 64;
 pub const DEFAULT_RING_SIZE: u32 = 2048;
 /// Largest RX batch (frames taken from one ring per iteration).
 pub const MAX_RX_BATCH: u32 = 1024;
+/// Default idle polling before a worker sleeps.
+pub const DEFAULT_IDLE_SPIN: Duration = Duration::ZERO;
+/// Longest idle polling a worker may be asked for.
+pub const MAX_IDLE_SPIN: Duration = Duration::from_secs(1);
 
 impl Default for IoSettings {
     fn default() -> Self {
@@ -108,6 +116,7 @@ impl Default for IoSettings {
             busy_poll: false,
             rx_batch: DEFAULT_RX_BATCH,
             ring_size: DEFAULT_RING_SIZE,
+            idle_spin: DEFAULT_IDLE_SPIN,
         }
     }
 }
@@ -219,6 +228,8 @@ pub enum SettingsError {
     RxBatch(u32),
     #[error("--ring-size: {0} is not a power of two between 64 and 16384, at least --rx-batch")]
     RingSize(u32),
+    #[error("--idle-spin: {0:?} is longer than {MAX_IDLE_SPIN:?}")]
+    IdleSpin(Duration),
 }
 
 impl Settings {
@@ -254,6 +265,9 @@ impl Settings {
         let ring = self.io.ring_size;
         if !ring.is_power_of_two() || !(64..=16384).contains(&ring) || ring < self.io.rx_batch {
             return Err(SettingsError::RingSize(ring));
+        }
+        if self.io.idle_spin > MAX_IDLE_SPIN {
+            return Err(SettingsError::IdleSpin(self.io.idle_spin));
         }
         Ok(())
     }
@@ -331,5 +345,10 @@ mod tests {
         assert_eq!(s.validate(), Err(SettingsError::RingSize(256)));
         s.io.ring_size = 4096;
         s.validate().expect("512-frame batches on 4096-entry rings");
+        s.io.idle_spin = Duration::from_secs(2);
+        assert_eq!(
+            s.validate(),
+            Err(SettingsError::IdleSpin(Duration::from_secs(2)))
+        );
     }
 }

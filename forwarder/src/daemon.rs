@@ -325,6 +325,7 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
             fill_size: ring,
             comp_size: ring,
             rx_batch: settings.io.rx_batch,
+            idle_spin: settings.io.idle_spin,
             tx_budget: ring,
             busy_poll: settings.io.busy_poll.then_some(BusyPoll {
                 usecs: BUSY_POLL_USECS,

@@ -49,9 +49,10 @@ pub const HOLD_TIMEOUT: Duration = Duration::from_secs(3);
 const IDLE_POLL_MS: i32 = 50;
 /// Empty iterations before the worker sleeps in poll(2).
 const SPIN_BEFORE_SLEEP: u32 = 32;
-/// With busy polling, how long the worker keeps polling an idle gateway
-/// before it sleeps: longer than the gaps of a request/response exchange,
-/// so the next request does not wait for the kernel's NAPI timer.
+/// With busy polling, how long the worker at least keeps polling an idle
+/// gateway before it sleeps: longer than the gaps of a request/response
+/// exchange, so the next request does not wait for the kernel's NAPI
+/// timer.
 const BUSY_POLL_IDLE_SPIN: Duration = Duration::from_millis(2);
 /// How often the worker copies its sockets' kernel statistics into its
 /// counters (one getsockopt per socket).
@@ -154,6 +155,11 @@ impl Worker {
         let mut table_cache = self.shared.table.cache();
         let mut idle_rounds = 0u32;
         let busy_poll = self.io.sockets.iter().any(|s| s.busy_poll);
+        let idle_spin = if busy_poll {
+            self.io.config.idle_spin.max(BUSY_POLL_IDLE_SPIN)
+        } else {
+            self.io.config.idle_spin
+        };
         let mut idle_since: Option<Instant> = None;
         let mut socket_stats_due = Instant::now();
         // Acquire: pairs with the Release store that asks workers to stop,
@@ -192,15 +198,20 @@ impl Worker {
                 continue;
             }
             idle_rounds += 1;
-            let sleep_due = if busy_poll {
-                now.duration_since(*idle_since.get_or_insert(now)) >= BUSY_POLL_IDLE_SPIN
-            } else {
-                idle_rounds >= SPIN_BEFORE_SLEEP
-            };
-            if sleep_due {
+            if idle_rounds < SPIN_BEFORE_SLEEP {
+                continue;
+            }
+            if now.duration_since(*idle_since.get_or_insert(now)) >= idle_spin {
                 self.sleep();
                 idle_rounds = 0;
                 idle_since = None;
+            } else if !busy_poll {
+                // Still polling, but the receive work is the kernel's
+                // (softirq or NAPI thread, often on this core): let it run.
+                // SAFETY: sched_yield has no preconditions.
+                unsafe {
+                    libc::sched_yield();
+                }
             }
         }
     }

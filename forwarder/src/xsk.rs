@@ -61,6 +61,8 @@ pub struct XskConfig {
     pub comp_size: u32,
     /// Frames a worker takes from one RX ring per iteration.
     pub rx_batch: u32,
+    /// How long an idle worker polls (yielding) before it sleeps.
+    pub idle_spin: std::time::Duration,
     /// Headroom reserved for the application at the start of each frame,
     /// ahead of the kernel's XDP headroom.
     pub frame_headroom: u32,
@@ -103,6 +105,7 @@ impl Default for XskConfig {
             fill_size: 2048,
             comp_size: 2048,
             rx_batch: 64,
+            idle_spin: std::time::Duration::ZERO,
             frame_headroom: 0,
             zero_copy: ZeroCopy::Auto,
             need_wakeup: true,
