@@ -271,9 +271,20 @@ napi_threads() { # pids of the gateway veths' NAPI kthreads
         esac
     done
 }
+GW_THREADS=""  # the NAPI threads' pids and cipgw's worker tids (gw_cpu_ns)
 pin_napi() {
-    local pid
-    for pid in $(napi_threads); do taskset -pc $GW_CPU "$pid" >/dev/null; done
+    local pid t
+    GW_THREADS=""
+    for pid in $(napi_threads); do
+        taskset -pc $GW_CPU "$pid" >/dev/null
+        GW_THREADS+=" /proc/$pid/schedstat"
+    done
+    if [[ -n $CIPGW_PID ]]; then
+        for t in /proc/"$CIPGW_PID"/task/*; do
+            [[ $(cat "$t/comm" 2>/dev/null) == cipgw-worker-* ]] && GW_THREADS+=" $t/schedstat"
+        done
+    fi
+    return 0
 }
 placement() {
     local pid
@@ -397,6 +408,17 @@ PY
     tail -1 "$LOSSES" | sed 's/^/    losses: /'
 }
 
+# CPU time (ns) the gateway's threads have used: its veths' NAPI threads
+# and, while cipgw runs, its worker threads (schedstat: time on a CPU;
+# the list is made by pin_napi).
+gw_cpu_ns() {
+    local f total=0 v
+    for f in $GW_THREADS; do
+        read -r v _ 2>/dev/null <"$f" && total=$((total + v))
+    done
+    echo "$total"
+}
+
 flush_state() {
     in_ns "$NS_GW" conntrack -F >/dev/null 2>&1 || true
 }
@@ -433,7 +455,7 @@ pktgen_start() { # DST DPORT WORKLOAD SECONDS -> sets GEN_PID
 
 # udp PEER WORKLOAD SERVICES REP DST DPORT
 udp_run() {
-    local peer=$1 wl=$2 n=$3 rep=$4 dst=$5 dport=$6 pattern busy s0 s1 gen total
+    local peer=$1 wl=$2 n=$3 rep=$4 dst=$5 dport=$6 pattern busy s0 s1 g0 g1 gen total
     pattern=(--flows 1024 --sport 10000)
     [[ $wl == udp-new ]] && pattern=(--new-flows)
     flush_state
@@ -450,24 +472,28 @@ udp_run() {
     fi
     local gpid=$GEN_PID c0="" c1=""
     sleep "$WARMUP"
-    [[ $peer == cipgw* ]] && c0=$(cipgw_counters)
+    g0=$(gw_cpu_ns)
     s0=$(snap)
+    [[ $peer == cipgw* ]] && c0=$(cipgw_counters)
     if [[ -n ${PERF_OUT:-} ]]; then
         perf record -q -g -C $GW_CPU -o "$PERF_OUT.data" -- sleep "$DURATION" >/dev/null 2>&1 || true
     else
         sleep "$DURATION"
     fi
-    s1=$(snap)
     [[ $peer == cipgw* ]] && c1=$(cipgw_counters)
+    s1=$(snap)
+    g1=$(gw_cpu_ns)
     wait "$gpid" || die "udp-gen failed for $peer $wl"
     gen=$(cat "$OUT/gen.json")
     local counters=""
     [[ -n $c0 ]] && counters=",\"cipgw0\":$c0,\"cipgw1\":$c1"
-    record "{\"peer\":\"$peer\",\"workload\":\"$wl\",\"services\":$n,\"rep\":$rep,\"busy\":$busy,\"snap0\":$s0,\"snap1\":$s1,\"gen\":$gen$counters}"
-    awk -v a="$s0" -v b="$s1" 'BEGIN {
+    record "{\"peer\":\"$peer\",\"workload\":\"$wl\",\"services\":$n,\"rep\":$rep,\"busy\":$busy,\"snap0\":$s0,\"snap1\":$s1,\"gw_cpu_ns\":$((g1 - g0)),\"gen\":$gen$counters}"
+    awk -v a="$s0" -v b="$s1" -v g=$((g1 - g0)) 'BEGIN {
         gsub(/[\[\]]/, "", a); gsub(/[\[\]]/, "", b); split(a, x, ","); split(b, y, ",")
         dt = y[1] - x[1]; off = (y[2] - x[2] + y[3] - x[3]) / dt; del = (y[8] - x[8]) / dt
-        printf "    offered %.3f Mpps, delivered %.3f Mpps (loss %.1f%%)\n", off / 1e6, del / 1e6, (off > 0 ? 100 * (1 - del / off) : 0) }'
+        printf "    offered %.3f Mpps, delivered %.3f Mpps (loss %.1f%%)", off / 1e6, del / 1e6, (off > 0 ? 100 * (1 - del / off) : 0)
+        if (y[8] > x[8]) printf ", gateway threads %.0f ns per delivered packet", g / (y[8] - x[8])
+        printf "\n" }'
     [[ -z $c0 ]] || losses_line "$peer" "$wl" "$n" "$rep" "$s0" "$s1" "$c0" "$c1"
 }
 
@@ -537,6 +563,7 @@ peer_up() { # PEER SERVICES
         start_cipgw "$1" "$2" ;;
     esac
     [[ $1 == cipgw* ]] || SETUP_S=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+    [[ $1 == cipgw* ]] || pin_napi # the thread list for gw_cpu_ns
     record "{\"peer\":\"$1\",\"workload\":\"setup\",\"services\":$2,\"setup_s\":$SETUP_S}"
     # Resolve the backends' MACs before traffic starts.
     local a

@@ -60,6 +60,9 @@ struct Raw {
     snap1: Option<[f64; 8]>,
     tcp: Option<TcpRaw>,
     setup_s: Option<f64>,
+    /// CPU time (ns) the gateway's threads (its veths' NAPI threads, and
+    /// cipgw's worker) used between snap0 and snap1.
+    gw_cpu_ns: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +103,11 @@ struct Cell {
     /// full), per second.
     #[serde(skip_serializing_if = "Option::is_none")]
     gw_rx_drop_pps: Option<f64>,
+    /// The gateway threads' CPU time per delivered packet (ns): what a
+    /// packet costs, less sensitive to other load on the machine than
+    /// the rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gw_ns_per_packet: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     transactions_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -180,7 +188,11 @@ fn cells(raws: &[Raw]) -> Vec<Cell> {
                 (dt > 0.0).then(|| {
                     let offered = (b[1] - a[1] + b[2] - a[2]) / dt;
                     let delivered = (b[7] - a[7]) / dt;
-                    [offered, delivered, (b[4] - a[4]) / dt, 0.0]
+                    let ns_per_packet = match r.gw_cpu_ns {
+                        Some(ns) if b[7] > a[7] => ns / (b[7] - a[7]),
+                        _ => f64::NAN,
+                    };
+                    [offered, delivered, (b[4] - a[4]) / dt, ns_per_packet]
                 })
             })
             .collect();
@@ -188,6 +200,13 @@ fn cells(raws: &[Raw]) -> Vec<Cell> {
             c.offered_pps = median(rates.iter().map(|r| r[0]).collect());
             c.delivered_pps = median(rates.iter().map(|r| r[1]).collect());
             c.gw_rx_drop_pps = median(rates.iter().map(|r| r[2]).collect());
+            c.gw_ns_per_packet = median(
+                rates
+                    .iter()
+                    .map(|r| r[3])
+                    .filter(|v| v.is_finite())
+                    .collect(),
+            );
             c.loss = median(
                 rates
                     .iter()
@@ -536,6 +555,24 @@ fn markdown(all: &Results, counts: &[u32]) -> String {
         o,
         "\nKernel forwarding involves no Services: its one figure is repeated in parentheses.\n"
     );
+    if all.results.iter().any(|c| c.gw_ns_per_packet.is_some()) {
+        let _ = writeln!(
+            o,
+            "#### The gateway's CPU time per delivered packet (ns; NAPI threads + cipgw worker)\n"
+        );
+        let _ = writeln!(o, "{head}\n{rule}");
+        for (p, name) in &peers {
+            let _ = write!(o, "| {name} |");
+            for w in UDP {
+                for &n in counts {
+                    let v = t.get(p, w, n).and_then(|c| c.gw_ns_per_packet);
+                    let _ = write!(o, " {} |", num(v, 0));
+                }
+            }
+            o.push('\n');
+        }
+        o.push('\n');
+    }
 
     let max = counts.iter().copied().max().unwrap_or(1);
     let any_tcp = all.results.iter().any(|c| c.workload.starts_with("tcp"));
