@@ -80,6 +80,25 @@ struct Gateway {
     _napi_tuning: Vec<NapiTuning>,
 }
 
+/// Gives the calling (worker) thread its nice value; a failure (no
+/// CAP_SYS_NICE) leaves it at its inherited one, with a warning.
+fn set_worker_nice(core: usize, nice: i32) {
+    // SAFETY: gettid has no preconditions; setpriority with PRIO_PROCESS
+    // and a thread id changes only that thread's nice value.
+    let ret = unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+    };
+    if ret < 0 {
+        tracing::warn!(
+            core,
+            nice,
+            error = %std::io::Error::last_os_error(),
+            "could not set the worker's nice value"
+        );
+    }
+}
+
 /// The table to start with: the control file's, checked before anything
 /// is attached (a gateway started on a broken file exits with the error);
 /// empty for the Kubernetes source, which is not ready until its first
@@ -390,6 +409,7 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
     }
 
     admin.count_services(Arc::clone(&service_stats));
+    let worker_nice = settings.io.worker_nice;
     let mut handles = Vec::new();
     let mut counters = Vec::new();
     for (core, io) in pending {
@@ -422,6 +442,7 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
                 if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
                     tracing::warn!(core, "could not pin the worker to its core");
                 }
+                set_worker_nice(core, worker_nice);
                 worker.run();
             })
             .context("spawning a worker thread")?;

@@ -484,7 +484,8 @@ impl Worker {
         taken
     }
 
-    /// Waits for RX on any socket, at most `IDLE_POLL_MS`.
+    /// Waits for RX on any socket, at most `IDLE_POLL_MS` (1 ms while
+    /// frames wait to be sent).
     fn sleep(&mut self) {
         let mut fds: [libc::pollfd; 64] = [libc::pollfd {
             fd: -1,
@@ -496,11 +497,10 @@ impl Worker {
             pfd.fd = s.rx.fd().as_raw_fd();
             pfd.events = libc::POLLIN;
         }
-        let timeout = if self.held.is_empty() {
-            IDLE_POLL_MS
-        } else {
-            1
-        };
+        // Frames waiting for a neighbour or for room on a TX ring need the
+        // loop back soon; nothing else wakes it for them.
+        let waiting = !self.held.is_empty() || self.tx_pending.iter().any(|q| !q.is_empty());
+        let timeout = if waiting { 1 } else { IDLE_POLL_MS };
         // SAFETY: `fds` is a valid array of `n` initialised pollfd structs
         // that outlives the call.
         unsafe {

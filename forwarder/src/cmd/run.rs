@@ -90,6 +90,12 @@ pub struct RunArgs {
     /// empty rounds].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub idle_spin: Option<std::time::Duration>,
+    /// Nice value of the worker threads, -20 to 19: above the kernel's
+    /// receive threads on the same core, so that receive cannot outrun the
+    /// worker and copy frames only to drop them at a full RX ring
+    /// [default: -10].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub worker_nice: Option<i32>,
     /// Benchmark mode: forward every redirected frame to the other
     /// interface with only its Ethernet addresses rewritten (no parse
     /// beyond L2, no NAT, no conntrack): the upper bound of the AF_XDP path.
@@ -231,6 +237,7 @@ struct FileSettings {
     ring_size: Option<u32>,
     #[serde(default, with = "duration_text")]
     idle_spin: Option<std::time::Duration>,
+    worker_nice: Option<i32>,
 }
 
 fn parse_on_off(text: &str) -> Result<bool, String> {
@@ -345,6 +352,10 @@ fn settings(args: RunArgs) -> anyhow::Result<Settings> {
                 .idle_spin
                 .or(file.idle_spin)
                 .unwrap_or(settings::DEFAULT_IDLE_SPIN),
+            worker_nice: args
+                .worker_nice
+                .or(file.worker_nice)
+                .unwrap_or(settings::DEFAULT_WORKER_NICE),
         },
     };
     s.validate().map_err(|e| BadInput(e.to_string()))?;
