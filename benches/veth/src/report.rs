@@ -890,6 +890,8 @@ mod tests {
             snap1: Some([2.0, 2.0e6, 0.0, 0.0, 0.0, 0.0, 0.0, delivered * 2.0]),
             tcp: None,
             setup_s: None,
+            // 1,500 ns of the gateway's threads per delivered packet.
+            gw_cpu_ns: Some(delivered * 2.0 * 1500.0),
         }
     }
 
@@ -907,6 +909,7 @@ mod tests {
         assert_eq!(c[0].delivered_pps, Some(0.6e6));
         assert_eq!(c[0].offered_pps, Some(1.0e6));
         assert!((c[0].loss.unwrap() - 0.4).abs() < 1e-9);
+        assert!((c[0].gw_ns_per_packet.unwrap() - 1500.0).abs() < 1e-6);
     }
 
     #[test]
