@@ -7,6 +7,8 @@
 #                       [--reps N] [--xdp-mode native|skb] [--out DIR]
 #                       [--profile] [--no-build] [--debug] [--quiet-wait S]
 #                       [--generator auto|pktgen|udp-gen]
+#                       [--variant NAME=ARGS]... [--variant-bin NAME=PATH]...
+#                       [--cipgw-args ARGS]
 #
 # Topology (three namespaces, two veth pairs, nothing in the root one):
 #
@@ -22,6 +24,11 @@
 # iptables (kube-proxy's iptables mode ruleset, iptables-nft), nftables
 # (kube-proxy's nftables mode ruleset), cipgw-pt (cipgw --pass-through:
 # L2 rewrite only, the AF_XDP upper bound; UDP only), cipgw (full NAT).
+# A/B in one run: `--variant bp="--busy-poll on"` defines the peers
+# cipgw+bp and cipgw-pt+bp (list them in --peers): the same gateway with
+# those extra `cipgw run` arguments; `--variant-bin old=PATH` runs another
+# cipgw binary for variant old (before/after a change). --cipgw-args ARGS
+# go to every cipgw peer.
 #
 # Workloads (--workloads, default all): udp-est (64-byte UDP over 1,024
 # flows), udp-new (a new flow every packet), scale (udp-est and udp-new at
@@ -43,7 +50,10 @@
 # checks every peer and workload has a non-zero result (CI runs
 # `--smoke --debug`: debug binaries, which the test step has built).
 # --profile adds one uncounted rep per cipgw UDP workload under
-# `perf record -g -C 1` (DIR/perf-*.txt). --quiet-wait S (default 60,
+# `perf record -g -C 1` (DIR/perf-*.txt). Around every cipgw measurement
+# the script scrapes cipgw's /metrics (its drops by reason and the
+# kernel's AF_XDP socket counters it exports) and prints where packets
+# were lost (DIR/losses.md, also in results.md). --quiet-wait S (default 60,
 # smoke 0): before each measurement wait up to S seconds for other work on
 # the machine to stop; the busy share seen goes into the record. Everything
 # the script creates is removed on exit, failure or signal.
@@ -71,6 +81,8 @@ BUILD=1
 PROFILE_DIR=release
 QUIET_WAIT=""
 GENERATOR=auto
+CIPGW_ARGS=""
+declare -A VARIANTS=() VARIANT_BINS=()
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 die() { echo "run.sh: $*" >&2; exit 1; }
@@ -92,13 +104,27 @@ while (($#)); do
     --debug) PROFILE_DIR=debug ;;
     --quiet-wait) QUIET_WAIT=$2; shift ;;
     --generator) GENERATOR=$2; shift ;;
+    --variant) [[ $2 == *=* ]] || die "--variant NAME=ARGS"; VARIANTS[${2%%=*}]=${2#*=}; shift ;;
+    --variant-bin)
+        [[ $2 == *=* ]] || die "--variant-bin NAME=PATH"
+        VARIANT_BINS[${2%%=*}]=${2#*=}
+        [[ -n ${VARIANTS[${2%%=*}]+set} ]] || VARIANTS[${2%%=*}]=""
+        shift ;;
+    --cipgw-args) CIPGW_ARGS=$2; shift ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
     shift
 done
 
-for p in $PEERS; do [[ " $ALL_PEERS " == *" $p "* ]] || die "unknown peer $p (have: $ALL_PEERS)"; done
+base_peer() { echo "${1%%+*}"; }
+for p in $PEERS; do
+    [[ " $ALL_PEERS " == *" $(base_peer "$p") "* ]] || die "unknown peer $p (have: $ALL_PEERS)"
+    if [[ $p == *+* ]]; then
+        [[ $p == cipgw* ]] || die "only cipgw peers have variants: $p"
+        [[ -n ${VARIANTS[${p#*+}]+set} ]] || die "peer $p: no --variant ${p#*+}=ARGS"
+    fi
+done
 for w in $WORKLOADS; do [[ " $ALL_WORKLOADS " == *" $w "* ]] || die "unknown workload $w (have: $ALL_WORKLOADS)"; done
 [[ $XDP_MODE == native || $XDP_MODE == skb ]] || die "--xdp-mode is native or skb"
 [[ $GENERATOR =~ ^(auto|pktgen|udp-gen)$ ]] || die "--generator is auto, pktgen or udp-gen"
@@ -245,9 +271,20 @@ napi_threads() { # pids of the gateway veths' NAPI kthreads
         esac
     done
 }
+GW_THREADS=""  # the NAPI threads' pids and cipgw's worker tids (gw_cpu_ns)
 pin_napi() {
-    local pid
-    for pid in $(napi_threads); do taskset -pc $GW_CPU "$pid" >/dev/null; done
+    local pid t
+    GW_THREADS=""
+    for pid in $(napi_threads); do
+        taskset -pc $GW_CPU "$pid" >/dev/null
+        GW_THREADS+=" /proc/$pid/schedstat"
+    done
+    if [[ -n $CIPGW_PID ]]; then
+        for t in /proc/"$CIPGW_PID"/task/*; do
+            [[ $(cat "$t/comm" 2>/dev/null) == cipgw-worker-* ]] && GW_THREADS+=" $t/schedstat"
+        done
+    fi
+    return 0
 }
 placement() {
     local pid
@@ -324,6 +361,64 @@ quiet() {
     echo "$busy"
 }
 
+# cipgw's counters from /metrics on its admin endpoint, cumulative, as one
+# JSON object: rx, tx, drops by reason, and the kernel's AF_XDP socket
+# statistics (`xsk`: rx_ring_full, rx_dropped, ... as cipgw exports them).
+cipgw_counters() {
+    in_ns "$NS_GW" curl -s --max-time 2 http://127.0.0.1:9477/metrics 2>/dev/null | awk '
+        $1 == "cipgw_rx_packets_total" { rx = $2 }
+        $1 == "cipgw_tx_packets_total" { tx = $2 }
+        $1 ~ /^cipgw_drops_total[{]/ {
+            r = $1; sub(/.*reason="/, "", r); sub(/".*/, "", r); d[r] += $2 }
+        $1 ~ /^cipgw_xsk_socket_stats_total[{]/ {
+            r = $1; sub(/.*stat="/, "", r); sub(/".*/, "", r); k[r] += $2 }
+        END {
+            printf "{\"rx\":%d,\"tx\":%d,\"drops\":{", rx, tx; sep = ""
+            for (r in d) { printf "%s\"%s\":%d", sep, r, d[r]; sep = "," }
+            printf "},\"xsk\":{"; sep = ""
+            for (r in k) { printf "%s\"%s\":%d", sep, r, k[r]; sep = "," }
+            printf "}}"
+        }'
+}
+
+# One line per cipgw measurement: rates (Mpps) of the gateway veth's
+# receive, its receive drops (redirects the AF_XDP socket refused), the
+# kernel's AF_XDP counters, cipgw's rx, tx and drops by reason, and
+# what the backend got.
+LOSSES=$OUT/losses.md
+losses_line() { # PEER WORKLOAD SERVICES REP SNAP0 SNAP1 COUNTERS0 COUNTERS1
+    [[ -s $LOSSES ]] || {
+        echo "| peer | workload | Services | rep | gw veth rx | gw veth rx drops | XSK kernel counters | cipgw rx | cipgw tx | cipgw drops | backend rx |"
+        echo "|---|---|---:|---:|---:|---:|---|---:|---:|---|---:|"
+    } >"$LOSSES"
+    python3 - "$@" >>"$LOSSES" <<'PY'
+import json, sys
+peer, wl, n, rep, a, b, c0, c1 = sys.argv[1:9]
+a, b = json.loads(a), json.loads(b)
+c0, c1 = json.loads(c0), json.loads(c1)
+dt = b[0] - a[0]
+rate = lambda x: f"{x / dt / 1e6:.3f}"
+drops = {r: c1["drops"].get(r, 0) - c0["drops"].get(r, 0) for r in c1["drops"]}
+drops = ", ".join(f"{r} {rate(v)}" for r, v in sorted(drops.items()) if v > 0) or "none"
+xsk = {r: c1["xsk"].get(r, 0) - c0["xsk"].get(r, 0) for r in c1["xsk"]}
+xsk = ", ".join(f"{r} {rate(v)}" for r, v in sorted(xsk.items()) if v > 0) or "none"
+print(f"| {peer} | {wl} | {n} | {rep} | {rate(b[3] - a[3])} | {rate(b[4] - a[4])} | {xsk} | "
+      f"{rate(c1['rx'] - c0['rx'])} | {rate(c1['tx'] - c0['tx'])} | {drops} | {rate(b[7] - a[7])} |")
+PY
+    tail -1 "$LOSSES" | sed 's/^/    losses: /'
+}
+
+# CPU time (ns) the gateway's threads have used: its veths' NAPI threads
+# and, while cipgw runs, its worker threads (schedstat: time on a CPU;
+# the list is made by pin_napi).
+gw_cpu_ns() {
+    local f total=0 v
+    for f in $GW_THREADS; do
+        read -r v _ 2>/dev/null <"$f" && total=$((total + v))
+    done
+    echo "$total"
+}
+
 flush_state() {
     in_ns "$NS_GW" conntrack -F >/dev/null 2>&1 || true
 }
@@ -360,7 +455,7 @@ pktgen_start() { # DST DPORT WORKLOAD SECONDS -> sets GEN_PID
 
 # udp PEER WORKLOAD SERVICES REP DST DPORT
 udp_run() {
-    local peer=$1 wl=$2 n=$3 rep=$4 dst=$5 dport=$6 pattern busy s0 s1 gen total
+    local peer=$1 wl=$2 n=$3 rep=$4 dst=$5 dport=$6 pattern busy s0 s1 g0 g1 gen total
     pattern=(--flows 1024 --sport 10000)
     [[ $wl == udp-new ]] && pattern=(--new-flows)
     flush_state
@@ -375,22 +470,31 @@ udp_run() {
             --duration "$total" --cpu $GEN_CPU >"$OUT/gen.json" &
         GEN_PID=$!
     fi
-    local gpid=$GEN_PID
+    local gpid=$GEN_PID c0="" c1=""
     sleep "$WARMUP"
+    g0=$(gw_cpu_ns)
     s0=$(snap)
+    [[ $peer == cipgw* ]] && c0=$(cipgw_counters)
     if [[ -n ${PERF_OUT:-} ]]; then
         perf record -q -g -C $GW_CPU -o "$PERF_OUT.data" -- sleep "$DURATION" >/dev/null 2>&1 || true
     else
         sleep "$DURATION"
     fi
+    [[ $peer == cipgw* ]] && c1=$(cipgw_counters)
     s1=$(snap)
+    g1=$(gw_cpu_ns)
     wait "$gpid" || die "udp-gen failed for $peer $wl"
     gen=$(cat "$OUT/gen.json")
-    record "{\"peer\":\"$peer\",\"workload\":\"$wl\",\"services\":$n,\"rep\":$rep,\"busy\":$busy,\"snap0\":$s0,\"snap1\":$s1,\"gen\":$gen}"
-    awk -v a="$s0" -v b="$s1" 'BEGIN {
+    local counters=""
+    [[ -n $c0 ]] && counters=",\"cipgw0\":$c0,\"cipgw1\":$c1"
+    record "{\"peer\":\"$peer\",\"workload\":\"$wl\",\"services\":$n,\"rep\":$rep,\"busy\":$busy,\"snap0\":$s0,\"snap1\":$s1,\"gw_cpu_ns\":$((g1 - g0)),\"gen\":$gen$counters}"
+    awk -v a="$s0" -v b="$s1" -v g=$((g1 - g0)) 'BEGIN {
         gsub(/[\[\]]/, "", a); gsub(/[\[\]]/, "", b); split(a, x, ","); split(b, y, ",")
         dt = y[1] - x[1]; off = (y[2] - x[2] + y[3] - x[3]) / dt; del = (y[8] - x[8]) / dt
-        printf "    offered %.3f Mpps, delivered %.3f Mpps (loss %.1f%%)\n", off / 1e6, del / 1e6, (off > 0 ? 100 * (1 - del / off) : 0) }'
+        printf "    offered %.3f Mpps, delivered %.3f Mpps (loss %.1f%%)", off / 1e6, del / 1e6, (off > 0 ? 100 * (1 - del / off) : 0)
+        if (y[8] > x[8]) printf ", gateway threads %.0f ns per delivered packet", g / (y[8] - x[8])
+        printf "\n" }'
+    [[ -z $c0 ]] || losses_line "$peer" "$wl" "$n" "$rep" "$s0" "$s1" "$c0" "$c1"
 }
 
 # tcp PEER WORKLOAD SERVICES REP TO
@@ -405,11 +509,20 @@ tcp_run() {
 }
 
 # --- peers ----------------------------------------------------------------
-start_cipgw() { # MODE(cipgw|cipgw-pt) SERVICES
+start_cipgw() { # PEER(cipgw|cipgw-pt[+VARIANT]) SERVICES
     local extra=() t0
-    [[ $1 == cipgw-pt ]] && extra=(--pass-through --pass-through-peer "${BACKENDS[0]}")
+    [[ $(base_peer "$1") == cipgw-pt ]] && extra=(--pass-through --pass-through-peer "${BACKENDS[0]}")
+    # shellcheck disable=SC2206
+    extra+=($CIPGW_ARGS)
+    local bin=$CIPGW
+    if [[ $1 == *+* ]]; then
+        # shellcheck disable=SC2206
+        extra+=(${VARIANTS[${1#*+}]})
+        bin=${VARIANT_BINS[${1#*+}]:-$CIPGW}
+    fi
+    echo "   $bin run ... ${extra[*]}"
     t0=$(date +%s.%N)
-    ip netns exec "$NS_GW" "$CIPGW" run --iface "$VG" --iface "$VP" --control-file "$OUT/rules/$2/control.yaml" \
+    ip netns exec "$NS_GW" "$bin" run --iface "$VG" --iface "$VP" --control-file "$OUT/rules/$2/control.yaml" \
         --service-cidr $SERVICE_CIDR --cores $GW_CPU --xdp-mode "$XDP_MODE" "${extra[@]}" \
         >"$OUT/cipgw-$1-$2.log" 2>&1 &
     CIPGW_PID=$!
@@ -445,11 +558,12 @@ peer_up() { # PEER SERVICES
     nftables)
         in_ns "$NS_GW" sysctl -qw net.ipv4.ip_forward=1
         in_ns "$NS_GW" nft -f "$OUT/rules/$2/nftables.nft" ;;
-    cipgw | cipgw-pt)
+    cipgw | cipgw-pt | cipgw+* | cipgw-pt+*)
         in_ns "$NS_GW" sysctl -qw net.ipv4.ip_forward=0
         start_cipgw "$1" "$2" ;;
     esac
     [[ $1 == cipgw* ]] || SETUP_S=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+    [[ $1 == cipgw* ]] || pin_napi # the thread list for gw_cpu_ns
     record "{\"peer\":\"$1\",\"workload\":\"setup\",\"services\":$2,\"setup_s\":$SETUP_S}"
     # Resolve the backends' MACs before traffic starts.
     local a
@@ -478,7 +592,7 @@ plan() { # PEER SERVICES -> workloads
     # The scale workload needs udp-est at one Service too.
     if ((n == 1)) && has "$WORKLOADS" scale && ! has "${out[*]:-}" udp-est; then out=(udp-est "${out[@]}"); fi
     # Pass-through does no NAT: a TCP handshake to the VIP cannot complete.
-    [[ $peer == cipgw-pt ]] && out=($(tr ' ' '\n' <<<"${out[*]:-}" | grep '^udp' || true))
+    [[ $(base_peer "$peer") == cipgw-pt ]] && out=($(tr ' ' '\n' <<<"${out[*]:-}" | grep '^udp' || true))
     echo "${out[*]:-}"
 }
 

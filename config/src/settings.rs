@@ -77,6 +77,58 @@ pub struct Settings {
     /// The `service.kubernetes.io/service-proxy-name` this gateway serves
     /// besides unlabelled Services (Kubernetes source).
     pub proxy_name: String,
+    /// How workers drive their AF_XDP sockets.
+    pub io: IoSettings,
+}
+
+/// How workers drive their AF_XDP sockets: batch and ring sizes, and
+/// whether they busy-poll the interfaces' NAPI contexts themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoSettings {
+    /// Preferred busy polling: the worker runs the receive NAPI of its
+    /// queues from its own loop (SO_PREFER_BUSY_POLL) instead of waiting
+    /// for the kernel's softirq or NAPI thread to fill its RX rings.
+    pub busy_poll: bool,
+    /// Frames taken from one RX ring per loop iteration.
+    pub rx_batch: u32,
+    /// Descriptors per RX, TX, fill and completion ring (a power of two).
+    pub ring_size: u32,
+    /// How long an idle worker keeps polling its rings (yielding the core
+    /// between rounds) before it sleeps in poll(2); waking a sleeping
+    /// worker costs a request its wake-up latency.
+    pub idle_spin: Duration,
+    /// Nice value of the worker threads (-20..=19). Above the kernel's
+    /// receive threads on the same core (threaded NAPI, nice 0), a worker
+    /// gets the share of the core it needs, and a receive path that
+    /// outruns it drops at the device (before copying) instead of
+    /// copying frames into a full RX ring.
+    pub worker_nice: i32,
+}
+
+/// Default worker nice value.
+pub const DEFAULT_WORKER_NICE: i32 = -10;
+
+/// Default frames per RX batch.
+pub const DEFAULT_RX_BATCH: u32 = 64;
+/// Default descriptors per AF_XDP ring.
+pub const DEFAULT_RING_SIZE: u32 = 2048;
+/// Largest RX batch (frames taken from one ring per iteration).
+pub const MAX_RX_BATCH: u32 = 1024;
+/// Default idle polling before a worker sleeps.
+pub const DEFAULT_IDLE_SPIN: Duration = Duration::ZERO;
+/// Longest idle polling a worker may be asked for.
+pub const MAX_IDLE_SPIN: Duration = Duration::from_secs(1);
+
+impl Default for IoSettings {
+    fn default() -> Self {
+        Self {
+            busy_poll: false,
+            rx_batch: DEFAULT_RX_BATCH,
+            ring_size: DEFAULT_RING_SIZE,
+            idle_spin: DEFAULT_IDLE_SPIN,
+            worker_nice: DEFAULT_WORKER_NICE,
+        }
+    }
 }
 
 /// kube-proxy's default `--min-sync-period`.
@@ -182,6 +234,14 @@ pub enum SettingsError {
     ZeroConntrackMax,
     #[error("--conntrack-unreplied-percent: {0} is not between 1 and 100")]
     UnrepliedPercent(u8),
+    #[error("--rx-batch: {0} is not between 1 and {MAX_RX_BATCH}")]
+    RxBatch(u32),
+    #[error("--ring-size: {0} is not a power of two between 64 and 16384, at least --rx-batch")]
+    RingSize(u32),
+    #[error("--idle-spin: {0:?} is longer than {MAX_IDLE_SPIN:?}")]
+    IdleSpin(Duration),
+    #[error("--worker-nice: {0} is not between -20 and 19")]
+    WorkerNice(i32),
 }
 
 impl Settings {
@@ -210,6 +270,19 @@ impl Settings {
             return Err(SettingsError::UnrepliedPercent(
                 self.conntrack.unreplied_percent,
             ));
+        }
+        if !(1..=MAX_RX_BATCH).contains(&self.io.rx_batch) {
+            return Err(SettingsError::RxBatch(self.io.rx_batch));
+        }
+        let ring = self.io.ring_size;
+        if !ring.is_power_of_two() || !(64..=16384).contains(&ring) || ring < self.io.rx_batch {
+            return Err(SettingsError::RingSize(ring));
+        }
+        if self.io.idle_spin > MAX_IDLE_SPIN {
+            return Err(SettingsError::IdleSpin(self.io.idle_spin));
+        }
+        if !(-20..=19).contains(&self.io.worker_nice) {
+            return Err(SettingsError::WorkerNice(self.io.worker_nice));
         }
         Ok(())
     }
@@ -245,6 +318,7 @@ mod tests {
             conntrack: ConntrackSettings::default(),
             min_sync_period: DEFAULT_MIN_SYNC_PERIOD,
             proxy_name: DEFAULT_PROXY_NAME.into(),
+            io: IoSettings::default(),
         }
     }
 
@@ -270,5 +344,29 @@ mod tests {
         s.conntrack.unreplied_percent = 0;
         assert_eq!(s.validate(), Err(SettingsError::UnrepliedPercent(0)));
         assert!("fast".parse::<XdpMode>().is_err());
+    }
+
+    #[test]
+    fn io_sizes_are_checked() {
+        let mut s = settings();
+        s.io.rx_batch = 0;
+        assert_eq!(s.validate(), Err(SettingsError::RxBatch(0)));
+        let mut s = settings();
+        s.io.ring_size = 3000;
+        assert_eq!(s.validate(), Err(SettingsError::RingSize(3000)));
+        let mut s = settings();
+        s.io.rx_batch = 512;
+        s.io.ring_size = 256;
+        assert_eq!(s.validate(), Err(SettingsError::RingSize(256)));
+        s.io.ring_size = 4096;
+        s.validate().expect("512-frame batches on 4096-entry rings");
+        s.io.idle_spin = Duration::from_secs(2);
+        assert_eq!(
+            s.validate(),
+            Err(SettingsError::IdleSpin(Duration::from_secs(2)))
+        );
+        let mut s = settings();
+        s.io.worker_nice = -21;
+        assert_eq!(s.validate(), Err(SettingsError::WorkerNice(-21)));
     }
 }

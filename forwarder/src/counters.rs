@@ -163,6 +163,59 @@ impl Counter {
         // Relaxed: see `add`.
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Replaces the value with a total counted elsewhere (the kernel's
+    /// socket statistics). Only the owning worker calls this.
+    #[inline]
+    pub fn set(&self, n: u64) {
+        // Relaxed: see `add`.
+        self.0.store(n, Ordering::Relaxed);
+    }
+}
+
+/// What the kernel counts on a worker's AF_XDP sockets (XDP_STATISTICS),
+/// summed over them: packets the XDP program redirected that never
+/// reached the worker, and ring events. Each indexes a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SocketStat {
+    /// Dropped: the RX ring was full (the worker fell behind).
+    RxRingFull,
+    /// Dropped for another reason: in copy mode, no free frame on the
+    /// fill ring, or a packet larger than a frame.
+    RxDropped,
+    /// Times the kernel found the fill ring empty.
+    FillRingEmpty,
+    /// Invalid descriptors on the RX ring.
+    RxInvalid,
+    /// Invalid descriptors on the TX ring (frames not sent).
+    TxInvalid,
+    /// Times the kernel found the TX ring empty.
+    TxRingEmpty,
+}
+
+impl SocketStat {
+    pub const ALL: [SocketStat; 6] = [
+        SocketStat::RxRingFull,
+        SocketStat::RxDropped,
+        SocketStat::FillRingEmpty,
+        SocketStat::RxInvalid,
+        SocketStat::TxInvalid,
+        SocketStat::TxRingEmpty,
+    ];
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// The label used in metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            SocketStat::RxRingFull => "rx_ring_full",
+            SocketStat::RxDropped => "rx_dropped",
+            SocketStat::FillRingEmpty => "fill_ring_empty",
+            SocketStat::RxInvalid => "rx_invalid_descs",
+            SocketStat::TxInvalid => "tx_invalid_descs",
+            SocketStat::TxRingEmpty => "tx_ring_empty",
+        }
+    }
 }
 
 /// Everything one worker counts.
@@ -191,6 +244,9 @@ pub struct WorkerCounters {
     /// Echo replies sent for pings to VIPs.
     pub echo_replies: Counter,
     pub drops: [Counter; DropReason::COUNT],
+    /// The kernel's statistics of the worker's sockets, copied in by the
+    /// worker four times a second.
+    pub socket: [Counter; SocketStat::COUNT],
 }
 
 impl WorkerCounters {

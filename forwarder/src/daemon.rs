@@ -40,10 +40,20 @@ use crate::netlink::{self, NetMonitor};
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::table::{CompiledTable, TableHandle};
 use crate::worker::{Worker, WorkerShared};
-use crate::xsk::{self, QueueAssignment, WorkerIo, XskConfig};
+use crate::xsk::{self, BusyPoll, NapiTuning, QueueAssignment, WorkerIo, XskConfig};
 
 /// How often expired flows are swept out of conntrack.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Busy polling: SO_BUSY_POLL on the sockets (µs). Workers never block in
+/// a busy-polling call, so any non-zero value only switches it on.
+const BUSY_POLL_USECS: u32 = 20;
+/// Busy polling: NAPI polls that may end without unmasking the device
+/// (napi_defer_hard_irqs) — the kernel's documented example value.
+const BUSY_POLL_DEFER_HARD_IRQS: u32 = 2;
+/// Busy polling: how long the kernel leaves the NAPI to the worker after
+/// its last poll before taking receive back (gro_flush_timeout, ns): the
+/// longest a packet can wait when the worker stops polling.
+const BUSY_POLL_GRO_FLUSH_TIMEOUT_NS: u64 = 200_000;
 
 /// The gateway's state that outlives start-up.
 struct Gateway {
@@ -66,6 +76,27 @@ struct Gateway {
     _admin_server: AdminServer,
     /// Per-Service-port counter slots, reassigned with every table.
     service_stats: Arc<ServiceStats>,
+    /// Busy polling's interface settings, put back when dropped.
+    _napi_tuning: Vec<NapiTuning>,
+}
+
+/// Gives the calling (worker) thread its nice value; a failure (no
+/// CAP_SYS_NICE) leaves it at its inherited one, with a warning.
+fn set_worker_nice(core: usize, nice: i32) {
+    // SAFETY: gettid has no preconditions; setpriority with PRIO_PROCESS
+    // and a thread id changes only that thread's nice value.
+    let ret = unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+    };
+    if ret < 0 {
+        tracing::warn!(
+            core,
+            nice,
+            error = %std::io::Error::last_os_error(),
+            "could not set the worker's nice value"
+        );
+    }
 }
 
 /// The table to start with: the control file's, checked before anything
@@ -304,8 +335,22 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
                  give every interface at least as many queues as workers"
             );
         }
+        let ring = settings.io.ring_size;
         let config = XskConfig {
-            frame_count: (4096u32).max(2 * 2048 * queues.len() as u32),
+            // Room for every socket's fill and RX rings to be full at once
+            // with as many frames again on their way out.
+            frame_count: (4096u32).max(2 * ring * queues.len() as u32),
+            rx_size: ring,
+            tx_size: ring,
+            fill_size: ring,
+            comp_size: ring,
+            rx_batch: settings.io.rx_batch,
+            idle_spin: settings.io.idle_spin,
+            tx_budget: ring,
+            busy_poll: settings.io.busy_poll.then_some(BusyPoll {
+                usecs: BUSY_POLL_USECS,
+                budget: u16::try_from(settings.io.rx_batch).unwrap_or(u16::MAX),
+            }),
             ..XskConfig::default()
         };
         let mut io = WorkerIo::open(&config, &queues)
@@ -327,7 +372,45 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
         tracing::info!(iface = %settings.ifaces[i], ?mode, "XDP program attached");
     }
 
+    // Only where some socket can actually busy-poll: without a poller the
+    // NAPI timer would only delay receive.
+    let busy_polling = pending
+        .iter()
+        .any(|(_, io)| io.sockets.iter().any(|s| s.busy_poll));
+    if settings.io.busy_poll && !busy_polling {
+        tracing::warn!(
+            "--busy-poll on: no socket can busy-poll (copy mode, e.g. veth); \
+             the kernel's softirq or NAPI threads keep receiving"
+        );
+    }
+    let mut napi_tuning = Vec::new();
+    if busy_polling {
+        for iface in &settings.ifaces {
+            match NapiTuning::apply(
+                iface,
+                BUSY_POLL_DEFER_HARD_IRQS,
+                BUSY_POLL_GRO_FLUSH_TIMEOUT_NS,
+            ) {
+                Ok(Some(t)) => napi_tuning.push(t),
+                Ok(None) => tracing::warn!(
+                    %iface,
+                    "busy polling: this namespace's sysfs is not mounted here; \
+                     napi_defer_hard_irqs and gro_flush_timeout left as they are"
+                ),
+                Err(e) => tracing::warn!(
+                    %iface, error = %e,
+                    "busy polling: could not set napi_defer_hard_irqs and gro_flush_timeout"
+                ),
+            }
+        }
+        tracing::info!(
+            rx_batch = settings.io.rx_batch,
+            "busy polling: workers run their queues' NAPI"
+        );
+    }
+
     admin.count_services(Arc::clone(&service_stats));
+    let worker_nice = settings.io.worker_nice;
     let mut handles = Vec::new();
     let mut counters = Vec::new();
     for (core, io) in pending {
@@ -360,6 +443,7 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
                 if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
                     tracing::warn!(core, "could not pin the worker to its core");
                 }
+                set_worker_nice(core, worker_nice);
                 worker.run();
             })
             .context("spawning a worker thread")?;
@@ -384,6 +468,7 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
         admin,
         _admin_server: admin_server,
         service_stats: Arc::clone(&service_stats),
+        _napi_tuning: napi_tuning,
     };
     gateway.resolve_backends();
     if let Some(peer) = options.pass_through {

@@ -36,7 +36,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::conntrack::{Conntrack, FlowState};
-use crate::counters::{Counter, DropReason, WorkerCounters};
+use crate::counters::{Counter, DropReason, SocketStat, WorkerCounters};
 use crate::table::CompiledTable;
 
 /// How often a worker publishes its local histograms, at most.
@@ -705,6 +705,7 @@ pub struct CounterValues {
     pub neighbour_resolved: u64,
     pub passed: u64,
     pub drops: [u64; DropReason::COUNT],
+    pub socket: [u64; SocketStat::COUNT],
 }
 
 impl CounterValues {
@@ -720,6 +721,7 @@ impl CounterValues {
             neighbour_resolved: c.neighbour_resolved.get(),
             passed: c.passed.get(),
             drops: std::array::from_fn(|i| c.drops[i].get()),
+            socket: std::array::from_fn(|i| c.socket[i].get()),
         }
     }
 
@@ -736,6 +738,9 @@ impl CounterValues {
             .neighbour_resolved
             .wrapping_add(other.neighbour_resolved);
         self.passed = self.passed.wrapping_add(other.passed);
+        for (d, o) in self.socket.iter_mut().zip(other.socket) {
+            *d = d.wrapping_add(o);
+        }
         for (d, o) in self.drops.iter_mut().zip(other.drops) {
             *d = d.wrapping_add(o);
         }
@@ -1029,6 +1034,16 @@ impl Collector for Snapshot {
             DropReason::ALL
                 .iter()
                 .map(|r| ([("reason", r.name())], total.drops_of(*r))),
+        )?;
+
+        counter_family(
+            enc,
+            "xsk_socket_stats",
+            "The kernel's counters of the AF_XDP sockets (XDP_STATISTICS), summed over \
+             workers: rx_ring_full and rx_dropped are packets that never reached a worker",
+            SocketStat::ALL
+                .iter()
+                .map(|s| ([("stat", s.name())], total.socket[*s as usize])),
         )?;
 
         // Per worker.
@@ -1623,6 +1638,8 @@ mod tests {
         a.counters.count_drop(DropReason::TruncatedIpv4);
         b.counters.count_drop(DropReason::TruncatedIpv4);
         b.counters.count_drop(DropReason::MalformedL4);
+        a.counters.socket[SocketStat::RxRingFull as usize].set(4);
+        b.counters.socket[SocketStat::RxRingFull as usize].set(2);
         let mut rec = a.latency_recorder();
         rec.record_batch(32, Duration::from_micros(3));
         rec.record_packet(Duration::from_nanos(120));
@@ -1647,6 +1664,13 @@ mod tests {
             Some(1.0)
         );
         assert_eq!(exp.sum("cipgw_drops_total", &[]), 3.0);
+        assert_eq!(
+            exp.get(
+                "cipgw_xsk_socket_stats_total",
+                &[("stat", SocketStat::RxRingFull.name())]
+            ),
+            Some(6.0)
+        );
         assert_eq!(
             exp.get("cipgw_batch_size_frames_count", &[("worker", "0")]),
             Some(1.0)

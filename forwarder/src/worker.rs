@@ -4,15 +4,21 @@
 //! The loop, per iteration:
 //! 1. load the current service table and network snapshot (one atomic
 //!    load each, see [`crate::table::TableHandle::cache`]);
-//! 2. per socket: reclaim completed TX frames, top the fill ring up, take
-//!    a batch from RX and run each frame through the [`Pipeline`];
-//!    forwarded frames are queued for the egress port's TX ring (same
-//!    UMEM: no copy), everything else returns to the free list;
-//! 3. per port: one produce + kick of the TX ring for the whole batch;
+//! 2. per socket: reclaim completed TX frames, top the fill ring up, (with
+//!    busy polling) run the socket's NAPI poll from this thread, take a
+//!    batch from RX and run each frame through the [`Pipeline`]; forwarded
+//!    frames are queued for the egress port's TX ring (same UMEM: no
+//!    copy), everything else returns to the free list;
+//! 3. per port: one produce of what is queued (frames that find the TX
+//!    ring full wait for the next iteration, up to a ring's worth), then
+//!    kicks while the ring holds frames the kernel has not taken: in copy
+//!    mode the kernel sends only during a kick, a bounded number per kick;
 //! 4. frames waiting for a neighbour are retried; those waiting too long
 //!    are dropped and counted;
-//! 5. with nothing to do, `poll(2)` on all sockets (bounded), so an idle
-//!    gateway does not burn its cores.
+//! 5. with nothing to do for a while, `poll(2)` on all sockets (bounded),
+//!    so an idle gateway does not burn its cores. Busy polling spins
+//!    longer first: while it sleeps, the kernel's receive path only comes
+//!    back after the interfaces' `gro_flush_timeout`.
 //!
 //! Rings are only touched from this thread. Nothing here allocates after
 //! start-up: every buffer is sized once.
@@ -27,15 +33,13 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use xsk_rs::FrameDesc;
 
-use crate::counters::{DropReason, WorkerCounters};
+use crate::counters::{DropReason, SocketStat, WorkerCounters};
 use crate::metrics::WorkerLatency;
 use crate::pipeline::{set_l2, BatchContext, Pipeline, Verdict};
 use crate::route::{NetSnapshot, PortId};
 use crate::table::TableHandle;
 use crate::xsk::WorkerIo;
 
-/// Frames taken from one RX ring per iteration.
-pub const RX_BATCH: usize = 64;
 /// Frames that may wait for neighbour resolution at once, per worker.
 pub const HOLD_CAPACITY: usize = 256;
 /// How long a frame waits for its next hop's MAC (the kernel's ARP gives
@@ -45,6 +49,17 @@ pub const HOLD_TIMEOUT: Duration = Duration::from_secs(3);
 const IDLE_POLL_MS: i32 = 50;
 /// Empty iterations before the worker sleeps in poll(2).
 const SPIN_BEFORE_SLEEP: u32 = 32;
+/// With busy polling, how long the worker at least keeps polling an idle
+/// gateway before it sleeps: longer than the gaps of a request/response
+/// exchange, so the next request does not wait for the kernel's NAPI
+/// timer.
+const BUSY_POLL_IDLE_SPIN: Duration = Duration::from_millis(2);
+/// How often the worker copies its sockets' kernel statistics into its
+/// counters (one getsockopt per socket).
+const SOCKET_STATS_EVERY: Duration = Duration::from_millis(250);
+/// Kicks per port per iteration while the TX ring holds unsent frames
+/// (each sends up to the socket's TX budget).
+const MAX_TX_KICKS: u32 = 4;
 
 /// Asks the kernel to resolve a neighbour; never blocks.
 pub type ResolveFn = Arc<dyn Fn(u32, Ipv4Addr) + Send + Sync>;
@@ -117,12 +132,13 @@ impl Worker {
             }
         }
         let frames = io.frame_count() as usize;
+        let rx_batch = io.config.rx_batch as usize;
         Self {
             tx_pending: (0..ports).map(|_| Vec::with_capacity(frames)).collect(),
             tx_socket,
             held: VecDeque::with_capacity(HOLD_CAPACITY),
-            rx_descs: vec![FrameDesc::default(); RX_BATCH],
-            comp_descs: vec![FrameDesc::default(); frames.max(RX_BATCH)],
+            rx_descs: vec![FrameDesc::default(); rx_batch],
+            comp_descs: vec![FrameDesc::default(); frames.max(rx_batch)],
             io,
             pipeline,
             shared,
@@ -138,6 +154,14 @@ impl Worker {
     pub fn run(mut self) {
         let mut table_cache = self.shared.table.cache();
         let mut idle_rounds = 0u32;
+        let busy_poll = self.io.sockets.iter().any(|s| s.busy_poll);
+        let idle_spin = if busy_poll {
+            self.io.config.idle_spin.max(BUSY_POLL_IDLE_SPIN)
+        } else {
+            self.io.config.idle_spin
+        };
+        let mut idle_since: Option<Instant> = None;
+        let mut socket_stats_due = Instant::now();
         // Acquire: pairs with the Release store that asks workers to stop,
         // so everything the stopping thread did before is visible here.
         while !self.shared.stop.load(Ordering::Acquire) {
@@ -145,6 +169,10 @@ impl Worker {
             let net = self.shared.net.load_full();
             let now = Instant::now();
             self.latency.flush_if_due(now);
+            if now >= socket_stats_due {
+                self.copy_socket_stats();
+                socket_stats_due = now + SOCKET_STATS_EVERY;
+            }
             let ctx = BatchContext {
                 table: &table,
                 net: &net,
@@ -153,21 +181,63 @@ impl Worker {
             let mut work = 0;
             for s in 0..self.io.sockets.len() {
                 self.reclaim_and_refill(s);
+                if self.io.sockets[s].busy_poll {
+                    self.io.sockets[s].busy_poll_rx();
+                }
                 work += self.receive(s, &ctx);
             }
             if !self.held.is_empty() {
                 work += self.retry_held(&net, now);
             }
-            self.transmit();
-            if work == 0 {
-                idle_rounds += 1;
-                if idle_rounds >= SPIN_BEFORE_SLEEP {
-                    self.sleep();
-                    idle_rounds = 0;
-                }
-            } else {
+            // Frames the kernel took are work: more may be waiting to
+            // leave, and a sleeping worker would not kick them out.
+            work += self.transmit();
+            if work > 0 {
                 idle_rounds = 0;
+                idle_since = None;
+                continue;
             }
+            idle_rounds += 1;
+            if idle_rounds < SPIN_BEFORE_SLEEP {
+                continue;
+            }
+            if now.duration_since(*idle_since.get_or_insert(now)) >= idle_spin {
+                self.sleep();
+                idle_rounds = 0;
+                idle_since = None;
+            } else if !busy_poll {
+                // Still polling, but the receive work is the kernel's
+                // (softirq or NAPI thread, often on this core): let it run.
+                // SAFETY: sched_yield has no preconditions.
+                unsafe {
+                    libc::sched_yield();
+                }
+            }
+        }
+    }
+
+    /// The kernel's statistics of this worker's sockets, summed, into its
+    /// counters (the admin endpoint exports them).
+    fn copy_socket_stats(&mut self) {
+        let mut sum = [0u64; SocketStat::COUNT];
+        for socket in &self.io.sockets {
+            let Ok(st) = socket.stats() else {
+                continue;
+            };
+            for stat in SocketStat::ALL {
+                sum[stat as usize] += match stat {
+                    SocketStat::RxRingFull => st.rx_ring_full(),
+                    SocketStat::RxDropped => st.rx_dropped(),
+                    SocketStat::FillRingEmpty => st.rx_fill_ring_empty_descs(),
+                    SocketStat::RxInvalid => st.rx_invalid_descs(),
+                    SocketStat::TxInvalid => st.tx_invalid_descs(),
+                    SocketStat::TxRingEmpty => st.tx_ring_empty_descs(),
+                };
+            }
+        }
+        let counters = self.pipeline.counters();
+        for (counter, value) in counters.socket.iter().zip(sum) {
+            counter.set(value);
         }
     }
 
@@ -367,37 +437,63 @@ impl Worker {
         sent
     }
 
-    /// One produce and kick per egress port for the whole iteration.
-    fn transmit(&mut self) {
+    /// Per egress port: one produce of everything queued, then kicks while
+    /// the TX ring holds frames the kernel has not taken. Returns how many
+    /// frames the kernel took from the TX rings meanwhile.
+    fn transmit(&mut self) -> usize {
         let counters = Arc::clone(self.pipeline.counters());
+        let mut taken = 0;
         for port in 0..self.tx_pending.len() {
-            if self.tx_pending[port].is_empty() {
-                continue;
-            }
             let Some(s) = self.tx_socket[port] else {
                 continue;
             };
             let socket = &mut self.io.sockets[s];
             let pending = &mut self.tx_pending[port];
-            // SAFETY: every pending descriptor is a frame of this UMEM
-            // owned by this thread; after produce the kernel owns the
-            // produced ones until they come back on the completion ring.
-            let sent = unsafe { socket.tx.produce(pending) };
-            // Copy mode asks for a sendto(2) kick to transmit; errors
-            // (EAGAIN, ENOBUFS) leave frames on the ring for the next kick.
-            let _ = socket.kick_tx();
-            let bytes: usize = pending[..sent].iter().map(|d| d.lengths().data()).sum();
-            counters.tx_packets.add(sent as u64);
-            counters.tx_bytes.add(bytes as u64);
-            for _ in sent..pending.len() {
-                counters.count_drop(DropReason::TxRingFull);
+            if !pending.is_empty() {
+                // A reservation is all-or-nothing: ask for what fits.
+                let room = socket.tx.nb_free(pending.len() as u32) as usize;
+                let fits = room.min(pending.len());
+                // SAFETY: every pending descriptor is a frame of this UMEM
+                // owned by this thread; after produce the kernel owns the
+                // produced ones until they come back on the completion ring.
+                let sent = unsafe { socket.tx.produce(&pending[..fits]) };
+                let bytes: usize = pending[..sent].iter().map(|d| d.lengths().data()).sum();
+                counters.tx_packets.add(sent as u64);
+                counters.tx_bytes.add(bytes as u64);
+                pending.drain(..sent);
+                // What found no room waits for the next iteration (the kicks
+                // below make room), up to a ring's worth; the rest is
+                // dropped, newest first, so a stalled port cannot hoard the
+                // UMEM.
+                let keep = socket.tx_size as usize;
+                if pending.len() > keep {
+                    for _ in keep..pending.len() {
+                        counters.count_drop(DropReason::TxRingFull);
+                    }
+                    self.io.free_frames.extend_from_slice(&pending[keep..]);
+                    pending.truncate(keep);
+                }
             }
-            self.io.free_frames.extend_from_slice(&pending[sent..]);
-            pending.clear();
+            // Copy mode sends only during a kick, at most the TX budget
+            // per kick: kick until the ring is drained (bounded), also in
+            // iterations that queued nothing new. Errors (EAGAIN, ENOBUFS)
+            // leave frames on the ring for the next kick.
+            let mut unsent = socket.tx_unsent();
+            for _ in 0..MAX_TX_KICKS {
+                if unsent == 0 {
+                    break;
+                }
+                let _ = socket.kick_tx();
+                let left = socket.tx_unsent();
+                taken += unsent.saturating_sub(left) as usize;
+                unsent = left;
+            }
         }
+        taken
     }
 
-    /// Waits for RX on any socket, at most `IDLE_POLL_MS`.
+    /// Waits for RX on any socket, at most `IDLE_POLL_MS` (1 ms while
+    /// frames wait to be sent).
     fn sleep(&mut self) {
         let mut fds: [libc::pollfd; 64] = [libc::pollfd {
             fd: -1,
@@ -409,11 +505,10 @@ impl Worker {
             pfd.fd = s.rx.fd().as_raw_fd();
             pfd.events = libc::POLLIN;
         }
-        let timeout = if self.held.is_empty() {
-            IDLE_POLL_MS
-        } else {
-            1
-        };
+        // Frames waiting for a neighbour or for room on a TX ring need the
+        // loop back soon; nothing else wakes it for them.
+        let waiting = !self.held.is_empty() || self.tx_pending.iter().any(|q| !q.is_empty());
+        let timeout = if waiting { 1 } else { IDLE_POLL_MS };
         // SAFETY: `fds` is a valid array of `n` initialised pollfd structs
         // that outlives the call.
         unsafe {

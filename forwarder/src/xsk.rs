@@ -59,6 +59,10 @@ pub struct XskConfig {
     pub fill_size: u32,
     /// Descriptors per completion ring.
     pub comp_size: u32,
+    /// Frames a worker takes from one RX ring per iteration.
+    pub rx_batch: u32,
+    /// How long an idle worker polls (yielding) before it sleeps.
+    pub idle_spin: std::time::Duration,
     /// Headroom reserved for the application at the start of each frame,
     /// ahead of the kernel's XDP headroom.
     pub frame_headroom: u32,
@@ -68,7 +72,28 @@ pub struct XskConfig {
     pub need_wakeup: bool,
     /// Back the UMEM with huge pages.
     pub huge_pages: bool,
+    /// Copy mode: descriptors the kernel sends per TX kick
+    /// (XDP_MAX_TX_SKB_BUDGET, Linux 6.17+; the kernel's default is 32).
+    /// Clamped to `tx_size`; older kernels keep 32.
+    pub tx_budget: u32,
+    /// Preferred busy polling of each socket's NAPI context, if wanted.
+    pub busy_poll: Option<BusyPoll>,
 }
+
+/// Preferred busy polling (Documentation/networking/napi.rst): the
+/// worker's syscalls on a socket run that socket's NAPI poll, and the
+/// kernel leaves the NAPI to the worker while it keeps polling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BusyPoll {
+    /// SO_BUSY_POLL: how long a blocking call may busy-poll (µs). The
+    /// worker's calls do not block, so this only has to be non-zero.
+    pub usecs: u32,
+    /// SO_BUSY_POLL_BUDGET: packets one busy poll may take in.
+    pub budget: u16,
+}
+
+/// The kernel's copy-mode TX budget per kick (net/xdp/xsk.c TX_BATCH_SIZE).
+pub const KERNEL_TX_BATCH: u32 = 32;
 
 impl Default for XskConfig {
     fn default() -> Self {
@@ -79,10 +104,14 @@ impl Default for XskConfig {
             tx_size: 2048,
             fill_size: 2048,
             comp_size: 2048,
+            rx_batch: 64,
+            idle_spin: std::time::Duration::ZERO,
             frame_headroom: 0,
             zero_copy: ZeroCopy::Auto,
             need_wakeup: true,
             huge_pages: false,
+            tx_budget: 2048,
+            busy_poll: None,
         }
     }
 }
@@ -136,6 +165,13 @@ pub struct PortSocket {
     pub queue: u32,
     /// Whether the socket is bound in zero-copy mode.
     pub zero_copy: bool,
+    /// Whether the socket was bound with XDP_USE_NEED_WAKEUP (else every
+    /// kick is a syscall).
+    pub need_wakeup: bool,
+    /// Whether busy polling is set on the socket.
+    pub busy_poll: bool,
+    /// Descriptors in the TX ring.
+    pub tx_size: u32,
     pub tx: TxQueue,
     pub rx: RxQueue,
     pub fill: FillQueue,
@@ -168,14 +204,46 @@ impl PortSocket {
     }
 
     /// Kicks the kernel to transmit what was queued on the TX ring, if it
-    /// asked for a kick (XDP_USE_NEED_WAKEUP) — a `sendto` syscall only
-    /// then. Transient "try again" errors are not errors.
+    /// asked for a kick (XDP_USE_NEED_WAKEUP; always, without it) — a
+    /// `sendto` syscall only then. Transient "try again" errors are not
+    /// errors.
     #[inline]
     pub fn kick_tx(&mut self) -> io::Result<()> {
-        if self.tx.needs_wakeup() {
+        if !self.need_wakeup || self.tx.needs_wakeup() {
             self.tx.wakeup()?;
         }
         Ok(())
+    }
+
+    /// Descriptors on the TX ring the kernel has not taken yet. In copy
+    /// mode the kernel takes them only during a kick, at most its TX
+    /// budget per kick, so a non-zero count means another kick is due.
+    #[inline]
+    pub fn tx_unsent(&mut self) -> u32 {
+        self.tx_size - self.tx.nb_free_exact()
+    }
+
+    /// Busy polling: runs the socket's NAPI poll once from this thread (a
+    /// non-blocking `recvfrom`, which the kernel turns into one busy-poll
+    /// round when SO_BUSY_POLL is set), so the RX ring fills without
+    /// waiting for the kernel's softirq or NAPI thread. Does nothing until
+    /// the socket has seen its first packet (the kernel learns the
+    /// socket's NAPI id from it).
+    #[inline]
+    pub fn busy_poll_rx(&mut self) {
+        // SAFETY: a zero-length receive into no buffer on an fd this
+        // socket owns; MSG_DONTWAIT keeps it from blocking. The result is
+        // of no interest: frames show up on the RX ring.
+        unsafe {
+            libc::recvfrom(
+                self.fd(),
+                std::ptr::null_mut(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
+        }
     }
 
     /// Wakes the driver to pick up new fill-ring entries, if it asked for
@@ -332,12 +400,39 @@ fn open_in_mode(
             source: io::Error::other("shared (interface, queue) context"),
         })?;
         tracing::debug!(ifname = %q.ifname, queue = q.queue, mode, "AF_XDP socket bound");
+        let fd = rx.fd().as_raw_fd();
+        if !zero_copy && config.tx_budget > KERNEL_TX_BATCH {
+            let budget = config.tx_budget.min(config.tx_size);
+            if let Err(e) = set_socket_option(fd, SOL_XDP, XDP_MAX_TX_SKB_BUDGET, budget) {
+                tracing::debug!(
+                    ifname = %q.ifname, queue = q.queue, budget, error = %e,
+                    "copy-mode TX budget not raised (needs Linux 6.17); 32 frames per kick"
+                );
+            }
+        }
+        let busy_poll = match config.busy_poll {
+            Some(b) => match enable_busy_poll(fd, b) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(
+                        ifname = %q.ifname, queue = q.queue, mode, error = %e,
+                        "busy polling unavailable on this socket; the kernel's \
+                         softirq or NAPI thread fills its RX ring"
+                    );
+                    false
+                }
+            },
+            None => false,
+        };
         sockets.push(PortSocket {
             port: q.port,
             ifname: q.ifname.clone(),
             ifindex: q.ifindex,
             queue: q.queue,
             zero_copy,
+            need_wakeup: config.need_wakeup,
+            busy_poll,
+            tx_size: config.tx_size,
             tx,
             rx,
             fill,
@@ -380,6 +475,76 @@ fn socket_config(c: &XskConfig, zero_copy: bool) -> Result<SocketConfig, XskErro
         .xdp_flags(XdpFlags::empty())
         .bind_flags(bind)
         .build())
+}
+
+/// linux/socket.h: the AF_XDP socket option level.
+const SOL_XDP: libc::c_int = 283;
+/// linux/if_xdp.h (6.17+): copy-mode descriptors sent per TX kick.
+const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
+
+fn set_socket_option(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: u32,
+) -> io::Result<()> {
+    // SAFETY: `value` is a live u32 for the duration of the call and its
+    // size is passed along; the kernel only reads it.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// SO_PREFER_BUSY_POLL, SO_BUSY_POLL and SO_BUSY_POLL_BUDGET on one
+/// socket (setting SO_BUSY_POLL needs CAP_NET_ADMIN above the sysctl),
+/// once it is known that the kernel can busy-poll it.
+///
+/// A socket busy-polls the NAPI whose id it carries. Since Linux 6.13
+/// (commit "xsk: Bring back busy polling support") an AF_XDP socket gets
+/// that id at bind, and only in zero-copy mode from a driver that maps
+/// its queues to NAPIs; a copy-mode socket (veth, or any driver without
+/// zero-copy) has none, so busy polling cannot work there and would only
+/// delay receive (the interface's NAPI would wait for its timer).
+fn enable_busy_poll(fd: RawFd, b: BusyPoll) -> io::Result<()> {
+    let napi_id = get_socket_option(fd, libc::SOL_SOCKET, libc::SO_INCOMING_NAPI_ID)?;
+    if napi_id == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the socket has no NAPI id (copy mode, or a driver that does not map \
+             queues to NAPIs): nothing to busy-poll",
+        ));
+    }
+    set_socket_option(fd, libc::SOL_SOCKET, libc::SO_PREFER_BUSY_POLL, 1)?;
+    set_socket_option(fd, libc::SOL_SOCKET, libc::SO_BUSY_POLL, b.usecs)?;
+    set_socket_option(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_BUSY_POLL_BUDGET,
+        u32::from(b.budget),
+    )
+}
+
+fn get_socket_option(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<u32> {
+    let mut value: u32 = 0;
+    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are live for the call and `len` holds the
+    // size of `value`, which the kernel writes at most.
+    let ret =
+        unsafe { libc::getsockopt(fd, level, name, (&mut value as *mut u32).cast(), &mut len) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
 }
 
 fn queue_size(what: &str, n: u32) -> Result<QueueSize, XskError> {
@@ -494,6 +659,72 @@ pub fn rx_queue_count(ifname: &str) -> io::Result<u32> {
         }
     }
     Ok(1)
+}
+
+/// `napi_defer_hard_irqs` and `gro_flush_timeout` of one interface, set
+/// for preferred busy polling and put back as they were when dropped.
+///
+/// With both non-zero, a NAPI poll that ends (in busy polling or not)
+/// leaves the device's interrupts masked and arms a timer instead; while
+/// the worker busy-polls more often than the timer's period, the kernel's
+/// own receive path (softirq, or the NAPI thread) stays out of the way.
+/// For veth the "interrupt" is the peer's transmit scheduling the NAPI.
+#[derive(Debug)]
+pub struct NapiTuning {
+    dir: String,
+    old_defer: String,
+    old_timeout: String,
+}
+
+impl NapiTuning {
+    /// Sets the interface's values through sysfs, if the sysfs mounted
+    /// here shows the calling thread's namespace's interface (else
+    /// `Ok(None)`: nothing to set there, busy polling then works without
+    /// the timer's help only).
+    pub fn apply(
+        ifname: &str,
+        defer_hard_irqs: u32,
+        gro_flush_timeout_ns: u64,
+    ) -> io::Result<Option<NapiTuning>> {
+        let ifindex = interface_index(ifname)?;
+        let dir = format!("/sys/class/net/{ifname}");
+        let sysfs_index = fs::read_to_string(format!("{dir}/ifindex"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        if sysfs_index != Some(ifindex) {
+            return Ok(None);
+        }
+        let old_defer = fs::read_to_string(format!("{dir}/napi_defer_hard_irqs"))?;
+        let old_timeout = fs::read_to_string(format!("{dir}/gro_flush_timeout"))?;
+        fs::write(
+            format!("{dir}/napi_defer_hard_irqs"),
+            defer_hard_irqs.to_string(),
+        )?;
+        let tuning = NapiTuning {
+            dir,
+            old_defer: old_defer.trim().to_owned(),
+            old_timeout: old_timeout.trim().to_owned(),
+        };
+        // From here on, dropping `tuning` puts both values back.
+        fs::write(
+            format!("{}/gro_flush_timeout", tuning.dir),
+            gro_flush_timeout_ns.to_string(),
+        )?;
+        Ok(Some(tuning))
+    }
+}
+
+impl Drop for NapiTuning {
+    fn drop(&mut self) {
+        for (file, value) in [
+            ("napi_defer_hard_irqs", &self.old_defer),
+            ("gro_flush_timeout", &self.old_timeout),
+        ] {
+            if let Err(e) = fs::write(format!("{}/{file}", self.dir), value) {
+                tracing::warn!(dir = %self.dir, file, error = %e, "could not restore a NAPI setting");
+            }
+        }
+    }
 }
 
 fn ioctl_socket() -> io::Result<OwnedFd> {

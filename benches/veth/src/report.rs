@@ -60,6 +60,9 @@ struct Raw {
     snap1: Option<[f64; 8]>,
     tcp: Option<TcpRaw>,
     setup_s: Option<f64>,
+    /// CPU time (ns) the gateway's threads (its veths' NAPI threads, and
+    /// cipgw's worker) used between snap0 and snap1.
+    gw_cpu_ns: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +103,11 @@ struct Cell {
     /// full), per second.
     #[serde(skip_serializing_if = "Option::is_none")]
     gw_rx_drop_pps: Option<f64>,
+    /// The gateway threads' CPU time per delivered packet (ns): what a
+    /// packet costs, less sensitive to other load on the machine than
+    /// the rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gw_ns_per_packet: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     transactions_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -130,6 +138,9 @@ struct Results {
     /// Seconds to load the rules or start cipgw, per peer and Service count.
     setup_s: BTreeMap<String, BTreeMap<u32, f64>>,
     targets: Vec<Target>,
+    /// DIR/losses.md as run.sh wrote it (not part of results.json).
+    #[serde(skip)]
+    losses: Option<String>,
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -177,7 +188,11 @@ fn cells(raws: &[Raw]) -> Vec<Cell> {
                 (dt > 0.0).then(|| {
                     let offered = (b[1] - a[1] + b[2] - a[2]) / dt;
                     let delivered = (b[7] - a[7]) / dt;
-                    [offered, delivered, (b[4] - a[4]) / dt, 0.0]
+                    let ns_per_packet = match r.gw_cpu_ns {
+                        Some(ns) if b[7] > a[7] => ns / (b[7] - a[7]),
+                        _ => f64::NAN,
+                    };
+                    [offered, delivered, (b[4] - a[4]) / dt, ns_per_packet]
                 })
             })
             .collect();
@@ -185,6 +200,13 @@ fn cells(raws: &[Raw]) -> Vec<Cell> {
             c.offered_pps = median(rates.iter().map(|r| r[0]).collect());
             c.delivered_pps = median(rates.iter().map(|r| r[1]).collect());
             c.gw_rx_drop_pps = median(rates.iter().map(|r| r[2]).collect());
+            c.gw_ns_per_packet = median(
+                rates
+                    .iter()
+                    .map(|r| r[3])
+                    .filter(|v| v.is_finite())
+                    .collect(),
+            );
             c.loss = median(
                 rates
                     .iter()
@@ -403,16 +425,18 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     let results = cells(&raws);
     let counts = service_counts(&meta);
     let targets = targets(&Table(&results), &counts);
-    let all = Results {
+    let mut all = Results {
         meta,
         results,
         setup_s,
         targets,
+        losses: None,
     };
     fs::write(
         args.dir.join("results.json"),
         serde_json::to_string_pretty(&all)? + "\n",
     )?;
+    all.losses = fs::read_to_string(args.dir.join("losses.md")).ok();
     let md = markdown(&all, &counts);
     fs::write(args.dir.join("results.md"), &md)?;
     print!("{md}");
@@ -436,12 +460,21 @@ fn thousands(n: u32) -> String {
     }
 }
 
-fn present_peers(all: &Results) -> Vec<(&'static str, &'static str)> {
-    PEERS
+/// The peers measured, known ones in presentation order, then run.sh's
+/// variants (`cipgw+NAME`: cipgw with extra arguments) under their own
+/// names.
+fn present_peers(all: &Results) -> Vec<(String, String)> {
+    let mut peers: Vec<(String, String)> = PEERS
         .iter()
-        .copied()
         .filter(|(p, _)| all.results.iter().any(|c| c.peer == *p))
-        .collect()
+        .map(|(p, name)| ((*p).to_owned(), (*name).to_owned()))
+        .collect();
+    for c in &all.results {
+        if !peers.iter().any(|(p, _)| *p == c.peer) {
+            peers.push((c.peer.clone(), c.peer.clone()));
+        }
+    }
+    peers
 }
 
 fn markdown(all: &Results, counts: &[u32]) -> String {
@@ -522,6 +555,24 @@ fn markdown(all: &Results, counts: &[u32]) -> String {
         o,
         "\nKernel forwarding involves no Services: its one figure is repeated in parentheses.\n"
     );
+    if all.results.iter().any(|c| c.gw_ns_per_packet.is_some()) {
+        let _ = writeln!(
+            o,
+            "#### The gateway's CPU time per delivered packet (ns; NAPI threads + cipgw worker)\n"
+        );
+        let _ = writeln!(o, "{head}\n{rule}");
+        for (p, name) in &peers {
+            let _ = write!(o, "| {name} |");
+            for w in UDP {
+                for &n in counts {
+                    let v = t.get(p, w, n).and_then(|c| c.gw_ns_per_packet);
+                    let _ = write!(o, " {} |", num(v, 0));
+                }
+            }
+            o.push('\n');
+        }
+        o.push('\n');
+    }
 
     let max = counts.iter().copied().max().unwrap_or(1);
     let any_tcp = all.results.iter().any(|c| c.workload.starts_with("tcp"));
@@ -530,10 +581,17 @@ fn markdown(all: &Results, counts: &[u32]) -> String {
     }
     targets_table(&mut o, all);
     setup_table(&mut o, all, &peers, counts);
+    if let Some(losses) = &all.losses {
+        let _ = writeln!(
+            o,
+            "\n#### Where cipgw's packets went (Mpps; /metrics and the kernel's AF_XDP counters)\n"
+        );
+        o.push_str(losses);
+    }
     o
 }
 
-fn tcp_table(o: &mut String, t: &Table<'_>, peers: &[(&str, &str)], max: u32) {
+fn tcp_table(o: &mut String, t: &Table<'_>, peers: &[(String, String)], max: u32) {
     let _ = writeln!(o, "#### TCP through the VIP\n");
     let _ = writeln!(
         o,
@@ -596,7 +654,7 @@ fn targets_table(o: &mut String, all: &Results) {
     }
 }
 
-fn setup_table(o: &mut String, all: &Results, peers: &[(&str, &str)], counts: &[u32]) {
+fn setup_table(o: &mut String, all: &Results, peers: &[(String, String)], counts: &[u32]) {
     if !all.setup_s.is_empty() {
         let _ = writeln!(
             o,
@@ -613,7 +671,7 @@ fn setup_table(o: &mut String, all: &Results, peers: &[(&str, &str)], counts: &[
             }
             let _ = write!(o, "| {name} |");
             for n in counts {
-                let v = all.setup_s.get(*p).and_then(|m| m.get(n)).copied();
+                let v = all.setup_s.get(p).and_then(|m| m.get(n)).copied();
                 let _ = write!(o, " {} |", num(v, 2));
             }
             o.push('\n');
@@ -832,6 +890,8 @@ mod tests {
             snap1: Some([2.0, 2.0e6, 0.0, 0.0, 0.0, 0.0, 0.0, delivered * 2.0]),
             tcp: None,
             setup_s: None,
+            // 1,500 ns of the gateway's threads per delivered packet.
+            gw_cpu_ns: Some(delivered * 2.0 * 1500.0),
         }
     }
 
@@ -849,6 +909,7 @@ mod tests {
         assert_eq!(c[0].delivered_pps, Some(0.6e6));
         assert_eq!(c[0].offered_pps, Some(1.0e6));
         assert!((c[0].loss.unwrap() - 0.4).abs() < 1e-9);
+        assert!((c[0].gw_ns_per_packet.unwrap() - 1500.0).abs() < 1e-6);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use cipgw_config::settings::{self, parse_duration, ConntrackSettings, Settings, Source, XdpMode};
+use cipgw_config::settings::{
+    self, parse_duration, ConntrackSettings, IoSettings, Settings, Source, XdpMode,
+};
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
@@ -65,6 +67,35 @@ pub struct RunArgs {
     pub cluster_cidrs: Vec<Ipv4Net>,
     #[command(flatten)]
     pub conntrack: ConntrackArgs,
+    /// Preferred busy polling (on|off): each worker runs the receive NAPI
+    /// of its interfaces' queues from its own loop (SO_PREFER_BUSY_POLL,
+    /// with napi_defer_hard_irqs and gro_flush_timeout set on the
+    /// interfaces while cipgw runs) instead of waiting for the kernel to
+    /// fill its RX rings; it spins a little longer before it sleeps
+    /// [default: off].
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    pub busy_poll: Option<bool>,
+    /// Frames a worker takes from one RX ring per iteration, 1-1024
+    /// [default: 64].
+    #[arg(long, value_name = "N")]
+    pub rx_batch: Option<u32>,
+    /// Descriptors per AF_XDP ring (RX, TX, fill, completion), a power of
+    /// two from 64 to 16384 [default: 2048].
+    #[arg(long, value_name = "N")]
+    pub ring_size: Option<u32>,
+    /// How long an idle worker keeps polling its rings, yielding its core
+    /// between rounds, before it sleeps in poll(2) (`0`, `50us` as
+    /// `0.05ms`, `1ms`; at most 1s). Longer keeps request/response latency
+    /// low at the price of an idle core that looks busy [default: 0: 32
+    /// empty rounds].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_spin: Option<std::time::Duration>,
+    /// Nice value of the worker threads, -20 to 19: above the kernel's
+    /// receive threads on the same core, so that receive cannot outrun the
+    /// worker and copy frames only to drop them at a full RX ring
+    /// [default: -10].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub worker_nice: Option<i32>,
     /// Benchmark mode: forward every redirected frame to the other
     /// interface with only its Ethernet addresses rewritten (no parse
     /// beyond L2, no NAT, no conntrack): the upper bound of the AF_XDP path.
@@ -201,6 +232,20 @@ struct FileSettings {
     /// The `--conntrack-*` settings, under a `[conntrack]` table.
     #[serde(default)]
     conntrack: ConntrackArgs,
+    busy_poll: Option<bool>,
+    rx_batch: Option<u32>,
+    ring_size: Option<u32>,
+    #[serde(default, with = "duration_text")]
+    idle_spin: Option<std::time::Duration>,
+    worker_nice: Option<i32>,
+}
+
+fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("{other:?}: expected on or off")),
+    }
 }
 
 /// Parses `0`, `0,1`, `2-5`, `0,2-3`.
@@ -290,6 +335,28 @@ fn settings(args: RunArgs) -> anyhow::Result<Settings> {
             .proxy_name
             .or(file.proxy_name)
             .unwrap_or_else(|| settings::DEFAULT_PROXY_NAME.into()),
+        io: IoSettings {
+            busy_poll: args
+                .busy_poll
+                .or(file.busy_poll)
+                .unwrap_or(IoSettings::default().busy_poll),
+            rx_batch: args
+                .rx_batch
+                .or(file.rx_batch)
+                .unwrap_or(settings::DEFAULT_RX_BATCH),
+            ring_size: args
+                .ring_size
+                .or(file.ring_size)
+                .unwrap_or(settings::DEFAULT_RING_SIZE),
+            idle_spin: args
+                .idle_spin
+                .or(file.idle_spin)
+                .unwrap_or(settings::DEFAULT_IDLE_SPIN),
+            worker_nice: args
+                .worker_nice
+                .or(file.worker_nice)
+                .unwrap_or(settings::DEFAULT_WORKER_NICE),
+        },
     };
     s.validate().map_err(|e| BadInput(e.to_string()))?;
     Ok(s)
@@ -316,5 +383,12 @@ mod tests {
         assert_eq!(parse_cores("0,2-4"), Ok(vec![0, 2, 3, 4]));
         assert!(parse_cores("3-1").is_err());
         assert!(parse_cores("x").is_err());
+    }
+
+    #[test]
+    fn on_off() {
+        assert_eq!(parse_on_off("on"), Ok(true));
+        assert_eq!(parse_on_off("off"), Ok(false));
+        assert!(parse_on_off("yes").is_err());
     }
 }
