@@ -42,7 +42,7 @@
 #[path = "../tests/fake_apiserver/mod.rs"]
 mod fake_apiserver;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::net::Ipv4Addr;
@@ -50,11 +50,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cipgw::bpf::{BackendKey, XdpProgram};
+use cipgw::bpf::XdpProgram;
 use cipgw::conntrack::Conntrack;
+use cipgw::daemon::{flow_targets, map_sets};
 use cipgw::metrics::ServiceStats;
 use cipgw::table::{CompiledTable, TableHandle};
-use cipgw_config::{Protocol, ServiceTable};
+use cipgw_config::ServiceTable;
 use cipgw_control::kube_source::{build_table, KubeSourceConfig};
 use cipgw_control::source::{channel, Receiver, SourceEvent};
 use cipgw_control::{spawn_file_source, spawn_kube_source};
@@ -221,32 +222,6 @@ fn control_file(version: usize) -> String {
         }
     }
     yaml
-}
-
-/// The XDP map contents a table needs (`daemon.rs` `map_sets`).
-fn map_sets(table: &CompiledTable) -> (HashSet<Ipv4Addr>, HashSet<BackendKey>) {
-    let vips = table.vips().collect();
-    let backends = table
-        .backends()
-        .map(|(ip, port, proto)| (ip, port, proto.ip_number()))
-        .collect();
-    (vips, backends)
-}
-
-type FlowTarget = (Ipv4Addr, u16, Protocol, Ipv4Addr, u16);
-
-/// Every (VIP, port, protocol, endpoint) of a table (`daemon.rs`
-/// `flow_targets`).
-fn flow_targets(model: &ServiceTable) -> HashSet<FlowTarget> {
-    let mut targets = HashSet::new();
-    for (service, vip) in model.forwarded() {
-        for port in &service.ports {
-            for e in &port.endpoints {
-                targets.insert((vip, port.port, port.protocol, e.ip, e.port));
-            }
-        }
-    }
-    targets
 }
 
 /// The daemon's control-thread state that `apply` touches.

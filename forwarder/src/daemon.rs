@@ -136,10 +136,15 @@ fn spawn_source(settings: &Settings) -> anyhow::Result<(SourceHandle, Receiver<S
     Ok((handle, rx))
 }
 
+/// (VIP, port, protocol, endpoint address, endpoint port).
+pub type FlowTarget = (Ipv4Addr, u16, Protocol, Ipv4Addr, u16);
+
 /// Every (VIP, port, protocol, endpoint address, endpoint port) of a
 /// table, whatever the endpoint's state: flows to anything in here may
 /// go on; flows to anything not in here lost their endpoint or port.
-fn flow_targets(model: &ServiceTable) -> HashSet<(Ipv4Addr, u16, Protocol, Ipv4Addr, u16)> {
+/// Public for the control bench, which times the daemon's apply step by
+/// step.
+pub fn flow_targets(model: &ServiceTable) -> HashSet<FlowTarget> {
     let mut targets = HashSet::new();
     for (service, vip) in model.forwarded() {
         for port in &service.ports {
@@ -185,8 +190,8 @@ fn memory_bytes() -> u64 {
         .unwrap_or(4 << 30)
 }
 
-/// The XDP map contents a table needs.
-fn map_sets(table: &CompiledTable) -> (HashSet<Ipv4Addr>, HashSet<BackendKey>) {
+/// The XDP map contents a table needs (public for the control bench).
+pub fn map_sets(table: &CompiledTable) -> (HashSet<Ipv4Addr>, HashSet<BackendKey>) {
     let vips = table.vips().collect();
     let backends = table
         .backends()
