@@ -365,6 +365,9 @@ pub struct Conntrack {
     slab: Slab,
     hasher: RandomState,
     config: ConntrackConfig,
+    /// Unreplied flows the flood guard admits: `unreplied_percent` of
+    /// `max_flows`, at least one.
+    unreplied_cap: usize,
     /// Flows in the table. Its own line: every insert and removal writes
     /// it, and nothing on the lookup path reads it.
     live: CachePadded<AtomicUsize>,
@@ -538,6 +541,9 @@ impl Conntrack {
                 max_flows,
                 ..config
             },
+            unreplied_cap: (max_flows * usize::from(config.unreplied_percent))
+                .div_ceil(100)
+                .max(1),
             live: CachePadded::new(AtomicUsize::new(0)),
             unreplied: CachePadded::new(AtomicUsize::new(0)),
             removals: CachePadded::new(AtomicU64::new(0)),
@@ -778,12 +784,7 @@ impl Conntrack {
         {
             return;
         }
-        self.index.unlink(
-            forward_hash,
-            index::slot_word(forward_hash, id, index::FORWARD),
-        );
-        self.index
-            .unlink(reply_hash, index::slot_word(reply_hash, id, index::REPLY));
+        self.unlink_keys(id, forward_hash, reply_hash);
     }
 
     /// Takes back a flow `insert` counted and queued but could not link.
@@ -809,12 +810,9 @@ impl Conntrack {
     /// records and buckets of the flows a few evictions ahead, so a
     /// flood's evictions do not wait on memory.
     fn admit(&self, forward_home: u32, reply_home: u32) -> Option<RecordId> {
-        let unreplied_cap = (self.config.max_flows * usize::from(self.config.unreplied_percent))
-            .div_ceil(100)
-            .max(1);
         let mut queue = self.unreplied_queue.lock();
         let full = self.live.load(STAT) >= self.config.max_flows;
-        let flooded = self.unreplied.load(STAT) >= unreplied_cap;
+        let flooded = self.unreplied.load(STAT) >= self.unreplied_cap;
         let queued = |id| Queued {
             id,
             seq: self.slab.pending_seq(id),
@@ -875,8 +873,16 @@ impl Conntrack {
 
     /// Takes a claimed flow's keys out of the index.
     fn unlink(&self, id: RecordId, flow: &FlowData) {
-        let forward_hash = self.hash(&flow.forward_key());
-        let reply_hash = self.hash(&flow.reply_key());
+        self.unlink_keys(
+            id,
+            self.hash(&flow.forward_key()),
+            self.hash(&flow.reply_key()),
+        );
+    }
+
+    /// Clears the index slots of record `id`'s two keys (either may be
+    /// absent).
+    fn unlink_keys(&self, id: RecordId, forward_hash: u64, reply_hash: u64) {
         self.index.unlink(
             forward_hash,
             index::slot_word(forward_hash, id, index::FORWARD),
