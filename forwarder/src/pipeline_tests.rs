@@ -273,6 +273,16 @@ impl Harness {
         }
     }
 
+    /// A harness whose conntrack the test can also reach directly.
+    fn sharing_conntrack() -> (Self, Arc<Conntrack>) {
+        let ct = Arc::new(Conntrack::default());
+        let h = Self {
+            pipeline: pipeline(Arc::clone(&ct)),
+            ..Self::new()
+        };
+        (h, ct)
+    }
+
     /// Runs a frame that arrived on the port its source MAC says, with
     /// room to grow; leaves `frame` as the frame that would leave.
     fn run(&mut self, frame: &mut Vec<u8>) -> Verdict {
@@ -1024,9 +1034,7 @@ fn session_affinity_sticks_moves_and_expires() {
 
 #[test]
 fn a_closed_flow_expires_and_its_stragglers_are_reset() {
-    let mut h = Harness::new();
-    let ct = Arc::new(Conntrack::default());
-    h.pipeline = pipeline(Arc::clone(&ct));
+    let (mut h, ct) = Harness::sharing_conntrack();
     let mut syn = client_syn(43000, VIP, 8080);
     assert_eq!(h.run(&mut syn), Verdict::Forward { port: POD_PORT });
     let mut rst_back = pod_ack(43000);
@@ -1043,9 +1051,7 @@ fn a_closed_flow_expires_and_its_stragglers_are_reset() {
 
 #[test]
 fn the_flow_cache_never_serves_a_retired_flow() {
-    let mut h = Harness::new();
-    let ct = Arc::new(Conntrack::default());
-    h.pipeline = pipeline(Arc::clone(&ct));
+    let (mut h, ct) = Harness::sharing_conntrack();
     let mut syn = client_syn(44000, VIP, 8080);
     assert_eq!(h.run(&mut syn), Verdict::Forward { port: POD_PORT });
     let mut synack = pod_synack(44000);
