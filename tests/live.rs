@@ -16,19 +16,22 @@
 //! otherwise, never when CI=true), RAII cleanup, 198.18.0.0/15 only.
 
 use std::collections::BTreeMap;
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cipgw::lab::{self, Topology, TopologyInfo};
+use cipgw::lab::{self, Topology};
 
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{pod_name, Lab, Port, DNS, HTTP, TARGET_PORT, UDP_TARGET_PORT};
+use support::{
+    connect_pod, new_connections_follow, pod_name, request, vip_port, Lab, Port, DNS, HTTP,
+    TARGET_PORT, UDP_TARGET_PORT,
+};
 
 /// How a new version of the control file is put in place.
 #[derive(Debug, Clone, Copy)]
@@ -51,37 +54,12 @@ fn write_version(path: &Path, text: &str, how: Rewrite) {
     .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }
 
-fn vip_port(vip: Ipv4Addr, port: &Port) -> SocketAddrV4 {
-    SocketAddrV4::new(vip, port.port)
-}
-
 /// A lab with TCP and UDP echo servers on `pods` Pods.
 fn lab(pods: usize) -> Lab {
     let mut lab = Lab::build(Topology::two_arm("live").pods(pods));
     lab.tcp_echo(TARGET_PORT);
     lab.udp_echo(UDP_TARGET_PORT);
     lab
-}
-
-/// One request line over an open connection; the reply line.
-fn request(stream: &mut TcpStream) -> std::io::Result<String> {
-    stream.write_all(b"still there?\n")?;
-    let mut reply = Vec::new();
-    let mut byte = [0u8; 1];
-    while !reply.ends_with(b"\n") {
-        if stream.read(&mut byte)? == 0 {
-            return Err(ErrorKind::UnexpectedEof.into());
-        }
-        reply.push(byte[0]);
-    }
-    Ok(String::from_utf8_lossy(&reply).into_owned())
-}
-
-/// The Pod that answers a new TCP connection to `target`.
-fn connect_pod(info: &TopologyInfo, target: SocketAddrV4) -> Result<String, String> {
-    let reply = lab::tcp_request(target, b"who?\n", Duration::from_secs(2))
-        .map_err(|e| format!("TCP to {target}: {e}"))?;
-    pod_name(info, &reply).map(str::to_owned)
 }
 
 #[test]
@@ -245,28 +223,10 @@ fn scaling_to_one_pod_and_back_moves_traffic_within_a_second() {
     // Scale to one Pod.
     let written = Instant::now();
     write_version(&file, &one.join("---\n"), Rewrite::Rename);
+    // New connections must all go to pod1 within 1 s.
     let followed = lab.in_client({
         let (info, pod1) = (info.clone(), pod1.clone());
-        move || {
-            // New connections must all go to pod1 within 1 s.
-            // (A connection opened to a Pod just before it is removed is
-            // reset: that counts as not yet followed.)
-            let mut streak = 0;
-            while written.elapsed() < Duration::from_secs(3) {
-                match connect_pod(&info, vip_port(vip, &HTTP)) {
-                    Ok(pod) if pod == pod1 => {
-                        streak += 1;
-                        if streak == 10 {
-                            return Ok(written.elapsed());
-                        }
-                    }
-                    Ok(_) => streak = 0,
-                    Err(e) if e.contains("reset") => streak = 0,
-                    Err(e) => return Err(e),
-                }
-            }
-            Err("new connections still reach removed Pods after 3 s".to_owned())
-        }
+        move || new_connections_follow(&info, vip_port(vip, &HTTP), &pod1, written)
     });
     let took = followed.unwrap_or_else(|e| lab.fail(e));
     eprintln!("scaled to one Pod: new connections followed within {took:?}");

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{Display, Write as _};
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -146,6 +146,59 @@ pub fn pod_name<'a>(info: &TopologyInfo, reply: &'a str) -> Result<&'a str, Stri
         Some(p) => Err(format!("{reply:?}: {name} is at {}", p.iface.addr)),
         None => Err(format!("{reply:?}: no Pod named {name} in the lab")),
     }
+}
+
+/// The socket address of a Service port on `vip`.
+pub fn vip_port(vip: Ipv4Addr, port: &Port) -> SocketAddrV4 {
+    SocketAddrV4::new(vip, port.port)
+}
+
+/// One request line over an open connection; the reply line.
+pub fn request(stream: &mut TcpStream) -> std::io::Result<String> {
+    stream.write_all(b"still there?\n")?;
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while !reply.ends_with(b"\n") {
+        if stream.read(&mut byte)? == 0 {
+            return Err(ErrorKind::UnexpectedEof.into());
+        }
+        reply.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&reply).into_owned())
+}
+
+/// The Pod that answers a new TCP connection to `target`.
+pub fn connect_pod(info: &TopologyInfo, target: SocketAddrV4) -> Result<String, String> {
+    let reply = lab::tcp_request(target, b"who?\n", Duration::from_secs(2))
+        .map_err(|e| format!("TCP to {target}: {e}"))?;
+    pod_name(info, &reply).map(str::to_owned)
+}
+
+/// Opens new connections to `target` until ten in a row reach `pod`, at
+/// most 3 s after `since` (when the change was written); returns how long
+/// after `since` that was. A connection opened to a Pod just before it is
+/// removed is reset: that counts as not yet followed.
+pub fn new_connections_follow(
+    info: &TopologyInfo,
+    target: SocketAddrV4,
+    pod: &str,
+    since: Instant,
+) -> Result<Duration, String> {
+    let mut streak = 0;
+    while since.elapsed() < Duration::from_secs(3) {
+        match connect_pod(info, target) {
+            Ok(answered) if answered == pod => {
+                streak += 1;
+                if streak == 10 {
+                    return Ok(since.elapsed());
+                }
+            }
+            Ok(_) => streak = 0,
+            Err(e) if e.contains("reset") => streak = 0,
+            Err(e) => return Err(e),
+        }
+    }
+    Err("new connections still reach removed Pods after 3 s".to_owned())
 }
 
 /// A directory `cipgw-test-<pid>-<n>` under the system temp dir, removed
