@@ -41,7 +41,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::ErrorKind;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -54,8 +54,8 @@ use fake_apiserver::FakeApiServer;
 use serde_json::{json, Value};
 
 use support::{
-    connect_pod, new_connections_follow, pod_name, request, vip_port, Lab, Port, DNS, HTTP,
-    TARGET_PORT, UDP_TARGET_PORT,
+    connect_pod, new_connections_follow, open_flows, pod_name, request, udp_pod, vip_port, Flows,
+    Lab, Port, DNS, HTTP, TARGET_PORT, UDP_TARGET_PORT,
 };
 
 /// What the gateway logs once both resources are listed and the first
@@ -244,60 +244,6 @@ impl KubeLab {
         }
         self.wait_log(APPLIED, before, Duration::from_secs(5));
     }
-}
-
-/// The Pod that answers one datagram to `target`, from a socket that
-/// stays connected (one UDP flow).
-fn udp_pod(info: &TopologyInfo, socket: &UdpSocket) -> std::io::Result<String> {
-    socket.send(b"which?\n")?;
-    let mut buf = [0u8; 256];
-    let n = socket.recv(&mut buf)?;
-    pod_name(info, &String::from_utf8_lossy(&buf[..n]))
-        .map(str::to_owned)
-        .map_err(std::io::Error::other)
-}
-
-/// Open flows, one TCP connection and one UDP flow per Pod, by the Pod
-/// that answers them.
-struct Flows {
-    tcp: BTreeMap<String, TcpStream>,
-    udp: BTreeMap<String, UdpSocket>,
-}
-
-/// Opens connections and UDP flows to `vip` until every one of the
-/// `pods` Pods has one of each (bounded).
-fn open_flows(lab: &Lab, vip: Ipv4Addr, pods: usize) -> Flows {
-    let info = lab.info().clone();
-    let flows = lab.in_client(move || {
-        let mut tcp: BTreeMap<String, TcpStream> = BTreeMap::new();
-        let mut udp: BTreeMap<String, UdpSocket> = BTreeMap::new();
-        for _ in 0..60 {
-            if tcp.len() == pods && udp.len() == pods {
-                break;
-            }
-            let mut s = TcpStream::connect_timeout(
-                &SocketAddr::V4(vip_port(vip, &HTTP)),
-                Duration::from_secs(2),
-            )?;
-            s.set_read_timeout(Some(Duration::from_secs(2)))?;
-            let reply = request(&mut s)?;
-            let pod = pod_name(&info, &reply).map_err(std::io::Error::other)?;
-            tcp.entry(pod.to_owned()).or_insert(s);
-            let u = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
-            u.connect(vip_port(vip, &DNS))?;
-            u.set_read_timeout(Some(Duration::from_secs(1)))?;
-            let pod = udp_pod(&info, &u)?;
-            udp.entry(pod).or_insert(u);
-        }
-        Ok::<_, std::io::Error>(Flows { tcp, udp })
-    });
-    let flows = flows.unwrap_or_else(|e| lab.fail(format_args!("opening flows: {e}")));
-    assert_eq!(
-        (flows.tcp.len(), flows.udp.len()),
-        (pods, pods),
-        "a TCP and a UDP flow per Pod"
-    );
-    flows
 }
 
 /// A UDP request to `target` must go unanswered within 1 s.

@@ -17,7 +17,6 @@
 
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,8 +28,8 @@ use cipgw::lab::{self, Topology};
 mod support;
 
 use support::{
-    connect_pod, new_connections_follow, pod_name, request, vip_port, Lab, Port, DNS, HTTP,
-    TARGET_PORT, UDP_TARGET_PORT,
+    connect_pod, new_connections_follow, open_flows, pod_name, request, vip_port, Flows, Lab, Port,
+    DNS, HTTP, TARGET_PORT, UDP_TARGET_PORT,
 };
 
 /// How a new version of the control file is put in place.
@@ -182,43 +181,7 @@ fn scaling_to_one_pod_and_back_moves_traffic_within_a_second() {
     let pod1 = info.pods[0].name.clone();
 
     // Open a TCP connection and a UDP flow to each Pod.
-    let flows = lab.in_client({
-        let info = info.clone();
-        move || {
-            let mut tcp: BTreeMap<String, TcpStream> = BTreeMap::new();
-            let mut udp: BTreeMap<String, UdpSocket> = BTreeMap::new();
-            for _ in 0..60 {
-                if tcp.len() == 3 && udp.len() == 3 {
-                    break;
-                }
-                let mut s = TcpStream::connect_timeout(
-                    &SocketAddr::V4(vip_port(vip, &HTTP)),
-                    Duration::from_secs(2),
-                )?;
-                s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                let reply = request(&mut s)?;
-                let pod = pod_name(&info, &reply).map_err(std::io::Error::other)?;
-                tcp.entry(pod.to_owned()).or_insert(s);
-                let u = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
-                u.connect(vip_port(vip, &DNS))?;
-                u.set_read_timeout(Some(Duration::from_secs(1)))?;
-                u.send(b"which?\n")?;
-                let mut buf = [0u8; 256];
-                let n = u.recv(&mut buf)?;
-                let pod = pod_name(&info, &String::from_utf8_lossy(&buf[..n]))
-                    .map_err(std::io::Error::other)?
-                    .to_owned();
-                udp.entry(pod).or_insert(u);
-            }
-            Ok::<_, std::io::Error>((tcp, udp))
-        }
-    });
-    let (mut tcp, udp) = flows.unwrap_or_else(|e| lab.fail(format_args!("opening flows: {e}")));
-    assert_eq!(
-        (tcp.len(), udp.len()),
-        (3, 3),
-        "a TCP and a UDP flow per Pod"
-    );
+    let Flows { mut tcp, udp } = open_flows(&lab, vip, 3);
 
     // Scale to one Pod.
     let written = Instant::now();
