@@ -6,7 +6,17 @@
 //! typed lists the API server returns (`ServiceList`, `EndpointSliceList`,
 //! `PodList`, whose items may omit `apiVersion` and `kind`) are accepted as
 //! well. Documents that are empty (`---` alone, or only comments) are
-//! skipped; anything else is an error.
+//! skipped.
+//!
+//! Objects of other kinds (Deployment, ConfigMap, Namespace, ...) are
+//! skipped too, so that a file can hold what `kubectl get all -A -o yaml`
+//! prints or the manifests an application is deployed from; each is
+//! recorded in [`ControlObjects::skipped`] for `cipgw check` to list. A kind
+//! is named by its API group and kind, as Kubernetes names resources: a
+//! `serving.knative.dev/v1 Service` is not a Service and is skipped, while a
+//! `v2 Service` is a Service in a version cipgw cannot read, an error.
+//! Anything that is not an object (no mapping, no `apiVersion` or `kind`),
+//! and any object of a kind cipgw reads that does not type, is an error.
 //!
 //! This module only turns text into typed k8s-openapi objects, each tagged
 //! with where it came from ([`Location`]), so that every later error can
@@ -17,7 +27,8 @@
 //! Invariants of a parsed [`ControlObjects`]:
 //! - every object has `metadata.namespace` set (a missing one becomes
 //!   `default`, as `kubectl apply` would make it);
-//! - objects keep file order within each kind.
+//! - objects keep file order within each kind, and skipped objects keep
+//!   file order among themselves.
 //!
 //! How errors find their place: documents are first read into
 //! `serde_yaml::Value`s (to learn `apiVersion` and `kind` before choosing a
@@ -71,12 +82,40 @@ pub struct Located<T> {
     pub object: T,
 }
 
-/// Every supported object of a control file, in file order per kind.
+/// Every supported object of a control file, in file order per kind, and
+/// the objects of other kinds that were skipped.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ControlObjects {
     pub services: Vec<Located<Service>>,
     pub endpoint_slices: Vec<Located<EndpointSlice>>,
     pub pods: Vec<Located<Pod>>,
+    /// Objects of kinds cipgw does not read, in file order.
+    pub skipped: Vec<Located<Skipped>>,
+}
+
+/// An object of a kind cipgw does not read. Displays as
+/// `Deployment default/echo-server`, `Namespace cipgw` for a kind known to
+/// be cluster-scoped, or just the kind for an object without a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub api_version: String,
+    pub kind: String,
+    /// `metadata.namespace` (`default` when missing); `None` for a kind
+    /// known to be cluster-scoped.
+    pub namespace: Option<String>,
+    /// `metadata.name`, when written.
+    pub name: Option<String>,
+}
+
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.kind)?;
+        match (&self.namespace, &self.name) {
+            (Some(namespace), Some(name)) => write!(f, " {namespace}/{name}"),
+            (None, Some(name)) => write!(f, " {name}"),
+            (_, None) => Ok(()),
+        }
+    }
 }
 
 /// Names a Kubernetes object in a message: where it was written (if it
@@ -147,13 +186,17 @@ pub enum ControlFileError {
         object: ObjectRef,
         field: &'static str,
     },
-    /// An object of a kind cipgw does not read.
-    #[error("{object}: unsupported kind {api_version:?} {kind:?}: {SUPPORTED}")]
-    UnsupportedKind {
+    /// An object of a kind cipgw reads, in an API version it does not
+    /// (`discovery.k8s.io/v1beta1 EndpointSlice`).
+    #[error("{object}: apiVersion: {api_version:?} is not supported, expected {expected:?}: {SUPPORTED}")]
+    UnsupportedVersion {
         object: ObjectRef,
         api_version: String,
-        kind: String,
+        expected: &'static str,
     },
+    /// A List (or typed list) as an item of a List.
+    #[error("{object}: a List item cannot be a list itself")]
+    NestedList { object: ObjectRef },
     /// A List document whose `items` is not a sequence.
     #[error("{object}: items: expected a sequence of objects")]
     BadItems { object: ObjectRef },
@@ -171,7 +214,7 @@ pub enum ControlFileError {
 }
 
 const SUPPORTED: &str = "a control file holds v1 Service, discovery.k8s.io/v1 EndpointSlice, \
-     v1 Pod and v1 List documents";
+     v1 Pod and v1 List documents (objects of other kinds are skipped)";
 
 fn at_line(line: Option<usize>, column: Option<usize>) -> String {
     match (line, column) {
@@ -202,14 +245,12 @@ pub fn parse_control_file(text: &str) -> Result<ControlObjects, ControlFileError
             item: None,
         };
         let object = Object::peek(value, location)?;
-        match (object.api_version.as_str(), object.kind.as_str()) {
-            ("v1", "List") => parse_list(text, object, None, &mut objects)?,
-            ("v1", "ServiceList") => parse_list(text, object, Some(SERVICE), &mut objects)?,
-            ("v1", "PodList") => parse_list(text, object, Some(POD), &mut objects)?,
-            ("discovery.k8s.io/v1", "EndpointSliceList") => {
-                parse_list(text, object, Some(ENDPOINT_SLICE), &mut objects)?
+        match object.reading()? {
+            Reading::List(typed) => parse_list(text, object, typed, &mut objects)?,
+            Reading::Object(kind) => {
+                object.parse_into(kind, text, Source::Document, &mut objects)?
             }
-            _ => object.parse_into(text, Source::Document, &mut objects)?,
+            Reading::Skip => objects.skipped.push(object.skipped()),
         }
     }
     Ok(objects)
@@ -220,6 +261,71 @@ type TypeMeta = (&'static str, &'static str);
 const SERVICE: TypeMeta = ("v1", "Service");
 const POD: TypeMeta = ("v1", "Pod");
 const ENDPOINT_SLICE: TypeMeta = ("discovery.k8s.io/v1", "EndpointSlice");
+
+/// The kinds of object cipgw keeps.
+#[derive(Clone, Copy)]
+enum Kind {
+    Service,
+    EndpointSlice,
+    Pod,
+}
+
+/// What the parser does with an object of some kind.
+#[derive(Clone, Copy)]
+enum Reading {
+    /// A Service, EndpointSlice or Pod: typed and kept.
+    Object(Kind),
+    /// A List; `Some` is the item kind of a typed list.
+    List(Option<TypeMeta>),
+    /// A kind cipgw does not read: recorded in [`ControlObjects::skipped`].
+    Skip,
+}
+
+/// The kinds cipgw reads, each in the one API version it reads.
+const READ: [(TypeMeta, Reading); 7] = [
+    (SERVICE, Reading::Object(Kind::Service)),
+    (ENDPOINT_SLICE, Reading::Object(Kind::EndpointSlice)),
+    (POD, Reading::Object(Kind::Pod)),
+    (("v1", "List"), Reading::List(None)),
+    (("v1", "ServiceList"), Reading::List(Some(SERVICE))),
+    (("v1", "PodList"), Reading::List(Some(POD))),
+    (
+        ("discovery.k8s.io/v1", "EndpointSliceList"),
+        Reading::List(Some(ENDPOINT_SLICE)),
+    ),
+];
+
+/// Well-known cluster-scoped kinds, as `(API group, kind)`: a skipped
+/// object of one of these is named without a namespace. Others are named
+/// as namespaced, which is what most objects in a manifest are.
+const CLUSTER_SCOPED: [(&str, &str); 12] = [
+    ("", "Namespace"),
+    ("", "Node"),
+    ("", "PersistentVolume"),
+    ("rbac.authorization.k8s.io", "ClusterRole"),
+    ("rbac.authorization.k8s.io", "ClusterRoleBinding"),
+    ("storage.k8s.io", "StorageClass"),
+    ("storage.k8s.io", "CSIDriver"),
+    ("apiextensions.k8s.io", "CustomResourceDefinition"),
+    ("scheduling.k8s.io", "PriorityClass"),
+    ("networking.k8s.io", "IngressClass"),
+    (
+        "admissionregistration.k8s.io",
+        "MutatingWebhookConfiguration",
+    ),
+    (
+        "admissionregistration.k8s.io",
+        "ValidatingWebhookConfiguration",
+    ),
+];
+
+/// The API group of an `apiVersion`: `apps` of `apps/v1`, `""` (the core
+/// group) of `v1`.
+fn api_group(api_version: &str) -> &str {
+    api_version
+        .rsplit_once('/')
+        .map_or("", |(group, _version)| group)
+}
 
 /// How to find an object's text again when typing it fails.
 #[derive(Clone, Copy)]
@@ -291,15 +397,62 @@ impl Object {
         }
     }
 
+    /// How this object is read. Its kind is found by API group and kind;
+    /// a kind cipgw reads must also be in the version it reads.
+    fn reading(&self) -> Result<Reading, ControlFileError> {
+        let group = api_group(&self.api_version);
+        let read = READ
+            .iter()
+            .find(|((api_version, kind), _)| *kind == self.kind && api_group(api_version) == group);
+        match read {
+            None => Ok(Reading::Skip),
+            Some(((api_version, _), reading)) if *api_version == self.api_version => Ok(*reading),
+            Some(((expected, _), _)) => Err(ControlFileError::UnsupportedVersion {
+                object: self.object_ref(),
+                api_version: self.api_version.clone(),
+                expected,
+            }),
+        }
+    }
+
+    /// The record of this object as skipped.
+    fn skipped(self) -> Located<Skipped> {
+        let cluster_scoped =
+            CLUSTER_SCOPED.contains(&(api_group(&self.api_version), self.kind.as_str()));
+        let metadata = match &self.value {
+            Value::Mapping(map) => map.get("metadata"),
+            _ => None,
+        };
+        let field = |key: &str| {
+            metadata
+                .and_then(|metadata| metadata.get(key))
+                .and_then(Value::as_str)
+                .filter(|value| !value.is_empty())
+                .map(str::to_owned)
+        };
+        let namespace = (!cluster_scoped)
+            .then(|| field("namespace").unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()));
+        Located {
+            location: self.location,
+            object: Skipped {
+                name: field("name"),
+                namespace,
+                api_version: self.api_version,
+                kind: self.kind,
+            },
+        }
+    }
+
     /// Types a Service, EndpointSlice or Pod and adds it to `objects`.
     fn parse_into(
         self,
+        kind: Kind,
         text: &str,
         source: Source,
         objects: &mut ControlObjects,
     ) -> Result<(), ControlFileError> {
-        match (self.api_version.as_str(), self.kind.as_str()) {
-            SERVICE => {
+        match kind {
+            Kind::Service => {
                 let (mut service, location) = self.typed::<Service>(text, source)?;
                 default_namespace(&mut service.metadata);
                 objects.services.push(Located {
@@ -307,7 +460,7 @@ impl Object {
                     object: service,
                 });
             }
-            ENDPOINT_SLICE => {
+            Kind::EndpointSlice => {
                 let (mut slice, location) = self.typed::<EndpointSlice>(text, source)?;
                 default_namespace(&mut slice.metadata);
                 objects.endpoint_slices.push(Located {
@@ -315,20 +468,13 @@ impl Object {
                     object: slice,
                 });
             }
-            POD => {
+            Kind::Pod => {
                 let (mut pod, location) = self.typed::<Pod>(text, source)?;
                 default_namespace(&mut pod.metadata);
                 objects.pods.push(Located {
                     location,
                     object: pod,
                 });
-            }
-            _ => {
-                return Err(ControlFileError::UnsupportedKind {
-                    object: self.object_ref(),
-                    api_version: self.api_version,
-                    kind: self.kind,
-                })
             }
         }
         Ok(())
@@ -391,7 +537,15 @@ fn parse_list(
             }
         }
         let item = Object::peek(item, location)?;
-        item.parse_into(text, source, objects)?;
+        match item.reading()? {
+            Reading::Object(kind) => item.parse_into(kind, text, source, objects)?,
+            Reading::Skip => objects.skipped.push(item.skipped()),
+            Reading::List(_) => {
+                return Err(ControlFileError::NestedList {
+                    object: item.object_ref(),
+                })
+            }
+        }
     }
     Ok(())
 }
@@ -750,17 +904,177 @@ items:
         assert!(message.contains("invalid YAML"), "unexpected: {message}");
     }
 
+    fn skipped(objects: &ControlObjects) -> Vec<(String, String)> {
+        objects
+            .skipped
+            .iter()
+            .map(|s| (s.location.to_string(), s.object.to_string()))
+            .collect()
+    }
+
     #[test]
-    fn unknown_kind_names_document_and_object() {
+    fn other_kinds_are_skipped_and_recorded() {
         let text = format!(
-            "{SERVICE_DOC}---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n"
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: echo-server\n\
+             spec:\n  replicas: 3\n---\n{SERVICE_DOC}---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n---\n\
+             apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: shop\n\
+             data:\n  a: b\n---\n\
+             apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\n"
         );
-        let message = error(&text);
+        let objects = parse_control_file(&text).expect("other kinds are skipped");
+        assert_eq!(objects.services.len(), 1);
+        assert_eq!(
+            skipped(&objects),
+            [
+                ("document 1", "Deployment default/echo-server"),
+                ("document 3", "Namespace shop"),
+                ("document 4", "ConfigMap shop/settings"),
+                ("document 5", "HorizontalPodAutoscaler"),
+            ]
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        );
+        let deployment = &objects.skipped[0].object;
+        assert_eq!(deployment.api_version, "apps/v1");
+        assert_eq!(deployment.kind, "Deployment");
+        assert_eq!(deployment.namespace.as_deref(), Some("default"));
+        assert_eq!(deployment.name.as_deref(), Some("echo-server"));
+    }
+
+    #[test]
+    fn other_kinds_in_lists_are_skipped() {
+        let text = "\
+apiVersion: v1
+kind: List
+items:
+- apiVersion: apps/v1
+  kind: ReplicaSet
+  metadata:
+    name: echo-server-5d8f7c
+    namespace: demo
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: echo-server-5d8f7c-abcde
+    namespace: demo
+- apiVersion: apps/v1
+  kind: StatefulSet
+  metadata:
+    name: db
+    namespace: demo
+---
+apiVersion: apps/v1
+kind: DeploymentList
+items:
+- metadata:
+    name: web
+";
+        let objects = parse_control_file(text).expect("other kinds are skipped");
+        assert_eq!(objects.pods.len(), 1);
+        assert_eq!(objects.pods[0].location.item, Some(1));
+        assert_eq!(
+            skipped(&objects),
+            [
+                ("document 1, items[0]", "ReplicaSet demo/echo-server-5d8f7c"),
+                ("document 1, items[2]", "StatefulSet demo/db"),
+                ("document 2", "DeploymentList"),
+            ]
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        );
+    }
+
+    #[test]
+    fn kinds_are_named_by_group() {
+        // Knative's Service is another resource than the core Service.
+        let knative = "apiVersion: serving.knative.dev/v1\nkind: Service\n\
+                       metadata:\n  name: hello\nspec:\n  template: {}\n";
+        let objects = parse_control_file(knative).expect("skipped");
+        assert!(objects.services.is_empty());
+        assert_eq!(
+            skipped(&objects),
+            [("document 1".to_owned(), "Service default/hello".to_owned())]
+        );
+        // An EndpointSlice in a version cipgw does not read is an error.
+        let message = error(
+            "apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\n\
+             metadata:\n  name: s\naddressType: IPv4\n",
+        );
         assert!(
             message.starts_with(
-                "document 2 (Deployment default/web): unsupported kind \"apps/v1\" \"Deployment\""
+                "document 1 (EndpointSlice default/s): apiVersion: \"discovery.k8s.io/v1beta1\" \
+                 is not supported, expected \"discovery.k8s.io/v1\""
             ),
             "unexpected: {message}"
+        );
+    }
+
+    #[test]
+    fn malformed_service_among_skipped_kinds_names_object_and_field() {
+        let text = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: echo-server
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: echo-server-clusterip
+spec:
+  ports:
+  - protocol: TCP
+    port: [8080]
+";
+        let message = error(text);
+        assert!(
+            message.starts_with(
+                "document 2 (Service default/echo-server-clusterip), line 13 column 11: \
+                 spec.ports[0].port: invalid type"
+            ),
+            "unexpected: {message}"
+        );
+        let list = "\
+apiVersion: v1
+kind: List
+items:
+- apiVersion: apps/v1
+  kind: Deployment
+  metadata:
+    name: echo-server
+- apiVersion: v1
+  kind: Service
+  metadata:
+    name: echo-server-clusterip
+  spec:
+    type: [ClusterIP]
+";
+        match parse_control_file(list) {
+            Err(ControlFileError::Field { object, field, .. }) => {
+                assert_eq!(
+                    object.to_string(),
+                    "document 1, items[1] (Service default/echo-server-clusterip)"
+                );
+                assert_eq!(field.as_deref(), Some("spec.type"));
+            }
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn objects_without_type_fields_and_nested_lists_stay_errors() {
+        let message = error(
+            "apiVersion: v1\nkind: List\nitems:\n- kind: Deployment\n  metadata:\n    name: web\n",
+        );
+        assert!(
+            message.starts_with(
+                "document 1, items[0] (Deployment default/web): apiVersion is missing"
+            ),
+            "unexpected: {message}"
+        );
+        let message = error("apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: List\n");
+        assert_eq!(
+            message,
+            "document 1, items[0] (List): a List item cannot be a list itself"
         );
     }
 

@@ -12,9 +12,9 @@ pub mod model;
 pub mod settings;
 
 pub use control_file::{
-    parse_control_file, ControlFileError, ControlObjects, Located, Location, ObjectRef,
+    parse_control_file, ControlFileError, ControlObjects, Located, Location, ObjectRef, Skipped,
 };
-pub use listing::render_table;
+pub use listing::{render_skipped, render_table};
 pub use model::{
     ClusterIp, Endpoint, EndpointState, Protocol, Service, ServiceKind, ServiceName, ServicePort,
     ServiceTable, TargetPort,

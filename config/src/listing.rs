@@ -12,9 +12,19 @@
 //! headless                default/db (ClusterIP, headless)  port 5432/tcp -> 198.18.3.1:5432
 //! -                       default/ext (ExternalName)        not forwarded
 //! ```
+//!
+//! The objects of a control file that cipgw skipped ([`render_skipped`])
+//! follow as a section of their own, one line each, in file order:
+//!
+//! ```text
+//! skipped 2 objects of kinds cipgw does not read:
+//!   Deployment default/echo-server (document 1)
+//!   ReplicaSet default/echo-server-7c9f8d6b5 (document 3, items[4])
+//! ```
 
 use std::fmt::Write as _;
 
+use crate::control_file::{Located, Skipped};
 use crate::model::{ClusterIp, Endpoint, Service, ServicePort, ServiceTable};
 
 /// Renders `table` as lines of text, each ending in a newline; an empty
@@ -96,6 +106,24 @@ pub fn render_table(table: &ServiceTable) -> String {
     for row in rows {
         // Writing to a String cannot fail.
         let _ = writeln!(out, "{:first$}  {:second$}  {}", row.vip, row.who, row.rest);
+    }
+    out
+}
+
+/// Renders the objects a control file's parse skipped as a heading line
+/// and one indented line per object, each ending in a newline; nothing
+/// when none was skipped.
+pub fn render_skipped(skipped: &[Located<Skipped>]) -> String {
+    let mut out = String::new();
+    match skipped.len() {
+        0 => return out,
+        1 => out.push_str("skipped 1 object of a kind cipgw does not read:\n"),
+        n => {
+            let _ = writeln!(out, "skipped {n} objects of kinds cipgw does not read:");
+        }
+    }
+    for Located { location, object } in skipped {
+        let _ = writeln!(out, "  {object} ({location})");
     }
     out
 }
@@ -282,6 +310,37 @@ headless                default/db (ClusterIP, headless)  port 5432/tcp -> 198.1
 -                       default/ext (ExternalName)        not forwarded
 ";
         assert_eq!(table.render(), expected);
+    }
+
+    #[test]
+    fn renders_skipped_objects_in_order() {
+        let skipped = |document, item, kind: &str, namespace: Option<&str>, name: &str| Located {
+            location: crate::control_file::Location { document, item },
+            object: Skipped {
+                api_version: "apps/v1".to_owned(),
+                kind: kind.to_owned(),
+                namespace: namespace.map(str::to_owned),
+                name: Some(name.to_owned()),
+            },
+        };
+        let objects = [
+            skipped(1, None, "Deployment", Some("default"), "echo-server"),
+            skipped(3, Some(4), "Namespace", None, "shop"),
+        ];
+        assert_eq!(
+            render_skipped(&objects),
+            "\
+skipped 2 objects of kinds cipgw does not read:
+  Deployment default/echo-server (document 1)
+  Namespace shop (document 3, items[4])
+"
+        );
+        assert_eq!(
+            render_skipped(&objects[..1]),
+            "skipped 1 object of a kind cipgw does not read:\n  \
+             Deployment default/echo-server (document 1)\n"
+        );
+        assert_eq!(render_skipped(&[]), "");
     }
 
     #[test]

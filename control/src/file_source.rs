@@ -215,12 +215,13 @@ headless                default/db (ClusterIP, headless)          port 5432/tcp 
         for (name, expected) in cases {
             assert_eq!(load_error(name), expected, "{name}");
         }
-        let unknown = load_error("invalid-unknown-kind.yaml");
+        let version = load_error("invalid-unsupported-version.yaml");
         assert!(
-            unknown.starts_with(
-                "document 2 (Deployment default/echo): unsupported kind \"apps/v1\" \"Deployment\""
+            version.starts_with(
+                "document 3 (EndpointSlice default/echo-abc12): apiVersion: \
+                 \"discovery.k8s.io/v1beta1\" is not supported, expected \"discovery.k8s.io/v1\""
             ),
-            "unexpected: {unknown}"
+            "unexpected: {version}"
         );
         let yaml = load_error("invalid-bad-yaml.yaml");
         assert!(
