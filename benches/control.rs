@@ -52,8 +52,9 @@ use std::time::{Duration, Instant};
 
 use cipgw::bpf::XdpProgram;
 use cipgw::conntrack::Conntrack;
-use cipgw::daemon::{flow_targets, map_sets};
+use cipgw::daemon::map_sets;
 use cipgw::metrics::ServiceStats;
+use cipgw::table::flow_targets;
 use cipgw::table::{CompiledTable, TableHandle};
 use cipgw_config::ServiceTable;
 use cipgw_control::kube_source::{build_table, KubeSourceConfig};

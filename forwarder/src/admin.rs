@@ -424,7 +424,7 @@ fn status_view(state: &AdminState) -> StatusView {
             unreplied: ct.unreplied,
             max_flows: ct.max_flows,
             inserted: ct.inserted,
-            evicted: ct.evicted,
+            evicted: ct.total_evicted(),
             refused: ct.refused,
             retired: ct.retired,
             expired: ct.total_expired(),

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use cipgw_config::settings::{Settings, Source};
-use cipgw_config::{Protocol, ServiceTable};
+use cipgw_config::ServiceTable;
 use cipgw_control::source::{
     self as control_source, Receiver, RecvTimeoutError, SourceEvent, SourceHandle,
 };
@@ -38,10 +38,13 @@ use crate::lb::Rng;
 use crate::metrics::{ServiceStats, WorkerTelemetry};
 use crate::netlink::{self, NetMonitor};
 use crate::pipeline::{Pipeline, PipelineConfig};
-use crate::table::{CompiledTable, TableHandle};
+use crate::table::{flow_targets, CompiledTable, TableHandle};
 use crate::worker::{Worker, WorkerShared};
 use crate::xsk::{self, BusyPoll, NapiTuning, QueueAssignment, WorkerIo, XskConfig};
 
+/// How long a table change waits for every worker to move to the new
+/// table before retiring flows (workers load it at every batch).
+const READERS_GRACE: Duration = Duration::from_secs(2);
 /// How often expired flows are swept out of conntrack.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Busy polling: SO_BUSY_POLL on the sockets (µs). Workers never block in
@@ -134,26 +137,6 @@ fn spawn_source(settings: &Settings) -> anyhow::Result<(SourceHandle, Receiver<S
         )?,
     };
     Ok((handle, rx))
-}
-
-/// (VIP, port, protocol, endpoint address, endpoint port).
-pub type FlowTarget = (Ipv4Addr, u16, Protocol, Ipv4Addr, u16);
-
-/// Every (VIP, port, protocol, endpoint address, endpoint port) of a
-/// table, whatever the endpoint's state: flows to anything in here may
-/// go on; flows to anything not in here lost their endpoint or port.
-/// Public for the control bench, which times the daemon's apply step by
-/// step.
-pub fn flow_targets(model: &ServiceTable) -> HashSet<FlowTarget> {
-    let mut targets = HashSet::new();
-    for (service, vip) in model.forwarded() {
-        for port in &service.ports {
-            for e in &port.endpoints {
-                targets.insert((vip, port.port, port.protocol, e.ip, e.port));
-            }
-        }
-    }
-    targets
 }
 
 /// The connection table's bounds and timeouts from the settings; the
@@ -428,7 +411,7 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
             .with_config(pipeline_config.clone())
             .with_service_counters(service_stats.add_worker());
         let shared = WorkerShared {
-            table: table.clone(),
+            table: table.reader(),
             net: monitor.handle(),
             stop: Arc::clone(&stop),
             resolve: Arc::clone(&resolve),
@@ -619,25 +602,36 @@ impl Gateway {
             });
         }
         let slots = self.service_stats.assign(&model);
-        let compiled =
-            CompiledTable::compile_with_slots(Arc::clone(&model), old.generation() + 1, |s, p| {
-                slots.get(s, p)
-            });
+        let before = flow_targets(old.model());
+        let after = flow_targets(&model);
+        let generation = old.generation() + 1;
+        let compiled = CompiledTable::compile_with_slots(Arc::clone(&model), generation, |s, p| {
+            slots.get(s, p)
+        })
+        .with_retiring(before.difference(&after).copied());
         let (vips, backends) = map_sets(&compiled);
         self.program.add_missing(&vips, &backends)?;
         let summary = ApplySummary {
-            generation: compiled.generation(),
+            generation,
             entries: compiled.len(),
             retired: 0,
         };
+        let retiring = compiled.retiring_len();
         self.table.publish(compiled);
         self.program.remove_stale(&vips, &backends)?;
 
-        let before = flow_targets(old.model());
-        let after = flow_targets(&model);
-        let retired = if before.is_subset(&after) {
+        // Workers retire flows to removed targets at their next packet
+        // from now on; once none uses an older table (which could still
+        // create such flows), the rest go in one pass.
+        let retired = if retiring == 0 {
             0
         } else {
+            if !self.table.wait_for_readers(generation, READERS_GRACE) {
+                tracing::warn!(
+                    generation,
+                    "a worker did not move to the new table within {READERS_GRACE:?}; retiring flows anyway"
+                );
+            }
             self.conntrack.retire(|key, (ip, port)| {
                 !after.contains(&(key.dst, key.dst_port, key.protocol, ip, port))
             })

@@ -35,7 +35,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::conntrack::{Conntrack, FlowState};
+use crate::conntrack::{Conntrack, EvictionClass, FlowState};
 use crate::counters::{Counter, DropReason, SocketStat, WorkerCounters};
 use crate::table::CompiledTable;
 
@@ -808,9 +808,12 @@ pub struct ConntrackNumbers {
     pub unreplied: usize,
     pub max_flows: usize,
     pub inserted: u64,
-    pub evicted: u64,
+    /// Flows evicted for new ones, per class (as [`EvictionClass::ALL`]).
+    pub evicted: [u64; EvictionClass::ALL.len()],
     pub refused: u64,
     pub retired: u64,
+    /// Finished flows replaced by a new SYN on the same 5-tuple.
+    pub replaced: u64,
     /// Flows expired by the sweeper, per state (as [`FlowState::ALL`]).
     pub expired: [u64; FlowState::ALL.len()],
 }
@@ -826,15 +829,20 @@ impl ConntrackNumbers {
             unreplied: summary.unreplied,
             max_flows: summary.max_flows,
             inserted: stats.inserted.load(Ordering::Relaxed),
-            evicted: stats.evicted.load(Ordering::Relaxed),
+            evicted: std::array::from_fn(|i| stats.evicted[i].load(Ordering::Relaxed)),
             refused: stats.refused.load(Ordering::Relaxed),
             retired: stats.retired.load(Ordering::Relaxed),
+            replaced: stats.replaced.load(Ordering::Relaxed),
             expired: std::array::from_fn(|i| stats.expired[i].load(Ordering::Relaxed)),
         }
     }
 
     pub fn total_expired(&self) -> u64 {
         self.expired.iter().sum()
+    }
+
+    pub fn total_evicted(&self) -> u64 {
+        self.evicted.iter().sum()
     }
 }
 
@@ -1138,11 +1146,20 @@ impl Collector for Snapshot {
             ct.max_flows,
         )?;
         counter(enc, "conntrack_inserted", "Flows tracked", ct.inserted)?;
-        counter(
+        counter_family(
             enc,
             "conntrack_evicted",
-            "Unreplied flows evicted to make room for new ones",
-            ct.evicted,
+            "Flows evicted to make room for new ones, by class (expired, unassured, closing)",
+            EvictionClass::ALL
+                .iter()
+                .zip(ct.evicted)
+                .map(|(c, n)| ([("class", c.name())], n)),
+        )?;
+        counter(
+            enc,
+            "conntrack_replaced",
+            "Flows in TIME_WAIT or CLOSE replaced by a new SYN on the same 5-tuple",
+            ct.replaced,
         )?;
         counter(
             enc,

@@ -402,7 +402,7 @@ impl Pipeline {
         // count no newer than what the lookup saw.
         let removals = steady.then(|| self.conntrack.removals());
         let cached = removals.and_then(|r| self.flows.get(&key, ctx.now, r));
-        let hit = match cached {
+        let mut hit = match cached {
             Some(hit) => hit,
             None => {
                 // Hashed once for the lookup and, on a miss, the insert.
@@ -429,6 +429,14 @@ impl Pipeline {
                 }
             }
         };
+        if hit.direction == Direction::Forward
+            && ctx.table.retires(&key, (hit.nat_ip, hit.nat_port))
+        {
+            hit = match self.retired_flow(buf, len, ingress, &parsed, &hit, ctx) {
+                Ok(hit) => hit,
+                Err(v) => return v,
+            };
+        }
         if parsed.ttl <= 1 {
             return Verdict::Drop(DropReason::TtlExceeded);
         }
@@ -465,6 +473,26 @@ impl Pipeline {
             }
             Err(verdict) => verdict,
         }
+    }
+
+    /// A packet of a flow whose endpoint (or Service port) the current
+    /// table removed: the flow ends here, and the packet is treated as
+    /// the first of a new one (a UDP datagram picks a live endpoint, a TCP
+    /// segment other than a SYN is answered with a RST).
+    #[cold]
+    fn retired_flow(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        ingress: PortId,
+        parsed: &Parsed,
+        hit: &FlowHit,
+        ctx: &BatchContext<'_>,
+    ) -> Result<FlowHit, Verdict> {
+        self.conntrack
+            .retire_flow(&parsed.key, (hit.nat_ip, hit.nat_port));
+        let hash = self.conntrack.hash(&parsed.key);
+        self.new_flow(buf, len, ingress, parsed, hash, ctx)
     }
 
     /// A packet no flow knows: a new connection to a VIP, or not ours.

@@ -53,13 +53,19 @@ fn port(port: u16, protocol: Protocol, target: u16, endpoints: Vec<Endpoint>) ->
 
 /// One backend per service so that the chosen backend is known.
 fn table() -> CompiledTable {
+    CompiledTable::compile(model_on(POD1), 1)
+}
+
+/// The services of [`table`], with `pod` as the echo and udp Services'
+/// endpoint.
+fn model_on(pod: [u8; 4]) -> Arc<ServiceTable> {
     let services = vec![
         Service {
             name: ServiceName::new("default", "echo"),
             kind: ServiceKind::ClusterIp,
             cluster_ip: ClusterIp::Vip(VIP.into()),
             session_affinity: None,
-            ports: vec![port(8080, Protocol::Tcp, 5678, vec![ep(POD1, 5678)])],
+            ports: vec![port(8080, Protocol::Tcp, 5678, vec![ep(pod, 5678)])],
         },
         Service {
             name: ServiceName::new("default", "empty"),
@@ -80,10 +86,10 @@ fn table() -> CompiledTable {
             kind: ServiceKind::ClusterIp,
             cluster_ip: ClusterIp::Vip(UDP_VIP.into()),
             session_affinity: None,
-            ports: vec![port(53, Protocol::Udp, 5353, vec![ep(POD1, 5353)])],
+            ports: vec![port(53, Protocol::Udp, 5353, vec![ep(pod, 5353)])],
         },
     ];
-    CompiledTable::compile(Arc::new(ServiceTable { services }), 1)
+    Arc::new(ServiceTable { services })
 }
 
 /// Two-arm gateway: port 0 towards the client, port 1 towards the Pods;
@@ -929,6 +935,10 @@ fn a_full_table_refuses_new_connections_and_keeps_established_ones() {
         assert_eq!(h.run(&mut syn), Verdict::Forward { port: POD_PORT });
         let mut synack = pod_synack(p);
         assert_eq!(h.run(&mut synack), Verdict::Forward { port: CLIENT_PORT });
+        // The client's ACK completes the handshake: assured flows are
+        // never evicted.
+        let mut ack = client_ack(p, VIP, 8080);
+        assert_eq!(h.run(&mut ack), Verdict::Forward { port: POD_PORT });
     }
     let mut third = client_syn(50002, VIP, 8080);
     assert_eq!(
@@ -1079,4 +1089,73 @@ fn the_flow_cache_never_serves_a_retired_flow() {
         matches!(h.run(&mut data), Verdict::Respond { .. }),
         "a retired flow's next segment is reset, not forwarded from a cache"
     );
+}
+
+/// A table that removes a flow's endpoint is obeyed from the flow's next
+/// packet on, before (and without) any retirement pass over conntrack,
+/// also for a flow the worker's cache holds.
+#[test]
+fn a_published_table_ends_flows_to_endpoints_it_removed() {
+    const POD2: [u8; 4] = [198, 18, 2, 12];
+    let (mut h, ct) = Harness::sharing_conntrack();
+    let mut syn = client_syn(45000, VIP, 8080);
+    assert_eq!(h.run(&mut syn), Verdict::Forward { port: POD_PORT });
+    let mut synack = pod_synack(45000);
+    assert_eq!(h.run(&mut synack), Verdict::Forward { port: CLIENT_PORT });
+    for _ in 0..3 {
+        let mut data = client_ack(45000, VIP, 8080);
+        assert_eq!(h.run(&mut data), Verdict::Forward { port: POD_PORT });
+    }
+    let mut query = udp(
+        CLIENT_MAC,
+        GW_CLIENT_MAC,
+        (CLIENT, 45001),
+        (UDP_VIP, 53),
+        64,
+    );
+    assert_eq!(h.run(&mut query), Verdict::Forward { port: POD_PORT });
+    assert_eq!(pod_of(&query), 11);
+    assert_eq!(ct.summary().flows, 2);
+
+    // POD1 leaves, POD2 arrives.
+    let old = crate::table::flow_targets(&model_on(POD1));
+    let new = crate::table::flow_targets(&model_on(POD2));
+    h.table =
+        CompiledTable::compile(model_on(POD2), 2).with_retiring(old.difference(&new).copied());
+
+    let mut query = udp(
+        CLIENT_MAC,
+        GW_CLIENT_MAC,
+        (CLIENT, 45001),
+        (UDP_VIP, 53),
+        64,
+    );
+    assert_eq!(h.run(&mut query), Verdict::Forward { port: POD_PORT });
+    assert_eq!(
+        pod_of(&query),
+        12,
+        "the UDP flow moved at its next datagram"
+    );
+    let mut data = client_ack(45000, VIP, 8080);
+    assert!(
+        matches!(h.run(&mut data), Verdict::Respond { .. }),
+        "the TCP flow's next segment is reset, not forwarded to the removed Pod"
+    );
+    assert_eq!(
+        ct.stats()
+            .retired
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    // The UDP flow now lives on POD2 and stays there.
+    let mut query = udp(
+        CLIENT_MAC,
+        GW_CLIENT_MAC,
+        (CLIENT, 45001),
+        (UDP_VIP, 53),
+        64,
+    );
+    assert_eq!(h.run(&mut query), Verdict::Forward { port: POD_PORT });
+    assert_eq!(pod_of(&query), 12);
+    assert_eq!(ct.summary().flows, 1);
 }

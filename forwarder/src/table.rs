@@ -5,15 +5,49 @@
 //! once per batch and never see it change under them. Everything a worker
 //! needs for a new flow is precomputed here: the hash map from
 //! VIP:port/protocol to the endpoints that may take new connections.
+//!
+//! A table also says which flows it ends: the targets (VIP, port,
+//! protocol, endpoint) the previous table had and it has not. A worker
+//! checks every forward packet of a tracked flow against that set, so
+//! from the moment a table is published no packet goes to an endpoint it
+//! removed, whatever the timing of the control thread's retirement pass.
+//! That pass runs once no worker uses an older table any more
+//! ([`TableHandle::wait_for_readers`], a grace period as in RCU), and
+//! removes what is left; the set is only needed until then, so each
+//! table carries the difference to its predecessor alone.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::Ipv4Addr;
-use std::sync::Arc;
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ahash::RandomState;
 use arc_swap::ArcSwap;
 use cipgw_config::{Endpoint, Protocol, ServiceTable};
+use crossbeam::utils::CachePadded;
+
+use crate::conntrack::FlowKey;
+
+/// Where a flow goes as the table knows it: VIP, port, protocol,
+/// endpoint address and endpoint port.
+pub type FlowTarget = (Ipv4Addr, u16, Protocol, Ipv4Addr, u16);
+
+/// Every target of a model, whatever the endpoint's state: flows to
+/// anything in here may go on; flows to anything not in here lost their
+/// endpoint or port.
+pub fn flow_targets(model: &ServiceTable) -> HashSet<FlowTarget> {
+    let mut targets = HashSet::new();
+    for (service, vip) in model.forwarded() {
+        for port in &service.ports {
+            for e in &port.endpoints {
+                targets.insert((vip, port.port, port.protocol, e.ip, e.port));
+            }
+        }
+    }
+    targets
+}
 
 /// VIP, service port and protocol: what a new connection is looked up by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +112,8 @@ pub struct CompiledTable {
     /// Every endpoint address/port/protocol of a forwarded Service: the
     /// sources whose packets are replies.
     backends: HashSet<(Ipv4Addr, u16, Protocol), RandomState>,
+    /// Targets of the previous table that this one no longer has.
+    retiring: HashSet<FlowTarget, RandomState>,
 }
 
 /// The endpoints of a port that may take new connections.
@@ -158,7 +194,31 @@ impl CompiledTable {
             vips,
             vips_with_endpoints,
             backends,
+            retiring: HashSet::with_hasher(RandomState::new()),
         }
+    }
+
+    /// Marks the targets whose flows this table ends: flows to them are
+    /// retired at their next forward packet ([`CompiledTable::retires`]).
+    pub fn with_retiring(mut self, retiring: impl IntoIterator<Item = FlowTarget>) -> Self {
+        self.retiring.extend(retiring);
+        self
+    }
+
+    /// Whether the flow of `key` (client -> VIP) going to `backend` lost
+    /// its endpoint or Service port in this table. One length check for
+    /// the tables of a steady cluster, whose sets are empty.
+    #[inline]
+    pub fn retires(&self, key: &FlowKey, backend: (Ipv4Addr, u16)) -> bool {
+        !self.retiring.is_empty()
+            && self
+                .retiring
+                .contains(&(key.dst, key.dst_port, key.protocol, backend.0, backend.1))
+    }
+
+    /// How many targets this table ends.
+    pub fn retiring_len(&self) -> usize {
+        self.retiring.len()
     }
 
     /// An empty table (nothing forwarded).
@@ -232,12 +292,72 @@ impl CompiledTable {
 #[derive(Debug, Clone)]
 pub struct TableHandle {
     current: Arc<ArcSwap<CompiledTable>>,
+    /// What each worker's [`TableReader`] reports; registration is on the
+    /// control path only.
+    readers: Arc<Mutex<Vec<Arc<CachePadded<AtomicU64>>>>>,
 }
+
+/// A reader's mark while it sleeps: it uses no table, and loads the
+/// newest when it wakes.
+const READER_IDLE: u64 = u64::MAX;
+/// A reader's mark between waking and loading a table: it may be about
+/// to use any table.
+const READER_WAKING: u64 = 0;
 
 impl TableHandle {
     pub fn new(table: CompiledTable) -> Self {
         Self {
             current: Arc::new(ArcSwap::from_pointee(table)),
+            readers: Arc::default(),
+        }
+    }
+
+    /// A worker's view of the table: loads it once per batch and reports
+    /// which generation it uses, so [`TableHandle::wait_for_readers`] can
+    /// tell when an old table is out of use.
+    pub fn reader(&self) -> TableReader {
+        let mark = Arc::new(CachePadded::new(AtomicU64::new(READER_IDLE)));
+        self.readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::clone(&mark));
+        TableReader {
+            cache: self.cache(),
+            mark,
+            reported: READER_IDLE,
+        }
+    }
+
+    /// Waits until every reader is asleep or uses `generation` or newer:
+    /// from then on no worker can act on an older table (a grace period).
+    /// Returns false when `timeout` passed first (a worker stuck in one
+    /// batch that long is a bug to log, not to wait for for ever).
+    pub fn wait_for_readers(&self, generation: u64, timeout: Duration) -> bool {
+        // SeqCst fence: orders the caller's publish before the marks read
+        // below; pairs with the fence in `TableReader::load` (a reader
+        // that we see asleep loads the table after its WAKING mark, so it
+        // sees what we published; one we see WAKING or older is waited
+        // for).
+        fence(Ordering::SeqCst);
+        let readers = self
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let done = readers.iter().all(|mark| {
+                // SeqCst: see the fence above.
+                let seen = mark.load(Ordering::SeqCst);
+                seen == READER_IDLE || (seen != READER_WAKING && seen >= generation)
+            });
+            if done {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(100));
         }
     }
 
@@ -256,6 +376,47 @@ impl TableHandle {
     /// published: one atomic load per batch in the common case.
     pub fn cache(&self) -> arc_swap::Cache<Arc<ArcSwap<CompiledTable>>, Arc<CompiledTable>> {
         arc_swap::Cache::new(Arc::clone(&self.current))
+    }
+}
+
+/// One worker's access to the published table (see
+/// [`TableHandle::reader`]). Owned by one thread.
+#[derive(Debug)]
+pub struct TableReader {
+    cache: arc_swap::Cache<Arc<ArcSwap<CompiledTable>>, Arc<CompiledTable>>,
+    mark: Arc<CachePadded<AtomicU64>>,
+    /// The mark last stored, so that a steady worker stores nothing.
+    reported: u64,
+}
+
+impl TableReader {
+    /// The current table, for one batch; reports its generation. One
+    /// atomic load per batch when nothing changed.
+    #[inline]
+    pub fn load(&mut self) -> &Arc<CompiledTable> {
+        if self.reported == READER_IDLE {
+            // SeqCst store and fence: the WAKING mark is visible before
+            // the table load below (see `TableHandle::wait_for_readers`).
+            self.mark.store(READER_WAKING, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            self.reported = READER_WAKING;
+        }
+        let generation = self.cache.load().generation();
+        if generation != self.reported {
+            // SeqCst: read by `wait_for_readers`; a new generation at most
+            // once per published table.
+            self.mark.store(generation, Ordering::SeqCst);
+            self.reported = generation;
+        }
+        self.cache.load()
+    }
+
+    /// The worker is about to sleep (or stop) and uses no table until its
+    /// next [`TableReader::load`].
+    pub fn idle(&mut self) {
+        // SeqCst: see `wait_for_readers`.
+        self.mark.store(READER_IDLE, Ordering::SeqCst);
+        self.reported = READER_IDLE;
     }
 }
 
@@ -365,5 +526,55 @@ mod tests {
         assert_eq!(cache.load().generation(), 0);
         handle.publish(CompiledTable::compile(model(vec![]), 7));
         assert_eq!(cache.load().generation(), 7);
+    }
+
+    #[test]
+    fn the_grace_period_waits_for_readers_of_older_tables_only() {
+        let handle = TableHandle::new(CompiledTable::compile(model(vec![]), 1));
+        let mut busy = handle.reader();
+        let mut asleep = handle.reader();
+        assert_eq!(busy.load().generation(), 1);
+        assert_eq!(asleep.load().generation(), 1);
+        asleep.idle();
+        handle.publish(CompiledTable::compile(model(vec![]), 2));
+        let short = Duration::from_millis(20);
+        assert!(
+            !handle.wait_for_readers(2, short),
+            "a reader still in a batch of table 1"
+        );
+        assert_eq!(busy.load().generation(), 2);
+        assert!(
+            handle.wait_for_readers(2, short),
+            "the busy reader moved on; the sleeping one will load table 2"
+        );
+        assert_eq!(asleep.load().generation(), 2);
+        busy.idle();
+        asleep.idle();
+        assert!(handle.wait_for_readers(2, short));
+    }
+
+    #[test]
+    fn a_table_retires_only_the_targets_it_was_given() {
+        let gone = endpoint(12, EndpointState::READY);
+        let kept = endpoint(13, EndpointState::READY);
+        let old = flow_targets(&model(vec![gone.clone(), kept.clone()]));
+        let new_model = model(vec![kept]);
+        let new = flow_targets(&new_model);
+        let t = CompiledTable::compile(new_model, 2).with_retiring(old.difference(&new).copied());
+        assert_eq!(t.retiring_len(), 1);
+        let flow = FlowKey {
+            src: Ipv4Addr::new(198, 18, 0, 2),
+            dst: Ipv4Addr::new(198, 18, 100, 10),
+            src_port: 40000,
+            dst_port: 8080,
+            protocol: Protocol::Tcp,
+        };
+        assert!(t.retires(&flow, (Ipv4Addr::new(198, 18, 2, 12), 5678)));
+        assert!(!t.retires(&flow, (Ipv4Addr::new(198, 18, 2, 13), 5678)));
+        let other_port = FlowKey {
+            dst_port: 8081,
+            ..flow
+        };
+        assert!(!t.retires(&other_port, (Ipv4Addr::new(198, 18, 2, 12), 5678)));
     }
 }

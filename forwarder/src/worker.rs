@@ -37,7 +37,7 @@ use crate::counters::{DropReason, SocketStat, WorkerCounters};
 use crate::metrics::WorkerLatency;
 use crate::pipeline::{set_l2, BatchContext, Pipeline, Verdict};
 use crate::route::{NetSnapshot, PortId};
-use crate::table::TableHandle;
+use crate::table::TableReader;
 use crate::xsk::WorkerIo;
 
 /// Frames that may wait for neighbour resolution at once, per worker.
@@ -66,7 +66,9 @@ pub type ResolveFn = Arc<dyn Fn(u32, Ipv4Addr) + Send + Sync>;
 
 /// What a worker needs from the rest of the gateway.
 pub struct WorkerShared {
-    pub table: TableHandle,
+    /// This worker's view of the published table (registered by the
+    /// control thread, which waits on it before retiring flows).
+    pub table: TableReader,
     pub net: Arc<ArcSwap<NetSnapshot>>,
     pub stop: Arc<AtomicBool>,
     pub resolve: ResolveFn,
@@ -152,7 +154,6 @@ impl Worker {
 
     /// Runs until the stop flag is set.
     pub fn run(mut self) {
-        let mut table_cache = self.shared.table.cache();
         let mut idle_rounds = 0u32;
         let busy_poll = self.io.sockets.iter().any(|s| s.busy_poll);
         let idle_spin = if busy_poll {
@@ -165,7 +166,7 @@ impl Worker {
         // Acquire: pairs with the Release store that asks workers to stop,
         // so everything the stopping thread did before is visible here.
         while !self.shared.stop.load(Ordering::Acquire) {
-            let table = Arc::clone(table_cache.load());
+            let table = Arc::clone(self.shared.table.load());
             let net = self.shared.net.load_full();
             let now = Instant::now();
             self.latency.flush_if_due(now);
@@ -202,6 +203,8 @@ impl Worker {
                 continue;
             }
             if now.duration_since(*idle_since.get_or_insert(now)) >= idle_spin {
+                // Nothing of this iteration's table is used past here.
+                self.shared.table.idle();
                 self.sleep();
                 idle_rounds = 0;
                 idle_since = None;
@@ -214,6 +217,7 @@ impl Worker {
                 }
             }
         }
+        self.shared.table.idle();
     }
 
     /// The kernel's statistics of this worker's sockets, summed, into its

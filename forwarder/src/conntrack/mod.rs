@@ -69,7 +69,7 @@ use cipgw_config::Protocol;
 use crossbeam::utils::CachePadded;
 
 use self::index::{FlowIndex, Placed};
-use self::queue::{EvictionQueue, Queued, QUEUE_BYTES};
+use self::queue::{Closing, EvictionQueue, Queued, QUEUE_BYTES};
 use self::slab::{FlowData, Life, RecordId, Slab};
 use crate::wire::tcp::flags as tcp_flags;
 
@@ -159,6 +159,24 @@ impl FlowState {
         }
     }
 
+    /// FIN_WAIT, CLOSE_WAIT, TIME_WAIT, CLOSE: the connection is ending,
+    /// so under a full table it may make way for a new one.
+    pub const fn is_closing(self) -> bool {
+        matches!(
+            self,
+            FlowState::TcpFinWait
+                | FlowState::TcpCloseWait
+                | FlowState::TcpTimeWait
+                | FlowState::TcpClose
+        )
+    }
+
+    /// TIME_WAIT or CLOSE: a new SYN on the same 5-tuple replaces the
+    /// flow.
+    pub const fn is_finished(self) -> bool {
+        matches!(self, FlowState::TcpTimeWait | FlowState::TcpClose)
+    }
+
     /// The state a new flow starts in.
     pub const fn initial(protocol: Protocol) -> FlowState {
         match protocol {
@@ -183,7 +201,11 @@ impl FlowState {
 }
 
 /// State byte layout: the state in the low bits, then flags.
-const STATE_MASK: u8 = 0x0f;
+const STATE_MASK: u8 = 0x07;
+/// The flow is assured (Linux's IPS_ASSURED): TCP saw the client's ACK
+/// after the backend's SYN-ACK, UDP saw a packet after the first reply.
+/// An assured flow that is not closing is never evicted.
+const ASSURED: u8 = 0x08;
 /// A FIN was seen client -> backend.
 const FIN_FORWARD: u8 = 0x10;
 /// A FIN was seen backend -> client.
@@ -277,6 +299,38 @@ impl Default for ConntrackConfig {
     }
 }
 
+/// Why a flow was evicted for a new one, in the order a full table
+/// looks for victims (Linux's early_drop, tcp_can_early_drop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum EvictionClass {
+    /// Idle past its state's timeout, found at the head of a queue
+    /// before the sweeper got to it.
+    Expired = 0,
+    /// Not assured: a TCP handshake not completed, a UDP flow not yet a
+    /// stream (also what the flood guard evicts).
+    Unassured = 1,
+    /// Assured but closing: FIN_WAIT, CLOSE_WAIT, TIME_WAIT, CLOSE.
+    Closing = 2,
+}
+
+impl EvictionClass {
+    pub const ALL: [EvictionClass; 3] = [
+        EvictionClass::Expired,
+        EvictionClass::Unassured,
+        EvictionClass::Closing,
+    ];
+
+    /// The label used in metrics and listings.
+    pub const fn name(self) -> &'static str {
+        match self {
+            EvictionClass::Expired => "expired",
+            EvictionClass::Unassured => "unassured",
+            EvictionClass::Closing => "closing",
+        }
+    }
+}
+
 /// A flow whose Service port has no counter slot.
 pub const NO_SLOT: u32 = u32::MAX;
 
@@ -326,12 +380,15 @@ pub enum InsertError {
 #[derive(Debug, Default)]
 pub struct ConntrackStats {
     pub inserted: AtomicU64,
-    /// Unreplied flows evicted for a new one.
-    pub evicted: AtomicU64,
+    /// Flows evicted for a new one, per [`EvictionClass`].
+    pub evicted: [AtomicU64; EvictionClass::ALL.len()],
     /// New flows refused because nothing could be evicted.
     pub refused: AtomicU64,
     /// Flows removed because their backend or Service went away.
     pub retired: AtomicU64,
+    /// Flows in TIME_WAIT or CLOSE replaced by a new SYN on the same
+    /// 5-tuple (which then gets a fresh backend).
+    pub replaced: AtomicU64,
     /// Finished flows (TIME_WAIT, closed) that made way for a new
     /// connection reusing their reply 5-tuple through another VIP.
     pub reused: AtomicU64,
@@ -377,9 +434,13 @@ pub struct Conntrack {
     /// flows ([`crate::pipeline`]) know when to forget what they hold.
     /// Read on every steady packet, written rarely: its own line.
     removals: CachePadded<AtomicU64>,
-    /// Flows inserted unreplied, oldest first; entries of flows that got
-    /// a reply or left are skipped when popped.
-    unreplied_queue: EvictionQueue,
+    /// Flows as inserted (not assured), oldest first; entries of flows
+    /// that were assured or left are skipped when popped.
+    unassured_queue: EvictionQueue<Queued>,
+    /// Assured flows that began to close, oldest first; entries of flows
+    /// that left are skipped when popped. Locked after `unassured_queue`
+    /// when both are held.
+    closing_queue: EvictionQueue<Closing>,
     stats: CachePadded<ConntrackStats>,
 }
 
@@ -547,7 +608,8 @@ impl Conntrack {
             live: CachePadded::new(AtomicUsize::new(0)),
             unreplied: CachePadded::new(AtomicUsize::new(0)),
             removals: CachePadded::new(AtomicU64::new(0)),
-            unreplied_queue: EvictionQueue::new(records),
+            unassured_queue: EvictionQueue::new(records),
+            closing_queue: EvictionQueue::new(records),
             stats: CachePadded::new(ConntrackStats::default()),
         }
     }
@@ -625,12 +687,29 @@ impl Conntrack {
         })
     }
 
-    /// Records a packet on a found flow: last seen, state.
+    /// Records a packet on a found flow: last seen, state. A new SYN on a
+    /// flow in TIME_WAIT or CLOSE ends it instead (as Linux does): the
+    /// lookup misses and the SYN starts a new flow with a fresh backend.
     #[inline]
     fn touch(&self, found: Found, protocol: Protocol, now: u32, flags: u8) -> Option<FlowHit> {
         let mut life = found.life;
         loop {
             let bits = life.bits();
+            if protocol == Protocol::Tcp
+                && found.direction == Direction::Forward
+                && flags & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST) == tcp_flags::SYN
+                && FlowState::from_bits(bits).is_finished()
+            {
+                let seq = life.seq();
+                let finished = |l: Life| FlowState::from_bits(l.bits()).is_finished();
+                if self
+                    .remove_flow(found.id, |_, l| l.seq() == seq && finished(l))
+                    .is_some()
+                {
+                    self.stats.replaced.fetch_add(1, STAT);
+                }
+                return None;
+            }
             let next = next_state(bits, found.direction, protocol, flags);
             let updated = life.with(next, now.max(life.seen()));
             // Unchanged (the common case within a second): no write, so
@@ -644,6 +723,17 @@ impl Conntrack {
                     // cleared), by the one swap that wins here.
                     if bits & REPLIED == 0 && next & REPLIED != 0 {
                         self.unreplied.fetch_sub(1, STAT);
+                    }
+                    // An assured flow enters a closing state once (the
+                    // swap that wins): from now on it may make way.
+                    if next & ASSURED != 0
+                        && FlowState::from_bits(next).is_closing()
+                        && !FlowState::from_bits(bits).is_closing()
+                    {
+                        self.closing_queue.lock().push(Closing {
+                            id: found.id,
+                            seq: life.seq(),
+                        });
                     }
                     return Some(found.flow.hit(found.direction, next));
                 }
@@ -703,6 +793,7 @@ impl Conntrack {
         let Some(id) = self.admit(
             self.index.home(forward_hash) as u32,
             self.index.home(reply_hash) as u32,
+            now,
         ) else {
             self.stats.refused.fetch_add(1, STAT);
             return Err(InsertError::Full);
@@ -743,12 +834,7 @@ impl Conntrack {
                     return Ok(flow.hit(Direction::Forward, bits));
                 }
                 Placed::Exists(old) => {
-                    let finished = |l: Life| {
-                        matches!(
-                            FlowState::from_bits(l.bits()),
-                            FlowState::TcpTimeWait | FlowState::TcpClose
-                        )
-                    };
+                    let finished = |l: Life| FlowState::from_bits(l.bits()).is_finished();
                     if !finished(old.life) {
                         self.discard(id, life, forward_hash, reply_hash);
                         return Err(InsertError::ReplyClash);
@@ -795,22 +881,28 @@ impl Conntrack {
         }
     }
 
-    /// Makes room for a new unreplied flow, counts it in and queues it;
-    /// returns the record it gets, or `None` when room was needed and
-    /// nothing could be evicted.
+    /// Makes room for a new flow, counts it in and queues it; returns the
+    /// record it gets, or `None` when room was needed and nothing could
+    /// be evicted.
     ///
     /// Room is needed when the table is full or unreplied flows hold
-    /// their share of it (the flood guard): the oldest unreplied flow is
-    /// evicted and the new flow takes over its record and its place in
-    /// both counts, so a flood's insert costs no allocation and no count
-    /// update. Queue slots of flows that have moved on (replied, or gone)
-    /// are consumed on the way; each is consumed once, so the work is
-    /// amortised over the inserts that queued them, and one call is
-    /// bounded to keep a worker's pause short. The queue prefetches the
-    /// records and buckets of the flows a few evictions ahead, so a
-    /// flood's evictions do not wait on memory.
-    fn admit(&self, forward_home: u32, reply_home: u32) -> Option<RecordId> {
-        let mut queue = self.unreplied_queue.lock();
+    /// their share of it (the flood guard). A full table evicts, in this
+    /// order (Linux's early_drop): the oldest closing flow if it has
+    /// expired, the oldest flow not yet assured (counted as expired when
+    /// it has), then the oldest assured flow that is closing; an assured
+    /// open flow never. The flood guard evicts only the oldest unreplied
+    /// flow. Expired flows elsewhere in the queues are the sweeper's.
+    ///
+    /// The new flow takes over the victim's record and its place in the
+    /// counts, so a flood's insert costs no allocation. Queue slots of
+    /// flows that have moved on (assured, or gone) are consumed on the
+    /// way; each is consumed once, so the work is amortised over the
+    /// inserts that queued them, and one call is bounded to keep a
+    /// worker's pause short. The queue prefetches the records and buckets
+    /// of the flows a few evictions ahead, so a flood's evictions do not
+    /// wait on memory.
+    fn admit(&self, forward_home: u32, reply_home: u32, now: u32) -> Option<RecordId> {
+        let mut queue = self.unassured_queue.lock();
         let full = self.live.load(STAT) >= self.config.max_flows;
         let flooded = self.unreplied.load(STAT) >= self.unreplied_cap;
         let queued = |id| Queued {
@@ -827,27 +919,118 @@ impl Conntrack {
             self.unreplied.fetch_add(1, STAT);
             return Some(id);
         }
+        let timeouts = &self.config.timeouts;
+        let expired = |l: Life| {
+            l.seen()
+                .saturating_add(timeouts.of(FlowState::from_bits(l.bits())))
+                < now
+        };
+        let closing_flow =
+            |l: Life| l.bits() & ASSURED != 0 && FlowState::from_bits(l.bits()).is_closing();
+        let mut closing = full.then(|| self.closing_queue.lock());
+
+        // 1. The oldest closing flow, if it has expired.
+        if let Some(closing) = closing.as_mut() {
+            for _ in 0..EVICTION_SCAN {
+                let Some(&head) = closing.front() else { break };
+                let claimed = self.claim_flow(head.id, |_, l| {
+                    l.seq() == head.seq && closing_flow(l) && expired(l)
+                });
+                if let Some((flow, life)) = claimed {
+                    closing.pop_front();
+                    queue.push(queued(head.id));
+                    drop(queue);
+                    return Some(self.take_over(head.id, &flow, life, EvictionClass::Expired));
+                }
+                match self.slab.read(head.id) {
+                    // Still closing, just not expired: it stays first.
+                    Some((_, l)) if l.seq() == head.seq && closing_flow(l) => break,
+                    _ => {
+                        closing.pop_front();
+                    }
+                }
+            }
+        }
+
+        // 2. The oldest flow not yet assured (under the flood guard
+        // alone: not yet replied).
+        let unassured = |l: Life| {
+            if full {
+                l.bits() & ASSURED == 0
+            } else {
+                l.bits() & REPLIED == 0
+            }
+        };
+        let mut kept = 0;
         for _ in 0..EVICTION_SCAN {
-            let victim = queue.pop_front()?;
+            let Some(victim) = queue.pop_front() else {
+                break;
+            };
             if let Some(ahead) = queue.get(EVICTION_LOOKAHEAD) {
                 self.slab.prefetch(ahead.id);
                 self.index.prefetch_home(ahead.forward_home as usize);
                 self.index.prefetch_home(ahead.reply_home as usize);
             }
-            let claimed = self.claim_flow(victim.id, |_, l| {
-                l.seq() == victim.seq && l.bits() & REPLIED == 0
-            });
-            if let Some((flow, _)) = claimed {
+            let claimed = self.claim_flow(victim.id, |_, l| l.seq() == victim.seq && unassured(l));
+            if let Some((flow, life)) = claimed {
                 queue.push(queued(victim.id));
                 drop(queue);
-                // The victim's slots go before its record is reused, so
-                // no slot of it can be mistaken for the new flow's.
-                self.unlink(victim.id, &flow);
-                self.stats.evicted.fetch_add(1, STAT);
-                return Some(victim.id);
+                let class = if expired(life) {
+                    EvictionClass::Expired
+                } else {
+                    EvictionClass::Unassured
+                };
+                return Some(self.take_over(victim.id, &flow, life, class));
+            }
+            // Replied but not assured yet (mid-handshake) is spared by the
+            // flood guard, but stays queued for a full table.
+            let spared = self
+                .slab
+                .read(victim.id)
+                .is_some_and(|(_, l)| l.seq() == victim.seq && l.bits() & ASSURED == 0);
+            if spared && kept < queue.capacity() {
+                queue.push(victim);
+                kept += 1;
+            }
+        }
+
+        // 3. The oldest assured flow that is closing.
+        let mut closing = closing?;
+        for _ in 0..EVICTION_SCAN {
+            let victim = closing.pop_front()?;
+            let claimed =
+                self.claim_flow(victim.id, |_, l| l.seq() == victim.seq && closing_flow(l));
+            if let Some((flow, life)) = claimed {
+                queue.push(queued(victim.id));
+                drop(queue);
+                drop(closing);
+                return Some(self.take_over(victim.id, &flow, life, EvictionClass::Closing));
             }
         }
         None
+    }
+
+    /// Gives the record of a claimed victim to the new flow that `admit`
+    /// already queued in it: unlinks the victim (before the record is
+    /// reused, so no slot of it can be mistaken for the new flow's) and
+    /// moves the counts. The new flow is unreplied and takes the victim's
+    /// place in the live count.
+    fn take_over(
+        &self,
+        id: RecordId,
+        victim: &FlowData,
+        life: Life,
+        class: EvictionClass,
+    ) -> RecordId {
+        self.unlink(id, victim);
+        self.stats.evicted[class as usize].fetch_add(1, STAT);
+        if life.bits() & REPLIED != 0 {
+            self.unreplied.fetch_add(1, STAT);
+            // A replied flow may sit in a worker's flow cache; Release as
+            // in `remove_flow`.
+            self.removals.fetch_add(1, Ordering::Release);
+        }
+        id
     }
 
     /// Claims the flow in record `id` if `doomed` says so of its current
@@ -923,6 +1106,25 @@ impl Conntrack {
             .is_some()
     }
 
+    /// Retires the flow whose forward key is `key` if it still goes to
+    /// `backend`: a worker found it headed for an endpoint the current
+    /// table no longer has (see [`crate::table::CompiledTable::retires`]).
+    /// Counted as retired. Returns whether it was removed.
+    pub fn retire_flow(&self, key: &FlowKey, backend: (Ipv4Addr, u16)) -> bool {
+        let Some(found) = self.find(key, self.hash(key)) else {
+            return false;
+        };
+        let removed = self
+            .remove_flow(found.id, |f, l| {
+                l.seq() == found.life.seq() && (f.backend, f.backend_port) == backend
+            })
+            .is_some();
+        if removed {
+            self.stats.retired.fetch_add(1, STAT);
+        }
+        removed
+    }
+
     /// How many replied flows were ever removed; changes whenever one is.
     #[inline]
     pub fn removals(&self) -> u64 {
@@ -992,15 +1194,22 @@ impl Conntrack {
 }
 
 /// The state bits after a packet with `flags` travelling `direction`.
+/// (A new SYN on a finished flow never gets here: [`Conntrack::touch`]
+/// replaces the flow.)
 #[inline]
 fn next_state(bits: u8, direction: Direction, protocol: Protocol, flags: u8) -> u8 {
     let state = FlowState::from_bits(bits);
     let mut flag_bits = bits & !STATE_MASK;
+    let replied_before = flag_bits & REPLIED != 0;
     if direction == Direction::Reply {
         flag_bits |= REPLIED;
     }
     let next = match protocol {
         Protocol::Udp => {
+            // A stream: a packet either way after the first reply.
+            if replied_before {
+                flag_bits |= ASSURED;
+            }
             if flag_bits & REPLIED != 0 {
                 FlowState::UdpReplied
             } else {
@@ -1008,15 +1217,16 @@ fn next_state(bits: u8, direction: Direction, protocol: Protocol, flags: u8) -> 
             }
         }
         Protocol::Tcp => {
+            // The client's ACK after the backend's SYN-ACK completes the
+            // handshake (the SYN-ACK alone does not).
+            if replied_before
+                && direction == Direction::Forward
+                && flags & (tcp_flags::ACK | tcp_flags::SYN | tcp_flags::RST) == tcp_flags::ACK
+            {
+                flag_bits |= ASSURED;
+            }
             if flags & tcp_flags::RST != 0 {
                 FlowState::TcpClose
-            } else if direction == Direction::Forward
-                && flags & tcp_flags::SYN != 0
-                && flags & tcp_flags::ACK == 0
-                && matches!(state, FlowState::TcpTimeWait | FlowState::TcpClose)
-            {
-                // The client reuses the port for a new connection.
-                return (bits & (REPLIED | AFFINITY)) | FlowState::TcpSynSent as u8;
             } else {
                 if flags & tcp_flags::FIN != 0 {
                     flag_bits |= match direction {

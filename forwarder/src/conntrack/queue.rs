@@ -1,7 +1,8 @@
-//! The eviction queue: unreplied flows, oldest first, behind a spin lock.
-//!
-//! Every new flow passes through here once (queued, and in a flood one
-//! older flow evicted), for a few dozen nanoseconds under the lock. The
+//! The eviction queues: flows that may make way for new ones, oldest
+//! first, behind a spin lock. One holds flows not yet assured (every new
+//! flow passes through it once: queued, and in a flood one older flow
+//! evicted, for a few dozen nanoseconds under the lock); the other holds
+//! assured flows that began to close. The
 //! lock is a test-and-test-and-set whose release is a plain store, so a
 //! round costs one locked instruction; std's `Mutex` adds a second one
 //! (an exchange on release, for its waiter bookkeeping), which on this
@@ -25,30 +26,40 @@ pub(super) struct Queued {
     pub reply_home: u32,
 }
 
-/// Bytes of queue per flow.
-pub(super) const QUEUE_BYTES: usize = std::mem::size_of::<Queued>();
+/// A closing flow waiting in the closing queue: its record and the
+/// sequence it had. Evictions from this queue are rare (a table full of
+/// assured flows), so it keeps no buckets to prefetch.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Closing {
+    pub id: RecordId,
+    pub seq: u32,
+}
+
+/// Bytes of queue per flow: one entry in each queue.
+pub(super) const QUEUE_BYTES: usize =
+    std::mem::size_of::<Queued>() + std::mem::size_of::<Closing>();
 
 #[derive(Debug)]
-pub(super) struct EvictionQueue {
+pub(super) struct EvictionQueue<T> {
     locked: AtomicBool,
-    entries: UnsafeCell<VecDeque<Queued>>,
+    entries: UnsafeCell<VecDeque<T>>,
 }
 
 // SAFETY: `entries` is only reached through a `QueueGuard`, and at most
 // one guard exists at a time (the `locked` flag), so the queue is never
-// touched from two threads at once; `Queued` is plain data.
-unsafe impl Sync for EvictionQueue {}
+// touched from two threads at once; the entries are plain data.
+unsafe impl<T: Copy + Send> Sync for EvictionQueue<T> {}
 
-impl EvictionQueue {
+impl<T> EvictionQueue<T> {
     /// A queue of at most `capacity` entries, allocated once.
-    pub fn new(capacity: usize) -> EvictionQueue {
+    pub fn new(capacity: usize) -> EvictionQueue<T> {
         EvictionQueue {
             locked: AtomicBool::new(false),
             entries: UnsafeCell::new(VecDeque::with_capacity(capacity)),
         }
     }
 
-    pub fn lock(&self) -> QueueGuard<'_> {
+    pub fn lock(&self) -> QueueGuard<'_, T> {
         let mut spins = 0u32;
         loop {
             // Relaxed: a test before the swap, to spin on a shared line.
@@ -74,14 +85,15 @@ impl EvictionQueue {
 }
 
 /// The queue, locked.
-pub(super) struct QueueGuard<'a> {
-    queue: &'a EvictionQueue,
+pub(super) struct QueueGuard<'a, T> {
+    queue: &'a EvictionQueue<T>,
 }
 
-impl QueueGuard<'_> {
+impl<T> QueueGuard<'_, T> {
     /// Appends an entry; a full queue (it never grows) drops its oldest
-    /// entry, which by then mostly belongs to a flow replied long ago.
-    pub fn push(&mut self, entry: Queued) {
+    /// entry, which by then mostly belongs to a flow that moved on long
+    /// ago.
+    pub fn push(&mut self, entry: T) {
         if self.len() == self.capacity() {
             self.pop_front();
         }
@@ -89,23 +101,23 @@ impl QueueGuard<'_> {
     }
 }
 
-impl Deref for QueueGuard<'_> {
-    type Target = VecDeque<Queued>;
+impl<T> Deref for QueueGuard<'_, T> {
+    type Target = VecDeque<T>;
 
-    fn deref(&self) -> &VecDeque<Queued> {
+    fn deref(&self) -> &VecDeque<T> {
         // SAFETY: this guard is the only one (see `Sync` above).
         unsafe { &*self.queue.entries.get() }
     }
 }
 
-impl DerefMut for QueueGuard<'_> {
-    fn deref_mut(&mut self) -> &mut VecDeque<Queued> {
+impl<T> DerefMut for QueueGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut VecDeque<T> {
         // SAFETY: this guard is the only one (see `Sync` above).
         unsafe { &mut *self.queue.entries.get() }
     }
 }
 
-impl Drop for QueueGuard<'_> {
+impl<T> Drop for QueueGuard<'_, T> {
     fn drop(&mut self) {
         // Release: our changes to the queue are visible to the next
         // holder.

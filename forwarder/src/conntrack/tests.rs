@@ -151,11 +151,16 @@ fn rst_closes_and_syn_reopens() {
         Some(FlowState::TcpClose)
     );
     assert_eq!(ct.sweep(1 + 10), 0);
-    // A new SYN on the same 5-tuple starts over (same backend).
-    assert_eq!(
-        ct.lookup(&forward(2), 5, SYN).map(|h| h.state),
-        Some(FlowState::TcpSynSent)
-    );
+    // A new SYN on the same 5-tuple replaces the closed flow: the lookup
+    // misses, so the SYN starts a new flow with a fresh backend choice.
+    assert_eq!(ct.lookup(&forward(2), 5, SYN), None);
+    assert_eq!(ct.stats().replaced.load(STAT), 1);
+    assert_eq!(ct.summary().flows, 0);
+    let other = (Ipv4Addr::new(198, 18, 2, 12), 5678);
+    let hit = ct
+        .insert(forward(2), other, 5, FlowMeta::default())
+        .expect("a new flow");
+    assert_eq!((hit.nat_ip, hit.nat_port), other);
     assert_eq!(ct.sweep(5 + 120 + 1), 1, "SYN sent expires after 120 s");
 }
 
@@ -223,11 +228,9 @@ fn full_table_evicts_unreplied_never_established() {
         unreplied_percent: 100,
         timeouts: Timeouts::default(),
     });
-    // Two established flows.
+    // Two established (assured) flows.
     for p in [10, 11] {
-        ct.insert(forward(p), backend(), 0, FlowMeta::default())
-            .expect("insert");
-        ct.lookup(&reply(p), 0, SYN | ACK);
+        handshake(&ct, p, 0);
     }
     // Two unreplied ones fill the table.
     ct.insert(forward(20), backend(), 0, FlowMeta::default())
@@ -250,15 +253,220 @@ fn full_table_evicts_unreplied_never_established() {
             "established flow {p} survives"
         );
     }
-    // Reply to the unreplied ones: now nothing may be evicted.
-    ct.lookup(&reply(24), 2, SYN | ACK);
-    ct.lookup(&reply(23), 2, SYN | ACK);
+    // Complete the others' handshakes: now nothing may be evicted.
+    for p in [23, 24] {
+        ct.lookup(&reply(p), 2, SYN | ACK);
+        ct.lookup(&forward(p), 2, ACK);
+    }
     assert_eq!(
         ct.insert(forward(30), backend(), 3, FlowMeta::default()),
         Err(InsertError::Full)
     );
     assert_eq!(ct.stats().refused.load(STAT), 1);
-    assert_eq!(ct.stats().evicted.load(STAT), 3);
+    assert_eq!(evicted(&ct), [0, 3, 0]);
+}
+
+/// Inserts the flow of client port `p` and completes its handshake.
+fn handshake(ct: &Conntrack, p: u16, now: u32) {
+    ct.insert(forward(p), backend(), now, FlowMeta::default())
+        .expect("insert");
+    ct.lookup(&forward(p), now, SYN);
+    ct.lookup(&reply(p), now, SYN | ACK);
+    ct.lookup(&forward(p), now, ACK);
+}
+
+/// Evictions per class, as [`EvictionClass::ALL`].
+fn evicted(ct: &Conntrack) -> [u64; 3] {
+    std::array::from_fn(|i| ct.stats().evicted[i].load(STAT))
+}
+
+/// Whether the flow holding `key` is assured.
+fn assured(ct: &Conntrack, key: &FlowKey) -> bool {
+    let found = ct.find(key, ct.hash(key)).expect("tracked");
+    found.life.bits() & ASSURED != 0
+}
+
+#[test]
+fn tcp_is_assured_by_the_ack_after_the_syn_ack() {
+    let ct = Conntrack::default();
+    ct.insert(forward(1), backend(), 0, FlowMeta::default())
+        .expect("insert");
+    ct.lookup(&forward(1), 0, SYN);
+    assert!(!assured(&ct, &forward(1)));
+    ct.lookup(&reply(1), 0, SYN | ACK);
+    assert!(
+        !assured(&ct, &forward(1)),
+        "the SYN-ACK alone does not assure"
+    );
+    ct.lookup(&forward(1), 0, SYN);
+    assert!(!assured(&ct, &forward(1)), "a retransmitted SYN does not");
+    ct.lookup(&forward(1), 0, ACK);
+    assert!(assured(&ct, &forward(1)), "the client's ACK does");
+    ct.lookup(&forward(1), 1, ACK | FIN);
+    assert!(assured(&ct, &forward(1)), "assured for good");
+}
+
+#[test]
+fn udp_is_assured_once_a_stream() {
+    let ct = Conntrack::default();
+    let mut fwd = forward(1);
+    fwd.protocol = Protocol::Udp;
+    let mut rep = reply(1);
+    rep.protocol = Protocol::Udp;
+    ct.insert(fwd, backend(), 0, FlowMeta::default())
+        .expect("insert");
+    ct.lookup(&fwd, 0, 0);
+    assert!(!assured(&ct, &fwd));
+    ct.lookup(&rep, 0, 0);
+    assert!(!assured(&ct, &fwd), "one reply is not a stream");
+    ct.lookup(&fwd, 0, 0);
+    assert!(assured(&ct, &fwd), "a packet after the reply makes it one");
+}
+
+/// Linux's order under a full table: expired, unassured (oldest first),
+/// closing (oldest first); assured open flows never.
+#[test]
+fn a_full_table_evicts_unassured_then_closing_never_assured_open() {
+    let ct = Conntrack::new(ConntrackConfig {
+        max_flows: 6,
+        unreplied_percent: 100,
+        timeouts: Timeouts::default(),
+    });
+    // Two assured open flows, two assured closing ones (TIME_WAIT, then
+    // FIN_WAIT), a replied-but-unassured one and an unreplied one.
+    handshake(&ct, 10, 0);
+    handshake(&ct, 11, 0);
+    handshake(&ct, 20, 0);
+    ct.lookup(&forward(20), 1, ACK | FIN);
+    ct.lookup(&reply(20), 1, ACK | FIN);
+    handshake(&ct, 21, 0);
+    ct.lookup(&forward(21), 2, ACK | FIN);
+    ct.insert(forward(30), backend(), 3, FlowMeta::default())
+        .expect("insert");
+    ct.lookup(&reply(30), 3, SYN | ACK);
+    ct.insert(forward(31), backend(), 3, FlowMeta::default())
+        .expect("insert");
+    assert_eq!(ct.summary().flows, 6);
+
+    let now = 4;
+    let gone = |p: u16| ct.find(&forward(p), ct.hash(&forward(p))).is_none();
+    let insert = |p: u16| {
+        ct.insert(forward(p), backend(), now, FlowMeta::default())
+            .map(|_| ())
+    };
+    // Unassured first, oldest first: 30 (replied, no ACK yet), 31, then
+    // the new flows themselves, which are unassured too.
+    insert(40).expect("evicts 30");
+    assert!(gone(30) && !gone(31));
+    insert(41).expect("evicts 31");
+    assert!(gone(31));
+    insert(42).expect("evicts 40");
+    assert!(gone(40));
+    assert_eq!(evicted(&ct), [0, 3, 0]);
+    // Assure the two newest: only closing flows are left to evict,
+    // oldest first: 20 (TIME_WAIT), then 21 (FIN_WAIT).
+    for p in [41, 42] {
+        ct.lookup(&reply(p), now, SYN | ACK);
+        ct.lookup(&forward(p), now, ACK);
+    }
+    insert(43).expect("evicts 20");
+    assert!(gone(20) && !gone(21));
+    assert!(assured(&ct, &forward(21)));
+    ct.lookup(&reply(43), now, SYN | ACK);
+    ct.lookup(&forward(43), now, ACK);
+    insert(44).expect("evicts 21");
+    assert!(gone(21));
+    ct.lookup(&reply(44), now, SYN | ACK);
+    ct.lookup(&forward(44), now, ACK);
+    assert_eq!(evicted(&ct), [0, 3, 2]);
+    // Only assured open flows now: refused, and every one survives.
+    assert_eq!(insert(45), Err(InsertError::Full));
+    for p in [10, 11, 41, 42, 43, 44] {
+        assert!(!gone(p), "assured open flow {p} survives");
+    }
+}
+
+#[test]
+fn an_expired_closing_flow_goes_before_an_unassured_one() {
+    let t = Timeouts::default();
+    let ct = Conntrack::new(ConntrackConfig {
+        max_flows: 2,
+        unreplied_percent: 100,
+        timeouts: t,
+    });
+    handshake(&ct, 10, 0);
+    ct.lookup(&forward(10), 0, ACK | FIN);
+    ct.lookup(&reply(10), 0, ACK | FIN);
+    let now = t.of(FlowState::TcpTimeWait) + 1;
+    ct.insert(forward(11), backend(), now, FlowMeta::default())
+        .expect("insert");
+    // Full: the TIME_WAIT flow has expired (the sweeper has not run).
+    ct.insert(forward(12), backend(), now, FlowMeta::default())
+        .expect("evicts the expired flow");
+    assert!(ct.lookup(&forward(10), now, ACK).is_none());
+    assert!(ct.lookup(&forward(11), now, SYN).is_some());
+    assert_eq!(evicted(&ct), [1, 0, 0]);
+}
+
+#[test]
+fn a_syn_replaces_a_flow_in_time_wait_with_a_fresh_backend() {
+    let ct = Conntrack::default();
+    handshake(&ct, 10, 0);
+    ct.lookup(&forward(10), 1, ACK | FIN);
+    ct.lookup(&reply(10), 1, ACK | FIN);
+    assert_eq!(
+        ct.lookup(&forward(10), 1, ACK).map(|h| h.state),
+        Some(FlowState::TcpTimeWait)
+    );
+    // Neither a SYN-ACK nor the backend's SYN replaces it.
+    assert!(ct.lookup(&forward(10), 2, SYN | ACK).is_some());
+    assert!(ct.lookup(&reply(10), 2, SYN).is_some());
+    assert_eq!(ct.lookup(&forward(10), 3, SYN), None, "replaced");
+    assert_eq!(ct.stats().replaced.load(STAT), 1);
+    assert!(
+        ct.lookup(&reply(10), 3, ACK).is_none(),
+        "both keys are gone"
+    );
+    let other = (Ipv4Addr::new(198, 18, 2, 12), 5678);
+    let hit = ct
+        .insert(forward(10), other, 3, FlowMeta::default())
+        .expect("the new connection");
+    assert_eq!((hit.nat_ip, hit.nat_port), other);
+    assert_eq!(ct.summary().flows, 1);
+}
+
+#[test]
+fn the_flood_guard_spares_a_handshake_in_progress() {
+    let ct = Conntrack::new(ConntrackConfig {
+        max_flows: 100,
+        unreplied_percent: 2,
+        timeouts: Timeouts::default(),
+    });
+    // Mid-handshake: replied, not assured yet, and oldest in the queue.
+    ct.insert(forward(1), backend(), 0, FlowMeta::default())
+        .expect("insert");
+    ct.lookup(&reply(1), 0, SYN | ACK);
+    for p in 100..200 {
+        ct.insert(forward(p), backend(), 0, FlowMeta::default())
+            .expect("flood flows evict each other");
+    }
+    assert!(ct.lookup(&forward(1), 0, ACK).is_some(), "spared");
+    assert!(assured(&ct, &forward(1)));
+    assert_eq!(ct.summary().unreplied, 2);
+}
+
+#[test]
+fn retire_flow_removes_only_a_flow_still_on_that_backend() {
+    let ct = Conntrack::default();
+    handshake(&ct, 10, 0);
+    let other = (Ipv4Addr::new(198, 18, 2, 12), 5678);
+    assert!(!ct.retire_flow(&forward(10), other), "another backend's");
+    assert!(ct.lookup(&forward(10), 1, ACK).is_some());
+    assert!(ct.retire_flow(&forward(10), backend()));
+    assert!(ct.lookup(&forward(10), 1, ACK).is_none());
+    assert!(ct.lookup(&reply(10), 1, ACK).is_none());
+    assert!(!ct.retire_flow(&forward(10), backend()), "already gone");
+    assert_eq!(ct.stats().retired.load(STAT), 1);
 }
 
 #[test]
@@ -529,7 +737,7 @@ fn concurrent_run(max_flows: usize, index_flows: usize) {
     let stats = ct.stats();
     assert!(stats.inserted.load(STAT) > 1000, "{stats:?}");
     assert!(
-        stats.evicted.load(STAT) > 0,
+        stats.evicted.iter().map(|e| e.load(STAT)).sum::<u64>() > 0,
         "the table filled up: {stats:?}"
     );
     assert!(
