@@ -1,15 +1,21 @@
-//! `cipgw check`: validate a control file and print the resolved table.
+//! `cipgw check`: validate a control file and print the resolved table,
+//! then the objects it skipped (kinds cipgw does not read, such as the
+//! Deployments and ReplicaSets of `kubectl get all -o yaml`). Skipped
+//! objects are not errors: the exit status stays 0.
 
 use std::path::PathBuf;
 
-use cipgw_config::settings;
+use cipgw_config::{parse_control_file, render_skipped, settings};
+use cipgw_control::file_source::{load_control_text, ControlError};
 use ipnet::Ipv4Net;
 
 use super::BadInput;
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
-    /// Control file of Kubernetes manifests to validate.
+    /// Control file of Kubernetes manifests to validate. Objects of kinds
+    /// cipgw does not read (Deployment, ConfigMap, ...) are skipped and
+    /// listed after the table.
     #[arg(long, value_name = "FILE")]
     pub control_file: PathBuf,
     /// CIDR ClusterIPs are allocated from and must lie in.
@@ -18,9 +24,27 @@ pub struct CheckArgs {
 }
 
 pub fn check(args: CheckArgs) -> anyhow::Result<()> {
-    let table =
-        cipgw_control::file_source::load_control_file(&args.control_file, args.service_cidr)
-            .map_err(|e| BadInput(e.to_string()))?;
+    let path = &args.control_file;
+    let bad = |e: ControlError| BadInput(e.to_string());
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        bad(ControlError::Read {
+            path: path.clone(),
+            error,
+        })
+    })?;
+    // The table comes from the gateway's own load path, so that check
+    // answers as a (re)load would. That path keeps no record of skipped
+    // objects; parsing the text once more for them is cheap next to
+    // translating it.
+    let table = load_control_text(&text, args.service_cidr)
+        .map_err(|e| bad(ControlError::from_text(path, e)))?;
+    let objects =
+        parse_control_file(&text).map_err(|e| bad(ControlError::from_text(path, e.into())))?;
     print!("{}", table.render());
+    let skipped = render_skipped(&objects.skipped);
+    if !skipped.is_empty() {
+        println!();
+        print!("{skipped}");
+    }
     Ok(())
 }
