@@ -1,0 +1,105 @@
+//! `cipgw check` on control files that hold more than cipgw reads: the real
+//! binary on the seed's manifests and on a `kubectl get
+//! all,endpointslices -A -o yaml` dump. No namespaces, no root.
+//!
+//! Cases:
+//! - the seed's Deployment + Service with its Pods: the Service resolves to
+//!   the three Pods, the Deployment is listed as skipped, exit status 0;
+//! - the `kubectl get all` List: every Service with its EndpointSlice
+//!   endpoints, the Deployments, ReplicaSets, StatefulSet, DaemonSet and
+//!   HorizontalPodAutoscaler listed as skipped in file order, exit status 0;
+//! - a malformed Service among skipped kinds is still an error (exit
+//!   status 64) naming the document, the object and the field.
+
+use std::path::Path;
+
+#[path = "support/mod.rs"]
+mod support;
+
+/// The service CIDR the testdata/ files are written for.
+const TEST_SERVICE_CIDR: &str = "198.18.100.0/24";
+
+/// Runs `cipgw check` on `file` and returns its standard output, failing
+/// unless it exits 0 with nothing on standard error.
+fn check_ok(file: &Path) -> String {
+    let out = support::check(file, TEST_SERVICE_CIDR);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "cipgw check on {}: {out:?}",
+        file.display()
+    );
+    out.stdout
+}
+
+#[test]
+fn seed_manifests_resolve_and_list_the_deployment_as_skipped() {
+    let stdout = check_ok(&support::testdata().join("seed-echo-server.yaml"));
+    // No clusterIP in the seed's Service: the address is the one allocated
+    // from its namespace/name, stable across runs.
+    let expected = "\
+198.18.100.91:8080/tcp  default/echo-server-clusterip (ClusterIP)  -> 198.18.2.21:5678, 198.18.2.22:5678, 198.18.2.23:5678
+
+skipped 1 object of a kind cipgw does not read:
+  Deployment default/echo-server (document 1)
+";
+    assert_eq!(stdout, expected);
+}
+
+#[test]
+fn kubectl_get_all_resolves_and_lists_skipped_kinds() {
+    let stdout = check_ok(&support::testdata().join("kubectl-get-all.yaml"));
+    let expected = "\
+198.18.100.1:443/tcp     default/kubernetes:https (ClusterIP)       -> 198.18.1.1:6443
+198.18.100.10:53/tcp     kube-system/kube-dns:dns-tcp (ClusterIP)   -> 198.18.5.10:53, 198.18.5.11:53
+198.18.100.10:53/udp     kube-system/kube-dns:dns (ClusterIP)       -> 198.18.5.10:53, 198.18.5.11:53
+198.18.100.10:9153/tcp   kube-system/kube-dns:metrics (ClusterIP)   -> 198.18.5.10:9153, 198.18.5.11:9153
+198.18.100.134:8080/tcp  testing/echo-server-clusterip (ClusterIP)  -> 198.18.2.31:5678, 198.18.2.32:5678, 198.18.2.33:5678
+headless                 shop/db (ClusterIP, headless)              port 5432/tcp (pg) -> 198.18.4.1:5432
+
+skipped 8 objects of kinds cipgw does not read:
+  DaemonSet kube-system/node-agent (document 1, items[12])
+  Deployment kube-system/coredns (document 1, items[13])
+  Deployment testing/echo-server (document 1, items[14])
+  ReplicaSet kube-system/coredns-5d78c9869d (document 1, items[15])
+  ReplicaSet testing/echo-server-6d9f7b8c4d (document 1, items[16])
+  ReplicaSet testing/echo-server-7b5d9c8f6 (document 1, items[17])
+  StatefulSet shop/db (document 1, items[18])
+  HorizontalPodAutoscaler testing/echo-server (document 1, items[19])
+";
+    assert_eq!(stdout, expected);
+}
+
+#[test]
+fn malformed_service_among_skipped_kinds_exits_64() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("control.yaml");
+    let text = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: echo-server
+spec:
+  replicas: 3
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: echo-server-clusterip
+spec:
+  ports:
+  - protocol: TCP
+    port: 8080
+    targetPort: [5678]
+";
+    std::fs::write(&file, text).expect("writing the control file");
+    let out = support::check(&file, TEST_SERVICE_CIDR);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let expected = "document 2 (Service default/echo-server-clusterip), line 16 column 17: \
+                    spec.ports[0].targetPort: ";
+    assert!(
+        out.stderr.contains(expected),
+        "the message does not name document, object and field: {:?}",
+        out.stderr
+    );
+}
