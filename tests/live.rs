@@ -8,6 +8,11 @@
 //! - a Service scales from 3 Pods to 1 and back: new connections follow
 //!   within 1 s, a UDP flow to a removed Pod recovers on its next
 //!   datagram, a TCP connection to a removed Pod gets a RST;
+//! - 50 rounds of 3 Pods -> 1 -> 3: in every round, the moment the new
+//!   table is in force (a probe Service that only it has answers), the
+//!   UDP flows that were on removed Pods answer from the remaining Pod
+//!   and the TCP connections to removed Pods are reset, whatever the
+//!   control thread's retirement pass is doing;
 //! - an invalid file written over a good one changes nothing (traffic
 //!   goes on, the error is logged with its document and field); a fixed
 //!   file then takes effect.
@@ -17,6 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,8 +34,8 @@ use cipgw::lab::{self, Topology};
 mod support;
 
 use support::{
-    connect_pod, new_connections_follow, open_flows, pod_name, request, vip_port, Flows, Lab, Port,
-    DNS, HTTP, TARGET_PORT, UDP_TARGET_PORT,
+    connect_pod, endpoint_slice, new_connections_follow, open_flows, pod_name, request, service,
+    vip_port, Flows, Lab, Port, DNS, HTTP, TARGET_PORT, UDP_TARGET_PORT,
 };
 
 /// How a new version of the control file is put in place.
@@ -257,6 +263,110 @@ fn scaling_to_one_pod_and_back_moves_traffic_within_a_second() {
     let took = spread.unwrap_or_else(|e| lab.fail(e));
     eprintln!("scaled back to three Pods: all reached within {took:?}");
     assert!(took < Duration::from_millis(1500), "took {took:?}");
+    lab.stop_gateway();
+}
+
+/// Waits until a UDP echo answers at `target` (a Service only the newest
+/// table has): from then on that table is in force. Bounded.
+fn wait_until_answered(lab: &Lab, target: SocketAddrV4, round: usize) {
+    let answered = lab.in_client(move || {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
+            socket.connect(target).ok()?;
+            socket
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .ok()?;
+            let mut buf = [0u8; 256];
+            if socket.send(b"probe\n").is_ok() && socket.recv(&mut buf).is_ok() {
+                return Some(());
+            }
+        }
+        None
+    });
+    if answered.is_none() {
+        lab.fail(format_args!(
+            "round {round}: probe {target} never answered: the new table did not take effect"
+        ));
+    }
+}
+
+#[test]
+fn every_scale_down_ends_flows_to_removed_pods_the_moment_it_is_published() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    const ROUNDS: usize = 50;
+    let mut lab = lab(3);
+    let vip = lab.info().vip(10);
+    // Each version carries its own probe Service, so a test can see which
+    // table is in force without waiting for the retirement pass.
+    let probe_one = lab.info().vip(11);
+    let probe_three = lab.info().vip(12);
+    let version = |pods: &[usize], probe: Ipv4Addr| {
+        let mut docs = lab.selector_service("echo", vip, &[HTTP, DNS], pods);
+        docs.push(service("probe", &probe.to_string(), None, &[DNS]));
+        docs.push(endpoint_slice("probe", &[&lab.info().pods[0]], &DNS));
+        docs.join("---\n")
+    };
+    let three = version(&[0, 1, 2], probe_three);
+    let one = version(&[0], probe_one);
+    let file = lab.control_file(&[three.clone()]);
+    lab.start_gateway_with(&["--min-sync-period", "50ms"]);
+    let info = lab.info().clone();
+    let pod1 = info.pods[0].name.clone();
+
+    for round in 0..ROUNDS {
+        wait_until_answered(&lab, vip_port(probe_three, &DNS), round);
+        let Flows { mut tcp, udp } = open_flows(&lab, vip, 3);
+
+        write_version(&file, &one, Rewrite::Rename);
+        wait_until_answered(&lab, vip_port(probe_one, &DNS), round);
+
+        // At once: no waiting for the retirement pass.
+        let udp_after = lab.in_client({
+            let info = info.clone();
+            move || {
+                let mut answers = BTreeMap::new();
+                for (was, u) in &udp {
+                    u.send(b"still?\n")
+                        .map_err(|e| format!("UDP flow of {was}: {e}"))?;
+                    let mut buf = [0u8; 256];
+                    let n = u
+                        .recv(&mut buf)
+                        .map_err(|e| format!("UDP flow of {was}: no answer: {e}"))?;
+                    let now = pod_name(&info, &String::from_utf8_lossy(&buf[..n]))?.to_owned();
+                    answers.insert(was.clone(), now);
+                }
+                Ok::<_, String>(answers)
+            }
+        });
+        let udp_after = udp_after.unwrap_or_else(|e| lab.fail(format_args!("round {round}: {e}")));
+        for (was, now) in &udp_after {
+            assert_eq!(
+                now, &pod1,
+                "round {round}: the UDP flow that was on {was} is now on {now}"
+            );
+        }
+        for (pod, stream) in &mut tcp {
+            let outcome = request(stream);
+            if *pod == pod1 {
+                let reply = outcome.unwrap_or_else(|e| {
+                    lab.fail(format_args!("round {round}: {pod}'s connection: {e}"))
+                });
+                assert_eq!(pod_name(&info, &reply).ok(), Some(pod1.as_str()));
+            } else {
+                match outcome {
+                    Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+                    other => lab.fail(format_args!(
+                        "round {round}: connection to removed {pod}: {other:?}; expected a reset"
+                    )),
+                }
+            }
+        }
+        write_version(&file, &three, Rewrite::Rename);
+    }
     lab.stop_gateway();
 }
 

@@ -13,6 +13,10 @@
 //! - with `--conntrack-max` small, a burst beyond it is refused with RST,
 //!   every established connection keeps working, and after the burst the
 //!   table drains so new connections succeed again;
+//! - with `--conntrack-max 2048` and the default 120 s TIME_WAIT, 6,000
+//!   short connections fill the table with finished flows; they make way
+//!   (Linux's early drop), so held connections live on and new ones
+//!   succeed right after the burst;
 //! - affinity: 50 connections from one client land on one Pod; when that
 //!   Pod is removed the client moves (and sticks to its new Pod); after
 //!   the (short) timeout passes, clients are rebalanced.
@@ -270,6 +274,71 @@ fn a_burst_beyond_conntrack_max_is_refused_and_established_connections_live_on()
         after,
         MAX - HELD,
         "the table drained back to the live flows"
+    );
+    lab.stop_gateway();
+}
+
+#[test]
+fn a_table_full_of_finished_connections_still_admits_new_ones() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    const MAX: usize = 2048;
+    const HELD: usize = 20;
+    const BURST: usize = 6_000;
+    const AFTER: usize = 20;
+    let mut lab =
+        lab_with(|lab| lab.selector_service("echo", lab.info().vip(10), &[HTTP], &[0, 1, 2]));
+    lab.start_gateway_with(&["--conntrack-max", &MAX.to_string()]);
+    let target = vip_port(lab.info().vip(10), &HTTP);
+    let outcome = lab.in_client(move || {
+        let connect = || {
+            let mut s =
+                TcpStream::connect_timeout(&SocketAddr::V4(target), Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            let reply = request(&mut s)?;
+            Ok::<_, std::io::Error>((s, reply))
+        };
+        let mut held = Vec::new();
+        for i in 0..HELD {
+            held.push(connect().map_err(|e| format!("held connection {i}: {e}"))?);
+        }
+        // Open, ask, close: each leaves a flow in TIME_WAIT for 120 s.
+        let started = Instant::now();
+        let mut failed = 0;
+        for _ in 0..BURST {
+            if lab::tcp_request(target, b"hi\n", Duration::from_secs(2)).is_err() {
+                failed += 1;
+            }
+        }
+        let burst_took = started.elapsed();
+        let mut after = 0;
+        for _ in 0..AFTER {
+            if connect().is_ok() {
+                after += 1;
+            }
+        }
+        for (i, (stream, first)) in held.iter_mut().enumerate() {
+            let again =
+                request(stream).map_err(|e| format!("held connection {i} after the burst: {e}"))?;
+            if again != *first {
+                return Err(format!(
+                    "held connection {i} moved: {first:?} then {again:?}"
+                ));
+            }
+        }
+        Ok((failed, burst_took, after))
+    });
+    let (failed, took, after) =
+        outcome.unwrap_or_else(|e| lab.fail(format_args!("TIME_WAIT burst: {e}")));
+    eprintln!(
+        "{BURST} short connections in {took:?} ({failed} failed) over {HELD} held with max {MAX}; \
+         {after} of {AFTER} new connections succeeded after"
+    );
+    assert!(
+        after >= AFTER - 1,
+        "only {after} of {AFTER} new connections succeeded after the burst"
     );
     lab.stop_gateway();
 }
