@@ -312,7 +312,7 @@ fn every_scale_down_ends_flows_to_removed_pods_the_moment_it_is_published() {
     };
     let three = version(&[0, 1, 2], probe_three);
     let one = version(&[0], probe_one);
-    let file = lab.control_file(&[three.clone()]);
+    let file = lab.control_file(std::slice::from_ref(&three));
     lab.start_gateway_with(&["--min-sync-period", "50ms"]);
     let info = lab.info().clone();
     let pod1 = info.pods[0].name.clone();
