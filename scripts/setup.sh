@@ -9,12 +9,13 @@
 #       (linux-libc-dev).
 #   make gcc libc6-dev    the Makefile and libbpf's C build
 #   iproute2 ethtool      network-namespace labs (tests, demo, benchmarks)
+#   iputils-ping          the XDP/netlink namespace tests ping through labs
 set -euo pipefail
 
 PACKAGES=(
     libelf-dev zlib1g-dev clang llvm pkg-config m4 libpcap-dev linux-libc-dev
     make gcc libc6-dev
-    iproute2 ethtool
+    iproute2 ethtool iputils-ping
 )
 
 installed() {
