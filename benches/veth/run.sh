@@ -523,7 +523,8 @@ start_cipgw() { # PEER(cipgw|cipgw-pt[+VARIANT]) SERVICES
     echo "   $bin run ... ${extra[*]}"
     t0=$(date +%s.%N)
     ip netns exec "$NS_GW" "$bin" run --iface "$VG" --iface "$VP" --control-file "$OUT/rules/$2/control.yaml" \
-        --service-cidr $SERVICE_CIDR --cores $GW_CPU --xdp-mode "$XDP_MODE" "${extra[@]}" \
+        --service-cidr $SERVICE_CIDR --cores $GW_CPU --xdp-mode "$XDP_MODE" \
+        --state-dir "$OUT/state-$1-$2" "${extra[@]}" \
         >"$OUT/cipgw-$1-$2.log" 2>&1 &
     CIPGW_PID=$!
     local i

@@ -15,6 +15,10 @@ use serde::Deserialize;
 /// defaults it.
 pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
 
+/// Default directory of the connection table's file (a tmpfs on most
+/// systems: it survives a restart of the gateway, not of the machine).
+pub const DEFAULT_STATE_DIR: &str = "/run/cipgw";
+
 /// Default admin endpoint (loopback only).
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9477";
 
@@ -77,6 +81,9 @@ pub struct Settings {
     /// The `service.kubernetes.io/service-proxy-name` this gateway serves
     /// besides unlabelled Services (Kubernetes source).
     pub proxy_name: String,
+    /// Where the connection table's file lives, so a restarted gateway
+    /// keeps its flows; `None` keeps the table in process memory.
+    pub state_dir: Option<std::path::PathBuf>,
     /// How workers drive their AF_XDP sockets.
     pub io: IoSettings,
 }
@@ -318,6 +325,7 @@ mod tests {
             conntrack: ConntrackSettings::default(),
             min_sync_period: DEFAULT_MIN_SYNC_PERIOD,
             proxy_name: DEFAULT_PROXY_NAME.into(),
+            state_dir: Some(DEFAULT_STATE_DIR.into()),
             io: IoSettings::default(),
         }
     }

@@ -11,8 +11,12 @@
  *     source port, protocol) in cipgw_backends. Only unfragmented packets
  *     and first fragments carry ports; later fragments go to the kernel.
  * Everything else (ARP, IPv6, SSH, traffic to the gateway itself) is
- * XDP_PASS, and so is a matching frame whose queue has no socket bound:
- * bpf_redirect_map's fallback action is XDP_PASS.
+ * XDP_PASS. A matching frame on an interface the gateway serves
+ * (cipgw_ports) whose queue has no socket bound is dropped
+ * (bpf_redirect_map's fallback action): between a gateway's exit and its
+ * successor's start the program stays attached, and VIP traffic the
+ * kernel would answer with RSTs is dropped instead, so TCP retransmits
+ * carry connections over the restart.
  *
  * Socket slots: cipgw_ports maps the ingress ifindex to the port's base
  * slot; the slot in cipgw_xsks is base + RX queue index. Userspace
@@ -79,7 +83,7 @@ static __always_inline int to_socket(struct xdp_md *ctx)
 	if (!base)
 		return XDP_PASS;
 	return (int)bpf_redirect_map(&cipgw_xsks, *base + ctx->rx_queue_index,
-				     XDP_PASS);
+				     XDP_DROP);
 }
 
 SEC("xdp")

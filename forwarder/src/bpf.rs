@@ -519,6 +519,13 @@ impl XdpProgram {
         result
     }
 
+    /// Forgets where the program is attached, so that dropping it leaves
+    /// it there: the kernel keeps the program and its maps for as long
+    /// as it is attached, and the next gateway replaces it.
+    pub fn leave_attached(&mut self) {
+        self.attached.clear();
+    }
+
     /// Directs frames received on `ifindex` to socket slots
     /// `base_slot + rx_queue`.
     pub fn set_port(&self, ifindex: u32, base_slot: u32) -> Result<(), BpfError> {

@@ -32,13 +32,14 @@ use cipgw_control::source::{
 use crate::admin::{AdminServer, AdminState};
 use crate::affinity::Affinity;
 use crate::bpf::{self, BackendKey, XdpProgram};
+use crate::conntrack::persist::{self, Previous, TableFile};
 use crate::conntrack::{Conntrack, ConntrackConfig, Timeouts};
 use crate::counters::WorkerCounters;
 use crate::lb::Rng;
 use crate::metrics::{ServiceStats, WorkerTelemetry};
 use crate::netlink::{self, NetMonitor};
 use crate::pipeline::{Pipeline, PipelineConfig};
-use crate::table::{flow_targets, CompiledTable, TableHandle};
+use crate::table::{flow_targets, CompiledTable, FlowTarget, TableHandle};
 use crate::worker::{Worker, WorkerShared};
 use crate::xsk::{self, BusyPoll, NapiTuning, QueueAssignment, WorkerIo, XskConfig};
 
@@ -71,6 +72,16 @@ struct Gateway {
     program: XdpProgram,
     monitor: NetMonitor,
     conntrack: Arc<Conntrack>,
+    /// The connection table's file, when it has one (`--state-dir`):
+    /// marked clean after a graceful stop.
+    table_file: Option<Arc<TableFile>>,
+    /// Targets of flows adopted from a previous gateway, until the first
+    /// full table says which of them still exist.
+    adopted_targets: Option<HashSet<FlowTarget>>,
+    /// Leave the XDP program attached on exit (`--state-dir`): traffic for
+    /// VIPs is dropped, not handed to the kernel, until the next gateway
+    /// takes over.
+    keep_attached: bool,
     affinity: Arc<Affinity>,
     workers: Vec<(usize, JoinHandle<()>)>,
     counters: Vec<Arc<WorkerCounters>>,
@@ -137,6 +148,74 @@ fn spawn_source(settings: &Settings) -> anyhow::Result<(SourceHandle, Receiver<S
         )?,
     };
     Ok((handle, rx))
+}
+
+/// The connection table, in its file under `--state-dir` (adopting the
+/// flows a previous gateway left there) or in process memory, and the
+/// conntrack clock's zero that goes with it.
+fn open_conntrack(
+    settings: &Settings,
+) -> anyhow::Result<(Arc<Conntrack>, Option<Arc<TableFile>>, Instant)> {
+    let config = conntrack_config(settings);
+    let Some(dir) = &settings.state_dir else {
+        return Ok((Arc::new(Conntrack::new(config)), None, Instant::now()));
+    };
+    let file = TableFile::open(
+        dir,
+        Conntrack::records_for(&config),
+        Conntrack::RECORD_BYTES,
+        persist::monotonic_ns(),
+    )
+    .with_context(|| {
+        format!(
+            "--state-dir {}: opening the connection table",
+            dir.display()
+        )
+    })?;
+    let file = Arc::new(file);
+    let epoch = persist::instant_of(file.epoch_ns());
+    let conntrack = Arc::new(Conntrack::in_file(config, Arc::clone(&file)));
+    let path = file.path().display().to_string();
+    match file.previous() {
+        Previous::Fresh => tracing::info!(%path, "new connection table"),
+        Previous::SetAside { aside, reason } => tracing::warn!(
+            %path,
+            aside = %aside.display(),
+            %reason,
+            "the connection table left there cannot be used; it was set aside and a new one started \
+             (connections through the previous gateway will be reset)"
+        ),
+        Previous::Compatible { clean } => {
+            let now = epoch.elapsed().as_secs() as u32;
+            let adoption = conntrack.adopt(now);
+            tracing::info!(
+                %path,
+                clean_stop = clean,
+                flows = adoption.flows,
+                expired = adoption.expired,
+                discarded = adoption.discarded,
+                "connection table adopted from the previous gateway"
+            );
+        }
+    }
+    Ok((conntrack, Some(file), epoch))
+}
+
+/// Every target adopted flows go to.
+fn adopted_targets(conntrack: &Conntrack) -> HashSet<FlowTarget> {
+    let mut targets = HashSet::new();
+    conntrack.for_each(|key, hit| {
+        if hit.direction == crate::conntrack::Direction::Forward {
+            targets.insert((
+                key.dst,
+                key.dst_port,
+                key.protocol,
+                hit.nat_ip,
+                hit.nat_port,
+            ));
+        }
+    });
+    targets
 }
 
 /// The connection table's bounds and timeouts from the settings; the
@@ -265,8 +344,23 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
         }
     }
 
+    let (conntrack, table_file, epoch) = open_conntrack(settings)?;
+    let adopted = adopted_targets(&conntrack);
+    if from_file && !adopted.is_empty() {
+        // The control file is the whole desired state: flows to targets
+        // it lacks go now, before any worker runs.
+        let targets = flow_targets(compiled.model());
+        let retired = conntrack.retire(|key, (ip, port)| {
+            !targets.contains(&(key.dst, key.dst_port, key.protocol, ip, port))
+        });
+        if retired > 0 {
+            tracing::info!(
+                retired,
+                "adopted flows whose endpoint or port is gone retired"
+            );
+        }
+    }
     let table = TableHandle::new(compiled);
-    let conntrack = Arc::new(Conntrack::new(conntrack_config(settings)));
     let ready = Arc::new(AtomicBool::new(false));
     let admin = Arc::new(AdminState::new(
         settings.ifaces.clone(),
@@ -301,7 +395,6 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
     let resolve: crate::worker::ResolveFn = Arc::new(move |ifindex, ip| {
         resolver.request_resolution(ifindex, ip);
     });
-    let epoch = Instant::now();
     let mut pending = Vec::new();
     for (w, queues) in assignments.into_iter().enumerate() {
         let core = settings.cores[w];
@@ -449,6 +542,9 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
         program,
         monitor,
         conntrack,
+        keep_attached: table_file.is_some(),
+        table_file,
+        adopted_targets: (!from_file && !adopted.is_empty()).then_some(adopted),
         affinity,
         workers: handles,
         counters,
@@ -602,7 +698,10 @@ impl Gateway {
             });
         }
         let slots = self.service_stats.assign(&model);
-        let before = flow_targets(old.model());
+        let mut before = flow_targets(old.model());
+        // The first table of a gateway that adopted flows ends those whose
+        // target it lacks, like any other change.
+        before.extend(self.adopted_targets.take().unwrap_or_default());
         let after = flow_targets(&model);
         let generation = old.generation() + 1;
         let compiled = CompiledTable::compile_with_slots(Arc::clone(&model), generation, |s, p| {
@@ -666,10 +765,27 @@ impl Gateway {
             dropped = totals.2,
             "workers stopped"
         );
-        self.program
-            .detach_all()
-            .context("detaching the XDP program")?;
-        tracing::info!("XDP programs detached; bye");
+        if let Some(file) = &self.table_file {
+            // Every worker is gone: the records are at rest.
+            file.mark_clean();
+            tracing::info!(
+                path = %file.path().display(),
+                flows = self.conntrack.summary().flows,
+                "connection table left for the next gateway"
+            );
+        }
+        if self.keep_attached {
+            self.program.leave_attached();
+            tracing::info!(
+                "XDP program left attached: VIP traffic is dropped, not passed to the kernel, \
+                 until the next gateway takes over; bye"
+            );
+        } else {
+            self.program
+                .detach_all()
+                .context("detaching the XDP program")?;
+            tracing::info!("XDP programs detached; bye");
+        }
         if panicked {
             bail!("a worker panicked");
         }

@@ -108,6 +108,9 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         info.vip_range.to_string(),
         "--cores".into(),
         (cores - 1).to_string(),
+        // The demo's connection table goes with its directory.
+        "--state-dir".into(),
+        dir.join("state").display().to_string(),
     ]);
     println!("starting: cipgw run {}", gw_args.join(" "));
     let gateway = GatewayProcess::start(

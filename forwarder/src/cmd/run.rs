@@ -53,6 +53,12 @@ pub struct RunArgs {
     /// Cores to run workers on, one worker per core: `0`, `0,1`, `2-5`.
     #[arg(long, value_name = "LIST")]
     pub cores: Option<String>,
+    /// Directory of the connection table's file: a restarted, upgraded or
+    /// crashed gateway adopts the flows the one before left there, so
+    /// established connections keep their Pods; `none` keeps the table in
+    /// process memory [default: /run/cipgw].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// XDP attach mode: native where the driver has it (auto), native
     /// only, or generic SKB mode.
     #[arg(long, value_name = "MODE")]
@@ -223,6 +229,7 @@ struct FileSettings {
     kubernetes: Option<bool>,
     kubeconfig: Option<PathBuf>,
     proxy_name: Option<String>,
+    state_dir: Option<PathBuf>,
     #[serde(default, with = "duration_text")]
     min_sync_period: Option<std::time::Duration>,
     cores: Option<String>,
@@ -335,6 +342,11 @@ fn settings(args: RunArgs) -> anyhow::Result<Settings> {
             .proxy_name
             .or(file.proxy_name)
             .unwrap_or_else(|| settings::DEFAULT_PROXY_NAME.into()),
+        state_dir: match args.state_dir.or(file.state_dir) {
+            Some(dir) if dir.as_os_str() == "none" => None,
+            Some(dir) => Some(dir),
+            None => Some(settings::DEFAULT_STATE_DIR.into()),
+        },
         io: IoSettings {
             busy_poll: args
                 .busy_poll

@@ -56,12 +56,14 @@
 //! criterion bench measures it.
 
 mod index;
+pub mod persist;
 mod queue;
 mod slab;
 
 use std::hash::{Hash, Hasher};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ahash::RandomState;
@@ -69,6 +71,7 @@ use cipgw_config::Protocol;
 use crossbeam::utils::CachePadded;
 
 use self::index::{FlowIndex, Placed};
+use self::persist::TableFile;
 use self::queue::{Closing, EvictionQueue, Queued, QUEUE_BYTES};
 use self::slab::{FlowData, Life, RecordId, Slab};
 use crate::wire::tcp::flags as tcp_flags;
@@ -583,20 +586,54 @@ fn prefetch<T>(item: &T) {
     let _ = item;
 }
 
+/// What [`Conntrack::adopt`] found in a table file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Adoption {
+    /// Live flows taken over.
+    pub flows: usize,
+    /// Records that held a flow past its timeout.
+    pub expired: usize,
+    /// Records that could not be believed (torn, scribbled, a key held
+    /// twice), set free.
+    pub discarded: usize,
+}
+
 impl Conntrack {
     pub fn new(config: ConntrackConfig) -> Self {
-        let records = config.max_flows.clamp(1, ConntrackConfig::MAX_FLOWS) + RECORD_SLACK;
+        let records = Self::records_for(&config);
         Self::with_index_for(config, records)
+    }
+
+    /// Records a table of `config` needs, id 0 included: what a table
+    /// file is sized for ([`Conntrack::in_file`]).
+    pub fn records_for(config: &ConntrackConfig) -> usize {
+        config.max_flows.clamp(1, ConntrackConfig::MAX_FLOWS) + RECORD_SLACK + 1
+    }
+
+    /// Bytes of one record in a table file.
+    pub const RECORD_BYTES: usize = slab::RECORD_BYTES;
+
+    /// A table whose records live in `file` (opened for
+    /// [`Conntrack::records_for`] records); [`Conntrack::adopt`] then
+    /// takes over the flows a previous gateway left there.
+    pub fn in_file(config: ConntrackConfig, file: Arc<TableFile>) -> Self {
+        let records = Self::records_for(&config);
+        Self::build(config, records, Slab::in_file(file))
     }
 
     /// A table whose index is sized for `index_flows` flows (tests use a
     /// tiny one to make every chain overflow).
     fn with_index_for(config: ConntrackConfig, index_flows: usize) -> Self {
+        let records = Self::records_for(&config) - 1;
+        Self::build(config, index_flows, Slab::new(records as u32))
+    }
+
+    fn build(config: ConntrackConfig, index_flows: usize, slab: Slab) -> Self {
         let max_flows = config.max_flows.clamp(1, ConntrackConfig::MAX_FLOWS);
         let records = max_flows + RECORD_SLACK;
         Self {
             index: FlowIndex::new(index_flows),
-            slab: Slab::new(records as u32),
+            slab,
             hasher: RandomState::new(),
             config: ConntrackConfig {
                 max_flows,
@@ -616,6 +653,141 @@ impl Conntrack {
 
     pub fn config(&self) -> &ConntrackConfig {
         &self.config
+    }
+
+    /// Takes over the flows a previous gateway left in this table's file:
+    /// validates every record on its own (a live sequence, data exactly as
+    /// written, a state of its protocol, a time not in the future, not
+    /// expired at `now`), indexes and counts the good ones, queues the
+    /// evictable ones oldest first, and frees the rest. Flows keep their
+    /// backend, state and last-seen time; their per-Service counter slot
+    /// (another process's) is cleared. Must run before the table is
+    /// shared with any other thread.
+    pub fn adopt(&self, now: u32) -> Adoption {
+        let mut adoption = Adoption::default();
+        let Some(high) = (1..self.slab.len() as RecordId)
+            .rev()
+            .find(|&id| self.slab.raw_life(id).0 != 0)
+        else {
+            return adoption;
+        };
+        let timeouts = &self.config.timeouts;
+        let mut unassured = Vec::new();
+        let mut closing = Vec::new();
+        for id in 1..=high {
+            let Some((flow, life)) = self.slab.read(id) else {
+                // Free, never written, or torn mid-write by a crash.
+                self.slab.release(id);
+                continue;
+            };
+            let state = FlowState::from_bits(life.bits());
+            let plausible = self.slab.is_canonical(id)
+                && matches!(
+                    (flow.protocol, state),
+                    (
+                        Protocol::Udp,
+                        FlowState::UdpUnreplied | FlowState::UdpReplied
+                    ) | (
+                        Protocol::Tcp,
+                        FlowState::TcpSynSent
+                            | FlowState::TcpEstablished
+                            | FlowState::TcpFinWait
+                            | FlowState::TcpCloseWait
+                            | FlowState::TcpTimeWait
+                            | FlowState::TcpClose
+                    )
+                )
+                && life.seen() <= now.saturating_add(1)
+                && !flow.client.is_unspecified()
+                && !flow.vip.is_unspecified()
+                && !flow.backend.is_unspecified()
+                && flow.vip_port != 0
+                && flow.backend_port != 0;
+            if !plausible {
+                adoption.discarded += 1;
+                self.slab.release(id);
+                continue;
+            }
+            if life.seen().saturating_add(timeouts.of(state)) < now {
+                adoption.expired += 1;
+                self.slab.release(id);
+                continue;
+            }
+            let forward_hash = self.hash(&flow.forward_key());
+            let reply_hash = self.hash(&flow.reply_key());
+            if !self.link_adopted(id, &flow, forward_hash, reply_hash) {
+                adoption.discarded += 1;
+                self.slab.release(id);
+                continue;
+            }
+            self.slab.set_slot(id, NO_SLOT);
+            adoption.flows += 1;
+            self.live.fetch_add(1, STAT);
+            let bits = life.bits();
+            if bits & REPLIED == 0 {
+                self.unreplied.fetch_add(1, STAT);
+            }
+            if bits & ASSURED == 0 {
+                unassured.push((
+                    life.seen(),
+                    Queued {
+                        id,
+                        seq: life.seq(),
+                        forward_home: self.index.home(forward_hash) as u32,
+                        reply_home: self.index.home(reply_hash) as u32,
+                    },
+                ));
+            } else if state.is_closing() {
+                closing.push((
+                    life.seen(),
+                    Closing {
+                        id,
+                        seq: life.seq(),
+                    },
+                ));
+            }
+        }
+        self.slab.set_high_water(high);
+        unassured.sort_by_key(|(seen, q)| (*seen, q.id));
+        closing.sort_by_key(|(seen, c)| (*seen, c.id));
+        let mut queue = self.unassured_queue.lock();
+        for (_, q) in unassured {
+            queue.push(q);
+        }
+        drop(queue);
+        let mut queue = self.closing_queue.lock();
+        for (_, c) in closing {
+            queue.push(c);
+        }
+        adoption
+    }
+
+    /// Indexes both keys of an adopted flow; false (and nothing linked)
+    /// when either key is already held.
+    fn link_adopted(
+        &self,
+        id: RecordId,
+        flow: &FlowData,
+        forward_hash: u64,
+        reply_hash: u64,
+    ) -> bool {
+        let (forward, reply) = (flow.forward_key(), flow.reply_key());
+        let forward_word = index::slot_word(forward_hash, id, index::FORWARD);
+        let linked = self.index.link(forward_hash, forward_word, |other, bit| {
+            self.live_match(other, direction_of(bit), &forward)
+        });
+        if !matches!(linked, Placed::Linked) {
+            return false;
+        }
+        let reply_word = index::slot_word(reply_hash, id, index::REPLY);
+        let linked = self.index.link(reply_hash, reply_word, |other, bit| {
+            self.live_match(other, direction_of(bit), &reply)
+        });
+        if !matches!(linked, Placed::Linked) {
+            self.index.unlink(forward_hash, forward_word);
+            return false;
+        }
+        true
     }
 
     pub fn stats(&self) -> &ConntrackStats {

@@ -17,9 +17,13 @@
 //! arrive.
 
 use std::net::Ipv4Addr;
+use std::ops::Deref;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use cipgw_config::Protocol;
+
+use super::persist::TableFile;
 
 /// A record index; 0 is never used, so a slot word of 0 can mean empty.
 pub(super) type RecordId = u32;
@@ -136,10 +140,46 @@ fn decode(client: u64, addrs: u64, target: u64) -> FlowData {
     }
 }
 
+/// Where the records live: process memory, or a table file's mapping
+/// that outlives the process ([`super::persist`]).
+#[derive(Debug)]
+enum Records {
+    Owned(Box<[Record]>),
+    Mapped {
+        ptr: std::ptr::NonNull<Record>,
+        len: usize,
+        /// Keeps the mapping alive as long as the records are used.
+        _file: Arc<TableFile>,
+    },
+}
+
+// SAFETY: the mapped records are atomics in a mapping that `_file` keeps
+// alive; sharing or sending references to them is as safe as for the
+// owned slice.
+unsafe impl Send for Records {}
+// SAFETY: as above.
+unsafe impl Sync for Records {}
+
+impl Deref for Records {
+    type Target = [Record];
+
+    fn deref(&self) -> &[Record] {
+        match self {
+            Records::Owned(records) => records,
+            // SAFETY: `ptr` is the start of `len` records inside the live,
+            // page-aligned mapping (so 32-byte aligned); all bytes are a
+            // valid Record (four AtomicU64s).
+            Records::Mapped { ptr, len, .. } => unsafe {
+                std::slice::from_raw_parts(ptr.as_ptr(), *len)
+            },
+        }
+    }
+}
+
 /// The slab of records and its free list.
 #[derive(Debug)]
 pub(super) struct Slab {
-    records: Box<[Record]>,
+    records: Records,
     /// Top of the free stack: tag (bits 32..64) | record id (0..32, 0 =
     /// empty).
     free_head: AtomicU64,
@@ -156,10 +196,84 @@ impl Slab {
         let records: Box<[Record]> = unsafe { super::zeroed_slice(len) };
         super::advise_huge_pages(&records);
         Slab {
-            records,
+            records: Records::Owned(records),
             free_head: AtomicU64::new(0),
             never_used: AtomicU32::new(1),
         }
+    }
+
+    /// A slab over a table file's records (`capacity` + 1 of them). Its
+    /// free list starts empty: [`Slab::adopt_record`] rebuilds it.
+    pub fn in_file(file: Arc<TableFile>) -> Slab {
+        let (ptr, len) = file.records_ptr();
+        Slab {
+            records: Records::Mapped {
+                ptr: ptr.cast::<Record>(),
+                len,
+                _file: file,
+            },
+            free_head: AtomicU64::new(0),
+            never_used: AtomicU32::new(1),
+        }
+    }
+
+    /// Records in the slab, id 0 included.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// A record's life word as it is, live or not (for adoption).
+    pub fn raw_life(&self, id: RecordId) -> Life {
+        // Relaxed: adoption runs before the table is shared.
+        self.record(id)
+            .map_or(Life(0), |r| Life(r.life.load(Ordering::Relaxed)))
+    }
+
+    /// Adoption: whether a record's data words are exactly what
+    /// [`Slab::publish`] writes for the flow they decode to (no stray
+    /// bits from another layout or a scribble).
+    pub fn is_canonical(&self, id: RecordId) -> bool {
+        self.record(id).is_some_and(|r| {
+            // Relaxed: adoption runs before the table is shared.
+            let words = [
+                r.client.load(Ordering::Relaxed),
+                r.addrs.load(Ordering::Relaxed),
+                r.target.load(Ordering::Relaxed),
+            ];
+            encode(&decode(words[0], words[1], words[2])) == words
+        })
+    }
+
+    /// Adoption: records `1..=id` have been used.
+    pub fn set_high_water(&self, id: RecordId) {
+        // Relaxed: adoption runs before the table is shared.
+        self.never_used.store(id + 1, Ordering::Relaxed);
+    }
+
+    /// Adoption: rewrites a live record's counter slot (the slots of
+    /// another process mean nothing here). Only before the table is
+    /// shared.
+    pub fn set_slot(&self, id: RecordId, slot: u32) {
+        if let Some(r) = self.record(id) {
+            // Relaxed: adoption runs before the table is shared.
+            let target = r.target.load(Ordering::Relaxed);
+            r.target
+                .store((target & !0xffff_ffff) | u64::from(slot), Ordering::Relaxed);
+        }
+    }
+
+    /// Adoption: a record that holds no flow (free, torn or discarded)
+    /// goes on the free list, its sequence odd so no reader believes it.
+    pub fn release(&self, id: RecordId) {
+        let Some(r) = self.record(id) else {
+            return;
+        };
+        let life = Life(r.life.load(Ordering::Relaxed));
+        if life.is_live() {
+            // Relaxed: adoption runs before the table is shared.
+            r.life.store(life.next_seq().0, Ordering::Relaxed);
+        }
+        self.free(id);
     }
 
     /// Records that may hold a flow: ids `1..high_water()`.

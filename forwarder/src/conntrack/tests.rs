@@ -749,3 +749,133 @@ fn concurrent_run(max_flows: usize, index_flows: usize) {
 /// The table's memory per flow, from its layout (the `conntrack` bench
 /// measures the same in RSS).
 const _: () = assert!(ConntrackConfig::BYTES_PER_FLOW <= 100);
+
+/// A table file in a fresh temporary directory, removed on drop.
+struct StateDir(std::path::PathBuf);
+
+impl StateDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("cipgw-ct-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self(dir)
+    }
+
+    fn open(&self, config: &ConntrackConfig) -> Conntrack {
+        let file = persist::TableFile::open(
+            &self.0,
+            Conntrack::records_for(config),
+            Conntrack::RECORD_BYTES,
+            persist::monotonic_ns(),
+        )
+        .expect("table file opens");
+        Conntrack::in_file(*config, Arc::new(file))
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_new_table_adopts_the_flows_of_the_one_before() {
+    let dir = StateDir::new("adopt");
+    let config = ConntrackConfig {
+        max_flows: 64,
+        unreplied_percent: 50,
+        timeouts: Timeouts::default(),
+    };
+    let other = (Ipv4Addr::new(198, 18, 2, 12), 5678);
+    {
+        let ct = dir.open(&config);
+        assert_eq!(ct.adopt(10), Adoption::default(), "a fresh file");
+        handshake(&ct, 10, 10);
+        ct.insert(forward(11), other, 10, FlowMeta::default())
+            .expect("insert");
+        handshake(&ct, 12, 10);
+        ct.lookup(&forward(12), 10, ACK | FIN);
+        // Removed flows leave free records behind.
+        handshake(&ct, 13, 10);
+        assert!(ct.remove(&forward(13)));
+        // A flow whose SYN is long unanswered by the time of adoption.
+        ct.insert(forward(14), backend(), 0, FlowMeta::default())
+            .expect("insert");
+        // The process dies here: no clean stop.
+    }
+    let ct = dir.open(&config);
+    let t = Timeouts::default();
+    let now = t.of(FlowState::TcpSynSent) + 1;
+    let adoption = ct.adopt(now);
+    assert_eq!(
+        adoption,
+        Adoption {
+            flows: 3,
+            expired: 1,
+            discarded: 0
+        }
+    );
+    assert_eq!(ct.summary().flows, 3);
+    assert_eq!(ct.summary().unreplied, 1);
+    let hit = ct.lookup(&forward(10), now, ACK).expect("adopted");
+    assert_eq!(
+        (hit.nat_ip, hit.nat_port, hit.state),
+        (backend().0, backend().1, FlowState::TcpEstablished)
+    );
+    assert_eq!(hit.slot, NO_SLOT, "another process's slots mean nothing");
+    assert!(assured(&ct, &forward(10)));
+    let hit = ct.lookup(&forward(11), now, SYN).expect("adopted");
+    assert_eq!((hit.nat_ip, hit.nat_port), other, "the same backend");
+    assert_eq!(
+        ct.lookup(&reply(12), now, ACK).map(|h| h.state),
+        Some(FlowState::TcpCloseWait)
+    );
+    assert!(ct.lookup(&forward(13), now, SYN).is_none());
+    assert!(ct.lookup(&forward(14), now, SYN).is_none(), "expired");
+    check_invariants(&ct, now);
+    // The adopted table works on: inserts reuse the freed records, and a
+    // full table evicts the adopted unassured flow first.
+    for p in 100..161 {
+        ct.insert(forward(p), backend(), now, FlowMeta::default())
+            .expect("room");
+        ct.lookup(&reply(p), now, SYN | ACK);
+        ct.lookup(&forward(p), now, ACK);
+    }
+    assert_eq!(ct.summary().flows, 64);
+    ct.insert(forward(200), backend(), now, FlowMeta::default())
+        .expect("evicts the adopted unassured flow 11");
+    assert!(ct.lookup(&forward(11), now, SYN).is_none());
+    check_invariants(&ct, now);
+}
+
+#[test]
+fn adoption_discards_records_it_cannot_believe() {
+    let dir = StateDir::new("torn");
+    let config = ConntrackConfig {
+        max_flows: 16,
+        unreplied_percent: 50,
+        timeouts: Timeouts::default(),
+    };
+    let records;
+    {
+        let ct = dir.open(&config);
+        for p in 1..=4 {
+            handshake(&ct, p, 5);
+        }
+        records = ct.slab.high_water();
+    }
+    // Scribble over the file: a stray bit in one record's protocol byte,
+    // an odd (mid-write) sequence in another.
+    let path = dir.0.join(persist::FILE_NAME);
+    let mut bytes = std::fs::read(&path).expect("read");
+    let record = |id: usize| persist::HEADER_BYTES + id * Conntrack::RECORD_BYTES;
+    bytes[record(1) + 16 + 5] |= 0x80;
+    bytes[record(2) + 24 + 5] |= 0x01;
+    std::fs::write(&path, &bytes).expect("write");
+    let ct = dir.open(&config);
+    let adoption = ct.adopt(6);
+    assert_eq!(records, 5, "four records used");
+    assert_eq!((adoption.flows, adoption.discarded), (2, 1), "{adoption:?}");
+    assert_eq!(ct.summary().flows, 2);
+    check_invariants(&ct, 6);
+}

@@ -1,0 +1,440 @@
+//! The flow table's file: a shared mapping under `--state-dir` that
+//! outlives the process, so a restarted (or upgraded, or crashed) gateway
+//! adopts the flows of the one before it and established connections keep
+//! their Pods.
+//!
+//! Layout: a 4 KiB header, then the slab's records exactly as
+//! [`super::slab`] lays them out in memory. The header is read field by
+//! field at named offsets and validated, never trusted:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 0..8 | magic `CIPGWCT\0` |
+//! | 8..12 | layout version ([`LAYOUT_VERSION`]), little endian |
+//! | 12..16 | bytes per record |
+//! | 16..24 | records (slot 0 included) |
+//! | 24..32 | the conntrack clock's zero, CLOCK_MONOTONIC nanoseconds |
+//! | 32..48 | the kernel's boot id (a clock from another boot means nothing) |
+//! | 48..52 | [`STATE_IN_USE`] while a gateway runs on it, [`STATE_CLEAN`] after a clean stop |
+//!
+//! A file that does not match (another layout, record count or boot, a
+//! short file) is renamed aside with a log line and a fresh one takes its
+//! place. Records are validated one by one on adoption
+//! ([`super::Conntrack::adopt`]); a crash mid-write leaves at most a record
+//! whose sequence is odd, which is discarded.
+//!
+//! One gateway at a time: the file is locked (`flock`) while mapped.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The file's name under the state directory.
+pub const FILE_NAME: &str = "conntrack.table";
+/// Bump whenever the record layout, the state bits or this header change.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Bytes before the first record (one page).
+pub const HEADER_BYTES: usize = 4096;
+
+const MAGIC: [u8; 8] = *b"CIPGWCT\0";
+const OFF_MAGIC: usize = 0;
+const OFF_VERSION: usize = 8;
+const OFF_RECORD_BYTES: usize = 12;
+const OFF_RECORDS: usize = 16;
+const OFF_EPOCH: usize = 24;
+const OFF_BOOT_ID: usize = 32;
+const OFF_STATE: usize = 48;
+
+/// A gateway runs on the table (or crashed while it did).
+pub const STATE_IN_USE: u32 = 1;
+/// The last gateway stopped cleanly: every record was at rest.
+pub const STATE_CLEAN: u32 = 2;
+
+/// How long a starting gateway waits for the previous one to let go of
+/// the file (a graceful stop takes a few seconds at most).
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// What the file held when it was opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Previous {
+    /// No table file: a fresh one was made.
+    Fresh,
+    /// A compatible table; `clean` when its gateway stopped cleanly.
+    Compatible { clean: bool },
+    /// An incompatible or corrupt table, renamed to `aside`.
+    SetAside { aside: PathBuf, reason: String },
+}
+
+/// An open, locked and mapped table file.
+#[derive(Debug)]
+pub struct TableFile {
+    path: PathBuf,
+    /// Holds the `flock` for as long as the mapping lives.
+    _file: File,
+    map: NonNull<u8>,
+    len: usize,
+    records: usize,
+    previous: Previous,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value; every
+// access to it goes through atomics (the records and the state word) or
+// happens before the table is shared (the header, on open).
+unsafe impl Send for TableFile {}
+// SAFETY: as above.
+unsafe impl Sync for TableFile {}
+
+impl TableFile {
+    /// Opens (or creates) `dir/conntrack.table` for `records` records of
+    /// `record_bytes` each, taking it over from a previous gateway when it
+    /// is compatible. `epoch_ns` is the clock zero a fresh table gets.
+    pub fn open(
+        dir: &Path,
+        records: usize,
+        record_bytes: usize,
+        epoch_ns: u64,
+    ) -> io::Result<TableFile> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(FILE_NAME);
+        let len = HEADER_BYTES + records * record_bytes;
+        let boot_id = boot_id()?;
+        let mut file = open_locked(&path)?;
+        let size = file.metadata()?.len();
+        let mut previous = Previous::Fresh;
+        if size > 0 {
+            match check_header(&file, size, len, records, record_bytes, &boot_id) {
+                Ok(clean) => previous = Previous::Compatible { clean },
+                Err(reason) => {
+                    let aside = aside_path(&path);
+                    std::fs::rename(&path, &aside)?;
+                    previous = Previous::SetAside { aside, reason };
+                    file = open_locked(&path)?;
+                }
+            }
+        }
+        if !matches!(previous, Previous::Compatible { .. }) {
+            // Sparse: pages are only allocated as records are written.
+            file.set_len(len as u64)?;
+        }
+        // SAFETY: a fresh shared mapping of `len` bytes of a file we just
+        // sized to at least `len`; the kernel picks the address.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let map =
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        let table = TableFile {
+            path,
+            _file: file,
+            map,
+            len,
+            records,
+            previous,
+        };
+        if !matches!(table.previous, Previous::Compatible { .. }) {
+            table.write_header(records, record_bytes, epoch_ns, &boot_id);
+        }
+        table.set_state(STATE_IN_USE);
+        Ok(table)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn previous(&self) -> &Previous {
+        &self.previous
+    }
+
+    /// The conntrack clock's zero (CLOCK_MONOTONIC, ns): a fresh table's
+    /// own, or the adopted table's, so its flows' times stay right.
+    pub fn epoch_ns(&self) -> u64 {
+        u64::from_le_bytes(self.header_bytes(OFF_EPOCH))
+    }
+
+    /// The records' memory: `records` records right after the header,
+    /// page aligned.
+    pub(super) fn records_ptr(&self) -> (NonNull<u8>, usize) {
+        // SAFETY: HEADER_BYTES < len: the header lies inside the mapping.
+        let ptr = unsafe { self.map.add(HEADER_BYTES) };
+        (ptr, self.records)
+    }
+
+    /// Marks the table as left cleanly (every record at rest).
+    pub fn mark_clean(&self) {
+        self.set_state(STATE_CLEAN);
+    }
+
+    fn state_word(&self) -> &AtomicU32 {
+        // SAFETY: OFF_STATE is 4-byte aligned inside the page-aligned
+        // mapping, which lives as long as self; any u32 is a valid value.
+        unsafe { &*self.map.as_ptr().add(OFF_STATE).cast::<AtomicU32>() }
+    }
+
+    fn set_state(&self, state: u32) {
+        // Release: a later gateway that reads CLEAN also sees the records
+        // as they were left (same machine; the file is shared memory).
+        self.state_word().store(state, Ordering::Release);
+    }
+
+    fn header_bytes<const N: usize>(&self, offset: usize) -> [u8; N] {
+        let mut out = [0u8; N];
+        // SAFETY: offset + N lies inside the header, inside the mapping;
+        // the header is only written before the table is shared.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.map.as_ptr().add(offset), out.as_mut_ptr(), N);
+        }
+        out
+    }
+
+    fn write_header(&self, records: usize, record_bytes: usize, epoch_ns: u64, boot_id: &[u8; 16]) {
+        let mut header = [0u8; 52];
+        header[OFF_MAGIC..OFF_MAGIC + 8].copy_from_slice(&MAGIC);
+        header[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&LAYOUT_VERSION.to_le_bytes());
+        header[OFF_RECORD_BYTES..OFF_RECORD_BYTES + 4]
+            .copy_from_slice(&(record_bytes as u32).to_le_bytes());
+        header[OFF_RECORDS..OFF_RECORDS + 8].copy_from_slice(&(records as u64).to_le_bytes());
+        header[OFF_EPOCH..OFF_EPOCH + 8].copy_from_slice(&epoch_ns.to_le_bytes());
+        header[OFF_BOOT_ID..OFF_BOOT_ID + 16].copy_from_slice(boot_id);
+        // SAFETY: 52 bytes at the start of the mapping, before the table
+        // is shared with any other thread.
+        unsafe {
+            std::ptr::copy_nonoverlapping(header.as_ptr(), self.map.as_ptr(), header.len());
+        }
+    }
+}
+
+impl Drop for TableFile {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `open`; nothing
+        // refers into it any more (the slab holds an Arc of self).
+        unsafe {
+            libc::munmap(self.map.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// The current CLOCK_MONOTONIC time in nanoseconds (the clock `Instant`
+/// reads on Linux, shared by every process of this boot).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The `Instant` at which CLOCK_MONOTONIC read `epoch_ns`; now when that
+/// is in the future (which a validated table never gives).
+pub fn instant_of(epoch_ns: u64) -> Instant {
+    let now = Instant::now();
+    let ago = Duration::from_nanos(monotonic_ns().saturating_sub(epoch_ns));
+    now.checked_sub(ago).unwrap_or(now)
+}
+
+fn open_locked(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(file);
+        }
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(error);
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::other(format!(
+                "{} is still locked by another gateway after {LOCK_WAIT:?}",
+                path.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Checks a table file's header; `Ok(clean)` when it can be adopted,
+/// else why not.
+fn check_header(
+    file: &File,
+    size: u64,
+    len: usize,
+    records: usize,
+    record_bytes: usize,
+    boot_id: &[u8; 16],
+) -> Result<bool, String> {
+    use std::os::unix::fs::FileExt;
+    let mut header = [0u8; 52];
+    file.read_exact_at(&mut header, 0)
+        .map_err(|e| format!("unreadable header: {e}"))?;
+    let u32_at = |o: usize| u32::from_le_bytes(header[o..o + 4].try_into().expect("4 bytes"));
+    let u64_at = |o: usize| u64::from_le_bytes(header[o..o + 8].try_into().expect("8 bytes"));
+    if header[OFF_MAGIC..OFF_MAGIC + 8] != MAGIC {
+        return Err("not a cipgw connection table (bad magic)".into());
+    }
+    let version = u32_at(OFF_VERSION);
+    if version != LAYOUT_VERSION {
+        return Err(format!(
+            "layout version {version}, this gateway reads {LAYOUT_VERSION}"
+        ));
+    }
+    if u32_at(OFF_RECORD_BYTES) as usize != record_bytes {
+        return Err(format!(
+            "{} bytes per record, this gateway uses {record_bytes}",
+            u32_at(OFF_RECORD_BYTES)
+        ));
+    }
+    if u64_at(OFF_RECORDS) != records as u64 {
+        return Err(format!(
+            "sized for {} records, this gateway wants {records} (--conntrack-max changed)",
+            u64_at(OFF_RECORDS)
+        ));
+    }
+    if size < len as u64 {
+        return Err(format!("truncated: {size} bytes of {len}"));
+    }
+    if header[OFF_BOOT_ID..OFF_BOOT_ID + 16] != boot_id[..] {
+        return Err("written before the machine last booted".into());
+    }
+    if u64_at(OFF_EPOCH) > monotonic_ns() {
+        return Err("its clock lies in the future".into());
+    }
+    match u32_at(OFF_STATE) {
+        STATE_CLEAN => Ok(true),
+        STATE_IN_USE => Ok(false),
+        other => Err(format!("unknown state {other}")),
+    }
+}
+
+/// `conntrack.table.aside-<unix seconds>`: kept for a post-mortem, never
+/// read again.
+fn aside_path(path: &Path) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".aside-{secs}"));
+    PathBuf::from(name)
+}
+
+/// The kernel's boot id (`/proc/sys/kernel/random/boot_id`), as 16 bytes.
+fn boot_id() -> io::Result<[u8; 16]> {
+    let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?;
+    let hex: Vec<u8> = text.trim().bytes().filter(u8::is_ascii_hexdigit).collect();
+    let mut id = [0u8; 16];
+    for (i, pair) in hex.chunks(2).take(16).enumerate() {
+        let digits = std::str::from_utf8(pair).unwrap_or("0");
+        id[i] = u8::from_str_radix(digits, 16).unwrap_or(0);
+    }
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("cipgw-persist-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn a_fresh_table_is_adopted_by_the_next_opener_with_its_clock() {
+        let dir = dir("adopt");
+        let epoch = monotonic_ns() - 5_000_000_000;
+        let first = TableFile::open(&dir, 16, 32, epoch).expect("fresh");
+        assert_eq!(first.previous(), &Previous::Fresh);
+        assert_eq!(first.epoch_ns(), epoch);
+        drop(first);
+        let second = TableFile::open(&dir, 16, 32, monotonic_ns()).expect("adopt");
+        assert_eq!(second.previous(), &Previous::Compatible { clean: false });
+        assert_eq!(second.epoch_ns(), epoch, "the adopted clock");
+        second.mark_clean();
+        drop(second);
+        let third = TableFile::open(&dir, 16, 32, monotonic_ns()).expect("adopt");
+        assert_eq!(third.previous(), &Previous::Compatible { clean: true });
+        drop(third);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_incompatible_table_is_set_aside() {
+        let dir = dir("aside");
+        drop(TableFile::open(&dir, 16, 32, monotonic_ns()).expect("fresh"));
+        // Another layout version.
+        let path = dir.join(FILE_NAME);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[OFF_VERSION] = 99;
+        std::fs::write(&path, &bytes).expect("write");
+        let table = TableFile::open(&dir, 16, 32, monotonic_ns()).expect("fresh again");
+        match table.previous() {
+            Previous::SetAside { aside, reason } => {
+                assert!(reason.contains("layout version 99"), "{reason}");
+                assert!(aside.exists());
+            }
+            other => panic!("expected the table set aside, got {other:?}"),
+        }
+        drop(table);
+        // Another size.
+        let table = TableFile::open(&dir, 32, 32, monotonic_ns()).expect("resized");
+        assert!(
+            matches!(table.previous(), Previous::SetAside { reason, .. } if reason.contains("--conntrack-max")),
+            "{:?}",
+            table.previous()
+        );
+        drop(table);
+        // Garbage.
+        std::fs::write(dir.join(FILE_NAME), b"not a table").expect("write");
+        let table = TableFile::open(&dir, 32, 32, monotonic_ns()).expect("fresh");
+        assert!(matches!(table.previous(), Previous::SetAside { .. }));
+        drop(table);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn one_gateway_at_a_time() {
+        let dir = dir("lock");
+        let first = TableFile::open(&dir, 16, 32, monotonic_ns()).expect("fresh");
+        let waiter = std::thread::spawn({
+            let dir = dir.clone();
+            move || TableFile::open(&dir, 16, 32, monotonic_ns()).map(|t| t.previous().clone())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !waiter.is_finished(),
+            "waits while the first holds the file"
+        );
+        drop(first);
+        let previous = waiter
+            .join()
+            .expect("no panic")
+            .expect("opened once released");
+        assert_eq!(previous, Previous::Compatible { clean: false });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
