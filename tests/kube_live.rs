@@ -29,7 +29,11 @@
 //!   once the server comes back and the sync is done, it is ready and
 //!   forwards;
 //! - an object the gateway cannot use is reported and left out while the
-//!   rest keeps forwarding; fixed, it takes effect.
+//!   rest keeps forwarding; fixed, it takes effect;
+//! - a gateway restarted while the API server is down keeps every
+//!   adopted connection and UDP flow on its Pod (its VIPs stay steered)
+//!   until its first sync, which then retires only the flows whose Pod
+//!   left meanwhile.
 //!
 //! Rules as in tests/netns.rs: one test at a time, root (skip with a reason
 //! otherwise, never when CI=true), RAII cleanup, 198.18.0.0/15 only.
@@ -764,5 +768,91 @@ fn an_unusable_object_is_reported_and_left_out_until_fixed() {
     );
     let served = k.lab.tcp_sessions(vip_port(vip_c, &HTTP), 5, 1);
     assert_eq!(served.keys().collect::<Vec<_>>(), [&nodes[2].name]);
+    k.lab.stop_gateway();
+}
+
+/// Each TCP connection's request and each UDP flow's datagram, answered
+/// by `expect(pod it was on)`: `Some(pod)` that Pod, `None` a reset (TCP)
+/// or any other Pod (UDP).
+fn check_flows(lab: &Lab, flows: &mut Flows, expect: impl Fn(&str) -> Option<String>, when: &str) {
+    for (pod, stream) in &mut flows.tcp {
+        match (request(stream), expect(pod)) {
+            (Ok(reply), Some(want)) => {
+                assert_eq!(
+                    pod_name(lab.info(), &reply).ok(),
+                    Some(want.as_str()),
+                    "{when}: {pod}'s connection"
+                );
+            }
+            (Err(e), None) if e.kind() == ErrorKind::ConnectionReset => {}
+            (outcome, want) => lab.fail(format_args!(
+                "{when}: {pod}'s connection: {outcome:?}, expected {want:?} (None: a reset)"
+            )),
+        }
+    }
+    let info = lab.info().clone();
+    let udp: Vec<(String, UdpSocket)> = flows
+        .udp
+        .iter()
+        .map(|(pod, u)| (pod.clone(), u.try_clone().expect("UDP socket clones")))
+        .collect();
+    let answers = lab.in_client(move || {
+        udp.iter()
+            .map(|(pod, u)| (pod.clone(), udp_pod(&info, u).map_err(|e| e.to_string())))
+            .collect::<Vec<_>>()
+    });
+    for (pod, answer) in answers {
+        let now =
+            answer.unwrap_or_else(|e| lab.fail(format_args!("{when}: {pod}'s UDP flow: {e}")));
+        match expect(&pod) {
+            Some(want) => assert_eq!(now, want, "{when}: {pod}'s UDP flow"),
+            None => assert_ne!(now, pod, "{when}: {pod}'s UDP flow still reaches it"),
+        }
+    }
+}
+
+#[test]
+fn a_restart_without_the_api_server_keeps_flows_until_the_first_sync() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    let mut k = KubeLab::new(3);
+    let vip = k.info().vip(10);
+    let nodes: Vec<NodeInfo> = k.info().pods.clone();
+    k.api.apply(service("echo", vip, &[HTTP, DNS]));
+    let all: Vec<(&NodeInfo, Condition)> = nodes.iter().map(|n| (n, Condition::Ready)).collect();
+    k.api.apply(slice("echo", &[HTTP, DNS], &all));
+    k.start_gateway(&["--min-sync-period", "100ms"]);
+    k.wait_synced(SYNC_WITHIN);
+    let mut flows = open_flows(&k.lab, vip, 3);
+    let gone = nodes[2].name.clone();
+
+    // The API server goes away, and meanwhile the third Pod leaves.
+    k.api.stop();
+    k.api.apply(slice("echo", &[HTTP, DNS], &all[..2]));
+    k.lab.stop_gateway();
+    k.start_gateway(&["--min-sync-period", "100ms"]);
+    k.lab
+        .assert_log_contains("connection table adopted from the previous gateway");
+    k.lab
+        .assert_log_contains("kept the previous gateway's VIPs and backends until the first sync");
+    assert_eq!(k.readyz(), 503, "not ready before the first sync");
+    check_flows(
+        &k.lab,
+        &mut flows,
+        |pod| Some(pod.to_owned()),
+        "before the first sync",
+    );
+
+    k.restart_api();
+    k.wait_synced(AFTER_BACKOFF);
+    let left = gone.clone();
+    check_flows(
+        &k.lab,
+        &mut flows,
+        move |pod| (pod != left).then(|| pod.to_owned()),
+        "after the first sync",
+    );
     k.lab.stop_gateway();
 }

@@ -652,6 +652,27 @@ impl XdpProgram {
         Ok(delta)
     }
 
+    /// Takes over what a previous gateway's program (attached to one of
+    /// `ifindexes`, about to be replaced by this one) steers: its VIP and
+    /// backend entries are added to this program's maps, so traffic it
+    /// steered keeps reaching the gateway until a full table says
+    /// otherwise (a Kubernetes sync can take a while after a restart).
+    /// Entries of a map with another key layout are not read.
+    pub fn inherit_maps(&self, ifindexes: &[u32]) -> Result<MapDelta, BpfError> {
+        for &ifindex in ifindexes {
+            let entries =
+                attached_entries(ifindex, self.prog_id).map_err(|source| BpfError::Interface {
+                    iface: describe_ifindex(ifindex),
+                    what: "reading the maps of the XDP program attached before".into(),
+                    source,
+                })?;
+            if let Some((vips, backends)) = entries {
+                return self.add_missing(&vips, &backends);
+            }
+        }
+        Ok(MapDelta::default())
+    }
+
     /// What the VIP and backend maps hold, per the mirror.
     pub fn map_contents(&self) -> (HashSet<Ipv4Addr>, HashSet<BackendKey>) {
         let mirror = self.mirror();
@@ -919,6 +940,117 @@ fn query_xdp(ifindex: u32) -> io::Result<Vec<(u32, &'static str, u32)>> {
         found.push((opts.hw_prog_id, "offload", sys::XDP_FLAGS_HW_MODE));
     }
     Ok(found)
+}
+
+/// The VIP and backend entries of the cipgw program (other than
+/// `own_id`) attached to `ifindex`, if there is one.
+fn attached_entries(
+    ifindex: u32,
+    own_id: u32,
+) -> io::Result<Option<(HashSet<Ipv4Addr>, HashSet<BackendKey>)>> {
+    for (id, _, _) in query_xdp(ifindex)? {
+        if id == own_id {
+            continue;
+        }
+        let prog = prog_fd_by_id(id)?;
+        if prog_info(prog.as_raw_fd())?.1 != PROGRAM_NAME {
+            continue;
+        }
+        let mut vips = HashSet::new();
+        let mut backends = HashSet::new();
+        for map_id in prog_map_ids(prog.as_raw_fd())? {
+            // SAFETY: plain syscall wrapper.
+            let fd = unsafe { sys::bpf_map_get_fd_by_id(map_id) };
+            if fd < 0 {
+                return Err(neg_errno(fd));
+            }
+            // SAFETY: the kernel just returned this fd to us.
+            let map = unsafe { OwnedFd::from_raw_fd(fd) };
+            let mut info = sys::bpf_map_info::default();
+            let mut len = mem::size_of::<sys::bpf_map_info>() as u32;
+            // SAFETY: `info` is a zeroed out-parameter of `len` bytes.
+            let ret = unsafe { sys::bpf_map_get_info_by_fd(fd, &mut info, &mut len) };
+            if ret < 0 {
+                return Err(neg_errno(ret));
+            }
+            let name: Vec<u8> = info
+                .name
+                .iter()
+                .take_while(|&&c| c != 0)
+                .map(|&c| c as u8)
+                .collect();
+            match (name.as_slice(), info.key_size) {
+                (n, 4) if n == MAP_VIPS.as_bytes() => {
+                    for key in map_keys::<4>(map.as_raw_fd())? {
+                        vips.insert(Ipv4Addr::from(key));
+                    }
+                }
+                (n, 8) if n == MAP_BACKENDS.as_bytes() => {
+                    for k in map_keys::<8>(map.as_raw_fd())? {
+                        let addr = Ipv4Addr::new(k[0], k[1], k[2], k[3]);
+                        backends.insert((addr, u16::from_be_bytes([k[4], k[5]]), k[6]));
+                    }
+                }
+                _ => {}
+            }
+        }
+        return Ok(Some((vips, backends)));
+    }
+    Ok(None)
+}
+
+/// The ids of the maps a program uses.
+fn prog_map_ids(fd: RawFd) -> io::Result<Vec<u32>> {
+    let mut info = sys::bpf_prog_info::default();
+    let mut len = mem::size_of::<sys::bpf_prog_info>() as u32;
+    // SAFETY: as in `prog_info`: no arrays requested.
+    let ret = unsafe { sys::bpf_prog_get_info_by_fd(fd, &mut info, &mut len) };
+    if ret < 0 {
+        return Err(neg_errno(ret));
+    }
+    let mut ids = vec![0u32; info.nr_map_ids as usize];
+    let mut info = sys::bpf_prog_info {
+        nr_map_ids: ids.len() as u32,
+        map_ids: ids.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    let mut len = mem::size_of::<sys::bpf_prog_info>() as u32;
+    // SAFETY: `map_ids` points at `nr_map_ids` u32s that outlive the
+    // call; every other array field is zero.
+    let ret = unsafe { sys::bpf_prog_get_info_by_fd(fd, &mut info, &mut len) };
+    if ret < 0 {
+        return Err(neg_errno(ret));
+    }
+    ids.truncate(info.nr_map_ids as usize);
+    Ok(ids)
+}
+
+/// Every key of a hash map whose keys are `N` bytes.
+fn map_keys<const N: usize>(fd: RawFd) -> io::Result<Vec<[u8; N]>> {
+    let mut keys = Vec::new();
+    let mut key = [0u8; N];
+    let mut first = true;
+    loop {
+        let mut next = [0u8; N];
+        let prev = if first {
+            ptr::null()
+        } else {
+            key.as_ptr().cast()
+        };
+        // SAFETY: `prev` is null or N readable bytes, `next` N writable
+        // bytes: the map's key size, checked by the caller.
+        let ret = unsafe { sys::bpf_map_get_next_key(fd, prev, next.as_mut_ptr().cast()) };
+        if ret < 0 {
+            let e = neg_errno(ret);
+            if e.raw_os_error() == Some(libc::ENOENT) {
+                return Ok(keys);
+            }
+            return Err(e);
+        }
+        keys.push(next);
+        key = next;
+        first = false;
+    }
 }
 
 fn prog_fd_by_id(id: u32) -> io::Result<OwnedFd> {

@@ -324,6 +324,17 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
     let mut program = XdpProgram::load().context("loading the XDP program")?;
     let (vips, backends) = map_sets(&compiled);
     program.add_missing(&vips, &backends)?;
+    if !from_file {
+        // Until the first sync, steer what the gateway before us steered.
+        let inherited = program.inherit_maps(&ifindexes)?;
+        if inherited.vips_added + inherited.backends_added > 0 {
+            tracing::info!(
+                vips = inherited.vips_added,
+                backends = inherited.backends_added,
+                "kept the previous gateway's VIPs and backends until the first sync"
+            );
+        }
+    }
     for (i, &ifindex) in ifindexes.iter().enumerate() {
         program.set_port(ifindex, base_slots[i])?;
     }
