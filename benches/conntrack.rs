@@ -34,15 +34,21 @@
 //! Every time is the measured thread's CPU time (see `CpuClock`), so
 //! that other load on the shared machine preempting it does not count.
 //!
+//! Where the table lives: process memory by default; with
+//! `CIPGW_BENCH_STATE_DIR=DIR`, a table file in DIR as `--state-dir`
+//! makes it (a tmpfs: normal pages; a hugetlbfs mount with pages
+//! reserved: huge pages).
+//!
 //! Run: `cargo bench -p cipgw --bench conntrack`.
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Barrier;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
+use cipgw::conntrack::persist::{self, TableFile};
 use cipgw::conntrack::{Conntrack, ConntrackConfig, FlowKey, FlowMeta};
 use cipgw::lb::Rng;
 use cipgw::wire::tcp::flags::{ACK, SYN};
@@ -98,9 +104,31 @@ fn reply(n: u32) -> FlowKey {
     }
 }
 
+/// An empty table with `config`, where `CIPGW_BENCH_STATE_DIR` says (see
+/// the module docs).
+fn table(config: ConntrackConfig) -> Conntrack {
+    let Some(dir) = std::env::var_os("CIPGW_BENCH_STATE_DIR") else {
+        return Conntrack::new(config);
+    };
+    static TABLES: AtomicU32 = AtomicU32::new(0);
+    // Relaxed: only hands out distinct numbers.
+    let n = TABLES.fetch_add(1, Ordering::Relaxed);
+    let dir = std::path::Path::new(&dir).join(format!("bench-{}-{n}", std::process::id()));
+    let file = TableFile::open(
+        &dir,
+        Conntrack::records_for(&config),
+        Conntrack::RECORD_BYTES,
+        persist::monotonic_ns(),
+    )
+    .unwrap_or_else(|e| panic!("table file in {}: {e}", dir.display()));
+    // The mapping keeps the file's pages until the table is dropped.
+    let _ = std::fs::remove_dir_all(&dir);
+    Conntrack::in_file(config, Arc::new(file))
+}
+
 /// A table with `config`, holding flows `0..FLOWS`, each replied to.
 fn established(config: ConntrackConfig) -> Conntrack {
-    let ct = Conntrack::new(config);
+    let ct = table(config);
     for n in 0..FLOWS {
         ct.insert(forward(n), backend(n), NOW, FlowMeta::default())
             .expect("room for the live flows");

@@ -160,19 +160,35 @@ fn open_conntrack(
     let Some(dir) = &settings.state_dir else {
         return Ok((Arc::new(Conntrack::new(config)), None, Instant::now()));
     };
-    let file = TableFile::open(
+    let file = match TableFile::open(
         dir,
         Conntrack::records_for(&config),
         Conntrack::RECORD_BYTES,
         persist::monotonic_ns(),
-    )
-    .with_context(|| {
-        format!(
-            "--state-dir {}: opening the connection table",
-            dir.display()
-        )
-    })?;
+    ) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::OutOfMemory => {
+            tracing::warn!(
+                error = %e,
+                "no huge pages for the connection table: it stays in process memory on \
+                 normal pages, and a restart will reset connections"
+            );
+            return Ok((Arc::new(Conntrack::new(config)), None, Instant::now()));
+        }
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!("--state-dir {}: opening the connection table", dir.display())
+            })
+        }
+    };
     let file = Arc::new(file);
+    match file.huge_page_size() {
+        Some(page) => tracing::info!(
+            huge_page_kib = page >> 10,
+            "connection table on huge pages"
+        ),
+        None => tracing::info!("connection table on normal pages"),
+    }
     let epoch = persist::instant_of(file.epoch_ns());
     let conntrack = Arc::new(Conntrack::in_file(config, Arc::clone(&file)));
     let path = file.path().display().to_string();
@@ -180,7 +196,7 @@ fn open_conntrack(
         Previous::Fresh => tracing::info!(%path, "new connection table"),
         Previous::SetAside { aside, reason } => tracing::warn!(
             %path,
-            aside = %aside.display(),
+            aside = %aside.as_ref().map_or("removed".into(), |a| a.display().to_string()),
             %reason,
             "the connection table left there cannot be used; it was set aside and a new one started \
              (connections through the previous gateway will be reset)"

@@ -373,6 +373,8 @@ pub struct Lab {
     topology: Topology,
     dir: TempDir,
     control: Option<PathBuf>,
+    /// `--state-dir` instead of the lab's own.
+    state_dir: Option<PathBuf>,
 }
 
 impl Lab {
@@ -393,6 +395,7 @@ impl Lab {
             topology,
             dir: TempDir::new(),
             control: None,
+            state_dir: None,
         }
     }
 
@@ -546,7 +549,14 @@ impl Lab {
     /// The gateway's `--state-dir`: one per lab, so a restarted gateway
     /// adopts its own flows and no other test's.
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("state"))
+    }
+
+    /// Gateways started from now on use `dir` as `--state-dir`.
+    pub fn use_state_dir(&mut self, dir: &Path) {
+        self.state_dir = Some(dir.to_owned());
     }
 
     /// SIGTERM; the gateway must exit with status 0 within 5 s and leave

@@ -24,10 +24,21 @@
 //! whose sequence is odd, which is discarded.
 //!
 //! One gateway at a time: the file is locked (`flock`) while mapped.
+//!
+//! Huge pages: when the directory is a hugetlbfs mount (e.g. `mount -t
+//! hugetlbfs -o pagesize=2M none /run/cipgw`, with pages reserved in
+//! `/proc/sys/vm/nr_hugepages`), the file is sized in whole huge pages and
+//! the table is backed by them: a lookup's two random accesses then cost
+//! no page walk (transparent huge pages never materialise for it on these
+//! VMs). When too few huge pages are free, opening fails with
+//! [`io::ErrorKind::OutOfMemory`] and the caller falls back to normal
+//! pages.
 
+use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -54,6 +65,9 @@ pub const STATE_IN_USE: u32 = 1;
 /// The last gateway stopped cleanly: every record was at rest.
 pub const STATE_CLEAN: u32 = 2;
 
+/// `statfs` magic of hugetlbfs (linux/magic.h).
+const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+
 /// How long a starting gateway waits for the previous one to let go of
 /// the file (a graceful stop takes a few seconds at most).
 const LOCK_WAIT: Duration = Duration::from_secs(10);
@@ -65,8 +79,12 @@ pub enum Previous {
     Fresh,
     /// A compatible table; `clean` when its gateway stopped cleanly.
     Compatible { clean: bool },
-    /// An incompatible or corrupt table, renamed to `aside`.
-    SetAside { aside: PathBuf, reason: String },
+    /// An incompatible or corrupt table, renamed to `aside` (removed on
+    /// huge pages, which it would hold for ever).
+    SetAside {
+        aside: Option<PathBuf>,
+        reason: String,
+    },
 }
 
 /// An open, locked and mapped table file.
@@ -79,6 +97,8 @@ pub struct TableFile {
     len: usize,
     records: usize,
     previous: Previous,
+    /// The huge page size backing the table, if it is on hugetlbfs.
+    huge_page: Option<usize>,
 }
 
 // SAFETY: the mapping is plain shared memory owned by this value; every
@@ -100,7 +120,8 @@ impl TableFile {
     ) -> io::Result<TableFile> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(FILE_NAME);
-        let len = HEADER_BYTES + records * record_bytes;
+        let huge_page = huge_page_size(dir)?;
+        let len = (HEADER_BYTES + records * record_bytes).next_multiple_of(huge_page.unwrap_or(1));
         let boot_id = boot_id()?;
         let mut file = open_locked(&path)?;
         let size = file.metadata()?.len();
@@ -109,8 +130,14 @@ impl TableFile {
             match check_header(&file, size, len, records, record_bytes, &boot_id) {
                 Ok(clean) => previous = Previous::Compatible { clean },
                 Err(reason) => {
-                    let aside = aside_path(&path);
-                    std::fs::rename(&path, &aside)?;
+                    let aside = if huge_page.is_some() {
+                        std::fs::remove_file(&path)?;
+                        None
+                    } else {
+                        let aside = aside_path(&path);
+                        std::fs::rename(&path, &aside)?;
+                        Some(aside)
+                    };
                     previous = Previous::SetAside { aside, reason };
                     file = open_locked(&path)?;
                 }
@@ -133,7 +160,20 @@ impl TableFile {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+            let error = io::Error::last_os_error();
+            return Err(match (huge_page, error.raw_os_error()) {
+                (Some(page), Some(libc::ENOMEM)) => io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    format!(
+                        "{} needs {} huge pages of {} KiB; fewer are free \
+                         (reserve them in /proc/sys/vm/nr_hugepages)",
+                        path.display(),
+                        len / page,
+                        page >> 10
+                    ),
+                ),
+                _ => error,
+            });
         }
         let map =
             NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
@@ -144,6 +184,7 @@ impl TableFile {
             len,
             records,
             previous,
+            huge_page,
         };
         if !matches!(table.previous, Previous::Compatible { .. }) {
             table.write_header(records, record_bytes, epoch_ns, &boot_id);
@@ -158,6 +199,11 @@ impl TableFile {
 
     pub fn previous(&self) -> &Previous {
         &self.previous
+    }
+
+    /// The huge page size backing the table, when it is on hugetlbfs.
+    pub fn huge_page_size(&self) -> Option<usize> {
+        self.huge_page
     }
 
     /// The conntrack clock's zero (CLOCK_MONOTONIC, ns): a fresh table's
@@ -248,6 +294,21 @@ pub fn instant_of(epoch_ns: u64) -> Instant {
     let now = Instant::now();
     let ago = Duration::from_nanos(monotonic_ns().saturating_sub(epoch_ns));
     now.checked_sub(ago).unwrap_or(now)
+}
+
+/// The huge page size of the filesystem holding `dir`, if it is a
+/// hugetlbfs.
+fn huge_page_size(dir: &Path) -> io::Result<Option<usize>> {
+    let path = CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: all-zero bytes are a valid statfs (plain integers).
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid out-pointer.
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs by target
+    let huge = st.f_type as i64 == HUGETLBFS_MAGIC;
+    Ok(huge.then_some(st.f_bsize as usize))
 }
 
 fn open_locked(path: &Path) -> io::Result<File> {
@@ -395,7 +456,7 @@ mod tests {
         match table.previous() {
             Previous::SetAside { aside, reason } => {
                 assert!(reason.contains("layout version 99"), "{reason}");
-                assert!(aside.exists());
+                assert!(aside.as_ref().is_some_and(|a| a.exists()));
             }
             other => panic!("expected the table set aside, got {other:?}"),
         }
