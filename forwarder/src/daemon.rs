@@ -78,10 +78,10 @@ struct Gateway {
     /// Targets of flows adopted from a previous gateway, until the first
     /// full table says which of them still exist.
     adopted_targets: Option<HashSet<FlowTarget>>,
-    /// Leave the XDP program attached on exit (`--state-dir`): traffic for
-    /// VIPs is dropped, not handed to the kernel, until the next gateway
-    /// takes over.
-    keep_attached: bool,
+    /// Targets of TCP flows whose SYN got no answer when their target
+    /// left: the last retirement pass left them for their next packet
+    /// (see `apply`), so the next table must still end them.
+    lingering: HashSet<FlowTarget>,
     affinity: Arc<Affinity>,
     workers: Vec<(usize, JoinHandle<()>)>,
     counters: Vec<Arc<WorkerCounters>>,
@@ -177,16 +177,16 @@ fn open_conntrack(
         }
         Err(e) => {
             return Err(e).with_context(|| {
-                format!("--state-dir {}: opening the connection table", dir.display())
+                format!(
+                    "--state-dir {}: opening the connection table",
+                    dir.display()
+                )
             })
         }
     };
     let file = Arc::new(file);
     match file.huge_page_size() {
-        Some(page) => tracing::info!(
-            huge_page_kib = page >> 10,
-            "connection table on huge pages"
-        ),
+        Some(page) => tracing::info!(huge_page_kib = page >> 10, "connection table on huge pages"),
         None => tracing::info!("connection table on normal pages"),
     }
     let epoch = persist::instant_of(file.epoch_ns());
@@ -569,7 +569,7 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
         program,
         monitor,
         conntrack,
-        keep_attached: table_file.is_some(),
+        lingering: HashSet::new(),
         table_file,
         adopted_targets: (!from_file && !adopted.is_empty()).then_some(adopted),
         affinity,
@@ -727,29 +727,40 @@ impl Gateway {
         let slots = self.service_stats.assign(&model);
         let mut before = flow_targets(old.model());
         // The first table of a gateway that adopted flows ends those whose
-        // target it lacks, like any other change.
+        // target it lacks, like any other change; so does every table for
+        // handshakes the last pass left to their next packet.
         before.extend(self.adopted_targets.take().unwrap_or_default());
+        before.extend(std::mem::take(&mut self.lingering));
         let after = flow_targets(&model);
+        let retiring: Vec<FlowTarget> = before.difference(&after).copied().collect();
         let generation = old.generation() + 1;
         let compiled = CompiledTable::compile_with_slots(Arc::clone(&model), generation, |s, p| {
             slots.get(s, p)
         })
-        .with_retiring(before.difference(&after).copied());
+        .with_retiring(retiring.iter().copied());
         let (vips, backends) = map_sets(&compiled);
-        self.program.add_missing(&vips, &backends)?;
+        // Replies of flows being retired keep reaching the workers until
+        // the pass below, so a SYN-ACK racing the change is not handed to
+        // the kernel (which would forward it un-NATed).
+        let mut steered = backends.clone();
+        steered.extend(retiring.iter().map(|t| (t.3, t.4, t.2.ip_number())));
+        self.program.add_missing(&vips, &steered)?;
         let summary = ApplySummary {
             generation,
             entries: compiled.len(),
             retired: 0,
         };
-        let retiring = compiled.retiring_len();
         self.table.publish(compiled);
-        self.program.remove_stale(&vips, &backends)?;
+        self.program.remove_stale(&vips, &steered)?;
 
         // Workers retire flows to removed targets at their next packet
         // from now on; once none uses an older table (which could still
-        // create such flows), the rest go in one pass.
-        let retired = if retiring == 0 {
+        // create such flows), the rest go in one pass. A TCP flow whose
+        // SYN is still unanswered is left to its next packet: its SYN-ACK
+        // then reaches the client and the client's ACK is reset at once,
+        // or its retransmitted SYN picks a live endpoint; dropped here,
+        // the client would wait a second for its SYN to time out.
+        let retired = if retiring.is_empty() {
             0
         } else {
             if !self.table.wait_for_readers(generation, READERS_GRACE) {
@@ -758,9 +769,18 @@ impl Gateway {
                     "a worker did not move to the new table within {READERS_GRACE:?}; retiring flows anyway"
                 );
             }
-            self.conntrack.retire(|key, (ip, port)| {
-                !after.contains(&(key.dst, key.dst_port, key.protocol, ip, port))
-            })
+            let mut lingering = HashSet::new();
+            let retired = self.conntrack.retire_settled(
+                |key, (ip, port)| !after.contains(&(key.dst, key.dst_port, key.protocol, ip, port)),
+                |key, (ip, port)| {
+                    lingering.insert((key.dst, key.dst_port, key.protocol, ip, port));
+                },
+            );
+            let mut steered = backends;
+            steered.extend(lingering.iter().map(|t| (t.3, t.4, t.2.ip_number())));
+            self.program.remove_stale(&vips, &steered)?;
+            self.lingering = lingering;
+            retired
         };
         self.resolve_backends();
         Ok(ApplySummary { retired, ..summary })
@@ -801,18 +821,13 @@ impl Gateway {
                 "connection table left for the next gateway"
             );
         }
-        if self.keep_attached {
-            self.program.leave_attached();
-            tracing::info!(
-                "XDP program left attached: VIP traffic is dropped, not passed to the kernel, \
-                 until the next gateway takes over; bye"
-            );
-        } else {
-            self.program
-                .detach_all()
-                .context("detaching the XDP program")?;
-            tracing::info!("XDP programs detached; bye");
-        }
+        // Traffic for VIPs is dropped, not handed to the kernel (which
+        // would reset it), until the next gateway takes over.
+        self.program.leave_attached();
+        tracing::info!(
+            "XDP program left attached: VIP traffic is dropped, not passed to the kernel, \
+             until the next gateway takes over; bye"
+        );
         if panicked {
             bail!("a worker panicked");
         }

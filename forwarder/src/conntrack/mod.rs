@@ -665,12 +665,22 @@ impl Conntrack {
     /// shared with any other thread.
     pub fn adopt(&self, now: u32) -> Adoption {
         let mut adoption = Adoption::default();
-        let Some(high) = (1..self.slab.len() as RecordId)
-            .rev()
-            .find(|&id| self.slab.raw_life(id).0 != 0)
-        else {
-            return adoption;
+        // Records past the file's count of records handed out were never
+        // used; a count that is not believable (the record it points at
+        // was used) costs a scan of the whole slab instead.
+        let len = self.slab.len() as RecordId;
+        let counted = self.slab.high_water();
+        let high = if (1..=len).contains(&counted) && self.slab.raw_life(counted).0 == 0 {
+            counted - 1
+        } else {
+            (1..len)
+                .rev()
+                .find(|&id| self.slab.raw_life(id).0 != 0)
+                .unwrap_or(0)
         };
+        if high == 0 {
+            return adoption;
+        }
         let timeouts = &self.config.timeouts;
         let mut unassured = Vec::new();
         let mut closing = Vec::new();
@@ -1348,6 +1358,34 @@ impl Conntrack {
         let mut removed = 0;
         for (id, flow, _) in self.flows() {
             if doomed(&flow) && self.remove_flow(id, |f, _| doomed(f)).is_some() {
+                removed += 1;
+            }
+        }
+        self.stats.retired.fetch_add(removed as u64, STAT);
+        removed
+    }
+
+    /// [`Conntrack::retire`], except for TCP flows whose SYN is still
+    /// unanswered: those are left in place (for the caller to end at
+    /// their next packet) and passed to `lingering`. Returns the number of
+    /// flows removed.
+    pub fn retire_settled(
+        &self,
+        retire: impl Fn(&FlowKey, (Ipv4Addr, u16)) -> bool,
+        mut lingering: impl FnMut(&FlowKey, (Ipv4Addr, u16)),
+    ) -> usize {
+        let opening = |l: Life| {
+            FlowState::from_bits(l.bits()) == FlowState::TcpSynSent && l.bits() & REPLIED == 0
+        };
+        let doomed = |f: &FlowData, l: Life| {
+            !opening(l) && retire(&f.forward_key(), (f.backend, f.backend_port))
+        };
+        let mut removed = 0;
+        for (id, flow, life) in self.flows() {
+            let backend = (flow.backend, flow.backend_port);
+            if opening(life) && retire(&flow.forward_key(), backend) {
+                lingering(&flow.forward_key(), backend);
+            } else if doomed(&flow, life) && self.remove_flow(id, doomed).is_some() {
                 removed += 1;
             }
         }

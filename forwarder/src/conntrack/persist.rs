@@ -16,6 +16,7 @@
 //! | 24..32 | the conntrack clock's zero, CLOCK_MONOTONIC nanoseconds |
 //! | 32..48 | the kernel's boot id (a clock from another boot means nothing) |
 //! | 48..52 | [`STATE_IN_USE`] while a gateway runs on it, [`STATE_CLEAN`] after a clean stop |
+//! | 52..56 | records handed out so far, plus one (the slab's bump counter): adoption reads no record past it |
 //!
 //! A file that does not match (another layout, record count or boot, a
 //! short file) is renamed aside with a log line and a fresh one takes its
@@ -59,6 +60,7 @@ const OFF_RECORDS: usize = 16;
 const OFF_EPOCH: usize = 24;
 const OFF_BOOT_ID: usize = 32;
 const OFF_STATE: usize = 48;
+const OFF_NEVER_USED: usize = 52;
 
 /// A gateway runs on the table (or crashed while it did).
 pub const STATE_IN_USE: u32 = 1;
@@ -225,6 +227,14 @@ impl TableFile {
         self.set_state(STATE_CLEAN);
     }
 
+    /// The slab's count of records handed out (plus one), kept here so
+    /// that it outlives the process. A fresh table's is 0, read as 1.
+    pub(super) fn never_used(&self) -> &AtomicU32 {
+        // SAFETY: OFF_NEVER_USED is 4-byte aligned inside the mapping,
+        // which lives as long as self; any u32 is a valid value.
+        unsafe { &*self.map.as_ptr().add(OFF_NEVER_USED).cast::<AtomicU32>() }
+    }
+
     fn state_word(&self) -> &AtomicU32 {
         // SAFETY: OFF_STATE is 4-byte aligned inside the page-aligned
         // mapping, which lives as long as self; any u32 is a valid value.
@@ -248,8 +258,9 @@ impl TableFile {
     }
 
     fn write_header(&self, records: usize, record_bytes: usize, epoch_ns: u64, boot_id: &[u8; 16]) {
-        let mut header = [0u8; 52];
+        let mut header = [0u8; 56];
         header[OFF_MAGIC..OFF_MAGIC + 8].copy_from_slice(&MAGIC);
+        header[OFF_NEVER_USED..OFF_NEVER_USED + 4].copy_from_slice(&1u32.to_le_bytes());
         header[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&LAYOUT_VERSION.to_le_bytes());
         header[OFF_RECORD_BYTES..OFF_RECORD_BYTES + 4]
             .copy_from_slice(&(record_bytes as u32).to_le_bytes());

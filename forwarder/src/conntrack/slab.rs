@@ -149,7 +149,7 @@ enum Records {
         ptr: std::ptr::NonNull<Record>,
         len: usize,
         /// Keeps the mapping alive as long as the records are used.
-        _file: Arc<TableFile>,
+        file: Arc<TableFile>,
     },
 }
 
@@ -183,7 +183,9 @@ pub(super) struct Slab {
     /// Top of the free stack: tag (bits 32..64) | record id (0..32, 0 =
     /// empty).
     free_head: AtomicU64,
-    /// Records `1..never_used` have been handed out at least once.
+    /// Records `1..never_used` have been handed out at least once (owned
+    /// records; a table file keeps its own count in its header, so the
+    /// next gateway reads only the records ever used).
     never_used: AtomicU32,
 }
 
@@ -210,7 +212,7 @@ impl Slab {
             records: Records::Mapped {
                 ptr: ptr.cast::<Record>(),
                 len,
-                _file: file,
+                file,
             },
             free_head: AtomicU64::new(0),
             never_used: AtomicU32::new(1),
@@ -247,7 +249,17 @@ impl Slab {
     /// Adoption: records `1..=id` have been used.
     pub fn set_high_water(&self, id: RecordId) {
         // Relaxed: adoption runs before the table is shared.
-        self.never_used.store(id + 1, Ordering::Relaxed);
+        self.never_used().store(id + 1, Ordering::Relaxed);
+    }
+
+    /// The count of records handed out: in the table file's header when
+    /// there is one.
+    #[inline]
+    fn never_used(&self) -> &AtomicU32 {
+        match &self.records {
+            Records::Mapped { file, .. } => file.never_used(),
+            Records::Owned(_) => &self.never_used,
+        }
     }
 
     /// Adoption: rewrites a live record's counter slot (the slots of
@@ -280,7 +292,7 @@ impl Slab {
     pub fn high_water(&self) -> RecordId {
         // Relaxed: a scan bound; records handed out later hold flows
         // inserted after the scan began, which it may skip.
-        self.never_used.load(Ordering::Relaxed)
+        self.never_used().load(Ordering::Relaxed)
     }
 
     #[inline]
@@ -369,7 +381,7 @@ impl Slab {
         let len = self.records.len() as u32;
         // Relaxed: never-used records are all zero and published by
         // `publish` itself; the counter orders nothing.
-        self.never_used
+        self.never_used()
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 (n < len).then_some(n + 1)
             })

@@ -879,3 +879,25 @@ fn adoption_discards_records_it_cannot_believe() {
     assert_eq!(ct.summary().flows, 2);
     check_invariants(&ct, 6);
 }
+
+#[test]
+fn a_settling_retirement_leaves_unanswered_syns_to_their_next_packet() {
+    let ct = Conntrack::default();
+    handshake(&ct, 10, 0);
+    // SYN sent, no answer yet.
+    ct.insert(forward(11), backend(), 0, FlowMeta::default())
+        .expect("insert");
+    ct.lookup(&forward(11), 0, SYN);
+    // SYN answered, handshake not complete: nothing left to wait for.
+    ct.insert(forward(12), backend(), 0, FlowMeta::default())
+        .expect("insert");
+    ct.lookup(&reply(12), 0, SYN | ACK);
+    let mut lingering = Vec::new();
+    let removed = ct.retire_settled(|_, b| b == backend(), |k, b| lingering.push((*k, b)));
+    assert_eq!(removed, 2);
+    assert_eq!(lingering, vec![(forward(11), backend())]);
+    assert!(ct.lookup(&forward(11), 0, SYN).is_some(), "left in place");
+    assert!(ct.lookup(&forward(10), 0, ACK).is_none());
+    assert!(ct.lookup(&forward(12), 0, ACK).is_none());
+    assert_eq!(ct.stats().retired.load(STAT), 2);
+}
