@@ -280,6 +280,14 @@ fn survives_in(
          round {:?} (before the restart: {before:?})",
         seen.longest
     );
+    // Where the restart's time went: the new gateway's start, step by step.
+    for line in lab
+        .gateway_log()
+        .iter()
+        .take_while(|l| !l.contains("cipgw ready"))
+    {
+        eprintln!("  {line}");
+    }
     assert!(seen.errors.is_empty(), "{what}: {:?}", seen.errors);
     lab.assert_log_contains("connection table adopted from the previous gateway");
     lab.stop_gateway();
@@ -308,25 +316,31 @@ fn connections_survive_a_crash_and_restart() {
 }
 
 /// A hugetlbfs mount with `pages` more huge pages reserved; both undone
-/// on drop (after the lab, which is declared later).
+/// on drop (after the lab, which is declared later). The pool is grown
+/// and shrunk by `pages`, not set back to a value read before, so that
+/// another user of huge pages on the machine keeps what it reserved.
 struct HugePages {
     mount: std::path::PathBuf,
-    saved: u64,
+    pages: u64,
+}
+
+fn nr_hugepages() -> u64 {
+    std::fs::read_to_string(NR_HUGEPAGES)
+        .expect("reading nr_hugepages")
+        .trim()
+        .parse()
+        .expect("nr_hugepages is a number")
 }
 
 const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
 
 impl HugePages {
     fn mount(name: &str, pages: u64) -> HugePages {
-        let saved: u64 = std::fs::read_to_string(NR_HUGEPAGES)
-            .expect("reading nr_hugepages")
-            .trim()
-            .parse()
-            .expect("nr_hugepages is a number");
-        std::fs::write(NR_HUGEPAGES, (saved + pages).to_string()).expect("reserving huge pages");
+        std::fs::write(NR_HUGEPAGES, (nr_hugepages() + pages).to_string())
+            .expect("reserving huge pages");
         let mount = std::env::temp_dir().join(format!("cipgw-huge-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&mount).expect("creating the mount point");
-        let guard = HugePages { mount, saved };
+        let guard = HugePages { mount, pages };
         let target = std::ffi::CString::new(guard.mount.as_os_str().as_encoded_bytes())
             .expect("no NUL in the path");
         // SAFETY: NUL-terminated strings that outlive the call.
@@ -358,7 +372,10 @@ impl Drop for HugePages {
             }
         }
         let _ = std::fs::remove_dir(&self.mount);
-        let _ = std::fs::write(NR_HUGEPAGES, self.saved.to_string());
+        let _ = std::fs::write(
+            NR_HUGEPAGES,
+            nr_hugepages().saturating_sub(self.pages).to_string(),
+        );
     }
 }
 

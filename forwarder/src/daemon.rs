@@ -46,6 +46,10 @@ use crate::xsk::{self, BusyPoll, NapiTuning, QueueAssignment, WorkerIo, XskConfi
 /// How long a table change waits for every worker to move to the new
 /// table before retiring flows (workers load it at every batch).
 const READERS_GRACE: Duration = Duration::from_secs(2);
+/// How often the control loop looks at the stop flag while no event
+/// comes: workers stop at the signal itself, so until this process exits
+/// (and the next gateway can start) VIP traffic is dropped; keep it short.
+const STOP_CHECK_EVERY: Duration = Duration::from_millis(10);
 /// How often expired flows are swept out of conntrack.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Busy polling: SO_BUSY_POLL on the sockets (µs). Workers never block in
@@ -633,7 +637,7 @@ impl Gateway {
         let mut last_sweep = Instant::now();
         // Acquire: pairs with the signal handler's store.
         while !self.stop.load(Ordering::Acquire) {
-            match self.events.recv_timeout(Duration::from_millis(100)) {
+            match self.events.recv_timeout(STOP_CHECK_EVERY) {
                 Ok(event) => self.on_event(event),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {

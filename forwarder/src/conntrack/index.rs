@@ -79,7 +79,7 @@ pub(super) enum Placed<T> {
 
 #[derive(Debug)]
 pub(super) struct FlowIndex {
-    buckets: Box<[Bucket]>,
+    buckets: super::ZeroedSlice<Bucket>,
     /// Buckets a hash maps to; the rest (MAX_CHAIN) only take overflow.
     homes: u64,
 }
@@ -92,7 +92,7 @@ impl FlowIndex {
             .max(1);
         // SAFETY: a Bucket is eight AtomicU64s, for which all-zero bytes
         // are a valid value (an empty slot, an unlocked bucket).
-        let buckets: Box<[Bucket]> = unsafe { super::zeroed_slice(homes + MAX_CHAIN) };
+        let buckets = unsafe { super::zeroed_slice::<Bucket>(homes + MAX_CHAIN) };
         super::advise_huge_pages(&buckets);
         FlowIndex {
             buckets,

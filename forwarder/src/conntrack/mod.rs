@@ -524,27 +524,102 @@ fn direction_of(bit: u32) -> Direction {
     }
 }
 
-/// A boxed slice of `len` zeroed `T`s. The allocator takes large blocks
-/// straight from the kernel, which zero-fills pages lazily: a table's
-/// memory is only touched as flows arrive.
+/// `len` zeroed `T`s in memory of their own, mapped straight from the
+/// kernel, which zero-fills pages as they are first touched: a table's
+/// memory is only taken as flows arrive, and building one costs no time
+/// however large it is (the allocator would write every byte of a slice
+/// aligned beyond 16 bytes, touching all of it at start).
+pub(crate) struct ZeroedSlice<T> {
+    ptr: std::ptr::NonNull<T>,
+    len: usize,
+}
+
+impl<T> ZeroedSlice<T> {
+    /// # Safety
+    ///
+    /// All-zero bytes must be a valid `T`, and `T`'s alignment at most a
+    /// page's.
+    unsafe fn new(len: usize) -> Self {
+        let bytes = std::mem::size_of::<T>()
+            .checked_mul(len)
+            .expect("conntrack table size overflows");
+        if bytes == 0 {
+            return Self {
+                ptr: std::ptr::NonNull::dangling(),
+                len,
+            };
+        }
+        // SAFETY: a fresh private anonymous mapping; the kernel picks the
+        // (page-aligned) address.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            std::alloc::handle_alloc_error(
+                std::alloc::Layout::array::<T>(len).expect("checked above"),
+            );
+        }
+        Self {
+            ptr: std::ptr::NonNull::new(ptr.cast()).expect("mmap never returns null on success"),
+            len,
+        }
+    }
+}
+
+impl<T> std::ops::Deref for ZeroedSlice<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        // SAFETY: `len` zero-filled, page-aligned Ts that the caller of
+        // `new` promised are valid, mapped for as long as self lives.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T> Drop for ZeroedSlice<T> {
+    fn drop(&mut self) {
+        let bytes = std::mem::size_of::<T>() * self.len;
+        if bytes > 0 {
+            // SAFETY: exactly the mapping made in `new`, no longer used.
+            unsafe {
+                libc::munmap(self.ptr.as_ptr().cast(), bytes);
+            }
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for ZeroedSlice<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ZeroedSlice({} x {} bytes)",
+            self.len,
+            std::mem::size_of::<T>()
+        )
+    }
+}
+
+// SAFETY: the slice owns its mapping; sharing it is sharing a `[T]`.
+unsafe impl<T: Sync> Sync for ZeroedSlice<T> {}
+// SAFETY: as above; moving it moves ownership of the mapping.
+unsafe impl<T: Send> Send for ZeroedSlice<T> {}
+
+/// `len` zeroed `T`s (see [`ZeroedSlice`]).
 ///
 /// # Safety
 ///
-/// All-zero bytes must be a valid `T`.
-unsafe fn zeroed_slice<T>(len: usize) -> Box<[T]> {
-    let layout = std::alloc::Layout::array::<T>(len).expect("conntrack table size overflows");
-    if layout.size() == 0 {
-        return Box::default();
-    }
-    // SAFETY: the layout has a non-zero size.
-    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<T>();
-    if ptr.is_null() {
-        std::alloc::handle_alloc_error(layout);
-    }
-    // SAFETY: `ptr` is a fresh allocation of `layout`, i.e. of `len` Ts,
-    // all zero, which the caller promises is a valid T; the Box takes
-    // ownership and frees it with the same layout.
-    unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, len)) }
+/// All-zero bytes must be a valid `T`, and `T`'s alignment at most a
+/// page's.
+unsafe fn zeroed_slice<T>(len: usize) -> ZeroedSlice<T> {
+    // SAFETY: passed on from the caller.
+    unsafe { ZeroedSlice::new(len) }
 }
 
 /// Asks the kernel to back a large table with transparent huge pages:

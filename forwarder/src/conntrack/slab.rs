@@ -144,7 +144,7 @@ fn decode(client: u64, addrs: u64, target: u64) -> FlowData {
 /// that outlives the process ([`super::persist`]).
 #[derive(Debug)]
 enum Records {
-    Owned(Box<[Record]>),
+    Owned(super::ZeroedSlice<Record>),
     Mapped {
         ptr: std::ptr::NonNull<Record>,
         len: usize,
@@ -195,7 +195,7 @@ impl Slab {
         let len = capacity as usize + 1;
         // SAFETY: a Record is four AtomicU64s, for which all-zero bytes
         // are a valid value (a record never used).
-        let records: Box<[Record]> = unsafe { super::zeroed_slice(len) };
+        let records = unsafe { super::zeroed_slice::<Record>(len) };
         super::advise_huge_pages(&records);
         Slab {
             records: Records::Owned(records),
