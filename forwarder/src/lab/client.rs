@@ -62,9 +62,15 @@ pub fn tcp_request(
     stream
         .write_all(payload)
         .map_err(|e| io_error(&what, timeout, e))?;
-    stream
-        .shutdown(Shutdown::Write)
-        .map_err(|e| LabError::io(&what, e))?;
+    stream.shutdown(Shutdown::Write).map_err(|e| {
+        // A reset that arrived after the write leaves the socket closed:
+        // shutdown says "not connected", the pending error says why.
+        let cause = match stream.take_error() {
+            Ok(Some(reset)) => reset,
+            _ => e,
+        };
+        io_error(&what, timeout, cause)
+    })?;
     let mut received = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
