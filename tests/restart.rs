@@ -431,6 +431,32 @@ fn without_free_huge_pages_the_table_stays_in_process_memory() {
     lab.stop_gateway();
 }
 
+/// As deployed (deploy/30-daemonset.yaml), the gateway has no
+/// CAP_SYS_ADMIN, without which the kernel opens no attached program by
+/// id: the earlier gateway's program is known by the id it recorded.
+#[test]
+fn connections_survive_a_restart_without_cap_sys_admin() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    let (lab, vip) = lab();
+    let wrapper = lab.script(
+        "cipgw-no-sys-admin",
+        r#"exec setpriv --bounding-set -sys_admin --inh-caps -sys_admin "$CIPGW" "$@""#,
+    );
+    survives_in(
+        lab,
+        vip,
+        &[],
+        move |lab| {
+            lab.stop_gateway();
+            lab.start_gateway_through(&wrapper, &[]);
+        },
+        "SIGTERM restart without CAP_SYS_ADMIN",
+    );
+}
+
 #[test]
 fn a_table_of_another_layout_is_set_aside_and_old_connections_are_reset() {
     let _serial = lab::serial();

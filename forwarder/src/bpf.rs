@@ -196,6 +196,10 @@ pub struct XdpProgram {
     xsks_fd: RawFd,
     attached: Vec<Attachment>,
     mirror: Mutex<Mirror>,
+    /// Ids of programs an earlier gateway recorded as its own (in its
+    /// state directory): recognised even where the kernel will not open
+    /// an attached program by id (that takes CAP_SYS_ADMIN).
+    known_ids: Vec<u32>,
 }
 
 // SAFETY: the `bpf_object` pointer is only dereferenced by libbpf in
@@ -254,6 +258,7 @@ impl XdpProgram {
             xsks_fd: -1,
             attached: Vec::new(),
             mirror: Mutex::new(Mirror::default()),
+            known_ids: Vec::new(),
         };
 
         let (ret, log) = capture_libbpf_log(|| {
@@ -285,6 +290,12 @@ impl XdpProgram {
             })?;
         tracing::debug!(prog_id = program.prog_id, "XDP program loaded");
         Ok(program)
+    }
+
+    /// Programs with these ids, found attached, are an earlier gateway's
+    /// (see `known_ids`).
+    pub fn recognise(&mut self, ids: Vec<u32>) {
+        self.known_ids = ids;
     }
 
     /// The kernel's id of the loaded program.
@@ -393,13 +404,24 @@ impl XdpProgram {
         })?;
 
         // Classify what is there: ours from an earlier run (stale) or not.
-        let mut stale: Vec<(u32, &'static str, u32, OwnedFd)> = Vec::new();
+        let mut stale: Vec<(u32, &'static str, u32, Option<OwnedFd>)> = Vec::new();
         for (id, mode_name, flag) in attached {
-            let fd = prog_fd_by_id(id).map_err(|source| BpfError::Interface {
-                iface: iface.to_owned(),
-                what: format!("opening attached XDP program id {id}"),
-                source,
-            })?;
+            let fd = match prog_fd_by_id(id) {
+                Ok(fd) => fd,
+                // Without CAP_SYS_ADMIN the kernel opens no program by id;
+                // one the last gateway recorded is known all the same.
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) && self.known_ids.contains(&id) => {
+                    stale.push((id, mode_name, flag, None));
+                    continue;
+                }
+                Err(source) => {
+                    return Err(BpfError::Interface {
+                        iface: iface.to_owned(),
+                        what: format!("opening attached XDP program id {id}"),
+                        source,
+                    })
+                }
+            };
             let (_, name) = prog_info(fd.as_raw_fd()).map_err(|source| BpfError::Interface {
                 iface: iface.to_owned(),
                 what: format!("reading attached XDP program id {id}"),
@@ -413,13 +435,15 @@ impl XdpProgram {
                     mode: mode_name,
                 });
             }
-            stale.push((id, mode_name, flag, fd));
+            stale.push((id, mode_name, flag, Some(fd)));
         }
 
         // Same mode: swap atomically. Other modes: the kernel allows only
         // one of native and generic at a time, so remove those first.
         let mut replace_fd = None;
+        let mut replace_unopened = false;
         for (id, mode_name, flag, fd) in &stale {
+            let fd = fd.as_ref().map_or(-1, AsRawFd::as_raw_fd);
             if *flag == want.flag() {
                 if *id != self.prog_id {
                     tracing::info!(
@@ -429,7 +453,11 @@ impl XdpProgram {
                         "replacing a stale cipgw XDP program"
                     );
                 }
-                replace_fd = Some(fd.as_raw_fd());
+                if fd < 0 {
+                    replace_unopened = true;
+                } else {
+                    replace_fd = Some(fd);
+                }
                 continue;
             }
             tracing::info!(
@@ -438,9 +466,16 @@ impl XdpProgram {
                 mode = mode_name,
                 "detaching a stale cipgw XDP program"
             );
-            let opts = attach_opts(fd.as_raw_fd());
-            // SAFETY: plain syscall wrapper; `opts` outlives the call.
-            let ret = unsafe { sys::bpf_xdp_detach(ifindex as c_int, *flag, &opts) };
+            let opts = attach_opts(fd);
+            // SAFETY: plain syscall wrapper; `opts` outlives the call (an
+            // unopened program is detached without naming it).
+            let ret = unsafe {
+                sys::bpf_xdp_detach(
+                    ifindex as c_int,
+                    *flag,
+                    if fd < 0 { ptr::null() } else { &opts },
+                )
+            };
             if ret < 0 {
                 return Err(BpfError::Interface {
                     iface: iface.to_owned(),
@@ -456,6 +491,14 @@ impl XdpProgram {
                 // SAFETY: plain syscall wrapper; our prog fd is valid while
                 // self lives; `opts` outlives the call.
                 unsafe { sys::bpf_xdp_attach(ifindex as c_int, self.prog_fd, want.flag(), &opts) }
+            }
+            // The earlier gateway's program, known by its id: replaced
+            // without naming it (the kernel would not open it for us).
+            None if replace_unopened => {
+                // SAFETY: as above; no options.
+                unsafe {
+                    sys::bpf_xdp_attach(ifindex as c_int, self.prog_fd, want.flag(), ptr::null())
+                }
             }
             None => {
                 // SAFETY: as above; no options.
@@ -660,12 +703,23 @@ impl XdpProgram {
     /// Entries of a map with another key layout are not read.
     pub fn inherit_maps(&self, ifindexes: &[u32]) -> Result<MapDelta, BpfError> {
         for &ifindex in ifindexes {
-            let entries =
-                attached_entries(ifindex, self.prog_id).map_err(|source| BpfError::Interface {
-                    iface: describe_ifindex(ifindex),
-                    what: "reading the maps of the XDP program attached before".into(),
-                    source,
-                })?;
+            let entries = match attached_entries(ifindex, self.prog_id) {
+                Ok(entries) => entries,
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    tracing::warn!(
+                        "the previous gateway's XDP maps cannot be read without CAP_SYS_ADMIN: \
+                         its VIPs are steered again from the first sync on"
+                    );
+                    return Ok(MapDelta::default());
+                }
+                Err(source) => {
+                    return Err(BpfError::Interface {
+                        iface: describe_ifindex(ifindex),
+                        what: "reading the maps of the XDP program attached before".into(),
+                        source,
+                    })
+                }
+            };
             if let Some((vips, backends)) = entries {
                 return self.add_missing(&vips, &backends);
             }

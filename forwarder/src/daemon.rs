@@ -221,6 +221,33 @@ fn open_conntrack(
     Ok((conntrack, Some(file), epoch))
 }
 
+/// The file under `--state-dir` naming the XDP program this gateway left
+/// attached, so that the next one knows it without opening it by id
+/// (which takes CAP_SYS_ADMIN, which the DaemonSet does not grant).
+const PROGRAM_FILE: &str = "xdp-program-id";
+
+/// The id an earlier gateway recorded, if any.
+fn recorded_program(dir: &std::path::Path) -> Vec<u32> {
+    std::fs::read_to_string(dir.join(PROGRAM_FILE))
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .into_iter()
+        .collect()
+}
+
+/// Records the attached program's id for the next gateway; a failure only
+/// costs that gateway the fallback, so it is logged, not fatal.
+fn record_program(dir: &std::path::Path, id: u32) {
+    let path = dir.join(PROGRAM_FILE);
+    let tmp = dir.join(format!("{PROGRAM_FILE}.tmp"));
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&tmp, format!("{id}\n")))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(error) = written {
+        tracing::warn!(path = %path.display(), %error, "could not record the XDP program's id");
+    }
+}
+
 /// Every target adopted flows go to.
 fn adopted_targets(conntrack: &Conntrack) -> HashSet<FlowTarget> {
     let mut targets = HashSet::new();
@@ -342,6 +369,9 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
         netlink::spawn_monitor(settings.ifaces.clone()).context("starting the netlink monitor")?;
 
     let mut program = XdpProgram::load().context("loading the XDP program")?;
+    if let Some(dir) = &settings.state_dir {
+        program.recognise(recorded_program(dir));
+    }
     let (vips, backends) = map_sets(&compiled);
     program.add_missing(&vips, &backends)?;
     if !from_file {
@@ -482,6 +512,10 @@ fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyho
             .attach(ifindex, settings.xdp_mode)
             .with_context(|| format!("attaching XDP to {}", settings.ifaces[i]))?;
         tracing::info!(iface = %settings.ifaces[i], ?mode, "XDP program attached");
+    }
+
+    if let Some(dir) = &settings.state_dir {
+        record_program(dir, program.program_id());
     }
 
     // Only where some socket can actually busy-poll: without a poller the

@@ -516,6 +516,32 @@ impl Lab {
     /// services come from), the lab's VIP range, one worker on core 1 and
     /// `extra`; waits until the process reports ready.
     fn launch(&mut self, source: &[String], extra: &[&str]) {
+        self.launch_exe(exe(), source, extra);
+    }
+
+    /// [`Lab::start_gateway_with`], running `wrapper` (an executable that
+    /// execs `cipgw` with the arguments it is given) in its place.
+    pub fn start_gateway_through(&mut self, wrapper: &Path, extra: &[&str]) {
+        let control = self
+            .control
+            .clone()
+            .expect("write the control file before starting the gateway");
+        let source = ["--control-file".to_owned(), control.display().to_string()];
+        self.launch_exe(wrapper, &source, extra);
+    }
+
+    /// Writes an executable script `name` in the lab's directory whose
+    /// body is `script`; `$CIPGW` in it is the gateway binary.
+    pub fn script(&self, name: &str, script: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let body = format!("#!/bin/sh\nCIPGW='{}'\n{script}\n", exe().display());
+        let path = self.dir.write(name, &body);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("making {} executable: {e}", path.display()));
+        path
+    }
+
+    fn launch_exe(&mut self, exe: &Path, source: &[String], extra: &[&str]) {
         assert!(self.gateway.is_none(), "the gateway is already running");
         let info = self.info();
         let mut args: Vec<String> = Vec::new();
@@ -533,7 +559,7 @@ impl Lab {
         ]);
         args.extend(extra.iter().map(|a| (*a).to_owned()));
         let gateway =
-            GatewayProcess::start(exe(), self.topology.gateway(), &args, false, READY_WITHIN)
+            GatewayProcess::start(exe, self.topology.gateway(), &args, false, READY_WITHIN)
                 .unwrap_or_else(|e| panic!("starting the gateway: {e}"));
         self.gateway = Some(gateway);
     }
