@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cipgw::lab::{self, Topology};
+use cipgw::lab::{self, Topology, TopologyInfo};
 
 #[path = "support/mod.rs"]
 mod support;
@@ -57,6 +57,26 @@ fn write_version(path: &Path, text: &str, how: Rewrite) {
         }
     }
     .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
+
+/// One datagram on each UDP flow (named by the Pod it was on) and the
+/// Pod that answers it now. The sockets keep the client's namespace.
+fn next_answers(
+    info: &TopologyInfo,
+    udp: &BTreeMap<String, UdpSocket>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut answers = BTreeMap::new();
+    for (was, u) in udp {
+        u.send(b"still?\n")
+            .map_err(|e| format!("UDP flow of {was}: {e}"))?;
+        let mut buf = [0u8; 256];
+        let n = u
+            .recv(&mut buf)
+            .map_err(|e| format!("UDP flow of {was}: no answer: {e}"))?;
+        let now = pod_name(info, &String::from_utf8_lossy(&buf[..n]))?.to_owned();
+        answers.insert(was.clone(), now);
+    }
+    Ok(answers)
 }
 
 /// A lab with TCP and UDP echo servers on `pods` Pods.
@@ -205,24 +225,7 @@ fn scaling_to_one_pod_and_back_moves_traffic_within_a_second() {
     );
 
     // UDP flows to removed Pods recover on their next datagram.
-    let udp_after = lab.in_client({
-        let info = info.clone();
-        move || {
-            let mut answers = BTreeMap::new();
-            for (was, u) in &udp {
-                u.send(b"still?\n")
-                    .map_err(|e| format!("UDP flow of {was}: {e}"))?;
-                let mut buf = [0u8; 256];
-                let n = u
-                    .recv(&mut buf)
-                    .map_err(|e| format!("UDP flow of {was}: no answer: {e}"))?;
-                let now = pod_name(&info, &String::from_utf8_lossy(&buf[..n]))?.to_owned();
-                answers.insert(was.clone(), now);
-            }
-            Ok::<_, String>(answers)
-        }
-    });
-    let udp_after = udp_after.unwrap_or_else(|e| lab.fail(e));
+    let udp_after = next_answers(&info, &udp).unwrap_or_else(|e| lab.fail(e));
     for (was, now) in &udp_after {
         assert_eq!(now, &pod1, "the UDP flow that was on {was} is now on {now}");
     }
@@ -325,24 +328,8 @@ fn every_scale_down_ends_flows_to_removed_pods_the_moment_it_is_published() {
         wait_until_answered(&lab, vip_port(probe_one, &DNS), round);
 
         // At once: no waiting for the retirement pass.
-        let udp_after = lab.in_client({
-            let info = info.clone();
-            move || {
-                let mut answers = BTreeMap::new();
-                for (was, u) in &udp {
-                    u.send(b"still?\n")
-                        .map_err(|e| format!("UDP flow of {was}: {e}"))?;
-                    let mut buf = [0u8; 256];
-                    let n = u
-                        .recv(&mut buf)
-                        .map_err(|e| format!("UDP flow of {was}: no answer: {e}"))?;
-                    let now = pod_name(&info, &String::from_utf8_lossy(&buf[..n]))?.to_owned();
-                    answers.insert(was.clone(), now);
-                }
-                Ok::<_, String>(answers)
-            }
-        });
-        let udp_after = udp_after.unwrap_or_else(|e| lab.fail(format_args!("round {round}: {e}")));
+        let udp_after = next_answers(&info, &udp)
+            .unwrap_or_else(|e| lab.fail(format_args!("round {round}: {e}")));
         for (was, now) in &udp_after {
             assert_eq!(
                 now, &pod1,

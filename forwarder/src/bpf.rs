@@ -1027,12 +1027,7 @@ fn attached_entries(
             if ret < 0 {
                 return Err(neg_errno(ret));
             }
-            let name: Vec<u8> = info
-                .name
-                .iter()
-                .take_while(|&&c| c != 0)
-                .map(|&c| c as u8)
-                .collect();
+            let name = object_name(&info.name);
             match (name.as_slice(), info.key_size) {
                 (n, 4) if n == MAP_VIPS.as_bytes() => {
                     for key in map_keys::<4>(map.as_raw_fd())? {
@@ -1127,13 +1122,16 @@ fn prog_info(fd: RawFd) -> io::Result<(u32, String)> {
     if ret < 0 {
         return Err(neg_errno(ret));
     }
-    let bytes: Vec<u8> = info
-        .name
-        .iter()
+    let bytes = object_name(&info.name);
+    Ok((info.id, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// A BPF object's name from the kernel's NUL-padded array.
+fn object_name(name: &[c_char]) -> Vec<u8> {
+    name.iter()
         .take_while(|&&c| c != 0)
         .map(|&c| c as u8)
-        .collect();
-    Ok((info.id, String::from_utf8_lossy(&bytes).into_owned()))
+        .collect()
 }
 
 /// "NAME (ifindex N)" in the calling thread's namespace, or "ifindex N".
