@@ -82,9 +82,9 @@ struct Gateway {
     /// Targets of flows adopted from a previous gateway, until the first
     /// full table says which of them still exist.
     adopted_targets: Option<HashSet<FlowTarget>>,
-    /// Targets of TCP flows whose SYN got no answer when their target
-    /// left: the last retirement pass left them for their next packet
-    /// (see `apply`), so the next table must still end them.
+    /// Targets of open TCP connections whose target left: the last
+    /// retirement pass left them for their next packet (see `apply`), so
+    /// the next table must still end them.
     lingering: HashSet<FlowTarget>,
     affinity: Arc<Affinity>,
     workers: Vec<(usize, JoinHandle<()>)>,
@@ -793,11 +793,12 @@ impl Gateway {
 
         // Workers retire flows to removed targets at their next packet
         // from now on; once none uses an older table (which could still
-        // create such flows), the rest go in one pass. A TCP flow whose
-        // SYN is still unanswered is left to its next packet: its SYN-ACK
-        // then reaches the client and the client's ACK is reset at once,
-        // or its retransmitted SYN picks a live endpoint; dropped here,
-        // the client would wait a second for its SYN to time out.
+        // create such flows), the UDP flows and finished TCP flows go in
+        // one pass. An open TCP connection is left to its next packet from
+        // the client, which is reset (or, a retransmitted SYN, sent to a
+        // live endpoint): dropped here, the replies already on their way
+        // from the Pod would be lost and a client waiting for them would
+        // hang until its own timeout.
         let retired = if retiring.is_empty() {
             0
         } else {

@@ -180,6 +180,14 @@ impl FlowState {
         matches!(self, FlowState::TcpTimeWait | FlowState::TcpClose)
     }
 
+    /// The state a flow of this state's protocol starts in.
+    const fn initial_of_protocol(self) -> FlowState {
+        match self {
+            FlowState::UdpUnreplied | FlowState::UdpReplied => FlowState::UdpUnreplied,
+            _ => FlowState::TcpSynSent,
+        }
+    }
+
     /// The state a new flow starts in.
     pub const fn initial(protocol: Protocol) -> FlowState {
         match protocol {
@@ -1440,17 +1448,18 @@ impl Conntrack {
         removed
     }
 
-    /// [`Conntrack::retire`], except for TCP flows whose SYN is still
-    /// unanswered: those are left in place (for the caller to end at
-    /// their next packet) and passed to `lingering`. Returns the number of
-    /// flows removed.
+    /// [`Conntrack::retire`], except for TCP connections still open (any
+    /// state but TIME_WAIT and CLOSE): those are left in place, for the
+    /// caller to end at their next packet from the client, and passed to
+    /// `lingering`. Returns the number of flows removed.
     pub fn retire_settled(
         &self,
         retire: impl Fn(&FlowKey, (Ipv4Addr, u16)) -> bool,
         mut lingering: impl FnMut(&FlowKey, (Ipv4Addr, u16)),
     ) -> usize {
         let opening = |l: Life| {
-            FlowState::from_bits(l.bits()) == FlowState::TcpSynSent && l.bits() & REPLIED == 0
+            let state = FlowState::from_bits(l.bits());
+            state.initial_of_protocol() == FlowState::TcpSynSent && !state.is_finished()
         };
         let doomed = |f: &FlowData, l: Life| {
             !opening(l) && retire(&f.forward_key(), (f.backend, f.backend_port))

@@ -881,23 +881,33 @@ fn adoption_discards_records_it_cannot_believe() {
 }
 
 #[test]
-fn a_settling_retirement_leaves_unanswered_syns_to_their_next_packet() {
+fn a_settling_retirement_leaves_open_connections_to_their_next_packet() {
     let ct = Conntrack::default();
+    // Open: established, SYN sent, closing one way.
     handshake(&ct, 10, 0);
-    // SYN sent, no answer yet.
     ct.insert(forward(11), backend(), 0, FlowMeta::default())
         .expect("insert");
     ct.lookup(&forward(11), 0, SYN);
-    // SYN answered, handshake not complete: nothing left to wait for.
-    ct.insert(forward(12), backend(), 0, FlowMeta::default())
+    handshake(&ct, 12, 0);
+    ct.lookup(&forward(12), 0, ACK | FIN);
+    // Finished: TIME_WAIT.
+    handshake(&ct, 13, 0);
+    ct.lookup(&forward(13), 0, ACK | FIN);
+    ct.lookup(&reply(13), 0, ACK | FIN);
+    // UDP.
+    let mut udp = forward(14);
+    udp.protocol = Protocol::Udp;
+    ct.insert(udp, backend(), 0, FlowMeta::default())
         .expect("insert");
-    ct.lookup(&reply(12), 0, SYN | ACK);
     let mut lingering = Vec::new();
-    let removed = ct.retire_settled(|_, b| b == backend(), |k, b| lingering.push((*k, b)));
-    assert_eq!(removed, 2);
-    assert_eq!(lingering, vec![(forward(11), backend())]);
-    assert!(ct.lookup(&forward(11), 0, SYN).is_some(), "left in place");
-    assert!(ct.lookup(&forward(10), 0, ACK).is_none());
-    assert!(ct.lookup(&forward(12), 0, ACK).is_none());
+    let removed = ct.retire_settled(|_, b| b == backend(), |k, _| lingering.push(k.src_port));
+    lingering.sort_unstable();
+    assert_eq!(lingering, vec![10, 11, 12]);
+    assert_eq!(removed, 2, "the finished TCP flow and the UDP flow");
+    for p in [10, 11, 12] {
+        assert!(ct.lookup(&forward(p), 0, 0).is_some(), "{p} left in place");
+    }
+    assert!(ct.lookup(&forward(13), 0, ACK).is_none());
+    assert!(ct.lookup(&udp, 0, 0).is_none());
     assert_eq!(ct.stats().retired.load(STAT), 2);
 }
