@@ -544,6 +544,14 @@ stop_cipgw() {
     kill -KILL "$CIPGW_PID" 2>/dev/null || true
     wait "$CIPGW_PID" 2>/dev/null || true
     CIPGW_PID=""
+    # cipgw leaves its XDP program attached for the next gateway (it drops
+    # VIP traffic meanwhile); the next peer on these veths is not one.
+    local dev mode
+    for dev in "$VG" "$VP"; do
+        for mode in xdpdrv xdpgeneric; do
+            ip -n "$NS_GW" link set dev "$dev" "$mode" off 2>/dev/null || true
+        done
+    done
 }
 
 peer_up() { # PEER SERVICES
