@@ -180,6 +180,14 @@ fn clients_outside_the_cluster_cidr_get_nothing() {
     lab.stop_gateway();
 }
 
+/// A new connection to `target` and the reply to its first request.
+fn connect_and_ask(target: SocketAddrV4) -> std::io::Result<(TcpStream, String)> {
+    let mut s = TcpStream::connect_timeout(&SocketAddr::V4(target), Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let reply = request(&mut s)?;
+    Ok((s, reply))
+}
+
 /// One request line over an open connection; the Pod that answered.
 fn request(stream: &mut TcpStream) -> std::io::Result<String> {
     stream.write_all(b"still there?\n")?;
@@ -217,13 +225,7 @@ fn a_burst_beyond_conntrack_max_is_refused_and_established_connections_live_on()
     ]);
     let target = vip_port(lab.info().vip(10), &HTTP);
     let outcome = lab.in_client(move || {
-        let connect = || {
-            let mut s =
-                TcpStream::connect_timeout(&SocketAddr::V4(target), Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(3)))?;
-            let reply = request(&mut s)?;
-            Ok::<_, std::io::Error>((s, reply))
-        };
+        let connect = || connect_and_ask(target);
         let mut held = Vec::new();
         for i in 0..HELD {
             held.push(connect().map_err(|e| format!("held connection {i}: {e}"))?);
@@ -293,13 +295,7 @@ fn a_table_full_of_finished_connections_still_admits_new_ones() {
     lab.start_gateway_with(&["--conntrack-max", &MAX.to_string()]);
     let target = vip_port(lab.info().vip(10), &HTTP);
     let outcome = lab.in_client(move || {
-        let connect = || {
-            let mut s =
-                TcpStream::connect_timeout(&SocketAddr::V4(target), Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(3)))?;
-            let reply = request(&mut s)?;
-            Ok::<_, std::io::Error>((s, reply))
-        };
+        let connect = || connect_and_ask(target);
         let mut held = Vec::new();
         for i in 0..HELD {
             held.push(connect().map_err(|e| format!("held connection {i}: {e}"))?);

@@ -1091,6 +1091,18 @@ fn the_flow_cache_never_serves_a_retired_flow() {
     );
 }
 
+/// The client's datagram of the UDP flow in
+/// [`a_published_table_ends_flows_to_endpoints_it_removed`].
+fn client_query() -> Vec<u8> {
+    udp(
+        CLIENT_MAC,
+        GW_CLIENT_MAC,
+        (CLIENT, 45001),
+        (UDP_VIP, 53),
+        64,
+    )
+}
+
 /// A table that removes a flow's endpoint is obeyed from the flow's next
 /// packet on, before (and without) any retirement pass over conntrack,
 /// also for a flow the worker's cache holds.
@@ -1106,13 +1118,7 @@ fn a_published_table_ends_flows_to_endpoints_it_removed() {
         let mut data = client_ack(45000, VIP, 8080);
         assert_eq!(h.run(&mut data), Verdict::Forward { port: POD_PORT });
     }
-    let mut query = udp(
-        CLIENT_MAC,
-        GW_CLIENT_MAC,
-        (CLIENT, 45001),
-        (UDP_VIP, 53),
-        64,
-    );
+    let mut query = client_query();
     assert_eq!(h.run(&mut query), Verdict::Forward { port: POD_PORT });
     assert_eq!(pod_of(&query), 11);
     assert_eq!(ct.summary().flows, 2);
@@ -1123,13 +1129,7 @@ fn a_published_table_ends_flows_to_endpoints_it_removed() {
     h.table =
         CompiledTable::compile(model_on(POD2), 2).with_retiring(old.difference(&new).copied());
 
-    let mut query = udp(
-        CLIENT_MAC,
-        GW_CLIENT_MAC,
-        (CLIENT, 45001),
-        (UDP_VIP, 53),
-        64,
-    );
+    let mut query = client_query();
     assert_eq!(h.run(&mut query), Verdict::Forward { port: POD_PORT });
     assert_eq!(
         pod_of(&query),
@@ -1148,13 +1148,7 @@ fn a_published_table_ends_flows_to_endpoints_it_removed() {
         2
     );
     // The UDP flow now lives on POD2 and stays there.
-    let mut query = udp(
-        CLIENT_MAC,
-        GW_CLIENT_MAC,
-        (CLIENT, 45001),
-        (UDP_VIP, 53),
-        64,
-    );
+    let mut query = client_query();
     assert_eq!(h.run(&mut query), Verdict::Forward { port: POD_PORT });
     assert_eq!(pod_of(&query), 12);
     assert_eq!(ct.summary().flows, 1);
