@@ -314,6 +314,8 @@ pub fn map_sets(table: &CompiledTable) -> (HashSet<Ipv4Addr>, HashSet<BackendKey
 struct ApplySummary {
     generation: u64,
     entries: usize,
+    /// Targets (VIP, port, protocol, endpoint) the table ended.
+    retiring: usize,
     retired: usize,
 }
 
@@ -722,6 +724,7 @@ impl Gateway {
                         took = ?started.elapsed(),
                         generation = summary.generation,
                         entries = summary.entries,
+                        retiring_targets = summary.retiring,
                         retired_flows = summary.retired,
                         "service table applied"
                     ),
@@ -759,6 +762,7 @@ impl Gateway {
             return Ok(ApplySummary {
                 generation: old.generation(),
                 entries: old.len(),
+                retiring: 0,
                 retired: 0,
             });
         }
@@ -786,6 +790,7 @@ impl Gateway {
         let summary = ApplySummary {
             generation,
             entries: compiled.len(),
+            retiring: retiring.len(),
             retired: 0,
         };
         self.table.publish(compiled);

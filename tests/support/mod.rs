@@ -375,6 +375,20 @@ pub struct Lab {
     control: Option<PathBuf>,
     /// `--state-dir` instead of the lab's own.
     state_dir: Option<PathBuf>,
+    /// The gateway's log was printed with a failure already.
+    log_printed: std::cell::Cell<bool>,
+}
+
+/// A test that panics without [`Lab::fail`] (a plain `assert!`) still
+/// shows what the gateway logged.
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() && !self.log_printed.get() {
+            if let Some(gateway) = &self.gateway {
+                eprintln!("{}", log_tail(gateway));
+            }
+        }
+    }
 }
 
 impl Lab {
@@ -396,6 +410,7 @@ impl Lab {
             dir: TempDir::new(),
             control: None,
             state_dir: None,
+            log_printed: std::cell::Cell::new(false),
         }
     }
 
@@ -678,6 +693,7 @@ impl Lab {
     #[track_caller]
     pub fn fail(&self, what: impl Display) -> ! {
         let log = self.gateway.as_ref().map(log_tail).unwrap_or_default();
+        self.log_printed.set(true);
         panic!("{what}{log}")
     }
 
