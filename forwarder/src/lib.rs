@@ -11,22 +11,18 @@
 //! (on by default; the running gateway and the `cipgw` binary) brings in
 //! the control plane, and the fuzzer builds the library without it.
 
+// The packet path itself is the `cipgw-datapath` crate; its modules are
+// re-exported here under their old paths.
+pub use cipgw_datapath::{
+    affinity, checksum, conntrack, counters, lb, pipeline, reject, route, table, wire,
+};
+
 pub mod admin;
-pub mod affinity;
 pub mod bpf;
-pub mod checksum;
-pub mod conntrack;
-pub mod counters;
 #[cfg(feature = "daemon")]
 pub mod daemon;
 pub mod lab;
-pub mod lb;
 pub mod metrics;
 pub mod netlink;
-pub mod pipeline;
-pub mod reject;
-pub mod route;
-pub mod table;
-pub mod wire;
 pub mod worker;
 pub mod xsk;

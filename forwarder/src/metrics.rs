@@ -22,7 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cipgw_config::{Protocol, ServiceName, ServiceTable};
@@ -36,7 +36,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::conntrack::{Conntrack, EvictionClass, FlowState};
-use crate::counters::{Counter, DropReason, SocketStat, WorkerCounters};
+use crate::counters::{DropReason, ServiceCounters, SocketStat, WorkerCounters, MAX_SERVICE_SLOTS};
 use crate::table::CompiledTable;
 
 /// How often a worker publishes its local histograms, at most.
@@ -333,70 +333,6 @@ impl WorkerTelemetry {
     }
 }
 
-/// The counters of one service port (VIP:port/protocol) on one worker;
-/// the worker is the only writer.
-#[derive(Debug, Default)]
-pub struct ServiceCounter {
-    /// Packets of the port's flows, both directions.
-    pub packets: Counter,
-    /// Their bytes (Ethernet frames as received).
-    pub bytes: Counter,
-    /// Connections given a backend.
-    pub flows: Counter,
-}
-
-/// Slots per chunk of [`ServiceCounters`].
-const SLOT_CHUNK: usize = 1024;
-/// Chunks per worker: at most `SLOT_CHUNK * SLOT_CHUNKS` service ports
-/// are counted; ports beyond that get no slot and are not counted.
-const SLOT_CHUNKS: usize = 1024;
-/// Most service ports that can have counters at once.
-pub const MAX_SERVICE_SLOTS: usize = SLOT_CHUNK * SLOT_CHUNKS;
-
-/// One worker's per-service-port counters, indexed by the port's stable
-/// slot (see [`ServiceStats`]). Chunks of slots are allocated by the
-/// control thread before a table that uses them is published, so the
-/// worker never allocates and a slot's address never changes.
-#[derive(Debug)]
-pub struct ServiceCounters {
-    chunks: Box<[OnceLock<Box<[ServiceCounter]>>]>,
-}
-
-impl ServiceCounters {
-    fn new() -> Self {
-        Self {
-            chunks: (0..SLOT_CHUNKS).map(|_| OnceLock::new()).collect(),
-        }
-    }
-
-    /// Allocates the chunks that slots `0..slots` fall in.
-    fn ensure(&self, slots: usize) {
-        for chunk in self.chunks.iter().take(slots.div_ceil(SLOT_CHUNK)) {
-            chunk.get_or_init(|| (0..SLOT_CHUNK).map(|_| ServiceCounter::default()).collect());
-        }
-    }
-
-    /// The counters of `slot`, if it has any. One atomic (acquire) load
-    /// of the chunk pointer; on the packet path.
-    #[inline]
-    pub fn get(&self, slot: u32) -> Option<&ServiceCounter> {
-        let slot = slot as usize;
-        self.chunks
-            .get(slot / SLOT_CHUNK)?
-            .get()?
-            .get(slot % SLOT_CHUNK)
-    }
-
-    fn totals(&self, slot: u32) -> ServiceTotals {
-        self.get(slot)
-            .map_or_else(ServiceTotals::default, |c| ServiceTotals {
-                packets: c.packets.get(),
-                bytes: c.bytes.get(),
-                flows: c.flows.get(),
-            })
-    }
-}
-
 /// Summed counters of one service port.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ServiceTotals {
@@ -406,6 +342,15 @@ pub struct ServiceTotals {
 }
 
 impl ServiceTotals {
+    /// What `counters` counted at `slot` (zero when it has no slot).
+    fn of(counters: &ServiceCounters, slot: u32) -> Self {
+        counters.get(slot).map_or_else(Self::default, |c| Self {
+            packets: c.packets.get(),
+            bytes: c.bytes.get(),
+            flows: c.flows.get(),
+        })
+    }
+
     fn add(&mut self, other: ServiceTotals) {
         self.packets = self.packets.wrapping_add(other.packets);
         self.bytes = self.bytes.wrapping_add(other.bytes);
@@ -455,7 +400,7 @@ impl SlotState {
     fn sum(&self, slot: u32) -> ServiceTotals {
         let mut total = ServiceTotals::default();
         for w in &self.workers {
-            total.add(w.totals(slot));
+            total.add(ServiceTotals::of(w, slot));
         }
         total
     }

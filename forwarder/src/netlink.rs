@@ -45,7 +45,8 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, SocketAddr};
 
-use crate::route::{MacAddr, NetSnapshot, Port, Route};
+use crate::route::{NetSnapshot, Port, Route};
+use crate::wire::ethernet::MacAddr;
 
 /// rtnetlink multicast groups (linux/rtnetlink.h).
 const RTNLGRP_LINK: u32 = 1;

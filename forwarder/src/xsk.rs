@@ -29,7 +29,8 @@ use xsk_rs::config::{
 pub use xsk_rs::socket::XdpStatistics;
 pub use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
-use crate::route::{MacAddr, PortId};
+use crate::route::PortId;
+use crate::wire::ethernet::MacAddr;
 
 /// Whether to bind sockets in zero-copy mode.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

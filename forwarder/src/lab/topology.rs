@@ -33,7 +33,7 @@ use super::cmd;
 use super::echo::EchoServer;
 use super::netns::{unique_prefix, Netns};
 use super::LabError;
-use crate::route::MacAddr;
+use crate::wire::ethernet::MacAddr;
 
 /// Largest number of Pods a topology takes (.11 ... .210).
 pub const MAX_PODS: usize = 200;

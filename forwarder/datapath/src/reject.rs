@@ -14,7 +14,7 @@
 use std::net::Ipv4Addr;
 
 use crate::checksum::{checksum, l4_checksum};
-use crate::route::MacAddr;
+use crate::wire::ethernet::MacAddr;
 use crate::wire::ethernet::{self, EthernetFrame};
 use crate::wire::icmp::{self, IcmpPacket};
 use crate::wire::ipv4::{self, Ipv4Packet};

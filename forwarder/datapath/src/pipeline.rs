@@ -41,12 +41,12 @@ use crate::checksum::Delta;
 use crate::conntrack::{
     Conntrack, Direction, FlowHit, FlowKey, FlowMeta, FlowState, InsertError, NO_SLOT,
 };
-use crate::counters::{DropReason, WorkerCounters};
+use crate::counters::{DropReason, ServiceCounters, WorkerCounters};
 use crate::lb::Rng;
-use crate::metrics::ServiceCounters;
 use crate::reject::{self, RefusalLimiter};
-use crate::route::{MacAddr, NetSnapshot, PortId, RouteError};
+use crate::route::{NetSnapshot, PortId, RouteError};
 use crate::table::{CompiledTable, Miss, ServiceKey};
+use crate::wire::ethernet::MacAddr;
 use crate::wire::ethernet::{self, ethertype, EthernetFrame};
 use crate::wire::icmp::{self, IcmpPacket};
 use crate::wire::ipv4::Ipv4Packet;

@@ -1,7 +1,9 @@
 //! Ethernet II frames (IEEE 802.3), with room for one 802.1Q tag.
 
+/// An Ethernet (MAC) address.
+pub type MacAddr = [u8; 6];
+
 use super::{read_u16, WireError};
-use crate::route::MacAddr;
 
 mod field {
     use std::ops::Range;

@@ -7,6 +7,7 @@
 //! never write the same line.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 /// Why a frame that reached a worker was not forwarded. Each reason
 /// indexes a counter (like Cilium's `DROP_*` codes).
@@ -279,5 +280,66 @@ mod tests {
         assert_eq!(c.drops_of(DropReason::NoEndpoints), 2);
         assert_eq!(c.total_drops(), 2);
         assert_eq!(std::mem::align_of::<WorkerCounters>(), 64);
+    }
+}
+
+/// The counters of one service port (VIP:port/protocol) on one worker;
+/// the worker is the only writer.
+#[derive(Debug, Default)]
+pub struct ServiceCounter {
+    /// Packets of the port's flows, both directions.
+    pub packets: Counter,
+    /// Their bytes (Ethernet frames as received).
+    pub bytes: Counter,
+    /// Connections given a backend.
+    pub flows: Counter,
+}
+
+/// Slots per chunk of [`ServiceCounters`].
+const SLOT_CHUNK: usize = 1024;
+/// Chunks per worker: at most `SLOT_CHUNK * SLOT_CHUNKS` service ports
+/// are counted; ports beyond that get no slot and are not counted.
+const SLOT_CHUNKS: usize = 1024;
+/// Most service ports that can have counters at once.
+pub const MAX_SERVICE_SLOTS: usize = SLOT_CHUNK * SLOT_CHUNKS;
+
+/// One worker's per-service-port counters, indexed by the port's stable
+/// slot (the `cipgw` crate's `metrics::ServiceStats` assigns slots). Chunks of slots are allocated by the
+/// control thread before a table that uses them is published, so the
+/// worker never allocates and a slot's address never changes.
+#[derive(Debug)]
+pub struct ServiceCounters {
+    chunks: Box<[OnceLock<Box<[ServiceCounter]>>]>,
+}
+
+impl Default for ServiceCounters {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ServiceCounters {
+    pub fn new() -> Self {
+        Self {
+            chunks: (0..SLOT_CHUNKS).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Allocates the chunks that slots `0..slots` fall in.
+    pub fn ensure(&self, slots: usize) {
+        for chunk in self.chunks.iter().take(slots.div_ceil(SLOT_CHUNK)) {
+            chunk.get_or_init(|| (0..SLOT_CHUNK).map(|_| ServiceCounter::default()).collect());
+        }
+    }
+
+    /// The counters of `slot`, if it has any. One atomic (acquire) load
+    /// of the chunk pointer; on the packet path.
+    #[inline]
+    pub fn get(&self, slot: u32) -> Option<&ServiceCounter> {
+        let slot = slot as usize;
+        self.chunks
+            .get(slot / SLOT_CHUNK)?
+            .get()?
+            .get(slot % SLOT_CHUNK)
     }
 }

@@ -1,21 +1,21 @@
 //! The gateway's view of the kernel's routing and neighbour tables, as an
 //! immutable snapshot the workers read without locks.
 //!
-//! The netlink monitor ([`crate::netlink`]) rebuilds a [`NetSnapshot`]
-//! whenever the kernel reports a change and publishes it; workers load the
+//! The netlink monitor (the `cipgw` crate's `netlink` module) rebuilds a
+//! [`NetSnapshot`] whenever the kernel reports a change and publishes it; workers load the
 //! current one once per batch. Lookups here are pure and allocation-free.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ahash::RandomState;
 use std::net::Ipv4Addr;
+
+use ahash::RandomState;
+
+use crate::wire::ethernet::MacAddr;
 
 /// Index of an attached interface in the gateway's port list (0..ports).
 pub type PortId = u8;
-
-/// An Ethernet address.
-pub type MacAddr = [u8; 6];
 
 /// One IPv4 route of the main table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
