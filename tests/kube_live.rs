@@ -58,15 +58,15 @@ use fake_apiserver::FakeApiServer;
 use serde_json::{json, Value};
 
 use support::{
-    connect_pod, new_connections_follow, open_flows, pod_name, request, udp_pod, vip_port, Flows,
-    Lab, Port, DNS, HTTP, TARGET_PORT, UDP_TARGET_PORT,
+    connect_pod, connections_all_reach, connections_spread, open_flows, pod_name, request, udp_pod,
+    vip_port, Flows, Lab, Port, DNS, HTTP, TABLE_APPLIED, TARGET_PORT, UDP_TARGET_PORT,
 };
 
 /// What the gateway logs once both resources are listed and the first
 /// table is in.
 const SYNCED: &str = "first full sync done";
 /// What the gateway logs for every table it installs.
-const APPLIED: &str = "service table applied";
+const APPLIED: &str = TABLE_APPLIED;
 /// What the gateway logs when it loses the API server.
 const UNREACHABLE: &str = "Kubernetes API unreachable";
 
@@ -207,46 +207,21 @@ impl KubeLab {
             .status
     }
 
-    /// How many of the gateway's log lines contain `needle`.
-    fn log_count(&self, needle: &str) -> usize {
-        self.lab
-            .gateway_log()
-            .iter()
-            .filter(|line| line.contains(needle))
-            .count()
-    }
-
-    /// Waits until more than `before` log lines contain `needle`; how
-    /// long that took.
-    #[track_caller]
-    fn wait_log(&self, needle: &str, before: usize, within: Duration) -> Duration {
-        let started = Instant::now();
-        while self.log_count(needle) <= before {
-            if started.elapsed() > within {
-                self.lab.fail(format_args!(
-                    "the gateway did not log {needle:?} within {within:?}"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        started.elapsed()
-    }
-
     /// Waits for the first full sync.
     #[track_caller]
     fn wait_synced(&self, within: Duration) -> Duration {
-        self.wait_log(SYNCED, 0, within)
+        self.lab.wait_log(SYNCED, 0, within)
     }
 
     /// Applies `objects` and waits until the gateway has installed a
     /// new table after them.
     #[track_caller]
     fn apply_and_wait(&self, objects: &[Value]) {
-        let before = self.log_count(APPLIED);
+        let before = self.lab.log_count(APPLIED);
         for object in objects {
             self.api.apply(object.clone());
         }
-        self.wait_log(APPLIED, before, Duration::from_secs(5));
+        self.lab.wait_log(APPLIED, before, Duration::from_secs(5));
     }
 }
 
@@ -384,7 +359,7 @@ fn churn_on_service_b_through_the_api_never_disturbs_service_a() {
     k.wait_synced(SYNC_WITHIN);
 
     let traffic = Traffic::start(&k.lab, vip_a, &[0, 1]);
-    let applied_before = k.log_count(APPLIED);
+    let applied_before = k.lab.log_count(APPLIED);
     let started = Instant::now();
     for i in 1..=CHANGES {
         for object in b_version(i) {
@@ -395,7 +370,7 @@ fn churn_on_service_b_through_the_api_never_disturbs_service_a() {
     // Let the last version land, with traffic still running.
     std::thread::sleep(Duration::from_millis(1500));
     let (tcp_ok, udp_ok) = traffic.finish(&k.lab, "to A during churn on B");
-    let tables = k.log_count(APPLIED) - applied_before;
+    let tables = k.lab.log_count(APPLIED) - applied_before;
     eprintln!(
         "{CHANGES} changes of B through the API in {:?} ({tables} tables installed); A served \
          {tcp_ok} TCP connections and {udp_ok} UDP requests without a failure",
@@ -446,20 +421,22 @@ fn scaling_a_slice_to_one_pod_and_back_moves_traffic_within_a_second() {
 
     let Flows { mut tcp, udp } = open_flows(&k.lab, vip, 3);
 
-    // Scale to one Pod.
+    // Scale to one Pod: the table is in force within a second (the
+    // default --min-sync-period), and from then on every new connection
+    // goes to pod1.
+    let applied = k.lab.log_count(TABLE_APPLIED);
     let written = Instant::now();
     k.api.apply(slice("echo", &[HTTP, DNS], &one));
-    // New connections must all go to pod1 within 1 s.
+    k.lab
+        .wait_log(TABLE_APPLIED, applied, Duration::from_secs(5));
+    let took = written.elapsed();
+    eprintln!("slice scaled to one Pod: table in force within {took:?}");
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
     let followed = k.lab.in_client({
         let (info, pod1) = (info.clone(), pod1.clone());
-        move || new_connections_follow(&info, vip_port(vip, &HTTP), &pod1, written)
+        move || connections_all_reach(&info, vip_port(vip, &HTTP), &pod1, 10)
     });
-    let took = followed.unwrap_or_else(|e| k.lab.fail(e));
-    eprintln!("slice scaled to one Pod: new connections followed within {took:?}");
-    assert!(
-        took < Duration::from_millis(1500),
-        "took {took:?} (10 in a row on pod1)"
-    );
+    followed.unwrap_or_else(|e| k.lab.fail(e));
 
     // UDP flows to removed Pods recover on their next datagram.
     let udp_after = k.lab.in_client({
@@ -499,25 +476,22 @@ fn scaling_a_slice_to_one_pod_and_back_moves_traffic_within_a_second() {
         }
     }
 
-    // Back to three: new connections spread again within a second.
+    // Back to three: in force within a second, and new connections
+    // spread again.
+    let applied = k.lab.log_count(TABLE_APPLIED);
     let written = Instant::now();
     k.api.apply(slice("echo", &[HTTP, DNS], &three));
+    k.lab
+        .wait_log(TABLE_APPLIED, applied, Duration::from_secs(5));
+    let took = written.elapsed();
+    eprintln!("slice scaled back to three Pods: table in force within {took:?}");
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
     let spread = k.lab.in_client({
         let info = info.clone();
-        move || {
-            let mut seen = BTreeSet::new();
-            while written.elapsed() < Duration::from_secs(3) {
-                seen.insert(connect_pod(&info, vip_port(vip, &HTTP))?);
-                if seen.len() == 3 {
-                    return Ok(written.elapsed());
-                }
-            }
-            Err(format!("only {seen:?} after 3 s"))
-        }
+        move || connections_spread(&info, vip_port(vip, &HTTP), 3, 100)
     });
-    let took = spread.unwrap_or_else(|e| k.lab.fail(e));
-    eprintln!("slice scaled back to three Pods: all reached within {took:?}");
-    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    let tries = spread.unwrap_or_else(|e| k.lab.fail(e));
+    eprintln!("all three Pods reached within {tries} connections");
     k.lab.stop_gateway();
 }
 
@@ -628,7 +602,7 @@ fn api_server_outage_keeps_the_table_and_converges_when_it_is_back() {
     let traffic = Traffic::start(&k.lab, vip_a, &[0, 1, 2]);
     std::thread::sleep(Duration::from_millis(500));
     k.api.stop();
-    let noticed = k.wait_log(UNREACHABLE, 0, Duration::from_secs(10));
+    let noticed = k.lab.wait_log(UNREACHABLE, 0, Duration::from_secs(10));
     eprintln!("the gateway noticed the outage within {noticed:?}");
     assert_eq!(k.readyz(), 200, "ready on the last table during an outage");
     // Meanwhile: A scales to Pod 1, B is deleted, C appears; the history
@@ -701,13 +675,13 @@ fn nothing_is_forwarded_before_the_first_full_sync() {
     k.start_gateway(&["--min-sync-period", "100ms"]);
     k.lab
         .assert_log_contains("waiting for the first full sync from the Kubernetes API");
-    k.wait_log(UNREACHABLE, 0, Duration::from_secs(10));
+    k.lab.wait_log(UNREACHABLE, 0, Duration::from_secs(10));
     assert_eq!(k.readyz(), 503, "ready before the first sync");
     k.lab.assert_not_forwarded(vip_port(vip, &HTTP));
     assert_udp_not_answered(&k.lab, vip_port(vip, &DNS));
     assert_eq!(k.readyz(), 503, "ready before the first sync");
-    assert_eq!(k.log_count(SYNCED), 0, "synced without an API server");
-    assert_eq!(k.log_count(APPLIED), 0, "a table without an API server");
+    assert_eq!(k.lab.log_count(SYNCED), 0, "synced without an API server");
+    assert_eq!(k.lab.log_count(APPLIED), 0, "a table without an API server");
 
     let back = Instant::now();
     k.restart_api();

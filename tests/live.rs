@@ -34,8 +34,9 @@ use cipgw::lab::{self, Topology, TopologyInfo};
 mod support;
 
 use support::{
-    connect_pod, endpoint_slice, new_connections_follow, open_flows, pod_name, request, service,
-    vip_port, Flows, Lab, Port, DNS, HTTP, TARGET_PORT, UDP_TARGET_PORT,
+    connect_pod, connections_all_reach, connections_spread, endpoint_slice, open_flows, pod_name,
+    request, service, udp_pod, vip_port, Flows, Lab, Port, DNS, HTTP, TABLE_APPLIED, TARGET_PORT,
+    UDP_TARGET_PORT,
 };
 
 /// How a new version of the control file is put in place.
@@ -67,13 +68,7 @@ fn next_answers(
 ) -> Result<BTreeMap<String, String>, String> {
     let mut answers = BTreeMap::new();
     for (was, u) in udp {
-        u.send(b"still?\n")
-            .map_err(|e| format!("UDP flow of {was}: {e}"))?;
-        let mut buf = [0u8; 256];
-        let n = u
-            .recv(&mut buf)
-            .map_err(|e| format!("UDP flow of {was}: no answer: {e}"))?;
-        let now = pod_name(info, &String::from_utf8_lossy(&buf[..n]))?.to_owned();
+        let now = udp_pod(info, u).map_err(|e| format!("UDP flow of {was}: {e}"))?;
         answers.insert(was.clone(), now);
     }
     Ok(answers)
@@ -209,20 +204,20 @@ fn scaling_to_one_pod_and_back_moves_traffic_within_a_second() {
     // Open a TCP connection and a UDP flow to each Pod.
     let Flows { mut tcp, udp } = open_flows(&lab, vip, 3);
 
-    // Scale to one Pod.
+    // Scale to one Pod: the table is in force within a second, and from
+    // then on every new connection goes to pod1.
+    let applied = lab.log_count(TABLE_APPLIED);
     let written = Instant::now();
     write_version(&file, &one.join("---\n"), Rewrite::Rename);
-    // New connections must all go to pod1 within 1 s.
+    lab.wait_log(TABLE_APPLIED, applied, Duration::from_secs(5));
+    let took = written.elapsed();
+    eprintln!("scaled to one Pod: table in force within {took:?}");
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
     let followed = lab.in_client({
         let (info, pod1) = (info.clone(), pod1.clone());
-        move || new_connections_follow(&info, vip_port(vip, &HTTP), &pod1, written)
+        move || connections_all_reach(&info, vip_port(vip, &HTTP), &pod1, 10)
     });
-    let took = followed.unwrap_or_else(|e| lab.fail(e));
-    eprintln!("scaled to one Pod: new connections followed within {took:?}");
-    assert!(
-        took < Duration::from_millis(1500),
-        "took {took:?} (10 in a row on pod1)"
-    );
+    followed.unwrap_or_else(|e| lab.fail(e));
 
     // UDP flows to removed Pods recover on their next datagram.
     let udp_after = next_answers(&info, &udp).unwrap_or_else(|e| lab.fail(e));
@@ -247,25 +242,21 @@ fn scaling_to_one_pod_and_back_moves_traffic_within_a_second() {
         }
     }
 
-    // Back to three: new connections spread again within a second.
+    // Back to three: in force within a second, and new connections
+    // spread again.
+    let applied = lab.log_count(TABLE_APPLIED);
     let written = Instant::now();
     write_version(&file, &three.join("---\n"), Rewrite::Truncate);
+    lab.wait_log(TABLE_APPLIED, applied, Duration::from_secs(5));
+    let took = written.elapsed();
+    eprintln!("scaled back to three Pods: table in force within {took:?}");
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
     let spread = lab.in_client({
         let info = info.clone();
-        move || {
-            let mut seen = std::collections::BTreeSet::new();
-            while written.elapsed() < Duration::from_secs(3) {
-                seen.insert(connect_pod(&info, vip_port(vip, &HTTP))?);
-                if seen.len() == 3 {
-                    return Ok(written.elapsed());
-                }
-            }
-            Err(format!("only {seen:?} after 3 s"))
-        }
+        move || connections_spread(&info, vip_port(vip, &HTTP), 3, 100)
     });
-    let took = spread.unwrap_or_else(|e| lab.fail(e));
-    eprintln!("scaled back to three Pods: all reached within {took:?}");
-    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    let tries = spread.unwrap_or_else(|e| lab.fail(e));
+    eprintln!("all three Pods reached within {tries} connections");
     lab.stop_gateway();
 }
 

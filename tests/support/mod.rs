@@ -177,8 +177,19 @@ pub fn connect_pod(info: &TopologyInfo, target: SocketAddrV4) -> Result<String, 
 /// The Pod that answers one datagram to `target`, from a socket that
 /// stays connected (one UDP flow).
 pub fn udp_pod(info: &TopologyInfo, socket: &UdpSocket) -> std::io::Result<String> {
-    socket.send(b"which?\n")?;
     let mut buf = [0u8; 256];
+    // One question, one answer: an answer already waiting would be taken
+    // for this question's (a datagram the gateway sent twice).
+    socket.set_nonblocking(true)?;
+    let waiting = socket.recv(&mut buf);
+    socket.set_nonblocking(false)?;
+    if let Ok(n) = waiting {
+        return Err(std::io::Error::other(format!(
+            "an answer was waiting before the question was sent (sent twice?): {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        )));
+    }
+    socket.send(b"which?\n")?;
     let n = socket.recv(&mut buf)?;
     pod_name(info, &String::from_utf8_lossy(&buf[..n]))
         .map(str::to_owned)
@@ -228,31 +239,48 @@ pub fn open_flows(lab: &Lab, vip: Ipv4Addr, pods: usize) -> Flows {
     flows
 }
 
-/// Opens new connections to `target` until ten in a row reach `pod`, at
-/// most 3 s after `since` (when the change was written); returns how long
-/// after `since` that was. A connection opened to a Pod just before it is
-/// removed is reset: that counts as not yet followed.
-pub fn new_connections_follow(
+/// What the gateway logs once a new service table is in force (published,
+/// and flows to what it removed retired).
+pub const TABLE_APPLIED: &str = "service table applied";
+
+/// Opens `count` connections to `target` one after another and checks
+/// that `pod` answers every one: for after a table that left only `pod`
+/// is in force (see [`Lab::wait_log`]), not to find out when it is (a
+/// run of answers from one Pod out of three happens by chance).
+pub fn connections_all_reach(
     info: &TopologyInfo,
     target: SocketAddrV4,
     pod: &str,
-    since: Instant,
-) -> Result<Duration, String> {
-    let mut streak = 0;
-    while since.elapsed() < Duration::from_secs(3) {
-        match connect_pod(info, target) {
-            Ok(answered) if answered == pod => {
-                streak += 1;
-                if streak == 10 {
-                    return Ok(since.elapsed());
-                }
-            }
-            Ok(_) => streak = 0,
-            Err(e) if e.contains("reset") => streak = 0,
-            Err(e) => return Err(e),
+    count: usize,
+) -> Result<(), String> {
+    for i in 0..count {
+        let answered = connect_pod(info, target)?;
+        if answered != pod {
+            return Err(format!(
+                "connection {} of {count} reached {answered}, not {pod}",
+                i + 1
+            ));
         }
     }
-    Err("new connections still reach removed Pods after 3 s".to_owned())
+    Ok(())
+}
+
+/// Opens connections to `target` until `pods` different Pods have
+/// answered; at most `tries`. Returns how many it took.
+pub fn connections_spread(
+    info: &TopologyInfo,
+    target: SocketAddrV4,
+    pods: usize,
+    tries: usize,
+) -> Result<usize, String> {
+    let mut seen = BTreeSet::new();
+    for i in 0..tries {
+        seen.insert(connect_pod(info, target)?);
+        if seen.len() == pods {
+            return Ok(i + 1);
+        }
+    }
+    Err(format!("only {seen:?} answered {tries} connections"))
 }
 
 /// A directory `cipgw-test-<pid>-<n>` under the system temp dir, removed
@@ -687,6 +715,30 @@ impl Lab {
                 "the gateway's log does not mention {needle:?}"
             ));
         }
+    }
+
+    /// How many of the gateway's log lines contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.gateway_log()
+            .iter()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+
+    /// Waits until more than `before` log lines contain `needle` (e.g.
+    /// [`TABLE_APPLIED`]: a table is in force); how long that took.
+    #[track_caller]
+    pub fn wait_log(&self, needle: &str, before: usize, within: Duration) -> Duration {
+        let started = Instant::now();
+        while self.log_count(needle) <= before {
+            if started.elapsed() > within {
+                self.fail(format_args!(
+                    "the gateway did not log {needle:?} within {within:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        started.elapsed()
     }
 
     /// Panics with `what` and the gateway's recent log.
