@@ -582,11 +582,14 @@ fn seeds() -> Vec<Seed> {
     );
     // Two established flows and a SYN flood in a 4-flow table whose
     // unreplied share is 50 %: the flood evicts itself, then a table full
-    // of established flows refuses, and a day later drains.
+    // of established flows refuses, and a day later drains. Established
+    // means the handshake completed (the client's ACK): a full table
+    // evicts a flow that only saw its SYN-ACK.
     let mut flood = Vec::new();
     for port in [50000, 50001] {
         flood.push((C, tcp(client(4, port), solo, SYN), TO_PODS));
         flood.push((P, tcp(pod1, client(4, port), SYN | ACK), TO_CLIENT));
+        flood.push((C, tcp(client(4, port), solo, ACK), TO_PODS));
     }
     for port in 60000..60006 {
         flood.push((C, tcp(client(5, port), solo, SYN), TO_PODS));
@@ -594,6 +597,7 @@ fn seeds() -> Vec<Seed> {
     flood.push((C, tcp(client(5, 60000), solo, ACK), Respond));
     for port in [60004, 60005] {
         flood.push((P, tcp(pod1, client(5, port), SYN | ACK), TO_CLIENT));
+        flood.push((C, tcp(client(5, port), solo, ACK), TO_PODS));
     }
     flood.push((C, tcp(client(5, 60010), solo, SYN), Respond));
     flood.push((C, tcp(client(4, 50000), solo, ACK), TO_PODS));
