@@ -31,7 +31,8 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 bench: setup
-	$(CARGO) bench -p cipgw
+	$(CARGO) bench -p cipgw-datapath --bench packet_path --bench conntrack
+	$(CARGO) bench -p cipgw --bench control
 
 # End-to-end veth benchmark (root, ~15-25 min): cipgw against kernel
 # forwarding and kube-proxy's iptables and nftables rulesets; results in

@@ -40,7 +40,7 @@
 //! makes it (a tmpfs: normal pages; a hugetlbfs mount with pages
 //! reserved: huge pages).
 //!
-//! Run: `cargo bench -p cipgw --bench conntrack`.
+//! Run: `cargo bench -p cipgw-datapath --bench conntrack`.
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
@@ -49,11 +49,11 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use cipgw::conntrack::persist::{self, TableFile};
-use cipgw::conntrack::{Conntrack, ConntrackConfig, FlowKey, FlowMeta};
-use cipgw::lb::Rng;
-use cipgw::wire::tcp::flags::{ACK, SYN};
 use cipgw_config::Protocol;
+use cipgw_datapath::conntrack::persist::{self, TableFile};
+use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig, FlowKey, FlowMeta};
+use cipgw_datapath::lb::Rng;
+use cipgw_datapath::wire::tcp::flags::{ACK, SYN};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 /// Live flows in every case.

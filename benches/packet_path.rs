@@ -12,118 +12,64 @@
 //! - `copy_only`: restoring the 64-byte input frame, the harness's own
 //!   cost included in the cases above.
 //!
-//! Run: `cargo bench -p cipgw --bench packet_path`.
+//! Run: `cargo bench -p cipgw-datapath --bench packet_path`.
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cipgw::conntrack::{Conntrack, ConntrackConfig};
-use cipgw::counters::WorkerCounters;
-use cipgw::lb::Rng;
-use cipgw::pipeline::{BatchContext, Pipeline, Verdict};
-use cipgw::route::{NetSnapshot, Port, Route};
-use cipgw::table::CompiledTable;
-use cipgw_config::{
-    ClusterIp, Endpoint, EndpointState, Protocol, Service, ServiceKind, ServiceName, ServicePort,
-    ServiceTable, TargetPort,
+use cipgw_config::{Protocol, ServiceName, ServiceTable};
+use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig};
+use cipgw_datapath::harness::addr::{POD1, POD2, POD3};
+use cipgw_datapath::harness::{
+    mac, pipeline, service, service_port, Frame, Net, CLIENT_IFINDEX, POD_IFINDEX,
 };
+use cipgw_datapath::pipeline::{BatchContext, Verdict};
+use cipgw_datapath::route::NetSnapshot;
+use cipgw_datapath::table::CompiledTable;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use etherparse::PacketBuilder;
-
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
-const GW_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 
 /// `services` Services of 3 endpoints each; the measured one is the last,
 /// at VIP 198.19.255.254:8080.
 fn table(services: usize) -> CompiledTable {
-    let mut list = Vec::with_capacity(services);
-    for i in 0..services {
-        let vip = if i + 1 == services {
-            Ipv4Addr::new(198, 19, 255, 254)
-        } else {
-            Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 1)) + i as u32)
-        };
-        list.push(Service {
-            name: ServiceName::new("bench", format!("svc-{i:05}")),
-            kind: ServiceKind::ClusterIp,
-            cluster_ip: ClusterIp::Vip(vip),
-            session_affinity: None,
-            ports: vec![ServicePort {
-                name: None,
-                port: 8080,
-                protocol: Protocol::Udp,
-                target_port: TargetPort::Number(5678),
-                endpoints: (11..14)
-                    .map(|last| Endpoint {
-                        ip: Ipv4Addr::new(198, 18, 2, last),
-                        port: 5678,
-                        state: EndpointState::READY,
-                        pod: None,
-                    })
-                    .collect(),
-            }],
-        });
-    }
-    CompiledTable::compile(Arc::new(ServiceTable { services: list }), 1)
+    let services = (0..services)
+        .map(|i| {
+            let vip = if i + 1 == services {
+                Ipv4Addr::new(198, 19, 255, 254)
+            } else {
+                Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 1)) + i as u32)
+            };
+            service(
+                ServiceName::new("bench", format!("svc-{i:05}")),
+                Some(vip.octets()),
+                None,
+                vec![service_port(8080, Protocol::Udp, 5678, &[POD1, POD2, POD3])],
+            )
+        })
+        .collect();
+    CompiledTable::compile(Arc::new(ServiceTable { services }), 1)
 }
 
+/// The lab's two arms with the Pods and every client address resolved.
 fn net() -> NetSnapshot {
-    let ports = vec![
-        Port {
-            ifindex: 10,
-            name: "client".into(),
-            mac: GW_MAC,
-        },
-        Port {
-            ifindex: 11,
-            name: "pods".into(),
-            mac: GW_MAC,
-        },
-    ];
-    let routes = vec![
-        Route {
-            dst: Ipv4Addr::new(198, 18, 0, 0),
-            prefix_len: 24,
-            ifindex: 10,
-            gateway: None,
-        },
-        Route {
-            dst: Ipv4Addr::new(198, 18, 2, 0),
-            prefix_len: 24,
-            ifindex: 11,
-            gateway: None,
-        },
-    ];
-    let mut neigh = HashMap::new();
-    for last in 11..14 {
-        neigh.insert((11, Ipv4Addr::new(198, 18, 2, last)), [2, 0, 0, 0, 2, last]);
-    }
-    for last in 2..255 {
-        neigh.insert((10, Ipv4Addr::new(198, 18, 0, last)), [2, 0, 0, 0, 0, last]);
-    }
-    NetSnapshot::new(routes, neigh, ports)
+    Net::two_arm()
+        .resolved(POD_IFINDEX, [POD1, POD2, POD3])
+        .resolved(CLIENT_IFINDEX, (2..255).map(|last| [198, 18, 0, last]))
+        .build()
 }
 
-/// A 64-byte frame (60 + FCS on the wire): UDP with 18 payload bytes.
+/// A 64-byte frame (60 + FCS on the wire): UDP with 18 payload bytes,
+/// between the client's and the gateway's MACs whichever way it goes.
 fn frame(src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC)
-        .ipv4(src.0, dst.0, 64)
-        .udp(src.1, dst.1)
-        .write(&mut out, &[0u8; 18])
-        .expect("bench frame builds");
-    out
-}
-
-fn pipeline() -> Pipeline {
-    Pipeline::new(
-        Arc::new(Conntrack::default()),
-        Arc::new(WorkerCounters::default()),
-        Rng::new(7),
-    )
+    Frame {
+        src_mac: mac::CLIENT,
+        dst_mac: mac::GW_CLIENT_SIDE,
+        src: src.0,
+        dst: dst.0,
+        ttl: 64,
+    }
+    .udp(src.1, dst.1, &[0u8; 18])
 }
 
 fn client(i: usize) -> [u8; 4] {
@@ -141,7 +87,7 @@ fn bench(c: &mut Criterion) {
     let frames: Vec<Vec<u8>> = (0..1024)
         .map(|i| frame((client(i), 20000 + i as u16), (vip, 8080)))
         .collect();
-    let mut p = pipeline();
+    let mut p = pipeline(Arc::new(Conntrack::default()), 7);
     let ctx = BatchContext {
         table: &one,
         net: &net,
@@ -215,14 +161,13 @@ fn bench(c: &mut Criterion) {
                 // A fresh table per measurement, bounded above what it
                 // takes, so every packet really is a new flow and nothing
                 // is evicted.
-                let mut p = Pipeline::new(
+                let mut p = pipeline(
                     Arc::new(Conntrack::new(ConntrackConfig {
                         max_flows: iters as usize + 1,
                         unreplied_percent: 100,
                         ..ConntrackConfig::default()
                     })),
-                    Arc::new(WorkerCounters::default()),
-                    Rng::new(9),
+                    9,
                 );
                 let mut f = base.clone();
                 let len = f.len();

@@ -12,12 +12,16 @@
 //! memory, so the fuzzer, the criterion benches and the pipeline tests
 //! build it alone, without the AF_XDP sockets, the XDP program (clang,
 //! libbpf), the metrics encoder, the admin server or the Kubernetes
-//! manifest parser that the `cipgw` crate adds around it.
+//! manifest parser that the `cipgw` crate adds around it; and all three
+//! drive it through one in-memory gateway, `harness` (for the benches and
+//! the fuzzer behind the `harness` feature).
 
 pub mod affinity;
 pub mod checksum;
 pub mod conntrack;
 pub mod counters;
+#[cfg(any(test, feature = "harness"))]
+pub mod harness;
 pub mod lb;
 pub mod pipeline;
 pub mod reject;

@@ -1,135 +1,78 @@
 //! Table-driven pipeline cases: input frame -> verdict and exact output
-//! frame, on an in-memory setup (no AF_XDP). Frames are built with
-//! etherparse, which computes every checksum from scratch, so a byte-exact
-//! match also proves the incremental checksum updates.
+//! frame, on the in-memory gateway of [`crate::harness`] (no AF_XDP).
+//! Frames are built with etherparse, which computes every checksum from
+//! scratch, so a byte-exact match also proves the incremental checksum
+//! updates.
 
-use std::collections::HashMap;
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use cipgw_config::{
-    ClusterIp, Endpoint, EndpointState, Protocol, Service, ServiceKind, ServiceName, ServicePort,
-    ServiceTable, TargetPort,
-};
+use cipgw_config::{Protocol, ServiceName, ServiceTable};
 use etherparse::PacketBuilder;
 
 use super::*;
+use crate::harness::addr::{CLIENT, GW_CLIENT_SIDE, POD1};
+use crate::harness::mac::{
+    CLIENT as CLIENT_MAC, GW_CLIENT_SIDE as GW_CLIENT_MAC, GW_POD_SIDE as GW_POD_MAC,
+    POD1 as POD1_MAC,
+};
+use crate::harness::{
+    service, service_port, Frame, Harness, Net, Segment, CLIENT_IFINDEX, CLIENT_PORT, POD_IFINDEX,
+    POD_PORT,
+};
 use crate::reject::RefusalLimiter;
-use crate::route::{Port, Route};
 
-const CLIENT: [u8; 4] = [198, 18, 0, 2];
 const VIP: [u8; 4] = [198, 18, 100, 10];
 const UDP_VIP: [u8; 4] = [198, 18, 100, 20];
 const EMPTY_VIP: [u8; 4] = [198, 18, 100, 30];
-const POD1: [u8; 4] = [198, 18, 2, 11];
-const GW_CLIENT_SIDE: [u8; 4] = [198, 18, 0, 1];
-
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
-const GW_CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
-const GW_POD_MAC: [u8; 6] = [2, 0, 0, 0, 2, 1];
-const POD1_MAC: [u8; 6] = [2, 0, 0, 0, 2, 11];
-
-const CLIENT_PORT: PortId = 0;
-const POD_PORT: PortId = 1;
-
-fn ep(ip: [u8; 4], port: u16) -> Endpoint {
-    Endpoint {
-        ip: ip.into(),
-        port,
-        state: EndpointState::READY,
-        pod: None,
-    }
-}
-
-fn port(port: u16, protocol: Protocol, target: u16, endpoints: Vec<Endpoint>) -> ServicePort {
-    ServicePort {
-        name: None,
-        port,
-        protocol,
-        target_port: TargetPort::Number(target),
-        endpoints,
-    }
-}
 
 /// One backend per service so that the chosen backend is known.
-fn table() -> CompiledTable {
-    CompiledTable::compile(model_on(POD1), 1)
+fn table() -> Arc<CompiledTable> {
+    Arc::new(CompiledTable::compile(model_on(POD1), 1))
 }
 
 /// The services of [`table`], with `pod` as the echo and udp Services'
 /// endpoint.
 fn model_on(pod: [u8; 4]) -> Arc<ServiceTable> {
+    let name = |name| ServiceName::new("default", name);
     let services = vec![
-        Service {
-            name: ServiceName::new("default", "echo"),
-            kind: ServiceKind::ClusterIp,
-            cluster_ip: ClusterIp::Vip(VIP.into()),
-            session_affinity: None,
-            ports: vec![port(8080, Protocol::Tcp, 5678, vec![ep(pod, 5678)])],
-        },
-        Service {
-            name: ServiceName::new("default", "empty"),
-            kind: ServiceKind::ClusterIp,
-            cluster_ip: ClusterIp::Vip(EMPTY_VIP.into()),
-            session_affinity: None,
-            ports: vec![port(80, Protocol::Tcp, 80, vec![])],
-        },
-        Service {
-            name: ServiceName::new("default", "headless"),
-            kind: ServiceKind::ClusterIp,
-            cluster_ip: ClusterIp::Headless,
-            session_affinity: None,
-            ports: vec![port(5432, Protocol::Tcp, 5432, vec![ep(POD1, 5432)])],
-        },
-        Service {
-            name: ServiceName::new("default", "udp"),
-            kind: ServiceKind::ClusterIp,
-            cluster_ip: ClusterIp::Vip(UDP_VIP.into()),
-            session_affinity: None,
-            ports: vec![port(53, Protocol::Udp, 5353, vec![ep(pod, 5353)])],
-        },
+        service(
+            name("echo"),
+            Some(VIP),
+            None,
+            vec![service_port(8080, Protocol::Tcp, 5678, &[pod])],
+        ),
+        service(
+            name("empty"),
+            Some(EMPTY_VIP),
+            None,
+            vec![service_port(80, Protocol::Tcp, 80, &[])],
+        ),
+        service(
+            name("headless"),
+            None,
+            None,
+            vec![service_port(5432, Protocol::Tcp, 5432, &[POD1])],
+        ),
+        service(
+            name("udp"),
+            Some(UDP_VIP),
+            None,
+            vec![service_port(53, Protocol::Udp, 5353, &[pod])],
+        ),
     ];
     Arc::new(ServiceTable { services })
 }
 
-/// Two-arm gateway: port 0 towards the client, port 1 towards the Pods;
-/// the client's MAC is not resolved unless `client_resolved`.
-fn net(client_resolved: bool) -> NetSnapshot {
-    let ports = vec![
-        Port {
-            ifindex: 10,
-            name: "gw-client".into(),
-            mac: GW_CLIENT_MAC,
-        },
-        Port {
-            ifindex: 11,
-            name: "gw-pods".into(),
-            mac: GW_POD_MAC,
-        },
-    ];
-    let routes = vec![
-        Route {
-            dst: Ipv4Addr::new(198, 18, 0, 0),
-            prefix_len: 24,
-            ifindex: 10,
-            gateway: None,
-        },
-        Route {
-            dst: Ipv4Addr::new(198, 18, 2, 0),
-            prefix_len: 24,
-            ifindex: 11,
-            gateway: None,
-        },
-    ];
-    let mut neighbours = HashMap::new();
-    neighbours.insert((11, POD1.into()), POD1_MAC);
-    for last in [12, 13] {
-        neighbours.insert((11, [198, 18, 2, last].into()), [2, 0, 0, 0, 2, last]);
-    }
-    if client_resolved {
-        neighbours.insert((10, CLIENT.into()), CLIENT_MAC);
-    }
-    NetSnapshot::new(routes, neighbours, ports)
+/// The lab's two arms with Pods .11 to .13 resolved; the client's MAC is
+/// not resolved unless `client_resolved`.
+fn net(client_resolved: bool) -> Arc<NetSnapshot> {
+    let net = Net::two_arm().resolved(POD_IFINDEX, (11..14).map(|last| [198, 18, 2, last]));
+    let net = if client_resolved {
+        net.resolved(CLIENT_IFINDEX, [CLIENT])
+    } else {
+        net
+    };
+    Arc::new(net.build())
 }
 
 fn tcp(
@@ -140,14 +83,20 @@ fn tcp(
     ttl: u8,
     syn: bool,
 ) -> Vec<u8> {
-    let builder = PacketBuilder::ethernet2(src_mac, dst_mac)
-        .ipv4(src.0, dst.0, ttl)
-        .tcp(src.1, dst.1, 1000, 64240);
-    let builder = if syn { builder.syn() } else { builder.ack(1) };
-    let payload = b"GET / HTTP/1.0\r\n\r\n";
-    let mut out = Vec::new();
-    builder.write(&mut out, payload).expect("test frame builds");
-    out
+    let segment = Segment {
+        flags: if syn { tcp_flags::SYN } else { tcp_flags::ACK },
+        ack: 1,
+        payload: b"GET / HTTP/1.0\r\n\r\n",
+        ..Segment::default()
+    };
+    Frame {
+        src_mac,
+        dst_mac,
+        src: src.0,
+        dst: dst.0,
+        ttl,
+    }
+    .tcp(src.1, dst.1, segment)
 }
 
 /// A SYN (with 18 bytes of data) from the client's `port` to `vip:dport`.
@@ -199,29 +148,34 @@ fn udp(
     dst: ([u8; 4], u16),
     ttl: u8,
 ) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(src_mac, dst_mac)
-        .ipv4(src.0, dst.0, ttl)
-        .udp(src.1, dst.1)
-        .write(&mut out, b"ping")
-        .expect("test frame builds");
-    out
+    Frame {
+        src_mac,
+        dst_mac,
+        src: src.0,
+        dst: dst.0,
+        ttl,
+    }
+    .udp(src.1, dst.1, b"ping")
 }
 
 /// The RST the gateway answers with: from `from` to `to`, sequence `seq`,
 /// and an ACK of `ack` when given (RFC 9293 3.10.7.1).
 fn rst(from: ([u8; 4], u16), to: ([u8; 4], u16), seq: u32, ack: Option<u32>) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(GW_CLIENT_MAC, CLIENT_MAC)
-        .ipv4(from.0, to.0, 64)
-        .tcp(from.1, to.1, seq, 0)
-        .rst();
-    let b = match ack {
-        Some(n) => b.ack(n),
-        None => b,
+    let segment = Segment {
+        flags: tcp_flags::RST | ack.map_or(0, |_| tcp_flags::ACK),
+        seq,
+        ack: ack.unwrap_or(0),
+        window: 0,
+        payload: &[],
     };
-    let mut out = Vec::new();
-    b.write(&mut out, &[]).expect("test frame builds");
-    out
+    Frame {
+        src_mac: GW_CLIENT_MAC,
+        dst_mac: CLIENT_MAC,
+        src: from.0,
+        dst: to.0,
+        ttl: 64,
+    }
+    .tcp(from.1, to.1, segment)
 }
 
 /// The ICMP port unreachable answering `frame` (an untagged IPv4 frame
@@ -244,31 +198,23 @@ fn unreachable(frame: &[u8]) -> Vec<u8> {
 }
 
 fn ping(src: [u8; 4], dst: [u8; 4], src_mac: [u8; 6], reply: bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    let b = PacketBuilder::ethernet2(src_mac, GW_CLIENT_MAC).ipv4(src, dst, 64);
-    let b = if reply {
-        b.icmpv4_echo_reply(0x4242, 3)
-    } else {
-        b.icmpv4_echo_request(0x4242, 3)
-    };
-    b.write(&mut out, b"0123456789abcdef")
-        .expect("test frame builds");
-    out
+    Frame {
+        src_mac,
+        dst_mac: GW_CLIENT_MAC,
+        src,
+        dst,
+        ttl: 64,
+    }
+    .echo(reply, 0x4242, 3, b"0123456789abcdef")
 }
 
 /// A pipeline over `conntrack` with fresh counters and a fixed seed.
 fn pipeline(conntrack: Arc<Conntrack>) -> Pipeline {
-    Pipeline::new(conntrack, Arc::new(WorkerCounters::default()), Rng::new(1))
+    crate::harness::pipeline(conntrack, 1)
 }
 
-struct Harness {
-    pipeline: Pipeline,
-    table: CompiledTable,
-    net: NetSnapshot,
-    /// The synthetic clock, seconds.
-    now: u32,
-}
-
+/// The pipeline tests' gateway: [`table`] on [`net`] with the client
+/// resolved, at second 100.
 impl Harness {
     fn new() -> Self {
         Self {
@@ -287,33 +233,6 @@ impl Harness {
             ..Self::new()
         };
         (h, ct)
-    }
-
-    /// Runs a frame that arrived on the port its source MAC says, with
-    /// room to grow; leaves `frame` as the frame that would leave.
-    fn run(&mut self, frame: &mut Vec<u8>) -> Verdict {
-        let ctx = BatchContext {
-            table: &self.table,
-            net: &self.net,
-            now: self.now,
-        };
-        let ingress = if frame.get(6..12) == Some(&POD1_MAC[..]) {
-            POD_PORT
-        } else {
-            CLIENT_PORT
-        };
-        let len = frame.len();
-        frame.resize(len + 256, 0xee);
-        let verdict = self.pipeline.process(frame, len, ingress, &ctx);
-        frame.truncate(match verdict {
-            Verdict::Respond { len, .. } => len,
-            _ => len,
-        });
-        verdict
-    }
-
-    fn counters(&self) -> &WorkerCounters {
-        self.pipeline.counters()
     }
 }
 
@@ -712,23 +631,18 @@ fn frames_with_padding_and_options_forward() {
 
 /// A Harness whose Service `default/sticky` (VIP .40:80/TCP -> three Pods
 /// :8080) has ClientIP affinity with a 10 s timeout, or `backends` of them.
-fn affinity_table(backends: &[u8]) -> CompiledTable {
-    let services = vec![Service {
-        name: ServiceName::new("default", "sticky"),
-        kind: ServiceKind::ClusterIp,
-        cluster_ip: ClusterIp::Vip(STICKY_VIP.into()),
-        session_affinity: Some(10),
-        ports: vec![port(
-            80,
-            Protocol::Tcp,
-            8080,
-            backends
-                .iter()
-                .map(|&last| ep([198, 18, 2, last], 8080))
-                .collect(),
-        )],
-    }];
-    CompiledTable::compile(Arc::new(ServiceTable { services }), 2)
+fn affinity_table(backends: &[u8]) -> Arc<CompiledTable> {
+    let pods: Vec<[u8; 4]> = backends.iter().map(|&last| [198, 18, 2, last]).collect();
+    let services = vec![service(
+        ServiceName::new("default", "sticky"),
+        Some(STICKY_VIP),
+        Some(10),
+        vec![service_port(80, Protocol::Tcp, 8080, &pods)],
+    )];
+    Arc::new(CompiledTable::compile(
+        Arc::new(ServiceTable { services }),
+        2,
+    ))
 }
 
 const STICKY_VIP: [u8; 4] = [198, 18, 100, 40];
@@ -1126,8 +1040,9 @@ fn a_published_table_ends_flows_to_endpoints_it_removed() {
     // POD1 leaves, POD2 arrives.
     let old = crate::table::flow_targets(&model_on(POD1));
     let new = crate::table::flow_targets(&model_on(POD2));
-    h.table =
-        CompiledTable::compile(model_on(POD2), 2).with_retiring(old.difference(&new).copied());
+    h.table = Arc::new(
+        CompiledTable::compile(model_on(POD2), 2).with_retiring(old.difference(&new).copied()),
+    );
 
     let mut query = client_query();
     assert_eq!(h.run(&mut query), Verdict::Forward { port: POD_PORT });

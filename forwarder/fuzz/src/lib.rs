@@ -1,11 +1,14 @@
 //! The packet-path fuzz harness: any byte string becomes a short session
-//! of frames run through cipgw's whole [`Pipeline`] (parse, classify,
+//! of frames run through cipgw's whole
+//! [`Pipeline`](cipgw_datapath::pipeline::Pipeline) (parse, classify,
 //! conntrack lookup and insert, rewrite, refusals and echo replies) against
 //! a fixed service table, with invariants checked after every frame.
 //!
 //! It lives in a library (not only in the fuzz target) so that the seed
 //! corpus can be generated and replayed by ordinary tests
-//! (`tests/seeds.rs`) without libFuzzer.
+//! (`tests/seeds.rs`) without libFuzzer. The gateway it runs is the data
+//! path's in-memory one (`cipgw_datapath::harness`); what is the fuzzer's
+//! own here is the input format, the Services and the invariants.
 //!
 //! Input format (all of it is valid; short inputs simply end early):
 //!
@@ -43,21 +46,19 @@
 //! conntrack holds at most `max_flows + 1` flows, exactly two entries per
 //! flow, and no more unreplied flows than flows.
 
-use std::collections::HashMap;
-use std::net::Ipv4Addr;
 use std::sync::{Arc, OnceLock};
 
-use cipgw::checksum::{checksum, l4_checksum};
-use cipgw::conntrack::{Conntrack, ConntrackConfig, Direction, FlowKey, Timeouts};
-use cipgw::counters::WorkerCounters;
-use cipgw::lb::Rng;
-use cipgw::pipeline::{BatchContext, Pipeline, PipelineConfig, Verdict};
-use cipgw::route::{NetSnapshot, Port, PortId, Route};
-use cipgw::table::CompiledTable;
-use cipgw_config::{
-    ClusterIp, Endpoint, EndpointState, Protocol, Service, ServiceKind, ServiceName, ServicePort,
-    ServiceTable, TargetPort,
+use cipgw_config::{EndpointState, Protocol, ServiceName, ServiceTable};
+use cipgw_datapath::checksum::{checksum, l4_checksum};
+use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig, Direction, FlowKey, Timeouts};
+use cipgw_datapath::harness::{
+    endpoint, pipeline, service, service_port, Harness, Net, CLIENT_IFINDEX, POD_IFINDEX,
 };
+use cipgw_datapath::pipeline::{PipelineConfig, Verdict};
+use cipgw_datapath::route::{NetSnapshot, PortId};
+use cipgw_datapath::table::CompiledTable;
+
+pub use cipgw_datapath::harness::{mac, CLIENT_PORT, POD_PORT};
 
 /// Size of one UMEM frame: the frame plus the room an answer may use.
 pub const BUF_LEN: usize = 2048;
@@ -70,10 +71,11 @@ pub const CLOCK_STEPS: [u32; 8] = [0, 1, 2, 11, 31, 121, 3601, 86401];
 /// Unreplied shares selectable in the setup byte (percent).
 pub const UNREPLIED_PERCENT: [u8; 4] = [100, 50, 25, 1];
 
-/// Addresses of the fixed topology (RFC 2544 benchmarking range only).
+/// Addresses of the fixed topology: the harness's lab (RFC 2544
+/// benchmarking range only) and the fuzzer's Services in it.
 pub mod addr {
-    /// Clients on the gateway's port 0 with a resolved MAC: .2 to .9.
-    pub const CLIENT: [u8; 4] = [198, 18, 0, 2];
+    pub use cipgw_datapath::harness::addr::{CLIENT, POD1, POD2, POD3};
+
     /// A client whose MAC is not resolved: replies to it wait.
     pub const CLIENT_UNRESOLVED: [u8; 4] = [198, 18, 0, 20];
     /// A client outside `--cluster-cidr` when the setup restricts it.
@@ -95,9 +97,6 @@ pub mod addr {
     /// `far`: TCP 80 -> 8080 on a Pod behind a router, one with no route,
     /// and one routed through an interface cipgw is not attached to.
     pub const FAR_VIP: [u8; 4] = [198, 19, 0, 70];
-    pub const POD1: [u8; 4] = [198, 18, 2, 11];
-    pub const POD2: [u8; 4] = [198, 18, 2, 12];
-    pub const POD3: [u8; 4] = [198, 18, 2, 13];
     /// Replaces POD3 in the churned table.
     pub const POD4: [u8; 4] = [198, 18, 2, 17];
     /// A Pod whose MAC is not resolved.
@@ -112,63 +111,15 @@ pub mod addr {
     pub const ROUTER: [u8; 4] = [198, 18, 2, 1];
 }
 
-/// MAC addresses of the fixed topology.
-pub mod mac {
-    pub const CLIENT: [u8; 6] = [2, 0, 0, 0, 0, 2];
-    pub const GW_CLIENT_SIDE: [u8; 6] = [2, 0, 0, 0, 0, 1];
-    pub const GW_POD_SIDE: [u8; 6] = [2, 0, 0, 0, 2, 1];
-    pub const POD1: [u8; 6] = [2, 0, 0, 0, 2, 11];
-}
-
-/// Ingress port ids of the fixed topology.
-pub const CLIENT_PORT: PortId = 0;
-pub const POD_PORT: PortId = 1;
 /// A port id the snapshot does not have.
 pub const UNKNOWN_PORT: PortId = 7;
-
-fn endpoint(ip: [u8; 4], port: u16, state: EndpointState) -> Endpoint {
-    Endpoint {
-        ip: ip.into(),
-        port,
-        state,
-        pod: None,
-    }
-}
-
-fn service_port(port: u16, protocol: Protocol, target: u16, pods: &[[u8; 4]]) -> ServicePort {
-    ServicePort {
-        name: None,
-        port,
-        protocol,
-        target_port: TargetPort::Number(target),
-        endpoints: pods
-            .iter()
-            .map(|ip| endpoint(*ip, target, EndpointState::READY))
-            .collect(),
-    }
-}
-
-fn service(
-    name: &str,
-    cluster_ip: ClusterIp,
-    affinity: Option<u32>,
-    ports: Vec<ServicePort>,
-) -> Service {
-    Service {
-        name: ServiceName::new("fuzz", name),
-        kind: ServiceKind::ClusterIp,
-        cluster_ip,
-        session_affinity: affinity,
-        ports,
-    }
-}
 
 /// The service model; `churned` is the same after endpoint changes: POD3
 /// replaced by POD4 in `web`, POD2 gone from `sticky`, `dns` without
 /// endpoints and `empty` with one.
 pub fn model(churned: bool) -> ServiceTable {
     use addr::*;
-    let vip = |a: [u8; 4]| ClusterIp::Vip(a.into());
+    let name = |name| ServiceName::new("fuzz", name);
     let web_pods: &[[u8; 4]] = if churned {
         &[POD1, POD2, POD4]
     } else {
@@ -182,19 +133,18 @@ pub fn model(churned: bool) -> ServiceTable {
     let dns_pods: &[[u8; 4]] = if churned { &[] } else { &[POD1, POD2] };
     let empty_pods: &[[u8; 4]] = if churned { &[POD2] } else { &[] };
     let mut draining = service_port(80, Protocol::Tcp, 8080, &[]);
-    draining.endpoints.push(endpoint(
-        POD_DRAINING,
-        8080,
-        EndpointState {
+    draining.endpoints.push(cipgw_config::Endpoint {
+        state: EndpointState {
             ready: false,
             serving: true,
             terminating: true,
         },
-    ));
+        ..endpoint(POD_DRAINING, 8080)
+    });
     let mut services = vec![
         service(
-            "web",
-            vip(WEB_VIP),
+            name("web"),
+            Some(WEB_VIP),
             None,
             vec![
                 service_port(80, Protocol::Tcp, 8080, web_pods),
@@ -202,14 +152,14 @@ pub fn model(churned: bool) -> ServiceTable {
             ],
         ),
         service(
-            "dns",
-            vip(DNS_VIP),
+            name("dns"),
+            Some(DNS_VIP),
             None,
             vec![service_port(53, Protocol::Udp, 5353, dns_pods)],
         ),
         service(
-            "empty",
-            vip(EMPTY_VIP),
+            name("empty"),
+            Some(EMPTY_VIP),
             None,
             vec![
                 service_port(80, Protocol::Tcp, 8080, empty_pods),
@@ -217,15 +167,15 @@ pub fn model(churned: bool) -> ServiceTable {
             ],
         ),
         service(
-            "sticky",
-            vip(STICKY_VIP),
+            name("sticky"),
+            Some(STICKY_VIP),
             Some(10),
             vec![service_port(80, Protocol::Tcp, 8080, sticky_pods)],
         ),
-        service("draining", vip(DRAINING_VIP), None, vec![draining]),
+        service(name("draining"), Some(DRAINING_VIP), None, vec![draining]),
         service(
-            "solo",
-            vip(SOLO_VIP),
+            name("solo"),
+            Some(SOLO_VIP),
             None,
             vec![
                 service_port(80, Protocol::Tcp, 8080, &[POD1]),
@@ -233,8 +183,8 @@ pub fn model(churned: bool) -> ServiceTable {
             ],
         ),
         service(
-            "far",
-            vip(FAR_VIP),
+            name("far"),
+            Some(FAR_VIP),
             None,
             vec![service_port(
                 80,
@@ -244,8 +194,8 @@ pub fn model(churned: bool) -> ServiceTable {
             )],
         ),
         service(
-            "headless",
-            ClusterIp::Headless,
+            name("headless"),
+            None,
             None,
             vec![service_port(5432, Protocol::Tcp, 5432, &[POD_HEADLESS])],
         ),
@@ -254,59 +204,39 @@ pub fn model(churned: bool) -> ServiceTable {
     ServiceTable { services }
 }
 
-/// Two-arm gateway: port 0 towards the clients, port 1 towards the Pods.
+/// The harness's two arms, with the outside clients' subnet on port 0, a
+/// router to more Pods and a route through an interface cipgw is not
+/// attached to; clients .2 to .9, the outside client, the Pods (all but
+/// POD_UNRESOLVED) and the router resolved.
 pub fn net() -> NetSnapshot {
     use addr::*;
-    let ports = vec![
-        Port {
-            ifindex: 10,
-            name: "gw-client".into(),
-            mac: mac::GW_CLIENT_SIDE,
-        },
-        Port {
-            ifindex: 11,
-            name: "gw-pods".into(),
-            mac: mac::GW_POD_SIDE,
-        },
-    ];
-    let route = |dst: [u8; 4], prefix_len, ifindex, gateway: Option<[u8; 4]>| Route {
-        dst: dst.into(),
-        prefix_len,
-        ifindex,
-        gateway: gateway.map(Ipv4Addr::from),
-    };
-    let routes = vec![
-        route([198, 18, 0, 0], 23, 10, None),
-        route([198, 18, 2, 0], 24, 11, None),
-        route([198, 18, 9, 0], 24, 11, Some(ROUTER)),
-        // An interface cipgw is not attached to.
-        route([198, 19, 201, 0], 24, 99, None),
-    ];
-    let mut neighbours = HashMap::new();
-    for last in 2..10 {
-        neighbours.insert((10, Ipv4Addr::new(198, 18, 0, last)), [2, 0, 0, 0, 0, last]);
-    }
-    neighbours.insert((10, CLIENT_OUTSIDE.into()), [2, 0, 0, 0, 1, 2]);
-    for pod in [POD1, POD2, POD3, POD4, POD_HEADLESS, POD_DRAINING, ROUTER] {
-        neighbours.insert((11, pod.into()), [2, 0, 0, 0, 2, pod[3]]);
-    }
-    NetSnapshot::new(routes, neighbours, ports)
+    Net::two_arm()
+        .route([198, 18, 1, 0], 24, CLIENT_IFINDEX, None)
+        .route([198, 18, 9, 0], 24, POD_IFINDEX, Some(ROUTER))
+        .route([198, 19, 201, 0], 24, 99, None)
+        .resolved(CLIENT_IFINDEX, (2..10).map(|last| [198, 18, 0, last]))
+        .resolved(CLIENT_IFINDEX, [CLIENT_OUTSIDE])
+        .resolved(
+            POD_IFINDEX,
+            [POD1, POD2, POD3, POD4, POD_HEADLESS, POD_DRAINING, ROUTER],
+        )
+        .build()
 }
 
 /// The immutable part of the setup, built once per process.
 struct Fixed {
-    tables: [CompiledTable; 2],
-    net: NetSnapshot,
+    tables: [Arc<CompiledTable>; 2],
+    net: Arc<NetSnapshot>,
 }
 
 fn fixed() -> &'static Fixed {
     static FIXED: OnceLock<Fixed> = OnceLock::new();
     FIXED.get_or_init(|| Fixed {
         tables: [
-            CompiledTable::compile(Arc::new(model(false)), 1),
-            CompiledTable::compile(Arc::new(model(true)), 2),
+            Arc::new(CompiledTable::compile(Arc::new(model(false)), 1)),
+            Arc::new(CompiledTable::compile(Arc::new(model(true)), 2)),
         ],
-        net: net(),
+        net: Arc::new(net()),
     })
 }
 
@@ -390,14 +320,13 @@ fn run_session(data: &[u8], mut seen: impl FnMut(Outcome)) {
     } else {
         Vec::new()
     };
-    let mut pipeline = Pipeline::new(
-        conntrack.clone(),
-        Arc::new(WorkerCounters::default()),
-        Rng::new(u64::from(setup >> 6) + 1),
-    )
-    .with_config(PipelineConfig { cluster_cidrs });
-
-    let mut now = START;
+    let mut gateway = Harness {
+        pipeline: pipeline(Arc::clone(&conntrack), u64::from(setup >> 6) + 1)
+            .with_config(PipelineConfig { cluster_cidrs }),
+        table: Arc::clone(&fixed.tables[0]),
+        net: Arc::clone(&fixed.net),
+        now: START,
+    };
     let mut current = 0;
     let mut buf = [0u8; BUF_LEN];
     for _ in 0..MAX_FRAMES {
@@ -412,10 +341,11 @@ fn run_session(data: &[u8], mut seen: impl FnMut(Outcome)) {
         let (frame, tail) = tail.split_at(len);
         rest = tail;
 
-        now += CLOCK_STEPS[usize::from((ctl >> 4) & 0x07)];
+        gateway.now += CLOCK_STEPS[usize::from((ctl >> 4) & 0x07)];
         if ctl & bits::CHURN != 0 {
             current ^= 1;
-            let table = &fixed.tables[current];
+            gateway.table = Arc::clone(&fixed.tables[current]);
+            let table = &gateway.table;
             // What the control thread does when endpoints go away.
             conntrack.retire(|key, (ip, port)| !table.is_backend(ip, port, key.protocol));
         }
@@ -433,21 +363,16 @@ fn run_session(data: &[u8], mut seen: impl FnMut(Outcome)) {
         let before = Checked::of(&buf[..len]);
 
         // As the worker does for each RX batch (here a batch of one).
-        pipeline.prefetch(&buf[..len]);
-        pipeline.prefetch_flows();
-        let ctx = BatchContext {
-            table: &fixed.tables[current],
-            net: &fixed.net,
-            now,
-        };
-        let verdict = pipeline.process(&mut buf, len, ingress, &ctx);
+        gateway.pipeline.prefetch(&buf[..len]);
+        gateway.pipeline.prefetch_flows();
+        let verdict = gateway.process(&mut buf, len, ingress);
         check_verdict(verdict, &before, &buf, len, ingress, &fixed.tables);
         if let Verdict::Forward { .. } | Verdict::AwaitNeighbour { .. } = verdict {
             check_tracked(verdict, &before, &buf[..len], &conntrack);
         }
 
         if ctl & bits::SWEEP != 0 {
-            conntrack.sweep(now);
+            conntrack.sweep(gateway.now);
         }
         let summary = conntrack.summary();
         assert!(
@@ -651,7 +576,7 @@ fn check_verdict(
     buf: &[u8],
     len: usize,
     ingress: PortId,
-    tables: &[CompiledTable; 2],
+    tables: &[Arc<CompiledTable>; 2],
 ) {
     match verdict {
         Verdict::Forward { port } | Verdict::AwaitNeighbour { port, .. } => {

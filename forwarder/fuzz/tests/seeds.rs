@@ -12,9 +12,11 @@
 
 use std::path::PathBuf;
 
-use cipgw::counters::DropReason;
-use cipgw::pipeline::Verdict;
-use cipgw::route::PortId;
+use cipgw_datapath::counters::DropReason;
+use cipgw_datapath::harness::{Frame, Segment};
+use cipgw_datapath::pipeline::Verdict;
+use cipgw_datapath::route::PortId;
+use cipgw_datapath::wire::tcp::flags::{ACK, FIN, PSH, RST, SYN};
 use cipgw_fuzz::addr::*;
 use cipgw_fuzz::{bits, encode, mac, outcomes, CLIENT_PORT, POD_PORT};
 use etherparse::{PacketBuilder, VlanId};
@@ -57,15 +59,6 @@ const P: u8 = bits::FIX_CHECKSUMS | bits::ingress(1);
 /// A table of 8 flows, no flood guard to speak of.
 const SETUP: u8 = bits::max_flows(8);
 
-mod tcpf {
-    pub const FIN: u8 = 0x01;
-    pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const PSH: u8 = 0x08;
-    pub const ACK: u8 = 0x10;
-}
-use tcpf::*;
-
 struct Seed {
     name: String,
     input: Vec<u8>,
@@ -86,39 +79,20 @@ impl Seeds {
     }
 }
 
-/// Ethernet addresses for a frame from `src`: a Pod (towards the
-/// gateway's Pod side) or a client.
-fn macs(src: [u8; 4]) -> ([u8; 6], [u8; 6]) {
-    if src[..3] == [198, 18, 2] || src[..3] == [198, 18, 9] {
-        ([2, 0, 0, 0, 2, src[3]], mac::GW_POD_SIDE)
-    } else {
-        (mac::CLIENT, mac::GW_CLIENT_SIDE)
-    }
-}
-
+/// A TCP segment from `src` to `dst` as it reaches the gateway (see
+/// [`Frame::arriving`]), acknowledging 2000 when `flags` has ACK.
 fn tcp_ttl(src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: u8, ttl: u8, data: &[u8]) -> Vec<u8> {
-    let (smac, dmac) = macs(src.0);
-    let mut b = PacketBuilder::ethernet2(smac, dmac)
-        .ipv4(src.0, dst.0, ttl)
-        .tcp(src.1, dst.1, 1000, 64240);
-    if flags & SYN != 0 {
-        b = b.syn();
+    let segment = Segment {
+        flags,
+        ack: 2000,
+        payload: data,
+        ..Segment::default()
+    };
+    Frame {
+        ttl,
+        ..Frame::arriving(src.0, dst.0)
     }
-    if flags & ACK != 0 {
-        b = b.ack(2000);
-    }
-    if flags & FIN != 0 {
-        b = b.fin();
-    }
-    if flags & RST != 0 {
-        b = b.rst();
-    }
-    if flags & PSH != 0 {
-        b = b.psh();
-    }
-    let mut out = Vec::new();
-    b.write(&mut out, data).expect("seed frame builds");
-    out
+    .tcp(src.1, dst.1, segment)
 }
 
 fn tcp(src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: u8) -> Vec<u8> {
@@ -131,28 +105,11 @@ fn tcp(src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: u8) -> Vec<u8> {
 }
 
 fn udp(src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Vec<u8> {
-    let (smac, dmac) = macs(src.0);
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(smac, dmac)
-        .ipv4(src.0, dst.0, 64)
-        .udp(src.1, dst.1)
-        .write(&mut out, b"\x12\x34\x01\x00\x00\x01query")
-        .expect("seed frame builds");
-    out
+    Frame::arriving(src.0, dst.0).udp(src.1, dst.1, b"\x12\x34\x01\x00\x00\x01query")
 }
 
 fn ping(src: [u8; 4], dst: [u8; 4], reply: bool) -> Vec<u8> {
-    let (smac, dmac) = macs(src);
-    let b = PacketBuilder::ethernet2(smac, dmac).ipv4(src, dst, 64);
-    let b = if reply {
-        b.icmpv4_echo_reply(0x4242, 1)
-    } else {
-        b.icmpv4_echo_request(0x4242, 1)
-    };
-    let mut out = Vec::new();
-    b.write(&mut out, b"0123456789abcdef")
-        .expect("seed frame builds");
-    out
+    Frame::arriving(src, dst).echo(reply, 0x4242, 1, b"0123456789abcdef")
 }
 
 fn arp() -> Vec<u8> {
@@ -625,11 +582,14 @@ fn seeds() -> Vec<Seed> {
     );
     // Two established flows and a SYN flood in a 4-flow table whose
     // unreplied share is 50 %: the flood evicts itself, then a table full
-    // of established flows refuses, and a day later drains.
+    // of established flows refuses, and a day later drains. Established
+    // means the handshake completed (the client's ACK): a full table
+    // evicts a flow that only saw its SYN-ACK.
     let mut flood = Vec::new();
     for port in [50000, 50001] {
         flood.push((C, tcp(client(4, port), solo, SYN), TO_PODS));
         flood.push((P, tcp(pod1, client(4, port), SYN | ACK), TO_CLIENT));
+        flood.push((C, tcp(client(4, port), solo, ACK), TO_PODS));
     }
     for port in 60000..60006 {
         flood.push((C, tcp(client(5, port), solo, SYN), TO_PODS));
@@ -637,6 +597,7 @@ fn seeds() -> Vec<Seed> {
     flood.push((C, tcp(client(5, 60000), solo, ACK), Respond));
     for port in [60004, 60005] {
         flood.push((P, tcp(pod1, client(5, port), SYN | ACK), TO_CLIENT));
+        flood.push((C, tcp(client(5, port), solo, ACK), TO_PODS));
     }
     flood.push((C, tcp(client(5, 60010), solo, SYN), Respond));
     flood.push((C, tcp(client(4, 50000), solo, ACK), TO_PODS));
