@@ -21,10 +21,13 @@ demo: setup
 	$(CARGO) build --release -p cipgw
 	$(TARGET_DIR)/release/cipgw demo
 
-# The binary first: end-to-end tests run it (CARGO_BIN_EXE_cipgw).
+# The binary first: end-to-end tests run it (CARGO_BIN_EXE_cipgw). The
+# fuzzer is a workspace of its own: its seed tests (every committed input
+# reaches its verdict) run here too.
 test: setup
 	$(CARGO) build -p cipgw --bins
 	$(CARGO) test --workspace
+	$(CARGO) test --manifest-path forwarder/fuzz/Cargo.toml
 
 lint:
 	$(CARGO) fmt --all -- --check
