@@ -22,10 +22,11 @@
 //! at one chain.
 //!
 //! Lifecycle. Each flow has a state driven by what both directions carry,
-//! with its own idle timeout (defaults as kube-proxy configures
-//! nf_conntrack, and Linux's for the rest):
+//! with its own idle timeout ([`Timeouts`]; defaults as kube-proxy
+//! configures nf_conntrack, and Linux's for the rest). The states and how
+//! packets move a flow between them are in `state.rs`:
 //!
-//! | state | entered on | timeout |
+//! | state | entered on | default timeout |
 //! |---|---|---|
 //! | TCP SYN sent | first SYN from the client | 120 s |
 //! | TCP established | any packet from the backend | 24 h |
@@ -67,6 +68,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ahash::RandomState;
+use cipgw_config::conntrack::DEFAULT_UNREPLIED_PERCENT;
 use cipgw_config::Protocol;
 use crossbeam::utils::CachePadded;
 
@@ -155,7 +157,7 @@ impl Default for ConntrackConfig {
     fn default() -> Self {
         Self {
             max_flows: 1 << 20,
-            unreplied_percent: 50,
+            unreplied_percent: DEFAULT_UNREPLIED_PERCENT,
             timeouts: Timeouts::default(),
         }
     }
@@ -652,7 +654,7 @@ impl Conntrack {
                 self.slab.release(id);
                 continue;
             }
-            if life.seen().saturating_add(timeouts.of(state)) < now {
+            if life.seen().saturating_add(state.timeout(timeouts)) < now {
                 adoption.expired += 1;
                 self.slab.release(id);
                 continue;
@@ -1038,7 +1040,7 @@ impl Conntrack {
         let timeouts = &self.config.timeouts;
         let expired = |l: Life| {
             l.seen()
-                .saturating_add(timeouts.of(FlowState::from_bits(l.bits())))
+                .saturating_add(FlowState::from_bits(l.bits()).timeout(timeouts))
                 < now
         };
         let closing_flow =
@@ -1268,7 +1270,7 @@ impl Conntrack {
         let timeouts = &self.config.timeouts;
         let expired = |l: Life| {
             let state = FlowState::from_bits(l.bits());
-            l.seen().saturating_add(timeouts.of(state)) < now
+            l.seen().saturating_add(state.timeout(timeouts)) < now
         };
         let mut removed = 0;
         for (id, _, life) in self.flows() {

@@ -7,12 +7,14 @@
 //! [`REPLIED`] and [`AFFINITY`]) is part of the table file's format
 //! ([`super::persist`]), so it never changes meaning.
 
-use std::time::Duration;
-
 use cipgw_config::Protocol;
 
 use super::Direction;
 use crate::wire::tcp::flags as tcp_flags;
+
+/// Idle timeouts per state, defined in cipgw-config so that the daemon
+/// settings hold the very type the table reads.
+pub use cipgw_config::conntrack::Timeouts;
 
 /// Where a flow is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +74,23 @@ impl FlowState {
         matches!(self, FlowState::TcpTimeWait | FlowState::TcpClose)
     }
 
+    /// This state's idle timeout in `timeouts`, in whole seconds (the
+    /// conntrack clock's unit).
+    #[inline]
+    pub fn timeout(self, timeouts: &Timeouts) -> u32 {
+        let d = match self {
+            FlowState::TcpSynSent => timeouts.tcp_syn_sent,
+            FlowState::TcpEstablished => timeouts.tcp_established,
+            FlowState::TcpFinWait => timeouts.tcp_fin_wait,
+            FlowState::TcpCloseWait => timeouts.tcp_close_wait,
+            FlowState::TcpTimeWait => timeouts.tcp_time_wait,
+            FlowState::TcpClose => timeouts.tcp_close,
+            FlowState::UdpUnreplied => timeouts.udp_unreplied,
+            FlowState::UdpReplied => timeouts.udp_replied,
+        };
+        u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
+    }
+
     /// The state a flow of this state's protocol starts in.
     pub(super) const fn initial_of_protocol(self) -> FlowState {
         match self {
@@ -117,53 +136,6 @@ pub(super) const FIN_REPLY: u8 = 0x20;
 pub(super) const REPLIED: u8 = 0x40;
 /// The flow's Service has session affinity.
 pub(super) const AFFINITY: u8 = 0x80;
-
-/// Idle timeouts per state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    pub tcp_syn_sent: Duration,
-    pub tcp_established: Duration,
-    pub tcp_fin_wait: Duration,
-    pub tcp_close_wait: Duration,
-    pub tcp_time_wait: Duration,
-    pub tcp_close: Duration,
-    pub udp_unreplied: Duration,
-    pub udp_replied: Duration,
-}
-
-impl Default for Timeouts {
-    /// kube-proxy's nf_conntrack settings (established 24 h, close-wait
-    /// 1 h) and Linux's defaults for the rest.
-    fn default() -> Self {
-        Self {
-            tcp_syn_sent: Duration::from_secs(120),
-            tcp_established: Duration::from_secs(24 * 3600),
-            tcp_fin_wait: Duration::from_secs(120),
-            tcp_close_wait: Duration::from_secs(3600),
-            tcp_time_wait: Duration::from_secs(120),
-            tcp_close: Duration::from_secs(10),
-            udp_unreplied: Duration::from_secs(30),
-            udp_replied: Duration::from_secs(120),
-        }
-    }
-}
-
-impl Timeouts {
-    /// The timeout of a state, in whole seconds.
-    pub fn of(&self, state: FlowState) -> u32 {
-        let d = match state {
-            FlowState::TcpSynSent => self.tcp_syn_sent,
-            FlowState::TcpEstablished => self.tcp_established,
-            FlowState::TcpFinWait => self.tcp_fin_wait,
-            FlowState::TcpCloseWait => self.tcp_close_wait,
-            FlowState::TcpTimeWait => self.tcp_time_wait,
-            FlowState::TcpClose => self.tcp_close,
-            FlowState::UdpUnreplied => self.udp_unreplied,
-            FlowState::UdpReplied => self.udp_replied,
-        };
-        u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
-    }
-}
 
 /// The state bits after a packet with `flags` travelling `direction`.
 /// (A new SYN on a finished flow never gets here: [`Conntrack::touch`]
