@@ -39,9 +39,6 @@ use crate::metrics::{
 };
 use crate::table::TableHandle;
 
-/// Where the admin endpoint listens unless told otherwise.
-pub const DEFAULT_ADDR: &str = "127.0.0.1:9477";
-
 /// Rows `/api/conntrack` returns unless `limit=` says otherwise.
 pub const DEFAULT_LIMIT: usize = 100;
 /// Most rows one `/api/conntrack` request may ask for.
