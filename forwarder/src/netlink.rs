@@ -659,16 +659,9 @@ impl Rtnl {
         while Instant::now() < deadline {
             let n = match self.recv(0) {
                 Ok(n) => n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    continue
-                }
+                // Nothing within RECV_TIMEOUT yet, or a signal: check the
+                // deadline and wait again.
+                Err(e) if is_retry(&e) => continue,
                 Err(source) => {
                     return Err(NetlinkError::Socket {
                         what: "recv",
@@ -693,19 +686,26 @@ impl Rtnl {
         })
     }
 
+    /// Dumps a table and keeps the entries `parse` takes.
+    fn dump_parsed<T>(
+        &mut self,
+        what: &str,
+        request: impl Fn() -> RouteNetlinkMessage,
+        parse: impl Fn(&RouteNetlinkMessage) -> Option<T>,
+    ) -> Result<Vec<T>, NetlinkError> {
+        Ok(self.dump(what, request)?.iter().filter_map(parse).collect())
+    }
+
     fn routes(&mut self) -> Result<Vec<Route>, NetlinkError> {
-        let msgs = self.dump("route dump", || {
+        let request = || {
             let mut m = RouteMessage::default();
             m.header.address_family = AddressFamily::Inet;
             RouteNetlinkMessage::GetRoute(m)
+        };
+        let mut routes = self.dump_parsed("route dump", request, |m| match m {
+            RouteNetlinkMessage::NewRoute(r) => parse_route(r),
+            _ => None,
         })?;
-        let mut routes: Vec<(Route, u32)> = msgs
-            .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(r) => parse_route(r),
-                _ => None,
-            })
-            .collect();
         // Among equal prefixes the lowest metric wins: put it first
         // (NetSnapshot's sort by prefix length is stable).
         routes.sort_by_key(|&(r, metric)| (std::cmp::Reverse(r.prefix_len), metric));
@@ -713,31 +713,23 @@ impl Rtnl {
     }
 
     fn neighbours(&mut self) -> Result<Vec<Neighbour>, NetlinkError> {
-        let msgs = self.dump("neighbour dump", || {
+        let request = || {
             let mut m = NeighbourMessage::default();
             m.header.family = AddressFamily::Inet;
             RouteNetlinkMessage::GetNeighbour(m)
-        })?;
-        Ok(msgs
-            .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewNeighbour(n) => parse_neighbour(n),
-                _ => None,
-            })
-            .collect())
+        };
+        self.dump_parsed("neighbour dump", request, |m| match m {
+            RouteNetlinkMessage::NewNeighbour(n) => parse_neighbour(n),
+            _ => None,
+        })
     }
 
     fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
-        let msgs = self.dump("link dump", || {
-            RouteNetlinkMessage::GetLink(LinkMessage::default())
-        })?;
-        Ok(msgs
-            .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(parse_link(l)),
-                _ => None,
-            })
-            .collect())
+        let request = || RouteNetlinkMessage::GetLink(LinkMessage::default());
+        self.dump_parsed("link dump", request, |m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(parse_link(l)),
+            _ => None,
+        })
     }
 
     /// Dumps everything a snapshot needs. A port missing from the link
@@ -924,6 +916,15 @@ fn split_messages(mut buf: &[u8]) -> impl Iterator<Item = &[u8]> {
         buf = rest.get(aligned - len..).unwrap_or(&[]);
         Some(msg)
     })
+}
+
+/// A receive that got nothing yet (its timeout passed) or was cut short
+/// by a signal.
+fn is_retry(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
 }
 
 /// The errno of an NLMSG_ERROR message (0 for an acknowledgement).
