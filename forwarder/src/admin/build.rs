@@ -202,25 +202,23 @@ pub(super) fn conntrack_view(ct: &Conntrack, q: &ConntrackQuery) -> ConntrackVie
     // matching flows are held.
     let mut rows: Vec<(FlowTuple, bool, &'static str)> = Vec::new();
     ct.for_each(|key, hit| {
-        let (tuple, forward) = match hit.direction {
-            Direction::Forward => (
-                FlowTuple {
-                    vip: (key.dst, key.dst_port),
-                    protocol: key.protocol.ip_number(),
-                    client: (key.src, key.src_port),
-                    backend: (hit.nat_ip, hit.nat_port),
-                },
-                true,
-            ),
-            Direction::Reply => (
-                FlowTuple {
-                    vip: (hit.nat_ip, hit.nat_port),
-                    protocol: key.protocol.ip_number(),
-                    client: (key.dst, key.dst_port),
-                    backend: (key.src, key.src_port),
-                },
-                false,
-            ),
+        // The wire key's source and destination, and the address the
+        // entry rewrites to, are the client, VIP and backend in an order
+        // that depends on the direction.
+        let (src, dst, nat) = (
+            (key.src, key.src_port),
+            (key.dst, key.dst_port),
+            (hit.nat_ip, hit.nat_port),
+        );
+        let (client, vip, backend, forward) = match hit.direction {
+            Direction::Forward => (src, dst, nat, true),
+            Direction::Reply => (dst, nat, src, false),
+        };
+        let tuple = FlowTuple {
+            vip,
+            protocol: key.protocol.ip_number(),
+            client,
+            backend,
         };
         let keep = q.vip.map_or(true, |f| f.matches(sockaddr(tuple.vip)))
             && q.client.map_or(true, |f| f.matches(sockaddr(tuple.client)))
