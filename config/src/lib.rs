@@ -1,13 +1,16 @@
 //! What the gateway should do, as plain data.
 //!
 //! This crate holds the typed service model the data plane compiles its
-//! lookup table from ([`model`]), the daemon settings with their defaults
-//! ([`settings`]) and the parser for control files of Kubernetes manifests
-//! ([`control_file`]). It is pure: no sockets, no threads, no clocks, so
-//! every rule in it can be tested on static input. Without its default
-//! feature `files` it is the model alone, for the data path
-//! (cipgw-datapath), which must not build the manifest parser.
+//! lookup table from ([`model`]), the connection table's defaults that
+//! settings and data path share ([`conntrack`]), the daemon settings with
+//! their defaults ([`settings`]) and the parser for control files of
+//! Kubernetes manifests ([`control_file`]). It is pure: no sockets, no
+//! threads, no clocks, so every rule in it can be tested on static input.
+//! Without its default feature `files` it is the model and [`conntrack`]
+//! alone, for the data path (cipgw-datapath), which must not build the
+//! manifest parser.
 
+pub mod conntrack;
 #[cfg(feature = "files")]
 pub mod control_file;
 #[cfg(feature = "files")]

@@ -11,6 +11,8 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
+use crate::conntrack::{Timeouts, DEFAULT_UNREPLIED_PERCENT};
+
 /// Default service CIDR, as kube-apiserver's `--service-cluster-ip-range`
 /// defaults it.
 pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
@@ -150,31 +152,16 @@ pub struct ConntrackSettings {
     pub max_flows: Option<usize>,
     /// Share of the table (percent) flows without a reply may hold.
     pub unreplied_percent: u8,
-    pub tcp_syn_sent: Duration,
-    pub tcp_established: Duration,
-    pub tcp_fin_wait: Duration,
-    pub tcp_close_wait: Duration,
-    pub tcp_time_wait: Duration,
-    pub tcp_close: Duration,
-    pub udp_unreplied: Duration,
-    pub udp_replied: Duration,
+    /// Idle timeouts per state: the conntrack takes them as they are.
+    pub timeouts: Timeouts,
 }
 
 impl Default for ConntrackSettings {
-    /// kube-proxy's nf_conntrack settings (established 24 h, close-wait
-    /// 1 h) and Linux's defaults for the other states.
     fn default() -> Self {
         Self {
             max_flows: None,
-            unreplied_percent: 50,
-            tcp_syn_sent: Duration::from_secs(120),
-            tcp_established: Duration::from_secs(24 * 3600),
-            tcp_fin_wait: Duration::from_secs(120),
-            tcp_close_wait: Duration::from_secs(3600),
-            tcp_time_wait: Duration::from_secs(120),
-            tcp_close: Duration::from_secs(10),
-            udp_unreplied: Duration::from_secs(30),
-            udp_replied: Duration::from_secs(120),
+            unreplied_percent: DEFAULT_UNREPLIED_PERCENT,
+            timeouts: Timeouts::default(),
         }
     }
 }

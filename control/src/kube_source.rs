@@ -58,8 +58,9 @@ use crate::translate::{translate_lenient, Objects, TranslateError};
 /// The label with which a Service names the proxy that serves it.
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 
-/// The proxy name cipgw answers to unless told otherwise.
-pub const DEFAULT_PROXY_NAME: &str = "cipgw";
+/// The proxy name cipgw answers to unless told otherwise (defined with
+/// the other daemon settings).
+pub use cipgw_config::settings::DEFAULT_PROXY_NAME;
 
 /// Quiet time after an event before a table is built: the events of one
 /// change (a Service and its slice, a rollout step) arrive together.

@@ -22,13 +22,13 @@
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use cipgw_config::ServiceTable;
 pub use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 
-/// kube-proxy's default `--min-sync-period`: at most one table per second.
-pub const DEFAULT_MIN_SYNC_PERIOD: Duration = Duration::from_secs(1);
+/// kube-proxy's default `--min-sync-period`: at most one table per second
+/// (defined with the other daemon settings).
+pub use cipgw_config::settings::DEFAULT_MIN_SYNC_PERIOD;
 
 /// What a source tells the daemon.
 #[derive(Debug, Clone, PartialEq)]
@@ -153,6 +153,8 @@ pub use cipgw_config::settings::parse_duration;
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

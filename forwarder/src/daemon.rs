@@ -33,7 +33,7 @@ use crate::admin::{AdminServer, AdminState};
 use crate::affinity::Affinity;
 use crate::bpf::{self, BackendKey, XdpProgram};
 use crate::conntrack::persist::{self, Previous, TableFile};
-use crate::conntrack::{Conntrack, ConntrackConfig, Timeouts};
+use crate::conntrack::{Conntrack, ConntrackConfig};
 use crate::counters::WorkerCounters;
 use crate::lb::Rng;
 use crate::metrics::{ServiceStats, WorkerTelemetry};
@@ -274,16 +274,7 @@ fn conntrack_config(settings: &Settings) -> ConntrackConfig {
             .max_flows
             .unwrap_or_else(|| ConntrackConfig::max_for_memory(memory_bytes())),
         unreplied_percent: c.unreplied_percent,
-        timeouts: Timeouts {
-            tcp_syn_sent: c.tcp_syn_sent,
-            tcp_established: c.tcp_established,
-            tcp_fin_wait: c.tcp_fin_wait,
-            tcp_close_wait: c.tcp_close_wait,
-            tcp_time_wait: c.tcp_time_wait,
-            tcp_close: c.tcp_close,
-            udp_unreplied: c.udp_unreplied,
-            udp_replied: c.udp_replied,
-        },
+        timeouts: c.timeouts,
     }
 }
 

@@ -582,72 +582,37 @@ impl Rtnl {
         msg: RouteNetlinkMessage,
     ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
         let seq = self.send(NLM_F_REQUEST | NLM_F_DUMP, msg)?;
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
         let mut out = Vec::new();
         let mut interrupted = false;
-        loop {
-            if Instant::now() >= deadline {
-                return Err(NetlinkError::Timeout {
-                    what: what.to_owned(),
-                    timeout: REQUEST_TIMEOUT,
-                });
+        self.receive_answers(what, seq, |h, raw| {
+            if h.flags & NLM_F_DUMP_INTR != 0 {
+                interrupted = true;
             }
-            let n = match self.recv(0) {
-                Ok(n) => n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    continue
+            match h.kind {
+                NLMSG_DONE => return Ok(true),
+                NLMSG_ERROR => {
+                    let code = error_code(raw);
+                    if code != 0 {
+                        return Err(NetlinkError::Kernel {
+                            what: what.to_owned(),
+                            source: io::Error::from_raw_os_error(code),
+                        });
+                    }
                 }
-                Err(source) => {
-                    return Err(NetlinkError::Socket {
-                        what: "recv",
-                        source,
-                    })
-                }
-            };
-            let mut done = false;
-            for raw in split_messages(&self.buf[..n]) {
-                let h = RawHeader::parse(raw);
-                if h.seq != seq {
-                    continue; // a late answer to an earlier request
-                }
-                if h.flags & NLM_F_DUMP_INTR != 0 {
-                    interrupted = true;
-                }
-                match h.kind {
-                    NLMSG_DONE => done = true,
-                    NLMSG_ERROR => {
-                        let code = error_code(raw);
-                        if code != 0 {
-                            return Err(NetlinkError::Kernel {
-                                what: what.to_owned(),
-                                source: io::Error::from_raw_os_error(code),
-                            });
+                _ => match NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw) {
+                    Ok(m) => {
+                        if let NetlinkPayload::InnerMessage(m) = m.payload {
+                            out.push(m);
                         }
                     }
-                    _ => match NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw) {
-                        Ok(m) => {
-                            if let NetlinkPayload::InnerMessage(m) = m.payload {
-                                out.push(m);
-                            }
-                        }
-                        // One entry we cannot decode must not hide the rest.
-                        Err(e) => {
-                            tracing::debug!(what, error = %e, "skipping undecodable netlink message")
-                        }
-                    },
-                }
+                    // One entry we cannot decode must not hide the rest.
+                    Err(e) => {
+                        tracing::debug!(what, error = %e, "skipping undecodable netlink message")
+                    }
+                },
             }
-            if done {
-                break;
-            }
-        }
+            Ok(false)
+        })?;
         if interrupted {
             return Err(NetlinkError::Interrupted {
                 what: what.to_owned(),
@@ -664,20 +629,39 @@ impl Rtnl {
         msg: RouteNetlinkMessage,
     ) -> Result<(), NetlinkError> {
         let seq = self.send(NLM_F_REQUEST | NLM_F_ACK | flags, msg)?;
+        self.receive_answers(what, seq, |h, raw| {
+            if h.kind != NLMSG_ERROR {
+                return Ok(false);
+            }
+            match error_code(raw) {
+                0 => Ok(true),
+                code => Err(NetlinkError::Kernel {
+                    what: what.to_owned(),
+                    source: io::Error::from_raw_os_error(code),
+                }),
+            }
+        })
+    }
+
+    /// Receives the answers to request `seq` and hands each of its
+    /// messages to `answer`, which says whether it completes the request
+    /// (the rest of that datagram is still handed over) or fails it.
+    /// Messages of other requests (late answers to earlier ones) are
+    /// skipped; the request fails when it is not complete within
+    /// [`REQUEST_TIMEOUT`].
+    fn receive_answers(
+        &mut self,
+        what: &str,
+        seq: u32,
+        mut answer: impl FnMut(RawHeader, &[u8]) -> Result<bool, NetlinkError>,
+    ) -> Result<(), NetlinkError> {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         while Instant::now() < deadline {
             let n = match self.recv(0) {
                 Ok(n) => n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    continue
-                }
+                // Nothing within RECV_TIMEOUT yet, or a signal: check the
+                // deadline and wait again.
+                Err(e) if is_retry(&e) => continue,
                 Err(source) => {
                     return Err(NetlinkError::Socket {
                         what: "recv",
@@ -685,17 +669,15 @@ impl Rtnl {
                     })
                 }
             };
+            let mut complete = false;
             for raw in split_messages(&self.buf[..n]) {
                 let h = RawHeader::parse(raw);
-                if h.seq == seq && h.kind == NLMSG_ERROR {
-                    return match error_code(raw) {
-                        0 => Ok(()),
-                        code => Err(NetlinkError::Kernel {
-                            what: what.to_owned(),
-                            source: io::Error::from_raw_os_error(code),
-                        }),
-                    };
+                if h.seq == seq {
+                    complete |= answer(h, raw)?;
                 }
+            }
+            if complete {
+                return Ok(());
             }
         }
         Err(NetlinkError::Timeout {
@@ -704,19 +686,26 @@ impl Rtnl {
         })
     }
 
+    /// Dumps a table and keeps the entries `parse` takes.
+    fn dump_parsed<T>(
+        &mut self,
+        what: &str,
+        request: impl Fn() -> RouteNetlinkMessage,
+        parse: impl Fn(&RouteNetlinkMessage) -> Option<T>,
+    ) -> Result<Vec<T>, NetlinkError> {
+        Ok(self.dump(what, request)?.iter().filter_map(parse).collect())
+    }
+
     fn routes(&mut self) -> Result<Vec<Route>, NetlinkError> {
-        let msgs = self.dump("route dump", || {
+        let request = || {
             let mut m = RouteMessage::default();
             m.header.address_family = AddressFamily::Inet;
             RouteNetlinkMessage::GetRoute(m)
+        };
+        let mut routes = self.dump_parsed("route dump", request, |m| match m {
+            RouteNetlinkMessage::NewRoute(r) => parse_route(r),
+            _ => None,
         })?;
-        let mut routes: Vec<(Route, u32)> = msgs
-            .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(r) => parse_route(r),
-                _ => None,
-            })
-            .collect();
         // Among equal prefixes the lowest metric wins: put it first
         // (NetSnapshot's sort by prefix length is stable).
         routes.sort_by_key(|&(r, metric)| (std::cmp::Reverse(r.prefix_len), metric));
@@ -724,31 +713,23 @@ impl Rtnl {
     }
 
     fn neighbours(&mut self) -> Result<Vec<Neighbour>, NetlinkError> {
-        let msgs = self.dump("neighbour dump", || {
+        let request = || {
             let mut m = NeighbourMessage::default();
             m.header.family = AddressFamily::Inet;
             RouteNetlinkMessage::GetNeighbour(m)
-        })?;
-        Ok(msgs
-            .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewNeighbour(n) => parse_neighbour(n),
-                _ => None,
-            })
-            .collect())
+        };
+        self.dump_parsed("neighbour dump", request, |m| match m {
+            RouteNetlinkMessage::NewNeighbour(n) => parse_neighbour(n),
+            _ => None,
+        })
     }
 
     fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
-        let msgs = self.dump("link dump", || {
-            RouteNetlinkMessage::GetLink(LinkMessage::default())
-        })?;
-        Ok(msgs
-            .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(parse_link(l)),
-                _ => None,
-            })
-            .collect())
+        let request = || RouteNetlinkMessage::GetLink(LinkMessage::default());
+        self.dump_parsed("link dump", request, |m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(parse_link(l)),
+            _ => None,
+        })
     }
 
     /// Dumps everything a snapshot needs. A port missing from the link
@@ -935,6 +916,15 @@ fn split_messages(mut buf: &[u8]) -> impl Iterator<Item = &[u8]> {
         buf = rest.get(aligned - len..).unwrap_or(&[]);
         Some(msg)
     })
+}
+
+/// A receive that got nothing yet (its timeout passed) or was cut short
+/// by a signal.
+fn is_retry(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
 }
 
 /// The errno of an NLMSG_ERROR message (0 for an acknowledgement).

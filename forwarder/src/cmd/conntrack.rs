@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use cipgw::admin::ConntrackView;
 
-use super::status::{fetch, AdminArgs, Table};
+use super::view::{show, AdminArgs, Table};
 
 #[derive(Debug, clap::Args)]
 pub struct ConntrackArgs {
@@ -99,13 +99,7 @@ pub fn render(v: &ConntrackView) -> String {
 }
 
 pub fn conntrack(args: ConntrackArgs) -> anyhow::Result<()> {
-    let (raw, view) = fetch::<ConntrackView>(&args.admin, &path(&args))?;
-    if args.admin.json {
-        print!("{raw}");
-    } else {
-        print!("{}", render(&view));
-    }
-    Ok(())
+    show(&args.admin, &path(&args), render)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ mod demo;
 mod run;
 mod services;
 mod status;
+mod view;
 
 use clap::{Parser, Subcommand};
 

@@ -2,8 +2,10 @@
 //! daemon.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
+use cipgw_config::conntrack::Timeouts;
 use cipgw_config::settings::{
     self, parse_duration, ConntrackSettings, IoSettings, Settings, Source, XdpMode,
 };
@@ -174,47 +176,62 @@ mod duration_text {
 }
 
 impl ConntrackArgs {
-    /// Flags over file over defaults.
+    /// Flags over file over defaults. The one place the eight timeout
+    /// flags meet the [`Timeouts`] they set.
     fn resolve(self, file: ConntrackArgs) -> ConntrackSettings {
         let d = ConntrackSettings::default();
+        let t = d.timeouts;
+        let pick = |flag: Option<Duration>, file: Option<Duration>, default| {
+            flag.or(file).unwrap_or(default)
+        };
         ConntrackSettings {
             max_flows: self.conntrack_max.or(file.conntrack_max),
             unreplied_percent: self
                 .conntrack_unreplied_percent
                 .or(file.conntrack_unreplied_percent)
                 .unwrap_or(d.unreplied_percent),
-            tcp_syn_sent: self
-                .conntrack_tcp_timeout_syn_sent
-                .or(file.conntrack_tcp_timeout_syn_sent)
-                .unwrap_or(d.tcp_syn_sent),
-            tcp_established: self
-                .conntrack_tcp_timeout_established
-                .or(file.conntrack_tcp_timeout_established)
-                .unwrap_or(d.tcp_established),
-            tcp_fin_wait: self
-                .conntrack_tcp_timeout_fin_wait
-                .or(file.conntrack_tcp_timeout_fin_wait)
-                .unwrap_or(d.tcp_fin_wait),
-            tcp_close_wait: self
-                .conntrack_tcp_timeout_close_wait
-                .or(file.conntrack_tcp_timeout_close_wait)
-                .unwrap_or(d.tcp_close_wait),
-            tcp_time_wait: self
-                .conntrack_tcp_timeout_time_wait
-                .or(file.conntrack_tcp_timeout_time_wait)
-                .unwrap_or(d.tcp_time_wait),
-            tcp_close: self
-                .conntrack_tcp_timeout_close
-                .or(file.conntrack_tcp_timeout_close)
-                .unwrap_or(d.tcp_close),
-            udp_unreplied: self
-                .conntrack_udp_timeout
-                .or(file.conntrack_udp_timeout)
-                .unwrap_or(d.udp_unreplied),
-            udp_replied: self
-                .conntrack_udp_timeout_stream
-                .or(file.conntrack_udp_timeout_stream)
-                .unwrap_or(d.udp_replied),
+            timeouts: Timeouts {
+                tcp_syn_sent: pick(
+                    self.conntrack_tcp_timeout_syn_sent,
+                    file.conntrack_tcp_timeout_syn_sent,
+                    t.tcp_syn_sent,
+                ),
+                tcp_established: pick(
+                    self.conntrack_tcp_timeout_established,
+                    file.conntrack_tcp_timeout_established,
+                    t.tcp_established,
+                ),
+                tcp_fin_wait: pick(
+                    self.conntrack_tcp_timeout_fin_wait,
+                    file.conntrack_tcp_timeout_fin_wait,
+                    t.tcp_fin_wait,
+                ),
+                tcp_close_wait: pick(
+                    self.conntrack_tcp_timeout_close_wait,
+                    file.conntrack_tcp_timeout_close_wait,
+                    t.tcp_close_wait,
+                ),
+                tcp_time_wait: pick(
+                    self.conntrack_tcp_timeout_time_wait,
+                    file.conntrack_tcp_timeout_time_wait,
+                    t.tcp_time_wait,
+                ),
+                tcp_close: pick(
+                    self.conntrack_tcp_timeout_close,
+                    file.conntrack_tcp_timeout_close,
+                    t.tcp_close,
+                ),
+                udp_unreplied: pick(
+                    self.conntrack_udp_timeout,
+                    file.conntrack_udp_timeout,
+                    t.udp_unreplied,
+                ),
+                udp_replied: pick(
+                    self.conntrack_udp_timeout_stream,
+                    file.conntrack_udp_timeout_stream,
+                    t.udp_replied,
+                ),
+            },
         }
     }
 }

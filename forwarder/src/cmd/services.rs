@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use cipgw::admin::ServicesView;
 
-use super::status::{fetch, human, AdminArgs, Table};
+use super::view::{human, show, AdminArgs, Table};
 
 #[derive(Debug, clap::Args)]
 pub struct ServicesArgs {
@@ -102,11 +102,5 @@ pub fn render(v: &ServicesView) -> String {
 }
 
 pub fn services(args: ServicesArgs) -> anyhow::Result<()> {
-    let (raw, view) = fetch::<ServicesView>(&args.admin, "/api/services")?;
-    if args.admin.json {
-        print!("{raw}");
-    } else {
-        print!("{}", render(&view));
-    }
-    Ok(())
+    show(&args.admin, "/api/services", render)
 }

@@ -22,10 +22,11 @@
 //! at one chain.
 //!
 //! Lifecycle. Each flow has a state driven by what both directions carry,
-//! with its own idle timeout (defaults as kube-proxy configures
-//! nf_conntrack, and Linux's for the rest):
+//! with its own idle timeout ([`Timeouts`]; defaults as kube-proxy
+//! configures nf_conntrack, and Linux's for the rest). The states and how
+//! packets move a flow between them are in `state.rs`:
 //!
-//! | state | entered on | timeout |
+//! | state | entered on | default timeout |
 //! |---|---|---|
 //! | TCP SYN sent | first SYN from the client | 120 s |
 //! | TCP established | any packet from the backend | 24 h |
@@ -59,14 +60,15 @@ mod index;
 pub mod persist;
 mod queue;
 mod slab;
+mod state;
 
 use std::hash::{Hash, Hasher};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use ahash::RandomState;
+use cipgw_config::conntrack::DEFAULT_UNREPLIED_PERCENT;
 use cipgw_config::Protocol;
 use crossbeam::utils::CachePadded;
 
@@ -74,6 +76,8 @@ use self::index::{FlowIndex, Placed};
 use self::persist::TableFile;
 use self::queue::{Closing, EvictionQueue, Queued, QUEUE_BYTES};
 use self::slab::{FlowData, Life, RecordId, Slab};
+use self::state::{next_state, AFFINITY, ASSURED, REPLIED};
+pub use self::state::{FlowState, Timeouts};
 use crate::wire::tcp::flags as tcp_flags;
 
 /// A 5-tuple as seen on the wire.
@@ -122,157 +126,6 @@ pub enum Direction {
     Reply,
 }
 
-/// Where a flow is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum FlowState {
-    TcpSynSent = 0,
-    TcpEstablished = 1,
-    TcpFinWait = 2,
-    TcpCloseWait = 3,
-    TcpTimeWait = 4,
-    TcpClose = 5,
-    UdpUnreplied = 6,
-    UdpReplied = 7,
-}
-
-impl FlowState {
-    pub const ALL: [FlowState; 8] = [
-        FlowState::TcpSynSent,
-        FlowState::TcpEstablished,
-        FlowState::TcpFinWait,
-        FlowState::TcpCloseWait,
-        FlowState::TcpTimeWait,
-        FlowState::TcpClose,
-        FlowState::UdpUnreplied,
-        FlowState::UdpReplied,
-    ];
-
-    /// The label used in metrics and listings.
-    pub const fn name(self) -> &'static str {
-        match self {
-            FlowState::TcpSynSent => "tcp_syn_sent",
-            FlowState::TcpEstablished => "tcp_established",
-            FlowState::TcpFinWait => "tcp_fin_wait",
-            FlowState::TcpCloseWait => "tcp_close_wait",
-            FlowState::TcpTimeWait => "tcp_time_wait",
-            FlowState::TcpClose => "tcp_close",
-            FlowState::UdpUnreplied => "udp_unreplied",
-            FlowState::UdpReplied => "udp_replied",
-        }
-    }
-
-    /// FIN_WAIT, CLOSE_WAIT, TIME_WAIT, CLOSE: the connection is ending,
-    /// so under a full table it may make way for a new one.
-    pub const fn is_closing(self) -> bool {
-        matches!(
-            self,
-            FlowState::TcpFinWait
-                | FlowState::TcpCloseWait
-                | FlowState::TcpTimeWait
-                | FlowState::TcpClose
-        )
-    }
-
-    /// TIME_WAIT or CLOSE: a new SYN on the same 5-tuple replaces the
-    /// flow.
-    pub const fn is_finished(self) -> bool {
-        matches!(self, FlowState::TcpTimeWait | FlowState::TcpClose)
-    }
-
-    /// The state a flow of this state's protocol starts in.
-    const fn initial_of_protocol(self) -> FlowState {
-        match self {
-            FlowState::UdpUnreplied | FlowState::UdpReplied => FlowState::UdpUnreplied,
-            _ => FlowState::TcpSynSent,
-        }
-    }
-
-    /// The state a new flow starts in.
-    pub const fn initial(protocol: Protocol) -> FlowState {
-        match protocol {
-            Protocol::Tcp => FlowState::TcpSynSent,
-            Protocol::Udp => FlowState::UdpUnreplied,
-        }
-    }
-
-    #[inline]
-    const fn from_bits(bits: u8) -> FlowState {
-        match bits & STATE_MASK {
-            0 => FlowState::TcpSynSent,
-            1 => FlowState::TcpEstablished,
-            2 => FlowState::TcpFinWait,
-            3 => FlowState::TcpCloseWait,
-            4 => FlowState::TcpTimeWait,
-            5 => FlowState::TcpClose,
-            6 => FlowState::UdpUnreplied,
-            _ => FlowState::UdpReplied,
-        }
-    }
-}
-
-/// State byte layout: the state in the low bits, then flags.
-const STATE_MASK: u8 = 0x07;
-/// The flow is assured (Linux's IPS_ASSURED): TCP saw the client's ACK
-/// after the backend's SYN-ACK, UDP saw a packet after the first reply.
-/// An assured flow that is not closing is never evicted.
-const ASSURED: u8 = 0x08;
-/// A FIN was seen client -> backend.
-const FIN_FORWARD: u8 = 0x10;
-/// A FIN was seen backend -> client.
-const FIN_REPLY: u8 = 0x20;
-/// A packet was seen backend -> client.
-const REPLIED: u8 = 0x40;
-/// The flow's Service has session affinity.
-const AFFINITY: u8 = 0x80;
-
-/// Idle timeouts per state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    pub tcp_syn_sent: Duration,
-    pub tcp_established: Duration,
-    pub tcp_fin_wait: Duration,
-    pub tcp_close_wait: Duration,
-    pub tcp_time_wait: Duration,
-    pub tcp_close: Duration,
-    pub udp_unreplied: Duration,
-    pub udp_replied: Duration,
-}
-
-impl Default for Timeouts {
-    /// kube-proxy's nf_conntrack settings (established 24 h, close-wait
-    /// 1 h) and Linux's defaults for the rest.
-    fn default() -> Self {
-        Self {
-            tcp_syn_sent: Duration::from_secs(120),
-            tcp_established: Duration::from_secs(24 * 3600),
-            tcp_fin_wait: Duration::from_secs(120),
-            tcp_close_wait: Duration::from_secs(3600),
-            tcp_time_wait: Duration::from_secs(120),
-            tcp_close: Duration::from_secs(10),
-            udp_unreplied: Duration::from_secs(30),
-            udp_replied: Duration::from_secs(120),
-        }
-    }
-}
-
-impl Timeouts {
-    /// The timeout of a state, in whole seconds.
-    pub fn of(&self, state: FlowState) -> u32 {
-        let d = match state {
-            FlowState::TcpSynSent => self.tcp_syn_sent,
-            FlowState::TcpEstablished => self.tcp_established,
-            FlowState::TcpFinWait => self.tcp_fin_wait,
-            FlowState::TcpCloseWait => self.tcp_close_wait,
-            FlowState::TcpTimeWait => self.tcp_time_wait,
-            FlowState::TcpClose => self.tcp_close,
-            FlowState::UdpUnreplied => self.udp_unreplied,
-            FlowState::UdpReplied => self.udp_replied,
-        };
-        u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
-    }
-}
-
 /// How big the table may grow and how long flows live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConntrackConfig {
@@ -304,7 +157,7 @@ impl Default for ConntrackConfig {
     fn default() -> Self {
         Self {
             max_flows: 1 << 20,
-            unreplied_percent: 50,
+            unreplied_percent: DEFAULT_UNREPLIED_PERCENT,
             timeouts: Timeouts::default(),
         }
     }
@@ -801,7 +654,7 @@ impl Conntrack {
                 self.slab.release(id);
                 continue;
             }
-            if life.seen().saturating_add(timeouts.of(state)) < now {
+            if life.seen().saturating_add(state.timeout(timeouts)) < now {
                 adoption.expired += 1;
                 self.slab.release(id);
                 continue;
@@ -1187,7 +1040,7 @@ impl Conntrack {
         let timeouts = &self.config.timeouts;
         let expired = |l: Life| {
             l.seen()
-                .saturating_add(timeouts.of(FlowState::from_bits(l.bits())))
+                .saturating_add(FlowState::from_bits(l.bits()).timeout(timeouts))
                 < now
         };
         let closing_flow =
@@ -1417,7 +1270,7 @@ impl Conntrack {
         let timeouts = &self.config.timeouts;
         let expired = |l: Life| {
             let state = FlowState::from_bits(l.bits());
-            l.seen().saturating_add(timeouts.of(state)) < now
+            l.seen().saturating_add(state.timeout(timeouts)) < now
         };
         let mut removed = 0;
         for (id, _, life) in self.flows() {
@@ -1485,75 +1338,6 @@ impl Conntrack {
             }
         }
     }
-}
-
-/// The state bits after a packet with `flags` travelling `direction`.
-/// (A new SYN on a finished flow never gets here: [`Conntrack::touch`]
-/// replaces the flow.)
-#[inline]
-fn next_state(bits: u8, direction: Direction, protocol: Protocol, flags: u8) -> u8 {
-    let state = FlowState::from_bits(bits);
-    let mut flag_bits = bits & !STATE_MASK;
-    let replied_before = flag_bits & REPLIED != 0;
-    if direction == Direction::Reply {
-        flag_bits |= REPLIED;
-    }
-    let next = match protocol {
-        Protocol::Udp => {
-            // A stream: a packet either way after the first reply.
-            if replied_before {
-                flag_bits |= ASSURED;
-            }
-            if flag_bits & REPLIED != 0 {
-                FlowState::UdpReplied
-            } else {
-                FlowState::UdpUnreplied
-            }
-        }
-        Protocol::Tcp => {
-            // The client's ACK after the backend's SYN-ACK completes the
-            // handshake (the SYN-ACK alone does not).
-            if replied_before
-                && direction == Direction::Forward
-                && flags & (tcp_flags::ACK | tcp_flags::SYN | tcp_flags::RST) == tcp_flags::ACK
-            {
-                flag_bits |= ASSURED;
-            }
-            if flags & tcp_flags::RST != 0 {
-                FlowState::TcpClose
-            } else {
-                if flags & tcp_flags::FIN != 0 {
-                    flag_bits |= match direction {
-                        Direction::Forward => FIN_FORWARD,
-                        Direction::Reply => FIN_REPLY,
-                    };
-                }
-                let fins = flag_bits & (FIN_FORWARD | FIN_REPLY);
-                if state == FlowState::TcpClose {
-                    FlowState::TcpClose
-                } else if fins == FIN_FORWARD | FIN_REPLY {
-                    FlowState::TcpTimeWait
-                } else if fins != 0 {
-                    // One side closed; a packet from the other side that
-                    // is not its own FIN means it stays open.
-                    let other_side_spoke = match direction {
-                        Direction::Forward => fins == FIN_REPLY,
-                        Direction::Reply => fins == FIN_FORWARD,
-                    };
-                    if other_side_spoke || state == FlowState::TcpCloseWait {
-                        FlowState::TcpCloseWait
-                    } else {
-                        FlowState::TcpFinWait
-                    }
-                } else if flag_bits & REPLIED != 0 {
-                    FlowState::TcpEstablished
-                } else {
-                    FlowState::TcpSynSent
-                }
-            }
-        }
-    };
-    flag_bits | next as u8
 }
 
 #[cfg(test)]

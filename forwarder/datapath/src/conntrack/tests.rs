@@ -123,16 +123,16 @@ fn tcp_state_machine_and_timeouts() {
     assert_eq!(st(&ct, &forward(1), ACK, now), FlowState::TcpEstablished);
 
     // Established survives just under 24 h of silence, not just over.
-    now += t.of(FlowState::TcpEstablished);
+    now += FlowState::TcpEstablished.timeout(&t);
     assert_eq!(ct.sweep(now), 0);
     assert_eq!(st(&ct, &forward(1), ACK | FIN, now), FlowState::TcpFinWait);
     assert_eq!(st(&ct, &reply(1), ACK, now), FlowState::TcpCloseWait);
-    now += t.of(FlowState::TcpCloseWait);
+    now += FlowState::TcpCloseWait.timeout(&t);
     assert_eq!(ct.sweep(now), 0, "close-wait lasts 1 h");
     assert_eq!(st(&ct, &reply(1), ACK | FIN, now), FlowState::TcpTimeWait);
     assert_eq!(st(&ct, &forward(1), ACK, now), FlowState::TcpTimeWait);
-    assert_eq!(ct.sweep(now + t.of(FlowState::TcpTimeWait)), 0);
-    assert_eq!(ct.sweep(now + t.of(FlowState::TcpTimeWait) + 1), 1);
+    assert_eq!(ct.sweep(now + FlowState::TcpTimeWait.timeout(&t)), 0);
+    assert_eq!(ct.sweep(now + FlowState::TcpTimeWait.timeout(&t) + 1), 1);
     assert_eq!(ct.entries(), 0);
     assert_eq!(
         ct.stats().expired[FlowState::TcpTimeWait as usize].load(STAT),
@@ -397,7 +397,7 @@ fn an_expired_closing_flow_goes_before_an_unassured_one() {
     handshake(&ct, 10, 0);
     ct.lookup(&forward(10), 0, ACK | FIN);
     ct.lookup(&reply(10), 0, ACK | FIN);
-    let now = t.of(FlowState::TcpTimeWait) + 1;
+    let now = FlowState::TcpTimeWait.timeout(&t) + 1;
     ct.insert(forward(11), backend(), now, FlowMeta::default())
         .expect("insert");
     // Full: the TIME_WAIT flow has expired (the sweeper has not run).
@@ -805,7 +805,7 @@ fn a_new_table_adopts_the_flows_of_the_one_before() {
     }
     let ct = dir.open(&config);
     let t = Timeouts::default();
-    let now = t.of(FlowState::TcpSynSent) + 1;
+    let now = FlowState::TcpSynSent.timeout(&t) + 1;
     let adoption = ct.adopt(now);
     assert_eq!(
         adoption,

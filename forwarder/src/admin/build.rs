@@ -1,0 +1,266 @@
+//! Building the JSON views at request time: from a [`Snapshot`](crate::metrics::Snapshot)
+//! of the counters, the published table's model, and one lock-free walk
+//! over conntrack's records per request.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::SystemTime;
+
+use cipgw_config::{ClusterIp, EndpointState, Protocol};
+
+use super::views::*;
+use super::{AdminState, ConntrackQuery};
+use crate::conntrack::{Conntrack, Direction};
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "TCP",
+        Protocol::Udp => "UDP",
+    }
+}
+
+fn endpoint_state(s: EndpointState) -> &'static str {
+    if s.ready {
+        "ready"
+    } else if s.serving {
+        "serving"
+    } else if s.terminating {
+        "terminating"
+    } else {
+        "not-ready"
+    }
+}
+
+pub(super) fn status_view(state: &AdminState) -> StatusView {
+    let snap = state.snapshot();
+    let now = SystemTime::now();
+    let ago = |t: SystemTime| now.duration_since(t).unwrap_or_default().as_secs_f64();
+    let ct = snap.conntrack;
+    StatusView {
+        version: snap.version.to_owned(),
+        uptime_seconds: state.started.elapsed().as_secs_f64(),
+        ready: snap.ready,
+        interfaces: state.ifaces.clone(),
+        table: TableView {
+            generation: snap.table.generation,
+            services: snap.table.services,
+            forwarded_services: snap.table.forwarded_services,
+            vip_ports: snap.table.vip_ports,
+            endpoints: snap.table.endpoints,
+        },
+        conntrack: ConntrackStatusView {
+            entries: ct.entries,
+            flows: ct.flows,
+            unreplied: ct.unreplied,
+            max_flows: ct.max_flows,
+            inserted: ct.inserted,
+            evicted: ct.total_evicted(),
+            refused: ct.refused,
+            retired: ct.retired,
+            expired: ct.total_expired(),
+        },
+        totals: CountersView::from(&snap.totals()),
+        workers: snap
+            .workers
+            .iter()
+            .map(|w| WorkerView {
+                core: w.core,
+                counters: CountersView::from(&w.counters),
+                batch_ns: QuantilesView::from(&w.latency.batch),
+                packet_ns: QuantilesView::from(&w.latency.packet),
+                batch_size: QuantilesView::from(&w.latency.batch_size),
+            })
+            .collect(),
+        control: ControlView {
+            syncs_ok: snap.control.syncs_ok,
+            syncs_failed: snap.control.syncs_failed,
+            last_sync: snap.control.last_sync.as_ref().map(|s| LastSyncView {
+                seconds_ago: ago(s.at),
+                duration_ms: s.duration.as_secs_f64() * 1e3,
+                ok: s.ok,
+            }),
+            last_error: snap.control.last_error.as_ref().map(|e| LastErrorView {
+                seconds_ago: ago(e.at),
+                message: e.message.clone(),
+            }),
+        },
+    }
+}
+
+/// A VIP:port/protocol, packed for map keys.
+type PortKey = (Ipv4Addr, u16, Protocol);
+
+pub(super) fn services_view(state: &AdminState) -> ServicesView {
+    let table = state.table.current();
+    // Active flows per port and per (port, backend), from one walk over
+    // the forward entries.
+    let mut per_port: HashMap<PortKey, u64> = HashMap::new();
+    let mut per_backend: HashMap<(PortKey, SocketAddrV4), u64> = HashMap::new();
+    state.conntrack.for_each(|key, hit| {
+        if hit.direction == Direction::Forward {
+            let port = (key.dst, key.dst_port, key.protocol);
+            *per_port.entry(port).or_default() += 1;
+            *per_backend
+                .entry((port, SocketAddrV4::new(hit.nat_ip, hit.nat_port)))
+                .or_default() += 1;
+        }
+    });
+    let stats = state.services.get();
+    let services = table
+        .model()
+        .services
+        .iter()
+        .map(|service| {
+            let vip = service.cluster_ip.vip();
+            let mut view = ServiceView {
+                namespace: service.name.namespace.clone(),
+                name: service.name.name.clone(),
+                kind: service.kind.as_str().to_owned(),
+                vip,
+                cluster_ip: match service.cluster_ip {
+                    ClusterIp::Vip(ip) => ip.to_string(),
+                    ClusterIp::Headless => "None".to_owned(),
+                    ClusterIp::ExternalName => String::new(),
+                },
+                active_flows: 0,
+                packets: None,
+                bytes: None,
+                flows: None,
+                ports: Vec::with_capacity(service.ports.len()),
+            };
+            for port in &service.ports {
+                let key = vip.map(|vip| (vip, port.port, port.protocol));
+                let active = key.and_then(|k| per_port.get(&k).copied()).unwrap_or(0);
+                let totals = match (stats, vip) {
+                    (Some(s), Some(_)) => s.totals(&service.name, port.port, port.protocol),
+                    _ => None,
+                };
+                view.active_flows += active;
+                if let Some(t) = totals {
+                    view.packets = Some(view.packets.unwrap_or(0) + t.packets);
+                    view.bytes = Some(view.bytes.unwrap_or(0) + t.bytes);
+                    view.flows = Some(view.flows.unwrap_or(0) + t.flows);
+                }
+                view.ports.push(PortView {
+                    name: port.name.clone(),
+                    protocol: protocol_name(port.protocol).to_owned(),
+                    port: port.port,
+                    target_port: port.target_port.to_string(),
+                    active_flows: active,
+                    packets: totals.map(|t| t.packets),
+                    bytes: totals.map(|t| t.bytes),
+                    flows: totals.map(|t| t.flows),
+                    endpoints: port
+                        .endpoints
+                        .iter()
+                        .map(|e| EndpointView {
+                            ip: e.ip,
+                            port: e.port,
+                            pod: e.pod.clone(),
+                            state: endpoint_state(e.state).to_owned(),
+                            ready: e.state.ready,
+                            serving: e.state.serving,
+                            terminating: e.state.terminating,
+                            active_flows: key
+                                .and_then(|k| {
+                                    per_backend
+                                        .get(&(k, SocketAddrV4::new(e.ip, e.port)))
+                                        .copied()
+                                })
+                                .unwrap_or(0),
+                        })
+                        .collect(),
+                });
+            }
+            view
+        })
+        .collect();
+    ServicesView {
+        generation: table.generation(),
+        counted: stats.is_some(),
+        services,
+    }
+}
+
+/// A flow as sorted and merged: VIP first, so one Service's flows are
+/// listed together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct FlowTuple {
+    vip: (Ipv4Addr, u16),
+    protocol: u8,
+    client: (Ipv4Addr, u16),
+    backend: (Ipv4Addr, u16),
+}
+
+fn sockaddr((ip, port): (Ipv4Addr, u16)) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+pub(super) fn conntrack_view(ct: &Conntrack, q: &ConntrackQuery) -> ConntrackView {
+    // Both entries of a flow give the same tuple; collect them, sort, and
+    // merge neighbours. Filters are applied while walking, so only
+    // matching flows are held.
+    let mut rows: Vec<(FlowTuple, bool, &'static str)> = Vec::new();
+    ct.for_each(|key, hit| {
+        // The wire key's source and destination, and the address the
+        // entry rewrites to, are the client, VIP and backend in an order
+        // that depends on the direction.
+        let (src, dst, nat) = (
+            (key.src, key.src_port),
+            (key.dst, key.dst_port),
+            (hit.nat_ip, hit.nat_port),
+        );
+        let (client, vip, backend, forward) = match hit.direction {
+            Direction::Forward => (src, dst, nat, true),
+            Direction::Reply => (dst, nat, src, false),
+        };
+        let tuple = FlowTuple {
+            vip,
+            protocol: key.protocol.ip_number(),
+            client,
+            backend,
+        };
+        let keep = q.vip.map_or(true, |f| f.matches(sockaddr(tuple.vip)))
+            && q.client.map_or(true, |f| f.matches(sockaddr(tuple.client)))
+            && q.backend
+                .map_or(true, |f| f.matches(sockaddr(tuple.backend)))
+            && q.protocol.map_or(true, |p| p == key.protocol);
+        if keep {
+            rows.push((tuple, forward, hit.state.name()));
+        }
+    });
+    rows.sort_unstable_by_key(|(t, forward, _)| (*t, !*forward));
+    let mut flows: Vec<(FlowTuple, bool, bool, &'static str)> = Vec::with_capacity(rows.len());
+    for (tuple, forward, state) in rows {
+        match flows.last_mut() {
+            Some(last) if last.0 == tuple => {
+                last.1 |= forward;
+                last.2 |= !forward;
+            }
+            _ => flows.push((tuple, forward, !forward, state)),
+        }
+    }
+    let total = flows.len();
+    let page = flows
+        .into_iter()
+        .skip(q.offset)
+        .take(q.limit)
+        .map(|(t, forward, reply, state)| FlowView {
+            protocol: Protocol::from_ip_number(t.protocol)
+                .map_or("?", protocol_name)
+                .to_owned(),
+            client: sockaddr(t.client),
+            vip: sockaddr(t.vip),
+            backend: sockaddr(t.backend),
+            state: state.to_owned(),
+            forward,
+            reply,
+        })
+        .collect();
+    ConntrackView {
+        total,
+        offset: q.offset,
+        limit: q.limit,
+        flows: page,
+    }
+}

@@ -1,0 +1,187 @@
+//! Answering requests: [`handle`] maps a method and URL to a [`Reply`]
+//! (pure apart from reading the state), and [`AdminServer`] runs it on one
+//! thread of its own behind tiny_http.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use serde::Serialize;
+
+use super::build::{conntrack_view, services_view, status_view};
+use super::query::query_pairs;
+use super::{AdminState, ConntrackQuery};
+use crate::metrics;
+
+/// An answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+pub(super) const JSON: &str = "application/json";
+const TEXT: &str = "text/plain; charset=utf-8";
+
+impl Reply {
+    fn text(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            content_type: TEXT,
+            body: body.into(),
+        }
+    }
+
+    fn json<T: Serialize>(value: &T) -> Self {
+        match serde_json::to_string_pretty(value) {
+            Ok(mut body) => {
+                body.push('\n');
+                Self {
+                    status: 200,
+                    content_type: JSON,
+                    body,
+                }
+            }
+            Err(e) => Self::error(500, &format!("encoding the answer: {e}")),
+        }
+    }
+
+    fn error(status: u16, message: &str) -> Self {
+        let body = serde_json::json!({ "error": message }).to_string() + "\n";
+        Self {
+            status,
+            content_type: JSON,
+            body,
+        }
+    }
+}
+
+/// Answers one request. Pure apart from reading `state`, so it is what
+/// the unit tests exercise.
+pub fn handle(state: &AdminState, method: &str, url: &str) -> Reply {
+    if method != "GET" && method != "HEAD" {
+        return Reply::text(405, "only GET and HEAD\n");
+    }
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let no_params = |view: fn(&AdminState) -> Reply| match query_pairs(query) {
+        Ok(p) if p.is_empty() => view(state),
+        Ok(p) => Reply::error(
+            400,
+            &format!("{path} takes no parameters, got {:?}", p[0].0),
+        ),
+        Err(e) => Reply::error(400, &e),
+    };
+    match path {
+        "/metrics" => Reply {
+            status: 200,
+            content_type: metrics::CONTENT_TYPE,
+            body: metrics::encode(state.snapshot()),
+        },
+        "/healthz" => Reply::text(200, "ok\n"),
+        "/readyz" if state.is_ready() => Reply::text(200, "ready\n"),
+        "/readyz" => Reply::text(503, "not ready\n"),
+        "/api/status" => no_params(|s| Reply::json(&status_view(s))),
+        "/api/services" => no_params(|s| Reply::json(&services_view(s))),
+        "/api/conntrack" => match ConntrackQuery::parse(query) {
+            Ok(q) => Reply::json(&conntrack_view(&state.conntrack, &q)),
+            Err(e) => Reply::error(400, &e),
+        },
+        "/" => Reply::text(
+            200,
+            "cipgw admin: /metrics /healthz /readyz /api/status /api/services /api/conntrack\n",
+        ),
+        _ => Reply::text(404, format!("no such path: {path}\n")),
+    }
+}
+
+/// The admin HTTP server: one thread answering requests until dropped.
+pub struct AdminServer {
+    server: Arc<tiny_http::Server>,
+    thread: Option<JoinHandle<()>>,
+    addr: SocketAddr,
+}
+
+impl std::fmt::Debug for AdminServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the admin endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("admin endpoint: cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("admin endpoint on {addr}: {message}")]
+    Start { addr: SocketAddr, message: String },
+}
+
+impl AdminServer {
+    /// Listens on `addr` (port 0 picks a free one) and answers requests
+    /// from `state` on a thread of its own.
+    pub fn start(addr: SocketAddr, state: Arc<AdminState>) -> Result<AdminServer, AdminError> {
+        let listener =
+            TcpListener::bind(addr).map_err(|source| AdminError::Bind { addr, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| AdminError::Bind { addr, source })?;
+        let server =
+            tiny_http::Server::from_listener(listener, None).map_err(|e| AdminError::Start {
+                addr,
+                message: e.to_string(),
+            })?;
+        let server = Arc::new(server);
+        let serving = Arc::clone(&server);
+        let thread = std::thread::Builder::new()
+            .name("cipgw-admin".into())
+            .spawn(move || serve(&serving, &state))
+            .map_err(|e| AdminError::Start {
+                addr,
+                message: format!("spawning its thread: {e}"),
+            })?;
+        tracing::info!(addr = %bound, "admin endpoint listening");
+        Ok(AdminServer {
+            server,
+            thread: Some(thread),
+            addr: bound,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        // Ends `incoming_requests` after the requests already queued.
+        self.server.unblock();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve(server: &tiny_http::Server, state: &AdminState) {
+    for request in server.incoming_requests() {
+        let reply = handle(state, request.method().as_str(), request.url());
+        tracing::trace!(url = request.url(), status = reply.status, "admin request");
+        let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], reply.content_type)
+            .unwrap_or_else(|()| unreachable!("static header is valid"));
+        let response = tiny_http::Response::from_string(reply.body)
+            .with_status_code(reply.status)
+            .with_header(header);
+        if let Err(e) = request.respond(response) {
+            tracing::debug!(error = %e, "admin client went away");
+        }
+    }
+}

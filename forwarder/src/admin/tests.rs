@@ -1,0 +1,369 @@
+//! The admin endpoint end to end: requests through [`handle`] against a
+//! state with a small model and a few flows, and the HTTP server and
+//! client over loopback.
+
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::time::Duration;
+
+use cipgw_config::{
+    ClusterIp, Endpoint, EndpointState, Protocol, Service, ServiceKind, ServiceName, ServicePort,
+    ServiceTable, TargetPort,
+};
+use serde::Deserialize;
+
+use super::server::JSON;
+use super::*;
+use crate::conntrack::FlowKey;
+use crate::counters::DropReason;
+use crate::metrics::exposition;
+use crate::table::CompiledTable;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 10);
+const DNS_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 53);
+
+fn endpoint(last: u8, port: u16, state: EndpointState) -> Endpoint {
+    Endpoint {
+        ip: Ipv4Addr::new(198, 18, 2, last),
+        port,
+        state,
+        pod: Some(format!("pod{}", last - 10)),
+    }
+}
+
+fn model() -> ServiceTable {
+    let terminating = EndpointState {
+        ready: false,
+        serving: true,
+        terminating: true,
+    };
+    ServiceTable {
+        services: vec![
+            Service {
+                name: ServiceName::new("default", "dns"),
+                kind: ServiceKind::ClusterIp,
+                cluster_ip: ClusterIp::Vip(DNS_VIP),
+                session_affinity: None,
+                ports: vec![ServicePort {
+                    name: Some("dns".into()),
+                    port: 53,
+                    protocol: Protocol::Udp,
+                    target_port: TargetPort::Number(5353),
+                    endpoints: vec![endpoint(11, 5353, EndpointState::READY)],
+                }],
+            },
+            Service {
+                name: ServiceName::new("default", "echo"),
+                kind: ServiceKind::ClusterIp,
+                cluster_ip: ClusterIp::Vip(VIP),
+                session_affinity: None,
+                ports: vec![ServicePort {
+                    name: Some("http".into()),
+                    port: 8080,
+                    protocol: Protocol::Tcp,
+                    target_port: TargetPort::Name("http".into()),
+                    endpoints: vec![
+                        endpoint(11, 5678, EndpointState::READY),
+                        endpoint(12, 5678, terminating),
+                    ],
+                }],
+            },
+            Service {
+                name: ServiceName::new("default", "headless"),
+                kind: ServiceKind::ClusterIp,
+                cluster_ip: ClusterIp::Headless,
+                session_affinity: None,
+                ports: vec![],
+            },
+        ],
+    }
+}
+
+/// A state with the model above and `flows` TCP flows from
+/// 198.18.0.2:40000+i to the echo VIP, alternating between the two
+/// endpoints.
+fn state(flows: u16) -> AdminState {
+    let table = TableHandle::new(CompiledTable::compile(Arc::new(model()), 7));
+    let ct = Arc::new(Conntrack::default());
+    for i in 0..flows {
+        let key = FlowKey {
+            src: Ipv4Addr::new(198, 18, 0, 2),
+            dst: VIP,
+            src_port: 40000 + i,
+            dst_port: 8080,
+            protocol: Protocol::Tcp,
+        };
+        let backend = (Ipv4Addr::new(198, 18, 2, 11 + (i % 2) as u8), 5678);
+        ct.insert(key, backend, 1, Default::default())
+            .expect("insert");
+    }
+    AdminState::new(
+        vec!["to-client".into(), "to-pods".into()],
+        table,
+        ct,
+        Arc::new(AtomicBool::new(false)),
+    )
+}
+
+fn get(state: &AdminState, url: &str) -> Reply {
+    handle(state, "GET", url)
+}
+
+fn json<T: for<'de> Deserialize<'de>>(reply: Reply) -> T {
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    serde_json::from_str(&reply.body).unwrap_or_else(|e| panic!("{e}: {}", reply.body))
+}
+
+#[test]
+fn readyz_flips_with_the_flag() {
+    let s = state(0);
+    assert_eq!(get(&s, "/readyz").status, 503);
+    assert_eq!(get(&s, "/healthz").status, 200);
+    s.set_ready(true);
+    assert_eq!(get(&s, "/readyz").status, 200);
+    s.set_ready(false);
+    assert_eq!(get(&s, "/readyz").status, 503);
+    assert_eq!(get(&s, "/nope").status, 404);
+    assert_eq!(handle(&s, "POST", "/metrics").status, 405);
+}
+
+#[test]
+fn metrics_sum_workers_and_parse() {
+    let s = state(3);
+    for core in [0, 1] {
+        let t = WorkerTelemetry::new(core);
+        t.counters.rx_packets.add(100 + core as u64);
+        t.counters.tx_packets.add(90);
+        t.counters.count_drop(DropReason::MalformedIpv4);
+        s.add_worker(t);
+    }
+    s.control()
+        .record_sync::<(), &str>(Duration::from_millis(2), &Ok(()));
+    let reply = get(&s, "/metrics");
+    assert_eq!(reply.status, 200);
+    assert!(reply
+        .content_type
+        .starts_with("application/openmetrics-text"));
+    let exp = exposition::parse(&reply.body).unwrap_or_else(|e| panic!("{e}\n{}", reply.body));
+    assert_eq!(exp.get("cipgw_rx_packets_total", &[]), Some(201.0));
+    assert_eq!(exp.get("cipgw_tx_packets_total", &[]), Some(180.0));
+    assert_eq!(
+        exp.get("cipgw_worker_rx_packets_total", &[("worker", "1")]),
+        Some(101.0)
+    );
+    assert_eq!(
+        exp.get("cipgw_drops_total", &[("reason", "malformed_ipv4")]),
+        Some(2.0)
+    );
+    assert_eq!(exp.get("cipgw_conntrack_flows", &[]), Some(3.0));
+    assert_eq!(exp.get("cipgw_conntrack_entries", &[]), Some(6.0));
+    assert_eq!(exp.get("cipgw_table_generation", &[]), Some(7.0));
+    assert_eq!(exp.get("cipgw_table_vip_ports", &[]), Some(2.0));
+    assert_eq!(exp.get("cipgw_ready", &[]), Some(0.0));
+    assert_eq!(
+        exp.get("cipgw_control_syncs_total", &[("result", "ok")]),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn status_reports_workers_table_and_control() {
+    let s = state(2);
+    let t = WorkerTelemetry::new(1);
+    t.counters.rx_packets.add(5);
+    let mut rec = t.latency_recorder();
+    rec.record_batch(5, Duration::from_micros(2));
+    rec.flush();
+    s.add_worker(t);
+    s.control().record_sync::<(), String>(
+        Duration::from_millis(9),
+        &Err("control file: Service default/x: bad port".into()),
+    );
+    let v: StatusView = json(get(&s, "/api/status"));
+    assert_eq!(v.interfaces, vec!["to-client", "to-pods"]);
+    assert_eq!(v.table.generation, 7);
+    assert_eq!(v.table.services, 3);
+    assert_eq!(v.table.forwarded_services, 2);
+    assert_eq!(v.conntrack.flows, 2);
+    assert_eq!(v.totals.rx_packets, 5);
+    assert_eq!(v.workers.len(), 1);
+    assert_eq!(v.workers[0].core, 1);
+    assert_eq!(v.workers[0].batch_size.p50, 5);
+    assert_eq!(v.totals.drops.len(), DropReason::COUNT);
+    assert_eq!(
+        v.control.last_error.map(|e| e.message).as_deref(),
+        Some("control file: Service default/x: bad port")
+    );
+    assert_eq!(get(&s, "/api/status?x=1").status, 400);
+}
+
+#[test]
+fn services_show_endpoints_states_and_active_flows() {
+    let s = state(5);
+    let v: ServicesView = json(get(&s, "/api/services"));
+    assert!(!v.counted);
+    assert_eq!(v.generation, 7);
+    let names: Vec<&str> = v.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["dns", "echo", "headless"]);
+    let echo = &v.services[1];
+    assert_eq!(echo.vip, Some(VIP));
+    assert_eq!(echo.active_flows, 5);
+    assert_eq!(echo.packets, None);
+    let port = &echo.ports[0];
+    assert_eq!((port.protocol.as_str(), port.port), ("TCP", 8080));
+    assert_eq!(port.target_port, "http");
+    let states: Vec<(&str, &str, u64)> = port
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.pod.as_deref().unwrap_or(""),
+                e.state.as_str(),
+                e.active_flows,
+            )
+        })
+        .collect();
+    assert_eq!(states, [("pod1", "ready", 3), ("pod2", "serving", 2)]);
+    let headless = &v.services[2];
+    assert_eq!((headless.vip, headless.cluster_ip.as_str()), (None, "None"));
+    assert_eq!(v.services[0].active_flows, 0);
+}
+
+#[test]
+fn services_report_counters_once_counted() {
+    let s = state(0);
+    let stats = Arc::new(ServiceStats::new());
+    let w = stats.add_worker();
+    let slots = stats.assign(s.table.current().model());
+    let echo = slots.get(1, 0).expect("echo:8080 has a slot");
+    let c = w.get(echo).expect("counters");
+    c.packets.add(10);
+    c.bytes.add(1000);
+    c.flows.add(2);
+    s.count_services(stats);
+    let v: ServicesView = json(get(&s, "/api/services"));
+    assert!(v.counted);
+    assert_eq!(
+        (
+            v.services[1].packets,
+            v.services[1].bytes,
+            v.services[1].flows
+        ),
+        (Some(10), Some(1000), Some(2))
+    );
+    assert_eq!(v.services[0].packets, Some(0));
+    assert_eq!(v.services[2].packets, None, "headless: nothing counted");
+    let exp = exposition::parse(&get(&s, "/metrics").body).expect("parses");
+    assert_eq!(
+        exp.get(
+            "cipgw_service_packets_total",
+            &[("service", "default/echo"), ("port", "8080")]
+        ),
+        Some(10.0)
+    );
+}
+
+#[test]
+fn conntrack_merges_directions_filters_and_pages() {
+    let s = state(25);
+    let all: ConntrackView = json(get(&s, "/api/conntrack"));
+    assert_eq!(all.total, 25);
+    assert_eq!(all.flows.len(), 25);
+    assert!(all.flows.iter().all(|f| f.forward && f.reply));
+    assert!(all
+        .flows
+        .iter()
+        .all(|f| f.vip == SocketAddrV4::new(VIP, 8080)));
+    assert_eq!(all.flows[0].state, "tcp_syn_sent");
+    // Sorted by client port within the VIP.
+    let ports: Vec<u16> = all.flows.iter().map(|f| f.client.port()).collect();
+    let mut sorted = ports.clone();
+    sorted.sort_unstable();
+    assert_eq!(ports, sorted);
+
+    let page: ConntrackView = json(get(&s, "/api/conntrack?limit=10&offset=20"));
+    assert_eq!((page.total, page.flows.len(), page.offset), (25, 5, 20));
+    assert_eq!(page.flows[0], all.flows[20]);
+
+    let pod1: ConntrackView = json(get(&s, "/api/conntrack?backend=198.18.2.11"));
+    assert_eq!(pod1.total, 13);
+    assert!(pod1
+        .flows
+        .iter()
+        .all(|f| f.backend.ip() == &Ipv4Addr::new(198, 18, 2, 11)));
+    let one: ConntrackView = json(get(&s, "/api/conntrack?client=198.18.0.2%3A40003"));
+    assert_eq!(one.total, 1);
+    assert_eq!(one.flows[0].client.port(), 40003);
+    let none: ConntrackView = json(get(&s, "/api/conntrack?vip=198.18.100.53"));
+    assert_eq!(none.total, 0);
+    let udp: ConntrackView = json(get(&s, "/api/conntrack?protocol=udp"));
+    assert_eq!(udp.total, 0);
+    let vip_port: ConntrackView = json(get(&s, "/api/conntrack?vip=198.18.100.10:8080&limit=0"));
+    assert_eq!((vip_port.total, vip_port.flows.len()), (25, 0));
+}
+
+#[test]
+fn bad_conntrack_parameters_are_400() {
+    let s = state(1);
+    for bad in [
+        "vip=nope",
+        "client=198.18.0.2:99999",
+        "backend=",
+        "limit=10001",
+        "limit=-1",
+        "offset=x",
+        "protocol=sctp",
+        "color=red",
+        "vip=%zz",
+    ] {
+        let r = get(&s, &format!("/api/conntrack?{bad}"));
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+        let v: serde_json::Value = serde_json::from_str(&r.body).expect("json error");
+        assert!(v["error"].is_string(), "{bad}: {}", r.body);
+    }
+    assert_eq!(get(&s, "/api/conntrack?limit=10000").status, 200);
+}
+
+#[test]
+fn server_answers_over_http_and_stops() {
+    let s = Arc::new(state(2));
+    s.set_ready(true);
+    let server =
+        AdminServer::start("127.0.0.1:0".parse().expect("addr"), Arc::clone(&s)).expect("start");
+    let addr = server.local_addr();
+    let timeout = Duration::from_secs(5);
+    let r = client::get(addr, "/readyz", timeout).expect("readyz");
+    assert_eq!((r.status, r.body.as_str()), (200, "ready\n"));
+    let r = client::get(addr, "/api/conntrack?limit=1", timeout).expect("conntrack");
+    assert_eq!(r.content_type.as_deref(), Some(JSON));
+    let v: ConntrackView = serde_json::from_str(&r.body).expect("json");
+    assert_eq!((v.total, v.flows.len()), (2, 1));
+    let r = client::get(addr, "/api/conntrack?limit=x", timeout).expect("400");
+    assert_eq!(r.status, 400);
+    let r = client::get(addr, "/metrics", timeout).expect("metrics");
+    exposition::parse(&r.body).expect("metrics parse");
+    drop(server);
+    // tiny_http's accept thread closes the listener a moment after the
+    // server is dropped; until then a connection may be reset.
+    let deadline = std::time::Instant::now() + timeout;
+    let refused = loop {
+        match client::get(addr, "/healthz", timeout) {
+            Err(e @ client::ClientError::Refused { .. }) => break e,
+            other if std::time::Instant::now() > deadline => {
+                panic!("expected a refusal after the server stopped, got {other:?}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    assert_eq!(
+        refused.to_string(),
+        format!("no cipgw admin endpoint at {addr}: connection refused")
+    );
+}
+
+#[test]
+fn binding_a_taken_address_fails_with_the_address() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let err = AdminServer::start(addr, Arc::new(state(0))).expect_err("taken");
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+}

@@ -1,0 +1,231 @@
+//! The JSON views the admin endpoint answers with: `/api/status`,
+//! `/api/services` and `/api/conntrack`. They derive `Deserialize` as
+//! well as `Serialize`, so the CLI (`cipgw status`, `services`,
+//! `conntrack`) reads exactly the types the server writes.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use serde::{Deserialize, Serialize};
+
+use crate::counters::DropReason;
+use crate::metrics::{CounterValues, Recorder};
+
+/// `/api/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub version: String,
+    pub uptime_seconds: f64,
+    pub ready: bool,
+    pub interfaces: Vec<String>,
+    pub table: TableView,
+    pub conntrack: ConntrackStatusView,
+    /// All workers summed.
+    pub totals: CountersView,
+    pub workers: Vec<WorkerView>,
+    pub control: ControlView,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableView {
+    pub generation: u64,
+    pub services: usize,
+    pub forwarded_services: usize,
+    pub vip_ports: usize,
+    pub endpoints: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConntrackStatusView {
+    pub entries: usize,
+    pub flows: usize,
+    pub unreplied: usize,
+    pub max_flows: usize,
+    pub inserted: u64,
+    pub evicted: u64,
+    pub refused: u64,
+    pub retired: u64,
+    pub expired: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CountersView {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Frames a worker got that were not for cipgw.
+    pub passed: u64,
+    /// Packets of tracked flows, client to backend.
+    pub forwarded: u64,
+    /// Packets of tracked flows, backend to client.
+    pub replies: u64,
+    pub new_flows: u64,
+    pub neighbour_resolved: u64,
+    pub dropped: u64,
+    /// Every drop reason, also those at zero.
+    pub drops: BTreeMap<String, u64>,
+}
+
+impl From<&CounterValues> for CountersView {
+    fn from(c: &CounterValues) -> Self {
+        Self {
+            rx_packets: c.rx_packets,
+            rx_bytes: c.rx_bytes,
+            tx_packets: c.tx_packets,
+            tx_bytes: c.tx_bytes,
+            passed: c.passed,
+            forwarded: c.forwarded,
+            replies: c.replies,
+            new_flows: c.new_flows,
+            neighbour_resolved: c.neighbour_resolved,
+            dropped: c.total_drops(),
+            drops: DropReason::ALL
+                .iter()
+                .map(|r| (r.name().to_owned(), c.drops_of(*r)))
+                .collect(),
+        }
+    }
+}
+
+/// Quantiles of one histogram: nanoseconds for latencies, frames for
+/// batch sizes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantilesView {
+    pub count: u64,
+    pub p50: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl From<&Recorder> for QuantilesView {
+    fn from(r: &Recorder) -> Self {
+        Self {
+            count: r.count(),
+            p50: r.quantile(0.5),
+            p99: r.quantile(0.99),
+            p999: r.quantile(0.999),
+            max: r.quantile(1.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerView {
+    pub core: usize,
+    pub counters: CountersView,
+    /// Time per RX batch, ns.
+    pub batch_ns: QuantilesView,
+    /// Pipeline time per sampled packet, ns.
+    pub packet_ns: QuantilesView,
+    /// Frames per RX batch.
+    pub batch_size: QuantilesView,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControlView {
+    pub syncs_ok: u64,
+    pub syncs_failed: u64,
+    pub last_sync: Option<LastSyncView>,
+    pub last_error: Option<LastErrorView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastSyncView {
+    pub seconds_ago: f64,
+    pub duration_ms: f64,
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastErrorView {
+    pub seconds_ago: f64,
+    pub message: String,
+}
+
+/// `/api/services`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServicesView {
+    pub generation: u64,
+    /// Whether `packets`/`bytes`/`flows` are counted (else they are null
+    /// and only `active_flows`, from conntrack, is known).
+    pub counted: bool,
+    pub services: Vec<ServiceView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub namespace: String,
+    pub name: String,
+    /// `ClusterIP`, `NodePort`, `LoadBalancer` or `ExternalName`.
+    pub kind: String,
+    /// The forwarded ClusterIP; `None` for headless and ExternalName.
+    pub vip: Option<Ipv4Addr>,
+    /// `spec.clusterIP` as Kubernetes shows it: the VIP, `None` for
+    /// headless, empty for ExternalName.
+    pub cluster_ip: String,
+    /// Tracked flows to the Service's ports now.
+    pub active_flows: u64,
+    pub packets: Option<u64>,
+    pub bytes: Option<u64>,
+    /// Connections given a backend since the port got its counters.
+    pub flows: Option<u64>,
+    pub ports: Vec<PortView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortView {
+    pub name: Option<String>,
+    /// `TCP` or `UDP`.
+    pub protocol: String,
+    pub port: u16,
+    /// As written: a number or a container port name.
+    pub target_port: String,
+    pub active_flows: u64,
+    pub packets: Option<u64>,
+    pub bytes: Option<u64>,
+    pub flows: Option<u64>,
+    pub endpoints: Vec<EndpointView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointView {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub pod: Option<String>,
+    /// `ready`, `serving` (not ready but serving, e.g. terminating),
+    /// `terminating`, or `not-ready`.
+    pub state: String,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    /// Tracked flows to this endpoint through this port now.
+    pub active_flows: u64,
+}
+
+/// `/api/conntrack`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConntrackView {
+    /// Flows that match the filters (all pages).
+    pub total: usize,
+    pub offset: usize,
+    pub limit: usize,
+    pub flows: Vec<FlowView>,
+}
+
+/// One flow: its forward and reply entries merged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowView {
+    /// `TCP` or `UDP`.
+    pub protocol: String,
+    pub client: SocketAddrV4,
+    pub vip: SocketAddrV4,
+    pub backend: SocketAddrV4,
+    /// The flow's state (`tcp_established`, `udp_replied`, ...).
+    pub state: String,
+    /// The client-to-backend entry exists.
+    pub forward: bool,
+    /// The backend-to-client entry exists.
+    pub reply: bool,
+}
