@@ -8,6 +8,8 @@
 //! feature `files` it is the model alone, for the data path
 //! (cipgw-datapath), which must not build the manifest parser.
 
+#![forbid(unsafe_code)]
+
 #[cfg(feature = "files")]
 pub mod control_file;
 #[cfg(feature = "files")]
