@@ -9,7 +9,9 @@
 //!   endpoints, the Deployments, ReplicaSets, StatefulSet, DaemonSet and
 //!   HorizontalPodAutoscaler listed as skipped in file order, exit status 0;
 //! - a malformed Service among skipped kinds is still an error (exit
-//!   status 64) naming the document, the object and the field.
+//!   status 64) naming the document, the object and the field;
+//! - a bad flag exits 64 with clap's message on standard error, while
+//!   `--help` and `--version` exit 0 and print to standard output.
 
 use std::path::Path;
 
@@ -102,4 +104,34 @@ spec:
         "the message does not name document, object and field: {:?}",
         out.stderr
     );
+}
+
+#[test]
+fn bad_flags_exit_64_and_help_exits_0() {
+    for args in [
+        &["--no-such-flag"][..],
+        &["check", "--no-such-flag"],
+        &["no-such-command"],
+        &["check"],
+    ] {
+        let out = support::run_cipgw(args);
+        assert_eq!(out.status.code(), Some(64), "cipgw {args:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "cipgw {args:?}: {out:?}");
+        assert!(
+            out.stderr.contains("error:") && out.stderr.contains("Usage:"),
+            "cipgw {args:?} does not explain itself on standard error: {out:?}"
+        );
+    }
+    for (args, expected) in [
+        (&["--help"][..], "Usage:"),
+        (&["check", "--help"], "--control-file"),
+        (&["--version"], "cipgw "),
+    ] {
+        let out = support::run_cipgw(args);
+        assert_eq!(out.status.code(), Some(0), "cipgw {args:?}: {out:?}");
+        assert!(
+            out.stdout.contains(expected) && out.stderr.is_empty(),
+            "cipgw {args:?} prints {expected:?} to standard output only: {out:?}"
+        );
+    }
 }

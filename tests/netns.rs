@@ -9,7 +9,7 @@
 //! printed reason when not root (never when `CI=true`), and clean up through
 //! RAII guards, also while a panic unwinds: the gateway process, echo
 //! servers, namespaces and the control file's directory. Addresses come from
-//! 198.18.0.0/15 only (DESIGN.md, "Testing rules").
+//! 198.18.0.0/15 only (README.md, "Testing").
 //!
 //! Cases:
 //! - TCP spreads over three Pods, every connection sticks to one (two-arm);

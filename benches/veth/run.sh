@@ -37,7 +37,7 @@
 #
 # Placement (printed at start): generator, TCP clients and server on CPU 0;
 # the gateway on CPU 1: cipgw's worker (--cores 1) and the gateway veths'
-# threaded NAPI kthreads (DESIGN.md: threaded NAPI beats RPS here).
+# threaded NAPI kthreads (RPS's cross-CPU interrupts cost more in these VMs).
 #
 # Generator (--generator, default auto): kernel pktgen on CPU 0 when the
 # client namespace has /proc/net/pktgen, else cipgw-veth-bench udp-gen, an
@@ -219,7 +219,7 @@ ip -n "$NS_CL" addr add $CL_IP/24 dev "$VC"
 ip -n "$NS_GW" addr add $GW_CL_IP/24 dev "$VG"
 ip -n "$NS_GW" addr add $GW_BE_IP/24 dev "$VP"
 for a in "${BACKENDS[@]}"; do ip -n "$NS_BE" addr add "$a/24" dev "$VB"; done
-# AF_XDP needs complete checksums from the senders (DESIGN.md).
+# AF_XDP needs complete checksums from the senders (as in forwarder/src/lab/topology.rs).
 in_ns "$NS_CL" ethtool -K "$VC" tx off >/dev/null
 in_ns "$NS_BE" ethtool -K "$VB" tx off >/dev/null
 # GRO on the gateway's veths gives them NAPI instances (as a NIC has) for

@@ -10,6 +10,8 @@
 //! alone, for the data path (cipgw-datapath), which must not build the
 //! manifest parser.
 
+#![forbid(unsafe_code)]
+
 pub mod conntrack;
 #[cfg(feature = "files")]
 pub mod control_file;

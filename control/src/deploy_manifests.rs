@@ -226,7 +226,7 @@ fn config_map_settings_are_toml_for_the_kubernetes_source() {
     assert_eq!(settings["proxy-name"].as_str(), Some("cipgw"));
     let period = settings["min-sync-period"].as_str().expect("a duration");
     assert_eq!(
-        crate::source::parse_duration(period),
+        cipgw_config::settings::parse_duration(period),
         Ok(std::time::Duration::from_secs(1))
     );
     let cidr = settings["service-cidr"].as_str().expect("a CIDR");

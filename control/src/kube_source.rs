@@ -22,8 +22,9 @@
 //!   one that equals the last is not sent;
 //! - translation is lenient: an object with an error is left out and
 //!   reported (`Invalid`), the others are still forwarded;
-//! - watch errors are retried with kube-runtime's default backoff (800 ms
-//!   doubling to 30 s). When the API server cannot be reached,
+//! - watch errors are retried after 250 ms doubling to at most 2 s, back
+//!   to 250 ms after 5 s without an error (`WatchBackoff`, shorter than
+//!   kube-runtime's default). When the API server cannot be reached,
 //!   or refuses the list or watch (RBAC, errors), `Disconnected` is sent
 //!   once and the last table stays; every [`PROBE_EVERY`] a one-item list
 //!   of each resource checks whether it answers again (`Reconnected`): the

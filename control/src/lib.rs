@@ -12,6 +12,8 @@
 //! - [`kube_source`]: Services and EndpointSlices watched through the
 //!   Kubernetes API.
 
+#![forbid(unsafe_code)]
+
 pub mod allocate;
 pub mod coalesce;
 pub mod file_source;

@@ -148,26 +148,11 @@ impl Drop for SourceHandle {
     }
 }
 
-/// Durations as kube-proxy's flags write them (`250ms`, `1s`, `2m`).
-pub use cipgw_config::settings::parse_duration;
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        for bad in ["", "1", "s", "1x", "1..2s", "-1s"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} should not parse");
-        }
-    }
 
     #[test]
     fn dropping_the_handle_stops_and_joins() {

@@ -8,7 +8,20 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = cmd::Cli::parse();
+    let cli = match cmd::Cli::try_parse() {
+        Ok(cli) => cli,
+        // `--help` and `--version` come back as errors too: clap prints
+        // them to standard output, and they are a success. Everything
+        // else is a bad command line (64), explained on standard error.
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(cmd::EX_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     cmd::init_logging(&cli.log);
     match cli.command.run() {
         Ok(()) => ExitCode::SUCCESS,

@@ -184,12 +184,6 @@ pub fn dump_snapshot(ports: &[String]) -> Result<NetSnapshot, NetlinkError> {
     Ok(state.snapshot())
 }
 
-/// Asks the kernel to resolve `ip` on `ifindex` now: a managed neighbour
-/// entry, else NTF_USE, else a datagram that makes the kernel ARP.
-pub fn resolve_neighbour(ifindex: u32, ip: Ipv4Addr) -> Result<ResolveMethod, NetlinkError> {
-    Rtnl::open(&[])?.resolve(ifindex, ip)
-}
-
 // ---------------------------------------------------------------------
 // The monitor.
 
@@ -1028,21 +1022,6 @@ fn parse_link(l: &LinkMessage) -> Link {
         name,
         mac,
     }
-}
-
-/// The name of an interface in this thread's namespace.
-pub fn interface_name(ifindex: u32) -> Option<String> {
-    let mut buf = [0 as c_char; libc::IF_NAMESIZE];
-    // SAFETY: `buf` has IF_NAMESIZE bytes, as if_indextoname requires.
-    if unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) }.is_null() {
-        return None;
-    }
-    // SAFETY: on success the buffer holds a NUL-terminated name.
-    Some(
-        unsafe { CStr::from_ptr(buf.as_ptr()) }
-            .to_string_lossy()
-            .into_owned(),
-    )
 }
 
 #[cfg(test)]

@@ -22,23 +22,29 @@
 //!
 //! Rings are only touched from this thread. Nothing here allocates after
 //! start-up: every buffer is sized once.
+//!
+//! Frames move as [`Frame`] handles (see [`crate::xsk`]): from an RX batch
+//! to a TX queue, the hold queue or the free list, and from there to a
+//! ring. Debug builds check at the end of every iteration that the free
+//! list, the RX batch, the TX queues, the hold queue and the kernel's
+//! rings together hold every frame of the UMEM, and panic naming the
+//! counts if not: a frame lost or counted twice shows at once, not as a
+//! gateway that stops receiving hours later.
 
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use xsk_rs::FrameDesc;
 
 use crate::counters::{DropReason, SocketStat, WorkerCounters};
 use crate::metrics::WorkerLatency;
 use crate::pipeline::{set_l2, BatchContext, Pipeline, Verdict};
 use crate::route::{NetSnapshot, PortId};
 use crate::table::TableReader;
-use crate::xsk::WorkerIo;
+use crate::xsk::{Frame, WorkerIo};
 
 /// Frames that may wait for neighbour resolution at once, per worker.
 pub const HOLD_CAPACITY: usize = 256;
@@ -88,7 +94,7 @@ impl std::fmt::Debug for WorkerShared {
 /// A frame waiting for its next hop's MAC.
 #[derive(Debug)]
 struct Held {
-    desc: FrameDesc,
+    frame: Frame,
     port: PortId,
     next_hop: Ipv4Addr,
     since: Instant,
@@ -100,12 +106,12 @@ pub struct Worker {
     pipeline: Pipeline,
     shared: WorkerShared,
     /// Per egress port: frames to transmit this iteration.
-    tx_pending: Vec<Vec<FrameDesc>>,
+    tx_pending: Vec<Vec<Frame>>,
     /// Per port: index of this worker's socket that transmits on it.
     tx_socket: Vec<Option<usize>>,
     held: VecDeque<Held>,
-    rx_descs: Vec<FrameDesc>,
-    comp_descs: Vec<FrameDesc>,
+    /// The frames of one RX batch; empty between batches.
+    rx_batch: Vec<Frame>,
     latency: WorkerLatency,
 }
 
@@ -139,8 +145,7 @@ impl Worker {
             tx_pending: (0..ports).map(|_| Vec::with_capacity(frames)).collect(),
             tx_socket,
             held: VecDeque::with_capacity(HOLD_CAPACITY),
-            rx_descs: vec![FrameDesc::default(); rx_batch],
-            comp_descs: vec![FrameDesc::default(); frames.max(rx_batch)],
+            rx_batch: Vec::with_capacity(rx_batch),
             io,
             pipeline,
             shared,
@@ -181,7 +186,7 @@ impl Worker {
             };
             let mut work = 0;
             for s in 0..self.io.sockets.len() {
-                self.reclaim_and_refill(s);
+                self.io.reclaim_and_refill(s);
                 if self.io.sockets[s].busy_poll {
                     self.io.sockets[s].busy_poll_rx();
                 }
@@ -193,6 +198,9 @@ impl Worker {
             // Frames the kernel took are work: more may be waiting to
             // leave, and a sleeping worker would not kick them out.
             work += self.transmit();
+            if cfg!(debug_assertions) {
+                self.check_frames();
+            }
             if work > 0 {
                 idle_rounds = 0;
                 idle_since = None;
@@ -245,66 +253,63 @@ impl Worker {
         }
     }
 
-    /// Completed TX frames back to the free list; free frames to the fill
-    /// ring.
-    fn reclaim_and_refill(&mut self, s: usize) {
-        let socket = &mut self.io.sockets[s];
-        // SAFETY: the descriptors filled in belong to this worker's UMEM
-        // (every socket of the worker shares it) and, once consumed from
-        // the completion ring, are no longer used by the kernel.
-        let done = unsafe { socket.comp.consume(&mut self.comp_descs) };
-        self.io
-            .free_frames
-            .extend_from_slice(&self.comp_descs[..done]);
-
-        let want = socket.fill.nb_free(self.io.free_frames.len() as u32) as usize;
-        let give = want.min(self.io.free_frames.len());
-        if give > 0 {
-            let from = self.io.free_frames.len() - give;
-            // SAFETY: frames on the free list belong to this UMEM and are
-            // owned by no ring and no pending batch, so the kernel may
-            // write them.
-            let produced = unsafe { socket.fill.produce(&self.io.free_frames[from..]) };
-            self.io
-                .free_frames
-                .truncate(self.io.free_frames.len() - produced);
-            // Only a syscall when the kernel asked for one.
-            let _ = socket.kick_fill();
-        }
+    /// Panics unless every frame of the UMEM is in exactly one place:
+    /// free, in the RX batch, queued for TX, held, or with the kernel.
+    fn check_frames(&self) {
+        let free = self.io.free_count();
+        let batch = self.rx_batch.len();
+        let queued: usize = self.tx_pending.iter().map(Vec::len).sum();
+        let held = self.held.len();
+        let kernel = self.io.frames_in_kernel();
+        let total = self.io.frame_count() as usize;
+        let counted = free + batch + queued + held + kernel.receiving + kernel.transmitting;
+        assert!(
+            counted == total,
+            "UMEM frames do not add up: {free} free + {batch} in the RX batch + {queued} queued \
+             for TX + {held} held + {} on fill/RX rings + {} on TX/completion rings = {counted}, \
+             but the UMEM has {total}",
+            kernel.receiving,
+            kernel.transmitting,
+        );
     }
 
     /// Takes one batch from a socket's RX ring through the pipeline.
     fn receive(&mut self, s: usize, ctx: &BatchContext<'_>) -> usize {
-        let socket = &mut self.io.sockets[s];
-        // SAFETY: the descriptors are filled in by the ring with frames of
-        // this worker's UMEM, handed over to us by the kernel.
-        let n = unsafe { socket.rx.consume(&mut self.rx_descs) };
-        if n == 0 {
-            return 0;
+        // Out of `self` while its frames are handed on (an empty Vec in
+        // its place allocates nothing), back, empty, at the end.
+        let mut batch = std::mem::take(&mut self.rx_batch);
+        let n = self.io.receive(s, &mut batch);
+        if n > 0 {
+            self.process_batch(&mut batch, self.io.sockets[s].port, ctx);
         }
+        self.rx_batch = batch;
+        n
+    }
+
+    /// Runs a batch of received frames through the pipeline and hands
+    /// each on; leaves `batch` empty.
+    fn process_batch(&mut self, batch: &mut Vec<Frame>, ingress: PortId, ctx: &BatchContext<'_>) {
+        let n = batch.len();
         let batch_started = Instant::now();
         let counters = Arc::clone(self.pipeline.counters());
         counters.rx_packets.add(n as u64);
-        let ingress = socket.port;
         if let Some(peer) = self.shared.pass_through {
-            self.pass_through(n, ingress, peer, ctx.net);
-            return n;
+            self.pass_through(batch, ingress, peer, ctx.net);
+            return;
         }
         // Fetch the batch's conntrack lines before processing any frame.
-        for desc in &self.rx_descs[..n] {
-            // SAFETY: a frame of this UMEM just taken from the RX ring,
-            // owned by this thread; only read here.
-            let data = unsafe { self.io.umem.data(desc) };
+        for frame in batch.iter() {
+            // SAFETY: a frame of this worker's UMEM, just received; only
+            // read here.
+            let data = unsafe { self.io.data(frame) };
             self.pipeline.prefetch(data.contents());
         }
         self.pipeline.prefetch_flows();
-        for i in 0..n {
-            let mut desc = self.rx_descs[i];
+        for mut frame in batch.drain(..) {
             let verdict = {
-                // SAFETY: `desc` came from this UMEM's RX ring and is
-                // owned by this thread until it is put on a ring again;
-                // nothing else reads or writes the frame meanwhile.
-                let mut data = unsafe { self.io.umem.data_mut(&mut desc) };
+                // SAFETY: a frame of this worker's UMEM; the handle makes
+                // this the only access to it.
+                let mut data = unsafe { self.io.data_mut(&mut frame) };
                 let len = data.contents().len();
                 counters.rx_bytes.add(len as u64);
                 // Open the whole frame so an answer may grow into it, then
@@ -323,47 +328,51 @@ impl Worker {
             };
             match verdict {
                 Verdict::Forward { port } | Verdict::Respond { port, .. } => {
-                    self.queue_tx(port, desc)
+                    self.queue_tx(port, frame)
                 }
-                Verdict::AwaitNeighbour { port, next_hop } => self.hold(desc, port, next_hop),
+                Verdict::AwaitNeighbour { port, next_hop } => self.hold(frame, port, next_hop),
                 Verdict::Pass => {
                     // AF_XDP cannot hand a frame back to the kernel; this
                     // only happens when the table changed after the XDP
                     // program redirected the frame.
                     counters.count_drop(DropReason::NotOurs);
-                    self.io.free_frames.push(desc);
+                    self.io.recycle(frame);
                 }
-                Verdict::Drop(_) => self.io.free_frames.push(desc),
+                Verdict::Drop(_) => self.io.recycle(frame),
             }
         }
         self.latency.record_batch(n, batch_started.elapsed());
-        n
     }
 
     /// The benchmark's upper bound: L2 forwarding to the other port.
-    fn pass_through(&mut self, n: usize, ingress: PortId, peer: Ipv4Addr, net: &NetSnapshot) {
+    fn pass_through(
+        &mut self,
+        batch: &mut Vec<Frame>,
+        ingress: PortId,
+        peer: Ipv4Addr,
+        net: &NetSnapshot,
+    ) {
         let ports = self.tx_pending.len();
         let egress = ((usize::from(ingress) + 1) % ports) as PortId;
         let addresses = net
             .port(egress)
             .and_then(|p| net.neighbour(egress, peer).map(|mac| (p.mac, mac)));
         let counters = Arc::clone(self.pipeline.counters());
-        for i in 0..n {
-            let mut desc = self.rx_descs[i];
+        for mut frame in batch.drain(..) {
             match addresses {
                 Some((src, dst)) => {
                     {
-                        // SAFETY: as in `receive`: a frame of this UMEM
-                        // just taken from the RX ring, owned by this thread.
-                        let mut data = unsafe { self.io.umem.data_mut(&mut desc) };
+                        // SAFETY: as in `process_batch`: a frame of this
+                        // worker's UMEM, the handle the only access.
+                        let mut data = unsafe { self.io.data_mut(&mut frame) };
                         counters.rx_bytes.add(data.contents().len() as u64);
                         set_l2(data.contents_mut(), src, dst);
                     }
-                    self.queue_tx(egress, desc);
+                    self.queue_tx(egress, frame);
                 }
                 None => {
                     counters.count_drop(DropReason::NeighbourTimeout);
-                    self.io.free_frames.push(desc);
+                    self.io.recycle(frame);
                 }
             }
         }
@@ -374,22 +383,22 @@ impl Worker {
         }
     }
 
-    fn queue_tx(&mut self, port: PortId, desc: FrameDesc) {
+    fn queue_tx(&mut self, port: PortId, frame: Frame) {
         match self.tx_pending.get_mut(usize::from(port)) {
-            Some(q) if self.tx_socket[usize::from(port)].is_some() => q.push(desc),
+            Some(q) if self.tx_socket[usize::from(port)].is_some() => q.push(frame),
             _ => {
                 self.pipeline.counters().count_drop(DropReason::NoTxQueue);
-                self.io.free_frames.push(desc);
+                self.io.recycle(frame);
             }
         }
     }
 
-    fn hold(&mut self, desc: FrameDesc, port: PortId, next_hop: Ipv4Addr) {
+    fn hold(&mut self, frame: Frame, port: PortId, next_hop: Ipv4Addr) {
         if self.held.len() >= HOLD_CAPACITY {
             self.pipeline
                 .counters()
                 .count_drop(DropReason::NeighbourQueueFull);
-            self.io.free_frames.push(desc);
+            self.io.recycle(frame);
             return;
         }
         let fresh = !self
@@ -403,7 +412,7 @@ impl Worker {
             }
         }
         self.held.push_back(Held {
-            desc,
+            frame,
             port,
             next_hop,
             since: Instant::now(),
@@ -420,20 +429,20 @@ impl Worker {
             match (net.neighbour(h.port, h.next_hop), net.port(h.port)) {
                 (Some(mac), Some(port)) => {
                     {
-                        // SAFETY: held frames are owned by this thread (on
-                        // no ring) and belong to this worker's UMEM.
-                        let mut data = unsafe { self.io.umem.data_mut(&mut h.desc) };
+                        // SAFETY: a frame of this worker's UMEM; the
+                        // handle makes this the only access to it.
+                        let mut data = unsafe { self.io.data_mut(&mut h.frame) };
                         set_l2(data.contents_mut(), port.mac, mac);
                     }
                     self.pipeline.counters().neighbour_resolved.inc();
-                    self.queue_tx(h.port, h.desc);
+                    self.queue_tx(h.port, h.frame);
                     sent += 1;
                 }
                 _ if now.duration_since(h.since) > HOLD_TIMEOUT => {
                     self.pipeline
                         .counters()
                         .count_drop(DropReason::NeighbourTimeout);
-                    self.io.free_frames.push(h.desc);
+                    self.io.recycle(h.frame);
                 }
                 _ => self.held.push_back(h),
             }
@@ -451,33 +460,24 @@ impl Worker {
             let Some(s) = self.tx_socket[port] else {
                 continue;
             };
-            let socket = &mut self.io.sockets[s];
             let pending = &mut self.tx_pending[port];
             if !pending.is_empty() {
-                // A reservation is all-or-nothing: ask for what fits.
-                let room = socket.tx.nb_free(pending.len() as u32) as usize;
-                let fits = room.min(pending.len());
-                // SAFETY: every pending descriptor is a frame of this UMEM
-                // owned by this thread; after produce the kernel owns the
-                // produced ones until they come back on the completion ring.
-                let sent = unsafe { socket.tx.produce(&pending[..fits]) };
-                let bytes: usize = pending[..sent].iter().map(|d| d.lengths().data()).sum();
-                counters.tx_packets.add(sent as u64);
-                counters.tx_bytes.add(bytes as u64);
-                pending.drain(..sent);
+                let sent = self.io.transmit(s, pending);
+                counters.tx_packets.add(sent.frames as u64);
+                counters.tx_bytes.add(sent.bytes as u64);
                 // What found no room waits for the next iteration (the kicks
                 // below make room), up to a ring's worth; the rest is
                 // dropped, newest first, so a stalled port cannot hoard the
                 // UMEM.
-                let keep = socket.tx_size as usize;
+                let keep = self.io.sockets[s].tx_size as usize;
                 if pending.len() > keep {
                     for _ in keep..pending.len() {
                         counters.count_drop(DropReason::TxRingFull);
                     }
-                    self.io.free_frames.extend_from_slice(&pending[keep..]);
-                    pending.truncate(keep);
+                    self.io.recycle_all(pending.drain(keep..));
                 }
             }
+            let socket = &mut self.io.sockets[s];
             // Copy mode sends only during a kick, at most the TX budget
             // per kick: kick until the ring is drained (bounded), also in
             // iterations that queued nothing new. Errors (EAGAIN, ENOBUFS)
@@ -506,7 +506,7 @@ impl Worker {
         }; 64];
         let n = self.io.sockets.len().min(fds.len());
         for (pfd, s) in fds.iter_mut().zip(&self.io.sockets) {
-            pfd.fd = s.rx.fd().as_raw_fd();
+            pfd.fd = s.fd();
             pfd.events = libc::POLLIN;
         }
         // Frames waiting for a neighbour or for room on a TX ring need the

@@ -4,11 +4,22 @@
 //! Sharing one UMEM across a worker's sockets is what lets a frame received
 //! on one interface be transmitted on another without a copy. Each
 //! (interface, queue) pair gets its own fill and completion rings
-//! (XDP_SHARED_UMEM; libxdp sets that up). The frames of the UMEM are owned
-//! by exactly one place at a time: [`WorkerIo::free_frames`], a fill ring,
-//! an RX ring, a TX ring or a completion ring. The ring loop that moves them
-//! lives in the worker; this module only sets things up and offers thin
-//! helpers for the awkward calls.
+//! (XDP_SHARED_UMEM; libxdp sets that up).
+//!
+//! Every frame of the UMEM is in exactly one place at a time, and its
+//! [`Frame`] handle (neither `Copy` nor `Clone`) is how that is kept: the
+//! worker's free list, an RX batch, a TX queue or the hold queue hold
+//! handles; a fill, RX, TX or completion ring holds the frame itself, the
+//! handle having been given up when the frame went on the ring and made
+//! anew when it came off. Only this module makes handles (from the UMEM at
+//! start-up, from the RX and completion rings), and the rings are private
+//! to it, so a frame reaches a ring only by moving its handle there
+//! ([`WorkerIo::receive`], [`WorkerIo::transmit`],
+//! [`WorkerIo::reclaim_and_refill`]). Each socket counts the frames it gave
+//! the kernel and got back ([`WorkerIo::frames_in_kernel`]), which lets the
+//! worker check that no frame is lost or counted twice. The loop that
+//! moves frames lives in the worker; this module sets things up and makes
+//! the moves.
 //!
 //! Sockets are created with `XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD`: cipgw loads
 //! its own XDP program ([`crate::bpf`]) and registers each socket's fd in its
@@ -27,7 +38,8 @@ use xsk_rs::config::{
     BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig, XdpFlags,
 };
 pub use xsk_rs::socket::XdpStatistics;
-pub use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
+pub use xsk_rs::umem::frame::{Data, DataMut};
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
 use crate::route::PortId;
 use crate::wire::ethernet::MacAddr;
@@ -158,6 +170,43 @@ pub enum XskError {
     },
 }
 
+/// One frame of a worker's UMEM: owning the handle is owning the frame.
+///
+/// Neither `Copy` nor `Clone`, so a frame cannot be queued twice or kept
+/// after it was handed on: giving a frame to a ring, a queue or the free
+/// list moves its handle there. Dropping a handle loses its frame for as
+/// long as the worker runs; debug builds of the worker notice (see the
+/// module doc). The frame's address and lengths are all it holds, laid
+/// out as xsk-rs's descriptor so a slice of handles is a slice of
+/// descriptors for the rings.
+///
+/// ```compile_fail,E0599
+/// fn twice(frame: cipgw::xsk::Frame) -> (cipgw::xsk::Frame, cipgw::xsk::Frame) {
+///     (frame.clone(), frame)
+/// }
+/// ```
+#[repr(transparent)]
+#[derive(Debug)]
+#[must_use = "a frame goes on a ring, a queue or the free list; dropped, it is lost to the UMEM"]
+pub struct Frame(FrameDesc);
+
+impl Frame {
+    /// Bytes of packet data in the frame.
+    #[inline]
+    fn len(&self) -> usize {
+        self.0.lengths().data()
+    }
+}
+
+/// The descriptors of `frames`, for a ring to copy.
+#[inline]
+fn descriptors(frames: &[Frame]) -> &[FrameDesc] {
+    // SAFETY: `Frame` is `repr(transparent)` over `FrameDesc`, so a slice
+    // of one has the layout of a slice of the other of the same length;
+    // the result borrows `frames` and shares its lifetime.
+    unsafe { std::slice::from_raw_parts(frames.as_ptr().cast::<FrameDesc>(), frames.len()) }
+}
+
 /// The rings of one AF_XDP socket and where it is bound.
 pub struct PortSocket {
     pub port: PortId,
@@ -173,10 +222,16 @@ pub struct PortSocket {
     pub busy_poll: bool,
     /// Descriptors in the TX ring.
     pub tx_size: u32,
-    pub tx: TxQueue,
-    pub rx: RxQueue,
-    pub fill: FillQueue,
-    pub comp: CompQueue,
+    tx: TxQueue,
+    rx: RxQueue,
+    fill: FillQueue,
+    comp: CompQueue,
+    /// Frames given to the fill ring and not yet taken off the RX ring
+    /// (on either ring, or with the driver in between).
+    receiving: u32,
+    /// Frames given to the TX ring and not yet taken off the completion
+    /// ring.
+    transmitting: u32,
 }
 
 impl fmt::Debug for PortSocket {
@@ -188,6 +243,8 @@ impl fmt::Debug for PortSocket {
             .field("queue", &self.queue)
             .field("zero_copy", &self.zero_copy)
             .field("fd", &self.fd())
+            .field("receiving", &self.receiving)
+            .field("transmitting", &self.transmitting)
             .finish_non_exhaustive()
     }
 }
@@ -258,12 +315,17 @@ impl PortSocket {
     }
 }
 
-/// Everything one worker needs to move packets: its UMEM, the frames not
-/// currently given to the kernel, and its sockets.
+/// Everything one worker needs to move packets: its UMEM, its free
+/// frames, and its sockets.
 pub struct WorkerIo {
-    pub umem: Umem,
-    /// Frames owned by the worker (not on any ring).
-    pub free_frames: Vec<FrameDesc>,
+    umem: Umem,
+    /// Frames the worker holds that nothing else uses; room for every
+    /// frame of the UMEM, so it never grows.
+    free: Vec<Frame>,
+    /// Descriptors the RX and completion rings write into, copied into
+    /// handles at once: as long as the longer of an RX batch and a
+    /// completion ring.
+    scratch: Vec<FrameDesc>,
     pub sockets: Vec<PortSocket>,
     /// The configuration the UMEM and sockets were built with.
     pub config: XskConfig,
@@ -274,7 +336,7 @@ pub struct WorkerIo {
 impl fmt::Debug for WorkerIo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WorkerIo")
-            .field("free_frames", &self.free_frames.len())
+            .field("free", &self.free.len())
             .field("sockets", &self.sockets)
             .field("config", &self.config)
             .field("frame_mtu", &self.frame_mtu)
@@ -322,33 +384,184 @@ impl WorkerIo {
         self.config.frame_count
     }
 
+    /// Frames on the free list.
+    #[inline]
+    pub fn free_count(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Frames the kernel has: given to the sockets' fill or TX rings and
+    /// not yet back from their RX or completion rings.
+    pub fn frames_in_kernel(&self) -> FramesInKernel {
+        // Each socket gets back on its RX and completion rings what it
+        // gave its own fill and TX rings, so no count goes below zero;
+        // should one, wrapping shows it as a wrong total in the worker's
+        // check rather than as an overflow panic here.
+        let (mut receiving, mut transmitting) = (0u32, 0u32);
+        for s in &self.sockets {
+            receiving = receiving.wrapping_add(s.receiving);
+            transmitting = transmitting.wrapping_add(s.transmitting);
+        }
+        FramesInKernel {
+            receiving: receiving as usize,
+            transmitting: transmitting as usize,
+        }
+    }
+
+    /// Puts a frame back on the free list.
+    #[inline]
+    pub fn recycle(&mut self, frame: Frame) {
+        self.free.push(frame);
+    }
+
+    /// Puts frames back on the free list.
+    #[inline]
+    pub fn recycle_all(&mut self, frames: impl IntoIterator<Item = Frame>) {
+        self.free.extend(frames);
+    }
+
+    /// The packet data of a frame, to read.
+    ///
+    /// # Safety
+    ///
+    /// `frame` must be a frame of this `WorkerIo` (one worker's handles
+    /// never meet another's UMEM). Holding the handle is what makes the
+    /// access exclusive: the kernel has no frame whose handle is out.
+    #[inline]
+    pub unsafe fn data<'a>(&'a self, frame: &'a Frame) -> Data<'a> {
+        // SAFETY: the frame belongs to this UMEM (the caller's promise)
+        // and, its handle being out, is on no ring; `&Frame` rules out a
+        // writer through the same handle.
+        unsafe { self.umem.data(&frame.0) }
+    }
+
+    /// The packet data of a frame, to write; its cursor sets the length.
+    ///
+    /// # Safety
+    ///
+    /// As for [`WorkerIo::data`].
+    #[inline]
+    pub unsafe fn data_mut<'a>(&'a self, frame: &'a mut Frame) -> DataMut<'a> {
+        // SAFETY: as in `data`; `&mut Frame` makes this the only access
+        // to the frame while the result lives.
+        unsafe { self.umem.data_mut(&mut frame.0) }
+    }
+
     /// Gives up to `per_socket` free frames to each socket's fill ring so
     /// the kernel can receive into them; returns how many were given in
-    /// total. Frames stay in `free_frames` where a ring is full or the
+    /// total. Frames stay on the free list where a ring is full or the
     /// free list runs out.
     pub fn prefill(&mut self, per_socket: usize) -> usize {
         let mut given = 0;
-        for s in &mut self.sockets {
-            let wanted = per_socket.min(self.free_frames.len());
-            // Reservations are all-or-nothing: ask only for what fits.
-            let room = s.fill.nb_free(u32::try_from(wanted).unwrap_or(u32::MAX));
-            let n = wanted.min(room as usize);
-            let start = self.free_frames.len() - n;
-            // SAFETY: frames in `free_frames` belong to this UMEM (they
-            // came from `Umem::new` or back from its rings) and are on no
-            // ring, so handing them to the kernel cannot alias a frame it
-            // or the worker is using.
-            let produced = unsafe { s.fill.produce(&self.free_frames[start..]) };
-            // `produce` takes the whole slice or nothing: those frames are
-            // now the kernel's.
-            self.free_frames.drain(start..start + produced);
-            given += produced;
-            if let Err(e) = s.kick_fill() {
-                tracing::debug!(ifname = %s.ifname, queue = s.queue, error = %e, "fill wakeup");
+        for s in 0..self.sockets.len() {
+            given += self.fill(s, per_socket);
+            let socket = &mut self.sockets[s];
+            if let Err(e) = socket.kick_fill() {
+                tracing::debug!(
+                    ifname = %socket.ifname, queue = socket.queue, error = %e, "fill wakeup"
+                );
             }
         }
         given
     }
+
+    /// Socket `s`: frames the kernel finished sending back to the free
+    /// list, then free frames onto the fill ring (waking the driver if it
+    /// asked for it).
+    pub fn reclaim_and_refill(&mut self, s: usize) {
+        let socket = &mut self.sockets[s];
+        let room = (self.free.capacity() - self.free.len()).min(self.scratch.len());
+        // SAFETY: the ring writes descriptors of frames of this UMEM (all
+        // the worker's sockets share it) that the kernel has finished
+        // with; each becomes the one handle to its frame.
+        let done = unsafe { socket.comp.consume(&mut self.scratch[..room]) };
+        socket.transmitting = socket.transmitting.wrapping_sub(done as u32);
+        self.free
+            .extend(self.scratch[..done].iter().map(|&desc| Frame(desc)));
+        if self.fill(s, usize::MAX) > 0 {
+            // Only a syscall when the kernel asked for one.
+            let _ = self.sockets[s].kick_fill();
+        }
+    }
+
+    /// Moves up to `max` frames from the end of the free list onto socket
+    /// `s`'s fill ring; returns how many.
+    fn fill(&mut self, s: usize, max: usize) -> usize {
+        let socket = &mut self.sockets[s];
+        let wanted = max.min(self.free.len());
+        if wanted == 0 {
+            return 0;
+        }
+        // A reservation is all-or-nothing: ask only for what fits.
+        let room = socket
+            .fill
+            .nb_free(u32::try_from(wanted).unwrap_or(u32::MAX));
+        let from = self.free.len() - wanted.min(room as usize);
+        // SAFETY: free frames belong to this UMEM and, their handles being
+        // on the free list, are on no ring and used by nobody: the kernel
+        // may write them.
+        let given = unsafe { socket.fill.produce(descriptors(&self.free[from..])) };
+        // `produce` takes all or nothing; given frames are the kernel's
+        // now, and their handles go.
+        self.free.truncate(self.free.len() - given);
+        socket.receiving = socket.receiving.wrapping_add(given as u32);
+        given
+    }
+
+    /// Takes frames off socket `s`'s RX ring onto the end of `batch`: at
+    /// most an RX batch, and no more than `batch` has room for (it never
+    /// grows). Returns how many.
+    pub fn receive(&mut self, s: usize, batch: &mut Vec<Frame>) -> usize {
+        let socket = &mut self.sockets[s];
+        let room = (batch.capacity() - batch.len())
+            .min(self.config.rx_batch as usize)
+            .min(self.scratch.len());
+        // SAFETY: the ring writes descriptors of frames of this UMEM the
+        // kernel received into and hands over; each becomes the one handle
+        // to its frame.
+        let n = unsafe { socket.rx.consume(&mut self.scratch[..room]) };
+        socket.receiving = socket.receiving.wrapping_sub(n as u32);
+        batch.extend(self.scratch[..n].iter().map(|&desc| Frame(desc)));
+        n
+    }
+
+    /// Moves frames from the front of `queue` onto socket `s`'s TX ring,
+    /// as many as fit; the rest stay queued, in order.
+    pub fn transmit(&mut self, s: usize, queue: &mut Vec<Frame>) -> Sent {
+        let socket = &mut self.sockets[s];
+        if queue.is_empty() {
+            return Sent::default();
+        }
+        // A reservation is all-or-nothing: ask for what fits.
+        let room = socket
+            .tx
+            .nb_free(u32::try_from(queue.len()).unwrap_or(u32::MAX));
+        let fits = queue.len().min(room as usize);
+        // SAFETY: queued frames belong to this UMEM and are on no ring;
+        // once produced the kernel owns them until they come back on the
+        // completion ring, and their handles go.
+        let frames = unsafe { socket.tx.produce(descriptors(&queue[..fits])) };
+        let bytes = queue[..frames].iter().map(Frame::len).sum();
+        queue.drain(..frames);
+        socket.transmitting = socket.transmitting.wrapping_add(frames as u32);
+        Sent { frames, bytes }
+    }
+}
+
+/// What [`WorkerIo::transmit`] put on a TX ring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    pub frames: usize,
+    pub bytes: usize,
+}
+
+/// Frames with the kernel, by direction ([`WorkerIo::frames_in_kernel`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FramesInKernel {
+    /// On fill rings, with the driver, or on RX rings.
+    pub receiving: usize,
+    /// On TX rings, being sent, or on completion rings.
+    pub transmitting: usize,
 }
 
 fn open_in_mode(
@@ -360,7 +573,7 @@ fn open_in_mode(
     let frame_mtu = umem_config.mtu();
     let frames = NonZeroU32::new(config.frame_count)
         .ok_or_else(|| XskError::Config("frame_count must be positive".into()))?;
-    let (umem, free_frames) =
+    let (umem, descs) =
         Umem::new(umem_config, frames, config.huge_pages).map_err(|e| XskError::Umem {
             frames: config.frame_count,
             frame_size: config.frame_size,
@@ -438,11 +651,18 @@ fn open_in_mode(
             rx,
             fill,
             comp,
+            receiving: 0,
+            transmitting: 0,
         });
     }
+    // The only handles made from nothing: one per frame of a new UMEM.
+    let mut free = Vec::with_capacity(descs.len());
+    free.extend(descs.into_iter().map(Frame));
+    let scratch_len = config.rx_batch.max(config.comp_size) as usize;
     Ok(WorkerIo {
         umem,
-        free_frames,
+        free,
+        scratch: vec![FrameDesc::default(); scratch_len],
         sockets,
         config: *config,
         frame_mtu,
@@ -766,6 +986,20 @@ mod tests {
         assert_eq!(u.frame_size().get(), 2048);
         assert!(u.mtu() >= 1514, "a frame holds a full Ethernet frame");
         socket_config(&c, false).expect("socket config");
+    }
+
+    #[test]
+    fn frames_are_handed_to_rings_as_descriptors() {
+        assert_eq!(size_of::<Frame>(), size_of::<FrameDesc>());
+        assert_eq!(align_of::<Frame>(), align_of::<FrameDesc>());
+        let frames = [Frame(FrameDesc::default()), Frame(FrameDesc::default())];
+        let descs = descriptors(&frames);
+        assert_eq!(descs.len(), frames.len(), "one descriptor per frame");
+        assert_eq!(
+            descs.as_ptr().cast::<Frame>(),
+            frames.as_ptr(),
+            "the descriptors are the frames' own memory, not a copy"
+        );
     }
 
     #[test]

@@ -641,7 +641,7 @@ fn af_xdp_socket_gets_vip_and_backend_traffic_and_kernel_keeps_the_rest() {
         );
         let given = io.prefill(64);
         assert_eq!(given, 64 * io.sockets.len());
-        assert_eq!(io.free_frames.len(), 512 - given);
+        assert_eq!(io.free_count(), 512 - given);
 
         // Slots: gw0 after a gap (exercises base + queue), gw1 after it.
         let bases = cipgw::bpf::base_slots(&[3, queues, queues1]).expect("slots");
@@ -687,7 +687,7 @@ fn af_xdp_socket_gets_vip_and_backend_traffic_and_kernel_keeps_the_rest() {
 
         // Collect what the sockets received, bounded in time and count.
         let mut seen: Vec<Seen> = Vec::new();
-        let mut descs = vec![xsk::FrameDesc::default(); 64];
+        let mut frames = Vec::with_capacity(64);
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline && seen.len() < 64 {
             let want_all = [IPPROTO_ICMP, IPPROTO_UDP]
@@ -698,22 +698,22 @@ fn af_xdp_socket_gets_vip_and_backend_traffic_and_kernel_keeps_the_rest() {
             if want_all {
                 break;
             }
-            for s in &mut io.sockets {
-                // SAFETY: `descs` are scratch descriptors the ring fills
-                // in; the frames they then describe are ours until given
-                // back, and nothing else touches them.
-                let n = unsafe { s.rx.poll_and_consume(&mut descs, 50) }.expect("rx poll");
-                for d in &descs[..n] {
-                    // SAFETY: `d` came from this UMEM's RX ring and is not
-                    // on any ring until handed back below.
-                    let data = unsafe { io.umem.data(d) };
-                    if let Some(p) = parse_frame(data.contents(), s.port) {
+            let mut received = 0;
+            for s in 0..io.sockets.len() {
+                received += io.receive(s, &mut frames);
+                for frame in &frames {
+                    // SAFETY: a frame of this WorkerIo, just received.
+                    let data = unsafe { io.data(frame) };
+                    if let Some(p) = parse_frame(data.contents(), io.sockets[s].port) {
                         seen.push(p);
                     }
                 }
-                // SAFETY: these frames were just consumed from RX and are
-                // not used anymore: back to the fill ring.
-                unsafe { s.fill.produce(&descs[..n]) };
+                // Back to the free list, and from there to the fill ring.
+                io.recycle_all(frames.drain(..));
+                io.reclaim_and_refill(s);
+            }
+            if received == 0 {
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
         assert!(
@@ -770,12 +770,11 @@ fn af_xdp_socket_gets_vip_and_backend_traffic_and_kernel_keeps_the_rest() {
         });
         let mut late = 0;
         for _ in 0..5 {
-            for s in &mut io.sockets {
-                // SAFETY: as above.
-                let n = unsafe { s.rx.poll_and_consume(&mut descs, 20) }.expect("rx poll");
-                late += n;
-                // SAFETY: as above.
-                unsafe { s.fill.produce(&descs[..n]) };
+            for s in 0..io.sockets.len() {
+                late += io.receive(s, &mut frames);
+                io.recycle_all(frames.drain(..));
+                io.reclaim_and_refill(s);
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
         assert_eq!(late, 0, "no frame for an unregistered socket");

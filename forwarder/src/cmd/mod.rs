@@ -73,6 +73,9 @@ impl Command {
     }
 }
 
+/// Exit status for bad input (sysexits' EX_USAGE).
+pub const EX_USAGE: u8 = 64;
+
 /// Marks an error as the user's input being at fault (exit status 64).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -85,7 +88,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             .downcast_ref::<cipgw_control::file_source::ControlError>()
             .is_some();
     if bad_input {
-        64
+        EX_USAGE
     } else {
         1
     }

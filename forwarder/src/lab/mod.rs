@@ -6,7 +6,7 @@
 //! address ([`EchoServer`]), and client helpers that talk to them from inside
 //! a namespace ([`tcp_request`], [`udp_request`], [`ping`]).
 //!
-//! Invariants every lab keeps (DESIGN.md, "Testing rules"):
+//! Invariants every lab keeps (README.md, "Testing"):
 //! - Nothing is ever added to the root namespace: namespaces are created with
 //!   `ip netns add` and every veth is created inside a lab namespace with its
 //!   peer placed directly in another one, so interface names never meet the

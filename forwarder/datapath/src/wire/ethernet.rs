@@ -14,8 +14,6 @@ mod field {
 
 /// Length of an untagged Ethernet header.
 pub const HEADER_LEN: usize = 14;
-/// Length of one 802.1Q tag.
-pub const VLAN_TAG_LEN: usize = 4;
 
 /// EtherType values cipgw looks at (IEEE registry).
 pub mod ethertype {
@@ -23,7 +21,6 @@ pub mod ethertype {
     pub const ARP: u16 = 0x0806;
     pub const VLAN: u16 = 0x8100;
     pub const QINQ: u16 = 0x88a8;
-    pub const IPV6: u16 = 0x86dd;
 }
 
 /// A read/write view of an Ethernet frame.

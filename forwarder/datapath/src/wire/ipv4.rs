@@ -118,12 +118,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     pub fn set_destination(&mut self, addr: Ipv4Addr) {
         self.buffer.as_mut()[field::DESTINATION].copy_from_slice(&addr.octets());
     }
-
-    /// The payload up to the total length, writable.
-    pub fn payload_mut(&mut self) -> &mut [u8] {
-        let (start, end) = (self.header_len(), self.total_len());
-        &mut self.buffer.as_mut()[start..end]
-    }
 }
 
 #[cfg(test)]
