@@ -150,8 +150,6 @@ impl Drop for SourceHandle {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
