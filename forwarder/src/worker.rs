@@ -326,14 +326,9 @@ impl Worker {
                     self.queue_tx(port, desc)
                 }
                 Verdict::AwaitNeighbour { port, next_hop } => self.hold(desc, port, next_hop),
-                Verdict::Pass => {
-                    // AF_XDP cannot hand a frame back to the kernel; this
-                    // only happens when the table changed after the XDP
-                    // program redirected the frame.
-                    counters.count_drop(DropReason::NotOurs);
-                    self.io.free_frames.push(desc);
-                }
-                Verdict::Drop(_) => self.io.free_frames.push(desc),
+                // AF_XDP cannot hand a frame back to the kernel; the
+                // pipeline counted it as passed.
+                Verdict::Pass | Verdict::Drop(_) => self.io.free_frames.push(desc),
             }
         }
         self.latency.record_batch(n, batch_started.elapsed());

@@ -65,10 +65,6 @@ pub enum DropReason {
     NeighbourTimeout,
     /// Too many frames already waiting for neighbour resolution.
     NeighbourQueueFull,
-    /// Not for cipgw (no VIP, no backend); reaches a worker only when the
-    /// table changed after the XDP program redirected it. AF_XDP cannot
-    /// hand a frame back to the kernel, so it is dropped and counted.
-    NotOurs,
     /// The egress port has no socket on this worker.
     NoTxQueue,
     /// The egress TX ring was full.
@@ -76,7 +72,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 26] = [
+    pub const ALL: [DropReason; 25] = [
         DropReason::TruncatedEthernet,
         DropReason::VlanTagged,
         DropReason::TruncatedIpv4,
@@ -100,7 +96,6 @@ impl DropReason {
         DropReason::RouteNotAttached,
         DropReason::NeighbourTimeout,
         DropReason::NeighbourQueueFull,
-        DropReason::NotOurs,
         DropReason::NoTxQueue,
         DropReason::TxRingFull,
     ];
@@ -132,7 +127,6 @@ impl DropReason {
             DropReason::RouteNotAttached => "route_not_attached",
             DropReason::NeighbourTimeout => "neighbour_timeout",
             DropReason::NeighbourQueueFull => "neighbour_queue_full",
-            DropReason::NotOurs => "not_ours",
             DropReason::NoTxQueue => "no_tx_queue",
             DropReason::TxRingFull => "tx_ring_full",
         }
@@ -235,7 +229,10 @@ pub struct WorkerCounters {
     pub new_flows: Counter,
     /// Frames that waited for a neighbour and then went out.
     pub neighbour_resolved: Counter,
-    /// Frames that were not ours (would have been XDP_PASS).
+    /// Frames that were not ours (would have been XDP_PASS): no VIP, no
+    /// backend. They reach a worker only when the table changed after the
+    /// XDP program redirected them; AF_XDP cannot hand a frame back to the
+    /// kernel, so they are dropped, counted here and under no drop reason.
     pub passed: Counter,
     /// Refusals sent (TCP RST, ICMP port unreachable).
     pub refusals: Counter,

@@ -62,7 +62,9 @@ pub enum Verdict {
     /// The frame now holds the gateway's own answer (a refusal or an echo
     /// reply) of `len` bytes: send it out of `port`, back to the sender.
     Respond { port: PortId, len: usize },
-    /// Not cipgw's: the kernel's business (what XDP_PASS does).
+    /// Not cipgw's: the kernel's business (what XDP_PASS does). Counted
+    /// as passed, once; a worker, which cannot hand the frame back,
+    /// frees it.
     Pass,
     /// Rewritten, but the next hop's MAC is not known yet: hold the frame
     /// and finish it with [`set_l2`] once the neighbour resolves.
