@@ -57,6 +57,9 @@ pub enum DropReason {
     SourceNotInCluster,
     /// An echo request to a VIP beyond the per-source answer rate.
     RateLimited,
+    /// An echo request to a VIP whose reply could not be built: a code
+    /// other than 0 (RFC 792), or no room for the reply.
+    EchoReplyFailed,
     /// No route to the destination.
     NoRoute,
     /// The route leaves through an interface cipgw is not attached to.
@@ -65,6 +68,9 @@ pub enum DropReason {
     NeighbourTimeout,
     /// Too many frames already waiting for neighbour resolution.
     NeighbourQueueFull,
+    /// An answer was due, but the frame came in on a port the network
+    /// snapshot does not know, so it has no address to leave from.
+    UnknownIngressPort,
     /// The egress port has no socket on this worker.
     NoTxQueue,
     /// The egress TX ring was full.
@@ -72,7 +78,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 25] = [
+    pub const ALL: [DropReason; 27] = [
         DropReason::TruncatedEthernet,
         DropReason::VlanTagged,
         DropReason::TruncatedIpv4,
@@ -92,10 +98,12 @@ impl DropReason {
         DropReason::VipAsSource,
         DropReason::SourceNotInCluster,
         DropReason::RateLimited,
+        DropReason::EchoReplyFailed,
         DropReason::NoRoute,
         DropReason::RouteNotAttached,
         DropReason::NeighbourTimeout,
         DropReason::NeighbourQueueFull,
+        DropReason::UnknownIngressPort,
         DropReason::NoTxQueue,
         DropReason::TxRingFull,
     ];
@@ -123,10 +131,12 @@ impl DropReason {
             DropReason::VipAsSource => "vip_as_source",
             DropReason::SourceNotInCluster => "source_not_in_cluster",
             DropReason::RateLimited => "rate_limited",
+            DropReason::EchoReplyFailed => "echo_reply_failed",
             DropReason::NoRoute => "no_route",
             DropReason::RouteNotAttached => "route_not_attached",
             DropReason::NeighbourTimeout => "neighbour_timeout",
             DropReason::NeighbourQueueFull => "neighbour_queue_full",
+            DropReason::UnknownIngressPort => "unknown_ingress_port",
             DropReason::NoTxQueue => "no_tx_queue",
             DropReason::TxRingFull => "tx_ring_full",
         }

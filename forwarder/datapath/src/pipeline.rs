@@ -672,7 +672,7 @@ impl Pipeline {
             return Verdict::Drop(DropReason::NoEndpoints);
         }
         let Some(port) = ctx.net.port(ingress) else {
-            return Verdict::Drop(DropReason::NoTxQueue);
+            return Verdict::Drop(DropReason::UnknownIngressPort);
         };
         if !self.refusals.allow(src, ctx.now) {
             return Verdict::Drop(DropReason::RateLimited);
@@ -682,7 +682,7 @@ impl Pipeline {
                 self.counters.echo_replies.inc();
                 Verdict::Respond { port: ingress, len }
             }
-            None => Verdict::Drop(DropReason::UnsupportedProtocol),
+            None => Verdict::Drop(DropReason::EchoReplyFailed),
         }
     }
 }

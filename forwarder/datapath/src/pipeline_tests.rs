@@ -1194,3 +1194,33 @@ fn a_frame_that_is_not_ours_is_counted_once() {
         "a passed frame has no drop reason to be counted under a second time"
     );
 }
+
+/// A ping that came in through a port the snapshot does not know, and one
+/// whose reply cannot be built, are dropped under reasons of their own.
+#[test]
+fn unknown_ingress_ports_and_unanswerable_pings_have_their_own_reasons() {
+    const UNKNOWN_PORT: PortId = 7;
+    let mut h = Harness::new();
+    let input = ping(CLIENT, VIP, CLIENT_MAC, false);
+    let mut frame = input.clone();
+    assert_eq!(
+        run_from(&mut h, &mut frame, UNKNOWN_PORT, 256),
+        Verdict::Drop(DropReason::UnknownIngressPort)
+    );
+    assert_eq!(frame, input, "untouched");
+    // An echo request's code is 0 (RFC 792); this one cannot be answered.
+    let mut input = ping(CLIENT, VIP, CLIENT_MAC, false);
+    input[14 + 20 + 1] = 1;
+    let mut frame = input.clone();
+    assert_eq!(
+        h.run(&mut frame),
+        Verdict::Drop(DropReason::EchoReplyFailed)
+    );
+    assert_eq!(frame, input, "untouched");
+    let c = h.counters();
+    assert_eq!(c.drops_of(DropReason::UnknownIngressPort), 1);
+    assert_eq!(c.drops_of(DropReason::EchoReplyFailed), 1);
+    assert_eq!(c.drops_of(DropReason::NoTxQueue), 0);
+    assert_eq!(c.drops_of(DropReason::UnsupportedProtocol), 0);
+    assert_eq!(c.echo_replies.get(), 0);
+}
