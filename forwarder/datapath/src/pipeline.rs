@@ -36,7 +36,7 @@ use std::sync::Arc;
 use cipgw_config::Protocol;
 use ipnet::Ipv4Net;
 
-use crate::affinity::Affinity;
+use crate::affinity::{Affinity, Refreshes};
 use crate::checksum::Delta;
 use crate::conntrack::{
     Conntrack, Direction, FlowHit, FlowKey, FlowMeta, FlowState, InsertError, NO_SLOT,
@@ -100,6 +100,8 @@ pub struct Pipeline {
     rng: Rng,
     hops: NextHopCache,
     flows: FlowCache,
+    /// Affinity bindings this worker refreshed this second.
+    refreshes: Refreshes,
     refusals: RefusalLimiter,
     /// This worker's per-Service-port counters, when counting.
     services: Option<Arc<ServiceCounters>>,
@@ -295,6 +297,7 @@ impl Pipeline {
             rng,
             hops: NextHopCache::new(),
             flows: FlowCache::new(),
+            refreshes: Refreshes::default(),
             refusals: RefusalLimiter::default(),
             services: None,
             prefetching: Box::new([0; PREFETCH_BATCH]),
@@ -453,13 +456,15 @@ impl Pipeline {
             }
         }
         if hit.affinity && hit.direction == Direction::Forward {
-            // Affinity lasts from the client's last packet.
+            // Affinity lasts from the client's last packet; refreshed at
+            // most once a second per binding from this worker.
             let service = ServiceKey {
                 vip: key.dst,
                 port: key.dst_port,
                 protocol: key.protocol,
             };
-            self.affinity.touch(service, key.src, ctx.now);
+            self.refreshes
+                .touch(&self.affinity, service, key.src, ctx.now);
         }
         let frame = &mut buf[..len];
         rewrite(frame, &parsed, &hit);

@@ -1224,3 +1224,45 @@ fn unknown_ingress_ports_and_unanswerable_pings_have_their_own_reasons() {
     assert_eq!(c.drops_of(DropReason::UnsupportedProtocol), 0);
     assert_eq!(c.echo_replies.get(), 0);
 }
+
+/// Packets of an affinity flow refresh the client's binding at most once a
+/// second from a worker (the shared map is locked for each refresh), and
+/// the binding still lasts from the client's last packet.
+#[test]
+fn affinity_bindings_are_refreshed_once_a_second() {
+    let mut h = Harness::new();
+    let affinity = Arc::new(Affinity::default());
+    h.pipeline = pipeline(Arc::new(Conntrack::default())).with_affinity(Arc::clone(&affinity));
+    h.table = affinity_table(&[11, 12, 13]);
+    let touches = || affinity.touches.load(std::sync::atomic::Ordering::Relaxed);
+    let mut syn = tcp(
+        CLIENT_MAC,
+        GW_CLIENT_MAC,
+        (CLIENT, 30000),
+        (STICKY_VIP, 80),
+        64,
+        true,
+    );
+    assert_eq!(h.run(&mut syn), Verdict::Forward { port: POD_PORT });
+    let pod = pod_of(&syn);
+    for second in 0..3 {
+        for _ in 0..20 {
+            let mut data = client_ack(30000, STICKY_VIP, 80);
+            assert_eq!(h.run(&mut data), Verdict::Forward { port: POD_PORT });
+        }
+        assert_eq!(touches(), second + 1, "one refresh in second {second}");
+        h.now += 1;
+    }
+    // The last refresh was in second now - 1; the timeout is 10 s.
+    h.now += 9;
+    let mut syn = tcp(
+        CLIENT_MAC,
+        GW_CLIENT_MAC,
+        (CLIENT, 30001),
+        (STICKY_VIP, 80),
+        64,
+        true,
+    );
+    assert_eq!(h.run(&mut syn), Verdict::Forward { port: POD_PORT });
+    assert_eq!(pod_of(&syn), pod, "the binding lasts from the last packet");
+}
