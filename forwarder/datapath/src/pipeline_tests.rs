@@ -1266,3 +1266,92 @@ fn affinity_bindings_are_refreshed_once_a_second() {
     assert_eq!(h.run(&mut syn), Verdict::Forward { port: POD_PORT });
     assert_eq!(pod_of(&syn), pod, "the binding lasts from the last packet");
 }
+
+/// `frame` with 4 bytes of IPv4 options (four NOPs) inserted after its
+/// 20-byte header, lengths and header checksum fixed up (the TCP/UDP/ICMP
+/// checksums do not cover IP options).
+fn with_ip_options(frame: &[u8]) -> Vec<u8> {
+    let mut out = frame[..34].to_vec();
+    out.extend_from_slice(&[1, 1, 1, 1]);
+    out.extend_from_slice(&frame[34..]);
+    out[14] = 0x46;
+    let total = u16::from_be_bytes([out[16], out[17]]) + 4;
+    out[16..18].copy_from_slice(&total.to_be_bytes());
+    out[24..26].copy_from_slice(&[0, 0]);
+    let c = crate::checksum::checksum(&out[14..38]);
+    out[24..26].copy_from_slice(&c.to_be_bytes());
+    out
+}
+
+/// Answers are built from the parsed frame's offsets, so a question with
+/// IPv4 options gets the same answer as one without (a fresh header with
+/// none), and port unreachable quotes the header with its options.
+#[test]
+fn answers_to_packets_with_ip_options() {
+    let mut h = Harness::new();
+    let mut syn = with_ip_options(&client_syn(40003, VIP, 9999));
+    assert_eq!(
+        h.run(&mut syn),
+        Verdict::Respond {
+            port: CLIENT_PORT,
+            len: 54
+        }
+    );
+    assert_eq!(
+        syn,
+        rst((VIP, 9999), (CLIENT, 40003), 0, Some(1000 + 18 + 1))
+    );
+
+    let mut ping_in = with_ip_options(&ping(CLIENT, VIP, CLIENT_MAC, false));
+    let mut reply = Vec::new();
+    PacketBuilder::ethernet2(GW_CLIENT_MAC, CLIENT_MAC)
+        .ipv4(VIP, CLIENT, 64)
+        .icmpv4_echo_reply(0x4242, 3)
+        .write(&mut reply, b"0123456789abcdef")
+        .expect("test frame builds");
+    assert!(matches!(h.run(&mut ping_in), Verdict::Respond { .. }));
+    assert_eq!(ping_in, reply);
+
+    let question = with_ip_options(&udp(
+        CLIENT_MAC,
+        GW_CLIENT_MAC,
+        (CLIENT, 40004),
+        (VIP, 8080),
+        64,
+    ));
+    let mut frame = question.clone();
+    assert!(matches!(h.run(&mut frame), Verdict::Respond { .. }));
+    let mut expected = Vec::new();
+    PacketBuilder::ethernet2(GW_CLIENT_MAC, CLIENT_MAC)
+        .ipv4(VIP, CLIENT, 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
+        .write(&mut expected, &question[14..14 + 24 + 8])
+        .expect("test frame builds");
+    assert_eq!(frame, expected, "quotes the 24-byte header and 8 bytes");
+}
+
+/// An answer that does not fit the buffer is not sent, and the frame is
+/// left as it came; the refusal is still counted under its reason.
+#[test]
+fn an_answer_without_room_leaves_the_frame_alone() {
+    let mut h = Harness::new();
+    // Port unreachable quoting 28 bytes needs 70; the datagram is 46.
+    let input = udp(CLIENT_MAC, GW_CLIENT_MAC, (CLIENT, 40005), (VIP, 8080), 64);
+    let mut frame = input.clone();
+    assert_eq!(
+        run_from(&mut h, &mut frame, CLIENT_PORT, 0),
+        Verdict::Drop(DropReason::NoServicePort)
+    );
+    assert_eq!(frame, input);
+    // A RST (54 bytes) fits into the SYN's own 72.
+    let mut syn = client_syn(40006, VIP, 9999);
+    assert!(matches!(
+        run_from(&mut h, &mut syn, CLIENT_PORT, 0),
+        Verdict::Respond { len: 54, .. }
+    ));
+    let c = h.counters();
+    assert_eq!(c.drops_of(DropReason::NoServicePort), 2);
+    assert_eq!(c.refusals.get(), 1);
+}
