@@ -331,14 +331,9 @@ impl Worker {
                     self.queue_tx(port, frame)
                 }
                 Verdict::AwaitNeighbour { port, next_hop } => self.hold(frame, port, next_hop),
-                Verdict::Pass => {
-                    // AF_XDP cannot hand a frame back to the kernel; this
-                    // only happens when the table changed after the XDP
-                    // program redirected the frame.
-                    counters.count_drop(DropReason::NotOurs);
-                    self.io.recycle(frame);
-                }
-                Verdict::Drop(_) => self.io.recycle(frame),
+                // AF_XDP cannot hand a frame back to the kernel; the
+                // pipeline counted it as passed.
+                Verdict::Pass | Verdict::Drop(_) => self.io.recycle(frame),
             }
         }
         self.latency.record_batch(n, batch_started.elapsed());

@@ -9,6 +9,11 @@
 //! connection keeps its endpoint. When the endpoint leaves the Service's
 //! usable endpoints the client is rebalanced at its next connection, never
 //! pinned to a dead Pod (kubernetes #71809).
+//!
+//! A client's packets reach the shared bindings through each worker's
+//! [`Refreshes`], at most once a second per binding and worker: the
+//! timeouts count whole seconds, so the repeats it skips would only have
+//! written the second already written.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -32,12 +37,18 @@ struct Sticky {
 #[derive(Debug)]
 pub struct Affinity {
     bindings: DashMap<(ServiceKey, Ipv4Addr), Sticky, RandomState>,
+    /// Calls of [`Affinity::touch`], each a shard lock: what tests see of
+    /// the packet path's cost here.
+    #[cfg(test)]
+    pub(crate) touches: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Affinity {
     fn default() -> Self {
         Self {
             bindings: DashMap::with_hasher(RandomState::new()),
+            #[cfg(test)]
+            touches: Default::default(),
         }
     }
 }
@@ -73,9 +84,13 @@ impl Affinity {
         backend
     }
 
-    /// Records a packet of an affinity flow from `client`.
+    /// Records a packet of an affinity flow from `client`. Takes a shard
+    /// lock: the packet path comes through a worker's [`Refreshes`].
     #[inline]
     pub fn touch(&self, service: ServiceKey, client: Ipv4Addr, now: u32) {
+        // Relaxed: a test's tally, read after the packets it counts.
+        #[cfg(test)]
+        self.touches.fetch_add(1, Ordering::Relaxed);
         if let Some(sticky) = self.bindings.get(&(service, client)) {
             // Relaxed: see `pick`; written only on change.
             if sticky.last_seen.load(Ordering::Relaxed) != now {
@@ -105,6 +120,70 @@ impl Affinity {
 
     pub fn is_empty(&self) -> bool {
         self.bindings.is_empty()
+    }
+}
+
+/// One worker's record of the bindings it refreshed, in front of the
+/// shared map as the flow cache is in front of conntrack: a binding is
+/// touched at most once a second from this worker, and every other packet
+/// of an affinity flow costs a compare instead of a shard lock.
+/// Direct-mapped; a collision only costs an extra touch, never a missed
+/// one, since a slot remembers exactly whom it touched and when.
+#[derive(Debug, Default)]
+pub struct Refreshes {
+    slots: Box<[Refreshed]>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Refreshed {
+    service: ServiceKey,
+    client: Ipv4Addr,
+    /// The second of the last touch.
+    second: u32,
+}
+
+impl Refreshes {
+    const SLOTS: usize = 1024;
+
+    #[inline(always)]
+    fn slot(service: &ServiceKey, client: Ipv4Addr) -> usize {
+        let a = u32::from(client) ^ u32::from(service.vip).rotate_left(16);
+        let b = u32::from(service.port) | (u32::from(service.protocol.ip_number()) << 16);
+        // The top 10 bits of a multiplicative hash: one of 1024 slots.
+        ((a ^ b.wrapping_mul(0x85eb_ca6b)).wrapping_mul(0x9e37_79b9) >> 22) as usize
+    }
+
+    /// Records a packet of an affinity flow from `client` to `service`:
+    /// touches the shared binding unless this worker already did in
+    /// second `now`.
+    #[inline]
+    pub fn touch(&mut self, affinity: &Affinity, service: ServiceKey, client: Ipv4Addr, now: u32) {
+        let slot = Self::slot(&service, client);
+        if let Some(r) = self.slots.get(slot) {
+            if r.second == now && r.client == client && r.service == service {
+                return;
+            }
+        }
+        affinity.touch(service, client, now);
+        let refreshed = Refreshed {
+            service,
+            client,
+            second: now,
+        };
+        if self.slots.is_empty() {
+            // Allocated at the first affinity packet, not per pipeline.
+            self.slots = vec![
+                Refreshed {
+                    second: now.wrapping_add(1),
+                    ..refreshed
+                };
+                Self::SLOTS
+            ]
+            .into_boxed_slice();
+        }
+        if let Some(r) = self.slots.get_mut(slot) {
+            *r = refreshed;
+        }
     }
 }
 
@@ -169,6 +248,35 @@ mod tests {
         }
         assert_eq!(a.pick(svc(), client, &backends(), 10, 105, &mut rng), first);
         assert_eq!(a.sweep(200, |_| Some(10)), 1);
+        assert!(a.is_empty());
+    }
+
+    #[test]
+    fn refreshes_touch_once_a_second_and_keep_the_expiry() {
+        let a = Affinity::default();
+        let mut rng = Rng::new(5);
+        let mut refreshes = Refreshes::default();
+        let client = Ipv4Addr::new(198, 18, 0, 2);
+        a.pick(svc(), client, &backends(), 10, 0, &mut rng);
+        let touches = || a.touches.load(Ordering::Relaxed);
+        for t in 0..20 {
+            for _ in 0..50 {
+                refreshes.touch(&a, svc(), client, t);
+            }
+            assert_eq!(touches(), u64::from(t) + 1, "one touch in second {t}");
+        }
+        // Another client, another Service port: each its own touch.
+        refreshes.touch(&a, svc(), Ipv4Addr::new(198, 18, 0, 3), 19);
+        let udp = ServiceKey {
+            protocol: Protocol::Udp,
+            ..svc()
+        };
+        refreshes.touch(&a, udp, client, 19);
+        assert_eq!(touches(), 22);
+        // The binding lasts from its last touched second, as if every
+        // packet had touched it.
+        assert_eq!(a.sweep(29, |_| Some(10)), 0);
+        assert_eq!(a.sweep(30, |_| Some(10)), 1);
         assert!(a.is_empty());
     }
 }

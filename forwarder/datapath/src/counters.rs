@@ -57,6 +57,9 @@ pub enum DropReason {
     SourceNotInCluster,
     /// An echo request to a VIP beyond the per-source answer rate.
     RateLimited,
+    /// An echo request to a VIP whose reply could not be built: a code
+    /// other than 0 (RFC 792), or no room for the reply.
+    EchoReplyFailed,
     /// No route to the destination.
     NoRoute,
     /// The route leaves through an interface cipgw is not attached to.
@@ -65,10 +68,9 @@ pub enum DropReason {
     NeighbourTimeout,
     /// Too many frames already waiting for neighbour resolution.
     NeighbourQueueFull,
-    /// Not for cipgw (no VIP, no backend); reaches a worker only when the
-    /// table changed after the XDP program redirected it. AF_XDP cannot
-    /// hand a frame back to the kernel, so it is dropped and counted.
-    NotOurs,
+    /// An answer was due, but the frame came in on a port the network
+    /// snapshot does not know, so it has no address to leave from.
+    UnknownIngressPort,
     /// The egress port has no socket on this worker.
     NoTxQueue,
     /// The egress TX ring was full.
@@ -76,7 +78,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 26] = [
+    pub const ALL: [DropReason; 27] = [
         DropReason::TruncatedEthernet,
         DropReason::VlanTagged,
         DropReason::TruncatedIpv4,
@@ -96,11 +98,12 @@ impl DropReason {
         DropReason::VipAsSource,
         DropReason::SourceNotInCluster,
         DropReason::RateLimited,
+        DropReason::EchoReplyFailed,
         DropReason::NoRoute,
         DropReason::RouteNotAttached,
         DropReason::NeighbourTimeout,
         DropReason::NeighbourQueueFull,
-        DropReason::NotOurs,
+        DropReason::UnknownIngressPort,
         DropReason::NoTxQueue,
         DropReason::TxRingFull,
     ];
@@ -128,11 +131,12 @@ impl DropReason {
             DropReason::VipAsSource => "vip_as_source",
             DropReason::SourceNotInCluster => "source_not_in_cluster",
             DropReason::RateLimited => "rate_limited",
+            DropReason::EchoReplyFailed => "echo_reply_failed",
             DropReason::NoRoute => "no_route",
             DropReason::RouteNotAttached => "route_not_attached",
             DropReason::NeighbourTimeout => "neighbour_timeout",
             DropReason::NeighbourQueueFull => "neighbour_queue_full",
-            DropReason::NotOurs => "not_ours",
+            DropReason::UnknownIngressPort => "unknown_ingress_port",
             DropReason::NoTxQueue => "no_tx_queue",
             DropReason::TxRingFull => "tx_ring_full",
         }
@@ -235,7 +239,10 @@ pub struct WorkerCounters {
     pub new_flows: Counter,
     /// Frames that waited for a neighbour and then went out.
     pub neighbour_resolved: Counter,
-    /// Frames that were not ours (would have been XDP_PASS).
+    /// Frames that were not ours (would have been XDP_PASS): no VIP, no
+    /// backend. They reach a worker only when the table changed after the
+    /// XDP program redirected them; AF_XDP cannot hand a frame back to the
+    /// kernel, so they are dropped, counted here and under no drop reason.
     pub passed: Counter,
     /// Refusals sent (TCP RST, ICMP port unreachable).
     pub refusals: Counter,

@@ -9,6 +9,10 @@
 //! workers and in the in-memory tests, benches and fuzzer, which is what
 //! lets them stand for the real data path.
 //!
+//! A frame is parsed once ([`Frame::parse`]): the flow key, the rewrite,
+//! an answer and the next hop's addresses all work from the offsets and
+//! views that parse found, not from the bytes validated again.
+//!
 //! Every frame gets one verdict and one count. Policy:
 //! - a new connection to a VIP that cannot be served is refused, not
 //!   blackholed (Kubernetes' reject semantics): TCP gets a RST, UDP an ICMP
@@ -36,7 +40,7 @@ use std::sync::Arc;
 use cipgw_config::Protocol;
 use ipnet::Ipv4Net;
 
-use crate::affinity::Affinity;
+use crate::affinity::{Affinity, Refreshes};
 use crate::checksum::Delta;
 use crate::conntrack::{
     Conntrack, Direction, FlowHit, FlowKey, FlowMeta, FlowState, InsertError, NO_SLOT,
@@ -46,12 +50,10 @@ use crate::lb::Rng;
 use crate::reject::{self, RefusalLimiter};
 use crate::route::{NetSnapshot, PortId, RouteError};
 use crate::table::{CompiledTable, Miss, ServiceKey};
-use crate::wire::ethernet::MacAddr;
-use crate::wire::ethernet::{self, ethertype, EthernetFrame};
-use crate::wire::icmp::{self, IcmpPacket};
-use crate::wire::ipv4::Ipv4Packet;
-use crate::wire::tcp::{flags as tcp_flags, TcpSegment};
-use crate::wire::udp::UdpDatagram;
+use crate::wire::ethernet::{self, EthernetFrame, MacAddr};
+use crate::wire::frame::{Frame, ParseError, L3, L4};
+use crate::wire::icmp;
+use crate::wire::tcp::flags as tcp_flags;
 use crate::wire::WireError;
 
 /// What happens to a frame.
@@ -62,7 +64,9 @@ pub enum Verdict {
     /// The frame now holds the gateway's own answer (a refusal or an echo
     /// reply) of `len` bytes: send it out of `port`, back to the sender.
     Respond { port: PortId, len: usize },
-    /// Not cipgw's: the kernel's business (what XDP_PASS does).
+    /// Not cipgw's: the kernel's business (what XDP_PASS does). Counted
+    /// as passed, once; a worker, which cannot hand the frame back,
+    /// frees it.
     Pass,
     /// Rewritten, but the next hop's MAC is not known yet: hold the frame
     /// and finish it with [`set_l2`] once the neighbour resolves.
@@ -98,6 +102,8 @@ pub struct Pipeline {
     rng: Rng,
     hops: NextHopCache,
     flows: FlowCache,
+    /// Affinity bindings this worker refreshed this second.
+    refreshes: Refreshes,
     refusals: RefusalLimiter,
     /// This worker's per-Service-port counters, when counting.
     services: Option<Arc<ServiceCounters>>,
@@ -258,18 +264,14 @@ impl FlowCache {
     }
 }
 
-/// Where the IPv4 header starts in an untagged frame.
-const L3_OFFSET: usize = ethernet::HEADER_LEN;
-/// IANA protocol number of ICMP (RFC 790).
-const PROTO_ICMP: u8 = 1;
+/// A frame as [`Pipeline::process`] holds it: parsed, over the worker's
+/// buffer (frame and room for an answer).
+type FrameMut<'a> = Frame<&'a mut [u8]>;
 
-/// The parsed 5-tuple and the offsets the rewrite needs.
-struct Parsed {
+/// A TCP or UDP frame's flow: what conntrack is asked about.
+#[derive(Debug, Clone, Copy)]
+struct Flow {
     key: FlowKey,
-    /// Offset of the L4 header in the frame.
-    l4_offset: usize,
-    /// End of the IP packet in the frame (padding excluded).
-    l3_end: usize,
     ttl: u8,
     /// TCP control bits (0 for UDP).
     tcp_flags: u8,
@@ -278,9 +280,17 @@ struct Parsed {
 /// What the headers say about a frame.
 enum Classified {
     /// TCP or UDP: track and forward.
-    Flow(Parsed),
-    /// An ICMP message to a VIP.
-    IcmpToVip { src: Ipv4Addr, dst: Ipv4Addr },
+    Flow(Flow),
+    /// An echo request to a VIP.
+    EchoToVip { src: Ipv4Addr, dst: Ipv4Addr },
+}
+
+/// Why a packet that no flow knows was not given one.
+enum Denied {
+    /// Its verdict, final.
+    Verdict(Verdict),
+    /// Refused for this reason: answered if the limits allow.
+    Refuse(DropReason),
 }
 
 impl Pipeline {
@@ -293,6 +303,7 @@ impl Pipeline {
             rng,
             hops: NextHopCache::new(),
             flows: FlowCache::new(),
+            refreshes: Refreshes::default(),
             refusals: RefusalLimiter::default(),
             services: None,
             prefetching: Box::new([0; PREFETCH_BATCH]),
@@ -301,15 +312,20 @@ impl Pipeline {
     }
 
     /// First pass over an RX batch, before any of its frames is
-    /// processed: asks for the conntrack bucket of each frame's flow,
-    /// without parsing beyond the 5-tuple or counting anything. Then
+    /// processed: asks for the conntrack bucket of each frame's flow
+    /// (parsed as [`Pipeline::process`] will parse it; nothing is counted,
+    /// and a frame without a flow is skipped). Then
     /// [`Pipeline::prefetch_flows`] asks for the flow records those
     /// buckets point to, so that the lookups of the batch find both lines
     /// in cache instead of waiting for memory one packet after another.
     /// Frames beyond [`PREFETCH_BATCH`] in one round are not prefetched.
     #[inline]
     pub fn prefetch(&mut self, frame: &[u8]) {
-        let Some(key) = flow_key(frame) else {
+        let Some(key) = Frame::parse(frame, frame.len())
+            .ok()
+            .and_then(|f| flow_of(&f))
+            .map(|f| f.key)
+        else {
             return;
         };
         if let Some(slot) = self.prefetching.get_mut(self.prefetched) {
@@ -387,17 +403,21 @@ impl Pipeline {
         ingress: PortId,
         ctx: &BatchContext<'_>,
     ) -> Verdict {
-        let parsed = match classify(&buf[..len], ctx.table) {
-            Ok(Classified::Flow(p)) => p,
-            Ok(Classified::IcmpToVip { src, dst }) => {
-                return self.icmp_to_vip(buf, len, ingress, src, dst, ctx)
+        let mut frame = match Frame::parse(buf, len) {
+            Ok(frame) => frame,
+            Err(e) => return parse_verdict(e),
+        };
+        let flow = match classify(&frame, ctx.table) {
+            Ok(Classified::Flow(flow)) => flow,
+            Ok(Classified::EchoToVip { src, dst }) => {
+                return self.echo_to_vip(frame, ingress, src, dst, ctx)
             }
             Err(v) => return v,
         };
-        let key = parsed.key;
+        let key = flow.key;
 
         // Packets that may change a flow's state always see the table.
-        let steady = parsed.tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0;
+        let steady = flow.tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0;
         // Read before the table lookup, so a flow cached below carries a
         // count no newer than what the lookup saw.
         let removals = steady.then(|| self.conntrack.removals());
@@ -409,7 +429,7 @@ impl Pipeline {
                 let hash = self.conntrack.hash(&key);
                 match self
                     .conntrack
-                    .lookup_hashed(&key, hash, ctx.now, parsed.tcp_flags)
+                    .lookup_hashed(&key, hash, ctx.now, flow.tcp_flags)
                 {
                     Some(hit) => {
                         if let Some(removals) = removals {
@@ -422,9 +442,9 @@ impl Pipeline {
                         }
                         hit
                     }
-                    None => match self.new_flow(buf, len, ingress, &parsed, hash, ctx) {
+                    None => match self.new_flow(&frame, &flow, hash, ctx) {
                         Ok(hit) => hit,
-                        Err(v) => return v,
+                        Err(denied) => return self.deny(frame, ingress, &key, denied, ctx),
                     },
                 }
             }
@@ -432,12 +452,12 @@ impl Pipeline {
         if hit.direction == Direction::Forward
             && ctx.table.retires(&key, (hit.nat_ip, hit.nat_port))
         {
-            hit = match self.retired_flow(buf, len, ingress, &parsed, &hit, ctx) {
+            hit = match self.retired_flow(&frame, &flow, &hit, ctx) {
                 Ok(hit) => hit,
-                Err(v) => return v,
+                Err(denied) => return self.deny(frame, ingress, &key, denied, ctx),
             };
         }
-        if parsed.ttl <= 1 {
+        if flow.ttl <= 1 {
             return Verdict::Drop(DropReason::TtlExceeded);
         }
         match hit.direction {
@@ -451,27 +471,53 @@ impl Pipeline {
             }
         }
         if hit.affinity && hit.direction == Direction::Forward {
-            // Affinity lasts from the client's last packet.
+            // Affinity lasts from the client's last packet; refreshed at
+            // most once a second per binding from this worker.
             let service = ServiceKey {
                 vip: key.dst,
                 port: key.dst_port,
                 protocol: key.protocol,
             };
-            self.affinity.touch(service, key.src, ctx.now);
+            self.refreshes
+                .touch(&self.affinity, service, key.src, ctx.now);
         }
-        let frame = &mut buf[..len];
-        rewrite(frame, &parsed, &hit);
+        rewrite(&mut frame, &flow, &hit);
 
         let dst = match hit.direction {
             Direction::Forward => hit.nat_ip,
             Direction::Reply => key.dst,
         };
-        match self.hops.lookup(ctx.net, dst) {
+        self.address(&mut frame, dst, ctx.net)
+    }
+
+    /// The next-hop step: addresses `frame` to the next hop towards `dst`
+    /// and names the port it leaves from.
+    #[inline]
+    fn address(&mut self, frame: &mut FrameMut<'_>, dst: Ipv4Addr, net: &NetSnapshot) -> Verdict {
+        match self.hops.lookup(net, dst) {
             Ok(hop) => {
-                set_l2(frame, hop.src_mac, hop.dst_mac);
+                let mut eth = frame.ethernet_mut();
+                eth.set_source(hop.src_mac);
+                eth.set_destination(hop.dst_mac);
                 Verdict::Forward { port: hop.port }
             }
             Err(verdict) => verdict,
+        }
+    }
+
+    /// The verdict for a packet that was not given a flow.
+    #[cold]
+    fn deny(
+        &mut self,
+        frame: FrameMut<'_>,
+        ingress: PortId,
+        key: &FlowKey,
+        denied: Denied,
+        ctx: &BatchContext<'_>,
+    ) -> Verdict {
+        match denied {
+            Denied::Verdict(v) => v,
+            Denied::Refuse(reason) => self.refuse(frame, ingress, key, reason, ctx),
         }
     }
 
@@ -482,52 +528,49 @@ impl Pipeline {
     #[cold]
     fn retired_flow(
         &mut self,
-        buf: &mut [u8],
-        len: usize,
-        ingress: PortId,
-        parsed: &Parsed,
+        frame: &FrameMut<'_>,
+        flow: &Flow,
         hit: &FlowHit,
         ctx: &BatchContext<'_>,
-    ) -> Result<FlowHit, Verdict> {
+    ) -> Result<FlowHit, Denied> {
         self.conntrack
-            .retire_flow(&parsed.key, (hit.nat_ip, hit.nat_port));
-        let hash = self.conntrack.hash(&parsed.key);
-        self.new_flow(buf, len, ingress, parsed, hash, ctx)
+            .retire_flow(&flow.key, (hit.nat_ip, hit.nat_port));
+        let hash = self.conntrack.hash(&flow.key);
+        self.new_flow(frame, flow, hash, ctx)
     }
 
     /// A packet no flow knows: a new connection to a VIP, or not ours.
     #[cold]
     fn new_flow(
         &mut self,
-        buf: &mut [u8],
-        len: usize,
-        ingress: PortId,
-        parsed: &Parsed,
+        frame: &FrameMut<'_>,
+        flow: &Flow,
         hash: u64,
         ctx: &BatchContext<'_>,
-    ) -> Result<FlowHit, Verdict> {
-        let key = &parsed.key;
+    ) -> Result<FlowHit, Denied> {
+        let key = &flow.key;
         if !ctx.table.is_vip(key.dst) {
-            return Err(
+            return Err(Denied::Verdict(
                 if ctx.table.is_backend(key.src, key.src_port, key.protocol) {
                     Verdict::Drop(DropReason::ReplyWithoutFlow)
                 } else {
                     Verdict::Pass
                 },
-            );
+            ));
         }
-        self.check_source(&buf[..len], key.src, ctx)?;
-        if parsed.ttl <= 1 {
-            return Err(Verdict::Drop(DropReason::TtlExceeded));
+        self.check_source(frame, key.src, ctx)
+            .map_err(Denied::Verdict)?;
+        if flow.ttl <= 1 {
+            return Err(Denied::Verdict(Verdict::Drop(DropReason::TtlExceeded)));
         }
         if key.protocol == Protocol::Tcp {
-            let f = parsed.tcp_flags;
+            let f = flow.tcp_flags;
             if f & tcp_flags::RST != 0 {
                 // Never answer a RST; nothing to reset.
-                return Err(Verdict::Drop(DropReason::TcpNoFlow));
+                return Err(Denied::Verdict(Verdict::Drop(DropReason::TcpNoFlow)));
             }
             if f & tcp_flags::SYN == 0 || f & tcp_flags::ACK != 0 {
-                return Err(self.refuse(buf, len, ingress, key, DropReason::TcpNoFlow, ctx));
+                return Err(Denied::Refuse(DropReason::TcpNoFlow));
             }
         }
         let service = ServiceKey {
@@ -537,13 +580,9 @@ impl Pipeline {
         };
         let entry = match ctx.table.lookup(&service) {
             Ok(entry) => entry,
-            Err(Miss::NoPort) => {
-                return Err(self.refuse(buf, len, ingress, key, DropReason::NoServicePort, ctx))
-            }
-            Err(Miss::NoEndpoints) => {
-                return Err(self.refuse(buf, len, ingress, key, DropReason::NoEndpoints, ctx))
-            }
-            Err(Miss::NotVip) => return Err(Verdict::Pass),
+            Err(Miss::NoPort) => return Err(Denied::Refuse(DropReason::NoServicePort)),
+            Err(Miss::NoEndpoints) => return Err(Denied::Refuse(DropReason::NoEndpoints)),
+            Err(Miss::NotVip) => return Err(Denied::Verdict(Verdict::Pass)),
         };
         let backends = &entry.backends;
         let first = match entry.affinity {
@@ -578,26 +617,23 @@ impl Pipeline {
                     return Ok(hit);
                 }
                 Err(InsertError::ReplyClash) => continue,
-                Err(InsertError::Full) => {
-                    return Err(self.refuse(buf, len, ingress, key, DropReason::ConntrackFull, ctx))
-                }
+                Err(InsertError::Full) => return Err(Denied::Refuse(DropReason::ConntrackFull)),
             }
         }
         // Every usable endpoint already carries a live flow from this
         // client port through another VIP: refuse at once rather than let
         // the client retry the same port into the same clash.
-        Err(self.refuse(buf, len, ingress, key, DropReason::ReplyClash, ctx))
+        Err(Denied::Refuse(DropReason::ReplyClash))
     }
 
     /// Whether a source may open connections to VIPs.
     fn check_source(
         &self,
-        frame: &[u8],
+        frame: &FrameMut<'_>,
         src: Ipv4Addr,
         ctx: &BatchContext<'_>,
     ) -> Result<(), Verdict> {
-        let group_mac = frame.get(6).is_some_and(|b| b & 1 == 1);
-        if group_mac
+        if ethernet::is_multicast(frame.ethernet().source())
             || src.is_multicast()
             || src.is_broadcast()
             || src.is_loopback()
@@ -621,8 +657,7 @@ impl Pipeline {
     #[cold]
     fn refuse(
         &mut self,
-        buf: &mut [u8],
-        len: usize,
+        frame: FrameMut<'_>,
         ingress: PortId,
         key: &FlowKey,
         reason: DropReason,
@@ -636,8 +671,8 @@ impl Pipeline {
             return Verdict::Drop(reason);
         }
         let answer = match key.protocol {
-            Protocol::Tcp => reject::tcp_reset(buf, len, port.mac),
-            Protocol::Udp => reject::port_unreachable(buf, len, port.mac),
+            Protocol::Tcp => reject::tcp_reset(frame, port.mac),
+            Protocol::Udp => reject::port_unreachable(frame, port.mac),
         };
         match answer {
             Some(len) => {
@@ -651,93 +686,74 @@ impl Pipeline {
         }
     }
 
-    /// ICMP to a VIP: echo requests are answered when the Service has
-    /// endpoints; everything else is dropped and counted.
+    /// An echo request to a VIP: answered when the Service has endpoints.
     #[cold]
-    fn icmp_to_vip(
+    fn echo_to_vip(
         &mut self,
-        buf: &mut [u8],
-        len: usize,
+        frame: FrameMut<'_>,
         ingress: PortId,
         src: Ipv4Addr,
         dst: Ipv4Addr,
         ctx: &BatchContext<'_>,
     ) -> Verdict {
-        if let Err(v) = self.check_source(&buf[..len], src, ctx) {
+        if let Err(v) = self.check_source(&frame, src, ctx) {
             return v;
         }
         if !ctx.table.vip_has_endpoints(dst) {
             return Verdict::Drop(DropReason::NoEndpoints);
         }
         let Some(port) = ctx.net.port(ingress) else {
-            return Verdict::Drop(DropReason::NoTxQueue);
+            return Verdict::Drop(DropReason::UnknownIngressPort);
         };
         if !self.refusals.allow(src, ctx.now) {
             return Verdict::Drop(DropReason::RateLimited);
         }
-        match reject::echo_reply(buf, len, port.mac) {
+        match reject::echo_reply(frame, port.mac) {
             Some(len) => {
                 self.counters.echo_replies.inc();
                 Verdict::Respond { port: ingress, len }
             }
-            None => Verdict::Drop(DropReason::UnsupportedProtocol),
+            None => Verdict::Drop(DropReason::EchoReplyFailed),
         }
     }
 }
 
-/// Parses the headers of a frame the XDP program redirected.
+/// The verdict for a frame [`Frame::parse`] could not parse.
+#[cold]
+fn parse_verdict(e: ParseError) -> Verdict {
+    let wire = |e, truncated, malformed| match e {
+        WireError::Truncated => truncated,
+        WireError::Malformed => malformed,
+    };
+    match e {
+        ParseError::NotIp => Verdict::Pass,
+        ParseError::TruncatedEthernet => Verdict::Drop(DropReason::TruncatedEthernet),
+        ParseError::VlanTagged => Verdict::Drop(DropReason::VlanTagged),
+        ParseError::Ipv4(e) => Verdict::Drop(wire(
+            e,
+            DropReason::TruncatedIpv4,
+            DropReason::MalformedIpv4,
+        )),
+        ParseError::L4(e) => {
+            Verdict::Drop(wire(e, DropReason::TruncatedL4, DropReason::MalformedL4))
+        }
+    }
+}
+
+/// The flow of a TCP or UDP frame that is not a fragment.
 #[inline]
-fn classify(frame: &[u8], table: &CompiledTable) -> Result<Classified, Verdict> {
-    let eth = EthernetFrame::new_checked(frame)
-        .map_err(|_| Verdict::Drop(DropReason::TruncatedEthernet))?;
-    match eth.ethertype() {
-        ethertype::IPV4 => {}
-        ethertype::VLAN | ethertype::QINQ => return Err(Verdict::Drop(DropReason::VlanTagged)),
-        _ => return Err(Verdict::Pass),
-    }
-    let ip = Ipv4Packet::new_checked(&frame[L3_OFFSET..]).map_err(|e| {
-        Verdict::Drop(match e {
-            WireError::Truncated => DropReason::TruncatedIpv4,
-            WireError::Malformed => DropReason::MalformedIpv4,
-        })
-    })?;
-    let (src, dst) = (ip.source(), ip.destination());
-    let Some(protocol) = Protocol::from_ip_number(ip.protocol()) else {
-        if !table.is_vip(dst) {
-            return Err(Verdict::Pass);
-        }
-        if ip.protocol() == PROTO_ICMP && !ip.is_fragment() {
-            let is_echo = IcmpPacket::new_checked(ip.payload())
-                .is_ok_and(|m| m.msg_type() == icmp::kind::ECHO_REQUEST);
-            if is_echo {
-                return Ok(Classified::IcmpToVip { src, dst });
-            }
-        }
-        return Err(Verdict::Drop(DropReason::UnsupportedProtocol));
+fn flow_of<T: AsRef<[u8]>>(frame: &Frame<T>) -> Option<Flow> {
+    let L3::Ipv4 { src, dst, ttl } = frame.l3();
+    let (protocol, src_port, dst_port, tcp_flags) = match frame.l4() {
+        L4::Tcp {
+            src_port,
+            dst_port,
+            flags,
+        } => (Protocol::Tcp, src_port, dst_port, flags),
+        L4::Udp { src_port, dst_port } => (Protocol::Udp, src_port, dst_port, 0),
+        L4::Icmp { .. } | L4::Fragment { .. } | L4::Other { .. } => return None,
     };
-    if ip.is_fragment() {
-        // The XDP program redirects fragments to a VIP, and first
-        // fragments from a backend port; neither is forwarded.
-        return Err(Verdict::Drop(DropReason::Fragment));
-    }
-    let l4 = ip.payload();
-    let l4_err = |e| {
-        Verdict::Drop(match e {
-            WireError::Truncated => DropReason::TruncatedL4,
-            WireError::Malformed => DropReason::MalformedL4,
-        })
-    };
-    let (src_port, dst_port, tcp_flags) = match protocol {
-        Protocol::Tcp => {
-            let tcp = TcpSegment::new_checked(l4).map_err(l4_err)?;
-            (tcp.src_port(), tcp.dst_port(), tcp.flags())
-        }
-        Protocol::Udp => {
-            let udp = UdpDatagram::new_checked(l4).map_err(l4_err)?;
-            (udp.src_port(), udp.dst_port(), 0)
-        }
-    };
-    Ok(Classified::Flow(Parsed {
+    Some(Flow {
         key: FlowKey {
             src,
             dst,
@@ -745,38 +761,39 @@ fn classify(frame: &[u8], table: &CompiledTable) -> Result<Classified, Verdict> 
             dst_port,
             protocol,
         },
-        l4_offset: L3_OFFSET + ip.header_len(),
-        l3_end: L3_OFFSET + ip.total_len(),
-        ttl: ip.ttl(),
+        ttl,
         tcp_flags,
-    }))
-}
-
-/// The 5-tuple of a TCP or UDP frame, for prefetching: no verdicts, no
-/// table, nothing counted; frames it cannot read simply yield nothing.
-#[inline]
-fn flow_key(frame: &[u8]) -> Option<FlowKey> {
-    let eth = EthernetFrame::new_checked(frame).ok()?;
-    if eth.ethertype() != ethertype::IPV4 {
-        return None;
-    }
-    let ip = Ipv4Packet::new_checked(frame.get(L3_OFFSET..)?).ok()?;
-    let protocol = Protocol::from_ip_number(ip.protocol())?;
-    // TCP and UDP both start with the two ports.
-    let ports = ip.payload().get(..4)?;
-    Some(FlowKey {
-        src: ip.source(),
-        dst: ip.destination(),
-        src_port: u16::from_be_bytes([ports[0], ports[1]]),
-        dst_port: u16::from_be_bytes([ports[2], ports[3]]),
-        protocol,
     })
 }
 
-/// Rewrites addresses, ports, TTL and checksums in place (RFC 1624).
+/// What a frame the XDP program redirected is, by its headers and the
+/// table.
 #[inline]
-fn rewrite(frame: &mut [u8], parsed: &Parsed, hit: &FlowHit) {
-    let key = &parsed.key;
+fn classify(frame: &FrameMut<'_>, table: &CompiledTable) -> Result<Classified, Verdict> {
+    if let Some(flow) = flow_of(frame) {
+        return Ok(Classified::Flow(flow));
+    }
+    let L3::Ipv4 { src, dst, .. } = frame.l3();
+    match frame.l4() {
+        L4::Fragment { protocol } if Protocol::from_ip_number(protocol).is_some() => {
+            // The XDP program redirects fragments to a VIP, and first
+            // fragments from a backend port; neither is forwarded.
+            Err(Verdict::Drop(DropReason::Fragment))
+        }
+        _ if !table.is_vip(dst) => Err(Verdict::Pass),
+        L4::Icmp {
+            msg_type: icmp::kind::ECHO_REQUEST,
+            ..
+        } => Ok(Classified::EchoToVip { src, dst }),
+        _ => Err(Verdict::Drop(DropReason::UnsupportedProtocol)),
+    }
+}
+
+/// Rewrites addresses, ports, TTL and checksums in place (RFC 1624),
+/// through the views of the parsed frame.
+#[inline]
+fn rewrite(frame: &mut FrameMut<'_>, flow: &Flow, hit: &FlowHit) {
+    let key = &flow.key;
     let (old_addr, old_port) = match hit.direction {
         Direction::Forward => (key.dst, key.dst_port),
         Direction::Reply => (key.src, key.src_port),
@@ -784,7 +801,7 @@ fn rewrite(frame: &mut [u8], parsed: &Parsed, hit: &FlowHit) {
     let addr_delta = Delta::default().addr(old_addr.octets(), hit.nat_ip.octets());
     // TTL shares a 16-bit word with the protocol number.
     let proto = key.protocol.ip_number();
-    let ttl = parsed.ttl;
+    let ttl = flow.ttl;
     let ip_delta = addr_delta.word(
         u16::from_be_bytes([ttl, proto]),
         u16::from_be_bytes([ttl - 1, proto]),
@@ -792,10 +809,9 @@ fn rewrite(frame: &mut [u8], parsed: &Parsed, hit: &FlowHit) {
     // The L4 checksum covers the addresses through the pseudo-header.
     let l4_delta = addr_delta.word(old_port, hit.nat_port);
 
-    // The views are rebuilt over bytes `parse` already validated, so they
-    // cannot fail; if they did, the rewrite would be skipped, never read
-    // out of bounds.
-    if let Ok(mut ip) = Ipv4Packet::new_checked(&mut frame[L3_OFFSET..parsed.l3_end]) {
+    // The views exist for the headers parse found; were one missing, its
+    // rewrite would be skipped, never read out of bounds.
+    if let Some(mut ip) = frame.ipv4_mut() {
         match hit.direction {
             Direction::Forward => ip.set_destination(hit.nat_ip),
             Direction::Reply => ip.set_source(hit.nat_ip),
@@ -803,10 +819,9 @@ fn rewrite(frame: &mut [u8], parsed: &Parsed, hit: &FlowHit) {
         ip.set_ttl(ttl - 1);
         ip.set_checksum(ip_delta.apply(ip.checksum()));
     }
-    let l4 = &mut frame[parsed.l4_offset..parsed.l3_end];
     match key.protocol {
         Protocol::Tcp => {
-            if let Ok(mut tcp) = TcpSegment::new_checked(l4) {
+            if let Some(mut tcp) = frame.tcp_mut() {
                 match hit.direction {
                     Direction::Forward => tcp.set_dst_port(hit.nat_port),
                     Direction::Reply => tcp.set_src_port(hit.nat_port),
@@ -815,7 +830,7 @@ fn rewrite(frame: &mut [u8], parsed: &Parsed, hit: &FlowHit) {
             }
         }
         Protocol::Udp => {
-            if let Ok(mut udp) = UdpDatagram::new_checked(l4) {
+            if let Some(mut udp) = frame.udp_mut() {
                 match hit.direction {
                     Direction::Forward => udp.set_dst_port(hit.nat_port),
                     Direction::Reply => udp.set_src_port(hit.nat_port),
@@ -826,7 +841,8 @@ fn rewrite(frame: &mut [u8], parsed: &Parsed, hit: &FlowHit) {
     }
 }
 
-/// Writes the Ethernet addresses for the next hop.
+/// Writes the Ethernet addresses for the next hop into a raw frame: one a
+/// worker held for its neighbour, or passes through unparsed.
 #[inline]
 pub fn set_l2(frame: &mut [u8], src: MacAddr, dst: MacAddr) {
     if let Ok(mut eth) = EthernetFrame::new_checked(frame) {

@@ -1068,3 +1068,205 @@ fn a_published_table_ends_flows_to_endpoints_it_removed() {
     assert_eq!(pod_of(&query), 12);
     assert_eq!(ct.summary().flows, 1);
 }
+
+/// Runs `frame` in through `ingress` with `room` bytes to grow into;
+/// leaves `frame` as the frame that would leave.
+fn run_from(h: &mut Harness, frame: &mut Vec<u8>, ingress: PortId, room: usize) -> Verdict {
+    let ctx = BatchContext {
+        table: &h.table,
+        net: &h.net,
+        now: h.now,
+    };
+    let len = frame.len();
+    frame.resize(len + room, 0xee);
+    let verdict = h.pipeline.process(frame, len, ingress, &ctx);
+    frame.truncate(match verdict {
+        Verdict::Respond { len, .. } => len,
+        _ => len,
+    });
+    verdict
+}
+
+/// A frame that is not cipgw's gets one verdict and one count: `passed`,
+/// and no drop reason beside it (AF_XDP cannot hand the frame back to the
+/// kernel, but that is what `passed` counts).
+#[test]
+fn a_frame_that_is_not_ours_is_counted_once() {
+    let mut h = Harness::new();
+    let mut arp = client_syn(40000, VIP, 8080);
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    for mut frame in [
+        client_syn(40001, GW_CLIENT_SIDE, 22),
+        client_syn(40002, POD1, 5432),
+        arp,
+    ] {
+        assert_eq!(h.run(&mut frame), Verdict::Pass);
+    }
+    let c = h.counters();
+    assert_eq!((c.passed.get(), c.total_drops()), (3, 0));
+    assert!(
+        DropReason::ALL.iter().all(|r| r.name() != "not_ours"),
+        "a passed frame has no drop reason to be counted under a second time"
+    );
+}
+
+/// A ping that came in through a port the snapshot does not know, and one
+/// whose reply cannot be built, are dropped under reasons of their own.
+#[test]
+fn unknown_ingress_ports_and_unanswerable_pings_have_their_own_reasons() {
+    const UNKNOWN_PORT: PortId = 7;
+    let mut h = Harness::new();
+    let input = ping(CLIENT, VIP, CLIENT_MAC, false);
+    let mut frame = input.clone();
+    assert_eq!(
+        run_from(&mut h, &mut frame, UNKNOWN_PORT, 256),
+        Verdict::Drop(DropReason::UnknownIngressPort)
+    );
+    assert_eq!(frame, input, "untouched");
+    // An echo request's code is 0 (RFC 792); this one cannot be answered.
+    let mut input = ping(CLIENT, VIP, CLIENT_MAC, false);
+    input[14 + 20 + 1] = 1;
+    let mut frame = input.clone();
+    assert_eq!(
+        h.run(&mut frame),
+        Verdict::Drop(DropReason::EchoReplyFailed)
+    );
+    assert_eq!(frame, input, "untouched");
+    let c = h.counters();
+    assert_eq!(c.drops_of(DropReason::UnknownIngressPort), 1);
+    assert_eq!(c.drops_of(DropReason::EchoReplyFailed), 1);
+    assert_eq!(c.drops_of(DropReason::NoTxQueue), 0);
+    assert_eq!(c.drops_of(DropReason::UnsupportedProtocol), 0);
+    assert_eq!(c.echo_replies.get(), 0);
+}
+
+/// Packets of an affinity flow refresh the client's binding at most once a
+/// second from a worker (the shared map is locked for each refresh), and
+/// the binding still lasts from the client's last packet.
+#[test]
+fn affinity_bindings_are_refreshed_once_a_second() {
+    let mut h = Harness::new();
+    let affinity = Arc::new(Affinity::default());
+    h.pipeline = pipeline(Arc::new(Conntrack::default())).with_affinity(Arc::clone(&affinity));
+    h.table = affinity_table(&[11, 12, 13]);
+    let touches = || affinity.touches.load(std::sync::atomic::Ordering::Relaxed);
+    let mut syn = tcp(
+        CLIENT_MAC,
+        GW_CLIENT_MAC,
+        (CLIENT, 30000),
+        (STICKY_VIP, 80),
+        64,
+        true,
+    );
+    assert_eq!(h.run(&mut syn), Verdict::Forward { port: POD_PORT });
+    let pod = pod_of(&syn);
+    for second in 0..3 {
+        for _ in 0..20 {
+            let mut data = client_ack(30000, STICKY_VIP, 80);
+            assert_eq!(h.run(&mut data), Verdict::Forward { port: POD_PORT });
+        }
+        assert_eq!(touches(), second + 1, "one refresh in second {second}");
+        h.now += 1;
+    }
+    // The last refresh was in second now - 1; the timeout is 10 s.
+    h.now += 9;
+    let mut syn = tcp(
+        CLIENT_MAC,
+        GW_CLIENT_MAC,
+        (CLIENT, 30001),
+        (STICKY_VIP, 80),
+        64,
+        true,
+    );
+    assert_eq!(h.run(&mut syn), Verdict::Forward { port: POD_PORT });
+    assert_eq!(pod_of(&syn), pod, "the binding lasts from the last packet");
+}
+
+/// `frame` with 4 bytes of IPv4 options (four NOPs) inserted after its
+/// 20-byte header, lengths and header checksum fixed up (the TCP/UDP/ICMP
+/// checksums do not cover IP options).
+fn with_ip_options(frame: &[u8]) -> Vec<u8> {
+    let mut out = frame[..34].to_vec();
+    out.extend_from_slice(&[1, 1, 1, 1]);
+    out.extend_from_slice(&frame[34..]);
+    out[14] = 0x46;
+    let total = u16::from_be_bytes([out[16], out[17]]) + 4;
+    out[16..18].copy_from_slice(&total.to_be_bytes());
+    out[24..26].copy_from_slice(&[0, 0]);
+    let c = crate::checksum::checksum(&out[14..38]);
+    out[24..26].copy_from_slice(&c.to_be_bytes());
+    out
+}
+
+/// Answers are built from the parsed frame's offsets, so a question with
+/// IPv4 options gets the same answer as one without (a fresh header with
+/// none), and port unreachable quotes the header with its options.
+#[test]
+fn answers_to_packets_with_ip_options() {
+    let mut h = Harness::new();
+    let mut syn = with_ip_options(&client_syn(40003, VIP, 9999));
+    assert_eq!(
+        h.run(&mut syn),
+        Verdict::Respond {
+            port: CLIENT_PORT,
+            len: 54
+        }
+    );
+    assert_eq!(
+        syn,
+        rst((VIP, 9999), (CLIENT, 40003), 0, Some(1000 + 18 + 1))
+    );
+
+    let mut ping_in = with_ip_options(&ping(CLIENT, VIP, CLIENT_MAC, false));
+    let mut reply = Vec::new();
+    PacketBuilder::ethernet2(GW_CLIENT_MAC, CLIENT_MAC)
+        .ipv4(VIP, CLIENT, 64)
+        .icmpv4_echo_reply(0x4242, 3)
+        .write(&mut reply, b"0123456789abcdef")
+        .expect("test frame builds");
+    assert!(matches!(h.run(&mut ping_in), Verdict::Respond { .. }));
+    assert_eq!(ping_in, reply);
+
+    let question = with_ip_options(&udp(
+        CLIENT_MAC,
+        GW_CLIENT_MAC,
+        (CLIENT, 40004),
+        (VIP, 8080),
+        64,
+    ));
+    let mut frame = question.clone();
+    assert!(matches!(h.run(&mut frame), Verdict::Respond { .. }));
+    let mut expected = Vec::new();
+    PacketBuilder::ethernet2(GW_CLIENT_MAC, CLIENT_MAC)
+        .ipv4(VIP, CLIENT, 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
+        .write(&mut expected, &question[14..14 + 24 + 8])
+        .expect("test frame builds");
+    assert_eq!(frame, expected, "quotes the 24-byte header and 8 bytes");
+}
+
+/// An answer that does not fit the buffer is not sent, and the frame is
+/// left as it came; the refusal is still counted under its reason.
+#[test]
+fn an_answer_without_room_leaves_the_frame_alone() {
+    let mut h = Harness::new();
+    // Port unreachable quoting 28 bytes needs 70; the datagram is 46.
+    let input = udp(CLIENT_MAC, GW_CLIENT_MAC, (CLIENT, 40005), (VIP, 8080), 64);
+    let mut frame = input.clone();
+    assert_eq!(
+        run_from(&mut h, &mut frame, CLIENT_PORT, 0),
+        Verdict::Drop(DropReason::NoServicePort)
+    );
+    assert_eq!(frame, input);
+    // A RST (54 bytes) fits into the SYN's own 72.
+    let mut syn = client_syn(40006, VIP, 9999);
+    assert!(matches!(
+        run_from(&mut h, &mut syn, CLIENT_PORT, 0),
+        Verdict::Respond { len: 54, .. }
+    ));
+    let c = h.counters();
+    assert_eq!(c.drops_of(DropReason::NoServicePort), 2);
+    assert_eq!(c.refusals.get(), 1);
+}

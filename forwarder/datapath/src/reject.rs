@@ -5,157 +5,167 @@
 //! semantics (kube-proxy's nftables mode): a client learns at once that
 //! nobody is there instead of timing out.
 //!
-//! Every builder re-parses what it needs, writes fresh headers with full
-//! checksums (the answer is a new packet), and returns the new frame
-//! length, or `None` when no answer may or can be given (a RST is never
-//! answered; the buffer is too small). Refusals are rate-limited per
-//! source ([`RefusalLimiter`]).
+//! Every builder takes the [`Frame`] the pipeline parsed (by value: the
+//! answer replaces its headers), reads what it answers from the frame's
+//! views, writes fresh headers through the views' emit side
+//! ([`Ipv4Repr`], [`TcpRepr`], [`IcmpRepr`]: full checksums, the answer is
+//! a new packet), and returns the new frame length, or `None` when no
+//! answer may or can be given (a RST is never answered; the buffer is too
+//! small), in which case the frame is left as it was. Refusals are
+//! rate-limited per source ([`RefusalLimiter`]).
 
 use std::net::Ipv4Addr;
 
-use crate::checksum::{checksum, l4_checksum};
 use crate::wire::ethernet::MacAddr;
-use crate::wire::ethernet::{self, EthernetFrame};
-use crate::wire::icmp::{self, IcmpPacket};
-use crate::wire::ipv4::{self, Ipv4Packet};
-use crate::wire::tcp::{self, flags, TcpSegment};
+use crate::wire::frame::{Frame, L3, L4};
+use crate::wire::icmp::{self, IcmpRepr};
+use crate::wire::ip_number;
+use crate::wire::ipv4::{self, Ipv4Repr};
+use crate::wire::tcp::{self, flags, TcpRepr};
 
-const L3: usize = ethernet::HEADER_LEN;
 /// TTL of packets the gateway originates (Linux's default).
 const TTL: u8 = 64;
-/// IANA protocol numbers (RFC 790).
-const PROTO_ICMP: u8 = 1;
-const PROTO_TCP: u8 = 6;
 
-/// Swaps the Ethernet addresses: the answer goes back to the sender, from
-/// the gateway's port.
-fn answer_l2(buf: &mut [u8], port_mac: MacAddr) {
-    if let Ok(mut eth) = EthernetFrame::new_checked(&mut buf[..]) {
-        let sender = eth.source();
-        eth.set_destination(sender);
-        eth.set_source(port_mac);
-    }
+/// Sends the answer back to the sender, from the gateway's port.
+fn answer_l2(frame: &mut Frame<&mut [u8]>, port_mac: MacAddr) {
+    let mut eth = frame.ethernet_mut();
+    let sender = eth.source();
+    eth.set_destination(sender);
+    eth.set_source(port_mac);
 }
 
-/// Writes a 20-byte IPv4 header (no options) at `buf[L3..]`.
-fn write_ipv4(buf: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, total_len: u16) {
-    let h = &mut buf[L3..L3 + ipv4::MIN_HEADER_LEN];
-    h.copy_from_slice(&[
-        0x45, 0, 0, 0, 0, 0, 0x40, 0, TTL, protocol, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    ]);
-    h[2..4].copy_from_slice(&total_len.to_be_bytes());
-    h[12..16].copy_from_slice(&src.octets());
-    h[16..20].copy_from_slice(&dst.octets());
-    let c = checksum(h);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
-}
-
-/// A TCP RST answering the segment in `buf[..len]` (RFC 9293, 3.10.7.1:
-/// the reply to a segment for a connection that does not exist).
-pub fn tcp_reset(buf: &mut [u8], len: usize, port_mac: MacAddr) -> Option<usize> {
-    const OUT: usize = L3 + ipv4::MIN_HEADER_LEN + tcp::MIN_HEADER_LEN;
-    if buf.len() < OUT || len > buf.len() {
+/// A TCP RST answering the segment in `frame` (RFC 9293, 3.10.7.1: the
+/// reply to a segment for a connection that does not exist).
+pub fn tcp_reset(mut frame: Frame<&mut [u8]>, port_mac: MacAddr) -> Option<usize> {
+    let L3::Ipv4 { src, dst, .. } = frame.l3();
+    let L4::Tcp {
+        src_port,
+        dst_port,
+        flags: in_flags,
+    } = frame.l4()
+    else {
         return None;
-    }
-    let ip = Ipv4Packet::new_checked(&buf[L3..len]).ok()?;
-    let (src, dst, l4_start) = (ip.source(), ip.destination(), L3 + ip.header_len());
-    let segment_len = ip.total_len() - ip.header_len();
-    let seg = TcpSegment::new_checked(ip.payload()).ok()?;
-    let in_flags = seg.flags();
+    };
     if in_flags & flags::RST != 0 {
         return None;
     }
-    let l4 = &buf[l4_start..];
-    let seq = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]);
-    let ack = u32::from_be_bytes([l4[8], l4[9], l4[10], l4[11]]);
-    let (sport, dport) = (seg.src_port(), seg.dst_port());
-    let data_len = segment_len - seg.header_len();
-    // SEG.LEN counts SYN and FIN as one octet each.
+    let l3 = frame.l3_offset();
+    let out = l3 + ipv4::MIN_HEADER_LEN + tcp::MIN_HEADER_LEN;
+    if frame.capacity() < out {
+        return None;
+    }
+    let seg = frame.tcp()?;
+    let (seq, ack) = (seg.seq_number(), seg.ack_number());
+    let data_len = (frame.l3_end() - frame.l4_offset()).checked_sub(seg.header_len())?;
+    // SEG.LEN counts SYN and FIN as one octet each; a segment's length
+    // comes from a 16-bit IPv4 total length.
     let seg_len = data_len as u32
         + u32::from(in_flags & flags::SYN != 0)
         + u32::from(in_flags & flags::FIN != 0);
-    let (out_seq, out_ack, out_flags) = if in_flags & flags::ACK != 0 {
+    let (seq_number, ack_number, out_flags) = if in_flags & flags::ACK != 0 {
         (ack, 0, flags::RST)
     } else {
         (0, seq.wrapping_add(seg_len), flags::RST | flags::ACK)
     };
 
-    answer_l2(buf, port_mac);
-    write_ipv4(buf, dst, src, PROTO_TCP, (OUT - L3) as u16);
-    let t = &mut buf[L3 + ipv4::MIN_HEADER_LEN..OUT];
-    t.fill(0);
-    t[0..2].copy_from_slice(&dport.to_be_bytes());
-    t[2..4].copy_from_slice(&sport.to_be_bytes());
-    t[4..8].copy_from_slice(&out_seq.to_be_bytes());
-    t[8..12].copy_from_slice(&out_ack.to_be_bytes());
-    t[12] = 0x50;
-    t[13] = out_flags;
-    let c = l4_checksum(dst.octets(), src.octets(), PROTO_TCP, t);
-    t[16..18].copy_from_slice(&c.to_be_bytes());
-    Some(OUT)
-}
-
-/// An ICMP port unreachable answering the datagram in `buf[..len]`
-/// (RFC 792; RFC 1812 4.3.2.3 for how much of it to quote: the IP header
-/// and the first 8 bytes of its payload).
-pub fn port_unreachable(buf: &mut [u8], len: usize, port_mac: MacAddr) -> Option<usize> {
-    if len > buf.len() {
-        return None;
+    answer_l2(&mut frame, port_mac);
+    let buf = frame.into_inner();
+    let mut ip = Ipv4Repr {
+        src: dst,
+        dst: src,
+        protocol: ip_number::TCP,
+        payload_len: tcp::MIN_HEADER_LEN,
+        ttl: TTL,
     }
-    let ip = Ipv4Packet::new_checked(&buf[L3..len]).ok()?;
-    let (src, dst) = (ip.source(), ip.destination());
-    let quoted_len = (ip.header_len() + 8).min(ip.total_len());
-    let mut quoted = [0u8; 60 + 8];
-    quoted[..quoted_len].copy_from_slice(&buf[L3..L3 + quoted_len]);
-    let icmp_start = L3 + ipv4::MIN_HEADER_LEN;
-    let out = icmp_start + icmp::HEADER_LEN + quoted_len;
-    if buf.len() < out {
-        return None;
+    .emit(&mut buf[l3..out])
+    .ok()?;
+    TcpRepr {
+        src_port: dst_port,
+        dst_port: src_port,
+        seq_number,
+        ack_number,
+        flags: out_flags,
     }
-
-    answer_l2(buf, port_mac);
-    write_ipv4(buf, dst, src, PROTO_ICMP, (out - L3) as u16);
-    let m = &mut buf[icmp_start..out];
-    m[..icmp::HEADER_LEN].fill(0);
-    m[0] = icmp::kind::DESTINATION_UNREACHABLE;
-    m[1] = icmp::unreachable::PORT;
-    m[icmp::HEADER_LEN..].copy_from_slice(&quoted[..quoted_len]);
-    let c = checksum(m);
-    m[2..4].copy_from_slice(&c.to_be_bytes());
+    .emit(ip.payload_mut(), dst, src)
+    .ok()?;
     Some(out)
 }
 
-/// Turns the echo request in `buf[..len]` into its echo reply, sent from
-/// the address that was pinged. Same length (payload echoed as is).
-pub fn echo_reply(buf: &mut [u8], len: usize, port_mac: MacAddr) -> Option<usize> {
-    if len > buf.len() {
-        return None;
-    }
-    let ip = Ipv4Packet::new_checked(&buf[L3..len]).ok()?;
-    let (src, dst) = (ip.source(), ip.destination());
-    let (l4_start, l3_end) = (L3 + ip.header_len(), L3 + ip.total_len());
-    let msg = IcmpPacket::new_checked(ip.payload()).ok()?;
-    if msg.msg_type() != icmp::kind::ECHO_REQUEST || msg.code() != 0 {
+/// An ICMP port unreachable answering the datagram in `frame` (RFC 792;
+/// RFC 1812 4.3.2.3 for how much of it to quote: the IP header and the
+/// first 8 bytes of its payload).
+pub fn port_unreachable(mut frame: Frame<&mut [u8]>, port_mac: MacAddr) -> Option<usize> {
+    let L3::Ipv4 { src, dst, .. } = frame.l3();
+    let l3 = frame.l3_offset();
+    let quoted_len = (frame.l4_offset() + 8).min(frame.l3_end()) - l3;
+    let icmp_start = l3 + ipv4::MIN_HEADER_LEN;
+    let body = icmp_start + icmp::HEADER_LEN;
+    let out = body + quoted_len;
+    if frame.capacity() < out {
         return None;
     }
 
-    answer_l2(buf, port_mac);
+    answer_l2(&mut frame, port_mac);
+    let buf = frame.into_inner();
+    // The quote moves behind the new headers first (the regions overlap;
+    // `copy_within` is a memmove).
+    buf.copy_within(l3..l3 + quoted_len, body);
+    let mut ip = Ipv4Repr {
+        src: dst,
+        dst: src,
+        protocol: ip_number::ICMP,
+        payload_len: out - icmp_start,
+        ttl: TTL,
+    }
+    .emit(&mut buf[l3..out])
+    .ok()?;
+    IcmpRepr::DstUnreachable {
+        code: icmp::unreachable::PORT,
+    }
+    .emit(ip.payload_mut())
+    .ok()?;
+    Some(out)
+}
+
+/// Turns the echo request in `frame` into its echo reply, sent from the
+/// address that was pinged (RFC 792), with its identifier, sequence number
+/// and data as they came.
+pub fn echo_reply(mut frame: Frame<&mut [u8]>, port_mac: MacAddr) -> Option<usize> {
+    let L3::Ipv4 { src, dst, .. } = frame.l3();
+    if frame.l4()
+        != (L4::Icmp {
+            msg_type: icmp::kind::ECHO_REQUEST,
+            code: 0,
+        })
+    {
+        return None;
+    }
+    let request = frame.icmp()?;
+    let (ident, seq_no) = (request.echo_ident(), request.echo_seq_no());
+    let (l3, l4, l3_end) = (frame.l3_offset(), frame.l4_offset(), frame.l3_end());
+    let icmp_start = l3 + ipv4::MIN_HEADER_LEN;
+    let out = icmp_start + (l3_end - l4);
+
+    answer_l2(&mut frame, port_mac);
+    let buf = frame.into_inner();
     // Options of the request are not echoed: the reply's header is fresh,
     // and the ICMP message moves up behind it.
-    let body_len = l3_end - l4_start;
-    buf.copy_within(l4_start..l3_end, L3 + ipv4::MIN_HEADER_LEN);
-    let icmp_start = L3 + ipv4::MIN_HEADER_LEN;
-    let out = icmp_start + body_len;
-    write_ipv4(buf, dst, src, PROTO_ICMP, (out - L3) as u16);
-    let mut reply = IcmpPacket::new_checked(&mut buf[icmp_start..out]).ok()?;
-    reply.set_msg_type(icmp::kind::ECHO_REPLY);
+    buf.copy_within(l4..l3_end, icmp_start);
+    let mut ip = Ipv4Repr {
+        src: dst,
+        dst: src,
+        protocol: ip_number::ICMP,
+        payload_len: out - icmp_start,
+        ttl: TTL,
+    }
+    .emit(&mut buf[l3..out])
+    .ok()?;
     // A full checksum, not an incremental one: a message that sums to
     // zero must carry 0xffff, which the RFC 1624 update can turn into
     // 0x0000 (found by the fuzzer); a ping is no hot path.
-    reply.set_checksum(0);
-    let c = checksum(&buf[icmp_start..out]);
-    let mut reply = IcmpPacket::new_checked(&mut buf[icmp_start..out]).ok()?;
-    reply.set_checksum(c);
+    IcmpRepr::EchoReply { ident, seq_no }
+        .emit(ip.payload_mut())
+        .ok()?;
     Some(out)
 }
 
@@ -232,6 +242,7 @@ impl Default for RefusalLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checksum::{checksum, l4_checksum};
     use etherparse::{Icmpv4Type, PacketBuilder, SlicedPacket, TransportSlice};
 
     const GW: MacAddr = [2, 0, 0, 0, 0, 1];
@@ -241,6 +252,11 @@ mod tests {
         let len = frame.len();
         frame.resize(len + 128, 0xee);
         (frame, len)
+    }
+
+    /// The frame in `buf[..len]`, parsed as the pipeline parses it.
+    fn parsed(buf: &mut [u8], len: usize) -> Frame<&mut [u8]> {
+        Frame::parse(buf, len).expect("test frame parses")
     }
 
     fn tcp_frame(syn: bool, payload: &[u8]) -> Vec<u8> {
@@ -275,7 +291,7 @@ mod tests {
     #[test]
     fn rst_answers_a_syn_with_ack_of_its_sequence() {
         let (mut buf, len) = with_room(tcp_frame(true, b""));
-        let out = tcp_reset(&mut buf, len, GW).expect("answered");
+        let out = tcp_reset(parsed(&mut buf, len), GW).expect("answered");
         let p = check_answer(&buf[..out]);
         let Some(TransportSlice::Tcp(t)) = p.transport else {
             panic!("tcp")
@@ -293,7 +309,7 @@ mod tests {
     #[test]
     fn rst_answers_an_ack_from_its_ack_number_and_never_a_rst() {
         let (mut buf, len) = with_room(tcp_frame(false, b"data"));
-        let out = tcp_reset(&mut buf, len, GW).expect("answered");
+        let out = tcp_reset(parsed(&mut buf, len), GW).expect("answered");
         let p = check_answer(&buf[..out]);
         let Some(TransportSlice::Tcp(t)) = p.transport else {
             panic!("tcp")
@@ -304,7 +320,7 @@ mod tests {
         let mut rst = tcp_frame(false, b"");
         rst[14 + 20 + 13] |= flags::RST;
         let (mut buf, len) = with_room(rst);
-        assert_eq!(tcp_reset(&mut buf, len, GW), None);
+        assert_eq!(tcp_reset(parsed(&mut buf, len), GW), None);
     }
 
     #[test]
@@ -317,7 +333,7 @@ mod tests {
             .expect("builds");
         let original_ip = frame[14..14 + 28].to_vec();
         let (mut buf, len) = with_room(frame);
-        let out = port_unreachable(&mut buf, len, GW).expect("answered");
+        let out = port_unreachable(parsed(&mut buf, len), GW).expect("answered");
         assert_eq!(out, 14 + 20 + 8 + 28);
         let p = check_answer(&buf[..out]);
         let Some(TransportSlice::Icmpv4(m)) = p.transport else {
@@ -340,7 +356,7 @@ mod tests {
             .write(&mut frame, b"abcdefgh")
             .expect("builds");
         let (mut buf, len) = with_room(frame);
-        let out = echo_reply(&mut buf, len, GW).expect("answered");
+        let out = echo_reply(parsed(&mut buf, len), GW).expect("answered");
         assert_eq!(out, len);
         let p = check_answer(&buf[..out]);
         let Some(TransportSlice::Icmpv4(m)) = p.transport else {
@@ -360,7 +376,7 @@ mod tests {
             .write(&mut frame, &[])
             .expect("builds");
         let (mut buf, len) = with_room(frame);
-        let out = echo_reply(&mut buf, len, GW).expect("answered");
+        let out = echo_reply(parsed(&mut buf, len), GW).expect("answered");
         assert_eq!(&buf[34..36], &[0, 0], "echo reply, code 0");
         assert_eq!(
             &buf[36..38],

@@ -38,6 +38,13 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
         Ok(Self { buffer })
     }
 
+    /// A view over bytes a checked view (or [`super::frame::Frame::parse`])
+    /// already accepted; accessors may panic on anything else.
+    #[inline]
+    pub(crate) fn new_unchecked(buffer: T) -> Self {
+        Self { buffer }
+    }
+
     pub fn destination(&self) -> MacAddr {
         let mut mac = [0; 6];
         mac.copy_from_slice(&self.buffer.as_ref()[field::DESTINATION]);

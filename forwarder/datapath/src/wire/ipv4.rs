@@ -1,13 +1,17 @@
-//! IPv4 headers (RFC 791).
+//! IPv4 headers (RFC 791): the view the NAT rewrites through, and the
+//! header the gateway writes for its own answers ([`Ipv4Repr`]).
 
 use std::net::Ipv4Addr;
 
 use super::{read_u16, write_u16, WireError};
+use crate::checksum::checksum;
 
 mod field {
     use std::ops::Range;
     pub const VER_IHL: usize = 0;
+    pub const DSCP_ECN: usize = 1;
     pub const TOTAL_LEN: Range<usize> = 2..4;
+    pub const IDENT: Range<usize> = 4..6;
     pub const FLAGS_FRAG: Range<usize> = 6..8;
     pub const TTL: usize = 8;
     pub const PROTOCOL: usize = 9;
@@ -19,6 +23,8 @@ mod field {
 /// Length of a header without options (IHL 5).
 pub const MIN_HEADER_LEN: usize = 20;
 
+/// "Don't fragment" flag (RFC 791, section 3.1).
+const FLAG_DONT_FRAGMENT: u16 = 0x4000;
 /// "More fragments" flag (RFC 791, section 3.1).
 const FLAG_MORE_FRAGMENTS: u16 = 0x2000;
 const FRAGMENT_OFFSET_MASK: u16 = 0x1fff;
@@ -49,6 +55,13 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
             return Err(WireError::Truncated);
         }
         Ok(Self { buffer })
+    }
+
+    /// A view over bytes a checked view (or [`super::frame::Frame::parse`])
+    /// already accepted; accessors may panic on anything else.
+    #[inline]
+    pub(crate) fn new_unchecked(buffer: T) -> Self {
+        Self { buffer }
     }
 
     pub fn header_len(&self) -> usize {
@@ -117,6 +130,63 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
 
     pub fn set_destination(&mut self, addr: Ipv4Addr) {
         self.buffer.as_mut()[field::DESTINATION].copy_from_slice(&addr.octets());
+    }
+
+    /// The payload up to the total length, writable.
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        let (start, end) = (self.header_len(), self.total_len());
+        &mut self.buffer.as_mut()[start..end]
+    }
+}
+
+/// An IPv4 header the gateway originates: no options, not fragmented
+/// (don't-fragment set), identification 0, DSCP/ECN 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Repr {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    /// IANA protocol number of the payload ([`super::ip_number`]).
+    pub protocol: u8,
+    /// Length of the payload that follows the header.
+    pub payload_len: usize,
+    pub ttl: u8,
+}
+
+impl Ipv4Repr {
+    /// Length of the packet: header and payload.
+    pub const fn total_len(&self) -> usize {
+        MIN_HEADER_LEN + self.payload_len
+    }
+
+    /// Writes the header, with its checksum, at the start of `buffer` and
+    /// returns a checked view of the packet, whose payload (bytes
+    /// `MIN_HEADER_LEN..total_len` of `buffer`, left as they were) is
+    /// where the transport header goes. `Truncated` when `buffer` is
+    /// shorter than the packet, `Malformed` when the packet would exceed
+    /// a 16-bit total length; nothing is written then.
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        mut buffer: T,
+    ) -> Result<Ipv4Packet<T>, WireError> {
+        let total_len = u16::try_from(self.total_len()).map_err(|_| WireError::Malformed)?;
+        let bytes = buffer.as_mut();
+        if bytes.len() < self.total_len() {
+            return Err(WireError::Truncated);
+        }
+        let h = &mut bytes[..MIN_HEADER_LEN];
+        h[field::VER_IHL] = 0x40 | (MIN_HEADER_LEN / 4) as u8;
+        h[field::DSCP_ECN] = 0;
+        write_u16(h, field::TOTAL_LEN.start, total_len);
+        write_u16(h, field::IDENT.start, 0);
+        write_u16(h, field::FLAGS_FRAG.start, FLAG_DONT_FRAGMENT);
+        h[field::TTL] = self.ttl;
+        h[field::PROTOCOL] = self.protocol;
+        write_u16(h, field::CHECKSUM.start, 0);
+        h[field::SOURCE].copy_from_slice(&self.src.octets());
+        h[field::DESTINATION].copy_from_slice(&self.dst.octets());
+        let c = checksum(h);
+        write_u16(h, field::CHECKSUM.start, c);
+        Ok(Ipv4Packet { buffer })
     }
 }
 
@@ -205,5 +275,41 @@ mod tests {
         assert_eq!(p.destination(), Ipv4Addr::new(198, 18, 2, 11));
         assert_eq!(p.ttl(), 63);
         assert_eq!(p.checksum(), 0xbeef);
+    }
+
+    #[test]
+    fn emits_a_header_and_leaves_the_payload() {
+        let repr = Ipv4Repr {
+            src: Ipv4Addr::new(198, 18, 0, 2),
+            dst: Ipv4Addr::new(198, 18, 100, 10),
+            protocol: 17,
+            payload_len: 8,
+            ttl: 64,
+        };
+        let mut bytes = [0xee; 32];
+        let p = repr.emit(&mut bytes[..]).expect("room");
+        assert_eq!((p.header_len(), p.total_len()), (20, 28));
+        assert_eq!((p.source(), p.destination()), (repr.src, repr.dst));
+        assert_eq!((p.ttl(), p.protocol()), (64, 17));
+        assert!(!p.is_fragment());
+        assert_eq!(p.payload(), &[0xee; 8]);
+        assert_eq!(checksum(&bytes[..20]), 0, "checksum verifies");
+        assert_eq!(
+            &bytes[..12],
+            &[0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, bytes[10], bytes[11]]
+        );
+        assert!(Ipv4Packet::new_checked(&bytes[..28]).is_ok());
+
+        let mut short = [0xee; 27];
+        assert_eq!(repr.emit(&mut short[..]).err(), Some(WireError::Truncated));
+        assert_eq!(short, [0xee; 27], "nothing written");
+        let huge = Ipv4Repr {
+            payload_len: 65_516,
+            ..repr
+        };
+        assert_eq!(
+            huge.emit(&mut [0u8; 20][..]).err(),
+            Some(WireError::Malformed)
+        );
     }
 }

@@ -6,13 +6,26 @@
 //! view can panic or read out of bounds, whatever the bytes came off the
 //! wire as. Field offsets are named byte ranges; nothing casts packet
 //! bytes to `#[repr(C)]` structs (unaligned access is undefined
-//! behaviour).
+//! behaviour). The headers the gateway writes for its own answers are
+//! emitted from a `Repr` (smoltcp's pattern): a plain value of the
+//! fields, written with its checksum by `emit`.
+//!
+//! [`frame::Frame`] parses a whole frame once and hands out the views of
+//! its headers without checking them again.
 
 pub mod ethernet;
+pub mod frame;
 pub mod icmp;
 pub mod ipv4;
 pub mod tcp;
 pub mod udp;
+
+/// IANA protocol numbers (RFC 790) of the transports cipgw reads.
+pub mod ip_number {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+}
 
 /// Why a header could not be viewed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,4 +46,16 @@ pub(crate) fn read_u16(buf: &[u8], at: usize) -> u16 {
 #[inline(always)]
 pub(crate) fn write_u16(buf: &mut [u8], at: usize, value: u16) {
     buf[at..at + 2].copy_from_slice(&value.to_be_bytes());
+}
+
+/// Reads a big-endian u32 at `at`; callers guarantee `at + 4 <= len`.
+#[inline(always)]
+pub(crate) fn read_u32(buf: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
+}
+
+/// Writes a big-endian u32 at `at`; callers guarantee `at + 4 <= len`.
+#[inline(always)]
+pub(crate) fn write_u32(buf: &mut [u8], at: usize, value: u32) {
+    buf[at..at + 4].copy_from_slice(&value.to_be_bytes());
 }

@@ -32,6 +32,13 @@ impl<T: AsRef<[u8]>> UdpDatagram<T> {
         Ok(Self { buffer })
     }
 
+    /// A view over bytes a checked view (or [`super::frame::Frame::parse`])
+    /// already accepted; accessors may panic on anything else.
+    #[inline]
+    pub(crate) fn new_unchecked(buffer: T) -> Self {
+        Self { buffer }
+    }
+
     pub fn src_port(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::SRC_PORT)
     }

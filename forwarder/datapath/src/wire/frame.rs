@@ -1,0 +1,474 @@
+//! A frame parsed once: its network header's family, addresses and place,
+//! and its transport header's kind and ports, all validated in one pass,
+//! so that every later step (the conntrack key, the NAT rewrite, an
+//! answer, the next hop's addresses) works from what was found here
+//! instead of validating the same bytes again.
+//!
+//! Invariant, set up by [`Frame::parse`] and kept because no field can be
+//! changed from outside: the Ethernet header lies within the frame's
+//! `len` bytes, the network header spans `l3_offset..l4_offset` and its
+//! packet `l3_offset..l3_end` within them, and when [`L4`] names TCP, UDP
+//! or ICMP that header was checked at `l4_offset..l3_end`. The views a
+//! frame hands out are built over exactly those bytes without checking
+//! them again. No setter of a view changes a length or version field of
+//! its own header, and the transport views read nothing past their fixed
+//! header, so no accessor of a view from a frame panics, whatever was
+//! written through the others. Answers, which replace the headers
+//! wholesale, take the frame by value ([`Frame::into_inner`]).
+
+use std::net::Ipv4Addr;
+
+use super::ethernet::{self, ethertype, EthernetFrame};
+use super::icmp::IcmpPacket;
+use super::ip_number;
+use super::ipv4::Ipv4Packet;
+use super::tcp::TcpSegment;
+use super::udp::UdpDatagram;
+use super::WireError;
+
+/// The network layer of a frame: one variant per address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L3 {
+    /// IPv4 (RFC 791); options, if any, are part of the header.
+    Ipv4 {
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        ttl: u8,
+    },
+}
+
+/// The transport layer of a frame, as far as cipgw reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L4 {
+    Tcp {
+        src_port: u16,
+        dst_port: u16,
+        /// Control bits ([`super::tcp::flags`]).
+        flags: u8,
+    },
+    Udp {
+        src_port: u16,
+        dst_port: u16,
+    },
+    /// An ICMP message with its fixed header present.
+    Icmp {
+        msg_type: u8,
+        code: u8,
+    },
+    /// A fragment, first or later, of any protocol: later fragments carry
+    /// no transport header, so none is read.
+    Fragment {
+        protocol: u8,
+    },
+    /// Any other protocol, or an ICMP message cut short.
+    Other {
+        protocol: u8,
+    },
+}
+
+/// Why a frame could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseError {
+    /// Shorter than an Ethernet header.
+    TruncatedEthernet,
+    /// Carries an 802.1Q or 802.1ad tag.
+    VlanTagged,
+    /// An EtherType cipgw does not parse (ARP, ...).
+    NotIp,
+    /// The IPv4 header.
+    Ipv4(WireError),
+    /// The TCP or UDP header.
+    L4(WireError),
+}
+
+/// A frame whose headers [`Frame::parse`] checked, with where they are.
+#[derive(Debug)]
+pub struct Frame<T: AsRef<[u8]>> {
+    /// The frame, followed by room an answer may grow into.
+    buffer: T,
+    /// Length of the frame in `buffer`.
+    len: usize,
+    l3: L3,
+    l4: L4,
+    l3_offset: usize,
+    l4_offset: usize,
+    /// End of the network packet (Ethernet padding excluded).
+    l3_end: usize,
+}
+
+impl<T: AsRef<[u8]>> Frame<T> {
+    /// Parses the untagged Ethernet frame in `buffer[..len]` (`len` is cut
+    /// to the buffer), down to the transport header of an unfragmented
+    /// TCP, UDP or ICMP packet. TCP and UDP headers must be well formed;
+    /// an ICMP message too short for its header is [`L4::Other`].
+    #[inline]
+    pub fn parse(buffer: T, len: usize) -> Result<Self, ParseError> {
+        let bytes = buffer.as_ref();
+        let len = len.min(bytes.len());
+        let frame = &bytes[..len];
+        let eth = EthernetFrame::new_checked(frame).map_err(|_| ParseError::TruncatedEthernet)?;
+        match eth.ethertype() {
+            ethertype::IPV4 => {}
+            ethertype::VLAN | ethertype::QINQ => return Err(ParseError::VlanTagged),
+            _ => return Err(ParseError::NotIp),
+        }
+        let l3_offset = ethernet::HEADER_LEN;
+        let ip = Ipv4Packet::new_checked(&frame[l3_offset..]).map_err(ParseError::Ipv4)?;
+        let l3 = L3::Ipv4 {
+            src: ip.source(),
+            dst: ip.destination(),
+            ttl: ip.ttl(),
+        };
+        let protocol = ip.protocol();
+        let l4 = if ip.is_fragment() {
+            L4::Fragment { protocol }
+        } else {
+            match protocol {
+                ip_number::TCP => {
+                    let tcp = TcpSegment::new_checked(ip.payload()).map_err(ParseError::L4)?;
+                    L4::Tcp {
+                        src_port: tcp.src_port(),
+                        dst_port: tcp.dst_port(),
+                        flags: tcp.flags(),
+                    }
+                }
+                ip_number::UDP => {
+                    let udp = UdpDatagram::new_checked(ip.payload()).map_err(ParseError::L4)?;
+                    L4::Udp {
+                        src_port: udp.src_port(),
+                        dst_port: udp.dst_port(),
+                    }
+                }
+                ip_number::ICMP => match IcmpPacket::new_checked(ip.payload()) {
+                    Ok(icmp) => L4::Icmp {
+                        msg_type: icmp.msg_type(),
+                        code: icmp.code(),
+                    },
+                    Err(_) => L4::Other { protocol },
+                },
+                _ => L4::Other { protocol },
+            }
+        };
+        let l4_offset = l3_offset + ip.header_len();
+        let l3_end = l3_offset + ip.total_len();
+        Ok(Self {
+            buffer,
+            len,
+            l3,
+            l4,
+            l3_offset,
+            l4_offset,
+            l3_end,
+        })
+    }
+
+    /// Length of the frame (answers may be longer: see
+    /// [`Frame::capacity`]).
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the frame is empty; never true for a parsed frame.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Length of the whole buffer: the room an answer may use.
+    #[inline]
+    pub fn capacity(&self) -> usize {
+        self.buffer.as_ref().len()
+    }
+
+    #[inline]
+    pub fn l3(&self) -> L3 {
+        self.l3
+    }
+
+    #[inline]
+    pub fn l4(&self) -> L4 {
+        self.l4
+    }
+
+    /// Where the network header starts.
+    #[inline]
+    pub fn l3_offset(&self) -> usize {
+        self.l3_offset
+    }
+
+    /// Where the transport header starts (after any IP options).
+    #[inline]
+    pub fn l4_offset(&self) -> usize {
+        self.l4_offset
+    }
+
+    /// Where the network packet ends (Ethernet padding excluded).
+    #[inline]
+    pub fn l3_end(&self) -> usize {
+        self.l3_end
+    }
+
+    /// The Ethernet header.
+    #[inline]
+    pub fn ethernet(&self) -> EthernetFrame<&[u8]> {
+        EthernetFrame::new_unchecked(&self.buffer.as_ref()[..self.len])
+    }
+
+    /// The IPv4 packet (padding excluded), if the frame is IPv4.
+    #[inline]
+    pub fn ipv4(&self) -> Option<Ipv4Packet<&[u8]>> {
+        match self.l3 {
+            L3::Ipv4 { .. } => self
+                .buffer
+                .as_ref()
+                .get(self.l3_offset..self.l3_end)
+                .map(Ipv4Packet::new_unchecked),
+        }
+    }
+
+    /// The TCP segment, if the frame carries one.
+    #[inline]
+    pub fn tcp(&self) -> Option<TcpSegment<&[u8]>> {
+        match self.l4 {
+            L4::Tcp { .. } => self.l4_bytes().map(TcpSegment::new_unchecked),
+            _ => None,
+        }
+    }
+
+    /// The ICMP message, if the frame carries one.
+    #[inline]
+    pub fn icmp(&self) -> Option<IcmpPacket<&[u8]>> {
+        match self.l4 {
+            L4::Icmp { .. } => self.l4_bytes().map(IcmpPacket::new_unchecked),
+            _ => None,
+        }
+    }
+
+    /// The buffer, for an answer to be written into: the offsets of the
+    /// frame no longer describe it once it is written.
+    #[inline]
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+
+    #[inline]
+    fn l4_bytes(&self) -> Option<&[u8]> {
+        self.buffer.as_ref().get(self.l4_offset..self.l3_end)
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
+    /// The Ethernet header, writable.
+    #[inline]
+    pub fn ethernet_mut(&mut self) -> EthernetFrame<&mut [u8]> {
+        EthernetFrame::new_unchecked(&mut self.buffer.as_mut()[..self.len])
+    }
+
+    /// The IPv4 packet, writable, if the frame is IPv4.
+    #[inline]
+    pub fn ipv4_mut(&mut self) -> Option<Ipv4Packet<&mut [u8]>> {
+        match self.l3 {
+            L3::Ipv4 { .. } => self
+                .buffer
+                .as_mut()
+                .get_mut(self.l3_offset..self.l3_end)
+                .map(Ipv4Packet::new_unchecked),
+        }
+    }
+
+    /// The TCP segment, writable, if the frame carries one.
+    #[inline]
+    pub fn tcp_mut(&mut self) -> Option<TcpSegment<&mut [u8]>> {
+        match self.l4 {
+            L4::Tcp { .. } => self.l4_bytes_mut().map(TcpSegment::new_unchecked),
+            _ => None,
+        }
+    }
+
+    /// The UDP datagram, writable, if the frame carries one.
+    #[inline]
+    pub fn udp_mut(&mut self) -> Option<UdpDatagram<&mut [u8]>> {
+        match self.l4 {
+            L4::Udp { .. } => self.l4_bytes_mut().map(UdpDatagram::new_unchecked),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    fn l4_bytes_mut(&mut self) -> Option<&mut [u8]> {
+        self.buffer.as_mut().get_mut(self.l4_offset..self.l3_end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 198.18.0.2:12345 -> 198.18.100.10:8080, UDP "ping", TTL 64, then
+    /// two bytes of Ethernet padding.
+    static UDP_FRAME: [u8; 14 + 32 + 2] = [
+        0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00, // Ethernet
+        0x45, 0x00, 0x00, 0x20, 0x12, 0x34, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 198, 18, 0, 2, 198,
+        18, 100, 10, // IPv4
+        0x30, 0x39, 0x1f, 0x90, 0x00, 0x0c, 0x00, 0x00, b'p', b'i', b'n', b'g', // UDP
+        0, 0, // padding
+    ];
+
+    fn with(f: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
+        let mut v = UDP_FRAME.to_vec();
+        f(&mut v);
+        v
+    }
+
+    #[test]
+    fn parses_addresses_ports_and_offsets() {
+        let frame = Frame::parse(&UDP_FRAME[..], UDP_FRAME.len()).expect("valid frame");
+        assert_eq!(
+            frame.l3(),
+            L3::Ipv4 {
+                src: Ipv4Addr::new(198, 18, 0, 2),
+                dst: Ipv4Addr::new(198, 18, 100, 10),
+                ttl: 64,
+            }
+        );
+        assert_eq!(
+            frame.l4(),
+            L4::Udp {
+                src_port: 12345,
+                dst_port: 8080
+            }
+        );
+        assert_eq!(
+            (frame.l3_offset(), frame.l4_offset(), frame.l3_end()),
+            (14, 34, 46)
+        );
+        assert_eq!((frame.len(), frame.capacity()), (48, 48));
+        assert_eq!(frame.ethernet().source(), [2, 0, 0, 0, 0, 2]);
+        assert_eq!(frame.ipv4().map(|ip| ip.total_len()), Some(32));
+        assert!(frame.tcp().is_none() && frame.icmp().is_none());
+    }
+
+    #[test]
+    fn a_short_len_leaves_the_rest_as_room() {
+        let mut buf = [0u8; 128];
+        buf[..UDP_FRAME.len()].copy_from_slice(&UDP_FRAME);
+        let frame = Frame::parse(&mut buf[..], UDP_FRAME.len()).expect("valid frame");
+        assert_eq!((frame.len(), frame.capacity()), (48, 128));
+        // A len beyond the buffer is cut to it.
+        let frame = Frame::parse(&UDP_FRAME[..], 4096).expect("valid frame");
+        assert_eq!(frame.len(), 48);
+    }
+
+    #[test]
+    fn tcp_icmp_fragments_and_others() {
+        // TCP with one 4-byte option (MSS), SYN, seq 1.
+        let tcp = with(|v| {
+            v.truncate(34);
+            v[23] = ip_number::TCP;
+            v[16..18].copy_from_slice(&44u16.to_be_bytes());
+            v.extend_from_slice(&[
+                0x9c, 0x40, 0x1f, 0x90, 0, 0, 0, 1, 0, 0, 0, 0, 0x60, 0x02, 0xfa, 0xf0, 0, 0, 0, 0,
+                0x02, 0x04, 0x05, 0xb4,
+            ]);
+        });
+        let frame = Frame::parse(&tcp[..], tcp.len()).expect("valid frame");
+        assert_eq!(
+            frame.l4(),
+            L4::Tcp {
+                src_port: 40000,
+                dst_port: 8080,
+                flags: super::super::tcp::flags::SYN
+            }
+        );
+        assert_eq!(frame.tcp().map(|t| t.header_len()), Some(24));
+
+        let icmp = with(|v| {
+            v[23] = ip_number::ICMP;
+            v[34] = 8;
+        });
+        let frame = Frame::parse(&icmp[..], icmp.len()).expect("valid frame");
+        assert_eq!(
+            frame.l4(),
+            L4::Icmp {
+                msg_type: 8,
+                code: 0x39
+            }
+        );
+        assert!(frame.icmp().is_some());
+
+        // ICMP shorter than its header is not an error, only not ICMP.
+        let short_icmp = with(|v| {
+            v.truncate(14 + 20 + 4);
+            v[17] = 24;
+            v[23] = ip_number::ICMP;
+        });
+        let frame = Frame::parse(&short_icmp[..], short_icmp.len()).expect("valid frame");
+        assert_eq!(frame.l4(), L4::Other { protocol: 1 });
+        assert!(frame.icmp().is_none());
+
+        // A later fragment's transport header is not read, even if broken.
+        let fragment = with(|v| {
+            v[21] = 8;
+            v[14 + 20 + 5] = 99;
+        });
+        let frame = Frame::parse(&fragment[..], fragment.len()).expect("valid frame");
+        assert_eq!(frame.l4(), L4::Fragment { protocol: 17 });
+
+        let gre = with(|v| v[23] = 47);
+        let frame = Frame::parse(&gre[..], gre.len()).expect("valid frame");
+        assert_eq!(frame.l4(), L4::Other { protocol: 47 });
+    }
+
+    #[test]
+    fn errors_name_the_layer() {
+        let cases: [(&str, Vec<u8>, ParseError); 6] = [
+            (
+                "13 bytes",
+                UDP_FRAME[..13].to_vec(),
+                ParseError::TruncatedEthernet,
+            ),
+            ("VLAN", with(|v| v[12] = 0x81), ParseError::VlanTagged),
+            ("ARP", with(|v| v[13] = 0x06), ParseError::NotIp),
+            (
+                "IPv4 cut",
+                UDP_FRAME[..30].to_vec(),
+                ParseError::Ipv4(WireError::Truncated),
+            ),
+            (
+                "IHL 4",
+                with(|v| v[14] = 0x44),
+                ParseError::Ipv4(WireError::Malformed),
+            ),
+            (
+                "UDP length",
+                with(|v| v[14 + 20 + 5] = 9),
+                ParseError::L4(WireError::Malformed),
+            ),
+        ];
+        for (name, bytes, err) in cases {
+            assert_eq!(
+                Frame::parse(&bytes[..], bytes.len()).err(),
+                Some(err),
+                "case {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn views_write_in_place() {
+        let mut bytes = UDP_FRAME;
+        let mut frame = Frame::parse(&mut bytes[..], UDP_FRAME.len()).expect("valid frame");
+        frame.ethernet_mut().set_destination([0xaa; 6]);
+        if let Some(mut ip) = frame.ipv4_mut() {
+            ip.set_ttl(63);
+        }
+        if let Some(mut udp) = frame.udp_mut() {
+            udp.set_dst_port(5353);
+        }
+        assert!(frame.tcp_mut().is_none());
+        assert_eq!(&bytes[..6], &[0xaa; 6]);
+        assert_eq!(bytes[22], 63);
+        assert_eq!(&bytes[36..38], &5353u16.to_be_bytes());
+    }
+}
