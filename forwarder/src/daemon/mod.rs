@@ -1,6 +1,6 @@
 //! `cipgw run`: wires the parts of a running gateway together.
 //!
-//! [`start`](start::start) brings the parts up in the order the first
+//! `start::start` brings the parts up in the order the first
 //! packet needs; the control loop then applies every new service table
 //! the source reports as a [`plan::Plan`] (what changes, a pure function)
 //! carried out by [`apply::apply`] (the order that keeps traffic flowing),

@@ -54,14 +54,19 @@ fn backend_of(&(_, _, protocol, ip, port): &FlowTarget) -> BackendKey {
     (ip, port, protocol.ip_number())
 }
 
-/// What the XDP maps must hold for `model`: every VIP (traffic to one is
-/// the gateway's, ports or not) and every endpoint of a forwarded Service
-/// (its replies).
-pub(crate) fn steering_of(model: &ServiceTable) -> Steering {
+/// What the XDP maps must hold for `model`, whose targets are
+/// `targets`: every VIP (traffic to one is the gateway's, ports or not)
+/// and every endpoint of a forwarded Service (its replies).
+fn steering_with(model: &ServiceTable, targets: &HashSet<FlowTarget>) -> Steering {
     Steering {
         vips: model.forwarded().map(|(_, vip)| vip).collect(),
-        backends: flow_targets(model).iter().map(backend_of).collect(),
+        backends: targets.iter().map(backend_of).collect(),
     }
+}
+
+/// What the XDP maps must hold for `model`.
+pub(crate) fn steering_of(model: &ServiceTable) -> Steering {
+    steering_with(model, &flow_targets(model))
 }
 
 /// One table change, worked out: see the module doc.
@@ -89,8 +94,8 @@ impl Plan {
         carried: impl IntoIterator<Item = FlowTarget>,
         held: &Steering,
     ) -> Plan {
-        let wanted = steering_of(new);
         let targets = flow_targets(new);
+        let wanted = steering_with(new, &targets);
         let mut retiring = flow_targets(old);
         retiring.extend(carried);
         retiring.retain(|t| !targets.contains(t));
