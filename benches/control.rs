@@ -11,17 +11,17 @@
 //! - `rebuild/full`: the three in a row, the figure the 50 ms target of
 //!   issue 3 is for;
 //! - `apply/one_service_changed`: what the daemon's control thread does
-//!   with a new model (`daemon.rs` `apply`, step for step): model
-//!   comparison, counter-slot assignment, compile (with the slots), XDP
-//!   map sets, `add_missing`, publish, `remove_stale`, the flow-target
-//!   diff and conntrack retirement (empty table), alternating between two
-//!   models that differ in one Service;
-//! - `map_diff/sets`: building the VIP and backend sets of a compiled
-//!   table (what `add_missing`/`remove_stale` are given);
-//! - `map_diff/one_service_changed`: `XdpProgram::add_missing` +
-//!   `remove_stale` on the real BPF maps (root only) between two tables
-//!   that differ in one Service's endpoints; the number of map writes is
-//!   printed and checked to be that Service's, not the table's;
+//!   with a new model (`Gateway::apply`): model comparison, counter-slot
+//!   assignment, the real `daemon::plan::Plan` (flow targets to retire,
+//!   map entries to add and remove), compile (with the slots and the
+//!   retiring targets) and the real `daemon::apply::apply` (map writes,
+//!   publish, retirement pass over an empty conntrack) on in-memory maps
+//!   behind `XdpMaps`, alternating between two models that differ in one
+//!   Service;
+//! - `map_diff/plan`: `Plan::new` alone between those two models;
+//! - `map_diff/one_service_changed`: `apply` of such a plan (computed
+//!   beforehand) on the real BPF maps (root only); the number of map
+//!   writes is printed and checked to be that Service's, not the table's;
 //! - `end_to_end/file`: a 10,000-Service control file replaced (atomic
 //!   rename) by one with one Service's endpoints changed -> `Table` event
 //!   from `spawn_file_source` -> compile -> publish;
@@ -32,7 +32,9 @@
 //! Before the cases, one-shot breakdowns are printed (medians of a few
 //! runs), to show where the time goes: the full rebuild in wall and
 //! thread CPU time (the CPU figure does not grow when other processes
-//! share the cores), and the daemon's apply step by step.
+//! share the cores), and the daemon's apply step by step (with the time
+//! until the new table is live: the in-memory maps note their last
+//! addition, which `apply` makes just before it publishes).
 //!
 //! Addresses: VIPs from 198.19.0.0/16, Pods from 198.18.0.0/16 (RFC 2544).
 //!
@@ -42,7 +44,7 @@
 #[path = "../tests/fake_apiserver/mod.rs"]
 mod fake_apiserver;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::net::Ipv4Addr;
@@ -50,12 +52,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cipgw::bpf::XdpProgram;
+use cipgw::bpf::{BackendKey, BpfError, Steering, XdpMaps, XdpProgram};
 use cipgw::conntrack::Conntrack;
-use cipgw::daemon::map_sets;
+use cipgw::daemon::apply::apply;
+use cipgw::daemon::plan::Plan;
 use cipgw::metrics::ServiceStats;
-use cipgw::table::flow_targets;
-use cipgw::table::{CompiledTable, TableHandle};
+use cipgw::table::{CompiledTable, FlowTarget, TableHandle};
 use cipgw_config::ServiceTable;
 use cipgw_control::kube_source::{build_table, KubeSourceConfig};
 use cipgw_control::source::{channel, Receiver, SourceEvent};
@@ -80,6 +82,9 @@ const SYNC_PERIOD: Duration = Duration::from_millis(100);
 /// Bound of one end-to-end change (a hang fails the bench, it does not
 /// stall it).
 const CHANGE_WITHIN: Duration = Duration::from_secs(60);
+/// The daemon's wait for workers to leave the old table (none here: it
+/// returns at once).
+const READERS_GRACE: Duration = Duration::from_secs(2);
 
 fn service_cidr() -> Ipv4Net {
     "198.19.0.0/16".parse().expect("valid CIDR")
@@ -225,12 +230,63 @@ fn control_file(version: usize) -> String {
     yaml
 }
 
+/// The XDP maps in memory: what `apply` writes, counted, with the time of
+/// the last addition (`apply` publishes right after its additions).
+#[derive(Debug, Default)]
+struct MemoryMaps {
+    steering: Steering,
+    writes: usize,
+    last_add: Option<Instant>,
+}
+
+impl XdpMaps for MemoryMaps {
+    fn steering(&self) -> &Steering {
+        &self.steering
+    }
+
+    fn add_vip(&mut self, vip: Ipv4Addr) -> Result<(), BpfError> {
+        self.steering.vips.insert(vip);
+        self.writes += 1;
+        self.last_add = Some(Instant::now());
+        Ok(())
+    }
+
+    fn remove_vip(&mut self, vip: Ipv4Addr) -> Result<(), BpfError> {
+        self.steering.vips.remove(&vip);
+        self.writes += 1;
+        Ok(())
+    }
+
+    fn add_backend(&mut self, backend: BackendKey) -> Result<(), BpfError> {
+        self.steering.backends.insert(backend);
+        self.writes += 1;
+        self.last_add = Some(Instant::now());
+        Ok(())
+    }
+
+    fn remove_backend(&mut self, backend: BackendKey) -> Result<(), BpfError> {
+        self.steering.backends.remove(&backend);
+        self.writes += 1;
+        Ok(())
+    }
+}
+
+/// What the maps must hold for `model`: the additions of a plan from
+/// nothing.
+fn steering_of(model: &ServiceTable) -> Steering {
+    Plan::new(&ServiceTable::default(), model, [], &Steering::default())
+        .add()
+        .clone()
+}
+
 /// The daemon's control-thread state that `apply` touches.
 struct ControlThread {
     table: TableHandle,
-    program: Option<XdpProgram>,
+    maps: MemoryMaps,
     conntrack: Conntrack,
     service_stats: ServiceStats,
+    /// Targets carried into the next plan (`Gateway::carried`).
+    carried: HashSet<FlowTarget>,
 }
 
 /// Time of each step of one apply.
@@ -238,37 +294,39 @@ struct ControlThread {
 struct Steps {
     compare: Duration,
     slots: Duration,
+    plan: Duration,
     compile: Duration,
-    sets: Duration,
-    add_missing: Duration,
-    publish: Duration,
-    remove_stale: Duration,
-    flow_targets: Duration,
-    retire: Duration,
+    /// Map writes, publish, retirement pass.
+    apply: Duration,
+    /// From the start to the new table published.
+    live: Duration,
     map_writes: usize,
 }
 
 impl ControlThread {
-    fn new(model: Arc<ServiceTable>, program: Option<XdpProgram>) -> Self {
+    fn new(model: Arc<ServiceTable>) -> Self {
         let service_stats = ServiceStats::new();
         let slots = service_stats.assign(&model);
+        let maps = MemoryMaps {
+            steering: steering_of(&model),
+            ..MemoryMaps::default()
+        };
         let table = CompiledTable::compile_with_slots(model, 1, |s, p| slots.get(s, p));
-        if let Some(program) = &program {
-            let (vips, backends) = map_sets(&table);
-            program.sync_maps(&vips, &backends).expect("initial maps");
-        }
         Self {
             table: TableHandle::new(table),
-            program,
+            maps,
             conntrack: Conntrack::default(),
             service_stats,
+            carried: HashSet::new(),
         }
     }
 
-    /// `daemon.rs` `Gateway::apply`, step for step, timed.
-    fn apply(&self, model: Arc<ServiceTable>) -> Steps {
+    /// `Gateway::apply` (daemon/mod.rs): its glue, step for step, around
+    /// the real plan and apply; timed.
+    fn apply(&mut self, model: Arc<ServiceTable>) -> Steps {
         let mut steps = Steps::default();
-        let mut clock = Instant::now();
+        let started = Instant::now();
+        let mut clock = started;
         let mut lap = |slot: &mut Duration| {
             let now = Instant::now();
             *slot = now - clock;
@@ -280,37 +338,29 @@ impl ControlThread {
         assert!(!same, "apply is given a changed model");
         let slots = self.service_stats.assign(&model);
         lap(&mut steps.slots);
+        let carried = std::mem::take(&mut self.carried);
+        let plan = Plan::new(old.model(), &model, carried, self.maps.steering());
+        lap(&mut steps.plan);
         let compiled =
-            CompiledTable::compile_with_slots(Arc::clone(&model), old.generation() + 1, |s, p| {
-                slots.get(s, p)
-            });
+            CompiledTable::compile_with_slots(model, old.generation() + 1, |s, p| slots.get(s, p))
+                .with_retiring(plan.retiring().iter().copied());
         lap(&mut steps.compile);
-        let (vips, backends) = map_sets(&compiled);
-        lap(&mut steps.sets);
-        if let Some(program) = &self.program {
-            let delta = program.add_missing(&vips, &backends).expect("add_missing");
-            steps.map_writes += delta.vips_added + delta.backends_added;
-        }
-        lap(&mut steps.add_missing);
-        self.table.publish(compiled);
-        lap(&mut steps.publish);
-        if let Some(program) = &self.program {
-            let delta = program
-                .remove_stale(&vips, &backends)
-                .expect("remove_stale");
-            steps.map_writes += delta.vips_removed + delta.backends_removed;
-        }
-        lap(&mut steps.remove_stale);
-        let before = flow_targets(old.model());
-        let after = flow_targets(&model);
-        let subset = before.is_subset(&after);
-        lap(&mut steps.flow_targets);
-        if !subset {
-            black_box(self.conntrack.retire(|key, (ip, port)| {
-                !after.contains(&(key.dst, key.dst_port, key.protocol, ip, port))
-            }));
-        }
-        lap(&mut steps.retire);
+        let writes = self.maps.writes;
+        let apply_started = Instant::now();
+        self.maps.last_add = None;
+        let applied = apply(
+            &plan,
+            compiled,
+            &self.table,
+            &self.conntrack,
+            &mut self.maps,
+            READERS_GRACE,
+        )
+        .expect("in-memory maps do not fail");
+        lap(&mut steps.apply);
+        self.carried = applied.lingering;
+        steps.live = self.maps.last_add.unwrap_or(apply_started) - started;
+        steps.map_writes = self.maps.writes - writes;
         drop(old);
         steps
     }
@@ -399,7 +449,7 @@ fn ms(d: Duration) -> String {
 /// step, medians of `RUNS` alternating changes.
 fn breakdown(objects: &[(Vec<Service>, Vec<EndpointSlice>); 2], models: &[Arc<ServiceTable>; 2]) {
     const RUNS: usize = 9;
-    let control = ControlThread::new(Arc::clone(&models[0]), load_program());
+    let mut control = ControlThread::new(Arc::clone(&models[0]));
     let mut runs: Vec<(Duration, Steps)> = Vec::new();
     for i in 1..=RUNS {
         let (services, slices) = &objects[i % 2];
@@ -410,49 +460,27 @@ fn breakdown(objects: &[(Vec<Service>, Vec<EndpointSlice>); 2], models: &[Arc<Se
         runs.push((translated, steps));
     }
     let pick = |f: &dyn Fn(&(Duration, Steps)) -> Duration| median(runs.iter().map(f).collect());
-    let rows: [(&str, Duration); 10] = [
+    let rows: [(&str, Duration); 6] = [
         ("translate (source thread)", pick(&|r| r.0)),
         ("model comparison", pick(&|r| r.1.compare)),
         ("counter-slot assignment", pick(&|r| r.1.slots)),
+        ("plan", pick(&|r| r.1.plan)),
         ("compile", pick(&|r| r.1.compile)),
-        ("map sets", pick(&|r| r.1.sets)),
-        ("add_missing", pick(&|r| r.1.add_missing)),
-        ("publish", pick(&|r| r.1.publish)),
-        ("remove_stale", pick(&|r| r.1.remove_stale)),
-        ("flow-target diff", pick(&|r| r.1.flow_targets)),
-        ("conntrack retire (empty)", pick(&|r| r.1.retire)),
+        ("apply (in-memory maps)", pick(&|r| r.1.apply)),
     ];
     let total: Duration = runs
         .iter()
-        .map(|(t, s)| {
-            *t + s.compare
-                + s.slots
-                + s.compile
-                + s.sets
-                + s.add_missing
-                + s.publish
-                + s.remove_stale
-                + s.flow_targets
-                + s.retire
-        })
+        .map(|(t, s)| *t + s.compare + s.slots + s.plan + s.compile + s.apply)
         .min()
         .unwrap_or_default();
     eprintln!(
         "\ncontrol bench: one Service changed among {SERVICES} x {ENDPOINTS} endpoints, \
-         translate + daemon apply, medians of {RUNS} (maps: {}):",
-        if control.program.is_some() {
-            "real BPF maps"
-        } else {
-            "skipped"
-        }
+         translate + daemon apply, medians of {RUNS}:"
     );
     for (step, took) in rows {
         eprintln!("  {step:<28} {:>10}", ms(took));
     }
-    let live = pick(&|r| {
-        let s = &r.1;
-        s.compare + s.slots + s.compile + s.sets + s.add_missing + s.publish
-    });
+    let live = pick(&|r| r.1.live);
     eprintln!(
         "  {:<28} {:>10} (fastest run)\n  {:<28} {:>10} (apply's steps up to publish)\n  \
          map writes per change: {}\n",
@@ -461,6 +489,11 @@ fn breakdown(objects: &[(Vec<Service>, Vec<EndpointSlice>); 2], models: &[Arc<Se
         "new table live after",
         ms(live),
         runs[0].1.map_writes
+    );
+    assert_eq!(
+        runs[0].1.map_writes,
+        2 * ENDPOINTS,
+        "map writes must be the changed Service's endpoints, not the table's"
     );
 }
 
@@ -527,7 +560,7 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("apply");
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(10));
-    let control = ControlThread::new(Arc::clone(&models[0]), load_program());
+    let mut control = ControlThread::new(Arc::clone(&models[0]));
     let mut flip = 0;
     group.bench_function("one_service_changed", |b| {
         b.iter(|| {
@@ -538,50 +571,17 @@ fn bench(c: &mut Criterion) {
     group.finish();
     drop(control);
 
-    let tables = [
-        CompiledTable::compile(Arc::clone(&models[0]), 1),
-        CompiledTable::compile(Arc::clone(&models[1]), 2),
-    ];
     let mut group = c.benchmark_group("map_diff");
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(10));
-    group.bench_function("sets", |b| b.iter(|| map_sets(black_box(&tables[0]))));
-    if let Some(program) = load_program() {
-        let sets = [map_sets(&tables[0]), map_sets(&tables[1])];
-        let started = Instant::now();
-        let full = program
-            .sync_maps(&sets[0].0, &sets[0].1)
-            .expect("initial maps");
-        eprintln!(
-            "control bench: filling empty maps with {} VIPs and {} backends: {} ({full:?})",
-            sets[0].0.len(),
-            sets[0].1.len(),
-            ms(started.elapsed())
-        );
-        let delta = program.sync_maps(&sets[1].0, &sets[1].1).expect("sync");
-        let writes =
-            delta.vips_added + delta.vips_removed + delta.backends_added + delta.backends_removed;
-        eprintln!(
-            "control bench: one Service changed among {SERVICES}: {writes} map writes ({delta:?})"
-        );
-        assert_eq!(
-            writes,
-            2 * ENDPOINTS,
-            "map writes must be the changed Service's endpoints, not the table's"
-        );
-        let mut flip = 1;
-        group.bench_function("one_service_changed", |b| {
-            b.iter(|| {
-                flip ^= 1;
-                let (vips, backends) = &sets[flip];
-                let added = program.add_missing(vips, backends).expect("add_missing");
-                let removed = program.remove_stale(vips, backends).expect("remove_stale");
-                (added, removed)
-            })
-        });
+    let held = steering_of(&models[0]);
+    group.bench_function("plan", |b| {
+        b.iter(|| Plan::new(black_box(&models[0]), black_box(&models[1]), [], &held))
+    });
+    if let Some(mut program) = load_program() {
+        map_diff_on_bpf_maps(&mut group, &mut program, &models);
     }
     group.finish();
-    drop(tables);
 
     let mut group = c.benchmark_group("end_to_end");
     group.sample_size(10);
@@ -590,6 +590,89 @@ fn bench(c: &mut Criterion) {
     end_to_end_file(&mut group, &models);
     end_to_end_kube(&mut group, &objects);
     group.finish();
+}
+
+/// One change applied to the real BPF maps, alternating between the two
+/// models; the plans are computed beforehand, the tables in each
+/// iteration's setup.
+fn map_diff_on_bpf_maps(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    program: &mut XdpProgram,
+    models: &[Arc<ServiceTable>; 2],
+) {
+    let table = TableHandle::new(CompiledTable::empty());
+    let conntrack = Conntrack::default();
+    let empty = ServiceTable::default();
+    let fill = Plan::new(&empty, &models[0], [], program.steering());
+    let started = Instant::now();
+    apply(
+        &fill,
+        CompiledTable::compile(Arc::clone(&models[0]), 1),
+        &table,
+        &conntrack,
+        program,
+        READERS_GRACE,
+    )
+    .expect("initial maps");
+    eprintln!(
+        "control bench: filling empty maps with {} VIPs and {} backends: {}",
+        fill.add().vips.len(),
+        fill.add().backends.len(),
+        ms(started.elapsed())
+    );
+    let forth = Plan::new(&models[0], &models[1], [], program.steering());
+    let applied = apply(
+        &forth,
+        CompiledTable::compile(Arc::clone(&models[1]), 2),
+        &table,
+        &conntrack,
+        program,
+        READERS_GRACE,
+    )
+    .expect("one change");
+    let writes =
+        forth.add().len() + forth.remove().len() + forth.released(&applied.lingering).len();
+    eprintln!(
+        "control bench: one Service changed among {SERVICES}: {writes} map writes \
+         ({} added before publication, {} removed after, {} after the retirement pass)",
+        forth.add().len(),
+        forth.remove().len(),
+        forth.released(&applied.lingering).len()
+    );
+    assert_eq!(
+        writes,
+        2 * ENDPOINTS,
+        "map writes must be the changed Service's endpoints, not the table's"
+    );
+    let back = Plan::new(&models[1], &models[0], [], program.steering());
+    // Plan `i` leads to model `i`; the maps hold model 1 now.
+    let plans = [back, forth];
+    let mut flip = 1;
+    let mut generation = 2;
+    group.bench_function("one_service_changed", |b| {
+        b.iter_batched(
+            || {
+                flip ^= 1;
+                generation += 1;
+                let model = Arc::clone(&models[flip]);
+                let compiled = CompiledTable::compile(model, generation)
+                    .with_retiring(plans[flip].retiring().iter().copied());
+                (flip, compiled)
+            },
+            |(flip, compiled)| {
+                apply(
+                    &plans[flip],
+                    compiled,
+                    &table,
+                    &conntrack,
+                    program,
+                    READERS_GRACE,
+                )
+                .expect("apply on the BPF maps")
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
 }
 
 /// A changed control file to a live table, through the real file source.

@@ -1,5 +1,5 @@
 //! Compiles the XDP program (`bpf/cipgw.bpf.c`) with clang into
-//! `$OUT_DIR/cipgw.bpf.o`, which `src/bpf.rs` embeds with `include_bytes!`.
+//! `$OUT_DIR/cipgw.bpf.o`, which `src/bpf/mod.rs` embeds with `include_bytes!`.
 //!
 //! The program needs only the kernel's uapi headers (Debian's
 //! linux-libc-dev) and `bpf/cipgw_bpf.h`; it does not depend on a libbpf

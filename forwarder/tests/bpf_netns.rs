@@ -5,8 +5,11 @@
 //! - attach (auto -> native on veth), replace a stale `cipgw_xdp` left by a
 //!   "crashed" gateway, refuse somebody else's program, SKB mode, detach on
 //!   drop;
-//! - VIP/backend map sync: add_missing / remove_stale / sync_maps write only
-//!   the difference and the kernel maps match the mirror;
+//! - VIP/backend maps: service tables applied as the daemon does (plan,
+//!   then apply: additions before the table is published, removals after)
+//!   write only the difference, and the kernel maps match the mirror at
+//!   every write; an open connection's backend stays steered until the
+//!   next change;
 //! - netlink: the snapshot has the veth's connected route and MAC, a
 //!   neighbour appears after a ping, `request_resolution` gets a managed
 //!   neighbour resolved;
@@ -24,12 +27,21 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cipgw::bpf::{AttachMode, BpfError, XdpProgram, PROGRAM_NAME};
+use cipgw::bpf::{AttachMode, BackendKey, BpfError, Steering, XdpMaps, XdpProgram, PROGRAM_NAME};
+use cipgw::conntrack::{Conntrack, FlowKey, FlowMeta};
+use cipgw::daemon::apply::{apply, Applied};
+use cipgw::daemon::plan::Plan;
 use cipgw::netlink;
+use cipgw::table::{CompiledTable, FlowTarget, TableHandle};
 use cipgw::xsk::{self, QueueAssignment, WorkerIo, XskConfig, ZeroCopy};
 use cipgw_config::settings::XdpMode;
+use cipgw_config::{
+    ClusterIp, Endpoint, EndpointState, Protocol, Service, ServiceKind, ServiceName, ServicePort,
+    ServiceTable, TargetPort,
+};
 
 const GW_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -414,59 +426,238 @@ fn drop_from_another_namespace_detaches_in_the_right_one() {
     assert_eq!(topo.gw_xdp(), None, "detached in the gateway's namespace");
 }
 
+/// A Service at `vip` with one port (`port`, `protocol`) whose endpoints
+/// are `(address, target port)`; without a port when `port` is 0.
+fn service(
+    name: &str,
+    vip: Ipv4Addr,
+    port: u16,
+    protocol: Protocol,
+    endpoints: &[(Ipv4Addr, u16)],
+) -> Service {
+    Service {
+        name: ServiceName::new("default", name),
+        kind: ServiceKind::ClusterIp,
+        cluster_ip: ClusterIp::Vip(vip),
+        session_affinity: None,
+        ports: (port != 0)
+            .then(|| ServicePort {
+                name: None,
+                port,
+                protocol,
+                target_port: TargetPort::Number(endpoints.first().map_or(port, |e| e.1)),
+                endpoints: endpoints
+                    .iter()
+                    .map(|&(ip, port)| Endpoint {
+                        ip,
+                        port,
+                        state: EndpointState::READY,
+                        pod: None,
+                    })
+                    .collect(),
+            })
+            .into_iter()
+            .collect(),
+    }
+}
+
+/// The program's maps as `apply` writes them, each write checked against
+/// the kernel's map and recorded with the table generation published
+/// when it was made.
+struct Checked<'a> {
+    program: &'a mut XdpProgram,
+    table: TableHandle,
+    /// (an addition, generation published then).
+    writes: Vec<(bool, u64)>,
+}
+
+impl Checked<'_> {
+    fn record(&mut self, added: bool) {
+        self.writes.push((added, self.table.current().generation()));
+    }
+}
+
+impl XdpMaps for Checked<'_> {
+    fn steering(&self) -> &Steering {
+        self.program.steering()
+    }
+
+    fn add_vip(&mut self, vip: Ipv4Addr) -> Result<(), BpfError> {
+        self.program.add_vip(vip)?;
+        assert!(self.program.vip_in_kernel(vip)?, "{vip} added");
+        self.record(true);
+        Ok(())
+    }
+
+    fn remove_vip(&mut self, vip: Ipv4Addr) -> Result<(), BpfError> {
+        self.program.remove_vip(vip)?;
+        assert!(!self.program.vip_in_kernel(vip)?, "{vip} removed");
+        self.record(false);
+        Ok(())
+    }
+
+    fn add_backend(&mut self, b: BackendKey) -> Result<(), BpfError> {
+        self.program.add_backend(b)?;
+        assert!(
+            self.program.backend_in_kernel(b.0, b.1, b.2)?,
+            "{b:?} added"
+        );
+        self.record(true);
+        Ok(())
+    }
+
+    fn remove_backend(&mut self, b: BackendKey) -> Result<(), BpfError> {
+        self.program.remove_backend(b)?;
+        assert!(
+            !self.program.backend_in_kernel(b.0, b.1, b.2)?,
+            "{b:?} removed"
+        );
+        self.record(false);
+        Ok(())
+    }
+}
+
+/// The gateway's side of a table change: the published table and
+/// conntrack, as the daemon holds them.
+struct Control {
+    model: Arc<ServiceTable>,
+    table: TableHandle,
+    conntrack: Conntrack,
+    carried: HashSet<FlowTarget>,
+}
+
+impl Control {
+    fn new() -> Control {
+        Control {
+            model: Arc::new(ServiceTable::default()),
+            table: TableHandle::new(CompiledTable::empty()),
+            conntrack: Conntrack::default(),
+            carried: HashSet::new(),
+        }
+    }
+
+    /// Plans and applies `model` on `program` as the daemon does; checks
+    /// that every addition came before the table was published and every
+    /// removal after.
+    fn change(&mut self, model: ServiceTable, program: &mut XdpProgram) -> (Plan, Applied) {
+        let carried = std::mem::take(&mut self.carried);
+        let plan = Plan::new(&self.model, &model, carried, program.steering());
+        let model = Arc::new(model);
+        let old = self.table.current().generation();
+        let compiled = CompiledTable::compile(Arc::clone(&model), old + 1)
+            .with_retiring(plan.retiring().iter().copied());
+        let mut maps = Checked {
+            program,
+            table: self.table.clone(),
+            writes: Vec::new(),
+        };
+        let applied = apply(
+            &plan,
+            compiled,
+            &self.table,
+            &self.conntrack,
+            &mut maps,
+            Duration::from_secs(1),
+        )
+        .expect("apply");
+        for &(added, generation) in &maps.writes {
+            let want = if added { old } else { old + 1 };
+            assert_eq!(generation, want, "make before break: {:?}", maps.writes);
+        }
+        assert_eq!(
+            maps.writes.len(),
+            plan.add().len() + plan.remove().len() + plan.released(&applied.lingering).len(),
+            "only the difference is written"
+        );
+        self.model = model;
+        self.carried = applied.lingering.clone();
+        (plan, applied)
+    }
+}
+
 #[test]
-fn map_sync_writes_only_the_difference() {
-    if !can_run("map_sync_writes_only_the_difference") {
+fn applied_tables_write_only_the_difference_make_before_break() {
+    if !can_run("applied_tables_write_only_the_difference_make_before_break") {
         return;
     }
-    let prog = XdpProgram::load().expect("load");
+    let mut prog = XdpProgram::load().expect("load");
     let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
-    let vips: HashSet<Ipv4Addr> = [ip("198.19.0.1"), ip("198.19.0.2")].into();
-    let backends: HashSet<(Ipv4Addr, u16, u8)> =
-        [(ip("198.18.1.1"), 8080, 6), (ip("198.18.1.2"), 53, 17)].into();
+    let (vip1, vip2, vip3) = (ip("198.19.0.1"), ip("198.19.0.2"), ip("198.19.0.3"));
+    let (pod1, pod2, pod3) = (ip("198.18.1.1"), ip("198.18.1.2"), ip("198.18.1.3"));
+    let first = || ServiceTable {
+        services: vec![
+            service(
+                "one",
+                vip1,
+                80,
+                Protocol::Tcp,
+                &[(pod1, 8080), (pod3, 8080)],
+            ),
+            service("two", vip2, 53, Protocol::Udp, &[(pod2, 53)]),
+        ],
+    };
+    let mut control = Control::new();
 
-    let d = prog.add_missing(&vips, &backends).expect("add");
-    assert_eq!((d.vips_added, d.backends_added), (2, 2));
-    let d = prog.add_missing(&vips, &backends).expect("add again");
-    assert_eq!((d.vips_added, d.backends_added), (0, 0), "nothing new");
-    assert!(prog.vip_in_kernel(ip("198.19.0.1")).expect("lookup"));
-    assert!(prog
-        .backend_in_kernel(ip("198.18.1.2"), 53, 17)
-        .expect("lookup"));
-    assert!(!prog
-        .backend_in_kernel(ip("198.18.1.2"), 53, 6)
-        .expect("lookup"));
+    let (plan, _) = control.change(first(), &mut prog);
+    assert_eq!((plan.add().vips.len(), plan.add().backends.len()), (2, 3));
+    assert!(prog.backend_in_kernel(pod2, 53, 17).expect("lookup"));
+    assert!(!prog.backend_in_kernel(pod2, 53, 6).expect("lookup"));
+    let unchanged = Plan::new(&first(), &first(), [], prog.steering());
+    assert!(unchanged.add().is_empty() && unchanged.remove().is_empty());
 
-    // Publish a smaller table: add first (nothing), then remove stale.
-    let vips2: HashSet<Ipv4Addr> = [ip("198.19.0.2"), ip("198.19.0.3")].into();
-    let backends2: HashSet<(Ipv4Addr, u16, u8)> = [(ip("198.18.1.1"), 8080, 6)].into();
-    let d = prog.add_missing(&vips2, &backends2).expect("add");
-    assert_eq!((d.vips_added, d.backends_added, d.vips_removed), (1, 0, 0));
+    // An open connection to pod3, which is about to go.
+    let open = FlowKey {
+        src: CLIENT_IP,
+        dst: vip1,
+        src_port: 40000,
+        dst_port: 80,
+        protocol: Protocol::Tcp,
+    };
+    control
+        .conntrack
+        .insert(open, (pod3, 8080), 0, FlowMeta::default())
+        .expect("track");
+
+    // "one" goes (pod1 stays a backend, of "two"'s new TCP port), "two"
+    // loses its UDP port, "three" comes without ports.
+    let second = ServiceTable {
+        services: vec![
+            service("three", vip3, 0, Protocol::Tcp, &[]),
+            service("two", vip2, 80, Protocol::Tcp, &[(pod1, 8080)]),
+        ],
+    };
+    let (plan, applied) = control.change(second, &mut prog);
+    assert_eq!(plan.add().vips, [vip3].into());
+    assert_eq!(plan.remove().vips, [vip1].into());
+    assert!(!prog.vip_in_kernel(vip1).expect("lookup"));
+    assert!(prog.vip_in_kernel(vip3).expect("lookup"));
     assert!(
-        prog.vip_in_kernel(ip("198.19.0.1")).expect("lookup"),
-        "not removed before publish"
+        !prog.backend_in_kernel(pod2, 53, 17).expect("lookup"),
+        "the UDP port's backend went after the retirement pass"
     );
-    let d = prog.remove_stale(&vips2, &backends2).expect("remove");
-    assert_eq!((d.vips_removed, d.backends_removed), (1, 1));
-    assert!(!prog.vip_in_kernel(ip("198.19.0.1")).expect("lookup"));
-    assert!(!prog
-        .backend_in_kernel(ip("198.18.1.2"), 53, 17)
-        .expect("lookup"));
-    assert_eq!(prog.map_contents(), (vips2.clone(), backends2.clone()));
+    assert_eq!(
+        applied.lingering,
+        [(vip1, 80, Protocol::Tcp, pod3, 8080)].into()
+    );
+    assert!(
+        prog.backend_in_kernel(pod3, 8080, 6).expect("lookup"),
+        "the open connection's replies stay steered"
+    );
 
-    // sync_maps does both; single-entry calls keep the mirror in step.
-    let d = prog.sync_maps(&HashSet::new(), &backends2).expect("sync");
-    assert_eq!((d.vips_removed, d.vips_added, d.backends_added), (2, 0, 0));
-    prog.add_vip(VIP).expect("add vip");
-    prog.add_backend(CLIENT_IP, 7000, 17).expect("add backend");
-    assert!(prog.vip_in_kernel(VIP).expect("lookup"));
-    let d = prog
-        .sync_maps(&HashSet::new(), &HashSet::new())
-        .expect("sync to empty");
-    assert_eq!((d.vips_removed, d.backends_removed), (1, 2));
-    assert!(!prog.vip_in_kernel(VIP).expect("lookup"));
-    prog.remove_vip(VIP)
-        .expect("removing an absent VIP is fine");
+    // The connection ends; the next change removes what is left.
+    assert!(control.conntrack.remove(&open));
+    let (_, applied) = control.change(ServiceTable::default(), &mut prog);
+    assert!(applied.lingering.is_empty());
+    assert_eq!(prog.steering(), &Steering::default());
+    for vip in [vip1, vip2, vip3] {
+        assert!(!prog.vip_in_kernel(vip).expect("lookup"), "{vip}");
+    }
+    for (pod, port, proto) in [(pod1, 8080, 6), (pod2, 53, 17), (pod3, 8080, 6)] {
+        assert!(
+            !prog.backend_in_kernel(pod, port, proto).expect("lookup"),
+            "{pod}:{port}/{proto}"
+        );
+    }
 
     // Slots are bounded.
     assert!(prog.register_socket(1024, 0).is_err());
@@ -652,10 +843,20 @@ fn af_xdp_socket_gets_vip_and_backend_traffic_and_kernel_keeps_the_rest() {
             prog.register_socket(base_of(s.ifindex) + s.queue, s.fd())
                 .expect("register");
         }
-        prog.add_vip(VIP).expect("vip");
-        prog.add_vip(VIP2).expect("vip2");
-        prog.add_backend(CLIENT_IP, 7000, IPPROTO_UDP)
-            .expect("backend");
+        // VIP, whose endpoint is the client's port 7000 (its datagrams
+        // from there are replies), and VIP2, without ports: steered by the
+        // daemon's plan and apply.
+        let model = ServiceTable {
+            services: vec![
+                service("vip", VIP, 5000, Protocol::Udp, &[(CLIENT_IP, 7000)]),
+                service("vip2", VIP2, 0, Protocol::Udp, &[]),
+            ],
+        };
+        let (plan, _) = Control::new().change(model, &mut prog);
+        assert!(plan
+            .add()
+            .backends
+            .contains(&(CLIENT_IP, 7000, IPPROTO_UDP)));
 
         // The gateway's kernel listens on its own address.
         let kernel_sock = UdpSocket::bind((GW_IP, 9999)).expect("bind gw udp");

@@ -1037,12 +1037,11 @@ fn a_published_table_ends_flows_to_endpoints_it_removed() {
     assert_eq!(pod_of(&query), 11);
     assert_eq!(ct.summary().flows, 2);
 
-    // POD1 leaves, POD2 arrives.
-    let old = crate::table::flow_targets(&model_on(POD1));
-    let new = crate::table::flow_targets(&model_on(POD2));
-    h.table = Arc::new(
-        CompiledTable::compile(model_on(POD2), 2).with_retiring(old.difference(&new).copied()),
-    );
+    // POD1 leaves, POD2 arrives: the table ends POD1's targets.
+    h.table = Arc::new(CompiledTable::compile(model_on(POD2), 2).with_retiring([
+        (VIP.into(), 8080, Protocol::Tcp, POD1.into(), 5678),
+        (UDP_VIP.into(), 53, Protocol::Udp, POD1.into(), 5353),
+    ]));
 
     let mut query = client_query();
     assert_eq!(h.run(&mut query), Verdict::Forward { port: POD_PORT });

@@ -34,21 +34,6 @@ use crate::conntrack::FlowKey;
 /// endpoint address and endpoint port.
 pub type FlowTarget = (Ipv4Addr, u16, Protocol, Ipv4Addr, u16);
 
-/// Every target of a model, whatever the endpoint's state: flows to
-/// anything in here may go on; flows to anything not in here lost their
-/// endpoint or port.
-pub fn flow_targets(model: &ServiceTable) -> HashSet<FlowTarget> {
-    let mut targets = HashSet::new();
-    for (service, vip) in model.forwarded() {
-        for port in &service.ports {
-            for e in &port.endpoints {
-                targets.insert((vip, port.port, port.protocol, e.ip, e.port));
-            }
-        }
-    }
-    targets
-}
-
 /// VIP, service port and protocol: what a new connection is looked up by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServiceKey {
@@ -557,10 +542,13 @@ mod tests {
     fn a_table_retires_only_the_targets_it_was_given() {
         let gone = endpoint(12, EndpointState::READY);
         let kept = endpoint(13, EndpointState::READY);
-        let old = flow_targets(&model(vec![gone.clone(), kept.clone()]));
-        let new_model = model(vec![kept]);
-        let new = flow_targets(&new_model);
-        let t = CompiledTable::compile(new_model, 2).with_retiring(old.difference(&new).copied());
+        let t = CompiledTable::compile(model(vec![kept]), 2).with_retiring([(
+            Ipv4Addr::new(198, 18, 100, 10),
+            8080,
+            Protocol::Tcp,
+            gone.ip,
+            gone.port,
+        )]);
         assert_eq!(t.retiring_len(), 1);
         let flow = FlowKey {
             src: Ipv4Addr::new(198, 18, 0, 2),

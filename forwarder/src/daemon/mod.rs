@@ -1,19 +1,18 @@
 //! `cipgw run`: wires the parts of a running gateway together.
 //!
-//! Start-up order matters for the first packet:
-//! 1. the service table is loaded and compiled (a bad control file stops
-//!    start-up with the error);
-//! 2. the netlink monitor publishes the first routes/neighbours snapshot;
-//! 3. the XDP program is loaded, its VIP and backend maps filled, and the
-//!    AF_XDP sockets of every worker opened and registered in the XSKMAP;
-//! 4. only then is the program attached, so no VIP packet is redirected
-//!    to a socket that is not there yet;
-//! 5. workers start, pinned to their cores; neighbours of all backends are
-//!    resolved ahead of the first connection.
+//! `start::start` brings the parts up in the order the first
+//! packet needs; the control loop then applies every new service table
+//! the source reports as a [`plan::Plan`] (what changes, a pure function)
+//! carried out by [`apply::apply`] (the order that keeps traffic flowing),
+//! and does the housekeeping (expired flows, neighbours).
 //!
 //! On SIGINT/SIGTERM workers stop, the program is detached from every
 //! interface (also when start-up fails half-way, by `XdpProgram`'s Drop)
 //! and the process exits 0.
+
+pub mod apply;
+pub mod plan;
+mod start;
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -31,17 +30,15 @@ use cipgw_control::source::{
 
 use crate::admin::{AdminServer, AdminState};
 use crate::affinity::Affinity;
-use crate::bpf::{self, BackendKey, XdpProgram};
+use crate::bpf::{XdpMaps, XdpProgram};
 use crate::conntrack::persist::{self, Previous, TableFile};
 use crate::conntrack::{Conntrack, ConntrackConfig};
 use crate::counters::WorkerCounters;
-use crate::lb::Rng;
-use crate::metrics::{ServiceStats, WorkerTelemetry};
-use crate::netlink::{self, NetMonitor};
-use crate::pipeline::{Pipeline, PipelineConfig};
-use crate::table::{flow_targets, CompiledTable, FlowTarget, TableHandle};
-use crate::worker::{Worker, WorkerShared};
-use crate::xsk::{self, BusyPoll, NapiTuning, QueueAssignment, WorkerIo, XskConfig};
+use crate::metrics::ServiceStats;
+use crate::netlink::NetMonitor;
+use crate::table::{CompiledTable, FlowTarget, TableHandle};
+use crate::xsk::NapiTuning;
+use plan::Plan;
 
 /// How long a table change waits for every worker to move to the new
 /// table before retiring flows (workers load it at every batch).
@@ -79,13 +76,12 @@ struct Gateway {
     /// The connection table's file, when it has one (`--state-dir`):
     /// marked clean after a graceful stop.
     table_file: Option<Arc<TableFile>>,
-    /// Targets of flows adopted from a previous gateway, until the first
-    /// full table says which of them still exist.
-    adopted_targets: Option<HashSet<FlowTarget>>,
-    /// Targets of open TCP connections whose target left: the last
-    /// retirement pass left them for their next packet (see `apply`), so
-    /// the next table must still end them.
-    lingering: HashSet<FlowTarget>,
+    /// Targets the next table must end if it lacks them, besides the
+    /// current table's: at start, those of flows adopted from a previous
+    /// gateway, until the first full table says which still exist; after
+    /// a change, those of open TCP connections the retirement pass left
+    /// to their next packet (see [`apply`]).
+    carried: HashSet<FlowTarget>,
     affinity: Arc<Affinity>,
     workers: Vec<(usize, JoinHandle<()>)>,
     counters: Vec<Arc<WorkerCounters>>,
@@ -290,16 +286,6 @@ fn memory_bytes() -> u64 {
         .unwrap_or(4 << 30)
 }
 
-/// The XDP map contents a table needs (public for the control bench).
-pub fn map_sets(table: &CompiledTable) -> (HashSet<Ipv4Addr>, HashSet<BackendKey>) {
-    let vips = table.vips().collect();
-    let backends = table
-        .backends()
-        .map(|(ip, port, proto)| (ip, port, proto.ip_number()))
-        .collect();
-    (vips, backends)
-}
-
 /// What applying a table did.
 #[derive(Debug, Clone, Copy)]
 struct ApplySummary {
@@ -324,310 +310,9 @@ pub fn run(settings: Settings, options: Options) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("installing signal handlers")?;
     }
-    let mut gateway = start(&settings, &options, Arc::clone(&stop))?;
+    let mut gateway = start::start(&settings, &options, Arc::clone(&stop))?;
     gateway.serve(&settings);
     gateway.shutdown()
-}
-
-fn start(settings: &Settings, options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Gateway> {
-    let load_started = Instant::now();
-    let model = initial_table(settings)?;
-    let load_time = load_started.elapsed();
-    let from_file = matches!(settings.source, Source::ControlFile(_));
-    // Per-Service-port counters: slots assigned before each compile, so
-    // that the table carries them and counters exist before it is live.
-    let service_stats = Arc::new(ServiceStats::new());
-    let slots = service_stats.assign(&model);
-    let compiled = CompiledTable::compile_with_slots(Arc::new(model), 1, |s, p| slots.get(s, p));
-    tracing::info!(
-        services = compiled.model().services.len(),
-        entries = compiled.len(),
-        "service table loaded"
-    );
-
-    // Interfaces, their queues, and the XSKMAP layout.
-    let mut ifindexes = Vec::new();
-    let mut queue_counts = Vec::new();
-    for iface in &settings.ifaces {
-        let ifindex = xsk::interface_index(iface)
-            .with_context(|| format!("--iface {iface}: no such interface"))?;
-        let queues = xsk::rx_queue_count(iface)
-            .with_context(|| format!("--iface {iface}: reading its queue count"))?;
-        ifindexes.push(ifindex);
-        queue_counts.push(queues);
-    }
-    let base_slots = bpf::base_slots(&queue_counts)?;
-
-    let monitor =
-        netlink::spawn_monitor(settings.ifaces.clone()).context("starting the netlink monitor")?;
-
-    let mut program = XdpProgram::load().context("loading the XDP program")?;
-    if let Some(dir) = &settings.state_dir {
-        program.recognise(recorded_program(dir));
-    }
-    let (vips, backends) = map_sets(&compiled);
-    program.add_missing(&vips, &backends)?;
-    if !from_file {
-        // Until the first sync, steer what the gateway before us steered.
-        let inherited = program.inherit_maps(&ifindexes)?;
-        if inherited.vips_added + inherited.backends_added > 0 {
-            tracing::info!(
-                vips = inherited.vips_added,
-                backends = inherited.backends_added,
-                "kept the previous gateway's VIPs and backends until the first sync"
-            );
-        }
-    }
-    for (i, &ifindex) in ifindexes.iter().enumerate() {
-        program.set_port(ifindex, base_slots[i])?;
-    }
-
-    // Queue q of every interface belongs to worker q mod workers, so a
-    // flow received on queue q can leave on queue q of the other arm
-    // from the same worker.
-    let workers = settings.cores.len();
-    let mut assignments: Vec<Vec<QueueAssignment>> = vec![Vec::new(); workers];
-    for (port, iface) in settings.ifaces.iter().enumerate() {
-        for queue in 0..queue_counts[port] {
-            assignments[queue as usize % workers].push(QueueAssignment {
-                port: u8::try_from(port).context("too many interfaces")?,
-                ifname: iface.clone(),
-                ifindex: ifindexes[port],
-                queue,
-            });
-        }
-    }
-
-    let (conntrack, table_file, epoch) = open_conntrack(settings)?;
-    let adopted = adopted_targets(&conntrack);
-    if from_file && !adopted.is_empty() {
-        // The control file is the whole desired state: flows to targets
-        // it lacks go now, before any worker runs.
-        let targets = flow_targets(compiled.model());
-        let retired = conntrack.retire(|key, (ip, port)| {
-            !targets.contains(&(key.dst, key.dst_port, key.protocol, ip, port))
-        });
-        if retired > 0 {
-            tracing::info!(
-                retired,
-                "adopted flows whose endpoint or port is gone retired"
-            );
-        }
-    }
-    let table = TableHandle::new(compiled);
-    let ready = Arc::new(AtomicBool::new(false));
-    let admin = Arc::new(AdminState::new(
-        settings.ifaces.clone(),
-        table.clone(),
-        Arc::clone(&conntrack),
-        Arc::clone(&ready),
-    ));
-    if from_file {
-        admin
-            .control()
-            .record_sync(load_time, &Ok::<(), std::convert::Infallible>(()));
-    }
-    let admin_server = AdminServer::start(settings.admin, Arc::clone(&admin))?;
-    let summary = conntrack.summary();
-    tracing::info!(
-        conntrack_max = summary.max_flows,
-        unreplied_percent = settings.conntrack.unreplied_percent,
-        table_mib = (summary.max_flows as u64 * ConntrackConfig::BYTES_PER_FLOW) >> 20,
-        "connection table bounded (memory is taken as flows arrive)"
-    );
-    if settings.cluster_cidrs.is_empty() {
-        tracing::warn!(
-            "no --cluster-cidr given: VIPs accept traffic from any source; \
-             a ClusterIP is meant to be reachable from inside the cluster only"
-        );
-    }
-    let affinity = Arc::new(Affinity::default());
-    let pipeline_config = PipelineConfig {
-        cluster_cidrs: settings.cluster_cidrs.clone(),
-    };
-    let resolver = monitor.resolver();
-    let resolve: crate::worker::ResolveFn = Arc::new(move |ifindex, ip| {
-        resolver.request_resolution(ifindex, ip);
-    });
-    let mut pending = Vec::new();
-    for (w, queues) in assignments.into_iter().enumerate() {
-        let core = settings.cores[w];
-        if queues.is_empty() {
-            tracing::warn!(
-                core,
-                "no interface queue left for this core's worker; it does not start"
-            );
-            continue;
-        }
-        for q in &queues {
-            tracing::info!(core, iface = %q.ifname, queue = q.queue, "queue assigned");
-        }
-        let ports_on_worker: HashSet<_> = queues.iter().map(|q| q.port).collect();
-        if ports_on_worker.len() < settings.ifaces.len() {
-            tracing::warn!(
-                core,
-                "this worker has no queue on some interface and cannot transmit there; \
-                 give every interface at least as many queues as workers"
-            );
-        }
-        let ring = settings.io.ring_size;
-        let config = XskConfig {
-            // Room for every socket's fill and RX rings to be full at once
-            // with as many frames again on their way out.
-            frame_count: (4096u32).max(2 * ring * queues.len() as u32),
-            rx_size: ring,
-            tx_size: ring,
-            fill_size: ring,
-            comp_size: ring,
-            rx_batch: settings.io.rx_batch,
-            idle_spin: settings.io.idle_spin,
-            tx_budget: ring,
-            busy_poll: settings.io.busy_poll.then_some(BusyPoll {
-                usecs: BUSY_POLL_USECS,
-                budget: u16::try_from(settings.io.rx_batch).unwrap_or(u16::MAX),
-            }),
-            ..XskConfig::default()
-        };
-        let mut io = WorkerIo::open(&config, &queues)
-            .with_context(|| format!("opening AF_XDP sockets for the worker on core {core}"))?;
-        for (socket, q) in io.sockets.iter().zip(&queues) {
-            program.register_socket(base_slots[usize::from(q.port)] + q.queue, socket.fd())?;
-        }
-        io.prefill(config.fill_size as usize);
-        pending.push((core, io));
-    }
-    if pending.is_empty() {
-        bail!("no worker has a queue to serve");
-    }
-
-    for (i, &ifindex) in ifindexes.iter().enumerate() {
-        let mode = program
-            .attach(ifindex, settings.xdp_mode)
-            .with_context(|| format!("attaching XDP to {}", settings.ifaces[i]))?;
-        tracing::info!(iface = %settings.ifaces[i], ?mode, "XDP program attached");
-    }
-
-    if let Some(dir) = &settings.state_dir {
-        record_program(dir, program.program_id());
-    }
-
-    // Only where some socket can actually busy-poll: without a poller the
-    // NAPI timer would only delay receive.
-    let busy_polling = pending
-        .iter()
-        .any(|(_, io)| io.sockets.iter().any(|s| s.busy_poll));
-    if settings.io.busy_poll && !busy_polling {
-        tracing::warn!(
-            "--busy-poll on: no socket can busy-poll (copy mode, e.g. veth); \
-             the kernel's softirq or NAPI threads keep receiving"
-        );
-    }
-    let mut napi_tuning = Vec::new();
-    if busy_polling {
-        for iface in &settings.ifaces {
-            match NapiTuning::apply(
-                iface,
-                BUSY_POLL_DEFER_HARD_IRQS,
-                BUSY_POLL_GRO_FLUSH_TIMEOUT_NS,
-            ) {
-                Ok(Some(t)) => napi_tuning.push(t),
-                Ok(None) => tracing::warn!(
-                    %iface,
-                    "busy polling: this namespace's sysfs is not mounted here; \
-                     napi_defer_hard_irqs and gro_flush_timeout left as they are"
-                ),
-                Err(e) => tracing::warn!(
-                    %iface, error = %e,
-                    "busy polling: could not set napi_defer_hard_irqs and gro_flush_timeout"
-                ),
-            }
-        }
-        tracing::info!(
-            rx_batch = settings.io.rx_batch,
-            "busy polling: workers run their queues' NAPI"
-        );
-    }
-
-    admin.count_services(Arc::clone(&service_stats));
-    let worker_nice = settings.io.worker_nice;
-    let mut handles = Vec::new();
-    let mut counters = Vec::new();
-    for (core, io) in pending {
-        let telemetry = WorkerTelemetry::new(core);
-        admin.add_worker(telemetry.clone());
-        let worker_counters = Arc::clone(&telemetry.counters);
-        counters.push(Arc::clone(&worker_counters));
-        let pipeline = Pipeline::new(Arc::clone(&conntrack), worker_counters, Rng::from_entropy())
-            .with_affinity(Arc::clone(&affinity))
-            .with_config(pipeline_config.clone())
-            .with_service_counters(service_stats.add_worker());
-        let shared = WorkerShared {
-            table: table.reader(),
-            net: monitor.handle(),
-            stop: Arc::clone(&stop),
-            resolve: Arc::clone(&resolve),
-            epoch,
-            pass_through: options.pass_through,
-        };
-        let worker = Worker::new(
-            io,
-            pipeline,
-            shared,
-            settings.ifaces.len(),
-            telemetry.latency_recorder(),
-        );
-        let handle = std::thread::Builder::new()
-            .name(format!("cipgw-worker-{core}"))
-            .spawn(move || {
-                if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-                    tracing::warn!(core, "could not pin the worker to its core");
-                }
-                set_worker_nice(core, worker_nice);
-                worker.run();
-            })
-            .context("spawning a worker thread")?;
-        handles.push((core, handle));
-    }
-
-    let (source, events) = spawn_source(settings).context("starting the source of services")?;
-    tracing::info!(source = source.name(), "watching for changes");
-    let gateway = Gateway {
-        source,
-        events,
-        epoch,
-        ready,
-        table,
-        program,
-        monitor,
-        conntrack,
-        lingering: HashSet::new(),
-        table_file,
-        adopted_targets: (!from_file && !adopted.is_empty()).then_some(adopted),
-        affinity,
-        workers: handles,
-        counters,
-        stop,
-        admin,
-        _admin_server: admin_server,
-        service_stats: Arc::clone(&service_stats),
-        _napi_tuning: napi_tuning,
-    };
-    gateway.resolve_backends();
-    if let Some(peer) = options.pass_through {
-        tracing::warn!(%peer, "pass-through mode: L2 forwarding only, no NAT (benchmarks)");
-        gateway.resolve(peer);
-    }
-    if from_file {
-        gateway.set_ready();
-    } else {
-        tracing::info!("waiting for the first full sync from the Kubernetes API");
-    }
-    tracing::info!(
-        ifaces = ?settings.ifaces,
-        workers = gateway.workers.len(),
-        "cipgw ready"
-    );
-    Ok(gateway)
 }
 
 impl Gateway {
@@ -741,12 +426,11 @@ impl Gateway {
         }
     }
 
-    /// Installs a new desired state: XDP map entries for new VIPs and
-    /// backends first, then the table, then the map entries nobody needs
-    /// any more, so no packet for a VIP that exists before and after is
-    /// ever handed to the kernel by mistake; then flows whose endpoint or
-    /// Service port went away are retired (their next TCP segment is
-    /// answered with a RST, their next UDP datagram picks a live endpoint).
+    /// Installs a new desired state: plans the change from the current
+    /// table (ending also the carried targets), compiles the new table
+    /// with the targets it retires, and applies the plan (see [`apply`]
+    /// for the order). The open TCP connections the retirement pass left
+    /// are carried into the next change.
     fn apply(&mut self, model: Arc<ServiceTable>) -> anyhow::Result<ApplySummary> {
         let old = self.table.current();
         if **old.model() == *model {
@@ -758,67 +442,28 @@ impl Gateway {
             });
         }
         let slots = self.service_stats.assign(&model);
-        let mut before = flow_targets(old.model());
-        // The first table of a gateway that adopted flows ends those whose
-        // target it lacks, like any other change; so does every table for
-        // handshakes the last pass left to their next packet.
-        before.extend(self.adopted_targets.take().unwrap_or_default());
-        before.extend(std::mem::take(&mut self.lingering));
-        let after = flow_targets(&model);
-        let retiring: Vec<FlowTarget> = before.difference(&after).copied().collect();
+        let carried = std::mem::take(&mut self.carried);
+        let plan = Plan::new(old.model(), &model, carried, self.program.steering());
         let generation = old.generation() + 1;
-        let compiled = CompiledTable::compile_with_slots(Arc::clone(&model), generation, |s, p| {
-            slots.get(s, p)
-        })
-        .with_retiring(retiring.iter().copied());
-        let (vips, backends) = map_sets(&compiled);
-        // Replies of flows being retired keep reaching the workers until
-        // the pass below, so a SYN-ACK racing the change is not handed to
-        // the kernel (which would forward it un-NATed).
-        let mut steered = backends.clone();
-        steered.extend(retiring.iter().map(|t| (t.3, t.4, t.2.ip_number())));
-        self.program.add_missing(&vips, &steered)?;
-        let summary = ApplySummary {
-            generation,
-            entries: compiled.len(),
-            retiring: retiring.len(),
-            retired: 0,
-        };
-        self.table.publish(compiled);
-        self.program.remove_stale(&vips, &steered)?;
-
-        // Workers retire flows to removed targets at their next packet
-        // from now on; once none uses an older table (which could still
-        // create such flows), the UDP flows and finished TCP flows go in
-        // one pass. An open TCP connection is left to its next packet from
-        // the client, which is reset (or, a retransmitted SYN, sent to a
-        // live endpoint): dropped here, the replies already on their way
-        // from the Pod would be lost and a client waiting for them would
-        // hang until its own timeout.
-        let retired = if retiring.is_empty() {
-            0
-        } else {
-            if !self.table.wait_for_readers(generation, READERS_GRACE) {
-                tracing::warn!(
-                    generation,
-                    "a worker did not move to the new table within {READERS_GRACE:?}; retiring flows anyway"
-                );
-            }
-            let mut lingering = HashSet::new();
-            let retired = self.conntrack.retire_settled(
-                |key, (ip, port)| !after.contains(&(key.dst, key.dst_port, key.protocol, ip, port)),
-                |key, (ip, port)| {
-                    lingering.insert((key.dst, key.dst_port, key.protocol, ip, port));
-                },
-            );
-            let mut steered = backends;
-            steered.extend(lingering.iter().map(|t| (t.3, t.4, t.2.ip_number())));
-            self.program.remove_stale(&vips, &steered)?;
-            self.lingering = lingering;
-            retired
-        };
+        let compiled = CompiledTable::compile_with_slots(model, generation, |s, p| slots.get(s, p))
+            .with_retiring(plan.retiring().iter().copied());
+        let entries = compiled.len();
+        let applied = apply::apply(
+            &plan,
+            compiled,
+            &self.table,
+            &self.conntrack,
+            &mut self.program,
+            READERS_GRACE,
+        )?;
+        self.carried = applied.lingering;
         self.resolve_backends();
-        Ok(ApplySummary { retired, ..summary })
+        Ok(ApplySummary {
+            generation,
+            entries,
+            retiring: plan.retiring().len(),
+            retired: applied.retired,
+        })
     }
 
     fn shutdown(mut self) -> anyhow::Result<()> {

@@ -1,0 +1,314 @@
+//! The maps the control plane writes: which VIPs and backends the
+//! program steers (`cipgw_vips`, `cipgw_backends`, mirrored in userspace so
+//! that a change writes only the difference) and where it steers them
+//! (`cipgw_ports`, `cipgw_xsks`).
+
+use std::collections::HashSet;
+use std::io;
+use std::mem;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use libbpf_sys as sys;
+
+use super::ffi::{
+    describe_ifindex, map_contains, map_delete, map_keys, map_update, neg_errno, object_name,
+    prog_fd_by_id, prog_info, prog_map_ids, query_xdp,
+};
+use super::{
+    BackendKey, BpfError, XdpProgram, MAP_BACKENDS, MAP_PORTS, MAP_VIPS, MAP_XSKS, MAX_PORTS,
+    PROGRAM_NAME, XSK_SLOTS,
+};
+
+/// What `cipgw_vips` and `cipgw_backends` hold, or are to hold: the VIPs
+/// whose traffic and the backends whose replies the program steers to
+/// the AF_XDP sockets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Steering {
+    pub vips: HashSet<Ipv4Addr>,
+    pub backends: HashSet<BackendKey>,
+}
+
+impl Steering {
+    /// Number of entries, VIPs and backends.
+    pub fn len(&self) -> usize {
+        self.vips.len() + self.backends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.vips.is_empty() && self.backends.is_empty()
+    }
+}
+
+/// What [`XdpProgram::add_missing`] wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Added {
+    pub vips: usize,
+    pub backends: usize,
+}
+
+/// The VIP and backend maps as a running gateway changes them: what they
+/// hold, and one entry added or removed at a time. Adding what is there
+/// or removing what is not changes nothing. The order of the writes is
+/// the caller's (the daemon applies a table make-before-break), which is
+/// why this is a trait: that order is tested on an in-memory map, without
+/// a kernel.
+pub trait XdpMaps {
+    /// What the maps hold.
+    fn steering(&self) -> &Steering;
+    fn add_vip(&mut self, vip: Ipv4Addr) -> Result<(), BpfError>;
+    fn remove_vip(&mut self, vip: Ipv4Addr) -> Result<(), BpfError>;
+    fn add_backend(&mut self, backend: BackendKey) -> Result<(), BpfError>;
+    fn remove_backend(&mut self, backend: BackendKey) -> Result<(), BpfError>;
+}
+
+impl XdpProgram {
+    /// Directs frames received on `ifindex` to socket slots
+    /// `base_slot + rx_queue`.
+    pub fn set_port(&self, ifindex: u32, base_slot: u32) -> Result<(), BpfError> {
+        if base_slot >= XSK_SLOTS {
+            return Err(BpfError::SlotOutOfRange { slot: base_slot });
+        }
+        map_update(self.ports_fd, MAP_PORTS, &ifindex, &base_slot, || {
+            format!("ifindex {ifindex}")
+        })
+    }
+
+    /// Stops directing frames from `ifindex` to sockets.
+    pub fn remove_port(&self, ifindex: u32) -> Result<(), BpfError> {
+        map_delete(self.ports_fd, MAP_PORTS, &ifindex, || {
+            format!("ifindex {ifindex}")
+        })
+    }
+
+    /// Puts an AF_XDP socket at `slot` of `cipgw_xsks`.
+    pub fn register_socket(&self, slot: u32, xsk_fd: RawFd) -> Result<(), BpfError> {
+        if slot >= XSK_SLOTS {
+            return Err(BpfError::SlotOutOfRange { slot });
+        }
+        let value = u32::try_from(xsk_fd).map_err(|_| BpfError::Map {
+            map: MAP_XSKS,
+            op: "update",
+            key: format!("slot {slot}"),
+            source: io::Error::from_raw_os_error(libc::EBADF),
+        })?;
+        map_update(self.xsks_fd, MAP_XSKS, &slot, &value, || {
+            format!("slot {slot}")
+        })
+    }
+
+    /// Empties `slot` of `cipgw_xsks`; frames for it then go to the kernel.
+    pub fn unregister_socket(&self, slot: u32) -> Result<(), BpfError> {
+        if slot >= XSK_SLOTS {
+            return Err(BpfError::SlotOutOfRange { slot });
+        }
+        map_delete(self.xsks_fd, MAP_XSKS, &slot, || format!("slot {slot}"))
+    }
+
+    /// Adds the entries of `wanted` the maps lack; removes nothing. For
+    /// filling the maps before the program is attached; a running
+    /// gateway changes them through [`XdpMaps`], in the daemon's order.
+    pub fn add_missing(&mut self, wanted: &Steering) -> Result<Added, BpfError> {
+        let mut added = Added::default();
+        for &vip in &wanted.vips {
+            if !self.mirror.vips.contains(&vip) {
+                self.add_vip(vip)?;
+                added.vips += 1;
+            }
+        }
+        for &b in &wanted.backends {
+            if !self.mirror.backends.contains(&b) {
+                self.add_backend(b)?;
+                added.backends += 1;
+            }
+        }
+        Ok(added)
+    }
+
+    /// Takes over what a previous gateway's program (attached to one of
+    /// `ifindexes`, about to be replaced by this one) steers: its VIP and
+    /// backend entries are added to this program's maps, so traffic it
+    /// steered keeps reaching the gateway until a full table says
+    /// otherwise (a Kubernetes sync can take a while after a restart).
+    /// Entries of a map with another key layout are not read.
+    pub fn inherit_maps(&mut self, ifindexes: &[u32]) -> Result<Added, BpfError> {
+        for &ifindex in ifindexes {
+            let entries = match attached_entries(ifindex, self.prog_id) {
+                Ok(entries) => entries,
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    tracing::warn!(
+                        "the previous gateway's XDP maps cannot be read without CAP_SYS_ADMIN: \
+                         its VIPs are steered again from the first sync on"
+                    );
+                    return Ok(Added::default());
+                }
+                Err(source) => {
+                    return Err(BpfError::Interface {
+                        iface: describe_ifindex(ifindex),
+                        what: "reading the maps of the XDP program attached before".into(),
+                        source,
+                    })
+                }
+            };
+            if let Some(steering) = entries {
+                return self.add_missing(&steering);
+            }
+        }
+        Ok(Added::default())
+    }
+
+    /// Whether the kernel's VIP map holds `vip` (a map lookup, for tests
+    /// and diagnostics; the mirror is what syncs use).
+    pub fn vip_in_kernel(&self, vip: Ipv4Addr) -> Result<bool, BpfError> {
+        let key = u32::from_ne_bytes(vip.octets());
+        map_contains::<u32, u8>(self.vips_fd, MAP_VIPS, &key, || vip.to_string())
+    }
+
+    /// Whether the kernel's backend map holds the endpoint.
+    pub fn backend_in_kernel(
+        &self,
+        addr: Ipv4Addr,
+        port: u16,
+        proto: u8,
+    ) -> Result<bool, BpfError> {
+        let key = backend_key((addr, port, proto));
+        map_contains::<[u8; 8], u8>(self.backends_fd, MAP_BACKENDS, &key, || {
+            format!("{addr}:{port}/{proto}")
+        })
+    }
+}
+
+impl XdpMaps for XdpProgram {
+    fn steering(&self) -> &Steering {
+        &self.mirror
+    }
+
+    fn add_vip(&mut self, vip: Ipv4Addr) -> Result<(), BpfError> {
+        let key = u32::from_ne_bytes(vip.octets());
+        map_update(self.vips_fd, MAP_VIPS, &key, &1u8, || vip.to_string())?;
+        self.mirror.vips.insert(vip);
+        Ok(())
+    }
+
+    fn remove_vip(&mut self, vip: Ipv4Addr) -> Result<(), BpfError> {
+        let key = u32::from_ne_bytes(vip.octets());
+        map_delete(self.vips_fd, MAP_VIPS, &key, || vip.to_string())?;
+        self.mirror.vips.remove(&vip);
+        Ok(())
+    }
+
+    fn add_backend(&mut self, b: BackendKey) -> Result<(), BpfError> {
+        let key = backend_key(b);
+        map_update(self.backends_fd, MAP_BACKENDS, &key, &1u8, || {
+            format!("{}:{}/{}", b.0, b.1, b.2)
+        })?;
+        self.mirror.backends.insert(b);
+        Ok(())
+    }
+
+    fn remove_backend(&mut self, b: BackendKey) -> Result<(), BpfError> {
+        let key = backend_key(b);
+        map_delete(self.backends_fd, MAP_BACKENDS, &key, || {
+            format!("{}:{}/{}", b.0, b.1, b.2)
+        })?;
+        self.mirror.backends.remove(&b);
+        Ok(())
+    }
+}
+
+/// Base slots for ports with the given RX queue counts, laid out one after
+/// the other: port `i` gets slots `base[i] .. base[i] + queues[i]`.
+pub fn base_slots(rx_queues: &[u32]) -> Result<Vec<u32>, BpfError> {
+    if rx_queues.len() > MAX_PORTS as usize {
+        return Err(BpfError::TooManyQueues {
+            needed: rx_queues.iter().map(|&q| u64::from(q)).sum(),
+        });
+    }
+    let mut next = 0u64;
+    let mut bases = Vec::with_capacity(rx_queues.len());
+    for &q in rx_queues {
+        bases.push(next as u32);
+        next += u64::from(q);
+    }
+    if next > u64::from(XSK_SLOTS) {
+        return Err(BpfError::TooManyQueues { needed: next });
+    }
+    Ok(bases)
+}
+
+/// The 8-byte key of `cipgw_backends`, as the C struct lays it out:
+/// address and port in network order, protocol, zero pad.
+fn backend_key((addr, port, proto): BackendKey) -> [u8; 8] {
+    let a = addr.octets();
+    let p = port.to_be_bytes();
+    [a[0], a[1], a[2], a[3], p[0], p[1], proto, 0]
+}
+
+/// The VIP and backend entries of the cipgw program (other than
+/// `own_id`) attached to `ifindex`, if there is one.
+fn attached_entries(ifindex: u32, own_id: u32) -> io::Result<Option<Steering>> {
+    for (id, _, _) in query_xdp(ifindex)? {
+        if id == own_id {
+            continue;
+        }
+        let prog = prog_fd_by_id(id)?;
+        if prog_info(prog.as_raw_fd())?.1 != PROGRAM_NAME {
+            continue;
+        }
+        let mut steering = Steering::default();
+        for map_id in prog_map_ids(prog.as_raw_fd())? {
+            // SAFETY: plain syscall wrapper.
+            let fd = unsafe { sys::bpf_map_get_fd_by_id(map_id) };
+            if fd < 0 {
+                return Err(neg_errno(fd));
+            }
+            // SAFETY: the kernel just returned this fd to us.
+            let map = unsafe { OwnedFd::from_raw_fd(fd) };
+            let mut info = sys::bpf_map_info::default();
+            let mut len = mem::size_of::<sys::bpf_map_info>() as u32;
+            // SAFETY: `info` is a zeroed out-parameter of `len` bytes.
+            let ret = unsafe { sys::bpf_map_get_info_by_fd(fd, &mut info, &mut len) };
+            if ret < 0 {
+                return Err(neg_errno(ret));
+            }
+            let name = object_name(&info.name);
+            match (name.as_slice(), info.key_size) {
+                (n, 4) if n == MAP_VIPS.as_bytes() => {
+                    for key in map_keys::<4>(map.as_raw_fd())? {
+                        steering.vips.insert(Ipv4Addr::from(key));
+                    }
+                }
+                (n, 8) if n == MAP_BACKENDS.as_bytes() => {
+                    for k in map_keys::<8>(map.as_raw_fd())? {
+                        let addr = Ipv4Addr::new(k[0], k[1], k[2], k[3]);
+                        let port = u16::from_be_bytes([k[4], k[5]]);
+                        steering.backends.insert((addr, port, k[6]));
+                    }
+                }
+                _ => {}
+            }
+        }
+        return Ok(Some(steering));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_key_matches_the_c_layout() {
+        let k = backend_key((Ipv4Addr::new(198, 18, 1, 10), 8080, 6));
+        assert_eq!(k, [198, 18, 1, 10, 0x1f, 0x90, 6, 0]);
+    }
+
+    #[test]
+    fn base_slots_are_consecutive_and_bounded() {
+        assert_eq!(base_slots(&[2, 1, 4]).expect("fits"), vec![0, 2, 3]);
+        assert!(matches!(
+            base_slots(&[1000, 100]),
+            Err(BpfError::TooManyQueues { needed: 1100 })
+        ));
+    }
+}

@@ -1,0 +1,478 @@
+//! Starting a gateway, step by step.
+//!
+//! Start-up order matters for the first packet:
+//! 1. the service table is loaded and compiled (a bad control file stops
+//!    start-up with the error);
+//! 2. the netlink monitor publishes the first routes/neighbours snapshot;
+//! 3. the XDP program is loaded, its VIP and backend maps filled, and the
+//!    AF_XDP sockets of every worker opened and registered in the XSKMAP;
+//! 4. only then is the program attached, so no VIP packet is redirected
+//!    to a socket that is not there yet;
+//! 5. workers start, pinned to their cores; neighbours of all backends are
+//!    resolved ahead of the first connection.
+//!
+//! A failure half-way detaches what was attached (`XdpProgram`'s Drop).
+
+use std::collections::HashSet;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use cipgw_config::settings::{Settings, Source};
+
+use super::plan::{flow_targets, steering_of};
+use super::{
+    adopted_targets, initial_table, open_conntrack, record_program, recorded_program,
+    set_worker_nice, spawn_source, Gateway, Options, BUSY_POLL_DEFER_HARD_IRQS,
+    BUSY_POLL_GRO_FLUSH_TIMEOUT_NS, BUSY_POLL_USECS,
+};
+use crate::admin::{AdminServer, AdminState};
+use crate::affinity::Affinity;
+use crate::bpf::{self, XdpProgram};
+use crate::conntrack::{Conntrack, ConntrackConfig};
+use crate::counters::WorkerCounters;
+use crate::lb::Rng;
+use crate::metrics::{ServiceStats, WorkerTelemetry};
+use crate::netlink::{self, NetMonitor};
+use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::table::{CompiledTable, FlowTarget, TableHandle};
+use crate::worker::{Worker, WorkerShared};
+use crate::xsk::{self, BusyPoll, NapiTuning, QueueAssignment, WorkerIo, XskConfig};
+
+/// Starts the gateway: see the module doc for the order.
+pub(super) fn start(
+    settings: &Settings,
+    options: &Options,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Gateway> {
+    let from_file = matches!(settings.source, Source::ControlFile(_));
+    let first = load_table(settings)?;
+    let ports = Ports::open(settings)?;
+    let monitor =
+        netlink::spawn_monitor(settings.ifaces.clone()).context("starting the netlink monitor")?;
+    let mut program = load_program(settings, &first.table, &ports, from_file)?;
+    let assignments = assign_queues(settings, &ports)?;
+
+    let (conntrack, table_file, epoch) = open_conntrack(settings)?;
+    let carried = adopt_flows(&conntrack, &first.table, from_file);
+    let table = TableHandle::new(first.table);
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin = Arc::new(AdminState::new(
+        settings.ifaces.clone(),
+        table.clone(),
+        Arc::clone(&conntrack),
+        Arc::clone(&ready),
+    ));
+    if from_file {
+        admin
+            .control()
+            .record_sync(first.load_time, &Ok::<(), std::convert::Infallible>(()));
+    }
+    let admin_server = AdminServer::start(settings.admin, Arc::clone(&admin))?;
+    let summary = conntrack.summary();
+    tracing::info!(
+        conntrack_max = summary.max_flows,
+        unreplied_percent = settings.conntrack.unreplied_percent,
+        table_mib = (summary.max_flows as u64 * ConntrackConfig::BYTES_PER_FLOW) >> 20,
+        "connection table bounded (memory is taken as flows arrive)"
+    );
+    if settings.cluster_cidrs.is_empty() {
+        tracing::warn!(
+            "no --cluster-cidr given: VIPs accept traffic from any source; \
+             a ClusterIP is meant to be reachable from inside the cluster only"
+        );
+    }
+
+    let pending = open_sockets(settings, assignments, &program, &ports.base_slots)?;
+    attach(settings, &mut program, &ports.ifindexes)?;
+    let napi_tuning = tune_busy_polling(settings, &pending);
+
+    let affinity = Arc::new(Affinity::default());
+    admin.count_services(Arc::clone(&first.service_stats));
+    let Workers { handles, counters } = spawn_workers(
+        settings,
+        options,
+        pending,
+        &WorkerParts {
+            conntrack: &conntrack,
+            affinity: &affinity,
+            service_stats: &first.service_stats,
+            table: &table,
+            monitor: &monitor,
+            stop: &stop,
+            admin: &admin,
+            epoch,
+        },
+    )?;
+
+    let (source, events) = spawn_source(settings).context("starting the source of services")?;
+    tracing::info!(source = source.name(), "watching for changes");
+    let gateway = Gateway {
+        source,
+        events,
+        epoch,
+        ready,
+        table,
+        program,
+        monitor,
+        conntrack,
+        table_file,
+        carried,
+        affinity,
+        workers: handles,
+        counters,
+        stop,
+        admin,
+        _admin_server: admin_server,
+        service_stats: first.service_stats,
+        _napi_tuning: napi_tuning,
+    };
+    gateway.resolve_backends();
+    if let Some(peer) = options.pass_through {
+        tracing::warn!(%peer, "pass-through mode: L2 forwarding only, no NAT (benchmarks)");
+        gateway.resolve(peer);
+    }
+    if from_file {
+        gateway.set_ready();
+    } else {
+        tracing::info!("waiting for the first full sync from the Kubernetes API");
+    }
+    tracing::info!(
+        ifaces = ?settings.ifaces,
+        workers = gateway.workers.len(),
+        "cipgw ready"
+    );
+    Ok(gateway)
+}
+
+/// The first table, compiled, with the per-Service-port counters it uses.
+struct FirstTable {
+    table: CompiledTable,
+    service_stats: Arc<ServiceStats>,
+    /// How long loading the model took (the control file's first sync).
+    load_time: Duration,
+}
+
+fn load_table(settings: &Settings) -> anyhow::Result<FirstTable> {
+    let load_started = Instant::now();
+    let model = initial_table(settings)?;
+    let load_time = load_started.elapsed();
+    // Per-Service-port counters: slots assigned before each compile, so
+    // that the table carries them and counters exist before it is live.
+    let service_stats = Arc::new(ServiceStats::new());
+    let slots = service_stats.assign(&model);
+    let table = CompiledTable::compile_with_slots(Arc::new(model), 1, |s, p| slots.get(s, p));
+    tracing::info!(
+        services = table.model().services.len(),
+        entries = table.len(),
+        "service table loaded"
+    );
+    Ok(FirstTable {
+        table,
+        service_stats,
+        load_time,
+    })
+}
+
+/// The interfaces, their RX queues and their slots in the XSKMAP.
+struct Ports {
+    ifindexes: Vec<u32>,
+    queue_counts: Vec<u32>,
+    /// Port `i`'s sockets are at `base_slots[i] + queue`.
+    base_slots: Vec<u32>,
+}
+
+impl Ports {
+    fn open(settings: &Settings) -> anyhow::Result<Ports> {
+        let mut ifindexes = Vec::new();
+        let mut queue_counts = Vec::new();
+        for iface in &settings.ifaces {
+            let ifindex = xsk::interface_index(iface)
+                .with_context(|| format!("--iface {iface}: no such interface"))?;
+            let queues = xsk::rx_queue_count(iface)
+                .with_context(|| format!("--iface {iface}: reading its queue count"))?;
+            ifindexes.push(ifindex);
+            queue_counts.push(queues);
+        }
+        let base_slots = bpf::base_slots(&queue_counts)?;
+        Ok(Ports {
+            ifindexes,
+            queue_counts,
+            base_slots,
+        })
+    }
+}
+
+/// Loads the XDP program (not attached yet) with the maps the first table
+/// needs and, for the Kubernetes source, what the gateway before us
+/// steered until the first sync.
+fn load_program(
+    settings: &Settings,
+    first: &CompiledTable,
+    ports: &Ports,
+    from_file: bool,
+) -> anyhow::Result<XdpProgram> {
+    let mut program = XdpProgram::load().context("loading the XDP program")?;
+    if let Some(dir) = &settings.state_dir {
+        program.recognise(recorded_program(dir));
+    }
+    program.add_missing(&steering_of(first.model()))?;
+    if !from_file {
+        // Until the first sync, steer what the gateway before us steered.
+        let inherited = program.inherit_maps(&ports.ifindexes)?;
+        if inherited.vips + inherited.backends > 0 {
+            tracing::info!(
+                vips = inherited.vips,
+                backends = inherited.backends,
+                "kept the previous gateway's VIPs and backends until the first sync"
+            );
+        }
+    }
+    for (&ifindex, &base) in ports.ifindexes.iter().zip(&ports.base_slots) {
+        program.set_port(ifindex, base)?;
+    }
+    Ok(program)
+}
+
+/// Queue q of every interface belongs to worker q mod workers, so a flow
+/// received on queue q can leave on queue q of the other arm from the
+/// same worker.
+fn assign_queues(settings: &Settings, ports: &Ports) -> anyhow::Result<Vec<Vec<QueueAssignment>>> {
+    let workers = settings.cores.len();
+    let mut assignments: Vec<Vec<QueueAssignment>> = vec![Vec::new(); workers];
+    for (port, iface) in settings.ifaces.iter().enumerate() {
+        for queue in 0..ports.queue_counts[port] {
+            assignments[queue as usize % workers].push(QueueAssignment {
+                port: u8::try_from(port).context("too many interfaces")?,
+                ifname: iface.clone(),
+                ifindex: ports.ifindexes[port],
+                queue,
+            });
+        }
+    }
+    Ok(assignments)
+}
+
+/// What to do with flows adopted from a previous gateway: the control
+/// file is the whole desired state, so flows to targets it lacks go now,
+/// before any worker runs; the Kubernetes source's first full table ends
+/// them later, so their targets are carried into its plan.
+fn adopt_flows(
+    conntrack: &Conntrack,
+    first: &CompiledTable,
+    from_file: bool,
+) -> HashSet<FlowTarget> {
+    let adopted = adopted_targets(conntrack);
+    if !from_file {
+        return adopted;
+    }
+    if !adopted.is_empty() {
+        let targets = flow_targets(first.model());
+        let retired = conntrack.retire(|key, (ip, port)| {
+            !targets.contains(&(key.dst, key.dst_port, key.protocol, ip, port))
+        });
+        if retired > 0 {
+            tracing::info!(
+                retired,
+                "adopted flows whose endpoint or port is gone retired"
+            );
+        }
+    }
+    HashSet::new()
+}
+
+/// Opens the AF_XDP sockets of every worker that has queues and registers
+/// them in the XSKMAP: (core, its sockets).
+fn open_sockets(
+    settings: &Settings,
+    assignments: Vec<Vec<QueueAssignment>>,
+    program: &XdpProgram,
+    base_slots: &[u32],
+) -> anyhow::Result<Vec<(usize, WorkerIo)>> {
+    let mut pending = Vec::new();
+    for (w, queues) in assignments.into_iter().enumerate() {
+        let core = settings.cores[w];
+        if queues.is_empty() {
+            tracing::warn!(
+                core,
+                "no interface queue left for this core's worker; it does not start"
+            );
+            continue;
+        }
+        for q in &queues {
+            tracing::info!(core, iface = %q.ifname, queue = q.queue, "queue assigned");
+        }
+        let ports_on_worker: HashSet<_> = queues.iter().map(|q| q.port).collect();
+        if ports_on_worker.len() < settings.ifaces.len() {
+            tracing::warn!(
+                core,
+                "this worker has no queue on some interface and cannot transmit there; \
+                 give every interface at least as many queues as workers"
+            );
+        }
+        let ring = settings.io.ring_size;
+        let config = XskConfig {
+            // Room for every socket's fill and RX rings to be full at once
+            // with as many frames again on their way out.
+            frame_count: (4096u32).max(2 * ring * queues.len() as u32),
+            rx_size: ring,
+            tx_size: ring,
+            fill_size: ring,
+            comp_size: ring,
+            rx_batch: settings.io.rx_batch,
+            idle_spin: settings.io.idle_spin,
+            tx_budget: ring,
+            busy_poll: settings.io.busy_poll.then_some(BusyPoll {
+                usecs: BUSY_POLL_USECS,
+                budget: u16::try_from(settings.io.rx_batch).unwrap_or(u16::MAX),
+            }),
+            ..XskConfig::default()
+        };
+        let mut io = WorkerIo::open(&config, &queues)
+            .with_context(|| format!("opening AF_XDP sockets for the worker on core {core}"))?;
+        for (socket, q) in io.sockets.iter().zip(&queues) {
+            program.register_socket(base_slots[usize::from(q.port)] + q.queue, socket.fd())?;
+        }
+        io.prefill(config.fill_size as usize);
+        pending.push((core, io));
+    }
+    if pending.is_empty() {
+        bail!("no worker has a queue to serve");
+    }
+    Ok(pending)
+}
+
+/// Attaches the program to every interface, and records its id for the
+/// next gateway.
+fn attach(settings: &Settings, program: &mut XdpProgram, ifindexes: &[u32]) -> anyhow::Result<()> {
+    for (i, &ifindex) in ifindexes.iter().enumerate() {
+        let mode = program
+            .attach(ifindex, settings.xdp_mode)
+            .with_context(|| format!("attaching XDP to {}", settings.ifaces[i]))?;
+        tracing::info!(iface = %settings.ifaces[i], ?mode, "XDP program attached");
+    }
+    if let Some(dir) = &settings.state_dir {
+        record_program(dir, program.program_id());
+    }
+    Ok(())
+}
+
+/// Busy polling's interface settings, where some socket can actually
+/// busy-poll: without a poller the NAPI timer would only delay receive.
+fn tune_busy_polling(settings: &Settings, pending: &[(usize, WorkerIo)]) -> Vec<NapiTuning> {
+    let busy_polling = pending
+        .iter()
+        .any(|(_, io)| io.sockets.iter().any(|s| s.busy_poll));
+    if settings.io.busy_poll && !busy_polling {
+        tracing::warn!(
+            "--busy-poll on: no socket can busy-poll (copy mode, e.g. veth); \
+             the kernel's softirq or NAPI threads keep receiving"
+        );
+    }
+    let mut napi_tuning = Vec::new();
+    if busy_polling {
+        for iface in &settings.ifaces {
+            match NapiTuning::apply(
+                iface,
+                BUSY_POLL_DEFER_HARD_IRQS,
+                BUSY_POLL_GRO_FLUSH_TIMEOUT_NS,
+            ) {
+                Ok(Some(t)) => napi_tuning.push(t),
+                Ok(None) => tracing::warn!(
+                    %iface,
+                    "busy polling: this namespace's sysfs is not mounted here; \
+                     napi_defer_hard_irqs and gro_flush_timeout left as they are"
+                ),
+                Err(e) => tracing::warn!(
+                    %iface, error = %e,
+                    "busy polling: could not set napi_defer_hard_irqs and gro_flush_timeout"
+                ),
+            }
+        }
+        tracing::info!(
+            rx_batch = settings.io.rx_batch,
+            "busy polling: workers run their queues' NAPI"
+        );
+    }
+    napi_tuning
+}
+
+/// What every worker shares.
+struct WorkerParts<'a> {
+    conntrack: &'a Arc<Conntrack>,
+    affinity: &'a Arc<Affinity>,
+    service_stats: &'a ServiceStats,
+    table: &'a TableHandle,
+    monitor: &'a NetMonitor,
+    stop: &'a Arc<AtomicBool>,
+    admin: &'a AdminState,
+    epoch: Instant,
+}
+
+/// The worker threads, by core, and their counters.
+struct Workers {
+    handles: Vec<(usize, JoinHandle<()>)>,
+    counters: Vec<Arc<WorkerCounters>>,
+}
+
+/// Starts one worker thread per core that has sockets, pinned to it.
+fn spawn_workers(
+    settings: &Settings,
+    options: &Options,
+    pending: Vec<(usize, WorkerIo)>,
+    parts: &WorkerParts<'_>,
+) -> anyhow::Result<Workers> {
+    let pipeline_config = PipelineConfig {
+        cluster_cidrs: settings.cluster_cidrs.clone(),
+    };
+    let resolver = parts.monitor.resolver();
+    let resolve: crate::worker::ResolveFn = Arc::new(move |ifindex, ip| {
+        resolver.request_resolution(ifindex, ip);
+    });
+    let worker_nice = settings.io.worker_nice;
+    let mut handles = Vec::new();
+    let mut counters = Vec::new();
+    for (core, io) in pending {
+        let telemetry = WorkerTelemetry::new(core);
+        parts.admin.add_worker(telemetry.clone());
+        let worker_counters = Arc::clone(&telemetry.counters);
+        counters.push(Arc::clone(&worker_counters));
+        let pipeline = Pipeline::new(
+            Arc::clone(parts.conntrack),
+            worker_counters,
+            Rng::from_entropy(),
+        )
+        .with_affinity(Arc::clone(parts.affinity))
+        .with_config(pipeline_config.clone())
+        .with_service_counters(parts.service_stats.add_worker());
+        let shared = WorkerShared {
+            table: parts.table.reader(),
+            net: parts.monitor.handle(),
+            stop: Arc::clone(parts.stop),
+            resolve: Arc::clone(&resolve),
+            epoch: parts.epoch,
+            pass_through: options.pass_through,
+        };
+        let worker = Worker::new(
+            io,
+            pipeline,
+            shared,
+            settings.ifaces.len(),
+            telemetry.latency_recorder(),
+        );
+        let handle = std::thread::Builder::new()
+            .name(format!("cipgw-worker-{core}"))
+            .spawn(move || {
+                if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                    tracing::warn!(core, "could not pin the worker to its core");
+                }
+                set_worker_nice(core, worker_nice);
+                worker.run();
+            })
+            .context("spawning a worker thread")?;
+        handles.push((core, handle));
+    }
+    Ok(Workers { handles, counters })
+}
