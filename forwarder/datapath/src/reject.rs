@@ -110,20 +110,10 @@ pub fn port_unreachable(mut frame: Frame<&mut [u8]>, port_mac: MacAddr) -> Optio
     // The quote moves behind the new headers first (the regions overlap;
     // `copy_within` is a memmove).
     buf.copy_within(l3..l3 + quoted_len, body);
-    let mut ip = Ipv4Repr {
-        src: dst,
-        dst: src,
-        protocol: ip_number::ICMP,
-        payload_len: out - icmp_start,
-        ttl: TTL,
-    }
-    .emit(&mut buf[l3..out])
-    .ok()?;
-    IcmpRepr::DstUnreachable {
+    let answer = IcmpRepr::DstUnreachable {
         code: icmp::unreachable::PORT,
-    }
-    .emit(ip.payload_mut())
-    .ok()?;
+    };
+    emit_icmp_answer(&mut buf[l3..out], dst, src, answer)?;
     Some(out)
 }
 
@@ -151,22 +141,38 @@ pub fn echo_reply(mut frame: Frame<&mut [u8]>, port_mac: MacAddr) -> Option<usiz
     // Options of the request are not echoed: the reply's header is fresh,
     // and the ICMP message moves up behind it.
     buf.copy_within(l4..l3_end, icmp_start);
-    let mut ip = Ipv4Repr {
-        src: dst,
-        dst: src,
-        protocol: ip_number::ICMP,
-        payload_len: out - icmp_start,
-        ttl: TTL,
-    }
-    .emit(&mut buf[l3..out])
-    .ok()?;
     // A full checksum, not an incremental one: a message that sums to
     // zero must carry 0xffff, which the RFC 1624 update can turn into
     // 0x0000 (found by the fuzzer); a ping is no hot path.
-    IcmpRepr::EchoReply { ident, seq_no }
-        .emit(ip.payload_mut())
-        .ok()?;
+    emit_icmp_answer(
+        &mut buf[l3..out],
+        dst,
+        src,
+        IcmpRepr::EchoReply { ident, seq_no },
+    )?;
     Some(out)
+}
+
+/// Writes a fresh IPv4 header from `from` to `to` at the start of
+/// `packet` (the whole answer, header to end) and the ICMP header
+/// `answer` behind it, whose body is already in place.
+fn emit_icmp_answer(
+    packet: &mut [u8],
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    answer: IcmpRepr,
+) -> Option<()> {
+    let mut ip = Ipv4Repr {
+        src: from,
+        dst: to,
+        protocol: ip_number::ICMP,
+        payload_len: packet.len().checked_sub(ipv4::MIN_HEADER_LEN)?,
+        ttl: TTL,
+    }
+    .emit(packet)
+    .ok()?;
+    answer.emit(ip.payload_mut()).ok()?;
+    Some(())
 }
 
 /// Limits refusals per source address and in total, per worker, in
