@@ -8,6 +8,9 @@
 //! - SIGTERM, then the same `cipgw run` again: every TCP connection lives
 //!   on (no reset, every request answered, by its own Pod), every UDP flow
 //!   stays on its Pod;
+//! - a new gateway started beside the running one, which hands the data
+//!   path over to it and idles until SIGTERM (make-before-break, what a
+//!   DaemonSet update with maxSurge does): the same;
 //! - the same after SIGKILL (a crash);
 //! - the same with the table on huge pages (`--state-dir` on a hugetlbfs
 //!   mount with pages reserved); with none free, the gateway says so and
@@ -301,6 +304,16 @@ fn connections_survive_a_graceful_restart() {
             lab.start_gateway();
         },
         "SIGTERM restart",
+    );
+}
+
+#[test]
+fn connections_survive_a_hand_over_to_a_gateway_started_beside_the_running_one() {
+    survives(
+        |lab| {
+            lab.replace_gateway();
+        },
+        "hand-over (make-before-break)",
     );
 }
 

@@ -170,6 +170,15 @@ pub enum XskError {
     },
 }
 
+impl XskError {
+    /// Whether binding failed because another socket still holds the
+    /// queue: a gateway that is handing over closes its sockets, and the
+    /// kernel lets go of a queue shortly after.
+    pub fn is_queue_busy(&self) -> bool {
+        matches!(self, XskError::Socket { source, .. } if source.raw_os_error() == Some(libc::EBUSY))
+    }
+}
+
 /// One frame of a worker's UMEM: owning the handle is owning the frame.
 ///
 /// Neither `Copy` nor `Clone`, so a frame cannot be queued twice or kept

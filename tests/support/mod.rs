@@ -405,6 +405,9 @@ pub struct Lab {
     state_dir: Option<PathBuf>,
     /// The gateway's log was printed with a failure already.
     log_printed: std::cell::Cell<bool>,
+    /// The executable and arguments of the last gateway started, for
+    /// [`Lab::replace_gateway`].
+    launched: Option<(PathBuf, Vec<String>)>,
 }
 
 /// A test that panics without [`Lab::fail`] (a plain `assert!`) still
@@ -438,6 +441,7 @@ impl Lab {
             dir: TempDir::new(),
             control: None,
             state_dir: None,
+            launched: None,
             log_printed: std::cell::Cell::new(false),
         }
     }
@@ -605,6 +609,48 @@ impl Lab {
             GatewayProcess::start(exe, self.topology.gateway(), &args, false, READY_WITHIN)
                 .unwrap_or_else(|e| panic!("starting the gateway: {e}"));
         self.gateway = Some(gateway);
+        self.launched = Some((exe.to_owned(), args));
+    }
+
+    /// A make-before-break restart: starts the last `cipgw run` again
+    /// beside the running gateway, which hands the data path over to it
+    /// (see forwarder/src/daemon/handover.rs) and idles; then SIGTERMs
+    /// the old one, which must exit 0 within 5 s.
+    #[track_caller]
+    pub fn replace_gateway(&mut self) {
+        let mut old = self.gateway.take().expect("the gateway is not running");
+        let (exe, args) = self.launched.clone().expect("a gateway was started");
+        let new = GatewayProcess::start(&exe, self.topology.gateway(), &args, false, READY_WITHIN)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "starting a gateway beside the running one: {e}{}",
+                    log_tail(&old)
+                )
+            });
+        self.gateway = Some(new);
+        if !old
+            .log()
+            .iter()
+            .any(|l| l.contains("handed the data path over to the next gateway"))
+        {
+            self.fail(format_args!(
+                "the new gateway is ready but the old one did not log its hand-over{}",
+                log_tail(&old)
+            ));
+        }
+        if let Err(e) = old.signal(libc::SIGTERM) {
+            panic!("SIGTERM to the old gateway: {e}{}", log_tail(&old));
+        }
+        match old.wait(STOP_WITHIN) {
+            Ok(Some(status)) if status.success() => {}
+            other => panic!(
+                "the old gateway did not exit 0 within {STOP_WITHIN:?} of SIGTERM: {other:?}{}",
+                log_tail(&old)
+            ),
+        }
+        if let Some(line) = old.log().iter().find(|l| l.contains("ERROR")) {
+            panic!("the old gateway logged an error: {line}{}", log_tail(&old));
+        }
     }
 
     /// Every line the gateway has logged so far (none before it starts).

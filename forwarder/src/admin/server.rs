@@ -124,6 +124,14 @@ pub enum AdminError {
     Start { addr: SocketAddr, message: String },
 }
 
+impl AdminError {
+    /// Whether another socket holds the address (a gateway that is
+    /// handing over lets go of it a moment later).
+    pub fn is_address_in_use(&self) -> bool {
+        matches!(self, AdminError::Bind { source, .. } if source.kind() == io::ErrorKind::AddrInUse)
+    }
+}
+
 impl AdminServer {
     /// Listens on `addr` (port 0 picks a free one) and answers requests
     /// from `state` on a thread of its own.

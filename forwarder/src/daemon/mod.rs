@@ -6,11 +6,15 @@
 //! carried out by [`apply::apply`] (the order that keeps traffic flowing),
 //! and does the housekeeping (expired flows, neighbours).
 //!
-//! On SIGINT/SIGTERM workers stop, the program is detached from every
-//! interface (also when start-up fails half-way, by `XdpProgram`'s Drop)
-//! and the process exits 0.
+//! On SIGINT/SIGTERM workers stop, the table is marked clean for the next
+//! gateway, the program stays attached (dropping VIP traffic until the
+//! next gateway takes over; a start-up that fails half-way detaches what
+//! it attached, by `XdpProgram`'s Drop) and the process exits 0. A gateway
+//! started beside a running one takes the data path over from it instead
+//! of waiting for it to stop ([`handover`]).
 
 pub mod apply;
+pub mod handover;
 pub mod plan;
 mod start;
 
@@ -87,11 +91,14 @@ struct Gateway {
     counters: Vec<Arc<WorkerCounters>>,
     stop: Arc<AtomicBool>,
     admin: Arc<AdminState>,
-    _admin_server: AdminServer,
+    /// Closed when handing over, so the next gateway can bind the address.
+    admin_server: Option<AdminServer>,
+    /// Where the next gateway asks this one to let go (with `--state-dir`).
+    handover: Option<handover::Listener>,
     /// Per-Service-port counter slots, reassigned with every table.
     service_stats: Arc<ServiceStats>,
     /// Busy polling's interface settings, put back when dropped.
-    _napi_tuning: Vec<NapiTuning>,
+    napi_tuning: Vec<NapiTuning>,
 }
 
 /// Gives the calling (worker) thread its nice value; a failure (no
@@ -303,16 +310,29 @@ pub struct Options {
     pub pass_through: Option<Ipv4Addr>,
 }
 
-/// Runs the gateway until SIGINT or SIGTERM.
+/// Runs the gateway until SIGINT or SIGTERM, or until the next gateway
+/// takes over (then it idles until SIGINT or SIGTERM).
 pub fn run(settings: Settings, options: Options) -> anyhow::Result<()> {
+    // `stop` ends the workers and the control loop (a signal or a
+    // hand-over); `terminate` only a signal.
     let stop = Arc::new(AtomicBool::new(false));
+    let terminate = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
-            .context("installing signal handlers")?;
+        for flag in [&stop, &terminate] {
+            signal_hook::flag::register(signal, Arc::clone(flag))
+                .context("installing signal handlers")?;
+        }
     }
     let mut gateway = start::start(&settings, &options, Arc::clone(&stop))?;
     gateway.serve(&settings);
-    gateway.shutdown()
+    match gateway
+        .handover
+        .as_ref()
+        .and_then(handover::Listener::request)
+    {
+        Some(request) => gateway.hand_over(request, &terminate),
+        None => gateway.shutdown(),
+    }
 }
 
 impl Gateway {
@@ -362,7 +382,12 @@ impl Gateway {
                     break;
                 }
             }
-            if self.workers.iter().any(|(_, h)| h.is_finished()) {
+            // Workers end by themselves at a stop request (a signal or a
+            // hand-over): only an end without one is unexpected.
+            // Acquire: as above.
+            if !self.stop.load(Ordering::Acquire)
+                && self.workers.iter().any(|(_, h)| h.is_finished())
+            {
                 tracing::error!("a worker thread ended unexpectedly; shutting down");
                 // Release: see above.
                 self.stop.store(true, Ordering::Release);
@@ -466,8 +491,49 @@ impl Gateway {
         })
     }
 
-    fn shutdown(mut self) -> anyhow::Result<()> {
-        tracing::info!("stopping");
+    /// Lets the next gateway take the data path over: stops the workers
+    /// (closing the AF_XDP sockets), hands the table over, closes the
+    /// admin endpoint and puts busy-polling settings back, answers the
+    /// request, then waits for SIGTERM or SIGINT without touching the XDP
+    /// program (which the next gateway replaces).
+    fn hand_over(
+        mut self,
+        request: handover::Request,
+        terminate: &AtomicBool,
+    ) -> anyhow::Result<()> {
+        tracing::info!("the next gateway asks to take over; stopping workers");
+        let panicked = self.stop_workers();
+        if let Some(file) = &self.table_file {
+            file.hand_over().with_context(|| {
+                format!(
+                    "handing over the connection table {}",
+                    file.path().display()
+                )
+            })?;
+        }
+        self.admin_server = None;
+        self.napi_tuning.clear();
+        self.program.leave_attached();
+        request
+            .released()
+            .context("telling the next gateway that it may take over")?;
+        tracing::info!(
+            flows = self.conntrack.summary().flows,
+            "handed the data path over to the next gateway; idle until SIGTERM"
+        );
+        // Acquire: pairs with the signal handler's store.
+        while !terminate.load(Ordering::Acquire) {
+            std::thread::sleep(STOP_CHECK_EVERY);
+        }
+        tracing::info!("bye");
+        if panicked {
+            bail!("a worker panicked");
+        }
+        Ok(())
+    }
+
+    /// Stops the workers and waits for them; true if one had panicked.
+    fn stop_workers(&mut self) -> bool {
         // Release: as in `set_ready`; /readyz answers 503 from now on.
         self.ready.store(false, Ordering::Release);
         // Release: see `serve`.
@@ -492,6 +558,12 @@ impl Gateway {
             dropped = totals.2,
             "workers stopped"
         );
+        panicked
+    }
+
+    fn shutdown(mut self) -> anyhow::Result<()> {
+        tracing::info!("stopping");
+        let panicked = self.stop_workers();
         if let Some(file) = &self.table_file {
             // Every worker is gone: the records are at rest.
             file.mark_clean();

@@ -4,11 +4,15 @@
 //! 1. the service table is loaded and compiled (a bad control file stops
 //!    start-up with the error);
 //! 2. the netlink monitor publishes the first routes/neighbours snapshot;
-//! 3. the XDP program is loaded, its VIP and backend maps filled, and the
-//!    AF_XDP sockets of every worker opened and registered in the XSKMAP;
-//! 4. only then is the program attached, so no VIP packet is redirected
+//! 3. the XDP program is loaded and its VIP and backend maps filled;
+//! 4. a gateway still running on the same `--state-dir` is asked to let
+//!    go ([`super::handover`]): everything before this point can fail
+//!    while it still forwards; then the connection table is adopted, the
+//!    admin endpoint bound, and the AF_XDP sockets of every worker opened
+//!    and registered in the XSKMAP;
+//! 5. only then is the program attached, so no VIP packet is redirected
 //!    to a socket that is not there yet;
-//! 5. workers start, pinned to their cores; neighbours of all backends are
+//! 6. workers start, pinned to their cores; neighbours of all backends are
 //!    resolved ahead of the first connection.
 //!
 //! A failure half-way detaches what was attached (`XdpProgram`'s Drop).
@@ -22,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use cipgw_config::settings::{Settings, Source};
 
+use super::handover;
 use super::plan::{flow_targets, steering_of};
 use super::{
     adopted_targets, initial_table, open_conntrack, record_program, recorded_program,
@@ -54,6 +59,11 @@ pub(super) fn start(
         netlink::spawn_monitor(settings.ifaces.clone()).context("starting the netlink monitor")?;
     let mut program = load_program(settings, &first.table, &ports, from_file)?;
     let assignments = assign_queues(settings, &ports)?;
+    // Everything above is ready; what follows needs what a gateway still
+    // running on this state directory holds.
+    if let Some(dir) = &settings.state_dir {
+        take_over(dir)?;
+    }
 
     let (conntrack, table_file, epoch) = open_conntrack(settings)?;
     let carried = adopt_flows(&conntrack, &first.table, from_file);
@@ -70,7 +80,7 @@ pub(super) fn start(
             .control()
             .record_sync(first.load_time, &Ok::<(), std::convert::Infallible>(()));
     }
-    let admin_server = AdminServer::start(settings.admin, Arc::clone(&admin))?;
+    let admin_server = start_admin(settings, &admin)?;
     let summary = conntrack.summary();
     tracing::info!(
         conntrack_max = summary.max_flows,
@@ -109,6 +119,17 @@ pub(super) fn start(
 
     let (source, events) = spawn_source(settings).context("starting the source of services")?;
     tracing::info!(source = source.name(), "watching for changes");
+    let handover = match &settings.state_dir {
+        Some(dir) => Some(
+            handover::Listener::start(dir, Arc::clone(&stop)).with_context(|| {
+                format!(
+                    "--state-dir {}: listening for the next gateway's hand-over",
+                    dir.display()
+                )
+            })?,
+        ),
+        None => None,
+    };
     let gateway = Gateway {
         source,
         events,
@@ -125,9 +146,10 @@ pub(super) fn start(
         counters,
         stop,
         admin,
-        _admin_server: admin_server,
+        admin_server: Some(admin_server),
+        handover,
         service_stats: first.service_stats,
-        _napi_tuning: napi_tuning,
+        napi_tuning,
     };
     gateway.resolve_backends();
     if let Some(peer) = options.pass_through {
@@ -330,7 +352,7 @@ fn open_sockets(
             }),
             ..XskConfig::default()
         };
-        let mut io = WorkerIo::open(&config, &queues)
+        let mut io = open_worker_io(&config, &queues)
             .with_context(|| format!("opening AF_XDP sockets for the worker on core {core}"))?;
         for (socket, q) in io.sockets.iter().zip(&queues) {
             program.register_socket(base_slots[usize::from(q.port)] + q.queue, socket.fd())?;
@@ -342,6 +364,61 @@ fn open_sockets(
         bail!("no worker has a queue to serve");
     }
     Ok(pending)
+}
+
+/// How long a queue, or the admin address, may stay taken by a gateway
+/// that has just handed over (the kernel frees an AF_XDP socket's queue a
+/// moment after its close).
+const RELEASE_GRACE: Duration = Duration::from_secs(2);
+
+/// [`WorkerIo::open`], retried while a queue is still held by the socket
+/// of a gateway that has just let go of it.
+fn open_worker_io(
+    config: &XskConfig,
+    queues: &[QueueAssignment],
+) -> Result<WorkerIo, xsk::XskError> {
+    let deadline = Instant::now() + RELEASE_GRACE;
+    loop {
+        match WorkerIo::open(config, queues) {
+            Err(e) if e.is_queue_busy() && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Asks a gateway running on the same state directory to let go of the
+/// data path (see [`handover`]).
+fn take_over(dir: &std::path::Path) -> anyhow::Result<()> {
+    let asked = Instant::now();
+    let outcome = handover::take_over(dir).with_context(|| {
+        format!(
+            "--state-dir {}: taking over from the gateway running there",
+            dir.display()
+        )
+    })?;
+    if outcome == handover::TakeOver::Released {
+        tracing::info!(
+            took = ?asked.elapsed(),
+            "the running gateway let go of the data path; taking over"
+        );
+    }
+    Ok(())
+}
+
+/// The admin endpoint, retried for a moment while a gateway that has just
+/// handed over still holds the address.
+fn start_admin(settings: &Settings, admin: &Arc<AdminState>) -> anyhow::Result<AdminServer> {
+    let deadline = Instant::now() + RELEASE_GRACE;
+    loop {
+        match AdminServer::start(settings.admin, Arc::clone(admin)) {
+            Err(e) if e.is_address_in_use() && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return Ok(other?),
+        }
+    }
 }
 
 /// Attaches the program to every interface, and records its id for the

@@ -227,6 +227,20 @@ impl TableFile {
         self.set_state(STATE_CLEAN);
     }
 
+    /// Hands the table to the next gateway while this process lives on:
+    /// marks it clean and lets go of the lock, so that the next gateway's
+    /// [`TableFile::open`] returns at once. The caller must not write to
+    /// the table after this (its workers and control loop have stopped);
+    /// the mapping itself stays valid until drop.
+    pub fn hand_over(&self) -> io::Result<()> {
+        self.mark_clean();
+        // SAFETY: flock on the file descriptor this value owns.
+        if unsafe { libc::flock(self._file.as_raw_fd(), libc::LOCK_UN) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// The slab's count of records handed out (plus one), kept here so
     /// that it outlives the process. A fresh table's is 0, read as 1.
     pub(super) fn never_used(&self) -> &AtomicU32 {
@@ -345,7 +359,9 @@ fn open_locked(path: &Path) -> io::Result<File> {
                 path.display()
             )));
         }
-        std::thread::sleep(Duration::from_millis(10));
+        // Short: a gateway handing over lets go within milliseconds and
+        // every one of them is a gap in forwarding.
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -507,6 +523,20 @@ mod tests {
             .expect("no panic")
             .expect("opened once released");
         assert_eq!(previous, Previous::Compatible { clean: false });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_table_handed_over_opens_clean_while_its_first_holder_lives() {
+        let dir = dir("handover");
+        let first = TableFile::open(&dir, 16, 32, monotonic_ns()).expect("fresh");
+        let epoch = first.epoch_ns();
+        first.hand_over().expect("unlock");
+        let second = TableFile::open(&dir, 16, 32, monotonic_ns()).expect("opens at once");
+        assert_eq!(second.previous(), &Previous::Compatible { clean: true });
+        assert_eq!(second.epoch_ns(), epoch, "the clock goes on");
+        drop(first);
+        drop(second);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
