@@ -511,12 +511,13 @@ impl Gateway {
                 )
             })?;
         }
-        self.admin_server = None;
         self.napi_tuning.clear();
         self.program.leave_attached();
         request
             .released()
             .context("telling the next gateway that it may take over")?;
+        // The next gateway binds the admin address last, after its workers.
+        self.admin_server = None;
         tracing::info!(
             flows = self.conntrack.summary().flows,
             "handed the data path over to the next gateway; idle until SIGTERM"

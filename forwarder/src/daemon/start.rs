@@ -7,12 +7,13 @@
 //! 3. the XDP program is loaded and its VIP and backend maps filled;
 //! 4. a gateway still running on the same `--state-dir` is asked to let
 //!    go ([`super::handover`]): everything before this point can fail
-//!    while it still forwards; then the connection table is adopted, the
-//!    admin endpoint bound, and the AF_XDP sockets of every worker opened
-//!    and registered in the XSKMAP;
+//!    while it still forwards; then the connection table is adopted and
+//!    the AF_XDP sockets of every worker opened and registered in the
+//!    XSKMAP;
 //! 5. only then is the program attached, so no VIP packet is redirected
 //!    to a socket that is not there yet;
-//! 6. workers start, pinned to their cores; neighbours of all backends are
+//! 6. workers start, pinned to their cores; the admin endpoint is bound
+//!    and the source of services started; neighbours of all backends are
 //!    resolved ahead of the first connection.
 //!
 //! A failure half-way detaches what was attached (`XdpProgram`'s Drop).
@@ -80,7 +81,6 @@ pub(super) fn start(
             .control()
             .record_sync(first.load_time, &Ok::<(), std::convert::Infallible>(()));
     }
-    let admin_server = start_admin(settings, &admin)?;
     let summary = conntrack.summary();
     tracing::info!(
         conntrack_max = summary.max_flows,
@@ -117,6 +117,9 @@ pub(super) fn start(
         },
     )?;
 
+    // After the workers: forwarding does not wait for the admin address,
+    // which a gateway that has just handed over may still hold.
+    let admin_server = start_admin(settings, &admin)?;
     let (source, events) = spawn_source(settings).context("starting the source of services")?;
     tracing::info!(source = source.name(), "watching for changes");
     let handover = match &settings.state_dir {

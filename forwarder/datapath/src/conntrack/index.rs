@@ -93,11 +93,21 @@ impl FlowIndex {
         // SAFETY: a Bucket is eight AtomicU64s, for which all-zero bytes
         // are a valid value (an empty slot, an unlocked bucket).
         let buckets = unsafe { super::zeroed_slice::<Bucket>(homes + MAX_CHAIN) };
-        super::advise_huge_pages(&buckets);
         FlowIndex {
             buckets,
             homes: homes as u64,
         }
+    }
+
+    /// Asks for transparent huge pages under the buckets (see
+    /// [`super::advise_huge_pages`]). A table that adopts flows asks only
+    /// after adopting them: with the advice, the first touch of each
+    /// 2 MiB region clears a whole huge page, and adopting a few hundred
+    /// flows at random buckets would clear hundreds of MiB while no
+    /// worker runs (35-200 ms measured); khugepaged merges the small
+    /// pages they touched later.
+    pub fn advise_huge_pages(&self) {
+        super::advise_huge_pages(&self.buckets);
     }
 
     /// The home bucket of a hash (Lemire's multiply-shift reduction of

@@ -554,14 +554,21 @@ impl Conntrack {
     /// takes over the flows a previous gateway left there.
     pub fn in_file(config: ConntrackConfig, file: Arc<TableFile>) -> Self {
         let records = Self::records_for(&config);
-        Self::build(config, records, Slab::in_file(file))
+        let adopting = matches!(file.previous(), persist::Previous::Compatible { .. });
+        let table = Self::build(config, records, Slab::in_file(file));
+        if !adopting {
+            table.index.advise_huge_pages();
+        }
+        table
     }
 
     /// A table whose index is sized for `index_flows` flows (tests use a
     /// tiny one to make every chain overflow).
     fn with_index_for(config: ConntrackConfig, index_flows: usize) -> Self {
         let records = Self::records_for(&config) - 1;
-        Self::build(config, index_flows, Slab::new(records as u32))
+        let table = Self::build(config, index_flows, Slab::new(records as u32));
+        table.index.advise_huge_pages();
+        table
     }
 
     fn build(config: ConntrackConfig, index_flows: usize, slab: Slab) -> Self {
@@ -600,6 +607,13 @@ impl Conntrack {
     /// (another process's) is cleared. Must run before the table is
     /// shared with any other thread.
     pub fn adopt(&self, now: u32) -> Adoption {
+        let adoption = self.adopt_records(now);
+        // Only now: see `FlowIndex::advise_huge_pages`.
+        self.index.advise_huge_pages();
+        adoption
+    }
+
+    fn adopt_records(&self, now: u32) -> Adoption {
         let mut adoption = Adoption::default();
         // Records past the file's count of records handed out were never
         // used; a count that is not believable (the record it points at
