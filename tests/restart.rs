@@ -312,6 +312,17 @@ fn connections_survive_a_hand_over_to_a_gateway_started_beside_the_running_one()
     survives(
         |lab| {
             lab.replace_gateway();
+            // The old gateway said its sockets were in copy mode (veth):
+            // the new one did not try zero-copy first.
+            if let Some(line) = lab
+                .gateway_log()
+                .iter()
+                .find(|l| l.contains("zero-copy unavailable"))
+            {
+                lab.fail(format_args!(
+                    "the new gateway tried zero-copy after the hand-over: {line}"
+                ));
+            }
         },
         "hand-over (make-before-break)",
     );

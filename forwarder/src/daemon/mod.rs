@@ -95,6 +95,8 @@ struct Gateway {
     admin_server: Option<AdminServer>,
     /// Where the next gateway asks this one to let go (with `--state-dir`).
     handover: Option<handover::Listener>,
+    /// How the AF_XDP sockets were bound, for the next gateway.
+    socket_mode: handover::SocketMode,
     /// Per-Service-port counter slots, reassigned with every table.
     service_stats: Arc<ServiceStats>,
     /// Busy polling's interface settings, put back when dropped.
@@ -514,7 +516,7 @@ impl Gateway {
         self.napi_tuning.clear();
         self.program.leave_attached();
         request
-            .released()
+            .released(&self.socket_mode)
             .context("telling the next gateway that it may take over")?;
         // The next gateway binds the admin address last, after its workers.
         self.admin_server = None;

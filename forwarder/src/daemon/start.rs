@@ -45,7 +45,7 @@ use crate::netlink::{self, NetMonitor};
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::table::{CompiledTable, FlowTarget, TableHandle};
 use crate::worker::{Worker, WorkerShared};
-use crate::xsk::{self, BusyPoll, NapiTuning, QueueAssignment, WorkerIo, XskConfig};
+use crate::xsk::{self, BusyPoll, NapiTuning, QueueAssignment, WorkerIo, XskConfig, ZeroCopy};
 
 /// Starts the gateway: see the module doc for the order.
 pub(super) fn start(
@@ -62,9 +62,10 @@ pub(super) fn start(
     let assignments = assign_queues(settings, &ports)?;
     // Everything above is ready; what follows needs what a gateway still
     // running on this state directory holds.
-    if let Some(dir) = &settings.state_dir {
-        take_over(dir)?;
-    }
+    let zero_copy = match &settings.state_dir {
+        Some(dir) => take_over(dir, settings)?,
+        None => ZeroCopy::Auto,
+    };
 
     let (conntrack, table_file, epoch) = open_conntrack(settings)?;
     let carried = adopt_flows(&conntrack, &first.table, from_file);
@@ -95,7 +96,19 @@ pub(super) fn start(
         );
     }
 
-    let pending = open_sockets(settings, assignments, &program, &ports.base_slots)?;
+    let pending = open_sockets(
+        settings,
+        assignments,
+        &program,
+        &ports.base_slots,
+        zero_copy,
+    )?;
+    let socket_mode = handover::SocketMode {
+        copy_mode: pending
+            .iter()
+            .all(|(_, io)| io.sockets.iter().all(|s| !s.zero_copy)),
+        ifaces: settings.ifaces.clone(),
+    };
     attach(settings, &mut program, &ports.ifindexes)?;
     let napi_tuning = tune_busy_polling(settings, &pending);
 
@@ -151,6 +164,7 @@ pub(super) fn start(
         admin,
         admin_server: Some(admin_server),
         handover,
+        socket_mode,
         service_stats: first.service_stats,
         napi_tuning,
     };
@@ -315,6 +329,7 @@ fn open_sockets(
     assignments: Vec<Vec<QueueAssignment>>,
     program: &XdpProgram,
     base_slots: &[u32],
+    zero_copy: ZeroCopy,
 ) -> anyhow::Result<Vec<(usize, WorkerIo)>> {
     let mut pending = Vec::new();
     for (w, queues) in assignments.into_iter().enumerate() {
@@ -353,6 +368,7 @@ fn open_sockets(
                 usecs: BUSY_POLL_USECS,
                 budget: u16::try_from(settings.io.rx_batch).unwrap_or(u16::MAX),
             }),
+            zero_copy,
             ..XskConfig::default()
         };
         let mut io = open_worker_io(&config, &queues)
@@ -392,8 +408,10 @@ fn open_worker_io(
 }
 
 /// Asks a gateway running on the same state directory to let go of the
-/// data path (see [`handover`]).
-fn take_over(dir: &std::path::Path) -> anyhow::Result<()> {
+/// data path (see [`handover`]); the zero-copy choice for our sockets:
+/// copy mode at once when the running gateway's sockets on the same
+/// interfaces were in copy mode, else zero-copy where the driver takes it.
+fn take_over(dir: &std::path::Path, settings: &Settings) -> anyhow::Result<ZeroCopy> {
     let asked = Instant::now();
     let outcome = handover::take_over(dir).with_context(|| {
         format!(
@@ -401,13 +419,19 @@ fn take_over(dir: &std::path::Path) -> anyhow::Result<()> {
             dir.display()
         )
     })?;
-    if outcome == handover::TakeOver::Released {
-        tracing::info!(
-            took = ?asked.elapsed(),
-            "the running gateway let go of the data path; taking over"
-        );
-    }
-    Ok(())
+    let handover::TakeOver::Released(mode) = outcome else {
+        return Ok(ZeroCopy::Auto);
+    };
+    tracing::info!(
+        took = ?asked.elapsed(),
+        "the running gateway let go of the data path; taking over"
+    );
+    // Zero-copy before stays Auto: it is tried first anyway, and a
+    // failure then still falls back rather than stopping the gateway.
+    Ok(match mode {
+        Some(mode) if mode.ifaces == settings.ifaces && mode.copy_mode => ZeroCopy::Off,
+        _ => ZeroCopy::Auto,
+    })
 }
 
 /// The admin endpoint, retried for a moment while a gateway that has just
