@@ -53,8 +53,9 @@ impl Hash for ServiceKey {
     }
 }
 
-/// A backend as the data plane writes it into packets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A backend as the data plane writes it into packets. Ordered by
+/// address, then port (how Maglev tables list them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Backend {
     pub ip: Ipv4Addr,
     pub port: u16,
@@ -429,6 +430,7 @@ mod tests {
                     kind: ServiceKind::ClusterIp,
                     cluster_ip: ClusterIp::Vip(Ipv4Addr::new(198, 18, 100, 10)),
                     session_affinity: None,
+                    lb_algorithm: None,
                     ports: vec![ServicePort {
                         name: None,
                         port: 8080,
@@ -442,6 +444,7 @@ mod tests {
                     kind: ServiceKind::ClusterIp,
                     cluster_ip: ClusterIp::Headless,
                     session_affinity: None,
+                    lb_algorithm: None,
                     ports: vec![],
                 },
             ],

@@ -43,6 +43,7 @@ fn model() -> ServiceTable {
                 kind: ServiceKind::ClusterIp,
                 cluster_ip: ClusterIp::Vip(DNS_VIP),
                 session_affinity: None,
+                lb_algorithm: None,
                 ports: vec![ServicePort {
                     name: Some("dns".into()),
                     port: 53,
@@ -56,6 +57,7 @@ fn model() -> ServiceTable {
                 kind: ServiceKind::ClusterIp,
                 cluster_ip: ClusterIp::Vip(VIP),
                 session_affinity: None,
+                lb_algorithm: None,
                 ports: vec![ServicePort {
                     name: Some("http".into()),
                     port: 8080,
@@ -72,6 +74,7 @@ fn model() -> ServiceTable {
                 kind: ServiceKind::ClusterIp,
                 cluster_ip: ClusterIp::Headless,
                 session_affinity: None,
+                lb_algorithm: None,
                 ports: vec![],
             },
         ],
