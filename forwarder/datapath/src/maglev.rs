@@ -40,7 +40,6 @@
 //!   [`MaglevTable::build`] refuses it and the port keeps random choice.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use crate::conntrack::FlowKey;
@@ -362,7 +361,7 @@ impl MaglevTables {
 #[cfg(any(test, feature = "harness"))]
 pub fn test_backend(i: u32, port: u16) -> Backend {
     Backend {
-        ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + 0x1_0000 + i),
+        ip: std::net::Ipv4Addr::from(0xc612_0000 + 0x1_0000 + i),
         port,
     }
 }
