@@ -193,6 +193,31 @@ pub struct Service {
     pub lb_algorithm: Option<LbAlgorithm>,
 }
 
+/// The default Maglev lookup-table size (`--maglev-table-size`): a prime
+/// near 16 Ki, 100 entries per endpoint up to 163 endpoints.
+pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 16_381;
+
+/// The largest Maglev table size accepted (2^24 entries, 32 MiB a table).
+pub const MAX_MAGLEV_TABLE_SIZE: u32 = 1 << 24;
+
+/// Whether `n` is prime (trial division: table sizes are checked once).
+pub fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    if n % 2 == 0 {
+        return n == 2;
+    }
+    let mut d = 3u64;
+    while d.saturating_mul(d) <= n {
+        if n % d == 0 {
+            return false;
+        }
+        d += 2;
+    }
+    true
+}
+
 /// The annotation that chooses a Service's [`LbAlgorithm`].
 pub const LB_ALGORITHM_ANNOTATION: &str = "cipgw.io/lb-algorithm";
 

@@ -47,7 +47,9 @@ use crate::table::Backend;
 
 /// The default lookup-table size: a prime near 16 Ki, 100 entries per
 /// endpoint up to 163 endpoints.
-pub const DEFAULT_TABLE_SIZE: u32 = 16_381;
+pub const DEFAULT_TABLE_SIZE: u32 = cipgw_config::model::DEFAULT_MAGLEV_TABLE_SIZE;
+
+pub use cipgw_config::model::is_prime;
 
 /// The default hash seed. Gateways that share a seed agree on backends;
 /// a secret seed keeps clients from aiming crafted 5-tuples at one Pod.
@@ -55,25 +57,6 @@ pub const DEFAULT_HASH_SEED: u64 = 0;
 
 /// The most backends a table indexes (entries are `u16`).
 pub const MAX_BACKENDS: usize = u16::MAX as usize;
-
-/// Whether `n` is prime (trial division; table sizes are small and
-/// checked once, at start).
-pub fn is_prime(n: u64) -> bool {
-    if n < 2 {
-        return false;
-    }
-    if n % 2 == 0 {
-        return n == 2;
-    }
-    let mut d = 3u64;
-    while d.saturating_mul(d) <= n {
-        if n % d == 0 {
-            return false;
-        }
-        d += 2;
-    }
-    true
-}
 
 /// The splitmix64 finalizer (Steele, Lea, Flood 2014): a bijection on
 /// u64 with full avalanche. Fixed constants, so every gateway and every
