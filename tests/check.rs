@@ -152,7 +152,10 @@ fn check_with(file: &Path, extra: &[&str]) -> support::Output {
 
 /// The `maglev` lines of a `cipgw check` output.
 fn maglev_lines(stdout: &str) -> Vec<&str> {
-    stdout.lines().filter(|l| l.starts_with("maglev ")).collect()
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("maglev "))
+        .collect()
 }
 
 /// `cipgw check --lb maglev` prints each Maglev table's fingerprint: the
@@ -219,10 +222,14 @@ spec:
     );
     assert!(lines(&forward, &["--lb", "random"]).is_empty());
 
-    let out = check_with(&forward, &["--lb", "maglev", "--maglev-table-size", "16384"]);
+    let out = check_with(
+        &forward,
+        &["--lb", "maglev", "--maglev-table-size", "16384"],
+    );
     assert_eq!(out.status.code(), Some(64), "{out:?}");
     assert!(
-        out.stderr.contains("--maglev-table-size: 16384 is not a prime"),
+        out.stderr
+            .contains("--maglev-table-size: 16384 is not a prime"),
         "{out:?}"
     );
 }
