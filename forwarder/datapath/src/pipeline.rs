@@ -672,8 +672,9 @@ impl Pipeline {
     /// to exactly one Service port and that port uses Maglev, the flow is
     /// tracked (client -> VIP:port -> this endpoint) and the reply is
     /// rewritten to come from the VIP:port; an endpoint of several ports
-    /// is dropped (which VIP?). Only valid without source NAT: the
-    /// packet's destination is the client itself.
+    /// is dropped (which VIP?), and so is one to a client outside
+    /// `--cluster-cidr`. Only valid without source NAT: the packet's
+    /// destination is the client itself.
     #[cold]
     fn stateless_reply(
         &mut self,
@@ -691,10 +692,17 @@ impl Pipeline {
             .table
             .port_entry(&service)
             .filter(|entry| entry.maglev.is_some());
-        let Some(entry) = maglev_port else {
+        let reply = &flow.key;
+        // The client must be one that may open connections to VIPs.
+        let client_allowed = self.config.cluster_cidrs.is_empty()
+            || self
+                .config
+                .cluster_cidrs
+                .iter()
+                .any(|c| c.contains(&reply.dst));
+        let (Some(entry), true) = (maglev_port, client_allowed) else {
             return Err(Denied::Verdict(Verdict::Drop(DropReason::ReplyWithoutFlow)));
         };
-        let reply = &flow.key;
         let forward = FlowKey {
             src: reply.dst,
             dst: service.vip,

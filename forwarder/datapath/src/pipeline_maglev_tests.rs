@@ -318,6 +318,18 @@ fn stateless_replies_are_rewritten_when_their_service_port_is_unique() {
     assert_eq!(c.stateless_replies.get(), 1);
     assert_eq!(c.drops_of(DropReason::AmbiguousReply), 1);
     assert_eq!(c.drops_of(DropReason::ReplyWithoutFlow), 1);
+
+    // A client outside --cluster-cidr could not have opened the flow.
+    let mut h = gateway(table, &PODS, 1);
+    h.pipeline = pipeline(Arc::new(Conntrack::default()), 1).with_config(PipelineConfig {
+        cluster_cidrs: vec!["198.18.50.0/24".parse().expect("CIDR")],
+    });
+    let mut outsider = Frame::arriving(POD2, CLIENT).tcp(5678, port, segment(tcp_flags::ACK));
+    assert_eq!(
+        h.run(&mut outsider),
+        Verdict::Drop(DropReason::ReplyWithoutFlow)
+    );
+    assert_eq!(h.counters().stateless_replies.get(), 0);
 }
 
 /// Two gateways that compiled the same Services (their endpoints listed
