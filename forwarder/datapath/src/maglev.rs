@@ -127,8 +127,9 @@ impl Permutation {
         }
     }
 
-    /// The `j`-th preferred entry.
-    #[inline]
+    /// The `j`-th preferred entry (what [`populate`] walks
+    /// incrementally).
+    #[cfg(test)]
     fn at(self, j: u64, m: u32) -> usize {
         ((u64::from(self.offset) + j * u64::from(self.skip)) % u64::from(m)) as usize
     }
@@ -137,28 +138,40 @@ impl Permutation {
 /// The paper's population (Pseudocode 1): backends take turns, each
 /// claiming its next preferred free entry, until all `m` are taken.
 /// Returns, for each entry, the index of its backend in `permutations`.
-/// `m` must be prime and greater than 1, and `permutations` non-empty and
-/// at most [`MAX_BACKENDS`] long.
+/// `m` must be prime and greater than 1, every skip in `1..m`, and
+/// `permutations` non-empty and at most [`MAX_BACKENDS`] long.
 pub fn populate(permutations: &[Permutation], m: u32) -> Box<[u16]> {
     assert!(
         !permutations.is_empty() && permutations.len() <= MAX_BACKENDS,
         "populate needs 1..={MAX_BACKENDS} backends"
     );
+    debug_assert!(permutations.iter().all(|p| (1..m).contains(&p.skip)));
     const FREE: u16 = u16::MAX;
     let mut entries = vec![FREE; m as usize].into_boxed_slice();
-    let mut next = vec![0u64; permutations.len()];
+    // Each backend's next candidate, `permutation[i][next[i]]`, advanced
+    // by adding `skip` modulo M (the same sequence as `Permutation::at`,
+    // without a division per step).
+    let mut candidate: Vec<u32> = permutations.iter().map(|p| p.offset % m).collect();
+    let advance = |c: &mut u32, skip: u32| {
+        // c < m and skip < m, so one subtraction brings it below m.
+        let next = u64::from(*c) + u64::from(skip);
+        *c = if next >= u64::from(m) {
+            (next - u64::from(m)) as u32
+        } else {
+            next as u32
+        };
+    };
     let mut filled = 0u32;
     loop {
         for (i, p) in permutations.iter().enumerate() {
-            let mut c = p.at(next[i], m);
+            let c = &mut candidate[i];
             // Terminates: the list is a permutation of 0..m (m prime)
             // and at least one entry is free while filled < m.
-            while entries[c] != FREE {
-                next[i] += 1;
-                c = p.at(next[i], m);
+            while entries[*c as usize] != FREE {
+                advance(c, p.skip);
             }
-            entries[c] = i as u16;
-            next[i] += 1;
+            entries[*c as usize] = i as u16;
+            advance(c, p.skip);
             filled += 1;
             if filled == m {
                 return entries;
