@@ -8,9 +8,11 @@
 //! - `maglev/compile/10000_services_10_endpoints/random`: compiling a
 //!   table of 10,000 Services of 10 endpoints each (every Service its own
 //!   endpoint set), all under random choice: the baseline;
-//! - `.../maglev_rebuild`: the same model under Maglev, compiled with the
-//!   store of tables the previous compilation left (what the daemon does
-//!   on every change: only new endpoint sets are built; here none);
+//! - `.../maglev_rebuild_{16381,1021}`: the same model under Maglev,
+//!   compiled with the store of tables the previous compilation left
+//!   (what the daemon does on every change: only new endpoint sets are
+//!   built; here none), at table sizes 16,381 (328 MB of tables) and
+//!   1,021 (20 MB);
 //! - `.../maglev_one_changed`: the same, one Service's endpoints changed
 //!   each time (one table built);
 //! - `.../maglev_cold_{1021,16381}`: the same with an empty store (a
@@ -102,11 +104,13 @@ fn bench(c: &mut Criterion) {
         let mut tables = MaglevTables::new(16_381, 7);
         b.iter(|| black_box(compile(&random, &mut tables)))
     });
-    group.bench_function(format!("{name}/maglev_rebuild"), |b| {
-        let mut tables = MaglevTables::new(16_381, 7);
-        compile(&maglev, &mut tables);
-        b.iter(|| black_box(compile(&maglev, &mut tables)))
-    });
+    for m in [16_381u32, 1021] {
+        group.bench_function(format!("{name}/maglev_rebuild_{m}"), |b| {
+            let mut tables = MaglevTables::new(m, 7);
+            compile(&maglev, &mut tables);
+            b.iter(|| black_box(compile(&maglev, &mut tables)))
+        });
+    }
     let versions = [
         model(Some(LbAlgorithm::Maglev), 4321, 1),
         model(Some(LbAlgorithm::Maglev), 4321, 2),
