@@ -9,6 +9,9 @@
 //! - `new_flow/{1,10000}_services`: parse + service lookup + random
 //!   backend choice + conntrack insert (both directions) + rewrite, a new
 //!   5-tuple every packet, with the measured Service among 1 or 10,000;
+//! - `new_flow_maglev/{1,10000}_services`: the same with every Service
+//!   under Maglev (`cipgw.io/lb-algorithm: maglev`, table size 16,381):
+//!   the backend is the table's entry for the 5-tuple's seeded hash;
 //! - `copy_only`: restoring the 64-byte input frame, the harness's own
 //!   cost included in the cases above.
 //!
@@ -19,20 +22,39 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cipgw_config::{Protocol, ServiceName, ServiceTable};
+use cipgw_config::{LbAlgorithm, Protocol, ServiceName, ServiceTable};
 use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig};
 use cipgw_datapath::harness::addr::{POD1, POD2, POD3};
 use cipgw_datapath::harness::{
     mac, pipeline, service, service_port, Frame, Net, CLIENT_IFINDEX, POD_IFINDEX,
 };
+use cipgw_datapath::maglev::MaglevTables;
 use cipgw_datapath::pipeline::{BatchContext, Verdict};
 use cipgw_datapath::route::NetSnapshot;
-use cipgw_datapath::table::CompiledTable;
+use cipgw_datapath::table::{CompiledTable, LbPlan};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 /// `services` Services of 3 endpoints each; the measured one is the last,
 /// at VIP 198.19.255.254:8080.
 fn table(services: usize) -> CompiledTable {
+    CompiledTable::compile(Arc::new(model(services, None)), 1)
+}
+
+/// [`table`] with every Service under Maglev.
+fn maglev_table(services: usize) -> CompiledTable {
+    let mut tables = MaglevTables::new(cipgw_datapath::maglev::DEFAULT_TABLE_SIZE, 7);
+    CompiledTable::compile_with_lb(
+        Arc::new(model(services, Some(LbAlgorithm::Maglev))),
+        1,
+        |_, _| None,
+        LbPlan {
+            default: LbAlgorithm::Random,
+            maglev: &mut tables,
+        },
+    )
+}
+
+fn model(services: usize, lb_algorithm: Option<LbAlgorithm>) -> ServiceTable {
     let services = (0..services)
         .map(|i| {
             let vip = if i + 1 == services {
@@ -40,15 +62,17 @@ fn table(services: usize) -> CompiledTable {
             } else {
                 Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 1)) + i as u32)
             };
-            service(
+            let mut s = service(
                 ServiceName::new("bench", format!("svc-{i:05}")),
                 Some(vip.octets()),
                 None,
                 vec![service_port(8080, Protocol::Udp, 5678, &[POD1, POD2, POD3])],
-            )
+            );
+            s.lb_algorithm = lb_algorithm;
+            s
         })
         .collect();
-    CompiledTable::compile(Arc::new(ServiceTable { services }), 1)
+    ServiceTable { services }
 }
 
 /// The lab's two arms with the Pods and every client address resolved.
@@ -148,15 +172,24 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    for services in [1usize, 10_000] {
-        let t = table(services);
+    for (case, services) in [
+        ("new_flow", 1usize),
+        ("new_flow", 10_000),
+        ("new_flow_maglev", 1),
+        ("new_flow_maglev", 10_000),
+    ] {
+        let t = if case == "new_flow" {
+            table(services)
+        } else {
+            maglev_table(services)
+        };
         let ctx = BatchContext {
             table: &t,
             net: &net,
             now: 1,
         };
         let base = frame((client(0), 1), (vip, 8080));
-        group.bench_function(format!("new_flow/{services}_services"), |b| {
+        group.bench_function(format!("{case}/{services}_services"), |b| {
             b.iter_custom(|iters| {
                 // A fresh table per measurement, bounded above what it
                 // takes, so every packet really is a new flow and nothing

@@ -135,3 +135,159 @@ fn bad_flags_exit_64_and_help_exits_0() {
         );
     }
 }
+
+/// Runs `cipgw check` on `file` with extra flags.
+fn check_with(file: &Path, extra: &[&str]) -> support::Output {
+    let file = file.display().to_string();
+    let mut args = vec![
+        "check",
+        "--control-file",
+        &file,
+        "--service-cidr",
+        TEST_SERVICE_CIDR,
+    ];
+    args.extend_from_slice(extra);
+    support::run_cipgw(&args)
+}
+
+/// The `maglev` lines of a `cipgw check` output.
+fn maglev_lines(stdout: &str) -> Vec<&str> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("maglev "))
+        .collect()
+}
+
+/// `cipgw check --lb maglev` prints each Maglev table's fingerprint: the
+/// same for the same endpoints and seed whatever their order in the
+/// file, another for another seed; `--lb random` prints none; a size
+/// that is not prime exits 64.
+#[test]
+fn check_prints_maglev_fingerprints_that_gateways_can_compare() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = "\
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: default}
+spec:
+  clusterIP: 198.18.100.10
+  ports: [{port: 8080, targetPort: 5678}]
+---
+";
+    let slice = |ips: &[&str]| {
+        let endpoints: Vec<String> = ips
+            .iter()
+            .map(|ip| format!("  - addresses: [\"{ip}\"]\n    conditions: {{ready: true}}\n"))
+            .collect();
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata:\n  name: echo-1\n  namespace: default\n  \
+             labels: {{kubernetes.io/service-name: echo}}\naddressType: IPv4\n\
+             ports: [{{port: 5678}}]\nendpoints:\n{}",
+            endpoints.concat()
+        )
+    };
+    let forward = dir.path().join("forward.yaml");
+    let backward = dir.path().join("backward.yaml");
+    let ips = ["198.18.2.11", "198.18.2.12", "198.18.2.13"];
+    std::fs::write(&forward, format!("{service}{}", slice(&ips))).expect("write");
+    let mut reversed = ips;
+    reversed.reverse();
+    std::fs::write(&backward, format!("{service}{}", slice(&reversed))).expect("write");
+
+    let lines = |file: &Path, extra: &[&str]| {
+        let out = check_with(file, extra);
+        assert!(out.status.success(), "cipgw check {extra:?}: {out:?}");
+        maglev_lines(&out.stdout)
+            .iter()
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+    };
+    let a = lines(&forward, &["--lb", "maglev", "--hash-seed", "7"]);
+    assert_eq!(a.len(), 1, "one Maglev port: {a:?}");
+    assert!(
+        a[0].starts_with("maglev default/echo 198.18.100.10:8080/tcp table ")
+            && a[0].ends_with("(3 endpoints, size 16381, seed 0x7)"),
+        "{a:?}"
+    );
+    assert_eq!(
+        a,
+        lines(&backward, &["--lb", "maglev", "--hash-seed", "7"]),
+        "the order of endpoints does not change the table"
+    );
+    assert_ne!(
+        a,
+        lines(&forward, &["--lb", "maglev", "--hash-seed", "8"]),
+        "another seed is another table"
+    );
+    assert!(lines(&forward, &["--lb", "random"]).is_empty());
+
+    let out = check_with(
+        &forward,
+        &["--lb", "maglev", "--maglev-table-size", "16384"],
+    );
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("--maglev-table-size: 16384 is not a prime"),
+        "{out:?}"
+    );
+}
+
+/// The annotation `cipgw.io/lb-algorithm` chooses Maglev for one
+/// Service under `--lb random`; a value other than random or maglev is
+/// an error naming the Service and the annotation.
+#[test]
+fn the_lb_algorithm_annotation_is_per_service_and_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("control.yaml");
+    let with = |value: &str| {
+        format!(
+            "\
+apiVersion: v1
+kind: Service
+metadata:
+  name: hashed
+  namespace: default
+  annotations: {{cipgw.io/lb-algorithm: {value}}}
+spec:
+  clusterIP: 198.18.100.10
+  ports: [{{port: 80}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: hashed-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: hashed}}
+addressType: IPv4
+ports: [{{port: 80}}]
+endpoints: [{{addresses: [198.18.2.11], conditions: {{ready: true}}}}]
+"
+        )
+    };
+    std::fs::write(&file, with("maglev")).expect("write");
+    let out = check_with(&file, &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        maglev_lines(&out.stdout).len(),
+        1,
+        "annotated Maglev under the default --lb random: {out:?}"
+    );
+    std::fs::write(&file, with("random")).expect("write");
+    let out = check_with(&file, &["--lb", "maglev"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        maglev_lines(&out.stdout).is_empty(),
+        "annotated random under --lb maglev: {out:?}"
+    );
+    std::fs::write(&file, with("round-robin")).expect("write");
+    let out = check_with(&file, &[]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        out.stderr.contains("Service default/hashed")
+            && out.stderr.contains("cipgw.io/lb-algorithm")
+            && out.stderr.contains("\"round-robin\""),
+        "the error names the Service and the annotation: {out:?}"
+    );
+}

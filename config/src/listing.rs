@@ -235,6 +235,7 @@ mod tests {
             kind,
             cluster_ip: ip,
             session_affinity: None,
+            lb_algorithm: None,
             ports,
         }
     }

@@ -187,6 +187,81 @@ pub struct Service {
     /// without a packet from it (`sessionAffinityConfig.clientIP.
     /// timeoutSeconds`, default 10800). `None` for `sessionAffinity: None`.
     pub session_affinity: Option<u32>,
+    /// How new connections pick an endpoint, when the Service says so
+    /// (annotation `cipgw.io/lb-algorithm`); `None` follows the gateway's
+    /// `--lb`.
+    pub lb_algorithm: Option<LbAlgorithm>,
+}
+
+/// The default Maglev lookup-table size (`--maglev-table-size`): a prime
+/// near 16 Ki, 100 entries per endpoint up to 163 endpoints.
+pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 16_381;
+
+/// The largest Maglev table size accepted (2^24 entries, 32 MiB a table).
+pub const MAX_MAGLEV_TABLE_SIZE: u32 = 1 << 24;
+
+/// Whether `n` is prime (trial division: table sizes are checked once).
+pub fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    if n % 2 == 0 {
+        return n == 2;
+    }
+    let mut d = 3u64;
+    while d.saturating_mul(d) <= n {
+        if n % d == 0 {
+            return false;
+        }
+        d += 2;
+    }
+    true
+}
+
+/// The annotation that chooses a Service's [`LbAlgorithm`].
+pub const LB_ALGORITHM_ANNOTATION: &str = "cipgw.io/lb-algorithm";
+
+/// How a new connection's endpoint is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LbAlgorithm {
+    /// Uniformly at random (what kube-proxy does). A flow this gateway
+    /// has not seen is refused (TCP RST) unless it is a new connection.
+    #[default]
+    Random,
+    /// Maglev consistent hashing of the 5-tuple: every gateway with the
+    /// same hash seed and endpoints picks the same endpoint, so a flow
+    /// moved between gateways (ECMP) keeps its Pod.
+    Maglev,
+}
+
+impl LbAlgorithm {
+    /// The name used on the command line and in the annotation.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LbAlgorithm::Random => "random",
+            LbAlgorithm::Maglev => "maglev",
+        }
+    }
+}
+
+impl fmt::Display for LbAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for LbAlgorithm {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "random" => Ok(LbAlgorithm::Random),
+            "maglev" => Ok(LbAlgorithm::Maglev),
+            other => Err(format!(
+                "unknown load-balancing algorithm {other:?}: expected random or maglev"
+            )),
+        }
+    }
 }
 
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.

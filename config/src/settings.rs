@@ -12,6 +12,7 @@ use ipnet::Ipv4Net;
 use serde::Deserialize;
 
 use crate::conntrack::{Timeouts, DEFAULT_UNREPLIED_PERCENT};
+use crate::model::{is_prime, LbAlgorithm, DEFAULT_MAGLEV_TABLE_SIZE, MAX_MAGLEV_TABLE_SIZE};
 
 /// Default service CIDR, as kube-apiserver's `--service-cluster-ip-range`
 /// defaults it.
@@ -88,6 +89,41 @@ pub struct Settings {
     pub state_dir: Option<std::path::PathBuf>,
     /// How workers drive their AF_XDP sockets.
     pub io: IoSettings,
+    /// How new connections choose their endpoint.
+    pub lb: LbSettings,
+}
+
+/// Backend choice: the algorithm of Services without the
+/// `cipgw.io/lb-algorithm` annotation, and Maglev's table size and seed.
+/// Gateways behind one ECMP route must share all three (and so pick the
+/// same endpoint for every flow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LbSettings {
+    pub algorithm: LbAlgorithm,
+    /// Entries of each Maglev lookup table; prime.
+    pub maglev_table_size: u32,
+    /// Seeds the hashing of endpoints and of flows' 5-tuples.
+    pub hash_seed: u64,
+}
+
+impl Default for LbSettings {
+    fn default() -> Self {
+        Self {
+            algorithm: LbAlgorithm::Random,
+            maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
+            hash_seed: 0,
+        }
+    }
+}
+
+/// Parses a hash seed: decimal, or hexadecimal after `0x`.
+pub fn parse_hash_seed(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(&hex.replace('_', ""), 16),
+        None => text.replace('_', "").parse(),
+    };
+    parsed.map_err(|_| format!("{text:?}: expected a number from 0 to 2^64-1, decimal or 0x-hex"))
 }
 
 /// How workers drive their AF_XDP sockets: batch and ring sizes, and
@@ -236,6 +272,23 @@ pub enum SettingsError {
     IdleSpin(Duration),
     #[error("--worker-nice: {0} is not between -20 and 19")]
     WorkerNice(i32),
+    #[error(
+        "--maglev-table-size: {0} is not a prime between 7 and {MAX_MAGLEV_TABLE_SIZE} \
+         (e.g. 1021, 16381, 65537)"
+    )]
+    MaglevTableSize(u32),
+}
+
+impl LbSettings {
+    /// The Maglev table size must be a prime (the paper's permutations
+    /// need it) in a sane range.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let m = self.maglev_table_size;
+        if !(7..=MAX_MAGLEV_TABLE_SIZE).contains(&m) || !is_prime(u64::from(m)) {
+            return Err(SettingsError::MaglevTableSize(m));
+        }
+        Ok(())
+    }
 }
 
 impl Settings {
@@ -278,6 +331,7 @@ impl Settings {
         if !(-20..=19).contains(&self.io.worker_nice) {
             return Err(SettingsError::WorkerNice(self.io.worker_nice));
         }
+        self.lb.validate()?;
         Ok(())
     }
 }
@@ -315,7 +369,41 @@ mod tests {
             proxy_name: DEFAULT_PROXY_NAME.into(),
             state_dir: Some(DEFAULT_STATE_DIR.into()),
             io: IoSettings::default(),
+            lb: LbSettings::default(),
         }
+    }
+
+    #[test]
+    fn the_maglev_table_size_must_be_prime() {
+        let mut s = settings();
+        for good in [7, 1021, 16_381, 65_537] {
+            s.lb.maglev_table_size = good;
+            assert_eq!(s.validate(), Ok(()), "{good} is prime");
+        }
+        for bad in [0, 1, 4, 16_384, 65_535, MAX_MAGLEV_TABLE_SIZE] {
+            s.lb.maglev_table_size = bad;
+            assert_eq!(
+                s.validate(),
+                Err(SettingsError::MaglevTableSize(bad)),
+                "{bad} is refused"
+            );
+        }
+        assert!(SettingsError::MaglevTableSize(16_384)
+            .to_string()
+            .starts_with("--maglev-table-size: 16384 is not a prime"));
+    }
+
+    #[test]
+    fn hash_seeds_and_algorithms_parse() {
+        assert_eq!(parse_hash_seed("42"), Ok(42));
+        assert_eq!(parse_hash_seed("0xdead_beef"), Ok(0xdead_beef));
+        assert_eq!(parse_hash_seed("18446744073709551615"), Ok(u64::MAX));
+        for bad in ["", "-1", "0x", "seed", "18446744073709551616"] {
+            assert!(parse_hash_seed(bad).is_err(), "{bad:?} should not parse");
+        }
+        assert_eq!("maglev".parse(), Ok(LbAlgorithm::Maglev));
+        assert_eq!("random".parse(), Ok(LbAlgorithm::Random));
+        assert!("Maglev".parse::<LbAlgorithm>().is_err());
     }
 
     #[test]

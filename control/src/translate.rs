@@ -54,9 +54,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use cipgw_config::control_file::{ControlObjects, Location, ObjectRef, DEFAULT_NAMESPACE};
+use cipgw_config::model::LB_ALGORITHM_ANNOTATION;
 use cipgw_config::{
-    ClusterIp, Endpoint, EndpointState, Protocol, Service, ServiceKind, ServiceName, ServicePort,
-    ServiceTable, TargetPort,
+    ClusterIp, Endpoint, EndpointState, LbAlgorithm, Protocol, Service, ServiceKind, ServiceName,
+    ServicePort, ServiceTable, TargetPort,
 };
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1 as core;
@@ -229,6 +230,8 @@ pub enum Problem {
     UnknownSessionAffinity(String),
     #[error("{0} is out of range 1-86400 seconds")]
     AffinityTimeoutOutOfRange(i64),
+    #[error("unknown load-balancing algorithm {0:?}: expected random or maglev")]
+    UnknownLbAlgorithm(String),
 }
 
 /// Translates `objects` into a service table, or the first error in file
@@ -352,6 +355,7 @@ pub fn translate_lenient(
                 kind: spec.kind,
                 cluster_ip,
                 session_affinity: spec.affinity,
+                lb_algorithm: spec.lb_algorithm,
                 ports: spec
                     .ports
                     .iter()
@@ -389,6 +393,8 @@ struct ServiceSpec<'a> {
     publish_not_ready: bool,
     /// Session affinity timeout in seconds, when ClientIP.
     affinity: Option<u32>,
+    /// The `cipgw.io/lb-algorithm` annotation, when given.
+    lb_algorithm: Option<LbAlgorithm>,
 }
 
 struct PortSpec {
@@ -434,8 +440,11 @@ impl<'a> ServiceSpec<'a> {
             .map_err(|(field, problem)| field_error(field, problem))?;
         let affinity =
             session_affinity(spec).map_err(|(field, problem)| field_error(field, problem))?;
+        let lb_algorithm = lb_algorithm(&service.object.metadata)
+            .map_err(|(field, problem)| field_error(field, problem))?;
         Ok(Self {
             affinity,
+            lb_algorithm,
             name,
             kind,
             address,
@@ -448,6 +457,26 @@ impl<'a> ServiceSpec<'a> {
 }
 
 type FieldProblem = (String, Problem);
+
+/// The `cipgw.io/lb-algorithm` annotation: `random`, `maglev`, or absent
+/// (the gateway's `--lb`).
+fn lb_algorithm(
+    metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Result<Option<LbAlgorithm>, FieldProblem> {
+    let Some(value) = metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LB_ALGORITHM_ANNOTATION))
+    else {
+        return Ok(None);
+    };
+    value.parse().map(Some).map_err(|_| {
+        (
+            format!("metadata.annotations[{LB_ALGORITHM_ANNOTATION:?}]"),
+            Problem::UnknownLbAlgorithm(value.clone()),
+        )
+    })
+}
 
 /// `spec.sessionAffinity` and its timeout, as Kubernetes validates them.
 fn session_affinity(spec: &core::ServiceSpec) -> Result<Option<u32>, FieldProblem> {

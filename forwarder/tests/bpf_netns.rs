@@ -440,6 +440,7 @@ fn service(
         kind: ServiceKind::ClusterIp,
         cluster_ip: ClusterIp::Vip(vip),
         session_affinity: None,
+        lb_algorithm: None,
         ports: (port != 0)
             .then(|| ServicePort {
                 name: None,

@@ -75,10 +75,14 @@ pub enum DropReason {
     NoTxQueue,
     /// The egress TX ring was full.
     TxRingFull,
+    /// A reply from an endpoint of several Service ports, of a flow this
+    /// gateway does not track: which VIP it should come from is unknown
+    /// (stateless replies, Maglev).
+    AmbiguousReply,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 27] = [
+    pub const ALL: [DropReason; 28] = [
         DropReason::TruncatedEthernet,
         DropReason::VlanTagged,
         DropReason::TruncatedIpv4,
@@ -106,6 +110,7 @@ impl DropReason {
         DropReason::UnknownIngressPort,
         DropReason::NoTxQueue,
         DropReason::TxRingFull,
+        DropReason::AmbiguousReply,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -139,6 +144,7 @@ impl DropReason {
             DropReason::UnknownIngressPort => "unknown_ingress_port",
             DropReason::NoTxQueue => "no_tx_queue",
             DropReason::TxRingFull => "tx_ring_full",
+            DropReason::AmbiguousReply => "ambiguous_reply",
         }
     }
 }
@@ -251,6 +257,13 @@ pub struct WorkerCounters {
     pub refusals_rate_limited: Counter,
     /// Echo replies sent for pings to VIPs.
     pub echo_replies: Counter,
+    /// Flows this gateway had not seen, met mid-connection (a TCP
+    /// segment other than a SYN) and given their backend from the Maglev
+    /// table instead of a RST.
+    pub adopted_flows: Counter,
+    /// Replies of flows this gateway had not seen, rewritten to the one
+    /// VIP:port their endpoint belongs to and tracked (Maglev).
+    pub stateless_replies: Counter,
     pub drops: [Counter; DropReason::COUNT],
     /// The kernel's statistics of the worker's sockets, copied in by the
     /// worker four times a second.

@@ -178,6 +178,7 @@ pub fn service(
         kind: ServiceKind::ClusterIp,
         cluster_ip: vip.map_or(ClusterIp::Headless, |ip| ClusterIp::Vip(ip.into())),
         session_affinity: affinity,
+        lb_algorithm: None,
         ports,
     }
 }

@@ -23,6 +23,7 @@ pub mod counters;
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;
 pub mod lb;
+pub mod maglev;
 pub mod pipeline;
 pub mod reject;
 pub mod route;

@@ -49,7 +49,7 @@ use crate::counters::{DropReason, ServiceCounters, WorkerCounters};
 use crate::lb::Rng;
 use crate::reject::{self, RefusalLimiter};
 use crate::route::{NetSnapshot, PortId, RouteError};
-use crate::table::{CompiledTable, Miss, ServiceKey};
+use crate::table::{CompiledTable, Miss, ReplyOwner, ServiceKey};
 use crate::wire::ethernet::{self, EthernetFrame, MacAddr};
 use crate::wire::frame::{Frame, ParseError, L3, L4};
 use crate::wire::icmp;
@@ -550,13 +550,10 @@ impl Pipeline {
     ) -> Result<FlowHit, Denied> {
         let key = &flow.key;
         if !ctx.table.is_vip(key.dst) {
-            return Err(Denied::Verdict(
-                if ctx.table.is_backend(key.src, key.src_port, key.protocol) {
-                    Verdict::Drop(DropReason::ReplyWithoutFlow)
-                } else {
-                    Verdict::Pass
-                },
-            ));
+            return match ctx.table.reply_owner(key.src, key.src_port, key.protocol) {
+                Some(owner) => self.stateless_reply(flow, owner, ctx),
+                None => Err(Denied::Verdict(Verdict::Pass)),
+            };
         }
         self.check_source(frame, key.src, ctx)
             .map_err(Denied::Verdict)?;
@@ -569,7 +566,10 @@ impl Pipeline {
                 // Never answer a RST; nothing to reset.
                 return Err(Denied::Verdict(Verdict::Drop(DropReason::TcpNoFlow)));
             }
-            if f & tcp_flags::SYN == 0 || f & tcp_flags::ACK != 0 {
+            if f & tcp_flags::SYN == 0 {
+                return self.adopt(flow, hash, ctx);
+            }
+            if f & tcp_flags::ACK != 0 {
                 return Err(Denied::Refuse(DropReason::TcpNoFlow));
             }
         }
@@ -592,7 +592,10 @@ impl Pipeline {
                         .pick(service, key.src, backends, timeout, ctx.now, &mut self.rng);
                 backends.iter().position(|b| *b == chosen).unwrap_or(0)
             }
-            None => self.rng.below(backends.len()),
+            None => match &entry.maglev {
+                Some(maglev) => maglev.pick(key),
+                None => self.rng.below(backends.len()),
+            },
         };
         // A reply-key clash is retried on another backend a few times
         // before the connection is given up.
@@ -624,6 +627,118 @@ impl Pipeline {
         // client port through another VIP: refuse at once rather than let
         // the client retry the same port into the same clash.
         Err(Denied::Refuse(DropReason::ReplyClash))
+    }
+
+    /// A TCP segment other than a SYN of a flow this gateway does not
+    /// track: another gateway carried it until now (ECMP moved it), or
+    /// this one restarted. Under Maglev every gateway picks the same
+    /// backend for it, so it is given that backend and tracked (counted
+    /// as adopted); under random choice it is refused with a RST, as the
+    /// kernel and kube-proxy do.
+    #[cold]
+    fn adopt(&mut self, flow: &Flow, hash: u64, ctx: &BatchContext<'_>) -> Result<FlowHit, Denied> {
+        let key = &flow.key;
+        let service = ServiceKey {
+            vip: key.dst,
+            port: key.dst_port,
+            protocol: key.protocol,
+        };
+        let Ok(entry) = ctx.table.lookup(&service) else {
+            return Err(Denied::Refuse(DropReason::TcpNoFlow));
+        };
+        let Some(maglev) = &entry.maglev else {
+            return Err(Denied::Refuse(DropReason::TcpNoFlow));
+        };
+        let backend = entry.backends[maglev.pick(key)];
+        let meta = FlowMeta {
+            affinity: entry.affinity.is_some(),
+            slot: entry.slot,
+        };
+        match self
+            .conntrack
+            .insert_hashed(*key, hash, (backend.ip, backend.port), ctx.now, meta)
+        {
+            Ok(hit) => {
+                self.counters.adopted_flows.inc();
+                Ok(hit)
+            }
+            Err(InsertError::ReplyClash) => Err(Denied::Refuse(DropReason::ReplyClash)),
+            Err(InsertError::Full) => Err(Denied::Refuse(DropReason::ConntrackFull)),
+        }
+    }
+
+    /// A packet from an endpoint that no tracked flow knows: a reply of a
+    /// flow another gateway carried until now. When the endpoint belongs
+    /// to exactly one Service port and that port uses Maglev, the flow is
+    /// tracked (client -> VIP:port -> this endpoint) and the reply is
+    /// rewritten to come from the VIP:port; an endpoint of several ports
+    /// is dropped (which VIP?), and so is one to a client outside
+    /// `--cluster-cidr`. Only valid without source NAT: the packet's
+    /// destination is the client itself.
+    #[cold]
+    fn stateless_reply(
+        &mut self,
+        flow: &Flow,
+        owner: ReplyOwner,
+        ctx: &BatchContext<'_>,
+    ) -> Result<FlowHit, Denied> {
+        let service = match owner {
+            ReplyOwner::Unique(service) => service,
+            ReplyOwner::Ambiguous => {
+                return Err(Denied::Verdict(Verdict::Drop(DropReason::AmbiguousReply)))
+            }
+        };
+        let maglev_port = ctx
+            .table
+            .port_entry(&service)
+            .filter(|entry| entry.maglev.is_some());
+        let reply = &flow.key;
+        // The client must be one that may open connections to VIPs.
+        let client_allowed = self.config.cluster_cidrs.is_empty()
+            || self
+                .config
+                .cluster_cidrs
+                .iter()
+                .any(|c| c.contains(&reply.dst));
+        let (Some(entry), true) = (maglev_port, client_allowed) else {
+            return Err(Denied::Verdict(Verdict::Drop(DropReason::ReplyWithoutFlow)));
+        };
+        let forward = FlowKey {
+            src: reply.dst,
+            dst: service.vip,
+            src_port: reply.dst_port,
+            dst_port: service.port,
+            protocol: service.protocol,
+        };
+        let meta = FlowMeta {
+            affinity: entry.affinity.is_some(),
+            slot: entry.slot,
+        };
+        match self
+            .conntrack
+            .insert(forward, (reply.src, reply.src_port), ctx.now, meta)
+        {
+            Ok(_) => {}
+            Err(InsertError::ReplyClash) => {
+                return Err(Denied::Verdict(Verdict::Drop(DropReason::ReplyClash)))
+            }
+            Err(InsertError::Full) => {
+                return Err(Denied::Verdict(Verdict::Drop(DropReason::ConntrackFull)))
+            }
+        }
+        // The reply direction of the flow just tracked (or of the one a
+        // racing worker tracked first), with this packet's flags applied.
+        match self
+            .conntrack
+            .lookup(reply, ctx.now, flow.tcp_flags)
+            .filter(|hit| hit.direction == Direction::Reply)
+        {
+            Some(hit) => {
+                self.counters.stateless_replies.inc();
+                Ok(hit)
+            }
+            None => Err(Denied::Verdict(Verdict::Drop(DropReason::ReplyWithoutFlow))),
+        }
     }
 
     /// Whether a source may open connections to VIPs.
@@ -854,3 +969,7 @@ pub fn set_l2(frame: &mut [u8], src: MacAddr, dst: MacAddr) {
 #[cfg(test)]
 #[path = "pipeline_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "pipeline_maglev_tests.rs"]
+mod maglev_tests;

@@ -25,10 +25,11 @@ use std::time::{Duration, Instant};
 
 use ahash::RandomState;
 use arc_swap::ArcSwap;
-use cipgw_config::{Endpoint, Protocol, ServiceTable};
+use cipgw_config::{Endpoint, LbAlgorithm, Protocol, ServiceTable};
 use crossbeam::utils::CachePadded;
 
 use crate::conntrack::FlowKey;
+use crate::maglev::{MaglevTable, MaglevTables};
 
 /// Where a flow goes as the table knows it: VIP, port, protocol,
 /// endpoint address and endpoint port.
@@ -53,8 +54,9 @@ impl Hash for ServiceKey {
     }
 }
 
-/// A backend as the data plane writes it into packets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A backend as the data plane writes it into packets. Ordered by
+/// address, then port (how Maglev tables list them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Backend {
     pub ip: Ipv4Addr,
     pub port: u16,
@@ -73,6 +75,29 @@ pub struct PortEntry {
     /// The port's per-Service counter slot ([`crate::conntrack::NO_SLOT`]
     /// when not counted).
     pub slot: u32,
+    /// The Maglev table new flows are picked from, when the Service's
+    /// algorithm is Maglev (`backends` is then the table's sorted
+    /// backends, which its entries index). `None`: random choice.
+    pub maglev: Option<Arc<MaglevTable>>,
+}
+
+/// Who a backend's packets are replies for: what a reply of a flow this
+/// gateway has not seen is rewritten to (stateless replies, Maglev only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyOwner {
+    /// Exactly one Service port has this endpoint.
+    Unique(ServiceKey),
+    /// Several do: a reply cannot be told which VIP to come from.
+    Ambiguous,
+}
+
+/// How the table chooses backends: the default algorithm for Services
+/// without the `cipgw.io/lb-algorithm` annotation, and the control
+/// thread's store of Maglev tables (kept across compilations).
+#[derive(Debug)]
+pub struct LbPlan<'a> {
+    pub default: LbAlgorithm,
+    pub maglev: &'a mut MaglevTables,
 }
 
 /// Why a VIP packet found no backend.
@@ -95,8 +120,9 @@ pub struct CompiledTable {
     vips: HashSet<Ipv4Addr, RandomState>,
     vips_with_endpoints: HashSet<Ipv4Addr, RandomState>,
     /// Every endpoint address/port/protocol of a forwarded Service: the
-    /// sources whose packets are replies.
-    backends: HashSet<(Ipv4Addr, u16, Protocol), RandomState>,
+    /// sources whose packets are replies, with the Service port they
+    /// belong to.
+    backends: HashMap<(Ipv4Addr, u16, Protocol), ReplyOwner, RandomState>,
     /// Targets of the previous table that this one no longer has.
     retiring: HashSet<FlowTarget, RandomState>,
 }
@@ -140,38 +166,83 @@ impl CompiledTable {
         generation: u64,
         slot: impl Fn(usize, usize) -> Option<u32>,
     ) -> Self {
+        let mut maglev = MaglevTables::new(
+            crate::maglev::DEFAULT_TABLE_SIZE,
+            crate::maglev::DEFAULT_HASH_SEED,
+        );
+        Self::compile_with_lb(
+            model,
+            generation,
+            slot,
+            LbPlan {
+                default: LbAlgorithm::Random,
+                maglev: &mut maglev,
+            },
+        )
+    }
+
+    /// Compiles the model with counter slots and the backend choice of
+    /// `lb`: a Maglev Service port gets its endpoint set's shared table
+    /// from `lb.maglev` (built there if new; tables this compilation does
+    /// not use are dropped from the store).
+    pub fn compile_with_lb(
+        model: Arc<ServiceTable>,
+        generation: u64,
+        slot: impl Fn(usize, usize) -> Option<u32>,
+        lb: LbPlan<'_>,
+    ) -> Self {
+        lb.maglev.begin_round();
         let mut ports = HashMap::with_hasher(RandomState::new());
         let mut vips = HashSet::with_hasher(RandomState::new());
-        let mut backends = HashSet::with_hasher(RandomState::new());
+        let mut backends = HashMap::with_hasher(RandomState::new());
         let mut vips_with_endpoints = HashSet::with_hasher(RandomState::new());
         for (index, service) in model.services.iter().enumerate() {
             let Some(vip) = service.cluster_ip.vip() else {
                 continue;
             };
             vips.insert(vip);
+            let algorithm = service.lb_algorithm.unwrap_or(lb.default);
             for (port_index, port) in service.ports.iter().enumerate() {
+                let key = ServiceKey {
+                    vip,
+                    port: port.port,
+                    protocol: port.protocol,
+                };
                 for e in &port.endpoints {
-                    backends.insert((e.ip, e.port, port.protocol));
+                    backends
+                        .entry((e.ip, e.port, port.protocol))
+                        .and_modify(|owner| {
+                            if *owner != ReplyOwner::Unique(key) {
+                                *owner = ReplyOwner::Ambiguous;
+                            }
+                        })
+                        .or_insert(ReplyOwner::Unique(key));
                 }
-                let usable = usable(&port.endpoints);
+                let mut usable = usable(&port.endpoints);
                 if !usable.is_empty() {
                     vips_with_endpoints.insert(vip);
                 }
+                // A set Maglev cannot index (over 65,535 endpoints) keeps
+                // random choice (see crate::maglev).
+                let maglev = (algorithm == LbAlgorithm::Maglev && !usable.is_empty())
+                    .then(|| lb.maglev.get(&usable).ok())
+                    .flatten();
+                if let Some(table) = &maglev {
+                    usable = table.backends().into();
+                }
                 ports.insert(
-                    ServiceKey {
-                        vip,
-                        port: port.port,
-                        protocol: port.protocol,
-                    },
+                    key,
                     PortEntry {
                         service: index,
                         backends: usable,
                         affinity: service.session_affinity,
                         slot: slot(index, port_index).unwrap_or(crate::conntrack::NO_SLOT),
+                        maglev,
                     },
                 );
             }
         }
+        lb.maglev.finish_round();
         Self {
             generation,
             model,
@@ -250,7 +321,18 @@ impl CompiledTable {
     /// True when packets from this address/port/protocol are replies.
     #[inline]
     pub fn is_backend(&self, ip: Ipv4Addr, port: u16, protocol: Protocol) -> bool {
-        self.backends.contains(&(ip, port, protocol))
+        self.backends.contains_key(&(ip, port, protocol))
+    }
+
+    /// The Service port a backend's packets are replies for, if it is one.
+    #[inline]
+    pub fn reply_owner(&self, ip: Ipv4Addr, port: u16, protocol: Protocol) -> Option<ReplyOwner> {
+        self.backends.get(&(ip, port, protocol)).copied()
+    }
+
+    /// Every VIP port's entry (views, `cipgw check`).
+    pub fn port_entries(&self) -> impl Iterator<Item = (&ServiceKey, &PortEntry)> + '_ {
+        self.ports.iter()
     }
 
     /// VIPs the XDP program must redirect.
@@ -260,7 +342,7 @@ impl CompiledTable {
 
     /// Endpoint sources the XDP program must redirect (replies).
     pub fn backends(&self) -> impl Iterator<Item = (Ipv4Addr, u16, Protocol)> + '_ {
-        self.backends.iter().copied()
+        self.backends.keys().copied()
     }
 
     /// Number of VIP:port/protocol entries.
@@ -429,6 +511,7 @@ mod tests {
                     kind: ServiceKind::ClusterIp,
                     cluster_ip: ClusterIp::Vip(Ipv4Addr::new(198, 18, 100, 10)),
                     session_affinity: None,
+                    lb_algorithm: None,
                     ports: vec![ServicePort {
                         name: None,
                         port: 8080,
@@ -442,6 +525,7 @@ mod tests {
                     kind: ServiceKind::ClusterIp,
                     cluster_ip: ClusterIp::Headless,
                     session_affinity: None,
+                    lb_algorithm: None,
                     ports: vec![],
                 },
             ],

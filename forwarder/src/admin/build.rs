@@ -11,6 +11,7 @@ use cipgw_config::{ClusterIp, EndpointState, Protocol};
 use super::views::*;
 use super::{AdminState, ConntrackQuery};
 use crate::conntrack::{Conntrack, Direction};
+use crate::table::ServiceKey;
 
 fn protocol_name(p: Protocol) -> &'static str {
     match p {
@@ -141,11 +142,22 @@ pub(super) fn services_view(state: &AdminState) -> ServicesView {
                     view.bytes = Some(view.bytes.unwrap_or(0) + t.bytes);
                     view.flows = Some(view.flows.unwrap_or(0) + t.flows);
                 }
+                let maglev = vip
+                    .and_then(|vip| {
+                        table.port_entry(&ServiceKey {
+                            vip,
+                            port: port.port,
+                            protocol: port.protocol,
+                        })
+                    })
+                    .and_then(|entry| entry.maglev.as_ref());
                 view.ports.push(PortView {
                     name: port.name.clone(),
                     protocol: protocol_name(port.protocol).to_owned(),
                     port: port.port,
                     target_port: port.target_port.to_string(),
+                    lb_algorithm: if maglev.is_some() { "maglev" } else { "random" }.to_owned(),
+                    maglev_fingerprint: maglev.map(|m| format!("{:016x}", m.fingerprint())),
                     active_flows: active,
                     packets: totals.map(|t| t.packets),
                     bytes: totals.map(|t| t.bytes),

@@ -43,6 +43,7 @@ fn model() -> ServiceTable {
                 kind: ServiceKind::ClusterIp,
                 cluster_ip: ClusterIp::Vip(DNS_VIP),
                 session_affinity: None,
+                lb_algorithm: Some(cipgw_config::LbAlgorithm::Maglev),
                 ports: vec![ServicePort {
                     name: Some("dns".into()),
                     port: 53,
@@ -56,6 +57,7 @@ fn model() -> ServiceTable {
                 kind: ServiceKind::ClusterIp,
                 cluster_ip: ClusterIp::Vip(VIP),
                 session_affinity: None,
+                lb_algorithm: None,
                 ports: vec![ServicePort {
                     name: Some("http".into()),
                     port: 8080,
@@ -72,6 +74,7 @@ fn model() -> ServiceTable {
                 kind: ServiceKind::ClusterIp,
                 cluster_ip: ClusterIp::Headless,
                 session_affinity: None,
+                lb_algorithm: None,
                 ports: vec![],
             },
         ],
@@ -223,6 +226,18 @@ fn services_show_endpoints_states_and_active_flows() {
         })
         .collect();
     assert_eq!(states, [("pod1", "ready", 3), ("pod2", "serving", 2)]);
+    assert_eq!(
+        (port.lb_algorithm.as_str(), &port.maglev_fingerprint),
+        ("random", &None)
+    );
+    let dns = &v.services[0].ports[0];
+    assert_eq!(dns.lb_algorithm, "maglev", "the dns Service is annotated");
+    assert!(
+        dns.maglev_fingerprint
+            .as_ref()
+            .is_some_and(|f| f.len() == 16),
+        "{dns:?}"
+    );
     let headless = &v.services[2];
     assert_eq!((headless.vip, headless.cluster_ip.as_str()), (None, "None"));
     assert_eq!(v.services[0].active_flows, 0);

@@ -182,6 +182,14 @@ pub struct PortView {
     pub port: u16,
     /// As written: a number or a container port name.
     pub target_port: String,
+    /// How new connections pick an endpoint: `random` or `maglev`.
+    #[serde(default)]
+    pub lb_algorithm: String,
+    /// The Maglev lookup table's fingerprint (16 hex digits) when the
+    /// port uses Maglev: equal on two gateways exactly when they pick
+    /// the same endpoint for every flow.
+    #[serde(default)]
+    pub maglev_fingerprint: Option<String>,
     pub active_flows: u64,
     pub packets: Option<u64>,
     pub bytes: Option<u64>,

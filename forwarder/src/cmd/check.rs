@@ -3,12 +3,20 @@
 //! Deployments and ReplicaSets of `kubectl get all -o yaml`). Skipped
 //! objects are not errors: the exit status stays 0.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use cipgw::maglev::MaglevTables;
+use cipgw::table::{CompiledTable, LbPlan, ServiceKey};
+use cipgw_config::settings::LbSettings;
+use cipgw_config::ServiceTable;
 
 use cipgw_config::{parse_control_file, render_skipped, settings};
 use cipgw_control::file_source::{load_control_text, ControlError};
 use ipnet::Ipv4Net;
 
+use super::lb::{LbArgs, LbFile};
 use super::BadInput;
 
 #[derive(Debug, clap::Args)]
@@ -21,6 +29,11 @@ pub struct CheckArgs {
     /// CIDR ClusterIPs are allocated from and must lie in.
     #[arg(long, value_name = "CIDR", default_value = settings::DEFAULT_SERVICE_CIDR)]
     pub service_cidr: Ipv4Net,
+    /// Backend choice as `cipgw run` would make it: every Service port
+    /// that uses Maglev (by --lb maglev or its annotation) gets a line
+    /// with its lookup table's fingerprint, to compare gateways.
+    #[command(flatten)]
+    pub lb: LbArgs,
 }
 
 pub fn check(args: CheckArgs) -> anyhow::Result<()> {
@@ -41,10 +54,54 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
     let objects =
         parse_control_file(&text).map_err(|e| bad(ControlError::from_text(path, e.into())))?;
     print!("{}", table.render());
+    let lb = args.lb.resolve(LbFile::default())?;
+    print!("{}", maglev_fingerprints(table, lb));
     let skipped = render_skipped(&objects.skipped);
     if !skipped.is_empty() {
         println!();
         print!("{skipped}");
     }
     Ok(())
+}
+
+/// One line per Service port that uses Maglev: its lookup table's
+/// fingerprint (a hash of size, seed, endpoints and every entry), equal
+/// on two gateways exactly when they pick the same endpoint for every
+/// flow to that port.
+fn maglev_fingerprints(model: ServiceTable, lb: LbSettings) -> String {
+    let mut tables = MaglevTables::new(lb.maglev_table_size, lb.hash_seed);
+    let compiled = CompiledTable::compile_with_lb(
+        Arc::new(model),
+        1,
+        |_, _| None,
+        LbPlan {
+            default: lb.algorithm,
+            maglev: &mut tables,
+        },
+    );
+    let mut out = String::new();
+    for (service, vip) in compiled.model().forwarded() {
+        for port in &service.ports {
+            let key = ServiceKey {
+                vip,
+                port: port.port,
+                protocol: port.protocol,
+            };
+            let Some(maglev) = compiled.port_entry(&key).and_then(|e| e.maglev.as_ref()) else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "maglev {} {vip}:{}/{} table {:016x} ({} endpoints, size {}, seed {:#x})",
+                service.name,
+                port.port,
+                port.protocol,
+                maglev.fingerprint(),
+                maglev.backends().len(),
+                maglev.size(),
+                maglev.seed(),
+            );
+        }
+    }
+    out
 }

@@ -5,6 +5,7 @@
 mod check;
 mod conntrack;
 mod demo;
+mod lb;
 mod run;
 mod services;
 mod status;

@@ -12,6 +12,7 @@ use cipgw_config::settings::{
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
+use super::lb::{LbArgs, LbFile};
 use super::BadInput;
 
 #[derive(Debug, clap::Args)]
@@ -75,6 +76,8 @@ pub struct RunArgs {
     pub cluster_cidrs: Vec<Ipv4Net>,
     #[command(flatten)]
     pub conntrack: ConntrackArgs,
+    #[command(flatten)]
+    pub lb: LbArgs,
     /// Preferred busy polling (on|off): each worker runs the receive NAPI
     /// of its interfaces' queues from its own loop (SO_PREFER_BUSY_POLL,
     /// with napi_defer_hard_irqs and gro_flush_timeout set on the
@@ -262,6 +265,9 @@ struct FileSettings {
     #[serde(default, with = "duration_text")]
     idle_spin: Option<std::time::Duration>,
     worker_nice: Option<i32>,
+    lb: Option<String>,
+    maglev_table_size: Option<u32>,
+    hash_seed: Option<String>,
 }
 
 fn parse_on_off(text: &str) -> Result<bool, String> {
@@ -386,6 +392,11 @@ fn settings(args: RunArgs) -> anyhow::Result<Settings> {
                 .or(file.worker_nice)
                 .unwrap_or(settings::DEFAULT_WORKER_NICE),
         },
+        lb: args.lb.resolve(LbFile {
+            lb: file.lb,
+            maglev_table_size: file.maglev_table_size,
+            hash_seed: file.hash_seed,
+        })?,
     };
     s.validate().map_err(|e| BadInput(e.to_string()))?;
     Ok(s)

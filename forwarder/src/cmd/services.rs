@@ -26,12 +26,13 @@ pub fn render(v: &ServicesView) -> String {
             "VIP:Port",
             "Service",
             "TargetPort",
+            "LB",
             "ActiveConn",
             "Flows",
             "Packets",
             "Bytes",
         ],
-        &[false, false, false, false, true, true, true, true],
+        &[false, false, false, false, false, true, true, true, true],
     );
     table.row(
         ["  ->", "Endpoint:Port", "Pod", "State", "ActiveConn"]
@@ -52,6 +53,7 @@ pub fn render(v: &ServicesView) -> String {
             format!("{vip}:{}", port.port),
             format!("{}/{}", service.namespace, service.name),
             port.target_port.clone(),
+            port.lb_algorithm.clone(),
             port.active_flows.to_string(),
             count(port.flows),
             count(port.packets),

@@ -219,6 +219,7 @@ mod tests {
             kind: ServiceKind::ClusterIp,
             cluster_ip: ClusterIp::Vip(vip),
             session_affinity: None,
+            lb_algorithm: None,
             ports: vec![ServicePort {
                 name: None,
                 port,

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use cipgw_config::settings::{Settings, Source};
-use cipgw_config::ServiceTable;
+use cipgw_config::{LbAlgorithm, ServiceTable};
 use cipgw_control::source::{
     self as control_source, Receiver, RecvTimeoutError, SourceEvent, SourceHandle,
 };
@@ -38,9 +38,10 @@ use crate::bpf::{XdpMaps, XdpProgram};
 use crate::conntrack::persist::{self, Previous, TableFile};
 use crate::conntrack::{Conntrack, ConntrackConfig};
 use crate::counters::WorkerCounters;
+use crate::maglev::MaglevTables;
 use crate::metrics::ServiceStats;
 use crate::netlink::NetMonitor;
-use crate::table::{CompiledTable, FlowTarget, TableHandle};
+use crate::table::{CompiledTable, FlowTarget, LbPlan, TableHandle};
 use crate::xsk::NapiTuning;
 use plan::Plan;
 
@@ -101,6 +102,11 @@ struct Gateway {
     service_stats: Arc<ServiceStats>,
     /// Busy polling's interface settings, put back when dropped.
     napi_tuning: Vec<NapiTuning>,
+    /// The algorithm of Services without the annotation (`--lb`).
+    lb: LbAlgorithm,
+    /// Maglev tables by endpoint set, kept across compilations so that
+    /// an unchanged set is not rebuilt.
+    maglev: MaglevTables,
 }
 
 /// Gives the calling (worker) thread its nice value; a failure (no
@@ -472,8 +478,13 @@ impl Gateway {
         let carried = std::mem::take(&mut self.carried);
         let plan = Plan::new(old.model(), &model, carried, self.program.steering());
         let generation = old.generation() + 1;
-        let compiled = CompiledTable::compile_with_slots(model, generation, |s, p| slots.get(s, p))
-            .with_retiring(plan.retiring().iter().copied());
+        let lb = LbPlan {
+            default: self.lb,
+            maglev: &mut self.maglev,
+        };
+        let compiled =
+            CompiledTable::compile_with_lb(model, generation, |s, p| slots.get(s, p), lb)
+                .with_retiring(plan.retiring().iter().copied());
         let entries = compiled.len();
         let applied = apply::apply(
             &plan,

@@ -192,6 +192,7 @@ mod tests {
             kind: ServiceKind::ClusterIp,
             cluster_ip: ClusterIp::Vip(vip),
             session_affinity: None,
+            lb_algorithm: None,
             ports: ports
                 .iter()
                 .map(|&(port, protocol, target, pods)| ServicePort {

@@ -40,10 +40,11 @@ use crate::bpf::{self, XdpProgram};
 use crate::conntrack::{Conntrack, ConntrackConfig};
 use crate::counters::WorkerCounters;
 use crate::lb::Rng;
+use crate::maglev::MaglevTables;
 use crate::metrics::{ServiceStats, WorkerTelemetry};
 use crate::netlink::{self, NetMonitor};
 use crate::pipeline::{Pipeline, PipelineConfig};
-use crate::table::{CompiledTable, FlowTarget, TableHandle};
+use crate::table::{CompiledTable, FlowTarget, LbPlan, TableHandle};
 use crate::worker::{Worker, WorkerShared};
 use crate::xsk::{self, BusyPoll, NapiTuning, QueueAssignment, WorkerIo, XskConfig, ZeroCopy};
 
@@ -167,6 +168,8 @@ pub(super) fn start(
         socket_mode,
         service_stats: first.service_stats,
         napi_tuning,
+        lb: settings.lb.algorithm,
+        maglev: first.maglev,
     };
     gateway.resolve_backends();
     if let Some(peer) = options.pass_through {
@@ -192,6 +195,8 @@ struct FirstTable {
     service_stats: Arc<ServiceStats>,
     /// How long loading the model took (the control file's first sync).
     load_time: Duration,
+    /// The Maglev tables it uses, kept for the next compilations.
+    maglev: MaglevTables,
 }
 
 fn load_table(settings: &Settings) -> anyhow::Result<FirstTable> {
@@ -202,14 +207,31 @@ fn load_table(settings: &Settings) -> anyhow::Result<FirstTable> {
     // that the table carries them and counters exist before it is live.
     let service_stats = Arc::new(ServiceStats::new());
     let slots = service_stats.assign(&model);
-    let table = CompiledTable::compile_with_slots(Arc::new(model), 1, |s, p| slots.get(s, p));
+    let mut maglev = MaglevTables::new(settings.lb.maglev_table_size, settings.lb.hash_seed);
+    let table = CompiledTable::compile_with_lb(
+        Arc::new(model),
+        1,
+        |s, p| slots.get(s, p),
+        LbPlan {
+            default: settings.lb.algorithm,
+            maglev: &mut maglev,
+        },
+    );
     tracing::info!(
         services = table.model().services.len(),
         entries = table.len(),
         "service table loaded"
     );
+    tracing::info!(
+        lb = %settings.lb.algorithm,
+        maglev_tables = maglev.len(),
+        maglev_table_size = settings.lb.maglev_table_size,
+        maglev_kib = maglev.memory() >> 10,
+        "backend choice"
+    );
     Ok(FirstTable {
         table,
+        maglev,
         service_stats,
         load_time,
     })

@@ -26,6 +26,7 @@
 mod client;
 mod cmd;
 mod echo;
+mod ecmp;
 mod gateway;
 mod netns;
 mod topology;
@@ -40,6 +41,7 @@ use std::time::Duration;
 
 pub use client::{ping, tcp_request, tcp_session, udp_request};
 pub use echo::EchoServer;
+pub use ecmp::{EcmpTopology, Members};
 pub use gateway::GatewayProcess;
 pub use netns::{remove_stale_namespaces, unique_prefix, Netns, NsChild, NS_PREFIX};
 pub use topology::{

@@ -193,6 +193,20 @@ impl Collector for Snapshot {
         )?;
         counter(
             enc,
+            "adopted_flows",
+            "Flows met mid-connection that this gateway had not seen, given their backend \
+             from the Maglev table instead of a RST",
+            total.adopted_flows,
+        )?;
+        counter(
+            enc,
+            "stateless_replies",
+            "Replies of flows this gateway had not seen, rewritten to their endpoint's one \
+             VIP:port and tracked (Maglev)",
+            total.stateless_replies,
+        )?;
+        counter(
+            enc,
             "neighbour_resolved",
             "Frames that waited for a next hop's MAC and then went out",
             total.neighbour_resolved,

@@ -217,6 +217,7 @@ mod tests {
                 kind: ServiceKind::ClusterIp,
                 cluster_ip: ClusterIp::Vip(Ipv4Addr::new(198, 18, 100, *port as u8)),
                 session_affinity: None,
+                lb_algorithm: None,
                 ports: vec![ServicePort {
                     name: None,
                     port: *port,
@@ -236,6 +237,7 @@ mod tests {
             kind: ServiceKind::ClusterIp,
             cluster_ip: ClusterIp::Headless,
             session_affinity: None,
+            lb_algorithm: None,
             ports: vec![ServicePort {
                 name: None,
                 port: 80,

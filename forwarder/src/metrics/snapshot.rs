@@ -26,6 +26,8 @@ pub struct CounterValues {
     pub new_flows: u64,
     pub neighbour_resolved: u64,
     pub passed: u64,
+    pub adopted_flows: u64,
+    pub stateless_replies: u64,
     pub drops: [u64; DropReason::COUNT],
     pub socket: [u64; SocketStat::COUNT],
 }
@@ -42,6 +44,8 @@ impl CounterValues {
             new_flows: c.new_flows.get(),
             neighbour_resolved: c.neighbour_resolved.get(),
             passed: c.passed.get(),
+            adopted_flows: c.adopted_flows.get(),
+            stateless_replies: c.stateless_replies.get(),
             drops: std::array::from_fn(|i| c.drops[i].get()),
             socket: std::array::from_fn(|i| c.socket[i].get()),
         }
@@ -60,6 +64,8 @@ impl CounterValues {
             .neighbour_resolved
             .wrapping_add(other.neighbour_resolved);
         self.passed = self.passed.wrapping_add(other.passed);
+        self.adopted_flows = self.adopted_flows.wrapping_add(other.adopted_flows);
+        self.stateless_replies = self.stateless_replies.wrapping_add(other.stateless_replies);
         for (d, o) in self.socket.iter_mut().zip(other.socket) {
             *d = d.wrapping_add(o);
         }

@@ -1,0 +1,110 @@
+//! The backend-choice flags `cipgw run` and `cipgw check` share:
+//! `--lb`, `--maglev-table-size`, `--hash-seed`.
+
+use cipgw_config::settings::{parse_hash_seed, LbSettings};
+use cipgw_config::LbAlgorithm;
+
+use super::BadInput;
+
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct LbArgs {
+    /// How new connections pick an endpoint, for Services without the
+    /// `cipgw.io/lb-algorithm` annotation: `random` (what kube-proxy does)
+    /// or `maglev` (consistent hashing of the 5-tuple: gateways behind one
+    /// ECMP route that share --hash-seed pick the same endpoint for every
+    /// flow, carry on flows another gateway started, and rewrite their
+    /// replies) [default: random].
+    #[arg(long, value_name = "random|maglev")]
+    pub lb: Option<LbAlgorithm>,
+    /// Entries of each Maglev lookup table, a prime (1021, 16381, 65537):
+    /// at least 100 per endpoint for even shares; each distinct endpoint
+    /// set costs 2 bytes an entry [default: 16381].
+    #[arg(long, value_name = "PRIME")]
+    pub maglev_table_size: Option<u32>,
+    /// Seed of Maglev's hashing of endpoints and 5-tuples, decimal or
+    /// 0x-hex: the same on every gateway of one ECMP group (share it
+    /// through the settings ConfigMap); keep it secret to keep clients
+    /// from aiming flows at one Pod [default: 0].
+    #[arg(long, value_name = "N", value_parser = parse_hash_seed)]
+    pub hash_seed: Option<u64>,
+}
+
+/// The TOML file's `lb`, `maglev-table-size` and `hash-seed`.
+#[derive(Debug, Default)]
+pub struct LbFile {
+    pub lb: Option<String>,
+    pub maglev_table_size: Option<u32>,
+    pub hash_seed: Option<String>,
+}
+
+impl LbArgs {
+    /// Flags over file over defaults.
+    pub fn resolve(self, file: LbFile) -> Result<LbSettings, BadInput> {
+        let defaults = LbSettings::default();
+        let algorithm = match (self.lb, file.lb) {
+            (Some(flag), _) => flag,
+            (None, Some(text)) => text
+                .parse()
+                .map_err(|e| BadInput(format!("settings file: lb: {e}")))?,
+            (None, None) => defaults.algorithm,
+        };
+        let hash_seed = match (self.hash_seed, file.hash_seed) {
+            (Some(flag), _) => flag,
+            (None, Some(text)) => parse_hash_seed(&text)
+                .map_err(|e| BadInput(format!("settings file: hash-seed: {e}")))?,
+            (None, None) => defaults.hash_seed,
+        };
+        let lb = LbSettings {
+            algorithm,
+            maglev_table_size: self
+                .maglev_table_size
+                .or(file.maglev_table_size)
+                .unwrap_or(defaults.maglev_table_size),
+            hash_seed,
+        };
+        lb.validate().map_err(|e| BadInput(e.to_string()))?;
+        Ok(lb)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_sizes_must_be_prime() {
+        let flags = LbArgs {
+            lb: Some(LbAlgorithm::Maglev),
+            maglev_table_size: None,
+            hash_seed: None,
+        };
+        let file = LbFile {
+            lb: Some("random".into()),
+            maglev_table_size: Some(1021),
+            hash_seed: Some("0x10".into()),
+        };
+        let lb = flags.resolve(file).expect("valid");
+        assert_eq!(
+            (lb.algorithm, lb.maglev_table_size, lb.hash_seed),
+            (LbAlgorithm::Maglev, 1021, 16)
+        );
+        let bad = LbArgs {
+            maglev_table_size: Some(16_384),
+            ..LbArgs::default()
+        };
+        let err = bad
+            .resolve(LbFile::default())
+            .expect_err("16384 is not prime");
+        assert!(err.0.contains("--maglev-table-size: 16384"), "{}", err.0);
+        let bad_file = LbFile {
+            lb: Some("roundrobin".into()),
+            ..LbFile::default()
+        };
+        let err = LbArgs::default().resolve(bad_file).expect_err("unknown");
+        assert!(
+            err.0.contains("lb: unknown load-balancing algorithm"),
+            "{}",
+            err.0
+        );
+    }
+}
