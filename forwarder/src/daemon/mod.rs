@@ -11,6 +11,7 @@
 //! and the process exits 0.
 
 pub mod apply;
+pub mod changes;
 pub mod plan;
 mod start;
 
@@ -294,6 +295,10 @@ struct ApplySummary {
     /// Targets (VIP, port, protocol, endpoint) the table ended.
     retiring: usize,
     retired: usize,
+    /// Services and endpoints the table added, removed and changed.
+    changes: changes::TableChanges,
+    /// The new model equals the one in force: nothing was installed.
+    unchanged: bool,
 }
 
 /// Run-time options that are not part of the deployable settings.
@@ -305,6 +310,11 @@ pub struct Options {
 
 /// Runs the gateway until SIGINT or SIGTERM.
 pub fn run(settings: Settings, options: Options) -> anyhow::Result<()> {
+    tracing::info!(
+        version = %crate::build_info::VERSION,
+        git = %crate::build_info::GIT_HASH,
+        "cipgw starting"
+    );
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))
@@ -362,7 +372,12 @@ impl Gateway {
                     break;
                 }
             }
-            if self.workers.iter().any(|(_, h)| h.is_finished()) {
+            // Workers end by themselves on the stop signal too; only an end
+            // without it is unexpected. Looked at after the workers, so that
+            // a worker that ended on the signal is never taken for a crash.
+            let ended = self.workers.iter().any(|(_, h)| h.is_finished());
+            // Acquire: pairs with the signal handler's store.
+            if ended && !self.stop.load(Ordering::Acquire) {
                 tracing::error!("a worker thread ended unexpectedly; shutting down");
                 // Release: see above.
                 self.stop.store(true, Ordering::Release);
@@ -396,14 +411,28 @@ impl Gateway {
                 let result = self.apply(model);
                 self.admin.control().record_sync(started.elapsed(), &result);
                 match result {
-                    Ok(summary) => tracing::info!(
-                        took = ?started.elapsed(),
-                        generation = summary.generation,
-                        entries = summary.entries,
-                        retiring_targets = summary.retiring,
-                        retired_flows = summary.retired,
-                        "service table applied"
-                    ),
+                    // The source's first table, the same as the one loaded
+                    // at start (a control file read twice): nothing happened.
+                    Ok(summary) if summary.generation == 1 && summary.unchanged => {
+                        tracing::debug!("the source's first table is the one loaded at start")
+                    }
+                    Ok(summary) => {
+                        let c = summary.changes;
+                        tracing::info!(
+                            took = ?started.elapsed(),
+                            generation = summary.generation,
+                            entries = summary.entries,
+                            services_added = c.services_added,
+                            services_removed = c.services_removed,
+                            services_changed = c.services_changed,
+                            endpoints_added = c.endpoints_added,
+                            endpoints_removed = c.endpoints_removed,
+                            endpoints_changed = c.endpoints_changed,
+                            retiring_targets = summary.retiring,
+                            retired_flows = summary.retired,
+                            "service table applied"
+                        )
+                    }
                     Err(e) => {
                         tracing::error!(error = %format!("{e:#}"), "applying the new service table failed; the previous one stays")
                     }
@@ -439,8 +468,11 @@ impl Gateway {
                 entries: old.len(),
                 retiring: 0,
                 retired: 0,
+                changes: changes::TableChanges::default(),
+                unchanged: true,
             });
         }
+        let changes = changes::TableChanges::between(old.model(), &model);
         let slots = self.service_stats.assign(&model);
         let carried = std::mem::take(&mut self.carried);
         let plan = Plan::new(old.model(), &model, carried, self.program.steering());
@@ -463,6 +495,8 @@ impl Gateway {
             entries,
             retiring: plan.retiring().len(),
             retired: applied.retired,
+            changes,
+            unchanged: false,
         })
     }
 

@@ -348,10 +348,10 @@ fn open_sockets(
 /// next gateway.
 fn attach(settings: &Settings, program: &mut XdpProgram, ifindexes: &[u32]) -> anyhow::Result<()> {
     for (i, &ifindex) in ifindexes.iter().enumerate() {
-        let mode = program
+        // `attach` logs the interface and the mode it got.
+        program
             .attach(ifindex, settings.xdp_mode)
             .with_context(|| format!("attaching XDP to {}", settings.ifaces[i]))?;
-        tracing::info!(iface = %settings.ifaces[i], ?mode, "XDP program attached");
     }
     if let Some(dir) = &settings.state_dir {
         record_program(dir, program.program_id());
