@@ -10,9 +10,15 @@
 //! - 20 starts and graceful stops (SIGTERM) in a row: every run logs its
 //!   version line first, exits 0 and logs no ERROR (a worker that ended
 //!   on the stop signal is not a crash); the first run also changes its
-//!   control file and logs one summary line saying what the table added.
+//!   control file and logs one summary line saying what the table added;
+//! - `cipgw demo` interrupted by Ctrl-C (SIGINT to its process group, as a
+//!   terminal sends it) while it sends requests: exit status 130, no
+//!   request reported failed, and no namespace or directory left behind.
 
-use std::time::Duration;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use cipgw::lab::{self, Topology};
 
@@ -75,4 +81,106 @@ fn graceful_stops_log_version_summary_and_no_error() {
             "run {run} of {STOPS}: a graceful stop logged errors: {errors:#?}"
         );
     }
+}
+
+#[test]
+fn demo_ctrl_c_exits_130_without_failures_and_leaves_nothing() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    let mut demo = Command::new(support::exe())
+        .args(["demo", "--requests", "100000"])
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting cipgw demo");
+    let pid = demo.id();
+    // Kills the demo's group if the test fails before it ends.
+    struct Reap(u32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) with a process group id touches no memory.
+            unsafe { libc::kill(-(self.0 as libc::pid_t), libc::SIGKILL) };
+        }
+    }
+    let _reap = Reap(pid);
+    let stdout = demo.stdout.take().expect("piped stdout");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Interrupt once a few requests were answered.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while seen
+        .iter()
+        .filter(|l: &&String| l.contains("Hello from"))
+        .count()
+        < 3
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines_rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(e) => panic!("the demo answered no requests ({e}); it printed {seen:#?}"),
+        }
+    }
+    // SAFETY: kill(2) with a process group id touches no memory.
+    let sent = unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGINT) };
+    assert_eq!(sent, 0, "SIGINT to the demo's process group");
+    let interrupted = Instant::now();
+    let status = loop {
+        if let Some(status) = demo.try_wait().expect("waiting for the demo") {
+            break status;
+        }
+        assert!(
+            interrupted.elapsed() < Duration::from_secs(15),
+            "the demo did not exit within 15 s of Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = interrupted.elapsed();
+    seen.extend(lines_rx.try_iter());
+    let mut stderr = String::new();
+    let _ = std::io::Read::read_to_string(&mut demo.stderr.take().expect("piped"), &mut stderr);
+    eprintln!("demo exited with {status} {took:?} after Ctrl-C");
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "exit status after Ctrl-C; stdout:\n{}\nstderr:\n{stderr}",
+        seen.join("\n")
+    );
+    let failed: Vec<&String> = seen.iter().filter(|l| l.contains("failed")).collect();
+    assert!(failed.is_empty(), "Ctrl-C reported as failures: {failed:?}");
+    assert!(!stderr.contains("failed"), "stderr: {stderr}");
+    let namespaces = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    let left: Vec<String> = String::from_utf8_lossy(&namespaces.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("-{pid}-")))
+        .map(str::to_owned)
+        .collect();
+    assert!(left.is_empty(), "the demo left namespaces behind: {left:?}");
+    let dir = std::env::temp_dir().join(format!("cipgw-demo-{pid}"));
+    assert!(!dir.exists(), "the demo left {} behind", dir.display());
+    // Nor a gateway: its command line names the demo's directory.
+    let needle = dir.display().to_string();
+    let gateways: Vec<String> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&needle))
+        .collect();
+    assert!(
+        gateways.is_empty(),
+        "the demo left processes behind: {gateways:?}"
+    );
 }

@@ -182,8 +182,20 @@ pub const EX_USAGE: u8 = 64;
 #[error("{0}")]
 pub struct BadInput(pub String);
 
+/// Exit status after SIGINT, as a shell reports a job Ctrl-C ended
+/// (128 + SIGINT).
+pub const EX_INTERRUPTED: u8 = 130;
+
+/// Marks a command that stopped early because it was interrupted.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
+
 /// The process exit status for an error.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<Interrupted>().is_some() {
+        return EX_INTERRUPTED;
+    }
     let bad_input = err.downcast_ref::<BadInput>().is_some()
         || err
             .downcast_ref::<cipgw_control::file_source::ControlError>()
