@@ -11,6 +11,12 @@
 //!   version line first, exits 0 and logs no ERROR (a worker that ended
 //!   on the stop signal is not a crash); the first run also changes its
 //!   control file and logs one summary line saying what the table added;
+//! - the metrics address (`--metrics-address`) serves /metrics, /healthz
+//!   and /readyz but none of the JSON views; /metrics answers OpenMetrics
+//!   or Prometheus text 0.0.4 as the Accept header asks; per-Service
+//!   counters carry `namespace` and `service` labels; build info names
+//!   the git commit; process metrics and the connected gauge are there;
+//!   a control-file change moves the network programming histogram;
 //! - `cipgw demo` interrupted by Ctrl-C (SIGINT to its process group, as a
 //!   terminal sends it) while it sends requests: exit status 130, no
 //!   request reported failed, and no namespace or directory left behind.
@@ -25,7 +31,9 @@ use cipgw::lab::{self, Topology};
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{Lab, HTTP, TABLE_APPLIED};
+use cipgw::admin::client;
+use cipgw::metrics::exposition::{self, Exposition};
+use support::{Lab, DNS, HTTP, TABLE_APPLIED};
 
 /// Graceful stops in a row that must all be clean (issue 16).
 const STOPS: usize = 20;
@@ -183,4 +191,130 @@ fn demo_ctrl_c_exits_130_without_failures_and_leaves_nothing() {
         gateways.is_empty(),
         "the demo left processes behind: {gateways:?}"
     );
+}
+
+/// The metrics address the test gives the gateway (inside its namespace).
+const METRICS: &str = "127.0.0.1:9478";
+
+/// GET `path` from `addr` inside the gateway namespace, with `accept`.
+fn get_from(lab: &Lab, addr: &str, path: &str, accept: &str) -> client::Response {
+    let addr: std::net::SocketAddr = addr.parse().expect("static address");
+    let (path, accept) = (path.to_owned(), accept.to_owned());
+    lab.topology()
+        .gateway()
+        .run(move || client::get_accepting(addr, &path, &accept, Duration::from_secs(5)))
+        .unwrap_or_else(|e| lab.fail(format_args!("entering the gateway namespace: {e}")))
+        .unwrap_or_else(|e| lab.fail(format_args!("GET {addr}: {e}")))
+}
+
+fn scrape(lab: &Lab) -> Exposition {
+    let reply = get_from(lab, METRICS, "/metrics", "application/openmetrics-text");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    exposition::parse(&reply.body)
+        .unwrap_or_else(|e| lab.fail(format_args!("/metrics does not parse: {e}\n{}", reply.body)))
+}
+
+#[test]
+fn metrics_address_formats_labels_and_programming_latency() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    let mut lab = Lab::build(Topology::two_arm("opsmetrics").pods(2));
+    lab.udp_echo(DNS.target);
+    let vip = lab.info().vip(53);
+    let docs = lab.selector_service("dns", vip, &[DNS], &[0]);
+    lab.control_file(&docs);
+    lab.start_gateway_with(&["--metrics-address", METRICS]);
+
+    // Health and metrics on the metrics address; the JSON views only on
+    // the admin address.
+    assert_eq!(get_from(&lab, METRICS, "/healthz", "*/*").status, 200);
+    assert_eq!(get_from(&lab, METRICS, "/readyz", "*/*").status, 200);
+    for path in ["/api/status", "/api/services", "/api/conntrack"] {
+        assert_eq!(get_from(&lab, METRICS, path, "*/*").status, 404, "{path}");
+        assert_eq!(
+            get_from(&lab, "127.0.0.1:9477", path, "*/*").status,
+            200,
+            "{path}"
+        );
+    }
+
+    // Traffic, so that the Service's counters exist.
+    let target = std::net::SocketAddrV4::new(vip, DNS.port);
+    let answered = lab.udp_exchanges(target, 5);
+    assert_eq!(answered.values().sum::<usize>(), 5, "{answered:?}");
+
+    let exp = scrape(&lab);
+    let packets = exp
+        .get(
+            "cipgw_service_packets_total",
+            &[
+                ("namespace", "default"),
+                ("service", "dns"),
+                ("protocol", "udp"),
+            ],
+        )
+        .unwrap_or_else(|| lab.fail("no cipgw_service_packets_total{namespace,service}"));
+    assert!(
+        packets >= 10.0,
+        "5 exchanges are 10 packets, counted {packets}"
+    );
+    let build = exp.get(
+        "cipgw_build_info",
+        &[
+            ("version", cipgw::build_info::VERSION),
+            ("git_hash", cipgw::build_info::GIT_HASH),
+        ],
+    );
+    assert_eq!(build, Some(1.0), "build info with version and git hash");
+    assert_eq!(exp.get("cipgw_control_connected", &[]), Some(1.0));
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(
+            exp.get(name, &[]).is_some_and(|v| v > 0.0),
+            "{name} missing or zero"
+        );
+    }
+
+    // Prometheus text 0.0.4 when the scraper prefers it.
+    let text = get_from(&lab, METRICS, "/metrics", "text/plain;version=0.0.4");
+    assert_eq!(
+        text.content_type.as_deref(),
+        Some(cipgw::metrics::CONTENT_TYPE_TEXT_004)
+    );
+    assert!(
+        text.body.contains("# TYPE cipgw_rx_packets_total counter"),
+        "{}",
+        text.body
+    );
+    assert!(!text.body.contains("# EOF"), "{}", text.body);
+
+    // A change of the control file is measured from its modification to
+    // the live table.
+    let programmed = |exp: &Exposition| {
+        exp.get("cipgw_network_programming_duration_seconds_count", &[])
+            .expect("a network programming histogram")
+    };
+    let before = programmed(&exp);
+    let applied = lab.log_count(TABLE_APPLIED);
+    let docs = lab.selector_service("dns", vip, &[DNS], &[0, 1]);
+    lab.control_file(&docs);
+    lab.wait_log(TABLE_APPLIED, applied, Duration::from_secs(10));
+    let exp = scrape(&lab);
+    assert_eq!(
+        programmed(&exp),
+        before + 1.0,
+        "one change, one observation"
+    );
+    let sum = exp
+        .get("cipgw_network_programming_duration_seconds_sum", &[])
+        .unwrap_or_default();
+    assert!(sum > 0.0 && sum < 10.0, "programming took {sum} s");
+    lab.stop_gateway();
 }

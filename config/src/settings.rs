@@ -24,6 +24,11 @@ pub const DEFAULT_STATE_DIR: &str = "/run/cipgw";
 /// Default admin endpoint (loopback only).
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9477";
 
+/// Default metrics endpoint (/metrics, /healthz, /readyz only): loopback,
+/// as kube-proxy's `--metrics-bind-address`; `0.0.0.0:9478` lets
+/// Prometheus on other nodes scrape it.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9478";
+
 /// How the XDP program is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -73,6 +78,9 @@ pub struct Settings {
     pub cores: Vec<usize>,
     pub xdp_mode: XdpMode,
     pub admin: SocketAddr,
+    /// Where /metrics, /healthz and /readyz are served besides the admin
+    /// endpoint.
+    pub metrics: SocketAddr,
     pub service_cidr: Ipv4Net,
     /// Source ranges VIP traffic is accepted from; empty accepts all.
     pub cluster_cidrs: Vec<Ipv4Net>,
@@ -227,6 +235,12 @@ pub fn default_admin() -> SocketAddr {
         .expect("default admin address is valid")
 }
 
+pub fn default_metrics() -> SocketAddr {
+    DEFAULT_METRICS_ADDR
+        .parse()
+        .expect("default metrics address is valid")
+}
+
 pub fn default_service_cidr() -> Ipv4Net {
     DEFAULT_SERVICE_CIDR
         .parse()
@@ -347,6 +361,7 @@ mod tests {
             cores: default_cores(),
             xdp_mode: XdpMode::Auto,
             admin: default_admin(),
+            metrics: default_metrics(),
             service_cidr: default_service_cidr(),
             cluster_cidrs: Vec::new(),
             conntrack: ConntrackSettings::default(),

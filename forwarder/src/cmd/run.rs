@@ -25,6 +25,12 @@ pub struct RunArgs {
     /// host name is resolved once at start [default: 127.0.0.1:9477].
     #[arg(long, value_name = "ADDR", value_parser = parse_socket_addr)]
     pub admin: Option<std::net::SocketAddr>,
+    /// Address serving only /metrics, /healthz and /readyz, for
+    /// Prometheus and probes: `0.0.0.0:9478` to be scraped from other
+    /// nodes without exposing the JSON views (client addresses) of
+    /// --admin [default: 127.0.0.1:9478].
+    #[arg(long, value_name = "ADDR", value_parser = parse_socket_addr)]
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// Interface to attach to; repeat for a two-arm gateway (client side
     /// and Pod side) [default: none; at least one is required].
     #[arg(long = "iface", value_name = "IF")]
@@ -269,6 +275,9 @@ fn settings(args: RunArgs) -> anyhow::Result<Settings> {
         cores,
         xdp_mode: args.xdp_mode.unwrap_or_default(),
         admin: args.admin.unwrap_or_else(settings::default_admin),
+        metrics: args
+            .metrics_address
+            .unwrap_or_else(settings::default_metrics),
         service_cidr: args
             .service_cidr
             .unwrap_or_else(settings::default_service_cidr),

@@ -89,6 +89,11 @@ struct Gateway {
     stop: Arc<AtomicBool>,
     admin: Arc<AdminState>,
     _admin_server: AdminServer,
+    /// `--metrics-address`: /metrics, /healthz and /readyz only.
+    _metrics_server: AdminServer,
+    /// The control file, whose modification time starts the clock of
+    /// `cipgw_network_programming_duration_seconds` (file mode).
+    control_file: Option<std::path::PathBuf>,
     /// Per-Service-port counter slots, reassigned with every table.
     service_stats: Arc<ServiceStats>,
     /// Busy polling's interface settings, put back when dropped.
@@ -359,6 +364,7 @@ impl Gateway {
         let mut last_sweep = Instant::now();
         // Acquire: pairs with the signal handler's store.
         while !self.stop.load(Ordering::Acquire) {
+            self.admin.control_turned();
             match self.events.recv_timeout(STOP_CHECK_EVERY) {
                 Ok(event) => self.on_event(event),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -378,6 +384,7 @@ impl Gateway {
             let ended = self.workers.iter().any(|(_, h)| h.is_finished());
             // Acquire: pairs with the signal handler's store.
             if ended && !self.stop.load(Ordering::Acquire) {
+                self.admin.worker_died();
                 tracing::error!("a worker thread ended unexpectedly; shutting down");
                 // Release: see above.
                 self.stop.store(true, Ordering::Release);
@@ -399,6 +406,19 @@ impl Gateway {
         }
     }
 
+    /// Records how long the last change took from the control file's
+    /// modification to the live table. The Kubernetes source carries no
+    /// change times yet, so only file mode is measured.
+    fn record_programming(&self) {
+        let Some(path) = &self.control_file else {
+            return;
+        };
+        let modified = std::fs::metadata(path).and_then(|m| m.modified());
+        if let Ok(Ok(took)) = modified.map(|m| std::time::SystemTime::now().duration_since(m)) {
+            self.admin.control().record_programming(took);
+        }
+    }
+
     fn set_ready(&self) {
         // Release: readers of the flag (admin) see the published table.
         self.ready.store(true, Ordering::Release);
@@ -410,6 +430,9 @@ impl Gateway {
                 let started = Instant::now();
                 let result = self.apply(model);
                 self.admin.control().record_sync(started.elapsed(), &result);
+                if matches!(&result, Ok(summary) if !summary.unchanged) {
+                    self.record_programming();
+                }
                 match result {
                     // The source's first table, the same as the one loaded
                     // at start (a control file read twice): nothing happened.
@@ -439,6 +462,7 @@ impl Gateway {
                 }
             }
             SourceEvent::Synced => {
+                self.admin.control().set_connected(true);
                 tracing::info!(source = self.source.name(), "first full sync done");
                 self.set_ready();
             }
@@ -449,9 +473,13 @@ impl Gateway {
             SourceEvent::Valid => tracing::info!(source = self.source.name(), "input valid again"),
             SourceEvent::Disconnected { error } => {
                 self.admin.control().record_error(&error);
+                self.admin.control().set_connected(false);
                 tracing::warn!(%error, "Kubernetes API unreachable; forwarding with the last table")
             }
-            SourceEvent::Reconnected => tracing::info!("Kubernetes API reachable again"),
+            SourceEvent::Reconnected => {
+                self.admin.control().set_connected(true);
+                tracing::info!("Kubernetes API reachable again")
+            }
         }
     }
 

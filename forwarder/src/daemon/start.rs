@@ -71,6 +71,11 @@ pub(super) fn start(
             .record_sync(first.load_time, &Ok::<(), std::convert::Infallible>(()));
     }
     let admin_server = AdminServer::start(settings.admin, Arc::clone(&admin))?;
+    let metrics_server = AdminServer::start_metrics(settings.metrics, Arc::clone(&admin))?;
+    admin.control_turned();
+    // A control file is there to read (a missing one fails the start);
+    // the Kubernetes API counts as reached once the first sync is done.
+    admin.control().set_connected(from_file);
     let summary = conntrack.summary();
     tracing::info!(
         conntrack_max = summary.max_flows,
@@ -126,6 +131,11 @@ pub(super) fn start(
         stop,
         admin,
         _admin_server: admin_server,
+        _metrics_server: metrics_server,
+        control_file: match &settings.source {
+            Source::ControlFile(path) => Some(path.clone()),
+            Source::Kubernetes { .. } => None,
+        },
         service_stats: first.service_stats,
         _napi_tuning: napi_tuning,
     };
