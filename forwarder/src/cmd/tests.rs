@@ -207,3 +207,29 @@ fn flags_are_grouped_in_help() {
         assert!(help.contains(heading), "no {heading} section in:\n{help}");
     }
 }
+
+#[test]
+fn deploy_config_map_is_read_by_run() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/20-configmap.yaml");
+    let text = std::fs::read_to_string(path).expect("deploy/20-configmap.yaml");
+    let config_map: serde_yaml::Value = serde_yaml::from_str(&text).expect("YAML");
+    let toml = config_map["data"]["cipgw.toml"]
+        .as_str()
+        .expect("data.cipgw.toml");
+    let file = settings_file(toml);
+    let path = file.path().to_str().expect("UTF-8 path");
+    let s = run::settings_for_test(parse_run(&["run", "--config", path]));
+    assert!(matches!(
+        s.source,
+        cipgw_config::settings::Source::Kubernetes { .. }
+    ));
+    assert_eq!(
+        s.metrics.to_string(),
+        "0.0.0.0:9478",
+        "Prometheus scrapes it from other nodes"
+    );
+    assert!(
+        s.admin.ip().is_loopback(),
+        "the JSON views stay on loopback"
+    );
+}
