@@ -358,8 +358,11 @@ const PROMQL_KEYWORDS: &[&str] = &[
     "count_values",
 ];
 
+/// A label matcher of a selector: label, value, whether it is a regex.
+type Matcher = (String, String, bool);
+
 /// Metric names and `label="value"` matchers of a PromQL expression.
-fn promql_selectors(expr: &str) -> Vec<(String, Vec<(String, String, bool)>)> {
+fn promql_selectors(expr: &str) -> Vec<(String, Vec<Matcher>)> {
     let chars: Vec<char> = expr.chars().collect();
     let mut out = Vec::new();
     let mut i = 0;
