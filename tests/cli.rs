@@ -9,7 +9,12 @@
 //! - a settings file with an unknown key, or a bad value, exits 64 naming
 //!   the file and the key or flag;
 //! - under `--log-format json` every line on standard error is a JSON
-//!   object, the fatal one included.
+//!   object, the fatal one included;
+//! - `cipgw check` warns about unknown fields (object and field) and
+//!   named targetPorts no endpoint resolves, refuses a nameless object,
+//!   and reports every bad document, not only the first;
+//! - every testdata/ file passes (or, `invalid-*`, fails with 64) `cipgw
+//!   check` run exactly as the README shows it.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -96,5 +101,96 @@ fn json_logs_cover_the_fatal_line() {
             value["error"].as_str().is_some_and(|e| !e.is_empty()),
             "{line}"
         );
+    }
+}
+
+/// The service CIDR the README's `cipgw check` line gives for testdata/.
+const TESTDATA_CIDR: &str = "198.18.100.0/24";
+
+#[test]
+fn check_warns_about_unknown_fields_and_unresolved_named_ports() {
+    let dir = support::TempDir::new();
+    let file = dir.write(
+        "warn.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: dns\nspec:\n  clusterIP: 198.18.100.53\n  \
+         selector:\n    app: dns\n  ports:\n  - port: 53\n    protocl: UDP\n    targetPort: dns\n\
+         ---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: dns-1\n  labels:\n    app: dns\n\
+         spec:\n  containers:\n  - name: c\n    ports:\n    - name: domain\n      containerPort: 53\n\
+         status:\n  podIP: 198.18.2.1\n  conditions:\n  - type: Ready\n    status: \"True\"\n",
+    );
+    let out = support::check(&file, TESTDATA_CIDR);
+    assert!(out.status.success(), "warnings are no failure: {out:?}");
+    assert!(
+        out.stderr.contains("warning: ")
+            && out
+                .stderr
+                .contains("(Service default/dns): unknown field \"spec.ports[0].protocl\""),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(
+            "Service default/dns port 53/tcp: no endpoint resolves the named targetPort \"dns\""
+        ),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn check_reports_every_bad_document_and_nameless_objects() {
+    let dir = support::TempDir::new();
+    let file = dir.write(
+        "bad.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: a\nspec:\n  ports:\n  - port: x\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata:\n  namespace: shop\nspec:\n  ports:\n  - port: 80\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata:\n  name: fine\n",
+    );
+    let out = support::check(&file, TESTDATA_CIDR);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("document 1 (Service default/a), line 7 column 11: spec.ports[0].port"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("document 2 (Service): metadata.name: is required"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("2 errors in all"), "{}", out.stderr);
+}
+
+#[test]
+fn testdata_files_check_as_the_readme_shows() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let shown =
+        format!("cipgw check --control-file testdata/demo.yaml --service-cidr {TESTDATA_CIDR}");
+    assert!(readme.contains(&shown), "the README shows `{shown}`");
+    let mut files: Vec<_> = std::fs::read_dir(support::testdata())
+        .expect("testdata/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "{files:?}");
+    for file in files {
+        let out = support::check(&file, TESTDATA_CIDR);
+        let name = file
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        if name.starts_with("invalid-") {
+            assert_eq!(out.status.code(), Some(64), "{name}: {out:?}");
+        } else {
+            assert!(
+                out.status.success() && out.stderr.is_empty(),
+                "{name}: {out:?}"
+            );
+        }
     }
 }
