@@ -206,11 +206,14 @@ fn services_show_endpoints_states_and_active_flows() {
     assert_eq!(names, ["dns", "echo", "headless"]);
     let echo = &v.services[1];
     assert_eq!(echo.vip, Some(VIP));
-    assert_eq!(echo.active_flows, 5);
+    // The flows are handshakes (SYN_SENT): inactive, as ipvsadm counts
+    // them; only ESTABLISHED is active.
+    assert_eq!((echo.active_flows, echo.inactive_flows), (0, 5));
     assert_eq!(echo.packets, None);
     let port = &echo.ports[0];
     assert_eq!((port.protocol.as_str(), port.port), ("TCP", 8080));
     assert_eq!(port.target_port, "http");
+    assert!(port.endpoints.iter().all(|e| e.active_flows == 0));
     let states: Vec<(&str, &str, u64)> = port
         .endpoints
         .iter()
@@ -218,11 +221,11 @@ fn services_show_endpoints_states_and_active_flows() {
             (
                 e.pod.as_deref().unwrap_or(""),
                 e.state.as_str(),
-                e.active_flows,
+                e.inactive_flows,
             )
         })
         .collect();
-    assert_eq!(states, [("pod1", "ready", 3), ("pod2", "serving", 2)]);
+    assert_eq!(states, [("pod1", "ready", 3), ("pod2", "terminating", 2)]);
     let headless = &v.services[2];
     assert_eq!((headless.vip, headless.cluster_ip.as_str()), (None, "None"));
     assert_eq!(v.services[0].active_flows, 0);

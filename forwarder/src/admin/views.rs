@@ -165,8 +165,17 @@ pub struct ServiceView {
     /// `spec.clusterIP` as Kubernetes shows it: the VIP, `None` for
     /// headless, empty for ExternalName.
     pub cluster_ip: String,
-    /// Tracked flows to the Service's ports now.
+    /// Tracked TCP flows in ESTABLISHED to the Service's ports now
+    /// (ipvsadm's ActiveConn).
     pub active_flows: u64,
+    /// Every other tracked flow: handshakes, closing TCP (FIN_WAIT,
+    /// CLOSE_WAIT, TIME_WAIT, CLOSE) and UDP (ipvsadm's InActConn).
+    #[serde(default)]
+    pub inactive_flows: u64,
+    /// `sessionAffinity: ClientIP` timeout in seconds; `None` without
+    /// affinity.
+    #[serde(default)]
+    pub affinity_seconds: Option<u32>,
     pub packets: Option<u64>,
     pub bytes: Option<u64>,
     /// Connections given a backend since the port got its counters.
@@ -183,6 +192,8 @@ pub struct PortView {
     /// As written: a number or a container port name.
     pub target_port: String,
     pub active_flows: u64,
+    #[serde(default)]
+    pub inactive_flows: u64,
     pub packets: Option<u64>,
     pub bytes: Option<u64>,
     pub flows: Option<u64>,
@@ -194,14 +205,18 @@ pub struct EndpointView {
     pub ip: Ipv4Addr,
     pub port: u16,
     pub pod: Option<String>,
-    /// `ready`, `serving` (not ready but serving, e.g. terminating),
-    /// `terminating`, or `not-ready`.
+    /// `ready`, `terminating` (still listed while its Pod shuts down;
+    /// `serving` says whether it still takes connections), `serving` (not
+    /// ready but serving), or `not-ready`.
     pub state: String,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    /// Tracked flows to this endpoint through this port now.
+    /// Tracked ESTABLISHED TCP flows to this endpoint through this port.
     pub active_flows: u64,
+    /// Its other tracked flows (see [`ServiceView::inactive_flows`]).
+    #[serde(default)]
+    pub inactive_flows: u64,
 }
 
 /// `/api/conntrack`.
