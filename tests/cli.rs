@@ -13,6 +13,8 @@
 //! - `cipgw check` warns about unknown fields (object and field) and
 //!   named targetPorts no endpoint resolves, refuses a nameless object,
 //!   and reports every bad document, not only the first;
+//! - `cipgw completions bash` and `cipgw man` are generated from the same
+//!   definitions as `--help` (they name the flags, defaults included);
 //! - every testdata/ file passes (or, `invalid-*`, fails with 64) `cipgw
 //!   check` run exactly as the README shows it.
 
@@ -192,5 +194,31 @@ fn testdata_files_check_as_the_readme_shows() {
                 "{name}: {out:?}"
             );
         }
+    }
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_flags() {
+    let out = run_cipgw(&["completions", "bash"]);
+    assert!(out.status.success(), "{out:?}");
+    for flag in [
+        "--metrics-address",
+        "--conntrack-tcp-timeout-established",
+        "--control-file",
+    ] {
+        assert!(out.stdout.contains(flag), "{flag} not completed");
+    }
+    let out = run_cipgw(&["man"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout.starts_with(".ie") || out.stdout.contains(".TH cipgw"),
+        "{}",
+        &out.stdout[..200]
+    );
+    for needle in [".TH cipgw-run", "metrics\\-address", "10.96.0.0/12"] {
+        assert!(
+            out.stdout.contains(needle),
+            "{needle:?} not in the man page"
+        );
     }
 }

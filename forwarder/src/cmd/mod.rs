@@ -5,6 +5,7 @@
 mod check;
 mod conntrack;
 mod demo;
+mod generate;
 mod run;
 mod services;
 mod settings_file;
@@ -62,6 +63,11 @@ pub enum Command {
     Services(services::ServicesArgs),
     /// List the flows a running gateway tracks, filtered and paged.
     Conntrack(conntrack::ConntrackArgs),
+    /// Print shell completions for `cipgw` (e.g. `cipgw completions bash >
+    /// /etc/bash_completion.d/cipgw`).
+    Completions(generate::CompletionsArgs),
+    /// Print the man page, in roff (`cipgw man > cipgw.1; man ./cipgw.1`).
+    Man(generate::ManArgs),
 }
 
 impl Command {
@@ -73,6 +79,8 @@ impl Command {
             Command::Status(args) => status::status(args),
             Command::Services(args) => services::services(args),
             Command::Conntrack(args) => conntrack::conntrack(args),
+            Command::Completions(args) => generate::completions(args),
+            Command::Man(args) => generate::man(args),
         }
     }
 }
