@@ -15,6 +15,8 @@
 //!   and reports every bad document, not only the first;
 //! - `cipgw completions bash` and `cipgw man` are generated from the same
 //!   definitions as `--help` (they name the flags, defaults included);
+//! - `--cores` naming a CPU the process may not run on (taskset) exits 64
+//!   saying why;
 //! - every testdata/ file passes (or, `invalid-*`, fails with 64) `cipgw
 //!   check` run exactly as the README shows it.
 
@@ -221,4 +223,20 @@ fn completions_and_man_page_come_from_the_flags() {
             "{needle:?} not in the man page"
         );
     }
+}
+
+#[test]
+fn cores_outside_the_affinity_mask_are_an_error() {
+    let out = std::process::Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(support::exe())
+        .args(["run", "--iface", "lo", "--control-file", "none.yaml", "--cores", "1"])
+        .output()
+        .expect("taskset (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("--cores: core 1 is not among the CPUs this process may run on (0)"),
+        "{stderr}"
+    );
 }

@@ -57,8 +57,10 @@ pub struct RunArgs {
     /// (kube-proxy's --min-sync-period) [default: 1s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub min_sync_period: Option<std::time::Duration>,
-    /// Cores to run workers on, one worker per core: `0`, `0,1`, `2-5`
-    /// [default: 0].
+    /// Cores to run workers on, one worker per core: `0`, `0,1`, `2-5`,
+    /// or `auto`: every CPU this process may run on (what the kubelet's
+    /// static CPU manager gives a Guaranteed Pod, or taskset). A listed
+    /// core outside that set is an error [default: 0].
     #[arg(long, value_name = "LIST")]
     pub cores: Option<String>,
     /// Directory of the connection table's file: a restarted, upgraded or
@@ -266,6 +268,7 @@ fn settings(args: RunArgs) -> anyhow::Result<Settings> {
         }
     };
     let cores = match args.cores {
+        Some(list) if list.trim() == "auto" => allowed_cpus()?,
         Some(list) => parse_cores(&list).map_err(BadInput)?,
         None => settings::default_cores(),
     };
@@ -312,6 +315,41 @@ pub fn settings_for_test(args: RunArgs) -> Settings {
     settings(args).expect("valid settings")
 }
 
+/// The CPUs this process may run on (sched_getaffinity(2)).
+fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
+    // SAFETY: an all-zero cpu_set_t is a valid, empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel writes at most size_of::<cpu_set_t>() bytes into
+    // `set`, which lives through the call.
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Err(anyhow::Error::new(std::io::Error::last_os_error())
+            .context("--cores auto: reading the CPUs this process may run on"));
+    }
+    let limit = 8 * std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: CPU_ISSET reads the set for a CPU number below its size.
+    Ok((0..limit)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+/// Every listed core must be one the process may run on: a worker that
+/// cannot be pinned would share a core it was not given.
+fn check_cores(cores: &[usize]) -> anyhow::Result<()> {
+    let allowed = allowed_cpus()?;
+    if let Some(core) = cores.iter().find(|c| !allowed.contains(c)) {
+        let list: Vec<String> = allowed.iter().map(ToString::to_string).collect();
+        return Err(BadInput(format!(
+            "--cores: core {core} is not among the CPUs this process may run on ({}): the \
+             CPU manager, a cgroup cpuset or taskset restricts it; list those, or use --cores auto",
+            list.join(",")
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let options = cipgw::daemon::Options {
         pass_through: args
@@ -320,6 +358,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .flatten(),
     };
     let settings = settings(args)?;
+    check_cores(&settings.cores)?;
     cipgw::daemon::run(settings, options)
 }
 
@@ -333,6 +372,20 @@ mod tests {
         assert_eq!(parse_cores("0,2-4"), Ok(vec![0, 2, 3, 4]));
         assert!(parse_cores("3-1").is_err());
         assert!(parse_cores("x").is_err());
+    }
+
+    #[test]
+    fn cores_auto_is_the_affinity_mask() {
+        let auto = allowed_cpus().expect("sched_getaffinity");
+        let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!(
+            !auto.is_empty() && auto.len() <= online.max(auto.len()),
+            "{auto:?}"
+        );
+        check_cores(&auto).expect("every allowed CPU passes");
+        let outside = auto.iter().max().copied().unwrap_or(0) + 1;
+        let error = check_cores(&[outside]).expect_err("a core outside the mask");
+        assert!(error.to_string().contains("--cores auto"), "{error}");
     }
 
     #[test]
