@@ -230,7 +230,15 @@ fn cores_outside_the_affinity_mask_are_an_error() {
     let out = std::process::Command::new("taskset")
         .args(["-c", "0"])
         .arg(support::exe())
-        .args(["run", "--iface", "lo", "--control-file", "none.yaml", "--cores", "1"])
+        .args([
+            "run",
+            "--iface",
+            "lo",
+            "--control-file",
+            "none.yaml",
+            "--cores",
+            "1",
+        ])
         .output()
         .expect("taskset (util-linux)");
     let stderr = String::from_utf8_lossy(&out.stderr);

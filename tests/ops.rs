@@ -17,6 +17,7 @@
 //!   counters carry `namespace` and `service` labels; build info names
 //!   the git commit; process metrics and the connected gauge are there;
 //!   a control-file change moves the network programming histogram;
+//!   `cipgw status` shows each interface's XDP and AF_XDP copy mode;
 //! - every PromQL expression of deploy/monitoring (alert rules and the
 //!   Grafana dashboard) names metrics a running gateway's /metrics
 //!   exports, with label values it exports (the SNAT gauges of issue 11
@@ -243,6 +244,36 @@ fn metrics_address_formats_labels_and_programming_latency() {
             "{path}"
         );
     }
+
+    // `cipgw status` says how each interface is served: veth has native
+    // XDP but no zero-copy AF_XDP.
+    let status = get_from(&lab, "127.0.0.1:9477", "/api/status", "*/*");
+    let status: cipgw::admin::StatusView =
+        serde_json::from_str(&status.body).unwrap_or_else(|e| panic!("{e}: {}", status.body));
+    let modes: Vec<(String, String, String)> = status
+        .interface_modes
+        .iter()
+        .map(|m| (m.name.clone(), m.xdp_mode.clone(), m.copy_mode.clone()))
+        .collect();
+    let ifaces = lab.info().gateway.ifaces();
+    assert_eq!(modes.len(), ifaces.len(), "{modes:?}");
+    for ((name, xdp, copy), iface) in modes.iter().zip(&ifaces) {
+        assert_eq!(name, iface);
+        assert!(xdp == "native" || xdp == "skb", "{modes:?}");
+        assert_eq!(copy, "copy", "veth has no zero-copy AF_XDP: {modes:?}");
+    }
+    let text = lab
+        .topology()
+        .gateway()
+        .command(support::exe())
+        .arg("status")
+        .output()
+        .expect("cipgw status");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("{}  XDP ", ifaces[0])) && text.contains("AF_XDP copy"),
+        "{text}"
+    );
 
     // Traffic, so that the Service's counters exist.
     let target = std::net::SocketAddrV4::new(vip, DNS.port);

@@ -41,6 +41,7 @@ pub(super) fn status_view(state: &AdminState) -> StatusView {
         uptime_seconds: state.started.elapsed().as_secs_f64(),
         ready: snap.ready,
         interfaces: state.ifaces.clone(),
+        interface_modes: state.interface_modes(),
         table: TableView {
             generation: snap.table.generation,
             services: snap.table.services,

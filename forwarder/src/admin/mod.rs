@@ -78,6 +78,8 @@ pub struct AdminState {
     control_turned_ms: AtomicU64,
     /// A worker thread ended without being asked to.
     worker_died: AtomicBool,
+    /// XDP and copy modes per interface, once attached.
+    interface_modes: RwLock<Vec<InterfaceModeView>>,
 }
 
 /// How long the control loop may go without turning before `/healthz`
@@ -105,7 +107,23 @@ impl AdminState {
             services: OnceLock::new(),
             control_turned_ms: AtomicU64::new(0),
             worker_died: AtomicBool::new(false),
+            interface_modes: RwLock::new(Vec::new()),
         }
+    }
+
+    /// Records how the interfaces are served (`cipgw status`).
+    pub fn set_interface_modes(&self, modes: Vec<InterfaceModeView>) {
+        *self
+            .interface_modes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = modes;
+    }
+
+    pub(crate) fn interface_modes(&self) -> Vec<InterfaceModeView> {
+        self.interface_modes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The control loop turned (it calls this every round).

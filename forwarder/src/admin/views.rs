@@ -18,12 +18,25 @@ pub struct StatusView {
     pub uptime_seconds: f64,
     pub ready: bool,
     pub interfaces: Vec<String>,
+    /// How each interface is served: XDP attach mode and AF_XDP copy mode.
+    #[serde(default)]
+    pub interface_modes: Vec<InterfaceModeView>,
     pub table: TableView,
     pub conntrack: ConntrackStatusView,
     /// All workers summed.
     pub totals: CountersView,
     pub workers: Vec<WorkerView>,
     pub control: ControlView,
+}
+
+/// One interface's XDP attach mode and AF_XDP copy mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceModeView {
+    pub name: String,
+    /// `native` (driver) or `skb` (generic).
+    pub xdp_mode: String,
+    /// `zero-copy`, `copy`, or `mixed` when its queues differ.
+    pub copy_mode: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

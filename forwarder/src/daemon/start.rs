@@ -91,7 +91,8 @@ pub(super) fn start(
     }
 
     let pending = open_sockets(settings, assignments, &program, &ports.base_slots)?;
-    attach(settings, &mut program, &ports.ifindexes)?;
+    let xdp_modes = attach(settings, &mut program, &ports.ifindexes)?;
+    admin.set_interface_modes(interface_modes(settings, &xdp_modes, &pending));
     let napi_tuning = tune_busy_polling(settings, &pending);
 
     let affinity = Arc::new(Affinity::default());
@@ -356,17 +357,56 @@ fn open_sockets(
 
 /// Attaches the program to every interface, and records its id for the
 /// next gateway.
-fn attach(settings: &Settings, program: &mut XdpProgram, ifindexes: &[u32]) -> anyhow::Result<()> {
+fn attach(
+    settings: &Settings,
+    program: &mut XdpProgram,
+    ifindexes: &[u32],
+) -> anyhow::Result<Vec<crate::bpf::AttachMode>> {
+    let mut modes = Vec::new();
     for (i, &ifindex) in ifindexes.iter().enumerate() {
         // `attach` logs the interface and the mode it got.
-        program
+        let mode = program
             .attach(ifindex, settings.xdp_mode)
             .with_context(|| format!("attaching XDP to {}", settings.ifaces[i]))?;
+        modes.push(mode);
     }
     if let Some(dir) = &settings.state_dir {
         record_program(dir, program.program_id());
     }
-    Ok(())
+    Ok(modes)
+}
+
+/// Each interface's XDP mode and its sockets' copy mode, for `cipgw status`.
+fn interface_modes(
+    settings: &Settings,
+    xdp_modes: &[crate::bpf::AttachMode],
+    pending: &[(usize, WorkerIo)],
+) -> Vec<crate::admin::InterfaceModeView> {
+    settings
+        .ifaces
+        .iter()
+        .zip(xdp_modes)
+        .map(|(iface, mode)| {
+            let sockets: Vec<bool> = pending
+                .iter()
+                .flat_map(|(_, io)| io.sockets.iter())
+                .filter(|s| &s.ifname == iface)
+                .map(|s| s.zero_copy)
+                .collect();
+            let copy_mode = if !sockets.is_empty() && sockets.iter().all(|z| *z) {
+                "zero-copy"
+            } else if sockets.iter().any(|z| *z) {
+                "mixed"
+            } else {
+                "copy"
+            };
+            crate::admin::InterfaceModeView {
+                name: iface.clone(),
+                xdp_mode: mode.to_string(),
+                copy_mode: copy_mode.to_owned(),
+            }
+        })
+        .collect()
 }
 
 /// Busy polling's interface settings, where some socket can actually
