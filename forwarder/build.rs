@@ -23,6 +23,7 @@ fn main() {
     let clang = env::var("CLANG").unwrap_or_else(|_| "clang".to_owned());
 
     check_clang(&clang);
+    git_hash(&manifest_dir);
 
     let bpf_dir = manifest_dir.join("bpf");
     let object = out_dir.join(OBJECT);
@@ -50,6 +51,36 @@ fn main() {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
+    }
+}
+
+/// Sets `CIPGW_GIT_HASH` to the checkout's commit (`unknown` when the
+/// source is not a git checkout), and rebuilds when HEAD moves.
+fn git_hash(manifest_dir: &Path) {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(manifest_dir)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let hash = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=CIPGW_GIT_HASH={hash}");
+    // HEAD names the branch; the branch's ref (or packed-refs) moves with
+    // each commit. In a worktree these live in different directories.
+    let mut watched = vec!["HEAD".to_owned(), "packed-refs".to_owned()];
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watched.push(branch);
+    }
+    for name in watched {
+        if let Some(path) = git(&["rev-parse", "--git-path", &name]) {
+            let path = manifest_dir.join(path);
+            if path.exists() {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
+        }
     }
 }
 

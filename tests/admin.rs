@@ -540,6 +540,8 @@ fn cli_shows_services_and_live_flows() {
         .unwrap_or_else(|| panic!("no echo Service in {raw}"));
     assert_eq!(echo.vip, Some(vip));
     assert_eq!(echo.active_flows, HELD as u64, "{raw}");
+    assert_eq!(echo.inactive_flows, 0, "established only: {raw}");
+    assert_eq!(echo.affinity_seconds, None, "{raw}");
     let port = &echo.ports[0];
     assert_eq!(
         (port.protocol.as_str(), port.port, port.target_port.as_str()),
@@ -685,6 +687,32 @@ fn cli_shows_services_and_live_flows() {
         assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
     }
 
+    // Closed connections linger in conntrack (FIN_WAIT, TIME_WAIT): they
+    // are inactive, as ipvsadm's InActConn, not active.
     drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let raw = cipgw_ok(&lab, &["services", "--json"]);
+        let services: ServicesView =
+            serde_json::from_str(&raw).unwrap_or_else(|e| panic!("{e}: {raw}"));
+        let echo = services
+            .services
+            .iter()
+            .find(|s| s.name == "echo")
+            .expect("echo");
+        if (echo.active_flows, echo.inactive_flows) == (0, HELD as u64) {
+            let text = cipgw_ok(&lab, &["services"]);
+            assert!(
+                text.contains("InActConn") && text.contains("Affinity"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "closed connections are not all inactive: {raw}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     lab.stop_gateway();
 }

@@ -91,6 +91,10 @@ pub struct ControlObjects {
     pub pods: Vec<Located<Pod>>,
     /// Objects of kinds cipgw does not read, in file order.
     pub skipped: Vec<Located<Skipped>>,
+    /// Fields cipgw's types do not know (a misspelt `protocl: UDP`),
+    /// each naming its object and field as kubectl's strict validation
+    /// does; ignored, but worth a warning.
+    pub warnings: Vec<String>,
 }
 
 /// An object of a kind cipgw does not read. Displays as
@@ -230,30 +234,100 @@ fn field_prefix(field: Option<&str>) -> String {
 
 /// Parses a control file into typed objects.
 ///
-/// Stops at the first error; see [`ControlFileError`] for what each names.
+/// Fails with the first error; see [`ControlFileError`] for what each
+/// names, and [`parse_control_file_reporting`] for all of them.
 pub fn parse_control_file(text: &str) -> Result<ControlObjects, ControlFileError> {
+    let (objects, mut errors) = parse_control_file_reporting(text);
+    if errors.is_empty() {
+        Ok(objects)
+    } else {
+        Err(errors.swap_remove(0))
+    }
+}
+
+/// Parses a control file, going on after a bad document to report every
+/// one (`cipgw check`): the objects that parsed, and the errors in file
+/// order. A document whose YAML is broken ends the file (the YAML reader
+/// cannot find the next document after it).
+pub fn parse_control_file_reporting(text: &str) -> (ControlObjects, Vec<ControlFileError>) {
     let mut objects = ControlObjects::default();
+    let mut errors = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let number = index + 1;
-        let value = Value::deserialize(document).map_err(|e| yaml_error(number, &e))?;
-        let value = strip_tags(value);
-        if value.is_null() {
-            continue;
-        }
-        let location = Location {
-            document: number,
-            item: None,
-        };
-        let object = Object::peek(value, location)?;
-        match object.reading()? {
-            Reading::List(typed) => parse_list(text, object, typed, &mut objects)?,
-            Reading::Object(kind) => {
-                object.parse_into(kind, text, Source::Document, &mut objects)?
+        let value = match Value::deserialize(document) {
+            Ok(value) => value,
+            Err(e) => {
+                errors.push(yaml_error(number, &e));
+                break;
             }
-            Reading::Skip => objects.skipped.push(object.skipped()),
+        };
+        if let Err(e) = parse_document(text, number, value, &mut objects) {
+            errors.push(e);
         }
     }
-    Ok(objects)
+    (objects, errors)
+}
+
+fn parse_document(
+    text: &str,
+    number: usize,
+    value: Value,
+    objects: &mut ControlObjects,
+) -> Result<(), ControlFileError> {
+    let value = strip_tags(value);
+    if value.is_null() {
+        return Ok(());
+    }
+    let location = Location {
+        document: number,
+        item: None,
+    };
+    let object = Object::peek(value, location)?;
+    match object.reading()? {
+        Reading::List(typed) => parse_list(text, object, typed, objects)?,
+        Reading::Object(kind) => object.parse_into(kind, text, Source::Document, objects)?,
+        Reading::Skip => objects.skipped.push(object.skipped()),
+    }
+    Ok(())
+}
+
+/// A field path as kubectl writes it: `spec.ports[0].protocl`.
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => match field_path(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => field_path(parent),
+    }
+}
+
+/// An object without `metadata.name`: Kubernetes refuses it, and nothing
+/// could name it in a table or a message.
+fn require_name(
+    metadata: &ObjectMeta,
+    object: ObjectRef,
+    location: Location,
+) -> Result<(), ControlFileError> {
+    if metadata.name.as_deref().is_some_and(|n| !n.is_empty()) {
+        return Ok(());
+    }
+    Err(ControlFileError::Field {
+        object: ObjectRef {
+            location: Some(location),
+            name: None,
+            ..object
+        },
+        field: Some("metadata.name".into()),
+        line: None,
+        column: None,
+        message: "is required: every object needs a name".into(),
+    })
 }
 
 /// `(apiVersion, kind)` of the supported kinds.
@@ -451,9 +525,12 @@ impl Object {
         source: Source,
         objects: &mut ControlObjects,
     ) -> Result<(), ControlFileError> {
+        let object = self.object_ref();
+        let warnings = &mut objects.warnings;
         match kind {
             Kind::Service => {
-                let (mut service, location) = self.typed::<Service>(text, source)?;
+                let (mut service, location) = self.typed::<Service>(text, source, warnings)?;
+                require_name(&service.metadata, object, location)?;
                 default_namespace(&mut service.metadata);
                 objects.services.push(Located {
                     location,
@@ -461,7 +538,8 @@ impl Object {
                 });
             }
             Kind::EndpointSlice => {
-                let (mut slice, location) = self.typed::<EndpointSlice>(text, source)?;
+                let (mut slice, location) = self.typed::<EndpointSlice>(text, source, warnings)?;
+                require_name(&slice.metadata, object, location)?;
                 default_namespace(&mut slice.metadata);
                 objects.endpoint_slices.push(Located {
                     location,
@@ -469,7 +547,8 @@ impl Object {
                 });
             }
             Kind::Pod => {
-                let (mut pod, location) = self.typed::<Pod>(text, source)?;
+                let (mut pod, location) = self.typed::<Pod>(text, source, warnings)?;
+                require_name(&pod.metadata, object, location)?;
                 default_namespace(&mut pod.metadata);
                 objects.pods.push(Located {
                     location,
@@ -484,19 +563,27 @@ impl Object {
         self,
         text: &str,
         source: Source,
+        warnings: &mut Vec<String>,
     ) -> Result<(T, Location), ControlFileError> {
         let object = self.object_ref();
         let location = self.location;
         // Typing from the value is the fast path. The value itself is needed
         // again only to explain a failure of a filled-in typed-list item.
+        // Fields the type ignores are collected on the way.
+        let mut unknown = Vec::new();
+        let mut note = |path: serde_ignored::Path<'_>| unknown.push(field_path(&path));
         let typed = match source {
-            Source::FilledListItem => {
-                T::deserialize(&self.value).map_err(|e| (e, Some(self.value)))
-            }
+            Source::FilledListItem => serde_ignored::deserialize(&self.value, &mut note)
+                .map_err(|e| (e, Some(self.value))),
             Source::Document | Source::ListItem => {
-                T::deserialize(self.value).map_err(|e| (e, None))
+                serde_ignored::deserialize(self.value, &mut note).map_err(|e| (e, None))
             }
         };
+        warnings.extend(
+            unknown
+                .into_iter()
+                .map(|field| format!("{object}: unknown field {field:?}")),
+        );
         match typed {
             Ok(typed) => Ok((typed, location)),
             Err((error, keep)) => Err(explain::<T>(text, location, source, keep, object, &error)),
@@ -1174,5 +1261,55 @@ items:
         assert_eq!(located.to_string(), "document 3 (Service default/echo)");
         let api = ObjectRef::new(None, "Service", name);
         assert_eq!(api.to_string(), "Service default/echo");
+    }
+
+    #[test]
+    fn unknown_fields_are_warnings_naming_object_and_field() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  \
+                    ports:\n  - port: 53\n    protocl: UDP\n  selectr:\n    app: web\n";
+        let objects = parse_control_file(text).expect("unknown fields are no error");
+        assert_eq!(
+            objects.warnings,
+            [
+                "document 1 (Service default/web): unknown field \"spec.ports[0].protocl\"",
+                "document 1 (Service default/web): unknown field \"spec.selectr\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn nameless_objects_are_errors() {
+        for kind in [
+            "v1\nkind: Service",
+            "v1\nkind: Pod",
+            "discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4",
+        ] {
+            let text = format!("apiVersion: {kind}\nmetadata:\n  namespace: shop\n");
+            let error = parse_control_file(&text).expect_err("a nameless object");
+            let message = error.to_string();
+            assert!(
+                message.contains("metadata.name") && message.contains("document 1"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_bad_document_is_reported() {
+        let text =
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: a\nspec:\n  ports:\n  - port: x\n\
+                    ---\napiVersion: v1\nkind: Service\nmetadata:\n  name: good\n\
+                    ---\napiVersion: v1\nkind: Pod\nmetadata: {}\n\
+                    ---\nkind: Service\n";
+        let (objects, errors) = parse_control_file_reporting(text);
+        assert_eq!(objects.services.len(), 1, "the good Service is kept");
+        let documents: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 3, "{documents:#?}");
+        for (error, document) in documents
+            .iter()
+            .zip(["document 1", "document 3", "document 4"])
+        {
+            assert!(error.starts_with(document), "{error}");
+        }
     }
 }

@@ -23,7 +23,8 @@ pub mod settings;
 
 #[cfg(feature = "files")]
 pub use control_file::{
-    parse_control_file, ControlFileError, ControlObjects, Located, Location, ObjectRef, Skipped,
+    parse_control_file, parse_control_file_reporting, ControlFileError, ControlObjects, Located,
+    Location, ObjectRef, Skipped,
 };
 #[cfg(feature = "files")]
 pub use listing::{render_skipped, render_table};

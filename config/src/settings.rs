@@ -25,6 +25,11 @@ pub const DEFAULT_STATE_DIR: &str = "/run/cipgw";
 /// Default admin endpoint (loopback only).
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9477";
 
+/// Default metrics endpoint (/metrics, /healthz, /readyz only): loopback,
+/// as kube-proxy's `--metrics-bind-address`; `0.0.0.0:9478` lets
+/// Prometheus on other nodes scrape it.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9478";
+
 /// How the XDP program is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -74,6 +79,9 @@ pub struct Settings {
     pub cores: Vec<usize>,
     pub xdp_mode: XdpMode,
     pub admin: SocketAddr,
+    /// Where /metrics, /healthz and /readyz are served besides the admin
+    /// endpoint.
+    pub metrics: SocketAddr,
     pub service_cidr: Ipv4Net,
     /// Source ranges VIP traffic is accepted from; empty accepts all.
     pub cluster_cidrs: Vec<Ipv4Net>,
@@ -202,33 +210,53 @@ impl Default for ConntrackSettings {
     }
 }
 
-/// Parses a duration as kube-proxy's flags write them: a number with a
-/// unit, `ms`, `s`, `m`, `h` or `d` (`250ms`, `1.5s`, `15m`, `24h`), or `0`.
+/// Parses a duration as kube-proxy's flags write them (Go's
+/// `time.ParseDuration`): numbers with units, `ns`, `us` (or `µs`), `ms`,
+/// `s`, `m`, `h`, and `d` for days, summed: `250ms`, `1.5s`, `1m30s`,
+/// `24h0m0s`, `1d`; or `0`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text == "0" {
         return Ok(Duration::ZERO);
     }
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("{text:?}: a duration needs a unit (ms, s, m, h or d), e.g. 1s"))?;
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?}: {number:?} is not a number"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        "d" => value * 86_400.0,
-        _ => {
-            return Err(format!(
-                "{text:?}: unknown unit {unit:?}: expected ms, s, m, h or d"
-            ))
-        }
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+    if text.is_empty() {
+        return Err("an empty duration: write e.g. 1s or 1m30s".into());
+    }
+    let mut rest = text;
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| {
+                format!("{text:?}: a duration needs a unit (ns, us, ms, s, m, h or d), e.g. 1s")
+            })?;
+        let (number, tail) = rest.split_at(number_end);
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_end);
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("{text:?}: {number:?} is not a number"))?;
+        let seconds_per_unit = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86_400.0,
+            _ => {
+                return Err(format!(
+                    "{text:?}: unknown unit {unit:?}: expected ns, us, ms, s, m, h or d"
+                ))
+            }
+        };
+        total += Duration::try_from_secs_f64(value * seconds_per_unit)
+            .map_err(|e| format!("{text:?}: {e}"))?;
+        rest = tail;
+    }
+    Ok(total)
 }
 
 /// Core 0 alone: a gateway that works on any machine. Production
@@ -241,6 +269,12 @@ pub fn default_admin() -> SocketAddr {
     DEFAULT_ADMIN_ADDR
         .parse()
         .expect("default admin address is valid")
+}
+
+pub fn default_metrics() -> SocketAddr {
+    DEFAULT_METRICS_ADDR
+        .parse()
+        .expect("default metrics address is valid")
 }
 
 pub fn default_service_cidr() -> Ipv4Net {
@@ -350,7 +384,26 @@ mod tests {
         assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
         assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        for bad in ["", "1", "s", "1x", "1..2s", "-1s", "5 parsecs"] {
+        // Go's time.Duration.String(), as kube-proxy prints and takes them.
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("24h0m0s"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(
+            parse_duration("1h0m0.5s"),
+            Ok(Duration::from_millis(3_600_500))
+        );
+        assert_eq!(parse_duration("50us"), Ok(Duration::from_micros(50)));
+        assert_eq!(parse_duration("50µs"), Ok(Duration::from_micros(50)));
+        for bad in [
+            "",
+            "1",
+            "s",
+            "1x",
+            "1..2s",
+            "-1s",
+            "5 parsecs",
+            "1m30",
+            "1s 2s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should not parse");
         }
     }
@@ -362,6 +415,7 @@ mod tests {
             cores: default_cores(),
             xdp_mode: XdpMode::Auto,
             admin: default_admin(),
+            metrics: default_metrics(),
             service_cidr: default_service_cidr(),
             cluster_cidrs: Vec::new(),
             conntrack: ConntrackSettings::default(),

@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cipgw_config::control_file::{parse_control_file, ControlFileError};
+use cipgw_config::control_file::{parse_control_file, ControlFileError, ControlObjects};
 use cipgw_config::ServiceTable;
 use ipnet::Ipv4Net;
 
@@ -76,12 +76,23 @@ pub enum TextError {
 
 /// Parses and translates control-file text (what [`load_control_file`]
 /// does after reading).
+/// Fields the file has that cipgw does not know are logged as warnings,
+/// each naming its object and field.
 pub fn load_control_text(text: &str, service_cidr: Ipv4Net) -> Result<ServiceTable, TextError> {
     let objects = parse_control_file(text)?;
-    Ok(translate(
-        &Objects::from_control_file(&objects),
-        service_cidr,
-    )?)
+    for warning in &objects.warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(translate_control_objects(&objects, service_cidr)?)
+}
+
+/// Translates parsed control-file objects (`cipgw check`, which parses
+/// and reports itself).
+pub fn translate_control_objects(
+    objects: &ControlObjects,
+    service_cidr: Ipv4Net,
+) -> Result<ServiceTable, TranslateError> {
+    translate(&Objects::from_control_file(objects), service_cidr)
 }
 
 #[cfg(test)]

@@ -312,11 +312,15 @@ impl FileSource {
 
     fn good(&mut self, table: ServiceTable) -> bool {
         if self.table.as_deref() != Some(&table) {
-            tracing::info!(
-                path = %self.path.display(),
-                services = table.services.len(),
-                "control file changed; new table"
-            );
+            // The first read is the file as the daemon loaded it at start:
+            // not a change worth a line of its own.
+            if self.table.is_some() {
+                tracing::info!(
+                    path = %self.path.display(),
+                    services = table.services.len(),
+                    "control file changed; new table"
+                );
+            }
             let table = Arc::new(table);
             self.table = Some(Arc::clone(&table));
             if !self.send(SourceEvent::Table(table)) {
@@ -340,7 +344,8 @@ impl FileSource {
         if self.error.as_ref() == Some(&error) {
             return true;
         }
-        tracing::warn!(%error, "control file rejected; the last good table stays");
+        // The daemon logs the event, with the source's name: one line.
+        tracing::debug!(%error, "control file rejected; the last good table stays");
         self.error = Some(error.clone());
         self.send(SourceEvent::Invalid { error })
     }

@@ -19,6 +19,7 @@ pub use cipgw_datapath::{
 
 pub mod admin;
 pub mod bpf;
+pub mod build_info;
 #[cfg(feature = "daemon")]
 pub mod daemon;
 pub mod lab;

@@ -5,15 +5,13 @@ mod cmd;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = match cmd::Cli::try_parse() {
+    let cli = match cmd::parse(std::env::args_os().collect()) {
         Ok(cli) => cli,
         // `--help` and `--version` come back as errors too: clap prints
         // them to standard output, and they are a success. Everything
         // else is a bad command line (64), explained on standard error.
-        Err(err) => {
+        Err(cmd::ParseError::Clap(err)) => {
             let _ = err.print();
             return if err.use_stderr() {
                 ExitCode::from(cmd::EX_USAGE)
@@ -21,12 +19,23 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             };
         }
+        Err(cmd::ParseError::SettingsFile(message)) => {
+            eprintln!("cipgw: {message}");
+            return ExitCode::from(cmd::EX_USAGE);
+        }
     };
+    let json = cli.log.log_format == cmd::LogFormat::Json;
     cmd::init_logging(&cli.log);
     match cli.command.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("cipgw: {err:#}");
+            // Under `--log-format json` the last word is a log line like
+            // every other, so that collectors parse it.
+            if json {
+                tracing::error!(error = %format!("{err:#}"), "cipgw stopped");
+            } else {
+                eprintln!("cipgw: {err:#}");
+            }
             ExitCode::from(cmd::exit_code(&err))
         }
     }

@@ -677,8 +677,9 @@ impl Lab {
     /// SIGTERM; the gateway must exit with status 0 within 5 s and leave
     /// its XDP program attached on every interface, for the next gateway
     /// (VIP traffic is dropped meanwhile, not passed to the kernel).
+    /// Returns every line it logged.
     #[track_caller]
-    pub fn stop_gateway(&mut self) {
+    pub fn stop_gateway(&mut self) -> Vec<String> {
         let mut gateway = self.gateway.take().expect("the gateway is not running");
         let started = Instant::now();
         if let Err(e) = gateway.signal(libc::SIGTERM) {
@@ -708,6 +709,13 @@ impl Lab {
             "the XDP program stays on every gateway interface after a stop, found it on {left:?}{}",
             log_tail(&gateway)
         );
+        // The log is read on a thread: its last line may come after the exit.
+        let deadline = Instant::now() + STOP_WITHIN;
+        while !gateway.log().last().is_some_and(|l| l.contains("bye")) && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        gateway.log()
     }
 
     /// SIGKILL (a crash); waits until it is gone.

@@ -10,7 +10,7 @@ use cipgw_config::{ClusterIp, EndpointState, Protocol};
 
 use super::views::*;
 use super::{AdminState, ConntrackQuery};
-use crate::conntrack::{Conntrack, Direction};
+use crate::conntrack::{Conntrack, Direction, FlowState};
 use crate::table::ServiceKey;
 
 fn protocol_name(p: Protocol) -> &'static str {
@@ -23,10 +23,10 @@ fn protocol_name(p: Protocol) -> &'static str {
 fn endpoint_state(s: EndpointState) -> &'static str {
     if s.ready {
         "ready"
-    } else if s.serving {
-        "serving"
     } else if s.terminating {
         "terminating"
+    } else if s.serving {
+        "serving"
     } else {
         "not-ready"
     }
@@ -42,6 +42,7 @@ pub(super) fn status_view(state: &AdminState) -> StatusView {
         uptime_seconds: state.started.elapsed().as_secs_f64(),
         ready: snap.ready,
         interfaces: state.ifaces.clone(),
+        interface_modes: state.interface_modes(),
         table: TableView {
             generation: snap.table.generation,
             services: snap.table.services,
@@ -91,19 +92,39 @@ pub(super) fn status_view(state: &AdminState) -> StatusView {
 /// A VIP:port/protocol, packed for map keys.
 type PortKey = (Ipv4Addr, u16, Protocol);
 
+/// Tracked flows, split as ipvsadm splits ActiveConn and InActConn.
+#[derive(Debug, Clone, Copy, Default)]
+struct Conns {
+    active: u64,
+    inactive: u64,
+}
+
+impl Conns {
+    fn count(&mut self, active: bool) {
+        if active {
+            self.active += 1;
+        } else {
+            self.inactive += 1;
+        }
+    }
+}
+
 pub(super) fn services_view(state: &AdminState) -> ServicesView {
     let table = state.table.current();
-    // Active flows per port and per (port, backend), from one walk over
-    // the forward entries.
-    let mut per_port: HashMap<PortKey, u64> = HashMap::new();
-    let mut per_backend: HashMap<(PortKey, SocketAddrV4), u64> = HashMap::new();
+    // Active and inactive flows per port and per (port, backend), from
+    // one walk over the forward entries. Active is ipvsadm's ActiveConn:
+    // an ESTABLISHED TCP connection; everything else is inactive.
+    let mut per_port: HashMap<PortKey, Conns> = HashMap::new();
+    let mut per_backend: HashMap<(PortKey, SocketAddrV4), Conns> = HashMap::new();
     state.conntrack.for_each(|key, hit| {
         if hit.direction == Direction::Forward {
             let port = (key.dst, key.dst_port, key.protocol);
-            *per_port.entry(port).or_default() += 1;
-            *per_backend
+            let active = hit.state == FlowState::TcpEstablished;
+            per_port.entry(port).or_default().count(active);
+            per_backend
                 .entry((port, SocketAddrV4::new(hit.nat_ip, hit.nat_port)))
-                .or_default() += 1;
+                .or_default()
+                .count(active);
         }
     });
     let stats = state.services.get();
@@ -124,6 +145,8 @@ pub(super) fn services_view(state: &AdminState) -> ServicesView {
                     ClusterIp::ExternalName => String::new(),
                 },
                 active_flows: 0,
+                inactive_flows: 0,
+                affinity_seconds: service.session_affinity,
                 packets: None,
                 bytes: None,
                 flows: None,
@@ -131,12 +154,15 @@ pub(super) fn services_view(state: &AdminState) -> ServicesView {
             };
             for port in &service.ports {
                 let key = vip.map(|vip| (vip, port.port, port.protocol));
-                let active = key.and_then(|k| per_port.get(&k).copied()).unwrap_or(0);
+                let conns = key
+                    .and_then(|k| per_port.get(&k).copied())
+                    .unwrap_or_default();
                 let totals = match (stats, vip) {
                     (Some(s), Some(_)) => s.totals(&service.name, port.port, port.protocol),
                     _ => None,
                 };
-                view.active_flows += active;
+                view.active_flows += conns.active;
+                view.inactive_flows += conns.inactive;
                 if let Some(t) = totals {
                     view.packets = Some(view.packets.unwrap_or(0) + t.packets);
                     view.bytes = Some(view.bytes.unwrap_or(0) + t.bytes);
@@ -158,28 +184,33 @@ pub(super) fn services_view(state: &AdminState) -> ServicesView {
                     target_port: port.target_port.to_string(),
                     lb_algorithm: if maglev.is_some() { "maglev" } else { "random" }.to_owned(),
                     maglev_fingerprint: maglev.map(|m| format!("{:016x}", m.fingerprint())),
-                    active_flows: active,
+                    active_flows: conns.active,
+                    inactive_flows: conns.inactive,
                     packets: totals.map(|t| t.packets),
                     bytes: totals.map(|t| t.bytes),
                     flows: totals.map(|t| t.flows),
                     endpoints: port
                         .endpoints
                         .iter()
-                        .map(|e| EndpointView {
-                            ip: e.ip,
-                            port: e.port,
-                            pod: e.pod.clone(),
-                            state: endpoint_state(e.state).to_owned(),
-                            ready: e.state.ready,
-                            serving: e.state.serving,
-                            terminating: e.state.terminating,
-                            active_flows: key
+                        .map(|e| {
+                            let conns = key
                                 .and_then(|k| {
                                     per_backend
                                         .get(&(k, SocketAddrV4::new(e.ip, e.port)))
                                         .copied()
                                 })
-                                .unwrap_or(0),
+                                .unwrap_or_default();
+                            EndpointView {
+                                ip: e.ip,
+                                port: e.port,
+                                pod: e.pod.clone(),
+                                state: endpoint_state(e.state).to_owned(),
+                                ready: e.state.ready,
+                                serving: e.state.serving,
+                                terminating: e.state.terminating,
+                                active_flows: conns.active,
+                                inactive_flows: conns.inactive,
+                            }
                         })
                         .collect(),
                 });

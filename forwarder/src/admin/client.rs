@@ -37,6 +37,17 @@ pub enum ClientError {
 /// `GET path` (with its query) from `addr`, all of it within
 /// `timeout`.
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response, ClientError> {
+    get_accepting(addr, path, "*/*", timeout)
+}
+
+/// [`get`] with an `Accept` header (e.g. `text/plain` for the Prometheus
+/// text format of `/metrics`).
+pub fn get_accepting(
+    addr: SocketAddr,
+    path: &str,
+    accept: &str,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
     let deadline = Instant::now() + timeout;
     let io_err = |what: &'static str| {
         move |source: io::Error| match source.kind() {
@@ -53,7 +64,7 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response, 
         .map_err(io_err("set a timeout"))?;
     write!(
         stream,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
     )
     .map_err(io_err("send"))?;
     let mut raw = Vec::new();

@@ -4,7 +4,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `/metrics` | OpenMetrics text ([`crate::metrics`]) |
-//! | `/healthz` | 200 while the process runs |
+//! | `/healthz` | 200 while every worker runs and the control loop turns (see [`AdminState::health`]), else 503 with the reason |
 //! | `/readyz` | 200 once the first table is published and workers run, else 503 |
 //! | `/api/status` | [`StatusView`] |
 //! | `/api/services` | [`ServicesView`] |
@@ -25,6 +25,10 @@
 //! parameters), `server` (requests and the HTTP thread) and [`client`].
 //! The endpoint listens where `--admin` says, by default on
 //! [`DEFAULT_ADMIN_ADDR`](cipgw_config::settings::DEFAULT_ADMIN_ADDR).
+//! A second listener (`--metrics-address`, [`AdminServer::start_metrics`])
+//! serves only `/metrics`, `/healthz` and `/readyz`, so that Prometheus
+//! and probes can reach them on a wider address while the JSON views,
+//! client addresses included, stay on the admin address.
 
 mod build;
 pub mod client;
@@ -34,7 +38,7 @@ mod server;
 mod tests;
 pub mod views;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Instant, SystemTime};
 
@@ -46,7 +50,7 @@ use crate::metrics::{
 use crate::table::TableHandle;
 
 pub use self::query::{AddrFilter, ConntrackQuery};
-pub use self::server::{handle, AdminError, AdminServer, Reply};
+pub use self::server::{handle, handle_request, AdminError, AdminServer, Reply, Scope};
 pub use self::views::*;
 
 /// Rows `/api/conntrack` returns unless `limit=` says otherwise.
@@ -70,7 +74,19 @@ pub struct AdminState {
     workers: RwLock<Vec<WorkerTelemetry>>,
     control: Arc<ControlMetrics>,
     services: OnceLock<Arc<ServiceStats>>,
+    /// When the control loop last turned, in milliseconds since `started`.
+    control_turned_ms: AtomicU64,
+    /// A worker thread ended without being asked to.
+    worker_died: AtomicBool,
+    /// XDP and copy modes per interface, once attached.
+    interface_modes: RwLock<Vec<InterfaceModeView>>,
 }
+
+/// How long the control loop may go without turning before `/healthz`
+/// fails: it turns at least every 100 ms, and applying even a table of
+/// tens of thousands of Services takes seconds, so a loop this late is
+/// stuck, and the table it would install is stale.
+pub const CONTROL_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl AdminState {
     pub fn new(
@@ -89,7 +105,61 @@ impl AdminState {
             workers: RwLock::new(Vec::new()),
             control: Arc::new(ControlMetrics::default()),
             services: OnceLock::new(),
+            control_turned_ms: AtomicU64::new(0),
+            worker_died: AtomicBool::new(false),
+            interface_modes: RwLock::new(Vec::new()),
         }
+    }
+
+    /// Records how the interfaces are served (`cipgw status`).
+    pub fn set_interface_modes(&self, modes: Vec<InterfaceModeView>) {
+        *self
+            .interface_modes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = modes;
+    }
+
+    pub(crate) fn interface_modes(&self) -> Vec<InterfaceModeView> {
+        self.interface_modes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The control loop turned (it calls this every round).
+    pub fn control_turned(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        // Relaxed: a timestamp read on its own.
+        self.control_turned_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// A worker thread ended without a stop request.
+    pub fn worker_died(&self) {
+        // Relaxed: a flag read on its own.
+        self.worker_died.store(true, Ordering::Relaxed);
+    }
+
+    /// What `/healthz` answers: healthy while every worker runs and the
+    /// control loop turned within [`CONTROL_STALE_AFTER`] (it would not
+    /// install new tables otherwise). An unreachable API server is no
+    /// failure: restarting the gateway would not bring it back, and the
+    /// last table keeps forwarding (`cipgw_control_connected` says so).
+    pub fn health(&self) -> Result<(), String> {
+        // Relaxed: as in `worker_died`.
+        if self.worker_died.load(Ordering::Relaxed) {
+            return Err("a worker thread ended".into());
+        }
+        // Relaxed: as in `control_turned`.
+        let turned =
+            std::time::Duration::from_millis(self.control_turned_ms.load(Ordering::Relaxed));
+        let since = self.started.elapsed().saturating_sub(turned);
+        if since > CONTROL_STALE_AFTER {
+            return Err(format!(
+                "the control loop has not turned for {}s: the service table is stale",
+                since.as_secs()
+            ));
+        }
+        Ok(())
     }
 
     /// Adds a worker's telemetry to what is scraped.
@@ -160,6 +230,7 @@ impl AdminState {
             conntrack: ConntrackNumbers::read(&self.conntrack),
             control: self.control.snapshot(),
             services,
+            process: crate::metrics::process::ProcessNumbers::read(),
         }
     }
 }

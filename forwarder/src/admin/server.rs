@@ -58,9 +58,30 @@ impl Reply {
     }
 }
 
-/// Answers one request. Pure apart from reading `state`, so it is what
-/// the unit tests exercise.
+/// Which paths a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything: metrics, health and the JSON views (`--admin`).
+    Admin,
+    /// `/metrics`, `/healthz` and `/readyz` only (`--metrics-address`).
+    Metrics,
+}
+
+/// Answers one request on the admin address, in OpenMetrics.
 pub fn handle(state: &AdminState, method: &str, url: &str) -> Reply {
+    handle_request(state, method, url, None, Scope::Admin)
+}
+
+/// Answers one request: `accept` is the request's `Accept` header (the
+/// metrics format), `scope` what the listener serves. Pure apart from
+/// reading `state`, so it is what the unit tests exercise.
+pub fn handle_request(
+    state: &AdminState,
+    method: &str,
+    url: &str,
+    accept: Option<&str>,
+    scope: Scope,
+) -> Reply {
     if method != "GET" && method != "HEAD" {
         return Reply::text(405, "only GET and HEAD\n");
     }
@@ -73,13 +94,25 @@ pub fn handle(state: &AdminState, method: &str, url: &str) -> Reply {
         ),
         Err(e) => Reply::error(400, &e),
     };
+    if scope == Scope::Metrics && !matches!(path, "/metrics" | "/healthz" | "/readyz" | "/") {
+        return Reply::text(
+            404,
+            format!("{path}: this address serves /metrics, /healthz and /readyz only\n"),
+        );
+    }
     match path {
-        "/metrics" => Reply {
-            status: 200,
-            content_type: metrics::CONTENT_TYPE,
-            body: metrics::encode(state.snapshot()),
+        "/metrics" => {
+            let format = metrics::Format::negotiate(accept);
+            Reply {
+                status: 200,
+                content_type: format.content_type(),
+                body: metrics::encode_as(state.snapshot(), format),
+            }
+        }
+        "/healthz" => match state.health() {
+            Ok(()) => Reply::text(200, "ok\n"),
+            Err(why) => Reply::text(503, format!("unhealthy: {why}\n")),
         },
-        "/healthz" => Reply::text(200, "ok\n"),
         "/readyz" if state.is_ready() => Reply::text(200, "ready\n"),
         "/readyz" => Reply::text(503, "not ready\n"),
         "/api/status" => no_params(|s| Reply::json(&status_view(s))),
@@ -88,6 +121,9 @@ pub fn handle(state: &AdminState, method: &str, url: &str) -> Reply {
             Ok(q) => Reply::json(&conntrack_view(&state.conntrack, &q)),
             Err(e) => Reply::error(400, &e),
         },
+        "/" if scope == Scope::Metrics => {
+            Reply::text(200, "cipgw metrics: /metrics /healthz /readyz\n")
+        }
         "/" => Reply::text(
             200,
             "cipgw admin: /metrics /healthz /readyz /api/status /api/services /api/conntrack\n",
@@ -136,6 +172,23 @@ impl AdminServer {
     /// Listens on `addr` (port 0 picks a free one) and answers requests
     /// from `state` on a thread of its own.
     pub fn start(addr: SocketAddr, state: Arc<AdminState>) -> Result<AdminServer, AdminError> {
+        Self::start_scoped(addr, state, Scope::Admin)
+    }
+
+    /// [`AdminServer::start`] for `/metrics`, `/healthz` and `/readyz`
+    /// only (`--metrics-address`).
+    pub fn start_metrics(
+        addr: SocketAddr,
+        state: Arc<AdminState>,
+    ) -> Result<AdminServer, AdminError> {
+        Self::start_scoped(addr, state, Scope::Metrics)
+    }
+
+    fn start_scoped(
+        addr: SocketAddr,
+        state: Arc<AdminState>,
+        scope: Scope,
+    ) -> Result<AdminServer, AdminError> {
         let listener =
             TcpListener::bind(addr).map_err(|source| AdminError::Bind { addr, source })?;
         let bound = listener
@@ -149,13 +202,22 @@ impl AdminServer {
         let server = Arc::new(server);
         let serving = Arc::clone(&server);
         let thread = std::thread::Builder::new()
-            .name("cipgw-admin".into())
-            .spawn(move || serve(&serving, &state))
+            .name(match scope {
+                Scope::Admin => "cipgw-admin".into(),
+                Scope::Metrics => "cipgw-metrics".into(),
+            })
+            .spawn(move || serve(&serving, &state, scope))
             .map_err(|e| AdminError::Start {
                 addr,
                 message: format!("spawning its thread: {e}"),
             })?;
-        tracing::info!(addr = %bound, "admin endpoint listening");
+        match scope {
+            Scope::Admin => tracing::info!(addr = %bound, "admin endpoint listening"),
+            Scope::Metrics => tracing::info!(
+                addr = %bound,
+                "metrics endpoint listening (/metrics, /healthz, /readyz)"
+            ),
+        }
         Ok(AdminServer {
             server,
             thread: Some(thread),
@@ -179,9 +241,20 @@ impl Drop for AdminServer {
     }
 }
 
-fn serve(server: &tiny_http::Server, state: &AdminState) {
+fn serve(server: &tiny_http::Server, state: &AdminState, scope: Scope) {
     for request in server.incoming_requests() {
-        let reply = handle(state, request.method().as_str(), request.url());
+        let accept = request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Accept"))
+            .map(|h| h.value.as_str().to_owned());
+        let reply = handle_request(
+            state,
+            request.method().as_str(),
+            request.url(),
+            accept.as_deref(),
+            scope,
+        );
         tracing::trace!(url = request.url(), status = reply.status, "admin request");
         let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], reply.content_type)
             .unwrap_or_else(|()| unreachable!("static header is valid"));

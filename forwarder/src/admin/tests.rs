@@ -209,11 +209,14 @@ fn services_show_endpoints_states_and_active_flows() {
     assert_eq!(names, ["dns", "echo", "headless"]);
     let echo = &v.services[1];
     assert_eq!(echo.vip, Some(VIP));
-    assert_eq!(echo.active_flows, 5);
+    // The flows are handshakes (SYN_SENT): inactive, as ipvsadm counts
+    // them; only ESTABLISHED is active.
+    assert_eq!((echo.active_flows, echo.inactive_flows), (0, 5));
     assert_eq!(echo.packets, None);
     let port = &echo.ports[0];
     assert_eq!((port.protocol.as_str(), port.port), ("TCP", 8080));
     assert_eq!(port.target_port, "http");
+    assert!(port.endpoints.iter().all(|e| e.active_flows == 0));
     let states: Vec<(&str, &str, u64)> = port
         .endpoints
         .iter()
@@ -221,11 +224,11 @@ fn services_show_endpoints_states_and_active_flows() {
             (
                 e.pod.as_deref().unwrap_or(""),
                 e.state.as_str(),
-                e.active_flows,
+                e.inactive_flows,
             )
         })
         .collect();
-    assert_eq!(states, [("pod1", "ready", 3), ("pod2", "serving", 2)]);
+    assert_eq!(states, [("pod1", "ready", 3), ("pod2", "terminating", 2)]);
     assert_eq!(
         (port.lb_algorithm.as_str(), &port.maglev_fingerprint),
         ("random", &None)
@@ -271,7 +274,11 @@ fn services_report_counters_once_counted() {
     assert_eq!(
         exp.get(
             "cipgw_service_packets_total",
-            &[("service", "default/echo"), ("port", "8080")]
+            &[
+                ("namespace", "default"),
+                ("service", "echo"),
+                ("port", "8080")
+            ]
         ),
         Some(10.0)
     );
@@ -381,4 +388,110 @@ fn binding_a_taken_address_fails_with_the_address() {
     let addr = taken.local_addr().expect("addr");
     let err = AdminServer::start(addr, Arc::new(state(0))).expect_err("taken");
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
+}
+
+#[test]
+fn metrics_format_follows_the_accept_header() {
+    let s = state(1);
+    let scrape = |accept| handle_request(&s, "GET", "/metrics", accept, Scope::Admin);
+    // Prometheus 2.x's header prefers OpenMetrics; older scrapers and
+    // client_golang-style clients ask for text/plain.
+    let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,\
+                      application/openmetrics-text;version=0.0.1;q=0.4,\
+                      text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+    for accept in [None, Some("*/*"), Some(prometheus)] {
+        let reply = scrape(accept);
+        assert!(
+            reply
+                .content_type
+                .starts_with("application/openmetrics-text"),
+            "{accept:?}"
+        );
+        assert!(reply.body.ends_with("# EOF\n"));
+        assert!(reply.body.contains("# TYPE cipgw_rx_packets counter\n"));
+    }
+    for accept in [
+        "text/plain",
+        "text/plain;version=0.0.4",
+        "application/openmetrics-text;q=0.1,text/plain;q=0.9",
+    ] {
+        let reply = scrape(Some(accept));
+        assert_eq!(
+            reply.content_type,
+            crate::metrics::CONTENT_TYPE_TEXT_004,
+            "{accept}"
+        );
+        let body = &reply.body;
+        assert!(
+            !body.contains("# EOF") && !body.contains("# UNIT"),
+            "{body}"
+        );
+        assert!(
+            body.contains("# TYPE cipgw_rx_packets_total counter\n"),
+            "{body}"
+        );
+        assert!(body.contains("# HELP cipgw_rx_packets_total "), "{body}");
+        assert!(body.contains("# TYPE cipgw_build_info gauge\n"), "{body}");
+        assert!(body.contains("\ncipgw_rx_packets_total "), "{body}");
+        assert!(
+            body.contains("# TYPE process_cpu_seconds_total counter\n"),
+            "{body}"
+        );
+    }
+}
+
+#[test]
+fn metrics_scope_serves_metrics_and_health_only() {
+    let s = state(1);
+    let on_metrics = |url| handle_request(&s, "GET", url, None, Scope::Metrics);
+    assert_eq!(on_metrics("/metrics").status, 200);
+    assert_eq!(on_metrics("/healthz").status, 200);
+    for path in [
+        "/api/status",
+        "/api/services",
+        "/api/conntrack",
+        "/api/conntrack?vip=198.18.100.10",
+    ] {
+        assert_eq!(
+            on_metrics(path).status,
+            404,
+            "{path} on the metrics address"
+        );
+        assert_eq!(get(&s, path).status, 200, "{path} on the admin address");
+    }
+}
+
+#[test]
+fn healthz_fails_once_a_worker_died() {
+    let s = state(0);
+    s.control_turned();
+    assert_eq!(get(&s, "/healthz").status, 200);
+    s.worker_died();
+    let reply = get(&s, "/healthz");
+    assert_eq!(reply.status, 503);
+    assert!(reply.body.contains("worker"), "{}", reply.body);
+}
+
+#[test]
+fn metrics_name_namespace_service_build_and_process() {
+    let s = state(0);
+    let exp = exposition::parse(&get(&s, "/metrics").body).expect("parses");
+    let build = exp
+        .get(
+            "cipgw_build_info",
+            &[
+                ("version", crate::build_info::VERSION),
+                ("git_hash", crate::build_info::GIT_HASH),
+            ],
+        )
+        .expect("build info with version and git hash");
+    assert_eq!(build, 1.0);
+    assert!(exp
+        .get("process_resident_memory_bytes", &[])
+        .is_some_and(|v| v > 0.0));
+    assert!(exp.get("process_open_fds", &[]).is_some_and(|v| v > 0.0));
+    assert!(exp.get("cipgw_control_connected", &[]).is_some());
+    assert!(exp
+        .get("cipgw_network_programming_duration_seconds_count", &[])
+        .is_some());
 }

@@ -18,12 +18,25 @@ pub struct StatusView {
     pub uptime_seconds: f64,
     pub ready: bool,
     pub interfaces: Vec<String>,
+    /// How each interface is served: XDP attach mode and AF_XDP copy mode.
+    #[serde(default)]
+    pub interface_modes: Vec<InterfaceModeView>,
     pub table: TableView,
     pub conntrack: ConntrackStatusView,
     /// All workers summed.
     pub totals: CountersView,
     pub workers: Vec<WorkerView>,
     pub control: ControlView,
+}
+
+/// One interface's XDP attach mode and AF_XDP copy mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceModeView {
+    pub name: String,
+    /// `native` (driver) or `skb` (generic).
+    pub xdp_mode: String,
+    /// `zero-copy`, `copy`, or `mixed` when its queues differ.
+    pub copy_mode: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -165,8 +178,17 @@ pub struct ServiceView {
     /// `spec.clusterIP` as Kubernetes shows it: the VIP, `None` for
     /// headless, empty for ExternalName.
     pub cluster_ip: String,
-    /// Tracked flows to the Service's ports now.
+    /// Tracked TCP flows in ESTABLISHED to the Service's ports now
+    /// (ipvsadm's ActiveConn).
     pub active_flows: u64,
+    /// Every other tracked flow: handshakes, closing TCP (FIN_WAIT,
+    /// CLOSE_WAIT, TIME_WAIT, CLOSE) and UDP (ipvsadm's InActConn).
+    #[serde(default)]
+    pub inactive_flows: u64,
+    /// `sessionAffinity: ClientIP` timeout in seconds; `None` without
+    /// affinity.
+    #[serde(default)]
+    pub affinity_seconds: Option<u32>,
     pub packets: Option<u64>,
     pub bytes: Option<u64>,
     /// Connections given a backend since the port got its counters.
@@ -191,6 +213,8 @@ pub struct PortView {
     #[serde(default)]
     pub maglev_fingerprint: Option<String>,
     pub active_flows: u64,
+    #[serde(default)]
+    pub inactive_flows: u64,
     pub packets: Option<u64>,
     pub bytes: Option<u64>,
     pub flows: Option<u64>,
@@ -202,14 +226,18 @@ pub struct EndpointView {
     pub ip: Ipv4Addr,
     pub port: u16,
     pub pod: Option<String>,
-    /// `ready`, `serving` (not ready but serving, e.g. terminating),
-    /// `terminating`, or `not-ready`.
+    /// `ready`, `terminating` (still listed while its Pod shuts down;
+    /// `serving` says whether it still takes connections), `serving` (not
+    /// ready but serving), or `not-ready`.
     pub state: String,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    /// Tracked flows to this endpoint through this port now.
+    /// Tracked ESTABLISHED TCP flows to this endpoint through this port.
     pub active_flows: u64,
+    /// Its other tracked flows (see [`ServiceView::inactive_flows`]).
+    #[serde(default)]
+    pub inactive_flows: u64,
 }
 
 /// `/api/conntrack`.

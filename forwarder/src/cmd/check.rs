@@ -2,6 +2,12 @@
 //! then the objects it skipped (kinds cipgw does not read, such as the
 //! Deployments and ReplicaSets of `kubectl get all -o yaml`). Skipped
 //! objects are not errors: the exit status stays 0.
+//!
+//! Every problem is reported, not only the first: each bad document on
+//! standard error, then the exit status 64. Warnings (fields cipgw does
+//! not know, as kubectl's strict validation names them; named
+//! targetPorts that no endpoint resolves) go to standard error too and
+//! leave the status 0.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -10,13 +16,12 @@ use std::sync::Arc;
 use cipgw::maglev::MaglevTables;
 use cipgw::table::{CompiledTable, LbPlan, ServiceKey};
 use cipgw_config::settings::LbSettings;
-use cipgw_config::ServiceTable;
 
-use cipgw_config::{parse_control_file, render_skipped, settings};
-use cipgw_control::file_source::{load_control_text, ControlError};
+use cipgw_config::{parse_control_file_reporting, render_skipped, settings, ServiceTable};
+use cipgw_control::file_source::{translate_control_objects, ControlError, TextError};
 use ipnet::Ipv4Net;
 
-use super::lb::{LbArgs, LbFile};
+use super::lb::LbArgs;
 use super::BadInput;
 
 #[derive(Debug, clap::Args)]
@@ -45,16 +50,33 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
             error,
         })
     })?;
-    // The table comes from the gateway's own load path, so that check
-    // answers as a (re)load would. That path keeps no record of skipped
-    // objects; parsing the text once more for them is cheap next to
-    // translating it.
-    let table = load_control_text(&text, args.service_cidr)
-        .map_err(|e| bad(ControlError::from_text(path, e)))?;
-    let objects =
-        parse_control_file(&text).map_err(|e| bad(ControlError::from_text(path, e.into())))?;
+    // The same parser and translation as the gateway's (re)load, going
+    // on past the first bad document.
+    let (objects, errors) = parse_control_file_reporting(&text);
+    for warning in &objects.warnings {
+        eprintln!("warning: {}: {warning}", path.display());
+    }
+    if let Some((last, rest)) = errors.split_last() {
+        for error in rest {
+            eprintln!("error: {}: {error}", path.display());
+        }
+        let last = bad(ControlError::from_text(
+            path,
+            TextError::Parse(last.clone()),
+        ));
+        return Err(if rest.is_empty() {
+            last.into()
+        } else {
+            BadInput(format!("{last} ({} errors in all)", errors.len())).into()
+        });
+    }
+    let table = translate_control_objects(&objects, args.service_cidr)
+        .map_err(|e| bad(ControlError::from_text(path, TextError::Translate(e))))?;
+    for warning in unresolved_named_ports(&table) {
+        eprintln!("warning: {}: {warning}", path.display());
+    }
     print!("{}", table.render());
-    let lb = args.lb.resolve(LbFile::default())?;
+    let lb = args.lb.resolve()?;
     print!("{}", maglev_fingerprints(table, lb));
     let skipped = render_skipped(&objects.skipped);
     if !skipped.is_empty() {
@@ -104,4 +126,29 @@ fn maglev_fingerprints(model: ServiceTable, lb: LbSettings) -> String {
         }
     }
     out
+}
+
+/// Service ports whose named targetPort no endpoint resolves: they have
+/// Pods or slices, but none defines a port of that name, so they forward
+/// nowhere (Kubernetes itself says nothing about it).
+fn unresolved_named_ports(table: &ServiceTable) -> Vec<String> {
+    use cipgw_config::model::TargetPort;
+    let mut warnings = Vec::new();
+    for service in &table.services {
+        for port in &service.ports {
+            if let TargetPort::Name(name) = &port.target_port {
+                if port.endpoints.is_empty() {
+                    warnings.push(format!(
+                        "Service {} port {}/{}: no endpoint resolves the named targetPort \
+                         {name:?} (no Pod or EndpointSlice port has that name): the port \
+                         has no endpoints",
+                        service.name,
+                        port.port,
+                        port.protocol.as_str(),
+                    ));
+                }
+            }
+        }
+    }
+    warnings
 }

@@ -5,7 +5,13 @@
 //! control file with one ClusterIP Service (port 8080 -> targetPort 5678,
 //! selector app: echo-server) and the three Pods, runs `cipgw run` on the
 //! gateway, sends requests to the VIP from the client and prints who
-//! answered. Everything is removed afterwards, also on Ctrl-C or a failure.
+//! answered. Everything is removed afterwards, also on Ctrl-C (exit status
+//! 130, as a shell reports a job Ctrl-C ended) or a failure; `--keep`
+//! leaves the lab up until Ctrl-C and says how to reach the gateway.
+//!
+//! The gateway runs in a process group of its own: a terminal's Ctrl-C
+//! reaches only the demo, which lets the request in flight finish and then
+//! stops the gateway, so an interruption is never reported as a failure.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -28,6 +34,10 @@ pub struct DemoArgs {
     /// Show the gateway's log as it runs.
     #[arg(long)]
     pub verbose: bool,
+    /// After the requests, leave the lab and the gateway running (and
+    /// print how to reach its admin endpoint and the VIP) until Ctrl-C.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// The demo's control file: the Service and its Pods, as `kubectl get
@@ -113,7 +123,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         dir.join("state").display().to_string(),
     ]);
     println!("starting: cipgw run {}", gw_args.join(" "));
-    let gateway = GatewayProcess::start(
+    let gateway = GatewayProcess::start_own_group(
         &exe,
         topology.gateway(),
         &gw_args,
@@ -137,6 +147,11 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         let answer = topology.in_client(move || {
             lab::tcp_request(target, b"GET / HTTP/1.0\r\n\r\n", Duration::from_secs(3))
         });
+        // Relaxed: as above. A request cut short by Ctrl-C is no failure.
+        if answer.is_err() && interrupted.load(Ordering::Relaxed) {
+            println!("interrupted; cleaning up");
+            break;
+        }
         match answer {
             Ok(text) => {
                 let line = text
@@ -167,12 +182,40 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         println!("  failed           {failed:>3}");
     }
 
+    // Relaxed: as above.
+    if args.keep && !interrupted.load(Ordering::Relaxed) {
+        let gw_ns = topology.gateway().name();
+        let client_ns = topology.client().name();
+        let exe = exe.display();
+        println!(
+            "\nthe lab stays up until Ctrl-C. The gateway's admin endpoint is \
+             {admin} in namespace {gw_ns}:\n  \
+             ip netns exec {gw_ns} {exe} status\n  \
+             ip netns exec {gw_ns} {exe} services\n  \
+             ip netns exec {gw_ns} {exe} conntrack\n  \
+             ip netns exec {gw_ns} curl -s http://{admin}/metrics\n\
+             and the Service answers from the client:\n  \
+             ip netns exec {client_ns} curl -s http://{vip}:{SERVICE_PORT}/",
+            admin = cipgw_config::settings::DEFAULT_ADMIN_ADDR,
+        );
+        // Relaxed: as above; bounded by the user's Ctrl-C (or SIGTERM).
+        while !interrupted.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        println!("removing the lab");
+    }
+
     let status = gateway.stop(Duration::from_secs(5))?;
     for s in servers {
         s.stop();
     }
     drop(topology);
     println!("\ngateway exited ({status}); lab removed");
+    // Relaxed: as above. With --keep, Ctrl-C is the way out, not an
+    // interruption.
+    if interrupted.load(Ordering::Relaxed) && !args.keep {
+        return Err(super::Interrupted.into());
+    }
     if failed > 0 {
         anyhow::bail!("{failed} requests failed");
     }

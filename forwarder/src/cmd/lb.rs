@@ -29,38 +29,14 @@ pub struct LbArgs {
     pub hash_seed: Option<u64>,
 }
 
-/// The TOML file's `lb`, `maglev-table-size` and `hash-seed`.
-#[derive(Debug, Default)]
-pub struct LbFile {
-    pub lb: Option<String>,
-    pub maglev_table_size: Option<u32>,
-    pub hash_seed: Option<String>,
-}
-
 impl LbArgs {
-    /// Flags over file over defaults.
-    pub fn resolve(self, file: LbFile) -> Result<LbSettings, BadInput> {
+    /// Flags (from the command line or the settings file) over defaults.
+    pub fn resolve(self) -> Result<LbSettings, BadInput> {
         let defaults = LbSettings::default();
-        let algorithm = match (self.lb, file.lb) {
-            (Some(flag), _) => flag,
-            (None, Some(text)) => text
-                .parse()
-                .map_err(|e| BadInput(format!("settings file: lb: {e}")))?,
-            (None, None) => defaults.algorithm,
-        };
-        let hash_seed = match (self.hash_seed, file.hash_seed) {
-            (Some(flag), _) => flag,
-            (None, Some(text)) => parse_hash_seed(&text)
-                .map_err(|e| BadInput(format!("settings file: hash-seed: {e}")))?,
-            (None, None) => defaults.hash_seed,
-        };
         let lb = LbSettings {
-            algorithm,
-            maglev_table_size: self
-                .maglev_table_size
-                .or(file.maglev_table_size)
-                .unwrap_or(defaults.maglev_table_size),
-            hash_seed,
+            algorithm: self.lb.unwrap_or(defaults.algorithm),
+            maglev_table_size: self.maglev_table_size.unwrap_or(defaults.maglev_table_size),
+            hash_seed: self.hash_seed.unwrap_or(defaults.hash_seed),
         };
         lb.validate().map_err(|e| BadInput(e.to_string()))?;
         Ok(lb)
@@ -72,39 +48,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flags_win_over_the_file_and_sizes_must_be_prime() {
+    fn flags_resolve_over_defaults_and_sizes_must_be_prime() {
         let flags = LbArgs {
             lb: Some(LbAlgorithm::Maglev),
-            maglev_table_size: None,
+            maglev_table_size: Some(1021),
             hash_seed: None,
         };
-        let file = LbFile {
-            lb: Some("random".into()),
-            maglev_table_size: Some(1021),
-            hash_seed: Some("0x10".into()),
-        };
-        let lb = flags.resolve(file).expect("valid");
+        let lb = flags.resolve().expect("valid");
         assert_eq!(
             (lb.algorithm, lb.maglev_table_size, lb.hash_seed),
-            (LbAlgorithm::Maglev, 1021, 16)
+            (LbAlgorithm::Maglev, 1021, 0)
         );
         let bad = LbArgs {
             maglev_table_size: Some(16_384),
             ..LbArgs::default()
         };
-        let err = bad
-            .resolve(LbFile::default())
-            .expect_err("16384 is not prime");
+        let err = bad.resolve().expect_err("16384 is not prime");
         assert!(err.0.contains("--maglev-table-size: 16384"), "{}", err.0);
-        let bad_file = LbFile {
-            lb: Some("roundrobin".into()),
-            ..LbFile::default()
-        };
-        let err = LbArgs::default().resolve(bad_file).expect_err("unknown");
-        assert!(
-            err.0.contains("lb: unknown load-balancing algorithm"),
-            "{}",
-            err.0
-        );
     }
 }

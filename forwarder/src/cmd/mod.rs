@@ -5,17 +5,22 @@
 mod check;
 mod conntrack;
 mod demo;
+mod generate;
 mod lb;
 mod run;
 mod services;
+mod settings_file;
 mod status;
 mod view;
 
-use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// cipgw: a Kubernetes ClusterIP data plane on AF_XDP.
 #[derive(Debug, Parser)]
-#[command(name = "cipgw", version)]
+#[command(name = "cipgw", version = cipgw::build_info::VERSION_LINE)]
 pub struct Cli {
     #[command(flatten)]
     pub log: LogArgs,
@@ -26,8 +31,8 @@ pub struct Cli {
 #[derive(Debug, clap::Args)]
 pub struct LogArgs {
     /// Log filter (tracing syntax, e.g. `info` or `cipgw=debug`); RUST_LOG
-    /// is used when this is not given.
-    #[arg(long, global = true)]
+    /// is used when this is not given [default: info].
+    #[arg(long, global = true, value_name = "FILTER")]
     pub log_level: Option<String>,
     /// Log line format: `text` for people, `json` (one object per line)
     /// for log collectors.
@@ -59,6 +64,11 @@ pub enum Command {
     Services(services::ServicesArgs),
     /// List the flows a running gateway tracks, filtered and paged.
     Conntrack(conntrack::ConntrackArgs),
+    /// Print shell completions for `cipgw` (e.g. `cipgw completions bash >
+    /// /etc/bash_completion.d/cipgw`).
+    Completions(generate::CompletionsArgs),
+    /// Print the man page, in roff (`cipgw man > cipgw.1; man ./cipgw.1`).
+    Man(generate::ManArgs),
 }
 
 impl Command {
@@ -70,8 +80,107 @@ impl Command {
             Command::Status(args) => status::status(args),
             Command::Services(args) => services::services(args),
             Command::Conntrack(args) => conntrack::conntrack(args),
+            Command::Completions(args) => generate::completions(args),
+            Command::Man(args) => generate::man(args),
         }
     }
+}
+
+/// The `--help` section of a flag, by its name: gateway, control,
+/// conntrack, I/O tuning, admin, logging. A flag no rule names is a
+/// gateway flag, so a new flag needs no entry here to be listed.
+fn help_heading(long: &str) -> &'static str {
+    const CONTROL: &[&str] = &[
+        "config",
+        "control-file",
+        "kubernetes",
+        "kubeconfig",
+        "proxy-name",
+        "min-sync-period",
+    ];
+    const IO: &[&str] = &[
+        "cores",
+        "xdp-mode",
+        "busy-poll",
+        "rx-batch",
+        "ring-size",
+        "idle-spin",
+        "worker-nice",
+        "pass-through",
+        "pass-through-peer",
+    ];
+    if CONTROL.contains(&long) {
+        "Control"
+    } else if long.starts_with("conntrack-") || long == "state-dir" {
+        "Conntrack"
+    } else if IO.contains(&long) {
+        "I/O tuning"
+    } else if long == "admin" || long.starts_with("metrics-") {
+        "Admin"
+    } else if long.starts_with("log-") {
+        "Logging"
+    } else {
+        "Gateway"
+    }
+}
+
+/// The command line's definition: the derived one with every flag of
+/// `run` and the global ones under their `--help` section.
+pub fn command() -> clap::Command {
+    fn group(cmd: clap::Command) -> clap::Command {
+        let ids: Vec<(clap::Id, &'static str)> = cmd
+            .get_arguments()
+            .filter_map(|a| Some((a.get_id().clone(), help_heading(a.get_long()?))))
+            .collect();
+        ids.into_iter().fold(cmd, |cmd, (id, heading)| {
+            cmd.mut_arg(id, |a| a.help_heading(heading))
+        })
+    }
+    let cli = group(Cli::command());
+    cli.mut_subcommand("run", group)
+}
+
+/// Why the command line could not be parsed.
+#[derive(Debug)]
+pub enum ParseError {
+    /// clap's own report (also `--help` and `--version`).
+    Clap(clap::Error),
+    /// The settings file of `run --config` is unreadable or names an
+    /// unknown key.
+    SettingsFile(String),
+}
+
+/// Parses the command line; for `run --config FILE`, with the file's
+/// settings under the flags given (see [`settings_file`]).
+pub fn parse(argv: Vec<OsString>) -> Result<Cli, ParseError> {
+    let cli = command();
+    let matches = cli
+        .clone()
+        .try_get_matches_from(&argv)
+        .map_err(ParseError::Clap)?;
+    let config = match matches.subcommand() {
+        Some(("run", run)) => run
+            .get_one::<PathBuf>("config")
+            .map(|path| (path.clone(), run.clone())),
+        _ => None,
+    };
+    let matches = match config {
+        None => matches,
+        Some((path, given)) => {
+            let extra =
+                settings_file::file_args(&cli, &path, &given).map_err(ParseError::SettingsFile)?;
+            let mut argv = argv;
+            argv.extend(extra);
+            cli.try_get_matches_from(&argv).map_err(|e| {
+                ParseError::SettingsFile(format!(
+                    "settings file {}: {}",
+                    path.display(),
+                    e.render()
+                ))
+            })?
+        }
+    };
+    Cli::from_arg_matches(&matches).map_err(ParseError::Clap)
 }
 
 /// Exit status for bad input (sysexits' EX_USAGE).
@@ -82,8 +191,20 @@ pub const EX_USAGE: u8 = 64;
 #[error("{0}")]
 pub struct BadInput(pub String);
 
+/// Exit status after SIGINT, as a shell reports a job Ctrl-C ended
+/// (128 + SIGINT).
+pub const EX_INTERRUPTED: u8 = 130;
+
+/// Marks a command that stopped early because it was interrupted.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
+
 /// The process exit status for an error.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<Interrupted>().is_some() {
+        return EX_INTERRUPTED;
+    }
     let bad_input = err.downcast_ref::<BadInput>().is_some()
         || err
             .downcast_ref::<cipgw_control::file_source::ControlError>()
@@ -114,3 +235,6 @@ pub fn init_logging(args: &LogArgs) {
             .init(),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,48 +1,53 @@
-//! `cipgw run`: settings from flags over an optional TOML file, then the
-//! daemon.
+//! `cipgw run`: settings from flags (and the TOML file `--config` turns
+//! into flags, see `settings_file`), then the daemon.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use cipgw_config::conntrack::Timeouts;
 use cipgw_config::settings::{
     self, parse_duration, ConntrackSettings, IoSettings, Settings, Source, XdpMode,
 };
 use ipnet::Ipv4Net;
-use serde::Deserialize;
 
-use super::lb::{LbArgs, LbFile};
+use super::lb::LbArgs;
 use super::BadInput;
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// TOML file with any of the settings below (keys as the flag names,
-    /// e.g. `iface = ["eth1"]`, `control-file = "..."`, `cluster-cidr =
-    /// [...]`, the `conntrack-*` ones under a `[conntrack]` table); flags
-    /// override it.
+    /// TOML file with any of the flags of this command as keys (`iface =
+    /// ["eth1"]`, `control-file = "..."`, `cluster-cidr = [...]`,
+    /// `log-level = "debug"`; a table groups keys: `[conntrack]` with
+    /// `max` or `conntrack-max`); flags given override it [default: none].
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Address of the admin HTTP endpoint: /metrics, /healthz, /readyz
-    /// and the JSON views the status/services/conntrack commands read
-    /// [default: 127.0.0.1:9477].
-    #[arg(long, value_name = "ADDR")]
+    /// and the JSON views the status/services/conntrack commands read; a
+    /// host name is resolved once at start [default: 127.0.0.1:9477].
+    #[arg(long, value_name = "ADDR", value_parser = parse_socket_addr)]
     pub admin: Option<std::net::SocketAddr>,
+    /// Address serving only /metrics, /healthz and /readyz, for
+    /// Prometheus and probes: `0.0.0.0:9478` to be scraped from other
+    /// nodes without exposing the JSON views (client addresses) of
+    /// --admin [default: 127.0.0.1:9478].
+    #[arg(long, value_name = "ADDR", value_parser = parse_socket_addr)]
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// Interface to attach to; repeat for a two-arm gateway (client side
-    /// and Pod side).
+    /// and Pod side) [default: none; at least one is required].
     #[arg(long = "iface", value_name = "IF")]
     pub ifaces: Vec<String>,
     /// Control file of Kubernetes manifests (Services, EndpointSlices,
     /// Pods, Lists) to take the service table from; watched, and reloaded
-    /// when it changes (an invalid version changes nothing).
+    /// when it changes (an invalid version changes nothing) [default:
+    /// none].
     #[arg(long, value_name = "FILE", conflicts_with = "kubernetes")]
     pub control_file: Option<PathBuf>,
     /// Take Services and EndpointSlices from the Kubernetes API (in-cluster
     /// configuration, or --kubeconfig).
     #[arg(long)]
     pub kubernetes: bool,
-    /// kubeconfig file for --kubernetes (default: in-cluster, then
-    /// $KUBECONFIG and ~/.kube/config).
+    /// kubeconfig file for --kubernetes [default: in-cluster, then
+    /// $KUBECONFIG and ~/.kube/config].
     #[arg(long, value_name = "FILE", requires = "kubernetes")]
     pub kubeconfig: Option<PathBuf>,
     /// Serve Services labelled service.kubernetes.io/service-proxy-name
@@ -53,7 +58,10 @@ pub struct RunArgs {
     /// (kube-proxy's --min-sync-period) [default: 1s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub min_sync_period: Option<std::time::Duration>,
-    /// Cores to run workers on, one worker per core: `0`, `0,1`, `2-5`.
+    /// Cores to run workers on, one worker per core: `0`, `0,1`, `2-5`,
+    /// or `auto`: every CPU this process may run on (what the kubelet's
+    /// static CPU manager gives a Guaranteed Pod, or taskset). A listed
+    /// core outside that set is an error [default: 0].
     #[arg(long, value_name = "LIST")]
     pub cores: Option<String>,
     /// Directory of the connection table's file: a restarted, upgraded or
@@ -63,16 +71,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// XDP attach mode: native where the driver has it (auto), native
-    /// only, or generic SKB mode.
-    #[arg(long, value_name = "MODE")]
+    /// only, or generic SKB mode [default: auto].
+    #[arg(long, value_name = "MODE", value_parser = parse_xdp_mode())]
     pub xdp_mode: Option<XdpMode>,
-    /// CIDR ClusterIPs are allocated from and must lie in.
+    /// CIDR ClusterIPs are allocated from and must lie in [default:
+    /// 10.96.0.0/12].
     #[arg(long, value_name = "CIDR")]
     pub service_cidr: Option<Ipv4Net>,
-    /// Source range VIP traffic is accepted from (repeatable): the
-    /// cluster's Pod and node CIDRs. Without any, every source is accepted
-    /// (and a warning says so).
-    #[arg(long = "cluster-cidr", value_name = "CIDR")]
+    /// Source ranges VIP traffic is accepted from (repeatable, or a comma
+    /// list as kube-proxy takes it): the cluster's Pod and node CIDRs.
+    /// Without any, every source is accepted (and a warning says so)
+    /// [default: none].
+    #[arg(long = "cluster-cidr", value_name = "CIDR", value_delimiter = ',')]
     pub cluster_cidrs: Vec<Ipv4Net>,
     #[command(flatten)]
     pub conntrack: ConntrackArgs,
@@ -97,8 +107,8 @@ pub struct RunArgs {
     /// How long an idle worker keeps polling its rings, yielding its core
     /// between rounds, before it sleeps in poll(2) (`0`, `50us` as
     /// `0.05ms`, `1ms`; at most 1s). Longer keeps request/response latency
-    /// low at the price of an idle core that looks busy [default: 0: 32
-    /// empty rounds].
+    /// low at the price of an idle core that looks busy; 0 is 32 empty
+    /// rounds [default: 0].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub idle_spin: Option<std::time::Duration>,
     /// Nice value of the worker threads, -20 to 19: above the kernel's
@@ -112,18 +122,19 @@ pub struct RunArgs {
     /// beyond L2, no NAT, no conntrack): the upper bound of the AF_XDP path.
     #[arg(long, requires = "pass_through_peer")]
     pub pass_through: bool,
-    /// The address whose MAC pass-through frames are sent to.
+    /// The address whose MAC pass-through frames are sent to [default:
+    /// none].
     #[arg(long, value_name = "IP")]
     pub pass_through_peer: Option<std::net::Ipv4Addr>,
 }
 
 /// Connection-tracking flags (kube-proxy's names where it has them).
-/// Durations: `250ms`, `90s`, `15m`, `24h`, `1d`.
-#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+/// Durations as kube-proxy writes them: `250ms`, `90s`, `1m30s`,
+/// `24h0m0s`, `1d`.
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct ConntrackArgs {
-    /// Flows tracked at most (both directions are one flow); default: sized
-    /// from the machine's memory, printed at start.
+    /// Flows tracked at most (both directions are one flow) [default:
+    /// sized from the machine's memory, printed at start].
     #[arg(long, value_name = "N")]
     pub conntrack_max: Option<usize>,
     /// Share of the table (1-100 %) flows without a reply may hold, so a
@@ -132,150 +143,90 @@ pub struct ConntrackArgs {
     pub conntrack_unreplied_percent: Option<u8>,
     /// Idle timeout of a TCP flow whose SYN got no answer [default: 120s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    #[serde(default, with = "duration_text")]
     pub conntrack_tcp_timeout_syn_sent: Option<std::time::Duration>,
     /// Idle timeout of an established TCP flow [default: 24h].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    #[serde(default, with = "duration_text")]
     pub conntrack_tcp_timeout_established: Option<std::time::Duration>,
     /// Idle timeout after a FIN one way [default: 120s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    #[serde(default, with = "duration_text")]
     pub conntrack_tcp_timeout_fin_wait: Option<std::time::Duration>,
     /// Idle timeout after a FIN one way was answered by the other side
     /// [default: 1h].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    #[serde(default, with = "duration_text")]
     pub conntrack_tcp_timeout_close_wait: Option<std::time::Duration>,
     /// Idle timeout after FINs both ways [default: 120s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    #[serde(default, with = "duration_text")]
     pub conntrack_tcp_timeout_time_wait: Option<std::time::Duration>,
     /// Idle timeout after an RST [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    #[serde(default, with = "duration_text")]
     pub conntrack_tcp_timeout_close: Option<std::time::Duration>,
     /// Idle timeout of a UDP flow without a reply [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    #[serde(default, with = "duration_text")]
     pub conntrack_udp_timeout: Option<std::time::Duration>,
     /// Idle timeout of a UDP flow that got a reply [default: 120s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    #[serde(default, with = "duration_text")]
     pub conntrack_udp_timeout_stream: Option<std::time::Duration>,
 }
 
-/// Durations in the TOML file are written as on the command line.
-mod duration_text {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let text = String::deserialize(d)?;
-        cipgw_config::settings::parse_duration(&text)
-            .map(Some)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
 impl ConntrackArgs {
-    /// Flags over file over defaults. The one place the eight timeout
-    /// flags meet the [`Timeouts`] they set.
-    fn resolve(self, file: ConntrackArgs) -> ConntrackSettings {
+    /// Flags over defaults. The one place the eight timeout flags meet
+    /// the [`Timeouts`] they set.
+    fn resolve(self) -> ConntrackSettings {
         let d = ConntrackSettings::default();
         let t = d.timeouts;
-        let pick = |flag: Option<Duration>, file: Option<Duration>, default| {
-            flag.or(file).unwrap_or(default)
-        };
+        let pick = |flag: Option<Duration>, default| flag.unwrap_or(default);
         ConntrackSettings {
-            max_flows: self.conntrack_max.or(file.conntrack_max),
+            max_flows: self.conntrack_max,
             unreplied_percent: self
                 .conntrack_unreplied_percent
-                .or(file.conntrack_unreplied_percent)
                 .unwrap_or(d.unreplied_percent),
             timeouts: Timeouts {
-                tcp_syn_sent: pick(
-                    self.conntrack_tcp_timeout_syn_sent,
-                    file.conntrack_tcp_timeout_syn_sent,
-                    t.tcp_syn_sent,
-                ),
-                tcp_established: pick(
-                    self.conntrack_tcp_timeout_established,
-                    file.conntrack_tcp_timeout_established,
-                    t.tcp_established,
-                ),
-                tcp_fin_wait: pick(
-                    self.conntrack_tcp_timeout_fin_wait,
-                    file.conntrack_tcp_timeout_fin_wait,
-                    t.tcp_fin_wait,
-                ),
-                tcp_close_wait: pick(
-                    self.conntrack_tcp_timeout_close_wait,
-                    file.conntrack_tcp_timeout_close_wait,
-                    t.tcp_close_wait,
-                ),
-                tcp_time_wait: pick(
-                    self.conntrack_tcp_timeout_time_wait,
-                    file.conntrack_tcp_timeout_time_wait,
-                    t.tcp_time_wait,
-                ),
-                tcp_close: pick(
-                    self.conntrack_tcp_timeout_close,
-                    file.conntrack_tcp_timeout_close,
-                    t.tcp_close,
-                ),
-                udp_unreplied: pick(
-                    self.conntrack_udp_timeout,
-                    file.conntrack_udp_timeout,
-                    t.udp_unreplied,
-                ),
-                udp_replied: pick(
-                    self.conntrack_udp_timeout_stream,
-                    file.conntrack_udp_timeout_stream,
-                    t.udp_replied,
-                ),
+                tcp_syn_sent: pick(self.conntrack_tcp_timeout_syn_sent, t.tcp_syn_sent),
+                tcp_established: pick(self.conntrack_tcp_timeout_established, t.tcp_established),
+                tcp_fin_wait: pick(self.conntrack_tcp_timeout_fin_wait, t.tcp_fin_wait),
+                tcp_close_wait: pick(self.conntrack_tcp_timeout_close_wait, t.tcp_close_wait),
+                tcp_time_wait: pick(self.conntrack_tcp_timeout_time_wait, t.tcp_time_wait),
+                tcp_close: pick(self.conntrack_tcp_timeout_close, t.tcp_close),
+                udp_unreplied: pick(self.conntrack_udp_timeout, t.udp_unreplied),
+                udp_replied: pick(self.conntrack_udp_timeout_stream, t.udp_replied),
             },
         }
     }
 }
 
-/// The TOML file's shape: every setting optional, named as its flag.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileSettings {
-    iface: Option<Vec<String>>,
-    admin: Option<std::net::SocketAddr>,
-    control_file: Option<PathBuf>,
-    kubernetes: Option<bool>,
-    kubeconfig: Option<PathBuf>,
-    proxy_name: Option<String>,
-    state_dir: Option<PathBuf>,
-    #[serde(default, with = "duration_text")]
-    min_sync_period: Option<std::time::Duration>,
-    cores: Option<String>,
-    xdp_mode: Option<XdpMode>,
-    service_cidr: Option<Ipv4Net>,
-    cluster_cidr: Option<Vec<Ipv4Net>>,
-    /// The `--conntrack-*` settings, under a `[conntrack]` table.
-    #[serde(default)]
-    conntrack: ConntrackArgs,
-    busy_poll: Option<bool>,
-    rx_batch: Option<u32>,
-    ring_size: Option<u32>,
-    #[serde(default, with = "duration_text")]
-    idle_spin: Option<std::time::Duration>,
-    worker_nice: Option<i32>,
-    lb: Option<String>,
-    maglev_table_size: Option<u32>,
-    hash_seed: Option<String>,
-}
-
+/// `on`/`off`, or `true`/`false` as a TOML file writes a switch.
 fn parse_on_off(text: &str) -> Result<bool, String> {
     match text {
-        "on" => Ok(true),
-        "off" => Ok(false),
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
         other => Err(format!("{other:?}: expected on or off")),
     }
+}
+
+/// `auto`, `native` or `skb`, listed by `--help`.
+fn parse_xdp_mode() -> impl clap::builder::TypedValueParser<Value = XdpMode> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["auto", "native", "skb"])
+        .map(|mode| mode.parse::<XdpMode>().expect("a listed XDP mode parses"))
+}
+
+/// An address as `IP:PORT` or `HOST:PORT` (`localhost:9477`, as
+/// kube-proxy takes it), resolved once; an IPv4 address first.
+pub fn parse_socket_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<_> = text
+        .to_socket_addrs()
+        .map_err(|e| format!("{text:?}: not an address (IP:PORT or HOST:PORT): {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?}: the host name has no address"))
 }
 
 /// Parses `0`, `0,1`, `2-5`, `0,2-3`.
@@ -301,26 +252,11 @@ pub fn parse_cores(list: &str) -> Result<Vec<usize>, String> {
     Ok(cores)
 }
 
-fn load_file(path: &Path) -> anyhow::Result<FileSettings> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading settings file {}", path.display()))?;
-    toml::from_str(&text)
-        .map_err(|e| BadInput(format!("settings file {}: {e}", path.display())).into())
-}
-
-/// Layers flags over the file and checks the result.
+/// Fills in the defaults and checks the result.
 fn settings(args: RunArgs) -> anyhow::Result<Settings> {
-    let file = match &args.config {
-        Some(path) => load_file(path)?,
-        None => FileSettings::default(),
-    };
-    let ifaces = if args.ifaces.is_empty() {
-        file.iface.unwrap_or_default()
-    } else {
-        args.ifaces
-    };
-    let kubernetes = args.kubernetes || file.kubernetes.unwrap_or(false);
-    let source = match (args.control_file.or(file.control_file), kubernetes) {
+    let ifaces = args.ifaces;
+    let kubernetes = args.kubernetes;
+    let source = match (args.control_file, kubernetes) {
         (Some(_), true) => {
             return Err(
                 BadInput("--control-file and --kubernetes exclude each other".into()).into(),
@@ -328,13 +264,14 @@ fn settings(args: RunArgs) -> anyhow::Result<Settings> {
         }
         (Some(path), false) => Source::ControlFile(path),
         (None, true) => Source::Kubernetes {
-            kubeconfig: args.kubeconfig.or(file.kubeconfig),
+            kubeconfig: args.kubeconfig,
         },
         (None, false) => {
             return Err(BadInput("one of --control-file or --kubernetes is required".into()).into())
         }
     };
-    let cores = match args.cores.or(file.cores) {
+    let cores = match args.cores {
+        Some(list) if list.trim() == "auto" => allowed_cpus()?,
         Some(list) => parse_cores(&list).map_err(BadInput)?,
         None => settings::default_cores(),
     };
@@ -342,64 +279,79 @@ fn settings(args: RunArgs) -> anyhow::Result<Settings> {
         ifaces,
         source,
         cores,
-        xdp_mode: args.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
-        admin: args
-            .admin
-            .or(file.admin)
-            .unwrap_or_else(settings::default_admin),
+        xdp_mode: args.xdp_mode.unwrap_or_default(),
+        admin: args.admin.unwrap_or_else(settings::default_admin),
+        metrics: args
+            .metrics_address
+            .unwrap_or_else(settings::default_metrics),
         service_cidr: args
             .service_cidr
-            .or(file.service_cidr)
             .unwrap_or_else(settings::default_service_cidr),
-        cluster_cidrs: if args.cluster_cidrs.is_empty() {
-            file.cluster_cidr.unwrap_or_default()
-        } else {
-            args.cluster_cidrs
-        },
-        conntrack: args.conntrack.resolve(file.conntrack),
+        cluster_cidrs: args.cluster_cidrs,
+        conntrack: args.conntrack.resolve(),
         min_sync_period: args
             .min_sync_period
-            .or(file.min_sync_period)
             .unwrap_or(settings::DEFAULT_MIN_SYNC_PERIOD),
         proxy_name: args
             .proxy_name
-            .or(file.proxy_name)
             .unwrap_or_else(|| settings::DEFAULT_PROXY_NAME.into()),
-        state_dir: match args.state_dir.or(file.state_dir) {
+        state_dir: match args.state_dir {
             Some(dir) if dir.as_os_str() == "none" => None,
             Some(dir) => Some(dir),
             None => Some(settings::DEFAULT_STATE_DIR.into()),
         },
         io: IoSettings {
-            busy_poll: args
-                .busy_poll
-                .or(file.busy_poll)
-                .unwrap_or(IoSettings::default().busy_poll),
-            rx_batch: args
-                .rx_batch
-                .or(file.rx_batch)
-                .unwrap_or(settings::DEFAULT_RX_BATCH),
-            ring_size: args
-                .ring_size
-                .or(file.ring_size)
-                .unwrap_or(settings::DEFAULT_RING_SIZE),
-            idle_spin: args
-                .idle_spin
-                .or(file.idle_spin)
-                .unwrap_or(settings::DEFAULT_IDLE_SPIN),
-            worker_nice: args
-                .worker_nice
-                .or(file.worker_nice)
-                .unwrap_or(settings::DEFAULT_WORKER_NICE),
+            busy_poll: args.busy_poll.unwrap_or(IoSettings::default().busy_poll),
+            rx_batch: args.rx_batch.unwrap_or(settings::DEFAULT_RX_BATCH),
+            ring_size: args.ring_size.unwrap_or(settings::DEFAULT_RING_SIZE),
+            idle_spin: args.idle_spin.unwrap_or(settings::DEFAULT_IDLE_SPIN),
+            worker_nice: args.worker_nice.unwrap_or(settings::DEFAULT_WORKER_NICE),
         },
-        lb: args.lb.resolve(LbFile {
-            lb: file.lb,
-            maglev_table_size: file.maglev_table_size,
-            hash_seed: file.hash_seed,
-        })?,
+        lb: args.lb.resolve()?,
     };
     s.validate().map_err(|e| BadInput(e.to_string()))?;
     Ok(s)
+}
+
+/// [`settings`] for the command-line tests.
+#[cfg(test)]
+pub fn settings_for_test(args: RunArgs) -> Settings {
+    settings(args).expect("valid settings")
+}
+
+/// The CPUs this process may run on (sched_getaffinity(2)).
+fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
+    // SAFETY: an all-zero cpu_set_t is a valid, empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel writes at most size_of::<cpu_set_t>() bytes into
+    // `set`, which lives through the call.
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Err(anyhow::Error::new(std::io::Error::last_os_error())
+            .context("--cores auto: reading the CPUs this process may run on"));
+    }
+    let limit = 8 * std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: CPU_ISSET reads the set for a CPU number below its size.
+    Ok((0..limit)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+/// Every listed core must be one the process may run on: a worker that
+/// cannot be pinned would share a core it was not given.
+fn check_cores(cores: &[usize]) -> anyhow::Result<()> {
+    let allowed = allowed_cpus()?;
+    if let Some(core) = cores.iter().find(|c| !allowed.contains(c)) {
+        let list: Vec<String> = allowed.iter().map(ToString::to_string).collect();
+        return Err(BadInput(format!(
+            "--cores: core {core} is not among the CPUs this process may run on ({}): the \
+             CPU manager, a cgroup cpuset or taskset restricts it; list those, or use --cores auto",
+            list.join(",")
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -410,6 +362,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .flatten(),
     };
     let settings = settings(args)?;
+    check_cores(&settings.cores)?;
     cipgw::daemon::run(settings, options)
 }
 
@@ -423,6 +376,20 @@ mod tests {
         assert_eq!(parse_cores("0,2-4"), Ok(vec![0, 2, 3, 4]));
         assert!(parse_cores("3-1").is_err());
         assert!(parse_cores("x").is_err());
+    }
+
+    #[test]
+    fn cores_auto_is_the_affinity_mask() {
+        let auto = allowed_cpus().expect("sched_getaffinity");
+        let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!(
+            !auto.is_empty() && auto.len() <= online.max(auto.len()),
+            "{auto:?}"
+        );
+        check_cores(&auto).expect("every allowed CPU passes");
+        let outside = auto.iter().max().copied().unwrap_or(0) + 1;
+        let error = check_cores(&[outside]).expect_err("a core outside the mask");
+        assert!(error.to_string().contains("--cores auto"), "{error}");
     }
 
     #[test]

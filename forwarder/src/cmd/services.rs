@@ -1,6 +1,8 @@
 //! `cipgw services`: the Services a running gateway forwards, one block
 //! per VIP:port/protocol with its endpoints indented, their state and
-//! counters, like `ipvsadm -Ln --stats`.
+//! counters, like `ipvsadm -Ln --stats`: ActiveConn are ESTABLISHED TCP
+//! connections, InActConn every other tracked flow (handshakes, closing
+//! TCP such as TIME_WAIT, UDP), as ipvsadm splits them.
 
 use std::fmt::Write as _;
 
@@ -27,17 +29,30 @@ pub fn render(v: &ServicesView) -> String {
             "Service",
             "TargetPort",
             "LB",
+            "Affinity",
             "ActiveConn",
+            "InActConn",
             "Flows",
             "Packets",
             "Bytes",
         ],
-        &[false, false, false, false, false, true, true, true, true],
+        &[
+            false, false, false, false, false, false, true, true, true, true, true,
+        ],
     );
     table.row(
-        ["  ->", "Endpoint:Port", "Pod", "State", "ActiveConn"]
-            .map(str::to_owned)
-            .to_vec(),
+        [
+            "  ->",
+            "Endpoint:Port",
+            "Pod",
+            "State",
+            "",
+            "",
+            "ActiveConn",
+            "InActConn",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
     );
     // VIP, then port, then protocol, as `cipgw check` lists them.
     let mut ports: Vec<_> = v
@@ -54,7 +69,11 @@ pub fn render(v: &ServicesView) -> String {
             format!("{}/{}", service.namespace, service.name),
             port.target_port.clone(),
             port.lb_algorithm.clone(),
+            service
+                .affinity_seconds
+                .map_or_else(|| "None".to_owned(), |t| format!("ClientIP/{t}s")),
             port.active_flows.to_string(),
+            port.inactive_flows.to_string(),
             count(port.flows),
             count(port.packets),
             count(port.bytes),
@@ -68,7 +87,10 @@ pub fn render(v: &ServicesView) -> String {
                 format!("{}:{}", e.ip, e.port),
                 e.pod.clone().unwrap_or_else(|| "-".into()),
                 e.state.clone(),
+                String::new(),
+                String::new(),
                 e.active_flows.to_string(),
+                e.inactive_flows.to_string(),
             ]);
         }
     }
@@ -98,7 +120,7 @@ pub fn render(v: &ServicesView) -> String {
         }
     }
     if !v.counted {
-        out.push_str("\n(Flows/Packets/Bytes are not counted per service by this gateway; ActiveConn is from conntrack.)\n");
+        out.push_str("\n(Flows/Packets/Bytes are not counted per service by this gateway; ActiveConn and InActConn are from conntrack.)\n");
     }
     out
 }

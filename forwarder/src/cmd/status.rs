@@ -36,6 +36,13 @@ pub fn render(v: &StatusView) -> String {
         if v.ready { "ready" } else { "NOT READY" }
     );
     let _ = writeln!(out, "interfaces  {}", v.interfaces.join(", "));
+    for m in &v.interface_modes {
+        let _ = writeln!(
+            out,
+            "  {}  XDP {}, AF_XDP {}",
+            m.name, m.xdp_mode, m.copy_mode
+        );
+    }
     let t = &v.table;
     let _ = writeln!(
         out,

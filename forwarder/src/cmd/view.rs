@@ -21,7 +21,8 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, clap::Args)]
 pub struct AdminArgs {
     /// The gateway's admin endpoint (`cipgw run --admin`).
-    #[arg(long, value_name = "ADDR", default_value = DEFAULT_ADMIN_ADDR)]
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_ADMIN_ADDR,
+          value_parser = super::run::parse_socket_addr)]
     pub admin: SocketAddr,
     /// Print the endpoint's JSON as it is, for scripts.
     #[arg(long)]

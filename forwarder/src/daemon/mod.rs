@@ -14,6 +14,7 @@
 //! of waiting for it to stop ([`handover`]).
 
 pub mod apply;
+pub mod changes;
 pub mod handover;
 pub mod plan;
 mod start;
@@ -94,10 +95,16 @@ struct Gateway {
     admin: Arc<AdminState>,
     /// Closed when handing over, so the next gateway can bind the address.
     admin_server: Option<AdminServer>,
+    /// `--metrics-address`: /metrics, /healthz and /readyz only; closed
+    /// when handing over, as the admin endpoint.
+    metrics_server: Option<AdminServer>,
     /// Where the next gateway asks this one to let go (with `--state-dir`).
     handover: Option<handover::Listener>,
     /// How the AF_XDP sockets were bound, for the next gateway.
     socket_mode: handover::SocketMode,
+    /// The control file, whose modification time starts the clock of
+    /// `cipgw_network_programming_duration_seconds` (file mode).
+    control_file: Option<std::path::PathBuf>,
     /// Per-Service-port counter slots, reassigned with every table.
     service_stats: Arc<ServiceStats>,
     /// Busy polling's interface settings, put back when dropped.
@@ -309,6 +316,10 @@ struct ApplySummary {
     /// Targets (VIP, port, protocol, endpoint) the table ended.
     retiring: usize,
     retired: usize,
+    /// Services and endpoints the table added, removed and changed.
+    changes: changes::TableChanges,
+    /// The new model equals the one in force: nothing was installed.
+    unchanged: bool,
 }
 
 /// Run-time options that are not part of the deployable settings.
@@ -321,6 +332,11 @@ pub struct Options {
 /// Runs the gateway until SIGINT or SIGTERM, or until the next gateway
 /// takes over (then it idles until SIGINT or SIGTERM).
 pub fn run(settings: Settings, options: Options) -> anyhow::Result<()> {
+    tracing::info!(
+        version = %crate::build_info::VERSION,
+        git = %crate::build_info::GIT_HASH,
+        "cipgw starting"
+    );
     // `stop` ends the workers and the control loop (a signal or a
     // hand-over); `terminate` only a signal.
     let stop = Arc::new(AtomicBool::new(false));
@@ -377,6 +393,7 @@ impl Gateway {
         let mut last_sweep = Instant::now();
         // Acquire: pairs with the signal handler's store.
         while !self.stop.load(Ordering::Acquire) {
+            self.admin.control_turned();
             match self.events.recv_timeout(STOP_CHECK_EVERY) {
                 Ok(event) => self.on_event(event),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -390,12 +407,13 @@ impl Gateway {
                     break;
                 }
             }
-            // Workers end by themselves at a stop request (a signal or a
-            // hand-over): only an end without one is unexpected.
-            // Acquire: as above.
-            if !self.stop.load(Ordering::Acquire)
-                && self.workers.iter().any(|(_, h)| h.is_finished())
-            {
+            // Workers end by themselves on the stop signal too; only an end
+            // without it is unexpected. Looked at after the workers, so that
+            // a worker that ended on the signal is never taken for a crash.
+            let ended = self.workers.iter().any(|(_, h)| h.is_finished());
+            // Acquire: pairs with the signal handler's store.
+            if ended && !self.stop.load(Ordering::Acquire) {
+                self.admin.worker_died();
                 tracing::error!("a worker thread ended unexpectedly; shutting down");
                 // Release: see above.
                 self.stop.store(true, Ordering::Release);
@@ -417,6 +435,19 @@ impl Gateway {
         }
     }
 
+    /// Records how long the last change took from the control file's
+    /// modification to the live table. The Kubernetes source carries no
+    /// change times yet, so only file mode is measured.
+    fn record_programming(&self) {
+        let Some(path) = &self.control_file else {
+            return;
+        };
+        let modified = std::fs::metadata(path).and_then(|m| m.modified());
+        if let Ok(Ok(took)) = modified.map(|m| std::time::SystemTime::now().duration_since(m)) {
+            self.admin.control().record_programming(took);
+        }
+    }
+
     fn set_ready(&self) {
         // Release: readers of the flag (admin) see the published table.
         self.ready.store(true, Ordering::Release);
@@ -428,21 +459,39 @@ impl Gateway {
                 let started = Instant::now();
                 let result = self.apply(model);
                 self.admin.control().record_sync(started.elapsed(), &result);
+                if matches!(&result, Ok(summary) if !summary.unchanged) {
+                    self.record_programming();
+                }
                 match result {
-                    Ok(summary) => tracing::info!(
-                        took = ?started.elapsed(),
-                        generation = summary.generation,
-                        entries = summary.entries,
-                        retiring_targets = summary.retiring,
-                        retired_flows = summary.retired,
-                        "service table applied"
-                    ),
+                    // The source's first table, the same as the one loaded
+                    // at start (a control file read twice): nothing happened.
+                    Ok(summary) if summary.generation == 1 && summary.unchanged => {
+                        tracing::debug!("the source's first table is the one loaded at start")
+                    }
+                    Ok(summary) => {
+                        let c = summary.changes;
+                        tracing::info!(
+                            took = ?started.elapsed(),
+                            generation = summary.generation,
+                            entries = summary.entries,
+                            services_added = c.services_added,
+                            services_removed = c.services_removed,
+                            services_changed = c.services_changed,
+                            endpoints_added = c.endpoints_added,
+                            endpoints_removed = c.endpoints_removed,
+                            endpoints_changed = c.endpoints_changed,
+                            retiring_targets = summary.retiring,
+                            retired_flows = summary.retired,
+                            "service table applied"
+                        )
+                    }
                     Err(e) => {
                         tracing::error!(error = %format!("{e:#}"), "applying the new service table failed; the previous one stays")
                     }
                 }
             }
             SourceEvent::Synced => {
+                self.admin.control().set_connected(true);
                 tracing::info!(source = self.source.name(), "first full sync done");
                 self.set_ready();
             }
@@ -453,9 +502,13 @@ impl Gateway {
             SourceEvent::Valid => tracing::info!(source = self.source.name(), "input valid again"),
             SourceEvent::Disconnected { error } => {
                 self.admin.control().record_error(&error);
+                self.admin.control().set_connected(false);
                 tracing::warn!(%error, "Kubernetes API unreachable; forwarding with the last table")
             }
-            SourceEvent::Reconnected => tracing::info!("Kubernetes API reachable again"),
+            SourceEvent::Reconnected => {
+                self.admin.control().set_connected(true);
+                tracing::info!("Kubernetes API reachable again")
+            }
         }
     }
 
@@ -472,8 +525,11 @@ impl Gateway {
                 entries: old.len(),
                 retiring: 0,
                 retired: 0,
+                changes: changes::TableChanges::default(),
+                unchanged: true,
             });
         }
+        let changes = changes::TableChanges::between(old.model(), &model);
         let slots = self.service_stats.assign(&model);
         let carried = std::mem::take(&mut self.carried);
         let plan = Plan::new(old.model(), &model, carried, self.program.steering());
@@ -501,6 +557,8 @@ impl Gateway {
             entries,
             retiring: plan.retiring().len(),
             retired: applied.retired,
+            changes,
+            unchanged: false,
         })
     }
 
@@ -529,8 +587,9 @@ impl Gateway {
         request
             .released(&self.socket_mode)
             .context("telling the next gateway that it may take over")?;
-        // The next gateway binds the admin address last, after its workers.
+        // The next gateway binds these addresses last, after its workers.
         self.admin_server = None;
+        self.metrics_server = None;
         tracing::info!(
             flows = self.conntrack.summary().flows,
             "handed the data path over to the next gateway; idle until SIGTERM"

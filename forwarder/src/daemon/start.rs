@@ -83,6 +83,10 @@ pub(super) fn start(
             .control()
             .record_sync(first.load_time, &Ok::<(), std::convert::Infallible>(()));
     }
+    admin.control_turned();
+    // A control file is there to read (a missing one fails the start);
+    // the Kubernetes API counts as reached once the first sync is done.
+    admin.control().set_connected(from_file);
     let summary = conntrack.summary();
     tracing::info!(
         conntrack_max = summary.max_flows,
@@ -110,7 +114,8 @@ pub(super) fn start(
             .all(|(_, io)| io.sockets.iter().all(|s| !s.zero_copy)),
         ifaces: settings.ifaces.clone(),
     };
-    attach(settings, &mut program, &ports.ifindexes)?;
+    let xdp_modes = attach(settings, &mut program, &ports.ifindexes)?;
+    admin.set_interface_modes(interface_modes(settings, &xdp_modes, &pending));
     let napi_tuning = tune_busy_polling(settings, &pending);
 
     let affinity = Arc::new(Affinity::default());
@@ -133,7 +138,9 @@ pub(super) fn start(
 
     // After the workers: forwarding does not wait for the admin address,
     // which a gateway that has just handed over may still hold.
-    let admin_server = start_admin(settings, &admin)?;
+    let admin_server = bind_retrying(|| AdminServer::start(settings.admin, Arc::clone(&admin)))?;
+    let metrics_server =
+        bind_retrying(|| AdminServer::start_metrics(settings.metrics, Arc::clone(&admin)))?;
     let (source, events) = spawn_source(settings).context("starting the source of services")?;
     tracing::info!(source = source.name(), "watching for changes");
     let handover = match &settings.state_dir {
@@ -164,8 +171,13 @@ pub(super) fn start(
         stop,
         admin,
         admin_server: Some(admin_server),
+        metrics_server: Some(metrics_server),
         handover,
         socket_mode,
+        control_file: match &settings.source {
+            Source::ControlFile(path) => Some(path.clone()),
+            Source::Kubernetes { .. } => None,
+        },
         service_stats: first.service_stats,
         napi_tuning,
         lb: settings.lb.algorithm,
@@ -456,12 +468,14 @@ fn take_over(dir: &std::path::Path, settings: &Settings) -> anyhow::Result<ZeroC
     })
 }
 
-/// The admin endpoint, retried for a moment while a gateway that has just
-/// handed over still holds the address.
-fn start_admin(settings: &Settings, admin: &Arc<AdminState>) -> anyhow::Result<AdminServer> {
+/// Starts the admin or metrics endpoint, retried for a moment while a
+/// gateway that has just handed over still holds the address.
+fn bind_retrying(
+    mut start: impl FnMut() -> Result<AdminServer, crate::admin::AdminError>,
+) -> anyhow::Result<AdminServer> {
     let deadline = Instant::now() + RELEASE_GRACE;
     loop {
-        match AdminServer::start(settings.admin, Arc::clone(admin)) {
+        match start() {
             Err(e) if e.is_address_in_use() && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -472,17 +486,56 @@ fn start_admin(settings: &Settings, admin: &Arc<AdminState>) -> anyhow::Result<A
 
 /// Attaches the program to every interface, and records its id for the
 /// next gateway.
-fn attach(settings: &Settings, program: &mut XdpProgram, ifindexes: &[u32]) -> anyhow::Result<()> {
+fn attach(
+    settings: &Settings,
+    program: &mut XdpProgram,
+    ifindexes: &[u32],
+) -> anyhow::Result<Vec<crate::bpf::AttachMode>> {
+    let mut modes = Vec::new();
     for (i, &ifindex) in ifindexes.iter().enumerate() {
+        // `attach` logs the interface and the mode it got.
         let mode = program
             .attach(ifindex, settings.xdp_mode)
             .with_context(|| format!("attaching XDP to {}", settings.ifaces[i]))?;
-        tracing::info!(iface = %settings.ifaces[i], ?mode, "XDP program attached");
+        modes.push(mode);
     }
     if let Some(dir) = &settings.state_dir {
         record_program(dir, program.program_id());
     }
-    Ok(())
+    Ok(modes)
+}
+
+/// Each interface's XDP mode and its sockets' copy mode, for `cipgw status`.
+fn interface_modes(
+    settings: &Settings,
+    xdp_modes: &[crate::bpf::AttachMode],
+    pending: &[(usize, WorkerIo)],
+) -> Vec<crate::admin::InterfaceModeView> {
+    settings
+        .ifaces
+        .iter()
+        .zip(xdp_modes)
+        .map(|(iface, mode)| {
+            let sockets: Vec<bool> = pending
+                .iter()
+                .flat_map(|(_, io)| io.sockets.iter())
+                .filter(|s| &s.ifname == iface)
+                .map(|s| s.zero_copy)
+                .collect();
+            let copy_mode = if !sockets.is_empty() && sockets.iter().all(|z| *z) {
+                "zero-copy"
+            } else if sockets.iter().any(|z| *z) {
+                "mixed"
+            } else {
+                "copy"
+            };
+            crate::admin::InterfaceModeView {
+                name: iface.clone(),
+                xdp_mode: mode.to_string(),
+                copy_mode: copy_mode.to_owned(),
+            }
+        })
+        .collect()
 }
 
 /// Busy polling's interface settings, where some socket can actually

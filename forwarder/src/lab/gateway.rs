@@ -31,7 +31,31 @@ impl GatewayProcess {
         echo_log: bool,
         ready_within: Duration,
     ) -> Result<GatewayProcess, LabError> {
+        Self::start_with(ns.command(exe), args, echo_log, ready_within)
+    }
+
+    /// [`GatewayProcess::start`] in a process group of its own, so that a
+    /// terminal's Ctrl-C (SIGINT to the foreground group) reaches only the
+    /// caller, which then stops the gateway in its own time (the demo).
+    pub fn start_own_group(
+        exe: &Path,
+        ns: &Netns,
+        args: &[String],
+        echo_log: bool,
+        ready_within: Duration,
+    ) -> Result<GatewayProcess, LabError> {
+        use std::os::unix::process::CommandExt;
         let mut cmd = ns.command(exe);
+        cmd.process_group(0);
+        Self::start_with(cmd, args, echo_log, ready_within)
+    }
+
+    fn start_with(
+        mut cmd: std::process::Command,
+        args: &[String],
+        echo_log: bool,
+        ready_within: Duration,
+    ) -> Result<GatewayProcess, LabError> {
         cmd.arg("run")
             .args(args)
             .env("RUST_LOG", "info")

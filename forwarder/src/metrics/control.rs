@@ -3,7 +3,7 @@
 //! control path only and copied for each scrape.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -28,6 +28,9 @@ pub struct LastError {
 #[derive(Debug)]
 struct ControlRecord {
     sync_duration: Recorder,
+    /// From a change of the source (the control file's modification) to
+    /// the table that holds it being live.
+    programming_duration: Recorder,
     last_sync: Option<LastSync>,
     last_error: Option<LastError>,
 }
@@ -38,6 +41,9 @@ struct ControlRecord {
 pub struct ControlMetrics {
     syncs_ok: AtomicU64,
     syncs_failed: AtomicU64,
+    /// Whether the source is reachable (the API server's watches run, or
+    /// the control file reads).
+    connected: AtomicBool,
     record: Mutex<ControlRecord>,
 }
 
@@ -46,8 +52,10 @@ impl Default for ControlMetrics {
         Self {
             syncs_ok: AtomicU64::new(0),
             syncs_failed: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
             record: Mutex::new(ControlRecord {
                 sync_duration: Recorder::nanos(),
+                programming_duration: Recorder::nanos(),
                 last_sync: None,
                 last_error: None,
             }),
@@ -61,6 +69,8 @@ pub struct ControlSnapshot {
     pub syncs_ok: u64,
     pub syncs_failed: u64,
     pub sync_duration: Recorder,
+    pub programming_duration: Recorder,
+    pub connected: bool,
     pub last_sync: Option<LastSync>,
     pub last_error: Option<LastError>,
 }
@@ -112,6 +122,19 @@ impl ControlMetrics {
         });
     }
 
+    /// Records how long a change took from the source to the live table
+    /// (kube-proxy's network_programming_duration).
+    pub fn record_programming(&self, duration: Duration) {
+        let mut record = self.record.lock().unwrap_or_else(PoisonError::into_inner);
+        record.programming_duration.record(nanos(duration));
+    }
+
+    /// Records whether the source is reachable.
+    pub fn set_connected(&self, connected: bool) {
+        // Relaxed: a gauge, read on its own.
+        self.connected.store(connected, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> ControlSnapshot {
         let record = self.record.lock().unwrap_or_else(PoisonError::into_inner);
         // Relaxed loads: statistics, each read on its own.
@@ -119,6 +142,9 @@ impl ControlMetrics {
             syncs_ok: self.syncs_ok.load(Ordering::Relaxed),
             syncs_failed: self.syncs_failed.load(Ordering::Relaxed),
             sync_duration: record.sync_duration.clone(),
+            programming_duration: record.programming_duration.clone(),
+            // Relaxed: as in `set_connected`.
+            connected: self.connected.load(Ordering::Relaxed),
             last_sync: record.last_sync.clone(),
             last_error: record.last_error.clone(),
         }

@@ -1,8 +1,10 @@
-//! The Prometheus exposition of one [`Snapshot`]: a
-//! `Registry::with_prefix("cipgw")` built for that scrape, with the
-//! snapshot as its collector, written as OpenMetrics 1.0 text (what
-//! `prometheus-client` writes and Prometheus asks for first). Bucket
-//! bounds of the exported histograms are fixed here.
+//! The Prometheus exposition of one [`Snapshot`]: a registry built for
+//! that scrape, with the snapshot as its collector under the `cipgw`
+//! prefix and the process metrics beside it, written as OpenMetrics 1.0
+//! text (what `prometheus-client` writes and Prometheus asks for first)
+//! or, when the scraper's `Accept` header prefers it, as Prometheus text
+//! 0.0.4 ([`Format::negotiate`]). Bucket bounds of the exported histograms
+//! are fixed here.
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -45,16 +47,118 @@ const SYNC_BUCKETS_NS: [u64; 12] = [
 
 /// The Prometheus (OpenMetrics) content type of [`encode`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of the Prometheus text format 0.0.4.
+pub const CONTENT_TYPE_TEXT_004: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// The exposition of one scrape.
+/// The two exposition formats a scraper may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    OpenMetrics,
+    /// Prometheus text format 0.0.4 (what client_golang serves by
+    /// default, and older scrapers parse).
+    Text004,
+}
+
+impl Format {
+    /// The format an `Accept` header prefers: the media type with the
+    /// highest `q` among `application/openmetrics-text` and `text/plain`
+    /// (OpenMetrics on a tie, for `*/*` and without a header).
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let Some(accept) = accept else {
+            return Format::OpenMetrics;
+        };
+        let mut best = (Format::OpenMetrics, -1.0_f64);
+        for range in accept.split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.strip_prefix("q="))
+                .find_map(|q| q.parse::<f64>().ok())
+                .unwrap_or(1.0);
+            let format = match media.as_str() {
+                "application/openmetrics-text" | "*/*" | "application/*" => Format::OpenMetrics,
+                "text/plain" | "text/*" => Format::Text004,
+                _ => continue,
+            };
+            let better = q > best.1 || (q == best.1 && format == Format::OpenMetrics);
+            if better {
+                best = (format, q);
+            }
+        }
+        best.0
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => CONTENT_TYPE,
+            Format::Text004 => CONTENT_TYPE_TEXT_004,
+        }
+    }
+}
+
+/// The exposition of one scrape in `format`.
+pub fn encode_as(snapshot: Snapshot, format: Format) -> String {
+    let text = encode(snapshot);
+    match format {
+        Format::OpenMetrics => text,
+        Format::Text004 => to_text_004(&text),
+    }
+}
+
+/// OpenMetrics text rewritten as Prometheus text 0.0.4: a counter's
+/// family is named as its `_total` sample, an info metric is a gauge
+/// named `_info`, and there are no `# UNIT` or `# EOF` lines. The
+/// samples themselves are written the same in both.
+pub fn to_text_004(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let rewritten = line.strip_prefix("# TYPE ").and_then(|rest| {
+            let (name, kind) = rest.rsplit_once(' ')?;
+            match kind {
+                "counter" => Some(format!("# TYPE {name}_total counter")),
+                "info" => Some(format!("# TYPE {name}_info gauge")),
+                _ => None,
+            }
+        });
+        let rewritten = rewritten.or_else(|| {
+            // The HELP of a renamed family follows its new name.
+            let rest = line.strip_prefix("# HELP ")?;
+            let (name, help) = rest.split_once(' ')?;
+            let kind = openmetrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("# TYPE {name} ")[..]))?;
+            let suffix = match kind {
+                "counter" => "_total",
+                "info" => "_info",
+                _ => return None,
+            };
+            Some(format!("# HELP {name}{suffix} {help}"))
+        });
+        out.push_str(rewritten.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// The exposition of one scrape (OpenMetrics).
 pub fn encode(snapshot: Snapshot) -> String {
-    let mut registry = Registry::with_prefix("cipgw");
-    registry.register(
+    let mut registry = Registry::default();
+    if let Some(process) = snapshot.process {
+        registry.register_collector(Box::new(super::process::ProcessCollector(process)));
+    }
+    let cipgw = registry.sub_registry_with_prefix("cipgw");
+    cipgw.register(
         "build",
-        "The cipgw version running",
-        Info::new(vec![("version", snapshot.version)]),
+        "The cipgw version running and the git commit it was built from",
+        Info::new(vec![
+            ("version", snapshot.version),
+            ("git_hash", crate::build_info::GIT_HASH),
+        ]),
     );
-    registry.register_collector(Box::new(snapshot));
+    cipgw.register_collector(Box::new(snapshot));
     let mut text = String::new();
     // Writing into a String cannot fail, and the collector's encoders
     // only fail when the writer does.
@@ -414,6 +518,27 @@ impl Collector for Snapshot {
             &sync.buckets(&SYNC_BUCKETS_NS, ns_per_s),
             None,
         )?;
+        let programming = &self.control.programming_duration;
+        enc.encode_descriptor(
+            "network_programming_duration_seconds",
+            "From a change of the source (the control file's modification time) to the table \
+             holding it being live, as kube-proxy's network_programming_duration_seconds",
+            None,
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<NoLabelSet>(
+            programming.sum() as f64 / ns_per_s,
+            programming.count(),
+            &programming.buckets(&SYNC_BUCKETS_NS, ns_per_s),
+            None,
+        )?;
+        gauge(
+            enc,
+            "control_connected",
+            "1 while the source of services is reachable (the Kubernetes API's watches run, \
+             the control file reads), else 0",
+            u64::from(self.control.connected),
+        )?;
         if let Some(last) = &self.control.last_sync {
             gauge(
                 enc,
@@ -434,8 +559,10 @@ impl Collector for Snapshot {
         // Per service port, once the pipeline counts them.
         if !self.services.is_empty() {
             let labels = |s: &ServicePortSnapshot| {
+                let (namespace, name) = s.service.split_once('/').unwrap_or(("", &s.service));
                 [
-                    ("service", s.service.clone()),
+                    ("namespace", namespace.to_owned()),
+                    ("service", name.to_owned()),
                     ("vip", s.vip.to_string()),
                     ("port", s.port.to_string()),
                     ("protocol", s.protocol.as_str().to_owned()),
@@ -487,6 +614,7 @@ mod tests {
             },
             control: ControlMetrics::default().snapshot(),
             services: Vec::new(),
+            process: None,
         }
     }
 

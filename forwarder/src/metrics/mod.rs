@@ -13,8 +13,11 @@
 //! metric object lives on the packet path.
 //!
 //! The text is OpenMetrics 1.0 (what `prometheus-client` writes and
-//! Prometheus asks for first); [`exposition::parse`] reads it back
-//! strictly, for tests and tools that scrape a gateway.
+//! Prometheus asks for first), or Prometheus text 0.0.4 for a scraper
+//! whose `Accept` header prefers it; [`exposition::parse`] reads the
+//! OpenMetrics text back strictly, for tests and tools that scrape a
+//! gateway. Beside the `cipgw_*` metrics are client_golang's `process_*`
+//! ones ([`process`]).
 //!
 //! Latencies are exported as Prometheus histograms with fixed buckets;
 //! quantiles (p50/p99/p99.9) of the same data are in `/api/status`.
@@ -28,13 +31,16 @@ mod control;
 mod encode;
 pub mod exposition;
 mod latency;
+pub mod process;
 mod services;
 mod snapshot;
 
 use std::time::Duration;
 
 pub use self::control::{ControlMetrics, ControlSnapshot, LastError, LastSync};
-pub use self::encode::{encode, CONTENT_TYPE};
+pub use self::encode::{
+    encode, encode_as, to_text_004, Format, CONTENT_TYPE, CONTENT_TYPE_TEXT_004,
+};
 pub use self::latency::{
     LatencyHistograms, Recorder, SharedLatency, WorkerLatency, WorkerTelemetry, FLUSH_EVERY,
     PACKET_SAMPLE_EVERY,

@@ -196,6 +196,8 @@ pub struct Snapshot {
     pub control: ControlSnapshot,
     /// Per service port; empty while the pipeline does not count them.
     pub services: Vec<ServicePortSnapshot>,
+    /// The process's CPU, memory and descriptors (`None` without /proc).
+    pub process: Option<super::process::ProcessNumbers>,
 }
 
 impl Snapshot {

@@ -1,0 +1,235 @@
+//! The command line against its own definition: every flag of `run` is a
+//! settings-file key and shows its default in `--help`, the defaults
+//! `--help` shows are the ones applied, and kube-proxy's ways of writing
+//! values are taken. The flag lists come from clap, never from a hand list,
+//! so a flag added later is checked the same way.
+
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::time::Duration;
+
+use super::*;
+
+fn argv(args: &[&str]) -> Vec<OsString> {
+    std::iter::once("cipgw")
+        .chain(args.iter().copied())
+        .map(OsString::from)
+        .collect()
+}
+
+fn parse_run(args: &[&str]) -> run::RunArgs {
+    match parse(argv(args)) {
+        Ok(Cli {
+            command: Command::Run(run),
+            ..
+        }) => *run,
+        Ok(other) => panic!("{args:?} parsed as {other:?}"),
+        Err(ParseError::Clap(e)) => panic!("{args:?}: {}", e.render()),
+        Err(ParseError::SettingsFile(e)) => panic!("{args:?}: {e}"),
+    }
+}
+
+fn settings_file(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().expect("a temporary file");
+    file.write_all(text.as_bytes())
+        .expect("writing the settings file");
+    file
+}
+
+/// The `[default: X]` a flag's help shows, if any: clap's own (from a
+/// `default_value`) or one written in its doc comment.
+fn shown_default(arg: &clap::Arg) -> Option<String> {
+    if let Some(value) = arg.get_default_values().first() {
+        if !arg.is_hide_default_value_set() {
+            return Some(value.to_string_lossy().into_owned());
+        }
+    }
+    let help = arg.get_help()?.to_string();
+    let start = help.rfind("[default: ")? + "[default: ".len();
+    let end = start + help[start..].find(']')?;
+    Some(help[start..end].to_owned())
+}
+
+#[test]
+fn every_flag_shows_a_default_and_is_a_settings_key() {
+    let cli = command();
+    let args = settings_file::settable_args(&cli);
+    assert!(args.len() > 20, "only {} settable flags found", args.len());
+    let given = cli
+        .clone()
+        .try_get_matches_from(argv(&["run"]))
+        .expect("`cipgw run` alone parses");
+    let (_, given) = given.subcommand().expect("run");
+    // One file with every key: a flag's shown default where clap takes
+    // it as a value (so the file must change nothing), else a placeholder
+    // that only has to be recognised as a key.
+    let mut file = toml::Table::new();
+    let mut applied = String::new();
+    for arg in &args {
+        let long = arg.get_long().expect("settable flags are long flags");
+        let value = if arg.get_action().takes_values() {
+            let shown = shown_default(arg)
+                .unwrap_or_else(|| panic!("--{long}: `--help` shows no [default: ...]"));
+            let accepted = cli
+                .clone()
+                .try_get_matches_from(argv(&["run", &format!("--{long}={shown}")]))
+                .is_ok();
+            if accepted {
+                // A TOML basic string: the shown defaults are plain ASCII.
+                applied.push_str(&format!("{long} = {shown:?}\n"));
+            }
+            toml::Value::String(shown)
+        } else {
+            toml::Value::Boolean(false)
+        };
+        file.insert(long.into(), value);
+    }
+    let out = settings_file::args_from_table(&args, &file, given)
+        .expect("every flag is a settings-file key");
+    for arg in args.iter().filter(|a| a.get_action().takes_values()) {
+        let long = arg.get_long().expect("long");
+        assert!(
+            out.iter()
+                .any(|a| a.to_string_lossy().starts_with(&format!("--{long}="))),
+            "--{long}: the settings file's key was not turned into the flag"
+        );
+    }
+    assert!(
+        applied.lines().count() > 15,
+        "too few defaults checked:\n{applied}"
+    );
+    // The shown defaults, written into a file, are what applies without it.
+    let file = settings_file(&applied);
+    let path = file.path().to_str().expect("UTF-8 path");
+    let base = ["run", "--iface", "eth0", "--control-file", "services.yaml"];
+    let with_file: Vec<&str> = base.iter().copied().chain(["--config", path]).collect();
+    let plain = run::settings_for_test(parse_run(&base));
+    let filled = run::settings_for_test(parse_run(&with_file));
+    assert_eq!(
+        plain, filled,
+        "a default shown by --help differs from the one applied"
+    );
+}
+
+#[test]
+fn settings_file_keys_tables_and_flags_over_file() {
+    let file = settings_file(
+        "iface = [\"eth1\", \"eth2\"]\ncontrol-file = \"s.yaml\"\nadmin = \"127.0.0.1:1000\"\n\
+         log-level = \"debug\"\nworker-nice = -5\nbusy-poll = false\n\
+         [conntrack]\nmax = 1000\nconntrack-tcp-timeout-established = \"1h30m\"\n",
+    );
+    let path = file.path().to_str().expect("UTF-8 path");
+    let cli = match parse(argv(&[
+        "run",
+        "--config",
+        path,
+        "--admin",
+        "127.0.0.1:2000",
+    ])) {
+        Ok(cli) => cli,
+        Err(e) => panic!("{e:?}"),
+    };
+    assert_eq!(cli.log.log_level.as_deref(), Some("debug"));
+    let Command::Run(run) = cli.command else {
+        panic!("not run")
+    };
+    let s = run::settings_for_test(*run);
+    assert_eq!(s.ifaces, ["eth1", "eth2"]);
+    assert_eq!(s.admin.to_string(), "127.0.0.1:2000", "the flag wins");
+    assert_eq!(s.io.worker_nice, -5);
+    assert_eq!(s.conntrack.max_flows, Some(1000));
+    assert_eq!(
+        s.conntrack.timeouts.tcp_established,
+        Duration::from_secs(5400)
+    );
+
+    let file = settings_file("protocl = \"UDP\"\n");
+    let path = file.path().to_str().expect("UTF-8 path");
+    match parse(argv(&["run", "--config", path])) {
+        Err(ParseError::SettingsFile(e)) => assert!(e.contains("\"protocl\""), "{e}"),
+        other => panic!("an unknown key must be refused: {other:?}"),
+    }
+    let file = settings_file("rx-batch = \"many\"\n");
+    let path = file.path().to_str().expect("UTF-8 path");
+    match parse(argv(&["run", "--config", path])) {
+        Err(ParseError::SettingsFile(e)) => assert!(e.contains("--rx-batch"), "{e}"),
+        other => panic!("a bad value must be refused: {other:?}"),
+    }
+}
+
+#[test]
+fn kube_proxy_style_values() {
+    let run = parse_run(&[
+        "run",
+        "--iface",
+        "eth0",
+        "--control-file",
+        "s.yaml",
+        "--cluster-cidr",
+        "198.18.0.0/16,198.19.0.0/16",
+        "--cluster-cidr=198.18.7.0/24",
+        "--admin",
+        "localhost:9477",
+        "--min-sync-period",
+        "1m30s",
+        "--conntrack-tcp-timeout-established",
+        "24h0m0s",
+    ]);
+    let s = run::settings_for_test(run);
+    let cidrs: Vec<String> = s.cluster_cidrs.iter().map(ToString::to_string).collect();
+    assert_eq!(cidrs, ["198.18.0.0/16", "198.19.0.0/16", "198.18.7.0/24"]);
+    assert!(s.admin.ip().is_loopback(), "localhost resolves to loopback");
+    assert_eq!(s.admin.port(), 9477);
+    assert_eq!(s.min_sync_period, Duration::from_secs(90));
+    assert_eq!(
+        s.conntrack.timeouts.tcp_established,
+        Duration::from_secs(86_400)
+    );
+}
+
+#[test]
+fn flags_are_grouped_in_help() {
+    let mut cli = command();
+    cli.build();
+    let help = cli
+        .find_subcommand_mut("run")
+        .expect("run")
+        .render_help()
+        .to_string();
+    for heading in [
+        "Gateway:",
+        "Control:",
+        "Conntrack:",
+        "I/O tuning:",
+        "Admin:",
+        "Logging:",
+    ] {
+        assert!(help.contains(heading), "no {heading} section in:\n{help}");
+    }
+}
+
+#[test]
+fn deploy_config_map_is_read_by_run() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/20-configmap.yaml");
+    let text = std::fs::read_to_string(path).expect("deploy/20-configmap.yaml");
+    let config_map: serde_yaml::Value = serde_yaml::from_str(&text).expect("YAML");
+    let toml = config_map["data"]["cipgw.toml"]
+        .as_str()
+        .expect("data.cipgw.toml");
+    let file = settings_file(toml);
+    let path = file.path().to_str().expect("UTF-8 path");
+    let s = run::settings_for_test(parse_run(&["run", "--config", path]));
+    assert!(matches!(
+        s.source,
+        cipgw_config::settings::Source::Kubernetes { .. }
+    ));
+    assert_eq!(
+        s.metrics.to_string(),
+        "0.0.0.0:9478",
+        "Prometheus scrapes it from other nodes"
+    );
+    assert!(
+        s.admin.ip().is_loopback(),
+        "the JSON views stay on loopback"
+    );
+}
