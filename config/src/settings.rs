@@ -88,6 +88,37 @@ pub struct Settings {
     pub state_dir: Option<std::path::PathBuf>,
     /// How workers drive their AF_XDP sockets.
     pub io: IoSettings,
+    /// Source NAT of new connections (`--snat`); `None` keeps the
+    /// client's address (a gateway that is the Pods' router).
+    pub snat: Option<SnatSettings>,
+}
+
+/// Source NAT: the addresses and ports backends see new connections come
+/// from. What is not given is found at start (it needs the system).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnatSettings {
+    /// `--snat-address`; empty: the primary address of the Pod-side
+    /// interface (the last `--iface`).
+    pub addresses: Vec<std::net::Ipv4Addr>,
+    /// `--snat-ports LOW-HIGH`; `None`: the ports above (or else below)
+    /// the kernel's `ip_local_port_range`.
+    pub ports: Option<(u16, u16)>,
+}
+
+/// SNAT addresses a gateway tells apart.
+pub const MAX_SNAT_ADDRESSES: usize = 127;
+
+/// Parses `--snat-ports LOW-HIGH`.
+pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let (low, high) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?}: expected LOW-HIGH, e.g. 61000-65535"))?;
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("{text:?}: {p:?} is not a port number"))
+    };
+    Ok((port(low)?, port(high)?))
 }
 
 /// How workers drive their AF_XDP sockets: batch and ring sizes, and
@@ -236,6 +267,14 @@ pub enum SettingsError {
     IdleSpin(Duration),
     #[error("--worker-nice: {0} is not between -20 and 19")]
     WorkerNice(i32),
+    #[error("--snat-ports: {0}-{1} is not a range of ports from 1 to 65535, low to high")]
+    SnatPorts(u16, u16),
+    #[error("--snat-address: {0} listed twice")]
+    DuplicateSnatAddress(std::net::Ipv4Addr),
+    #[error("--snat-address: {0} is not a unicast address")]
+    BadSnatAddress(std::net::Ipv4Addr),
+    #[error("--snat-address: {0} given; at most {MAX_SNAT_ADDRESSES}")]
+    TooManySnatAddresses(usize),
 }
 
 impl Settings {
@@ -278,6 +317,31 @@ impl Settings {
         if !(-20..=19).contains(&self.io.worker_nice) {
             return Err(SettingsError::WorkerNice(self.io.worker_nice));
         }
+        if let Some(snat) = &self.snat {
+            snat.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl SnatSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        if let Some((low, high)) = self.ports {
+            if low == 0 || low > high {
+                return Err(SettingsError::SnatPorts(low, high));
+            }
+        }
+        if self.addresses.len() > MAX_SNAT_ADDRESSES {
+            return Err(SettingsError::TooManySnatAddresses(self.addresses.len()));
+        }
+        for (i, a) in self.addresses.iter().enumerate() {
+            if a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback() {
+                return Err(SettingsError::BadSnatAddress(*a));
+            }
+            if self.addresses[..i].contains(a) {
+                return Err(SettingsError::DuplicateSnatAddress(*a));
+            }
+        }
         Ok(())
     }
 }
@@ -315,7 +379,29 @@ mod tests {
             proxy_name: DEFAULT_PROXY_NAME.into(),
             state_dir: Some(DEFAULT_STATE_DIR.into()),
             io: IoSettings::default(),
+            snat: None,
         }
+    }
+
+    #[test]
+    fn snat_settings_are_checked() {
+        assert_eq!(parse_port_range("61000-65535"), Ok((61000, 65535)));
+        assert!(parse_port_range("61000").is_err());
+        assert!(parse_port_range("1-70000").is_err());
+        let mut s = settings();
+        s.snat = Some(SnatSettings::default());
+        s.validate().expect("plain --snat is valid");
+        s.snat = Some(SnatSettings {
+            ports: Some((2000, 1000)),
+            ..Default::default()
+        });
+        assert_eq!(s.validate(), Err(SettingsError::SnatPorts(2000, 1000)));
+        let a = std::net::Ipv4Addr::new(198, 18, 0, 1);
+        s.snat = Some(SnatSettings {
+            addresses: vec![a, a],
+            ports: None,
+        });
+        assert_eq!(s.validate(), Err(SettingsError::DuplicateSnatAddress(a)));
     }
 
     #[test]

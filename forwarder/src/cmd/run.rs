@@ -75,6 +75,8 @@ pub struct RunArgs {
     pub cluster_cidrs: Vec<Ipv4Net>,
     #[command(flatten)]
     pub conntrack: ConntrackArgs,
+    #[command(flatten)]
+    pub snat: SnatArgs,
     /// Preferred busy polling (on|off): each worker runs the receive NAPI
     /// of its interfaces' queues from its own loop (SO_PREFER_BUSY_POLL,
     /// with napi_defer_hard_irqs and gro_flush_timeout set on the
@@ -112,6 +114,31 @@ pub struct RunArgs {
     /// The address whose MAC pass-through frames are sent to.
     #[arg(long, value_name = "IP")]
     pub pass_through_peer: Option<std::net::Ipv4Addr>,
+}
+
+/// Source NAT flags: for a one-arm gateway in a cluster whose Pods answer
+/// their peer directly over the pod network.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct SnatArgs {
+    /// Source-NAT every new VIP connection to a gateway address and port,
+    /// so the Pod answers the gateway (needed unless the gateway routes
+    /// the Pods' replies); the client still only sees the VIP.
+    #[arg(long)]
+    pub snat: bool,
+    /// Source address for --snat (repeatable; implies --snat; new
+    /// connections use them in turn). An address given here is taken as
+    /// dedicated to cipgw, so --snat-ports may overlap the kernel's
+    /// ip_local_port_range [default: the primary address of the Pod-side
+    /// interface, the last --iface].
+    #[arg(long = "snat-address", value_name = "ADDR")]
+    pub snat_addresses: Vec<std::net::Ipv4Addr>,
+    /// Source ports for --snat, per SNAT address and backend. On the
+    /// interface's own address they must lie outside the kernel's
+    /// ip_local_port_range (the node's own connections use it), or the
+    /// gateway refuses to start [default: above that range, 61000-65535
+    /// with Linux's default].
+    #[arg(long, value_name = "LOW-HIGH", value_parser = settings::parse_port_range)]
+    pub snat_ports: Option<(u16, u16)>,
 }
 
 /// Connection-tracking flags (kube-proxy's names where it has them).
@@ -262,6 +289,9 @@ struct FileSettings {
     #[serde(default, with = "duration_text")]
     idle_spin: Option<std::time::Duration>,
     worker_nice: Option<i32>,
+    snat: Option<bool>,
+    snat_address: Option<Vec<std::net::Ipv4Addr>>,
+    snat_ports: Option<String>,
 }
 
 fn parse_on_off(text: &str) -> Result<bool, String> {
@@ -332,6 +362,7 @@ fn settings(args: RunArgs) -> anyhow::Result<Settings> {
         Some(list) => parse_cores(&list).map_err(BadInput)?,
         None => settings::default_cores(),
     };
+    let snat = snat_settings(args.snat, file.snat, file.snat_address, file.snat_ports)?;
     let s = Settings {
         ifaces,
         source,
@@ -386,9 +417,39 @@ fn settings(args: RunArgs) -> anyhow::Result<Settings> {
                 .or(file.worker_nice)
                 .unwrap_or(settings::DEFAULT_WORKER_NICE),
         },
+        snat,
     };
     s.validate().map_err(|e| BadInput(e.to_string()))?;
     Ok(s)
+}
+
+/// `--snat`, `--snat-address` and `--snat-ports` over the file's
+/// `snat`, `snat-address` and `snat-ports`; an address or ports alone
+/// imply source NAT.
+fn snat_settings(
+    args: SnatArgs,
+    file_snat: Option<bool>,
+    file_addresses: Option<Vec<std::net::Ipv4Addr>>,
+    file_ports: Option<String>,
+) -> anyhow::Result<Option<settings::SnatSettings>> {
+    let addresses = if args.snat_addresses.is_empty() {
+        file_addresses.unwrap_or_default()
+    } else {
+        args.snat_addresses
+    };
+    let ports = match (args.snat_ports, file_ports) {
+        (Some(ports), _) => Some(ports),
+        (None, Some(text)) => Some(
+            settings::parse_port_range(&text)
+                .map_err(|e| BadInput(format!("settings file: snat-ports {e}")))?,
+        ),
+        (None, None) => None,
+    };
+    let on = args.snat || file_snat.unwrap_or(false) || !addresses.is_empty();
+    if !on && ports.is_some() {
+        return Err(BadInput("--snat-ports needs --snat or --snat-address".into()).into());
+    }
+    Ok(on.then_some(settings::SnatSettings { addresses, ports }))
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {

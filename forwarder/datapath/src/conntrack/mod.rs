@@ -681,10 +681,9 @@ impl Conntrack {
         let mut closing = Vec::new();
         // A record's SNAT index means an address of the list its gateway
         // wrote; flows of a list that changed since are not believed.
-        let snat_same = self
-            .slab
-            .file()
-            .map_or(true, |f| f.previous_snat_addresses() == self.snat.addresses());
+        let snat_same = self.slab.file().map_or(true, |f| {
+            f.previous_snat_addresses() == self.snat.addresses()
+        });
         for id in 1..=high {
             let Some((flow, life)) = self.slab.read(id) else {
                 // Free, never written, or torn mid-write by a crash.
