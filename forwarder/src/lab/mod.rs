@@ -24,6 +24,7 @@
 //! stderr ([`LabError`]).
 
 mod client;
+mod cluster;
 mod cmd;
 mod echo;
 mod gateway;
@@ -39,6 +40,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 pub use client::{ping, tcp_request, tcp_session, udp_request};
+pub use cluster::{Cluster, ClusterBuilder, ClusterInfo};
 pub use echo::EchoServer;
 pub use gateway::GatewayProcess;
 pub use netns::{remove_stale_namespaces, unique_prefix, Netns, NsChild, NS_PREFIX};

@@ -484,11 +484,11 @@ impl Topology {
 }
 
 /// `198.18.<third>.0/24`.
-fn net(third: u8) -> Ipv4Net {
+pub(super) fn net(third: u8) -> Ipv4Net {
     Ipv4Net::new(Ipv4Addr::new(198, 18, third, 0), 24).expect("/24 is valid")
 }
 
-fn iface(name: &str, subnet: Ipv4Net, host: u8) -> IfaceInfo {
+pub(super) fn iface(name: &str, subnet: Ipv4Net, host: u8) -> IfaceInfo {
     let [a, b, c, _] = subnet.network().octets();
     let addr = Ipv4Addr::new(a, b, c, host);
     IfaceInfo {
@@ -507,7 +507,7 @@ fn addr_mac(kind: u8, addr: Ipv4Addr) -> MacAddr {
 }
 
 /// A switch port's MAC, derived from the address of the node it faces.
-fn port_mac(peer: Ipv4Addr) -> MacAddr {
+pub(super) fn port_mac(peer: Ipv4Addr) -> MacAddr {
     addr_mac(0x01, peer)
 }
 
@@ -520,7 +520,7 @@ pub(crate) fn format_mac(mac: &MacAddr) -> String {
 
 /// Lab defaults for a fresh namespace, set before any interface exists so
 /// the `default` values apply to them.
-fn baseline_sysctls(ns: &Netns, forwarding: bool) -> Result<(), LabError> {
+pub(super) fn baseline_sysctls(ns: &Netns, forwarding: bool) -> Result<(), LabError> {
     ns.set_sysctls(&[
         // No IPv6 chatter (RS, DAD, MLD) on lab links.
         ("net.ipv6.conf.all.disable_ipv6", "1"),
@@ -541,7 +541,7 @@ fn baseline_sysctls(ns: &Netns, forwarding: bool) -> Result<(), LabError> {
 
 /// A veth pair created inside `a` with its peer placed directly in `b`, so
 /// neither end ever exists in the root namespace.
-fn veth(
+pub(super) fn veth(
     a: &Netns,
     a_name: &str,
     a_mac: MacAddr,
@@ -577,7 +577,7 @@ fn veth(
 
 /// Addresses `iface` and brings it up; `sends_to_gateway` turns TX checksum
 /// offload off, `gateway_side` turns GRO off.
-fn configure(
+pub(super) fn configure(
     ns: &Netns,
     iface: &IfaceInfo,
     sends_to_gateway: bool,
@@ -595,7 +595,7 @@ fn configure(
 
 /// The switch: a bridge without STP (ports forward at once) or multicast
 /// snooping, with every port enslaved and up.
-fn make_switch(switch: &Netns, ports: &[String]) -> Result<(), LabError> {
+pub(super) fn make_switch(switch: &Netns, ports: &[String]) -> Result<(), LabError> {
     switch.ip(&[
         "link",
         "add",
@@ -620,7 +620,7 @@ fn make_switch(switch: &Netns, ports: &[String]) -> Result<(), LabError> {
 }
 
 /// `ethtool -K DEV FEATURE on|off ...` inside `ns`.
-fn ethtool(ns: &Netns, dev: &str, features: &[&str]) -> Result<(), LabError> {
+pub(super) fn ethtool(ns: &Netns, dev: &str, features: &[&str]) -> Result<(), LabError> {
     let mut command = ns.command("ethtool");
     command.arg("-K").arg(dev).args(features);
     cmd::run(&mut command).map(drop)
