@@ -42,8 +42,7 @@ const STOP_WITHIN: Duration = Duration::from_secs(5);
 const REFUSED_WITHIN: Duration = Duration::from_millis(500);
 /// How long a state the gateway reaches by itself (flows expiring) may take.
 const SETTLE_WITHIN: Duration = Duration::from_secs(15);
-/// The client Pods, the backend Pods.
-const CLIENTS: [&str; 2] = ["client1", "client2"];
+/// The backend Pods.
 const BACKENDS: [&str; 3] = ["pod1", "pod2", "pod3"];
 
 /// A cluster lab with its echo servers, control file and gateway; drops
@@ -278,6 +277,35 @@ impl ClusterLab {
             .and_then(|v| v.parse().ok())
     }
 
+    /// How many times the gateway logged `needle`.
+    fn log_count(&self, needle: &str) -> usize {
+        self.gateway
+            .as_ref()
+            .map_or(0, |g| g.log().iter().filter(|l| l.contains(needle)).count())
+    }
+
+    /// Waits until the gateway logged `needle` more than `before` times.
+    #[track_caller]
+    fn wait_log(&self, needle: &str, before: usize) {
+        let deadline = Instant::now() + SETTLE_WITHIN;
+        while self.log_count(needle) <= before {
+            if Instant::now() > deadline {
+                self.fail(format_args!("no new {needle:?} within {SETTLE_WITHIN:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The sum of the metric lines starting with `prefix` whose labels
+    /// contain `label`.
+    fn metric_sum(&self, prefix: &str, label: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(prefix) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Waits until `series` reads `want`.
     #[track_caller]
     fn wait_metric(&self, series: &str, want: f64) {
@@ -403,5 +431,196 @@ fn snat_makes_a_one_arm_gateway_work_in_a_routed_cluster() {
         BTreeSet::from([gw, IpAddr::V4(info.gateway_spare)]),
         "both SNAT addresses are used"
     );
+    lab.stop();
+}
+
+/// Connects to `target`, sends a line and waits for the answer; returns
+/// the open connection and the Pod that answered.
+fn hold(target: SocketAddrV4) -> std::io::Result<(TcpStream, String)> {
+    let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(target), EXCHANGE_TIMEOUT)?;
+    stream.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;
+    let pod = exchange(&mut stream)?;
+    Ok((stream, pod))
+}
+
+/// One request line and its answer on an open connection.
+fn exchange(stream: &mut TcpStream) -> std::io::Result<String> {
+    stream.write_all(b"request\n")?;
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while !reply.ends_with(b"\n") {
+        if stream.read(&mut byte)? == 0 {
+            return Err(ErrorKind::UnexpectedEof.into());
+        }
+        reply.push(byte[0]);
+    }
+    Ok(pod_of(&String::from_utf8_lossy(&reply)))
+}
+
+/// A TCP connect from `client` to `target` must be refused at once.
+#[track_caller]
+fn assert_refused_at_once(lab: &ClusterLab, client: &str, target: SocketAddrV4) {
+    let (outcome, took) = lab.in_pod(client, move || {
+        let started = Instant::now();
+        let r = TcpStream::connect_timeout(&SocketAddr::V4(target), Duration::from_secs(2));
+        (r.map(drop).map_err(|e| e.kind()), started.elapsed())
+    });
+    assert_eq!(
+        outcome,
+        Err(ErrorKind::ConnectionRefused),
+        "{client} -> {target} must be refused (after {took:?})"
+    );
+    assert!(took < REFUSED_WITHIN, "refused only after {took:?}");
+}
+
+/// Short TCP closing timeouts, so closed connections' flows (and their
+/// ports) leave within seconds.
+const SHORT_CLOSING: [&str; 6] = [
+    "--conntrack-tcp-timeout-time-wait",
+    "1s",
+    "--conntrack-tcp-timeout-close",
+    "1s",
+    "--conntrack-tcp-timeout-fin-wait",
+    "1s",
+];
+
+#[test]
+fn snat_port_pool_exhaustion_is_refused_at_once_and_recovers() {
+    if !lab::require_root() {
+        return;
+    }
+    let _serial = lab::serial();
+    let mut lab = ClusterLab::build("snatpool");
+    let gw = lab.cluster.info().gateway.addr;
+    let one = target(lab.vip(10), &HTTP);
+    lab.write_control(&[lab.service("one", 10, &[HTTP], &["pod3"], "")]);
+
+    // On the node's own address, ports inside ip_local_port_range are
+    // refused at start, with the reason.
+    let why = lab.start_refused(&["--snat", "--snat-ports", "40000-40063"]);
+    assert!(
+        why.contains("overlaps the kernel's ip_local_port_range"),
+        "the refusal says why: {why}"
+    );
+
+    let mut args = vec!["--snat", "--snat-ports", "62000-62063"];
+    args.extend(SHORT_CLOSING);
+    lab.start(&args);
+    let in_use = format!("cipgw_snat_ports_in_use{{address=\"{gw}\"}}");
+    let held = lab.in_pod("client1", move || {
+        (0..64)
+            .map(|_| hold(one).map(|(s, _)| s))
+            .collect::<std::io::Result<Vec<_>>>()
+    });
+    let held = held.unwrap_or_else(|e| panic!("64 connections through a pool of 64: {e}"));
+    assert_eq!(lab.metric(&in_use), Some(64.0));
+    assert_refused_at_once(&lab, "client2", one);
+    assert!(
+        lab.metric_sum("cipgw_drops_total", "reason=\"snat_ports_exhausted\"") >= 1.0,
+        "the refusal is counted as snat_ports_exhausted"
+    );
+    let status = lab.cipgw(&["status"]);
+    assert!(
+        status.contains(&format!(
+            "snat        ports 62000-62063: {gw} 64 ports in use"
+        )),
+        "cipgw status shows the ports in use:\n{status}"
+    );
+
+    // Closed, their flows leave, and their ports come back.
+    drop(held);
+    lab.wait_metric(&in_use, 0.0);
+    let served = lab.connections("client2", one, 64);
+    assert_eq!(served, BTreeMap::from([("pod3".to_owned(), 64)]));
+    lab.stop();
+}
+
+#[test]
+fn snat_keeps_affinity_refusals_and_retires_flows_of_removed_pods() {
+    if !lab::require_root() {
+        return;
+    }
+    let _serial = lab::serial();
+    let mut lab = ClusterLab::build("snatmix");
+    let info = lab.cluster.info().clone();
+    let gw = info.gateway.addr;
+    let pod2 = info.pod("pod2").expect("pod2").iface.addr;
+    let (web, sticky, empty) = (
+        target(lab.vip(10), &HTTP),
+        target(lab.vip(20), &HTTP),
+        target(lab.vip(21), &HTTP),
+    );
+    let affinity = "  sessionAffinity: ClientIP\n";
+    let docs = |lab: &ClusterLab, web_pods: &[&str]| {
+        vec![
+            lab.service("web", 10, &[HTTP], web_pods, ""),
+            lab.service("sticky", 20, &[HTTP], &BACKENDS, affinity),
+            lab.service("empty", 21, &[HTTP], &[], ""),
+        ]
+    };
+    lab.write_control(&docs(&lab, &["pod1", "pod2"]));
+    let mut args = vec!["--snat"];
+    args.extend(SHORT_CLOSING);
+    lab.start(&args);
+
+    // ClientIP affinity holds for the client behind the SNAT.
+    let served = lab.connections("client1", sticky, 20);
+    assert_eq!(served.len(), 1, "one Pod for one client: {served:?}");
+    // A Service without endpoints refuses at once.
+    assert_refused_at_once(&lab, "client2", empty);
+
+    // Ten open connections to web; the sticky ones' flows leave.
+    let held = lab.in_pod("client2", move || {
+        (0..10)
+            .map(|_| hold(web))
+            .collect::<std::io::Result<Vec<_>>>()
+    });
+    let mut held = held.unwrap_or_else(|e| panic!("connections to web: {e}"));
+    let in_use = format!("cipgw_snat_ports_in_use{{address=\"{gw}\"}}");
+    lab.wait_metric(&in_use, 10.0);
+    let on_pod2 = held.iter().filter(|(_, pod)| pod == "pod2").count();
+    assert!(on_pod2 > 0, "some connections went to pod2");
+
+    // `cipgw conntrack` maps what a backend sees back to the client.
+    let listing = lab.cipgw(&["conntrack", "--backend", &format!("{pod2}:{TARGET_PORT}")]);
+    assert_eq!(
+        listing.matches(&format!(" {gw}:")).count(),
+        on_pod2,
+        "one line per flow to pod2 with its SNAT address:\n{listing}"
+    );
+    let port: u16 = listing
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{gw}:")))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("a SNAT port in:\n{listing}"));
+    let one = lab.cipgw(&["conntrack", "--snat-port", &port.to_string()]);
+    assert!(
+        one.contains(&format!("{gw}:{port}")) && one.contains(&format!("{pod2}:{TARGET_PORT}")),
+        "--snat-port finds the flow:\n{one}"
+    );
+
+    // Scale-down: pod2 leaves web. Its connections end at their next
+    // segment (RST), their flows are retired and their ports freed.
+    let applied = lab.log_count("service table applied");
+    lab.write_control(&docs(&lab, &["pod1"]));
+    lab.wait_log("service table applied", applied);
+    let (held, outcomes) = lab.in_pod("client2", move || {
+        let outcomes = held
+            .iter_mut()
+            .map(|(stream, pod)| (pod.clone(), exchange(stream).map_err(|e| e.kind())))
+            .collect::<Vec<_>>();
+        // Kept open: their flows (and ports) stay.
+        (held, outcomes)
+    });
+    for (pod, outcome) in &outcomes {
+        match pod.as_str() {
+            "pod2" => assert!(outcome.is_err(), "pod2's connection must end: {outcome:?}"),
+            _ => assert_eq!(outcome.as_deref(), Ok("pod1"), "pod1's connection lives on"),
+        }
+    }
+    lab.wait_metric(&in_use, (10 - on_pod2) as f64);
+    let listing = lab.cipgw(&["conntrack", "--backend", &pod2.to_string()]);
+    assert!(listing.contains("no flows shown (0 match)"), "{listing}");
+    drop(held);
     lab.stop();
 }
