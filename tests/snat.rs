@@ -624,3 +624,36 @@ fn snat_keeps_affinity_refusals_and_retires_flows_of_removed_pods() {
     drop(held);
     lab.stop();
 }
+
+#[test]
+fn demo_snat_serves_the_clusterip_and_shows_the_gateway_as_peer() {
+    if !lab::require_root() {
+        return;
+    }
+    let _serial = lab::serial();
+    let out = std::process::Command::new(exe())
+        .args(["demo", "--snat", "--requests", "9"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap_or_else(|e| panic!("cipgw demo --snat: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "cipgw demo --snat: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let peers: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("who the Pods saw"))
+        .skip(1)
+        .take(3)
+        .collect();
+    assert!(
+        peers.iter().any(|l| l.ends_with(" 198.18.1.1"))
+            && peers
+                .iter()
+                .all(|l| l.trim_end().ends_with("198.18.1.1") || l.split_whitespace().count() == 1),
+        "the Pods saw only the gateway:\n{stdout}"
+    );
+}
