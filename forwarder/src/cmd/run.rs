@@ -476,6 +476,31 @@ mod tests {
     }
 
     #[test]
+    fn snat_flags_imply_snat_and_ports_need_it() {
+        let none = snat_settings(SnatArgs::default(), None, None, None).expect("valid");
+        assert_eq!(none, None, "off by default");
+        let address = std::net::Ipv4Addr::new(198, 18, 1, 2);
+        let by_address = SnatArgs {
+            snat_addresses: vec![address],
+            ..SnatArgs::default()
+        };
+        let on = snat_settings(by_address, None, None, Some("62000-62063".into()))
+            .expect("valid")
+            .expect("--snat-address implies --snat");
+        assert_eq!(on.addresses, [address]);
+        assert_eq!(on.ports, Some((62000, 62063)), "ports from the file");
+        let ports_alone = SnatArgs {
+            snat_ports: Some((62000, 62063)),
+            ..SnatArgs::default()
+        };
+        assert!(snat_settings(ports_alone, None, None, None).is_err());
+        let from_file = snat_settings(SnatArgs::default(), Some(true), None, None)
+            .expect("valid")
+            .expect("snat = true in the file");
+        assert_eq!(from_file, settings::SnatSettings::default());
+    }
+
+    #[test]
     fn on_off() {
         assert_eq!(parse_on_off("on"), Ok(true));
         assert_eq!(parse_on_off("off"), Ok(false));
