@@ -217,6 +217,7 @@ fn config_map_settings_are_toml_for_the_kubernetes_source() {
         "service-cidr",
         "cluster-cidr",
         "conntrack",
+        "snat",
     ];
     for key in settings.keys() {
         assert!(known.contains(&key.as_str()), "unknown setting {key:?}");
