@@ -13,7 +13,14 @@
 //!   under Maglev (`cipgw.io/lb-algorithm: maglev`, table size 16,381):
 //!   the backend is the table's entry for the 5-tuple's seeded hash;
 //! - `copy_only`: restoring the 64-byte input frame, the harness's own
-//!   cost included in the cases above.
+//!   cost included in the cases above;
+//! - `snat_new_flow/1_services`: `new_flow` with source NAT on (one SNAT
+//!   address, ports 61000-65535): also a port probe and the second
+//!   rewrite; a fresh table every 4,096 flows, so each backend's pool
+//!   stays under a third full; `new_flow_chunked/1_services` is the same
+//!   without source NAT, its A/B baseline;
+//! - `snat_reply/1024_flows`: `reply` of source-NATed flows (backend ->
+//!   SNAT address and port, rewritten to VIP -> client).
 //!
 //! Run: `cargo bench -p cipgw-datapath --bench packet_path`.
 
@@ -23,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cipgw_config::{LbAlgorithm, Protocol, ServiceName, ServiceTable};
+use cipgw_datapath::conntrack::snat::SnatConfig;
 use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig};
 use cipgw_datapath::harness::addr::{POD1, POD2, POD3};
 use cipgw_datapath::harness::{
@@ -221,5 +229,115 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// The gateway's SNAT address in the SNAT cases.
+const SNAT: [u8; 4] = [198, 18, 2, 1];
+
+fn snat_conntrack(max_flows: usize) -> Arc<Conntrack> {
+    let ct = Conntrack::new(ConntrackConfig {
+        max_flows,
+        unreplied_percent: 100,
+        ..ConntrackConfig::default()
+    })
+    .with_snat(&SnatConfig {
+        addresses: vec![SNAT.into()],
+        ports: 61000..=65535,
+    })
+    .expect("valid SNAT config");
+    Arc::new(ct)
+}
+
+fn bench_snat(c: &mut Criterion) {
+    let net = net();
+    let vip = [198, 19, 255, 254];
+    let mut group = c.benchmark_group("packet_path");
+    group.throughput(Throughput::Elements(1));
+    group.measurement_time(Duration::from_secs(5));
+    let one = table(1);
+    let ctx = BatchContext {
+        table: &one,
+        net: &net,
+        now: 1,
+    };
+
+    // Replies of 1,024 established SNAT flows.
+    let mut p = pipeline(snat_conntrack(1 << 16), 7);
+    let mut replies = Vec::new();
+    for i in 0..1024 {
+        let mut f = frame((client(i), 20000 + i as u16), (vip, 8080));
+        let len = f.len();
+        assert!(matches!(
+            p.process(&mut f, len, 0, &ctx),
+            Verdict::Forward { .. }
+        ));
+        // The Pod answers the SNAT address and port it saw.
+        let ip = &f[14..];
+        let snat = [ip[12], ip[13], ip[14], ip[15]];
+        let backend = [ip[16], ip[17], ip[18], ip[19]];
+        let sport = u16::from_be_bytes([ip[20], ip[21]]);
+        assert_eq!(snat, SNAT);
+        replies.push(frame((backend, 5678), (snat, sport)));
+    }
+    for r in &replies {
+        let mut copy = r.clone();
+        let len = copy.len();
+        assert!(matches!(
+            p.process(&mut copy, len, 1, &ctx),
+            Verdict::Forward { .. }
+        ));
+    }
+    let mut scratch = vec![0u8; 2048];
+    group.bench_function("snat_reply/1024_flows", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            let f = &replies[i & 1023];
+            scratch[..f.len()].copy_from_slice(f);
+            i += 1;
+            black_box(p.process(&mut scratch, f.len(), 1, &ctx))
+        })
+    });
+
+    const CHUNK: u64 = 4096;
+    let base = frame((client(0), 1), (vip, 8080));
+    for (name, snat) in [
+        ("new_flow_chunked/1_services", false),
+        ("snat_new_flow/1_services", true),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut elapsed = Duration::ZERO;
+                let mut done = 0;
+                while done < iters {
+                    // A fresh table per chunk (not timed): every packet is a
+                    // new flow and no backend's port pool fills up.
+                    let ct = if snat {
+                        snat_conntrack(CHUNK as usize + 1)
+                    } else {
+                        Arc::new(Conntrack::new(ConntrackConfig {
+                            max_flows: CHUNK as usize + 1,
+                            unreplied_percent: 100,
+                            ..ConntrackConfig::default()
+                        }))
+                    };
+                    let mut p = pipeline(ct, 9);
+                    let n = CHUNK.min(iters - done);
+                    let mut f = base.clone();
+                    let len = f.len();
+                    let start = Instant::now();
+                    for i in done..done + n {
+                        f.copy_from_slice(&base);
+                        f[28..30].copy_from_slice(&(((i >> 16) as u16) | 0x100).to_be_bytes());
+                        f[34..36].copy_from_slice(&(i as u16).to_be_bytes());
+                        black_box(p.process(&mut f, len, 0, &ctx));
+                    }
+                    elapsed += start.elapsed();
+                    done += n;
+                }
+                elapsed
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_snat);
 criterion_main!(benches);

@@ -99,6 +99,37 @@ pub struct Settings {
     pub io: IoSettings,
     /// How new connections choose their endpoint.
     pub lb: LbSettings,
+    /// Source NAT of new connections (`--snat`); `None` keeps the
+    /// client's address (a gateway that is the Pods' router).
+    pub snat: Option<SnatSettings>,
+}
+
+/// Source NAT: the addresses and ports backends see new connections come
+/// from. What is not given is found at start (it needs the system).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnatSettings {
+    /// `--snat-address`; empty: the primary address of the Pod-side
+    /// interface (the last `--iface`).
+    pub addresses: Vec<std::net::Ipv4Addr>,
+    /// `--snat-ports LOW-HIGH`; `None`: the ports above (or else below)
+    /// the kernel's `ip_local_port_range`.
+    pub ports: Option<(u16, u16)>,
+}
+
+/// SNAT addresses a gateway tells apart.
+pub const MAX_SNAT_ADDRESSES: usize = 127;
+
+/// Parses `--snat-ports LOW-HIGH`.
+pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let (low, high) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?}: expected LOW-HIGH, e.g. 61000-65535"))?;
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("{text:?}: {p:?} is not a port number"))
+    };
+    Ok((port(low)?, port(high)?))
 }
 
 /// Backend choice: the algorithm of Services without the
@@ -306,6 +337,14 @@ pub enum SettingsError {
     IdleSpin(Duration),
     #[error("--worker-nice: {0} is not between -20 and 19")]
     WorkerNice(i32),
+    #[error("--snat-ports: {0}-{1} is not a range of ports from 1 to 65535, low to high")]
+    SnatPorts(u16, u16),
+    #[error("--snat-address: {0} listed twice")]
+    DuplicateSnatAddress(std::net::Ipv4Addr),
+    #[error("--snat-address: {0} is not a unicast address")]
+    BadSnatAddress(std::net::Ipv4Addr),
+    #[error("--snat-address: {0} given; at most {MAX_SNAT_ADDRESSES}")]
+    TooManySnatAddresses(usize),
     #[error(
         "--maglev-table-size: {0} is not a prime between 7 and {MAX_MAGLEV_TABLE_SIZE} \
          (e.g. 1021, 16381, 65537)"
@@ -366,6 +405,31 @@ impl Settings {
             return Err(SettingsError::WorkerNice(self.io.worker_nice));
         }
         self.lb.validate()?;
+        if let Some(snat) = &self.snat {
+            snat.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl SnatSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        if let Some((low, high)) = self.ports {
+            if low == 0 || low > high {
+                return Err(SettingsError::SnatPorts(low, high));
+            }
+        }
+        if self.addresses.len() > MAX_SNAT_ADDRESSES {
+            return Err(SettingsError::TooManySnatAddresses(self.addresses.len()));
+        }
+        for (i, a) in self.addresses.iter().enumerate() {
+            if a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback() {
+                return Err(SettingsError::BadSnatAddress(*a));
+            }
+            if self.addresses[..i].contains(a) {
+                return Err(SettingsError::DuplicateSnatAddress(*a));
+            }
+        }
         Ok(())
     }
 }
@@ -424,6 +488,7 @@ mod tests {
             state_dir: Some(DEFAULT_STATE_DIR.into()),
             io: IoSettings::default(),
             lb: LbSettings::default(),
+            snat: None,
         }
     }
 
@@ -458,6 +523,27 @@ mod tests {
         assert_eq!("maglev".parse(), Ok(LbAlgorithm::Maglev));
         assert_eq!("random".parse(), Ok(LbAlgorithm::Random));
         assert!("Maglev".parse::<LbAlgorithm>().is_err());
+    }
+
+    #[test]
+    fn snat_settings_are_checked() {
+        assert_eq!(parse_port_range("61000-65535"), Ok((61000, 65535)));
+        assert!(parse_port_range("61000").is_err());
+        assert!(parse_port_range("1-70000").is_err());
+        let mut s = settings();
+        s.snat = Some(SnatSettings::default());
+        s.validate().expect("plain --snat is valid");
+        s.snat = Some(SnatSettings {
+            ports: Some((2000, 1000)),
+            ..Default::default()
+        });
+        assert_eq!(s.validate(), Err(SettingsError::SnatPorts(2000, 1000)));
+        let a = std::net::Ipv4Addr::new(198, 18, 0, 1);
+        s.snat = Some(SnatSettings {
+            addresses: vec![a, a],
+            ports: None,
+        });
+        assert_eq!(s.validate(), Err(SettingsError::DuplicateSnatAddress(a)));
     }
 
     #[test]

@@ -10,6 +10,11 @@
  *   - a TCP/UDP reply from a known backend endpoint: (source address,
  *     source port, protocol) in cipgw_backends. Only unfragmented packets
  *     and first fragments carry ports; later fragments go to the kernel.
+ *     With source NAT on (cipgw_snat_on), only such a reply addressed to a
+ *     source NAT address (cipgw_snat) with a destination port inside that
+ *     address's SNAT range: everything else to those addresses (SSH, the
+ *     kubelet, the node's own connections, probes' answers) and every
+ *     other packet from a backend reaches the kernel.
  * Everything else (ARP, IPv6, SSH, traffic to the gateway itself) is
  * XDP_PASS. A matching frame on an interface the gateway serves
  * (cipgw_ports) whose queue has no socket bound is dropped
@@ -60,6 +65,27 @@ struct {
 	__type(key, struct backend_key);
 	__type(value, __u8);
 } cipgw_backends SEC(".maps");
+
+/* Value of cipgw_snat: the SNAT port range, host byte order. */
+struct snat_range {
+	__u16 low;
+	__u16 high;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 128);
+	__type(key, __u32); /* SNAT address, network byte order */
+	__type(value, struct snat_range);
+} cipgw_snat SEC(".maps");
+
+/* Entry 0: non-zero when source NAT is on. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} cipgw_snat_on SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -138,10 +164,25 @@ int cipgw_xdp(struct xdp_md *ctx)
 	key.port = ports[0]; /* source port: first field of TCP and UDP */
 	key.proto = ip->protocol;
 	key.pad = 0;
-	if (bpf_map_lookup_elem(&cipgw_backends, &key))
-		return to_socket(ctx);
+	if (!bpf_map_lookup_elem(&cipgw_backends, &key))
+		return XDP_PASS;
 
-	return XDP_PASS;
+	{
+		__u32 zero = 0;
+		__u32 *snat_on = bpf_map_lookup_elem(&cipgw_snat_on, &zero);
+		struct snat_range *range;
+		__u16 dport;
+
+		if (snat_on && *snat_on) {
+			range = bpf_map_lookup_elem(&cipgw_snat, &daddr);
+			if (!range)
+				return XDP_PASS;
+			dport = cipgw_htons(ports[1]); /* to host order */
+			if (dport < range->low || dport > range->high)
+				return XDP_PASS;
+		}
+	}
+	return to_socket(ctx);
 }
 
 char _license[] SEC("license") = "GPL";

@@ -33,6 +33,7 @@ use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
     NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
+use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourMessage,
@@ -174,6 +175,12 @@ pub fn dump_neighbours() -> Result<Vec<Neighbour>, NetlinkError> {
 /// All links.
 pub fn dump_links() -> Result<Vec<Link>, NetlinkError> {
     Rtnl::open(&[])?.links()
+}
+
+/// Every interface's primary IPv4 addresses, as (ifindex, address), in
+/// the kernel's order (an interface's first one is its primary source).
+pub fn dump_ipv4_addresses() -> Result<Vec<(u32, Ipv4Addr)>, NetlinkError> {
+    Rtnl::open(&[])?.addresses()
 }
 
 /// Routes, resolved neighbours and the named ports, as one snapshot.
@@ -718,6 +725,18 @@ impl Rtnl {
         })
     }
 
+    fn addresses(&mut self) -> Result<Vec<(u32, Ipv4Addr)>, NetlinkError> {
+        let request = || {
+            let mut m = AddressMessage::default();
+            m.header.family = AddressFamily::Inet;
+            RouteNetlinkMessage::GetAddress(m)
+        };
+        self.dump_parsed("address dump", request, |m| match m {
+            RouteNetlinkMessage::NewAddress(a) => parse_address(a),
+            _ => None,
+        })
+    }
+
     fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
         let request = || RouteNetlinkMessage::GetLink(LinkMessage::default());
         self.dump_parsed("link dump", request, |m| match m {
@@ -1005,6 +1024,27 @@ fn parse_neighbour(n: &NeighbourMessage) -> Option<Neighbour> {
         state: n.header.state,
         managed,
     })
+}
+
+/// A primary IPv4 address: its interface and the address itself (the
+/// local one, which on a point-to-point link differs from the peer's).
+fn parse_address(a: &AddressMessage) -> Option<(u32, Ipv4Addr)> {
+    if a.header.family != AddressFamily::Inet
+        || a.header.flags.contains(AddressHeaderFlags::Secondary)
+    {
+        return None;
+    }
+    let v4 = |attr: &AddressAttribute, local: bool| match (attr, local) {
+        (AddressAttribute::Local(std::net::IpAddr::V4(ip)), true)
+        | (AddressAttribute::Address(std::net::IpAddr::V4(ip)), false) => Some(*ip),
+        _ => None,
+    };
+    let ip = a
+        .attributes
+        .iter()
+        .find_map(|attr| v4(attr, true))
+        .or_else(|| a.attributes.iter().find_map(|attr| v4(attr, false)))?;
+    Some((a.header.index, ip))
 }
 
 fn parse_link(l: &LinkMessage) -> Link {

@@ -45,6 +45,9 @@ pub enum DropReason {
     TtlExceeded,
     /// The connection table is full of flows that may not be evicted.
     ConntrackFull,
+    /// Source NAT had no free port towards the chosen backend on any
+    /// address; refused like a full table.
+    SnatPortsExhausted,
     /// A TCP segment other than a SYN to a VIP with no tracked flow (its
     /// endpoint was removed, or the gateway restarted); answered with RST.
     TcpNoFlow,
@@ -82,7 +85,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 28] = [
+    pub const ALL: [DropReason; 29] = [
         DropReason::TruncatedEthernet,
         DropReason::VlanTagged,
         DropReason::TruncatedIpv4,
@@ -97,6 +100,7 @@ impl DropReason {
         DropReason::ReplyClash,
         DropReason::TtlExceeded,
         DropReason::ConntrackFull,
+        DropReason::SnatPortsExhausted,
         DropReason::TcpNoFlow,
         DropReason::BadSource,
         DropReason::VipAsSource,
@@ -131,6 +135,7 @@ impl DropReason {
             DropReason::ReplyClash => "reply_clash",
             DropReason::TtlExceeded => "ttl_exceeded",
             DropReason::ConntrackFull => "conntrack_full",
+            DropReason::SnatPortsExhausted => "snat_ports_exhausted",
             DropReason::TcpNoFlow => "tcp_no_flow",
             DropReason::BadSource => "bad_source",
             DropReason::VipAsSource => "vip_as_source",

@@ -482,10 +482,14 @@ impl Pipeline {
                 .touch(&self.affinity, service, key.src, ctx.now);
         }
         rewrite(&mut frame, &flow, &hit);
+        if let Some(snat) = hit.snat {
+            rewrite_snat(&mut frame, &flow, hit.direction, snat);
+        }
 
-        let dst = match hit.direction {
-            Direction::Forward => hit.nat_ip,
-            Direction::Reply => key.dst,
+        let dst = match (hit.direction, hit.snat) {
+            (Direction::Forward, _) => hit.nat_ip,
+            (Direction::Reply, None) => key.dst,
+            (Direction::Reply, Some((client, _))) => client,
         };
         self.address(&mut frame, dst, ctx.net)
     }
@@ -621,6 +625,9 @@ impl Pipeline {
                 }
                 Err(InsertError::ReplyClash) => continue,
                 Err(InsertError::Full) => return Err(Denied::Refuse(DropReason::ConntrackFull)),
+                Err(InsertError::SnatExhausted) => {
+                    return Err(Denied::Refuse(DropReason::SnatPortsExhausted))
+                }
             }
         }
         // Every usable endpoint already carries a live flow from this
@@ -664,6 +671,7 @@ impl Pipeline {
             }
             Err(InsertError::ReplyClash) => Err(Denied::Refuse(DropReason::ReplyClash)),
             Err(InsertError::Full) => Err(Denied::Refuse(DropReason::ConntrackFull)),
+            Err(InsertError::SnatExhausted) => Err(Denied::Refuse(DropReason::SnatPortsExhausted)),
         }
     }
 
@@ -673,8 +681,9 @@ impl Pipeline {
     /// tracked (client -> VIP:port -> this endpoint) and the reply is
     /// rewritten to come from the VIP:port; an endpoint of several ports
     /// is dropped (which VIP?), and so is one to a client outside
-    /// `--cluster-cidr`. Only valid without source NAT: the packet's
-    /// destination is the client itself.
+    /// `--cluster-cidr`. Only without source NAT (with it, the packet's
+    /// destination is the gateway, not the client: dropped as
+    /// `reply_without_flow`).
     #[cold]
     fn stateless_reply(
         &mut self,
@@ -682,6 +691,11 @@ impl Pipeline {
         owner: ReplyOwner,
         ctx: &BatchContext<'_>,
     ) -> Result<FlowHit, Denied> {
+        // With source NAT a backend answers the gateway's address, not
+        // the client's: an untracked reply says nothing of its client.
+        if self.conntrack.snat_ports().is_some() {
+            return Err(Denied::Verdict(Verdict::Drop(DropReason::ReplyWithoutFlow)));
+        }
         let service = match owner {
             ReplyOwner::Unique(service) => service,
             ReplyOwner::Ambiguous => {
@@ -724,6 +738,11 @@ impl Pipeline {
             }
             Err(InsertError::Full) => {
                 return Err(Denied::Verdict(Verdict::Drop(DropReason::ConntrackFull)))
+            }
+            Err(InsertError::SnatExhausted) => {
+                return Err(Denied::Verdict(Verdict::Drop(
+                    DropReason::SnatPortsExhausted,
+                )))
             }
         }
         // The reply direction of the flow just tracked (or of the one a
@@ -949,6 +968,54 @@ fn rewrite(frame: &mut FrameMut<'_>, flow: &Flow, hit: &FlowHit) {
                 match hit.direction {
                     Direction::Forward => udp.set_dst_port(hit.nat_port),
                     Direction::Reply => udp.set_src_port(hit.nat_port),
+                }
+                udp.set_checksum(l4_delta.apply_udp(udp.checksum()));
+            }
+        }
+    }
+}
+
+/// Source NAT's second rewrite, after [`rewrite`]: the source of a
+/// forward packet becomes the SNAT address and port, the destination of a
+/// reply the client's address and port (checksums updated as there).
+/// Kept out of line: the packet path without source NAT stays as compact
+/// as before, and a call is little next to the rewrite itself.
+#[inline(never)]
+fn rewrite_snat(
+    frame: &mut FrameMut<'_>,
+    flow: &Flow,
+    direction: Direction,
+    (new_addr, new_port): (Ipv4Addr, u16),
+) {
+    let key = &flow.key;
+    let (old_addr, old_port) = match direction {
+        Direction::Forward => (key.src, key.src_port),
+        Direction::Reply => (key.dst, key.dst_port),
+    };
+    let ip_delta = Delta::default().addr(old_addr.octets(), new_addr.octets());
+    let l4_delta = ip_delta.word(old_port, new_port);
+    if let Some(mut ip) = frame.ipv4_mut() {
+        match direction {
+            Direction::Forward => ip.set_source(new_addr),
+            Direction::Reply => ip.set_destination(new_addr),
+        }
+        ip.set_checksum(ip_delta.apply(ip.checksum()));
+    }
+    match key.protocol {
+        Protocol::Tcp => {
+            if let Some(mut tcp) = frame.tcp_mut() {
+                match direction {
+                    Direction::Forward => tcp.set_src_port(new_port),
+                    Direction::Reply => tcp.set_dst_port(new_port),
+                }
+                tcp.set_checksum(l4_delta.apply(tcp.checksum()));
+            }
+        }
+        Protocol::Udp => {
+            if let Some(mut udp) = frame.udp_mut() {
+                match direction {
+                    Direction::Forward => udp.set_src_port(new_port),
+                    Direction::Reply => udp.set_dst_port(new_port),
                 }
                 udp.set_checksum(l4_delta.apply_udp(udp.checksum()));
             }

@@ -1269,3 +1269,292 @@ fn an_answer_without_room_leaves_the_frame_alone() {
     assert_eq!(c.drops_of(DropReason::NoServicePort), 2);
     assert_eq!(c.refusals.get(), 1);
 }
+
+/// The gateway's source NAT address in the SNAT cases: its own address on
+/// the Pod arm.
+const SNAT: [u8; 4] = [198, 18, 2, 1];
+/// The only SNAT port of the cases, so the port a flow gets is known.
+const SNAT_PORT: u16 = 61000;
+
+/// [`Harness::new`] with source NAT on [`SNAT`], ports `ports`.
+fn snat_harness(ports: std::ops::RangeInclusive<u16>) -> (Harness, Arc<Conntrack>) {
+    let ct = Conntrack::default()
+        .with_snat(&crate::conntrack::snat::SnatConfig {
+            addresses: vec![SNAT.into()],
+            ports,
+        })
+        .expect("valid SNAT config");
+    let ct = Arc::new(ct);
+    let h = Harness {
+        pipeline: pipeline(Arc::clone(&ct)),
+        ..Harness::new()
+    };
+    (h, ct)
+}
+
+fn snat_cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "SNAT forward: a new flow leaves from the SNAT address and port",
+            input: client_syn(40000, VIP, 8080),
+            verdict: Verdict::Forward { port: POD_PORT },
+            output: Some(tcp(
+                GW_POD_MAC,
+                POD1_MAC,
+                (SNAT, SNAT_PORT),
+                (POD1, 5678),
+                63,
+                true,
+            )),
+        },
+        Case {
+            name: "SNAT reply: the backend's answer to the SNAT port goes back from the VIP to the client",
+            input: tcp(POD1_MAC, GW_POD_MAC, (POD1, 5678), (SNAT, SNAT_PORT), 64, false),
+            verdict: Verdict::Forward { port: CLIENT_PORT },
+            output: Some(tcp(
+                GW_CLIENT_MAC,
+                CLIENT_MAC,
+                (VIP, 8080),
+                (CLIENT, 40000),
+                63,
+                false,
+            )),
+        },
+        Case {
+            name: "SNAT established: later packets keep address, port and backend",
+            input: client_ack(40000, VIP, 8080),
+            verdict: Verdict::Forward { port: POD_PORT },
+            output: Some(tcp(
+                GW_POD_MAC,
+                POD1_MAC,
+                (SNAT, SNAT_PORT),
+                (POD1, 5678),
+                63,
+                false,
+            )),
+        },
+        Case {
+            name: "SNAT exhaustion: no port left towards the backend is refused with a RST",
+            input: client_syn(40001, VIP, 8080),
+            verdict: Verdict::Respond {
+                port: CLIENT_PORT,
+                len: 54,
+            },
+            output: Some(rst((VIP, 8080), (CLIENT, 40001), 0, Some(1000 + 18 + 1))),
+        },
+        Case {
+            name: "SNAT UDP: ports are per protocol, the datagram gets the same port",
+            input: udp(
+                CLIENT_MAC,
+                GW_CLIENT_MAC,
+                (CLIENT, 33000),
+                (UDP_VIP, 53),
+                64,
+            ),
+            verdict: Verdict::Forward { port: POD_PORT },
+            output: Some(udp(
+                GW_POD_MAC,
+                POD1_MAC,
+                (SNAT, SNAT_PORT),
+                (POD1, 5353),
+                63,
+            )),
+        },
+        Case {
+            name: "SNAT UDP reply",
+            input: udp(POD1_MAC, GW_POD_MAC, (POD1, 5353), (SNAT, SNAT_PORT), 64),
+            verdict: Verdict::Forward { port: CLIENT_PORT },
+            output: Some(udp(
+                GW_CLIENT_MAC,
+                CLIENT_MAC,
+                (UDP_VIP, 53),
+                (CLIENT, 33000),
+                63,
+            )),
+        },
+        Case {
+            name: "SNAT UDP exhaustion: ICMP port unreachable",
+            input: udp(
+                CLIENT_MAC,
+                GW_CLIENT_MAC,
+                (CLIENT, 33001),
+                (UDP_VIP, 53),
+                64,
+            ),
+            verdict: Verdict::Respond {
+                port: CLIENT_PORT,
+                len: 14 + 20 + 8 + 28,
+            },
+            output: Some(unreachable(&udp(
+                CLIENT_MAC,
+                GW_CLIENT_MAC,
+                (CLIENT, 33001),
+                (UDP_VIP, 53),
+                64,
+            ))),
+        },
+        Case {
+            name: "SNAT: a backend packet to a SNAT port no flow holds",
+            input: tcp(POD1_MAC, GW_POD_MAC, (POD1, 5678), (SNAT, 61001), 64, false),
+            verdict: Verdict::Drop(DropReason::ReplyWithoutFlow),
+            output: None,
+        },
+    ]
+}
+
+fn run_cases(h: &mut Harness, cases: Vec<Case>) {
+    for case in cases {
+        let mut frame = case.input.clone();
+        let verdict = h.run(&mut frame);
+        assert_eq!(verdict, case.verdict, "case {:?}", case.name);
+        match case.output {
+            Some(expected) => assert_eq!(frame, expected, "case {:?}: output frame", case.name),
+            None => assert_eq!(
+                frame, case.input,
+                "case {:?}: frame must be untouched",
+                case.name
+            ),
+        }
+    }
+}
+
+#[test]
+fn snat_forward_reply_and_exhaustion_cases() {
+    let (mut h, ct) = snat_harness(SNAT_PORT..=SNAT_PORT);
+    run_cases(&mut h, snat_cases());
+    let c = h.counters();
+    assert_eq!(c.new_flows.get(), 2, "one TCP and one UDP flow");
+    assert_eq!(c.drops_of(DropReason::SnatPortsExhausted), 2);
+    assert_eq!(c.refusals.get(), 2, "a RST and an ICMP port unreachable");
+    assert_eq!(ct.stats().snat_exhausted.load(STAT_ORDER), 2);
+    assert_eq!(
+        ct.snat_ports_in_use(),
+        vec![(Ipv4Addr::from(SNAT), 2)],
+        "one TCP and one UDP port held"
+    );
+    let mut listed = Vec::new();
+    ct.for_each(|key, hit| listed.push((key.dst, hit.snat)));
+    assert!(
+        listed.contains(&(Ipv4Addr::from(SNAT), Some((CLIENT.into(), 40000)))),
+        "the reply key holds the SNAT address and leads back to the client: {listed:?}"
+    );
+}
+
+#[test]
+fn snat_ports_return_when_flows_leave_and_new_flows_get_them() {
+    let (mut h, ct) = snat_harness(SNAT_PORT..=SNAT_PORT);
+    let mut syn = client_syn(40000, VIP, 8080);
+    assert_eq!(h.run(&mut syn), Verdict::Forward { port: POD_PORT });
+    let mut refused = client_syn(40001, VIP, 8080);
+    assert!(matches!(h.run(&mut refused), Verdict::Respond { .. }));
+    assert!(ct.remove(&forward_key(40000)), "the first flow leaves");
+    assert_eq!(ct.snat_ports_in_use(), vec![(Ipv4Addr::from(SNAT), 0)]);
+    let mut again = client_syn(40001, VIP, 8080);
+    assert_eq!(h.run(&mut again), Verdict::Forward { port: POD_PORT });
+    assert_eq!(
+        again,
+        tcp(
+            GW_POD_MAC,
+            POD1_MAC,
+            (SNAT, SNAT_PORT),
+            (POD1, 5678),
+            63,
+            true
+        ),
+        "the freed port is given again"
+    );
+}
+
+#[test]
+fn snat_hairpin_a_pod_reaches_itself_through_its_vip() {
+    let (mut h, _) = snat_harness(SNAT_PORT..=SNAT_PORT);
+    let mut syn = tcp(POD1_MAC, GW_POD_MAC, (POD1, 45000), (VIP, 8080), 64, true);
+    assert_eq!(h.run(&mut syn), Verdict::Forward { port: POD_PORT });
+    assert_eq!(
+        syn,
+        tcp(
+            GW_POD_MAC,
+            POD1_MAC,
+            (SNAT, SNAT_PORT),
+            (POD1, 5678),
+            63,
+            true
+        ),
+        "the Pod sees the gateway, not itself, as peer"
+    );
+    let mut answer = tcp(
+        POD1_MAC,
+        GW_POD_MAC,
+        (POD1, 5678),
+        (SNAT, SNAT_PORT),
+        64,
+        true,
+    );
+    assert_eq!(h.run(&mut answer), Verdict::Forward { port: POD_PORT });
+    assert_eq!(
+        answer,
+        tcp(GW_POD_MAC, POD1_MAC, (VIP, 8080), (POD1, 45000), 63, true),
+        "and its answer comes back to it from the VIP"
+    );
+}
+
+#[test]
+fn snat_keeps_cluster_cidr_echo_and_retirement() {
+    let (h, ct) = snat_harness(61000..=61063);
+    let mut h = Harness {
+        pipeline: h.pipeline.with_config(PipelineConfig {
+            cluster_cidrs: vec!["198.18.2.0/24".parse().expect("cidr")],
+        }),
+        ..h
+    };
+    let mut outside = client_syn(40000, VIP, 8080);
+    assert_eq!(
+        h.run(&mut outside),
+        Verdict::Drop(DropReason::SourceNotInCluster)
+    );
+    let mut echo = ping(CLIENT, VIP, CLIENT_MAC, false);
+    assert_eq!(
+        h.run(&mut echo),
+        Verdict::Drop(DropReason::SourceNotInCluster)
+    );
+    let mut inside = tcp(POD1_MAC, GW_POD_MAC, (POD1, 45000), (VIP, 8080), 64, true);
+    assert_eq!(h.run(&mut inside), Verdict::Forward { port: POD_PORT });
+    assert_eq!(ct.snat_ports_in_use(), vec![(Ipv4Addr::from(SNAT), 1)]);
+    // The endpoint moves to Pod 2: the flow is retired at its next
+    // packet, its port freed, and the new SYN gets Pod 2.
+    h.table = Arc::new(
+        CompiledTable::compile(model_on([198, 18, 2, 12]), 2).with_retiring([(
+            VIP.into(),
+            8080,
+            Protocol::Tcp,
+            POD1.into(),
+            5678,
+        )]),
+    );
+    let mut again = tcp(POD1_MAC, GW_POD_MAC, (POD1, 45000), (VIP, 8080), 64, true);
+    assert_eq!(h.run(&mut again), Verdict::Forward { port: POD_PORT });
+    assert_eq!(
+        &again[30..34],
+        &[198, 18, 2, 12],
+        "the new flow goes to Pod 2"
+    );
+    assert_eq!(&again[26..30], &SNAT, "from the SNAT address");
+    assert_eq!(ct.stats().retired.load(STAT_ORDER), 1);
+    assert_eq!(
+        ct.snat_ports_in_use(),
+        vec![(Ipv4Addr::from(SNAT), 1)],
+        "the retired flow's port came back; the new flow holds one"
+    );
+}
+
+const STAT_ORDER: std::sync::atomic::Ordering = std::sync::atomic::Ordering::Relaxed;
+
+fn forward_key(port: u16) -> FlowKey {
+    FlowKey {
+        src: CLIENT.into(),
+        dst: VIP.into(),
+        src_port: port,
+        dst_port: 8080,
+        protocol: Protocol::Tcp,
+    }
+}

@@ -60,6 +60,20 @@ pub(super) fn status_view(state: &AdminState) -> StatusView {
             refused: ct.refused,
             retired: ct.retired,
             expired: ct.total_expired(),
+            snat: snap
+                .snat
+                .in_use
+                .iter()
+                .map(|&(address, ports_in_use)| super::views::SnatAddressView {
+                    address,
+                    ports_in_use,
+                })
+                .collect(),
+            snat_ports: snap
+                .snat
+                .ports
+                .as_ref()
+                .map(|r| format!("{}-{}", r.start(), r.end())),
         },
         totals: CountersView::from(&snap.totals()),
         workers: snap
@@ -233,6 +247,8 @@ struct FlowTuple {
     protocol: u8,
     client: (Ipv4Addr, u16),
     backend: (Ipv4Addr, u16),
+    /// The source NAT address and port the backend sees, if any.
+    snat: Option<(Ipv4Addr, u16)>,
 }
 
 fn sockaddr((ip, port): (Ipv4Addr, u16)) -> SocketAddrV4 {
@@ -253,21 +269,27 @@ pub(super) fn conntrack_view(ct: &Conntrack, q: &ConntrackQuery) -> ConntrackVie
             (key.dst, key.dst_port),
             (hit.nat_ip, hit.nat_port),
         );
-        let (client, vip, backend, forward) = match hit.direction {
-            Direction::Forward => (src, dst, nat, true),
-            Direction::Reply => (dst, nat, src, false),
+        // With source NAT the reply key's destination is the SNAT
+        // address and port, and its second rewrite leads to the client.
+        let (client, vip, backend, snat, forward) = match (hit.direction, hit.snat) {
+            (Direction::Forward, snat) => (src, dst, nat, snat, true),
+            (Direction::Reply, None) => (dst, nat, src, None, false),
+            (Direction::Reply, Some(client)) => (client, nat, src, Some(dst), false),
         };
         let tuple = FlowTuple {
             vip,
             protocol: key.protocol.ip_number(),
             client,
             backend,
+            snat,
         };
         let keep = q.vip.map_or(true, |f| f.matches(sockaddr(tuple.vip)))
             && q.client.map_or(true, |f| f.matches(sockaddr(tuple.client)))
             && q.backend
                 .map_or(true, |f| f.matches(sockaddr(tuple.backend)))
-            && q.protocol.map_or(true, |p| p == key.protocol);
+            && q.protocol.map_or(true, |p| p == key.protocol)
+            && q.snat_port
+                .map_or(true, |p| tuple.snat.is_some_and(|(_, port)| port == p));
         if keep {
             rows.push((tuple, forward, hit.state.name()));
         }
@@ -295,6 +317,7 @@ pub(super) fn conntrack_view(ct: &Conntrack, q: &ConntrackQuery) -> ConntrackVie
             client: sockaddr(t.client),
             vip: sockaddr(t.vip),
             backend: sockaddr(t.backend),
+            snat: t.snat.map(sockaddr),
             state: state.to_owned(),
             forward,
             reply,

@@ -8,7 +8,7 @@
 //! | `/readyz` | 200 once the first table is published and workers run, else 503 |
 //! | `/api/status` | [`StatusView`] |
 //! | `/api/services` | [`ServicesView`] |
-//! | `/api/conntrack?vip=&client=&backend=&protocol=&limit=&offset=` | [`ConntrackView`] |
+//! | `/api/conntrack?vip=&client=&backend=&protocol=&snat_port=&limit=&offset=` | [`ConntrackView`] |
 //!
 //! One thread answers requests one at a time (tiny_http; its own accept
 //! thread and connection pool only read requests): nothing here touches
@@ -231,6 +231,7 @@ impl AdminState {
             control: self.control.snapshot(),
             services,
             process: crate::metrics::process::ProcessNumbers::read(),
+            snat: crate::metrics::SnatNumbers::read(&self.conntrack),
         }
     }
 }

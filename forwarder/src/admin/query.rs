@@ -43,6 +43,8 @@ pub struct ConntrackQuery {
     pub client: Option<AddrFilter>,
     pub backend: Option<AddrFilter>,
     pub protocol: Option<Protocol>,
+    /// Only flows given this source NAT port.
+    pub snat_port: Option<u16>,
     pub limit: usize,
     pub offset: usize,
 }
@@ -54,6 +56,7 @@ impl Default for ConntrackQuery {
             client: None,
             backend: None,
             protocol: None,
+            snat_port: None,
             limit: DEFAULT_LIMIT,
             offset: 0,
         }
@@ -76,6 +79,11 @@ impl ConntrackQuery {
                         _ => return Err(format!("protocol={value:?}: expected tcp or udp")),
                     })
                 }
+                "snat_port" => {
+                    q.snat_port = Some(value.parse::<u16>().map_err(|_| {
+                        format!("snat_port={value:?}: expected a port number")
+                    })?)
+                }
                 "limit" => {
                     q.limit = value
                         .parse::<usize>()
@@ -92,7 +100,7 @@ impl ConntrackQuery {
                 }
                 _ => {
                     return Err(format!(
-                        "unknown parameter {name:?} (known: vip, client, backend, protocol, limit, offset)"
+                        "unknown parameter {name:?} (known: vip, client, backend, protocol, snat_port, limit, offset)"
                     ))
                 }
             }

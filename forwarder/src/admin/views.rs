@@ -59,6 +59,20 @@ pub struct ConntrackStatusView {
     pub refused: u64,
     pub retired: u64,
     pub expired: u64,
+    /// Source NAT: ports in use per address (empty without `--snat`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snat: Vec<SnatAddressView>,
+    /// Source NAT's port range, `LOW-HIGH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snat_ports: Option<String>,
+}
+
+/// One source NAT address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnatAddressView {
+    pub address: Ipv4Addr,
+    /// Flows holding one of its ports.
+    pub ports_in_use: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -258,6 +272,9 @@ pub struct FlowView {
     pub client: SocketAddrV4,
     pub vip: SocketAddrV4,
     pub backend: SocketAddrV4,
+    /// The gateway address and port the backend sees (`--snat`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snat: Option<SocketAddrV4>,
     /// The flow's state (`tcp_established`, `udp_replied`, ...).
     pub state: String,
     /// The client-to-backend entry exists.

@@ -32,6 +32,7 @@
 mod attach;
 mod ffi;
 mod maps;
+mod snat;
 
 use std::ffi::CString;
 use std::fmt;
@@ -60,6 +61,8 @@ pub const MAP_BACKENDS: &str = "cipgw_backends";
 pub const MAP_PORTS: &str = "cipgw_ports";
 /// XSKMAP: slot -> AF_XDP socket.
 pub const MAP_XSKS: &str = "cipgw_xsks";
+pub const MAP_SNAT: &str = "cipgw_snat";
+pub const MAP_SNAT_ON: &str = "cipgw_snat_on";
 
 /// Capacity of `cipgw_xsks`: every (port, RX queue) needs a slot.
 pub const XSK_SLOTS: u32 = 1024;

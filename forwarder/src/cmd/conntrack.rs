@@ -24,6 +24,10 @@ pub struct ConntrackArgs {
     /// Only `tcp` or `udp` flows.
     #[arg(long, value_name = "PROTO")]
     pub protocol: Option<String>,
+    /// Only flows given this source NAT port (`--snat`): maps what a
+    /// backend sees back to the client.
+    #[arg(long, value_name = "PORT")]
+    pub snat_port: Option<u16>,
     /// Flows to show at most (the endpoint allows up to 10000).
     #[arg(long, value_name = "N", default_value_t = cipgw::admin::DEFAULT_LIMIT)]
     pub limit: usize,
@@ -52,6 +56,7 @@ fn path(args: &ConntrackArgs) -> String {
         ("client", &args.client),
         ("backend", &args.backend),
         ("protocol", &args.protocol),
+        ("snat_port", &args.snat_port.map(|p| p.to_string())),
     ] {
         if let Some(v) = value {
             let _ = write!(path, "&{name}={}", encode(v));
@@ -63,8 +68,10 @@ fn path(args: &ConntrackArgs) -> String {
 /// The human-readable listing.
 pub fn render(v: &ConntrackView) -> String {
     let mut table = Table::new(
-        &["Prot", "Client", "VIP", "Backend", "State", "Entries"],
-        &[false; 6],
+        &[
+            "Prot", "Client", "VIP", "SNAT", "Backend", "State", "Entries",
+        ],
+        &[false; 7],
     );
     for f in &v.flows {
         let entries = match (f.forward, f.reply) {
@@ -77,6 +84,7 @@ pub fn render(v: &ConntrackView) -> String {
             f.protocol.clone(),
             f.client.to_string(),
             f.vip.to_string(),
+            f.snat.map_or_else(|| "-".to_owned(), |s| s.to_string()),
             f.backend.to_string(),
             f.state.clone(),
             entries.to_owned(),

@@ -23,8 +23,8 @@ use std::time::Duration;
 use anyhow::Context;
 use cipgw::lab::{self, EchoServer, GatewayProcess, Topology};
 
-const SERVICE_PORT: u16 = 8080;
-const TARGET_PORT: u16 = 5678;
+pub(super) const SERVICE_PORT: u16 = 8080;
+pub(super) const TARGET_PORT: u16 = 5678;
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -38,11 +38,16 @@ pub struct DemoArgs {
     /// print how to reach its admin endpoint and the VIP) until Ctrl-C.
     #[arg(long)]
     pub keep: bool,
+    /// A cluster-shaped lab instead: client and echo-server Pods on
+    /// nodes of one routed pod network, a one-arm gateway node running
+    /// `cipgw run --snat` (the Pods see the gateway as their peer).
+    #[arg(long)]
+    pub snat: bool,
 }
 
 /// The demo's control file: the Service and its Pods, as `kubectl get
 /// svc,pods -o yaml` would show them.
-fn control_file(vip: &str, pods: &[(String, String)]) -> String {
+pub(super) fn control_file(vip: &str, pods: &[(String, String)]) -> String {
     let mut yaml = format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: echo-server\n  namespace: default\n\
          spec:\n  type: ClusterIP\n  clusterIP: {vip}\n  selector:\n    app: echo-server\n  \
@@ -78,6 +83,9 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let stale = lab::remove_stale_namespaces().unwrap_or_default();
     if !stale.is_empty() {
         println!("removed {} namespaces left by an earlier run", stale.len());
+    }
+    if args.snat {
+        return super::demo_snat::demo(args, interrupted);
     }
 
     println!("building the lab: client -> gateway -> 3 echo-server Pods (198.18.0.0/15)");
@@ -226,7 +234,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 /// Removes the demo's temporary directory on drop.
-struct RemoveDir(std::path::PathBuf);
+pub(super) struct RemoveDir(pub(super) std::path::PathBuf);
 
 impl Drop for RemoveDir {
     fn drop(&mut self) {

@@ -5,6 +5,7 @@
 mod check;
 mod conntrack;
 mod demo;
+mod demo_snat;
 mod generate;
 mod lb;
 mod run;

@@ -88,6 +88,8 @@ pub struct RunArgs {
     pub conntrack: ConntrackArgs,
     #[command(flatten)]
     pub lb: LbArgs,
+    #[command(flatten)]
+    pub snat: SnatArgs,
     /// Preferred busy polling (on|off): each worker runs the receive NAPI
     /// of its interfaces' queues from its own loop (SO_PREFER_BUSY_POLL,
     /// with napi_defer_hard_irqs and gro_flush_timeout set on the
@@ -126,6 +128,31 @@ pub struct RunArgs {
     /// none].
     #[arg(long, value_name = "IP")]
     pub pass_through_peer: Option<std::net::Ipv4Addr>,
+}
+
+/// Source NAT flags: for a one-arm gateway in a cluster whose Pods answer
+/// their peer directly over the pod network.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct SnatArgs {
+    /// Source-NAT every new VIP connection to a gateway address and port,
+    /// so the Pod answers the gateway (needed unless the gateway routes
+    /// the Pods' replies); the client still only sees the VIP.
+    #[arg(long)]
+    pub snat: bool,
+    /// Source address for --snat (repeatable; implies --snat; new
+    /// connections use them in turn). An address given here is taken as
+    /// dedicated to cipgw, so --snat-ports may overlap the kernel's
+    /// ip_local_port_range [default: the primary address of the Pod-side
+    /// interface, the last --iface].
+    #[arg(long = "snat-address", value_name = "ADDR")]
+    pub snat_addresses: Vec<std::net::Ipv4Addr>,
+    /// Source ports for --snat, per SNAT address and backend. On the
+    /// interface's own address they must lie outside the kernel's
+    /// ip_local_port_range (the node's own connections use it), or the
+    /// gateway refuses to start [default: above that range, 61000-65535
+    /// with Linux's default].
+    #[arg(long, value_name = "LOW-HIGH", value_parser = settings::parse_port_range)]
+    pub snat_ports: Option<(u16, u16)>,
 }
 
 /// Connection-tracking flags (kube-proxy's names where it has them).
@@ -275,6 +302,7 @@ fn settings(args: RunArgs) -> anyhow::Result<Settings> {
         Some(list) => parse_cores(&list).map_err(BadInput)?,
         None => settings::default_cores(),
     };
+    let snat = snat_settings(args.snat)?;
     let s = Settings {
         ifaces,
         source,
@@ -308,6 +336,7 @@ fn settings(args: RunArgs) -> anyhow::Result<Settings> {
             worker_nice: args.worker_nice.unwrap_or(settings::DEFAULT_WORKER_NICE),
         },
         lb: args.lb.resolve()?,
+        snat,
     };
     s.validate().map_err(|e| BadInput(e.to_string()))?;
     Ok(s)
@@ -354,6 +383,18 @@ fn check_cores(cores: &[usize]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--snat`, `--snat-address` and `--snat-ports` (from the command line
+/// or the settings file); an address alone implies source NAT.
+fn snat_settings(args: SnatArgs) -> anyhow::Result<Option<settings::SnatSettings>> {
+    let addresses = args.snat_addresses;
+    let ports = args.snat_ports;
+    let on = args.snat || !addresses.is_empty();
+    if !on && ports.is_some() {
+        return Err(BadInput("--snat-ports needs --snat or --snat-address".into()).into());
+    }
+    Ok(on.then_some(settings::SnatSettings { addresses, ports }))
+}
+
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let options = cipgw::daemon::Options {
         pass_through: args
@@ -390,6 +431,28 @@ mod tests {
         let outside = auto.iter().max().copied().unwrap_or(0) + 1;
         let error = check_cores(&[outside]).expect_err("a core outside the mask");
         assert!(error.to_string().contains("--cores auto"), "{error}");
+    }
+
+    #[test]
+    fn snat_flags_imply_snat_and_ports_need_it() {
+        let none = snat_settings(SnatArgs::default()).expect("valid");
+        assert_eq!(none, None, "off by default");
+        let address = std::net::Ipv4Addr::new(198, 18, 1, 2);
+        let by_address = SnatArgs {
+            snat_addresses: vec![address],
+            snat_ports: Some((62000, 62063)),
+            ..SnatArgs::default()
+        };
+        let on = snat_settings(by_address)
+            .expect("valid")
+            .expect("--snat-address implies --snat");
+        assert_eq!(on.addresses, [address]);
+        assert_eq!(on.ports, Some((62000, 62063)));
+        let ports_alone = SnatArgs {
+            snat_ports: Some((62000, 62063)),
+            ..SnatArgs::default()
+        };
+        assert!(snat_settings(ports_alone).is_err());
     }
 
     #[test]

@@ -55,6 +55,14 @@ pub fn render(v: &StatusView) -> String {
         "conntrack   {} flows of {} max ({} unreplied); {} tracked, {} expired, {} evicted, {} refused, {} retired",
         c.flows, c.max_flows, c.unreplied, c.inserted, c.expired, c.evicted, c.refused, c.retired
     );
+    if let Some(ports) = &c.snat_ports {
+        let addresses: Vec<String> = c
+            .snat
+            .iter()
+            .map(|a| format!("{} {} ports in use", a.address, a.ports_in_use))
+            .collect();
+        let _ = writeln!(out, "snat        ports {ports}: {}", addresses.join(", "));
+    }
     let ctl = &v.control;
     let mut control = format!("{} syncs, {} failed", ctl.syncs_ok, ctl.syncs_failed);
     if let Some(s) = &ctl.last_sync {

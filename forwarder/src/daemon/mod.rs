@@ -17,6 +17,7 @@ pub mod apply;
 pub mod changes;
 pub mod handover;
 pub mod plan;
+mod snat;
 mod start;
 
 use std::collections::HashSet;
@@ -177,10 +178,17 @@ fn spawn_source(settings: &Settings) -> anyhow::Result<(SourceHandle, Receiver<S
 /// conntrack clock's zero that goes with it.
 fn open_conntrack(
     settings: &Settings,
+    snat: Option<&crate::conntrack::snat::SnatConfig>,
 ) -> anyhow::Result<(Arc<Conntrack>, Option<Arc<TableFile>>, Instant)> {
     let config = conntrack_config(settings);
+    let with_snat = |ct: Conntrack| -> anyhow::Result<Arc<Conntrack>> {
+        Ok(Arc::new(match snat {
+            Some(snat) => ct.with_snat(snat).context("--snat")?,
+            None => ct,
+        }))
+    };
     let Some(dir) = &settings.state_dir else {
-        return Ok((Arc::new(Conntrack::new(config)), None, Instant::now()));
+        return Ok((with_snat(Conntrack::new(config))?, None, Instant::now()));
     };
     let file = match TableFile::open(
         dir,
@@ -195,7 +203,7 @@ fn open_conntrack(
                 "no huge pages for the connection table: it stays in process memory on \
                  normal pages, and a restart will reset connections"
             );
-            return Ok((Arc::new(Conntrack::new(config)), None, Instant::now()));
+            return Ok((with_snat(Conntrack::new(config))?, None, Instant::now()));
         }
         Err(e) => {
             return Err(e).with_context(|| {
@@ -212,7 +220,7 @@ fn open_conntrack(
         None => tracing::info!("connection table on normal pages"),
     }
     let epoch = persist::instant_of(file.epoch_ns());
-    let conntrack = Arc::new(Conntrack::in_file(config, Arc::clone(&file)));
+    let conntrack = with_snat(Conntrack::in_file(config, Arc::clone(&file)))?;
     let path = file.path().display().to_string();
     match file.previous() {
         Previous::Fresh => tracing::info!(%path, "new connection table"),

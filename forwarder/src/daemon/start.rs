@@ -59,7 +59,11 @@ pub(super) fn start(
     let ports = Ports::open(settings)?;
     let monitor =
         netlink::spawn_monitor(settings.ifaces.clone()).context("starting the netlink monitor")?;
+    let snat = super::snat::resolve(settings)?;
     let mut program = load_program(settings, &first.table, &ports, from_file)?;
+    if let Some(snat) = &snat {
+        program.set_snat(&snat.addresses, snat.ports.clone())?;
+    }
     let assignments = assign_queues(settings, &ports)?;
     // Everything above is ready; what follows needs what a gateway still
     // running on this state directory holds.
@@ -68,7 +72,7 @@ pub(super) fn start(
         None => ZeroCopy::Auto,
     };
 
-    let (conntrack, table_file, epoch) = open_conntrack(settings)?;
+    let (conntrack, table_file, epoch) = open_conntrack(settings, snat.as_ref())?;
     let carried = adopt_flows(&conntrack, &first.table, from_file);
     let table = TableHandle::new(first.table);
     let ready = Arc::new(AtomicBool::new(false));

@@ -34,6 +34,17 @@ struct Shared {
     stop: AtomicBool,
     connections: AtomicU64,
     replies: AtomicU64,
+    /// Every peer address a connection or datagram came from.
+    peers: std::sync::Mutex<std::collections::BTreeSet<IpAddr>>,
+}
+
+impl Shared {
+    fn saw(&self, peer: IpAddr) {
+        self.peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(peer);
+    }
 }
 
 /// A running echo server; stops (and joins its threads) on drop.
@@ -122,6 +133,18 @@ impl EchoServer {
         self.shared.replies.load(Ordering::Relaxed)
     }
 
+    /// The addresses connections and datagrams came from so far: what the
+    /// Pod sees as its peers.
+    pub fn peers(&self) -> Vec<IpAddr> {
+        self.shared
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect()
+    }
+
     /// Stops the server and waits for its threads (bounded by the poll
     /// interval).
     pub fn stop(mut self) {
@@ -169,9 +192,10 @@ fn accept_loop(listener: TcpListener, pod: &str, shared: &Arc<Shared>) {
     let mut workers: Vec<JoinHandle<()>> = Vec::new();
     while !stopped(shared) {
         match listener.accept() {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 // Relaxed: statistic.
                 shared.connections.fetch_add(1, Ordering::Relaxed);
+                shared.saw(peer.ip());
                 let shared = Arc::clone(shared);
                 let pod = pod.to_owned();
                 let spawned =
@@ -291,6 +315,7 @@ fn udp_loop(socket: UdpSocket, hello: &str, shared: &Shared) {
     while !stopped(shared) {
         match socket.recv_from(&mut buf) {
             Ok((_, peer)) => {
+                shared.saw(peer.ip());
                 if socket.send_to(hello.as_bytes(), peer).is_ok() {
                     // Relaxed: statistic.
                     shared.replies.fetch_add(1, Ordering::Relaxed);

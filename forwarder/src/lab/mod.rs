@@ -24,6 +24,7 @@
 //! stderr ([`LabError`]).
 
 mod client;
+mod cluster;
 mod cmd;
 mod echo;
 mod ecmp;
@@ -40,6 +41,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 pub use client::{ping, tcp_request, tcp_session, udp_request};
+pub use cluster::{Cluster, ClusterBuilder, ClusterInfo};
 pub use echo::EchoServer;
 pub use ecmp::{EcmpTopology, Members};
 pub use gateway::GatewayProcess;

@@ -447,6 +447,19 @@ impl Collector for Snapshot {
             "New flows refused because nothing could be evicted",
             ct.refused,
         )?;
+        if !self.snat.in_use.is_empty() {
+            let mut metric = enc.encode_descriptor(
+                "snat_ports_in_use",
+                "Source NAT ports held by tracked flows, per SNAT address",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (address, n) in &self.snat.in_use {
+                metric
+                    .encode_family(&[("address", address.to_string())])?
+                    .encode_gauge(n)?;
+            }
+        }
         counter(
             enc,
             "conntrack_retired",
@@ -615,6 +628,7 @@ mod tests {
             control: ControlMetrics::default().snapshot(),
             services: Vec::new(),
             process: None,
+            snat: Default::default(),
         }
     }
 

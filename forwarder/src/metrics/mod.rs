@@ -47,7 +47,8 @@ pub use self::latency::{
 };
 pub use self::services::{PortSlots, ServiceStats, ServiceTotals};
 pub use self::snapshot::{
-    ConntrackNumbers, CounterValues, ServicePortSnapshot, Snapshot, TableStats, WorkerSnapshot,
+    ConntrackNumbers, CounterValues, ServicePortSnapshot, Snapshot, SnatNumbers, TableStats,
+    WorkerSnapshot,
 };
 
 /// A duration in nanoseconds, saturating (what the histograms record).

@@ -198,6 +198,26 @@ pub struct Snapshot {
     pub services: Vec<ServicePortSnapshot>,
     /// The process's CPU, memory and descriptors (`None` without /proc).
     pub process: Option<super::process::ProcessNumbers>,
+    /// Source NAT's ports in use, per address; empty without `--snat`.
+    pub snat: SnatNumbers,
+}
+
+/// Source NAT at scrape time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnatNumbers {
+    /// The port range, when source NAT is on.
+    pub ports: Option<std::ops::RangeInclusive<u16>>,
+    /// Flows holding a port, per SNAT address.
+    pub in_use: Vec<(Ipv4Addr, u64)>,
+}
+
+impl SnatNumbers {
+    pub fn read(ct: &Conntrack) -> Self {
+        Self {
+            ports: ct.snat_ports(),
+            in_use: ct.snat_ports_in_use(),
+        }
+    }
 }
 
 impl Snapshot {

@@ -9,6 +9,13 @@
 //!   VIP and port (the source to write), so replies leave the gateway
 //!   from the address the client connected to.
 //!
+//! With source NAT ([`Conntrack::with_snat`], [`snat`]) a new flow is also
+//! given a gateway address and port as its source; its reply key is then
+//! (backend, SNAT address, backend port, SNAT port), and a reply gets the
+//! client back as its destination. The mapping lives in the same record
+//! (a 7-bit address index and the port), so source NAT costs no memory
+//! and a flow without it takes the same path as before.
+//!
 //! The table is sized once, from `max_flows`, and never grows (no pause,
 //! no doubling of memory under load): a slab of 32-byte flow records
 //! ([`slab`]) and a hash index of 64-byte buckets holding both keys of
@@ -53,13 +60,14 @@
 //!
 //! Memory per flow, allocated once and touched as flows arrive:
 //! [`ConntrackConfig::BYTES_PER_FLOW`] (a 32-byte record, two index slots
-//! at half load, a 16-byte eviction-queue entry); the `conntrack`
-//! criterion bench measures it.
+//! at half load, a 16-byte eviction-queue entry), with or without source
+//! NAT; the `conntrack` criterion bench measures it.
 
 mod index;
 pub mod persist;
 mod queue;
 mod slab;
+pub mod snat;
 mod state;
 
 use std::hash::{Hash, Hasher};
@@ -76,6 +84,7 @@ use self::index::{FlowIndex, Placed};
 use self::persist::TableFile;
 use self::queue::{Closing, EvictionQueue, Queued, QUEUE_BYTES};
 use self::slab::{FlowData, Life, RecordId, Slab};
+use self::snat::{SnatConfig, SnatError, SnatPool};
 use self::state::{next_state, AFFINITY, ASSURED, REPLIED};
 pub use self::state::{FlowState, Timeouts};
 use crate::wire::tcp::flags as tcp_flags;
@@ -227,6 +236,10 @@ pub struct FlowHit {
     pub affinity: bool,
     /// The Service port's counter slot, or [`NO_SLOT`].
     pub slot: u32,
+    /// Source NAT's second rewrite, `None` without: a forward packet's
+    /// new source (SNAT address and port), a reply's new destination
+    /// (the client's address and port).
+    pub snat: Option<(Ipv4Addr, u16)>,
 }
 
 /// Why a new flow could not be tracked.
@@ -238,6 +251,8 @@ pub enum InsertError {
     ReplyClash,
     /// The table is full of flows that may not be evicted.
     Full,
+    /// Source NAT found no free port towards the backend on any address.
+    SnatExhausted,
 }
 
 /// Why flows left the table.
@@ -258,6 +273,8 @@ pub struct ConntrackStats {
     pub reused: AtomicU64,
     /// Flows expired by the sweeper, per state.
     pub expired: [AtomicU64; FlowState::ALL.len()],
+    /// New flows refused because source NAT had no port for them.
+    pub snat_exhausted: AtomicU64,
 }
 
 /// A point-in-time summary for metrics and admin views.
@@ -306,6 +323,8 @@ pub struct Conntrack {
     /// when both are held.
     closing_queue: EvictionQueue<Closing>,
     stats: CachePadded<ConntrackStats>,
+    /// Source NAT addresses and ports; off when it has no address.
+    snat: SnatPool,
 }
 
 impl Default for Conntrack {
@@ -340,31 +359,43 @@ impl FlowData {
         }
     }
 
+    /// The reply key: towards the client, or with source NAT towards
+    /// the SNAT address and port (`snat` turns the record's index into
+    /// the address).
     #[inline]
-    fn reply_key(&self) -> FlowKey {
+    fn reply_key(&self, snat: &SnatPool) -> FlowKey {
+        let (dst, dst_port) = if self.snat_index == 0 {
+            (self.client, self.client_port)
+        } else {
+            (snat.address(self.snat_index), self.snat_port)
+        };
         FlowKey {
             src: self.backend,
-            dst: self.client,
+            dst,
             src_port: self.backend_port,
-            dst_port: self.client_port,
+            dst_port,
             protocol: self.protocol,
         }
     }
 
     #[inline]
-    fn key(&self, direction: Direction) -> FlowKey {
+    fn key(&self, direction: Direction, snat: &SnatPool) -> FlowKey {
         match direction {
             Direction::Forward => self.forward_key(),
-            Direction::Reply => self.reply_key(),
+            Direction::Reply => self.reply_key(snat),
         }
     }
 
     #[inline]
-    fn hit(&self, direction: Direction, bits: u8) -> FlowHit {
+    fn hit(&self, direction: Direction, bits: u8, snat: &SnatPool) -> FlowHit {
         let (nat_ip, nat_port) = match direction {
             Direction::Forward => (self.backend, self.backend_port),
             Direction::Reply => (self.vip, self.vip_port),
         };
+        let snat = (self.snat_index != 0).then(|| match direction {
+            Direction::Forward => (snat.address(self.snat_index), self.snat_port),
+            Direction::Reply => (self.client, self.client_port),
+        });
         FlowHit {
             direction,
             nat_ip,
@@ -372,6 +403,7 @@ impl FlowData {
             state: FlowState::from_bits(bits),
             affinity: bits & AFFINITY != 0,
             slot: self.slot,
+            snat,
         }
     }
 }
@@ -554,6 +586,7 @@ impl Conntrack {
     /// takes over the flows a previous gateway left there.
     pub fn in_file(config: ConntrackConfig, file: Arc<TableFile>) -> Self {
         let records = Self::records_for(&config);
+        file.set_snat_addresses(&[]);
         let adopting = matches!(file.previous(), persist::Previous::Compatible { .. });
         let table = Self::build(config, records, Slab::in_file(file));
         if !adopting {
@@ -591,7 +624,33 @@ impl Conntrack {
             unassured_queue: EvictionQueue::new(records),
             closing_queue: EvictionQueue::new(records),
             stats: CachePadded::new(ConntrackStats::default()),
+            snat: SnatPool::default(),
         }
+    }
+
+    /// Gives every new flow a source address and port from `config`
+    /// (see [`snat`]). Before the table is shared or adopts a file.
+    pub fn with_snat(mut self, config: &SnatConfig) -> Result<Self, SnatError> {
+        self.snat = SnatPool::new(config)?;
+        if let Some(file) = self.slab.file() {
+            file.set_snat_addresses(self.snat.addresses());
+        }
+        Ok(self)
+    }
+
+    /// The source NAT addresses, empty when it is off.
+    pub fn snat_addresses(&self) -> &[Ipv4Addr] {
+        self.snat.addresses()
+    }
+
+    /// The source NAT port range, when it is on.
+    pub fn snat_ports(&self) -> Option<std::ops::RangeInclusive<u16>> {
+        self.snat.ports()
+    }
+
+    /// Ports in use per source NAT address (flows holding one).
+    pub fn snat_ports_in_use(&self) -> Vec<(Ipv4Addr, u64)> {
+        self.snat.in_use()
     }
 
     pub fn config(&self) -> &ConntrackConfig {
@@ -634,6 +693,11 @@ impl Conntrack {
         let timeouts = &self.config.timeouts;
         let mut unassured = Vec::new();
         let mut closing = Vec::new();
+        // A record's SNAT index means an address of the list its gateway
+        // wrote; flows of a list that changed since are not believed.
+        let snat_same = self.slab.file().map_or(true, |f| {
+            f.previous_snat_addresses() == self.snat.addresses()
+        });
         for id in 1..=high {
             let Some((flow, life)) = self.slab.read(id) else {
                 // Free, never written, or torn mid-write by a crash.
@@ -662,7 +726,9 @@ impl Conntrack {
                 && !flow.vip.is_unspecified()
                 && !flow.backend.is_unspecified()
                 && flow.vip_port != 0
-                && flow.backend_port != 0;
+                && flow.backend_port != 0
+                && (flow.snat_index == 0
+                    || (snat_same && self.snat.knows(flow.snat_index) && flow.snat_port != 0));
             if !plausible {
                 adoption.discarded += 1;
                 self.slab.release(id);
@@ -674,13 +740,14 @@ impl Conntrack {
                 continue;
             }
             let forward_hash = self.hash(&flow.forward_key());
-            let reply_hash = self.hash(&flow.reply_key());
+            let reply_hash = self.hash(&flow.reply_key(&self.snat));
             if !self.link_adopted(id, &flow, forward_hash, reply_hash) {
                 adoption.discarded += 1;
                 self.slab.release(id);
                 continue;
             }
             self.slab.set_slot(id, NO_SLOT);
+            self.snat.took(flow.snat_index);
             adoption.flows += 1;
             self.live.fetch_add(1, STAT);
             let bits = life.bits();
@@ -731,7 +798,7 @@ impl Conntrack {
         forward_hash: u64,
         reply_hash: u64,
     ) -> bool {
-        let (forward, reply) = (flow.forward_key(), flow.reply_key());
+        let (forward, reply) = (flow.forward_key(), flow.reply_key(&self.snat));
         let forward_word = index::slot_word(forward_hash, id, index::FORWARD);
         let linked = self.index.link(forward_hash, forward_word, |other, bit| {
             self.live_match(other, direction_of(bit), &forward)
@@ -811,7 +878,7 @@ impl Conntrack {
     #[inline]
     fn live_match(&self, id: RecordId, direction: Direction, key: &FlowKey) -> Option<Found> {
         let (flow, life) = self.slab.read(id)?;
-        (flow.key(direction) == *key).then_some(Found {
+        (flow.key(direction, &self.snat) == *key).then_some(Found {
             id,
             direction,
             flow,
@@ -847,7 +914,7 @@ impl Conntrack {
             // Unchanged (the common case within a second): no write, so
             // the record's line stays shared between cores.
             if updated == life {
-                return Some(found.flow.hit(found.direction, next));
+                return Some(found.flow.hit(found.direction, next, &self.snat));
             }
             match self.slab.update(found.id, life, updated) {
                 Ok(()) => {
@@ -867,7 +934,7 @@ impl Conntrack {
                             seq: life.seq(),
                         });
                     }
-                    return Some(found.flow.hit(found.direction, next));
+                    return Some(found.flow.hit(found.direction, next, &self.snat));
                 }
                 // Removed meanwhile: a miss.
                 Err(now_life) if now_life.seq() != life.seq() => return None,
@@ -895,6 +962,10 @@ impl Conntrack {
 
     /// [`Conntrack::insert`] with the forward key's hash already computed
     /// (by the lookup that missed).
+    ///
+    /// With source NAT on, the flow is also given a source port (see
+    /// [`snat`]); when no address has one free towards the backend it is
+    /// refused ([`InsertError::SnatExhausted`]).
     pub fn insert_hashed(
         &self,
         forward: FlowKey,
@@ -912,8 +983,88 @@ impl Conntrack {
             backend_port: backend.1,
             protocol: forward.protocol,
             slot: meta.slot,
+            snat_index: 0,
+            snat_port: 0,
         };
-        let reply = flow.reply_key();
+        if self.snat.is_on() {
+            return self.insert_snat(forward, forward_hash, flow, now, meta);
+        }
+        self.insert_flow(forward, forward_hash, flow, now, meta)
+    }
+
+    /// Inserts a flow with a source NAT port: probes for a port whose
+    /// reply key no flow holds (or only a finished TCP flow, which then
+    /// makes way as in [`Conntrack::insert_flow`]), and inserts with it.
+    /// Another worker may take the same port between probe and link
+    /// (the link then reports a clash): the probe is repeated.
+    fn insert_snat(
+        &self,
+        forward: FlowKey,
+        forward_hash: u64,
+        flow: FlowData,
+        now: u32,
+        meta: FlowMeta,
+    ) -> Result<FlowHit, InsertError> {
+        for _ in 0..CLAIM_ATTEMPTS {
+            let Some((snat_index, snat_port)) = self.free_snat_port(&flow, forward_hash) else {
+                self.stats.snat_exhausted.fetch_add(1, STAT);
+                return Err(InsertError::SnatExhausted);
+            };
+            let flow = FlowData {
+                snat_index,
+                snat_port,
+                ..flow
+            };
+            match self.insert_flow(forward, forward_hash, flow, now, meta) {
+                Err(InsertError::ReplyClash) => continue,
+                other => return other,
+            }
+        }
+        Err(InsertError::ReplyClash)
+    }
+
+    /// A source NAT address (index) and port for `flow` whose reply key
+    /// is free, or held by a finished TCP flow when no port is free.
+    fn free_snat_port(&self, flow: &FlowData, forward_hash: u64) -> Option<(u8, u16)> {
+        for index in self.snat.indexes_in_turn() {
+            let mut finished = None;
+            for port in self.snat.probes(forward_hash) {
+                let reply = FlowKey {
+                    src: flow.backend,
+                    dst: self.snat.address(index),
+                    src_port: flow.backend_port,
+                    dst_port: port,
+                    protocol: flow.protocol,
+                };
+                match self.find(&reply, self.hash(&reply)) {
+                    None => return Some((index, port)),
+                    Some(holder)
+                        if finished.is_none()
+                            && FlowState::from_bits(holder.life.bits()).is_finished() =>
+                    {
+                        finished = Some(port);
+                    }
+                    Some(_) => {}
+                }
+            }
+            if let Some(port) = finished {
+                return Some((index, port));
+            }
+        }
+        None
+    }
+
+    /// Inserts `flow`, whose forward key is `forward` (see
+    /// [`Conntrack::insert`]).
+    fn insert_flow(
+        &self,
+        forward: FlowKey,
+        forward_hash: u64,
+        flow: FlowData,
+        now: u32,
+        meta: FlowMeta,
+    ) -> Result<FlowHit, InsertError> {
+        let reply = flow.reply_key(&self.snat);
         let reply_hash = self.hash(&reply);
         // The reply bucket is a miss of its own; let it arrive while the
         // record is written and room is made.
@@ -933,6 +1084,8 @@ impl Conntrack {
         let bits =
             FlowState::initial(forward.protocol) as u8 | if meta.affinity { AFFINITY } else { 0 };
         let life = self.slab.publish(id, &flow, bits, now);
+        // Counted with the record: whoever removes the flow releases it.
+        self.snat.took(flow.snat_index);
 
         let forward_word = index::slot_word(forward_hash, id, index::FORWARD);
         match self.index.link(forward_hash, forward_word, |other, bit| {
@@ -941,7 +1094,9 @@ impl Conntrack {
             Placed::Linked => {}
             Placed::Exists(existing) => {
                 self.discard(id, life, forward_hash, reply_hash);
-                return Ok(existing.flow.hit(existing.direction, existing.life.bits()));
+                return Ok(existing
+                    .flow
+                    .hit(existing.direction, existing.life.bits(), &self.snat));
             }
             Placed::ChainFull => {
                 self.discard(id, life, forward_hash, reply_hash);
@@ -963,7 +1118,7 @@ impl Conntrack {
                 Placed::Linked => {
                     self.stats.inserted.fetch_add(1, STAT);
                     self.unlink_if_gone(id, life, forward_hash, reply_hash);
-                    return Ok(flow.hit(Direction::Forward, bits));
+                    return Ok(flow.hit(Direction::Forward, bits, &self.snat));
                 }
                 Placed::Exists(old) => {
                     let finished = |l: Life| FlowState::from_bits(l.bits()).is_finished();
@@ -1155,6 +1310,7 @@ impl Conntrack {
         class: EvictionClass,
     ) -> RecordId {
         self.unlink(id, victim);
+        self.snat.released(victim.snat_index);
         self.stats.evicted[class as usize].fetch_add(1, STAT);
         if life.bits() & REPLIED != 0 {
             self.unreplied.fetch_add(1, STAT);
@@ -1191,7 +1347,7 @@ impl Conntrack {
         self.unlink_keys(
             id,
             self.hash(&flow.forward_key()),
-            self.hash(&flow.reply_key()),
+            self.hash(&flow.reply_key(&self.snat)),
         );
     }
 
@@ -1216,6 +1372,7 @@ impl Conntrack {
         let (flow, life) = self.claim_flow(id, doomed)?;
         self.unlink(id, &flow);
         self.slab.free(id);
+        self.snat.released(flow.snat_index);
         self.live.fetch_sub(1, STAT);
         if life.bits() & REPLIED == 0 {
             self.unreplied.fetch_sub(1, STAT);
@@ -1348,7 +1505,10 @@ impl Conntrack {
     pub fn for_each(&self, mut visit: impl FnMut(&FlowKey, FlowHit)) {
         for (_, flow, life) in self.flows() {
             for direction in [Direction::Forward, Direction::Reply] {
-                visit(&flow.key(direction), flow.hit(direction, life.bits()));
+                visit(
+                    &flow.key(direction, &self.snat),
+                    flow.hit(direction, life.bits(), &self.snat),
+                );
             }
         }
     }

@@ -17,6 +17,8 @@
 //! | 32..48 | the kernel's boot id (a clock from another boot means nothing) |
 //! | 48..52 | [`STATE_IN_USE`] while a gateway runs on it, [`STATE_CLEAN`] after a clean stop |
 //! | 52..56 | records handed out so far, plus one (the slab's bump counter): adoption reads no record past it |
+//! | 56..60 | number of source NAT addresses the records' SNAT indexes refer to (at most 127) |
+//! | 64..572 | those addresses, 4 bytes each in network order |
 //!
 //! A file that does not match (another layout, record count or boot, a
 //! short file) is renamed aside with a log line and a fresh one takes its
@@ -48,7 +50,7 @@ use std::time::{Duration, Instant};
 /// The file's name under the state directory.
 pub const FILE_NAME: &str = "conntrack.table";
 /// Bump whenever the record layout, the state bits or this header change.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Bytes before the first record (one page).
 pub const HEADER_BYTES: usize = 4096;
 
@@ -61,6 +63,10 @@ const OFF_EPOCH: usize = 24;
 const OFF_BOOT_ID: usize = 32;
 const OFF_STATE: usize = 48;
 const OFF_NEVER_USED: usize = 52;
+const OFF_SNAT_COUNT: usize = 56;
+const OFF_SNAT_ADDRESSES: usize = 64;
+/// SNAT addresses the header has room for (the records' 7-bit index).
+const SNAT_HEADER_MAX: usize = 127;
 
 /// A gateway runs on the table (or crashed while it did).
 pub const STATE_IN_USE: u32 = 1;
@@ -101,6 +107,8 @@ pub struct TableFile {
     previous: Previous,
     /// The huge page size backing the table, if it is on hugetlbfs.
     huge_page: Option<usize>,
+    /// The source NAT addresses the adopted records refer to.
+    previous_snat: Vec<std::net::Ipv4Addr>,
 }
 
 // SAFETY: the mapping is plain shared memory owned by this value; every
@@ -179,7 +187,7 @@ impl TableFile {
         }
         let map =
             NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
-        let table = TableFile {
+        let mut table = TableFile {
             path,
             _file: file,
             map,
@@ -187,8 +195,11 @@ impl TableFile {
             records,
             previous,
             huge_page,
+            previous_snat: Vec::new(),
         };
-        if !matches!(table.previous, Previous::Compatible { .. }) {
+        if matches!(table.previous, Previous::Compatible { .. }) {
+            table.previous_snat = table.snat_addresses();
+        } else {
             table.write_header(records, record_bytes, epoch_ns, &boot_id);
         }
         table.set_state(STATE_IN_USE);
@@ -247,6 +258,40 @@ impl TableFile {
         // SAFETY: OFF_NEVER_USED is 4-byte aligned inside the mapping,
         // which lives as long as self; any u32 is a valid value.
         unsafe { &*self.map.as_ptr().add(OFF_NEVER_USED).cast::<AtomicU32>() }
+    }
+
+    /// The source NAT addresses the records a previous gateway left
+    /// refer to (index 1 is the first).
+    pub fn previous_snat_addresses(&self) -> &[std::net::Ipv4Addr] {
+        &self.previous_snat
+    }
+
+    /// The source NAT addresses the header holds now.
+    pub fn snat_addresses(&self) -> Vec<std::net::Ipv4Addr> {
+        let count = u32::from_le_bytes(self.header_bytes(OFF_SNAT_COUNT)) as usize;
+        (0..count.min(SNAT_HEADER_MAX))
+            .map(|i| std::net::Ipv4Addr::from(self.header_bytes::<4>(OFF_SNAT_ADDRESSES + 4 * i)))
+            .collect()
+    }
+
+    /// Records the source NAT addresses this gateway's records refer to
+    /// (at most 127; more are cut). Only before the table is shared.
+    pub fn set_snat_addresses(&self, addresses: &[std::net::Ipv4Addr]) {
+        let addresses = &addresses[..addresses.len().min(SNAT_HEADER_MAX)];
+        let mut bytes = [0u8; 4 + 4 + 4 * SNAT_HEADER_MAX];
+        bytes[..4].copy_from_slice(&(addresses.len() as u32).to_le_bytes());
+        for (i, a) in addresses.iter().enumerate() {
+            bytes[8 + 4 * i..12 + 4 * i].copy_from_slice(&a.octets());
+        }
+        // SAFETY: bytes OFF_SNAT_COUNT..OFF_SNAT_COUNT + 516 lie inside the
+        // header, inside the mapping; written before the table is shared.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.map.as_ptr().add(OFF_SNAT_COUNT),
+                bytes.len(),
+            );
+        }
     }
 
     fn state_word(&self) -> &AtomicU32 {

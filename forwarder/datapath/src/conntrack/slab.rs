@@ -1,5 +1,6 @@
 //! The flow records: one 32-byte record per flow, holding both directions
-//! (client, VIP, backend, ports, protocol, counter slot, state, last seen),
+//! (client, VIP, backend, ports, protocol, counter slot, source NAT
+//! address and port, state, last seen),
 //! in a slab allocated once at start and addressed by a `u32` index.
 //!
 //! Readers never lock. A record is a sequence lock in the style of the
@@ -38,8 +39,21 @@ pub(super) struct FlowData {
     pub backend: Ipv4Addr,
     pub backend_port: u16,
     pub protocol: Protocol,
+    /// The Service port's counter slot; slots from [`MAX_SLOT`] up are
+    /// stored as [`super::NO_SLOT`].
     pub slot: u32,
+    /// Source NAT: 0 without, else 1 + the index of the SNAT address in
+    /// the table's list (below [`SNAT_ADDRESSES_MAX`] + 1).
+    pub snat_index: u8,
+    /// Source NAT: the gateway port the backend sees (0 without).
+    pub snat_port: u16,
 }
+
+/// SNAT addresses a table can tell apart (7 bits of the record).
+pub(crate) const SNAT_ADDRESSES_MAX: usize = 127;
+/// Counter slots a record can hold (24 bits; the all-ones value is
+/// [`super::NO_SLOT`]).
+pub(crate) const MAX_SLOT: u32 = 0xff_ffff;
 
 /// The `life` word: sequence (bits 40..64), state bits (32..40), last
 /// seen (0..32, the caller's coarse seconds).
@@ -97,8 +111,9 @@ struct Record {
     client: AtomicU64,
     /// VIP (bits 32..64), backend address (0..32).
     addrs: AtomicU64,
-    /// Backend port (bits 48..64), protocol (40..48: 0 TCP, 1 UDP),
-    /// counter slot (0..32).
+    /// Backend port (bits 48..64), SNAT port (32..48, 0 without), protocol
+    /// (bit 31: 0 TCP, 1 UDP), SNAT address index (24..31, 0 without),
+    /// counter slot (0..24, all ones for none).
     target: AtomicU64,
     /// See [`Life`].
     life: AtomicU64,
@@ -113,12 +128,17 @@ fn encode(d: &FlowData) -> [u64; 3] {
         Protocol::Tcp => 0u64,
         Protocol::Udp => 1,
     };
+    let slot = d.slot.min(MAX_SLOT);
     [
         (u64::from(u32::from(d.client)) << 32)
             | (u64::from(d.client_port) << 16)
             | u64::from(d.vip_port),
         (u64::from(u32::from(d.vip)) << 32) | u64::from(u32::from(d.backend)),
-        (u64::from(d.backend_port) << 48) | (proto << 40) | u64::from(d.slot),
+        (u64::from(d.backend_port) << 48)
+            | (u64::from(d.snat_port) << 32)
+            | (proto << 31)
+            | (u64::from(d.snat_index & 0x7f) << 24)
+            | u64::from(slot),
     ]
 }
 
@@ -131,12 +151,17 @@ fn decode(client: u64, addrs: u64, target: u64) -> FlowData {
         vip: Ipv4Addr::from((addrs >> 32) as u32),
         backend: Ipv4Addr::from(addrs as u32),
         backend_port: (target >> 48) as u16,
-        protocol: if (target >> 40) & 1 == 0 {
+        protocol: if (target >> 31) & 1 == 0 {
             Protocol::Tcp
         } else {
             Protocol::Udp
         },
-        slot: target as u32,
+        slot: match target as u32 & MAX_SLOT {
+            MAX_SLOT => super::NO_SLOT,
+            slot => slot,
+        },
+        snat_index: ((target >> 24) & 0x7f) as u8,
+        snat_port: (target >> 32) as u16,
     }
 }
 
@@ -219,6 +244,14 @@ impl Slab {
         }
     }
 
+    /// The table file the records live in, if any.
+    pub fn file(&self) -> Option<&TableFile> {
+        match &self.records {
+            Records::Mapped { file, .. } => Some(file),
+            Records::Owned(_) => None,
+        }
+    }
+
     /// Records in the slab, id 0 included.
     pub fn len(&self) -> usize {
         self.records.len()
@@ -269,8 +302,10 @@ impl Slab {
         if let Some(r) = self.record(id) {
             // Relaxed: adoption runs before the table is shared.
             let target = r.target.load(Ordering::Relaxed);
-            r.target
-                .store((target & !0xffff_ffff) | u64::from(slot), Ordering::Relaxed);
+            r.target.store(
+                (target & !u64::from(MAX_SLOT)) | u64::from(slot.min(MAX_SLOT)),
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -503,7 +538,27 @@ mod tests {
                 Protocol::Udp
             },
             slot: u32::from(n) * 1000,
+            snat_index: n % 3,
+            snat_port: if n % 3 == 0 { 0 } else { 61000 + u16::from(n) },
         }
+    }
+
+    #[test]
+    fn snat_fields_and_slots_round_trip_through_the_words() {
+        let mut f = flow(1);
+        for (index, port, slot) in [(0, 0, 0), (127, 65535, MAX_SLOT - 1), (5, 61000, 7)] {
+            f.snat_index = index;
+            f.snat_port = port;
+            f.slot = slot;
+            let [a, b, c] = encode(&f);
+            assert_eq!(decode(a, b, c), f, "index {index} port {port} slot {slot}");
+        }
+        f.slot = super::super::NO_SLOT;
+        let [a, b, c] = encode(&f);
+        assert_eq!(decode(a, b, c).slot, super::super::NO_SLOT);
+        f.protocol = Protocol::Udp;
+        let [a, b, c] = encode(&f);
+        assert_eq!(decode(a, b, c), f);
     }
 
     #[test]

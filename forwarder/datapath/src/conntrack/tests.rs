@@ -1,5 +1,6 @@
 //! Conntrack semantics with a synthetic clock, and its concurrency.
 
+use super::snat::SnatConfig;
 use super::*;
 use tcp_flags::{ACK, FIN, RST, SYN};
 
@@ -550,7 +551,7 @@ fn check_invariants(ct: &Conntrack, now: u32) {
             assert!(forward_keys.insert(*k), "forward key {k:?} listed twice");
         }
         let found = ct.find(k, ct.hash(k)).expect("a listed key is found");
-        let again = found.flow.hit(found.direction, found.life.bits());
+        let again = found.flow.hit(found.direction, found.life.bits(), &ct.snat);
         assert_eq!(again, hit, "lookup of {k:?} agrees with the listing");
         if hit.direction == Direction::Forward && found.life.bits() & REPLIED == 0 {
             unreplied += 1;
@@ -564,7 +565,7 @@ fn check_invariants(ct: &Conntrack, now: u32) {
     let (used, consistent) = ct.index.audit(|word| {
         let (id, bit) = index::reference(word);
         let (flow, _) = ct.slab.read(id).expect("a slot points at a live record");
-        let key = flow.key(direction_of(bit));
+        let key = flow.key(direction_of(bit), &ct.snat);
         ct.index.home(ct.hash(&key))
     });
     assert_eq!(used, 2 * flows, "index slots at {now}");
@@ -864,12 +865,13 @@ fn adoption_discards_records_it_cannot_believe() {
         }
         records = ct.slab.high_water();
     }
-    // Scribble over the file: a stray bit in one record's protocol byte,
-    // an odd (mid-write) sequence in another.
+    // Scribble over the file: a stray bit in one record's SNAT address
+    // index (this table has no source NAT), an odd (mid-write) sequence
+    // in another.
     let path = dir.0.join(persist::FILE_NAME);
     let mut bytes = std::fs::read(&path).expect("read");
     let record = |id: usize| persist::HEADER_BYTES + id * Conntrack::RECORD_BYTES;
-    bytes[record(1) + 16 + 5] |= 0x80;
+    bytes[record(1) + 16 + 3] |= 0x10;
     bytes[record(2) + 24 + 5] |= 0x01;
     std::fs::write(&path, &bytes).expect("write");
     let ct = dir.open(&config);
@@ -910,4 +912,207 @@ fn a_settling_retirement_leaves_open_connections_to_their_next_packet() {
     assert!(ct.lookup(&forward(13), 0, ACK).is_none());
     assert!(ct.lookup(&udp, 0, 0).is_none());
     assert_eq!(ct.stats().retired.load(STAT), 2);
+}
+
+const SNAT_A: [u8; 4] = [198, 18, 3, 1];
+const SNAT_B: [u8; 4] = [198, 18, 3, 2];
+
+fn snat_config(addresses: &[[u8; 4]], ports: std::ops::RangeInclusive<u16>) -> SnatConfig {
+    SnatConfig {
+        addresses: addresses.iter().map(|&a| a.into()).collect(),
+        ports,
+    }
+}
+
+fn snat_table(max_flows: usize, ports: std::ops::RangeInclusive<u16>) -> Conntrack {
+    Conntrack::new(ConntrackConfig {
+        max_flows,
+        unreplied_percent: 100,
+        timeouts: Timeouts::default(),
+    })
+    .with_snat(&snat_config(&[SNAT_A], ports))
+    .expect("valid SNAT config")
+}
+
+/// The reply key of client port `p`'s SNAT flow, by its hit.
+fn snat_reply(hit: &FlowHit) -> FlowKey {
+    let (ip, port) = hit.snat.expect("a SNAT flow");
+    FlowKey {
+        src: hit.nat_ip,
+        dst: ip,
+        src_port: hit.nat_port,
+        dst_port: port,
+        protocol: Protocol::Tcp,
+    }
+}
+
+fn in_use(ct: &Conntrack) -> Vec<u64> {
+    ct.snat_ports_in_use().iter().map(|(_, n)| *n).collect()
+}
+
+#[test]
+fn snat_flows_are_found_by_both_keys_and_hold_distinct_ports() {
+    let ct = snat_table(64, 61000..=61003);
+    let mut ports = Vec::new();
+    for p in 1..=4 {
+        let hit = ct
+            .insert(forward(p), backend(), 1, FlowMeta::default())
+            .expect("a port is free");
+        let (ip, port) = hit.snat.expect("source NAT on");
+        assert_eq!(ip, Ipv4Addr::from(SNAT_A));
+        ports.push(port);
+        let reply = ct
+            .lookup(&snat_reply(&hit), 1, SYN | ACK)
+            .expect("reply key");
+        assert_eq!(reply.direction, Direction::Reply);
+        assert_eq!(
+            (reply.nat_ip, reply.nat_port, reply.snat),
+            (
+                Ipv4Addr::new(198, 18, 100, 10),
+                8080,
+                Some((Ipv4Addr::new(198, 18, 0, 2), p))
+            ),
+            "the reply goes back from the VIP to the client"
+        );
+    }
+    ports.sort_unstable();
+    assert_eq!(ports, [61000, 61001, 61002, 61003], "every port once");
+    assert_eq!(
+        ct.insert(forward(5), backend(), 1, FlowMeta::default()),
+        Err(InsertError::SnatExhausted)
+    );
+    assert_eq!(ct.stats().snat_exhausted.load(STAT), 1);
+    assert_eq!(
+        ct.insert(
+            forward(5),
+            (Ipv4Addr::new(198, 18, 2, 12), 5678),
+            1,
+            FlowMeta::default()
+        )
+        .map(|h| h.snat.is_some()),
+        Ok(true),
+        "ports are per backend: another backend has all of them"
+    );
+    assert_eq!(in_use(&ct), [5]);
+    check_invariants(&ct, 1);
+}
+
+#[test]
+fn snat_ports_come_back_by_every_path_a_flow_leaves() {
+    // Expiry.
+    let ct = snat_table(64, 61000..=61000);
+    ct.insert(forward(1), backend(), 0, FlowMeta::default())
+        .expect("insert");
+    assert_eq!(in_use(&ct), [1]);
+    assert_eq!(ct.sweep(1000), 1);
+    assert_eq!(in_use(&ct), [0], "expired");
+    // Retirement.
+    ct.insert(forward(2), backend(), 1000, FlowMeta::default())
+        .expect("the expired flow's port is free");
+    assert_eq!(ct.retire(|_, b| b == backend()), 1);
+    assert_eq!(in_use(&ct), [0], "retired");
+    // TIME_WAIT replacement by a new SYN on the same 5-tuple.
+    handshake(&ct, 3, 1000);
+    ct.lookup(&forward(3), 1000, ACK | FIN);
+    let hit = ct.lookup(&forward(3), 1000, ACK).expect("tracked");
+    ct.lookup(&snat_reply(&hit), 1000, ACK | FIN);
+    assert!(ct.lookup(&forward(3), 1000, SYN).is_none(), "replaced");
+    assert_eq!(in_use(&ct), [0], "replaced");
+    // A finished flow's port is reused by a new client when none is free.
+    handshake(&ct, 4, 1000);
+    ct.lookup(&forward(4), 1000, ACK | FIN);
+    let hit = ct.lookup(&forward(4), 1000, ACK).expect("tracked");
+    ct.lookup(&snat_reply(&hit), 1000, ACK | FIN);
+    ct.insert(forward(5), backend(), 1000, FlowMeta::default())
+        .expect("the TIME_WAIT flow's port is taken over");
+    assert_eq!(ct.stats().reused.load(STAT), 1);
+    assert_eq!(in_use(&ct), [1]);
+    check_invariants(&ct, 1000);
+
+    // Eviction: a full table evicts the unassured flow for a new one on
+    // another backend, and its port is free again.
+    let ct = snat_table(1, 61000..=61000);
+    ct.insert(forward(1), backend(), 0, FlowMeta::default())
+        .expect("insert");
+    ct.insert(
+        forward(2),
+        (Ipv4Addr::new(198, 18, 2, 12), 5678),
+        0,
+        FlowMeta::default(),
+    )
+    .expect("evicts the first flow");
+    assert_eq!(evicted(&ct), [0, 1, 0]);
+    assert_eq!(in_use(&ct), [1], "the evicted flow's port was released");
+    check_invariants(&ct, 0);
+}
+
+#[test]
+fn snat_addresses_are_used_in_turn_and_overflow_to_the_next() {
+    let ct = Conntrack::default()
+        .with_snat(&snat_config(&[SNAT_A, SNAT_B], 61000..=61001))
+        .expect("valid");
+    let addrs: Vec<Ipv4Addr> = (1..=4)
+        .map(|p| {
+            ct.insert(forward(p), backend(), 0, FlowMeta::default())
+                .expect("insert")
+                .snat
+                .expect("SNAT")
+                .0
+        })
+        .collect();
+    let (a, b) = (Ipv4Addr::from(SNAT_A), Ipv4Addr::from(SNAT_B));
+    assert_eq!(addrs, [a, b, a, b]);
+    assert_eq!(in_use(&ct), [2, 2]);
+    assert_eq!(
+        ct.insert(forward(5), backend(), 0, FlowMeta::default()),
+        Err(InsertError::SnatExhausted),
+        "both addresses' ports towards the backend are held"
+    );
+    assert!(ct.remove(&forward(2)), "frees a port on B");
+    let hit = ct
+        .insert(forward(6), backend(), 0, FlowMeta::default())
+        .expect("A is full, so B");
+    assert_eq!(hit.snat.map(|s| s.0), Some(b));
+}
+
+#[test]
+fn adoption_keeps_snat_flows_only_under_the_same_addresses() {
+    let dir = StateDir::new("snat");
+    let config = ConntrackConfig {
+        max_flows: 16,
+        unreplied_percent: 50,
+        timeouts: Timeouts::default(),
+    };
+    let with = |addresses: &[[u8; 4]]| {
+        dir.open(&config)
+            .with_snat(&snat_config(addresses, 61000..=61099))
+            .expect("valid")
+    };
+    let hit;
+    {
+        let ct = with(&[SNAT_A, SNAT_B]);
+        hit = ct
+            .insert(forward(1), backend(), 5, FlowMeta::default())
+            .expect("insert");
+        ct.insert(forward(2), backend(), 5, FlowMeta::default())
+            .expect("insert");
+    }
+    {
+        let ct = with(&[SNAT_A, SNAT_B]);
+        let adoption = ct.adopt(6);
+        assert_eq!((adoption.flows, adoption.discarded), (2, 0), "{adoption:?}");
+        assert_eq!(in_use(&ct), [1, 1]);
+        let reply = ct
+            .lookup(&snat_reply(&hit), 6, SYN | ACK)
+            .expect("reply key");
+        assert_eq!(reply.snat, Some((Ipv4Addr::new(198, 18, 0, 2), 1)));
+        check_invariants(&ct, 6);
+    }
+    let ct = with(&[SNAT_B]);
+    let adoption = ct.adopt(7);
+    assert_eq!(
+        (adoption.flows, adoption.discarded),
+        (0, 2),
+        "indexes of another address list mean nothing: {adoption:?}"
+    );
 }

@@ -1,0 +1,258 @@
+//! Source NAT: the gateway addresses and ports new flows are given as
+//! their source, so that a backend answers the gateway and not the client
+//! (a one-arm gateway in a cluster whose Pods reach clients directly).
+//!
+//! A port is in use exactly while a flow's reply key (backend, SNAT
+//! address, backend port, SNAT port, protocol) is in the conntrack index:
+//! there is no separate bitmap to keep in step, so a port returns to the
+//! pool by whatever path its flow leaves the table (expiry, eviction,
+//! retirement, TIME_WAIT replacement). Allocation is therefore per
+//! (SNAT address, backend address, backend port, protocol), as in Linux's
+//! nf_nat and Cilium: one backend can carry the whole range from every
+//! SNAT address. A new flow probes ports from a random start (its keyed
+//! forward hash) in rounds of at most 128, 64, 32 and 16 consecutive
+//! ports, each round from a new start (nf_nat_l4proto_unique_tuple's
+//! bound), so an allocation costs at most 240 index probes however full
+//! the range is; a range no larger than the first round is searched
+//! whole. Addresses are used in turn; a flow moves on to the next address
+//! when its first one has no port.
+
+use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crossbeam::utils::CachePadded;
+
+use super::slab::SNAT_ADDRESSES_MAX;
+
+/// Probe rounds: ports tried from each new random start.
+const ROUNDS: [u32; 4] = [128, 64, 32, 16];
+
+/// What source NAT a table applies to new flows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnatConfig {
+    /// The gateway addresses backends see as the peer; at most 127.
+    pub addresses: Vec<Ipv4Addr>,
+    /// The ports given out on each address.
+    pub ports: RangeInclusive<u16>,
+}
+
+/// Why a [`SnatConfig`] cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnatError {
+    #[error("source NAT needs at least one address")]
+    NoAddress,
+    #[error("{0} source NAT addresses given; a table tells at most 127 apart")]
+    TooManyAddresses(usize),
+    #[error("source NAT address {0} given twice")]
+    DuplicateAddress(Ipv4Addr),
+    #[error("source NAT address {0} is not a unicast address")]
+    BadAddress(Ipv4Addr),
+    #[error("source NAT port range {0}-{1} is empty or includes port 0")]
+    BadRange(u16, u16),
+}
+
+/// The source NAT addresses and ports of a table, and the ports in use
+/// per address.
+#[derive(Debug, Default)]
+pub(super) struct SnatPool {
+    /// Empty when source NAT is off. A record's SNAT index is 1 + the
+    /// position here.
+    addresses: Box<[Ipv4Addr]>,
+    low: u16,
+    size: u32,
+    /// Flows holding a port, per address.
+    in_use: Box<[CachePadded<AtomicU64>]>,
+    /// The address the next new flow tries first.
+    turn: CachePadded<AtomicUsize>,
+}
+
+/// Ordering for the pool's counters: statistics and a rotation start,
+/// publishing no other memory.
+const STAT: Ordering = Ordering::Relaxed;
+
+impl SnatPool {
+    pub fn new(config: &SnatConfig) -> Result<SnatPool, SnatError> {
+        let addresses = &config.addresses;
+        if addresses.is_empty() {
+            return Err(SnatError::NoAddress);
+        }
+        if addresses.len() > SNAT_ADDRESSES_MAX {
+            return Err(SnatError::TooManyAddresses(addresses.len()));
+        }
+        for (i, a) in addresses.iter().enumerate() {
+            if a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback() {
+                return Err(SnatError::BadAddress(*a));
+            }
+            if addresses[..i].contains(a) {
+                return Err(SnatError::DuplicateAddress(*a));
+            }
+        }
+        let (low, high) = (*config.ports.start(), *config.ports.end());
+        if low == 0 || low > high {
+            return Err(SnatError::BadRange(low, high));
+        }
+        Ok(SnatPool {
+            addresses: addresses.clone().into_boxed_slice(),
+            low,
+            size: u32::from(high - low) + 1,
+            in_use: addresses.iter().map(|_| Default::default()).collect(),
+            turn: Default::default(),
+        })
+    }
+
+    #[inline(always)]
+    pub fn is_on(&self) -> bool {
+        !self.addresses.is_empty()
+    }
+
+    pub fn addresses(&self) -> &[Ipv4Addr] {
+        &self.addresses
+    }
+
+    pub fn ports(&self) -> Option<RangeInclusive<u16>> {
+        self.is_on()
+            .then(|| self.low..=(u32::from(self.low) + self.size - 1) as u16)
+    }
+
+    /// The address a record's SNAT index (1-based) stands for; 0.0.0.0,
+    /// which no packet carries, for an index the table does not have.
+    #[inline]
+    pub fn address(&self, index: u8) -> Ipv4Addr {
+        usize::from(index)
+            .checked_sub(1)
+            .and_then(|i| self.addresses.get(i))
+            .copied()
+            .unwrap_or(Ipv4Addr::UNSPECIFIED)
+    }
+
+    /// Whether `index` names one of the table's addresses.
+    pub fn knows(&self, index: u8) -> bool {
+        index != 0 && usize::from(index) <= self.addresses.len()
+    }
+
+    /// The SNAT indexes (1-based) a new flow tries, first the one whose
+    /// turn it is.
+    pub fn indexes_in_turn(&self) -> impl Iterator<Item = u8> + '_ {
+        let n = self.addresses.len();
+        let first = if n > 1 {
+            self.turn.fetch_add(1, STAT)
+        } else {
+            0
+        };
+        (0..n).map(move |i| ((first + i) % n) as u8 + 1)
+    }
+
+    /// The ports a new flow with forward hash `hash` probes, in order
+    /// (see the module docs).
+    pub fn probes(&self, hash: u64) -> impl Iterator<Item = u16> + '_ {
+        let size = self.size;
+        let rounds = if size <= ROUNDS[0] { 1 } else { ROUNDS.len() };
+        ROUNDS[..rounds]
+            .iter()
+            .enumerate()
+            .flat_map(move |(round, &len)| {
+                let start = (mix(hash, round as u64) % u64::from(size)) as u32;
+                (0..len.min(size)).map(move |i| self.low + ((start + i) % size) as u16)
+            })
+    }
+
+    /// A flow took a port on address `index` (1-based).
+    #[inline]
+    pub fn took(&self, index: u8) {
+        if let Some(c) = usize::from(index)
+            .checked_sub(1)
+            .and_then(|i| self.in_use.get(i))
+        {
+            c.fetch_add(1, STAT);
+        }
+    }
+
+    /// A flow holding a port on address `index` (1-based) left.
+    #[inline]
+    pub fn released(&self, index: u8) {
+        if let Some(c) = usize::from(index)
+            .checked_sub(1)
+            .and_then(|i| self.in_use.get(i))
+        {
+            c.fetch_sub(1, STAT);
+        }
+    }
+
+    /// Ports in use per address.
+    pub fn in_use(&self) -> Vec<(Ipv4Addr, u64)> {
+        self.addresses
+            .iter()
+            .zip(self.in_use.iter())
+            .map(|(a, c)| (*a, c.load(STAT)))
+            .collect()
+    }
+}
+
+/// A 64-bit mix of the (keyed, so unpredictable) flow hash and a round
+/// number: each round starts somewhere unrelated to the last.
+#[inline]
+fn mix(hash: u64, round: u64) -> u64 {
+    // splitmix64's finaliser.
+    let mut z = hash.wrapping_add(round.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(ports: RangeInclusive<u16>) -> SnatPool {
+        SnatPool::new(&SnatConfig {
+            addresses: vec![Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2)],
+            ports,
+        })
+        .expect("valid pool")
+    }
+
+    #[test]
+    fn a_small_range_is_probed_whole_once() {
+        let p = pool(1000..=1063);
+        let mut probed: Vec<u16> = p.probes(12345).collect();
+        assert_eq!(probed.len(), 64);
+        probed.sort_unstable();
+        assert_eq!(probed, (1000..=1063).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_large_range_is_probed_in_bounded_rounds_inside_it() {
+        let p = pool(61000..=65535);
+        let probed: Vec<u16> = p.probes(99).collect();
+        assert_eq!(probed.len(), 128 + 64 + 32 + 16);
+        assert!(probed.iter().all(|p| (61000..=65535).contains(p)));
+        assert_ne!(
+            p.probes(99).next(),
+            p.probes(100).next(),
+            "different flows start at different ports"
+        );
+    }
+
+    #[test]
+    fn addresses_take_turns_and_bad_configs_are_refused() {
+        let p = pool(1..=2);
+        let firsts: Vec<u8> = (0..4)
+            .map(|_| p.indexes_in_turn().next().unwrap())
+            .collect();
+        assert_eq!(firsts, [1, 2, 1, 2]);
+        assert_eq!(p.address(2), Ipv4Addr::new(198, 18, 0, 2));
+        assert_eq!(p.address(0), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(p.address(3), Ipv4Addr::UNSPECIFIED);
+        let bad =
+            |addresses: Vec<Ipv4Addr>, ports| SnatPool::new(&SnatConfig { addresses, ports }).err();
+        let a = Ipv4Addr::new(198, 18, 0, 1);
+        assert_eq!(bad(vec![], 1..=2), Some(SnatError::NoAddress));
+        assert_eq!(bad(vec![a, a], 1..=2), Some(SnatError::DuplicateAddress(a)));
+        assert_eq!(bad(vec![a], 0..=2), Some(SnatError::BadRange(0, 2)));
+        assert_eq!(
+            bad(vec![Ipv4Addr::UNSPECIFIED], 1..=2),
+            Some(SnatError::BadAddress(Ipv4Addr::UNSPECIFIED))
+        );
+    }
+}

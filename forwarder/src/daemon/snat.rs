@@ -1,0 +1,146 @@
+//! Source NAT at start: the addresses and ports `--snat` uses, found
+//! where the flags leave them open, and the check that the gateway's
+//! ports cannot collide with the node's own connections.
+//!
+//! The node's kernel opens connections from its own addresses (kubelet,
+//! probes, the gateway's API watch) with source ports from
+//! `net.ipv4.ip_local_port_range`. On such an address, SNAT ports inside
+//! that range could meet a kernel connection to the same backend on the
+//! same 4-tuple, so they are refused at start; an address given with
+//! `--snat-address` is taken as dedicated to cipgw, which lifts the check.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{bail, Context};
+use cipgw_config::settings::Settings;
+
+use crate::conntrack::snat::SnatConfig;
+use crate::netlink;
+
+/// Where Linux keeps the ephemeral port range.
+const LOCAL_PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+/// The SNAT configuration `settings` ask for, or `None` without `--snat`.
+pub(super) fn resolve(settings: &Settings) -> anyhow::Result<Option<SnatConfig>> {
+    let Some(snat) = &settings.snat else {
+        return Ok(None);
+    };
+    let kernel = kernel_port_range()?;
+    let dedicated = !snat.addresses.is_empty();
+    let addresses = if dedicated {
+        snat.addresses.clone()
+    } else {
+        let iface = settings.ifaces.last().context("--snat needs an --iface")?;
+        vec![primary_address(iface)?]
+    };
+    let (low, high) = match snat.ports {
+        Some(ports) => ports,
+        None => default_ports(kernel).with_context(|| {
+            format!(
+                "--snat: the kernel's ip_local_port_range {}-{} leaves no ports for source NAT; \
+                 give --snat-ports and a dedicated --snat-address",
+                kernel.0, kernel.1
+            )
+        })?,
+    };
+    if !dedicated {
+        check_outside_kernel_range((low, high), kernel, addresses[0])?;
+    }
+    tracing::info!(
+        addresses = ?addresses,
+        ports = %format!("{low}-{high}"),
+        kernel_ports = %format!("{}-{}", kernel.0, kernel.1),
+        "source NAT on: backends see new connections come from the gateway"
+    );
+    Ok(Some(SnatConfig {
+        addresses,
+        ports: low..=high,
+    }))
+}
+
+/// `ip_local_port_range`: the ports the kernel gives its own connections.
+fn kernel_port_range() -> anyhow::Result<(u16, u16)> {
+    let text = std::fs::read_to_string(LOCAL_PORT_RANGE)
+        .with_context(|| format!("--snat: reading {LOCAL_PORT_RANGE}"))?;
+    parse_port_range(&text).with_context(|| format!("--snat: {LOCAL_PORT_RANGE}: {text:?}"))
+}
+
+fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let mut fields = text.split_whitespace().map(str::parse::<u16>);
+    let low = fields.next()?.ok()?;
+    let high = fields.next()?.ok()?;
+    (low <= high).then_some((low, high))
+}
+
+/// The ports above the kernel's range, or else those below it down to
+/// 1024 (never the well-known ports); `None` when neither has any.
+fn default_ports((low, high): (u16, u16)) -> Option<(u16, u16)> {
+    if high < u16::MAX {
+        Some((high + 1, u16::MAX))
+    } else if low > 1024 {
+        Some((1024, low - 1))
+    } else {
+        None
+    }
+}
+
+fn check_outside_kernel_range(
+    (low, high): (u16, u16),
+    (kernel_low, kernel_high): (u16, u16),
+    address: Ipv4Addr,
+) -> anyhow::Result<()> {
+    if low <= kernel_high && kernel_low <= high {
+        bail!(
+            "--snat-ports {low}-{high} overlaps the kernel's ip_local_port_range \
+             {kernel_low}-{kernel_high} on {address}, from which this node also opens its own \
+             connections (a backend could see two connections on one address and port); \
+             choose ports outside {kernel_low}-{kernel_high}, or give a dedicated --snat-address"
+        );
+    }
+    Ok(())
+}
+
+/// The primary IPv4 address of interface `iface`.
+fn primary_address(iface: &str) -> anyhow::Result<Ipv4Addr> {
+    let links = netlink::dump_links().context("--snat: listing interfaces")?;
+    let ifindex = links
+        .iter()
+        .find(|l| l.name == iface)
+        .map(|l| l.ifindex)
+        .with_context(|| format!("--snat: no interface {iface}"))?;
+    netlink::dump_ipv4_addresses()
+        .context("--snat: listing addresses")?
+        .into_iter()
+        .find(|(index, _)| *index == ifindex)
+        .map(|(_, ip)| ip)
+        .with_context(|| {
+            format!("--snat: interface {iface} has no IPv4 address; give --snat-address")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_range_lies_outside_the_kernels() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(parse_port_range("x"), None);
+        assert_eq!(default_ports((32768, 60999)), Some((61000, 65535)));
+        assert_eq!(default_ports((32768, 65535)), Some((1024, 32767)));
+        assert_eq!(default_ports((1024, 65535)), None);
+    }
+
+    #[test]
+    fn an_overlap_on_the_nodes_address_is_refused_with_the_reason() {
+        let a = Ipv4Addr::new(198, 18, 0, 1);
+        check_outside_kernel_range((61000, 65535), (32768, 60999), a).expect("outside");
+        let e = check_outside_kernel_range((60000, 61000), (32768, 60999), a)
+            .expect_err("overlaps")
+            .to_string();
+        assert!(
+            e.contains("overlaps the kernel's ip_local_port_range 32768-60999 on 198.18.0.1"),
+            "{e}"
+        );
+    }
+}
