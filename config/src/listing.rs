@@ -211,6 +211,7 @@ mod tests {
             port,
             state,
             pod: None,
+            hostname: None,
         }
     }
 
@@ -235,6 +236,8 @@ mod tests {
             kind,
             cluster_ip: ip,
             session_affinity: None,
+            external_name: None,
+            publish_not_ready_addresses: false,
             ports,
         }
     }

@@ -440,6 +440,8 @@ fn service(
         kind: ServiceKind::ClusterIp,
         cluster_ip: ClusterIp::Vip(vip),
         session_affinity: None,
+        external_name: None,
+        publish_not_ready_addresses: false,
         ports: (port != 0)
             .then(|| ServicePort {
                 name: None,
@@ -453,6 +455,7 @@ fn service(
                         port,
                         state: EndpointState::READY,
                         pod: None,
+                        hostname: None,
                     })
                     .collect(),
             })

@@ -418,6 +418,7 @@ mod tests {
             port: 5678,
             state,
             pod: None,
+            hostname: None,
         }
     }
 
@@ -429,6 +430,8 @@ mod tests {
                     kind: ServiceKind::ClusterIp,
                     cluster_ip: ClusterIp::Vip(Ipv4Addr::new(198, 18, 100, 10)),
                     session_affinity: None,
+                    external_name: None,
+                    publish_not_ready_addresses: false,
                     ports: vec![ServicePort {
                         name: None,
                         port: 8080,
@@ -442,6 +445,8 @@ mod tests {
                     kind: ServiceKind::ClusterIp,
                     cluster_ip: ClusterIp::Headless,
                     session_affinity: None,
+                    external_name: None,
+                    publish_not_ready_addresses: false,
                     ports: vec![],
                 },
             ],

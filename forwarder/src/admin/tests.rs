@@ -27,6 +27,7 @@ fn endpoint(last: u8, port: u16, state: EndpointState) -> Endpoint {
         port,
         state,
         pod: Some(format!("pod{}", last - 10)),
+        hostname: None,
     }
 }
 
@@ -43,6 +44,8 @@ fn model() -> ServiceTable {
                 kind: ServiceKind::ClusterIp,
                 cluster_ip: ClusterIp::Vip(DNS_VIP),
                 session_affinity: None,
+                external_name: None,
+                publish_not_ready_addresses: false,
                 ports: vec![ServicePort {
                     name: Some("dns".into()),
                     port: 53,
@@ -56,6 +59,8 @@ fn model() -> ServiceTable {
                 kind: ServiceKind::ClusterIp,
                 cluster_ip: ClusterIp::Vip(VIP),
                 session_affinity: None,
+                external_name: None,
+                publish_not_ready_addresses: false,
                 ports: vec![ServicePort {
                     name: Some("http".into()),
                     port: 8080,
@@ -72,6 +77,8 @@ fn model() -> ServiceTable {
                 kind: ServiceKind::ClusterIp,
                 cluster_ip: ClusterIp::Headless,
                 session_affinity: None,
+                external_name: None,
+                publish_not_ready_addresses: false,
                 ports: vec![],
             },
         ],

@@ -219,6 +219,8 @@ mod tests {
             kind: ServiceKind::ClusterIp,
             cluster_ip: ClusterIp::Vip(vip),
             session_affinity: None,
+            external_name: None,
+            publish_not_ready_addresses: false,
             ports: vec![ServicePort {
                 name: None,
                 port,
@@ -231,6 +233,7 @@ mod tests {
                         port,
                         state: EndpointState::READY,
                         pod: None,
+                        hostname: None,
                     })
                     .collect(),
             }],
@@ -386,6 +389,7 @@ mod tests {
             port: 80,
             state: EndpointState::READY,
             pod: None,
+            hostname: None,
         });
         let (plan, applied) = before.apply(new, &mut maps);
         let applied = applied.expect("applied");

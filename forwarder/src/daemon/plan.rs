@@ -192,6 +192,8 @@ mod tests {
             kind: ServiceKind::ClusterIp,
             cluster_ip: ClusterIp::Vip(vip),
             session_affinity: None,
+            external_name: None,
+            publish_not_ready_addresses: false,
             ports: ports
                 .iter()
                 .map(|&(port, protocol, target, pods)| ServicePort {
@@ -206,6 +208,7 @@ mod tests {
                             port: target,
                             state: EndpointState::READY,
                             pod: None,
+                            hostname: None,
                         })
                         .collect(),
                 })

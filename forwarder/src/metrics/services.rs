@@ -217,6 +217,8 @@ mod tests {
                 kind: ServiceKind::ClusterIp,
                 cluster_ip: ClusterIp::Vip(Ipv4Addr::new(198, 18, 100, *port as u8)),
                 session_affinity: None,
+                external_name: None,
+                publish_not_ready_addresses: false,
                 ports: vec![ServicePort {
                     name: None,
                     port: *port,
@@ -227,6 +229,7 @@ mod tests {
                         port: 5678,
                         state: EndpointState::READY,
                         pod: None,
+                        hostname: None,
                     }],
                 }],
             })
@@ -236,6 +239,8 @@ mod tests {
             kind: ServiceKind::ClusterIp,
             cluster_ip: ClusterIp::Headless,
             session_affinity: None,
+            external_name: None,
+            publish_not_ready_addresses: false,
             ports: vec![ServicePort {
                 name: None,
                 port: 80,
