@@ -29,6 +29,7 @@ use cipgw_config::{Endpoint, Protocol, ServiceTable};
 use crossbeam::utils::CachePadded;
 
 use crate::conntrack::FlowKey;
+use crate::dns::DnsZone;
 
 /// Where a flow goes as the table knows it: VIP, port, protocol,
 /// endpoint address and endpoint port.
@@ -99,6 +100,10 @@ pub struct CompiledTable {
     backends: HashSet<(Ipv4Addr, u16, Protocol), RandomState>,
     /// Targets of the previous table that this one no longer has.
     retiring: HashSet<FlowTarget, RandomState>,
+    /// The DNS zone compiled from the same model, when the gateway
+    /// answers DNS: published with the table, so answers and forwarding
+    /// change at the same moment.
+    dns: Option<Arc<DnsZone>>,
 }
 
 /// The endpoints of a port that may take new connections.
@@ -180,7 +185,21 @@ impl CompiledTable {
             vips_with_endpoints,
             backends,
             retiring: HashSet::with_hasher(RandomState::new()),
+            dns: None,
         }
+    }
+
+    /// Attaches the DNS zone compiled from this table's model.
+    pub fn with_dns(mut self, zone: Arc<DnsZone>) -> Self {
+        self.dns = Some(zone);
+        self
+    }
+
+    /// The DNS zone of this table; `None` before the first full sync or
+    /// when the gateway answers no DNS.
+    #[inline]
+    pub fn dns(&self) -> Option<&DnsZone> {
+        self.dns.as_deref()
     }
 
     /// Marks the targets whose flows this table ends: flows to them are
