@@ -88,6 +88,36 @@ pub struct Settings {
     pub state_dir: Option<std::path::PathBuf>,
     /// How workers drive their AF_XDP sockets.
     pub io: IoSettings,
+    /// The DNS the gateway answers (none without `--dns-address`).
+    pub dns: DnsSettings,
+}
+
+/// The cluster DNS the gateway answers from its table (`--dns-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// Addresses the gateway answers DNS on, UDP and TCP port 53; empty:
+    /// no DNS at all.
+    pub addresses: Vec<std::net::Ipv4Addr>,
+    /// The cluster domain, without a trailing dot.
+    pub cluster_domain: String,
+    /// TTL of every answer, seconds.
+    pub ttl: u32,
+}
+
+/// Kubernetes' default cluster domain (kubelet's `--cluster-domain`).
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+/// Default TTL of DNS answers: short, as CoreDNS's `ttl 5` default for the
+/// kubernetes plugin, so a client's cache never holds a name long.
+pub const DEFAULT_DNS_TTL: Duration = Duration::from_secs(5);
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        Self {
+            addresses: Vec::new(),
+            cluster_domain: DEFAULT_CLUSTER_DOMAIN.to_owned(),
+            ttl: DEFAULT_DNS_TTL.as_secs() as u32,
+        }
+    }
 }
 
 /// How workers drive their AF_XDP sockets: batch and ring sizes, and
@@ -236,6 +266,10 @@ pub enum SettingsError {
     IdleSpin(Duration),
     #[error("--worker-nice: {0} is not between -20 and 19")]
     WorkerNice(i32),
+    #[error("--dns-address {0} is given twice")]
+    DuplicateDnsAddress(std::net::Ipv4Addr),
+    #[error("--cluster-domain {0:?} is not a DNS name (RFC 1123 labels separated by dots)")]
+    ClusterDomain(String),
 }
 
 impl Settings {
@@ -278,6 +312,22 @@ impl Settings {
         if !(-20..=19).contains(&self.io.worker_nice) {
             return Err(SettingsError::WorkerNice(self.io.worker_nice));
         }
+        let dns = &self.dns;
+        for (i, a) in dns.addresses.iter().enumerate() {
+            if dns.addresses[..i].contains(a) {
+                return Err(SettingsError::DuplicateDnsAddress(*a));
+            }
+        }
+        let domain = dns.cluster_domain.trim_end_matches('.');
+        let label_ok = |l: &str| {
+            (1..=63).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if domain.is_empty() || domain.len() > 200 || !domain.split('.').all(label_ok) {
+            return Err(SettingsError::ClusterDomain(dns.cluster_domain.clone()));
+        }
         Ok(())
     }
 }
@@ -315,7 +365,25 @@ mod tests {
             proxy_name: DEFAULT_PROXY_NAME.into(),
             state_dir: Some(DEFAULT_STATE_DIR.into()),
             io: IoSettings::default(),
+            dns: DnsSettings::default(),
         }
+    }
+
+    #[test]
+    fn dns_settings_are_checked() {
+        let mut s = settings();
+        s.dns.addresses = vec![[198, 18, 0, 53].into(), [198, 18, 0, 53].into()];
+        assert_eq!(
+            s.validate(),
+            Err(SettingsError::DuplicateDnsAddress([198, 18, 0, 53].into()))
+        );
+        s.dns.addresses.pop();
+        for bad in ["", "cluster..local", "-x.local", "clus_ter.local"] {
+            s.dns.cluster_domain = bad.into();
+            assert!(s.validate().is_err(), "{bad:?} is no cluster domain");
+        }
+        s.dns.cluster_domain = "corp.example.".into();
+        s.validate().expect("a trailing dot is fine");
     }
 
     #[test]

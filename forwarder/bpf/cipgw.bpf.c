@@ -8,8 +8,11 @@
  *   - addressed to a service VIP (cipgw_vips; address only, so TCP, UDP
  *     and ICMP alike), or
  *   - a TCP/UDP reply from a known backend endpoint: (source address,
- *     source port, protocol) in cipgw_backends. Only unfragmented packets
- *     and first fragments carry ports; later fragments go to the kernel.
+ *     source port, protocol) in cipgw_backends, or
+ *   - a UDP query to one of the gateway's DNS addresses, port 53
+ *     (cipgw_dns: destination address, port, protocol).
+ * Only unfragmented packets and first fragments carry ports; later
+ * fragments go to the kernel.
  * Everything else (ARP, IPv6, SSH, traffic to the gateway itself) is
  * XDP_PASS. A matching frame on an interface the gateway serves
  * (cipgw_ports) whose queue has no socket bound is dropped
@@ -60,6 +63,18 @@ struct {
 	__type(key, struct backend_key);
 	__type(value, __u8);
 } cipgw_backends SEC(".maps");
+
+/*
+ * DNS addresses the gateway answers on: (address, port 53, UDP) as
+ * destinations, keyed like cipgw_backends. Their UDP queries go to the
+ * workers; TCP to them stays with the kernel.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, struct backend_key);
+	__type(value, __u8);
+} cipgw_dns SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -139,6 +154,12 @@ int cipgw_xdp(struct xdp_md *ctx)
 	key.proto = ip->protocol;
 	key.pad = 0;
 	if (bpf_map_lookup_elem(&cipgw_backends, &key))
+		return to_socket(ctx);
+
+	/* A query to one of the gateway's DNS addresses. */
+	key.addr = daddr;
+	key.port = ports[1]; /* destination port */
+	if (bpf_map_lookup_elem(&cipgw_dns, &key))
 		return to_socket(ctx);
 
 	return XDP_PASS;

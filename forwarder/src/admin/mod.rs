@@ -70,6 +70,7 @@ pub struct AdminState {
     workers: RwLock<Vec<WorkerTelemetry>>,
     control: Arc<ControlMetrics>,
     services: OnceLock<Arc<ServiceStats>>,
+    dns: OnceLock<Arc<crate::metrics::DnsStats>>,
 }
 
 impl AdminState {
@@ -89,6 +90,7 @@ impl AdminState {
             workers: RwLock::new(Vec::new()),
             control: Arc::new(ControlMetrics::default()),
             services: OnceLock::new(),
+            dns: OnceLock::new(),
         }
     }
 
@@ -123,6 +125,12 @@ impl AdminState {
     /// active flows conntrack holds. Only the first call has an effect.
     pub fn count_services(&self, stats: Arc<ServiceStats>) {
         let _ = self.services.set(stats);
+    }
+
+    /// Reports the DNS responders' counters. Only the first call has an
+    /// effect.
+    pub fn count_dns(&self, stats: Arc<crate::metrics::DnsStats>) {
+        let _ = self.dns.set(stats);
     }
 
     fn workers(&self) -> Vec<WorkerTelemetry> {
@@ -160,6 +168,7 @@ impl AdminState {
             conntrack: ConntrackNumbers::read(&self.conntrack),
             control: self.control.snapshot(),
             services,
+            dns: self.dns.get().map(|d| d.snapshot()),
         }
     }
 }

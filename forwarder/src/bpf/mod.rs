@@ -30,8 +30,10 @@
 //! log in `ffi.rs`; loading the object and the errors here.
 
 mod attach;
+mod dns;
 mod ffi;
 mod maps;
+pub use dns::MAP_DNS;
 
 use std::ffi::CString;
 use std::fmt;

@@ -5,6 +5,7 @@
 mod check;
 mod conntrack;
 mod demo;
+mod dns_args;
 mod run;
 mod services;
 mod status;

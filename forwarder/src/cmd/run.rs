@@ -75,6 +75,8 @@ pub struct RunArgs {
     pub cluster_cidrs: Vec<Ipv4Net>,
     #[command(flatten)]
     pub conntrack: ConntrackArgs,
+    #[command(flatten)]
+    pub dns: super::dns_args::DnsArgs,
     /// Preferred busy polling (on|off): each worker runs the receive NAPI
     /// of its interfaces' queues from its own loop (SO_PREFER_BUSY_POLL,
     /// with napi_defer_hard_irqs and gro_flush_timeout set on the
@@ -163,7 +165,7 @@ pub struct ConntrackArgs {
 }
 
 /// Durations in the TOML file are written as on the command line.
-mod duration_text {
+pub(super) mod duration_text {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
@@ -256,6 +258,9 @@ struct FileSettings {
     /// The `--conntrack-*` settings, under a `[conntrack]` table.
     #[serde(default)]
     conntrack: ConntrackArgs,
+    /// The `--dns-*` settings, under a `[dns]` table.
+    #[serde(default)]
+    dns: super::dns_args::DnsArgs,
     busy_poll: Option<bool>,
     rx_batch: Option<u32>,
     ring_size: Option<u32>,
@@ -351,6 +356,7 @@ fn settings(args: RunArgs) -> anyhow::Result<Settings> {
             args.cluster_cidrs
         },
         conntrack: args.conntrack.resolve(file.conntrack),
+        dns: args.dns.resolve(file.dns),
         min_sync_period: args
             .min_sync_period
             .or(file.min_sync_period)

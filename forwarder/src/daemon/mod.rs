@@ -11,6 +11,7 @@
 //! and the process exits 0.
 
 pub mod apply;
+mod dns;
 pub mod plan;
 mod start;
 
@@ -92,6 +93,8 @@ struct Gateway {
     service_stats: Arc<ServiceStats>,
     /// Busy polling's interface settings, put back when dropped.
     _napi_tuning: Vec<NapiTuning>,
+    /// The DNS answered from the table (`--dns-address`).
+    dns: Option<dns::DnsService>,
 }
 
 /// Gives the calling (worker) thread its nice value; a failure (no
@@ -433,7 +436,10 @@ impl Gateway {
     /// are carried into the next change.
     fn apply(&mut self, model: Arc<ServiceTable>) -> anyhow::Result<ApplySummary> {
         let old = self.table.current();
-        if **old.model() == *model {
+        // The first full sync brings the first zone, even when the
+        // model is the (empty) one the gateway started with.
+        let zone_due = self.dns.is_some() && old.dns().is_none();
+        if **old.model() == *model && !zone_due {
             return Ok(ApplySummary {
                 generation: old.generation(),
                 entries: old.len(),
@@ -447,6 +453,10 @@ impl Gateway {
         let generation = old.generation() + 1;
         let compiled = CompiledTable::compile_with_slots(model, generation, |s, p| slots.get(s, p))
             .with_retiring(plan.retiring().iter().copied());
+        let compiled = match &self.dns {
+            Some(dns) => dns.attach_zone(compiled),
+            None => compiled,
+        };
         let entries = compiled.len();
         let applied = apply::apply(
             &plan,

@@ -48,11 +48,24 @@ pub(super) fn start(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<Gateway> {
     let from_file = matches!(settings.source, Source::ControlFile(_));
-    let first = load_table(settings)?;
+    let mut dns = super::dns::DnsService::new(settings);
+    let mut first = load_table(settings)?;
+    // A control file is a full sync: its zone is answered at once. From
+    // Kubernetes, answers are SERVFAIL until the first full sync.
+    if let (Some(dns), true) = (&dns, from_file) {
+        first.table = dns.attach_zone(first.table);
+    }
     let ports = Ports::open(settings)?;
     let monitor =
         netlink::spawn_monitor(settings.ifaces.clone()).context("starting the netlink monitor")?;
     let mut program = load_program(settings, &first.table, &ports, from_file)?;
+    if let Some(dns) = &dns {
+        for &address in dns.addresses() {
+            program
+                .steer_dns(address, crate::dns::PORT)
+                .with_context(|| format!("--dns-address {address}: steering its UDP port 53"))?;
+        }
+    }
     let assignments = assign_queues(settings, &ports)?;
 
     let (conntrack, table_file, epoch) = open_conntrack(settings)?;
@@ -71,6 +84,9 @@ pub(super) fn start(
             .record_sync(first.load_time, &Ok::<(), std::convert::Infallible>(()));
     }
     let admin_server = AdminServer::start(settings.admin, Arc::clone(&admin))?;
+    if let Some(dns) = &dns {
+        admin.count_dns(Arc::clone(&dns.stats));
+    }
     let summary = conntrack.summary();
     tracing::info!(
         conntrack_max = summary.max_flows,
@@ -104,8 +120,12 @@ pub(super) fn start(
             stop: &stop,
             admin: &admin,
             epoch,
+            dns: dns.as_ref(),
         },
     )?;
+    if let Some(dns) = dns.as_mut() {
+        dns.start_tcp(&table)?;
+    }
 
     let (source, events) = spawn_source(settings).context("starting the source of services")?;
     tracing::info!(source = source.name(), "watching for changes");
@@ -128,6 +148,7 @@ pub(super) fn start(
         _admin_server: admin_server,
         service_stats: first.service_stats,
         _napi_tuning: napi_tuning,
+        dns,
     };
     gateway.resolve_backends();
     if let Some(peer) = options.pass_through {
@@ -409,6 +430,8 @@ struct WorkerParts<'a> {
     stop: &'a Arc<AtomicBool>,
     admin: &'a AdminState,
     epoch: Instant,
+    /// Gives each worker a DNS responder, when the gateway answers DNS.
+    dns: Option<&'a super::dns::DnsService>,
 }
 
 /// The worker threads, by core, and their counters.
@@ -447,6 +470,10 @@ fn spawn_workers(
         .with_affinity(Arc::clone(parts.affinity))
         .with_config(pipeline_config.clone())
         .with_service_counters(parts.service_stats.add_worker());
+        let pipeline = match parts.dns {
+            Some(dns) => pipeline.with_dns(dns.responder()),
+            None => pipeline,
+        };
         let shared = WorkerShared {
             table: parts.table.reader(),
             net: parts.monitor.handle(),

@@ -54,6 +54,10 @@ pub fn encode(snapshot: Snapshot) -> String {
         "The cipgw version running",
         Info::new(vec![("version", snapshot.version)]),
     );
+    let mut snapshot = snapshot;
+    if let Some(dns) = snapshot.dns.take() {
+        registry.register_collector(Box::new(dns));
+    }
     registry.register_collector(Box::new(snapshot));
     let mut text = String::new();
     // Writing into a String cannot fail, and the collector's encoders
@@ -473,6 +477,7 @@ mod tests {
             },
             control: ControlMetrics::default().snapshot(),
             services: Vec::new(),
+            dns: None,
         }
     }
 

@@ -25,6 +25,7 @@
 //! (the exposition) and [`exposition`] (the reader).
 
 mod control;
+mod dns;
 mod encode;
 pub mod exposition;
 mod latency;
@@ -34,6 +35,7 @@ mod snapshot;
 use std::time::Duration;
 
 pub use self::control::{ControlMetrics, ControlSnapshot, LastError, LastSync};
+pub use self::dns::{DnsSnapshot, DnsStats};
 pub use self::encode::{encode, CONTENT_TYPE};
 pub use self::latency::{
     LatencyHistograms, Recorder, SharedLatency, WorkerLatency, WorkerTelemetry, FLUSH_EVERY,

@@ -190,6 +190,8 @@ pub struct Snapshot {
     pub control: ControlSnapshot,
     /// Per service port; empty while the pipeline does not count them.
     pub services: Vec<ServicePortSnapshot>,
+    /// The DNS responders', when the gateway answers DNS.
+    pub dns: Option<super::DnsSnapshot>,
 }
 
 impl Snapshot {
