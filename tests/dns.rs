@@ -34,7 +34,9 @@ use cipgw::metrics::exposition::{self, Exposition};
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{endpoint_slice, service, Lab, Port, HTTP, TABLE_APPLIED, TARGET_PORT};
+use support::{
+    endpoint_slice, exe, run_cipgw, service, Lab, Port, HTTP, TABLE_APPLIED, TARGET_PORT,
+};
 
 /// The DNS address: in the VIP range, so the client's route to VIPs
 /// reaches the gateway; no Service uses it.
@@ -233,7 +235,7 @@ fn dig_and_the_system_resolver_get_the_cluster_names() {
     // A, SRV, PTR, CNAME, TXT.
     assert_eq!(
         short(&lab, &format!("echo-server-clusterip.{zone}"), "A"),
-        [vip.clone()]
+        [vip.as_str()]
     );
     assert_eq!(
         short(
@@ -281,7 +283,7 @@ fn dig_and_the_system_resolver_get_the_cluster_names() {
     assert_eq!(status, "REFUSED");
     assert_eq!(
         short(&lab, "Echo-Server-ClusterIP.DEFAULT.svc.cluster.local", "A"),
-        [vip.clone()]
+        [vip.as_str()]
     );
 
     // 200 addresses: truncated over UDP, whole over TCP (dig retries).
@@ -312,6 +314,47 @@ fn dig_and_the_system_resolver_get_the_cluster_names() {
     assert!(metrics.sum("cipgw_dns_answers_total", &[("rcode", "NXDOMAIN")]) >= 1.0);
     assert!(metrics.sum("cipgw_dns_queries_total", &[("qtype", "SRV")]) >= 1.0);
     assert!(metrics.sum("cipgw_dns_truncated_total", &[]) >= 1.0);
+
+    // `cipgw status` says how many answers, from which generation.
+    let status = lab
+        .topology()
+        .gateway()
+        .command(exe())
+        .args(["status"])
+        .output()
+        .unwrap_or_else(|e| lab.fail(format_args!("cipgw status: {e}")));
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("dns ") && l.contains("last from generation 1")),
+        "cipgw status shows the DNS line:\n{status}"
+    );
+
+    // `cipgw check --dns` prints what is served.
+    let file = lab.write_file("check.yaml", &documents(&lab, &[0, 1, 2]));
+    let range = info.vip_range.to_string();
+    let path = file.display().to_string();
+    let out = run_cipgw(&[
+        "check",
+        "--control-file",
+        &path,
+        "--service-cidr",
+        &range,
+        "--dns",
+    ]);
+    assert!(out.status.success(), "cipgw check --dns: {out:?}");
+    for line in [
+        format!("  echo-server-clusterip.{zone}. A {vip}"),
+        format!("  ext.{zone}. CNAME db.example.net."),
+        "  dns-version.cluster.local. TXT \"1.1.0\"".to_owned(),
+    ] {
+        assert!(
+            out.stdout.lines().any(|l| l == line),
+            "cipgw check --dns lists {line:?}:\n{}",
+            out.stdout
+        );
+    }
 }
 
 #[test]

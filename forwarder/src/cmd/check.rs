@@ -21,6 +21,13 @@ pub struct CheckArgs {
     /// CIDR ClusterIPs are allocated from and must lie in.
     #[arg(long, value_name = "CIDR", default_value = settings::DEFAULT_SERVICE_CIDR)]
     pub service_cidr: Ipv4Net,
+    /// Also print the DNS records a gateway with `--dns-address` would
+    /// answer from this table, one per line, zone-file style.
+    #[arg(long)]
+    pub dns: bool,
+    /// The cluster domain of those records.
+    #[arg(long, value_name = "DOMAIN", default_value = settings::DEFAULT_CLUSTER_DOMAIN)]
+    pub cluster_domain: String,
 }
 
 pub fn check(args: CheckArgs) -> anyhow::Result<()> {
@@ -41,6 +48,20 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
     let objects =
         parse_control_file(&text).map_err(|e| bad(ControlError::from_text(path, e.into())))?;
     print!("{}", table.render());
+    if args.dns {
+        let config = cipgw::dns::DnsConfig {
+            zone: args
+                .cluster_domain
+                .trim_end_matches('.')
+                .to_ascii_lowercase(),
+            ..cipgw::dns::DnsConfig::default()
+        };
+        println!();
+        println!("DNS records ({}):", config.zone);
+        for record in cipgw::dns::zone::records(&table, &config) {
+            println!("  {record}");
+        }
+    }
     let skipped = render_skipped(&objects.skipped);
     if !skipped.is_empty() {
         println!();
