@@ -18,6 +18,8 @@ PACKAGES=(
     iproute2 ethtool iputils-ping
     # dig and host: the DNS end-to-end tests (tests/dns.rs) and the demo.
     bind9-dnsutils
+    # curl http://echo-server-clusterip:8080, by name, in the demo.
+    curl
 )
 
 installed() {

@@ -16,7 +16,9 @@
 //!   first query after the gateway logs the table applied;
 //! - a burst of queries from one source beyond the rate limit is
 //!   answered at the limit only (counted on /metrics);
-//! - a client outside `--cluster-cidr` gets no answer (counted).
+//! - a client outside `--cluster-cidr` gets no answer (counted);
+//! - `cipgw demo` is the seed's demo: curl by name through the system
+//!   resolver, and `host` of the headless variant lists the three Pods.
 //!
 //! Rules as in tests/netns.rs: one test at a time, root (skip with a reason
 //! otherwise, never when CI=true), RAII cleanup, 198.18.0.0/15 only.
@@ -450,6 +452,34 @@ fn outsiders_get_nothing_and_bursts_get_the_limit() {
         limited >= 1000.0 - 400.0,
         "the rest counted as rate limited: {limited}"
     );
+}
+
+#[test]
+fn the_demo_resolves_by_name() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    let out = run_cipgw(&["demo", "--requests", "6"]);
+    assert!(out.status.success(), "cipgw demo: {out:?}");
+    let served = out
+        .stdout
+        .lines()
+        .filter(|l| l.contains("Hello from echo-server-"))
+        .count();
+    assert_eq!(served, 6, "six answers by name:\n{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("from the client, 6 times: curl http://echo-server-clusterip:8080"),
+        "{}",
+        out.stdout
+    );
+    let listed = out
+        .stdout
+        .lines()
+        .filter(|l| l.contains("echo-server-headless.default.svc.cluster.local has address"))
+        .count();
+    assert_eq!(listed, 3, "host lists the three Pods:\n{}", out.stdout);
 }
 
 /// A query for `name` type A, ID 0x4242, RD, without EDNS (as dig
