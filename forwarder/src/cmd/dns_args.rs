@@ -30,6 +30,39 @@ pub struct DnsArgs {
     pub dns_ttl: Option<Duration>,
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_over_the_dns_table_over_defaults() {
+        let file: DnsArgs = toml::from_str(
+            "dns-address = [\"198.18.0.53\"]\ncluster-domain = \"corp.example\"\ndns-ttl = \"30s\"\n",
+        )
+        .expect("the [dns] table parses");
+        let from_file = DnsArgs::default().resolve(file.clone());
+        assert_eq!(
+            from_file.addresses,
+            vec![std::net::Ipv4Addr::new(198, 18, 0, 53)]
+        );
+        assert_eq!(
+            (from_file.cluster_domain.as_str(), from_file.ttl),
+            ("corp.example", 30)
+        );
+        let flags = DnsArgs {
+            dns_ttl: Some(Duration::from_secs(2)),
+            ..DnsArgs::default()
+        };
+        assert_eq!(flags.resolve(file).ttl, 2);
+        let defaults = DnsArgs::default().resolve(DnsArgs::default());
+        assert_eq!(defaults, DnsSettings::default());
+        assert!(
+            toml::from_str::<DnsArgs>("dns-adress = []").is_err(),
+            "unknown keys"
+        );
+    }
+}
+
 impl DnsArgs {
     /// Flags over the file's `[dns]` table over the defaults.
     pub fn resolve(self, file: DnsArgs) -> DnsSettings {
