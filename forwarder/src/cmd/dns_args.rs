@@ -30,6 +30,30 @@ pub struct DnsArgs {
     pub dns_ttl: Option<Duration>,
 }
 
+impl DnsArgs {
+    /// Flags over the file's `[dns]` table over the defaults.
+    pub fn resolve(self, file: DnsArgs) -> DnsSettings {
+        DnsSettings {
+            addresses: if self.dns_address.is_empty() {
+                file.dns_address
+            } else {
+                self.dns_address
+            },
+            cluster_domain: self
+                .cluster_domain
+                .or(file.cluster_domain)
+                .unwrap_or_else(|| DEFAULT_CLUSTER_DOMAIN.to_owned()),
+            ttl: u32::try_from(
+                self.dns_ttl
+                    .or(file.dns_ttl)
+                    .unwrap_or(DEFAULT_DNS_TTL)
+                    .as_secs(),
+            )
+            .unwrap_or(u32::MAX),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,29 +84,5 @@ mod tests {
             toml::from_str::<DnsArgs>("dns-adress = []").is_err(),
             "unknown keys"
         );
-    }
-}
-
-impl DnsArgs {
-    /// Flags over the file's `[dns]` table over the defaults.
-    pub fn resolve(self, file: DnsArgs) -> DnsSettings {
-        DnsSettings {
-            addresses: if self.dns_address.is_empty() {
-                file.dns_address
-            } else {
-                self.dns_address
-            },
-            cluster_domain: self
-                .cluster_domain
-                .or(file.cluster_domain)
-                .unwrap_or_else(|| DEFAULT_CLUSTER_DOMAIN.to_owned()),
-            ttl: u32::try_from(
-                self.dns_ttl
-                    .or(file.dns_ttl)
-                    .unwrap_or(DEFAULT_DNS_TTL)
-                    .as_secs(),
-            )
-            .unwrap_or(u32::MAX),
-        }
     }
 }
