@@ -102,6 +102,8 @@ pub struct DnsSettings {
     pub cluster_domain: String,
     /// TTL of every answer, seconds.
     pub ttl: u32,
+    /// Answers per second one source gets from one worker; 0: no limit.
+    pub rate_limit: u32,
 }
 
 /// Kubernetes' default cluster domain (kubelet's `--cluster-domain`).
@@ -109,6 +111,9 @@ pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 /// Default TTL of DNS answers: short, as CoreDNS's `ttl 5` default for the
 /// kubernetes plugin, so a client's cache never holds a name long.
 pub const DEFAULT_DNS_TTL: Duration = Duration::from_secs(5);
+/// Default answers per second per source and worker (response rate
+/// limiting).
+pub const DEFAULT_DNS_RATE_LIMIT: u32 = 200;
 
 impl Default for DnsSettings {
     fn default() -> Self {
@@ -116,6 +121,7 @@ impl Default for DnsSettings {
             addresses: Vec::new(),
             cluster_domain: DEFAULT_CLUSTER_DOMAIN.to_owned(),
             ttl: DEFAULT_DNS_TTL.as_secs() as u32,
+            rate_limit: DEFAULT_DNS_RATE_LIMIT,
         }
     }
 }

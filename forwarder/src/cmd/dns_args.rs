@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use cipgw_config::settings::{
-    parse_duration, DnsSettings, DEFAULT_CLUSTER_DOMAIN, DEFAULT_DNS_TTL,
+    parse_duration, DnsSettings, DEFAULT_CLUSTER_DOMAIN, DEFAULT_DNS_RATE_LIMIT, DEFAULT_DNS_TTL,
 };
 use serde::Deserialize;
 
@@ -28,6 +28,11 @@ pub struct DnsArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(default, with = "super::run::duration_text")]
     pub dns_ttl: Option<Duration>,
+    /// Answers per second a source gets from one worker (response rate
+    /// limiting; beyond it queries are dropped and counted); 0 lifts the
+    /// limit [default: 200].
+    #[arg(long, value_name = "N")]
+    pub dns_rate_limit: Option<u32>,
 }
 
 impl DnsArgs {
@@ -50,6 +55,10 @@ impl DnsArgs {
                     .as_secs(),
             )
             .unwrap_or(u32::MAX),
+            rate_limit: self
+                .dns_rate_limit
+                .or(file.dns_rate_limit)
+                .unwrap_or(DEFAULT_DNS_RATE_LIMIT),
         }
     }
 }

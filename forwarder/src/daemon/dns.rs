@@ -27,6 +27,7 @@ use ipnet::Ipv4Net;
 
 use crate::dns::{self, DnsConfig, DnsResponder, DnsZone};
 use crate::metrics::DnsStats;
+use crate::reject::RefusalLimiter;
 use crate::table::{CompiledTable, TableHandle};
 
 /// Connections served at once, all addresses together; more wait in the
@@ -42,6 +43,8 @@ pub(super) struct DnsService {
     config: DnsConfig,
     addresses: Vec<Ipv4Addr>,
     cluster_cidrs: Vec<Ipv4Net>,
+    /// Answers per second per source and worker; 0: none.
+    rate_limit: u32,
     pub(super) stats: Arc<DnsStats>,
     /// Loopback addresses this gateway added (removed on drop).
     added: Vec<Ipv4Addr>,
@@ -66,6 +69,7 @@ impl DnsService {
             },
             addresses: dns.addresses.clone(),
             cluster_cidrs: settings.cluster_cidrs.clone(),
+            rate_limit: dns.rate_limit,
             stats: Arc::new(DnsStats::default()),
             added: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
@@ -93,11 +97,15 @@ impl DnsService {
 
     /// A worker's responder, counting into its own counters.
     pub(super) fn responder(&self) -> DnsResponder {
-        DnsResponder::new(
+        let responder = DnsResponder::new(
             self.addresses.clone(),
             self.cluster_cidrs.clone(),
             self.stats.add(),
-        )
+        );
+        match self.rate_limit {
+            0 => responder.with_limits(RefusalLimiter::new(u32::MAX, u32::MAX)),
+            n => responder.with_limits(RefusalLimiter::new(n, dns::DEFAULT_ANSWERS_TOTAL)),
+        }
     }
 
     /// Makes the addresses local and starts a TCP listener on each.
