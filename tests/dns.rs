@@ -503,3 +503,46 @@ fn query_bytes(name: &str) -> Vec<u8> {
     q.push((name, Rtype::A, Class::IN)).expect("question fits");
     q.finish()
 }
+
+/// Queries per second and latency of the gateway's DNS under dnsperf
+/// (Debian's dnsperf; not installed by setup): the client namespace on
+/// core 0, the gateway's worker on core 1, 10 s, names of the lab's
+/// Services. A measurement, not a check: run it by name with
+/// `--ignored --nocapture` and read dnsperf's report.
+#[test]
+#[ignore = "a measurement: prints dnsperf's report"]
+fn dnsperf_report() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    let mut lab = lab_with_dns("dnsperf");
+    let client_subnet = lab.info().client_subnet.to_string();
+    let address = dns_address(&lab).to_string();
+    lab.start_gateway_with(&[
+        "--dns-address",
+        &address,
+        "--cluster-cidr",
+        &client_subnet,
+        "--dns-rate-limit",
+        "0",
+    ]);
+    let queries = lab.write_file(
+        "queries.txt",
+        &["echo-server-clusterip.default.svc.cluster.local A\n\
+           db.default.svc.cluster.local A\n\
+           _pg._tcp.db.default.svc.cluster.local SRV\n\
+           nothing.default.svc.cluster.local A\n"
+            .to_owned()],
+    );
+    let path = queries.display().to_string();
+    let out = in_client(
+        &lab,
+        "taskset",
+        &[
+            "-c", "0", "dnsperf", "-s", &address, "-d", &path, "-l", "10", "-c", "8", "-q", "1000",
+        ],
+    );
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    println!("{}", String::from_utf8_lossy(&out.stderr));
+}
