@@ -543,7 +543,7 @@ impl DnsResponder {
     /// Answers the query in `frame` (one [`DnsResponder::is_query`]
     /// accepted) in place, or drops it; the drop is counted here by its
     /// DNS reason and by the pipeline under the verdict's.
-    #[cold]
+    #[inline]
     pub fn answer_frame(
         &mut self,
         mut frame: Frame<&mut [u8]>,
