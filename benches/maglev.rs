@@ -50,6 +50,7 @@ fn model(lb: Option<LbAlgorithm>, changed: usize, version: u32) -> Arc<ServiceTa
                         port: 8080,
                         state: EndpointState::READY,
                         pod: None,
+                        hostname: None,
                     }
                 })
                 .collect();
@@ -68,6 +69,8 @@ fn model(lb: Option<LbAlgorithm>, changed: usize, version: u32) -> Arc<ServiceTa
                 }],
                 session_affinity: None,
                 lb_algorithm: lb,
+                external_name: None,
+                publish_not_ready_addresses: false,
             }
         })
         .collect();

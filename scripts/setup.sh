@@ -16,6 +16,10 @@ PACKAGES=(
     libelf-dev zlib1g-dev clang llvm pkg-config m4 libpcap-dev linux-libc-dev
     make gcc libc6-dev
     iproute2 ethtool iputils-ping
+    # dig and host: the DNS end-to-end tests (tests/dns.rs) and the demo.
+    bind9-dnsutils
+    # curl http://echo-server-clusterip:8080, by name, in the demo.
+    curl
 )
 
 installed() {

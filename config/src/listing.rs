@@ -211,6 +211,7 @@ mod tests {
             port,
             state,
             pod: None,
+            hostname: None,
         }
     }
 
@@ -236,6 +237,8 @@ mod tests {
             cluster_ip: ip,
             session_affinity: None,
             lb_algorithm: None,
+            external_name: None,
+            publish_not_ready_addresses: false,
             ports,
         }
     }

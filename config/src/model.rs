@@ -143,6 +143,12 @@ pub struct Endpoint {
     pub state: EndpointState,
     /// Pod name (from `targetRef` or the Pod object), for listings.
     pub pod: Option<String>,
+    /// The DNS label this endpoint is named by under its headless Service
+    /// (`<hostname>.<svc>.<ns>.svc.<zone>`): the EndpointSlice endpoint's
+    /// `hostname` (StatefulSet Pods), or in file mode the Pod's
+    /// `spec.hostname` when its `spec.subdomain` is the Service's name, as
+    /// the EndpointSlice controller sets it.
+    pub hostname: Option<String>,
 }
 
 /// One `spec.ports[]` entry with its endpoints resolved.
@@ -187,6 +193,13 @@ pub struct Service {
     /// without a packet from it (`sessionAffinityConfig.clientIP.
     /// timeoutSeconds`, default 10800). `None` for `sessionAffinity: None`.
     pub session_affinity: Option<u32>,
+    /// `spec.externalName` of an ExternalName Service: the target its DNS
+    /// name is a CNAME for. `None` for every other kind.
+    pub external_name: Option<String>,
+    /// `spec.publishNotReadyAddresses`: DNS names every listed endpoint,
+    /// ready or not. The data plane still picks by readiness (which the
+    /// EndpointSlice controller already sets ready for such Services).
+    pub publish_not_ready_addresses: bool,
     /// How new connections pick an endpoint, when the Service says so
     /// (annotation `cipgw.io/lb-algorithm`); `None` follows the gateway's
     /// `--lb`.

@@ -102,6 +102,42 @@ pub struct Settings {
     /// Source NAT of new connections (`--snat`); `None` keeps the
     /// client's address (a gateway that is the Pods' router).
     pub snat: Option<SnatSettings>,
+    /// The DNS the gateway answers (none without `--dns-address`).
+    pub dns: DnsSettings,
+}
+
+/// The cluster DNS the gateway answers from its table (`--dns-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// Addresses the gateway answers DNS on, UDP and TCP port 53; empty:
+    /// no DNS at all.
+    pub addresses: Vec<std::net::Ipv4Addr>,
+    /// The cluster domain, without a trailing dot.
+    pub cluster_domain: String,
+    /// TTL of every answer, seconds.
+    pub ttl: u32,
+    /// Answers per second one source gets from one worker; 0: no limit.
+    pub rate_limit: u32,
+}
+
+/// Kubernetes' default cluster domain (kubelet's `--cluster-domain`).
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+/// Default TTL of DNS answers: short, as CoreDNS's `ttl 5` default for the
+/// kubernetes plugin, so a client's cache never holds a name long.
+pub const DEFAULT_DNS_TTL: Duration = Duration::from_secs(5);
+/// Default answers per second per source and worker (response rate
+/// limiting).
+pub const DEFAULT_DNS_RATE_LIMIT: u32 = 200;
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        Self {
+            addresses: Vec::new(),
+            cluster_domain: DEFAULT_CLUSTER_DOMAIN.to_owned(),
+            ttl: DEFAULT_DNS_TTL.as_secs() as u32,
+            rate_limit: DEFAULT_DNS_RATE_LIMIT,
+        }
+    }
 }
 
 /// Source NAT: the addresses and ports backends see new connections come
@@ -337,6 +373,10 @@ pub enum SettingsError {
     IdleSpin(Duration),
     #[error("--worker-nice: {0} is not between -20 and 19")]
     WorkerNice(i32),
+    #[error("--dns-address {0} is given twice")]
+    DuplicateDnsAddress(std::net::Ipv4Addr),
+    #[error("--cluster-domain {0:?} is not a DNS name (RFC 1123 labels separated by dots)")]
+    ClusterDomain(String),
     #[error("--snat-ports: {0}-{1} is not a range of ports from 1 to 65535, low to high")]
     SnatPorts(u16, u16),
     #[error("--snat-address: {0} listed twice")]
@@ -403,6 +443,22 @@ impl Settings {
         }
         if !(-20..=19).contains(&self.io.worker_nice) {
             return Err(SettingsError::WorkerNice(self.io.worker_nice));
+        }
+        let dns = &self.dns;
+        for (i, a) in dns.addresses.iter().enumerate() {
+            if dns.addresses[..i].contains(a) {
+                return Err(SettingsError::DuplicateDnsAddress(*a));
+            }
+        }
+        let domain = dns.cluster_domain.trim_end_matches('.');
+        let label_ok = |l: &str| {
+            (1..=63).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if domain.is_empty() || domain.len() > 200 || !domain.split('.').all(label_ok) {
+            return Err(SettingsError::ClusterDomain(dns.cluster_domain.clone()));
         }
         self.lb.validate()?;
         if let Some(snat) = &self.snat {
@@ -489,6 +545,7 @@ mod tests {
             io: IoSettings::default(),
             lb: LbSettings::default(),
             snat: None,
+            dns: DnsSettings::default(),
         }
     }
 
@@ -544,6 +601,23 @@ mod tests {
             ports: None,
         });
         assert_eq!(s.validate(), Err(SettingsError::DuplicateSnatAddress(a)));
+    }
+
+    #[test]
+    fn dns_settings_are_checked() {
+        let mut s = settings();
+        s.dns.addresses = vec![[198, 18, 0, 53].into(), [198, 18, 0, 53].into()];
+        assert_eq!(
+            s.validate(),
+            Err(SettingsError::DuplicateDnsAddress([198, 18, 0, 53].into()))
+        );
+        s.dns.addresses.pop();
+        for bad in ["", "cluster..local", "-x.local", "clus_ter.local"] {
+            s.dns.cluster_domain = bad.into();
+            assert!(s.validate().is_err(), "{bad:?} is no cluster domain");
+        }
+        s.dns.cluster_domain = "corp.example.".into();
+        s.validate().expect("a trailing dot is fine");
     }
 
     #[test]

@@ -37,6 +37,10 @@
 //!   a Pod, a numeric targetPort, or the container port with that name and
 //!   protocol. An endpoint whose port does not resolve is left out of that
 //!   Service port, as kube-proxy leaves it out.
+//! - For DNS: an endpoint's hostname is the slice endpoint's `hostname`,
+//!   or a Pod's `spec.hostname` when its `spec.subdomain` is the
+//!   Service's name; an ExternalName Service needs an RFC 1123
+//!   `spec.externalName` (kept without its trailing dot).
 //! - An address that is not IPv4 where IPv4 is needed (a Pod's IP, an
 //!   endpoint of an IPv4 slice) is an error, whether or not a Service
 //!   selects the object: a control file is checked whole.
@@ -195,6 +199,8 @@ pub enum Problem {
         "unknown service type {0:?}: expected ClusterIP, NodePort, LoadBalancer or ExternalName"
     )]
     UnknownServiceType(String),
+    #[error("{0:?} is not a DNS name (lower-case RFC 1123 labels); type ExternalName needs one")]
+    ExternalName(String),
     #[error("{0:?} is not an IP address")]
     BadIp(String),
     #[error("{0} is an IPv6 address; cipgw forwards IPv4 only")]
@@ -356,6 +362,8 @@ pub fn translate_lenient(
                 cluster_ip,
                 session_affinity: spec.affinity,
                 lb_algorithm: spec.lb_algorithm,
+                external_name: spec.external_name.clone(),
+                publish_not_ready_addresses: spec.publish_not_ready,
                 ports: spec
                     .ports
                     .iter()
@@ -395,6 +403,8 @@ struct ServiceSpec<'a> {
     affinity: Option<u32>,
     /// The `cipgw.io/lb-algorithm` annotation, when given.
     lb_algorithm: Option<LbAlgorithm>,
+    /// `spec.externalName`, of an ExternalName Service.
+    external_name: Option<String>,
 }
 
 struct PortSpec {
@@ -431,7 +441,12 @@ impl<'a> ServiceSpec<'a> {
                 ))
             }
         };
+        let mut external_name = None;
         let address = if kind == ServiceKind::ExternalName {
+            external_name = Some(
+                external_name_of(spec)
+                    .map_err(|problem| field_error("spec.externalName".into(), problem))?,
+            );
             Address::ExternalName
         } else {
             cluster_address(spec, cidr).map_err(|(field, problem)| field_error(field, problem))?
@@ -451,6 +466,7 @@ impl<'a> ServiceSpec<'a> {
             ports,
             selector: spec.selector.as_ref().filter(|s| !s.is_empty()),
             publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
+            external_name,
             object,
         })
     }
@@ -476,6 +492,26 @@ fn lb_algorithm(
             Problem::UnknownLbAlgorithm(value.clone()),
         )
     })
+}
+
+/// `spec.externalName`, as Kubernetes validates it: a lower-case RFC 1123
+/// DNS name (a trailing dot allowed), required for type ExternalName.
+fn external_name_of(spec: &core::ServiceSpec) -> Result<String, Problem> {
+    let name = spec.external_name.as_deref().unwrap_or_default();
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    if bare.is_empty() || bare.len() > 253 || !bare.split('.').all(label_ok) {
+        return Err(Problem::ExternalName(name.to_owned()));
+    }
+    Ok(bare.to_owned())
 }
 
 /// `spec.sessionAffinity` and its timeout, as Kubernetes validates them.
@@ -690,7 +726,7 @@ fn endpoints(
         }
     } else if let Some(selector) = spec.selector {
         for pod in pods.select(&spec.name.namespace, selector) {
-            pod.endpoint_for(port, spec.publish_not_ready, &mut out);
+            pod.endpoint_for(port, spec, &mut out);
         }
     }
     out.sort_by(|a, b| {
@@ -711,7 +747,8 @@ struct SliceInfo<'a> {
     /// Only IPv4 slices carry endpoints; others only mark the Service as
     /// having slices.
     ports: Vec<SlicePort<'a>>,
-    endpoints: Vec<(Ipv4Addr, EndpointState, Option<&'a str>)>,
+    /// Address, conditions, Pod name and hostname.
+    endpoints: Vec<(Ipv4Addr, EndpointState, Option<&'a str>, Option<&'a str>)>,
 }
 
 struct SlicePort<'a> {
@@ -736,12 +773,17 @@ impl SliceInfo<'_> {
             None => None,
         };
         let Some(target) = target else { return };
-        out.extend(self.endpoints.iter().map(|(ip, state, pod)| Endpoint {
-            ip: *ip,
-            port: target,
-            state: *state,
-            pod: pod.map(str::to_owned),
-        }));
+        out.extend(
+            self.endpoints
+                .iter()
+                .map(|(ip, state, pod, hostname)| Endpoint {
+                    ip: *ip,
+                    port: target,
+                    state: *state,
+                    pod: pod.map(str::to_owned),
+                    hostname: hostname.map(str::to_owned),
+                }),
+        );
     }
 }
 
@@ -829,7 +871,8 @@ fn check_slice(slice: &discovery::EndpointSlice) -> Result<SliceInfo<'_>, FieldP
             .as_ref()
             .filter(|r| r.kind.as_deref() == Some("Pod"))
             .and_then(|r| r.name.as_deref());
-        endpoints.push((ip, state, pod));
+        let hostname = endpoint.hostname.as_deref().filter(|h| !h.is_empty());
+        endpoints.push((ip, state, pod, hostname));
     }
     Ok(SliceInfo { ports, endpoints })
 }
@@ -844,10 +887,14 @@ struct PodInfo<'a> {
     terminating: bool,
     /// Named container ports: (name, protocol, number).
     ports: Vec<(&'a str, Option<Protocol>, u16)>,
+    /// `spec.hostname` and `spec.subdomain`, when set.
+    hostname: Option<&'a str>,
+    subdomain: Option<&'a str>,
 }
 
 impl PodInfo<'_> {
-    fn endpoint_for(&self, port: &PortSpec, publish_not_ready: bool, out: &mut Vec<Endpoint>) {
+    fn endpoint_for(&self, port: &PortSpec, service: &ServiceSpec<'_>, out: &mut Vec<Endpoint>) {
+        let publish_not_ready = service.publish_not_ready;
         let target = match &port.target {
             TargetPort::Number(n) => Some(*n),
             TargetPort::Name(name) => self
@@ -867,6 +914,13 @@ impl PodInfo<'_> {
                 terminating: self.terminating,
             },
             pod: Some(self.name.to_owned()),
+            // As the EndpointSlice controller sets it: the Pod asked to be
+            // named under this Service (the namespace matches: Pods are
+            // selected from the Service's own).
+            hostname: self
+                .hostname
+                .filter(|_| self.subdomain == Some(service.name.name.as_str()))
+                .map(str::to_owned),
         });
     }
 
@@ -1013,6 +1067,16 @@ fn check_pod(pod: &core::Pod) -> Result<Option<PodInfo<'_>>, FieldProblem> {
         serving,
         terminating: pod.metadata.deletion_timestamp.is_some(),
         ports,
+        hostname: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.hostname.as_deref())
+            .filter(|h| !h.is_empty()),
+        subdomain: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.subdomain.as_deref())
+            .filter(|s| !s.is_empty()),
     }))
 }
 

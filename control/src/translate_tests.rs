@@ -707,3 +707,112 @@ fn session_affinity_client_ip_and_its_timeout() {
              \"Cookie\": expected None or ClientIP"
     );
 }
+
+/// What DNS needs beyond forwarding: hostnames of headless endpoints
+/// from slices and from Pods' hostname/subdomain, the ExternalName
+/// target, and publishNotReadyAddresses.
+#[test]
+fn dns_names_come_from_slices_pods_and_the_service() {
+    let yaml = format!(
+        "\
+apiVersion: v1
+kind: Service
+metadata: {{name: db}}
+spec:
+  clusterIP: None
+  publishNotReadyAddresses: true
+  selector: {{app: db}}
+  ports: [{{name: pg, port: 5432}}]
+{}{}---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  clusterIP: None
+  ports: [{{name: http, port: 80}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  labels:
+    kubernetes.io/service-name: web
+addressType: IPv4
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+endpoints:
+- addresses: [198.18.5.1]
+  hostname: web-0
+- addresses: [198.18.5.2]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: ext}}
+spec:
+  type: ExternalName
+  externalName: db.example.net.
+",
+        pod(
+            "db-0",
+            "default",
+            "db",
+            "198.18.4.1",
+            false,
+            "spec:\n  hostname: db-0\n  subdomain: db\n  containers: []\n"
+        ),
+        pod(
+            "db-x",
+            "default",
+            "db",
+            "198.18.4.2",
+            true,
+            "spec:\n  hostname: db-x\n  subdomain: other\n  containers: []\n"
+        ),
+    );
+    let table = table(&yaml);
+    let db = service(&table, "default", "db");
+    assert!(db.publish_not_ready_addresses);
+    let hostnames: Vec<_> = db.ports[0]
+        .endpoints
+        .iter()
+        .map(|e| (e.ip.to_string(), e.hostname.clone()))
+        .collect();
+    assert_eq!(
+        hostnames,
+        [
+            ("198.18.4.1".to_owned(), Some("db-0".to_owned())),
+            ("198.18.4.2".to_owned(), None),
+        ],
+        "a Pod's hostname names it only under the Service its subdomain names"
+    );
+    let web = service(&table, "default", "web");
+    assert!(!web.publish_not_ready_addresses);
+    assert_eq!(web.ports[0].endpoints[0].hostname.as_deref(), Some("web-0"));
+    assert_eq!(web.ports[0].endpoints[1].hostname, None);
+    let ext = service(&table, "default", "ext");
+    assert_eq!(ext.external_name.as_deref(), Some("db.example.net"));
+    assert_eq!(web.external_name, None);
+}
+
+#[test]
+fn external_name_must_be_a_dns_name() {
+    for (spec, shown) in [
+        ("  type: ExternalName\n", "\"\""),
+        (
+            "  type: ExternalName\n  externalName: Db.Example.net\n",
+            "\"Db.Example.net\"",
+        ),
+        (
+            "  type: ExternalName\n  externalName: db..example\n",
+            "\"db..example\"",
+        ),
+    ] {
+        assert_eq!(
+            error(&service_doc(spec)),
+            format!(
+                "document 1 (Service default/echo): spec.externalName: {shown} is not a DNS \
+                 name (lower-case RFC 1123 labels); type ExternalName needs one"
+            ),
+            "for spec {spec:?}"
+        );
+    }
+}

@@ -8,13 +8,16 @@
  *   - addressed to a service VIP (cipgw_vips; address only, so TCP, UDP
  *     and ICMP alike), or
  *   - a TCP/UDP reply from a known backend endpoint: (source address,
- *     source port, protocol) in cipgw_backends. Only unfragmented packets
- *     and first fragments carry ports; later fragments go to the kernel.
- *     With source NAT on (cipgw_snat_on), only such a reply addressed to a
- *     source NAT address (cipgw_snat) with a destination port inside that
- *     address's SNAT range: everything else to those addresses (SSH, the
- *     kubelet, the node's own connections, probes' answers) and every
- *     other packet from a backend reaches the kernel.
+ *     source port, protocol) in cipgw_backends. With source NAT on
+ *     (cipgw_snat_on), only such a reply addressed to a source NAT
+ *     address (cipgw_snat) with a destination port inside that address's
+ *     SNAT range: everything else to those addresses (SSH, the kubelet,
+ *     the node's own connections, probes' answers) and every other packet
+ *     from a backend reaches the kernel; or
+ *   - a UDP query to one of the gateway's DNS addresses, port 53
+ *     (cipgw_dns: destination address, port, protocol).
+ * Only unfragmented packets and first fragments carry ports; later
+ * fragments go to the kernel.
  * Everything else (ARP, IPv6, SSH, traffic to the gateway itself) is
  * XDP_PASS. A matching frame on an interface the gateway serves
  * (cipgw_ports) whose queue has no socket bound is dropped
@@ -86,6 +89,18 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } cipgw_snat_on SEC(".maps");
+
+/*
+ * DNS addresses the gateway answers on: (address, port 53, UDP) as
+ * destinations, keyed like cipgw_backends. Their UDP queries go to the
+ * workers; TCP to them stays with the kernel.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, struct backend_key);
+	__type(value, __u8);
+} cipgw_dns SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -164,10 +179,7 @@ int cipgw_xdp(struct xdp_md *ctx)
 	key.port = ports[0]; /* source port: first field of TCP and UDP */
 	key.proto = ip->protocol;
 	key.pad = 0;
-	if (!bpf_map_lookup_elem(&cipgw_backends, &key))
-		return XDP_PASS;
-
-	{
+	if (bpf_map_lookup_elem(&cipgw_backends, &key)) {
 		__u32 zero = 0;
 		__u32 *snat_on = bpf_map_lookup_elem(&cipgw_snat_on, &zero);
 		struct snat_range *range;
@@ -181,8 +193,16 @@ int cipgw_xdp(struct xdp_md *ctx)
 			if (dport < range->low || dport > range->high)
 				return XDP_PASS;
 		}
+		return to_socket(ctx);
 	}
-	return to_socket(ctx);
+
+	/* A query to one of the gateway's DNS addresses. */
+	key.addr = daddr;
+	key.port = ports[1]; /* destination port */
+	if (bpf_map_lookup_elem(&cipgw_dns, &key))
+		return to_socket(ctx);
+
+	return XDP_PASS;
 }
 
 char _license[] SEC("license") = "GPL";

@@ -33,7 +33,9 @@ use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
     NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope,
+};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourMessage,
@@ -181,6 +183,52 @@ pub fn dump_links() -> Result<Vec<Link>, NetlinkError> {
 /// the kernel's order (an interface's first one is its primary source).
 pub fn dump_ipv4_addresses() -> Result<Vec<(u32, Ipv4Addr)>, NetlinkError> {
     Rtnl::open(&[])?.addresses()
+}
+
+/// Adds `ip`/32 to the loopback device, scope host, so that the kernel
+/// accepts connections to it from any interface (what a local address
+/// is) while never choosing it as a source. Returns false when it was
+/// there already (then it is not the caller's to remove).
+pub fn add_loopback_address(ip: Ipv4Addr) -> Result<bool, NetlinkError> {
+    match Rtnl::open(&[])?.change(
+        &format!("adding {ip}/32 to lo"),
+        NLM_F_CREATE | netlink_packet_core::NLM_F_EXCL,
+        RouteNetlinkMessage::NewAddress(loopback_address(ip)?),
+    ) {
+        Ok(()) => Ok(true),
+        Err(NetlinkError::Kernel { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes what [`add_loopback_address`] added.
+pub fn remove_loopback_address(ip: Ipv4Addr) -> Result<(), NetlinkError> {
+    Rtnl::open(&[])?.change(
+        &format!("removing {ip}/32 from lo"),
+        0,
+        RouteNetlinkMessage::DelAddress(loopback_address(ip)?),
+    )
+}
+
+fn loopback_address(ip: Ipv4Addr) -> Result<AddressMessage, NetlinkError> {
+    // SAFETY: the argument is a NUL-terminated string literal.
+    let index = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+    if index == 0 {
+        return Err(NetlinkError::Kernel {
+            what: "finding the loopback device".into(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    let mut m = AddressMessage::default();
+    m.header.family = AddressFamily::Inet;
+    m.header.prefix_len = 32;
+    m.header.scope = AddressScope::Host;
+    m.header.index = index;
+    m.attributes.push(AddressAttribute::Local(ip.into()));
+    m.attributes.push(AddressAttribute::Address(ip.into()));
+    Ok(m)
 }
 
 /// Routes, resolved neighbours and the named ports, as one snapshot.

@@ -441,6 +441,8 @@ fn service(
         cluster_ip: ClusterIp::Vip(vip),
         session_affinity: None,
         lb_algorithm: None,
+        external_name: None,
+        publish_not_ready_addresses: false,
         ports: (port != 0)
             .then(|| ServicePort {
                 name: None,
@@ -454,6 +456,7 @@ fn service(
                         port,
                         state: EndpointState::READY,
                         pod: None,
+                        hostname: None,
                     })
                     .collect(),
             })

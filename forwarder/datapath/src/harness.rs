@@ -150,6 +150,7 @@ pub fn endpoint(ip: [u8; 4], port: u16) -> Endpoint {
         port,
         state: EndpointState::READY,
         pod: None,
+        hostname: None,
     }
 }
 
@@ -179,6 +180,8 @@ pub fn service(
         cluster_ip: vip.map_or(ClusterIp::Headless, |ip| ClusterIp::Vip(ip.into())),
         session_affinity: affinity,
         lb_algorithm: None,
+        external_name: None,
+        publish_not_ready_addresses: false,
         ports,
     }
 }

@@ -20,6 +20,7 @@ pub mod affinity;
 pub mod checksum;
 pub mod conntrack;
 pub mod counters;
+pub mod dns;
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;
 pub mod lb;

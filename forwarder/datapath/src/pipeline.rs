@@ -46,6 +46,7 @@ use crate::conntrack::{
     Conntrack, Direction, FlowHit, FlowKey, FlowMeta, FlowState, InsertError, NO_SLOT,
 };
 use crate::counters::{DropReason, ServiceCounters, WorkerCounters};
+use crate::dns::DnsResponder;
 use crate::lb::Rng;
 use crate::reject::{self, RefusalLimiter};
 use crate::route::{NetSnapshot, PortId, RouteError};
@@ -110,6 +111,8 @@ pub struct Pipeline {
     /// Conntrack hashes of the batch being prefetched.
     prefetching: Box<[u64; PREFETCH_BATCH]>,
     prefetched: usize,
+    /// Answers DNS queries to the gateway's DNS addresses, when set.
+    dns: Option<DnsResponder>,
 }
 
 /// Frames whose flows one [`Pipeline::prefetch`] round fetches at most.
@@ -308,6 +311,7 @@ impl Pipeline {
             services: None,
             prefetching: Box::new([0; PREFETCH_BATCH]),
             prefetched: 0,
+            dns: None,
         }
     }
 
@@ -362,6 +366,13 @@ impl Pipeline {
         self
     }
 
+    /// Answers UDP DNS queries to the responder's addresses in place
+    /// (before conntrack: a query is no flow).
+    pub fn with_dns(mut self, dns: DnsResponder) -> Self {
+        self.dns = Some(dns);
+        self
+    }
+
     /// Replaces the refusal rate limits.
     pub fn with_refusal_limits(mut self, limiter: RefusalLimiter) -> Self {
         self.refusals = limiter;
@@ -407,6 +418,11 @@ impl Pipeline {
             Ok(frame) => frame,
             Err(e) => return parse_verdict(e),
         };
+        if let Some(dns) = self.dns.as_mut() {
+            if dns.is_query(&frame) {
+                return dns.answer_frame(frame, ingress, ctx);
+            }
+        }
         let flow = match classify(&frame, ctx.table) {
             Ok(Classified::Flow(flow)) => flow,
             Ok(Classified::EchoToVip { src, dst }) => {

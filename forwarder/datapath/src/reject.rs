@@ -27,7 +27,7 @@ use crate::wire::tcp::{self, flags, TcpRepr};
 const TTL: u8 = 64;
 
 /// Sends the answer back to the sender, from the gateway's port.
-fn answer_l2(frame: &mut Frame<&mut [u8]>, port_mac: MacAddr) {
+pub(crate) fn answer_l2(frame: &mut Frame<&mut [u8]>, port_mac: MacAddr) {
     let mut eth = frame.ethernet_mut();
     let sender = eth.source();
     eth.set_destination(sender);

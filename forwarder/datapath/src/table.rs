@@ -29,6 +29,7 @@ use cipgw_config::{Endpoint, LbAlgorithm, Protocol, ServiceTable};
 use crossbeam::utils::CachePadded;
 
 use crate::conntrack::FlowKey;
+use crate::dns::DnsZone;
 use crate::maglev::{MaglevTable, MaglevTables};
 
 /// Where a flow goes as the table knows it: VIP, port, protocol,
@@ -125,6 +126,10 @@ pub struct CompiledTable {
     backends: HashMap<(Ipv4Addr, u16, Protocol), ReplyOwner, RandomState>,
     /// Targets of the previous table that this one no longer has.
     retiring: HashSet<FlowTarget, RandomState>,
+    /// The DNS zone compiled from the same model, when the gateway
+    /// answers DNS: published with the table, so answers and forwarding
+    /// change at the same moment.
+    dns: Option<Arc<DnsZone>>,
 }
 
 /// The endpoints of a port that may take new connections.
@@ -251,7 +256,21 @@ impl CompiledTable {
             vips_with_endpoints,
             backends,
             retiring: HashSet::with_hasher(RandomState::new()),
+            dns: None,
         }
+    }
+
+    /// Attaches the DNS zone compiled from this table's model.
+    pub fn with_dns(mut self, zone: Arc<DnsZone>) -> Self {
+        self.dns = Some(zone);
+        self
+    }
+
+    /// The DNS zone of this table; `None` before the first full sync or
+    /// when the gateway answers no DNS.
+    #[inline]
+    pub fn dns(&self) -> Option<&DnsZone> {
+        self.dns.as_deref()
     }
 
     /// Marks the targets whose flows this table ends: flows to them are
@@ -500,6 +519,7 @@ mod tests {
             port: 5678,
             state,
             pod: None,
+            hostname: None,
         }
     }
 
@@ -512,6 +532,8 @@ mod tests {
                     cluster_ip: ClusterIp::Vip(Ipv4Addr::new(198, 18, 100, 10)),
                     session_affinity: None,
                     lb_algorithm: None,
+                    external_name: None,
+                    publish_not_ready_addresses: false,
                     ports: vec![ServicePort {
                         name: None,
                         port: 8080,
@@ -526,6 +548,8 @@ mod tests {
                     cluster_ip: ClusterIp::Headless,
                     session_affinity: None,
                     lb_algorithm: None,
+                    external_name: None,
+                    publish_not_ready_addresses: false,
                     ports: vec![],
                 },
             ],

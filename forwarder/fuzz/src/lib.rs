@@ -1,8 +1,9 @@
 //! The packet-path fuzz harness: any byte string becomes a short session
 //! of frames run through cipgw's whole
 //! [`Pipeline`](cipgw_datapath::pipeline::Pipeline) (parse, classify,
-//! conntrack lookup and insert, rewrite, refusals and echo replies) against
-//! a fixed service table, with invariants checked after every frame.
+//! conntrack lookup and insert, rewrite, refusals and echo replies, DNS
+//! answers to queries for the DNS address) against a fixed service table
+//! and its DNS zone, with invariants checked after every frame.
 //!
 //! It lives in a library (not only in the fuzz target) so that the seed
 //! corpus can be generated and replayed by ordinary tests
@@ -42,7 +43,8 @@
 //! its IPv4 header checksum, and its TCP/UDP checksum, are valid whenever
 //! they were valid on input; a `Respond` fits the buffer, goes back out of
 //! the ingress port, and is a well-formed IPv4 packet with correct
-//! checksums (an echo reply's ICMP checksum when the request's was);
+//! checksums (an echo reply's ICMP checksum when the request's was; a
+//! DNS answer's UDP checksum always, from port 53, with QR set);
 //! conntrack holds at most `max_flows + 1` flows, exactly two entries per
 //! flow, and no more unreplied flows than flows.
 
@@ -51,6 +53,7 @@ use std::sync::{Arc, OnceLock};
 use cipgw_config::{EndpointState, Protocol, ServiceName, ServiceTable};
 use cipgw_datapath::checksum::{checksum, l4_checksum};
 use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig, Direction, FlowKey, Timeouts};
+use cipgw_datapath::dns::{DnsConfig, DnsCounters, DnsResponder, DnsZone};
 use cipgw_datapath::harness::{
     endpoint, pipeline, service, service_port, Harness, Net, CLIENT_IFINDEX, POD_IFINDEX,
 };
@@ -109,6 +112,9 @@ pub mod addr {
     pub const POD_NO_ROUTE: [u8; 4] = [198, 19, 200, 1];
     pub const POD_DETACHED: [u8; 4] = [198, 19, 201, 1];
     pub const ROUTER: [u8; 4] = [198, 18, 2, 1];
+    /// Where the gateway answers DNS (UDP port 53), for zone
+    /// `cluster.local` of the fuzzer's Services (namespace `fuzz`).
+    pub const DNS_ADDRESS: [u8; 4] = [198, 19, 0, 53];
 }
 
 /// A port id the snapshot does not have.
@@ -231,11 +237,13 @@ struct Fixed {
 
 fn fixed() -> &'static Fixed {
     static FIXED: OnceLock<Fixed> = OnceLock::new();
+    let table = |churned: bool, generation: u64| {
+        let model = model(churned);
+        let zone = DnsZone::compile(&model, &DnsConfig::default(), generation);
+        Arc::new(CompiledTable::compile(Arc::new(model), generation).with_dns(Arc::new(zone)))
+    };
     FIXED.get_or_init(|| Fixed {
-        tables: [
-            Arc::new(CompiledTable::compile(Arc::new(model(false)), 1)),
-            Arc::new(CompiledTable::compile(Arc::new(model(true)), 2)),
-        ],
+        tables: [table(false, 1), table(true, 2)],
         net: Arc::new(net()),
     })
 }
@@ -322,7 +330,14 @@ fn run_session(data: &[u8], mut seen: impl FnMut(Outcome)) {
     };
     let mut gateway = Harness {
         pipeline: pipeline(Arc::clone(&conntrack), u64::from(setup >> 6) + 1)
-            .with_config(PipelineConfig { cluster_cidrs }),
+            .with_config(PipelineConfig {
+                cluster_cidrs: cluster_cidrs.clone(),
+            })
+            .with_dns(DnsResponder::new(
+                vec![addr::DNS_ADDRESS.into()],
+                cluster_cidrs,
+                Arc::new(DnsCounters::default()),
+            )),
         table: Arc::clone(&fixed.tables[0]),
         net: Arc::clone(&fixed.net),
         now: START,
@@ -667,6 +682,15 @@ fn check_verdict(
                 }
                 (ICMP, Some(3)) | (TCP, _) => {
                     assert_eq!(l4, Some(true), "{verdict:?}: refusal checksum")
+                }
+                (UDP, _) => {
+                    assert_eq!(l4, Some(true), "{verdict:?}: DNS answer checksum");
+                    let udp = &frame[L3 + ip.header_len..];
+                    assert_eq!(&udp[..2], &[0, 53], "{verdict:?}: not from port 53");
+                    assert!(
+                        udp.len() >= 8 + 12 && udp[8 + 2] & 0x80 != 0,
+                        "{verdict:?}: not a DNS response (QR)"
+                    );
                 }
                 (protocol, kind) => {
                     panic!("{verdict:?}: unexpected answer, protocol {protocol} type {kind:?}")

@@ -19,6 +19,8 @@ use cipgw_datapath::route::PortId;
 use cipgw_datapath::wire::tcp::flags::{ACK, FIN, PSH, RST, SYN};
 use cipgw_fuzz::addr::*;
 use cipgw_fuzz::{bits, encode, mac, outcomes, CLIENT_PORT, POD_PORT};
+use domain::base::iana::{Class, Rtype};
+use domain::base::{MessageBuilder, Name};
 use etherparse::{PacketBuilder, VlanId};
 
 /// What a frame of a seed should come to.
@@ -182,6 +184,32 @@ fn vlan(tags: usize, inner: &[u8]) -> Vec<u8> {
 
 fn client(last: u8, port: u16) -> ([u8; 4], u16) {
     ([198, 18, 0, last], port)
+}
+
+/// A DNS query for `name`/`qtype` from `src` to `dst`, with an OPT record
+/// of payload size `edns` when given.
+fn dns_query(
+    src: ([u8; 4], u16),
+    dst: ([u8; 4], u16),
+    name: &str,
+    qtype: Rtype,
+    edns: Option<u16>,
+) -> Vec<u8> {
+    let mut b = MessageBuilder::new_vec();
+    b.header_mut().set_id(0x1234);
+    b.header_mut().set_rd(true);
+    let mut q = b.question();
+    let name: Name<Vec<u8>> = name.parse().expect("seed name");
+    q.push((name, qtype, Class::IN)).expect("question fits");
+    let mut add = q.additional();
+    if let Some(size) = edns {
+        add.opt(|opt| {
+            opt.set_udp_payload_size(size);
+            Ok(())
+        })
+        .expect("OPT fits");
+    }
+    Frame::arriving(src.0, dst.0).udp(src.1, dst.1, &add.finish())
 }
 
 fn seeds() -> Vec<Seed> {
@@ -677,6 +705,84 @@ fn seeds() -> Vec<Seed> {
     churn.push((C | bits::CHURN, arp(), Pass));
     churn.extend((0..6).map(|i| (C, tcp(client(8, 44000 + i), web, ACK), Any)));
     s.add("endpoint_churn_retires_flows", SETUP, churn);
+
+    // DNS: answers from the zone, negative answers, malformed queries and
+    // outsiders.
+    let dns = (DNS_ADDRESS, 53);
+    let ask = |name: &str, qtype, edns| dns_query(c, dns, name, qtype, edns);
+    s.add(
+        "dns_queries",
+        SETUP,
+        vec![
+            (
+                C,
+                ask("web.fuzz.svc.cluster.local", Rtype::A, None),
+                Respond,
+            ),
+            (
+                C,
+                ask("WEB.fuzz.svc.Cluster.Local", Rtype::SRV, Some(1232)),
+                Respond,
+            ),
+            (
+                C,
+                ask("10.0.19.198.in-addr.arpa", Rtype::PTR, None),
+                Respond,
+            ),
+            (
+                C,
+                ask("headless.fuzz.svc.cluster.local", Rtype::A, Some(4096)),
+                Respond,
+            ),
+            (
+                C,
+                ask("nothing.fuzz.svc.cluster.local", Rtype::AAAA, None),
+                Respond,
+            ),
+            (
+                C,
+                ask("dns-version.cluster.local", Rtype::TXT, None),
+                Respond,
+            ),
+            (C, ask("example.com", Rtype::A, None), Respond),
+            (
+                C,
+                Frame::arriving(c.0, DNS_ADDRESS).udp(c.1, 53, b"\x12\x34"),
+                Drop(DropReason::MalformedL4),
+            ),
+            (
+                C,
+                Frame::arriving(c.0, DNS_ADDRESS).udp(
+                    c.1,
+                    53,
+                    b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01",
+                ),
+                Respond,
+            ),
+        ],
+    );
+    s.add(
+        "dns_from_outside_the_cluster",
+        SETUP | bits::CLUSTER_CIDR,
+        vec![
+            (
+                C,
+                dns_query(
+                    (CLIENT_OUTSIDE, 40000),
+                    dns,
+                    "web.fuzz.svc.cluster.local",
+                    Rtype::A,
+                    None,
+                ),
+                Drop(DropReason::SourceNotInCluster),
+            ),
+            (
+                C,
+                ask("web.fuzz.svc.cluster.local", Rtype::A, None),
+                Respond,
+            ),
+        ],
+    );
     s.0
 }
 

@@ -100,6 +100,19 @@ pub(super) fn status_view(state: &AdminState) -> StatusView {
                 message: e.message.clone(),
             }),
         },
+        dns: snap.dns.as_ref().map(|d| {
+            let answers = d.answers();
+            DnsStatusView {
+                answers,
+                answers_per_second: state
+                    .dns
+                    .get()
+                    .map_or(0.0, |s| s.answers_per_second(answers)),
+                last_generation: d.last_generation,
+                truncated: d.truncated,
+                dropped: d.drops.iter().sum(),
+            }
+        }),
     }
 }
 

@@ -80,6 +80,7 @@ pub struct AdminState {
     worker_died: AtomicBool,
     /// XDP and copy modes per interface, once attached.
     interface_modes: RwLock<Vec<InterfaceModeView>>,
+    dns: OnceLock<Arc<crate::metrics::DnsStats>>,
 }
 
 /// How long the control loop may go without turning before `/healthz`
@@ -108,6 +109,7 @@ impl AdminState {
             control_turned_ms: AtomicU64::new(0),
             worker_died: AtomicBool::new(false),
             interface_modes: RwLock::new(Vec::new()),
+            dns: OnceLock::new(),
         }
     }
 
@@ -195,6 +197,12 @@ impl AdminState {
         let _ = self.services.set(stats);
     }
 
+    /// Reports the DNS responders' counters. Only the first call has an
+    /// effect.
+    pub fn count_dns(&self, stats: Arc<crate::metrics::DnsStats>) {
+        let _ = self.dns.set(stats);
+    }
+
     fn workers(&self) -> Vec<WorkerTelemetry> {
         self.workers
             .read()
@@ -232,6 +240,7 @@ impl AdminState {
             services,
             process: crate::metrics::process::ProcessNumbers::read(),
             snat: crate::metrics::SnatNumbers::read(&self.conntrack),
+            dns: self.dns.get().map(|d| d.snapshot()),
         }
     }
 }

@@ -27,6 +27,7 @@ fn endpoint(last: u8, port: u16, state: EndpointState) -> Endpoint {
         port,
         state,
         pod: Some(format!("pod{}", last - 10)),
+        hostname: None,
     }
 }
 
@@ -44,6 +45,8 @@ fn model() -> ServiceTable {
                 cluster_ip: ClusterIp::Vip(DNS_VIP),
                 session_affinity: None,
                 lb_algorithm: Some(cipgw_config::LbAlgorithm::Maglev),
+                external_name: None,
+                publish_not_ready_addresses: false,
                 ports: vec![ServicePort {
                     name: Some("dns".into()),
                     port: 53,
@@ -58,6 +61,8 @@ fn model() -> ServiceTable {
                 cluster_ip: ClusterIp::Vip(VIP),
                 session_affinity: None,
                 lb_algorithm: None,
+                external_name: None,
+                publish_not_ready_addresses: false,
                 ports: vec![ServicePort {
                     name: Some("http".into()),
                     port: 8080,
@@ -75,6 +80,8 @@ fn model() -> ServiceTable {
                 cluster_ip: ClusterIp::Headless,
                 session_affinity: None,
                 lb_algorithm: None,
+                external_name: None,
+                publish_not_ready_addresses: false,
                 ports: vec![],
             },
         ],

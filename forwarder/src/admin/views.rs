@@ -27,6 +27,20 @@ pub struct StatusView {
     pub totals: CountersView,
     pub workers: Vec<WorkerView>,
     pub control: ControlView,
+    /// The DNS responders, when the gateway answers DNS.
+    #[serde(default)]
+    pub dns: Option<DnsStatusView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DnsStatusView {
+    pub answers: u64,
+    /// Since the previous status read (or since start).
+    pub answers_per_second: f64,
+    /// Table generation of the last answer from a zone.
+    pub last_generation: u64,
+    pub truncated: u64,
+    pub dropped: u64,
 }
 
 /// One interface's XDP attach mode and AF_XDP copy mode.

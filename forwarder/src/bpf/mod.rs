@@ -30,9 +30,11 @@
 //! log in `ffi.rs`; loading the object and the errors here.
 
 mod attach;
+mod dns;
 mod ffi;
 mod maps;
 mod snat;
+pub use dns::MAP_DNS;
 
 use std::ffi::CString;
 use std::fmt;

@@ -39,6 +39,13 @@ pub struct CheckArgs {
     /// with its lookup table's fingerprint, to compare gateways.
     #[command(flatten)]
     pub lb: LbArgs,
+    /// Also print the DNS records a gateway with `--dns-address` would
+    /// answer from this table, one per line, zone-file style.
+    #[arg(long)]
+    pub dns: bool,
+    /// The cluster domain of those records.
+    #[arg(long, value_name = "DOMAIN", default_value = settings::DEFAULT_CLUSTER_DOMAIN)]
+    pub cluster_domain: String,
 }
 
 pub fn check(args: CheckArgs) -> anyhow::Result<()> {
@@ -77,7 +84,21 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
     }
     print!("{}", table.render());
     let lb = args.lb.resolve()?;
-    print!("{}", maglev_fingerprints(table, lb));
+    print!("{}", maglev_fingerprints(table.clone(), lb));
+    if args.dns {
+        let config = cipgw::dns::DnsConfig {
+            zone: args
+                .cluster_domain
+                .trim_end_matches('.')
+                .to_ascii_lowercase(),
+            ..cipgw::dns::DnsConfig::default()
+        };
+        println!();
+        println!("DNS records ({}):", config.zone);
+        for record in cipgw::dns::zone::records(&table, &config) {
+            println!("  {record}");
+        }
+    }
     let skipped = render_skipped(&objects.skipped);
     if !skipped.is_empty() {
         println!();

@@ -2,16 +2,23 @@
 //!
 //! Builds a two-arm lab (client, gateway, three Pods on a switch), starts
 //! an echo server on each Pod (`Hello from <pod> at <ip>`), writes a
-//! control file with one ClusterIP Service (port 8080 -> targetPort 5678,
-//! selector app: echo-server) and the three Pods, runs `cipgw run` on the
-//! gateway, sends requests to the VIP from the client and prints who
-//! answered. Everything is removed afterwards, also on Ctrl-C (exit status
-//! 130, as a shell reports a job Ctrl-C ended) or a failure; `--keep`
-//! leaves the lab up until Ctrl-C and says how to reach the gateway.
+//! control file with the seed's ClusterIP Service `echo-server-clusterip`
+//! (port 8080 -> targetPort 5678, selector app: echo-server), its
+//! headless variant `echo-server-headless` and the three Pods, runs
+//! `cipgw run` on the gateway with a DNS address, points the client
+//! namespace's resolver at it (`/etc/netns/<client>/resolv.conf`, with
+//! the search path of a Pod in namespace `default`), then sends the
+//! requests as the seed does: `curl http://echo-server-clusterip:8080`,
+//! the name resolved by the system resolver; prints who answered, and
+//! `host` of the headless variant listing the three Pods. Everything is
+//! removed afterwards, also on Ctrl-C or a failure.
+//! removed afterwards, also on Ctrl-C (exit status 130, as a shell
+//! reports a job Ctrl-C ended) or a failure; `--keep` leaves the lab up
+//! until Ctrl-C and says how to reach the gateway.
 //!
 //! The gateway runs in a process group of its own: a terminal's Ctrl-C
-//! reaches only the demo, which lets the request in flight finish and then
-//! stops the gateway, so an interruption is never reported as a failure.
+//! reaches only the demo (and its curl), which then stops the gateway, so
+//! an interruption is never reported as a failure.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -25,6 +32,11 @@ use cipgw::lab::{self, EchoServer, GatewayProcess, Topology};
 
 pub(super) const SERVICE_PORT: u16 = 8080;
 pub(super) const TARGET_PORT: u16 = 5678;
+/// The seed's Service name, and its headless variant's.
+const SERVICE: &str = "echo-server-clusterip";
+const HEADLESS: &str = "echo-server-headless";
+/// The last octet of the DNS address in the VIP range.
+const DNS_HOST: u8 = 53;
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -48,12 +60,17 @@ pub struct DemoArgs {
 /// The demo's control file: the Service and its Pods, as `kubectl get
 /// svc,pods -o yaml` would show them.
 pub(super) fn control_file(vip: &str, pods: &[(String, String)]) -> String {
-    let mut yaml = format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: echo-server\n  namespace: default\n\
-         spec:\n  type: ClusterIP\n  clusterIP: {vip}\n  selector:\n    app: echo-server\n  \
-         ports:\n  - name: http\n    port: {SERVICE_PORT}\n    targetPort: {TARGET_PORT}\n    \
-         protocol: TCP\n"
-    );
+    let service = |name: &str, cluster_ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\n\
+             spec:\n  type: ClusterIP\n  clusterIP: {cluster_ip}\n  selector:\n    \
+             app: echo-server\n  ports:\n  - name: http\n    port: {SERVICE_PORT}\n    \
+             targetPort: {TARGET_PORT}\n    protocol: TCP\n"
+        )
+    };
+    let mut yaml = service(SERVICE, vip);
+    yaml.push_str("---\n");
+    yaml.push_str(&service(HEADLESS, "None"));
     for (name, ip) in pods {
         let _ = write!(
             yaml,
@@ -110,7 +127,14 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::write(&file, control_file(&vip.to_string(), &pods))
         .with_context(|| format!("writing {}", file.display()))?;
     println!(
-        "  service default/echo-server  ClusterIP {vip}:{SERVICE_PORT} -> targetPort {TARGET_PORT}"
+        "  service default/{SERVICE}  ClusterIP {vip}:{SERVICE_PORT} -> targetPort {TARGET_PORT}"
+    );
+    println!("  service default/{HEADLESS}   ClusterIP None (headless)");
+    let dns = info.vip(DNS_HOST);
+    let _resolv = ResolvConf::write(&info.client.ns, dns)?;
+    println!(
+        "  client resolver: nameserver {dns}, search default.svc.cluster.local \
+         svc.cluster.local cluster.local"
     );
 
     let exe = std::env::current_exe().context("locating the cipgw binary")?;
@@ -129,6 +153,10 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         // The demo's connection table goes with its directory.
         "--state-dir".into(),
         dir.join("state").display().to_string(),
+        "--dns-address".into(),
+        dns.to_string(),
+        "--cluster-cidr".into(),
+        info.client_subnet.to_string(),
     ]);
     println!("starting: cipgw run {}", gw_args.join(" "));
     let gateway = GatewayProcess::start_own_group(
@@ -139,11 +167,8 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         Duration::from_secs(20),
     )?;
 
-    println!(
-        "\nsending {} requests to http://{vip}:{SERVICE_PORT}/ from the client:",
-        args.requests
-    );
-    let target = SocketAddrV4::new(vip, SERVICE_PORT);
+    let url = format!("http://{SERVICE}:{SERVICE_PORT}");
+    println!("\nfrom the client, {} times: curl {url}", args.requests);
     let mut served: BTreeMap<String, u32> = BTreeMap::new();
     let mut failed = 0;
     for i in 1..=args.requests {
@@ -152,9 +177,13 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
             println!("interrupted; cleaning up");
             break;
         }
-        let answer = topology.in_client(move || {
-            lab::tcp_request(target, b"GET / HTTP/1.0\r\n\r\n", Duration::from_secs(3))
-        });
+        // `ip netns exec` bind-mounts the client's resolv.conf: curl
+        // resolves the name through the system resolver, as in a Pod.
+        let answer = run_in(
+            &topology,
+            "curl",
+            &["--silent", "--show-error", "--max-time", "3", &url],
+        );
         // Relaxed: as above. A request cut short by Ctrl-C is no failure.
         if answer.is_err() && interrupted.load(Ordering::Relaxed) {
             println!("interrupted; cleaning up");
@@ -188,6 +217,24 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     }
     if failed > 0 {
         println!("  failed           {failed:>3}");
+    }
+
+    println!("\nthe headless variant, from the client: host {HEADLESS}");
+    // Relaxed: as above.
+    let headless = if interrupted.load(Ordering::Relaxed) {
+        Err(anyhow::anyhow!("interrupted"))
+    } else {
+        run_in(&topology, "host", &[HEADLESS])
+    };
+    match &headless {
+        Ok(text) => {
+            for line in text.lines() {
+                println!("  {line}");
+            }
+        }
+        // Relaxed: as above.
+        Err(_) if interrupted.load(Ordering::Relaxed) => println!("  interrupted"),
+        Err(e) => println!("  failed: {e}"),
     }
 
     // Relaxed: as above.
@@ -227,10 +274,66 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     if failed > 0 {
         anyhow::bail!("{failed} requests failed");
     }
+    let listed = headless.as_deref().unwrap_or_default();
+    if info
+        .pods
+        .iter()
+        .any(|p| !listed.contains(&format!("has address {}", p.iface.addr)))
+    {
+        anyhow::bail!("host {HEADLESS} did not list the three Pods");
+    }
     if !status.success() {
         anyhow::bail!("the gateway exited with {status}");
     }
     Ok(())
+}
+
+/// Runs `program ARGS...` in the client namespace through `ip netns
+/// exec` (so with the client's resolv.conf); its stdout, or why not.
+fn run_in(topology: &Topology, program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = topology
+        .client()
+        .command(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{program} {}: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The client namespace's resolver configuration, as a Pod in namespace
+/// `default` has it; removed on drop.
+struct ResolvConf(std::path::PathBuf);
+
+impl ResolvConf {
+    fn write(ns: &str, nameserver: std::net::Ipv4Addr) -> anyhow::Result<Self> {
+        let dir = std::path::Path::new("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let guard = ResolvConf(dir.clone());
+        std::fs::write(
+            dir.join("resolv.conf"),
+            format!(
+                "nameserver {nameserver}\n\
+                 search default.svc.cluster.local svc.cluster.local cluster.local\n\
+                 options ndots:5\n"
+            ),
+        )
+        .with_context(|| format!("writing {}/resolv.conf", dir.display()))?;
+        Ok(guard)
+    }
+}
+
+impl Drop for ResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Removes the demo's temporary directory on drop.

@@ -6,6 +6,7 @@ mod check;
 mod conntrack;
 mod demo;
 mod demo_snat;
+mod dns_args;
 mod generate;
 mod lb;
 mod run;

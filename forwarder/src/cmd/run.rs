@@ -90,6 +90,8 @@ pub struct RunArgs {
     pub lb: LbArgs,
     #[command(flatten)]
     pub snat: SnatArgs,
+    #[command(flatten)]
+    pub dns: super::dns_args::DnsArgs,
     /// Preferred busy polling (on|off): each worker runs the receive NAPI
     /// of its interfaces' queues from its own loop (SO_PREFER_BUSY_POLL,
     /// with napi_defer_hard_irqs and gro_flush_timeout set on the
@@ -317,6 +319,7 @@ fn settings(args: RunArgs) -> anyhow::Result<Settings> {
             .unwrap_or_else(settings::default_service_cidr),
         cluster_cidrs: args.cluster_cidrs,
         conntrack: args.conntrack.resolve(),
+        dns: args.dns.resolve(),
         min_sync_period: args
             .min_sync_period
             .unwrap_or(settings::DEFAULT_MIN_SYNC_PERIOD),

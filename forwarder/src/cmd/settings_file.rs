@@ -7,7 +7,8 @@
 //! the real ones, so a value in the file is checked by the same parser as
 //! the flag, and the flags win: a key whose flag was given on the command
 //! line is left out. Tables group keys: `[conntrack]` holds
-//! `conntrack-max` or `max`, both meaning `--conntrack-max`.
+//! `conntrack-max` or `max`, both meaning `--conntrack-max`; any flag's
+//! own name is valid in any table (`[dns]` holds `cluster-domain`).
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -53,8 +54,10 @@ pub fn args_from_table(
         match value {
             toml::Value::Table(inner) => {
                 for (sub, value) in inner {
+                    // `sub` as the flag it names, or as the table's
+                    // flag `key-sub`: `[dns]` holds `dns-address` or
+                    // `address`, and `cluster-domain`.
                     let arg = find(args, sub)
-                        .filter(|a| a.get_long().is_some_and(|l| l.starts_with(key.as_str())))
                         .or_else(|| find(args, &format!("{key}-{sub}")))
                         .ok_or_else(|| unknown(&format!("[{key}] {sub}"), args))?;
                     push(arg, value, given, &mut out).map_err(|e| format!("[{key}] {sub}: {e}"))?;

@@ -78,6 +78,13 @@ pub fn render(v: &StatusView) -> String {
     if let Some(e) = &ctl.last_error {
         let _ = writeln!(out, "last error  {:.0}s ago: {}", e.seconds_ago, e.message);
     }
+    if let Some(d) = &v.dns {
+        let _ = writeln!(
+            out,
+            "dns         {} answers ({:.1}/s), last from generation {}; {} truncated, {} dropped",
+            d.answers, d.answers_per_second, d.last_generation, d.truncated, d.dropped
+        );
+    }
     out.push('\n');
 
     let mut workers = Table::new(

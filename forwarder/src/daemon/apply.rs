@@ -220,6 +220,8 @@ mod tests {
             cluster_ip: ClusterIp::Vip(vip),
             session_affinity: None,
             lb_algorithm: None,
+            external_name: None,
+            publish_not_ready_addresses: false,
             ports: vec![ServicePort {
                 name: None,
                 port,
@@ -232,6 +234,7 @@ mod tests {
                         port,
                         state: EndpointState::READY,
                         pod: None,
+                        hostname: None,
                     })
                     .collect(),
             }],
@@ -387,6 +390,7 @@ mod tests {
             port: 80,
             state: EndpointState::READY,
             pod: None,
+            hostname: None,
         });
         let (plan, applied) = before.apply(new, &mut maps);
         let applied = applied.expect("applied");

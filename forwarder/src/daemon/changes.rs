@@ -96,11 +96,14 @@ mod tests {
                             terminating: !ready,
                         },
                         pod: None,
+                        hostname: None,
                     })
                     .collect(),
             }],
             session_affinity: None,
             lb_algorithm: None,
+            external_name: None,
+            publish_not_ready_addresses: false,
         }
     }
 

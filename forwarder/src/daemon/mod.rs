@@ -15,6 +15,7 @@
 
 pub mod apply;
 pub mod changes;
+mod dns;
 pub mod handover;
 pub mod plan;
 mod snat;
@@ -115,6 +116,8 @@ struct Gateway {
     /// Maglev tables by endpoint set, kept across compilations so that
     /// an unchanged set is not rebuilt.
     maglev: MaglevTables,
+    /// The DNS answered from the table (`--dns-address`).
+    dns: Option<dns::DnsService>,
 }
 
 /// Gives the calling (worker) thread its nice value; a failure (no
@@ -527,7 +530,10 @@ impl Gateway {
     /// are carried into the next change.
     fn apply(&mut self, model: Arc<ServiceTable>) -> anyhow::Result<ApplySummary> {
         let old = self.table.current();
-        if **old.model() == *model {
+        // The first full sync brings the first zone, even when the
+        // model is the (empty) one the gateway started with.
+        let zone_due = self.dns.is_some() && old.dns().is_none();
+        if **old.model() == *model && !zone_due {
             return Ok(ApplySummary {
                 generation: old.generation(),
                 entries: old.len(),
@@ -549,6 +555,10 @@ impl Gateway {
         let compiled =
             CompiledTable::compile_with_lb(model, generation, |s, p| slots.get(s, p), lb)
                 .with_retiring(plan.retiring().iter().copied());
+        let compiled = match &self.dns {
+            Some(dns) => dns.attach_zone(compiled),
+            None => compiled,
+        };
         let entries = compiled.len();
         let applied = apply::apply(
             &plan,
@@ -591,6 +601,9 @@ impl Gateway {
             })?;
         }
         self.napi_tuning.clear();
+        if let Some(dns) = &mut self.dns {
+            dns.hand_over();
+        }
         self.program.leave_attached();
         request
             .released(&self.socket_mode)

@@ -193,6 +193,8 @@ mod tests {
             cluster_ip: ClusterIp::Vip(vip),
             session_affinity: None,
             lb_algorithm: None,
+            external_name: None,
+            publish_not_ready_addresses: false,
             ports: ports
                 .iter()
                 .map(|&(port, protocol, target, pods)| ServicePort {
@@ -207,6 +209,7 @@ mod tests {
                             port: target,
                             state: EndpointState::READY,
                             pod: None,
+                            hostname: None,
                         })
                         .collect(),
                 })

@@ -55,7 +55,13 @@ pub(super) fn start(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<Gateway> {
     let from_file = matches!(settings.source, Source::ControlFile(_));
-    let first = load_table(settings)?;
+    let mut dns = super::dns::DnsService::new(settings);
+    let mut first = load_table(settings)?;
+    // A control file is a full sync: its zone is answered at once. From
+    // Kubernetes, answers are SERVFAIL until the first full sync.
+    if let (Some(dns), true) = (&dns, from_file) {
+        first.table = dns.attach_zone(first.table);
+    }
     let ports = Ports::open(settings)?;
     let monitor =
         netlink::spawn_monitor(settings.ifaces.clone()).context("starting the netlink monitor")?;
@@ -64,12 +70,19 @@ pub(super) fn start(
     if let Some(snat) = &snat {
         program.set_snat(&snat.addresses, snat.ports.clone())?;
     }
+    if let Some(dns) = &dns {
+        for &address in dns.addresses() {
+            program
+                .steer_dns(address, crate::dns::PORT)
+                .with_context(|| format!("--dns-address {address}: steering its UDP port 53"))?;
+        }
+    }
     let assignments = assign_queues(settings, &ports)?;
     // Everything above is ready; what follows needs what a gateway still
     // running on this state directory holds.
-    let zero_copy = match &settings.state_dir {
+    let (zero_copy, took_over) = match &settings.state_dir {
         Some(dir) => take_over(dir, settings)?,
-        None => ZeroCopy::Auto,
+        None => (ZeroCopy::Auto, false),
     };
 
     let (conntrack, table_file, epoch) = open_conntrack(settings, snat.as_ref())?;
@@ -91,6 +104,9 @@ pub(super) fn start(
     // A control file is there to read (a missing one fails the start);
     // the Kubernetes API counts as reached once the first sync is done.
     admin.control().set_connected(from_file);
+    if let Some(dns) = &dns {
+        admin.count_dns(Arc::clone(&dns.stats));
+    }
     let summary = conntrack.summary();
     tracing::info!(
         conntrack_max = summary.max_flows,
@@ -137,8 +153,12 @@ pub(super) fn start(
             stop: &stop,
             admin: &admin,
             epoch,
+            dns: dns.as_ref(),
         },
     )?;
+    if let Some(dns) = dns.as_mut() {
+        dns.start_tcp(&table, took_over)?;
+    }
 
     // After the workers: forwarding does not wait for the admin address,
     // which a gateway that has just handed over may still hold.
@@ -186,6 +206,7 @@ pub(super) fn start(
         napi_tuning,
         lb: settings.lb.algorithm,
         maglev: first.maglev,
+        dns,
     };
     gateway.resolve_backends();
     if let Some(peer) = options.pass_through {
@@ -446,10 +467,11 @@ fn open_worker_io(
 }
 
 /// Asks a gateway running on the same state directory to let go of the
-/// data path (see [`handover`]); the zero-copy choice for our sockets:
+/// data path (see [`handover`]); the zero-copy choice for our sockets,
+/// and whether a gateway let go:
 /// copy mode at once when the running gateway's sockets on the same
 /// interfaces were in copy mode, else zero-copy where the driver takes it.
-fn take_over(dir: &std::path::Path, settings: &Settings) -> anyhow::Result<ZeroCopy> {
+fn take_over(dir: &std::path::Path, settings: &Settings) -> anyhow::Result<(ZeroCopy, bool)> {
     let asked = Instant::now();
     let outcome = handover::take_over(dir).with_context(|| {
         format!(
@@ -458,7 +480,7 @@ fn take_over(dir: &std::path::Path, settings: &Settings) -> anyhow::Result<ZeroC
         )
     })?;
     let handover::TakeOver::Released(mode) = outcome else {
-        return Ok(ZeroCopy::Auto);
+        return Ok((ZeroCopy::Auto, false));
     };
     tracing::info!(
         took = ?asked.elapsed(),
@@ -466,10 +488,11 @@ fn take_over(dir: &std::path::Path, settings: &Settings) -> anyhow::Result<ZeroC
     );
     // Zero-copy before stays Auto: it is tried first anyway, and a
     // failure then still falls back rather than stopping the gateway.
-    Ok(match mode {
+    let zero_copy = match mode {
         Some(mode) if mode.ifaces == settings.ifaces && mode.copy_mode => ZeroCopy::Off,
         _ => ZeroCopy::Auto,
-    })
+    };
+    Ok((zero_copy, true))
 }
 
 /// Starts the admin or metrics endpoint, retried for a moment while a
@@ -592,6 +615,8 @@ struct WorkerParts<'a> {
     stop: &'a Arc<AtomicBool>,
     admin: &'a AdminState,
     epoch: Instant,
+    /// Gives each worker a DNS responder, when the gateway answers DNS.
+    dns: Option<&'a super::dns::DnsService>,
 }
 
 /// The worker threads, by core, and their counters.
@@ -630,6 +655,10 @@ fn spawn_workers(
         .with_affinity(Arc::clone(parts.affinity))
         .with_config(pipeline_config.clone())
         .with_service_counters(parts.service_stats.add_worker());
+        let pipeline = match parts.dns {
+            Some(dns) => pipeline.with_dns(dns.responder()),
+            None => pipeline,
+        };
         let shared = WorkerShared {
             table: parts.table.reader(),
             net: parts.monitor.handle(),

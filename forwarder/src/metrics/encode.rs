@@ -158,6 +158,10 @@ pub fn encode(snapshot: Snapshot) -> String {
             ("git_hash", crate::build_info::GIT_HASH),
         ]),
     );
+    let mut snapshot = snapshot;
+    if let Some(dns) = snapshot.dns.take() {
+        cipgw.register_collector(Box::new(dns));
+    }
     cipgw.register_collector(Box::new(snapshot));
     let mut text = String::new();
     // Writing into a String cannot fail, and the collector's encoders
@@ -629,6 +633,7 @@ mod tests {
             services: Vec::new(),
             process: None,
             snat: Default::default(),
+            dns: None,
         }
     }
 

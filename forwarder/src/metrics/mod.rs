@@ -28,6 +28,7 @@
 //! (the exposition) and [`exposition`] (the reader).
 
 mod control;
+mod dns;
 mod encode;
 pub mod exposition;
 mod latency;
@@ -38,6 +39,7 @@ mod snapshot;
 use std::time::Duration;
 
 pub use self::control::{ControlMetrics, ControlSnapshot, LastError, LastSync};
+pub use self::dns::{DnsSnapshot, DnsStats};
 pub use self::encode::{
     encode, encode_as, to_text_004, Format, CONTENT_TYPE, CONTENT_TYPE_TEXT_004,
 };

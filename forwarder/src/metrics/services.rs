@@ -218,6 +218,8 @@ mod tests {
                 cluster_ip: ClusterIp::Vip(Ipv4Addr::new(198, 18, 100, *port as u8)),
                 session_affinity: None,
                 lb_algorithm: None,
+                external_name: None,
+                publish_not_ready_addresses: false,
                 ports: vec![ServicePort {
                     name: None,
                     port: *port,
@@ -228,6 +230,7 @@ mod tests {
                         port: 5678,
                         state: EndpointState::READY,
                         pod: None,
+                        hostname: None,
                     }],
                 }],
             })
@@ -238,6 +241,8 @@ mod tests {
             cluster_ip: ClusterIp::Headless,
             session_affinity: None,
             lb_algorithm: None,
+            external_name: None,
+            publish_not_ready_addresses: false,
             ports: vec![ServicePort {
                 name: None,
                 port: 80,

@@ -200,6 +200,8 @@ pub struct Snapshot {
     pub process: Option<super::process::ProcessNumbers>,
     /// Source NAT's ports in use, per address; empty without `--snat`.
     pub snat: SnatNumbers,
+    /// The DNS responders', when the gateway answers DNS.
+    pub dns: Option<super::DnsSnapshot>,
 }
 
 /// Source NAT at scrape time.

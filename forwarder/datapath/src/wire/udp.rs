@@ -1,6 +1,9 @@
 //! UDP headers (RFC 768).
 
-use super::{read_u16, write_u16, WireError};
+use std::net::Ipv4Addr;
+
+use super::{ip_number, read_u16, write_u16, WireError};
+use crate::checksum::l4_checksum;
 
 mod field {
     pub const SRC_PORT: usize = 0;
@@ -71,6 +74,44 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpDatagram<T> {
     }
 }
 
+/// The header of a datagram the gateway originates (a DNS answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpRepr {
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+impl UdpRepr {
+    /// Writes the header at the start of `buffer`, which holds the whole
+    /// datagram (its payload already in place behind the header), with
+    /// the length and a full checksum over the pseudo-header from `src`
+    /// to `dst` (RFC 768: a computed zero is sent as 0xffff).
+    /// `Truncated` when `buffer` cannot hold a header, `Malformed` when
+    /// it exceeds a 16-bit length; nothing is written then.
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        mut buffer: T,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+    ) -> Result<UdpDatagram<T>, WireError> {
+        let bytes = buffer.as_mut();
+        if bytes.len() < HEADER_LEN {
+            return Err(WireError::Truncated);
+        }
+        let length = u16::try_from(bytes.len()).map_err(|_| WireError::Malformed)?;
+        write_u16(bytes, field::SRC_PORT, self.src_port);
+        write_u16(bytes, field::DST_PORT, self.dst_port);
+        write_u16(bytes, field::LENGTH, length);
+        write_u16(bytes, field::CHECKSUM, 0);
+        let c = match l4_checksum(src.octets(), dst.octets(), ip_number::UDP, bytes) {
+            0 => 0xffff,
+            c => c,
+        };
+        write_u16(bytes, field::CHECKSUM, c);
+        Ok(UdpDatagram { buffer })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +126,26 @@ mod tests {
         assert_eq!((d.src_port(), d.dst_port()), (12345, 8080));
         assert_eq!(d.length(), 12);
         assert_eq!(d.checksum(), 0x1234);
+    }
+
+    #[test]
+    fn emit_writes_length_and_a_checksum_that_verifies() {
+        let (src, dst) = (Ipv4Addr::new(198, 18, 0, 53), Ipv4Addr::new(198, 18, 0, 2));
+        let mut datagram = [0u8; 12];
+        datagram[8..].copy_from_slice(b"pong");
+        UdpRepr {
+            src_port: 53,
+            dst_port: 40000,
+        }
+        .emit(&mut datagram[..], src, dst)
+        .expect("room for the header");
+        let d = UdpDatagram::new_checked(&datagram[..]).expect("valid datagram");
+        assert_eq!((d.src_port(), d.dst_port(), d.length()), (53, 40000, 12));
+        assert_eq!(
+            l4_checksum(src.octets(), dst.octets(), ip_number::UDP, &datagram),
+            0,
+            "checksum verifies"
+        );
     }
 
     #[test]

@@ -1,0 +1,707 @@
+//! Table-driven responder cases: query bytes in, the answer's rcode,
+//! flags and records out, against the Kubernetes DNS specification; and
+//! the worker's path (source policy, rate limit, UDP/IP framing) through
+//! the whole pipeline on the in-memory gateway.
+
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use cipgw_config::{
+    ClusterIp, EndpointState, Protocol, Service, ServiceKind, ServiceName, ServiceTable,
+};
+use domain::base::iana::{Class, Opcode, Rtype};
+use domain::base::{Message, MessageBuilder, Name, ParsedName};
+use domain::rdata::AllRecordData;
+
+use super::*;
+use crate::harness::{self, addr, endpoint, service, service_port, Frame, Harness, CLIENT_PORT};
+use crate::table::CompiledTable;
+
+const VIP: [u8; 4] = [198, 18, 100, 10];
+
+fn named(mut port: cipgw_config::ServicePort, name: &str) -> cipgw_config::ServicePort {
+    port.name = Some(name.to_owned());
+    port
+}
+
+/// The cluster of the cases.
+fn model() -> ServiceTable {
+    let echo = service(
+        ServiceName::new("default", "echo-server-clusterip"),
+        Some(VIP),
+        None,
+        vec![
+            named(
+                service_port(8080, Protocol::Tcp, 5678, &[addr::POD1, addr::POD2]),
+                "http",
+            ),
+            // Unnamed: no SRV.
+            service_port(9090, Protocol::Udp, 9090, &[addr::POD1]),
+        ],
+    );
+    let mut db_port = named(
+        service_port(
+            5432,
+            Protocol::Tcp,
+            5432,
+            &[[198, 18, 4, 1], [198, 18, 4, 2]],
+        ),
+        "pg",
+    );
+    db_port.endpoints[0].hostname = Some("db-0".into());
+    let mut not_ready = endpoint([198, 18, 4, 3], 5432);
+    not_ready.state = EndpointState {
+        ready: false,
+        serving: false,
+        terminating: false,
+    };
+    not_ready.hostname = Some("db-2".into());
+    db_port.endpoints.push(not_ready.clone());
+    let db = service(ServiceName::new("default", "db"), None, None, vec![db_port]);
+
+    let mut empty_port = service_port(80, Protocol::Tcp, 80, &[]);
+    empty_port.endpoints.push(not_ready.clone());
+    let empty = service(
+        ServiceName::new("default", "empty"),
+        None,
+        None,
+        vec![empty_port.clone()],
+    );
+    let mut published = service(
+        ServiceName::new("default", "published"),
+        None,
+        None,
+        vec![empty_port],
+    );
+    published.publish_not_ready_addresses = true;
+
+    let ext = Service {
+        name: ServiceName::new("default", "ext"),
+        kind: ServiceKind::ExternalName,
+        cluster_ip: ClusterIp::ExternalName,
+        ports: Vec::new(),
+        session_affinity: None,
+        lb_algorithm: None,
+        external_name: Some("db.example.net".into()),
+        publish_not_ready_addresses: false,
+    };
+    let big_pods: Vec<[u8; 4]> = (0..200u8).map(|i| [198, 18, 8, i]).collect();
+    let big = service(
+        ServiceName::new("shop", "big"),
+        None,
+        None,
+        vec![service_port(80, Protocol::Tcp, 80, &big_pods)],
+    );
+    let mut services = vec![echo, db, empty, published, ext, big];
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    ServiceTable { services }
+}
+
+fn zone() -> DnsZone {
+    DnsZone::compile(&model(), &DnsConfig::default(), 7)
+}
+
+/// A query with ID 0x1234 and RD set, with an OPT record of payload
+/// size `edns` when given.
+fn query(name: &str, qtype: Rtype, edns: Option<u16>) -> Vec<u8> {
+    let mut b = MessageBuilder::new_vec();
+    b.header_mut().set_id(0x1234);
+    b.header_mut().set_rd(true);
+    let mut q = b.question();
+    q.push((
+        Name::<Vec<u8>>::from_str(name).expect("test name"),
+        qtype,
+        Class::IN,
+    ))
+    .expect("question fits");
+    let mut add = q.additional();
+    if let Some(size) = edns {
+        add.opt(|opt| {
+            opt.set_udp_payload_size(size);
+            Ok(())
+        })
+        .expect("OPT fits");
+    }
+    add.finish()
+}
+
+/// Answers `query` as a worker (UDP, the gateway's 1232-octet maximum)
+/// or as the TCP listener (`tcp`).
+fn ask_with(zone: Option<&DnsZone>, query: &[u8], tcp: bool) -> (Answered, Vec<u8>) {
+    let mut buf = vec![0u8; if tcp { 65_535 } else { 2000 }];
+    buf[..query.len()].copy_from_slice(query);
+    let counters = DnsCounters::default();
+    let udp = (!tcp).then_some(DEFAULT_UDP_PAYLOAD);
+    let answered =
+        respond(zone, &mut buf, query.len(), udp, &counters).expect("the query is answered");
+    assert_eq!(counters.answers(), 1, "one answer counted");
+    buf.truncate(answered.len);
+    (answered, buf)
+}
+
+fn ask(zone: &DnsZone, query: &[u8]) -> (Answered, Vec<u8>) {
+    ask_with(Some(zone), query, false)
+}
+
+/// `owner TYPE data` of each record of a section, as dig shows them.
+fn section(answer: &[u8], which: usize) -> Vec<String> {
+    let message = Message::from_octets(answer).expect("answer parses");
+    let mut section = message.question().answer().expect("answer section");
+    for _ in 0..which {
+        section = section
+            .next_section()
+            .expect("section parses")
+            .expect("section present");
+    }
+    section
+        .limit_to::<AllRecordData<_, ParsedName<_>>>()
+        .map(|rr| {
+            let rr = rr.expect("record parses");
+            format!("{}. {} {}", rr.owner(), rr.rtype(), rr.data())
+        })
+        .collect()
+}
+
+fn rcode_of(answer: &[u8]) -> Rcode {
+    Header::for_message_slice(answer).rcode()
+}
+
+const SOA: &str =
+    "cluster.local. SOA ns.dns.cluster.local. hostmaster.cluster.local. 7 7200 1800 86400 5";
+
+/// Name and type asked; rcode, answer and authority records expected.
+type Case = (
+    &'static str,
+    Rtype,
+    Rcode,
+    &'static [&'static str],
+    &'static [&'static str],
+);
+
+#[test]
+fn records_of_the_specification() {
+    let zone = zone();
+    let cases: &[Case] = &[
+        // 2.3: a Service with a ClusterIP.
+        (
+            "echo-server-clusterip.default.svc.cluster.local",
+            Rtype::A,
+            Rcode::NOERROR,
+            &["echo-server-clusterip.default.svc.cluster.local. A 198.18.100.10"],
+            &[],
+        ),
+        (
+            "_http._tcp.echo-server-clusterip.default.svc.cluster.local",
+            Rtype::SRV,
+            Rcode::NOERROR,
+            &[
+                "_http._tcp.echo-server-clusterip.default.svc.cluster.local. SRV 0 100 8080 \
+               echo-server-clusterip.default.svc.cluster.local",
+            ],
+            &[],
+        ),
+        (
+            "10.100.18.198.in-addr.arpa",
+            Rtype::PTR,
+            Rcode::NOERROR,
+            &["10.100.18.198.in-addr.arpa. PTR echo-server-clusterip.default.svc.cluster.local."],
+            &[],
+        ),
+        // 2.4: headless: ready endpoints only, by hostname or address.
+        (
+            "db.default.svc.cluster.local",
+            Rtype::A,
+            Rcode::NOERROR,
+            &[
+                "db.default.svc.cluster.local. A 198.18.4.1",
+                "db.default.svc.cluster.local. A 198.18.4.2",
+            ],
+            &[],
+        ),
+        (
+            "db-0.db.default.svc.cluster.local",
+            Rtype::A,
+            Rcode::NOERROR,
+            &["db-0.db.default.svc.cluster.local. A 198.18.4.1"],
+            &[],
+        ),
+        (
+            "198-18-4-2.db.default.svc.cluster.local",
+            Rtype::A,
+            Rcode::NOERROR,
+            &["198-18-4-2.db.default.svc.cluster.local. A 198.18.4.2"],
+            &[],
+        ),
+        (
+            "_pg._tcp.db.default.svc.cluster.local",
+            Rtype::SRV,
+            Rcode::NOERROR,
+            &[
+                "_pg._tcp.db.default.svc.cluster.local. SRV 0 50 5432 \
+                 db-0.db.default.svc.cluster.local",
+                "_pg._tcp.db.default.svc.cluster.local. SRV 0 50 5432 \
+                 198-18-4-2.db.default.svc.cluster.local",
+            ],
+            &[],
+        ),
+        (
+            "1.4.18.198.in-addr.arpa",
+            Rtype::PTR,
+            Rcode::NOERROR,
+            &["1.4.18.198.in-addr.arpa. PTR db-0.db.default.svc.cluster.local."],
+            &[],
+        ),
+        // A not-ready endpoint has no name, no address, no PTR.
+        (
+            "db-2.db.default.svc.cluster.local",
+            Rtype::A,
+            Rcode::NXDOMAIN,
+            &[],
+            &[SOA],
+        ),
+        // No ready endpoint: the name does not exist ...
+        (
+            "empty.default.svc.cluster.local",
+            Rtype::A,
+            Rcode::NXDOMAIN,
+            &[],
+            &[SOA],
+        ),
+        // ... unless publishNotReadyAddresses.
+        (
+            "published.default.svc.cluster.local",
+            Rtype::A,
+            Rcode::NOERROR,
+            &["published.default.svc.cluster.local. A 198.18.4.3"],
+            &[],
+        ),
+        // 2.5: ExternalName, whatever type is asked.
+        (
+            "ext.default.svc.cluster.local",
+            Rtype::A,
+            Rcode::NOERROR,
+            &["ext.default.svc.cluster.local. CNAME db.example.net."],
+            &[],
+        ),
+        (
+            "ext.default.svc.cluster.local",
+            Rtype::CNAME,
+            Rcode::NOERROR,
+            &["ext.default.svc.cluster.local. CNAME db.example.net."],
+            &[],
+        ),
+        // 2.2: the schema version.
+        (
+            "dns-version.cluster.local",
+            Rtype::TXT,
+            Rcode::NOERROR,
+            &["dns-version.cluster.local. TXT \"1.1.0\""],
+            &[],
+        ),
+        ("cluster.local", Rtype::SOA, Rcode::NOERROR, &[SOA], &[]),
+        // NODATA: the name exists, not the type (AAAA: IPv4 only), and
+        // empty non-terminals exist.
+        (
+            "echo-server-clusterip.default.svc.cluster.local",
+            Rtype::AAAA,
+            Rcode::NOERROR,
+            &[],
+            &[SOA],
+        ),
+        (
+            "echo-server-clusterip.default.svc.cluster.local",
+            Rtype::TXT,
+            Rcode::NOERROR,
+            &[],
+            &[SOA],
+        ),
+        (
+            "default.svc.cluster.local",
+            Rtype::A,
+            Rcode::NOERROR,
+            &[],
+            &[SOA],
+        ),
+        // NXDOMAIN: under the zone, no such name.
+        (
+            "nothing.default.svc.cluster.local",
+            Rtype::A,
+            Rcode::NXDOMAIN,
+            &[],
+            &[SOA],
+        ),
+        // Unnamed ports have no SRV.
+        (
+            "_9090._udp.echo-server-clusterip.default.svc.cluster.local",
+            Rtype::SRV,
+            Rcode::NXDOMAIN,
+            &[],
+            &[SOA],
+        ),
+        // Outside the zone: refused (no upstream), and a look-alike
+        // suffix is outside too.
+        ("example.com", Rtype::A, Rcode::REFUSED, &[], &[]),
+        ("xcluster.local", Rtype::A, Rcode::REFUSED, &[], &[]),
+        ("9.9.9.9.in-addr.arpa", Rtype::PTR, Rcode::REFUSED, &[], &[]),
+    ];
+    for &(name, qtype, rcode, answers, authority) in cases {
+        let q = query(name, qtype, None);
+        let (answered, answer) = ask(&zone, &q);
+        let case = format!("{name} {qtype}");
+        assert_eq!(rcode_of(&answer), rcode, "rcode of {case}");
+        assert!(!answered.truncated, "{case} fits 512 octets");
+        let header = Header::for_message_slice(&answer);
+        assert_eq!(header.id(), 0x1234, "{case}: the query's ID");
+        assert!(header.qr() && header.rd() && !header.tc(), "{case}: flags");
+        assert_eq!(
+            header.aa(),
+            rcode != Rcode::REFUSED,
+            "{case}: authoritative for its zone only"
+        );
+        assert_eq!(
+            &answer[12..q.len()],
+            &q[12..],
+            "{case}: the question as asked"
+        );
+        assert_eq!(section(&answer, 0), answers, "answers to {case}");
+        assert_eq!(section(&answer, 1), authority, "authority of {case}");
+    }
+}
+
+#[test]
+fn names_are_case_insensitive_and_the_question_keeps_its_case() {
+    let zone = zone();
+    let q = query(
+        "Echo-Server-ClusterIP.DEFAULT.svc.Cluster.Local",
+        Rtype::A,
+        None,
+    );
+    let (_, answer) = ask(&zone, &q);
+    assert_eq!(rcode_of(&answer), Rcode::NOERROR);
+    // The owner is compressed to the question: it reads as asked (DNS
+    // 0x20 clients check this).
+    assert_eq!(
+        section(&answer, 0),
+        ["Echo-Server-ClusterIP.DEFAULT.svc.Cluster.Local. A 198.18.100.10"]
+    );
+    assert_eq!(&answer[12..q.len()], &q[12..]);
+}
+
+#[test]
+fn servfail_before_the_first_zone() {
+    let q = query(
+        "echo-server-clusterip.default.svc.cluster.local",
+        Rtype::A,
+        Some(1232),
+    );
+    let (answered, answer) = ask_with(None, &q, false);
+    assert_eq!(answered.rcode, DnsRcode::ServFail);
+    assert_eq!(rcode_of(&answer), Rcode::SERVFAIL);
+    let message = Message::from_octets(&answer[..]).expect("parses");
+    assert!(message.opt().is_some(), "EDNS answered with OPT");
+    assert_eq!(no_zone_opt(), &*zone().opt, "one OPT encoding");
+}
+
+#[test]
+fn edns_payload_size_truncation_and_tcp() {
+    let zone = zone();
+    let big = "big.shop.svc.cluster.local";
+    // Without EDNS: 512 octets, so 200 addresses truncate.
+    let (answered, answer) = ask(&zone, &query(big, Rtype::A, None));
+    assert!(answered.truncated && answer.len() <= 512);
+    let header = Header::for_message_slice(&answer);
+    assert!(header.tc());
+    assert_eq!(section(&answer, 0), Vec::<String>::new(), "TC: no records");
+    // With EDNS 4096, the gateway's 1232 still bounds it: truncated.
+    let (answered, answer) = ask(&zone, &query(big, Rtype::A, Some(4096)));
+    assert!(answered.truncated && answer.len() <= 1232);
+    let message = Message::from_octets(&answer[..]).expect("parses");
+    let opt = message.opt().expect("OPT in the answer");
+    assert_eq!(opt.udp_payload_size(), 1232);
+    // Over TCP it comes whole.
+    let (answered, answer) = ask_with(Some(&zone), &query(big, Rtype::A, None), true);
+    assert!(!answered.truncated);
+    assert_eq!(section(&answer, 0).len(), 200);
+    // A small answer with a small EDNS size below 512 still gets 512.
+    let (answered, answer) = ask(
+        &zone,
+        &query("db.default.svc.cluster.local", Rtype::A, Some(100)),
+    );
+    assert!(!answered.truncated);
+    assert_eq!(section(&answer, 0).len(), 2);
+    // Compressed owners: 16 octets an address.
+    assert!(answer.len() < 200);
+}
+
+#[test]
+fn edns_version_above_zero_is_badvers() {
+    let zone = zone();
+    let mut q = query("db.default.svc.cluster.local", Rtype::A, Some(1232));
+    // The OPT record's TTL field: extended rcode, version, flags.
+    let ttl_at = q.len() - 6;
+    q[ttl_at + 1] = 1;
+    let (answered, answer) = ask(&zone, &q);
+    assert_eq!(answered.rcode, DnsRcode::BadVers);
+    let message = Message::from_octets(&answer[..]).expect("parses");
+    assert_eq!(message.opt_rcode(), domain::base::iana::OptRcode::BADVERS);
+}
+
+#[test]
+fn malformed_queries_get_formerr_notimp_or_nothing() {
+    let zone = zone();
+    let counters = DnsCounters::default();
+    let mut buf = [0u8; 600];
+    // Shorter than a header: dropped.
+    assert_eq!(
+        respond(Some(&zone), &mut buf, 5, Some(1232), &counters),
+        Err(DnsDrop::Malformed)
+    );
+    // A response: never answered.
+    let mut q = query("db.default.svc.cluster.local", Rtype::A, None);
+    q[2] |= 0x80;
+    buf[..q.len()].copy_from_slice(&q);
+    assert_eq!(
+        respond(Some(&zone), &mut buf, q.len(), Some(1232), &counters),
+        Err(DnsDrop::NotAQuery)
+    );
+    assert_eq!(counters.drops[DnsDrop::Malformed as usize].get(), 1);
+    assert_eq!(counters.drops[DnsDrop::NotAQuery as usize].get(), 1);
+
+    let formerr = |bytes: &[u8]| {
+        let mut buf = [0u8; 600];
+        buf[..bytes.len()].copy_from_slice(bytes);
+        let answered =
+            respond(Some(&zone), &mut buf, bytes.len(), Some(1232), &counters).expect("answered");
+        (answered.rcode, answered.len)
+    };
+    let q = query("db.default.svc.cluster.local", Rtype::A, None);
+    // No question.
+    let mut none = q[..12].to_vec();
+    none[5] = 0;
+    assert_eq!(formerr(&none), (DnsRcode::FormErr, 12));
+    // Two questions announced, one present.
+    let mut two = q.clone();
+    two[5] = 2;
+    assert_eq!(formerr(&two).0, DnsRcode::FormErr);
+    // A question cut short.
+    assert_eq!(formerr(&q[..q.len() - 3]).0, DnsRcode::FormErr);
+    // A compression pointer as the question name (to itself).
+    let mut looped = q[..12].to_vec();
+    looped.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+    assert_eq!(formerr(&looped).0, DnsRcode::FormErr);
+    // A label longer than 63 octets.
+    let mut long = q[..12].to_vec();
+    long.push(64);
+    long.extend_from_slice(&[b'a'; 64]);
+    long.extend_from_slice(&[0, 0, 1, 0, 1]);
+    assert_eq!(formerr(&long).0, DnsRcode::FormErr);
+    // Not a QUERY.
+    let mut notify = q.clone();
+    Header::for_message_slice_mut(&mut notify).set_opcode(Opcode::NOTIFY);
+    assert_eq!(formerr(&notify), (DnsRcode::NotImp, 12));
+    // Class CH, and zone transfers: refused.
+    let mut chaos = q.clone();
+    let class_at = chaos.len() - 2;
+    chaos[class_at + 1] = 3;
+    assert_eq!(formerr(&chaos).0, DnsRcode::Refused);
+    let axfr = query("cluster.local", Rtype::AXFR, None);
+    assert_eq!(formerr(&axfr).0, DnsRcode::Refused);
+    assert_eq!(counters.rcodes[DnsRcode::FormErr as usize].get(), 5);
+}
+
+#[test]
+fn counts_per_rcode_and_qtype_and_the_generation_served() {
+    let zone = zone();
+    let counters = DnsCounters::default();
+    for (name, qtype) in [
+        ("db.default.svc.cluster.local", Rtype::A),
+        ("nothing.default.svc.cluster.local", Rtype::A),
+        ("_pg._tcp.db.default.svc.cluster.local", Rtype::SRV),
+        ("example.com", Rtype::MX),
+    ] {
+        let q = query(name, qtype, None);
+        let mut buf = [0u8; 1500];
+        buf[..q.len()].copy_from_slice(&q);
+        respond(Some(&zone), &mut buf, q.len(), Some(1232), &counters).expect("answered");
+    }
+    let rcode = |r: DnsRcode| counters.rcodes[r as usize].get();
+    let qtype = |t: DnsQtype| counters.qtypes[t as usize].get();
+    assert_eq!(
+        (
+            rcode(DnsRcode::NoError),
+            rcode(DnsRcode::NxDomain),
+            rcode(DnsRcode::Refused)
+        ),
+        (2, 1, 1)
+    );
+    assert_eq!(
+        (
+            qtype(DnsQtype::A),
+            qtype(DnsQtype::Srv),
+            qtype(DnsQtype::Other)
+        ),
+        (2, 1, 1)
+    );
+    assert_eq!(counters.last_generation(), 7);
+}
+
+#[test]
+fn the_listing_names_what_is_served() {
+    let lines: Vec<String> = zone::records(&model(), &DnsConfig::default())
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(lines.contains(&"dns-version.cluster.local. TXT \"1.1.0\"".to_owned()));
+    assert!(lines
+        .contains(&"echo-server-clusterip.default.svc.cluster.local. A 198.18.100.10".to_owned()));
+    assert!(lines.contains(&"ext.default.svc.cluster.local. CNAME db.example.net.".to_owned()));
+    let zone = zone();
+    assert_eq!(zone.record_count(), lines.len());
+    assert!(zone.skipped().is_empty());
+}
+
+#[test]
+fn a_zone_with_another_domain_and_ttl() {
+    let config = DnsConfig {
+        zone: "Corp.Example.".into(),
+        ttl: 30,
+    };
+    let zone = DnsZone::compile(&model(), &config, 1);
+    let (_, answer) = ask(&zone, &query("db.default.svc.corp.example", Rtype::A, None));
+    let message = Message::from_octets(&answer[..]).expect("parses");
+    let ttls: Vec<u32> = message
+        .answer()
+        .expect("answer")
+        .limit_to::<AllRecordData<_, ParsedName<_>>>()
+        .map(|rr| rr.expect("parses").ttl().as_secs())
+        .collect();
+    assert_eq!(ttls, [30, 30]);
+    let (_, answer) = ask(
+        &zone,
+        &query("db.default.svc.cluster.local", Rtype::A, None),
+    );
+    assert_eq!(rcode_of(&answer), Rcode::REFUSED);
+}
+
+// The worker's path: frames through the whole pipeline.
+
+const DNS_ADDRESS: [u8; 4] = [198, 18, 0, 53];
+
+fn gateway(per_source: u32) -> Harness {
+    let mut table = CompiledTable::compile(Arc::new(model()), 7);
+    table = table.with_dns(Arc::new(zone()));
+    let dns = DnsResponder::new(
+        vec![Ipv4Addr::from(DNS_ADDRESS)],
+        vec!["198.18.0.0/24".parse().expect("cidr")],
+        Arc::new(DnsCounters::default()),
+    )
+    .with_limits(RefusalLimiter::new(per_source, 1_000));
+    let conntrack = Arc::new(crate::conntrack::Conntrack::new(
+        crate::conntrack::ConntrackConfig {
+            max_flows: 1024,
+            unreplied_percent: 100,
+            timeouts: Default::default(),
+        },
+    ));
+    Harness {
+        pipeline: harness::pipeline(conntrack, 1).with_dns(dns),
+        table: Arc::new(table),
+        net: Arc::new(harness::Net::two_arm().build()),
+        now: 100,
+    }
+}
+
+fn send(gw: &mut Harness, src: [u8; 4], dns: &[u8]) -> (Verdict, Vec<u8>) {
+    let mut frame = Frame::arriving(src, DNS_ADDRESS).udp(40000, PORT, dns);
+    let len = frame.len();
+    frame.resize(2048, 0);
+    let verdict = gw.process(&mut frame, len, CLIENT_PORT);
+    if let Verdict::Respond { len, .. } = verdict {
+        frame.truncate(len);
+    }
+    (verdict, frame)
+}
+
+#[test]
+fn a_worker_answers_in_place_with_valid_headers() {
+    let mut gw = gateway(100);
+    let q = query(
+        "echo-server-clusterip.default.svc.cluster.local",
+        Rtype::A,
+        None,
+    );
+    let (verdict, frame) = send(&mut gw, addr::CLIENT, &q);
+    assert!(
+        matches!(verdict, Verdict::Respond { port, .. } if port == CLIENT_PORT),
+        "answered back: {verdict:?}"
+    );
+    let p = etherparse::SlicedPacket::from_ethernet(&frame).expect("answer parses");
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+        panic!("ipv4")
+    };
+    assert_eq!(ip.header().source(), DNS_ADDRESS);
+    assert_eq!(ip.header().destination(), addr::CLIENT);
+    assert_eq!(crate::checksum::checksum(ip.header().slice()), 0);
+    let Some(etherparse::TransportSlice::Udp(udp)) = &p.transport else {
+        panic!("udp")
+    };
+    assert_eq!((udp.source_port(), udp.destination_port()), (53, 40000));
+    assert_eq!(
+        crate::checksum::l4_checksum(DNS_ADDRESS, addr::CLIENT, 17, &frame[34..]),
+        0,
+        "UDP checksum"
+    );
+    assert_eq!(
+        section(udp.payload(), 0),
+        ["echo-server-clusterip.default.svc.cluster.local. A 198.18.100.10"]
+    );
+    assert_eq!(gw.counters().new_flows.get(), 0, "no conntrack entry");
+}
+
+#[test]
+fn sources_outside_the_cluster_get_nothing() {
+    let mut gw = gateway(100);
+    let q = query(
+        "echo-server-clusterip.default.svc.cluster.local",
+        Rtype::A,
+        None,
+    );
+    let (verdict, _) = send(&mut gw, [198, 19, 0, 2], &q);
+    assert_eq!(verdict, Verdict::Drop(DropReason::SourceNotInCluster));
+    assert_eq!(gw.counters().drops_of(DropReason::SourceNotInCluster), 1);
+}
+
+#[test]
+fn a_burst_is_answered_at_the_limit_only() {
+    let mut gw = gateway(10);
+    let q = query("db.default.svc.cluster.local", Rtype::A, None);
+    let answered = (0..50)
+        .filter(|_| matches!(send(&mut gw, addr::CLIENT, &q).0, Verdict::Respond { .. }))
+        .count();
+    assert_eq!(answered, 10);
+    assert_eq!(gw.counters().drops_of(DropReason::RateLimited), 40);
+    // Another source has its own budget; a new second a new one.
+    assert!(matches!(
+        send(&mut gw, [198, 18, 0, 3], &q).0,
+        Verdict::Respond { .. }
+    ));
+    gw.now += 1;
+    assert!(matches!(
+        send(&mut gw, addr::CLIENT, &q).0,
+        Verdict::Respond { .. }
+    ));
+}
+
+#[test]
+fn garbage_to_port_53_is_counted_never_a_panic() {
+    let mut gw = gateway(1000);
+    for len in 0..64 {
+        let junk: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+        let (verdict, _) = send(&mut gw, addr::CLIENT, &junk);
+        assert!(
+            matches!(verdict, Verdict::Respond { .. } | Verdict::Drop(_)),
+            "defined verdict for {len} octets: {verdict:?}"
+        );
+    }
+}
