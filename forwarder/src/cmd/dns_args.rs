@@ -15,7 +15,7 @@ pub struct DnsArgs {
     /// e.g. the cluster's kube-dns ClusterIP routed to the gateway. UDP
     /// is answered by the workers; for TCP the gateway adds the address
     /// to the loopback device while it runs (removed at exit) and listens
-    /// there. Without any, the gateway answers no DNS.
+    /// there. Without any, the gateway answers no DNS [default: none].
     #[arg(long = "dns-address", value_name = "ADDR")]
     pub dns_address: Vec<std::net::Ipv4Addr>,
     /// The cluster domain the names live under [default: cluster.local].
