@@ -714,6 +714,10 @@ impl Pipeline {
         }
         let service = match owner {
             ReplyOwner::Unique(service) => service,
+            // Without Maglev anywhere, an untracked reply is just that.
+            ReplyOwner::Ambiguous if !ctx.table.uses_maglev() => {
+                return Err(Denied::Verdict(Verdict::Drop(DropReason::ReplyWithoutFlow)))
+            }
             ReplyOwner::Ambiguous => {
                 return Err(Denied::Verdict(Verdict::Drop(DropReason::AmbiguousReply)))
             }

@@ -124,6 +124,9 @@ pub struct CompiledTable {
     /// sources whose packets are replies, with the Service port they
     /// belong to.
     backends: HashMap<(Ipv4Addr, u16, Protocol), ReplyOwner, RandomState>,
+    /// Some port uses Maglev: only then are untracked replies rewritten
+    /// (or dropped as ambiguous) rather than replies without a flow.
+    uses_maglev: bool,
     /// Targets of the previous table that this one no longer has.
     retiring: HashSet<FlowTarget, RandomState>,
     /// The DNS zone compiled from the same model, when the gateway
@@ -248,6 +251,7 @@ impl CompiledTable {
             }
         }
         lb.maglev.finish_round();
+        let uses_maglev = ports.values().any(|p| p.maglev.is_some());
         Self {
             generation,
             model,
@@ -255,6 +259,7 @@ impl CompiledTable {
             vips,
             vips_with_endpoints,
             backends,
+            uses_maglev,
             retiring: HashSet::with_hasher(RandomState::new()),
             dns: None,
         }
@@ -341,6 +346,12 @@ impl CompiledTable {
     #[inline]
     pub fn is_backend(&self, ip: Ipv4Addr, port: u16, protocol: Protocol) -> bool {
         self.backends.contains_key(&(ip, port, protocol))
+    }
+
+    /// Whether some port uses Maglev (see [`ReplyOwner`]).
+    #[inline]
+    pub fn uses_maglev(&self) -> bool {
+        self.uses_maglev
     }
 
     /// The Service port a backend's packets are replies for, if it is one.

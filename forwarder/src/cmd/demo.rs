@@ -84,6 +84,51 @@ pub(super) fn control_file(vip: &str, pods: &[(String, String)]) -> String {
     yaml
 }
 
+/// Who answered the demo's requests, counted as they come.
+#[derive(Debug, Default)]
+pub(super) struct Tally {
+    served: BTreeMap<String, u32>,
+    pub(super) failed: u32,
+}
+
+impl Tally {
+    /// Prints request `i`'s answer (its `Hello from <pod> ...` line) or
+    /// failure, and counts it.
+    pub(super) fn record(&mut self, i: u32, answer: Result<String, impl std::fmt::Display>) {
+        match answer {
+            Ok(text) => {
+                let line = text
+                    .lines()
+                    .find(|l| l.starts_with("Hello from"))
+                    .unwrap_or(text.trim())
+                    .to_owned();
+                println!("  {i:>3}: {line}");
+                let pod = line
+                    .strip_prefix("Hello from ")
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .unwrap_or("?")
+                    .to_owned();
+                *self.served.entry(pod).or_default() += 1;
+            }
+            Err(e) => {
+                println!("  {i:>3}: failed: {e}");
+                self.failed += 1;
+            }
+        }
+    }
+
+    /// Who served how many, as a bar chart.
+    pub(super) fn print(&self) {
+        println!("\nwho served the requests:");
+        for (pod, n) in &self.served {
+            println!("  {pod:<16} {n:>3}  {}", "#".repeat(*n as usize));
+        }
+        if self.failed > 0 {
+            println!("  failed           {:>3}", self.failed);
+        }
+    }
+}
+
 pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     // SAFETY: geteuid(2) has no preconditions and touches no memory.
     if unsafe { libc::geteuid() } != 0 {
@@ -169,8 +214,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
     let url = format!("http://{SERVICE}:{SERVICE_PORT}");
     println!("\nfrom the client, {} times: curl {url}", args.requests);
-    let mut served: BTreeMap<String, u32> = BTreeMap::new();
-    let mut failed = 0;
+    let mut tally = Tally::default();
     for i in 1..=args.requests {
         // Relaxed: a flag checked between requests, ordering nothing else.
         if interrupted.load(Ordering::Relaxed) {
@@ -189,35 +233,9 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
             println!("interrupted; cleaning up");
             break;
         }
-        match answer {
-            Ok(text) => {
-                let line = text
-                    .lines()
-                    .find(|l| l.starts_with("Hello from"))
-                    .unwrap_or(text.trim())
-                    .to_owned();
-                println!("  {i:>3}: {line}");
-                let pod = line
-                    .strip_prefix("Hello from ")
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .unwrap_or("?")
-                    .to_owned();
-                *served.entry(pod).or_default() += 1;
-            }
-            Err(e) => {
-                println!("  {i:>3}: failed: {e}");
-                failed += 1;
-            }
-        }
+        tally.record(i, answer);
     }
-
-    println!("\nwho served the requests:");
-    for (pod, n) in &served {
-        println!("  {pod:<16} {n:>3}  {}", "#".repeat(*n as usize));
-    }
-    if failed > 0 {
-        println!("  failed           {failed:>3}");
-    }
+    tally.print();
 
     println!("\nthe headless variant, from the client: host {HEADLESS}");
     // Relaxed: as above.
@@ -271,8 +289,8 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     if interrupted.load(Ordering::Relaxed) && !args.keep {
         return Err(super::Interrupted.into());
     }
-    if failed > 0 {
-        anyhow::bail!("{failed} requests failed");
+    if tally.failed > 0 {
+        anyhow::bail!("{} requests failed", tally.failed);
     }
     let listed = headless.as_deref().unwrap_or_default();
     if info
