@@ -20,6 +20,9 @@ PACKAGES=(
     bind9-dnsutils
     # curl http://echo-server-clusterip:8080, by name, in the demo.
     curl
+    # dnsmasq: the upstream resolver of the --dns-upstream test
+    # (tests/dns.rs); the binary only, no system service.
+    dnsmasq-base
 )
 
 installed() {

@@ -17,6 +17,12 @@
 //! - a burst of queries from one source beyond the rate limit is
 //!   answered at the limit only (counted on /metrics);
 //! - a client outside `--cluster-cidr` gets no answer (counted);
+//! - with `--dns-upstream`, names outside the zone are answered by an
+//!   upstream resolver (dnsmasq, in its own namespace) over UDP and TCP,
+//!   also through the system resolver whose resolv.conf names the gateway
+//!   alone, while cluster names are still answered locally; an upstream
+//!   that is gone times out (UDP, counted) or gets SERVFAIL (TCP); and
+//!   without `--dns-upstream` the same name is REFUSED;
 //! - `cipgw demo` is the seed's demo: curl by name through the system
 //!   resolver, and `host` of the headless variant lists the three Pods.
 //!
@@ -496,6 +502,252 @@ fn the_demo_resolves_by_name() {
         .filter(|l| l.contains("echo-server-headless.default.svc.cluster.local has address"))
         .count();
     assert_eq!(listed, 3, "host lists the three Pods:\n{}", out.stdout);
+}
+
+/// The upstream resolver's link: the gateway at .1, the resolver at .2.
+const UPSTREAM_NET: &str = "198.18.3";
+/// What the upstream answers for every name under `example.test`.
+const UPSTREAM_ANSWER: &str = "198.18.7.7";
+
+/// An upstream resolver in its own namespace, on a veth to the gateway's
+/// namespace (the kernel's side of the gateway; no XDP there): dnsmasq
+/// answering `example.test` and everything under it, REFUSED otherwise.
+/// Dropped in order: dnsmasq, then the namespace.
+struct Upstream {
+    dnsmasq: Option<lab::NsChild>,
+    /// Held for its drop: removes the namespace and the veth.
+    _ns: lab::Netns,
+    address: Ipv4Addr,
+}
+
+impl Upstream {
+    fn start(lab: &Lab) -> Self {
+        let ns = lab::unique_prefix("dnsup")
+            .and_then(|prefix| lab::Netns::create(format!("{prefix}-resolver")))
+            .unwrap_or_else(|e| lab.fail(format_args!("creating the resolver namespace: {e}")));
+        let gateway = lab.topology().gateway();
+        let address: Ipv4Addr = format!("{UPSTREAM_NET}.2").parse().expect("static address");
+        let setup = [
+            gateway.ip(&[
+                "link",
+                "add",
+                "to-resolver",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ]),
+            gateway.ip(&[
+                "addr",
+                "add",
+                &format!("{UPSTREAM_NET}.1/24"),
+                "dev",
+                "to-resolver",
+            ]),
+            gateway.ip(&["link", "set", "to-resolver", "up"]),
+            ns.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"]),
+            ns.ip(&["link", "set", "eth0", "up"]),
+        ];
+        for step in setup {
+            step.unwrap_or_else(|e| lab.fail(format_args!("wiring the resolver: {e}")));
+        }
+        let listen = format!("--listen-address={address}");
+        let answer = format!("--address=/example.test/{UPSTREAM_ANSWER}");
+        let dnsmasq = ns
+            .spawn(
+                "dnsmasq",
+                &[
+                    "--keep-in-foreground",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--no-poll",
+                    "--bind-interfaces",
+                    &listen,
+                    &answer,
+                    "--user=root",
+                    "--group=root",
+                    "--pid-file=",
+                    "--log-facility=-",
+                ],
+            )
+            .unwrap_or_else(|e| {
+                lab.fail(format_args!(
+                    "starting dnsmasq (scripts/setup.sh installs it): {e}"
+                ))
+            });
+        let upstream = Self {
+            dnsmasq: Some(dnsmasq),
+            _ns: ns,
+            address,
+        };
+        // Ready once it answers (bounded: 10 s).
+        let server = format!("@{address}");
+        let started = Instant::now();
+        loop {
+            let out = gateway
+                .command("dig")
+                .args([
+                    server.as_str(),
+                    "+short",
+                    "+time=1",
+                    "+tries=1",
+                    "example.test",
+                ])
+                .output()
+                .unwrap_or_else(|e| lab.fail(format_args!("dig in the gateway namespace: {e}")));
+            if String::from_utf8_lossy(&out.stdout).trim() == UPSTREAM_ANSWER {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                lab.fail(format_args!("dnsmasq did not answer within 10 s"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        upstream
+    }
+
+    /// Stops dnsmasq: the upstream is gone (its address still answers
+    /// ARP, so UDP goes unanswered and TCP is reset).
+    fn stop(&mut self) {
+        if let Some(mut dnsmasq) = self.dnsmasq.take() {
+            let _ = dnsmasq.terminate(Duration::from_secs(3));
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn names_outside_the_zone_go_upstream() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    let mut lab = lab_with_dns("dnsfwd");
+    let mut upstream = Upstream::start(&lab);
+    let client_subnet = lab.info().client_subnet.to_string();
+    let address = dns_address(&lab).to_string();
+    let upstream_address = upstream.address.to_string();
+    lab.start_gateway_with(&[
+        "--dns-address",
+        &address,
+        "--cluster-cidr",
+        &client_subnet,
+        "--dns-upstream",
+        &upstream_address,
+    ]);
+    let vip = lab.info().vip(10).to_string();
+
+    // UDP, through the gateway: the upstream's answer, with the
+    // client's own ID (dig checks it).
+    assert_eq!(short(&lab, "example.test", "A"), [UPSTREAM_ANSWER]);
+    let (status, flags) = status_and_flags(&lab, &["www.example.test", "A"]);
+    assert_eq!(status, "NOERROR");
+    // dnsmasq's flags, relayed as they came (the gateway's own answers
+    // never set RA).
+    assert!(flags.contains("ra"), "the upstream's answer: {flags}");
+    // What the upstream refuses is relayed as such.
+    let (status, _) = status_and_flags(&lab, &["example.com", "A"]);
+    assert_eq!(
+        status, "REFUSED",
+        "the upstream's answer for a name it has not"
+    );
+    // Cluster names are still the gateway's.
+    assert_eq!(
+        short(&lab, "echo-server-clusterip.default.svc.cluster.local", "A"),
+        [vip.as_str()]
+    );
+    let (status, flags) = status_and_flags(&lab, &["nothing.default.svc.cluster.local", "A"]);
+    assert_eq!((status.as_str(), flags.contains("aa")), ("NXDOMAIN", true));
+    // TCP, forwarded over TCP.
+    let tcp = dig(&lab, &["+tcp", "+short", "tcp.example.test", "A"]);
+    assert_eq!(tcp.trim(), UPSTREAM_ANSWER, "over TCP");
+    // The system resolver with the gateway as its only nameserver: the
+    // search list is tried first (NXDOMAIN from the zone), then the name
+    // as given goes upstream.
+    let info = lab.info().clone();
+    let _resolv = ResolvConf::new(&info.client.ns, dns_address(&lab));
+    let out = in_client(&lab, "getent", &["ahostsv4", "www.example.test"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(UPSTREAM_ANSWER),
+        "getent ahostsv4 www.example.test: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = in_client(&lab, "getent", &["hosts", "echo-server-clusterip"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&vip),
+        "a cluster name by its short name, same resolver"
+    );
+
+    let metrics = scrape(&lab);
+    let forwarded =
+        |m: &Exposition, outcome: &str| m.sum("cipgw_dns_forwarded_total", &[("outcome", outcome)]);
+    // example.test, www, example.com (UDP), tcp.example.test (TCP),
+    // www.example.test from getent: at least 5 sent and answered.
+    assert!(
+        forwarded(&metrics, "sent") >= 5.0,
+        "sent: {}",
+        forwarded(&metrics, "sent")
+    );
+    assert!(
+        forwarded(&metrics, "answered") >= 5.0,
+        "answered: {}",
+        forwarded(&metrics, "answered")
+    );
+    assert_eq!(forwarded(&metrics, "unexpected_answer"), 0.0);
+
+    // The upstream gone: UDP goes unanswered and is forgotten after the
+    // timeout (counted), TCP gets SERVFAIL at once.
+    upstream.stop();
+    let out = in_client(
+        &lab,
+        "dig",
+        &[
+            &format!("@{address}"),
+            "+time=1",
+            "+tries=1",
+            "gone.example.test",
+            "A",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("timed out"),
+        "no answer without an upstream: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (status, _) = status_and_flags(&lab, &["+tcp", "gone.example.test", "A"]);
+    assert_eq!(
+        status, "SERVFAIL",
+        "over TCP, the upstream refusing the connection"
+    );
+    let started = Instant::now();
+    loop {
+        let metrics = scrape(&lab);
+        if forwarded(&metrics, "timed_out") >= 2.0 {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            lab.fail(format_args!(
+                "the unanswered query not counted as timed out: {}",
+                forwarded(&metrics, "timed_out")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    lab.stop_gateway();
+
+    // Without --dns-upstream the same name is refused by the gateway.
+    start(&mut lab, &client_subnet);
+    let (status, _) = status_and_flags(&lab, &["example.test", "A"]);
+    assert_eq!(status, "REFUSED", "without --dns-upstream");
 }
 
 /// A query for `name` type A, ID 0x4242, RD, without EDNS (as dig

@@ -118,6 +118,9 @@ pub struct DnsSettings {
     pub ttl: u32,
     /// Answers per second one source gets from one worker; 0: no limit.
     pub rate_limit: u32,
+    /// Resolvers that names outside the cluster domain are forwarded to;
+    /// empty: such names are refused.
+    pub upstreams: Vec<std::net::SocketAddrV4>,
 }
 
 /// Kubernetes' default cluster domain (kubelet's `--cluster-domain`).
@@ -136,6 +139,7 @@ impl Default for DnsSettings {
             cluster_domain: DEFAULT_CLUSTER_DOMAIN.to_owned(),
             ttl: DEFAULT_DNS_TTL.as_secs() as u32,
             rate_limit: DEFAULT_DNS_RATE_LIMIT,
+            upstreams: Vec::new(),
         }
     }
 }
@@ -377,6 +381,15 @@ pub enum SettingsError {
     DuplicateDnsAddress(std::net::Ipv4Addr),
     #[error("--cluster-domain {0:?} is not a DNS name (RFC 1123 labels separated by dots)")]
     ClusterDomain(String),
+    #[error("--dns-upstream needs --dns-address: only the gateway's DNS forwards")]
+    UpstreamWithoutDns,
+    #[error(
+        "--dns-upstream needs --cluster-cidr: without it the gateway would forward \
+         queries from anyone (an open resolver)"
+    )]
+    UpstreamWithoutClusterCidr,
+    #[error("--dns-upstream {0} is one of the gateway's --dns-address (a forwarding loop)")]
+    UpstreamLoop(std::net::SocketAddrV4),
     #[error("--snat-ports: {0}-{1} is not a range of ports from 1 to 65535, low to high")]
     SnatPorts(u16, u16),
     #[error("--snat-address: {0} listed twice")]
@@ -459,6 +472,21 @@ impl Settings {
         };
         if domain.is_empty() || domain.len() > 200 || !domain.split('.').all(label_ok) {
             return Err(SettingsError::ClusterDomain(dns.cluster_domain.clone()));
+        }
+        if !dns.upstreams.is_empty() {
+            if dns.addresses.is_empty() {
+                return Err(SettingsError::UpstreamWithoutDns);
+            }
+            if self.cluster_cidrs.is_empty() {
+                return Err(SettingsError::UpstreamWithoutClusterCidr);
+            }
+            if let Some(u) = dns
+                .upstreams
+                .iter()
+                .find(|u| dns.addresses.contains(u.ip()))
+            {
+                return Err(SettingsError::UpstreamLoop(*u));
+            }
         }
         self.lb.validate()?;
         if let Some(snat) = &self.snat {
@@ -618,6 +646,21 @@ mod tests {
         }
         s.dns.cluster_domain = "corp.example.".into();
         s.validate().expect("a trailing dot is fine");
+    }
+
+    #[test]
+    fn forwarding_needs_a_dns_address_and_the_cluster_cidr() {
+        let upstream = std::net::SocketAddrV4::new([198, 18, 3, 2].into(), 53);
+        let mut s = settings();
+        s.dns.upstreams = vec![upstream];
+        assert_eq!(s.validate(), Err(SettingsError::UpstreamWithoutDns));
+        s.dns.addresses = vec![[198, 18, 100, 53].into()];
+        assert_eq!(s.validate(), Err(SettingsError::UpstreamWithoutClusterCidr));
+        s.cluster_cidrs = vec!["198.18.0.0/24".parse().expect("static CIDR")];
+        s.validate().expect("an upstream with both");
+        let looped = std::net::SocketAddrV4::new([198, 18, 100, 53].into(), 53);
+        s.dns.upstreams.push(looped);
+        assert_eq!(s.validate(), Err(SettingsError::UpstreamLoop(looped)));
     }
 
     #[test]

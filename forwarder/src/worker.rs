@@ -333,7 +333,7 @@ impl Worker {
                 Verdict::AwaitNeighbour { port, next_hop } => self.hold(frame, port, next_hop),
                 // AF_XDP cannot hand a frame back to the kernel; the
                 // pipeline counted it as passed.
-                Verdict::Pass | Verdict::Drop(_) => self.io.recycle(frame),
+                Verdict::Pass | Verdict::Drop(_) | Verdict::HandedOff => self.io.recycle(frame),
             }
         }
         self.latency.record_batch(n, batch_started.elapsed());

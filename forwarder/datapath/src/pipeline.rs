@@ -74,6 +74,9 @@ pub enum Verdict {
     AwaitNeighbour { port: PortId, next_hop: Ipv4Addr },
     /// Dropped, for the reason given.
     Drop(DropReason),
+    /// Its content went elsewhere (a DNS query handed to the forwarding
+    /// thread, which counts it): free the frame.
+    HandedOff,
 }
 
 /// Everything a batch of packets is processed against, loaded once per
@@ -401,7 +404,10 @@ impl Pipeline {
         match verdict {
             Verdict::Drop(reason) => self.counters.count_drop(reason),
             Verdict::Pass => self.counters.passed.inc(),
-            Verdict::Forward { .. } | Verdict::AwaitNeighbour { .. } | Verdict::Respond { .. } => {}
+            Verdict::Forward { .. }
+            | Verdict::AwaitNeighbour { .. }
+            | Verdict::Respond { .. }
+            | Verdict::HandedOff => {}
         }
         verdict
     }

@@ -697,6 +697,6 @@ fn check_verdict(
                 }
             }
         }
-        Verdict::Pass | Verdict::Drop(_) => {}
+        Verdict::Pass | Verdict::Drop(_) | Verdict::HandedOff => {}
     }
 }

@@ -1,6 +1,7 @@
 //! The `--dns-*` flags of `cipgw run` (settable in the settings file like
 //! every flag: `dns-address = [...]`, or `address` in a `[dns]` table).
 
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use cipgw_config::settings::{
@@ -29,6 +30,24 @@ pub struct DnsArgs {
     /// limit [default: 200].
     #[arg(long, value_name = "N")]
     pub dns_rate_limit: Option<u32>,
+    /// Resolver that names outside the cluster domain are forwarded to
+    /// (repeatable, taken in turn; IPv4, port 53 unless given), so a
+    /// Pod's resolv.conf can name the gateway alone: over UDP with the
+    /// query ID remapped, over TCP on a connection per query. Needs
+    /// --cluster-cidr (only the cluster's clients are forwarded for).
+    /// Without any, such names are REFUSED [default: none].
+    #[arg(long = "dns-upstream", value_name = "ADDR[:PORT]", value_parser = parse_upstream)]
+    pub dns_upstream: Vec<SocketAddrV4>,
+}
+
+/// `ADDR` or `ADDR:PORT`; port 53 when not given.
+fn parse_upstream(text: &str) -> Result<SocketAddrV4, String> {
+    if let Ok(address) = text.parse::<SocketAddrV4>() {
+        return Ok(address);
+    }
+    text.parse::<Ipv4Addr>()
+        .map(|ip| SocketAddrV4::new(ip, 53))
+        .map_err(|_| format!("{text:?} is not an IPv4 address with an optional :PORT"))
 }
 
 impl DnsArgs {
@@ -42,6 +61,7 @@ impl DnsArgs {
             ttl: u32::try_from(self.dns_ttl.unwrap_or(DEFAULT_DNS_TTL).as_secs())
                 .unwrap_or(u32::MAX),
             rate_limit: self.dns_rate_limit.unwrap_or(DEFAULT_DNS_RATE_LIMIT),
+            upstreams: self.dns_upstream,
         }
     }
 }
@@ -58,6 +78,7 @@ mod tests {
             cluster_domain: Some("corp.example".into()),
             dns_ttl: Some(Duration::from_secs(30)),
             dns_rate_limit: Some(0),
+            dns_upstream: vec!["198.18.3.2:5353".parse().expect("static address")],
         };
         let dns = flags.resolve();
         assert_eq!(dns.addresses, [std::net::Ipv4Addr::new(198, 18, 0, 53)]);
@@ -65,5 +86,19 @@ mod tests {
             (dns.cluster_domain.as_str(), dns.ttl, dns.rate_limit),
             ("corp.example", 30, 0)
         );
+        assert_eq!(dns.upstreams, ["198.18.3.2:5353".parse().expect("static")]);
+    }
+
+    #[test]
+    fn an_upstream_port_defaults_to_53() {
+        assert_eq!(
+            parse_upstream("198.18.3.2"),
+            Ok("198.18.3.2:53".parse().expect("static"))
+        );
+        assert_eq!(
+            parse_upstream("198.18.3.2:5353"),
+            Ok("198.18.3.2:5353".parse().expect("static"))
+        );
+        assert!(parse_upstream("resolver.example").is_err());
     }
 }

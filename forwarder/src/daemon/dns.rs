@@ -12,6 +12,11 @@
 //! removes what it added when it stops. A listener thread per address
 //! answers each connection's queries from the table published at that
 //! moment, the same snapshot the workers answer from.
+//!
+//! With `--dns-upstream`, names outside the cluster domain are forwarded
+//! ([`super::dns_forward`]): the workers hand UDP queries to the
+//! forwarding thread, TCP connections ask an upstream over TCP themselves
+//! (SERVFAIL when it fails).
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
@@ -25,7 +30,8 @@ use cipgw_config::settings::Settings;
 use cipgw_config::ServiceTable;
 use ipnet::Ipv4Net;
 
-use crate::dns::{self, DnsConfig, DnsResponder, DnsZone};
+use super::dns_forward::{Forwarder, TcpForward};
+use crate::dns::{self, DnsConfig, DnsResponder, DnsZone, Response};
 use crate::metrics::DnsStats;
 use crate::reject::RefusalLimiter;
 use crate::table::{CompiledTable, TableHandle};
@@ -50,16 +56,26 @@ pub(super) struct DnsService {
     added: Vec<Ipv4Addr>,
     stop: Arc<AtomicBool>,
     listeners: Vec<JoinHandle<()>>,
+    /// Forwarding of names outside the zone (`--dns-upstream`).
+    forwarder: Option<Forwarder>,
 }
 
 impl DnsService {
     /// `None` without `--dns-address`: then nothing changes.
-    pub(super) fn new(settings: &Settings) -> Option<Self> {
+    pub(super) fn new(settings: &Settings) -> anyhow::Result<Option<Self>> {
         let dns = &settings.dns;
         if dns.addresses.is_empty() {
-            return None;
+            return Ok(None);
         }
-        Some(Self {
+        let forwarder = match dns.upstreams.as_slice() {
+            [] => None,
+            upstreams => Some(Forwarder::new(upstreams)?),
+        };
+        let stats = Arc::new(DnsStats::default());
+        if let Some(forwarder) = &forwarder {
+            stats.count_forwarding(Arc::clone(&forwarder.counters));
+        }
+        Ok(Some(Self {
             config: DnsConfig {
                 zone: dns
                     .cluster_domain
@@ -70,11 +86,12 @@ impl DnsService {
             addresses: dns.addresses.clone(),
             cluster_cidrs: settings.cluster_cidrs.clone(),
             rate_limit: dns.rate_limit,
-            stats: Arc::new(DnsStats::default()),
+            stats,
             added: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
             listeners: Vec::new(),
-        })
+            forwarder,
+        }))
     }
 
     pub(super) fn addresses(&self) -> &[Ipv4Addr] {
@@ -96,16 +113,20 @@ impl DnsService {
     }
 
     /// A worker's responder, counting into its own counters.
-    pub(super) fn responder(&self) -> DnsResponder {
+    pub(super) fn responder(&self) -> anyhow::Result<DnsResponder> {
         let responder = DnsResponder::new(
             self.addresses.clone(),
             self.cluster_cidrs.clone(),
             self.stats.add(),
         );
-        match self.rate_limit {
+        let responder = match self.rate_limit {
             0 => responder.with_limits(RefusalLimiter::new(u32::MAX, u32::MAX)),
             n => responder.with_limits(RefusalLimiter::new(n, dns::DEFAULT_ANSWERS_TOTAL)),
-        }
+        };
+        Ok(match &self.forwarder {
+            Some(forwarder) => responder.with_forwarding(forwarder.sender()?),
+            None => responder,
+        })
     }
 
     /// Makes the addresses local and starts a TCP listener on each. A
@@ -129,12 +150,16 @@ impl DnsService {
                 counters: self.stats.add(),
                 active: Arc::clone(&active),
                 stop: Arc::clone(&self.stop),
+                forward: self.forwarder.as_ref().map(Forwarder::tcp),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("cipgw-dns-{address}"))
                 .spawn(move || tcp.serve(&listener))
                 .context("spawning the DNS TCP listener")?;
             self.listeners.push(handle);
+        }
+        if let Some(forwarder) = &mut self.forwarder {
+            forwarder.start(&self.addresses)?;
         }
         tracing::info!(
             addresses = ?self.addresses,
@@ -162,6 +187,9 @@ impl DnsService {
         for handle in self.listeners.drain(..) {
             let _ = handle.join();
         }
+        if let Some(forwarder) = &mut self.forwarder {
+            forwarder.stop();
+        }
     }
 }
 
@@ -183,6 +211,8 @@ struct TcpDns {
     counters: Arc<dns::DnsCounters>,
     active: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
+    /// Names outside the zone go to an upstream over TCP.
+    forward: Option<TcpForward>,
 }
 
 impl TcpDns {
@@ -238,6 +268,10 @@ impl TcpDns {
         stream.set_write_timeout(Some(IDLE_TIMEOUT))?;
         stream.set_nodelay(true)?;
         let mut buf = vec![0u8; usize::from(u16::MAX)];
+        let mut upstream_answer = match self.forward {
+            Some(_) => vec![0u8; usize::from(u16::MAX)],
+            None => Vec::new(),
+        };
         loop {
             let mut len = [0u8; 2];
             match stream.read_exact(&mut len) {
@@ -248,18 +282,36 @@ impl TcpDns {
             let len = usize::from(u16::from_be_bytes(len));
             stream.read_exact(&mut buf[..len])?;
             let table = self.table.current();
-            let answered = match dns::respond(table.dns(), &mut buf, len, None, &self.counters) {
-                Ok(answered) => answered,
-                Err(_) => {
+            let response = dns::respond_or_forward(
+                table.dns(),
+                &mut buf,
+                len,
+                None,
+                &self.counters,
+                self.forward.is_some(),
+            );
+            let answer = match (response, &self.forward) {
+                (Ok(Response::Answered(answered)), _) => &buf[..answered.len],
+                (Ok(Response::Forward { question_end }), Some(forward)) => {
+                    match forward.exchange(&buf[..len], &mut upstream_answer) {
+                        Ok(n) => &upstream_answer[..n],
+                        Err(e) => {
+                            tracing::debug!(error = %e, "DNS over TCP: no answer upstream");
+                            let failed = dns::servfail(&mut buf, question_end, &self.counters);
+                            &buf[..failed.len]
+                        }
+                    }
+                }
+                (Ok(Response::Forward { .. }), None) | (Err(_), _) => {
                     let _ = stream.shutdown(Shutdown::Both);
                     return Ok(());
                 }
             };
-            let prefix = u16::try_from(answered.len)
+            let prefix = u16::try_from(answer.len())
                 .unwrap_or(u16::MAX)
                 .to_be_bytes();
             stream.write_all(&prefix)?;
-            stream.write_all(&buf[..answered.len])?;
+            stream.write_all(answer)?;
         }
     }
 }

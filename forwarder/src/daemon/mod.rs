@@ -16,6 +16,7 @@
 pub mod apply;
 pub mod changes;
 mod dns;
+mod dns_forward;
 pub mod handover;
 pub mod plan;
 mod snat;

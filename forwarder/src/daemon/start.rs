@@ -55,7 +55,7 @@ pub(super) fn start(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<Gateway> {
     let from_file = matches!(settings.source, Source::ControlFile(_));
-    let mut dns = super::dns::DnsService::new(settings);
+    let mut dns = super::dns::DnsService::new(settings)?;
     let mut first = load_table(settings)?;
     // A control file is a full sync: its zone is answered at once. From
     // Kubernetes, answers are SERVFAIL until the first full sync.
@@ -656,7 +656,7 @@ fn spawn_workers(
         .with_config(pipeline_config.clone())
         .with_service_counters(parts.service_stats.add_worker());
         let pipeline = match parts.dns {
-            Some(dns) => pipeline.with_dns(dns.responder()),
+            Some(dns) => pipeline.with_dns(dns.responder()?),
             None => pipeline,
         };
         let shared = WorkerShared {

@@ -2,16 +2,18 @@
 //! queries dropped per reason, truncations, and the table generation the
 //! last answer came from. Each responder (a worker, the TCP listener)
 //! counts into its own [`DnsCounters`]; a scrape or a status read sums
-//! them ([`DnsStats::snapshot`]).
+//! them ([`DnsStats::snapshot`]). With `--dns-upstream`, also what became
+//! of forwarded queries.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Instant;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
+use crate::dns::forward::{ForwardCounters, ForwardOutcome};
 use crate::dns::{DnsCounters, DnsDrop, DnsQtype, DnsRcode};
 
 /// Every DNS responder's counters.
@@ -20,6 +22,8 @@ pub struct DnsStats {
     responders: RwLock<Vec<Arc<DnsCounters>>>,
     /// Answers and when, at the previous [`DnsStats::answers_per_second`].
     last_rate: Mutex<(Instant, u64)>,
+    /// The forwarding's counters, when the gateway forwards.
+    forward: OnceLock<Arc<ForwardCounters>>,
 }
 
 impl Default for DnsStats {
@@ -27,8 +31,17 @@ impl Default for DnsStats {
         Self {
             responders: RwLock::new(Vec::new()),
             last_rate: Mutex::new((Instant::now(), 0)),
+            forward: OnceLock::new(),
         }
     }
+}
+
+/// What became of forwarded queries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForwardSnapshot {
+    pub outcomes: [u64; ForwardOutcome::ALL.len()],
+    /// Queries waiting for an upstream.
+    pub outstanding: u64,
 }
 
 /// The responders' counters summed.
@@ -40,6 +53,8 @@ pub struct DnsSnapshot {
     pub truncated: u64,
     /// The newest table generation any responder answered from.
     pub last_generation: u64,
+    /// `None`: the gateway does not forward.
+    pub forward: Option<ForwardSnapshot>,
 }
 
 impl DnsSnapshot {
@@ -59,8 +74,19 @@ impl DnsStats {
         counters
     }
 
+    /// Counts forwarded queries too (`--dns-upstream`).
+    pub fn count_forwarding(&self, counters: Arc<ForwardCounters>) {
+        let _ = self.forward.set(counters);
+    }
+
     pub fn snapshot(&self) -> DnsSnapshot {
-        let mut s = DnsSnapshot::default();
+        let mut s = DnsSnapshot {
+            forward: self.forward.get().map(|f| ForwardSnapshot {
+                outcomes: ForwardOutcome::ALL.map(|o| f.get(o)),
+                outstanding: f.outstanding(),
+            }),
+            ..DnsSnapshot::default()
+        };
         for c in self
             .responders
             .read()
@@ -135,6 +161,17 @@ impl Collector for DnsSnapshot {
                 .map(|d| ("reason", d.as_str(), self.drops[*d as usize]))
                 .collect(),
         )?;
+        if let Some(forward) = &self.forward {
+            family(
+                "dns_forwarded",
+                "DNS queries for names outside the cluster domain forwarded to an \
+                 upstream, by outcome",
+                ForwardOutcome::ALL
+                    .iter()
+                    .map(|o| ("outcome", o.as_str(), forward.outcomes[*o as usize]))
+                    .collect(),
+            )?;
+        }
         enc.encode_descriptor(
             "dns_truncated",
             "DNS answers sent with TC set (too large for the query's UDP size)",
@@ -142,6 +179,15 @@ impl Collector for DnsSnapshot {
             MetricType::Counter,
         )?
         .encode_counter::<NoLabelSet, _, u64>(&self.truncated, None)?;
+        if let Some(forward) = &self.forward {
+            enc.encode_descriptor(
+                "dns_forward_outstanding",
+                "DNS queries waiting for an upstream's answer",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&(forward.outstanding as i64))?;
+        }
         enc.encode_descriptor(
             "dns_generation",
             "Table generation of the last DNS answer from a zone",

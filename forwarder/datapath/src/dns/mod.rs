@@ -20,7 +20,9 @@
 //!   start;
 //! - an opcode other than QUERY gets NOTIMP; no sole, uncompressed,
 //!   parseable question gets FORMERR; a class other than IN, a zone
-//!   transfer, or a name outside the zone gets REFUSED;
+//!   transfer, or a name outside the zone gets REFUSED, unless the
+//!   gateway forwards such names (`--dns-upstream`, [`forward`]): then the
+//!   query is handed, as it came, to the forwarding thread;
 //! - before the first full sync (no zone in the table yet): SERVFAIL;
 //! - EDNS(0) (RFC 6891): the answer carries an OPT record and fits the
 //!   client's payload size, at least 512 and at most the gateway's
@@ -28,9 +30,10 @@
 //!   does not fit is sent with TC set and no records, and the client
 //!   retries over TCP (RFC 7766). EDNS versions above 0 get BADVERS.
 
+pub mod forward;
 pub mod zone;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -176,16 +179,20 @@ pub enum DnsDrop {
     RateLimited,
     /// No room in the buffer, or no port to answer from.
     NoRoom,
+    /// A name outside the zone, to be forwarded, but the forwarding
+    /// thread's queue was full.
+    ForwardQueueFull,
 }
 
 impl DnsDrop {
-    pub const ALL: [DnsDrop; 6] = [
+    pub const ALL: [DnsDrop; 7] = [
         DnsDrop::Malformed,
         DnsDrop::NotAQuery,
         DnsDrop::NotInCluster,
         DnsDrop::BadSource,
         DnsDrop::RateLimited,
         DnsDrop::NoRoom,
+        DnsDrop::ForwardQueueFull,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -196,6 +203,7 @@ impl DnsDrop {
             DnsDrop::BadSource => "bad_source",
             DnsDrop::RateLimited => "rate_limited",
             DnsDrop::NoRoom => "no_room",
+            DnsDrop::ForwardQueueFull => "forward_queue_full",
         }
     }
 }
@@ -244,11 +252,22 @@ pub struct Answered {
     pub truncated: bool,
 }
 
+/// What [`respond_or_forward`] did with a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Response {
+    /// The answer is in the buffer.
+    Answered(Answered),
+    /// A name outside the zone, and forwarding was asked for: the query
+    /// is left untouched in `buf[..len]`, for an upstream to answer. Its
+    /// question ends at `question_end`.
+    Forward { question_end: usize },
+}
+
 /// Answers the DNS query in `buf[..len]` in place: the answer starts at
 /// `buf[0]` and may use all of `buf`, but never more than the size the
 /// query allows over UDP (`udp_limit`: the gateway's own maximum payload;
 /// `None` for TCP, where up to 65,535 octets go). Counts the outcome in
-/// `counters`.
+/// `counters`. Names outside the zone get REFUSED.
 pub fn respond(
     zone: Option<&DnsZone>,
     buf: &mut [u8],
@@ -256,17 +275,58 @@ pub fn respond(
     udp_limit: Option<u16>,
     counters: &DnsCounters,
 ) -> Result<Answered, DnsDrop> {
-    let result = respond_uncounted(zone, buf, len, udp_limit, counters);
+    match respond_or_forward(zone, buf, len, udp_limit, counters, false)? {
+        Response::Answered(answered) => Ok(answered),
+        // Not asked for: `respond_uncounted` refuses instead.
+        Response::Forward { .. } => Err(DnsDrop::NoRoom),
+    }
+}
+
+/// As [`respond`], but with `forward` a question for a name outside the
+/// zone (class IN, not a zone transfer) is left for an upstream
+/// ([`Response::Forward`]); its type is counted, its rcode is not.
+pub fn respond_or_forward(
+    zone: Option<&DnsZone>,
+    buf: &mut [u8],
+    len: usize,
+    udp_limit: Option<u16>,
+    counters: &DnsCounters,
+    forward: bool,
+) -> Result<Response, DnsDrop> {
+    let result = respond_uncounted(zone, buf, len, udp_limit, counters, forward);
     match result {
-        Ok(answered) => {
+        Ok(Response::Answered(answered)) => {
             counters.rcodes[answered.rcode as usize].inc();
             if answered.truncated {
                 counters.truncated.inc();
             }
         }
+        Ok(Response::Forward { .. }) => {}
         Err(reason) => counters.count_drop(reason),
     }
     result
+}
+
+/// SERVFAIL for the query in `buf` whose question ends at
+/// `question_end` (as [`Response::Forward`] gave it), when no upstream
+/// answered it: the query's header and question, no records.
+pub fn servfail(buf: &mut [u8], question_end: usize, counters: &DnsCounters) -> Answered {
+    if buf.len() < question_end || question_end < HEADER_LEN {
+        return error_answer(buf, DnsRcode::ServFail);
+    }
+    let query = *Header::for_message_slice(buf);
+    let answered = answer(
+        buf,
+        query,
+        question_end,
+        DnsRcode::ServFail,
+        None,
+        None,
+        None,
+        question_end,
+    );
+    counters.rcodes[answered.rcode as usize].inc();
+    answered
 }
 
 /// The question as the responder needs it.
@@ -291,7 +351,8 @@ fn respond_uncounted(
     len: usize,
     udp_limit: Option<u16>,
     counters: &DnsCounters,
-) -> Result<Answered, DnsDrop> {
+    forward: bool,
+) -> Result<Response, DnsDrop> {
     let len = len.min(buf.len());
     let (header, question, edns) = {
         let Ok(message) = Message::from_octets(&buf[..len]) else {
@@ -302,13 +363,13 @@ fn respond_uncounted(
             return Err(DnsDrop::NotAQuery);
         }
         if header.opcode() != Opcode::QUERY {
-            return Ok(error_answer(buf, DnsRcode::NotImp));
+            return Ok(Response::Answered(error_answer(buf, DnsRcode::NotImp)));
         }
         let Ok(q) = message.sole_question() else {
-            return Ok(error_answer(buf, DnsRcode::FormErr));
+            return Ok(Response::Answered(error_answer(buf, DnsRcode::FormErr)));
         };
         if q.qname().is_compressed() {
-            return Ok(error_answer(buf, DnsRcode::FormErr));
+            return Ok(Response::Answered(error_answer(buf, DnsRcode::FormErr)));
         }
         let mut question = Question {
             key: [0; 255],
@@ -321,7 +382,7 @@ fn respond_uncounted(
         for label in q.qname().iter() {
             let at = question.key_len;
             let Some(dst) = question.key.get_mut(at..at + 1 + label.len()) else {
-                return Ok(error_answer(buf, DnsRcode::FormErr));
+                return Ok(Response::Answered(error_answer(buf, DnsRcode::FormErr)));
             };
             dst[0] = label.len() as u8;
             for (d, s) in dst[1..].iter_mut().zip(label.as_slice()) {
@@ -348,7 +409,7 @@ fn respond_uncounted(
     .min(buf.len());
 
     let Some(zone) = zone else {
-        return Ok(answer(
+        return Ok(Response::Answered(answer(
             buf,
             header,
             question_end,
@@ -357,10 +418,10 @@ fn respond_uncounted(
             edns,
             None,
             limit,
-        ));
+        )));
     };
     if edns.is_some_and(|e| e.version > 0) {
-        return Ok(answer(
+        return Ok(Response::Answered(answer(
             buf,
             header,
             question_end,
@@ -369,7 +430,7 @@ fn respond_uncounted(
             edns,
             Some(zone),
             limit,
-        ));
+        )));
     }
     let key = &question.key[..question.key_len];
     let (rcode, records) =
@@ -380,11 +441,14 @@ fn respond_uncounted(
                 zone::Lookup::Answer(e) => (DnsRcode::NoError, Some(e)),
                 zone::Lookup::NoData(soa) => (DnsRcode::NoError, Some(soa)),
                 zone::Lookup::NxDomain(soa) => (DnsRcode::NxDomain, Some(soa)),
+                zone::Lookup::NotOurs if forward => {
+                    return Ok(Response::Forward { question_end });
+                }
                 zone::Lookup::NotOurs => (DnsRcode::Refused, None),
             }
         };
     counters.served(zone.generation());
-    Ok(answer(
+    Ok(Response::Answered(answer(
         buf,
         header,
         question_end,
@@ -393,7 +457,7 @@ fn respond_uncounted(
         edns,
         Some(zone),
         limit,
-    ))
+    )))
 }
 
 /// An answer without a question (the query's could not be read or is not
@@ -497,6 +561,9 @@ pub struct DnsResponder {
     limiter: RefusalLimiter,
     udp_payload: u16,
     counters: Arc<DnsCounters>,
+    /// Where queries for names outside the zone go (`--dns-upstream`);
+    /// `None`: they are refused.
+    forward: Option<forward::ForwardSender>,
 }
 
 /// Answers a source may get per second by default (per worker), and all
@@ -520,7 +587,15 @@ impl DnsResponder {
             limiter: RefusalLimiter::new(DEFAULT_ANSWERS_PER_SOURCE, DEFAULT_ANSWERS_TOTAL),
             udp_payload: DEFAULT_UDP_PAYLOAD,
             counters,
+            forward: None,
         }
+    }
+
+    /// Hands queries for names outside the zone to the forwarding thread
+    /// instead of refusing them.
+    pub fn with_forwarding(mut self, sender: forward::ForwardSender) -> Self {
+        self.forward = Some(sender);
+        self
     }
 
     /// Replaces the answer rate limits.
@@ -589,14 +664,39 @@ impl DnsResponder {
         let buf = frame.into_inner();
         buf.copy_within(payload..l3_end, start);
         let room = (buf.len() - start).min(usize::from(u16::MAX) - 28);
-        let answered = match respond(
+        let answered = match respond_or_forward(
             ctx.table.dns(),
             &mut buf[start..start + room],
             query_len,
             Some(self.udp_payload),
             &self.counters,
+            self.forward.is_some(),
         ) {
-            Ok(answered) => answered,
+            Ok(Response::Answered(answered)) => answered,
+            Ok(Response::Forward { question_end }) => {
+                // The prefix goes in front of the query, over the headers
+                // it no longer needs (`start` is past at least an
+                // Ethernet, IPv4 and UDP header).
+                let from = start - forward::HANDOFF_PREFIX;
+                if let Ok(prefix) =
+                    <&mut [u8; forward::HANDOFF_PREFIX]>::try_from(&mut buf[from..start])
+                {
+                    forward::Handoff::write_prefix(
+                        prefix,
+                        SocketAddrV4::new(src, src_port),
+                        dst,
+                        question_end,
+                    );
+                }
+                let sent = self
+                    .forward
+                    .as_ref()
+                    .is_some_and(|f| f.send(&buf[from..start + query_len]));
+                if !sent {
+                    self.counters.count_drop(DnsDrop::ForwardQueueFull);
+                }
+                return Verdict::HandedOff;
+            }
             // Counted by `respond`; the frame is dropped as malformed.
             Err(_) => return Verdict::Drop(DropReason::MalformedL4),
         };

@@ -705,3 +705,115 @@ fn garbage_to_port_53_is_counted_never_a_panic() {
         );
     }
 }
+
+#[test]
+fn names_outside_the_zone_are_left_for_an_upstream_when_forwarding() {
+    let zone = zone();
+    let counters = DnsCounters::default();
+    let q = query("www.example.test", Rtype::A, Some(1232));
+    let mut buf = vec![0u8; 2000];
+    buf[..q.len()].copy_from_slice(&q);
+    let response = respond_or_forward(
+        Some(&zone),
+        &mut buf,
+        q.len(),
+        Some(DEFAULT_UDP_PAYLOAD),
+        &counters,
+        true,
+    )
+    .expect("a query");
+    // Header, name (18 octets for www.example.test), type and class.
+    assert_eq!(
+        response,
+        Response::Forward {
+            question_end: 12 + 18 + 4
+        }
+    );
+    assert_eq!(&buf[..q.len()], &q[..], "the query is left as it came");
+    assert_eq!(counters.answers(), 0, "no answer counted");
+    assert_eq!(counters.qtypes[DnsQtype::A as usize].get(), 1);
+    // Cluster names, zone transfers and other classes stay the zone's.
+    for (name, qtype, rcode) in [
+        ("db.default.svc.cluster.local", Rtype::A, DnsRcode::NoError),
+        (
+            "nothing.default.svc.cluster.local",
+            Rtype::A,
+            DnsRcode::NxDomain,
+        ),
+        ("example.test", Rtype::AXFR, DnsRcode::Refused),
+    ] {
+        let q = query(name, qtype, None);
+        buf[..q.len()].copy_from_slice(&q);
+        let response = respond_or_forward(Some(&zone), &mut buf, q.len(), None, &counters, true)
+            .expect("a query");
+        assert!(
+            matches!(response, Response::Answered(a) if a.rcode == rcode),
+            "{name} {qtype}: {response:?}"
+        );
+    }
+    // Without forwarding: REFUSED, as ever.
+    let (answered, _) = ask(&zone, &q_outside());
+    assert_eq!(answered.rcode, DnsRcode::Refused);
+}
+
+fn q_outside() -> Vec<u8> {
+    query("www.example.test", Rtype::A, None)
+}
+
+#[test]
+fn servfail_keeps_the_question() {
+    let q = q_outside();
+    let mut buf = q.clone();
+    let counters = DnsCounters::default();
+    let failed = servfail(&mut buf, q.len(), &counters);
+    assert_eq!(failed.rcode, DnsRcode::ServFail);
+    let answer = &buf[..failed.len];
+    assert_eq!(rcode_of(answer), Rcode::SERVFAIL);
+    let message = Message::from_octets(answer).expect("parses");
+    assert_eq!(message.header().id(), 0x1234);
+    assert!(message.header().qr());
+    let question = message.sole_question().expect("the question");
+    assert_eq!(question.qname().to_string(), "www.example.test");
+    assert_eq!(counters.rcodes[DnsRcode::ServFail as usize].get(), 1);
+}
+
+#[test]
+fn a_worker_hands_outside_names_to_the_forwarding_thread() {
+    use std::os::unix::net::UnixDatagram;
+    let (workers_end, thread_end) = UnixDatagram::pair().expect("socket pair");
+    let mut gw = gateway(100);
+    let counters = Arc::new(DnsCounters::default());
+    let dns = DnsResponder::new(
+        vec![Ipv4Addr::from(DNS_ADDRESS)],
+        vec!["198.18.0.0/24".parse().expect("cidr")],
+        Arc::clone(&counters),
+    )
+    .with_forwarding(forward::ForwardSender::new(workers_end).expect("sender"));
+    gw.pipeline = gw.pipeline.with_dns(dns);
+    let q = query("www.example.test", Rtype::A, Some(1232));
+    let (verdict, _) = send(&mut gw, addr::CLIENT, &q);
+    assert_eq!(verdict, Verdict::HandedOff);
+    let mut datagram = [0u8; 2048];
+    thread_end.set_nonblocking(true).expect("non-blocking");
+    let n = thread_end.recv(&mut datagram).expect("one hand-off");
+    let handoff = forward::Handoff::parse(&datagram[..n]).expect("a hand-off");
+    assert_eq!(
+        handoff.client,
+        std::net::SocketAddrV4::new(addr::CLIENT.into(), 40000)
+    );
+    assert_eq!(handoff.server, Ipv4Addr::from(DNS_ADDRESS));
+    assert_eq!(handoff.query, &q[..]);
+    assert_eq!(handoff.question_end, 12 + 18 + 4);
+    // Cluster names are still answered in place.
+    let (verdict, _) = send(
+        &mut gw,
+        addr::CLIENT,
+        &query("db.default.svc.cluster.local", Rtype::A, None),
+    );
+    assert!(matches!(verdict, Verdict::Respond { .. }), "{verdict:?}");
+    // The thread gone: dropped and counted, never blocked.
+    drop(thread_end);
+    let (verdict, _) = send(&mut gw, addr::CLIENT, &q);
+    assert_eq!(verdict, Verdict::HandedOff);
+    assert_eq!(counters.drops[DnsDrop::ForwardQueueFull as usize].get(), 1);
+}
