@@ -25,9 +25,10 @@
 //!   changed meanwhile (history compacted, so the watch must relist) are
 //!   converged to when it is back;
 //! - nothing is forwarded until the first full sync: the gateway started
-//!   while the API server is down forwards nothing and `/readyz` says 503;
-//!   once the server comes back and the sync is done, it is ready and
-//!   forwards;
+//!   while the API server is down forwards nothing, `/readyz` says 503 and
+//!   its DNS (`--dns-address`) answers SERVFAIL; once the server comes
+//!   back and the sync is done, it is ready, forwards, and `dig` gets the
+//!   Service's ClusterIP;
 //! - an object the gateway cannot use is reported and left out while the
 //!   rest keeps forwarding; fixed, it takes effect;
 //! - a gateway restarted while the API server is down keeps every
@@ -672,13 +673,20 @@ fn nothing_is_forwarded_before_the_first_full_sync() {
     ));
     // The objects are there, but the API server is not reachable.
     k.api.stop();
-    k.start_gateway(&["--min-sync-period", "100ms"]);
+    let dns_address = k.info().vip(53).to_string();
+    k.start_gateway(&["--min-sync-period", "100ms", "--dns-address", &dns_address]);
     k.lab
         .assert_log_contains("waiting for the first full sync from the Kubernetes API");
     k.lab.wait_log(UNREACHABLE, 0, Duration::from_secs(10));
     assert_eq!(k.readyz(), 503, "ready before the first sync");
     k.lab.assert_not_forwarded(vip_port(vip, &HTTP));
     assert_udp_not_answered(&k.lab, vip_port(vip, &DNS));
+    let name = "echo.default.svc.cluster.local";
+    let before = dig(&k.lab, &dns_address, &[name, "A"]);
+    assert!(
+        before.contains("status: SERVFAIL"),
+        "DNS before the first sync:\n{before}"
+    );
     assert_eq!(k.readyz(), 503, "ready before the first sync");
     assert_eq!(k.lab.log_count(SYNCED), 0, "synced without an API server");
     assert_eq!(k.lab.log_count(APPLIED), 0, "a table without an API server");
@@ -700,7 +708,24 @@ fn nothing_is_forwarded_before_the_first_full_sync() {
         "forwarding {:?} after the API server came up",
         back.elapsed()
     );
+    let after = dig(&k.lab, &dns_address, &["+short", name, "A"]);
+    assert_eq!(after.trim(), vip.to_string(), "DNS after the first sync");
     k.lab.stop_gateway();
+}
+
+/// `dig @server ARGS` from the client, one try of 2 s: its stdout.
+#[track_caller]
+fn dig(lab: &Lab, server: &str, args: &[&str]) -> String {
+    let at = format!("@{server}");
+    let out = lab
+        .topology()
+        .client()
+        .command("dig")
+        .args([at.as_str(), "+time=2", "+tries=1"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| lab.fail(format_args!("running dig: {e}")));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
