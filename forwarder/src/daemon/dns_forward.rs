@@ -436,3 +436,180 @@ fn exchange_tcp(upstream: SocketAddrV4, query: &[u8], answer: &mut [u8]) -> io::
     }
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::forward::HANDOFF_PREFIX;
+
+    const LOCAL: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+    fn bind() -> UdpSocket {
+        let socket = UdpSocket::bind(SocketAddrV4::new(LOCAL, 0)).expect("loopback socket");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        socket
+    }
+
+    fn v4(socket: &UdpSocket) -> SocketAddrV4 {
+        match socket.local_addr().expect("bound") {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!("bound on IPv4"),
+        }
+    }
+
+    /// A thread that relays from a loopback socket (standing in for the
+    /// DNS address) to `upstream`.
+    fn thread(upstream: SocketAddrV4) -> ForwardThread {
+        let (_, queries) = UnixDatagram::pair().expect("socket pair");
+        ForwardThread {
+            queries,
+            upstream: bind(),
+            relays: vec![(LOCAL, bind())],
+            upstreams: Arc::from([upstream]),
+            next: 0,
+            pending: HashMap::new(),
+            expiry: VecDeque::new(),
+            ids: RandomState::new(),
+            sequence: 0,
+            counters: Arc::new(ForwardCounters::default()),
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A hand-off of a query (ID 0x4242, `www.example.test` A) from
+    /// `client`: 12 + 18 + 4 octets, the question ending at 34.
+    fn handoff(client: SocketAddrV4) -> Vec<u8> {
+        let mut query = vec![0x42, 0x42, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in ["www", "example", "test"] {
+            query.push(label.len() as u8);
+            query.extend_from_slice(label.as_bytes());
+        }
+        query.extend_from_slice(&[0, 0, 1, 0, 1]);
+        let mut datagram = vec![0u8; HANDOFF_PREFIX];
+        Handoff::write_prefix(
+            (&mut datagram[..]).try_into().expect("prefix"),
+            client,
+            LOCAL,
+            query.len(),
+        );
+        datagram.extend_from_slice(&query);
+        datagram
+    }
+
+    /// The upstream's answer to `query`: QR set, `extra` octets of
+    /// (pretend) records behind the question.
+    fn answer_to(query: &[u8], extra: usize) -> Vec<u8> {
+        let mut answer = query.to_vec();
+        answer[2] |= 0x80;
+        answer[7] = 1;
+        answer.resize(query.len() + extra, 0xab);
+        answer
+    }
+
+    /// The thread receives one datagram on its upstream socket and
+    /// relays it.
+    fn relay_one(t: &mut ForwardThread) {
+        t.upstream
+            .set_nonblocking(false)
+            .expect("blocking for the test");
+        t.upstream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let mut buf = vec![0u8; 65_535];
+        let (n, from) = t.upstream.recv_from(&mut buf).expect("an answer");
+        t.relay(&mut buf[..n], from);
+    }
+
+    #[test]
+    fn an_answer_goes_back_with_the_client_id_and_only_from_its_upstream() {
+        let upstream = bind();
+        let client = bind();
+        let mut t = thread(v4(&upstream));
+        t.forward(&mut handoff(v4(&client)));
+        assert_eq!(t.counters.get(ForwardOutcome::Sent), 1);
+        let mut buf = [0u8; 1500];
+        let (n, gateway) = upstream.recv_from(&mut buf).expect("the query upstream");
+        let sent = buf[..n].to_vec();
+        assert_eq!(&sent[2..], &handoff(v4(&client))[HANDOFF_PREFIX + 2..]);
+        let remapped = u16::from_be_bytes([sent[0], sent[1]]);
+        assert!(t.pending.contains_key(&remapped));
+
+        // The right ID from another source: not the answer.
+        let spoofer = bind();
+        spoofer
+            .send_to(&answer_to(&sent, 16), gateway)
+            .expect("spoof");
+        relay_one(&mut t);
+        assert_eq!(t.counters.get(ForwardOutcome::Unexpected), 1);
+        assert_eq!(t.pending.len(), 1, "still waiting for the real one");
+
+        // Another question under the right ID: not the answer either.
+        let mut other = answer_to(&sent, 16);
+        other[13] = b'x';
+        upstream.send_to(&other, gateway).expect("send");
+        relay_one(&mut t);
+        assert_eq!(t.counters.get(ForwardOutcome::Unexpected), 2);
+
+        let answer = answer_to(&sent, 16);
+        upstream.send_to(&answer, gateway).expect("send");
+        relay_one(&mut t);
+        assert_eq!(t.counters.get(ForwardOutcome::Answered), 1);
+        let n = client.recv(&mut buf).expect("relayed to the client");
+        assert_eq!(&buf[..2], &[0x42, 0x42], "the client's own ID");
+        assert_eq!(&buf[2..n], &answer[2..]);
+        assert!(t.pending.is_empty());
+    }
+
+    #[test]
+    fn a_large_answer_is_cut_to_the_question_with_tc() {
+        let upstream = bind();
+        let client = bind();
+        let mut t = thread(v4(&upstream));
+        t.forward(&mut handoff(v4(&client)));
+        let mut buf = [0u8; 2000];
+        let (n, gateway) = upstream.recv_from(&mut buf).expect("the query upstream");
+        // No EDNS in the query: 512 octets at most.
+        upstream
+            .send_to(&answer_to(&buf[..n], 600), gateway)
+            .expect("send");
+        relay_one(&mut t);
+        let n = client.recv(&mut buf).expect("relayed");
+        assert_eq!(n, 34, "header and question only");
+        assert_ne!(buf[2] & 0x02, 0, "TC set");
+        assert_eq!(&buf[6..12], &[0; 6], "no records counted");
+        assert_eq!(t.counters.get(ForwardOutcome::Truncated), 1);
+    }
+
+    #[test]
+    fn unanswered_queries_expire_and_the_table_is_bounded() {
+        let upstream = bind();
+        let client = v4(&bind());
+        let mut t = thread(v4(&upstream));
+        t.forward(&mut handoff(client));
+        t.expire(Instant::now());
+        assert_eq!(t.pending.len(), 1, "not yet");
+        t.expire(Instant::now() + UPSTREAM_TIMEOUT);
+        assert!(t.pending.is_empty());
+        assert_eq!(t.counters.get(ForwardOutcome::TimedOut), 1);
+
+        for id in 0..MAX_OUTSTANDING as u16 {
+            t.pending.insert(
+                id,
+                Pending {
+                    client,
+                    client_id: id,
+                    server: LOCAL,
+                    upstream: v4(&upstream),
+                    question: Box::new([]),
+                    udp_limit: 512,
+                    sequence: 0,
+                },
+            );
+        }
+        t.forward(&mut handoff(client));
+        assert_eq!(t.counters.get(ForwardOutcome::TableFull), 1);
+        assert_eq!(t.counters.get(ForwardOutcome::Sent), 1, "only the first");
+    }
+}
