@@ -5,7 +5,7 @@
 CARGO ?= cargo
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: all setup build demo test lint bench bench-veth bench-veth-smoke
+.PHONY: all setup build demo test lint bench bench-veth bench-veth-smoke bench-dns
 
 all: build
 
@@ -46,3 +46,7 @@ bench-veth: setup
 # Its CI smoke mode: every peer and workload present and non-zero (~80 s).
 bench-veth-smoke: setup
 	bash benches/veth/run.sh --smoke --debug
+
+# cipgw's DNS against unbound, knot-resolver and dnsmasq (dnsperf).
+bench-dns: setup
+	bash benches/dns/run.sh

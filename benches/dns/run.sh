@@ -38,7 +38,10 @@
 # run at a fixed rate every peer sustains (--latency-qps, default 10000;
 # dnsperf -v, p50/p99/p99.9 from every answer's latency), then the
 # server's resident memory (VmRSS, VmHWM of the process) with the N
-# records loaded. Median over reps. Output: DIR/results.md (and raw.tsv,
+# records loaded. Also the server side's CPU time over the throughput run
+# (every thread of the server and the gateway veth's NAPI kthread, from
+# schedstat): answers per CPU-second is queries per second per core even
+# where dnsperf, on one core, is the limit. Median over reps. Output: DIR/results.md (and raw.tsv,
 # each peer's log); DIR defaults to target/dns-bench/<UTC time>.
 # Everything the script creates is removed on exit, failure or signal.
 set -euo pipefail
@@ -157,11 +160,13 @@ for x in "$NS_CL $VC" "$NS_GW $VG"; do
 done
 set --
 in_ns "$NS_GW" sh -c "echo 1 > /sys/class/net/$VG/threaded"
+NAPI_PIDS=""
 for f in /proc/[0-9]*/comm; do
     case $(cat "$f" 2>/dev/null) in
-    napi/"$VG"-*) f=${f#/proc/}; taskset -pc $GW_CPU "${f%/comm}" >/dev/null ;;
+    napi/"$VG"-*) f=${f#/proc/}; taskset -pc $GW_CPU "${f%/comm}" >/dev/null; NAPI_PIDS+=" ${f%/comm}" ;;
     esac
 done
+[[ -n $NAPI_PIDS ]] || die "no NAPI kthread for $VG"
 
 # --- the names --------------------------------------------------------------
 echo "run.sh: $SERVICES Services"
@@ -250,26 +255,63 @@ stop_server() {
 # The server's process (`ip netns exec` and taskset exec theirs).
 server_status() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$SERVER_PID/status"; }
 
+# Waits (at most QUIET_WAIT s) until both CPUs are less than 30% busy
+# over a second with the server idle, so others' builds and tests land in
+# as few measurements as possible; says how long it waited.
+QUIET_WAIT=30
+quiet() {
+    local waited=0 a b busy
+    while ((waited < QUIET_WAIT)); do
+        a=$(head -1 /proc/stat); sleep 1; b=$(head -1 /proc/stat)
+        busy=$(awk -v a="$a" -v b="$b" 'BEGIN { n = split(a, x, " "); split(b, y, " "); t = 0
+            for (i = 2; i <= n; i++) t += y[i] - x[i]
+            printf "%.2f", 1 - ((y[5] - x[5]) + (y[6] - x[6])) / t }')
+        awk -v b="$busy" 'BEGIN { exit !(b < 0.30) }' && break
+        waited=$((waited + 1))
+    done
+    echo "   (machine $busy busy; waited ${waited}s)"
+}
+
+# CPU time (ns) the server side has run: every thread of the server and
+# the gateway veth's NAPI kthread (its receive path for kernel sockets,
+# and the XDP redirect for cipgw).
+server_cpu_ns() {
+    local f
+    for f in /proc/"$SERVER_PID"/task/*/schedstat $(for p in $NAPI_PIDS; do echo "/proc/$p/schedstat"; done); do
+        cat "$f" 2>/dev/null || true
+    done | awk '{ s += $1 } END { printf "%.0f", s }'
+}
+
 # Busy fraction of each CPU between two /proc/stat samples.
 cpu_sample() { awk '/^cpu[0-9]/ { print $1, $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat; }
 cpu_busy() { # BEFORE AFTER CPU
     awk -v cpu="cpu$3" 'NR == FNR && $1 == cpu { b = $2; t = $3 } NR != FNR && $1 == cpu { printf "%.2f", ($2 - b) / ($3 - t) }' "$1" "$2"
 }
 
-printf "peer\trep\tqps\tlost\tavg_ms\tp50_ms\tp99_ms\tp999_ms\tlat_lost\tcpu0\tcpu1\trss_kib\thwm_kib\n" >"$OUT/raw.tsv"
-for peer in $PEERS; do
-    echo "== $peer"
-    start_server "$peer"
-    for ((rep = 1; rep <= REPS; rep++)); do
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+printf "peer\trep\tqps\tlost\tavg_ms\tp50_ms\tp99_ms\tp999_ms\tlat_lost\tcpu0\tcpu1\trss_kib\thwm_kib\tper_core\n" >"$OUT/raw.tsv"
+# Reps outer, peers inner: load from elsewhere on the machine falls on
+# every peer alike.
+for ((rep = 1; rep <= REPS; rep++)); do
+    for peer in $PEERS; do
+        echo "== $peer, rep $rep"
+        start_server "$peer"
+        quiet
         cpu_sample >"$OUT/.cpu0"
+        ns0=$(server_cpu_ns)
         in_ns "$NS_CL" taskset -c $GEN_CPU dnsperf -s $DNS_IP -d "$OUT/queries" -l "$DURATION" \
             -c 8 -q "$OUTSTANDING" -t 2 >"$OUT/dnsperf-$peer-$rep.txt" 2>&1
+        ns1=$(server_cpu_ns)
         cpu_sample >"$OUT/.cpu1"
         qps=$(awk '/Queries per second:/ { printf "%.0f", $4 }' "$OUT/dnsperf-$peer-$rep.txt")
         lost=$(awk '/Queries lost:/ { print $3 }' "$OUT/dnsperf-$peer-$rep.txt")
         avg=$(awk '/Average Latency/ { printf "%.3f", $4 * 1000 }' "$OUT/dnsperf-$peer-$rep.txt")
         c0=$(cpu_busy "$OUT/.cpu0" "$OUT/.cpu1" $GEN_CPU)
         c1=$(cpu_busy "$OUT/.cpu0" "$OUT/.cpu1" $GW_CPU)
+        completed=$(awk '/Queries completed:/ { print $3 }' "$OUT/dnsperf-$peer-$rep.txt")
+        # Answers per second of the server side's CPU time: queries per
+        # second per core, whatever the generator's own limit.
+        per_core=$(awk -v q="$completed" -v a="$ns0" -v b="$ns1" 'BEGIN { printf "%.0f", (b > a ? q / ((b - a) / 1e9) : 0) }')
         in_ns "$NS_CL" taskset -c $GEN_CPU dnsperf -s $DNS_IP -d "$OUT/queries" -l 5 \
             -c 8 -q "$OUTSTANDING" -t 2 -Q "$LATENCY_QPS" -v 2>/dev/null \
             | awk '$1 == ">" { print $NF * 1000 }' | sort -n >"$OUT/.latency"
@@ -281,10 +323,10 @@ for peer in $PEERS; do
         lat_lost=$((LATENCY_QPS * 5 - answered))
         ((lat_lost > 0)) || lat_lost=0
         rss=$(server_status VmRSS) hwm=$(server_status VmHWM)
-        printf "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$peer" "$rep" "$qps" "$lost" "$avg" \
-            "$p50" "$p99" "$p999" "$lat_lost" "$c0" "$c1" "$rss" "$hwm" | tee -a "$OUT/raw.tsv"
+        printf "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$peer" "$rep" "$qps" "$lost" "$avg" \
+            "$p50" "$p99" "$p999" "$lat_lost" "$c0" "$c1" "$rss" "$hwm" "$per_core" | tee -a "$OUT/raw.tsv"
+        stop_server
     done
-    stop_server
 done
 
 # --- report -------------------------------------------------------------------
@@ -297,20 +339,21 @@ git -C "$ROOT" diff --quiet HEAD 2>/dev/null || rev="$rev+dirty"
     echo "kernel $(uname -r), $(nproc) CPUs). $SERVICES Services, A queries over all their names;"
     echo "dnsperf on CPU $GEN_CPU, the server on CPU $GW_CPU. Medians of $REPS reps."
     echo "Throughput: closed loop, dnsperf -c 8 -q $OUTSTANDING -l $DURATION. Latency: $LATENCY_QPS queries/s for 5 s."
+    echo "Load average (1, 5, 15 min) before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg)."
     echo
-    echo "| peer | queries/s | lost | p50 ms | p99 ms | p99.9 ms | lost at $LATENCY_QPS/s | CPU $GEN_CPU / $GW_CPU busy | RSS MiB (peak) |"
-    echo "|---|---|---|---|---|---|---|---|---|"
+    echo "| peer | queries/s | lost | queries per server CPU-second | p50 ms | p99 ms | p99.9 ms | lost at $LATENCY_QPS/s | CPU $GEN_CPU / $GW_CPU busy | RSS MiB (peak) |"
+    echo "|---|---|---|---|---|---|---|---|---|---|"
     for peer in $PEERS; do
         awk -F'\t' -v p="$peer" '
             function median(a, n,   i, j, t) {
                 for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
                 return a[int((n + 1) / 2)]
             }
-            $1 == p { n++; q[n] = $3; l[n] = $4; p50[n] = $6; p99[n] = $7; p999[n] = $8; ll[n] = $9; c0[n] = $10; c1[n] = $11; r[n] = $12; h[n] = $13 }
+            $1 == p { n++; q[n] = $3; l[n] = $4; p50[n] = $6; p99[n] = $7; p999[n] = $8; ll[n] = $9; c0[n] = $10; c1[n] = $11; r[n] = $12; h[n] = $13; pc[n] = $14 }
             END {
                 if (!n) exit
-                printf "| %s | %d | %d | %s | %s | %s | %d | %s / %s | %.1f (%.1f) |\n", p, median(q, n), median(l, n),
-                    median(p50, n), median(p99, n), median(p999, n), median(ll, n), median(c0, n), median(c1, n),
+                printf "| %s | %d | %d | %d | %s | %s | %s | %d | %s / %s | %.1f (%.1f) |\n", p, median(q, n), median(l, n),
+                    median(pc, n), median(p50, n), median(p99, n), median(p999, n), median(ll, n), median(c0, n), median(c1, n),
                     median(r, n) / 1024, median(h, n) / 1024
             }' "$OUT/raw.tsv"
     done
