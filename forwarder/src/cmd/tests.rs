@@ -233,3 +233,22 @@ fn deploy_config_map_is_read_by_run() {
         "the JSON views stay on loopback"
     );
 }
+
+#[test]
+fn dns_upstreams_come_from_the_dns_table_of_the_settings_file() {
+    let file = settings_file(
+        "iface = [\"eth1\"]\ncontrol-file = \"s.yaml\"\ncluster-cidr = [\"198.18.0.0/24\"]\n\
+         [dns]\naddress = [\"198.18.100.53\"]\n\
+         dns-upstream = [\"198.18.3.2\", \"198.18.3.3:5353\"]\n",
+    );
+    let path = file.path().to_str().expect("UTF-8 path");
+    let s = run::settings_for_test(parse_run(&["run", "--config", path]));
+    assert_eq!(
+        s.dns.upstreams,
+        [
+            "198.18.3.2:53".parse().expect("static"),
+            "198.18.3.3:5353".parse().expect("static")
+        ]
+    );
+    s.validate().expect("with --cluster-cidr and --dns-address");
+}
