@@ -703,6 +703,20 @@ fn names_outside_the_zone_go_upstream() {
         forwarded(&metrics, "answered")
     );
     assert_eq!(forwarded(&metrics, "unexpected_answer"), 0.0);
+    let status = lab
+        .topology()
+        .gateway()
+        .command(exe())
+        .args(["status"])
+        .output()
+        .unwrap_or_else(|e| lab.fail(format_args!("cipgw status: {e}")));
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("dns upstream ") && l.contains(" answered, 0 timed out")),
+        "cipgw status shows the forwarding line:\n{status}"
+    );
 
     // The upstream gone: UDP goes unanswered and is forgotten after the
     // timeout (counted), TCP gets SERVFAIL at once.

@@ -111,6 +111,19 @@ pub(super) fn status_view(state: &AdminState) -> StatusView {
                 last_generation: d.last_generation,
                 truncated: d.truncated,
                 dropped: d.drops.iter().sum(),
+                forwarded: d.forward.as_ref().map(|f| {
+                    use crate::dns::forward::ForwardOutcome as O;
+                    let n = |o: O| f.outcomes[o as usize];
+                    super::views::DnsForwardView {
+                        sent: n(O::Sent),
+                        answered: n(O::Answered),
+                        timed_out: n(O::TimedOut),
+                        dropped: n(O::TableFull)
+                            + n(O::SendFailed)
+                            + n(O::Unexpected)
+                            + n(O::RelayFailed),
+                    }
+                }),
             }
         }),
     }

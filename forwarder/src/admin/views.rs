@@ -41,6 +41,20 @@ pub struct DnsStatusView {
     pub last_generation: u64,
     pub truncated: u64,
     pub dropped: u64,
+    /// Queries for names outside the zone (`--dns-upstream`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded: Option<DnsForwardView>,
+}
+
+/// What became of forwarded queries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsForwardView {
+    pub sent: u64,
+    pub answered: u64,
+    pub timed_out: u64,
+    /// Dropped on the way (table full, send or relay failed, answers
+    /// that matched no query).
+    pub dropped: u64,
 }
 
 /// One interface's XDP attach mode and AF_XDP copy mode.

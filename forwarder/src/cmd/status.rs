@@ -84,6 +84,13 @@ pub fn render(v: &StatusView) -> String {
             "dns         {} answers ({:.1}/s), last from generation {}; {} truncated, {} dropped",
             d.answers, d.answers_per_second, d.last_generation, d.truncated, d.dropped
         );
+        if let Some(f) = &d.forwarded {
+            let _ = writeln!(
+                out,
+                "dns upstream {} forwarded, {} answered, {} timed out, {} dropped",
+                f.sent, f.answered, f.timed_out, f.dropped
+            );
+        }
     }
     out.push('\n');
 
