@@ -392,8 +392,8 @@ fn metrics_count_exactly_what_was_sent() {
                 &[&udp_header(53, 20)[..], b"abcd"].concat(),
             ),
         ),
-        // More-fragments set.
-        ("fragment", frame(&info, vip, 28, 0x2000, &payload)),
+        // A later fragment (offset 8) whose first fragment never came.
+        ("fragment", frame(&info, vip, 28, 0x0001, &payload)),
     ];
     let exp = scrape(&lab);
     let base = Moves::read(&exp);

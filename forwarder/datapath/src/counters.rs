@@ -23,8 +23,10 @@ pub enum DropReason {
     TruncatedIpv4,
     /// Not version 4, IHL below 5, or total length below the header.
     MalformedIpv4,
-    /// An IPv4 fragment for a VIP or from a backend: fragments carry no
-    /// ports (later ones) and are not reassembled.
+    /// A later fragment of a datagram whose first fragment this worker
+    /// did not forward (lost, reordered behind it, refused, or gone from
+    /// the small fragment table): it carries no ports to find a flow by,
+    /// and cipgw does not reassemble.
     Fragment,
     /// TCP or UDP header cut short.
     TruncatedL4,
@@ -82,10 +84,19 @@ pub enum DropReason {
     /// gateway does not track: which VIP it should come from is unknown
     /// (stateless replies, Maglev).
     AmbiguousReply,
+    /// An ICMP error (destination unreachable, time exceeded, parameter
+    /// problem) quoting a datagram of no tracked flow.
+    IcmpErrorWithoutFlow,
+    /// An ICMP error whose checksum does not verify or whose quoted
+    /// datagram is cut short before its ports, not IPv4, or a later
+    /// fragment.
+    IcmpErrorMalformed,
+    /// An ICMP redirect: never forwarded (a gateway's routes are its own).
+    IcmpRedirect,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 29] = [
+    pub const ALL: [DropReason; 32] = [
         DropReason::TruncatedEthernet,
         DropReason::VlanTagged,
         DropReason::TruncatedIpv4,
@@ -115,6 +126,9 @@ impl DropReason {
         DropReason::NoTxQueue,
         DropReason::TxRingFull,
         DropReason::AmbiguousReply,
+        DropReason::IcmpErrorWithoutFlow,
+        DropReason::IcmpErrorMalformed,
+        DropReason::IcmpRedirect,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -150,6 +164,9 @@ impl DropReason {
             DropReason::NoTxQueue => "no_tx_queue",
             DropReason::TxRingFull => "tx_ring_full",
             DropReason::AmbiguousReply => "ambiguous_reply",
+            DropReason::IcmpErrorWithoutFlow => "icmp_error_without_flow",
+            DropReason::IcmpErrorMalformed => "icmp_error_malformed",
+            DropReason::IcmpRedirect => "icmp_redirect",
         }
     }
 }
@@ -269,6 +286,11 @@ pub struct WorkerCounters {
     /// Replies of flows this gateway had not seen, rewritten to the one
     /// VIP:port their endpoint belongs to and tracked (Maglev).
     pub stateless_replies: Counter,
+    /// ICMP errors about a tracked flow, rewritten to what the other end
+    /// sent or saw and forwarded to it.
+    pub icmp_errors: Counter,
+    /// Later fragments sent after their datagram's first fragment.
+    pub fragments: Counter,
     pub drops: [Counter; DropReason::COUNT],
     /// The kernel's statistics of the worker's sockets, copied in by the
     /// worker four times a second.

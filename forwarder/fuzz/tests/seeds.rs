@@ -114,6 +114,22 @@ fn ping(src: [u8; 4], dst: [u8; 4], reply: bool) -> Vec<u8> {
     Frame::arriving(src, dst).echo(reply, 0x4242, 1, b"0123456789abcdef")
 }
 
+/// Fragmentation needed (MTU 1280) from `src` to `dst`, quoting the IPv4
+/// header and 20 bytes of the transport header of `quoted`.
+fn icmp_error(src: [u8; 4], dst: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+    let at = Frame::arriving(src, dst);
+    let kind = etherparse::Icmpv4Type::DestinationUnreachable(
+        etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 },
+    );
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(at.src_mac, at.dst_mac)
+        .ipv4(src, dst, 64)
+        .icmpv4(kind)
+        .write(&mut out, &quoted[14..14 + 40])
+        .expect("ICMP error frame builds");
+    out
+}
+
 fn arp() -> Vec<u8> {
     let mut f = vec![0xff; 6];
     f.extend_from_slice(&mac::CLIENT);
@@ -374,6 +390,22 @@ fn seeds() -> Vec<Seed> {
             (C, ping(CLIENT, POD1, false), Pass),
         ],
     );
+    // Fragmentation needed from the Pod about the client's SYN, as the
+    // gateway forwarded it: back to the client, about the VIP.
+    let forwarded_syn = tcp_ttl(c, pod1, SYN, 63, &[]);
+    s.add(
+        "icmp_error_about_a_flow",
+        SETUP,
+        vec![
+            (C, tcp(c, solo, SYN), TO_PODS),
+            (P, icmp_error(POD1, c.0, &forwarded_syn), TO_CLIENT),
+            (
+                P,
+                icmp_error(POD1, c.0, &tcp_ttl(client(2, 40999), pod1, SYN, 63, &[])),
+                Drop(DropReason::IcmpErrorWithoutFlow),
+            ),
+        ],
+    );
     s.add(
         "icmp_echo_with_options",
         SETUP,
@@ -391,13 +423,12 @@ fn seeds() -> Vec<Seed> {
         vec![(C, vlan(2, &syn), Drop(DropReason::VlanTagged))],
     );
     s.add(
-        "fragment_first",
+        "fragment_first_then_later",
         SETUP,
-        vec![(
-            C,
-            set(syn.clone(), 20, &[0x20, 0]),
-            Drop(DropReason::Fragment),
-        )],
+        vec![
+            (C, set(syn.clone(), 20, &[0x20, 0]), TO_PODS),
+            (C, set(syn.clone(), 20, &[0x00, 0x10]), TO_PODS),
+        ],
     );
     s.add(
         "fragment_later",

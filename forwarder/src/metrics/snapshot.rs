@@ -28,6 +28,8 @@ pub struct CounterValues {
     pub passed: u64,
     pub adopted_flows: u64,
     pub stateless_replies: u64,
+    pub icmp_errors: u64,
+    pub fragments: u64,
     pub drops: [u64; DropReason::COUNT],
     pub socket: [u64; SocketStat::COUNT],
 }
@@ -46,6 +48,8 @@ impl CounterValues {
             passed: c.passed.get(),
             adopted_flows: c.adopted_flows.get(),
             stateless_replies: c.stateless_replies.get(),
+            icmp_errors: c.icmp_errors.get(),
+            fragments: c.fragments.get(),
             drops: std::array::from_fn(|i| c.drops[i].get()),
             socket: std::array::from_fn(|i| c.socket[i].get()),
         }
@@ -66,6 +70,8 @@ impl CounterValues {
         self.passed = self.passed.wrapping_add(other.passed);
         self.adopted_flows = self.adopted_flows.wrapping_add(other.adopted_flows);
         self.stateless_replies = self.stateless_replies.wrapping_add(other.stateless_replies);
+        self.icmp_errors = self.icmp_errors.wrapping_add(other.icmp_errors);
+        self.fragments = self.fragments.wrapping_add(other.fragments);
         for (d, o) in self.socket.iter_mut().zip(other.socket) {
             *d = d.wrapping_add(o);
         }

@@ -866,6 +866,19 @@ impl Conntrack {
         self.touch(found, key.protocol, now, flags)
     }
 
+    /// The rewrite a packet of `key` would get, without recording
+    /// anything (last seen and state stay as they are): for an ICMP error
+    /// about the flow, which says nothing of its liveness (Linux's
+    /// conntrack does not refresh a flow for one either).
+    pub fn peek(&self, key: &FlowKey) -> Option<FlowHit> {
+        let found = self.find(key, self.hash(key))?;
+        Some(
+            found
+                .flow
+                .hit(found.direction, found.life.bits(), &self.snat),
+        )
+    }
+
     /// The live flow holding `key`, if any.
     #[inline]
     fn find(&self, key: &FlowKey, hash: u64) -> Option<Found> {

@@ -537,7 +537,10 @@ impl DnsResponder {
     #[inline]
     pub fn is_query<T: AsRef<[u8]>>(&self, frame: &Frame<T>) -> bool {
         let L3::Ipv4 { dst, .. } = frame.l3();
-        matches!(frame.l4(), L4::Udp { dst_port: PORT, .. }) && self.addresses.contains(&dst)
+        // A fragment of a query carries part of it only: not answered.
+        matches!(frame.l4(), L4::Udp { dst_port: PORT, .. })
+            && frame.fragment().is_none()
+            && self.addresses.contains(&dst)
     }
 
     /// Answers the query in `frame` (one [`DnsResponder::is_query`]

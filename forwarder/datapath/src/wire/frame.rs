@@ -55,8 +55,11 @@ pub enum L4 {
         msg_type: u8,
         code: u8,
     },
-    /// A fragment, first or later, of any protocol: later fragments carry
-    /// no transport header, so none is read.
+    /// A fragment that carries no transport header cipgw reads: a later
+    /// fragment (non-zero offset) of any protocol, or a first fragment of
+    /// a protocol other than TCP and UDP. ([`Frame::fragment`] says which
+    /// datagram it belongs to; a TCP or UDP first fragment is `Tcp` or
+    /// `Udp`, with its fragment in [`Frame::fragment`] too.)
     Fragment {
         protocol: u8,
     },
@@ -64,6 +67,25 @@ pub enum L4 {
     Other {
         protocol: u8,
     },
+}
+
+/// A fragment's place: which datagram it belongs to and where in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fragment {
+    /// The IPv4 identification its datagram's fragments share.
+    pub ident: u16,
+    /// Where its data lies in the datagram, in bytes; 0 for the first.
+    pub offset: u16,
+    /// More fragments follow (clear on the last).
+    pub more: bool,
+}
+
+impl Fragment {
+    /// Whether this is the fragment that carries the transport header.
+    #[inline]
+    pub fn is_first(&self) -> bool {
+        self.offset == 0
+    }
 }
 
 /// Why a frame could not be parsed.
@@ -90,6 +112,8 @@ pub struct Frame<T: AsRef<[u8]>> {
     len: usize,
     l3: L3,
     l4: L4,
+    /// Set when the packet is a fragment.
+    fragment: Option<Fragment>,
     l3_offset: usize,
     l4_offset: usize,
     /// End of the network packet (Ethernet padding excluded).
@@ -98,9 +122,12 @@ pub struct Frame<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> Frame<T> {
     /// Parses the untagged Ethernet frame in `buffer[..len]` (`len` is cut
-    /// to the buffer), down to the transport header of an unfragmented
-    /// TCP, UDP or ICMP packet. TCP and UDP headers must be well formed;
-    /// an ICMP message too short for its header is [`L4::Other`].
+    /// to the buffer), down to the transport header of a TCP, UDP or ICMP
+    /// packet that is not fragmented, or of the first fragment of a TCP or
+    /// UDP datagram. TCP and UDP headers must be well formed (a first
+    /// fragment's UDP length counts the whole datagram, so it may exceed
+    /// the bytes present); an ICMP message too short for its header is
+    /// [`L4::Other`].
     #[inline]
     pub fn parse(buffer: T, len: usize) -> Result<Self, ParseError> {
         let bytes = buffer.as_ref();
@@ -120,10 +147,16 @@ impl<T: AsRef<[u8]>> Frame<T> {
             ttl: ip.ttl(),
         };
         let protocol = ip.protocol();
-        let l4 = if ip.is_fragment() {
-            L4::Fragment { protocol }
-        } else {
-            match protocol {
+        let fragment = ip.is_fragment().then(|| Fragment {
+            ident: ip.ident(),
+            offset: ip.fragment_offset(),
+            more: ip.more_fragments(),
+        });
+        let l4 = match fragment {
+            Some(f) if !f.is_first() || !matches!(protocol, ip_number::TCP | ip_number::UDP) => {
+                L4::Fragment { protocol }
+            }
+            _ => match protocol {
                 ip_number::TCP => {
                     let tcp = TcpSegment::new_checked(ip.payload()).map_err(ParseError::L4)?;
                     L4::Tcp {
@@ -133,7 +166,11 @@ impl<T: AsRef<[u8]>> Frame<T> {
                     }
                 }
                 ip_number::UDP => {
-                    let udp = UdpDatagram::new_checked(ip.payload()).map_err(ParseError::L4)?;
+                    let udp = match fragment {
+                        Some(_) => UdpDatagram::new_checked_first_fragment(ip.payload()),
+                        None => UdpDatagram::new_checked(ip.payload()),
+                    }
+                    .map_err(ParseError::L4)?;
                     L4::Udp {
                         src_port: udp.src_port(),
                         dst_port: udp.dst_port(),
@@ -147,7 +184,7 @@ impl<T: AsRef<[u8]>> Frame<T> {
                     Err(_) => L4::Other { protocol },
                 },
                 _ => L4::Other { protocol },
-            }
+            },
         };
         let l4_offset = l3_offset + ip.header_len();
         let l3_end = l3_offset + ip.total_len();
@@ -156,6 +193,7 @@ impl<T: AsRef<[u8]>> Frame<T> {
             len,
             l3,
             l4,
+            fragment,
             l3_offset,
             l4_offset,
             l3_end,
@@ -189,6 +227,12 @@ impl<T: AsRef<[u8]>> Frame<T> {
     #[inline]
     pub fn l4(&self) -> L4 {
         self.l4
+    }
+
+    /// The fragment this packet is, if it is one.
+    #[inline]
+    pub fn fragment(&self) -> Option<Fragment> {
+        self.fragment
     }
 
     /// Where the network header starts.
@@ -291,6 +335,15 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
     pub fn udp_mut(&mut self) -> Option<UdpDatagram<&mut [u8]>> {
         match self.l4 {
             L4::Udp { .. } => self.l4_bytes_mut().map(UdpDatagram::new_unchecked),
+            _ => None,
+        }
+    }
+
+    /// The ICMP message, writable, if the frame carries one.
+    #[inline]
+    pub fn icmp_mut(&mut self) -> Option<IcmpPacket<&mut [u8]>> {
+        match self.l4 {
+            L4::Icmp { .. } => self.l4_bytes_mut().map(IcmpPacket::new_unchecked),
             _ => None,
         }
     }
