@@ -129,14 +129,28 @@ fn add_far_side(topology: &Topology) -> FarSide {
     sh(
         &router,
         &[
-            "link", "add", "r-down", "type", "veth", "peer", "name", "eth0", "netns",
+            "link",
+            "add",
+            "r-down",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
             far.name(),
         ],
     );
     sh(switch, &["link", "set", "p-router", "master", "br0"]);
     sh(switch, &["link", "set", "p-router", "up"]);
-    sh(&router, &["addr", "add", &format!("{ROUTER_UP}/24"), "dev", "r-up"]);
-    sh(&router, &["addr", "add", &format!("{ROUTER_DOWN}/24"), "dev", "r-down"]);
+    sh(
+        &router,
+        &["addr", "add", &format!("{ROUTER_UP}/24"), "dev", "r-up"],
+    );
+    sh(
+        &router,
+        &["addr", "add", &format!("{ROUTER_DOWN}/24"), "dev", "r-down"],
+    );
     sh(&router, &["link", "set", "r-down", "mtu", SMALL_MTU]);
     sh(&far, &["addr", "add", &format!("{FAR}/24"), "dev", "eth0"]);
     // Packets towards the gateway's AF_XDP sockets carry full checksums.
@@ -146,7 +160,10 @@ fn add_far_side(topology: &Topology) -> FarSide {
         sh(ns, &["link", "set", dev, "up"]);
     }
     let gateway_pod_side = topology.info().gateway.pod_side.addr.to_string();
-    sh(&router, &["route", "add", "default", "via", &gateway_pod_side]);
+    sh(
+        &router,
+        &["route", "add", "default", "via", &gateway_pod_side],
+    );
     sh(&far, &["route", "add", "default", "via", ROUTER_DOWN]);
     sh(
         topology.gateway(),
@@ -250,7 +267,9 @@ fn wait_counter(lab: &Lab, name: &str, want: u64) -> u64 {
             return value;
         }
         if Instant::now() > deadline {
-            lab.fail(format_args!("{name} is {value}, not {want}, after {SETTLE_WITHIN:?}"));
+            lab.fail(format_args!(
+                "{name} is {value}, not {want}, after {SETTLE_WITHIN:?}"
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -341,8 +360,8 @@ fn path_mtu_and_fragments(extra: &[&str]) {
         }
         Ok((datagram, buf[..n].to_vec()))
     });
-    let (sent, received) = echoed
-        .unwrap_or_else(|e| lab.fail(format_args!("4,000-byte datagram to {target}: {e}")));
+    let (sent, received) =
+        echoed.unwrap_or_else(|e| lab.fail(format_args!("4,000-byte datagram to {target}: {e}")));
     assert_eq!(received.len(), DATAGRAM, "the answer arrived whole");
     assert!(received == sent, "the answer is the datagram sent");
     // Three fragments each way: two later ones each way followed.

@@ -23,6 +23,12 @@ pub enum DropReason {
     TruncatedIpv4,
     /// Not version 4, IHL below 5, or total length below the header.
     MalformedIpv4,
+    /// IPv6 header, or an extension header, cut short by the end of the
+    /// packet; or a payload length beyond the frame.
+    TruncatedIpv6,
+    /// Not version 6, more than 8 extension headers, or a Hop-by-Hop
+    /// header that is not first.
+    MalformedIpv6,
     /// A later fragment of a datagram whose first fragment this worker
     /// did not forward (lost, reordered behind it, refused, or gone from
     /// the small fragment table): it carries no ports to find a flow by,
@@ -96,11 +102,13 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 32] = [
+    pub const ALL: [DropReason; 34] = [
         DropReason::TruncatedEthernet,
         DropReason::VlanTagged,
         DropReason::TruncatedIpv4,
         DropReason::MalformedIpv4,
+        DropReason::TruncatedIpv6,
+        DropReason::MalformedIpv6,
         DropReason::Fragment,
         DropReason::TruncatedL4,
         DropReason::MalformedL4,
@@ -139,6 +147,8 @@ impl DropReason {
             DropReason::VlanTagged => "vlan_tagged",
             DropReason::TruncatedIpv4 => "truncated_ipv4",
             DropReason::MalformedIpv4 => "malformed_ipv4",
+            DropReason::TruncatedIpv6 => "truncated_ipv6",
+            DropReason::MalformedIpv6 => "malformed_ipv6",
             DropReason::Fragment => "fragment",
             DropReason::TruncatedL4 => "truncated_l4",
             DropReason::MalformedL4 => "malformed_l4",
@@ -251,6 +261,25 @@ impl SocketStat {
     }
 }
 
+/// A fixed array of counters, indexed like one: `Default` for any
+/// length (std's arrays have it up to 32 only).
+#[derive(Debug)]
+pub struct CounterArray<const N: usize>([Counter; N]);
+
+impl<const N: usize> Default for CounterArray<N> {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| Counter::default()))
+    }
+}
+
+impl<const N: usize> std::ops::Deref for CounterArray<N> {
+    type Target = [Counter; N];
+
+    fn deref(&self) -> &[Counter; N] {
+        &self.0
+    }
+}
+
 /// Everything one worker counts.
 #[derive(Debug, Default)]
 #[repr(align(64))]
@@ -291,7 +320,7 @@ pub struct WorkerCounters {
     pub icmp_errors: Counter,
     /// Later fragments sent after their datagram's first fragment.
     pub fragments: Counter,
-    pub drops: [Counter; DropReason::COUNT],
+    pub drops: CounterArray<{ DropReason::COUNT }>,
     /// The kernel's statistics of the worker's sockets, copied in by the
     /// worker four times a second.
     pub socket: [Counter; SocketStat::COUNT],

@@ -32,7 +32,7 @@ pub struct DatagramId {
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
     pub protocol: u8,
-    pub ident: u16,
+    pub ident: u32,
 }
 
 /// Where a datagram's fragments go: the addresses its first fragment
@@ -64,7 +64,7 @@ impl FragmentTable {
     #[inline]
     fn slot(id: &DatagramId) -> usize {
         let a = u32::from(id.src) ^ u32::from(id.dst).rotate_left(16);
-        let b = (u32::from(id.ident) << 8) | u32::from(id.protocol);
+        let b = id.ident.rotate_left(8) ^ u32::from(id.protocol);
         // Fibonacci hashing: the top 10 bits pick one of 1024 slots.
         ((a ^ b.wrapping_mul(0x85eb_ca6b)).wrapping_mul(0x9e37_79b9) >> 22) as usize
     }
@@ -100,7 +100,7 @@ impl FragmentTable {
 mod tests {
     use super::*;
 
-    fn id(ident: u16) -> DatagramId {
+    fn id(ident: u32) -> DatagramId {
         DatagramId {
             src: Ipv4Addr::new(198, 18, 0, 2),
             dst: Ipv4Addr::new(198, 18, 100, 10),
@@ -134,7 +134,7 @@ mod tests {
     fn a_datagram_in_the_same_slot_replaces_the_older_one() {
         let mut table = FragmentTable::default();
         table.remember(id(0), ROUTE, 1);
-        let clash = (1..=u16::MAX)
+        let clash = (1..=u32::from(u16::MAX))
             .find(|&i| FragmentTable::slot(&id(i)) == FragmentTable::slot(&id(0)))
             .expect("1024 slots: some identification shares slot 0's");
         table.remember(id(clash), ROUTE, 1);

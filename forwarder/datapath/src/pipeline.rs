@@ -610,7 +610,9 @@ impl Pipeline {
     /// The flow's state and last-seen time are left alone.
     #[cold]
     fn icmp_error(&mut self, mut frame: FrameMut<'_>, ctx: &BatchContext<'_>) -> Verdict {
-        let L3::Ipv4 { src, dst, ttl } = frame.l3();
+        let L3::Ipv4 { src, dst, ttl } = frame.l3() else {
+            return Verdict::Pass;
+        };
         let Some(icmp) = frame.icmp() else {
             return Verdict::Drop(DropReason::IcmpErrorMalformed);
         };
@@ -1061,6 +1063,11 @@ fn parse_verdict(e: ParseError) -> Verdict {
             DropReason::TruncatedIpv4,
             DropReason::MalformedIpv4,
         )),
+        ParseError::Ipv6(e) => Verdict::Drop(wire(
+            e,
+            DropReason::TruncatedIpv6,
+            DropReason::MalformedIpv6,
+        )),
         ParseError::L4(e) => {
             Verdict::Drop(wire(e, DropReason::TruncatedL4, DropReason::MalformedL4))
         }
@@ -1070,7 +1077,9 @@ fn parse_verdict(e: ParseError) -> Verdict {
 /// The flow of a TCP or UDP frame that is not a fragment.
 #[inline]
 fn flow_of<T: AsRef<[u8]>>(frame: &Frame<T>) -> Option<Flow> {
-    let L3::Ipv4 { src, dst, ttl } = frame.l3();
+    let L3::Ipv4 { src, dst, ttl } = frame.l3() else {
+        return None;
+    };
     let (protocol, src_port, dst_port, tcp_flags) = match frame.l4() {
         L4::Tcp {
             src_port,
@@ -1078,7 +1087,9 @@ fn flow_of<T: AsRef<[u8]>>(frame: &Frame<T>) -> Option<Flow> {
             flags,
         } => (Protocol::Tcp, src_port, dst_port, flags),
         L4::Udp { src_port, dst_port } => (Protocol::Udp, src_port, dst_port, 0),
-        L4::Icmp { .. } | L4::Fragment { .. } | L4::Other { .. } => return None,
+        L4::Icmp { .. } | L4::Icmpv6 { .. } | L4::Fragment { .. } | L4::Other { .. } => {
+            return None
+        }
     };
     Some(Flow {
         key: FlowKey {
@@ -1100,7 +1111,9 @@ fn classify(frame: &FrameMut<'_>, table: &CompiledTable) -> Result<Classified, V
     if let Some(flow) = flow_of(frame) {
         return Ok(Classified::Flow(flow));
     }
-    let L3::Ipv4 { src, dst, .. } = frame.l3();
+    let L3::Ipv4 { src, dst, .. } = frame.l3() else {
+        return Err(Verdict::Pass);
+    };
     match frame.l4() {
         L4::Fragment { protocol } => match frame.fragment() {
             Some(f) if !f.is_first() => Ok(Classified::LaterFragment { protocol }),

@@ -130,6 +130,28 @@ fn icmp_error(src: [u8; 4], dst: [u8; 4], quoted: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A UDP datagram over IPv6 from the client side, after the extension
+/// headers `ext` (whose first next-header is `first`).
+fn udp6(first: u8, ext: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(mac::CLIENT, mac::GW_CLIENT_SIDE)
+        .ipv6(
+            [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+            [0x20, 0x01, 0, 2, 0, 0, 0, 0x64, 0, 0, 0, 0, 0, 0, 0, 0x10],
+            64,
+        )
+        .udp(40000, 53)
+        .write(&mut out, b"query")
+        .expect("IPv6 frame builds");
+    if !ext.is_empty() {
+        out[20] = first;
+        out.splice(54..54, ext.iter().copied());
+        let payload = (out.len() - 54) as u16;
+        out[18..20].copy_from_slice(&payload.to_be_bytes());
+    }
+    out
+}
+
 fn arp() -> Vec<u8> {
     let mut f = vec![0xff; 6];
     f.extend_from_slice(&mac::CLIENT);
@@ -403,6 +425,26 @@ fn seeds() -> Vec<Seed> {
                 P,
                 icmp_error(POD1, c.0, &tcp_ttl(client(2, 40999), pod1, SYN, 63, &[])),
                 Drop(DropReason::IcmpErrorWithoutFlow),
+            ),
+        ],
+    );
+    // IPv6 is the kernel's for now; its headers are still checked.
+    let options = |next: u8| [next, 0, 1, 4, 0, 0, 0, 0];
+    let chain: Vec<u8> = (0..9)
+        .flat_map(|i| options(if i == 8 { 17 } else { 60 }))
+        .collect();
+    s.add(
+        "ipv6_passes_and_bad_headers_drop",
+        SETUP,
+        vec![
+            (C, udp6(17, &[]), Pass),
+            (C, udp6(60, &options(17)), Pass),
+            (C, udp6(44, &[17, 0, 0, 1, 0, 0, 0, 9]), Pass),
+            (C, udp6(60, &chain), Drop(DropReason::MalformedIpv6)),
+            (
+                C,
+                udp6(17, &[])[..50].to_vec(),
+                Drop(DropReason::TruncatedIpv6),
             ),
         ],
     );
@@ -699,6 +741,7 @@ fn seeds() -> Vec<Seed> {
             (P, tcp((POD_HEADLESS, 5432), c, SYN | ACK), Pass),
         ],
     );
+    // An IPv4 packet under IPv6's EtherType: not version 6.
     let mut ipv6 = tcp(c, solo, SYN);
     ipv6[12..14].copy_from_slice(&[0x86, 0xdd]);
     let mut gre = tcp(c, solo, SYN);
@@ -708,7 +751,7 @@ fn seeds() -> Vec<Seed> {
         SETUP,
         vec![
             (C, arp(), Pass),
-            (C, ipv6, Pass),
+            (C, ipv6, Drop(DropReason::MalformedIpv6)),
             (C, tcp(c, (POD1, 8080), SYN), Pass),
             (C, gre, Drop(DropReason::UnsupportedProtocol)),
         ],

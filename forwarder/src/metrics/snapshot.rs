@@ -15,7 +15,7 @@ use crate::counters::{DropReason, SocketStat, WorkerCounters};
 use crate::table::CompiledTable;
 
 /// A copy of one worker's [`WorkerCounters`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CounterValues {
     pub rx_packets: u64,
     pub rx_bytes: u64,
@@ -32,6 +32,29 @@ pub struct CounterValues {
     pub fragments: u64,
     pub drops: [u64; DropReason::COUNT],
     pub socket: [u64; SocketStat::COUNT],
+}
+
+// By hand: std's arrays are `Default` up to 32 elements only.
+impl Default for CounterValues {
+    fn default() -> Self {
+        Self {
+            rx_packets: 0,
+            rx_bytes: 0,
+            tx_packets: 0,
+            tx_bytes: 0,
+            forwarded: 0,
+            replies: 0,
+            new_flows: 0,
+            neighbour_resolved: 0,
+            passed: 0,
+            adopted_flows: 0,
+            stateless_replies: 0,
+            icmp_errors: 0,
+            fragments: 0,
+            drops: [0; DropReason::COUNT],
+            socket: [0; SocketStat::COUNT],
+        }
+    }
 }
 
 impl CounterValues {
