@@ -61,6 +61,7 @@ fn built_image() -> &'static str {
             .arg("-C")
             .arg(repo())
             .arg("image")
+            .arg(format!("IMAGE_NAME={IMAGE_NAME}"))
             .output()
             .unwrap_or_else(|e| panic!("running `make image`: {e}"));
         assert!(
