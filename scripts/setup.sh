@@ -20,6 +20,10 @@ PACKAGES=(
     bind9-dnsutils
     # curl http://echo-server-clusterip:8080, by name, in the demo.
     curl
+    # make image: buildah builds the OCI image from scratch; podman runs
+    # it in tests/image.rs (and loads nothing from a registry), with runc:
+    # crun refuses the hybrid cgroup layout of machines such as CI's.
+    buildah podman runc
 )
 
 installed() {

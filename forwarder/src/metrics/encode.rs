@@ -483,6 +483,12 @@ impl Collector for Snapshot {
             "Flows removed because their backend or Service went away",
             ct.retired,
         )?;
+        counter(
+            enc,
+            "conntrack_deleted",
+            "Flows deleted through the admin endpoint (cipgw conntrack --delete)",
+            ct.deleted,
+        )?;
         counter_family(
             enc,
             "conntrack_expired",

@@ -169,6 +169,8 @@ pub struct ConntrackNumbers {
     pub evicted: [u64; EvictionClass::ALL.len()],
     pub refused: u64,
     pub retired: u64,
+    /// Flows an operator deleted (`cipgw conntrack --delete`).
+    pub deleted: u64,
     /// Finished flows replaced by a new SYN on the same 5-tuple.
     pub replaced: u64,
     /// Flows expired by the sweeper, per state (as [`FlowState::ALL`]).
@@ -189,6 +191,7 @@ impl ConntrackNumbers {
             evicted: std::array::from_fn(|i| stats.evicted[i].load(Ordering::Relaxed)),
             refused: stats.refused.load(Ordering::Relaxed),
             retired: stats.retired.load(Ordering::Relaxed),
+            deleted: stats.deleted.load(Ordering::Relaxed),
             replaced: stats.replaced.load(Ordering::Relaxed),
             expired: std::array::from_fn(|i| stats.expired[i].load(Ordering::Relaxed)),
         }
