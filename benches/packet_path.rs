@@ -241,7 +241,11 @@ fn bench_snat(c: &mut Criterion) {
         ("new_flow_chunked/1_services", &one, false),
         ("new_flow_chunked/10000_services", &many, false),
         ("new_flow_maglev_chunked/1_services", &maglev_one, false),
-        ("new_flow_maglev_chunked/10000_services", &maglev_many, false),
+        (
+            "new_flow_maglev_chunked/10000_services",
+            &maglev_many,
+            false,
+        ),
         ("snat_new_flow/1_services", &one, true),
     ] {
         let ctx = BatchContext {

@@ -79,4 +79,3 @@ pub fn frame(src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Vec<u8> {
 pub fn client(i: usize) -> [u8; 4] {
     [198, 18, 0, 2 + (i % 250) as u8]
 }
-
