@@ -22,8 +22,6 @@
 //! Run: `cargo bench -p cipgw-datapath --bench maglev`.
 
 use std::hint::black_box;
-use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use cipgw_config::LbAlgorithm;
