@@ -11,6 +11,7 @@
 //!   compiles the 10,000 Services of 10 endpoints of benches/maglev.rs
 //!   once under random and once under Maglev with the store of tables
 //!   kept (a change that built no new table), alternating.
+//!
 //! Time is the thread's CPU time (CLOCK_THREAD_CPUTIME_ID),
 //! so time the thread spends preempted by other work does not count;
 //! what load remains (caches shared with other processes) hits both
