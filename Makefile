@@ -5,7 +5,7 @@
 CARGO ?= cargo
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: all setup build demo test lint bench bench-veth bench-veth-smoke bench-dns
+.PHONY: all setup build image demo test lint bench bench-veth bench-veth-smoke bench-dns
 
 all: build
 
@@ -15,6 +15,20 @@ setup:
 
 build: setup
 	$(CARGO) build --release -p cipgw
+
+# The image deploy/ runs, $(IMAGE_NAME):VERSION (and
+# :VERSION-COMMIT), in the local container storage podman reads: the
+# binary linked statically (glibc's static libc; libelf and zlib from
+# libelf-dev and zlib1g-dev) in an image from scratch (deploy/Containerfile,
+# buildah). No registry needed; deploy/README.md says how to load it on a
+# node. The first build compiles every dependency for the static target
+# (about 10 min on 2 cores); after that, a changed binary re-packs in
+# seconds and an unchanged one is kept.
+IMAGE_NAME ?= localhost/cipgw
+STATIC_TARGET := x86_64-unknown-linux-gnu
+image: setup
+	RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --release -p cipgw --bin cipgw --target $(STATIC_TARGET)
+	bash scripts/image.sh $(TARGET_DIR)/$(STATIC_TARGET)/release/cipgw $(IMAGE_NAME)
 
 # Self-contained: namespaces, echo Pods, the gateway, requests to the VIP.
 demo: setup

@@ -19,94 +19,31 @@
 //!   rewrite; a fresh table every 4,096 flows, so each backend's pool
 //!   stays under a third full; `new_flow_chunked/1_services` is the same
 //!   without source NAT, its A/B baseline;
+//! - `new_flow_chunked/{1,10000}_services` and
+//!   `new_flow_maglev_chunked/{1,10000}_services`: new flows into a table
+//!   of 4,096 (fresh every 4,096 flows, not timed), random against
+//!   Maglev: the unchunked cases time the first touch of a table sized to
+//!   the whole run (hundreds of MB at millions of iterations), which
+//!   drowns the choice between the two;
 //! - `snat_reply/1024_flows`: `reply` of source-NATed flows (backend ->
 //!   SNAT address and port, rewritten to VIP -> client).
 //!
 //! Run: `cargo bench -p cipgw-datapath --bench packet_path`.
 
 use std::hint::black_box;
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cipgw_config::{LbAlgorithm, Protocol, ServiceName, ServiceTable};
 use cipgw_datapath::conntrack::snat::SnatConfig;
 use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig};
-use cipgw_datapath::harness::addr::{POD1, POD2, POD3};
-use cipgw_datapath::harness::{
-    mac, pipeline, service, service_port, Frame, Net, CLIENT_IFINDEX, POD_IFINDEX,
-};
-use cipgw_datapath::maglev::MaglevTables;
+use cipgw_datapath::harness::pipeline;
 use cipgw_datapath::pipeline::{BatchContext, Verdict};
-use cipgw_datapath::route::NetSnapshot;
-use cipgw_datapath::table::{CompiledTable, LbPlan};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
-/// `services` Services of 3 endpoints each; the measured one is the last,
-/// at VIP 198.19.255.254:8080.
-fn table(services: usize) -> CompiledTable {
-    CompiledTable::compile(Arc::new(model(services, None)), 1)
-}
+#[path = "support/packets.rs"]
+mod packets;
 
-/// [`table`] with every Service under Maglev.
-fn maglev_table(services: usize) -> CompiledTable {
-    let mut tables = MaglevTables::new(cipgw_datapath::maglev::DEFAULT_TABLE_SIZE, 7);
-    CompiledTable::compile_with_lb(
-        Arc::new(model(services, Some(LbAlgorithm::Maglev))),
-        1,
-        |_, _| None,
-        LbPlan {
-            default: LbAlgorithm::Random,
-            maglev: &mut tables,
-        },
-    )
-}
-
-fn model(services: usize, lb_algorithm: Option<LbAlgorithm>) -> ServiceTable {
-    let services = (0..services)
-        .map(|i| {
-            let vip = if i + 1 == services {
-                Ipv4Addr::new(198, 19, 255, 254)
-            } else {
-                Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 1)) + i as u32)
-            };
-            let mut s = service(
-                ServiceName::new("bench", format!("svc-{i:05}")),
-                Some(vip.octets()),
-                None,
-                vec![service_port(8080, Protocol::Udp, 5678, &[POD1, POD2, POD3])],
-            );
-            s.lb_algorithm = lb_algorithm;
-            s
-        })
-        .collect();
-    ServiceTable { services }
-}
-
-/// The lab's two arms with the Pods and every client address resolved.
-fn net() -> NetSnapshot {
-    Net::two_arm()
-        .resolved(POD_IFINDEX, [POD1, POD2, POD3])
-        .resolved(CLIENT_IFINDEX, (2..255).map(|last| [198, 18, 0, last]))
-        .build()
-}
-
-/// A 64-byte frame (60 + FCS on the wire): UDP with 18 payload bytes,
-/// between the client's and the gateway's MACs whichever way it goes.
-fn frame(src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Vec<u8> {
-    Frame {
-        src_mac: mac::CLIENT,
-        dst_mac: mac::GW_CLIENT_SIDE,
-        src: src.0,
-        dst: dst.0,
-        ttl: 64,
-    }
-    .udp(src.1, dst.1, &[0u8; 18])
-}
-
-fn client(i: usize) -> [u8; 4] {
-    [198, 18, 0, 2 + (i % 250) as u8]
-}
+use packets::{client, frame, maglev_table, net, table};
 
 fn bench(c: &mut Criterion) {
     let net = net();
@@ -298,10 +235,24 @@ fn bench_snat(c: &mut Criterion) {
 
     const CHUNK: u64 = 4096;
     let base = frame((client(0), 1), (vip, 8080));
-    for (name, snat) in [
-        ("new_flow_chunked/1_services", false),
-        ("snat_new_flow/1_services", true),
+    let many = table(10_000);
+    let (maglev_one, maglev_many) = (maglev_table(1), maglev_table(10_000));
+    for (name, table, snat) in [
+        ("new_flow_chunked/1_services", &one, false),
+        ("new_flow_chunked/10000_services", &many, false),
+        ("new_flow_maglev_chunked/1_services", &maglev_one, false),
+        (
+            "new_flow_maglev_chunked/10000_services",
+            &maglev_many,
+            false,
+        ),
+        ("snat_new_flow/1_services", &one, true),
     ] {
+        let ctx = BatchContext {
+            table,
+            net: &net,
+            now: 1,
+        };
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let mut elapsed = Duration::ZERO;

@@ -23,6 +23,10 @@ PACKAGES=(
     # dnsmasq: the upstream resolver of the --dns-upstream test
     # (tests/dns.rs); the binary only, no system service.
     dnsmasq-base
+    # make image: buildah builds the OCI image from scratch; podman runs
+    # it in tests/image.rs (and loads nothing from a registry), with runc:
+    # crun refuses the hybrid cgroup layout of machines such as CI's.
+    buildah podman runc
 )
 
 installed() {

@@ -23,7 +23,13 @@
 //!   Services, their endpoints and the live flows; bad filters exit 64;
 //!   a reloaded control file is counted as a sync and an invalid one as
 //!   a failed sync with its error; nothing listening is a clear error;
-//!   `--log-format json` logs JSON.
+//!   `--log-format json` logs JSON;
+//! - `cipgw conntrack` shows each flow's expiry (24 h for an established
+//!   connection held open), and `--delete` removes one flow by its
+//!   5-tuple, then every flow of a backend (an unselective `--delete`
+//!   exits 64): the deleted connections' next segment is answered with a
+//!   RST, the others go on, and the deletions are counted in
+//!   `cipgw status` and `cipgw_conntrack_deleted_total`.
 //!
 //! Both stop the gateway with SIGTERM at the end: it must exit 0 within
 //! 5 s with its admin endpoint serving.
@@ -392,8 +398,8 @@ fn metrics_count_exactly_what_was_sent() {
                 &[&udp_header(53, 20)[..], b"abcd"].concat(),
             ),
         ),
-        // More-fragments set.
-        ("fragment", frame(&info, vip, 28, 0x2000, &payload)),
+        // A later fragment (offset 8) whose first fragment never came.
+        ("fragment", frame(&info, vip, 28, 0x0001, &payload)),
     ];
     let exp = scrape(&lab);
     let base = Moves::read(&exp);
@@ -714,5 +720,161 @@ fn cli_shows_services_and_live_flows() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    lab.stop_gateway();
+}
+
+/// The next read on `stream` after sending a line: a RST must end it
+/// (ECONNRESET), not a reply or a timeout.
+fn assert_reset(lab: &Lab, stream: &TcpStream, what: &str) {
+    let mut stream = stream.try_clone().expect("clone the stream");
+    let outcome = support::request(&mut stream);
+    match outcome {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            eprintln!("{what}: reset, as expected");
+        }
+        other => lab.fail(format_args!(
+            "{what}: the next segment must be answered with a RST, got {other:?}"
+        )),
+    }
+}
+
+#[test]
+fn conntrack_shows_expiry_and_deletes_flows() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    const HELD: usize = 6;
+    let mut lab = Lab::build(Topology::two_arm("admdel").pods(2));
+    lab.tcp_echo(TARGET_PORT);
+    let vip = lab.info().vip(10);
+    let docs = lab.selector_service("echo", vip, &[HTTP], &[0, 1]);
+    lab.control_file(&docs);
+    lab.start_gateway();
+
+    let target = SocketAddrV4::new(vip, HTTP.port);
+    // Held until each Pod has two connections at least (bounded).
+    let held = lab.in_client(move || {
+        let mut held: Vec<(TcpStream, String)> = Vec::new();
+        for _ in 0..40 {
+            held.push(hold_connection(target)?);
+            let mut per_pod = std::collections::BTreeMap::<&str, usize>::new();
+            for (_, pod) in &held {
+                *per_pod.entry(pod.as_str()).or_default() += 1;
+            }
+            if held.len() >= HELD && per_pod.len() == 2 && per_pod.values().all(|&n| n >= 2) {
+                return Ok(held);
+            }
+        }
+        Err(format!(
+            "both Pods did not answer two of 40 connections: {held:?}"
+        ))
+    });
+    let held = held.unwrap_or_else(|e| lab.fail(format_args!("holding TCP connections: {e}")));
+
+    // Every flow shows its expiry: established, 24 h from its last packet.
+    let raw = cipgw_ok(&lab, &["conntrack", "--vip", &vip.to_string(), "--json"]);
+    let flows: ConntrackView = serde_json::from_str(&raw).unwrap_or_else(|e| panic!("{e}: {raw}"));
+    assert_eq!(flows.total, held.len(), "{raw}");
+    for f in &flows.flows {
+        assert_eq!(f.state, "tcp_established", "{f:?}");
+        let left = f
+            .expires_seconds
+            .unwrap_or_else(|| panic!("no expiry: {f:?}"));
+        assert!(
+            (86_390..=86_400).contains(&left),
+            "24 h less a moment: {f:?}"
+        );
+    }
+    let text = cipgw_ok(&lab, &["conntrack", "--vip", &vip.to_string()]);
+    assert!(
+        text.contains("Expires") && (text.contains(" 86400 ") || text.contains(" 8639")),
+        "{text}"
+    );
+
+    // --delete needs one flow's 5-tuple or a backend.
+    for unselective in [
+        &["conntrack", "--delete"][..],
+        &["conntrack", "--delete", "--protocol", "tcp"],
+        &["conntrack", "--delete", "--vip", &vip.to_string()],
+    ] {
+        let out = cipgw(&lab, unselective);
+        assert_eq!(out.status.code(), Some(64), "{unselective:?}: {out:?}");
+    }
+
+    // One flow by its 5-tuple: gone from the table, and its next segment
+    // is answered with a RST; the other connections go on.
+    let (first, first_pod) = &held[0];
+    let local = first.local_addr().expect("local address");
+    let out = cipgw_ok(
+        &lab,
+        &[
+            "conntrack",
+            "--delete",
+            "--protocol",
+            "tcp",
+            "--client",
+            &local.to_string(),
+            "--vip",
+            &target.to_string(),
+        ],
+    );
+    assert_eq!(out.trim(), "1 flow deleted");
+    let raw = cipgw_ok(
+        &lab,
+        &["conntrack", "--client", &local.to_string(), "--json"],
+    );
+    let gone: ConntrackView = serde_json::from_str(&raw).unwrap_or_else(|e| panic!("{e}: {raw}"));
+    assert_eq!(gone.total, 0, "{raw}");
+    assert_reset(&lab, first, &format!("the deleted flow from {local}"));
+    for (stream, pod) in &held[1..] {
+        let mut stream = stream.try_clone().expect("clone the stream");
+        let reply = support::request(&mut stream)
+            .unwrap_or_else(|e| lab.fail(format_args!("a connection to {pod} was cut: {e}")));
+        assert!(reply.contains(pod.as_str()), "{reply}");
+    }
+
+    // Every flow of a backend: the other Pod's connections go on.
+    let pod_of = |name: &str| {
+        lab.info()
+            .pods
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.iface.addr)
+            .unwrap_or_else(|| panic!("no Pod {name}"))
+    };
+    let doomed_ip = pod_of(first_pod);
+    let doomed: Vec<&(TcpStream, String)> =
+        held[1..].iter().filter(|(_, p)| p == first_pod).collect();
+    let backend = SocketAddrV4::new(doomed_ip, TARGET_PORT).to_string();
+    assert!(!doomed.is_empty(), "{first_pod} holds two connections");
+    let raw = cipgw_ok(
+        &lab,
+        &["conntrack", "--delete", "--backend", &backend, "--json"],
+    );
+    let deleted: cipgw::admin::ConntrackDeleted =
+        serde_json::from_str(&raw).unwrap_or_else(|e| panic!("{e}: {raw}"));
+    assert_eq!(deleted.deleted, doomed.len(), "{raw}");
+    for (stream, pod) in &held[1..] {
+        if pod == first_pod {
+            assert_reset(&lab, stream, &format!("a deleted flow to {pod}"));
+        } else {
+            let mut stream = stream.try_clone().expect("clone the stream");
+            let reply = support::request(&mut stream)
+                .unwrap_or_else(|e| lab.fail(format_args!("a connection to {pod} was cut: {e}")));
+            assert!(reply.contains(pod.as_str()), "{reply}");
+        }
+    }
+    let raw = cipgw_ok(&lab, &["conntrack", "--backend", &backend, "--json"]);
+    let left: ConntrackView = serde_json::from_str(&raw).unwrap_or_else(|e| panic!("{e}: {raw}"));
+    assert_eq!(left.total, 0, "{raw}");
+    let status = wait_for_status(&lab, |s| s.conntrack.deleted > 0);
+    assert_eq!(status.conntrack.deleted, 1 + doomed.len() as u64);
+    let exp = scrape(&lab);
+    assert_eq!(
+        counter(&exp, "cipgw_conntrack_deleted_total", &[]),
+        1 + doomed.len() as u64
+    );
+    lab.assert_log_contains("deleted flows (DELETE /api/conntrack)");
     lab.stop_gateway();
 }

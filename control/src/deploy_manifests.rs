@@ -150,7 +150,14 @@ fn daemonset_runs_on_gateway_nodes_with_only_the_capabilities_af_xdp_needs() {
     added.sort();
     assert_eq!(
         added,
-        ["BPF", "NET_ADMIN", "NET_RAW", "PERFMON", "SYS_RESOURCE"]
+        [
+            "BPF",
+            "IPC_LOCK",
+            "NET_ADMIN",
+            "NET_RAW",
+            "PERFMON",
+            "SYS_RESOURCE"
+        ]
     );
 
     // The settings file it reads is the ConfigMap's.

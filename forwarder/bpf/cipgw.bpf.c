@@ -15,8 +15,16 @@
  *     the node's own connections, probes' answers) and every other packet
  *     from a backend reaches the kernel; or
  *   - a UDP query to one of the gateway's DNS addresses, port 53
- *     (cipgw_dns: destination address, port, protocol).
- * Only unfragmented packets and first fragments carry ports; later
+ *     (cipgw_dns: destination address, port, protocol), or
+ *   - an ICMP error (destination unreachable, time exceeded, parameter
+ *     problem) quoting a datagram that was such a reply's other direction:
+ *     one the gateway sent to a backend endpoint (from a source NAT port,
+ *     with source NAT on), whoever reports it (the backend or a router
+ *     on the way); errors about replies are addressed to a VIP, or
+ *   - a later fragment of a datagram whose first fragment went to a socket
+ *     as a backend reply (cipgw_frags, which this program writes: later
+ *     fragments carry no ports to match by).
+ * Only unfragmented packets and first fragments carry ports; other later
  * fragments go to the kernel.
  * Everything else (ARP, IPv6, SSH, traffic to the gateway itself) is
  * XDP_PASS. A matching frame on an interface the gateway serves
@@ -40,6 +48,15 @@
 
 /* RFC 791: fragment offset is the low 13 bits of frag_off. */
 #define IP_OFFSET_MASK 0x1FFF
+/* RFC 791: "more fragments" flag. */
+#define IP_MORE_FRAGMENTS 0x2000
+
+/* RFC 792 message types that quote the datagram they are about. */
+#define ICMP_DEST_UNREACH 3
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETER_PROBLEM 12
+/* Type, code, checksum and one word precede the quoted datagram. */
+#define ICMP_HEADER_LEN 8
 
 /* IEEE 802.1Q tag: TCI then the encapsulated EtherType. */
 struct vlan_tag {
@@ -102,6 +119,26 @@ struct {
 	__type(value, __u8);
 } cipgw_dns SEC(".maps");
 
+/*
+ * Datagrams whose first fragment went to a socket as a backend reply:
+ * (source, destination, identification, protocol). Written here, read
+ * for later fragments; LRU, so old datagrams make room by themselves.
+ */
+struct frag_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct frag_key);
+	__type(value, __u8);
+} cipgw_frags SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 64);
@@ -125,6 +162,74 @@ static __always_inline int to_socket(struct xdp_md *ctx)
 		return XDP_PASS;
 	return (int)bpf_redirect_map(&cipgw_xsks, *base + ctx->rx_queue_index,
 				     XDP_DROP);
+}
+
+/*
+ * Whether a TCP/UDP packet from (saddr, sport, proto) to (daddr, dport),
+ * ports in network order, is a reply of a backend endpoint the gateway
+ * handles: see the top of this file.
+ */
+static __always_inline int backend_reply(__be32 saddr, __be16 sport, __u8 proto,
+					 __be32 daddr, __be16 dport)
+{
+	struct backend_key key = {
+		.addr = saddr,
+		.port = sport,
+		.proto = proto,
+		.pad = 0,
+	};
+	__u32 zero = 0;
+	__u32 *snat_on;
+	struct snat_range *range;
+	__u16 port;
+
+	if (!bpf_map_lookup_elem(&cipgw_backends, &key))
+		return 0;
+	snat_on = bpf_map_lookup_elem(&cipgw_snat_on, &zero);
+	if (!snat_on || !*snat_on)
+		return 1;
+	range = bpf_map_lookup_elem(&cipgw_snat, &daddr);
+	if (!range)
+		return 0;
+	port = cipgw_htons(dport); /* to host order */
+	return port >= range->low && port <= range->high;
+}
+
+/*
+ * An ICMP message not addressed to a VIP: to a socket when it is an error
+ * quoting a datagram the gateway sent to a backend, so that the workers
+ * translate it for the client (path-MTU discovery through the gateway).
+ */
+static __always_inline int icmp_to(struct xdp_md *ctx, struct iphdr *ip,
+				   void *data_end)
+{
+	__u8 *icmp = (void *)ip + ((__u32)ip->ihl * 4);
+	struct iphdr *inner;
+	__be16 *ports;
+
+	if (ip->frag_off & cipgw_htons(IP_MORE_FRAGMENTS | IP_OFFSET_MASK))
+		return XDP_PASS;
+	if ((void *)(icmp + ICMP_HEADER_LEN) > data_end)
+		return XDP_PASS;
+	if (icmp[0] != ICMP_DEST_UNREACH && icmp[0] != ICMP_TIME_EXCEEDED &&
+	    icmp[0] != ICMP_PARAMETER_PROBLEM)
+		return XDP_PASS;
+	inner = (void *)(icmp + ICMP_HEADER_LEN);
+	if ((void *)(inner + 1) > data_end)
+		return XDP_PASS;
+	if (inner->version != 4 || inner->ihl < 5)
+		return XDP_PASS;
+	if (inner->protocol != IPPROTO_TCP && inner->protocol != IPPROTO_UDP)
+		return XDP_PASS;
+	ports = (void *)inner + ((__u32)inner->ihl * 4);
+	if ((void *)(ports + 2) > data_end)
+		return XDP_PASS;
+	/* The quoted datagram went gateway -> backend: its reply is the
+	 * quote reversed. */
+	if (backend_reply(inner->daddr, ports[1], inner->protocol, inner->saddr,
+			  ports[0]))
+		return to_socket(ctx);
+	return XDP_PASS;
 }
 
 SEC("xdp")
@@ -165,39 +270,49 @@ int cipgw_xdp(struct xdp_md *ctx)
 	if (bpf_map_lookup_elem(&cipgw_vips, &daddr))
 		return to_socket(ctx);
 
+	if (ip->protocol == IPPROTO_ICMP)
+		return icmp_to(ctx, ip, data_end);
 	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
 		return XDP_PASS;
-	if (ip->frag_off & cipgw_htons(IP_OFFSET_MASK))
+	if (ip->frag_off & cipgw_htons(IP_OFFSET_MASK)) {
+		struct frag_key frag = {
+			.saddr = ip->saddr,
+			.daddr = daddr,
+			.id = ip->id,
+			.proto = ip->protocol,
+			.pad = 0,
+		};
+
+		if (bpf_map_lookup_elem(&cipgw_frags, &frag))
+			return to_socket(ctx);
 		return XDP_PASS;
+	}
 
 	/* ihl is 4 bits: the L4 header starts 20..60 bytes into the IP one. */
 	ports = (void *)ip + ((__u32)ip->ihl * 4);
 	if ((void *)(ports + 2) > data_end)
 		return XDP_PASS;
 
-	key.addr = ip->saddr;
-	key.port = ports[0]; /* source port: first field of TCP and UDP */
-	key.proto = ip->protocol;
-	key.pad = 0;
-	if (bpf_map_lookup_elem(&cipgw_backends, &key)) {
-		__u32 zero = 0;
-		__u32 *snat_on = bpf_map_lookup_elem(&cipgw_snat_on, &zero);
-		struct snat_range *range;
-		__u16 dport;
+	if (backend_reply(ip->saddr, ports[0], ip->protocol, daddr, ports[1])) {
+		if (ip->frag_off & cipgw_htons(IP_MORE_FRAGMENTS)) {
+			struct frag_key frag = {
+				.saddr = ip->saddr,
+				.daddr = daddr,
+				.id = ip->id,
+				.proto = ip->protocol,
+				.pad = 0,
+			};
+			__u8 one = 1;
 
-		if (snat_on && *snat_on) {
-			range = bpf_map_lookup_elem(&cipgw_snat, &daddr);
-			if (!range)
-				return XDP_PASS;
-			dport = cipgw_htons(ports[1]); /* to host order */
-			if (dport < range->low || dport > range->high)
-				return XDP_PASS;
+			bpf_map_update_elem(&cipgw_frags, &frag, &one, BPF_ANY);
 		}
 		return to_socket(ctx);
 	}
 
 	/* A query to one of the gateway's DNS addresses. */
 	key.addr = daddr;
+	key.proto = ip->protocol;
+	key.pad = 0;
 	key.port = ports[1]; /* destination port */
 	if (bpf_map_lookup_elem(&cipgw_dns, &key))
 		return to_socket(ctx);

@@ -23,6 +23,9 @@
 /* Helper calls: the "address" is the helper id the verifier resolves. */
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) =
 	(void *)BPF_FUNC_map_lookup_elem;
+static long (*bpf_map_update_elem)(void *map, const void *key,
+				   const void *value, __u64 flags) =
+	(void *)BPF_FUNC_map_update_elem;
 static long (*bpf_redirect_map)(void *map, __u64 key, __u64 flags) =
 	(void *)BPF_FUNC_redirect_map;
 

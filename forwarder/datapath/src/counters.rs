@@ -23,8 +23,16 @@ pub enum DropReason {
     TruncatedIpv4,
     /// Not version 4, IHL below 5, or total length below the header.
     MalformedIpv4,
-    /// An IPv4 fragment for a VIP or from a backend: fragments carry no
-    /// ports (later ones) and are not reassembled.
+    /// IPv6 header, or an extension header, cut short by the end of the
+    /// packet; or a payload length beyond the frame.
+    TruncatedIpv6,
+    /// Not version 6, more than 8 extension headers, or a Hop-by-Hop
+    /// header that is not first.
+    MalformedIpv6,
+    /// A later fragment of a datagram whose first fragment this worker
+    /// did not forward (lost, reordered behind it, refused, or gone from
+    /// the small fragment table): it carries no ports to find a flow by,
+    /// and cipgw does not reassemble.
     Fragment,
     /// TCP or UDP header cut short.
     TruncatedL4,
@@ -82,14 +90,25 @@ pub enum DropReason {
     /// gateway does not track: which VIP it should come from is unknown
     /// (stateless replies, Maglev).
     AmbiguousReply,
+    /// An ICMP error (destination unreachable, time exceeded, parameter
+    /// problem) quoting a datagram of no tracked flow.
+    IcmpErrorWithoutFlow,
+    /// An ICMP error whose checksum does not verify or whose quoted
+    /// datagram is cut short before its ports, not IPv4, or a later
+    /// fragment.
+    IcmpErrorMalformed,
+    /// An ICMP redirect: never forwarded (a gateway's routes are its own).
+    IcmpRedirect,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 29] = [
+    pub const ALL: [DropReason; 34] = [
         DropReason::TruncatedEthernet,
         DropReason::VlanTagged,
         DropReason::TruncatedIpv4,
         DropReason::MalformedIpv4,
+        DropReason::TruncatedIpv6,
+        DropReason::MalformedIpv6,
         DropReason::Fragment,
         DropReason::TruncatedL4,
         DropReason::MalformedL4,
@@ -115,6 +134,9 @@ impl DropReason {
         DropReason::NoTxQueue,
         DropReason::TxRingFull,
         DropReason::AmbiguousReply,
+        DropReason::IcmpErrorWithoutFlow,
+        DropReason::IcmpErrorMalformed,
+        DropReason::IcmpRedirect,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -125,6 +147,8 @@ impl DropReason {
             DropReason::VlanTagged => "vlan_tagged",
             DropReason::TruncatedIpv4 => "truncated_ipv4",
             DropReason::MalformedIpv4 => "malformed_ipv4",
+            DropReason::TruncatedIpv6 => "truncated_ipv6",
+            DropReason::MalformedIpv6 => "malformed_ipv6",
             DropReason::Fragment => "fragment",
             DropReason::TruncatedL4 => "truncated_l4",
             DropReason::MalformedL4 => "malformed_l4",
@@ -150,6 +174,9 @@ impl DropReason {
             DropReason::NoTxQueue => "no_tx_queue",
             DropReason::TxRingFull => "tx_ring_full",
             DropReason::AmbiguousReply => "ambiguous_reply",
+            DropReason::IcmpErrorWithoutFlow => "icmp_error_without_flow",
+            DropReason::IcmpErrorMalformed => "icmp_error_malformed",
+            DropReason::IcmpRedirect => "icmp_redirect",
         }
     }
 }
@@ -234,6 +261,25 @@ impl SocketStat {
     }
 }
 
+/// A fixed array of counters, indexed like one: `Default` for any
+/// length (std's arrays have it up to 32 only).
+#[derive(Debug)]
+pub struct CounterArray<const N: usize>([Counter; N]);
+
+impl<const N: usize> Default for CounterArray<N> {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| Counter::default()))
+    }
+}
+
+impl<const N: usize> std::ops::Deref for CounterArray<N> {
+    type Target = [Counter; N];
+
+    fn deref(&self) -> &[Counter; N] {
+        &self.0
+    }
+}
+
 /// Everything one worker counts.
 #[derive(Debug, Default)]
 #[repr(align(64))]
@@ -269,7 +315,12 @@ pub struct WorkerCounters {
     /// Replies of flows this gateway had not seen, rewritten to the one
     /// VIP:port their endpoint belongs to and tracked (Maglev).
     pub stateless_replies: Counter,
-    pub drops: [Counter; DropReason::COUNT],
+    /// ICMP errors about a tracked flow, rewritten to what the other end
+    /// sent or saw and forwarded to it.
+    pub icmp_errors: Counter,
+    /// Later fragments sent after their datagram's first fragment.
+    pub fragments: Counter,
+    pub drops: CounterArray<{ DropReason::COUNT }>,
     /// The kernel's statistics of the worker's sockets, copied in by the
     /// worker four times a second.
     pub socket: [Counter; SocketStat::COUNT],

@@ -96,16 +96,19 @@ fn backend_word(b: &Backend) -> u64 {
 /// computes the same value for the same packet.
 #[inline]
 pub fn flow_hash(seed: u64, key: &FlowKey) -> u64 {
-    hash_words(
-        seed,
-        FLOW_DOMAIN,
-        &[
-            (u64::from(u32::from(key.src)) << 32) | u64::from(u32::from(key.dst)),
-            (u64::from(key.src_port) << 24)
-                | (u64::from(key.dst_port) << 8)
-                | u64::from(key.protocol.ip_number()),
-        ],
-    )
+    flow_hash_from(mix(seed ^ FLOW_DOMAIN), key)
+}
+
+/// [`flow_hash`] from its seed's first round, `mix(seed ^ FLOW_DOMAIN)`,
+/// which a table computes once: the same value, one round fewer per new
+/// flow.
+#[inline]
+fn flow_hash_from(basis: u64, key: &FlowKey) -> u64 {
+    let addresses = (u64::from(u32::from(key.src)) << 32) | u64::from(u32::from(key.dst));
+    let rest = (u64::from(key.src_port) << 24)
+        | (u64::from(key.dst_port) << 8)
+        | u64::from(key.protocol.ip_number());
+    mix(mix(basis ^ addresses) ^ rest)
 }
 
 /// One backend's preference list, `(offset + j * skip) mod M`.
@@ -193,6 +196,8 @@ pub enum BuildError {
 #[derive(Debug)]
 pub struct MaglevTable {
     seed: u64,
+    /// `mix(seed ^ FLOW_DOMAIN)`: [`flow_hash`]'s first round.
+    flow_basis: u64,
     /// Sorted, without duplicates: entry values index this.
     backends: Box<[Backend]>,
     entries: Box<[u16]>,
@@ -224,6 +229,7 @@ impl MaglevTable {
         let fingerprint = hash_words(0, FINGERPRINT_DOMAIN, &words);
         Ok(Self {
             seed,
+            flow_basis: mix(seed ^ FLOW_DOMAIN),
             backends: sorted.into_boxed_slice(),
             entries,
             fingerprint,
@@ -259,7 +265,7 @@ impl MaglevTable {
     /// (client -> VIP). Allocation-free; one hash and one load.
     #[inline]
     pub fn pick(&self, key: &FlowKey) -> usize {
-        let h = flow_hash(self.seed, key);
+        let h = flow_hash_from(self.flow_basis, key);
         // Multiply-shift maps the 64-bit hash onto 0..M (Lemire).
         let slot = ((u128::from(h) * self.entries.len() as u128) >> 64) as usize;
         usize::from(self.entries[slot])
@@ -279,7 +285,10 @@ impl MaglevTable {
 pub struct MaglevTables {
     size: u32,
     seed: u64,
-    tables: HashMap<Box<[Backend]>, (Arc<MaglevTable>, u64)>,
+    /// ahash: a lookup per Maglev Service port on every compilation
+    /// (10,000 per change at 10,000 Services) wants a fast hasher; its
+    /// output never leaves the process, unlike the flow hash's.
+    tables: HashMap<Box<[Backend]>, (Arc<MaglevTable>, u64), ahash::RandomState>,
     /// Compilation round: tables not used in the latest round are dropped
     /// by [`MaglevTables::finish_round`].
     round: u64,
@@ -293,7 +302,7 @@ impl MaglevTables {
         Self {
             size,
             seed,
-            tables: HashMap::new(),
+            tables: HashMap::default(),
             round: 0,
             scratch: Vec::new(),
         }

@@ -232,3 +232,32 @@ proptest! {
         prop_assert_eq!(a.fingerprint(), b.fingerprint());
     }
 }
+
+/// The flow hash every gateway computes: the seeded hash of the two
+/// 5-tuple words, whichever way it is computed, and pinned for a fixed
+/// input so that a change of it (which would make gateways of two
+/// versions disagree during a rollout) shows here first.
+#[test]
+fn the_flow_hash_is_stable() {
+    let key = FlowKey {
+        src: Ipv4Addr::new(198, 18, 0, 2),
+        dst: Ipv4Addr::new(198, 18, 100, 10),
+        src_port: 40000,
+        dst_port: 8080,
+        protocol: Protocol::Tcp,
+    };
+    let words = [
+        (u64::from(u32::from(key.src)) << 32) | u64::from(u32::from(key.dst)),
+        (40000u64 << 24) | (8080 << 8) | 6,
+    ];
+    for seed in [0, 7, u64::MAX] {
+        assert_eq!(
+            flow_hash(seed, &key),
+            hash_words(seed, FLOW_DOMAIN, &words),
+            "seed {seed}"
+        );
+    }
+    let pinned = flow_hash(0, &key);
+    const PINNED_FLOW_HASH: u64 = 0xb472_4e2d_7641_1655;
+    assert_eq!(pinned, PINNED_FLOW_HASH, "flow hash changed: {pinned:#x}");
+}

@@ -27,9 +27,19 @@
 //!   silently (`source_not_in_cluster`): a ClusterIP is internal;
 //! - sources that cannot be clients (group MAC, multicast, broadcast,
 //!   0.0.0.0/8, loopback, a VIP itself) are dropped and counted;
-//! - IPv4 fragments to a VIP or from a backend port are dropped and
-//!   counted (`fragment`): later fragments carry no ports and cipgw does
-//!   not reassemble; IPv4 options are carried through unchanged;
+//! - a datagram's first fragment is handled as any packet of its flow;
+//!   its later fragments, which carry no ports, follow it with the same
+//!   addresses ([`crate::fragments`]); one whose first fragment this
+//!   worker did not forward is dropped and counted (`fragment`). Nothing
+//!   is reassembled; IPv4 options are carried through unchanged;
+//! - an ICMP error (destination unreachable, fragmentation needed, time
+//!   exceeded, parameter problem) about a tracked flow, from a backend,
+//!   a client or a router between, is rewritten as Linux's NAT does
+//!   (the quoted datagram to what its sender sent or saw, the outer
+//!   addresses as the flow's packets in that direction get them, every
+//!   checksum) and forwarded, so path-MTU discovery works through the
+//!   gateway; one about no tracked flow is dropped and counted, and so is
+//!   a redirect to a VIP;
 //! - 802.1Q-tagged frames are dropped and counted (`vlan_tagged`);
 //! - a TTL that would reach zero is dropped and counted (`ttl_exceeded`):
 //!   cipgw is a routing hop and decrements TTL like one.
@@ -47,6 +57,7 @@ use crate::conntrack::{
 };
 use crate::counters::{DropReason, ServiceCounters, WorkerCounters};
 use crate::dns::DnsResponder;
+use crate::fragments::{DatagramId, FragmentRoute, FragmentTable};
 use crate::lb::Rng;
 use crate::reject::{self, RefusalLimiter};
 use crate::route::{NetSnapshot, PortId, RouteError};
@@ -116,6 +127,9 @@ pub struct Pipeline {
     prefetched: usize,
     /// Answers DNS queries to the gateway's DNS addresses, when set.
     dns: Option<DnsResponder>,
+    /// Where the datagrams whose first fragment this worker forwarded
+    /// went, for their later fragments.
+    fragments: FragmentTable,
 }
 
 /// Frames whose flows one [`Pipeline::prefetch`] round fetches at most.
@@ -289,6 +303,10 @@ enum Classified {
     Flow(Flow),
     /// An echo request to a VIP.
     EchoToVip { src: Ipv4Addr, dst: Ipv4Addr },
+    /// An ICMP error, which quotes the datagram it is about.
+    IcmpError,
+    /// A fragment after the first, of any protocol.
+    LaterFragment { protocol: u8 },
 }
 
 /// Why a packet that no flow knows was not given one.
@@ -315,6 +333,7 @@ impl Pipeline {
             prefetching: Box::new([0; PREFETCH_BATCH]),
             prefetched: 0,
             dns: None,
+            fragments: FragmentTable::default(),
         }
     }
 
@@ -434,6 +453,10 @@ impl Pipeline {
             Ok(Classified::EchoToVip { src, dst }) => {
                 return self.echo_to_vip(frame, ingress, src, dst, ctx)
             }
+            Ok(Classified::IcmpError) => return self.icmp_error(frame, ctx),
+            Ok(Classified::LaterFragment { protocol }) => {
+                return self.later_fragment(frame, protocol, ctx)
+            }
             Err(v) => return v,
         };
         let key = flow.key;
@@ -513,7 +536,159 @@ impl Pipeline {
             (Direction::Reply, None) => key.dst,
             (Direction::Reply, Some((client, _))) => client,
         };
+        if frame.fragment().is_some() {
+            self.remember_first_fragment(&frame, &key, ctx.now);
+        }
         self.address(&mut frame, dst, ctx.net)
+    }
+
+    /// A datagram's first fragment went out rewritten: its later
+    /// fragments will follow it ([`crate::fragments`]).
+    #[cold]
+    fn remember_first_fragment(&mut self, frame: &FrameMut<'_>, key: &FlowKey, now: u32) {
+        let (Some(fragment), Some(ip)) = (frame.fragment(), frame.ipv4()) else {
+            return;
+        };
+        let id = DatagramId {
+            src: key.src,
+            dst: key.dst,
+            protocol: key.protocol.ip_number(),
+            ident: fragment.ident,
+        };
+        let route = FragmentRoute {
+            src: ip.source(),
+            dst: ip.destination(),
+        };
+        self.fragments.remember(id, route, now);
+    }
+
+    /// A fragment after the first: sent where its first fragment went,
+    /// with the same addresses, or dropped when this worker did not
+    /// forward that one (recently).
+    #[cold]
+    fn later_fragment(
+        &mut self,
+        mut frame: FrameMut<'_>,
+        protocol: u8,
+        ctx: &BatchContext<'_>,
+    ) -> Verdict {
+        let (L3::Ipv4 { src, dst, ttl }, Some(fragment)) = (frame.l3(), frame.fragment()) else {
+            return Verdict::Drop(DropReason::Fragment);
+        };
+        let id = DatagramId {
+            src,
+            dst,
+            protocol,
+            ident: fragment.ident,
+        };
+        let Some(route) = self.fragments.route(&id, ctx.now) else {
+            return Verdict::Drop(DropReason::Fragment);
+        };
+        if ttl <= 1 {
+            return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        if let Some(mut ip) = frame.ipv4_mut() {
+            let delta = Delta::default()
+                .addr(src.octets(), route.src.octets())
+                .addr(dst.octets(), route.dst.octets())
+                .word(
+                    u16::from_be_bytes([ttl, protocol]),
+                    u16::from_be_bytes([ttl - 1, protocol]),
+                );
+            ip.set_source(route.src);
+            ip.set_destination(route.dst);
+            ip.set_ttl(ttl - 1);
+            ip.set_checksum(delta.apply(ip.checksum()));
+        }
+        self.counters.fragments.inc();
+        self.address(&mut frame, route.dst, ctx.net)
+    }
+
+    /// An ICMP error about a tracked flow, rewritten for the other end,
+    /// as Linux's NAT rewrites one (nf_nat_icmp_reply_translation). The
+    /// error travels against the datagram it quotes, so its flow key is
+    /// the quoted one reversed, and it is rewritten as that flow's
+    /// packets in its direction are: the quoted datagram back to what
+    /// its sender sent (towards a backend) or saw (towards the client),
+    /// the outer addresses as a packet of the flow going this way gets
+    /// them (the VIP as the source of an error for the client, whoever
+    /// sent it; the backend as the destination of one for the backend).
+    /// The flow's state and last-seen time are left alone.
+    #[cold]
+    fn icmp_error(&mut self, mut frame: FrameMut<'_>, ctx: &BatchContext<'_>) -> Verdict {
+        let L3::Ipv4 { src, dst, ttl } = frame.l3() else {
+            return Verdict::Pass;
+        };
+        let Some(icmp) = frame.icmp() else {
+            return Verdict::Drop(DropReason::IcmpErrorMalformed);
+        };
+        if !icmp.verify_checksum() {
+            return Verdict::Drop(DropReason::IcmpErrorMalformed);
+        }
+        let Ok(quoted) = icmp.quoted() else {
+            return Verdict::Drop(DropReason::IcmpErrorMalformed);
+        };
+        let Some(protocol) = Protocol::from_ip_number(quoted.protocol) else {
+            return Verdict::Drop(DropReason::IcmpErrorMalformed);
+        };
+        let key = FlowKey {
+            src: quoted.dst,
+            dst: quoted.src,
+            src_port: quoted.dst_port,
+            dst_port: quoted.src_port,
+            protocol,
+        };
+        let Some(hit) = self.conntrack.peek(&key) else {
+            // Not about a flow of ours: the kernel's, unless it names a
+            // VIP or a backend port (then the XDP program sent it here).
+            let ours = ctx.table.is_vip(dst)
+                || ctx.table.is_vip(quoted.src)
+                || ctx
+                    .table
+                    .reply_owner(quoted.dst, quoted.dst_port, protocol)
+                    .is_some();
+            return match ours {
+                true => Verdict::Drop(DropReason::IcmpErrorWithoutFlow),
+                false => Verdict::Pass,
+            };
+        };
+        if ttl <= 1 {
+            return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        let nat = (hit.nat_ip, hit.nat_port);
+        let (quoted_src, quoted_dst, outer_src, outer_dst) = match hit.direction {
+            // For the client: the quoted datagram was a forward packet
+            // as it left the gateway (client or SNAT -> backend).
+            Direction::Reply => {
+                let client = hit.snat.unwrap_or((quoted.src, quoted.src_port));
+                (client, nat, hit.nat_ip, client.0)
+            }
+            // For the backend: the quoted datagram was a reply as the
+            // client saw it (VIP -> client).
+            Direction::Forward => {
+                let source = hit.snat.unwrap_or((quoted.dst, quoted.dst_port));
+                let outer_src = hit.snat.map_or(src, |s| s.0);
+                (nat, source, outer_src, hit.nat_ip)
+            }
+        };
+        if let Some(mut message) = frame.icmp_mut() {
+            message.rewrite_quoted(&quoted, quoted_src, quoted_dst);
+        }
+        if let Some(mut ip) = frame.ipv4_mut() {
+            let delta = Delta::default()
+                .addr(src.octets(), outer_src.octets())
+                .addr(dst.octets(), outer_dst.octets())
+                .word(
+                    u16::from_be_bytes([ttl, icmp::PROTOCOL]),
+                    u16::from_be_bytes([ttl - 1, icmp::PROTOCOL]),
+                );
+            ip.set_source(outer_src);
+            ip.set_destination(outer_dst);
+            ip.set_ttl(ttl - 1);
+            ip.set_checksum(delta.apply(ip.checksum()));
+        }
+        self.counters.icmp_errors.inc();
+        self.address(&mut frame, outer_dst, ctx.net)
     }
 
     /// The next-hop step: addresses `frame` to the next hop towards `dst`
@@ -894,6 +1069,11 @@ fn parse_verdict(e: ParseError) -> Verdict {
             DropReason::TruncatedIpv4,
             DropReason::MalformedIpv4,
         )),
+        ParseError::Ipv6(e) => Verdict::Drop(wire(
+            e,
+            DropReason::TruncatedIpv6,
+            DropReason::MalformedIpv6,
+        )),
         ParseError::L4(e) => {
             Verdict::Drop(wire(e, DropReason::TruncatedL4, DropReason::MalformedL4))
         }
@@ -903,7 +1083,9 @@ fn parse_verdict(e: ParseError) -> Verdict {
 /// The flow of a TCP or UDP frame that is not a fragment.
 #[inline]
 fn flow_of<T: AsRef<[u8]>>(frame: &Frame<T>) -> Option<Flow> {
-    let L3::Ipv4 { src, dst, ttl } = frame.l3();
+    let L3::Ipv4 { src, dst, ttl } = frame.l3() else {
+        return None;
+    };
     let (protocol, src_port, dst_port, tcp_flags) = match frame.l4() {
         L4::Tcp {
             src_port,
@@ -911,7 +1093,9 @@ fn flow_of<T: AsRef<[u8]>>(frame: &Frame<T>) -> Option<Flow> {
             flags,
         } => (Protocol::Tcp, src_port, dst_port, flags),
         L4::Udp { src_port, dst_port } => (Protocol::Udp, src_port, dst_port, 0),
-        L4::Icmp { .. } | L4::Fragment { .. } | L4::Other { .. } => return None,
+        L4::Icmp { .. } | L4::Icmpv6 { .. } | L4::Fragment { .. } | L4::Other { .. } => {
+            return None
+        }
     };
     Some(Flow {
         key: FlowKey {
@@ -933,14 +1117,22 @@ fn classify(frame: &FrameMut<'_>, table: &CompiledTable) -> Result<Classified, V
     if let Some(flow) = flow_of(frame) {
         return Ok(Classified::Flow(flow));
     }
-    let L3::Ipv4 { src, dst, .. } = frame.l3();
+    let L3::Ipv4 { src, dst, .. } = frame.l3() else {
+        return Err(Verdict::Pass);
+    };
     match frame.l4() {
-        L4::Fragment { protocol } if Protocol::from_ip_number(protocol).is_some() => {
-            // The XDP program redirects fragments to a VIP, and first
-            // fragments from a backend port; neither is forwarded.
-            Err(Verdict::Drop(DropReason::Fragment))
-        }
+        L4::Fragment { protocol } => match frame.fragment() {
+            Some(f) if !f.is_first() => Ok(Classified::LaterFragment { protocol }),
+            // The first fragment of a protocol without ports.
+            _ if table.is_vip(dst) => Err(Verdict::Drop(DropReason::Fragment)),
+            _ => Err(Verdict::Pass),
+        },
+        L4::Icmp { msg_type, .. } if icmp::is_error(msg_type) => Ok(Classified::IcmpError),
         _ if !table.is_vip(dst) => Err(Verdict::Pass),
+        L4::Icmp {
+            msg_type: icmp::kind::REDIRECT,
+            ..
+        } => Err(Verdict::Drop(DropReason::IcmpRedirect)),
         L4::Icmp {
             msg_type: icmp::kind::ECHO_REQUEST,
             ..
@@ -1066,3 +1258,7 @@ mod tests;
 #[cfg(test)]
 #[path = "pipeline_maglev_tests.rs"]
 mod maglev_tests;
+
+#[cfg(test)]
+#[path = "pipeline_icmp_tests.rs"]
+mod icmp_tests;

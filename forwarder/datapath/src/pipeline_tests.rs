@@ -552,12 +552,7 @@ fn malformed_frames_are_counted_drops() {
             Verdict::Drop(DropReason::MalformedIpv4),
         ),
         (
-            "first fragment",
-            mutate(&good, &|v| v[20] |= 0x20),
-            Verdict::Drop(DropReason::Fragment),
-        ),
-        (
-            "later fragment",
+            "a later fragment whose first this worker never saw",
             mutate(&good, &|v| v[21] = 8),
             Verdict::Drop(DropReason::Fragment),
         ),
@@ -608,6 +603,30 @@ fn malformed_frames_are_counted_drops() {
         );
     }
     assert_eq!(h.counters().new_flows.get(), 0);
+}
+
+/// IPv6 is not served yet: whatever reaches a worker is the kernel's
+/// (the XDP program steers no IPv6), and malformed IPv6 is counted.
+#[test]
+fn ipv6_is_the_kernels_and_malformed_ipv6_is_counted() {
+    let mut h = Harness::new();
+    let mut udp6 = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, GW_CLIENT_MAC)
+        .ipv6(
+            [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+            [0x20, 0x01, 0, 2, 0, 0, 0, 0x64, 0, 0, 0, 0, 0, 0, 0, 0x10],
+            64,
+        )
+        .udp(40000, 53)
+        .write(&mut udp6, b"query")
+        .expect("IPv6 frame builds");
+    let mut frame = udp6.clone();
+    assert_eq!(h.run(&mut frame), Verdict::Pass);
+    let mut bad = udp6.clone();
+    bad[14] = 0x50;
+    assert_eq!(h.run(&mut bad), Verdict::Drop(DropReason::MalformedIpv6));
+    let mut cut = udp6[..40].to_vec();
+    assert_eq!(h.run(&mut cut), Verdict::Drop(DropReason::TruncatedIpv6));
 }
 
 #[test]

@@ -37,7 +37,9 @@ pub(crate) fn answer_l2(frame: &mut Frame<&mut [u8]>, port_mac: MacAddr) {
 /// A TCP RST answering the segment in `frame` (RFC 9293, 3.10.7.1: the
 /// reply to a segment for a connection that does not exist).
 pub fn tcp_reset(mut frame: Frame<&mut [u8]>, port_mac: MacAddr) -> Option<usize> {
-    let L3::Ipv4 { src, dst, .. } = frame.l3();
+    let L3::Ipv4 { src, dst, .. } = frame.l3() else {
+        return None;
+    };
     let L4::Tcp {
         src_port,
         dst_port,
@@ -95,7 +97,9 @@ pub fn tcp_reset(mut frame: Frame<&mut [u8]>, port_mac: MacAddr) -> Option<usize
 /// RFC 1812 4.3.2.3 for how much of it to quote: the IP header and the
 /// first 8 bytes of its payload).
 pub fn port_unreachable(mut frame: Frame<&mut [u8]>, port_mac: MacAddr) -> Option<usize> {
-    let L3::Ipv4 { src, dst, .. } = frame.l3();
+    let L3::Ipv4 { src, dst, .. } = frame.l3() else {
+        return None;
+    };
     let l3 = frame.l3_offset();
     let quoted_len = (frame.l4_offset() + 8).min(frame.l3_end()) - l3;
     let icmp_start = l3 + ipv4::MIN_HEADER_LEN;
@@ -121,7 +125,9 @@ pub fn port_unreachable(mut frame: Frame<&mut [u8]>, port_mac: MacAddr) -> Optio
 /// address that was pinged (RFC 792), with its identifier, sequence number
 /// and data as they came.
 pub fn echo_reply(mut frame: Frame<&mut [u8]>, port_mac: MacAddr) -> Option<usize> {
-    let L3::Ipv4 { src, dst, .. } = frame.l3();
+    let L3::Ipv4 { src, dst, .. } = frame.l3() else {
+        return None;
+    };
     if frame.l4()
         != (L4::Icmp {
             msg_type: icmp::kind::ECHO_REQUEST,

@@ -235,7 +235,9 @@ impl CompiledTable {
                 let maglev = (algorithm == LbAlgorithm::Maglev && !usable.is_empty())
                     .then(|| lb.maglev.get(&usable).ok())
                     .flatten();
-                if let Some(table) = &maglev {
+                // Entries index the table's sorted backends; endpoints
+                // usually come sorted already, and then nothing is copied.
+                if let Some(table) = maglev.as_ref().filter(|t| t.backends() != &usable[..]) {
                     usable = table.backends().into();
                 }
                 ports.insert(

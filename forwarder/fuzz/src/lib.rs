@@ -382,8 +382,14 @@ fn run_session(data: &[u8], mut seen: impl FnMut(Outcome)) {
         gateway.pipeline.prefetch_flows();
         let verdict = gateway.process(&mut buf, len, ingress);
         check_verdict(verdict, &before, &buf, len, ingress, &fixed.tables);
+        // ICMP errors and later fragments carry no ports of their own.
+        let has_ports = before
+            .ip
+            .is_some_and(|ip| ip.protocol != ICMP && !ip.later_fragment);
         if let Verdict::Forward { .. } | Verdict::AwaitNeighbour { .. } = verdict {
-            check_tracked(verdict, &before, &buf[..len], &conntrack);
+            if has_ports {
+                check_tracked(verdict, &before, &buf[..len], &conntrack);
+            }
         }
 
         if ctl & bits::SWEEP != 0 {
@@ -428,6 +434,8 @@ struct Ip {
     ttl: u8,
     src: [u8; 4],
     dst: [u8; 4],
+    /// A fragment after the first (non-zero offset): no transport header.
+    later_fragment: bool,
 }
 
 fn parse_ip(frame: &[u8]) -> Option<Ip> {
@@ -447,6 +455,7 @@ fn parse_ip(frame: &[u8]) -> Option<Ip> {
         ttl: ip[8],
         src: [ip[12], ip[13], ip[14], ip[15]],
         dst: [ip[16], ip[17], ip[18], ip[19]],
+        later_fragment: u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0,
     })
 }
 
@@ -585,6 +594,32 @@ fn check_tracked(verdict: Verdict, before: &Checked, frame: &[u8], conntrack: &C
     );
 }
 
+/// A forwarded ICMP message is an error with a valid checksum whose
+/// quoted datagram is what a client sent to a VIP or a backend sent.
+fn check_icmp_error(verdict: Verdict, frame: &[u8], ip: &Ip, tables: &[Arc<CompiledTable>; 2]) {
+    let icmp = &frame[L3 + ip.header_len..L3 + ip.total_len];
+    assert!(
+        matches!(icmp.first(), Some(3 | 11 | 12)),
+        "{verdict:?}: forwarded ICMP that is not an error: {icmp:?}"
+    );
+    assert_eq!(checksum(icmp), 0, "{verdict:?}: ICMP checksum");
+    let quote = &icmp[8..];
+    let quoted_len = usize::from(quote[0] & 0x0f) * 4;
+    let at = |i: usize| [quote[i], quote[i + 1], quote[i + 2], quote[i + 3]];
+    let (src, dst) = (at(12), at(16));
+    let sport = u16::from_be_bytes([quote[quoted_len], quote[quoted_len + 1]]);
+    let protocol = match quote[9] {
+        TCP => Protocol::Tcp,
+        _ => Protocol::Udp,
+    };
+    assert!(
+        tables
+            .iter()
+            .any(|t| t.is_vip(dst.into()) || t.is_backend(src.into(), sport, protocol)),
+        "{verdict:?}: the quoted datagram {src:?}:{sport} -> {dst:?} is neither to a VIP nor from a backend"
+    );
+}
+
 fn check_verdict(
     verdict: Verdict,
     before: &Checked,
@@ -621,12 +656,23 @@ fn check_verdict(
                     "{verdict:?}: IPv4 header checksum broken by the rewrite"
                 );
             }
+            if ip.later_fragment {
+                assert!(
+                    !tables.iter().any(|t| t.is_vip(ip.dst.into())),
+                    "{verdict:?}: a later fragment left addressed to a VIP"
+                );
+                return;
+            }
             if before.l4_ok == Some(true) {
                 assert_eq!(
                     l4_ok(frame, &ip),
                     Some(true),
                     "{verdict:?}: L4 checksum broken by the rewrite"
                 );
+            }
+            if ip.protocol == ICMP {
+                check_icmp_error(verdict, frame, &ip, tables);
+                return;
             }
             let protocol = match ip.protocol {
                 TCP => Protocol::Tcp,

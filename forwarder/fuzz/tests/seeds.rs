@@ -114,6 +114,44 @@ fn ping(src: [u8; 4], dst: [u8; 4], reply: bool) -> Vec<u8> {
     Frame::arriving(src, dst).echo(reply, 0x4242, 1, b"0123456789abcdef")
 }
 
+/// Fragmentation needed (MTU 1280) from `src` to `dst`, quoting the IPv4
+/// header and 20 bytes of the transport header of `quoted`.
+fn icmp_error(src: [u8; 4], dst: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+    let at = Frame::arriving(src, dst);
+    let kind = etherparse::Icmpv4Type::DestinationUnreachable(
+        etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 },
+    );
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(at.src_mac, at.dst_mac)
+        .ipv4(src, dst, 64)
+        .icmpv4(kind)
+        .write(&mut out, &quoted[14..14 + 40])
+        .expect("ICMP error frame builds");
+    out
+}
+
+/// A UDP datagram over IPv6 from the client side, after the extension
+/// headers `ext` (whose first next-header is `first`).
+fn udp6(first: u8, ext: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(mac::CLIENT, mac::GW_CLIENT_SIDE)
+        .ipv6(
+            [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+            [0x20, 0x01, 0, 2, 0, 0, 0, 0x64, 0, 0, 0, 0, 0, 0, 0, 0x10],
+            64,
+        )
+        .udp(40000, 53)
+        .write(&mut out, b"query")
+        .expect("IPv6 frame builds");
+    if !ext.is_empty() {
+        out[20] = first;
+        out.splice(54..54, ext.iter().copied());
+        let payload = (out.len() - 54) as u16;
+        out[18..20].copy_from_slice(&payload.to_be_bytes());
+    }
+    out
+}
+
 fn arp() -> Vec<u8> {
     let mut f = vec![0xff; 6];
     f.extend_from_slice(&mac::CLIENT);
@@ -374,6 +412,42 @@ fn seeds() -> Vec<Seed> {
             (C, ping(CLIENT, POD1, false), Pass),
         ],
     );
+    // Fragmentation needed from the Pod about the client's SYN, as the
+    // gateway forwarded it: back to the client, about the VIP.
+    let forwarded_syn = tcp_ttl(c, pod1, SYN, 63, &[]);
+    s.add(
+        "icmp_error_about_a_flow",
+        SETUP,
+        vec![
+            (C, tcp(c, solo, SYN), TO_PODS),
+            (P, icmp_error(POD1, c.0, &forwarded_syn), TO_CLIENT),
+            (
+                P,
+                icmp_error(POD1, c.0, &tcp_ttl(client(2, 40999), pod1, SYN, 63, &[])),
+                Drop(DropReason::IcmpErrorWithoutFlow),
+            ),
+        ],
+    );
+    // IPv6 is the kernel's for now; its headers are still checked.
+    let options = |next: u8| [next, 0, 1, 4, 0, 0, 0, 0];
+    let chain: Vec<u8> = (0..9)
+        .flat_map(|i| options(if i == 8 { 17 } else { 60 }))
+        .collect();
+    s.add(
+        "ipv6_passes_and_bad_headers_drop",
+        SETUP,
+        vec![
+            (C, udp6(17, &[]), Pass),
+            (C, udp6(60, &options(17)), Pass),
+            (C, udp6(44, &[17, 0, 0, 1, 0, 0, 0, 9]), Pass),
+            (C, udp6(60, &chain), Drop(DropReason::MalformedIpv6)),
+            (
+                C,
+                udp6(17, &[])[..50].to_vec(),
+                Drop(DropReason::TruncatedIpv6),
+            ),
+        ],
+    );
     s.add(
         "icmp_echo_with_options",
         SETUP,
@@ -391,13 +465,12 @@ fn seeds() -> Vec<Seed> {
         vec![(C, vlan(2, &syn), Drop(DropReason::VlanTagged))],
     );
     s.add(
-        "fragment_first",
+        "fragment_first_then_later",
         SETUP,
-        vec![(
-            C,
-            set(syn.clone(), 20, &[0x20, 0]),
-            Drop(DropReason::Fragment),
-        )],
+        vec![
+            (C, set(syn.clone(), 20, &[0x20, 0]), TO_PODS),
+            (C, set(syn.clone(), 20, &[0x00, 0x10]), TO_PODS),
+        ],
     );
     s.add(
         "fragment_later",
@@ -668,6 +741,7 @@ fn seeds() -> Vec<Seed> {
             (P, tcp((POD_HEADLESS, 5432), c, SYN | ACK), Pass),
         ],
     );
+    // An IPv4 packet under IPv6's EtherType: not version 6.
     let mut ipv6 = tcp(c, solo, SYN);
     ipv6[12..14].copy_from_slice(&[0x86, 0xdd]);
     let mut gre = tcp(c, solo, SYN);
@@ -677,7 +751,7 @@ fn seeds() -> Vec<Seed> {
         SETUP,
         vec![
             (C, arp(), Pass),
-            (C, ipv6, Pass),
+            (C, ipv6, Drop(DropReason::MalformedIpv6)),
             (C, tcp(c, (POD1, 8080), SYN), Pass),
             (C, gre, Drop(DropReason::UnsupportedProtocol)),
         ],

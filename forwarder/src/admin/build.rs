@@ -59,6 +59,7 @@ pub(super) fn status_view(state: &AdminState) -> StatusView {
             evicted: ct.total_evicted(),
             refused: ct.refused,
             retired: ct.retired,
+            deleted: ct.deleted,
             expired: ct.total_expired(),
             snat: snap
                 .snat
@@ -281,12 +282,19 @@ fn sockaddr((ip, port): (Ipv4Addr, u16)) -> SocketAddrV4 {
     SocketAddrV4::new(ip, port)
 }
 
-pub(super) fn conntrack_view(ct: &Conntrack, q: &ConntrackQuery) -> ConntrackView {
+/// `/api/conntrack`: the flows `q` selects, a page of them. `now` is
+/// conntrack's clock (see [`AdminState::conntrack_now`]); without it the
+/// flows carry no expiry.
+pub(super) fn conntrack_view(
+    ct: &Conntrack,
+    q: &ConntrackQuery,
+    now: Option<u32>,
+) -> ConntrackView {
     // Both entries of a flow give the same tuple; collect them, sort, and
     // merge neighbours. Filters are applied while walking, so only
     // matching flows are held.
-    let mut rows: Vec<(FlowTuple, bool, &'static str)> = Vec::new();
-    ct.for_each(|key, hit| {
+    let mut rows: Vec<(FlowTuple, bool, &'static str, u32)> = Vec::new();
+    ct.for_each_expiring(now.unwrap_or(0), |key, hit, left| {
         // The wire key's source and destination, and the address the
         // entry rewrites to, are the client, VIP and backend in an order
         // that depends on the direction.
@@ -317,18 +325,18 @@ pub(super) fn conntrack_view(ct: &Conntrack, q: &ConntrackQuery) -> ConntrackVie
             && q.snat_port
                 .map_or(true, |p| tuple.snat.is_some_and(|(_, port)| port == p));
         if keep {
-            rows.push((tuple, forward, hit.state.name()));
+            rows.push((tuple, forward, hit.state.name(), left));
         }
     });
-    rows.sort_unstable_by_key(|(t, forward, _)| (*t, !*forward));
-    let mut flows: Vec<(FlowTuple, bool, bool, &'static str)> = Vec::with_capacity(rows.len());
-    for (tuple, forward, state) in rows {
+    rows.sort_unstable_by_key(|(t, forward, _, _)| (*t, !*forward));
+    let mut flows: Vec<(FlowTuple, bool, bool, &'static str, u32)> = Vec::with_capacity(rows.len());
+    for (tuple, forward, state, left) in rows {
         match flows.last_mut() {
             Some(last) if last.0 == tuple => {
                 last.1 |= forward;
                 last.2 |= !forward;
             }
-            _ => flows.push((tuple, forward, !forward, state)),
+            _ => flows.push((tuple, forward, !forward, state, left)),
         }
     }
     let total = flows.len();
@@ -336,7 +344,7 @@ pub(super) fn conntrack_view(ct: &Conntrack, q: &ConntrackQuery) -> ConntrackVie
         .into_iter()
         .skip(q.offset)
         .take(q.limit)
-        .map(|(t, forward, reply, state)| FlowView {
+        .map(|(t, forward, reply, state, left)| FlowView {
             protocol: Protocol::from_ip_number(t.protocol)
                 .map_or("?", protocol_name)
                 .to_owned(),
@@ -345,6 +353,7 @@ pub(super) fn conntrack_view(ct: &Conntrack, q: &ConntrackQuery) -> ConntrackVie
             backend: sockaddr(t.backend),
             snat: t.snat.map(sockaddr),
             state: state.to_owned(),
+            expires_seconds: now.map(|_| left),
             forward,
             reply,
         })
@@ -355,4 +364,11 @@ pub(super) fn conntrack_view(ct: &Conntrack, q: &ConntrackQuery) -> ConntrackVie
         limit: q.limit,
         flows: page,
     }
+}
+
+/// `DELETE /api/conntrack`: removes the flows `q` selects (see
+/// [`ConntrackQuery::parse_delete`]) through [`Conntrack::delete`].
+pub(super) fn delete_flows(ct: &Conntrack, q: &ConntrackQuery) -> ConntrackDeleted {
+    let deleted = ct.delete(|key, backend| q.selects(key, backend));
+    ConntrackDeleted { deleted }
 }

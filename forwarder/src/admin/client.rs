@@ -1,4 +1,4 @@
-//! A minimal HTTP/1.0 GET over `std::net::TcpStream`, for the CLI and
+//! A minimal HTTP/1.0 GET (and DELETE) over `std::net::TcpStream`, for the CLI and
 //! tests: the admin endpoint is local, small and answers with a
 //! `Content-Length` (HTTP/1.0 gets no chunked encoding).
 
@@ -48,6 +48,22 @@ pub fn get_accepting(
     accept: &str,
     timeout: Duration,
 ) -> Result<Response, ClientError> {
+    request(addr, "GET", path, accept, timeout)
+}
+
+/// `DELETE path` (with its query) at `addr`, all of it within `timeout`
+/// (`cipgw conntrack --delete`).
+pub fn delete(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response, ClientError> {
+    request(addr, "DELETE", path, "*/*", timeout)
+}
+
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    accept: &str,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
     let deadline = Instant::now() + timeout;
     let io_err = |what: &'static str| {
         move |source: io::Error| match source.kind() {
@@ -64,7 +80,7 @@ pub fn get_accepting(
         .map_err(io_err("set a timeout"))?;
     write!(
         stream,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
     )
     .map_err(io_err("send"))?;
     let mut raw = Vec::new();

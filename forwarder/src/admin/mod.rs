@@ -9,6 +9,7 @@
 //! | `/api/status` | [`StatusView`] |
 //! | `/api/services` | [`ServicesView`] |
 //! | `/api/conntrack?vip=&client=&backend=&protocol=&snat_port=&limit=&offset=` | [`ConntrackView`] |
+//! | `DELETE /api/conntrack?protocol=&client=&vip=` or `?backend=` | [`ConntrackDeleted`]: removes one flow (its whole 5-tuple) or every flow of a backend, as `conntrack -D` does |
 //!
 //! One thread answers requests one at a time (tiny_http; its own accept
 //! thread and connection pool only read requests): nothing here touches
@@ -19,6 +20,12 @@
 //! too, so the CLI ([`client`]) reads what the server writes.
 //!
 //! Bad query parameters are answered with 400 and `{"error": "..."}`.
+//!
+//! The one request that changes anything, `DELETE /api/conntrack`, is
+//! served on the admin address only (the metrics address answers 405):
+//! guarded as the JSON views are, by where `--admin` listens (loopback
+//! unless told otherwise). A browser page cannot send it either: a
+//! cross-origin DELETE needs a CORS preflight, which is refused.
 //!
 //! Its parts: [`views`] (the JSON shapes, shared with the CLI), `build`
 //! (computing them from [`AdminState`]), `query` (the `/api/conntrack`
@@ -81,6 +88,9 @@ pub struct AdminState {
     /// XDP and copy modes per interface, once attached.
     interface_modes: RwLock<Vec<InterfaceModeView>>,
     dns: OnceLock<Arc<crate::metrics::DnsStats>>,
+    /// The clock conntrack's last-seen times count from (the daemon's
+    /// epoch), for the expiry `/api/conntrack` shows.
+    conntrack_epoch: OnceLock<Instant>,
 }
 
 /// How long the control loop may go without turning before `/healthz`
@@ -110,7 +120,22 @@ impl AdminState {
             worker_died: AtomicBool::new(false),
             interface_modes: RwLock::new(Vec::new()),
             dns: OnceLock::new(),
+            conntrack_epoch: OnceLock::new(),
         }
+    }
+
+    /// Sets the instant conntrack's clock counts seconds from (what the
+    /// workers and the sweeper pass as `now`), so that `/api/conntrack`
+    /// shows each flow's expiry. Only the first call has an effect.
+    pub fn set_conntrack_epoch(&self, epoch: Instant) {
+        let _ = self.conntrack_epoch.set(epoch);
+    }
+
+    /// Conntrack's clock now, once its epoch is known.
+    pub(crate) fn conntrack_now(&self) -> Option<u32> {
+        self.conntrack_epoch
+            .get()
+            .map(|epoch| u32::try_from(epoch.elapsed().as_secs()).unwrap_or(u32::MAX))
     }
 
     /// Records how the interfaces are served (`cipgw status`).

@@ -6,6 +6,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use cipgw_config::Protocol;
 
+use crate::conntrack::FlowKey;
+
 use super::{DEFAULT_LIMIT, MAX_LIMIT};
 
 /// An address filter: `IP` or `IP:PORT`.
@@ -106,6 +108,51 @@ impl ConntrackQuery {
             }
         }
         Ok(q)
+    }
+}
+
+impl ConntrackQuery {
+    /// Parses the query of `DELETE /api/conntrack`: the filters of
+    /// [`ConntrackQuery::parse`] but no paging and no `snat_port`, and
+    /// they must name one flow (`protocol`, `client` and `vip`, each
+    /// with its port) or a backend (`backend`, with or without its port;
+    /// the other filters narrow it), so that a forgotten filter cannot
+    /// empty the table.
+    pub fn parse_delete(query: &str) -> Result<Self, String> {
+        for (name, _) in query_pairs(query)? {
+            if matches!(name.as_str(), "limit" | "offset" | "snat_port") {
+                return Err(format!(
+                    "{name} does not select flows to delete (known: protocol, client, vip, backend)"
+                ));
+            }
+        }
+        let q = Self::parse(query)?;
+        let one_flow = q.protocol.is_some()
+            && q.client.is_some_and(|c| c.port.is_some())
+            && q.vip.is_some_and(|v| v.port.is_some());
+        if !one_flow && q.backend.is_none() {
+            return Err(
+                "deleting flows needs one flow's protocol, client=IP:PORT and \
+                 vip=IP:PORT, or backend=IP[:PORT]"
+                    .into(),
+            );
+        }
+        Ok(q)
+    }
+
+    /// Whether the flow with forward key `key` (client to VIP) and
+    /// `backend` matches the filters (`snat_port` aside).
+    pub(super) fn selects(&self, key: &FlowKey, backend: (Ipv4Addr, u16)) -> bool {
+        let addr = |ip, port| SocketAddrV4::new(ip, port);
+        self.vip
+            .map_or(true, |f| f.matches(addr(key.dst, key.dst_port)))
+            && self
+                .client
+                .map_or(true, |f| f.matches(addr(key.src, key.src_port)))
+            && self
+                .backend
+                .map_or(true, |f| f.matches(addr(backend.0, backend.1)))
+            && self.protocol.map_or(true, |p| p == key.protocol)
     }
 }
 

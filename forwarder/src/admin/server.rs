@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 
 use serde::Serialize;
 
-use super::build::{conntrack_view, services_view, status_view};
+use super::build::{conntrack_view, delete_flows, services_view, status_view};
 use super::query::query_pairs;
 use super::{AdminState, ConntrackQuery};
 use crate::metrics;
@@ -61,7 +61,8 @@ impl Reply {
 /// Which paths a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
-    /// Everything: metrics, health and the JSON views (`--admin`).
+    /// Everything: metrics, health, the JSON views and
+    /// `DELETE /api/conntrack` (`--admin`).
     Admin,
     /// `/metrics`, `/healthz` and `/readyz` only (`--metrics-address`).
     Metrics,
@@ -82,10 +83,30 @@ pub fn handle_request(
     accept: Option<&str>,
     scope: Scope,
 ) -> Reply {
-    if method != "GET" && method != "HEAD" {
-        return Reply::text(405, "only GET and HEAD\n");
-    }
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    if method == "DELETE" && path == "/api/conntrack" && scope == Scope::Admin {
+        return match ConntrackQuery::parse_delete(query) {
+            Ok(q) => {
+                let deleted = delete_flows(&state.conntrack, &q);
+                tracing::info!(
+                    query,
+                    deleted = deleted.deleted,
+                    "deleted flows (DELETE /api/conntrack)"
+                );
+                Reply::json(&deleted)
+            }
+            Err(e) => Reply::error(400, &e),
+        };
+    }
+    if method != "GET" && method != "HEAD" {
+        return Reply::text(
+            405,
+            match scope {
+                Scope::Admin => "only GET and HEAD, and DELETE on /api/conntrack\n",
+                Scope::Metrics => "only GET and HEAD\n",
+            },
+        );
+    }
     let no_params = |view: fn(&AdminState) -> Reply| match query_pairs(query) {
         Ok(p) if p.is_empty() => view(state),
         Ok(p) => Reply::error(
@@ -118,7 +139,7 @@ pub fn handle_request(
         "/api/status" => no_params(|s| Reply::json(&status_view(s))),
         "/api/services" => no_params(|s| Reply::json(&services_view(s))),
         "/api/conntrack" => match ConntrackQuery::parse(query) {
-            Ok(q) => Reply::json(&conntrack_view(&state.conntrack, &q)),
+            Ok(q) => Reply::json(&conntrack_view(&state.conntrack, &q, state.conntrack_now())),
             Err(e) => Reply::error(400, &e),
         },
         "/" if scope == Scope::Metrics => {

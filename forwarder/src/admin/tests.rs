@@ -502,3 +502,70 @@ fn metrics_name_namespace_service_build_and_process() {
         .get("cipgw_network_programming_duration_seconds_count", &[])
         .is_some());
 }
+
+#[test]
+fn conntrack_shows_expiry_once_the_clock_is_known() {
+    let s = state(2);
+    let without: ConntrackView = json(get(&s, "/api/conntrack"));
+    assert!(without.flows.iter().all(|f| f.expires_seconds.is_none()));
+    // The flows were last seen at second 1 of conntrack's clock, in
+    // SYN_SENT (120 s); the clock started a second ago.
+    s.set_conntrack_epoch(std::time::Instant::now() - Duration::from_secs(1));
+    let with: ConntrackView = json(get(&s, "/api/conntrack"));
+    for f in &with.flows {
+        let left = f.expires_seconds.expect("an expiry");
+        assert!((119..=120).contains(&left), "{f:?}");
+    }
+}
+
+/// `DELETE /api/conntrack`: one flow by its 5-tuple or every flow of a
+/// backend, only on the admin address, never without a selection.
+#[test]
+fn delete_removes_one_flow_or_a_backends_flows() {
+    let s = state(6);
+    let delete = |url: &str| handle(&s, "DELETE", url);
+    let total = |s: &AdminState| json::<ConntrackView>(get(s, "/api/conntrack")).total;
+
+    for unselective in [
+        "/api/conntrack",
+        "/api/conntrack?protocol=tcp",
+        "/api/conntrack?client=198.18.0.2:40000&vip=198.18.100.10:8080",
+        "/api/conntrack?protocol=tcp&client=198.18.0.2&vip=198.18.100.10:8080",
+        "/api/conntrack?backend=198.18.2.11&limit=1",
+        "/api/conntrack?backend=198.18.2.11&snat_port=61000",
+        "/api/conntrack?backend=nope",
+    ] {
+        let r = delete(unselective);
+        assert_eq!(r.status, 400, "{unselective}: {}", r.body);
+    }
+    assert_eq!(total(&s), 6, "nothing deleted by a refused request");
+    let on_metrics = handle_request(
+        &s,
+        "DELETE",
+        "/api/conntrack?backend=198.18.2.11",
+        None,
+        Scope::Metrics,
+    );
+    assert_eq!(
+        on_metrics.status, 405,
+        "the metrics address deletes nothing"
+    );
+    assert_eq!(delete("/api/services").status, 405);
+
+    let one: ConntrackDeleted = json(delete(
+        "/api/conntrack?protocol=tcp&client=198.18.0.2:40000&vip=198.18.100.10:8080",
+    ));
+    assert_eq!(one.deleted, 1);
+    let left: ConntrackView = json(get(&s, "/api/conntrack?client=198.18.0.2:40000"));
+    assert_eq!(left.total, 0);
+    // Flows 1, 3, 5 go to 198.18.2.12; 2 and 4 (0 is gone) to .11.
+    let backend: ConntrackDeleted = json(delete("/api/conntrack?backend=198.18.2.12:5678"));
+    assert_eq!(backend.deleted, 3);
+    assert_eq!(total(&s), 2);
+    let again: ConntrackDeleted = json(delete("/api/conntrack?backend=198.18.2.12"));
+    assert_eq!(again.deleted, 0);
+    let status: StatusView = json(get(&s, "/api/status"));
+    assert_eq!(status.conntrack.deleted, 4);
+    let exp = exposition::parse(&get(&s, "/metrics").body).expect("metrics parse");
+    assert_eq!(exp.get("cipgw_conntrack_deleted_total", &[]), Some(4.0));
+}

@@ -86,6 +86,9 @@ pub struct ConntrackStatusView {
     pub evicted: u64,
     pub refused: u64,
     pub retired: u64,
+    /// Flows deleted through `DELETE /api/conntrack`.
+    #[serde(default)]
+    pub deleted: u64,
     pub expired: u64,
     /// Source NAT: ports in use per address (empty without `--snat`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -305,8 +308,20 @@ pub struct FlowView {
     pub snat: Option<SocketAddrV4>,
     /// The flow's state (`tcp_established`, `udp_replied`, ...).
     pub state: String,
+    /// Seconds until the flow expires unless another packet comes: its
+    /// state's timeout after its last packet either way (`conntrack -L`'s
+    /// third column). `None` from a gateway that does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_seconds: Option<u32>,
     /// The client-to-backend entry exists.
     pub forward: bool,
     /// The backend-to-client entry exists.
     pub reply: bool,
+}
+
+/// What `DELETE /api/conntrack` did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConntrackDeleted {
+    /// Flows removed (both entries of each).
+    pub deleted: usize,
 }

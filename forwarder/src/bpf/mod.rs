@@ -8,7 +8,11 @@
 //!
 //! - `cipgw_vips`: VIPs (any protocol to a VIP is redirected),
 //! - `cipgw_backends`: backend endpoints `(addr, port, proto)` (their
-//!   replies are redirected),
+//!   replies are redirected, and ICMP errors quoting a datagram sent to
+//!   them),
+//! - `cipgw_frags`: written by the program itself, read by nothing here:
+//!   datagrams whose first fragment it redirected as a backend reply, so
+//!   that their later fragments (no ports) follow,
 //! - `cipgw_ports`: ingress ifindex -> base slot in `cipgw_xsks`,
 //! - `cipgw_xsks`: the AF_XDP sockets, at `base slot + RX queue`.
 //!

@@ -1,12 +1,13 @@
 //! `cipgw conntrack`: the flows a running gateway tracks, one line per
-//! connection (its forward and reply entries merged), filtered by VIP,
-//! client or backend and paged.
+//! connection (its forward and reply entries merged) with its state and
+//! expiry, filtered by VIP, client or backend and paged; `--delete`
+//! removes one flow or every flow of a backend, as `conntrack -D` does.
 
 use std::fmt::Write as _;
 
-use cipgw::admin::ConntrackView;
+use cipgw::admin::{ConntrackDeleted, ConntrackView};
 
-use super::view::{show, AdminArgs, Table};
+use super::view::{self, show, AdminArgs, Table};
 
 #[derive(Debug, clap::Args)]
 pub struct ConntrackArgs {
@@ -34,6 +35,14 @@ pub struct ConntrackArgs {
     /// Matching flows to skip first (paging).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub offset: usize,
+    /// Delete the flows the filters select instead of listing them, as
+    /// `conntrack -D` does: one flow (`--protocol`, `--client IP:PORT` and
+    /// `--vip IP:PORT`) or every flow of a backend (`--backend
+    /// IP[:PORT]`). A deleted flow's next packet is a new flow's first:
+    /// a TCP segment other than a SYN is answered with a RST, a UDP
+    /// datagram picks an endpoint again.
+    #[arg(long, conflicts_with_all = ["snat_port", "limit", "offset"])]
+    pub delete: bool,
 }
 
 /// Escapes what would end a query value.
@@ -50,7 +59,11 @@ fn encode(value: &str) -> String {
 }
 
 fn path(args: &ConntrackArgs) -> String {
-    let mut path = format!("/api/conntrack?limit={}&offset={}", args.limit, args.offset);
+    let mut path = if args.delete {
+        "/api/conntrack?".to_owned()
+    } else {
+        format!("/api/conntrack?limit={}&offset={}", args.limit, args.offset)
+    };
     for (name, value) in [
         ("vip", &args.vip),
         ("client", &args.client),
@@ -59,7 +72,10 @@ fn path(args: &ConntrackArgs) -> String {
         ("snat_port", &args.snat_port.map(|p| p.to_string())),
     ] {
         if let Some(v) = value {
-            let _ = write!(path, "&{name}={}", encode(v));
+            if !path.ends_with('?') {
+                path.push('&');
+            }
+            let _ = write!(path, "{name}={}", encode(v));
         }
     }
     path
@@ -69,9 +85,9 @@ fn path(args: &ConntrackArgs) -> String {
 pub fn render(v: &ConntrackView) -> String {
     let mut table = Table::new(
         &[
-            "Prot", "Client", "VIP", "SNAT", "Backend", "State", "Entries",
+            "Prot", "Client", "VIP", "SNAT", "Backend", "State", "Expires", "Entries",
         ],
-        &[false; 7],
+        &[false, false, false, false, false, false, true, false],
     );
     for f in &v.flows {
         let entries = match (f.forward, f.reply) {
@@ -87,6 +103,8 @@ pub fn render(v: &ConntrackView) -> String {
             f.snat.map_or_else(|| "-".to_owned(), |s| s.to_string()),
             f.backend.to_string(),
             f.state.clone(),
+            f.expires_seconds
+                .map_or_else(|| "-".to_owned(), |s| s.to_string()),
             entries.to_owned(),
         ]);
     }
@@ -107,12 +125,45 @@ pub fn render(v: &ConntrackView) -> String {
 }
 
 pub fn conntrack(args: ConntrackArgs) -> anyhow::Result<()> {
-    show(&args.admin, &path(&args), render)
+    if !args.delete {
+        return show(&args.admin, &path(&args), render);
+    }
+    let (raw, done) = view::delete::<ConntrackDeleted>(&args.admin, &path(&args))?;
+    if args.admin.json {
+        print!("{raw}");
+    } else {
+        println!(
+            "{} flow{} deleted",
+            done.deleted,
+            if done.deleted == 1 { "" } else { "s" }
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delete_sends_the_filters_without_paging() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: ConntrackArgs,
+        }
+        let parse = |argv: &[&str]| Cli::try_parse_from(argv).map(|c| path(&c.args));
+        assert_eq!(
+            parse(&["x", "--delete", "--backend", "198.18.2.11:5678"]).expect("parses"),
+            "/api/conntrack?backend=198.18.2.11:5678"
+        );
+        assert_eq!(
+            parse(&["x", "--backend", "198.18.2.11"]).expect("parses"),
+            "/api/conntrack?limit=100&offset=0&backend=198.18.2.11"
+        );
+        assert!(parse(&["x", "--delete", "--backend", "198.18.2.11", "--limit", "5"]).is_err());
+    }
 
     #[test]
     fn filters_become_escaped_query_parameters() {

@@ -64,7 +64,8 @@ pub enum Command {
     /// List the Services a running gateway forwards, with their
     /// endpoints, states and counters (like `ipvsadm -Ln --stats`).
     Services(services::ServicesArgs),
-    /// List the flows a running gateway tracks, filtered and paged.
+    /// List the flows a running gateway tracks with their state and
+    /// expiry, filtered and paged; or delete some (`--delete`).
     Conntrack(conntrack::ConntrackArgs),
     /// Print shell completions for `cipgw` (e.g. `cipgw completions bash >
     /// /etc/bash_completion.d/cipgw`).

@@ -52,8 +52,9 @@ pub fn render(v: &StatusView) -> String {
     let c = &v.conntrack;
     let _ = writeln!(
         out,
-        "conntrack   {} flows of {} max ({} unreplied); {} tracked, {} expired, {} evicted, {} refused, {} retired",
-        c.flows, c.max_flows, c.unreplied, c.inserted, c.expired, c.evicted, c.refused, c.retired
+        "conntrack   {} flows of {} max ({} unreplied); {} tracked, {} expired, {} evicted, {} refused, {} retired, {} deleted",
+        c.flows, c.max_flows, c.unreplied, c.inserted, c.expired, c.evicted, c.refused, c.retired,
+        c.deleted
     );
     if let Some(ports) = &c.snat_ports {
         let addresses: Vec<String> = c

@@ -48,7 +48,20 @@ pub fn show<T: DeserializeOwned>(
 /// GETs `path` and returns the raw JSON and its decoded view. A 400 (a
 /// bad filter) is the user's input at fault.
 fn fetch<T: DeserializeOwned>(args: &AdminArgs, path: &str) -> anyhow::Result<(String, T)> {
-    let reply = client::get(args.admin, path, TIMEOUT)?;
+    decode(args, path, client::get(args.admin, path, TIMEOUT)?)
+}
+
+/// `DELETE path` at the admin endpoint; the raw JSON answer and its
+/// decoded view, errors as in [`fetch`].
+pub fn delete<T: DeserializeOwned>(args: &AdminArgs, path: &str) -> anyhow::Result<(String, T)> {
+    decode(args, path, client::delete(args.admin, path, TIMEOUT)?)
+}
+
+fn decode<T: DeserializeOwned>(
+    args: &AdminArgs,
+    path: &str,
+    reply: client::Response,
+) -> anyhow::Result<(String, T)> {
     if reply.status != 200 {
         let message = serde_json::from_str::<serde_json::Value>(&reply.body)
             .ok()

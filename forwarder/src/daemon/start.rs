@@ -95,6 +95,7 @@ pub(super) fn start(
         Arc::clone(&conntrack),
         Arc::clone(&ready),
     ));
+    admin.set_conntrack_epoch(epoch);
     if from_file {
         admin
             .control()

@@ -315,6 +315,19 @@ impl Collector for Snapshot {
         )?;
         counter(
             enc,
+            "icmp_errors_forwarded",
+            "ICMP errors about tracked flows (unreachable, fragmentation needed, time exceeded), \
+             rewritten for the other end and forwarded",
+            total.icmp_errors,
+        )?;
+        counter(
+            enc,
+            "fragments_forwarded",
+            "Later fragments of datagrams, sent the way their first fragment went",
+            total.fragments,
+        )?;
+        counter(
+            enc,
             "neighbour_resolved",
             "Frames that waited for a next hop's MAC and then went out",
             total.neighbour_resolved,
@@ -469,6 +482,12 @@ impl Collector for Snapshot {
             "conntrack_retired",
             "Flows removed because their backend or Service went away",
             ct.retired,
+        )?;
+        counter(
+            enc,
+            "conntrack_deleted",
+            "Flows deleted through the admin endpoint (cipgw conntrack --delete)",
+            ct.deleted,
         )?;
         counter_family(
             enc,

@@ -15,7 +15,7 @@ use crate::counters::{DropReason, SocketStat, WorkerCounters};
 use crate::table::CompiledTable;
 
 /// A copy of one worker's [`WorkerCounters`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CounterValues {
     pub rx_packets: u64,
     pub rx_bytes: u64,
@@ -28,8 +28,33 @@ pub struct CounterValues {
     pub passed: u64,
     pub adopted_flows: u64,
     pub stateless_replies: u64,
+    pub icmp_errors: u64,
+    pub fragments: u64,
     pub drops: [u64; DropReason::COUNT],
     pub socket: [u64; SocketStat::COUNT],
+}
+
+// By hand: std's arrays are `Default` up to 32 elements only.
+impl Default for CounterValues {
+    fn default() -> Self {
+        Self {
+            rx_packets: 0,
+            rx_bytes: 0,
+            tx_packets: 0,
+            tx_bytes: 0,
+            forwarded: 0,
+            replies: 0,
+            new_flows: 0,
+            neighbour_resolved: 0,
+            passed: 0,
+            adopted_flows: 0,
+            stateless_replies: 0,
+            icmp_errors: 0,
+            fragments: 0,
+            drops: [0; DropReason::COUNT],
+            socket: [0; SocketStat::COUNT],
+        }
+    }
 }
 
 impl CounterValues {
@@ -46,6 +71,8 @@ impl CounterValues {
             passed: c.passed.get(),
             adopted_flows: c.adopted_flows.get(),
             stateless_replies: c.stateless_replies.get(),
+            icmp_errors: c.icmp_errors.get(),
+            fragments: c.fragments.get(),
             drops: std::array::from_fn(|i| c.drops[i].get()),
             socket: std::array::from_fn(|i| c.socket[i].get()),
         }
@@ -66,6 +93,8 @@ impl CounterValues {
         self.passed = self.passed.wrapping_add(other.passed);
         self.adopted_flows = self.adopted_flows.wrapping_add(other.adopted_flows);
         self.stateless_replies = self.stateless_replies.wrapping_add(other.stateless_replies);
+        self.icmp_errors = self.icmp_errors.wrapping_add(other.icmp_errors);
+        self.fragments = self.fragments.wrapping_add(other.fragments);
         for (d, o) in self.socket.iter_mut().zip(other.socket) {
             *d = d.wrapping_add(o);
         }
@@ -140,6 +169,8 @@ pub struct ConntrackNumbers {
     pub evicted: [u64; EvictionClass::ALL.len()],
     pub refused: u64,
     pub retired: u64,
+    /// Flows an operator deleted (`cipgw conntrack --delete`).
+    pub deleted: u64,
     /// Finished flows replaced by a new SYN on the same 5-tuple.
     pub replaced: u64,
     /// Flows expired by the sweeper, per state (as [`FlowState::ALL`]).
@@ -160,6 +191,7 @@ impl ConntrackNumbers {
             evicted: std::array::from_fn(|i| stats.evicted[i].load(Ordering::Relaxed)),
             refused: stats.refused.load(Ordering::Relaxed),
             retired: stats.retired.load(Ordering::Relaxed),
+            deleted: stats.deleted.load(Ordering::Relaxed),
             replaced: stats.replaced.load(Ordering::Relaxed),
             expired: std::array::from_fn(|i| stats.expired[i].load(Ordering::Relaxed)),
         }

@@ -265,6 +265,8 @@ pub struct ConntrackStats {
     pub refused: AtomicU64,
     /// Flows removed because their backend or Service went away.
     pub retired: AtomicU64,
+    /// Flows an operator deleted (`cipgw conntrack --delete`).
+    pub deleted: AtomicU64,
     /// Flows in TIME_WAIT or CLOSE replaced by a new SYN on the same
     /// 5-tuple (which then gets a fresh backend).
     pub replaced: AtomicU64,
@@ -866,6 +868,19 @@ impl Conntrack {
         self.touch(found, key.protocol, now, flags)
     }
 
+    /// The rewrite a packet of `key` would get, without recording
+    /// anything (last seen and state stay as they are): for an ICMP error
+    /// about the flow, which says nothing of its liveness (Linux's
+    /// conntrack does not refresh a flow for one either).
+    pub fn peek(&self, key: &FlowKey) -> Option<FlowHit> {
+        let found = self.find(key, self.hash(key))?;
+        Some(
+            found
+                .flow
+                .hit(found.direction, found.life.bits(), &self.snat),
+        )
+    }
+
     /// The live flow holding `key`, if any.
     #[inline]
     fn find(&self, key: &FlowKey, hash: u64) -> Option<Found> {
@@ -1461,14 +1476,36 @@ impl Conntrack {
     /// backend), e.g. because its backend or Service port went away.
     /// Returns the number of flows removed.
     pub fn retire(&self, retire: impl Fn(&FlowKey, (Ipv4Addr, u16)) -> bool) -> usize {
-        let doomed = |f: &FlowData| retire(&f.forward_key(), (f.backend, f.backend_port));
+        let removed = self.remove_selected(retire);
+        self.stats.retired.fetch_add(removed as u64, STAT);
+        removed
+    }
+
+    /// Removes every flow `delete` selects (given the forward key and the
+    /// backend), as `conntrack -D` does: `cipgw conntrack --delete`. The
+    /// removal is [`Conntrack::retire`]'s (and eviction's and expiry's):
+    /// both keys leave the index, the SNAT port is released and workers'
+    /// flow caches forget the flow, so the flow's next packet is a new
+    /// flow's first (a TCP segment other than a SYN is answered with a
+    /// RST, unless Maglev picks the flow up again). Counted as deleted.
+    /// Returns the number of flows removed.
+    pub fn delete(&self, delete: impl Fn(&FlowKey, (Ipv4Addr, u16)) -> bool) -> usize {
+        let removed = self.remove_selected(delete);
+        self.stats.deleted.fetch_add(removed as u64, STAT);
+        removed
+    }
+
+    /// What [`Conntrack::retire`] and [`Conntrack::delete`] share: a
+    /// lock-free walk of the records, each selected flow removed as
+    /// eviction removes one. Counts nothing itself.
+    fn remove_selected(&self, select: impl Fn(&FlowKey, (Ipv4Addr, u16)) -> bool) -> usize {
+        let doomed = |f: &FlowData| select(&f.forward_key(), (f.backend, f.backend_port));
         let mut removed = 0;
         for (id, flow, _) in self.flows() {
             if doomed(&flow) && self.remove_flow(id, |f, _| doomed(f)).is_some() {
                 removed += 1;
             }
         }
-        self.stats.retired.fetch_add(removed as u64, STAT);
         removed
     }
 
@@ -1503,11 +1540,25 @@ impl Conntrack {
 
     /// Visits both keys of every flow (for admin views and tests).
     pub fn for_each(&self, mut visit: impl FnMut(&FlowKey, FlowHit)) {
+        self.for_each_expiring(0, |key, hit, _| visit(key, hit));
+    }
+
+    /// [`Conntrack::for_each`], with the seconds each flow has left at
+    /// `now` (the clock of [`Conntrack::sweep`]) before the sweeper may
+    /// remove it: its state's timeout after it was last seen, 0 when that
+    /// has passed. Read from the record as it is: nothing on the packet
+    /// path keeps it (`cipgw conntrack`'s expiry, as `conntrack -L` shows
+    /// it).
+    pub fn for_each_expiring(&self, now: u32, mut visit: impl FnMut(&FlowKey, FlowHit, u32)) {
+        let timeouts = &self.config.timeouts;
         for (_, flow, life) in self.flows() {
+            let timeout = FlowState::from_bits(life.bits()).timeout(timeouts);
+            let left = life.seen().saturating_add(timeout).saturating_sub(now);
             for direction in [Direction::Forward, Direction::Reply] {
                 visit(
                     &flow.key(direction, &self.snat),
                     flow.hit(direction, life.bits(), &self.snat),
+                    left,
                 );
             }
         }

@@ -511,6 +511,59 @@ fn retire_removes_both_directions() {
     assert_eq!(ct.summary().flows, 0);
 }
 
+/// `cipgw conntrack --delete`: one flow by its forward key, or every
+/// flow of a backend; both keys leave, the SNAT port comes back, and it
+/// is counted as deleted, not retired.
+#[test]
+fn delete_removes_selected_flows_and_releases_their_snat_ports() {
+    let ct = snat_table(64, 61000..=61001);
+    let other = (Ipv4Addr::new(198, 18, 2, 12), 5678);
+    let hit = ct
+        .insert(forward(1), backend(), 0, FlowMeta::default())
+        .expect("insert");
+    ct.insert(forward(2), other, 0, FlowMeta::default())
+        .expect("insert");
+    assert_eq!(in_use(&ct), [2]);
+    assert_eq!(ct.delete(|k, _| *k == forward(1)), 1, "one flow by its key");
+    assert!(ct.lookup(&forward(1), 0, ACK).is_none(), "forward key gone");
+    assert!(
+        ct.lookup(&snat_reply(&hit), 0, ACK).is_none(),
+        "reply key gone"
+    );
+    assert_eq!(in_use(&ct), [1], "its SNAT port was released");
+    assert_eq!(ct.delete(|_, b| b == backend()), 0, "nothing left there");
+    assert_eq!(ct.delete(|_, b| b == other), 1, "all flows of a backend");
+    assert_eq!((ct.entries(), in_use(&ct)), (0, vec![0]));
+    assert_eq!(ct.stats().deleted.load(STAT), 2);
+    assert_eq!(ct.stats().retired.load(STAT), 0);
+    check_invariants(&ct, 0);
+}
+
+/// The expiry a view shows is the state's timeout after the last packet,
+/// and the sweeper removes the flow once it has run out.
+#[test]
+fn expiry_counts_down_from_the_last_packet_by_state() {
+    let t = Timeouts::default();
+    let ct = Conntrack::default();
+    ct.insert(forward(1), backend(), 100, FlowMeta::default())
+        .expect("insert");
+    let left = |now: u32| {
+        let mut seen = Vec::new();
+        ct.for_each_expiring(now, |_, hit, left| seen.push((hit.state, left)));
+        assert_eq!(seen.len(), 2, "both keys of the one flow");
+        assert_eq!(seen[0], seen[1], "both keys expire together");
+        seen[0]
+    };
+    let syn_sent = FlowState::TcpSynSent.timeout(&t);
+    assert_eq!(left(110), (FlowState::TcpSynSent, syn_sent - 10));
+    ct.lookup(&reply(1), 200, SYN | ACK).expect("reply");
+    let established = FlowState::TcpEstablished.timeout(&t);
+    assert_eq!(left(200), (FlowState::TcpEstablished, established));
+    assert_eq!(left(200 + established + 5), (FlowState::TcpEstablished, 0));
+    assert_eq!(ct.sweep(200 + established), 0, "not yet: 0 s left");
+    assert_eq!(ct.sweep(200 + established + 1), 1);
+}
+
 /// Client `n` of a key space where every flow's backend and VIP follow
 /// from the client, so any hit can be checked against the key alone.
 fn spaced_forward(n: u16) -> FlowKey {

@@ -611,8 +611,13 @@ impl DnsResponder {
     /// Whether the frame is a UDP datagram to a DNS address's port 53.
     #[inline]
     pub fn is_query<T: AsRef<[u8]>>(&self, frame: &Frame<T>) -> bool {
-        let L3::Ipv4 { dst, .. } = frame.l3();
-        matches!(frame.l4(), L4::Udp { dst_port: PORT, .. }) && self.addresses.contains(&dst)
+        let L3::Ipv4 { dst, .. } = frame.l3() else {
+            return false;
+        };
+        // A fragment of a query carries part of it only: not answered.
+        matches!(frame.l4(), L4::Udp { dst_port: PORT, .. })
+            && frame.fragment().is_none()
+            && self.addresses.contains(&dst)
     }
 
     /// Answers the query in `frame` (one [`DnsResponder::is_query`]
@@ -625,7 +630,9 @@ impl DnsResponder {
         ingress: PortId,
         ctx: &BatchContext<'_>,
     ) -> Verdict {
-        let L3::Ipv4 { src, dst, .. } = frame.l3();
+        let L3::Ipv4 { src, dst, .. } = frame.l3() else {
+            return Verdict::Pass;
+        };
         let L4::Udp {
             src_port, dst_port, ..
         } = frame.l4()

@@ -19,6 +19,7 @@ pub const HEADER_LEN: usize = 14;
 pub mod ethertype {
     pub const IPV4: u16 = 0x0800;
     pub const ARP: u16 = 0x0806;
+    pub const IPV6: u16 = 0x86dd;
     pub const VLAN: u16 = 0x8100;
     pub const QINQ: u16 = 0x88a8;
 }

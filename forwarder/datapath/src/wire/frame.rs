@@ -16,12 +16,13 @@
 //! written through the others. Answers, which replace the headers
 //! wholesale, take the frame by value ([`Frame::into_inner`]).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::ethernet::{self, ethertype, EthernetFrame};
 use super::icmp::IcmpPacket;
 use super::ip_number;
 use super::ipv4::Ipv4Packet;
+use super::ipv6::Ipv6Packet;
 use super::tcp::TcpSegment;
 use super::udp::UdpDatagram;
 use super::WireError;
@@ -34,6 +35,13 @@ pub enum L3 {
         src: Ipv4Addr,
         dst: Ipv4Addr,
         ttl: u8,
+    },
+    /// IPv6 (RFC 8200); extension headers, if any, lie between the fixed
+    /// header and the transport header.
+    Ipv6 {
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        hop_limit: u8,
     },
 }
 
@@ -50,13 +58,21 @@ pub enum L4 {
         src_port: u16,
         dst_port: u16,
     },
-    /// An ICMP message with its fixed header present.
+    /// An ICMP message with its fixed header present (IPv4).
     Icmp {
         msg_type: u8,
         code: u8,
     },
-    /// A fragment, first or later, of any protocol: later fragments carry
-    /// no transport header, so none is read.
+    /// An ICMPv6 message with its fixed header present (IPv6).
+    Icmpv6 {
+        msg_type: u8,
+        code: u8,
+    },
+    /// A fragment that carries no transport header cipgw reads: a later
+    /// fragment (non-zero offset) of any protocol, or a first fragment of
+    /// a protocol other than TCP and UDP. ([`Frame::fragment`] says which
+    /// datagram it belongs to; a TCP or UDP first fragment is `Tcp` or
+    /// `Udp`, with its fragment in [`Frame::fragment`] too.)
     Fragment {
         protocol: u8,
     },
@@ -64,6 +80,26 @@ pub enum L4 {
     Other {
         protocol: u8,
     },
+}
+
+/// A fragment's place: which datagram it belongs to and where in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fragment {
+    /// The identification its datagram's fragments share (16 bits in
+    /// IPv4, 32 in IPv6's Fragment header).
+    pub ident: u32,
+    /// Where its data lies in the datagram, in bytes; 0 for the first.
+    pub offset: u16,
+    /// More fragments follow (clear on the last).
+    pub more: bool,
+}
+
+impl Fragment {
+    /// Whether this is the fragment that carries the transport header.
+    #[inline]
+    pub fn is_first(&self) -> bool {
+        self.offset == 0
+    }
 }
 
 /// Why a frame could not be parsed.
@@ -77,8 +113,53 @@ pub enum ParseError {
     NotIp,
     /// The IPv4 header.
     Ipv4(WireError),
+    /// The IPv6 header or its extension headers.
+    Ipv6(WireError),
     /// The TCP or UDP header.
     L4(WireError),
+}
+
+/// The transport layer of a packet whose upper-layer `protocol` starts
+/// `payload` (up to the packet's end).
+#[inline]
+fn transport(protocol: u8, payload: &[u8], fragment: Option<Fragment>) -> Result<L4, ParseError> {
+    let tcp_or_udp = matches!(protocol, ip_number::TCP | ip_number::UDP);
+    if fragment.is_some_and(|f| !f.is_first() || !tcp_or_udp) {
+        return Ok(L4::Fragment { protocol });
+    }
+    Ok(match protocol {
+        ip_number::TCP => {
+            let tcp = TcpSegment::new_checked(payload).map_err(ParseError::L4)?;
+            L4::Tcp {
+                src_port: tcp.src_port(),
+                dst_port: tcp.dst_port(),
+                flags: tcp.flags(),
+            }
+        }
+        ip_number::UDP => {
+            let udp = match fragment {
+                Some(_) => UdpDatagram::new_checked_first_fragment(payload),
+                None => UdpDatagram::new_checked(payload),
+            }
+            .map_err(ParseError::L4)?;
+            L4::Udp {
+                src_port: udp.src_port(),
+                dst_port: udp.dst_port(),
+            }
+        }
+        ip_number::ICMP | ip_number::ICMPV6 => match IcmpPacket::new_checked(payload) {
+            Ok(icmp) if protocol == ip_number::ICMP => L4::Icmp {
+                msg_type: icmp.msg_type(),
+                code: icmp.code(),
+            },
+            Ok(icmp) => L4::Icmpv6 {
+                msg_type: icmp.msg_type(),
+                code: icmp.code(),
+            },
+            Err(_) => L4::Other { protocol },
+        },
+        _ => L4::Other { protocol },
+    })
 }
 
 /// A frame whose headers [`Frame::parse`] checked, with where they are.
@@ -90,6 +171,8 @@ pub struct Frame<T: AsRef<[u8]>> {
     len: usize,
     l3: L3,
     l4: L4,
+    /// Set when the packet is a fragment.
+    fragment: Option<Fragment>,
     l3_offset: usize,
     l4_offset: usize,
     /// End of the network packet (Ethernet padding excluded).
@@ -98,64 +181,68 @@ pub struct Frame<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> Frame<T> {
     /// Parses the untagged Ethernet frame in `buffer[..len]` (`len` is cut
-    /// to the buffer), down to the transport header of an unfragmented
-    /// TCP, UDP or ICMP packet. TCP and UDP headers must be well formed;
-    /// an ICMP message too short for its header is [`L4::Other`].
+    /// to the buffer), down to the transport header of a TCP, UDP or ICMP
+    /// packet that is not fragmented, or of the first fragment of a TCP or
+    /// UDP datagram. TCP and UDP headers must be well formed (a first
+    /// fragment's UDP length counts the whole datagram, so it may exceed
+    /// the bytes present); an ICMP message too short for its header is
+    /// [`L4::Other`].
     #[inline]
     pub fn parse(buffer: T, len: usize) -> Result<Self, ParseError> {
         let bytes = buffer.as_ref();
         let len = len.min(bytes.len());
         let frame = &bytes[..len];
         let eth = EthernetFrame::new_checked(frame).map_err(|_| ParseError::TruncatedEthernet)?;
-        match eth.ethertype() {
-            ethertype::IPV4 => {}
+        let l3_offset = ethernet::HEADER_LEN;
+        let packet = &frame[l3_offset..];
+        let (l3, fragment, protocol, l4_start, l3_len) = match eth.ethertype() {
+            ethertype::IPV4 => {
+                let ip = Ipv4Packet::new_checked(packet).map_err(ParseError::Ipv4)?;
+                let l3 = L3::Ipv4 {
+                    src: ip.source(),
+                    dst: ip.destination(),
+                    ttl: ip.ttl(),
+                };
+                let fragment = ip.is_fragment().then(|| Fragment {
+                    ident: u32::from(ip.ident()),
+                    offset: ip.fragment_offset(),
+                    more: ip.more_fragments(),
+                });
+                (l3, fragment, ip.protocol(), ip.header_len(), ip.total_len())
+            }
+            ethertype::IPV6 => {
+                let ip = Ipv6Packet::new_checked(packet).map_err(ParseError::Ipv6)?;
+                let upper = ip.upper_layer().map_err(ParseError::Ipv6)?;
+                let l3 = L3::Ipv6 {
+                    src: ip.source(),
+                    dst: ip.destination(),
+                    hop_limit: ip.hop_limit(),
+                };
+                // An atomic fragment (offset 0, no more) is the whole
+                // datagram (RFC 6946): no fragment to follow.
+                let fragment =
+                    upper
+                        .fragment
+                        .filter(|f| f.offset != 0 || f.more)
+                        .map(|f| Fragment {
+                            ident: f.ident,
+                            offset: f.offset,
+                            more: f.more,
+                        });
+                (l3, fragment, upper.protocol, upper.offset, ip.total_len())
+            }
             ethertype::VLAN | ethertype::QINQ => return Err(ParseError::VlanTagged),
             _ => return Err(ParseError::NotIp),
-        }
-        let l3_offset = ethernet::HEADER_LEN;
-        let ip = Ipv4Packet::new_checked(&frame[l3_offset..]).map_err(ParseError::Ipv4)?;
-        let l3 = L3::Ipv4 {
-            src: ip.source(),
-            dst: ip.destination(),
-            ttl: ip.ttl(),
         };
-        let protocol = ip.protocol();
-        let l4 = if ip.is_fragment() {
-            L4::Fragment { protocol }
-        } else {
-            match protocol {
-                ip_number::TCP => {
-                    let tcp = TcpSegment::new_checked(ip.payload()).map_err(ParseError::L4)?;
-                    L4::Tcp {
-                        src_port: tcp.src_port(),
-                        dst_port: tcp.dst_port(),
-                        flags: tcp.flags(),
-                    }
-                }
-                ip_number::UDP => {
-                    let udp = UdpDatagram::new_checked(ip.payload()).map_err(ParseError::L4)?;
-                    L4::Udp {
-                        src_port: udp.src_port(),
-                        dst_port: udp.dst_port(),
-                    }
-                }
-                ip_number::ICMP => match IcmpPacket::new_checked(ip.payload()) {
-                    Ok(icmp) => L4::Icmp {
-                        msg_type: icmp.msg_type(),
-                        code: icmp.code(),
-                    },
-                    Err(_) => L4::Other { protocol },
-                },
-                _ => L4::Other { protocol },
-            }
-        };
-        let l4_offset = l3_offset + ip.header_len();
-        let l3_end = l3_offset + ip.total_len();
+        let l4 = transport(protocol, &packet[l4_start..l3_len], fragment)?;
+        let l4_offset = l3_offset + l4_start;
+        let l3_end = l3_offset + l3_len;
         Ok(Self {
             buffer,
             len,
             l3,
             l4,
+            fragment,
             l3_offset,
             l4_offset,
             l3_end,
@@ -191,6 +278,12 @@ impl<T: AsRef<[u8]>> Frame<T> {
         self.l4
     }
 
+    /// The fragment this packet is, if it is one.
+    #[inline]
+    pub fn fragment(&self) -> Option<Fragment> {
+        self.fragment
+    }
+
     /// Where the network header starts.
     #[inline]
     pub fn l3_offset(&self) -> usize {
@@ -224,6 +317,20 @@ impl<T: AsRef<[u8]>> Frame<T> {
                 .as_ref()
                 .get(self.l3_offset..self.l3_end)
                 .map(Ipv4Packet::new_unchecked),
+            L3::Ipv6 { .. } => None,
+        }
+    }
+
+    /// The IPv6 packet (padding excluded), if the frame is IPv6.
+    #[inline]
+    pub fn ipv6(&self) -> Option<Ipv6Packet<&[u8]>> {
+        match self.l3 {
+            L3::Ipv6 { .. } => self
+                .buffer
+                .as_ref()
+                .get(self.l3_offset..self.l3_end)
+                .map(Ipv6Packet::new_unchecked),
+            L3::Ipv4 { .. } => None,
         }
     }
 
@@ -274,6 +381,20 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
                 .as_mut()
                 .get_mut(self.l3_offset..self.l3_end)
                 .map(Ipv4Packet::new_unchecked),
+            L3::Ipv6 { .. } => None,
+        }
+    }
+
+    /// The IPv6 packet, writable, if the frame is IPv6.
+    #[inline]
+    pub fn ipv6_mut(&mut self) -> Option<Ipv6Packet<&mut [u8]>> {
+        match self.l3 {
+            L3::Ipv6 { .. } => self
+                .buffer
+                .as_mut()
+                .get_mut(self.l3_offset..self.l3_end)
+                .map(Ipv6Packet::new_unchecked),
+            L3::Ipv4 { .. } => None,
         }
     }
 
@@ -291,6 +412,15 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
     pub fn udp_mut(&mut self) -> Option<UdpDatagram<&mut [u8]>> {
         match self.l4 {
             L4::Udp { .. } => self.l4_bytes_mut().map(UdpDatagram::new_unchecked),
+            _ => None,
+        }
+    }
+
+    /// The ICMP message, writable, if the frame carries one.
+    #[inline]
+    pub fn icmp_mut(&mut self) -> Option<IcmpPacket<&mut [u8]>> {
+        match self.l4 {
+            L4::Icmp { .. } => self.l4_bytes_mut().map(IcmpPacket::new_unchecked),
             _ => None,
         }
     }
@@ -453,6 +583,104 @@ mod tests {
                 "case {name}"
             );
         }
+    }
+
+    /// 2001:2::2 -> 2001:2:0:64::10, UDP 40000 -> 53 "ping", after the
+    /// extension headers `ext` (whose first next-header is `first`).
+    fn ipv6_frame(first: u8, ext: &[u8]) -> Vec<u8> {
+        let mut f = UDP_FRAME[..14].to_vec();
+        f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        let payload_len = (ext.len() + 12) as u16;
+        f.extend_from_slice(&[0x60, 0, 0, 0]);
+        f.extend_from_slice(&payload_len.to_be_bytes());
+        f.extend_from_slice(&[first, 64]);
+        f.extend_from_slice(&[0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        f.extend_from_slice(&[0x20, 0x01, 0, 2, 0, 0, 0, 0x64, 0, 0, 0, 0, 0, 0, 0, 0x10]);
+        f.extend_from_slice(ext);
+        f.extend_from_slice(&[0x9c, 0x40, 0, 53, 0, 12, 0, 0, b'p', b'i', b'n', b'g']);
+        f
+    }
+
+    #[test]
+    fn parses_ipv6_through_extension_headers() {
+        let plain = ipv6_frame(ip_number::UDP, &[]);
+        let frame = Frame::parse(&plain[..], plain.len()).expect("valid IPv6 frame");
+        assert_eq!(
+            frame.l3(),
+            L3::Ipv6 {
+                src: "2001:2::2".parse().expect("address"),
+                dst: "2001:2:0:64::10".parse().expect("address"),
+                hop_limit: 64,
+            }
+        );
+        assert_eq!(
+            frame.l4(),
+            L4::Udp {
+                src_port: 40000,
+                dst_port: 53
+            }
+        );
+        assert_eq!(
+            (frame.l4_offset(), frame.l3_end(), frame.fragment()),
+            (54, 66, None)
+        );
+        assert!(frame.ipv4().is_none());
+        assert_eq!(frame.ipv6().map(|ip| ip.total_len()), Some(52));
+
+        // Destination options (8 bytes) before UDP.
+        let with_options = ipv6_frame(60, &[ip_number::UDP, 0, 1, 4, 0, 0, 0, 0]);
+        let frame = Frame::parse(&with_options[..], with_options.len()).expect("valid");
+        assert_eq!(frame.l4_offset(), 62);
+        assert!(matches!(frame.l4(), L4::Udp { dst_port: 53, .. }));
+
+        // A first fragment (more set) and a later one (offset 8).
+        let first = ipv6_frame(44, &[ip_number::UDP, 0, 0, 1, 0, 0, 0, 7]);
+        let frame = Frame::parse(&first[..], first.len()).expect("valid");
+        assert_eq!(
+            frame.fragment(),
+            Some(Fragment {
+                ident: 7,
+                offset: 0,
+                more: true
+            })
+        );
+        assert!(matches!(frame.l4(), L4::Udp { .. }));
+        let later = ipv6_frame(44, &[ip_number::UDP, 0, 0, 8, 0, 0, 0, 7]);
+        let frame = Frame::parse(&later[..], later.len()).expect("valid");
+        assert_eq!(frame.l4(), L4::Fragment { protocol: 17 });
+        // An atomic fragment is the whole datagram.
+        let atomic = ipv6_frame(44, &[ip_number::UDP, 0, 0, 0, 0, 0, 0, 7]);
+        let frame = Frame::parse(&atomic[..], atomic.len()).expect("valid");
+        assert_eq!(frame.fragment(), None);
+
+        // ICMPv6: an echo request in place of the UDP header.
+        let mut echo = ipv6_frame(ip_number::ICMPV6, &[]);
+        echo[54] = 128;
+        let frame = Frame::parse(&echo[..], echo.len()).expect("valid");
+        assert_eq!(
+            frame.l4(),
+            L4::Icmpv6 {
+                msg_type: 128,
+                code: 0x40
+            }
+        );
+
+        // Errors name IPv6.
+        let mut bad_version = plain.clone();
+        bad_version[14] = 0x40;
+        assert_eq!(
+            Frame::parse(&bad_version[..], bad_version.len()).err(),
+            Some(ParseError::Ipv6(WireError::Malformed))
+        );
+        let ext_past_end = ipv6_frame(60, &[ip_number::UDP, 9, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            Frame::parse(&ext_past_end[..], ext_past_end.len()).err(),
+            Some(ParseError::Ipv6(WireError::Truncated))
+        );
+        assert_eq!(
+            Frame::parse(&plain[..50], 50).err(),
+            Some(ParseError::Ipv6(WireError::Truncated))
+        );
     }
 
     #[test]

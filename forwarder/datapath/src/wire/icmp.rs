@@ -1,7 +1,12 @@
-//! ICMP messages (RFC 792): echo and destination unreachable.
+//! ICMP messages (RFC 792): echo, destination unreachable, and the
+//! datagram an error message quotes, which the gateway rewrites so that
+//! an error about a NATed flow reaches the other end in terms it knows.
 
-use super::{read_u16, write_u16, WireError};
-use crate::checksum::checksum;
+use std::net::Ipv4Addr;
+
+use super::ipv4::MIN_HEADER_LEN as IPV4_MIN_HEADER_LEN;
+use super::{ip_number, read_u16, write_u16, WireError};
+use crate::checksum::{checksum, Delta};
 
 mod field {
     use std::ops::Range;
@@ -15,6 +20,9 @@ mod field {
     pub const ECHO_SEQ_NO: usize = 6;
 }
 
+/// ICMP's IANA protocol number, as the IPv4 header carries it.
+pub const PROTOCOL: u8 = ip_number::ICMP;
+
 /// The fixed part of every ICMP message.
 pub const HEADER_LEN: usize = 8;
 
@@ -22,13 +30,51 @@ pub const HEADER_LEN: usize = 8;
 pub mod kind {
     pub const ECHO_REPLY: u8 = 0;
     pub const DESTINATION_UNREACHABLE: u8 = 3;
+    pub const REDIRECT: u8 = 5;
     pub const ECHO_REQUEST: u8 = 8;
+    pub const TIME_EXCEEDED: u8 = 11;
+    pub const PARAMETER_PROBLEM: u8 = 12;
 }
 
 /// Destination-unreachable codes (RFC 792, RFC 1122 3.2.2.1).
 pub mod unreachable {
     pub const PORT: u8 = 3;
+    /// Fragmentation needed and DF set: the second word's low half is
+    /// the next hop's MTU (RFC 1191).
+    pub const FRAGMENTATION_NEEDED: u8 = 4;
 }
+
+/// Whether a message of `msg_type` is an error that quotes the datagram
+/// it is about (RFC 1122 3.2.2): the ones a NAT must translate.
+pub const fn is_error(msg_type: u8) -> bool {
+    matches!(
+        msg_type,
+        kind::DESTINATION_UNREACHABLE | kind::TIME_EXCEEDED | kind::PARAMETER_PROBLEM
+    )
+}
+
+/// The TCP or UDP datagram an ICMP error quotes: the start of a packet
+/// the error's sender received, whose addresses and ports name a flow.
+/// Offsets are within the ICMP message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quoted {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    /// [`ip_number::TCP`] or [`ip_number::UDP`].
+    pub protocol: u8,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Where the quoted transport header starts.
+    l4_offset: usize,
+}
+
+/// Bytes of the quoted transport header an error must carry (RFC 792):
+/// the ports, and for UDP its checksum.
+const QUOTED_L4_MIN: usize = 8;
+/// Where TCP's checksum lies in its header.
+const TCP_CHECKSUM_AT: usize = 16;
+/// Where UDP's checksum lies in its header.
+const UDP_CHECKSUM_AT: usize = 6;
 
 /// A view of an ICMP message.
 #[derive(Debug)]
@@ -73,6 +119,44 @@ impl<T: AsRef<[u8]>> IcmpPacket<T> {
     pub fn echo_seq_no(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::ECHO_SEQ_NO)
     }
+
+    /// Whether the checksum over the whole message verifies.
+    pub fn verify_checksum(&self) -> bool {
+        checksum(self.buffer.as_ref()) == 0
+    }
+
+    /// The TCP or UDP datagram an error message quotes. `Truncated` when
+    /// the quote ends before its IPv4 header and 8 bytes of transport
+    /// header; `Malformed` when the quote is not IPv4 with IHL >= 5, or
+    /// is of another protocol, or a later fragment (no ports).
+    pub fn quoted(&self) -> Result<Quoted, WireError> {
+        let quote = &self.buffer.as_ref()[HEADER_LEN..];
+        if quote.len() < IPV4_MIN_HEADER_LEN {
+            return Err(WireError::Truncated);
+        }
+        let header_len = usize::from(quote[0] & 0x0f) * 4;
+        if quote[0] >> 4 != 4 || header_len < IPV4_MIN_HEADER_LEN {
+            return Err(WireError::Malformed);
+        }
+        let protocol = quote[9];
+        let later_fragment = read_u16(quote, 6) & 0x1fff != 0;
+        if later_fragment || !matches!(protocol, ip_number::TCP | ip_number::UDP) {
+            return Err(WireError::Malformed);
+        }
+        if quote.len() < header_len + QUOTED_L4_MIN {
+            return Err(WireError::Truncated);
+        }
+        let addr =
+            |at: usize| Ipv4Addr::new(quote[at], quote[at + 1], quote[at + 2], quote[at + 3]);
+        Ok(Quoted {
+            src: addr(12),
+            dst: addr(16),
+            protocol,
+            src_port: read_u16(quote, header_len),
+            dst_port: read_u16(quote, header_len + 2),
+            l4_offset: HEADER_LEN + header_len,
+        })
+    }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> IcmpPacket<T> {
@@ -86,6 +170,46 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> IcmpPacket<T> {
 
     pub fn set_checksum(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::CHECKSUM, value);
+    }
+
+    /// Rewrites the datagram an error quotes ([`IcmpPacket::quoted`]
+    /// found it) to come from `src` and go to `dst` (address and port):
+    /// its header checksum and, when quoted, its transport checksum are
+    /// updated for the change (RFC 1624), then the message's own checksum
+    /// is computed over the result.
+    pub fn rewrite_quoted(&mut self, quoted: &Quoted, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) {
+        let bytes = self.buffer.as_mut();
+        let ip = HEADER_LEN;
+        let l4 = quoted.l4_offset;
+        let addr_delta = Delta::default()
+            .addr(quoted.src.octets(), src.0.octets())
+            .addr(quoted.dst.octets(), dst.0.octets());
+        bytes[ip + 12..ip + 16].copy_from_slice(&src.0.octets());
+        bytes[ip + 16..ip + 20].copy_from_slice(&dst.0.octets());
+        let ip_checksum = read_u16(bytes, ip + 10);
+        write_u16(bytes, ip + 10, addr_delta.apply(ip_checksum));
+        write_u16(bytes, l4, src.1);
+        write_u16(bytes, l4 + 2, dst.1);
+        // The transport checksum covers the addresses (pseudo-header) and
+        // the ports; an error quotes TCP's only when it quotes 18 bytes.
+        let l4_delta = addr_delta
+            .word(quoted.src_port, src.1)
+            .word(quoted.dst_port, dst.1);
+        let at = match quoted.protocol {
+            ip_number::UDP => l4 + UDP_CHECKSUM_AT,
+            _ => l4 + TCP_CHECKSUM_AT,
+        };
+        if at + 2 <= bytes.len() {
+            let old = read_u16(bytes, at);
+            let new = match quoted.protocol {
+                ip_number::UDP => l4_delta.apply_udp(old),
+                _ => l4_delta.apply(old),
+            };
+            write_u16(bytes, at, new);
+        }
+        write_u16(bytes, field::CHECKSUM, 0);
+        let c = checksum(bytes);
+        write_u16(bytes, field::CHECKSUM, c);
     }
 }
 

@@ -99,6 +99,21 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         flags & (FLAG_MORE_FRAGMENTS | FRAGMENT_OFFSET_MASK) != 0
     }
 
+    /// The identification field: which datagram a fragment belongs to.
+    pub fn ident(&self) -> u16 {
+        read_u16(self.buffer.as_ref(), field::IDENT.start)
+    }
+
+    /// The fragment offset, in bytes (a multiple of 8).
+    pub fn fragment_offset(&self) -> u16 {
+        (read_u16(self.buffer.as_ref(), field::FLAGS_FRAG.start) & FRAGMENT_OFFSET_MASK) << 3
+    }
+
+    /// Whether more fragments follow this one.
+    pub fn more_fragments(&self) -> bool {
+        read_u16(self.buffer.as_ref(), field::FLAGS_FRAG.start) & FLAG_MORE_FRAGMENTS != 0
+    }
+
     /// The header bytes (options included).
     pub fn header(&self) -> &[u8] {
         &self.buffer.as_ref()[..self.header_len()]
@@ -263,6 +278,20 @@ mod tests {
         assert!(Ipv4Packet::new_checked(&later[..])
             .expect("valid")
             .is_fragment());
+        let first = Ipv4Packet::new_checked(&first[..]).expect("valid");
+        assert_eq!(
+            (
+                first.ident(),
+                first.fragment_offset(),
+                first.more_fragments()
+            ),
+            (0x1234, 0, true)
+        );
+        let later = Ipv4Packet::new_checked(&later[..]).expect("valid");
+        assert_eq!(
+            (later.fragment_offset(), later.more_fragments()),
+            (128, false)
+        );
     }
 
     #[test]

@@ -16,7 +16,9 @@
 pub mod ethernet;
 pub mod frame;
 pub mod icmp;
+pub mod icmpv6;
 pub mod ipv4;
+pub mod ipv6;
 pub mod tcp;
 pub mod udp;
 
@@ -25,6 +27,7 @@ pub mod ip_number {
     pub const ICMP: u8 = 1;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
 }
 
 /// Why a header could not be viewed.

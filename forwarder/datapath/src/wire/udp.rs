@@ -35,6 +35,20 @@ impl<T: AsRef<[u8]>> UdpDatagram<T> {
         Ok(Self { buffer })
     }
 
+    /// The header of a datagram's first fragment: the length field counts
+    /// the whole datagram, which only the fragments together carry, so it
+    /// must cover the header but may exceed the bytes present.
+    pub fn new_checked_first_fragment(buffer: T) -> Result<Self, WireError> {
+        let bytes = buffer.as_ref();
+        if bytes.len() < HEADER_LEN {
+            return Err(WireError::Truncated);
+        }
+        if usize::from(read_u16(bytes, field::LENGTH)) < HEADER_LEN {
+            return Err(WireError::Malformed);
+        }
+        Ok(Self { buffer })
+    }
+
     /// A view over bytes a checked view (or [`super::frame::Frame::parse`])
     /// already accepted; accessors may panic on anything else.
     #[inline]

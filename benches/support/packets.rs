@@ -1,0 +1,81 @@
+//! What the packet-path benches share: a table of N Services of three
+//! endpoints (the measured one last, at 198.19.255.254:8080), under random
+//! choice or Maglev, the lab's two-arm net, and 64-byte UDP frames.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use cipgw_config::{LbAlgorithm, Protocol, ServiceName, ServiceTable};
+use cipgw_datapath::harness::addr::{POD1, POD2, POD3};
+use cipgw_datapath::harness::{
+    mac, service, service_port, Frame, Net, CLIENT_IFINDEX, POD_IFINDEX,
+};
+use cipgw_datapath::maglev::MaglevTables;
+use cipgw_datapath::route::NetSnapshot;
+use cipgw_datapath::table::{CompiledTable, LbPlan};
+
+/// `services` Services of 3 endpoints each; the measured one is the last,
+/// at VIP 198.19.255.254:8080.
+pub fn table(services: usize) -> CompiledTable {
+    CompiledTable::compile(Arc::new(model(services, None)), 1)
+}
+
+/// [`table`] with every Service under Maglev.
+pub fn maglev_table(services: usize) -> CompiledTable {
+    let mut tables = MaglevTables::new(cipgw_datapath::maglev::DEFAULT_TABLE_SIZE, 7);
+    CompiledTable::compile_with_lb(
+        Arc::new(model(services, Some(LbAlgorithm::Maglev))),
+        1,
+        |_, _| None,
+        LbPlan {
+            default: LbAlgorithm::Random,
+            maglev: &mut tables,
+        },
+    )
+}
+
+pub fn model(services: usize, lb_algorithm: Option<LbAlgorithm>) -> ServiceTable {
+    let services = (0..services)
+        .map(|i| {
+            let vip = if i + 1 == services {
+                Ipv4Addr::new(198, 19, 255, 254)
+            } else {
+                Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 1)) + i as u32)
+            };
+            let mut s = service(
+                ServiceName::new("bench", format!("svc-{i:05}")),
+                Some(vip.octets()),
+                None,
+                vec![service_port(8080, Protocol::Udp, 5678, &[POD1, POD2, POD3])],
+            );
+            s.lb_algorithm = lb_algorithm;
+            s
+        })
+        .collect();
+    ServiceTable { services }
+}
+
+/// The lab's two arms with the Pods and every client address resolved.
+pub fn net() -> NetSnapshot {
+    Net::two_arm()
+        .resolved(POD_IFINDEX, [POD1, POD2, POD3])
+        .resolved(CLIENT_IFINDEX, (2..255).map(|last| [198, 18, 0, last]))
+        .build()
+}
+
+/// A 64-byte frame (60 + FCS on the wire): UDP with 18 payload bytes,
+/// between the client's and the gateway's MACs whichever way it goes.
+pub fn frame(src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Vec<u8> {
+    Frame {
+        src_mac: mac::CLIENT,
+        dst_mac: mac::GW_CLIENT_SIDE,
+        src: src.0,
+        dst: dst.0,
+        ttl: 64,
+    }
+    .udp(src.1, dst.1, &[0u8; 18])
+}
+
+pub fn client(i: usize) -> [u8; 4] {
+    [198, 18, 0, 2 + (i % 250) as u8]
+}

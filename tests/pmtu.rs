@@ -1,0 +1,381 @@
+//! End-to-end tests of ICMP error translation and fragments through the
+//! gateway, with real AF_XDP sockets, real TCP and UDP and a real router
+//! (Linux's forwarding in a namespace) that sends "fragmentation needed".
+//!
+//! ```text
+//! client ── gateway ── [switch] ── pod1
+//!                          └─ router ──(MTU 1280 towards the Pod)── far
+//! ```
+//!
+//! The far Pod's own link MTU is 1500, so it advertises an MSS of 1460
+//! and does not know that the router's link to it takes only 1280 bytes
+//! (a tunnel or a smaller-MTU segment in the pod network, as in real
+//! clusters). The client's 1500-byte segments to the VIP meet the router,
+//! which answers with ICMP fragmentation needed about the datagram as it
+//! left the gateway (client or SNAT address -> far Pod). Only when the
+//! gateway translates that error back to the client's view (client ->
+//! VIP) does the client's kernel lower its path MTU for the VIP and the
+//! upload complete; otherwise it stalls for ever.
+//!
+//! Cases, without and with `--snat`:
+//! - a 1 MB TCP upload to the far Pod through the VIP completes, and the
+//!   gateway counted the errors it forwarded;
+//! - a 4,000-byte UDP datagram to a VIP arrives whole at pod1 (the client
+//!   fragments it, the gateway sends the later fragments after the first),
+//!   and pod1's 4,000-byte answer arrives whole at the client.
+//!
+//! Rules as in tests/netns.rs: one test at a time (`lab::serial`), root
+//! (skip with a reason otherwise, never when CI=true), RAII cleanup,
+//! 198.18.0.0/15 only.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cipgw::lab::{self, Netns, Topology};
+
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{pod, service, Lab, Port};
+
+/// The far Pod, behind the router.
+const FAR: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 9);
+const FAR_SUBNET: &str = "198.18.9.0/24";
+const ROUTER_UP: &str = "198.18.2.254";
+const ROUTER_DOWN: &str = "198.18.9.254";
+/// The router's link towards the far Pod.
+const SMALL_MTU: &str = "1280";
+const SINK_PORT: u16 = 9000;
+const BIG_UDP_PORT: u16 = 5300;
+const UPLOAD: usize = 1 << 20;
+const DATAGRAM: usize = 4000;
+/// Generous for a transfer that takes well under a second when path-MTU
+/// discovery works, and stalls for ever when it does not.
+const TRANSFER_WITHIN: Duration = Duration::from_secs(30);
+const SETTLE_WITHIN: Duration = Duration::from_secs(15);
+
+/// The router and the far Pod, added to a two-arm lab; their namespaces
+/// go when this is dropped (after the lab's gateway, which the test
+/// stops first).
+struct FarSide {
+    stop: Arc<AtomicBool>,
+    servers: Vec<JoinHandle<()>>,
+    // Dropped last: removes the namespaces (the router's is only held).
+    far: Netns,
+    _router: Netns,
+}
+
+impl Drop for FarSide {
+    fn drop(&mut self) {
+        // Relaxed: a flag polled by the server threads; nothing else is
+        // published through it.
+        self.stop.store(true, Ordering::Relaxed);
+        for server in self.servers.drain(..) {
+            let _ = server.join();
+        }
+    }
+}
+
+fn sh(ns: &Netns, args: &[&str]) {
+    ns.ip(args)
+        .unwrap_or_else(|e| panic!("ip {} in {}: {e}", args.join(" "), ns.name()));
+}
+
+fn ethtool_tx_off(ns: &Netns, dev: &str) {
+    ns.exec("ethtool", &["-K", dev, "tx", "off"])
+        .unwrap_or_else(|e| panic!("ethtool -K {dev} tx off in {}: {e}", ns.name()));
+}
+
+/// Builds the router (forwarding, 198.18.2.254 on the Pod switch and
+/// 198.18.9.254 with MTU 1280 towards the far Pod) and the far Pod
+/// (198.18.9.9, MTU 1500, default route via the router), and routes the
+/// far subnet from the gateway via the router.
+fn add_far_side(topology: &Topology) -> FarSide {
+    let prefix = lab::unique_prefix("pmtu").expect("namespace prefix");
+    let router = Netns::create(format!("{prefix}-router")).expect("router namespace");
+    let far = Netns::create(format!("{prefix}-far")).expect("far namespace");
+    for ns in [&router, &far] {
+        ns.set_sysctls(&[
+            ("net.ipv6.conf.all.disable_ipv6", "1"),
+            ("net.ipv6.conf.default.disable_ipv6", "1"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+        ])
+        .expect("sysctls");
+    }
+    router
+        .set_sysctl("net.ipv4.ip_forward", "1")
+        .expect("router forwards");
+    let switch = topology.switch();
+    sh(
+        &router,
+        &[
+            "link",
+            "add",
+            "r-up",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "p-router",
+            "netns",
+            switch.name(),
+        ],
+    );
+    sh(
+        &router,
+        &[
+            "link",
+            "add",
+            "r-down",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            far.name(),
+        ],
+    );
+    sh(switch, &["link", "set", "p-router", "master", "br0"]);
+    sh(switch, &["link", "set", "p-router", "up"]);
+    sh(
+        &router,
+        &["addr", "add", &format!("{ROUTER_UP}/24"), "dev", "r-up"],
+    );
+    sh(
+        &router,
+        &["addr", "add", &format!("{ROUTER_DOWN}/24"), "dev", "r-down"],
+    );
+    sh(&router, &["link", "set", "r-down", "mtu", SMALL_MTU]);
+    sh(&far, &["addr", "add", &format!("{FAR}/24"), "dev", "eth0"]);
+    // Packets towards the gateway's AF_XDP sockets carry full checksums.
+    ethtool_tx_off(&router, "r-up");
+    ethtool_tx_off(&far, "eth0");
+    for (ns, dev) in [(&router, "r-up"), (&router, "r-down"), (&far, "eth0")] {
+        sh(ns, &["link", "set", dev, "up"]);
+    }
+    let gateway_pod_side = topology.info().gateway.pod_side.addr.to_string();
+    sh(
+        &router,
+        &["route", "add", "default", "via", &gateway_pod_side],
+    );
+    sh(&far, &["route", "add", "default", "via", ROUTER_DOWN]);
+    sh(
+        topology.gateway(),
+        &["route", "add", FAR_SUBNET, "via", ROUTER_UP],
+    );
+    FarSide {
+        stop: Arc::new(AtomicBool::new(false)),
+        servers: Vec::new(),
+        far,
+        _router: router,
+    }
+}
+
+impl FarSide {
+    /// A TCP server on the far Pod that reads each connection to its end
+    /// and answers with the number of bytes it read.
+    fn start_sink(&mut self) {
+        let stop = Arc::clone(&self.stop);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let server = self
+            .far
+            .spawn_thread("pmtu-sink", move || {
+                let listener = TcpListener::bind((FAR, SINK_PORT)).expect("sink binds");
+                listener.set_nonblocking(true).expect("nonblocking");
+                ready_tx.send(()).expect("test waits");
+                // Relaxed: see `FarSide::drop`.
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((mut stream, _)) => {
+                            stream.set_nonblocking(false).expect("blocking");
+                            stream
+                                .set_read_timeout(Some(TRANSFER_WITHIN))
+                                .expect("timeout");
+                            let mut total = 0usize;
+                            let mut chunk = [0u8; 65536];
+                            while let Ok(n @ 1..) = stream.read(&mut chunk) {
+                                total += n;
+                            }
+                            let _ = stream.write_all(format!("{total}\n").as_bytes());
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            })
+            .expect("sink thread");
+        ready_rx.recv().expect("sink listening");
+        self.servers.push(server);
+    }
+}
+
+/// A UDP server on `ns` at `addr` that sends every datagram back whole.
+fn start_udp_mirror(ns: &Netns, addr: SocketAddrV4, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = ns
+        .spawn_thread("pmtu-mirror", move || {
+            let socket = UdpSocket::bind(addr).expect("mirror binds");
+            socket
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("timeout");
+            ready_tx.send(()).expect("test waits");
+            let mut buf = vec![0u8; 65536];
+            // Relaxed: see `FarSide::drop`.
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, peer)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(&buf[..n], peer);
+                }
+            }
+        })
+        .expect("mirror thread");
+    ready_rx.recv().expect("mirror listening");
+    server
+}
+
+/// The gateway's counter `name` (a sum over its label sets).
+fn counter(lab: &Lab, name: &str) -> u64 {
+    let text = lab
+        .topology()
+        .gateway()
+        .run(|| -> std::io::Result<String> {
+            let mut s = TcpStream::connect("127.0.0.1:9477")?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        })
+        .unwrap_or_else(|e| panic!("metrics: {e}"))
+        .unwrap_or_else(|e| panic!("metrics: {e}"));
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Waits until the gateway's counter `name` reaches `want`.
+fn wait_counter(lab: &Lab, name: &str, want: u64) -> u64 {
+    let deadline = Instant::now() + SETTLE_WITHIN;
+    loop {
+        let value = counter(lab, name);
+        if value >= want {
+            return value;
+        }
+        if Instant::now() > deadline {
+            lab.fail(format_args!(
+                "{name} is {value}, not {want}, after {SETTLE_WITHIN:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn path_mtu_and_fragments(extra: &[&str]) {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    let mut lab = Lab::build(Topology::two_arm("pmtu").pods(1));
+    let mut far_side = add_far_side(lab.topology());
+    far_side.start_sink();
+    let pod1 = lab.info().pods[0].clone();
+    let mirror = start_udp_mirror(
+        lab.topology().pods().first().expect("one Pod"),
+        SocketAddrV4::new(pod1.iface.addr, BIG_UDP_PORT),
+        Arc::clone(&far_side.stop),
+    );
+    far_side.servers.push(mirror);
+
+    let sink_vip = lab.info().vip(10);
+    let udp_vip = lab.info().vip(20);
+    let sink = Port {
+        name: "sink",
+        port: SINK_PORT,
+        target: SINK_PORT,
+        protocol: "TCP",
+    };
+    let big_udp = Port {
+        name: "big",
+        port: BIG_UDP_PORT,
+        target: BIG_UDP_PORT,
+        protocol: "UDP",
+    };
+    let mut far_pod = pod1.clone();
+    far_pod.name = "far".into();
+    far_pod.iface.addr = FAR;
+    let documents = vec![
+        service("sink", &sink_vip.to_string(), Some("sink"), &[sink]),
+        pod(&far_pod, "sink"),
+        service("big", &udp_vip.to_string(), Some("big"), &[big_udp]),
+        pod(&pod1, "big"),
+    ];
+    lab.control_file(&documents);
+    lab.start_gateway_with(extra);
+
+    // 1 MB up to the far Pod, through the router's 1280-byte link.
+    let target = SocketAddrV4::new(sink_vip, SINK_PORT);
+    let started = Instant::now();
+    let answer = lab.in_client(move || -> std::io::Result<String> {
+        let mut stream = TcpStream::connect_timeout(&target.into(), TRANSFER_WITHIN)?;
+        stream.set_write_timeout(Some(TRANSFER_WITHIN))?;
+        stream.set_read_timeout(Some(TRANSFER_WITHIN))?;
+        let data: Vec<u8> = (0..UPLOAD).map(|i| (i % 251) as u8).collect();
+        stream.write_all(&data)?;
+        stream.shutdown(Shutdown::Write)?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    });
+    let answer = answer.unwrap_or_else(|e| {
+        lab.fail(format_args!(
+            "1 MB upload to {target} through a 1280-byte link: {e} after {:?}",
+            started.elapsed()
+        ))
+    });
+    assert_eq!(
+        answer.trim(),
+        UPLOAD.to_string(),
+        "the far Pod read the whole upload"
+    );
+    eprintln!("1 MB through the 1280-byte link in {:?}", started.elapsed());
+    let errors = wait_counter(&lab, "cipgw_icmp_errors_forwarded_total", 1);
+    eprintln!("ICMP errors translated for the client: {errors}");
+
+    // A 4,000-byte datagram each way, in fragments.
+    let target = SocketAddrV4::new(udp_vip, BIG_UDP_PORT);
+    let echoed = lab.in_client(move || -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let datagram: Vec<u8> = (0..DATAGRAM).map(|i| (i % 241) as u8).collect();
+        socket.send_to(&datagram, target)?;
+        let mut buf = vec![0u8; 65536];
+        let (n, from) = socket.recv_from(&mut buf)?;
+        if from != target.into() {
+            return Err(std::io::Error::other(format!("answer from {from}")));
+        }
+        Ok((datagram, buf[..n].to_vec()))
+    });
+    let (sent, received) =
+        echoed.unwrap_or_else(|e| lab.fail(format_args!("4,000-byte datagram to {target}: {e}")));
+    assert_eq!(received.len(), DATAGRAM, "the answer arrived whole");
+    assert!(received == sent, "the answer is the datagram sent");
+    // Three fragments each way: two later ones each way followed.
+    wait_counter(&lab, "cipgw_fragments_forwarded_total", 4);
+    lab.stop_gateway();
+    drop(far_side);
+}
+
+#[test]
+fn path_mtu_discovery_and_fragments_work_through_the_gateway() {
+    path_mtu_and_fragments(&[]);
+}
+
+#[test]
+fn path_mtu_discovery_and_fragments_work_through_source_nat() {
+    path_mtu_and_fragments(&["--snat"]);
+}
