@@ -503,7 +503,7 @@ fn next_table(rx: &Receiver<SourceEvent>, within: Duration) -> Arc<ServiceTable>
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok(SourceEvent::Table(table)) => return table,
+            Ok(SourceEvent::Table(table, _)) => return table,
             Ok(SourceEvent::Invalid { error }) => panic!("the source found an error: {error}"),
             Ok(_) => {}
             Err(e) => panic!("no table within {within:?}: {e}"),
