@@ -108,7 +108,8 @@ struct Gateway {
     /// `cipgw_network_programming_duration_seconds` in file mode (the
     /// Kubernetes source sends its change times with each table).
     control_file: Option<std::path::PathBuf>,
-    /// Per-Service-port counter slots, reassigned with every table.
+    /// Per-endpoint counter slots of every Service port, reassigned with
+    /// every table.
     service_stats: Arc<ServiceStats>,
     /// Busy polling's interface settings, put back when dropped.
     napi_tuning: Vec<NapiTuning>,
@@ -565,9 +566,13 @@ impl Gateway {
             default: self.lb,
             maglev: &mut self.maglev,
         };
-        let compiled =
-            CompiledTable::compile_with_lb(model, generation, |s, p| slots.get(s, p), lb)
-                .with_retiring(plan.retiring().iter().copied());
+        let compiled = CompiledTable::compile_with_endpoint_slots_lb(
+            model,
+            generation,
+            |s, p, b| slots.get(s, p, b),
+            lb,
+        )
+        .with_retiring(plan.retiring().iter().copied());
         let compiled = match &self.dns {
             Some(dns) => dns.attach_zone(compiled),
             None => compiled,
