@@ -34,8 +34,8 @@
 //! - `cipgw services` and `/api/services` count packets, bytes and flows
 //!   per endpoint (as `ipvsadm -L --stats` per real server): UDP
 //!   exchanges through a VIP spread over two Pods show exactly two
-//!   packets and one flow per exchange each Pod answered, adding up to
-//!   the port's counters.
+//!   packets per exchange each Pod answered (and a flow per exchange,
+//!   but for reused source ports), adding up to the port's counters.
 //!
 //! Both stop the gateway with SIGTERM at the end: it must exit 0 within
 //! 5 s with its admin endpoint serving.
@@ -934,7 +934,12 @@ fn services_count_packets_per_endpoint() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(port.packets, Some(2 * sent as u64), "{raw}");
-    assert_eq!(port.flows, Some(sent as u64), "{raw}");
+    // One flow per exchange, unless the kernel gave a later socket the
+    // same source port while the first flow was still tracked.
+    let flows = port
+        .flows
+        .unwrap_or_else(|| panic!("port not counted: {raw}"));
+    assert!(flows > 0 && flows <= sent as u64, "{sent} exchanges: {raw}");
     let sum = |f: fn(&cipgw::admin::EndpointView) -> Option<u64>| {
         port.endpoints
             .iter()
@@ -950,10 +955,10 @@ fn services_count_packets_per_endpoint() {
             .iter()
             .find(|e| e.pod.as_deref() == Some(pod.as_str()))
             .unwrap_or_else(|| panic!("{pod} answered but is no endpoint in {raw}"));
-        assert_eq!(
-            (e.packets, e.flows),
-            (Some(2 * n as u64), Some(n as u64)),
-            "{pod} answered {n} exchanges: {raw}"
+        assert_eq!(e.packets, Some(2 * n as u64), "{pod} answered {n}: {raw}");
+        assert!(
+            e.flows.is_some_and(|f| f > 0 && f <= n as u64),
+            "{pod} answered {n}: {raw}"
         );
     }
 
