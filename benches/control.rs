@@ -311,7 +311,8 @@ impl ControlThread {
             steering: steering_of(&model),
             ..MemoryMaps::default()
         };
-        let table = CompiledTable::compile_with_slots(model, 1, |s, p| slots.get(s, p));
+        let table =
+            CompiledTable::compile_with_endpoint_slots(model, 1, |s, p, b| slots.get(s, p, b));
         Self {
             table: TableHandle::new(table),
             maps,
@@ -342,8 +343,10 @@ impl ControlThread {
         let plan = Plan::new(old.model(), &model, carried, self.maps.steering());
         lap(&mut steps.plan);
         let compiled =
-            CompiledTable::compile_with_slots(model, old.generation() + 1, |s, p| slots.get(s, p))
-                .with_retiring(plan.retiring().iter().copied());
+            CompiledTable::compile_with_endpoint_slots(model, old.generation() + 1, |s, p, b| {
+                slots.get(s, p, b)
+            })
+            .with_retiring(plan.retiring().iter().copied());
         lap(&mut steps.compile);
         let writes = self.maps.writes;
         let apply_started = Instant::now();
@@ -503,7 +506,7 @@ fn next_table(rx: &Receiver<SourceEvent>, within: Duration) -> Arc<ServiceTable>
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok(SourceEvent::Table(table)) => return table,
+            Ok(SourceEvent::Table(table, _)) => return table,
             Ok(SourceEvent::Invalid { error }) => panic!("the source found an error: {error}"),
             Ok(_) => {}
             Err(e) => panic!("no table within {within:?}: {e}"),

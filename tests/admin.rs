@@ -31,10 +31,16 @@
 //!   RST, the others go on, and the deletions are counted in
 //!   `cipgw status` and `cipgw_conntrack_deleted_total`.
 //!
+//! - `cipgw services` and `/api/services` count packets, bytes and flows
+//!   per endpoint (as `ipvsadm -L --stats` per real server): UDP
+//!   exchanges through a VIP spread over two Pods show exactly two
+//!   packets per exchange each Pod answered (and a flow per exchange,
+//!   but for reused source ports), adding up to the port's counters.
+//!
 //! Both stop the gateway with SIGTERM at the end: it must exit 0 within
 //! 5 s with its admin endpoint serving.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::process::Output;
@@ -876,5 +882,101 @@ fn conntrack_shows_expiry_and_deletes_flows() {
         1 + doomed.len() as u64
     );
     lab.assert_log_contains("deleted flows (DELETE /api/conntrack)");
+    lab.stop_gateway();
+}
+
+#[test]
+fn services_count_packets_per_endpoint() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    /// Exchanges per batch, and batches at most until both Pods answered.
+    const BATCH: usize = 20;
+    const BATCHES: usize = 10;
+    let mut lab = Lab::build(Topology::two_arm("admendp").pods(2));
+    lab.udp_echo(DNS.target);
+    let vip = lab.info().vip(53);
+    let docs = lab.selector_service("dns", vip, &[DNS], &[0, 1]);
+    lab.control_file(&docs);
+    lab.start_gateway();
+
+    // Each exchange is a new flow with a random endpoint: send until
+    // both Pods have answered.
+    let target = SocketAddrV4::new(vip, DNS.port);
+    let mut served: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..BATCHES {
+        for (pod, n) in lab.udp_exchanges(target, BATCH) {
+            *served.entry(pod).or_default() += n;
+        }
+        if served.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(served.len(), 2, "both Pods answered: {served:?}");
+    let sent: usize = served.values().sum();
+
+    // The port counts two packets (request and reply) per exchange.
+    let deadline = Instant::now() + SETTLE_WITHIN;
+    let (raw, port) = loop {
+        let raw = cipgw_ok(&lab, &["services", "--json"]);
+        let view: ServicesView =
+            serde_json::from_str(&raw).unwrap_or_else(|e| panic!("{e}: {raw}"));
+        let port = view
+            .services
+            .iter()
+            .find(|s| s.name == "dns")
+            .and_then(|s| s.ports.first().cloned())
+            .unwrap_or_else(|| panic!("no dns Service port in {raw}"));
+        if port.packets == Some(2 * sent as u64) || Instant::now() > deadline {
+            break (raw, port);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(port.packets, Some(2 * sent as u64), "{raw}");
+    // One flow per exchange, unless the kernel gave a later socket the
+    // same source port while the first flow was still tracked.
+    let flows = port
+        .flows
+        .unwrap_or_else(|| panic!("port not counted: {raw}"));
+    assert!(flows > 0 && flows <= sent as u64, "{sent} exchanges: {raw}");
+    let sum = |f: fn(&cipgw::admin::EndpointView) -> Option<u64>| {
+        port.endpoints
+            .iter()
+            .map(|e| f(e).unwrap_or_else(|| panic!("endpoint {e:?} not counted: {raw}")))
+            .sum::<u64>()
+    };
+    assert_eq!(Some(sum(|e| e.packets)), port.packets, "{raw}");
+    assert_eq!(Some(sum(|e| e.bytes)), port.bytes, "{raw}");
+    assert_eq!(Some(sum(|e| e.flows)), port.flows, "{raw}");
+    for (pod, &n) in &served {
+        let e = port
+            .endpoints
+            .iter()
+            .find(|e| e.pod.as_deref() == Some(pod.as_str()))
+            .unwrap_or_else(|| panic!("{pod} answered but is no endpoint in {raw}"));
+        assert_eq!(e.packets, Some(2 * n as u64), "{pod} answered {n}: {raw}");
+        assert!(
+            e.flows.is_some_and(|f| f > 0 && f <= n as u64),
+            "{pod} answered {n}: {raw}"
+        );
+    }
+
+    // The text listing: Flows and Packets on each endpoint's line.
+    let text = cipgw_ok(&lab, &["services"]);
+    for e in &port.endpoints {
+        let endpoint = format!(" {}:{} ", e.ip, e.port);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("  ->") && l.contains(&endpoint))
+            .unwrap_or_else(|| panic!("no line for endpoint {endpoint} in\n{text}"));
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let want = [e.flows, e.packets].map(|n| n.expect("counted").to_string());
+        assert_eq!(
+            fields[fields.len() - 3..fields.len() - 1],
+            want,
+            "Flows and Packets of {endpoint}: {line}"
+        );
+    }
     lab.stop_gateway();
 }

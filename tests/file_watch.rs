@@ -100,7 +100,7 @@ impl Fixture {
     /// The next event, which must be a table, within `timeout`.
     fn table_within(&mut self, timeout: Duration) -> Arc<ServiceTable> {
         match self.next_within(timeout) {
-            Some(SourceEvent::Table(table)) => table,
+            Some(SourceEvent::Table(table, _)) => table,
             other => panic!("expected a table within {timeout:?}, got {other:?}"),
         }
     }
@@ -254,7 +254,7 @@ fn two_hundred_quick_changes_give_few_tables_ending_with_the_last() {
     let tables: Vec<u16> = events
         .iter()
         .map(|e| match e {
-            SourceEvent::Table(table) => version(table),
+            SourceEvent::Table(table, _) => version(table),
             other => panic!("only tables expected, got {other:?}"),
         })
         .collect();

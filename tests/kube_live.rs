@@ -31,6 +31,11 @@
 //!   Service's ClusterIP;
 //! - an object the gateway cannot use is reported and left out while the
 //!   rest keeps forwarding; fixed, it takes effect;
+//! - network programming latency: slices written before the gateway
+//!   started give no sample; an EndpointSlice change (stamped by the API
+//!   server with its last-change-trigger-time) gives one sample of
+//!   `cipgw_network_programming_duration_seconds`, positive and within
+//!   the sync period's bound;
 //! - a gateway restarted while the API server is down keeps every
 //!   adopted connection and UDP flow on its Pod (its VIPs stay steered)
 //!   until its first sync, which then retires only the flows whose Pod
@@ -206,6 +211,23 @@ impl KubeLab {
             .unwrap_or_else(|e| self.lab.fail(format_args!("entering the gateway: {e}")))
             .unwrap_or_else(|e| self.lab.fail(format_args!("GET /readyz: {e}")))
             .status
+    }
+
+    /// The gateway's metrics, from its admin address.
+    #[track_caller]
+    fn scrape(&self) -> cipgw::metrics::exposition::Exposition {
+        let reply = self
+            .lab
+            .topology()
+            .gateway()
+            .run(|| client::get(default_admin(), "/metrics", Duration::from_secs(5)))
+            .unwrap_or_else(|e| self.lab.fail(format_args!("entering the gateway: {e}")))
+            .unwrap_or_else(|e| self.lab.fail(format_args!("GET /metrics: {e}")));
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        cipgw::metrics::exposition::parse(&reply.body).unwrap_or_else(|e| {
+            self.lab
+                .fail(format_args!("/metrics does not parse: {e}\n{}", reply.body))
+        })
     }
 
     /// Waits for the first full sync.
@@ -493,6 +515,57 @@ fn scaling_a_slice_to_one_pod_and_back_moves_traffic_within_a_second() {
     });
     let tries = spread.unwrap_or_else(|e| k.lab.fail(e));
     eprintln!("all three Pods reached within {tries} connections");
+    k.lab.stop_gateway();
+}
+
+#[test]
+fn an_endpoint_change_is_measured_from_its_trigger_time_to_the_live_table() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    let mut k = KubeLab::new(2);
+    let vip = k.info().vip(10);
+    let nodes: Vec<NodeInfo> = k.info().pods.clone();
+    k.api.apply(service("echo", vip, &[HTTP]));
+    k.api
+        .apply(slice("echo", &[HTTP], &[(&nodes[0], Condition::Ready)]));
+    // The default --min-sync-period (1 s), as deployed.
+    k.start_gateway(&[]);
+    k.wait_synced(SYNC_WITHIN);
+    let histogram = |exp: &cipgw::metrics::exposition::Exposition| {
+        let series = |name: &str| {
+            exp.get(name, &[])
+                .unwrap_or_else(|| panic!("no {name} in /metrics"))
+        };
+        (
+            series("cipgw_network_programming_duration_seconds_count"),
+            series("cipgw_network_programming_duration_seconds_sum"),
+        )
+    };
+    let (count, sum) = histogram(&k.scrape());
+    assert_eq!(
+        (count, sum),
+        (0.0, 0.0),
+        "a slice written before the gateway started is no sample"
+    );
+
+    // One slice written (the fake API server stamps it with the time of
+    // the write): one sample, from that time to the table in force.
+    let written = Instant::now();
+    k.apply_and_wait(&[slice(
+        "echo",
+        &[HTTP],
+        &[(&nodes[0], Condition::Ready), (&nodes[1], Condition::Ready)],
+    )]);
+    let bound = written.elapsed();
+    let (count, sum) = histogram(&k.scrape());
+    eprintln!("programming latency {sum} s (the log line came {bound:?} after the write)");
+    assert_eq!(count, 1.0, "one slice change, one sample");
+    assert!(
+        sum > 0.0 && sum <= bound.as_secs_f64(),
+        "programming took {sum} s, the table was in force {bound:?} after the write"
+    );
     k.lab.stop_gateway();
 }
 

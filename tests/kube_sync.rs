@@ -163,7 +163,7 @@ impl Source {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
-                Ok(SourceEvent::Table(table)) => return (table, before),
+                Ok(SourceEvent::Table(table, _)) => return (table, before),
                 Ok(other) => before.push(other),
                 Err(_) => panic!("no table within {timeout:?}; saw {before:?}"),
             }
@@ -182,7 +182,9 @@ impl Source {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
-                Ok(SourceEvent::Table(table)) if &summary(&table) == want => return (table, seen),
+                Ok(SourceEvent::Table(table, _)) if &summary(&table) == want => {
+                    return (table, seen)
+                }
                 Ok(event) => seen.push(event),
                 Err(_) => panic!("no table {want:?} within {timeout:?}; saw {seen:?}"),
             }
@@ -271,7 +273,7 @@ fn initial_sync_pages_through_large_lists() {
     let (tx, rx) = channel();
     let _handle = spawn_kube_source(config, tx).expect("starts");
     match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(SourceEvent::Table(table)) => {
+        Ok(SourceEvent::Table(table, _)) => {
             assert_eq!(table.services.len(), n as usize);
             assert!(table
                 .services
@@ -355,7 +357,7 @@ fn service_deleted() {
     ]);
     let (_, seen) = source.converges(SOON, &want);
     assert!(
-        seen.iter().all(|e| matches!(e, SourceEvent::Table(_))),
+        seen.iter().all(|e| matches!(e, SourceEvent::Table(..))),
         "{seen:?}"
     );
     // Its slice going too changes nothing the table shows: no table.
@@ -481,7 +483,7 @@ fn api_server_down_keeps_the_table_then_converges() {
     );
     assert!(
         rest.iter()
-            .all(|e| matches!(e, SourceEvent::Reconnected | SourceEvent::Table(_))),
+            .all(|e| matches!(e, SourceEvent::Reconnected | SourceEvent::Table(..))),
         "{rest:?}"
     );
 }
@@ -559,7 +561,7 @@ fn a_burst_of_changes_is_coalesced_and_ends_in_the_final_state() {
     let ports: Vec<u16> = events
         .iter()
         .map(|e| match e {
-            SourceEvent::Table(table) => table.services[0].ports[0].endpoints[0].port,
+            SourceEvent::Table(table, _) => table.services[0].ports[0].endpoints[0].port,
             other => panic!("only tables expected, got {other:?}"),
         })
         .collect();

@@ -323,7 +323,7 @@ impl FileSource {
             }
             let table = Arc::new(table);
             self.table = Some(Arc::clone(&table));
-            if !self.send(SourceEvent::Table(table)) {
+            if !self.send(SourceEvent::Table(table, Vec::new())) {
                 return false;
             }
         }
@@ -377,7 +377,7 @@ mod tests {
         let _source =
             spawn(path.clone(), cidr, Duration::from_millis(100), tx, false).expect("starts");
         let vip = |event| match event {
-            Ok(SourceEvent::Table(table)) => table.services[0].cluster_ip.vip(),
+            Ok(SourceEvent::Table(table, _)) => table.services[0].cluster_ip.vip(),
             other => panic!("expected a table, got {other:?}"),
         };
         assert_eq!(

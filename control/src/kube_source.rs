@@ -32,12 +32,22 @@
 //!   not count as back. A watch that merely ends or breaks, or an expired
 //!   resource version (`410 Gone`, which forces a relist), is routine and
 //!   reported to nobody but the log.
+//! - network programming latency, as kube-proxy measures it: every
+//!   EndpointSlice written (added, changed, or relisted with a new value)
+//!   carries its `endpoints.kubernetes.io/last-change-trigger-time`, the
+//!   time of the Pod or Service change that caused the write; each one
+//!   newer than the source's start and not yet in a table is sent with
+//!   the next table (one sample each), and dropped when that table is
+//!   the last one again (the change did nothing to forwarding). A
+//!   missing or unparsable annotation gives no sample; a deleted slice
+//!   drops its Service's pending times (its annotation dates from its
+//!   last write, not from the deletion).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use cipgw_config::ServiceTable;
 use crossbeam::channel::Sender;
@@ -62,6 +72,13 @@ pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-
 /// The proxy name cipgw answers to unless told otherwise (defined with
 /// the other daemon settings).
 pub use cipgw_config::settings::DEFAULT_PROXY_NAME;
+
+/// The annotation with which the EndpointSlice controller stamps a slice
+/// with the time of the change that caused its write.
+pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// The label naming an EndpointSlice's Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Quiet time after an event before a table is built: the events of one
 /// change (a Service and its slice, a rollout step) arrive together.
@@ -261,6 +278,95 @@ struct Syncer {
     /// The last table sent and the problems reported since.
     table: Option<Arc<ServiceTable>>,
     errors: BTreeSet<String>,
+    /// Change times the next table carries.
+    triggers: TriggerTimes,
+}
+
+/// The `last-change-trigger-time`s of EndpointSlice writes not yet in a
+/// table (the module's rules, which are kube-proxy's).
+#[derive(Debug)]
+struct TriggerTimes {
+    /// Times before this belong to changes made before the gateway
+    /// watched (the first list brings every slice, however old).
+    started: SystemTime,
+    /// The last annotation seen per slice (namespace, name): a relist or
+    /// a write that leaves it unchanged is not a new change.
+    seen: HashMap<(String, String), SystemTime>,
+    /// Pending times per Service (namespace, name).
+    pending: HashMap<(String, String), Vec<SystemTime>>,
+}
+
+impl TriggerTimes {
+    fn new(started: SystemTime) -> Self {
+        Self {
+            started,
+            seen: HashMap::new(),
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Notes what one EndpointSlice watcher item says.
+    fn note(&mut self, item: &Result<watcher::Event<EndpointSlice>, watcher::Error>) {
+        match item {
+            Ok(watcher::Event::Apply(slice) | watcher::Event::InitApply(slice)) => {
+                self.written(slice)
+            }
+            Ok(watcher::Event::Delete(slice)) => {
+                let (slice_key, service) = Self::keys(slice);
+                self.seen.remove(&slice_key);
+                if let Some(service) = service {
+                    self.pending.remove(&service);
+                }
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) | Err(_) => {}
+        }
+    }
+
+    fn written(&mut self, slice: &EndpointSlice) {
+        let (slice_key, service) = Self::keys(slice);
+        let Some(time) = trigger_time(slice) else {
+            return;
+        };
+        if self.seen.insert(slice_key, time) == Some(time) || time < self.started {
+            return;
+        }
+        if let Some(service) = service {
+            self.pending.entry(service).or_default().push(time);
+        }
+    }
+
+    /// The slice's (namespace, name) and its Service's, if labelled.
+    fn keys(slice: &EndpointSlice) -> ((String, String), Option<(String, String)>) {
+        let meta = &slice.metadata;
+        let namespace = meta.namespace.clone().unwrap_or_default();
+        let service = meta
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
+            .map(|name| (namespace.clone(), name.clone()));
+        ((namespace, meta.name.clone().unwrap_or_default()), service)
+    }
+
+    /// Every pending time, forgotten here.
+    fn take(&mut self) -> Vec<SystemTime> {
+        self.pending.drain().flat_map(|(_, times)| times).collect()
+    }
+}
+
+/// A slice's `last-change-trigger-time` (RFC 3339); `None` when missing
+/// or unparsable (no sample, as kube-proxy).
+fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
+    let text = slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(LAST_CHANGE_TRIGGER_TIME)?;
+    let time: k8s_openapi::jiff::Timestamp = text.parse().ok()?;
+    let since_epoch = Duration::new(
+        u64::try_from(time.as_second()).ok()?,
+        u32::try_from(time.subsec_nanosecond()).ok()?,
+    );
+    SystemTime::UNIX_EPOCH.checked_add(since_epoch)
 }
 
 /// The watchers' retry delays: 250 ms doubling to at most 2 s, and back
@@ -327,6 +433,7 @@ async fn run(
         failing: [false; 2],
         table: None,
         errors: BTreeSet::new(),
+        triggers: TriggerTimes::new(SystemTime::now()),
     };
     let (probe_tx, mut probe_rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut probe: Option<tokio::task::JoinHandle<()>> = None;
@@ -348,6 +455,7 @@ async fn run(
                 sync.on_step(Resource::Services, Step::of(&item))
             }
             Some(item) = slice_events.next() => {
+                sync.triggers.note(&item);
                 sync.on_step(Resource::EndpointSlices, Step::of(&item))
             }
             () = tokio::time::sleep_until(wake), if deadline.is_some() => sync.on_due(),
@@ -479,6 +587,8 @@ impl Syncer {
             took_ms = started.elapsed().as_secs_f64() * 1e3,
             "table built"
         );
+        // Changes that leave the table as it was are not programmed.
+        let triggers = self.triggers.take();
         if self.table.as_deref() != Some(&table) {
             tracing::info!(
                 services = table.services.len(),
@@ -486,7 +596,7 @@ impl Syncer {
             );
             let table = Arc::new(table);
             self.table = Some(Arc::clone(&table));
-            if !self.send(SourceEvent::Table(table)) {
+            if !self.send(SourceEvent::Table(table, triggers)) {
                 return false;
             }
         }
@@ -592,6 +702,76 @@ mod tests {
             errors,
             ["Service default/bad: spec.clusterIP: 198.19.0.1 is outside the service CIDR 198.18.100.0/24"]
         );
+    }
+
+    fn slice_at(name: &str, service: &str, trigger: Option<&str>) -> EndpointSlice {
+        let mut annotations = serde_json::Map::new();
+        if let Some(trigger) = trigger {
+            annotations.insert(LAST_CHANGE_TRIGGER_TIME.into(), trigger.into());
+        }
+        serde_json::from_value(json!({
+            "metadata": {
+                "namespace": "default", "name": name, "annotations": annotations,
+                "labels": {SERVICE_NAME_LABEL: service},
+            },
+            "addressType": "IPv4", "endpoints": [],
+        }))
+        .expect("valid EndpointSlice")
+    }
+
+    fn at(rfc3339: &str) -> SystemTime {
+        trigger_time(&slice_at("x", "x", Some(rfc3339))).expect("parses")
+    }
+
+    /// kube-proxy's rules: one time per slice write that changed the
+    /// annotation, none from before the start, none when missing or
+    /// unparsable, a deletion drops its Service's pending times.
+    #[test]
+    fn trigger_times_follow_kube_proxy() {
+        let apply = |slice| Ok(watcher::Event::Apply(slice));
+        let mut triggers = TriggerTimes::new(at("2026-01-01T00:00:00Z"));
+        // Before the start (an old slice of the first list): no sample.
+        triggers.note(&Ok(watcher::Event::InitApply(slice_at(
+            "a-1",
+            "a",
+            Some("2025-12-31T23:59:59Z"),
+        ))));
+        assert!(triggers.take().is_empty());
+        // Two slices of two Services written: both times, to the ns.
+        triggers.note(&apply(slice_at("a-1", "a", Some("2026-01-01T00:00:01.5Z"))));
+        triggers.note(&apply(slice_at(
+            "b-1",
+            "b",
+            Some("2026-01-01T00:00:02.000000001Z"),
+        )));
+        // The same annotation again (a relist, a status-only write): none.
+        triggers.note(&Ok(watcher::Event::InitApply(slice_at(
+            "a-1",
+            "a",
+            Some("2026-01-01T00:00:01.5Z"),
+        ))));
+        let mut times = triggers.take();
+        times.sort();
+        assert_eq!(
+            times,
+            [
+                at("2026-01-01T00:00:01.5Z"),
+                SystemTime::UNIX_EPOCH + Duration::new(1_767_225_602, 1)
+            ]
+        );
+        assert!(triggers.take().is_empty(), "taken once");
+        // Missing or unparsable: no sample.
+        triggers.note(&apply(slice_at("c-1", "c", None)));
+        triggers.note(&apply(slice_at("c-2", "c", Some("yesterday"))));
+        assert!(triggers.take().is_empty());
+        // A deletion drops the Service's pending times.
+        triggers.note(&apply(slice_at("a-1", "a", Some("2026-01-01T00:00:03Z"))));
+        triggers.note(&Ok(watcher::Event::Delete(slice_at(
+            "a-1",
+            "a",
+            Some("2026-01-01T00:00:03Z"),
+        ))));
+        assert!(triggers.take().is_empty());
     }
 
     #[test]

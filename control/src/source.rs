@@ -22,6 +22,7 @@
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::SystemTime;
 
 use cipgw_config::ServiceTable;
 pub use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
@@ -33,8 +34,16 @@ pub use cipgw_config::settings::DEFAULT_MIN_SYNC_PERIOD;
 /// What a source tells the daemon.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceEvent {
-    /// A complete, valid new desired state, different from the last one.
-    Table(Arc<ServiceTable>),
+    /// A complete, valid new desired state, different from the last one,
+    /// with the times of the object changes it is the first to carry (the
+    /// start of `cipgw_network_programming_duration_seconds`, one sample
+    /// each, as kube-proxy's trigger times): from the Kubernetes API, the
+    /// `endpoints.kubernetes.io/last-change-trigger-time` of every
+    /// EndpointSlice written since the last table (see
+    /// [`crate::kube_source`]). Empty when unknown: the control file
+    /// source leaves it empty (the daemon reads the file's modification
+    /// time).
+    Table(Arc<ServiceTable>, Vec<SystemTime>),
     /// The source's latest input has a problem; the message names the
     /// file or object and the field. A control file with a problem changes
     /// nothing (the last good table stays); from the Kubernetes API the

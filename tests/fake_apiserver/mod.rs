@@ -19,7 +19,10 @@
 //! - `GET /version`.
 //!
 //! One resourceVersion counter spans both resources, as etcd's revision
-//! does. Test controls: [`FakeApiServer::apply`] and
+//! does. An EndpointSlice applied without an
+//! `endpoints.kubernetes.io/last-change-trigger-time` annotation gets one,
+//! the time of the apply, as the EndpointSlice controller stamps the
+//! slices it writes with the time of the change behind them. Test controls: [`FakeApiServer::apply`] and
 //! [`FakeApiServer::delete`] mutate objects; [`FakeApiServer::compact`]
 //! forgets history; [`FakeApiServer::expire_watches`] sends 410 on every
 //! open watch; [`FakeApiServer::drop_watches`] cuts every open watch
@@ -51,6 +54,22 @@ pub const BOOKMARK_EVERY: Duration = Duration::from_millis(500);
 /// Longest time a connection thread waits before looking at the server's
 /// state again.
 const POLL: Duration = Duration::from_millis(50);
+
+/// The EndpointSlice controller's stamp of the change behind a write.
+pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// The current time as RFC 3339 with nanoseconds, as the API server
+/// writes times.
+fn rfc3339_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970");
+    let seconds = i64::try_from(now.as_secs()).expect("seconds fit");
+    let nanos = i32::try_from(now.subsec_nanos()).expect("nanoseconds fit");
+    k8s_openapi::jiff::Timestamp::new(seconds, nanos)
+        .expect("now is a valid timestamp")
+        .to_string()
+}
 
 /// Page snapshots kept for `continue` tokens.
 const MAX_SNAPSHOTS: usize = 64;
@@ -301,6 +320,14 @@ users:
                 None => format!("uid-{}-{}-{rv}", key.0, key.1).into(),
             };
             meta["creationTimestamp"] = "2026-01-01T00:00:00Z".into();
+            if resource == Resource::EndpointSlices
+                && meta["annotations"][LAST_CHANGE_TRIGGER_TIME].is_null()
+            {
+                if meta["annotations"].is_null() {
+                    meta["annotations"] = json!({});
+                }
+                meta["annotations"][LAST_CHANGE_TRIGGER_TIME] = rfc3339_now().into();
+            }
             object["apiVersion"] = resource.api_version().into();
             let kind = if old.is_some() { "MODIFIED" } else { "ADDED" };
             store.history.push(Change {

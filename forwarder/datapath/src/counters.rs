@@ -359,8 +359,8 @@ mod tests {
     }
 }
 
-/// The counters of one service port (VIP:port/protocol) on one worker;
-/// the worker is the only writer.
+/// The counters of one endpoint of one service port (VIP:port/protocol)
+/// on one worker; the worker is the only writer.
 #[derive(Debug, Default)]
 pub struct ServiceCounter {
     /// Packets of the port's flows, both directions.
@@ -373,14 +373,17 @@ pub struct ServiceCounter {
 
 /// Slots per chunk of [`ServiceCounters`].
 const SLOT_CHUNK: usize = 1024;
-/// Chunks per worker: at most `SLOT_CHUNK * SLOT_CHUNKS` service ports
-/// are counted; ports beyond that get no slot and are not counted.
+/// Chunks per worker: at most `SLOT_CHUNK * SLOT_CHUNKS` endpoints of
+/// service ports are counted; those beyond get no slot and are not
+/// counted.
 const SLOT_CHUNKS: usize = 1024;
-/// Most service ports that can have counters at once.
+/// Most (service port, endpoint) pairs that can have counters at once.
 pub const MAX_SERVICE_SLOTS: usize = SLOT_CHUNK * SLOT_CHUNKS;
 
-/// One worker's per-service-port counters, indexed by the port's stable
-/// slot (the `cipgw` crate's `metrics::ServiceStats` assigns slots). Chunks of slots are allocated by the
+/// One worker's per-endpoint counters of service ports, indexed by the
+/// (port, endpoint) pair's stable slot (the `cipgw` crate's
+/// `metrics::ServiceStats` assigns slots; a port's totals are its
+/// endpoints' sums). Chunks of slots are allocated by the
 /// control thread before a table that uses them is published, so the
 /// worker never allocates and a slot's address never changes.
 #[derive(Debug)]

@@ -120,7 +120,8 @@ pub struct Pipeline {
     /// Affinity bindings this worker refreshed this second.
     refreshes: Refreshes,
     refusals: RefusalLimiter,
-    /// This worker's per-Service-port counters, when counting.
+    /// This worker's per-endpoint counters of Service ports, when
+    /// counting.
     services: Option<Arc<ServiceCounters>>,
     /// Conntrack hashes of the batch being prefetched.
     prefetching: Box<[u64; PREFETCH_BATCH]>,
@@ -371,7 +372,8 @@ impl Pipeline {
         self.prefetched = 0;
     }
 
-    /// Counts packets, bytes and flows per Service port into `counters`.
+    /// Counts packets, bytes and flows into `counters`, at the slot the
+    /// table gives each (Service port, endpoint).
     pub fn with_service_counters(mut self, counters: Arc<ServiceCounters>) -> Self {
         self.services = Some(counters);
         self
@@ -801,10 +803,12 @@ impl Pipeline {
         // A reply-key clash is retried on another backend a few times
         // before the connection is given up.
         for attempt in 0..backends.len().min(4) {
-            let backend = backends[(first + attempt) % backends.len()];
+            let index = (first + attempt) % backends.len();
+            let backend = backends[index];
+            let slot = entry.slot_of(index);
             let meta = FlowMeta {
                 affinity: entry.affinity.is_some(),
-                slot: entry.slot,
+                slot,
             };
             match self.conntrack.insert_hashed(
                 *key,
@@ -815,7 +819,7 @@ impl Pipeline {
             ) {
                 Ok(hit) => {
                     self.counters.new_flows.inc();
-                    if let Some(c) = self.services.as_ref().and_then(|s| s.get(entry.slot)) {
+                    if let Some(c) = self.services.as_ref().and_then(|s| s.get(slot)) {
                         c.flows.inc();
                     }
                     return Ok(hit);
@@ -853,10 +857,11 @@ impl Pipeline {
         let Some(maglev) = &entry.maglev else {
             return Err(Denied::Refuse(DropReason::TcpNoFlow));
         };
-        let backend = entry.backends[maglev.pick(key)];
+        let index = maglev.pick(key);
+        let backend = entry.backends[index];
         let meta = FlowMeta {
             affinity: entry.affinity.is_some(),
-            slot: entry.slot,
+            slot: entry.slot_of(index),
         };
         match self
             .conntrack
@@ -925,9 +930,13 @@ impl Pipeline {
             dst_port: service.port,
             protocol: service.protocol,
         };
+        let endpoint = entry
+            .backends
+            .iter()
+            .position(|b| (b.ip, b.port) == (reply.src, reply.src_port));
         let meta = FlowMeta {
             affinity: entry.affinity.is_some(),
-            slot: entry.slot,
+            slot: endpoint.map_or(NO_SLOT, |index| entry.slot_of(index)),
         };
         match self
             .conntrack

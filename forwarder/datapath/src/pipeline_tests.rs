@@ -1577,3 +1577,65 @@ fn forward_key(port: u16) -> FlowKey {
         protocol: Protocol::Tcp,
     }
 }
+
+/// Each flow's packets, bytes and start count at its endpoint's slot
+/// (a table compiled with one slot per Service port and endpoint): the
+/// slots of one port add up to what the port forwarded.
+#[test]
+fn packets_count_at_their_endpoints_slot() {
+    const FLOWS: u16 = 60;
+    let pods: Vec<[u8; 4]> = (11..14).map(|last| [198, 18, 2, last]).collect();
+    let services = vec![service(
+        ServiceName::new("default", "udp"),
+        Some(UDP_VIP),
+        None,
+        vec![service_port(53, Protocol::Udp, 5353, &pods)],
+    )];
+    // Slot = the endpoint's last octet.
+    let table = CompiledTable::compile_with_endpoint_slots(
+        Arc::new(ServiceTable { services }),
+        1,
+        |_, _, backend| Some(u32::from(backend.ip.octets()[3])),
+    );
+    let counters = Arc::new(crate::counters::ServiceCounters::new());
+    counters.ensure(16);
+    let mut h = Harness {
+        pipeline: pipeline(Arc::new(Conntrack::default()))
+            .with_service_counters(Arc::clone(&counters)),
+        table: Arc::new(table),
+        net: net(true),
+        now: 100,
+    };
+    let mut sent = [0u64; 3];
+    let mut bytes = [0u64; 3];
+    for port in 0..FLOWS {
+        // Two packets per flow: its first (a backend is chosen) and an
+        // established one.
+        for _ in 0..2 {
+            let mut frame = udp(
+                CLIENT_MAC,
+                GW_CLIENT_MAC,
+                (CLIENT, 42000 + port),
+                (UDP_VIP, 53),
+                64,
+            );
+            let len = frame.len() as u64;
+            let verdict = h.run(&mut frame);
+            assert!(matches!(verdict, Verdict::Forward { .. }), "{verdict:?}");
+            let pod = usize::from(pod_of(&frame) - 11);
+            sent[pod] += 1;
+            bytes[pod] += len;
+        }
+    }
+    for (pod, (&packets, &bytes)) in sent.iter().zip(&bytes).enumerate() {
+        let slot = counters.get(11 + pod as u32).expect("slot");
+        assert_eq!(
+            (slot.packets.get(), slot.bytes.get(), slot.flows.get()),
+            (packets, bytes, packets / 2),
+            "endpoint .{}",
+            11 + pod
+        );
+        assert!(packets > 0, "every endpoint took flows: {sent:?}");
+    }
+    assert_eq!(sent.iter().sum::<u64>(), 2 * u64::from(FLOWS));
+}

@@ -73,13 +73,27 @@ pub struct PortEntry {
     pub backends: Box<[Backend]>,
     /// Session affinity timeout (seconds) for `sessionAffinity: ClientIP`.
     pub affinity: Option<u32>,
-    /// The port's per-Service counter slot ([`crate::conntrack::NO_SLOT`]
-    /// when not counted).
-    pub slot: u32,
+    /// Each backend's counter slot, in the order of `backends` (which
+    /// it always has the length of): the slot names a (Service port,
+    /// endpoint) pair, so a flow's packets count for both
+    /// ([`crate::conntrack::NO_SLOT`] when not counted).
+    pub slots: Box<[u32]>,
     /// The Maglev table new flows are picked from, when the Service's
     /// algorithm is Maglev (`backends` is then the table's sorted
     /// backends, which its entries index). `None`: random choice.
     pub maglev: Option<Arc<MaglevTable>>,
+}
+
+impl PortEntry {
+    /// The counter slot of `backends[index]` ([`crate::conntrack::NO_SLOT`]
+    /// when not counted).
+    #[inline]
+    pub fn slot_of(&self, index: usize) -> u32 {
+        self.slots
+            .get(index)
+            .copied()
+            .unwrap_or(crate::conntrack::NO_SLOT)
+    }
 }
 
 /// Who a backend's packets are replies for: what a reply of a flow this
@@ -192,11 +206,47 @@ impl CompiledTable {
     /// Compiles the model with counter slots and the backend choice of
     /// `lb`: a Maglev Service port gets its endpoint set's shared table
     /// from `lb.maglev` (built there if new; tables this compilation does
-    /// not use are dropped from the store).
+    /// not use are dropped from the store). Every endpoint of a port
+    /// counts in the port's slot; [`Self::compile_with_endpoint_slots`]
+    /// gives each its own.
     pub fn compile_with_lb(
         model: Arc<ServiceTable>,
         generation: u64,
         slot: impl Fn(usize, usize) -> Option<u32>,
+        lb: LbPlan<'_>,
+    ) -> Self {
+        Self::compile_with_endpoint_slots_lb(model, generation, |s, p, _| slot(s, p), lb)
+    }
+
+    /// Compiles the model with a counter slot for each endpoint of each
+    /// Service port (`slot(service index, port index, endpoint)`) and
+    /// random choice.
+    pub fn compile_with_endpoint_slots(
+        model: Arc<ServiceTable>,
+        generation: u64,
+        slot: impl Fn(usize, usize, Backend) -> Option<u32>,
+    ) -> Self {
+        let mut maglev = MaglevTables::new(
+            crate::maglev::DEFAULT_TABLE_SIZE,
+            crate::maglev::DEFAULT_HASH_SEED,
+        );
+        Self::compile_with_endpoint_slots_lb(
+            model,
+            generation,
+            slot,
+            LbPlan {
+                default: LbAlgorithm::Random,
+                maglev: &mut maglev,
+            },
+        )
+    }
+
+    /// [`Self::compile_with_lb`] with a counter slot for each endpoint of
+    /// each Service port (`slot(service index, port index, endpoint)`).
+    pub fn compile_with_endpoint_slots_lb(
+        model: Arc<ServiceTable>,
+        generation: u64,
+        slot: impl Fn(usize, usize, Backend) -> Option<u32>,
         lb: LbPlan<'_>,
     ) -> Self {
         lb.maglev.begin_round();
@@ -240,13 +290,17 @@ impl CompiledTable {
                 if let Some(table) = maglev.as_ref().filter(|t| t.backends() != &usable[..]) {
                     usable = table.backends().into();
                 }
+                let slots = usable
+                    .iter()
+                    .map(|&b| slot(index, port_index, b).unwrap_or(crate::conntrack::NO_SLOT))
+                    .collect();
                 ports.insert(
                     key,
                     PortEntry {
                         service: index,
                         backends: usable,
                         affinity: service.session_affinity,
-                        slot: slot(index, port_index).unwrap_or(crate::conntrack::NO_SLOT),
+                        slots,
                         maglev,
                     },
                 );

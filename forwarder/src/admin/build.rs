@@ -202,6 +202,12 @@ pub(super) fn services_view(state: &AdminState) -> ServicesView {
                     (Some(s), Some(_)) => s.totals(&service.name, port.port, port.protocol),
                     _ => None,
                 };
+                let endpoint_totals = match (stats, totals) {
+                    (Some(s), Some(_)) => {
+                        s.endpoint_totals(&service.name, port.port, port.protocol)
+                    }
+                    _ => Default::default(),
+                };
                 view.active_flows += conns.active;
                 view.inactive_flows += conns.inactive;
                 if let Some(t) = totals {
@@ -241,6 +247,9 @@ pub(super) fn services_view(state: &AdminState) -> ServicesView {
                                         .copied()
                                 })
                                 .unwrap_or_default();
+                            // `None` only when no counter slot was left
+                            // for it.
+                            let counted = endpoint_totals.get(&(e.ip, e.port)).copied();
                             EndpointView {
                                 ip: e.ip,
                                 port: e.port,
@@ -251,6 +260,9 @@ pub(super) fn services_view(state: &AdminState) -> ServicesView {
                                 terminating: e.state.terminating,
                                 active_flows: conns.active,
                                 inactive_flows: conns.inactive,
+                                packets: counted.map(|t| t.packets),
+                                bytes: counted.map(|t| t.bytes),
+                                flows: counted.map(|t| t.flows),
                             }
                         })
                         .collect(),

@@ -258,8 +258,16 @@ fn services_report_counters_once_counted() {
     let s = state(0);
     let stats = Arc::new(ServiceStats::new());
     let w = stats.add_worker();
-    let slots = stats.assign(s.table.current().model());
-    let echo = slots.get(1, 0).expect("echo:8080 has a slot");
+    let model = Arc::clone(s.table.current().model());
+    let slots = stats.assign(&model);
+    let first = &model.services[1].ports[0].endpoints[0];
+    let first = crate::table::Backend {
+        ip: first.ip,
+        port: first.port,
+    };
+    let echo = slots
+        .get(1, 0, first)
+        .expect("echo:8080's first endpoint has a slot");
     let c = w.get(echo).expect("counters");
     c.packets.add(10);
     c.bytes.add(1000);
@@ -277,6 +285,21 @@ fn services_report_counters_once_counted() {
     );
     assert_eq!(v.services[0].packets, Some(0));
     assert_eq!(v.services[2].packets, None, "headless: nothing counted");
+    // Per endpoint: all of it on the first, nothing on the others.
+    let endpoints: Vec<_> = v.services[1].ports[0]
+        .endpoints
+        .iter()
+        .map(|e| ((e.ip, e.port), e.packets, e.bytes, e.flows))
+        .collect();
+    assert!(endpoints.len() > 1, "{endpoints:?}");
+    for (endpoint, packets, bytes, flows) in endpoints {
+        let want = if endpoint == (first.ip, first.port) {
+            (Some(10), Some(1000), Some(2))
+        } else {
+            (Some(0), Some(0), Some(0))
+        };
+        assert_eq!((packets, bytes, flows), want, "{endpoint:?}");
+    }
     let exp = exposition::parse(&get(&s, "/metrics").body).expect("parses");
     assert_eq!(
         exp.get(

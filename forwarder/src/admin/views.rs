@@ -283,6 +283,17 @@ pub struct EndpointView {
     /// Its other tracked flows (see [`ServiceView::inactive_flows`]).
     #[serde(default)]
     pub inactive_flows: u64,
+    /// Packets (both directions), bytes and connections through this
+    /// port to this endpoint since it was listed under the port, as
+    /// `ipvsadm -L --stats` shows per real server; they add up to the
+    /// port's, less what endpoints since removed counted. `None` when the
+    /// gateway does not count per service.
+    #[serde(default)]
+    pub packets: Option<u64>,
+    #[serde(default)]
+    pub bytes: Option<u64>,
+    #[serde(default)]
+    pub flows: Option<u64>,
 }
 
 /// `/api/conntrack`.

@@ -1,6 +1,7 @@
 //! `cipgw services`: the Services a running gateway forwards, one block
 //! per VIP:port/protocol with its endpoints indented, their state and
-//! counters, like `ipvsadm -Ln --stats`: ActiveConn are ESTABLISHED TCP
+//! counters (flows, packets and bytes per port and per endpoint), like
+//! `ipvsadm -Ln --stats`: ActiveConn are ESTABLISHED TCP
 //! connections, InActConn every other tracked flow (handshakes, closing
 //! TCP such as TIME_WAIT, UDP), as ipvsadm splits them.
 
@@ -50,6 +51,9 @@ pub fn render(v: &ServicesView) -> String {
             "",
             "ActiveConn",
             "InActConn",
+            "Flows",
+            "Packets",
+            "Bytes",
         ]
         .map(str::to_owned)
         .to_vec(),
@@ -91,6 +95,9 @@ pub fn render(v: &ServicesView) -> String {
                 String::new(),
                 e.active_flows.to_string(),
                 e.inactive_flows.to_string(),
+                count(e.flows),
+                count(e.packets),
+                count(e.bytes),
             ]);
         }
     }

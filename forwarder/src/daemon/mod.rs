@@ -106,9 +106,11 @@ struct Gateway {
     /// How the AF_XDP sockets were bound, for the next gateway.
     socket_mode: handover::SocketMode,
     /// The control file, whose modification time starts the clock of
-    /// `cipgw_network_programming_duration_seconds` (file mode).
+    /// `cipgw_network_programming_duration_seconds` in file mode (the
+    /// Kubernetes source sends its change times with each table).
     control_file: Option<std::path::PathBuf>,
-    /// Per-Service-port counter slots, reassigned with every table.
+    /// Per-endpoint counter slots of every Service port, reassigned with
+    /// every table.
     service_stats: Arc<ServiceStats>,
     /// Busy polling's interface settings, put back when dropped.
     napi_tuning: Vec<NapiTuning>,
@@ -447,16 +449,28 @@ impl Gateway {
         }
     }
 
-    /// Records how long the last change took from the control file's
-    /// modification to the live table. The Kubernetes source carries no
-    /// change times yet, so only file mode is measured.
-    fn record_programming(&self) {
-        let Some(path) = &self.control_file else {
-            return;
+    /// Records how long the changes behind the table just applied took
+    /// to go live (`cipgw_network_programming_duration_seconds`): from
+    /// each trigger time the source sent (Kubernetes: the EndpointSlices'
+    /// last-change-trigger-time), or else from the control file's
+    /// modification.
+    fn record_programming(&self, triggers: &[std::time::SystemTime]) {
+        let now = std::time::SystemTime::now();
+        let file_modified = || {
+            let path = self.control_file.as_ref()?;
+            std::fs::metadata(path).and_then(|m| m.modified()).ok()
         };
-        let modified = std::fs::metadata(path).and_then(|m| m.modified());
-        if let Ok(Ok(took)) = modified.map(|m| std::time::SystemTime::now().duration_since(m)) {
-            self.admin.control().record_programming(took);
+        let starts: Vec<std::time::SystemTime> = if triggers.is_empty() {
+            file_modified().into_iter().collect()
+        } else {
+            triggers.to_vec()
+        };
+        for start in starts {
+            // A start in the future (clock skew between the API server's
+            // controller and this node) is no sample.
+            if let Ok(took) = now.duration_since(start) {
+                self.admin.control().record_programming(took);
+            }
         }
     }
 
@@ -467,12 +481,12 @@ impl Gateway {
 
     fn on_event(&mut self, event: SourceEvent) {
         match event {
-            SourceEvent::Table(model) => {
+            SourceEvent::Table(model, triggers) => {
                 let started = Instant::now();
                 let result = self.apply(model);
                 self.admin.control().record_sync(started.elapsed(), &result);
                 if matches!(&result, Ok(summary) if !summary.unchanged) {
-                    self.record_programming();
+                    self.record_programming(&triggers);
                 }
                 match result {
                     // The source's first table, the same as the one loaded
@@ -553,9 +567,13 @@ impl Gateway {
             default: self.lb,
             maglev: &mut self.maglev,
         };
-        let compiled =
-            CompiledTable::compile_with_lb(model, generation, |s, p| slots.get(s, p), lb)
-                .with_retiring(plan.retiring().iter().copied());
+        let compiled = CompiledTable::compile_with_endpoint_slots_lb(
+            model,
+            generation,
+            |s, p, b| slots.get(s, p, b),
+            lb,
+        )
+        .with_retiring(plan.retiring().iter().copied());
         let compiled = match &self.dns {
             Some(dns) => dns.attach_zone(compiled),
             None => compiled,

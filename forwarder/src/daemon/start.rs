@@ -227,7 +227,7 @@ pub(super) fn start(
     Ok(gateway)
 }
 
-/// The first table, compiled, with the per-Service-port counters it uses.
+/// The first table, compiled, with the per-endpoint counters it uses.
 struct FirstTable {
     table: CompiledTable,
     service_stats: Arc<ServiceStats>,
@@ -241,15 +241,16 @@ fn load_table(settings: &Settings) -> anyhow::Result<FirstTable> {
     let load_started = Instant::now();
     let model = initial_table(settings)?;
     let load_time = load_started.elapsed();
-    // Per-Service-port counters: slots assigned before each compile, so
-    // that the table carries them and counters exist before it is live.
+    // Per-endpoint counters of every Service port: slots assigned before
+    // each compile, so that the table carries them and counters exist
+    // before it is live.
     let service_stats = Arc::new(ServiceStats::new());
     let slots = service_stats.assign(&model);
     let mut maglev = MaglevTables::new(settings.lb.maglev_table_size, settings.lb.hash_seed);
-    let table = CompiledTable::compile_with_lb(
+    let table = CompiledTable::compile_with_endpoint_slots_lb(
         Arc::new(model),
         1,
-        |s, p| slots.get(s, p),
+        |s, p, b| slots.get(s, p, b),
         LbPlan {
             default: settings.lb.algorithm,
             maglev: &mut maglev,

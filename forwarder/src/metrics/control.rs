@@ -28,8 +28,8 @@ pub struct LastError {
 #[derive(Debug)]
 struct ControlRecord {
     sync_duration: Recorder,
-    /// From a change of the source (the control file's modification) to
-    /// the table that holds it being live.
+    /// From a change of the source (an EndpointSlice's trigger time, the
+    /// control file's modification) to the table that holds it being live.
     programming_duration: Recorder,
     last_sync: Option<LastSync>,
     last_error: Option<LastError>,

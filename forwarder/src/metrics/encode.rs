@@ -557,8 +557,9 @@ impl Collector for Snapshot {
         let programming = &self.control.programming_duration;
         enc.encode_descriptor(
             "network_programming_duration_seconds",
-            "From a change of the source (the control file's modification time) to the table \
-             holding it being live, as kube-proxy's network_programming_duration_seconds",
+            "From a change of the source (an EndpointSlice's last-change-trigger-time, or the \
+             control file's modification time) to the table holding it being live, as \
+             kube-proxy's network_programming_duration_seconds",
             None,
             MetricType::Histogram,
         )?

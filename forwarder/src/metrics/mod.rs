@@ -23,7 +23,7 @@
 //! quantiles (p50/p99/p99.9) of the same data are in `/api/status`.
 //!
 //! One file per concern: `latency` (recording and publishing histograms),
-//! `services` (per-Service-port counter slots), `control` (the control
+//! `services` (per-endpoint counter slots of Service ports), `control` (the control
 //! plane's syncs and errors), `snapshot` (what one scrape reads), `encode`
 //! (the exposition) and [`exposition`] (the reader).
 

@@ -1,16 +1,19 @@
-//! Per-Service-port counters across table generations: which counter slot
-//! each forwarded port has ([`ServiceStats`], assigned on the control
-//! thread when a table is compiled) and what the workers counted there,
-//! summed at scrape time ([`ServiceTotals`]).
+//! Per-endpoint counters of every Service port across table generations:
+//! which counter slot each endpoint of a forwarded port has
+//! ([`ServiceStats`], assigned on the control thread when a table is
+//! compiled) and what the workers counted there, summed at read time per
+//! endpoint and per port ([`ServiceTotals`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use cipgw_config::{Protocol, ServiceName, ServiceTable};
 
 use crate::counters::{ServiceCounters, MAX_SERVICE_SLOTS};
+use crate::table::Backend;
 
-/// Summed counters of one service port.
+/// Summed counters of one service port, or of one of its endpoints.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ServiceTotals {
     pub packets: u64,
@@ -46,29 +49,46 @@ impl ServiceTotals {
 /// A service port as counters know it: Service, port and protocol.
 type PortKey = (ServiceName, u16, Protocol);
 
-/// Per-service-port counting across table generations.
+/// Per-endpoint counting across table generations.
 ///
-/// Each forwarded service port gets a stable slot when a table that has
-/// it is compiled ([`ServiceStats::assign`], control thread), keeps it for
-/// as long as tables have it, and its slot is reused after it is gone.
-/// A reused slot starts from zero: the sum it had is kept as its base.
-/// Workers count into their own [`ServiceCounters`] at the slot the
-/// compiled table (new flows) or the conntrack entry (established flows)
-/// carries. Packets of a removed port's flows that are still tracked when
-/// its slot is reused count for the new owner, so conntrack should drop a
-/// removed port's flows when the table that removed it is published.
+/// Each endpoint of a forwarded service port gets a stable slot when a
+/// table that has it is compiled ([`ServiceStats::assign`], control
+/// thread) and keeps it for as long as tables list it under that port
+/// (ready or not: a terminating endpoint's flows still count); a slot
+/// given back is reused, starting from zero (the sum it had is kept as
+/// its base). Workers count a flow's packets, bytes and its start into
+/// their own [`ServiceCounters`] at the slot the compiled table gave its
+/// backend (new flows) or the conntrack entry carries (established
+/// flows): one slot per packet, as when slots named ports. A port's
+/// totals are summed over its endpoints when read, plus what endpoints
+/// that left it had counted, so they never go back. Packets of a removed
+/// endpoint's flows still tracked after its slot is given back are not
+/// counted for the port, or count for the slot's next owner; conntrack
+/// retires such flows when the table that removed the endpoint is
+/// published.
 #[derive(Debug, Default)]
 pub struct ServiceStats {
     state: Mutex<SlotState>,
 }
 
+/// The counting of one service port.
+#[derive(Debug, Default)]
+struct PortCounting {
+    /// Each endpoint's slot.
+    endpoints: BTreeMap<Backend, u32>,
+    /// What endpoints no longer listed had counted for this port.
+    departed: ServiceTotals,
+}
+
 #[derive(Debug, Default)]
 struct SlotState {
-    slots: HashMap<PortKey, u32>,
-    free: Vec<u32>,
+    ports: HashMap<PortKey, PortCounting>,
+    /// Slots given back, oldest first: reused last, so that late packets
+    /// of a departed endpoint's flows rarely count for a new one.
+    free: VecDeque<u32>,
     /// Slots ever handed out: `0..next`.
     next: u32,
-    /// Per slot: what it had counted when its current port got it.
+    /// Per slot: what it had counted when its current endpoint got it.
     base: Vec<ServiceTotals>,
     workers: Vec<Arc<ServiceCounters>>,
 }
@@ -81,18 +101,32 @@ impl SlotState {
         }
         total
     }
+
+    /// What `slot` counted since its endpoint got it.
+    fn counted(&self, slot: u32) -> ServiceTotals {
+        let base = self.base.get(slot as usize).copied().unwrap_or_default();
+        self.sum(slot).since(base)
+    }
 }
 
-/// The slot of every forwarded port of one table, by position in the
-/// model: `get(service index, port index)`.
+/// One port's endpoints and their slots, sorted by endpoint.
+type EndpointSlots = Box<[(Backend, u32)]>;
+
+/// The slot of every endpoint of every forwarded port of one table, by
+/// position in the model: `get(service index, port index, endpoint)`.
 #[derive(Debug, Clone, Default)]
 pub struct PortSlots {
-    slots: Box<[Box<[Option<u32>]>]>,
+    /// Per Service, per port.
+    slots: Box<[Box<[EndpointSlots]>]>,
 }
 
 impl PortSlots {
-    pub fn get(&self, service: usize, port: usize) -> Option<u32> {
-        *self.slots.get(service)?.get(port)?
+    pub fn get(&self, service: usize, port: usize, endpoint: Backend) -> Option<u32> {
+        let endpoints = self.slots.get(service)?.get(port)?;
+        let at = endpoints
+            .binary_search_by_key(&endpoint, |&(e, _)| e)
+            .ok()?;
+        Some(endpoints[at].1)
     }
 }
 
@@ -114,28 +148,55 @@ impl ServiceStats {
         counters
     }
 
-    /// Gives every forwarded port of `model` a slot (keeping the slots of
-    /// ports that had one), frees the slots of ports that are gone, and
-    /// makes sure every worker has counters for all of them. Call on the
-    /// control thread before publishing the table compiled from `model`.
+    /// Gives every endpoint of every forwarded port of `model` a slot
+    /// (keeping the slots of endpoints that had one), frees the slots of
+    /// endpoints and ports that are gone, and makes sure every worker has
+    /// counters for all of them. Call on the control thread before
+    /// publishing the table compiled from `model`.
     pub fn assign(&self, model: &ServiceTable) -> PortSlots {
         let mut state = self.lock();
-        let wanted: HashSet<PortKey> = model
-            .forwarded()
-            .flat_map(|(s, _)| s.ports.iter().map(|p| (s.name.clone(), p.port, p.protocol)))
-            .collect();
-        // Ports that are gone give their slots back first, so that new
-        // ports reuse them.
-        let gone: Vec<PortKey> = state
-            .slots
-            .keys()
-            .filter(|k| !wanted.contains(*k))
-            .cloned()
-            .collect();
-        for key in gone {
-            if let Some(slot) = state.slots.remove(&key) {
-                state.free.push(slot);
+        let mut wanted: HashMap<PortKey, HashSet<Backend>> = HashMap::new();
+        for (service, _) in model.forwarded() {
+            for port in &service.ports {
+                wanted
+                    .entry((service.name.clone(), port.port, port.protocol))
+                    .or_default()
+                    .extend(port.endpoints.iter().map(|e| Backend {
+                        ip: e.ip,
+                        port: e.port,
+                    }));
             }
+        }
+        // Endpoints and ports that are gone give their slots back first,
+        // so that new ones reuse them; a port that stays keeps what its
+        // departed endpoints counted.
+        let state = &mut *state;
+        let mut gone_ports = Vec::new();
+        let mut gone_endpoints = Vec::new();
+        for (key, counting) in &state.ports {
+            match wanted.get(key) {
+                None => gone_ports.push(key.clone()),
+                Some(endpoints) => gone_endpoints.extend(
+                    counting
+                        .endpoints
+                        .iter()
+                        .filter(|(e, _)| !endpoints.contains(e))
+                        .map(|(e, &slot)| (key.clone(), *e, slot)),
+                ),
+            }
+        }
+        for key in gone_ports {
+            if let Some(counting) = state.ports.remove(&key) {
+                state.free.extend(counting.endpoints.into_values());
+            }
+        }
+        for (key, endpoint, slot) in gone_endpoints {
+            let counted = state.counted(slot);
+            if let Some(counting) = state.ports.get_mut(&key) {
+                counting.endpoints.remove(&endpoint);
+                counting.departed.add(counted);
+            }
+            state.free.push_back(slot);
         }
         let mut slots = Vec::with_capacity(model.services.len());
         for service in &model.services {
@@ -143,18 +204,42 @@ impl ServiceStats {
             let mut ports = Vec::with_capacity(service.ports.len());
             for port in &service.ports {
                 let key = (service.name.clone(), port.port, port.protocol);
-                let slot = match state.slots.get(&key) {
-                    _ if !forwarded => None,
-                    Some(&slot) => Some(slot),
-                    None => {
-                        let slot = take_slot(&mut state);
+                let mut endpoints: Vec<(Backend, u32)> = Vec::new();
+                if forwarded {
+                    for e in &port.endpoints {
+                        let endpoint = Backend {
+                            ip: e.ip,
+                            port: e.port,
+                        };
+                        let known = state
+                            .ports
+                            .get(&key)
+                            .and_then(|c| c.endpoints.get(&endpoint).copied());
+                        let slot = match known {
+                            Some(slot) => Some(slot),
+                            None => {
+                                let slot = take_slot(state);
+                                if let Some(slot) = slot {
+                                    state
+                                        .ports
+                                        .entry(key.clone())
+                                        .or_default()
+                                        .endpoints
+                                        .insert(endpoint, slot);
+                                }
+                                slot
+                            }
+                        };
                         if let Some(slot) = slot {
-                            state.slots.insert(key, slot);
+                            endpoints.push((endpoint, slot));
                         }
-                        slot
                     }
-                };
-                ports.push(slot);
+                    // A port without endpoints is still counted (zero).
+                    state.ports.entry(key).or_default();
+                }
+                endpoints.sort_unstable();
+                endpoints.dedup_by_key(|(e, _)| *e);
+                ports.push(endpoints.into_boxed_slice());
             }
             slots.push(ports.into_boxed_slice());
         }
@@ -167,8 +252,9 @@ impl ServiceStats {
         }
     }
 
-    /// The counters of a service port since it got its slot, summed over
-    /// workers; `None` when the port has no slot.
+    /// The counters of a service port since it appeared, summed over its
+    /// endpoints (those gone included) and workers; `None` when the port
+    /// is not counted.
     pub fn totals(
         &self,
         service: &ServiceName,
@@ -176,16 +262,39 @@ impl ServiceStats {
         protocol: Protocol,
     ) -> Option<ServiceTotals> {
         let state = self.lock();
-        let slot = *state.slots.get(&(service.clone(), port, protocol))?;
-        let base = state.base.get(slot as usize).copied().unwrap_or_default();
-        Some(state.sum(slot).since(base))
+        let counting = state.ports.get(&(service.clone(), port, protocol))?;
+        let mut total = counting.departed;
+        for &slot in counting.endpoints.values() {
+            total.add(state.counted(slot));
+        }
+        Some(total)
+    }
+
+    /// The counters of each endpoint of a service port since it got its
+    /// slot, summed over workers (what `ipvsadm -L --stats` shows per
+    /// real server); empty when the port is not counted.
+    pub fn endpoint_totals(
+        &self,
+        service: &ServiceName,
+        port: u16,
+        protocol: Protocol,
+    ) -> BTreeMap<(Ipv4Addr, u16), ServiceTotals> {
+        let state = self.lock();
+        let Some(counting) = state.ports.get(&(service.clone(), port, protocol)) else {
+            return BTreeMap::new();
+        };
+        counting
+            .endpoints
+            .iter()
+            .map(|(e, &slot)| ((e.ip, e.port), state.counted(slot)))
+            .collect()
     }
 }
 
 /// A free slot (a released one first, with its base reset to what it
 /// has counted so far), or `None` when all are in use.
 fn take_slot(state: &mut SlotState) -> Option<u32> {
-    if let Some(slot) = state.free.pop() {
+    if let Some(slot) = state.free.pop_front() {
         let base = state.sum(slot);
         state.base[slot as usize] = base;
         return Some(slot);
@@ -209,10 +318,12 @@ mod tests {
 
     use super::*;
 
-    fn model(ports: &[(&str, u16)]) -> ServiceTable {
+    /// Services named by `name`, one TCP port each, with endpoints
+    /// 198.18.2.`e`:5678; and a headless Service last.
+    fn model(ports: &[(&str, u16, &[u8])]) -> ServiceTable {
         let mut services: Vec<Service> = ports
             .iter()
-            .map(|(name, port)| Service {
+            .map(|(name, port, endpoints)| Service {
                 name: ServiceName::new("default", *name),
                 kind: ServiceKind::ClusterIp,
                 cluster_ip: ClusterIp::Vip(Ipv4Addr::new(198, 18, 100, *port as u8)),
@@ -225,13 +336,16 @@ mod tests {
                     port: *port,
                     protocol: Protocol::Tcp,
                     target_port: TargetPort::Number(5678),
-                    endpoints: vec![Endpoint {
-                        ip: Ipv4Addr::new(198, 18, 2, 11),
-                        port: 5678,
-                        state: EndpointState::READY,
-                        pod: None,
-                        hostname: None,
-                    }],
+                    endpoints: endpoints
+                        .iter()
+                        .map(|e| Endpoint {
+                            ip: Ipv4Addr::new(198, 18, 2, *e),
+                            port: 5678,
+                            state: EndpointState::READY,
+                            pod: None,
+                            hostname: None,
+                        })
+                        .collect(),
                 }],
             })
             .collect();
@@ -248,60 +362,120 @@ mod tests {
                 port: 80,
                 protocol: Protocol::Tcp,
                 target_port: TargetPort::Number(80),
-                endpoints: vec![],
+                endpoints: vec![Endpoint {
+                    ip: Ipv4Addr::new(198, 18, 2, 99),
+                    port: 80,
+                    state: EndpointState::READY,
+                    pod: None,
+                    hostname: None,
+                }],
             }],
         });
         ServiceTable { services }
     }
 
+    fn pod(e: u8) -> Backend {
+        Backend {
+            ip: Ipv4Addr::new(198, 18, 2, e),
+            port: 5678,
+        }
+    }
+
+    fn count(w: &ServiceCounters, slot: u32, packets: u64) {
+        let c = w.get(slot).expect("counters for the slot");
+        c.packets.add(packets);
+        c.bytes.add(100 * packets);
+        c.flows.inc();
+    }
+
+    fn packets(stats: &ServiceStats, name: &str, port: u16) -> Option<u64> {
+        stats
+            .totals(&ServiceName::new("default", name), port, Protocol::Tcp)
+            .map(|t| t.packets)
+    }
+
     #[test]
-    fn service_slots_are_stable_and_reused_from_zero() {
+    fn endpoint_slots_are_stable_and_reused_from_zero() {
         let stats = ServiceStats::new();
         let w0 = stats.add_worker();
-        let slots = stats.assign(&model(&[("a", 10), ("b", 11)]));
+        let slots = stats.assign(&model(&[("a", 10, &[11]), ("b", 11, &[12])]));
         let (a, b) = (
-            slots.get(0, 0).expect("a has a slot"),
-            slots.get(1, 0).expect("b has a slot"),
+            slots.get(0, 0, pod(11)).expect("a's endpoint has a slot"),
+            slots.get(1, 0, pod(12)).expect("b's endpoint has a slot"),
         );
         assert_ne!(a, b);
-        assert_eq!(slots.get(2, 0), None, "headless ports are not counted");
+        assert_eq!(slots.get(0, 0, pod(12)), None, "not an endpoint of a");
+        assert_eq!(
+            slots.get(2, 0, pod(99)),
+            None,
+            "headless ports are not counted"
+        );
         // A worker added later gets counters for every slot in use.
         let w1 = stats.add_worker();
         for w in [&w0, &w1] {
-            let c = w.get(b).expect("counters for b");
-            c.packets.add(3);
-            c.bytes.add(300);
-            c.flows.inc();
+            count(w, b, 3);
         }
-        let name_b = ServiceName::new("default", "b");
         assert_eq!(
-            stats.totals(&name_b, 11, Protocol::Tcp),
+            stats.totals(&ServiceName::new("default", "b"), 11, Protocol::Tcp),
             Some(ServiceTotals {
                 packets: 6,
                 bytes: 600,
                 flows: 2
             })
         );
-        // b keeps its slot when a is removed and c is added; c gets a's
-        // old slot and starts from zero.
-        w0.get(a).expect("a").packets.add(5);
-        let slots = stats.assign(&model(&[("b", 11), ("c", 12)]));
-        assert_eq!(slots.get(0, 0), Some(b));
-        assert_eq!(slots.get(1, 0), Some(a));
-        let name_c = ServiceName::new("default", "c");
-        assert_eq!(
-            stats.totals(&name_c, 12, Protocol::Tcp),
-            Some(ServiceTotals::default())
-        );
-        w1.get(a).expect("c").packets.add(2);
-        assert_eq!(
-            stats.totals(&name_c, 12, Protocol::Tcp).map(|t| t.packets),
-            Some(2)
-        );
-        assert_eq!(
-            stats.totals(&ServiceName::new("default", "a"), 10, Protocol::Tcp),
-            None
-        );
+        // b keeps its slot when a is removed and c is added; c's endpoint
+        // gets a's old slot and starts from zero.
+        count(&w0, a, 5);
+        let slots = stats.assign(&model(&[("b", 11, &[12]), ("c", 12, &[11])]));
+        assert_eq!(slots.get(0, 0, pod(12)), Some(b));
+        assert_eq!(slots.get(1, 0, pod(11)), Some(a));
+        assert_eq!(packets(&stats, "c", 12), Some(0));
+        count(&w1, a, 2);
+        assert_eq!(packets(&stats, "c", 12), Some(2));
+        assert_eq!(packets(&stats, "a", 10), None);
         assert!(w0.get(u32::MAX).is_none());
+    }
+
+    /// A port's totals are its endpoints' sums, and keep what departed
+    /// endpoints counted: they never go back.
+    #[test]
+    fn port_totals_sum_endpoints_and_keep_departed_ones() {
+        let stats = ServiceStats::new();
+        let w = stats.add_worker();
+        let slots = stats.assign(&model(&[("a", 10, &[11, 12, 13])]));
+        let slot = |e| slots.get(0, 0, pod(e)).expect("slot");
+        count(&w, slot(11), 1);
+        count(&w, slot(12), 10);
+        count(&w, slot(13), 100);
+        let name = ServiceName::new("default", "a");
+        let per_endpoint = |stats: &ServiceStats| -> Vec<(u8, u64)> {
+            stats
+                .endpoint_totals(&name, 10, Protocol::Tcp)
+                .iter()
+                .map(|((ip, _), t)| (ip.octets()[3], t.packets))
+                .collect()
+        };
+        assert_eq!(per_endpoint(&stats), [(11, 1), (12, 10), (13, 100)]);
+        assert_eq!(packets(&stats, "a", 10), Some(111));
+        // 12 leaves and 14 comes: 11 and 13 keep their slots, 14 starts
+        // from zero, and the port keeps what 12 counted.
+        let (kept11, kept13) = (slot(11), slot(13));
+        let slots = stats.assign(&model(&[("a", 10, &[11, 13, 14])]));
+        assert_eq!(slots.get(0, 0, pod(11)), Some(kept11));
+        assert_eq!(slots.get(0, 0, pod(13)), Some(kept13));
+        assert_eq!(per_endpoint(&stats), [(11, 1), (13, 100), (14, 0)]);
+        assert_eq!(packets(&stats, "a", 10), Some(111), "12's packets stay");
+        count(&w, slots.get(0, 0, pod(14)).expect("slot"), 1000);
+        assert_eq!(packets(&stats, "a", 10), Some(1111));
+        assert_eq!(
+            stats
+                .totals(&name, 10, Protocol::Tcp)
+                .map(|t| (t.bytes, t.flows)),
+            Some((111_100, 4))
+        );
+        // Every endpoint gone: the port is still counted, from its past.
+        stats.assign(&model(&[("a", 10, &[])]));
+        assert!(per_endpoint(&stats).is_empty());
+        assert_eq!(packets(&stats, "a", 10), Some(1111));
     }
 }

@@ -204,7 +204,7 @@ impl EvictionClass {
     }
 }
 
-/// A flow whose Service port has no counter slot.
+/// A flow whose (Service port, endpoint) has no counter slot.
 pub const NO_SLOT: u32 = u32::MAX;
 
 /// What a new flow carries besides its addresses.
@@ -212,7 +212,7 @@ pub const NO_SLOT: u32 = u32::MAX;
 pub struct FlowMeta {
     /// The Service has session affinity.
     pub affinity: bool,
-    /// The Service port's counter slot, or [`NO_SLOT`].
+    /// The counter slot of the flow's (Service port, endpoint), or [`NO_SLOT`].
     pub slot: u32,
 }
 
@@ -234,7 +234,7 @@ pub struct FlowHit {
     pub state: FlowState,
     /// The flow's Service has session affinity.
     pub affinity: bool,
-    /// The Service port's counter slot, or [`NO_SLOT`].
+    /// The counter slot of the flow's (Service port, endpoint), or [`NO_SLOT`].
     pub slot: u32,
     /// Source NAT's second rewrite, `None` without: a forward packet's
     /// new source (SNAT address and port), a reply's new destination

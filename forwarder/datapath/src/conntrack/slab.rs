@@ -39,7 +39,7 @@ pub(super) struct FlowData {
     pub backend: Ipv4Addr,
     pub backend_port: u16,
     pub protocol: Protocol,
-    /// The Service port's counter slot; slots from [`MAX_SLOT`] up are
+    /// The (Service port, endpoint)'s counter slot; slots from [`MAX_SLOT`] up are
     /// stored as [`super::NO_SLOT`].
     pub slot: u32,
     /// Source NAT: 0 without, else 1 + the index of the SNAT address in
