@@ -117,8 +117,8 @@ fn table(config: ConntrackConfig) -> Conntrack {
     let dir = std::path::Path::new(&dir).join(format!("bench-{}-{n}", std::process::id()));
     let file = TableFile::open(
         &dir,
-        Conntrack::records_for(&config),
-        Conntrack::RECORD_BYTES,
+        Conntrack::<std::net::Ipv4Addr>::records_for(&config),
+        Conntrack::<std::net::Ipv4Addr>::LAYOUT,
         persist::monotonic_ns(),
     )
     .unwrap_or_else(|e| panic!("table file in {}: {e}", dir.display()));

@@ -21,6 +21,7 @@ pub mod checksum;
 pub mod conntrack;
 pub mod counters;
 pub mod dns;
+pub mod family;
 pub mod fragments;
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;

@@ -198,8 +198,8 @@ fn open_conntrack(
     };
     let file = match TableFile::open(
         dir,
-        Conntrack::records_for(&config),
-        Conntrack::RECORD_BYTES,
+        Conntrack::<std::net::Ipv4Addr>::records_for(&config),
+        Conntrack::<std::net::Ipv4Addr>::LAYOUT,
         persist::monotonic_ns(),
     ) {
         Ok(file) => file,

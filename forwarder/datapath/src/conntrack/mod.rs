@@ -59,9 +59,17 @@
 //! flow per worker.
 //!
 //! Memory per flow, allocated once and touched as flows arrive:
-//! [`ConntrackConfig::BYTES_PER_FLOW`] (a 32-byte record, two index slots
-//! at half load, a 16-byte eviction-queue entry), with or without source
-//! NAT; the `conntrack` criterion bench measures it.
+//! [`ConntrackConfig::BYTES_PER_FLOW`] for IPv4 (a 32-byte record, two
+//! index slots at half load, a 16-byte eviction-queue entry),
+//! [`ConntrackConfig::BYTES_PER_FLOW_V6`] for IPv6 (the same with a
+//! 96-byte record), with or without source NAT; the `conntrack` criterion
+//! bench measures it.
+//!
+//! Families. A table serves one address family ([`crate::family`]):
+//! `Conntrack<Ipv4Addr>` (the default) and `Conntrack<Ipv6Addr>` share all
+//! of this code and differ only in their record layout and table file, so
+//! IPv4 keeps two flows per cache line and a gateway serving both
+//! families runs one table of each.
 
 mod index;
 pub mod persist;
@@ -71,7 +79,7 @@ pub mod snat;
 mod state;
 
 use std::hash::{Hash, Hasher};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -82,27 +90,30 @@ use crossbeam::utils::CachePadded;
 
 use self::index::{FlowIndex, Placed};
 use self::persist::TableFile;
+use self::persist::TableLayout;
 use self::queue::{Closing, EvictionQueue, Queued, QUEUE_BYTES};
+pub(crate) use self::slab::RecordLayout;
 use self::slab::{FlowData, Life, RecordId, Slab};
 use self::snat::{SnatConfig, SnatError, SnatPool};
 use self::state::{next_state, AFFINITY, ASSURED, REPLIED};
 pub use self::state::{FlowState, Timeouts};
+use crate::family::IpFamily;
 use crate::wire::tcp::flags as tcp_flags;
 
-/// A 5-tuple as seen on the wire.
+/// A 5-tuple as seen on the wire, of one address family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FlowKey {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+pub struct FlowKey<A = Ipv4Addr> {
+    pub src: A,
+    pub dst: A,
     pub src_port: u16,
     pub dst_port: u16,
     pub protocol: Protocol,
 }
 
-impl FlowKey {
+impl<A: Copy> FlowKey<A> {
     /// The key of the other direction of the same flow, as seen on the
     /// wire before any rewrite (only meaningful without NAT).
-    pub fn reversed(&self) -> FlowKey {
+    pub fn reversed(&self) -> FlowKey<A> {
         FlowKey {
             src: self.dst,
             dst: self.src,
@@ -113,16 +124,10 @@ impl FlowKey {
     }
 }
 
-impl Hash for FlowKey {
-    // Two word-sized writes instead of five field writes: the hash is on
-    // the per-packet path.
+impl<A: IpFamily> Hash for FlowKey<A> {
+    #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64((u64::from(u32::from(self.src)) << 32) | u64::from(u32::from(self.dst)));
-        state.write_u64(
-            (u64::from(self.src_port) << 24)
-                | (u64::from(self.dst_port) << 8)
-                | u64::from(self.protocol.ip_number()),
-        );
+        A::hash_key(self, state);
     }
 }
 
@@ -146,10 +151,11 @@ pub struct ConntrackConfig {
 }
 
 impl ConntrackConfig {
-    /// Bytes of memory per flow of `max_flows`: record, index slots
+    /// Bytes of memory per IPv4 flow of `max_flows`: record, index slots
     /// and eviction-queue entry.
-    pub const BYTES_PER_FLOW: u64 =
-        (slab::RECORD_BYTES + index::INDEX_BYTES_PER_FLOW + QUEUE_BYTES) as u64;
+    pub const BYTES_PER_FLOW: u64 = Conntrack::<Ipv4Addr>::BYTES_PER_FLOW;
+    /// The same for an IPv6 flow (a 96-byte record instead of 32).
+    pub const BYTES_PER_FLOW_V6: u64 = Conntrack::<Ipv6Addr>::BYTES_PER_FLOW;
 
     /// The largest table: record ids and their direction bit share 32 bits.
     pub const MAX_FLOWS: usize = 1 << 30;
@@ -227,9 +233,9 @@ impl Default for FlowMeta {
 
 /// The rewrite a tracked packet gets, and its flow's state after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FlowHit {
+pub struct FlowHit<A = Ipv4Addr> {
     pub direction: Direction,
-    pub nat_ip: Ipv4Addr,
+    pub nat_ip: A,
     pub nat_port: u16,
     pub state: FlowState,
     /// The flow's Service has session affinity.
@@ -239,7 +245,7 @@ pub struct FlowHit {
     /// Source NAT's second rewrite, `None` without: a forward packet's
     /// new source (SNAT address and port), a reply's new destination
     /// (the client's address and port).
-    pub snat: Option<(Ipv4Addr, u16)>,
+    pub snat: Option<(A, u16)>,
 }
 
 /// Why a new flow could not be tracked.
@@ -298,11 +304,11 @@ const EVICTION_LOOKAHEAD: usize = 8;
 /// Attempts to remove a flow whose life word keeps changing under us.
 const CLAIM_ATTEMPTS: usize = 8;
 
-/// The connection-tracking table.
+/// The connection-tracking table of one address family.
 #[derive(Debug)]
-pub struct Conntrack {
+pub struct Conntrack<A: IpFamily = Ipv4Addr> {
     index: FlowIndex,
-    slab: Slab,
+    slab: Slab<A>,
     hasher: RandomState,
     config: ConntrackConfig,
     /// Unreplied flows the flood guard admits: `unreplied_percent` of
@@ -326,10 +332,10 @@ pub struct Conntrack {
     closing_queue: EvictionQueue<Closing>,
     stats: CachePadded<ConntrackStats>,
     /// Source NAT addresses and ports; off when it has no address.
-    snat: SnatPool,
+    snat: SnatPool<A>,
 }
 
-impl Default for Conntrack {
+impl<A: IpFamily> Default for Conntrack<A> {
     fn default() -> Self {
         Self::new(ConntrackConfig::default())
     }
@@ -342,16 +348,16 @@ const STAT: Ordering = Ordering::Relaxed;
 
 /// A live flow found behind an index slot.
 #[derive(Debug, Clone, Copy)]
-struct Found {
+struct Found<A> {
     id: RecordId,
     direction: Direction,
-    flow: FlowData,
+    flow: FlowData<A>,
     life: Life,
 }
 
-impl FlowData {
+impl<A: IpFamily> FlowData<A> {
     #[inline]
-    fn forward_key(&self) -> FlowKey {
+    fn forward_key(&self) -> FlowKey<A> {
         FlowKey {
             src: self.client,
             dst: self.vip,
@@ -365,7 +371,7 @@ impl FlowData {
     /// the SNAT address and port (`snat` turns the record's index into
     /// the address).
     #[inline]
-    fn reply_key(&self, snat: &SnatPool) -> FlowKey {
+    fn reply_key(&self, snat: &SnatPool<A>) -> FlowKey<A> {
         let (dst, dst_port) = if self.snat_index == 0 {
             (self.client, self.client_port)
         } else {
@@ -381,7 +387,7 @@ impl FlowData {
     }
 
     #[inline]
-    fn key(&self, direction: Direction, snat: &SnatPool) -> FlowKey {
+    fn key(&self, direction: Direction, snat: &SnatPool<A>) -> FlowKey<A> {
         match direction {
             Direction::Forward => self.forward_key(),
             Direction::Reply => self.reply_key(snat),
@@ -389,7 +395,7 @@ impl FlowData {
     }
 
     #[inline]
-    fn hit(&self, direction: Direction, bits: u8, snat: &SnatPool) -> FlowHit {
+    fn hit(&self, direction: Direction, bits: u8, snat: &SnatPool<A>) -> FlowHit<A> {
         let (nat_ip, nat_port) = match direction {
             Direction::Forward => (self.backend, self.backend_port),
             Direction::Reply => (self.vip, self.vip_port),
@@ -568,7 +574,7 @@ pub struct Adoption {
     pub discarded: usize,
 }
 
-impl Conntrack {
+impl<A: IpFamily> Conntrack<A> {
     pub fn new(config: ConntrackConfig) -> Self {
         let records = Self::records_for(&config);
         Self::with_index_for(config, records)
@@ -581,7 +587,24 @@ impl Conntrack {
     }
 
     /// Bytes of one record in a table file.
-    pub const RECORD_BYTES: usize = slab::RECORD_BYTES;
+    pub const RECORD_BYTES: usize = slab::record_bytes::<A>();
+
+    /// Bytes of memory per flow of `max_flows`: record, index slots and
+    /// eviction-queue entry.
+    pub const BYTES_PER_FLOW: u64 =
+        (Self::RECORD_BYTES + index::INDEX_BYTES_PER_FLOW + QUEUE_BYTES) as u64;
+
+    /// This family's table file: its name under the state directory and
+    /// its records ([`persist`]).
+    pub const LAYOUT: TableLayout = TableLayout {
+        file_name: if A::TAG == 6 {
+            "conntrack6.table"
+        } else {
+            "conntrack.table"
+        },
+        family: A::TAG,
+        record_bytes: Self::RECORD_BYTES,
+    };
 
     /// A table whose records live in `file` (opened for
     /// [`Conntrack::records_for`] records); [`Conntrack::adopt`] then
@@ -606,7 +629,7 @@ impl Conntrack {
         table
     }
 
-    fn build(config: ConntrackConfig, index_flows: usize, slab: Slab) -> Self {
+    fn build(config: ConntrackConfig, index_flows: usize, slab: Slab<A>) -> Self {
         let max_flows = config.max_flows.clamp(1, ConntrackConfig::MAX_FLOWS);
         let records = max_flows + RECORD_SLACK;
         Self {
@@ -632,16 +655,17 @@ impl Conntrack {
 
     /// Gives every new flow a source address and port from `config`
     /// (see [`snat`]). Before the table is shared or adopts a file.
-    pub fn with_snat(mut self, config: &SnatConfig) -> Result<Self, SnatError> {
+    pub fn with_snat(mut self, config: &SnatConfig<A>) -> Result<Self, SnatError> {
         self.snat = SnatPool::new(config)?;
         if let Some(file) = self.slab.file() {
-            file.set_snat_addresses(self.snat.addresses());
+            let addresses: Vec<IpAddr> = self.snat.addresses().iter().map(|&a| a.into()).collect();
+            file.set_snat_addresses(&addresses);
         }
         Ok(self)
     }
 
     /// The source NAT addresses, empty when it is off.
-    pub fn snat_addresses(&self) -> &[Ipv4Addr] {
+    pub fn snat_addresses(&self) -> &[A] {
         self.snat.addresses()
     }
 
@@ -651,7 +675,7 @@ impl Conntrack {
     }
 
     /// Ports in use per source NAT address (flows holding one).
-    pub fn snat_ports_in_use(&self) -> Vec<(Ipv4Addr, u64)> {
+    pub fn snat_ports_in_use(&self) -> Vec<(A, u64)> {
         self.snat.in_use()
     }
 
@@ -698,7 +722,11 @@ impl Conntrack {
         // A record's SNAT index means an address of the list its gateway
         // wrote; flows of a list that changed since are not believed.
         let snat_same = self.slab.file().map_or(true, |f| {
-            f.previous_snat_addresses() == self.snat.addresses()
+            f.previous_snat_addresses().iter().copied().eq(self
+                .snat
+                .addresses()
+                .iter()
+                .map(|&a| -> IpAddr { a.into() }))
         });
         for id in 1..=high {
             let Some((flow, life)) = self.slab.read(id) else {
@@ -724,9 +752,9 @@ impl Conntrack {
                     )
                 )
                 && life.seen() <= now.saturating_add(1)
-                && !flow.client.is_unspecified()
-                && !flow.vip.is_unspecified()
-                && !flow.backend.is_unspecified()
+                && !flow.client.is_unspecified_addr()
+                && !flow.vip.is_unspecified_addr()
+                && !flow.backend.is_unspecified_addr()
                 && flow.vip_port != 0
                 && flow.backend_port != 0
                 && (flow.snat_index == 0
@@ -796,7 +824,7 @@ impl Conntrack {
     fn link_adopted(
         &self,
         id: RecordId,
-        flow: &FlowData,
+        flow: &FlowData<A>,
         forward_hash: u64,
         reply_hash: u64,
     ) -> bool {
@@ -834,7 +862,7 @@ impl Conntrack {
     /// The key's hash, for [`Conntrack::prefetch_index`],
     /// [`Conntrack::prefetch_flow`] and [`Conntrack::lookup_hashed`].
     #[inline]
-    pub fn hash(&self, key: &FlowKey) -> u64 {
+    pub fn hash(&self, key: &FlowKey<A>) -> u64 {
         self.hasher.hash_one(key)
     }
 
@@ -857,13 +885,19 @@ impl Conntrack {
     /// Looks a packet's key up, marks the flow as seen at `now` and
     /// advances its state by the packet's TCP flags (0 for UDP).
     #[inline]
-    pub fn lookup(&self, key: &FlowKey, now: u32, flags: u8) -> Option<FlowHit> {
+    pub fn lookup(&self, key: &FlowKey<A>, now: u32, flags: u8) -> Option<FlowHit<A>> {
         self.lookup_hashed(key, self.hash(key), now, flags)
     }
 
     /// [`Conntrack::lookup`] with the key's hash already computed.
     #[inline]
-    pub fn lookup_hashed(&self, key: &FlowKey, hash: u64, now: u32, flags: u8) -> Option<FlowHit> {
+    pub fn lookup_hashed(
+        &self,
+        key: &FlowKey<A>,
+        hash: u64,
+        now: u32,
+        flags: u8,
+    ) -> Option<FlowHit<A>> {
         let found = self.find(key, hash)?;
         self.touch(found, key.protocol, now, flags)
     }
@@ -872,7 +906,7 @@ impl Conntrack {
     /// anything (last seen and state stay as they are): for an ICMP error
     /// about the flow, which says nothing of its liveness (Linux's
     /// conntrack does not refresh a flow for one either).
-    pub fn peek(&self, key: &FlowKey) -> Option<FlowHit> {
+    pub fn peek(&self, key: &FlowKey<A>) -> Option<FlowHit<A>> {
         let found = self.find(key, self.hash(key))?;
         Some(
             found
@@ -883,7 +917,7 @@ impl Conntrack {
 
     /// The live flow holding `key`, if any.
     #[inline]
-    fn find(&self, key: &FlowKey, hash: u64) -> Option<Found> {
+    fn find(&self, key: &FlowKey<A>, hash: u64) -> Option<Found<A>> {
         self.index
             .find(hash, |id, bit| self.live_match(id, direction_of(bit), key))
     }
@@ -891,7 +925,7 @@ impl Conntrack {
     /// The flow in record `id`, if it is live and its `direction` key is
     /// `key`.
     #[inline]
-    fn live_match(&self, id: RecordId, direction: Direction, key: &FlowKey) -> Option<Found> {
+    fn live_match(&self, id: RecordId, direction: Direction, key: &FlowKey<A>) -> Option<Found<A>> {
         let (flow, life) = self.slab.read(id)?;
         (flow.key(direction, &self.snat) == *key).then_some(Found {
             id,
@@ -905,7 +939,13 @@ impl Conntrack {
     /// flow in TIME_WAIT or CLOSE ends it instead (as Linux does): the
     /// lookup misses and the SYN starts a new flow with a fresh backend.
     #[inline]
-    fn touch(&self, found: Found, protocol: Protocol, now: u32, flags: u8) -> Option<FlowHit> {
+    fn touch(
+        &self,
+        found: Found<A>,
+        protocol: Protocol,
+        now: u32,
+        flags: u8,
+    ) -> Option<FlowHit<A>> {
         let mut life = found.life;
         loop {
             let bits = life.bits();
@@ -967,11 +1007,11 @@ impl Conntrack {
     /// first; when none can be, the flow is refused.
     pub fn insert(
         &self,
-        forward: FlowKey,
-        backend: (Ipv4Addr, u16),
+        forward: FlowKey<A>,
+        backend: (A, u16),
         now: u32,
         meta: FlowMeta,
-    ) -> Result<FlowHit, InsertError> {
+    ) -> Result<FlowHit<A>, InsertError> {
         self.insert_hashed(forward, self.hash(&forward), backend, now, meta)
     }
 
@@ -983,12 +1023,12 @@ impl Conntrack {
     /// refused ([`InsertError::SnatExhausted`]).
     pub fn insert_hashed(
         &self,
-        forward: FlowKey,
+        forward: FlowKey<A>,
         forward_hash: u64,
-        backend: (Ipv4Addr, u16),
+        backend: (A, u16),
         now: u32,
         meta: FlowMeta,
-    ) -> Result<FlowHit, InsertError> {
+    ) -> Result<FlowHit<A>, InsertError> {
         let flow = FlowData {
             client: forward.src,
             client_port: forward.src_port,
@@ -1014,12 +1054,12 @@ impl Conntrack {
     /// (the link then reports a clash): the probe is repeated.
     fn insert_snat(
         &self,
-        forward: FlowKey,
+        forward: FlowKey<A>,
         forward_hash: u64,
-        flow: FlowData,
+        flow: FlowData<A>,
         now: u32,
         meta: FlowMeta,
-    ) -> Result<FlowHit, InsertError> {
+    ) -> Result<FlowHit<A>, InsertError> {
         for _ in 0..CLAIM_ATTEMPTS {
             let Some((snat_index, snat_port)) = self.free_snat_port(&flow, forward_hash) else {
                 self.stats.snat_exhausted.fetch_add(1, STAT);
@@ -1040,7 +1080,7 @@ impl Conntrack {
 
     /// A source NAT address (index) and port for `flow` whose reply key
     /// is free, or held by a finished TCP flow when no port is free.
-    fn free_snat_port(&self, flow: &FlowData, forward_hash: u64) -> Option<(u8, u16)> {
+    fn free_snat_port(&self, flow: &FlowData<A>, forward_hash: u64) -> Option<(u8, u16)> {
         for index in self.snat.indexes_in_turn() {
             let mut finished = None;
             for port in self.snat.probes(forward_hash) {
@@ -1073,12 +1113,12 @@ impl Conntrack {
     /// [`Conntrack::insert`]).
     fn insert_flow(
         &self,
-        forward: FlowKey,
+        forward: FlowKey<A>,
         forward_hash: u64,
-        flow: FlowData,
+        flow: FlowData<A>,
         now: u32,
         meta: FlowMeta,
-    ) -> Result<FlowHit, InsertError> {
+    ) -> Result<FlowHit<A>, InsertError> {
         let reply = flow.reply_key(&self.snat);
         let reply_hash = self.hash(&reply);
         // The reply bucket is a miss of its own; let it arrive while the
@@ -1320,7 +1360,7 @@ impl Conntrack {
     fn take_over(
         &self,
         id: RecordId,
-        victim: &FlowData,
+        victim: &FlowData<A>,
         life: Life,
         class: EvictionClass,
     ) -> RecordId {
@@ -1343,8 +1383,8 @@ impl Conntrack {
     fn claim_flow(
         &self,
         id: RecordId,
-        doomed: impl Fn(&FlowData, Life) -> bool,
-    ) -> Option<(FlowData, Life)> {
+        doomed: impl Fn(&FlowData<A>, Life) -> bool,
+    ) -> Option<(FlowData<A>, Life)> {
         for _ in 0..CLAIM_ATTEMPTS {
             let (flow, life) = self.slab.read(id)?;
             if !doomed(&flow, life) {
@@ -1358,7 +1398,7 @@ impl Conntrack {
     }
 
     /// Takes a claimed flow's keys out of the index.
-    fn unlink(&self, id: RecordId, flow: &FlowData) {
+    fn unlink(&self, id: RecordId, flow: &FlowData<A>) {
         self.unlink_keys(
             id,
             self.hash(&flow.forward_key()),
@@ -1382,8 +1422,8 @@ impl Conntrack {
     fn remove_flow(
         &self,
         id: RecordId,
-        doomed: impl Fn(&FlowData, Life) -> bool,
-    ) -> Option<(FlowData, Life)> {
+        doomed: impl Fn(&FlowData<A>, Life) -> bool,
+    ) -> Option<(FlowData<A>, Life)> {
         let (flow, life) = self.claim_flow(id, doomed)?;
         self.unlink(id, &flow);
         self.slab.free(id);
@@ -1402,7 +1442,7 @@ impl Conntrack {
     }
 
     /// Removes a flow by either of its keys. Returns whether it existed.
-    pub fn remove(&self, key: &FlowKey) -> bool {
+    pub fn remove(&self, key: &FlowKey<A>) -> bool {
         let Some(found) = self.find(key, self.hash(key)) else {
             return false;
         };
@@ -1414,7 +1454,7 @@ impl Conntrack {
     /// `backend`: a worker found it headed for an endpoint the current
     /// table no longer has (see [`crate::table::CompiledTable::retires`]).
     /// Counted as retired. Returns whether it was removed.
-    pub fn retire_flow(&self, key: &FlowKey, backend: (Ipv4Addr, u16)) -> bool {
+    pub fn retire_flow(&self, key: &FlowKey<A>, backend: (A, u16)) -> bool {
         let Some(found) = self.find(key, self.hash(key)) else {
             return false;
         };
@@ -1442,7 +1482,7 @@ impl Conntrack {
     }
 
     /// Live flows, by record (a snapshot per record).
-    fn flows(&self) -> impl Iterator<Item = (RecordId, FlowData, Life)> + '_ {
+    fn flows(&self) -> impl Iterator<Item = (RecordId, FlowData<A>, Life)> + '_ {
         (1..self.slab.high_water())
             .filter_map(|id| self.slab.read(id).map(|(flow, life)| (id, flow, life)))
     }
@@ -1475,7 +1515,7 @@ impl Conntrack {
     /// Removes every flow `retire` selects (given the forward key and the
     /// backend), e.g. because its backend or Service port went away.
     /// Returns the number of flows removed.
-    pub fn retire(&self, retire: impl Fn(&FlowKey, (Ipv4Addr, u16)) -> bool) -> usize {
+    pub fn retire(&self, retire: impl Fn(&FlowKey<A>, (A, u16)) -> bool) -> usize {
         let removed = self.remove_selected(retire);
         self.stats.retired.fetch_add(removed as u64, STAT);
         removed
@@ -1489,7 +1529,7 @@ impl Conntrack {
     /// flow's first (a TCP segment other than a SYN is answered with a
     /// RST, unless Maglev picks the flow up again). Counted as deleted.
     /// Returns the number of flows removed.
-    pub fn delete(&self, delete: impl Fn(&FlowKey, (Ipv4Addr, u16)) -> bool) -> usize {
+    pub fn delete(&self, delete: impl Fn(&FlowKey<A>, (A, u16)) -> bool) -> usize {
         let removed = self.remove_selected(delete);
         self.stats.deleted.fetch_add(removed as u64, STAT);
         removed
@@ -1498,8 +1538,8 @@ impl Conntrack {
     /// What [`Conntrack::retire`] and [`Conntrack::delete`] share: a
     /// lock-free walk of the records, each selected flow removed as
     /// eviction removes one. Counts nothing itself.
-    fn remove_selected(&self, select: impl Fn(&FlowKey, (Ipv4Addr, u16)) -> bool) -> usize {
-        let doomed = |f: &FlowData| select(&f.forward_key(), (f.backend, f.backend_port));
+    fn remove_selected(&self, select: impl Fn(&FlowKey<A>, (A, u16)) -> bool) -> usize {
+        let doomed = |f: &FlowData<A>| select(&f.forward_key(), (f.backend, f.backend_port));
         let mut removed = 0;
         for (id, flow, _) in self.flows() {
             if doomed(&flow) && self.remove_flow(id, |f, _| doomed(f)).is_some() {
@@ -1515,14 +1555,14 @@ impl Conntrack {
     /// `lingering`. Returns the number of flows removed.
     pub fn retire_settled(
         &self,
-        retire: impl Fn(&FlowKey, (Ipv4Addr, u16)) -> bool,
-        mut lingering: impl FnMut(&FlowKey, (Ipv4Addr, u16)),
+        retire: impl Fn(&FlowKey<A>, (A, u16)) -> bool,
+        mut lingering: impl FnMut(&FlowKey<A>, (A, u16)),
     ) -> usize {
         let opening = |l: Life| {
             let state = FlowState::from_bits(l.bits());
             state.initial_of_protocol() == FlowState::TcpSynSent && !state.is_finished()
         };
-        let doomed = |f: &FlowData, l: Life| {
+        let doomed = |f: &FlowData<A>, l: Life| {
             !opening(l) && retire(&f.forward_key(), (f.backend, f.backend_port))
         };
         let mut removed = 0;
@@ -1539,7 +1579,7 @@ impl Conntrack {
     }
 
     /// Visits both keys of every flow (for admin views and tests).
-    pub fn for_each(&self, mut visit: impl FnMut(&FlowKey, FlowHit)) {
+    pub fn for_each(&self, mut visit: impl FnMut(&FlowKey<A>, FlowHit<A>)) {
         self.for_each_expiring(0, |key, hit, _| visit(key, hit));
     }
 
@@ -1549,7 +1589,7 @@ impl Conntrack {
     /// has passed. Read from the record as it is: nothing on the packet
     /// path keeps it (`cipgw conntrack`'s expiry, as `conntrack -L` shows
     /// it).
-    pub fn for_each_expiring(&self, now: u32, mut visit: impl FnMut(&FlowKey, FlowHit, u32)) {
+    pub fn for_each_expiring(&self, now: u32, mut visit: impl FnMut(&FlowKey<A>, FlowHit<A>, u32)) {
         let timeouts = &self.config.timeouts;
         for (_, flow, life) in self.flows() {
             let timeout = FlowState::from_bits(life.bits()).timeout(timeouts);

@@ -18,7 +18,12 @@
 //! | 48..52 | [`STATE_IN_USE`] while a gateway runs on it, [`STATE_CLEAN`] after a clean stop |
 //! | 52..56 | records handed out so far, plus one (the slab's bump counter): adoption reads no record past it |
 //! | 56..60 | number of source NAT addresses the records' SNAT indexes refer to (at most 127) |
-//! | 64..572 | those addresses, 4 bytes each in network order |
+//! | 60 | address family of the records: 4 (or 0, written by gateways before IPv6) or 6 |
+//! | 64..2096 | those addresses, 4 (IPv4) or 16 (IPv6) bytes each in network order |
+//!
+//! Each family has a file of its own ([`TableLayout`]): `conntrack.table`
+//! for IPv4 (unchanged since before IPv6, so an upgrade keeps its flows),
+//! `conntrack6.table` for IPv6.
 //!
 //! A file that does not match (another layout, record count or boot, a
 //! short file) is renamed aside with a log line and a fresh one takes its
@@ -40,6 +45,7 @@
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -47,8 +53,15 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// The file's name under the state directory.
-pub const FILE_NAME: &str = "conntrack.table";
+/// What a table file holds: which family's records, of what size, under
+/// which name in the state directory ([`crate::conntrack::Conntrack::LAYOUT`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableLayout {
+    pub file_name: &'static str,
+    /// 4 or 6.
+    pub family: u8,
+    pub record_bytes: usize,
+}
 /// Bump whenever the record layout, the state bits or this header change.
 pub const LAYOUT_VERSION: u32 = 2;
 /// Bytes before the first record (one page).
@@ -64,6 +77,7 @@ const OFF_BOOT_ID: usize = 32;
 const OFF_STATE: usize = 48;
 const OFF_NEVER_USED: usize = 52;
 const OFF_SNAT_COUNT: usize = 56;
+const OFF_FAMILY: usize = 60;
 const OFF_SNAT_ADDRESSES: usize = 64;
 /// SNAT addresses the header has room for (the records' 7-bit index).
 const SNAT_HEADER_MAX: usize = 127;
@@ -108,7 +122,9 @@ pub struct TableFile {
     /// The huge page size backing the table, if it is on hugetlbfs.
     huge_page: Option<usize>,
     /// The source NAT addresses the adopted records refer to.
-    previous_snat: Vec<std::net::Ipv4Addr>,
+    previous_snat: Vec<IpAddr>,
+    /// 4 or 6: the records' (and SNAT addresses') family.
+    family: u8,
 }
 
 // SAFETY: the mapping is plain shared memory owned by this value; every
@@ -119,17 +135,18 @@ unsafe impl Send for TableFile {}
 unsafe impl Sync for TableFile {}
 
 impl TableFile {
-    /// Opens (or creates) `dir/conntrack.table` for `records` records of
-    /// `record_bytes` each, taking it over from a previous gateway when it
+    /// Opens (or creates) `dir/<layout.file_name>` for `records` records of
+    /// `layout.record_bytes` each, taking it over from a previous gateway when it
     /// is compatible. `epoch_ns` is the clock zero a fresh table gets.
     pub fn open(
         dir: &Path,
         records: usize,
-        record_bytes: usize,
+        layout: TableLayout,
         epoch_ns: u64,
     ) -> io::Result<TableFile> {
+        let record_bytes = layout.record_bytes;
         std::fs::create_dir_all(dir)?;
-        let path = dir.join(FILE_NAME);
+        let path = dir.join(layout.file_name);
         let huge_page = huge_page_size(dir)?;
         let len = (HEADER_BYTES + records * record_bytes).next_multiple_of(huge_page.unwrap_or(1));
         let boot_id = boot_id()?;
@@ -137,7 +154,7 @@ impl TableFile {
         let size = file.metadata()?.len();
         let mut previous = Previous::Fresh;
         if size > 0 {
-            match check_header(&file, size, len, records, record_bytes, &boot_id) {
+            match check_header(&file, size, len, records, layout, &boot_id) {
                 Ok(clean) => previous = Previous::Compatible { clean },
                 Err(reason) => {
                     let aside = if huge_page.is_some() {
@@ -196,11 +213,12 @@ impl TableFile {
             previous,
             huge_page,
             previous_snat: Vec::new(),
+            family: layout.family,
         };
         if matches!(table.previous, Previous::Compatible { .. }) {
             table.previous_snat = table.snat_addresses();
         } else {
-            table.write_header(records, record_bytes, epoch_ns, &boot_id);
+            table.write_header(records, layout, epoch_ns, &boot_id);
         }
         table.set_state(STATE_IN_USE);
         Ok(table)
@@ -262,29 +280,65 @@ impl TableFile {
 
     /// The source NAT addresses the records a previous gateway left
     /// refer to (index 1 is the first).
-    pub fn previous_snat_addresses(&self) -> &[std::net::Ipv4Addr] {
+    pub fn previous_snat_addresses(&self) -> &[IpAddr] {
         &self.previous_snat
     }
 
+    /// Bytes of one address of the file's family.
+    fn address_bytes(&self) -> usize {
+        if self.family == 6 {
+            16
+        } else {
+            4
+        }
+    }
+
     /// The source NAT addresses the header holds now.
-    pub fn snat_addresses(&self) -> Vec<std::net::Ipv4Addr> {
+    pub fn snat_addresses(&self) -> Vec<IpAddr> {
         let count = u32::from_le_bytes(self.header_bytes(OFF_SNAT_COUNT)) as usize;
+        let bytes = self.address_bytes();
         (0..count.min(SNAT_HEADER_MAX))
-            .map(|i| std::net::Ipv4Addr::from(self.header_bytes::<4>(OFF_SNAT_ADDRESSES + 4 * i)))
+            .map(|i| {
+                let raw = self.header_bytes::<16>(OFF_SNAT_ADDRESSES + bytes * i);
+                if bytes == 16 {
+                    IpAddr::from(raw)
+                } else {
+                    IpAddr::from([raw[0], raw[1], raw[2], raw[3]])
+                }
+            })
             .collect()
     }
 
     /// Records the source NAT addresses this gateway's records refer to
-    /// (at most 127; more are cut). Only before the table is shared.
-    pub fn set_snat_addresses(&self, addresses: &[std::net::Ipv4Addr]) {
-        let addresses = &addresses[..addresses.len().min(SNAT_HEADER_MAX)];
-        let mut bytes = [0u8; 4 + 4 + 4 * SNAT_HEADER_MAX];
+    /// (at most 127; more are cut; of the file's family, others are
+    /// skipped). Only before the table is shared.
+    pub fn set_snat_addresses(&self, addresses: &[IpAddr]) {
+        let width = self.address_bytes();
+        let addresses: Vec<[u8; 16]> = addresses
+            .iter()
+            .filter_map(|a| match (a, width) {
+                (IpAddr::V4(v4), 4) => {
+                    let mut raw = [0u8; 16];
+                    raw[..4].copy_from_slice(&v4.octets());
+                    Some(raw)
+                }
+                (IpAddr::V6(v6), 16) => Some(v6.octets()),
+                _ => None,
+            })
+            .take(SNAT_HEADER_MAX)
+            .collect();
+        let mut bytes = [0u8; 8 + 16 * SNAT_HEADER_MAX];
         bytes[..4].copy_from_slice(&(addresses.len() as u32).to_le_bytes());
+        bytes[OFF_FAMILY - OFF_SNAT_COUNT] = self.family;
         for (i, a) in addresses.iter().enumerate() {
-            bytes[8 + 4 * i..12 + 4 * i].copy_from_slice(&a.octets());
+            bytes[8 + width * i..8 + width * (i + 1)].copy_from_slice(&a[..width]);
         }
-        // SAFETY: bytes OFF_SNAT_COUNT..OFF_SNAT_COUNT + 516 lie inside the
-        // header, inside the mapping; written before the table is shared.
+        let len = 8 + width * SNAT_HEADER_MAX;
+        let bytes = &bytes[..len];
+        // SAFETY: bytes OFF_SNAT_COUNT..OFF_SNAT_COUNT + len (at most
+        // 56 + 2040) lie inside the 4 KiB header, inside the mapping;
+        // written before the table is shared. The family byte at 60 is
+        // this file's, as written with the header.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 bytes.as_ptr(),
@@ -316,8 +370,9 @@ impl TableFile {
         out
     }
 
-    fn write_header(&self, records: usize, record_bytes: usize, epoch_ns: u64, boot_id: &[u8; 16]) {
-        let mut header = [0u8; 56];
+    fn write_header(&self, records: usize, layout: TableLayout, epoch_ns: u64, boot_id: &[u8; 16]) {
+        let record_bytes = layout.record_bytes;
+        let mut header = [0u8; 61];
         header[OFF_MAGIC..OFF_MAGIC + 8].copy_from_slice(&MAGIC);
         header[OFF_NEVER_USED..OFF_NEVER_USED + 4].copy_from_slice(&1u32.to_le_bytes());
         header[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&LAYOUT_VERSION.to_le_bytes());
@@ -326,7 +381,8 @@ impl TableFile {
         header[OFF_RECORDS..OFF_RECORDS + 8].copy_from_slice(&(records as u64).to_le_bytes());
         header[OFF_EPOCH..OFF_EPOCH + 8].copy_from_slice(&epoch_ns.to_le_bytes());
         header[OFF_BOOT_ID..OFF_BOOT_ID + 16].copy_from_slice(boot_id);
-        // SAFETY: 52 bytes at the start of the mapping, before the table
+        header[OFF_FAMILY] = layout.family;
+        // SAFETY: 61 bytes at the start of the mapping, before the table
         // is shared with any other thread.
         unsafe {
             std::ptr::copy_nonoverlapping(header.as_ptr(), self.map.as_ptr(), header.len());
@@ -417,11 +473,12 @@ fn check_header(
     size: u64,
     len: usize,
     records: usize,
-    record_bytes: usize,
+    layout: TableLayout,
     boot_id: &[u8; 16],
 ) -> Result<bool, String> {
     use std::os::unix::fs::FileExt;
-    let mut header = [0u8; 52];
+    let record_bytes = layout.record_bytes;
+    let mut header = [0u8; 61];
     file.read_exact_at(&mut header, 0)
         .map_err(|e| format!("unreadable header: {e}"))?;
     let u32_at = |o: usize| u32::from_le_bytes(header[o..o + 4].try_into().expect("4 bytes"));
@@ -433,6 +490,16 @@ fn check_header(
     if version != LAYOUT_VERSION {
         return Err(format!(
             "layout version {version}, this gateway reads {LAYOUT_VERSION}"
+        ));
+    }
+    let family = match header[OFF_FAMILY] {
+        0 => 4,
+        other => other,
+    };
+    if family != layout.family {
+        return Err(format!(
+            "holds IPv{family} flows, this file is for IPv{}",
+            layout.family
         ));
     }
     if u32_at(OFF_RECORD_BYTES) as usize != record_bytes {
@@ -490,6 +557,53 @@ fn boot_id() -> io::Result<[u8; 16]> {
 mod tests {
     use super::*;
 
+    const V4: TableLayout = TableLayout {
+        file_name: "conntrack.table",
+        family: 4,
+        record_bytes: 32,
+    };
+    const V6: TableLayout = TableLayout {
+        file_name: "conntrack6.table",
+        family: 6,
+        record_bytes: 96,
+    };
+
+    #[test]
+    fn each_family_has_its_file_and_its_snat_addresses() {
+        let dir = dir("families");
+        let v4 = TableFile::open(&dir, 16, V4, monotonic_ns()).expect("v4");
+        let v6 = TableFile::open(&dir, 16, V6, monotonic_ns()).expect("v6 beside it");
+        let a4: IpAddr = "198.18.0.1".parse().expect("literal");
+        let a6: IpAddr = "2001:2::1".parse().expect("literal");
+        v4.set_snat_addresses(&[a4, a6]);
+        v6.set_snat_addresses(&[a4, a6]);
+        assert_eq!(v4.snat_addresses(), vec![a4], "only the file's family");
+        assert_eq!(v6.snat_addresses(), vec![a6]);
+        drop((v4, v6));
+        let v6 = TableFile::open(&dir, 16, V6, monotonic_ns()).expect("v6 again");
+        assert_eq!(v6.previous(), &Previous::Compatible { clean: false });
+        assert_eq!(v6.previous_snat_addresses(), &[a6]);
+        drop(v6);
+        // An IPv6 table where IPv4 is expected: set aside, not adopted.
+        std::fs::rename(dir.join(V6.file_name), dir.join(V4.file_name)).expect("rename");
+        let v4 = TableFile::open(
+            &dir,
+            16,
+            TableLayout {
+                record_bytes: 96,
+                ..V4
+            },
+            monotonic_ns(),
+        )
+        .expect("fresh v4");
+        match v4.previous() {
+            Previous::SetAside { reason, .. } => assert!(reason.contains("IPv6"), "{reason}"),
+            other => panic!("an IPv6 table must not be adopted as IPv4: {other:?}"),
+        }
+        drop(v4);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     fn dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("cipgw-persist-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -500,16 +614,16 @@ mod tests {
     fn a_fresh_table_is_adopted_by_the_next_opener_with_its_clock() {
         let dir = dir("adopt");
         let epoch = monotonic_ns() - 5_000_000_000;
-        let first = TableFile::open(&dir, 16, 32, epoch).expect("fresh");
+        let first = TableFile::open(&dir, 16, V4, epoch).expect("fresh");
         assert_eq!(first.previous(), &Previous::Fresh);
         assert_eq!(first.epoch_ns(), epoch);
         drop(first);
-        let second = TableFile::open(&dir, 16, 32, monotonic_ns()).expect("adopt");
+        let second = TableFile::open(&dir, 16, V4, monotonic_ns()).expect("adopt");
         assert_eq!(second.previous(), &Previous::Compatible { clean: false });
         assert_eq!(second.epoch_ns(), epoch, "the adopted clock");
         second.mark_clean();
         drop(second);
-        let third = TableFile::open(&dir, 16, 32, monotonic_ns()).expect("adopt");
+        let third = TableFile::open(&dir, 16, V4, monotonic_ns()).expect("adopt");
         assert_eq!(third.previous(), &Previous::Compatible { clean: true });
         drop(third);
         let _ = std::fs::remove_dir_all(&dir);
@@ -518,13 +632,13 @@ mod tests {
     #[test]
     fn an_incompatible_table_is_set_aside() {
         let dir = dir("aside");
-        drop(TableFile::open(&dir, 16, 32, monotonic_ns()).expect("fresh"));
+        drop(TableFile::open(&dir, 16, V4, monotonic_ns()).expect("fresh"));
         // Another layout version.
-        let path = dir.join(FILE_NAME);
+        let path = dir.join(V4.file_name);
         let mut bytes = std::fs::read(&path).expect("read");
         bytes[OFF_VERSION] = 99;
         std::fs::write(&path, &bytes).expect("write");
-        let table = TableFile::open(&dir, 16, 32, monotonic_ns()).expect("fresh again");
+        let table = TableFile::open(&dir, 16, V4, monotonic_ns()).expect("fresh again");
         match table.previous() {
             Previous::SetAside { aside, reason } => {
                 assert!(reason.contains("layout version 99"), "{reason}");
@@ -534,7 +648,7 @@ mod tests {
         }
         drop(table);
         // Another size.
-        let table = TableFile::open(&dir, 32, 32, monotonic_ns()).expect("resized");
+        let table = TableFile::open(&dir, 32, V4, monotonic_ns()).expect("resized");
         assert!(
             matches!(table.previous(), Previous::SetAside { reason, .. } if reason.contains("--conntrack-max")),
             "{:?}",
@@ -542,8 +656,8 @@ mod tests {
         );
         drop(table);
         // Garbage.
-        std::fs::write(dir.join(FILE_NAME), b"not a table").expect("write");
-        let table = TableFile::open(&dir, 32, 32, monotonic_ns()).expect("fresh");
+        std::fs::write(dir.join(V4.file_name), b"not a table").expect("write");
+        let table = TableFile::open(&dir, 32, V4, monotonic_ns()).expect("fresh");
         assert!(matches!(table.previous(), Previous::SetAside { .. }));
         drop(table);
         let _ = std::fs::remove_dir_all(&dir);
@@ -552,10 +666,10 @@ mod tests {
     #[test]
     fn one_gateway_at_a_time() {
         let dir = dir("lock");
-        let first = TableFile::open(&dir, 16, 32, monotonic_ns()).expect("fresh");
+        let first = TableFile::open(&dir, 16, V4, monotonic_ns()).expect("fresh");
         let waiter = std::thread::spawn({
             let dir = dir.clone();
-            move || TableFile::open(&dir, 16, 32, monotonic_ns()).map(|t| t.previous().clone())
+            move || TableFile::open(&dir, 16, V4, monotonic_ns()).map(|t| t.previous().clone())
         });
         std::thread::sleep(Duration::from_millis(50));
         assert!(
@@ -574,10 +688,10 @@ mod tests {
     #[test]
     fn a_table_handed_over_opens_clean_while_its_first_holder_lives() {
         let dir = dir("handover");
-        let first = TableFile::open(&dir, 16, 32, monotonic_ns()).expect("fresh");
+        let first = TableFile::open(&dir, 16, V4, monotonic_ns()).expect("fresh");
         let epoch = first.epoch_ns();
         first.hand_over().expect("unlock");
-        let second = TableFile::open(&dir, 16, 32, monotonic_ns()).expect("opens at once");
+        let second = TableFile::open(&dir, 16, V4, monotonic_ns()).expect("opens at once");
         assert_eq!(second.previous(), &Previous::Compatible { clean: true });
         assert_eq!(second.epoch_ns(), epoch, "the clock goes on");
         drop(first);

@@ -1,12 +1,16 @@
-//! The flow records: one 32-byte record per flow, holding both directions
+//! The flow records: one record per flow, holding both directions
 //! (client, VIP, backend, ports, protocol, counter slot, source NAT
-//! address and port, state, last seen),
-//! in a slab allocated once at start and addressed by a `u32` index.
+//! address and port, state, last seen), in a slab allocated once at start
+//! and addressed by a `u32` index. Each address family has its own layout
+//! ([`RecordLayout`]): an IPv4 record is 32 bytes (two per cache line, a
+//! lookup touches one), an IPv6 record 96 bytes (three 128-bit addresses
+//! and the same ports, target and life words; a lookup touches two
+//! lines).
 //!
 //! Readers never lock. A record is a sequence lock in the style of the
 //! kernel's seqcount: its `life` word carries a sequence number that is
 //! even while the record holds a live flow and odd while it is free or
-//! being written. A reader loads `life`, the three data words, and `life`
+//! being written. A reader loads `life`, the data words, and `life`
 //! again; it believes the data only if the sequence did not change. The
 //! flow's state and last-seen time live in the same word as the sequence,
 //! so a state change is one compare-and-swap that fails when the flow was
@@ -17,7 +21,8 @@
 //! out by a bump counter, so the slab's pages are only touched as flows
 //! arrive.
 
-use std::net::Ipv4Addr;
+use std::fmt::Debug;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::Deref;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,12 +36,12 @@ pub(super) type RecordId = u32;
 
 /// The flow a record holds, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct FlowData {
-    pub client: Ipv4Addr,
+pub struct FlowData<A> {
+    pub client: A,
     pub client_port: u16,
-    pub vip: Ipv4Addr,
+    pub vip: A,
     pub vip_port: u16,
-    pub backend: Ipv4Addr,
+    pub backend: A,
     pub backend_port: u16,
     pub protocol: Protocol,
     /// The (Service port, endpoint)'s counter slot; slots from [`MAX_SLOT`] up are
@@ -54,6 +59,142 @@ pub(crate) const SNAT_ADDRESSES_MAX: usize = 127;
 /// Counter slots a record can hold (24 bits; the all-ones value is
 /// [`super::NO_SLOT`]).
 pub(crate) const MAX_SLOT: u32 = 0xff_ffff;
+
+/// How a family's flows are laid out in a record's data words. Sealed
+/// (see [`crate::family`]): implemented for [`Ipv4Addr`] and
+/// [`Ipv6Addr`] only.
+///
+/// Both layouts end with the same `target` word: backend port (bits
+/// 48..64), SNAT port (32..48, 0 without), protocol (bit 31: 0 TCP, 1
+/// UDP), SNAT address index (24..31, 0 without), counter slot (0..24, all
+/// ones for none). The first word doubles as the free list's link while
+/// the record is free.
+pub trait RecordLayout: Copy + Eq + Debug + Sized + 'static {
+    /// The data words, as loaded.
+    type Words: Copy + Eq + Debug + Default + AsRef<[u64]> + AsMut<[u64]>;
+    /// The data words in the record.
+    type AtomicWords: Default + Debug + Send + Sync + AsRef<[AtomicU64]>;
+
+    fn encode(flow: &FlowData<Self>) -> Self::Words;
+    fn decode(words: &Self::Words) -> FlowData<Self>;
+}
+
+#[inline]
+fn encode_target<A>(d: &FlowData<A>) -> u64 {
+    let proto = match d.protocol {
+        Protocol::Tcp => 0u64,
+        Protocol::Udp => 1,
+    };
+    (u64::from(d.backend_port) << 48)
+        | (u64::from(d.snat_port) << 32)
+        | (proto << 31)
+        | (u64::from(d.snat_index & 0x7f) << 24)
+        | u64::from(d.slot.min(MAX_SLOT))
+}
+
+/// The target word's fields: backend port, protocol, slot, SNAT index,
+/// SNAT port.
+#[inline]
+fn decode_target(target: u64) -> (u16, Protocol, u32, u8, u16) {
+    (
+        (target >> 48) as u16,
+        if (target >> 31) & 1 == 0 {
+            Protocol::Tcp
+        } else {
+            Protocol::Udp
+        },
+        match target as u32 & MAX_SLOT {
+            MAX_SLOT => super::NO_SLOT,
+            slot => slot,
+        },
+        ((target >> 24) & 0x7f) as u8,
+        (target >> 32) as u16,
+    )
+}
+
+/// IPv4: client address (bits 32..64 of word 0), client port (16..32),
+/// VIP port (0..16); VIP (32..64 of word 1), backend address (0..32);
+/// the target word. 32 bytes with the life word.
+impl RecordLayout for Ipv4Addr {
+    type Words = [u64; 3];
+    type AtomicWords = [AtomicU64; 3];
+
+    #[inline]
+    fn encode(d: &FlowData<Self>) -> [u64; 3] {
+        [
+            (u64::from(u32::from(d.client)) << 32)
+                | (u64::from(d.client_port) << 16)
+                | u64::from(d.vip_port),
+            (u64::from(u32::from(d.vip)) << 32) | u64::from(u32::from(d.backend)),
+            encode_target(d),
+        ]
+    }
+
+    #[inline]
+    fn decode(&[client, addrs, target]: &[u64; 3]) -> FlowData<Self> {
+        let (backend_port, protocol, slot, snat_index, snat_port) = decode_target(target);
+        FlowData {
+            client: Ipv4Addr::from((client >> 32) as u32),
+            client_port: (client >> 16) as u16,
+            vip_port: client as u16,
+            vip: Ipv4Addr::from((addrs >> 32) as u32),
+            backend: Ipv4Addr::from(addrs as u32),
+            backend_port,
+            protocol,
+            slot,
+            snat_index,
+            snat_port,
+        }
+    }
+}
+
+/// IPv6: client, VIP and backend addresses, two words each (high half
+/// first); client port (16..32 of word 6) and VIP port (0..16); the
+/// target word. 72 bytes with the life word, 96 in the slab (a multiple
+/// of the 32-byte alignment).
+impl RecordLayout for Ipv6Addr {
+    type Words = [u64; 8];
+    type AtomicWords = [AtomicU64; 8];
+
+    #[inline]
+    fn encode(d: &FlowData<Self>) -> [u64; 8] {
+        let halves = |a: Ipv6Addr| {
+            let bits = u128::from(a);
+            [(bits >> 64) as u64, bits as u64]
+        };
+        let [c0, c1] = halves(d.client);
+        let [v0, v1] = halves(d.vip);
+        let [b0, b1] = halves(d.backend);
+        [
+            c0,
+            c1,
+            v0,
+            v1,
+            b0,
+            b1,
+            (u64::from(d.client_port) << 16) | u64::from(d.vip_port),
+            encode_target(d),
+        ]
+    }
+
+    #[inline]
+    fn decode(w: &[u64; 8]) -> FlowData<Self> {
+        let addr = |hi: u64, lo: u64| Ipv6Addr::from((u128::from(hi) << 64) | u128::from(lo));
+        let (backend_port, protocol, slot, snat_index, snat_port) = decode_target(w[7]);
+        FlowData {
+            client: addr(w[0], w[1]),
+            client_port: (w[6] >> 16) as u16,
+            vip: addr(w[2], w[3]),
+            vip_port: w[6] as u16,
+            backend: addr(w[4], w[5]),
+            backend_port,
+            protocol,
+            slot,
+            snat_index,
+            snat_port,
+        }
+    }
+}
 
 /// The `life` word: sequence (bits 40..64), state bits (32..40), last
 /// seen (0..32, the caller's coarse seconds).
@@ -102,76 +243,73 @@ impl Life {
     }
 }
 
-/// One flow. 32 bytes, so two share a cache line and a lookup touches one.
-#[derive(Debug, Default)]
+/// One flow: its family's data words, then the life word. Aligned to 32
+/// bytes, so an IPv4 record (32 bytes) never straddles a cache line.
 #[repr(C, align(32))]
-struct Record {
-    /// Client address (bits 32..64), client port (16..32), VIP port (0..16).
-    /// While the record is free: the next free record's index.
-    client: AtomicU64,
-    /// VIP (bits 32..64), backend address (0..32).
-    addrs: AtomicU64,
-    /// Backend port (bits 48..64), SNAT port (32..48, 0 without), protocol
-    /// (bit 31: 0 TCP, 1 UDP), SNAT address index (24..31, 0 without),
-    /// counter slot (0..24, all ones for none).
-    target: AtomicU64,
+pub struct Record<A: RecordLayout> {
+    /// See [`RecordLayout`]. While the record is free, word 0 is the next
+    /// free record's index.
+    data: A::AtomicWords,
     /// See [`Life`].
     life: AtomicU64,
 }
 
-/// Bytes of slab per flow.
-pub(super) const RECORD_BYTES: usize = std::mem::size_of::<Record>();
-
-#[inline]
-fn encode(d: &FlowData) -> [u64; 3] {
-    let proto = match d.protocol {
-        Protocol::Tcp => 0u64,
-        Protocol::Udp => 1,
-    };
-    let slot = d.slot.min(MAX_SLOT);
-    [
-        (u64::from(u32::from(d.client)) << 32)
-            | (u64::from(d.client_port) << 16)
-            | u64::from(d.vip_port),
-        (u64::from(u32::from(d.vip)) << 32) | u64::from(u32::from(d.backend)),
-        (u64::from(d.backend_port) << 48)
-            | (u64::from(d.snat_port) << 32)
-            | (proto << 31)
-            | (u64::from(d.snat_index & 0x7f) << 24)
-            | u64::from(slot),
-    ]
+impl<A: RecordLayout> Default for Record<A> {
+    fn default() -> Self {
+        Self {
+            data: A::AtomicWords::default(),
+            life: AtomicU64::new(0),
+        }
+    }
 }
 
-#[inline]
-fn decode(client: u64, addrs: u64, target: u64) -> FlowData {
-    FlowData {
-        client: Ipv4Addr::from((client >> 32) as u32),
-        client_port: (client >> 16) as u16,
-        vip_port: client as u16,
-        vip: Ipv4Addr::from((addrs >> 32) as u32),
-        backend: Ipv4Addr::from(addrs as u32),
-        backend_port: (target >> 48) as u16,
-        protocol: if (target >> 31) & 1 == 0 {
-            Protocol::Tcp
-        } else {
-            Protocol::Udp
-        },
-        slot: match target as u32 & MAX_SLOT {
-            MAX_SLOT => super::NO_SLOT,
-            slot => slot,
-        },
-        snat_index: ((target >> 24) & 0x7f) as u8,
-        snat_port: (target >> 32) as u16,
+impl<A: RecordLayout> Debug for Record<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record")
+            .field("data", &self.data)
+            .field("life", &self.life)
+            .finish()
     }
+}
+
+impl<A: RecordLayout> Record<A> {
+    /// The first data word: the free list's link while free.
+    #[inline]
+    fn link(&self) -> &AtomicU64 {
+        &self.data.as_ref()[0]
+    }
+
+    /// The target word (the last data word, in both layouts).
+    #[inline]
+    fn target(&self) -> &AtomicU64 {
+        let words = self.data.as_ref();
+        &words[words.len() - 1]
+    }
+
+    /// Loads the data words (Relaxed: callers validate them, by the
+    /// sequence or by running before the table is shared).
+    #[inline]
+    fn load_words(&self) -> A::Words {
+        let mut words = A::Words::default();
+        for (out, word) in words.as_mut().iter_mut().zip(self.data.as_ref()) {
+            *out = word.load(Ordering::Relaxed);
+        }
+        words
+    }
+}
+
+/// Bytes of slab per flow of family `A`.
+pub(super) const fn record_bytes<A: RecordLayout>() -> usize {
+    std::mem::size_of::<Record<A>>()
 }
 
 /// Where the records live: process memory, or a table file's mapping
 /// that outlives the process ([`super::persist`]).
 #[derive(Debug)]
-enum Records {
-    Owned(super::ZeroedSlice<Record>),
+enum Records<A: RecordLayout> {
+    Owned(super::ZeroedSlice<Record<A>>),
     Mapped {
-        ptr: std::ptr::NonNull<Record>,
+        ptr: std::ptr::NonNull<Record<A>>,
         len: usize,
         /// Keeps the mapping alive as long as the records are used.
         file: Arc<TableFile>,
@@ -181,19 +319,19 @@ enum Records {
 // SAFETY: the mapped records are atomics in a mapping that `_file` keeps
 // alive; sharing or sending references to them is as safe as for the
 // owned slice.
-unsafe impl Send for Records {}
+unsafe impl<A: RecordLayout> Send for Records<A> {}
 // SAFETY: as above.
-unsafe impl Sync for Records {}
+unsafe impl<A: RecordLayout> Sync for Records<A> {}
 
-impl Deref for Records {
-    type Target = [Record];
+impl<A: RecordLayout> Deref for Records<A> {
+    type Target = [Record<A>];
 
-    fn deref(&self) -> &[Record] {
+    fn deref(&self) -> &[Record<A>] {
         match self {
             Records::Owned(records) => records,
             // SAFETY: `ptr` is the start of `len` records inside the live,
             // page-aligned mapping (so 32-byte aligned); all bytes are a
-            // valid Record (four AtomicU64s).
+            // valid Record (AtomicU64s only).
             Records::Mapped { ptr, len, .. } => unsafe {
                 std::slice::from_raw_parts(ptr.as_ptr(), *len)
             },
@@ -203,8 +341,8 @@ impl Deref for Records {
 
 /// The slab of records and its free list.
 #[derive(Debug)]
-pub(super) struct Slab {
-    records: Records,
+pub(super) struct Slab<A: RecordLayout> {
+    records: Records<A>,
     /// Top of the free stack: tag (bits 32..64) | record id (0..32, 0 =
     /// empty).
     free_head: AtomicU64,
@@ -214,13 +352,13 @@ pub(super) struct Slab {
     never_used: AtomicU32,
 }
 
-impl Slab {
+impl<A: RecordLayout> Slab<A> {
     /// A slab for `capacity` records, zeroed lazily by the kernel.
-    pub fn new(capacity: u32) -> Slab {
+    pub fn new(capacity: u32) -> Slab<A> {
         let len = capacity as usize + 1;
-        // SAFETY: a Record is four AtomicU64s, for which all-zero bytes
+        // SAFETY: a Record is AtomicU64s only, for which all-zero bytes
         // are a valid value (a record never used).
-        let records = unsafe { super::zeroed_slice::<Record>(len) };
+        let records = unsafe { super::zeroed_slice::<Record<A>>(len) };
         super::advise_huge_pages(&records);
         Slab {
             records: Records::Owned(records),
@@ -231,11 +369,11 @@ impl Slab {
 
     /// A slab over a table file's records (`capacity` + 1 of them). Its
     /// free list starts empty: [`Slab::adopt_record`] rebuilds it.
-    pub fn in_file(file: Arc<TableFile>) -> Slab {
+    pub fn in_file(file: Arc<TableFile>) -> Slab<A> {
         let (ptr, len) = file.records_ptr();
         Slab {
             records: Records::Mapped {
-                ptr: ptr.cast::<Record>(),
+                ptr: ptr.cast::<Record<A>>(),
                 len,
                 file,
             },
@@ -270,12 +408,8 @@ impl Slab {
     pub fn is_canonical(&self, id: RecordId) -> bool {
         self.record(id).is_some_and(|r| {
             // Relaxed: adoption runs before the table is shared.
-            let words = [
-                r.client.load(Ordering::Relaxed),
-                r.addrs.load(Ordering::Relaxed),
-                r.target.load(Ordering::Relaxed),
-            ];
-            encode(&decode(words[0], words[1], words[2])) == words
+            let words = r.load_words();
+            A::encode(&A::decode(&words)) == words
         })
     }
 
@@ -301,8 +435,8 @@ impl Slab {
     pub fn set_slot(&self, id: RecordId, slot: u32) {
         if let Some(r) = self.record(id) {
             // Relaxed: adoption runs before the table is shared.
-            let target = r.target.load(Ordering::Relaxed);
-            r.target.store(
+            let target = r.target().load(Ordering::Relaxed);
+            r.target().store(
                 (target & !u64::from(MAX_SLOT)) | u64::from(slot.min(MAX_SLOT)),
                 Ordering::Relaxed,
             );
@@ -331,7 +465,7 @@ impl Slab {
     }
 
     #[inline]
-    fn record(&self, id: RecordId) -> Option<&Record> {
+    fn record(&self, id: RecordId) -> Option<&Record<A>> {
         self.records.get(id as usize).filter(|_| id != 0)
     }
 
@@ -346,7 +480,7 @@ impl Slab {
     /// Reads a live record: its flow and current life, or `None` when the
     /// record is free, being written, or changed while being read.
     #[inline]
-    pub fn read(&self, id: RecordId) -> Option<(FlowData, Life)> {
+    pub fn read(&self, id: RecordId) -> Option<(FlowData<A>, Life)> {
         let r = self.record(id)?;
         // Acquire: pairs with the Release in `publish`, so the data words
         // written before the sequence became even are seen.
@@ -355,9 +489,7 @@ impl Slab {
             return None;
         }
         // Relaxed: validated by the sequence check below.
-        let client = r.client.load(Ordering::Relaxed);
-        let addrs = r.addrs.load(Ordering::Relaxed);
-        let target = r.target.load(Ordering::Relaxed);
+        let words = r.load_words();
         // Acquire fence: the data loads above happen before the second
         // load of `life`; if any of them saw a newer writer's store, that
         // writer's Release fence (see `publish`) makes its odd sequence
@@ -367,7 +499,7 @@ impl Slab {
         if second.seq() != first.seq() {
             return None;
         }
-        Some((decode(client, addrs, target), second))
+        Some((A::decode(&words), second))
     }
 
     /// Replaces a live record's life word (state, last seen) if it is
@@ -396,8 +528,8 @@ impl Slab {
                 return self.bump();
             };
             // Relaxed: if another thread popped this record meanwhile and
-            // rewrote `client`, the tag makes the swap below fail.
-            let next = r.client.load(Ordering::Relaxed) as u32;
+            // rewrote its link, the tag makes the swap below fail.
+            let next = r.link().load(Ordering::Relaxed) as u32;
             let tag = (head >> 32).wrapping_add(1);
             match self.free_head.compare_exchange_weak(
                 head,
@@ -446,7 +578,7 @@ impl Slab {
 
     /// Writes a flow into a record taken with [`Slab::alloc`] and makes it
     /// live (even sequence). Returns its life.
-    pub fn publish(&self, id: RecordId, flow: &FlowData, bits: u8, seen: u32) -> Life {
+    pub fn publish(&self, id: RecordId, flow: &FlowData<A>, bits: u8, seen: u32) -> Life {
         let Some(r) = self.record(id) else {
             return Life(1 << Life::SEQ_SHIFT);
         };
@@ -462,11 +594,11 @@ impl Slab {
         // Release fence: a reader whose data loads see any store below
         // also sees, after its Acquire fence, the odd sequence.
         fence(Ordering::Release);
-        let [client, addrs, target] = encode(flow);
-        // Relaxed: published by the Release store of `life`.
-        r.client.store(client, Ordering::Relaxed);
-        r.addrs.store(addrs, Ordering::Relaxed);
-        r.target.store(target, Ordering::Relaxed);
+        let words = A::encode(flow);
+        for (word, value) in r.data.as_ref().iter().zip(words.as_ref()) {
+            // Relaxed: published by the Release store of `life`.
+            word.store(*value, Ordering::Relaxed);
+        }
         let life = Life::new(live, bits, seen);
         // Release: the data words above are visible to whoever sees the
         // even sequence.
@@ -503,7 +635,7 @@ impl Slab {
         // Relaxed: ordered by the Release swap of the head below.
         let mut head = self.free_head.load(Ordering::Relaxed);
         loop {
-            r.client.store(head & 0xffff_ffff, Ordering::Relaxed);
+            r.link().store(head & 0xffff_ffff, Ordering::Relaxed);
             let tag = (head >> 32).wrapping_add(1);
             match self.free_head.compare_exchange_weak(
                 head,
@@ -524,7 +656,7 @@ impl Slab {
 mod tests {
     use super::*;
 
-    fn flow(n: u8) -> FlowData {
+    fn flow(n: u8) -> FlowData<Ipv4Addr> {
         FlowData {
             client: Ipv4Addr::new(198, 18, 0, n),
             client_port: 40000 + u16::from(n),
@@ -550,20 +682,77 @@ mod tests {
             f.snat_index = index;
             f.snat_port = port;
             f.slot = slot;
-            let [a, b, c] = encode(&f);
-            assert_eq!(decode(a, b, c), f, "index {index} port {port} slot {slot}");
+            let words = Ipv4Addr::encode(&f);
+            assert_eq!(
+                Ipv4Addr::decode(&words),
+                f,
+                "index {index} port {port} slot {slot}"
+            );
         }
         f.slot = super::super::NO_SLOT;
-        let [a, b, c] = encode(&f);
-        assert_eq!(decode(a, b, c).slot, super::super::NO_SLOT);
+        let words = Ipv4Addr::encode(&f);
+        assert_eq!(Ipv4Addr::decode(&words).slot, super::super::NO_SLOT);
         f.protocol = Protocol::Udp;
-        let [a, b, c] = encode(&f);
-        assert_eq!(decode(a, b, c), f);
+        let words = Ipv4Addr::encode(&f);
+        assert_eq!(Ipv4Addr::decode(&words), f);
+    }
+
+    fn flow6(n: u8) -> FlowData<Ipv6Addr> {
+        let v4 = flow(n);
+        let addr = |last: u16| Ipv6Addr::new(0x2001, 2, 0, 0xffff, 0xfedc, 0xba98, 0x7654, last);
+        FlowData {
+            client: addr(u16::from(n)),
+            vip: addr(0xffff),
+            backend: addr(0x8000 | u16::from(n)),
+            client_port: v4.client_port,
+            vip_port: v4.vip_port,
+            backend_port: v4.backend_port,
+            protocol: v4.protocol,
+            slot: v4.slot,
+            snat_index: v4.snat_index,
+            snat_port: v4.snat_port,
+        }
+    }
+
+    #[test]
+    fn ipv6_flows_round_trip_through_the_words() {
+        for n in 0..6 {
+            let mut f = flow6(n);
+            assert_eq!(Ipv6Addr::decode(&Ipv6Addr::encode(&f)), f, "flow {n}");
+            f.client = Ipv6Addr::from(u128::MAX);
+            f.slot = MAX_SLOT - 1;
+            f.snat_index = 127;
+            assert_eq!(
+                Ipv6Addr::decode(&Ipv6Addr::encode(&f)),
+                f,
+                "flow {n}, all ones"
+            );
+        }
+    }
+
+    #[test]
+    fn records_are_32_bytes_for_ipv4_and_96_for_ipv6() {
+        assert_eq!(record_bytes::<Ipv4Addr>(), 32);
+        assert_eq!(record_bytes::<Ipv6Addr>(), 96);
+    }
+
+    #[test]
+    fn ipv6_records_round_trip_and_are_reused_after_free() {
+        let slab = Slab::<Ipv6Addr>::new(1);
+        let a = slab.alloc().expect("a record");
+        let life = slab.publish(a, &flow6(4), 0x42, 7);
+        assert_eq!(slab.read(a), Some((flow6(4), life)));
+        assert!(slab.is_canonical(a));
+        assert!(slab.claim(a, life));
+        slab.free(a);
+        assert_eq!(slab.alloc(), Some(a), "freed records come back");
+        slab.publish(a, &flow6(5), 0, 9);
+        assert_eq!(slab.read(a).map(|(d, _)| d), Some(flow6(5)));
     }
 
     #[test]
     fn records_round_trip_and_are_reused_after_free() {
-        let slab = Slab::new(2);
+        let slab = Slab::<Ipv4Addr>::new(2);
         let a = slab.alloc().expect("first record");
         let b = slab.alloc().expect("second record");
         assert_eq!(slab.alloc(), None, "capacity is 2");
@@ -587,7 +776,7 @@ mod tests {
 
     #[test]
     fn id_zero_and_out_of_range_are_never_records() {
-        let slab = Slab::new(1);
+        let slab = Slab::<Ipv4Addr>::new(1);
         assert_eq!(slab.read(0), None);
         assert_eq!(slab.alloc(), Some(1));
         assert_eq!(slab.read(1), None, "a record never published is not live");
@@ -601,9 +790,9 @@ mod tests {
 
     #[test]
     fn the_live_sequence_skips_zero_when_it_wraps() {
-        assert_eq!(Slab::live_seq_after(0), 2);
-        assert_eq!(Slab::live_seq_after(7), 8);
-        assert_eq!(Slab::live_seq_after(0xff_ffff), 2);
+        assert_eq!(Slab::<Ipv4Addr>::live_seq_after(0), 2);
+        assert_eq!(Slab::<Ipv4Addr>::live_seq_after(7), 8);
+        assert_eq!(Slab::<Ipv4Addr>::live_seq_after(0xff_ffff), 2);
         assert!(Life::new(2, 0, 0).is_live());
         assert!(!Life::new(0, 0, 0).is_live());
         assert!(!Life::new(3, 0, 0).is_live());

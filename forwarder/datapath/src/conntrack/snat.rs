@@ -17,22 +17,23 @@
 //! whole. Addresses are used in turn; a flow moves on to the next address
 //! when its first one has no port.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam::utils::CachePadded;
 
 use super::slab::SNAT_ADDRESSES_MAX;
+use crate::family::IpFamily;
 
 /// Probe rounds: ports tried from each new random start.
 const ROUNDS: [u32; 4] = [128, 64, 32, 16];
 
 /// What source NAT a table applies to new flows.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnatConfig {
+pub struct SnatConfig<A = Ipv4Addr> {
     /// The gateway addresses backends see as the peer; at most 127.
-    pub addresses: Vec<Ipv4Addr>,
+    pub addresses: Vec<A>,
     /// The ports given out on each address.
     pub ports: RangeInclusive<u16>,
 }
@@ -45,20 +46,20 @@ pub enum SnatError {
     #[error("{0} source NAT addresses given; a table tells at most 127 apart")]
     TooManyAddresses(usize),
     #[error("source NAT address {0} given twice")]
-    DuplicateAddress(Ipv4Addr),
+    DuplicateAddress(IpAddr),
     #[error("source NAT address {0} is not a unicast address")]
-    BadAddress(Ipv4Addr),
+    BadAddress(IpAddr),
     #[error("source NAT port range {0}-{1} is empty or includes port 0")]
     BadRange(u16, u16),
 }
 
 /// The source NAT addresses and ports of a table, and the ports in use
 /// per address.
-#[derive(Debug, Default)]
-pub(super) struct SnatPool {
+#[derive(Debug)]
+pub(super) struct SnatPool<A> {
     /// Empty when source NAT is off. A record's SNAT index is 1 + the
     /// position here.
-    addresses: Box<[Ipv4Addr]>,
+    addresses: Box<[A]>,
     low: u16,
     size: u32,
     /// Flows holding a port, per address.
@@ -71,8 +72,26 @@ pub(super) struct SnatPool {
 /// publishing no other memory.
 const STAT: Ordering = Ordering::Relaxed;
 
-impl SnatPool {
-    pub fn new(config: &SnatConfig) -> Result<SnatPool, SnatError> {
+impl<A> Default for SnatPool<A> {
+    fn default() -> Self {
+        Self {
+            addresses: Box::default(),
+            low: 0,
+            size: 0,
+            in_use: Box::default(),
+            turn: CachePadded::default(),
+        }
+    }
+}
+
+/// Whether `ip` may be a source NAT address: unicast, not loopback.
+fn usable(ip: IpAddr) -> bool {
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    !(ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() || broadcast)
+}
+
+impl<A: IpFamily> SnatPool<A> {
+    pub fn new(config: &SnatConfig<A>) -> Result<SnatPool<A>, SnatError> {
         let addresses = &config.addresses;
         if addresses.is_empty() {
             return Err(SnatError::NoAddress);
@@ -81,11 +100,11 @@ impl SnatPool {
             return Err(SnatError::TooManyAddresses(addresses.len()));
         }
         for (i, a) in addresses.iter().enumerate() {
-            if a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback() {
-                return Err(SnatError::BadAddress(*a));
+            if !usable((*a).into()) {
+                return Err(SnatError::BadAddress((*a).into()));
             }
             if addresses[..i].contains(a) {
-                return Err(SnatError::DuplicateAddress(*a));
+                return Err(SnatError::DuplicateAddress((*a).into()));
             }
         }
         let (low, high) = (*config.ports.start(), *config.ports.end());
@@ -106,7 +125,7 @@ impl SnatPool {
         !self.addresses.is_empty()
     }
 
-    pub fn addresses(&self) -> &[Ipv4Addr] {
+    pub fn addresses(&self) -> &[A] {
         &self.addresses
     }
 
@@ -115,15 +134,16 @@ impl SnatPool {
             .then(|| self.low..=(u32::from(self.low) + self.size - 1) as u16)
     }
 
-    /// The address a record's SNAT index (1-based) stands for; 0.0.0.0,
-    /// which no packet carries, for an index the table does not have.
+    /// The address a record's SNAT index (1-based) stands for; the
+    /// unspecified address, which no packet carries, for an index the
+    /// table does not have.
     #[inline]
-    pub fn address(&self, index: u8) -> Ipv4Addr {
+    pub fn address(&self, index: u8) -> A {
         usize::from(index)
             .checked_sub(1)
             .and_then(|i| self.addresses.get(i))
             .copied()
-            .unwrap_or(Ipv4Addr::UNSPECIFIED)
+            .unwrap_or(A::UNSPECIFIED)
     }
 
     /// Whether `index` names one of the table's addresses.
@@ -180,7 +200,7 @@ impl SnatPool {
     }
 
     /// Ports in use per address.
-    pub fn in_use(&self) -> Vec<(Ipv4Addr, u64)> {
+    pub fn in_use(&self) -> Vec<(A, u64)> {
         self.addresses
             .iter()
             .zip(self.in_use.iter())
@@ -204,7 +224,7 @@ fn mix(hash: u64, round: u64) -> u64 {
 mod tests {
     use super::*;
 
-    fn pool(ports: RangeInclusive<u16>) -> SnatPool {
+    fn pool(ports: RangeInclusive<u16>) -> SnatPool<Ipv4Addr> {
         SnatPool::new(&SnatConfig {
             addresses: vec![Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2)],
             ports,
@@ -248,11 +268,14 @@ mod tests {
             |addresses: Vec<Ipv4Addr>, ports| SnatPool::new(&SnatConfig { addresses, ports }).err();
         let a = Ipv4Addr::new(198, 18, 0, 1);
         assert_eq!(bad(vec![], 1..=2), Some(SnatError::NoAddress));
-        assert_eq!(bad(vec![a, a], 1..=2), Some(SnatError::DuplicateAddress(a)));
+        assert_eq!(
+            bad(vec![a, a], 1..=2),
+            Some(SnatError::DuplicateAddress(a.into()))
+        );
         assert_eq!(bad(vec![a], 0..=2), Some(SnatError::BadRange(0, 2)));
         assert_eq!(
             bad(vec![Ipv4Addr::UNSPECIFIED], 1..=2),
-            Some(SnatError::BadAddress(Ipv4Addr::UNSPECIFIED))
+            Some(SnatError::BadAddress(Ipv4Addr::UNSPECIFIED.into()))
         );
     }
 }
