@@ -14,7 +14,7 @@
 
 use std::net::Ipv6Addr;
 
-use super::{read_u16, read_u32, WireError};
+use super::{read_u16, read_u32, write_u16, WireError};
 
 mod field {
     use std::ops::Range;
@@ -203,6 +203,58 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
     }
 }
 
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
+    /// The bytes after the fixed header, up to the payload length.
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        let end = HEADER_LEN + self.payload_len();
+        &mut self.buffer.as_mut()[HEADER_LEN..end]
+    }
+}
+
+/// An IPv6 header the gateway originates: no extension headers, traffic
+/// class and flow label 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Repr {
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    /// The payload's protocol ([`next_header`], [`super::ip_number`]).
+    pub next_header: u8,
+    /// Length of the payload that follows the header.
+    pub payload_len: usize,
+    pub hop_limit: u8,
+}
+
+impl Ipv6Repr {
+    /// Length of the packet: header and payload.
+    pub const fn total_len(&self) -> usize {
+        HEADER_LEN + self.payload_len
+    }
+
+    /// Writes the header at the start of `buffer` and returns a checked
+    /// view of the packet, whose payload (left as it was) is where the
+    /// upper-layer header goes. `Truncated` when `buffer` is shorter than
+    /// the packet, `Malformed` when the payload exceeds 16 bits; nothing
+    /// is written then.
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        mut buffer: T,
+    ) -> Result<Ipv6Packet<T>, WireError> {
+        let payload_len = u16::try_from(self.payload_len).map_err(|_| WireError::Malformed)?;
+        let bytes = buffer.as_mut();
+        if bytes.len() < self.total_len() {
+            return Err(WireError::Truncated);
+        }
+        let h = &mut bytes[..HEADER_LEN];
+        h[..4].copy_from_slice(&[0x60, 0, 0, 0]);
+        write_u16(h, field::PAYLOAD_LEN, payload_len);
+        h[field::NEXT_HEADER] = self.next_header;
+        h[field::HOP_LIMIT] = self.hop_limit;
+        h[field::SOURCE].copy_from_slice(&self.src.octets());
+        h[field::DESTINATION].copy_from_slice(&self.dst.octets());
+        Ok(Ipv6Packet { buffer })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,5 +426,29 @@ mod tests {
                 .map(|u| u.protocol),
             Ok(next_header::ESP)
         );
+    }
+
+    #[test]
+    fn emits_a_fixed_header_that_reads_back() {
+        let repr = Ipv6Repr {
+            src: Ipv6Addr::from(SRC),
+            dst: Ipv6Addr::from(DST),
+            next_header: ip_number::TCP,
+            payload_len: 20,
+            hop_limit: 64,
+        };
+        let mut bytes = [0xee; 60];
+        let mut p = repr.emit(&mut bytes[..]).expect("room");
+        assert_eq!(p.payload_mut().len(), 20);
+        let p = Ipv6Packet::new_checked(&bytes[..]).expect("valid");
+        assert_eq!((p.source(), p.destination()), (repr.src, repr.dst));
+        assert_eq!(
+            (p.next_header(), p.hop_limit(), p.payload_len()),
+            (6, 64, 20)
+        );
+        assert_eq!(&bytes[..4], &[0x60, 0, 0, 0], "class and flow label 0");
+        let mut short = [0xee; 59];
+        assert_eq!(repr.emit(&mut short[..]).err(), Some(WireError::Truncated));
+        assert_eq!(short, [0xee; 59], "nothing written");
     }
 }

@@ -1,10 +1,10 @@
 //! TCP headers (RFC 9293): the fields a NAT rewrites and conntrack reads,
 //! and the RSTs the gateway answers with ([`TcpRepr`]).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::{ip_number, read_u16, read_u32, write_u16, write_u32, WireError};
-use crate::checksum::l4_checksum;
+use crate::checksum::{l4_checksum, l4_checksum_v6};
 
 mod field {
     pub const SRC_PORT: usize = 0;
@@ -123,9 +123,31 @@ impl TcpRepr {
     /// the header.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(
         &self,
-        mut buffer: T,
+        buffer: T,
         src: Ipv4Addr,
         dst: Ipv4Addr,
+    ) -> Result<TcpSegment<T>, WireError> {
+        self.emit_with(buffer, |bytes| {
+            l4_checksum(src.octets(), dst.octets(), ip_number::TCP, bytes)
+        })
+    }
+
+    /// [`TcpRepr::emit`] with the checksum over the IPv6 pseudo-header.
+    pub fn emit_v6<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        buffer: T,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+    ) -> Result<TcpSegment<T>, WireError> {
+        self.emit_with(buffer, |bytes| {
+            l4_checksum_v6(src.octets(), dst.octets(), ip_number::TCP, bytes)
+        })
+    }
+
+    fn emit_with<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        mut buffer: T,
+        checksum: impl Fn(&[u8]) -> u16,
     ) -> Result<TcpSegment<T>, WireError> {
         let bytes = buffer.as_mut();
         if bytes.len() < MIN_HEADER_LEN {
@@ -141,7 +163,7 @@ impl TcpRepr {
         write_u16(bytes, field::WINDOW, 0);
         write_u16(bytes, field::CHECKSUM, 0);
         write_u16(bytes, field::URGENT, 0);
-        let c = l4_checksum(src.octets(), dst.octets(), ip_number::TCP, bytes);
+        let c = checksum(bytes);
         write_u16(bytes, field::CHECKSUM, c);
         Ok(TcpSegment { buffer })
     }
