@@ -25,7 +25,8 @@
 //!   a failed sync with its error; nothing listening is a clear error;
 //!   `--log-format json` logs JSON;
 //! - `cipgw conntrack` shows each flow's expiry (24 h for an established
-//!   connection held open), and `--delete` removes one flow by its
+//!   connection held open) and, with `--conntrack-accounting`, its packets
+//!   and bytes both ways (without it, none), and `--delete` removes one flow by its
 //!   5-tuple, then every flow of a backend (an unselective `--delete`
 //!   exits 64): the deleted connections' next segment is answered with a
 //!   RST, the others go on, and the deletions are counted in
@@ -596,6 +597,11 @@ fn cli_shows_services_and_live_flows() {
         assert_eq!(f.vip, target);
         assert_eq!(f.state, "tcp_established", "{f:?}");
         assert_eq!(f.backend.port(), TARGET_PORT);
+        assert_eq!(
+            (f.packets, f.bytes),
+            (None, None),
+            "no counts without --conntrack-accounting"
+        );
     }
     // One client port: its flow and the Pod that answered it.
     let (stream, pod) = &held[0];
@@ -756,7 +762,7 @@ fn conntrack_shows_expiry_and_deletes_flows() {
     let vip = lab.info().vip(10);
     let docs = lab.selector_service("echo", vip, &[HTTP], &[0, 1]);
     lab.control_file(&docs);
-    lab.start_gateway();
+    lab.start_gateway_with(&["--conntrack-accounting"]);
 
     let target = SocketAddrV4::new(vip, HTTP.port);
     // Held until each Pod has two connections at least (bounded).
@@ -791,11 +797,35 @@ fn conntrack_shows_expiry_and_deletes_flows() {
             (86_390..=86_400).contains(&left),
             "24 h less a moment: {f:?}"
         );
+        // --conntrack-accounting: SYN, ACK and the request went to the
+        // Pod (and maybe an ACK more), SYN-ACK and the answer came back;
+        // every frame at least an Ethernet, IP and TCP header.
+        let packets = f
+            .packets
+            .unwrap_or_else(|| panic!("no packet counts: {f:?}"));
+        let bytes = f.bytes.unwrap_or_else(|| panic!("no byte counts: {f:?}"));
+        assert!(
+            packets[0] >= 3 && packets[1] >= 2,
+            "packets to the Pod and back: {f:?}"
+        );
+        for way in 0..2 {
+            assert!(bytes[way] >= 54 * packets[way], "bytes {way}: {f:?}");
+        }
     }
     let text = cipgw_ok(&lab, &["conntrack", "--vip", &vip.to_string()]);
     assert!(
         text.contains("Expires") && (text.contains(" 86400 ") || text.contains(" 8639")),
         "{text}"
+    );
+    let first = &flows.flows[0];
+    let shown = format!(
+        "{}/{}",
+        first.packets.expect("counted")[0],
+        first.packets.expect("counted")[1]
+    );
+    assert!(
+        text.contains("Packets") && text.contains(&shown),
+        "packets column: {text}"
     );
 
     // --delete needs one flow's 5-tuple or a backend.

@@ -269,6 +269,8 @@ pub struct ConntrackSettings {
     pub unreplied_percent: u8,
     /// Idle timeouts per state: the conntrack takes them as they are.
     pub timeouts: Timeouts,
+    /// Count packets and bytes per flow (`--conntrack-accounting`).
+    pub accounting: bool,
 }
 
 impl Default for ConntrackSettings {
@@ -277,6 +279,7 @@ impl Default for ConntrackSettings {
             max_flows: None,
             unreplied_percent: DEFAULT_UNREPLIED_PERCENT,
             timeouts: Timeouts::default(),
+            accounting: false,
         }
     }
 }

@@ -511,6 +511,7 @@ impl Pipeline {
             Direction::Forward => self.counters.forwarded.inc(),
             Direction::Reply => self.counters.replies.inc(),
         }
+        self.conntrack.account(&hit, len);
         if hit.slot != NO_SLOT {
             if let Some(c) = self.services.as_ref().and_then(|s| s.get(hit.slot)) {
                 c.packets.inc();

@@ -1639,3 +1639,69 @@ fn packets_count_at_their_endpoints_slot() {
     }
     assert_eq!(sent.iter().sum::<u64>(), 2 * u64::from(FLOWS));
 }
+
+/// `--conntrack-accounting`: every packet of a flow counts on it, per
+/// direction, whether the flow was found in the table or in the worker's
+/// flow cache; without it nothing is counted.
+#[test]
+fn flows_count_their_packets_and_bytes_per_direction() {
+    let ct = Arc::new(Conntrack::default().with_accounting());
+    let mut h = Harness {
+        pipeline: pipeline(Arc::clone(&ct)),
+        ..Harness::new()
+    };
+    let ask = || {
+        udp(
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+            (CLIENT, 33100),
+            (UDP_VIP, 53),
+            64,
+        )
+    };
+    let answer = || udp(POD1_MAC, GW_POD_MAC, (POD1, 5353), (CLIENT, 33100), 64);
+    let (ask_len, answer_len) = (ask().len() as u64, answer().len() as u64);
+    // Three questions and two answers: after the first answer the flow
+    // is replied and its packets come from the flow cache.
+    for frame in [ask(), answer(), ask(), answer(), ask()] {
+        let mut frame = frame;
+        let verdict = h.run(&mut frame);
+        assert!(matches!(verdict, Verdict::Forward { .. }), "{verdict:?}");
+    }
+    let key = FlowKey {
+        src: CLIENT.into(),
+        dst: UDP_VIP.into(),
+        src_port: 33100,
+        dst_port: 53,
+        protocol: Protocol::Udp,
+    };
+    let hit = ct.peek(&key).expect("the flow is tracked");
+    assert_eq!(
+        ct.counts(hit.record),
+        Some(crate::conntrack::FlowCounts {
+            packets: [3, 2],
+            bytes: [3 * ask_len, 2 * answer_len],
+        })
+    );
+    // A new flow in the same record starts from zero.
+    assert!(ct.remove(&key));
+    let mut frame = ask();
+    h.run(&mut frame);
+    let hit = ct.peek(&key).expect("tracked again");
+    assert_eq!(
+        ct.counts(hit.record).map(|c| c.packets),
+        Some([1, 0]),
+        "a fresh count"
+    );
+
+    let plain = Arc::new(Conntrack::default());
+    let mut h = Harness {
+        pipeline: pipeline(Arc::clone(&plain)),
+        ..Harness::new()
+    };
+    let mut frame = ask();
+    h.run(&mut frame);
+    let hit = plain.peek(&key).expect("tracked");
+    assert!(!plain.accounting());
+    assert_eq!(plain.counts(hit.record), None, "off by default");
+}

@@ -10,7 +10,7 @@ use cipgw_config::{ClusterIp, EndpointState, Protocol};
 
 use super::views::*;
 use super::{AdminState, ConntrackQuery};
-use crate::conntrack::{Conntrack, Direction, FlowState};
+use crate::conntrack::{Conntrack, Direction, FlowCounts, FlowState};
 use crate::table::ServiceKey;
 
 fn protocol_name(p: Protocol) -> &'static str {
@@ -305,7 +305,7 @@ pub(super) fn conntrack_view(
     // Both entries of a flow give the same tuple; collect them, sort, and
     // merge neighbours. Filters are applied while walking, so only
     // matching flows are held.
-    let mut rows: Vec<(FlowTuple, bool, &'static str, u32)> = Vec::new();
+    let mut rows: Vec<(FlowTuple, bool, &'static str, u32, Option<FlowCounts>)> = Vec::new();
     ct.for_each_expiring(now.unwrap_or(0), |key, hit, left| {
         // The wire key's source and destination, and the address the
         // entry rewrites to, are the client, VIP and backend in an order
@@ -337,18 +337,25 @@ pub(super) fn conntrack_view(
             && q.snat_port
                 .map_or(true, |p| tuple.snat.is_some_and(|(_, port)| port == p));
         if keep {
-            rows.push((tuple, forward, hit.state.name(), left));
+            rows.push((
+                tuple,
+                forward,
+                hit.state.name(),
+                left,
+                ct.counts(hit.record),
+            ));
         }
     });
-    rows.sort_unstable_by_key(|(t, forward, _, _)| (*t, !*forward));
-    let mut flows: Vec<(FlowTuple, bool, bool, &'static str, u32)> = Vec::with_capacity(rows.len());
-    for (tuple, forward, state, left) in rows {
+    rows.sort_unstable_by_key(|(t, forward, ..)| (*t, !*forward));
+    let mut flows: Vec<(FlowTuple, bool, bool, &'static str, u32, Option<FlowCounts>)> =
+        Vec::with_capacity(rows.len());
+    for (tuple, forward, state, left, counts) in rows {
         match flows.last_mut() {
             Some(last) if last.0 == tuple => {
                 last.1 |= forward;
                 last.2 |= !forward;
             }
-            _ => flows.push((tuple, forward, !forward, state, left)),
+            _ => flows.push((tuple, forward, !forward, state, left, counts)),
         }
     }
     let total = flows.len();
@@ -356,7 +363,7 @@ pub(super) fn conntrack_view(
         .into_iter()
         .skip(q.offset)
         .take(q.limit)
-        .map(|(t, forward, reply, state, left)| FlowView {
+        .map(|(t, forward, reply, state, left, counts)| FlowView {
             protocol: Protocol::from_ip_number(t.protocol)
                 .map_or("?", protocol_name)
                 .to_owned(),
@@ -366,6 +373,8 @@ pub(super) fn conntrack_view(
             snat: t.snat.map(sockaddr),
             state: state.to_owned(),
             expires_seconds: now.map(|_| left),
+            packets: counts.map(|c| c.packets),
+            bytes: counts.map(|c| c.bytes),
             forward,
             reply,
         })

@@ -324,6 +324,13 @@ pub struct FlowView {
     /// third column). `None` from a gateway that does not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_seconds: Option<u32>,
+    /// Packets of the flow, client to backend and backend to client
+    /// (`--conntrack-accounting`; `None` without).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets: Option<[u64; 2]>,
+    /// Bytes of the flow's frames, the same two ways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<[u64; 2]>,
     /// The client-to-backend entry exists.
     pub forward: bool,
     /// The backend-to-client entry exists.

@@ -81,13 +81,25 @@ fn path(args: &ConntrackArgs) -> String {
     path
 }
 
+/// `to backend/to client`, or `-` from a gateway that does not count
+/// (without `--conntrack-accounting`).
+fn both_ways(counts: Option<[u64; 2]>) -> String {
+    counts.map_or_else(
+        || "-".to_owned(),
+        |[to_backend, to_client]| format!("{to_backend}/{to_client}"),
+    )
+}
+
 /// The human-readable listing.
 pub fn render(v: &ConntrackView) -> String {
     let mut table = Table::new(
         &[
-            "Prot", "Client", "VIP", "SNAT", "Backend", "State", "Expires", "Entries",
+            "Prot", "Client", "VIP", "SNAT", "Backend", "State", "Expires", "Packets", "Bytes",
+            "Entries",
         ],
-        &[false, false, false, false, false, false, true, false],
+        &[
+            false, false, false, false, false, false, true, true, true, false,
+        ],
     );
     for f in &v.flows {
         let entries = match (f.forward, f.reply) {
@@ -105,6 +117,8 @@ pub fn render(v: &ConntrackView) -> String {
             f.state.clone(),
             f.expires_seconds
                 .map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            both_ways(f.packets),
+            both_ways(f.bytes),
             entries.to_owned(),
         ]);
     }

@@ -195,6 +195,11 @@ pub struct ConntrackArgs {
     /// Idle timeout of a UDP flow that got a reply [default: 120s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub conntrack_udp_timeout_stream: Option<std::time::Duration>,
+    /// Count every flow's packets and bytes per direction, shown by
+    /// `cipgw conntrack` (Linux's nf_conntrack_acct; off by default: two
+    /// atomic additions per packet and 32 bytes per flow).
+    #[arg(long)]
+    pub conntrack_accounting: bool,
 }
 
 impl ConntrackArgs {
@@ -209,6 +214,7 @@ impl ConntrackArgs {
             unreplied_percent: self
                 .conntrack_unreplied_percent
                 .unwrap_or(d.unreplied_percent),
+            accounting: self.conntrack_accounting,
             timeouts: Timeouts {
                 tcp_syn_sent: pick(self.conntrack_tcp_timeout_syn_sent, t.tcp_syn_sent),
                 tcp_established: pick(self.conntrack_tcp_timeout_established, t.tcp_established),

@@ -187,7 +187,9 @@ fn open_conntrack(
     snat: Option<&crate::conntrack::snat::SnatConfig>,
 ) -> anyhow::Result<(Arc<Conntrack>, Option<Arc<TableFile>>, Instant)> {
     let config = conntrack_config(settings);
+    let accounting = settings.conntrack.accounting;
     let with_snat = |ct: Conntrack| -> anyhow::Result<Arc<Conntrack>> {
+        let ct = if accounting { ct.with_accounting() } else { ct };
         Ok(Arc::new(match snat {
             Some(snat) => ct.with_snat(snat).context("--snat")?,
             None => ct,

@@ -246,6 +246,25 @@ pub struct FlowHit<A = Ipv4Addr> {
     /// new source (SNAT address and port), a reply's new destination
     /// (the client's address and port).
     pub snat: Option<(A, u16)>,
+    /// The flow's record: where [`Conntrack::account`] counts it.
+    pub record: u32,
+}
+
+/// A flow's packets and bytes (`--conntrack-accounting`), per direction:
+/// index 0 client to backend, 1 backend to client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowCounts {
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+}
+
+/// One record's [`FlowCounts`], beside the slab (not in it: the record
+/// keeps its size, and a table without accounting pays nothing).
+#[derive(Debug, Default)]
+#[repr(C, align(32))]
+struct Account {
+    packets: [AtomicU64; 2],
+    bytes: [AtomicU64; 2],
 }
 
 /// Why a new flow could not be tracked.
@@ -333,6 +352,9 @@ pub struct Conntrack<A: IpFamily = Ipv4Addr> {
     stats: CachePadded<ConntrackStats>,
     /// Source NAT addresses and ports; off when it has no address.
     snat: SnatPool<A>,
+    /// Per-flow packets and bytes, by record; `None` unless
+    /// [`Conntrack::with_accounting`].
+    accounts: Option<ZeroedSlice<Account>>,
 }
 
 impl<A: IpFamily> Default for Conntrack<A> {
@@ -395,7 +417,7 @@ impl<A: IpFamily> FlowData<A> {
     }
 
     #[inline]
-    fn hit(&self, direction: Direction, bits: u8, snat: &SnatPool<A>) -> FlowHit<A> {
+    fn hit(&self, id: RecordId, direction: Direction, bits: u8, snat: &SnatPool<A>) -> FlowHit<A> {
         let (nat_ip, nat_port) = match direction {
             Direction::Forward => (self.backend, self.backend_port),
             Direction::Reply => (self.vip, self.vip_port),
@@ -412,6 +434,7 @@ impl<A: IpFamily> FlowData<A> {
             affinity: bits & AFFINITY != 0,
             slot: self.slot,
             snat,
+            record: id,
         }
     }
 }
@@ -650,6 +673,7 @@ impl<A: IpFamily> Conntrack<A> {
             closing_queue: EvictionQueue::new(records),
             stats: CachePadded::new(ConntrackStats::default()),
             snat: SnatPool::default(),
+            accounts: None,
         }
     }
 
@@ -662,6 +686,59 @@ impl<A: IpFamily> Conntrack<A> {
             file.set_snat_addresses(&addresses);
         }
         Ok(self)
+    }
+
+    /// Counts every flow's packets and bytes per direction (as Linux's
+    /// `nf_conntrack_acct`, and like it off by default: the counting is
+    /// two atomic additions per packet on a line of the flow's own). The
+    /// counts live in process memory beside the records, so flows adopted
+    /// from a previous gateway's table start from zero. Before the table
+    /// is shared.
+    pub fn with_accounting(mut self) -> Self {
+        // SAFETY: an Account is AtomicU64s only, for which all-zero bytes
+        // are a valid value; its 32-byte alignment is below a page's.
+        self.accounts = Some(unsafe { zeroed_slice::<Account>(self.slab.len()) });
+        self
+    }
+
+    /// Whether flows' packets and bytes are counted.
+    pub fn accounting(&self) -> bool {
+        self.accounts.is_some()
+    }
+
+    /// Counts a packet of `bytes` on the flow `hit` came from, when
+    /// accounting is on. Relaxed: statistics; a packet counted as its
+    /// flow is removed and its record reused may land on the new flow.
+    #[inline]
+    pub fn account(&self, hit: &FlowHit<A>, bytes: usize) {
+        if let Some(account) = self
+            .accounts
+            .as_ref()
+            .and_then(|a| a.get(hit.record as usize))
+        {
+            let way = usize::from(hit.direction == Direction::Reply);
+            account.packets[way].fetch_add(1, STAT);
+            account.bytes[way].fetch_add(bytes as u64, STAT);
+        }
+    }
+
+    /// The packets and bytes of the flow in `record` (from a hit or a
+    /// listing), when accounting is on.
+    pub fn counts(&self, record: u32) -> Option<FlowCounts> {
+        let account = self.accounts.as_ref()?.get(record as usize)?;
+        Some(FlowCounts {
+            packets: [0, 1].map(|w| account.packets[w].load(STAT)),
+            bytes: [0, 1].map(|w| account.bytes[w].load(STAT)),
+        })
+    }
+
+    /// A new flow's counts start from zero.
+    fn reset_account(&self, id: RecordId) {
+        if let Some(account) = self.accounts.as_ref().and_then(|a| a.get(id as usize)) {
+            for word in account.packets.iter().chain(&account.bytes) {
+                word.store(0, STAT);
+            }
+        }
     }
 
     /// The source NAT addresses, empty when it is off.
@@ -911,7 +988,7 @@ impl<A: IpFamily> Conntrack<A> {
         Some(
             found
                 .flow
-                .hit(found.direction, found.life.bits(), &self.snat),
+                .hit(found.id, found.direction, found.life.bits(), &self.snat),
         )
     }
 
@@ -969,7 +1046,7 @@ impl<A: IpFamily> Conntrack<A> {
             // Unchanged (the common case within a second): no write, so
             // the record's line stays shared between cores.
             if updated == life {
-                return Some(found.flow.hit(found.direction, next, &self.snat));
+                return Some(found.flow.hit(found.id, found.direction, next, &self.snat));
             }
             match self.slab.update(found.id, life, updated) {
                 Ok(()) => {
@@ -989,7 +1066,7 @@ impl<A: IpFamily> Conntrack<A> {
                             seq: life.seq(),
                         });
                     }
-                    return Some(found.flow.hit(found.direction, next, &self.snat));
+                    return Some(found.flow.hit(found.id, found.direction, next, &self.snat));
                 }
                 // Removed meanwhile: a miss.
                 Err(now_life) if now_life.seq() != life.seq() => return None,
@@ -1138,6 +1215,7 @@ impl<A: IpFamily> Conntrack<A> {
         };
         let bits =
             FlowState::initial(forward.protocol) as u8 | if meta.affinity { AFFINITY } else { 0 };
+        self.reset_account(id);
         let life = self.slab.publish(id, &flow, bits, now);
         // Counted with the record: whoever removes the flow releases it.
         self.snat.took(flow.snat_index);
@@ -1149,9 +1227,12 @@ impl<A: IpFamily> Conntrack<A> {
             Placed::Linked => {}
             Placed::Exists(existing) => {
                 self.discard(id, life, forward_hash, reply_hash);
-                return Ok(existing
-                    .flow
-                    .hit(existing.direction, existing.life.bits(), &self.snat));
+                return Ok(existing.flow.hit(
+                    existing.id,
+                    existing.direction,
+                    existing.life.bits(),
+                    &self.snat,
+                ));
             }
             Placed::ChainFull => {
                 self.discard(id, life, forward_hash, reply_hash);
@@ -1173,7 +1254,7 @@ impl<A: IpFamily> Conntrack<A> {
                 Placed::Linked => {
                     self.stats.inserted.fetch_add(1, STAT);
                     self.unlink_if_gone(id, life, forward_hash, reply_hash);
-                    return Ok(flow.hit(Direction::Forward, bits, &self.snat));
+                    return Ok(flow.hit(id, Direction::Forward, bits, &self.snat));
                 }
                 Placed::Exists(old) => {
                     let finished = |l: Life| FlowState::from_bits(l.bits()).is_finished();
@@ -1591,13 +1672,13 @@ impl<A: IpFamily> Conntrack<A> {
     /// it).
     pub fn for_each_expiring(&self, now: u32, mut visit: impl FnMut(&FlowKey<A>, FlowHit<A>, u32)) {
         let timeouts = &self.config.timeouts;
-        for (_, flow, life) in self.flows() {
+        for (id, flow, life) in self.flows() {
             let timeout = FlowState::from_bits(life.bits()).timeout(timeouts);
             let left = life.seen().saturating_add(timeout).saturating_sub(now);
             for direction in [Direction::Forward, Direction::Reply] {
                 visit(
                     &flow.key(direction, &self.snat),
-                    flow.hit(direction, life.bits(), &self.snat),
+                    flow.hit(id, direction, life.bits(), &self.snat),
                     left,
                 );
             }

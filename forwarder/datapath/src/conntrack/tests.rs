@@ -605,7 +605,9 @@ fn check_invariants<A: IpFamily>(ct: &Conntrack<A>, now: u32) {
             assert!(forward_keys.insert(*k), "forward key {k:?} listed twice");
         }
         let found = ct.find(k, ct.hash(k)).expect("a listed key is found");
-        let again = found.flow.hit(found.direction, found.life.bits(), &ct.snat);
+        let again = found
+            .flow
+            .hit(found.id, found.direction, found.life.bits(), &ct.snat);
         assert_eq!(again, hit, "lookup of {k:?} agrees with the listing");
         if hit.direction == Direction::Forward && found.life.bits() & REPLIED == 0 {
             unreplied += 1;
