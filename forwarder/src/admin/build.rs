@@ -297,6 +297,17 @@ fn sockaddr((ip, port): (Ipv4Addr, u16)) -> SocketAddrV4 {
 /// `/api/conntrack`: the flows `q` selects, a page of them. `now` is
 /// conntrack's clock (see [`AdminState::conntrack_now`]); without it the
 /// flows carry no expiry.
+/// One entry of a flow while the view is built; the two entries of a
+/// flow merge into one row.
+struct FlowRow {
+    tuple: FlowTuple,
+    forward: bool,
+    reply: bool,
+    state: &'static str,
+    left: u32,
+    counts: Option<FlowCounts>,
+}
+
 pub(super) fn conntrack_view(
     ct: &Conntrack,
     q: &ConntrackQuery,
@@ -305,7 +316,7 @@ pub(super) fn conntrack_view(
     // Both entries of a flow give the same tuple; collect them, sort, and
     // merge neighbours. Filters are applied while walking, so only
     // matching flows are held.
-    let mut rows: Vec<(FlowTuple, bool, &'static str, u32, Option<FlowCounts>)> = Vec::new();
+    let mut rows: Vec<FlowRow> = Vec::new();
     ct.for_each_expiring(now.unwrap_or(0), |key, hit, left| {
         // The wire key's source and destination, and the address the
         // entry rewrites to, are the client, VIP and backend in an order
@@ -337,25 +348,25 @@ pub(super) fn conntrack_view(
             && q.snat_port
                 .map_or(true, |p| tuple.snat.is_some_and(|(_, port)| port == p));
         if keep {
-            rows.push((
+            rows.push(FlowRow {
                 tuple,
                 forward,
-                hit.state.name(),
+                reply: !forward,
+                state: hit.state.name(),
                 left,
-                ct.counts(hit.record),
-            ));
+                counts: ct.counts(hit.record),
+            });
         }
     });
-    rows.sort_unstable_by_key(|(t, forward, ..)| (*t, !*forward));
-    let mut flows: Vec<(FlowTuple, bool, bool, &'static str, u32, Option<FlowCounts>)> =
-        Vec::with_capacity(rows.len());
-    for (tuple, forward, state, left, counts) in rows {
+    rows.sort_unstable_by_key(|r| (r.tuple, r.reply));
+    let mut flows: Vec<FlowRow> = Vec::with_capacity(rows.len());
+    for row in rows {
         match flows.last_mut() {
-            Some(last) if last.0 == tuple => {
-                last.1 |= forward;
-                last.2 |= !forward;
+            Some(last) if last.tuple == row.tuple => {
+                last.forward |= row.forward;
+                last.reply |= row.reply;
             }
-            _ => flows.push((tuple, forward, !forward, state, left, counts)),
+            _ => flows.push(row),
         }
     }
     let total = flows.len();
@@ -363,20 +374,30 @@ pub(super) fn conntrack_view(
         .into_iter()
         .skip(q.offset)
         .take(q.limit)
-        .map(|(t, forward, reply, state, left, counts)| FlowView {
-            protocol: Protocol::from_ip_number(t.protocol)
-                .map_or("?", protocol_name)
-                .to_owned(),
-            client: sockaddr(t.client),
-            vip: sockaddr(t.vip),
-            backend: sockaddr(t.backend),
-            snat: t.snat.map(sockaddr),
-            state: state.to_owned(),
-            expires_seconds: now.map(|_| left),
-            packets: counts.map(|c| c.packets),
-            bytes: counts.map(|c| c.bytes),
-            forward,
-            reply,
+        .map(|row| {
+            let FlowRow {
+                tuple: t,
+                forward,
+                reply,
+                state,
+                left,
+                counts,
+            } = row;
+            FlowView {
+                protocol: Protocol::from_ip_number(t.protocol)
+                    .map_or("?", protocol_name)
+                    .to_owned(),
+                client: sockaddr(t.client),
+                vip: sockaddr(t.vip),
+                backend: sockaddr(t.backend),
+                snat: t.snat.map(sockaddr),
+                state: state.to_owned(),
+                expires_seconds: now.map(|_| left),
+                packets: counts.map(|c| c.packets),
+                bytes: counts.map(|c| c.bytes),
+                forward,
+                reply,
+            }
         })
         .collect();
     ConntrackView {
