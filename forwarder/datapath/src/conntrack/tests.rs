@@ -829,6 +829,8 @@ fn concurrent_run_in<A: IpFamily>(
 /// The table's memory per flow, from its layout (the `conntrack` bench
 /// measures the same in RSS).
 const _: () = assert!(ConntrackConfig::BYTES_PER_FLOW <= 100);
+/// An IPv6 flow costs its wider record and nothing else.
+const _: () = assert!(ConntrackConfig::BYTES_PER_FLOW_V6 == ConntrackConfig::BYTES_PER_FLOW + 64);
 
 /// A table file in a fresh temporary directory, removed on drop.
 struct StateDir(std::path::PathBuf);
