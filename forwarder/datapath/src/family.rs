@@ -20,6 +20,7 @@ use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::conntrack::{FlowKey, RecordLayout};
+use crate::table::{CompiledTable, FamilyTable};
 
 /// An address family the data path serves: [`Ipv4Addr`] or [`Ipv6Addr`].
 pub trait IpFamily:
@@ -52,6 +53,16 @@ pub trait IpFamily:
     /// Feeds a flow key into a hasher: a few word-sized writes instead of
     /// five field writes (the hash is on the per-packet path).
     fn hash_key<H: Hasher>(key: &FlowKey<Self>, state: &mut H);
+
+    /// Feeds the address with a port and protocol number into a hasher
+    /// (a Service key), in as few writes as the family allows.
+    fn hash_with_port<H: Hasher>(self, port: u16, protocol: u8, state: &mut H);
+
+    /// This family's part of a compiled service table.
+    fn table_part(table: &CompiledTable) -> &FamilyTable<Self>;
+
+    /// The same, while the table is being built.
+    fn table_part_mut(table: &mut CompiledTable) -> &mut FamilyTable<Self>;
 }
 
 /// The ports and protocol of a key, in one word.
@@ -88,6 +99,21 @@ impl IpFamily for Ipv4Addr {
         state.write_u64((u64::from(u32::from(key.src)) << 32) | u64::from(u32::from(key.dst)));
         state.write_u64(ports_word(key));
     }
+
+    #[inline]
+    fn hash_with_port<H: Hasher>(self, port: u16, protocol: u8, state: &mut H) {
+        state.write_u64(
+            (u64::from(u32::from(self)) << 24) | (u64::from(port) << 8) | u64::from(protocol),
+        );
+    }
+
+    fn table_part(table: &CompiledTable) -> &FamilyTable<Self> {
+        table.v4()
+    }
+
+    fn table_part_mut(table: &mut CompiledTable) -> &mut FamilyTable<Self> {
+        table.v4_mut()
+    }
 }
 
 impl IpFamily for Ipv6Addr {
@@ -118,6 +144,20 @@ impl IpFamily for Ipv6Addr {
         state.write_u128(u128::from(key.src));
         state.write_u128(u128::from(key.dst));
         state.write_u64(ports_word(key));
+    }
+
+    #[inline]
+    fn hash_with_port<H: Hasher>(self, port: u16, protocol: u8, state: &mut H) {
+        state.write_u128(u128::from(self));
+        state.write_u32((u32::from(port) << 8) | u32::from(protocol));
+    }
+
+    fn table_part(table: &CompiledTable) -> &FamilyTable<Self> {
+        table.v6()
+    }
+
+    fn table_part_mut(table: &mut CompiledTable) -> &mut FamilyTable<Self> {
+        table.v6_mut()
     }
 }
 

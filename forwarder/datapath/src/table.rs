@@ -18,59 +18,57 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ahash::RandomState;
 use arc_swap::ArcSwap;
-use cipgw_config::{Endpoint, LbAlgorithm, Protocol, ServiceTable};
+use cipgw_config::{Endpoint, LbAlgorithm, Protocol, Service, ServiceTable};
 use crossbeam::utils::CachePadded;
 
 use crate::conntrack::FlowKey;
 use crate::dns::DnsZone;
+use crate::family::IpFamily;
 use crate::maglev::{MaglevTable, MaglevTables};
 
 /// Where a flow goes as the table knows it: VIP, port, protocol,
 /// endpoint address and endpoint port.
-pub type FlowTarget = (Ipv4Addr, u16, Protocol, Ipv4Addr, u16);
+pub type FlowTarget<A = Ipv4Addr> = (A, u16, Protocol, A, u16);
 
 /// VIP, service port and protocol: what a new connection is looked up by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ServiceKey {
-    pub vip: Ipv4Addr,
+pub struct ServiceKey<A = Ipv4Addr> {
+    pub vip: A,
     pub port: u16,
     pub protocol: Protocol,
 }
 
-impl Hash for ServiceKey {
-    // One word: the lookup is on the new-flow path.
+impl<A: IpFamily> Hash for ServiceKey<A> {
+    // One word for IPv4: the lookup is on the new-flow path.
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(
-            (u64::from(u32::from(self.vip)) << 24)
-                | (u64::from(self.port) << 8)
-                | u64::from(self.protocol.ip_number()),
-        );
+        self.vip
+            .hash_with_port(self.port, self.protocol.ip_number(), state);
     }
 }
 
 /// A backend as the data plane writes it into packets. Ordered by
 /// address, then port (how Maglev tables list them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Backend {
-    pub ip: Ipv4Addr,
+pub struct Backend<A = Ipv4Addr> {
+    pub ip: A,
     pub port: u16,
 }
 
 /// What new connections to one VIP:port/protocol may go to.
 #[derive(Debug, Clone)]
-pub struct PortEntry {
+pub struct PortEntry<A = Ipv4Addr> {
     /// Index of the Service in the model's `services`.
     pub service: usize,
     /// Endpoints new flows are spread over: the ready ones, or when none
     /// is ready the serving terminating ones (Kubernetes >= 1.28).
-    pub backends: Box<[Backend]>,
+    pub backends: Box<[Backend<A>]>,
     /// Session affinity timeout (seconds) for `sessionAffinity: ClientIP`.
     pub affinity: Option<u32>,
     /// Each backend's counter slot, in the order of `backends` (which
@@ -80,11 +78,12 @@ pub struct PortEntry {
     pub slots: Box<[u32]>,
     /// The Maglev table new flows are picked from, when the Service's
     /// algorithm is Maglev (`backends` is then the table's sorted
-    /// backends, which its entries index). `None`: random choice.
+    /// backends, which its entries index). `None`: random choice. IPv4
+    /// only for now: an IPv6 port picks at random.
     pub maglev: Option<Arc<MaglevTable>>,
 }
 
-impl PortEntry {
+impl<A> PortEntry<A> {
     /// The counter slot of `backends[index]` ([`crate::conntrack::NO_SLOT`]
     /// when not counted).
     #[inline]
@@ -99,9 +98,9 @@ impl PortEntry {
 /// Who a backend's packets are replies for: what a reply of a flow this
 /// gateway has not seen is rewritten to (stateless replies, Maglev only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplyOwner {
+pub enum ReplyOwner<A = Ipv4Addr> {
     /// Exactly one Service port has this endpoint.
-    Unique(ServiceKey),
+    Unique(ServiceKey<A>),
     /// Several do: a reply cannot be told which VIP to come from.
     Ambiguous,
 }
@@ -126,31 +125,54 @@ pub enum Miss {
     NoEndpoints,
 }
 
-/// An immutable, compiled service table.
+/// The part of a compiled table for one address family: its VIPs, their
+/// ports and endpoints, and the endpoint sources whose packets are
+/// replies. A VIP of one family only ever has endpoints of that family.
+#[derive(Debug)]
+pub struct FamilyTable<A: IpFamily> {
+    ports: HashMap<ServiceKey<A>, PortEntry<A>, RandomState>,
+    vips: HashSet<A, RandomState>,
+    vips_with_endpoints: HashSet<A, RandomState>,
+    /// Every endpoint address/port/protocol of a forwarded Service: the
+    /// sources whose packets are replies, with the Service port they
+    /// belong to.
+    backends: HashMap<(A, u16, Protocol), ReplyOwner<A>, RandomState>,
+    /// Targets of the previous table that this one no longer has.
+    retiring: HashSet<FlowTarget<A>, RandomState>,
+}
+
+/// An immutable, compiled service table: one [`FamilyTable`] per address
+/// family, published together (one snapshot for both).
 #[derive(Debug)]
 pub struct CompiledTable {
     generation: u64,
     model: Arc<ServiceTable>,
-    ports: HashMap<ServiceKey, PortEntry, RandomState>,
-    vips: HashSet<Ipv4Addr, RandomState>,
-    vips_with_endpoints: HashSet<Ipv4Addr, RandomState>,
-    /// Every endpoint address/port/protocol of a forwarded Service: the
-    /// sources whose packets are replies, with the Service port they
-    /// belong to.
-    backends: HashMap<(Ipv4Addr, u16, Protocol), ReplyOwner, RandomState>,
+    v4: FamilyTable<Ipv4Addr>,
+    v6: FamilyTable<Ipv6Addr>,
     /// Some port uses Maglev: only then are untracked replies rewritten
     /// (or dropped as ambiguous) rather than replies without a flow.
     uses_maglev: bool,
-    /// Targets of the previous table that this one no longer has.
-    retiring: HashSet<FlowTarget, RandomState>,
     /// The DNS zone compiled from the same model, when the gateway
     /// answers DNS: published with the table, so answers and forwarding
     /// change at the same moment.
     dns: Option<Arc<DnsZone>>,
 }
 
-/// The endpoints of a port that may take new connections.
-fn usable(endpoints: &[Endpoint]) -> Box<[Backend]> {
+/// The VIP of family `A` of a Service, if it has one.
+fn vip_of<A: IpFamily>(service: &Service) -> Option<A> {
+    service
+        .cluster_ip
+        .vip()
+        .and_then(|vip| A::from_ip(IpAddr::from(vip)))
+}
+
+/// An endpoint's address, if it is of family `A`.
+fn endpoint_ip<A: IpFamily>(endpoint: &Endpoint) -> Option<A> {
+    A::from_ip(IpAddr::from(endpoint.ip))
+}
+
+/// The endpoints of family `A` of a port that may take new connections.
+fn usable<A: IpFamily>(endpoints: &[Endpoint]) -> Box<[Backend<A>]> {
     let pick = |want_ready: bool| {
         endpoints
             .iter()
@@ -161,17 +183,172 @@ fn usable(endpoints: &[Endpoint]) -> Box<[Backend]> {
                     e.state.serving && e.state.terminating
                 }
             })
-            .map(|e| Backend {
-                ip: e.ip,
-                port: e.port,
-            })
-            .collect::<Box<[Backend]>>()
+            .filter_map(|e| endpoint_ip(e).map(|ip| Backend { ip, port: e.port }))
+            .collect::<Box<[Backend<A>]>>()
     };
     let ready = pick(true);
     if ready.is_empty() {
         pick(false)
     } else {
         ready
+    }
+}
+
+impl<A: IpFamily> FamilyTable<A> {
+    fn empty() -> Self {
+        Self {
+            ports: HashMap::with_hasher(RandomState::new()),
+            vips: HashSet::with_hasher(RandomState::new()),
+            vips_with_endpoints: HashSet::with_hasher(RandomState::new()),
+            backends: HashMap::with_hasher(RandomState::new()),
+            retiring: HashSet::with_hasher(RandomState::new()),
+        }
+    }
+
+    /// Compiles the family's part of `model`: `slot` gives each endpoint
+    /// its counter slot, `maglev` a Maglev table for a port that uses one
+    /// (it may reorder the backends into the table's order), `default`
+    /// the algorithm of Services without their own.
+    fn compile(
+        model: &ServiceTable,
+        default: LbAlgorithm,
+        slot: impl Fn(usize, usize, Backend<A>) -> Option<u32>,
+        mut maglev: impl FnMut(&mut Box<[Backend<A>]>) -> Option<Arc<MaglevTable>>,
+    ) -> Self {
+        let mut table = Self::empty();
+        for (index, service) in model.services.iter().enumerate() {
+            let Some(vip) = vip_of::<A>(service) else {
+                continue;
+            };
+            table.vips.insert(vip);
+            let algorithm = service.lb_algorithm.unwrap_or(default);
+            for (port_index, port) in service.ports.iter().enumerate() {
+                let key = ServiceKey {
+                    vip,
+                    port: port.port,
+                    protocol: port.protocol,
+                };
+                for (ip, e) in port
+                    .endpoints
+                    .iter()
+                    .filter_map(|e| endpoint_ip::<A>(e).map(|ip| (ip, e)))
+                {
+                    table
+                        .backends
+                        .entry((ip, e.port, port.protocol))
+                        .and_modify(|owner| {
+                            if *owner != ReplyOwner::Unique(key) {
+                                *owner = ReplyOwner::Ambiguous;
+                            }
+                        })
+                        .or_insert(ReplyOwner::Unique(key));
+                }
+                let mut usable = usable::<A>(&port.endpoints);
+                if !usable.is_empty() {
+                    table.vips_with_endpoints.insert(vip);
+                }
+                // A set Maglev cannot index (over 65,535 endpoints) keeps
+                // random choice (see crate::maglev).
+                let maglev = (algorithm == LbAlgorithm::Maglev && !usable.is_empty())
+                    .then(|| maglev(&mut usable))
+                    .flatten();
+                let slots = usable
+                    .iter()
+                    .map(|&b| slot(index, port_index, b).unwrap_or(crate::conntrack::NO_SLOT))
+                    .collect();
+                table.ports.insert(
+                    key,
+                    PortEntry {
+                        service: index,
+                        backends: usable,
+                        affinity: service.session_affinity,
+                        slots,
+                        maglev,
+                    },
+                );
+            }
+        }
+        table
+    }
+
+    /// What a new connection to `key` may go to.
+    #[inline]
+    pub fn lookup(&self, key: &ServiceKey<A>) -> Result<&PortEntry<A>, Miss> {
+        match self.ports.get(key) {
+            Some(entry) if entry.backends.is_empty() => Err(Miss::NoEndpoints),
+            Some(entry) => Ok(entry),
+            None if self.vips.contains(&key.vip) => Err(Miss::NoPort),
+            None => Err(Miss::NotVip),
+        }
+    }
+
+    /// The entry of a VIP port, usable endpoints or not.
+    #[inline]
+    pub fn port_entry(&self, key: &ServiceKey<A>) -> Option<&PortEntry<A>> {
+        self.ports.get(key)
+    }
+
+    /// True when some port of the Service behind `vip` has a usable
+    /// endpoint (what `ping <ClusterIP>` is answered for).
+    pub fn vip_has_endpoints(&self, vip: A) -> bool {
+        self.vips_with_endpoints.contains(&vip)
+    }
+
+    #[inline]
+    pub fn is_vip(&self, ip: A) -> bool {
+        self.vips.contains(&ip)
+    }
+
+    /// True when packets from this address/port/protocol are replies.
+    #[inline]
+    pub fn is_backend(&self, ip: A, port: u16, protocol: Protocol) -> bool {
+        self.backends.contains_key(&(ip, port, protocol))
+    }
+
+    /// The Service port a backend's packets are replies for, if it is one.
+    #[inline]
+    pub fn reply_owner(&self, ip: A, port: u16, protocol: Protocol) -> Option<ReplyOwner<A>> {
+        self.backends.get(&(ip, port, protocol)).copied()
+    }
+
+    /// Every VIP port's entry (views, `cipgw check`).
+    pub fn port_entries(&self) -> impl Iterator<Item = (&ServiceKey<A>, &PortEntry<A>)> + '_ {
+        self.ports.iter()
+    }
+
+    /// VIPs the XDP program must redirect.
+    pub fn vips(&self) -> impl Iterator<Item = A> + '_ {
+        self.vips.iter().copied()
+    }
+
+    /// Endpoint sources the XDP program must redirect (replies).
+    pub fn backends(&self) -> impl Iterator<Item = (A, u16, Protocol)> + '_ {
+        self.backends.keys().copied()
+    }
+
+    /// Whether the flow of `key` (client -> VIP) going to `backend` lost
+    /// its endpoint or Service port in this table. One length check for
+    /// the tables of a steady cluster, whose sets are empty.
+    #[inline]
+    pub fn retires(&self, key: &FlowKey<A>, backend: (A, u16)) -> bool {
+        !self.retiring.is_empty()
+            && self
+                .retiring
+                .contains(&(key.dst, key.dst_port, key.protocol, backend.0, backend.1))
+    }
+
+    /// How many targets this table ends.
+    pub fn retiring_len(&self) -> usize {
+        self.retiring.len()
+    }
+
+    /// Number of VIP:port/protocol entries.
+    pub fn len(&self) -> usize {
+        self.ports.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ports.is_empty()
     }
 }
 
@@ -243,6 +420,8 @@ impl CompiledTable {
 
     /// [`Self::compile_with_lb`] with a counter slot for each endpoint of
     /// each Service port (`slot(service index, port index, endpoint)`).
+    /// The IPv6 side of the table is compiled without counter slots and
+    /// with random choice for now.
     pub fn compile_with_endpoint_slots_lb(
         model: Arc<ServiceTable>,
         generation: u64,
@@ -250,75 +429,53 @@ impl CompiledTable {
         lb: LbPlan<'_>,
     ) -> Self {
         lb.maglev.begin_round();
-        let mut ports = HashMap::with_hasher(RandomState::new());
-        let mut vips = HashSet::with_hasher(RandomState::new());
-        let mut backends = HashMap::with_hasher(RandomState::new());
-        let mut vips_with_endpoints = HashSet::with_hasher(RandomState::new());
-        for (index, service) in model.services.iter().enumerate() {
-            let Some(vip) = service.cluster_ip.vip() else {
-                continue;
-            };
-            vips.insert(vip);
-            let algorithm = service.lb_algorithm.unwrap_or(lb.default);
-            for (port_index, port) in service.ports.iter().enumerate() {
-                let key = ServiceKey {
-                    vip,
-                    port: port.port,
-                    protocol: port.protocol,
-                };
-                for e in &port.endpoints {
-                    backends
-                        .entry((e.ip, e.port, port.protocol))
-                        .and_modify(|owner| {
-                            if *owner != ReplyOwner::Unique(key) {
-                                *owner = ReplyOwner::Ambiguous;
-                            }
-                        })
-                        .or_insert(ReplyOwner::Unique(key));
-                }
-                let mut usable = usable(&port.endpoints);
-                if !usable.is_empty() {
-                    vips_with_endpoints.insert(vip);
-                }
-                // A set Maglev cannot index (over 65,535 endpoints) keeps
-                // random choice (see crate::maglev).
-                let maglev = (algorithm == LbAlgorithm::Maglev && !usable.is_empty())
-                    .then(|| lb.maglev.get(&usable).ok())
-                    .flatten();
-                // Entries index the table's sorted backends; endpoints
-                // usually come sorted already, and then nothing is copied.
-                if let Some(table) = maglev.as_ref().filter(|t| t.backends() != &usable[..]) {
-                    usable = table.backends().into();
-                }
-                let slots = usable
-                    .iter()
-                    .map(|&b| slot(index, port_index, b).unwrap_or(crate::conntrack::NO_SLOT))
-                    .collect();
-                ports.insert(
-                    key,
-                    PortEntry {
-                        service: index,
-                        backends: usable,
-                        affinity: service.session_affinity,
-                        slots,
-                        maglev,
-                    },
-                );
+        let store = lb.maglev;
+        let v4 = FamilyTable::<Ipv4Addr>::compile(&model, lb.default, slot, |usable| {
+            let table = store.get(usable).ok()?;
+            // Entries index the table's sorted backends; endpoints
+            // usually come sorted already, and then nothing is copied.
+            if table.backends() != &usable[..] {
+                *usable = table.backends().into();
             }
-        }
-        lb.maglev.finish_round();
-        let uses_maglev = ports.values().any(|p| p.maglev.is_some());
+            Some(table)
+        });
+        store.finish_round();
+        let v6 = FamilyTable::<Ipv6Addr>::compile(&model, lb.default, |_, _, _| None, |_| None);
+        let uses_maglev = v4.ports.values().any(|p| p.maglev.is_some());
         Self {
             generation,
             model,
-            ports,
-            vips,
-            vips_with_endpoints,
-            backends,
+            v4,
+            v6,
             uses_maglev,
-            retiring: HashSet::with_hasher(RandomState::new()),
             dns: None,
         }
+    }
+
+    /// The part of the table for family `A`.
+    #[inline]
+    pub fn family<A: IpFamily>(&self) -> &FamilyTable<A> {
+        A::table_part(self)
+    }
+
+    /// The IPv4 part.
+    #[inline]
+    pub fn v4(&self) -> &FamilyTable<Ipv4Addr> {
+        &self.v4
+    }
+
+    /// The IPv6 part.
+    #[inline]
+    pub fn v6(&self) -> &FamilyTable<Ipv6Addr> {
+        &self.v6
+    }
+
+    pub(crate) fn v4_mut(&mut self) -> &mut FamilyTable<Ipv4Addr> {
+        &mut self.v4
+    }
+
+    pub(crate) fn v6_mut(&mut self) -> &mut FamilyTable<Ipv6Addr> {
+        &mut self.v6
     }
 
     /// Attaches the DNS zone compiled from this table's model.
@@ -334,27 +491,33 @@ impl CompiledTable {
         self.dns.as_deref()
     }
 
-    /// Marks the targets whose flows this table ends: flows to them are
-    /// retired at their next forward packet ([`CompiledTable::retires`]).
-    pub fn with_retiring(mut self, retiring: impl IntoIterator<Item = FlowTarget>) -> Self {
-        self.retiring.extend(retiring);
+    /// Marks the (IPv4) targets whose flows this table ends: flows to
+    /// them are retired at their next forward packet
+    /// ([`CompiledTable::retires`]).
+    pub fn with_retiring(self, retiring: impl IntoIterator<Item = FlowTarget>) -> Self {
+        self.with_retiring_of(retiring)
+    }
+
+    /// [`CompiledTable::with_retiring`] for targets of family `A`.
+    pub fn with_retiring_of<A: IpFamily>(
+        mut self,
+        retiring: impl IntoIterator<Item = FlowTarget<A>>,
+    ) -> Self {
+        A::table_part_mut(&mut self).retiring.extend(retiring);
         self
     }
 
-    /// Whether the flow of `key` (client -> VIP) going to `backend` lost
-    /// its endpoint or Service port in this table. One length check for
-    /// the tables of a steady cluster, whose sets are empty.
+    /// Whether the IPv4 flow of `key` (client -> VIP) going to `backend`
+    /// lost its endpoint or Service port in this table
+    /// ([`FamilyTable::retires`]).
     #[inline]
     pub fn retires(&self, key: &FlowKey, backend: (Ipv4Addr, u16)) -> bool {
-        !self.retiring.is_empty()
-            && self
-                .retiring
-                .contains(&(key.dst, key.dst_port, key.protocol, backend.0, backend.1))
+        self.v4.retires(key, backend)
     }
 
-    /// How many targets this table ends.
+    /// How many targets this table ends, both families.
     pub fn retiring_len(&self) -> usize {
-        self.retiring.len()
+        self.v4.retiring_len() + self.v6.retiring_len()
     }
 
     /// An empty table (nothing forwarded).
@@ -370,38 +533,33 @@ impl CompiledTable {
         &self.model
     }
 
-    /// What a new connection to `key` may go to.
+    /// What a new connection to the IPv4 `key` may go to.
     #[inline]
     pub fn lookup(&self, key: &ServiceKey) -> Result<&PortEntry, Miss> {
-        match self.ports.get(key) {
-            Some(entry) if entry.backends.is_empty() => Err(Miss::NoEndpoints),
-            Some(entry) => Ok(entry),
-            None if self.vips.contains(&key.vip) => Err(Miss::NoPort),
-            None => Err(Miss::NotVip),
-        }
+        self.v4.lookup(key)
     }
 
-    /// The entry of a VIP port, usable endpoints or not.
+    /// The entry of an IPv4 VIP port, usable endpoints or not.
     #[inline]
     pub fn port_entry(&self, key: &ServiceKey) -> Option<&PortEntry> {
-        self.ports.get(key)
+        self.v4.port_entry(key)
     }
 
-    /// True when some port of the Service behind `vip` has a usable
-    /// endpoint (what `ping <ClusterIP>` is answered for).
+    /// True when some port of the Service behind the IPv4 `vip` has a
+    /// usable endpoint.
     pub fn vip_has_endpoints(&self, vip: Ipv4Addr) -> bool {
-        self.vips_with_endpoints.contains(&vip)
+        self.v4.vip_has_endpoints(vip)
     }
 
     #[inline]
     pub fn is_vip(&self, ip: Ipv4Addr) -> bool {
-        self.vips.contains(&ip)
+        self.v4.is_vip(ip)
     }
 
-    /// True when packets from this address/port/protocol are replies.
+    /// True when packets from this IPv4 address/port/protocol are replies.
     #[inline]
     pub fn is_backend(&self, ip: Ipv4Addr, port: u16, protocol: Protocol) -> bool {
-        self.backends.contains_key(&(ip, port, protocol))
+        self.v4.is_backend(ip, port, protocol)
     }
 
     /// Whether some port uses Maglev (see [`ReplyOwner`]).
@@ -410,34 +568,34 @@ impl CompiledTable {
         self.uses_maglev
     }
 
-    /// The Service port a backend's packets are replies for, if it is one.
+    /// The Service port an IPv4 backend's packets are replies for.
     #[inline]
     pub fn reply_owner(&self, ip: Ipv4Addr, port: u16, protocol: Protocol) -> Option<ReplyOwner> {
-        self.backends.get(&(ip, port, protocol)).copied()
+        self.v4.reply_owner(ip, port, protocol)
     }
 
-    /// Every VIP port's entry (views, `cipgw check`).
+    /// Every IPv4 VIP port's entry (views, `cipgw check`).
     pub fn port_entries(&self) -> impl Iterator<Item = (&ServiceKey, &PortEntry)> + '_ {
-        self.ports.iter()
+        self.v4.port_entries()
     }
 
-    /// VIPs the XDP program must redirect.
+    /// IPv4 VIPs the XDP program must redirect.
     pub fn vips(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
-        self.vips.iter().copied()
+        self.v4.vips()
     }
 
-    /// Endpoint sources the XDP program must redirect (replies).
+    /// IPv4 endpoint sources the XDP program must redirect (replies).
     pub fn backends(&self) -> impl Iterator<Item = (Ipv4Addr, u16, Protocol)> + '_ {
-        self.backends.keys().copied()
+        self.v4.backends()
     }
 
-    /// Number of VIP:port/protocol entries.
+    /// Number of VIP:port/protocol entries, both families.
     pub fn len(&self) -> usize {
-        self.ports.len()
+        self.v4.len() + self.v6.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ports.is_empty()
+        self.v4.is_empty() && self.v6.is_empty()
     }
 }
 
