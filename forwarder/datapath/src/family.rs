@@ -20,6 +20,7 @@ use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::conntrack::{FlowKey, RecordLayout};
+use crate::route::{FamilyRoutes, NetSnapshot};
 use crate::table::{CompiledTable, FamilyTable};
 
 /// An address family the data path serves: [`Ipv4Addr`] or [`Ipv6Addr`].
@@ -45,6 +46,9 @@ pub trait IpFamily:
     /// Writes the address's wire bytes into `out[..BYTES]`.
     fn write_bytes(self, out: &mut [u8]);
 
+    /// The address's bits, right-aligned (an IPv4 address in the low 32).
+    fn bits(self) -> u128;
+
     /// Whether this is the unspecified address.
     fn is_unspecified_addr(self) -> bool {
         self == Self::UNSPECIFIED
@@ -63,6 +67,9 @@ pub trait IpFamily:
 
     /// The same, while the table is being built.
     fn table_part_mut(table: &mut CompiledTable) -> &mut FamilyTable<Self>;
+
+    /// This family's routes and neighbours in a network snapshot.
+    fn routes_part(net: &NetSnapshot) -> &FamilyRoutes<Self>;
 }
 
 /// The ports and protocol of a key, in one word.
@@ -114,6 +121,15 @@ impl IpFamily for Ipv4Addr {
     fn table_part_mut(table: &mut CompiledTable) -> &mut FamilyTable<Self> {
         table.v4_mut()
     }
+
+    fn routes_part(net: &NetSnapshot) -> &FamilyRoutes<Self> {
+        net.v4()
+    }
+
+    #[inline]
+    fn bits(self) -> u128 {
+        u128::from(u32::from(self))
+    }
 }
 
 impl IpFamily for Ipv6Addr {
@@ -158,6 +174,15 @@ impl IpFamily for Ipv6Addr {
 
     fn table_part_mut(table: &mut CompiledTable) -> &mut FamilyTable<Self> {
         table.v6_mut()
+    }
+
+    fn routes_part(net: &NetSnapshot) -> &FamilyRoutes<Self> {
+        net.v6()
+    }
+
+    #[inline]
+    fn bits(self) -> u128 {
+        u128::from(self)
     }
 }
 
