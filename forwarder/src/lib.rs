@@ -14,7 +14,8 @@
 // The packet path itself is the `cipgw-datapath` crate; its modules are
 // re-exported here under their old paths.
 pub use cipgw_datapath::{
-    affinity, checksum, conntrack, counters, dns, lb, maglev, pipeline, reject, route, table, wire,
+    affinity, checksum, conntrack, counters, dns, family, lb, maglev, pipeline, reject, route,
+    table, wire,
 };
 
 pub mod admin;

@@ -1,5 +1,5 @@
-//! The kernel's IPv4 routes, neighbours and links, read over rtnetlink and
-//! kept current as a published [`NetSnapshot`].
+//! The kernel's routes and neighbours of both families, and its links,
+//! read over rtnetlink and kept current as a published [`NetSnapshot`].
 //!
 //! Workers never talk to the kernel: they load the current snapshot (an
 //! `Arc` behind an [`ArcSwap`]) once per batch, and when a next hop has no
@@ -20,7 +20,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_char, CStr};
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr as IpSocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -48,6 +48,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, SocketAddr};
 
+use crate::family::IpFamily;
 use crate::route::{NetSnapshot, Port, Route};
 use crate::wire::ethernet::MacAddr;
 
@@ -55,6 +56,7 @@ use crate::wire::ethernet::MacAddr;
 const RTNLGRP_LINK: u32 = 1;
 const RTNLGRP_NEIGH: u32 = 3;
 const RTNLGRP_IPV4_ROUTE: u32 = 7;
+const RTNLGRP_IPV6_ROUTE: u32 = 11;
 
 /// linux/netlink.h message types.
 const NLMSG_ERROR: u16 = 2;
@@ -109,18 +111,18 @@ pub enum NetlinkError {
     Spawn(#[source] io::Error),
 }
 
-/// One IPv4 neighbour table entry.
+/// One neighbour table entry (ARP for IPv4, NDP for IPv6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Neighbour {
+pub struct Neighbour<A = Ipv4Addr> {
     pub ifindex: u32,
-    pub ip: Ipv4Addr,
+    pub ip: A,
     pub mac: Option<MacAddr>,
     pub state: NeighbourState,
     /// Whether the kernel keeps it resolved by itself (NTF_EXT_MANAGED).
     pub managed: bool,
 }
 
-impl Neighbour {
+impl<A> Neighbour<A> {
     /// Whether the entry has a usable link-layer address: states
     /// REACHABLE, STALE, DELAY, PROBE, PERMANENT or NOARP (STALE and
     /// friends are still valid; the kernel re-confirms them).
@@ -171,6 +173,16 @@ pub fn dump_routes() -> Result<Vec<Route>, NetlinkError> {
 
 /// The IPv4 neighbour table, every state.
 pub fn dump_neighbours() -> Result<Vec<Neighbour>, NetlinkError> {
+    Rtnl::open(&[])?.neighbours()
+}
+
+/// The main table's IPv6 unicast routes, best first among equal prefixes.
+pub fn dump_routes6() -> Result<Vec<Route<Ipv6Addr>>, NetlinkError> {
+    Rtnl::open(&[])?.routes()
+}
+
+/// The IPv6 neighbour table (NDP), every state.
+pub fn dump_neighbours6() -> Result<Vec<Neighbour<Ipv6Addr>>, NetlinkError> {
     Rtnl::open(&[])?.neighbours()
 }
 
@@ -246,7 +258,7 @@ pub fn dump_snapshot(ports: &[String]) -> Result<NetSnapshot, NetlinkError> {
 /// safe to use from worker threads.
 #[derive(Debug, Clone)]
 pub struct Resolver {
-    tx: Sender<(u32, Ipv4Addr)>,
+    tx: Sender<(u32, IpAddr)>,
 }
 
 impl Resolver {
@@ -255,8 +267,8 @@ impl Resolver {
     /// dropped and `false` returned; the caller will ask again on a later
     /// packet.
     #[inline]
-    pub fn request_resolution(&self, ifindex: u32, ip: Ipv4Addr) -> bool {
-        match self.tx.try_send((ifindex, ip)) {
+    pub fn request_resolution(&self, ifindex: u32, ip: impl Into<IpAddr>) -> bool {
+        match self.tx.try_send((ifindex, ip.into())) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
         }
@@ -292,7 +304,7 @@ impl NetMonitor {
 
     /// See [`Resolver::request_resolution`].
     #[inline]
-    pub fn request_resolution(&self, ifindex: u32, ip: Ipv4Addr) -> bool {
+    pub fn request_resolution(&self, ifindex: u32, ip: impl Into<IpAddr>) -> bool {
         self.resolver.request_resolution(ifindex, ip)
     }
 }
@@ -317,7 +329,12 @@ pub fn spawn_monitor(ports: Vec<String>) -> Result<NetMonitor, NetlinkError> {
     if ports.len() > usize::from(u8::MAX) {
         return Err(NetlinkError::TooManyPorts(ports.len()));
     }
-    let events = Rtnl::open(&[RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE])?;
+    let events = Rtnl::open(&[
+        RTNLGRP_LINK,
+        RTNLGRP_NEIGH,
+        RTNLGRP_IPV4_ROUTE,
+        RTNLGRP_IPV6_ROUTE,
+    ])?;
     events.set_nonblocking()?;
     let mut requests = Rtnl::open(&[])?;
     // Subscribed before dumping: a change between the dump and the first
@@ -355,6 +372,8 @@ pub fn spawn_monitor(ports: Vec<String>) -> Result<NetMonitor, NetlinkError> {
 struct Tables {
     routes: Vec<Route>,
     neighbours: HashMap<(u32, Ipv4Addr), MacAddr>,
+    routes6: Vec<Route<Ipv6Addr>>,
+    neighbours6: HashMap<(u32, Ipv6Addr), MacAddr>,
     ports: Vec<Port>,
 }
 
@@ -365,6 +384,7 @@ impl Tables {
             self.neighbours.clone(),
             self.ports.clone(),
         )
+        .with_ipv6(self.routes6.clone(), self.neighbours6.clone())
     }
 
     fn has_ifindex(&self, ifindex: u32) -> bool {
@@ -376,12 +396,12 @@ struct Monitor {
     ports: Vec<String>,
     events: Rtnl,
     requests: Rtnl,
-    rx: Receiver<(u32, Ipv4Addr)>,
+    rx: Receiver<(u32, IpAddr)>,
     current: Arc<ArcSwap<NetSnapshot>>,
     stop: Arc<AtomicBool>,
     state: Tables,
     /// When each neighbour was last asked for (debounce).
-    recent: HashMap<(u32, Ipv4Addr), Instant>,
+    recent: HashMap<(u32, IpAddr), Instant>,
 }
 
 impl Monitor {
@@ -448,11 +468,14 @@ impl Monitor {
         };
         match msg {
             RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => {
-                r.header.address_family == AddressFamily::Inet
-                    && route_table(&r) == u32::from(RouteHeader::RT_TABLE_MAIN)
+                matches!(
+                    r.header.address_family,
+                    AddressFamily::Inet | AddressFamily::Inet6
+                ) && route_table(&r) == u32::from(RouteHeader::RT_TABLE_MAIN)
             }
             RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n) => {
-                n.header.family == AddressFamily::Inet && self.state.has_ifindex(n.header.ifindex)
+                matches!(n.header.family, AddressFamily::Inet | AddressFamily::Inet6)
+                    && self.state.has_ifindex(n.header.ifindex)
             }
             RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l) => {
                 self.state.has_ifindex(l.header.index)
@@ -501,6 +524,8 @@ impl Monitor {
                 tracing::debug!(
                     routes = tables.routes.len(),
                     neighbours = tables.neighbours.len(),
+                    ipv6_routes = tables.routes6.len(),
+                    ipv6_neighbours = tables.neighbours6.len(),
                     "network snapshot published"
                 );
                 self.state = tables;
@@ -745,10 +770,10 @@ impl Rtnl {
         Ok(self.dump(what, request)?.iter().filter_map(parse).collect())
     }
 
-    fn routes(&mut self) -> Result<Vec<Route>, NetlinkError> {
+    fn routes<A: RtFamily>(&mut self) -> Result<Vec<Route<A>>, NetlinkError> {
         let request = || {
             let mut m = RouteMessage::default();
-            m.header.address_family = AddressFamily::Inet;
+            m.header.address_family = A::FAMILY;
             RouteNetlinkMessage::GetRoute(m)
         };
         let mut routes = self.dump_parsed("route dump", request, |m| match m {
@@ -761,10 +786,10 @@ impl Rtnl {
         Ok(routes.into_iter().map(|(r, _)| r).collect())
     }
 
-    fn neighbours(&mut self) -> Result<Vec<Neighbour>, NetlinkError> {
+    fn neighbours<A: RtFamily>(&mut self) -> Result<Vec<Neighbour<A>>, NetlinkError> {
         let request = || {
             let mut m = NeighbourMessage::default();
-            m.header.family = AddressFamily::Inet;
+            m.header.family = A::FAMILY;
             RouteNetlinkMessage::GetNeighbour(m)
         };
         self.dump_parsed("neighbour dump", request, |m| match m {
@@ -815,21 +840,28 @@ impl Rtnl {
         }
         let attached: HashSet<u32> = resolved_ports.iter().map(|p| p.ifindex).collect();
         let neighbours = self
-            .neighbours()?
+            .neighbours::<Ipv4Addr>()?
             .into_iter()
             .filter(|n| attached.contains(&n.ifindex) && n.is_resolved())
             .filter_map(|n| Some(((n.ifindex, n.ip), n.mac?)))
             .collect();
-        let routes = self.routes()?;
+        let neighbours6 = self
+            .neighbours::<Ipv6Addr>()?
+            .into_iter()
+            .filter(|n| attached.contains(&n.ifindex) && n.is_resolved())
+            .filter_map(|n| Some(((n.ifindex, n.ip), n.mac?)))
+            .collect();
         Ok(Tables {
-            routes,
+            routes: self.routes()?,
             neighbours,
+            routes6: self.routes()?,
+            neighbours6,
             ports: resolved_ports,
         })
     }
 
     /// Asks the kernel to resolve a neighbour, by the best means it takes.
-    fn resolve(&mut self, ifindex: u32, ip: Ipv4Addr) -> Result<ResolveMethod, NetlinkError> {
+    fn resolve(&mut self, ifindex: u32, ip: IpAddr) -> Result<ResolveMethod, NetlinkError> {
         let managed = self.change(
             "adding a managed neighbour",
             NLM_F_CREATE,
@@ -859,15 +891,18 @@ impl Rtnl {
 }
 
 /// RTM_NEWNEIGH asking for resolution: a managed entry, or NTF_USE.
-fn neighbour_request(ifindex: u32, ip: Ipv4Addr, managed: bool) -> RouteNetlinkMessage {
+fn neighbour_request(ifindex: u32, ip: IpAddr, managed: bool) -> RouteNetlinkMessage {
     let mut m = NeighbourMessage::default();
-    m.header.family = AddressFamily::Inet;
+    let (family, address) = match ip {
+        IpAddr::V4(v4) => (AddressFamily::Inet, NeighbourAddress::Inet(v4)),
+        IpAddr::V6(v6) => (AddressFamily::Inet6, NeighbourAddress::Inet6(v6)),
+    };
+    m.header.family = family;
     m.header.ifindex = ifindex;
     // The state is ignored for managed/NTF_USE updates (the kernel keeps
     // the entry's own); it must not be PERMANENT for a managed one.
     m.header.state = NeighbourState::None;
-    m.attributes
-        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    m.attributes.push(NeighbourAttribute::Destination(address));
     if managed {
         m.attributes
             .push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
@@ -877,9 +912,10 @@ fn neighbour_request(ifindex: u32, ip: Ipv4Addr, managed: bool) -> RouteNetlinkM
     RouteNetlinkMessage::NewNeighbour(m)
 }
 
-/// Makes the kernel ARP for `ip` on `ifindex` by sending it an empty
-/// datagram on the discard port (RFC 863), bound to the device.
-fn poke_with_datagram(ifindex: u32, ip: Ipv4Addr) -> io::Result<()> {
+/// Makes the kernel ARP (or solicit, for IPv6) for `ip` on `ifindex` by
+/// sending it an empty datagram on the discard port (RFC 863), bound to
+/// the device.
+fn poke_with_datagram(ifindex: u32, ip: IpAddr) -> io::Result<()> {
     let mut name = [0 as c_char; libc::IF_NAMESIZE];
     // SAFETY: `name` has IF_NAMESIZE bytes, as if_indextoname requires.
     if unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null() {
@@ -887,9 +923,12 @@ fn poke_with_datagram(ifindex: u32, ip: Ipv4Addr) -> io::Result<()> {
     }
     // SAFETY: on success the buffer holds a NUL-terminated name.
     let name = unsafe { CStr::from_ptr(name.as_ptr()) };
-    let sock = UdpSocket::bind("0.0.0.0:0")?;
+    let sock = match ip {
+        IpAddr::V4(_) => UdpSocket::bind("0.0.0.0:0")?,
+        IpAddr::V6(_) => UdpSocket::bind("[::]:0")?,
+    };
     bind_to_device(sock.as_raw_fd(), name)?;
-    sock.connect(SocketAddrV4::new(ip, 9))?;
+    sock.connect(IpSocketAddr::new(ip, 9))?;
     sock.set_nonblocking(true)?;
     match sock.send(&[]) {
         Ok(_) => Ok(()),
@@ -1006,30 +1045,74 @@ fn route_table(r: &RouteMessage) -> u32 {
         .unwrap_or(u32::from(r.header.table))
 }
 
-/// A main-table IPv4 unicast route with an output interface, and its
-/// metric. Multipath routes use their first next hop.
-fn parse_route(r: &RouteMessage) -> Option<(Route, u32)> {
-    if r.header.address_family != AddressFamily::Inet
+/// The address family rtnetlink messages of `Self` carry: how routes and
+/// neighbours of either family are asked for and read.
+trait RtFamily: IpFamily {
+    const FAMILY: AddressFamily;
+    fn route_address(a: &RouteAddress) -> Option<Self>;
+    fn neighbour_address(a: &NeighbourAddress) -> Option<Self>;
+}
+
+impl RtFamily for Ipv4Addr {
+    const FAMILY: AddressFamily = AddressFamily::Inet;
+
+    fn route_address(a: &RouteAddress) -> Option<Self> {
+        match a {
+            RouteAddress::Inet(ip) => Some(*ip),
+            _ => None,
+        }
+    }
+
+    fn neighbour_address(a: &NeighbourAddress) -> Option<Self> {
+        match a {
+            NeighbourAddress::Inet(ip) => Some(*ip),
+            _ => None,
+        }
+    }
+}
+
+impl RtFamily for Ipv6Addr {
+    const FAMILY: AddressFamily = AddressFamily::Inet6;
+
+    fn route_address(a: &RouteAddress) -> Option<Self> {
+        match a {
+            RouteAddress::Inet6(ip) => Some(*ip),
+            _ => None,
+        }
+    }
+
+    fn neighbour_address(a: &NeighbourAddress) -> Option<Self> {
+        match a {
+            NeighbourAddress::Inet6(ip) => Some(*ip),
+            _ => None,
+        }
+    }
+}
+
+/// A main-table unicast route of family `A` with an output interface,
+/// and its metric. Multipath routes use their first next hop.
+fn parse_route<A: RtFamily>(r: &RouteMessage) -> Option<(Route<A>, u32)> {
+    if r.header.address_family != A::FAMILY
         || r.header.kind != RouteType::Unicast
         || route_table(r) != u32::from(RouteHeader::RT_TABLE_MAIN)
     {
         return None;
     }
-    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let mut dst = A::UNSPECIFIED;
     let mut oif = None;
     let mut gateway = None;
     let mut metric = 0;
     for a in &r.attributes {
         match a {
-            RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
+            RouteAttribute::Destination(ip) => dst = A::route_address(ip)?,
             RouteAttribute::Oif(i) => oif = Some(*i),
-            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+            RouteAttribute::Gateway(g) => gateway = A::route_address(g),
             RouteAttribute::Priority(p) => metric = *p,
             RouteAttribute::MultiPath(hops) if oif.is_none() => {
                 if let Some(hop) = hops.first() {
                     oif = Some(hop.interface_index);
                     gateway = hop.attributes.iter().find_map(|a| match a {
-                        RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+                        RouteAttribute::Gateway(g) => A::route_address(g),
                         _ => None,
                     });
                 }
@@ -1040,7 +1123,7 @@ fn parse_route(r: &RouteMessage) -> Option<(Route, u32)> {
     Some((
         Route {
             dst,
-            prefix_len: r.header.destination_prefix_length.min(32),
+            prefix_len: r.header.destination_prefix_length.min((8 * A::BYTES) as u8),
             ifindex: oif?,
             gateway,
         },
@@ -1048,8 +1131,8 @@ fn parse_route(r: &RouteMessage) -> Option<(Route, u32)> {
     ))
 }
 
-fn parse_neighbour(n: &NeighbourMessage) -> Option<Neighbour> {
-    if n.header.family != AddressFamily::Inet {
+fn parse_neighbour<A: RtFamily>(n: &NeighbourMessage) -> Option<Neighbour<A>> {
+    if n.header.family != A::FAMILY {
         return None;
     }
     let mut ip = None;
@@ -1057,7 +1140,7 @@ fn parse_neighbour(n: &NeighbourMessage) -> Option<Neighbour> {
     let mut managed = false;
     for a in &n.attributes {
         match a {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(addr)) => ip = Some(*addr),
+            NeighbourAttribute::Destination(addr) => ip = A::neighbour_address(addr),
             NeighbourAttribute::LinkLayerAddress(ll) => {
                 mac = <MacAddr>::try_from(ll.as_slice()).ok()
             }
@@ -1177,10 +1260,67 @@ mod tests {
         );
         assert_eq!(metric, 100);
         r.header.table = 255; // local
-        assert!(parse_route(&r).is_none());
+        assert!(parse_route::<Ipv4Addr>(&r).is_none());
         r.header.table = RouteHeader::RT_TABLE_MAIN;
         r.header.kind = RouteType::Local;
-        assert!(parse_route(&r).is_none());
+        assert!(parse_route::<Ipv4Addr>(&r).is_none());
+    }
+
+    #[test]
+    fn ipv6_routes_and_neighbours_parse_as_their_family_only() {
+        let v6 = |s: &str| -> Ipv6Addr { s.parse().expect("literal") };
+        let mut r = RouteMessage::default();
+        r.header.address_family = AddressFamily::Inet6;
+        r.header.kind = RouteType::Unicast;
+        r.header.table = RouteHeader::RT_TABLE_MAIN;
+        r.header.destination_prefix_length = 64;
+        r.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet6(v6(
+                "2001:2:0:ff::",
+            ))));
+        r.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet6(v6("fe80::1"))));
+        r.attributes.push(RouteAttribute::Oif(9));
+        let (route, _) = parse_route::<Ipv6Addr>(&r).expect("unicast main route");
+        assert_eq!(
+            route,
+            Route {
+                dst: v6("2001:2:0:ff::"),
+                prefix_len: 64,
+                ifindex: 9,
+                gateway: Some(v6("fe80::1")),
+            }
+        );
+        assert!(parse_route::<Ipv4Addr>(&r).is_none(), "not an IPv4 route");
+        // The default route has no destination attribute: ::/0.
+        r.attributes.remove(0);
+        r.header.destination_prefix_length = 0;
+        let (default, _) = parse_route::<Ipv6Addr>(&r).expect("default route");
+        assert_eq!(
+            (default.dst, default.prefix_len),
+            (Ipv6Addr::UNSPECIFIED, 0)
+        );
+
+        let mut n = NeighbourMessage::default();
+        n.header.family = AddressFamily::Inet6;
+        n.header.ifindex = 9;
+        n.header.state = NeighbourState::Reachable;
+        n.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet6(
+                v6("2001:2::2"),
+            )));
+        n.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(vec![2, 0, 0, 0, 0, 2]));
+        let neighbour = parse_neighbour::<Ipv6Addr>(&n).expect("an NDP entry");
+        assert_eq!(
+            (neighbour.ip, neighbour.mac),
+            (v6("2001:2::2"), Some([2, 0, 0, 0, 0, 2]))
+        );
+        assert!(neighbour.is_resolved());
+        assert!(
+            parse_neighbour::<Ipv4Addr>(&n).is_none(),
+            "not an ARP entry"
+        );
     }
 
     #[test]
@@ -1190,6 +1330,8 @@ mod tests {
         assert!(links.iter().any(|l| l.name == "lo" && l.ifindex == 1));
         dump_routes().expect("route dump");
         dump_neighbours().expect("neighbour dump");
+        dump_routes6().expect("IPv6 route dump");
+        dump_neighbours6().expect("IPv6 neighbour dump");
         let s = dump_snapshot(&["lo".to_owned()]).expect("snapshot");
         assert_eq!(s.ports()[0].ifindex, 1);
         assert!(matches!(

@@ -745,6 +745,65 @@ fn netlink_snapshot_tracks_routes_and_neighbours() {
                 == Ok(CLIENT_IP)),
             "new route published"
         );
+        // IPv6: connected route, a neighbour learnt from traffic, one
+        // resolved on request, a route change.
+        let v6 = |s: &str| -> std::net::Ipv6Addr { s.parse().expect("literal") };
+        topo.gw
+            .ip(&["-6", "addr", "add", "2001:2::1/64", "dev", "gw0", "nodad"]);
+        topo.client
+            .ip(&["-6", "addr", "add", "2001:2::2/64", "dev", "cl0", "nodad"]);
+        topo.client
+            .ip(&["-6", "addr", "add", "2001:2::3/64", "dev", "cl0", "nodad"]);
+        assert!(
+            wait_for(Duration::from_secs(3), || monitor
+                .snapshot()
+                .next_hop_of(v6("2001:2::2"))
+                .map(|h| (h.port, h.ip))
+                == Ok((0, v6("2001:2::2")))),
+            "IPv6 connected route: {:?}",
+            monitor.snapshot().routes6()
+        );
+        assert!(
+            topo.client.exec_ok(&[
+                "ping",
+                "-6",
+                "-c",
+                "1",
+                "-W",
+                "2",
+                "-I",
+                "2001:2::2",
+                "2001:2::1"
+            ]),
+            "ping6 gateway"
+        );
+        assert!(
+            wait_for(Duration::from_secs(3), || monitor
+                .snapshot()
+                .neighbour_of(0, v6("2001:2::2"))
+                == Some(client_mac)),
+            "IPv6 neighbour after ping: {:?} (client {client_mac:?}); gw0 port {:?}",
+            netlink::dump_neighbours6(),
+            monitor.snapshot().ports()
+        );
+        assert!(resolver.request_resolution(ifindex, v6("2001:2::3")));
+        assert!(
+            wait_for(Duration::from_secs(3), || handle
+                .load()
+                .neighbour_of(0, v6("2001:2::3"))
+                == Some(client_mac)),
+            "requested IPv6 neighbour resolved"
+        );
+        topo.gw
+            .ip(&["-6", "route", "add", "2001:2:0:ff::/64", "via", "2001:2::2"]);
+        assert!(
+            wait_for(Duration::from_secs(3), || monitor
+                .snapshot()
+                .next_hop_of(v6("2001:2:0:ff::10"))
+                .map(|h| h.ip)
+                == Ok(v6("2001:2::2"))),
+            "new IPv6 route published"
+        );
         let started = Instant::now();
         drop(monitor);
         assert!(
