@@ -38,6 +38,9 @@ pub enum DropReason {
     TruncatedL4,
     /// TCP data offset below 5, or UDP length not matching the IP payload.
     MalformedL4,
+    /// UDP over IPv6 with a zero checksum, which IPv6 forbids (RFC 8200
+    /// 8.1).
+    UdpZeroChecksumV6,
     /// A protocol other than TCP or UDP to a VIP.
     UnsupportedProtocol,
     /// The VIP exists but the Service defines no such port/protocol.
@@ -102,7 +105,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 34] = [
+    pub const ALL: [DropReason; 35] = [
         DropReason::TruncatedEthernet,
         DropReason::VlanTagged,
         DropReason::TruncatedIpv4,
@@ -112,6 +115,7 @@ impl DropReason {
         DropReason::Fragment,
         DropReason::TruncatedL4,
         DropReason::MalformedL4,
+        DropReason::UdpZeroChecksumV6,
         DropReason::UnsupportedProtocol,
         DropReason::NoServicePort,
         DropReason::NoEndpoints,
@@ -152,6 +156,7 @@ impl DropReason {
             DropReason::Fragment => "fragment",
             DropReason::TruncatedL4 => "truncated_l4",
             DropReason::MalformedL4 => "malformed_l4",
+            DropReason::UdpZeroChecksumV6 => "udp_zero_checksum_ipv6",
             DropReason::UnsupportedProtocol => "unsupported_protocol",
             DropReason::NoServicePort => "no_service_port",
             DropReason::NoEndpoints => "no_endpoints",

@@ -1087,6 +1087,7 @@ fn parse_verdict(e: ParseError) -> Verdict {
         ParseError::L4(e) => {
             Verdict::Drop(wire(e, DropReason::TruncatedL4, DropReason::MalformedL4))
         }
+        ParseError::UdpZeroChecksumV6 => Verdict::Drop(DropReason::UdpZeroChecksumV6),
     }
 }
 

@@ -627,6 +627,14 @@ fn ipv6_is_the_kernels_and_malformed_ipv6_is_counted() {
     assert_eq!(h.run(&mut bad), Verdict::Drop(DropReason::MalformedIpv6));
     let mut cut = udp6[..40].to_vec();
     assert_eq!(h.run(&mut cut), Verdict::Drop(DropReason::TruncatedIpv6));
+    // UDP over IPv6 must carry a checksum (RFC 8200 8.1).
+    let mut unchecked = udp6.clone();
+    unchecked[14 + 40 + 6..14 + 40 + 8].fill(0);
+    assert_eq!(
+        h.run(&mut unchecked),
+        Verdict::Drop(DropReason::UdpZeroChecksumV6)
+    );
+    assert_eq!(h.counters().drops_of(DropReason::UdpZeroChecksumV6), 1);
 }
 
 #[test]

@@ -152,6 +152,13 @@ fn udp6(first: u8, ext: &[u8]) -> Vec<u8> {
     out
 }
 
+/// [`udp6`] without a UDP checksum, which IPv6 forbids.
+fn udp6_unchecked() -> Vec<u8> {
+    let mut out = udp6(17, &[]);
+    out[60..62].fill(0);
+    out
+}
+
 fn arp() -> Vec<u8> {
     let mut f = vec![0xff; 6];
     f.extend_from_slice(&mac::CLIENT);
@@ -446,6 +453,7 @@ fn seeds() -> Vec<Seed> {
                 udp6(17, &[])[..50].to_vec(),
                 Drop(DropReason::TruncatedIpv6),
             ),
+            (C, udp6_unchecked(), Drop(DropReason::UdpZeroChecksumV6)),
         ],
     );
     s.add(

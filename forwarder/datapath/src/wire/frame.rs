@@ -117,12 +117,20 @@ pub enum ParseError {
     Ipv6(WireError),
     /// The TCP or UDP header.
     L4(WireError),
+    /// A UDP datagram over IPv6 without a checksum (zero): IPv6 makes the
+    /// UDP checksum mandatory (RFC 8200 8.1), so it is discarded.
+    UdpZeroChecksumV6,
 }
 
 /// The transport layer of a packet whose upper-layer `protocol` starts
 /// `payload` (up to the packet's end).
 #[inline]
-fn transport(protocol: u8, payload: &[u8], fragment: Option<Fragment>) -> Result<L4, ParseError> {
+fn transport(
+    protocol: u8,
+    payload: &[u8],
+    fragment: Option<Fragment>,
+    ipv6: bool,
+) -> Result<L4, ParseError> {
     let tcp_or_udp = matches!(protocol, ip_number::TCP | ip_number::UDP);
     if fragment.is_some_and(|f| !f.is_first() || !tcp_or_udp) {
         return Ok(L4::Fragment { protocol });
@@ -142,6 +150,9 @@ fn transport(protocol: u8, payload: &[u8], fragment: Option<Fragment>) -> Result
                 None => UdpDatagram::new_checked(payload),
             }
             .map_err(ParseError::L4)?;
+            if ipv6 && udp.checksum() == 0 {
+                return Err(ParseError::UdpZeroChecksumV6);
+            }
             L4::Udp {
                 src_port: udp.src_port(),
                 dst_port: udp.dst_port(),
@@ -234,7 +245,8 @@ impl<T: AsRef<[u8]>> Frame<T> {
             ethertype::VLAN | ethertype::QINQ => return Err(ParseError::VlanTagged),
             _ => return Err(ParseError::NotIp),
         };
-        let l4 = transport(protocol, &packet[l4_start..l3_len], fragment)?;
+        let ipv6 = matches!(l3, L3::Ipv6 { .. });
+        let l4 = transport(protocol, &packet[l4_start..l3_len], fragment, ipv6)?;
         let l4_offset = l3_offset + l4_start;
         let l3_end = l3_offset + l3_len;
         Ok(Self {
@@ -597,8 +609,23 @@ mod tests {
         f.extend_from_slice(&[0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
         f.extend_from_slice(&[0x20, 0x01, 0, 2, 0, 0, 0, 0x64, 0, 0, 0, 0, 0, 0, 0, 0x10]);
         f.extend_from_slice(ext);
-        f.extend_from_slice(&[0x9c, 0x40, 0, 53, 0, 12, 0, 0, b'p', b'i', b'n', b'g']);
+        // The checksum is not verified here; a zero one would be refused.
+        f.extend_from_slice(&[0x9c, 0x40, 0, 53, 0, 12, 0x12, 0x34, b'p', b'i', b'n', b'g']);
         f
+    }
+
+    #[test]
+    fn udp_over_ipv6_without_a_checksum_is_refused() {
+        let mut f = ipv6_frame(ip_number::UDP, &[]);
+        let checksum = f.len() - 6;
+        f[checksum..checksum + 2].fill(0);
+        assert_eq!(
+            Frame::parse(&f[..], f.len()).err(),
+            Some(ParseError::UdpZeroChecksumV6)
+        );
+        // Over IPv4 a zero checksum means none was computed: allowed.
+        let v4 = with(|v| v[14 + 20 + 6..14 + 20 + 8].fill(0));
+        assert!(Frame::parse(&v4[..], v4.len()).is_ok());
     }
 
     #[test]
