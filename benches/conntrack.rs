@@ -14,6 +14,9 @@
 //!   `prefetch_flow` all, then `lookup_hashed` each);
 //! - `lookup_established/1M_flows/1_thread_unbatched`: the same keys one
 //!   `Conntrack::lookup` at a time, nothing prefetched;
+//! - `lookup_established/1M_flows/1_thread_ipv6`: the same over an IPv6
+//!   table (96-byte records, two cache lines a lookup instead of one),
+//!   the flows' addresses mapped into 2001:2::/64;
 //! - `lookup_established/1M_flows/2_threads`: batched, on cores 0 and 1 at
 //!   once, each with its own order; the figure is per core (each thread
 //!   does the iterations; the time is the slower thread's);
@@ -43,7 +46,7 @@
 //! Run: `cargo bench -p cipgw-datapath --bench conntrack`.
 
 use std::hint::black_box;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -52,6 +55,7 @@ use std::time::Duration;
 use cipgw_config::Protocol;
 use cipgw_datapath::conntrack::persist::{self, TableFile};
 use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig, FlowKey, FlowMeta};
+use cipgw_datapath::family::IpFamily;
 use cipgw_datapath::lb::Rng;
 use cipgw_datapath::wire::tcp::flags::{ACK, SYN};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -103,6 +107,39 @@ fn reply(n: u32) -> FlowKey {
         dst_port,
         protocol: Protocol::Tcp,
     }
+}
+
+/// An IPv4 address of the bench mapped into 2001:2::/64 (its bits in the
+/// low 32, a constant in between, so the hash sees full-width keys).
+fn six(ip: Ipv4Addr) -> Ipv6Addr {
+    Ipv6Addr::from(
+        (0x2001_0002_0000_0000_u128 << 64) | (0xabcd_u128 << 40) | u128::from(u32::from(ip)),
+    )
+}
+
+fn key6(key: FlowKey) -> FlowKey<Ipv6Addr> {
+    FlowKey {
+        src: six(key.src),
+        dst: six(key.dst),
+        src_port: key.src_port,
+        dst_port: key.dst_port,
+        protocol: key.protocol,
+    }
+}
+
+/// [`established`] over IPv6.
+fn established6(config: ConntrackConfig) -> Conntrack<Ipv6Addr> {
+    let ct = Conntrack::<Ipv6Addr>::new(config);
+    for n in 0..FLOWS {
+        let (b, port) = backend(n);
+        ct.insert(key6(forward(n)), (six(b), port), NOW, FlowMeta::default())
+            .expect("room for the live flows");
+        ct.lookup(&key6(reply(n)), NOW, SYN | ACK)
+            .expect("reply entry tracked");
+        ct.lookup(&key6(forward(n)), NOW, ACK)
+            .expect("forward entry tracked");
+    }
+    ct
 }
 
 /// An empty table with `config`, where `CIPGW_BENCH_STATE_DIR` says (see
@@ -192,13 +229,18 @@ const BATCH: usize = 32;
 /// a worker does them for an RX batch: hash every key, fetch the index
 /// buckets, then the records, then look each up. Returns the time taken
 /// and the number of misses.
-fn lookups(ct: &Conntrack, keys: &[FlowKey], cursor: &mut usize, iters: u64) -> (Duration, u64) {
+fn lookups<A: IpFamily>(
+    ct: &Conntrack<A>,
+    keys: &[FlowKey<A>],
+    cursor: &mut usize,
+    iters: u64,
+) -> (Duration, u64) {
     let mut misses = 0;
     let mut i = *cursor;
     let mut left = iters;
     let mut batch = [FlowKey {
-        src: Ipv4Addr::UNSPECIFIED,
-        dst: Ipv4Addr::UNSPECIFIED,
+        src: A::UNSPECIFIED,
+        dst: A::UNSPECIFIED,
         src_port: 0,
         dst_port: 0,
         protocol: Protocol::Tcp,
@@ -439,6 +481,18 @@ fn bench(c: &mut Criterion) {
             t
         })
     });
+    {
+        let ct6 = established6(roomy);
+        let keys6: Vec<FlowKey<Ipv6Addr>> = keys0.iter().map(|&k| key6(k)).collect();
+        let mut cursor6 = 0;
+        group.bench_function("1M_flows/1_thread_ipv6", |b| {
+            b.iter_custom(|iters| {
+                let (t, misses) = lookups(&ct6, &keys6, &mut cursor6, iters);
+                assert_eq!(misses, 0);
+                t
+            })
+        });
+    }
     let mut cursor1 = 0;
     group.bench_function("1M_flows/2_threads", |b| {
         b.iter_custom(|iters| {
