@@ -32,9 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use cipgw_config::settings::{Settings, Source};
 use cipgw_config::{LbAlgorithm, ServiceTable};
-use cipgw_control::source::{
-    self as control_source, Receiver, RecvTimeoutError, SourceEvent, SourceHandle,
-};
+use cipgw_control::source::{self as control_source, Receiver, SourceEvent, SourceHandle};
 
 use crate::admin::{AdminServer, AdminState};
 use crate::affinity::Affinity;
@@ -55,6 +53,7 @@ const READERS_GRACE: Duration = Duration::from_secs(2);
 /// How often the control loop looks at the stop flag while no event
 /// comes: workers stop at the signal itself, so until this process exits
 /// (and the next gateway can start) VIP traffic is dropped; keep it short.
+/// (A hand-over request wakes the loop at once.)
 const STOP_CHECK_EVERY: Duration = Duration::from_millis(10);
 /// How often expired flows are swept out of conntrack.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -362,12 +361,13 @@ pub fn run(settings: Settings, options: Options) -> anyhow::Result<()> {
         }
     }
     let mut gateway = start::start(&settings, &options, Arc::clone(&stop))?;
-    gateway.serve(&settings);
-    match gateway
-        .handover
-        .as_ref()
-        .and_then(handover::Listener::request)
-    {
+    let request = gateway.serve(&settings).or_else(|| {
+        gateway
+            .handover
+            .as_ref()
+            .and_then(handover::Listener::request)
+    });
+    match request {
         Some(request) => gateway.hand_over(request, &terminate),
         None => gateway.shutdown(),
     }
@@ -402,24 +402,39 @@ impl Gateway {
     }
 
     /// The control loop: applies what the source reports, and does the
-    /// housekeeping, until asked to stop.
-    fn serve(&mut self, _settings: &Settings) {
+    /// housekeeping, until asked to stop; returns the next gateway's
+    /// request to let go, if that is what stopped it (it wakes the loop
+    /// at once: every millisecond until the answer is a millisecond
+    /// without forwarding).
+    fn serve(&mut self, _settings: &Settings) -> Option<handover::Request> {
         let mut last_sweep = Instant::now();
+        let events = self.events.clone();
+        let requests = match &self.handover {
+            Some(listener) => listener.requests().clone(),
+            None => crossbeam::channel::never(),
+        };
         // Acquire: pairs with the signal handler's store.
         while !self.stop.load(Ordering::Acquire) {
             self.admin.control_turned();
-            match self.events.recv_timeout(STOP_CHECK_EVERY) {
-                Ok(event) => self.on_event(event),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    tracing::error!(
-                        source = self.source.name(),
-                        "the source stopped; shutting down"
-                    );
-                    // Release: workers see everything before the stop request.
-                    self.stop.store(true, Ordering::Release);
-                    break;
-                }
+            crossbeam::channel::select! {
+                recv(events) -> event => match event {
+                    Ok(event) => self.on_event(event),
+                    Err(_) => {
+                        tracing::error!(
+                            source = self.source.name(),
+                            "the source stopped; shutting down"
+                        );
+                        // Release: workers see everything before the stop request.
+                        self.stop.store(true, Ordering::Release);
+                        break;
+                    }
+                },
+                recv(requests) -> request => {
+                    if let Ok(request) = request {
+                        return Some(request);
+                    }
+                },
+                default(STOP_CHECK_EVERY) => {}
             }
             // Workers end by themselves on the stop signal too; only an end
             // without it is unexpected. Looked at after the workers, so that
@@ -447,6 +462,7 @@ impl Gateway {
                 self.resolve_backends();
             }
         }
+        None
     }
 
     /// Records how long the changes behind the table just applied took
@@ -603,7 +619,7 @@ impl Gateway {
     /// (closing the AF_XDP sockets), hands the table over, closes the
     /// admin endpoint and puts busy-polling settings back, answers the
     /// request, then waits for SIGTERM or SIGINT without touching the XDP
-    /// program (which the next gateway replaces).
+    /// program (which the next gateway keeps, or replaces).
     fn hand_over(
         mut self,
         request: handover::Request,
