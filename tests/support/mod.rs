@@ -646,6 +646,12 @@ impl Lab {
                 log_tail(&old)
             ));
         }
+        // Where the old gateway's part of the gap went.
+        for line in old.log().iter().filter(|l| {
+            l.contains("asks to take over") || l.contains("workers stopped") || l.contains("handed")
+        }) {
+            eprintln!("  old gateway: {line}");
+        }
         if let Err(e) = old.signal(libc::SIGTERM) {
             panic!("SIGTERM to the old gateway: {e}{}", log_tail(&old));
         }

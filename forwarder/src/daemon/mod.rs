@@ -55,6 +55,9 @@ const READERS_GRACE: Duration = Duration::from_secs(2);
 /// (and the next gateway can start) VIP traffic is dropped; keep it short.
 /// (A hand-over request wakes the loop at once.)
 const STOP_CHECK_EVERY: Duration = Duration::from_millis(10);
+/// How long a gateway handing over waits for its workers to leave their
+/// loops (they do within a batch; this bounds a stuck one).
+const WORKERS_LEAVE_WITHIN: Duration = Duration::from_secs(5);
 /// How often expired flows are swept out of conntrack.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Busy polling: SO_BUSY_POLL on the sockets (µs). Workers never block in
@@ -92,6 +95,9 @@ struct Gateway {
     carried: HashSet<FlowTarget>,
     affinity: Arc<Affinity>,
     workers: Vec<(usize, JoinHandle<()>)>,
+    /// Each worker sends once here when it has left its loop, before its
+    /// sockets close.
+    workers_left: Receiver<()>,
     counters: Vec<Arc<WorkerCounters>>,
     stop: Arc<AtomicBool>,
     admin: Arc<AdminState>,
@@ -626,7 +632,9 @@ impl Gateway {
         terminate: &AtomicBool,
     ) -> anyhow::Result<()> {
         tracing::info!("the next gateway asks to take over; stopping workers");
-        let panicked = self.stop_workers();
+        // The table is at rest once every worker has left its loop; their
+        // sockets go on closing while the next gateway adopts it.
+        self.workers_leave();
         if let Some(file) = &self.table_file {
             file.hand_over().with_context(|| {
                 format!(
@@ -643,6 +651,7 @@ impl Gateway {
         request
             .released(&self.socket_mode)
             .context("telling the next gateway that it may take over")?;
+        let panicked = self.stop_workers();
         // The next gateway binds these addresses last, after its workers.
         self.admin_server = None;
         self.metrics_server = None;
@@ -661,12 +670,30 @@ impl Gateway {
         Ok(())
     }
 
-    /// Stops the workers and waits for them; true if one had panicked.
-    fn stop_workers(&mut self) -> bool {
+    /// Stops the workers and waits until each has left its loop (or
+    /// ended): they touch no table or flow after, though their sockets may
+    /// still be closing.
+    fn workers_leave(&mut self) {
         // Release: as in `set_ready`; /readyz answers 503 from now on.
         self.ready.store(false, Ordering::Release);
         // Release: see `serve`.
         self.stop.store(true, Ordering::Release);
+        let deadline = Instant::now() + WORKERS_LEAVE_WITHIN;
+        let mut left = 0;
+        while left < self.workers.len() && Instant::now() < deadline {
+            match self.workers_left.recv_timeout(Duration::from_millis(1)) {
+                Ok(()) => left += 1,
+                // A worker that panicked ends without a word.
+                Err(_) if self.workers.iter().all(|(_, h)| h.is_finished()) => break,
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Stops the workers and waits for them to end; true if one had
+    /// panicked.
+    fn stop_workers(&mut self) -> bool {
+        self.workers_leave();
         let mut panicked = false;
         for (core, handle) in self.workers.drain(..) {
             if handle.join().is_err() {

@@ -191,7 +191,11 @@ pub(super) fn start(
 
     let affinity = Arc::new(Affinity::default());
     admin.count_services(Arc::clone(&first.service_stats));
-    let Workers { handles, counters } = spawn_workers(
+    let Workers {
+        handles,
+        counters,
+        left: workers_left,
+    } = spawn_workers(
         settings,
         options,
         pending,
@@ -251,6 +255,7 @@ pub(super) fn start(
         carried,
         affinity,
         workers: handles,
+        workers_left,
         counters,
         stop,
         admin,
@@ -784,6 +789,8 @@ struct WorkerParts<'a> {
 struct Workers {
     handles: Vec<(usize, JoinHandle<()>)>,
     counters: Vec<Arc<WorkerCounters>>,
+    /// Each worker sends once here when it has left its loop.
+    left: crossbeam::channel::Receiver<()>,
 }
 
 /// Starts one worker thread per core that has sockets, pinned to it.
@@ -801,6 +808,7 @@ fn spawn_workers(
         resolver.request_resolution(ifindex, ip);
     });
     let worker_nice = settings.io.worker_nice;
+    let (left_tx, left) = crossbeam::channel::unbounded();
     let mut handles = Vec::new();
     let mut counters = Vec::new();
     for (core, io) in pending {
@@ -827,6 +835,7 @@ fn spawn_workers(
             resolve: Arc::clone(&resolve),
             epoch: parts.epoch,
             pass_through: options.pass_through,
+            left: left_tx.clone(),
         };
         let worker = Worker::new(
             io,
@@ -847,5 +856,9 @@ fn spawn_workers(
             .context("spawning a worker thread")?;
         handles.push((core, handle));
     }
-    Ok(Workers { handles, counters })
+    Ok(Workers {
+        handles,
+        counters,
+        left,
+    })
 }
