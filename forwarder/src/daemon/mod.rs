@@ -634,7 +634,12 @@ impl Gateway {
         tracing::info!("the next gateway asks to take over; stopping workers");
         // The table is at rest once every worker has left its loop; their
         // sockets go on closing while the next gateway adopts it.
-        self.workers_leave();
+        if !self.workers_leave() {
+            bail!(
+                "a worker did not stop within {WORKERS_LEAVE_WITHIN:?}: the connection table \
+                 is not handed over"
+            );
+        }
         if let Some(file) = &self.table_file {
             file.hand_over().with_context(|| {
                 format!(
@@ -672,28 +677,32 @@ impl Gateway {
 
     /// Stops the workers and waits until each has left its loop (or
     /// ended): they touch no table or flow after, though their sockets may
-    /// still be closing.
-    fn workers_leave(&mut self) {
+    /// still be closing. False if one had not within
+    /// `WORKERS_LEAVE_WITHIN`.
+    fn workers_leave(&mut self) -> bool {
         // Release: as in `set_ready`; /readyz answers 503 from now on.
         self.ready.store(false, Ordering::Release);
         // Release: see `serve`.
         self.stop.store(true, Ordering::Release);
         let deadline = Instant::now() + WORKERS_LEAVE_WITHIN;
         let mut left = 0;
-        while left < self.workers.len() && Instant::now() < deadline {
+        while left < self.workers.len() {
             match self.workers_left.recv_timeout(Duration::from_millis(1)) {
                 Ok(()) => left += 1,
                 // A worker that panicked ends without a word.
-                Err(_) if self.workers.iter().all(|(_, h)| h.is_finished()) => break,
+                Err(_) if self.workers.iter().all(|(_, h)| h.is_finished()) => return true,
+                Err(_) if Instant::now() >= deadline => return false,
                 Err(_) => {}
             }
         }
+        true
     }
 
     /// Stops the workers and waits for them to end; true if one had
     /// panicked.
     fn stop_workers(&mut self) -> bool {
-        self.workers_leave();
+        // Joined below in any case.
+        let _ = self.workers_leave();
         let mut panicked = false;
         for (core, handle) in self.workers.drain(..) {
             if handle.join().is_err() {
