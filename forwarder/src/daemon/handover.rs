@@ -7,11 +7,11 @@
 //! and the new one's start (~250 ms, see benches/RESULTS.md). Instead, a
 //! gateway started while another runs on the same `--state-dir` first
 //! does everything that does not conflict: it reads and checks its
-//! configuration and control file, compiles the table, loads the XDP
-//! program and fills its maps, starts the netlink monitor. A broken
-//! upgrade therefore fails while the running gateway still forwards. Only
-//! then does it ask the running gateway to let go, over a Unix socket in
-//! the state directory (`handover.sock`):
+//! configuration and control file, compiles the table, gets (or loads)
+//! the XDP program and fills its maps, creates its UMEMs, starts the
+//! netlink monitor. A broken upgrade therefore fails while the running
+//! gateway still forwards. Only then does it ask the running gateway to
+//! let go, over a Unix socket in the state directory (`handover.sock`):
 //!
 //! 1. new -> old: `program\n`; old -> new: `program DIGEST MODE IFACES\n`
 //!    (the SHA-256 of its XDP object, its sockets' mode, `copy` or
@@ -21,13 +21,21 @@
 //!    when its own object has the same digest, else loads its own; it
 //!    fills the maps and creates its UMEMs (in the mode it was told);
 //! 2. new -> old: `release\n`; the old gateway, woken at once, stops its
-//!    workers (closing its AF_XDP sockets), marks the table clean and
-//!    unlocks it, then answers `released MODE IFACES\n` and closes its
-//!    admin endpoint;
-//! 3. the new gateway adopts the table, binds its sockets and puts them
-//!    in the XSKMAP (of the kept program, which forwards to them from
-//!    that moment; or attaches its own program over the old one) and
-//!    starts workers, then binds the admin address.
+//!    workers, marks the table clean and unlocks it as soon as they have
+//!    left their loops, answers `released MODE IFACES\n`, then waits for
+//!    its workers' AF_XDP sockets to close and closes its admin endpoint;
+//! 3. the new gateway adopts the table, binds its sockets (retrying
+//!    while the kernel frees the old sockets' queues) and puts them in
+//!    the XSKMAP (of the kept program, which forwards to them from that
+//!    moment; or attaches its own program over the old one) and starts
+//!    workers, then binds the admin address.
+//!
+//! Between 1 and 2 both gateways may write a kept program's VIP and
+//! backend maps; the new one only adds what its table needs (the old
+//! one's workers pass traffic for a VIP their table lacks on, as if it
+//! were not steered), and what the new one's table lacks it removes once
+//! it has taken over (a control file) or with its first full sync
+//! (Kubernetes). If the new gateway fails before 2, the old one goes on.
 //!
 //! A gateway of an earlier version answers `program` by closing the
 //! connection; the new one then asks it with `release` alone, and
