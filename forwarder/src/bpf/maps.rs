@@ -284,7 +284,7 @@ pub(super) fn read_steering(vips_fd: RawFd, backends_fd: RawFd) -> io::Result<St
 
 /// Adds the entries of the map at `fd` to `steering` if it is the VIP or
 /// the backend map (by name and key size); any other map is left alone.
-fn add_entries(fd: RawFd, steering: &mut Steering) -> io::Result<()> {
+pub(super) fn add_entries(fd: RawFd, steering: &mut Steering) -> io::Result<()> {
     let mut info = sys::bpf_map_info::default();
     let mut len = mem::size_of::<sys::bpf_map_info>() as u32;
     // SAFETY: `info` is a zeroed out-parameter of `len` bytes.

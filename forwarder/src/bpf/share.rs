@@ -26,9 +26,9 @@ use libbpf_sys as sys;
 use sha2::{Digest, Sha256};
 
 use super::ffi::{map_delete, map_keys, neg_errno, object_name, prog_info, query_xdp};
-use super::maps::read_steering;
+use super::maps::{add_entries, read_steering};
 use super::{
-    BpfError, Steering, XdpProgram, CONTROL_MAPS, MAP_DNS, MAP_PORTS, MAP_SNAT, OBJECT,
+    Added, BpfError, Steering, XdpProgram, CONTROL_MAPS, MAP_DNS, MAP_PORTS, MAP_SNAT, OBJECT,
     PROGRAM_NAME,
 };
 
@@ -48,6 +48,18 @@ pub fn object_digest() -> String {
 #[derive(Debug)]
 pub struct SharedProgram {
     pub fds: Vec<OwnedFd>,
+}
+
+impl SharedProgram {
+    /// Copies of the same fds.
+    pub fn try_clone(&self) -> io::Result<SharedProgram> {
+        let fds = self
+            .fds
+            .iter()
+            .map(OwnedFd::try_clone)
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(SharedProgram { fds })
+    }
 }
 
 impl XdpProgram {
@@ -152,6 +164,25 @@ impl XdpProgram {
         Ok(program)
     }
 
+    /// Adds what the VIP and backend maps of a program the running
+    /// gateway shared (and this one replaces: another object) hold, as
+    /// [`XdpProgram::inherit_maps`] does from the attached program, but
+    /// without opening anything by id (no CAP_SYS_ADMIN). Maps of another
+    /// name or key size are not read.
+    pub fn inherit_shared(&mut self, shared: &SharedProgram) -> Result<Added, BpfError> {
+        let mut steering = Steering::default();
+        // The program's fd comes first; only maps after it.
+        for fd in shared.fds.iter().skip(1) {
+            add_entries(fd.as_raw_fd(), &mut steering).map_err(|source| BpfError::Map {
+                map: "of the previous gateway",
+                op: "read",
+                key: "every key".into(),
+                source,
+            })?;
+        }
+        self.add_missing(&steering)
+    }
+
     /// Whether this program was taken over from the previous gateway.
     pub fn is_adopted(&self) -> bool {
         self.object.is_none()
@@ -228,6 +259,35 @@ fn map_name(fd: RawFd) -> io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Loads the program twice (root only): what one holds, the other
+    /// inherits through the shared fds; the second one could not keep
+    /// the first (it is not attached anywhere).
+    #[test]
+    fn a_replacing_program_inherits_the_shared_maps() {
+        if !crate::lab::require_root() {
+            return;
+        }
+        let vip = Ipv4Addr::new(198, 18, 100, 7);
+        let backend = (Ipv4Addr::new(198, 18, 2, 11), 8080, 6);
+        let mut old = XdpProgram::load().expect("load the first program");
+        crate::bpf::XdpMaps::add_vip(&mut old, vip).expect("add a VIP");
+        crate::bpf::XdpMaps::add_backend(&mut old, backend).expect("add a backend");
+        let shared = old.share().expect("share");
+        let spare = shared.try_clone().expect("copy the fds");
+        let unattached = XdpProgram::adopt(spare, &[1], XdpMode::Auto);
+        assert!(
+            matches!(unattached, Err(BpfError::NotKept(_))),
+            "a program attached nowhere is not kept: {unattached:?}"
+        );
+        let mut new = XdpProgram::load().expect("load the second program");
+        let added = new.inherit_shared(&shared).expect("inherit");
+        assert_eq!((added.vips, added.backends), (1, 1));
+        assert!(new.vip_in_kernel(vip).expect("look the VIP up"));
+        assert!(new
+            .backend_in_kernel(backend.0, backend.1, backend.2)
+            .expect("look the backend up"));
+    }
 
     #[test]
     fn the_digest_is_of_the_embedded_object_and_stable() {

@@ -381,12 +381,15 @@ fn load_program(
     from_file: bool,
     running: &mut handover::Running,
 ) -> anyhow::Result<XdpProgram> {
-    if let Some(mut program) = keep_program(settings, ports, running) {
-        // What it steered stays steered (as inherited below) until the
-        // first full table says otherwise.
-        program.add_missing(&steering_of(first.model()))?;
-        return Ok(program);
-    }
+    let offered = match keep_program(settings, ports, running) {
+        Ok(mut program) => {
+            // What it steered stays steered (as inherited below) until
+            // the first full table says otherwise.
+            program.add_missing(&steering_of(first.model()))?;
+            return Ok(program);
+        }
+        Err(offered) => offered,
+    };
     let mut program = XdpProgram::load().context("loading the XDP program")?;
     if let Some(dir) = &settings.state_dir {
         program.recognise(recorded_program(dir));
@@ -394,7 +397,10 @@ fn load_program(
     program.add_missing(&steering_of(first.model()))?;
     if !from_file {
         // Until the first sync, steer what the gateway before us steered.
-        let inherited = program.inherit_maps(&ports.ifindexes)?;
+        let inherited = match &offered {
+            Some(shared) => program.inherit_shared(shared)?,
+            None => program.inherit_maps(&ports.ifindexes)?,
+        };
         if inherited.vips + inherited.backends > 0 {
             tracing::info!(
                 vips = inherited.vips,
@@ -410,29 +416,32 @@ fn load_program(
 }
 
 /// The running gateway's program, if it offered it and it is the one
-/// this binary would load, attached to the same interfaces.
+/// this binary would load, attached to the same interfaces; else what it
+/// offered, if anything, for its maps to be inherited from.
 fn keep_program(
     settings: &Settings,
     ports: &Ports,
     running: &mut handover::Running,
-) -> Option<XdpProgram> {
+) -> Result<XdpProgram, Option<bpf::SharedProgram>> {
     let handover::Running::Offer(offer) = running else {
-        return None;
+        return Err(None);
     };
-    let shared = offer.program.take()?;
+    let shared = offer.program.take().ok_or(None)?;
     if offer.digest != bpf::object_digest() {
         tracing::info!(
             "the running gateway's XDP program is not this binary's (an upgrade): \
-             loading this one, to replace it"
+             loading an XDP program of our own, to replace it"
         );
-        return None;
+        return Err(Some(shared));
     }
     if offer.mode.as_ref().map(|m| &m.ifaces) != Some(&settings.ifaces) {
         tracing::info!(
             "the running gateway serves other interfaces: loading an XDP program of our own"
         );
-        return None;
+        return Err(Some(shared));
     }
+    // For the maps to be inherited from, should it not be kept.
+    let spare = shared.try_clone().ok();
     match XdpProgram::adopt(shared, &ports.ifindexes, settings.xdp_mode) {
         Ok(program) => {
             tracing::info!(
@@ -441,11 +450,11 @@ fn keep_program(
                 backends = program.steering().backends.len(),
                 "keeping the running gateway's XDP program (the same object) and its maps"
             );
-            Some(program)
+            Ok(program)
         }
         Err(e) => {
             tracing::info!(error = %e, "loading an XDP program of our own, to replace it");
-            None
+            Err(spare)
         }
     }
 }
