@@ -365,6 +365,32 @@ fn dig_and_the_system_resolver_get_the_cluster_names() {
     }
 }
 
+/// A hand-over to the same binary keeps the XDP program and its maps:
+/// the DNS address stays steered to the workers (UDP) and the new
+/// gateway answers on TCP once the old one let go of the listener.
+#[test]
+fn dns_is_answered_after_a_hand_over_that_keeps_the_program() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    let mut lab = lab_with_dns("dnshand");
+    let client_subnet = lab.info().client_subnet.to_string();
+    start(&mut lab, &client_subnet);
+    let vip = lab.info().vip(10).to_string();
+    let name = "echo-server-clusterip.default.svc.cluster.local";
+    assert_eq!(short(&lab, name, "A"), [vip.as_str()]);
+    lab.replace_gateway();
+    lab.assert_log_contains("keeping the running gateway's XDP program");
+    assert_eq!(short(&lab, name, "A"), [vip.as_str()], "over UDP");
+    let mut tcp: Vec<String> = dig(&lab, &["+tcp", "+short", name, "A"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    tcp.sort();
+    assert_eq!(tcp, [vip.as_str()], "over TCP");
+}
+
 #[test]
 fn a_headless_scale_shows_in_the_next_answer() {
     let _serial = lab::serial();

@@ -10,7 +10,9 @@
 //!   stays on its Pod;
 //! - a new gateway started beside the running one, which hands the data
 //!   path over to it and idles until SIGTERM (make-before-break, what a
-//!   DaemonSet update with maxSurge does): the same;
+//!   DaemonSet update with maxSurge does): the same, and the XDP program
+//!   on the interfaces is the same one (kept, not replaced); one the new
+//!   gateway cannot keep is replaced;
 //! - the same after SIGKILL (a crash);
 //! - the same with the table on huge pages (`--state-dir` on a hugetlbfs
 //!   mount with pages reserved); with none free, the gateway says so and
@@ -311,7 +313,18 @@ fn connections_survive_a_graceful_restart() {
 fn connections_survive_a_hand_over_to_a_gateway_started_beside_the_running_one() {
     survives(
         |lab| {
+            let before = lab.xdp_prog_ids();
             lab.replace_gateway();
+            // The same binary: its XDP program and maps are kept, not
+            // replaced.
+            let after = lab.xdp_prog_ids();
+            if after != before || before.iter().any(|(_, id)| *id == 0) {
+                lab.fail(format_args!(
+                    "the XDP program was not kept across the hand-over: {before:?} before, \
+                     {after:?} after"
+                ));
+            }
+            lab.assert_log_contains("keeping the running gateway's XDP program");
             // The old gateway said its sockets were in copy mode (veth):
             // the new one did not try zero-copy first.
             if let Some(line) = lab
@@ -326,6 +339,36 @@ fn connections_survive_a_hand_over_to_a_gateway_started_beside_the_running_one()
         },
         "hand-over (make-before-break)",
     );
+}
+
+/// A program the new gateway cannot keep (here: it asks for another XDP
+/// mode; an upgrade's differing object takes the same path) is replaced,
+/// and forwarding goes on.
+#[test]
+fn a_hand_over_replaces_a_program_it_cannot_keep() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    let (mut lab, vip) = lab();
+    // On veth `auto` attaches in native mode.
+    lab.start_gateway();
+    let before = lab.xdp_prog_ids();
+    lab.replace_gateway_with(&["--xdp-mode", "skb"]);
+    let after = lab.xdp_prog_ids();
+    if before
+        .iter()
+        .zip(&after)
+        .any(|(b, a)| b.1 == a.1 || a.1 == 0)
+    {
+        lab.fail(format_args!(
+            "the XDP program was not replaced: {before:?} before, {after:?} after"
+        ));
+    }
+    lab.assert_log_contains("loading an XDP program of our own");
+    let served = lab.tcp_sessions(vip_port(vip, &HTTP), 10, 2);
+    assert_eq!(served.values().sum::<usize>(), 10);
+    lab.stop_gateway();
 }
 
 #[test]

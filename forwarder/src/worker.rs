@@ -83,6 +83,11 @@ pub struct WorkerShared {
     /// Pass-through mode (benchmarks): forward every frame to the other
     /// port, addressed to this peer's MAC, without parsing beyond L2.
     pub pass_through: Option<Ipv4Addr>,
+    /// Told when the worker has left its loop (it touches no table or
+    /// flow after), before its sockets close: closing an AF_XDP socket
+    /// waits for RCU grace periods, which a gateway handing over need
+    /// not wait for before it answers.
+    pub left: crossbeam::channel::Sender<()>,
 }
 
 impl std::fmt::Debug for WorkerShared {
@@ -226,6 +231,9 @@ impl Worker {
             }
         }
         self.shared.table.idle();
+        // The receiver may be gone (a gateway stopping anyway).
+        let _ = self.shared.left.send(());
+        // The sockets close as `self` drops, here.
     }
 
     /// The kernel's statistics of this worker's sockets, summed, into its

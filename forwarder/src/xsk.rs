@@ -25,6 +25,12 @@
 //! its own XDP program ([`crate::bpf`]) and registers each socket's fd in its
 //! XSKMAP. Zero-copy is tried first in `Auto` mode (veth has none: bind fails
 //! with EOPNOTSUPP, and everything is rebuilt in copy mode).
+//!
+//! Opening is two steps so that a restart can do the slow one while the
+//! gateway it replaces still holds the queues: [`WorkerIo::prepare`]
+//! creates the UMEM (mapping and pinning its frames, ~10 ms for 16 MiB),
+//! [`PreparedIo::bind`] binds the sockets (microseconds), trying a queue
+//! again while the kernel is still freeing it from the old socket.
 
 use std::collections::HashSet;
 use std::ffi::{c_char, CString};
@@ -33,6 +39,7 @@ use std::fs;
 use std::io;
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
 
 use xsk_rs::config::{
     BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig, XdpFlags,
@@ -359,6 +366,22 @@ impl WorkerIo {
     /// or maps: register each [`PortSocket::fd`] with the XDP program
     /// afterwards.
     pub fn open(config: &XskConfig, queues: &[QueueAssignment]) -> Result<WorkerIo, XskError> {
+        let now = Instant::now();
+        match config.zero_copy {
+            ZeroCopy::Off => Self::prepare(config, queues, false)?.bind(now),
+            ZeroCopy::Required => Self::prepare(config, queues, true)?.bind(now),
+            ZeroCopy::Auto => Self::prepare(config, queues, true)?.bind_or_copy(now),
+        }
+    }
+
+    /// Creates the worker's UMEM for sockets in zero-copy or copy mode,
+    /// without binding any: what can be done while another process (a
+    /// gateway about to let go) still holds the queues.
+    pub fn prepare(
+        config: &XskConfig,
+        queues: &[QueueAssignment],
+        zero_copy: bool,
+    ) -> Result<PreparedIo, XskError> {
         let mut seen = HashSet::new();
         for q in queues {
             if !seen.insert((q.ifname.as_str(), q.queue)) {
@@ -368,23 +391,24 @@ impl WorkerIo {
                 });
             }
         }
-        match config.zero_copy {
-            ZeroCopy::Off => open_in_mode(config, queues, false),
-            ZeroCopy::Required => open_in_mode(config, queues, true),
-            ZeroCopy::Auto => match open_in_mode(config, queues, true) {
-                Ok(io) => Ok(io),
-                Err(e @ XskError::Socket { .. }) => {
-                    tracing::info!(
-                        error = %e,
-                        "AF_XDP zero-copy unavailable, using copy mode"
-                    );
-                    // Everything built so far was dropped with the error;
-                    // start over with a fresh UMEM in copy mode.
-                    open_in_mode(config, queues, false)
-                }
-                Err(e) => Err(e),
-            },
-        }
+        let umem_config = umem_config(config)?;
+        let frame_mtu = umem_config.mtu();
+        let frames = NonZeroU32::new(config.frame_count)
+            .ok_or_else(|| XskError::Config("frame_count must be positive".into()))?;
+        let (umem, descs) =
+            Umem::new(umem_config, frames, config.huge_pages).map_err(|e| XskError::Umem {
+                frames: config.frame_count,
+                frame_size: config.frame_size,
+                source: Box::new(io::Error::other(error_chain(&e))),
+            })?;
+        Ok(PreparedIo {
+            umem,
+            descs,
+            frame_mtu,
+            config: *config,
+            queues: queues.to_vec(),
+            zero_copy,
+        })
     }
 
     /// Frames in the UMEM (wherever they currently are).
@@ -573,109 +597,183 @@ pub struct FramesInKernel {
     pub transmitting: usize,
 }
 
-fn open_in_mode(
-    config: &XskConfig,
-    queues: &[QueueAssignment],
+/// A worker's UMEM, created before its sockets are bound
+/// ([`WorkerIo::prepare`]).
+pub struct PreparedIo {
+    umem: Umem,
+    descs: Vec<FrameDesc>,
+    frame_mtu: u32,
+    config: XskConfig,
+    queues: Vec<QueueAssignment>,
     zero_copy: bool,
-) -> Result<WorkerIo, XskError> {
-    let umem_config = umem_config(config)?;
-    let frame_mtu = umem_config.mtu();
-    let frames = NonZeroU32::new(config.frame_count)
-        .ok_or_else(|| XskError::Config("frame_count must be positive".into()))?;
-    let (umem, descs) =
-        Umem::new(umem_config, frames, config.huge_pages).map_err(|e| XskError::Umem {
-            frames: config.frame_count,
-            frame_size: config.frame_size,
-            source: Box::new(io::Error::other(error_chain(&e))),
-        })?;
-    let socket_config = socket_config(config, zero_copy)?;
-    let mode = if zero_copy { "zero-copy" } else { "copy mode" };
+}
 
-    let mut sockets = Vec::with_capacity(queues.len());
-    for q in queues {
-        let iface: Interface = q.ifname.parse().map_err(|_| XskError::Interface {
-            ifname: q.ifname.clone(),
-            what: "interface name",
-            source: io::Error::from(io::ErrorKind::InvalidInput),
-        })?;
-        // SAFETY: every socket is created with
-        // XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD (see `socket_config`), which is
-        // what xsk-rs requires when a UMEM is shared; (interface, queue)
-        // pairs are unique (checked in `WorkerIo::open`), so each socket
-        // gets fresh fill and completion rings.
-        let created = unsafe { Socket::new(socket_config, &umem, &iface, q.queue) };
-        let (tx, rx, rings) = created.map_err(|e| XskError::Socket {
-            ifname: q.ifname.clone(),
-            queue: q.queue,
-            mode,
-            reason: e.to_string(),
-            source: std::error::Error::source(&e)
-                .and_then(|s| s.downcast_ref::<io::Error>())
-                .and_then(io::Error::raw_os_error)
-                .map(io::Error::from_raw_os_error)
-                .unwrap_or_else(|| io::Error::other("no OS error")),
-        })?;
-        let (fill, comp) = rings.ok_or_else(|| XskError::Socket {
-            ifname: q.ifname.clone(),
-            queue: q.queue,
-            mode,
-            reason: "libxdp returned no fill/completion rings".into(),
-            source: io::Error::other("shared (interface, queue) context"),
-        })?;
-        tracing::debug!(ifname = %q.ifname, queue = q.queue, mode, "AF_XDP socket bound");
-        let fd = rx.fd().as_raw_fd();
-        if !zero_copy && config.tx_budget > KERNEL_TX_BATCH {
-            let budget = config.tx_budget.min(config.tx_size);
-            if let Err(e) = set_socket_option(fd, SOL_XDP, XDP_MAX_TX_SKB_BUDGET, budget) {
-                tracing::debug!(
-                    ifname = %q.ifname, queue = q.queue, budget, error = %e,
-                    "copy-mode TX budget not raised (needs Linux 6.17); 32 frames per kick"
-                );
-            }
-        }
-        let busy_poll = match config.busy_poll {
-            Some(b) => match enable_busy_poll(fd, b) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(
-                        ifname = %q.ifname, queue = q.queue, mode, error = %e,
-                        "busy polling unavailable on this socket; the kernel's \
-                         softirq or NAPI thread fills its RX ring"
-                    );
-                    false
-                }
-            },
-            None => false,
-        };
-        sockets.push(PortSocket {
-            port: q.port,
-            ifname: q.ifname.clone(),
-            ifindex: q.ifindex,
-            queue: q.queue,
-            zero_copy,
-            need_wakeup: config.need_wakeup,
-            busy_poll,
-            tx_size: config.tx_size,
-            tx,
-            rx,
-            fill,
-            comp,
-            receiving: 0,
-            transmitting: 0,
-        });
+impl fmt::Debug for PreparedIo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedIo")
+            .field("frames", &self.descs.len())
+            .field("queues", &self.queues)
+            .field("zero_copy", &self.zero_copy)
+            .finish_non_exhaustive()
     }
-    // The only handles made from nothing: one per frame of a new UMEM.
-    let mut free = Vec::with_capacity(descs.len());
-    free.extend(descs.into_iter().map(Frame));
-    let scratch_len = config.rx_batch.max(config.comp_size) as usize;
-    Ok(WorkerIo {
-        umem,
-        free,
-        scratch: vec![FrameDesc::default(); scratch_len],
-        sockets,
-        config: *config,
-        frame_mtu,
-    })
+}
+
+/// How long a bind waits before trying a busy queue again.
+const BUSY_RETRY: Duration = Duration::from_micros(200);
+
+impl PreparedIo {
+    /// Whether the sockets are to be bound in zero-copy mode.
+    pub fn zero_copy(&self) -> bool {
+        self.zero_copy
+    }
+
+    /// What it was prepared with, to prepare it again.
+    pub fn parts(&self) -> (&XskConfig, &[QueueAssignment]) {
+        (&self.config, &self.queues)
+    }
+
+    /// [`PreparedIo::bind`]; if zero-copy binding fails, everything is
+    /// made again in copy mode.
+    pub fn bind_or_copy(self, busy_until: Instant) -> Result<WorkerIo, XskError> {
+        if !self.zero_copy || self.config.zero_copy == ZeroCopy::Required {
+            return self.bind(busy_until);
+        }
+        let (config, queues) = (self.config, self.queues.clone());
+        match self.bind(busy_until) {
+            Ok(io) => Ok(io),
+            Err(e @ XskError::Socket { .. }) if !e.is_queue_busy() => {
+                tracing::info!(
+                    error = %e,
+                    "AF_XDP zero-copy unavailable, using copy mode"
+                );
+                // Everything built so far was dropped with the error;
+                // start over with a fresh UMEM in copy mode.
+                WorkerIo::prepare(&config, &queues, false)?.bind(busy_until)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Binds one socket per queue on the UMEM. A queue another socket
+    /// still holds (the kernel frees a closed socket's queue a moment
+    /// later, from a work queue) is tried again, cheaply, until
+    /// `busy_until`.
+    pub fn bind(self, busy_until: Instant) -> Result<WorkerIo, XskError> {
+        let PreparedIo {
+            umem,
+            descs,
+            frame_mtu,
+            config,
+            queues,
+            zero_copy,
+        } = self;
+        let config = &config;
+        let socket_config = socket_config(config, zero_copy)?;
+        let mode = if zero_copy { "zero-copy" } else { "copy mode" };
+
+        let mut sockets = Vec::with_capacity(queues.len());
+        for q in &queues {
+            let iface: Interface = q.ifname.parse().map_err(|_| XskError::Interface {
+                ifname: q.ifname.clone(),
+                what: "interface name",
+                source: io::Error::from(io::ErrorKind::InvalidInput),
+            })?;
+            let mut busy = 0u32;
+            let created = loop {
+                // SAFETY: every socket is created with
+                // XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD (see `socket_config`),
+                // which is what xsk-rs requires when a UMEM is shared;
+                // (interface, queue) pairs are unique (checked in
+                // `WorkerIo::prepare`), so each socket gets fresh fill and
+                // completion rings. A failed attempt leaves the UMEM as it
+                // was (libxdp and xsk-rs undo it), so trying again is sound.
+                let created = unsafe { Socket::new(socket_config, &umem, &iface, q.queue) };
+                match created {
+                    Err(e) if os_error(&e) == Some(libc::EBUSY) && Instant::now() < busy_until => {
+                        busy += 1;
+                        std::thread::sleep(BUSY_RETRY);
+                    }
+                    other => break other,
+                }
+            };
+            let (tx, rx, rings) = created.map_err(|e| XskError::Socket {
+                ifname: q.ifname.clone(),
+                queue: q.queue,
+                mode,
+                reason: e.to_string(),
+                source: os_error(&e)
+                    .map(io::Error::from_raw_os_error)
+                    .unwrap_or_else(|| io::Error::other("no OS error")),
+            })?;
+            let (fill, comp) = rings.ok_or_else(|| XskError::Socket {
+                ifname: q.ifname.clone(),
+                queue: q.queue,
+                mode,
+                reason: "libxdp returned no fill/completion rings".into(),
+                source: io::Error::other("shared (interface, queue) context"),
+            })?;
+            tracing::debug!(ifname = %q.ifname, queue = q.queue, mode, busy, "AF_XDP socket bound");
+            let fd = rx.fd().as_raw_fd();
+            if !zero_copy && config.tx_budget > KERNEL_TX_BATCH {
+                let budget = config.tx_budget.min(config.tx_size);
+                if let Err(e) = set_socket_option(fd, SOL_XDP, XDP_MAX_TX_SKB_BUDGET, budget) {
+                    tracing::debug!(
+                        ifname = %q.ifname, queue = q.queue, budget, error = %e,
+                        "copy-mode TX budget not raised (needs Linux 6.17); 32 frames per kick"
+                    );
+                }
+            }
+            let busy_poll = match config.busy_poll {
+                Some(b) => match enable_busy_poll(fd, b) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(
+                            ifname = %q.ifname, queue = q.queue, mode, error = %e,
+                            "busy polling unavailable on this socket; the kernel's \
+                             softirq or NAPI thread fills its RX ring"
+                        );
+                        false
+                    }
+                },
+                None => false,
+            };
+            sockets.push(PortSocket {
+                port: q.port,
+                ifname: q.ifname.clone(),
+                ifindex: q.ifindex,
+                queue: q.queue,
+                zero_copy,
+                need_wakeup: config.need_wakeup,
+                busy_poll,
+                tx_size: config.tx_size,
+                tx,
+                rx,
+                fill,
+                comp,
+                receiving: 0,
+                transmitting: 0,
+            });
+        }
+        // The only handles made from nothing: one per frame of a new UMEM.
+        let mut free = Vec::with_capacity(descs.len());
+        free.extend(descs.into_iter().map(Frame));
+        let scratch_len = config.rx_batch.max(config.comp_size) as usize;
+        Ok(WorkerIo {
+            umem,
+            free,
+            scratch: vec![FrameDesc::default(); scratch_len],
+            sockets,
+            config: *config,
+            frame_mtu,
+        })
+    }
+}
+
+/// The OS error behind a socket's creation failing, if any.
+fn os_error(e: &xsk_rs::socket::SocketCreateError) -> Option<i32> {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<io::Error>())
+        .and_then(io::Error::raw_os_error)
 }
 
 fn umem_config(c: &XskConfig) -> Result<UmemConfig, XskError> {

@@ -618,8 +618,16 @@ impl Lab {
     /// the old one, which must exit 0 within 5 s.
     #[track_caller]
     pub fn replace_gateway(&mut self) {
+        self.replace_gateway_with(&[]);
+    }
+
+    /// [`Lab::replace_gateway`], the new gateway with `extra` arguments
+    /// after the last ones.
+    #[track_caller]
+    pub fn replace_gateway_with(&mut self, extra: &[&str]) {
         let mut old = self.gateway.take().expect("the gateway is not running");
-        let (exe, args) = self.launched.clone().expect("a gateway was started");
+        let (exe, mut args) = self.launched.clone().expect("a gateway was started");
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         let new = GatewayProcess::start(&exe, self.topology.gateway(), &args, false, READY_WITHIN)
             .unwrap_or_else(|e| {
                 panic!(
@@ -637,6 +645,12 @@ impl Lab {
                 "the new gateway is ready but the old one did not log its hand-over{}",
                 log_tail(&old)
             ));
+        }
+        // Where the old gateway's part of the gap went.
+        for line in old.log().iter().filter(|l| {
+            l.contains("asks to take over") || l.contains("workers stopped") || l.contains("handed")
+        }) {
+            eprintln!("  old gateway: {line}");
         }
         if let Err(e) = old.signal(libc::SIGTERM) {
             panic!("SIGTERM to the old gateway: {e}{}", log_tail(&old));
@@ -754,6 +768,27 @@ impl Lab {
                 shown.contains("xdp")
             })
             .map(str::to_owned)
+            .collect()
+    }
+
+    /// The id of the XDP program on each gateway interface (0 for none),
+    /// as `ip -j link show` gives it.
+    pub fn xdp_prog_ids(&self) -> Vec<(String, u64)> {
+        self.info()
+            .gateway
+            .ifaces()
+            .into_iter()
+            .map(|iface| {
+                let shown = self
+                    .topology
+                    .gateway()
+                    .ip(&["-j", "link", "show", iface])
+                    .unwrap_or_else(|e| panic!("ip -j link show {iface}: {e}"));
+                let json: serde_json::Value = serde_json::from_str(&shown)
+                    .unwrap_or_else(|e| panic!("ip -j link show {iface}: {e}: {shown}"));
+                let id = json[0]["xdp"]["prog"]["id"].as_u64().unwrap_or(0);
+                (iface.to_owned(), id)
+            })
             .collect()
     }
 

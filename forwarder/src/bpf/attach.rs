@@ -230,6 +230,43 @@ impl XdpProgram {
         Ok(())
     }
 
+    /// Takes a program taken over from the previous gateway
+    /// ([`XdpProgram::adopt`]) as attached to `ifindex` where it is, in
+    /// the mode it has there: from now on it is detached as if this
+    /// value had attached it.
+    pub fn keep_attached(&mut self, ifindex: u32) -> Result<AttachMode, BpfError> {
+        let iface = describe_ifindex(ifindex);
+        let attached = query_xdp(ifindex).map_err(|source| BpfError::Interface {
+            iface: iface.clone(),
+            what: "querying attached XDP programs".into(),
+            source,
+        })?;
+        let mode = attached
+            .iter()
+            .find_map(|&(id, _, flag)| match flag {
+                _ if id != self.prog_id => None,
+                f if f == AttachMode::Native.flag() => Some(AttachMode::Native),
+                f if f == AttachMode::Skb.flag() => Some(AttachMode::Skb),
+                _ => None,
+            })
+            .ok_or_else(|| BpfError::NotKept(format!("it is no longer attached to {iface}")))?;
+        let netns =
+            File::open("/proc/thread-self/ns/net").map_err(|source| BpfError::Interface {
+                iface: iface.clone(),
+                what: "opening the thread's network namespace".into(),
+                source,
+            })?;
+        self.attached
+            .retain(|a| a.ifindex != ifindex || !same_netns(&a.netns, &netns));
+        self.attached.push(Attachment {
+            ifindex,
+            mode,
+            netns,
+        });
+        tracing::info!(iface = %iface, %mode, id = self.prog_id, "XDP program kept attached");
+        Ok(mode)
+    }
+
     /// The interfaces the program is attached to, with their mode.
     pub fn attached(&self) -> Vec<(u32, AttachMode)> {
         self.attached.iter().map(|a| (a.ifindex, a.mode)).collect()

@@ -16,7 +16,7 @@ const UDP: u8 = 17;
 
 /// The 8-byte key, laid out as the C `struct backend_key`: address and
 /// port in network order, protocol, zero pad.
-fn dns_key(addr: Ipv4Addr, port: u16) -> [u8; 8] {
+pub(super) fn dns_key(addr: Ipv4Addr, port: u16) -> [u8; 8] {
     let a = addr.octets();
     let p = port.to_be_bytes();
     [a[0], a[1], a[2], a[3], p[0], p[1], UDP, 0]
@@ -25,8 +25,7 @@ fn dns_key(addr: Ipv4Addr, port: u16) -> [u8; 8] {
 impl XdpProgram {
     /// Redirects UDP datagrams to `addr` port `port` to the workers.
     pub fn steer_dns(&self, addr: Ipv4Addr, port: u16) -> Result<(), BpfError> {
-        let fd = self.map_fd(MAP_DNS)?;
-        map_update(fd, MAP_DNS, &dns_key(addr, port), &1u8, || {
+        map_update(self.dns_fd, MAP_DNS, &dns_key(addr, port), &1u8, || {
             format!("{addr}:{port}/udp")
         })
     }

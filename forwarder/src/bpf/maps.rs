@@ -255,7 +255,7 @@ fn attached_entries(ifindex: u32, own_id: u32) -> io::Result<Option<Steering>> {
         if prog_info(prog.as_raw_fd())?.1 != PROGRAM_NAME {
             continue;
         }
-        let mut steering = Steering::default();
+        let mut maps = Vec::new();
         for map_id in prog_map_ids(prog.as_raw_fd())? {
             // SAFETY: plain syscall wrapper.
             let fd = unsafe { sys::bpf_map_get_fd_by_id(map_id) };
@@ -263,34 +263,52 @@ fn attached_entries(ifindex: u32, own_id: u32) -> io::Result<Option<Steering>> {
                 return Err(neg_errno(fd));
             }
             // SAFETY: the kernel just returned this fd to us.
-            let map = unsafe { OwnedFd::from_raw_fd(fd) };
-            let mut info = sys::bpf_map_info::default();
-            let mut len = mem::size_of::<sys::bpf_map_info>() as u32;
-            // SAFETY: `info` is a zeroed out-parameter of `len` bytes.
-            let ret = unsafe { sys::bpf_map_get_info_by_fd(fd, &mut info, &mut len) };
-            if ret < 0 {
-                return Err(neg_errno(ret));
-            }
-            let name = object_name(&info.name);
-            match (name.as_slice(), info.key_size) {
-                (n, 4) if n == MAP_VIPS.as_bytes() => {
-                    for key in map_keys::<4>(map.as_raw_fd())? {
-                        steering.vips.insert(Ipv4Addr::from(key));
-                    }
-                }
-                (n, 8) if n == MAP_BACKENDS.as_bytes() => {
-                    for k in map_keys::<8>(map.as_raw_fd())? {
-                        let addr = Ipv4Addr::new(k[0], k[1], k[2], k[3]);
-                        let port = u16::from_be_bytes([k[4], k[5]]);
-                        steering.backends.insert((addr, port, k[6]));
-                    }
-                }
-                _ => {}
-            }
+            maps.push(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let mut steering = Steering::default();
+        for map in &maps {
+            add_entries(map.as_raw_fd(), &mut steering)?;
         }
         return Ok(Some(steering));
     }
     Ok(None)
+}
+
+/// What the VIP and backend maps at these fds hold.
+pub(super) fn read_steering(vips_fd: RawFd, backends_fd: RawFd) -> io::Result<Steering> {
+    let mut steering = Steering::default();
+    add_entries(vips_fd, &mut steering)?;
+    add_entries(backends_fd, &mut steering)?;
+    Ok(steering)
+}
+
+/// Adds the entries of the map at `fd` to `steering` if it is the VIP or
+/// the backend map (by name and key size); any other map is left alone.
+pub(super) fn add_entries(fd: RawFd, steering: &mut Steering) -> io::Result<()> {
+    let mut info = sys::bpf_map_info::default();
+    let mut len = mem::size_of::<sys::bpf_map_info>() as u32;
+    // SAFETY: `info` is a zeroed out-parameter of `len` bytes.
+    let ret = unsafe { sys::bpf_map_get_info_by_fd(fd, &mut info, &mut len) };
+    if ret < 0 {
+        return Err(neg_errno(ret));
+    }
+    let name = object_name(&info.name);
+    match (name.as_slice(), info.key_size) {
+        (n, 4) if n == MAP_VIPS.as_bytes() => {
+            for key in map_keys::<4>(fd)? {
+                steering.vips.insert(Ipv4Addr::from(key));
+            }
+        }
+        (n, 8) if n == MAP_BACKENDS.as_bytes() => {
+            for k in map_keys::<8>(fd)? {
+                let addr = Ipv4Addr::new(k[0], k[1], k[2], k[3]);
+                let port = u16::from_be_bytes([k[4], k[5]]);
+                steering.backends.insert((addr, port, k[6]));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -37,15 +37,17 @@ mod attach;
 mod dns;
 mod ffi;
 mod maps;
+mod share;
 mod snat;
 pub use dns::MAP_DNS;
+pub use share::{object_digest, SharedProgram};
 
 use std::ffi::CString;
 use std::fmt;
 use std::io;
 use std::mem;
 use std::net::Ipv4Addr;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::ptr::NonNull;
 
 use libbpf_sys as sys;
@@ -69,6 +71,17 @@ pub const MAP_PORTS: &str = "cipgw_ports";
 pub const MAP_XSKS: &str = "cipgw_xsks";
 pub const MAP_SNAT: &str = "cipgw_snat";
 pub const MAP_SNAT_ON: &str = "cipgw_snat_on";
+/// Every map the control plane writes, in the order a gateway hands them
+/// to the next one ([`SharedProgram`]).
+pub const CONTROL_MAPS: [&str; 7] = [
+    MAP_VIPS,
+    MAP_BACKENDS,
+    MAP_PORTS,
+    MAP_XSKS,
+    MAP_SNAT,
+    MAP_SNAT_ON,
+    MAP_DNS,
+];
 
 /// Capacity of `cipgw_xsks`: every (port, RX queue) needs a slot.
 pub const XSK_SLOTS: u32 = 1024;
@@ -134,6 +147,8 @@ pub enum BpfError {
     },
     #[error("socket slot {slot} out of range: {MAP_XSKS} has {XSK_SLOTS} slots")]
     SlotOutOfRange { slot: u32 },
+    #[error("the previous gateway's XDP program cannot be kept: {0}")]
+    NotKept(String),
     #[error("{needed} AF_XDP socket slots needed (ports x RX queues), {MAP_XSKS} has {XSK_SLOTS}")]
     TooManyQueues { needed: u64 },
 }
@@ -144,13 +159,20 @@ pub enum BpfError {
 /// [`XdpProgram::inherit_maps`]), attaching and detaching take `&mut self`;
 /// the socket and port maps and lookups take `&self`.
 pub struct XdpProgram {
-    object: NonNull<sys::bpf_object>,
+    /// The libbpf object this process loaded; None for a program taken
+    /// over from the previous gateway ([`XdpProgram::adopt`]), whose fds
+    /// `adopted` holds instead.
+    object: Option<NonNull<sys::bpf_object>>,
+    adopted: Vec<OwnedFd>,
     prog_fd: RawFd,
     prog_id: u32,
     vips_fd: RawFd,
     backends_fd: RawFd,
     ports_fd: RawFd,
     xsks_fd: RawFd,
+    snat_fd: RawFd,
+    snat_on_fd: RawFd,
+    dns_fd: RawFd,
     attached: Vec<Attachment>,
     /// What `cipgw_vips` and `cipgw_backends` hold: changed only after a
     /// successful map write.
@@ -209,13 +231,17 @@ impl XdpProgram {
         // From here on `program` owns the object: an early return closes
         // it in Drop (with nothing attached yet).
         let mut program = XdpProgram {
-            object,
+            object: Some(object),
+            adopted: Vec::new(),
             prog_fd: -1,
             prog_id: 0,
             vips_fd: -1,
             backends_fd: -1,
             ports_fd: -1,
             xsks_fd: -1,
+            snat_fd: -1,
+            snat_on_fd: -1,
+            dns_fd: -1,
             attached: Vec::new(),
             mirror: Steering::default(),
             known_ids: Vec::new(),
@@ -242,6 +268,9 @@ impl XdpProgram {
         program.backends_fd = program.map_fd(MAP_BACKENDS)?;
         program.ports_fd = program.map_fd(MAP_PORTS)?;
         program.xsks_fd = program.map_fd(MAP_XSKS)?;
+        program.snat_fd = program.map_fd(MAP_SNAT)?;
+        program.snat_on_fd = program.map_fd(MAP_SNAT_ON)?;
+        program.dns_fd = program.map_fd(MAP_DNS)?;
         program.prog_id = prog_info(program.prog_fd)
             .map(|(id, _)| id)
             .map_err(|source| BpfError::Load {
@@ -263,12 +292,21 @@ impl XdpProgram {
         self.prog_id
     }
 
+    /// The loaded object (only [`XdpProgram::load`] looks into it).
+    fn object(&self, name: &'static str) -> Result<NonNull<sys::bpf_object>, BpfError> {
+        self.object.ok_or(BpfError::Missing {
+            kind: "loaded object for",
+            name,
+        })
+    }
+
     fn find_program_fd(&self, name: &'static str) -> Result<RawFd, BpfError> {
+        let object = self.object(name)?;
         let cname = CString::new(name).expect("no NUL in program name");
         // SAFETY: the object is valid (owned by self); the name outlives
         // the call.
         let prog =
-            unsafe { sys::bpf_object__find_program_by_name(self.object.as_ptr(), cname.as_ptr()) };
+            unsafe { sys::bpf_object__find_program_by_name(object.as_ptr(), cname.as_ptr()) };
         if prog.is_null() {
             return Err(BpfError::Missing {
                 kind: "program",
@@ -287,11 +325,11 @@ impl XdpProgram {
     }
 
     fn map_fd(&self, name: &'static str) -> Result<RawFd, BpfError> {
+        let object = self.object(name)?;
         let cname = CString::new(name).expect("no NUL in map name");
         // SAFETY: the object is valid (owned by self); the name outlives
         // the call.
-        let map =
-            unsafe { sys::bpf_object__find_map_by_name(self.object.as_ptr(), cname.as_ptr()) };
+        let map = unsafe { sys::bpf_object__find_map_by_name(object.as_ptr(), cname.as_ptr()) };
         if map.is_null() {
             return Err(BpfError::Missing { kind: "map", name });
         }
@@ -312,9 +350,11 @@ impl Drop for XdpProgram {
         if let Err(e) = self.detach_all() {
             tracing::warn!(error = %e, "XDP program left attached");
         }
-        // SAFETY: we own the object; nothing uses its fds after this
-        // (they are closed with it).
-        unsafe { sys::bpf_object__close(self.object.as_ptr()) };
+        if let Some(object) = self.object {
+            // SAFETY: we own the object; nothing uses its fds after this
+            // (they are closed with it). Adopted fds close with `adopted`.
+            unsafe { sys::bpf_object__close(object.as_ptr()) };
+        }
     }
 }
 

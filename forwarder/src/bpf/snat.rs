@@ -26,7 +26,7 @@ impl XdpProgram {
         addresses: &[Ipv4Addr],
         ports: RangeInclusive<u16>,
     ) -> Result<(), BpfError> {
-        let snat_fd = self.map_fd(MAP_SNAT)?;
+        let snat_fd = self.snat_fd;
         let range = SnatRange {
             low: *ports.start(),
             high: *ports.end(),
@@ -35,7 +35,7 @@ impl XdpProgram {
             let key = u32::from_ne_bytes(address.octets());
             map_update(snat_fd, MAP_SNAT, &key, &range, || address.to_string())?;
         }
-        let on_fd = self.map_fd(MAP_SNAT_ON)?;
+        let on_fd = self.snat_on_fd;
         map_update(on_fd, MAP_SNAT_ON, &0u32, &1u32, || "0".into())
     }
 }

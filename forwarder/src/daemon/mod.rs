@@ -32,9 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use cipgw_config::settings::{Settings, Source};
 use cipgw_config::{LbAlgorithm, ServiceTable};
-use cipgw_control::source::{
-    self as control_source, Receiver, RecvTimeoutError, SourceEvent, SourceHandle,
-};
+use cipgw_control::source::{self as control_source, Receiver, SourceEvent, SourceHandle};
 
 use crate::admin::{AdminServer, AdminState};
 use crate::affinity::Affinity;
@@ -55,7 +53,11 @@ const READERS_GRACE: Duration = Duration::from_secs(2);
 /// How often the control loop looks at the stop flag while no event
 /// comes: workers stop at the signal itself, so until this process exits
 /// (and the next gateway can start) VIP traffic is dropped; keep it short.
+/// (A hand-over request wakes the loop at once.)
 const STOP_CHECK_EVERY: Duration = Duration::from_millis(10);
+/// How long a gateway handing over waits for its workers to leave their
+/// loops (they do within a batch; this bounds a stuck one).
+const WORKERS_LEAVE_WITHIN: Duration = Duration::from_secs(5);
 /// How often expired flows are swept out of conntrack.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Busy polling: SO_BUSY_POLL on the sockets (µs). Workers never block in
@@ -93,6 +95,9 @@ struct Gateway {
     carried: HashSet<FlowTarget>,
     affinity: Arc<Affinity>,
     workers: Vec<(usize, JoinHandle<()>)>,
+    /// Each worker sends once here when it has left its loop, before its
+    /// sockets close.
+    workers_left: Receiver<()>,
     counters: Vec<Arc<WorkerCounters>>,
     stop: Arc<AtomicBool>,
     admin: Arc<AdminState>,
@@ -364,12 +369,13 @@ pub fn run(settings: Settings, options: Options) -> anyhow::Result<()> {
         }
     }
     let mut gateway = start::start(&settings, &options, Arc::clone(&stop))?;
-    gateway.serve(&settings);
-    match gateway
-        .handover
-        .as_ref()
-        .and_then(handover::Listener::request)
-    {
+    let request = gateway.serve(&settings).or_else(|| {
+        gateway
+            .handover
+            .as_ref()
+            .and_then(handover::Listener::request)
+    });
+    match request {
         Some(request) => gateway.hand_over(request, &terminate),
         None => gateway.shutdown(),
     }
@@ -404,24 +410,39 @@ impl Gateway {
     }
 
     /// The control loop: applies what the source reports, and does the
-    /// housekeeping, until asked to stop.
-    fn serve(&mut self, _settings: &Settings) {
+    /// housekeeping, until asked to stop; returns the next gateway's
+    /// request to let go, if that is what stopped it (it wakes the loop
+    /// at once: every millisecond until the answer is a millisecond
+    /// without forwarding).
+    fn serve(&mut self, _settings: &Settings) -> Option<handover::Request> {
         let mut last_sweep = Instant::now();
+        let events = self.events.clone();
+        let requests = match &self.handover {
+            Some(listener) => listener.requests().clone(),
+            None => crossbeam::channel::never(),
+        };
         // Acquire: pairs with the signal handler's store.
         while !self.stop.load(Ordering::Acquire) {
             self.admin.control_turned();
-            match self.events.recv_timeout(STOP_CHECK_EVERY) {
-                Ok(event) => self.on_event(event),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    tracing::error!(
-                        source = self.source.name(),
-                        "the source stopped; shutting down"
-                    );
-                    // Release: workers see everything before the stop request.
-                    self.stop.store(true, Ordering::Release);
-                    break;
-                }
+            crossbeam::channel::select! {
+                recv(events) -> event => match event {
+                    Ok(event) => self.on_event(event),
+                    Err(_) => {
+                        tracing::error!(
+                            source = self.source.name(),
+                            "the source stopped; shutting down"
+                        );
+                        // Release: workers see everything before the stop request.
+                        self.stop.store(true, Ordering::Release);
+                        break;
+                    }
+                },
+                recv(requests) -> request => {
+                    if let Ok(request) = request {
+                        return Some(request);
+                    }
+                },
+                default(STOP_CHECK_EVERY) => {}
             }
             // Workers end by themselves on the stop signal too; only an end
             // without it is unexpected. Looked at after the workers, so that
@@ -449,6 +470,7 @@ impl Gateway {
                 self.resolve_backends();
             }
         }
+        None
     }
 
     /// Records how long the changes behind the table just applied took
@@ -605,14 +627,21 @@ impl Gateway {
     /// (closing the AF_XDP sockets), hands the table over, closes the
     /// admin endpoint and puts busy-polling settings back, answers the
     /// request, then waits for SIGTERM or SIGINT without touching the XDP
-    /// program (which the next gateway replaces).
+    /// program (which the next gateway keeps, or replaces).
     fn hand_over(
         mut self,
         request: handover::Request,
         terminate: &AtomicBool,
     ) -> anyhow::Result<()> {
         tracing::info!("the next gateway asks to take over; stopping workers");
-        let panicked = self.stop_workers();
+        // The table is at rest once every worker has left its loop; their
+        // sockets go on closing while the next gateway adopts it.
+        if !self.workers_leave() {
+            bail!(
+                "a worker did not stop within {WORKERS_LEAVE_WITHIN:?}: the connection table \
+                 is not handed over"
+            );
+        }
         if let Some(file) = &self.table_file {
             file.hand_over().with_context(|| {
                 format!(
@@ -629,6 +658,7 @@ impl Gateway {
         request
             .released(&self.socket_mode)
             .context("telling the next gateway that it may take over")?;
+        let panicked = self.stop_workers();
         // The next gateway binds these addresses last, after its workers.
         self.admin_server = None;
         self.metrics_server = None;
@@ -647,12 +677,34 @@ impl Gateway {
         Ok(())
     }
 
-    /// Stops the workers and waits for them; true if one had panicked.
-    fn stop_workers(&mut self) -> bool {
+    /// Stops the workers and waits until each has left its loop (or
+    /// ended): they touch no table or flow after, though their sockets may
+    /// still be closing. False if one had not within
+    /// `WORKERS_LEAVE_WITHIN`.
+    fn workers_leave(&mut self) -> bool {
         // Release: as in `set_ready`; /readyz answers 503 from now on.
         self.ready.store(false, Ordering::Release);
         // Release: see `serve`.
         self.stop.store(true, Ordering::Release);
+        let deadline = Instant::now() + WORKERS_LEAVE_WITHIN;
+        let mut left = 0;
+        while left < self.workers.len() {
+            match self.workers_left.recv_timeout(Duration::from_millis(1)) {
+                Ok(()) => left += 1,
+                // A worker that panicked ends without a word.
+                Err(_) if self.workers.iter().all(|(_, h)| h.is_finished()) => return true,
+                Err(_) if Instant::now() >= deadline => return false,
+                Err(_) => {}
+            }
+        }
+        true
+    }
+
+    /// Stops the workers and waits for them to end; true if one had
+    /// panicked.
+    fn stop_workers(&mut self) -> bool {
+        // Joined below in any case.
+        let _ = self.workers_leave();
         let mut panicked = false;
         for (core, handle) in self.workers.drain(..) {
             if handle.join().is_err() {

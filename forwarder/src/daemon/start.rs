@@ -4,14 +4,17 @@
 //! 1. the service table is loaded and compiled (a bad control file stops
 //!    start-up with the error);
 //! 2. the netlink monitor publishes the first routes/neighbours snapshot;
-//! 3. the XDP program is loaded and its VIP and backend maps filled;
-//! 4. a gateway still running on the same `--state-dir` is asked to let
-//!    go ([`super::handover`]): everything before this point can fail
-//!    while it still forwards; then the connection table is adopted and
-//!    the AF_XDP sockets of every worker opened and registered in the
-//!    XSKMAP;
-//! 5. only then is the program attached, so no VIP packet is redirected
-//!    to a socket that is not there yet;
+//! 3. a gateway still running on the same `--state-dir` is asked for its
+//!    XDP program ([`super::handover`]); the program is kept if it is
+//!    this binary's, else loaded here; its VIP and backend maps are
+//!    filled, and the workers' UMEMs created;
+//! 4. the running gateway is asked to let go: everything before this
+//!    point can fail while it still forwards; then the connection table
+//!    is adopted, a kept program's other maps set, and the AF_XDP sockets
+//!    of every worker bound and registered in the XSKMAP (a kept
+//!    program forwards to them from then on);
+//! 5. only then is a program loaded here attached, so no VIP packet is
+//!    redirected to a socket that is not there yet;
 //! 6. workers start, pinned to their cores; the admin endpoint is bound
 //!    and the source of services started; neighbours of all backends are
 //!    resolved ahead of the first connection.
@@ -36,7 +39,7 @@ use super::{
 };
 use crate::admin::{AdminServer, AdminState};
 use crate::affinity::Affinity;
-use crate::bpf::{self, XdpProgram};
+use crate::bpf::{self, XdpMaps, XdpProgram};
 use crate::conntrack::{Conntrack, ConntrackConfig};
 use crate::counters::WorkerCounters;
 use crate::lb::Rng;
@@ -46,7 +49,9 @@ use crate::netlink::{self, NetMonitor};
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::table::{CompiledTable, FlowTarget, LbPlan, TableHandle};
 use crate::worker::{Worker, WorkerShared};
-use crate::xsk::{self, BusyPoll, NapiTuning, QueueAssignment, WorkerIo, XskConfig, ZeroCopy};
+use crate::xsk::{
+    self, BusyPoll, NapiTuning, PreparedIo, QueueAssignment, WorkerIo, XskConfig, ZeroCopy,
+};
 
 /// Starts the gateway: see the module doc for the order.
 pub(super) fn start(
@@ -66,23 +71,43 @@ pub(super) fn start(
     let monitor =
         netlink::spawn_monitor(settings.ifaces.clone()).context("starting the netlink monitor")?;
     let snat = super::snat::resolve(settings)?;
-    let mut program = load_program(settings, &first.table, &ports, from_file)?;
-    if let Some(snat) = &snat {
-        program.set_snat(&snat.addresses, snat.ports.clone())?;
-    }
-    if let Some(dns) = &dns {
-        for &address in dns.addresses() {
-            program
-                .steer_dns(address, crate::dns::PORT)
-                .with_context(|| format!("--dns-address {address}: steering its UDP port 53"))?;
+    // A gateway still running on this state directory shares its program
+    // and says how its sockets are bound; it goes on forwarding.
+    let mut running = match &settings.state_dir {
+        Some(dir) => handover::ask(dir).with_context(|| {
+            format!(
+                "--state-dir {}: asking the gateway running there for its XDP program",
+                dir.display()
+            )
+        })?,
+        None => handover::Running::None,
+    };
+    let mut program = load_program(settings, &first.table, &ports, from_file, &mut running)?;
+    if !program.is_adopted() {
+        if let Some(snat) = &snat {
+            program.set_snat(&snat.addresses, snat.ports.clone())?;
+        }
+        if let Some(dns) = &dns {
+            for &address in dns.addresses() {
+                program
+                    .steer_dns(address, crate::dns::PORT)
+                    .with_context(|| {
+                        format!("--dns-address {address}: steering its UDP port 53")
+                    })?;
+            }
         }
     }
     let assignments = assign_queues(settings, &ports)?;
+    let hint = match &running {
+        handover::Running::Offer(offer) => zero_copy_for(offer.mode.as_ref(), settings),
+        _ => ZeroCopy::Auto,
+    };
+    let prepared = prepare_sockets(settings, assignments, hint)?;
     // Everything above is ready; what follows needs what a gateway still
     // running on this state directory holds.
-    let (zero_copy, took_over) = match &settings.state_dir {
-        Some(dir) => take_over(dir, settings)?,
-        None => (ZeroCopy::Auto, false),
+    let (prepared, took_over) = match &settings.state_dir {
+        Some(dir) => take_over(dir, settings, running, prepared)?,
+        None => (prepared, false),
     };
 
     let (conntrack, table_file, epoch) = open_conntrack(settings, snat.as_ref())?;
@@ -122,13 +147,34 @@ pub(super) fn start(
         );
     }
 
-    let pending = open_sockets(
-        settings,
-        assignments,
-        &program,
-        &ports.base_slots,
-        zero_copy,
-    )?;
+    if program.is_adopted() {
+        // The running gateway has let go: the maps a start fills as a
+        // whole now say what this gateway's settings say.
+        let port_slots: Vec<(u32, u32)> = ports
+            .ifindexes
+            .iter()
+            .copied()
+            .zip(ports.base_slots.iter().copied())
+            .collect();
+        let dns_steered: Vec<_> = dns
+            .as_ref()
+            .map(|d| {
+                d.addresses()
+                    .iter()
+                    .map(|&a| (a, crate::dns::PORT))
+                    .collect()
+            })
+            .unwrap_or_default();
+        program
+            .take_over_maps(
+                &port_slots,
+                snat.as_ref()
+                    .map(|s| (s.addresses.as_slice(), s.ports.clone())),
+                &dns_steered,
+            )
+            .context("writing the kept XDP program's maps")?;
+    }
+    let pending = bind_sockets(prepared, &program, &ports.base_slots)?;
     let socket_mode = handover::SocketMode {
         copy_mode: pending
             .iter()
@@ -136,12 +182,20 @@ pub(super) fn start(
         ifaces: settings.ifaces.clone(),
     };
     let xdp_modes = attach(settings, &mut program, &ports.ifindexes)?;
+    if program.is_adopted() && from_file {
+        // What the running gateway steered that this table does not.
+        drop_unwanted_steering(&mut program, &table.current())?;
+    }
     admin.set_interface_modes(interface_modes(settings, &xdp_modes, &pending));
     let napi_tuning = tune_busy_polling(settings, &pending);
 
     let affinity = Arc::new(Affinity::default());
     admin.count_services(Arc::clone(&first.service_stats));
-    let Workers { handles, counters } = spawn_workers(
+    let Workers {
+        handles,
+        counters,
+        left: workers_left,
+    } = spawn_workers(
         settings,
         options,
         pending,
@@ -169,14 +223,23 @@ pub(super) fn start(
     let (source, events) = spawn_source(settings).context("starting the source of services")?;
     tracing::info!(source = source.name(), "watching for changes");
     let handover = match &settings.state_dir {
-        Some(dir) => Some(
-            handover::Listener::start(dir, Arc::clone(&stop)).with_context(|| {
-                format!(
-                    "--state-dir {}: listening for the next gateway's hand-over",
-                    dir.display()
-                )
-            })?,
-        ),
+        Some(dir) => {
+            let sharing = handover::Sharing {
+                digest: bpf::object_digest(),
+                program: program
+                    .share()
+                    .context("copying the XDP program's fds for the next gateway")?,
+                mode: socket_mode.clone(),
+            };
+            Some(
+                handover::Listener::start(dir, Arc::clone(&stop), sharing).with_context(|| {
+                    format!(
+                        "--state-dir {}: listening for the next gateway's hand-over",
+                        dir.display()
+                    )
+                })?,
+            )
+        }
         None => None,
     };
     let gateway = Gateway {
@@ -192,6 +255,7 @@ pub(super) fn start(
         carried,
         affinity,
         workers: handles,
+        workers_left,
         counters,
         stop,
         admin,
@@ -305,15 +369,27 @@ impl Ports {
     }
 }
 
-/// Loads the XDP program (not attached yet) with the maps the first table
-/// needs and, for the Kubernetes source, what the gateway before us
-/// steered until the first sync.
+/// The XDP program with the maps the first table needs: the running
+/// gateway's, kept attached, when it is the same object on the same
+/// interfaces; else one loaded here (not attached yet) with, for the
+/// Kubernetes source, what the gateway before us steered until the first
+/// sync.
 fn load_program(
     settings: &Settings,
     first: &CompiledTable,
     ports: &Ports,
     from_file: bool,
+    running: &mut handover::Running,
 ) -> anyhow::Result<XdpProgram> {
+    let offered = match keep_program(settings, ports, running) {
+        Ok(mut program) => {
+            // What it steered stays steered (as inherited below) until
+            // the first full table says otherwise.
+            program.add_missing(&steering_of(first.model()))?;
+            return Ok(program);
+        }
+        Err(offered) => offered,
+    };
     let mut program = XdpProgram::load().context("loading the XDP program")?;
     if let Some(dir) = &settings.state_dir {
         program.recognise(recorded_program(dir));
@@ -321,7 +397,10 @@ fn load_program(
     program.add_missing(&steering_of(first.model()))?;
     if !from_file {
         // Until the first sync, steer what the gateway before us steered.
-        let inherited = program.inherit_maps(&ports.ifindexes)?;
+        let inherited = match &offered {
+            Some(shared) => program.inherit_shared(shared)?,
+            None => program.inherit_maps(&ports.ifindexes)?,
+        };
         if inherited.vips + inherited.backends > 0 {
             tracing::info!(
                 vips = inherited.vips,
@@ -334,6 +413,65 @@ fn load_program(
         program.set_port(ifindex, base)?;
     }
     Ok(program)
+}
+
+/// The running gateway's program, if it offered it and it is the one
+/// this binary would load, attached to the same interfaces; else what it
+/// offered, if anything, for its maps to be inherited from.
+fn keep_program(
+    settings: &Settings,
+    ports: &Ports,
+    running: &mut handover::Running,
+) -> Result<XdpProgram, Option<bpf::SharedProgram>> {
+    let handover::Running::Offer(offer) = running else {
+        return Err(None);
+    };
+    let shared = offer.program.take().ok_or(None)?;
+    if offer.digest != bpf::object_digest() {
+        tracing::info!(
+            "the running gateway's XDP program is not this binary's (an upgrade): \
+             loading an XDP program of our own, to replace it"
+        );
+        return Err(Some(shared));
+    }
+    if offer.mode.as_ref().map(|m| &m.ifaces) != Some(&settings.ifaces) {
+        tracing::info!(
+            "the running gateway serves other interfaces: loading an XDP program of our own"
+        );
+        return Err(Some(shared));
+    }
+    // For the maps to be inherited from, should it not be kept.
+    let spare = shared.try_clone().ok();
+    match XdpProgram::adopt(shared, &ports.ifindexes, settings.xdp_mode) {
+        Ok(program) => {
+            tracing::info!(
+                id = program.program_id(),
+                vips = program.steering().vips.len(),
+                backends = program.steering().backends.len(),
+                "keeping the running gateway's XDP program (the same object) and its maps"
+            );
+            Ok(program)
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "loading an XDP program of our own, to replace it");
+            Err(spare)
+        }
+    }
+}
+
+/// Removes from the maps of a kept program what the running gateway
+/// steered and `table` (a control file's, the whole desired state) does
+/// not.
+fn drop_unwanted_steering(program: &mut XdpProgram, table: &CompiledTable) -> anyhow::Result<()> {
+    let wanted = steering_of(table.model());
+    let held = program.steering().clone();
+    for &vip in held.vips.difference(&wanted.vips) {
+        program.remove_vip(vip)?;
+    }
+    for &backend in held.backends.difference(&wanted.backends) {
+        program.remove_backend(backend)?;
+    }
+    Ok(())
 }
 
 /// Queue q of every interface belongs to worker q mod workers, so a flow
@@ -383,16 +521,15 @@ fn adopt_flows(
     HashSet::new()
 }
 
-/// Opens the AF_XDP sockets of every worker that has queues and registers
-/// them in the XSKMAP: (core, its sockets).
-fn open_sockets(
+/// Creates the UMEM of every worker that has queues, in zero-copy mode
+/// unless `zero_copy` says copy mode: (core, its prepared sockets).
+/// Binding comes later ([`bind_sockets`]), once the queues are free.
+fn prepare_sockets(
     settings: &Settings,
     assignments: Vec<Vec<QueueAssignment>>,
-    program: &XdpProgram,
-    base_slots: &[u32],
     zero_copy: ZeroCopy,
-) -> anyhow::Result<Vec<(usize, WorkerIo)>> {
-    let mut pending = Vec::new();
+) -> anyhow::Result<Vec<(usize, PreparedIo)>> {
+    let mut prepared = Vec::new();
     for (w, queues) in assignments.into_iter().enumerate() {
         let core = settings.cores[w];
         if queues.is_empty() {
@@ -432,17 +569,41 @@ fn open_sockets(
             zero_copy,
             ..XskConfig::default()
         };
-        let mut io = open_worker_io(&config, &queues)
-            .with_context(|| format!("opening AF_XDP sockets for the worker on core {core}"))?;
-        for (socket, q) in io.sockets.iter().zip(&queues) {
-            program.register_socket(base_slots[usize::from(q.port)] + q.queue, socket.fd())?;
-        }
-        io.prefill(config.fill_size as usize);
-        pending.push((core, io));
+        let io = WorkerIo::prepare(&config, &queues, zero_copy != ZeroCopy::Off)
+            .with_context(|| format!("creating the UMEM of the worker on core {core}"))?;
+        prepared.push((core, io));
     }
-    if pending.is_empty() {
+    if prepared.is_empty() {
         bail!("no worker has a queue to serve");
     }
+    Ok(prepared)
+}
+
+/// Binds the prepared sockets of every worker and registers them in the
+/// XSKMAP: (core, its sockets). A queue the gateway that has just let go
+/// still holds is tried again for a moment.
+fn bind_sockets(
+    prepared: Vec<(usize, PreparedIo)>,
+    program: &XdpProgram,
+    base_slots: &[u32],
+) -> anyhow::Result<Vec<(usize, WorkerIo)>> {
+    let started = Instant::now();
+    let busy_until = started + RELEASE_GRACE;
+    let mut pending = Vec::new();
+    for (core, prepared) in prepared {
+        let mut io = prepared
+            .bind_or_copy(busy_until)
+            .with_context(|| format!("opening AF_XDP sockets for the worker on core {core}"))?;
+        for socket in &io.sockets {
+            program.register_socket(
+                base_slots[usize::from(socket.port)] + socket.queue,
+                socket.fd(),
+            )?;
+        }
+        io.prefill(io.config.fill_size as usize);
+        pending.push((core, io));
+    }
+    tracing::info!(took = ?started.elapsed(), "AF_XDP sockets bound");
     Ok(pending)
 }
 
@@ -451,50 +612,60 @@ fn open_sockets(
 /// moment after its close).
 const RELEASE_GRACE: Duration = Duration::from_secs(2);
 
-/// [`WorkerIo::open`], retried while a queue is still held by the socket
-/// of a gateway that has just let go of it.
-fn open_worker_io(
-    config: &XskConfig,
-    queues: &[QueueAssignment],
-) -> Result<WorkerIo, xsk::XskError> {
-    let deadline = Instant::now() + RELEASE_GRACE;
-    loop {
-        match WorkerIo::open(config, queues) {
-            Err(e) if e.is_queue_busy() && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            other => return other,
-        }
-    }
-}
-
 /// Asks a gateway running on the same state directory to let go of the
-/// data path (see [`handover`]); the zero-copy choice for our sockets,
-/// and whether a gateway let go:
-/// copy mode at once when the running gateway's sockets on the same
-/// interfaces were in copy mode, else zero-copy where the driver takes it.
-fn take_over(dir: &std::path::Path, settings: &Settings) -> anyhow::Result<(ZeroCopy, bool)> {
+/// data path (see [`handover`]); the prepared sockets, made again in
+/// copy mode if a gateway of an earlier version only now says its
+/// sockets were, and whether a gateway let go.
+fn take_over(
+    dir: &std::path::Path,
+    settings: &Settings,
+    running: handover::Running,
+    prepared: Vec<(usize, PreparedIo)>,
+) -> anyhow::Result<(Vec<(usize, PreparedIo)>, bool)> {
     let asked = Instant::now();
-    let outcome = handover::take_over(dir).with_context(|| {
+    let context = || {
         format!(
             "--state-dir {}: taking over from the gateway running there",
             dir.display()
         )
-    })?;
-    let handover::TakeOver::Released(mode) = outcome else {
-        return Ok((ZeroCopy::Auto, false));
+    };
+    let mode = match running {
+        handover::Running::None => return Ok((prepared, false)),
+        handover::Running::Offer(offer) => offer.release().with_context(context)?,
+        handover::Running::WithoutOffer => match handover::take_over(dir).with_context(context)? {
+            handover::TakeOver::NoneRunning => return Ok((prepared, false)),
+            handover::TakeOver::Released(mode) => mode,
+        },
     };
     tracing::info!(
         took = ?asked.elapsed(),
         "the running gateway let go of the data path; taking over"
     );
-    // Zero-copy before stays Auto: it is tried first anyway, and a
-    // failure then still falls back rather than stopping the gateway.
-    let zero_copy = match mode {
+    if zero_copy_for(mode.as_ref(), settings) == ZeroCopy::Off
+        && prepared.iter().any(|(_, p)| p.zero_copy())
+    {
+        let again = prepared
+            .into_iter()
+            .map(|(core, p)| {
+                let (config, queues) = p.parts();
+                WorkerIo::prepare(config, queues, false).map(|p| (core, p))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .context("creating the UMEMs again in copy mode")?;
+        return Ok((again, true));
+    }
+    Ok((prepared, true))
+}
+
+/// Copy mode at once when the running gateway's sockets on the same
+/// interfaces were in copy mode, else zero-copy where the driver takes
+/// it (tried first anyway, and a failure then still falls back rather
+/// than stopping the gateway).
+fn zero_copy_for(mode: Option<&handover::SocketMode>, settings: &Settings) -> ZeroCopy {
+    match mode {
         Some(mode) if mode.ifaces == settings.ifaces && mode.copy_mode => ZeroCopy::Off,
         _ => ZeroCopy::Auto,
-    };
-    Ok((zero_copy, true))
+    }
 }
 
 /// Starts the admin or metrics endpoint, retried for a moment while a
@@ -513,8 +684,8 @@ fn bind_retrying(
     }
 }
 
-/// Attaches the program to every interface, and records its id for the
-/// next gateway.
+/// Attaches the program to every interface (a kept one is taken as
+/// attached where it is), and records its id for the next gateway.
 fn attach(
     settings: &Settings,
     program: &mut XdpProgram,
@@ -522,11 +693,13 @@ fn attach(
 ) -> anyhow::Result<Vec<crate::bpf::AttachMode>> {
     let mut modes = Vec::new();
     for (i, &ifindex) in ifindexes.iter().enumerate() {
-        // `attach` logs the interface and the mode it got.
-        let mode = program
-            .attach(ifindex, settings.xdp_mode)
-            .with_context(|| format!("attaching XDP to {}", settings.ifaces[i]))?;
-        modes.push(mode);
+        // `attach` and `keep_attached` log the interface and the mode.
+        let mode = if program.is_adopted() {
+            program.keep_attached(ifindex)
+        } else {
+            program.attach(ifindex, settings.xdp_mode)
+        };
+        modes.push(mode.with_context(|| format!("attaching XDP to {}", settings.ifaces[i]))?);
     }
     if let Some(dir) = &settings.state_dir {
         record_program(dir, program.program_id());
@@ -625,6 +798,8 @@ struct WorkerParts<'a> {
 struct Workers {
     handles: Vec<(usize, JoinHandle<()>)>,
     counters: Vec<Arc<WorkerCounters>>,
+    /// Each worker sends once here when it has left its loop.
+    left: crossbeam::channel::Receiver<()>,
 }
 
 /// Starts one worker thread per core that has sockets, pinned to it.
@@ -642,6 +817,7 @@ fn spawn_workers(
         resolver.request_resolution(ifindex, ip);
     });
     let worker_nice = settings.io.worker_nice;
+    let (left_tx, left) = crossbeam::channel::unbounded();
     let mut handles = Vec::new();
     let mut counters = Vec::new();
     for (core, io) in pending {
@@ -668,6 +844,7 @@ fn spawn_workers(
             resolve: Arc::clone(&resolve),
             epoch: parts.epoch,
             pass_through: options.pass_through,
+            left: left_tx.clone(),
         };
         let worker = Worker::new(
             io,
@@ -688,5 +865,9 @@ fn spawn_workers(
             .context("spawning a worker thread")?;
         handles.push((core, handle));
     }
-    Ok(Workers { handles, counters })
+    Ok(Workers {
+        handles,
+        counters,
+        left,
+    })
 }
