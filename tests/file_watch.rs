@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cipgw_config::settings::ServiceCidrs;
 use cipgw_config::{ServiceName, ServiceTable};
 use cipgw_control::source::{channel, Receiver, SourceEvent, DEFAULT_MIN_SYNC_PERIOD};
 use cipgw_control::{spawn_file_source, SourceHandle};
-use cipgw_config::settings::ServiceCidrs;
 
 /// How fast a change must take effect.
 const TAKES_EFFECT: Duration = Duration::from_secs(1);

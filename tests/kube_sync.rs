@@ -155,8 +155,7 @@ impl Source {
             .iter()
             .map(|c| c.parse().expect("valid CIDR"))
             .collect();
-        let mut config =
-            KubeSourceConfig::new(ServiceCidrs::new(&cidrs).expect("one per family"));
+        let mut config = KubeSourceConfig::new(ServiceCidrs::new(&cidrs).expect("one per family"));
         config.kubeconfig = Some(server.kubeconfig().to_owned());
         config.min_sync_period = period;
         config.proxy_name = proxy_name.to_owned();
@@ -284,7 +283,10 @@ fn dual_stack_service_and_ipv6_slices() {
     )]));
     let web = &table.services[0];
     assert_eq!(
-        web.cluster_ip.vips().map(|ip| ip.to_string()).collect::<Vec<_>>(),
+        web.cluster_ip
+            .vips()
+            .map(|ip| ip.to_string())
+            .collect::<Vec<_>>(),
         ["2001:2:0:ff::10", "198.18.100.10"]
     );
     assert_eq!(web.ip_family_policy, IpFamilyPolicy::RequireDualStack);
@@ -382,8 +384,9 @@ fn initial_sync_pages_through_large_lists() {
         server.apply(service(&name, &ip));
         server.apply(slice(&name, "1", 8080, &[ready("198.18.3.1")]));
     }
-    let mut config =
-        KubeSourceConfig::new(ServiceCidrs::v4_only("198.18.96.0/20".parse().expect("valid")));
+    let mut config = KubeSourceConfig::new(ServiceCidrs::v4_only(
+        "198.18.96.0/20".parse().expect("valid"),
+    ));
     config.kubeconfig = Some(server.kubeconfig().to_owned());
     config.min_sync_period = PERIOD;
     let (tx, rx) = channel();

@@ -185,7 +185,7 @@ fn endpoints(port: &ServicePort, family: Option<IpFamily>) -> String {
     let listed = port
         .endpoints
         .iter()
-        .filter(|e| family.is_none_or(|f| IpFamily::of(e.ip) == f));
+        .filter(|e| family.map_or(true, |f| IpFamily::of(e.ip) == f));
     for (i, endpoint) in listed.enumerate() {
         if i > 0 {
             out.push_str(", ");
@@ -343,7 +343,8 @@ headless                default/db (ClusterIP, headless)  port 5432/tcp -> 198.1
             pod: None,
             hostname: None,
         };
-        let vips = Vips::dual(v6(10), Ipv4Addr::new(198, 18, 100, 10).into()).expect("two families");
+        let vips =
+            Vips::dual(v6(10), Ipv4Addr::new(198, 18, 100, 10).into()).expect("two families");
         let mut web = service(
             "web",
             ServiceKind::ClusterIp,

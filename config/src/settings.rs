@@ -820,12 +820,14 @@ mod tests {
         let mut s = settings();
         s.cluster_cidrs = vec!["2001:2::/48".parse().expect("static CIDR")];
         assert_eq!(s.validate(), Err(SettingsError::ClusterCidrNoIpv4));
-        s.cluster_cidrs.push("198.18.0.0/16".parse().expect("static CIDR"));
+        s.cluster_cidrs
+            .push("198.18.0.0/16".parse().expect("static CIDR"));
         s.validate().expect("both families");
         s.cluster_cidrs.remove(1);
         s.service_cidrs =
             ServiceCidrs::new(&["2001:2:0:ff::/112".parse().expect("static")]).expect("one");
-        s.validate().expect("an IPv6-only gateway needs no IPv4 range");
+        s.validate()
+            .expect("an IPv6-only gateway needs no IPv4 range");
     }
 
     #[test]

@@ -224,7 +224,10 @@ mod tests {
     fn ipv6_range_skips_network_and_first_host() {
         let first = |n: u16| IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 0xff, 0, 0, 0, n));
         let (start, count) = usable(cidr("2001:2:0:ff::/112"));
-        assert_eq!((address(cidr("2001:2::/48"), start), count), (first(2), 65534));
+        assert_eq!(
+            (address(cidr("2001:2::/48"), start), count),
+            (first(2), 65534)
+        );
         assert_eq!(usable(cidr("2001:2::/64")).1, u32::MAX - 1);
         assert_eq!(usable(cidr("2001:2::/127")).1, 0);
         assert_eq!(usable(cidr("2001:2::/126")).1, 2);
@@ -244,7 +247,8 @@ mod tests {
         assert_eq!(
             v6[&names[0]],
             IpAddr::V6(Ipv6Addr::from(
-                u128::from(Ipv6Addr::new(0x2001, 2, 0, 0xff, 0, 0, 0, 2)) + u128::from(hash % 65534)
+                u128::from(Ipv6Addr::new(0x2001, 2, 0, 0xff, 0, 0, 0, 2))
+                    + u128::from(hash % 65534)
             ))
         );
         assert_eq!(

@@ -273,8 +273,7 @@ headless                default/db (ClusterIP, headless)          port 5432/tcp 
     #[test]
     fn read_error_names_the_path() {
         let path = Path::new("/nonexistent/cipgw-control.yaml");
-        let error = load_control_file(path, &cidr())
-            .expect_err("no such file");
+        let error = load_control_file(path, &cidr()).expect_err("no such file");
         let message = error.to_string();
         assert!(
             message.starts_with("cannot read control file /nonexistent/cipgw-control.yaml: "),

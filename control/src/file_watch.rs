@@ -29,9 +29,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cipgw_config::settings::ServiceCidrs;
 use cipgw_config::ServiceTable;
 use crossbeam::channel::{Receiver, Sender};
-use cipgw_config::settings::ServiceCidrs;
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 

@@ -49,10 +49,10 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use cipgw_config::settings::ServiceCidrs;
 use cipgw_config::ServiceTable;
 use crossbeam::channel::Sender;
 use futures::StreamExt;
-use cipgw_config::settings::ServiceCidrs;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::ListParams;

@@ -237,7 +237,9 @@ pub enum Problem {
     ReservedAddress { ip: IpAddr, cidr: IpNet },
     #[error("{first:?} differs from spec.clusterIP {cluster_ip:?}; they must be equal")]
     ClusterIpsMismatch { first: String, cluster_ip: String },
-    #[error("unknown IP family policy {0:?}: expected SingleStack, PreferDualStack or RequireDualStack")]
+    #[error(
+        "unknown IP family policy {0:?}: expected SingleStack, PreferDualStack or RequireDualStack"
+    )]
     UnknownIpFamilyPolicy(String),
     #[error("unknown IP family {0:?}: expected IPv4 or IPv6")]
     UnknownIpFamily(String),
@@ -586,7 +588,11 @@ impl<'a> ServiceSpec<'a> {
                 external_name_of(spec)
                     .map_err(|problem| field_error("spec.externalName".into(), problem))?,
             );
-            (Address::ExternalName, IpFamilyPolicy::SingleStack, Vec::new())
+            (
+                Address::ExternalName,
+                IpFamilyPolicy::SingleStack,
+                Vec::new(),
+            )
         } else {
             cluster_address(spec, cidrs, selector.is_some())
                 .map_err(|(field, problem)| field_error(field, problem))?
@@ -759,7 +765,9 @@ fn cluster_address(
             if i >= 2 {
                 return Err((field, Problem::TooManyEntries));
             }
-            if let Some((first, _)) = ips.iter().find(|(_, o)| IpFamily::of(*o) == IpFamily::of(ip))
+            if let Some((first, _)) = ips
+                .iter()
+                .find(|(_, o)| IpFamily::of(*o) == IpFamily::of(ip))
             {
                 return Err((
                     field,
@@ -799,7 +807,10 @@ fn cluster_address(
             return Err((field.clone(), Problem::SecondFamilySingleStack));
         }
         if families_given.len() > 1 {
-            return Err(("spec.ipFamilies[1]".into(), Problem::SecondFamilySingleStack));
+            return Err((
+                "spec.ipFamilies[1]".into(),
+                Problem::SecondFamilySingleStack,
+            ));
         }
     }
     if policy == IpFamilyPolicy::RequireDualStack && !cidrs.is_dual() {
@@ -1209,23 +1220,25 @@ impl PodInfo<'_> {
                 .map(|(_, _, number)| *number),
         };
         let Some(target) = target else { return };
-        out.extend(self.ips.iter().map(|ip| Endpoint {
-            ip: *ip,
-            port: target,
-            state: EndpointState {
-                // As the EndpointSlice controller sets it.
-                ready: publish_not_ready || (self.serving && !self.terminating),
-                serving: self.serving,
-                terminating: self.terminating,
-            },
-            pod: Some(self.name.to_owned()),
-            // As the EndpointSlice controller sets it: the Pod asked to be
-            // named under this Service (the namespace matches: Pods are
-            // selected from the Service's own).
-            hostname: self
-                .hostname
-                .filter(|_| self.subdomain == Some(service.name.name.as_str()))
-                .map(str::to_owned),
+        out.extend(self.ips.iter().map(|ip| {
+            Endpoint {
+                ip: *ip,
+                port: target,
+                state: EndpointState {
+                    // As the EndpointSlice controller sets it.
+                    ready: publish_not_ready || (self.serving && !self.terminating),
+                    serving: self.serving,
+                    terminating: self.terminating,
+                },
+                pod: Some(self.name.to_owned()),
+                // As the EndpointSlice controller sets it: the Pod asked to be
+                // named under this Service (the namespace matches: Pods are
+                // selected from the Service's own).
+                hostname: self
+                    .hostname
+                    .filter(|_| self.subdomain == Some(service.name.name.as_str()))
+                    .map(str::to_owned),
+            }
         }));
     }
 

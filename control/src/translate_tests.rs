@@ -635,7 +635,8 @@ fn headless_services_take_families_too() {
         )
     );
     // ... and SingleStack on a gateway of one family.
-    let single = table("apiVersion: v1\nkind: Service\nmetadata: {name: ext}\nspec:\n  clusterIP: None\n");
+    let single =
+        table("apiVersion: v1\nkind: Service\nmetadata: {name: ext}\nspec:\n  clusterIP: None\n");
     assert_eq!(
         single.services[0].ip_family_policy,
         IpFamilyPolicy::SingleStack
@@ -647,7 +648,9 @@ fn ipv6_slices_give_ipv6_endpoints_and_fqdn_slices_nothing() {
     let yaml = format!(
         "{}{}endpoints:\n- addresses: [198.18.3.1]\n{}",
         web("  ipFamilyPolicy: PreferDualStack\n"),
-        SLICE_HEAD.replace("name: echo-1", "name: web-4").replace("service-name: echo", "service-name: web"),
+        SLICE_HEAD
+            .replace("name: echo-1", "name: web-4")
+            .replace("service-name: echo", "service-name: web"),
         "---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
@@ -688,7 +691,10 @@ endpoints:
     assert_eq!(port.endpoints[1].hostname.as_deref(), Some("web-0"));
     // A single-stack IPv4 Service leaves the IPv6 slice's endpoints out:
     // its VIP never goes to another family.
-    let single = table_with(&yaml.replace("  ipFamilyPolicy: PreferDualStack\n", ""), &cidrs(&DUAL));
+    let single = table_with(
+        &yaml.replace("  ipFamilyPolicy: PreferDualStack\n", ""),
+        &cidrs(&DUAL),
+    );
     assert_eq!(eps(&single.services[0].ports[0]), ["198.18.3.1:8080"]);
     // An IPv4 address in an IPv6 slice is an error naming it.
     let wrong = yaml.replace("[\"2001:2:0:3::2\"]", "[198.18.3.2]");
@@ -805,7 +811,10 @@ fn allocation_is_stable_per_family() {
         doc("d", "  ipFamilies: [IPv6]\n"),
     ];
     let dual = table_with(&docs.concat(), &cidrs(&DUAL));
-    let backward = table_with(&docs.iter().rev().cloned().collect::<String>(), &cidrs(&DUAL));
+    let backward = table_with(
+        &docs.iter().rev().cloned().collect::<String>(),
+        &cidrs(&DUAL),
+    );
     assert_eq!(dual, backward, "document order does not matter");
     let vips = |t: &ServiceTable, name: &str| {
         service(t, "default", name)
@@ -816,7 +825,12 @@ fn allocation_is_stable_per_family() {
     // Each family's address is the one that family alone would give:
     // the IPv4 one as on an IPv4-only gateway, the IPv6 one as on an
     // IPv6-only one.
-    let v4_only = table(&docs.concat().replace(prefer, "").replace("  ipFamilies: [IPv6]\n", ""));
+    let v4_only = table(
+        &docs
+            .concat()
+            .replace(prefer, "")
+            .replace("  ipFamilies: [IPv6]\n", ""),
+    );
     let v6_only = table_with(
         &docs
             .concat()
@@ -826,7 +840,10 @@ fn allocation_is_stable_per_family() {
     );
     for name in ["a", "c"] {
         let got = vips(&dual, name);
-        assert!(got.is_dual() && got.primary_family() == IpFamily::V4, "{name}: {got:?}");
+        assert!(
+            got.is_dual() && got.primary_family() == IpFamily::V4,
+            "{name}: {got:?}"
+        );
         assert_eq!(got.v4(), vips(&v4_only, name).v4(), "{name}");
         if name == "a" {
             assert_eq!(got.v6(), vips(&v6_only, name).v6(), "{name}");

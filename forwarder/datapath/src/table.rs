@@ -161,9 +161,10 @@ fn usable(endpoints: &[Endpoint]) -> Box<[Backend]> {
                     e.state.serving && e.state.terminating
                 }
             })
-            .map(|e| Backend {
-                ip: e.ip,
-                port: e.port,
+            // IPv6: only IPv4 endpoints are compiled until the table has an IPv6 side.
+            .filter_map(|e| match e.ip {
+                std::net::IpAddr::V4(ip) => Some(Backend { ip, port: e.port }),
+                std::net::IpAddr::V6(_) => None,
             })
             .collect::<Box<[Backend]>>()
     };
@@ -255,7 +256,8 @@ impl CompiledTable {
         let mut backends = HashMap::with_hasher(RandomState::new());
         let mut vips_with_endpoints = HashSet::with_hasher(RandomState::new());
         for (index, service) in model.services.iter().enumerate() {
-            let Some(vip) = service.cluster_ip.vip() else {
+            // IPv6: only the IPv4 VIP is compiled until the table has an IPv6 side.
+            let Some(vip) = service.cluster_ip.vip4() else {
                 continue;
             };
             vips.insert(vip);
@@ -266,9 +268,13 @@ impl CompiledTable {
                     port: port.port,
                     protocol: port.protocol,
                 };
-                for e in &port.endpoints {
+                // IPv6: only IPv4 endpoints are compiled (those of the IPv4 VIP).
+                for (ip, e) in port.endpoints.iter().filter_map(|e| match e.ip {
+                    std::net::IpAddr::V4(ip) => Some((ip, e)),
+                    std::net::IpAddr::V6(_) => None,
+                }) {
                     backends
-                        .entry((e.ip, e.port, port.protocol))
+                        .entry((ip, e.port, port.protocol))
                         .and_modify(|owner| {
                             if *owner != ReplyOwner::Unique(key) {
                                 *owner = ReplyOwner::Ambiguous;
@@ -582,7 +588,7 @@ mod tests {
 
     fn endpoint(last: u8, state: EndpointState) -> Endpoint {
         Endpoint {
-            ip: Ipv4Addr::new(198, 18, 2, last),
+            ip: Ipv4Addr::new(198, 18, 2, last).into(),
             port: 5678,
             state,
             pod: None,
@@ -596,7 +602,11 @@ mod tests {
                 Service {
                     name: ServiceName::new("default", "echo"),
                     kind: ServiceKind::ClusterIp,
-                    cluster_ip: ClusterIp::Vip(Ipv4Addr::new(198, 18, 100, 10)),
+                    cluster_ip: ClusterIp::single(std::net::IpAddr::from(Ipv4Addr::new(
+                        198, 18, 100, 10,
+                    ))),
+                    ip_family_policy: cipgw_config::IpFamilyPolicy::SingleStack,
+                    ip_families: vec![cipgw_config::IpFamily::V4],
                     session_affinity: None,
                     lb_algorithm: None,
                     external_name: None,
@@ -613,6 +623,8 @@ mod tests {
                     name: ServiceName::new("default", "headless"),
                     kind: ServiceKind::ClusterIp,
                     cluster_ip: ClusterIp::Headless,
+                    ip_family_policy: cipgw_config::IpFamilyPolicy::SingleStack,
+                    ip_families: vec![cipgw_config::IpFamily::V4],
                     session_affinity: None,
                     lb_algorithm: None,
                     external_name: None,
@@ -721,7 +733,7 @@ mod tests {
             Ipv4Addr::new(198, 18, 100, 10),
             8080,
             Protocol::Tcp,
-            gone.ip,
+            Ipv4Addr::new(198, 18, 2, 12),
             gone.port,
         )]);
         assert_eq!(t.retiring_len(), 1);

@@ -23,7 +23,7 @@ const DNS_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 53);
 
 fn endpoint(last: u8, port: u16, state: EndpointState) -> Endpoint {
     Endpoint {
-        ip: Ipv4Addr::new(198, 18, 2, last),
+        ip: Ipv4Addr::new(198, 18, 2, last).into(),
         port,
         state,
         pod: Some(format!("pod{}", last - 10)),
@@ -42,7 +42,9 @@ fn model() -> ServiceTable {
             Service {
                 name: ServiceName::new("default", "dns"),
                 kind: ServiceKind::ClusterIp,
-                cluster_ip: ClusterIp::Vip(DNS_VIP),
+                cluster_ip: ClusterIp::single(std::net::IpAddr::from(DNS_VIP)),
+                ip_family_policy: cipgw_config::IpFamilyPolicy::SingleStack,
+                ip_families: vec![cipgw_config::IpFamily::V4],
                 session_affinity: None,
                 lb_algorithm: Some(cipgw_config::LbAlgorithm::Maglev),
                 external_name: None,
@@ -58,7 +60,9 @@ fn model() -> ServiceTable {
             Service {
                 name: ServiceName::new("default", "echo"),
                 kind: ServiceKind::ClusterIp,
-                cluster_ip: ClusterIp::Vip(VIP),
+                cluster_ip: ClusterIp::single(std::net::IpAddr::from(VIP)),
+                ip_family_policy: cipgw_config::IpFamilyPolicy::SingleStack,
+                ip_families: vec![cipgw_config::IpFamily::V4],
                 session_affinity: None,
                 lb_algorithm: None,
                 external_name: None,
@@ -78,6 +82,8 @@ fn model() -> ServiceTable {
                 name: ServiceName::new("default", "headless"),
                 kind: ServiceKind::ClusterIp,
                 cluster_ip: ClusterIp::Headless,
+                ip_family_policy: cipgw_config::IpFamilyPolicy::SingleStack,
+                ip_families: vec![cipgw_config::IpFamily::V4],
                 session_affinity: None,
                 lb_algorithm: None,
                 external_name: None,
@@ -215,7 +221,7 @@ fn services_show_endpoints_states_and_active_flows() {
     let names: Vec<&str> = v.services.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["dns", "echo", "headless"]);
     let echo = &v.services[1];
-    assert_eq!(echo.vip, Some(VIP));
+    assert_eq!(echo.vip, Some(VIP.into()));
     // The flows are handshakes (SYN_SENT): inactive, as ipvsadm counts
     // them; only ESTABLISHED is active.
     assert_eq!((echo.active_flows, echo.inactive_flows), (0, 5));
@@ -262,7 +268,10 @@ fn services_report_counters_once_counted() {
     let slots = stats.assign(&model);
     let first = &model.services[1].ports[0].endpoints[0];
     let first = crate::table::Backend {
-        ip: first.ip,
+        ip: match first.ip {
+            std::net::IpAddr::V4(ip) => ip,
+            std::net::IpAddr::V6(ip) => panic!("{ip} is not IPv4"),
+        },
         port: first.port,
     };
     let echo = slots
@@ -293,7 +302,7 @@ fn services_report_counters_once_counted() {
         .collect();
     assert!(endpoints.len() > 1, "{endpoints:?}");
     for (endpoint, packets, bytes, flows) in endpoints {
-        let want = if endpoint == (first.ip, first.port) {
+        let want = if endpoint == (first.ip.into(), first.port) {
             (Some(10), Some(1000), Some(2))
         } else {
             (Some(0), Some(0), Some(0))

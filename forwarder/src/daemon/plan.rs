@@ -39,10 +39,13 @@ use crate::table::FlowTarget;
 /// endpoint or port.
 pub(crate) fn flow_targets(model: &ServiceTable) -> HashSet<FlowTarget> {
     let mut targets = HashSet::new();
-    for (service, vip) in model.forwarded() {
+    // IPv6: the data plane forwards IPv4 VIPs (to IPv4 endpoints) only.
+    for (service, vip) in model.forwarded_v4() {
         for port in &service.ports {
             for e in &port.endpoints {
-                targets.insert((vip, port.port, port.protocol, e.ip, e.port));
+                if let std::net::IpAddr::V4(ip) = e.ip {
+                    targets.insert((vip, port.port, port.protocol, ip, e.port));
+                }
             }
         }
     }
@@ -59,7 +62,7 @@ fn backend_of(&(_, _, protocol, ip, port): &FlowTarget) -> BackendKey {
 /// and every endpoint of a forwarded Service (its replies).
 fn steering_with(model: &ServiceTable, targets: &HashSet<FlowTarget>) -> Steering {
     Steering {
-        vips: model.forwarded().map(|(_, vip)| vip).collect(),
+        vips: model.forwarded_v4().map(|(_, vip)| vip).collect(),
         backends: targets.iter().map(backend_of).collect(),
     }
 }
@@ -190,7 +193,9 @@ mod tests {
         Service {
             name: ServiceName::new("default", name),
             kind: ServiceKind::ClusterIp,
-            cluster_ip: ClusterIp::Vip(vip),
+            cluster_ip: ClusterIp::single(std::net::IpAddr::from(vip)),
+            ip_family_policy: cipgw_config::IpFamilyPolicy::SingleStack,
+            ip_families: vec![cipgw_config::IpFamily::V4],
             session_affinity: None,
             lb_algorithm: None,
             external_name: None,
@@ -205,7 +210,7 @@ mod tests {
                     endpoints: pods
                         .iter()
                         .map(|&ip| Endpoint {
-                            ip,
+                            ip: ip.into(),
                             port: target,
                             state: EndpointState::READY,
                             pod: None,
@@ -463,6 +468,8 @@ mod tests {
         let mut model = base();
         model.services.push(Service {
             cluster_ip: ClusterIp::Headless,
+            ip_family_policy: cipgw_config::IpFamilyPolicy::SingleStack,
+            ip_families: vec![cipgw_config::IpFamily::V4],
             ..service(
                 "h",
                 Ipv4Addr::UNSPECIFIED,
