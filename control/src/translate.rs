@@ -272,10 +272,7 @@ pub enum Problem {
          give --service-cidr once per family"
     )]
     RequireDualStack { cidrs: String },
-    #[error(
-        "{what} is {family}, and the gateway has no {family} service CIDR \
-         (--service-cidr {cidrs})"
-    )]
+    #[error("{what}, and the gateway has no {family} service CIDR (--service-cidr {cidrs})")]
     FamilyNotConfigured {
         what: String,
         family: IpFamily,
@@ -846,9 +843,12 @@ fn cluster_address(
                 continue;
             }
             let (field, what) = match (ips.get(i), families_given.get(i)) {
-                (Some((field, ip)), _) => (field.clone(), ip.to_string()),
-                (None, Some(_)) => (format!("spec.ipFamilies[{i}]"), family.to_string()),
-                (None, None) => ("spec.ipFamilies".into(), family.to_string()),
+                (Some((field, ip)), _) => (field.clone(), format!("{ip} is an {family} address")),
+                (None, Some(_)) => (
+                    format!("spec.ipFamilies[{i}]"),
+                    format!("{family} is asked for"),
+                ),
+                (None, None) => ("spec.ipFamilies".into(), format!("{family} is asked for")),
             };
             return Err((
                 field,

@@ -763,13 +763,13 @@ fn dual_stack_errors_name_the_service_and_field() {
         (
             "  clusterIP: 2001:2:0:ff::5\n",
             &["198.18.100.0/24"],
-            "spec.clusterIP: 2001:2:0:ff::5 is IPv6, and the gateway has no IPv6 service CIDR \
-             (--service-cidr 198.18.100.0/24)",
+            "spec.clusterIP: 2001:2:0:ff::5 is an IPv6 address, and the gateway has no IPv6 \
+             service CIDR (--service-cidr 198.18.100.0/24)",
         ),
         (
             "  ipFamilies: [IPv6]\n",
             &["198.18.100.0/24"],
-            "spec.ipFamilies[0]: IPv6 is IPv6, and the gateway has no IPv6 service CIDR \
+            "spec.ipFamilies[0]: IPv6 is asked for, and the gateway has no IPv6 service CIDR \
              (--service-cidr 198.18.100.0/24)",
         ),
         (
@@ -887,8 +887,8 @@ fn field_errors_name_document_object_and_field() {
     let cases = [
         (
             "  clusterIP: 2001:2:0:ff::10\n  ports: [{port: 80}]\n",
-            "spec.clusterIP: 2001:2:0:ff::10 is IPv6, and the gateway has no IPv6 service \
-             CIDR (--service-cidr 198.18.100.0/24)",
+            "spec.clusterIP: 2001:2:0:ff::10 is an IPv6 address, and the gateway has no IPv6 \
+             service CIDR (--service-cidr 198.18.100.0/24)",
         ),
         (
             "  clusterIP: 198.18.100.300\n",

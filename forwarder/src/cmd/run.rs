@@ -357,6 +357,12 @@ pub fn settings_for_test(args: RunArgs) -> Settings {
     settings(args).expect("valid settings")
 }
 
+/// [`settings`] for the command-line tests of bad input.
+#[cfg(test)]
+pub fn settings_error_for_test(args: RunArgs) -> String {
+    settings(args).expect_err("invalid settings").to_string()
+}
+
 /// The CPUs this process may run on (sched_getaffinity(2)).
 fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
     // SAFETY: an all-zero cpu_set_t is a valid, empty set.

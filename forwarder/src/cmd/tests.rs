@@ -188,6 +188,70 @@ fn kube_proxy_style_values() {
 }
 
 #[test]
+fn service_cidrs_one_per_family_from_flags_and_the_settings_file() {
+    use cipgw_config::IpFamily;
+    let base = ["run", "--iface", "eth0", "--control-file", "s.yaml"];
+    fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        [base, extra].concat()
+    }
+    let s = run::settings_for_test(parse_run(&with(
+        &base,
+        &[
+            "--service-cidr",
+            "198.18.100.0/24",
+            "--service-cidr",
+            "2001:2:0:ff::/112",
+            "--cluster-cidr",
+            "198.18.0.0/16,2001:2::/48",
+        ],
+    )));
+    assert_eq!(s.service_cidrs.primary(), IpFamily::V4);
+    assert_eq!(
+        s.service_cidrs.to_string(),
+        "198.18.100.0/24,2001:2:0:ff::/112"
+    );
+    assert_eq!(s.cluster_cidrs.len(), 2);
+    let comma = run::settings_for_test(parse_run(&with(
+        &base,
+        &["--service-cidr=2001:2:0:ff::/112,198.18.100.0/24"],
+    )));
+    assert_eq!(comma.service_cidrs.primary(), IpFamily::V6);
+    assert!(comma.service_cidrs.is_dual());
+    // Without the flag: the default, IPv4 alone.
+    let default = run::settings_for_test(parse_run(&base));
+    assert_eq!(
+        default.service_cidrs.to_string(),
+        cipgw_config::settings::DEFAULT_SERVICE_CIDR
+    );
+    // A second CIDR of one family is an error naming the flag.
+    let error = run::settings_error_for_test(parse_run(&with(
+        &base,
+        &[
+            "--service-cidr",
+            "198.18.100.0/24",
+            "--service-cidr",
+            "198.19.0.0/16",
+        ],
+    )));
+    assert_eq!(
+        error,
+        "--service-cidr: 198.19.0.0/16 is a second IPv4 CIDR after 198.18.100.0/24; \
+         give at most one per family"
+    );
+    // The settings file takes a list, as for the other list flags.
+    let file = settings_file(
+        "iface = [\"eth1\"]\ncontrol-file = \"s.yaml\"\n\
+         service-cidr = [\"2001:2:0:ff::/112\", \"198.18.100.0/24\"]\n",
+    );
+    let path = file.path().to_str().expect("UTF-8 path");
+    let s = run::settings_for_test(parse_run(&["run", "--config", path]));
+    assert_eq!(
+        s.service_cidrs.families().collect::<Vec<_>>(),
+        [IpFamily::V6, IpFamily::V4]
+    );
+}
+
+#[test]
 fn flags_are_grouped_in_help() {
     let mut cli = command();
     cli.build();
