@@ -98,7 +98,12 @@ fn model() -> ServiceTable {
 /// 198.18.0.2:40000+i to the echo VIP, alternating between the two
 /// endpoints.
 fn state(flows: u16) -> AdminState {
-    let table = TableHandle::new(CompiledTable::compile(Arc::new(model()), 7));
+    state_with(model(), flows)
+}
+
+/// [`state`] over another model.
+fn state_with(model: ServiceTable, flows: u16) -> AdminState {
+    let table = TableHandle::new(CompiledTable::compile(Arc::new(model), 7));
     let ct = Arc::new(Conntrack::default());
     for i in 0..flows {
         let key = FlowKey {
@@ -257,6 +262,60 @@ fn services_show_endpoints_states_and_active_flows() {
     let headless = &v.services[2];
     assert_eq!((headless.vip, headless.cluster_ip.as_str()), (None, "None"));
     assert_eq!(v.services[0].active_flows, 0);
+}
+
+#[test]
+fn services_list_every_cluster_ip_and_endpoints_of_both_families() {
+    use std::net::{IpAddr, Ipv6Addr};
+    let v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 0xff, 0, 0, 0, 0x10));
+    let pod6 = IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 0x11));
+    let mut dual = model();
+    let echo = &mut dual.services[1];
+    echo.cluster_ip =
+        ClusterIp::Vips(cipgw_config::Vips::dual(VIP.into(), v6).expect("two families"));
+    echo.ip_family_policy = cipgw_config::IpFamilyPolicy::PreferDualStack;
+    echo.ip_families = vec![cipgw_config::IpFamily::V4, cipgw_config::IpFamily::V6];
+    echo.ports[0].endpoints.push(Endpoint {
+        ip: pod6,
+        pod: Some("pod1".into()),
+        ..endpoint(11, 5678, EndpointState::READY)
+    });
+    let s = state_with(dual, 4);
+    let v: ServicesView = json(get(&s, "/api/services"));
+    let echo = &v.services[1];
+    assert_eq!(echo.vip, Some(VIP.into()), "the primary");
+    assert_eq!(echo.cluster_ip, VIP.to_string());
+    assert_eq!(echo.cluster_ips, [IpAddr::from(VIP), v6]);
+    assert_eq!(echo.ip_families, ["IPv4", "IPv6"]);
+    assert_eq!(echo.ip_family_policy, "PreferDualStack");
+    // The IPv4 VIP's flows are there as before; the IPv6 endpoint is
+    // listed, with nothing tracked (IPv6 is not forwarded yet).
+    assert_eq!((echo.active_flows, echo.inactive_flows), (0, 4));
+    let eps: Vec<(String, u64)> = echo.ports[0]
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                std::net::SocketAddr::new(e.ip, e.port).to_string(),
+                e.inactive_flows,
+            )
+        })
+        .collect();
+    assert_eq!(
+        eps,
+        [
+            ("198.18.2.11:5678".to_owned(), 2),
+            ("198.18.2.12:5678".to_owned(), 2),
+            ("[2001:2:0:2::11]:5678".to_owned(), 0),
+        ]
+    );
+    // The JSON a client reads: addresses as strings.
+    let raw: serde_json::Value =
+        serde_json::from_str(&get(&s, "/api/services").body).expect("JSON");
+    assert_eq!(
+        raw["services"][1]["cluster_ips"],
+        serde_json::json!(["198.18.100.10", "2001:2:0:ff::10"])
+    );
 }
 
 #[test]

@@ -316,3 +316,60 @@ fn dns_upstreams_come_from_the_dns_table_of_the_settings_file() {
     );
     s.validate().expect("with --cluster-cidr and --dns-address");
 }
+
+#[test]
+fn services_lists_a_block_per_vip_with_its_family() {
+    let endpoint = |ip: &str, flows: u64| {
+        serde_json::json!({
+            "ip": ip, "port": 8080, "pod": "web-0", "state": "ready",
+            "ready": true, "serving": true, "terminating": false,
+            "active_flows": flows, "inactive_flows": 0,
+            "packets": null, "bytes": null, "flows": null,
+        })
+    };
+    let view: cipgw::admin::ServicesView = serde_json::from_value(serde_json::json!({
+        "generation": 3,
+        "counted": false,
+        "services": [{
+            "namespace": "shop", "name": "web", "kind": "ClusterIP",
+            "vip": "2001:2:0:ff::20", "cluster_ip": "2001:2:0:ff::20",
+            "cluster_ips": ["2001:2:0:ff::20", "198.18.100.20"],
+            "ip_families": ["IPv6", "IPv4"], "ip_family_policy": "RequireDualStack",
+            "active_flows": 1, "inactive_flows": 0, "affinity_seconds": null,
+            "packets": null, "bytes": null, "flows": null,
+            "ports": [{
+                "name": "http", "protocol": "TCP", "port": 80, "target_port": "8080",
+                "lb_algorithm": "random", "maglev_fingerprint": null,
+                "active_flows": 1, "inactive_flows": 0,
+                "packets": null, "bytes": null, "flows": null,
+                "endpoints": [endpoint("198.18.3.1", 1), endpoint("2001:2:0:3::1", 0)],
+            }],
+        }],
+    }))
+    .expect("a services view");
+    let text = services::render(&view);
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let find = |first: &str| {
+        rows.iter()
+            .find(|r| r.get(1) == Some(&first))
+            .unwrap_or_else(|| panic!("no row for {first} in:\n{text}"))
+            .clone()
+    };
+    // IPv4 first (sorted by VIP), each with its family's endpoint only.
+    assert_eq!(find("198.18.100.20:80")[6], "1");
+    // (Endpoint rows have two empty columns: ActiveConn is the 5th word.)
+    assert_eq!(find("198.18.3.1:8080")[4], "1");
+    // The IPv6 VIP and endpoint: listed, nothing tracked or counted.
+    assert_eq!(find("[2001:2:0:ff::20]:80")[6..], ["-", "-", "-", "-", "-"]);
+    assert_eq!(find("[2001:2:0:3::1]:8080")[4..], ["-", "-", "-", "-", "-"]);
+    let v4_row = text.find("198.18.100.20:80").expect("listed");
+    let v6_row = text.find("[2001:2:0:ff::20]:80").expect("listed");
+    assert!(v4_row < v6_row, "{text}");
+    assert!(
+        text.contains("IPv6 VIPs are listed and answered in DNS, not yet forwarded"),
+        "{text}"
+    );
+}
