@@ -268,6 +268,40 @@ mod tests {
         (published, maps)
     }
 
+    /// A dual-stack Service is steered and compiled by its IPv4 side
+    /// only (IPv4 VIP, IPv4 endpoints), until the data plane has IPv6.
+    #[test]
+    fn a_dual_stack_service_is_forwarded_by_its_ipv4_side() {
+        use std::net::{IpAddr, Ipv6Addr};
+        let mut a = service("a", VIP_A, &[(80, Protocol::Tcp, 8080, &[POD1])]);
+        let v6 = |last| IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 0xff, 0, 0, 0, last));
+        a.cluster_ip =
+            ClusterIp::Vips(cipgw_config::Vips::dual(v6(1), VIP_A.into()).expect("two families"));
+        a.ip_families = vec![cipgw_config::IpFamily::V6, cipgw_config::IpFamily::V4];
+        let v6_endpoint = Endpoint {
+            ip: IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 1)),
+            ..a.ports[0].endpoints[0].clone()
+        };
+        a.ports[0].endpoints.push(v6_endpoint);
+        let model = table(vec![a]);
+        let steering = steering_of(&model);
+        assert_eq!(steering.vips, HashSet::from([VIP_A]));
+        assert_eq!(
+            steering.backends,
+            HashSet::from([(POD1, 8080, Protocol::Tcp.ip_number())])
+        );
+        let compiled = crate::table::CompiledTable::compile(std::sync::Arc::new(model), 1);
+        let entry = compiled
+            .port_entry(&crate::table::ServiceKey {
+                vip: VIP_A,
+                port: 80,
+                protocol: Protocol::Tcp,
+            })
+            .expect("the IPv4 VIP's port");
+        assert_eq!(entry.backends.len(), 1, "the IPv4 endpoint only");
+        assert_eq!(entry.backends[0].ip, POD1);
+    }
+
     #[test]
     fn nothing_changed_changes_nothing() {
         let p = plan(&base(), &base(), &[]);
