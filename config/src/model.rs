@@ -528,3 +528,61 @@ impl ServiceTable {
             .map(|i| &self.services[i])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 100, 10));
+    const V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 0xff, 0, 0, 0, 0x10));
+
+    #[test]
+    fn vips_hold_one_address_per_family_primary_first() {
+        let dual = Vips::dual(V6, V4).expect("two families");
+        assert_eq!(dual.primary(), V6);
+        assert_eq!(dual.primary_family(), IpFamily::V6);
+        assert_eq!(dual.secondary(), Some(V4));
+        assert_eq!(dual.iter().collect::<Vec<_>>(), [V6, V4]);
+        assert_eq!(
+            dual.families().collect::<Vec<_>>(),
+            [IpFamily::V6, IpFamily::V4]
+        );
+        assert_eq!(dual.v4(), Some(Ipv4Addr::new(198, 18, 100, 10)));
+        assert_eq!(dual.get(IpFamily::V6), Some(V6));
+        assert!(dual.is_dual() && dual.contains(V4) && dual.contains(V6));
+        assert_eq!(Vips::dual(V4, V4), None, "one per family");
+        let single = Vips::single(V4);
+        assert_eq!((single.v4().is_some(), single.v6()), (true, None));
+        assert_eq!(single.iter().collect::<Vec<_>>(), [V4]);
+
+        let ip = ClusterIp::Vips(dual);
+        assert_eq!(ip.vip4(), dual.v4());
+        assert_eq!(ip.vip6(), dual.v6());
+        assert_eq!(ip.primary(), Some(V6));
+        assert_eq!(ip.vips().collect::<Vec<_>>(), [V6, V4]);
+        assert_eq!(ClusterIp::Headless.vips().count(), 0);
+        assert_eq!(ClusterIp::ExternalName.vip4(), None);
+    }
+
+    #[test]
+    fn endpoints_of_a_family() {
+        let endpoint = |ip: IpAddr| Endpoint {
+            ip,
+            port: 80,
+            state: EndpointState::READY,
+            pod: None,
+            hostname: None,
+        };
+        let port = ServicePort {
+            name: None,
+            port: 80,
+            protocol: Protocol::Tcp,
+            target_port: TargetPort::Number(80),
+            endpoints: vec![endpoint(V4), endpoint(V6)],
+        };
+        let of = |family| port.endpoints_of(family).map(|e| e.ip).collect::<Vec<_>>();
+        assert_eq!(of(IpFamily::V4), [V4]);
+        assert_eq!(of(IpFamily::V6), [V6]);
+        assert!(V4 < V6, "IPv4 endpoints sort first");
+    }
+}
