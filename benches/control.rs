@@ -58,13 +58,13 @@ use cipgw::daemon::apply::apply;
 use cipgw::daemon::plan::Plan;
 use cipgw::metrics::ServiceStats;
 use cipgw::table::{CompiledTable, FlowTarget, TableHandle};
+use cipgw_config::settings::ServiceCidrs;
 use cipgw_config::ServiceTable;
 use cipgw_control::kube_source::{build_table, KubeSourceConfig};
 use cipgw_control::source::{channel, Receiver, SourceEvent};
 use cipgw_control::{spawn_file_source, spawn_kube_source};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use fake_apiserver::FakeApiServer;
-use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{ObjectReference, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -86,8 +86,8 @@ const CHANGE_WITHIN: Duration = Duration::from_secs(60);
 /// returns at once).
 const READERS_GRACE: Duration = Duration::from_secs(2);
 
-fn service_cidr() -> Ipv4Net {
-    "198.19.0.0/16".parse().expect("valid CIDR")
+fn service_cidr() -> ServiceCidrs {
+    ServiceCidrs::v4_only("198.19.0.0/16".parse().expect("valid CIDR"))
 }
 
 fn name(s: usize) -> String {

@@ -551,7 +551,8 @@ fn cli_shows_services_and_live_flows() {
         .iter()
         .find(|s| s.name == "echo")
         .unwrap_or_else(|| panic!("no echo Service in {raw}"));
-    assert_eq!(echo.vip, Some(vip));
+    assert_eq!(echo.vip, Some(vip.into()));
+    assert_eq!(echo.cluster_ips, [std::net::IpAddr::from(vip)]);
     assert_eq!(echo.active_flows, HELD as u64, "{raw}");
     assert_eq!(echo.inactive_flows, 0, "established only: {raw}");
     assert_eq!(echo.affinity_seconds, None, "{raw}");

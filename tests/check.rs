@@ -8,6 +8,11 @@
 //! - the `kubectl get all` List: every Service with its EndpointSlice
 //!   endpoints, the Deployments, ReplicaSets, StatefulSet, DaemonSet and
 //!   HorizontalPodAutoscaler listed as skipped in file order, exit status 0;
+//! - a dual-stack file with `--service-cidr` of both families: a line per
+//!   VIP of each family with that family's endpoints (IPv6 in brackets),
+//!   the headless IPv6 Service's endpoints, the A/AAAA/ip6.arpa records;
+//!   the same file on an IPv4-only gateway is an error naming the
+//!   RequireDualStack Service, and two IPv4 service CIDRs are refused;
 //! - a malformed Service among skipped kinds is still an error (exit
 //!   status 64) naming the document, the object and the field;
 //! - a bad flag exits 64 with clap's message on standard error, while
@@ -69,6 +74,58 @@ skipped 8 objects of kinds cipgw does not read:
   HorizontalPodAutoscaler testing/echo-server (document 1, items[19])
 ";
     assert_eq!(stdout, expected);
+}
+
+#[test]
+fn dual_stack_services_list_every_cluster_ip_with_its_family() {
+    let file = support::testdata().join("dual-stack.yaml");
+    let out = check_with(&file, &["--service-cidr", "2001:2:0:ff::/112", "--dns"]);
+    assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
+    // api has no address written: each family's is allocated from its
+    // CIDR, stable across runs (the name's hash).
+    let expected_table = "\
+198.18.100.20:80/tcp         shop/web:http (ClusterIP)      -> 198.18.3.1:8080, 198.18.3.2:8080(not-ready)
+198.18.100.31:443/tcp        shop/api (ClusterIP)           -> 198.18.4.1:8443
+[2001:2:0:ff::20]:80/tcp     shop/web:http (ClusterIP)      -> [2001:2:0:3::1]:8080, [2001:2:0:3::2]:8080
+[2001:2:0:ff::374e]:443/tcp  shop/api (ClusterIP)           -> [2001:2:0:4::1]:8443
+headless                     shop/db (ClusterIP, headless)  port 5432/tcp (pg) -> [2001:2:0:4::1]:5432
+";
+    assert!(
+        out.stdout.starts_with(expected_table),
+        "unexpected listing:\n{}",
+        out.stdout
+    );
+    for record in [
+        "  web.shop.svc.cluster.local. A 198.18.100.20",
+        "  web.shop.svc.cluster.local. AAAA 2001:2:0:ff::20",
+        "  0.2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.f.f.0.0.0.0.0.0.2.0.0.0.1.0.0.2.ip6.arpa. \
+         PTR web.shop.svc.cluster.local.",
+        "  db.shop.svc.cluster.local. AAAA 2001:2:0:4::1",
+    ] {
+        assert!(
+            out.stdout.lines().any(|l| l == record),
+            "no {record:?} in:\n{}",
+            out.stdout
+        );
+    }
+    // An IPv4-only gateway cannot serve the RequireDualStack Service.
+    let out = support::check(&file, TEST_SERVICE_CIDR);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "document 4 (Service shop/api): spec.ipFamilyPolicy: RequireDualStack, but the \
+             gateway's service CIDRs (198.18.100.0/24) are of one family"
+        ),
+        "{out:?}"
+    );
+    // At most one service CIDR per family.
+    let out = check_with(&file, &["--service-cidr", "198.19.0.0/16"]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("--service-cidr: 198.19.0.0/16 is a second IPv4 CIDR after 198.18.100.0/24"),
+        "{out:?}"
+    );
 }
 
 #[test]

@@ -182,12 +182,19 @@ fn testdata_files_check_as_the_readme_shows() {
     files.sort();
     assert!(files.len() >= 5, "{files:?}");
     for file in files {
-        let out = support::check(&file, TESTDATA_CIDR);
         let name = file
             .file_name()
             .expect("name")
             .to_string_lossy()
             .into_owned();
+        // A dual-stack cluster's file needs the IPv6 service CIDR too
+        // (its RequireDualStack Service), as the README shows it.
+        let cidrs = if name.starts_with("dual-stack") {
+            format!("{TESTDATA_CIDR},2001:2:0:ff::/112")
+        } else {
+            TESTDATA_CIDR.to_owned()
+        };
+        let out = support::check(&file, &cidrs);
         if name.starts_with("invalid-") {
             assert_eq!(out.status.code(), Some(64), "{name}: {out:?}");
         } else {

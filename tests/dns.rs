@@ -6,8 +6,12 @@
 //!
 //! Cases:
 //! - the records of the Kubernetes DNS specification over UDP: A, SRV,
-//!   PTR, CNAME, TXT; NXDOMAIN and NODATA with the SOA; AAAA NODATA;
-//!   REFUSED outside the zone;
+//!   PTR, CNAME, TXT; NXDOMAIN and NODATA with the SOA; AAAA NODATA for
+//!   an IPv4-only Service; REFUSED outside the zone;
+//! - dual-stack (a second, IPv6 `--service-cidr`): `dig AAAA` over IPv4
+//!   answers a dual-stack Service's IPv6 ClusterIP (and A its IPv4 one,
+//!   PTR under ip6.arpa), and a headless IPv6 Service from Pods'
+//!   `status.podIPs` answers AAAA per ready Pod (A: NODATA);
 //! - a 200-endpoint headless Service truncates over UDP (TC) and comes
 //!   whole when dig retries over TCP (the gateway's kernel socket);
 //! - the system resolver with the search path finds a Service by its
@@ -27,7 +31,8 @@
 //!   resolver, and `host` of the headless variant lists the three Pods.
 //!
 //! Rules as in tests/netns.rs: one test at a time, root (skip with a reason
-//! otherwise, never when CI=true), RAII cleanup, 198.18.0.0/15 only.
+//! otherwise, never when CI=true), RAII cleanup, 198.18.0.0/15 and
+//! 2001:2::/48 only (IPv6 addresses are only named, never configured).
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -49,6 +54,14 @@ use support::{
 /// The DNS address: in the VIP range, so the client's route to VIPs
 /// reaches the gateway; no Service uses it.
 const DNS_HOST: u8 = 53;
+/// The gateway's IPv6 service CIDR, beside the lab's IPv4 VIP range.
+const SERVICE_CIDR_V6: &str = "2001:2:0:ff::/112";
+/// The dual-stack Service's IPv6 ClusterIP (its IPv4 one is VIP .20).
+const WEB_V6: &str = "2001:2:0:ff::20";
+/// The IPv6 addresses of the headless IPv6 Service's Pods; the last is
+/// not ready.
+const DB6_PODS: [&str; 3] = ["2001:2:0:4::1", "2001:2:0:4::2", "2001:2:0:4::3"];
+
 /// How long a table change may take to show in the log.
 const APPLIED_WITHIN: Duration = Duration::from_secs(10);
 
@@ -104,9 +117,46 @@ fn documents(lab: &Lab, db_pods: &[usize]) -> Vec<String> {
     docs
 }
 
+/// A dual-stack Service `web` (IPv4 primary: VIP .20, and [`WEB_V6`])
+/// with no endpoints, and a headless IPv6 Service `db6` selecting three
+/// Pods by label whose `status.podIPs` are [`DB6_PODS`] (the last not
+/// ready): names only, nothing here carries traffic.
+fn dual_stack_documents(lab: &Lab) -> Vec<String> {
+    let vip = lab.info().vip(20);
+    let mut docs = vec![format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: default\n\
+         spec:\n  ipFamilyPolicy: PreferDualStack\n  ipFamilies: [IPv4, IPv6]\n  \
+         clusterIP: {vip}\n  clusterIPs: [{vip}, \"{WEB_V6}\"]\n  \
+         ports:\n  - name: http\n    port: 80\n"
+    )];
+    docs.push(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: db6\n  namespace: default\n\
+         spec:\n  clusterIP: None\n  ipFamilyPolicy: SingleStack\n  ipFamilies: [IPv6]\n  \
+         selector:\n    app: db6\n  ports:\n  - name: pg\n    port: 5432\n"
+            .to_owned(),
+    );
+    for (i, ip) in DB6_PODS.iter().enumerate() {
+        let ready = if i < 2 { "True" } else { "False" };
+        docs.push(format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: db6-{i}\n  namespace: default\n  \
+             labels:\n    app: db6\nstatus:\n  phase: Running\n  podIP: \"{ip}\"\n  \
+             podIPs:\n  - ip: \"{ip}\"\n  conditions:\n  - type: Ready\n    \
+             status: \"{ready}\"\n"
+        ));
+    }
+    docs
+}
+
 fn start(lab: &mut Lab, cluster_cidr: &str) {
     let address = dns_address(lab).to_string();
-    lab.start_gateway_with(&["--dns-address", &address, "--cluster-cidr", cluster_cidr]);
+    lab.start_gateway_with(&[
+        "--dns-address",
+        &address,
+        "--cluster-cidr",
+        cluster_cidr,
+        "--service-cidr",
+        SERVICE_CIDR_V6,
+    ]);
 }
 
 fn lab_with_dns(purpose: &str) -> Lab {
@@ -234,6 +284,9 @@ fn dig_and_the_system_resolver_get_the_cluster_names() {
         return;
     }
     let mut lab = lab_with_dns("dns");
+    let mut docs = documents(&lab, &[0, 1, 2]);
+    docs.extend(dual_stack_documents(&lab));
+    lab.control_file(&docs);
     let client_subnet = lab.info().client_subnet.to_string();
     start(&mut lab, &client_subnet);
     let info = lab.info().clone();
@@ -289,6 +342,30 @@ fn dig_and_the_system_resolver_get_the_cluster_names() {
     );
     let (status, _) = status_and_flags(&lab, &["example.com", "A"]);
     assert_eq!(status, "REFUSED");
+
+    // Dual-stack: AAAA (asked over IPv4) answers the IPv6 ClusterIP, A
+    // the IPv4 one, and each address has its PTR.
+    let web = format!("web.{zone}");
+    assert_eq!(short(&lab, &web, "AAAA"), [WEB_V6]);
+    assert_eq!(short(&lab, &web, "A"), [info.vip(20).to_string()]);
+    assert_eq!(
+        dig(&lab, &["+short", "-x", WEB_V6]).trim(),
+        format!("web.{zone}.")
+    );
+    // A headless IPv6 Service: AAAA per ready Pod, by address and by its
+    // address-derived name; no A at all (NODATA with the SOA).
+    assert_eq!(short(&lab, &format!("db6.{zone}"), "AAAA"), &DB6_PODS[..2]);
+    assert_eq!(
+        short(&lab, &format!("2001-2-0-4--2.db6.{zone}"), "AAAA"),
+        [DB6_PODS[1]]
+    );
+    let (status, _) = status_and_flags(&lab, &[&format!("db6.{zone}"), "A"]);
+    assert_eq!(status, "NOERROR");
+    let nodata = dig(&lab, &[&format!("db6.{zone}"), "A"]);
+    assert!(
+        nodata.contains("ANSWER: 0") && nodata.contains("SOA"),
+        "NODATA with the SOA:\n{nodata}"
+    );
     assert_eq!(
         short(&lab, "Echo-Server-ClusterIP.DEFAULT.svc.cluster.local", "A"),
         [vip.as_str()]
@@ -340,7 +417,7 @@ fn dig_and_the_system_resolver_get_the_cluster_names() {
     );
 
     // `cipgw check --dns` prints what is served.
-    let file = lab.write_file("check.yaml", &documents(&lab, &[0, 1, 2]));
+    let file = lab.write_file("check.yaml", &docs);
     let range = info.vip_range.to_string();
     let path = file.display().to_string();
     let out = run_cipgw(&[
@@ -349,11 +426,15 @@ fn dig_and_the_system_resolver_get_the_cluster_names() {
         &path,
         "--service-cidr",
         &range,
+        "--service-cidr",
+        SERVICE_CIDR_V6,
         "--dns",
     ]);
     assert!(out.status.success(), "cipgw check --dns: {out:?}");
     for line in [
         format!("  echo-server-clusterip.{zone}. A {vip}"),
+        format!("  web.{zone}. AAAA {WEB_V6}"),
+        format!("  db6.{zone}. AAAA {}", DB6_PODS[0]),
         format!("  ext.{zone}. CNAME db.example.net."),
         "  dns-version.cluster.local. TXT \"1.1.0\"".to_owned(),
     ] {

@@ -12,16 +12,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cipgw_config::settings::ServiceCidrs;
 use cipgw_config::{ServiceName, ServiceTable};
 use cipgw_control::source::{channel, Receiver, SourceEvent, DEFAULT_MIN_SYNC_PERIOD};
 use cipgw_control::{spawn_file_source, SourceHandle};
-use ipnet::Ipv4Net;
 
 /// How fast a change must take effect.
 const TAKES_EFFECT: Duration = Duration::from_secs(1);
 
-fn cidr() -> Ipv4Net {
-    "198.18.100.0/24".parse().expect("valid")
+fn cidr() -> ServiceCidrs {
+    ServiceCidrs::v4_only("198.18.100.0/24".parse().expect("valid"))
 }
 
 /// A control file whose endpoints listen on `1000 + version`; the same

@@ -36,13 +36,19 @@
 //!   server with its last-change-trigger-time) gives one sample of
 //!   `cipgw_network_programming_duration_seconds`, positive and within
 //!   the sync period's bound;
+//! - a dual-stack Service (RequireDualStack, IPv4 and IPv6 ClusterIPs)
+//!   with an IPv4 and an IPv6 EndpointSlice on a gateway with both service
+//!   CIDRs: its IPv4 VIP is forwarded to the IPv4 Pods as before, `dig`
+//!   answers A and AAAA, and /api/services lists both ClusterIPs and the
+//!   endpoints of both families;
 //! - a gateway restarted while the API server is down keeps every
 //!   adopted connection and UDP flow on its Pod (its VIPs stay steered)
 //!   until its first sync, which then retires only the flows whose Pod
 //!   left meanwhile.
 //!
 //! Rules as in tests/netns.rs: one test at a time, root (skip with a reason
-//! otherwise, never when CI=true), RAII cleanup, 198.18.0.0/15 only.
+//! otherwise, never when CI=true), RAII cleanup, 198.18.0.0/15 (and
+//! 2001:2::/48 for addresses only named, never configured).
 
 #[path = "fake_apiserver/mod.rs"]
 mod fake_apiserver;
@@ -783,6 +789,84 @@ fn nothing_is_forwarded_before_the_first_full_sync() {
     );
     let after = dig(&k.lab, &dns_address, &["+short", name, "A"]);
     assert_eq!(after.trim(), vip.to_string(), "DNS after the first sync");
+    k.lab.stop_gateway();
+}
+
+#[test]
+fn a_dual_stack_service_forwards_its_ipv4_vip_and_names_both() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    let mut k = KubeLab::new(2);
+    let vip = k.info().vip(10);
+    let vip6 = "2001:2:0:ff::10";
+    let nodes: Vec<NodeInfo> = k.info().pods.clone();
+    let mut echo = service("echo", vip, &[HTTP]);
+    echo["spec"]["ipFamilyPolicy"] = json!("RequireDualStack");
+    echo["spec"]["ipFamilies"] = json!(["IPv4", "IPv6"]);
+    echo["spec"]["clusterIPs"] = json!([vip.to_string(), vip6]);
+    k.api.apply(echo);
+    k.api.apply(slice(
+        "echo",
+        &[HTTP],
+        &[(&nodes[0], Condition::Ready), (&nodes[1], Condition::Ready)],
+    ));
+    // The Pods' IPv6 addresses: named, not configured (IPv6 is not
+    // forwarded yet).
+    let mut v6 = slice("echo", &[HTTP], &[(&nodes[0], Condition::Ready)]);
+    v6["metadata"]["name"] = json!("echo-6");
+    v6["addressType"] = json!("IPv6");
+    v6["endpoints"][0]["addresses"] = json!(["2001:2:0:2::1"]);
+    k.api.apply(v6);
+    let dns_address = k.info().vip(53).to_string();
+    k.start_gateway(&[
+        "--min-sync-period",
+        "100ms",
+        "--service-cidr",
+        "2001:2:0:ff::/112",
+        "--dns-address",
+        &dns_address,
+    ]);
+    k.wait_synced(SYNC_WITHIN);
+    // The IPv4 side forwards as any single-stack Service.
+    let served = k.lab.tcp_sessions(vip_port(vip, &HTTP), 20, 1);
+    assert_eq!(served.len(), 2, "both IPv4 Pods serve: {served:?}");
+    // Both ClusterIPs by name, AAAA asked over IPv4.
+    let name = "echo.default.svc.cluster.local";
+    let a = dig(&k.lab, &dns_address, &["+short", name, "A"]);
+    assert_eq!(a.trim(), vip.to_string());
+    let aaaa = dig(&k.lab, &dns_address, &["+short", name, "AAAA"]);
+    assert_eq!(aaaa.trim(), vip6);
+    // /api/services: both ClusterIPs, the primary first, and the
+    // endpoints of both families.
+    let reply = k
+        .lab
+        .topology()
+        .gateway()
+        .run(|| client::get(default_admin(), "/api/services", Duration::from_secs(5)))
+        .unwrap_or_else(|e| k.lab.fail(format_args!("entering the gateway: {e}")))
+        .unwrap_or_else(|e| k.lab.fail(format_args!("GET /api/services: {e}")));
+    let view: cipgw::admin::ServicesView = serde_json::from_str(&reply.body)
+        .unwrap_or_else(|e| k.lab.fail(format_args!("{e}: {}", reply.body)));
+    let echo = view
+        .services
+        .iter()
+        .find(|s| s.name == "echo")
+        .unwrap_or_else(|| k.lab.fail(format_args!("no echo in {}", reply.body)));
+    let ips: Vec<String> = echo.cluster_ips.iter().map(ToString::to_string).collect();
+    assert_eq!(ips, [vip.to_string(), vip6.to_owned()]);
+    assert_eq!(echo.ip_family_policy, "RequireDualStack");
+    let mut endpoints: Vec<String> = echo.ports[0]
+        .endpoints
+        .iter()
+        .map(|e| e.ip.to_string())
+        .collect();
+    endpoints.sort();
+    let mut want: Vec<String> = nodes.iter().map(|n| n.iface.addr.to_string()).collect();
+    want.push("2001:2:0:2::1".into());
+    want.sort();
+    assert_eq!(endpoints, want);
     k.lab.stop_gateway();
 }
 

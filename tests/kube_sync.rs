@@ -4,7 +4,8 @@
 //! 410 Gone and after an outage, dropped watches, the
 //! service-proxy-name rule, invalid objects and coalescing of bursts.
 //!
-//! Addresses: ClusterIPs from 198.18.100.0/24, Pods from 198.18.3.0/24.
+//! Addresses: ClusterIPs from 198.18.100.0/24 (and 2001:2:0:ff::/112),
+//! Pods from 198.18.3.0/24 (and 2001:2:0:3::/64).
 
 #[path = "fake_apiserver/mod.rs"]
 mod fake_apiserver;
@@ -13,7 +14,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cipgw_config::ServiceTable;
+use cipgw_config::settings::ServiceCidrs;
+use cipgw_config::{IpFamily, IpFamilyPolicy, ServiceTable};
 use cipgw_control::kube_source::{KubeSourceConfig, SERVICE_PROXY_NAME_LABEL};
 use cipgw_control::source::{channel, Receiver, SourceEvent};
 use cipgw_control::{spawn_kube_source, SourceHandle};
@@ -108,7 +110,7 @@ fn summary(table: &ServiceTable) -> BTreeMap<String, Vec<String>> {
                     format!("{}:{}{suffix}", e.ip, e.port)
                 })
                 .collect();
-            if s.cluster_ip.vip().is_none() {
+            if s.cluster_ip.vips_of().is_none() {
                 endpoints.insert(0, format!("{:?}", s.cluster_ip));
             }
             (s.name.to_string(), endpoints)
@@ -140,7 +142,20 @@ impl Source {
     }
 
     fn start_as(server: &FakeApiServer, period: Duration, proxy_name: &str) -> Self {
-        let mut config = KubeSourceConfig::new("198.18.100.0/24".parse().expect("valid"));
+        Self::start_with(server, period, proxy_name, &["198.18.100.0/24"])
+    }
+
+    fn start_with(
+        server: &FakeApiServer,
+        period: Duration,
+        proxy_name: &str,
+        service_cidrs: &[&str],
+    ) -> Self {
+        let cidrs: Vec<ipnet::IpNet> = service_cidrs
+            .iter()
+            .map(|c| c.parse().expect("valid CIDR"))
+            .collect();
+        let mut config = KubeSourceConfig::new(ServiceCidrs::new(&cidrs).expect("one per family"));
         config.kubeconfig = Some(server.kubeconfig().to_owned());
         config.min_sync_period = period;
         config.proxy_name = proxy_name.to_owned();
@@ -242,6 +257,108 @@ fn two_services() -> (FakeApiServer, Source, BTreeMap<String, Vec<String>>) {
     (server, source, want)
 }
 
+/// A dual-stack Service as kube-apiserver stores it (IPv6 primary) with
+/// an IPv4 and an IPv6 EndpointSlice, and an IPv6 slice added later.
+#[test]
+fn dual_stack_service_and_ipv6_slices() {
+    let server = FakeApiServer::start();
+    let mut web = service("web", "2001:2:0:ff::10");
+    web["spec"]["clusterIPs"] = json!(["2001:2:0:ff::10", "198.18.100.10"]);
+    web["spec"]["ipFamilies"] = json!(["IPv6", "IPv4"]);
+    web["spec"]["ipFamilyPolicy"] = json!("RequireDualStack");
+    server.apply(web);
+    server.apply(slice("web", "v4", 8080, &[ready("198.18.3.1")]));
+    let mut v6 = slice("web", "v6", 8080, &[ready("2001:2:0:3::1")]);
+    v6["addressType"] = json!("IPv6");
+    server.apply(v6);
+    let source = Source::start_with(
+        &server,
+        PERIOD,
+        "cipgw",
+        &["198.18.100.0/24", "2001:2:0:ff::/112"],
+    );
+    let table = source.synced(&expected(&[(
+        "default/web",
+        &["198.18.3.1:8080", "2001:2:0:3::1:8080"],
+    )]));
+    let web = &table.services[0];
+    assert_eq!(
+        web.cluster_ip
+            .vips()
+            .map(|ip| ip.to_string())
+            .collect::<Vec<_>>(),
+        ["2001:2:0:ff::10", "198.18.100.10"]
+    );
+    assert_eq!(web.ip_family_policy, IpFamilyPolicy::RequireDualStack);
+    assert_eq!(web.ip_families, [IpFamily::V6, IpFamily::V4]);
+
+    // A second IPv6 slice: its endpoints join the IPv6 ones.
+    let mut more = slice("web", "v6b", 8080, &[terminating("2001:2:0:3::2")]);
+    more["addressType"] = json!("IPv6");
+    server.apply(more);
+    source.converges(
+        SOON,
+        &expected(&[(
+            "default/web",
+            &[
+                "198.18.3.1:8080",
+                "2001:2:0:3::1:8080",
+                "2001:2:0:3::2:8080 serving,terminating",
+            ],
+        )]),
+    );
+}
+
+/// The same dual-stack Service on a gateway with only an IPv4 service
+/// CIDR is an error naming it (RequireDualStack), and a PreferDualStack
+/// one keeps its IPv4 VIP and IPv4 endpoints.
+#[test]
+fn require_dual_stack_on_an_ipv4_gateway_is_reported() {
+    let server = FakeApiServer::start();
+    for (name, policy) in [("need", "RequireDualStack"), ("like", "PreferDualStack")] {
+        let mut svc = service(name, "198.18.100.10");
+        svc["spec"]["clusterIPs"] = json!(["198.18.100.10", "2001:2:0:ff::10"]);
+        if name == "like" {
+            svc["spec"]["clusterIP"] = json!("198.18.100.11");
+            svc["spec"]["clusterIPs"] = json!(["198.18.100.11", "2001:2:0:ff::11"]);
+        }
+        svc["spec"]["ipFamilies"] = json!(["IPv4", "IPv6"]);
+        svc["spec"]["ipFamilyPolicy"] = json!(policy);
+        server.apply(svc);
+        let mut v6 = slice(name, "v6", 8080, &[ready("2001:2:0:3::1")]);
+        v6["addressType"] = json!("IPv6");
+        server.apply(v6);
+        server.apply(slice(name, "v4", 8080, &[ready("198.18.3.1")]));
+    }
+    let source = Source::start(&server, PERIOD);
+    let deadline = Instant::now() + SOON;
+    let (mut table, mut error) = (None, None);
+    while table.is_none() || error.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match source.rx.recv_timeout(left) {
+            Ok(SourceEvent::Table(t, _)) => table = Some(t),
+            Ok(SourceEvent::Invalid { error: e }) => error = Some(e),
+            Ok(_) => {}
+            Err(_) => panic!("no table and error within {SOON:?}: {table:?} {error:?}"),
+        }
+    }
+    let (table, error) = (table.expect("seen"), error.expect("seen"));
+    assert_eq!(
+        error,
+        "Service default/need: spec.ipFamilyPolicy: RequireDualStack, but the gateway's \
+         service CIDRs (198.18.100.0/24) are of one family; give --service-cidr once per family"
+    );
+    assert_eq!(
+        summary(&table),
+        expected(&[("default/like", &["198.18.3.1:8080"])])
+    );
+    assert_eq!(
+        table.services[0].cluster_ip.vips().collect::<Vec<_>>(),
+        ["198.18.100.11".parse::<std::net::IpAddr>().expect("valid")],
+        "PreferDualStack keeps the family the gateway has"
+    );
+}
+
 #[test]
 fn initial_sync_sends_one_complete_table_then_synced() {
     let (server, source, _) = two_services();
@@ -267,7 +384,9 @@ fn initial_sync_pages_through_large_lists() {
         server.apply(service(&name, &ip));
         server.apply(slice(&name, "1", 8080, &[ready("198.18.3.1")]));
     }
-    let mut config = KubeSourceConfig::new("198.18.96.0/20".parse().expect("valid"));
+    let mut config = KubeSourceConfig::new(ServiceCidrs::v4_only(
+        "198.18.96.0/20".parse().expect("valid"),
+    ));
     config.kubeconfig = Some(server.kubeconfig().to_owned());
     config.min_sync_period = PERIOD;
     let (tx, rx) = channel();

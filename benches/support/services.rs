@@ -23,7 +23,8 @@ pub fn model(lb: Option<LbAlgorithm>, changed: usize, version: u32) -> Arc<Servi
                     Endpoint {
                         ip: Ipv4Addr::from(
                             u32::from(Ipv4Addr::new(198, 18, 0, 0)) + (s as u32) * 16 + e + bump,
-                        ),
+                        )
+                        .into(),
                         port: 8080,
                         state: EndpointState::READY,
                         pod: None,
@@ -34,9 +35,11 @@ pub fn model(lb: Option<LbAlgorithm>, changed: usize, version: u32) -> Arc<Servi
             Service {
                 name: ServiceName::new("bench", format!("svc-{s:05}")),
                 kind: ServiceKind::ClusterIp,
-                cluster_ip: ClusterIp::Vip(Ipv4Addr::from(
+                cluster_ip: ClusterIp::single(std::net::IpAddr::from(Ipv4Addr::from(
                     u32::from(Ipv4Addr::new(198, 19, 0, 1)) + s as u32,
-                )),
+                ))),
+                ip_family_policy: cipgw_config::IpFamilyPolicy::SingleStack,
+                ip_families: vec![cipgw_config::IpFamily::V4],
                 ports: vec![ServicePort {
                     name: None,
                     port: 80,

@@ -29,8 +29,8 @@ pub use control_file::{
 #[cfg(feature = "files")]
 pub use listing::{render_skipped, render_table};
 pub use model::{
-    ClusterIp, Endpoint, EndpointState, LbAlgorithm, Protocol, Service, ServiceKind, ServiceName,
-    ServicePort, ServiceTable, TargetPort,
+    ClusterIp, Endpoint, EndpointState, IpFamily, IpFamilyPolicy, LbAlgorithm, Protocol, Service,
+    ServiceKind, ServiceName, ServicePort, ServiceTable, TargetPort, Vips,
 };
 #[cfg(feature = "files")]
 pub use settings::Settings;

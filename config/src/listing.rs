@@ -1,7 +1,9 @@
 //! The human-readable service table that `cipgw check` prints.
 //!
-//! One line per forwarded `VIP:port/protocol`, sorted by VIP then port,
-//! followed by the services that are listed but never forwarded: headless
+//! One line per forwarded `VIP:port/protocol`, sorted by VIP (IPv4 before
+//! IPv6) then port, listing the endpoints of the VIP's own family (a
+//! dual-stack Service has lines for each of its VIPs; an IPv6 address is
+//! written in brackets before a port: `[2001:2::a]:80/tcp`), followed by the services that are listed but never forwarded: headless
 //! ones (one line per port, with the endpoints clients reach directly) and
 //! ExternalName ones. Endpoints that the data plane would not pick for a
 //! new connection are marked: `(not-ready)`, `(terminating)`, or
@@ -23,16 +25,20 @@
 //! ```
 
 use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::control_file::{Located, Skipped};
-use crate::model::{ClusterIp, Endpoint, Service, ServicePort, ServiceTable};
+use crate::model::{ClusterIp, Endpoint, IpFamily, Service, ServicePort, ServiceTable};
 
 /// Renders `table` as lines of text, each ending in a newline; an empty
 /// table renders as `(no services)`.
 pub fn render_table(table: &ServiceTable) -> String {
     let mut rows: Vec<Row> = Vec::new();
 
-    let mut forwarded: Vec<_> = table.forwarded().collect();
+    let mut forwarded: Vec<(&Service, IpAddr)> = table
+        .forwarded()
+        .flat_map(|(service, vips)| vips.iter().map(move |vip| (service, vip)))
+        .collect();
     forwarded.sort_by_key(|(service, vip)| (*vip, &service.name));
     let mut vip_rows = Vec::new();
     for (service, vip) in forwarded {
@@ -46,9 +52,9 @@ pub fn render_table(table: &ServiceTable) -> String {
                 port.port,
                 port.protocol.ip_number(),
                 Row::new(
-                    format!("{vip}:{}/{}", port.port, port.protocol),
+                    format!("{}/{}", SocketAddr::new(vip, port.port), port.protocol),
                     describe(service, &port_suffix(port), ""),
-                    format!("-> {}", endpoints(port)),
+                    format!("-> {}", endpoints(port, Some(IpFamily::of(vip)))),
                 ),
             ));
         }
@@ -60,7 +66,7 @@ pub fn render_table(table: &ServiceTable) -> String {
     // Services are sorted by name already; keep that order.
     for service in &table.services {
         match service.cluster_ip {
-            ClusterIp::Vip(_) | ClusterIp::ExternalName => {}
+            ClusterIp::Vips(_) | ClusterIp::ExternalName => {}
             ClusterIp::Headless => {
                 let who = describe(service, "", ", headless");
                 if service.ports.is_empty() {
@@ -80,7 +86,7 @@ pub fn render_table(table: &ServiceTable) -> String {
                                 .as_deref()
                                 .map(|n| format!(" ({n})"))
                                 .unwrap_or_default(),
-                            endpoints(port)
+                            endpoints(port, None)
                         ),
                     ));
                 }
@@ -172,16 +178,23 @@ fn port_suffix(port: &ServicePort) -> String {
         .unwrap_or_default()
 }
 
-fn endpoints(port: &ServicePort) -> String {
-    if port.endpoints.is_empty() {
-        return "(no endpoints)".to_owned();
-    }
+/// The endpoints of `family` (all with `None`), `ip:port` each
+/// (`[ip]:port` for IPv6).
+fn endpoints(port: &ServicePort, family: Option<IpFamily>) -> String {
     let mut out = String::new();
-    for (i, endpoint) in port.endpoints.iter().enumerate() {
+    let listed = port
+        .endpoints
+        .iter()
+        .filter(|e| family.map_or(true, |f| IpFamily::of(e.ip) == f));
+    for (i, endpoint) in listed.enumerate() {
         if i > 0 {
             out.push_str(", ");
         }
-        let _ = write!(out, "{}:{}{}", endpoint.ip, endpoint.port, mark(endpoint));
+        let address = SocketAddr::new(endpoint.ip, endpoint.port);
+        let _ = write!(out, "{address}{}", mark(endpoint));
+    }
+    if out.is_empty() {
+        return "(no endpoints)".to_owned();
     }
     out
 }
@@ -200,14 +213,16 @@ fn mark(endpoint: &Endpoint) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
-    use crate::model::{EndpointState, Protocol, ServiceKind, ServiceName, TargetPort};
+    use crate::model::{
+        EndpointState, IpFamilyPolicy, Protocol, ServiceKind, ServiceName, TargetPort, Vips,
+    };
 
     fn endpoint(last: u8, port: u16, state: EndpointState) -> Endpoint {
         Endpoint {
-            ip: Ipv4Addr::new(198, 18, 2, last),
+            ip: Ipv4Addr::new(198, 18, 2, last).into(),
             port,
             state,
             pod: None,
@@ -235,6 +250,8 @@ mod tests {
             name: ServiceName::new("default", name),
             kind,
             cluster_ip: ip,
+            ip_family_policy: IpFamilyPolicy::SingleStack,
+            ip_families: ip.vips().map(IpFamily::of).collect(),
             session_affinity: None,
             lb_algorithm: None,
             external_name: None,
@@ -245,7 +262,7 @@ mod tests {
 
     #[test]
     fn renders_sorted_lines_with_marks() {
-        let vip = |last| ClusterIp::Vip(Ipv4Addr::new(198, 18, 100, last));
+        let vip = |last| ClusterIp::single(Ipv4Addr::new(198, 18, 100, last).into());
         let terminating = EndpointState {
             ready: false,
             serving: false,
@@ -312,6 +329,70 @@ mod tests {
 198.18.100.10:8080/tcp  default/echo-server (ClusterIP)   -> 198.18.2.11:5678, 198.18.2.14:5678(terminating), 198.18.2.15:5678(not-ready)
 headless                default/db (ClusterIP, headless)  port 5432/tcp -> 198.18.2.21:5432
 -                       default/ext (ExternalName)        not forwarded
+";
+        assert_eq!(table.render(), expected);
+    }
+
+    #[test]
+    fn renders_each_vip_of_a_dual_stack_service_with_its_family() {
+        let v6 = |last: u16| IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 0xff, 0, 0, 0, last));
+        let endpoint6 = |last: u16, state| Endpoint {
+            ip: IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, last)),
+            port: 8080,
+            state,
+            pod: None,
+            hostname: None,
+        };
+        let vips =
+            Vips::dual(v6(10), Ipv4Addr::new(198, 18, 100, 10).into()).expect("two families");
+        let mut web = service(
+            "web",
+            ServiceKind::ClusterIp,
+            ClusterIp::Vips(vips),
+            vec![port(
+                None,
+                80,
+                Protocol::Tcp,
+                vec![
+                    endpoint(11, 8080, EndpointState::READY),
+                    endpoint6(11, EndpointState::READY),
+                    endpoint6(
+                        12,
+                        EndpointState {
+                            ready: false,
+                            serving: false,
+                            terminating: false,
+                        },
+                    ),
+                ],
+            )],
+        );
+        web.ip_family_policy = IpFamilyPolicy::RequireDualStack;
+        let mut db = service(
+            "db",
+            ServiceKind::ClusterIp,
+            ClusterIp::Headless,
+            vec![port(
+                None,
+                5432,
+                Protocol::Tcp,
+                vec![
+                    endpoint(21, 5432, EndpointState::READY),
+                    Endpoint {
+                        port: 5432,
+                        ..endpoint6(21, EndpointState::READY)
+                    },
+                ],
+            )],
+        );
+        db.ip_families = vec![IpFamily::V4, IpFamily::V6];
+        let table = ServiceTable {
+            services: vec![db, web],
+        };
+        let expected = "\
+198.18.100.10:80/tcp     default/web (ClusterIP)           -> 198.18.2.11:8080
+[2001:2:0:ff::a]:80/tcp  default/web (ClusterIP)           -> [2001:2:0:2::b]:8080, [2001:2:0:2::c]:8080(not-ready)
+headless                 default/db (ClusterIP, headless)  port 5432/tcp -> 198.18.2.21:5432, [2001:2:0:2::15]:5432
 ";
         assert_eq!(table.render(), expected);
     }

@@ -4,12 +4,18 @@
 //! Invariants the translation into this model guarantees and the data
 //! plane relies on:
 //! - every [`ServiceTable`] lists services sorted by [`ServiceName`];
-//! - no two services share a VIP;
+//! - no two services share a VIP (an address of either family);
+//! - a Service has at most one VIP per family ([`Vips`]);
 //! - within a service, `(port, protocol)` pairs are unique;
-//! - endpoints of a port are sorted and unique by `(ip, port)`.
+//! - endpoints of a port are sorted and unique by `(ip, port)`; IPv4
+//!   addresses sort before IPv6 ones, so each family is one run;
+//! - every endpoint is of one of the Service's [`Service::ip_families`],
+//!   and a Service with VIPs has a VIP of every such family: a VIP of one
+//!   family is only ever paired with the endpoints of that family
+//!   ([`ServicePort::endpoints_of`]), never translated across families.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Layer-4 protocol of a service port. SCTP is rejected at translation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -94,11 +100,173 @@ impl ServiceKind {
     }
 }
 
-/// The virtual IP of a Service, or why it has none.
+/// An IP family (`spec.ipFamilies` entries `IPv4`, `IPv6`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    /// The family of `ip`.
+    pub const fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => IpFamily::V4,
+            IpAddr::V6(_) => IpFamily::V6,
+        }
+    }
+
+    /// The other family.
+    pub const fn other(self) -> Self {
+        match self {
+            IpFamily::V4 => IpFamily::V6,
+            IpFamily::V6 => IpFamily::V4,
+        }
+    }
+
+    /// As Kubernetes writes it (`IPv4`, `IPv6`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "IPv4",
+            IpFamily::V6 => "IPv6",
+        }
+    }
+}
+
+impl fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `spec.ipFamilyPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum IpFamilyPolicy {
+    /// One family (the first of `spec.ipFamilies`).
+    #[default]
+    SingleStack,
+    /// Both families when the cluster (here: the gateway's service CIDRs)
+    /// has both, else one.
+    PreferDualStack,
+    /// Both families, or the Service is refused.
+    RequireDualStack,
+}
+
+impl IpFamilyPolicy {
+    /// As Kubernetes writes it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            IpFamilyPolicy::SingleStack => "SingleStack",
+            IpFamilyPolicy::PreferDualStack => "PreferDualStack",
+            IpFamilyPolicy::RequireDualStack => "RequireDualStack",
+        }
+    }
+}
+
+impl fmt::Display for IpFamilyPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The virtual IPs of a Service: one or two, at most one per family, the
+/// primary (`spec.clusterIP`, the family of `spec.ipFamilies[0]`) first.
+/// Built only through [`Vips::single`] and [`Vips::dual`], which keep
+/// those rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Vips {
+    primary: IpAddr,
+    /// Of the other family than `primary`.
+    secondary: Option<IpAddr>,
+}
+
+impl Vips {
+    /// A single-stack Service's VIP.
+    pub const fn single(ip: IpAddr) -> Self {
+        Vips {
+            primary: ip,
+            secondary: None,
+        }
+    }
+
+    /// A dual-stack Service's VIPs, `primary` first; `None` when both are
+    /// of one family.
+    pub const fn dual(primary: IpAddr, secondary: IpAddr) -> Option<Self> {
+        match (primary, secondary) {
+            (IpAddr::V4(_), IpAddr::V6(_)) | (IpAddr::V6(_), IpAddr::V4(_)) => Some(Vips {
+                primary,
+                secondary: Some(secondary),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The IPv4 VIP, if any.
+    pub const fn v4(self) -> Option<Ipv4Addr> {
+        match (self.primary, self.secondary) {
+            (IpAddr::V4(ip), _) | (_, Some(IpAddr::V4(ip))) => Some(ip),
+            _ => None,
+        }
+    }
+
+    /// The IPv6 VIP, if any.
+    pub const fn v6(self) -> Option<Ipv6Addr> {
+        match (self.primary, self.secondary) {
+            (IpAddr::V6(ip), _) | (_, Some(IpAddr::V6(ip))) => Some(ip),
+            _ => None,
+        }
+    }
+
+    /// The VIP of `family`, if any.
+    pub fn get(self, family: IpFamily) -> Option<IpAddr> {
+        match family {
+            IpFamily::V4 => self.v4().map(IpAddr::V4),
+            IpFamily::V6 => self.v6().map(IpAddr::V6),
+        }
+    }
+
+    /// The primary VIP (`spec.clusterIP`).
+    pub const fn primary(self) -> IpAddr {
+        self.primary
+    }
+
+    /// The primary family (`spec.ipFamilies[0]`).
+    pub const fn primary_family(self) -> IpFamily {
+        IpFamily::of(self.primary)
+    }
+
+    /// The second VIP of a dual-stack Service.
+    pub const fn secondary(self) -> Option<IpAddr> {
+        self.secondary
+    }
+
+    /// Whether it has both families.
+    pub const fn is_dual(self) -> bool {
+        self.secondary.is_some()
+    }
+
+    /// Every VIP, the primary first (`spec.clusterIPs` order).
+    pub fn iter(self) -> impl Iterator<Item = IpAddr> {
+        std::iter::once(self.primary).chain(self.secondary)
+    }
+
+    /// The families it has, the primary first.
+    pub fn families(self) -> impl Iterator<Item = IpFamily> {
+        self.iter().map(IpFamily::of)
+    }
+
+    /// Whether `ip` is one of them.
+    pub fn contains(self, ip: IpAddr) -> bool {
+        self.primary == ip || self.secondary == Some(ip)
+    }
+}
+
+/// The virtual IPs of a Service, or why it has none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClusterIp {
-    /// Forwarded: connections to this address are load-balanced.
-    Vip(Ipv4Addr),
+    /// Forwarded: connections to these addresses are load-balanced, each
+    /// over the endpoints of its own family.
+    Vips(Vips),
     /// `clusterIP: None`: no VIP, never forwarded; clients reach Pods
     /// directly.
     Headless,
@@ -107,12 +275,43 @@ pub enum ClusterIp {
 }
 
 impl ClusterIp {
-    /// The address to forward, if any.
-    pub const fn vip(self) -> Option<Ipv4Addr> {
+    /// A single-stack Service's VIP.
+    pub const fn single(ip: IpAddr) -> Self {
+        ClusterIp::Vips(Vips::single(ip))
+    }
+
+    /// The VIPs, if any.
+    pub const fn vips_of(self) -> Option<Vips> {
         match self {
-            ClusterIp::Vip(ip) => Some(ip),
+            ClusterIp::Vips(vips) => Some(vips),
             ClusterIp::Headless | ClusterIp::ExternalName => None,
         }
+    }
+
+    /// The IPv4 VIP to forward, if any.
+    pub const fn vip4(self) -> Option<Ipv4Addr> {
+        match self {
+            ClusterIp::Vips(vips) => vips.v4(),
+            ClusterIp::Headless | ClusterIp::ExternalName => None,
+        }
+    }
+
+    /// The IPv6 VIP to forward, if any.
+    pub const fn vip6(self) -> Option<Ipv6Addr> {
+        match self {
+            ClusterIp::Vips(vips) => vips.v6(),
+            ClusterIp::Headless | ClusterIp::ExternalName => None,
+        }
+    }
+
+    /// Every VIP, the primary first; none for headless and ExternalName.
+    pub fn vips(self) -> impl Iterator<Item = IpAddr> {
+        self.vips_of().into_iter().flat_map(Vips::iter)
+    }
+
+    /// The primary VIP (`spec.clusterIP`), if any.
+    pub fn primary(self) -> Option<IpAddr> {
+        self.vips_of().map(Vips::primary)
     }
 }
 
@@ -137,7 +336,8 @@ impl EndpointState {
 /// One backend of one service port: a Pod address and its target port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Endpoint {
-    pub ip: Ipv4Addr,
+    /// Of one of the Service's families (see the module's invariants).
+    pub ip: IpAddr,
     /// The resolved targetPort on this endpoint.
     pub port: u16,
     pub state: EndpointState,
@@ -165,6 +365,15 @@ pub struct ServicePort {
     pub endpoints: Vec<Endpoint>,
 }
 
+impl ServicePort {
+    /// The endpoints of `family`: those a VIP of that family forwards to.
+    pub fn endpoints_of(&self, family: IpFamily) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints
+            .iter()
+            .filter(move |e| IpFamily::of(e.ip) == family)
+    }
+}
+
 /// `spec.ports[].targetPort` as written in the Service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetPort {
@@ -187,6 +396,12 @@ pub struct Service {
     pub name: ServiceName,
     pub kind: ServiceKind,
     pub cluster_ip: ClusterIp,
+    /// `spec.ipFamilyPolicy` as resolved (Kubernetes' defaults applied).
+    pub ip_family_policy: IpFamilyPolicy,
+    /// `spec.ipFamilies` as resolved: one or two, the primary first; the
+    /// families of the VIPs exactly, for a Service with VIPs. Endpoints of
+    /// other families are left out at translation.
+    pub ip_families: Vec<IpFamily>,
     pub ports: Vec<ServicePort>,
     /// `sessionAffinity: ClientIP`: new connections from a client go to the
     /// endpoint its earlier ones went to, until this many seconds pass
@@ -290,11 +505,19 @@ pub struct ServiceTable {
 }
 
 impl ServiceTable {
-    /// Services that have a VIP to forward.
-    pub fn forwarded(&self) -> impl Iterator<Item = (&Service, Ipv4Addr)> {
+    /// Services that have VIPs to forward, with them.
+    pub fn forwarded(&self) -> impl Iterator<Item = (&Service, Vips)> {
         self.services
             .iter()
-            .filter_map(|s| s.cluster_ip.vip().map(|vip| (s, vip)))
+            .filter_map(|s| s.cluster_ip.vips_of().map(|vips| (s, vips)))
+    }
+
+    /// Services with an IPv4 VIP, with it (what the IPv4 data plane
+    /// compiles).
+    pub fn forwarded_v4(&self) -> impl Iterator<Item = (&Service, Ipv4Addr)> {
+        self.services
+            .iter()
+            .filter_map(|s| s.cluster_ip.vip4().map(|vip| (s, vip)))
     }
 
     /// Looks a service up by name.
@@ -303,5 +526,63 @@ impl ServiceTable {
             .binary_search_by(|s| s.name.cmp(name))
             .ok()
             .map(|i| &self.services[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 100, 10));
+    const V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 0xff, 0, 0, 0, 0x10));
+
+    #[test]
+    fn vips_hold_one_address_per_family_primary_first() {
+        let dual = Vips::dual(V6, V4).expect("two families");
+        assert_eq!(dual.primary(), V6);
+        assert_eq!(dual.primary_family(), IpFamily::V6);
+        assert_eq!(dual.secondary(), Some(V4));
+        assert_eq!(dual.iter().collect::<Vec<_>>(), [V6, V4]);
+        assert_eq!(
+            dual.families().collect::<Vec<_>>(),
+            [IpFamily::V6, IpFamily::V4]
+        );
+        assert_eq!(dual.v4(), Some(Ipv4Addr::new(198, 18, 100, 10)));
+        assert_eq!(dual.get(IpFamily::V6), Some(V6));
+        assert!(dual.is_dual() && dual.contains(V4) && dual.contains(V6));
+        assert_eq!(Vips::dual(V4, V4), None, "one per family");
+        let single = Vips::single(V4);
+        assert_eq!((single.v4().is_some(), single.v6()), (true, None));
+        assert_eq!(single.iter().collect::<Vec<_>>(), [V4]);
+
+        let ip = ClusterIp::Vips(dual);
+        assert_eq!(ip.vip4(), dual.v4());
+        assert_eq!(ip.vip6(), dual.v6());
+        assert_eq!(ip.primary(), Some(V6));
+        assert_eq!(ip.vips().collect::<Vec<_>>(), [V6, V4]);
+        assert_eq!(ClusterIp::Headless.vips().count(), 0);
+        assert_eq!(ClusterIp::ExternalName.vip4(), None);
+    }
+
+    #[test]
+    fn endpoints_of_a_family() {
+        let endpoint = |ip: IpAddr| Endpoint {
+            ip,
+            port: 80,
+            state: EndpointState::READY,
+            pod: None,
+            hostname: None,
+        };
+        let port = ServicePort {
+            name: None,
+            port: 80,
+            protocol: Protocol::Tcp,
+            target_port: TargetPort::Number(80),
+            endpoints: vec![endpoint(V4), endpoint(V6)],
+        };
+        let of = |family| port.endpoints_of(family).map(|e| e.ip).collect::<Vec<_>>();
+        assert_eq!(of(IpFamily::V4), [V4]);
+        assert_eq!(of(IpFamily::V6), [V6]);
+        assert!(V4 < V6, "IPv4 endpoints sort first");
     }
 }

@@ -8,11 +8,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
 use crate::conntrack::{Timeouts, DEFAULT_UNREPLIED_PERCENT};
-use crate::model::{is_prime, LbAlgorithm, DEFAULT_MAGLEV_TABLE_SIZE, MAX_MAGLEV_TABLE_SIZE};
+use crate::model::{
+    is_prime, IpFamily, LbAlgorithm, DEFAULT_MAGLEV_TABLE_SIZE, MAX_MAGLEV_TABLE_SIZE,
+};
 
 /// Default service CIDR, as kube-apiserver's `--service-cluster-ip-range`
 /// defaults it.
@@ -82,9 +84,11 @@ pub struct Settings {
     /// Where /metrics, /healthz and /readyz are served besides the admin
     /// endpoint.
     pub metrics: SocketAddr,
-    pub service_cidr: Ipv4Net,
-    /// Source ranges VIP traffic is accepted from; empty accepts all.
-    pub cluster_cidrs: Vec<Ipv4Net>,
+    /// ClusterIP ranges, at most one per family (`--service-cidr`).
+    pub service_cidrs: ServiceCidrs,
+    /// Source ranges VIP traffic (and DNS) is accepted from, either
+    /// family; empty accepts all.
+    pub cluster_cidrs: Vec<IpNet>,
     pub conntrack: ConntrackSettings,
     /// At most one table rebuild per period (kube-proxy's
     /// `--min-sync-period`).
@@ -357,6 +361,139 @@ pub fn default_service_cidr() -> Ipv4Net {
         .expect("default service CIDR is valid")
 }
 
+/// The service CIDRs of a gateway (`--service-cidr`, repeatable): at most
+/// one per family, as kube-apiserver's `--service-cluster-ip-range` takes
+/// them. The first given is the primary: the family a Service gets when
+/// it names none (SingleStack), and the first of a PreferDualStack
+/// Service's two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceCidrs {
+    v4: Option<Ipv4Net>,
+    v6: Option<Ipv6Net>,
+    primary: IpFamily,
+}
+
+/// Why a list of service CIDRs cannot be the gateway's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceCidrsError {
+    #[error("--service-cidr: at least one CIDR is required")]
+    Empty,
+    #[error(
+        "--service-cidr: {second} is a second {family} CIDR after {first}; \
+         give at most one per family"
+    )]
+    SameFamily {
+        first: IpNet,
+        second: IpNet,
+        family: IpFamily,
+    },
+}
+
+impl ServiceCidrs {
+    /// The CIDRs of `list`, in the order given (host bits are cleared).
+    pub fn new(list: &[IpNet]) -> Result<Self, ServiceCidrsError> {
+        let first = list.first().ok_or(ServiceCidrsError::Empty)?;
+        let mut cidrs = ServiceCidrs {
+            v4: None,
+            v6: None,
+            primary: family_of(first),
+        };
+        for (i, cidr) in list.iter().enumerate() {
+            let same = list[..i]
+                .iter()
+                .find(|earlier| family_of(earlier) == family_of(cidr));
+            if let Some(earlier) = same {
+                return Err(ServiceCidrsError::SameFamily {
+                    first: *earlier,
+                    second: *cidr,
+                    family: family_of(cidr),
+                });
+            }
+            match cidr.trunc() {
+                IpNet::V4(net) => cidrs.v4 = Some(net),
+                IpNet::V6(net) => cidrs.v6 = Some(net),
+            }
+        }
+        Ok(cidrs)
+    }
+
+    /// One IPv4 CIDR.
+    pub fn v4_only(cidr: Ipv4Net) -> Self {
+        ServiceCidrs {
+            v4: Some(cidr.trunc()),
+            v6: None,
+            primary: IpFamily::V4,
+        }
+    }
+
+    /// The IPv4 CIDR, if any.
+    pub const fn v4(&self) -> Option<Ipv4Net> {
+        self.v4
+    }
+
+    /// The IPv6 CIDR, if any.
+    pub const fn v6(&self) -> Option<Ipv6Net> {
+        self.v6
+    }
+
+    /// The CIDR of `family`, if any.
+    pub fn get(&self, family: IpFamily) -> Option<IpNet> {
+        match family {
+            IpFamily::V4 => self.v4.map(IpNet::V4),
+            IpFamily::V6 => self.v6.map(IpNet::V6),
+        }
+    }
+
+    /// The family of the first CIDR given.
+    pub const fn primary(&self) -> IpFamily {
+        self.primary
+    }
+
+    /// Whether there is one of each family.
+    pub const fn is_dual(&self) -> bool {
+        self.v4.is_some() && self.v6.is_some()
+    }
+
+    /// The families there are CIDRs of, the primary first.
+    pub fn families(&self) -> impl Iterator<Item = IpFamily> + '_ {
+        [self.primary, self.primary.other()]
+            .into_iter()
+            .filter(|f| self.get(*f).is_some())
+    }
+
+    /// Every CIDR, the primary first.
+    pub fn iter(&self) -> impl Iterator<Item = IpNet> + '_ {
+        self.families().filter_map(|f| self.get(f))
+    }
+}
+
+impl Default for ServiceCidrs {
+    /// [`DEFAULT_SERVICE_CIDR`] alone.
+    fn default() -> Self {
+        ServiceCidrs::v4_only(default_service_cidr())
+    }
+}
+
+impl std::fmt::Display for ServiceCidrs {
+    /// Comma-separated, the primary first, as kube-apiserver takes them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, cidr) in self.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{cidr}")?;
+        }
+        Ok(())
+    }
+}
+
+fn family_of(net: &IpNet) -> IpFamily {
+    match net {
+        IpNet::V4(_) => IpFamily::V4,
+        IpNet::V6(_) => IpFamily::V6,
+    }
+}
+
 /// A setting that cannot work, named by its flag.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SettingsError {
@@ -384,6 +521,12 @@ pub enum SettingsError {
     DuplicateDnsAddress(std::net::Ipv4Addr),
     #[error("--cluster-domain {0:?} is not a DNS name (RFC 1123 labels separated by dots)")]
     ClusterDomain(String),
+    #[error(
+        "--cluster-cidr lists no IPv4 range, but the gateway has an IPv4 service CIDR: \
+         the IPv4 data plane would accept VIP traffic from any source; add the \
+         cluster's IPv4 ranges"
+    )]
+    ClusterCidrNoIpv4,
     #[error("--dns-upstream needs --dns-address: only the gateway's DNS forwards")]
     UpstreamWithoutDns,
     #[error(
@@ -459,6 +602,14 @@ impl Settings {
         }
         if !(-20..=19).contains(&self.io.worker_nice) {
             return Err(SettingsError::WorkerNice(self.io.worker_nice));
+        }
+        // IPv6: until the data plane forwards IPv6, only the IPv4 ranges
+        // reach it, and an empty list there would admit everyone.
+        if !self.cluster_cidrs.is_empty()
+            && self.service_cidrs.v4().is_some()
+            && !self.cluster_cidrs.iter().any(|c| matches!(c, IpNet::V4(_)))
+        {
+            return Err(SettingsError::ClusterCidrNoIpv4);
         }
         let dns = &self.dns;
         for (i, a) in dns.addresses.iter().enumerate() {
@@ -567,7 +718,7 @@ mod tests {
             xdp_mode: XdpMode::Auto,
             admin: default_admin(),
             metrics: default_metrics(),
-            service_cidr: default_service_cidr(),
+            service_cidrs: ServiceCidrs::default(),
             cluster_cidrs: Vec::new(),
             conntrack: ConntrackSettings::default(),
             min_sync_period: DEFAULT_MIN_SYNC_PERIOD,
@@ -632,6 +783,54 @@ mod tests {
             ports: None,
         });
         assert_eq!(s.validate(), Err(SettingsError::DuplicateSnatAddress(a)));
+    }
+
+    #[test]
+    fn service_cidrs_one_per_family_primary_first() {
+        let net = |s: &str| s.parse::<IpNet>().expect("static CIDR");
+        let dual = ServiceCidrs::new(&[net("2001:2:0:ff::/112"), net("198.18.100.7/24")])
+            .expect("one per family");
+        assert_eq!(dual.primary(), IpFamily::V6);
+        assert!(dual.is_dual());
+        assert_eq!(dual.v4(), Some("198.18.100.0/24".parse().expect("static")));
+        assert_eq!(
+            dual.families().collect::<Vec<_>>(),
+            [IpFamily::V6, IpFamily::V4]
+        );
+        assert_eq!(dual.to_string(), "2001:2:0:ff::/112,198.18.100.0/24");
+        let single = ServiceCidrs::new(&[net("198.18.100.0/24")]).expect("one");
+        assert_eq!(
+            (single.primary(), single.v6(), single.is_dual()),
+            (IpFamily::V4, None, false)
+        );
+        assert_eq!(ServiceCidrs::new(&[]), Err(ServiceCidrsError::Empty));
+        let error = ServiceCidrs::new(&[
+            net("198.18.100.0/24"),
+            net("2001:2:0:ff::/112"),
+            net("198.19.0.0/16"),
+        ])
+        .expect_err("two IPv4");
+        assert_eq!(
+            error.to_string(),
+            "--service-cidr: 198.19.0.0/16 is a second IPv4 CIDR after 198.18.100.0/24; \
+             give at most one per family"
+        );
+        assert_eq!(ServiceCidrs::default().to_string(), DEFAULT_SERVICE_CIDR);
+    }
+
+    #[test]
+    fn ipv6_cluster_cidrs_need_an_ipv4_one_while_ipv4_is_forwarded() {
+        let mut s = settings();
+        s.cluster_cidrs = vec!["2001:2::/48".parse().expect("static CIDR")];
+        assert_eq!(s.validate(), Err(SettingsError::ClusterCidrNoIpv4));
+        s.cluster_cidrs
+            .push("198.18.0.0/16".parse().expect("static CIDR"));
+        s.validate().expect("both families");
+        s.cluster_cidrs.remove(1);
+        s.service_cidrs =
+            ServiceCidrs::new(&["2001:2:0:ff::/112".parse().expect("static")]).expect("one");
+        s.validate()
+            .expect("an IPv6-only gateway needs no IPv4 range");
     }
 
     #[test]

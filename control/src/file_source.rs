@@ -13,8 +13,8 @@
 use std::path::{Path, PathBuf};
 
 use cipgw_config::control_file::{parse_control_file, ControlFileError, ControlObjects};
+use cipgw_config::settings::ServiceCidrs;
 use cipgw_config::ServiceTable;
-use ipnet::Ipv4Net;
 
 use crate::translate::{translate, Objects, TranslateError};
 
@@ -40,13 +40,16 @@ pub enum ControlError {
 }
 
 /// Reads the control file at `path` and translates it, allocating
-/// ClusterIPs for Services without one from `service_cidr`.
-pub fn load_control_file(path: &Path, service_cidr: Ipv4Net) -> Result<ServiceTable, ControlError> {
+/// ClusterIPs for Services without one from `service_cidrs`.
+pub fn load_control_file(
+    path: &Path,
+    service_cidrs: &ServiceCidrs,
+) -> Result<ServiceTable, ControlError> {
     let text = std::fs::read_to_string(path).map_err(|error| ControlError::Read {
         path: path.to_owned(),
         error,
     })?;
-    load_control_text(&text, service_cidr).map_err(|error| ControlError::from_text(path, error))
+    load_control_text(&text, service_cidrs).map_err(|error| ControlError::from_text(path, error))
 }
 
 impl ControlError {
@@ -78,21 +81,24 @@ pub enum TextError {
 /// does after reading).
 /// Fields the file has that cipgw does not know are logged as warnings,
 /// each naming its object and field.
-pub fn load_control_text(text: &str, service_cidr: Ipv4Net) -> Result<ServiceTable, TextError> {
+pub fn load_control_text(
+    text: &str,
+    service_cidrs: &ServiceCidrs,
+) -> Result<ServiceTable, TextError> {
     let objects = parse_control_file(text)?;
     for warning in &objects.warnings {
         tracing::warn!("{warning}");
     }
-    Ok(translate_control_objects(&objects, service_cidr)?)
+    Ok(translate_control_objects(&objects, service_cidrs)?)
 }
 
 /// Translates parsed control-file objects (`cipgw check`, which parses
 /// and reports itself).
 pub fn translate_control_objects(
     objects: &ControlObjects,
-    service_cidr: Ipv4Net,
+    service_cidrs: &ServiceCidrs,
 ) -> Result<ServiceTable, TranslateError> {
-    translate(&Objects::from_control_file(objects), service_cidr)
+    translate(&Objects::from_control_file(objects), service_cidrs)
 }
 
 #[cfg(test)]
@@ -104,8 +110,8 @@ mod tests {
     use super::*;
 
     /// The service CIDR the fixtures are written for.
-    fn cidr() -> Ipv4Net {
-        "198.18.100.0/24".parse().expect("valid")
+    fn cidr() -> ServiceCidrs {
+        ServiceCidrs::v4_only("198.18.100.0/24".parse().expect("valid"))
     }
 
     fn fixture(name: &str) -> PathBuf {
@@ -115,12 +121,12 @@ mod tests {
     }
 
     fn load(name: &str) -> ServiceTable {
-        load_control_file(&fixture(name), cidr())
+        load_control_file(&fixture(name), &cidr())
             .unwrap_or_else(|e| panic!("{name} should load: {e}"))
     }
 
     fn load_error(name: &str) -> String {
-        let error = load_control_file(&fixture(name), cidr()).expect_err("fixture is invalid");
+        let error = load_control_file(&fixture(name), &cidr()).expect_err("fixture is invalid");
         let message = error.to_string();
         let prefix = format!("{}: ", fixture(name).display());
         message
@@ -138,7 +144,7 @@ mod tests {
             .expect("listed");
         assert_eq!(
             echo.cluster_ip,
-            ClusterIp::Vip(Ipv4Addr::new(198, 18, 100, 10))
+            ClusterIp::single(Ipv4Addr::new(198, 18, 100, 10).into())
         );
         let port = &echo.ports[0];
         assert_eq!((port.port, port.protocol), (8080, Protocol::Tcp));
@@ -257,7 +263,7 @@ headless                default/db (ClusterIP, headless)          port 5432/tcp 
         invalid.sort();
         for name in &invalid {
             assert!(
-                load_control_file(&dir.join(name), cidr()).is_err(),
+                load_control_file(&dir.join(name), &cidr()).is_err(),
                 "{name} should not load"
             );
         }
@@ -267,8 +273,7 @@ headless                default/db (ClusterIP, headless)          port 5432/tcp 
     #[test]
     fn read_error_names_the_path() {
         let path = Path::new("/nonexistent/cipgw-control.yaml");
-        let error = load_control_file(path, "198.18.100.0/24".parse().expect("valid"))
-            .expect_err("no such file");
+        let error = load_control_file(path, &cidr()).expect_err("no such file");
         let message = error.to_string();
         assert!(
             message.starts_with("cannot read control file /nonexistent/cipgw-control.yaml: "),

@@ -29,9 +29,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cipgw_config::settings::ServiceCidrs;
 use cipgw_config::ServiceTable;
 use crossbeam::channel::{Receiver, Sender};
-use ipnet::Ipv4Net;
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 
@@ -58,17 +58,17 @@ const CONFIGMAP_DATA_LINK: &str = "..data";
 /// watched.
 pub fn spawn_file_source(
     path: impl Into<PathBuf>,
-    service_cidr: Ipv4Net,
+    service_cidrs: ServiceCidrs,
     min_sync_period: Duration,
     tx: Sender<SourceEvent>,
 ) -> Result<SourceHandle, SourceError> {
-    spawn(path.into(), service_cidr, min_sync_period, tx, true)
+    spawn(path.into(), service_cidrs, min_sync_period, tx, true)
 }
 
 /// [`spawn_file_source`], with inotify or (for tests of the poll) without.
 fn spawn(
     path: PathBuf,
-    service_cidr: Ipv4Net,
+    service_cidrs: ServiceCidrs,
     min_sync_period: Duration,
     tx: Sender<SourceEvent>,
     inotify: bool,
@@ -113,7 +113,7 @@ fn spawn(
     let source = FileSource {
         path,
         name,
-        service_cidr,
+        service_cidrs,
         tx,
         coalescer: Coalescer::new(min_sync_period, SETTLE),
         fingerprint: None,
@@ -175,7 +175,7 @@ struct FileSource {
     path: PathBuf,
     /// The file's name within its directory, to pick its events.
     name: OsString,
-    service_cidr: Ipv4Net,
+    service_cidrs: ServiceCidrs,
     tx: Sender<SourceEvent>,
     coalescer: Coalescer,
     /// Of the file as last read.
@@ -294,7 +294,7 @@ impl FileSource {
         self.empty_since = None;
         self.recheck_at = None;
         let started = Instant::now();
-        let result = load_control_text(&text, self.service_cidr);
+        let result = load_control_text(&text, &self.service_cidrs);
         self.last_text = Some(text);
         match result {
             Ok(table) => {
@@ -373,11 +373,11 @@ mod tests {
         };
         std::fs::write(&path, text("198.18.100.1")).expect("write");
         let (tx, rx) = crate::source::channel();
-        let cidr = "198.18.100.0/24".parse().expect("valid");
+        let cidr = ServiceCidrs::v4_only("198.18.100.0/24".parse().expect("valid"));
         let _source =
             spawn(path.clone(), cidr, Duration::from_millis(100), tx, false).expect("starts");
         let vip = |event| match event {
-            Ok(SourceEvent::Table(table, _)) => table.services[0].cluster_ip.vip(),
+            Ok(SourceEvent::Table(table, _)) => table.services[0].cluster_ip.vip4(),
             other => panic!("expected a table, got {other:?}"),
         };
         assert_eq!(

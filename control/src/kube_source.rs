@@ -49,10 +49,10 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use cipgw_config::settings::ServiceCidrs;
 use cipgw_config::ServiceTable;
 use crossbeam::channel::Sender;
 use futures::StreamExt;
-use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::ListParams;
@@ -104,7 +104,7 @@ pub struct KubeSourceConfig {
     pub proxy_name: String,
     /// The cluster's service CIDR: ClusterIPs outside it are reported and
     /// left out.
-    pub service_cidr: Ipv4Net,
+    pub service_cidrs: ServiceCidrs,
     /// At most one table per period.
     pub min_sync_period: Duration,
 }
@@ -112,11 +112,11 @@ pub struct KubeSourceConfig {
 impl KubeSourceConfig {
     /// Defaults for everything but the service CIDR: inferred
     /// configuration, proxy name `cipgw`, one table per second at most.
-    pub fn new(service_cidr: Ipv4Net) -> Self {
+    pub fn new(service_cidrs: ServiceCidrs) -> Self {
         Self {
             kubeconfig: None,
             proxy_name: DEFAULT_PROXY_NAME.to_owned(),
-            service_cidr,
+            service_cidrs,
             min_sync_period: DEFAULT_MIN_SYNC_PERIOD,
         }
     }
@@ -148,11 +148,11 @@ pub fn build_table<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     endpoint_slices: impl IntoIterator<Item = &'a EndpointSlice>,
     proxy_name: &str,
-    service_cidr: Ipv4Net,
+    service_cidrs: ServiceCidrs,
 ) -> (ServiceTable, Vec<TranslateError>) {
     let services = services.into_iter().filter(|s| is_selected(s, proxy_name));
     let objects = Objects::from_api(services, endpoint_slices, std::iter::empty::<&Pod>());
-    translate_lenient(&objects, service_cidr)
+    translate_lenient(&objects, &service_cidrs)
 }
 
 /// Starts the Kubernetes source. The client configuration is loaded
@@ -265,7 +265,7 @@ impl Step {
 /// The source's state, owned by its task.
 struct Syncer {
     proxy_name: String,
-    service_cidr: Ipv4Net,
+    service_cidrs: ServiceCidrs,
     tx: Sender<SourceEvent>,
     services: Store<Service>,
     endpoint_slices: Store<EndpointSlice>,
@@ -423,7 +423,7 @@ async fn run(
         .reflect(slices_writer));
     let mut sync = Syncer {
         proxy_name: config.proxy_name,
-        service_cidr: config.service_cidr,
+        service_cidrs: config.service_cidrs,
         tx,
         services,
         endpoint_slices,
@@ -439,7 +439,7 @@ async fn run(
     let mut probe: Option<tokio::task::JoinHandle<()>> = None;
     tracing::info!(
         proxy_name = %sync.proxy_name,
-        service_cidr = %sync.service_cidr,
+        service_cidrs = %sync.service_cidrs,
         "watching Services and EndpointSlices"
     );
     loop {
@@ -579,7 +579,7 @@ impl Syncer {
             services.iter().map(Arc::as_ref),
             slices.iter().map(Arc::as_ref),
             &self.proxy_name,
-            self.service_cidr,
+            self.service_cidrs,
         );
         tracing::debug!(
             services = services.len(),
@@ -632,8 +632,8 @@ mod tests {
 
     use super::*;
 
-    fn cidr() -> Ipv4Net {
-        "198.18.100.0/24".parse().expect("valid")
+    fn cidr() -> ServiceCidrs {
+        ServiceCidrs::v4_only("198.18.100.0/24".parse().expect("valid"))
     }
 
     fn service(name: &str, ip: Option<&str>, proxy: Option<&str>) -> Service {

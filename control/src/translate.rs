@@ -9,19 +9,33 @@
 //! - `spec.type` ClusterIP (the default), NodePort and LoadBalancer have
 //!   their ClusterIP forwarded; ExternalName is listed, never forwarded.
 //! - `clusterIP: None` is headless: listed with its endpoints, never
-//!   forwarded. A fixed `clusterIP` (or `clusterIPs[0]`) must be an IPv4
-//!   address inside the service CIDR (of a dual-stack Service the IPv4
-//!   entry is used); two Services never share one. A Service without one
-//!   gets a stable address from the CIDR ([`crate::allocate`]).
+//!   forwarded.
+//! - Families (dual-stack), as kube-apiserver resolves them:
+//!   `spec.ipFamilyPolicy` is SingleStack when absent (RequireDualStack
+//!   for a headless Service without selector on a dual-stack gateway);
+//!   `spec.ipFamilies` when absent are those of `spec.clusterIPs`, else
+//!   the family of the first `--service-cidr`; PreferDualStack and
+//!   RequireDualStack add the other family when the gateway has a service
+//!   CIDR of it, and RequireDualStack on a gateway of one family is an
+//!   error. A family the gateway has no service CIDR for is an error,
+//!   except the second of a PreferDualStack Service, which is left out.
+//! - `clusterIPs[0]` equals `clusterIP`; at most two, one per family, of
+//!   the families of `ipFamilies` in order, two only when the policy is
+//!   not SingleStack. Each must lie inside the service CIDR of its family
+//!   (not its network or broadcast address); two Services never share
+//!   one. A family without an address gets a stable one from the CIDR of
+//!   its family ([`crate::allocate`]).
 //! - Ports: `port` 1-65535, `protocol` TCP or UDP (default TCP),
 //!   `targetPort` a number or a container-port name (default: `port`);
 //!   `(port, protocol)` and port names are unique within a Service, and a
 //!   Service with several ports names all of them.
-//! - Endpoints come from the IPv4 EndpointSlices labelled
+//! - Endpoints come from the IPv4 and IPv6 EndpointSlices labelled
 //!   `kubernetes.io/service-name: <service>` in the Service's namespace
-//!   whenever any slice names the Service (FQDN and IPv6 slices count as
-//!   present but add nothing). Otherwise they come from the Pods in the
-//!   namespace that the Service's selector matches, the way the
+//!   whenever any slice names the Service (FQDN slices count as present
+//!   but add nothing). Otherwise they come from the Pods in the
+//!   namespace that the Service's selector matches (each Pod address of
+//!   `status.podIP` and `status.podIPs`, the first of each family), the
+//!   way the
 //!   EndpointSlice controller would build them: every Pod with an IP that
 //!   has not terminated (`Succeeded`/`Failed`), `serving` = its Ready
 //!   condition, `terminating` = it has a deletionTimestamp, and `ready` =
@@ -41,13 +55,17 @@
 //!   or a Pod's `spec.hostname` when its `spec.subdomain` is the
 //!   Service's name; an ExternalName Service needs an RFC 1123
 //!   `spec.externalName` (kept without its trailing dot).
-//! - An address that is not IPv4 where IPv4 is needed (a Pod's IP, an
-//!   endpoint of an IPv4 slice) is an error, whether or not a Service
+//! - Only endpoints of the Service's families are kept (a slice of
+//!   another family, a Pod's address of another family): a VIP is only
+//!   ever paired with endpoints of its own family. An address of the
+//!   wrong family in a slice is an error, whether or not a Service
 //!   selects the object: a control file is checked whole.
 //!
 //! The output keeps the model's invariants: Services sorted by name,
-//! unique VIPs, unique `(port, protocol)` per Service, endpoints sorted
-//! and unique by `(ip, port)` (a duplicate keeps its most ready state).
+//! unique VIPs, at most one VIP per family, endpoints only of the
+//! Service's families, unique `(port, protocol)` per Service, endpoints
+//! sorted and unique by `(ip, port)` (a duplicate keeps its most ready
+//! state).
 
 // Errors here end a translation and are built once per bad object: their
 // size costs nothing, and boxing their fields would only make matching
@@ -55,15 +73,16 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use cipgw_config::control_file::{ControlObjects, Location, ObjectRef, DEFAULT_NAMESPACE};
 use cipgw_config::model::LB_ALGORITHM_ANNOTATION;
+use cipgw_config::settings::ServiceCidrs;
 use cipgw_config::{
-    ClusterIp, Endpoint, EndpointState, LbAlgorithm, Protocol, Service, ServiceKind, ServiceName,
-    ServicePort, ServiceTable, TargetPort,
+    ClusterIp, Endpoint, EndpointState, IpFamily, IpFamilyPolicy, LbAlgorithm, Protocol, Service,
+    ServiceKind, ServiceName, ServicePort, ServiceTable, TargetPort, Vips,
 };
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -156,7 +175,7 @@ pub enum TranslateError {
     DuplicateClusterIp {
         object: ObjectRef,
         field: String,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         other: ObjectRef,
     },
     /// The same Service written twice.
@@ -164,12 +183,15 @@ pub enum TranslateError {
     DuplicateService { object: ObjectRef, other: ObjectRef },
     /// No address left to allocate for a Service without a ClusterIP.
     #[error(
-        "{object}: spec.clusterIP: no free address left in service CIDR {cidr} \
-         ({usable} usable addresses); set spec.clusterIP or use a larger service CIDR"
+        "{object}: {field}: no free address left in service CIDR {cidr} \
+         ({usable} usable addresses); set {field} or use a larger service CIDR"
     )]
     CidrFull {
         object: ObjectRef,
-        cidr: Ipv4Net,
+        /// `spec.clusterIP`, or `spec.clusterIPs[1]` for the second
+        /// family of a dual-stack Service.
+        field: String,
+        cidr: IpNet,
         usable: u32,
     },
 }
@@ -203,16 +225,59 @@ pub enum Problem {
     ExternalName(String),
     #[error("{0:?} is not an IP address")]
     BadIp(String),
-    #[error("{0} is an IPv6 address; cipgw forwards IPv4 only")]
-    Ipv6(Ipv6Addr),
-    #[error("{0} is an IPv6 address in an IPv4 EndpointSlice")]
-    Ipv6InIpv4Slice(Ipv6Addr),
+    #[error("{ip} is an {family} address in an {slice} EndpointSlice")]
+    WrongFamilyInSlice {
+        ip: IpAddr,
+        family: IpFamily,
+        slice: IpFamily,
+    },
     #[error("{ip} is outside the service CIDR {cidr}")]
-    OutsideServiceCidr { ip: Ipv4Addr, cidr: Ipv4Net },
+    OutsideServiceCidr { ip: IpAddr, cidr: IpNet },
     #[error("{ip} is the network or broadcast address of the service CIDR {cidr}")]
-    ReservedAddress { ip: Ipv4Addr, cidr: Ipv4Net },
+    ReservedAddress { ip: IpAddr, cidr: IpNet },
     #[error("{first:?} differs from spec.clusterIP {cluster_ip:?}; they must be equal")]
     ClusterIpsMismatch { first: String, cluster_ip: String },
+    #[error(
+        "unknown IP family policy {0:?}: expected SingleStack, PreferDualStack or RequireDualStack"
+    )]
+    UnknownIpFamilyPolicy(String),
+    #[error("unknown IP family {0:?}: expected IPv4 or IPv6")]
+    UnknownIpFamily(String),
+    #[error("{0} is listed twice; a Service has at most one entry per family")]
+    DuplicateIpFamily(IpFamily),
+    #[error("at most two entries, one per family")]
+    TooManyEntries,
+    #[error("{ip} is an {family} address, as is {first}; a Service has one address per family")]
+    SameFamilyClusterIps {
+        ip: IpAddr,
+        family: IpFamily,
+        first: String,
+    },
+    #[error("{ip} is an {family} address, but {families_field} is {expected}")]
+    FamilyMismatch {
+        ip: IpAddr,
+        family: IpFamily,
+        families_field: String,
+        expected: IpFamily,
+    },
+    #[error(
+        "a second family needs spec.ipFamilyPolicy PreferDualStack or RequireDualStack \
+         (it is SingleStack)"
+    )]
+    SecondFamilySingleStack,
+    #[error("\"None\" (headless) must be the only entry")]
+    HeadlessWithAddress,
+    #[error(
+        "RequireDualStack, but the gateway's service CIDRs ({cidrs}) are of one family; \
+         give --service-cidr once per family"
+    )]
+    RequireDualStack { cidrs: String },
+    #[error("{what}, and the gateway has no {family} service CIDR (--service-cidr {cidrs})")]
+    FamilyNotConfigured {
+        what: String,
+        family: IpFamily,
+        cidrs: String,
+    },
     #[error("port {port}/{protocol} is already listed at spec.ports[{first}]")]
     DuplicatePort {
         port: u16,
@@ -244,9 +309,9 @@ pub enum Problem {
 /// order (errors of objects without a location come last).
 pub fn translate(
     objects: &Objects<'_>,
-    service_cidr: Ipv4Net,
+    service_cidrs: &ServiceCidrs,
 ) -> Result<ServiceTable, TranslateError> {
-    let (table, errors) = translate_lenient(objects, service_cidr);
+    let (table, errors) = translate_lenient(objects, service_cidrs);
     match errors
         .into_iter()
         .min_by_key(|e| (e.object().location.is_none(), e.object().location))
@@ -262,7 +327,7 @@ pub fn translate(
 /// object is wrong (the Kubernetes API).
 pub fn translate_lenient(
     objects: &Objects<'_>,
-    service_cidr: Ipv4Net,
+    service_cidrs: &ServiceCidrs,
 ) -> (ServiceTable, Vec<TranslateError>) {
     let mut errors = Vec::new();
     let pods = PodIndex::build(&objects.pods, &mut errors);
@@ -272,7 +337,7 @@ pub fn translate_lenient(
         .services
         .iter()
         .filter_map(|s| {
-            ServiceSpec::parse(*s, service_cidr)
+            ServiceSpec::parse(*s, service_cidrs)
                 .map_err(|e| errors.push(e))
                 .ok()
         })
@@ -297,69 +362,114 @@ pub fn translate_lenient(
 
     // Fixed ClusterIPs first, then allocation around them.
     // The first claim in file order keeps the address (by name for
-    // objects without a location).
+    // objects without a location); a Service that loses one is left out
+    // whole.
     let mut claims: Vec<usize> = (0..specs.len()).collect();
     claims.sort_by_key(|&i| {
         let location = specs[i].object.location;
         (location.is_none(), location, i)
     });
-    let mut owners: HashMap<Ipv4Addr, usize> = HashMap::new();
+    let mut owners: HashMap<IpAddr, usize> = HashMap::new();
     let mut dropped = vec![false; specs.len()];
     for i in claims {
         let spec = &specs[i];
-        if let Address::Fixed { ip, field } = &spec.address {
-            if let Some(&owner) = owners.get(ip) {
+        let fixed = spec.slots().filter_map(|slot| match slot {
+            Slot::Fixed { ip, field } => Some((*ip, field)),
+            Slot::Allocate { .. } => None,
+        });
+        let mut mine = Vec::new();
+        for (ip, field) in fixed {
+            if let Some(&owner) = owners.get(&ip) {
                 errors.push(TranslateError::DuplicateClusterIp {
                     object: spec.object.clone(),
                     field: field.clone(),
-                    ip: *ip,
+                    ip,
                     other: specs[owner].object.clone(),
                 });
                 dropped[i] = true;
-            } else {
-                owners.insert(*ip, i);
+                break;
+            }
+            mine.push(ip);
+        }
+        if !dropped[i] {
+            owners.extend(mine.into_iter().map(|ip| (ip, i)));
+        }
+    }
+    let taken: HashSet<IpAddr> = owners.keys().copied().collect();
+    let mut allocated: HashMap<(IpFamily, &ServiceName), IpAddr> = HashMap::new();
+    for family in service_cidrs.families() {
+        let Some(cidr) = service_cidrs.get(family) else {
+            continue;
+        };
+        let wanting = |spec: &ServiceSpec<'_>| {
+            spec.slots()
+                .any(|slot| matches!(slot, Slot::Allocate { family: f, .. } if *f == family))
+        };
+        let wanted = specs
+            .iter()
+            .zip(&dropped)
+            .filter(|(s, dropped)| !**dropped && wanting(s))
+            .map(|(s, _)| &s.name);
+        let got = match allocate::allocate(cidr, &taken, wanted) {
+            Ok(got) => got,
+            Err(full) => {
+                for (i, spec) in specs.iter().enumerate() {
+                    let slot = spec.slots().find_map(|slot| match slot {
+                        Slot::Allocate { family: f, field } if *f == family => Some(field),
+                        _ => None,
+                    });
+                    if let Some(field) = slot {
+                        if !dropped[i] && !full.allocated.contains_key(&spec.name) {
+                            errors.push(TranslateError::CidrFull {
+                                object: spec.object.clone(),
+                                field: field.clone(),
+                                cidr,
+                                usable: full.usable,
+                            });
+                            dropped[i] = true;
+                        }
+                    }
+                }
+                full.allocated
+            }
+        };
+        for spec in &specs {
+            if let Some(ip) = got.get(&spec.name) {
+                allocated.insert((family, &spec.name), *ip);
             }
         }
     }
-    let taken: HashSet<Ipv4Addr> = owners.keys().copied().collect();
-    let wanted = specs
-        .iter()
-        .filter(|s| matches!(s.address, Address::Allocate))
-        .map(|s| &s.name);
-    let allocated = match allocate::allocate(service_cidr, &taken, wanted) {
-        Ok(allocated) => allocated,
-        Err(full) => {
-            for (i, spec) in specs.iter().enumerate() {
-                if matches!(spec.address, Address::Allocate)
-                    && !full.allocated.contains_key(&spec.name)
-                {
-                    errors.push(TranslateError::CidrFull {
-                        object: spec.object.clone(),
-                        cidr: service_cidr,
-                        usable: full.usable,
-                    });
-                    dropped[i] = true;
-                }
-            }
-            full.allocated
-        }
-    };
 
     let services = specs
         .iter()
         .zip(dropped)
         .filter(|(_, dropped)| !dropped)
-        .map(|(spec, _)| {
+        .filter_map(|(spec, _)| {
             let cluster_ip = match &spec.address {
-                Address::Fixed { ip, .. } => ClusterIp::Vip(*ip),
-                Address::Allocate => ClusterIp::Vip(allocated[&spec.name]),
+                Address::Vips(slots) => {
+                    let mut ips = slots.iter().map(|slot| match slot {
+                        Slot::Fixed { ip, .. } => Some(*ip),
+                        Slot::Allocate { family, .. } => {
+                            allocated.get(&(*family, &spec.name)).copied()
+                        }
+                    });
+                    // Every slot has an address here: a Service whose
+                    // allocation failed was dropped above.
+                    let primary = ips.next().flatten()?;
+                    match ips.next() {
+                        Some(second) => ClusterIp::Vips(Vips::dual(primary, second?)?),
+                        None => ClusterIp::Vips(Vips::single(primary)),
+                    }
+                }
                 Address::Headless => ClusterIp::Headless,
                 Address::ExternalName => ClusterIp::ExternalName,
             };
-            Service {
+            Some(Service {
                 name: spec.name.clone(),
                 kind: spec.kind,
                 cluster_ip,
+                ip_family_policy: spec.policy,
+                ip_families: spec.families.clone(),
                 session_affinity: spec.affinity,
                 lb_algorithm: spec.lb_algorithm,
                 external_name: spec.external_name.clone(),
@@ -375,16 +485,25 @@ pub fn translate_lenient(
                         endpoints: endpoints(spec, port, &slices, &pods),
                     })
                     .collect(),
-            }
+            })
         })
         .collect();
     (ServiceTable { services }, errors)
 }
 
-/// Where a Service's VIP comes from.
+/// Where one of a Service's VIPs comes from.
+enum Slot {
+    /// Written in the Service (`field`).
+    Fixed { ip: IpAddr, field: String },
+    /// Allocated from the service CIDR of `family`; `field` names where
+    /// it would have been written.
+    Allocate { family: IpFamily, field: String },
+}
+
+/// Where a Service's VIPs come from.
 enum Address {
-    Fixed { ip: Ipv4Addr, field: String },
-    Allocate,
+    /// One slot per family of the Service, the primary first.
+    Vips(Vec<Slot>),
     Headless,
     ExternalName,
 }
@@ -395,6 +514,10 @@ struct ServiceSpec<'a> {
     name: ServiceName,
     kind: ServiceKind,
     address: Address,
+    /// The resolved `ipFamilyPolicy` and `ipFamilies` (empty for
+    /// ExternalName).
+    policy: IpFamilyPolicy,
+    families: Vec<IpFamily>,
     ports: Vec<PortSpec>,
     /// Non-empty selector; `None` selects no Pods.
     selector: Option<&'a BTreeMap<String, String>>,
@@ -407,6 +530,17 @@ struct ServiceSpec<'a> {
     external_name: Option<String>,
 }
 
+impl ServiceSpec<'_> {
+    /// Its VIP slots (none unless it has VIPs).
+    fn slots(&self) -> impl Iterator<Item = &Slot> {
+        match &self.address {
+            Address::Vips(slots) => slots.as_slice(),
+            Address::Headless | Address::ExternalName => &[],
+        }
+        .iter()
+    }
+}
+
 struct PortSpec {
     name: Option<String>,
     port: u16,
@@ -415,7 +549,10 @@ struct PortSpec {
 }
 
 impl<'a> ServiceSpec<'a> {
-    fn parse(service: Object<'a, core::Service>, cidr: Ipv4Net) -> Result<Self, TranslateError> {
+    fn parse(
+        service: Object<'a, core::Service>,
+        cidrs: &ServiceCidrs,
+    ) -> Result<Self, TranslateError> {
         let name = ObjectRef::name_of(&service.object.metadata);
         let object = ObjectRef::new(service.location, "Service", name.clone());
         let field_error = |field: String, problem: Problem| TranslateError::Field {
@@ -442,14 +579,20 @@ impl<'a> ServiceSpec<'a> {
             }
         };
         let mut external_name = None;
-        let address = if kind == ServiceKind::ExternalName {
+        let selector = spec.selector.as_ref().filter(|s| !s.is_empty());
+        let (address, policy, families) = if kind == ServiceKind::ExternalName {
             external_name = Some(
                 external_name_of(spec)
                     .map_err(|problem| field_error("spec.externalName".into(), problem))?,
             );
-            Address::ExternalName
+            (
+                Address::ExternalName,
+                IpFamilyPolicy::SingleStack,
+                Vec::new(),
+            )
         } else {
-            cluster_address(spec, cidr).map_err(|(field, problem)| field_error(field, problem))?
+            cluster_address(spec, cidrs, selector.is_some())
+                .map_err(|(field, problem)| field_error(field, problem))?
         };
         let ports = parse_ports(spec.ports.as_deref().unwrap_or_default())
             .map_err(|(field, problem)| field_error(field, problem))?;
@@ -463,8 +606,10 @@ impl<'a> ServiceSpec<'a> {
             name,
             kind,
             address,
+            policy,
+            families,
             ports,
-            selector: spec.selector.as_ref().filter(|s| !s.is_empty()),
+            selector,
             publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
             external_name,
             object,
@@ -545,7 +690,43 @@ fn session_affinity(spec: &core::ServiceSpec) -> Result<Option<u32>, FieldProble
     }
 }
 
-fn cluster_address(spec: &core::ServiceSpec, cidr: Ipv4Net) -> Result<Address, FieldProblem> {
+/// `spec.ipFamilyPolicy`, `spec.ipFamilies`, `spec.clusterIP` and
+/// `spec.clusterIPs`, resolved as kube-apiserver resolves them against
+/// the gateway's service CIDRs (see the module's rules).
+fn cluster_address(
+    spec: &core::ServiceSpec,
+    cidrs: &ServiceCidrs,
+    has_selector: bool,
+) -> Result<(Address, IpFamilyPolicy, Vec<IpFamily>), FieldProblem> {
+    let policy_given = match spec.ip_family_policy.as_deref() {
+        None | Some("") => None,
+        Some("SingleStack") => Some(IpFamilyPolicy::SingleStack),
+        Some("PreferDualStack") => Some(IpFamilyPolicy::PreferDualStack),
+        Some("RequireDualStack") => Some(IpFamilyPolicy::RequireDualStack),
+        Some(other) => {
+            return Err((
+                "spec.ipFamilyPolicy".into(),
+                Problem::UnknownIpFamilyPolicy(other.into()),
+            ))
+        }
+    };
+    let mut families_given: Vec<IpFamily> = Vec::new();
+    for (i, family) in spec.ip_families.iter().flatten().enumerate() {
+        let field = || format!("spec.ipFamilies[{i}]");
+        let family = match family.as_str() {
+            "IPv4" => IpFamily::V4,
+            "IPv6" => IpFamily::V6,
+            other => return Err((field(), Problem::UnknownIpFamily(other.into()))),
+        };
+        if families_given.contains(&family) {
+            return Err((field(), Problem::DuplicateIpFamily(family)));
+        }
+        if i >= 2 {
+            return Err((field(), Problem::TooManyEntries));
+        }
+        families_given.push(family);
+    }
+
     let primary = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty());
     let list = spec.cluster_ips.as_deref().unwrap_or_default();
     if let (Some(primary), Some(first)) = (primary, list.first()) {
@@ -559,44 +740,165 @@ fn cluster_address(spec: &core::ServiceSpec, cidr: Ipv4Net) -> Result<Address, F
             ));
         }
     }
-    // (field, value) in order of preference: the primary, then the others.
-    let mut candidates: Vec<(String, &str)> = Vec::new();
+    // (field, value) in order: the primary, then the other.
+    let mut written: Vec<(String, &str)> = Vec::new();
     if let Some(primary) = primary {
-        candidates.push(("spec.clusterIP".into(), primary));
+        written.push(("spec.clusterIP".into(), primary));
     }
     for (i, ip) in list.iter().enumerate() {
         if i > 0 || primary.is_none() {
-            candidates.push((format!("spec.clusterIPs[{i}]"), ip));
+            written.push((format!("spec.clusterIPs[{i}]"), ip));
         }
     }
-    match candidates.first() {
-        None => return Ok(Address::Allocate),
-        Some((_, "None")) => return Ok(Address::Headless),
-        Some(_) => {}
-    }
-    let mut first_v6 = None;
-    for (field, value) in candidates {
-        match parse_ip(value) {
-            Err(problem) => return Err((field, problem)),
-            Ok(IpAddr::V6(v6)) => {
-                first_v6.get_or_insert((field, v6));
+    let headless = written.first().is_some_and(|(_, v)| *v == "None");
+    let mut ips: Vec<(String, IpAddr)> = Vec::new();
+    if headless {
+        if let Some((field, _)) = written.get(1) {
+            return Err((field.clone(), Problem::HeadlessWithAddress));
+        }
+    } else {
+        for (i, (field, value)) in written.into_iter().enumerate() {
+            let ip = parse_ip(value).map_err(|problem| (field.clone(), problem))?;
+            if i >= 2 {
+                return Err((field, Problem::TooManyEntries));
             }
-            Ok(IpAddr::V4(ip)) => {
-                check_in_cidr(ip, cidr).map_err(|problem| (field.clone(), problem))?;
-                return Ok(Address::Fixed { ip, field });
+            if let Some((first, _)) = ips
+                .iter()
+                .find(|(_, o)| IpFamily::of(*o) == IpFamily::of(ip))
+            {
+                return Err((
+                    field,
+                    Problem::SameFamilyClusterIps {
+                        ip,
+                        family: IpFamily::of(ip),
+                        first: first.clone(),
+                    },
+                ));
             }
+            if let Some(&expected) = families_given.get(i) {
+                if expected != IpFamily::of(ip) {
+                    return Err((
+                        field,
+                        Problem::FamilyMismatch {
+                            ip,
+                            family: IpFamily::of(ip),
+                            families_field: format!("spec.ipFamilies[{i}]"),
+                            expected,
+                        },
+                    ));
+                }
+            }
+            ips.push((field, ip));
         }
     }
-    let (field, v6) = first_v6.expect("a non-empty candidate list without IPv4 has IPv6");
-    Err((field, Problem::Ipv6(v6)))
+
+    // kube-apiserver's defaults: SingleStack, but a headless Service
+    // without selector on a dual-stack cluster is RequireDualStack.
+    let policy = policy_given.unwrap_or(if headless && !has_selector && cidrs.is_dual() {
+        IpFamilyPolicy::RequireDualStack
+    } else {
+        IpFamilyPolicy::SingleStack
+    });
+    if policy == IpFamilyPolicy::SingleStack {
+        if let Some((field, _)) = ips.get(1) {
+            return Err((field.clone(), Problem::SecondFamilySingleStack));
+        }
+        if families_given.len() > 1 {
+            return Err((
+                "spec.ipFamilies[1]".into(),
+                Problem::SecondFamilySingleStack,
+            ));
+        }
+    }
+    if policy == IpFamilyPolicy::RequireDualStack && !cidrs.is_dual() {
+        return Err((
+            "spec.ipFamilyPolicy".into(),
+            Problem::RequireDualStack {
+                cidrs: cidrs.to_string(),
+            },
+        ));
+    }
+    let mut families = families_given.clone();
+    for (_, ip) in &ips {
+        if !families.contains(&IpFamily::of(*ip)) {
+            families.push(IpFamily::of(*ip));
+        }
+    }
+    if families.is_empty() {
+        families.push(cidrs.primary());
+    }
+    if policy != IpFamilyPolicy::SingleStack && families.len() == 1 {
+        let other = families[0].other();
+        if cidrs.get(other).is_some() {
+            families.push(other);
+        }
+    }
+    // Families the gateway has no CIDR for: the second of a
+    // PreferDualStack Service is left out (it prefers, it does not
+    // need); any other is an error.
+    let mut kept = Vec::with_capacity(families.len());
+    for (i, family) in families.iter().copied().enumerate() {
+        let Some(cidr) = cidrs.get(family) else {
+            if policy == IpFamilyPolicy::PreferDualStack && i == 1 {
+                continue;
+            }
+            let (field, what) = match (ips.get(i), families_given.get(i)) {
+                (Some((field, ip)), _) => (field.clone(), format!("{ip} is an {family} address")),
+                (None, Some(_)) => (
+                    format!("spec.ipFamilies[{i}]"),
+                    format!("{family} is asked for"),
+                ),
+                (None, None) => ("spec.ipFamilies".into(), format!("{family} is asked for")),
+            };
+            return Err((
+                field,
+                Problem::FamilyNotConfigured {
+                    what,
+                    family,
+                    cidrs: cidrs.to_string(),
+                },
+            ));
+        };
+        let slot = match ips.get(i) {
+            Some((field, ip)) => {
+                check_in_cidr(*ip, cidr).map_err(|problem| (field.clone(), problem))?;
+                Slot::Fixed {
+                    ip: *ip,
+                    field: field.clone(),
+                }
+            }
+            None => Slot::Allocate {
+                family,
+                field: if i == 0 {
+                    "spec.clusterIP".into()
+                } else {
+                    format!("spec.clusterIPs[{i}]")
+                },
+            },
+        };
+        kept.push((family, slot));
+    }
+    let families: Vec<IpFamily> = kept.iter().map(|(f, _)| *f).collect();
+    let address = if headless {
+        Address::Headless
+    } else {
+        Address::Vips(kept.into_iter().map(|(_, slot)| slot).collect())
+    };
+    Ok((address, policy, families))
 }
 
-fn check_in_cidr(ip: Ipv4Addr, cidr: Ipv4Net) -> Result<(), Problem> {
+fn check_in_cidr(ip: IpAddr, cidr: IpNet) -> Result<(), Problem> {
     let cidr = cidr.trunc();
     if !cidr.contains(&ip) {
         return Err(Problem::OutsideServiceCidr { ip, cidr });
     }
-    if cidr.prefix_len() <= 30 && (ip == cidr.network() || ip == cidr.broadcast()) {
+    let reserved = match cidr {
+        IpNet::V4(net) => net.prefix_len() <= 30 && (ip == net.network() || ip == net.broadcast()),
+        // No broadcast in IPv6; the network address is the Subnet-Router
+        // anycast address (RFC 4291, 2.6.1).
+        IpNet::V6(net) => net.prefix_len() <= 126 && ip == net.network(),
+    };
+    if reserved {
         return Err(Problem::ReservedAddress { ip, cidr });
     }
     Ok(())
@@ -729,6 +1031,8 @@ fn endpoints(
             pod.endpoint_for(port, spec, &mut out);
         }
     }
+    // Only the Service's families: a VIP never goes to another family.
+    out.retain(|e| spec.families.contains(&IpFamily::of(e.ip)));
     out.sort_by(|a, b| {
         (a.ip, a.port)
             .cmp(&(b.ip, b.port))
@@ -744,11 +1048,11 @@ fn endpoints(
 
 /// An EndpointSlice, checked.
 struct SliceInfo<'a> {
-    /// Only IPv4 slices carry endpoints; others only mark the Service as
-    /// having slices.
+    /// Only IPv4 and IPv6 slices carry endpoints; FQDN ones only mark the
+    /// Service as having slices.
     ports: Vec<SlicePort<'a>>,
-    /// Address, conditions, Pod name and hostname.
-    endpoints: Vec<(Ipv4Addr, EndpointState, Option<&'a str>, Option<&'a str>)>,
+    /// Address (of the slice's family), conditions, Pod name and hostname.
+    endpoints: Vec<(IpAddr, EndpointState, Option<&'a str>, Option<&'a str>)>,
 }
 
 struct SlicePort<'a> {
@@ -830,12 +1134,16 @@ impl<'a> SliceIndex<'a> {
 }
 
 fn check_slice(slice: &discovery::EndpointSlice) -> Result<SliceInfo<'_>, FieldProblem> {
-    if slice.address_type != "IPv4" {
-        return Ok(SliceInfo {
-            ports: Vec::new(),
-            endpoints: Vec::new(),
-        });
-    }
+    let family = match slice.address_type.as_str() {
+        "IPv4" => IpFamily::V4,
+        "IPv6" => IpFamily::V6,
+        _ => {
+            return Ok(SliceInfo {
+                ports: Vec::new(),
+                endpoints: Vec::new(),
+            })
+        }
+    };
     let mut ports = Vec::new();
     for (i, p) in slice.ports.iter().flatten().enumerate() {
         let port = p
@@ -855,10 +1163,17 @@ fn check_slice(slice: &discovery::EndpointSlice) -> Result<SliceInfo<'_>, FieldP
             return Err((format!("endpoints[{i}].addresses"), Problem::NoAddress));
         };
         let field = || format!("endpoints[{i}].addresses[0]");
-        let ip = match parse_ip(address).map_err(|e| (field(), e))? {
-            IpAddr::V4(ip) => ip,
-            IpAddr::V6(ip) => return Err((field(), Problem::Ipv6InIpv4Slice(ip))),
-        };
+        let ip = parse_ip(address).map_err(|e| (field(), e))?;
+        if IpFamily::of(ip) != family {
+            return Err((
+                field(),
+                Problem::WrongFamilyInSlice {
+                    ip,
+                    family: IpFamily::of(ip),
+                    slice: family,
+                },
+            ));
+        }
         let conditions = endpoint.conditions.as_ref();
         let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
         let state = EndpointState {
@@ -881,7 +1196,8 @@ fn check_slice(slice: &discovery::EndpointSlice) -> Result<SliceInfo<'_>, FieldP
 struct PodInfo<'a> {
     name: &'a str,
     labels: Option<&'a BTreeMap<String, String>>,
-    ip: Ipv4Addr,
+    /// Its addresses, at most one per family, the primary first.
+    ips: Vec<IpAddr>,
     /// The Ready condition is True.
     serving: bool,
     terminating: bool,
@@ -904,24 +1220,26 @@ impl PodInfo<'_> {
                 .map(|(_, _, number)| *number),
         };
         let Some(target) = target else { return };
-        out.push(Endpoint {
-            ip: self.ip,
-            port: target,
-            state: EndpointState {
-                // As the EndpointSlice controller sets it.
-                ready: publish_not_ready || (self.serving && !self.terminating),
-                serving: self.serving,
-                terminating: self.terminating,
-            },
-            pod: Some(self.name.to_owned()),
-            // As the EndpointSlice controller sets it: the Pod asked to be
-            // named under this Service (the namespace matches: Pods are
-            // selected from the Service's own).
-            hostname: self
-                .hostname
-                .filter(|_| self.subdomain == Some(service.name.name.as_str()))
-                .map(str::to_owned),
-        });
+        out.extend(self.ips.iter().map(|ip| {
+            Endpoint {
+                ip: *ip,
+                port: target,
+                state: EndpointState {
+                    // As the EndpointSlice controller sets it.
+                    ready: publish_not_ready || (self.serving && !self.terminating),
+                    serving: self.serving,
+                    terminating: self.terminating,
+                },
+                pod: Some(self.name.to_owned()),
+                // As the EndpointSlice controller sets it: the Pod asked to be
+                // named under this Service (the namespace matches: Pods are
+                // selected from the Service's own).
+                hostname: self
+                    .hostname
+                    .filter(|_| self.subdomain == Some(service.name.name.as_str()))
+                    .map(str::to_owned),
+            }
+        }));
     }
 
     fn matches(&self, selector: &BTreeMap<String, String>) -> bool {
@@ -1010,24 +1328,18 @@ fn check_pod(pod: &core::Pod) -> Result<Option<PodInfo<'_>>, FieldProblem> {
     for (i, ip) in status.pod_ips.iter().flatten().enumerate() {
         candidates.push((format!("status.podIPs[{i}].ip"), &ip.ip));
     }
-    let mut ipv4 = None;
-    let mut first_v6 = None;
+    // The first address of each family (Kubernetes allows one per
+    // family; `podIP` repeats `podIPs[0]`).
+    let mut ips: Vec<IpAddr> = Vec::with_capacity(2);
     for (field, value) in candidates {
-        match parse_ip(value) {
-            Err(problem) => return Err((field, problem)),
-            Ok(IpAddr::V4(ip)) => {
-                ipv4.get_or_insert(ip);
-            }
-            Ok(IpAddr::V6(ip)) => {
-                first_v6.get_or_insert((field, ip));
-            }
+        let ip = parse_ip(value).map_err(|problem| (field, problem))?;
+        if !ips.iter().any(|o| IpFamily::of(*o) == IpFamily::of(ip)) {
+            ips.push(ip);
         }
     }
-    let ip = match (ipv4, first_v6) {
-        (Some(ip), _) => ip,
-        (None, Some((field, ip))) => return Err((field, Problem::Ipv6(ip))),
-        (None, None) => return Ok(None),
-    };
+    if ips.is_empty() {
+        return Ok(None);
+    }
 
     let mut ports = Vec::new();
     if let Some(spec) = &pod.spec {
@@ -1063,7 +1375,7 @@ fn check_pod(pod: &core::Pod) -> Result<Option<PodInfo<'_>>, FieldProblem> {
     Ok(Some(PodInfo {
         name: pod.metadata.name.as_deref().unwrap_or_default(),
         labels: pod.metadata.labels.as_ref(),
-        ip,
+        ips,
         serving,
         terminating: pod.metadata.deletion_timestamp.is_some(),
         ports,

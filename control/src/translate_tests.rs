@@ -2,25 +2,50 @@
 //! control-file YAML in, the resolved table or the exact error out. They
 //! live beside `translate.rs` so that the translation reads on its own.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
+
 use cipgw_config::control_file::parse_control_file;
+use ipnet::Ipv4Net;
 
 use super::*;
 
-fn cidr() -> Ipv4Net {
+fn cidr() -> ServiceCidrs {
+    ServiceCidrs::v4_only(cidr4())
+}
+
+fn cidr4() -> Ipv4Net {
     "198.18.100.0/24".parse().expect("valid")
 }
 
+/// A dual-stack gateway's service CIDRs, the first given first.
+fn cidrs(list: &[&str]) -> ServiceCidrs {
+    let list: Vec<IpNet> = list.iter().map(|c| c.parse().expect("valid")).collect();
+    ServiceCidrs::new(&list).expect("one per family")
+}
+
 fn table(yaml: &str) -> ServiceTable {
+    table_with(yaml, &cidr())
+}
+
+fn table_with(yaml: &str, cidrs: &ServiceCidrs) -> ServiceTable {
     let objects = parse_control_file(yaml).expect("parses");
-    translate(&Objects::from_control_file(&objects), cidr())
+    translate(&Objects::from_control_file(&objects), cidrs)
         .unwrap_or_else(|e| panic!("translates: {e}"))
 }
 
 fn error(yaml: &str) -> String {
+    error_with(yaml, &cidr())
+}
+
+fn error_with(yaml: &str, cidrs: &ServiceCidrs) -> String {
     let objects = parse_control_file(yaml).expect("parses");
-    translate(&Objects::from_control_file(&objects), cidr())
+    translate(&Objects::from_control_file(&objects), cidrs)
         .expect_err("input is invalid")
         .to_string()
+}
+
+fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
 }
 
 fn service<'t>(table: &'t ServiceTable, namespace: &str, name: &str) -> &'t Service {
@@ -158,7 +183,7 @@ metadata:
     kubernetes.io/service-name: echo
 addressType: IPv6
 endpoints:
-- addresses: [\"fd00::1\"]
+- addresses: [\"2001:2:0:3::1\"]
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
@@ -197,7 +222,7 @@ endpoints:
 #[test]
 fn non_ipv4_slices_still_replace_pods() {
     let yaml = format!(
-        "{ECHO}{}{}endpoints:\n- addresses: [\"fd00::1\"]\n",
+        "{ECHO}{}{}endpoints:\n- addresses: [\"2001:2:0:3::1\"]\n",
         pod("p", "default", "echo", "198.18.2.11", true, ""),
         SLICE_HEAD.replace("IPv4", "IPv6"),
     );
@@ -333,7 +358,7 @@ spec:
         ]
     );
     let vips: Vec<(String, Ipv4Addr)> = table
-        .forwarded()
+        .forwarded_v4()
         .map(|(s, vip)| (s.name.name.clone(), vip))
         .collect();
     assert_eq!(
@@ -407,7 +432,7 @@ spec:
         (np.kind, np.cluster_ip),
         (
             ServiceKind::NodePort,
-            ClusterIp::Vip(Ipv4Addr::new(198, 18, 100, 21))
+            ClusterIp::single(v4(198, 18, 100, 21))
         )
     );
     let lb = service(&table, "default", "lb");
@@ -435,39 +460,421 @@ fn allocated_cluster_ips_are_stable_and_avoid_fixed_ones() {
     let vip = |name: &str| {
         service(&forward, "default", name)
             .cluster_ip
-            .vip()
+            .vip4()
             .expect("forwarded")
     };
     assert_eq!(vip("c"), Ipv4Addr::new(198, 18, 100, 77));
     let ips: HashSet<Ipv4Addr> = ["a", "b", "c", "d"].map(vip).into();
     assert_eq!(ips.len(), 4, "unique");
     for ip in ips {
-        assert!(cidr().contains(&ip) && ip.octets()[3] >= 2 && ip.octets()[3] <= 254);
+        assert!(cidr4().contains(&ip) && ip.octets()[3] >= 2 && ip.octets()[3] <= 254);
     }
     // The same name gets the same address whatever else is there.
     let alone = table(&doc("a", ""));
     assert_eq!(
-        alone.services[0].cluster_ip.vip(),
+        alone.services[0].cluster_ip.vip4(),
         Some(vip("a")),
         "no collision here, so the address is a's home slot"
     );
 }
 
+/// The gateway of the dual-stack tests: IPv4 first, as most clusters.
+const DUAL: [&str; 2] = ["198.18.100.0/24", "2001:2:0:ff::/112"];
+
+fn v6(last: u16) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 0xff, 0, 0, 0, last))
+}
+
+fn web(spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n{spec}  \
+         selector: {{app: web}}\n  ports: [{{port: 80, targetPort: 8080}}]\n"
+    )
+}
+
+/// A Pod with both families (`status.podIPs`, the IPv4 one first).
+fn dual_pod(name: &str, v4: &str, v6: &str, ready: bool) -> String {
+    pod(name, "default", "web", v4, ready, "").replace(
+        "  conditions:",
+        &format!("  podIPs:\n  - ip: {v4}\n  - ip: \"{v6}\"\n  conditions:"),
+    )
+}
+
 #[test]
-fn dual_stack_uses_the_ipv4_cluster_ip() {
-    let yaml = "\
-apiVersion: v1
-kind: Service
-metadata: {name: dual}
-spec:
-  clusterIP: fd00::10
-  clusterIPs: [fd00::10, 198.18.100.40]
-  ports: [{port: 80}]
-";
-    let table = table(yaml);
+fn dual_stack_service_has_a_vip_and_endpoints_per_family() {
+    let yaml = format!(
+        "{}{}{}",
+        web(
+            "  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv6, IPv4]\n  \
+             clusterIP: 2001:2:0:ff::10\n  clusterIPs: [2001:2:0:ff::10, 198.18.100.40]\n"
+        ),
+        dual_pod("web-1", "198.18.2.11", "2001:2:0:2::11", true),
+        dual_pod("web-2", "198.18.2.12", "2001:2:0:2::12", false),
+    );
+    let dual = table_with(&yaml, &cidrs(&DUAL));
+    let web = service(&dual, "default", "web");
+    let vips = web.cluster_ip.vips_of().expect("forwarded");
+    assert_eq!(vips.primary(), v6(0x10), "spec.clusterIP is the primary");
+    assert_eq!(vips.v4(), Some(Ipv4Addr::new(198, 18, 100, 40)));
     assert_eq!(
-        table.services[0].cluster_ip,
-        ClusterIp::Vip(Ipv4Addr::new(198, 18, 100, 40))
+        web.cluster_ip.vips().collect::<Vec<_>>(),
+        [v6(0x10), v4(198, 18, 100, 40)]
+    );
+    assert_eq!(web.ip_family_policy, IpFamilyPolicy::RequireDualStack);
+    assert_eq!(web.ip_families, [IpFamily::V6, IpFamily::V4]);
+    let port = &web.ports[0];
+    assert_eq!(
+        eps(port),
+        [
+            "198.18.2.11:8080",
+            "198.18.2.12:8080 r=false s=false t=false",
+            "2001:2:0:2::11:8080",
+            "2001:2:0:2::12:8080 r=false s=false t=false",
+        ],
+        "both of each Pod's addresses, IPv4 first"
+    );
+    let of = |family| {
+        port.endpoints_of(family)
+            .map(|e| e.ip.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of(IpFamily::V6), ["2001:2:0:2::11", "2001:2:0:2::12"]);
+    assert_eq!(of(IpFamily::V4), ["198.18.2.11", "198.18.2.12"]);
+    assert_eq!(
+        dual.render(),
+        "198.18.100.40:80/tcp      default/web (ClusterIP)  -> 198.18.2.11:8080, 198.18.2.12:8080(not-ready)\n\
+         [2001:2:0:ff::10]:80/tcp  default/web (ClusterIP)  -> [2001:2:0:2::11]:8080, [2001:2:0:2::12]:8080(not-ready)\n"
+    );
+}
+
+#[test]
+fn families_default_as_kube_apiserver_defaults_them() {
+    let pods = dual_pod("web-1", "198.18.2.11", "2001:2:0:2::11", true);
+    let families = |spec: &str, gateway: &[&str]| {
+        let got = table_with(&format!("{}{pods}", web(spec)), &cidrs(gateway));
+        let web = service(&got, "default", "web").clone();
+        let eps: Vec<String> = web.ports[0]
+            .endpoints
+            .iter()
+            .map(|e| e.ip.to_string())
+            .collect();
+        (web.ip_family_policy, web.ip_families, eps)
+    };
+    use IpFamily::{V4, V6};
+    use IpFamilyPolicy::{PreferDualStack, RequireDualStack, SingleStack};
+    // No policy: SingleStack on the first service CIDR's family, and only
+    // the endpoints of that family.
+    assert_eq!(
+        families("", &DUAL),
+        (SingleStack, vec![V4], vec!["198.18.2.11".into()])
+    );
+    assert_eq!(
+        families("", &["2001:2:0:ff::/112", "198.18.100.0/24"]),
+        (SingleStack, vec![V6], vec!["2001:2:0:2::11".into()])
+    );
+    // PreferDualStack gets both where both CIDRs are, one elsewhere.
+    let both = vec!["198.18.2.11".into(), "2001:2:0:2::11".into()];
+    assert_eq!(
+        families("  ipFamilyPolicy: PreferDualStack\n", &DUAL),
+        (PreferDualStack, vec![V4, V6], both.clone())
+    );
+    assert_eq!(
+        families("  ipFamilyPolicy: PreferDualStack\n", &["198.18.100.0/24"]),
+        (PreferDualStack, vec![V4], vec!["198.18.2.11".into()])
+    );
+    // An IPv6 primary from ipFamilies, the other family added.
+    assert_eq!(
+        families(
+            "  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv6]\n",
+            &DUAL
+        ),
+        (RequireDualStack, vec![V6, V4], both)
+    );
+    // The family of a fixed clusterIP.
+    assert_eq!(
+        families("  clusterIP: 2001:2:0:ff::20\n", &DUAL),
+        (SingleStack, vec![V6], vec!["2001:2:0:2::11".into()])
+    );
+    // A PreferDualStack Service from a dual-stack cluster on an IPv4-only
+    // gateway keeps its IPv4 address.
+    let prefer = table(&web(
+        "  ipFamilyPolicy: PreferDualStack\n  ipFamilies: [IPv4, IPv6]\n  \
+         clusterIPs: [198.18.100.40, \"2001:2:0:ff::10\"]\n",
+    ));
+    assert_eq!(
+        prefer.services[0].cluster_ip,
+        ClusterIp::single(v4(198, 18, 100, 40))
+    );
+    assert_eq!(prefer.services[0].ip_families, [V4]);
+}
+
+#[test]
+fn headless_services_take_families_too() {
+    let yaml = format!(
+        "{}{}",
+        web("  clusterIP: None\n  ipFamilyPolicy: SingleStack\n  ipFamilies: [IPv6]\n"),
+        dual_pod("web-1", "198.18.2.11", "2001:2:0:2::11", true),
+    );
+    let headless = table_with(&yaml, &cidrs(&DUAL));
+    let web = service(&headless, "default", "web");
+    assert_eq!(web.cluster_ip, ClusterIp::Headless);
+    assert_eq!(eps(&web.ports[0]), ["2001:2:0:2::11:8080"]);
+    // Without selector on a dual-stack gateway: RequireDualStack, both.
+    let selectorless = table_with(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: ext}\nspec:\n  clusterIP: None\n",
+        &cidrs(&DUAL),
+    );
+    assert_eq!(
+        (
+            selectorless.services[0].ip_family_policy,
+            selectorless.services[0].ip_families.clone()
+        ),
+        (
+            IpFamilyPolicy::RequireDualStack,
+            vec![IpFamily::V4, IpFamily::V6]
+        )
+    );
+    // ... and SingleStack on a gateway of one family.
+    let single =
+        table("apiVersion: v1\nkind: Service\nmetadata: {name: ext}\nspec:\n  clusterIP: None\n");
+    assert_eq!(
+        single.services[0].ip_family_policy,
+        IpFamilyPolicy::SingleStack
+    );
+}
+
+#[test]
+fn ipv6_slices_give_ipv6_endpoints_and_fqdn_slices_nothing() {
+    let yaml = format!(
+        "{}{}endpoints:\n- addresses: [198.18.3.1]\n{}",
+        web("  ipFamilyPolicy: PreferDualStack\n"),
+        SLICE_HEAD
+            .replace("name: echo-1", "name: web-4")
+            .replace("service-name: echo", "service-name: web"),
+        "---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-6
+  labels:
+    kubernetes.io/service-name: web
+addressType: IPv6
+endpoints:
+- addresses: [\"2001:2:0:3::2\"]
+  conditions: {ready: false}
+- addresses: [\"2001:2:0:3::1\"]
+  hostname: web-0
+  targetRef: {kind: Pod, name: web-0}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-fqdn
+  labels:
+    kubernetes.io/service-name: web
+addressType: FQDN
+endpoints:
+- addresses: [web.example.net]
+",
+    );
+    let dual = table_with(&yaml, &cidrs(&DUAL));
+    let port = &service(&dual, "default", "web").ports[0];
+    assert_eq!(
+        eps(port),
+        [
+            "198.18.3.1:8080",
+            "2001:2:0:3::1:8080",
+            "2001:2:0:3::2:8080 r=false s=false t=false",
+        ]
+    );
+    assert_eq!(port.endpoints[1].pod.as_deref(), Some("web-0"));
+    assert_eq!(port.endpoints[1].hostname.as_deref(), Some("web-0"));
+    // A single-stack IPv4 Service leaves the IPv6 slice's endpoints out:
+    // its VIP never goes to another family.
+    let single = table_with(
+        &yaml.replace("  ipFamilyPolicy: PreferDualStack\n", ""),
+        &cidrs(&DUAL),
+    );
+    assert_eq!(eps(&single.services[0].ports[0]), ["198.18.3.1:8080"]);
+    // An IPv4 address in an IPv6 slice is an error naming it.
+    let wrong = yaml.replace("[\"2001:2:0:3::2\"]", "[198.18.3.2]");
+    assert_eq!(
+        error_with(&wrong, &cidrs(&DUAL)),
+        "document 3 (EndpointSlice default/web-6): endpoints[0].addresses[0]: \
+         198.18.3.2 is an IPv4 address in an IPv6 EndpointSlice"
+    );
+}
+
+#[test]
+fn dual_stack_errors_name_the_service_and_field() {
+    let cases: [(&str, &[&str], &str); 12] = [
+        (
+            "  ipFamilyPolicy: RequireDualStack\n",
+            &["198.18.100.0/24"],
+            "spec.ipFamilyPolicy: RequireDualStack, but the gateway's service CIDRs \
+             (198.18.100.0/24) are of one family; give --service-cidr once per family",
+        ),
+        (
+            "  clusterIPs: [198.18.100.5, 198.18.100.6]\n  ipFamilyPolicy: PreferDualStack\n",
+            &DUAL,
+            "spec.clusterIPs[1]: 198.18.100.6 is an IPv4 address, as is spec.clusterIPs[0]; \
+             a Service has one address per family",
+        ),
+        (
+            "  clusterIP: 198.18.100.5\n  clusterIPs: [198.18.100.5, \"2001:2:0:ff::5\"]\n",
+            &DUAL,
+            "spec.clusterIPs[1]: a second family needs spec.ipFamilyPolicy PreferDualStack \
+             or RequireDualStack (it is SingleStack)",
+        ),
+        (
+            "  clusterIPs: [198.18.100.5]\n  ipFamilies: [IPv6]\n",
+            &DUAL,
+            "spec.clusterIPs[0]: 198.18.100.5 is an IPv4 address, but spec.ipFamilies[0] is IPv6",
+        ),
+        (
+            "  ipFamilyPolicy: PreferDualStack\n  ipFamilies: [IPv4, IPv6]\n  \
+             clusterIPs: [198.18.100.5, 198.18.100.6]\n",
+            &DUAL,
+            "spec.clusterIPs[1]: 198.18.100.6 is an IPv4 address, as is spec.clusterIPs[0]; \
+             a Service has one address per family",
+        ),
+        (
+            "  ipFamilyPolicy: PreferDualStack\n  ipFamilies: [IPv6, IPv4]\n  \
+             clusterIPs: [\"2001:2:0:ff::5\", 198.18.100.6, 198.18.100.7]\n",
+            &DUAL,
+            "spec.clusterIPs[2]: at most two entries, one per family",
+        ),
+        (
+            "  ipFamilies: [IPv4, IPv4]\n",
+            &DUAL,
+            "spec.ipFamilies[1]: IPv4 is listed twice; a Service has at most one entry per family",
+        ),
+        (
+            "  ipFamilies: [IPv5]\n",
+            &DUAL,
+            "spec.ipFamilies[0]: unknown IP family \"IPv5\": expected IPv4 or IPv6",
+        ),
+        (
+            "  ipFamilyPolicy: DualStack\n",
+            &DUAL,
+            "spec.ipFamilyPolicy: unknown IP family policy \"DualStack\": expected \
+             SingleStack, PreferDualStack or RequireDualStack",
+        ),
+        (
+            "  clusterIP: 2001:2:0:ff::5\n",
+            &["198.18.100.0/24"],
+            "spec.clusterIP: 2001:2:0:ff::5 is an IPv6 address, and the gateway has no IPv6 \
+             service CIDR (--service-cidr 198.18.100.0/24)",
+        ),
+        (
+            "  ipFamilies: [IPv6]\n",
+            &["198.18.100.0/24"],
+            "spec.ipFamilies[0]: IPv6 is asked for, and the gateway has no IPv6 service CIDR \
+             (--service-cidr 198.18.100.0/24)",
+        ),
+        (
+            "  clusterIP: 2001:2:0:fe::5\n",
+            &DUAL,
+            "spec.clusterIP: 2001:2:0:fe::5 is outside the service CIDR 2001:2:0:ff::/112",
+        ),
+    ];
+    for (spec, gateway, expected) in cases {
+        assert_eq!(
+            error_with(&web(spec), &cidrs(gateway)),
+            format!("document 1 (Service default/web): {expected}"),
+            "for spec {spec:?}"
+        );
+    }
+    let headless = error_with(&web("  clusterIPs: [None, 198.18.100.5]\n"), &cidrs(&DUAL));
+    assert!(
+        headless.ends_with("spec.clusterIPs[1]: \"None\" (headless) must be the only entry"),
+        "{headless}"
+    );
+}
+
+#[test]
+fn allocation_is_stable_per_family() {
+    let doc = |name: &str, spec: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\n\
+             spec:\n{spec}  ports: [{{port: 80}}]\n"
+        )
+    };
+    let prefer = "  ipFamilyPolicy: PreferDualStack\n";
+    let docs = [
+        doc("a", prefer),
+        doc("b", ""),
+        doc(
+            "c",
+            "  ipFamilyPolicy: PreferDualStack\n  clusterIPs: [198.18.100.77]\n",
+        ),
+        doc("d", "  ipFamilies: [IPv6]\n"),
+    ];
+    let dual = table_with(&docs.concat(), &cidrs(&DUAL));
+    let backward = table_with(
+        &docs.iter().rev().cloned().collect::<String>(),
+        &cidrs(&DUAL),
+    );
+    assert_eq!(dual, backward, "document order does not matter");
+    let vips = |t: &ServiceTable, name: &str| {
+        service(t, "default", name)
+            .cluster_ip
+            .vips_of()
+            .expect("forwarded")
+    };
+    // Each family's address is the one that family alone would give:
+    // the IPv4 one as on an IPv4-only gateway, the IPv6 one as on an
+    // IPv6-only one.
+    let v4_only = table(
+        &docs
+            .concat()
+            .replace(prefer, "")
+            .replace("  ipFamilies: [IPv6]\n", ""),
+    );
+    let v6_only = table_with(
+        &docs
+            .concat()
+            .replace(prefer, "")
+            .replace("  clusterIPs: [198.18.100.77]\n", ""),
+        &cidrs(&["2001:2:0:ff::/112"]),
+    );
+    for name in ["a", "c"] {
+        let got = vips(&dual, name);
+        assert!(
+            got.is_dual() && got.primary_family() == IpFamily::V4,
+            "{name}: {got:?}"
+        );
+        assert_eq!(got.v4(), vips(&v4_only, name).v4(), "{name}");
+        if name == "a" {
+            assert_eq!(got.v6(), vips(&v6_only, name).v6(), "{name}");
+        }
+    }
+    assert_eq!(vips(&dual, "c").v4(), Some(Ipv4Addr::new(198, 18, 100, 77)));
+    assert_eq!(vips(&dual, "b").v6(), None, "SingleStack: one family");
+    let d = vips(&dual, "d");
+    assert_eq!((d.v4(), d.v6()), (None, vips(&v6_only, "d").v6()));
+    let all: HashSet<IpAddr> = ["a", "b", "c", "d"]
+        .iter()
+        .flat_map(|n| vips(&dual, n).iter())
+        .collect();
+    assert_eq!(all.len(), 6, "unique");
+    let net6: IpNet = "2001:2:0:ff::/112".parse().expect("valid");
+    assert!(all
+        .iter()
+        .all(|ip| matches!(ip, IpAddr::V4(_)) || net6.contains(ip)));
+}
+
+#[test]
+fn duplicate_ipv6_cluster_ip_names_both() {
+    let yaml = format!(
+        "{}---\n{}",
+        web("  clusterIP: 2001:2:0:ff::5\n"),
+        web("  clusterIP: 2001:2:0:ff::5\n").replace("name: web", "name: web2"),
+    );
+    assert_eq!(
+        error_with(&yaml, &cidrs(&DUAL)),
+        "document 2 (Service default/web2): spec.clusterIP: 2001:2:0:ff::5 is already \
+         the ClusterIP of document 1 (Service default/web)"
     );
 }
 
@@ -479,8 +886,9 @@ fn service_doc(spec: &str) -> String {
 fn field_errors_name_document_object_and_field() {
     let cases = [
         (
-            "  clusterIP: fd00::10\n  ports: [{port: 80}]\n",
-            "spec.clusterIP: fd00::10 is an IPv6 address; cipgw forwards IPv4 only",
+            "  clusterIP: 2001:2:0:ff::10\n  ports: [{port: 80}]\n",
+            "spec.clusterIP: 2001:2:0:ff::10 is an IPv6 address, and the gateway has no IPv6 \
+             service CIDR (--service-cidr 198.18.100.0/24)",
         ),
         (
             "  clusterIP: 198.18.100.300\n",
@@ -559,22 +967,20 @@ fn bad_addresses_in_pods_and_slices() {
         error(&bad_pod),
         "document 2 (Pod default/p): status.podIP: \"198.18.2.x\" is not an IP address"
     );
+    // An IPv6-only Pod is no error; an IPv4 Service just has no
+    // endpoint of its family there.
     let v6_pod = format!(
         "{ECHO}{}",
-        pod("p", "default", "echo", "\"fd00::2\"", true, "")
+        pod("p", "default", "echo", "\"2001:2:0:2::2\"", true, "")
     );
-    assert_eq!(
-        error(&v6_pod),
-        "document 2 (Pod default/p): status.podIP: fd00::2 is an IPv6 address; \
-             cipgw forwards IPv4 only"
-    );
+    assert!(table(&v6_pod).services[0].ports[0].endpoints.is_empty());
     let v6_in_v4 = format!(
-        "{ECHO}{SLICE_HEAD}endpoints:\n- addresses: [198.18.3.1]\n- addresses: [\"fd00::3\"]\n"
+        "{ECHO}{SLICE_HEAD}endpoints:\n- addresses: [198.18.3.1]\n- addresses: [\"2001:2:0:3::3\"]\n"
     );
     assert_eq!(
         error(&v6_in_v4),
         "document 2 (EndpointSlice default/echo-1): endpoints[1].addresses[0]: \
-             fd00::3 is an IPv6 address in an IPv4 EndpointSlice"
+             2001:2:0:3::3 is an IPv6 address in an IPv4 EndpointSlice"
     );
     let no_address = format!("{ECHO}{SLICE_HEAD}endpoints:\n- addresses: []\n");
     assert_eq!(
@@ -630,10 +1036,10 @@ fn full_cidr_is_an_error_naming_the_service() {
         .map(|i| format!("---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}}}\n"))
         .collect();
     let objects = parse_control_file(&yaml).expect("parses");
-    let small: Ipv4Net = "198.18.100.0/29".parse().expect("valid"); // 5 usable
-    assert!(translate(&Objects::from_control_file(&objects), small).is_ok());
-    let tiny: Ipv4Net = "198.18.100.0/30".parse().expect("valid"); // 1 usable
-    let error = translate(&Objects::from_control_file(&objects), tiny)
+    let small = cidrs(&["198.18.100.0/29"]); // 5 usable
+    assert!(translate(&Objects::from_control_file(&objects), &small).is_ok());
+    let tiny = cidrs(&["198.18.100.0/30"]); // 1 usable
+    let error = translate(&Objects::from_control_file(&objects), &tiny)
         .expect_err("4 > 1")
         .to_string();
     assert!(
@@ -656,7 +1062,7 @@ fn first_error_in_file_order_and_lenient_keeps_the_rest() {
     let objects = parse_control_file(&yaml).expect("parses");
     let objects = Objects::from_control_file(&objects);
     assert!(error(&yaml).starts_with("document 1 (Service default/z)"));
-    let (table, errors) = translate_lenient(&objects, cidr());
+    let (table, errors) = translate_lenient(&objects, &cidr());
     assert_eq!(errors.len(), 2);
     let names: Vec<String> = table.services.iter().map(|s| s.name.to_string()).collect();
     assert_eq!(names, ["default/echo"]);
@@ -666,7 +1072,7 @@ fn first_error_in_file_order_and_lenient_keeps_the_rest() {
 fn api_objects_are_named_without_a_document() {
     let objects = parse_control_file(&service_doc("  ports: [{port: 70000}]\n")).expect("parses");
     let services: Vec<core::Service> = objects.services.into_iter().map(|s| s.object).collect();
-    let error = translate(&Objects::from_api(&services, [], []), cidr())
+    let error = translate(&Objects::from_api(&services, [], []), &cidr())
         .expect_err("invalid")
         .to_string();
     assert_eq!(

@@ -438,7 +438,9 @@ fn service(
     Service {
         name: ServiceName::new("default", name),
         kind: ServiceKind::ClusterIp,
-        cluster_ip: ClusterIp::Vip(vip),
+        cluster_ip: ClusterIp::single(std::net::IpAddr::from(vip)),
+        ip_family_policy: cipgw_config::IpFamilyPolicy::SingleStack,
+        ip_families: vec![cipgw_config::IpFamily::V4],
         session_affinity: None,
         lb_algorithm: None,
         external_name: None,
@@ -452,7 +454,7 @@ fn service(
                 endpoints: endpoints
                     .iter()
                     .map(|&(ip, port)| Endpoint {
-                        ip,
+                        ip: ip.into(),
                         port,
                         state: EndpointState::READY,
                         pod: None,

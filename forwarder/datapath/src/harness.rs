@@ -177,7 +177,11 @@ pub fn service(
     Service {
         name,
         kind: ServiceKind::ClusterIp,
-        cluster_ip: vip.map_or(ClusterIp::Headless, |ip| ClusterIp::Vip(ip.into())),
+        cluster_ip: vip.map_or(ClusterIp::Headless, |ip| {
+            ClusterIp::single(std::net::IpAddr::from(ip))
+        }),
+        ip_family_policy: cipgw_config::IpFamilyPolicy::SingleStack,
+        ip_families: vec![cipgw_config::IpFamily::V4],
         session_affinity: affinity,
         lb_algorithm: None,
         external_name: None,

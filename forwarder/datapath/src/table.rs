@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -160,15 +160,12 @@ pub struct CompiledTable {
 
 /// The VIP of family `A` of a Service, if it has one.
 fn vip_of<A: IpFamily>(service: &Service) -> Option<A> {
-    service
-        .cluster_ip
-        .vip()
-        .and_then(|vip| A::from_ip(IpAddr::from(vip)))
+    service.cluster_ip.vips().find_map(A::from_ip)
 }
 
 /// An endpoint's address, if it is of family `A`.
 fn endpoint_ip<A: IpFamily>(endpoint: &Endpoint) -> Option<A> {
-    A::from_ip(IpAddr::from(endpoint.ip))
+    A::from_ip(endpoint.ip)
 }
 
 /// The endpoints of family `A` of a port that may take new connections.
@@ -740,7 +737,7 @@ mod tests {
 
     fn endpoint(last: u8, state: EndpointState) -> Endpoint {
         Endpoint {
-            ip: Ipv4Addr::new(198, 18, 2, last),
+            ip: Ipv4Addr::new(198, 18, 2, last).into(),
             port: 5678,
             state,
             pod: None,
@@ -754,7 +751,11 @@ mod tests {
                 Service {
                     name: ServiceName::new("default", "echo"),
                     kind: ServiceKind::ClusterIp,
-                    cluster_ip: ClusterIp::Vip(Ipv4Addr::new(198, 18, 100, 10)),
+                    cluster_ip: ClusterIp::single(std::net::IpAddr::from(Ipv4Addr::new(
+                        198, 18, 100, 10,
+                    ))),
+                    ip_family_policy: cipgw_config::IpFamilyPolicy::SingleStack,
+                    ip_families: vec![cipgw_config::IpFamily::V4],
                     session_affinity: None,
                     lb_algorithm: None,
                     external_name: None,
@@ -771,6 +772,8 @@ mod tests {
                     name: ServiceName::new("default", "headless"),
                     kind: ServiceKind::ClusterIp,
                     cluster_ip: ClusterIp::Headless,
+                    ip_family_policy: cipgw_config::IpFamilyPolicy::SingleStack,
+                    ip_families: vec![cipgw_config::IpFamily::V4],
                     session_affinity: None,
                     lb_algorithm: None,
                     external_name: None,
@@ -879,7 +882,7 @@ mod tests {
             Ipv4Addr::new(198, 18, 100, 10),
             8080,
             Protocol::Tcp,
-            gone.ip,
+            Ipv4Addr::new(198, 18, 2, 12),
             gone.port,
         )]);
         assert_eq!(t.retiring_len(), 1);
@@ -897,5 +900,59 @@ mod tests {
             ..flow
         };
         assert!(!t.retires(&other_port, (Ipv4Addr::new(198, 18, 2, 12), 5678)));
+    }
+
+    /// A dual-stack Service: each family's VIP goes to that family's
+    /// endpoints only, in that family's part of the table.
+    #[test]
+    fn a_dual_stack_service_is_compiled_into_both_families() {
+        let vip4 = Ipv4Addr::new(198, 18, 100, 10);
+        let vip6: Ipv6Addr = "2001:2:0:ff::10".parse().expect("literal");
+        let pod6: Ipv6Addr = "2001:2:0:2::11".parse().expect("literal");
+        let mut endpoints = vec![endpoint(11, EndpointState::READY)];
+        endpoints.push(Endpoint {
+            ip: pod6.into(),
+            ..endpoint(11, EndpointState::READY)
+        });
+        let mut model = (*model(endpoints)).clone();
+        let echo = &mut model.services[0];
+        echo.cluster_ip = ClusterIp::Vips(
+            cipgw_config::Vips::dual(vip4.into(), vip6.into()).expect("one of each family"),
+        );
+        echo.ip_family_policy = cipgw_config::IpFamilyPolicy::RequireDualStack;
+        echo.ip_families = vec![cipgw_config::IpFamily::V4, cipgw_config::IpFamily::V6];
+        let t = CompiledTable::compile(Arc::new(model), 1);
+        let v4 = t.lookup(&key(8080)).expect("the IPv4 VIP");
+        assert_eq!(
+            &v4.backends[..],
+            &[Backend {
+                ip: Ipv4Addr::new(198, 18, 2, 11),
+                port: 5678
+            }]
+        );
+        let v6 = t
+            .family::<Ipv6Addr>()
+            .lookup(&ServiceKey {
+                vip: vip6,
+                port: 8080,
+                protocol: Protocol::Tcp,
+            })
+            .expect("the IPv6 VIP");
+        assert_eq!(
+            &v6.backends[..],
+            &[Backend {
+                ip: pod6,
+                port: 5678
+            }]
+        );
+        assert!(t.v6().is_vip(vip6) && !t.v6().is_vip("2001:2::1".parse().expect("literal")));
+        assert!(t.v6().is_backend(pod6, 5678, Protocol::Tcp));
+        assert!(t.v6().vip_has_endpoints(vip6));
+        assert!(!t.is_vip(Ipv4Addr::new(198, 18, 100, 11)));
+        assert_eq!(t.len(), 2, "one port entry per family");
+        assert_eq!(
+            t.v6().port_entries().next().map(|(_, e)| e.slot_of(0)),
+            Some(crate::conntrack::NO_SLOT)
+        );
     }
 }

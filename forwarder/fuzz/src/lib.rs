@@ -335,7 +335,7 @@ fn run_session(data: &[u8], mut seen: impl FnMut(Outcome)) {
             })
             .with_dns(DnsResponder::new(
                 vec![addr::DNS_ADDRESS.into()],
-                cluster_cidrs,
+                cluster_cidrs.iter().map(|c| (*c).into()).collect(),
                 Arc::new(DnsCounters::default()),
             )),
         table: Arc::clone(&fixed.tables[0]),

@@ -174,17 +174,25 @@ pub(super) fn services_view(state: &AdminState) -> ServicesView {
         .services
         .iter()
         .map(|service| {
-            let vip = service.cluster_ip.vip();
+            // IPv6: flows and counters exist for the IPv4 VIP only.
+            let vip = service.cluster_ip.vip4();
             let mut view = ServiceView {
                 namespace: service.name.namespace.clone(),
                 name: service.name.name.clone(),
                 kind: service.kind.as_str().to_owned(),
-                vip,
+                vip: service.cluster_ip.primary(),
                 cluster_ip: match service.cluster_ip {
-                    ClusterIp::Vip(ip) => ip.to_string(),
+                    ClusterIp::Vips(vips) => vips.primary().to_string(),
                     ClusterIp::Headless => "None".to_owned(),
                     ClusterIp::ExternalName => String::new(),
                 },
+                cluster_ips: service.cluster_ip.vips().collect(),
+                ip_families: service
+                    .ip_families
+                    .iter()
+                    .map(|f| f.as_str().to_owned())
+                    .collect(),
+                ip_family_policy: service.ip_family_policy.as_str().to_owned(),
                 active_flows: 0,
                 inactive_flows: 0,
                 affinity_seconds: service.session_affinity,
@@ -240,16 +248,22 @@ pub(super) fn services_view(state: &AdminState) -> ServicesView {
                         .endpoints
                         .iter()
                         .map(|e| {
+                            let ip4 = match e.ip {
+                                std::net::IpAddr::V4(ip) => Some(ip),
+                                std::net::IpAddr::V6(_) => None,
+                            };
                             let conns = key
-                                .and_then(|k| {
+                                .zip(ip4)
+                                .and_then(|(k, ip)| {
                                     per_backend
-                                        .get(&(k, SocketAddrV4::new(e.ip, e.port)))
+                                        .get(&(k, SocketAddrV4::new(ip, e.port)))
                                         .copied()
                                 })
                                 .unwrap_or_default();
                             // `None` only when no counter slot was left
-                            // for it.
-                            let counted = endpoint_totals.get(&(e.ip, e.port)).copied();
+                            // for it (or, IPv6, none is kept for it).
+                            let counted =
+                                ip4.and_then(|ip| endpoint_totals.get(&(ip, e.port)).copied());
                             EndpointView {
                                 ip: e.ip,
                                 port: e.port,

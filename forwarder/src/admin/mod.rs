@@ -240,7 +240,7 @@ impl AdminState {
         let table = self.table.current();
         let mut services = Vec::new();
         if let Some(stats) = self.services.get() {
-            for (service, vip) in table.model().forwarded() {
+            for (service, vip) in table.model().forwarded_v4() {
                 for port in &service.ports {
                     if let Some(totals) = stats.totals(&service.name, port.port, port.protocol) {
                         services.push(ServicePortSnapshot {

@@ -23,7 +23,7 @@ const DNS_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 53);
 
 fn endpoint(last: u8, port: u16, state: EndpointState) -> Endpoint {
     Endpoint {
-        ip: Ipv4Addr::new(198, 18, 2, last),
+        ip: Ipv4Addr::new(198, 18, 2, last).into(),
         port,
         state,
         pod: Some(format!("pod{}", last - 10)),
@@ -42,7 +42,9 @@ fn model() -> ServiceTable {
             Service {
                 name: ServiceName::new("default", "dns"),
                 kind: ServiceKind::ClusterIp,
-                cluster_ip: ClusterIp::Vip(DNS_VIP),
+                cluster_ip: ClusterIp::single(std::net::IpAddr::from(DNS_VIP)),
+                ip_family_policy: cipgw_config::IpFamilyPolicy::SingleStack,
+                ip_families: vec![cipgw_config::IpFamily::V4],
                 session_affinity: None,
                 lb_algorithm: Some(cipgw_config::LbAlgorithm::Maglev),
                 external_name: None,
@@ -58,7 +60,9 @@ fn model() -> ServiceTable {
             Service {
                 name: ServiceName::new("default", "echo"),
                 kind: ServiceKind::ClusterIp,
-                cluster_ip: ClusterIp::Vip(VIP),
+                cluster_ip: ClusterIp::single(std::net::IpAddr::from(VIP)),
+                ip_family_policy: cipgw_config::IpFamilyPolicy::SingleStack,
+                ip_families: vec![cipgw_config::IpFamily::V4],
                 session_affinity: None,
                 lb_algorithm: None,
                 external_name: None,
@@ -78,6 +82,8 @@ fn model() -> ServiceTable {
                 name: ServiceName::new("default", "headless"),
                 kind: ServiceKind::ClusterIp,
                 cluster_ip: ClusterIp::Headless,
+                ip_family_policy: cipgw_config::IpFamilyPolicy::SingleStack,
+                ip_families: vec![cipgw_config::IpFamily::V4],
                 session_affinity: None,
                 lb_algorithm: None,
                 external_name: None,
@@ -92,7 +98,12 @@ fn model() -> ServiceTable {
 /// 198.18.0.2:40000+i to the echo VIP, alternating between the two
 /// endpoints.
 fn state(flows: u16) -> AdminState {
-    let table = TableHandle::new(CompiledTable::compile(Arc::new(model()), 7));
+    state_with(model(), flows)
+}
+
+/// [`state`] over another model.
+fn state_with(model: ServiceTable, flows: u16) -> AdminState {
+    let table = TableHandle::new(CompiledTable::compile(Arc::new(model), 7));
     let ct = Arc::new(Conntrack::default());
     for i in 0..flows {
         let key = FlowKey {
@@ -215,7 +226,7 @@ fn services_show_endpoints_states_and_active_flows() {
     let names: Vec<&str> = v.services.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["dns", "echo", "headless"]);
     let echo = &v.services[1];
-    assert_eq!(echo.vip, Some(VIP));
+    assert_eq!(echo.vip, Some(VIP.into()));
     // The flows are handshakes (SYN_SENT): inactive, as ipvsadm counts
     // them; only ESTABLISHED is active.
     assert_eq!((echo.active_flows, echo.inactive_flows), (0, 5));
@@ -254,6 +265,60 @@ fn services_show_endpoints_states_and_active_flows() {
 }
 
 #[test]
+fn services_list_every_cluster_ip_and_endpoints_of_both_families() {
+    use std::net::{IpAddr, Ipv6Addr};
+    let v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 0xff, 0, 0, 0, 0x10));
+    let pod6 = IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 0x11));
+    let mut dual = model();
+    let echo = &mut dual.services[1];
+    echo.cluster_ip =
+        ClusterIp::Vips(cipgw_config::Vips::dual(VIP.into(), v6).expect("two families"));
+    echo.ip_family_policy = cipgw_config::IpFamilyPolicy::PreferDualStack;
+    echo.ip_families = vec![cipgw_config::IpFamily::V4, cipgw_config::IpFamily::V6];
+    echo.ports[0].endpoints.push(Endpoint {
+        ip: pod6,
+        pod: Some("pod1".into()),
+        ..endpoint(11, 5678, EndpointState::READY)
+    });
+    let s = state_with(dual, 4);
+    let v: ServicesView = json(get(&s, "/api/services"));
+    let echo = &v.services[1];
+    assert_eq!(echo.vip, Some(VIP.into()), "the primary");
+    assert_eq!(echo.cluster_ip, VIP.to_string());
+    assert_eq!(echo.cluster_ips, [IpAddr::from(VIP), v6]);
+    assert_eq!(echo.ip_families, ["IPv4", "IPv6"]);
+    assert_eq!(echo.ip_family_policy, "PreferDualStack");
+    // The IPv4 VIP's flows are there as before; the IPv6 endpoint is
+    // listed, with nothing tracked (IPv6 is not forwarded yet).
+    assert_eq!((echo.active_flows, echo.inactive_flows), (0, 4));
+    let eps: Vec<(String, u64)> = echo.ports[0]
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                std::net::SocketAddr::new(e.ip, e.port).to_string(),
+                e.inactive_flows,
+            )
+        })
+        .collect();
+    assert_eq!(
+        eps,
+        [
+            ("198.18.2.11:5678".to_owned(), 2),
+            ("198.18.2.12:5678".to_owned(), 2),
+            ("[2001:2:0:2::11]:5678".to_owned(), 0),
+        ]
+    );
+    // The JSON a client reads: addresses as strings.
+    let raw: serde_json::Value =
+        serde_json::from_str(&get(&s, "/api/services").body).expect("JSON");
+    assert_eq!(
+        raw["services"][1]["cluster_ips"],
+        serde_json::json!(["198.18.100.10", "2001:2:0:ff::10"])
+    );
+}
+
+#[test]
 fn services_report_counters_once_counted() {
     let s = state(0);
     let stats = Arc::new(ServiceStats::new());
@@ -262,7 +327,10 @@ fn services_report_counters_once_counted() {
     let slots = stats.assign(&model);
     let first = &model.services[1].ports[0].endpoints[0];
     let first = crate::table::Backend {
-        ip: first.ip,
+        ip: match first.ip {
+            std::net::IpAddr::V4(ip) => ip,
+            std::net::IpAddr::V6(ip) => panic!("{ip} is not IPv4"),
+        },
         port: first.port,
     };
     let echo = slots
@@ -293,7 +361,7 @@ fn services_report_counters_once_counted() {
         .collect();
     assert!(endpoints.len() > 1, "{endpoints:?}");
     for (endpoint, packets, bytes, flows) in endpoints {
-        let want = if endpoint == (first.ip, first.port) {
+        let want = if endpoint == (first.ip.into(), first.port) {
             (Some(10), Some(1000), Some(2))
         } else {
             (Some(0), Some(0), Some(0))

@@ -4,7 +4,7 @@
 //! `conntrack`) reads exactly the types the server writes.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
 use serde::{Deserialize, Serialize};
 
@@ -218,11 +218,23 @@ pub struct ServiceView {
     pub name: String,
     /// `ClusterIP`, `NodePort`, `LoadBalancer` or `ExternalName`.
     pub kind: String,
-    /// The forwarded ClusterIP; `None` for headless and ExternalName.
-    pub vip: Option<Ipv4Addr>,
-    /// `spec.clusterIP` as Kubernetes shows it: the VIP, `None` for
-    /// headless, empty for ExternalName.
+    /// The primary ClusterIP (`spec.clusterIP`); `None` for headless and
+    /// ExternalName.
+    pub vip: Option<IpAddr>,
+    /// `spec.clusterIP` as Kubernetes shows it: the primary VIP, `None`
+    /// for headless, empty for ExternalName.
     pub cluster_ip: String,
+    /// Every ClusterIP, the primary first (`spec.clusterIPs`); empty for
+    /// headless and ExternalName. Flows and counters are those of the
+    /// IPv4 one: IPv6 VIPs are not forwarded yet.
+    #[serde(default)]
+    pub cluster_ips: Vec<IpAddr>,
+    /// `spec.ipFamilies` as resolved (`IPv4`, `IPv6`), the primary first.
+    #[serde(default)]
+    pub ip_families: Vec<String>,
+    /// `spec.ipFamilyPolicy` as resolved.
+    #[serde(default)]
+    pub ip_family_policy: String,
     /// Tracked TCP flows in ESTABLISHED to the Service's ports now
     /// (ipvsadm's ActiveConn).
     pub active_flows: u64,
@@ -268,7 +280,7 @@ pub struct PortView {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EndpointView {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub pod: Option<String>,
     /// `ready`, `terminating` (still listed while its Pod shuts down;

@@ -17,9 +17,10 @@ use cipgw::maglev::MaglevTables;
 use cipgw::table::{CompiledTable, LbPlan, ServiceKey};
 use cipgw_config::settings::LbSettings;
 
+use cipgw_config::settings::ServiceCidrs;
 use cipgw_config::{parse_control_file_reporting, render_skipped, settings, ServiceTable};
 use cipgw_control::file_source::{translate_control_objects, ControlError, TextError};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use super::lb::LbArgs;
 use super::BadInput;
@@ -31,9 +32,16 @@ pub struct CheckArgs {
     /// listed after the table.
     #[arg(long, value_name = "FILE")]
     pub control_file: PathBuf,
-    /// CIDR ClusterIPs are allocated from and must lie in.
-    #[arg(long, value_name = "CIDR", default_value = settings::DEFAULT_SERVICE_CIDR)]
-    pub service_cidr: Ipv4Net,
+    /// CIDR ClusterIPs are allocated from and must lie in, as for `cipgw
+    /// run`: at most one per family (repeat, or a comma list, for a
+    /// dual-stack gateway; the first is the primary family).
+    #[arg(
+        long = "service-cidr",
+        value_name = "CIDR",
+        value_delimiter = ',',
+        default_value = settings::DEFAULT_SERVICE_CIDR
+    )]
+    pub service_cidrs: Vec<IpNet>,
     /// Backend choice as `cipgw run` would make it: every Service port
     /// that uses Maglev (by --lb maglev or its annotation) gets a line
     /// with its lookup table's fingerprint, to compare gateways.
@@ -77,7 +85,8 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
             BadInput(format!("{last} ({} errors in all)", errors.len())).into()
         });
     }
-    let table = translate_control_objects(&objects, args.service_cidr)
+    let cidrs = ServiceCidrs::new(&args.service_cidrs).map_err(|e| BadInput(e.to_string()))?;
+    let table = translate_control_objects(&objects, &cidrs)
         .map_err(|e| bad(ControlError::from_text(path, TextError::Translate(e))))?;
     for warning in unresolved_named_ports(&table) {
         eprintln!("warning: {}: {warning}", path.display());
@@ -123,7 +132,8 @@ fn maglev_fingerprints(model: ServiceTable, lb: LbSettings) -> String {
         },
     );
     let mut out = String::new();
-    for (service, vip) in compiled.model().forwarded() {
+    // IPv6: Maglev tables are compiled for IPv4 VIPs only.
+    for (service, vip) in compiled.model().forwarded_v4() {
         for port in &service.ports {
             let key = ServiceKey {
                 vip,

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cipgw_config::conntrack::Timeouts;
+use cipgw_config::settings::ServiceCidrs;
 use cipgw_config::settings::{
     self, parse_duration, ConntrackSettings, IoSettings, Settings, Source, XdpMode,
 };
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use super::lb::LbArgs;
 use super::BadInput;
@@ -74,16 +75,19 @@ pub struct RunArgs {
     /// only, or generic SKB mode [default: auto].
     #[arg(long, value_name = "MODE", value_parser = parse_xdp_mode())]
     pub xdp_mode: Option<XdpMode>,
-    /// CIDR ClusterIPs are allocated from and must lie in [default:
-    /// 10.96.0.0/12].
-    #[arg(long, value_name = "CIDR")]
-    pub service_cidr: Option<Ipv4Net>,
-    /// Source ranges VIP traffic is accepted from (repeatable, or a comma
-    /// list as kube-proxy takes it): the cluster's Pod and node CIDRs.
-    /// Without any, every source is accepted (and a warning says so)
-    /// [default: none].
+    /// CIDR ClusterIPs are allocated from and must lie in: at most one
+    /// per family, repeatable or a comma list as kube-apiserver's
+    /// --service-cluster-ip-range (`198.18.100.0/24,2001:2:0:ff::/112`).
+    /// The first is the primary family: a Service naming no family gets
+    /// it, and a dual-stack gateway takes both [default: 10.96.0.0/12].
+    #[arg(long = "service-cidr", value_name = "CIDR", value_delimiter = ',')]
+    pub service_cidrs: Vec<IpNet>,
+    /// Source ranges VIP traffic (and DNS) is accepted from, either family
+    /// (repeatable, or a comma list as kube-proxy takes it): the cluster's
+    /// Pod and node CIDRs. Without any, every source is accepted (and a
+    /// warning says so) [default: none].
     #[arg(long = "cluster-cidr", value_name = "CIDR", value_delimiter = ',')]
-    pub cluster_cidrs: Vec<Ipv4Net>,
+    pub cluster_cidrs: Vec<IpNet>,
     #[command(flatten)]
     pub conntrack: ConntrackArgs,
     #[command(flatten)]
@@ -320,9 +324,11 @@ fn settings(args: RunArgs) -> anyhow::Result<Settings> {
         metrics: args
             .metrics_address
             .unwrap_or_else(settings::default_metrics),
-        service_cidr: args
-            .service_cidr
-            .unwrap_or_else(settings::default_service_cidr),
+        service_cidrs: if args.service_cidrs.is_empty() {
+            ServiceCidrs::default()
+        } else {
+            ServiceCidrs::new(&args.service_cidrs).map_err(|e| BadInput(e.to_string()))?
+        },
         cluster_cidrs: args.cluster_cidrs,
         conntrack: args.conntrack.resolve(),
         dns: args.dns.resolve(),
@@ -355,6 +361,12 @@ fn settings(args: RunArgs) -> anyhow::Result<Settings> {
 #[cfg(test)]
 pub fn settings_for_test(args: RunArgs) -> Settings {
     settings(args).expect("valid settings")
+}
+
+/// [`settings`] for the command-line tests of bad input.
+#[cfg(test)]
+pub fn settings_error_for_test(args: RunArgs) -> String {
+    settings(args).expect_err("invalid settings").to_string()
 }
 
 /// The CPUs this process may run on (sched_getaffinity(2)).

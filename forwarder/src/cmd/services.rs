@@ -3,9 +3,13 @@
 //! counters (flows, packets and bytes per port and per endpoint), like
 //! `ipvsadm -Ln --stats`: ActiveConn are ESTABLISHED TCP
 //! connections, InActConn every other tracked flow (handshakes, closing
-//! TCP such as TIME_WAIT, UDP), as ipvsadm splits them.
+//! TCP such as TIME_WAIT, UDP), as ipvsadm splits them. A dual-stack
+//! Service has a block per VIP, each with the endpoints of its family
+//! (`[2001:2::a]:80` for IPv6); IPv6 VIPs are listed, not yet forwarded,
+//! so their counters show `-`.
 
 use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
 
 use cipgw::admin::ServicesView;
 
@@ -59,45 +63,65 @@ pub fn render(v: &ServicesView) -> String {
         .to_vec(),
     );
     // VIP, then port, then protocol, as `cipgw check` lists them.
+    // Every VIP of a Service (`cluster_ips`; a gateway from before
+    // dual-stack sends only `vip`).
+    let vips = |s: &cipgw::admin::ServiceView| -> Vec<IpAddr> {
+        if s.cluster_ips.is_empty() {
+            s.vip.into_iter().collect()
+        } else {
+            s.cluster_ips.clone()
+        }
+    };
     let mut ports: Vec<_> = v
         .services
         .iter()
-        .filter_map(|s| s.vip.map(|vip| (s, vip)))
+        .flat_map(|s| vips(s).into_iter().map(move |vip| (s, vip)))
         .flat_map(|(s, vip)| s.ports.iter().map(move |p| (vip, s, p)))
         .collect();
     ports.sort_by(|a, b| (a.0, a.2.port, &a.2.protocol).cmp(&(b.0, b.2.port, &b.2.protocol)));
+    let mut ipv6_listed = false;
     for (vip, service, port) in ports {
+        // IPv6: not forwarded yet, so nothing is tracked or counted.
+        let forwarded = vip.is_ipv4();
+        ipv6_listed |= !forwarded;
+        let flows = |n: u64| if forwarded { n.to_string() } else { "-".into() };
+        let counted = |n: Option<u64>| if forwarded { count(n) } else { "-".into() };
         table.row(vec![
             port.protocol.clone(),
-            format!("{vip}:{}", port.port),
+            SocketAddr::new(vip, port.port).to_string(),
             format!("{}/{}", service.namespace, service.name),
             port.target_port.clone(),
             port.lb_algorithm.clone(),
             service
                 .affinity_seconds
                 .map_or_else(|| "None".to_owned(), |t| format!("ClientIP/{t}s")),
-            port.active_flows.to_string(),
-            port.inactive_flows.to_string(),
-            count(port.flows),
-            count(port.packets),
-            count(port.bytes),
+            flows(port.active_flows),
+            flows(port.inactive_flows),
+            counted(port.flows),
+            counted(port.packets),
+            counted(port.bytes),
         ]);
-        if port.endpoints.is_empty() {
+        let endpoints: Vec<_> = port
+            .endpoints
+            .iter()
+            .filter(|e| e.ip.is_ipv4() == vip.is_ipv4())
+            .collect();
+        if endpoints.is_empty() {
             table.row(vec!["  ->".into(), "(no endpoints)".into()]);
         }
-        for e in &port.endpoints {
+        for e in endpoints {
             table.row(vec![
                 "  ->".into(),
-                format!("{}:{}", e.ip, e.port),
+                SocketAddr::new(e.ip, e.port).to_string(),
                 e.pod.clone().unwrap_or_else(|| "-".into()),
                 e.state.clone(),
                 String::new(),
                 String::new(),
-                e.active_flows.to_string(),
-                e.inactive_flows.to_string(),
-                count(e.flows),
-                count(e.packets),
-                count(e.bytes),
+                flows(e.active_flows),
+                flows(e.inactive_flows),
+                counted(e.flows),
+                counted(e.packets),
+                counted(e.bytes),
             ]);
         }
     }
@@ -125,6 +149,9 @@ pub fn render(v: &ServicesView) -> String {
             };
             let _ = writeln!(out, "  {}/{}  {why}", s.namespace, s.name);
         }
+    }
+    if ipv6_listed {
+        out.push_str("\n(IPv6 VIPs are listed and answered in DNS, not yet forwarded.)\n");
     }
     if !v.counted {
         out.push_str("\n(Flows/Packets/Bytes are not counted per service by this gateway; ActiveConn and InActConn are from conntrack.)\n");

@@ -188,6 +188,70 @@ fn kube_proxy_style_values() {
 }
 
 #[test]
+fn service_cidrs_one_per_family_from_flags_and_the_settings_file() {
+    use cipgw_config::IpFamily;
+    let base = ["run", "--iface", "eth0", "--control-file", "s.yaml"];
+    fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        [base, extra].concat()
+    }
+    let s = run::settings_for_test(parse_run(&with(
+        &base,
+        &[
+            "--service-cidr",
+            "198.18.100.0/24",
+            "--service-cidr",
+            "2001:2:0:ff::/112",
+            "--cluster-cidr",
+            "198.18.0.0/16,2001:2::/48",
+        ],
+    )));
+    assert_eq!(s.service_cidrs.primary(), IpFamily::V4);
+    assert_eq!(
+        s.service_cidrs.to_string(),
+        "198.18.100.0/24,2001:2:0:ff::/112"
+    );
+    assert_eq!(s.cluster_cidrs.len(), 2);
+    let comma = run::settings_for_test(parse_run(&with(
+        &base,
+        &["--service-cidr=2001:2:0:ff::/112,198.18.100.0/24"],
+    )));
+    assert_eq!(comma.service_cidrs.primary(), IpFamily::V6);
+    assert!(comma.service_cidrs.is_dual());
+    // Without the flag: the default, IPv4 alone.
+    let default = run::settings_for_test(parse_run(&base));
+    assert_eq!(
+        default.service_cidrs.to_string(),
+        cipgw_config::settings::DEFAULT_SERVICE_CIDR
+    );
+    // A second CIDR of one family is an error naming the flag.
+    let error = run::settings_error_for_test(parse_run(&with(
+        &base,
+        &[
+            "--service-cidr",
+            "198.18.100.0/24",
+            "--service-cidr",
+            "198.19.0.0/16",
+        ],
+    )));
+    assert_eq!(
+        error,
+        "--service-cidr: 198.19.0.0/16 is a second IPv4 CIDR after 198.18.100.0/24; \
+         give at most one per family"
+    );
+    // The settings file takes a list, as for the other list flags.
+    let file = settings_file(
+        "iface = [\"eth1\"]\ncontrol-file = \"s.yaml\"\n\
+         service-cidr = [\"2001:2:0:ff::/112\", \"198.18.100.0/24\"]\n",
+    );
+    let path = file.path().to_str().expect("UTF-8 path");
+    let s = run::settings_for_test(parse_run(&["run", "--config", path]));
+    assert_eq!(
+        s.service_cidrs.families().collect::<Vec<_>>(),
+        [IpFamily::V6, IpFamily::V4]
+    );
+}
+
+#[test]
 fn flags_are_grouped_in_help() {
     let mut cli = command();
     cli.build();
@@ -251,4 +315,61 @@ fn dns_upstreams_come_from_the_dns_table_of_the_settings_file() {
         ]
     );
     s.validate().expect("with --cluster-cidr and --dns-address");
+}
+
+#[test]
+fn services_lists_a_block_per_vip_with_its_family() {
+    let endpoint = |ip: &str, flows: u64| {
+        serde_json::json!({
+            "ip": ip, "port": 8080, "pod": "web-0", "state": "ready",
+            "ready": true, "serving": true, "terminating": false,
+            "active_flows": flows, "inactive_flows": 0,
+            "packets": null, "bytes": null, "flows": null,
+        })
+    };
+    let view: cipgw::admin::ServicesView = serde_json::from_value(serde_json::json!({
+        "generation": 3,
+        "counted": false,
+        "services": [{
+            "namespace": "shop", "name": "web", "kind": "ClusterIP",
+            "vip": "2001:2:0:ff::20", "cluster_ip": "2001:2:0:ff::20",
+            "cluster_ips": ["2001:2:0:ff::20", "198.18.100.20"],
+            "ip_families": ["IPv6", "IPv4"], "ip_family_policy": "RequireDualStack",
+            "active_flows": 1, "inactive_flows": 0, "affinity_seconds": null,
+            "packets": null, "bytes": null, "flows": null,
+            "ports": [{
+                "name": "http", "protocol": "TCP", "port": 80, "target_port": "8080",
+                "lb_algorithm": "random", "maglev_fingerprint": null,
+                "active_flows": 1, "inactive_flows": 0,
+                "packets": null, "bytes": null, "flows": null,
+                "endpoints": [endpoint("198.18.3.1", 1), endpoint("2001:2:0:3::1", 0)],
+            }],
+        }],
+    }))
+    .expect("a services view");
+    let text = services::render(&view);
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let find = |first: &str| {
+        rows.iter()
+            .find(|r| r.get(1) == Some(&first))
+            .unwrap_or_else(|| panic!("no row for {first} in:\n{text}"))
+            .clone()
+    };
+    // IPv4 first (sorted by VIP), each with its family's endpoint only.
+    assert_eq!(find("198.18.100.20:80")[6], "1");
+    // (Endpoint rows have two empty columns: ActiveConn is the 5th word.)
+    assert_eq!(find("198.18.3.1:8080")[4], "1");
+    // The IPv6 VIP and endpoint: listed, nothing tracked or counted.
+    assert_eq!(find("[2001:2:0:ff::20]:80")[6..], ["-", "-", "-", "-", "-"]);
+    assert_eq!(find("[2001:2:0:3::1]:8080")[4..], ["-", "-", "-", "-", "-"]);
+    let v4_row = text.find("198.18.100.20:80").expect("listed");
+    let v6_row = text.find("[2001:2:0:ff::20]:80").expect("listed");
+    assert!(v4_row < v6_row, "{text}");
+    assert!(
+        text.contains("IPv6 VIPs are listed and answered in DNS, not yet forwarded"),
+        "{text}"
+    );
 }

@@ -217,7 +217,9 @@ mod tests {
         Service {
             name: ServiceName::new("default", name),
             kind: ServiceKind::ClusterIp,
-            cluster_ip: ClusterIp::Vip(vip),
+            cluster_ip: ClusterIp::single(std::net::IpAddr::from(vip)),
+            ip_family_policy: cipgw_config::IpFamilyPolicy::SingleStack,
+            ip_families: vec![cipgw_config::IpFamily::V4],
             session_affinity: None,
             lb_algorithm: None,
             external_name: None,
@@ -230,7 +232,7 @@ mod tests {
                 endpoints: pods
                     .iter()
                     .map(|&ip| Endpoint {
-                        ip,
+                        ip: ip.into(),
                         port,
                         state: EndpointState::READY,
                         pod: None,
@@ -386,7 +388,7 @@ mod tests {
         let mut maps = before.maps();
         let mut new = old();
         new.services[0].ports[0].endpoints.push(Endpoint {
-            ip: POD3,
+            ip: POD3.into(),
             port: 80,
             state: EndpointState::READY,
             pod: None,

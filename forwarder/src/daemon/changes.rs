@@ -23,7 +23,7 @@ pub struct TableChanges {
 
 /// One endpoint of one service port: (Service, port, protocol, IP,
 /// target port).
-type EndpointKey = (String, u16, u8, std::net::Ipv4Addr, u16);
+type EndpointKey = (String, u16, u8, std::net::IpAddr, u16);
 
 fn endpoints(table: &ServiceTable) -> BTreeMap<EndpointKey, &Endpoint> {
     let mut all = BTreeMap::new();
@@ -79,7 +79,9 @@ mod tests {
         Service {
             name: ServiceName::new("default", name),
             kind: ServiceKind::ClusterIp,
-            cluster_ip: ClusterIp::Vip([198, 18, 100, 1].into()),
+            cluster_ip: ClusterIp::single(std::net::IpAddr::from([198, 18, 100, 1])),
+            ip_family_policy: cipgw_config::IpFamilyPolicy::SingleStack,
+            ip_families: vec![cipgw_config::IpFamily::V4],
             ports: vec![ServicePort {
                 name: None,
                 port: 80,

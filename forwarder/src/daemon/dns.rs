@@ -28,7 +28,7 @@ use std::time::Duration;
 use anyhow::Context;
 use cipgw_config::settings::Settings;
 use cipgw_config::ServiceTable;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use super::dns_forward::{Forwarder, TcpForward};
 use crate::dns::{self, DnsConfig, DnsResponder, DnsZone, Response};
@@ -48,7 +48,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) struct DnsService {
     config: DnsConfig,
     addresses: Vec<Ipv4Addr>,
-    cluster_cidrs: Vec<Ipv4Net>,
+    cluster_cidrs: Vec<IpNet>,
     /// Answers per second per source and worker; 0: none.
     rate_limit: u32,
     pub(super) stats: Arc<DnsStats>,
@@ -207,7 +207,7 @@ impl Drop for DnsService {
 /// One address's TCP listener.
 struct TcpDns {
     table: TableHandle,
-    cluster_cidrs: Vec<Ipv4Net>,
+    cluster_cidrs: Vec<IpNet>,
     counters: Arc<dns::DnsCounters>,
     active: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
@@ -222,7 +222,7 @@ impl TcpDns {
         while !shared.stop.load(Ordering::Relaxed) {
             match listener.accept() {
                 Ok((stream, SocketAddr::V4(peer))) => {
-                    let client = *peer.ip();
+                    let client = std::net::IpAddr::V4(*peer.ip());
                     if !shared.cluster_cidrs.is_empty()
                         && !shared.cluster_cidrs.iter().any(|c| c.contains(&client))
                     {

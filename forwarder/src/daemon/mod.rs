@@ -155,7 +155,7 @@ fn initial_table(settings: &Settings) -> anyhow::Result<ServiceTable> {
     match &settings.source {
         Source::ControlFile(path) => Ok(cipgw_control::file_source::load_control_file(
             path,
-            settings.service_cidr,
+            &settings.service_cidrs,
         )?),
         Source::Kubernetes { .. } => Ok(ServiceTable::default()),
     }
@@ -167,7 +167,7 @@ fn spawn_source(settings: &Settings) -> anyhow::Result<(SourceHandle, Receiver<S
     let handle = match &settings.source {
         Source::ControlFile(path) => cipgw_control::file_watch::spawn_file_source(
             path.clone(),
-            settings.service_cidr,
+            settings.service_cidrs,
             settings.min_sync_period,
             tx,
         )?,
@@ -175,7 +175,7 @@ fn spawn_source(settings: &Settings) -> anyhow::Result<(SourceHandle, Receiver<S
             cipgw_control::kube_source::KubeSourceConfig {
                 kubeconfig: kubeconfig.clone(),
                 proxy_name: settings.proxy_name.clone(),
-                service_cidr: settings.service_cidr,
+                service_cidrs: settings.service_cidrs,
                 min_sync_period: settings.min_sync_period,
             },
             tx,

@@ -39,10 +39,13 @@ use crate::table::FlowTarget;
 /// endpoint or port.
 pub(crate) fn flow_targets(model: &ServiceTable) -> HashSet<FlowTarget> {
     let mut targets = HashSet::new();
-    for (service, vip) in model.forwarded() {
+    // IPv6: the data plane forwards IPv4 VIPs (to IPv4 endpoints) only.
+    for (service, vip) in model.forwarded_v4() {
         for port in &service.ports {
             for e in &port.endpoints {
-                targets.insert((vip, port.port, port.protocol, e.ip, e.port));
+                if let std::net::IpAddr::V4(ip) = e.ip {
+                    targets.insert((vip, port.port, port.protocol, ip, e.port));
+                }
             }
         }
     }
@@ -59,7 +62,7 @@ fn backend_of(&(_, _, protocol, ip, port): &FlowTarget) -> BackendKey {
 /// and every endpoint of a forwarded Service (its replies).
 fn steering_with(model: &ServiceTable, targets: &HashSet<FlowTarget>) -> Steering {
     Steering {
-        vips: model.forwarded().map(|(_, vip)| vip).collect(),
+        vips: model.forwarded_v4().map(|(_, vip)| vip).collect(),
         backends: targets.iter().map(backend_of).collect(),
     }
 }
@@ -190,7 +193,9 @@ mod tests {
         Service {
             name: ServiceName::new("default", name),
             kind: ServiceKind::ClusterIp,
-            cluster_ip: ClusterIp::Vip(vip),
+            cluster_ip: ClusterIp::single(std::net::IpAddr::from(vip)),
+            ip_family_policy: cipgw_config::IpFamilyPolicy::SingleStack,
+            ip_families: vec![cipgw_config::IpFamily::V4],
             session_affinity: None,
             lb_algorithm: None,
             external_name: None,
@@ -205,7 +210,7 @@ mod tests {
                     endpoints: pods
                         .iter()
                         .map(|&ip| Endpoint {
-                            ip,
+                            ip: ip.into(),
                             port: target,
                             state: EndpointState::READY,
                             pod: None,
@@ -261,6 +266,40 @@ mod tests {
             maps.backends.retain(|b| !released.contains(b));
         }
         (published, maps)
+    }
+
+    /// A dual-stack Service is steered and compiled by its IPv4 side
+    /// only (IPv4 VIP, IPv4 endpoints), until the data plane has IPv6.
+    #[test]
+    fn a_dual_stack_service_is_forwarded_by_its_ipv4_side() {
+        use std::net::{IpAddr, Ipv6Addr};
+        let mut a = service("a", VIP_A, &[(80, Protocol::Tcp, 8080, &[POD1])]);
+        let v6 = |last| IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 0xff, 0, 0, 0, last));
+        a.cluster_ip =
+            ClusterIp::Vips(cipgw_config::Vips::dual(v6(1), VIP_A.into()).expect("two families"));
+        a.ip_families = vec![cipgw_config::IpFamily::V6, cipgw_config::IpFamily::V4];
+        let v6_endpoint = Endpoint {
+            ip: IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 1)),
+            ..a.ports[0].endpoints[0].clone()
+        };
+        a.ports[0].endpoints.push(v6_endpoint);
+        let model = table(vec![a]);
+        let steering = steering_of(&model);
+        assert_eq!(steering.vips, HashSet::from([VIP_A]));
+        assert_eq!(
+            steering.backends,
+            HashSet::from([(POD1, 8080, Protocol::Tcp.ip_number())])
+        );
+        let compiled = crate::table::CompiledTable::compile(std::sync::Arc::new(model), 1);
+        let entry = compiled
+            .port_entry(&crate::table::ServiceKey {
+                vip: VIP_A,
+                port: 80,
+                protocol: Protocol::Tcp,
+            })
+            .expect("the IPv4 VIP's port");
+        assert_eq!(entry.backends.len(), 1, "the IPv4 endpoint only");
+        assert_eq!(entry.backends[0].ip, POD1);
     }
 
     #[test]
@@ -463,6 +502,8 @@ mod tests {
         let mut model = base();
         model.services.push(Service {
             cluster_ip: ClusterIp::Headless,
+            ip_family_policy: cipgw_config::IpFamilyPolicy::SingleStack,
+            ip_families: vec![cipgw_config::IpFamily::V4],
             ..service(
                 "h",
                 Ipv4Addr::UNSPECIFIED,

@@ -809,8 +809,17 @@ fn spawn_workers(
     pending: Vec<(usize, WorkerIo)>,
     parts: &WorkerParts<'_>,
 ) -> anyhow::Result<Workers> {
+    // IPv6: the pipeline takes the IPv4 ranges (Settings::validate makes
+    // sure there is one when IPv6 ranges are given with an IPv4 service CIDR).
     let pipeline_config = PipelineConfig {
-        cluster_cidrs: settings.cluster_cidrs.clone(),
+        cluster_cidrs: settings
+            .cluster_cidrs
+            .iter()
+            .filter_map(|c| match c {
+                ipnet::IpNet::V4(net) => Some(*net),
+                ipnet::IpNet::V6(_) => None,
+            })
+            .collect(),
     };
     let resolver = parts.monitor.resolver();
     let resolve: crate::worker::ResolveFn = Arc::new(move |ifindex, ip| {

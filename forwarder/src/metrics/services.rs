@@ -156,15 +156,13 @@ impl ServiceStats {
     pub fn assign(&self, model: &ServiceTable) -> PortSlots {
         let mut state = self.lock();
         let mut wanted: HashMap<PortKey, HashSet<Backend>> = HashMap::new();
-        for (service, _) in model.forwarded() {
+        // IPv6: the data plane forwards (and so counts) IPv4 VIPs only.
+        for (service, _) in model.forwarded_v4() {
             for port in &service.ports {
                 wanted
                     .entry((service.name.clone(), port.port, port.protocol))
                     .or_default()
-                    .extend(port.endpoints.iter().map(|e| Backend {
-                        ip: e.ip,
-                        port: e.port,
-                    }));
+                    .extend(ipv4_backends(port));
             }
         }
         // Endpoints and ports that are gone give their slots back first,
@@ -200,17 +198,13 @@ impl ServiceStats {
         }
         let mut slots = Vec::with_capacity(model.services.len());
         for service in &model.services {
-            let forwarded = service.cluster_ip.vip().is_some();
+            let forwarded = service.cluster_ip.vip4().is_some();
             let mut ports = Vec::with_capacity(service.ports.len());
             for port in &service.ports {
                 let key = (service.name.clone(), port.port, port.protocol);
                 let mut endpoints: Vec<(Backend, u32)> = Vec::new();
                 if forwarded {
-                    for e in &port.endpoints {
-                        let endpoint = Backend {
-                            ip: e.ip,
-                            port: e.port,
-                        };
+                    for endpoint in ipv4_backends(port) {
                         let known = state
                             .ports
                             .get(&key)
@@ -308,6 +302,15 @@ fn take_slot(state: &mut SlotState) -> Option<u32> {
     Some(slot)
 }
 
+/// The IPv4 endpoints of `port` as backends (those the data plane
+/// forwards to and counts).
+fn ipv4_backends(port: &cipgw_config::ServicePort) -> impl Iterator<Item = Backend> + '_ {
+    port.endpoints.iter().filter_map(|e| match e.ip {
+        std::net::IpAddr::V4(ip) => Some(Backend { ip, port: e.port }),
+        std::net::IpAddr::V6(_) => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
@@ -326,7 +329,14 @@ mod tests {
             .map(|(name, port, endpoints)| Service {
                 name: ServiceName::new("default", *name),
                 kind: ServiceKind::ClusterIp,
-                cluster_ip: ClusterIp::Vip(Ipv4Addr::new(198, 18, 100, *port as u8)),
+                cluster_ip: ClusterIp::single(std::net::IpAddr::from(Ipv4Addr::new(
+                    198,
+                    18,
+                    100,
+                    *port as u8,
+                ))),
+                ip_family_policy: cipgw_config::IpFamilyPolicy::SingleStack,
+                ip_families: vec![cipgw_config::IpFamily::V4],
                 session_affinity: None,
                 lb_algorithm: None,
                 external_name: None,
@@ -339,7 +349,7 @@ mod tests {
                     endpoints: endpoints
                         .iter()
                         .map(|e| Endpoint {
-                            ip: Ipv4Addr::new(198, 18, 2, *e),
+                            ip: Ipv4Addr::new(198, 18, 2, *e).into(),
                             port: 5678,
                             state: EndpointState::READY,
                             pod: None,
@@ -353,6 +363,8 @@ mod tests {
             name: ServiceName::new("default", "zz-headless"),
             kind: ServiceKind::ClusterIp,
             cluster_ip: ClusterIp::Headless,
+            ip_family_policy: cipgw_config::IpFamilyPolicy::SingleStack,
+            ip_families: vec![cipgw_config::IpFamily::V4],
             session_affinity: None,
             lb_algorithm: None,
             external_name: None,
@@ -363,7 +375,7 @@ mod tests {
                 protocol: Protocol::Tcp,
                 target_port: TargetPort::Number(80),
                 endpoints: vec![Endpoint {
-                    ip: Ipv4Addr::new(198, 18, 2, 99),
+                    ip: Ipv4Addr::new(198, 18, 2, 99).into(),
                     port: 80,
                     state: EndpointState::READY,
                     pod: None,

@@ -39,7 +39,7 @@ use std::sync::Arc;
 
 use domain::base::iana::{Class, Opcode, OptRcode, Rcode, Rtype};
 use domain::base::{Header, HeaderCounts, Message};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::counters::{Counter, DropReason};
 use crate::pipeline::{BatchContext, Verdict};
@@ -557,7 +557,8 @@ fn no_zone_opt() -> &'static [u8] {
 #[derive(Debug)]
 pub struct DnsResponder {
     addresses: Box<[Ipv4Addr]>,
-    cluster_cidrs: Box<[Ipv4Net]>,
+    /// Either family; an IPv4 client matches only the IPv4 ones.
+    cluster_cidrs: Box<[IpNet]>,
     limiter: RefusalLimiter,
     udp_payload: u16,
     counters: Arc<DnsCounters>,
@@ -578,7 +579,7 @@ impl DnsResponder {
     /// `cluster_cidrs` (all when empty).
     pub fn new(
         addresses: Vec<Ipv4Addr>,
-        cluster_cidrs: Vec<Ipv4Net>,
+        cluster_cidrs: Vec<IpNet>,
         counters: Arc<DnsCounters>,
     ) -> Self {
         Self {
@@ -651,7 +652,9 @@ impl DnsResponder {
         {
             return drop(DnsDrop::BadSource, DropReason::BadSource);
         }
-        if !self.cluster_cidrs.is_empty() && !self.cluster_cidrs.iter().any(|c| c.contains(&src)) {
+        let client = std::net::IpAddr::V4(src);
+        if !self.cluster_cidrs.is_empty() && !self.cluster_cidrs.iter().any(|c| c.contains(&client))
+        {
             return drop(DnsDrop::NotInCluster, DropReason::SourceNotInCluster);
         }
         let Some(port) = ctx.net.port(ingress) else {

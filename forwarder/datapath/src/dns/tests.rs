@@ -80,6 +80,8 @@ fn model() -> ServiceTable {
         name: ServiceName::new("default", "ext"),
         kind: ServiceKind::ExternalName,
         cluster_ip: ClusterIp::ExternalName,
+        ip_family_policy: cipgw_config::IpFamilyPolicy::SingleStack,
+        ip_families: vec![cipgw_config::IpFamily::V4],
         ports: Vec::new(),
         session_affinity: None,
         lb_algorithm: None,
@@ -300,8 +302,8 @@ fn records_of_the_specification() {
             &[],
         ),
         ("cluster.local", Rtype::SOA, Rcode::NOERROR, &[SOA], &[]),
-        // NODATA: the name exists, not the type (AAAA: IPv4 only), and
-        // empty non-terminals exist.
+        // NODATA: the name exists, not the type (AAAA: an IPv4-only
+        // Service), and empty non-terminals exist.
         (
             "echo-server-clusterip.default.svc.cluster.local",
             Rtype::AAAA,
@@ -367,6 +369,225 @@ fn records_of_the_specification() {
         assert_eq!(section(&answer, 0), answers, "answers to {case}");
         assert_eq!(section(&answer, 1), authority, "authority of {case}");
     }
+}
+
+const V6_PRIMARY: &str = "2001:2:0:ff::10";
+const V6_PTR: &str = "0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.f.f.0.0.0.0.0.0.2.0.0.0.1.0.0.2.ip6.arpa";
+const POD6_PTR: &str = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.4.0.0.0.0.0.0.0.2.0.0.0.1.0.0.2.ip6.arpa";
+
+/// A dual-stack cluster: `web` with an IPv6 primary and an IPv4
+/// ClusterIP, `six` with an IPv6 one only, and headless `hl` whose Pods
+/// have both families (`hl-0` named, the others by address).
+fn dual_model() -> ServiceTable {
+    use std::net::{IpAddr, Ipv6Addr};
+    let v6 = |host: u16, last: u16| IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, host, 0, 0, 0, last));
+    let mut web = service(
+        ServiceName::new("default", "web"),
+        None,
+        None,
+        vec![named(
+            service_port(80, Protocol::Tcp, 8080, &[addr::POD1]),
+            "http",
+        )],
+    );
+    web.cluster_ip = ClusterIp::Vips(
+        cipgw_config::Vips::dual(v6(0xff, 0x10), IpAddr::from(VIP)).expect("two families"),
+    );
+    web.ip_families = vec![cipgw_config::IpFamily::V6, cipgw_config::IpFamily::V4];
+    let mut six = service(ServiceName::new("default", "six"), None, None, vec![]);
+    six.cluster_ip = ClusterIp::single(v6(0xff, 0x11));
+    six.ip_families = vec![cipgw_config::IpFamily::V6];
+    let mut port = named(
+        service_port(5432, Protocol::Tcp, 5432, &[[198, 18, 4, 1]]),
+        "pg",
+    );
+    port.endpoints[0].hostname = Some("hl-0".into());
+    let mut e6 = endpoint([0; 4], 5432);
+    e6.ip = v6(4, 1);
+    e6.hostname = Some("hl-0".into());
+    port.endpoints.push(e6.clone());
+    e6.ip = v6(4, 2);
+    e6.hostname = None;
+    port.endpoints.push(e6);
+    let mut hl = service(ServiceName::new("default", "hl"), None, None, vec![port]);
+    hl.ip_families = vec![cipgw_config::IpFamily::V4, cipgw_config::IpFamily::V6];
+    ServiceTable {
+        services: vec![hl, six, web],
+    }
+}
+
+#[test]
+fn dual_stack_a_aaaa_ptr_and_nodata() {
+    let zone = DnsZone::compile(&dual_model(), &DnsConfig::default(), 7);
+    let cases: &[Case] = &[
+        // Every ClusterIP of a dual-stack Service, each by its type.
+        (
+            "web.default.svc.cluster.local",
+            Rtype::A,
+            Rcode::NOERROR,
+            &["web.default.svc.cluster.local. A 198.18.100.10"],
+            &[],
+        ),
+        (
+            "web.default.svc.cluster.local",
+            Rtype::AAAA,
+            Rcode::NOERROR,
+            &["web.default.svc.cluster.local. AAAA 2001:2:0:ff::10"],
+            &[],
+        ),
+        // SRV targets the Service name, whatever its families.
+        (
+            "_http._tcp.web.default.svc.cluster.local",
+            Rtype::SRV,
+            Rcode::NOERROR,
+            &["_http._tcp.web.default.svc.cluster.local. SRV 0 100 80 \
+               web.default.svc.cluster.local"],
+            &[],
+        ),
+        (
+            V6_PTR,
+            Rtype::PTR,
+            Rcode::NOERROR,
+            &[concat!(
+                "0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.f.f.0.0.0.0.0.0.2.0.0.0.1.0.0.2.ip6.arpa.",
+                " PTR web.default.svc.cluster.local."
+            )],
+            &[],
+        ),
+        (
+            "10.100.18.198.in-addr.arpa",
+            Rtype::PTR,
+            Rcode::NOERROR,
+            &["10.100.18.198.in-addr.arpa. PTR web.default.svc.cluster.local."],
+            &[],
+        ),
+        // An IPv6-only Service: AAAA, and A is NODATA with the SOA.
+        (
+            "six.default.svc.cluster.local",
+            Rtype::AAAA,
+            Rcode::NOERROR,
+            &["six.default.svc.cluster.local. AAAA 2001:2:0:ff::11"],
+            &[],
+        ),
+        (
+            "six.default.svc.cluster.local",
+            Rtype::A,
+            Rcode::NOERROR,
+            &[],
+            &[SOA],
+        ),
+        // Headless: A and AAAA per ready endpoint of each family.
+        (
+            "hl.default.svc.cluster.local",
+            Rtype::A,
+            Rcode::NOERROR,
+            &["hl.default.svc.cluster.local. A 198.18.4.1"],
+            &[],
+        ),
+        (
+            "hl.default.svc.cluster.local",
+            Rtype::AAAA,
+            Rcode::NOERROR,
+            &[
+                "hl.default.svc.cluster.local. AAAA 2001:2:0:4::1",
+                "hl.default.svc.cluster.local. AAAA 2001:2:0:4::2",
+            ],
+            &[],
+        ),
+        // A dual-stack Pod's hostname has both.
+        (
+            "hl-0.hl.default.svc.cluster.local",
+            Rtype::AAAA,
+            Rcode::NOERROR,
+            &["hl-0.hl.default.svc.cluster.local. AAAA 2001:2:0:4::1"],
+            &[],
+        ),
+        (
+            "hl-0.hl.default.svc.cluster.local",
+            Rtype::A,
+            Rcode::NOERROR,
+            &["hl-0.hl.default.svc.cluster.local. A 198.18.4.1"],
+            &[],
+        ),
+        // An IPv6 endpoint without hostname: its address with dashes;
+        // it has no A.
+        (
+            "2001-2-0-4--2.hl.default.svc.cluster.local",
+            Rtype::AAAA,
+            Rcode::NOERROR,
+            &["2001-2-0-4--2.hl.default.svc.cluster.local. AAAA 2001:2:0:4::2"],
+            &[],
+        ),
+        (
+            "2001-2-0-4--2.hl.default.svc.cluster.local",
+            Rtype::A,
+            Rcode::NOERROR,
+            &[],
+            &[SOA],
+        ),
+        // One SRV per endpoint name (hl-0 has two addresses, one name).
+        (
+            "_pg._tcp.hl.default.svc.cluster.local",
+            Rtype::SRV,
+            Rcode::NOERROR,
+            &[
+                "_pg._tcp.hl.default.svc.cluster.local. SRV 0 50 5432 \
+                 hl-0.hl.default.svc.cluster.local",
+                "_pg._tcp.hl.default.svc.cluster.local. SRV 0 50 5432 \
+                 2001-2-0-4--2.hl.default.svc.cluster.local",
+            ],
+            &[],
+        ),
+        (
+            POD6_PTR,
+            Rtype::PTR,
+            Rcode::NOERROR,
+            &[concat!(
+                "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.4.0.0.0.0.0.0.0.2.0.0.0.1.0.0.2.ip6.arpa.",
+                " PTR hl-0.hl.default.svc.cluster.local."
+            )],
+            &[],
+        ),
+        // Under ip6.arpa but no such address: not this zone's.
+        (
+            "2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.f.f.0.0.0.0.0.0.2.0.0.0.1.0.0.2.ip6.arpa",
+            Rtype::PTR,
+            Rcode::REFUSED,
+            &[],
+            &[],
+        ),
+    ];
+    for &(name, qtype, rcode, answers, authority) in cases {
+        let q = query(name, qtype, None);
+        let (_, answer) = ask(&zone, &q);
+        let case = format!("{name} {qtype}");
+        assert_eq!(rcode_of(&answer), rcode, "rcode of {case}");
+        assert_eq!(section(&answer, 0), answers, "answers to {case}");
+        assert_eq!(section(&answer, 1), authority, "authority of {case}");
+    }
+    let records: Vec<String> = zone::records(&dual_model(), &DnsConfig::default())
+        .iter()
+        .map(ToString::to_string)
+        .filter(|r| r.starts_with("web.") || r.contains(" PTR web."))
+        .collect();
+    assert_eq!(
+        records,
+        [
+            "web.default.svc.cluster.local. A 198.18.100.10",
+            "web.default.svc.cluster.local. AAAA 2001:2:0:ff::10",
+            "10.100.18.198.in-addr.arpa. PTR web.default.svc.cluster.local.",
+            &format!("{V6_PTR}. PTR web.default.svc.cluster.local."),
+        ],
+        "as `cipgw check --dns` lists them"
+    );
+    assert_eq!(
+        zone::reverse_name(V6_PRIMARY.parse().expect("valid")),
+        V6_PTR
+    );
+    assert_eq!(
+        zone::reverse_name("2001:2:0:4::1".parse().expect("valid")),
+        POD6_PTR
+    );
 }
 
 #[test]

@@ -3,16 +3,17 @@
 //!
 //! The records are those of the Kubernetes DNS-Based Service Discovery
 //! specification (kubernetes/dns, docs/specification.md, schema 1.1.0):
-//! - a Service with a ClusterIP: `A <svc>.<ns>.svc.<zone>`, `SRV
-//!   _<port>._<proto>.<svc>.<ns>.svc.<zone>` per named port, `PTR` for the
-//!   ClusterIP;
-//! - a headless Service: `A` per ready endpoint at the Service's name
-//!   (none at all, so NXDOMAIN, when no endpoint is ready, unless
-//!   `publishNotReadyAddresses`), `A <hostname>.<svc>...` per endpoint,
-//!   `SRV` per endpoint and named port, `PTR` per endpoint address; an
-//!   endpoint without a hostname is named by its address with dashes
-//!   (`198-18-4-1`), the "system-assigned identifier" the specification
-//!   allows (CoreDNS's choice too);
+//! - a Service with ClusterIPs: `A <svc>.<ns>.svc.<zone>` for its IPv4
+//!   ClusterIP and `AAAA` for its IPv6 one (a dual-stack Service has
+//!   both), `SRV _<port>._<proto>.<svc>.<ns>.svc.<zone>` per named port,
+//!   `PTR` for each ClusterIP (`in-addr.arpa` or `ip6.arpa`);
+//! - a headless Service: `A`/`AAAA` per ready endpoint at the Service's
+//!   name (none at all, so NXDOMAIN, when no endpoint is ready, unless
+//!   `publishNotReadyAddresses`), `A`/`AAAA <hostname>.<svc>...` per
+//!   endpoint, `SRV` per endpoint name and named port, `PTR` per endpoint
+//!   address; an endpoint without a hostname is named by its address
+//!   with dashes (`198-18-4-1`, `2001-2-0-3--1`), the "system-assigned
+//!   identifier" the specification allows (CoreDNS's choice too);
 //! - an ExternalName Service: `CNAME <svc>.<ns>.svc.<zone>` to its target,
 //!   whatever type is asked;
 //! - `TXT dns-version.<zone>` "1.1.0", and the zone's `SOA`, which NODATA
@@ -27,12 +28,14 @@
 //! the same offset, so those compression pointers stay valid in the
 //! answer built over the query ([`super::respond`]).
 //!
-//! Only IPv4 exists in the model: AAAA questions for existing names are
-//! answered NODATA.
+//! A name with addresses of one family only answers the other family's
+//! type NODATA (NOERROR, no answers, the SOA in authority), as for any
+//! type a name lacks.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use ahash::RandomState;
@@ -40,7 +43,7 @@ use cipgw_config::{ClusterIp, Protocol, Service, ServiceTable};
 use domain::base::iana::{Class, OptRcode, Rtype};
 use domain::base::message_builder::AnswerBuilder;
 use domain::base::{MessageBuilder, Name, Record, Serial, StaticCompressor, Ttl};
-use domain::rdata::{Cname, Ptr, Soa, Srv, Txt, A};
+use domain::rdata::{Aaaa, Cname, Ptr, Soa, Srv, Txt, A};
 
 /// The schema version `dns-version.<zone>` announces.
 pub const SCHEMA_VERSION: &str = "1.1.0";
@@ -80,6 +83,7 @@ pub struct DnsRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordData {
     A(Ipv4Addr),
+    Aaaa(Ipv6Addr),
     Srv {
         weight: u16,
         port: u16,
@@ -94,6 +98,7 @@ impl RecordData {
     fn rtype(&self) -> Rtype {
         match self {
             RecordData::A(_) => Rtype::A,
+            RecordData::Aaaa(_) => Rtype::AAAA,
             RecordData::Srv { .. } => Rtype::SRV,
             RecordData::Ptr(_) => Rtype::PTR,
             RecordData::Cname(_) => Rtype::CNAME,
@@ -108,6 +113,7 @@ impl fmt::Display for DnsRecord {
         let owner = &self.owner;
         match &self.data {
             RecordData::A(ip) => write!(f, "{owner}. A {ip}"),
+            RecordData::Aaaa(ip) => write!(f, "{owner}. AAAA {ip}"),
             RecordData::Srv {
                 weight,
                 port,
@@ -120,10 +126,41 @@ impl fmt::Display for DnsRecord {
     }
 }
 
-/// `<d>.<c>.<b>.<a>.in-addr.arpa` (RFC 1035, 3.5).
-pub fn reverse_name(ip: Ipv4Addr) -> String {
-    let [a, b, c, d] = ip.octets();
-    format!("{d}.{c}.{b}.{a}.in-addr.arpa")
+/// `<d>.<c>.<b>.<a>.in-addr.arpa` (RFC 1035, 3.5), or for IPv6 the 32
+/// nibbles in reverse order under `ip6.arpa` (RFC 3596, 2.5).
+pub fn reverse_name(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(ip) => {
+            let [a, b, c, d] = ip.octets();
+            format!("{d}.{c}.{b}.{a}.in-addr.arpa")
+        }
+        IpAddr::V6(ip) => {
+            let mut out = String::with_capacity(72);
+            for byte in ip.octets().iter().rev() {
+                // Low nibble first: the name reads the address backwards.
+                let _ = write!(out, "{:x}.{:x}.", byte & 0xf, byte >> 4);
+            }
+            out.push_str("ip6.arpa");
+            out
+        }
+    }
+}
+
+/// The address record of `ip`: A or AAAA.
+fn address_record(ip: IpAddr) -> RecordData {
+    match ip {
+        IpAddr::V4(ip) => RecordData::A(ip),
+        IpAddr::V6(ip) => RecordData::Aaaa(ip),
+    }
+}
+
+/// The label an endpoint without a hostname is named by: its address
+/// with dashes for dots (IPv4) or colons (IPv6), as CoreDNS names it.
+fn address_label(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(ip) => ip.to_string().replace('.', "-"),
+        IpAddr::V6(ip) => ip.to_string().replace(':', "-"),
+    }
 }
 
 /// The endpoints a headless Service's name lists: ready ones, or all with
@@ -160,11 +197,16 @@ pub fn records(model: &ServiceTable, config: &DnsConfig) -> Vec<DnsRecord> {
             })
         };
         match service.cluster_ip {
-            ClusterIp::Vip(vip) => {
-                out.push(DnsRecord {
-                    owner: name.clone(),
-                    data: RecordData::A(vip),
-                });
+            ClusterIp::Vips(vips) => {
+                // IPv4 first (A, then AAAA), whatever the primary.
+                let mut addresses: Vec<IpAddr> = vips.iter().collect();
+                addresses.sort();
+                for vip in &addresses {
+                    out.push(DnsRecord {
+                        owner: name.clone(),
+                        data: address_record(*vip),
+                    });
+                }
                 for port in &service.ports {
                     if let Some(owner) = srv_owner(port) {
                         out.push(DnsRecord {
@@ -177,22 +219,25 @@ pub fn records(model: &ServiceTable, config: &DnsConfig) -> Vec<DnsRecord> {
                         });
                     }
                 }
-                out.push(DnsRecord {
-                    owner: reverse_name(vip),
-                    data: RecordData::Ptr(name.clone()),
-                });
+                for vip in addresses {
+                    out.push(DnsRecord {
+                        owner: reverse_name(vip),
+                        data: RecordData::Ptr(name.clone()),
+                    });
+                }
             }
             ClusterIp::Headless => {
                 // One address per endpoint IP, in the model's order
                 // (sorted), whatever the number of ports listing it.
-                let mut hosts: Vec<(Ipv4Addr, String)> = Vec::new();
+                // (IPv4 before IPv6: sorted by address.)
+                let mut hosts: Vec<(IpAddr, String)> = Vec::new();
                 for e in published(service) {
                     if hosts.iter().any(|(ip, _)| *ip == e.ip) {
                         continue;
                     }
                     let host = match &e.hostname {
                         Some(h) => h.to_ascii_lowercase(),
-                        None => e.ip.to_string().replace('.', "-"),
+                        None => address_label(e.ip),
                     };
                     hosts.push((e.ip, host));
                 }
@@ -200,21 +245,29 @@ pub fn records(model: &ServiceTable, config: &DnsConfig) -> Vec<DnsRecord> {
                 for (ip, _) in &hosts {
                     out.push(DnsRecord {
                         owner: name.clone(),
-                        data: RecordData::A(*ip),
+                        data: address_record(*ip),
                     });
                 }
                 for (ip, host) in &hosts {
                     out.push(DnsRecord {
                         owner: format!("{host}.{name}"),
-                        data: RecordData::A(*ip),
+                        data: address_record(*ip),
                     });
                 }
-                let weight = u16::try_from((100 / hosts.len().max(1)).max(1)).unwrap_or(1);
+                // One SRV target per name: a dual-stack Pod's two
+                // addresses share its hostname.
+                let mut targets: Vec<&String> = Vec::with_capacity(hosts.len());
+                for (_, host) in &hosts {
+                    if !targets.contains(&host) {
+                        targets.push(host);
+                    }
+                }
+                let weight = u16::try_from((100 / targets.len().max(1)).max(1)).unwrap_or(1);
                 for port in &service.ports {
                     let Some(owner) = srv_owner(port) else {
                         continue;
                     };
-                    for (_, host) in &hosts {
+                    for host in &targets {
                         out.push(DnsRecord {
                             owner: owner.clone(),
                             data: RecordData::Srv {
@@ -542,6 +595,7 @@ fn push(
 ) -> Result<(), String> {
     let pushed = match data {
         RecordData::A(ip) => answer.push(Record::new(owner, Class::IN, ttl, A::new(*ip))),
+        RecordData::Aaaa(ip) => answer.push(Record::new(owner, Class::IN, ttl, Aaaa::new(*ip))),
         RecordData::Srv {
             weight,
             port,
