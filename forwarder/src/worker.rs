@@ -32,7 +32,7 @@
 //! gateway that stops receiving hours later.
 
 use std::collections::VecDeque;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,7 +68,7 @@ const SOCKET_STATS_EVERY: Duration = Duration::from_millis(250);
 const MAX_TX_KICKS: u32 = 4;
 
 /// Asks the kernel to resolve a neighbour; never blocks.
-pub type ResolveFn = Arc<dyn Fn(u32, Ipv4Addr) + Send + Sync>;
+pub type ResolveFn = Arc<dyn Fn(u32, IpAddr) + Send + Sync>;
 
 /// What a worker needs from the rest of the gateway.
 pub struct WorkerShared {
@@ -101,7 +101,7 @@ impl std::fmt::Debug for WorkerShared {
 struct Held {
     frame: Frame,
     port: PortId,
-    next_hop: Ipv4Addr,
+    next_hop: IpAddr,
     since: Instant,
 }
 
@@ -381,7 +381,7 @@ impl Worker {
         }
         if addresses.is_none() {
             if let Some(p) = net.port(egress) {
-                (self.shared.resolve)(p.ifindex, peer);
+                (self.shared.resolve)(p.ifindex, peer.into());
             }
         }
     }
@@ -396,7 +396,7 @@ impl Worker {
         }
     }
 
-    fn hold(&mut self, frame: Frame, port: PortId, next_hop: Ipv4Addr) {
+    fn hold(&mut self, frame: Frame, port: PortId, next_hop: IpAddr) {
         if self.held.len() >= HOLD_CAPACITY {
             self.pipeline
                 .counters()
@@ -429,7 +429,7 @@ impl Worker {
             let Some(mut h) = self.held.pop_front() else {
                 break;
             };
-            match (net.neighbour(h.port, h.next_hop), net.port(h.port)) {
+            match (net.neighbour_ip(h.port, h.next_hop), net.port(h.port)) {
                 (Some(mac), Some(port)) => {
                     {
                         // SAFETY: a frame of this worker's UMEM; the

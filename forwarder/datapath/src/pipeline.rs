@@ -43,30 +43,43 @@
 //! - 802.1Q-tagged frames are dropped and counted (`vlan_tagged`);
 //! - a TTL that would reach zero is dropped and counted (`ttl_exceeded`):
 //!   cipgw is a routing hop and decrements TTL like one.
+//!
+//! Both address families take one generic path (`track`, over
+//! `PathFamily`): each has its own connection table, service table part
+//! and routes, and a VIP of one family only ever goes to endpoints of
+//! that family. IPv6 gets flows, rewrites (hop limit, checksums over the
+//! IPv6 pseudo-header), refusals (TCP RST, ICMPv6 port unreachable),
+//! echo replies for VIPs and the source checks; Neighbor Discovery, ICMPv6
+//! errors (not translated yet) and IPv6 not addressed to a VIP are the
+//! kernel's. What only IPv4 has so far: session affinity (an IPv6 Service
+//! with ClientIP affinity picks at random), Maglev, stateless replies,
+//! fragment following, ICMP error translation, source NAT and DNS.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use cipgw_config::Protocol;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::affinity::{Affinity, Refreshes};
 use crate::checksum::Delta;
 use crate::conntrack::{
-    Conntrack, Direction, FlowHit, FlowKey, FlowMeta, FlowState, InsertError, NO_SLOT,
+    Conntrack, ConntrackConfig, Direction, FlowHit, FlowKey, FlowMeta, FlowState, InsertError,
+    NO_SLOT,
 };
 use crate::counters::{DropReason, ServiceCounters, WorkerCounters};
 use crate::dns::DnsResponder;
+use crate::family::IpFamily;
 use crate::fragments::{DatagramId, FragmentRoute, FragmentTable};
 use crate::lb::Rng;
 use crate::reject::{self, RefusalLimiter};
 use crate::route::{NetSnapshot, PortId, RouteError};
-use crate::table::{CompiledTable, Miss, ReplyOwner, ServiceKey};
+use crate::table::{Backend, CompiledTable, Miss, ReplyOwner, ServiceKey};
 use crate::wire::ethernet::{self, EthernetFrame, MacAddr};
 use crate::wire::frame::{Frame, ParseError, L3, L4};
-use crate::wire::icmp;
 use crate::wire::tcp::flags as tcp_flags;
 use crate::wire::WireError;
+use crate::wire::{icmp, icmpv6};
 
 /// What happens to a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +95,7 @@ pub enum Verdict {
     Pass,
     /// Rewritten, but the next hop's MAC is not known yet: hold the frame
     /// and finish it with [`set_l2`] once the neighbour resolves.
-    AwaitNeighbour { port: PortId, next_hop: Ipv4Addr },
+    AwaitNeighbour { port: PortId, next_hop: IpAddr },
     /// Dropped, for the reason given.
     Drop(DropReason),
     /// Its content went elsewhere (a DNS query handed to the forwarding
@@ -103,20 +116,40 @@ pub struct BatchContext<'a> {
 /// Policy settings of the packet path.
 #[derive(Debug, Clone, Default)]
 pub struct PipelineConfig {
-    /// Source ranges VIP traffic is accepted from; empty accepts all.
-    pub cluster_cidrs: Vec<Ipv4Net>,
+    /// Source ranges VIP traffic is accepted from, either family (a
+    /// client matches only ranges of its own); empty accepts all.
+    pub cluster_cidrs: Vec<IpNet>,
+}
+
+/// What a worker keeps per address family: the family's connection
+/// table (shared by all workers) and the worker's caches in front of it
+/// and of the routes.
+#[derive(Debug)]
+struct FamilyPath<A: IpFamily> {
+    conntrack: Arc<Conntrack<A>>,
+    hops: NextHopCache<A>,
+    flows: FlowCache<A>,
+}
+
+impl<A: IpFamily> FamilyPath<A> {
+    fn new(conntrack: Arc<Conntrack<A>>) -> Self {
+        Self {
+            conntrack,
+            hops: NextHopCache::new(),
+            flows: FlowCache::new(),
+        }
+    }
 }
 
 /// One worker's packet pipeline.
 #[derive(Debug)]
 pub struct Pipeline {
-    conntrack: Arc<Conntrack>,
+    v4: FamilyPath<Ipv4Addr>,
+    v6: FamilyPath<Ipv6Addr>,
     affinity: Arc<Affinity>,
     counters: Arc<WorkerCounters>,
     config: PipelineConfig,
     rng: Rng,
-    hops: NextHopCache,
-    flows: FlowCache,
     /// Affinity bindings this worker refreshed this second.
     refreshes: Refreshes,
     refusals: RefusalLimiter,
@@ -137,13 +170,30 @@ pub struct Pipeline {
 pub const PREFETCH_BATCH: usize = 256;
 
 /// A resolved next hop for one destination: egress port and both MACs.
-#[derive(Debug, Clone, Copy, Default)]
-struct CachedHop {
-    /// Destination address; 0.0.0.0 marks an empty slot.
-    dst: u32,
+#[derive(Debug, Clone, Copy)]
+struct CachedHop<A> {
+    /// Destination address; the unspecified address marks an empty slot.
+    dst: A,
     port: PortId,
     src_mac: MacAddr,
     dst_mac: MacAddr,
+}
+
+impl<A: IpFamily> CachedHop<A> {
+    const EMPTY: Self = Self {
+        dst: A::UNSPECIFIED,
+        port: 0,
+        src_mac: [0; 6],
+        dst_mac: [0; 6],
+    };
+}
+
+/// An address folded into 32 bits for the direct-mapped caches (an IPv4
+/// address is itself).
+#[inline(always)]
+fn fold<A: IpFamily>(ip: A) -> u32 {
+    let bits = ip.bits();
+    (bits as u32) ^ ((bits >> 32) as u32) ^ ((bits >> 64) as u32) ^ ((bits >> 96) as u32)
 }
 
 /// A small direct-mapped, per-worker cache of destination -> next hop, so
@@ -151,18 +201,18 @@ struct CachedHop {
 /// also a route match and a neighbour lookup. Emptied whenever the network
 /// snapshot changes; only resolved next hops are cached.
 #[derive(Debug)]
-struct NextHopCache {
+struct NextHopCache<A> {
     snapshot: u64,
-    slots: Box<[CachedHop; NextHopCache::SLOTS]>,
+    slots: Box<[CachedHop<A>; NEXT_HOP_SLOTS]>,
 }
 
-impl NextHopCache {
-    const SLOTS: usize = 256;
+const NEXT_HOP_SLOTS: usize = 256;
 
+impl<A: IpFamily> NextHopCache<A> {
     fn new() -> Self {
         Self {
             snapshot: 0,
-            slots: Box::new([CachedHop::default(); Self::SLOTS]),
+            slots: Box::new([CachedHop::EMPTY; NEXT_HOP_SLOTS]),
         }
     }
 
@@ -173,18 +223,17 @@ impl NextHopCache {
     }
 
     #[inline]
-    fn lookup(&mut self, net: &NetSnapshot, dst: Ipv4Addr) -> Result<CachedHop, Verdict> {
+    fn lookup(&mut self, net: &NetSnapshot, dst: A) -> Result<CachedHop<A>, Verdict> {
         if self.snapshot != net.id() {
-            self.slots.fill(CachedHop::default());
+            self.slots.fill(CachedHop::EMPTY);
             self.snapshot = net.id();
         }
-        let key = u32::from(dst);
-        let slot = Self::slot(key);
+        let slot = Self::slot(fold(dst));
         let cached = self.slots[slot];
-        if cached.dst == key && key != 0 {
+        if cached.dst == dst && !dst.is_unspecified_addr() {
             return Ok(cached);
         }
-        let next_hop = net.next_hop(dst).map_err(|e| {
+        let next_hop = net.next_hop_of(dst).map_err(|e| {
             Verdict::Drop(match e {
                 RouteError::NoRoute => DropReason::NoRoute,
                 RouteError::NotAttached => DropReason::RouteNotAttached,
@@ -194,13 +243,13 @@ impl NextHopCache {
             .port(next_hop.port)
             .ok_or(Verdict::Drop(DropReason::RouteNotAttached))?;
         let mac = net
-            .neighbour(next_hop.port, next_hop.ip)
+            .neighbour_of(next_hop.port, next_hop.ip)
             .ok_or(Verdict::AwaitNeighbour {
                 port: next_hop.port,
-                next_hop: next_hop.ip,
+                next_hop: next_hop.ip.into(),
             })?;
         let hop = CachedHop {
-            dst: key,
+            dst,
             port: next_hop.port,
             src_mac: port.mac,
             dst_mac: mac,
@@ -222,14 +271,14 @@ impl NextHopCache {
 /// only replied flows are cached, so evictions of unreplied flows in a SYN
 /// flood do not empty it.
 #[derive(Debug)]
-struct FlowCache {
-    slots: Box<[CachedFlow]>,
+struct FlowCache<A> {
+    slots: Box<[CachedFlow<A>]>,
 }
 
 #[derive(Debug, Clone, Copy)]
-struct CachedFlow {
-    key: FlowKey,
-    hit: FlowHit,
+struct CachedFlow<A> {
+    key: FlowKey<A>,
+    hit: FlowHit<A>,
     /// The second the shared entry was last visited.
     touched: u32,
     /// Conntrack's removal count when cached: the entry is good while it
@@ -237,7 +286,7 @@ struct CachedFlow {
     removals: u64,
 }
 
-impl FlowCache {
+impl<A: IpFamily> FlowCache<A> {
     const SLOTS: usize = 4096;
 
     fn new() -> Self {
@@ -247,22 +296,22 @@ impl FlowCache {
     }
 
     #[inline(always)]
-    fn slot(key: &FlowKey) -> usize {
-        let a = u32::from(key.src) ^ u32::from(key.dst).rotate_left(16);
+    fn slot(key: &FlowKey<A>) -> usize {
+        let a = fold(key.src) ^ fold(key.dst).rotate_left(16);
         let b = (u32::from(key.src_port) << 16) | u32::from(key.dst_port);
         ((a ^ b.wrapping_mul(0x85eb_ca6b)).wrapping_mul(0x9e37_79b9) >> 20) as usize
     }
 
     /// A cached hit for `key`, if it is fresh this second.
     #[inline]
-    fn get(&self, key: &FlowKey, now: u32, removals: u64) -> Option<FlowHit> {
+    fn get(&self, key: &FlowKey<A>, now: u32, removals: u64) -> Option<FlowHit<A>> {
         let cached = self.slots.get(Self::slot(key))?;
         (cached.touched == now && cached.removals == removals && cached.key == *key)
             .then_some(cached.hit)
     }
 
     #[inline]
-    fn put(&mut self, key: FlowKey, hit: FlowHit, now: u32, removals: u64) {
+    fn put(&mut self, key: FlowKey<A>, hit: FlowHit<A>, now: u32, removals: u64) {
         if self.slots.is_empty() {
             // Allocated at the first established flow, not per pipeline.
             self.slots = vec![
@@ -291,14 +340,14 @@ type FrameMut<'a> = Frame<&'a mut [u8]>;
 
 /// A TCP or UDP frame's flow: what conntrack is asked about.
 #[derive(Debug, Clone, Copy)]
-struct Flow {
-    key: FlowKey,
+struct Flow<A = Ipv4Addr> {
+    key: FlowKey<A>,
     ttl: u8,
     /// TCP control bits (0 for UDP).
     tcp_flags: u8,
 }
 
-/// What the headers say about a frame.
+/// What the headers say about an IPv4 frame.
 enum Classified {
     /// TCP or UDP: track and forward.
     Flow(Flow),
@@ -320,14 +369,20 @@ enum Denied {
 
 impl Pipeline {
     pub fn new(conntrack: Arc<Conntrack>, counters: Arc<WorkerCounters>, rng: Rng) -> Self {
+        // A small IPv6 table of its own until `with_conntrack6` gives the
+        // one the workers share. (The gateway does not steer IPv6 to its
+        // workers yet: its XDP program redirects IPv4 only.)
+        let conntrack6 = Arc::new(Conntrack::new(ConntrackConfig {
+            max_flows: 1024,
+            ..ConntrackConfig::default()
+        }));
         Self {
-            conntrack,
+            v4: FamilyPath::new(conntrack),
+            v6: FamilyPath::new(conntrack6),
             affinity: Arc::new(Affinity::default()),
             counters,
             config: PipelineConfig::default(),
             rng,
-            hops: NextHopCache::new(),
-            flows: FlowCache::new(),
             refreshes: Refreshes::default(),
             refusals: RefusalLimiter::default(),
             services: None,
@@ -356,8 +411,8 @@ impl Pipeline {
             return;
         };
         if let Some(slot) = self.prefetching.get_mut(self.prefetched) {
-            let hash = self.conntrack.hash(&key);
-            self.conntrack.prefetch_index(hash);
+            let hash = self.v4.conntrack.hash(&key);
+            self.v4.conntrack.prefetch_index(hash);
             *slot = hash;
             self.prefetched += 1;
         }
@@ -367,7 +422,7 @@ impl Pipeline {
     #[inline]
     pub fn prefetch_flows(&mut self) {
         for &hash in &self.prefetching[..self.prefetched] {
-            self.conntrack.prefetch_flow(hash);
+            self.v4.conntrack.prefetch_flow(hash);
         }
         self.prefetched = 0;
     }
@@ -376,6 +431,12 @@ impl Pipeline {
     /// table gives each (Service port, endpoint).
     pub fn with_service_counters(mut self, counters: Arc<ServiceCounters>) -> Self {
         self.services = Some(counters);
+        self
+    }
+
+    /// Tracks IPv6 flows in `conntrack`, the IPv6 table all workers share.
+    pub fn with_conntrack6(mut self, conntrack: Arc<Conntrack<Ipv6Addr>>) -> Self {
+        self.v6 = FamilyPath::new(conntrack);
         self
     }
 
@@ -441,7 +502,7 @@ impl Pipeline {
         ingress: PortId,
         ctx: &BatchContext<'_>,
     ) -> Verdict {
-        let mut frame = match Frame::parse(buf, len) {
+        let frame = match Frame::parse(buf, len) {
             Ok(frame) => frame,
             Err(e) => return parse_verdict(e),
         };
@@ -450,6 +511,21 @@ impl Pipeline {
                 return dns.answer_frame(frame, ingress, ctx);
             }
         }
+        match frame.l3() {
+            L3::Ipv4 { .. } => self.ipv4(frame, len, ingress, ctx),
+            L3::Ipv6 { .. } => self.ipv6(frame, len, ingress, ctx),
+        }
+    }
+
+    /// An IPv4 frame: a flow, or ICMP, or a later fragment.
+    #[inline]
+    fn ipv4(
+        &mut self,
+        frame: FrameMut<'_>,
+        len: usize,
+        ingress: PortId,
+        ctx: &BatchContext<'_>,
+    ) -> Verdict {
         let flow = match classify(&frame, ctx.table) {
             Ok(Classified::Flow(flow)) => flow,
             Ok(Classified::EchoToVip { src, dst }) => {
@@ -461,20 +537,69 @@ impl Pipeline {
             }
             Err(v) => return v,
         };
+        self.track(frame, flow, len, ingress, ctx)
+    }
+
+    /// An IPv6 frame: a flow, or an echo request to a VIP. Neighbor
+    /// Discovery, ICMPv6 errors (not translated yet) and whatever is not
+    /// addressed to a VIP are the kernel's.
+    #[inline]
+    fn ipv6(
+        &mut self,
+        frame: FrameMut<'_>,
+        len: usize,
+        ingress: PortId,
+        ctx: &BatchContext<'_>,
+    ) -> Verdict {
+        if let Some(flow) = Ipv6Addr::flow_of(&frame) {
+            return self.track(frame, flow, len, ingress, ctx);
+        }
+        let L3::Ipv6 { src, dst, .. } = frame.l3() else {
+            return Verdict::Pass;
+        };
+        let table = ctx.table.v6();
+        match frame.l4() {
+            L4::Fragment { .. } if table.is_vip(dst) => Verdict::Drop(DropReason::Fragment),
+            L4::Icmpv6 { msg_type, .. }
+                if icmpv6::is_error(msg_type) || icmpv6::is_neighbor_discovery(msg_type) =>
+            {
+                Verdict::Pass
+            }
+            _ if !table.is_vip(dst) => Verdict::Pass,
+            L4::Icmpv6 {
+                msg_type: icmpv6::kind::ECHO_REQUEST,
+                ..
+            } => self.echo_to_vip(frame, ingress, src, dst, ctx),
+            _ => Verdict::Drop(DropReason::UnsupportedProtocol),
+        }
+    }
+
+    /// A TCP or UDP packet of either family: found in (or added to) the
+    /// family's connection table, rewritten, and addressed.
+    #[inline]
+    fn track<A: PathFamily>(
+        &mut self,
+        mut frame: FrameMut<'_>,
+        flow: Flow<A>,
+        len: usize,
+        ingress: PortId,
+        ctx: &BatchContext<'_>,
+    ) -> Verdict {
         let key = flow.key;
 
         // Packets that may change a flow's state always see the table.
         let steady = flow.tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0;
         // Read before the table lookup, so a flow cached below carries a
         // count no newer than what the lookup saw.
-        let removals = steady.then(|| self.conntrack.removals());
-        let cached = removals.and_then(|r| self.flows.get(&key, ctx.now, r));
+        let removals = steady.then(|| A::path(self).conntrack.removals());
+        let cached = removals.and_then(|r| A::path(self).flows.get(&key, ctx.now, r));
         let mut hit = match cached {
             Some(hit) => hit,
             None => {
                 // Hashed once for the lookup and, on a miss, the insert.
-                let hash = self.conntrack.hash(&key);
-                match self
+                let path = A::path(self);
+                let hash = path.conntrack.hash(&key);
+                match path
                     .conntrack
                     .lookup_hashed(&key, hash, ctx.now, flow.tcp_flags)
                 {
@@ -484,7 +609,7 @@ impl Pipeline {
                                 hit.state,
                                 FlowState::TcpEstablished | FlowState::UdpReplied
                             ) {
-                                self.flows.put(key, hit, ctx.now, removals);
+                                path.flows.put(key, hit, ctx.now, removals);
                             }
                         }
                         hit
@@ -497,7 +622,10 @@ impl Pipeline {
             }
         };
         if hit.direction == Direction::Forward
-            && ctx.table.retires(&key, (hit.nat_ip, hit.nat_port))
+            && ctx
+                .table
+                .family::<A>()
+                .retires(&key, (hit.nat_ip, hit.nat_port))
         {
             hit = match self.retired_flow(&frame, &flow, &hit, ctx) {
                 Ok(hit) => hit,
@@ -511,7 +639,7 @@ impl Pipeline {
             Direction::Forward => self.counters.forwarded.inc(),
             Direction::Reply => self.counters.replies.inc(),
         }
-        self.conntrack.account(&hit, len);
+        A::path(self).conntrack.account(&hit, len);
         if hit.slot != NO_SLOT {
             if let Some(c) = self.services.as_ref().and_then(|s| s.get(hit.slot)) {
                 c.packets.inc();
@@ -519,15 +647,7 @@ impl Pipeline {
             }
         }
         if hit.affinity && hit.direction == Direction::Forward {
-            // Affinity lasts from the client's last packet; refreshed at
-            // most once a second per binding from this worker.
-            let service = ServiceKey {
-                vip: key.dst,
-                port: key.dst_port,
-                protocol: key.protocol,
-            };
-            self.refreshes
-                .touch(&self.affinity, service, key.src, ctx.now);
+            A::refresh_affinity(self, &key, ctx.now);
         }
         rewrite(&mut frame, &flow, &hit);
         if let Some(snat) = hit.snat {
@@ -540,9 +660,20 @@ impl Pipeline {
             (Direction::Reply, Some((client, _))) => client,
         };
         if frame.fragment().is_some() {
-            self.remember_first_fragment(&frame, &key, ctx.now);
+            A::remember_first_fragment(self, &frame, &key, ctx.now);
         }
         self.address(&mut frame, dst, ctx.net)
+    }
+
+    /// Affinity lasts from the client's last packet; refreshed at most
+    /// once a second per binding from this worker (IPv4).
+    fn refresh_affinity(&mut self, key: &FlowKey, now: u32) {
+        let service = ServiceKey {
+            vip: key.dst,
+            port: key.dst_port,
+            protocol: key.protocol,
+        };
+        self.refreshes.touch(&self.affinity, service, key.src, now);
     }
 
     /// A datagram's first fragment went out rewritten: its later
@@ -641,7 +772,7 @@ impl Pipeline {
             dst_port: quoted.src_port,
             protocol,
         };
-        let Some(hit) = self.conntrack.peek(&key) else {
+        let Some(hit) = self.v4.conntrack.peek(&key) else {
             // Not about a flow of ours: the kernel's, unless it names a
             // VIP or a backend port (then the XDP program sent it here).
             let ours = ctx.table.is_vip(dst)
@@ -697,8 +828,13 @@ impl Pipeline {
     /// The next-hop step: addresses `frame` to the next hop towards `dst`
     /// and names the port it leaves from.
     #[inline]
-    fn address(&mut self, frame: &mut FrameMut<'_>, dst: Ipv4Addr, net: &NetSnapshot) -> Verdict {
-        match self.hops.lookup(net, dst) {
+    fn address<A: PathFamily>(
+        &mut self,
+        frame: &mut FrameMut<'_>,
+        dst: A,
+        net: &NetSnapshot,
+    ) -> Verdict {
+        match A::path(self).hops.lookup(net, dst) {
             Ok(hop) => {
                 let mut eth = frame.ethernet_mut();
                 eth.set_source(hop.src_mac);
@@ -711,11 +847,11 @@ impl Pipeline {
 
     /// The verdict for a packet that was not given a flow.
     #[cold]
-    fn deny(
+    fn deny<A: PathFamily>(
         &mut self,
         frame: FrameMut<'_>,
         ingress: PortId,
-        key: &FlowKey,
+        key: &FlowKey<A>,
         denied: Denied,
         ctx: &BatchContext<'_>,
     ) -> Verdict {
@@ -730,34 +866,32 @@ impl Pipeline {
     /// the first of a new one (a UDP datagram picks a live endpoint, a TCP
     /// segment other than a SYN is answered with a RST).
     #[cold]
-    fn retired_flow(
+    fn retired_flow<A: PathFamily>(
         &mut self,
         frame: &FrameMut<'_>,
-        flow: &Flow,
-        hit: &FlowHit,
+        flow: &Flow<A>,
+        hit: &FlowHit<A>,
         ctx: &BatchContext<'_>,
-    ) -> Result<FlowHit, Denied> {
-        self.conntrack
-            .retire_flow(&flow.key, (hit.nat_ip, hit.nat_port));
-        let hash = self.conntrack.hash(&flow.key);
+    ) -> Result<FlowHit<A>, Denied> {
+        let conntrack = &A::path(self).conntrack;
+        conntrack.retire_flow(&flow.key, (hit.nat_ip, hit.nat_port));
+        let hash = conntrack.hash(&flow.key);
         self.new_flow(frame, flow, hash, ctx)
     }
 
     /// A packet no flow knows: a new connection to a VIP, or not ours.
     #[cold]
-    fn new_flow(
+    fn new_flow<A: PathFamily>(
         &mut self,
         frame: &FrameMut<'_>,
-        flow: &Flow,
+        flow: &Flow<A>,
         hash: u64,
         ctx: &BatchContext<'_>,
-    ) -> Result<FlowHit, Denied> {
+    ) -> Result<FlowHit<A>, Denied> {
         let key = &flow.key;
-        if !ctx.table.is_vip(key.dst) {
-            return match ctx.table.reply_owner(key.src, key.src_port, key.protocol) {
-                Some(owner) => self.stateless_reply(flow, owner, ctx),
-                None => Err(Denied::Verdict(Verdict::Pass)),
-            };
+        let table = ctx.table.family::<A>();
+        if !table.is_vip(key.dst) {
+            return A::not_to_a_vip(self, flow, ctx);
         }
         self.check_source(frame, key.src, ctx)
             .map_err(Denied::Verdict)?;
@@ -771,7 +905,7 @@ impl Pipeline {
                 return Err(Denied::Verdict(Verdict::Drop(DropReason::TcpNoFlow)));
             }
             if f & tcp_flags::SYN == 0 {
-                return self.adopt(flow, hash, ctx);
+                return A::adopt(self, flow, hash, ctx);
             }
             if f & tcp_flags::ACK != 0 {
                 return Err(Denied::Refuse(DropReason::TcpNoFlow));
@@ -782,24 +916,20 @@ impl Pipeline {
             port: key.dst_port,
             protocol: key.protocol,
         };
-        let entry = match ctx.table.lookup(&service) {
+        let entry = match table.lookup(&service) {
             Ok(entry) => entry,
             Err(Miss::NoPort) => return Err(Denied::Refuse(DropReason::NoServicePort)),
             Err(Miss::NoEndpoints) => return Err(Denied::Refuse(DropReason::NoEndpoints)),
             Err(Miss::NotVip) => return Err(Denied::Verdict(Verdict::Pass)),
         };
         let backends = &entry.backends;
-        let first = match entry.affinity {
-            Some(timeout) => {
-                let chosen =
-                    self.affinity
-                        .pick(service, key.src, backends, timeout, ctx.now, &mut self.rng);
-                backends.iter().position(|b| *b == chosen).unwrap_or(0)
-            }
-            None => match &entry.maglev {
-                Some(maglev) => maglev.pick(key),
-                None => self.rng.below(backends.len()),
-            },
+        let affine = entry
+            .affinity
+            .and_then(|timeout| A::pick_affine(self, service, key.src, backends, timeout, ctx));
+        let first = match (affine, &entry.maglev) {
+            (Some(index), _) => index,
+            (None, Some(maglev)) => A::maglev_pick(maglev, key),
+            (None, None) => self.rng.below(backends.len()),
         };
         // A reply-key clash is retried on another backend a few times
         // before the connection is given up.
@@ -811,7 +941,7 @@ impl Pipeline {
                 affinity: entry.affinity.is_some(),
                 slot,
             };
-            match self.conntrack.insert_hashed(
+            match A::path(self).conntrack.insert_hashed(
                 *key,
                 hash,
                 (backend.ip, backend.port),
@@ -865,6 +995,7 @@ impl Pipeline {
             slot: entry.slot_of(index),
         };
         match self
+            .v4
             .conntrack
             .insert_hashed(*key, hash, (backend.ip, backend.port), ctx.now, meta)
         {
@@ -896,7 +1027,7 @@ impl Pipeline {
     ) -> Result<FlowHit, Denied> {
         // With source NAT a backend answers the gateway's address, not
         // the client's: an untracked reply says nothing of its client.
-        if self.conntrack.snat_ports().is_some() {
+        if self.v4.conntrack.snat_ports().is_some() {
             return Err(Denied::Verdict(Verdict::Drop(DropReason::ReplyWithoutFlow)));
         }
         let service = match owner {
@@ -915,12 +1046,7 @@ impl Pipeline {
             .filter(|entry| entry.maglev.is_some());
         let reply = &flow.key;
         // The client must be one that may open connections to VIPs.
-        let client_allowed = self.config.cluster_cidrs.is_empty()
-            || self
-                .config
-                .cluster_cidrs
-                .iter()
-                .any(|c| c.contains(&reply.dst));
+        let client_allowed = self.in_cluster(IpAddr::V4(reply.dst));
         let (Some(entry), true) = (maglev_port, client_allowed) else {
             return Err(Denied::Verdict(Verdict::Drop(DropReason::ReplyWithoutFlow)));
         };
@@ -940,6 +1066,7 @@ impl Pipeline {
             slot: endpoint.map_or(NO_SLOT, |index| entry.slot_of(index)),
         };
         match self
+            .v4
             .conntrack
             .insert(forward, (reply.src, reply.src_port), ctx.now, meta)
         {
@@ -959,6 +1086,7 @@ impl Pipeline {
         // The reply direction of the flow just tracked (or of the one a
         // racing worker tracked first), with this packet's flags applied.
         match self
+            .v4
             .conntrack
             .lookup(reply, ctx.now, flow.tcp_flags)
             .filter(|hit| hit.direction == Direction::Reply)
@@ -972,39 +1100,39 @@ impl Pipeline {
     }
 
     /// Whether a source may open connections to VIPs.
-    fn check_source(
+    fn check_source<A: PathFamily>(
         &self,
         frame: &FrameMut<'_>,
-        src: Ipv4Addr,
+        src: A,
         ctx: &BatchContext<'_>,
     ) -> Result<(), Verdict> {
-        if ethernet::is_multicast(frame.ethernet().source())
-            || src.is_multicast()
-            || src.is_broadcast()
-            || src.is_loopback()
-            || src.octets()[0] == 0
-        {
+        if ethernet::is_multicast(frame.ethernet().source()) || !A::may_be_client(src) {
             return Err(Verdict::Drop(DropReason::BadSource));
         }
-        if ctx.table.is_vip(src) {
+        if ctx.table.family::<A>().is_vip(src) {
             return Err(Verdict::Drop(DropReason::VipAsSource));
         }
-        if !self.config.cluster_cidrs.is_empty()
-            && !self.config.cluster_cidrs.iter().any(|c| c.contains(&src))
-        {
+        if !self.in_cluster(src.into()) {
             return Err(Verdict::Drop(DropReason::SourceNotInCluster));
         }
         Ok(())
     }
 
+    /// Whether `ip` lies in `--cluster-cidr` (every address does when
+    /// none is given); an address matches only ranges of its family.
+    fn in_cluster(&self, ip: IpAddr) -> bool {
+        let cidrs = &self.config.cluster_cidrs;
+        cidrs.is_empty() || cidrs.iter().any(|c| c.contains(&ip))
+    }
+
     /// Refuses a connection: counts `reason`, and answers with a RST (TCP)
     /// or ICMP port unreachable (UDP) when the rate limit allows.
     #[cold]
-    fn refuse(
+    fn refuse<A: PathFamily>(
         &mut self,
         frame: FrameMut<'_>,
         ingress: PortId,
-        key: &FlowKey,
+        key: &FlowKey<A>,
         reason: DropReason,
         ctx: &BatchContext<'_>,
     ) -> Verdict {
@@ -1033,18 +1161,18 @@ impl Pipeline {
 
     /// An echo request to a VIP: answered when the Service has endpoints.
     #[cold]
-    fn echo_to_vip(
+    fn echo_to_vip<A: PathFamily>(
         &mut self,
         frame: FrameMut<'_>,
         ingress: PortId,
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
+        src: A,
+        dst: A,
         ctx: &BatchContext<'_>,
     ) -> Verdict {
         if let Err(v) = self.check_source(&frame, src, ctx) {
             return v;
         }
-        if !ctx.table.vip_has_endpoints(dst) {
+        if !ctx.table.family::<A>().vip_has_endpoints(dst) {
             return Verdict::Drop(DropReason::NoEndpoints);
         }
         let Some(port) = ctx.net.port(ingress) else {
@@ -1091,13 +1219,17 @@ fn parse_verdict(e: ParseError) -> Verdict {
     }
 }
 
-/// The flow of a TCP or UDP frame that is not a fragment.
+/// The flow of an IPv4 TCP or UDP frame that is not a later fragment.
 #[inline]
 fn flow_of<T: AsRef<[u8]>>(frame: &Frame<T>) -> Option<Flow> {
-    let L3::Ipv4 { src, dst, ttl } = frame.l3() else {
-        return None;
-    };
-    let (protocol, src_port, dst_port, tcp_flags) = match frame.l4() {
+    Ipv4Addr::flow_of(frame)
+}
+
+/// The ports and control bits of a TCP or UDP frame (not a later
+/// fragment).
+#[inline]
+fn ports_of<T: AsRef<[u8]>>(frame: &Frame<T>) -> Option<(Protocol, u16, u16, u8)> {
+    Some(match frame.l4() {
         L4::Tcp {
             src_port,
             dst_port,
@@ -1107,17 +1239,6 @@ fn flow_of<T: AsRef<[u8]>>(frame: &Frame<T>) -> Option<Flow> {
         L4::Icmp { .. } | L4::Icmpv6 { .. } | L4::Fragment { .. } | L4::Other { .. } => {
             return None
         }
-    };
-    Some(Flow {
-        key: FlowKey {
-            src,
-            dst,
-            src_port,
-            dst_port,
-            protocol,
-        },
-        ttl,
-        tcp_flags,
     })
 }
 
@@ -1152,36 +1273,30 @@ fn classify(frame: &FrameMut<'_>, table: &CompiledTable) -> Result<Classified, V
     }
 }
 
-/// Rewrites addresses, ports, TTL and checksums in place (RFC 1624),
-/// through the views of the parsed frame.
+/// Rewrites addresses, ports, TTL (hop limit) and checksums in place
+/// (RFC 1624), through the views of the parsed frame.
 #[inline]
-fn rewrite(frame: &mut FrameMut<'_>, flow: &Flow, hit: &FlowHit) {
+fn rewrite<A: PathFamily>(frame: &mut FrameMut<'_>, flow: &Flow<A>, hit: &FlowHit<A>) {
     let key = &flow.key;
     let (old_addr, old_port) = match hit.direction {
         Direction::Forward => (key.dst, key.dst_port),
         Direction::Reply => (key.src, key.src_port),
     };
-    let addr_delta = Delta::default().addr(old_addr.octets(), hit.nat_ip.octets());
-    // TTL shares a 16-bit word with the protocol number.
-    let proto = key.protocol.ip_number();
-    let ttl = flow.ttl;
-    let ip_delta = addr_delta.word(
-        u16::from_be_bytes([ttl, proto]),
-        u16::from_be_bytes([ttl - 1, proto]),
+    let slot = match hit.direction {
+        Direction::Forward => AddressSlot::Destination,
+        Direction::Reply => AddressSlot::Source,
+    };
+    // The views exist for the headers parse found; were one missing, its
+    // rewrite would be skipped, never read out of bounds.
+    let addr_delta = A::rewrite_ip(
+        frame,
+        slot,
+        old_addr,
+        hit.nat_ip,
+        Some((flow.ttl, key.protocol.ip_number())),
     );
     // The L4 checksum covers the addresses through the pseudo-header.
     let l4_delta = addr_delta.word(old_port, hit.nat_port);
-
-    // The views exist for the headers parse found; were one missing, its
-    // rewrite would be skipped, never read out of bounds.
-    if let Some(mut ip) = frame.ipv4_mut() {
-        match hit.direction {
-            Direction::Forward => ip.set_destination(hit.nat_ip),
-            Direction::Reply => ip.set_source(hit.nat_ip),
-        }
-        ip.set_ttl(ttl - 1);
-        ip.set_checksum(ip_delta.apply(ip.checksum()));
-    }
     match key.protocol {
         Protocol::Tcp => {
             if let Some(mut tcp) = frame.tcp_mut() {
@@ -1210,26 +1325,19 @@ fn rewrite(frame: &mut FrameMut<'_>, flow: &Flow, hit: &FlowHit) {
 /// Kept out of line: the packet path without source NAT stays as compact
 /// as before, and a call is little next to the rewrite itself.
 #[inline(never)]
-fn rewrite_snat(
+fn rewrite_snat<A: PathFamily>(
     frame: &mut FrameMut<'_>,
-    flow: &Flow,
+    flow: &Flow<A>,
     direction: Direction,
-    (new_addr, new_port): (Ipv4Addr, u16),
+    (new_addr, new_port): (A, u16),
 ) {
     let key = &flow.key;
-    let (old_addr, old_port) = match direction {
-        Direction::Forward => (key.src, key.src_port),
-        Direction::Reply => (key.dst, key.dst_port),
+    let (old_addr, old_port, slot) = match direction {
+        Direction::Forward => (key.src, key.src_port, AddressSlot::Source),
+        Direction::Reply => (key.dst, key.dst_port, AddressSlot::Destination),
     };
-    let ip_delta = Delta::default().addr(old_addr.octets(), new_addr.octets());
-    let l4_delta = ip_delta.word(old_port, new_port);
-    if let Some(mut ip) = frame.ipv4_mut() {
-        match direction {
-            Direction::Forward => ip.set_source(new_addr),
-            Direction::Reply => ip.set_destination(new_addr),
-        }
-        ip.set_checksum(ip_delta.apply(ip.checksum()));
-    }
+    let addr_delta = A::rewrite_ip(frame, slot, old_addr, new_addr, None);
+    let l4_delta = addr_delta.word(old_port, new_port);
     match key.protocol {
         Protocol::Tcp => {
             if let Some(mut tcp) = frame.tcp_mut() {
@@ -1249,6 +1357,263 @@ fn rewrite_snat(
                 udp.set_checksum(l4_delta.apply_udp(udp.checksum()));
             }
         }
+    }
+}
+
+/// Which address of the IP header a rewrite changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AddressSlot {
+    Source,
+    Destination,
+}
+
+/// What the packet path does differently per address family: reading a
+/// frame's flow, rewriting the IP header, which sources may be clients,
+/// and the parts only IPv4 has so far (session affinity, Maglev, stateless
+/// replies, fragment tracking), which IPv6 answers with their defaults.
+/// Everything else in the pipeline is one generic path over this.
+trait PathFamily: IpFamily {
+    /// This family's state in the pipeline.
+    fn path(p: &mut Pipeline) -> &mut FamilyPath<Self>;
+
+    /// The flow of a TCP or UDP frame of this family that is not a later
+    /// fragment.
+    fn flow_of<T: AsRef<[u8]>>(frame: &Frame<T>) -> Option<Flow<Self>>;
+
+    /// Writes `new` over the address in `slot` (whose value is `old`),
+    /// and when `ttl` is `Some((ttl, protocol))` decrements the TTL or hop
+    /// limit; updates the IPv4 header checksum. Returns the address's
+    /// part of the transport checksum's delta (the pseudo-header).
+    fn rewrite_ip(
+        frame: &mut FrameMut<'_>,
+        slot: AddressSlot,
+        old: Self,
+        new: Self,
+        ttl: Option<(u8, u8)>,
+    ) -> Delta;
+
+    /// Whether a packet from `src` may open a connection: not multicast,
+    /// loopback, unspecified (or IPv4 broadcast and 0.0.0.0/8).
+    fn may_be_client(src: Self) -> bool;
+
+    /// A packet with no flow to an address that is no VIP: a reply of a
+    /// flow another gateway carried (IPv4 under Maglev), or the kernel's.
+    fn not_to_a_vip(
+        _p: &mut Pipeline,
+        _flow: &Flow<Self>,
+        _ctx: &BatchContext<'_>,
+    ) -> Result<FlowHit<Self>, Denied> {
+        Err(Denied::Verdict(Verdict::Pass))
+    }
+
+    /// A TCP segment other than a SYN of no flow: picked up under Maglev
+    /// (IPv4), else refused.
+    fn adopt(
+        _p: &mut Pipeline,
+        _flow: &Flow<Self>,
+        _hash: u64,
+        _ctx: &BatchContext<'_>,
+    ) -> Result<FlowHit<Self>, Denied> {
+        Err(Denied::Refuse(DropReason::TcpNoFlow))
+    }
+
+    /// The backend session affinity binds the client to, as an index into
+    /// `backends` (IPv4); `None` picks as without affinity.
+    fn pick_affine(
+        _p: &mut Pipeline,
+        _service: ServiceKey<Self>,
+        _client: Self,
+        _backends: &[Backend<Self>],
+        _timeout: u32,
+        _ctx: &BatchContext<'_>,
+    ) -> Option<usize> {
+        None
+    }
+
+    /// The Maglev table's backend for `key`.
+    fn maglev_pick(_maglev: &crate::maglev::MaglevTable, _key: &FlowKey<Self>) -> usize {
+        0
+    }
+
+    /// Refreshes the client's affinity binding (IPv4).
+    fn refresh_affinity(_p: &mut Pipeline, _key: &FlowKey<Self>, _now: u32) {}
+
+    /// Remembers where a first fragment went, for the later ones (IPv4).
+    fn remember_first_fragment(
+        _p: &mut Pipeline,
+        _frame: &FrameMut<'_>,
+        _key: &FlowKey<Self>,
+        _now: u32,
+    ) {
+    }
+}
+
+impl PathFamily for Ipv4Addr {
+    #[inline(always)]
+    fn path(p: &mut Pipeline) -> &mut FamilyPath<Self> {
+        &mut p.v4
+    }
+
+    #[inline]
+    fn flow_of<T: AsRef<[u8]>>(frame: &Frame<T>) -> Option<Flow<Self>> {
+        let L3::Ipv4 { src, dst, ttl } = frame.l3() else {
+            return None;
+        };
+        let (protocol, src_port, dst_port, tcp_flags) = ports_of(frame)?;
+        Some(Flow {
+            key: FlowKey {
+                src,
+                dst,
+                src_port,
+                dst_port,
+                protocol,
+            },
+            ttl,
+            tcp_flags,
+        })
+    }
+
+    #[inline]
+    fn rewrite_ip(
+        frame: &mut FrameMut<'_>,
+        slot: AddressSlot,
+        old: Self,
+        new: Self,
+        ttl: Option<(u8, u8)>,
+    ) -> Delta {
+        let addr_delta = Delta::default().addr(old.octets(), new.octets());
+        // TTL shares a 16-bit word with the protocol number.
+        let ip_delta = match ttl {
+            Some((ttl, proto)) => addr_delta.word(
+                u16::from_be_bytes([ttl, proto]),
+                u16::from_be_bytes([ttl.wrapping_sub(1), proto]),
+            ),
+            None => addr_delta,
+        };
+        if let Some(mut ip) = frame.ipv4_mut() {
+            match slot {
+                AddressSlot::Destination => ip.set_destination(new),
+                AddressSlot::Source => ip.set_source(new),
+            }
+            if let Some((ttl, _)) = ttl {
+                ip.set_ttl(ttl.wrapping_sub(1));
+            }
+            ip.set_checksum(ip_delta.apply(ip.checksum()));
+        }
+        addr_delta
+    }
+
+    fn may_be_client(src: Self) -> bool {
+        !(src.is_multicast() || src.is_broadcast() || src.is_loopback() || src.octets()[0] == 0)
+    }
+
+    fn not_to_a_vip(
+        p: &mut Pipeline,
+        flow: &Flow<Self>,
+        ctx: &BatchContext<'_>,
+    ) -> Result<FlowHit<Self>, Denied> {
+        let key = &flow.key;
+        match ctx.table.reply_owner(key.src, key.src_port, key.protocol) {
+            Some(owner) => p.stateless_reply(flow, owner, ctx),
+            None => Err(Denied::Verdict(Verdict::Pass)),
+        }
+    }
+
+    fn adopt(
+        p: &mut Pipeline,
+        flow: &Flow<Self>,
+        hash: u64,
+        ctx: &BatchContext<'_>,
+    ) -> Result<FlowHit<Self>, Denied> {
+        p.adopt(flow, hash, ctx)
+    }
+
+    fn pick_affine(
+        p: &mut Pipeline,
+        service: ServiceKey<Self>,
+        client: Self,
+        backends: &[Backend<Self>],
+        timeout: u32,
+        ctx: &BatchContext<'_>,
+    ) -> Option<usize> {
+        let chosen = p
+            .affinity
+            .pick(service, client, backends, timeout, ctx.now, &mut p.rng);
+        Some(backends.iter().position(|b| *b == chosen).unwrap_or(0))
+    }
+
+    #[inline]
+    fn maglev_pick(maglev: &crate::maglev::MaglevTable, key: &FlowKey<Self>) -> usize {
+        maglev.pick(key)
+    }
+
+    fn refresh_affinity(p: &mut Pipeline, key: &FlowKey<Self>, now: u32) {
+        p.refresh_affinity(key, now);
+    }
+
+    fn remember_first_fragment(
+        p: &mut Pipeline,
+        frame: &FrameMut<'_>,
+        key: &FlowKey<Self>,
+        now: u32,
+    ) {
+        p.remember_first_fragment(frame, key, now);
+    }
+}
+
+impl PathFamily for Ipv6Addr {
+    #[inline(always)]
+    fn path(p: &mut Pipeline) -> &mut FamilyPath<Self> {
+        &mut p.v6
+    }
+
+    #[inline]
+    fn flow_of<T: AsRef<[u8]>>(frame: &Frame<T>) -> Option<Flow<Self>> {
+        let L3::Ipv6 {
+            src,
+            dst,
+            hop_limit,
+        } = frame.l3()
+        else {
+            return None;
+        };
+        let (protocol, src_port, dst_port, tcp_flags) = ports_of(frame)?;
+        Some(Flow {
+            key: FlowKey {
+                src,
+                dst,
+                src_port,
+                dst_port,
+                protocol,
+            },
+            ttl: hop_limit,
+            tcp_flags,
+        })
+    }
+
+    #[inline]
+    fn rewrite_ip(
+        frame: &mut FrameMut<'_>,
+        slot: AddressSlot,
+        old: Self,
+        new: Self,
+        ttl: Option<(u8, u8)>,
+    ) -> Delta {
+        if let Some(mut ip) = frame.ipv6_mut() {
+            match slot {
+                AddressSlot::Destination => ip.set_destination(new),
+                AddressSlot::Source => ip.set_source(new),
+            }
+            // No header checksum in IPv6; the hop limit is covered by none.
+            if let Some((hop_limit, _)) = ttl {
+                ip.set_hop_limit(hop_limit.wrapping_sub(1));
+            }
+        }
+        Delta::default().addr6(old.octets(), new.octets())
+    }
+
+    fn may_be_client(src: Self) -> bool {
+        !(src.is_multicast() || src.is_loopback() || src.is_unspecified())
     }
 }
 
@@ -1273,3 +1638,7 @@ mod maglev_tests;
 #[cfg(test)]
 #[path = "pipeline_icmp_tests.rs"]
 mod icmp_tests;
+
+#[cfg(test)]
+#[path = "pipeline_ipv6_tests.rs"]
+mod ipv6_tests;

@@ -367,7 +367,7 @@ fn errors_without_a_flow_redirects_and_broken_errors_are_dropped() {
 #[test]
 fn an_error_leaves_the_flow_state_alone() {
     let mut h = harness(false);
-    let ct = Arc::clone(&h.pipeline.conntrack);
+    let ct = Arc::clone(&h.pipeline.v4.conntrack);
     let forwarded = open_tcp_flow(&mut h, 40000);
     let states = || {
         let mut states = Vec::new();

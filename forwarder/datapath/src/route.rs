@@ -201,6 +201,15 @@ impl NetSnapshot {
         self.neighbour_of(port, ip)
     }
 
+    /// The MAC of a resolved neighbour on a port, by an address of
+    /// either family.
+    pub fn neighbour_ip(&self, port: PortId, ip: std::net::IpAddr) -> Option<MacAddr> {
+        match ip {
+            std::net::IpAddr::V4(v4) => self.neighbour_of(port, v4),
+            std::net::IpAddr::V6(v6) => self.neighbour_of(port, v6),
+        }
+    }
+
     /// The MAC of a resolved neighbour of either family on a port.
     pub fn neighbour_of<A: IpFamily>(&self, port: PortId, ip: A) -> Option<MacAddr> {
         let ifindex = self.ports.get(usize::from(port))?.ifindex;

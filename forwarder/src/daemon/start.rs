@@ -809,17 +809,11 @@ fn spawn_workers(
     pending: Vec<(usize, WorkerIo)>,
     parts: &WorkerParts<'_>,
 ) -> anyhow::Result<Workers> {
-    // IPv6: the pipeline takes the IPv4 ranges (Settings::validate makes
-    // sure there is one when IPv6 ranges are given with an IPv4 service CIDR).
+    // Ranges of both families: a client matches those of its own
+    // (Settings::validate makes sure IPv4 has one when IPv6 ranges are
+    // given with an IPv4 service CIDR, or every IPv4 client would be out).
     let pipeline_config = PipelineConfig {
-        cluster_cidrs: settings
-            .cluster_cidrs
-            .iter()
-            .filter_map(|c| match c {
-                ipnet::IpNet::V4(net) => Some(*net),
-                ipnet::IpNet::V6(_) => None,
-            })
-            .collect(),
+        cluster_cidrs: settings.cluster_cidrs.clone(),
     };
     let resolver = parts.monitor.resolver();
     let resolve: crate::worker::ResolveFn = Arc::new(move |ifindex, ip| {

@@ -1,0 +1,321 @@
+//! The IPv6 packet path: the same generic path as IPv4's over the IPv6
+//! connection table, service table and routes. Frames are built with
+//! etherparse, which computes every checksum from scratch, so a
+//! byte-exact match also proves the incremental updates over the IPv6
+//! pseudo-header.
+
+use std::net::Ipv6Addr;
+use std::sync::Arc;
+
+use cipgw_config::{
+    ClusterIp, IpFamily as Family, IpFamilyPolicy, Protocol, ServiceName, ServiceTable, Vips,
+};
+use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+
+use super::*;
+use crate::harness::mac::{
+    CLIENT as CLIENT_MAC, GW_CLIENT_SIDE as GW_CLIENT_MAC, GW_POD_SIDE as GW_POD_MAC,
+    POD1 as POD1_MAC,
+};
+use crate::harness::{
+    service, service_port, Harness, Net, CLIENT_IFINDEX, CLIENT_PORT, POD_IFINDEX, POD_PORT,
+};
+use crate::route::Route;
+
+const CLIENT6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+const POD6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0x11];
+/// An IPv6 address on the Pod arm whose neighbour is not resolved.
+const POD6_UNRESOLVED: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0x12];
+const VIP6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0x10];
+const UDP_VIP6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0x20];
+const AWAY_VIP6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0x30];
+const VIP4: [u8; 4] = [198, 18, 100, 10];
+
+fn v6(octets: [u8; 16]) -> Ipv6Addr {
+    Ipv6Addr::from(octets)
+}
+
+/// A dual-stack "echo" (8080/tcp to 5678 on Pod 1 by IPv4 and IPv6), an
+/// IPv6-only "dns" (53/udp to 5353), and an IPv6-only "away" whose Pod's
+/// neighbour is not resolved.
+fn table() -> Arc<CompiledTable> {
+    let name = |name| ServiceName::new("default", name);
+    let six = |vip: [u8; 16], port: cipgw_config::ServicePort| {
+        let mut s = service(name("x"), None, None, vec![port]);
+        s.cluster_ip = ClusterIp::single(v6(vip).into());
+        s.ip_families = vec![Family::V6];
+        s
+    };
+    let mut echo = service(
+        name("echo"),
+        Some(VIP4),
+        None,
+        vec![service_port(8080, Protocol::Tcp, 5678, &[[198, 18, 2, 11]])],
+    );
+    echo.cluster_ip = ClusterIp::Vips(
+        Vips::dual(std::net::IpAddr::from(VIP4), v6(VIP6).into()).expect("one of each"),
+    );
+    echo.ip_family_policy = IpFamilyPolicy::RequireDualStack;
+    echo.ip_families = vec![Family::V4, Family::V6];
+    let mut pod6 = echo.ports[0].endpoints[0].clone();
+    pod6.ip = v6(POD6).into();
+    echo.ports[0].endpoints.push(pod6.clone());
+
+    let mut dns_port = service_port(53, Protocol::Udp, 5353, &[]);
+    dns_port.endpoints.push(cipgw_config::Endpoint {
+        port: 5353,
+        ..pod6.clone()
+    });
+    let mut dns = six(UDP_VIP6, dns_port);
+    dns.name = name("dns");
+
+    let mut away_port = service_port(80, Protocol::Tcp, 80, &[]);
+    away_port.endpoints.push(cipgw_config::Endpoint {
+        ip: v6(POD6_UNRESOLVED).into(),
+        port: 80,
+        ..pod6
+    });
+    let mut away = six(AWAY_VIP6, away_port);
+    away.name = name("away");
+    Arc::new(CompiledTable::compile(
+        Arc::new(ServiceTable {
+            services: vec![away, dns, echo],
+        }),
+        1,
+    ))
+}
+
+/// Both arms with IPv6 routes (2001:2::/64 to the client, 2001:2:0:2::/64
+/// to the Pods) and the client and Pod 1 resolved.
+fn net() -> Arc<NetSnapshot> {
+    let routes6 = vec![
+        Route {
+            dst: v6([0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            prefix_len: 64,
+            ifindex: CLIENT_IFINDEX,
+            gateway: None,
+        },
+        Route {
+            dst: v6([0x20, 0x01, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0]),
+            prefix_len: 64,
+            ifindex: POD_IFINDEX,
+            gateway: None,
+        },
+    ];
+    let neighbours6 = [
+        ((CLIENT_IFINDEX, v6(CLIENT6)), CLIENT_MAC),
+        ((POD_IFINDEX, v6(POD6)), POD1_MAC),
+    ]
+    .into_iter()
+    .collect();
+    Arc::new(Net::two_arm().build().with_ipv6(routes6, neighbours6))
+}
+
+fn harness() -> Harness {
+    Harness {
+        pipeline: crate::harness::pipeline(Arc::new(Conntrack::default()), 1),
+        table: table(),
+        net: net(),
+        now: 100,
+    }
+}
+
+/// A TCP segment over IPv6 (SYN or ACK, 18 bytes of data).
+fn tcp6(
+    macs: ([u8; 6], [u8; 6]),
+    src: ([u8; 16], u16),
+    dst: ([u8; 16], u16),
+    hop_limit: u8,
+    syn: bool,
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv6(src.0, dst.0, hop_limit)
+        .tcp(src.1, dst.1, 1000, 64240);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    let mut out = Vec::new();
+    b.write(&mut out, b"GET / HTTP/1.0\r\n\r\n")
+        .expect("TCP frame builds");
+    out
+}
+
+fn udp6(
+    macs: ([u8; 6], [u8; 6]),
+    src: ([u8; 16], u16),
+    dst: ([u8; 16], u16),
+    hop_limit: u8,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv6(src.0, dst.0, hop_limit)
+        .udp(src.1, dst.1)
+        .write(&mut out, b"query")
+        .expect("UDP frame builds");
+    out
+}
+
+const FROM_CLIENT: ([u8; 6], [u8; 6]) = (CLIENT_MAC, GW_CLIENT_MAC);
+const TO_POD: ([u8; 6], [u8; 6]) = (GW_POD_MAC, POD1_MAC);
+const FROM_POD: ([u8; 6], [u8; 6]) = (POD1_MAC, GW_POD_MAC);
+const TO_CLIENT: ([u8; 6], [u8; 6]) = (GW_CLIENT_MAC, CLIENT_MAC);
+
+#[test]
+fn a_tcp_connection_to_an_ipv6_vip_goes_to_its_ipv6_pod_and_back() {
+    let mut h = harness();
+    let mut syn = tcp6(FROM_CLIENT, (CLIENT6, 40000), (VIP6, 8080), 64, true);
+    assert_eq!(h.run(&mut syn), Verdict::Forward { port: POD_PORT });
+    assert_eq!(
+        syn,
+        tcp6(TO_POD, (CLIENT6, 40000), (POD6, 5678), 63, true),
+        "DNAT to the IPv6 Pod, hop limit decremented, checksum updated"
+    );
+    let mut answer = tcp6(FROM_POD, (POD6, 5678), (CLIENT6, 40000), 64, false);
+    assert_eq!(h.run(&mut answer), Verdict::Forward { port: CLIENT_PORT });
+    assert_eq!(
+        answer,
+        tcp6(TO_CLIENT, (VIP6, 8080), (CLIENT6, 40000), 63, false),
+        "the reply comes from the VIP"
+    );
+    // Established: through the flow cache, still exact.
+    for _ in 0..2 {
+        let mut ack = tcp6(FROM_CLIENT, (CLIENT6, 40000), (VIP6, 8080), 64, false);
+        assert_eq!(h.run(&mut ack), Verdict::Forward { port: POD_PORT });
+        assert_eq!(ack, tcp6(TO_POD, (CLIENT6, 40000), (POD6, 5678), 63, false));
+    }
+    let c = h.counters();
+    assert_eq!(
+        (c.new_flows.get(), c.forwarded.get(), c.replies.get()),
+        (1, 3, 1)
+    );
+    // The IPv4 side of the same Service is untouched by any of it.
+    assert_eq!(h.pipeline.v4.conntrack.summary().flows, 0);
+    assert_eq!(h.pipeline.v6.conntrack.summary().flows, 1);
+}
+
+#[test]
+fn udp_to_an_ipv6_vip_is_forwarded_with_its_checksum_kept_valid() {
+    let mut h = harness();
+    let mut query = udp6(FROM_CLIENT, (CLIENT6, 33000), (UDP_VIP6, 53), 64);
+    assert_eq!(h.run(&mut query), Verdict::Forward { port: POD_PORT });
+    assert_eq!(query, udp6(TO_POD, (CLIENT6, 33000), (POD6, 5353), 63));
+    let mut answer = udp6(FROM_POD, (POD6, 5353), (CLIENT6, 33000), 64);
+    assert_eq!(h.run(&mut answer), Verdict::Forward { port: CLIENT_PORT });
+    assert_eq!(
+        answer,
+        udp6(TO_CLIENT, (UDP_VIP6, 53), (CLIENT6, 33000), 63)
+    );
+}
+
+/// Parses an answer and checks it goes back to the client from `from`.
+fn answer_from(frame: &[u8], from: [u8; 16]) -> TransportSlice<'_> {
+    let p = SlicedPacket::from_ethernet(frame).expect("answer parses");
+    let Some(etherparse::NetSlice::Ipv6(ip)) = &p.net else {
+        panic!("an IPv6 answer: {p:?}")
+    };
+    assert_eq!(
+        (ip.header().source(), ip.header().destination()),
+        (from, CLIENT6)
+    );
+    p.transport.expect("a transport header")
+}
+
+#[test]
+fn ipv6_refusals_are_a_rst_and_an_icmpv6_port_unreachable() {
+    let mut h = harness();
+    // A port the Service does not define.
+    let mut udp = udp6(FROM_CLIENT, (CLIENT6, 33000), (UDP_VIP6, 54), 64);
+    assert!(matches!(
+        h.run(&mut udp),
+        Verdict::Respond {
+            port: CLIENT_PORT,
+            ..
+        }
+    ));
+    assert!(matches!(
+        answer_from(&udp, UDP_VIP6),
+        TransportSlice::Icmpv6(m) if matches!(
+            m.icmp_type(),
+            etherparse::Icmpv6Type::DestinationUnreachable(
+                etherparse::icmpv6::DestUnreachableCode::Port
+            )
+        )
+    ));
+    // A segment of a connection the gateway does not know.
+    let mut ack = tcp6(FROM_CLIENT, (CLIENT6, 40001), (VIP6, 8080), 64, false);
+    assert!(matches!(h.run(&mut ack), Verdict::Respond { .. }));
+    assert!(matches!(answer_from(&ack, VIP6), TransportSlice::Tcp(t) if t.rst()));
+    assert_eq!(h.counters().drops_of(DropReason::NoServicePort), 1);
+    assert_eq!(h.counters().drops_of(DropReason::TcpNoFlow), 1);
+    assert_eq!(h.counters().refusals.get(), 2);
+}
+
+#[test]
+fn ping_to_an_ipv6_vip_is_answered_and_neighbor_discovery_is_the_kernels() {
+    let mut h = harness();
+    let mut ping = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, GW_CLIENT_MAC)
+        .ipv6(CLIENT6, VIP6, 64)
+        .icmpv6_echo_request(7, 1)
+        .write(&mut ping, b"abc")
+        .expect("builds");
+    assert!(matches!(h.run(&mut ping), Verdict::Respond { .. }));
+    assert!(matches!(
+        answer_from(&ping, VIP6),
+        TransportSlice::Icmpv6(_)
+    ));
+    assert_eq!(h.counters().echo_replies.get(), 1);
+
+    let mut solicit = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, GW_CLIENT_MAC)
+        .ipv6(CLIENT6, VIP6, 255)
+        .icmpv6(etherparse::Icmpv6Type::Unknown {
+            type_u8: icmpv6::kind::NEIGHBOR_SOLICITATION,
+            code_u8: 0,
+            bytes5to8: [0; 4],
+        })
+        .write(&mut solicit, &VIP6)
+        .expect("builds");
+    assert_eq!(h.run(&mut solicit), Verdict::Pass);
+    // Not a VIP: the kernel's, as before.
+    let mut other = udp6(FROM_CLIENT, (CLIENT6, 33000), (POD6, 53), 64);
+    assert_eq!(h.run(&mut other), Verdict::Pass);
+}
+
+#[test]
+fn ipv6_hop_limits_sources_and_unresolved_neighbours() {
+    let mut h = harness();
+    let mut last_hop = tcp6(FROM_CLIENT, (CLIENT6, 40002), (VIP6, 8080), 1, true);
+    assert_eq!(h.run(&mut last_hop), Verdict::Drop(DropReason::TtlExceeded));
+    let multicast = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let mut bad = tcp6(FROM_CLIENT, (multicast, 40003), (VIP6, 8080), 64, true);
+    assert_eq!(h.run(&mut bad), Verdict::Drop(DropReason::BadSource));
+    let mut from_vip = tcp6(FROM_CLIENT, (UDP_VIP6, 40004), (VIP6, 8080), 64, true);
+    assert_eq!(h.run(&mut from_vip), Verdict::Drop(DropReason::VipAsSource));
+    let mut away = tcp6(FROM_CLIENT, (CLIENT6, 40005), (AWAY_VIP6, 80), 64, true);
+    assert_eq!(
+        h.run(&mut away),
+        Verdict::AwaitNeighbour {
+            port: POD_PORT,
+            next_hop: v6(POD6_UNRESOLVED).into(),
+        }
+    );
+}
+
+#[test]
+fn cluster_cidrs_admit_ipv6_clients_by_their_own_family() {
+    let mut h = harness();
+    h.pipeline =
+        crate::harness::pipeline(Arc::new(Conntrack::default()), 1).with_config(PipelineConfig {
+            cluster_cidrs: vec![
+                "198.18.0.0/24".parse().expect("literal"),
+                "2001:2::/64".parse().expect("literal"),
+            ],
+        });
+    let mut inside = tcp6(FROM_CLIENT, (CLIENT6, 40006), (VIP6, 8080), 64, true);
+    assert_eq!(h.run(&mut inside), Verdict::Forward { port: POD_PORT });
+    let outside = [0x20, 0x01, 0, 2, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+    let mut out = tcp6(FROM_CLIENT, (outside, 40007), (VIP6, 8080), 64, true);
+    assert_eq!(
+        h.run(&mut out),
+        Verdict::Drop(DropReason::SourceNotInCluster)
+    );
+}
