@@ -1225,11 +1225,11 @@ fn flow_of<T: AsRef<[u8]>>(frame: &Frame<T>) -> Option<Flow> {
     Ipv4Addr::flow_of(frame)
 }
 
-/// The ports and control bits of a TCP or UDP frame (not a later
-/// fragment).
+/// The flow of a TCP or UDP frame (not a later fragment) from `src` to
+/// `dst`, its IP header's addresses, with its TTL or hop limit.
 #[inline]
-fn ports_of<T: AsRef<[u8]>>(frame: &Frame<T>) -> Option<(Protocol, u16, u16, u8)> {
-    Some(match frame.l4() {
+fn flow_between<T: AsRef<[u8]>, A>(frame: &Frame<T>, src: A, dst: A, ttl: u8) -> Option<Flow<A>> {
+    let (protocol, src_port, dst_port, tcp_flags) = match frame.l4() {
         L4::Tcp {
             src_port,
             dst_port,
@@ -1239,6 +1239,17 @@ fn ports_of<T: AsRef<[u8]>>(frame: &Frame<T>) -> Option<(Protocol, u16, u16, u8)
         L4::Icmp { .. } | L4::Icmpv6 { .. } | L4::Fragment { .. } | L4::Other { .. } => {
             return None
         }
+    };
+    Some(Flow {
+        key: FlowKey {
+            src,
+            dst,
+            src_port,
+            dst_port,
+            protocol,
+        },
+        ttl,
+        tcp_flags,
     })
 }
 
@@ -1459,18 +1470,7 @@ impl PathFamily for Ipv4Addr {
         let L3::Ipv4 { src, dst, ttl } = frame.l3() else {
             return None;
         };
-        let (protocol, src_port, dst_port, tcp_flags) = ports_of(frame)?;
-        Some(Flow {
-            key: FlowKey {
-                src,
-                dst,
-                src_port,
-                dst_port,
-                protocol,
-            },
-            ttl,
-            tcp_flags,
-        })
+        flow_between(frame, src, dst, ttl)
     }
 
     #[inline]
@@ -1577,18 +1577,7 @@ impl PathFamily for Ipv6Addr {
         else {
             return None;
         };
-        let (protocol, src_port, dst_port, tcp_flags) = ports_of(frame)?;
-        Some(Flow {
-            key: FlowKey {
-                src,
-                dst,
-                src_port,
-                dst_port,
-                protocol,
-            },
-            ttl: hop_limit,
-            tcp_flags,
-        })
+        flow_between(frame, src, dst, hop_limit)
     }
 
     #[inline]

@@ -581,14 +581,17 @@ fn spaced_backend(n: u16) -> (Ipv4Addr, u16) {
 }
 
 fn spaced_reply(n: u16) -> FlowKey {
-    let f = spaced_forward(n);
-    let (b, bp) = spaced_backend(n);
+    reply_of(spaced_forward(n), spaced_backend(n))
+}
+
+/// The reply key (no NAT) of the flow `forward` given `backend`.
+fn reply_of<A>(forward: FlowKey<A>, (backend, backend_port): (A, u16)) -> FlowKey<A> {
     FlowKey {
-        src: b,
-        dst: f.src,
-        src_port: bp,
-        dst_port: f.src_port,
-        protocol: f.protocol,
+        src: backend,
+        dst: forward.src,
+        src_port: backend_port,
+        dst_port: forward.src_port,
+        protocol: forward.protocol,
     }
 }
 
@@ -731,17 +734,7 @@ fn concurrent_run_in<A: IpFamily>(
     spaced_forward: fn(u16) -> FlowKey<A>,
     spaced_backend: fn(u16) -> (A, u16),
 ) {
-    let spaced_reply = |n: u16| {
-        let f = spaced_forward(n);
-        let (b, bp) = spaced_backend(n);
-        FlowKey {
-            src: b,
-            dst: f.src,
-            src_port: bp,
-            dst_port: f.src_port,
-            protocol: f.protocol,
-        }
-    };
+    let spaced_reply = |n: u16| reply_of(spaced_forward(n), spaced_backend(n));
     let ct = Conntrack::<A>::with_index_for(
         ConntrackConfig {
             max_flows,
