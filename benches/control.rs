@@ -47,17 +47,17 @@ mod fake_apiserver;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::hint::black_box;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cipgw::bpf::{BackendKey, BpfError, Steering, XdpMaps, XdpProgram};
-use cipgw::conntrack::Conntrack;
 use cipgw::daemon::apply::apply;
+use cipgw::daemon::conntracks::Conntracks;
 use cipgw::daemon::plan::Plan;
 use cipgw::metrics::ServiceStats;
-use cipgw::table::{CompiledTable, FlowTarget, TableHandle};
+use cipgw::table::{CompiledTable, TableHandle};
 use cipgw_config::settings::ServiceCidrs;
 use cipgw_config::ServiceTable;
 use cipgw_control::kube_source::{build_table, KubeSourceConfig};
@@ -244,14 +244,14 @@ impl XdpMaps for MemoryMaps {
         &self.steering
     }
 
-    fn add_vip(&mut self, vip: Ipv4Addr) -> Result<(), BpfError> {
+    fn add_vip(&mut self, vip: IpAddr) -> Result<(), BpfError> {
         self.steering.vips.insert(vip);
         self.writes += 1;
         self.last_add = Some(Instant::now());
         Ok(())
     }
 
-    fn remove_vip(&mut self, vip: Ipv4Addr) -> Result<(), BpfError> {
+    fn remove_vip(&mut self, vip: IpAddr) -> Result<(), BpfError> {
         self.steering.vips.remove(&vip);
         self.writes += 1;
         Ok(())
@@ -283,10 +283,10 @@ fn steering_of(model: &ServiceTable) -> Steering {
 struct ControlThread {
     table: TableHandle,
     maps: MemoryMaps,
-    conntrack: Conntrack,
+    conntrack: Conntracks,
     service_stats: ServiceStats,
     /// Targets carried into the next plan (`Gateway::carried`).
-    carried: HashSet<FlowTarget>,
+    carried: HashSet<cipgw::daemon::plan::Target>,
 }
 
 /// Time of each step of one apply.
@@ -316,7 +316,7 @@ impl ControlThread {
         Self {
             table: TableHandle::new(table),
             maps,
-            conntrack: Conntrack::default(),
+            conntrack: Conntracks::in_memory(),
             service_stats,
             carried: HashSet::new(),
         }
@@ -346,7 +346,7 @@ impl ControlThread {
             CompiledTable::compile_with_endpoint_slots(model, old.generation() + 1, |s, p, b| {
                 slots.get(s, p, b)
             })
-            .with_retiring(plan.retiring().iter().copied());
+            .with_retiring_of(plan.retiring_of::<Ipv4Addr>());
         lap(&mut steps.compile);
         let writes = self.maps.writes;
         let apply_started = Instant::now();
@@ -604,7 +604,7 @@ fn map_diff_on_bpf_maps(
     models: &[Arc<ServiceTable>; 2],
 ) {
     let table = TableHandle::new(CompiledTable::empty());
-    let conntrack = Conntrack::default();
+    let conntrack = Conntracks::in_memory();
     let empty = ServiceTable::default();
     let fill = Plan::new(&empty, &models[0], [], program.steering());
     let started = Instant::now();
@@ -659,7 +659,7 @@ fn map_diff_on_bpf_maps(
                 generation += 1;
                 let model = Arc::clone(&models[flip]);
                 let compiled = CompiledTable::compile(model, generation)
-                    .with_retiring(plans[flip].retiring().iter().copied());
+                    .with_retiring_of(plans[flip].retiring_of::<Ipv4Addr>());
                 (flip, compiled)
             },
             |(flip, compiled)| {

@@ -152,15 +152,15 @@ impl Default for DnsSettings {
 /// from. What is not given is found at start (it needs the system).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SnatSettings {
-    /// `--snat-address`; empty: the primary address of the Pod-side
-    /// interface (the last `--iface`).
-    pub addresses: Vec<std::net::Ipv4Addr>,
+    /// `--snat-address`, either family; empty: the primary addresses of
+    /// the Pod-side interface (the last `--iface`).
+    pub addresses: Vec<std::net::IpAddr>,
     /// `--snat-ports LOW-HIGH`; `None`: the ports above (or else below)
     /// the kernel's `ip_local_port_range`.
     pub ports: Option<(u16, u16)>,
 }
 
-/// SNAT addresses a gateway tells apart.
+/// SNAT addresses of one family a gateway tells apart.
 pub const MAX_SNAT_ADDRESSES: usize = 127;
 
 /// Parses `--snat-ports LOW-HIGH`.
@@ -539,10 +539,10 @@ pub enum SettingsError {
     #[error("--snat-ports: {0}-{1} is not a range of ports from 1 to 65535, low to high")]
     SnatPorts(u16, u16),
     #[error("--snat-address: {0} listed twice")]
-    DuplicateSnatAddress(std::net::Ipv4Addr),
+    DuplicateSnatAddress(std::net::IpAddr),
     #[error("--snat-address: {0} is not a unicast address")]
-    BadSnatAddress(std::net::Ipv4Addr),
-    #[error("--snat-address: {0} given; at most {MAX_SNAT_ADDRESSES}")]
+    BadSnatAddress(std::net::IpAddr),
+    #[error("--snat-address: {0} of one family given; at most {MAX_SNAT_ADDRESSES}")]
     TooManySnatAddresses(usize),
     #[error(
         "--maglev-table-size: {0} is not a prime between 7 and {MAX_MAGLEV_TABLE_SIZE} \
@@ -657,11 +657,15 @@ impl SnatSettings {
                 return Err(SettingsError::SnatPorts(low, high));
             }
         }
-        if self.addresses.len() > MAX_SNAT_ADDRESSES {
-            return Err(SettingsError::TooManySnatAddresses(self.addresses.len()));
+        for v4 in [true, false] {
+            let n = self.addresses.iter().filter(|a| a.is_ipv4() == v4).count();
+            if n > MAX_SNAT_ADDRESSES {
+                return Err(SettingsError::TooManySnatAddresses(n));
+            }
         }
         for (i, a) in self.addresses.iter().enumerate() {
-            if a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback() {
+            let broadcast = matches!(a, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+            if a.is_unspecified() || a.is_multicast() || broadcast || a.is_loopback() {
                 return Err(SettingsError::BadSnatAddress(*a));
             }
             if self.addresses[..i].contains(a) {
@@ -777,12 +781,26 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(s.validate(), Err(SettingsError::SnatPorts(2000, 1000)));
-        let a = std::net::Ipv4Addr::new(198, 18, 0, 1);
+        let a = std::net::IpAddr::from([198, 18, 0, 1]);
         s.snat = Some(SnatSettings {
             addresses: vec![a, a],
             ports: None,
         });
         assert_eq!(s.validate(), Err(SettingsError::DuplicateSnatAddress(a)));
+        let a6: std::net::IpAddr = "2001:2::1".parse().expect("literal");
+        s.snat = Some(SnatSettings {
+            addresses: vec![a, a6],
+            ports: None,
+        });
+        s.validate().expect("one address per family is valid");
+        s.snat = Some(SnatSettings {
+            addresses: vec!["ff02::1".parse().expect("literal")],
+            ports: None,
+        });
+        assert!(matches!(
+            s.validate(),
+            Err(SettingsError::BadSnatAddress(_))
+        ));
     }
 
     #[test]

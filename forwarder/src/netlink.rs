@@ -197,6 +197,12 @@ pub fn dump_ipv4_addresses() -> Result<Vec<(u32, Ipv4Addr)>, NetlinkError> {
     Rtnl::open(&[])?.addresses()
 }
 
+/// Every interface's global IPv6 addresses (no link-local, tentative or
+/// deprecated ones), as (ifindex, address), in the kernel's order.
+pub fn dump_ipv6_addresses() -> Result<Vec<(u32, Ipv6Addr)>, NetlinkError> {
+    Rtnl::open(&[])?.addresses6()
+}
+
 /// Adds `ip`/32 to the loopback device, scope host, so that the kernel
 /// accepts connections to it from any interface (what a local address
 /// is) while never choosing it as a source. Returns false when it was
@@ -810,6 +816,18 @@ impl Rtnl {
         })
     }
 
+    fn addresses6(&mut self) -> Result<Vec<(u32, Ipv6Addr)>, NetlinkError> {
+        let request = || {
+            let mut m = AddressMessage::default();
+            m.header.family = AddressFamily::Inet6;
+            RouteNetlinkMessage::GetAddress(m)
+        };
+        self.dump_parsed("IPv6 address dump", request, |m| match m {
+            RouteNetlinkMessage::NewAddress(a) => parse_address6(a),
+            _ => None,
+        })
+    }
+
     fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
         let request = || RouteNetlinkMessage::GetLink(LinkMessage::default());
         self.dump_parsed("link dump", request, |m| match m {
@@ -1176,6 +1194,23 @@ fn parse_address(a: &AddressMessage) -> Option<(u32, Ipv4Addr)> {
         .find_map(|attr| v4(attr, true))
         .or_else(|| a.attributes.iter().find_map(|attr| v4(attr, false)))?;
     Some((a.header.index, ip))
+}
+
+/// A global, usable IPv6 address of an address dump.
+fn parse_address6(a: &AddressMessage) -> Option<(u32, Ipv6Addr)> {
+    let unusable = AddressHeaderFlags::Tentative
+        | AddressHeaderFlags::Deprecated
+        | AddressHeaderFlags::Dadfailed;
+    if a.header.family != AddressFamily::Inet6
+        || a.header.scope != AddressScope::Universe
+        || a.header.flags.intersects(unusable)
+    {
+        return None;
+    }
+    a.attributes.iter().find_map(|attr| match attr {
+        AddressAttribute::Address(std::net::IpAddr::V6(ip)) => Some((a.header.index, *ip)),
+        _ => None,
+    })
 }
 
 fn parse_link(l: &LinkMessage) -> Link {

@@ -23,7 +23,7 @@
 use std::collections::HashSet;
 use std::ffi::CString;
 use std::fs::File;
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,11 +31,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cipgw::bpf::{AttachMode, BackendKey, BpfError, Steering, XdpMaps, XdpProgram, PROGRAM_NAME};
-use cipgw::conntrack::{Conntrack, FlowKey, FlowMeta};
+use cipgw::conntrack::{FlowKey, FlowMeta};
 use cipgw::daemon::apply::{apply, Applied};
+use cipgw::daemon::conntracks::Conntracks;
 use cipgw::daemon::plan::Plan;
 use cipgw::netlink;
-use cipgw::table::{CompiledTable, FlowTarget, TableHandle};
+use cipgw::table::{CompiledTable, TableHandle};
 use cipgw::xsk::{self, QueueAssignment, WorkerIo, XskConfig, ZeroCopy};
 use cipgw_config::settings::XdpMode;
 use cipgw_config::{
@@ -488,14 +489,14 @@ impl XdpMaps for Checked<'_> {
         self.program.steering()
     }
 
-    fn add_vip(&mut self, vip: Ipv4Addr) -> Result<(), BpfError> {
+    fn add_vip(&mut self, vip: IpAddr) -> Result<(), BpfError> {
         self.program.add_vip(vip)?;
         assert!(self.program.vip_in_kernel(vip)?, "{vip} added");
         self.record(true);
         Ok(())
     }
 
-    fn remove_vip(&mut self, vip: Ipv4Addr) -> Result<(), BpfError> {
+    fn remove_vip(&mut self, vip: IpAddr) -> Result<(), BpfError> {
         self.program.remove_vip(vip)?;
         assert!(!self.program.vip_in_kernel(vip)?, "{vip} removed");
         self.record(false);
@@ -528,8 +529,8 @@ impl XdpMaps for Checked<'_> {
 struct Control {
     model: Arc<ServiceTable>,
     table: TableHandle,
-    conntrack: Conntrack,
-    carried: HashSet<FlowTarget>,
+    conntracks: Conntracks,
+    carried: HashSet<cipgw::daemon::plan::Target>,
 }
 
 impl Control {
@@ -537,7 +538,7 @@ impl Control {
         Control {
             model: Arc::new(ServiceTable::default()),
             table: TableHandle::new(CompiledTable::empty()),
-            conntrack: Conntrack::default(),
+            conntracks: Conntracks::in_memory(),
             carried: HashSet::new(),
         }
     }
@@ -551,7 +552,7 @@ impl Control {
         let model = Arc::new(model);
         let old = self.table.current().generation();
         let compiled = CompiledTable::compile(Arc::clone(&model), old + 1)
-            .with_retiring(plan.retiring().iter().copied());
+            .with_retiring_of(plan.retiring_of::<Ipv4Addr>());
         let mut maps = Checked {
             program,
             table: self.table.clone(),
@@ -561,7 +562,7 @@ impl Control {
             &plan,
             compiled,
             &self.table,
-            &self.conntrack,
+            &self.conntracks,
             &mut maps,
             Duration::from_secs(1),
         )
@@ -606,8 +607,8 @@ fn applied_tables_write_only_the_difference_make_before_break() {
 
     let (plan, _) = control.change(first(), &mut prog);
     assert_eq!((plan.add().vips.len(), plan.add().backends.len()), (2, 3));
-    assert!(prog.backend_in_kernel(pod2, 53, 17).expect("lookup"));
-    assert!(!prog.backend_in_kernel(pod2, 53, 6).expect("lookup"));
+    assert!(prog.backend_in_kernel(pod2.into(), 53, 17).expect("lookup"));
+    assert!(!prog.backend_in_kernel(pod2.into(), 53, 6).expect("lookup"));
     let unchanged = Plan::new(&first(), &first(), [], prog.steering());
     assert!(unchanged.add().is_empty() && unchanged.remove().is_empty());
 
@@ -620,7 +621,8 @@ fn applied_tables_write_only_the_difference_make_before_break() {
         protocol: Protocol::Tcp,
     };
     control
-        .conntrack
+        .conntracks
+        .v4
         .insert(open, (pod3, 8080), 0, FlowMeta::default())
         .expect("track");
 
@@ -633,34 +635,37 @@ fn applied_tables_write_only_the_difference_make_before_break() {
         ],
     };
     let (plan, applied) = control.change(second, &mut prog);
-    assert_eq!(plan.add().vips, [vip3].into());
-    assert_eq!(plan.remove().vips, [vip1].into());
-    assert!(!prog.vip_in_kernel(vip1).expect("lookup"));
-    assert!(prog.vip_in_kernel(vip3).expect("lookup"));
+    assert_eq!(plan.add().vips, [IpAddr::from(vip3)].into());
+    assert_eq!(plan.remove().vips, [IpAddr::from(vip1)].into());
+    assert!(!prog.vip_in_kernel(vip1.into()).expect("lookup"));
+    assert!(prog.vip_in_kernel(vip3.into()).expect("lookup"));
     assert!(
-        !prog.backend_in_kernel(pod2, 53, 17).expect("lookup"),
+        !prog.backend_in_kernel(pod2.into(), 53, 17).expect("lookup"),
         "the UDP port's backend went after the retirement pass"
     );
     assert_eq!(
         applied.lingering,
-        [(vip1, 80, Protocol::Tcp, pod3, 8080)].into()
+        [(vip1.into(), 80, Protocol::Tcp, pod3.into(), 8080)].into()
     );
     assert!(
-        prog.backend_in_kernel(pod3, 8080, 6).expect("lookup"),
+        prog.backend_in_kernel(pod3.into(), 8080, 6)
+            .expect("lookup"),
         "the open connection's replies stay steered"
     );
 
     // The connection ends; the next change removes what is left.
-    assert!(control.conntrack.remove(&open));
+    assert!(control.conntracks.v4.remove(&open));
     let (_, applied) = control.change(ServiceTable::default(), &mut prog);
     assert!(applied.lingering.is_empty());
     assert_eq!(prog.steering(), &Steering::default());
     for vip in [vip1, vip2, vip3] {
-        assert!(!prog.vip_in_kernel(vip).expect("lookup"), "{vip}");
+        assert!(!prog.vip_in_kernel(vip.into()).expect("lookup"), "{vip}");
     }
     for (pod, port, proto) in [(pod1, 8080, 6), (pod2, 53, 17), (pod3, 8080, 6)] {
         assert!(
-            !prog.backend_in_kernel(pod, port, proto).expect("lookup"),
+            !prog
+                .backend_in_kernel(pod.into(), port, proto)
+                .expect("lookup"),
             "{pod}:{port}/{proto}"
         );
     }
@@ -921,7 +926,7 @@ fn af_xdp_socket_gets_vip_and_backend_traffic_and_kernel_keeps_the_rest() {
         assert!(plan
             .add()
             .backends
-            .contains(&(CLIENT_IP, 7000, IPPROTO_UDP)));
+            .contains(&(CLIENT_IP.into(), 7000, IPPROTO_UDP)));
 
         // The gateway's kernel listens on its own address.
         let kernel_sock = UdpSocket::bind((GW_IP, 9999)).expect("bind gw udp");

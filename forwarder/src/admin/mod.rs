@@ -77,6 +77,8 @@ pub struct AdminState {
     ifaces: Vec<String>,
     table: TableHandle,
     conntrack: Arc<Conntrack>,
+    /// The IPv6 connection table, once the daemon has one.
+    conntrack6: OnceLock<Arc<Conntrack<std::net::Ipv6Addr>>>,
     ready: Arc<AtomicBool>,
     workers: RwLock<Vec<WorkerTelemetry>>,
     control: Arc<ControlMetrics>,
@@ -112,6 +114,7 @@ impl AdminState {
             ifaces,
             table,
             conntrack,
+            conntrack6: OnceLock::new(),
             ready,
             workers: RwLock::new(Vec::new()),
             control: Arc::new(ControlMetrics::default()),
@@ -122,6 +125,12 @@ impl AdminState {
             dns: OnceLock::new(),
             conntrack_epoch: OnceLock::new(),
         }
+    }
+
+    /// Adds the IPv6 connection table to what the views and metrics
+    /// count. Only the first call has an effect.
+    pub fn set_conntrack6(&self, conntrack: Arc<Conntrack<std::net::Ipv6Addr>>) {
+        let _ = self.conntrack6.set(conntrack);
     }
 
     /// Sets the instant conntrack's clock counts seconds from (what the
@@ -260,11 +269,23 @@ impl AdminState {
             ready: self.is_ready(),
             workers: self.workers().iter().map(WorkerSnapshot::read).collect(),
             table: TableStats::of(&table),
-            conntrack: ConntrackNumbers::read(&self.conntrack),
+            conntrack: {
+                let mut numbers = ConntrackNumbers::read(&*self.conntrack);
+                if let Some(v6) = self.conntrack6.get() {
+                    numbers.add(&ConntrackNumbers::read(&**v6));
+                }
+                numbers
+            },
             control: self.control.snapshot(),
             services,
             process: crate::metrics::process::ProcessNumbers::read(),
-            snat: crate::metrics::SnatNumbers::read(&self.conntrack),
+            snat: {
+                let mut snat = crate::metrics::SnatNumbers::read(&*self.conntrack);
+                if let Some(v6) = self.conntrack6.get() {
+                    snat.add(&crate::metrics::SnatNumbers::read(&**v6));
+                }
+                snat
+            },
             dns: self.dns.get().map(|d| d.snapshot()),
         }
     }

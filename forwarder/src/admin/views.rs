@@ -4,7 +4,7 @@
 //! `conntrack`) reads exactly the types the server writes.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddrV4};
 
 use serde::{Deserialize, Serialize};
 
@@ -101,7 +101,7 @@ pub struct ConntrackStatusView {
 /// One source NAT address.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnatAddressView {
-    pub address: Ipv4Addr,
+    pub address: std::net::IpAddr,
     /// Flows holding one of its ports.
     pub ports_in_use: u64,
 }

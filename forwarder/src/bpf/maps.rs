@@ -1,12 +1,13 @@
 //! The maps the control plane writes: which VIPs and backends the
-//! program steers (`cipgw_vips`, `cipgw_backends`, mirrored in userspace so
-//! that a change writes only the difference) and where it steers them
-//! (`cipgw_ports`, `cipgw_xsks`).
+//! program steers (`cipgw_vips`, `cipgw_backends` and their IPv6
+//! counterparts `cipgw_vips6`, `cipgw_backends6`, mirrored in userspace
+//! as one set of either family so that a change writes only the
+//! difference) and where it steers them (`cipgw_ports`, `cipgw_xsks`).
 
 use std::collections::HashSet;
 use std::io;
 use std::mem;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use libbpf_sys as sys;
@@ -16,8 +17,8 @@ use super::ffi::{
     prog_fd_by_id, prog_info, prog_map_ids, query_xdp,
 };
 use super::{
-    BackendKey, BpfError, XdpProgram, MAP_BACKENDS, MAP_PORTS, MAP_VIPS, MAP_XSKS, MAX_PORTS,
-    PROGRAM_NAME, XSK_SLOTS,
+    BackendKey, BpfError, XdpProgram, MAP_BACKENDS, MAP_BACKENDS6, MAP_PORTS, MAP_VIPS, MAP_VIPS6,
+    MAP_XSKS, MAX_PORTS, PROGRAM_NAME, XSK_SLOTS,
 };
 
 /// What `cipgw_vips` and `cipgw_backends` hold, or are to hold: the VIPs
@@ -25,7 +26,7 @@ use super::{
 /// the AF_XDP sockets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Steering {
-    pub vips: HashSet<Ipv4Addr>,
+    pub vips: HashSet<IpAddr>,
     pub backends: HashSet<BackendKey>,
 }
 
@@ -56,8 +57,8 @@ pub struct Added {
 pub trait XdpMaps {
     /// What the maps hold.
     fn steering(&self) -> &Steering;
-    fn add_vip(&mut self, vip: Ipv4Addr) -> Result<(), BpfError>;
-    fn remove_vip(&mut self, vip: Ipv4Addr) -> Result<(), BpfError>;
+    fn add_vip(&mut self, vip: IpAddr) -> Result<(), BpfError>;
+    fn remove_vip(&mut self, vip: IpAddr) -> Result<(), BpfError>;
     fn add_backend(&mut self, backend: BackendKey) -> Result<(), BpfError>;
     fn remove_backend(&mut self, backend: BackendKey) -> Result<(), BpfError>;
 }
@@ -159,22 +160,35 @@ impl XdpProgram {
 
     /// Whether the kernel's VIP map holds `vip` (a map lookup, for tests
     /// and diagnostics; the mirror is what syncs use).
-    pub fn vip_in_kernel(&self, vip: Ipv4Addr) -> Result<bool, BpfError> {
-        let key = u32::from_ne_bytes(vip.octets());
-        map_contains::<u32, u8>(self.vips_fd, MAP_VIPS, &key, || vip.to_string())
+    pub fn vip_in_kernel(&self, vip: IpAddr) -> Result<bool, BpfError> {
+        let describe = || vip.to_string();
+        match vip {
+            IpAddr::V4(v4) => {
+                map_contains::<[u8; 4], u8>(self.vips_fd, MAP_VIPS, &v4.octets(), describe)
+            }
+            IpAddr::V6(v6) => {
+                map_contains::<[u8; 16], u8>(self.vips6_fd, MAP_VIPS6, &v6.octets(), describe)
+            }
+        }
     }
 
     /// Whether the kernel's backend map holds the endpoint.
-    pub fn backend_in_kernel(
-        &self,
-        addr: Ipv4Addr,
-        port: u16,
-        proto: u8,
-    ) -> Result<bool, BpfError> {
-        let key = backend_key((addr, port, proto));
-        map_contains::<[u8; 8], u8>(self.backends_fd, MAP_BACKENDS, &key, || {
-            format!("{addr}:{port}/{proto}")
-        })
+    pub fn backend_in_kernel(&self, addr: IpAddr, port: u16, proto: u8) -> Result<bool, BpfError> {
+        let describe = || format!("{addr}:{port}/{proto}");
+        match addr {
+            IpAddr::V4(a) => map_contains::<[u8; 8], u8>(
+                self.backends_fd,
+                MAP_BACKENDS,
+                &backend_key(a, port, proto),
+                describe,
+            ),
+            IpAddr::V6(a) => map_contains::<[u8; 20], u8>(
+                self.backends6_fd,
+                MAP_BACKENDS6,
+                &backend6_key(a, port, proto),
+                describe,
+            ),
+        }
     }
 }
 
@@ -183,34 +197,64 @@ impl XdpMaps for XdpProgram {
         &self.mirror
     }
 
-    fn add_vip(&mut self, vip: Ipv4Addr) -> Result<(), BpfError> {
-        let key = u32::from_ne_bytes(vip.octets());
-        map_update(self.vips_fd, MAP_VIPS, &key, &1u8, || vip.to_string())?;
+    fn add_vip(&mut self, vip: IpAddr) -> Result<(), BpfError> {
+        let describe = || vip.to_string();
+        match vip {
+            IpAddr::V4(a) => map_update(self.vips_fd, MAP_VIPS, &a.octets(), &1u8, describe)?,
+            IpAddr::V6(a) => map_update(self.vips6_fd, MAP_VIPS6, &a.octets(), &1u8, describe)?,
+        }
         self.mirror.vips.insert(vip);
         Ok(())
     }
 
-    fn remove_vip(&mut self, vip: Ipv4Addr) -> Result<(), BpfError> {
-        let key = u32::from_ne_bytes(vip.octets());
-        map_delete(self.vips_fd, MAP_VIPS, &key, || vip.to_string())?;
+    fn remove_vip(&mut self, vip: IpAddr) -> Result<(), BpfError> {
+        let describe = || vip.to_string();
+        match vip {
+            IpAddr::V4(a) => map_delete(self.vips_fd, MAP_VIPS, &a.octets(), describe)?,
+            IpAddr::V6(a) => map_delete(self.vips6_fd, MAP_VIPS6, &a.octets(), describe)?,
+        }
         self.mirror.vips.remove(&vip);
         Ok(())
     }
 
     fn add_backend(&mut self, b: BackendKey) -> Result<(), BpfError> {
-        let key = backend_key(b);
-        map_update(self.backends_fd, MAP_BACKENDS, &key, &1u8, || {
-            format!("{}:{}/{}", b.0, b.1, b.2)
-        })?;
+        let describe = || format!("{}:{}/{}", b.0, b.1, b.2);
+        match b.0 {
+            IpAddr::V4(a) => map_update(
+                self.backends_fd,
+                MAP_BACKENDS,
+                &backend_key(a, b.1, b.2),
+                &1u8,
+                describe,
+            )?,
+            IpAddr::V6(a) => map_update(
+                self.backends6_fd,
+                MAP_BACKENDS6,
+                &backend6_key(a, b.1, b.2),
+                &1u8,
+                describe,
+            )?,
+        }
         self.mirror.backends.insert(b);
         Ok(())
     }
 
     fn remove_backend(&mut self, b: BackendKey) -> Result<(), BpfError> {
-        let key = backend_key(b);
-        map_delete(self.backends_fd, MAP_BACKENDS, &key, || {
-            format!("{}:{}/{}", b.0, b.1, b.2)
-        })?;
+        let describe = || format!("{}:{}/{}", b.0, b.1, b.2);
+        match b.0 {
+            IpAddr::V4(a) => map_delete(
+                self.backends_fd,
+                MAP_BACKENDS,
+                &backend_key(a, b.1, b.2),
+                describe,
+            )?,
+            IpAddr::V6(a) => map_delete(
+                self.backends6_fd,
+                MAP_BACKENDS6,
+                &backend6_key(a, b.1, b.2),
+                describe,
+            )?,
+        }
         self.mirror.backends.remove(&b);
         Ok(())
     }
@@ -236,12 +280,23 @@ pub fn base_slots(rx_queues: &[u32]) -> Result<Vec<u32>, BpfError> {
     Ok(bases)
 }
 
-/// The 8-byte key of `cipgw_backends`, as the C struct lays it out:
-/// address and port in network order, protocol, zero pad.
-fn backend_key((addr, port, proto): BackendKey) -> [u8; 8] {
+/// The 8-byte key of `cipgw_backends` (and `cipgw_dns`), as the C
+/// struct lays it out: address and port in network order, protocol, zero
+/// pad.
+pub(super) fn backend_key(addr: Ipv4Addr, port: u16, proto: u8) -> [u8; 8] {
     let a = addr.octets();
     let p = port.to_be_bytes();
     [a[0], a[1], a[2], a[3], p[0], p[1], proto, 0]
+}
+
+/// The 20-byte key of `cipgw_backends6` (and `cipgw_dns6`): the same
+/// with a 16-byte address.
+pub(super) fn backend6_key(addr: Ipv6Addr, port: u16, proto: u8) -> [u8; 20] {
+    let mut key = [0; 20];
+    key[..16].copy_from_slice(&addr.octets());
+    key[16..18].copy_from_slice(&port.to_be_bytes());
+    key[18] = proto;
+    key
 }
 
 /// The VIP and backend entries of the cipgw program (other than
@@ -275,10 +330,11 @@ fn attached_entries(ifindex: u32, own_id: u32) -> io::Result<Option<Steering>> {
 }
 
 /// What the VIP and backend maps at these fds hold.
-pub(super) fn read_steering(vips_fd: RawFd, backends_fd: RawFd) -> io::Result<Steering> {
+pub(super) fn read_steering(fds: &[RawFd]) -> io::Result<Steering> {
     let mut steering = Steering::default();
-    add_entries(vips_fd, &mut steering)?;
-    add_entries(backends_fd, &mut steering)?;
+    for &fd in fds {
+        add_entries(fd, &mut steering)?;
+    }
     Ok(steering)
 }
 
@@ -296,14 +352,29 @@ pub(super) fn add_entries(fd: RawFd, steering: &mut Steering) -> io::Result<()> 
     match (name.as_slice(), info.key_size) {
         (n, 4) if n == MAP_VIPS.as_bytes() => {
             for key in map_keys::<4>(fd)? {
-                steering.vips.insert(Ipv4Addr::from(key));
+                steering.vips.insert(Ipv4Addr::from(key).into());
             }
         }
         (n, 8) if n == MAP_BACKENDS.as_bytes() => {
             for k in map_keys::<8>(fd)? {
                 let addr = Ipv4Addr::new(k[0], k[1], k[2], k[3]);
                 let port = u16::from_be_bytes([k[4], k[5]]);
-                steering.backends.insert((addr, port, k[6]));
+                steering.backends.insert((addr.into(), port, k[6]));
+            }
+        }
+        (n, 16) if n == MAP_VIPS6.as_bytes() => {
+            for key in map_keys::<16>(fd)? {
+                steering.vips.insert(Ipv6Addr::from(key).into());
+            }
+        }
+        (n, 20) if n == MAP_BACKENDS6.as_bytes() => {
+            for k in map_keys::<20>(fd)? {
+                let mut addr = [0; 16];
+                addr.copy_from_slice(&k[..16]);
+                let port = u16::from_be_bytes([k[16], k[17]]);
+                steering
+                    .backends
+                    .insert((Ipv6Addr::from(addr).into(), port, k[18]));
             }
         }
         _ => {}
@@ -317,8 +388,13 @@ mod tests {
 
     #[test]
     fn backend_key_matches_the_c_layout() {
-        let k = backend_key((Ipv4Addr::new(198, 18, 1, 10), 8080, 6));
+        let k = backend_key(Ipv4Addr::new(198, 18, 1, 10), 8080, 6);
         assert_eq!(k, [198, 18, 1, 10, 0x1f, 0x90, 6, 0]);
+        let k = backend6_key(Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 0x11), 8080, 17);
+        assert_eq!(
+            k,
+            [0x20, 0x01, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0x11, 0x1f, 0x90, 17, 0]
+        );
     }
 
     #[test]

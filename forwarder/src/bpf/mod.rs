@@ -6,11 +6,15 @@
 //! embedded in the binary. Its maps are the interface between the control
 //! plane and the program:
 //!
-//! - `cipgw_vips`: VIPs (any protocol to a VIP is redirected),
-//! - `cipgw_backends`: backend endpoints `(addr, port, proto)` (their
-//!   replies are redirected, and ICMP errors quoting a datagram sent to
-//!   them),
-//! - `cipgw_frags`: written by the program itself, read by nothing here:
+//! - `cipgw_vips`, `cipgw_vips6`: VIPs (any protocol to a VIP is
+//!   redirected),
+//! - `cipgw_backends`, `cipgw_backends6`: backend endpoints `(addr, port,
+//!   proto)` (their replies are redirected, and ICMP errors quoting a
+//!   datagram sent to them),
+//! - `cipgw_snat`, `cipgw_snat6`, `cipgw_snat_on`: the source NAT
+//!   addresses and ports (`snat.rs`), `cipgw_dns`, `cipgw_dns6`: the DNS
+//!   addresses (`dns.rs`),
+//! - `cipgw_frags`, `cipgw_frags6`: written by the program itself, read by nothing here:
 //!   datagrams whose first fragment it redirected as a backend reply, so
 //!   that their later fragments (no ports) follow,
 //! - `cipgw_ports`: ingress ifindex -> base slot in `cipgw_xsks`,
@@ -39,14 +43,14 @@ mod ffi;
 mod maps;
 mod share;
 mod snat;
-pub use dns::MAP_DNS;
+pub use dns::{MAP_DNS, MAP_DNS6};
 pub use share::{object_digest, SharedProgram};
 
 use std::ffi::CString;
 use std::fmt;
 use std::io;
 use std::mem;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::fd::{OwnedFd, RawFd};
 use std::ptr::NonNull;
 
@@ -71,9 +75,15 @@ pub const MAP_PORTS: &str = "cipgw_ports";
 pub const MAP_XSKS: &str = "cipgw_xsks";
 pub const MAP_SNAT: &str = "cipgw_snat";
 pub const MAP_SNAT_ON: &str = "cipgw_snat_on";
+/// IPv6 VIP map: 16-byte address -> `__u8`.
+pub const MAP_VIPS6: &str = "cipgw_vips6";
+/// IPv6 backend map: `{__u8 addr[16]; __u16 port; __u8 proto; __u8 pad}`
+/// -> `__u8`.
+pub const MAP_BACKENDS6: &str = "cipgw_backends6";
+pub const MAP_SNAT6: &str = "cipgw_snat6";
 /// Every map the control plane writes, in the order a gateway hands them
 /// to the next one ([`SharedProgram`]).
-pub const CONTROL_MAPS: [&str; 7] = [
+pub const CONTROL_MAPS: [&str; 11] = [
     MAP_VIPS,
     MAP_BACKENDS,
     MAP_PORTS,
@@ -81,20 +91,25 @@ pub const CONTROL_MAPS: [&str; 7] = [
     MAP_SNAT,
     MAP_SNAT_ON,
     MAP_DNS,
+    MAP_VIPS6,
+    MAP_BACKENDS6,
+    MAP_SNAT6,
+    MAP_DNS6,
 ];
 
 /// Capacity of `cipgw_xsks`: every (port, RX queue) needs a slot.
 pub const XSK_SLOTS: u32 = 1024;
 /// Capacity of `cipgw_ports`.
 pub const MAX_PORTS: u32 = 64;
-/// Capacity of `cipgw_vips`.
+/// Capacity of `cipgw_vips` (and of `cipgw_vips6`).
 pub const MAX_VIPS: u32 = 65536;
-/// Capacity of `cipgw_backends`.
+/// Capacity of `cipgw_backends` (and of `cipgw_backends6`).
 pub const MAX_BACKENDS: u32 = 262_144;
 
 /// A backend endpoint as the XDP program matches replies:
-/// (Pod address, Pod port, IP protocol number).
-pub type BackendKey = (Ipv4Addr, u16, u8);
+/// (Pod address, Pod port, IP protocol number); the address's family
+/// picks the map.
+pub type BackendKey = (IpAddr, u16, u8);
 
 /// The object file, aligned for libelf (`include_bytes!` only promises
 /// byte alignment; ELF headers are read as 8-byte words).
@@ -173,6 +188,10 @@ pub struct XdpProgram {
     snat_fd: RawFd,
     snat_on_fd: RawFd,
     dns_fd: RawFd,
+    vips6_fd: RawFd,
+    backends6_fd: RawFd,
+    snat6_fd: RawFd,
+    dns6_fd: RawFd,
     attached: Vec<Attachment>,
     /// What `cipgw_vips` and `cipgw_backends` hold: changed only after a
     /// successful map write.
@@ -242,6 +261,10 @@ impl XdpProgram {
             snat_fd: -1,
             snat_on_fd: -1,
             dns_fd: -1,
+            vips6_fd: -1,
+            backends6_fd: -1,
+            snat6_fd: -1,
+            dns6_fd: -1,
             attached: Vec::new(),
             mirror: Steering::default(),
             known_ids: Vec::new(),
@@ -271,6 +294,10 @@ impl XdpProgram {
         program.snat_fd = program.map_fd(MAP_SNAT)?;
         program.snat_on_fd = program.map_fd(MAP_SNAT_ON)?;
         program.dns_fd = program.map_fd(MAP_DNS)?;
+        program.vips6_fd = program.map_fd(MAP_VIPS6)?;
+        program.backends6_fd = program.map_fd(MAP_BACKENDS6)?;
+        program.snat6_fd = program.map_fd(MAP_SNAT6)?;
+        program.dns6_fd = program.map_fd(MAP_DNS6)?;
         program.prog_id = prog_info(program.prog_fd)
             .map(|(id, _)| id)
             .map_err(|source| BpfError::Load {

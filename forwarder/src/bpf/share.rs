@@ -7,9 +7,10 @@
 //! a program of its own (~20 ms of a hand-over's gap on two interfaces).
 //!
 //! The maps a start fills as a whole (`cipgw_ports`, `cipgw_snat`,
-//! `cipgw_snat_on`, `cipgw_dns`) are set to this gateway's settings by
-//! [`XdpProgram::take_over_maps`] once the running gateway has let go;
-//! `cipgw_vips` and `cipgw_backends` are read into the mirror at adoption,
+//! `cipgw_snat6`, `cipgw_snat_on`, `cipgw_dns`, `cipgw_dns6`) are set to
+//! this gateway's settings by [`XdpProgram::take_over_maps`] once the
+//! running gateway has let go; the VIP and backend maps of both families
+//! are read into the mirror at adoption,
 //! as a program replaced at start inherits them, and `cipgw_xsks` gets
 //! the new sockets (the old ones leave it when they close).
 
@@ -17,7 +18,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::io;
 use std::mem;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::ops::RangeInclusive;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
@@ -28,8 +29,8 @@ use sha2::{Digest, Sha256};
 use super::ffi::{map_delete, map_keys, neg_errno, object_name, prog_info, query_xdp};
 use super::maps::{add_entries, read_steering};
 use super::{
-    Added, BpfError, Steering, XdpProgram, CONTROL_MAPS, MAP_DNS, MAP_PORTS, MAP_SNAT, OBJECT,
-    PROGRAM_NAME,
+    Added, BpfError, Steering, XdpProgram, CONTROL_MAPS, MAP_DNS, MAP_DNS6, MAP_PORTS, MAP_SNAT,
+    MAP_SNAT6, OBJECT, PROGRAM_NAME,
 };
 
 /// The SHA-256 of the embedded object, in hex: two gateways with the same
@@ -75,6 +76,10 @@ impl XdpProgram {
             self.snat_fd,
             self.snat_on_fd,
             self.dns_fd,
+            self.vips6_fd,
+            self.backends6_fd,
+            self.snat6_fd,
+            self.dns6_fd,
         ];
         let fds = raw
             .iter()
@@ -154,13 +159,22 @@ impl XdpProgram {
             snat_fd: fd(5),
             snat_on_fd: fd(6),
             dns_fd: fd(7),
+            vips6_fd: fd(8),
+            backends6_fd: fd(9),
+            snat6_fd: fd(10),
+            dns6_fd: fd(11),
             attached: Vec::new(),
             mirror: Steering::default(),
             known_ids: vec![prog_id],
         };
         program.adopted = shared.fds;
-        program.mirror = read_steering(program.vips_fd, program.backends_fd)
-            .map_err(|e| not_kept(format!("reading its VIP and backend maps: {e}")))?;
+        program.mirror = read_steering(&[
+            program.vips_fd,
+            program.backends_fd,
+            program.vips6_fd,
+            program.backends6_fd,
+        ])
+        .map_err(|e| not_kept(format!("reading its VIP and backend maps: {e}")))?;
         Ok(program)
     }
 
@@ -195,8 +209,8 @@ impl XdpProgram {
     pub fn take_over_maps(
         &self,
         ports: &[(u32, u32)],
-        snat: Option<(&[Ipv4Addr], RangeInclusive<u16>)>,
-        dns: &[(Ipv4Addr, u16)],
+        snat: Option<(&[IpAddr], RangeInclusive<u16>)>,
+        dns: &[(IpAddr, u16)],
     ) -> Result<(), BpfError> {
         let keep: HashSet<[u8; 4]> = ports.iter().map(|(i, _)| i.to_ne_bytes()).collect();
         retain_keys(self.ports_fd, MAP_PORTS, &keep)?;
@@ -204,8 +218,22 @@ impl XdpProgram {
             self.set_port(ifindex, base)?;
         }
         let addresses = snat.as_ref().map_or(&[][..], |(a, _)| *a);
-        let keep: HashSet<[u8; 4]> = addresses.iter().map(|a| a.octets()).collect();
+        let keep: HashSet<[u8; 4]> = addresses
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V4(a) => Some(a.octets()),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
         retain_keys(self.snat_fd, MAP_SNAT, &keep)?;
+        let keep: HashSet<[u8; 16]> = addresses
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V6(a) => Some(a.octets()),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
+        retain_keys(self.snat6_fd, MAP_SNAT6, &keep)?;
         match snat {
             Some((addresses, range)) => self.set_snat(addresses, range)?,
             None => {
@@ -216,9 +244,20 @@ impl XdpProgram {
         }
         let keep: HashSet<[u8; 8]> = dns
             .iter()
-            .map(|&(a, p)| super::dns::dns_key(a, p))
+            .filter_map(|&(a, p)| match a {
+                IpAddr::V4(a) => Some(super::dns::dns_key(a, p)),
+                IpAddr::V6(_) => None,
+            })
             .collect();
         retain_keys(self.dns_fd, MAP_DNS, &keep)?;
+        let keep: HashSet<[u8; 20]> = dns
+            .iter()
+            .filter_map(|&(a, p)| match a {
+                IpAddr::V6(a) => Some(super::maps::backend6_key(a, p, 17)),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
+        retain_keys(self.dns6_fd, MAP_DNS6, &keep)?;
         for &(address, port) in dns {
             self.steer_dns(address, port)?;
         }
@@ -268,11 +307,15 @@ mod tests {
         if !crate::lab::require_root() {
             return;
         }
-        let vip = Ipv4Addr::new(198, 18, 100, 7);
-        let backend = (Ipv4Addr::new(198, 18, 2, 11), 8080, 6);
+        let vip = IpAddr::from([198, 18, 100, 7]);
+        let backend = (IpAddr::from([198, 18, 2, 11]), 8080, 6);
+        let vip6: IpAddr = "2001:2:0:100::7".parse().expect("literal");
+        let backend6 = ("2001:2:0:2::11".parse().expect("literal"), 8080, 17);
         let mut old = XdpProgram::load().expect("load the first program");
         crate::bpf::XdpMaps::add_vip(&mut old, vip).expect("add a VIP");
         crate::bpf::XdpMaps::add_backend(&mut old, backend).expect("add a backend");
+        crate::bpf::XdpMaps::add_vip(&mut old, vip6).expect("add an IPv6 VIP");
+        crate::bpf::XdpMaps::add_backend(&mut old, backend6).expect("add an IPv6 backend");
         let shared = old.share().expect("share");
         let spare = shared.try_clone().expect("copy the fds");
         let unattached = XdpProgram::adopt(spare, &[1], XdpMode::Auto);
@@ -282,11 +325,17 @@ mod tests {
         );
         let mut new = XdpProgram::load().expect("load the second program");
         let added = new.inherit_shared(&shared).expect("inherit");
-        assert_eq!((added.vips, added.backends), (1, 1));
-        assert!(new.vip_in_kernel(vip).expect("look the VIP up"));
-        assert!(new
-            .backend_in_kernel(backend.0, backend.1, backend.2)
-            .expect("look the backend up"));
+        assert_eq!((added.vips, added.backends), (2, 2));
+        for vip in [vip, vip6] {
+            assert!(new.vip_in_kernel(vip).expect("look the VIP up"), "{vip}");
+        }
+        for backend in [backend, backend6] {
+            assert!(
+                new.backend_in_kernel(backend.0, backend.1, backend.2)
+                    .expect("look the backend up"),
+                "{backend:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,14 +1,19 @@
 //! Source NAT steering: which addresses and ports are the gateway's SNAT
-//! ports (`cipgw_snat`), and whether source NAT is on (`cipgw_snat_on`).
+//! ports (`cipgw_snat`, `cipgw_snat6`), and whether source NAT is on
+//! (`cipgw_snat_on`, for both families).
 //! With it on, the program steers a backend's packet to the AF_XDP
 //! sockets only when it is addressed to a SNAT address and port; the
 //! node's own traffic on those addresses stays the kernel's.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::ops::RangeInclusive;
 
 use super::ffi::map_update;
-use super::{BpfError, XdpProgram, MAP_SNAT, MAP_SNAT_ON};
+use super::{BpfError, XdpProgram, MAP_SNAT, MAP_SNAT6, MAP_SNAT_ON};
+
+/// `cipgw_snat_on`'s bits: source NAT on for IPv4, for IPv6.
+const SNAT_ON_IPV4: u32 = 1;
+const SNAT_ON_IPV6: u32 = 2;
 
 /// `struct snat_range` of the C program: host byte order.
 #[repr(C)]
@@ -19,23 +24,35 @@ struct SnatRange {
 
 impl XdpProgram {
     /// Steers backends' packets to `addresses` with a destination port in
-    /// `ports` to the sockets, and no other backend packet. Set once, at
-    /// start, before the program is attached.
+    /// `ports` to the sockets, and no other backend packet of the
+    /// addresses' families (a family without an address keeps steering
+    /// its backends' replies as without source NAT). Set once, at start,
+    /// before the program is attached.
     pub fn set_snat(
         &self,
-        addresses: &[Ipv4Addr],
+        addresses: &[IpAddr],
         ports: RangeInclusive<u16>,
     ) -> Result<(), BpfError> {
-        let snat_fd = self.snat_fd;
         let range = SnatRange {
             low: *ports.start(),
             high: *ports.end(),
         };
         for address in addresses {
-            let key = u32::from_ne_bytes(address.octets());
-            map_update(snat_fd, MAP_SNAT, &key, &range, || address.to_string())?;
+            let describe = || address.to_string();
+            match address {
+                IpAddr::V4(a) => map_update(self.snat_fd, MAP_SNAT, &a.octets(), &range, describe)?,
+                IpAddr::V6(a) => {
+                    map_update(self.snat6_fd, MAP_SNAT6, &a.octets(), &range, describe)?
+                }
+            }
         }
-        let on_fd = self.snat_on_fd;
-        map_update(on_fd, MAP_SNAT_ON, &0u32, &1u32, || "0".into())
+        // Source NAT is on for the families it has addresses of.
+        let on = addresses.iter().fold(0u32, |on, a| {
+            on | match a {
+                IpAddr::V4(_) => SNAT_ON_IPV4,
+                IpAddr::V6(_) => SNAT_ON_IPV6,
+            }
+        });
+        map_update(self.snat_on_fd, MAP_SNAT_ON, &0u32, &on, || "0".into())
     }
 }

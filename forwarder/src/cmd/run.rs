@@ -145,13 +145,14 @@ pub struct SnatArgs {
     /// the Pods' replies); the client still only sees the VIP.
     #[arg(long)]
     pub snat: bool,
-    /// Source address for --snat (repeatable; implies --snat; new
-    /// connections use them in turn). An address given here is taken as
-    /// dedicated to cipgw, so --snat-ports may overlap the kernel's
-    /// ip_local_port_range [default: the primary address of the Pod-side
-    /// interface, the last --iface].
+    /// Source address for --snat, either family (repeatable; implies
+    /// --snat; new connections of its family use them in turn). An
+    /// address given here is taken as dedicated to cipgw, so --snat-ports
+    /// may overlap the kernel's ip_local_port_range [default: the primary
+    /// IPv4 and global IPv6 address of the Pod-side interface, the last
+    /// --iface].
     #[arg(long = "snat-address", value_name = "ADDR")]
-    pub snat_addresses: Vec<std::net::Ipv4Addr>,
+    pub snat_addresses: Vec<std::net::IpAddr>,
     /// Source ports for --snat, per SNAT address and backend. On the
     /// interface's own address they must lie outside the kernel's
     /// ip_local_port_range (the node's own connections use it), or the
@@ -458,7 +459,7 @@ mod tests {
     fn snat_flags_imply_snat_and_ports_need_it() {
         let none = snat_settings(SnatArgs::default()).expect("valid");
         assert_eq!(none, None, "off by default");
-        let address = std::net::Ipv4Addr::new(198, 18, 1, 2);
+        let address = std::net::IpAddr::from([198, 18, 1, 2]);
         let by_address = SnatArgs {
             snat_addresses: vec![address],
             snat_ports: Some((62000, 62063)),

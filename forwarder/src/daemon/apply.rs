@@ -26,10 +26,10 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::bpf::{BpfError, XdpMaps};
-use crate::conntrack::Conntrack;
-use crate::table::{CompiledTable, FlowTarget, TableHandle};
+use crate::table::{CompiledTable, TableHandle};
 
-use super::plan::Plan;
+use super::conntracks::Conntracks;
+use super::plan::{Plan, Target};
 
 /// What applying a plan did.
 #[derive(Debug, Default)]
@@ -38,7 +38,7 @@ pub struct Applied {
     pub retired: usize,
     /// Targets of open TCP connections the pass left to their next packet:
     /// the next plan must carry them.
-    pub lingering: HashSet<FlowTarget>,
+    pub lingering: HashSet<Target>,
 }
 
 /// Installs `table` (compiled from the plan's new model, retiring the
@@ -49,7 +49,7 @@ pub fn apply(
     plan: &Plan,
     table: CompiledTable,
     handle: &TableHandle,
-    conntrack: &Conntrack,
+    conntracks: &Conntracks,
     maps: &mut impl XdpMaps,
     grace: Duration,
 ) -> Result<Applied, BpfError> {
@@ -78,10 +78,10 @@ pub fn apply(
         );
     }
     let mut lingering = HashSet::new();
-    let retired = conntrack.retire_settled(
-        |key, (ip, port)| !plan.keeps(&(key.dst, key.dst_port, key.protocol, ip, port)),
-        |key, (ip, port)| {
-            lingering.insert((key.dst, key.dst_port, key.protocol, ip, port));
+    let retired = conntracks.retire_settled(
+        |target| !plan.keeps(target),
+        |target| {
+            lingering.insert(target);
         },
     );
     for backend in plan.released(&lingering) {
@@ -92,7 +92,7 @@ pub fn apply(
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
     use std::sync::Arc;
 
     use cipgw_config::{
@@ -102,7 +102,7 @@ mod tests {
 
     use super::*;
     use crate::bpf::{BackendKey, Steering};
-    use crate::conntrack::{FlowKey, FlowMeta};
+    use crate::conntrack::{Conntrack, FlowKey, FlowMeta};
     use crate::daemon::plan::steering_of;
 
     const VIP_A: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
@@ -115,8 +115,8 @@ mod tests {
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     enum Write {
-        AddVip(Ipv4Addr),
-        RemoveVip(Ipv4Addr),
+        AddVip(IpAddr),
+        RemoveVip(IpAddr),
         AddBackend(BackendKey),
         RemoveBackend(BackendKey),
     }
@@ -182,13 +182,13 @@ mod tests {
             &self.steering
         }
 
-        fn add_vip(&mut self, vip: Ipv4Addr) -> Result<(), BpfError> {
+        fn add_vip(&mut self, vip: IpAddr) -> Result<(), BpfError> {
             self.record(Write::AddVip(vip))?;
             self.steering.vips.insert(vip);
             Ok(())
         }
 
-        fn remove_vip(&mut self, vip: Ipv4Addr) -> Result<(), BpfError> {
+        fn remove_vip(&mut self, vip: IpAddr) -> Result<(), BpfError> {
             self.record(Write::RemoveVip(vip))?;
             self.steering.vips.remove(&vip);
             Ok(())
@@ -269,7 +269,7 @@ mod tests {
     struct Before {
         old: Arc<ServiceTable>,
         table: TableHandle,
-        conntrack: Arc<Conntrack>,
+        conntracks: Conntracks,
     }
 
     impl Before {
@@ -278,12 +278,12 @@ mod tests {
             Before {
                 table: TableHandle::new(CompiledTable::compile(Arc::clone(&old), 1)),
                 old,
-                conntrack: Arc::new(Conntrack::default()),
+                conntracks: Conntracks::in_memory(),
             }
         }
 
         fn maps(&self) -> Recorder {
-            Recorder::new(steering_of(&self.old), &self.table, &self.conntrack)
+            Recorder::new(steering_of(&self.old), &self.table, &self.conntracks.v4)
         }
 
         /// Plans and applies `new` as generation 2.
@@ -294,8 +294,8 @@ mod tests {
         ) -> (Plan, Result<Applied, BpfError>) {
             let plan = Plan::new(&self.old, &new, [], maps.steering());
             let compiled = CompiledTable::compile(Arc::new(new), 2)
-                .with_retiring(plan.retiring().iter().copied());
-            let applied = apply(&plan, compiled, &self.table, &self.conntrack, maps, GRACE);
+                .with_retiring_of(plan.retiring_of::<Ipv4Addr>());
+            let applied = apply(&plan, compiled, &self.table, &self.conntracks, maps, GRACE);
             (plan, applied)
         }
     }
@@ -317,9 +317,9 @@ mod tests {
         let before = Before::new(old());
         // An open TCP connection to POD2 and a UDP flow to POD3, both
         // losing their targets; a TCP connection to POD1, which stays.
-        track(&before.conntrack, 40000, VIP_A, 80, Protocol::Tcp, POD2);
-        track(&before.conntrack, 40001, VIP_B, 53, Protocol::Udp, POD3);
-        track(&before.conntrack, 40002, VIP_A, 80, Protocol::Tcp, POD1);
+        track(&before.conntracks.v4, 40000, VIP_A, 80, Protocol::Tcp, POD2);
+        track(&before.conntracks.v4, 40001, VIP_B, 53, Protocol::Udp, POD3);
+        track(&before.conntracks.v4, 40002, VIP_A, 80, Protocol::Tcp, POD1);
         let mut maps = before.maps();
         // A loses POD2 and gains POD4; B goes; C comes.
         let new = ServiceTable {
@@ -331,15 +331,18 @@ mod tests {
         let (plan, applied) = before.apply(new.clone(), &mut maps);
         let applied = applied.expect("in-memory maps do not fail");
 
-        for add in [Write::AddVip(VIP_C), Write::AddBackend((POD4, 80, 6))] {
+        for add in [
+            Write::AddVip(VIP_C.into()),
+            Write::AddBackend((POD4.into(), 80, 6)),
+        ] {
             assert_eq!(maps.seen(add).generation, 1, "{add:?} before publication");
         }
         assert_eq!(
-            maps.seen(Write::RemoveVip(VIP_B)).generation,
+            maps.seen(Write::RemoveVip(VIP_B.into())).generation,
             2,
             "a VIP nobody needs goes after publication"
         );
-        let udp_backend = Write::RemoveBackend((POD3, 53, 17));
+        let udp_backend = Write::RemoveBackend((POD3.into(), 53, 17));
         assert_eq!(
             maps.seen(udp_backend),
             Seen {
@@ -353,7 +356,7 @@ mod tests {
             !maps
                 .writes
                 .iter()
-                .any(|s| s.write == Write::RemoveBackend((POD2, 80, 6))),
+                .any(|s| s.write == Write::RemoveBackend((POD2.into(), 80, 6))),
             "the open connection's backend stays steered: {:?}",
             maps.writes
         );
@@ -371,11 +374,13 @@ mod tests {
         assert_eq!(applied.retired, 1, "the UDP flow");
         assert_eq!(
             applied.lingering,
-            [(VIP_A, 80, Protocol::Tcp, POD2, 80)].into_iter().collect(),
+            [(VIP_A.into(), 80, Protocol::Tcp, POD2.into(), 80)]
+                .into_iter()
+                .collect(),
         );
-        assert_eq!(before.conntrack.summary().flows, 2);
+        assert_eq!(before.conntracks.v4.summary().flows, 2);
         let mut settled = steering_of(&new);
-        settled.backends.insert((POD2, 80, 6));
+        settled.backends.insert((POD2.into(), 80, 6));
         assert_eq!(maps.steering, settled);
         assert_eq!(before.table.current().generation(), 2);
         assert_eq!(plan.retiring().len(), 2);
@@ -384,7 +389,7 @@ mod tests {
     #[test]
     fn without_retiring_targets_there_is_no_retirement_pass() {
         let before = Before::new(old());
-        track(&before.conntrack, 40001, VIP_B, 53, Protocol::Udp, POD3);
+        track(&before.conntracks.v4, 40001, VIP_B, 53, Protocol::Udp, POD3);
         let mut maps = before.maps();
         let mut new = old();
         new.services[0].ports[0].endpoints.push(Endpoint {
@@ -402,7 +407,7 @@ mod tests {
         assert_eq!(
             maps.writes,
             vec![Seen {
-                write: Write::AddBackend((POD3, 80, 6)),
+                write: Write::AddBackend((POD3.into(), 80, 6)),
                 generation: 1,
                 flows: 1
             }]
@@ -413,7 +418,7 @@ mod tests {
     fn a_failed_add_leaves_the_old_table_in_force() {
         let before = Before::new(old());
         let mut maps = before.maps();
-        maps.fail = Some(Write::AddVip(Ipv4Addr::new(198, 19, 0, 3)));
+        maps.fail = Some(Write::AddVip(Ipv4Addr::new(198, 19, 0, 3).into()));
         let mut new = old();
         new.services.push(service(
             "c",

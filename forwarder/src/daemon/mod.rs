@@ -15,11 +15,12 @@
 
 pub mod apply;
 pub mod changes;
+pub mod conntracks;
 mod dns;
 mod dns_forward;
 pub mod handover;
 pub mod plan;
-mod snat;
+pub mod snat;
 mod start;
 
 use std::collections::HashSet;
@@ -37,14 +38,14 @@ use cipgw_control::source::{self as control_source, Receiver, SourceEvent, Sourc
 use crate::admin::{AdminServer, AdminState};
 use crate::affinity::Affinity;
 use crate::bpf::{XdpMaps, XdpProgram};
-use crate::conntrack::persist::{self, Previous, TableFile};
-use crate::conntrack::{Conntrack, ConntrackConfig};
+use crate::conntrack::ConntrackConfig;
 use crate::counters::WorkerCounters;
 use crate::maglev::MaglevTables;
 use crate::metrics::ServiceStats;
 use crate::netlink::NetMonitor;
-use crate::table::{CompiledTable, FlowTarget, LbPlan, TableHandle};
+use crate::table::{CompiledTable, LbPlan, TableHandle};
 use crate::xsk::NapiTuning;
+use conntracks::Conntracks;
 use plan::Plan;
 
 /// How long a table change waits for every worker to move to the new
@@ -83,16 +84,15 @@ struct Gateway {
     table: TableHandle,
     program: XdpProgram,
     monitor: NetMonitor,
-    conntrack: Arc<Conntrack>,
-    /// The connection table's file, when it has one (`--state-dir`):
-    /// marked clean after a graceful stop.
-    table_file: Option<Arc<TableFile>>,
+    /// Both families' connection tables (and their files with
+    /// `--state-dir`: marked clean after a graceful stop).
+    conntracks: Conntracks,
     /// Targets the next table must end if it lacks them, besides the
     /// current table's: at start, those of flows adopted from a previous
     /// gateway, until the first full table says which still exist; after
     /// a change, those of open TCP connections the retirement pass left
     /// to their next packet (see [`apply`]).
-    carried: HashSet<FlowTarget>,
+    carried: HashSet<plan::Target>,
     affinity: Arc<Affinity>,
     workers: Vec<(usize, JoinHandle<()>)>,
     /// Each worker sends once here when it has left its loop, before its
@@ -184,82 +184,6 @@ fn spawn_source(settings: &Settings) -> anyhow::Result<(SourceHandle, Receiver<S
     Ok((handle, rx))
 }
 
-/// The connection table, in its file under `--state-dir` (adopting the
-/// flows a previous gateway left there) or in process memory, and the
-/// conntrack clock's zero that goes with it.
-fn open_conntrack(
-    settings: &Settings,
-    snat: Option<&crate::conntrack::snat::SnatConfig>,
-) -> anyhow::Result<(Arc<Conntrack>, Option<Arc<TableFile>>, Instant)> {
-    let config = conntrack_config(settings);
-    let accounting = settings.conntrack.accounting;
-    let with_snat = |ct: Conntrack| -> anyhow::Result<Arc<Conntrack>> {
-        let ct = if accounting { ct.with_accounting() } else { ct };
-        Ok(Arc::new(match snat {
-            Some(snat) => ct.with_snat(snat).context("--snat")?,
-            None => ct,
-        }))
-    };
-    let Some(dir) = &settings.state_dir else {
-        return Ok((with_snat(Conntrack::new(config))?, None, Instant::now()));
-    };
-    let file = match TableFile::open(
-        dir,
-        Conntrack::<std::net::Ipv4Addr>::records_for(&config),
-        Conntrack::<std::net::Ipv4Addr>::LAYOUT,
-        persist::monotonic_ns(),
-    ) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::OutOfMemory => {
-            tracing::warn!(
-                error = %e,
-                "no huge pages for the connection table: it stays in process memory on \
-                 normal pages, and a restart will reset connections"
-            );
-            return Ok((with_snat(Conntrack::new(config))?, None, Instant::now()));
-        }
-        Err(e) => {
-            return Err(e).with_context(|| {
-                format!(
-                    "--state-dir {}: opening the connection table",
-                    dir.display()
-                )
-            })
-        }
-    };
-    let file = Arc::new(file);
-    match file.huge_page_size() {
-        Some(page) => tracing::info!(huge_page_kib = page >> 10, "connection table on huge pages"),
-        None => tracing::info!("connection table on normal pages"),
-    }
-    let epoch = persist::instant_of(file.epoch_ns());
-    let conntrack = with_snat(Conntrack::in_file(config, Arc::clone(&file)))?;
-    let path = file.path().display().to_string();
-    match file.previous() {
-        Previous::Fresh => tracing::info!(%path, "new connection table"),
-        Previous::SetAside { aside, reason } => tracing::warn!(
-            %path,
-            aside = %aside.as_ref().map_or("removed".into(), |a| a.display().to_string()),
-            %reason,
-            "the connection table left there cannot be used; it was set aside and a new one started \
-             (connections through the previous gateway will be reset)"
-        ),
-        Previous::Compatible { clean } => {
-            let now = epoch.elapsed().as_secs() as u32;
-            let adoption = conntrack.adopt(now);
-            tracing::info!(
-                %path,
-                clean_stop = clean,
-                flows = adoption.flows,
-                expired = adoption.expired,
-                discarded = adoption.discarded,
-                "connection table adopted from the previous gateway"
-            );
-        }
-    }
-    Ok((conntrack, Some(file), epoch))
-}
-
 /// The file under `--state-dir` naming the XDP program this gateway left
 /// attached, so that the next one knows it without opening it by id
 /// (which takes CAP_SYS_ADMIN, which the DaemonSet does not grant).
@@ -285,23 +209,6 @@ fn record_program(dir: &std::path::Path, id: u32) {
     if let Err(error) = written {
         tracing::warn!(path = %path.display(), %error, "could not record the XDP program's id");
     }
-}
-
-/// Every target adopted flows go to.
-fn adopted_targets(conntrack: &Conntrack) -> HashSet<FlowTarget> {
-    let mut targets = HashSet::new();
-    conntrack.for_each(|key, hit| {
-        if hit.direction == crate::conntrack::Direction::Forward {
-            targets.insert((
-                key.dst,
-                key.dst_port,
-                key.protocol,
-                hit.nat_ip,
-                hit.nat_port,
-            ));
-        }
-    });
-    targets
 }
 
 /// The connection table's bounds and timeouts from the settings; the
@@ -459,7 +366,7 @@ impl Gateway {
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = Instant::now();
                 let now = self.epoch.elapsed().as_secs() as u32;
-                let removed = self.conntrack.sweep(now);
+                let removed = self.conntracks.sweep(now);
                 if removed > 0 {
                     tracing::debug!(removed, "expired idle flows");
                 }
@@ -597,7 +504,8 @@ impl Gateway {
             |s, p, b| slots.get(s, p, b),
             lb,
         )
-        .with_retiring(plan.retiring().iter().copied());
+        .with_retiring_of(plan.retiring_of::<Ipv4Addr>())
+        .with_retiring_of(plan.retiring_of::<std::net::Ipv6Addr>());
         let compiled = match &self.dns {
             Some(dns) => dns.attach_zone(compiled),
             None => compiled,
@@ -607,7 +515,7 @@ impl Gateway {
             &plan,
             compiled,
             &self.table,
-            &self.conntrack,
+            &self.conntracks,
             &mut self.program,
             READERS_GRACE,
         )?;
@@ -642,14 +550,7 @@ impl Gateway {
                  is not handed over"
             );
         }
-        if let Some(file) = &self.table_file {
-            file.hand_over().with_context(|| {
-                format!(
-                    "handing over the connection table {}",
-                    file.path().display()
-                )
-            })?;
-        }
+        self.conntracks.hand_over()?;
         self.napi_tuning.clear();
         if let Some(dns) = &mut self.dns {
             dns.hand_over();
@@ -663,7 +564,7 @@ impl Gateway {
         self.admin_server = None;
         self.metrics_server = None;
         tracing::info!(
-            flows = self.conntrack.summary().flows,
+            flows = self.conntracks.flows(),
             "handed the data path over to the next gateway; idle until SIGTERM"
         );
         // Acquire: pairs with the signal handler's store.
@@ -731,13 +632,12 @@ impl Gateway {
     fn shutdown(mut self) -> anyhow::Result<()> {
         tracing::info!("stopping");
         let panicked = self.stop_workers();
-        if let Some(file) = &self.table_file {
+        if !self.conntracks.files().is_empty() {
             // Every worker is gone: the records are at rest.
-            file.mark_clean();
+            self.conntracks.mark_clean();
             tracing::info!(
-                path = %file.path().display(),
-                flows = self.conntrack.summary().flows,
-                "connection table left for the next gateway"
+                flows = self.conntracks.flows(),
+                "connection tables left for the next gateway"
             );
         }
         // Traffic for VIPs is dropped, not handed to the kernel (which

@@ -4,7 +4,8 @@
 //! so that every case is a unit test. [`super::apply`] carries it out.
 //!
 //! A *target* is where flows go as a table knows it: VIP, port, protocol,
-//! endpoint address and port ([`FlowTarget`]). A change ends the flows to
+//! endpoint address and port ([`Target`], of either family: a VIP only
+//! ever has endpoints of its own family). A change ends the flows to
 //! every target it removes ([`Plan::retiring`]): the new table carries
 //! that set, so workers end such flows at their next packet, and once no
 //! worker uses an older table the daemon removes the rest from conntrack.
@@ -28,23 +29,52 @@
 //! a plan from the tables alone would leave that there for good.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 
 use cipgw_config::ServiceTable;
 
 use crate::bpf::{BackendKey, Steering};
+use crate::family::IpFamily;
 use crate::table::FlowTarget;
+
+/// A target of either family.
+pub type Target = FlowTarget<IpAddr>;
+
+/// `target` as a target of family `A`, if it is one.
+pub(crate) fn family_target<A: IpFamily>(
+    &(vip, port, protocol, ip, target_port): &Target,
+) -> Option<FlowTarget<A>> {
+    Some((
+        A::from_ip(vip)?,
+        port,
+        protocol,
+        A::from_ip(ip)?,
+        target_port,
+    ))
+}
+
+/// The target of a family's flow.
+pub(crate) fn target_of<A: Into<IpAddr>>(
+    vip: A,
+    port: u16,
+    protocol: cipgw_config::Protocol,
+    (ip, target_port): (A, u16),
+) -> Target {
+    (vip.into(), port, protocol, ip.into(), target_port)
+}
 
 /// Every target of a model, whatever the endpoint's state: flows to
 /// anything in here may go on; flows to anything not in here lost their
-/// endpoint or port.
-pub(crate) fn flow_targets(model: &ServiceTable) -> HashSet<FlowTarget> {
+/// endpoint or port. A VIP's targets are its family's endpoints.
+pub(crate) fn flow_targets(model: &ServiceTable) -> HashSet<Target> {
     let mut targets = HashSet::new();
-    // IPv6: the data plane forwards IPv4 VIPs (to IPv4 endpoints) only.
-    for (service, vip) in model.forwarded_v4() {
-        for port in &service.ports {
-            for e in &port.endpoints {
-                if let std::net::IpAddr::V4(ip) = e.ip {
-                    targets.insert((vip, port.port, port.protocol, ip, e.port));
+    for (service, vips) in model.forwarded() {
+        for vip in vips.iter() {
+            for port in &service.ports {
+                for e in &port.endpoints {
+                    if e.ip.is_ipv4() == vip.is_ipv4() {
+                        targets.insert((vip, port.port, port.protocol, e.ip, e.port));
+                    }
                 }
             }
         }
@@ -53,16 +83,19 @@ pub(crate) fn flow_targets(model: &ServiceTable) -> HashSet<FlowTarget> {
 }
 
 /// The backend whose replies flows to `target` come from.
-fn backend_of(&(_, _, protocol, ip, port): &FlowTarget) -> BackendKey {
+fn backend_of(&(_, _, protocol, ip, port): &Target) -> BackendKey {
     (ip, port, protocol.ip_number())
 }
 
 /// What the XDP maps must hold for `model`, whose targets are
 /// `targets`: every VIP (traffic to one is the gateway's, ports or not)
 /// and every endpoint of a forwarded Service (its replies).
-fn steering_with(model: &ServiceTable, targets: &HashSet<FlowTarget>) -> Steering {
+fn steering_with(model: &ServiceTable, targets: &HashSet<Target>) -> Steering {
     Steering {
-        vips: model.forwarded_v4().map(|(_, vip)| vip).collect(),
+        vips: model
+            .forwarded()
+            .flat_map(|(_, vips)| vips.iter())
+            .collect(),
         backends: targets.iter().map(backend_of).collect(),
     }
 }
@@ -76,9 +109,9 @@ pub(crate) fn steering_of(model: &ServiceTable) -> Steering {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     /// The new table's targets: flows to anything else end.
-    targets: HashSet<FlowTarget>,
+    targets: HashSet<Target>,
     /// Targets of the old table or carried in that the new one lacks.
-    retiring: HashSet<FlowTarget>,
+    retiring: HashSet<Target>,
     /// Map entries to add before the new table is published.
     add: Steering,
     /// Map entries to remove once it is published.
@@ -94,7 +127,7 @@ impl Plan {
     pub fn new(
         old: &ServiceTable,
         new: &ServiceTable,
-        carried: impl IntoIterator<Item = FlowTarget>,
+        carried: impl IntoIterator<Item = Target>,
         held: &Steering,
     ) -> Plan {
         let targets = flow_targets(new);
@@ -135,12 +168,17 @@ impl Plan {
     }
 
     /// The targets whose flows the new table ends.
-    pub fn retiring(&self) -> &HashSet<FlowTarget> {
+    pub fn retiring(&self) -> &HashSet<Target> {
         &self.retiring
     }
 
+    /// The retiring targets of family `A`.
+    pub fn retiring_of<A: IpFamily>(&self) -> impl Iterator<Item = FlowTarget<A>> + '_ {
+        self.retiring.iter().filter_map(family_target)
+    }
+
     /// Whether flows to `target` go on under the new table.
-    pub fn keeps(&self, target: &FlowTarget) -> bool {
+    pub fn keeps(&self, target: &Target) -> bool {
         self.targets.contains(target)
     }
 
@@ -160,7 +198,7 @@ impl Plan {
     /// The backends to stop steering after the retirement pass, which
     /// left the `lingering` targets to their next packet: those steered
     /// only for retiring targets, but for the lingering ones'.
-    pub fn released(&self, lingering: &HashSet<FlowTarget>) -> HashSet<BackendKey> {
+    pub fn released(&self, lingering: &HashSet<Target>) -> HashSet<BackendKey> {
         let still_needed: HashSet<BackendKey> = lingering.iter().map(backend_of).collect();
         self.retiring_backends
             .difference(&still_needed)
@@ -180,20 +218,20 @@ mod tests {
 
     use super::*;
 
-    const VIP_A: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
-    const VIP_B: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 2);
-    const POD1: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
-    const POD2: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
-    const POD3: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 3);
+    const VIP_A: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1));
+    const VIP_B: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 19, 0, 2));
+    const POD1: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1));
+    const POD2: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 2));
+    const POD3: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 3));
 
     /// A port: (port, protocol, target port, endpoint addresses).
-    type Port = (u16, Protocol, u16, &'static [Ipv4Addr]);
+    type Port = (u16, Protocol, u16, &'static [IpAddr]);
 
-    fn service(name: &str, vip: Ipv4Addr, ports: &[Port]) -> Service {
+    fn service(name: &str, vip: IpAddr, ports: &[Port]) -> Service {
         Service {
             name: ServiceName::new("default", name),
             kind: ServiceKind::ClusterIp,
-            cluster_ip: ClusterIp::single(std::net::IpAddr::from(vip)),
+            cluster_ip: ClusterIp::single(vip),
             ip_family_policy: cipgw_config::IpFamilyPolicy::SingleStack,
             ip_families: vec![cipgw_config::IpFamily::V4],
             session_affinity: None,
@@ -210,7 +248,7 @@ mod tests {
                     endpoints: pods
                         .iter()
                         .map(|&ip| Endpoint {
-                            ip: ip.into(),
+                            ip,
                             port: target,
                             state: EndpointState::READY,
                             pod: None,
@@ -247,13 +285,13 @@ mod tests {
     }
 
     /// The plan from `old` to `new` for maps that hold what `old` needs.
-    fn plan(old: &ServiceTable, new: &ServiceTable, carried: &[FlowTarget]) -> Plan {
+    fn plan(old: &ServiceTable, new: &ServiceTable, carried: &[Target]) -> Plan {
         Plan::new(old, new, carried.iter().copied(), &steering_of(old))
     }
 
     /// What the maps hold after `plan` is applied up to the retirement
     /// pass (which left `lingering`), and after it.
-    fn maps_after(held: &Steering, plan: &Plan, lingering: &[FlowTarget]) -> (Steering, Steering) {
+    fn maps_after(held: &Steering, plan: &Plan, lingering: &[Target]) -> (Steering, Steering) {
         let mut maps = held.clone();
         maps.vips.extend(&plan.add().vips);
         maps.backends.extend(&plan.add().backends);
@@ -268,38 +306,49 @@ mod tests {
         (published, maps)
     }
 
-    /// A dual-stack Service is steered and compiled by its IPv4 side
-    /// only (IPv4 VIP, IPv4 endpoints), until the data plane has IPv6.
+    /// A dual-stack Service is steered by both VIPs, each with its own
+    /// family's endpoints, and compiled so on both sides.
     #[test]
-    fn a_dual_stack_service_is_forwarded_by_its_ipv4_side() {
-        use std::net::{IpAddr, Ipv6Addr};
+    fn a_dual_stack_service_is_forwarded_by_both_families() {
+        use std::net::Ipv6Addr;
         let mut a = service("a", VIP_A, &[(80, Protocol::Tcp, 8080, &[POD1])]);
-        let v6 = |last| IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 0xff, 0, 0, 0, last));
+        let vip6 = Ipv6Addr::new(0x2001, 2, 0, 0xff, 0, 0, 0, 1);
+        let pod6 = Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 1);
         a.cluster_ip =
-            ClusterIp::Vips(cipgw_config::Vips::dual(v6(1), VIP_A.into()).expect("two families"));
+            ClusterIp::Vips(cipgw_config::Vips::dual(vip6.into(), VIP_A).expect("two families"));
         a.ip_families = vec![cipgw_config::IpFamily::V6, cipgw_config::IpFamily::V4];
         let v6_endpoint = Endpoint {
-            ip: IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 1)),
+            ip: pod6.into(),
             ..a.ports[0].endpoints[0].clone()
         };
         a.ports[0].endpoints.push(v6_endpoint);
         let model = table(vec![a]);
         let steering = steering_of(&model);
-        assert_eq!(steering.vips, HashSet::from([VIP_A]));
+        assert_eq!(steering.vips, HashSet::from([VIP_A, vip6.into()]));
+        let tcp = Protocol::Tcp.ip_number();
         assert_eq!(
             steering.backends,
-            HashSet::from([(POD1, 8080, Protocol::Tcp.ip_number())])
+            HashSet::from([(POD1, 8080, tcp), (pod6.into(), 8080, tcp)])
+        );
+        assert_eq!(
+            flow_targets(&model),
+            HashSet::from([
+                (VIP_A, 80, Protocol::Tcp, POD1, 8080),
+                (vip6.into(), 80, Protocol::Tcp, pod6.into(), 8080),
+            ]),
+            "a VIP's targets are its own family's endpoints"
         );
         let compiled = crate::table::CompiledTable::compile(std::sync::Arc::new(model), 1);
         let entry = compiled
+            .v6()
             .port_entry(&crate::table::ServiceKey {
-                vip: VIP_A,
+                vip: vip6,
                 port: 80,
                 protocol: Protocol::Tcp,
             })
-            .expect("the IPv4 VIP's port");
-        assert_eq!(entry.backends.len(), 1, "the IPv4 endpoint only");
-        assert_eq!(entry.backends[0].ip, POD1);
+            .expect("the IPv6 VIP's port");
+        assert_eq!(entry.backends.len(), 1, "the IPv6 endpoint only");
+        assert_eq!(entry.backends[0].ip, pod6);
     }
 
     #[test]
@@ -389,8 +438,8 @@ mod tests {
 
     #[test]
     fn a_new_service_and_endpoint_are_steered_before_publication() {
-        const VIP_C: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 3);
-        const POD4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 4);
+        const VIP_C: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 19, 0, 3));
+        const POD4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 4));
         let mut new = base();
         new.services
             .push(service("c", VIP_C, &[(80, Protocol::Tcp, 80, &[POD4])]));
@@ -432,14 +481,18 @@ mod tests {
     fn what_the_maps_hold_beyond_both_tables_is_removed_at_publication() {
         // The previous gateway's VIP and backend, inherited at start-up.
         let mut held = steering_of(&base());
-        held.vips.insert(Ipv4Addr::new(198, 19, 9, 9));
-        held.backends.insert((Ipv4Addr::new(198, 18, 9, 9), 80, 6));
+        held.vips.insert(Ipv4Addr::new(198, 19, 9, 9).into());
+        held.backends
+            .insert((Ipv4Addr::new(198, 18, 9, 9).into(), 80, 6));
         let p = Plan::new(&base(), &base(), [], &held);
         assert!(p.add().is_empty());
-        assert_eq!(p.remove().vips, set(&[Ipv4Addr::new(198, 19, 9, 9)]));
+        assert_eq!(
+            p.remove().vips,
+            set(&[IpAddr::from(Ipv4Addr::new(198, 19, 9, 9))])
+        );
         assert_eq!(
             p.remove().backends,
-            set(&[(Ipv4Addr::new(198, 18, 9, 9), 80, 6)])
+            set(&[(IpAddr::from(Ipv4Addr::new(198, 18, 9, 9)), 80, 6)])
         );
     }
 
@@ -506,7 +559,7 @@ mod tests {
             ip_families: vec![cipgw_config::IpFamily::V4],
             ..service(
                 "h",
-                Ipv4Addr::UNSPECIFIED,
+                Ipv4Addr::UNSPECIFIED.into(),
                 &[(5432, Protocol::Tcp, 5432, &[POD3])],
             )
         });

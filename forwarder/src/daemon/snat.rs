@@ -7,21 +7,51 @@
 //! `net.ipv4.ip_local_port_range`. On such an address, SNAT ports inside
 //! that range could meet a kernel connection to the same backend on the
 //! same 4-tuple, so they are refused at start; an address given with
-//! `--snat-address` is taken as dedicated to cipgw, which lifts the check.
+//! `--snat-address` is taken as dedicated to cipgw, which lifts the check
+//! (Linux's range, though under `net.ipv4`, serves IPv6 sockets too).
+//!
+//! Each family's connection table gets the addresses of its family; a
+//! family without one is forwarded without source NAT (with a warning).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::RangeInclusive;
 
 use anyhow::{bail, Context};
 use cipgw_config::settings::Settings;
 
 use crate::conntrack::snat::SnatConfig;
+use crate::family::IpFamily;
 use crate::netlink;
+
+/// Source NAT as resolved at start: addresses of either family, one
+/// port range for all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snat {
+    pub addresses: Vec<IpAddr>,
+    pub ports: RangeInclusive<u16>,
+}
+
+impl Snat {
+    /// What family `A`'s connection table uses: `None` when no address is
+    /// of that family.
+    pub fn config<A: IpFamily>(&self) -> Option<SnatConfig<A>> {
+        let addresses: Vec<A> = self
+            .addresses
+            .iter()
+            .filter_map(|&a| A::from_ip(a))
+            .collect();
+        (!addresses.is_empty()).then(|| SnatConfig {
+            addresses,
+            ports: self.ports.clone(),
+        })
+    }
+}
 
 /// Where Linux keeps the ephemeral port range.
 const LOCAL_PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 
 /// The SNAT configuration `settings` ask for, or `None` without `--snat`.
-pub(super) fn resolve(settings: &Settings) -> anyhow::Result<Option<SnatConfig>> {
+pub(super) fn resolve(settings: &Settings) -> anyhow::Result<Option<Snat>> {
     let Some(snat) = &settings.snat else {
         return Ok(None);
     };
@@ -31,7 +61,7 @@ pub(super) fn resolve(settings: &Settings) -> anyhow::Result<Option<SnatConfig>>
         snat.addresses.clone()
     } else {
         let iface = settings.ifaces.last().context("--snat needs an --iface")?;
-        vec![primary_address(iface)?]
+        primary_addresses(iface)?
     };
     let (low, high) = match snat.ports {
         Some(ports) => ports,
@@ -44,7 +74,19 @@ pub(super) fn resolve(settings: &Settings) -> anyhow::Result<Option<SnatConfig>>
         })?,
     };
     if !dedicated {
-        check_outside_kernel_range((low, high), kernel, addresses[0])?;
+        for &address in &addresses {
+            check_outside_kernel_range((low, high), kernel, address)?;
+        }
+    }
+    for (family, has) in [
+        ("IPv4", addresses.iter().any(IpAddr::is_ipv4)),
+        ("IPv6", addresses.iter().any(IpAddr::is_ipv6)),
+    ] {
+        if !has {
+            tracing::warn!(
+                "--snat: no {family} source NAT address; {family} Services are forwarded with                  the client's address (give an {family} --snat-address)"
+            );
+        }
     }
     tracing::info!(
         addresses = ?addresses,
@@ -52,7 +94,7 @@ pub(super) fn resolve(settings: &Settings) -> anyhow::Result<Option<SnatConfig>>
         kernel_ports = %format!("{}-{}", kernel.0, kernel.1),
         "source NAT on: backends see new connections come from the gateway"
     );
-    Ok(Some(SnatConfig {
+    Ok(Some(Snat {
         addresses,
         ports: low..=high,
     }))
@@ -87,7 +129,7 @@ fn default_ports((low, high): (u16, u16)) -> Option<(u16, u16)> {
 fn check_outside_kernel_range(
     (low, high): (u16, u16),
     (kernel_low, kernel_high): (u16, u16),
-    address: Ipv4Addr,
+    address: IpAddr,
 ) -> anyhow::Result<()> {
     if low <= kernel_high && kernel_low <= high {
         bail!(
@@ -100,22 +142,34 @@ fn check_outside_kernel_range(
     Ok(())
 }
 
-/// The primary IPv4 address of interface `iface`.
-fn primary_address(iface: &str) -> anyhow::Result<Ipv4Addr> {
+/// The primary IPv4 address and the first global IPv6 address of
+/// interface `iface`, those it has (at least one).
+fn primary_addresses(iface: &str) -> anyhow::Result<Vec<IpAddr>> {
     let links = netlink::dump_links().context("--snat: listing interfaces")?;
     let ifindex = links
         .iter()
         .find(|l| l.name == iface)
         .map(|l| l.ifindex)
         .with_context(|| format!("--snat: no interface {iface}"))?;
-    netlink::dump_ipv4_addresses()
+    let v4: Option<Ipv4Addr> = netlink::dump_ipv4_addresses()
         .context("--snat: listing addresses")?
         .into_iter()
         .find(|(index, _)| *index == ifindex)
-        .map(|(_, ip)| ip)
-        .with_context(|| {
-            format!("--snat: interface {iface} has no IPv4 address; give --snat-address")
-        })
+        .map(|(_, ip)| ip);
+    let v6: Option<Ipv6Addr> = netlink::dump_ipv6_addresses()
+        .context("--snat: listing IPv6 addresses")?
+        .into_iter()
+        .find(|(index, _)| *index == ifindex)
+        .map(|(_, ip)| ip);
+    let addresses: Vec<IpAddr> = v4
+        .map(IpAddr::from)
+        .into_iter()
+        .chain(v6.map(IpAddr::from))
+        .collect();
+    if addresses.is_empty() {
+        bail!("--snat: interface {iface} has no IPv4 or global IPv6 address; give --snat-address");
+    }
+    Ok(addresses)
 }
 
 #[cfg(test)]
@@ -133,7 +187,7 @@ mod tests {
 
     #[test]
     fn an_overlap_on_the_nodes_address_is_refused_with_the_reason() {
-        let a = Ipv4Addr::new(198, 18, 0, 1);
+        let a = IpAddr::from([198, 18, 0, 1]);
         check_outside_kernel_range((61000, 65535), (32768, 60999), a).expect("outside");
         let e = check_outside_kernel_range((60000, 61000), (32768, 60999), a)
             .expect_err("overlaps")

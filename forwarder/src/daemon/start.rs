@@ -30,24 +30,25 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use cipgw_config::settings::{Settings, Source};
 
+use super::conntracks::Conntracks;
 use super::handover;
-use super::plan::{flow_targets, steering_of};
+use super::plan::{flow_targets, steering_of, Target};
 use super::{
-    adopted_targets, initial_table, open_conntrack, record_program, recorded_program,
-    set_worker_nice, spawn_source, Gateway, Options, BUSY_POLL_DEFER_HARD_IRQS,
-    BUSY_POLL_GRO_FLUSH_TIMEOUT_NS, BUSY_POLL_USECS,
+    conntrack_config, initial_table, record_program, recorded_program, set_worker_nice,
+    spawn_source, Gateway, Options, BUSY_POLL_DEFER_HARD_IRQS, BUSY_POLL_GRO_FLUSH_TIMEOUT_NS,
+    BUSY_POLL_USECS,
 };
 use crate::admin::{AdminServer, AdminState};
 use crate::affinity::Affinity;
 use crate::bpf::{self, XdpMaps, XdpProgram};
-use crate::conntrack::{Conntrack, ConntrackConfig};
+use crate::conntrack::ConntrackConfig;
 use crate::counters::WorkerCounters;
 use crate::lb::Rng;
 use crate::maglev::MaglevTables;
 use crate::metrics::{ServiceStats, WorkerTelemetry};
 use crate::netlink::{self, NetMonitor};
 use crate::pipeline::{Pipeline, PipelineConfig};
-use crate::table::{CompiledTable, FlowTarget, LbPlan, TableHandle};
+use crate::table::{CompiledTable, LbPlan, TableHandle};
 use crate::worker::{Worker, WorkerShared};
 use crate::xsk::{
     self, BusyPoll, NapiTuning, PreparedIo, QueueAssignment, WorkerIo, XskConfig, ZeroCopy,
@@ -90,7 +91,7 @@ pub(super) fn start(
         if let Some(dns) = &dns {
             for &address in dns.addresses() {
                 program
-                    .steer_dns(address, crate::dns::PORT)
+                    .steer_dns(address.into(), crate::dns::PORT)
                     .with_context(|| {
                         format!("--dns-address {address}: steering its UDP port 53")
                     })?;
@@ -110,16 +111,18 @@ pub(super) fn start(
         None => (prepared, false),
     };
 
-    let (conntrack, table_file, epoch) = open_conntrack(settings, snat.as_ref())?;
-    let carried = adopt_flows(&conntrack, &first.table, from_file);
+    let (conntracks, epoch) =
+        Conntracks::open(settings, conntrack_config(settings), snat.as_ref())?;
+    let carried = adopt_flows(&conntracks, &first.table, from_file);
     let table = TableHandle::new(first.table);
     let ready = Arc::new(AtomicBool::new(false));
     let admin = Arc::new(AdminState::new(
         settings.ifaces.clone(),
         table.clone(),
-        Arc::clone(&conntrack),
+        Arc::clone(&conntracks.v4),
         Arc::clone(&ready),
     ));
+    admin.set_conntrack6(Arc::clone(&conntracks.v6));
     admin.set_conntrack_epoch(epoch);
     if from_file {
         admin
@@ -133,12 +136,13 @@ pub(super) fn start(
     if let Some(dns) = &dns {
         admin.count_dns(Arc::clone(&dns.stats));
     }
-    let summary = conntrack.summary();
+    let summary = conntracks.v4.summary();
     tracing::info!(
         conntrack_max = summary.max_flows,
         unreplied_percent = settings.conntrack.unreplied_percent,
         table_mib = (summary.max_flows as u64 * ConntrackConfig::BYTES_PER_FLOW) >> 20,
-        "connection table bounded (memory is taken as flows arrive)"
+        table6_mib = (summary.max_flows as u64 * ConntrackConfig::BYTES_PER_FLOW_V6) >> 20,
+        "connection tables bounded, per family (memory is taken as flows arrive)"
     );
     if settings.cluster_cidrs.is_empty() {
         tracing::warn!(
@@ -161,7 +165,7 @@ pub(super) fn start(
             .map(|d| {
                 d.addresses()
                     .iter()
-                    .map(|&a| (a, crate::dns::PORT))
+                    .map(|&a| (a.into(), crate::dns::PORT))
                     .collect()
             })
             .unwrap_or_default();
@@ -200,7 +204,7 @@ pub(super) fn start(
         options,
         pending,
         &WorkerParts {
-            conntrack: &conntrack,
+            conntracks: &conntracks,
             affinity: &affinity,
             service_stats: &first.service_stats,
             table: &table,
@@ -250,8 +254,7 @@ pub(super) fn start(
         table,
         program,
         monitor,
-        conntrack,
-        table_file,
+        conntracks,
         carried,
         affinity,
         workers: handles,
@@ -497,20 +500,14 @@ fn assign_queues(settings: &Settings, ports: &Ports) -> anyhow::Result<Vec<Vec<Q
 /// file is the whole desired state, so flows to targets it lacks go now,
 /// before any worker runs; the Kubernetes source's first full table ends
 /// them later, so their targets are carried into its plan.
-fn adopt_flows(
-    conntrack: &Conntrack,
-    first: &CompiledTable,
-    from_file: bool,
-) -> HashSet<FlowTarget> {
-    let adopted = adopted_targets(conntrack);
+fn adopt_flows(conntracks: &Conntracks, first: &CompiledTable, from_file: bool) -> HashSet<Target> {
+    let adopted = conntracks.targets();
     if !from_file {
         return adopted;
     }
     if !adopted.is_empty() {
         let targets = flow_targets(first.model());
-        let retired = conntrack.retire(|key, (ip, port)| {
-            !targets.contains(&(key.dst, key.dst_port, key.protocol, ip, port))
-        });
+        let retired = conntracks.retire(|target| !targets.contains(target));
         if retired > 0 {
             tracing::info!(
                 retired,
@@ -782,7 +779,7 @@ fn tune_busy_polling(settings: &Settings, pending: &[(usize, WorkerIo)]) -> Vec<
 
 /// What every worker shares.
 struct WorkerParts<'a> {
-    conntrack: &'a Arc<Conntrack>,
+    conntracks: &'a Conntracks,
     affinity: &'a Arc<Affinity>,
     service_stats: &'a ServiceStats,
     table: &'a TableHandle,
@@ -829,10 +826,11 @@ fn spawn_workers(
         let worker_counters = Arc::clone(&telemetry.counters);
         counters.push(Arc::clone(&worker_counters));
         let pipeline = Pipeline::new(
-            Arc::clone(parts.conntrack),
+            Arc::clone(&parts.conntracks.v4),
             worker_counters,
             Rng::from_entropy(),
         )
+        .with_conntrack6(Arc::clone(&parts.conntracks.v6))
         .with_affinity(Arc::clone(parts.affinity))
         .with_config(pipeline_config.clone())
         .with_service_counters(parts.service_stats.add_worker());

@@ -3,7 +3,7 @@
 //! plane's record and the per-Service-port counters, copied at one moment
 //! so that `/metrics` and the admin views are computed from plain values.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
@@ -178,7 +178,27 @@ pub struct ConntrackNumbers {
 }
 
 impl ConntrackNumbers {
-    pub fn read(ct: &Conntrack) -> Self {
+    /// Adds another table's numbers (the other family's): the gateway's
+    /// totals, and its capacity, over both.
+    pub fn add(&mut self, other: &Self) {
+        self.entries += other.entries;
+        self.flows += other.flows;
+        self.unreplied += other.unreplied;
+        self.max_flows += other.max_flows;
+        self.inserted += other.inserted;
+        for (a, b) in self.evicted.iter_mut().zip(other.evicted) {
+            *a += b;
+        }
+        self.refused += other.refused;
+        self.retired += other.retired;
+        self.deleted += other.deleted;
+        self.replaced += other.replaced;
+        for (a, b) in self.expired.iter_mut().zip(other.expired) {
+            *a += b;
+        }
+    }
+
+    pub fn read<A: crate::family::IpFamily>(ct: &Conntrack<A>) -> Self {
         let summary = ct.summary();
         let stats = ct.stats();
         // Relaxed loads: statistics, each read on its own.
@@ -242,15 +262,25 @@ pub struct SnatNumbers {
     /// The port range, when source NAT is on.
     pub ports: Option<std::ops::RangeInclusive<u16>>,
     /// Flows holding a port, per SNAT address.
-    pub in_use: Vec<(Ipv4Addr, u64)>,
+    pub in_use: Vec<(IpAddr, u64)>,
 }
 
 impl SnatNumbers {
-    pub fn read(ct: &Conntrack) -> Self {
+    pub fn read<A: crate::family::IpFamily>(ct: &Conntrack<A>) -> Self {
         Self {
             ports: ct.snat_ports(),
-            in_use: ct.snat_ports_in_use(),
+            in_use: ct
+                .snat_ports_in_use()
+                .into_iter()
+                .map(|(a, n)| (a.into(), n))
+                .collect(),
         }
+    }
+
+    /// Adds the other family's addresses.
+    pub fn add(&mut self, other: &Self) {
+        self.ports = self.ports.clone().or_else(|| other.ports.clone());
+        self.in_use.extend_from_slice(&other.in_use);
     }
 }
 

@@ -144,6 +144,30 @@ impl TableFile {
         layout: TableLayout,
         epoch_ns: u64,
     ) -> io::Result<TableFile> {
+        Self::open_with(dir, records, layout, epoch_ns, false)
+    }
+
+    /// [`TableFile::open`] for a table beside another one whose clock it
+    /// shares (the IPv6 table beside the IPv4 one): a previous table is
+    /// taken over only if its clock's zero is `epoch_ns` too (both were
+    /// written by one gateway), else set aside, so that one `now` holds
+    /// for both.
+    pub fn open_beside(
+        dir: &Path,
+        records: usize,
+        layout: TableLayout,
+        epoch_ns: u64,
+    ) -> io::Result<TableFile> {
+        Self::open_with(dir, records, layout, epoch_ns, true)
+    }
+
+    fn open_with(
+        dir: &Path,
+        records: usize,
+        layout: TableLayout,
+        epoch_ns: u64,
+        same_epoch: bool,
+    ) -> io::Result<TableFile> {
         let record_bytes = layout.record_bytes;
         std::fs::create_dir_all(dir)?;
         let path = dir.join(layout.file_name);
@@ -154,7 +178,16 @@ impl TableFile {
         let size = file.metadata()?.len();
         let mut previous = Previous::Fresh;
         if size > 0 {
-            match check_header(&file, size, len, records, layout, &boot_id) {
+            let checked = check_header(&file, size, len, records, layout, &boot_id).and_then(
+                |clean| match (same_epoch, header_epoch(&file)) {
+                    (true, Ok(epoch)) if epoch != epoch_ns => Err(format!(
+                        "its clock starts at {epoch} ns, the table beside it at {epoch_ns} ns"
+                    )),
+                    (true, Err(e)) => Err(e),
+                    _ => Ok(clean),
+                },
+            );
+            match checked {
                 Ok(clean) => previous = Previous::Compatible { clean },
                 Err(reason) => {
                     let aside = if huge_page.is_some() {
@@ -468,6 +501,15 @@ fn open_locked(path: &Path) -> io::Result<File> {
 
 /// Checks a table file's header; `Ok(clean)` when it can be adopted,
 /// else why not.
+/// The clock zero in a table file's header.
+fn header_epoch(file: &File) -> Result<u64, String> {
+    use std::os::unix::fs::FileExt;
+    let mut epoch = [0u8; 8];
+    file.read_exact_at(&mut epoch, OFF_EPOCH as u64)
+        .map_err(|e| format!("unreadable header: {e}"))?;
+    Ok(u64::from_le_bytes(epoch))
+}
+
 fn check_header(
     file: &File,
     size: u64,
@@ -601,6 +643,31 @@ mod tests {
             other => panic!("an IPv6 table must not be adopted as IPv4: {other:?}"),
         }
         drop(v4);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_table_beside_another_is_adopted_only_with_the_same_clock() {
+        let dir = dir("beside");
+        let epoch = monotonic_ns() - 5_000_000_000;
+        let v6 = TableFile::open_beside(&dir, 16, V6, epoch).expect("fresh");
+        assert_eq!(v6.epoch_ns(), epoch);
+        drop(v6);
+        let v6 = TableFile::open_beside(&dir, 16, V6, epoch).expect("same clock");
+        assert_eq!(v6.previous(), &Previous::Compatible { clean: false });
+        drop(v6);
+        let other = epoch + 1_000_000_000;
+        let v6 = TableFile::open_beside(&dir, 16, V6, other).expect("another clock");
+        match v6.previous() {
+            Previous::SetAside { reason, .. } => assert!(reason.contains("clock"), "{reason}"),
+            other => panic!("a table on another clock must not be adopted: {other:?}"),
+        }
+        assert_eq!(
+            v6.epoch_ns(),
+            other,
+            "the fresh table takes the clock beside it"
+        );
+        drop(v6);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
