@@ -337,6 +337,25 @@ fn silent_from(source: IpAddr, target: SocketAddr) -> Result<(), String> {
     }
 }
 
+/// Adds `addr` to `ns`'s eth0 for a test that binds it, deprecated
+/// (preferred lifetime 0) so the kernel never picks it as the source of
+/// other connections.
+fn add_outside_address(ns: &Netns, addr: Ipv6Addr) -> Result<(), lab::LabError> {
+    let cidr = format!("{addr}/128");
+    let args = [
+        "-6",
+        "addr",
+        "add",
+        &cidr,
+        "dev",
+        "eth0",
+        "nodad",
+        "preferred_lft",
+        "0",
+    ];
+    ns.ip(&args).map(drop)
+}
+
 /// The gateway's `/metrics` (admin endpoint 127.0.0.1:9477 in its
 /// namespace).
 fn metrics(gateway_ns: &lab::Netns) -> String {
@@ -495,18 +514,7 @@ fn dual_stack_service_two_arm() {
     // A client address outside --cluster-cidr gets nothing, and the
     // gateway counts it.
     let outside: Ipv6Addr = OUTSIDE6.parse().expect("an IPv6 address");
-    lab.topology()
-        .client()
-        .ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("{outside}/128"),
-            "dev",
-            "eth0",
-            "nodad",
-        ])
-        .unwrap_or_else(|e| fail(&e));
+    add_outside_address(lab.topology().client(), outside).unwrap_or_else(|e| fail(&e));
     let before = metric_sum(
         &metrics(gateway_ns),
         "cipgw_drops_total",
@@ -744,19 +752,7 @@ fn dual_stack_service_through_source_nat() {
         "[VIP6]:{UNDEFINED_PORT} reached a Pod"
     );
     let outside: Ipv6Addr = OUTSIDE_CLUSTER6.parse().expect("an IPv6 address");
-    lab.cluster
-        .pod_ns("client1")
-        .expect("client1")
-        .ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("{outside}/128"),
-            "dev",
-            "eth0",
-            "nodad",
-        ])
-        .unwrap_or_else(|e| lab.fail(e));
+    add_outside_address(lab.pod_ns("client1"), outside).unwrap_or_else(|e| lab.fail(e));
     let gateway_ns = lab.cluster.gateway();
     let before = metric_sum(
         &metrics(gateway_ns),

@@ -336,8 +336,33 @@ fn start_udp_mirror(ns: &Netns, addr: SocketAddr, stop: Arc<AtomicBool>) -> Join
 
 /// The gateway's counter `name` (a sum over its label sets).
 fn counter(lab: &Lab, name: &str) -> u64 {
-    let text = lab
-        .topology()
+    metrics(lab)
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// The gateway's non-zero ICMP, fragment, drop and packet counters, for
+/// failure messages.
+fn counters_digest(lab: &Lab) -> String {
+    let mut out = String::from("\n--- gateway counters (non-zero) ---");
+    for line in metrics(lab).lines().filter(|l| {
+        !l.starts_with('#')
+            && ["icmp", "fragment", "drop", "packets"]
+                .iter()
+                .any(|k| l.contains(k))
+            && !l.ends_with(" 0")
+    }) {
+        out.push('\n');
+        out.push_str(line);
+    }
+    out
+}
+
+/// The gateway's /metrics text.
+fn metrics(lab: &Lab) -> String {
+    lab.topology()
         .gateway()
         .run(|| -> std::io::Result<String> {
             let mut s = TcpStream::connect("127.0.0.1:9477")?;
@@ -348,11 +373,7 @@ fn counter(lab: &Lab, name: &str) -> u64 {
             Ok(text)
         })
         .unwrap_or_else(|e| panic!("metrics: {e}"))
-        .unwrap_or_else(|e| panic!("metrics: {e}"));
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+        .unwrap_or_else(|e| panic!("metrics: {e}"))
 }
 
 /// Waits until the gateway's counter `name` reaches `want`.
@@ -365,7 +386,8 @@ fn wait_counter(lab: &Lab, name: &str, want: u64) -> u64 {
         }
         if Instant::now() > deadline {
             lab.fail(format_args!(
-                "{name} is {value}, not {want}, after {SETTLE_WITHIN:?}"
+                "{name} is {value}, not {want}, after {SETTLE_WITHIN:?}{}",
+                counters_digest(lab)
             ));
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -444,20 +466,18 @@ fn upload_and_big_datagram(
         stream.read_to_string(&mut answer)?;
         Ok(answer)
     });
-    let answer = answer.unwrap_or_else(|e| {
-        lab.fail(format_args!(
+    let upload = match answer {
+        Ok(answer) if answer.trim() == UPLOAD.to_string() => Ok(started.elapsed()),
+        Ok(answer) => Err(format!(
+            "1 MB upload to {target}: the far Pod read {:?} bytes, not {UPLOAD}",
+            answer.trim()
+        )),
+        Err(e) => Err(format!(
             "1 MB upload to {target} through a 1280-byte link: {e} after {:?}",
             started.elapsed()
-        ))
-    });
-    assert_eq!(
-        answer.trim(),
-        UPLOAD.to_string(),
-        "the far Pod read the whole upload"
-    );
-    eprintln!("1 MB through the 1280-byte link in {:?}", started.elapsed());
-    let errors = wait_counter(lab, "cipgw_icmp_errors_forwarded_total", 1);
-    eprintln!("ICMP errors translated for the client: {errors}");
+        )),
+    };
+    let upload_counters = counters_digest(lab);
 
     // A 4,000-byte datagram each way, in fragments.
     let target = big_udp;
@@ -477,10 +497,28 @@ fn upload_and_big_datagram(
         }
         Ok((datagram, buf[..n].to_vec()))
     });
-    let (sent, received) =
-        echoed.unwrap_or_else(|e| lab.fail(format_args!("4,000-byte datagram to {target}: {e}")));
-    assert_eq!(received.len(), DATAGRAM, "the answer arrived whole");
-    assert!(received == sent, "the answer is the datagram sent");
+    let datagram = match echoed {
+        Ok((sent, received)) if received == sent => Ok(()),
+        Ok((_, received)) => Err(format!(
+            "4,000-byte datagram to {target}: the answer has {} bytes or other content",
+            received.len()
+        )),
+        Err(e) => Err(format!("4,000-byte datagram to {target}: {e}")),
+    };
+    // Both cases ran whatever the first's outcome, so a failure tells all.
+    match (upload, datagram) {
+        (Ok(took), Ok(())) => eprintln!("1 MB through the 1280-byte link in {took:?}"),
+        (upload, datagram) => lab.fail(format_args!(
+            "{}\n{}\n(counters after the upload:){upload_counters}\n(now:){}",
+            upload.err().unwrap_or_else(|| "the upload worked".into()),
+            datagram
+                .err()
+                .unwrap_or_else(|| "the datagram and its answer arrived whole".into()),
+            counters_digest(lab)
+        )),
+    }
+    let errors = wait_counter(lab, "cipgw_icmp_errors_forwarded_total", 1);
+    eprintln!("ICMP errors translated for the client: {errors}");
     // Three fragments each way: two later ones each way followed.
     wait_counter(lab, "cipgw_fragments_forwarded_total", 4);
     lab.stop_gateway();

@@ -29,7 +29,8 @@
 //! A dual-stack cluster ([`ClusterBuilder::dual_stack`]) mirrors every
 //! address and route in IPv6 as [`super::topology`] describes (198.18.X.Y
 //! is 2001:2:0:X::Y): node network 2001:2:0:1::/64 (gateway ::1, spare
-//! ::2, nodes ::11, ...), node N's Pods on 2001:2:0:(10+N)::/64 (bridge
+//! ::2, deprecated so that it is never chosen as a source, nodes ::11,
+//! ...), node N's Pods on 2001:2:0:(10+N)::/64 (bridge
 //! ::1, Pods ::11, ...), VIPs 2001:2:0:100::/64, and 2001:2::/56 (the node
 //! network and every Pod subnet, not the VIPs) for `--cluster-cidr`. Nodes
 //! forward IPv6 too; the gateway does not.
@@ -237,7 +238,21 @@ impl ClusterBuilder {
         c.gateway_ns
             .ip(&["addr", "add", &spare.cidr().to_string(), "dev", "lan0"])?;
         if let Some(cidr6) = spare.cidr6() {
-            add_ipv6(&c.gateway_ns, "lan0", cidr6)?;
+            // Deprecated (preferred lifetime 0): never the kernel's choice
+            // of source, only used where named (`--snat-address`), so the
+            // gateway's own address is ::1 beyond doubt, as 198.18.1.1 is
+            // the IPv4 primary.
+            c.gateway_ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &cidr6.to_string(),
+                "dev",
+                "lan0",
+                "nodad",
+                "preferred_lft",
+                "0",
+            ])?;
         }
 
         let mut pods = Vec::new();
