@@ -11,6 +11,8 @@
 //!   answered from the VIP; the VIP answers ping (`ping -6` for IPv6); a
 //!   port the Service does not define is refused at once (RST); a client
 //!   address outside `--cluster-cidr` (IPv6) gets nothing;
+//! - one-arm (client and Pods on the gateway's one segment): TCP, UDP and
+//!   ping in each family;
 //! - the same with `--snat` in the cluster-shaped lab (`cipgw::lab::
 //!   Cluster`), where every Pod sees the gateway's address of the family
 //!   as its peer.
@@ -528,6 +530,61 @@ fn dual_stack_service_two_arm() {
     let served = tcp_spread(client, &info.pods, target, 10).unwrap_or_else(|e| fail(&e));
     assert_share(&served, &names, 10, 0.0, 100.0);
 
+    drop(servers6);
+    lab.stop_gateway();
+}
+
+#[test]
+fn dual_stack_service_one_arm() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    const ONE_ARM_CONNECTIONS: usize = 60;
+    let mut lab = Lab::build(Topology::one_arm("dualonearm").pods(3).dual_stack(true));
+    let info = lab.info().clone();
+    lab.tcp_echo(TARGET_PORT);
+    lab.udp_echo(DNS.target);
+    let mut servers6: Vec<EchoServer> = Vec::new();
+    for started in [
+        lab.topology().start_tcp_echo6(TARGET_PORT),
+        lab.topology().start_udp_echo6(DNS.target),
+    ] {
+        servers6.extend(started.unwrap_or_else(|e| panic!("IPv6 echo servers: {e}")));
+    }
+    let (vip4, vip6) = (info.vip(10), info.vip6(10));
+    let pods: Vec<&NodeInfo> = info.pods.iter().collect();
+    lab.control_file(&dual_stack_docs("echo", vip4, vip6, &[HTTP, DNS], &pods));
+    lab.start_gateway_with(&[
+        "--service-cidr",
+        SERVICE_CIDR6,
+        "--cluster-cidr",
+        &info.client_subnet.to_string(),
+        "--cluster-cidr",
+        "2001:2::/48",
+    ]);
+    let gateway_ns = lab.topology().gateway();
+    let client = lab.topology().client();
+    let fail = |what: &dyn Display| -> ! {
+        lab.fail(format_args!(
+            "{what}{}",
+            counters_digest(&metrics(gateway_ns))
+        ))
+    };
+    // Client and Pods share a segment: the Pods' replies return through
+    // the gateway only because they route the client's /32 and /128 so.
+    let names = ["pod1", "pod2", "pod3"];
+    for vip in [IpAddr::V4(vip4), IpAddr::V6(vip6)] {
+        let target = SocketAddr::new(vip, HTTP.port);
+        let served = tcp_spread(client, &info.pods, target, ONE_ARM_CONNECTIONS)
+            .unwrap_or_else(|e| fail(&e));
+        assert_share(&served, &names, ONE_ARM_CONNECTIONS, 1.0, 100.0);
+        let udp = SocketAddr::new(vip, DNS.port);
+        let served = udp_spread(client, &info.pods, udp, UDP_REQUESTS).unwrap_or_else(|e| fail(&e));
+        assert_share(&served, &names, UDP_REQUESTS, 1.0, 100.0);
+        lab.in_client(move || lab::ping(vip, EXCHANGE_TIMEOUT))
+            .unwrap_or_else(|e| fail(&format_args!("ping {vip}: {e}")));
+    }
     drop(servers6);
     lab.stop_gateway();
 }
