@@ -357,6 +357,19 @@ fn counters_digest(lab: &Lab) -> String {
         out.push('\n');
         out.push_str(line);
     }
+    // What reached the gateway's own kernel instead (passed packets).
+    if let Ok(snmp6) = lab.topology().gateway().exec("cat", &["/proc/net/snmp6"]) {
+        out.push_str("\n--- the gateway kernel's IPv6 counters (non-zero) ---");
+        for line in snmp6.lines().filter(|l| {
+            ["PktTooBig", "Reasm", "InAddrErrors", "InNoRoutes"]
+                .iter()
+                .any(|k| l.contains(k))
+                && l.split_whitespace().last() != Some("0")
+        }) {
+            out.push('\n');
+            out.push_str(line);
+        }
+    }
     out
 }
 
