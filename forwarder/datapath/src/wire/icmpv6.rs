@@ -1,7 +1,30 @@
-//! ICMPv6 (RFC 4443) message types. The fixed header has ICMP's layout
-//! (type, code, checksum, one word), so [`super::icmp::IcmpPacket`] views
-//! it; what differs is the numbering and that the checksum covers the
-//! IPv6 pseudo-header ([`crate::checksum::l4_checksum_v6`]).
+//! ICMPv6 (RFC 4443) messages: their types, and the packet an error
+//! message quotes, which the gateway rewrites so that an error about a
+//! NATed flow reaches the other end in terms it knows. The fixed header
+//! has ICMP's layout (type, code, checksum, one word), so
+//! [`super::icmp::IcmpPacket`] views it for reading and answering; what
+//! differs is the numbering, that the quote is an IPv6 packet (extension
+//! headers and all), and that the checksum covers the IPv6 pseudo-header
+//! ([`crate::checksum::l4_checksum_v6`]), so it changes with the outer
+//! addresses too.
+//!
+//! An error carries as much of the offending packet as fits in 1280
+//! bytes (RFC 4443 2.4 (c)): the quote may end anywhere in the quoted
+//! payload, past the transport header's first 8 bytes, which it must
+//! hold to name a flow.
+
+use std::net::Ipv6Addr;
+
+use super::icmp::{self, Quoted, QUOTED_L4_MIN};
+use super::ipv6::{self, HEADER_LEN as IPV6_HEADER_LEN};
+use super::{ip_number, read_u16, write_u16, WireError};
+use crate::checksum::{l4_checksum_v6, Delta};
+
+/// ICMPv6's next-header number, as the IPv6 header carries it.
+pub const PROTOCOL: u8 = ip_number::ICMPV6;
+
+/// Where the checksum lies in the fixed header.
+const CHECKSUM_AT: usize = 2;
 
 /// Message types cipgw reads or writes (RFC 4443, RFC 4861).
 pub mod kind {
@@ -30,11 +53,131 @@ pub const fn is_error(msg_type: u8) -> bool {
     msg_type < 128
 }
 
+/// Whether a message of `msg_type` is an error the gateway translates for
+/// a flow it tracks (RFC 4443 3): destination unreachable, packet too
+/// big, time exceeded, parameter problem. Other error types (private
+/// experimentation, unassigned) are left to the kernel.
+pub const fn is_translated_error(msg_type: u8) -> bool {
+    matches!(
+        msg_type,
+        kind::DESTINATION_UNREACHABLE
+            | kind::PACKET_TOO_BIG
+            | kind::TIME_EXCEEDED
+            | kind::PARAMETER_PROBLEM
+    )
+}
+
 /// Whether a message of `msg_type` belongs to Neighbor Discovery (RFC
 /// 4861): router and neighbor solicitations and advertisements, and
 /// redirects, which always stay with the kernel.
 pub const fn is_neighbor_discovery(msg_type: u8) -> bool {
     matches!(msg_type, kind::ROUTER_SOLICITATION..=kind::REDIRECT)
+}
+
+/// A view of an ICMPv6 error message (its fixed header within), for the
+/// translation of what it quotes.
+#[derive(Debug)]
+pub struct Icmpv6Error<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Icmpv6Error<T> {
+    /// Checks the fixed header is present. No accessor panics after.
+    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
+        if buffer.as_ref().len() < icmp::HEADER_LEN {
+            return Err(WireError::Truncated);
+        }
+        Ok(Self { buffer })
+    }
+
+    /// A view over bytes a checked view (or [`super::frame::Frame::parse`])
+    /// already accepted; accessors may panic on anything else.
+    #[inline]
+    pub(crate) fn new_unchecked(buffer: T) -> Self {
+        Self { buffer }
+    }
+
+    pub fn msg_type(&self) -> u8 {
+        self.buffer.as_ref()[0]
+    }
+
+    pub fn checksum(&self) -> u16 {
+        read_u16(self.buffer.as_ref(), CHECKSUM_AT)
+    }
+
+    /// Whether the checksum over the pseudo-header of an IPv6 packet from
+    /// `src` to `dst` and the whole message verifies.
+    pub fn verify_checksum(&self, src: Ipv6Addr, dst: Ipv6Addr) -> bool {
+        l4_checksum_v6(src.octets(), dst.octets(), PROTOCOL, self.buffer.as_ref()) == 0
+    }
+
+    /// The TCP or UDP datagram the error quotes, found through the quoted
+    /// packet's extension headers. `Truncated` when the quote ends before
+    /// its IPv6 header, an extension header, or 8 bytes of transport
+    /// header; `Malformed` when the quote is not IPv6, its extension
+    /// headers are (too many, misplaced), it is of another protocol, or a
+    /// later fragment (no ports).
+    pub fn quoted(&self) -> Result<Quoted<Ipv6Addr>, WireError> {
+        let quote = &self.buffer.as_ref()[icmp::HEADER_LEN..];
+        if quote.len() < IPV6_HEADER_LEN {
+            return Err(WireError::Truncated);
+        }
+        if quote[0] >> 4 != 6 {
+            return Err(WireError::Malformed);
+        }
+        // The walk stops at the end of the quote, not at the quoted
+        // payload length: the quote may be cut short of it.
+        let upper = ipv6::walk(quote, quote[6])?;
+        let later_fragment = upper.fragment.is_some_and(|f| f.offset != 0);
+        if later_fragment || !matches!(upper.protocol, ip_number::TCP | ip_number::UDP) {
+            return Err(WireError::Malformed);
+        }
+        if quote.len() < upper.offset + QUOTED_L4_MIN {
+            return Err(WireError::Truncated);
+        }
+        let addr = |at: usize| {
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(&quote[at..at + 16]);
+            Ipv6Addr::from(octets)
+        };
+        Ok(Quoted {
+            src: addr(8),
+            dst: addr(24),
+            protocol: upper.protocol,
+            src_port: read_u16(quote, upper.offset),
+            dst_port: read_u16(quote, upper.offset + 2),
+            l4_offset: icmp::HEADER_LEN + upper.offset,
+        })
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv6Error<T> {
+    /// Rewrites the datagram the error quotes ([`Icmpv6Error::quoted`]
+    /// found it) to come from `src` and go to `dst` (address and port),
+    /// updating its transport checksum, when quoted, for the change (RFC
+    /// 1624; the quoted IPv6 header has no checksum of its own), then
+    /// computes the message's checksum over the result and the
+    /// pseudo-header of the packet that carries it, from `outer.0` to
+    /// `outer.1`.
+    pub fn rewrite_quoted(
+        &mut self,
+        quoted: &Quoted<Ipv6Addr>,
+        src: (Ipv6Addr, u16),
+        dst: (Ipv6Addr, u16),
+        outer: (Ipv6Addr, Ipv6Addr),
+    ) {
+        let bytes = self.buffer.as_mut();
+        let ip = icmp::HEADER_LEN;
+        let addr_delta = Delta::default()
+            .addr6(quoted.src.octets(), src.0.octets())
+            .addr6(quoted.dst.octets(), dst.0.octets());
+        bytes[ip + 8..ip + 24].copy_from_slice(&src.0.octets());
+        bytes[ip + 24..ip + 40].copy_from_slice(&dst.0.octets());
+        icmp::rewrite_quoted_transport(bytes, quoted, addr_delta, src.1, dst.1);
+        write_u16(bytes, CHECKSUM_AT, 0);
+        let c = l4_checksum_v6(outer.0.octets(), outer.1.octets(), PROTOCOL, bytes);
+        write_u16(bytes, CHECKSUM_AT, c);
+    }
 }
 
 #[cfg(test)]
