@@ -1724,3 +1724,7 @@ mod icmp_tests;
 #[cfg(test)]
 #[path = "pipeline_ipv6_tests.rs"]
 mod ipv6_tests;
+
+#[cfg(test)]
+#[path = "pipeline_icmp6_tests.rs"]
+mod icmp6_tests;
