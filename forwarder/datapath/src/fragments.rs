@@ -172,4 +172,34 @@ mod tests {
         table.remember(id(1), ROUTE, 0);
         assert_eq!(table.route(&id(1), 0), Some(ROUTE));
     }
+
+    #[test]
+    fn ipv6_datagrams_are_told_apart_by_every_field() {
+        let a: std::net::Ipv6Addr = "2001:2::2".parse().expect("literal");
+        let b: std::net::Ipv6Addr = "2001:2:0:ff::10".parse().expect("literal");
+        let id = DatagramId {
+            src: a,
+            dst: b,
+            protocol: 17,
+            ident: 0x8000_0001,
+        };
+        let route = FragmentRoute {
+            src: a,
+            dst: "2001:2:0:2::11".parse().expect("literal"),
+        };
+        let mut table = FragmentTable::default();
+        table.remember(id, route, 7);
+        assert_eq!(table.route(&id, 7), Some(route));
+        for other in [
+            DatagramId { ident: 1, ..id },
+            DatagramId {
+                src: "2001:3::2".parse().expect("literal"),
+                ..id
+            },
+            DatagramId { dst: a, ..id },
+            DatagramId { protocol: 6, ..id },
+        ] {
+            assert_eq!(table.route(&other, 7), None, "{other:?}");
+        }
+    }
 }

@@ -247,14 +247,7 @@ fn every_error_type_about_a_tcp_flow_is_translated_both_ways() {
                 0 => (POD6, whole),
                 _ => (ROUTER6, 40 + 20 + 4),
             };
-            let input = icmp6(
-                FROM_POD,
-                (sender, from.0),
-                64,
-                kind.clone(),
-                &forwarded,
-                quote,
-            );
+            let input = icmp6(FROM_POD, (sender, from.0), 64, kind, &forwarded, quote);
             let output = icmp6(TO_CLIENT, (VIP6, CLIENT6), 63, kind, &as_sent, quote);
             run(
                 &mut h,
@@ -275,7 +268,7 @@ fn every_error_type_about_a_tcp_flow_is_translated_both_ways() {
         );
         let as_sent_by_pod = tcp6(FROM_POD, (POD6, 5678), from, 63, false);
         for (kind_name, kind) in error_kinds() {
-            let input = icmp6(FROM_CLIENT, (CLIENT6, VIP6), 64, kind.clone(), &seen, 58);
+            let input = icmp6(FROM_CLIENT, (CLIENT6, VIP6), 64, kind, &seen, 58);
             let output = icmp6(TO_POD, (from.0, POD6), 63, kind, &as_sent_by_pod, 58);
             run(
                 &mut h,
@@ -301,7 +294,7 @@ fn errors_about_a_udp_flow_rewrite_the_quoted_udp_checksum() {
         assert_eq!(h.run(&mut forwarded), Verdict::Forward { port: POD_PORT });
         let as_sent = udp6(FROM_CLIENT, (CLIENT6, 33000), (UDP_VIP6, 53), 63, b"query");
         let kind = Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port);
-        let input = icmp6(FROM_POD, (POD6, from.0), 64, kind.clone(), &forwarded, 48);
+        let input = icmp6(FROM_POD, (POD6, from.0), 64, kind, &forwarded, 48);
         let output = icmp6(TO_CLIENT, (UDP_VIP6, CLIENT6), 63, kind, &as_sent, 48);
         run(
             &mut h,
@@ -326,14 +319,7 @@ fn a_packet_too_big_quoting_as_much_as_fits_in_1280_bytes_is_translated() {
         // quote ends inside the datagram's payload.
         let quote = 1280 - 40 - 8;
         let kind = Icmpv6Type::PacketTooBig { mtu: 1280 };
-        let input = icmp6(
-            FROM_POD,
-            (ROUTER6, from.0),
-            64,
-            kind.clone(),
-            &forwarded,
-            quote,
-        );
+        let input = icmp6(FROM_POD, (ROUTER6, from.0), 64, kind, &forwarded, quote);
         assert_eq!(input.len() - 14, 1280, "a minimum-MTU error");
         let output = icmp6(TO_CLIENT, (UDP_VIP6, CLIENT6), 63, kind, &as_sent, quote);
         run(
@@ -380,14 +366,7 @@ fn a_quote_through_extension_headers_is_translated() {
     );
     let kind = Icmpv6Type::TimeExceeded(TimeExceededCode::HopLimitExceeded);
     let quote = forwarded.len() - 14;
-    let input = icmp6(
-        FROM_POD,
-        (ROUTER6, CLIENT6),
-        64,
-        kind.clone(),
-        &forwarded,
-        quote,
-    );
+    let input = icmp6(FROM_POD, (ROUTER6, CLIENT6), 64, kind, &forwarded, quote);
     let output = icmp6(TO_CLIENT, (VIP6, CLIENT6), 63, kind, &as_sent, quote);
     run(
         &mut h,
@@ -404,16 +383,8 @@ fn errors_without_a_flow_redirects_and_broken_errors_are_dropped() {
     let mut forwarded = tcp6(FROM_CLIENT, (CLIENT6, 40000), (VIP6, 8080), 64, true);
     assert_eq!(h.run(&mut forwarded), Verdict::Forward { port: POD_PORT });
     let too_big = Icmpv6Type::PacketTooBig { mtu: 1280 };
-    let from_pod = |quoted: &[u8], quote: usize| {
-        icmp6(
-            FROM_POD,
-            (POD6, CLIENT6),
-            64,
-            too_big.clone(),
-            quoted,
-            quote,
-        )
-    };
+    let from_pod =
+        |quoted: &[u8], quote: usize| icmp6(FROM_POD, (POD6, CLIENT6), 64, too_big, quoted, quote);
     let untracked = tcp6(TO_POD, (CLIENT6, 40999), (POD6, 5678), 63, true);
     let good = from_pod(&forwarded, 58);
     let mut bad_checksum = good.clone();
@@ -437,14 +408,7 @@ fn errors_without_a_flow_redirects_and_broken_errors_are_dropped() {
             40,
         )
     };
-    let hop_limit_1 = icmp6(
-        FROM_POD,
-        (POD6, CLIENT6),
-        1,
-        too_big.clone(),
-        &forwarded,
-        58,
-    );
+    let hop_limit_1 = icmp6(FROM_POD, (POD6, CLIENT6), 1, too_big, &forwarded, 58);
     let experimental = icmp6(
         FROM_POD,
         (POD6, CLIENT6),

@@ -183,6 +183,132 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv6Error<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::ipv6::next_header;
+    use proptest::prelude::*;
+
+    const CLIENT: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+    const VIP: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0x10];
+    const POD: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0x11];
+
+    /// A UDP datagram from `src` to `dst` over IPv6, as etherparse
+    /// builds it (checksum from scratch).
+    fn udp(src: ([u8; 16], u16), dst: ([u8; 16], u16), payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        etherparse::PacketBuilder::ipv6(src.0, dst.0, 64)
+            .udp(src.1, dst.1)
+            .write(&mut out, payload)
+            .expect("builds");
+        out
+    }
+
+    /// A packet too big from `outer.0` to `outer.1` quoting `quote`.
+    fn too_big(outer: ([u8; 16], [u8; 16]), quote: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        etherparse::PacketBuilder::ipv6(outer.0, outer.1, 64)
+            .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 })
+            .write(&mut out, quote)
+            .expect("builds");
+        out.split_off(40)
+    }
+
+    #[test]
+    fn reads_the_quoted_datagram_through_extension_headers() {
+        let mut quote = udp((POD, 5353), (CLIENT, 33000), b"answer");
+        // A Destination Options header (8 bytes) before the UDP header.
+        quote[6] = next_header::DESTINATION_OPTIONS;
+        quote.splice(40..40, [17, 0, 1, 4, 0, 0, 0, 0]);
+        let message = too_big((POD, CLIENT), &quote);
+        let error = Icmpv6Error::new_checked(&message[..]).expect("header present");
+        assert_eq!(error.msg_type(), kind::PACKET_TOO_BIG);
+        assert!(error.verify_checksum(POD.into(), CLIENT.into()));
+        assert!(
+            !error.verify_checksum(VIP.into(), CLIENT.into()),
+            "pseudo-header"
+        );
+        assert_eq!(
+            error.quoted(),
+            Ok(Quoted {
+                src: POD.into(),
+                dst: CLIENT.into(),
+                protocol: ip_number::UDP,
+                src_port: 5353,
+                dst_port: 33000,
+                l4_offset: 8 + 48,
+            })
+        );
+        // Cut inside the extension header, inside the UDP header, and
+        // just after it (enough).
+        let quoted = |len: usize| {
+            let message = too_big((POD, CLIENT), &quote[..len]);
+            Icmpv6Error::new_checked(message).expect("header").quoted()
+        };
+        assert_eq!(quoted(39).err(), Some(WireError::Truncated));
+        assert_eq!(quoted(44).err(), Some(WireError::Truncated));
+        assert_eq!(quoted(55).err(), Some(WireError::Truncated));
+        assert!(quoted(56).is_ok());
+    }
+
+    #[test]
+    fn refuses_quotes_that_name_no_flow() {
+        let quote = udp((CLIENT, 33000), (VIP, 53), b"query");
+        let quoted = |quote: &[u8]| {
+            Icmpv6Error::new_checked(too_big((POD, CLIENT), quote))
+                .expect("header")
+                .quoted()
+        };
+        let mut v4 = quote.clone();
+        v4[0] = 0x45;
+        assert_eq!(quoted(&v4).err(), Some(WireError::Malformed));
+        let mut esp = quote.clone();
+        esp[6] = next_header::ESP;
+        assert_eq!(quoted(&esp).err(), Some(WireError::Malformed));
+        // A later fragment (offset 8) carries no ports; a first one does.
+        let fragment = |word: [u8; 2]| {
+            let mut f = quote.clone();
+            f[6] = next_header::FRAGMENT;
+            f.splice(40..40, [17, 0, word[0], word[1], 0, 0, 0, 1]);
+            f
+        };
+        assert_eq!(quoted(&fragment([0, 8])).err(), Some(WireError::Malformed));
+        assert!(quoted(&fragment([0, 1])).is_ok());
+        assert_eq!(
+            Icmpv6Error::new_checked(&[1u8, 4, 0, 0, 0, 0, 0][..]).err(),
+            Some(WireError::Truncated)
+        );
+    }
+
+    proptest! {
+        /// Rewriting a quoted UDP datagram and the outer addresses gives
+        /// the message etherparse builds from scratch for the result:
+        /// the quoted checksum updated over the quoted pseudo-header,
+        /// the message's computed over the new outer one; whether the
+        /// quote is whole or cut inside the payload.
+        #[test]
+        fn rewrite_matches_building_from_scratch(
+            payload in proptest::collection::vec(any::<u8>(), 0..600),
+            cut in any::<prop::sample::Index>(),
+            from in any::<[u8; 16]>(), to in any::<[u8; 16]>(),
+            new_from in any::<([u8; 16], u16)>(), new_to in any::<([u8; 16], u16)>(),
+            outer in any::<([u8; 16], [u8; 16])>(), new_outer in any::<([u8; 16], [u8; 16])>(),
+        ) {
+            let quote = udp((from, 40000), (to, 53), &payload);
+            let len = 48 + cut.index(quote.len() - 47);
+            let mut message = too_big(outer, &quote[..len]);
+            let mut error = Icmpv6Error::new_checked(&mut message[..]).expect("header");
+            let quoted = error.quoted().expect("a UDP quote");
+            error.rewrite_quoted(
+                &quoted,
+                (new_from.0.into(), new_from.1),
+                (new_to.0.into(), new_to.1),
+                (new_outer.0.into(), new_outer.1.into()),
+            );
+            let expected_quote = udp(new_from, new_to, &payload);
+            let expected = too_big(new_outer, &expected_quote[..len]);
+            // A computed UDP checksum of zero is sent as all ones (RFC
+            // 768), which the incremental update also yields.
+            prop_assert_eq!(message, expected);
+        }
+    }
 
     #[test]
     fn errors_and_neighbor_discovery_are_told_apart() {
