@@ -29,17 +29,23 @@
 //!   0.0.0.0/8, loopback, a VIP itself) are dropped and counted;
 //! - a datagram's first fragment is handled as any packet of its flow;
 //!   its later fragments, which carry no ports, follow it with the same
-//!   addresses ([`crate::fragments`]); one whose first fragment this
-//!   worker did not forward is dropped and counted (`fragment`). Nothing
-//!   is reassembled; IPv4 options are carried through unchanged;
-//! - an ICMP error (destination unreachable, fragmentation needed, time
-//!   exceeded, parameter problem) about a tracked flow, from a backend,
-//!   a client or a router between, is rewritten as Linux's NAT does
-//!   (the quoted datagram to what its sender sent or saw, the outer
-//!   addresses as the flow's packets in that direction get them, every
-//!   checksum) and forwarded, so path-MTU discovery works through the
-//!   gateway; one about no tracked flow is dropped and counted, and so is
-//!   a redirect to a VIP;
+//!   addresses ([`crate::fragments`]; IPv4's by their 16-bit
+//!   identification, IPv6's by their Fragment header's 32-bit one, after
+//!   any extension headers); one whose first fragment this worker did
+//!   not forward is dropped and counted (`fragment`). Nothing is
+//!   reassembled; IPv4 options and IPv6 extension headers are carried
+//!   through unchanged;
+//! - an ICMP or ICMPv6 error (destination unreachable, fragmentation
+//!   needed or packet too big, time exceeded, parameter problem) about a
+//!   tracked flow, from a backend, a client or a router between, is
+//!   rewritten as Linux's NAT does (the quoted datagram to what its
+//!   sender sent or saw, the outer addresses as the flow's packets in
+//!   that direction get them, every checksum: ICMPv6's covers the IPv6
+//!   pseudo-header, so the outer addresses too) and forwarded, so
+//!   path-MTU discovery works through the gateway; a quote cut short
+//!   inside its payload is fine, one cut before its ports is not. One
+//!   about no tracked flow is dropped and counted, and so is a redirect
+//!   to a VIP;
 //! - 802.1Q-tagged frames are dropped and counted (`vlan_tagged`);
 //! - a TTL that would reach zero is dropped and counted (`ttl_exceeded`):
 //!   cipgw is a routing hop and decrements TTL like one.
@@ -49,11 +55,12 @@
 //! and routes, and a VIP of one family only ever goes to endpoints of
 //! that family. IPv6 gets flows, rewrites (hop limit, checksums over the
 //! IPv6 pseudo-header), refusals (TCP RST, ICMPv6 port unreachable),
-//! echo replies for VIPs and the source checks; Neighbor Discovery, ICMPv6
-//! errors (not translated yet) and IPv6 not addressed to a VIP are the
-//! kernel's. What only IPv4 has so far: session affinity (an IPv6 Service
-//! with ClientIP affinity picks at random), Maglev, stateless replies,
-//! fragment following, ICMP error translation, source NAT and DNS.
+//! echo replies for VIPs, the source checks, ICMPv6 error translation and
+//! fragment following; Neighbor Discovery, ICMPv6 errors about no flow of
+//! a VIP or backend and IPv6 not addressed to a VIP are the kernel's.
+//! What only IPv4 has so far: session affinity (an IPv6 Service with
+//! ClientIP affinity picks at random), Maglev, stateless replies, source
+//! NAT and DNS.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -1492,7 +1499,8 @@ enum AddressSlot {
 /// What the packet path does differently per address family: reading a
 /// frame's flow, rewriting the IP header, which sources may be clients,
 /// and the parts only IPv4 has so far (session affinity, Maglev, stateless
-/// replies, fragment tracking), which IPv6 answers with their defaults.
+/// replies), which IPv6 answers with their defaults. ([`IcmpFamily`] adds
+/// what ICMP error translation does per family.)
 /// Everything else in the pipeline is one generic path over this.
 trait PathFamily: IpFamily {
     /// This family's state in the pipeline.
