@@ -56,8 +56,9 @@
 //! that family. IPv6 gets flows, rewrites (hop limit, checksums over the
 //! IPv6 pseudo-header), refusals (TCP RST, ICMPv6 port unreachable),
 //! echo replies for VIPs, the source checks, ICMPv6 error translation and
-//! fragment following; Neighbor Discovery, ICMPv6 errors about no flow of
-//! a VIP or backend and IPv6 not addressed to a VIP are the kernel's.
+//! fragment following; Neighbor Discovery, ICMPv6 errors that name
+//! neither a VIP nor a backend, and other IPv6 not addressed to a VIP are
+//! the kernel's.
 //! What only IPv4 has so far: session affinity (an IPv6 Service with
 //! ClientIP affinity picks at random), Maglev, stateless replies, source
 //! NAT and DNS.
