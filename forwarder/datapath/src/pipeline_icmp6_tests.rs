@@ -375,6 +375,17 @@ fn a_quote_through_extension_headers_is_translated() {
         Some(&output),
         "a quote with a Destination Options header",
     );
+    // The error itself behind a Hop-by-Hop header: its checksum's
+    // pseudo-header counts the message alone.
+    let hop_by_hop = [next_header::HOP_BY_HOP];
+    run(
+        &mut h,
+        &with_extension_headers(&input, &hop_by_hop),
+        Verdict::Forward { port: CLIENT_PORT },
+        Some(&with_extension_headers(&output, &hop_by_hop)),
+        "an error with a Hop-by-Hop header",
+    );
+    assert_eq!(h.counters().icmp_errors.get(), 2);
 }
 
 #[test]
