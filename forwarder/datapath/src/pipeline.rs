@@ -49,10 +49,11 @@
 //! and routes, and a VIP of one family only ever goes to endpoints of
 //! that family. IPv6 gets flows, rewrites (hop limit, checksums over the
 //! IPv6 pseudo-header), refusals (TCP RST, ICMPv6 port unreachable),
-//! echo replies for VIPs and the source checks; Neighbor Discovery, ICMPv6
-//! errors (not translated yet) and IPv6 not addressed to a VIP are the
-//! kernel's. What only IPv4 has so far: session affinity (an IPv6 Service
-//! with ClientIP affinity picks at random), Maglev, stateless replies,
+//! echo replies for VIPs and the source checks, and the same backend
+//! choice: session affinity (bindings kept per family), Maglev (the
+//! family's tables and flow hash), mid-flow pickup and stateless replies;
+//! Neighbor Discovery, ICMPv6 errors (not translated yet) and IPv6 not
+//! addressed to a VIP are the kernel's. What only IPv4 has so far:
 //! fragment following, ICMP error translation, source NAT and DNS.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
