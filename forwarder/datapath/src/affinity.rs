@@ -400,4 +400,50 @@ mod tests {
         assert_eq!(a.sweep_with(30, |_| Some(10), |_| Some(10)), 1);
         assert!(a.is_empty());
     }
+
+    /// IPv6 clients are bound like IPv4 ones, in bindings of their own:
+    /// each family's sweep goes by its own timeouts.
+    #[test]
+    fn ipv6_clients_stick_apart_from_ipv4_ones() {
+        let a = Affinity::default();
+        let mut rng = Rng::new(6);
+        let mut refreshes = Refreshes::default();
+        let svc6 = ServiceKey {
+            vip: "2001:2:0:ff::10".parse::<Ipv6Addr>().expect("literal"),
+            port: 80,
+            protocol: Protocol::Tcp,
+        };
+        let all6: Vec<Backend<Ipv6Addr>> = (0x11..0x14)
+            .map(|last| Backend {
+                ip: Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, last),
+                port: 8080,
+            })
+            .collect();
+        let client6: Ipv6Addr = "2001:2::2".parse().expect("literal");
+        let first = a.pick(svc6, client6, &all6, 10, 0, &mut rng);
+        for t in 1..20 {
+            assert_eq!(a.pick(svc6, client6, &all6, 10, t, &mut rng), first);
+        }
+        a.pick(
+            svc(),
+            Ipv4Addr::new(198, 18, 0, 2),
+            &backends(),
+            10,
+            0,
+            &mut rng,
+        );
+        assert_eq!(a.len(), 2);
+        refreshes.touch(&a, svc6, client6, 25);
+        assert_eq!(
+            a.sweep_with(30, |_| Some(10), |_| Some(10)),
+            1,
+            "IPv4 idle 30 s"
+        );
+        assert_eq!(
+            a.sweep_with(30, |_| Some(10), |_| None),
+            1,
+            "no IPv6 affinity"
+        );
+        assert!(a.is_empty());
+    }
 }

@@ -282,7 +282,7 @@ impl<A: IpFamily> FamilyTable<A> {
     }
 
     /// What a new connection to `key` may go to.
-    #[inline]
+    #[inline(always)]
     pub fn lookup(&self, key: &ServiceKey<A>) -> Result<&PortEntry<A>, Miss> {
         match self.ports.get(key) {
             Some(entry) if entry.backends.is_empty() => Err(Miss::NoEndpoints),
