@@ -371,13 +371,16 @@ pub struct MaglevTables {
     round: u64,
 }
 
+/// A shared table and the compilation round that last used it.
+type Used<A> = (Arc<MaglevTable<A>>, u64);
+
 /// One family's tables in [`MaglevTables`], by endpoint set.
 #[derive(Debug)]
 pub struct MaglevStore<A> {
     /// ahash: a lookup per Maglev Service port on every compilation
     /// (10,000 per change at 10,000 Services) wants a fast hasher; its
     /// output never leaves the process, unlike the flow hash's.
-    tables: HashMap<Box<[Backend<A>]>, (Arc<MaglevTable<A>>, u64), ahash::RandomState>,
+    tables: HashMap<Box<[Backend<A>]>, Used<A>, ahash::RandomState>,
     scratch: Vec<Backend<A>>,
 }
 
