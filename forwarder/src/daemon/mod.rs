@@ -370,10 +370,7 @@ impl Gateway {
                 if removed > 0 {
                     tracing::debug!(removed, "expired idle flows");
                 }
-                let table = self.table.current();
-                self.affinity.sweep(now, |service| {
-                    table.port_entry(service).and_then(|e| e.affinity)
-                });
+                self.affinity.sweep(now, &self.table.current());
                 self.resolve_backends();
             }
         }
