@@ -495,9 +495,10 @@ impl Gateway {
             default: self.lb,
             maglev: &mut self.maglev,
         };
-        let compiled = CompiledTable::compile_with_endpoint_slots_lb(
+        let compiled = CompiledTable::compile_with_family_slots_lb(
             model,
             generation,
+            |s, p, b| slots.get(s, p, b),
             |s, p, b| slots.get(s, p, b),
             lb,
         )
