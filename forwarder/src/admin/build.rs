@@ -151,6 +151,24 @@ impl Conns {
     }
 }
 
+/// Calls `visit` with the VIP port, backend and state of every flow in
+/// `ct`, once per flow (its forward entry).
+fn for_each_forward<A: IpFamily>(
+    ct: &Conntrack<A>,
+    visit: &mut impl FnMut(PortKey, SocketAddr, FlowState),
+) {
+    ct.for_each(|key, hit| {
+        if hit.direction == Direction::Forward {
+            let port = (key.dst.into(), key.dst_port, key.protocol);
+            visit(
+                port,
+                SocketAddr::new(hit.nat_ip.into(), hit.nat_port),
+                hit.state,
+            );
+        }
+    });
+}
+
 pub(super) fn services_view(state: &AdminState) -> ServicesView {
     let table = state.table.current();
     // Active and inactive flows per port and per (port, backend), from
@@ -166,27 +184,9 @@ pub(super) fn services_view(state: &AdminState) -> ServicesView {
             .or_default()
             .count(active);
     };
-    state.conntrack.for_each(|key, hit| {
-        if hit.direction == Direction::Forward {
-            let port = (key.dst.into(), key.dst_port, key.protocol);
-            count(
-                port,
-                SocketAddr::new(hit.nat_ip.into(), hit.nat_port),
-                hit.state,
-            );
-        }
-    });
+    for_each_forward(&state.conntrack, &mut count);
     if let Some(v6) = state.conntrack6.get() {
-        v6.for_each(|key, hit| {
-            if hit.direction == Direction::Forward {
-                let port = (key.dst.into(), key.dst_port, key.protocol);
-                count(
-                    port,
-                    SocketAddr::new(hit.nat_ip.into(), hit.nat_port),
-                    hit.state,
-                );
-            }
-        });
+        for_each_forward(v6, &mut count);
     }
     let stats = state.services.get();
     let services = table
