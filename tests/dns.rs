@@ -56,6 +56,9 @@ use support::{
 const DNS_HOST: u8 = 53;
 /// The gateway's IPv6 service CIDR, beside the lab's IPv4 VIP range.
 const SERVICE_CIDR_V6: &str = "2001:2:0:ff::/112";
+/// The lab's IPv6 clients (none here; the gateway needs a range per family
+/// it has VIPs of).
+const CLUSTER_CIDR_V6: &str = "2001:2::/48";
 /// The dual-stack Service's IPv6 ClusterIP (its IPv4 one is VIP .20).
 const WEB_V6: &str = "2001:2:0:ff::20";
 /// The IPv6 addresses of the headless IPv6 Service's Pods; the last is
@@ -154,6 +157,9 @@ fn start(lab: &mut Lab, cluster_cidr: &str) {
         &address,
         "--cluster-cidr",
         cluster_cidr,
+        // The gateway has IPv6 VIPs too: their clients' range.
+        "--cluster-cidr",
+        CLUSTER_CIDR_V6,
         "--service-cidr",
         SERVICE_CIDR_V6,
     ]);

@@ -213,6 +213,24 @@ mod tests {
             prop_assert!(incremental == full || (incremental ^ full) == 0xffff && (full == 0 || full == 0xffff),
                 "incremental {incremental:#06x} full {full:#06x}");
         }
+
+        /// Both addresses of the IPv6 pseudo-header changed at once, as
+        /// an ICMPv6 error's outer header is rewritten (or, under source
+        /// NAT, a first fragment's, whose UDP checksum covers the whole
+        /// datagram): the incremental update matches recomputing.
+        #[test]
+        fn both_addresses_rewrite_matches_recompute_v6(
+            message in proptest::collection::vec(any::<u8>(), 8..1232),
+            src in any::<[u8; 16]>(), dst in any::<[u8; 16]>(),
+            new_src in any::<[u8; 16]>(), new_dst in any::<[u8; 16]>(),
+        ) {
+            let before = l4_checksum_v6(src, dst, 58, &message);
+            let delta = Delta::default().addr6(src, new_src).addr6(dst, new_dst);
+            let full = l4_checksum_v6(new_src, new_dst, 58, &message);
+            let incremental = delta.apply(before);
+            prop_assert!(incremental == full || (incremental ^ full) == 0xffff && (full == 0 || full == 0xffff),
+                "incremental {incremental:#06x} full {full:#06x}");
+        }
     }
 
     /// RFC 8200's pseudo-header, checked against an independent sum: a

@@ -93,14 +93,16 @@ pub enum DropReason {
     /// gateway does not track: which VIP it should come from is unknown
     /// (stateless replies, Maglev).
     AmbiguousReply,
-    /// An ICMP error (destination unreachable, time exceeded, parameter
-    /// problem) quoting a datagram of no tracked flow.
+    /// An ICMP or ICMPv6 error (destination unreachable, packet too big,
+    /// time exceeded, parameter problem) quoting a datagram of no tracked
+    /// flow.
     IcmpErrorWithoutFlow,
-    /// An ICMP error whose checksum does not verify or whose quoted
-    /// datagram is cut short before its ports, not IPv4, or a later
-    /// fragment.
+    /// An ICMP or ICMPv6 error whose checksum does not verify or whose
+    /// quoted datagram is cut short before its ports, not of the error's
+    /// family, or a later fragment.
     IcmpErrorMalformed,
-    /// An ICMP redirect: never forwarded (a gateway's routes are its own).
+    /// An ICMP or ICMPv6 redirect to a VIP: never forwarded (a gateway's
+    /// routes are its own).
     IcmpRedirect,
 }
 
@@ -320,8 +322,8 @@ pub struct WorkerCounters {
     /// Replies of flows this gateway had not seen, rewritten to the one
     /// VIP:port their endpoint belongs to and tracked (Maglev).
     pub stateless_replies: Counter,
-    /// ICMP errors about a tracked flow, rewritten to what the other end
-    /// sent or saw and forwarded to it.
+    /// ICMP and ICMPv6 errors about a tracked flow, rewritten to what the
+    /// other end sent or saw and forwarded to it.
     pub icmp_errors: Counter,
     /// Later fragments sent after their datagram's first fragment.
     pub fragments: Counter,

@@ -1,8 +1,9 @@
 //! Later fragments follow their first, without reassembly.
 //!
 //! Only a datagram's first fragment carries the TCP or UDP ports a flow is
-//! found by; the later ones carry its addresses, protocol and IPv4
-//! identification alone. When a worker forwards a first fragment it
+//! found by; the later ones carry its addresses, protocol and
+//! identification alone (16 bits in the IPv4 header, 32 in IPv6's
+//! Fragment header). When a worker forwards a first fragment it
 //! remembers, under the datagram's identity as it arrived (source,
 //! destination, protocol, identification), the addresses it rewrote the
 //! fragment to; a later fragment of the same datagram is given the same
@@ -18,8 +19,12 @@
 //! fragment came later than the rest or too long ago ([`TIMEOUT_SECS`]),
 //! loses its later fragments, which the pipeline counts as dropped
 //! (`fragment`), as the kernel's own reassembly would time them out.
+//! Each address family has a table of its own (an IPv6 slot is about
+//! three times an IPv4 one).
 
 use std::net::Ipv4Addr;
+
+use crate::family::IpFamily;
 
 /// How long, in seconds of the coarse clock, a first fragment's
 /// addresses serve later fragments: a datagram's fragments leave their
@@ -28,9 +33,11 @@ pub const TIMEOUT_SECS: u32 = 5;
 
 /// A datagram as its fragments arrive: what they all share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DatagramId {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+pub struct DatagramId<A = Ipv4Addr> {
+    pub src: A,
+    pub dst: A,
+    /// The upper-layer protocol (IPv6: the Fragment header's next
+    /// header).
     pub protocol: u8,
     pub ident: u32,
 }
@@ -38,32 +45,49 @@ pub struct DatagramId {
 /// Where a datagram's fragments go: the addresses its first fragment
 /// was rewritten to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FragmentRoute {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+pub struct FragmentRoute<A = Ipv4Addr> {
+    pub src: A,
+    pub dst: A,
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Slot {
-    id: DatagramId,
-    route: FragmentRoute,
+struct Slot<A> {
+    id: DatagramId<A>,
+    route: FragmentRoute<A>,
     /// The last second the route serves; 0 marks an empty slot.
     until: u32,
 }
 
-/// One worker's table of datagrams whose first fragment it forwarded.
-#[derive(Debug, Default)]
-pub struct FragmentTable {
-    slots: Box<[Slot]>,
+/// One worker's table of datagrams of one family whose first fragment it
+/// forwarded.
+#[derive(Debug)]
+pub struct FragmentTable<A = Ipv4Addr> {
+    slots: Box<[Slot<A>]>,
 }
 
-impl FragmentTable {
-    /// Datagrams remembered at once (about 24 KiB).
+impl<A> Default for FragmentTable<A> {
+    fn default() -> Self {
+        Self {
+            slots: Box::default(),
+        }
+    }
+}
+
+/// An address folded into 32 bits (an IPv4 address is itself).
+#[inline(always)]
+fn fold<A: IpFamily>(ip: A) -> u32 {
+    let bits = ip.bits();
+    (bits as u32) ^ ((bits >> 32) as u32) ^ ((bits >> 64) as u32) ^ ((bits >> 96) as u32)
+}
+
+impl<A: IpFamily> FragmentTable<A> {
+    /// Datagrams remembered at once (about 24 KiB for IPv4, 80 KiB for
+    /// IPv6).
     pub const SLOTS: usize = 1024;
 
     #[inline]
-    fn slot(id: &DatagramId) -> usize {
-        let a = u32::from(id.src) ^ u32::from(id.dst).rotate_left(16);
+    fn slot(id: &DatagramId<A>) -> usize {
+        let a = fold(id.src) ^ fold(id.dst).rotate_left(16);
         let b = id.ident.rotate_left(8) ^ u32::from(id.protocol);
         // Fibonacci hashing: the top 10 bits pick one of 1024 slots.
         ((a ^ b.wrapping_mul(0x85eb_ca6b)).wrapping_mul(0x9e37_79b9) >> 22) as usize
@@ -71,7 +95,7 @@ impl FragmentTable {
 
     /// Remembers where datagram `id`'s first fragment went at `now`,
     /// replacing whatever held its slot.
-    pub fn remember(&mut self, id: DatagramId, route: FragmentRoute, now: u32) {
+    pub fn remember(&mut self, id: DatagramId<A>, route: FragmentRoute<A>, now: u32) {
         if self.slots.is_empty() {
             let empty = Slot {
                 id,
@@ -90,7 +114,7 @@ impl FragmentTable {
 
     /// Where a later fragment of datagram `id` goes, if its first
     /// fragment went out within [`TIMEOUT_SECS`] before `now`.
-    pub fn route(&self, id: &DatagramId, now: u32) -> Option<FragmentRoute> {
+    pub fn route(&self, id: &DatagramId<A>, now: u32) -> Option<FragmentRoute<A>> {
         let slot = self.slots.get(Self::slot(id))?;
         (slot.until != 0 && now <= slot.until && slot.id == *id).then_some(slot.route)
     }
@@ -147,5 +171,35 @@ mod tests {
         let mut table = FragmentTable::default();
         table.remember(id(1), ROUTE, 0);
         assert_eq!(table.route(&id(1), 0), Some(ROUTE));
+    }
+
+    #[test]
+    fn ipv6_datagrams_are_told_apart_by_every_field() {
+        let a: std::net::Ipv6Addr = "2001:2::2".parse().expect("literal");
+        let b: std::net::Ipv6Addr = "2001:2:0:ff::10".parse().expect("literal");
+        let id = DatagramId {
+            src: a,
+            dst: b,
+            protocol: 17,
+            ident: 0x8000_0001,
+        };
+        let route = FragmentRoute {
+            src: a,
+            dst: "2001:2:0:2::11".parse().expect("literal"),
+        };
+        let mut table = FragmentTable::default();
+        table.remember(id, route, 7);
+        assert_eq!(table.route(&id, 7), Some(route));
+        for other in [
+            DatagramId { ident: 1, ..id },
+            DatagramId {
+                src: "2001:3::2".parse().expect("literal"),
+                ..id
+            },
+            DatagramId { dst: a, ..id },
+            DatagramId { protocol: 6, ..id },
+        ] {
+            assert_eq!(table.route(&other, 7), None, "{other:?}");
+        }
     }
 }

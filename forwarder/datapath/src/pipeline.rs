@@ -29,17 +29,23 @@
 //!   0.0.0.0/8, loopback, a VIP itself) are dropped and counted;
 //! - a datagram's first fragment is handled as any packet of its flow;
 //!   its later fragments, which carry no ports, follow it with the same
-//!   addresses ([`crate::fragments`]); one whose first fragment this
-//!   worker did not forward is dropped and counted (`fragment`). Nothing
-//!   is reassembled; IPv4 options are carried through unchanged;
-//! - an ICMP error (destination unreachable, fragmentation needed, time
-//!   exceeded, parameter problem) about a tracked flow, from a backend,
-//!   a client or a router between, is rewritten as Linux's NAT does
-//!   (the quoted datagram to what its sender sent or saw, the outer
-//!   addresses as the flow's packets in that direction get them, every
-//!   checksum) and forwarded, so path-MTU discovery works through the
-//!   gateway; one about no tracked flow is dropped and counted, and so is
-//!   a redirect to a VIP;
+//!   addresses ([`crate::fragments`]; IPv4's by their 16-bit
+//!   identification, IPv6's by their Fragment header's 32-bit one, after
+//!   any extension headers); one whose first fragment this worker did
+//!   not forward is dropped and counted (`fragment`). Nothing is
+//!   reassembled; IPv4 options and IPv6 extension headers are carried
+//!   through unchanged;
+//! - an ICMP or ICMPv6 error (destination unreachable, fragmentation
+//!   needed or packet too big, time exceeded, parameter problem) about a
+//!   tracked flow, from a backend, a client or a router between, is
+//!   rewritten as Linux's NAT does (the quoted datagram to what its
+//!   sender sent or saw, the outer addresses as the flow's packets in
+//!   that direction get them, every checksum: ICMPv6's covers the IPv6
+//!   pseudo-header, so the outer addresses too) and forwarded, so
+//!   path-MTU discovery works through the gateway; a quote cut short
+//!   inside its payload is fine, one cut before its ports is not. One
+//!   about no tracked flow is dropped and counted, and so is a redirect
+//!   to a VIP;
 //! - 802.1Q-tagged frames are dropped and counted (`vlan_tagged`);
 //! - a TTL that would reach zero is dropped and counted (`ttl_exceeded`):
 //!   cipgw is a routing hop and decrements TTL like one.
@@ -49,11 +55,14 @@
 //! and routes, and a VIP of one family only ever goes to endpoints of
 //! that family. IPv6 gets flows, rewrites (hop limit, checksums over the
 //! IPv6 pseudo-header), refusals (TCP RST, ICMPv6 port unreachable),
-//! echo replies for VIPs and the source checks; Neighbor Discovery, ICMPv6
-//! errors (not translated yet) and IPv6 not addressed to a VIP are the
-//! kernel's. What only IPv4 has so far: session affinity (an IPv6 Service
-//! with ClientIP affinity picks at random), Maglev, stateless replies,
-//! fragment following, ICMP error translation, source NAT and DNS.
+//! echo replies for VIPs, the source checks, the same backend choice
+//! (session affinity with bindings kept per family, Maglev with the
+//! family's tables and flow hash, mid-flow pickup and stateless replies),
+//! ICMPv6 error translation and fragment following; Neighbor Discovery,
+//! ICMPv6 errors that name neither a VIP nor a backend, and other IPv6 not
+//! addressed to a VIP are the kernel's. Source NAT works for both
+//! families (each family's table has its own SNAT addresses); DNS is
+//! answered over IPv4.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -61,7 +70,7 @@ use std::sync::Arc;
 use cipgw_config::Protocol;
 use ipnet::IpNet;
 
-use crate::affinity::{Affinity, Refreshes};
+use crate::affinity::{Affinity, AffinityFamily, Refreshes};
 use crate::checksum::Delta;
 use crate::conntrack::{
     Conntrack, ConntrackConfig, Direction, FlowHit, FlowKey, FlowMeta, FlowState, InsertError,
@@ -72,11 +81,13 @@ use crate::dns::DnsResponder;
 use crate::family::IpFamily;
 use crate::fragments::{DatagramId, FragmentRoute, FragmentTable};
 use crate::lb::Rng;
+use crate::maglev::MaglevFamily;
 use crate::reject::{self, RefusalLimiter};
 use crate::route::{NetSnapshot, PortId, RouteError};
 use crate::table::{Backend, CompiledTable, Miss, ReplyOwner, ServiceKey};
 use crate::wire::ethernet::{self, EthernetFrame, MacAddr};
 use crate::wire::frame::{Frame, ParseError, L3, L4};
+use crate::wire::icmp::Quoted;
 use crate::wire::tcp::flags as tcp_flags;
 use crate::wire::WireError;
 use crate::wire::{icmp, icmpv6};
@@ -129,6 +140,9 @@ struct FamilyPath<A: IpFamily> {
     conntrack: Arc<Conntrack<A>>,
     hops: NextHopCache<A>,
     flows: FlowCache<A>,
+    /// Where the datagrams whose first fragment this worker forwarded
+    /// went, for their later fragments.
+    fragments: FragmentTable<A>,
 }
 
 impl<A: IpFamily> FamilyPath<A> {
@@ -137,6 +151,7 @@ impl<A: IpFamily> FamilyPath<A> {
             conntrack,
             hops: NextHopCache::new(),
             flows: FlowCache::new(),
+            fragments: FragmentTable::default(),
         }
     }
 }
@@ -161,9 +176,6 @@ pub struct Pipeline {
     prefetched: usize,
     /// Answers DNS queries to the gateway's DNS addresses, when set.
     dns: Option<DnsResponder>,
-    /// Where the datagrams whose first fragment this worker forwarded
-    /// went, for their later fragments.
-    fragments: FragmentTable,
 }
 
 /// Frames whose flows one [`Pipeline::prefetch`] round fetches at most.
@@ -389,7 +401,6 @@ impl Pipeline {
             prefetching: Box::new([0; PREFETCH_BATCH]),
             prefetched: 0,
             dns: None,
-            fragments: FragmentTable::default(),
         }
     }
 
@@ -531,18 +542,19 @@ impl Pipeline {
             Ok(Classified::EchoToVip { src, dst }) => {
                 return self.echo_to_vip(frame, ingress, src, dst, ctx)
             }
-            Ok(Classified::IcmpError) => return self.icmp_error(frame, ctx),
+            Ok(Classified::IcmpError) => return self.icmp_error::<Ipv4Addr>(frame, ctx),
             Ok(Classified::LaterFragment { protocol }) => {
-                return self.later_fragment(frame, protocol, ctx)
+                return self.later_fragment::<Ipv4Addr>(frame, protocol, ctx)
             }
             Err(v) => return v,
         };
         self.track(frame, flow, len, ingress, ctx)
     }
 
-    /// An IPv6 frame: a flow, or an echo request to a VIP. Neighbor
-    /// Discovery, ICMPv6 errors (not translated yet) and whatever is not
-    /// addressed to a VIP are the kernel's.
+    /// An IPv6 frame: a flow, an ICMPv6 error, a later fragment, or an
+    /// echo request to a VIP. Neighbor Discovery, ICMPv6 errors the
+    /// gateway does not translate and whatever is not addressed to a VIP
+    /// are the kernel's.
     #[inline]
     fn ipv6(
         &mut self,
@@ -559,7 +571,19 @@ impl Pipeline {
         };
         let table = ctx.table.v6();
         match frame.l4() {
-            L4::Fragment { .. } if table.is_vip(dst) => Verdict::Drop(DropReason::Fragment),
+            L4::Fragment { protocol } => match frame.fragment() {
+                Some(f) if !f.is_first() => self.later_fragment::<Ipv6Addr>(frame, protocol, ctx),
+                // The first fragment of a protocol without ports.
+                _ if table.is_vip(dst) => Verdict::Drop(DropReason::Fragment),
+                _ => Verdict::Pass,
+            },
+            L4::Icmpv6 { msg_type, .. } if icmpv6::is_translated_error(msg_type) => {
+                self.icmp_error::<Ipv6Addr>(frame, ctx)
+            }
+            L4::Icmpv6 {
+                msg_type: icmpv6::kind::REDIRECT,
+                ..
+            } if table.is_vip(dst) => Verdict::Drop(DropReason::IcmpRedirect),
             L4::Icmpv6 { msg_type, .. }
                 if icmpv6::is_error(msg_type) || icmpv6::is_neighbor_discovery(msg_type) =>
             {
@@ -647,7 +671,7 @@ impl Pipeline {
             }
         }
         if hit.affinity && hit.direction == Direction::Forward {
-            A::refresh_affinity(self, &key, ctx.now);
+            self.refresh_affinity(&key, ctx.now);
         }
         rewrite(&mut frame, &flow, &hit);
         if let Some(snat) = hit.snat {
@@ -660,14 +684,15 @@ impl Pipeline {
             (Direction::Reply, Some((client, _))) => client,
         };
         if frame.fragment().is_some() {
-            A::remember_first_fragment(self, &frame, &key, ctx.now);
+            self.remember_first_fragment(&frame, &key, ctx.now);
         }
         self.address(&mut frame, dst, ctx.net)
     }
 
     /// Affinity lasts from the client's last packet; refreshed at most
-    /// once a second per binding from this worker (IPv4).
-    fn refresh_affinity(&mut self, key: &FlowKey, now: u32) {
+    /// once a second per binding from this worker.
+    #[inline]
+    fn refresh_affinity<A: PathFamily>(&mut self, key: &FlowKey<A>, now: u32) {
         let service = ServiceKey {
             vip: key.dst,
             port: key.dst_port,
@@ -677,10 +702,16 @@ impl Pipeline {
     }
 
     /// A datagram's first fragment went out rewritten: its later
-    /// fragments will follow it ([`crate::fragments`]).
+    /// fragments will follow it ([`crate::fragments`]), under the
+    /// datagram's identity as it arrived, to the addresses it left with.
     #[cold]
-    fn remember_first_fragment(&mut self, frame: &FrameMut<'_>, key: &FlowKey, now: u32) {
-        let (Some(fragment), Some(ip)) = (frame.fragment(), frame.ipv4()) else {
+    fn remember_first_fragment<A: PathFamily>(
+        &mut self,
+        frame: &FrameMut<'_>,
+        key: &FlowKey<A>,
+        now: u32,
+    ) {
+        let (Some(fragment), Some((src, dst))) = (frame.fragment(), header_addresses(frame)) else {
             return;
         };
         let id = DatagramId {
@@ -689,24 +720,24 @@ impl Pipeline {
             protocol: key.protocol.ip_number(),
             ident: fragment.ident,
         };
-        let route = FragmentRoute {
-            src: ip.source(),
-            dst: ip.destination(),
-        };
-        self.fragments.remember(id, route, now);
+        let route = FragmentRoute { src, dst };
+        A::path(self).fragments.remember(id, route, now);
     }
 
-    /// A fragment after the first: sent where its first fragment went,
-    /// with the same addresses, or dropped when this worker did not
-    /// forward that one (recently).
+    /// A fragment after the first, of either family: sent where its first
+    /// fragment went, with the same addresses, or dropped when this
+    /// worker did not forward that one (recently). Only the IP header
+    /// changes (the transport checksum, in the first fragment, covers
+    /// the whole datagram).
     #[cold]
-    fn later_fragment(
+    fn later_fragment<A: PathFamily>(
         &mut self,
         mut frame: FrameMut<'_>,
         protocol: u8,
         ctx: &BatchContext<'_>,
     ) -> Verdict {
-        let (L3::Ipv4 { src, dst, ttl }, Some(fragment)) = (frame.l3(), frame.fragment()) else {
+        let (Some((src, dst, ttl)), Some(fragment)) = (l3_of::<A, _>(&frame), frame.fragment())
+        else {
             return Verdict::Drop(DropReason::Fragment);
         };
         let id = DatagramId {
@@ -715,52 +746,47 @@ impl Pipeline {
             protocol,
             ident: fragment.ident,
         };
-        let Some(route) = self.fragments.route(&id, ctx.now) else {
+        let Some(route) = A::path(self).fragments.route(&id, ctx.now) else {
             return Verdict::Drop(DropReason::Fragment);
         };
         if ttl <= 1 {
             return Verdict::Drop(DropReason::TtlExceeded);
         }
-        if let Some(mut ip) = frame.ipv4_mut() {
-            let delta = Delta::default()
-                .addr(src.octets(), route.src.octets())
-                .addr(dst.octets(), route.dst.octets())
-                .word(
-                    u16::from_be_bytes([ttl, protocol]),
-                    u16::from_be_bytes([ttl - 1, protocol]),
-                );
-            ip.set_source(route.src);
-            ip.set_destination(route.dst);
-            ip.set_ttl(ttl - 1);
-            ip.set_checksum(delta.apply(ip.checksum()));
-        }
+        A::rewrite_ip(&mut frame, AddressSlot::Source, src, route.src, None);
+        A::rewrite_ip(
+            &mut frame,
+            AddressSlot::Destination,
+            dst,
+            route.dst,
+            Some((ttl, protocol)),
+        );
         self.counters.fragments.inc();
         self.address(&mut frame, route.dst, ctx.net)
     }
 
-    /// An ICMP error about a tracked flow, rewritten for the other end,
-    /// as Linux's NAT rewrites one (nf_nat_icmp_reply_translation). The
-    /// error travels against the datagram it quotes, so its flow key is
-    /// the quoted one reversed, and it is rewritten as that flow's
-    /// packets in its direction are: the quoted datagram back to what
-    /// its sender sent (towards a backend) or saw (towards the client),
-    /// the outer addresses as a packet of the flow going this way gets
-    /// them (the VIP as the source of an error for the client, whoever
-    /// sent it; the backend as the destination of one for the backend).
-    /// The flow's state and last-seen time are left alone.
+    /// An ICMP or ICMPv6 error about a tracked flow, rewritten for the
+    /// other end, as Linux's NAT rewrites one
+    /// (nf_nat_icmp_reply_translation). The error travels against the
+    /// datagram it quotes, so its flow key is the quoted one reversed,
+    /// and it is rewritten as that flow's packets in its direction are:
+    /// the quoted datagram back to what its sender sent (towards a
+    /// backend) or saw (towards the client), the outer addresses as a
+    /// packet of the flow going this way gets them (the VIP as the source
+    /// of an error for the client, whoever sent it; the backend as the
+    /// destination of one for the backend). The flow's state and
+    /// last-seen time are left alone.
     #[cold]
-    fn icmp_error(&mut self, mut frame: FrameMut<'_>, ctx: &BatchContext<'_>) -> Verdict {
-        let L3::Ipv4 { src, dst, ttl } = frame.l3() else {
+    fn icmp_error<A: IcmpFamily>(
+        &mut self,
+        mut frame: FrameMut<'_>,
+        ctx: &BatchContext<'_>,
+    ) -> Verdict {
+        let Some((src, dst, ttl)) = l3_of::<A, _>(&frame) else {
             return Verdict::Pass;
         };
-        let Some(icmp) = frame.icmp() else {
-            return Verdict::Drop(DropReason::IcmpErrorMalformed);
-        };
-        if !icmp.verify_checksum() {
-            return Verdict::Drop(DropReason::IcmpErrorMalformed);
-        }
-        let Ok(quoted) = icmp.quoted() else {
-            return Verdict::Drop(DropReason::IcmpErrorMalformed);
+        let quoted = match A::quoted(&frame, src, dst) {
+            Ok(quoted) => quoted,
+            Err(reason) => return Verdict::Drop(reason),
         };
         let Some(protocol) = Protocol::from_ip_number(quoted.protocol) else {
             return Verdict::Drop(DropReason::IcmpErrorMalformed);
@@ -772,13 +798,13 @@ impl Pipeline {
             dst_port: quoted.src_port,
             protocol,
         };
-        let Some(hit) = self.v4.conntrack.peek(&key) else {
+        let Some(hit) = A::path(self).conntrack.peek(&key) else {
             // Not about a flow of ours: the kernel's, unless it names a
             // VIP or a backend port (then the XDP program sent it here).
-            let ours = ctx.table.is_vip(dst)
-                || ctx.table.is_vip(quoted.src)
-                || ctx
-                    .table
+            let table = ctx.table.family::<A>();
+            let ours = table.is_vip(dst)
+                || table.is_vip(quoted.src)
+                || table
                     .reply_owner(quoted.dst, quoted.dst_port, protocol)
                     .is_some();
             return match ours {
@@ -805,22 +831,22 @@ impl Pipeline {
                 (nat, source, outer_src, hit.nat_ip)
             }
         };
-        if let Some(mut message) = frame.icmp_mut() {
-            message.rewrite_quoted(&quoted, quoted_src, quoted_dst);
-        }
-        if let Some(mut ip) = frame.ipv4_mut() {
-            let delta = Delta::default()
-                .addr(src.octets(), outer_src.octets())
-                .addr(dst.octets(), outer_dst.octets())
-                .word(
-                    u16::from_be_bytes([ttl, icmp::PROTOCOL]),
-                    u16::from_be_bytes([ttl - 1, icmp::PROTOCOL]),
-                );
-            ip.set_source(outer_src);
-            ip.set_destination(outer_dst);
-            ip.set_ttl(ttl - 1);
-            ip.set_checksum(delta.apply(ip.checksum()));
-        }
+        // The outer header first: ICMPv6's checksum, computed last,
+        // covers its addresses.
+        A::rewrite_ip(&mut frame, AddressSlot::Source, src, outer_src, None);
+        A::rewrite_ip(
+            &mut frame,
+            AddressSlot::Destination,
+            dst,
+            outer_dst,
+            Some((ttl, A::ICMP)),
+        );
+        A::rewrite_quoted(
+            &mut frame,
+            &quoted,
+            (quoted_src, quoted_dst),
+            (outer_src, outer_dst),
+        );
         self.counters.icmp_errors.inc();
         self.address(&mut frame, outer_dst, ctx.net)
     }
@@ -891,7 +917,7 @@ impl Pipeline {
         let key = &flow.key;
         let table = ctx.table.family::<A>();
         if !table.is_vip(key.dst) {
-            return A::not_to_a_vip(self, flow, ctx);
+            return self.not_to_a_vip(flow, ctx);
         }
         self.check_source(frame, key.src, ctx)
             .map_err(Denied::Verdict)?;
@@ -905,7 +931,7 @@ impl Pipeline {
                 return Err(Denied::Verdict(Verdict::Drop(DropReason::TcpNoFlow)));
             }
             if f & tcp_flags::SYN == 0 {
-                return A::adopt(self, flow, hash, ctx);
+                return self.adopt(flow, hash, ctx);
             }
             if f & tcp_flags::ACK != 0 {
                 return Err(Denied::Refuse(DropReason::TcpNoFlow));
@@ -925,10 +951,10 @@ impl Pipeline {
         let backends = &entry.backends;
         let affine = entry
             .affinity
-            .and_then(|timeout| A::pick_affine(self, service, key.src, backends, timeout, ctx));
+            .map(|timeout| self.pick_affine(service, key.src, backends, timeout, ctx));
         let first = match (affine, &entry.maglev) {
             (Some(index), _) => index,
-            (None, Some(maglev)) => A::maglev_pick(maglev, key),
+            (None, Some(maglev)) => maglev.pick(key),
             (None, None) => self.rng.below(backends.len()),
         };
         // A reply-key clash is retried on another backend a few times
@@ -975,14 +1001,19 @@ impl Pipeline {
     /// as adopted); under random choice it is refused with a RST, as the
     /// kernel and kube-proxy do.
     #[cold]
-    fn adopt(&mut self, flow: &Flow, hash: u64, ctx: &BatchContext<'_>) -> Result<FlowHit, Denied> {
+    fn adopt<A: PathFamily>(
+        &mut self,
+        flow: &Flow<A>,
+        hash: u64,
+        ctx: &BatchContext<'_>,
+    ) -> Result<FlowHit<A>, Denied> {
         let key = &flow.key;
         let service = ServiceKey {
             vip: key.dst,
             port: key.dst_port,
             protocol: key.protocol,
         };
-        let Ok(entry) = ctx.table.lookup(&service) else {
+        let Ok(entry) = ctx.table.family::<A>().lookup(&service) else {
             return Err(Denied::Refuse(DropReason::TcpNoFlow));
         };
         let Some(maglev) = &entry.maglev else {
@@ -994,11 +1025,13 @@ impl Pipeline {
             affinity: entry.affinity.is_some(),
             slot: entry.slot_of(index),
         };
-        match self
-            .v4
-            .conntrack
-            .insert_hashed(*key, hash, (backend.ip, backend.port), ctx.now, meta)
-        {
+        match A::path(self).conntrack.insert_hashed(
+            *key,
+            hash,
+            (backend.ip, backend.port),
+            ctx.now,
+            meta,
+        ) {
             Ok(hit) => {
                 self.counters.adopted_flows.inc();
                 Ok(hit)
@@ -1006,6 +1039,41 @@ impl Pipeline {
             Err(InsertError::ReplyClash) => Err(Denied::Refuse(DropReason::ReplyClash)),
             Err(InsertError::Full) => Err(Denied::Refuse(DropReason::ConntrackFull)),
             Err(InsertError::SnatExhausted) => Err(Denied::Refuse(DropReason::SnatPortsExhausted)),
+        }
+    }
+
+    /// The backend session affinity binds the client to, as an index into
+    /// `backends` (which is not empty).
+    fn pick_affine<A: PathFamily>(
+        &mut self,
+        service: ServiceKey<A>,
+        client: A,
+        backends: &[Backend<A>],
+        timeout: u32,
+        ctx: &BatchContext<'_>,
+    ) -> usize {
+        let chosen = self
+            .affinity
+            .pick(service, client, backends, timeout, ctx.now, &mut self.rng);
+        backends.iter().position(|b| *b == chosen).unwrap_or(0)
+    }
+
+    /// A packet with no flow to an address that is no VIP: a reply of a
+    /// flow another gateway carried (under Maglev), or the kernel's.
+    #[cold]
+    fn not_to_a_vip<A: PathFamily>(
+        &mut self,
+        flow: &Flow<A>,
+        ctx: &BatchContext<'_>,
+    ) -> Result<FlowHit<A>, Denied> {
+        let key = &flow.key;
+        match ctx
+            .table
+            .family::<A>()
+            .reply_owner(key.src, key.src_port, key.protocol)
+        {
+            Some(owner) => self.stateless_reply(flow, owner, ctx),
+            None => Err(Denied::Verdict(Verdict::Pass)),
         }
     }
 
@@ -1019,15 +1087,15 @@ impl Pipeline {
     /// destination is the gateway, not the client: dropped as
     /// `reply_without_flow`).
     #[cold]
-    fn stateless_reply(
+    fn stateless_reply<A: PathFamily>(
         &mut self,
-        flow: &Flow,
-        owner: ReplyOwner,
+        flow: &Flow<A>,
+        owner: ReplyOwner<A>,
         ctx: &BatchContext<'_>,
-    ) -> Result<FlowHit, Denied> {
+    ) -> Result<FlowHit<A>, Denied> {
         // With source NAT a backend answers the gateway's address, not
         // the client's: an untracked reply says nothing of its client.
-        if self.v4.conntrack.snat_ports().is_some() {
+        if A::path(self).conntrack.snat_ports().is_some() {
             return Err(Denied::Verdict(Verdict::Drop(DropReason::ReplyWithoutFlow)));
         }
         let service = match owner {
@@ -1042,11 +1110,12 @@ impl Pipeline {
         };
         let maglev_port = ctx
             .table
+            .family::<A>()
             .port_entry(&service)
             .filter(|entry| entry.maglev.is_some());
         let reply = &flow.key;
         // The client must be one that may open connections to VIPs.
-        let client_allowed = self.in_cluster(IpAddr::V4(reply.dst));
+        let client_allowed = self.in_cluster(reply.dst.into());
         let (Some(entry), true) = (maglev_port, client_allowed) else {
             return Err(Denied::Verdict(Verdict::Drop(DropReason::ReplyWithoutFlow)));
         };
@@ -1065,8 +1134,7 @@ impl Pipeline {
             affinity: entry.affinity.is_some(),
             slot: endpoint.map_or(NO_SLOT, |index| entry.slot_of(index)),
         };
-        match self
-            .v4
+        match A::path(self)
             .conntrack
             .insert(forward, (reply.src, reply.src_port), ctx.now, meta)
         {
@@ -1085,8 +1153,7 @@ impl Pipeline {
         }
         // The reply direction of the flow just tracked (or of the one a
         // racing worker tracked first), with this packet's flags applied.
-        match self
-            .v4
+        match A::path(self)
             .conntrack
             .lookup(reply, ctx.now, flow.tcp_flags)
             .filter(|hit| hit.direction == Direction::Reply)
@@ -1253,6 +1320,102 @@ fn flow_between<T: AsRef<[u8]>, A>(frame: &Frame<T>, src: A, dst: A, ttl: u8) ->
     })
 }
 
+/// The addresses and TTL (hop limit) of a frame of family `A`, as it
+/// arrived.
+#[inline]
+fn l3_of<A: IpFamily, T: AsRef<[u8]>>(frame: &Frame<T>) -> Option<(A, A, u8)> {
+    let (src, dst, ttl): (IpAddr, IpAddr, u8) = match frame.l3() {
+        L3::Ipv4 { src, dst, ttl } => (src.into(), dst.into(), ttl),
+        L3::Ipv6 {
+            src,
+            dst,
+            hop_limit,
+        } => (src.into(), dst.into(), hop_limit),
+    };
+    Some((A::from_ip(src)?, A::from_ip(dst)?, ttl))
+}
+
+/// The addresses in a frame's IP header now (after a rewrite), if it is
+/// of family `A`.
+#[inline]
+fn header_addresses<A: IpFamily>(frame: &FrameMut<'_>) -> Option<(A, A)> {
+    let (src, dst): (IpAddr, IpAddr) = match (frame.ipv4(), frame.ipv6()) {
+        (Some(ip), _) => (ip.source().into(), ip.destination().into()),
+        (None, Some(ip)) => (ip.source().into(), ip.destination().into()),
+        (None, None) => return None,
+    };
+    Some((A::from_ip(src)?, A::from_ip(dst)?))
+}
+
+/// What ICMP error translation does differently per family: which
+/// message carries the error, how its quote is read and checked, and
+/// what its checksum covers (ICMPv6's the IPv6 pseudo-header, so the
+/// outer addresses too; ICMP's the message alone).
+trait IcmpFamily: PathFamily {
+    /// The error protocol's IP protocol number (ICMP, ICMPv6).
+    const ICMP: u8;
+
+    /// The datagram the error message of a frame from `src` to `dst`
+    /// quotes, once its checksum verified; otherwise the drop reason.
+    fn quoted(frame: &FrameMut<'_>, src: Self, dst: Self) -> Result<Quoted<Self>, DropReason>;
+
+    /// Rewrites the quoted datagram to `quoted_src -> quoted_dst` and
+    /// recomputes the message's checksum, for an outer header from
+    /// `outer.0` to `outer.1` (already written).
+    fn rewrite_quoted(
+        frame: &mut FrameMut<'_>,
+        quoted: &Quoted<Self>,
+        addresses: ((Self, u16), (Self, u16)),
+        outer: (Self, Self),
+    );
+}
+
+impl IcmpFamily for Ipv4Addr {
+    const ICMP: u8 = icmp::PROTOCOL;
+
+    fn quoted(frame: &FrameMut<'_>, _src: Self, _dst: Self) -> Result<Quoted, DropReason> {
+        let message = frame
+            .icmp()
+            .filter(|m| m.verify_checksum())
+            .ok_or(DropReason::IcmpErrorMalformed)?;
+        message.quoted().map_err(|_| DropReason::IcmpErrorMalformed)
+    }
+
+    fn rewrite_quoted(
+        frame: &mut FrameMut<'_>,
+        quoted: &Quoted,
+        (src, dst): ((Self, u16), (Self, u16)),
+        _outer: (Self, Self),
+    ) {
+        if let Some(mut message) = frame.icmp_mut() {
+            message.rewrite_quoted(quoted, src, dst);
+        }
+    }
+}
+
+impl IcmpFamily for Ipv6Addr {
+    const ICMP: u8 = icmpv6::PROTOCOL;
+
+    fn quoted(frame: &FrameMut<'_>, src: Self, dst: Self) -> Result<Quoted<Self>, DropReason> {
+        let message = frame
+            .icmpv6_error()
+            .filter(|m| m.verify_checksum(src, dst))
+            .ok_or(DropReason::IcmpErrorMalformed)?;
+        message.quoted().map_err(|_| DropReason::IcmpErrorMalformed)
+    }
+
+    fn rewrite_quoted(
+        frame: &mut FrameMut<'_>,
+        quoted: &Quoted<Self>,
+        (src, dst): ((Self, u16), (Self, u16)),
+        outer: (Self, Self),
+    ) {
+        if let Some(mut message) = frame.icmpv6_error_mut() {
+            message.rewrite_quoted(quoted, src, dst, outer);
+        }
+    }
+}
+
 /// What a frame the XDP program redirected is, by its headers and the
 /// table.
 #[inline]
@@ -1379,11 +1542,11 @@ enum AddressSlot {
 }
 
 /// What the packet path does differently per address family: reading a
-/// frame's flow, rewriting the IP header, which sources may be clients,
-/// and the parts only IPv4 has so far (session affinity, Maglev, stateless
-/// replies, fragment tracking), which IPv6 answers with their defaults.
-/// Everything else in the pipeline is one generic path over this.
-trait PathFamily: IpFamily {
+/// frame's flow, rewriting the IP header, and which sources may be clients
+/// ([`IcmpFamily`] adds what ICMP error
+/// translation does per family). Everything else in the pipeline, session
+/// affinity and Maglev included, is one generic path over this.
+trait PathFamily: IpFamily + AffinityFamily + MaglevFamily {
     /// This family's state in the pipeline.
     fn path(p: &mut Pipeline) -> &mut FamilyPath<Self>;
 
@@ -1406,57 +1569,6 @@ trait PathFamily: IpFamily {
     /// Whether a packet from `src` may open a connection: not multicast,
     /// loopback, unspecified (or IPv4 broadcast and 0.0.0.0/8).
     fn may_be_client(src: Self) -> bool;
-
-    /// A packet with no flow to an address that is no VIP: a reply of a
-    /// flow another gateway carried (IPv4 under Maglev), or the kernel's.
-    fn not_to_a_vip(
-        _p: &mut Pipeline,
-        _flow: &Flow<Self>,
-        _ctx: &BatchContext<'_>,
-    ) -> Result<FlowHit<Self>, Denied> {
-        Err(Denied::Verdict(Verdict::Pass))
-    }
-
-    /// A TCP segment other than a SYN of no flow: picked up under Maglev
-    /// (IPv4), else refused.
-    fn adopt(
-        _p: &mut Pipeline,
-        _flow: &Flow<Self>,
-        _hash: u64,
-        _ctx: &BatchContext<'_>,
-    ) -> Result<FlowHit<Self>, Denied> {
-        Err(Denied::Refuse(DropReason::TcpNoFlow))
-    }
-
-    /// The backend session affinity binds the client to, as an index into
-    /// `backends` (IPv4); `None` picks as without affinity.
-    fn pick_affine(
-        _p: &mut Pipeline,
-        _service: ServiceKey<Self>,
-        _client: Self,
-        _backends: &[Backend<Self>],
-        _timeout: u32,
-        _ctx: &BatchContext<'_>,
-    ) -> Option<usize> {
-        None
-    }
-
-    /// The Maglev table's backend for `key`.
-    fn maglev_pick(_maglev: &crate::maglev::MaglevTable, _key: &FlowKey<Self>) -> usize {
-        0
-    }
-
-    /// Refreshes the client's affinity binding (IPv4).
-    fn refresh_affinity(_p: &mut Pipeline, _key: &FlowKey<Self>, _now: u32) {}
-
-    /// Remembers where a first fragment went, for the later ones (IPv4).
-    fn remember_first_fragment(
-        _p: &mut Pipeline,
-        _frame: &FrameMut<'_>,
-        _key: &FlowKey<Self>,
-        _now: u32,
-    ) {
-    }
 }
 
 impl PathFamily for Ipv4Addr {
@@ -1505,59 +1617,6 @@ impl PathFamily for Ipv4Addr {
 
     fn may_be_client(src: Self) -> bool {
         !(src.is_multicast() || src.is_broadcast() || src.is_loopback() || src.octets()[0] == 0)
-    }
-
-    fn not_to_a_vip(
-        p: &mut Pipeline,
-        flow: &Flow<Self>,
-        ctx: &BatchContext<'_>,
-    ) -> Result<FlowHit<Self>, Denied> {
-        let key = &flow.key;
-        match ctx.table.reply_owner(key.src, key.src_port, key.protocol) {
-            Some(owner) => p.stateless_reply(flow, owner, ctx),
-            None => Err(Denied::Verdict(Verdict::Pass)),
-        }
-    }
-
-    fn adopt(
-        p: &mut Pipeline,
-        flow: &Flow<Self>,
-        hash: u64,
-        ctx: &BatchContext<'_>,
-    ) -> Result<FlowHit<Self>, Denied> {
-        p.adopt(flow, hash, ctx)
-    }
-
-    fn pick_affine(
-        p: &mut Pipeline,
-        service: ServiceKey<Self>,
-        client: Self,
-        backends: &[Backend<Self>],
-        timeout: u32,
-        ctx: &BatchContext<'_>,
-    ) -> Option<usize> {
-        let chosen = p
-            .affinity
-            .pick(service, client, backends, timeout, ctx.now, &mut p.rng);
-        Some(backends.iter().position(|b| *b == chosen).unwrap_or(0))
-    }
-
-    #[inline]
-    fn maglev_pick(maglev: &crate::maglev::MaglevTable, key: &FlowKey<Self>) -> usize {
-        maglev.pick(key)
-    }
-
-    fn refresh_affinity(p: &mut Pipeline, key: &FlowKey<Self>, now: u32) {
-        p.refresh_affinity(key, now);
-    }
-
-    fn remember_first_fragment(
-        p: &mut Pipeline,
-        frame: &FrameMut<'_>,
-        key: &FlowKey<Self>,
-        now: u32,
-    ) {
-        p.remember_first_fragment(frame, key, now);
     }
 }
 
@@ -1631,3 +1690,11 @@ mod icmp_tests;
 #[cfg(test)]
 #[path = "pipeline_ipv6_tests.rs"]
 mod ipv6_tests;
+
+#[cfg(test)]
+#[path = "pipeline_icmp6_tests.rs"]
+mod icmp6_tests;
+
+#[cfg(test)]
+#[path = "pipeline_ipv6_lb_tests.rs"]
+mod ipv6_lb_tests;

@@ -17,12 +17,14 @@
 //! byte 0          setup: bits 0-2  max_flows - 1 (a table of 1..=8 flows,
 //!                                  so eviction and refusal paths run)
 //!                        bits 3-4  unreplied share: 100, 50, 25 or 1 %
-//!                        bit 5     --cluster-cidr 198.18.0.0/24 (else all)
+//!                        bit 5     --cluster-cidr 198.18.0.0/24 and
+//!                                  2001:2::/64 (else all)
 //!                        bits 6-7  backend-choice RNG seed
 //! then records    ctl    bits 0-1  ingress port: 0 client side, 1 Pod
 //!                                  side, 2 a port the snapshot lacks, 3 = 0
 //!                        bit 2     fix up checksums first (IPv4 header and
-//!                                  TCP/UDP/ICMP), so mutated frames stay
+//!                                  TCP/UDP/ICMP; IPv6 TCP/UDP/ICMPv6 but
+//!                                  in fragments), so mutated frames stay
 //!                                  well-formed enough to reach deep paths
 //!                        bit 3     sweep conntrack after the frame
 //!                        bits 4-6  clock step before the frame, seconds:
@@ -36,22 +38,30 @@
 //!
 //! Invariants, for any input: nothing panics (overflow and debug
 //! assertions are on in fuzz builds); a `Forward` (or `AwaitNeighbour`)
-//! frame still parses as IPv4, leaves through a port that exists, had its
-//! TTL decremented, and goes to a backend of the table or comes from a VIP;
+//! frame still parses as the IPv4 (IPv6) packet it was, with the same
+//! framing, leaves through a port that exists, had its TTL (hop limit)
+//! decremented, and goes to a backend of the table or comes from a VIP;
 //! it belongs to a flow conntrack holds (not only a worker's cache of it)
 //! and was rewritten to that flow's backend (or VIP, for a reply);
-//! its IPv4 header checksum, and its TCP/UDP checksum, are valid whenever
-//! they were valid on input; a `Respond` fits the buffer, goes back out of
-//! the ingress port, and is a well-formed IPv4 packet with correct
-//! checksums (an echo reply's ICMP checksum when the request's was; a
-//! DNS answer's UDP checksum always, from port 53, with QR set);
-//! conntrack holds at most `max_flows + 1` flows, exactly two entries per
-//! flow, and no more unreplied flows than flows.
+//! its IPv4 header checksum, and its TCP/UDP (ICMPv6) checksum, are valid
+//! whenever they were valid on input; a forwarded ICMP(v6) error has a
+//! valid checksum and quotes a datagram to a VIP or from a backend; a
+//! later fragment no longer goes to a VIP; a `Respond` fits the buffer,
+//! goes back out of the ingress port, and is a well-formed packet of the
+//! request's family with correct checksums (an echo reply's ICMP checksum
+//! when the request's was; a DNS answer's UDP checksum always, from port
+//! 53, with QR set); each family's conntrack holds at most
+//! `max_flows + 1` flows and exactly two entries per flow, and the IPv4
+//! one no more unreplied flows than flows.
+//!
+//! The Services are IPv4 but for `solo6` (IPv6 only), so seeds reach the
+//! IPv6 path too: flows, ICMPv6 errors, fragments.
 
+use std::net::Ipv6Addr;
 use std::sync::{Arc, OnceLock};
 
 use cipgw_config::{EndpointState, Protocol, ServiceName, ServiceTable};
-use cipgw_datapath::checksum::{checksum, l4_checksum};
+use cipgw_datapath::checksum::{checksum, l4_checksum, l4_checksum_v6};
 use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig, Direction, FlowKey, Timeouts};
 use cipgw_datapath::dns::{DnsConfig, DnsCounters, DnsResponder, DnsZone};
 use cipgw_datapath::harness::{
@@ -115,6 +125,15 @@ pub mod addr {
     /// Where the gateway answers DNS (UDP port 53), for zone
     /// `cluster.local` of the fuzzer's Services (namespace `fuzz`).
     pub const DNS_ADDRESS: [u8; 4] = [198, 19, 0, 53];
+
+    /// The IPv6 client (2001:2::2, on the client arm's 2001:2::/64).
+    pub const CLIENT6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+    /// The IPv6 Pod (2001:2:0:2::11, on the Pod arm's 2001:2:0:2::/64).
+    pub const POD6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0x11];
+    /// A router on the Pod arm (2001:2:0:2::fe).
+    pub const ROUTER6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0xfe];
+    /// `solo6`, IPv6 only: TCP 80 -> 8080 and UDP 53 -> 5353 on POD6.
+    pub const SOLO6_VIP: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0x60];
 }
 
 /// A port id the snapshot does not have.
@@ -199,6 +218,7 @@ pub fn model(churned: bool) -> ServiceTable {
                 &[POD_ROUTED, POD_NO_ROUTE, POD_DETACHED],
             )],
         ),
+        solo6(),
         service(
             name("headless"),
             None,
@@ -210,12 +230,54 @@ pub fn model(churned: bool) -> ServiceTable {
     ServiceTable { services }
 }
 
+/// `solo6`: an IPv6-only Service, the same in both tables.
+fn solo6() -> cipgw_config::Service {
+    let six = |port, protocol, target| {
+        let mut p = service_port(port, protocol, target, &[]);
+        p.endpoints.push(cipgw_config::Endpoint {
+            ip: std::net::Ipv6Addr::from(addr::POD6).into(),
+            ..endpoint(addr::POD1, target)
+        });
+        p
+    };
+    let mut s = service(
+        ServiceName::new("fuzz", "solo6"),
+        None,
+        None,
+        vec![six(80, Protocol::Tcp, 8080), six(53, Protocol::Udp, 5353)],
+    );
+    s.cluster_ip = cipgw_config::ClusterIp::single(std::net::Ipv6Addr::from(addr::SOLO6_VIP).into());
+    s.ip_families = vec![cipgw_config::IpFamily::V6];
+    s
+}
+
 /// The harness's two arms, with the outside clients' subnet on port 0, a
 /// router to more Pods and a route through an interface cipgw is not
 /// attached to; clients .2 to .9, the outside client, the Pods (all but
-/// POD_UNRESOLVED) and the router resolved.
+/// POD_UNRESOLVED) and the router resolved; for IPv6, 2001:2::/64 on
+/// port 0 and 2001:2:0:2::/64 on port 1, with CLIENT6, POD6 and ROUTER6
+/// resolved.
 pub fn net() -> NetSnapshot {
     use addr::*;
+    use cipgw_datapath::route::Route;
+    use std::net::Ipv6Addr;
+    let route6 = |prefix: [u8; 16], ifindex| Route {
+        dst: Ipv6Addr::from(prefix),
+        prefix_len: 64,
+        ifindex,
+        gateway: None,
+    };
+    let routes6 = vec![
+        route6([0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], CLIENT_IFINDEX),
+        route6([0x20, 0x01, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0], POD_IFINDEX),
+    ];
+    let neighbours6 = [
+        ((CLIENT_IFINDEX, Ipv6Addr::from(CLIENT6)), mac::CLIENT),
+        ((POD_IFINDEX, Ipv6Addr::from(POD6)), mac::POD1),
+        ((POD_IFINDEX, Ipv6Addr::from(ROUTER6)), mac::of(ROUTER)),
+    ]
+    .into_iter()
+    .collect();
     Net::two_arm()
         .route([198, 18, 1, 0], 24, CLIENT_IFINDEX, None)
         .route([198, 18, 9, 0], 24, POD_IFINDEX, Some(ROUTER))
@@ -227,6 +289,7 @@ pub fn net() -> NetSnapshot {
             [POD1, POD2, POD3, POD4, POD_HEADLESS, POD_DRAINING, ROUTER],
         )
         .build()
+        .with_ipv6(routes6, neighbours6)
 }
 
 /// The immutable part of the setup, built once per process.
@@ -318,24 +381,30 @@ fn run_session(data: &[u8], mut seen: impl FnMut(Outcome)) {
     };
     let fixed = fixed();
     let max_flows = usize::from(setup & 0x07) + 1;
-    let conntrack = Arc::new(Conntrack::new(ConntrackConfig {
+    let config = ConntrackConfig {
         max_flows,
         unreplied_percent: UNREPLIED_PERCENT[usize::from((setup >> 3) & 0x03)],
         timeouts: Timeouts::default(),
-    }));
+    };
+    let conntrack = Arc::new(Conntrack::new(config));
+    let conntrack6 = Arc::new(Conntrack::<Ipv6Addr>::new(config));
     let cluster_cidrs = if setup & bits::CLUSTER_CIDR != 0 {
-        vec!["198.18.0.0/24".parse().expect("valid CIDR")]
+        vec![
+            "198.18.0.0/24".parse().expect("valid CIDR"),
+            "2001:2::/64".parse().expect("valid CIDR"),
+        ]
     } else {
         Vec::new()
     };
     let mut gateway = Harness {
         pipeline: pipeline(Arc::clone(&conntrack), u64::from(setup >> 6) + 1)
+            .with_conntrack6(Arc::clone(&conntrack6))
             .with_config(PipelineConfig {
                 cluster_cidrs: cluster_cidrs.clone(),
             })
             .with_dns(DnsResponder::new(
                 vec![addr::DNS_ADDRESS.into()],
-                cluster_cidrs.iter().map(|c| (*c).into()).collect(),
+                cluster_cidrs.clone(),
                 Arc::new(DnsCounters::default()),
             )),
         table: Arc::clone(&fixed.tables[0]),
@@ -363,6 +432,7 @@ fn run_session(data: &[u8], mut seen: impl FnMut(Outcome)) {
             let table = &gateway.table;
             // What the control thread does when endpoints go away.
             conntrack.retire(|key, (ip, port)| !table.is_backend(ip, port, key.protocol));
+            conntrack6.retire(|key, (ip, port)| !table.v6().is_backend(ip, port, key.protocol));
         }
         let ingress = match ctl & 0x03 {
             1 => POD_PORT,
@@ -376,12 +446,22 @@ fn run_session(data: &[u8], mut seen: impl FnMut(Outcome)) {
             fix_checksums(&mut buf[..len]);
         }
         let before = Checked::of(&buf[..len]);
+        let before6 = Checked6::of(&buf[..len]);
 
         // As the worker does for each RX batch (here a batch of one).
         gateway.pipeline.prefetch(&buf[..len]);
         gateway.pipeline.prefetch_flows();
         let verdict = gateway.process(&mut buf, len, ingress);
-        check_verdict(verdict, &before, &buf, len, ingress, &fixed.tables);
+        if let Some(input) = &before6.ip {
+            check_verdict6(verdict, input, &before6, &buf, len, ingress, &fixed.tables);
+            if let Verdict::Forward { .. } | Verdict::AwaitNeighbour { .. } = verdict {
+                if input.has_ports() {
+                    check_tracked6(verdict, &before6, &buf[..len], &conntrack6);
+                }
+            }
+        } else {
+            check_verdict(verdict, &before, &buf, len, ingress, &fixed.tables);
+        }
         // ICMP errors and later fragments carry no ports of their own.
         let has_ports = before
             .ip
@@ -407,6 +487,20 @@ fn run_session(data: &[u8], mut seen: impl FnMut(Outcome)) {
             "every flow has exactly its two entries"
         );
         assert!(summary.unreplied <= summary.flows, "{summary:?}");
+        if ctl & bits::SWEEP != 0 {
+            conntrack6.sweep(gateway.now);
+        }
+        let summary6 = conntrack6.summary();
+        assert!(
+            summary6.flows <= max_flows + 1,
+            "the IPv6 conntrack holds {} flows, max {max_flows}",
+            summary6.flows
+        );
+        assert_eq!(
+            conntrack6.entries(),
+            2 * summary6.flows,
+            "every IPv6 flow has exactly its two entries"
+        );
 
         let out_len = match verdict {
             Verdict::Respond { len, .. } => len,
@@ -491,9 +585,11 @@ fn l4_ok(frame: &[u8], ip: &Ip) -> Option<bool> {
 }
 
 /// Recomputes the IPv4 header checksum and the TCP/UDP/ICMP checksum of
-/// an untagged IPv4 frame, as far as its lengths allow.
+/// an untagged IPv4 frame, or the TCP/UDP/ICMPv6 checksum of an IPv6
+/// frame that is not a fragment, as far as its lengths allow.
 pub fn fix_checksums(frame: &mut [u8]) {
     if frame.len() < L3 + 20 || frame[12..14] != [0x08, 0x00] {
+        fix_checksums6(frame);
         return;
     }
     let header_len = usize::from(frame[L3] & 0x0f) * 4;
@@ -745,4 +841,306 @@ fn check_verdict(
         }
         Verdict::Pass | Verdict::Drop(_) | Verdict::HandedOff => {}
     }
+}
+
+/// ICMPv6's next-header number (RFC 4443).
+const ICMPV6: u8 = 58;
+
+/// A well-formed-enough untagged IPv6 frame's header fields, for checks:
+/// the datapath's own walk over its extension headers finds the upper
+/// layer.
+#[derive(Debug, Clone, Copy)]
+struct Ip6 {
+    /// Fixed header and payload.
+    total_len: usize,
+    hop_limit: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+    /// The upper-layer protocol.
+    protocol: u8,
+    /// Where its header starts, from the IPv6 header.
+    l4: usize,
+    /// A Fragment header's offset, when there is one (not atomic).
+    fragment: Option<u16>,
+}
+
+impl Ip6 {
+    /// Whether the transport header (and so the ports) is here: TCP or
+    /// UDP, not a later fragment.
+    fn has_ports(&self) -> bool {
+        matches!(self.protocol, TCP | UDP) && self.fragment.is_none_or(|offset| offset == 0)
+    }
+}
+
+fn parse_ip6(frame: &[u8]) -> Option<Ip6> {
+    use cipgw_datapath::wire::ipv6::Ipv6Packet;
+    if frame.len() < L3 + 40 || frame[12..14] != [0x86, 0xdd] {
+        return None;
+    }
+    let ip = Ipv6Packet::new_checked(&frame[L3..]).ok()?;
+    let upper = ip.upper_layer().ok()?;
+    Some(Ip6 {
+        total_len: ip.total_len(),
+        hop_limit: ip.hop_limit(),
+        src: ip.source().octets(),
+        dst: ip.destination().octets(),
+        protocol: upper.protocol,
+        l4: upper.offset,
+        fragment: upper
+            .fragment
+            .filter(|f| f.offset != 0 || f.more)
+            .map(|f| f.offset),
+    })
+}
+
+/// Whether the TCP/UDP/ICMPv6 checksum verifies over the IPv6
+/// pseudo-header and the upper-layer bytes; `None` when it cannot be
+/// checked here (a fragment: a first fragment's covers the whole
+/// datagram), the field is missing, or another protocol.
+fn l4_ok6(frame: &[u8], ip: &Ip6) -> Option<bool> {
+    if ip.fragment.is_some() {
+        return None;
+    }
+    let payload = frame.get(L3 + ip.l4..L3 + ip.total_len)?;
+    let at = match ip.protocol {
+        ICMPV6 => 2,
+        other => l4_checksum_at(other)?,
+    };
+    if payload.len() < at + 2 || ip.protocol == UDP && payload[6..8] == [0, 0] {
+        return None;
+    }
+    Some(l4_checksum_v6(ip.src, ip.dst, ip.protocol, payload) == 0)
+}
+
+/// Recomputes the TCP/UDP/ICMPv6 checksum of an untagged IPv6 frame that
+/// is not a fragment, as far as its lengths allow.
+fn fix_checksums6(frame: &mut [u8]) {
+    let Some(ip) = parse_ip6(frame) else {
+        return;
+    };
+    if ip.fragment.is_some() {
+        return;
+    }
+    let at = match ip.protocol {
+        ICMPV6 => 2,
+        TCP | UDP => l4_checksum_at(ip.protocol).unwrap_or(16),
+        _ => return,
+    };
+    let payload = &mut frame[L3 + ip.l4..L3 + ip.total_len];
+    // A UDP checksum of zero (none, which IPv6 forbids) stays zero, so
+    // that inputs keep reaching that refusal.
+    if payload.len() < at + 2 || ip.protocol == UDP && payload[at..at + 2] == [0, 0] {
+        return;
+    }
+    payload[at..at + 2].fill(0);
+    let c = match l4_checksum_v6(ip.src, ip.dst, ip.protocol, payload) {
+        // RFC 768 (and RFC 8200 8.1): a computed zero is sent as all ones.
+        0 if ip.protocol == UDP => 0xffff,
+        c => c,
+    };
+    payload[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// What an IPv6 input frame looked like, for checks of the output.
+struct Checked6 {
+    ip: Option<Ip6>,
+    l4_ok: Option<bool>,
+    /// Source and destination port, when the frame has them.
+    ports: Option<(u16, u16)>,
+}
+
+impl Checked6 {
+    fn of(frame: &[u8]) -> Self {
+        let ip = parse_ip6(frame);
+        Self {
+            ip,
+            l4_ok: ip.and_then(|ip| l4_ok6(frame, &ip)),
+            ports: ip
+                .filter(Ip6::has_ports)
+                .and_then(|ip| ports6(frame, &ip)),
+        }
+    }
+}
+
+/// The ports at the start of the upper layer.
+fn ports6(frame: &[u8], ip: &Ip6) -> Option<(u16, u16)> {
+    match frame.get(L3 + ip.l4..L3 + ip.total_len)? {
+        [s0, s1, d0, d1, ..] => Some((
+            u16::from_be_bytes([*s0, *s1]),
+            u16::from_be_bytes([*d0, *d1]),
+        )),
+        _ => None,
+    }
+}
+
+/// The IPv6 checks of [`check_verdict`]: a forwarded frame is still the
+/// same IPv6 packet (framing and extension headers), its hop limit
+/// decremented, its checksum valid whenever it was, to a backend or
+/// from a VIP (a later fragment: no longer to a VIP; an ICMPv6 error:
+/// one of the translated types, quoting what a client sent to a VIP or
+/// a backend sent); an answer goes back from the address the frame was
+/// sent to, with a valid checksum.
+fn check_verdict6(
+    verdict: Verdict,
+    input: &Ip6,
+    before: &Checked6,
+    buf: &[u8],
+    len: usize,
+    ingress: PortId,
+    tables: &[Arc<CompiledTable>; 2],
+) {
+    use cipgw_datapath::wire::icmpv6::Icmpv6Error;
+    let v6 = |a: [u8; 16]| Ipv6Addr::from(a);
+    match verdict {
+        Verdict::Forward { port } | Verdict::AwaitNeighbour { port, .. } => {
+            assert!(
+                fixed().net.port(port).is_some(),
+                "{verdict:?}: no such port"
+            );
+            let frame = &buf[..len];
+            let ip = parse_ip6(frame)
+                .unwrap_or_else(|| panic!("{verdict:?}: the output no longer parses as IPv6"));
+            assert_eq!(
+                (ip.total_len, ip.protocol, ip.l4, ip.fragment),
+                (input.total_len, input.protocol, input.l4, input.fragment),
+                "{verdict:?}: the rewrite changed the IPv6 framing"
+            );
+            assert_eq!(
+                Some(ip.hop_limit),
+                input.hop_limit.checked_sub(1),
+                "{verdict:?}: hop limit not decremented"
+            );
+            if ip.fragment.is_some_and(|offset| offset != 0) {
+                assert!(
+                    !tables.iter().any(|t| t.v6().is_vip(v6(ip.dst))),
+                    "{verdict:?}: a later fragment left addressed to a VIP"
+                );
+                return;
+            }
+            if before.l4_ok == Some(true) {
+                assert_eq!(
+                    l4_ok6(frame, &ip),
+                    Some(true),
+                    "{verdict:?}: L4 checksum broken by the rewrite"
+                );
+            }
+            if ip.protocol == ICMPV6 {
+                let message = &frame[L3 + ip.l4..L3 + ip.total_len];
+                assert!(
+                    matches!(message.first(), Some(1..=4)),
+                    "{verdict:?}: forwarded ICMPv6 that is not a translated error: {message:?}"
+                );
+                assert_eq!(
+                    l4_ok6(frame, &ip),
+                    Some(true),
+                    "{verdict:?}: ICMPv6 checksum"
+                );
+                let quoted = Icmpv6Error::new_checked(message)
+                    .and_then(|m| m.quoted())
+                    .unwrap_or_else(|e| panic!("{verdict:?}: the quote no longer parses: {e:?}"));
+                let protocol = match quoted.protocol {
+                    TCP => Protocol::Tcp,
+                    _ => Protocol::Udp,
+                };
+                assert!(
+                    tables.iter().any(|t| t.v6().is_vip(quoted.dst)
+                        || t.v6().is_backend(quoted.src, quoted.src_port, protocol)),
+                    "{verdict:?}: the quoted datagram {quoted:?} is neither to a VIP nor from a backend"
+                );
+                return;
+            }
+            let protocol = match ip.protocol {
+                TCP => Protocol::Tcp,
+                UDP => Protocol::Udp,
+                other => panic!("{verdict:?}: forwarded protocol {other}"),
+            };
+            let (sport, dport) = ports6(frame, &ip)
+                .unwrap_or_else(|| panic!("{verdict:?}: forwarded without ports"));
+            let to_backend = tables
+                .iter()
+                .any(|t| t.v6().is_backend(v6(ip.dst), dport, protocol));
+            let from_vip = tables.iter().any(|t| t.v6().is_vip(v6(ip.src)));
+            assert!(
+                to_backend || from_vip,
+                "{verdict:?}: [{}]:{sport} -> [{}]:{dport} is neither to a backend nor from a VIP",
+                v6(ip.src),
+                v6(ip.dst)
+            );
+        }
+        Verdict::Respond { port, len: out } => {
+            assert_eq!(port, ingress, "answers go back where the frame came from");
+            assert!(
+                out <= buf.len(),
+                "answer of {out} bytes overruns the buffer"
+            );
+            let frame = &buf[..out];
+            let ip = parse_ip6(frame)
+                .unwrap_or_else(|| panic!("{verdict:?}: the answer does not parse as IPv6"));
+            assert_eq!(
+                L3 + ip.total_len,
+                out,
+                "{verdict:?}: answer length disagrees with its IPv6 payload length"
+            );
+            assert_eq!(
+                (ip.src, ip.dst),
+                (input.dst, input.src),
+                "{verdict:?}: answer not from the VIP to the sender"
+            );
+            let l4 = l4_ok6(frame, &ip);
+            match (ip.protocol, frame.get(L3 + ip.l4)) {
+                // An echo reply keeps the request's checksum correctness.
+                (ICMPV6, Some(129)) => {
+                    if before.l4_ok == Some(true) {
+                        assert_eq!(l4, Some(true), "{verdict:?}: echo reply checksum");
+                    }
+                }
+                (ICMPV6, Some(1)) | (TCP, _) => {
+                    assert_eq!(l4, Some(true), "{verdict:?}: refusal checksum")
+                }
+                (protocol, kind) => {
+                    panic!("{verdict:?}: unexpected answer, protocol {protocol} type {kind:?}")
+                }
+            }
+        }
+        Verdict::Pass | Verdict::Drop(_) | Verdict::HandedOff => {}
+    }
+}
+
+/// [`check_tracked`] for IPv6: a forwarded frame with ports belongs to a
+/// flow the IPv6 table holds and was rewritten as it says.
+fn check_tracked6(verdict: Verdict, before: &Checked6, frame: &[u8], conntrack: &Conntrack<Ipv6Addr>) {
+    let (Some(input), Some((src_port, dst_port))) = (before.ip, before.ports) else {
+        panic!("{verdict:?} for a frame without ports");
+    };
+    let protocol = if input.protocol == TCP {
+        Protocol::Tcp
+    } else {
+        Protocol::Udp
+    };
+    let key = FlowKey {
+        src: Ipv6Addr::from(input.src),
+        dst: Ipv6Addr::from(input.dst),
+        src_port,
+        dst_port,
+        protocol,
+    };
+    let mut tracked = None;
+    conntrack.for_each(|k, hit| {
+        if *k == key {
+            tracked = Some(hit);
+        }
+    });
+    let hit =
+        tracked.unwrap_or_else(|| panic!("{verdict:?} for {key:?}, which conntrack does not hold"));
+    let ip = parse_ip6(frame).expect("checked by check_verdict6");
+    let (sport, dport) = ports6(frame, &ip).expect("checked by check_verdict6");
+    let expected = match hit.direction {
+        Direction::Forward => (input.src, src_port, hit.nat_ip.octets(), hit.nat_port),
+        Direction::Reply => (hit.nat_ip.octets(), hit.nat_port, input.dst, dst_port),
+    };
+    assert_eq!(
+        (ip.src, sport, ip.dst, dport),
+        expected,
+        "{verdict:?}: rewrite disagrees with conntrack's {hit:?}"
+    );
 }

@@ -159,6 +159,98 @@ fn udp6_unchecked() -> Vec<u8> {
     out
 }
 
+/// Macs of a frame from the client side and from the Pod side.
+const CLIENT_SIDE: ([u8; 6], [u8; 6]) = (mac::CLIENT, mac::GW_CLIENT_SIDE);
+const POD_SIDE: ([u8; 6], [u8; 6]) = (mac::POD1, mac::GW_POD_SIDE);
+
+/// A TCP segment over IPv6 (no data), hop limit `hop_limit`.
+fn tcp6(
+    macs: ([u8; 6], [u8; 6]),
+    src: ([u8; 16], u16),
+    dst: ([u8; 16], u16),
+    flags: u8,
+    hop_limit: u8,
+) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv6(src.0, dst.0, hop_limit)
+        .tcp(src.1, dst.1, 1000, 64240);
+    if flags & SYN != 0 {
+        b = b.syn();
+    }
+    if flags & ACK != 0 {
+        b = b.ack(2000);
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, &[]).expect("IPv6 TCP frame builds");
+    out
+}
+
+/// A UDP datagram over IPv6 with `payload`.
+fn udp6_to(
+    macs: ([u8; 6], [u8; 6]),
+    src: ([u8; 16], u16),
+    dst: ([u8; 16], u16),
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv6(src.0, dst.0, 64)
+        .udp(src.1, dst.1)
+        .write(&mut out, payload)
+        .expect("IPv6 UDP frame builds");
+    out
+}
+
+/// An ICMPv6 message of `kind` from `src` to `dst` quoting the first
+/// `quote_len` bytes of the IPv6 packet of `quoted`.
+fn icmp6(
+    macs: ([u8; 6], [u8; 6]),
+    (src, dst): ([u8; 16], [u8; 16]),
+    kind: etherparse::Icmpv6Type,
+    quoted: &[u8],
+    quote_len: usize,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv6(src, dst, 64)
+        .icmpv6(kind)
+        .write(&mut out, &quoted[14..14 + quote_len])
+        .expect("ICMPv6 frame builds");
+    out
+}
+
+/// The IPv6 packet of `frame` (no extension headers) in fragments of
+/// `chunk` payload bytes with identification `ident`, each with a
+/// Hop-by-Hop header (PadN) before its Fragment header when `hop_by_hop`.
+fn fragments6(frame: &[u8], chunk: usize, ident: u32, hop_by_hop: bool) -> Vec<Vec<u8>> {
+    let (head, payload) = frame.split_at(14 + 40);
+    let protocol = head[20];
+    payload
+        .chunks(chunk)
+        .enumerate()
+        .map(|(i, piece)| {
+            let offset = i * chunk;
+            let more = offset + piece.len() < payload.len();
+            let mut out = head.to_vec();
+            let mut ext = Vec::new();
+            if hop_by_hop {
+                out[20] = 0;
+                ext.extend_from_slice(&[44, 0, 1, 4, 0, 0, 0, 0]);
+            } else {
+                out[20] = 44;
+            }
+            ext.extend_from_slice(&[protocol, 0]);
+            ext.extend_from_slice(&(offset as u16 | u16::from(more)).to_be_bytes());
+            ext.extend_from_slice(&ident.to_be_bytes());
+            let len = (ext.len() + piece.len()) as u16;
+            out[18..20].copy_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(&ext);
+            out.extend_from_slice(piece);
+            out
+        })
+        .collect()
+}
+
 fn arp() -> Vec<u8> {
     let mut f = vec![0xff; 6];
     f.extend_from_slice(&mac::CLIENT);
@@ -456,6 +548,7 @@ fn seeds() -> Vec<Seed> {
             (C, udp6_unchecked(), Drop(DropReason::UdpZeroChecksumV6)),
         ],
     );
+    ipv6_seeds(&mut s);
     s.add(
         "icmp_echo_with_options",
         SETUP,
@@ -866,6 +959,143 @@ fn seeds() -> Vec<Seed> {
         ],
     );
     s.0
+}
+
+/// IPv6 to the IPv6-only `solo6`: a connection, ICMPv6 errors about it
+/// both ways (and ones that name no flow, a truncated quote, a redirect),
+/// fragmented datagrams both ways.
+fn ipv6_seeds(s: &mut Seeds) {
+    use etherparse::icmpv6::TimeExceededCode;
+    use etherparse::Icmpv6Type;
+    let c = (CLIENT6, 40000);
+    let vip = (SOLO6_VIP, 80);
+    let pod = (POD6, 8080);
+    let too_big = Icmpv6Type::PacketTooBig { mtu: 1280 };
+    // The SYN as the Pod gets it, and a reply as the client gets it.
+    let syn_at_pod = tcp6(POD_SIDE, c, pod, SYN, 63);
+    let reply_at_client = tcp6(CLIENT_SIDE, vip, c, SYN | ACK, 63);
+    s.add(
+        "ipv6_tcp_handshake",
+        SETUP,
+        vec![
+            (C, tcp6(CLIENT_SIDE, c, vip, SYN, 64), TO_PODS),
+            (P, tcp6(POD_SIDE, pod, c, SYN | ACK, 64), TO_CLIENT),
+            (C, tcp6(CLIENT_SIDE, c, vip, ACK, 64), TO_PODS),
+        ],
+    );
+    s.add(
+        "icmpv6_errors_about_a_flow",
+        SETUP,
+        vec![
+            (C, tcp6(CLIENT_SIDE, c, vip, SYN, 64), TO_PODS),
+            (
+                P,
+                icmp6(POD_SIDE, (POD6, CLIENT6), too_big, &syn_at_pod, 60),
+                TO_CLIENT,
+            ),
+            (
+                P,
+                icmp6(
+                    POD_SIDE,
+                    (ROUTER6, CLIENT6),
+                    Icmpv6Type::TimeExceeded(TimeExceededCode::HopLimitExceeded),
+                    &syn_at_pod,
+                    48,
+                ),
+                TO_CLIENT,
+            ),
+            (P, tcp6(POD_SIDE, pod, c, SYN | ACK, 64), TO_CLIENT),
+            (
+                C,
+                icmp6(
+                    CLIENT_SIDE,
+                    (CLIENT6, SOLO6_VIP),
+                    Icmpv6Type::DestinationUnreachable(
+                        etherparse::icmpv6::DestUnreachableCode::Port,
+                    ),
+                    &reply_at_client,
+                    60,
+                ),
+                TO_PODS,
+            ),
+            (
+                P,
+                icmp6(
+                    POD_SIDE,
+                    (POD6, CLIENT6),
+                    too_big,
+                    &tcp6(POD_SIDE, (CLIENT6, 40999), pod, SYN, 63),
+                    60,
+                ),
+                Drop(DropReason::IcmpErrorWithoutFlow),
+            ),
+            (
+                P,
+                icmp6(POD_SIDE, (POD6, CLIENT6), too_big, &syn_at_pod, 42),
+                Drop(DropReason::IcmpErrorMalformed),
+            ),
+            (
+                C,
+                icmp6(
+                    CLIENT_SIDE,
+                    (CLIENT6, SOLO6_VIP),
+                    Icmpv6Type::Redirect,
+                    &syn_at_pod,
+                    40,
+                ),
+                Drop(DropReason::IcmpRedirect),
+            ),
+        ],
+    );
+    let payload: Vec<u8> = (0..1400u32).map(|i| (i % 251) as u8).collect();
+    let dns = (SOLO6_VIP, 53);
+    let at_pod = udp6_to(POD_SIDE, (CLIENT6, 33000), (POD6, 5353), &payload);
+    s.add(
+        "icmpv6_packet_too_big_truncated_quote",
+        SETUP,
+        vec![
+            (
+                C,
+                udp6_to(CLIENT_SIDE, (CLIENT6, 33000), dns, &payload),
+                TO_PODS,
+            ),
+            (
+                P,
+                icmp6(POD_SIDE, (ROUTER6, CLIENT6), too_big, &at_pod, 1232),
+                TO_CLIENT,
+            ),
+        ],
+    );
+    // Small fragments, so a whole session stays within the fuzzer's
+    // 4 KiB inputs.
+    let big: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+    let query = udp6_to(CLIENT_SIDE, (CLIENT6, 33001), dns, &big);
+    let answer = udp6_to(POD_SIDE, (POD6, 5353), (CLIENT6, 33001), &big);
+    for hop_by_hop in [false, true] {
+        let mut frames: Vec<(u8, Vec<u8>, Expect)> = fragments6(&query, 400, 0x8000_0001, hop_by_hop)
+            .into_iter()
+            .map(|f| (C, f, TO_PODS))
+            .collect();
+        frames.extend(
+            fragments6(&answer, 504, 7, hop_by_hop)
+                .into_iter()
+                .map(|f| (P, f, TO_CLIENT)),
+        );
+        let name = match hop_by_hop {
+            false => "ipv6_fragments_both_ways",
+            true => "ipv6_fragments_after_hop_by_hop",
+        };
+        s.add(name, SETUP, frames);
+    }
+    s.add(
+        "ipv6_fragment_later",
+        SETUP,
+        vec![(
+            C,
+            fragments6(&query, 400, 9, false).swap_remove(1),
+            Drop(DropReason::Fragment),
+        )],
+    );
 }
 
 fn corpus_dir() -> PathBuf {

@@ -3,7 +3,7 @@
 //! over conntrack's records per request.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::time::SystemTime;
 
 use cipgw_config::{ClusterIp, EndpointState, Protocol};
@@ -11,6 +11,7 @@ use cipgw_config::{ClusterIp, EndpointState, Protocol};
 use super::views::*;
 use super::{AdminState, ConntrackQuery};
 use crate::conntrack::{Conntrack, Direction, FlowCounts, FlowState};
+use crate::family::IpFamily;
 use crate::table::ServiceKey;
 
 fn protocol_name(p: Protocol) -> &'static str {
@@ -131,7 +132,7 @@ pub(super) fn status_view(state: &AdminState) -> StatusView {
 }
 
 /// A VIP:port/protocol, packed for map keys.
-type PortKey = (Ipv4Addr, u16, Protocol);
+type PortKey = (IpAddr, u16, Protocol);
 
 /// Tracked flows, split as ipvsadm splits ActiveConn and InActConn.
 #[derive(Debug, Clone, Copy, Default)]
@@ -150,32 +151,53 @@ impl Conns {
     }
 }
 
+/// Calls `visit` with the VIP port, backend and state of every flow in
+/// `ct`, once per flow (its forward entry).
+fn for_each_forward<A: IpFamily>(
+    ct: &Conntrack<A>,
+    visit: &mut impl FnMut(PortKey, SocketAddr, FlowState),
+) {
+    ct.for_each(|key, hit| {
+        if hit.direction == Direction::Forward {
+            let port = (key.dst.into(), key.dst_port, key.protocol);
+            visit(
+                port,
+                SocketAddr::new(hit.nat_ip.into(), hit.nat_port),
+                hit.state,
+            );
+        }
+    });
+}
+
 pub(super) fn services_view(state: &AdminState) -> ServicesView {
     let table = state.table.current();
     // Active and inactive flows per port and per (port, backend), from
     // one walk over the forward entries. Active is ipvsadm's ActiveConn:
     // an ESTABLISHED TCP connection; everything else is inactive.
     let mut per_port: HashMap<PortKey, Conns> = HashMap::new();
-    let mut per_backend: HashMap<(PortKey, SocketAddrV4), Conns> = HashMap::new();
-    state.conntrack.for_each(|key, hit| {
-        if hit.direction == Direction::Forward {
-            let port = (key.dst, key.dst_port, key.protocol);
-            let active = hit.state == FlowState::TcpEstablished;
-            per_port.entry(port).or_default().count(active);
-            per_backend
-                .entry((port, SocketAddrV4::new(hit.nat_ip, hit.nat_port)))
-                .or_default()
-                .count(active);
-        }
-    });
+    let mut per_backend: HashMap<(PortKey, SocketAddr), Conns> = HashMap::new();
+    let mut count = |port: PortKey, backend: SocketAddr, flow_state: FlowState| {
+        let active = flow_state == FlowState::TcpEstablished;
+        per_port.entry(port).or_default().count(active);
+        per_backend
+            .entry((port, backend))
+            .or_default()
+            .count(active);
+    };
+    for_each_forward(&state.conntrack, &mut count);
+    if let Some(v6) = state.conntrack6.get() {
+        for_each_forward(v6, &mut count);
+    }
     let stats = state.services.get();
     let services = table
         .model()
         .services
         .iter()
         .map(|service| {
-            // IPv6: flows and counters exist for the IPv4 VIP only.
+            // Flows and counters of every VIP count; Maglev fingerprints
+            // are the IPv4 VIP's.
             let vip = service.cluster_ip.vip4();
+            let vips: Vec<IpAddr> = service.cluster_ip.vips().collect();
             let mut view = ServiceView {
                 namespace: service.name.namespace.clone(),
                 name: service.name.name.clone(),
@@ -202,12 +224,18 @@ pub(super) fn services_view(state: &AdminState) -> ServicesView {
                 ports: Vec::with_capacity(service.ports.len()),
             };
             for port in &service.ports {
-                let key = vip.map(|vip| (vip, port.port, port.protocol));
-                let conns = key
-                    .and_then(|k| per_port.get(&k).copied())
-                    .unwrap_or_default();
-                let totals = match (stats, vip) {
-                    (Some(s), Some(_)) => s.totals(&service.name, port.port, port.protocol),
+                let key_of = |vip: IpAddr| (vip, port.port, port.protocol);
+                let conns = vips
+                    .iter()
+                    .filter_map(|&v| per_port.get(&key_of(v)).copied())
+                    .fold(Conns::default(), |sum, c| Conns {
+                        active: sum.active + c.active,
+                        inactive: sum.inactive + c.inactive,
+                    });
+                let totals = match stats {
+                    Some(s) if !vips.is_empty() => {
+                        s.totals(&service.name, port.port, port.protocol)
+                    }
                     _ => None,
                 };
                 let endpoint_totals = match (stats, totals) {
@@ -248,22 +276,19 @@ pub(super) fn services_view(state: &AdminState) -> ServicesView {
                         .endpoints
                         .iter()
                         .map(|e| {
-                            let ip4 = match e.ip {
-                                std::net::IpAddr::V4(ip) => Some(ip),
-                                std::net::IpAddr::V6(_) => None,
-                            };
-                            let conns = key
-                                .zip(ip4)
-                                .and_then(|(k, ip)| {
+                            // Its flows come through its family's VIP.
+                            let conns = vips
+                                .iter()
+                                .find(|v| v.is_ipv4() == e.ip.is_ipv4())
+                                .and_then(|&v| {
                                     per_backend
-                                        .get(&(k, SocketAddrV4::new(ip, e.port)))
+                                        .get(&(key_of(v), SocketAddr::new(e.ip, e.port)))
                                         .copied()
                                 })
                                 .unwrap_or_default();
                             // `None` only when no counter slot was left
-                            // for it (or, IPv6, none is kept for it).
-                            let counted =
-                                ip4.and_then(|ip| endpoint_totals.get(&(ip, e.port)).copied());
+                            // for it.
+                            let counted = endpoint_totals.get(&(e.ip, e.port)).copied();
                             EndpointView {
                                 ip: e.ip,
                                 port: e.port,
@@ -296,16 +321,16 @@ pub(super) fn services_view(state: &AdminState) -> ServicesView {
 /// listed together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct FlowTuple {
-    vip: (Ipv4Addr, u16),
+    vip: (IpAddr, u16),
     protocol: u8,
-    client: (Ipv4Addr, u16),
-    backend: (Ipv4Addr, u16),
+    client: (IpAddr, u16),
+    backend: (IpAddr, u16),
     /// The source NAT address and port the backend sees, if any.
-    snat: Option<(Ipv4Addr, u16)>,
+    snat: Option<(IpAddr, u16)>,
 }
 
-fn sockaddr((ip, port): (Ipv4Addr, u16)) -> SocketAddrV4 {
-    SocketAddrV4::new(ip, port)
+fn sockaddr((ip, port): (IpAddr, u16)) -> SocketAddr {
+    SocketAddr::new(ip, port)
 }
 
 /// `/api/conntrack`: the flows `q` selects, a page of them. `now` is
@@ -323,55 +348,18 @@ struct FlowRow {
 }
 
 pub(super) fn conntrack_view(
-    ct: &Conntrack,
+    state: &AdminState,
     q: &ConntrackQuery,
     now: Option<u32>,
 ) -> ConntrackView {
     // Both entries of a flow give the same tuple; collect them, sort, and
     // merge neighbours. Filters are applied while walking, so only
-    // matching flows are held.
+    // matching flows are held. IPv4 flows sort before IPv6 ones.
     let mut rows: Vec<FlowRow> = Vec::new();
-    ct.for_each_expiring(now.unwrap_or(0), |key, hit, left| {
-        // The wire key's source and destination, and the address the
-        // entry rewrites to, are the client, VIP and backend in an order
-        // that depends on the direction.
-        let (src, dst, nat) = (
-            (key.src, key.src_port),
-            (key.dst, key.dst_port),
-            (hit.nat_ip, hit.nat_port),
-        );
-        // With source NAT the reply key's destination is the SNAT
-        // address and port, and its second rewrite leads to the client.
-        let (client, vip, backend, snat, forward) = match (hit.direction, hit.snat) {
-            (Direction::Forward, snat) => (src, dst, nat, snat, true),
-            (Direction::Reply, None) => (dst, nat, src, None, false),
-            (Direction::Reply, Some(client)) => (client, nat, src, Some(dst), false),
-        };
-        let tuple = FlowTuple {
-            vip,
-            protocol: key.protocol.ip_number(),
-            client,
-            backend,
-            snat,
-        };
-        let keep = q.vip.map_or(true, |f| f.matches(sockaddr(tuple.vip)))
-            && q.client.map_or(true, |f| f.matches(sockaddr(tuple.client)))
-            && q.backend
-                .map_or(true, |f| f.matches(sockaddr(tuple.backend)))
-            && q.protocol.map_or(true, |p| p == key.protocol)
-            && q.snat_port
-                .map_or(true, |p| tuple.snat.is_some_and(|(_, port)| port == p));
-        if keep {
-            rows.push(FlowRow {
-                tuple,
-                forward,
-                reply: !forward,
-                state: hit.state.name(),
-                left,
-                counts: ct.counts(hit.record),
-            });
-        }
-    });
+    add_rows(&state.conntrack, q, now, &mut rows);
+    if let Some(v6) = state.conntrack6.get() {
+        add_rows(v6, q, now, &mut rows);
+    }
     rows.sort_unstable_by_key(|r| (r.tuple, r.reply));
     let mut flows: Vec<FlowRow> = Vec::with_capacity(rows.len());
     for row in rows {
@@ -423,8 +411,65 @@ pub(super) fn conntrack_view(
 }
 
 /// `DELETE /api/conntrack`: removes the flows `q` selects (see
-/// [`ConntrackQuery::parse_delete`]) through [`Conntrack::delete`].
-pub(super) fn delete_flows(ct: &Conntrack, q: &ConntrackQuery) -> ConntrackDeleted {
-    let deleted = ct.delete(|key, backend| q.selects(key, backend));
+/// [`ConntrackQuery::parse_delete`]) through [`Conntrack::delete`], in
+/// both families' tables.
+pub(super) fn delete_flows(state: &AdminState, q: &ConntrackQuery) -> ConntrackDeleted {
+    let mut deleted = state
+        .conntrack
+        .delete(|key, backend| q.selects(key, backend));
+    if let Some(v6) = state.conntrack6.get() {
+        deleted += v6.delete(|key, backend| q.selects(key, backend));
+    }
     ConntrackDeleted { deleted }
+}
+
+/// The rows of `ct`'s flows `q` selects.
+fn add_rows<A: IpFamily>(
+    ct: &Conntrack<A>,
+    q: &ConntrackQuery,
+    now: Option<u32>,
+    rows: &mut Vec<FlowRow>,
+) {
+    ct.for_each_expiring(now.unwrap_or(0), |key, hit, left| {
+        // The wire key's source and destination, and the address the
+        // entry rewrites to, are the client, VIP and backend in an order
+        // that depends on the direction.
+        let (src, dst, nat) = (
+            (key.src.into(), key.src_port),
+            (key.dst.into(), key.dst_port),
+            (hit.nat_ip.into(), hit.nat_port),
+        );
+        // With source NAT the reply key's destination is the SNAT
+        // address and port, and its second rewrite leads to the client.
+        let snat = hit.snat.map(|(ip, port)| (ip.into(), port));
+        let (client, vip, backend, snat, forward) = match (hit.direction, snat) {
+            (Direction::Forward, snat) => (src, dst, nat, snat, true),
+            (Direction::Reply, None) => (dst, nat, src, None, false),
+            (Direction::Reply, Some(client)) => (client, nat, src, Some(dst), false),
+        };
+        let tuple = FlowTuple {
+            vip,
+            protocol: key.protocol.ip_number(),
+            client,
+            backend,
+            snat,
+        };
+        let keep = q.vip.map_or(true, |f| f.matches(sockaddr(tuple.vip)))
+            && q.client.map_or(true, |f| f.matches(sockaddr(tuple.client)))
+            && q.backend
+                .map_or(true, |f| f.matches(sockaddr(tuple.backend)))
+            && q.protocol.map_or(true, |p| p == key.protocol)
+            && q.snat_port
+                .map_or(true, |p| tuple.snat.is_some_and(|(_, port)| port == p));
+        if keep {
+            rows.push(FlowRow {
+                tuple,
+                forward,
+                reply: !forward,
+                state: hit.state.name(),
+                left,
+                counts: ct.counts(hit.record),
+            });
+        }
+    });
 }

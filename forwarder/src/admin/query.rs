@@ -2,39 +2,40 @@
 //! parameters `/api/conntrack` takes (filters and paging), checked so
 //! that a bad one is answered with 400 and says what was expected.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 use cipgw_config::Protocol;
 
 use crate::conntrack::FlowKey;
+use crate::family::IpFamily;
 
 use super::{DEFAULT_LIMIT, MAX_LIMIT};
 
-/// An address filter: `IP` or `IP:PORT`.
+/// An address filter: `IP` or `IP:PORT` (`[IPv6]:PORT`), either family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AddrFilter {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: Option<u16>,
 }
 
 impl AddrFilter {
     fn parse(param: &str, value: &str) -> Result<Self, String> {
-        if let Ok(ip) = value.parse::<Ipv4Addr>() {
+        if let Ok(ip) = value.parse::<IpAddr>() {
             return Ok(Self { ip, port: None });
         }
-        match value.parse::<SocketAddrV4>() {
+        match value.parse::<SocketAddr>() {
             Ok(sa) => Ok(Self {
-                ip: *sa.ip(),
+                ip: sa.ip(),
                 port: Some(sa.port()),
             }),
             Err(_) => Err(format!(
-                "{param}={value:?}: expected an IPv4 address or address:port"
+                "{param}={value:?}: expected an address or address:port ([IPv6]:port)"
             )),
         }
     }
 
-    pub(super) fn matches(&self, addr: SocketAddrV4) -> bool {
-        *addr.ip() == self.ip && self.port.map_or(true, |p| p == addr.port())
+    pub(super) fn matches(&self, addr: SocketAddr) -> bool {
+        addr.ip() == self.ip && self.port.map_or(true, |p| p == addr.port())
     }
 }
 
@@ -142,8 +143,8 @@ impl ConntrackQuery {
 
     /// Whether the flow with forward key `key` (client to VIP) and
     /// `backend` matches the filters (`snat_port` aside).
-    pub(super) fn selects(&self, key: &FlowKey, backend: (Ipv4Addr, u16)) -> bool {
-        let addr = |ip, port| SocketAddrV4::new(ip, port);
+    pub(super) fn selects<A: IpFamily>(&self, key: &FlowKey<A>, backend: (A, u16)) -> bool {
+        let addr = |ip: A, port| SocketAddr::new(ip.into(), port);
         self.vip
             .map_or(true, |f| f.matches(addr(key.dst, key.dst_port)))
             && self

@@ -87,7 +87,7 @@ pub fn handle_request(
     if method == "DELETE" && path == "/api/conntrack" && scope == Scope::Admin {
         return match ConntrackQuery::parse_delete(query) {
             Ok(q) => {
-                let deleted = delete_flows(&state.conntrack, &q);
+                let deleted = delete_flows(state, &q);
                 tracing::info!(
                     query,
                     deleted = deleted.deleted,
@@ -139,7 +139,7 @@ pub fn handle_request(
         "/api/status" => no_params(|s| Reply::json(&status_view(s))),
         "/api/services" => no_params(|s| Reply::json(&services_view(s))),
         "/api/conntrack" => match ConntrackQuery::parse(query) {
-            Ok(q) => Reply::json(&conntrack_view(&state.conntrack, &q, state.conntrack_now())),
+            Ok(q) => Reply::json(&conntrack_view(state, &q, state.conntrack_now())),
             Err(e) => Reply::error(400, &e),
         },
         "/" if scope == Scope::Metrics => {

@@ -392,7 +392,7 @@ fn conntrack_merges_directions_filters_and_pages() {
     assert!(all
         .flows
         .iter()
-        .all(|f| f.vip == SocketAddrV4::new(VIP, 8080)));
+        .all(|f| f.vip == std::net::SocketAddr::from(SocketAddrV4::new(VIP, 8080))));
     assert_eq!(all.flows[0].state, "tcp_syn_sent");
     // Sorted by client port within the VIP.
     let ports: Vec<u16> = all.flows.iter().map(|f| f.client.port()).collect();
@@ -409,7 +409,7 @@ fn conntrack_merges_directions_filters_and_pages() {
     assert!(pod1
         .flows
         .iter()
-        .all(|f| f.backend.ip() == &Ipv4Addr::new(198, 18, 2, 11)));
+        .all(|f| f.backend.ip() == Ipv4Addr::new(198, 18, 2, 11)));
     let one: ConntrackView = json(get(&s, "/api/conntrack?client=198.18.0.2%3A40003"));
     assert_eq!(one.total, 1);
     assert_eq!(one.flows[0].client.port(), 40003);
@@ -659,4 +659,48 @@ fn delete_removes_one_flow_or_a_backends_flows() {
     assert_eq!(status.conntrack.deleted, 4);
     let exp = exposition::parse(&get(&s, "/metrics").body).expect("metrics parse");
     assert_eq!(exp.get("cipgw_conntrack_deleted_total", &[]), Some(4.0));
+}
+
+/// IPv6 flows are listed beside IPv4 ones, filtered by `[IPv6]:port`,
+/// and deleted.
+#[test]
+fn conntrack_lists_filters_and_deletes_ipv6_flows() {
+    use std::net::{Ipv6Addr, SocketAddr};
+    let state = state(1);
+    let v6 = Arc::new(Conntrack::<Ipv6Addr>::default());
+    let vip6: Ipv6Addr = "2001:2:0:ff::10".parse().expect("literal");
+    let pod6: Ipv6Addr = "2001:2:0:2::11".parse().expect("literal");
+    let client6: Ipv6Addr = "2001:2::2".parse().expect("literal");
+    let key = FlowKey {
+        src: client6,
+        dst: vip6,
+        src_port: 40000,
+        dst_port: 80,
+        protocol: Protocol::Tcp,
+    };
+    v6.insert(key, (pod6, 8080), 1, Default::default())
+        .expect("insert");
+    state.set_conntrack6(v6);
+
+    let all: ConntrackView = json(get(&state, "/api/conntrack"));
+    assert_eq!(all.total, 2, "one flow per family: {all:?}");
+    assert!(all.flows[0].vip.is_ipv4(), "IPv4 first: {all:?}");
+    let six = &all.flows[1];
+    assert_eq!(six.vip, SocketAddr::new(vip6.into(), 80));
+    assert_eq!(six.client, SocketAddr::new(client6.into(), 40000));
+    assert_eq!(six.backend, SocketAddr::new(pod6.into(), 8080));
+
+    let one: ConntrackView = json(get(&state, "/api/conntrack?vip=%5B2001:2:0:ff::10%5D:80"));
+    assert_eq!(one.total, 1, "{one:?}");
+    let none: ConntrackView = json(get(&state, "/api/conntrack?backend=2001:2:0:2::12"));
+    assert_eq!(none.total, 0, "{none:?}");
+
+    let deleted: ConntrackDeleted = json(handle(
+        &state,
+        "DELETE",
+        "/api/conntrack?backend=%5B2001:2:0:2::11%5D:8080",
+    ));
+    assert_eq!(deleted.deleted, 1);
+    let left: ConntrackView = json(get(&state, "/api/conntrack"));
+    assert_eq!(left.total, 1, "the IPv4 flow stays: {left:?}");
 }

@@ -4,7 +4,7 @@
 //! `conntrack`) reads exactly the types the server writes.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -323,12 +323,12 @@ pub struct ConntrackView {
 pub struct FlowView {
     /// `TCP` or `UDP`.
     pub protocol: String,
-    pub client: SocketAddrV4,
-    pub vip: SocketAddrV4,
-    pub backend: SocketAddrV4,
+    pub client: SocketAddr,
+    pub vip: SocketAddr,
+    pub backend: SocketAddr,
     /// The gateway address and port the backend sees (`--snat`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snat: Option<SocketAddrV4>,
+    pub snat: Option<SocketAddr>,
     /// The flow's state (`tcp_established`, `udp_replied`, ...).
     pub state: String,
     /// Seconds until the flow expires unless another packet comes: its

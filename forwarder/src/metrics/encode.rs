@@ -316,8 +316,8 @@ impl Collector for Snapshot {
         counter(
             enc,
             "icmp_errors_forwarded",
-            "ICMP errors about tracked flows (unreachable, fragmentation needed, time exceeded), \
-             rewritten for the other end and forwarded",
+            "ICMP and ICMPv6 errors about tracked flows (unreachable, fragmentation needed, \
+             packet too big, time exceeded), rewritten for the other end and forwarded",
             total.icmp_errors,
         )?;
         counter(

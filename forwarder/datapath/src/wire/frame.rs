@@ -20,6 +20,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::ethernet::{self, ethertype, EthernetFrame};
 use super::icmp::IcmpPacket;
+use super::icmpv6::Icmpv6Error;
 use super::ip_number;
 use super::ipv4::Ipv4Packet;
 use super::ipv6::Ipv6Packet;
@@ -364,6 +365,15 @@ impl<T: AsRef<[u8]>> Frame<T> {
         }
     }
 
+    /// The ICMPv6 message, if the frame carries one, as an error.
+    #[inline]
+    pub fn icmpv6_error(&self) -> Option<Icmpv6Error<&[u8]>> {
+        match self.l4 {
+            L4::Icmpv6 { .. } => self.l4_bytes().map(Icmpv6Error::new_unchecked),
+            _ => None,
+        }
+    }
+
     /// The buffer, for an answer to be written into: the offsets of the
     /// frame no longer describe it once it is written.
     #[inline]
@@ -433,6 +443,16 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
     pub fn icmp_mut(&mut self) -> Option<IcmpPacket<&mut [u8]>> {
         match self.l4 {
             L4::Icmp { .. } => self.l4_bytes_mut().map(IcmpPacket::new_unchecked),
+            _ => None,
+        }
+    }
+
+    /// The ICMPv6 message, writable, if the frame carries one, as an
+    /// error.
+    #[inline]
+    pub fn icmpv6_error_mut(&mut self) -> Option<Icmpv6Error<&mut [u8]>> {
+        match self.l4 {
+            L4::Icmpv6 { .. } => self.l4_bytes_mut().map(Icmpv6Error::new_unchecked),
             _ => None,
         }
     }

@@ -53,24 +53,24 @@ pub const fn is_error(msg_type: u8) -> bool {
     )
 }
 
-/// The TCP or UDP datagram an ICMP error quotes: the start of a packet
-/// the error's sender received, whose addresses and ports name a flow.
-/// Offsets are within the ICMP message.
+/// The TCP or UDP datagram an ICMP (or ICMPv6) error quotes: the start
+/// of a packet the error's sender received, whose addresses and ports
+/// name a flow. Offsets are within the ICMP message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quoted {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+pub struct Quoted<A = Ipv4Addr> {
+    pub src: A,
+    pub dst: A,
     /// [`ip_number::TCP`] or [`ip_number::UDP`].
     pub protocol: u8,
     pub src_port: u16,
     pub dst_port: u16,
     /// Where the quoted transport header starts.
-    l4_offset: usize,
+    pub(super) l4_offset: usize,
 }
 
 /// Bytes of the quoted transport header an error must carry (RFC 792):
 /// the ports, and for UDP its checksum.
-const QUOTED_L4_MIN: usize = 8;
+pub(super) const QUOTED_L4_MIN: usize = 8;
 /// Where TCP's checksum lies in its header.
 const TCP_CHECKSUM_AT: usize = 16;
 /// Where UDP's checksum lies in its header.
@@ -180,7 +180,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> IcmpPacket<T> {
     pub fn rewrite_quoted(&mut self, quoted: &Quoted, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) {
         let bytes = self.buffer.as_mut();
         let ip = HEADER_LEN;
-        let l4 = quoted.l4_offset;
         let addr_delta = Delta::default()
             .addr(quoted.src.octets(), src.0.octets())
             .addr(quoted.dst.octets(), dst.0.octets());
@@ -188,28 +187,43 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> IcmpPacket<T> {
         bytes[ip + 16..ip + 20].copy_from_slice(&dst.0.octets());
         let ip_checksum = read_u16(bytes, ip + 10);
         write_u16(bytes, ip + 10, addr_delta.apply(ip_checksum));
-        write_u16(bytes, l4, src.1);
-        write_u16(bytes, l4 + 2, dst.1);
-        // The transport checksum covers the addresses (pseudo-header) and
-        // the ports; an error quotes TCP's only when it quotes 18 bytes.
-        let l4_delta = addr_delta
-            .word(quoted.src_port, src.1)
-            .word(quoted.dst_port, dst.1);
-        let at = match quoted.protocol {
-            ip_number::UDP => l4 + UDP_CHECKSUM_AT,
-            _ => l4 + TCP_CHECKSUM_AT,
-        };
-        if at + 2 <= bytes.len() {
-            let old = read_u16(bytes, at);
-            let new = match quoted.protocol {
-                ip_number::UDP => l4_delta.apply_udp(old),
-                _ => l4_delta.apply(old),
-            };
-            write_u16(bytes, at, new);
-        }
+        rewrite_quoted_transport(bytes, quoted, addr_delta, src.1, dst.1);
         write_u16(bytes, field::CHECKSUM, 0);
         let c = checksum(bytes);
         write_u16(bytes, field::CHECKSUM, c);
+    }
+}
+
+/// Writes the ports of the transport header an error quotes (at
+/// `quoted`'s offset in `bytes`, the ICMP or ICMPv6 message) and, when
+/// the quote holds it, updates its checksum for `addr_delta` (the change
+/// of its pseudo-header's addresses) and the ports' change (RFC 1624).
+pub(super) fn rewrite_quoted_transport<A>(
+    bytes: &mut [u8],
+    quoted: &Quoted<A>,
+    addr_delta: Delta,
+    src_port: u16,
+    dst_port: u16,
+) {
+    let l4 = quoted.l4_offset;
+    write_u16(bytes, l4, src_port);
+    write_u16(bytes, l4 + 2, dst_port);
+    // The transport checksum covers the addresses (pseudo-header) and
+    // the ports; an error quotes TCP's only when it quotes 18 bytes.
+    let l4_delta = addr_delta
+        .word(quoted.src_port, src_port)
+        .word(quoted.dst_port, dst_port);
+    let at = match quoted.protocol {
+        ip_number::UDP => l4 + UDP_CHECKSUM_AT,
+        _ => l4 + TCP_CHECKSUM_AT,
+    };
+    if at + 2 <= bytes.len() {
+        let old = read_u16(bytes, at);
+        let new = match quoted.protocol {
+            ip_number::UDP => l4_delta.apply_udp(old),
+            _ => l4_delta.apply(old),
+        };
+        write_u16(bytes, at, new);
     }
 }
 

@@ -135,51 +135,10 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     /// longer than [`MAX_EXTENSION_HEADERS`] or a Hop-by-Hop header is
     /// not first (RFC 8200 4.3).
     pub fn upper_layer(&self) -> Result<UpperLayer, WireError> {
-        let bytes = &self.buffer.as_ref()[..self.total_len()];
-        let mut protocol = self.next_header();
-        let mut offset = HEADER_LEN;
-        let mut fragment = None;
-        for walked in 0..=MAX_EXTENSION_HEADERS {
-            let len = match protocol {
-                next_header::HOP_BY_HOP if walked > 0 => return Err(WireError::Malformed),
-                next_header::HOP_BY_HOP
-                | next_header::ROUTING
-                | next_header::DESTINATION_OPTIONS
-                | next_header::MOBILITY
-                | next_header::HIP
-                | next_header::SHIM6 => {
-                    let ext_len = *bytes.get(offset + 1).ok_or(WireError::Truncated)?;
-                    8 + usize::from(ext_len) * 8
-                }
-                next_header::AH => {
-                    let ext_len = *bytes.get(offset + 1).ok_or(WireError::Truncated)?;
-                    (usize::from(ext_len) + 2) * 4
-                }
-                next_header::FRAGMENT => {
-                    let header = bytes.get(offset..offset + 8).ok_or(WireError::Truncated)?;
-                    let word = read_u16(header, 2);
-                    fragment = Some(FragmentHeader {
-                        ident: read_u32(header, 4),
-                        offset: word & 0xfff8,
-                        more: word & 1 != 0,
-                    });
-                    8
-                }
-                _ => {
-                    return Ok(UpperLayer {
-                        protocol,
-                        offset,
-                        fragment,
-                    })
-                }
-            };
-            if offset + len > bytes.len() {
-                return Err(WireError::Truncated);
-            }
-            protocol = bytes[offset];
-            offset += len;
-        }
-        Err(WireError::Malformed)
+        walk(
+            &self.buffer.as_ref()[..self.total_len()],
+            self.next_header(),
+        )
     }
 
     fn addr_at(&self, at: usize) -> Ipv6Addr {
@@ -209,6 +168,58 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
         let end = HEADER_LEN + self.payload_len();
         &mut self.buffer.as_mut()[HEADER_LEN..end]
     }
+}
+
+/// Walks the extension headers of the IPv6 packet in `bytes` (fixed
+/// header first; the packet, or as much of it as is at hand, as an ICMPv6
+/// error quotes it) whose fixed header names `first`, as
+/// [`Ipv6Packet::upper_layer`] describes; a header that runs past
+/// `bytes` is `Truncated`.
+pub(crate) fn walk(bytes: &[u8], first: u8) -> Result<UpperLayer, WireError> {
+    let mut protocol = first;
+    let mut offset = HEADER_LEN;
+    let mut fragment = None;
+    for walked in 0..=MAX_EXTENSION_HEADERS {
+        let len = match protocol {
+            next_header::HOP_BY_HOP if walked > 0 => return Err(WireError::Malformed),
+            next_header::HOP_BY_HOP
+            | next_header::ROUTING
+            | next_header::DESTINATION_OPTIONS
+            | next_header::MOBILITY
+            | next_header::HIP
+            | next_header::SHIM6 => {
+                let ext_len = *bytes.get(offset + 1).ok_or(WireError::Truncated)?;
+                8 + usize::from(ext_len) * 8
+            }
+            next_header::AH => {
+                let ext_len = *bytes.get(offset + 1).ok_or(WireError::Truncated)?;
+                (usize::from(ext_len) + 2) * 4
+            }
+            next_header::FRAGMENT => {
+                let header = bytes.get(offset..offset + 8).ok_or(WireError::Truncated)?;
+                let word = read_u16(header, 2);
+                fragment = Some(FragmentHeader {
+                    ident: read_u32(header, 4),
+                    offset: word & 0xfff8,
+                    more: word & 1 != 0,
+                });
+                8
+            }
+            _ => {
+                return Ok(UpperLayer {
+                    protocol,
+                    offset,
+                    fragment,
+                })
+            }
+        };
+        if offset + len > bytes.len() {
+            return Err(WireError::Truncated);
+        }
+        protocol = bytes[offset];
+        offset += len;
+    }
+    Err(WireError::Malformed)
 }
 
 /// An IPv6 header the gateway originates: no extension headers, traffic
