@@ -164,7 +164,7 @@ fn primary_addresses(iface: &str) -> anyhow::Result<Vec<IpAddr>> {
         .into_iter()
         .filter(|(index, _)| *index == ifindex)
         .map(|(_, ip)| ip)
-        .last();
+        .next_back();
     let addresses: Vec<IpAddr> = v4
         .map(IpAddr::from)
         .into_iter()
