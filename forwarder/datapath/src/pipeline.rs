@@ -172,7 +172,8 @@ pub struct Pipeline {
     /// counting.
     services: Option<Arc<ServiceCounters>>,
     /// Conntrack hashes of the batch being prefetched.
-    prefetching: Box<[u64; PREFETCH_BATCH]>,
+    /// (hash, whether the flow is IPv6) each.
+    prefetching: Box<[(u64, bool); PREFETCH_BATCH]>,
     prefetched: usize,
     /// Answers DNS queries to the gateway's DNS addresses, when set.
     dns: Option<DnsResponder>,
@@ -398,7 +399,7 @@ impl Pipeline {
             refreshes: Refreshes::default(),
             refusals: RefusalLimiter::default(),
             services: None,
-            prefetching: Box::new([0; PREFETCH_BATCH]),
+            prefetching: Box::new([(0, false); PREFETCH_BATCH]),
             prefetched: 0,
             dns: None,
         }
@@ -414,26 +415,41 @@ impl Pipeline {
     /// Frames beyond [`PREFETCH_BATCH`] in one round are not prefetched.
     #[inline]
     pub fn prefetch(&mut self, frame: &[u8]) {
-        let Some(key) = Frame::parse(frame, frame.len())
-            .ok()
-            .and_then(|f| flow_of(&f))
-            .map(|f| f.key)
-        else {
+        let Ok(parsed) = Frame::parse(frame, frame.len()) else {
             return;
         };
-        if let Some(slot) = self.prefetching.get_mut(self.prefetched) {
-            let hash = self.v4.conntrack.hash(&key);
-            self.v4.conntrack.prefetch_index(hash);
-            *slot = hash;
-            self.prefetched += 1;
-        }
+        let Some(slot) = self.prefetching.get_mut(self.prefetched) else {
+            return;
+        };
+        *slot = match parsed.l3() {
+            L3::Ipv4 { .. } => {
+                let Some(flow) = flow_of(&parsed) else {
+                    return;
+                };
+                let hash = self.v4.conntrack.hash(&flow.key);
+                self.v4.conntrack.prefetch_index(hash);
+                (hash, false)
+            }
+            L3::Ipv6 { .. } => {
+                let Some(flow) = <Ipv6Addr as PathFamily>::flow_of(&parsed) else {
+                    return;
+                };
+                let hash = self.v6.conntrack.hash(&flow.key);
+                self.v6.conntrack.prefetch_index(hash);
+                (hash, true)
+            }
+        };
+        self.prefetched += 1;
     }
 
     /// Second pass: see [`Pipeline::prefetch`].
     #[inline]
     pub fn prefetch_flows(&mut self) {
-        for &hash in &self.prefetching[..self.prefetched] {
-            self.v4.conntrack.prefetch_flow(hash);
+        for &(hash, ipv6) in &self.prefetching[..self.prefetched] {
+            match ipv6 {
+                false => self.v4.conntrack.prefetch_flow(hash),
+                true => self.v6.conntrack.prefetch_flow(hash),
+            }
         }
         self.prefetched = 0;
     }

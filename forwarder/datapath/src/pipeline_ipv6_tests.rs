@@ -406,3 +406,35 @@ fn too_many_or_truncated_extension_headers_are_dropped_and_counted() {
     assert_eq!(c.drops_of(DropReason::MalformedIpv6), 2);
     assert_eq!(c.drops_of(DropReason::TruncatedIpv6), 1);
 }
+
+/// The worker's prefetch pass covers IPv6 flows too (the IPv6 table's
+/// buckets and records) and changes no verdict or byte, mixed with IPv4
+/// frames and broken ones.
+#[test]
+fn prefetching_a_mixed_batch_changes_no_verdict_or_byte() {
+    let mut plain = harness();
+    let mut batched = harness();
+    let syn6 = tcp6(FROM_CLIENT, (CLIENT6, 40020), (VIP6, 8080), 64, true);
+    let inputs: Vec<Vec<u8>> = vec![
+        syn6.clone(),
+        tcp6(FROM_POD, (POD6, 5678), (CLIENT6, 40020), 64, false),
+        tcp6(FROM_CLIENT, (CLIENT6, 40020), (VIP6, 8080), 64, false),
+        udp6(FROM_CLIENT, (CLIENT6, 33020), (UDP_VIP6, 53), 64),
+        syn6[..14 + 20].to_vec(),
+        with_extensions(&syn6, &[DESTINATION_OPTIONS; 9]),
+    ];
+    // Twice: the second round finds the first round's flows.
+    for _ in 0..2 {
+        for frame in &inputs {
+            batched.pipeline.prefetch(frame);
+        }
+        batched.pipeline.prefetch_flows();
+        for (i, input) in inputs.iter().enumerate() {
+            let (mut a, mut b) = (input.clone(), input.clone());
+            let (va, vb) = (plain.run(&mut a), batched.run(&mut b));
+            assert_eq!(va, vb, "frame {i}: verdict");
+            assert_eq!(a, b, "frame {i}: output bytes");
+        }
+    }
+    assert_eq!(batched.pipeline.v6.conntrack.summary().flows, 2);
+}
