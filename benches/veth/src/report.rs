@@ -524,9 +524,15 @@ fn markdown(all: &Results, counts: &[u32]) -> String {
     );
 
     let peers = present_peers(all);
+    // IPv6's smallest UDP frame is 66 bytes on the wire.
+    let frame = if m["family"].as_str() == Some("ipv6") {
+        "66-byte IPv6"
+    } else {
+        "64-byte"
+    };
     let _ = writeln!(
         o,
-        "#### 64-byte UDP: delivered Mpps (loss) by Service count\n"
+        "#### {frame} UDP: delivered Mpps (loss) by Service count\n"
     );
     let mut head = String::from("| peer |");
     let mut rule = String::from("|---|");
