@@ -26,24 +26,38 @@
 //!   the whole run (hundreds of MB at millions of iterations), which
 //!   drowns the choice between the two;
 //! - `snat_reply/1024_flows`: `reply` of source-NATed flows (backend ->
-//!   SNAT address and port, rewritten to VIP -> client).
+//!   SNAT address and port, rewritten to VIP -> client);
+//! - `established_ipv6/1024_flows`, `reply_ipv6/1024_flows`,
+//!   `new_flow_ipv6/{1,10000}_services` and `copy_only_ipv6`: the
+//!   `established`, `reply`, `new_flow` and `copy_only` cases over IPv6
+//!   (IPv6 VIPs in 2001:2:0:100::/64, Pods and clients on the lab's IPv6
+//!   arms, the IPv6 connection table `Pipeline::with_conntrack6` gives),
+//!   built the same way; the frames carry the same 18-byte payload, so
+//!   they are 80 bytes (an IPv6 header is 20 bytes longer than IPv4's).
+//!   Compare each with its IPv4 case of the same run (issue 12: within
+//!   15%); `new_flow_chunked_ipv6/{1,10000}_services` likewise against
+//!   `new_flow_chunked`.
 //!
 //! Run: `cargo bench -p cipgw-datapath --bench packet_path`.
 
 use std::hint::black_box;
+use std::net::Ipv6Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cipgw_datapath::conntrack::snat::SnatConfig;
 use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig};
 use cipgw_datapath::harness::pipeline;
-use cipgw_datapath::pipeline::{BatchContext, Verdict};
+use cipgw_datapath::pipeline::{BatchContext, Pipeline, Verdict};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 #[path = "support/packets.rs"]
 mod packets;
+#[path = "support/packets6.rs"]
+mod packets6;
 
 use packets::{client, frame, maglev_table, net, table};
+use packets6::{client6, frame6, net6, table6, VIP6};
 
 fn bench(c: &mut Criterion) {
     let net = net();
@@ -290,5 +304,175 @@ fn bench_snat(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, bench_snat);
+/// A pipeline whose IPv6 connection table is `conntrack6`; its IPv4 one
+/// stays empty and small, as the IPv6 one `Pipeline::new` gives the IPv4
+/// cases (1,024 flows), so neither family's cases map the other's
+/// full-size table.
+fn pipeline6(conntrack6: Conntrack<Ipv6Addr>, seed: u64) -> Pipeline {
+    let idle = Conntrack::new(ConntrackConfig {
+        max_flows: 1024,
+        ..ConntrackConfig::default()
+    });
+    pipeline(Arc::new(idle), seed).with_conntrack6(Arc::new(conntrack6))
+}
+
+/// The IPv6 cases, each built as its IPv4 case in [`bench`].
+fn bench_ipv6(c: &mut Criterion) {
+    let net = net6();
+    let mut group = c.benchmark_group("packet_path");
+    group.throughput(Throughput::Elements(1));
+    group.measurement_time(Duration::from_secs(5));
+
+    let one = table6(1);
+    let frames: Vec<Vec<u8>> = (0..1024)
+        .map(|i| frame6((client6(i), 20000 + i as u16), (VIP6, 8080)))
+        .collect();
+    let mut p = pipeline6(Conntrack::default(), 7);
+    let ctx = BatchContext {
+        table: &one,
+        net: &net,
+        now: 1,
+    };
+    // Offsets in an Ethernet + IPv6 (no extension headers) + UDP frame.
+    const SRC: std::ops::Range<usize> = 22..38;
+    const DST: std::ops::Range<usize> = 38..54;
+    const SPORT: std::ops::Range<usize> = 54..56;
+    let mut replies = Vec::new();
+    for f in &frames {
+        let mut copy = f.clone();
+        let len = copy.len();
+        assert!(matches!(
+            p.process(&mut copy, len, 0, &ctx),
+            Verdict::Forward { .. }
+        ));
+        // The reply of this flow: backend -> client.
+        let backend: [u8; 16] = copy[DST].try_into().expect("16 bytes");
+        let client_ip: [u8; 16] = copy[SRC].try_into().expect("16 bytes");
+        let cport = u16::from_be_bytes([copy[SPORT.start], copy[SPORT.start + 1]]);
+        replies.push(frame6((backend, 5678), (client_ip, cport)));
+    }
+    for r in &replies {
+        let mut copy = r.clone();
+        let len = copy.len();
+        assert!(matches!(
+            p.process(&mut copy, len, 1, &ctx),
+            Verdict::Forward { .. }
+        ));
+    }
+
+    let mut scratch = vec![0u8; 2048];
+    group.bench_function("copy_only_ipv6", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            let f = &frames[i & 1023];
+            scratch[..f.len()].copy_from_slice(f);
+            i += 1;
+            black_box(&scratch);
+        })
+    });
+    group.bench_function("established_ipv6/1024_flows", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            let f = &frames[i & 1023];
+            scratch[..f.len()].copy_from_slice(f);
+            i += 1;
+            black_box(p.process(&mut scratch, f.len(), 0, &ctx))
+        })
+    });
+    group.bench_function("reply_ipv6/1024_flows", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            let f = &replies[i & 1023];
+            scratch[..f.len()].copy_from_slice(f);
+            i += 1;
+            black_box(p.process(&mut scratch, f.len(), 0, &ctx))
+        })
+    });
+
+    for services in [1usize, 10_000] {
+        let t = table6(services);
+        let ctx = BatchContext {
+            table: &t,
+            net: &net,
+            now: 1,
+        };
+        let base = frame6((client6(0), 1), (VIP6, 8080));
+        // What the loop below sends is forwarded, not dropped (a new flow
+        // with a stale UDP checksum and a client of no route).
+        let mut probe = base.clone();
+        probe[SRC.end - 2..SRC.end].copy_from_slice(&0x1234u16.to_be_bytes());
+        probe[SPORT].copy_from_slice(&4321u16.to_be_bytes());
+        let len = probe.len();
+        assert!(matches!(
+            pipeline6(Conntrack::default(), 9).process(&mut probe, len, 0, &ctx),
+            Verdict::Forward { .. }
+        ));
+        group.bench_function(format!("new_flow_ipv6/{services}_services"), |b| {
+            b.iter_custom(|iters| {
+                // As `new_flow`: a fresh table per measurement, bounded
+                // above what it takes.
+                let mut p = pipeline6(
+                    Conntrack::new(ConntrackConfig {
+                        max_flows: iters as usize + 1,
+                        unreplied_percent: 100,
+                        ..ConntrackConfig::default()
+                    }),
+                    9,
+                );
+                let mut f = base.clone();
+                let len = f.len();
+                let start = Instant::now();
+                for i in 0..iters {
+                    f.copy_from_slice(&base);
+                    // A distinct client address (its last two bytes, as
+                    // `new_flow` sets the IPv4 address's) and port per
+                    // packet; the UDP checksum is left stale (non-zero),
+                    // as the pipeline does not verify it.
+                    f[SRC.end - 2..SRC.end]
+                        .copy_from_slice(&(((i >> 16) as u16) | 0x100).to_be_bytes());
+                    f[SPORT].copy_from_slice(&(i as u16).to_be_bytes());
+                    black_box(p.process(&mut f, len, 0, &ctx));
+                }
+                start.elapsed()
+            })
+        });
+        // As `new_flow_chunked`: a fresh table of 4,096 every 4,096 flows
+        // (not timed), so the first touch of a run-sized table (three
+        // times IPv4's bytes per flow) stays out of the figure.
+        const CHUNK: u64 = 4096;
+        group.bench_function(format!("new_flow_chunked_ipv6/{services}_services"), |b| {
+            b.iter_custom(|iters| {
+                let mut elapsed = Duration::ZERO;
+                let mut done = 0;
+                while done < iters {
+                    let mut p = pipeline6(
+                        Conntrack::new(ConntrackConfig {
+                            max_flows: CHUNK as usize + 1,
+                            unreplied_percent: 100,
+                            ..ConntrackConfig::default()
+                        }),
+                        9,
+                    );
+                    let n = CHUNK.min(iters - done);
+                    let mut f = base.clone();
+                    let len = f.len();
+                    let start = Instant::now();
+                    for i in done..done + n {
+                        f.copy_from_slice(&base);
+                        f[SRC.end - 2..SRC.end]
+                            .copy_from_slice(&(((i >> 16) as u16) | 0x100).to_be_bytes());
+                        f[SPORT].copy_from_slice(&(i as u16).to_be_bytes());
+                        black_box(p.process(&mut f, len, 0, &ctx));
+                    }
+                    elapsed += start.elapsed();
+                    done += n;
+                }
+                elapsed
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_ipv6, bench_snat);
 criterion_main!(benches);

@@ -8,12 +8,29 @@
 #                       [--profile] [--no-build] [--debug] [--quiet-wait S]
 #                       [--generator auto|pktgen|udp-gen]
 #                       [--variant NAME=ARGS]... [--variant-bin NAME=PATH]...
-#                       [--cipgw-args ARGS]
+#                       [--cipgw-args ARGS] [--family ipv4|ipv6]
 #
 # Topology (three namespaces, two veth pairs, nothing in the root one):
 #
 #   client ns               gateway ns                      backend ns
 #   vcN 198.18.0.2 ──── vgN 198.18.0.1 | vpN 198.18.2.1 ──── vbN 198.18.2.11-13
+#
+# IPv6 (--family ipv6; RFC 5180 addresses, 2001:2::/48 only): the same
+# namespaces and veths, dual-stack (the IPv4 addresses above stay, so
+# `cipgw --pass-through` still finds its peer's MAC), with
+#
+#   vcN 2001:2::2 ──── vgN 2001:2::1 | vpN 2001:2:0:2::1 ──── vbN 2001:2:0:2::11-13
+#
+# VIPs from 2001:2:0:100::/112, filler endpoints from 2001:2:0:80::/64,
+# new-flow sources from 2001:2:0:40::/64 (the pod CIDR the kernel rules
+# check is 2001:2::/48, which holds the clients: nothing is masqueraded).
+# Its workloads are udp-est and udp-new (and scale's UDP part), frames of
+# 62 bytes (66 on the wire: IPv6's smallest UDP frame, no payload); its
+# kernel peers are forward (IPv6 forwarding), iptables (kube-proxy's
+# IPv6 ruleset through ip6tables-restore, nf_tables backend) and nftables
+# (kube-proxy's `ip6 kube-proxy` table); cipgw gets --service-cidr
+# 2001:2:0:100::/112. The generator is udp-gen (pktgen is driven for IPv4
+# only). Without --family, everything is IPv4 as described above.
 #
 # VIPs come from 198.19.0.0/16; the backend namespace holds the measured
 # Service's three endpoints (one interface, three addresses). For UDP it
@@ -82,6 +99,7 @@ PROFILE_DIR=release
 QUIET_WAIT=""
 GENERATOR=auto
 CIPGW_ARGS=""
+FAMILY=ipv4
 declare -A VARIANTS=() VARIANT_BINS=()
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
@@ -111,6 +129,7 @@ while (($#)); do
         [[ -n ${VARIANTS[${2%%=*}]+set} ]] || VARIANTS[${2%%=*}]=""
         shift ;;
     --cipgw-args) CIPGW_ARGS=$2; shift ;;
+    --family) FAMILY=$2; shift ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
@@ -125,6 +144,15 @@ for p in $PEERS; do
         [[ -n ${VARIANTS[${p#*+}]+set} ]] || die "peer $p: no --variant ${p#*+}=ARGS"
     fi
 done
+[[ $FAMILY == ipv4 || $FAMILY == ipv6 ]] || die "--family is ipv4 or ipv6"
+if [[ $FAMILY == ipv6 ]]; then
+    # Only the UDP workloads have an IPv6 form (scale: its UDP part).
+    [[ $WORKLOADS == "$ALL_WORKLOADS" ]] && WORKLOADS="udp-est udp-new scale"
+    for w in $WORKLOADS; do
+        [[ $w == udp-* || $w == scale ]] || die "workload $w has no IPv6 form (--family ipv6: udp-est, udp-new, scale)"
+    done
+    [[ $GENERATOR != pktgen ]] || die "--generator pktgen is IPv4 only here (--family ipv6 uses udp-gen)"
+fi
 for w in $WORKLOADS; do [[ " $ALL_WORKLOADS " == *" $w "* ]] || die "unknown workload $w (have: $ALL_WORKLOADS)"; done
 [[ $XDP_MODE == native || $XDP_MODE == skb ]] || die "--xdp-mode is native or skb"
 [[ $GENERATOR =~ ^(auto|pktgen|udp-gen)$ ]] || die "--generator is auto, pktgen or udp-gen"
@@ -155,6 +183,9 @@ if ((${#need_pkgs[@]})); then
 fi
 # kube-proxy programs iptables through the nf_tables backend.
 iptables --version | grep -q nf_tables || die "iptables is not the nf_tables backend ($(iptables --version))"
+if [[ $FAMILY == ipv6 ]]; then
+    ip6tables --version | grep -q nf_tables || die "ip6tables is not the nf_tables backend ($(ip6tables --version))"
+fi
 
 # --- binaries -------------------------------------------------------------
 if ((BUILD)); then
@@ -182,6 +213,11 @@ BACKENDS=(198.18.2.11 198.18.2.12 198.18.2.13)
 MAC_VC=02:00:c6:12:00:02 MAC_VG=02:00:c6:12:00:01
 MAC_VP=02:00:c6:12:02:01 MAC_VB=02:00:c6:12:02:0b
 SERVICE_CIDR=198.19.0.0/16
+# IPv6 (--family ipv6), beside the IPv4 addresses.
+CL_IP6=2001:2::2 GW_CL_IP6=2001:2::1 GW_BE_IP6=2001:2:0:2::1
+BACKENDS6=(2001:2:0:2::11 2001:2:0:2::12 2001:2:0:2::13)
+SERVICE_CIDR6=2001:2:0:100::/112
+POD_CIDR6=2001:2::/48
 GEN_CPU=0 GW_CPU=1
 
 # --- cleanup --------------------------------------------------------------
@@ -212,6 +248,14 @@ for ns in $NS_CL $NS_GW $NS_BE; do
     ip -n "$ns" link set lo up
     in_ns "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 \
         net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 net.ipv4.ip_forward=0
+    if [[ $FAMILY == ipv6 ]]; then
+        # No duplicate address detection (addresses usable at once), no
+        # router advertisements; forwarding off until a kernel peer.
+        in_ns "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=0 net.ipv6.conf.default.disable_ipv6=0 \
+            net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 \
+            net.ipv6.conf.all.accept_ra=0 net.ipv6.conf.default.accept_ra=0 \
+            net.ipv6.conf.all.forwarding=0
+    fi
 done
 ip -n "$NS_CL" link add "$VC" address $MAC_VC type veth peer name "$VG" address $MAC_VG netns "$NS_GW"
 ip -n "$NS_GW" link add "$VP" address $MAC_VP type veth peer name "$VB" address $MAC_VB netns "$NS_BE"
@@ -219,6 +263,12 @@ ip -n "$NS_CL" addr add $CL_IP/24 dev "$VC"
 ip -n "$NS_GW" addr add $GW_CL_IP/24 dev "$VG"
 ip -n "$NS_GW" addr add $GW_BE_IP/24 dev "$VP"
 for a in "${BACKENDS[@]}"; do ip -n "$NS_BE" addr add "$a/24" dev "$VB"; done
+if [[ $FAMILY == ipv6 ]]; then
+    ip -n "$NS_CL" addr add $CL_IP6/64 dev "$VC" nodad
+    ip -n "$NS_GW" addr add $GW_CL_IP6/64 dev "$VG" nodad
+    ip -n "$NS_GW" addr add $GW_BE_IP6/64 dev "$VP" nodad
+    for a in "${BACKENDS6[@]}"; do ip -n "$NS_BE" addr add "$a/64" dev "$VB" nodad; done
+fi
 # AF_XDP needs complete checksums from the senders (as in forwarder/src/lab/topology.rs).
 in_ns "$NS_CL" ethtool -K "$VC" tx off >/dev/null
 in_ns "$NS_BE" ethtool -K "$VB" tx off >/dev/null
@@ -232,6 +282,11 @@ ip -n "$NS_BE" link set "$VB" up
 ip -n "$NS_CL" route add $SERVICE_CIDR via $GW_CL_IP
 ip -n "$NS_CL" route add 198.18.2.0/24 via $GW_CL_IP
 ip -n "$NS_BE" route add default via $GW_BE_IP
+if [[ $FAMILY == ipv6 ]]; then
+    ip -n "$NS_CL" -6 route add $SERVICE_CIDR6 via $GW_CL_IP6
+    ip -n "$NS_CL" -6 route add 2001:2:0:2::/64 via $GW_CL_IP6
+    ip -n "$NS_BE" -6 route add default via $GW_BE_IP6
+fi
 # Many connections per second from one address (tcp-crr).
 in_ns "$NS_CL" sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
 in_ns "$NS_BE" nft -f - <<EOF
@@ -303,14 +358,19 @@ napi_pids=$(napi_threads | wc -l)
 placement | tee "$OUT/placement.txt"
 if [[ $GENERATOR == auto ]]; then
     GENERATOR=udp-gen
-    ip netns exec "$NS_CL" test -e /proc/net/pktgen/pgctrl && GENERATOR=pktgen
+    [[ $FAMILY == ipv4 ]] && ip netns exec "$NS_CL" test -e /proc/net/pktgen/pgctrl && GENERATOR=pktgen
 fi
 echo "generator: $GENERATOR on CPU $GEN_CPU" | tee -a "$OUT/placement.txt"
 
 # --- rule sets ------------------------------------------------------------
 for n in $SERVICES; do
-    "$TOOL" gen-rules --services "$n" --backends "$(IFS=,; echo "${BACKENDS[*]}")" \
-        --node-ip $GW_CL_IP --service-cidr $SERVICE_CIDR --out "$OUT/rules/$n"
+    if [[ $FAMILY == ipv6 ]]; then
+        "$TOOL" gen-rules --services "$n" --backends "$(IFS=,; echo "${BACKENDS6[*]}")" \
+            --node-ip $GW_CL_IP6 --service-cidr $SERVICE_CIDR6 --pod-cidr $POD_CIDR6 --out "$OUT/rules/$n"
+    else
+        "$TOOL" gen-rules --services "$n" --backends "$(IFS=,; echo "${BACKENDS[*]}")" \
+            --node-ip $GW_CL_IP --service-cidr $SERVICE_CIDR --out "$OUT/rules/$n"
+    fi
 done
 
 # --- measurement helpers --------------------------------------------------
@@ -421,6 +481,7 @@ gw_cpu_ns() {
 
 flush_state() {
     in_ns "$NS_GW" conntrack -F >/dev/null 2>&1 || true
+    [[ $FAMILY == ipv4 ]] || in_ns "$NS_GW" conntrack -F -f ipv6 >/dev/null 2>&1 || true
 }
 
 record() { echo "$1" >>"$RAW"; }
@@ -465,8 +526,10 @@ udp_run() {
         echo '{"generator":"pktgen"}' >"$OUT/gen.json"
         pktgen_start "$dst" "$dport" "$wl" "$total"
     else
+        local src=$CL_IP
+        [[ $FAMILY == ipv6 ]] && src=$CL_IP6
         ip netns exec "$NS_CL" taskset -c $GEN_CPU "$TOOL" udp-gen --iface "$VC" --src-mac $MAC_VC \
-            --dst-mac $MAC_VG --src $CL_IP --dst "$dst" --dport "$dport" "${pattern[@]}" \
+            --dst-mac $MAC_VG --src $src --dst "$dst" --dport "$dport" "${pattern[@]}" \
             --duration "$total" --cpu $GEN_CPU >"$OUT/gen.json" &
         GEN_PID=$!
     fi
@@ -521,9 +584,11 @@ start_cipgw() { # PEER(cipgw|cipgw-pt[+VARIANT]) SERVICES
         bin=${VARIANT_BINS[${1#*+}]:-$CIPGW}
     fi
     echo "   $bin run ... ${extra[*]}"
+    local cidr=$SERVICE_CIDR
+    [[ $FAMILY == ipv6 ]] && cidr=$SERVICE_CIDR6
     t0=$(date +%s.%N)
     ip netns exec "$NS_GW" "$bin" run --iface "$VG" --iface "$VP" --control-file "$OUT/rules/$2/control.yaml" \
-        --service-cidr $SERVICE_CIDR --cores $GW_CPU --xdp-mode "$XDP_MODE" \
+        --service-cidr $cidr --cores $GW_CPU --xdp-mode "$XDP_MODE" \
         --state-dir "$OUT/state-$1-$2" "${extra[@]}" \
         >"$OUT/cipgw-$1-$2.log" 2>&1 &
     CIPGW_PID=$!
@@ -558,17 +623,20 @@ peer_up() { # PEER SERVICES
     local t0
     t0=$(date +%s.%N)
     SETUP_S=0
+    # The family's forwarding switch and ruleset loader.
+    local fwd=net.ipv4.ip_forward restore=iptables-restore
+    [[ $FAMILY == ipv6 ]] && fwd=net.ipv6.conf.all.forwarding restore=ip6tables-restore
     case $1 in
     forward)
-        in_ns "$NS_GW" sysctl -qw net.ipv4.ip_forward=1 ;;
+        in_ns "$NS_GW" sysctl -qw $fwd=1 ;;
     iptables)
-        in_ns "$NS_GW" sysctl -qw net.ipv4.ip_forward=1
-        in_ns "$NS_GW" iptables-restore <"$OUT/rules/$2/iptables.rules" ;;
+        in_ns "$NS_GW" sysctl -qw $fwd=1
+        in_ns "$NS_GW" $restore <"$OUT/rules/$2/iptables.rules" ;;
     nftables)
-        in_ns "$NS_GW" sysctl -qw net.ipv4.ip_forward=1
+        in_ns "$NS_GW" sysctl -qw $fwd=1
         in_ns "$NS_GW" nft -f "$OUT/rules/$2/nftables.nft" ;;
     cipgw | cipgw-pt | cipgw+* | cipgw-pt+*)
-        in_ns "$NS_GW" sysctl -qw net.ipv4.ip_forward=0
+        in_ns "$NS_GW" sysctl -qw $fwd=0
         start_cipgw "$1" "$2" ;;
     esac
     [[ $1 == cipgw* ]] || SETUP_S=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
@@ -577,11 +645,15 @@ peer_up() { # PEER SERVICES
     # Resolve the backends' MACs before traffic starts.
     local a
     for a in "${BACKENDS[@]}"; do in_ns "$NS_GW" ping -c1 -W1 "$a" >/dev/null 2>&1 || true; done
+    if [[ $FAMILY == ipv6 ]]; then
+        for a in "${BACKENDS6[@]}"; do in_ns "$NS_GW" ping -6 -c1 -W1 "$a" >/dev/null 2>&1 || true; done
+    fi
 }
 peer_down() {
     [[ -n $CIPGW_PID ]] && stop_cipgw
     in_ns "$NS_GW" nft flush ruleset
     in_ns "$NS_GW" sysctl -qw net.ipv4.ip_forward=0
+    [[ $FAMILY == ipv4 ]] || in_ns "$NS_GW" sysctl -qw net.ipv6.conf.all.forwarding=0
     flush_state
 }
 
@@ -615,6 +687,7 @@ cat >"$OUT/meta.json" <<EOF
  "cores":$(nproc),
  "kernel":"$(uname -r)",
  "xdp_mode":"$XDP_MODE",
+ "family":"$FAMILY",
  "build":"$PROFILE_DIR",
  "cipgw_rev":"$rev",
  "iptables":"$(iptables --version)",
@@ -622,7 +695,7 @@ cat >"$OUT/meta.json" <<EOF
  "smoke":$SMOKE, "duration_s":$DURATION, "warmup_s":$WARMUP, "reps":$REPS,
  "services":[$(tr ' ' ',' <<<"$SERVICES")],
  "peers":"$PEERS", "workloads":"$WORKLOADS",
- "generator":"$([[ $GENERATOR == pktgen ]] && echo "kernel pktgen" || echo "cipgw-veth-bench udp-gen (AF_PACKET + sendmmsg, open loop)"), 60-byte frames (64 on the wire)",
+ "generator":"$([[ $GENERATOR == pktgen ]] && echo "kernel pktgen" || echo "cipgw-veth-bench udp-gen (AF_PACKET + sendmmsg, open loop)"), $([[ $FAMILY == ipv6 ]] && echo "62-byte IPv6 frames (66 on the wire)" || echo "60-byte frames (64 on the wire)")",
  "placement":$(awk 'BEGIN{printf "["} NR>1{printf "%s\"%s\"", (NR>2?",":""), $0} END{printf "]"}' "$OUT/placement.txt" | sed 's/  */ /g'),
  "command":"$(json_escape "benches/veth/run.sh ${ORIG_ARGS[*]:-}")"}
 EOF
@@ -642,6 +715,7 @@ for peer in $PEERS; do
         for wl in $wls; do
             if [[ $peer == forward ]]; then
                 udp_dst=${BACKENDS[0]} udp_port=9000 tcp_to=${BACKENDS[0]}:8080
+                [[ $FAMILY == ipv6 ]] && udp_dst=${BACKENDS6[0]}
             else
                 # shellcheck disable=SC1090
                 . "$OUT/rules/$rules/meta.env"

@@ -493,6 +493,12 @@ fn markdown(all: &Results, counts: &[u32]) -> String {
         s("cipgw_rev")
     );
     let _ = writeln!(o, "- peers' tools: {}; {}", s("iptables"), s("nft"));
+    if m["family"].as_str() == Some("ipv6") {
+        let _ = writeln!(
+            o,
+            "- address family: IPv6 (2001:2::/48; kernel peers: IPv6 forwarding, ip6tables, nft ip6)"
+        );
+    }
     let _ = writeln!(o, "- command: `{}`", s("command").trim());
     let _ = writeln!(
         o,
@@ -518,9 +524,15 @@ fn markdown(all: &Results, counts: &[u32]) -> String {
     );
 
     let peers = present_peers(all);
+    // IPv6's smallest UDP frame is 66 bytes on the wire.
+    let frame = if m["family"].as_str() == Some("ipv6") {
+        "66-byte IPv6"
+    } else {
+        "64-byte"
+    };
     let _ = writeln!(
         o,
-        "#### 64-byte UDP: delivered Mpps (loss) by Service count\n"
+        "#### {frame} UDP: delivered Mpps (loss) by Service count\n"
     );
     let mut head = String::from("| peer |");
     let mut rule = String::from("|---|");
@@ -733,7 +745,12 @@ fn plot(all: &Results, counts: &[u32], dir: &Path) -> anyhow::Result<()> {
         / 1e6;
     let m = &all.meta;
     let title = format!(
-        "cipgw veth benchmark, {} ({} cores), kernel {}, XDP {}",
+        "cipgw veth benchmark{}, {} ({} cores), kernel {}, XDP {}",
+        if m["family"].as_str() == Some("ipv6") {
+            " (IPv6)"
+        } else {
+            ""
+        },
         m["cpu"].as_str().unwrap_or("?"),
         m["cores"],
         m["kernel"].as_str().unwrap_or("?"),

@@ -18,16 +18,24 @@
 //! readable name. The pod CIDR (here 198.18.0.0/15, which holds the
 //! client) decides masquerading, so nothing is masqueraded: clients keep
 //! their address, as they do through cipgw.
+//!
+//! IPv6 (a `--service-cidr` of IPv6, with `--backends`, `--node-ip` and
+//! `--pod-cidr` of IPv6): the same Services as single-stack IPv6
+//! (`ipFamilies: [IPv6]`, `addressType: IPv6`), filler endpoints in
+//! 2001:2:0:80::/64, and the rulesets kube-proxy writes for its IPv6
+//! proxier: ip6tables-restore input (no IPv4-only localnet rule, DNAT to
+//! `[addr]:port`) and an `ip6 kube-proxy` nftables table (`ip6 daddr`,
+//! `ipv6_addr` sets; endpoint chain names with `.` for `:`).
 
 use std::fmt::Write as _;
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
-use crate::util::Cidr;
+use crate::util::{host_port, Cidr};
 
 /// The measured Service's ports: (name, protocol, port, targetPort).
 pub const MEASURED_PORTS: [(&str, Proto, u16, u16); 2] = [
@@ -35,8 +43,9 @@ pub const MEASURED_PORTS: [(&str, Proto, u16, u16); 2] = [
     ("udp", Proto::Udp, 9000, 9000),
 ];
 const FILLER_PORT: (&str, Proto, u16, u16) = ("http", Proto::Tcp, 80, 8080);
-/// Where filler endpoints live (never reached).
+/// Where filler endpoints live (never reached), per family.
 const FILLER_PODS: &str = "198.18.128.0/17";
+const FILLER_PODS6: &str = "2001:2:0:80::/64";
 /// Masquerade mark, as kube-proxy's default `--iptables-masquerade-bit=14`.
 const MASQ_MARK: &str = "0x4000";
 
@@ -67,7 +76,8 @@ pub struct GenArgs {
     /// Number of Services; the measured one is the last.
     #[arg(long)]
     services: u32,
-    /// Service CIDR the VIPs come from.
+    /// Service CIDR the VIPs come from; its family is the rules' family
+    /// (the other addresses must be of it too).
     #[arg(long, default_value = "198.19.0.0/16")]
     service_cidr: Cidr,
     /// Cluster (pod) CIDR: sources outside it would be masqueraded.
@@ -75,10 +85,10 @@ pub struct GenArgs {
     pod_cidr: Cidr,
     /// Endpoints of the measured Service.
     #[arg(long, value_delimiter = ',', required = true)]
-    backends: Vec<Ipv4Addr>,
+    backends: Vec<IpAddr>,
     /// The gateway's address (kube-proxy's node IP, for nodeport-ips).
     #[arg(long)]
-    node_ip: Ipv4Addr,
+    node_ip: IpAddr,
     /// Directory to write control.yaml, iptables.rules, nftables.nft and
     /// meta.env into.
     #[arg(long)]
@@ -92,10 +102,10 @@ struct SvcPort {
     name: String,
     port_name: &'static str,
     proto: Proto,
-    vip: Ipv4Addr,
+    vip: IpAddr,
     port: u16,
     target: u16,
-    endpoints: Vec<Ipv4Addr>,
+    endpoints: Vec<IpAddr>,
 }
 
 impl SvcPort {
@@ -125,16 +135,15 @@ impl SvcPort {
         )
     }
 
-    fn sep_chain(&self, ep: Ipv4Addr) -> String {
+    fn sep_chain(&self, ep: IpAddr) -> String {
         format!(
             "KUBE-SEP-{}",
             hash_prefix(
                 &format!(
-                    "{}{}{}:{}",
+                    "{}{}{}",
                     self.port_name_string(),
                     self.proto.lower(),
-                    ep,
-                    self.target
+                    host_port(ep, self.target)
                 ),
                 16
             )
@@ -145,8 +154,10 @@ impl SvcPort {
         format!("service-{}", hash_and_truncate(&self.nft_base()))
     }
 
-    fn nft_endpoint_chain(&self, ep: Ipv4Addr) -> String {
-        let base = format!("{}__{}/{}", self.nft_base(), ep, self.target);
+    fn nft_endpoint_chain(&self, ep: IpAddr) -> String {
+        // nft chain names cannot hold ':'; kube-proxy writes '.' instead.
+        let host = ep.to_string().replace(':', ".");
+        let base = format!("{}__{}/{}", self.nft_base(), host, self.target);
         format!("endpoint-{}", hash_and_truncate(&base))
     }
 }
@@ -186,14 +197,35 @@ fn service_ports(args: &GenArgs) -> anyhow::Result<Vec<SvcPort>> {
         bail!("--services must be at least 1");
     }
     // VIPs from .10 up, well inside the CIDR.
-    if n + 10 >= args.service_cidr.hosts() {
+    if u64::from(n) + 10 >= args.service_cidr.hosts() {
         bail!("{} Services do not fit {}", n, args.service_cidr);
     }
-    let fillers: Cidr = FILLER_PODS.parse().map_err(anyhow::Error::msg)?;
-    if (n - 1) * 2 > fillers.hosts() {
-        bail!("{n} Services: too many filler endpoints for {FILLER_PODS}");
+    let six = args.service_cidr.is_ipv6();
+    let family = |ip: IpAddr| ip.is_ipv6() == six;
+    if !args.backends.iter().all(|&ip| family(ip)) {
+        bail!(
+            "--backends must be of the family of --service-cidr {}",
+            args.service_cidr
+        );
     }
-    let vip = |i: u32| args.service_cidr.nth(10 + i);
+    if !family(args.node_ip) {
+        bail!(
+            "--node-ip must be of the family of --service-cidr {}",
+            args.service_cidr
+        );
+    }
+    if !family(args.pod_cidr.addr) {
+        bail!(
+            "--pod-cidr must be of the family of --service-cidr {}",
+            args.service_cidr
+        );
+    }
+    let filler_pods = if six { FILLER_PODS6 } else { FILLER_PODS };
+    let fillers: Cidr = filler_pods.parse().map_err(anyhow::Error::msg)?;
+    if u64::from(n - 1) * 2 > fillers.hosts() {
+        bail!("{n} Services: too many filler endpoints for {filler_pods}");
+    }
+    let vip = |i: u32| args.service_cidr.nth(10 + u64::from(i));
     let mut ports = Vec::with_capacity(n as usize + 1);
     for i in 0..n - 1 {
         let (port_name, proto, port, target) = FILLER_PORT;
@@ -205,7 +237,10 @@ fn service_ports(args: &GenArgs) -> anyhow::Result<Vec<SvcPort>> {
             vip: vip(i),
             port,
             target,
-            endpoints: vec![fillers.nth(2 * i), fillers.nth(2 * i + 1)],
+            endpoints: vec![
+                fillers.nth(2 * u64::from(i)),
+                fillers.nth(2 * u64::from(i) + 1),
+            ],
         });
     }
     for (port_name, proto, port, target) in MEASURED_PORTS {
@@ -237,6 +272,12 @@ pub fn run(args: &GenArgs) -> anyhow::Result<()> {
         writeln!(env, "{up}_PORT={port}\n{up}_TARGET={target}")?;
     }
     writeln!(env, "SERVICE_COUNT={}", args.services)?;
+    let family = if measured.vip.is_ipv6() {
+        "ipv6"
+    } else {
+        "ipv4"
+    };
+    writeln!(env, "FAMILY={family}")?;
     write(&args.out.join("meta.env"), &env)
 }
 
@@ -258,10 +299,20 @@ fn control_file(ports: &[SvcPort]) -> String {
         }
         let svc = &ports[i..j];
         let head = &svc[0];
+        let six = head.vip.is_ipv6();
+        // IPv6: quoted, and the family said (as the API server fills it in).
+        let (cluster_ip, families) = if six {
+            (
+                format!("\"{}\"", head.vip),
+                "  ipFamilyPolicy: SingleStack\n  ipFamilies: [IPv6]\n",
+            )
+        } else {
+            (head.vip.to_string(), "")
+        };
         let _ = write!(
             out,
-            "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: {}\nspec:\n  type: ClusterIP\n  clusterIP: {}\n  ports:\n",
-            head.name, head.namespace, head.vip
+            "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: {}\nspec:\n  type: ClusterIP\n  clusterIP: {}\n{families}  ports:\n",
+            head.name, head.namespace, cluster_ip
         );
         for p in svc {
             let _ = write!(
@@ -275,8 +326,11 @@ fn control_file(ports: &[SvcPort]) -> String {
         }
         let _ = write!(
             out,
-            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {}-1\n  namespace: {}\n  labels:\n    kubernetes.io/service-name: {}\naddressType: IPv4\nendpoints:\n",
-            head.name, head.namespace, head.name
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {}-1\n  namespace: {}\n  labels:\n    kubernetes.io/service-name: {}\naddressType: {}\nendpoints:\n",
+            head.name,
+            head.namespace,
+            head.name,
+            if six { "IPv6" } else { "IPv4" }
         );
         for ep in &head.endpoints {
             let _ = write!(
@@ -301,6 +355,7 @@ fn control_file(ports: &[SvcPort]) -> String {
 
 /// iptables-restore input as kube-proxy's iptables mode writes it.
 fn iptables(ports: &[SvcPort], args: &GenArgs) -> String {
+    let six = args.service_cidr.is_ipv6();
     let mut f = String::with_capacity(ports.len() * 1200);
     f.push_str("*filter\n");
     for chain in [
@@ -325,9 +380,12 @@ fn iptables(ports: &[SvcPort], args: &GenArgs) -> String {
         "-A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL\n",
         "-A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
         "-A OUTPUT -j KUBE-FIREWALL\n",
-        "-A KUBE-FIREWALL -m comment --comment \"block incoming localnet connections\" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP\n",
-        "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n",
     ));
+    if !six {
+        // IPv4 only: kube-proxy's IPv6 proxier has no localnet rule.
+        f.push_str("-A KUBE-FIREWALL -m comment --comment \"block incoming localnet connections\" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP\n");
+    }
+    f.push_str("-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n");
     let _ = writeln!(f, "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT");
     f.push_str("-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\nCOMMIT\n");
 
@@ -382,15 +440,15 @@ fn iptables(ports: &[SvcPort], args: &GenArgs) -> String {
             if i + 1 < n {
                 let _ = writeln!(
                     f,
-                    "-A {svc} -m comment --comment \"{name} -> {ep}:{}\" -m statistic --mode random --probability {:.10} -j {sep}",
-                    p.target,
+                    "-A {svc} -m comment --comment \"{name} -> {}\" -m statistic --mode random --probability {:.10} -j {sep}",
+                    host_port(ep, p.target),
                     1.0 / (n - i) as f64
                 );
             } else {
                 let _ = writeln!(
                     f,
-                    "-A {svc} -m comment --comment \"{name} -> {ep}:{}\" -j {sep}",
-                    p.target
+                    "-A {svc} -m comment --comment \"{name} -> {}\" -j {sep}",
+                    host_port(ep, p.target)
                 );
             }
         }
@@ -398,8 +456,8 @@ fn iptables(ports: &[SvcPort], args: &GenArgs) -> String {
             let sep = p.sep_chain(ep);
             let _ = writeln!(
                 f,
-                "-A {sep} -m comment --comment {name} -s {ep} -j KUBE-MARK-MASQ\n-A {sep} -m comment --comment {name} -m {proto} -p {proto} -j DNAT --to-destination {ep}:{}",
-                p.target
+                "-A {sep} -m comment --comment {name} -s {ep} -j KUBE-MARK-MASQ\n-A {sep} -m comment --comment {name} -m {proto} -p {proto} -j DNAT --to-destination {}",
+                host_port(ep, p.target)
             );
         }
     }
@@ -410,16 +468,21 @@ fn iptables(ports: &[SvcPort], args: &GenArgs) -> String {
 /// `nft -f` input as kube-proxy's nftables mode (knftables) writes it.
 fn nftables(ports: &[SvcPort], args: &GenArgs) -> String {
     let mut f = String::with_capacity(ports.len() * 900);
-    let t = "ip kube-proxy";
-    let _ = write!(
-        f,
+    let six = args.service_cidr.is_ipv6();
+    // The family's table, address type and address selector.
+    let (t, addr, ip) = if six {
+        ("ip6 kube-proxy", "ipv6_addr", "ip6")
+    } else {
+        ("ip kube-proxy", "ipv4_addr", "ip")
+    };
+    let text = format!(
         r#"add table {t} {{ comment "rules for kube-proxy" ; }}
-add set {t} cluster-ips {{ type ipv4_addr ; comment "Active ClusterIPs" ; }}
-add set {t} nodeport-ips {{ type ipv4_addr ; comment "IPs that accept NodePort traffic" ; }}
-add map {t} firewall-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; comment "destinations that are subject to LoadBalancerSourceRanges" ; }}
+add set {t} cluster-ips {{ type {addr} ; comment "Active ClusterIPs" ; }}
+add set {t} nodeport-ips {{ type {addr} ; comment "IPs that accept NodePort traffic" ; }}
+add map {t} firewall-ips {{ type {addr} . inet_proto . inet_service : verdict ; comment "destinations that are subject to LoadBalancerSourceRanges" ; }}
 add map {t} no-endpoint-nodeports {{ type inet_proto . inet_service : verdict ; comment "vmap to drop or reject packets to service nodeports with no endpoints" ; }}
-add map {t} no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service : verdict ; comment "vmap to drop or reject packets to services with no endpoints" ; }}
-add map {t} service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ; }}
+add map {t} no-endpoint-services {{ type {addr} . inet_proto . inet_service : verdict ; comment "vmap to drop or reject packets to services with no endpoints" ; }}
+add map {t} service-ips {{ type {addr} . inet_proto . inet_service : verdict ; comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ; }}
 add map {t} service-nodeports {{ type inet_proto . inet_service : verdict ; comment "NodePort traffic" ; }}
 add chain {t} cluster-ips-check
 add chain {t} filter-prerouting-pre-dnat {{ type filter hook prerouting priority -110 ; }}
@@ -437,8 +500,8 @@ add chain {t} nodeport-endpoints-check
 add chain {t} reject-chain {{ comment "helper for @no-endpoint-services / @no-endpoint-nodeports" ; }}
 add chain {t} services
 add chain {t} service-endpoints-check
-add rule {t} cluster-ips-check ip daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"
-add rule {t} cluster-ips-check ip daddr {{ {cidr} }} drop comment "Drop traffic to unallocated ClusterIPs"
+add rule {t} cluster-ips-check {ip} daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"
+add rule {t} cluster-ips-check {ip} daddr {{ {cidr} }} drop comment "Drop traffic to unallocated ClusterIPs"
 add rule {t} filter-prerouting-pre-dnat ct state new jump firewall-check
 add rule {t} filter-forward ct state new jump service-endpoints-check
 add rule {t} filter-forward ct state new jump cluster-ips-check
@@ -447,7 +510,7 @@ add rule {t} filter-input ct state new jump service-endpoints-check
 add rule {t} filter-output ct state new jump service-endpoints-check
 add rule {t} filter-output-pre-dnat ct state new jump firewall-check
 add rule {t} filter-output ct state new jump cluster-ips-check
-add rule {t} firewall-check ip daddr . meta l4proto . th dport vmap @firewall-ips
+add rule {t} firewall-check {ip} daddr . meta l4proto . th dport vmap @firewall-ips
 add rule {t} mark-for-masquerade mark set mark or {MASQ_MARK}
 add rule {t} masquerading mark and {MASQ_MARK} == 0 return
 add rule {t} masquerading mark set mark xor {MASQ_MARK}
@@ -455,16 +518,17 @@ add rule {t} masquerading masquerade fully-random
 add rule {t} nat-output jump services
 add rule {t} nat-postrouting jump masquerading
 add rule {t} nat-prerouting jump services
-add rule {t} nodeport-endpoints-check ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports
+add rule {t} nodeport-endpoints-check {ip} daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports
 add rule {t} reject-chain reject
-add rule {t} services ip daddr . meta l4proto . th dport vmap @service-ips
-add rule {t} services ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports
+add rule {t} services {ip} daddr . meta l4proto . th dport vmap @service-ips
+add rule {t} services {ip} daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports
 add element {t} nodeport-ips {{ {node} }}
-add rule {t} service-endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services
+add rule {t} service-endpoints-check {ip} daddr . meta l4proto . th dport vmap @no-endpoint-services
 "#,
         cidr = args.service_cidr,
         node = args.node_ip,
     );
+    f.push_str(&text);
     for p in ports {
         let svc = p.nft_service_chain();
         let proto = p.proto.lower();
@@ -475,7 +539,7 @@ add rule {t} service-endpoints-check ip daddr . meta l4proto . th dport vmap @no
         }
         let _ = writeln!(
             f,
-            "add rule {t} {svc} ip daddr {} {proto} dport {} ip saddr != {} jump mark-for-masquerade",
+            "add rule {t} {svc} {ip} daddr {} {proto} dport {} {ip} saddr != {} jump mark-for-masquerade",
             p.vip, p.port, args.pod_cidr
         );
         let arms: Vec<String> = p
@@ -494,12 +558,12 @@ add rule {t} service-endpoints-check ip daddr . meta l4proto . th dport vmap @no
             let chain = p.nft_endpoint_chain(ep);
             let _ = writeln!(
                 f,
-                "add rule {t} {chain} ip saddr {ep} jump mark-for-masquerade"
+                "add rule {t} {chain} {ip} saddr {ep} jump mark-for-masquerade"
             );
             let _ = writeln!(
                 f,
-                "add rule {t} {chain} meta l4proto {proto} dnat to {ep}:{}",
-                p.target
+                "add rule {t} {chain} meta l4proto {proto} dnat to {}",
+                host_port(ep, p.target)
             );
         }
         let _ = writeln!(f, "add element {t} cluster-ips {{ {} }}", p.vip);
@@ -514,6 +578,8 @@ add rule {t} service-endpoints-check ip daddr . meta l4proto . th dport vmap @no
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     fn kube_test_port() -> SvcPort {
@@ -524,10 +590,10 @@ mod tests {
             name: "svc1".into(),
             port_name: "p80",
             proto: Proto::Tcp,
-            vip: Ipv4Addr::new(172, 30, 0, 41),
+            vip: Ipv4Addr::new(172, 30, 0, 41).into(),
             port: 80,
             target: 80,
-            endpoints: vec![Ipv4Addr::new(10, 180, 0, 1)],
+            endpoints: vec![Ipv4Addr::new(10, 180, 0, 1).into()],
         }
     }
 
@@ -549,8 +615,11 @@ mod tests {
             services,
             service_cidr: "198.19.0.0/16".parse().unwrap(),
             pod_cidr: "198.18.0.0/15".parse().unwrap(),
-            backends: vec![Ipv4Addr::new(198, 18, 2, 11), Ipv4Addr::new(198, 18, 2, 12)],
-            node_ip: Ipv4Addr::new(198, 18, 0, 1),
+            backends: vec![
+                Ipv4Addr::new(198, 18, 2, 11).into(),
+                Ipv4Addr::new(198, 18, 2, 12).into(),
+            ],
+            node_ip: Ipv4Addr::new(198, 18, 0, 1).into(),
             out: PathBuf::new(),
         }
     }
@@ -576,5 +645,53 @@ mod tests {
         assert_eq!(yaml.matches("kind: Service\n").count(), 3);
         assert_eq!(yaml.matches("kind: EndpointSlice\n").count(), 3);
         assert!(yaml.ends_with("- name: udp\n  port: 9000\n  protocol: UDP\n"));
+    }
+
+    fn args6(services: u32) -> GenArgs {
+        GenArgs {
+            services,
+            service_cidr: "2001:2:0:100::/112".parse().unwrap(),
+            pod_cidr: "2001:2::/48".parse().unwrap(),
+            backends: vec![
+                "2001:2:0:2::11".parse().unwrap(),
+                "2001:2:0:2::12".parse().unwrap(),
+            ],
+            node_ip: "2001:2::1".parse().unwrap(),
+            out: PathBuf::new(),
+        }
+    }
+
+    #[test]
+    fn ipv6_rules_use_the_ipv6_forms() {
+        let a = args6(3);
+        let ports = service_ports(&a).unwrap();
+        assert_eq!(ports[3].vip, "2001:2:0:100::c".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            ports[0].endpoints[1],
+            "2001:2:0:80::1".parse::<IpAddr>().unwrap()
+        );
+        let ipt = iptables(&ports, &a);
+        assert!(!ipt.contains("127.0.0.0/8"), "no IPv4-only localnet rule");
+        assert!(ipt.contains("-d 2001:2:0:100::c --dport 9000 -j KUBE-SVC-"));
+        assert!(ipt.contains("-j DNAT --to-destination [2001:2:0:2::11]:9000"));
+        assert!(ipt.contains("! -s 2001:2::/48 -j KUBE-MARK-MASQ"));
+        let nft = nftables(&ports, &a);
+        assert!(nft.starts_with("add table ip6 kube-proxy"));
+        assert!(nft.contains("type ipv6_addr ;"));
+        assert!(!nft.contains(" ip daddr") && !nft.contains("ipv4_addr"));
+        assert!(nft.contains("ip6 daddr { 2001:2:0:100::/112 } drop"));
+        assert!(nft.contains("dnat to [2001:2:0:2::12]:9000"));
+        assert!(nft.contains("__2001.2.0.2..11/9000"));
+        assert!(!nft.contains("__2001:"), "no ':' in chain names");
+        let yaml = control_file(&ports);
+        assert!(yaml.contains(
+            "clusterIP: \"2001:2:0:100::c\"\n  ipFamilyPolicy: SingleStack\n  ipFamilies: [IPv6]\n"
+        ));
+        assert_eq!(yaml.matches("addressType: IPv6\n").count(), 3);
+        assert!(!yaml.contains("IPv4"));
+        let mut mixed = args6(1);
+        mixed.backends.push(Ipv4Addr::new(198, 18, 2, 11).into());
+        let err = service_ports(&mixed).unwrap_err().to_string();
+        assert!(err.contains("--backends"), "{err}");
     }
 }

@@ -18,10 +18,15 @@
 //!   Only the two fields and the checksums are rewritten per frame.
 //!
 //! Frames are Ethernet II + IPv4 (no options, DF clear, TTL 64) + UDP with
-//! full IPv4 and UDP checksums (AF_XDP gateways need complete checksums).
+//! full IPv4 and UDP checksums (AF_XDP gateways need complete checksums),
+//! or, when `--dst` is an IPv6 address, Ethernet II + IPv6 (no extension
+//! headers, hop limit 64) + UDP with its checksum over the IPv6
+//! pseudo-header (RFC 8200 section 8.1); the smallest IPv6 frame is 62
+//! bytes (66 on the wire, no payload), the default there. The new-flow
+//! pattern's default sources are 198.18.64.0/18 or 2001:2:0:40::/64.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -30,10 +35,12 @@ use serde::Serialize;
 
 use crate::util::{parse_mac, pin_to_cpu, Cidr};
 
-/// Ethernet + IPv4 + UDP header bytes.
-const HEADERS: usize = 14 + 20 + 8;
 /// Smallest Ethernet frame without FCS (IEEE 802.3: 64 bytes with FCS).
 const MIN_FRAME: usize = 60;
+/// Smallest IPv6 UDP frame without FCS: Ethernet + IPv6 + UDP headers,
+/// no payload.
+const MIN_FRAME6: usize = 14 + 40 + 8;
+const ETHERTYPE_IPV6: u16 = 0x86dd;
 /// Largest frame this generator builds (standard MTU).
 const MAX_FRAME: usize = 1514;
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -53,12 +60,13 @@ pub struct GenArgs {
     /// Destination MAC (the gateway's interface facing us).
     #[arg(long)]
     dst_mac: String,
-    /// Source address of the established pattern.
+    /// Source address of the established pattern (of `--dst`'s family).
     #[arg(long)]
-    src: Ipv4Addr,
-    /// Destination address (a VIP, or a backend for plain forwarding).
+    src: IpAddr,
+    /// Destination address (a VIP, or a backend for plain forwarding);
+    /// an IPv6 address makes IPv6 frames.
     #[arg(long)]
-    dst: Ipv4Addr,
+    dst: IpAddr,
     #[arg(long)]
     dport: u16,
     /// First source port of the established pattern.
@@ -70,12 +78,14 @@ pub struct GenArgs {
     /// A new flow every frame instead of `--flows` established ones.
     #[arg(long)]
     new_flows: bool,
-    /// Source addresses the new-flow pattern walks through.
-    #[arg(long, default_value = "198.18.64.0/18")]
-    new_src: Cidr,
-    /// Frame size without FCS (60 = a 64-byte frame on the wire).
-    #[arg(long, default_value_t = MIN_FRAME)]
-    frame_size: usize,
+    /// Source addresses the new-flow pattern walks through [default:
+    /// 198.18.64.0/18, or 2001:2:0:40::/64 for IPv6].
+    #[arg(long)]
+    new_src: Option<Cidr>,
+    /// Frame size without FCS [default: 60 = a 64-byte frame on the wire;
+    /// 62 for IPv6, its smallest].
+    #[arg(long)]
+    frame_size: Option<usize>,
     /// Frames per sendmmsg call.
     #[arg(long, default_value_t = 64)]
     batch: usize,
@@ -100,8 +110,33 @@ struct GenReport {
 }
 
 pub fn run(args: &GenArgs) -> anyhow::Result<()> {
-    if !(MIN_FRAME..=MAX_FRAME).contains(&args.frame_size) {
-        bail!("--frame-size must be {MIN_FRAME} to {MAX_FRAME}");
+    let six = args.dst.is_ipv6();
+    let min = if six { MIN_FRAME6 } else { MIN_FRAME };
+    let frame_size = args.frame_size.unwrap_or(min);
+    if !(min..=MAX_FRAME).contains(&frame_size) {
+        bail!("--frame-size must be {min} to {MAX_FRAME}");
+    }
+    if args.src.is_ipv6() != six {
+        bail!(
+            "--src {} is not of the family of --dst {}",
+            args.src,
+            args.dst
+        );
+    }
+    let default_new_src = if six {
+        "2001:2:0:40::/64"
+    } else {
+        "198.18.64.0/18"
+    };
+    let new_src = match args.new_src {
+        Some(c) => c,
+        None => default_new_src.parse().map_err(anyhow::Error::msg)?,
+    };
+    if new_src.is_ipv6() != six {
+        bail!(
+            "--new-src {new_src} is not of the family of --dst {}",
+            args.dst
+        );
     }
     if args.batch == 0 || args.batch > 1024 {
         bail!("--batch must be 1 to 1024");
@@ -117,12 +152,12 @@ pub fn run(args: &GenArgs) -> anyhow::Result<()> {
         dst_mac: parse_mac(&args.dst_mac)?,
         dst: args.dst,
         dport: args.dport,
-        len: args.frame_size,
+        len: frame_size,
     };
     let socket = PacketSocket::open(&args.iface)?;
     let deadline = Duration::from_secs_f64(args.duration);
     let report = if args.new_flows {
-        send_new_flows(&socket, &template, args.new_src, args.batch, deadline)?
+        send_new_flows(&socket, &template, new_src, args.batch, deadline)?
     } else {
         let frames: Vec<Vec<u8>> = (0..args.flows)
             .map(|i| template.build(args.src, args.sport.wrapping_add(i)))
@@ -173,8 +208,8 @@ fn send_new_flows(
     while start.elapsed() < duration {
         for (j, buf) in bufs.iter_mut().enumerate() {
             let port = NEW_FLOW_FIRST_PORT + (seq % u64::from(NEW_FLOW_PORTS)) as u32;
-            let host = (seq / u64::from(NEW_FLOW_PORTS)) % u64::from(hosts);
-            let src = Ipv4Addr::from(u32::from(sources.addr) + host as u32);
+            let host = (seq / u64::from(NEW_FLOW_PORTS)) % hosts;
+            let src = sources.nth(host);
             template.set_source(buf, src, port as u16);
             out.set(j, buf);
             seq += 1;
@@ -212,51 +247,87 @@ impl Counts {
 struct Template {
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
-    dst: Ipv4Addr,
+    /// Its family is the frames' (IPv4 or IPv6).
+    dst: IpAddr,
     dport: u16,
     len: usize,
 }
 
 impl Template {
-    fn build(&self, src: Ipv4Addr, sport: u16) -> Vec<u8> {
+    /// Where the UDP header starts.
+    fn l4(&self) -> usize {
+        if self.dst.is_ipv6() {
+            14 + 40
+        } else {
+            14 + 20
+        }
+    }
+
+    fn build(&self, src: IpAddr, sport: u16) -> Vec<u8> {
         let mut f = vec![0u8; self.len];
         f[0..6].copy_from_slice(&self.dst_mac);
         f[6..12].copy_from_slice(&self.src_mac);
-        f[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
         let ip_len = (self.len - 14) as u16;
-        let ip = &mut f[14..34];
-        ip[0] = 0x45; // version 4, IHL 5 (RFC 791)
-        ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
-        ip[8] = 64; // TTL
-        ip[9] = IPPROTO_UDP;
-        ip[16..20].copy_from_slice(&self.dst.octets());
-        let udp_len = ip_len - 20;
-        f[36..38].copy_from_slice(&self.dport.to_be_bytes());
-        f[38..40].copy_from_slice(&udp_len.to_be_bytes());
-        for (i, b) in f[HEADERS..].iter_mut().enumerate() {
+        match self.dst {
+            IpAddr::V4(dst) => {
+                f[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+                let ip = &mut f[14..34];
+                ip[0] = 0x45; // version 4, IHL 5 (RFC 791)
+                ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+                ip[8] = 64; // TTL
+                ip[9] = IPPROTO_UDP;
+                ip[16..20].copy_from_slice(&dst.octets());
+            }
+            IpAddr::V6(dst) => {
+                f[12..14].copy_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
+                let ip = &mut f[14..54];
+                ip[0] = 0x60; // version 6, traffic class and flow label 0 (RFC 8200)
+                ip[4..6].copy_from_slice(&(ip_len - 40).to_be_bytes()); // payload length
+                ip[6] = IPPROTO_UDP; // next header
+                ip[7] = 64; // hop limit
+                ip[24..40].copy_from_slice(&dst.octets());
+            }
+        }
+        let l4 = self.l4();
+        let udp_len = (self.len - l4) as u16;
+        f[l4 + 2..l4 + 4].copy_from_slice(&self.dport.to_be_bytes());
+        f[l4 + 4..l4 + 6].copy_from_slice(&udp_len.to_be_bytes());
+        for (i, b) in f[l4 + 8..].iter_mut().enumerate() {
             *b = i as u8;
         }
         self.set_source(&mut f, src, sport);
         f
     }
 
-    /// Writes source address and port and recomputes both checksums.
-    fn set_source(&self, f: &mut [u8], src: Ipv4Addr, sport: u16) {
-        f[26..30].copy_from_slice(&src.octets());
-        f[34..36].copy_from_slice(&sport.to_be_bytes());
-        f[24..26].fill(0);
-        let ip_sum = fold(sum16(&f[14..34], 0));
-        f[24..26].copy_from_slice(&ip_sum.to_be_bytes());
-        // RFC 768: pseudo-header (addresses, protocol, UDP length) + UDP.
-        f[40..42].fill(0);
-        let udp = &f[34..];
-        let mut pseudo = sum16(&f[26..34], 0);
+    /// Writes source address and port and recomputes the checksums (IPv4
+    /// header and UDP; UDP only for IPv6). `src` is of the template's
+    /// family.
+    fn set_source(&self, f: &mut [u8], src: IpAddr, sport: u16) {
+        let l4 = self.l4();
+        // The pseudo-header's addresses (RFC 768, RFC 8200 section 8.1).
+        let addresses = match src {
+            IpAddr::V4(src) => {
+                f[26..30].copy_from_slice(&src.octets());
+                f[24..26].fill(0);
+                let ip_sum = fold(sum16(&f[14..34], 0));
+                f[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+                26..34
+            }
+            IpAddr::V6(src) => {
+                f[22..38].copy_from_slice(&src.octets());
+                22..54
+            }
+        };
+        f[l4..l4 + 2].copy_from_slice(&sport.to_be_bytes());
+        f[l4 + 6..l4 + 8].fill(0);
+        let udp = &f[l4..];
+        let mut pseudo = sum16(&f[addresses], 0);
         pseudo += u32::from(IPPROTO_UDP) + udp.len() as u32;
         let mut udp_sum = fold(sum16(udp, pseudo));
         if udp_sum == 0 {
-            udp_sum = 0xffff; // RFC 768: 0 means "no checksum"
+            udp_sum = 0xffff; // RFC 768: 0 means "no checksum" (IPv6: not allowed)
         }
-        f[40..42].copy_from_slice(&udp_sum.to_be_bytes());
+        f[l4 + 6..l4 + 8].copy_from_slice(&udp_sum.to_be_bytes());
     }
 }
 
@@ -433,13 +504,23 @@ fn setsockopt(fd: &OwnedFd, level: i32, name: i32, value: libc::c_int) -> io::Re
 mod tests {
     use super::*;
 
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     fn template() -> Template {
         Template {
             src_mac: [2, 0, 0, 0, 0, 1],
             dst_mac: [2, 0, 0, 0, 0, 2],
-            dst: Ipv4Addr::new(198, 19, 0, 10),
+            dst: Ipv4Addr::new(198, 19, 0, 10).into(),
             dport: 9000,
             len: MIN_FRAME,
+        }
+    }
+
+    fn template6(len: usize) -> Template {
+        Template {
+            dst: "2001:2:0:100::a".parse().unwrap(),
+            len,
+            ..template()
         }
     }
 
@@ -450,7 +531,7 @@ mod tests {
             (Ipv4Addr::new(198, 18, 0, 2), 10_000),
             (Ipv4Addr::new(198, 18, 64, 77), 65535),
         ] {
-            let f = t.build(src, port);
+            let f = t.build(src.into(), port);
             assert_eq!(f.len(), 60);
             assert_eq!(fold(sum16(&f[14..34], 0)), 0, "IPv4 header checksum");
             let udp = &f[34..];
@@ -462,8 +543,42 @@ mod tests {
     #[test]
     fn rewriting_the_source_matches_a_fresh_build() {
         let t = template();
-        let mut f = t.build(Ipv4Addr::new(198, 18, 0, 2), 1);
-        t.set_source(&mut f, Ipv4Addr::new(198, 18, 100, 3), 4242);
-        assert_eq!(f, t.build(Ipv4Addr::new(198, 18, 100, 3), 4242));
+        let mut f = t.build(Ipv4Addr::new(198, 18, 0, 2).into(), 1);
+        t.set_source(&mut f, Ipv4Addr::new(198, 18, 100, 3).into(), 4242);
+        assert_eq!(f, t.build(Ipv4Addr::new(198, 18, 100, 3).into(), 4242));
+        let t6 = template6(MIN_FRAME6);
+        let mut f = t6.build("2001:2::2".parse().unwrap(), 1);
+        t6.set_source(&mut f, "2001:2:0:40::7".parse().unwrap(), 4242);
+        assert_eq!(f, t6.build("2001:2:0:40::7".parse().unwrap(), 4242));
+    }
+
+    #[test]
+    fn ipv6_frames_are_well_formed_with_valid_checksums() {
+        for len in [MIN_FRAME6, 80, 81] {
+            let t = template6(len);
+            let src: Ipv6Addr = "2001:2:0:40::1:2".parse().unwrap();
+            let f = t.build(src.into(), 10_000);
+            assert_eq!(f.len(), len);
+            assert_eq!(&f[12..14], &[0x86, 0xdd]);
+            assert_eq!(f[14] >> 4, 6, "version");
+            assert_eq!(
+                usize::from(u16::from_be_bytes([f[18], f[19]])),
+                len - 54,
+                "payload length"
+            );
+            assert_eq!((f[20], f[21]), (IPPROTO_UDP, 64));
+            assert_eq!(&f[22..38], &src.octets());
+            assert_eq!(
+                Ipv6Addr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap()),
+                t.dst
+            );
+            assert_eq!(u16::from_be_bytes([f[54], f[55]]), 10_000);
+            assert_eq!(u16::from_be_bytes([f[56], f[57]]), 9000);
+            assert_eq!(usize::from(u16::from_be_bytes([f[58], f[59]])), len - 54);
+            let udp = &f[54..];
+            let pseudo = sum16(&f[22..54], 0) + u32::from(IPPROTO_UDP) + udp.len() as u32;
+            assert_eq!(fold(sum16(udp, pseudo)), 0, "UDP checksum");
+            assert_ne!(&f[60..62], &[0, 0], "never a zero UDP checksum");
+        }
     }
 }

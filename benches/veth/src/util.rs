@@ -1,7 +1,7 @@
 //! Small helpers shared by the tools: CPU pinning, MAC and CIDR parsing.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use anyhow::{bail, Context};
@@ -34,24 +34,46 @@ pub fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
     Ok(mac)
 }
 
-/// An IPv4 prefix, e.g. `198.18.64.0/18`.
+/// A prefix of either family, e.g. `198.18.64.0/18` or
+/// `2001:2:0:40::/64`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub len: u8,
 }
 
 impl Cidr {
+    pub fn is_ipv6(&self) -> bool {
+        self.addr.is_ipv6()
+    }
+
+    /// Bits of the address family (32 or 128).
+    fn bits(&self) -> u32 {
+        if self.is_ipv6() {
+            128
+        } else {
+            32
+        }
+    }
+
     /// Number of addresses in the prefix (all of them: the generator and
-    /// the rule writer use network and broadcast addresses too).
-    pub fn hosts(&self) -> u32 {
-        1u32.checked_shl(32 - u32::from(self.len))
-            .unwrap_or(u32::MAX)
+    /// the rule writer use network and broadcast addresses too), at most
+    /// `u64::MAX` (an IPv6 /64 or shorter).
+    pub fn hosts(&self) -> u64 {
+        let host_bits = self.bits() - u32::from(self.len);
+        if host_bits >= 64 {
+            u64::MAX
+        } else {
+            1u64 << host_bits
+        }
     }
 
     /// Address number `i` of the prefix.
-    pub fn nth(&self, i: u32) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.addr) + i)
+    pub fn nth(&self, i: u64) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => Ipv4Addr::from(u32::from(a).wrapping_add(i as u32)).into(),
+            IpAddr::V6(a) => Ipv6Addr::from(u128::from(a).wrapping_add(u128::from(i))).into(),
+        }
     }
 }
 
@@ -66,16 +88,31 @@ impl FromStr for Cidr {
 
     fn from_str(s: &str) -> Result<Cidr, String> {
         let (a, l) = s.split_once('/').ok_or(format!("{s:?}: want ADDR/LEN"))?;
-        let addr: Ipv4Addr = a.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        let addr: IpAddr = a.parse().map_err(|e| format!("{s:?}: {e}"))?;
         let len: u8 = l.parse().map_err(|e| format!("{s:?}: {e}"))?;
-        if !(1..=32).contains(&len) {
-            return Err(format!("{s:?}: prefix length must be 1 to 32"));
+        let cidr = Cidr { addr, len };
+        let bits = cidr.bits();
+        if len == 0 || u32::from(len) > bits {
+            return Err(format!("{s:?}: prefix length must be 1 to {bits}"));
         }
-        let mask = u32::MAX << (32 - u32::from(len));
-        if u32::from(addr) & !mask != 0 {
+        let value = match addr {
+            IpAddr::V4(a) => u128::from(u32::from(a)),
+            IpAddr::V6(a) => u128::from(a),
+        };
+        let host_bits = bits - u32::from(len);
+        if value & ((1u128 << host_bits) - 1) != 0 {
             return Err(format!("{s:?}: host bits set"));
         }
-        Ok(Cidr { addr, len })
+        Ok(cidr)
+    }
+}
+
+/// `ip:port`, IPv6 addresses in brackets (`[2001:2::1]:80`), as Go's
+/// `net.JoinHostPort` writes them (and iptables and nft read them).
+pub fn host_port(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
     }
 }
 
@@ -92,7 +129,24 @@ mod tests {
         assert!(parse_mac("02:00").is_err());
         let c: Cidr = "198.18.64.0/18".parse().unwrap();
         assert_eq!(c.hosts(), 16384);
-        assert_eq!(c.nth(300), Ipv4Addr::new(198, 18, 65, 44));
+        assert_eq!(c.nth(300), IpAddr::from(Ipv4Addr::new(198, 18, 65, 44)));
         assert!("198.18.64.1/18".parse::<Cidr>().is_err());
+        let c6: Cidr = "2001:2:0:100::/112".parse().unwrap();
+        assert_eq!(c6.hosts(), 65536);
+        assert_eq!(
+            c6.nth(0x10a),
+            "2001:2:0:100::10a".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!("2001:2::/48".parse::<Cidr>().unwrap().hosts(), u64::MAX);
+        assert!("2001:2::1/64".parse::<Cidr>().is_err());
+        assert!("2001:2::/129".parse::<Cidr>().is_err());
+        assert_eq!(
+            host_port("2001:2::1".parse().unwrap(), 80),
+            "[2001:2::1]:80"
+        );
+        assert_eq!(
+            host_port(Ipv4Addr::new(198, 18, 0, 1).into(), 80),
+            "198.18.0.1:80"
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! An in-memory gateway to drive the packet path with, no AF_XDP: the
 //! lab's addresses and MACs, its [`NetSnapshot`] ([`Net`]), service model
 //! builders, a [`Harness`] that runs frames through a [`Pipeline`] against
-//! a table, a net snapshot and a synthetic clock, and a builder for the
-//! Ethernet/IPv4 frames clients and Pods send ([`Frame`]).
+//! a table, a net snapshot and a synthetic clock, and builders for the
+//! Ethernet/IPv4 and Ethernet/IPv6 frames clients and Pods send
+//! ([`Frame`], [`Frame6`]).
 //!
 //! Why it exists: the pipeline tests, the criterion benches
 //! (`benches/packet_path.rs`) and the fuzzer (`forwarder/fuzz`) all run
@@ -16,9 +17,15 @@
 //! gateway is 198.18.0.1; port 1 ([`POD_PORT`], ifindex 11, `gw-pods`)
 //! faces the Pods on 198.18.2.0/24. A host's MAC is 02:00:00:00 followed
 //! by the last two octets of its address ([`mac::of`]).
+//!
+//! Its IPv6 arms (RFC 5180 benchmarking addresses only, added by
+//! [`Net::ipv6_arms`]): 2001:2::/64 on port 0 (the gateway is 2001:2::1,
+//! the client 2001:2::2, [`addr6`]) and 2001:2:0:2::/64 on port 1 (Pods
+//! 2001:2:0:2::11 to ::13). An IPv6 host's MAC is 02:00:00:00, the arm's
+//! byte (0 or 2) and the address's last byte ([`mac::of6`]).
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use cipgw_config::{
@@ -47,6 +54,22 @@ pub mod addr {
     pub const POD3: [u8; 4] = [198, 18, 2, 13];
 }
 
+/// IPv6 hosts of the lab (2001:2::/48, RFC 5180).
+pub mod addr6 {
+    /// `2001:2:0:ARM::LAST`, an address of the lab's IPv6 arms.
+    pub const fn lab(arm: u8, last: u8) -> [u8; 16] {
+        [0x20, 0x01, 0, 2, 0, 0, 0, arm, 0, 0, 0, 0, 0, 0, 0, last]
+    }
+
+    /// The gateway's own address on the client arm.
+    pub const GW_CLIENT_SIDE: [u8; 16] = lab(0, 1);
+    /// The client (others on the client arm are 2001:2::3 and up too).
+    pub const CLIENT: [u8; 16] = lab(0, 2);
+    pub const POD1: [u8; 16] = lab(2, 0x11);
+    pub const POD2: [u8; 16] = lab(2, 0x12);
+    pub const POD3: [u8; 16] = lab(2, 0x13);
+}
+
 /// MAC addresses of the lab.
 pub mod mac {
     use crate::wire::ethernet::MacAddr;
@@ -54,6 +77,12 @@ pub mod mac {
     /// A lab host's MAC: 02:00:00:00 and the last two octets of `ip`.
     pub const fn of(ip: [u8; 4]) -> MacAddr {
         [2, 0, 0, 0, ip[2], ip[3]]
+    }
+
+    /// An IPv6 lab host's MAC: 02:00:00:00, the arm's byte of `ip`
+    /// (its eighth) and its last byte.
+    pub const fn of6(ip: [u8; 16]) -> MacAddr {
+        [2, 0, 0, 0, ip[7], ip[15]]
     }
 
     pub const CLIENT: MacAddr = of(super::addr::CLIENT);
@@ -84,6 +113,8 @@ pub const POD_IFINDEX: u32 = 11;
 pub struct Net {
     routes: Vec<Route>,
     neighbours: HashMap<(u32, Ipv4Addr), MacAddr>,
+    routes6: Vec<Route<Ipv6Addr>>,
+    neighbours6: HashMap<(u32, Ipv6Addr), MacAddr>,
 }
 
 impl Net {
@@ -93,6 +124,8 @@ impl Net {
         Self {
             routes: Vec::new(),
             neighbours: HashMap::new(),
+            routes6: Vec::new(),
+            neighbours6: HashMap::new(),
         }
         .route([198, 18, 0, 0], 24, CLIENT_IFINDEX, None)
         .route([198, 18, 2, 0], 24, POD_IFINDEX, None)
@@ -126,6 +159,41 @@ impl Net {
         self
     }
 
+    /// Adds the IPv6 arms' connected routes: 2001:2::/64 through port 0,
+    /// 2001:2:0:2::/64 through port 1.
+    pub fn ipv6_arms(self) -> Self {
+        self.route6(addr6::lab(0, 0), 64, CLIENT_IFINDEX, None)
+            .route6(addr6::lab(2, 0), 64, POD_IFINDEX, None)
+    }
+
+    /// Adds an IPv6 route to `dst/prefix_len` through interface
+    /// `ifindex`, via `gateway` when given (on-link otherwise).
+    pub fn route6(
+        mut self,
+        dst: [u8; 16],
+        prefix_len: u8,
+        ifindex: u32,
+        gateway: Option<[u8; 16]>,
+    ) -> Self {
+        self.routes6.push(Route {
+            dst: dst.into(),
+            prefix_len,
+            ifindex,
+            gateway: gateway.map(Ipv6Addr::from),
+        });
+        self
+    }
+
+    /// Resolves each of the IPv6 `hosts` on interface `ifindex` to its lab
+    /// MAC ([`mac::of6`]).
+    pub fn resolved6(mut self, ifindex: u32, hosts: impl IntoIterator<Item = [u8; 16]>) -> Self {
+        for host in hosts {
+            self.neighbours6
+                .insert((ifindex, host.into()), mac::of6(host));
+        }
+        self
+    }
+
     pub fn build(self) -> NetSnapshot {
         let ports = vec![
             Port {
@@ -140,6 +208,7 @@ impl Net {
             },
         ];
         NetSnapshot::new(self.routes, self.neighbours, ports)
+            .with_ipv6(self.routes6, self.neighbours6)
     }
 }
 
@@ -187,6 +256,29 @@ pub fn service(
         external_name: None,
         publish_not_ready_addresses: false,
         ports,
+    }
+}
+
+/// [`service_port`] to IPv6 `pods`.
+pub fn service_port6(port: u16, protocol: Protocol, target: u16, pods: &[[u8; 16]]) -> ServicePort {
+    ServicePort {
+        endpoints: pods
+            .iter()
+            .map(|ip| Endpoint {
+                ip: Ipv6Addr::from(*ip).into(),
+                ..endpoint([0; 4], target)
+            })
+            .collect(),
+        ..service_port(port, protocol, target, &[])
+    }
+}
+
+/// A single-stack IPv6 ClusterIP Service at `vip`, without affinity.
+pub fn service6(name: ServiceName, vip: [u8; 16], ports: Vec<ServicePort>) -> Service {
+    Service {
+        cluster_ip: ClusterIp::single(Ipv6Addr::from(vip).into()),
+        ip_families: vec![cipgw_config::IpFamily::V6],
+        ..service(name, None, None, ports)
     }
 }
 
@@ -352,6 +444,31 @@ impl Frame {
         };
         let mut out = Vec::new();
         b.write(&mut out, payload).expect("ICMP frame builds");
+        out
+    }
+}
+
+/// The Ethernet and IPv6 addressing of a frame to build (no extension
+/// headers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame6 {
+    pub src_mac: MacAddr,
+    pub dst_mac: MacAddr,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub hop_limit: u8,
+}
+
+impl Frame6 {
+    /// A UDP datagram from port `sport` to `dport`, checksums computed
+    /// (over the IPv6 pseudo-header).
+    pub fn udp(&self, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(self.src_mac, self.dst_mac)
+            .ipv6(self.src, self.dst, self.hop_limit)
+            .udp(sport, dport)
+            .write(&mut out, payload)
+            .expect("UDP frame builds");
         out
     }
 }
