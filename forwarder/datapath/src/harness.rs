@@ -397,28 +397,9 @@ impl Frame {
 
     /// A TCP segment from port `sport` to `dport`, checksums computed.
     pub fn tcp(&self, sport: u16, dport: u16, segment: Segment<'_>) -> Vec<u8> {
-        let mut b = PacketBuilder::ethernet2(self.src_mac, self.dst_mac)
-            .ipv4(self.src, self.dst, self.ttl)
-            .tcp(sport, dport, segment.seq, segment.window);
-        if segment.flags & SYN != 0 {
-            b = b.syn();
-        }
-        if segment.flags & ACK != 0 {
-            b = b.ack(segment.ack);
-        }
-        if segment.flags & FIN != 0 {
-            b = b.fin();
-        }
-        if segment.flags & RST != 0 {
-            b = b.rst();
-        }
-        if segment.flags & PSH != 0 {
-            b = b.psh();
-        }
-        let mut out = Vec::new();
-        b.write(&mut out, segment.payload)
-            .expect("TCP frame builds");
-        out
+        let ip =
+            PacketBuilder::ethernet2(self.src_mac, self.dst_mac).ipv4(self.src, self.dst, self.ttl);
+        tcp_frame(ip, sport, dport, segment)
     }
 
     /// A UDP datagram from port `sport` to `dport`, checksums computed.
@@ -459,7 +440,47 @@ pub struct Frame6 {
     pub hop_limit: u8,
 }
 
+/// A TCP segment after the IP header step `ip`, checksums computed.
+fn tcp_frame(
+    ip: etherparse::PacketBuilderStep<etherparse::IpHeaders>,
+    sport: u16,
+    dport: u16,
+    segment: Segment<'_>,
+) -> Vec<u8> {
+    let mut b = ip.tcp(sport, dport, segment.seq, segment.window);
+    if segment.flags & SYN != 0 {
+        b = b.syn();
+    }
+    if segment.flags & ACK != 0 {
+        b = b.ack(segment.ack);
+    }
+    if segment.flags & FIN != 0 {
+        b = b.fin();
+    }
+    if segment.flags & RST != 0 {
+        b = b.rst();
+    }
+    if segment.flags & PSH != 0 {
+        b = b.psh();
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, segment.payload)
+        .expect("TCP frame builds");
+    out
+}
+
 impl Frame6 {
+    /// A TCP segment from port `sport` to `dport`, checksums computed
+    /// (over the IPv6 pseudo-header).
+    pub fn tcp(&self, sport: u16, dport: u16, segment: Segment<'_>) -> Vec<u8> {
+        let ip = PacketBuilder::ethernet2(self.src_mac, self.dst_mac).ipv6(
+            self.src,
+            self.dst,
+            self.hop_limit,
+        );
+        tcp_frame(ip, sport, dport, segment)
+    }
+
     /// A UDP datagram from port `sport` to `dport`, checksums computed
     /// (over the IPv6 pseudo-header).
     pub fn udp(&self, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {

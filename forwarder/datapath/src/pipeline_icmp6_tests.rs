@@ -22,8 +22,8 @@ use crate::harness::mac::{
     POD1 as POD1_MAC,
 };
 use crate::harness::{
-    endpoint, service, service_port, Harness, Net, CLIENT_IFINDEX, CLIENT_PORT, POD_IFINDEX,
-    POD_PORT,
+    endpoint, service, service_port, Frame6, Harness, Net, Segment, CLIENT_IFINDEX, CLIENT_PORT,
+    POD_IFINDEX, POD_PORT,
 };
 use crate::route::Route;
 use crate::wire::ipv6::next_header;
@@ -137,14 +137,28 @@ fn tcp6(
     hop_limit: u8,
     syn: bool,
 ) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(macs.0, macs.1)
-        .ipv6(src.0, dst.0, hop_limit)
-        .tcp(src.1, dst.1, 1000, 64240);
-    let b = if syn { b.syn() } else { b.ack(1) };
-    let mut out = Vec::new();
-    b.write(&mut out, b"GET / HTTP/1.0\r\n\r\n")
-        .expect("TCP frame builds");
-    out
+    let flags = if syn { tcp_flags::SYN } else { tcp_flags::ACK };
+    frame6(macs, src.0, dst.0, hop_limit).tcp(
+        src.1,
+        dst.1,
+        Segment {
+            flags,
+            ack: 1,
+            payload: b"GET / HTTP/1.0\r\n\r\n",
+            ..Segment::default()
+        },
+    )
+}
+
+/// The addressing of an IPv6 frame.
+fn frame6(macs: ([u8; 6], [u8; 6]), src: [u8; 16], dst: [u8; 16], hop_limit: u8) -> Frame6 {
+    Frame6 {
+        src_mac: macs.0,
+        dst_mac: macs.1,
+        src,
+        dst,
+        hop_limit,
+    }
 }
 
 /// A UDP datagram over IPv6 with `payload`.
@@ -155,13 +169,7 @@ fn udp6(
     hop_limit: u8,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(macs.0, macs.1)
-        .ipv6(src.0, dst.0, hop_limit)
-        .udp(src.1, dst.1)
-        .write(&mut out, payload)
-        .expect("UDP frame builds");
-    out
+    frame6(macs, src.0, dst.0, hop_limit).udp(src.1, dst.1, payload)
 }
 
 /// An ICMPv6 message of `kind` from `src` to `dst`, quoting the first

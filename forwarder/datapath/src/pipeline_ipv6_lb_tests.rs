@@ -12,12 +12,13 @@ use cipgw_config::{
     ClusterIp, Endpoint, EndpointState, IpFamily as Family, LbAlgorithm, Protocol, ServiceName,
     ServicePort, ServiceTable,
 };
-use etherparse::PacketBuilder;
 
 use super::*;
 use crate::harness::mac::GW_POD_SIDE as GW_POD_MAC;
 use crate::harness::mac::{self, CLIENT as CLIENT_MAC, GW_CLIENT_SIDE as GW_CLIENT_MAC};
-use crate::harness::{service, Harness, Net, CLIENT_IFINDEX, CLIENT_PORT, POD_IFINDEX, POD_PORT};
+use crate::harness::{
+    service, Frame6, Harness, Net, Segment, CLIENT_IFINDEX, CLIENT_PORT, POD_IFINDEX, POD_PORT,
+};
 use crate::maglev::MaglevTables;
 use crate::route::Route;
 use crate::table::LbPlan;
@@ -161,27 +162,39 @@ fn tcp6(
     hop_limit: u8,
     seg: Seg,
 ) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(macs.0, macs.1)
-        .ipv6(src.0, dst.0, hop_limit)
-        .tcp(src.1, dst.1, 1000, 64240);
-    let b = match seg {
-        Seg::Syn => b.syn(),
-        Seg::Ack => b.ack(1),
-        Seg::FinAck => b.fin().ack(1),
+    let flags = match seg {
+        Seg::Syn => tcp_flags::SYN,
+        Seg::Ack => tcp_flags::ACK,
+        Seg::FinAck => tcp_flags::FIN | tcp_flags::ACK,
     };
-    let mut out = Vec::new();
-    b.write(&mut out, PAYLOAD).expect("TCP frame builds");
-    out
+    let frame = Frame6 {
+        src_mac: macs.0,
+        dst_mac: macs.1,
+        src: src.0,
+        dst: dst.0,
+        hop_limit,
+    };
+    frame.tcp(
+        src.1,
+        dst.1,
+        Segment {
+            flags,
+            ack: 1,
+            payload: PAYLOAD,
+            ..Segment::default()
+        },
+    )
 }
 
 fn udp6(macs: ([u8; 6], [u8; 6]), src: ([u8; 16], u16), dst: ([u8; 16], u16), hop: u8) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(macs.0, macs.1)
-        .ipv6(src.0, dst.0, hop)
-        .udp(src.1, dst.1)
-        .write(&mut out, b"query")
-        .expect("UDP frame builds");
-    out
+    let frame = Frame6 {
+        src_mac: macs.0,
+        dst_mac: macs.1,
+        src: src.0,
+        dst: dst.0,
+        hop_limit: hop,
+    };
+    frame.udp(src.1, dst.1, b"query")
 }
 
 /// The client's segment to `vip:vport` as it arrives.
