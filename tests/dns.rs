@@ -28,11 +28,19 @@
 //!   that is gone times out (UDP, counted) or gets SERVFAIL (TCP); and
 //!   without `--dns-upstream` the same name is REFUSED;
 //! - `cipgw demo` is the seed's demo: curl by name through the system
-//!   resolver, and `host` of the headless variant lists the three Pods.
+//!   resolver, and `host` of the headless variant lists the three Pods;
+//! - an IPv6 `--dns-address` (beside an IPv4 one): `dig -6` over UDP
+//!   (answered by the workers) and TCP (the kernel listener) gets a
+//!   dual-stack Service's AAAA and A, REFUSED/NXDOMAIN as over IPv4, a
+//!   name outside the zone is forwarded to the (IPv4) upstream and
+//!   relayed from the IPv6 address, over UDP and TCP, and an IPv6 client
+//!   outside `--cluster-cidr` gets no answer.
 //!
 //! Rules as in tests/netns.rs: one test at a time, root (skip with a reason
 //! otherwise, never when CI=true), RAII cleanup, 198.18.0.0/15 and
-//! 2001:2::/48 only (IPv6 addresses are only named, never configured).
+//! 2001:2::/48 only (IPv6 addresses are only named, never configured,
+//! except on the client link of the IPv6 DNS test, inside the lab's
+//! namespaces).
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -180,7 +188,12 @@ fn in_client(lab: &Lab, program: &str, args: &[&str]) -> Output {
 /// `dig @<dns address> ARGS +time=2 +tries=1`: stdout, which must be
 /// there (dig exits 0 for any answer, NXDOMAIN included).
 fn dig(lab: &Lab, args: &[&str]) -> String {
-    let server = format!("@{}", dns_address(lab));
+    dig_at(lab, &dns_address(lab).to_string(), args)
+}
+
+/// `dig @<server> ARGS +time=2 +tries=1`, as [`dig`].
+fn dig_at(lab: &Lab, server: &str, args: &[&str]) -> String {
+    let server = format!("@{server}");
     let mut all = vec![server.as_str(), "+time=2", "+tries=1"];
     all.extend_from_slice(args);
     let out = in_client(lab, "dig", &all);
@@ -926,4 +939,179 @@ fn dnsperf_report() {
     );
     println!("{}", String::from_utf8_lossy(&out.stdout));
     println!("{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The IPv6 side of the IPv6 DNS test, on the client's link: the
+/// client's and the gateway's addresses (the lab's plan mirrored:
+/// 198.18.0.Y <-> 2001:2::Y), the IPv6 DNS address in the gateway's IPv6
+/// service CIDR, and the cluster's IPv6 range.
+const CLIENT6: &str = "2001:2::2";
+const GATEWAY6: &str = "2001:2::1";
+const DNS6: &str = "2001:2:0:ff::53";
+const CLUSTER6: &str = "2001:2::/64";
+
+/// IPv6 on the client's link (the lab disables IPv6 in its namespaces):
+/// the client's and gateway's interfaces (and the gateway's lo, where the
+/// DNS address goes for TCP) get IPv6 back, an address each without
+/// DAD, and the client a route to the IPv6 service CIDR through the
+/// gateway, as for the IPv4 VIPs. Removed with the namespaces.
+fn ipv6_on_the_client_link(lab: &Lab) {
+    let info = lab.info().clone();
+    let client = lab.topology().client();
+    let gateway = lab.topology().gateway();
+    let client_if = info.client.iface.name.as_str();
+    let gateway_if = info.gateway.client_side.name.as_str();
+    let enable = |ns: &lab::Netns, ifaces: &[&str]| {
+        let keys: Vec<String> = ifaces
+            .iter()
+            .map(|i| format!("net.ipv6.conf.{i}.disable_ipv6"))
+            .collect();
+        let settings: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "0")).collect();
+        ns.set_sysctls(&settings)
+            .unwrap_or_else(|e| lab.fail(format_args!("enabling IPv6 in {}: {e}", ns.name())));
+    };
+    enable(client, &["lo", client_if]);
+    enable(gateway, &["lo", gateway_if]);
+    let steps = [
+        client.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{CLIENT6}/64"),
+            "dev",
+            client_if,
+            "nodad",
+        ]),
+        client.ip(&[
+            "-6",
+            "route",
+            "add",
+            SERVICE_CIDR_V6,
+            "via",
+            GATEWAY6,
+            "dev",
+            client_if,
+        ]),
+        gateway.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{GATEWAY6}/64"),
+            "dev",
+            gateway_if,
+            "nodad",
+        ]),
+    ];
+    for step in steps {
+        step.unwrap_or_else(|e| lab.fail(format_args!("IPv6 on the client link: {e}")));
+    }
+}
+
+#[test]
+fn an_ipv6_dns_address_answers_udp_and_tcp_and_forwards() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    let mut lab = lab_with_dns("dns6");
+    let mut docs = documents(&lab, &[0, 1, 2]);
+    docs.extend(dual_stack_documents(&lab));
+    lab.control_file(&docs);
+    ipv6_on_the_client_link(&lab);
+    let upstream = Upstream::start(&lab);
+    let client_subnet = lab.info().client_subnet.to_string();
+    let address = dns_address(&lab).to_string();
+    let upstream_address = upstream.address.to_string();
+    lab.start_gateway_with(&[
+        "--dns-address",
+        &address,
+        "--dns-address",
+        DNS6,
+        "--cluster-cidr",
+        &client_subnet,
+        "--cluster-cidr",
+        CLUSTER6,
+        "--service-cidr",
+        SERVICE_CIDR_V6,
+        "--dns-upstream",
+        &upstream_address,
+    ]);
+    let vip = lab.info().vip(20).to_string();
+    let zone = "default.svc.cluster.local";
+    let web = format!("web.{zone}");
+    let short6 = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["-6", "+short"];
+        all.extend_from_slice(args);
+        let mut lines: Vec<String> = dig_at(&lab, DNS6, &all)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    };
+
+    // UDP, answered by the workers from the IPv6 address.
+    assert_eq!(short6(&[&web, "AAAA"]), [WEB_V6], "AAAA over UDP");
+    assert_eq!(short6(&[&web, "A"]), [vip.as_str()], "A over UDP");
+    let text = dig_at(&lab, DNS6, &["-6", &format!("nothing.{zone}"), "A"]);
+    assert!(
+        text.contains("status: NXDOMAIN") && text.contains(&format!("SERVER: {DNS6}#53(")),
+        "NXDOMAIN from the IPv6 address:\n{text}"
+    );
+    // TCP, through the kernel listener on the IPv6 address.
+    assert_eq!(short6(&["+tcp", &web, "AAAA"]), [WEB_V6], "AAAA over TCP");
+    assert_eq!(short6(&["+tcp", &web, "A"]), [vip.as_str()], "A over TCP");
+    let text = dig_at(&lab, DNS6, &["-6", "+tcp", &web, "AAAA"]);
+    assert!(
+        text.contains(&format!("SERVER: {DNS6}#53({DNS6}) (TCP)")),
+        "over TCP:\n{text}"
+    );
+    // Outside the zone: the upstream's answer, relayed from the IPv6
+    // address (dig checks the answer's source and ID), UDP and TCP.
+    assert_eq!(
+        short6(&["example.test", "A"]),
+        [UPSTREAM_ANSWER],
+        "forwarded over UDP"
+    );
+    assert_eq!(
+        short6(&["+tcp", "tcp.example.test", "A"]),
+        [UPSTREAM_ANSWER],
+        "forwarded over TCP"
+    );
+    let metrics = scrape(&lab);
+    assert!(
+        metrics.sum("cipgw_dns_forwarded_total", &[("outcome", "answered")]) >= 2.0,
+        "counted as forwarded and answered"
+    );
+
+    // An IPv6 client outside --cluster-cidr gets nothing: the gateway
+    // restarted with the IPv4 range only.
+    lab.stop_gateway();
+    lab.start_gateway_with(&[
+        "--dns-address",
+        DNS6,
+        "--cluster-cidr",
+        &client_subnet,
+        "--service-cidr",
+        SERVICE_CIDR_V6,
+    ]);
+    let out = in_client(
+        &lab,
+        "dig",
+        &["-6", &format!("@{DNS6}"), "+time=1", "+tries=1", &web, "AAAA"],
+    );
+    assert!(
+        !out.status.success(),
+        "no answer for an IPv6 client outside --cluster-cidr: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let metrics = scrape(&lab);
+    assert!(
+        metrics.sum(
+            "cipgw_dns_dropped_total",
+            &[("reason", "source_not_in_cluster")]
+        ) >= 1.0,
+        "dropped and counted"
+    );
+    drop(upstream);
 }
