@@ -1061,6 +1061,15 @@ fn an_ipv6_dns_address_answers_udp_and_tcp_and_forwards() {
     // TCP, through the kernel listener on the IPv6 address.
     assert_eq!(short6(&["+tcp", &web, "AAAA"]), [WEB_V6], "AAAA over TCP");
     assert_eq!(short6(&["+tcp", &web, "A"]), [vip.as_str()], "A over TCP");
+    let on_lo = lab
+        .topology()
+        .gateway()
+        .ip(&["-6", "addr", "show", "dev", "lo"])
+        .unwrap_or_else(|e| lab.fail(format_args!("listing lo's addresses: {e}")));
+    assert!(
+        on_lo.contains(&format!("{DNS6}/128")) && on_lo.contains("deprecated"),
+        "the IPv6 DNS address is on lo, never a source:\n{on_lo}"
+    );
     let text = dig_at(&lab, DNS6, &["-6", "+tcp", &web, "AAAA"]);
     assert!(
         text.contains(&format!("SERVER: {DNS6}#53({DNS6}) (TCP)")),
@@ -1087,6 +1096,15 @@ fn an_ipv6_dns_address_answers_udp_and_tcp_and_forwards() {
     // An IPv6 client outside --cluster-cidr gets nothing: the gateway
     // restarted with the IPv4 range only.
     lab.stop_gateway();
+    let on_lo = lab
+        .topology()
+        .gateway()
+        .ip(&["-6", "addr", "show", "dev", "lo"])
+        .unwrap_or_else(|e| lab.fail(format_args!("listing lo's addresses: {e}")));
+    assert!(
+        !on_lo.contains(DNS6),
+        "the gateway removes the IPv6 DNS address it added to lo:\n{on_lo}"
+    );
     lab.start_gateway_with(&[
         "--dns-address",
         DNS6,
@@ -1098,7 +1116,14 @@ fn an_ipv6_dns_address_answers_udp_and_tcp_and_forwards() {
     let out = in_client(
         &lab,
         "dig",
-        &["-6", &format!("@{DNS6}"), "+time=1", "+tries=1", &web, "AAAA"],
+        &[
+            "-6",
+            &format!("@{DNS6}"),
+            "+time=1",
+            "+tries=1",
+            &web,
+            "AAAA",
+        ],
     );
     assert!(
         !out.status.success(),
