@@ -215,6 +215,29 @@ fn maglev_lines(stdout: &str) -> Vec<&str> {
         .collect()
 }
 
+/// A dual-stack Service port has a Maglev table per VIP, each listed.
+#[test]
+fn maglev_fingerprints_cover_both_families() {
+    let file = support::testdata().join("dual-stack.yaml");
+    let out = check_with(
+        &file,
+        &["--service-cidr", "2001:2:0:ff::/112", "--lb", "maglev"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let lines = maglev_lines(&out.stdout);
+    for port in [
+        "shop/web 198.18.100.20:80/tcp table ",
+        "shop/web [2001:2:0:ff::20]:80/tcp table ",
+    ] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("maglev {port}"))),
+            "no Maglev table for {port}: {lines:?}"
+        );
+    }
+}
+
 /// `cipgw check --lb maglev` prints each Maglev table's fingerprint: the
 /// same for the same endpoints and seed whatever their order in the
 /// file, another for another seed; `--lb random` prints none; a size

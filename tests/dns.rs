@@ -38,9 +38,8 @@
 //!
 //! Rules as in tests/netns.rs: one test at a time, root (skip with a reason
 //! otherwise, never when CI=true), RAII cleanup, 198.18.0.0/15 and
-//! 2001:2::/48 only (IPv6 addresses are only named, never configured,
-//! except on the client link of the IPv6 DNS test, inside the lab's
-//! namespaces).
+//! 2001:2::/48 only (IPv6 addresses are only named, except in the IPv6
+//! DNS test's dual-stack lab).
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -64,6 +63,9 @@ use support::{
 const DNS_HOST: u8 = 53;
 /// The gateway's IPv6 service CIDR, beside the lab's IPv4 VIP range.
 const SERVICE_CIDR_V6: &str = "2001:2:0:ff::/112";
+/// The lab's IPv6 clients (none here; the gateway needs a range per family
+/// it has VIPs of).
+const CLUSTER_CIDR_V6: &str = "2001:2::/48";
 /// The dual-stack Service's IPv6 ClusterIP (its IPv4 one is VIP .20).
 const WEB_V6: &str = "2001:2:0:ff::20";
 /// The IPv6 addresses of the headless IPv6 Service's Pods; the last is
@@ -162,6 +164,9 @@ fn start(lab: &mut Lab, cluster_cidr: &str) {
         &address,
         "--cluster-cidr",
         cluster_cidr,
+        // The gateway has IPv6 VIPs too: their clients' range.
+        "--cluster-cidr",
+        CLUSTER_CIDR_V6,
         "--service-cidr",
         SERVICE_CIDR_V6,
     ]);
@@ -941,96 +946,39 @@ fn dnsperf_report() {
     println!("{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// The IPv6 side of the IPv6 DNS test, on the client's link: the
-/// client's and the gateway's addresses (the lab's plan mirrored:
-/// 198.18.0.Y <-> 2001:2::Y), the IPv6 DNS address in the gateway's IPv6
-/// service CIDR, and the cluster's IPv6 range.
-const CLIENT6: &str = "2001:2::2";
-const GATEWAY6: &str = "2001:2::1";
-const DNS6: &str = "2001:2:0:ff::53";
-const CLUSTER6: &str = "2001:2::/64";
-
-/// IPv6 on the client's link (the lab disables IPv6 in its namespaces):
-/// the client's and gateway's interfaces (and the gateway's lo, where the
-/// DNS address goes for TCP) get IPv6 back, an address each without
-/// DAD, and the client a route to the IPv6 service CIDR through the
-/// gateway, as for the IPv4 VIPs. Removed with the namespaces.
-fn ipv6_on_the_client_link(lab: &Lab) {
-    let info = lab.info().clone();
-    let client = lab.topology().client();
-    let gateway = lab.topology().gateway();
-    let client_if = info.client.iface.name.as_str();
-    let gateway_if = info.gateway.client_side.name.as_str();
-    let enable = |ns: &lab::Netns, ifaces: &[&str]| {
-        let keys: Vec<String> = ifaces
-            .iter()
-            .map(|i| format!("net.ipv6.conf.{i}.disable_ipv6"))
-            .collect();
-        let settings: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "0")).collect();
-        ns.set_sysctls(&settings)
-            .unwrap_or_else(|e| lab.fail(format_args!("enabling IPv6 in {}: {e}", ns.name())));
-    };
-    enable(client, &["lo", client_if]);
-    enable(gateway, &["lo", gateway_if]);
-    let steps = [
-        client.ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("{CLIENT6}/64"),
-            "dev",
-            client_if,
-            "nodad",
-        ]),
-        client.ip(&[
-            "-6",
-            "route",
-            "add",
-            SERVICE_CIDR_V6,
-            "via",
-            GATEWAY6,
-            "dev",
-            client_if,
-        ]),
-        gateway.ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("{GATEWAY6}/64"),
-            "dev",
-            gateway_if,
-            "nodad",
-        ]),
-    ];
-    for step in steps {
-        step.unwrap_or_else(|e| lab.fail(format_args!("IPv6 on the client link: {e}")));
-    }
-}
-
 #[test]
 fn an_ipv6_dns_address_answers_udp_and_tcp_and_forwards() {
     let _serial = lab::serial();
     if !lab::require_root() {
         return;
     }
-    let mut lab = lab_with_dns("dns6");
+    // The dual-stack lab: the client reaches the IPv6 VIP range through
+    // the gateway, as the IPv4 one; the IPv6 DNS address is in it.
+    let mut lab = Lab::build(Topology::two_arm("dns6").pods(3).dual_stack(true));
     let mut docs = documents(&lab, &[0, 1, 2]);
     docs.extend(dual_stack_documents(&lab));
     lab.control_file(&docs);
-    ipv6_on_the_client_link(&lab);
+    let info = lab.info().clone();
+    let plan6 = info
+        .ipv6()
+        .unwrap_or_else(|e| lab.fail(format_args!("the dual-stack lab: {e}")))
+        .clone();
+    let dns6 = info.vip6(DNS_HOST).to_string();
+    let dns6 = dns6.as_str();
     let upstream = Upstream::start(&lab);
-    let client_subnet = lab.info().client_subnet.to_string();
+    let client_subnet = info.client_subnet.to_string();
+    let client_subnet6 = plan6.client_subnet.to_string();
     let address = dns_address(&lab).to_string();
     let upstream_address = upstream.address.to_string();
     lab.start_gateway_with(&[
         "--dns-address",
         &address,
         "--dns-address",
-        DNS6,
+        dns6,
         "--cluster-cidr",
         &client_subnet,
         "--cluster-cidr",
-        CLUSTER6,
+        &client_subnet6,
         "--service-cidr",
         SERVICE_CIDR_V6,
         "--dns-upstream",
@@ -1042,7 +990,7 @@ fn an_ipv6_dns_address_answers_udp_and_tcp_and_forwards() {
     let short6 = |args: &[&str]| -> Vec<String> {
         let mut all = vec!["-6", "+short"];
         all.extend_from_slice(args);
-        let mut lines: Vec<String> = dig_at(&lab, DNS6, &all)
+        let mut lines: Vec<String> = dig_at(&lab, dns6, &all)
             .lines()
             .map(str::to_owned)
             .collect();
@@ -1053,9 +1001,9 @@ fn an_ipv6_dns_address_answers_udp_and_tcp_and_forwards() {
     // UDP, answered by the workers from the IPv6 address.
     assert_eq!(short6(&[&web, "AAAA"]), [WEB_V6], "AAAA over UDP");
     assert_eq!(short6(&[&web, "A"]), [vip.as_str()], "A over UDP");
-    let text = dig_at(&lab, DNS6, &["-6", &format!("nothing.{zone}"), "A"]);
+    let text = dig_at(&lab, dns6, &["-6", &format!("nothing.{zone}"), "A"]);
     assert!(
-        text.contains("status: NXDOMAIN") && text.contains(&format!("SERVER: {DNS6}#53(")),
+        text.contains("status: NXDOMAIN") && text.contains(&format!("SERVER: {dns6}#53(")),
         "NXDOMAIN from the IPv6 address:\n{text}"
     );
     // TCP, through the kernel listener on the IPv6 address.
@@ -1067,12 +1015,12 @@ fn an_ipv6_dns_address_answers_udp_and_tcp_and_forwards() {
         .ip(&["-6", "addr", "show", "dev", "lo"])
         .unwrap_or_else(|e| lab.fail(format_args!("listing lo's addresses: {e}")));
     assert!(
-        on_lo.contains(&format!("{DNS6}/128")) && on_lo.contains("deprecated"),
+        on_lo.contains(&format!("{dns6}/128")) && on_lo.contains("deprecated"),
         "the IPv6 DNS address is on lo, never a source:\n{on_lo}"
     );
-    let text = dig_at(&lab, DNS6, &["-6", "+tcp", &web, "AAAA"]);
+    let text = dig_at(&lab, dns6, &["-6", "+tcp", &web, "AAAA"]);
     assert!(
-        text.contains(&format!("SERVER: {DNS6}#53({DNS6}) (TCP)")),
+        text.contains(&format!("SERVER: {dns6}#53({dns6}) (TCP)")),
         "over TCP:\n{text}"
     );
     // Outside the zone: the upstream's answer, relayed from the IPv6
@@ -1094,7 +1042,7 @@ fn an_ipv6_dns_address_answers_udp_and_tcp_and_forwards() {
     );
 
     // An IPv6 client outside --cluster-cidr gets nothing: the gateway
-    // restarted with the IPv4 range only.
+    // restarted with the Pods' IPv6 range as the cluster's.
     lab.stop_gateway();
     let on_lo = lab
         .topology()
@@ -1102,14 +1050,17 @@ fn an_ipv6_dns_address_answers_udp_and_tcp_and_forwards() {
         .ip(&["-6", "addr", "show", "dev", "lo"])
         .unwrap_or_else(|e| lab.fail(format_args!("listing lo's addresses: {e}")));
     assert!(
-        !on_lo.contains(DNS6),
+        !on_lo.contains(dns6),
         "the gateway removes the IPv6 DNS address it added to lo:\n{on_lo}"
     );
+    let pod_subnet6 = plan6.pod_subnet.to_string();
     lab.start_gateway_with(&[
         "--dns-address",
-        DNS6,
+        dns6,
         "--cluster-cidr",
         &client_subnet,
+        "--cluster-cidr",
+        &pod_subnet6,
         "--service-cidr",
         SERVICE_CIDR_V6,
     ]);
@@ -1118,7 +1069,7 @@ fn an_ipv6_dns_address_answers_udp_and_tcp_and_forwards() {
         "dig",
         &[
             "-6",
-            &format!("@{DNS6}"),
+            &format!("@{dns6}"),
             "+time=1",
             "+tries=1",
             &web,

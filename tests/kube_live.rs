@@ -38,9 +38,9 @@
 //!   the sync period's bound;
 //! - a dual-stack Service (RequireDualStack, IPv4 and IPv6 ClusterIPs)
 //!   with an IPv4 and an IPv6 EndpointSlice on a gateway with both service
-//!   CIDRs: its IPv4 VIP is forwarded to the IPv4 Pods as before, `dig`
-//!   answers A and AAAA, and /api/services lists both ClusterIPs and the
-//!   endpoints of both families;
+//!   CIDRs in a dual-stack lab: each VIP is forwarded to its own family's
+//!   Pods (both serve each), `dig` answers A and AAAA, and /api/services
+//!   lists both ClusterIPs and the endpoints of both families;
 //! - a gateway restarted while the API server is down keeps every
 //!   adopted connection and UDP flow on its Pod (its VIPs stay steered)
 //!   until its first sync, which then retires only the flows whose Pod
@@ -167,7 +167,11 @@ impl KubeLab {
     /// A two-arm lab with TCP and UDP echo servers on `pods` Pods and an
     /// empty API server the gateway namespace can reach.
     fn new(pods: usize) -> KubeLab {
-        let mut lab = Lab::build(Topology::two_arm("kubelive").pods(pods));
+        Self::build(Topology::two_arm("kubelive").pods(pods))
+    }
+
+    fn build(topology: cipgw::lab::TopologyBuilder) -> KubeLab {
+        let mut lab = Lab::build(topology);
         lab.tcp_echo(TARGET_PORT);
         lab.udp_echo(UDP_TARGET_PORT);
         let api = lab
@@ -793,14 +797,21 @@ fn nothing_is_forwarded_before_the_first_full_sync() {
 }
 
 #[test]
-fn a_dual_stack_service_forwards_its_ipv4_vip_and_names_both() {
+fn a_dual_stack_service_forwards_both_vips_and_names_both() {
     let _serial = lab::serial();
     if !lab::require_root() {
         return;
     }
-    let mut k = KubeLab::new(2);
+    let mut k = KubeLab::build(Topology::two_arm("kubelive").pods(2).dual_stack(true));
+    // IPv6 echo servers, dropped before the lab (also on panic).
+    let _servers6 = k
+        .lab
+        .topology()
+        .start_tcp_echo6(TARGET_PORT)
+        .unwrap_or_else(|e| k.lab.fail(format_args!("IPv6 echo servers: {e}")));
     let vip = k.info().vip(10);
-    let vip6 = "2001:2:0:ff::10";
+    let vip6 = k.info().vip6(10).to_string();
+    let vip6 = vip6.as_str();
     let nodes: Vec<NodeInfo> = k.info().pods.clone();
     let mut echo = service("echo", vip, &[HTTP]);
     echo["spec"]["ipFamilyPolicy"] = json!("RequireDualStack");
@@ -812,26 +823,61 @@ fn a_dual_stack_service_forwards_its_ipv4_vip_and_names_both() {
         &[HTTP],
         &[(&nodes[0], Condition::Ready), (&nodes[1], Condition::Ready)],
     ));
-    // The Pods' IPv6 addresses: named, not configured (IPv6 is not
-    // forwarded yet).
-    let mut v6 = slice("echo", &[HTTP], &[(&nodes[0], Condition::Ready)]);
+    // The Pods' IPv6 addresses, in a slice of their own.
+    let pods6: Vec<String> = nodes
+        .iter()
+        .map(|n| {
+            n.iface
+                .addr6
+                .unwrap_or_else(|| k.lab.fail(format_args!("{} has no IPv6 address", n.name)))
+                .to_string()
+        })
+        .collect();
+    let mut v6 = slice(
+        "echo",
+        &[HTTP],
+        &[(&nodes[0], Condition::Ready), (&nodes[1], Condition::Ready)],
+    );
     v6["metadata"]["name"] = json!("echo-6");
     v6["addressType"] = json!("IPv6");
-    v6["endpoints"][0]["addresses"] = json!(["2001:2:0:2::1"]);
+    for (i, pod6) in pods6.iter().enumerate() {
+        v6["endpoints"][i]["addresses"] = json!([pod6]);
+    }
     k.api.apply(v6);
     let dns_address = k.info().vip(53).to_string();
     k.start_gateway(&[
         "--min-sync-period",
         "100ms",
         "--service-cidr",
-        "2001:2:0:ff::/112",
+        "2001:2:0:100::/64",
         "--dns-address",
         &dns_address,
     ]);
     k.wait_synced(SYNC_WITHIN);
-    // The IPv4 side forwards as any single-stack Service.
+    // Each VIP forwards to its own family's Pods.
     let served = k.lab.tcp_sessions(vip_port(vip, &HTTP), 20, 1);
     assert_eq!(served.len(), 2, "both IPv4 Pods serve: {served:?}");
+    let target6 = std::net::SocketAddr::new(vip6.parse().expect("an IPv6 VIP"), HTTP.port);
+    let mut served6 = BTreeSet::new();
+    for i in 0..20 {
+        let replies = k
+            .lab
+            .topology()
+            .client()
+            .run(|| lab::tcp_session(target6, 1, Duration::from_secs(5)))
+            .unwrap_or_else(|e| k.lab.fail(format_args!("entering the client: {e}")))
+            .unwrap_or_else(|e| k.lab.fail(format_args!("connection {i} to {target6}: {e}")));
+        served6.extend(replies);
+    }
+    let answered6: BTreeSet<&String> = pods6
+        .iter()
+        .filter(|pod6| served6.iter().any(|r| r.contains(pod6.as_str())))
+        .collect();
+    assert_eq!(
+        answered6.len(),
+        2,
+        "both IPv6 Pods serve [{vip6}]: {served6:?}"
+    );
     // Both ClusterIPs by name, AAAA asked over IPv4.
     let name = "echo.default.svc.cluster.local";
     let a = dig(&k.lab, &dns_address, &["+short", name, "A"]);
@@ -864,7 +910,7 @@ fn a_dual_stack_service_forwards_its_ipv4_vip_and_names_both() {
         .collect();
     endpoints.sort();
     let mut want: Vec<String> = nodes.iter().map(|n| n.iface.addr.to_string()).collect();
-    want.push("2001:2:0:2::1".into());
+    want.extend(pods6.iter().cloned());
     want.sort();
     assert_eq!(endpoints, want);
     k.lab.stop_gateway();

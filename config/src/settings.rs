@@ -522,11 +522,10 @@ pub enum SettingsError {
     #[error("--cluster-domain {0:?} is not a DNS name (RFC 1123 labels separated by dots)")]
     ClusterDomain(String),
     #[error(
-        "--cluster-cidr lists no IPv4 range, but the gateway has an IPv4 service CIDR: \
-         the IPv4 data plane would accept VIP traffic from any source; add the \
-         cluster's IPv4 ranges"
+        "--cluster-cidr lists no {0} range, but the gateway has an {0} service CIDR: \
+         every {0} client of its VIPs would be dropped; add the cluster's {0} ranges"
     )]
-    ClusterCidrNoIpv4,
+    ClusterCidrMissingFamily(&'static str),
     #[error("--dns-upstream needs --dns-address: only the gateway's DNS forwards")]
     UpstreamWithoutDns,
     #[error(
@@ -603,13 +602,16 @@ impl Settings {
         if !(-20..=19).contains(&self.io.worker_nice) {
             return Err(SettingsError::WorkerNice(self.io.worker_nice));
         }
-        // IPv6: until the data plane forwards IPv6, only the IPv4 ranges
-        // reach it, and an empty list there would admit everyone.
-        if !self.cluster_cidrs.is_empty()
-            && self.service_cidrs.v4().is_some()
-            && !self.cluster_cidrs.iter().any(|c| matches!(c, IpNet::V4(_)))
-        {
-            return Err(SettingsError::ClusterCidrNoIpv4);
+        // A client matches only ranges of its own family: a family with
+        // VIPs but no range would have every client dropped.
+        if !self.cluster_cidrs.is_empty() {
+            let has = |v4: bool| self.cluster_cidrs.iter().any(|c| c.addr().is_ipv4() == v4);
+            if self.service_cidrs.v4().is_some() && !has(true) {
+                return Err(SettingsError::ClusterCidrMissingFamily("IPv4"));
+            }
+            if self.service_cidrs.v6().is_some() && !has(false) {
+                return Err(SettingsError::ClusterCidrMissingFamily("IPv6"));
+            }
         }
         let dns = &self.dns;
         for (i, a) in dns.addresses.iter().enumerate() {
@@ -837,10 +839,13 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_cluster_cidrs_need_an_ipv4_one_while_ipv4_is_forwarded() {
+    fn cluster_cidrs_cover_every_family_the_gateway_has_vips_of() {
         let mut s = settings();
         s.cluster_cidrs = vec!["2001:2::/48".parse().expect("static CIDR")];
-        assert_eq!(s.validate(), Err(SettingsError::ClusterCidrNoIpv4));
+        assert_eq!(
+            s.validate(),
+            Err(SettingsError::ClusterCidrMissingFamily("IPv4"))
+        );
         s.cluster_cidrs
             .push("198.18.0.0/16".parse().expect("static CIDR"));
         s.validate().expect("both families");
@@ -849,6 +854,17 @@ mod tests {
             ServiceCidrs::new(&["2001:2:0:ff::/112".parse().expect("static")]).expect("one");
         s.validate()
             .expect("an IPv6-only gateway needs no IPv4 range");
+        s.cluster_cidrs = vec!["198.18.0.0/16".parse().expect("static CIDR")];
+        s.service_cidrs = ServiceCidrs::new(&[
+            "198.18.100.0/24".parse().expect("static"),
+            "2001:2:0:ff::/112".parse().expect("static"),
+        ])
+        .expect("dual");
+        assert_eq!(
+            s.validate(),
+            Err(SettingsError::ClusterCidrMissingFamily("IPv6")),
+            "a dual-stack gateway with IPv4 ranges alone would drop every IPv6 client"
+        );
     }
 
     #[test]

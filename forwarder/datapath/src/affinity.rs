@@ -14,29 +14,113 @@
 //! [`Refreshes`], at most once a second per binding and worker: the
 //! timeouts count whole seconds, so the repeats it skips would only have
 //! written the second already written.
+//!
+//! Both families: an IPv6 client is bound to an IPv6 endpoint of the
+//! Service's IPv6 port. Each family has its bindings and refresh slots of
+//! its own ([`AffinityFamily`]), so an IPv4 key stays an IPv4 key (no
+//! widening to `IpAddr` on the IPv4 path).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use ahash::RandomState;
 use dashmap::DashMap;
 
+use crate::family::IpFamily;
 use crate::lb::Rng;
-use crate::table::{Backend, ServiceKey};
+use crate::table::{Backend, CompiledTable, ServiceKey};
+
+/// A family whose Services may have session affinity: where
+/// [`Affinity`] and [`Refreshes`] keep its bindings and slots.
+pub trait AffinityFamily: IpFamily {
+    /// The family's bindings.
+    fn bindings(affinity: &Affinity) -> &Bindings<Self>;
+
+    /// The family's refresh slots.
+    fn refreshed(refreshes: &mut Refreshes) -> &mut RefreshSlots<Self>;
+
+    /// The address folded into 32 bits (an IPv4 address is itself).
+    fn fold32(self) -> u32;
+}
+
+impl AffinityFamily for Ipv4Addr {
+    #[inline(always)]
+    fn bindings(affinity: &Affinity) -> &Bindings<Self> {
+        &affinity.v4
+    }
+
+    #[inline(always)]
+    fn refreshed(refreshes: &mut Refreshes) -> &mut RefreshSlots<Self> {
+        &mut refreshes.v4
+    }
+
+    #[inline(always)]
+    fn fold32(self) -> u32 {
+        u32::from(self)
+    }
+}
+
+impl AffinityFamily for Ipv6Addr {
+    #[inline(always)]
+    fn bindings(affinity: &Affinity) -> &Bindings<Self> {
+        &affinity.v6
+    }
+
+    #[inline(always)]
+    fn refreshed(refreshes: &mut Refreshes) -> &mut RefreshSlots<Self> {
+        &mut refreshes.v6
+    }
+
+    #[inline(always)]
+    fn fold32(self) -> u32 {
+        let bits = u128::from(self);
+        (bits as u32) ^ ((bits >> 32) as u32) ^ ((bits >> 64) as u32) ^ ((bits >> 96) as u32)
+    }
+}
 
 /// The affinity of one client to one Service port.
 #[derive(Debug)]
-struct Sticky {
-    backend: Backend,
+struct Sticky<A> {
+    backend: Backend<A>,
     /// Coarse time of the client's last packet, seconds.
     last_seen: AtomicU32,
 }
 
-/// Client -> endpoint bindings of every affinity Service, shared by all
-/// workers.
+/// One family's client -> endpoint bindings in [`Affinity`].
+#[derive(Debug)]
+pub struct Bindings<A: IpFamily> {
+    map: DashMap<(ServiceKey<A>, A), Sticky<A>, RandomState>,
+}
+
+impl<A: IpFamily> Bindings<A> {
+    fn new() -> Self {
+        Self {
+            map: DashMap::with_hasher(RandomState::new()),
+        }
+    }
+
+    /// Removes the bindings idle past their Service port's timeout, or of
+    /// ports without affinity (`timeout_of` returns `None`).
+    fn sweep(&self, now: u32, timeout_of: impl Fn(&ServiceKey<A>) -> Option<u32>) -> usize {
+        let before = self.map.len();
+        self.map
+            .retain(|(service, _), sticky| match timeout_of(service) {
+                // Relaxed: see `Affinity::pick`.
+                Some(timeout) => {
+                    now.saturating_sub(sticky.last_seen.load(Ordering::Relaxed)) <= timeout
+                }
+                None => false,
+            });
+        before - self.map.len()
+    }
+}
+
+/// Client -> endpoint bindings of every affinity Service, both families,
+/// shared by all workers.
 #[derive(Debug)]
 pub struct Affinity {
-    bindings: DashMap<(ServiceKey, Ipv4Addr), Sticky, RandomState>,
+    v4: Bindings<Ipv4Addr>,
+    v6: Bindings<Ipv6Addr>,
     /// Calls of [`Affinity::touch`], each a shard lock: what tests see of
     /// the packet path's cost here.
     #[cfg(test)]
@@ -46,7 +130,8 @@ pub struct Affinity {
 impl Default for Affinity {
     fn default() -> Self {
         Self {
-            bindings: DashMap::with_hasher(RandomState::new()),
+            v4: Bindings::new(),
+            v6: Bindings::new(),
             #[cfg(test)]
             touches: Default::default(),
         }
@@ -55,16 +140,17 @@ impl Default for Affinity {
 
 impl Affinity {
     /// The endpoint for a new connection from `client` to `service`.
-    pub fn pick(
+    pub fn pick<A: AffinityFamily>(
         &self,
-        service: ServiceKey,
-        client: Ipv4Addr,
-        backends: &[Backend],
+        service: ServiceKey<A>,
+        client: A,
+        backends: &[Backend<A>],
         timeout: u32,
         now: u32,
         rng: &mut Rng,
-    ) -> Backend {
-        if let Some(sticky) = self.bindings.get(&(service, client)) {
+    ) -> Backend<A> {
+        let bindings = &A::bindings(self).map;
+        if let Some(sticky) = bindings.get(&(service, client)) {
             // Relaxed: a timestamp compared against a timeout; nothing
             // else is published through it.
             let idle = now.saturating_sub(sticky.last_seen.load(Ordering::Relaxed));
@@ -74,7 +160,7 @@ impl Affinity {
             }
         }
         let backend = backends[rng.below(backends.len())];
-        self.bindings.insert(
+        bindings.insert(
             (service, client),
             Sticky {
                 backend,
@@ -87,11 +173,11 @@ impl Affinity {
     /// Records a packet of an affinity flow from `client`. Takes a shard
     /// lock: the packet path comes through a worker's [`Refreshes`].
     #[inline]
-    pub fn touch(&self, service: ServiceKey, client: Ipv4Addr, now: u32) {
+    pub fn touch<A: AffinityFamily>(&self, service: ServiceKey<A>, client: A, now: u32) {
         // Relaxed: a test's tally, read after the packets it counts.
         #[cfg(test)]
         self.touches.fetch_add(1, Ordering::Relaxed);
-        if let Some(sticky) = self.bindings.get(&(service, client)) {
+        if let Some(sticky) = A::bindings(self).map.get(&(service, client)) {
             // Relaxed: see `pick`; written only on change.
             if sticky.last_seen.load(Ordering::Relaxed) != now {
                 sticky.last_seen.store(now, Ordering::Relaxed);
@@ -99,27 +185,35 @@ impl Affinity {
         }
     }
 
-    /// Removes bindings idle past their Service's timeout, or of Services
-    /// that no longer have affinity (`timeout_of` returns `None`).
-    pub fn sweep(&self, now: u32, timeout_of: impl Fn(&ServiceKey) -> Option<u32>) -> usize {
-        let before = self.bindings.len();
-        self.bindings
-            .retain(|(service, _), sticky| match timeout_of(service) {
-                // Relaxed: see `pick`.
-                Some(timeout) => {
-                    now.saturating_sub(sticky.last_seen.load(Ordering::Relaxed)) <= timeout
-                }
-                None => false,
-            });
-        before - self.bindings.len()
+    /// Removes the bindings of both families idle past their Service
+    /// port's timeout in `table`, or of ports `table` gives no affinity
+    /// (or no longer has). Returns how many went.
+    pub fn sweep(&self, now: u32, table: &CompiledTable) -> usize {
+        self.sweep_with(
+            now,
+            |service| table.v4().port_entry(service).and_then(|e| e.affinity),
+            |service| table.v6().port_entry(service).and_then(|e| e.affinity),
+        )
     }
 
+    /// [`Affinity::sweep`] with each family's timeouts given by a function
+    /// (`None`: the port has no affinity).
+    pub fn sweep_with(
+        &self,
+        now: u32,
+        timeout4: impl Fn(&ServiceKey) -> Option<u32>,
+        timeout6: impl Fn(&ServiceKey<Ipv6Addr>) -> Option<u32>,
+    ) -> usize {
+        self.v4.sweep(now, timeout4) + self.v6.sweep(now, timeout6)
+    }
+
+    /// Bindings held, both families.
     pub fn len(&self) -> usize {
-        self.bindings.len()
+        self.v4.map.len() + self.v6.map.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bindings.is_empty()
+        self.len() == 0
     }
 }
 
@@ -128,16 +222,32 @@ impl Affinity {
 /// touched at most once a second from this worker, and every other packet
 /// of an affinity flow costs a compare instead of a shard lock.
 /// Direct-mapped; a collision only costs an extra touch, never a missed
-/// one, since a slot remembers exactly whom it touched and when.
+/// one, since a slot remembers exactly whom it touched and when. Each
+/// family has slots of its own, allocated at its first affinity packet.
 #[derive(Debug, Default)]
 pub struct Refreshes {
-    slots: Box<[Refreshed]>,
+    v4: RefreshSlots<Ipv4Addr>,
+    v6: RefreshSlots<Ipv6Addr>,
+}
+
+/// One family's slots in [`Refreshes`].
+#[derive(Debug)]
+pub struct RefreshSlots<A> {
+    slots: Box<[Refreshed<A>]>,
+}
+
+impl<A> Default for RefreshSlots<A> {
+    fn default() -> Self {
+        Self {
+            slots: Box::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Refreshed {
-    service: ServiceKey,
-    client: Ipv4Addr,
+struct Refreshed<A> {
+    service: ServiceKey<A>,
+    client: A,
     /// The second of the last touch.
     second: u32,
 }
@@ -146,8 +256,8 @@ impl Refreshes {
     const SLOTS: usize = 1024;
 
     #[inline(always)]
-    fn slot(service: &ServiceKey, client: Ipv4Addr) -> usize {
-        let a = u32::from(client) ^ u32::from(service.vip).rotate_left(16);
+    fn slot<A: AffinityFamily>(service: &ServiceKey<A>, client: A) -> usize {
+        let a = client.fold32() ^ service.vip.fold32().rotate_left(16);
         let b = u32::from(service.port) | (u32::from(service.protocol.ip_number()) << 16);
         // The top 10 bits of a multiplicative hash: one of 1024 slots.
         ((a ^ b.wrapping_mul(0x85eb_ca6b)).wrapping_mul(0x9e37_79b9) >> 22) as usize
@@ -157,9 +267,16 @@ impl Refreshes {
     /// touches the shared binding unless this worker already did in
     /// second `now`.
     #[inline]
-    pub fn touch(&mut self, affinity: &Affinity, service: ServiceKey, client: Ipv4Addr, now: u32) {
+    pub fn touch<A: AffinityFamily>(
+        &mut self,
+        affinity: &Affinity,
+        service: ServiceKey<A>,
+        client: A,
+        now: u32,
+    ) {
         let slot = Self::slot(&service, client);
-        if let Some(r) = self.slots.get(slot) {
+        let slots = &mut A::refreshed(self).slots;
+        if let Some(r) = slots.get(slot) {
             if r.second == now && r.client == client && r.service == service {
                 return;
             }
@@ -170,9 +287,9 @@ impl Refreshes {
             client,
             second: now,
         };
-        if self.slots.is_empty() {
+        if slots.is_empty() {
             // Allocated at the first affinity packet, not per pipeline.
-            self.slots = vec![
+            *slots = vec![
                 Refreshed {
                     second: now.wrapping_add(1),
                     ..refreshed
@@ -181,7 +298,7 @@ impl Refreshes {
             ]
             .into_boxed_slice();
         }
-        if let Some(r) = self.slots.get_mut(slot) {
+        if let Some(r) = slots.get_mut(slot) {
             *r = refreshed;
         }
     }
@@ -233,7 +350,11 @@ mod tests {
         }
         assert_eq!(seen.len(), 3);
         let bound = a.len();
-        assert_eq!(a.sweep(200, |_| Some(10)), bound, "all idle past 10 s");
+        assert_eq!(
+            a.sweep_with(200, |_| Some(10), |_| Some(10)),
+            bound,
+            "all idle past 10 s"
+        );
         assert!(a.is_empty());
     }
 
@@ -247,7 +368,7 @@ mod tests {
             a.touch(svc(), client, t);
         }
         assert_eq!(a.pick(svc(), client, &backends(), 10, 105, &mut rng), first);
-        assert_eq!(a.sweep(200, |_| Some(10)), 1);
+        assert_eq!(a.sweep_with(200, |_| Some(10), |_| Some(10)), 1);
         assert!(a.is_empty());
     }
 
@@ -275,8 +396,54 @@ mod tests {
         assert_eq!(touches(), 22);
         // The binding lasts from its last touched second, as if every
         // packet had touched it.
-        assert_eq!(a.sweep(29, |_| Some(10)), 0);
-        assert_eq!(a.sweep(30, |_| Some(10)), 1);
+        assert_eq!(a.sweep_with(29, |_| Some(10), |_| Some(10)), 0);
+        assert_eq!(a.sweep_with(30, |_| Some(10), |_| Some(10)), 1);
+        assert!(a.is_empty());
+    }
+
+    /// IPv6 clients are bound like IPv4 ones, in bindings of their own:
+    /// each family's sweep goes by its own timeouts.
+    #[test]
+    fn ipv6_clients_stick_apart_from_ipv4_ones() {
+        let a = Affinity::default();
+        let mut rng = Rng::new(6);
+        let mut refreshes = Refreshes::default();
+        let svc6 = ServiceKey {
+            vip: "2001:2:0:ff::10".parse::<Ipv6Addr>().expect("literal"),
+            port: 80,
+            protocol: Protocol::Tcp,
+        };
+        let all6: Vec<Backend<Ipv6Addr>> = (0x11..0x14)
+            .map(|last| Backend {
+                ip: Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, last),
+                port: 8080,
+            })
+            .collect();
+        let client6: Ipv6Addr = "2001:2::2".parse().expect("literal");
+        let first = a.pick(svc6, client6, &all6, 10, 0, &mut rng);
+        for t in 1..20 {
+            assert_eq!(a.pick(svc6, client6, &all6, 10, t, &mut rng), first);
+        }
+        a.pick(
+            svc(),
+            Ipv4Addr::new(198, 18, 0, 2),
+            &backends(),
+            10,
+            0,
+            &mut rng,
+        );
+        assert_eq!(a.len(), 2);
+        refreshes.touch(&a, svc6, client6, 25);
+        assert_eq!(
+            a.sweep_with(30, |_| Some(10), |_| Some(10)),
+            1,
+            "IPv4 idle 30 s"
+        );
+        assert_eq!(
+            a.sweep_with(30, |_| Some(10), |_| None),
+            1,
+            "no IPv6 affinity"
+        );
         assert!(a.is_empty());
     }
 }

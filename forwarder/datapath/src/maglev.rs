@@ -38,11 +38,17 @@
 //!   uses M >= 100 N for its balance figures).
 //! - A port with more than 65,535 endpoints cannot be indexed by `u16`:
 //!   [`MaglevTable::build`] refuses it and the port keeps random choice.
+//! - Both families: a table is of one family ([`MaglevFamily`]), as its
+//!   Service port is. An IPv4 backend and flow hash as one and two words;
+//!   an IPv6 one folds each address in as two words, so the IPv4 hashes
+//!   (and so every IPv4 table and pick) are what they were before IPv6.
 
 use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use crate::conntrack::FlowKey;
+use crate::family::IpFamily;
 use crate::table::Backend;
 
 /// The default lookup-table size: a prime near 16 Ki, 100 entries per
@@ -87,7 +93,89 @@ const SKIP_DOMAIN: u64 = 0x736b_6970_0000_0002;
 const FLOW_DOMAIN: u64 = 0x666c_6f77_0000_0003;
 const FINGERPRINT_DOMAIN: u64 = 0x6670_7269_6e74_0004;
 
-fn backend_word(b: &Backend) -> u64 {
+/// The ports and protocol of a flow, in one word.
+#[inline]
+fn ports_word<A>(key: &FlowKey<A>) -> u64 {
+    (u64::from(key.src_port) << 24)
+        | (u64::from(key.dst_port) << 8)
+        | u64::from(key.protocol.ip_number())
+}
+
+/// An IPv6 address as two words, high half first.
+#[inline]
+fn halves(ip: Ipv6Addr) -> [u64; 2] {
+    let bits = u128::from(ip);
+    [(bits >> 64) as u64, bits as u64]
+}
+
+/// A family whose Service ports may use Maglev: how its backends and
+/// flows are hashed, and where [`MaglevTables`] keeps its tables.
+pub trait MaglevFamily: IpFamily {
+    /// The seeded hash of a backend in `domain` (offset, skip).
+    fn backend_hash(backend: &Backend<Self>, seed: u64, domain: u64) -> u64;
+
+    /// Appends the words a table's fingerprint covers for `backend`.
+    fn backend_words(backend: &Backend<Self>, words: &mut Vec<u64>);
+
+    /// [`flow_hash`] from its seed's first round, `mix(seed ^
+    /// FLOW_DOMAIN)`, which a table computes once: the same value, one
+    /// round fewer per new flow.
+    fn flow_hash_from(basis: u64, key: &FlowKey<Self>) -> u64;
+
+    /// The family's tables in a store.
+    fn store(tables: &mut MaglevTables) -> &mut MaglevStore<Self>;
+}
+
+impl MaglevFamily for Ipv4Addr {
+    #[inline]
+    fn backend_hash(backend: &Backend<Self>, seed: u64, domain: u64) -> u64 {
+        hash_words(seed, domain, &[backend_word4(backend)])
+    }
+
+    fn backend_words(backend: &Backend<Self>, words: &mut Vec<u64>) {
+        words.push(backend_word4(backend));
+    }
+
+    #[inline]
+    fn flow_hash_from(basis: u64, key: &FlowKey<Self>) -> u64 {
+        let addresses = (u64::from(u32::from(key.src)) << 32) | u64::from(u32::from(key.dst));
+        mix(mix(basis ^ addresses) ^ ports_word(key))
+    }
+
+    fn store(tables: &mut MaglevTables) -> &mut MaglevStore<Self> {
+        &mut tables.v4
+    }
+}
+
+impl MaglevFamily for Ipv6Addr {
+    #[inline]
+    fn backend_hash(backend: &Backend<Self>, seed: u64, domain: u64) -> u64 {
+        let [hi, lo] = halves(backend.ip);
+        hash_words(seed, domain, &[hi, lo, u64::from(backend.port)])
+    }
+
+    fn backend_words(backend: &Backend<Self>, words: &mut Vec<u64>) {
+        words.extend(halves(backend.ip));
+        words.push(u64::from(backend.port));
+    }
+
+    #[inline]
+    fn flow_hash_from(basis: u64, key: &FlowKey<Self>) -> u64 {
+        let [src_hi, src_lo] = halves(key.src);
+        let [dst_hi, dst_lo] = halves(key.dst);
+        let mut h = basis;
+        for word in [src_hi, src_lo, dst_hi, dst_lo, ports_word(key)] {
+            h = mix(h ^ word);
+        }
+        h
+    }
+
+    fn store(tables: &mut MaglevTables) -> &mut MaglevStore<Self> {
+        &mut tables.v6
+    }
+}
+
+fn backend_word4(b: &Backend<Ipv4Addr>) -> u64 {
     (u64::from(u32::from(b.ip)) << 16) | u64::from(b.port)
 }
 
@@ -95,20 +183,8 @@ fn backend_word(b: &Backend) -> u64 {
 /// VIP): what indexes a Maglev table. Every gateway with the same seed
 /// computes the same value for the same packet.
 #[inline]
-pub fn flow_hash(seed: u64, key: &FlowKey) -> u64 {
-    flow_hash_from(mix(seed ^ FLOW_DOMAIN), key)
-}
-
-/// [`flow_hash`] from its seed's first round, `mix(seed ^ FLOW_DOMAIN)`,
-/// which a table computes once: the same value, one round fewer per new
-/// flow.
-#[inline]
-fn flow_hash_from(basis: u64, key: &FlowKey) -> u64 {
-    let addresses = (u64::from(u32::from(key.src)) << 32) | u64::from(u32::from(key.dst));
-    let rest = (u64::from(key.src_port) << 24)
-        | (u64::from(key.dst_port) << 8)
-        | u64::from(key.protocol.ip_number());
-    mix(mix(basis ^ addresses) ^ rest)
+pub fn flow_hash<A: MaglevFamily>(seed: u64, key: &FlowKey<A>) -> u64 {
+    A::flow_hash_from(mix(seed ^ FLOW_DOMAIN), key)
 }
 
 /// One backend's preference list, `(offset + j * skip) mod M`.
@@ -120,10 +196,9 @@ pub struct Permutation {
 
 impl Permutation {
     /// The paper's offset and skip of `backend` for a table of size `m`.
-    pub fn of(backend: &Backend, seed: u64, m: u32) -> Self {
-        let word = backend_word(backend);
-        let offset = hash_words(seed, OFFSET_DOMAIN, &[word]) % u64::from(m);
-        let skip = hash_words(seed, SKIP_DOMAIN, &[word]) % u64::from(m - 1) + 1;
+    pub fn of<A: MaglevFamily>(backend: &Backend<A>, seed: u64, m: u32) -> Self {
+        let offset = A::backend_hash(backend, seed, OFFSET_DOMAIN) % u64::from(m);
+        let skip = A::backend_hash(backend, seed, SKIP_DOMAIN) % u64::from(m - 1) + 1;
         Self {
             offset: offset as u32,
             skip: skip as u32,
@@ -192,23 +267,24 @@ pub enum BuildError {
     TooManyBackends(usize),
 }
 
-/// A finished Maglev lookup table for one endpoint set. Immutable.
+/// A finished Maglev lookup table for one endpoint set of family `A`.
+/// Immutable.
 #[derive(Debug)]
-pub struct MaglevTable {
+pub struct MaglevTable<A = Ipv4Addr> {
     seed: u64,
     /// `mix(seed ^ FLOW_DOMAIN)`: [`flow_hash`]'s first round.
     flow_basis: u64,
     /// Sorted, without duplicates: entry values index this.
-    backends: Box<[Backend]>,
+    backends: Box<[Backend<A>]>,
     entries: Box<[u16]>,
     fingerprint: u64,
 }
 
-impl MaglevTable {
+impl<A: MaglevFamily> MaglevTable<A> {
     /// Builds the table of `backends` (any order, duplicates ignored) for
     /// size `m` (prime) and `seed`. Control thread only: at M = 65,537
     /// this takes about a millisecond (benches/RESULTS.md).
-    pub fn build(backends: &[Backend], m: u32, seed: u64) -> Result<Self, BuildError> {
+    pub fn build(backends: &[Backend<A>], m: u32, seed: u64) -> Result<Self, BuildError> {
         let mut sorted = backends.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
@@ -224,7 +300,9 @@ impl MaglevTable {
         let mut words: Vec<u64> = Vec::with_capacity(2 + sorted.len() + entries.len());
         words.push(u64::from(m));
         words.push(seed);
-        words.extend(sorted.iter().map(backend_word));
+        for backend in &sorted {
+            A::backend_words(backend, &mut words);
+        }
         words.extend(entries.iter().map(|&e| u64::from(e)));
         let fingerprint = hash_words(0, FINGERPRINT_DOMAIN, &words);
         Ok(Self {
@@ -246,7 +324,7 @@ impl MaglevTable {
     }
 
     /// The backends, sorted: what entry values index.
-    pub fn backends(&self) -> &[Backend] {
+    pub fn backends(&self) -> &[Backend<A>] {
         &self.backends
     }
 
@@ -264,8 +342,8 @@ impl MaglevTable {
     /// Index into [`MaglevTable::backends`] of the backend for `key`
     /// (client -> VIP). Allocation-free; one hash and one load.
     #[inline]
-    pub fn pick(&self, key: &FlowKey) -> usize {
-        let h = flow_hash_from(self.flow_basis, key);
+    pub fn pick(&self, key: &FlowKey<A>) -> usize {
+        let h = A::flow_hash_from(self.flow_basis, key);
         // Multiply-shift maps the 64-bit hash onto 0..M (Lemire).
         let slot = ((u128::from(h) * self.entries.len() as u128) >> 64) as usize;
         usize::from(self.entries[slot])
@@ -273,26 +351,54 @@ impl MaglevTable {
 
     /// Approximate memory held, in bytes.
     pub fn memory(&self) -> usize {
-        self.entries.len() * 2 + self.backends.len() * std::mem::size_of::<Backend>()
+        self.entries.len() * 2 + self.backends.len() * std::mem::size_of::<Backend<A>>()
     }
 }
 
 /// The control thread's store of Maglev tables: one per distinct
 /// endpoint set, shared by every Service port with that set, and kept
 /// from one table compilation to the next so that an unchanged set is
-/// not rebuilt. Every table of a store has the same size and seed.
+/// not rebuilt. Every table of a store has the same size and seed; each
+/// family's tables are kept apart ([`MaglevStore`]).
 #[derive(Debug)]
 pub struct MaglevTables {
     size: u32,
     seed: u64,
-    /// ahash: a lookup per Maglev Service port on every compilation
-    /// (10,000 per change at 10,000 Services) wants a fast hasher; its
-    /// output never leaves the process, unlike the flow hash's.
-    tables: HashMap<Box<[Backend]>, (Arc<MaglevTable>, u64), ahash::RandomState>,
+    v4: MaglevStore<Ipv4Addr>,
+    v6: MaglevStore<Ipv6Addr>,
     /// Compilation round: tables not used in the latest round are dropped
     /// by [`MaglevTables::finish_round`].
     round: u64,
-    scratch: Vec<Backend>,
+}
+
+/// A shared table and the compilation round that last used it.
+type Used<A> = (Arc<MaglevTable<A>>, u64);
+
+/// One family's tables in [`MaglevTables`], by endpoint set.
+#[derive(Debug)]
+pub struct MaglevStore<A> {
+    /// ahash: a lookup per Maglev Service port on every compilation
+    /// (10,000 per change at 10,000 Services) wants a fast hasher; its
+    /// output never leaves the process, unlike the flow hash's.
+    tables: HashMap<Box<[Backend<A>]>, Used<A>, ahash::RandomState>,
+    scratch: Vec<Backend<A>>,
+}
+
+impl<A: MaglevFamily> MaglevStore<A> {
+    fn new() -> Self {
+        Self {
+            tables: HashMap::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    fn finish_round(&mut self, round: u64) {
+        self.tables.retain(|_, (_, used)| *used == round);
+    }
+
+    fn memory(&self) -> usize {
+        self.tables.values().map(|(t, _)| t.memory()).sum()
+    }
 }
 
 impl MaglevTables {
@@ -302,9 +408,9 @@ impl MaglevTables {
         Self {
             size,
             seed,
-            tables: HashMap::default(),
+            v4: MaglevStore::new(),
+            v6: MaglevStore::new(),
             round: 0,
-            scratch: Vec::new(),
         }
     }
 
@@ -321,20 +427,25 @@ impl MaglevTables {
         self.round += 1;
     }
 
-    /// The shared table of this endpoint set (any order), built if new.
-    pub fn get(&mut self, backends: &[Backend]) -> Result<Arc<MaglevTable>, BuildError> {
-        self.scratch.clear();
-        self.scratch.extend_from_slice(backends);
-        self.scratch.sort_unstable();
-        self.scratch.dedup();
-        let round = self.round;
-        if let Some((table, used)) = self.tables.get_mut(self.scratch.as_slice()) {
+    /// The shared table of this endpoint set (any order, one family),
+    /// built if new.
+    pub fn get<A: MaglevFamily>(
+        &mut self,
+        backends: &[Backend<A>],
+    ) -> Result<Arc<MaglevTable<A>>, BuildError> {
+        let (size, seed, round) = (self.size, self.seed, self.round);
+        let store = A::store(self);
+        store.scratch.clear();
+        store.scratch.extend_from_slice(backends);
+        store.scratch.sort_unstable();
+        store.scratch.dedup();
+        if let Some((table, used)) = store.tables.get_mut(store.scratch.as_slice()) {
             *used = round;
             return Ok(Arc::clone(table));
         }
-        let table = Arc::new(MaglevTable::build(&self.scratch, self.size, self.seed)?);
-        self.tables.insert(
-            self.scratch.clone().into_boxed_slice(),
+        let table = Arc::new(MaglevTable::build(&store.scratch, size, seed)?);
+        store.tables.insert(
+            store.scratch.clone().into_boxed_slice(),
             (Arc::clone(&table), round),
         );
         Ok(table)
@@ -343,22 +454,22 @@ impl MaglevTables {
     /// Drops the tables the current round did not use (a published table
     /// still holds its own `Arc`s).
     pub fn finish_round(&mut self) {
-        let round = self.round;
-        self.tables.retain(|_, (_, used)| *used == round);
+        self.v4.finish_round(self.round);
+        self.v6.finish_round(self.round);
     }
 
-    /// Distinct tables held.
+    /// Distinct tables held, both families.
     pub fn len(&self) -> usize {
-        self.tables.len()
+        self.v4.tables.len() + self.v6.tables.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tables.is_empty()
+        self.len() == 0
     }
 
     /// Bytes held by the tables.
     pub fn memory(&self) -> usize {
-        self.tables.values().map(|(t, _)| t.memory()).sum()
+        self.v4.memory() + self.v6.memory()
     }
 }
 

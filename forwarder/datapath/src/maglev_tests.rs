@@ -147,7 +147,10 @@ fn a_store_shares_one_table_per_endpoint_set() {
         store.memory(),
         1021 * 2 + 10 * std::mem::size_of::<Backend>()
     );
-    assert_eq!(store.get(&[]).err(), Some(BuildError::NoBackends));
+    assert_eq!(
+        store.get::<Ipv4Addr>(&[]).err(),
+        Some(BuildError::NoBackends)
+    );
 }
 
 #[test]
@@ -261,3 +264,136 @@ fn the_flow_hash_is_stable() {
     const PINNED_FLOW_HASH: u64 = 0xb472_4e2d_7641_1655;
     assert_eq!(pinned, PINNED_FLOW_HASH, "flow hash changed: {pinned:#x}");
 }
+
+/// IPv6 backends 2001:2:0:2::`i`, port `port`.
+fn backends6(n: u16, port: u16) -> Vec<Backend<std::net::Ipv6Addr>> {
+    (0..n)
+        .map(|i| Backend {
+            ip: std::net::Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 0x100 + i),
+            port,
+        })
+        .collect()
+}
+
+/// An IPv6 table is the paper's too: balanced, the same for any order,
+/// spread over every backend by the flow hash, kept apart from the IPv4
+/// tables in a store, and with a flow hash of the whole addresses.
+#[test]
+fn ipv6_tables_balance_share_and_spread() {
+    let set = backends6(100, 8080);
+    let table = MaglevTable::build(&set, 16_381, 7).expect("builds");
+    let mut counts = vec![0usize; 100];
+    for &e in table.entries() {
+        counts[usize::from(e)] += 1;
+    }
+    let (min, max) = (
+        *counts.iter().min().expect("backends"),
+        *counts.iter().max().expect("backends"),
+    );
+    assert!(max - min <= 1, "round-robin population: {min}..{max}");
+    let mut reversed = set.clone();
+    reversed.reverse();
+    reversed.push(set[3]);
+    let again = MaglevTable::build(&reversed, 16_381, 7).expect("builds");
+    assert_eq!(table.entries(), again.entries());
+    assert_eq!(table.fingerprint(), again.fingerprint());
+    assert_ne!(
+        table.fingerprint(),
+        MaglevTable::build(&set, 16_381, 8)
+            .expect("builds")
+            .fingerprint()
+    );
+
+    let small = MaglevTable::build(&backends6(10, 8080), 16_381, 0).expect("builds");
+    let mut seen = [0usize; 10];
+    let vip = std::net::Ipv6Addr::new(0x2001, 2, 0, 0xff, 0, 0, 0, 0x10);
+    for port in 0..10_000u16 {
+        let key = FlowKey {
+            src: std::net::Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2),
+            dst: vip,
+            src_port: 20_000 + port,
+            dst_port: 80,
+            protocol: Protocol::Tcp,
+        };
+        seen[small.pick(&key)] += 1;
+    }
+    assert!(
+        seen.iter().all(|&n| (800..1200).contains(&n)),
+        "10,000 flows over 10 backends: {seen:?}"
+    );
+    // Clients differing only in the high half of their address hash
+    // apart: the whole address is hashed, not a fold of it.
+    let key = |hi: u16| FlowKey {
+        src: std::net::Ipv6Addr::new(0x2001, 2, 0, hi, 0, 0, 0, 2),
+        dst: vip,
+        src_port: 40_000,
+        dst_port: 80,
+        protocol: Protocol::Tcp,
+    };
+    assert_ne!(flow_hash(0, &key(1)), flow_hash(0, &key(2)));
+
+    let mut store = MaglevTables::new(1021, 3);
+    store.begin_round();
+    let v6 = store.get(&backends6(10, 8080)).expect("builds");
+    let v6_again = store.get(&backends6(10, 8080)).expect("builds");
+    assert!(Arc::ptr_eq(&v6, &v6_again), "one table for one set");
+    store.get(&backends(10)).expect("builds");
+    assert_eq!(store.len(), 2, "one table per family");
+    assert_eq!(
+        store.memory(),
+        2 * 1021 * 2
+            + 10 * std::mem::size_of::<Backend>()
+            + 10 * std::mem::size_of::<Backend<std::net::Ipv6Addr>>()
+    );
+    store.finish_round();
+    store.begin_round();
+    store.get(&backends(10)).expect("builds");
+    store.finish_round();
+    assert_eq!(store.len(), 1, "the IPv6 table was not used this round");
+}
+
+/// The IPv6 table and flow hash are pinned like the IPv4 ones: a change
+/// would make gateways of two versions disagree on IPv6 flows.
+#[test]
+fn the_ipv6_fingerprint_and_flow_hash_are_stable() {
+    let table = MaglevTable::build(&backends6(3, 8080), 7, 0).expect("builds");
+    let key = FlowKey {
+        src: std::net::Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2),
+        dst: std::net::Ipv6Addr::new(0x2001, 2, 0, 0xff, 0, 0, 0, 0x10),
+        src_port: 40000,
+        dst_port: 8080,
+        protocol: Protocol::Tcp,
+    };
+    assert_eq!(
+        (
+            format!("{:016x}", table.fingerprint()),
+            format!("{:016x}", flow_hash(0, &key))
+        ),
+        (
+            PINNED_FINGERPRINT6.to_string(),
+            PINNED_FLOW_HASH6.to_string()
+        ),
+        "entries {:?}",
+        table.entries()
+    );
+    // The seeded hash of five words: each address as two, then the
+    // ports and protocol as for IPv4.
+    let (src, dst) = (u128::from(key.src), u128::from(key.dst));
+    let words = [
+        (src >> 64) as u64,
+        src as u64,
+        (dst >> 64) as u64,
+        dst as u64,
+        (40000u64 << 24) | (8080 << 8) | 6,
+    ];
+    for seed in [0, 7, u64::MAX] {
+        assert_eq!(
+            flow_hash(seed, &key),
+            hash_words(seed, FLOW_DOMAIN, &words),
+            "seed {seed}"
+        );
+    }
+}
+
+const PINNED_FINGERPRINT6: &str = "382dc68f9b1f0499";
+const PINNED_FLOW_HASH6: &str = "bda246385b617afd";

@@ -55,13 +55,14 @@
 //! and routes, and a VIP of one family only ever goes to endpoints of
 //! that family. IPv6 gets flows, rewrites (hop limit, checksums over the
 //! IPv6 pseudo-header), refusals (TCP RST, ICMPv6 port unreachable),
-//! echo replies for VIPs, the source checks, ICMPv6 error translation and
-//! fragment following; Neighbor Discovery, ICMPv6 errors that name
-//! neither a VIP nor a backend, and other IPv6 not addressed to a VIP are
-//! the kernel's.
-//! What only IPv4 has so far: session affinity (an IPv6 Service with
-//! ClientIP affinity picks at random), Maglev, stateless replies, source
-//! NAT and DNS.
+//! echo replies for VIPs, the source checks, the same backend choice
+//! (session affinity with bindings kept per family, Maglev with the
+//! family's tables and flow hash, mid-flow pickup and stateless replies),
+//! ICMPv6 error translation and fragment following; Neighbor Discovery,
+//! ICMPv6 errors that name neither a VIP nor a backend, and other IPv6 not
+//! addressed to a VIP are the kernel's. Source NAT works for both
+//! families (each family's table has its own SNAT addresses); DNS is
+//! answered over IPv4.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -69,7 +70,7 @@ use std::sync::Arc;
 use cipgw_config::Protocol;
 use ipnet::IpNet;
 
-use crate::affinity::{Affinity, Refreshes};
+use crate::affinity::{Affinity, AffinityFamily, Refreshes};
 use crate::checksum::Delta;
 use crate::conntrack::{
     Conntrack, ConntrackConfig, Direction, FlowHit, FlowKey, FlowMeta, FlowState, InsertError,
@@ -80,6 +81,7 @@ use crate::dns::DnsResponder;
 use crate::family::IpFamily;
 use crate::fragments::{DatagramId, FragmentRoute, FragmentTable};
 use crate::lb::Rng;
+use crate::maglev::MaglevFamily;
 use crate::reject::{self, RefusalLimiter};
 use crate::route::{NetSnapshot, PortId, RouteError};
 use crate::table::{Backend, CompiledTable, Miss, ReplyOwner, ServiceKey};
@@ -669,7 +671,7 @@ impl Pipeline {
             }
         }
         if hit.affinity && hit.direction == Direction::Forward {
-            A::refresh_affinity(self, &key, ctx.now);
+            self.refresh_affinity(&key, ctx.now);
         }
         rewrite(&mut frame, &flow, &hit);
         if let Some(snat) = hit.snat {
@@ -688,8 +690,9 @@ impl Pipeline {
     }
 
     /// Affinity lasts from the client's last packet; refreshed at most
-    /// once a second per binding from this worker (IPv4).
-    fn refresh_affinity(&mut self, key: &FlowKey, now: u32) {
+    /// once a second per binding from this worker.
+    #[inline]
+    fn refresh_affinity<A: PathFamily>(&mut self, key: &FlowKey<A>, now: u32) {
         let service = ServiceKey {
             vip: key.dst,
             port: key.dst_port,
@@ -914,7 +917,7 @@ impl Pipeline {
         let key = &flow.key;
         let table = ctx.table.family::<A>();
         if !table.is_vip(key.dst) {
-            return A::not_to_a_vip(self, flow, ctx);
+            return self.not_to_a_vip(flow, ctx);
         }
         self.check_source(frame, key.src, ctx)
             .map_err(Denied::Verdict)?;
@@ -928,7 +931,7 @@ impl Pipeline {
                 return Err(Denied::Verdict(Verdict::Drop(DropReason::TcpNoFlow)));
             }
             if f & tcp_flags::SYN == 0 {
-                return A::adopt(self, flow, hash, ctx);
+                return self.adopt(flow, hash, ctx);
             }
             if f & tcp_flags::ACK != 0 {
                 return Err(Denied::Refuse(DropReason::TcpNoFlow));
@@ -948,10 +951,10 @@ impl Pipeline {
         let backends = &entry.backends;
         let affine = entry
             .affinity
-            .and_then(|timeout| A::pick_affine(self, service, key.src, backends, timeout, ctx));
+            .map(|timeout| self.pick_affine(service, key.src, backends, timeout, ctx));
         let first = match (affine, &entry.maglev) {
             (Some(index), _) => index,
-            (None, Some(maglev)) => A::maglev_pick(maglev, key),
+            (None, Some(maglev)) => maglev.pick(key),
             (None, None) => self.rng.below(backends.len()),
         };
         // A reply-key clash is retried on another backend a few times
@@ -998,14 +1001,19 @@ impl Pipeline {
     /// as adopted); under random choice it is refused with a RST, as the
     /// kernel and kube-proxy do.
     #[cold]
-    fn adopt(&mut self, flow: &Flow, hash: u64, ctx: &BatchContext<'_>) -> Result<FlowHit, Denied> {
+    fn adopt<A: PathFamily>(
+        &mut self,
+        flow: &Flow<A>,
+        hash: u64,
+        ctx: &BatchContext<'_>,
+    ) -> Result<FlowHit<A>, Denied> {
         let key = &flow.key;
         let service = ServiceKey {
             vip: key.dst,
             port: key.dst_port,
             protocol: key.protocol,
         };
-        let Ok(entry) = ctx.table.lookup(&service) else {
+        let Ok(entry) = ctx.table.family::<A>().lookup(&service) else {
             return Err(Denied::Refuse(DropReason::TcpNoFlow));
         };
         let Some(maglev) = &entry.maglev else {
@@ -1017,11 +1025,13 @@ impl Pipeline {
             affinity: entry.affinity.is_some(),
             slot: entry.slot_of(index),
         };
-        match self
-            .v4
-            .conntrack
-            .insert_hashed(*key, hash, (backend.ip, backend.port), ctx.now, meta)
-        {
+        match A::path(self).conntrack.insert_hashed(
+            *key,
+            hash,
+            (backend.ip, backend.port),
+            ctx.now,
+            meta,
+        ) {
             Ok(hit) => {
                 self.counters.adopted_flows.inc();
                 Ok(hit)
@@ -1029,6 +1039,41 @@ impl Pipeline {
             Err(InsertError::ReplyClash) => Err(Denied::Refuse(DropReason::ReplyClash)),
             Err(InsertError::Full) => Err(Denied::Refuse(DropReason::ConntrackFull)),
             Err(InsertError::SnatExhausted) => Err(Denied::Refuse(DropReason::SnatPortsExhausted)),
+        }
+    }
+
+    /// The backend session affinity binds the client to, as an index into
+    /// `backends` (which is not empty).
+    fn pick_affine<A: PathFamily>(
+        &mut self,
+        service: ServiceKey<A>,
+        client: A,
+        backends: &[Backend<A>],
+        timeout: u32,
+        ctx: &BatchContext<'_>,
+    ) -> usize {
+        let chosen = self
+            .affinity
+            .pick(service, client, backends, timeout, ctx.now, &mut self.rng);
+        backends.iter().position(|b| *b == chosen).unwrap_or(0)
+    }
+
+    /// A packet with no flow to an address that is no VIP: a reply of a
+    /// flow another gateway carried (under Maglev), or the kernel's.
+    #[cold]
+    fn not_to_a_vip<A: PathFamily>(
+        &mut self,
+        flow: &Flow<A>,
+        ctx: &BatchContext<'_>,
+    ) -> Result<FlowHit<A>, Denied> {
+        let key = &flow.key;
+        match ctx
+            .table
+            .family::<A>()
+            .reply_owner(key.src, key.src_port, key.protocol)
+        {
+            Some(owner) => self.stateless_reply(flow, owner, ctx),
+            None => Err(Denied::Verdict(Verdict::Pass)),
         }
     }
 
@@ -1042,15 +1087,15 @@ impl Pipeline {
     /// destination is the gateway, not the client: dropped as
     /// `reply_without_flow`).
     #[cold]
-    fn stateless_reply(
+    fn stateless_reply<A: PathFamily>(
         &mut self,
-        flow: &Flow,
-        owner: ReplyOwner,
+        flow: &Flow<A>,
+        owner: ReplyOwner<A>,
         ctx: &BatchContext<'_>,
-    ) -> Result<FlowHit, Denied> {
+    ) -> Result<FlowHit<A>, Denied> {
         // With source NAT a backend answers the gateway's address, not
         // the client's: an untracked reply says nothing of its client.
-        if self.v4.conntrack.snat_ports().is_some() {
+        if A::path(self).conntrack.snat_ports().is_some() {
             return Err(Denied::Verdict(Verdict::Drop(DropReason::ReplyWithoutFlow)));
         }
         let service = match owner {
@@ -1065,11 +1110,12 @@ impl Pipeline {
         };
         let maglev_port = ctx
             .table
+            .family::<A>()
             .port_entry(&service)
             .filter(|entry| entry.maglev.is_some());
         let reply = &flow.key;
         // The client must be one that may open connections to VIPs.
-        let client_allowed = self.in_cluster(IpAddr::V4(reply.dst));
+        let client_allowed = self.in_cluster(reply.dst.into());
         let (Some(entry), true) = (maglev_port, client_allowed) else {
             return Err(Denied::Verdict(Verdict::Drop(DropReason::ReplyWithoutFlow)));
         };
@@ -1088,8 +1134,7 @@ impl Pipeline {
             affinity: entry.affinity.is_some(),
             slot: endpoint.map_or(NO_SLOT, |index| entry.slot_of(index)),
         };
-        match self
-            .v4
+        match A::path(self)
             .conntrack
             .insert(forward, (reply.src, reply.src_port), ctx.now, meta)
         {
@@ -1108,8 +1153,7 @@ impl Pipeline {
         }
         // The reply direction of the flow just tracked (or of the one a
         // racing worker tracked first), with this packet's flags applied.
-        match self
-            .v4
+        match A::path(self)
             .conntrack
             .lookup(reply, ctx.now, flow.tcp_flags)
             .filter(|hit| hit.direction == Direction::Reply)
@@ -1498,12 +1542,11 @@ enum AddressSlot {
 }
 
 /// What the packet path does differently per address family: reading a
-/// frame's flow, rewriting the IP header, which sources may be clients,
-/// and the parts only IPv4 has so far (session affinity, Maglev, stateless
-/// replies), which IPv6 answers with their defaults. ([`IcmpFamily`] adds
-/// what ICMP error translation does per family.)
-/// Everything else in the pipeline is one generic path over this.
-trait PathFamily: IpFamily {
+/// frame's flow, rewriting the IP header, and which sources may be clients
+/// ([`IcmpFamily`] adds what ICMP error
+/// translation does per family). Everything else in the pipeline, session
+/// affinity and Maglev included, is one generic path over this.
+trait PathFamily: IpFamily + AffinityFamily + MaglevFamily {
     /// This family's state in the pipeline.
     fn path(p: &mut Pipeline) -> &mut FamilyPath<Self>;
 
@@ -1526,48 +1569,6 @@ trait PathFamily: IpFamily {
     /// Whether a packet from `src` may open a connection: not multicast,
     /// loopback, unspecified (or IPv4 broadcast and 0.0.0.0/8).
     fn may_be_client(src: Self) -> bool;
-
-    /// A packet with no flow to an address that is no VIP: a reply of a
-    /// flow another gateway carried (IPv4 under Maglev), or the kernel's.
-    fn not_to_a_vip(
-        _p: &mut Pipeline,
-        _flow: &Flow<Self>,
-        _ctx: &BatchContext<'_>,
-    ) -> Result<FlowHit<Self>, Denied> {
-        Err(Denied::Verdict(Verdict::Pass))
-    }
-
-    /// A TCP segment other than a SYN of no flow: picked up under Maglev
-    /// (IPv4), else refused.
-    fn adopt(
-        _p: &mut Pipeline,
-        _flow: &Flow<Self>,
-        _hash: u64,
-        _ctx: &BatchContext<'_>,
-    ) -> Result<FlowHit<Self>, Denied> {
-        Err(Denied::Refuse(DropReason::TcpNoFlow))
-    }
-
-    /// The backend session affinity binds the client to, as an index into
-    /// `backends` (IPv4); `None` picks as without affinity.
-    fn pick_affine(
-        _p: &mut Pipeline,
-        _service: ServiceKey<Self>,
-        _client: Self,
-        _backends: &[Backend<Self>],
-        _timeout: u32,
-        _ctx: &BatchContext<'_>,
-    ) -> Option<usize> {
-        None
-    }
-
-    /// The Maglev table's backend for `key`.
-    fn maglev_pick(_maglev: &crate::maglev::MaglevTable, _key: &FlowKey<Self>) -> usize {
-        0
-    }
-
-    /// Refreshes the client's affinity binding (IPv4).
-    fn refresh_affinity(_p: &mut Pipeline, _key: &FlowKey<Self>, _now: u32) {}
 }
 
 impl PathFamily for Ipv4Addr {
@@ -1616,50 +1617,6 @@ impl PathFamily for Ipv4Addr {
 
     fn may_be_client(src: Self) -> bool {
         !(src.is_multicast() || src.is_broadcast() || src.is_loopback() || src.octets()[0] == 0)
-    }
-
-    fn not_to_a_vip(
-        p: &mut Pipeline,
-        flow: &Flow<Self>,
-        ctx: &BatchContext<'_>,
-    ) -> Result<FlowHit<Self>, Denied> {
-        let key = &flow.key;
-        match ctx.table.reply_owner(key.src, key.src_port, key.protocol) {
-            Some(owner) => p.stateless_reply(flow, owner, ctx),
-            None => Err(Denied::Verdict(Verdict::Pass)),
-        }
-    }
-
-    fn adopt(
-        p: &mut Pipeline,
-        flow: &Flow<Self>,
-        hash: u64,
-        ctx: &BatchContext<'_>,
-    ) -> Result<FlowHit<Self>, Denied> {
-        p.adopt(flow, hash, ctx)
-    }
-
-    fn pick_affine(
-        p: &mut Pipeline,
-        service: ServiceKey<Self>,
-        client: Self,
-        backends: &[Backend<Self>],
-        timeout: u32,
-        ctx: &BatchContext<'_>,
-    ) -> Option<usize> {
-        let chosen = p
-            .affinity
-            .pick(service, client, backends, timeout, ctx.now, &mut p.rng);
-        Some(backends.iter().position(|b| *b == chosen).unwrap_or(0))
-    }
-
-    #[inline]
-    fn maglev_pick(maglev: &crate::maglev::MaglevTable, key: &FlowKey<Self>) -> usize {
-        maglev.pick(key)
-    }
-
-    fn refresh_affinity(p: &mut Pipeline, key: &FlowKey<Self>, now: u32) {
-        p.refresh_affinity(key, now);
     }
 }
 
@@ -1737,3 +1694,7 @@ mod ipv6_tests;
 #[cfg(test)]
 #[path = "pipeline_icmp6_tests.rs"]
 mod icmp6_tests;
+
+#[cfg(test)]
+#[path = "pipeline_ipv6_lb_tests.rs"]
+mod ipv6_lb_tests;

@@ -319,3 +319,90 @@ fn cluster_cidrs_admit_ipv6_clients_by_their_own_family() {
         Verdict::Drop(DropReason::SourceNotInCluster)
     );
 }
+
+/// `frame` (Ethernet + IPv6, no extension headers) with a chain of
+/// extension headers of `kinds` (each 8 octets: next header, length 0,
+/// six octets of padding options) inserted before its upper layer. The
+/// upper layer's checksum does not cover them, so it stays valid.
+fn with_extensions(frame: &[u8], kinds: &[u8]) -> Vec<u8> {
+    const IP: usize = 14;
+    let upper = frame[IP + 6];
+    let mut chain = Vec::with_capacity(8 * kinds.len());
+    for (i, _) in kinds.iter().enumerate() {
+        let next = kinds.get(i + 1).copied().unwrap_or(upper);
+        // Next header, Hdr Ext Len 0, then a PadN option of 4 octets.
+        chain.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+    }
+    let mut out = frame[..IP + 40].to_vec();
+    out[IP + 6] = kinds[0];
+    let payload = u16::from_be_bytes([out[IP + 4], out[IP + 5]]) + chain.len() as u16;
+    out[IP + 4..IP + 6].copy_from_slice(&payload.to_be_bytes());
+    out.extend_from_slice(&chain);
+    out.extend_from_slice(&frame[IP + 40..]);
+    out
+}
+
+const HOP_BY_HOP: u8 = 0;
+const DESTINATION_OPTIONS: u8 = 60;
+
+#[test]
+fn extension_headers_are_walked_and_carried_through_unchanged() {
+    let mut h = harness();
+    let chain = [HOP_BY_HOP, DESTINATION_OPTIONS];
+    let mut syn = with_extensions(
+        &tcp6(FROM_CLIENT, (CLIENT6, 40010), (VIP6, 8080), 64, true),
+        &chain,
+    );
+    assert_eq!(h.run(&mut syn), Verdict::Forward { port: POD_PORT });
+    assert_eq!(
+        syn,
+        with_extensions(
+            &tcp6(TO_POD, (CLIENT6, 40010), (POD6, 5678), 63, true),
+            &chain
+        ),
+        "the flow is the TCP segment's behind the headers, which go along as they came"
+    );
+    let mut answer = with_extensions(
+        &udp6(FROM_POD, (POD6, 5353), (CLIENT6, 33010), 64),
+        &[DESTINATION_OPTIONS],
+    );
+    let mut query = udp6(FROM_CLIENT, (CLIENT6, 33010), (UDP_VIP6, 53), 64);
+    assert_eq!(h.run(&mut query), Verdict::Forward { port: POD_PORT });
+    assert_eq!(h.run(&mut answer), Verdict::Forward { port: CLIENT_PORT });
+    assert_eq!(
+        answer,
+        with_extensions(
+            &udp6(TO_CLIENT, (UDP_VIP6, 53), (CLIENT6, 33010), 63),
+            &[DESTINATION_OPTIONS]
+        ),
+        "a reply behind a Destination Options header comes from the VIP"
+    );
+}
+
+#[test]
+fn too_many_or_truncated_extension_headers_are_dropped_and_counted() {
+    let mut h = harness();
+    let syn = tcp6(FROM_CLIENT, (CLIENT6, 40011), (VIP6, 8080), 64, true);
+    // Eight are walked (as the XDP program walks them); a ninth is one
+    // too many.
+    let mut eight = with_extensions(&syn, &[DESTINATION_OPTIONS; 8]);
+    assert_eq!(h.run(&mut eight), Verdict::Forward { port: POD_PORT });
+    let mut nine = with_extensions(
+        &tcp6(FROM_CLIENT, (CLIENT6, 40012), (VIP6, 8080), 64, true),
+        &[DESTINATION_OPTIONS; 9],
+    );
+    assert_eq!(h.run(&mut nine), Verdict::Drop(DropReason::MalformedIpv6));
+    // A Hop-by-Hop header anywhere but first is malformed (RFC 8200 4.1).
+    let mut late = with_extensions(&syn, &[DESTINATION_OPTIONS, HOP_BY_HOP]);
+    assert_eq!(h.run(&mut late), Verdict::Drop(DropReason::MalformedIpv6));
+    // A header that runs past the packet: its length says 16 octets more
+    // than the frame holds.
+    let mut cut = with_extensions(&syn, &[DESTINATION_OPTIONS]);
+    let total = cut.len();
+    cut[14 + 40 + 1] = 200;
+    cut.truncate(total);
+    assert_eq!(h.run(&mut cut), Verdict::Drop(DropReason::TruncatedIpv6));
+    let c = h.counters();
+    assert_eq!(c.drops_of(DropReason::MalformedIpv6), 2);
+    assert_eq!(c.drops_of(DropReason::TruncatedIpv6), 1);
+}

@@ -31,7 +31,7 @@ use crossbeam::utils::CachePadded;
 use crate::conntrack::FlowKey;
 use crate::dns::DnsZone;
 use crate::family::IpFamily;
-use crate::maglev::{MaglevTable, MaglevTables};
+use crate::maglev::{MaglevFamily, MaglevTable, MaglevTables};
 
 /// Where a flow goes as the table knows it: VIP, port, protocol,
 /// endpoint address and endpoint port.
@@ -78,9 +78,8 @@ pub struct PortEntry<A = Ipv4Addr> {
     pub slots: Box<[u32]>,
     /// The Maglev table new flows are picked from, when the Service's
     /// algorithm is Maglev (`backends` is then the table's sorted
-    /// backends, which its entries index). `None`: random choice. IPv4
-    /// only for now: an IPv6 port picks at random.
-    pub maglev: Option<Arc<MaglevTable>>,
+    /// backends, which its entries index). `None`: random choice.
+    pub maglev: Option<Arc<MaglevTable<A>>>,
 }
 
 impl<A> PortEntry<A> {
@@ -158,6 +157,20 @@ pub struct CompiledTable {
     dns: Option<Arc<DnsZone>>,
 }
 
+/// The shared Maglev table of a port's usable endpoints, from `store`;
+/// reorders `usable` into the table's order, which its entries index.
+fn maglev_table<A: MaglevFamily>(
+    store: &mut MaglevTables,
+    usable: &mut Box<[Backend<A>]>,
+) -> Option<Arc<MaglevTable<A>>> {
+    let table = store.get(usable).ok()?;
+    // Endpoints usually come sorted already, and then nothing is copied.
+    if table.backends() != &usable[..] {
+        *usable = table.backends().into();
+    }
+    Some(table)
+}
+
 /// The VIP of family `A` of a Service, if it has one.
 fn vip_of<A: IpFamily>(service: &Service) -> Option<A> {
     service.cluster_ip.vips().find_map(A::from_ip)
@@ -210,7 +223,7 @@ impl<A: IpFamily> FamilyTable<A> {
         model: &ServiceTable,
         default: LbAlgorithm,
         slot: impl Fn(usize, usize, Backend<A>) -> Option<u32>,
-        mut maglev: impl FnMut(&mut Box<[Backend<A>]>) -> Option<Arc<MaglevTable>>,
+        mut maglev: impl FnMut(&mut Box<[Backend<A>]>) -> Option<Arc<MaglevTable<A>>>,
     ) -> Self {
         let mut table = Self::empty();
         for (index, service) in model.services.iter().enumerate() {
@@ -269,7 +282,7 @@ impl<A: IpFamily> FamilyTable<A> {
     }
 
     /// What a new connection to `key` may go to.
-    #[inline]
+    #[inline(always)]
     pub fn lookup(&self, key: &ServiceKey<A>) -> Result<&PortEntry<A>, Miss> {
         match self.ports.get(key) {
             Some(entry) if entry.backends.is_empty() => Err(Miss::NoEndpoints),
@@ -415,30 +428,41 @@ impl CompiledTable {
         )
     }
 
-    /// [`Self::compile_with_lb`] with a counter slot for each endpoint of
-    /// each Service port (`slot(service index, port index, endpoint)`).
-    /// The IPv6 side of the table is compiled without counter slots and
-    /// with random choice for now.
+    /// [`Self::compile_with_lb`] with a counter slot for each IPv4
+    /// endpoint of each Service port (`slot(service index, port index,
+    /// endpoint)`); IPv6 endpoints are not counted
+    /// ([`Self::compile_with_family_slots_lb`] counts both).
     pub fn compile_with_endpoint_slots_lb(
         model: Arc<ServiceTable>,
         generation: u64,
         slot: impl Fn(usize, usize, Backend) -> Option<u32>,
         lb: LbPlan<'_>,
     ) -> Self {
+        Self::compile_with_family_slots_lb(model, generation, slot, |_, _, _| None, lb)
+    }
+
+    /// [`Self::compile_with_lb`] with a counter slot for each endpoint of
+    /// each Service port, `slot4` for IPv4 endpoints and `slot6` for IPv6
+    /// ones (`(service index, port index, endpoint)`). Maglev ports of
+    /// either family take their tables from `lb.maglev`.
+    pub fn compile_with_family_slots_lb(
+        model: Arc<ServiceTable>,
+        generation: u64,
+        slot4: impl Fn(usize, usize, Backend) -> Option<u32>,
+        slot6: impl Fn(usize, usize, Backend<Ipv6Addr>) -> Option<u32>,
+        lb: LbPlan<'_>,
+    ) -> Self {
         lb.maglev.begin_round();
         let store = lb.maglev;
-        let v4 = FamilyTable::<Ipv4Addr>::compile(&model, lb.default, slot, |usable| {
-            let table = store.get(usable).ok()?;
-            // Entries index the table's sorted backends; endpoints
-            // usually come sorted already, and then nothing is copied.
-            if table.backends() != &usable[..] {
-                *usable = table.backends().into();
-            }
-            Some(table)
+        let v4 = FamilyTable::<Ipv4Addr>::compile(&model, lb.default, slot4, |usable| {
+            maglev_table(store, usable)
+        });
+        let v6 = FamilyTable::<Ipv6Addr>::compile(&model, lb.default, slot6, |usable| {
+            maglev_table(store, usable)
         });
         store.finish_round();
-        let v6 = FamilyTable::<Ipv6Addr>::compile(&model, lb.default, |_, _, _| None, |_| None);
-        let uses_maglev = v4.ports.values().any(|p| p.maglev.is_some());
+        let uses_maglev = v4.ports.values().any(|p| p.maglev.is_some())
+            || v6.ports.values().any(|p| p.maglev.is_some());
         Self {
             generation,
             model,
@@ -954,5 +978,92 @@ mod tests {
             t.v6().port_entries().next().map(|(_, e)| e.slot_of(0)),
             Some(crate::conntrack::NO_SLOT)
         );
+    }
+
+    /// An IPv6 Maglev port gets a table of its endpoint set like an IPv4
+    /// one (its backends in the table's order, one table per set shared
+    /// by ports, kept in the store with the IPv4 ones), and IPv6
+    /// endpoints get counter slots when the caller gives them.
+    #[test]
+    fn ipv6_maglev_ports_get_tables_and_slots() {
+        let vip6: Ipv6Addr = "2001:2:0:ff::10".parse().expect("literal");
+        let other6: Ipv6Addr = "2001:2:0:ff::11".parse().expect("literal");
+        let pod6 = |last: u16| Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, last);
+        let six = |vip: Ipv6Addr, pods: &[u16]| {
+            let endpoints = pods
+                .iter()
+                .map(|&last| Endpoint {
+                    ip: pod6(last).into(),
+                    ..endpoint(11, EndpointState::READY)
+                })
+                .collect();
+            let mut service = model(endpoints).services[0].clone();
+            service.cluster_ip = ClusterIp::single(vip.into());
+            service.ip_families = vec![cipgw_config::IpFamily::V6];
+            service.lb_algorithm = Some(LbAlgorithm::Maglev);
+            service
+        };
+        let mut v4 = model(vec![endpoint(11, EndpointState::READY)]).services[0].clone();
+        v4.lb_algorithm = Some(LbAlgorithm::Maglev);
+        let services = vec![
+            six(vip6, &[0x13, 0x11, 0x12]),
+            six(other6, &[0x12, 0x11, 0x13]),
+            v4,
+        ];
+        let mut store = MaglevTables::new(1021, 9);
+        let t = CompiledTable::compile_with_family_slots_lb(
+            Arc::new(ServiceTable { services }),
+            1,
+            |_, _, _| None,
+            |service, _, b| Some(service as u32 * 100 + u32::from(b.ip.segments()[7])),
+            LbPlan {
+                default: LbAlgorithm::Random,
+                maglev: &mut store,
+            },
+        );
+        let key6 = |vip| ServiceKey {
+            vip,
+            port: 8080,
+            protocol: Protocol::Tcp,
+        };
+        let entry = t.v6().lookup(&key6(vip6)).expect("the IPv6 VIP");
+        let maglev = entry.maglev.as_ref().expect("the port uses Maglev");
+        let sorted: Vec<Backend<Ipv6Addr>> = [0x11, 0x12, 0x13]
+            .map(|last| Backend {
+                ip: pod6(last),
+                port: 5678,
+            })
+            .to_vec();
+        assert_eq!(&entry.backends[..], &sorted[..], "the table's order");
+        assert_eq!(maglev.backends(), &sorted[..]);
+        assert_eq!(
+            (0..3).map(|i| entry.slot_of(i)).collect::<Vec<_>>(),
+            [0x11, 0x12, 0x13],
+            "each IPv6 endpoint its own slot, in the backends' order"
+        );
+        let other = t.v6().lookup(&key6(other6)).expect("the other VIP");
+        assert!(Arc::ptr_eq(
+            maglev,
+            other.maglev.as_ref().expect("Maglev too")
+        ));
+        assert!(t.lookup(&key(8080)).expect("IPv4").maglev.is_some());
+        assert_eq!(store.len(), 2, "one IPv6 set, one IPv4 set");
+        assert!(t.uses_maglev());
+
+        // Compiled without IPv6 slots (the older entry point): uncounted.
+        let services = vec![six(vip6, &[0x11])];
+        let t = CompiledTable::compile_with_endpoint_slots_lb(
+            Arc::new(ServiceTable { services }),
+            2,
+            |_, _, _| Some(1),
+            LbPlan {
+                default: LbAlgorithm::Random,
+                maglev: &mut store,
+            },
+        );
+        let entry = t.v6().lookup(&key6(vip6)).expect("the IPv6 VIP");
+        assert_eq!(entry.slot_of(0), crate::conntrack::NO_SLOT);
+        assert!(t.uses_maglev(), "an IPv6-only Maglev table");
+        assert_eq!(store.len(), 1, "the unused sets were dropped");
     }
 }

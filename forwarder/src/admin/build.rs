@@ -151,6 +151,24 @@ impl Conns {
     }
 }
 
+/// Calls `visit` with the VIP port, backend and state of every flow in
+/// `ct`, once per flow (its forward entry).
+fn for_each_forward<A: IpFamily>(
+    ct: &Conntrack<A>,
+    visit: &mut impl FnMut(PortKey, SocketAddr, FlowState),
+) {
+    ct.for_each(|key, hit| {
+        if hit.direction == Direction::Forward {
+            let port = (key.dst.into(), key.dst_port, key.protocol);
+            visit(
+                port,
+                SocketAddr::new(hit.nat_ip.into(), hit.nat_port),
+                hit.state,
+            );
+        }
+    });
+}
+
 pub(super) fn services_view(state: &AdminState) -> ServicesView {
     let table = state.table.current();
     // Active and inactive flows per port and per (port, backend), from
@@ -166,27 +184,9 @@ pub(super) fn services_view(state: &AdminState) -> ServicesView {
             .or_default()
             .count(active);
     };
-    state.conntrack.for_each(|key, hit| {
-        if hit.direction == Direction::Forward {
-            let port = (key.dst.into(), key.dst_port, key.protocol);
-            count(
-                port,
-                SocketAddr::new(hit.nat_ip.into(), hit.nat_port),
-                hit.state,
-            );
-        }
-    });
+    for_each_forward(&state.conntrack, &mut count);
     if let Some(v6) = state.conntrack6.get() {
-        v6.for_each(|key, hit| {
-            if hit.direction == Direction::Forward {
-                let port = (key.dst.into(), key.dst_port, key.protocol);
-                count(
-                    port,
-                    SocketAddr::new(hit.nat_ip.into(), hit.nat_port),
-                    hit.state,
-                );
-            }
-        });
+        for_each_forward(v6, &mut count);
     }
     let stats = state.services.get();
     let services = table
@@ -194,8 +194,8 @@ pub(super) fn services_view(state: &AdminState) -> ServicesView {
         .services
         .iter()
         .map(|service| {
-            // Flows of every VIP count; traffic counters exist for the
-            // IPv4 VIP only.
+            // Flows and counters of every VIP count; Maglev fingerprints
+            // are the IPv4 VIP's.
             let vip = service.cluster_ip.vip4();
             let vips: Vec<IpAddr> = service.cluster_ip.vips().collect();
             let mut view = ServiceView {
@@ -232,8 +232,10 @@ pub(super) fn services_view(state: &AdminState) -> ServicesView {
                         active: sum.active + c.active,
                         inactive: sum.inactive + c.inactive,
                     });
-                let totals = match (stats, vip) {
-                    (Some(s), Some(_)) => s.totals(&service.name, port.port, port.protocol),
+                let totals = match stats {
+                    Some(s) if !vips.is_empty() => {
+                        s.totals(&service.name, port.port, port.protocol)
+                    }
                     _ => None,
                 };
                 let endpoint_totals = match (stats, totals) {
@@ -274,10 +276,6 @@ pub(super) fn services_view(state: &AdminState) -> ServicesView {
                         .endpoints
                         .iter()
                         .map(|e| {
-                            let ip4 = match e.ip {
-                                IpAddr::V4(ip) => Some(ip),
-                                IpAddr::V6(_) => None,
-                            };
                             // Its flows come through its family's VIP.
                             let conns = vips
                                 .iter()
@@ -289,9 +287,8 @@ pub(super) fn services_view(state: &AdminState) -> ServicesView {
                                 })
                                 .unwrap_or_default();
                             // `None` only when no counter slot was left
-                            // for it (or, IPv6, none is kept for it).
-                            let counted =
-                                ip4.and_then(|ip| endpoint_totals.get(&(ip, e.port)).copied());
+                            // for it.
+                            let counted = endpoint_totals.get(&(e.ip, e.port)).copied();
                             EndpointView {
                                 ip: e.ip,
                                 port: e.port,

@@ -249,7 +249,10 @@ impl AdminState {
         let table = self.table.current();
         let mut services = Vec::new();
         if let Some(stats) = self.services.get() {
-            for (service, vip) in table.model().forwarded_v4() {
+            // One series per Service port, both families' traffic, labelled
+            // with the primary VIP.
+            for (service, vips) in table.model().forwarded() {
+                let vip = vips.primary();
                 for port in &service.ports {
                     if let Some(totals) = stats.totals(&service.name, port.port, port.protocol) {
                         services.push(ServicePortSnapshot {

@@ -10,10 +10,12 @@
 //! leave the status 0.
 
 use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cipgw::maglev::MaglevTables;
+use cipgw::family::IpFamily;
+use cipgw::maglev::{MaglevFamily, MaglevTables};
 use cipgw::table::{CompiledTable, LbPlan, ServiceKey};
 use cipgw_config::settings::LbSettings;
 
@@ -132,31 +134,52 @@ fn maglev_fingerprints(model: ServiceTable, lb: LbSettings) -> String {
         },
     );
     let mut out = String::new();
-    // IPv6: Maglev tables are compiled for IPv4 VIPs only.
-    for (service, vip) in compiled.model().forwarded_v4() {
-        for port in &service.ports {
-            let key = ServiceKey {
-                vip,
-                port: port.port,
-                protocol: port.protocol,
-            };
-            let Some(maglev) = compiled.port_entry(&key).and_then(|e| e.maglev.as_ref()) else {
-                continue;
-            };
-            let _ = writeln!(
-                out,
-                "maglev {} {vip}:{}/{} table {:016x} ({} endpoints, size {}, seed {:#x})",
-                service.name,
-                port.port,
-                port.protocol,
-                maglev.fingerprint(),
-                maglev.backends().len(),
-                maglev.size(),
-                maglev.seed(),
-            );
+    for (service, vips) in compiled.model().forwarded() {
+        for vip in vips.iter() {
+            for port in &service.ports {
+                let maglev = match vip {
+                    IpAddr::V4(vip) => fingerprint_line(&compiled, vip, port),
+                    IpAddr::V6(vip) => fingerprint_line(&compiled, vip, port),
+                };
+                let Some(table) = maglev else {
+                    continue;
+                };
+                let _ = writeln!(
+                    out,
+                    "maglev {} {}/{} {table}",
+                    service.name,
+                    std::net::SocketAddr::new(vip, port.port),
+                    port.protocol,
+                );
+            }
         }
     }
     out
+}
+
+/// "table FINGERPRINT (N endpoints, size M, seed S)" of the Maglev table of
+/// `vip`'s `port`, if it has one.
+fn fingerprint_line<A: IpFamily + MaglevFamily>(
+    compiled: &CompiledTable,
+    vip: A,
+    port: &cipgw_config::ServicePort,
+) -> Option<String> {
+    let key = ServiceKey {
+        vip,
+        port: port.port,
+        protocol: port.protocol,
+    };
+    let maglev = compiled
+        .family::<A>()
+        .port_entry(&key)
+        .and_then(|e| e.maglev.as_ref())?;
+    Some(format!(
+        "table {:016x} ({} endpoints, size {}, seed {:#x})",
+        maglev.fingerprint(),
+        maglev.backends().len(),
+        maglev.size(),
+        maglev.seed(),
+    ))
 }
 
 /// Service ports whose named targetPort no endpoint resolves: they have

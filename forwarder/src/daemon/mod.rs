@@ -370,10 +370,7 @@ impl Gateway {
                 if removed > 0 {
                     tracing::debug!(removed, "expired idle flows");
                 }
-                let table = self.table.current();
-                self.affinity.sweep(now, |service| {
-                    table.port_entry(service).and_then(|e| e.affinity)
-                });
+                self.affinity.sweep(now, &self.table.current());
                 self.resolve_backends();
             }
         }
@@ -498,9 +495,10 @@ impl Gateway {
             default: self.lb,
             maglev: &mut self.maglev,
         };
-        let compiled = CompiledTable::compile_with_endpoint_slots_lb(
+        let compiled = CompiledTable::compile_with_family_slots_lb(
             model,
             generation,
+            |s, p, b| slots.get(s, p, b),
             |s, p, b| slots.get(s, p, b),
             lb,
         )

@@ -142,7 +142,7 @@ fn check_outside_kernel_range(
     Ok(())
 }
 
-/// The primary IPv4 address and the first global IPv6 address of
+/// The primary IPv4 address and the oldest usable global IPv6 address of
 /// interface `iface`, those it has (at least one).
 fn primary_addresses(iface: &str) -> anyhow::Result<Vec<IpAddr>> {
     let links = netlink::dump_links().context("--snat: listing interfaces")?;
@@ -156,11 +156,15 @@ fn primary_addresses(iface: &str) -> anyhow::Result<Vec<IpAddr>> {
         .into_iter()
         .find(|(index, _)| *index == ifindex)
         .map(|(_, ip)| ip);
+    // The kernel lists an interface's IPv6 addresses newest first: the
+    // last is the one it has had longest, as IPv4's primary is the first
+    // one added.
     let v6: Option<Ipv6Addr> = netlink::dump_ipv6_addresses()
         .context("--snat: listing IPv6 addresses")?
         .into_iter()
-        .find(|(index, _)| *index == ifindex)
-        .map(|(_, ip)| ip);
+        .filter(|(index, _)| *index == ifindex)
+        .map(|(_, ip)| ip)
+        .next_back();
     let addresses: Vec<IpAddr> = v4
         .map(IpAddr::from)
         .into_iter()

@@ -314,9 +314,10 @@ fn load_table(settings: &Settings) -> anyhow::Result<FirstTable> {
     let service_stats = Arc::new(ServiceStats::new());
     let slots = service_stats.assign(&model);
     let mut maglev = MaglevTables::new(settings.lb.maglev_table_size, settings.lb.hash_seed);
-    let table = CompiledTable::compile_with_endpoint_slots_lb(
+    let table = CompiledTable::compile_with_family_slots_lb(
         Arc::new(model),
         1,
+        |s, p, b| slots.get(s, p, b),
         |s, p, b| slots.get(s, p, b),
         LbPlan {
             default: settings.lb.algorithm,

@@ -1,13 +1,17 @@
 //! Client helpers for tests and the demo. They use the calling thread's
 //! namespace: run them inside one with [`Netns::try_run`] or
 //! [`Topology::in_client`]. Every call is bounded by its `timeout`, which
-//! covers the whole exchange.
+//! covers the whole exchange. They take addresses of either family
+//! (anything that converts into a `SocketAddr` or an `IpAddr`).
 //!
 //! [`Netns::try_run`]: super::Netns::try_run
 //! [`Topology::in_client`]: super::Topology::in_client
 
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4, SocketAddrV6, TcpStream,
+    UdpSocket,
+};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -37,9 +41,9 @@ fn io_error(what: &str, timeout: Duration, e: io::Error) -> LabError {
     }
 }
 
-fn connect(addr: SocketAddrV4, what: &str, timeout: Duration) -> Result<TcpStream, LabError> {
-    let stream = TcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)
-        .map_err(|e| io_error(what, timeout, e))?;
+fn connect(addr: SocketAddr, what: &str, timeout: Duration) -> Result<TcpStream, LabError> {
+    let stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| io_error(what, timeout, e))?;
     stream
         .set_nodelay(true)
         .map_err(|e| LabError::io(what, e))?;
@@ -49,10 +53,11 @@ fn connect(addr: SocketAddrV4, what: &str, timeout: Duration) -> Result<TcpStrea
 /// Connects to `addr`, sends `payload`, closes its sending side and returns
 /// everything received until the server closes.
 pub fn tcp_request(
-    addr: SocketAddrV4,
+    addr: impl Into<SocketAddr>,
     payload: &[u8],
     timeout: Duration,
 ) -> Result<String, LabError> {
+    let addr = addr.into();
     let what = format!("TCP request to {addr}");
     let deadline = Instant::now() + timeout;
     let mut stream = connect(addr, &what, timeout)?;
@@ -91,10 +96,11 @@ pub fn tcp_request(
 /// reply line after each, and returns the replies without their newlines.
 /// With an echo server behind a VIP, all replies name the same Pod.
 pub fn tcp_session(
-    addr: SocketAddrV4,
+    addr: impl Into<SocketAddr>,
     requests: usize,
     timeout: Duration,
 ) -> Result<Vec<String>, LabError> {
+    let addr = addr.into();
     let what = format!("TCP session with {addr}");
     let deadline = Instant::now() + timeout;
     let mut stream = connect(addr, &what, timeout)?;
@@ -139,13 +145,13 @@ pub fn tcp_session(
 /// Sends one datagram from a fresh socket (so a fresh source port, a new
 /// flow) to `addr` and returns the first datagram that comes back.
 pub fn udp_request(
-    addr: SocketAddrV4,
+    addr: impl Into<SocketAddr>,
     payload: &[u8],
     timeout: Duration,
 ) -> Result<String, LabError> {
+    let addr = addr.into();
     let what = format!("UDP request to {addr}");
-    let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
-        .map_err(|e| LabError::io(&what, e))?;
+    let socket = UdpSocket::bind(unspecified(&addr)).map_err(|e| LabError::io(&what, e))?;
     socket.connect(addr).map_err(|e| LabError::io(&what, e))?;
     socket
         .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
@@ -158,26 +164,50 @@ pub fn udp_request(
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// The wildcard address of `addr`'s family, port 0: a fresh local port.
+fn unspecified(addr: &SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(_) => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0).into(),
+    }
+}
+
 /// ICMP echo type and code (RFC 792).
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMP_ECHO_REPLY: u8 = 0;
+/// ICMPv6 echo request and reply types (RFC 4443, section 4).
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
 
-/// Sends one ICMP echo request to `addr` and returns the round-trip time.
+/// Sends one ICMP (IPv4) or ICMPv6 (IPv6) echo request to `addr` and
+/// returns the round-trip time.
 ///
-/// Uses a Linux ping socket (`SOCK_DGRAM`/`IPPROTO_ICMP`): the kernel fills
-/// in the identifier and checksum and hands back only this socket's
-/// replies. Lab namespaces allow them for every group
-/// (`net.ipv4.ping_group_range`); elsewhere this may fail with EACCES.
-pub fn ping(addr: Ipv4Addr, timeout: Duration) -> Result<Duration, LabError> {
+/// Uses a Linux ping socket (`SOCK_DGRAM` with `IPPROTO_ICMP` or
+/// `IPPROTO_ICMPV6`): the kernel fills in the identifier and checksum and
+/// hands back only this socket's replies. Lab namespaces allow them for
+/// every group (`net.ipv4.ping_group_range`, which governs both families);
+/// elsewhere this may fail with EACCES.
+pub fn ping(addr: impl Into<IpAddr>, timeout: Duration) -> Result<Duration, LabError> {
+    let addr = addr.into();
     let what = format!("ping {addr}");
-    // SAFETY: socket(2) with constant arguments; the result is checked.
-    let fd = unsafe {
-        libc::socket(
+    let (domain, protocol, request_type, reply_type, peer) = match addr {
+        IpAddr::V4(a) => (
             libc::AF_INET,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
             libc::IPPROTO_ICMP,
-        )
+            ICMP_ECHO_REQUEST,
+            ICMP_ECHO_REPLY,
+            SocketAddr::from(SocketAddrV4::new(a, 0)),
+        ),
+        IpAddr::V6(a) => (
+            libc::AF_INET6,
+            libc::IPPROTO_ICMPV6,
+            ICMPV6_ECHO_REQUEST,
+            ICMPV6_ECHO_REPLY,
+            SocketAddr::from(SocketAddrV6::new(a, 0, 0, 0)),
+        ),
     };
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, protocol) };
     if fd < 0 {
         return Err(LabError::io(&what, io::Error::last_os_error()));
     }
@@ -185,12 +215,10 @@ pub fn ping(addr: Ipv4Addr, timeout: Duration) -> Result<Duration, LabError> {
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     // A ping socket speaks datagrams, which is all UdpSocket's send/recv do.
     let socket = UdpSocket::from(owned);
-    socket
-        .connect(SocketAddrV4::new(addr, 0))
-        .map_err(|e| LabError::io(&what, e))?;
+    socket.connect(peer).map_err(|e| LabError::io(&what, e))?;
     let seq: u16 = 1;
     let mut request = [0u8; 16];
-    request[0] = ICMP_ECHO_REQUEST;
+    request[0] = request_type;
     request[6..8].copy_from_slice(&seq.to_be_bytes());
     request[8..].copy_from_slice(b"cipgwlab");
     let start = Instant::now();
@@ -204,7 +232,7 @@ pub fn ping(addr: Ipv4Addr, timeout: Duration) -> Result<Duration, LabError> {
         let n = socket
             .recv(&mut buf)
             .map_err(|e| io_error(&what, timeout, e))?;
-        if n >= 8 && buf[0] == ICMP_ECHO_REPLY && buf[6..8] == seq.to_be_bytes() {
+        if n >= 8 && buf[0] == reply_type && buf[6..8] == seq.to_be_bytes() {
             return Ok(start.elapsed());
         }
     }

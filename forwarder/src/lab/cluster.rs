@@ -23,17 +23,27 @@
 //! every Pod is the same kind of namespace. The invariants of
 //! [`super::topology`] hold here too (namespaces only, RFC 2544
 //! addresses, checksum offload off towards the gateway, GRO off on the
-//! gateway, IPv6 off, fixed MACs, everything removed on drop).
+//! gateway, IPv6 off unless dual-stack, fixed MACs, everything removed on
+//! drop).
+//!
+//! A dual-stack cluster ([`ClusterBuilder::dual_stack`]) mirrors every
+//! address and route in IPv6 as [`super::topology`] describes (198.18.X.Y
+//! is 2001:2:0:X::Y): node network 2001:2:0:1::/64 (gateway ::1, spare
+//! ::2, deprecated so that it is never chosen as a source, nodes ::11,
+//! ...), node N's Pods on 2001:2:0:(10+N)::/64 (bridge
+//! ::1, Pods ::11, ...), VIPs 2001:2:0:100::/64, and 2001:2::/56 (the node
+//! network and every Pod subnet, not the VIPs) for `--cluster-cidr`. Nodes
+//! forward IPv6 too; the gateway does not.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::echo::EchoServer;
 use super::netns::{unique_prefix, Netns};
 use super::topology::{
-    baseline_sysctls, configure, ethtool, iface, make_switch, net, port_mac, veth, IfaceInfo,
-    NodeInfo,
+    add_ipv6, baseline_sysctls, configure, ethtool, iface, ipv6_of, make_switch, net, net6_of,
+    port_mac, require_ipv6, socket_addr, veth, IfaceInfo, NodeInfo,
 };
 use super::LabError;
 
@@ -72,6 +82,21 @@ pub struct ClusterInfo {
     /// All Pod subnets together (198.18.0.0/15 covers them all; this is
     /// the narrower 198.18.0.0/16 range for `--cluster-cidr`).
     pub cluster_cidr: Ipv4Net,
+    /// The IPv6 side of a dual-stack cluster; `None` when IPv6 is off.
+    pub ipv6: Option<ClusterIpv6>,
+}
+
+/// The IPv6 subnets of a dual-stack cluster lab (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterIpv6 {
+    /// The node network, 2001:2:0:1::/64.
+    pub node_net: Ipv6Net,
+    /// The IPv6 service CIDR, 2001:2:0:100::/64.
+    pub vip_range: Ipv6Net,
+    /// The node network and every Pod subnet, 2001:2::/56.
+    pub cluster_cidr: Ipv6Net,
+    /// The gateway's spare IPv6 address, 2001:2:0:1::2.
+    pub gateway_spare: Ipv6Addr,
 }
 
 impl ClusterInfo {
@@ -79,6 +104,18 @@ impl ClusterInfo {
     pub fn vip(&self, host: u8) -> Ipv4Addr {
         let [a, b, c, _] = self.vip_range.network().octets();
         Ipv4Addr::new(a, b, c, host)
+    }
+
+    /// The IPv6 VIP mirroring [`ClusterInfo::vip`] (2001:2:0:100::host).
+    pub fn vip6(&self, host: u8) -> Ipv6Addr {
+        ipv6_of(self.vip(host))
+    }
+
+    /// The IPv6 side, or an error when the cluster is not dual-stack.
+    pub fn ipv6(&self) -> Result<&ClusterIpv6, LabError> {
+        self.ipv6
+            .as_ref()
+            .ok_or_else(|| LabError::Invalid("the cluster lab is not dual-stack".into()))
     }
 
     /// The Pod named `name`.
@@ -92,6 +129,7 @@ impl ClusterInfo {
 pub struct ClusterBuilder {
     purpose: String,
     nodes: Vec<Vec<String>>,
+    dual_stack: bool,
 }
 
 impl ClusterBuilder {
@@ -100,7 +138,15 @@ impl ClusterBuilder {
         Self {
             purpose: purpose.to_owned(),
             nodes: Vec::new(),
+            dual_stack: false,
         }
+    }
+
+    /// Give every node and Pod an IPv6 address and route IPv6 as IPv4 is
+    /// routed (see the module doc); off by default.
+    pub fn dual_stack(mut self, on: bool) -> Self {
+        self.dual_stack = on;
+        self
     }
 
     /// Adds a node running Pods named `pods`.
@@ -120,10 +166,13 @@ impl ClusterBuilder {
                 "a cluster lab has 1 to {MAX_NODES} nodes of at most {MAX_PODS_PER_NODE} Pods"
             )));
         }
+        if self.dual_stack {
+            require_ipv6()?;
+        }
         let prefix = unique_prefix(&self.purpose)?;
         let create = |role: &str, forwarding: bool| -> Result<Netns, LabError> {
             let ns = Netns::create(format!("{prefix}-{role}"))?;
-            baseline_sysctls(&ns, forwarding)?;
+            baseline_sysctls(&ns, forwarding, self.dual_stack)?;
             Ok(ns)
         };
         // Owned as soon as each exists, so an error drops (removes) them.
@@ -152,8 +201,9 @@ impl ClusterBuilder {
     fn wire(&self, c: &Cluster) -> Result<ClusterInfo, LabError> {
         let node_net = net(NODE_NET);
         let vip_range = net(100);
-        let gw = iface("lan0", node_net, 1);
-        let spare = iface("lan0", node_net, SPARE_HOST);
+        let v6 = self.dual_stack;
+        let gw = iface("lan0", node_net, 1, v6);
+        let spare = iface("lan0", node_net, SPARE_HOST, v6);
         veth(
             &c.gateway_ns,
             &gw.name,
@@ -165,7 +215,7 @@ impl ClusterBuilder {
         let mut ports = vec!["p-gw".to_owned()];
         let mut nodes = Vec::new();
         for (n, ns) in c.node_ns.iter().enumerate() {
-            let uplink = iface("eth0", node_net, node_host(n));
+            let uplink = iface("eth0", node_net, node_host(n), v6);
             let port = format!("p-node{}", n + 1);
             veth(
                 ns,
@@ -187,6 +237,23 @@ impl ClusterBuilder {
         configure(&c.gateway_ns, &gw, false, true)?;
         c.gateway_ns
             .ip(&["addr", "add", &spare.cidr().to_string(), "dev", "lan0"])?;
+        if let Some(cidr6) = spare.cidr6() {
+            // Deprecated (preferred lifetime 0): never the kernel's choice
+            // of source, only used where named (`--snat-address`), so the
+            // gateway's own address is ::1 beyond doubt, as 198.18.1.1 is
+            // the IPv4 primary.
+            c.gateway_ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &cidr6.to_string(),
+                "dev",
+                "lan0",
+                "nodad",
+                "preferred_lft",
+                "0",
+            ])?;
+        }
 
         let mut pods = Vec::new();
         let mut pod_nodes = Vec::new();
@@ -199,7 +266,7 @@ impl ClusterBuilder {
             let mut bridge_ports = Vec::new();
             for (k, name) in names.iter().enumerate() {
                 let ns = pod_ns.next().expect("one namespace per Pod");
-                let eth = iface("eth0", subnet, 11 + k as u8);
+                let eth = iface("eth0", subnet, 11 + k as u8, v6);
                 let port = format!("vp{}", k + 1);
                 veth(ns, &eth.name, eth.mac, node, &port, port_mac(eth.addr))?;
                 configure(ns, &eth, true, false)?;
@@ -212,18 +279,40 @@ impl ClusterBuilder {
                 pod_nodes.push(n);
             }
             make_switch(node, &bridge_ports)?;
-            let bridge = iface("br0", subnet, 1);
+            let bridge = iface("br0", subnet, 1, v6);
             node.ip(&["addr", "add", &bridge.cidr().to_string(), "dev", "br0"])?;
+            if let Some(cidr6) = bridge.cidr6() {
+                add_ipv6(node, "br0", cidr6)?;
+            }
             for (k, _) in names.iter().enumerate() {
                 let ns = &c.pod_ns[pods.len() - names.len() + k];
                 ns.ip(&["route", "add", "default", "via", &bridge.addr.to_string()])?;
+                if let Some(via6) = bridge.addr6 {
+                    ns.ip(&["-6", "route", "add", "default", "via", &via6.to_string()])?;
+                }
             }
             // Other nodes' Pods directly over the node network; the VIPs
             // via the gateway.
             for other in 0..self.nodes.len() {
                 if other != n {
-                    let via = Ipv4Addr::new(198, 18, NODE_NET, node_host(other)).to_string();
-                    node.ip(&["route", "add", &pod_subnet(other).to_string(), "via", &via])?;
+                    let via = Ipv4Addr::new(198, 18, NODE_NET, node_host(other));
+                    node.ip(&[
+                        "route",
+                        "add",
+                        &pod_subnet(other).to_string(),
+                        "via",
+                        &via.to_string(),
+                    ])?;
+                    if v6 {
+                        node.ip(&[
+                            "-6",
+                            "route",
+                            "add",
+                            &net6_of(pod_subnet(other)).to_string(),
+                            "via",
+                            &ipv6_of(via).to_string(),
+                        ])?;
+                    }
                 }
             }
             node.ip(&[
@@ -233,10 +322,29 @@ impl ClusterBuilder {
                 "via",
                 &gw.addr.to_string(),
             ])?;
-            let via = nodes[n].iface.addr.to_string();
+            let via = nodes[n].iface.addr;
             c.gateway_ns
-                .ip(&["route", "add", &subnet.to_string(), "via", &via])?;
+                .ip(&["route", "add", &subnet.to_string(), "via", &via.to_string()])?;
+            if let Some(gw6) = gw.addr6 {
+                let vips6 = net6_of(vip_range).to_string();
+                node.ip(&["-6", "route", "add", &vips6, "via", &gw6.to_string()])?;
+                c.gateway_ns.ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    &net6_of(subnet).to_string(),
+                    "via",
+                    &ipv6_of(via).to_string(),
+                ])?;
+            }
         }
+        let ipv6 = spare.addr6.map(|gateway_spare| ClusterIpv6 {
+            node_net: net6_of(node_net),
+            vip_range: net6_of(vip_range),
+            cluster_cidr: Ipv6Net::new(Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0), 56)
+                .expect("/56 is valid"),
+            gateway_spare,
+        });
         Ok(ClusterInfo {
             gateway_ns: c.gateway_ns.name().into(),
             gateway: gw,
@@ -247,6 +355,7 @@ impl ClusterBuilder {
             node_net,
             vip_range,
             cluster_cidr: Ipv4Net::new(Ipv4Addr::new(198, 18, 0, 0), 16).expect("/16 is valid"),
+            ipv6,
         })
     }
 }
@@ -289,19 +398,32 @@ impl Cluster {
     /// Starts a TCP echo server on each Pod named in `pods`, at
     /// `<pod ip>:port`.
     pub fn start_tcp_echo(&self, pods: &[&str], port: u16) -> Result<Vec<EchoServer>, LabError> {
-        self.each(pods, port, EchoServer::start_tcp)
+        self.each(pods, port, false, EchoServer::start_tcp)
     }
 
     /// Starts a UDP echo server on each Pod named in `pods`.
     pub fn start_udp_echo(&self, pods: &[&str], port: u16) -> Result<Vec<EchoServer>, LabError> {
-        self.each(pods, port, EchoServer::start_udp)
+        self.each(pods, port, false, EchoServer::start_udp)
+    }
+
+    /// Starts a TCP echo server on each Pod named in `pods`, at
+    /// `[<pod ipv6>]:port` (a dual-stack cluster).
+    pub fn start_tcp_echo6(&self, pods: &[&str], port: u16) -> Result<Vec<EchoServer>, LabError> {
+        self.each(pods, port, true, EchoServer::start_tcp)
+    }
+
+    /// Starts a UDP echo server on each Pod named in `pods`, at
+    /// `[<pod ipv6>]:port` (a dual-stack cluster).
+    pub fn start_udp_echo6(&self, pods: &[&str], port: u16) -> Result<Vec<EchoServer>, LabError> {
+        self.each(pods, port, true, EchoServer::start_udp)
     }
 
     fn each(
         &self,
         pods: &[&str],
         port: u16,
-        start: impl Fn(&Netns, SocketAddrV4, &str) -> Result<EchoServer, LabError>,
+        v6: bool,
+        start: impl Fn(&Netns, SocketAddr, &str) -> Result<EchoServer, LabError>,
     ) -> Result<Vec<EchoServer>, LabError> {
         pods.iter()
             .map(|name| {
@@ -310,7 +432,7 @@ impl Cluster {
                     .pod(name)
                     .ok_or_else(|| LabError::Invalid(format!("no Pod {name} in the cluster")))?;
                 let ns = self.pod_ns(name).expect("every Pod has a namespace");
-                start(ns, SocketAddrV4::new(pod.iface.addr, port), name)
+                start(ns, socket_addr(&pod.iface, port, v6)?, name)
             })
             .collect()
     }

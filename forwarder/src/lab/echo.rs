@@ -13,7 +13,7 @@
 //! so dropping the server stops it within a fraction of a second.
 
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -50,15 +50,22 @@ impl Shared {
 /// A running echo server; stops (and joins its threads) on drop.
 #[derive(Debug)]
 pub struct EchoServer {
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     pod: String,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl EchoServer {
-    /// Listens on `addr` (the Pod's IP and targetPort) in namespace `ns`.
-    pub fn start_tcp(ns: &Netns, addr: SocketAddrV4, pod: &str) -> Result<EchoServer, LabError> {
+    /// Listens on `addr` (the Pod's IP of either family and targetPort) in
+    /// namespace `ns`. An IPv6 listener takes IPv6 only (`IPV6_V6ONLY`,
+    /// std's default for a specific address), so each family has its own.
+    pub fn start_tcp(
+        ns: &Netns,
+        addr: impl Into<SocketAddr>,
+        pod: &str,
+    ) -> Result<EchoServer, LabError> {
+        let addr = addr.into();
         let listener = ns.run(move || TcpListener::bind(addr))?.map_err(|e| {
             LabError::io(
                 format!("TCP echo for {pod}: binding {addr} in {}", ns.name()),
@@ -85,8 +92,13 @@ impl EchoServer {
         })
     }
 
-    /// Answers datagrams on `addr` in namespace `ns`.
-    pub fn start_udp(ns: &Netns, addr: SocketAddrV4, pod: &str) -> Result<EchoServer, LabError> {
+    /// Answers datagrams on `addr` (either family) in namespace `ns`.
+    pub fn start_udp(
+        ns: &Netns,
+        addr: impl Into<SocketAddr>,
+        pod: &str,
+    ) -> Result<EchoServer, LabError> {
+        let addr = addr.into();
         let socket = ns.run(move || UdpSocket::bind(addr))?.map_err(|e| {
             LabError::io(
                 format!("UDP echo for {pod}: binding {addr} in {}", ns.name()),
@@ -99,7 +111,7 @@ impl EchoServer {
         let shared = Arc::new(Shared::default());
         let thread = {
             let shared = Arc::clone(&shared);
-            let hello = hello(pod, IpAddr::V4(*addr.ip()));
+            let hello = hello(pod, addr.ip());
             thread::Builder::new()
                 .name(format!("echo-udp-{pod}"))
                 .spawn(move || udp_loop(socket, &hello, &shared))
@@ -113,7 +125,7 @@ impl EchoServer {
         })
     }
 
-    pub fn addr(&self) -> SocketAddrV4 {
+    pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 

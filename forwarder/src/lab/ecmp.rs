@@ -68,7 +68,7 @@ impl EcmpTopology {
         let prefix = unique_prefix(purpose)?;
         let create = |role: &str| -> Result<Netns, LabError> {
             let ns = Netns::create(format!("{prefix}-{role}"))?;
-            baseline_sysctls(&ns, false)?;
+            baseline_sysctls(&ns, false, false)?;
             Ok(ns)
         };
         let client_net = net(0);
@@ -81,7 +81,7 @@ impl EcmpTopology {
             .map(|i| create(&format!("pod{i}")))
             .collect::<Result<Vec<_>, _>>()?;
 
-        let client_if = iface("eth0", client_net, 2);
+        let client_if = iface("eth0", client_net, 2, false);
         veth(
             &client_ns,
             &client_if.name,
@@ -95,8 +95,8 @@ impl EcmpTopology {
         let mut gateways = Vec::new();
         let (mut client_ports, mut pod_ports) = (vec!["c-client".to_owned()], Vec::new());
         for (i, (gw, host)) in gateway_ns.iter().zip(GATEWAY_HOSTS).enumerate() {
-            let to_client = iface("to-client", client_net, host);
-            let to_pods = iface("to-pods", pod_net, host);
+            let to_client = iface("to-client", client_net, host, false);
+            let to_pods = iface("to-pods", pod_net, host, false);
             let (c_port, p_port) = (format!("c-gw{}", i + 1), format!("p-gw{}", i + 1));
             veth(
                 gw,
@@ -127,7 +127,7 @@ impl EcmpTopology {
         let mut pod_infos = Vec::new();
         for (i, pod) in pod_ns.iter().enumerate() {
             let host = FIRST_POD_HOST + u8::try_from(i).expect("at most 100 Pods");
-            let eth = iface("eth0", pod_net, host);
+            let eth = iface("eth0", pod_net, host, false);
             let port = format!("p-pod{}", i + 1);
             veth(pod, &eth.name, eth.mac, &pswitch, &port, port_mac(eth.addr))?;
             configure(pod, &eth, true, false)?;
@@ -246,7 +246,7 @@ impl EcmpTopology {
 
     fn each_pod(
         &self,
-        start: impl Fn(&Netns, std::net::SocketAddrV4, &str) -> Result<EchoServer, LabError>,
+        start: impl Fn(&Netns, std::net::SocketAddr, &str) -> Result<EchoServer, LabError>,
         port: u16,
     ) -> Result<Vec<EchoServer>, LabError> {
         self.pod_ns
@@ -255,7 +255,7 @@ impl EcmpTopology {
             .map(|(ns, pod)| {
                 start(
                     ns,
-                    std::net::SocketAddrV4::new(pod.iface.addr, port),
+                    std::net::SocketAddrV4::new(pod.iface.addr, port).into(),
                     &pod.name,
                 )
             })

@@ -11,7 +11,9 @@
 //!   `ip netns add` and every veth is created inside a lab namespace with its
 //!   peer placed directly in another one, so interface names never meet the
 //!   root namespace and can be short, fixed and predictable.
-//! - Addresses come only from 198.18.0.0/15 (RFC 2544).
+//! - Addresses come only from 198.18.0.0/15 (RFC 2544) and, in dual-stack
+//!   labs, 2001:2::/48 (RFC 5180); IPv6 is disabled in labs that are not
+//!   dual-stack.
 //! - Namespace names are `cipgw-<purpose>-<pid>-<n>-<role>`, so parallel runs
 //!   never collide and [`remove_stale_namespaces`] can tell which ones a dead
 //!   process left behind.
@@ -41,14 +43,14 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 pub use client::{ping, tcp_request, tcp_session, udp_request};
-pub use cluster::{Cluster, ClusterBuilder, ClusterInfo};
+pub use cluster::{Cluster, ClusterBuilder, ClusterInfo, ClusterIpv6};
 pub use echo::EchoServer;
 pub use ecmp::{EcmpTopology, Members};
 pub use gateway::GatewayProcess;
 pub use netns::{remove_stale_namespaces, unique_prefix, Netns, NsChild, NS_PREFIX};
 pub use topology::{
-    GatewayInfo, IfaceInfo, NodeInfo, Shape, SwitchInfo, Topology, TopologyBuilder, TopologyInfo,
-    MAX_PODS,
+    ipv6_of, net6_of, GatewayInfo, IfaceInfo, Ipv6Plan, NodeInfo, Shape, SwitchInfo, Topology,
+    TopologyBuilder, TopologyInfo, IPV6_PREFIX_LEN, MAX_PODS,
 };
 
 /// Why a lab operation failed, with what a user needs to reproduce it.

@@ -16,18 +16,34 @@
 //! default via the gateway, and in one-arm also the client's /32, so replies
 //! return through it.
 //!
-//! The gateway namespace has `ip_forward=0` unless asked otherwise: packets
-//! cross it only when cipgw forwards them. Interfaces that send towards the
-//! gateway have TX checksum offload off (AF_XDP needs complete checksums)
-//! and the gateway's interfaces have GRO off (SKB-mode AF_XDP cannot take
-//! 64 KiB GRO packets). IPv6 is disabled in every lab namespace so that no
-//! router solicitations or DAD show up in captures and counters. MACs are
-//! fixed (`02:00:` + the interface's IPv4 address) so tests can predict
-//! them.
+//! Dual-stack labs ([`TopologyBuilder::dual_stack`]) give every node an IPv6
+//! address as well, from 2001:2::/48 (RFC 5180) only, mirroring the IPv4
+//! plan digit for digit: 198.18.X.0/24 becomes 2001:2:0:X::/64 and host .Y
+//! becomes ::Y, the decimal digits read as hexadecimal ([`ipv6_of`]). So
+//! the client subnet is 2001:2:0:0::/64 (gateway ::1, client ::2), the Pod
+//! subnet 2001:2:0:2::/64 (gateway ::1, Pods ::11, ::12, ...) and the VIPs
+//! 2001:2:0:100::/64 (198.18.100.10 and 2001:2:0:100::10 are the same
+//! Service's two ClusterIPs by convention). Routes mirror the IPv4 ones: the
+//! client routes the IPv6 VIP range (and in two-arm the Pod subnet) via the
+//! gateway's IPv6 address, Pods route by default via it, and in one-arm also
+//! the client's /128. Addresses are added with `nodad` (usable at once),
+//! duplicate address detection, router advertisements and router
+//! solicitations are off, so the only IPv6 on the links is what a test
+//! sends, neighbour discovery and the MLD reports of interfaces coming up.
+//!
+//! The gateway namespace has `ip_forward=0` (and in dual-stack labs IPv6
+//! `forwarding=0`) unless asked otherwise: packets cross it only when cipgw
+//! forwards them. Interfaces that send towards the gateway have TX checksum
+//! offload off (AF_XDP needs complete checksums) and the gateway's
+//! interfaces have GRO off (SKB-mode AF_XDP cannot take 64 KiB GRO
+//! packets). Unless a lab is dual-stack, IPv6 is disabled in every lab
+//! namespace so that no router solicitations or DAD show up in captures and
+//! counters. MACs are fixed (`02:00:` + the interface's IPv4 address, also
+//! in dual-stack labs) so tests can predict them.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::cmd;
 use super::echo::EchoServer;
@@ -62,6 +78,9 @@ pub struct IfaceInfo {
     pub name: String,
     pub addr: Ipv4Addr,
     pub prefix_len: u8,
+    /// The IPv6 address (prefix length [`IPV6_PREFIX_LEN`]) in a
+    /// dual-stack lab, [`ipv6_of`] the IPv4 address; `None` otherwise.
+    pub addr6: Option<Ipv6Addr>,
     pub mac: MacAddr,
 }
 
@@ -69,6 +88,33 @@ impl IfaceInfo {
     /// The interface's address with its prefix, e.g. 198.18.0.2/24.
     pub fn cidr(&self) -> Ipv4Net {
         Ipv4Net::new(self.addr, self.prefix_len).expect("prefix lengths here are 24")
+    }
+
+    /// The IPv6 address with its prefix, e.g. 2001:2:0:0::2/64, in a
+    /// dual-stack lab.
+    pub fn cidr6(&self) -> Option<Ipv6Net> {
+        self.addr6
+            .map(|a| Ipv6Net::new(a, IPV6_PREFIX_LEN).expect("64 is a valid prefix length"))
+    }
+
+    /// The IPv6 address, or an error naming the interface when the lab is
+    /// not dual-stack.
+    pub fn ipv6(&self) -> Result<Ipv6Addr, LabError> {
+        self.addr6.ok_or_else(|| {
+            LabError::Invalid(format!(
+                "{} ({}) has no IPv6 address: the lab is not dual-stack",
+                self.name, self.addr
+            ))
+        })
+    }
+
+    /// Its address of the family of `v6`.
+    pub fn addr_of(&self, v6: bool) -> Result<std::net::IpAddr, LabError> {
+        if v6 {
+            self.ipv6().map(Into::into)
+        } else {
+            Ok(self.addr.into())
+        }
     }
 
     /// The MAC as `aa:bb:cc:dd:ee:ff`.
@@ -132,6 +178,18 @@ pub struct TopologyInfo {
     pub vip_range: Ipv4Net,
     /// Whether the gateway kernel forwards (ip_forward=1).
     pub kernel_forwarding: bool,
+    /// The IPv6 plan of a dual-stack lab; `None` when IPv6 is off.
+    pub ipv6: Option<Ipv6Plan>,
+}
+
+/// The IPv6 subnets of a dual-stack lab (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Plan {
+    /// The client's subnet (equals `pod_subnet` in one-arm).
+    pub client_subnet: Ipv6Net,
+    pub pod_subnet: Ipv6Net,
+    /// The IPv6 service CIDR, 2001:2:0:100::/64.
+    pub vip_range: Ipv6Net,
 }
 
 impl TopologyInfo {
@@ -139,6 +197,20 @@ impl TopologyInfo {
     pub fn vip(&self, host: u8) -> Ipv4Addr {
         let [a, b, c, _] = self.vip_range.network().octets();
         Ipv4Addr::new(a, b, c, host)
+    }
+
+    /// The IPv6 VIP that mirrors [`TopologyInfo::vip`] (2001:2:0:100::host,
+    /// the host's decimal digits read as hexadecimal). The address exists
+    /// whether or not the lab is dual-stack; only a dual-stack lab routes it.
+    pub fn vip6(&self, host: u8) -> Ipv6Addr {
+        ipv6_of(self.vip(host))
+    }
+
+    /// The IPv6 plan, or an error when the lab is not dual-stack.
+    pub fn ipv6(&self) -> Result<&Ipv6Plan, LabError> {
+        self.ipv6
+            .as_ref()
+            .ok_or_else(|| LabError::Invalid("the lab is not dual-stack".into()))
     }
 
     /// All namespace names, for checks that teardown removed them.
@@ -162,6 +234,7 @@ pub struct TopologyBuilder {
     shape: Shape,
     pods: usize,
     kernel_forwarding: bool,
+    dual_stack: bool,
 }
 
 impl TopologyBuilder {
@@ -178,9 +251,19 @@ impl TopologyBuilder {
         self
     }
 
+    /// Give every node an IPv6 address and route IPv6 as IPv4 is routed
+    /// (see the module doc); off by default, so IPv6 stays disabled.
+    pub fn dual_stack(mut self, on: bool) -> Self {
+        self.dual_stack = on;
+        self
+    }
+
     /// Creates the namespaces, links, addresses and routes. On error
     /// everything created so far is removed again.
     pub fn build(self) -> Result<Topology, LabError> {
+        if self.dual_stack {
+            require_ipv6()?;
+        }
         if !(1..=MAX_PODS).contains(&self.pods) {
             return Err(LabError::Invalid(format!(
                 "a topology has 1 to {MAX_PODS} Pods, not {}",
@@ -205,9 +288,10 @@ impl TopologyBuilder {
             pods,
         } = &nodes;
 
-        let client_if = iface(NODE_IFACE, client_net, 2);
-        let gw_client = iface("to-client", client_net, 1);
-        let gw_pods = iface("to-pods", pod_net, 1);
+        let v6 = self.dual_stack;
+        let client_if = iface(NODE_IFACE, client_net, 2, v6);
+        let gw_client = iface("to-client", client_net, 1, v6);
+        let gw_pods = iface("to-pods", pod_net, 1, v6);
 
         veth(
             client,
@@ -240,6 +324,31 @@ impl TopologyBuilder {
         for pod in pods {
             pod.ip(&["route", "add", "default", "via", &gw_pods.addr.to_string()])?;
         }
+        let ipv6 = self.ipv6_plan(client_net, pod_net);
+        if let (Some(plan), Some(via_client), Some(via_pods)) =
+            (ipv6, gw_client.addr6, gw_pods.addr6)
+        {
+            for route in [plan.vip_range, plan.pod_subnet] {
+                client.ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    &route.to_string(),
+                    "via",
+                    &via_client.to_string(),
+                ])?;
+            }
+            for pod in pods {
+                pod.ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &via_pods.to_string(),
+                ])?;
+            }
+        }
 
         let info = TopologyInfo {
             shape: Shape::TwoArm,
@@ -263,6 +372,7 @@ impl TopologyBuilder {
             pod_subnet: pod_net,
             vip_range: self.vip_range(),
             kernel_forwarding: self.kernel_forwarding,
+            ipv6,
         };
         Ok(Topology { info, nodes })
     }
@@ -277,8 +387,9 @@ impl TopologyBuilder {
             pods,
         } = &nodes;
 
-        let client_if = iface(NODE_IFACE, lan, 2);
-        let gw_lan = iface("lan0", lan, 1);
+        let v6 = self.dual_stack;
+        let client_if = iface(NODE_IFACE, lan, 2, v6);
+        let gw_lan = iface("lan0", lan, 1, v6);
 
         veth(
             gateway,
@@ -311,6 +422,23 @@ impl TopologyBuilder {
             pod.ip(&["route", "add", "default", "via", &via])?;
             pod.ip(&["route", "add", &client_host, "via", &via])?;
         }
+        let ipv6 = self.ipv6_plan(lan, lan);
+        if let (Some(plan), Some(via), Some(client6)) = (ipv6, gw_lan.addr6, client_if.addr6) {
+            let via = via.to_string();
+            client.ip(&[
+                "-6",
+                "route",
+                "add",
+                &plan.vip_range.to_string(),
+                "via",
+                &via,
+            ])?;
+            let client_host = format!("{client6}/128");
+            for pod in pods {
+                pod.ip(&["-6", "route", "add", "default", "via", &via])?;
+                pod.ip(&["-6", "route", "add", &client_host, "via", &via])?;
+            }
+        }
 
         let info = TopologyInfo {
             shape: Shape::OneArm,
@@ -334,6 +462,7 @@ impl TopologyBuilder {
             pod_subnet: lan,
             vip_range: self.vip_range(),
             kernel_forwarding: self.kernel_forwarding,
+            ipv6,
         };
         Ok(Topology { info, nodes })
     }
@@ -342,12 +471,21 @@ impl TopologyBuilder {
         net(100)
     }
 
+    /// The IPv6 subnets mirroring `client` and `pods`, in a dual-stack lab.
+    fn ipv6_plan(&self, client: Ipv4Net, pods: Ipv4Net) -> Option<Ipv6Plan> {
+        self.dual_stack.then(|| Ipv6Plan {
+            client_subnet: net6_of(client),
+            pod_subnet: net6_of(pods),
+            vip_range: net6_of(self.vip_range()),
+        })
+    }
+
     /// Creates every namespace with the lab's baseline sysctls. Each guard
     /// is owned as soon as it exists, so an error drops (removes) them all.
     fn create_namespaces(&self, prefix: &str) -> Result<Nodes, LabError> {
         let create = |role: &str, forwarding: bool| -> Result<Netns, LabError> {
             let ns = Netns::create(format!("{prefix}-{role}"))?;
-            baseline_sysctls(&ns, forwarding)?;
+            baseline_sysctls(&ns, forwarding, self.dual_stack)?;
             Ok(ns)
         };
         let client = create("client", false)?;
@@ -376,7 +514,7 @@ impl TopologyBuilder {
         let mut infos = Vec::with_capacity(pods.len());
         for (i, pod) in pods.iter().enumerate() {
             let host = FIRST_POD_HOST + u8::try_from(i).expect("at most MAX_PODS Pods");
-            let eth = iface(NODE_IFACE, subnet, host);
+            let eth = iface(NODE_IFACE, subnet, host, self.dual_stack);
             let port = format!("p-pod{}", i + 1);
             veth(pod, &eth.name, eth.mac, switch, &port, port_mac(eth.addr))?;
             configure(pod, &eth, true, false)?;
@@ -417,6 +555,7 @@ impl Topology {
             shape: Shape::TwoArm,
             pods: 3,
             kernel_forwarding: false,
+            dual_stack: false,
         }
     }
 
@@ -461,24 +600,37 @@ impl Topology {
 
     /// Starts a TCP echo server on every Pod at `<pod ip>:port`.
     pub fn start_tcp_echo(&self, port: u16) -> Result<Vec<EchoServer>, LabError> {
-        self.each_pod(EchoServer::start_tcp, port)
+        self.each_pod(EchoServer::start_tcp, port, false)
     }
 
     /// Starts a UDP echo server on every Pod at `<pod ip>:port`.
     pub fn start_udp_echo(&self, port: u16) -> Result<Vec<EchoServer>, LabError> {
-        self.each_pod(EchoServer::start_udp, port)
+        self.each_pod(EchoServer::start_udp, port, false)
+    }
+
+    /// Starts a TCP echo server on every Pod at `[<pod ipv6>]:port` (a
+    /// dual-stack lab).
+    pub fn start_tcp_echo6(&self, port: u16) -> Result<Vec<EchoServer>, LabError> {
+        self.each_pod(EchoServer::start_tcp, port, true)
+    }
+
+    /// Starts a UDP echo server on every Pod at `[<pod ipv6>]:port` (a
+    /// dual-stack lab).
+    pub fn start_udp_echo6(&self, port: u16) -> Result<Vec<EchoServer>, LabError> {
+        self.each_pod(EchoServer::start_udp, port, true)
     }
 
     fn each_pod(
         &self,
-        start: impl Fn(&Netns, SocketAddrV4, &str) -> Result<EchoServer, LabError>,
+        start: impl Fn(&Netns, SocketAddr, &str) -> Result<EchoServer, LabError>,
         port: u16,
+        v6: bool,
     ) -> Result<Vec<EchoServer>, LabError> {
         self.nodes
             .pods
             .iter()
             .zip(&self.info.pods)
-            .map(|(ns, pod)| start(ns, SocketAddrV4::new(pod.iface.addr, port), &pod.name))
+            .map(|(ns, pod)| start(ns, socket_addr(&pod.iface, port, v6)?, &pod.name))
             .collect()
     }
 }
@@ -488,14 +640,59 @@ pub(super) fn net(third: u8) -> Ipv4Net {
     Ipv4Net::new(Ipv4Addr::new(198, 18, third, 0), 24).expect("/24 is valid")
 }
 
-pub(super) fn iface(name: &str, subnet: Ipv4Net, host: u8) -> IfaceInfo {
+/// Host `host` of `subnet`, with the IPv6 address mirroring it when `v6`.
+pub(super) fn iface(name: &str, subnet: Ipv4Net, host: u8, v6: bool) -> IfaceInfo {
     let [a, b, c, _] = subnet.network().octets();
     let addr = Ipv4Addr::new(a, b, c, host);
     IfaceInfo {
         name: name.to_owned(),
         addr,
         prefix_len: subnet.prefix_len(),
+        addr6: v6.then(|| ipv6_of(addr)),
         mac: addr_mac(0x00, addr),
+    }
+}
+
+/// Prefix length of every IPv6 subnet of the labs.
+pub const IPV6_PREFIX_LEN: u8 = 64;
+
+/// The IPv6 address that mirrors a lab IPv4 address: 198.18.X.Y becomes
+/// 2001:2:0:X::Y with X's and Y's decimal digits read as hexadecimal
+/// (198.18.100.10 -> 2001:2:0:100::10), so both addresses of a node read
+/// alike in captures. Inside 2001:2::/48 (RFC 5180) for every X and Y.
+pub fn ipv6_of(addr: Ipv4Addr) -> Ipv6Addr {
+    let [_, _, x, y] = addr.octets();
+    Ipv6Addr::new(0x2001, 2, 0, digits_as_hex(x), 0, 0, 0, digits_as_hex(y))
+}
+
+/// The /64 that mirrors a lab /24 (see [`ipv6_of`]).
+pub fn net6_of(net: Ipv4Net) -> Ipv6Net {
+    Ipv6Net::new(ipv6_of(net.network()), IPV6_PREFIX_LEN).expect("64 is a valid prefix length")
+}
+
+/// 123 -> 0x123: a byte's decimal digits as a hexadecimal number.
+fn digits_as_hex(n: u8) -> u16 {
+    u16::from(n / 100) << 8 | u16::from(n / 10 % 10) << 4 | u16::from(n % 10)
+}
+
+/// `iface`'s address of the family `v6` with `port`.
+pub(super) fn socket_addr(iface: &IfaceInfo, port: u16, v6: bool) -> Result<SocketAddr, LabError> {
+    Ok(if v6 {
+        SocketAddrV6::new(iface.ipv6()?, port, 0, 0).into()
+    } else {
+        SocketAddrV4::new(iface.addr, port).into()
+    })
+}
+
+/// Fails when the kernel has no IPv6 (`ipv6.disable=1`), which a
+/// dual-stack lab needs.
+pub(super) fn require_ipv6() -> Result<(), LabError> {
+    if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        Ok(())
+    } else {
+        Err(LabError::Invalid(
+            "a dual-stack lab needs IPv6, which this kernel has disabled".into(),
+        ))
     }
 }
 
@@ -519,14 +716,42 @@ pub(crate) fn format_mac(mac: &MacAddr) -> String {
 }
 
 /// Lab defaults for a fresh namespace, set before any interface exists so
-/// the `default` values apply to them.
-pub(super) fn baseline_sysctls(ns: &Netns, forwarding: bool) -> Result<(), LabError> {
+/// the `default` values apply to them. With `dual_stack` IPv6 is on but
+/// quiet (no DAD, no router advertisements or solicitations, no
+/// redirects) and forwards exactly when IPv4 does; otherwise it is off.
+pub(super) fn baseline_sysctls(
+    ns: &Netns,
+    forwarding: bool,
+    dual_stack: bool,
+) -> Result<(), LabError> {
+    let forward = if forwarding { "1" } else { "0" };
+    if dual_stack {
+        // Forwarding first: writing it resets some per-interface values
+        // (accept_ra's meaning among them), which the lines below then pin.
+        ns.set_sysctls(&[
+            ("net.ipv6.conf.all.disable_ipv6", "0"),
+            ("net.ipv6.conf.default.disable_ipv6", "0"),
+            ("net.ipv6.conf.all.forwarding", forward),
+            ("net.ipv6.conf.default.forwarding", forward),
+            ("net.ipv6.conf.all.accept_ra", "0"),
+            ("net.ipv6.conf.default.accept_ra", "0"),
+            ("net.ipv6.conf.all.router_solicitations", "0"),
+            ("net.ipv6.conf.default.router_solicitations", "0"),
+            ("net.ipv6.conf.all.accept_dad", "0"),
+            ("net.ipv6.conf.default.accept_dad", "0"),
+            ("net.ipv6.conf.all.accept_redirects", "0"),
+            ("net.ipv6.conf.default.accept_redirects", "0"),
+        ])?;
+    } else {
+        ns.set_sysctls(&[
+            // No IPv6 chatter (RS, DAD, MLD) on lab links.
+            ("net.ipv6.conf.all.disable_ipv6", "1"),
+            ("net.ipv6.conf.default.disable_ipv6", "1"),
+        ])?;
+    }
     ns.set_sysctls(&[
-        // No IPv6 chatter (RS, DAD, MLD) on lab links.
-        ("net.ipv6.conf.all.disable_ipv6", "1"),
-        ("net.ipv6.conf.default.disable_ipv6", "1"),
         // IPv4 settings are inherited from the root namespace; pin them.
-        ("net.ipv4.ip_forward", if forwarding { "1" } else { "0" }),
+        ("net.ipv4.ip_forward", forward),
         ("net.ipv4.conf.all.rp_filter", "0"),
         ("net.ipv4.conf.default.rp_filter", "0"),
         // One-arm paths are asymmetric by design: no redirects either way.
@@ -534,7 +759,8 @@ pub(super) fn baseline_sysctls(ns: &Netns, forwarding: bool) -> Result<(), LabEr
         ("net.ipv4.conf.default.send_redirects", "0"),
         ("net.ipv4.conf.all.accept_redirects", "0"),
         ("net.ipv4.conf.default.accept_redirects", "0"),
-        // Unprivileged-style ICMP sockets for `lab::ping`.
+        // Unprivileged-style ICMP and ICMPv6 sockets for `lab::ping` (the
+        // one range governs both).
         ("net.ipv4.ping_group_range", "0 2147483647"),
     ])
 }
@@ -575,8 +801,9 @@ pub(super) fn veth(
     .map(drop)
 }
 
-/// Addresses `iface` and brings it up; `sends_to_gateway` turns TX checksum
-/// offload off, `gateway_side` turns GRO off.
+/// Addresses `iface` (both families in a dual-stack lab) and brings it
+/// up; `sends_to_gateway` turns TX checksum offload off, `gateway_side`
+/// turns GRO off.
 pub(super) fn configure(
     ns: &Netns,
     iface: &IfaceInfo,
@@ -584,6 +811,9 @@ pub(super) fn configure(
     gateway_side: bool,
 ) -> Result<(), LabError> {
     ns.ip(&["addr", "add", &iface.cidr().to_string(), "dev", &iface.name])?;
+    if let Some(cidr6) = iface.cidr6() {
+        add_ipv6(ns, &iface.name, cidr6)?;
+    }
     if sends_to_gateway {
         ethtool(ns, &iface.name, &["tx", "off"])?;
     }
@@ -591,6 +821,12 @@ pub(super) fn configure(
         ethtool(ns, &iface.name, &["gro", "off"])?;
     }
     ns.ip(&["link", "set", &iface.name, "up"]).map(drop)
+}
+
+/// `ip -6 addr add CIDR dev DEV nodad`: usable at once, no DAD probes.
+pub(super) fn add_ipv6(ns: &Netns, dev: &str, cidr: Ipv6Net) -> Result<(), LabError> {
+    ns.ip(&["-6", "addr", "add", &cidr.to_string(), "dev", dev, "nodad"])
+        .map(drop)
 }
 
 /// The switch: a bridge without STP (ports forward at once) or multicast

@@ -5,13 +5,22 @@
 //! endpoint and per port ([`ServiceTotals`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use cipgw_config::{Protocol, ServiceName, ServiceTable};
 
 use crate::counters::{ServiceCounters, MAX_SERVICE_SLOTS};
+use crate::family::IpFamily;
 use crate::table::Backend;
+
+/// An endpoint as counters know it, either family: address and port.
+type Endpoint = (IpAddr, u16);
+
+/// `backend` as counters know it.
+fn endpoint_of<A: IpFamily>(backend: Backend<A>) -> Endpoint {
+    (backend.ip.into(), backend.port)
+}
 
 /// Summed counters of one service port, or of one of its endpoints.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -75,7 +84,7 @@ pub struct ServiceStats {
 #[derive(Debug, Default)]
 struct PortCounting {
     /// Each endpoint's slot.
-    endpoints: BTreeMap<Backend, u32>,
+    endpoints: BTreeMap<Endpoint, u32>,
     /// What endpoints no longer listed had counted for this port.
     departed: ServiceTotals,
 }
@@ -110,7 +119,7 @@ impl SlotState {
 }
 
 /// One port's endpoints and their slots, sorted by endpoint.
-type EndpointSlots = Box<[(Backend, u32)]>;
+type EndpointSlots = Box<[(Endpoint, u32)]>;
 
 /// The slot of every endpoint of every forwarded port of one table, by
 /// position in the model: `get(service index, port index, endpoint)`.
@@ -121,7 +130,13 @@ pub struct PortSlots {
 }
 
 impl PortSlots {
-    pub fn get(&self, service: usize, port: usize, endpoint: Backend) -> Option<u32> {
+    pub fn get<A: IpFamily>(
+        &self,
+        service: usize,
+        port: usize,
+        endpoint: Backend<A>,
+    ) -> Option<u32> {
+        let endpoint = endpoint_of(endpoint);
         let endpoints = self.slots.get(service)?.get(port)?;
         let at = endpoints
             .binary_search_by_key(&endpoint, |&(e, _)| e)
@@ -155,14 +170,13 @@ impl ServiceStats {
     /// publishing the table compiled from `model`.
     pub fn assign(&self, model: &ServiceTable) -> PortSlots {
         let mut state = self.lock();
-        let mut wanted: HashMap<PortKey, HashSet<Backend>> = HashMap::new();
-        // IPv6: the data plane forwards (and so counts) IPv4 VIPs only.
-        for (service, _) in model.forwarded_v4() {
+        let mut wanted: HashMap<PortKey, HashSet<Endpoint>> = HashMap::new();
+        for (service, vips) in model.forwarded() {
             for port in &service.ports {
                 wanted
                     .entry((service.name.clone(), port.port, port.protocol))
                     .or_default()
-                    .extend(ipv4_backends(port));
+                    .extend(forwarded_endpoints(vips, port));
             }
         }
         // Endpoints and ports that are gone give their slots back first,
@@ -198,13 +212,13 @@ impl ServiceStats {
         }
         let mut slots = Vec::with_capacity(model.services.len());
         for service in &model.services {
-            let forwarded = service.cluster_ip.vip4().is_some();
+            let vips = service.cluster_ip.vips_of();
             let mut ports = Vec::with_capacity(service.ports.len());
             for port in &service.ports {
                 let key = (service.name.clone(), port.port, port.protocol);
-                let mut endpoints: Vec<(Backend, u32)> = Vec::new();
-                if forwarded {
-                    for endpoint in ipv4_backends(port) {
+                let mut endpoints: Vec<(Endpoint, u32)> = Vec::new();
+                if let Some(vips) = vips {
+                    for endpoint in forwarded_endpoints(vips, port) {
                         let known = state
                             .ports
                             .get(&key)
@@ -272,7 +286,7 @@ impl ServiceStats {
         service: &ServiceName,
         port: u16,
         protocol: Protocol,
-    ) -> BTreeMap<(Ipv4Addr, u16), ServiceTotals> {
+    ) -> BTreeMap<Endpoint, ServiceTotals> {
         let state = self.lock();
         let Some(counting) = state.ports.get(&(service.clone(), port, protocol)) else {
             return BTreeMap::new();
@@ -280,7 +294,7 @@ impl ServiceStats {
         counting
             .endpoints
             .iter()
-            .map(|(e, &slot)| ((e.ip, e.port), state.counted(slot)))
+            .map(|(&e, &slot)| (e, state.counted(slot)))
             .collect()
     }
 }
@@ -302,13 +316,16 @@ fn take_slot(state: &mut SlotState) -> Option<u32> {
     Some(slot)
 }
 
-/// The IPv4 endpoints of `port` as backends (those the data plane
-/// forwards to and counts).
-fn ipv4_backends(port: &cipgw_config::ServicePort) -> impl Iterator<Item = Backend> + '_ {
-    port.endpoints.iter().filter_map(|e| match e.ip {
-        std::net::IpAddr::V4(ip) => Some(Backend { ip, port: e.port }),
-        std::net::IpAddr::V6(_) => None,
-    })
+/// The endpoints of `port` the data plane forwards to (and counts): those
+/// of a family the Service has a VIP of.
+fn forwarded_endpoints(
+    vips: cipgw_config::Vips,
+    port: &cipgw_config::ServicePort,
+) -> impl Iterator<Item = Endpoint> + '_ {
+    port.endpoints
+        .iter()
+        .filter(move |e| vips.iter().any(|v| v.is_ipv4() == e.ip.is_ipv4()))
+        .map(|e| (e.ip, e.port))
 }
 
 #[cfg(test)]
@@ -407,6 +424,47 @@ mod tests {
     }
 
     #[test]
+    fn a_dual_stack_port_counts_the_endpoints_of_both_families() {
+        use std::net::Ipv6Addr;
+        let mut m = model(&[("a", 10, &[11])]);
+        let vip6: IpAddr = "2001:2:0:ff::a".parse().expect("literal");
+        let pod6: Ipv6Addr = "2001:2:0:2::11".parse().expect("literal");
+        let a = &mut m.services[0];
+        a.cluster_ip = ClusterIp::Vips(
+            cipgw_config::Vips::dual(a.cluster_ip.primary().expect("a VIP"), vip6)
+                .expect("two families"),
+        );
+        a.ports[0].endpoints.push(Endpoint {
+            ip: pod6.into(),
+            port: 5678,
+            state: EndpointState::READY,
+            pod: None,
+            hostname: None,
+        });
+        let stats = ServiceStats::new();
+        let w = stats.add_worker();
+        let slots = stats.assign(&m);
+        let v4 = slots.get(0, 0, pod(11)).expect("the IPv4 endpoint's slot");
+        let v6 = slots
+            .get(
+                0,
+                0,
+                Backend {
+                    ip: pod6,
+                    port: 5678,
+                },
+            )
+            .expect("the IPv6 endpoint's slot");
+        assert_ne!(v4, v6);
+        count(&w, v4, 1);
+        count(&w, v6, 10);
+        assert_eq!(packets(&stats, "a", 10), Some(11), "both families' packets");
+        let name = ServiceName::new("default", "a");
+        let per_endpoint = stats.endpoint_totals(&name, 10, Protocol::Tcp);
+        assert_eq!(per_endpoint[&(pod6.into(), 5678)].packets, 10);
+    }
+
+    #[test]
     fn endpoint_slots_are_stable_and_reused_from_zero() {
         let stats = ServiceStats::new();
         let w0 = stats.add_worker();
@@ -464,7 +522,10 @@ mod tests {
             stats
                 .endpoint_totals(&name, 10, Protocol::Tcp)
                 .iter()
-                .map(|((ip, _), t)| (ip.octets()[3], t.packets))
+                .map(|((ip, _), t)| match ip {
+                    IpAddr::V4(ip) => (ip.octets()[3], t.packets),
+                    IpAddr::V6(ip) => (ip.octets()[15], t.packets),
+                })
                 .collect()
         };
         assert_eq!(per_endpoint(&stats), [(11, 1), (12, 10), (13, 100)]);

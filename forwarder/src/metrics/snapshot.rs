@@ -3,7 +3,7 @@
 //! plane's record and the per-Service-port counters, copied at one moment
 //! so that `/metrics` and the admin views are computed from plain values.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
@@ -230,7 +230,8 @@ impl ConntrackNumbers {
 #[derive(Debug, Clone)]
 pub struct ServicePortSnapshot {
     pub service: String,
-    pub vip: Ipv4Addr,
+    /// The Service's primary VIP.
+    pub vip: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
     pub totals: ServiceTotals,
