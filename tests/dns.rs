@@ -959,10 +959,9 @@ fn an_ipv6_dns_address_answers_udp_and_tcp_and_forwards() {
     docs.extend(dual_stack_documents(&lab));
     lab.control_file(&docs);
     let info = lab.info().clone();
-    let plan6 = info
+    let plan6 = *info
         .ipv6()
-        .unwrap_or_else(|e| lab.fail(format_args!("the dual-stack lab: {e}")))
-        .clone();
+        .unwrap_or_else(|e| lab.fail(format_args!("the dual-stack lab: {e}")));
     let dns6 = info.vip6(DNS_HOST).to_string();
     let dns6 = dns6.as_str();
     let upstream = Upstream::start(&lab);
