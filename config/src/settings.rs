@@ -526,6 +526,11 @@ pub enum SettingsError {
          every {0} client of its VIPs would be dropped; add the cluster's {0} ranges"
     )]
     ClusterCidrMissingFamily(&'static str),
+    #[error(
+        "--dns-address {0}: --cluster-cidr lists no range of its family, so every \
+         client asking it would be dropped; add the cluster's ranges of that family"
+    )]
+    DnsCidrMissingFamily(std::net::IpAddr),
     #[error("--dns-upstream needs --dns-address: only the gateway's DNS forwards")]
     UpstreamWithoutDns,
     #[error(
@@ -611,6 +616,10 @@ impl Settings {
             }
             if self.service_cidrs.v6().is_some() && !has(false) {
                 return Err(SettingsError::ClusterCidrMissingFamily("IPv6"));
+            }
+            // The same for a DNS address of a family without a range.
+            if let Some(a) = self.dns.addresses.iter().find(|a| !has(a.is_ipv4())) {
+                return Err(SettingsError::DnsCidrMissingFamily(*a));
             }
         }
         let dns = &self.dns;
@@ -904,6 +913,13 @@ mod tests {
         s.dns
             .upstreams
             .push("[2001:2::1]:5353".parse().expect("static"));
+        assert_eq!(
+            s.validate(),
+            Err(SettingsError::DnsCidrMissingFamily(v6)),
+            "an IPv6 DNS address, IPv4 ranges alone: every client dropped"
+        );
+        s.cluster_cidrs
+            .push("2001:2::/64".parse().expect("static CIDR"));
         s.validate().expect("an IPv6 DNS address and upstream");
         let looped6 = std::net::SocketAddr::new(v6, 53);
         s.dns.upstreams.push(looped6);
