@@ -28,11 +28,18 @@
 //!   that is gone times out (UDP, counted) or gets SERVFAIL (TCP); and
 //!   without `--dns-upstream` the same name is REFUSED;
 //! - `cipgw demo` is the seed's demo: curl by name through the system
-//!   resolver, and `host` of the headless variant lists the three Pods.
+//!   resolver, and `host` of the headless variant lists the three Pods;
+//! - an IPv6 `--dns-address` (beside an IPv4 one): `dig -6` over UDP
+//!   (answered by the workers) and TCP (the kernel listener) gets a
+//!   dual-stack Service's AAAA and A, REFUSED/NXDOMAIN as over IPv4, a
+//!   name outside the zone is forwarded to the (IPv4) upstream and
+//!   relayed from the IPv6 address, over UDP and TCP, and an IPv6 client
+//!   outside `--cluster-cidr` gets no answer.
 //!
 //! Rules as in tests/netns.rs: one test at a time, root (skip with a reason
 //! otherwise, never when CI=true), RAII cleanup, 198.18.0.0/15 and
-//! 2001:2::/48 only (IPv6 addresses are only named, never configured).
+//! 2001:2::/48 only (IPv6 addresses are only named, except in the IPv6
+//! DNS test's dual-stack lab).
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -186,7 +193,12 @@ fn in_client(lab: &Lab, program: &str, args: &[&str]) -> Output {
 /// `dig @<dns address> ARGS +time=2 +tries=1`: stdout, which must be
 /// there (dig exits 0 for any answer, NXDOMAIN included).
 fn dig(lab: &Lab, args: &[&str]) -> String {
-    let server = format!("@{}", dns_address(lab));
+    dig_at(lab, &dns_address(lab).to_string(), args)
+}
+
+/// `dig @<server> ARGS +time=2 +tries=1`, as [`dig`].
+fn dig_at(lab: &Lab, server: &str, args: &[&str]) -> String {
+    let server = format!("@{server}");
     let mut all = vec![server.as_str(), "+time=2", "+tries=1"];
     all.extend_from_slice(args);
     let out = in_client(lab, "dig", &all);
@@ -932,4 +944,149 @@ fn dnsperf_report() {
     );
     println!("{}", String::from_utf8_lossy(&out.stdout));
     println!("{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn an_ipv6_dns_address_answers_udp_and_tcp_and_forwards() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    // The dual-stack lab: the client reaches the IPv6 VIP range through
+    // the gateway, as the IPv4 one; the IPv6 DNS address is in it.
+    let mut lab = Lab::build(Topology::two_arm("dns6").pods(3).dual_stack(true));
+    let mut docs = documents(&lab, &[0, 1, 2]);
+    docs.extend(dual_stack_documents(&lab));
+    lab.control_file(&docs);
+    let info = lab.info().clone();
+    let plan6 = *info
+        .ipv6()
+        .unwrap_or_else(|e| lab.fail(format_args!("the dual-stack lab: {e}")));
+    let dns6 = info.vip6(DNS_HOST).to_string();
+    let dns6 = dns6.as_str();
+    let upstream = Upstream::start(&lab);
+    let client_subnet = info.client_subnet.to_string();
+    let client_subnet6 = plan6.client_subnet.to_string();
+    let address = dns_address(&lab).to_string();
+    let upstream_address = upstream.address.to_string();
+    lab.start_gateway_with(&[
+        "--dns-address",
+        &address,
+        "--dns-address",
+        dns6,
+        "--cluster-cidr",
+        &client_subnet,
+        "--cluster-cidr",
+        &client_subnet6,
+        "--service-cidr",
+        SERVICE_CIDR_V6,
+        "--dns-upstream",
+        &upstream_address,
+    ]);
+    let vip = lab.info().vip(20).to_string();
+    let zone = "default.svc.cluster.local";
+    let web = format!("web.{zone}");
+    let short6 = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["-6", "+short"];
+        all.extend_from_slice(args);
+        let mut lines: Vec<String> = dig_at(&lab, dns6, &all)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    };
+
+    // UDP, answered by the workers from the IPv6 address.
+    assert_eq!(short6(&[&web, "AAAA"]), [WEB_V6], "AAAA over UDP");
+    assert_eq!(short6(&[&web, "A"]), [vip.as_str()], "A over UDP");
+    let text = dig_at(&lab, dns6, &["-6", &format!("nothing.{zone}"), "A"]);
+    assert!(
+        text.contains("status: NXDOMAIN") && text.contains(&format!("SERVER: {dns6}#53(")),
+        "NXDOMAIN from the IPv6 address:\n{text}"
+    );
+    // TCP, through the kernel listener on the IPv6 address.
+    assert_eq!(short6(&["+tcp", &web, "AAAA"]), [WEB_V6], "AAAA over TCP");
+    assert_eq!(short6(&["+tcp", &web, "A"]), [vip.as_str()], "A over TCP");
+    let on_lo = lab
+        .topology()
+        .gateway()
+        .ip(&["-6", "addr", "show", "dev", "lo"])
+        .unwrap_or_else(|e| lab.fail(format_args!("listing lo's addresses: {e}")));
+    assert!(
+        on_lo.contains(&format!("{dns6}/128")) && on_lo.contains("deprecated"),
+        "the IPv6 DNS address is on lo, never a source:\n{on_lo}"
+    );
+    let text = dig_at(&lab, dns6, &["-6", "+tcp", &web, "AAAA"]);
+    assert!(
+        text.contains(&format!("SERVER: {dns6}#53({dns6}) (TCP)")),
+        "over TCP:\n{text}"
+    );
+    // Outside the zone: the upstream's answer, relayed from the IPv6
+    // address (dig checks the answer's source and ID), UDP and TCP.
+    assert_eq!(
+        short6(&["example.test", "A"]),
+        [UPSTREAM_ANSWER],
+        "forwarded over UDP"
+    );
+    assert_eq!(
+        short6(&["+tcp", "tcp.example.test", "A"]),
+        [UPSTREAM_ANSWER],
+        "forwarded over TCP"
+    );
+    let metrics = scrape(&lab);
+    assert!(
+        metrics.sum("cipgw_dns_forwarded_total", &[("outcome", "answered")]) >= 2.0,
+        "counted as forwarded and answered"
+    );
+
+    // An IPv6 client outside --cluster-cidr gets nothing: the gateway
+    // restarted with the Pods' IPv6 range as the cluster's.
+    lab.stop_gateway();
+    let on_lo = lab
+        .topology()
+        .gateway()
+        .ip(&["-6", "addr", "show", "dev", "lo"])
+        .unwrap_or_else(|e| lab.fail(format_args!("listing lo's addresses: {e}")));
+    assert!(
+        !on_lo.contains(dns6),
+        "the gateway removes the IPv6 DNS address it added to lo:\n{on_lo}"
+    );
+    let pod_subnet6 = plan6.pod_subnet.to_string();
+    lab.start_gateway_with(&[
+        "--dns-address",
+        dns6,
+        "--cluster-cidr",
+        &client_subnet,
+        "--cluster-cidr",
+        &pod_subnet6,
+        "--service-cidr",
+        SERVICE_CIDR_V6,
+    ]);
+    let out = in_client(
+        &lab,
+        "dig",
+        &[
+            "-6",
+            &format!("@{dns6}"),
+            "+time=1",
+            "+tries=1",
+            &web,
+            "AAAA",
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "no answer for an IPv6 client outside --cluster-cidr: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let metrics = scrape(&lab);
+    assert!(
+        metrics.sum(
+            "cipgw_dns_dropped_total",
+            &[("reason", "source_not_in_cluster")]
+        ) >= 1.0,
+        "dropped and counted"
+    );
+    drop(upstream);
 }

@@ -113,9 +113,9 @@ pub struct Settings {
 /// The cluster DNS the gateway answers from its table (`--dns-*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsSettings {
-    /// Addresses the gateway answers DNS on, UDP and TCP port 53; empty:
-    /// no DNS at all.
-    pub addresses: Vec<std::net::Ipv4Addr>,
+    /// Addresses the gateway answers DNS on, UDP and TCP port 53, either
+    /// family; empty: no DNS at all.
+    pub addresses: Vec<std::net::IpAddr>,
     /// The cluster domain, without a trailing dot.
     pub cluster_domain: String,
     /// TTL of every answer, seconds.
@@ -123,8 +123,8 @@ pub struct DnsSettings {
     /// Answers per second one source gets from one worker; 0: no limit.
     pub rate_limit: u32,
     /// Resolvers that names outside the cluster domain are forwarded to;
-    /// empty: such names are refused.
-    pub upstreams: Vec<std::net::SocketAddrV4>,
+    /// either family; empty: such names are refused.
+    pub upstreams: Vec<std::net::SocketAddr>,
 }
 
 /// Kubernetes' default cluster domain (kubelet's `--cluster-domain`).
@@ -518,7 +518,7 @@ pub enum SettingsError {
     #[error("--worker-nice: {0} is not between -20 and 19")]
     WorkerNice(i32),
     #[error("--dns-address {0} is given twice")]
-    DuplicateDnsAddress(std::net::Ipv4Addr),
+    DuplicateDnsAddress(std::net::IpAddr),
     #[error("--cluster-domain {0:?} is not a DNS name (RFC 1123 labels separated by dots)")]
     ClusterDomain(String),
     #[error(
@@ -526,6 +526,11 @@ pub enum SettingsError {
          every {0} client of its VIPs would be dropped; add the cluster's {0} ranges"
     )]
     ClusterCidrMissingFamily(&'static str),
+    #[error(
+        "--dns-address {0}: --cluster-cidr lists no range of its family, so every \
+         client asking it would be dropped; add the cluster's ranges of that family"
+    )]
+    DnsCidrMissingFamily(std::net::IpAddr),
     #[error("--dns-upstream needs --dns-address: only the gateway's DNS forwards")]
     UpstreamWithoutDns,
     #[error(
@@ -534,7 +539,7 @@ pub enum SettingsError {
     )]
     UpstreamWithoutClusterCidr,
     #[error("--dns-upstream {0} is one of the gateway's --dns-address (a forwarding loop)")]
-    UpstreamLoop(std::net::SocketAddrV4),
+    UpstreamLoop(std::net::SocketAddr),
     #[error("--snat-ports: {0}-{1} is not a range of ports from 1 to 65535, low to high")]
     SnatPorts(u16, u16),
     #[error("--snat-address: {0} listed twice")]
@@ -612,6 +617,10 @@ impl Settings {
             if self.service_cidrs.v6().is_some() && !has(false) {
                 return Err(SettingsError::ClusterCidrMissingFamily("IPv6"));
             }
+            // The same for a DNS address of a family without a range.
+            if let Some(a) = self.dns.addresses.iter().find(|a| !has(a.is_ipv4())) {
+                return Err(SettingsError::DnsCidrMissingFamily(*a));
+            }
         }
         let dns = &self.dns;
         for (i, a) in dns.addresses.iter().enumerate() {
@@ -639,7 +648,7 @@ impl Settings {
             if let Some(u) = dns
                 .upstreams
                 .iter()
-                .find(|u| dns.addresses.contains(u.ip()))
+                .find(|u| dns.addresses.contains(&u.ip()))
             {
                 return Err(SettingsError::UpstreamLoop(*u));
             }
@@ -886,7 +895,7 @@ mod tests {
 
     #[test]
     fn forwarding_needs_a_dns_address_and_the_cluster_cidr() {
-        let upstream = std::net::SocketAddrV4::new([198, 18, 3, 2].into(), 53);
+        let upstream = std::net::SocketAddr::new([198, 18, 3, 2].into(), 53);
         let mut s = settings();
         s.dns.upstreams = vec![upstream];
         assert_eq!(s.validate(), Err(SettingsError::UpstreamWithoutDns));
@@ -894,9 +903,27 @@ mod tests {
         assert_eq!(s.validate(), Err(SettingsError::UpstreamWithoutClusterCidr));
         s.cluster_cidrs = vec!["198.18.0.0/24".parse().expect("static CIDR")];
         s.validate().expect("an upstream with both");
-        let looped = std::net::SocketAddrV4::new([198, 18, 100, 53].into(), 53);
+        let looped = std::net::SocketAddr::new([198, 18, 100, 53].into(), 53);
         s.dns.upstreams.push(looped);
         assert_eq!(s.validate(), Err(SettingsError::UpstreamLoop(looped)));
+        // Either family, the loop as well.
+        s.dns.upstreams.pop();
+        let v6: std::net::IpAddr = "2001:2:0:ff::53".parse().expect("static address");
+        s.dns.addresses.push(v6);
+        s.dns
+            .upstreams
+            .push("[2001:2::1]:5353".parse().expect("static"));
+        assert_eq!(
+            s.validate(),
+            Err(SettingsError::DnsCidrMissingFamily(v6)),
+            "an IPv6 DNS address, IPv4 ranges alone: every client dropped"
+        );
+        s.cluster_cidrs
+            .push("2001:2::/64".parse().expect("static CIDR"));
+        s.validate().expect("an IPv6 DNS address and upstream");
+        let looped6 = std::net::SocketAddr::new(v6, 53);
+        s.dns.upstreams.push(looped6);
+        assert_eq!(s.validate(), Err(SettingsError::UpstreamLoop(looped6)));
     }
 
     #[test]

@@ -34,7 +34,7 @@ use netlink_packet_core::{
     NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{
-    AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope,
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope, CacheInfo,
 };
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::neighbour::{
@@ -246,6 +246,63 @@ fn loopback_address(ip: Ipv4Addr) -> Result<AddressMessage, NetlinkError> {
     m.header.index = index;
     m.attributes.push(AddressAttribute::Local(ip.into()));
     m.attributes.push(AddressAttribute::Address(ip.into()));
+    Ok(m)
+}
+
+/// Adds `ip`/128 to the loopback device, so that the kernel accepts
+/// connections to it from any interface, as [`add_loopback_address`]
+/// does for IPv4. IPv6 has no scope host for a global address (the
+/// kernel derives the scope from the address), so it is added with a
+/// preferred lifetime of 0 instead (`ip -6 addr add ADDR/128 dev lo
+/// preferred_lft 0`): deprecated, never chosen as a source (RFC 6724
+/// rule 3), still a destination and bindable; and without duplicate
+/// address detection (no neighbours on lo). Returns false when it was
+/// there already (then it is not the caller's to remove).
+pub fn add_loopback_address6(ip: Ipv6Addr) -> Result<bool, NetlinkError> {
+    match Rtnl::open(&[])?.change(
+        &format!("adding {ip}/128 to lo"),
+        NLM_F_CREATE | netlink_packet_core::NLM_F_EXCL,
+        RouteNetlinkMessage::NewAddress(loopback_address6(ip)?),
+    ) {
+        Ok(()) => Ok(true),
+        Err(NetlinkError::Kernel { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes what [`add_loopback_address6`] added.
+pub fn remove_loopback_address6(ip: Ipv6Addr) -> Result<(), NetlinkError> {
+    Rtnl::open(&[])?.change(
+        &format!("removing {ip}/128 from lo"),
+        0,
+        RouteNetlinkMessage::DelAddress(loopback_address6(ip)?),
+    )
+}
+
+fn loopback_address6(ip: Ipv6Addr) -> Result<AddressMessage, NetlinkError> {
+    // SAFETY: the argument is a NUL-terminated string literal.
+    let index = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+    if index == 0 {
+        return Err(NetlinkError::Kernel {
+            what: "finding the loopback device".into(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    let mut m = AddressMessage::default();
+    m.header.family = AddressFamily::Inet6;
+    m.header.prefix_len = 128;
+    m.header.scope = AddressScope::Universe;
+    m.header.index = index;
+    m.attributes.push(AddressAttribute::Address(ip.into()));
+    m.attributes
+        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    let mut lifetimes = CacheInfo::default();
+    lifetimes.ifa_preferred = 0;
+    // INFINITY_LIFE_TIME: valid until removed.
+    lifetimes.ifa_valid = u32::MAX;
+    m.attributes.push(AddressAttribute::CacheInfo(lifetimes));
     Ok(m)
 }
 

@@ -1,7 +1,7 @@
 //! The `--dns-*` flags of `cipgw run` (settable in the settings file like
 //! every flag: `dns-address = [...]`, or `address` in a `[dns]` table).
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use cipgw_config::settings::{
@@ -12,13 +12,14 @@ use cipgw_config::settings::{
 /// (Kubernetes DNS-Based Service Discovery, schema 1.1.0).
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct DnsArgs {
-    /// Address to answer DNS on, UDP and TCP port 53 (repeatable; IPv4):
-    /// e.g. the cluster's kube-dns ClusterIP routed to the gateway. UDP
-    /// is answered by the workers; for TCP the gateway adds the address
-    /// to the loopback device while it runs (removed at exit) and listens
-    /// there. Without any, the gateway answers no DNS [default: none].
+    /// Address to answer DNS on, UDP and TCP port 53 (repeatable; either
+    /// family): e.g. the cluster's kube-dns ClusterIP routed to the
+    /// gateway. UDP is answered by the workers; for TCP the gateway adds
+    /// the address to the loopback device while it runs (removed at
+    /// exit) and listens there. Without any, the gateway answers no DNS
+    /// [default: none].
     #[arg(long = "dns-address", value_name = "ADDR")]
-    pub dns_address: Vec<std::net::Ipv4Addr>,
+    pub dns_address: Vec<IpAddr>,
     /// The cluster domain the names live under [default: cluster.local].
     #[arg(long, value_name = "DOMAIN")]
     pub cluster_domain: Option<String>,
@@ -31,23 +32,34 @@ pub struct DnsArgs {
     #[arg(long, value_name = "N")]
     pub dns_rate_limit: Option<u32>,
     /// Resolver that names outside the cluster domain are forwarded to
-    /// (repeatable, taken in turn; IPv4, port 53 unless given), so a
+    /// (repeatable, taken in turn; either family: ADDR, ADDR:PORT,
+    /// [IPv6]:PORT or a bare IPv6 address; port 53 unless given), so a
     /// Pod's resolv.conf can name the gateway alone: over UDP with the
     /// query ID remapped, over TCP on a connection per query. Needs
     /// --cluster-cidr (only the cluster's clients are forwarded for).
     /// Without any, such names are REFUSED [default: none].
     #[arg(long = "dns-upstream", value_name = "ADDR[:PORT]", value_parser = parse_upstream)]
-    pub dns_upstream: Vec<SocketAddrV4>,
+    pub dns_upstream: Vec<SocketAddr>,
 }
 
-/// `ADDR` or `ADDR:PORT`; port 53 when not given.
-fn parse_upstream(text: &str) -> Result<SocketAddrV4, String> {
-    if let Ok(address) = text.parse::<SocketAddrV4>() {
+/// `ADDR`, `ADDR:PORT`, `[IPv6]:PORT` or `[IPv6]`; port 53 when not
+/// given.
+fn parse_upstream(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse::<SocketAddr>() {
         return Ok(address);
     }
-    text.parse::<Ipv4Addr>()
-        .map(|ip| SocketAddrV4::new(ip, 53))
-        .map_err(|_| format!("{text:?} is not an IPv4 address with an optional :PORT"))
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    bare.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| {
+            format!(
+                "{text:?} is not an address with an optional port \
+                 (ADDR, ADDR:PORT, [IPv6]:PORT)"
+            )
+        })
 }
 
 impl DnsArgs {
@@ -74,14 +86,23 @@ mod tests {
     fn flags_over_defaults() {
         assert_eq!(DnsArgs::default().resolve(), DnsSettings::default());
         let flags = DnsArgs {
-            dns_address: vec![std::net::Ipv4Addr::new(198, 18, 0, 53)],
+            dns_address: vec![
+                [198, 18, 0, 53].into(),
+                "2001:2:0:ff::53".parse().expect("static"),
+            ],
             cluster_domain: Some("corp.example".into()),
             dns_ttl: Some(Duration::from_secs(30)),
             dns_rate_limit: Some(0),
             dns_upstream: vec!["198.18.3.2:5353".parse().expect("static address")],
         };
         let dns = flags.resolve();
-        assert_eq!(dns.addresses, [std::net::Ipv4Addr::new(198, 18, 0, 53)]);
+        assert_eq!(
+            dns.addresses,
+            [
+                IpAddr::from([198, 18, 0, 53]),
+                "2001:2:0:ff::53".parse::<IpAddr>().expect("static")
+            ]
+        );
         assert_eq!(
             (dns.cluster_domain.as_str(), dns.ttl, dns.rate_limit),
             ("corp.example", 30, 0)
@@ -100,5 +121,18 @@ mod tests {
             Ok("198.18.3.2:5353".parse().expect("static"))
         );
         assert!(parse_upstream("resolver.example").is_err());
+        assert_eq!(
+            parse_upstream("2001:2::1"),
+            Ok("[2001:2::1]:53".parse().expect("static"))
+        );
+        assert_eq!(
+            parse_upstream("[2001:2::1]"),
+            Ok("[2001:2::1]:53".parse().expect("static"))
+        );
+        assert_eq!(
+            parse_upstream("[2001:2::1]:5353"),
+            Ok("[2001:2::1]:5353".parse().expect("static"))
+        );
+        assert!(parse_upstream("2001:2::1:5353:x").is_err());
     }
 }

@@ -6,10 +6,16 @@
 //! [`crate::dns`]). TCP (RFC 7766: what a client retries with after a
 //! truncated answer) goes through the kernel: for the kernel to accept
 //! connections to a DNS address, the address must be local, so the
-//! gateway adds each one to the loopback device, scope host (never a
-//! source address; the kernel answers ARP for it on the gateway's
-//! interfaces as for any local address), unless it is there already, and
-//! removes what it added when it stops. A listener thread per address
+//! gateway adds each one to the loopback device, unless it is there
+//! already, and removes what it added when it stops: an IPv4 address
+//! scope host (never a source address; the kernel answers ARP for it on
+//! the gateway's interfaces as for any local address), an IPv6 one
+//! deprecated (never a source address either, see
+//! [`crate::netlink::add_loopback_address6`]; the kernel answers
+//! neighbour solicitations only for addresses of the interface asked, so
+//! clients reach it, as a ClusterIP, through a route to the gateway).
+//! Binding a non-local address (`IPV6_FREEBIND`) would not do: the
+//! kernel delivers locally only what is addressed to a local address. A listener thread per address
 //! answers each connection's queries from the table published at that
 //! moment, the same snapshot the workers answer from.
 //!
@@ -19,7 +25,7 @@
 //! (SERVFAIL when it fails).
 
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -47,13 +53,14 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub(super) struct DnsService {
     config: DnsConfig,
-    addresses: Vec<Ipv4Addr>,
+    /// Either family.
+    addresses: Vec<IpAddr>,
     cluster_cidrs: Vec<IpNet>,
     /// Answers per second per source and worker; 0: none.
     rate_limit: u32,
     pub(super) stats: Arc<DnsStats>,
     /// Loopback addresses this gateway added (removed on drop).
-    added: Vec<Ipv4Addr>,
+    added: Vec<IpAddr>,
     stop: Arc<AtomicBool>,
     listeners: Vec<JoinHandle<()>>,
     /// Forwarding of names outside the zone (`--dns-upstream`).
@@ -94,7 +101,7 @@ impl DnsService {
         }))
     }
 
-    pub(super) fn addresses(&self) -> &[Ipv4Addr] {
+    pub(super) fn addresses(&self) -> &[IpAddr] {
         &self.addresses
     }
 
@@ -136,12 +143,15 @@ impl DnsService {
     pub(super) fn start_tcp(&mut self, table: &TableHandle, took_over: bool) -> anyhow::Result<()> {
         let active = Arc::new(AtomicUsize::new(0));
         for &address in &self.addresses {
-            let added = crate::netlink::add_loopback_address(address)
-                .with_context(|| format!("--dns-address {address}: making it local for TCP"))?;
+            let added = match address {
+                IpAddr::V4(v4) => crate::netlink::add_loopback_address(v4),
+                IpAddr::V6(v6) => crate::netlink::add_loopback_address6(v6),
+            }
+            .with_context(|| format!("--dns-address {address}: making it local for TCP"))?;
             if added || took_over {
                 self.added.push(address);
             }
-            let listener = TcpListener::bind(SocketAddrV4::new(address, dns::PORT))
+            let listener = TcpListener::bind(SocketAddr::new(address, dns::PORT))
                 .with_context(|| format!("--dns-address {address}: listening on TCP port 53"))?;
             listener.set_nonblocking(true)?;
             let tcp = TcpDns {
@@ -197,7 +207,11 @@ impl Drop for DnsService {
     fn drop(&mut self) {
         self.stop_listeners();
         for address in self.added.drain(..) {
-            if let Err(e) = crate::netlink::remove_loopback_address(address) {
+            let removed = match address {
+                IpAddr::V4(v4) => crate::netlink::remove_loopback_address(v4),
+                IpAddr::V6(v6) => crate::netlink::remove_loopback_address6(v6),
+            };
+            if let Err(e) = removed {
                 tracing::warn!(%address, error = %e, "could not remove the DNS address from lo");
             }
         }
@@ -221,8 +235,8 @@ impl TcpDns {
         // Relaxed: see `DnsService::drop`.
         while !shared.stop.load(Ordering::Relaxed) {
             match listener.accept() {
-                Ok((stream, SocketAddr::V4(peer))) => {
-                    let client = std::net::IpAddr::V4(*peer.ip());
+                Ok((stream, peer)) => {
+                    let client = peer.ip();
                     if !shared.cluster_cidrs.is_empty()
                         && !shared.cluster_cidrs.iter().any(|c| c.contains(&client))
                     {
@@ -248,7 +262,6 @@ impl TcpDns {
                         shared.active.fetch_sub(1, Ordering::Relaxed);
                     }
                 }
-                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     std::thread::sleep(Duration::from_millis(20));
                 }

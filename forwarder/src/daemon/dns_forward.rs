@@ -27,6 +27,10 @@
 //! and the per-source answer rate limit applies to forwarded queries as
 //! to any: the gateway is no open resolver and no amplifier.
 //!
+//! Either family: a client, its DNS address and an upstream may each be
+//! IPv4 or IPv6 (the client and the address it asked are of one family;
+//! the upstreams are asked through a socket of theirs).
+//!
 //! The answers leave through a kernel UDP socket bound to the DNS address
 //! port 53 (the address is on lo for TCP already, see [`super::dns`]).
 //! Queries to that address arrive at the workers (XDP steers them), so
@@ -37,7 +41,7 @@ use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -66,7 +70,7 @@ const HEADER_LEN: usize = 12;
 /// socket, the thread, and the upstreams TCP connections use.
 #[derive(Debug)]
 pub(super) struct Forwarder {
-    upstreams: Arc<[SocketAddrV4]>,
+    upstreams: Arc<[SocketAddr]>,
     /// The workers' end, cloned for each worker.
     workers_end: UnixDatagram,
     /// The thread's end, until the thread takes it.
@@ -79,7 +83,7 @@ pub(super) struct Forwarder {
 }
 
 impl Forwarder {
-    pub(super) fn new(upstreams: &[SocketAddrV4]) -> anyhow::Result<Self> {
+    pub(super) fn new(upstreams: &[SocketAddr]) -> anyhow::Result<Self> {
         let (workers_end, thread_end) =
             UnixDatagram::pair().context("creating the DNS forwarding socket pair")?;
         Ok(Self {
@@ -113,23 +117,21 @@ impl Forwarder {
 
     /// Binds the relay sockets on the DNS addresses (which must be local
     /// by now) and starts the thread.
-    pub(super) fn start(&mut self, addresses: &[Ipv4Addr]) -> anyhow::Result<()> {
+    pub(super) fn start(&mut self, addresses: &[IpAddr]) -> anyhow::Result<()> {
         let Some(queries) = self.thread_end.take() else {
             return Ok(());
         };
         queries.set_nonblocking(true)?;
         let mut relays = Vec::with_capacity(addresses.len());
         for &address in addresses {
-            let socket = UdpSocket::bind(SocketAddrV4::new(address, crate::dns::PORT))
-                .with_context(|| {
+            let socket =
+                UdpSocket::bind(SocketAddr::new(address, crate::dns::PORT)).with_context(|| {
                     format!("--dns-address {address}: binding UDP port 53 to relay answers")
                 })?;
             socket.set_nonblocking(true)?;
             relays.push((address, socket));
         }
-        let upstream = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
-            .context("binding the socket towards the DNS upstreams")?;
-        upstream.set_nonblocking(true)?;
+        let upstream = UpstreamSockets::bind(&self.upstreams)?;
         let mut thread = ForwardThread {
             queries,
             upstream,
@@ -169,13 +171,59 @@ impl Drop for Forwarder {
     }
 }
 
+/// The sockets the upstreams are asked through: one per family that has
+/// an upstream, bound to an ephemeral port of the unspecified address.
+struct UpstreamSockets {
+    v4: Option<UdpSocket>,
+    v6: Option<UdpSocket>,
+}
+
+impl UpstreamSockets {
+    fn bind(upstreams: &[SocketAddr]) -> anyhow::Result<Self> {
+        let bind = |family: &str, address: IpAddr| -> anyhow::Result<Option<UdpSocket>> {
+            if !upstreams.iter().any(|u| u.is_ipv4() == address.is_ipv4()) {
+                return Ok(None);
+            }
+            let socket = UdpSocket::bind(SocketAddr::new(address, 0)).with_context(|| {
+                format!("binding the socket towards the {family} DNS upstreams")
+            })?;
+            socket.set_nonblocking(true)?;
+            Ok(Some(socket))
+        };
+        Ok(Self {
+            v4: bind("IPv4", Ipv4Addr::UNSPECIFIED.into())?,
+            v6: bind("IPv6", Ipv6Addr::UNSPECIFIED.into())?,
+        })
+    }
+
+    /// The socket towards `upstream`.
+    fn towards(&self, upstream: SocketAddr) -> Option<&UdpSocket> {
+        match upstream {
+            SocketAddr::V4(_) => self.v4.as_ref(),
+            SocketAddr::V6(_) => self.v6.as_ref(),
+        }
+    }
+
+    /// A datagram from the IPv4 (`v4`) or the IPv6 socket, if one is
+    /// waiting.
+    fn recv_from(&self, v4: bool, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+        let socket = if v4 { &self.v4 } else { &self.v6 };
+        socket.as_ref()?.recv_from(buf).ok()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &UdpSocket> {
+        self.v4.iter().chain(self.v6.iter())
+    }
+}
+
 /// A query waiting for its upstream.
 struct Pending {
-    client: SocketAddrV4,
+    client: SocketAddr,
     client_id: u16,
-    /// The DNS address the client asked: the answer comes from it.
-    server: Ipv4Addr,
-    upstream: SocketAddrV4,
+    /// The DNS address the client asked (of the client's family): the
+    /// answer comes from it.
+    server: IpAddr,
+    upstream: SocketAddr,
     /// The query's question section, which the answer must echo.
     question: Box<[u8]>,
     /// The most a UDP answer may carry for this client.
@@ -186,9 +234,9 @@ struct Pending {
 
 struct ForwardThread {
     queries: UnixDatagram,
-    upstream: UdpSocket,
-    relays: Vec<(Ipv4Addr, UdpSocket)>,
-    upstreams: Arc<[SocketAddrV4]>,
+    upstream: UpstreamSockets,
+    relays: Vec<(IpAddr, UdpSocket)>,
+    upstreams: Arc<[SocketAddr]>,
     next: usize,
     /// Outstanding queries by the ID the upstream sees.
     pending: HashMap<u16, Pending>,
@@ -215,7 +263,13 @@ impl ForwardThread {
                     deadline.saturating_duration_since(Instant::now())
                 })
                 .min(STOP_POLL);
-            if let Err(e) = wait_readable(&[&self.queries, &self.upstream], wait) {
+            let mut sockets: [&dyn AsRawFd; 3] = [&self.queries; 3];
+            let mut n = 1;
+            for socket in self.upstream.iter() {
+                sockets[n] = socket;
+                n += 1;
+            }
+            if let Err(e) = wait_readable(&sockets[..n], wait) {
                 tracing::warn!(error = %e, "DNS forwarding: poll failed");
                 std::thread::sleep(STOP_POLL);
             }
@@ -226,10 +280,12 @@ impl ForwardThread {
                     Err(_) => break,
                 }
             }
-            for _ in 0..256 {
-                match self.upstream.recv_from(&mut buf) {
-                    Ok((n, from)) => self.relay(&mut buf[..n], from),
-                    Err(_) => break,
+            for v4 in [true, false] {
+                for _ in 0..256 {
+                    match self.upstream.recv_from(v4, &mut buf) {
+                        Some((n, from)) => self.relay(&mut buf[..n], from),
+                        None => break,
+                    }
                 }
             }
             self.expire(Instant::now());
@@ -257,7 +313,11 @@ impl ForwardThread {
         query[..2].copy_from_slice(&id.to_be_bytes());
         let upstream = self.upstreams[self.next % self.upstreams.len()];
         self.next = self.next.wrapping_add(1);
-        if self.upstream.send_to(query, upstream).is_err() {
+        let sent = self
+            .upstream
+            .towards(upstream)
+            .is_some_and(|socket| socket.send_to(query, upstream).is_ok());
+        if !sent {
             self.counters.count(ForwardOutcome::SendFailed);
             return;
         }
@@ -309,7 +369,10 @@ impl ForwardThread {
         let same_question = answer
             .get(HEADER_LEN..question_end)
             .is_some_and(|q| q.eq_ignore_ascii_case(&p.question));
-        if from != SocketAddr::V4(p.upstream) || !is_response || !one_question || !same_question {
+        // By address and port: a received IPv6 source carries no flow
+        // label or scope the configured upstream would.
+        let from_upstream = from.ip() == p.upstream.ip() && from.port() == p.upstream.port();
+        if !from_upstream || !is_response || !one_question || !same_question {
             // Not the answer: the query stays outstanding.
             self.counters.count(ForwardOutcome::Unexpected);
             return;
@@ -384,7 +447,7 @@ fn wait_readable(sockets: &[&dyn AsRawFd], timeout: Duration) -> io::Result<()> 
 /// alone).
 #[derive(Debug, Clone)]
 pub(super) struct TcpForward {
-    upstreams: Arc<[SocketAddrV4]>,
+    upstreams: Arc<[SocketAddr]>,
     next: Arc<AtomicUsize>,
     counters: Arc<ForwardCounters>,
 }
@@ -407,8 +470,8 @@ impl TcpForward {
     }
 }
 
-fn exchange_tcp(upstream: SocketAddrV4, query: &[u8], answer: &mut [u8]) -> io::Result<usize> {
-    let mut stream = TcpStream::connect_timeout(&upstream.into(), TCP_TIMEOUT)?;
+fn exchange_tcp(upstream: SocketAddr, query: &[u8], answer: &mut [u8]) -> io::Result<usize> {
+    let mut stream = TcpStream::connect_timeout(&upstream, TCP_TIMEOUT)?;
     stream.set_read_timeout(Some(TCP_TIMEOUT))?;
     stream.set_write_timeout(Some(TCP_TIMEOUT))?;
     stream.set_nodelay(true)?;
@@ -442,31 +505,47 @@ mod tests {
     use super::*;
     use crate::dns::forward::HANDOFF_PREFIX;
 
-    const LOCAL: Ipv4Addr = Ipv4Addr::LOCALHOST;
+    const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    const LOCAL6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
 
-    fn bind() -> UdpSocket {
-        let socket = UdpSocket::bind(SocketAddrV4::new(LOCAL, 0)).expect("loopback socket");
+    fn bind_on(ip: IpAddr) -> UdpSocket {
+        let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).expect("loopback socket");
         socket
             .set_read_timeout(Some(Duration::from_secs(2)))
             .expect("timeout");
         socket
     }
 
-    fn v4(socket: &UdpSocket) -> SocketAddrV4 {
-        match socket.local_addr().expect("bound") {
-            SocketAddr::V4(a) => a,
-            SocketAddr::V6(_) => unreachable!("bound on IPv4"),
-        }
+    fn bind() -> UdpSocket {
+        bind_on(LOCAL)
     }
 
-    /// A thread that relays from a loopback socket (standing in for the
-    /// DNS address) to `upstream`.
-    fn thread(upstream: SocketAddrV4) -> ForwardThread {
+    fn addr(socket: &UdpSocket) -> SocketAddr {
+        socket.local_addr().expect("bound")
+    }
+
+    /// A thread that relays from loopback sockets (standing in for an
+    /// IPv4 and an IPv6 DNS address) to `upstream`.
+    fn thread(upstream: SocketAddr) -> ForwardThread {
         let (_, queries) = UnixDatagram::pair().expect("socket pair");
+        let towards = bind_on(match upstream {
+            SocketAddr::V4(_) => LOCAL,
+            SocketAddr::V6(_) => LOCAL6,
+        });
         ForwardThread {
             queries,
-            upstream: bind(),
-            relays: vec![(LOCAL, bind())],
+            upstream: if upstream.is_ipv4() {
+                UpstreamSockets {
+                    v4: Some(towards),
+                    v6: None,
+                }
+            } else {
+                UpstreamSockets {
+                    v4: None,
+                    v6: Some(towards),
+                }
+            },
+            relays: vec![(LOCAL, bind()), (LOCAL6, bind_on(LOCAL6))],
             upstreams: Arc::from([upstream]),
             next: 0,
             pending: HashMap::new(),
@@ -479,8 +558,9 @@ mod tests {
     }
 
     /// A hand-off of a query (ID 0x4242, `www.example.test` A) from
-    /// `client`: 12 + 18 + 4 octets, the question ending at 34.
-    fn handoff(client: SocketAddrV4) -> Vec<u8> {
+    /// `client`, to the loopback address of its family: 12 + 18 + 4
+    /// octets, the question ending at 34.
+    fn handoff(client: SocketAddr) -> Vec<u8> {
         let mut query = vec![0x42, 0x42, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
         for label in ["www", "example", "test"] {
             query.push(label.len() as u8);
@@ -488,12 +568,13 @@ mod tests {
         }
         query.extend_from_slice(&[0, 0, 1, 0, 1]);
         let mut datagram = vec![0u8; HANDOFF_PREFIX];
-        Handoff::write_prefix(
+        let server = if client.is_ipv4() { LOCAL } else { LOCAL6 };
+        assert!(Handoff::write_prefix(
             (&mut datagram[..]).try_into().expect("prefix"),
             client,
-            LOCAL,
+            server,
             query.len(),
-        );
+        ));
         datagram.extend_from_slice(&query);
         datagram
     }
@@ -511,14 +592,19 @@ mod tests {
     /// The thread receives one datagram on its upstream socket and
     /// relays it.
     fn relay_one(t: &mut ForwardThread) {
-        t.upstream
+        let socket = t
+            .upstream
+            .iter()
+            .next()
+            .expect("a socket towards upstreams");
+        socket
             .set_nonblocking(false)
             .expect("blocking for the test");
-        t.upstream
+        socket
             .set_read_timeout(Some(Duration::from_secs(2)))
             .expect("timeout");
         let mut buf = vec![0u8; 65_535];
-        let (n, from) = t.upstream.recv_from(&mut buf).expect("an answer");
+        let (n, from) = socket.recv_from(&mut buf).expect("an answer");
         t.relay(&mut buf[..n], from);
     }
 
@@ -526,13 +612,13 @@ mod tests {
     fn an_answer_goes_back_with_the_client_id_and_only_from_its_upstream() {
         let upstream = bind();
         let client = bind();
-        let mut t = thread(v4(&upstream));
-        t.forward(&mut handoff(v4(&client)));
+        let mut t = thread(addr(&upstream));
+        t.forward(&mut handoff(addr(&client)));
         assert_eq!(t.counters.get(ForwardOutcome::Sent), 1);
         let mut buf = [0u8; 1500];
         let (n, gateway) = upstream.recv_from(&mut buf).expect("the query upstream");
         let sent = buf[..n].to_vec();
-        assert_eq!(&sent[2..], &handoff(v4(&client))[HANDOFF_PREFIX + 2..]);
+        assert_eq!(&sent[2..], &handoff(addr(&client))[HANDOFF_PREFIX + 2..]);
         let remapped = u16::from_be_bytes([sent[0], sent[1]]);
         assert!(t.pending.contains_key(&remapped));
 
@@ -566,8 +652,8 @@ mod tests {
     fn a_large_answer_is_cut_to_the_question_with_tc() {
         let upstream = bind();
         let client = bind();
-        let mut t = thread(v4(&upstream));
-        t.forward(&mut handoff(v4(&client)));
+        let mut t = thread(addr(&upstream));
+        t.forward(&mut handoff(addr(&client)));
         let mut buf = [0u8; 2000];
         let (n, gateway) = upstream.recv_from(&mut buf).expect("the query upstream");
         // No EDNS in the query: 512 octets at most.
@@ -585,8 +671,8 @@ mod tests {
     #[test]
     fn unanswered_queries_expire_and_the_table_is_bounded() {
         let upstream = bind();
-        let client = v4(&bind());
-        let mut t = thread(v4(&upstream));
+        let client = addr(&bind());
+        let mut t = thread(addr(&upstream));
         t.forward(&mut handoff(client));
         t.expire(Instant::now());
         assert_eq!(t.pending.len(), 1, "not yet");
@@ -601,7 +687,7 @@ mod tests {
                     client,
                     client_id: id,
                     server: LOCAL,
-                    upstream: v4(&upstream),
+                    upstream: addr(&upstream),
                     question: Box::new([]),
                     udp_limit: 512,
                     sequence: 0,
@@ -611,5 +697,32 @@ mod tests {
         t.forward(&mut handoff(client));
         assert_eq!(t.counters.get(ForwardOutcome::TableFull), 1);
         assert_eq!(t.counters.get(ForwardOutcome::Sent), 1, "only the first");
+    }
+
+    #[test]
+    fn an_ipv6_client_is_answered_from_its_ipv6_dns_address_through_either_upstream() {
+        for upstream_on in [LOCAL6, LOCAL] {
+            let upstream = bind_on(upstream_on);
+            let client = bind_on(LOCAL6);
+            let mut t = thread(addr(&upstream));
+            t.forward(&mut handoff(addr(&client)));
+            assert_eq!(t.counters.get(ForwardOutcome::Sent), 1, "via {upstream_on}");
+            let mut buf = [0u8; 1500];
+            let (n, gateway) = upstream.recv_from(&mut buf).expect("the query upstream");
+            assert_eq!(
+                gateway.is_ipv4(),
+                upstream_on.is_ipv4(),
+                "the upstream's family"
+            );
+            let answer = answer_to(&buf[..n], 16);
+            upstream.send_to(&answer, gateway).expect("send");
+            relay_one(&mut t);
+            assert_eq!(t.counters.get(ForwardOutcome::Answered), 1);
+            let (n, from) = client.recv_from(&mut buf).expect("relayed to the client");
+            let relay = t.relays[1].1.local_addr().expect("bound");
+            assert_eq!(from, relay, "from the IPv6 DNS address's socket");
+            assert_eq!(&buf[..2], &[0x42, 0x42], "the client's own ID");
+            assert_eq!(&buf[2..n], &answer[2..]);
+        }
     }
 }

@@ -91,7 +91,7 @@ pub(super) fn start(
         if let Some(dns) = &dns {
             for &address in dns.addresses() {
                 program
-                    .steer_dns(address.into(), crate::dns::PORT)
+                    .steer_dns(address, crate::dns::PORT)
                     .with_context(|| {
                         format!("--dns-address {address}: steering its UDP port 53")
                     })?;
@@ -165,7 +165,7 @@ pub(super) fn start(
             .map(|d| {
                 d.addresses()
                     .iter()
-                    .map(|&a| (a.into(), crate::dns::PORT))
+                    .map(|&a| (a, crate::dns::PORT))
                     .collect()
             })
             .unwrap_or_default();

@@ -6,7 +6,10 @@
 //! never names a VIP the gateway does not forward, and a table change is
 //! visible in answers and forwarding at the same moment. UDP queries are
 //! answered in the worker, in the frame that asked ([`DnsResponder`]): no
-//! socket, no conntrack entry, no allocation. TCP queries come through a
+//! socket, no conntrack entry, no allocation. Either family: a query to
+//! an IPv6 DNS address gets an IPv6 answer (hop limit 64, the UDP
+//! checksum over the IPv6 pseudo-header), under the same source policy
+//! and rate limits as an IPv4 one. TCP queries come through a
 //! kernel socket on the control side and use [`respond`] on their own
 //! buffer.
 //!
@@ -33,7 +36,7 @@
 pub mod forward;
 pub mod zone;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -49,6 +52,7 @@ use crate::wire::ethernet;
 use crate::wire::frame::{Frame, L3, L4};
 use crate::wire::ip_number;
 use crate::wire::ipv4::{self, Ipv4Repr};
+use crate::wire::ipv6::{self, Ipv6Repr};
 use crate::wire::udp::{self, UdpRepr};
 
 pub use zone::{DnsConfig, DnsRecord, DnsZone, RecordData, DEFAULT_UDP_PAYLOAD};
@@ -173,7 +177,8 @@ pub enum DnsDrop {
     /// From outside `--cluster-cidr`: the gateway is no open resolver.
     NotInCluster,
     /// From an address that cannot be a client (multicast, broadcast,
-    /// 0.0.0.0/8, loopback, a group MAC).
+    /// 0.0.0.0/8, loopback, a group MAC; IPv6: multicast, loopback,
+    /// unspecified).
     BadSource,
     /// Beyond the per-source (or total) answer rate.
     RateLimited,
@@ -556,8 +561,9 @@ fn no_zone_opt() -> &'static [u8] {
 /// and their answers in place, within the source policy and rate limits.
 #[derive(Debug)]
 pub struct DnsResponder {
-    addresses: Box<[Ipv4Addr]>,
-    /// Either family; an IPv4 client matches only the IPv4 ones.
+    /// Either family; a query is answered from the address it asked.
+    addresses: Box<[IpAddr]>,
+    /// Either family; a client matches only the ranges of its own.
     cluster_cidrs: Box<[IpNet]>,
     limiter: RefusalLimiter,
     udp_payload: u16,
@@ -578,7 +584,7 @@ impl DnsResponder {
     /// Answers UDP queries to `addresses` port 53 from sources in
     /// `cluster_cidrs` (all when empty).
     pub fn new(
-        addresses: Vec<Ipv4Addr>,
+        addresses: Vec<IpAddr>,
         cluster_cidrs: Vec<IpNet>,
         counters: Arc<DnsCounters>,
     ) -> Self {
@@ -612,8 +618,9 @@ impl DnsResponder {
     /// Whether the frame is a UDP datagram to a DNS address's port 53.
     #[inline]
     pub fn is_query<T: AsRef<[u8]>>(&self, frame: &Frame<T>) -> bool {
-        let L3::Ipv4 { dst, .. } = frame.l3() else {
-            return false;
+        let dst = match frame.l3() {
+            L3::Ipv4 { dst, .. } => IpAddr::V4(dst),
+            L3::Ipv6 { dst, .. } => IpAddr::V6(dst),
         };
         // A fragment of a query carries part of it only: not answered.
         matches!(frame.l4(), L4::Udp { dst_port: PORT, .. })
@@ -631,9 +638,6 @@ impl DnsResponder {
         ingress: PortId,
         ctx: &BatchContext<'_>,
     ) -> Verdict {
-        let L3::Ipv4 { src, dst, .. } = frame.l3() else {
-            return Verdict::Pass;
-        };
         let L4::Udp {
             src_port, dst_port, ..
         } = frame.l4()
@@ -644,17 +648,14 @@ impl DnsResponder {
             self.counters.count_drop(reason);
             Verdict::Drop(verdict)
         };
-        if ethernet::is_multicast(frame.ethernet().source())
-            || src.is_multicast()
-            || src.is_broadcast()
-            || src.is_loopback()
-            || src.octets()[0] == 0
-        {
+        let (src, dst) = match frame.l3() {
+            L3::Ipv4 { src, dst, .. } => (IpAddr::V4(src), IpAddr::V4(dst)),
+            L3::Ipv6 { src, dst, .. } => (IpAddr::V6(src), IpAddr::V6(dst)),
+        };
+        if ethernet::is_multicast(frame.ethernet().source()) || !can_be_client(src) {
             return drop(DnsDrop::BadSource, DropReason::BadSource);
         }
-        let client = std::net::IpAddr::V4(src);
-        if !self.cluster_cidrs.is_empty() && !self.cluster_cidrs.iter().any(|c| c.contains(&client))
-        {
+        if !self.cluster_cidrs.is_empty() && !self.cluster_cidrs.iter().any(|c| c.contains(&src)) {
             return drop(DnsDrop::NotInCluster, DropReason::SourceNotInCluster);
         }
         let Some(port) = ctx.net.port(ingress) else {
@@ -667,13 +668,19 @@ impl DnsResponder {
         let (l3, l4, l3_end) = (frame.l3_offset(), frame.l4_offset(), frame.l3_end());
         let payload = l4 + udp::HEADER_LEN;
         let query_len = l3_end - payload;
-        // The answer's IPv4 header has no options: the query moves up
-        // behind a 20-octet header first when it had some.
-        let start = l3 + ipv4::MIN_HEADER_LEN + udp::HEADER_LEN;
+        // The answer's IP header has no options or extension headers:
+        // the query moves up behind a bare header first when it had
+        // some. IPv4's total length counts its header, IPv6's payload
+        // length does not.
+        let (ip_header_len, max_payload) = match src {
+            IpAddr::V4(_) => (ipv4::MIN_HEADER_LEN, usize::from(u16::MAX) - 28),
+            IpAddr::V6(_) => (ipv6::HEADER_LEN, usize::from(u16::MAX) - udp::HEADER_LEN),
+        };
+        let start = l3 + ip_header_len + udp::HEADER_LEN;
         crate::reject::answer_l2(&mut frame, port_mac);
         let buf = frame.into_inner();
         buf.copy_within(payload..l3_end, start);
-        let room = (buf.len() - start).min(usize::from(u16::MAX) - 28);
+        let room = (buf.len() - start).min(max_payload);
         let answered = match respond_or_forward(
             ctx.table.dns(),
             &mut buf[start..start + room],
@@ -686,22 +693,23 @@ impl DnsResponder {
             Ok(Response::Forward { question_end }) => {
                 // The prefix goes in front of the query, over the headers
                 // it no longer needs (`start` is past at least an
-                // Ethernet, IPv4 and UDP header).
+                // Ethernet, IPv4 and UDP header: 42 octets, see
+                // `_HANDOFF_FITS`).
                 let from = start - forward::HANDOFF_PREFIX;
-                if let Ok(prefix) =
-                    <&mut [u8; forward::HANDOFF_PREFIX]>::try_from(&mut buf[from..start])
-                {
-                    forward::Handoff::write_prefix(
-                        prefix,
-                        SocketAddrV4::new(src, src_port),
-                        dst,
-                        question_end,
-                    );
-                }
-                let sent = self
-                    .forward
-                    .as_ref()
-                    .is_some_and(|f| f.send(&buf[from..start + query_len]));
+                let written = <&mut [u8; forward::HANDOFF_PREFIX]>::try_from(&mut buf[from..start])
+                    .is_ok_and(|prefix| {
+                        forward::Handoff::write_prefix(
+                            prefix,
+                            SocketAddr::new(src, src_port),
+                            dst,
+                            question_end,
+                        )
+                    });
+                let sent = written
+                    && self
+                        .forward
+                        .as_ref()
+                        .is_some_and(|f| f.send(&buf[from..start + query_len]));
                 if !sent {
                     self.counters.count_drop(DnsDrop::ForwardQueueFull);
                 }
@@ -711,23 +719,31 @@ impl DnsResponder {
             Err(_) => return Verdict::Drop(DropReason::MalformedL4),
         };
         let out = start + answered.len;
-        let ip = Ipv4Repr {
-            src: dst,
-            dst: src,
-            protocol: ip_number::UDP,
-            payload_len: udp::HEADER_LEN + answered.len,
-            ttl: 64,
-        }
-        .emit(&mut buf[l3..out]);
-        let Ok(mut ip) = ip else {
-            self.counters.count_drop(DnsDrop::NoRoom);
-            return Verdict::Drop(DropReason::MalformedL4);
-        };
         let udp = UdpRepr {
             src_port: dst_port,
             dst_port: src_port,
         };
-        if udp.emit(ip.payload_mut(), dst, src).is_err() {
+        let emitted = match (src, dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => Ipv4Repr {
+                src: dst,
+                dst: src,
+                protocol: ip_number::UDP,
+                payload_len: udp::HEADER_LEN + answered.len,
+                ttl: 64,
+            }
+            .emit(&mut buf[l3..out])
+            .and_then(|mut ip| udp.emit(ip.payload_mut(), dst, src).map(|_| ())),
+            (IpAddr::V6(src), IpAddr::V6(dst)) => emit_ipv6_answer(
+                &mut buf[l3..out],
+                udp,
+                dst,
+                src,
+                udp::HEADER_LEN + answered.len,
+            ),
+            // A frame's source and destination are of one family.
+            _ => Err(crate::wire::WireError::Malformed),
+        };
+        if emitted.is_err() {
             self.counters.count_drop(DnsDrop::NoRoom);
             return Verdict::Drop(DropReason::MalformedL4);
         }
@@ -737,6 +753,46 @@ impl DnsResponder {
         }
     }
 }
+
+/// The IPv6 and UDP headers of an answer from `src` to `dst` whose
+/// DNS message of `udp_len - 8` octets is in place behind them in
+/// `packet`.
+fn emit_ipv6_answer(
+    packet: &mut [u8],
+    udp: UdpRepr,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    udp_len: usize,
+) -> Result<(), crate::wire::WireError> {
+    let mut ip = Ipv6Repr {
+        src,
+        dst,
+        next_header: ip_number::UDP,
+        payload_len: udp_len,
+        hop_limit: 64,
+    }
+    .emit(packet)?;
+    udp.emit_v6(ip.payload_mut(), src, dst).map(|_| ())
+}
+
+/// Whether `ip` can be the source of a query: never multicast,
+/// broadcast, loopback or unspecified (0.0.0.0/8 for IPv4), which would
+/// turn an answer into a reflection.
+#[inline]
+fn can_be_client(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            !(v4.is_multicast() || v4.is_broadcast() || v4.is_loopback() || v4.octets()[0] == 0)
+        }
+        IpAddr::V6(v6) => !(v6.is_multicast() || v6.is_loopback() || v6.is_unspecified()),
+    }
+}
+
+/// The hand-off prefix fits over the headers of the smallest query frame
+/// (Ethernet, IPv4 without options, UDP).
+const _HANDOFF_FITS: () = assert!(
+    ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + udp::HEADER_LEN >= forward::HANDOFF_PREFIX
+);
 
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 //! the worker's path (source policy, rate limit, UDP/IP framing) through
 //! the whole pipeline on the in-memory gateway.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -813,7 +813,7 @@ fn gateway(per_source: u32) -> Harness {
     let mut table = CompiledTable::compile(Arc::new(model()), 7);
     table = table.with_dns(Arc::new(zone()));
     let dns = DnsResponder::new(
-        vec![Ipv4Addr::from(DNS_ADDRESS)],
+        vec![IpAddr::from(DNS_ADDRESS)],
         vec!["198.18.0.0/24".parse().expect("cidr")],
         Arc::new(DnsCounters::default()),
     )
@@ -1005,7 +1005,7 @@ fn a_worker_hands_outside_names_to_the_forwarding_thread() {
     let mut gw = gateway(100);
     let counters = Arc::new(DnsCounters::default());
     let dns = DnsResponder::new(
-        vec![Ipv4Addr::from(DNS_ADDRESS)],
+        vec![IpAddr::from(DNS_ADDRESS)],
         vec!["198.18.0.0/24".parse().expect("cidr")],
         Arc::clone(&counters),
     )
@@ -1018,11 +1018,8 @@ fn a_worker_hands_outside_names_to_the_forwarding_thread() {
     thread_end.set_nonblocking(true).expect("non-blocking");
     let n = thread_end.recv(&mut datagram).expect("one hand-off");
     let handoff = forward::Handoff::parse(&datagram[..n]).expect("a hand-off");
-    assert_eq!(
-        handoff.client,
-        std::net::SocketAddrV4::new(addr::CLIENT.into(), 40000)
-    );
-    assert_eq!(handoff.server, Ipv4Addr::from(DNS_ADDRESS));
+    assert_eq!(handoff.client, SocketAddr::new(addr::CLIENT.into(), 40000));
+    assert_eq!(handoff.server, IpAddr::from(DNS_ADDRESS));
     assert_eq!(handoff.query, &q[..]);
     assert_eq!(handoff.question_end, 12 + 18 + 4);
     // Cluster names are still answered in place.
@@ -1037,4 +1034,243 @@ fn a_worker_hands_outside_names_to_the_forwarding_thread() {
     let (verdict, _) = send(&mut gw, addr::CLIENT, &q);
     assert_eq!(verdict, Verdict::HandedOff);
     assert_eq!(counters.drops[DnsDrop::ForwardQueueFull as usize].get(), 1);
+}
+
+// IPv6: the same path, answered with IPv6 headers.
+
+/// The gateway's IPv6 DNS address, and clients inside and outside the
+/// cluster's IPv6 range.
+const DNS_ADDRESS6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0xff, 0, 0, 0, 0x53);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2);
+const OUTSIDER6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x99, 0, 0, 0, 2);
+
+/// A gateway answering on an IPv4 and an IPv6 DNS address for clients
+/// in `cluster_cidrs`, from the dual-stack zone, or without a zone (before
+/// the first sync).
+fn gateway6(per_source: u32, cluster_cidrs: &[&str], zone: bool) -> Harness {
+    let mut gw = gateway(per_source);
+    let mut table = CompiledTable::compile(Arc::new(dual_model()), 7);
+    if zone {
+        table = table.with_dns(Arc::new(DnsZone::compile(
+            &dual_model(),
+            &DnsConfig::default(),
+            7,
+        )));
+    }
+    gw.table = Arc::new(table);
+    let dns = DnsResponder::new(
+        vec![IpAddr::from(DNS_ADDRESS), IpAddr::V6(DNS_ADDRESS6)],
+        cluster_cidrs
+            .iter()
+            .map(|c| c.parse().expect("cidr"))
+            .collect(),
+        Arc::new(DnsCounters::default()),
+    )
+    .with_limits(RefusalLimiter::new(per_source, 1_000));
+    gw.pipeline = gw.pipeline.with_dns(dns);
+    gw
+}
+
+const DUAL_CIDRS: &[&str] = &["198.18.0.0/24", "2001:2::/64"];
+
+/// A UDP query from `src` port 40000 to the IPv6 DNS address, as it
+/// reaches the gateway's client port; the frame that leaves.
+fn send6(gw: &mut Harness, src: Ipv6Addr, dns: &[u8]) -> (Verdict, Vec<u8>) {
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2(harness::mac::CLIENT, harness::mac::GW_CLIENT_SIDE)
+        .ipv6(src.octets(), DNS_ADDRESS6.octets(), 64)
+        .udp(40000, PORT)
+        .write(&mut frame, dns)
+        .expect("UDP frame builds");
+    let len = frame.len();
+    frame.resize(2048, 0);
+    let verdict = gw.process(&mut frame, len, CLIENT_PORT);
+    if let Verdict::Respond { len, .. } = verdict {
+        frame.truncate(len);
+    }
+    (verdict, frame)
+}
+
+#[test]
+fn an_ipv6_query_gets_an_ipv6_answer_byte_exact() {
+    let zone = DnsZone::compile(&dual_model(), &DnsConfig::default(), 7);
+    for qtype in [Rtype::AAAA, Rtype::A] {
+        let mut gw = gateway6(100, DUAL_CIDRS, true);
+        let q = query("web.default.svc.cluster.local", qtype, Some(1232));
+        let (verdict, frame) = send6(&mut gw, CLIENT6, &q);
+        assert!(
+            matches!(verdict, Verdict::Respond { port, .. } if port == CLIENT_PORT),
+            "answered back: {verdict:?}"
+        );
+        // The expected frame, built independently: etherparse writes the
+        // IPv6 header (hop limit 64, no extension headers) and computes
+        // the UDP checksum over the IPv6 pseudo-header; the DNS message is
+        // the responder's own answer to the query.
+        let (_, dns_answer) = ask(&zone, &q);
+        let mut expected = Vec::new();
+        etherparse::PacketBuilder::ethernet2(harness::mac::GW_CLIENT_SIDE, harness::mac::CLIENT)
+            .ipv6(DNS_ADDRESS6.octets(), CLIENT6.octets(), 64)
+            .udp(PORT, 40000)
+            .write(&mut expected, &dns_answer)
+            .expect("expected frame builds");
+        assert_eq!(frame, expected, "{qtype}: the answer, byte for byte");
+        // And the checksum verifies on its own.
+        assert_eq!(
+            crate::checksum::l4_checksum_v6(
+                DNS_ADDRESS6.octets(),
+                CLIENT6.octets(),
+                17,
+                &frame[14 + 40..]
+            ),
+            0,
+            "UDP checksum"
+        );
+        let p = etherparse::SlicedPacket::from_ethernet(&frame).expect("answer parses");
+        let Some(etherparse::TransportSlice::Udp(udp)) = &p.transport else {
+            panic!("udp")
+        };
+        let want = match qtype {
+            Rtype::AAAA => "web.default.svc.cluster.local. AAAA 2001:2:0:ff::10",
+            _ => "web.default.svc.cluster.local. A 198.18.100.10",
+        };
+        assert_eq!(section(udp.payload(), 0), [want]);
+        assert_eq!(gw.counters().new_flows.get(), 0, "no conntrack entry");
+    }
+}
+
+#[test]
+fn ipv6_sources_outside_the_cluster_or_not_clients_get_nothing() {
+    let q = query("web.default.svc.cluster.local", Rtype::AAAA, None);
+    let mut gw = gateway6(100, DUAL_CIDRS, true);
+    let (verdict, _) = send6(&mut gw, OUTSIDER6, &q);
+    assert_eq!(verdict, Verdict::Drop(DropReason::SourceNotInCluster));
+    for bad in [
+        Ipv6Addr::LOCALHOST,
+        Ipv6Addr::UNSPECIFIED,
+        "ff02::1".parse().expect("static"),
+    ] {
+        let (verdict, _) = send6(&mut gw, bad, &q);
+        assert_eq!(verdict, Verdict::Drop(DropReason::BadSource), "{bad}");
+    }
+    assert_eq!(gw.counters().drops_of(DropReason::SourceNotInCluster), 1);
+    assert_eq!(gw.counters().drops_of(DropReason::BadSource), 3);
+    // Only the client's family counts: IPv4 ranges alone admit no IPv6
+    // client.
+    let mut gw = gateway6(100, &["198.18.0.0/24"], true);
+    let (verdict, _) = send6(&mut gw, CLIENT6, &q);
+    assert_eq!(verdict, Verdict::Drop(DropReason::SourceNotInCluster));
+    // No ranges at all: everyone (as for IPv4).
+    let mut gw = gateway6(100, &[], true);
+    assert!(matches!(
+        send6(&mut gw, OUTSIDER6, &q).0,
+        Verdict::Respond { .. }
+    ));
+}
+
+#[test]
+fn ipv6_rate_limit_tc_and_servfail_before_the_first_sync() {
+    let mut gw = gateway6(10, DUAL_CIDRS, true);
+    let q = query("web.default.svc.cluster.local", Rtype::AAAA, None);
+    let answered = (0..30)
+        .filter(|_| matches!(send6(&mut gw, CLIENT6, &q).0, Verdict::Respond { .. }))
+        .count();
+    assert_eq!(answered, 10, "answered at the limit only");
+    assert_eq!(gw.counters().drops_of(DropReason::RateLimited), 20);
+
+    // The EDNS rules hold as over IPv4: a 512-octet answer without EDNS
+    // (the 200-endpoint Service truncates), the client's size with it.
+    let mut gw = gateway(1000);
+    gw.pipeline = gw.pipeline.with_dns(DnsResponder::new(
+        vec![IpAddr::V6(DNS_ADDRESS6)],
+        Vec::new(),
+        Arc::new(DnsCounters::default()),
+    ));
+    let (verdict, frame) = send6(
+        &mut gw,
+        CLIENT6,
+        &query("big.shop.svc.cluster.local", Rtype::A, None),
+    );
+    assert!(matches!(verdict, Verdict::Respond { .. }), "{verdict:?}");
+    let p = etherparse::SlicedPacket::from_ethernet(&frame).expect("answer parses");
+    let Some(etherparse::TransportSlice::Udp(udp)) = &p.transport else {
+        panic!("udp")
+    };
+    let message = Message::from_octets(udp.payload()).expect("parses");
+    assert!(message.header().tc(), "TC set");
+    assert_eq!(message.header_counts().ancount(), 0);
+    assert!(udp.payload().len() <= 512);
+
+    let mut gw = gateway6(100, DUAL_CIDRS, false);
+    let (verdict, frame) = send6(&mut gw, CLIENT6, &q);
+    assert!(matches!(verdict, Verdict::Respond { .. }), "{verdict:?}");
+    let p = etherparse::SlicedPacket::from_ethernet(&frame).expect("answer parses");
+    let Some(etherparse::TransportSlice::Udp(udp)) = &p.transport else {
+        panic!("udp")
+    };
+    assert_eq!(rcode_of(udp.payload()), Rcode::SERVFAIL);
+}
+
+#[test]
+fn a_worker_hands_ipv6_queries_to_the_forwarding_thread() {
+    use std::os::unix::net::UnixDatagram;
+    let (workers_end, thread_end) = UnixDatagram::pair().expect("socket pair");
+    let mut gw = gateway6(100, DUAL_CIDRS, true);
+    let dns = DnsResponder::new(
+        vec![IpAddr::V6(DNS_ADDRESS6)],
+        vec!["2001:2::/64".parse().expect("cidr")],
+        Arc::new(DnsCounters::default()),
+    )
+    .with_forwarding(forward::ForwardSender::new(workers_end).expect("sender"));
+    gw.pipeline = gw.pipeline.with_dns(dns);
+    let q = query("www.example.test", Rtype::AAAA, Some(1232));
+    let (verdict, _) = send6(&mut gw, CLIENT6, &q);
+    assert_eq!(verdict, Verdict::HandedOff);
+    let mut datagram = [0u8; 2048];
+    thread_end.set_nonblocking(true).expect("non-blocking");
+    let n = thread_end.recv(&mut datagram).expect("one hand-off");
+    assert_eq!(n, forward::HANDOFF_PREFIX + q.len());
+    let handoff = forward::Handoff::parse(&datagram[..n]).expect("a hand-off");
+    assert_eq!(handoff.client, SocketAddr::new(CLIENT6.into(), 40000));
+    assert_eq!(handoff.server, IpAddr::V6(DNS_ADDRESS6));
+    assert_eq!(handoff.query, &q[..]);
+    assert_eq!(handoff.question_end, 12 + 18 + 4);
+}
+
+#[test]
+fn an_ipv6_query_behind_an_extension_header_gets_a_bare_answer() {
+    let q = query("web.default.svc.cluster.local", Rtype::AAAA, None);
+    let (_, plain) = send6(&mut gateway6(100, DUAL_CIDRS, true), CLIENT6, &q);
+    // The same query with a Hop-by-Hop header (PadN only) in front of
+    // UDP: the answer is the same frame, with no extension header.
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2(harness::mac::CLIENT, harness::mac::GW_CLIENT_SIDE)
+        .ipv6(CLIENT6.octets(), DNS_ADDRESS6.octets(), 64)
+        .udp(40000, PORT)
+        .write(&mut frame, &q)
+        .expect("UDP frame builds");
+    let payload_len = u16::from_be_bytes([frame[18], frame[19]]) + 8;
+    frame[18..20].copy_from_slice(&payload_len.to_be_bytes());
+    frame[20] = 0; // Hop-by-Hop next
+    frame.splice(54..54, [17, 0, 1, 4, 0, 0, 0, 0]);
+    let len = frame.len();
+    frame.resize(2048, 0);
+    let mut gw = gateway6(100, DUAL_CIDRS, true);
+    let verdict = gw.process(&mut frame, len, CLIENT_PORT);
+    let Verdict::Respond { len, .. } = verdict else {
+        panic!("answered: {verdict:?}")
+    };
+    assert_eq!(&frame[..len], &plain[..]);
+}
+
+#[test]
+fn ipv6_garbage_to_port_53_is_counted_never_a_panic() {
+    let mut gw = gateway6(1000, DUAL_CIDRS, true);
+    for len in 0..64 {
+        let junk: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+        let (verdict, _) = send6(&mut gw, CLIENT6, &junk);
+        assert!(
+            matches!(verdict, Verdict::Respond { .. } | Verdict::Drop(_)),
+            "defined verdict for {len} octets: {verdict:?}"
+        );
+    }
 }

@@ -1,9 +1,9 @@
 //! UDP headers (RFC 768).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::{ip_number, read_u16, write_u16, WireError};
-use crate::checksum::l4_checksum;
+use crate::checksum::{l4_checksum, l4_checksum_v6};
 
 mod field {
     pub const SRC_PORT: usize = 0;
@@ -124,6 +124,31 @@ impl UdpRepr {
         write_u16(bytes, field::CHECKSUM, c);
         Ok(UdpDatagram { buffer })
     }
+
+    /// As [`UdpRepr::emit`], over the IPv6 pseudo-header (RFC 8200 8.1:
+    /// the checksum is mandatory, a computed zero is sent as 0xffff).
+    pub fn emit_v6<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        mut buffer: T,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+    ) -> Result<UdpDatagram<T>, WireError> {
+        let bytes = buffer.as_mut();
+        if bytes.len() < HEADER_LEN {
+            return Err(WireError::Truncated);
+        }
+        let length = u16::try_from(bytes.len()).map_err(|_| WireError::Malformed)?;
+        write_u16(bytes, field::SRC_PORT, self.src_port);
+        write_u16(bytes, field::DST_PORT, self.dst_port);
+        write_u16(bytes, field::LENGTH, length);
+        write_u16(bytes, field::CHECKSUM, 0);
+        let c = match l4_checksum_v6(src.octets(), dst.octets(), ip_number::UDP, bytes) {
+            0 => 0xffff,
+            c => c,
+        };
+        write_u16(bytes, field::CHECKSUM, c);
+        Ok(UdpDatagram { buffer })
+    }
 }
 
 #[cfg(test)]
@@ -159,6 +184,41 @@ mod tests {
             l4_checksum(src.octets(), dst.octets(), ip_number::UDP, &datagram),
             0,
             "checksum verifies"
+        );
+    }
+
+    #[test]
+    fn emit_v6_checksums_over_the_ipv6_pseudo_header_and_never_sends_zero() {
+        let src: Ipv6Addr = "2001:2:0:ff::53".parse().expect("static");
+        let dst: Ipv6Addr = "2001:2::2".parse().expect("static");
+        let repr = UdpRepr {
+            src_port: 53,
+            dst_port: 40000,
+        };
+        let mut datagram = [0u8; 10];
+        repr.emit_v6(&mut datagram[..], src, dst)
+            .expect("room for the header");
+        let d = UdpDatagram::new_checked(&datagram[..]).expect("valid datagram");
+        assert_eq!((d.src_port(), d.dst_port(), d.length()), (53, 40000, 10));
+        let first = d.checksum();
+        assert_eq!(
+            l4_checksum_v6(src.octets(), dst.octets(), ip_number::UDP, &datagram),
+            0,
+            "checksum verifies"
+        );
+        // A payload word equal to the checksum of a zero one makes the
+        // sum all ones: the computed checksum is 0, sent as 0xffff.
+        datagram[8..].copy_from_slice(&first.to_be_bytes());
+        repr.emit_v6(&mut datagram[..], src, dst).expect("room");
+        assert_eq!(&datagram[6..8], &[0xff, 0xff]);
+        assert_eq!(
+            l4_checksum_v6(src.octets(), dst.octets(), ip_number::UDP, &datagram),
+            0,
+            "0xffff verifies as zero does"
+        );
+        assert_eq!(
+            repr.emit_v6(&mut [0u8; 7][..], src, dst).err(),
+            Some(WireError::Truncated)
         );
     }
 
