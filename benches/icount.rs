@@ -1,0 +1,126 @@
+//! Instructions per packet of the IPv4 packet path, for A/B comparisons
+//! that a loaded machine cannot spoil: `benches/icount.sh` runs this
+//! binary under valgrind's cachegrind twice per case, with two packet
+//! counts, and divides the difference of the instructions executed by the
+//! difference of the packets, so the setup cancels out.
+//!
+//! Usage: `icount CASE PACKETS`, CASE one of `established`, `reply`,
+//! `new_flow_1`, `new_flow_10000` (the criterion `packet_path` cases of
+//! the same names, built the same way from `support/packets.rs`). Cases
+//! and setup use only what older commits also have, so that the script
+//! can build this file at a base revision for an A/B.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig};
+use cipgw_datapath::harness::pipeline;
+use cipgw_datapath::pipeline::{BatchContext, Verdict};
+
+#[path = "support/packets.rs"]
+#[allow(dead_code)]
+mod packets;
+
+use packets::{client, frame, net, table};
+
+/// The VIP of the measured Service (the last of `table(n)`'s).
+const VIP: [u8; 4] = [198, 19, 255, 254];
+/// Flows a new-flow table holds: more than any run's packets, the same
+/// for every run, so that its setup cancels out.
+const NEW_FLOW_TABLE: usize = 1 << 19;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (Some(case), Some(packets)) = (args.next(), args.next()) else {
+        eprintln!("usage: icount CASE PACKETS (CASE: established, reply, new_flow_1, new_flow_10000)");
+        std::process::exit(64);
+    };
+    let Ok(packets) = packets.parse::<usize>() else {
+        eprintln!("icount: PACKETS must be a number, not {packets:?}");
+        std::process::exit(64);
+    };
+    match case.as_str() {
+        "established" => tracked(packets, false),
+        "reply" => tracked(packets, true),
+        "new_flow_1" => new_flows(packets, 1),
+        "new_flow_10000" => new_flows(packets, 10_000),
+        other => {
+            eprintln!("icount: no case {other:?}");
+            std::process::exit(64);
+        }
+    }
+}
+
+/// `packets` packets of 1,024 live, replied flows, client to Pod (or the
+/// replies).
+fn tracked(packets: usize, replies: bool) {
+    let net = net();
+    let one = table(1);
+    let ctx = BatchContext {
+        table: &one,
+        net: &net,
+        now: 1,
+    };
+    let forward: Vec<Vec<u8>> = (0..1024)
+        .map(|i| frame((client(i), 20000 + i as u16), (VIP, 8080)))
+        .collect();
+    let mut p = pipeline(Arc::new(Conntrack::default()), 7);
+    let mut back = Vec::new();
+    for f in &forward {
+        let mut copy = f.clone();
+        let len = copy.len();
+        assert!(matches!(
+            p.process(&mut copy, len, 0, &ctx),
+            Verdict::Forward { .. }
+        ));
+        let ip = &copy[14..];
+        let backend = [ip[16], ip[17], ip[18], ip[19]];
+        let client_ip = [ip[12], ip[13], ip[14], ip[15]];
+        let cport = u16::from_be_bytes([ip[20], ip[21]]);
+        back.push(frame((backend, 5678), (client_ip, cport)));
+    }
+    for r in &back {
+        let mut copy = r.clone();
+        let len = copy.len();
+        assert!(matches!(
+            p.process(&mut copy, len, 1, &ctx),
+            Verdict::Forward { .. }
+        ));
+    }
+    let frames = if replies { &back } else { &forward };
+    let mut scratch = vec![0u8; 2048];
+    for i in 0..packets {
+        let f = &frames[i & 1023];
+        scratch[..f.len()].copy_from_slice(f);
+        black_box(p.process(&mut scratch, f.len(), 0, &ctx));
+    }
+}
+
+/// `packets` new flows to a Service among `services`.
+fn new_flows(packets: usize, services: usize) {
+    assert!(packets < NEW_FLOW_TABLE, "at most {NEW_FLOW_TABLE} packets");
+    let net = net();
+    let t = table(services);
+    let ctx = BatchContext {
+        table: &t,
+        net: &net,
+        now: 1,
+    };
+    let mut p = pipeline(
+        Arc::new(Conntrack::new(ConntrackConfig {
+            max_flows: NEW_FLOW_TABLE,
+            unreplied_percent: 100,
+            ..ConntrackConfig::default()
+        })),
+        9,
+    );
+    let base = frame((client(0), 1), (VIP, 8080));
+    let mut f = base.clone();
+    let len = f.len();
+    for i in 0..packets {
+        f.copy_from_slice(&base);
+        f[28..30].copy_from_slice(&(((i >> 16) as u16) | 0x100).to_be_bytes());
+        f[34..36].copy_from_slice(&(i as u16).to_be_bytes());
+        black_box(p.process(&mut f, len, 0, &ctx));
+    }
+}
