@@ -27,6 +27,8 @@ PACKAGES=(
     # it in tests/image.rs (and loads nothing from a registry), with runc:
     # crun refuses the hybrid cgroup layout of machines such as CI's.
     buildah podman runc
+    # benches/icount.sh counts instructions per packet under cachegrind.
+    valgrind
 )
 
 installed() {
