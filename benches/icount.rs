@@ -32,7 +32,9 @@ const NEW_FLOW_TABLE: usize = 1 << 19;
 fn main() {
     let mut args = std::env::args().skip(1);
     let (Some(case), Some(packets)) = (args.next(), args.next()) else {
-        eprintln!("usage: icount CASE PACKETS (CASE: established, reply, new_flow_1, new_flow_10000)");
+        eprintln!(
+            "usage: icount CASE PACKETS (CASE: established, reply, new_flow_1, new_flow_10000)"
+        );
         std::process::exit(64);
     };
     let Ok(packets) = packets.parse::<usize>() else {

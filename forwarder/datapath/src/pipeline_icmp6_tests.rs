@@ -22,9 +22,10 @@ use crate::harness::mac::{
     POD1 as POD1_MAC,
 };
 use crate::harness::{
-    endpoint, service, service_port, Frame6, Harness, Net, Segment, CLIENT_IFINDEX, CLIENT_PORT,
-    POD_IFINDEX, POD_PORT,
+    endpoint, service, service_port, Harness, Net, CLIENT_IFINDEX, CLIENT_PORT, POD_IFINDEX,
+    POD_PORT,
 };
+use crate::pipeline::ipv6_tests::{frame6, tcp6};
 use crate::route::Route;
 use crate::wire::ipv6::next_header;
 
@@ -126,38 +127,6 @@ fn harness(snat: bool) -> Harness {
         table: table(),
         net: net(),
         now: 100,
-    }
-}
-
-/// A TCP segment over IPv6 (SYN, or ACK), with 18 bytes of data.
-fn tcp6(
-    macs: ([u8; 6], [u8; 6]),
-    src: ([u8; 16], u16),
-    dst: ([u8; 16], u16),
-    hop_limit: u8,
-    syn: bool,
-) -> Vec<u8> {
-    let flags = if syn { tcp_flags::SYN } else { tcp_flags::ACK };
-    frame6(macs, src.0, dst.0, hop_limit).tcp(
-        src.1,
-        dst.1,
-        Segment {
-            flags,
-            ack: 1,
-            payload: b"GET / HTTP/1.0\r\n\r\n",
-            ..Segment::default()
-        },
-    )
-}
-
-/// The addressing of an IPv6 frame.
-fn frame6(macs: ([u8; 6], [u8; 6]), src: [u8; 16], dst: [u8; 16], hop_limit: u8) -> Frame6 {
-    Frame6 {
-        src_mac: macs.0,
-        dst_mac: macs.1,
-        src,
-        dst,
-        hop_limit,
     }
 }
 

@@ -121,8 +121,9 @@ fn harness() -> Harness {
     }
 }
 
-/// A TCP segment over IPv6 (SYN or ACK, 18 bytes of data).
-fn tcp6(
+/// A TCP segment over IPv6 (SYN or ACK, 18 bytes of data); the ICMPv6
+/// tests build theirs here too.
+pub(super) fn tcp6(
     macs: ([u8; 6], [u8; 6]),
     src: ([u8; 16], u16),
     dst: ([u8; 16], u16),
@@ -143,7 +144,12 @@ fn tcp6(
 }
 
 /// The addressing of an IPv6 frame.
-fn frame6(macs: ([u8; 6], [u8; 6]), src: [u8; 16], dst: [u8; 16], hop_limit: u8) -> Frame6 {
+pub(super) fn frame6(
+    macs: ([u8; 6], [u8; 6]),
+    src: [u8; 16],
+    dst: [u8; 16],
+    hop_limit: u8,
+) -> Frame6 {
     Frame6 {
         src_mac: macs.0,
         dst_mac: macs.1,
