@@ -15,13 +15,14 @@ use std::sync::Arc;
 
 use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig};
 use cipgw_datapath::harness::pipeline;
-use cipgw_datapath::pipeline::{BatchContext, Verdict};
+use cipgw_datapath::pipeline::BatchContext;
 
 #[path = "support/packets.rs"]
+// Shared with the criterion benches; this one uses part of it.
 #[allow(dead_code)]
 mod packets;
 
-use packets::{client, frame, net, table};
+use packets::{client, frame, net, table, tracked_flows};
 
 /// The VIP of the measured Service (the last of `table(n)`'s).
 const VIP: [u8; 4] = [198, 19, 255, 254];
@@ -63,32 +64,8 @@ fn tracked(packets: usize, replies: bool) {
         net: &net,
         now: 1,
     };
-    let forward: Vec<Vec<u8>> = (0..1024)
-        .map(|i| frame((client(i), 20000 + i as u16), (VIP, 8080)))
-        .collect();
     let mut p = pipeline(Arc::new(Conntrack::default()), 7);
-    let mut back = Vec::new();
-    for f in &forward {
-        let mut copy = f.clone();
-        let len = copy.len();
-        assert!(matches!(
-            p.process(&mut copy, len, 0, &ctx),
-            Verdict::Forward { .. }
-        ));
-        let ip = &copy[14..];
-        let backend = [ip[16], ip[17], ip[18], ip[19]];
-        let client_ip = [ip[12], ip[13], ip[14], ip[15]];
-        let cport = u16::from_be_bytes([ip[20], ip[21]]);
-        back.push(frame((backend, 5678), (client_ip, cport)));
-    }
-    for r in &back {
-        let mut copy = r.clone();
-        let len = copy.len();
-        assert!(matches!(
-            p.process(&mut copy, len, 1, &ctx),
-            Verdict::Forward { .. }
-        ));
-    }
+    let (forward, back) = tracked_flows(&mut p, &ctx, VIP);
     let frames = if replies { &back } else { &forward };
     let mut scratch = vec![0u8; 2048];
     for i in 0..packets {

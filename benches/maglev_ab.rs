@@ -34,6 +34,8 @@ use cipgw_datapath::route::NetSnapshot;
 use cipgw_datapath::table::CompiledTable;
 
 #[path = "support/packets.rs"]
+// Shared with the other packet-path benches; this one uses part of it.
+#[allow(dead_code)]
 mod packets;
 
 use packets::{client, frame, maglev_table, net, table};

@@ -56,7 +56,7 @@ mod packets;
 #[path = "support/packets6.rs"]
 mod packets6;
 
-use packets::{client, frame, maglev_table, net, table};
+use packets::{client, frame, maglev_table, net, table, tracked_flows};
 use packets6::{client6, frame6, net6, table6, VIP6};
 
 fn bench(c: &mut Criterion) {
@@ -67,40 +67,13 @@ fn bench(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(5));
 
     let one = table(1);
-    let frames: Vec<Vec<u8>> = (0..1024)
-        .map(|i| frame((client(i), 20000 + i as u16), (vip, 8080)))
-        .collect();
     let mut p = pipeline(Arc::new(Conntrack::default()), 7);
     let ctx = BatchContext {
         table: &one,
         net: &net,
         now: 1,
     };
-    let mut replies = Vec::new();
-    for f in &frames {
-        let mut copy = f.clone();
-        let len = copy.len();
-        assert!(matches!(
-            p.process(&mut copy, len, 0, &ctx),
-            Verdict::Forward { .. }
-        ));
-        // The reply of this flow: backend -> client.
-        let ip = &copy[14..];
-        let backend = [ip[16], ip[17], ip[18], ip[19]];
-        let client_ip = [ip[12], ip[13], ip[14], ip[15]];
-        let cport = u16::from_be_bytes([ip[20], ip[21]]);
-        replies.push(frame((backend, 5678), (client_ip, cport)));
-    }
-    // One reply per flow: the flows are established (replied), as a
-    // gateway's long-lived flows are.
-    for r in &replies {
-        let mut copy = r.clone();
-        let len = copy.len();
-        assert!(matches!(
-            p.process(&mut copy, len, 1, &ctx),
-            Verdict::Forward { .. }
-        ));
-    }
+    let (frames, replies) = tracked_flows(&mut p, &ctx, vip);
 
     let mut scratch = vec![0u8; 2048];
     group.bench_function("copy_only", |b| {

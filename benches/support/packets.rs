@@ -11,6 +11,7 @@ use cipgw_datapath::harness::{
     mac, service, service_port, Frame, Net, CLIENT_IFINDEX, POD_IFINDEX,
 };
 use cipgw_datapath::maglev::MaglevTables;
+use cipgw_datapath::pipeline::{BatchContext, Pipeline, Verdict};
 use cipgw_datapath::route::NetSnapshot;
 use cipgw_datapath::table::{CompiledTable, LbPlan};
 
@@ -78,4 +79,44 @@ pub fn frame(src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Vec<u8> {
 
 pub fn client(i: usize) -> [u8; 4] {
     [198, 18, 0, 2 + (i % 250) as u8]
+}
+
+/// 1,024 live, replied flows from `client(i)`:20000+i to `vip`:8080,
+/// tracked by `p`: their client-to-Pod frames and their Pod-to-client
+/// replies, as they arrive at the gateway (the `established` and `reply`
+/// cases' packets).
+pub fn tracked_flows(
+    p: &mut Pipeline,
+    ctx: &BatchContext<'_>,
+    vip: [u8; 4],
+) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let frames: Vec<Vec<u8>> = (0..1024)
+        .map(|i| frame((client(i), 20000 + i as u16), (vip, 8080)))
+        .collect();
+    let mut replies = Vec::with_capacity(frames.len());
+    for f in &frames {
+        let mut copy = f.clone();
+        let len = copy.len();
+        assert!(matches!(
+            p.process(&mut copy, len, 0, ctx),
+            Verdict::Forward { .. }
+        ));
+        // The reply of this flow: backend -> client.
+        let ip = &copy[14..];
+        let backend = [ip[16], ip[17], ip[18], ip[19]];
+        let client_ip = [ip[12], ip[13], ip[14], ip[15]];
+        let cport = u16::from_be_bytes([ip[20], ip[21]]);
+        replies.push(frame((backend, 5678), (client_ip, cport)));
+    }
+    // One reply per flow: the flows are established (replied), as a
+    // gateway's long-lived flows are.
+    for r in &replies {
+        let mut copy = r.clone();
+        let len = copy.len();
+        assert!(matches!(
+            p.process(&mut copy, len, 1, ctx),
+            Verdict::Forward { .. }
+        ));
+    }
+    (frames, replies)
 }
