@@ -203,13 +203,19 @@ pub fn dump_ipv6_addresses() -> Result<Vec<(u32, Ipv6Addr)>, NetlinkError> {
     Rtnl::open(&[])?.addresses6()
 }
 
-/// Adds `ip`/32 to the loopback device, scope host, so that the kernel
+/// Adds `ip` (/32 or /128) to the loopback device, so that the kernel
 /// accepts connections to it from any interface (what a local address
-/// is) while never choosing it as a source. Returns false when it was
-/// there already (then it is not the caller's to remove).
-pub fn add_loopback_address(ip: Ipv4Addr) -> Result<bool, NetlinkError> {
+/// is) while never choosing it as a source. An IPv4 address gets scope
+/// host. IPv6 has no scope host for a global address (the kernel derives
+/// the scope from the address), so it is added with a preferred lifetime
+/// of 0 instead (`ip -6 addr add ADDR/128 dev lo preferred_lft 0`):
+/// deprecated, never chosen as a source (RFC 6724 rule 3), still a
+/// destination and bindable; and without duplicate address detection (no
+/// neighbours on lo). Returns false when it was there already (then it is
+/// not the caller's to remove).
+pub fn add_loopback_address(ip: IpAddr) -> Result<bool, NetlinkError> {
     match Rtnl::open(&[])?.change(
-        &format!("adding {ip}/32 to lo"),
+        &format!("adding {ip}/{} to lo", host_prefix(ip)),
         NLM_F_CREATE | netlink_packet_core::NLM_F_EXCL,
         RouteNetlinkMessage::NewAddress(loopback_address(ip)?),
     ) {
@@ -222,15 +228,23 @@ pub fn add_loopback_address(ip: Ipv4Addr) -> Result<bool, NetlinkError> {
 }
 
 /// Removes what [`add_loopback_address`] added.
-pub fn remove_loopback_address(ip: Ipv4Addr) -> Result<(), NetlinkError> {
+pub fn remove_loopback_address(ip: IpAddr) -> Result<(), NetlinkError> {
     Rtnl::open(&[])?.change(
-        &format!("removing {ip}/32 from lo"),
+        &format!("removing {ip}/{} from lo", host_prefix(ip)),
         0,
         RouteNetlinkMessage::DelAddress(loopback_address(ip)?),
     )
 }
 
-fn loopback_address(ip: Ipv4Addr) -> Result<AddressMessage, NetlinkError> {
+/// 32 or 128: one address's prefix length.
+fn host_prefix(ip: IpAddr) -> u8 {
+    match ip {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    }
+}
+
+fn loopback_address(ip: IpAddr) -> Result<AddressMessage, NetlinkError> {
     // SAFETY: the argument is a NUL-terminated string literal.
     let index = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
     if index == 0 {
@@ -240,69 +254,28 @@ fn loopback_address(ip: Ipv4Addr) -> Result<AddressMessage, NetlinkError> {
         });
     }
     let mut m = AddressMessage::default();
-    m.header.family = AddressFamily::Inet;
-    m.header.prefix_len = 32;
-    m.header.scope = AddressScope::Host;
+    m.header.prefix_len = host_prefix(ip);
     m.header.index = index;
-    m.attributes.push(AddressAttribute::Local(ip.into()));
-    m.attributes.push(AddressAttribute::Address(ip.into()));
-    Ok(m)
-}
-
-/// Adds `ip`/128 to the loopback device, so that the kernel accepts
-/// connections to it from any interface, as [`add_loopback_address`]
-/// does for IPv4. IPv6 has no scope host for a global address (the
-/// kernel derives the scope from the address), so it is added with a
-/// preferred lifetime of 0 instead (`ip -6 addr add ADDR/128 dev lo
-/// preferred_lft 0`): deprecated, never chosen as a source (RFC 6724
-/// rule 3), still a destination and bindable; and without duplicate
-/// address detection (no neighbours on lo). Returns false when it was
-/// there already (then it is not the caller's to remove).
-pub fn add_loopback_address6(ip: Ipv6Addr) -> Result<bool, NetlinkError> {
-    match Rtnl::open(&[])?.change(
-        &format!("adding {ip}/128 to lo"),
-        NLM_F_CREATE | netlink_packet_core::NLM_F_EXCL,
-        RouteNetlinkMessage::NewAddress(loopback_address6(ip)?),
-    ) {
-        Ok(()) => Ok(true),
-        Err(NetlinkError::Kernel { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => {
-            Ok(false)
+    match ip {
+        IpAddr::V4(_) => {
+            m.header.family = AddressFamily::Inet;
+            m.header.scope = AddressScope::Host;
+            m.attributes.push(AddressAttribute::Local(ip));
+            m.attributes.push(AddressAttribute::Address(ip));
         }
-        Err(e) => Err(e),
+        IpAddr::V6(_) => {
+            m.header.family = AddressFamily::Inet6;
+            m.header.scope = AddressScope::Universe;
+            m.attributes.push(AddressAttribute::Address(ip));
+            m.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            let mut lifetimes = CacheInfo::default();
+            lifetimes.ifa_preferred = 0;
+            // INFINITY_LIFE_TIME: valid until removed.
+            lifetimes.ifa_valid = u32::MAX;
+            m.attributes.push(AddressAttribute::CacheInfo(lifetimes));
+        }
     }
-}
-
-/// Removes what [`add_loopback_address6`] added.
-pub fn remove_loopback_address6(ip: Ipv6Addr) -> Result<(), NetlinkError> {
-    Rtnl::open(&[])?.change(
-        &format!("removing {ip}/128 from lo"),
-        0,
-        RouteNetlinkMessage::DelAddress(loopback_address6(ip)?),
-    )
-}
-
-fn loopback_address6(ip: Ipv6Addr) -> Result<AddressMessage, NetlinkError> {
-    // SAFETY: the argument is a NUL-terminated string literal.
-    let index = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
-    if index == 0 {
-        return Err(NetlinkError::Kernel {
-            what: "finding the loopback device".into(),
-            source: io::Error::last_os_error(),
-        });
-    }
-    let mut m = AddressMessage::default();
-    m.header.family = AddressFamily::Inet6;
-    m.header.prefix_len = 128;
-    m.header.scope = AddressScope::Universe;
-    m.header.index = index;
-    m.attributes.push(AddressAttribute::Address(ip.into()));
-    m.attributes
-        .push(AddressAttribute::Flags(AddressFlags::Nodad));
-    let mut lifetimes = CacheInfo::default();
-    lifetimes.ifa_preferred = 0;
-    // INFINITY_LIFE_TIME: valid until removed.
-    lifetimes.ifa_valid = u32::MAX;
-    m.attributes.push(AddressAttribute::CacheInfo(lifetimes));
     Ok(m)
 }
 

@@ -11,7 +11,7 @@
 //! scope host (never a source address; the kernel answers ARP for it on
 //! the gateway's interfaces as for any local address), an IPv6 one
 //! deprecated (never a source address either, see
-//! [`crate::netlink::add_loopback_address6`]; the kernel answers
+//! [`crate::netlink::add_loopback_address`]; the kernel answers
 //! neighbour solicitations only for addresses of the interface asked, so
 //! clients reach it, as a ClusterIP, through a route to the gateway).
 //! Binding a non-local address (`IPV6_FREEBIND`) would not do: the
@@ -143,11 +143,8 @@ impl DnsService {
     pub(super) fn start_tcp(&mut self, table: &TableHandle, took_over: bool) -> anyhow::Result<()> {
         let active = Arc::new(AtomicUsize::new(0));
         for &address in &self.addresses {
-            let added = match address {
-                IpAddr::V4(v4) => crate::netlink::add_loopback_address(v4),
-                IpAddr::V6(v6) => crate::netlink::add_loopback_address6(v6),
-            }
-            .with_context(|| format!("--dns-address {address}: making it local for TCP"))?;
+            let added = crate::netlink::add_loopback_address(address)
+                .with_context(|| format!("--dns-address {address}: making it local for TCP"))?;
             if added || took_over {
                 self.added.push(address);
             }
@@ -207,10 +204,7 @@ impl Drop for DnsService {
     fn drop(&mut self) {
         self.stop_listeners();
         for address in self.added.drain(..) {
-            let removed = match address {
-                IpAddr::V4(v4) => crate::netlink::remove_loopback_address(v4),
-                IpAddr::V6(v6) => crate::netlink::remove_loopback_address6(v6),
-            };
+            let removed = crate::netlink::remove_loopback_address(address);
             if let Err(e) = removed {
                 tracing::warn!(%address, error = %e, "could not remove the DNS address from lo");
             }
