@@ -10,12 +10,18 @@
 //! (SNAT address, backend address, backend port, protocol), as in Linux's
 //! nf_nat and Cilium: one backend can carry the whole range from every
 //! SNAT address. A new flow probes ports from a random start (its keyed
-//! forward hash) in rounds of at most 128, 64, 32 and 16 consecutive
-//! ports, each round from a new start (nf_nat_l4proto_unique_tuple's
-//! bound), so an allocation costs at most 240 index probes however full
-//! the range is; a range no larger than the first round is searched
-//! whole. Addresses are used in turn; a flow moves on to the next address
-//! when its first one has no port.
+//! forward hash) in rounds of at most 128, 64, 32 and 16 ports, each
+//! round from a new start (nf_nat_l4proto_unique_tuple's bound), so an
+//! allocation costs at most 240 index probes however full the range is;
+//! a range no larger than the first round is searched whole. Within a
+//! round the ports are a stride apart, the stride (coprime with the
+//! range's size, so a round never meets a port twice) drawn from the
+//! hash too: consecutive ports, as nf_nat probes them, would make every
+//! flow that starts inside a run of taken ports walk the whole run, and
+//! runs grow as the range fills (linear probing's primary clustering:
+//! about 3.6 probes per allocation at 60% full against 2.5, 50 against 10
+//! at 90%). Addresses are used in turn; a flow moves on to the next
+//! address when its first one has no port.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::RangeInclusive;
@@ -166,14 +172,20 @@ impl<A: IpFamily> SnatPool<A> {
     /// The ports a new flow with forward hash `hash` probes, in order
     /// (see the module docs).
     pub fn probes(&self, hash: u64) -> impl Iterator<Item = u16> + '_ {
-        let size = self.size;
-        let rounds = if size <= ROUNDS[0] { 1 } else { ROUNDS.len() };
+        let size = u64::from(self.size);
+        let rounds = if self.size <= ROUNDS[0] {
+            1
+        } else {
+            ROUNDS.len()
+        };
         ROUNDS[..rounds]
             .iter()
             .enumerate()
             .flat_map(move |(round, &len)| {
-                let start = (mix(hash, round as u64) % u64::from(size)) as u32;
-                (0..len.min(size)).map(move |i| self.low + ((start + i) % size) as u16)
+                let start = mix(hash, round as u64) % size.max(1);
+                let stride = coprime_stride(mix(hash, round as u64 + 16), size);
+                (0..u64::from(len.min(self.size)))
+                    .map(move |i| self.low + ((start + i * stride) % size) as u16)
             })
     }
 
@@ -212,6 +224,28 @@ impl<A: IpFamily> SnatPool<A> {
 /// A 64-bit mix of the (keyed, so unpredictable) flow hash and a round
 /// number: each round starts somewhere unrelated to the last.
 #[inline]
+/// A stride from `seed` in `1..size` (1 for a range of one or two ports)
+/// that shares no factor with `size`, so that `size` steps of it visit
+/// every port once.
+fn coprime_stride(seed: u64, size: u64) -> u64 {
+    if size <= 2 {
+        return 1;
+    }
+    let mut stride = 1 + seed % (size - 1);
+    while gcd(stride, size) != 1 {
+        // 1 is coprime with everything: this ends within size steps.
+        stride = if stride + 1 >= size { 1 } else { stride + 1 };
+    }
+    stride
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
 fn mix(hash: u64, round: u64) -> u64 {
     // splitmix64's finaliser.
     let mut z = hash.wrapping_add(round.wrapping_mul(0x9e37_79b9_7f4a_7c15));
@@ -239,6 +273,53 @@ mod tests {
         assert_eq!(probed.len(), 64);
         probed.sort_unstable();
         assert_eq!(probed, (1000..=1063).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn every_range_size_is_probed_whole_by_a_small_round_and_without_repeats_by_a_large_one() {
+        for size in [1u16, 2, 3, 4, 6, 9, 60, 64, 100, 127, 128, 129, 4535, 4536] {
+            let p = pool(1000..=1000 + size - 1);
+            for hash in [0u64, 1, 7, 99, 12345, u64::MAX] {
+                let probed: Vec<u16> = p.probes(hash).collect();
+                assert!(probed.iter().all(|&q| (1000..1000 + size).contains(&q)));
+                // Each round visits distinct ports.
+                let mut at = 0;
+                let rounds: &[u32] = if u32::from(size) <= ROUNDS[0] {
+                    &[ROUNDS[0]]
+                } else {
+                    &ROUNDS
+                };
+                for &len in rounds {
+                    let n = len.min(u32::from(size)) as usize;
+                    let mut round = probed[at..at + n].to_vec();
+                    round.sort_unstable();
+                    round.dedup();
+                    assert_eq!(
+                        round.len(),
+                        n,
+                        "size {size}, hash {hash}: a round repeats a port"
+                    );
+                    at += n;
+                }
+                assert_eq!(at, probed.len());
+            }
+        }
+    }
+
+    #[test]
+    fn probes_of_a_large_range_are_not_consecutive() {
+        let p = pool(61000..=65535);
+        let steps: Vec<i32> = p
+            .probes(4242)
+            .take(5)
+            .collect::<Vec<_>>()
+            .windows(2)
+            .map(|w| i32::from(w[1]) - i32::from(w[0]))
+            .collect();
+        assert!(
+            steps.iter().any(|&d| d != 1),
+            "a stride, not the next port every time: {steps:?}"
+        );
     }
 
     #[test]
