@@ -104,34 +104,35 @@ impl UdpRepr {
     /// it exceeds a 16-bit length; nothing is written then.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(
         &self,
-        mut buffer: T,
+        buffer: T,
         src: Ipv4Addr,
         dst: Ipv4Addr,
     ) -> Result<UdpDatagram<T>, WireError> {
-        let bytes = buffer.as_mut();
-        if bytes.len() < HEADER_LEN {
-            return Err(WireError::Truncated);
-        }
-        let length = u16::try_from(bytes.len()).map_err(|_| WireError::Malformed)?;
-        write_u16(bytes, field::SRC_PORT, self.src_port);
-        write_u16(bytes, field::DST_PORT, self.dst_port);
-        write_u16(bytes, field::LENGTH, length);
-        write_u16(bytes, field::CHECKSUM, 0);
-        let c = match l4_checksum(src.octets(), dst.octets(), ip_number::UDP, bytes) {
-            0 => 0xffff,
-            c => c,
-        };
-        write_u16(bytes, field::CHECKSUM, c);
-        Ok(UdpDatagram { buffer })
+        self.emit_summed(buffer, |bytes| {
+            l4_checksum(src.octets(), dst.octets(), ip_number::UDP, bytes)
+        })
     }
 
     /// As [`UdpRepr::emit`], over the IPv6 pseudo-header (RFC 8200 8.1:
     /// the checksum is mandatory, a computed zero is sent as 0xffff).
     pub fn emit_v6<T: AsRef<[u8]> + AsMut<[u8]>>(
         &self,
-        mut buffer: T,
+        buffer: T,
         src: Ipv6Addr,
         dst: Ipv6Addr,
+    ) -> Result<UdpDatagram<T>, WireError> {
+        self.emit_summed(buffer, |bytes| {
+            l4_checksum_v6(src.octets(), dst.octets(), ip_number::UDP, bytes)
+        })
+    }
+
+    /// Writes the header with a zero checksum, then the one `checksum`
+    /// computes over the datagram (its family's pseudo-header), a
+    /// computed zero as 0xffff.
+    fn emit_summed<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        mut buffer: T,
+        checksum: impl FnOnce(&[u8]) -> u16,
     ) -> Result<UdpDatagram<T>, WireError> {
         let bytes = buffer.as_mut();
         if bytes.len() < HEADER_LEN {
@@ -142,7 +143,7 @@ impl UdpRepr {
         write_u16(bytes, field::DST_PORT, self.dst_port);
         write_u16(bytes, field::LENGTH, length);
         write_u16(bytes, field::CHECKSUM, 0);
-        let c = match l4_checksum_v6(src.octets(), dst.octets(), ip_number::UDP, bytes) {
+        let c = match checksum(bytes) {
             0 => 0xffff,
             c => c,
         };
