@@ -57,8 +57,8 @@ impl Conntracks {
         let v4_snat = snat.and_then(Snat::config::<Ipv4Addr>);
         let v6_snat = snat.and_then(Snat::config::<Ipv6Addr>);
         let Some(dir) = &settings.state_dir else {
-            let v4 = open_family(None, &config, accounting, v4_snat.as_ref(), 0)?;
-            let v6 = open_family(None, &config, accounting, v6_snat.as_ref(), 0)?;
+            let v4 = open_family(None, &config, accounting, v4_snat.as_ref(), 0, false)?;
+            let v6 = open_family(None, &config, accounting, v6_snat.as_ref(), 0, false)?;
             return Ok((Conntracks::from_parts(v4, v6), Instant::now()));
         };
         let v4 = open_family(
@@ -67,14 +67,22 @@ impl Conntracks {
             accounting,
             v4_snat.as_ref(),
             persist::monotonic_ns(),
+            false,
         )?;
         let Some(v4_file) = v4.1.clone() else {
             // No huge pages for the IPv4 table: neither table gets a file.
-            let v6 = open_family(None, &config, accounting, v6_snat.as_ref(), 0)?;
+            let v6 = open_family(None, &config, accounting, v6_snat.as_ref(), 0, false)?;
             return Ok((Conntracks::from_parts(v4, v6), Instant::now()));
         };
         let epoch_ns = v4_file.epoch_ns();
-        let v6 = open_family(Some(dir), &config, accounting, v6_snat.as_ref(), epoch_ns)?;
+        let v6 = open_family(
+            Some(dir),
+            &config,
+            accounting,
+            v6_snat.as_ref(),
+            epoch_ns,
+            true,
+        )?;
         if v6.1.is_none() {
             tracing::warn!("the IPv6 connection table stays in process memory");
         }
@@ -182,8 +190,9 @@ fn add_targets<A: IpFamily>(ct: &Conntrack<A>, targets: &mut HashSet<Target>) {
 }
 
 /// Family `A`'s table: in a file under `dir` when given (adopting a
-/// previous gateway's flows; the IPv6 table only on the IPv4 one's clock
-/// `epoch_ns`) or in process memory when there is none or no huge pages
+/// previous gateway's flows; when `shared_clock`, only a table on the
+/// clock `epoch_ns` of the table beside it, as the IPv6 one beside the
+/// IPv4 one) or in process memory when there is none or no huge pages
 /// are free.
 fn open_family<A: IpFamily>(
     dir: Option<&Path>,
@@ -191,6 +200,7 @@ fn open_family<A: IpFamily>(
     accounting: bool,
     snat: Option<&SnatConfig<A>>,
     epoch_ns: u64,
+    shared_clock: bool,
 ) -> anyhow::Result<Family<A>> {
     let finish = |ct: Conntrack<A>| -> anyhow::Result<Arc<Conntrack<A>>> {
         let ct = if accounting { ct.with_accounting() } else { ct };
@@ -203,9 +213,9 @@ fn open_family<A: IpFamily>(
         return Ok((finish(Conntrack::new(*config))?, None));
     };
     let records = Conntrack::<A>::records_for(config);
-    let opened = match A::NAME {
-        "IPv4" => TableFile::open(dir, records, Conntrack::<A>::LAYOUT, epoch_ns),
-        _ => TableFile::open_beside(dir, records, Conntrack::<A>::LAYOUT, epoch_ns),
+    let opened = match shared_clock {
+        false => TableFile::open(dir, records, Conntrack::<A>::LAYOUT, epoch_ns),
+        true => TableFile::open_beside(dir, records, Conntrack::<A>::LAYOUT, epoch_ns),
     };
     let file = match opened {
         Ok(file) => file,
