@@ -23,6 +23,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddrV4;
+use std::os::unix::process::ExitStatusExt as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -228,6 +229,13 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
             "curl",
             &["--silent", "--show-error", "--max-time", "3", &url],
         );
+        // Ctrl-C reaches curl and the demo together, but the demo's
+        // handler may run on another thread after curl's exit is seen:
+        // a curl killed by the signal is the interruption itself.
+        if matches!(&answer, Err(e) if e.is::<super::Interrupted>()) {
+            // Relaxed: as below; the flag orders nothing else.
+            interrupted.store(true, Ordering::Relaxed);
+        }
         // Relaxed: as above. A request cut short by Ctrl-C is no failure.
         if answer.is_err() && interrupted.load(Ordering::Relaxed) {
             println!("interrupted; cleaning up");
@@ -244,6 +252,10 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     } else {
         run_in(&topology, "host", &[HEADLESS])
     };
+    if matches!(&headless, Err(e) if e.is::<super::Interrupted>()) {
+        // Relaxed: as above; `host` killed by Ctrl-C is the interruption.
+        interrupted.store(true, Ordering::Relaxed);
+    }
     match &headless {
         Ok(text) => {
             for line in text.lines() {
@@ -315,6 +327,9 @@ fn run_in(topology: &Topology, program: &str, args: &[&str]) -> anyhow::Result<S
         .args(args)
         .output()
         .with_context(|| format!("running {program}"))?;
+    if matches!(out.status.signal(), Some(libc::SIGINT | libc::SIGTERM)) {
+        return Err(super::Interrupted.into());
+    }
     if !out.status.success() {
         anyhow::bail!(
             "{program} {}: {}{}",

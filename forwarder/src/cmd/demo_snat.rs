@@ -121,6 +121,10 @@ pub fn demo(args: DemoArgs, interrupted: Arc<AtomicBool>) -> anyhow::Result<()> 
     }
     drop(cluster);
     println!("\ngateway exited ({status}); lab removed");
+    // Relaxed: as above.
+    if interrupted.load(Ordering::Relaxed) {
+        return Err(super::Interrupted.into());
+    }
     if tally.failed > 0 {
         anyhow::bail!("{} requests failed", tally.failed);
     }
