@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Instructions per packet of the IPv4 packet path (benches/icount.rs),
-# counted by valgrind's cachegrind: a figure a loaded machine does not
-# move, for A/B comparisons against another revision.
+# Instructions per packet of the packet path (benches/icount.rs, and
+# benches/icount6.rs for the cases named *_ipv6*), counted by valgrind's
+# cachegrind: a figure a loaded machine does not move, for A/B
+# comparisons against another revision or of IPv6 against IPv4.
 #
 # Usage: benches/icount.sh [--base REV] [--cases established,reply,...]
 #   --base REV   also count REV's packet path (built in a temporary git
-#                worktree with this checkout's benches/icount.rs and
-#                benches/support/packets.rs) and print the ratio
+#                worktree with this checkout's benches/icount*.rs and
+#                benches/support/packets*.rs) and print the ratio
 #   --cases      which cases (default: established,reply,new_flow_1,
-#                new_flow_10000)
+#                new_flow_10000; the IPv6 ones are established_ipv6,
+#                reply_ipv6, new_flow_ipv6_1 and new_flow_ipv6_10000)
 #
 # Each case runs twice, with LOW and HIGH packets; instructions per packet
 # are (I(HIGH) - I(LOW)) / (HIGH - LOW), so the setup cancels out.
@@ -30,10 +32,15 @@ command -v valgrind >/dev/null || { echo "icount.sh: needs valgrind (apt-get ins
 
 root="$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
 
-# The icount bench binary of the checkout at $1.
+# The bench binary $2 (icount or icount6) of the checkout at $1.
 build() {
-    (cd "$1" && cargo bench -p cipgw-datapath --bench icount --no-run --message-format=json 2>/dev/null) |
-        grep -o '"executable":"[^"]*icount[^"]*"' | tail -1 | cut -d'"' -f4
+    (cd "$1" && cargo bench -p cipgw-datapath --bench "$2" --no-run --message-format=json 2>/dev/null) |
+        grep -o "\"executable\":\"[^\"]*/$2-[^\"]*\"" | tail -1 | cut -d'"' -f4
+}
+
+# The bench a case runs in.
+bench_of() {
+    case "$1" in *_ipv6*) echo icount6 ;; *) echo icount ;; esac
 }
 
 # Instructions per packet of case $2 with binary $1.
@@ -46,34 +53,43 @@ count() {
     echo $(( (hi - lo) / (HIGH - LOW) ))
 }
 
+IFS=, read -ra list <<< "$cases"
+benches="$(for c in "${list[@]}"; do bench_of "$c"; done | sort -u)"
+
 echo "building $(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet || echo '+changes')" >&2
-head_bin="$(build "$root")"
-[[ -x "$head_bin" ]] || { echo "icount.sh: building the icount bench failed" >&2; exit 1; }
-base_bin=""
+declare -A head_bin base_bin
+for b in $benches; do
+    head_bin[$b]="$(build "$root" "$b")"
+    [[ -x "${head_bin[$b]}" ]] || { echo "icount.sh: building the $b bench failed" >&2; exit 1; }
+done
 if [[ -n "$base" ]]; then
     tree="$(mktemp -d /tmp/cipgw-icount-base.XXXXXX)"
     trap 'git -C "$root" worktree remove --force "$tree" >/dev/null 2>&1 || true' EXIT
     git -C "$root" worktree add --detach "$tree" "$base" >/dev/null
-    cp "$root/benches/icount.rs" "$tree/benches/icount.rs"
-    cp "$root/benches/support/packets.rs" "$tree/benches/support/packets.rs"
-    grep -q 'name = "icount"' "$tree/forwarder/datapath/Cargo.toml" ||
-        printf '\n[[bench]]\nname = "icount"\npath = "../../benches/icount.rs"\nharness = false\n' \
-            >> "$tree/forwarder/datapath/Cargo.toml"
+    for b in $benches; do
+        cp "$root/benches/$b.rs" "$tree/benches/$b.rs"
+        grep -q "name = \"$b\"" "$tree/forwarder/datapath/Cargo.toml" ||
+            printf '\n[[bench]]\nname = "%s"\npath = "../../benches/%s.rs"\nharness = false\n' "$b" "$b" \
+                >> "$tree/forwarder/datapath/Cargo.toml"
+    done
+    cp "$root"/benches/support/packets*.rs "$tree/benches/support/"
     echo "building $base in $tree" >&2
-    base_bin="$(CARGO_TARGET_DIR="$root/target/icount-base" build "$tree")"
-    [[ -x "$base_bin" ]] || { echo "icount.sh: building $base's icount bench failed" >&2; exit 1; }
+    for b in $benches; do
+        base_bin[$b]="$(CARGO_TARGET_DIR="$root/target/icount-base" build "$tree" "$b")"
+        [[ -x "${base_bin[$b]}" ]] || { echo "icount.sh: building $base's $b bench failed" >&2; exit 1; }
+    done
 fi
 
-printf '%-16s %10s' case "instr/pkt"
-[[ -n "$base_bin" ]] && printf ' %10s %8s' "$base" ratio
+printf '%-20s %10s' case "instr/pkt"
+[[ -n "$base" ]] && printf ' %10s %8s' "$base" ratio
 printf '\n'
-IFS=, read -ra list <<< "$cases"
 for c in "${list[@]}"; do
-    h=$(count "$head_bin" "$c")
-    printf '%-16s %10s' "$c" "$h"
-    if [[ -n "$base_bin" ]]; then
-        b=$(count "$base_bin" "$c")
-        printf ' %10s %8s' "$b" "$(awk -v h="$h" -v b="$b" 'BEGIN { printf "%.3f", h / b }')"
+    b="$(bench_of "$c")"
+    h=$(count "${head_bin[$b]}" "$c")
+    printf '%-20s %10s' "$c" "$h"
+    if [[ -n "$base" ]]; then
+        o=$(count "${base_bin[$b]}" "$c")
+        printf ' %10s %8s' "$o" "$(awk -v h="$h" -v o="$o" 'BEGIN { printf "%.3f", h / o }')"
     fi
     printf '\n'
 done

@@ -29,6 +29,17 @@ fn fold(mut acc: u32) -> u16 {
     acc as u16
 }
 
+/// Folds a delta's carries into 16 bits. Each step keeps the value
+/// modulo 0xffff and a non-zero value non-zero, as [`fold`] does.
+#[inline(always)]
+fn fold64(mut acc: u64) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    // The loop leaves at most 16 significant bits.
+    acc as u16
+}
+
 /// The Internet checksum of `data` (RFC 1071).
 pub fn checksum(data: &[u8]) -> u16 {
     !fold(add_words(0, data))
@@ -66,45 +77,45 @@ pub fn l4_checksum_v6(src: [u8; 16], dst: [u8; 16], next_header: u8, segment: &[
 /// checksum covers the addresses; the TCP/UDP checksum covers addresses
 /// through the pseudo-header and the ports).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Delta(u32);
+pub struct Delta(u64);
 
 impl Delta {
     /// Records that a 16-bit word changed from `old` to `new`.
     #[inline(always)]
     pub fn word(self, old: u16, new: u16) -> Self {
-        Delta(self.0 + u32::from(!old) + u32::from(new))
+        Delta(self.0 + u64::from(!old) + u64::from(new))
+    }
+
+    /// Records that a 32-bit field changed: one sum for its two 16-bit
+    /// words, as `hi << 16 | lo` is `hi + lo` modulo 0xffff, and the
+    /// complement of the field is that of each word.
+    #[inline(always)]
+    fn word32(self, old: [u8; 4], new: [u8; 4]) -> Self {
+        Delta(self.0 + u64::from(!u32::from_be_bytes(old)) + u64::from(u32::from_be_bytes(new)))
     }
 
     /// Records that a 32-bit field (an IPv4 address) changed.
     #[inline(always)]
     pub fn addr(self, old: [u8; 4], new: [u8; 4]) -> Self {
-        self.word(
-            u16::from_be_bytes([old[0], old[1]]),
-            u16::from_be_bytes([new[0], new[1]]),
-        )
-        .word(
-            u16::from_be_bytes([old[2], old[3]]),
-            u16::from_be_bytes([new[2], new[3]]),
-        )
+        self.word32(old, new)
     }
 
-    /// Records that a 128-bit field (an IPv6 address) changed.
+    /// Records that a 128-bit field (an IPv6 address) changed, as four
+    /// 32-bit words.
     #[inline(always)]
     pub fn addr6(self, old: [u8; 16], new: [u8; 16]) -> Self {
-        let mut delta = self;
-        for i in (0..16).step_by(2) {
-            delta = delta.word(
-                u16::from_be_bytes([old[i], old[i + 1]]),
-                u16::from_be_bytes([new[i], new[i + 1]]),
-            );
-        }
-        delta
+        let word =
+            |bytes: &[u8; 16], i: usize| [bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]];
+        self.word32(word(&old, 0), word(&new, 0))
+            .word32(word(&old, 4), word(&new, 4))
+            .word32(word(&old, 8), word(&new, 8))
+            .word32(word(&old, 12), word(&new, 12))
     }
 
     /// Applies the delta to a stored checksum (RFC 1624, eqn. 3).
     #[inline(always)]
     pub fn apply(self, checksum: u16) -> u16 {
-        !fold(u32::from(!checksum) + fold(self.0) as u32)
+        !fold(u32::from(!checksum) + u32::from(fold64(self.0)))
     }
 
     /// Applies the delta to a UDP checksum: zero means "no checksum" and
@@ -150,7 +161,61 @@ mod tests {
         assert_eq!(delta.apply_udp(0), 0);
     }
 
+    /// Address deltas summed as 32-bit words equal the same change
+    /// recorded word by word, at the one's-complement corners too (all
+    /// ones to zero, zero to all ones, unchanged).
+    #[test]
+    fn address_deltas_equal_word_by_word() {
+        let by_words = |old: &[u8], new: &[u8]| {
+            old.chunks(2)
+                .zip(new.chunks(2))
+                .fold(Delta::default(), |d, (o, n)| {
+                    d.word(
+                        u16::from_be_bytes([o[0], o[1]]),
+                        u16::from_be_bytes([n[0], n[1]]),
+                    )
+                })
+        };
+        let corners: [([u8; 16], [u8; 16]); 4] = [
+            ([0xff; 16], [0; 16]),
+            ([0; 16], [0xff; 16]),
+            ([0x12; 16], [0x12; 16]),
+            ([0; 16], [0; 16]),
+        ];
+        for (old, new) in corners {
+            for checksum in [0u16, 1, 0x7fff, 0xfffe, 0xffff] {
+                assert_eq!(
+                    Delta::default().addr6(old, new).apply(checksum),
+                    by_words(&old, &new).apply(checksum),
+                    "IPv6 {old:x?} -> {new:x?} over checksum {checksum:#x}"
+                );
+                let (old4, new4) = (
+                    [old[0], old[1], old[2], old[3]],
+                    [new[0], new[1], new[2], new[3]],
+                );
+                assert_eq!(
+                    Delta::default().addr(old4, new4).apply(checksum),
+                    by_words(&old4, &new4).apply(checksum),
+                    "IPv4 {old4:x?} -> {new4:x?} over checksum {checksum:#x}"
+                );
+            }
+        }
+    }
+
     proptest! {
+        /// Address deltas as 32-bit words equal word-by-word deltas.
+        #[test]
+        fn address_delta_words(old in any::<[u8; 16]>(), new in any::<[u8; 16]>(), checksum in any::<u16>()) {
+            let mut by_words = Delta::default();
+            for i in (0..16).step_by(2) {
+                by_words = by_words.word(
+                    u16::from_be_bytes([old[i], old[i + 1]]),
+                    u16::from_be_bytes([new[i], new[i + 1]]),
+                );
+            }
+            prop_assert_eq!(Delta::default().addr6(old, new).apply(checksum), by_words.apply(checksum));
+        }
+
         /// Updating any 16-bit word incrementally gives the same checksum
         /// as recomputing it over the changed data.
         #[test]

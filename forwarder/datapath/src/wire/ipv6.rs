@@ -134,7 +134,18 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     /// a header runs past the payload, `Malformed` when the chain is
     /// longer than [`MAX_EXTENSION_HEADERS`] or a Hop-by-Hop header is
     /// not first (RFC 8200 4.3).
+    #[inline]
     pub fn upper_layer(&self) -> Result<UpperLayer, WireError> {
+        let first = self.next_header();
+        // Most packets carry no extension header: their upper layer is
+        // where the fixed header ends, without the walk.
+        if !is_extension_header(first) {
+            return Ok(UpperLayer {
+                protocol: first,
+                offset: HEADER_LEN,
+                fragment: None,
+            });
+        }
         walk(
             &self.buffer.as_ref()[..self.total_len()],
             self.next_header(),
@@ -168,6 +179,22 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
         let end = HEADER_LEN + self.payload_len();
         &mut self.buffer.as_mut()[HEADER_LEN..end]
     }
+}
+
+/// Whether `protocol` names an extension header [`walk`] steps over.
+#[inline(always)]
+fn is_extension_header(protocol: u8) -> bool {
+    matches!(
+        protocol,
+        next_header::HOP_BY_HOP
+            | next_header::ROUTING
+            | next_header::DESTINATION_OPTIONS
+            | next_header::MOBILITY
+            | next_header::HIP
+            | next_header::SHIM6
+            | next_header::AH
+            | next_header::FRAGMENT
+    )
 }
 
 /// Walks the extension headers of the IPv6 packet in `bytes` (fixed

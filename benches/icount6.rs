@@ -1,0 +1,137 @@
+//! Instructions per packet of the IPv6 packet path: the IPv6 twins of
+//! `icount.rs`'s cases, built as the criterion `packet_path` IPv6 cases
+//! are (from `support/packets6.rs`), so that `benches/icount.sh` can
+//! set IPv6 against IPv4 on a loaded machine. A separate binary, so that
+//! `icount.rs` still builds at revisions from before IPv6.
+//!
+//! Usage: `icount6 CASE PACKETS`, CASE one of `established_ipv6`,
+//! `reply_ipv6`, `new_flow_ipv6_1`, `new_flow_ipv6_10000`.
+
+use std::hint::black_box;
+use std::net::Ipv6Addr;
+use std::sync::Arc;
+
+use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig};
+use cipgw_datapath::harness::pipeline;
+use cipgw_datapath::pipeline::{BatchContext, Pipeline, Verdict};
+
+#[path = "support/packets6.rs"]
+mod packets6;
+
+use packets6::{client6, frame6, net6, table6, VIP6};
+
+/// Flows a new-flow table holds, as in `icount.rs`.
+const NEW_FLOW_TABLE: usize = 1 << 19;
+/// Offsets in an Ethernet + IPv6 + UDP frame.
+const SRC: std::ops::Range<usize> = 22..38;
+const DST: std::ops::Range<usize> = 38..54;
+const SPORT: std::ops::Range<usize> = 54..56;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (Some(case), Some(packets)) = (args.next(), args.next()) else {
+        eprintln!(
+            "usage: icount6 CASE PACKETS (CASE: established_ipv6, reply_ipv6, \
+             new_flow_ipv6_1, new_flow_ipv6_10000)"
+        );
+        std::process::exit(64);
+    };
+    let Ok(packets) = packets.parse::<usize>() else {
+        eprintln!("icount6: PACKETS must be a number, not {packets:?}");
+        std::process::exit(64);
+    };
+    match case.as_str() {
+        "established_ipv6" => tracked(packets, false),
+        "reply_ipv6" => tracked(packets, true),
+        "new_flow_ipv6_1" => new_flows(packets, 1),
+        "new_flow_ipv6_10000" => new_flows(packets, 10_000),
+        other => {
+            eprintln!("icount6: no case {other:?}");
+            std::process::exit(64);
+        }
+    }
+}
+
+/// A pipeline whose IPv6 table is `conntrack6` (the IPv4 one idle).
+fn pipeline6(conntrack6: Conntrack<Ipv6Addr>, seed: u64) -> Pipeline {
+    let idle = Conntrack::new(ConntrackConfig {
+        max_flows: 1024,
+        ..ConntrackConfig::default()
+    });
+    pipeline(Arc::new(idle), seed).with_conntrack6(Arc::new(conntrack6))
+}
+
+/// `packets` packets of 1,024 live, replied flows, client to Pod (or the
+/// replies), as the criterion `established_ipv6` and `reply_ipv6`.
+fn tracked(packets: usize, replies: bool) {
+    let net = net6();
+    let one = table6(1);
+    let ctx = BatchContext {
+        table: &one,
+        net: &net,
+        now: 1,
+    };
+    let mut p = pipeline6(Conntrack::default(), 7);
+    let forward: Vec<Vec<u8>> = (0..1024)
+        .map(|i| frame6((client6(i), 20000 + i as u16), (VIP6, 8080)))
+        .collect();
+    let mut back = Vec::new();
+    for f in &forward {
+        let mut copy = f.clone();
+        let len = copy.len();
+        let verdict = p.process(&mut copy, len, 0, &ctx);
+        assert!(
+            matches!(verdict, Verdict::Forward { .. }),
+            "a new IPv6 flow is forwarded, not {verdict:?}"
+        );
+        let backend: [u8; 16] = copy[DST].try_into().expect("16 bytes");
+        let client: [u8; 16] = copy[SRC].try_into().expect("16 bytes");
+        let cport = u16::from_be_bytes([copy[SPORT.start], copy[SPORT.start + 1]]);
+        back.push(frame6((backend, 5678), (client, cport)));
+    }
+    for r in &back {
+        let mut copy = r.clone();
+        let len = copy.len();
+        let verdict = p.process(&mut copy, len, 1, &ctx);
+        assert!(
+            matches!(verdict, Verdict::Forward { .. }),
+            "an IPv6 reply is forwarded, not {verdict:?}"
+        );
+    }
+    let frames = if replies { &back } else { &forward };
+    let mut scratch = vec![0u8; 2048];
+    for i in 0..packets {
+        let f = &frames[i & 1023];
+        scratch[..f.len()].copy_from_slice(f);
+        black_box(p.process(&mut scratch, f.len(), 0, &ctx));
+    }
+}
+
+/// `packets` new IPv6 flows to a Service among `services`.
+fn new_flows(packets: usize, services: usize) {
+    assert!(packets < NEW_FLOW_TABLE, "at most {NEW_FLOW_TABLE} packets");
+    let net = net6();
+    let t = table6(services);
+    let ctx = BatchContext {
+        table: &t,
+        net: &net,
+        now: 1,
+    };
+    let mut p = pipeline6(
+        Conntrack::new(ConntrackConfig {
+            max_flows: NEW_FLOW_TABLE,
+            unreplied_percent: 100,
+            ..ConntrackConfig::default()
+        }),
+        9,
+    );
+    let base = frame6((client6(0), 1), (VIP6, 8080));
+    let mut f = base.clone();
+    let len = f.len();
+    for i in 0..packets {
+        f.copy_from_slice(&base);
+        f[SRC.end - 2..SRC.end].copy_from_slice(&(((i >> 16) as u16) | 0x100).to_be_bytes());
+        f[SPORT].copy_from_slice(&(i as u16).to_be_bytes());
+        black_box(p.process(&mut f, len, 0, &ctx));
+    }
+}
