@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Instructions per packet of the packet path (benches/icount.rs, and
-# benches/icount6.rs for the cases named *_ipv6*), counted by valgrind's
+# Instructions per packet of the packet path (benches/icount.rs;
+# benches/icount6.rs for the cases named *_ipv6*, benches/icount_snat.rs
+# for those named *snat*), counted by valgrind's
 # cachegrind: a figure a loaded machine does not move, for A/B
 # comparisons against another revision or of IPv6 against IPv4.
 #
@@ -10,7 +11,9 @@
 #                benches/support/packets*.rs) and print the ratio
 #   --cases      which cases (default: established,reply,new_flow_1,
 #                new_flow_10000; the IPv6 ones are established_ipv6,
-#                reply_ipv6, new_flow_ipv6_1 and new_flow_ipv6_10000)
+#                reply_ipv6, new_flow_ipv6_1 and new_flow_ipv6_10000;
+#                new_flow_full_snat and new_flow_full_nosnat set new flows
+#                through a full 8,192-flow table with SNAT against without)
 #
 # Each case runs twice, with LOW and HIGH packets; instructions per packet
 # are (I(HIGH) - I(LOW)) / (HIGH - LOW), so the setup cancels out.
@@ -40,7 +43,7 @@ build() {
 
 # The bench a case runs in.
 bench_of() {
-    case "$1" in *_ipv6*) echo icount6 ;; *) echo icount ;; esac
+    case "$1" in *_ipv6*) echo icount6 ;; *snat*) echo icount_snat ;; *) echo icount ;; esac
 }
 
 # Instructions per packet of case $2 with binary $1.

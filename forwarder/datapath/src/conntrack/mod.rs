@@ -1121,7 +1121,7 @@ impl<A: IpFamily> Conntrack<A> {
         if self.snat.is_on() {
             return self.insert_snat(forward, forward_hash, flow, now, meta);
         }
-        self.insert_flow(forward, forward_hash, flow, now, meta)
+        self.insert_flow(forward, forward_hash, None, flow, now, meta)
     }
 
     /// Inserts a flow with a source NAT port: probes for a port whose
@@ -1138,7 +1138,9 @@ impl<A: IpFamily> Conntrack<A> {
         meta: FlowMeta,
     ) -> Result<FlowHit<A>, InsertError> {
         for _ in 0..CLAIM_ATTEMPTS {
-            let Some((snat_index, snat_port)) = self.free_snat_port(&flow, forward_hash) else {
+            let Some((snat_index, snat_port, reply_hash)) =
+                self.free_snat_port(&flow, forward_hash)
+            else {
                 self.stats.snat_exhausted.fetch_add(1, STAT);
                 return Err(InsertError::SnatExhausted);
             };
@@ -1147,7 +1149,7 @@ impl<A: IpFamily> Conntrack<A> {
                 snat_port,
                 ..flow
             };
-            match self.insert_flow(forward, forward_hash, flow, now, meta) {
+            match self.insert_flow(forward, forward_hash, Some(reply_hash), flow, now, meta) {
                 Err(InsertError::ReplyClash) => continue,
                 other => return other,
             }
@@ -1156,48 +1158,67 @@ impl<A: IpFamily> Conntrack<A> {
     }
 
     /// A source NAT address (index) and port for `flow` whose reply key
-    /// is free, or held by a finished TCP flow when no port is free.
-    fn free_snat_port(&self, flow: &FlowData<A>, forward_hash: u64) -> Option<(u8, u16)> {
+    /// is free, or held by a finished TCP flow when no port is free, with
+    /// the reply key's hash.
+    ///
+    /// A first pass reads only the index: a port whose reply key's
+    /// signature is in no slot of its chain is free, and one whose
+    /// signature is there is passed over as in use without reading the
+    /// record (a signature another key shares, one chance in 2^32 per
+    /// slot, costs a free port, not a wrong one). Only when the probes of
+    /// an address find no free port does a second pass read the holders,
+    /// for a finished TCP flow's port.
+    fn free_snat_port(&self, flow: &FlowData<A>, forward_hash: u64) -> Option<(u8, u16, u64)> {
+        let reply = |index: u8, port: u16| FlowKey {
+            src: flow.backend,
+            dst: self.snat.address(index),
+            src_port: flow.backend_port,
+            dst_port: port,
+            protocol: flow.protocol,
+        };
         for index in self.snat.indexes_in_turn() {
+            for port in self.snat.probes(forward_hash) {
+                let hash = self.hash(&reply(index, port));
+                if self.index.find(hash, |_, _| Some(())).is_none() {
+                    return Some((index, port, hash));
+                }
+            }
             let mut finished = None;
             for port in self.snat.probes(forward_hash) {
-                let reply = FlowKey {
-                    src: flow.backend,
-                    dst: self.snat.address(index),
-                    src_port: flow.backend_port,
-                    dst_port: port,
-                    protocol: flow.protocol,
-                };
-                match self.find(&reply, self.hash(&reply)) {
-                    None => return Some((index, port)),
+                let key = reply(index, port);
+                let hash = self.hash(&key);
+                match self.find(&key, hash) {
+                    None => return Some((index, port, hash)),
                     Some(holder)
                         if finished.is_none()
                             && FlowState::from_bits(holder.life.bits()).is_finished() =>
                     {
-                        finished = Some(port);
+                        finished = Some((index, port, hash));
                     }
                     Some(_) => {}
                 }
             }
-            if let Some(port) = finished {
-                return Some((index, port));
+            if finished.is_some() {
+                return finished;
             }
         }
         None
     }
 
     /// Inserts `flow`, whose forward key is `forward` (see
-    /// [`Conntrack::insert`]).
+    /// [`Conntrack::insert`]); `reply_hash` is its reply key's hash when
+    /// the caller has it.
     fn insert_flow(
         &self,
         forward: FlowKey<A>,
         forward_hash: u64,
+        reply_hash: Option<u64>,
         flow: FlowData<A>,
         now: u32,
         meta: FlowMeta,
     ) -> Result<FlowHit<A>, InsertError> {
         let reply = flow.reply_key(&self.snat);
-        let reply_hash = self.hash(&reply);
+        let reply_hash = reply_hash.unwrap_or_else(|| self.hash(&reply));
         // The reply bucket is a miss of its own; let it arrive while the
         // record is written and room is made.
         self.index.prefetch(reply_hash);

@@ -15,8 +15,8 @@
 //! allocation costs at most 240 index probes however full the range is;
 //! a range no larger than the first round is searched whole. Within a
 //! round the ports are a stride apart, the stride (coprime with the
-//! range's size, so a round never meets a port twice) drawn from the
-//! hash too: consecutive ports, as nf_nat probes them, would make every
+//! range's size, so a round never meets a port twice) drawn by the hash
+//! from 64 the pool computes at start, so that probing divides nothing: consecutive ports, as nf_nat probes them, would make every
 //! flow that starts inside a run of taken ports walk the whole run, and
 //! runs grow as the range fills (linear probing's primary clustering:
 //! about 3.6 probes per allocation at 60% full against 2.5, 50 against 10
@@ -34,6 +34,10 @@ use crate::family::IpFamily;
 
 /// Probe rounds: ports tried from each new random start.
 const ROUNDS: [u32; 4] = [128, 64, 32, 16];
+
+/// Strides a pool draws from, each coprime with the range's size:
+/// computed once, so that a probe costs no division.
+const STRIDES: usize = 64;
 
 /// What source NAT a table applies to new flows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +72,8 @@ pub(super) struct SnatPool<A> {
     addresses: Box<[A]>,
     low: u16,
     size: u32,
+    /// Strides coprime with `size`, spread over `1..size`.
+    strides: [u32; STRIDES],
     /// Flows holding a port, per address.
     in_use: Box<[CachePadded<AtomicU64>]>,
     /// The address the next new flow tries first.
@@ -84,6 +90,7 @@ impl<A> Default for SnatPool<A> {
             addresses: Box::default(),
             low: 0,
             size: 0,
+            strides: [1; STRIDES],
             in_use: Box::default(),
             turn: CachePadded::default(),
         }
@@ -117,10 +124,15 @@ impl<A: IpFamily> SnatPool<A> {
         if low == 0 || low > high {
             return Err(SnatError::BadRange(low, high));
         }
+        let size = u32::from(high - low) + 1;
+        let strides = std::array::from_fn(|i| {
+            coprime_stride(mix(i as u64, u64::MAX), u64::from(size)) as u32
+        });
         Ok(SnatPool {
             addresses: addresses.clone().into_boxed_slice(),
             low,
-            size: u32::from(high - low) + 1,
+            size,
+            strides,
             in_use: addresses.iter().map(|_| Default::default()).collect(),
             turn: Default::default(),
         })
@@ -171,22 +183,24 @@ impl<A: IpFamily> SnatPool<A> {
 
     /// The ports a new flow with forward hash `hash` probes, in order
     /// (see the module docs).
-    pub fn probes(&self, hash: u64) -> impl Iterator<Item = u16> + '_ {
-        let size = u64::from(self.size);
+    #[inline]
+    pub fn probes(&self, hash: u64) -> Probes<'_, A> {
         let rounds = if self.size <= ROUNDS[0] {
             1
         } else {
-            ROUNDS.len()
+            ROUNDS.len() as u8
         };
-        ROUNDS[..rounds]
-            .iter()
-            .enumerate()
-            .flat_map(move |(round, &len)| {
-                let start = mix(hash, round as u64) % size.max(1);
-                let stride = coprime_stride(mix(hash, round as u64 + 16), size);
-                (0..u64::from(len.min(self.size)))
-                    .map(move |i| self.low + ((start + i * stride) % size) as u16)
-            })
+        let mut probes = Probes {
+            pool: self,
+            hash,
+            round: 0,
+            rounds,
+            left: 0,
+            at: 0,
+            stride: 0,
+        };
+        probes.start_round();
+        probes
     }
 
     /// A flow took a port on address `index` (1-based).
@@ -221,9 +235,74 @@ impl<A: IpFamily> SnatPool<A> {
     }
 }
 
+/// The ports one new flow probes (see [`SnatPool::probes`]): each
+/// round from a start and with a stride drawn from the flow's hash, a
+/// port a step, with no division on the way.
+#[derive(Debug)]
+pub(super) struct Probes<'a, A> {
+    pool: &'a SnatPool<A>,
+    hash: u64,
+    round: u8,
+    rounds: u8,
+    /// Ports left in this round.
+    left: u32,
+    /// The next port's offset in the range.
+    at: u32,
+    stride: u32,
+}
+
+impl<A> Probes<'_, A> {
+    /// Draws the round's start (the high half of the mix, scaled to the
+    /// range by a multiply: Lemire's reduction) and stride (one of the
+    /// pool's, by the low bits).
+    #[inline]
+    fn start_round(&mut self) {
+        let size = self.pool.size;
+        let Some(&len) = ROUNDS.get(usize::from(self.round)) else {
+            self.left = 0;
+            return;
+        };
+        let m = mix(self.hash, u64::from(self.round));
+        self.at = (((m >> 32) * u64::from(size)) >> 32) as u32;
+        self.stride = self.pool.strides[(m as usize) % STRIDES];
+        self.left = len.min(size);
+    }
+}
+
+impl<A> Iterator for Probes<'_, A> {
+    type Item = u16;
+
+    #[inline]
+    fn next(&mut self) -> Option<u16> {
+        while self.left == 0 {
+            self.round += 1;
+            if self.round >= self.rounds {
+                return None;
+            }
+            self.start_round();
+        }
+        let port = self.pool.low + self.at as u16;
+        self.left -= 1;
+        // `at` and `stride` are below `size`: one subtraction wraps.
+        self.at += self.stride;
+        if self.at >= self.pool.size {
+            self.at -= self.pool.size;
+        }
+        Some(port)
+    }
+}
+
 /// A 64-bit mix of the (keyed, so unpredictable) flow hash and a round
 /// number: each round starts somewhere unrelated to the last.
 #[inline]
+fn mix(hash: u64, round: u64) -> u64 {
+    // splitmix64's finaliser.
+    let mut z = hash.wrapping_add(round.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// A stride from `seed` in `1..size` (1 for a range of one or two ports)
 /// that shares no factor with `size`, so that `size` steps of it visit
 /// every port once.
@@ -244,14 +323,6 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
         (a, b) = (b, a % b);
     }
     a
-}
-
-fn mix(hash: u64, round: u64) -> u64 {
-    // splitmix64's finaliser.
-    let mut z = hash.wrapping_add(round.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]

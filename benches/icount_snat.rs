@@ -1,0 +1,91 @@
+//! Instructions per new flow with source NAT against without, in a
+//! table held full as a gateway's is under a stream of new flows (every
+//! new flow evicts the oldest unreplied one, and with SNAT frees its
+//! port): the steady state of the veth benchmark's `udp-new` at
+//! `--conntrack-max 8192`, where each backend's port pool is about 60%
+//! in use. Counted by `benches/icount.sh` (cases named `*snat*`); a
+//! binary of its own, so that `icount.rs` still builds at revisions from
+//! before source NAT.
+//!
+//! Usage: `icount_snat CASE PACKETS`, CASE one of `new_flow_full_snat`
+//! (with SNAT) and `new_flow_full_nosnat` (the same without); PACKETS
+//! above 8,192, so that the table is full in both of the script's runs.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use cipgw_datapath::conntrack::snat::SnatConfig;
+use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig};
+use cipgw_datapath::harness::pipeline;
+use cipgw_datapath::pipeline::BatchContext;
+
+#[path = "support/packets.rs"]
+// Shared with the criterion benches; this one uses part of it.
+#[allow(dead_code)]
+mod packets;
+
+use packets::{client, frame, net, table};
+
+/// The VIP of the measured Service (the last of `table(n)`'s).
+const VIP: [u8; 4] = [198, 19, 255, 254];
+/// The table's size, as the veth benchmark's `--conntrack-max 8192`.
+const TABLE: usize = 8192;
+/// The gateway's SNAT address.
+const SNAT: [u8; 4] = [198, 18, 2, 1];
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (Some(case), Some(packets)) = (args.next(), args.next()) else {
+        eprintln!(
+            "usage: icount_snat CASE PACKETS (CASE: new_flow_full_snat, new_flow_full_nosnat)"
+        );
+        std::process::exit(64);
+    };
+    let Ok(packets) = packets.parse::<usize>() else {
+        eprintln!("icount_snat: PACKETS must be a number, not {packets:?}");
+        std::process::exit(64);
+    };
+    match case.as_str() {
+        "new_flow_full_snat" => new_flows(packets, true),
+        "new_flow_full_nosnat" => new_flows(packets, false),
+        other => {
+            eprintln!("icount_snat: no case {other:?}");
+            std::process::exit(64);
+        }
+    }
+}
+
+/// `packets` new flows to one Service of three endpoints through a table
+/// of [`TABLE`] flows, with or without source NAT.
+fn new_flows(packets: usize, snat: bool) {
+    let net = net();
+    let one = table(1);
+    let ctx = BatchContext {
+        table: &one,
+        net: &net,
+        now: 1,
+    };
+    let mut conntrack = Conntrack::new(ConntrackConfig {
+        max_flows: TABLE,
+        unreplied_percent: 100,
+        ..ConntrackConfig::default()
+    });
+    if snat {
+        conntrack = conntrack
+            .with_snat(&SnatConfig {
+                addresses: vec![SNAT.into()],
+                ports: 61000..=65535,
+            })
+            .expect("a valid SNAT configuration");
+    }
+    let mut p = pipeline(Arc::new(conntrack), 9);
+    let base = frame((client(0), 1), (VIP, 8080));
+    let mut f = base.clone();
+    let len = f.len();
+    for i in 0..packets {
+        f.copy_from_slice(&base);
+        f[28..30].copy_from_slice(&(((i >> 16) as u16) | 0x100).to_be_bytes());
+        f[34..36].copy_from_slice(&(i as u16).to_be_bytes());
+        black_box(p.process(&mut f, len, 0, &ctx));
+    }
+}
