@@ -169,6 +169,7 @@ impl FlowIndex {
     /// flow for the same key there (checked under the home bucket's lock,
     /// which every writer of this key holds, so two writers of one key
     /// cannot both place it).
+    #[inline]
     pub fn link<T>(
         &self,
         hash: u64,
