@@ -10,7 +10,8 @@
 //!   every connection stays on one Pod of its own family; UDP requests are
 //!   answered from the VIP; the VIP answers ping (`ping -6` for IPv6); a
 //!   port the Service does not define is refused at once (RST); a client
-//!   address outside `--cluster-cidr` (IPv6) gets nothing;
+//!   address outside `--cluster-cidr` (IPv6) gets nothing; `cipgw
+//!   services` shows each VIP's own flows on its row;
 //! - one-arm (client and Pods on the gateway's one segment): TCP, UDP and
 //!   ping in each family;
 //! - the same with `--snat` in the cluster-shaped lab (`cipgw::lab::
@@ -30,6 +31,7 @@ use std::net::{
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use cipgw::admin::ServicesView;
 use cipgw::lab::{
     self, Cluster, ClusterBuilder, EchoServer, GatewayProcess, Netns, NodeInfo, Topology,
 };
@@ -530,8 +532,79 @@ fn dual_stack_service_two_arm() {
     let served = tcp_spread(client, &info.pods, target, 10).unwrap_or_else(|e| fail(&e));
     assert_share(&served, &names, 10, 0.0, 100.0);
 
+    // `cipgw services`: each VIP's row shows that VIP's own flows, the
+    // IPv6 one included (not the port's sums over both VIPs).
+    let raw = cipgw_services(gateway_ns, &["--json"]).unwrap_or_else(|e| fail(&e));
+    let view: ServicesView =
+        serde_json::from_str(&raw).unwrap_or_else(|e| fail(&format_args!("{e}: {raw}")));
+    let port = view
+        .services
+        .iter()
+        .find(|s| s.name == "echo")
+        .and_then(|s| s.ports.iter().find(|p| p.port == HTTP.port))
+        .unwrap_or_else(|| fail(&format_args!("no echo:{} in {raw}", HTTP.port)));
+    let flows_of = |vip: IpAddr| -> u64 {
+        port.vips
+            .iter()
+            .find(|v| v.vip == vip)
+            .and_then(|v| v.flows)
+            .unwrap_or_else(|| fail(&format_args!("no counted entry for {vip} in {raw}")))
+    };
+    let (flows4, flows6) = (flows_of(vip4.into()), flows_of(vip6.into()));
+    // One flow per connection, unless a client port was reused while
+    // its earlier flow was still tracked.
+    if !(1..=CONNECTIONS as u64).contains(&flows4)
+        || !(1..=CONNECTIONS as u64 + 10).contains(&flows6)
+        || port.flows != Some(flows4 + flows6)
+    {
+        fail(&format_args!(
+            "per-VIP flows {flows4} (IPv4, {CONNECTIONS} connections) and {flows6} \
+             (IPv6, {} connections) do not add up to the port's {:?}: {raw}",
+            CONNECTIONS + 10,
+            port.flows
+        ));
+    }
+    let text = cipgw_services(gateway_ns, &[]).unwrap_or_else(|e| fail(&e));
+    for (vip, flows) in [(IpAddr::V4(vip4), flows4), (IpAddr::V6(vip6), flows6)] {
+        let first = SocketAddr::new(vip, HTTP.port).to_string();
+        let row: Vec<&str> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|r| r.get(1) == Some(&first.as_str()))
+            .unwrap_or_else(|| fail(&format_args!("no row for {first} in\n{text}")));
+        // Prot VIP:Port Service TargetPort LB Affinity ActiveConn
+        // InActConn Flows ...: Flows is the 9th word.
+        if row.get(8) != Some(&flows.to_string().as_str()) {
+            fail(&format_args!(
+                "the {first} row does not show its {flows} flows:\n{text}"
+            ));
+        }
+    }
+
     drop(servers6);
     lab.stop_gateway();
+}
+
+/// `cipgw services ARGS...` against the gateway's admin endpoint (its
+/// default address, in the gateway's namespace): its stdout.
+fn cipgw_services(gateway_ns: &Netns, args: &[&str]) -> Result<String, String> {
+    let out = gateway_ns
+        .command(exe())
+        .arg("services")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .map_err(|e| format!("running cipgw services {args:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cipgw services {args:?} exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("$ cipgw services {}\n{stdout}", args.join(" "));
+    Ok(stdout)
 }
 
 #[test]

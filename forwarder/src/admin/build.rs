@@ -12,7 +12,8 @@ use super::views::*;
 use super::{AdminState, ConntrackQuery};
 use crate::conntrack::{Conntrack, Direction, FlowCounts, FlowState};
 use crate::family::IpFamily;
-use crate::table::ServiceKey;
+use crate::maglev::MaglevFamily;
+use crate::table::{CompiledTable, ServiceKey};
 
 fn protocol_name(p: Protocol) -> &'static str {
     match p {
@@ -131,6 +132,34 @@ pub(super) fn status_view(state: &AdminState) -> StatusView {
     }
 }
 
+/// The fingerprint (16 hex digits) of the Maglev table of `vip`'s `port`,
+/// if the port uses Maglev: either family, as `cipgw check` prints them.
+fn maglev_fingerprint(
+    table: &CompiledTable,
+    vip: IpAddr,
+    port: u16,
+    protocol: Protocol,
+) -> Option<String> {
+    fn of<A: MaglevFamily>(
+        table: &CompiledTable,
+        vip: A,
+        port: u16,
+        protocol: Protocol,
+    ) -> Option<String> {
+        let key = ServiceKey {
+            vip,
+            port,
+            protocol,
+        };
+        let maglev = table.family::<A>().port_entry(&key)?.maglev.as_ref()?;
+        Some(format!("{:016x}", maglev.fingerprint()))
+    }
+    match vip {
+        IpAddr::V4(vip) => of(table, vip, port, protocol),
+        IpAddr::V6(vip) => of(table, vip, port, protocol),
+    }
+}
+
 /// A VIP:port/protocol, packed for map keys.
 type PortKey = (IpAddr, u16, Protocol);
 
@@ -194,9 +223,8 @@ pub(super) fn services_view(state: &AdminState) -> ServicesView {
         .services
         .iter()
         .map(|service| {
-            // Flows and counters of every VIP count; Maglev fingerprints
-            // are the IPv4 VIP's.
-            let vip = service.cluster_ip.vip4();
+            // The port's flows and counters sum every VIP's; `vips` has
+            // each VIP's with its own Maglev table.
             let vips: Vec<IpAddr> = service.cluster_ip.vips().collect();
             let mut view = ServiceView {
                 namespace: service.name.namespace.clone(),
@@ -225,13 +253,6 @@ pub(super) fn services_view(state: &AdminState) -> ServicesView {
             };
             for port in &service.ports {
                 let key_of = |vip: IpAddr| (vip, port.port, port.protocol);
-                let conns = vips
-                    .iter()
-                    .filter_map(|&v| per_port.get(&key_of(v)).copied())
-                    .fold(Conns::default(), |sum, c| Conns {
-                        active: sum.active + c.active,
-                        inactive: sum.inactive + c.inactive,
-                    });
                 let totals = match stats {
                     Some(s) if !vips.is_empty() => {
                         s.totals(&service.name, port.port, port.protocol)
@@ -244,6 +265,39 @@ pub(super) fn services_view(state: &AdminState) -> ServicesView {
                     }
                     _ => Default::default(),
                 };
+                let per_vip: Vec<VipPortView> = vips
+                    .iter()
+                    .map(|&vip| {
+                        let conns = per_port.get(&key_of(vip)).copied().unwrap_or_default();
+                        let counted = match (stats, totals) {
+                            (Some(s), Some(_)) => s.family_totals(
+                                &service.name,
+                                port.port,
+                                port.protocol,
+                                vip.is_ipv6(),
+                            ),
+                            _ => None,
+                        };
+                        VipPortView {
+                            vip,
+                            maglev_fingerprint: maglev_fingerprint(
+                                &table,
+                                vip,
+                                port.port,
+                                port.protocol,
+                            ),
+                            active_flows: conns.active,
+                            inactive_flows: conns.inactive,
+                            packets: counted.map(|t| t.packets),
+                            bytes: counted.map(|t| t.bytes),
+                            flows: counted.map(|t| t.flows),
+                        }
+                    })
+                    .collect();
+                let conns = per_vip.iter().fold(Conns::default(), |sum, v| Conns {
+                    active: sum.active + v.active_flows,
+                    inactive: sum.inactive + v.inactive_flows,
+                });
                 view.active_flows += conns.active;
                 view.inactive_flows += conns.inactive;
                 if let Some(t) = totals {
@@ -251,27 +305,26 @@ pub(super) fn services_view(state: &AdminState) -> ServicesView {
                     view.bytes = Some(view.bytes.unwrap_or(0) + t.bytes);
                     view.flows = Some(view.flows.unwrap_or(0) + t.flows);
                 }
-                let maglev = vip
-                    .and_then(|vip| {
-                        table.port_entry(&ServiceKey {
-                            vip,
-                            port: port.port,
-                            protocol: port.protocol,
-                        })
-                    })
-                    .and_then(|entry| entry.maglev.as_ref());
+                // The primary VIP's table: the IPv4 one if any (as before
+                // IPv6 was forwarded), else the IPv6 one.
+                let primary = per_vip
+                    .iter()
+                    .find(|v| v.vip.is_ipv4())
+                    .or_else(|| per_vip.first());
+                let maglev = per_vip.iter().any(|v| v.maglev_fingerprint.is_some());
                 view.ports.push(PortView {
                     name: port.name.clone(),
                     protocol: protocol_name(port.protocol).to_owned(),
                     port: port.port,
                     target_port: port.target_port.to_string(),
-                    lb_algorithm: if maglev.is_some() { "maglev" } else { "random" }.to_owned(),
-                    maglev_fingerprint: maglev.map(|m| format!("{:016x}", m.fingerprint())),
+                    lb_algorithm: if maglev { "maglev" } else { "random" }.to_owned(),
+                    maglev_fingerprint: primary.and_then(|v| v.maglev_fingerprint.clone()),
                     active_flows: conns.active,
                     inactive_flows: conns.inactive,
                     packets: totals.map(|t| t.packets),
                     bytes: totals.map(|t| t.bytes),
                     flows: totals.map(|t| t.flows),
+                    vips: per_vip,
                     endpoints: port
                         .endpoints
                         .iter()

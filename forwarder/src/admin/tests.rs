@@ -288,8 +288,8 @@ fn services_list_every_cluster_ip_and_endpoints_of_both_families() {
     assert_eq!(echo.cluster_ips, [IpAddr::from(VIP), v6]);
     assert_eq!(echo.ip_families, ["IPv4", "IPv6"]);
     assert_eq!(echo.ip_family_policy, "PreferDualStack");
-    // The IPv4 VIP's flows are there as before; the IPv6 endpoint is
-    // listed, with nothing tracked (IPv6 is not forwarded yet).
+    // The IPv4 VIP's flows; the IPv6 endpoint is listed, with no flow
+    // of its own (see the next test for flows of both families).
     assert_eq!((echo.active_flows, echo.inactive_flows), (0, 4));
     let eps: Vec<(String, u64)> = echo.ports[0]
         .endpoints
@@ -316,6 +316,177 @@ fn services_list_every_cluster_ip_and_endpoints_of_both_families() {
         raw["services"][1]["cluster_ips"],
         serde_json::json!(["198.18.100.10", "2001:2:0:ff::10"])
     );
+}
+
+/// A dual-stack Service's port has each VIP's own flows, counters and
+/// Maglev table in `vips`, beside their sums; an IPv6-only Maglev
+/// Service has its IPv6 table's fingerprint.
+#[test]
+fn services_split_flows_counters_and_maglev_fingerprints_per_vip() {
+    use std::net::{IpAddr, Ipv6Addr};
+    let v6 = |s: &str| -> Ipv6Addr { s.parse().expect("literal") };
+    let (vip6, dns6, only6) = (
+        v6("2001:2:0:ff::10"),
+        v6("2001:2:0:ff::53"),
+        v6("2001:2:0:ff::60"),
+    );
+    let (pod6, dnspod6) = (v6("2001:2:0:2::11"), v6("2001:2:0:2::12"));
+    let endpoint6 = |ip: Ipv6Addr, port: u16| Endpoint {
+        ip: ip.into(),
+        port,
+        state: EndpointState::READY,
+        pod: Some("pod6".into()),
+        hostname: None,
+    };
+    let mut m = model();
+    // dns: dual-stack Maglev; echo: dual-stack random.
+    for (service, vip6, pod6) in [(0, dns6, dnspod6), (1, vip6, pod6)] {
+        let s = &mut m.services[service];
+        let vip4 = s.cluster_ip.primary().expect("an IPv4 VIP");
+        s.cluster_ip =
+            ClusterIp::Vips(cipgw_config::Vips::dual(vip4, vip6.into()).expect("two families"));
+        s.ip_family_policy = cipgw_config::IpFamilyPolicy::RequireDualStack;
+        s.ip_families = vec![cipgw_config::IpFamily::V4, cipgw_config::IpFamily::V6];
+        let port = &mut s.ports[0];
+        port.endpoints.push(endpoint6(pod6, port.endpoints[0].port));
+    }
+    // An IPv6-only Maglev Service.
+    m.services.push(Service {
+        name: ServiceName::new("default", "only6"),
+        cluster_ip: ClusterIp::single(IpAddr::from(only6)),
+        ip_family_policy: cipgw_config::IpFamilyPolicy::SingleStack,
+        ip_families: vec![cipgw_config::IpFamily::V6],
+        lb_algorithm: Some(cipgw_config::LbAlgorithm::Maglev),
+        ports: vec![ServicePort {
+            name: None,
+            port: 80,
+            protocol: Protocol::Tcp,
+            target_port: TargetPort::Number(8080),
+            endpoints: vec![endpoint6(pod6, 8080)],
+        }],
+        ..m.services[1].clone()
+    });
+    // 4 IPv4 flows to echo (state_with) and 3 IPv6 ones.
+    let s = state_with(m, 4);
+    let ct6 = Arc::new(Conntrack::<Ipv6Addr>::default());
+    for i in 0..3 {
+        let key = FlowKey {
+            src: v6("2001:2::2"),
+            dst: vip6,
+            src_port: 40000 + i,
+            dst_port: 8080,
+            protocol: Protocol::Tcp,
+        };
+        ct6.insert(key, (pod6, 5678), 1, Default::default())
+            .expect("insert");
+    }
+    s.set_conntrack6(ct6);
+    // Counters: 10 packets through the IPv4 VIP, 7 through the IPv6 one.
+    let stats = Arc::new(ServiceStats::new());
+    let w = stats.add_worker();
+    let model = Arc::clone(s.table.current().model());
+    let slots = stats.assign(&model);
+    let pod4 = crate::table::Backend {
+        ip: Ipv4Addr::new(198, 18, 2, 11),
+        port: 5678,
+    };
+    let pod6_backend = crate::table::Backend {
+        ip: pod6,
+        port: 5678,
+    };
+    for (slot, packets) in [
+        (slots.get(1, 0, pod4), 10),
+        (slots.get(1, 0, pod6_backend), 7),
+    ] {
+        let c = w
+            .get(slot.expect("echo's endpoints have slots"))
+            .expect("counters");
+        c.packets.add(packets);
+        c.bytes.add(100 * packets);
+        c.flows.add(packets / 3);
+    }
+    s.count_services(stats);
+
+    let v: ServicesView = json(get(&s, "/api/services"));
+    let echo = &v.services[1].ports[0];
+    let per_vip: Vec<_> = echo
+        .vips
+        .iter()
+        .map(|p| {
+            (
+                p.vip,
+                p.active_flows,
+                p.inactive_flows,
+                p.packets,
+                p.bytes,
+                p.flows,
+                p.maglev_fingerprint.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        per_vip,
+        [
+            (IpAddr::from(VIP), 0, 4, Some(10), Some(1000), Some(3), None),
+            (IpAddr::from(vip6), 0, 3, Some(7), Some(700), Some(2), None),
+        ]
+    );
+    // The port's figures are still the sums.
+    assert_eq!(
+        (echo.inactive_flows, echo.packets, echo.bytes, echo.flows),
+        (7, Some(17), Some(1700), Some(5))
+    );
+    assert_eq!(v.services[1].inactive_flows, 7);
+
+    // Dual-stack Maglev: a table per VIP; the port's is the IPv4 one's.
+    let dns = &v.services[0].ports[0];
+    assert_eq!(dns.lb_algorithm, "maglev");
+    let fingerprints: Vec<_> = dns
+        .vips
+        .iter()
+        .map(|p| (p.vip, p.maglev_fingerprint.clone()))
+        .collect();
+    assert_eq!(fingerprints.len(), 2, "{dns:?}");
+    assert_eq!(fingerprints[0].0, IpAddr::from(DNS_VIP));
+    assert_eq!(fingerprints[1].0, IpAddr::from(dns6));
+    for (vip, f) in &fingerprints {
+        assert!(f.as_ref().is_some_and(|f| f.len() == 16), "{vip}: {dns:?}");
+    }
+    assert_ne!(
+        fingerprints[0].1, fingerprints[1].1,
+        "other endpoints, other tables"
+    );
+    assert_eq!(dns.maglev_fingerprint, fingerprints[0].1);
+
+    // IPv6-only Maglev: its IPv6 table's fingerprint, also as the port's.
+    let only6_port = &v.services[3].ports[0];
+    assert_eq!(only6_port.lb_algorithm, "maglev", "{only6_port:?}");
+    assert_eq!(only6_port.vips.len(), 1);
+    assert_eq!(only6_port.vips[0].vip, IpAddr::from(only6));
+    assert!(
+        only6_port
+            .maglev_fingerprint
+            .as_ref()
+            .is_some_and(|f| f.len() == 16),
+        "{only6_port:?}"
+    );
+    assert_eq!(
+        only6_port.maglev_fingerprint,
+        only6_port.vips[0].maglev_fingerprint
+    );
+    assert_eq!(only6_port.vips[0].packets, Some(0), "counted, nothing yet");
+
+    // The JSON a client reads has `vips`; one from a gateway without it
+    // still parses, with none.
+    let mut raw: serde_json::Value =
+        serde_json::from_str(&get(&s, "/api/services").body).expect("JSON");
+    let port = &mut raw["services"][1]["ports"][0];
+    assert_eq!(port["vips"][1]["vip"], "2001:2:0:ff::10");
+    assert_eq!(port["vips"][1]["inactive_flows"], 3);
+    port.as_object_mut().expect("an object").remove("vips");
+    let old: ServicesView = serde_json::from_value(raw).expect("a view without vips");
+    assert!(old.services[1].ports[0].vips.is_empty());
+    assert_eq!(old.services[1].ports[0].inactive_flows, 7);
 }
 
 #[test]

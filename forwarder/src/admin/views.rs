@@ -225,8 +225,8 @@ pub struct ServiceView {
     /// for headless, empty for ExternalName.
     pub cluster_ip: String,
     /// Every ClusterIP, the primary first (`spec.clusterIPs`); empty for
-    /// headless and ExternalName. Flows and counters are those of the
-    /// IPv4 one: IPv6 VIPs are not forwarded yet.
+    /// headless and ExternalName. The Service's and its ports' flows and
+    /// counters sum every VIP's; each port's `vips` has them per VIP.
     #[serde(default)]
     pub cluster_ips: Vec<IpAddr>,
     /// `spec.ipFamilies` as resolved (`IPv4`, `IPv6`), the primary first.
@@ -264,18 +264,48 @@ pub struct PortView {
     /// How new connections pick an endpoint: `random` or `maglev`.
     #[serde(default)]
     pub lb_algorithm: String,
-    /// The Maglev lookup table's fingerprint (16 hex digits) when the
-    /// port uses Maglev: equal on two gateways exactly when they pick
-    /// the same endpoint for every flow.
+    /// The Maglev lookup table's fingerprint (16 hex digits) of the
+    /// primary VIP's port (the IPv4 VIP's if the Service has one, else
+    /// the IPv6 VIP's) when the port uses Maglev: equal on two gateways
+    /// exactly when they pick the same endpoint for every flow. Each
+    /// VIP's is in `vips`.
     #[serde(default)]
     pub maglev_fingerprint: Option<String>,
+    /// Summed over the Service's VIPs (both families).
     pub active_flows: u64,
     #[serde(default)]
     pub inactive_flows: u64,
     pub packets: Option<u64>,
     pub bytes: Option<u64>,
     pub flows: Option<u64>,
+    /// The port on each VIP of the Service, in `cluster_ips` order: its
+    /// own flows, counters and Maglev table. Empty from a gateway that
+    /// does not split them per VIP.
+    #[serde(default)]
+    pub vips: Vec<VipPortView>,
     pub endpoints: Vec<EndpointView>,
+}
+
+/// A Service port on one of its VIPs (one per family): what went
+/// through that VIP, to its own family's endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VipPortView {
+    pub vip: IpAddr,
+    /// The fingerprint (16 hex digits) of this VIP's Maglev table when
+    /// the port uses Maglev (each family has its own table).
+    #[serde(default)]
+    pub maglev_fingerprint: Option<String>,
+    /// Tracked ESTABLISHED TCP flows to this VIP's port.
+    pub active_flows: u64,
+    /// Its other tracked flows (see [`ServiceView::inactive_flows`]).
+    pub inactive_flows: u64,
+    /// Packets, bytes and connections of this VIP's family's endpoints
+    /// through the port, those since removed included; the VIPs' figures
+    /// add up to the port's. `None` when the gateway does not count per
+    /// service.
+    pub packets: Option<u64>,
+    pub bytes: Option<u64>,
+    pub flows: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

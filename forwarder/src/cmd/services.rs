@@ -4,14 +4,21 @@
 //! `ipvsadm -Ln --stats`: ActiveConn are ESTABLISHED TCP
 //! connections, InActConn every other tracked flow (handshakes, closing
 //! TCP such as TIME_WAIT, UDP), as ipvsadm splits them. A dual-stack
-//! Service has a block per VIP, each with the endpoints of its family
-//! (`[2001:2::a]:80` for IPv6); IPv6 VIPs are listed, not yet forwarded,
-//! so their counters show `-`.
+//! Service has a block per VIP, each with that VIP's own flows and
+//! counters and the endpoints of its family (`[2001:2::a]:80` for IPv6).
+//! A port that uses Maglev shows `maglev:` and the first 8 hex digits of
+//! its VIP's table's fingerprint in the LB column (`--json` has all 16).
+//!
+//! A gateway from before per-VIP figures sends only the port's sums over
+//! all VIPs: a single VIP's row shows them; with several VIPs each row
+//! shows its family's endpoints' figures summed (the port's would repeat
+//! on every row), and only the IPv4 row a fingerprint (such gateways took
+//! it from the IPv4 VIP).
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
-use cipgw::admin::ServicesView;
+use cipgw::admin::{PortView, ServicesView};
 
 use super::view::{human, show, AdminArgs, Table};
 
@@ -23,6 +30,71 @@ pub struct ServicesArgs {
 
 fn count(n: Option<u64>) -> String {
     n.map_or_else(|| "-".to_owned(), human)
+}
+
+/// What one VIP's row of a port shows.
+#[derive(Debug, PartialEq, Eq)]
+struct VipFigures {
+    maglev_fingerprint: Option<String>,
+    active_flows: u64,
+    inactive_flows: u64,
+    flows: Option<u64>,
+    packets: Option<u64>,
+    bytes: Option<u64>,
+}
+
+/// `port`'s figures on `vip`, one of the Service's `vips` VIPs: the
+/// gateway's per-VIP entry, or from an older gateway without one, the
+/// port's sums (a single VIP) or `vip`'s family's endpoints' sums.
+fn vip_figures(port: &PortView, vip: IpAddr, vips: usize) -> VipFigures {
+    if let Some(v) = port.vips.iter().find(|v| v.vip == vip) {
+        return VipFigures {
+            maglev_fingerprint: v.maglev_fingerprint.clone(),
+            active_flows: v.active_flows,
+            inactive_flows: v.inactive_flows,
+            flows: v.flows,
+            packets: v.packets,
+            bytes: v.bytes,
+        };
+    }
+    // Such gateways took the fingerprint from the IPv4 VIP.
+    let maglev_fingerprint = port.maglev_fingerprint.clone().filter(|_| vip.is_ipv4());
+    if vips <= 1 {
+        return VipFigures {
+            maglev_fingerprint,
+            active_flows: port.active_flows,
+            inactive_flows: port.inactive_flows,
+            flows: port.flows,
+            packets: port.packets,
+            bytes: port.bytes,
+        };
+    }
+    let family: Vec<_> = port
+        .endpoints
+        .iter()
+        .filter(|e| e.ip.is_ipv4() == vip.is_ipv4())
+        .collect();
+    // Counted when the port is; an endpoint without a slot adds nothing.
+    let sum = |n: Option<u64>, of: fn(&cipgw::admin::EndpointView) -> Option<u64>| {
+        n.map(|_| family.iter().filter_map(|e| of(e)).sum())
+    };
+    VipFigures {
+        maglev_fingerprint,
+        active_flows: family.iter().map(|e| e.active_flows).sum(),
+        inactive_flows: family.iter().map(|e| e.inactive_flows).sum(),
+        flows: sum(port.flows, |e| e.flows),
+        packets: sum(port.packets, |e| e.packets),
+        bytes: sum(port.bytes, |e| e.bytes),
+    }
+}
+
+/// The LB column: `maglev:` and the first 8 hex digits of the table's
+/// fingerprint when known, else the algorithm.
+fn lb_cell(algorithm: &str, fingerprint: Option<&str>) -> String {
+    match fingerprint {
+        Some(f) => format!("maglev:{}", f.get(..8).unwrap_or(f)),
+        None => algorithm.to_owned(),
+    }
 }
 
 /// The human-readable listing.
@@ -79,27 +151,22 @@ pub fn render(v: &ServicesView) -> String {
         .flat_map(|(s, vip)| s.ports.iter().map(move |p| (vip, s, p)))
         .collect();
     ports.sort_by(|a, b| (a.0, a.2.port, &a.2.protocol).cmp(&(b.0, b.2.port, &b.2.protocol)));
-    let mut ipv6_listed = false;
     for (vip, service, port) in ports {
-        // IPv6: not forwarded yet, so nothing is tracked or counted.
-        let forwarded = vip.is_ipv4();
-        ipv6_listed |= !forwarded;
-        let flows = |n: u64| if forwarded { n.to_string() } else { "-".into() };
-        let counted = |n: Option<u64>| if forwarded { count(n) } else { "-".into() };
+        let figures = vip_figures(port, vip, vips(service).len());
         table.row(vec![
             port.protocol.clone(),
             SocketAddr::new(vip, port.port).to_string(),
             format!("{}/{}", service.namespace, service.name),
             port.target_port.clone(),
-            port.lb_algorithm.clone(),
+            lb_cell(&port.lb_algorithm, figures.maglev_fingerprint.as_deref()),
             service
                 .affinity_seconds
                 .map_or_else(|| "None".to_owned(), |t| format!("ClientIP/{t}s")),
-            flows(port.active_flows),
-            flows(port.inactive_flows),
-            counted(port.flows),
-            counted(port.packets),
-            counted(port.bytes),
+            figures.active_flows.to_string(),
+            figures.inactive_flows.to_string(),
+            count(figures.flows),
+            count(figures.packets),
+            count(figures.bytes),
         ]);
         let endpoints: Vec<_> = port
             .endpoints
@@ -117,11 +184,11 @@ pub fn render(v: &ServicesView) -> String {
                 e.state.clone(),
                 String::new(),
                 String::new(),
-                flows(e.active_flows),
-                flows(e.inactive_flows),
-                counted(e.flows),
-                counted(e.packets),
-                counted(e.bytes),
+                e.active_flows.to_string(),
+                e.inactive_flows.to_string(),
+                count(e.flows),
+                count(e.packets),
+                count(e.bytes),
             ]);
         }
     }
@@ -149,9 +216,6 @@ pub fn render(v: &ServicesView) -> String {
             };
             let _ = writeln!(out, "  {}/{}  {why}", s.namespace, s.name);
         }
-    }
-    if ipv6_listed {
-        out.push_str("\n(IPv6 VIPs are listed and answered in DNS, not yet forwarded.)\n");
     }
     if !v.counted {
         out.push_str("\n(Flows/Packets/Bytes are not counted per service by this gateway; ActiveConn and InActConn are from conntrack.)\n");

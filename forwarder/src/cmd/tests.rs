@@ -317,59 +317,193 @@ fn dns_upstreams_come_from_the_dns_table_of_the_settings_file() {
     s.validate().expect("with --cluster-cidr and --dns-address");
 }
 
+/// The words of `text`'s row whose second word is `first` (a VIP:port
+/// or an endpoint).
+fn services_row(text: &str, first: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .find(|r| r.get(1).map(String::as_str) == Some(first))
+        .unwrap_or_else(|| panic!("no row for {first} in:\n{text}"))
+}
+
+/// A `/api/services` endpoint with `flows` inactive flows and (when
+/// `packets` is given) counters.
+fn services_endpoint(
+    ip: &str,
+    active: u64,
+    inactive: u64,
+    packets: Option<u64>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "ip": ip, "port": 8080, "pod": "web-0", "state": "ready",
+        "ready": true, "serving": true, "terminating": false,
+        "active_flows": active, "inactive_flows": inactive,
+        "packets": packets, "bytes": packets.map(|p| 100 * p),
+        "flows": packets.map(|p| p / 2),
+    })
+}
+
+/// A dual-stack Service from a gateway before per-VIP figures (no
+/// `vips`): each row shows its own family's endpoints' sums, not the
+/// port's sums twice, and IPv6 rows show real figures.
 #[test]
 fn services_lists_a_block_per_vip_with_its_family() {
-    let endpoint = |ip: &str, flows: u64| {
-        serde_json::json!({
-            "ip": ip, "port": 8080, "pod": "web-0", "state": "ready",
-            "ready": true, "serving": true, "terminating": false,
-            "active_flows": flows, "inactive_flows": 0,
-            "packets": null, "bytes": null, "flows": null,
-        })
-    };
+    let endpoint = services_endpoint;
     let view: cipgw::admin::ServicesView = serde_json::from_value(serde_json::json!({
         "generation": 3,
-        "counted": false,
+        "counted": true,
         "services": [{
             "namespace": "shop", "name": "web", "kind": "ClusterIP",
             "vip": "2001:2:0:ff::20", "cluster_ip": "2001:2:0:ff::20",
             "cluster_ips": ["2001:2:0:ff::20", "198.18.100.20"],
             "ip_families": ["IPv6", "IPv4"], "ip_family_policy": "RequireDualStack",
-            "active_flows": 1, "inactive_flows": 0, "affinity_seconds": null,
-            "packets": null, "bytes": null, "flows": null,
+            "active_flows": 3, "inactive_flows": 4, "affinity_seconds": null,
+            "packets": 70, "bytes": 7000, "flows": 35,
             "ports": [{
                 "name": "http", "protocol": "TCP", "port": 80, "target_port": "8080",
                 "lb_algorithm": "random", "maglev_fingerprint": null,
-                "active_flows": 1, "inactive_flows": 0,
-                "packets": null, "bytes": null, "flows": null,
-                "endpoints": [endpoint("198.18.3.1", 1), endpoint("2001:2:0:3::1", 0)],
+                "active_flows": 3, "inactive_flows": 4,
+                "packets": 70, "bytes": 7000, "flows": 35,
+                "endpoints": [
+                    endpoint("198.18.3.1", 1, 0, Some(10)),
+                    endpoint("2001:2:0:3::1", 2, 4, Some(60)),
+                ],
             }],
         }],
     }))
     .expect("a services view");
+    assert!(
+        view.services[0].ports[0].vips.is_empty(),
+        "an older gateway's JSON"
+    );
     let text = services::render(&view);
-    let rows: Vec<Vec<&str>> = text
-        .lines()
-        .map(|l| l.split_whitespace().collect())
-        .collect();
-    let find = |first: &str| {
-        rows.iter()
-            .find(|r| r.get(1) == Some(&first))
-            .unwrap_or_else(|| panic!("no row for {first} in:\n{text}"))
-            .clone()
-    };
+    let find = |first: &str| services_row(&text, first);
     // IPv4 first (sorted by VIP), each with its family's endpoint only.
-    assert_eq!(find("198.18.100.20:80")[6], "1");
+    assert_eq!(find("198.18.100.20:80")[6..], ["1", "0", "5", "10", "1000"]);
     // (Endpoint rows have two empty columns: ActiveConn is the 5th word.)
-    assert_eq!(find("198.18.3.1:8080")[4], "1");
-    // The IPv6 VIP and endpoint: listed, nothing tracked or counted.
-    assert_eq!(find("[2001:2:0:ff::20]:80")[6..], ["-", "-", "-", "-", "-"]);
-    assert_eq!(find("[2001:2:0:3::1]:8080")[4..], ["-", "-", "-", "-", "-"]);
+    assert_eq!(find("198.18.3.1:8080")[4..], ["1", "0", "5", "10", "1000"]);
+    // The IPv6 VIP and endpoint: their own flows and counters.
+    assert_eq!(
+        find("[2001:2:0:ff::20]:80")[6..],
+        ["2", "4", "30", "60", "6000"]
+    );
+    assert_eq!(
+        find("[2001:2:0:3::1]:8080")[4..],
+        ["2", "4", "30", "60", "6000"]
+    );
     let v4_row = text.find("198.18.100.20:80").expect("listed");
     let v6_row = text.find("[2001:2:0:ff::20]:80").expect("listed");
     assert!(v4_row < v6_row, "{text}");
-    assert!(
-        text.contains("IPv6 VIPs are listed and answered in DNS, not yet forwarded"),
-        "{text}"
+    assert!(!text.contains("not yet forwarded"), "{text}");
+}
+
+/// From a gateway with per-VIP figures: each VIP's row shows that VIP's
+/// flows, counters and Maglev table (`maglev:` and 8 hex digits), an
+/// IPv6-only Maglev Service included; a single-VIP Service from an older
+/// gateway shows the port's sums and fingerprint.
+#[test]
+fn services_show_each_vips_flows_counters_and_maglev_table() {
+    let endpoint = services_endpoint;
+    let vip = |vip: &str, fingerprint: Option<&str>, active: u64, inactive: u64, packets: u64| {
+        serde_json::json!({
+            "vip": vip, "maglev_fingerprint": fingerprint,
+            "active_flows": active, "inactive_flows": inactive,
+            "packets": packets, "bytes": 100 * packets, "flows": packets / 2,
+        })
+    };
+    let service = |name: &str, vips: &[&str], port: serde_json::Value| {
+        serde_json::json!({
+            "namespace": "shop", "name": name, "kind": "ClusterIP",
+            "vip": vips[0], "cluster_ip": vips[0], "cluster_ips": vips,
+            "ip_families": [], "ip_family_policy": "",
+            "active_flows": port["active_flows"], "inactive_flows": port["inactive_flows"],
+            "affinity_seconds": null,
+            "packets": port["packets"], "bytes": port["bytes"], "flows": port["flows"],
+            "ports": [port],
+        })
+    };
+    let port =
+        |lb: &str, fingerprint: Option<&str>, sums: [u64; 3], endpoints: serde_json::Value| {
+            serde_json::json!({
+                "name": null, "protocol": "TCP", "port": 80, "target_port": "8080",
+                "lb_algorithm": lb, "maglev_fingerprint": fingerprint,
+                "active_flows": sums[0], "inactive_flows": sums[1],
+                "packets": sums[2], "bytes": 100 * sums[2], "flows": sums[2] / 2,
+                "endpoints": endpoints,
+            })
+        };
+    let (f4, f6, f_only6, f_old) = (
+        "0123456789abcdef",
+        "fedcba9876543210",
+        "00ff00ff00ff00ff",
+        "aaaabbbbccccdddd",
     );
+    let mut dual = port(
+        "maglev",
+        Some(f4),
+        [3, 5, 70],
+        serde_json::json!([
+            endpoint("198.18.3.1", 1, 1, Some(10)),
+            endpoint("2001:2:0:3::1", 2, 4, Some(60)),
+        ]),
+    );
+    dual["vips"] = serde_json::json!([
+        vip("198.18.100.20", Some(f4), 1, 1, 10),
+        vip("2001:2:0:ff::20", Some(f6), 2, 4, 60),
+    ]);
+    let mut only6 = port(
+        "maglev",
+        Some(f_only6),
+        [0, 2, 8],
+        serde_json::json!([endpoint("2001:2:0:3::2", 0, 2, Some(8))]),
+    );
+    only6["vips"] = serde_json::json!([vip("2001:2:0:ff::30", Some(f_only6), 0, 2, 8)]);
+    // From an older gateway: no `vips`; its sums keep what removed
+    // endpoints counted, so they exceed the endpoints'.
+    let old = port(
+        "maglev",
+        Some(f_old),
+        [1, 1, 50],
+        serde_json::json!([endpoint("198.18.3.3", 1, 1, Some(20))]),
+    );
+    let view: cipgw::admin::ServicesView = serde_json::from_value(serde_json::json!({
+        "generation": 4,
+        "counted": true,
+        "services": [
+            service("dual", &["198.18.100.20", "2001:2:0:ff::20"], dual),
+            service("only6", &["2001:2:0:ff::30"], only6),
+            service("old", &["198.18.100.40"], old),
+        ],
+    }))
+    .expect("a services view");
+    let text = services::render(&view);
+    let find = |first: &str| services_row(&text, first);
+    // Columns: Prot VIP:Port Service TargetPort LB Affinity ActiveConn
+    // InActConn Flows Packets Bytes.
+    assert_eq!(
+        find("198.18.100.20:80")[4..],
+        ["maglev:01234567", "None", "1", "1", "5", "10", "1000"]
+    );
+    assert_eq!(
+        find("[2001:2:0:ff::20]:80")[4..],
+        ["maglev:fedcba98", "None", "2", "4", "30", "60", "6000"]
+    );
+    assert_eq!(
+        find("[2001:2:0:ff::30]:80")[4..],
+        ["maglev:00ff00ff", "None", "0", "2", "4", "8", "800"]
+    );
+    assert_eq!(
+        find("198.18.100.40:80")[4..],
+        ["maglev:aaaabbbb", "None", "1", "1", "25", "50", "5000"]
+    );
+    // A dual-stack Maglev Service from an older gateway: its fingerprint
+    // was the IPv4 VIP's, so the IPv6 row shows only the algorithm.
+    let mut older = view.clone();
+    older.services[0].ports[0].vips.clear();
+    let text = services::render(&older);
+    assert_eq!(
+        services_row(&text, "198.18.100.20:80")[4],
+        "maglev:01234567"
+    );
+    assert_eq!(services_row(&text, "[2001:2:0:ff::20]:80")[4], "maglev");
 }

@@ -85,8 +85,15 @@ pub struct ServiceStats {
 struct PortCounting {
     /// Each endpoint's slot.
     endpoints: BTreeMap<Endpoint, u32>,
-    /// What endpoints no longer listed had counted for this port.
-    departed: ServiceTotals,
+    /// What endpoints no longer listed had counted for this port: those
+    /// of IPv4 (`[0]`) and of IPv6 (`[1]`), so that each VIP's share
+    /// never goes back either.
+    departed: [ServiceTotals; 2],
+}
+
+/// The index of `endpoint`'s family in [`PortCounting::departed`].
+fn family_index(endpoint: Endpoint) -> usize {
+    usize::from(endpoint.0.is_ipv6())
 }
 
 #[derive(Debug, Default)]
@@ -206,7 +213,7 @@ impl ServiceStats {
             let counted = state.counted(slot);
             if let Some(counting) = state.ports.get_mut(&key) {
                 counting.endpoints.remove(&endpoint);
-                counting.departed.add(counted);
+                counting.departed[family_index(endpoint)].add(counted);
             }
             state.free.push_back(slot);
         }
@@ -271,9 +278,31 @@ impl ServiceStats {
     ) -> Option<ServiceTotals> {
         let state = self.lock();
         let counting = state.ports.get(&(service.clone(), port, protocol))?;
-        let mut total = counting.departed;
+        let mut total = counting.departed[0];
+        total.add(counting.departed[1]);
         for &slot in counting.endpoints.values() {
             total.add(state.counted(slot));
+        }
+        Some(total)
+    }
+
+    /// [`ServiceStats::totals`] of the endpoints of one family (IPv6 when
+    /// `ipv6`): what went through the port on the Service's VIP of that
+    /// family. The two families' add up to the port's.
+    pub fn family_totals(
+        &self,
+        service: &ServiceName,
+        port: u16,
+        protocol: Protocol,
+        ipv6: bool,
+    ) -> Option<ServiceTotals> {
+        let state = self.lock();
+        let counting = state.ports.get(&(service.clone(), port, protocol))?;
+        let mut total = counting.departed[usize::from(ipv6)];
+        for (&endpoint, &slot) in &counting.endpoints {
+            if endpoint.0.is_ipv6() == ipv6 {
+                total.add(state.counted(slot));
+            }
         }
         Some(total)
     }
@@ -462,6 +491,24 @@ mod tests {
         let name = ServiceName::new("default", "a");
         let per_endpoint = stats.endpoint_totals(&name, 10, Protocol::Tcp);
         assert_eq!(per_endpoint[&(pod6.into(), 5678)].packets, 10);
+        let family = |stats: &ServiceStats, ipv6| {
+            stats
+                .family_totals(&name, 10, Protocol::Tcp, ipv6)
+                .map(|t| t.packets)
+        };
+        assert_eq!(
+            (family(&stats, false), family(&stats, true)),
+            (Some(1), Some(10))
+        );
+        // The IPv6 endpoint leaves: its family keeps what it counted.
+        m.services[0].ports[0].endpoints.pop();
+        stats.assign(&m);
+        count(&w, v4, 2);
+        assert_eq!(
+            (family(&stats, false), family(&stats, true)),
+            (Some(3), Some(10))
+        );
+        assert_eq!(packets(&stats, "a", 10), Some(13));
     }
 
     #[test]
