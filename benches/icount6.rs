@@ -13,19 +13,15 @@ use std::sync::Arc;
 
 use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig};
 use cipgw_datapath::harness::pipeline;
-use cipgw_datapath::pipeline::{BatchContext, Pipeline, Verdict};
+use cipgw_datapath::pipeline::{BatchContext, Pipeline};
 
 #[path = "support/packets6.rs"]
 mod packets6;
 
-use packets6::{client6, frame6, net6, table6, VIP6};
+use packets6::{client6, frame6, net6, table6, tracked_flows6, SPORT, SRC, VIP6};
 
 /// Flows a new-flow table holds, as in `icount.rs`.
 const NEW_FLOW_TABLE: usize = 1 << 19;
-/// Offsets in an Ethernet + IPv6 + UDP frame.
-const SRC: std::ops::Range<usize> = 22..38;
-const DST: std::ops::Range<usize> = 38..54;
-const SPORT: std::ops::Range<usize> = 54..56;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -72,32 +68,7 @@ fn tracked(packets: usize, replies: bool) {
         now: 1,
     };
     let mut p = pipeline6(Conntrack::default(), 7);
-    let forward: Vec<Vec<u8>> = (0..1024)
-        .map(|i| frame6((client6(i), 20000 + i as u16), (VIP6, 8080)))
-        .collect();
-    let mut back = Vec::new();
-    for f in &forward {
-        let mut copy = f.clone();
-        let len = copy.len();
-        let verdict = p.process(&mut copy, len, 0, &ctx);
-        assert!(
-            matches!(verdict, Verdict::Forward { .. }),
-            "a new IPv6 flow is forwarded, not {verdict:?}"
-        );
-        let backend: [u8; 16] = copy[DST].try_into().expect("16 bytes");
-        let client: [u8; 16] = copy[SRC].try_into().expect("16 bytes");
-        let cport = u16::from_be_bytes([copy[SPORT.start], copy[SPORT.start + 1]]);
-        back.push(frame6((backend, 5678), (client, cport)));
-    }
-    for r in &back {
-        let mut copy = r.clone();
-        let len = copy.len();
-        let verdict = p.process(&mut copy, len, 1, &ctx);
-        assert!(
-            matches!(verdict, Verdict::Forward { .. }),
-            "an IPv6 reply is forwarded, not {verdict:?}"
-        );
-    }
+    let (forward, back) = tracked_flows6(&mut p, &ctx);
     let frames = if replies { &back } else { &forward };
     let mut scratch = vec![0u8; 2048];
     for i in 0..packets {

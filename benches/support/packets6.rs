@@ -13,6 +13,7 @@ use cipgw_datapath::harness::addr6::{lab, POD1, POD2, POD3};
 use cipgw_datapath::harness::{
     mac, service6, service_port6, Frame6, Net, CLIENT_IFINDEX, POD_IFINDEX,
 };
+use cipgw_datapath::pipeline::{BatchContext, Pipeline, Verdict};
 use cipgw_datapath::route::NetSnapshot;
 use cipgw_datapath::table::CompiledTable;
 
@@ -74,4 +75,42 @@ pub fn frame6(src: ([u8; 16], u16), dst: ([u8; 16], u16)) -> Vec<u8> {
 /// `packets::client`.
 pub fn client6(i: usize) -> [u8; 16] {
     lab(0, 2 + (i % 250) as u8)
+}
+
+/// Offsets in an Ethernet + IPv6 (no extension headers) + UDP frame.
+pub const SRC: std::ops::Range<usize> = 22..38;
+pub const DST: std::ops::Range<usize> = 38..54;
+pub const SPORT: std::ops::Range<usize> = 54..56;
+
+/// 1,024 live, replied flows from `client6(i)`:20000+i to [`VIP6`]:8080,
+/// tracked by `p` (whose IPv6 table takes them): their client-to-Pod
+/// frames and their Pod-to-client replies, as `packets::tracked_flows`.
+pub fn tracked_flows6(p: &mut Pipeline, ctx: &BatchContext<'_>) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let forward: Vec<Vec<u8>> = (0..1024)
+        .map(|i| frame6((client6(i), 20000 + i as u16), (VIP6, 8080)))
+        .collect();
+    let mut back = Vec::with_capacity(forward.len());
+    for f in &forward {
+        let mut copy = f.clone();
+        let len = copy.len();
+        let verdict = p.process(&mut copy, len, 0, ctx);
+        assert!(
+            matches!(verdict, Verdict::Forward { .. }),
+            "a new IPv6 flow is forwarded, not {verdict:?}"
+        );
+        let backend: [u8; 16] = copy[DST].try_into().expect("16 bytes");
+        let client: [u8; 16] = copy[SRC].try_into().expect("16 bytes");
+        let cport = u16::from_be_bytes([copy[SPORT.start], copy[SPORT.start + 1]]);
+        back.push(frame6((backend, 5678), (client, cport)));
+    }
+    for r in &back {
+        let mut copy = r.clone();
+        let len = copy.len();
+        let verdict = p.process(&mut copy, len, 1, ctx);
+        assert!(
+            matches!(verdict, Verdict::Forward { .. }),
+            "an IPv6 reply is forwarded, not {verdict:?}"
+        );
+    }
+    (forward, back)
 }

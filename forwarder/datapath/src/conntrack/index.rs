@@ -85,6 +85,12 @@ pub(super) struct FlowIndex {
 }
 
 impl FlowIndex {
+    /// Maps every page of the index now (see
+    /// [`super::Conntrack::populate`]).
+    pub fn populate(&self) -> std::io::Result<()> {
+        self.buckets.populate()
+    }
+
     /// An index for `flows` flows (two keys each), zeroed lazily.
     pub fn new(flows: usize) -> FlowIndex {
         let homes = (2 * flows * KEYS_PER_BUCKET_DEN)

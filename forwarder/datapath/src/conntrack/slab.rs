@@ -367,6 +367,15 @@ impl<A: RecordLayout> Slab<A> {
         }
     }
 
+    /// Maps every page of process-memory records now (see
+    /// [`super::Conntrack::populate`]); a table file's are left as they are.
+    pub fn populate(&self) -> std::io::Result<()> {
+        match &self.records {
+            Records::Owned(records) => records.populate(),
+            Records::Mapped { .. } => Ok(()),
+        }
+    }
+
     /// A slab over a table file's records (`capacity` + 1 of them). Its
     /// free list starts empty: [`Slab::adopt_record`] rebuilds it.
     pub fn in_file(file: Arc<TableFile>) -> Slab<A> {

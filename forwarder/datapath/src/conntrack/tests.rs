@@ -48,6 +48,26 @@ fn insert_tracks_both_directions() {
 }
 
 #[test]
+fn populating_a_live_table_keeps_its_flows() {
+    let ct = Conntrack::new(ConntrackConfig {
+        max_flows: 4096,
+        ..ConntrackConfig::default()
+    })
+    .with_accounting();
+    ct.insert(forward(40000), backend(), 1, FlowMeta::default())
+        .expect("insert before populating");
+    ct.populate()
+        .expect("MADV_POPULATE_WRITE on the table's memory");
+    let hit = ct
+        .lookup(&forward(40000), 2, ACK)
+        .expect("the flow is still there");
+    assert_eq!((hit.nat_ip, hit.nat_port), backend());
+    ct.insert(forward(40001), backend(), 2, FlowMeta::default())
+        .expect("insert after populating");
+    assert_eq!(ct.entries(), 4, "two flows, two keys each");
+}
+
+#[test]
 fn first_backend_wins_a_race() {
     let ct = Conntrack::default();
     ct.insert(forward(40000), backend(), 1, FlowMeta::default())
