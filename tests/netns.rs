@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use cipgw::lab::{self, Topology};
 
-use support::{Lab, Port, HTTP, TARGET_PORT};
+use support::{free_hugepages, Lab, Port, ReservedHugePages, HTTP, TARGET_PORT};
 
 #[path = "support/mod.rs"]
 mod support;
@@ -454,4 +454,52 @@ fn check_command() {
             );
         }
     }
+}
+
+/// `--umem-huge-pages on`: with enough huge pages free the worker's UMEM
+/// takes them and forwards as before; without, it stays on 4 KiB pages,
+/// says why, and forwards the same.
+#[test]
+fn umem_on_huge_pages_carries_traffic_and_falls_back_without_them() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    // A two-arm worker's UMEM: 8,192 frames of 2 KiB (both ports' rings
+    // full and as many again on their way out), 16 MiB: 8 huge pages.
+    const UMEM_PAGES: u64 = 8;
+    const CONNECTIONS: usize = 60;
+    let mut lab = Lab::build(Topology::two_arm("hugeumem").pods(3));
+    lab.tcp_echo(TARGET_PORT);
+    let vip = lab.info().vip(10);
+    let docs = lab.selector_service("echo", vip, &[HTTP], &[0, 1, 2]);
+    lab.control_file(&docs);
+
+    let pool = ReservedHugePages::reserve(UMEM_PAGES);
+    lab.start_gateway_with(&["--umem-huge-pages", "on"]);
+    lab.assert_log_contains("the worker's UMEM is on huge pages");
+    let served = lab.tcp_sessions(vip_port(vip, &HTTP), CONNECTIONS, 2);
+    assert_eq!(
+        served.values().sum::<usize>(),
+        CONNECTIONS,
+        "every connection through a UMEM on huge pages was served: {served:?}"
+    );
+    lab.stop_gateway();
+    drop(pool);
+
+    let free = free_hugepages();
+    lab.start_gateway_with(&["--umem-huge-pages", "on"]);
+    if free < UMEM_PAGES {
+        lab.assert_log_contains("too few huge pages are free");
+    } else {
+        // Someone else on this machine keeps huge pages free.
+        lab.assert_log_contains("the worker's UMEM is on huge pages");
+    }
+    let served = lab.tcp_sessions(vip_port(vip, &HTTP), CONNECTIONS, 2);
+    assert_eq!(
+        served.values().sum::<usize>(),
+        CONNECTIONS,
+        "every connection was served with {free} huge pages free: {served:?}"
+    );
+    lab.stop_gateway();
 }

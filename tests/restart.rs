@@ -40,7 +40,9 @@ use cipgw::lab::{self, Topology};
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{pod_name, request, vip_port, Lab, DNS, HTTP, TARGET_PORT, UDP_TARGET_PORT};
+use support::{
+    pod_name, request, vip_port, Lab, ReservedHugePages, DNS, HTTP, TARGET_PORT, UDP_TARGET_PORT,
+};
 
 const TCP_CONNECTIONS: usize = 50;
 const UDP_FLOWS: usize = 20;
@@ -383,31 +385,18 @@ fn connections_survive_a_crash_and_restart() {
 }
 
 /// A hugetlbfs mount with `pages` more huge pages reserved; both undone
-/// on drop (after the lab, which is declared later). The pool is grown
-/// and shrunk by `pages`, not set back to a value read before, so that
-/// another user of huge pages on the machine keeps what it reserved.
+/// on drop (after the lab, which is declared later).
 struct HugePages {
     mount: std::path::PathBuf,
-    pages: u64,
+    _pool: ReservedHugePages,
 }
-
-fn nr_hugepages() -> u64 {
-    std::fs::read_to_string(NR_HUGEPAGES)
-        .expect("reading nr_hugepages")
-        .trim()
-        .parse()
-        .expect("nr_hugepages is a number")
-}
-
-const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
 
 impl HugePages {
     fn mount(name: &str, pages: u64) -> HugePages {
-        std::fs::write(NR_HUGEPAGES, (nr_hugepages() + pages).to_string())
-            .expect("reserving huge pages");
+        let pool = ReservedHugePages::reserve(pages);
         let mount = std::env::temp_dir().join(format!("cipgw-huge-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&mount).expect("creating the mount point");
-        let guard = HugePages { mount, pages };
+        let guard = HugePages { mount, _pool: pool };
         let target = std::ffi::CString::new(guard.mount.as_os_str().as_encoded_bytes())
             .expect("no NUL in the path");
         // SAFETY: NUL-terminated strings that outlive the call.
@@ -439,10 +428,6 @@ impl Drop for HugePages {
             }
         }
         let _ = std::fs::remove_dir(&self.mount);
-        let _ = std::fs::write(
-            NR_HUGEPAGES,
-            nr_hugepages().saturating_sub(self.pages).to_string(),
-        );
     }
 }
 

@@ -231,6 +231,12 @@ pub struct IoSettings {
     /// outruns it drops at the device (before copying) instead of
     /// copying frames into a full RX ring.
     pub worker_nice: i32,
+    /// Back each worker's UMEM with 2 MiB pages from the kernel's reserved
+    /// pool (`vm.nr_hugepages`), where enough are free; else 4 KiB pages,
+    /// with a warning. Off by default: the pool is the operator's to size,
+    /// and the connection table (on a hugetlbfs `--state-dir`) draws on it
+    /// too, after the UMEMs.
+    pub umem_huge_pages: bool,
 }
 
 /// Default worker nice value.
@@ -255,6 +261,7 @@ impl Default for IoSettings {
             ring_size: DEFAULT_RING_SIZE,
             idle_spin: DEFAULT_IDLE_SPIN,
             worker_nice: DEFAULT_WORKER_NICE,
+            umem_huge_pages: false,
         }
     }
 }

@@ -90,7 +90,12 @@ pub struct XskConfig {
     /// Bind with XDP_USE_NEED_WAKEUP (the kernel tells when a kick is
     /// needed, instead of the worker always making the syscall).
     pub need_wakeup: bool,
-    /// Back the UMEM with huge pages.
+    /// Back the UMEM with huge pages where the kernel has enough of them
+    /// reserved (`vm.nr_hugepages`), else with small pages
+    /// ([`PreparedIo::huge_pages`] tells which). Every received
+    /// frame's first read is a TLB miss on small pages (two 2 KiB frames
+    /// per 4 KiB page, thousands of frames), a nested page walk in a VM;
+    /// a 2 MiB page holds a thousand frames.
     pub huge_pages: bool,
     /// Copy mode: descriptors the kernel sends per TX kick
     /// (XDP_MAX_TX_SKB_BUDGET, Linux 6.17+; the kernel's default is 32).
@@ -395,15 +400,26 @@ impl WorkerIo {
         let frame_mtu = umem_config.mtu();
         let frames = NonZeroU32::new(config.frame_count)
             .ok_or_else(|| XskError::Config("frame_count must be positive".into()))?;
-        let (umem, descs) =
-            Umem::new(umem_config, frames, config.huge_pages).map_err(|e| XskError::Umem {
-                frames: config.frame_count,
-                frame_size: config.frame_size,
-                source: Box::new(io::Error::other(error_chain(&e))),
-            })?;
+        let umem_error = |e: &dyn std::error::Error| XskError::Umem {
+            frames: config.frame_count,
+            frame_size: config.frame_size,
+            source: Box::new(io::Error::other(error_chain(e))),
+        };
+        // Huge pages only where the kernel has them reserved (MAP_HUGETLB
+        // fails otherwise): then small pages, which work the same.
+        let huge = config
+            .huge_pages
+            .then(|| Umem::new(umem_config, frames, true).ok())
+            .flatten();
+        let huge_pages = huge.is_some();
+        let (umem, descs) = match huge {
+            Some(umem) => umem,
+            None => Umem::new(umem_config, frames, false).map_err(|e| umem_error(&e))?,
+        };
         Ok(PreparedIo {
             umem,
             descs,
+            huge_pages,
             frame_mtu,
             config: *config,
             queues: queues.to_vec(),
@@ -606,6 +622,8 @@ pub struct PreparedIo {
     config: XskConfig,
     queues: Vec<QueueAssignment>,
     zero_copy: bool,
+    /// Whether the UMEM is on huge pages.
+    huge_pages: bool,
 }
 
 impl fmt::Debug for PreparedIo {
@@ -625,6 +643,11 @@ impl PreparedIo {
     /// Whether the sockets are to be bound in zero-copy mode.
     pub fn zero_copy(&self) -> bool {
         self.zero_copy
+    }
+
+    /// Whether the UMEM got huge pages (see [`XskConfig::huge_pages`]).
+    pub fn huge_pages(&self) -> bool {
+        self.huge_pages
     }
 
     /// What it was prepared with, to prepare it again.
@@ -666,6 +689,7 @@ impl PreparedIo {
             config,
             queues,
             zero_copy,
+            huge_pages: _,
         } = self;
         let config = &config;
         let socket_config = socket_config(config, zero_copy)?;

@@ -283,6 +283,52 @@ pub fn connections_spread(
     Err(format!("only {seen:?} answered {tries} connections"))
 }
 
+/// `pages` more 2 MiB pages in the kernel's huge page pool
+/// (/proc/sys/vm/nr_hugepages), given back on drop. The pool is grown and
+/// shrunk by `pages`, not set back to a value read before, so that another
+/// user of huge pages on the machine keeps what it reserved.
+pub struct ReservedHugePages {
+    pages: u64,
+}
+
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+/// The kernel's huge page pool: reserved pages.
+pub fn nr_hugepages() -> u64 {
+    std::fs::read_to_string(NR_HUGEPAGES)
+        .expect("reading nr_hugepages")
+        .trim()
+        .parse()
+        .expect("nr_hugepages is a number")
+}
+
+/// Free huge pages (HugePages_Free in /proc/meminfo).
+pub fn free_hugepages() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .expect("reading /proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("HugePages_Free in /proc/meminfo")
+}
+
+impl ReservedHugePages {
+    pub fn reserve(pages: u64) -> ReservedHugePages {
+        std::fs::write(NR_HUGEPAGES, (nr_hugepages() + pages).to_string())
+            .expect("reserving huge pages");
+        ReservedHugePages { pages }
+    }
+}
+
+impl Drop for ReservedHugePages {
+    fn drop(&mut self) {
+        let _ = std::fs::write(
+            NR_HUGEPAGES,
+            nr_hugepages().saturating_sub(self.pages).to_string(),
+        );
+    }
+}
+
 /// A directory `cipgw-test-<pid>-<n>` under the system temp dir, removed
 /// on drop.
 #[derive(Debug)]

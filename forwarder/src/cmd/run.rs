@@ -104,6 +104,15 @@ pub struct RunArgs {
     /// [default: off].
     #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
     pub busy_poll: Option<bool>,
+    /// Back each worker's UMEM (its frame buffers: 2 KiB per frame, at
+    /// least 4,096 frames) with 2 MiB pages from the kernel's reserved
+    /// pool, /proc/sys/vm/nr_hugepages (on|off). Every received frame's
+    /// first read is otherwise a TLB miss. Reserve the UMEMs' pages in
+    /// addition to the connection table's (a hugetlbfs --state-dir): the
+    /// UMEMs are mapped first. Without enough free huge pages the UMEM
+    /// stays on 4 KiB pages, with a warning [default: off].
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    pub umem_huge_pages: Option<bool>,
     /// Frames a worker takes from one RX ring per iteration, 1-1024
     /// [default: 64].
     #[arg(long, value_name = "N")]
@@ -350,6 +359,9 @@ fn settings(args: RunArgs) -> anyhow::Result<Settings> {
             ring_size: args.ring_size.unwrap_or(settings::DEFAULT_RING_SIZE),
             idle_spin: args.idle_spin.unwrap_or(settings::DEFAULT_IDLE_SPIN),
             worker_nice: args.worker_nice.unwrap_or(settings::DEFAULT_WORKER_NICE),
+            umem_huge_pages: args
+                .umem_huge_pages
+                .unwrap_or(IoSettings::default().umem_huge_pages),
         },
         lb: args.lb.resolve()?,
         snat,

@@ -565,10 +565,23 @@ fn prepare_sockets(
                 budget: u16::try_from(settings.io.rx_batch).unwrap_or(u16::MAX),
             }),
             zero_copy,
+            huge_pages: settings.io.umem_huge_pages,
             ..XskConfig::default()
         };
         let io = WorkerIo::prepare(&config, &queues, zero_copy != ZeroCopy::Off)
             .with_context(|| format!("creating the UMEM of the worker on core {core}"))?;
+        let umem_mib = (u64::from(config.frame_count) * u64::from(config.frame_size)) >> 20;
+        match (config.huge_pages, io.huge_pages()) {
+            (true, true) => tracing::info!(core, umem_mib, "the worker's UMEM is on huge pages"),
+            (true, false) => tracing::warn!(
+                core,
+                umem_mib,
+                "--umem-huge-pages on, but too few huge pages are free: the worker's \
+                 UMEM is on 4 KiB pages (reserve umem_mib / 2 more in \
+                 /proc/sys/vm/nr_hugepages)"
+            ),
+            (false, _) => {}
+        }
         prepared.push((core, io));
     }
     if prepared.is_empty() {
