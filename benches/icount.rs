@@ -17,6 +17,8 @@ use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig};
 use cipgw_datapath::harness::pipeline;
 use cipgw_datapath::pipeline::BatchContext;
 
+#[path = "support/icount_cases.rs"]
+mod icount_cases;
 #[path = "support/packets.rs"]
 // Shared with the criterion benches; this one uses part of it.
 #[allow(dead_code)]
@@ -31,27 +33,15 @@ const VIP: [u8; 4] = [198, 19, 255, 254];
 const NEW_FLOW_TABLE: usize = 1 << 19;
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let (Some(case), Some(packets)) = (args.next(), args.next()) else {
-        eprintln!(
-            "usage: icount CASE PACKETS (CASE: established, reply, new_flow_1, new_flow_10000)"
-        );
-        std::process::exit(64);
-    };
-    let Ok(packets) = packets.parse::<usize>() else {
-        eprintln!("icount: PACKETS must be a number, not {packets:?}");
-        std::process::exit(64);
-    };
-    match case.as_str() {
-        "established" => tracked(packets, false),
-        "reply" => tracked(packets, true),
-        "new_flow_1" => new_flows(packets, 1),
-        "new_flow_10000" => new_flows(packets, 10_000),
-        other => {
-            eprintln!("icount: no case {other:?}");
-            std::process::exit(64);
-        }
-    }
+    icount_cases::run(
+        "icount",
+        &[
+            ("established", &|n| tracked(n, false)),
+            ("reply", &|n| tracked(n, true)),
+            ("new_flow_1", &|n| new_flows(n, 1)),
+            ("new_flow_10000", &|n| new_flows(n, 10_000)),
+        ],
+    );
 }
 
 /// `packets` packets of 1,024 live, replied flows, client to Pod (or the

@@ -75,7 +75,7 @@ if [[ -n "$base" ]]; then
             printf '\n[[bench]]\nname = "%s"\npath = "../../benches/%s.rs"\nharness = false\n' "$b" "$b" \
                 >> "$tree/forwarder/datapath/Cargo.toml"
     done
-    cp "$root"/benches/support/packets*.rs "$tree/benches/support/"
+    cp "$root"/benches/support/packets*.rs "$root"/benches/support/icount_cases.rs "$tree/benches/support/"
     echo "building $base in $tree" >&2
     for b in $benches; do
         base_bin[$b]="$(CARGO_TARGET_DIR="$root/target/icount-base" build "$tree" "$b")"

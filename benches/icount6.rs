@@ -15,6 +15,8 @@ use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig};
 use cipgw_datapath::harness::pipeline;
 use cipgw_datapath::pipeline::{BatchContext, Pipeline};
 
+#[path = "support/icount_cases.rs"]
+mod icount_cases;
 #[path = "support/packets6.rs"]
 mod packets6;
 
@@ -24,28 +26,15 @@ use packets6::{client6, frame6, net6, table6, tracked_flows6, SPORT, SRC, VIP6};
 const NEW_FLOW_TABLE: usize = 1 << 19;
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let (Some(case), Some(packets)) = (args.next(), args.next()) else {
-        eprintln!(
-            "usage: icount6 CASE PACKETS (CASE: established_ipv6, reply_ipv6, \
-             new_flow_ipv6_1, new_flow_ipv6_10000)"
-        );
-        std::process::exit(64);
-    };
-    let Ok(packets) = packets.parse::<usize>() else {
-        eprintln!("icount6: PACKETS must be a number, not {packets:?}");
-        std::process::exit(64);
-    };
-    match case.as_str() {
-        "established_ipv6" => tracked(packets, false),
-        "reply_ipv6" => tracked(packets, true),
-        "new_flow_ipv6_1" => new_flows(packets, 1),
-        "new_flow_ipv6_10000" => new_flows(packets, 10_000),
-        other => {
-            eprintln!("icount6: no case {other:?}");
-            std::process::exit(64);
-        }
-    }
+    icount_cases::run(
+        "icount6",
+        &[
+            ("established_ipv6", &|n| tracked(n, false)),
+            ("reply_ipv6", &|n| tracked(n, true)),
+            ("new_flow_ipv6_1", &|n| new_flows(n, 1)),
+            ("new_flow_ipv6_10000", &|n| new_flows(n, 10_000)),
+        ],
+    );
 }
 
 /// A pipeline whose IPv6 table is `conntrack6` (the IPv4 one idle).

@@ -19,6 +19,8 @@ use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig};
 use cipgw_datapath::harness::pipeline;
 use cipgw_datapath::pipeline::BatchContext;
 
+#[path = "support/icount_cases.rs"]
+mod icount_cases;
 #[path = "support/packets.rs"]
 // Shared with the criterion benches; this one uses part of it.
 #[allow(dead_code)]
@@ -34,25 +36,13 @@ const TABLE: usize = 8192;
 const SNAT: [u8; 4] = [198, 18, 2, 1];
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let (Some(case), Some(packets)) = (args.next(), args.next()) else {
-        eprintln!(
-            "usage: icount_snat CASE PACKETS (CASE: new_flow_full_snat, new_flow_full_nosnat)"
-        );
-        std::process::exit(64);
-    };
-    let Ok(packets) = packets.parse::<usize>() else {
-        eprintln!("icount_snat: PACKETS must be a number, not {packets:?}");
-        std::process::exit(64);
-    };
-    match case.as_str() {
-        "new_flow_full_snat" => new_flows(packets, true),
-        "new_flow_full_nosnat" => new_flows(packets, false),
-        other => {
-            eprintln!("icount_snat: no case {other:?}");
-            std::process::exit(64);
-        }
-    }
+    icount_cases::run(
+        "icount_snat",
+        &[
+            ("new_flow_full_snat", &|n| new_flows(n, true)),
+            ("new_flow_full_nosnat", &|n| new_flows(n, false)),
+        ],
+    );
 }
 
 /// `packets` new flows to one Service of three endpoints through a table
