@@ -6,7 +6,9 @@
 //!
 //! Usage: `icount CASE PACKETS`, CASE one of `established`, `reply`,
 //! `new_flow_1`, `new_flow_10000` (the criterion `packet_path` cases of
-//! the same names, built the same way from `support/packets.rs`). Cases
+//! the same names, built the same way from `support/packets.rs`) and
+//! `established_batched` (`established` in batches of 64 with the
+//! worker's prefetch pass before each). Cases
 //! and setup use only what older commits also have, so that the script
 //! can build this file at a base revision for an A/B.
 
@@ -38,6 +40,7 @@ fn main() {
         &[
             ("established", &|n| tracked(n, false)),
             ("reply", &|n| tracked(n, true)),
+            ("established_batched", &|n| batched(n)),
             ("new_flow_1", &|n| new_flows(n, 1)),
             ("new_flow_10000", &|n| new_flows(n, 10_000)),
         ],
@@ -62,6 +65,39 @@ fn tracked(packets: usize, replies: bool) {
         let f = &frames[i & 1023];
         scratch[..f.len()].copy_from_slice(f);
         black_box(p.process(&mut scratch, f.len(), 0, &ctx));
+    }
+}
+
+/// `packets` packets of the `established` case, 64 at a time as a worker
+/// takes them from an RX ring: each batch's prefetch pass
+/// (`Pipeline::prefetch`, `Pipeline::prefetch_flows`) first, then each
+/// frame processed.
+fn batched(packets: usize) {
+    const BATCH: usize = 64;
+    let net = net();
+    let one = table(1);
+    let ctx = BatchContext {
+        table: &one,
+        net: &net,
+        now: 1,
+    };
+    let mut p = pipeline(Arc::new(Conntrack::default()), 7);
+    let (forward, _) = tracked_flows(&mut p, &ctx, VIP);
+    let mut scratch = vec![vec![0u8; 2048]; BATCH];
+    let mut sent = 0;
+    while sent < packets {
+        let n = BATCH.min(packets - sent);
+        for (k, buf) in scratch[..n].iter_mut().enumerate() {
+            let f = &forward[(sent + k) & 1023];
+            buf[..f.len()].copy_from_slice(f);
+            p.prefetch(&buf[..f.len()]);
+        }
+        p.prefetch_flows();
+        for (k, buf) in scratch[..n].iter_mut().enumerate() {
+            let len = forward[(sent + k) & 1023].len();
+            black_box(p.process(buf, len, 0, &ctx));
+        }
+        sent += n;
     }
 }
 

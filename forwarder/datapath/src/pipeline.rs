@@ -315,6 +315,16 @@ impl<A: IpFamily> FlowCache<A> {
         ((a ^ b.wrapping_mul(0x85eb_ca6b)).wrapping_mul(0x9e37_79b9) >> 20) as usize
     }
 
+    /// Whether the slot of `key` holds it, fresh or not: a flow the
+    /// prefetch pass leaves alone, as its packet will most likely be
+    /// served from here.
+    #[inline]
+    fn holds(&self, key: &FlowKey<A>) -> bool {
+        self.slots
+            .get(Self::slot(key))
+            .is_some_and(|cached| cached.key == *key)
+    }
+
     /// A cached hit for `key`, if it is fresh this second.
     #[inline]
     fn get(&self, key: &FlowKey<A>, now: u32, removals: u64) -> Option<FlowHit<A>> {
@@ -412,7 +422,9 @@ impl Pipeline {
     /// [`Pipeline::prefetch_flows`] asks for the flow records those
     /// buckets point to, so that the lookups of the batch find both lines
     /// in cache instead of waiting for memory one packet after another.
-    /// Frames beyond [`PREFETCH_BATCH`] in one round are not prefetched.
+    /// Frames beyond [`PREFETCH_BATCH`] in one round are not prefetched,
+    /// nor flows the worker's flow cache holds (their packets are served
+    /// from it, without the table).
     #[inline]
     pub fn prefetch(&mut self, frame: &[u8]) {
         let Ok(parsed) = Frame::parse(frame, frame.len()) else {
@@ -426,6 +438,9 @@ impl Pipeline {
                 let Some(flow) = flow_of(&parsed) else {
                     return;
                 };
+                if self.v4.flows.holds(&flow.key) {
+                    return;
+                }
                 let hash = self.v4.conntrack.hash(&flow.key);
                 self.v4.conntrack.prefetch_index(hash);
                 (hash, false)
@@ -434,6 +449,9 @@ impl Pipeline {
                 let Some(flow) = <Ipv6Addr as PathFamily>::flow_of(&parsed) else {
                     return;
                 };
+                if self.v6.flows.holds(&flow.key) {
+                    return;
+                }
                 let hash = self.v6.conntrack.hash(&flow.key);
                 self.v6.conntrack.prefetch_index(hash);
                 (hash, true)
