@@ -7,10 +7,12 @@
 #
 # Usage: benches/icount.sh [--base REV] [--cases established,reply,...]
 #   --base REV   also count REV's packet path (built in a temporary git
-#                worktree with this checkout's benches/icount*.rs and
-#                benches/support/packets*.rs) and print the ratio
+#                worktree with this checkout's benches/icount*.rs,
+#                benches/support/packets*.rs and icount_cases.rs) and
+#                print the ratio
 #   --cases      which cases (default: established,reply,new_flow_1,
-#                new_flow_10000; the IPv6 ones are established_ipv6,
+#                new_flow_10000; also established_batched, as a worker
+#                runs it; the IPv6 ones are established_ipv6,
 #                reply_ipv6, new_flow_ipv6_1 and new_flow_ipv6_10000;
 #                new_flow_full_snat and new_flow_full_nosnat set new flows
 #                through a full 8,192-flow table with SNAT against without)
