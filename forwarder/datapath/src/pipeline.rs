@@ -393,8 +393,7 @@ enum Denied {
 impl Pipeline {
     pub fn new(conntrack: Arc<Conntrack>, counters: Arc<WorkerCounters>, rng: Rng) -> Self {
         // A small IPv6 table of its own until `with_conntrack6` gives the
-        // one the workers share. (The gateway does not steer IPv6 to its
-        // workers yet: its XDP program redirects IPv4 only.)
+        // one the workers share.
         let conntrack6 = Arc::new(Conntrack::new(ConntrackConfig {
             max_flows: 1024,
             ..ConntrackConfig::default()
