@@ -308,31 +308,41 @@ impl<A: IpFamily> FlowCache<A> {
         }
     }
 
+    /// The first of the two slots (ways) `key` may occupy.
     #[inline(always)]
-    fn slot(key: &FlowKey<A>) -> usize {
+    fn set(key: &FlowKey<A>) -> usize {
         let a = fold(key.src) ^ fold(key.dst).rotate_left(16);
         let b = (u32::from(key.src_port) << 16) | u32::from(key.dst_port);
-        ((a ^ b.wrapping_mul(0x85eb_ca6b)).wrapping_mul(0x9e37_79b9) >> 20) as usize
+        (((a ^ b.wrapping_mul(0x85eb_ca6b)).wrapping_mul(0x9e37_79b9) >> 20) & !1) as usize
     }
 
-    /// Whether the slot of `key` holds it, fresh or not: a flow the
-    /// prefetch pass leaves alone, as its packet will most likely be
-    /// served from here.
+    /// The cached entry of `key`, fresh or not.
+    #[inline(always)]
+    fn find(&self, key: &FlowKey<A>) -> Option<&CachedFlow<A>> {
+        let set = Self::set(key);
+        let ways = self.slots.get(set..set + 2)?;
+        ways.iter().find(|cached| cached.key == *key)
+    }
+
+    /// Whether the cache holds `key`, fresh or not: a flow the prefetch
+    /// pass leaves alone, as its packet will most likely be served from
+    /// here.
     #[inline]
     fn holds(&self, key: &FlowKey<A>) -> bool {
-        self.slots
-            .get(Self::slot(key))
-            .is_some_and(|cached| cached.key == *key)
+        self.find(key).is_some()
     }
 
     /// A cached hit for `key`, if it is fresh this second.
     #[inline]
     fn get(&self, key: &FlowKey<A>, now: u32, removals: u64) -> Option<FlowHit<A>> {
-        let cached = self.slots.get(Self::slot(key))?;
-        (cached.touched == now && cached.removals == removals && cached.key == *key)
-            .then_some(cached.hit)
+        let cached = self.find(key)?;
+        (cached.touched == now && cached.removals == removals).then_some(cached.hit)
     }
 
+    /// Caches `key`'s hit in the first way of its set; a fresh entry of
+    /// another key there moves to the second way (two-way sets, so that
+    /// two busy flows whose keys share a set do not evict each other on
+    /// every packet; the older of two evicted for a third).
     #[inline]
     fn put(&mut self, key: FlowKey<A>, hit: FlowHit<A>, now: u32, removals: u64) {
         if self.slots.is_empty() {
@@ -348,12 +358,23 @@ impl<A: IpFamily> FlowCache<A> {
             ]
             .into_boxed_slice();
         }
-        self.slots[Self::slot(&key)] = CachedFlow {
+        let set = Self::set(&key);
+        let entry = CachedFlow {
             key,
             hit,
             touched: now,
             removals,
         };
+        let Some([first, second]) = self.slots.get_mut(set..set + 2) else {
+            return;
+        };
+        // The first way holds the set's newest entry: a new key pushes a
+        // fresh first entry to the second way, over the older one there.
+        let fresh = |c: &CachedFlow<A>| c.touched == now && c.removals == removals;
+        if first.key != key && fresh(first) {
+            *second = *first;
+        }
+        *first = entry;
     }
 }
 

@@ -1713,3 +1713,73 @@ fn flows_count_their_packets_and_bytes_per_direction() {
     assert!(!plain.accounting());
     assert_eq!(plain.counts(hit.record), None, "off by default");
 }
+
+/// Two flows whose keys share a flow-cache set both stay cached (a
+/// direct-mapped cache would evict one on every packet of the other); a
+/// third evicts the one cached longest ago; a stale way is reused first.
+#[test]
+fn flow_cache_sets_hold_two_flows() {
+    let key = |port: u16| FlowKey {
+        src: Ipv4Addr::from(CLIENT),
+        dst: Ipv4Addr::from(VIP),
+        src_port: port,
+        dst_port: 8080,
+        protocol: Protocol::Tcp,
+    };
+    let hit = |port: u16| FlowHit {
+        direction: Direction::Forward,
+        nat_ip: Ipv4Addr::from(POD1),
+        nat_port: port,
+        state: FlowState::TcpEstablished,
+        affinity: false,
+        slot: NO_SLOT,
+        snat: None,
+        record: 1,
+    };
+    let set = FlowCache::<Ipv4Addr>::set(&key(1));
+    let same_set: Vec<u16> = (2..u16::MAX)
+        .filter(|&p| FlowCache::<Ipv4Addr>::set(&key(p)) == set)
+        .take(2)
+        .collect();
+    let (a, b, c) = (1, same_set[0], same_set[1]);
+    let mut cache = FlowCache::<Ipv4Addr>::new();
+    cache.put(key(a), hit(a), 7, 0);
+    cache.put(key(b), hit(b), 7, 0);
+    assert_eq!(
+        cache.get(&key(a), 7, 0).map(|h| h.nat_port),
+        Some(a),
+        "first flow cached"
+    );
+    assert_eq!(
+        cache.get(&key(b), 7, 0).map(|h| h.nat_port),
+        Some(b),
+        "second flow cached"
+    );
+    cache.put(key(c), hit(c), 7, 0);
+    assert_eq!(
+        cache.get(&key(c), 7, 0).map(|h| h.nat_port),
+        Some(c),
+        "third flow cached"
+    );
+    assert_eq!(
+        cache.get(&key(b), 7, 0).map(|h| h.nat_port),
+        Some(b),
+        "the newer of the two stays"
+    );
+    assert!(
+        cache.get(&key(a), 7, 0).is_none(),
+        "the older of the two made way"
+    );
+    // A second later every entry is stale: a new flow takes the first way
+    // without pushing a stale one on.
+    cache.put(key(a), hit(a), 8, 0);
+    assert_eq!(cache.get(&key(a), 8, 0).map(|h| h.nat_port), Some(a));
+    assert!(
+        cache.get(&key(c), 8, 0).is_none(),
+        "stale entries are not served"
+    );
+    assert!(
+        cache.holds(&key(a)) && cache.holds(&key(b)),
+        "holds sees both ways"
+    );
+}
