@@ -26,7 +26,7 @@ mod icount_cases;
 #[allow(dead_code)]
 mod packets;
 
-use packets::{client, frame, net, table, tracked_flows};
+use packets::{client, frame, net, new_flow_frame, process_copy, table, tracked_flows};
 
 /// The VIP of the measured Service (the last of `table(n)`'s).
 const VIP: [u8; 4] = [198, 19, 255, 254];
@@ -62,9 +62,7 @@ fn tracked(packets: usize, replies: bool) {
     let frames = if replies { &back } else { &forward };
     let mut scratch = vec![0u8; 2048];
     for i in 0..packets {
-        let f = &frames[i & 1023];
-        scratch[..f.len()].copy_from_slice(f);
-        black_box(p.process(&mut scratch, f.len(), 0, &ctx));
+        black_box(process_copy(&mut p, &ctx, frames, i, &mut scratch));
     }
 }
 
@@ -123,9 +121,7 @@ fn new_flows(packets: usize, services: usize) {
     let mut f = base.clone();
     let len = f.len();
     for i in 0..packets {
-        f.copy_from_slice(&base);
-        f[28..30].copy_from_slice(&(((i >> 16) as u16) | 0x100).to_be_bytes());
-        f[34..36].copy_from_slice(&(i as u16).to_be_bytes());
+        new_flow_frame(&mut f, &base, i);
         black_box(p.process(&mut f, len, 0, &ctx));
     }
 }

@@ -17,10 +17,15 @@ use cipgw_datapath::pipeline::{BatchContext, Pipeline};
 
 #[path = "support/icount_cases.rs"]
 mod icount_cases;
+#[path = "support/packets.rs"]
+// Shared with the criterion benches; this one uses part of it.
+#[allow(dead_code)]
+mod packets;
 #[path = "support/packets6.rs"]
 mod packets6;
 
-use packets6::{client6, frame6, net6, table6, tracked_flows6, SPORT, SRC, VIP6};
+use packets::process_copy;
+use packets6::{client6, frame6, net6, new_flow_frame6, table6, tracked_flows6, VIP6};
 
 /// Flows a new-flow table holds, as in `icount.rs`.
 const NEW_FLOW_TABLE: usize = 1 << 19;
@@ -61,9 +66,7 @@ fn tracked(packets: usize, replies: bool) {
     let frames = if replies { &back } else { &forward };
     let mut scratch = vec![0u8; 2048];
     for i in 0..packets {
-        let f = &frames[i & 1023];
-        scratch[..f.len()].copy_from_slice(f);
-        black_box(p.process(&mut scratch, f.len(), 0, &ctx));
+        black_box(process_copy(&mut p, &ctx, frames, i, &mut scratch));
     }
 }
 
@@ -89,9 +92,7 @@ fn new_flows(packets: usize, services: usize) {
     let mut f = base.clone();
     let len = f.len();
     for i in 0..packets {
-        f.copy_from_slice(&base);
-        f[SRC.end - 2..SRC.end].copy_from_slice(&(((i >> 16) as u16) | 0x100).to_be_bytes());
-        f[SPORT].copy_from_slice(&(i as u16).to_be_bytes());
+        new_flow_frame6(&mut f, &base, i);
         black_box(p.process(&mut f, len, 0, &ctx));
     }
 }

@@ -26,7 +26,7 @@ mod icount_cases;
 #[allow(dead_code)]
 mod packets;
 
-use packets::{client, frame, net, table};
+use packets::{client, frame, net, new_flow_frame, table};
 
 /// The VIP of the measured Service (the last of `table(n)`'s).
 const VIP: [u8; 4] = [198, 19, 255, 254];
@@ -73,9 +73,7 @@ fn new_flows(packets: usize, snat: bool) {
     let mut f = base.clone();
     let len = f.len();
     for i in 0..packets {
-        f.copy_from_slice(&base);
-        f[28..30].copy_from_slice(&(((i >> 16) as u16) | 0x100).to_be_bytes());
-        f[34..36].copy_from_slice(&(i as u16).to_be_bytes());
+        new_flow_frame(&mut f, &base, i);
         black_box(p.process(&mut f, len, 0, &ctx));
     }
 }

@@ -35,8 +35,8 @@ mod packets;
 #[path = "support/packets6.rs"]
 mod packets6;
 
-use packets::{client, frame, net, table, tracked_flows};
-use packets6::{client6, frame6, net6, table6, tracked_flows6, SPORT, SRC, VIP6};
+use packets::{client, frame, net, new_flow_frame, process_copy, table, tracked_flows};
+use packets6::{client6, frame6, net6, new_flow_frame6, table6, tracked_flows6, VIP6};
 
 /// The IPv4 VIP of the measured Service (the last of `table(n)`'s).
 const VIP: [u8; 4] = [198, 19, 255, 254];
@@ -187,9 +187,7 @@ fn timed_frames(mut p: Pipeline, ctx: BatchContext<'static>, frames: Vec<Vec<u8>
     Box::new(move || {
         let start = Instant::now();
         for i in 0..PACKETS {
-            let f = &frames[i & 1023];
-            scratch[..f.len()].copy_from_slice(f);
-            black_box(p.process(&mut scratch, f.len(), 0, &ctx));
+            black_box(process_copy(&mut p, &ctx, &frames, i, &mut scratch));
         }
         start.elapsed()
     })
@@ -239,9 +237,7 @@ fn new_flows4(max_flows: usize, snat: bool) -> Side {
             let len = f.len();
             let start = Instant::now();
             for _ in 0..n {
-                f.copy_from_slice(&base);
-                f[28..30].copy_from_slice(&(((next >> 16) as u16) | 0x100).to_be_bytes());
-                f[34..36].copy_from_slice(&(next as u16).to_be_bytes());
+                new_flow_frame(&mut f, &base, next);
                 black_box(p.process(&mut f, len, 0, &ctx));
                 next += 1;
             }
@@ -273,10 +269,7 @@ fn new_flows6() -> Side {
             let len = f.len();
             let start = Instant::now();
             for _ in 0..n {
-                f.copy_from_slice(&base);
-                f[SRC.end - 2..SRC.end]
-                    .copy_from_slice(&(((next >> 16) as u16) | 0x100).to_be_bytes());
-                f[SPORT].copy_from_slice(&(next as u16).to_be_bytes());
+                new_flow_frame6(&mut f, &base, next);
                 black_box(p.process(&mut f, len, 0, &ctx));
                 next += 1;
             }

@@ -38,7 +38,7 @@ use cipgw_datapath::table::CompiledTable;
 #[allow(dead_code)]
 mod packets;
 
-use packets::{client, frame, maglev_table, net, table};
+use packets::{client, frame, maglev_table, net, new_flow_frame, table};
 
 #[path = "support/services.rs"]
 mod services;
@@ -72,9 +72,7 @@ fn chunk(table: &CompiledTable, net: &NetSnapshot, first: usize) -> Duration {
     let len = f.len();
     let start = thread_cpu_time();
     for i in first..first + CHUNK {
-        f.copy_from_slice(&base);
-        f[28..30].copy_from_slice(&(((i >> 16) as u16) | 0x100).to_be_bytes());
-        f[34..36].copy_from_slice(&(i as u16).to_be_bytes());
+        new_flow_frame(&mut f, &base, i);
         black_box(p.process(&mut f, len, 0, &ctx));
     }
     thread_cpu_time() - start

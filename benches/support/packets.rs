@@ -77,6 +77,33 @@ pub fn frame(src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Vec<u8> {
     .udp(src.1, dst.1, &[0u8; 18])
 }
 
+/// Frame `i` of a new-flow run: `base` (a client's frame to the VIP)
+/// with the client address's last two bytes and the source port made
+/// distinct per `i` (the UDP checksum left stale: the pipeline does not
+/// verify it), written over `f`.
+#[inline(always)]
+pub fn new_flow_frame(f: &mut [u8], base: &[u8], i: usize) {
+    f.copy_from_slice(base);
+    f[28..30].copy_from_slice(&(((i >> 16) as u16) | 0x100).to_be_bytes());
+    f[34..36].copy_from_slice(&(i as u16).to_be_bytes());
+}
+
+/// Packet `i` of a tracked case: frame `i` of `frames` (1,024 of them,
+/// taken in turn) copied into `scratch`, as a worker's buffer, and run
+/// through `p`.
+#[inline(always)]
+pub fn process_copy(
+    p: &mut Pipeline,
+    ctx: &BatchContext<'_>,
+    frames: &[Vec<u8>],
+    i: usize,
+    scratch: &mut [u8],
+) -> Verdict {
+    let f = &frames[i & 1023];
+    scratch[..f.len()].copy_from_slice(f);
+    p.process(scratch, f.len(), 0, ctx)
+}
+
 pub fn client(i: usize) -> [u8; 4] {
     [198, 18, 0, 2 + (i % 250) as u8]
 }

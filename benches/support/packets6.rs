@@ -82,6 +82,16 @@ pub const SRC: std::ops::Range<usize> = 22..38;
 pub const DST: std::ops::Range<usize> = 38..54;
 pub const SPORT: std::ops::Range<usize> = 54..56;
 
+/// Frame `i` of an IPv6 new-flow run, as `packets::new_flow_frame`:
+/// the client address's last two bytes and the source port distinct per
+/// `i`.
+#[inline(always)]
+pub fn new_flow_frame6(f: &mut [u8], base: &[u8], i: usize) {
+    f.copy_from_slice(base);
+    f[SRC.end - 2..SRC.end].copy_from_slice(&(((i >> 16) as u16) | 0x100).to_be_bytes());
+    f[SPORT].copy_from_slice(&(i as u16).to_be_bytes());
+}
+
 /// 1,024 live, replied flows from `client6(i)`:20000+i to [`VIP6`]:8080,
 /// tracked by `p` (whose IPv6 table takes them): their client-to-Pod
 /// frames and their Pod-to-client replies, as `packets::tracked_flows`.
