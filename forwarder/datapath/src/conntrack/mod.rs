@@ -495,9 +495,7 @@ impl<T> ZeroedSlice<T> {
             len,
         }
     }
-}
 
-impl<T> ZeroedSlice<T> {
     /// Has the kernel back every page now, contents unchanged
     /// (MADV_POPULATE_WRITE, Linux 5.14).
     fn populate(&self) -> std::io::Result<()> {

@@ -334,6 +334,23 @@ mod tests {
         );
     }
 
+    /// `upper_layer`'s shortcut and the walk agree on every next header:
+    /// the shortcut takes exactly the protocols the walk would stop at
+    /// without stepping.
+    #[test]
+    fn the_shortcut_and_the_walk_agree_on_every_next_header() {
+        for first in 0..=u8::MAX {
+            // Room for any one extension header, all zeros.
+            let bytes = packet(first, &[0; 16]);
+            let ip = Ipv6Packet::new_checked(&bytes[..]).expect("a valid fixed header");
+            assert_eq!(
+                ip.upper_layer(),
+                walk(&bytes[..ip.total_len()], first),
+                "next header {first}"
+            );
+        }
+    }
+
     #[test]
     fn rejects_bad_versions_and_lengths() {
         let bytes = packet(ip_number::UDP, &[]);
