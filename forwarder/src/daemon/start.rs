@@ -577,8 +577,9 @@ fn prepare_sockets(
                 core,
                 umem_mib,
                 "--umem-huge-pages on, but too few huge pages are free: the worker's \
-                 UMEM is on 4 KiB pages (reserve umem_mib / 2 more in \
-                 /proc/sys/vm/nr_hugepages)"
+                 UMEM is on 4 KiB pages (it needs {} free 2 MiB pages; see \
+                 /proc/sys/vm/nr_hugepages)",
+                umem_mib.div_ceil(2)
             ),
             (false, _) => {}
         }
