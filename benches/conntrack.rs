@@ -448,6 +448,58 @@ fn syn_flood(c: &mut Criterion, name: &str, config: ConntrackConfig, keys: &[Flo
     assert_eq!(bg_misses, 0, "an established flow was evicted");
 }
 
+/// Two flooding threads at once, on cores 0 and 1, each inserting its
+/// own fresh flows as `new_flows` does, into one table holding the 1 M
+/// established flows: what new flows cost per core when two workers of
+/// a multi-queue NIC take them together (they share the table's
+/// eviction queue, counters and free records). The figure is per core:
+/// each thread does the iterations; the time is the slower thread's.
+fn syn_flood_2_threads(c: &mut Criterion, name: &str, config: ConntrackConfig) {
+    let ct = established(config);
+    // Each thread's fresh flow numbers: the second from the middle of the
+    // range above FRESH.
+    let mut next = [FRESH, FRESH + (1 << 30)];
+    let mut refused = 0u64;
+    let mut group = c.benchmark_group("syn_flood");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(5));
+    group.warm_up_time(Duration::from_secs(2));
+    group.bench_function(format!("1M_flows/{name}_2_threads"), |b| {
+        b.iter_custom(|iters| {
+            let barrier = Barrier::new(2);
+            let flood = |core: usize, next: &mut u32| {
+                pin(core);
+                barrier.wait();
+                let start = CpuClock::now();
+                let (mut left, mut refused) = (iters, 0);
+                while left > 0 {
+                    let n = (left as usize).min(BATCH);
+                    refused += new_flows(&ct, *next, n);
+                    *next = next.checked_add(n as u32).expect("fresh flow numbers left");
+                    left -= n as u64;
+                }
+                (start.elapsed(), refused)
+            };
+            let [next0, next1] = &mut next;
+            let (mine, theirs) = thread::scope(|s| {
+                let other = s.spawn(|| flood(1, next1));
+                let mine = flood(0, next0);
+                (mine, other.join().expect("flood thread"))
+            });
+            pin(0);
+            refused += mine.1 + theirs.1;
+            mine.0.max(theirs.0)
+        })
+    });
+    group.finish();
+    let s = ct.summary();
+    println!(
+        "syn_flood/1M_flows/{name}_2_threads: {refused} refused; table now {} flows ({} unreplied, max {})",
+        s.flows, s.unreplied, s.max_flows,
+    );
+}
+
 fn bench(c: &mut Criterion) {
     pin(0);
     memory_per_flow();
@@ -560,6 +612,16 @@ fn bench(c: &mut Criterion) {
         &keys1,
     );
     syn_flood(c, "full", ConntrackConfig::default(), &keys1);
+    syn_flood_2_threads(
+        c,
+        "guard",
+        ConntrackConfig {
+            max_flows: 1 << 21,
+            unreplied_percent: 10,
+            ..ConntrackConfig::default()
+        },
+    );
+    syn_flood_2_threads(c, "full", ConntrackConfig::default());
 }
 
 criterion_group!(benches, bench);

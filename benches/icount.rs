@@ -8,7 +8,9 @@
 //! `new_flow_1`, `new_flow_10000` (the criterion `packet_path` cases of
 //! the same names, built the same way from `support/packets.rs`) and
 //! `established_batched` (`established` in batches of 64 with the
-//! worker's prefetch pass before each). Cases
+//! worker's prefetch pass before each) and `established_spread` (as
+//! `packet_path`'s `established_1M`, over 2^18 flows: batched, and
+//! nearly every packet a miss of the worker's flow cache). Cases
 //! and setup use only what older commits also have, so that the script
 //! can build this file at a base revision for an A/B.
 
@@ -41,6 +43,7 @@ fn main() {
             ("established", &|n| tracked(n, false)),
             ("reply", &|n| tracked(n, true)),
             ("established_batched", &|n| batched(n)),
+            ("established_spread", &|n| spread(n)),
             ("new_flow_1", &|n| new_flows(n, 1)),
             ("new_flow_10000", &|n| new_flows(n, 10_000)),
         ],
@@ -93,6 +96,72 @@ fn batched(packets: usize) {
         p.prefetch_flows();
         for (k, buf) in scratch[..n].iter_mut().enumerate() {
             let len = forward[(sent + k) & 1023].len();
+            black_box(p.process(buf, len, 0, &ctx));
+        }
+        sent += n;
+    }
+}
+
+/// Flows of `established_spread`.
+const SPREAD_FLOWS: usize = 1 << 18;
+
+/// `packets` packets over [`SPREAD_FLOWS`] live, replied flows, packet
+/// `k` of flow `k * 0x9e3779b9 mod 2^18` (as `packet_path`'s
+/// `established_1M`), 64 at a time with the worker's prefetch pass.
+fn spread(packets: usize) {
+    const BATCH: usize = 64;
+    let pods = [
+        cipgw_datapath::harness::addr::POD1,
+        cipgw_datapath::harness::addr::POD2,
+        cipgw_datapath::harness::addr::POD3,
+    ];
+    let net = cipgw_datapath::harness::Net::two_arm()
+        .route(
+            [198, 18, 1, 0],
+            24,
+            cipgw_datapath::harness::CLIENT_IFINDEX,
+            None,
+        )
+        .resolved(cipgw_datapath::harness::POD_IFINDEX, pods)
+        .resolved(
+            cipgw_datapath::harness::CLIENT_IFINDEX,
+            (0..4).map(|x| [198, 18, 1, x]),
+        )
+        .build();
+    let one = table(1);
+    let ctx = BatchContext {
+        table: &one,
+        net: &net,
+        now: 1,
+    };
+    let mut p = pipeline(
+        Arc::new(Conntrack::new(ConntrackConfig {
+            max_flows: 2 * SPREAD_FLOWS,
+            ..ConntrackConfig::default()
+        })),
+        7,
+    );
+    let base = frame((client(0), 1), (VIP, 8080));
+    let len = base.len();
+    let mut f = base.clone();
+    for i in 0..SPREAD_FLOWS {
+        new_flow_frame(&mut f, &base, i);
+        p.process(&mut f, len, 0, &ctx);
+        let pod = [f[30], f[31], f[32], f[33]];
+        let mut r = frame((pod, 5678), ([198, 18, 1, (i >> 16) as u8], i as u16));
+        p.process(&mut r, len, 1, &ctx);
+    }
+    let mut scratch = vec![vec![0u8; 2048]; BATCH];
+    let mut sent = 0;
+    while sent < packets {
+        let n = BATCH.min(packets - sent);
+        for (k, buf) in scratch[..n].iter_mut().enumerate() {
+            let flow = (sent + k).wrapping_mul(0x9e37_79b9) & (SPREAD_FLOWS - 1);
+            new_flow_frame(&mut buf[..len], &base, flow);
+            p.prefetch(&buf[..len]);
+        }
+        p.prefetch_flows();
+        for buf in &mut scratch[..n] {
             black_box(p.process(buf, len, 0, &ctx));
         }
         sent += n;

@@ -42,6 +42,18 @@
 //!   15%); `new_flow_chunked_ipv6/{1,10000}_services` likewise against
 //!   `new_flow_chunked`.
 //!
+//! - `established_1M/{ipv4,ipv6}` and `reply_1M/{ipv4,ipv6}`: issue 15's
+//!   scale, one core and 1,048,576 live, replied flows (one Service; the
+//!   clients 198.18.1.0-15 or 2001:2::100-10f, 65,536 ports each), their
+//!   packets in an order that visits every flow once per 2^20 packets,
+//!   spread over the whole table (flow `k * SPREAD mod 2^20` for packet
+//!   `k`), so nearly every packet misses the worker's flow cache and the
+//!   CPU's caches. Batched as a worker runs an RX batch of 64: each
+//!   frame written into its buffer and prefetched (`Pipeline::prefetch`),
+//!   `Pipeline::prefetch_flows`, then each frame processed.
+//!   `frames_only_1M/{ipv4,ipv6}` is the harness's own share: the same
+//!   frames written, nothing processed;
+//!
 //! Run: `cargo bench -p cipgw-datapath --bench packet_path`.
 
 use std::hint::black_box;
@@ -52,7 +64,7 @@ use std::time::{Duration, Instant};
 use cipgw_datapath::conntrack::snat::SnatConfig;
 use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig};
 use cipgw_datapath::family::IpFamily;
-use cipgw_datapath::harness::pipeline;
+use cipgw_datapath::harness::{addr, addr6, pipeline, Net, CLIENT_IFINDEX, POD_IFINDEX};
 use cipgw_datapath::pipeline::{BatchContext, Pipeline, Verdict};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -64,7 +76,9 @@ mod packets6;
 use packets::{
     client, frame, maglev_table, net, new_flow_frame, process_copy, table, tracked_flows,
 };
-use packets6::{client6, frame6, net6, new_flow_frame6, table6, tracked_flows6, SPORT, SRC, VIP6};
+use packets6::{
+    client6, frame6, net6, new_flow_frame6, table6, tracked_flows6, DST, SPORT, SRC, VIP6,
+};
 
 fn bench(c: &mut Criterion) {
     let net = net();
@@ -391,5 +405,224 @@ fn bench_ipv6(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, bench_ipv6, bench_snat);
+/// Flows of the 1 M-flow cases: a power of two, so that [`SPREAD`]
+/// permutes them.
+const MILLION: usize = 1 << 20;
+/// An odd multiplier (the golden ratio's, as Fibonacci hashing takes):
+/// packet `k` belongs to flow `k * SPREAD mod 2^20`, so consecutive
+/// packets land far apart in the table and every flow comes once per
+/// 2^20 packets.
+const SPREAD: usize = 0x9e37_79b9;
+/// Frames per batch, as a worker's default `--rx-batch`.
+const RX_BATCH: usize = 64;
+
+/// How one family's 1 M-flow frames are written: flow `i`'s frame from
+/// its client to the VIP, and its Pod's reply back.
+struct MillionFrames {
+    family: &'static str,
+    /// A client's frame to the VIP.
+    base: Vec<u8>,
+    /// Each Pod's frame to a client (the client's last two address bytes
+    /// and its port still to write).
+    replies: Vec<Vec<u8>>,
+    /// Writes flow `i`'s forward frame from `base` (`new_flow_frame` or
+    /// `new_flow_frame6`).
+    forward: fn(&mut [u8], &[u8], usize),
+    /// Where a reply's destination address ends and its port begins.
+    client_end: usize,
+    client_port: usize,
+    /// Where a rewritten forward frame's destination (its Pod) is.
+    pod: std::ops::Range<usize>,
+}
+
+impl MillionFrames {
+    fn write_forward(&self, f: &mut [u8], i: usize) {
+        (self.forward)(f, &self.base, i)
+    }
+
+    /// Flow `i`'s reply from Pod `pod`, to the client and port
+    /// `write_forward` gave it.
+    fn write_reply(&self, f: &mut [u8], pod: u8, i: usize) {
+        f.copy_from_slice(&self.replies[usize::from(pod)]);
+        f[self.client_end - 2..self.client_end]
+            .copy_from_slice(&(((i >> 16) as u16) | 0x100).to_be_bytes());
+        f[self.client_port..self.client_port + 2].copy_from_slice(&(i as u16).to_be_bytes());
+    }
+
+    fn pod_of(&self, f: &[u8]) -> u8 {
+        let pod = &f[self.pod.clone()];
+        self.replies
+            .iter()
+            .position(|r| r[self.pod.start - self.pod.len()..self.pod.start] == *pod)
+            .expect("forwarded to one of the Pods") as u8
+    }
+}
+
+/// Tracks [`MILLION`] flows in `p` (each flow's forward frame and its
+/// Pod's reply), then benches the family's 1 M-flow cases.
+fn million(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    frames: &MillionFrames,
+    mut p: Pipeline,
+    ctx: &BatchContext<'_>,
+) {
+    let len = frames.base.len();
+    let mut pods = vec![0u8; MILLION];
+    let mut buf = frames.base.clone();
+    for (i, pod) in pods.iter_mut().enumerate() {
+        frames.write_forward(&mut buf, i);
+        let verdict = p.process(&mut buf, len, 0, ctx);
+        assert!(
+            matches!(verdict, Verdict::Forward { .. }),
+            "{} flow {i} forwarded, not {verdict:?}",
+            frames.family
+        );
+        *pod = frames.pod_of(&buf);
+        frames.write_reply(&mut buf, *pod, i);
+        let verdict = p.process(&mut buf, len, 1, ctx);
+        assert!(
+            matches!(verdict, Verdict::Forward { .. }),
+            "{} flow {i}'s reply forwarded, not {verdict:?}",
+            frames.family
+        );
+    }
+
+    let mut bufs = vec![vec![0u8; 2048]; RX_BATCH];
+    let mut cursor = 0usize;
+    group.bench_function(format!("frames_only_1M/{}", frames.family), |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for_batches(iters, &mut cursor, |flows| {
+                for (buf, &flow) in bufs.iter_mut().zip(flows) {
+                    frames.write_forward(&mut buf[..len], flow);
+                }
+                black_box(&bufs);
+            });
+            start.elapsed()
+        })
+    });
+    let forward = |f: &mut [u8], i: usize| frames.write_forward(f, i);
+    let reply = |f: &mut [u8], i: usize| frames.write_reply(f, pods[i], i);
+    for (case, write, queue) in [
+        ("established_1M", &forward as &dyn Fn(&mut [u8], usize), 0),
+        ("reply_1M", &reply, 1),
+    ] {
+        group.bench_function(format!("{case}/{}", frames.family), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for_batches(iters, &mut cursor, |flows| {
+                    for (buf, &flow) in bufs.iter_mut().zip(flows) {
+                        write(&mut buf[..len], flow);
+                        p.prefetch(&buf[..len]);
+                    }
+                    p.prefetch_flows();
+                    for buf in &mut bufs[..flows.len()] {
+                        black_box(p.process(buf, len, queue, ctx));
+                    }
+                });
+                start.elapsed()
+            })
+        });
+    }
+}
+
+/// Runs `batch` over `iters` packets' flows, [`RX_BATCH`] at a time,
+/// from packet `*cursor` on.
+#[inline(always)]
+fn for_batches(iters: u64, cursor: &mut usize, mut batch: impl FnMut(&[usize])) {
+    let mut flows = [0usize; RX_BATCH];
+    let mut left = iters as usize;
+    while left > 0 {
+        let n = left.min(RX_BATCH);
+        for (k, flow) in flows[..n].iter_mut().enumerate() {
+            *flow = (*cursor + k).wrapping_mul(SPREAD) & (MILLION - 1);
+        }
+        batch(&flows[..n]);
+        *cursor += n;
+        left -= n;
+    }
+}
+
+/// A table for the 1 M-flow cases: room for all of them.
+fn million_table<A: IpFamily>() -> Conntrack<A> {
+    Conntrack::new(ConntrackConfig {
+        max_flows: 2 * MILLION,
+        ..ConntrackConfig::default()
+    })
+}
+
+/// Issue 15's scale: 1 M live flows on one core, IPv4 and IPv6.
+fn bench_million(c: &mut Criterion) {
+    let mut group = c.benchmark_group("packet_path");
+    group.throughput(Throughput::Elements(1));
+    group.measurement_time(Duration::from_secs(5));
+
+    // IPv4: `new_flow_frame` gives flow i the client 198.18.1.(i >> 16).
+    let pods4 = [addr::POD1, addr::POD2, addr::POD3];
+    let net = Net::two_arm()
+        .route([198, 18, 1, 0], 24, CLIENT_IFINDEX, None)
+        .resolved(POD_IFINDEX, pods4)
+        .resolved(CLIENT_IFINDEX, (0..16).map(|x| [198, 18, 1, x]))
+        .build();
+    let one = table(1);
+    let frames = MillionFrames {
+        family: "ipv4",
+        base: frame((client(0), 1), ([198, 19, 255, 254], 8080)),
+        replies: pods4
+            .iter()
+            .map(|&pod| frame((pod, 5678), ([198, 18, 1, 0], 1)))
+            .collect(),
+        forward: new_flow_frame,
+        client_end: 34,
+        client_port: 36,
+        pod: 30..34,
+    };
+    let ctx = BatchContext {
+        table: &one,
+        net: &net,
+        now: 1,
+    };
+    million(
+        &mut group,
+        &frames,
+        pipeline(Arc::new(million_table()), 7),
+        &ctx,
+    );
+
+    // IPv6: `new_flow_frame6` gives flow i the client 2001:2::1xx.
+    let pods6 = [addr6::POD1, addr6::POD2, addr6::POD3];
+    let client6_of = |x: u8| {
+        let mut a = addr6::lab(0, 0);
+        a[14] = 1;
+        a[15] = x;
+        a
+    };
+    let net = Net::two_arm()
+        .ipv6_arms()
+        .resolved6(POD_IFINDEX, pods6)
+        .resolved6(CLIENT_IFINDEX, (0..16).map(client6_of))
+        .build();
+    let one = table6(1);
+    let frames = MillionFrames {
+        family: "ipv6",
+        base: frame6((client6(0), 1), (VIP6, 8080)),
+        replies: pods6
+            .iter()
+            .map(|&pod| frame6((pod, 5678), (client6_of(0), 1)))
+            .collect(),
+        forward: new_flow_frame6,
+        client_end: DST.end,
+        client_port: SPORT.end,
+        pod: DST,
+    };
+    let ctx = BatchContext {
+        table: &one,
+        net: &net,
+        now: 1,
+    };
+    million(&mut group, &frames, pipeline6(million_table(), 7), &ctx);
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_ipv6, bench_snat, bench_million);
 criterion_main!(benches);
