@@ -448,6 +448,94 @@ fn prefetching_a_batch_changes_no_verdict_or_byte() {
     batched.pipeline.prefetch_flows();
 }
 
+/// Frames of every shape the prefetch pass meets, for
+/// `peeked_keys_are_the_parsed_ones`: TCP and UDP over both families
+/// (which it must read), and what it must leave to the full parse.
+fn peek_cases() -> Vec<Vec<u8>> {
+    let v4 = Frame {
+        src_mac: CLIENT_MAC,
+        dst_mac: GW_CLIENT_MAC,
+        src: CLIENT,
+        dst: VIP,
+        ttl: 64,
+    };
+    let v6 = crate::harness::Frame6 {
+        src_mac: CLIENT_MAC,
+        dst_mac: GW_CLIENT_MAC,
+        src: crate::harness::addr6::lab(0, 2),
+        dst: crate::harness::addr6::lab(100, 10),
+        hop_limit: 64,
+    };
+    let mut fragment = v4.udp(40000, 8080, &[7; 40]);
+    fragment[14 + 6] = 0x20; // More Fragments
+    let mut options = v4.tcp(40000, 8080, Segment::default());
+    options[14] = 0x46; // a 24-byte header: the ports are not at 34
+    let mut vlan = v4.udp(40000, 8080, &[1; 8]);
+    vlan[12..14].copy_from_slice(&0x8100u16.to_be_bytes());
+    vec![
+        v4.tcp(40000, 8080, Segment::default()),
+        v4.udp(40001, 53, &[1; 18]),
+        v6.tcp(40002, 8080, Segment::default()),
+        v6.udp(40003, 8080, &[1; 18]),
+        fragment,
+        options,
+        vlan,
+        client_syn(40004, VIP, 8080)[..30].to_vec(),
+    ]
+}
+
+/// The prefetch pass reads the flow key straight off a frame's bytes;
+/// whatever it reads of a frame that the full parse takes as a TCP or UDP
+/// flow is that flow's key, however the frame's bytes are changed, and
+/// it reads the common frames (TCP and UDP, no options, not fragments).
+#[test]
+fn peeked_keys_are_the_parsed_ones() {
+    use proptest::prelude::*;
+    let cases = peek_cases();
+    for (i, frame) in cases[..4].iter().enumerate() {
+        assert!(
+            peek_key4(frame).is_some() || peek_key6(frame).is_some(),
+            "common frame {i} is read"
+        );
+    }
+    for (i, frame) in cases[4..].iter().enumerate() {
+        assert!(
+            peek_key4(frame).is_none() && peek_key6(frame).is_none(),
+            "frame {} is left to the full parse",
+            i + 4
+        );
+    }
+    let agree = |frame: &[u8]| {
+        let parsed = crate::wire::frame::Frame::parse(frame, frame.len()).ok();
+        let flow4 = parsed.as_ref().and_then(flow_of).map(|f| f.key);
+        let flow6 = parsed
+            .as_ref()
+            .and_then(<Ipv6Addr as PathFamily>::flow_of)
+            .map(|f| f.key);
+        if let (Some(peeked), Some(parsed)) = (peek_key4(frame), parsed.as_ref()) {
+            prop_assert_eq!(Some(peeked), flow4, "IPv4 {:?}", parsed.l4());
+        }
+        if let (Some(peeked), Some(parsed)) = (peek_key6(frame), parsed.as_ref()) {
+            prop_assert_eq!(Some(peeked), flow6, "IPv6 {:?}", parsed.l4());
+        }
+        Ok(())
+    };
+    proptest!(ProptestConfig::with_cases(2000), |(
+        case in 0..cases.len(),
+        changes in proptest::collection::vec((0usize..80, any::<u8>()), 0..4),
+        cut in proptest::option::of(1usize..8),
+    )| {
+        let mut frame = cases[case].clone();
+        for (at, byte) in changes {
+            if let Some(b) = frame.get_mut(at) {
+                *b = byte;
+            }
+        }
+        frame.truncate(frame.len().saturating_sub(cut.unwrap_or(0)));
+        agree(&frame)?;
+    });
+}
+
 #[test]
 fn zero_udp_checksum_stays_zero() {
     let mut h = Harness::new();
