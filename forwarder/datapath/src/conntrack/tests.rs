@@ -67,6 +67,30 @@ fn populating_a_live_table_keeps_its_flows() {
     assert_eq!(ct.entries(), 4, "two flows, two keys each");
 }
 
+/// A prefetch asks for every line of what it fetches: an IPv6 record's
+/// two (its life word, which a read loads first, is in the second), an
+/// IPv4 record's or a bucket's one.
+#[test]
+fn prefetches_cover_every_line_of_a_record() {
+    let lines = |start: usize, record: fn(usize, &mut Vec<usize>)| {
+        let mut lines = Vec::new();
+        record(start, &mut lines);
+        lines.iter().map(|at| at / 64).collect::<Vec<_>>()
+    };
+    let v6: fn(usize, &mut Vec<usize>) =
+        |start, out| for_each_line::<slab::Record<Ipv6Addr>>(start, |at| out.push(at));
+    let v4: fn(usize, &mut Vec<usize>) =
+        |start, out| for_each_line::<slab::Record<Ipv4Addr>>(start, |at| out.push(at));
+    assert_eq!(std::mem::size_of::<slab::Record<Ipv6Addr>>(), 96);
+    // IPv6 records start at 0 or 32 within a line; both span two.
+    assert_eq!(lines(64 * 10, v6), [10, 11]);
+    assert_eq!(lines(64 * 10 + 32, v6), [10, 11]);
+    assert_eq!(lines(64 * 10 + 32, v4), [10]);
+    let mut buckets = Vec::new();
+    for_each_line::<[u64; 8]>(64 * 3, |at| buckets.push(at));
+    assert_eq!(buckets, [64 * 3], "a bucket is one line");
+}
+
 #[test]
 fn first_backend_wins_a_race() {
     let ct = Conntrack::default();
