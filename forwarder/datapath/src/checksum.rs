@@ -19,25 +19,24 @@ fn add_words(mut acc: u32, bytes: &[u8]) -> u32 {
     acc
 }
 
-/// Folds carries into 16 bits.
+/// Folds carries into 16 bits: the two halves added with their carry
+/// brought back in at the bottom (which cannot carry again), so the value
+/// stays the same modulo 0xffff and a non-zero value stays non-zero, as
+/// the one's-complement sum needs. Branch-free: the loop it replaced took
+/// a compare and a branch per step.
 #[inline(always)]
-fn fold(mut acc: u32) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    // The loop leaves at most 16 significant bits.
-    acc as u16
+fn fold(acc: u32) -> u16 {
+    let (sum, carry) = (acc as u16).overflowing_add((acc >> 16) as u16);
+    sum + u16::from(carry)
 }
 
-/// Folds a delta's carries into 16 bits. Each step keeps the value
-/// modulo 0xffff and a non-zero value non-zero, as [`fold`] does.
+/// Folds a delta's carries into 16 bits, through 32 as [`fold`] does
+/// (0xffff divides 0xffff_ffff, so each step keeps the value modulo
+/// 0xffff).
 #[inline(always)]
-fn fold64(mut acc: u64) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    // The loop leaves at most 16 significant bits.
-    acc as u16
+fn fold64(acc: u64) -> u16 {
+    let (sum, carry) = (acc as u32).overflowing_add((acc >> 32) as u32);
+    fold(sum + u32::from(carry))
 }
 
 /// The Internet checksum of `data` (RFC 1071).
@@ -202,7 +201,43 @@ mod tests {
         }
     }
 
+    /// RFC 1071's fold: add the carries back in until none is left.
+    fn fold_by_steps(mut acc: u64) -> u16 {
+        while acc > 0xffff {
+            acc = (acc & 0xffff) + (acc >> 16);
+        }
+        acc as u16
+    }
+
+    /// The branch-free folds give what folding step by step gives, at the
+    /// corners (0, all ones, a lone carry) too.
+    #[test]
+    fn folds_equal_folding_step_by_step() {
+        for acc in [
+            0u64,
+            1,
+            0xfffe,
+            0xffff,
+            0x1_0000,
+            0x1_fffe,
+            0xffff_ffff,
+            0x1_0000_0000,
+        ] {
+            assert_eq!(fold64(acc), fold_by_steps(acc), "{acc:#x}");
+            if let Ok(acc32) = u32::try_from(acc) {
+                assert_eq!(fold(acc32), fold_by_steps(acc), "{acc:#x}");
+            }
+        }
+        assert_eq!(fold64(u64::MAX), fold_by_steps(u64::MAX));
+    }
+
     proptest! {
+        #[test]
+        fn folds_equal_folding_step_by_step_anywhere(acc in any::<u64>()) {
+            prop_assert_eq!(fold64(acc), fold_by_steps(acc));
+            prop_assert_eq!(fold(acc as u32), fold_by_steps(u64::from(acc as u32)));
+        }
+
         /// Address deltas as 32-bit words equal word-by-word deltas.
         #[test]
         fn address_delta_words(old in any::<[u8; 16]>(), new in any::<[u8; 16]>(), checksum in any::<u16>()) {
