@@ -7,7 +7,12 @@
 //! - `memory`: not timed by criterion; RSS (from /proc/self/statm) before
 //!   building a default-sized table (max 1,048,576 flows) and after
 //!   inserting 1 M flows (both directions), divided by the flows; printed
-//!   raw and after `malloc_trim` returned freed memory to the kernel;
+//!   raw and after `malloc_trim` returned freed memory to the kernel, for
+//!   an IPv4 and an IPv6 table;
+//! - `syn_flood/1M_flows/{guard,full}_2_threads`: the two flood cases
+//!   below with both cores flooding at once (their own fresh flows, one
+//!   table), the per-core figure of what a multi-queue gateway's workers
+//!   share when new flows come on every queue;
 //! - `lookup_established/1M_flows/1_thread`: lookup hits in a random order
 //!   over both directions of 1 M flows, on core 0, batched as a worker
 //!   does them for an RX batch of 32 (hash all, `prefetch_index` all,
@@ -168,7 +173,13 @@ fn table(config: ConntrackConfig) -> Conntrack {
 /// connection: SYN, SYN-ACK, and the client's ACK that assures it (a flow
 /// a full table never evicts).
 fn established(config: ConntrackConfig) -> Conntrack {
-    let ct = table(config);
+    established_for(config, 1)
+}
+
+/// [`established`] for `workers` workers, each with eviction queues of
+/// its own (`Conntrack::with_workers`).
+fn established_for(config: ConntrackConfig, workers: usize) -> Conntrack {
+    let ct = table(config).with_workers(workers);
     for n in 0..FLOWS {
         ct.insert(forward(n), backend(n), NOW, FlowMeta::default())
             .expect("room for the live flows");
@@ -320,19 +331,43 @@ fn trim() {
 /// Memory per flow, measured before any other case allocates (freed
 /// tables would otherwise be reused and hide the growth).
 fn memory_per_flow() {
+    memory_of("ipv4", Conntrack::<Ipv4Addr>::BYTES_PER_FLOW, || {
+        let ct = established(ConntrackConfig::default());
+        (
+            ct.entries(),
+            ct.config().max_flows,
+            Box::new(ct) as Box<dyn std::any::Any>,
+        )
+    });
+    memory_of("ipv6", Conntrack::<Ipv6Addr>::BYTES_PER_FLOW, || {
+        let ct = established6(ConntrackConfig::default());
+        (
+            ct.entries(),
+            ct.config().max_flows,
+            Box::new(ct) as Box<dyn std::any::Any>,
+        )
+    });
+}
+
+/// Prints the RSS growth per flow of the table `build` fills with
+/// [`FLOWS`] flows (returning its entries, its maximum and the table), beside
+/// the bytes per flow its layout gives.
+fn memory_of(
+    family: &str,
+    layout_bytes: u64,
+    build: impl FnOnce() -> (usize, usize, Box<dyn std::any::Any>),
+) {
     trim();
     let before = rss();
-    let ct = established(ConntrackConfig::default());
+    let (entries, max_flows, ct) = build();
     let raw = rss();
     trim();
     let trimmed = rss();
     let per_flow = |after: u64| after.saturating_sub(before) as f64 / f64::from(FLOWS);
     println!(
-        "conntrack/memory: {} flows ({} entries) in a table of max {} flows: \
-         RSS +{:.1} MiB = {:.1} bytes/flow ({:.1} bytes/flow after malloc_trim)",
-        FLOWS,
-        ct.entries(),
-        ct.config().max_flows,
+        "conntrack/memory/{family}: {FLOWS} flows ({entries} entries) in a table of max \
+         {max_flows} flows: RSS +{:.1} MiB = {:.1} bytes/flow ({:.1} bytes/flow after \
+         malloc_trim; {layout_bytes} by layout per flow of the maximum)",
         (trimmed.saturating_sub(before)) as f64 / (1 << 20) as f64,
         per_flow(raw),
         per_flow(trimmed),
@@ -360,10 +395,10 @@ fn background_lookups(ct: &Conntrack, keys: &[FlowKey], stop: &AtomicBool) -> (u
 
 /// The conntrack work of a batch of new-flow packets for fresh flows
 /// `first..first + n` (n <= BATCH), as a worker does it: hash and fetch
-/// every key's bucket, then for each a lookup (a miss) and an insert.
-/// Returns how many were refused.
+/// every key's bucket, then for each a lookup (a miss) and an insert by
+/// worker `worker`. Returns how many were refused.
 #[inline]
-fn new_flows(ct: &Conntrack, first: u32, n: usize) -> u64 {
+fn new_flows(ct: &Conntrack, first: u32, n: usize, worker: usize) -> u64 {
     let mut hashes = [0u64; BATCH];
     for (i, hash) in hashes[..n].iter_mut().enumerate() {
         *hash = ct.hash(&forward(first + i as u32));
@@ -377,8 +412,16 @@ fn new_flows(ct: &Conntrack, first: u32, n: usize) -> u64 {
             continue;
         }
         refused += u64::from(
-            ct.insert(key, backend(m), NOW, FlowMeta::default())
-                .is_err(),
+            ct.insert(
+                key,
+                backend(m),
+                NOW,
+                FlowMeta {
+                    worker,
+                    ..FlowMeta::default()
+                },
+            )
+            .is_err(),
         );
     }
     refused
@@ -408,7 +451,7 @@ fn syn_flood(c: &mut Criterion, name: &str, config: ConntrackConfig, keys: &[Flo
                 let mut left = iters;
                 while left > 0 {
                     let n = (left as usize).min(BATCH);
-                    refused += new_flows(&ct, next, n);
+                    refused += new_flows(&ct, next, n, 0);
                     next = next.checked_add(n as u32).expect("fresh flow numbers left");
                     left -= n as u64;
                 }
@@ -451,11 +494,12 @@ fn syn_flood(c: &mut Criterion, name: &str, config: ConntrackConfig, keys: &[Flo
 /// Two flooding threads at once, on cores 0 and 1, each inserting its
 /// own fresh flows as `new_flows` does, into one table holding the 1 M
 /// established flows: what new flows cost per core when two workers of
-/// a multi-queue NIC take them together (they share the table's
-/// eviction queue, counters and free records). The figure is per core:
+/// a multi-queue NIC take them together: each thread is a worker with
+/// eviction queues of its own (`Conntrack::with_workers`), and they share
+/// the table's counters and free records. The figure is per core:
 /// each thread does the iterations; the time is the slower thread's.
 fn syn_flood_2_threads(c: &mut Criterion, name: &str, config: ConntrackConfig) {
-    let ct = established(config);
+    let ct = established_for(config, 2);
     // Each thread's fresh flow numbers: the second from the middle of the
     // range above FRESH.
     let mut next = [FRESH, FRESH + (1 << 30)];
@@ -475,7 +519,7 @@ fn syn_flood_2_threads(c: &mut Criterion, name: &str, config: ConntrackConfig) {
                 let (mut left, mut refused) = (iters, 0);
                 while left > 0 {
                     let n = (left as usize).min(BATCH);
-                    refused += new_flows(&ct, *next, n);
+                    refused += new_flows(&ct, *next, n, core);
                     *next = next.checked_add(n as u32).expect("fresh flow numbers left");
                     left -= n as u64;
                 }

@@ -175,6 +175,9 @@ pub struct Pipeline {
     /// (hash, whether the flow is IPv6) each.
     prefetching: Box<[(u64, bool); PREFETCH_BATCH]>,
     prefetched: usize,
+    /// This worker's index among the gateway's: its new flows go into its
+    /// own eviction queues ([`Conntrack::with_workers`]).
+    worker: usize,
     /// Answers DNS queries to the gateway's DNS addresses, when set.
     dns: Option<DnsResponder>,
 }
@@ -431,6 +434,7 @@ impl Pipeline {
             services: None,
             prefetching: Box::new([(0, false); PREFETCH_BATCH]),
             prefetched: 0,
+            worker: 0,
             dns: None,
         }
     }
@@ -496,6 +500,14 @@ impl Pipeline {
     /// Tracks IPv6 flows in `conntrack`, the IPv6 table all workers share.
     pub fn with_conntrack6(mut self, conntrack: Arc<Conntrack<Ipv6Addr>>) -> Self {
         self.v6 = FamilyPath::new(conntrack);
+        self
+    }
+
+    /// Makes this the pipeline of worker `index` (0 by default): its new
+    /// flows go into that worker's eviction queues of the shared tables
+    /// ([`Conntrack::with_workers`]).
+    pub fn with_worker(mut self, index: usize) -> Self {
+        self.worker = index;
         self
     }
 
@@ -1014,6 +1026,7 @@ impl Pipeline {
             let meta = FlowMeta {
                 affinity: entry.affinity.is_some(),
                 slot,
+                worker: self.worker,
             };
             match A::path(self).conntrack.insert_hashed(
                 *key,
@@ -1072,6 +1085,7 @@ impl Pipeline {
         let meta = FlowMeta {
             affinity: entry.affinity.is_some(),
             slot: entry.slot_of(index),
+            worker: self.worker,
         };
         match A::path(self).conntrack.insert_hashed(
             *key,
@@ -1181,6 +1195,7 @@ impl Pipeline {
         let meta = FlowMeta {
             affinity: entry.affinity.is_some(),
             slot: endpoint.map_or(NO_SLOT, |index| entry.slot_of(index)),
+            worker: self.worker,
         };
         match A::path(self)
             .conntrack

@@ -54,24 +54,50 @@ impl Conntracks {
         snat: Option<&Snat>,
     ) -> anyhow::Result<(Conntracks, Instant)> {
         let accounting = settings.conntrack.accounting;
+        let workers = settings.cores.len();
         let v4_snat = snat.and_then(Snat::config::<Ipv4Addr>);
         let v6_snat = snat.and_then(Snat::config::<Ipv6Addr>);
         let Some(dir) = &settings.state_dir else {
-            let v4 = open_family(None, &config, accounting, v4_snat.as_ref(), 0, false)?;
-            let v6 = open_family(None, &config, accounting, v6_snat.as_ref(), 0, false)?;
+            let v4 = open_family(
+                None,
+                &config,
+                accounting,
+                workers,
+                v4_snat.as_ref(),
+                0,
+                false,
+            )?;
+            let v6 = open_family(
+                None,
+                &config,
+                accounting,
+                workers,
+                v6_snat.as_ref(),
+                0,
+                false,
+            )?;
             return Ok((Conntracks::from_parts(v4, v6), Instant::now()));
         };
         let v4 = open_family(
             Some(dir),
             &config,
             accounting,
+            workers,
             v4_snat.as_ref(),
             persist::monotonic_ns(),
             false,
         )?;
         let Some(v4_file) = v4.1.clone() else {
             // No huge pages for the IPv4 table: neither table gets a file.
-            let v6 = open_family(None, &config, accounting, v6_snat.as_ref(), 0, false)?;
+            let v6 = open_family(
+                None,
+                &config,
+                accounting,
+                workers,
+                v6_snat.as_ref(),
+                0,
+                false,
+            )?;
             return Ok((Conntracks::from_parts(v4, v6), Instant::now()));
         };
         let epoch_ns = v4_file.epoch_ns();
@@ -79,6 +105,7 @@ impl Conntracks {
             Some(dir),
             &config,
             accounting,
+            workers,
             v6_snat.as_ref(),
             epoch_ns,
             true,
@@ -193,16 +220,18 @@ fn add_targets<A: IpFamily>(ct: &Conntrack<A>, targets: &mut HashSet<Target>) {
 /// previous gateway's flows; when `shared_clock`, only a table on the
 /// clock `epoch_ns` of the table beside it, as the IPv6 one beside the
 /// IPv4 one) or in process memory when there is none or no huge pages
-/// are free.
+/// are free. Each of `workers` workers gets eviction queues of its own.
 fn open_family<A: IpFamily>(
     dir: Option<&Path>,
     config: &ConntrackConfig,
     accounting: bool,
+    workers: usize,
     snat: Option<&SnatConfig<A>>,
     epoch_ns: u64,
     shared_clock: bool,
 ) -> anyhow::Result<Family<A>> {
     let finish = |ct: Conntrack<A>| -> anyhow::Result<Arc<Conntrack<A>>> {
+        let ct = ct.with_workers(workers);
         let ct = if accounting { ct.with_accounting() } else { ct };
         Ok(Arc::new(match snat {
             Some(snat) => ct.with_snat(snat).context("--snat")?,

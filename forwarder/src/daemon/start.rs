@@ -835,7 +835,7 @@ fn spawn_workers(
     let (left_tx, left) = crossbeam::channel::unbounded();
     let mut handles = Vec::new();
     let mut counters = Vec::new();
-    for (core, io) in pending {
+    for (worker, (core, io)) in pending.into_iter().enumerate() {
         let telemetry = WorkerTelemetry::new(core);
         parts.admin.add_worker(telemetry.clone());
         let worker_counters = Arc::clone(&telemetry.counters);
@@ -846,6 +846,7 @@ fn spawn_workers(
             Rng::from_entropy(),
         )
         .with_conntrack6(Arc::clone(&parts.conntracks.v6))
+        .with_worker(worker)
         .with_affinity(Arc::clone(parts.affinity))
         .with_config(pipeline_config.clone())
         .with_service_counters(parts.service_stats.add_worker());

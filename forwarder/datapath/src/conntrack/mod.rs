@@ -220,6 +220,9 @@ pub struct FlowMeta {
     pub affinity: bool,
     /// The counter slot of the flow's (Service port, endpoint), or [`NO_SLOT`].
     pub slot: u32,
+    /// The inserting worker's index: the flow goes into its eviction
+    /// queues ([`Conntrack::with_workers`]; 0 with one).
+    pub worker: usize,
 }
 
 impl Default for FlowMeta {
@@ -227,6 +230,7 @@ impl Default for FlowMeta {
         Self {
             affinity: false,
             slot: NO_SLOT,
+            worker: 0,
         }
     }
 }
@@ -315,6 +319,9 @@ pub struct ConntrackSummary {
 /// Records beyond `max_flows`: concurrent inserts may overshoot the limit
 /// by one flow per worker.
 const RECORD_SLACK: usize = 256;
+/// Workers with eviction queues of their own, at most
+/// ([`Conntrack::with_workers`]).
+const MAX_WORKERS: usize = 1024;
 /// Queue entries popped at most for one eviction: the queue also holds
 /// entries of flows that got their reply or left, each popped once.
 const EVICTION_SCAN: usize = 4096;
@@ -322,6 +329,40 @@ const EVICTION_SCAN: usize = 4096;
 const EVICTION_LOOKAHEAD: usize = 8;
 /// Attempts to remove a flow whose life word keeps changing under us.
 const CLAIM_ATTEMPTS: usize = 8;
+
+/// One worker's eviction queues. A worker queues the flows it inserts
+/// in its own, and a full table evicts from the inserting worker's queues
+/// first, so that workers taking new flows on different cores do not
+/// wait for each other's lock or pull its line across: with one queue
+/// for the whole table, two cores flooding new flows inserted fewer in
+/// all than one alone (benches/RESULTS.md, session 10). Closing flows
+/// are queued by record (`id % workers`): a flow starts closing on a
+/// lookup, which knows no worker.
+#[derive(Debug)]
+struct WorkerQueues {
+    /// Flows as inserted (not assured), oldest first; entries of flows
+    /// that were assured or left are skipped when popped.
+    unassured: EvictionQueue<Queued>,
+    /// Assured flows that began to close, oldest first; entries of flows
+    /// that left are skipped when popped. Locked after `unassured` when
+    /// both are held; no two workers' queues are ever held at once.
+    closing: EvictionQueue<Closing>,
+}
+
+impl WorkerQueues {
+    /// `workers` pairs of queues for a table of `records`, each a share.
+    fn for_workers(records: usize, workers: usize) -> Box<[CachePadded<WorkerQueues>]> {
+        let share = records.div_ceil(workers);
+        (0..workers)
+            .map(|_| {
+                CachePadded::new(WorkerQueues {
+                    unassured: EvictionQueue::new(share),
+                    closing: EvictionQueue::new(share),
+                })
+            })
+            .collect()
+    }
+}
 
 /// The connection-tracking table of one address family.
 #[derive(Debug)]
@@ -342,13 +383,9 @@ pub struct Conntrack<A: IpFamily = Ipv4Addr> {
     /// flows ([`crate::pipeline`]) know when to forget what they hold.
     /// Read on every steady packet, written rarely: its own line.
     removals: CachePadded<AtomicU64>,
-    /// Flows as inserted (not assured), oldest first; entries of flows
-    /// that were assured or left are skipped when popped.
-    unassured_queue: EvictionQueue<Queued>,
-    /// Assured flows that began to close, oldest first; entries of flows
-    /// that left are skipped when popped. Locked after `unassured_queue`
-    /// when both are held.
-    closing_queue: EvictionQueue<Closing>,
+    /// The eviction queues, one pair per worker that inserts flows
+    /// ([`Conntrack::with_workers`]), each on lines of its own.
+    queues: Box<[CachePadded<WorkerQueues>]>,
     stats: CachePadded<ConntrackStats>,
     /// Source NAT addresses and ports; off when it has no address.
     snat: SnatPool<A>,
@@ -732,8 +769,7 @@ impl<A: IpFamily> Conntrack<A> {
             live: CachePadded::new(AtomicUsize::new(0)),
             unreplied: CachePadded::new(AtomicUsize::new(0)),
             removals: CachePadded::new(AtomicU64::new(0)),
-            unassured_queue: EvictionQueue::new(records),
-            closing_queue: EvictionQueue::new(records),
+            queues: WorkerQueues::for_workers(records, 1),
             stats: CachePadded::new(ConntrackStats::default()),
             snat: SnatPool::default(),
             accounts: None,
@@ -749,6 +785,23 @@ impl<A: IpFamily> Conntrack<A> {
             file.set_snat_addresses(&addresses);
         }
         Ok(self)
+    }
+
+    /// Gives each of `workers` workers its own eviction queues (one by
+    /// default), each a share of the table's: pass the worker's index in
+    /// [`FlowMeta::worker`] when inserting. Before the table is shared or
+    /// adopts a file.
+    pub fn with_workers(mut self, workers: usize) -> Self {
+        let records = self.config.max_flows + RECORD_SLACK;
+        self.queues = WorkerQueues::for_workers(records, workers.clamp(1, MAX_WORKERS));
+        self
+    }
+
+    /// The eviction queues of worker `worker`, or of record `id` when
+    /// it is the record that picks (see [`WorkerQueues`]).
+    #[inline]
+    fn queues_of(&self, worker: usize) -> &WorkerQueues {
+        &self.queues[worker % self.queues.len()]
     }
 
     /// Counts every flow's packets and bytes per direction (as Linux's
@@ -947,14 +1000,13 @@ impl<A: IpFamily> Conntrack<A> {
         self.slab.set_high_water(high);
         unassured.sort_by_key(|(seen, q)| (*seen, q.id));
         closing.sort_by_key(|(seen, c)| (*seen, c.id));
-        let mut queue = self.unassured_queue.lock();
+        // Oldest first into each worker's queues, by record: the next
+        // gateway's workers take the flows in turn.
         for (_, q) in unassured {
-            queue.push(q);
+            self.queues_of(q.id as usize).unassured.lock().push(q);
         }
-        drop(queue);
-        let mut queue = self.closing_queue.lock();
         for (_, c) in closing {
-            queue.push(c);
+            self.queues_of(c.id as usize).closing.lock().push(c);
         }
         adoption
     }
@@ -1124,10 +1176,13 @@ impl<A: IpFamily> Conntrack<A> {
                         && FlowState::from_bits(next).is_closing()
                         && !FlowState::from_bits(bits).is_closing()
                     {
-                        self.closing_queue.lock().push(Closing {
-                            id: found.id,
-                            seq: life.seq(),
-                        });
+                        self.queues_of(found.id as usize)
+                            .closing
+                            .lock()
+                            .push(Closing {
+                                id: found.id,
+                                seq: life.seq(),
+                            });
                     }
                     return Some(found.flow.hit(found.id, found.direction, next, &self.snat));
                 }
@@ -1293,6 +1348,7 @@ impl<A: IpFamily> Conntrack<A> {
             self.index.home(forward_hash) as u32,
             self.index.home(reply_hash) as u32,
             now,
+            meta.worker,
         ) else {
             self.stats.refused.fetch_add(1, STAT);
             return Err(InsertError::Full);
@@ -1393,7 +1449,10 @@ impl<A: IpFamily> Conntrack<A> {
     /// be evicted.
     ///
     /// Room is needed when the table is full or unreplied flows hold
-    /// their share of it (the flood guard). A full table evicts, in this
+    /// their share of it (the flood guard). The flow is queued, and room
+    /// made, in the queues of `worker` (the inserting worker: see
+    /// [`WorkerQueues`]); when those hold nothing that may go, in the
+    /// other workers' in turn. A full table evicts, in this
     /// order (Linux's early_drop): the oldest closing flow if it has
     /// expired, the oldest flow not yet assured (counted as expired when
     /// it has), then the oldest assured flow that is closing; an assured
@@ -1408,8 +1467,27 @@ impl<A: IpFamily> Conntrack<A> {
     /// worker's pause short. The queue prefetches the records and buckets
     /// of the flows a few evictions ahead, so a flood's evictions do not
     /// wait on memory.
-    fn admit(&self, forward_home: u32, reply_home: u32, now: u32) -> Option<RecordId> {
-        let mut queue = self.unassured_queue.lock();
+    fn admit(
+        &self,
+        forward_home: u32,
+        reply_home: u32,
+        now: u32,
+        worker: usize,
+    ) -> Option<RecordId> {
+        (0..self.queues.len()).find_map(|k| {
+            self.admit_with(self.queues_of(worker + k), forward_home, reply_home, now)
+        })
+    }
+
+    /// [`Conntrack::admit`] with one worker's queues.
+    fn admit_with(
+        &self,
+        queues: &WorkerQueues,
+        forward_home: u32,
+        reply_home: u32,
+        now: u32,
+    ) -> Option<RecordId> {
+        let mut queue = queues.unassured.lock();
         let full = self.live.load(STAT) >= self.config.max_flows;
         let flooded = self.unreplied.load(STAT) >= self.unreplied_cap;
         let queued = |id| Queued {
@@ -1434,7 +1512,7 @@ impl<A: IpFamily> Conntrack<A> {
         };
         let closing_flow =
             |l: Life| l.bits() & ASSURED != 0 && FlowState::from_bits(l.bits()).is_closing();
-        let mut closing = full.then(|| self.closing_queue.lock());
+        let mut closing = full.then(|| queues.closing.lock());
 
         // 1. The oldest closing flow, if it has expired.
         if let Some(closing) = closing.as_mut() {

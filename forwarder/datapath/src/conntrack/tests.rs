@@ -312,6 +312,106 @@ fn full_table_evicts_unreplied_never_established() {
     assert_eq!(evicted(&ct), [0, 3, 0]);
 }
 
+/// With a worker's own eviction queues, a full table makes room from the
+/// inserting worker's oldest flows first, and from the other workers'
+/// when its own hold nothing that may go; closing flows, queued by
+/// record, go the same way (the Linux order: expired, unassured,
+/// closing).
+#[test]
+fn each_worker_evicts_its_own_oldest_flows_first() {
+    let ct = Conntrack::new(ConntrackConfig {
+        max_flows: 4,
+        unreplied_percent: 100,
+        timeouts: Timeouts::default(),
+    })
+    .with_workers(2);
+    let on = |worker| FlowMeta {
+        worker,
+        ..FlowMeta::default()
+    };
+    // Worker 0's flows are the older ones.
+    for p in [10, 11] {
+        ct.insert(forward(p), backend(), 0, on(0)).expect("insert");
+    }
+    for p in [20, 21] {
+        ct.insert(forward(p), backend(), 0, on(1)).expect("insert");
+    }
+    // Worker 1 evicts its own oldest (20), not the table's (10).
+    ct.insert(forward(22), backend(), 1, on(1))
+        .expect("evicts 20");
+    assert!(ct.lookup(&forward(20), 1, 0).is_none(), "20 made way");
+    assert!(ct.lookup(&forward(10), 1, 0).is_some(), "10 stays");
+    // Worker 1's flows complete their handshakes: nothing of its own may
+    // go, so it evicts worker 0's oldest.
+    for p in [21, 22] {
+        ct.lookup(&reply(p), 1, SYN | ACK);
+        ct.lookup(&forward(p), 1, ACK);
+    }
+    ct.insert(forward(23), backend(), 2, on(1))
+        .expect("evicts 10, from worker 0's queue");
+    assert!(ct.lookup(&forward(10), 2, 0).is_none(), "10 made way");
+    assert_eq!(ct.summary().flows, 4);
+    assert_eq!(evicted(&ct), [0, 2, 0]);
+    // With every flow assured and open, nothing may go, whichever worker
+    // asks.
+    for p in [11, 23] {
+        ct.lookup(&reply(p), 2, SYN | ACK);
+        ct.lookup(&forward(p), 2, ACK);
+    }
+    for worker in [0, 1, 7] {
+        assert_eq!(
+            ct.insert(forward(30), backend(), 3, on(worker)),
+            Err(InsertError::Full),
+            "worker {worker}"
+        );
+    }
+    // An assured flow that begins to close may make way, for either
+    // worker, from whichever queue its record went to.
+    ct.lookup(&forward(21), 3, FIN | ACK);
+    ct.insert(forward(31), backend(), 4, on(0))
+        .expect("evicts the closing 21");
+    assert!(ct.lookup(&forward(21), 4, 0).is_none(), "21 made way");
+    assert_eq!(evicted(&ct), [0, 2, 1]);
+}
+
+/// Two workers inserting at once into a table with their own queues,
+/// every insert evicting: no flow is lost or counted twice.
+#[test]
+fn two_workers_flooding_keep_the_counts() {
+    let ct = Conntrack::new(ConntrackConfig {
+        max_flows: 512,
+        unreplied_percent: 100,
+        timeouts: Timeouts::default(),
+    })
+    .with_workers(2);
+    std::thread::scope(|s| {
+        for worker in 0..2u16 {
+            let ct = &ct;
+            s.spawn(move || {
+                for i in 0..5000u16 {
+                    let key = key([198, 18, worker as u8, 2], i, [198, 19, 0, 1], 80);
+                    let meta = FlowMeta {
+                        worker: usize::from(worker),
+                        ..FlowMeta::default()
+                    };
+                    ct.insert(key, backend(), 0, meta)
+                        .expect("an unreplied flow always makes way");
+                }
+            });
+        }
+    });
+    let summary = ct.summary();
+    assert_eq!(summary.flows, 512, "the table stays full");
+    assert_eq!(summary.unreplied, 512);
+    assert_eq!(ct.entries(), 1024, "both keys of every flow, nothing else");
+    assert_eq!(
+        ct.stats().inserted.load(STAT),
+        10_000,
+        "every insert counted once"
+    );
+    assert_eq!(evicted(&ct).iter().sum::<u64>(), 10_000 - 512);
+}
+
 /// Inserts the flow of client port `p` and completes its handshake.
 fn handshake(ct: &Conntrack, p: u16, now: u32) {
     ct.insert(forward(p), backend(), now, FlowMeta::default())
@@ -1287,8 +1387,8 @@ fn ipv6_flows_are_tracked_both_ways() {
             backend6(),
             1,
             FlowMeta {
-                affinity: false,
                 slot: 7,
+                ..FlowMeta::default()
             },
         )
         .expect("insert");
