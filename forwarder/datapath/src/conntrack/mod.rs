@@ -308,6 +308,40 @@ pub struct ConntrackStats {
     pub snat_exhausted: AtomicU64,
 }
 
+impl ConntrackStats {
+    /// Adds `other`'s counts to these (every field: the pattern below
+    /// does not compile when one is missing).
+    fn add(&self, other: &ConntrackStats) {
+        let ConntrackStats {
+            inserted,
+            evicted,
+            refused,
+            retired,
+            deleted,
+            replaced,
+            reused,
+            expired,
+            snat_exhausted,
+        } = other;
+        let add = |to: &AtomicU64, from: &AtomicU64| {
+            to.fetch_add(from.load(STAT), STAT);
+        };
+        add(&self.inserted, inserted);
+        for (to, from) in self.evicted.iter().zip(evicted) {
+            add(to, from);
+        }
+        add(&self.refused, refused);
+        add(&self.retired, retired);
+        add(&self.deleted, deleted);
+        add(&self.replaced, replaced);
+        add(&self.reused, reused);
+        for (to, from) in self.expired.iter().zip(expired) {
+            add(to, from);
+        }
+        add(&self.snat_exhausted, snat_exhausted);
+    }
+}
+
 /// A point-in-time summary for metrics and admin views.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConntrackSummary {
@@ -330,16 +364,19 @@ const EVICTION_LOOKAHEAD: usize = 8;
 /// Attempts to remove a flow whose life word keeps changing under us.
 const CLAIM_ATTEMPTS: usize = 8;
 
-/// One worker's eviction queues. A worker queues the flows it inserts
-/// in its own, and a full table evicts from the inserting worker's queues
-/// first, so that workers taking new flows on different cores do not
-/// wait for each other's lock or pull its line across: with one queue
-/// for the whole table, two cores flooding new flows inserted fewer in
-/// all than one alone (benches/RESULTS.md, session 10). Closing flows
-/// are queued by record (`id % workers`): a flow starts closing on a
-/// lookup, which knows no worker.
+/// One worker's own part of the table: its eviction queues and its
+/// counters. A worker queues the flows it inserts in its own queues, a
+/// full table evicts from the inserting worker's queues first, and each
+/// worker counts its inserts and evictions on its own line (summed on
+/// read), so that workers taking new flows on different cores neither
+/// wait for each other's lock nor pull each other's lines across: with
+/// one queue and one set of counters for the whole table, two cores
+/// flooding new flows inserted fewer in all than one alone
+/// (benches/RESULTS.md, session 10). Closing flows are queued, and what
+/// lookups, sweeps and removals count is counted, by record (`id %
+/// workers`) or in the first worker's part: those know no worker.
 #[derive(Debug)]
-struct WorkerQueues {
+struct PerWorker {
     /// Flows as inserted (not assured), oldest first; entries of flows
     /// that were assured or left are skipped when popped.
     unassured: EvictionQueue<Queued>,
@@ -347,17 +384,20 @@ struct WorkerQueues {
     /// that left are skipped when popped. Locked after `unassured` when
     /// both are held; no two workers' queues are ever held at once.
     closing: EvictionQueue<Closing>,
+    stats: ConntrackStats,
 }
 
-impl WorkerQueues {
-    /// `workers` pairs of queues for a table of `records`, each a share.
-    fn for_workers(records: usize, workers: usize) -> Box<[CachePadded<WorkerQueues>]> {
+impl PerWorker {
+    /// The parts of `workers` workers for a table of `records`, each
+    /// with a share of the queues.
+    fn for_workers(records: usize, workers: usize) -> Box<[CachePadded<PerWorker>]> {
         let share = records.div_ceil(workers);
         (0..workers)
             .map(|_| {
-                CachePadded::new(WorkerQueues {
+                CachePadded::new(PerWorker {
                     unassured: EvictionQueue::new(share),
                     closing: EvictionQueue::new(share),
+                    stats: ConntrackStats::default(),
                 })
             })
             .collect()
@@ -383,10 +423,9 @@ pub struct Conntrack<A: IpFamily = Ipv4Addr> {
     /// flows ([`crate::pipeline`]) know when to forget what they hold.
     /// Read on every steady packet, written rarely: its own line.
     removals: CachePadded<AtomicU64>,
-    /// The eviction queues, one pair per worker that inserts flows
-    /// ([`Conntrack::with_workers`]), each on lines of its own.
-    queues: Box<[CachePadded<WorkerQueues>]>,
-    stats: CachePadded<ConntrackStats>,
+    /// Each inserting worker's queues and counters
+    /// ([`Conntrack::with_workers`]), on lines of its own.
+    workers: Box<[CachePadded<PerWorker>]>,
     /// Source NAT addresses and ports; off when it has no address.
     snat: SnatPool<A>,
     /// Per-flow packets and bytes, by record; `None` unless
@@ -769,8 +808,7 @@ impl<A: IpFamily> Conntrack<A> {
             live: CachePadded::new(AtomicUsize::new(0)),
             unreplied: CachePadded::new(AtomicUsize::new(0)),
             removals: CachePadded::new(AtomicU64::new(0)),
-            queues: WorkerQueues::for_workers(records, 1),
-            stats: CachePadded::new(ConntrackStats::default()),
+            workers: PerWorker::for_workers(records, 1),
             snat: SnatPool::default(),
             accounts: None,
         }
@@ -787,21 +825,27 @@ impl<A: IpFamily> Conntrack<A> {
         Ok(self)
     }
 
-    /// Gives each of `workers` workers its own eviction queues (one by
-    /// default), each a share of the table's: pass the worker's index in
-    /// [`FlowMeta::worker`] when inserting. Before the table is shared or
-    /// adopts a file.
+    /// Gives each of `workers` workers its own eviction queues and
+    /// counters (one worker by default), each with a share of the table's
+    /// queues: pass the worker's index in [`FlowMeta::worker`] when
+    /// inserting. Before the table is shared or adopts a file.
     pub fn with_workers(mut self, workers: usize) -> Self {
         let records = self.config.max_flows + RECORD_SLACK;
-        self.queues = WorkerQueues::for_workers(records, workers.clamp(1, MAX_WORKERS));
+        self.workers = PerWorker::for_workers(records, workers.clamp(1, MAX_WORKERS));
         self
     }
 
-    /// The eviction queues of worker `worker`, or of record `id` when
-    /// it is the record that picks (see [`WorkerQueues`]).
+    /// Worker `worker`'s part, or record `id`'s when it is the record
+    /// that picks (see [`PerWorker`]).
     #[inline]
-    fn queues_of(&self, worker: usize) -> &WorkerQueues {
-        &self.queues[worker % self.queues.len()]
+    fn worker(&self, worker: usize) -> &PerWorker {
+        &self.workers[worker % self.workers.len()]
+    }
+
+    /// What no worker counts: sweeps, retirements, deletions.
+    #[inline]
+    fn shared_stats(&self) -> &ConntrackStats {
+        &self.workers[0].stats
     }
 
     /// Counts every flow's packets and bytes per direction (as Linux's
@@ -1003,10 +1047,10 @@ impl<A: IpFamily> Conntrack<A> {
         // Oldest first into each worker's queues, by record: the next
         // gateway's workers take the flows in turn.
         for (_, q) in unassured {
-            self.queues_of(q.id as usize).unassured.lock().push(q);
+            self.worker(q.id as usize).unassured.lock().push(q);
         }
         for (_, c) in closing {
-            self.queues_of(c.id as usize).closing.lock().push(c);
+            self.worker(c.id as usize).closing.lock().push(c);
         }
         adoption
     }
@@ -1039,8 +1083,13 @@ impl<A: IpFamily> Conntrack<A> {
         true
     }
 
-    pub fn stats(&self) -> &ConntrackStats {
-        &self.stats
+    /// The table's counters: every worker's summed.
+    pub fn stats(&self) -> ConntrackStats {
+        let total = ConntrackStats::default();
+        for worker in self.workers.iter() {
+            total.add(&worker.stats);
+        }
+        total
     }
 
     pub fn summary(&self) -> ConntrackSummary {
@@ -1152,7 +1201,10 @@ impl<A: IpFamily> Conntrack<A> {
                     .remove_flow(found.id, |_, l| l.seq() == seq && finished(l))
                     .is_some()
                 {
-                    self.stats.replaced.fetch_add(1, STAT);
+                    self.worker(found.id as usize)
+                        .stats
+                        .replaced
+                        .fetch_add(1, STAT);
                 }
                 return None;
             }
@@ -1176,13 +1228,10 @@ impl<A: IpFamily> Conntrack<A> {
                         && FlowState::from_bits(next).is_closing()
                         && !FlowState::from_bits(bits).is_closing()
                     {
-                        self.queues_of(found.id as usize)
-                            .closing
-                            .lock()
-                            .push(Closing {
-                                id: found.id,
-                                seq: life.seq(),
-                            });
+                        self.worker(found.id as usize).closing.lock().push(Closing {
+                            id: found.id,
+                            seq: life.seq(),
+                        });
                     }
                     return Some(found.flow.hit(found.id, found.direction, next, &self.snat));
                 }
@@ -1259,7 +1308,10 @@ impl<A: IpFamily> Conntrack<A> {
             let Some((snat_index, snat_port, reply_hash)) =
                 self.free_snat_port(&flow, forward_hash)
             else {
-                self.stats.snat_exhausted.fetch_add(1, STAT);
+                self.worker(meta.worker)
+                    .stats
+                    .snat_exhausted
+                    .fetch_add(1, STAT);
                 return Err(InsertError::SnatExhausted);
             };
             let flow = FlowData {
@@ -1335,6 +1387,7 @@ impl<A: IpFamily> Conntrack<A> {
         now: u32,
         meta: FlowMeta,
     ) -> Result<FlowHit<A>, InsertError> {
+        let stats = &self.worker(meta.worker).stats;
         let reply = flow.reply_key(&self.snat);
         let reply_hash = reply_hash.unwrap_or_else(|| self.hash(&reply));
         // The reply bucket is a miss of its own; let it arrive while the
@@ -1350,7 +1403,7 @@ impl<A: IpFamily> Conntrack<A> {
             now,
             meta.worker,
         ) else {
-            self.stats.refused.fetch_add(1, STAT);
+            stats.refused.fetch_add(1, STAT);
             return Err(InsertError::Full);
         };
         let bits =
@@ -1376,7 +1429,7 @@ impl<A: IpFamily> Conntrack<A> {
             }
             Placed::ChainFull => {
                 self.discard(id, life, forward_hash, reply_hash);
-                self.stats.refused.fetch_add(1, STAT);
+                stats.refused.fetch_add(1, STAT);
                 return Err(InsertError::Full);
             }
         }
@@ -1392,7 +1445,7 @@ impl<A: IpFamily> Conntrack<A> {
                 self.live_match(other, direction_of(bit), &reply)
             }) {
                 Placed::Linked => {
-                    self.stats.inserted.fetch_add(1, STAT);
+                    stats.inserted.fetch_add(1, STAT);
                     self.unlink_if_gone(id, life, forward_hash, reply_hash);
                     return Ok(flow.hit(id, Direction::Forward, bits, &self.snat));
                 }
@@ -1406,12 +1459,12 @@ impl<A: IpFamily> Conntrack<A> {
                         .remove_flow(old.id, |_, l| l.seq() == old.life.seq() && finished(l))
                         .is_some()
                     {
-                        self.stats.reused.fetch_add(1, STAT);
+                        stats.reused.fetch_add(1, STAT);
                     }
                 }
                 Placed::ChainFull => {
                     self.discard(id, life, forward_hash, reply_hash);
-                    self.stats.refused.fetch_add(1, STAT);
+                    stats.refused.fetch_add(1, STAT);
                     return Err(InsertError::Full);
                 }
             }
@@ -1474,15 +1527,24 @@ impl<A: IpFamily> Conntrack<A> {
         now: u32,
         worker: usize,
     ) -> Option<RecordId> {
-        (0..self.queues.len()).find_map(|k| {
-            self.admit_with(self.queues_of(worker + k), forward_home, reply_home, now)
+        let stats = &self.worker(worker).stats;
+        (0..self.workers.len()).find_map(|k| {
+            self.admit_with(
+                self.worker(worker + k),
+                stats,
+                forward_home,
+                reply_home,
+                now,
+            )
         })
     }
 
-    /// [`Conntrack::admit`] with one worker's queues.
+    /// [`Conntrack::admit`] with one worker's queues; evictions are
+    /// counted in `stats`, the inserting worker's.
     fn admit_with(
         &self,
-        queues: &WorkerQueues,
+        queues: &PerWorker,
+        stats: &ConntrackStats,
         forward_home: u32,
         reply_home: u32,
         now: u32,
@@ -1525,7 +1587,13 @@ impl<A: IpFamily> Conntrack<A> {
                     closing.pop_front();
                     queue.push(queued(head.id));
                     drop(queue);
-                    return Some(self.take_over(head.id, &flow, life, EvictionClass::Expired));
+                    return Some(self.take_over(
+                        head.id,
+                        &flow,
+                        life,
+                        EvictionClass::Expired,
+                        stats,
+                    ));
                 }
                 match self.slab.read(head.id) {
                     // Still closing, just not expired: it stays first.
@@ -1565,7 +1633,7 @@ impl<A: IpFamily> Conntrack<A> {
                 } else {
                     EvictionClass::Unassured
                 };
-                return Some(self.take_over(victim.id, &flow, life, class));
+                return Some(self.take_over(victim.id, &flow, life, class, stats));
             }
             // Replied but not assured yet (mid-handshake) is spared by the
             // flood guard, but stays queued for a full table.
@@ -1589,7 +1657,7 @@ impl<A: IpFamily> Conntrack<A> {
                 queue.push(queued(victim.id));
                 drop(queue);
                 drop(closing);
-                return Some(self.take_over(victim.id, &flow, life, EvictionClass::Closing));
+                return Some(self.take_over(victim.id, &flow, life, EvictionClass::Closing, stats));
             }
         }
         None
@@ -1606,10 +1674,11 @@ impl<A: IpFamily> Conntrack<A> {
         victim: &FlowData<A>,
         life: Life,
         class: EvictionClass,
+        stats: &ConntrackStats,
     ) -> RecordId {
         self.unlink(id, victim);
         self.snat.released(victim.snat_index);
-        self.stats.evicted[class as usize].fetch_add(1, STAT);
+        stats.evicted[class as usize].fetch_add(1, STAT);
         if life.bits() & REPLIED != 0 {
             self.unreplied.fetch_add(1, STAT);
             // A replied flow may sit in a worker's flow cache; Release as
@@ -1707,7 +1776,7 @@ impl<A: IpFamily> Conntrack<A> {
             })
             .is_some();
         if removed {
-            self.stats.retired.fetch_add(1, STAT);
+            self.shared_stats().retired.fetch_add(1, STAT);
         }
         removed
     }
@@ -1748,7 +1817,7 @@ impl<A: IpFamily> Conntrack<A> {
             }
             if let Some((_, gone)) = self.remove_flow(id, |_, l| expired(l)) {
                 let state = FlowState::from_bits(gone.bits());
-                self.stats.expired[state as usize].fetch_add(1, STAT);
+                self.shared_stats().expired[state as usize].fetch_add(1, STAT);
                 removed += 1;
             }
         }
@@ -1760,7 +1829,7 @@ impl<A: IpFamily> Conntrack<A> {
     /// Returns the number of flows removed.
     pub fn retire(&self, retire: impl Fn(&FlowKey<A>, (A, u16)) -> bool) -> usize {
         let removed = self.remove_selected(retire);
-        self.stats.retired.fetch_add(removed as u64, STAT);
+        self.shared_stats().retired.fetch_add(removed as u64, STAT);
         removed
     }
 
@@ -1774,7 +1843,7 @@ impl<A: IpFamily> Conntrack<A> {
     /// Returns the number of flows removed.
     pub fn delete(&self, delete: impl Fn(&FlowKey<A>, (A, u16)) -> bool) -> usize {
         let removed = self.remove_selected(delete);
-        self.stats.deleted.fetch_add(removed as u64, STAT);
+        self.shared_stats().deleted.fetch_add(removed as u64, STAT);
         removed
     }
 
@@ -1817,7 +1886,7 @@ impl<A: IpFamily> Conntrack<A> {
                 removed += 1;
             }
         }
-        self.stats.retired.fetch_add(removed as u64, STAT);
+        self.shared_stats().retired.fetch_add(removed as u64, STAT);
         removed
     }
 
