@@ -3,7 +3,8 @@
 //! [`Pipeline::process`] takes one Ethernet frame in place and returns a
 //! [`Verdict`]; it never allocates, never logs, takes no lock for a packet
 //! of a known flow (conntrack reads are lock-free; a new flow briefly
-//! locks two index buckets and the eviction queue), and never panics
+//! locks two index buckets and its worker's own eviction queue), and
+//! never panics
 //! whatever the bytes are (every header goes through a checked view
 //! first). The same code runs in the AF_XDP
 //! workers and in the in-memory tests, benches and fuzzer, which is what
@@ -11,7 +12,9 @@
 //!
 //! A frame is parsed once ([`Frame::parse`]): the flow key, the rewrite,
 //! an answer and the next hop's addresses all work from the offsets and
-//! views that parse found, not from the bytes validated again.
+//! views that parse found, not from the bytes validated again. (The
+//! batch's prefetch pass before it only reads the flow key off the
+//! common frames' bytes: [`Pipeline::prefetch`].)
 //!
 //! Every frame gets one verdict and one count. Policy:
 //! - a new connection to a VIP that cannot be served is refused, not

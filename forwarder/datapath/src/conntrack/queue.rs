@@ -1,6 +1,7 @@
 //! The eviction queues: flows that may make way for new ones, oldest
-//! first, behind a spin lock. One holds flows not yet assured (every new
-//! flow passes through it once: queued, and in a flood one older flow
+//! first, behind a spin lock. Each worker has a pair (`PerWorker` in the
+//! parent module). One holds flows not yet assured (every new flow passes
+//! through its worker's once: queued, and in a flood one older flow
 //! evicted, for a few dozen nanoseconds under the lock); the other holds
 //! assured flows that began to close. The
 //! lock is a test-and-test-and-set whose release is a plain store, so a
