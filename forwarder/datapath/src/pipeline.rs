@@ -1413,12 +1413,13 @@ fn peek_key6(frame: &[u8]) -> Option<FlowKey<Ipv6Addr>> {
         return None;
     }
     let addr = |at: usize| {
-        let octets: [u8; 16] = bytes[at..at + 16].try_into().expect("16 bytes in bounds");
-        Ipv6Addr::from(octets)
+        <[u8; 16]>::try_from(&bytes[at..at + 16])
+            .ok()
+            .map(Ipv6Addr::from)
     };
     Some(FlowKey {
-        src: addr(IP + 8),
-        dst: addr(IP + 24),
+        src: addr(IP + 8)?,
+        dst: addr(IP + 24)?,
         src_port: be16(bytes, L4),
         dst_port: be16(bytes, L4 + 2),
         protocol: tcp_or_udp(bytes[IP + 6])?,

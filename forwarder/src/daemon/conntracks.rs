@@ -57,6 +57,19 @@ impl Conntracks {
         let workers = settings.cores.len();
         let v4_snat = snat.and_then(Snat::config::<Ipv4Addr>);
         let v6_snat = snat.and_then(Snat::config::<Ipv6Addr>);
+        // The IPv6 table in process memory: without a state directory, or
+        // when the IPv4 table got no file.
+        let v6_in_memory = || {
+            open_family::<Ipv6Addr>(
+                None,
+                &config,
+                accounting,
+                workers,
+                v6_snat.as_ref(),
+                0,
+                false,
+            )
+        };
         let Some(dir) = &settings.state_dir else {
             let v4 = open_family(
                 None,
@@ -67,16 +80,7 @@ impl Conntracks {
                 0,
                 false,
             )?;
-            let v6 = open_family(
-                None,
-                &config,
-                accounting,
-                workers,
-                v6_snat.as_ref(),
-                0,
-                false,
-            )?;
-            return Ok((Conntracks::from_parts(v4, v6), Instant::now()));
+            return Ok((Conntracks::from_parts(v4, v6_in_memory()?), Instant::now()));
         };
         let v4 = open_family(
             Some(dir),
@@ -89,16 +93,7 @@ impl Conntracks {
         )?;
         let Some(v4_file) = v4.1.clone() else {
             // No huge pages for the IPv4 table: neither table gets a file.
-            let v6 = open_family(
-                None,
-                &config,
-                accounting,
-                workers,
-                v6_snat.as_ref(),
-                0,
-                false,
-            )?;
-            return Ok((Conntracks::from_parts(v4, v6), Instant::now()));
+            return Ok((Conntracks::from_parts(v4, v6_in_memory()?), Instant::now()));
         };
         let epoch_ns = v4_file.epoch_ns();
         let v6 = open_family(
