@@ -18,8 +18,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig};
-use cipgw_datapath::harness::pipeline;
-use cipgw_datapath::pipeline::BatchContext;
+use cipgw_datapath::harness::{addr, pipeline, Net, CLIENT_IFINDEX, POD_IFINDEX};
+use cipgw_datapath::pipeline::{BatchContext, Pipeline};
 
 #[path = "support/icount_cases.rs"]
 mod icount_cases;
@@ -50,9 +50,9 @@ fn main() {
     );
 }
 
-/// `packets` packets of 1,024 live, replied flows, client to Pod (or the
-/// replies).
-fn tracked(packets: usize, replies: bool) {
+/// Runs `case` on a pipeline tracking 1,024 live, replied flows
+/// (`tracked_flows`), with their client-to-Pod frames and their replies.
+fn with_tracked(case: impl FnOnce(&mut Pipeline, &BatchContext<'_>, &[Vec<u8>], &[Vec<u8>])) {
     let net = net();
     let one = table(1);
     let ctx = BatchContext {
@@ -62,44 +62,58 @@ fn tracked(packets: usize, replies: bool) {
     };
     let mut p = pipeline(Arc::new(Conntrack::default()), 7);
     let (forward, back) = tracked_flows(&mut p, &ctx, VIP);
-    let frames = if replies { &back } else { &forward };
-    let mut scratch = vec![0u8; 2048];
-    for i in 0..packets {
-        black_box(process_copy(&mut p, &ctx, frames, i, &mut scratch));
-    }
+    case(&mut p, &ctx, &forward, &back);
 }
 
-/// `packets` packets of the `established` case, 64 at a time as a worker
-/// takes them from an RX ring: each batch's prefetch pass
-/// (`Pipeline::prefetch`, `Pipeline::prefetch_flows`) first, then each
-/// frame processed.
-fn batched(packets: usize) {
+/// `packets` packets of 1,024 live, replied flows, client to Pod (or the
+/// replies).
+fn tracked(packets: usize, replies: bool) {
+    with_tracked(|p, ctx, forward, back| {
+        let frames = if replies { back } else { forward };
+        let mut scratch = vec![0u8; 2048];
+        for i in 0..packets {
+            black_box(process_copy(p, ctx, frames, i, &mut scratch));
+        }
+    });
+}
+
+/// Runs `packets` frames of `len` bytes through `p` 64 at a time, as a
+/// worker takes them from an RX ring: `write` puts packet `i`'s frame in
+/// its buffer, each batch's prefetch pass (`Pipeline::prefetch`,
+/// `Pipeline::prefetch_flows`) runs first, then each frame is processed.
+fn in_batches(
+    p: &mut Pipeline,
+    ctx: &BatchContext<'_>,
+    packets: usize,
+    len: usize,
+    mut write: impl FnMut(&mut [u8], usize),
+) {
     const BATCH: usize = 64;
-    let net = net();
-    let one = table(1);
-    let ctx = BatchContext {
-        table: &one,
-        net: &net,
-        now: 1,
-    };
-    let mut p = pipeline(Arc::new(Conntrack::default()), 7);
-    let (forward, _) = tracked_flows(&mut p, &ctx, VIP);
     let mut scratch = vec![vec![0u8; 2048]; BATCH];
     let mut sent = 0;
     while sent < packets {
         let n = BATCH.min(packets - sent);
         for (k, buf) in scratch[..n].iter_mut().enumerate() {
-            let f = &forward[(sent + k) & 1023];
-            buf[..f.len()].copy_from_slice(f);
-            p.prefetch(&buf[..f.len()]);
+            write(&mut buf[..len], sent + k);
+            p.prefetch(&buf[..len]);
         }
         p.prefetch_flows();
-        for (k, buf) in scratch[..n].iter_mut().enumerate() {
-            let len = forward[(sent + k) & 1023].len();
-            black_box(p.process(buf, len, 0, &ctx));
+        for buf in &mut scratch[..n] {
+            black_box(p.process(buf, len, 0, ctx));
         }
         sent += n;
     }
+}
+
+/// `packets` packets of the `established` case, batched as a worker runs
+/// them ([`in_batches`]).
+fn batched(packets: usize) {
+    with_tracked(|p, ctx, forward, _| {
+        let len = forward[0].len();
+        in_batches(p, ctx, packets, len, |buf, i| {
+            buf.copy_from_slice(&forward[i & 1023])
+        });
+    });
 }
 
 /// Flows of `established_spread`.
@@ -107,26 +121,13 @@ const SPREAD_FLOWS: usize = 1 << 18;
 
 /// `packets` packets over [`SPREAD_FLOWS`] live, replied flows, packet
 /// `k` of flow `k * 0x9e3779b9 mod 2^18` (as `packet_path`'s
-/// `established_1M`), 64 at a time with the worker's prefetch pass.
+/// `established_1M`), batched as a worker runs them ([`in_batches`]).
 fn spread(packets: usize) {
-    const BATCH: usize = 64;
-    let pods = [
-        cipgw_datapath::harness::addr::POD1,
-        cipgw_datapath::harness::addr::POD2,
-        cipgw_datapath::harness::addr::POD3,
-    ];
-    let net = cipgw_datapath::harness::Net::two_arm()
-        .route(
-            [198, 18, 1, 0],
-            24,
-            cipgw_datapath::harness::CLIENT_IFINDEX,
-            None,
-        )
-        .resolved(cipgw_datapath::harness::POD_IFINDEX, pods)
-        .resolved(
-            cipgw_datapath::harness::CLIENT_IFINDEX,
-            (0..4).map(|x| [198, 18, 1, x]),
-        )
+    let pods = [addr::POD1, addr::POD2, addr::POD3];
+    let net = Net::two_arm()
+        .route([198, 18, 1, 0], 24, CLIENT_IFINDEX, None)
+        .resolved(POD_IFINDEX, pods)
+        .resolved(CLIENT_IFINDEX, (0..4).map(|x| [198, 18, 1, x]))
         .build();
     let one = table(1);
     let ctx = BatchContext {
@@ -151,21 +152,10 @@ fn spread(packets: usize) {
         let mut r = frame((pod, 5678), ([198, 18, 1, (i >> 16) as u8], i as u16));
         p.process(&mut r, len, 1, &ctx);
     }
-    let mut scratch = vec![vec![0u8; 2048]; BATCH];
-    let mut sent = 0;
-    while sent < packets {
-        let n = BATCH.min(packets - sent);
-        for (k, buf) in scratch[..n].iter_mut().enumerate() {
-            let flow = (sent + k).wrapping_mul(0x9e37_79b9) & (SPREAD_FLOWS - 1);
-            new_flow_frame(&mut buf[..len], &base, flow);
-            p.prefetch(&buf[..len]);
-        }
-        p.prefetch_flows();
-        for buf in &mut scratch[..n] {
-            black_box(p.process(buf, len, 0, &ctx));
-        }
-        sent += n;
-    }
+    in_batches(&mut p, &ctx, packets, len, |buf, i| {
+        let flow = i.wrapping_mul(0x9e37_79b9) & (SPREAD_FLOWS - 1);
+        new_flow_frame(buf, &base, flow);
+    });
 }
 
 /// `packets` new flows to a Service among `services`.
