@@ -1831,29 +1831,17 @@ fn flow_cache_sets_hold_two_flows() {
         .collect();
     let (a, b, c) = (1, same_set[0], same_set[1]);
     let mut cache = FlowCache::<Ipv4Addr>::new();
+    // The NAT port the cache serves for client port `p` at `now`.
+    let port_of = |cache: &FlowCache<Ipv4Addr>, p: u16, now: u32| {
+        cache.get(&key(p), now, 0).map(|h| h.nat_port)
+    };
     cache.put(key(a), hit(a), 7, 0);
     cache.put(key(b), hit(b), 7, 0);
-    assert_eq!(
-        cache.get(&key(a), 7, 0).map(|h| h.nat_port),
-        Some(a),
-        "first flow cached"
-    );
-    assert_eq!(
-        cache.get(&key(b), 7, 0).map(|h| h.nat_port),
-        Some(b),
-        "second flow cached"
-    );
+    assert_eq!(port_of(&cache, a, 7), Some(a), "first flow cached");
+    assert_eq!(port_of(&cache, b, 7), Some(b), "second flow cached");
     cache.put(key(c), hit(c), 7, 0);
-    assert_eq!(
-        cache.get(&key(c), 7, 0).map(|h| h.nat_port),
-        Some(c),
-        "third flow cached"
-    );
-    assert_eq!(
-        cache.get(&key(b), 7, 0).map(|h| h.nat_port),
-        Some(b),
-        "the newer of the two stays"
-    );
+    assert_eq!(port_of(&cache, c, 7), Some(c), "third flow cached");
+    assert_eq!(port_of(&cache, b, 7), Some(b), "the newer of the two stays");
     assert!(
         cache.get(&key(a), 7, 0).is_none(),
         "the older of the two made way"
@@ -1861,7 +1849,7 @@ fn flow_cache_sets_hold_two_flows() {
     // A second later every entry is stale: a new flow takes the first way
     // without pushing a stale one on.
     cache.put(key(a), hit(a), 8, 0);
-    assert_eq!(cache.get(&key(a), 8, 0).map(|h| h.nat_port), Some(a));
+    assert_eq!(port_of(&cache, a, 8), Some(a));
     assert!(
         cache.get(&key(c), 8, 0).is_none(),
         "stale entries are not served"
