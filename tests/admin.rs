@@ -32,6 +32,11 @@
 //!   RST, the others go on, and the deletions are counted in
 //!   `cipgw status` and `cipgw_conntrack_deleted_total`.
 //!
+//! - two workers (`--cores 0,1`) on gateway links of two queues each:
+//!   every connection keeps its Pod, whichever worker its packets and
+//!   their replies reach (the workers share one table), both workers
+//!   take new flows, and their new-flow counts add up to the
+//!   connections made and to the table's inserts;
 //! - `cipgw services` and `/api/services` count packets, bytes and flows
 //!   per endpoint (as `ipvsadm -L --stats` per real server): UDP
 //!   exchanges through a VIP spread over two Pods show exactly two
@@ -1013,5 +1018,79 @@ fn services_count_packets_per_endpoint() {
             "Flows and Packets of {endpoint}: {line}"
         );
     }
+    lab.stop_gateway();
+}
+
+/// Two workers, each with a queue of both gateway links: the client's
+/// and the Pods' kernels pick a queue per flow, so a connection's packets
+/// reach one worker or the other, its replies maybe the other one.
+#[test]
+fn two_workers_on_two_queues_share_one_table() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    // Each connection takes a queue at random (the socket's hash): all
+    // 40 on one queue is a chance of 2^-39.
+    const CONNECTIONS: usize = 40;
+    const REQUESTS: usize = 3;
+    const EXCHANGES: usize = 20;
+    let mut lab = Lab::build(Topology::two_arm("twoworkers").pods(3).queues(2));
+    lab.tcp_echo(TARGET_PORT);
+    lab.udp_echo(support::UDP_TARGET_PORT);
+    let vip = lab.info().vip(10);
+    let docs = lab.selector_service("echo", vip, &[HTTP, DNS], &[0, 1, 2]);
+    lab.control_file(&docs);
+    lab.use_cores("0,1");
+    lab.start_gateway();
+
+    // Every session's requests were answered by one Pod (tcp_sessions
+    // checks it) over a socket connected to the VIP.
+    let served = lab.tcp_sessions(SocketAddrV4::new(vip, HTTP.port), CONNECTIONS, REQUESTS);
+    assert_eq!(
+        served.values().sum::<usize>(),
+        CONNECTIONS,
+        "sessions by Pod: {served:?}"
+    );
+    assert_eq!(
+        lab.accepted(TARGET_PORT),
+        CONNECTIONS as u64,
+        "the Pods accepted a different number of connections than the client made"
+    );
+    let status = wait_for_status(&lab, |s| s.totals.new_flows >= CONNECTIONS as u64);
+    let cores: Vec<usize> = status.workers.iter().map(|w| w.core).collect();
+    assert_eq!(cores, [0, 1], "one worker per core: {status:?}");
+    for w in &status.workers {
+        assert!(
+            w.counters.new_flows > 0 && w.counters.forwarded > 0,
+            "the worker on core {} took no connection: {:?}",
+            w.core,
+            w.counters
+        );
+    }
+    let new_flows: Vec<u64> = status
+        .workers
+        .iter()
+        .map(|w| w.counters.new_flows)
+        .collect();
+    eprintln!("new flows per worker (cores 0, 1): {new_flows:?}");
+    assert_eq!(
+        new_flows.iter().sum::<u64>(),
+        CONNECTIONS as u64,
+        "new flows per worker {new_flows:?}"
+    );
+    assert_eq!(
+        status.conntrack.inserted, CONNECTIONS as u64,
+        "the table's inserts, summed over its workers' parts"
+    );
+
+    // UDP: every datagram's answer comes from the VIP (udp_exchanges
+    // checks it), whichever worker its request and its answer reached.
+    let served = lab.udp_exchanges(SocketAddrV4::new(vip, DNS.port), EXCHANGES);
+    assert_eq!(
+        served.values().sum::<usize>(),
+        EXCHANGES,
+        "answers by Pod: {served:?}"
+    );
     lab.stop_gateway();
 }

@@ -13,6 +13,8 @@
 //!   DaemonSet update with maxSurge does): the same, and the XDP program
 //!   on the interfaces is the same one (kept, not replaced); one the new
 //!   gateway cannot keep is replaced;
+//! - the same between gateways of two workers (`--cores 0,1`) on links
+//!   of two queues;
 //! - the same after SIGKILL (a crash);
 //! - the same with the table on huge pages (`--state-dir` on a hugetlbfs
 //!   mount with pages reserved); with none free, the gateway says so and
@@ -35,7 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cipgw::lab::{self, Topology};
+use cipgw::lab::{self, Topology, TopologyBuilder};
 
 #[path = "support/mod.rs"]
 mod support;
@@ -53,7 +55,12 @@ const PATIENCE: Duration = Duration::from_secs(8);
 
 /// A lab with TCP and UDP echo servers on three Pods behind one VIP.
 fn lab() -> (Lab, Ipv4Addr) {
-    let mut lab = Lab::build(Topology::two_arm("restart").pods(3));
+    lab_of(Topology::two_arm("restart").pods(3))
+}
+
+/// [`lab`] of another topology.
+fn lab_of(topology: TopologyBuilder) -> (Lab, Ipv4Addr) {
+    let mut lab = Lab::build(topology);
     lab.tcp_echo(TARGET_PORT);
     lab.udp_echo(UDP_TARGET_PORT);
     let vip = lab.info().vip(10);
@@ -340,6 +347,26 @@ fn connections_survive_a_hand_over_to_a_gateway_started_beside_the_running_one()
             }
         },
         "hand-over (make-before-break)",
+    );
+}
+
+/// The hand-over between gateways of two workers, each worker on a queue
+/// of both links: every adopted flow goes on whichever of the new
+/// gateway's workers its packets reach.
+#[test]
+fn connections_survive_a_hand_over_between_gateways_of_two_workers() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    let (mut lab, vip) = lab_of(Topology::two_arm("restart2w").pods(3).queues(2));
+    lab.use_cores("0,1");
+    survives_in(
+        lab,
+        vip,
+        &[],
+        |lab| lab.replace_gateway(),
+        "hand-over, two workers",
     );
 }
 

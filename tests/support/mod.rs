@@ -449,6 +449,8 @@ pub struct Lab {
     control: Option<PathBuf>,
     /// `--state-dir` instead of the lab's own.
     state_dir: Option<PathBuf>,
+    /// `--cores` instead of the one gateway core.
+    cores: Option<String>,
     /// The gateway's log was printed with a failure already.
     log_printed: std::cell::Cell<bool>,
     /// The executable and arguments of the last gateway started, for
@@ -487,6 +489,7 @@ impl Lab {
             dir: TempDir::new(),
             control: None,
             state_dir: None,
+            cores: None,
             launched: None,
             log_printed: std::cell::Cell::new(false),
         }
@@ -646,7 +649,7 @@ impl Lab {
             "--service-cidr".into(),
             info.vip_range.to_string(),
             "--cores".into(),
-            GATEWAY_CORE.into(),
+            self.cores.clone().unwrap_or_else(|| GATEWAY_CORE.into()),
             "--state-dir".into(),
             self.state_dir().display().to_string(),
         ]);
@@ -732,6 +735,12 @@ impl Lab {
     /// Gateways started from now on use `dir` as `--state-dir`.
     pub fn use_state_dir(&mut self, dir: &Path) {
         self.state_dir = Some(dir.to_owned());
+    }
+
+    /// Gateways started from now on run a worker on each core of `cores`
+    /// (`--cores`), not one on the gateway core.
+    pub fn use_cores(&mut self, cores: &str) {
+        self.cores = Some(cores.to_owned());
     }
 
     /// SIGTERM; the gateway must exit with status 0 within 5 s and leave

@@ -54,6 +54,9 @@ use crate::wire::ethernet::MacAddr;
 /// Largest number of Pods a topology takes (.11 ... .210).
 pub const MAX_PODS: usize = 200;
 
+/// Most queues a gateway link takes ([`TopologyBuilder::queues`]).
+pub const MAX_QUEUES: u32 = 16;
+
 /// Host number of the first Pod in the Pod subnet.
 const FIRST_POD_HOST: u8 = 11;
 
@@ -235,6 +238,7 @@ pub struct TopologyBuilder {
     pods: usize,
     kernel_forwarding: bool,
     dual_stack: bool,
+    queues: u32,
 }
 
 impl TopologyBuilder {
@@ -258,6 +262,17 @@ impl TopologyBuilder {
         self
     }
 
+    /// RX and TX queues of every link of the gateway, 1 to
+    /// [`MAX_QUEUES`] (default 1), so that a gateway with as many
+    /// workers (`--cores`) gives each a queue of every interface. The
+    /// sender picks a queue per flow (its socket's hash, or the bridge's
+    /// for forwarded frames), and veth delivers a frame on the receiver's
+    /// queue of the same number.
+    pub fn queues(mut self, n: u32) -> Self {
+        self.queues = n;
+        self
+    }
+
     /// Creates the namespaces, links, addresses and routes. On error
     /// everything created so far is removed again.
     pub fn build(self) -> Result<Topology, LabError> {
@@ -268,6 +283,12 @@ impl TopologyBuilder {
             return Err(LabError::Invalid(format!(
                 "a topology has 1 to {MAX_PODS} Pods, not {}",
                 self.pods
+            )));
+        }
+        if !(1..=MAX_QUEUES).contains(&self.queues) {
+            return Err(LabError::Invalid(format!(
+                "a gateway link has 1 to {MAX_QUEUES} queues, not {}",
+                self.queues
             )));
         }
         let prefix = unique_prefix(&self.purpose)?;
@@ -293,21 +314,23 @@ impl TopologyBuilder {
         let gw_client = iface("to-client", client_net, 1, v6);
         let gw_pods = iface("to-pods", pod_net, 1, v6);
 
-        veth(
+        veth_queues(
             client,
             &client_if.name,
             client_if.mac,
             gateway,
             &gw_client.name,
             gw_client.mac,
+            self.queues,
         )?;
-        veth(
+        veth_queues(
             gateway,
             &gw_pods.name,
             gw_pods.mac,
             switch,
             "p-gw",
             port_mac(gw_pods.addr),
+            self.queues,
         )?;
         let pod_infos = self.attach_pods(pods, switch, pod_net)?;
         let mut ports = vec!["p-gw".to_owned()];
@@ -391,13 +414,14 @@ impl TopologyBuilder {
         let client_if = iface(NODE_IFACE, lan, 2, v6);
         let gw_lan = iface("lan0", lan, 1, v6);
 
-        veth(
+        veth_queues(
             gateway,
             &gw_lan.name,
             gw_lan.mac,
             switch,
             "p-gw",
             port_mac(gw_lan.addr),
+            self.queues,
         )?;
         veth(
             client,
@@ -556,6 +580,7 @@ impl Topology {
             pods: 3,
             kernel_forwarding: false,
             dual_stack: false,
+            queues: 1,
         }
     }
 
@@ -775,6 +800,19 @@ pub(super) fn veth(
     b_name: &str,
     b_mac: MacAddr,
 ) -> Result<(), LabError> {
+    veth_queues(a, a_name, a_mac, b, b_name, b_mac, 1)
+}
+
+/// [`veth`] with `queues` RX and TX queues at both ends.
+pub(super) fn veth_queues(
+    a: &Netns,
+    a_name: &str,
+    a_mac: MacAddr,
+    b: &Netns,
+    b_name: &str,
+    b_mac: MacAddr,
+    queues: u32,
+) -> Result<(), LabError> {
     for name in [a_name, b_name] {
         if name.is_empty() || name.len() > IFNAME_MAX {
             return Err(LabError::Invalid(format!(
@@ -782,12 +820,17 @@ pub(super) fn veth(
             )));
         }
     }
+    let queues = queues.to_string();
     a.ip(&[
         "link",
         "add",
         a_name,
         "address",
         &format_mac(&a_mac),
+        "numtxqueues",
+        &queues,
+        "numrxqueues",
+        &queues,
         "type",
         "veth",
         "peer",
@@ -795,6 +838,10 @@ pub(super) fn veth(
         b_name,
         "address",
         &format_mac(&b_mac),
+        "numtxqueues",
+        &queues,
+        "numrxqueues",
+        &queues,
         "netns",
         b.name(),
     ])
