@@ -1,8 +1,8 @@
 //! The hash index from a 5-tuple to its flow record: 64-byte buckets of
-//! seven slots, each slot a 32-bit signature (the hash's high half) and a
-//! 32-bit reference (record id and direction). One flow has two slots, one
-//! per direction; a lookup reads one bucket line, then the records whose
-//! signature matches (almost always exactly one).
+//! seven slots, each slot a 32-bit signature (the hash's high half, its
+//! lowest bit set) and a 32-bit reference (record id and direction). One
+//! flow has two slots, one per direction; a lookup reads one bucket line,
+//! then the records whose signature matches (almost always exactly one).
 //!
 //! A key's home bucket comes from its hash; when the home bucket is full
 //! the slot goes to the next bucket with room, and every bucket passed
@@ -53,11 +53,20 @@ pub(super) const INDEX_BYTES_PER_FLOW: usize =
 pub(super) const FORWARD: u32 = 0;
 pub(super) const REPLY: u32 = 1;
 
-/// A slot's content: signature and reference; never 0 (record ids start
-/// at 1).
+/// A hash's signature: its high half with the lowest bit set, so that no
+/// signature is 0 and an empty slot (0) never matches one: a lookup
+/// compares each slot once, without testing it for empty first. One bit
+/// less of signature: a key shares its signature with another one time
+/// in 2^31, and the record's key tells them apart.
+#[inline]
+fn signature(hash: u64) -> u64 {
+    (hash >> 32) | 1
+}
+
+/// A slot's content: signature and reference; never 0.
 #[inline]
 pub(super) fn slot_word(hash: u64, id: RecordId, direction: u32) -> u64 {
-    (hash & !0xffff_ffff) | u64::from(id << 1 | direction)
+    (signature(hash) << 32) | u64::from(id << 1 | direction)
 }
 
 /// Record id and direction of a slot word.
@@ -147,14 +156,14 @@ impl FlowIndex {
         hash: u64,
         mut check: impl FnMut(RecordId, u32) -> Option<T>,
     ) -> Option<T> {
-        let sig = hash >> 32;
+        let sig = signature(hash);
         let home = self.home(hash);
         for bucket in self.buckets.get(home..)?.iter().take(MAX_CHAIN) {
             for slot in &bucket.slots {
                 // Acquire: pairs with the Release in `link`: the record
                 // behind a reference was published before it.
                 let word = slot.load(Ordering::Acquire);
-                if word != 0 && word >> 32 == sig {
+                if word >> 32 == sig {
                     let (id, direction) = reference(word);
                     if let Some(found) = check(id, direction) {
                         return Some(found);
@@ -280,10 +289,31 @@ impl FlowIndex {
         self.buckets[bucket].meta.load(Ordering::Relaxed) & OVERFLOW
     }
 
+    /// Takes bucket `b`'s lock: one compare-exchange when it is free
+    /// (inlined into every writer), the spinning out of line.
+    #[inline]
     fn lock(&self, b: usize) {
         let Some(bucket) = self.buckets.get(b) else {
             return;
         };
+        // Relaxed: a test before the swap, to spin on a shared line.
+        let meta = bucket.meta.load(Ordering::Relaxed);
+        if meta & LOCKED == 0
+            && bucket
+                .meta
+                // Acquire: what the last holder wrote under the lock is
+                // visible to us.
+                .compare_exchange_weak(meta, meta | LOCKED, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        {
+            return;
+        }
+        Self::lock_contended(bucket);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn lock_contended(bucket: &Bucket) {
         let mut spins = 0u32;
         loop {
             // Relaxed: a test before the swap, to spin on a shared line.
@@ -294,8 +324,7 @@ impl FlowIndex {
                     .compare_exchange_weak(
                         meta,
                         meta | LOCKED,
-                        // Acquire: what the last holder wrote under the
-                        // lock is visible to us.
+                        // Acquire: as in `lock`.
                         Ordering::Acquire,
                         Ordering::Relaxed,
                     )
@@ -334,6 +363,7 @@ struct Held<'a> {
 }
 
 impl<'a> Held<'a> {
+    #[inline]
     fn new(index: &'a FlowIndex, home: usize) -> Held<'a> {
         index.lock(home);
         Held {
@@ -368,10 +398,11 @@ impl Drop for Held<'_> {
 mod tests {
     use super::*;
 
-    /// A hash whose home is bucket 0 of a one-home index, with signature
-    /// `sig`.
-    fn hash(sig: u32) -> u64 {
-        u64::from(sig) << 32
+    /// A hash whose home is bucket 0 of a one-home index, with a
+    /// signature of its own for each `n` below 2^31 (the signature's
+    /// lowest bit is always set).
+    fn hash(n: u32) -> u64 {
+        u64::from(n) << 33
     }
 
     #[test]

@@ -1360,7 +1360,7 @@ impl<A: IpFamily> Conntrack<A> {
     /// A first pass reads only the index: a port whose reply key's
     /// signature is in no slot of its chain is free, and one whose
     /// signature is there is passed over as in use without reading the
-    /// record (a signature another key shares, one chance in 2^32 per
+    /// record (a signature another key shares, one chance in 2^31 per
     /// slot, costs a free port, not a wrong one). Only when the probes of
     /// an address find no free port does a second pass read the holders,
     /// for a finished TCP flow's port.
