@@ -10,14 +10,18 @@
 //! `established_batched` (`established` in batches of 64 with the
 //! worker's prefetch pass before each) and `established_spread` (as
 //! `packet_path`'s `established_1M`, over 2^18 flows: batched, and
-//! nearly every packet a miss of the worker's flow cache). Cases
+//! nearly every packet a miss of the worker's flow cache) and
+//! `established_churn` (`established_batched` while one other replied
+//! flow leaves the table per batch, as connections end on a busy
+//! gateway). Cases
 //! and setup use only what older commits also have, so that the script
 //! can build this file at a base revision for an A/B.
 
 use std::hint::black_box;
 use std::sync::Arc;
 
-use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig};
+use cipgw_config::Protocol;
+use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig, FlowKey, FlowMeta};
 use cipgw_datapath::harness::{addr, pipeline, Net, CLIENT_IFINDEX, POD_IFINDEX};
 use cipgw_datapath::pipeline::{BatchContext, Pipeline};
 
@@ -44,6 +48,7 @@ fn main() {
             ("reply", &|n| tracked(n, true)),
             ("established_batched", &|n| batched(n)),
             ("established_spread", &|n| spread(n)),
+            ("established_churn", &|n| churn(n)),
             ("new_flow_1", &|n| new_flows(n, 1)),
             ("new_flow_10000", &|n| new_flows(n, 10_000)),
         ],
@@ -113,6 +118,61 @@ fn batched(packets: usize) {
         in_batches(p, ctx, packets, len, |buf, i| {
             buf.copy_from_slice(&forward[i & 1023])
         });
+    });
+}
+
+/// Other flows `established_churn` has leave the table, one per batch:
+/// room for every batch of the longest run, the same number for every
+/// run, so that their setup cancels out.
+const LEAVING: usize = 4096;
+
+/// `packets` packets of the `established` case batched as a worker runs
+/// them ([`in_batches`]), and before each batch one other replied flow
+/// leaves the table (a connection that ended elsewhere, as the sweeper
+/// removes them: at 10 M packets a second, 150,000 a second).
+fn churn(packets: usize) {
+    assert!(
+        packets.div_ceil(64) <= LEAVING,
+        "at most {LEAVING} batches of 64"
+    );
+    let net = net();
+    let one = table(1);
+    let ctx = BatchContext {
+        table: &one,
+        net: &net,
+        now: 1,
+    };
+    let ct = Arc::new(Conntrack::default());
+    let mut p = pipeline(Arc::clone(&ct), 7);
+    let (forward, _) = tracked_flows(&mut p, &ctx, VIP);
+    let pod = (addr::POD1.into(), 5353);
+    let leaving: Vec<FlowKey> = (0..LEAVING)
+        .map(|i| FlowKey {
+            src: [198, 18, 0, 250].into(),
+            dst: VIP.into(),
+            src_port: 10_000 + i as u16,
+            dst_port: 53,
+            protocol: Protocol::Udp,
+        })
+        .collect();
+    for key in &leaving {
+        ct.insert(*key, pod, 1, FlowMeta::default())
+            .expect("room for the leaving flows");
+        let reply = FlowKey {
+            src: pod.0,
+            dst: key.src,
+            src_port: pod.1,
+            dst_port: key.src_port,
+            protocol: Protocol::Udp,
+        };
+        ct.lookup(&reply, 1, 0).expect("the leaving flow's reply");
+    }
+    let len = forward[0].len();
+    in_batches(&mut p, &ctx, packets, len, |buf, i| {
+        if i % 64 == 0 {
+            assert!(ct.remove(&leaving[i / 64]), "the leaving flow was there");
+        }
+        buf.copy_from_slice(&forward[i & 1023]);
     });
 }
 

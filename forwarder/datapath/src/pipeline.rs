@@ -284,11 +284,13 @@ impl<A: IpFamily> NextHopCache<A> {
 /// whose state cannot change (no SYN, FIN or RST) costs a compare instead
 /// of a hash, a bucket probe and a record read. The shared entry is still visited
 /// once per second per flow and worker, which keeps its last-seen time
-/// (and session affinity) fresh for the sweeper. The whole cache is
-/// stale whenever a replied flow leaves the table (conntrack's removal
-/// count changes), so a retired or expired flow is never served from here;
-/// only replied flows are cached, so evictions of unreplied flows in a SYN
-/// flood do not empty it.
+/// (and session affinity) fresh for the sweeper. An entry is stale once
+/// a replied flow with a key in its key's part of the key space leaves
+/// the table (conntrack counts removals per part, one in 64, by the
+/// key's [`FlowKey::mix`] as the cache's sets), so a retired or expired
+/// flow is never served from here, and connections ending elsewhere
+/// leave the rest of the cache alone; only replied flows are cached, so
+/// evictions of unreplied flows in a SYN flood stale nothing.
 #[derive(Debug)]
 struct FlowCache<A> {
     slots: Box<[CachedFlow<A>]>,
@@ -300,8 +302,8 @@ struct CachedFlow<A> {
     hit: FlowHit<A>,
     /// The second the shared entry was last visited.
     touched: u32,
-    /// Conntrack's removal count when cached: the entry is good while it
-    /// has not changed.
+    /// Conntrack's removal count of the key's part when cached: the
+    /// entry is good while it has not changed.
     removals: u64,
 }
 
@@ -317,9 +319,7 @@ impl<A: IpFamily> FlowCache<A> {
     /// The first of the two slots (ways) `key` may occupy.
     #[inline(always)]
     fn set(key: &FlowKey<A>) -> usize {
-        let a = fold(key.src) ^ fold(key.dst).rotate_left(16);
-        let b = (u32::from(key.src_port) << 16) | u32::from(key.dst_port);
-        (((a ^ b.wrapping_mul(0x85eb_ca6b)).wrapping_mul(0x9e37_79b9) >> 20) & !1) as usize
+        ((key.mix() >> 20) & !1) as usize
     }
 
     /// The cached entry of `key`, fresh or not.
@@ -376,8 +376,9 @@ impl<A: IpFamily> FlowCache<A> {
         };
         // The first way holds the set's newest entry: a new key pushes a
         // fresh first entry to the second way, over the older one there.
-        let fresh = |c: &CachedFlow<A>| c.touched == now && c.removals == removals;
-        if first.key != key && fresh(first) {
+        // (A fresh-looking entry a removal made stale moves on: it is
+        // never served, as `get` checks its part's count.)
+        if first.key != key && first.touched == now {
             *second = *first;
         }
         *first = entry;
@@ -678,7 +679,7 @@ impl Pipeline {
         let steady = flow.tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0;
         // Read before the table lookup, so a flow cached below carries a
         // count no newer than what the lookup saw.
-        let removals = steady.then(|| A::path(self).conntrack.removals());
+        let removals = steady.then(|| A::path(self).conntrack.removals(&key));
         let cached = removals.and_then(|r| A::path(self).flows.get(&key, ctx.now, r));
         let mut hit = match cached {
             Some(hit) => hit,

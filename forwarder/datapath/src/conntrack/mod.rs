@@ -124,6 +124,22 @@ impl<A: Copy> FlowKey<A> {
     }
 }
 
+impl<A: IpFamily> FlowKey<A> {
+    /// A cheap, unkeyed mix of the key, not the table's (keyed) hash: a
+    /// worker's flow cache picks a key's set from its high bits, and the
+    /// table counts removals per part of it ([`Conntrack::removals`]).
+    #[inline(always)]
+    pub fn mix(&self) -> u32 {
+        let fold = |ip: A| {
+            let bits = ip.bits();
+            (bits as u32) ^ ((bits >> 32) as u32) ^ ((bits >> 64) as u32) ^ ((bits >> 96) as u32)
+        };
+        let a = fold(self.src) ^ fold(self.dst).rotate_left(16);
+        let b = (u32::from(self.src_port) << 16) | u32::from(self.dst_port);
+        (a ^ b.wrapping_mul(0x85eb_ca6b)).wrapping_mul(0x9e37_79b9)
+    }
+}
+
 impl<A: IpFamily> Hash for FlowKey<A> {
     #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
@@ -363,6 +379,11 @@ const EVICTION_SCAN: usize = 4096;
 const EVICTION_LOOKAHEAD: usize = 8;
 /// Attempts to remove a flow whose life word keeps changing under us.
 const CLAIM_ATTEMPTS: usize = 8;
+/// The key space is cut in 2^this parts whose removals are counted apart
+/// ([`Conntrack::removals`]): a removal makes stale what workers cached
+/// of the keys of at most two parts, one in 512 of the cache.
+const REMOVAL_PART_BITS: u32 = 10;
+const REMOVAL_PARTS: usize = 1 << REMOVAL_PART_BITS;
 
 /// One worker's own part of the table: its eviction queues and its
 /// counters. A worker queues the flows it inserts in its own queues, a
@@ -419,10 +440,15 @@ pub struct Conntrack<A: IpFamily = Ipv4Addr> {
     live: CachePadded<AtomicUsize>,
     /// Flows no reply has been seen for.
     unreplied: CachePadded<AtomicUsize>,
-    /// Counts removals of replied flows, so that per-worker caches of
-    /// flows ([`crate::pipeline`]) know when to forget what they hold.
-    /// Read on every steady packet, written rarely: its own line.
-    removals: CachePadded<AtomicU64>,
+    /// Counts removals of replied flows per part of the key space (of
+    /// either key), so that per-worker caches of flows
+    /// ([`crate::pipeline`]) know which of what they hold to forget:
+    /// with one count for the table, every removal (thousands a second
+    /// on a busy gateway, as connections end) emptied every worker's
+    /// cache. Read on every steady packet, written once per removal;
+    /// eight counts share a line (8 KiB in all): a removal costs the
+    /// workers a fetch of that line, and stales only its own parts.
+    removals: Box<[AtomicU64; REMOVAL_PARTS]>,
     /// Each inserting worker's queues and counters
     /// ([`Conntrack::with_workers`]), on lines of its own.
     workers: Box<[CachePadded<PerWorker>]>,
@@ -807,7 +833,7 @@ impl<A: IpFamily> Conntrack<A> {
                 .max(1),
             live: CachePadded::new(AtomicUsize::new(0)),
             unreplied: CachePadded::new(AtomicUsize::new(0)),
-            removals: CachePadded::new(AtomicU64::new(0)),
+            removals: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
             workers: PerWorker::for_workers(records, 1),
             snat: SnatPool::default(),
             accounts: None,
@@ -1710,9 +1736,8 @@ impl<A: IpFamily> Conntrack<A> {
         stats.evicted[class as usize].fetch_add(1, STAT);
         if life.bits() & REPLIED != 0 {
             self.unreplied.fetch_add(1, STAT);
-            // A replied flow may sit in a worker's flow cache; Release as
-            // in `remove_flow`.
-            self.removals.fetch_add(1, Ordering::Release);
+            // A replied flow may sit in a worker's flow cache.
+            self.count_removal(victim);
         }
         id
     }
@@ -1775,11 +1800,27 @@ impl<A: IpFamily> Conntrack<A> {
         } else {
             // Only flows that got a reply are ever cached by workers, so
             // only their removal needs to reach the caches (a SYN flood's
-            // evictions do not). Release: a cache that sees the new count
-            // also sees the flow gone from the index.
-            self.removals.fetch_add(1, Ordering::Release);
+            // evictions do not).
+            self.count_removal(&flow);
         }
         Some((flow, life))
+    }
+
+    /// Counts a claimed and unlinked flow's removal in the parts of both
+    /// its keys (a worker caches a flow under the key its packet had).
+    fn count_removal(&self, flow: &FlowData<A>) {
+        for key in [flow.forward_key(), flow.reply_key(&self.snat)] {
+            // Release: a cache that sees the new count also sees the
+            // flow gone from the index (its claim came before).
+            self.removals[Self::removal_part(&key)].fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// The part of the key space `key` is in: the high bits of its mix
+    /// (the low bits of a product see only the low bits of its factors).
+    #[inline(always)]
+    fn removal_part(key: &FlowKey<A>) -> usize {
+        (key.mix() >> (u32::BITS - REMOVAL_PART_BITS)) as usize
     }
 
     /// Removes a flow by either of its keys. Returns whether it existed.
@@ -1810,11 +1851,14 @@ impl<A: IpFamily> Conntrack<A> {
         removed
     }
 
-    /// How many replied flows were ever removed; changes whenever one is.
+    /// How many replied flows with a key in `key`'s part of the key space
+    /// were ever removed: changes whenever the flow of `key` is (and
+    /// when one of the other flows of its part is). Read before a lookup,
+    /// a cached lookup's result is good while this stays the same.
     #[inline]
-    pub fn removals(&self) -> u64 {
-        // Acquire: pairs with the Release in `remove_flow`.
-        self.removals.load(Ordering::Acquire)
+    pub fn removals(&self, key: &FlowKey<A>) -> u64 {
+        // Acquire: pairs with the Release in `count_removal`.
+        self.removals[Self::removal_part(key)].load(Ordering::Acquire)
     }
 
     /// Entries in the table (two keys per flow).

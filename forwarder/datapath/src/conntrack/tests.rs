@@ -1544,3 +1544,52 @@ fn concurrent_ipv6_writers_and_readers_never_see_a_wrong_flow() {
         concurrent_run_in(max_flows, index_flows, spaced_forward6, spaced_backend6);
     }
 }
+
+/// A replied flow's removal changes the removal counts of its two keys'
+/// parts and of no other part, so workers' caches keep the flows of the
+/// other parts; an unreplied flow's removal changes none (workers never
+/// cache one).
+#[test]
+fn removals_are_counted_in_the_parts_of_both_keys() {
+    let ct = Conntrack::default();
+    let part = Conntrack::<Ipv4Addr>::removal_part;
+    let others: Vec<FlowKey> = (1..=512).map(|p| forward(50000 + p)).collect();
+    let parts: std::collections::BTreeSet<usize> = others.iter().map(part).collect();
+    assert!(
+        parts.len() > others.len() / 2,
+        "one client's connections to one port spread over the parts: {} parts",
+        parts.len()
+    );
+    let counts = |keys: &[FlowKey]| keys.iter().map(|k| ct.removals(k)).collect::<Vec<_>>();
+
+    ct.insert(forward(40000), backend(), 1, FlowMeta::default())
+        .expect("insert");
+    let before = counts(&others);
+    assert!(ct.remove(&forward(40000)));
+    assert_eq!(counts(&others), before, "an unreplied flow stales nothing");
+
+    for port in [40001, 40002, 40003] {
+        ct.insert(forward(port), backend(), 1, FlowMeta::default())
+            .expect("insert");
+        ct.lookup(&reply(port), 2, SYN | ACK).expect("the reply");
+        let (own, before) = (
+            [forward(port), reply(port)],
+            (counts(&[forward(port), reply(port)]), counts(&others)),
+        );
+        assert!(ct.remove(&forward(port)));
+        let after = counts(&own);
+        assert!(
+            after[0] != before.0[0] && after[1] != before.0[1],
+            "both keys' counts move: {before:?} -> {after:?}"
+        );
+        let own_parts = [part(&own[0]), part(&own[1])];
+        for ((key, was), now) in others.iter().zip(&before.1).zip(counts(&others)) {
+            assert_eq!(
+                now != *was,
+                own_parts.contains(&part(key)),
+                "{key:?} (part {}) after removing the flow of parts {own_parts:?}",
+                part(key)
+            );
+        }
+    }
+}
