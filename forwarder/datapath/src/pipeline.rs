@@ -316,16 +316,17 @@ impl<A: IpFamily> FlowCache<A> {
         }
     }
 
-    /// The first of the two slots (ways) `key` may occupy.
+    /// The first of the two slots (ways) a key whose [`FlowKey::mix`] is
+    /// `mix` may occupy.
     #[inline(always)]
-    fn set(key: &FlowKey<A>) -> usize {
-        ((key.mix() >> 20) & !1) as usize
+    fn set(mix: u32) -> usize {
+        ((mix >> 20) & !1) as usize
     }
 
-    /// The cached entry of `key`, fresh or not.
+    /// The cached entry of `key` (of mix `mix`), fresh or not.
     #[inline(always)]
-    fn find(&self, key: &FlowKey<A>) -> Option<&CachedFlow<A>> {
-        let set = Self::set(key);
+    fn find(&self, key: &FlowKey<A>, mix: u32) -> Option<&CachedFlow<A>> {
+        let set = Self::set(mix);
         let ways = self.slots.get(set..set + 2)?;
         ways.iter().find(|cached| cached.key == *key)
     }
@@ -335,13 +336,14 @@ impl<A: IpFamily> FlowCache<A> {
     /// here.
     #[inline]
     fn holds(&self, key: &FlowKey<A>) -> bool {
-        self.find(key).is_some()
+        self.find(key, key.mix()).is_some()
     }
 
-    /// A cached hit for `key`, if it is fresh this second.
+    /// A cached hit for `key` (of mix `mix`), if it is fresh this second
+    /// and its part of the key space has had no removal (`removals`).
     #[inline]
-    fn get(&self, key: &FlowKey<A>, now: u32, removals: u64) -> Option<FlowHit<A>> {
-        let cached = self.find(key)?;
+    fn get(&self, key: &FlowKey<A>, mix: u32, now: u32, removals: u64) -> Option<FlowHit<A>> {
+        let cached = self.find(key, mix)?;
         (cached.touched == now && cached.removals == removals).then_some(cached.hit)
     }
 
@@ -350,7 +352,7 @@ impl<A: IpFamily> FlowCache<A> {
     /// two busy flows whose keys share a set do not evict each other on
     /// every packet; the older of two evicted for a third).
     #[inline]
-    fn put(&mut self, key: FlowKey<A>, hit: FlowHit<A>, now: u32, removals: u64) {
+    fn put(&mut self, key: FlowKey<A>, mix: u32, hit: FlowHit<A>, now: u32, removals: u64) {
         if self.slots.is_empty() {
             // Allocated at the first established flow, not per pipeline.
             self.slots = vec![
@@ -364,7 +366,7 @@ impl<A: IpFamily> FlowCache<A> {
             ]
             .into_boxed_slice();
         }
-        let set = Self::set(&key);
+        let set = Self::set(mix);
         let entry = CachedFlow {
             key,
             hit,
@@ -677,10 +679,12 @@ impl Pipeline {
 
         // Packets that may change a flow's state always see the table.
         let steady = flow.tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0;
-        // Read before the table lookup, so a flow cached below carries a
-        // count no newer than what the lookup saw.
-        let removals = steady.then(|| A::path(self).conntrack.removals(&key));
-        let cached = removals.and_then(|r| A::path(self).flows.get(&key, ctx.now, r));
+        // The key's mix picks its cache set and its part of the key
+        // space's removal count, read before the table lookup, so a flow
+        // cached below carries a count no newer than what the lookup saw.
+        let mix = key.mix();
+        let removals = steady.then(|| A::path(self).conntrack.removals(mix));
+        let cached = removals.and_then(|r| A::path(self).flows.get(&key, mix, ctx.now, r));
         let mut hit = match cached {
             Some(hit) => hit,
             None => {
@@ -697,7 +701,7 @@ impl Pipeline {
                                 hit.state,
                                 FlowState::TcpEstablished | FlowState::UdpReplied
                             ) {
-                                path.flows.put(key, hit, ctx.now, removals);
+                                path.flows.put(key, mix, hit, ctx.now, removals);
                             }
                         }
                         hit

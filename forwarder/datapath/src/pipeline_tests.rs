@@ -1824,34 +1824,34 @@ fn flow_cache_sets_hold_two_flows() {
         snat: None,
         record: 1,
     };
-    let set = FlowCache::<Ipv4Addr>::set(&key(1));
+    let set = FlowCache::<Ipv4Addr>::set(key(1).mix());
     let same_set: Vec<u16> = (2..u16::MAX)
-        .filter(|&p| FlowCache::<Ipv4Addr>::set(&key(p)) == set)
+        .filter(|&p| FlowCache::<Ipv4Addr>::set(key(p).mix()) == set)
         .take(2)
         .collect();
     let (a, b, c) = (1, same_set[0], same_set[1]);
     let mut cache = FlowCache::<Ipv4Addr>::new();
     // The NAT port the cache serves for client port `p` at `now`.
     let port_of = |cache: &FlowCache<Ipv4Addr>, p: u16, now: u32| {
-        cache.get(&key(p), now, 0).map(|h| h.nat_port)
+        cache.get(&key(p), key(p).mix(), now, 0).map(|h| h.nat_port)
     };
-    cache.put(key(a), hit(a), 7, 0);
-    cache.put(key(b), hit(b), 7, 0);
+    cache.put(key(a), key(a).mix(), hit(a), 7, 0);
+    cache.put(key(b), key(b).mix(), hit(b), 7, 0);
     assert_eq!(port_of(&cache, a, 7), Some(a), "first flow cached");
     assert_eq!(port_of(&cache, b, 7), Some(b), "second flow cached");
-    cache.put(key(c), hit(c), 7, 0);
+    cache.put(key(c), key(c).mix(), hit(c), 7, 0);
     assert_eq!(port_of(&cache, c, 7), Some(c), "third flow cached");
     assert_eq!(port_of(&cache, b, 7), Some(b), "the newer of the two stays");
     assert!(
-        cache.get(&key(a), 7, 0).is_none(),
+        cache.get(&key(a), key(a).mix(), 7, 0).is_none(),
         "the older of the two made way"
     );
     // A second later every entry is stale: a new flow takes the first way
     // without pushing a stale one on.
-    cache.put(key(a), hit(a), 8, 0);
+    cache.put(key(a), key(a).mix(), hit(a), 8, 0);
     assert_eq!(port_of(&cache, a, 8), Some(a));
     assert!(
-        cache.get(&key(c), 8, 0).is_none(),
+        cache.get(&key(c), key(c).mix(), 8, 0).is_none(),
         "stale entries are not served"
     );
     assert!(

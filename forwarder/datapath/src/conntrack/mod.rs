@@ -1812,15 +1812,15 @@ impl<A: IpFamily> Conntrack<A> {
         for key in [flow.forward_key(), flow.reply_key(&self.snat)] {
             // Release: a cache that sees the new count also sees the
             // flow gone from the index (its claim came before).
-            self.removals[Self::removal_part(&key)].fetch_add(1, Ordering::Release);
+            self.removals[Self::removal_part(key.mix())].fetch_add(1, Ordering::Release);
         }
     }
 
-    /// The part of the key space `key` is in: the high bits of its mix
+    /// The part of the key space of keys of mix `mix`: its high bits
     /// (the low bits of a product see only the low bits of its factors).
     #[inline(always)]
-    fn removal_part(key: &FlowKey<A>) -> usize {
-        (key.mix() >> (u32::BITS - REMOVAL_PART_BITS)) as usize
+    fn removal_part(mix: u32) -> usize {
+        (mix >> (u32::BITS - REMOVAL_PART_BITS)) as usize
     }
 
     /// Removes a flow by either of its keys. Returns whether it existed.
@@ -1851,14 +1851,15 @@ impl<A: IpFamily> Conntrack<A> {
         removed
     }
 
-    /// How many replied flows with a key in `key`'s part of the key space
-    /// were ever removed: changes whenever the flow of `key` is (and
-    /// when one of the other flows of its part is). Read before a lookup,
-    /// a cached lookup's result is good while this stays the same.
+    /// How many replied flows with a key in the part of the key space of
+    /// keys whose [`FlowKey::mix`] is `mix` were ever removed: changes
+    /// whenever the flow of such a key is (and when one of the other
+    /// flows of its part is). Read before a lookup, a cached lookup's
+    /// result is good while this stays the same.
     #[inline]
-    pub fn removals(&self, key: &FlowKey<A>) -> u64 {
+    pub fn removals(&self, mix: u32) -> u64 {
         // Acquire: pairs with the Release in `count_removal`.
-        self.removals[Self::removal_part(key)].load(Ordering::Acquire)
+        self.removals[Self::removal_part(mix)].load(Ordering::Acquire)
     }
 
     /// Entries in the table (two keys per flow).
