@@ -55,9 +55,18 @@ fn main() {
     );
 }
 
+/// What a case of [`with_tracked`] runs on.
+struct Tracked<'a> {
+    ctx: BatchContext<'a>,
+    conntrack: Arc<Conntrack>,
+    /// The flows' client-to-Pod frames, and their replies.
+    forward: Vec<Vec<u8>>,
+    back: Vec<Vec<u8>>,
+}
+
 /// Runs `case` on a pipeline tracking 1,024 live, replied flows
-/// (`tracked_flows`), with their client-to-Pod frames and their replies.
-fn with_tracked(case: impl FnOnce(&mut Pipeline, &BatchContext<'_>, &[Vec<u8>], &[Vec<u8>])) {
+/// (`tracked_flows`).
+fn with_tracked(case: impl FnOnce(&mut Pipeline, &Tracked<'_>)) {
     let net = net();
     let one = table(1);
     let ctx = BatchContext {
@@ -65,19 +74,26 @@ fn with_tracked(case: impl FnOnce(&mut Pipeline, &BatchContext<'_>, &[Vec<u8>], 
         net: &net,
         now: 1,
     };
-    let mut p = pipeline(Arc::new(Conntrack::default()), 7);
+    let conntrack = Arc::new(Conntrack::default());
+    let mut p = pipeline(Arc::clone(&conntrack), 7);
     let (forward, back) = tracked_flows(&mut p, &ctx, VIP);
-    case(&mut p, &ctx, &forward, &back);
+    let tracked = Tracked {
+        ctx,
+        conntrack,
+        forward,
+        back,
+    };
+    case(&mut p, &tracked);
 }
 
 /// `packets` packets of 1,024 live, replied flows, client to Pod (or the
 /// replies).
 fn tracked(packets: usize, replies: bool) {
-    with_tracked(|p, ctx, forward, back| {
-        let frames = if replies { back } else { forward };
+    with_tracked(|p, t| {
+        let frames = if replies { &t.back } else { &t.forward };
         let mut scratch = vec![0u8; 2048];
         for i in 0..packets {
-            black_box(process_copy(p, ctx, frames, i, &mut scratch));
+            black_box(process_copy(p, &t.ctx, frames, i, &mut scratch));
         }
     });
 }
@@ -113,10 +129,10 @@ fn in_batches(
 /// `packets` packets of the `established` case, batched as a worker runs
 /// them ([`in_batches`]).
 fn batched(packets: usize) {
-    with_tracked(|p, ctx, forward, _| {
-        let len = forward[0].len();
-        in_batches(p, ctx, packets, len, |buf, i| {
-            buf.copy_from_slice(&forward[i & 1023])
+    with_tracked(|p, t| {
+        let len = t.forward[0].len();
+        in_batches(p, &t.ctx, packets, len, |buf, i| {
+            buf.copy_from_slice(&t.forward[i & 1023])
         });
     });
 }
@@ -135,44 +151,37 @@ fn churn(packets: usize) {
         packets.div_ceil(64) <= LEAVING,
         "at most {LEAVING} batches of 64"
     );
-    let net = net();
-    let one = table(1);
-    let ctx = BatchContext {
-        table: &one,
-        net: &net,
-        now: 1,
-    };
-    let ct = Arc::new(Conntrack::default());
-    let mut p = pipeline(Arc::clone(&ct), 7);
-    let (forward, _) = tracked_flows(&mut p, &ctx, VIP);
-    let pod = (addr::POD1.into(), 5353);
-    let leaving: Vec<FlowKey> = (0..LEAVING)
-        .map(|i| FlowKey {
-            src: [198, 18, 0, 250].into(),
-            dst: VIP.into(),
-            src_port: 10_000 + i as u16,
-            dst_port: 53,
-            protocol: Protocol::Udp,
-        })
-        .collect();
-    for key in &leaving {
-        ct.insert(*key, pod, 1, FlowMeta::default())
-            .expect("room for the leaving flows");
-        let reply = FlowKey {
-            src: pod.0,
-            dst: key.src,
-            src_port: pod.1,
-            dst_port: key.src_port,
-            protocol: Protocol::Udp,
-        };
-        ct.lookup(&reply, 1, 0).expect("the leaving flow's reply");
-    }
-    let len = forward[0].len();
-    in_batches(&mut p, &ctx, packets, len, |buf, i| {
-        if i % 64 == 0 {
-            assert!(ct.remove(&leaving[i / 64]), "the leaving flow was there");
+    with_tracked(|p, t| {
+        let ct = &t.conntrack;
+        let pod = (addr::POD1.into(), 5353);
+        let leaving: Vec<FlowKey> = (0..LEAVING)
+            .map(|i| FlowKey {
+                src: [198, 18, 0, 250].into(),
+                dst: VIP.into(),
+                src_port: 10_000 + i as u16,
+                dst_port: 53,
+                protocol: Protocol::Udp,
+            })
+            .collect();
+        for key in &leaving {
+            ct.insert(*key, pod, 1, FlowMeta::default())
+                .expect("room for the leaving flows");
+            let reply = FlowKey {
+                src: pod.0,
+                dst: key.src,
+                src_port: pod.1,
+                dst_port: key.src_port,
+                protocol: Protocol::Udp,
+            };
+            ct.lookup(&reply, 1, 0).expect("the leaving flow's reply");
         }
-        buf.copy_from_slice(&forward[i & 1023]);
+        let len = t.forward[0].len();
+        in_batches(p, &t.ctx, packets, len, |buf, i| {
+            if i % 64 == 0 {
+                assert!(ct.remove(&leaving[i / 64]), "the leaving flow was there");
+            }
+            buf.copy_from_slice(&t.forward[i & 1023]);
+        });
     });
 }
 
