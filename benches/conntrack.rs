@@ -396,7 +396,7 @@ fn background_lookups(ct: &Conntrack, keys: &[FlowKey], stop: &AtomicBool) -> (u
 /// The conntrack work of a batch of new-flow packets for fresh flows
 /// `first..first + n` (n <= BATCH), as a worker does it: hash and fetch
 /// every key's bucket, then for each a lookup (a miss) and an insert by
-/// worker `worker`. Returns how many were refused.
+/// worker `worker` with the lookup's hash. Returns how many were refused.
 #[inline]
 fn new_flows(ct: &Conntrack, first: u32, n: usize, worker: usize) -> u64 {
     let mut hashes = [0u64; BATCH];
@@ -412,8 +412,9 @@ fn new_flows(ct: &Conntrack, first: u32, n: usize, worker: usize) -> u64 {
             continue;
         }
         refused += u64::from(
-            ct.insert(
+            ct.insert_hashed(
                 key,
+                *hash,
                 backend(m),
                 NOW,
                 FlowMeta {
