@@ -286,8 +286,8 @@ impl<A: IpFamily> NextHopCache<A> {
 /// once per second per flow and worker, which keeps its last-seen time
 /// (and session affinity) fresh for the sweeper. An entry is stale once
 /// a replied flow with a key in its key's part of the key space leaves
-/// the table (conntrack counts removals per part, one in 64, by the
-/// key's [`FlowKey::mix`] as the cache's sets), so a retired or expired
+/// the table (conntrack counts removals in 1,024 parts, by the key's
+/// [`FlowKey::mix`] as the cache picks sets), so a retired or expired
 /// flow is never served from here, and connections ending elsewhere
 /// leave the rest of the cache alone; only replied flows are cached, so
 /// evictions of unreplied flows in a SYN flood stale nothing.
