@@ -1859,3 +1859,81 @@ fn flow_cache_sets_hold_two_flows() {
         "holds sees both ways"
     );
 }
+
+/// A connection ending elsewhere in the table leaves what the worker
+/// cached of other parts of the key space cached; one ending in a cached
+/// flow's part stales it (it is looked up again and cached anew), and
+/// the cached flow's own removal is never served from the cache.
+#[test]
+fn a_removal_stales_only_the_cached_flows_of_its_parts() {
+    let (mut h, ct) = Harness::sharing_conntrack();
+    let key = |port: u16| FlowKey {
+        src: Ipv4Addr::from(CLIENT),
+        dst: Ipv4Addr::from(VIP),
+        src_port: port,
+        dst_port: 8080,
+        protocol: Protocol::Tcp,
+    };
+    let reply = |port: u16| FlowKey {
+        src: Ipv4Addr::from(POD1),
+        dst: Ipv4Addr::from(CLIENT),
+        src_port: 5678,
+        dst_port: port,
+        protocol: Protocol::Tcp,
+    };
+    let parts =
+        |port: u16| [key(port), reply(port)].map(|k| Conntrack::<Ipv4Addr>::removal_part(k.mix()));
+    let open = |h: &mut Harness, port: u16| {
+        for mut frame in [client_syn(port, VIP, 8080), pod_synack(port)] {
+            assert!(matches!(h.run(&mut frame), Verdict::Forward { .. }));
+        }
+        let mut data = client_ack(port, VIP, 8080);
+        assert_eq!(h.run(&mut data), Verdict::Forward { port: POD_PORT });
+    };
+    let cached = |h: &mut Harness, port: u16| {
+        let k = key(port);
+        let removals = ct.removals(k.mix());
+        h.pipeline
+            .v4
+            .flows
+            .get(&k, k.mix(), h.now, removals)
+            .is_some()
+    };
+    const WATCHED: u16 = 44100;
+    open(&mut h, WATCHED);
+    assert!(
+        cached(&mut h, WATCHED),
+        "an established flow's data is cached"
+    );
+
+    let elsewhere = (WATCHED + 1..)
+        .find(|&p| parts(p).iter().all(|x| !parts(WATCHED).contains(x)))
+        .expect("a connection in other parts");
+    open(&mut h, elsewhere);
+    assert!(ct.remove(&key(elsewhere)));
+    assert!(
+        cached(&mut h, WATCHED),
+        "a connection ending in other parts leaves it cached"
+    );
+
+    let alongside = (WATCHED + 1..)
+        .find(|&p| p != elsewhere && parts(p)[0] == parts(WATCHED)[0])
+        .expect("a connection in the watched flow's part");
+    open(&mut h, alongside);
+    assert!(ct.remove(&key(alongside)));
+    assert!(
+        !cached(&mut h, WATCHED),
+        "a connection ending in its part stales it"
+    );
+    let mut data = client_ack(WATCHED, VIP, 8080);
+    assert_eq!(h.run(&mut data), Verdict::Forward { port: POD_PORT });
+    assert!(cached(&mut h, WATCHED), "looked up again, and cached anew");
+
+    assert!(ct.remove(&key(WATCHED)));
+    assert!(!cached(&mut h, WATCHED), "its own removal stales it");
+    let mut data = client_ack(WATCHED, VIP, 8080);
+    assert!(
+        matches!(h.run(&mut data), Verdict::Respond { .. }),
+        "a removed flow's next segment is reset, not forwarded from the cache"
+    );
+}

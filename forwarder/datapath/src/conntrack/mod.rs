@@ -1819,7 +1819,7 @@ impl<A: IpFamily> Conntrack<A> {
     /// The part of the key space of keys of mix `mix`: its high bits
     /// (the low bits of a product see only the low bits of its factors).
     #[inline(always)]
-    fn removal_part(mix: u32) -> usize {
+    pub(crate) fn removal_part(mix: u32) -> usize {
         (mix >> (u32::BITS - REMOVAL_PART_BITS)) as usize
     }
 
