@@ -11,8 +11,10 @@
 //! `reply` (likewise, their replies), `new_flow` (IPv6 against IPv4, a
 //! new flow per packet through a fresh 4,096-flow table per round, as
 //! `new_flow_chunked`), `new_flow_snat` (SNAT against none, IPv4, the
-//! same) and `new_flow_full_snat` (SNAT against none through a full
-//! 8,192-flow table, as the veth benchmark's udp-new); default all.
+//! same), `new_flow_full_snat` (SNAT against none through a full
+//! 8,192-flow table, as the veth benchmark's udp-new) and `churn`
+//! (`established`'s IPv4 side against the same while one other replied
+//! flow leaves the table every 64 packets); default all.
 //! Each prints the median ns per packet of A and B over the rounds and
 //! the median, lowest and highest round ratio. The harness's frame copy
 //! is in both sides of every pair.
@@ -22,10 +24,11 @@ use std::net::Ipv6Addr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use cipgw_config::Protocol;
 use cipgw_datapath::conntrack::snat::SnatConfig;
-use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig};
+use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig, FlowKey, FlowMeta};
 use cipgw_datapath::family::IpFamily;
-use cipgw_datapath::harness::pipeline;
+use cipgw_datapath::harness::{addr, pipeline};
 use cipgw_datapath::pipeline::{BatchContext, Pipeline};
 
 #[path = "support/packets.rs"]
@@ -57,6 +60,7 @@ fn main() {
         "new_flow",
         "new_flow_snat",
         "new_flow_full_snat",
+        "churn",
     ];
     for name in all {
         if pairs.is_empty() || pairs.iter().any(|p| p == name) {
@@ -91,6 +95,7 @@ fn pair(name: &str) {
             new_flows4(8192, false),
             new_flows4(8192, true),
         ),
+        "churn" => ("steady", "churn", tracked4(false), churning4()),
         _ => unreachable!("pairs are checked by main"),
     };
     // Warm up both sides once.
@@ -167,6 +172,57 @@ fn tracked4(replies: bool) -> Side {
     let (forward, back) = tracked_flows(&mut p, &ctx, VIP);
     let frames = if replies { back } else { forward };
     timed_frames(p, ctx, frames)
+}
+
+/// [`tracked4`]'s client-to-Pod packets while, every 64 packets, one
+/// other replied flow leaves the table (a connection that ended
+/// elsewhere; its removal is timed too).
+fn churning4() -> Side {
+    let ctx = BatchContext {
+        table: leak(table(1)),
+        net: leak(net()),
+        now: 1,
+    };
+    let ct = Arc::new(Conntrack::default());
+    let mut p = pipeline(Arc::clone(&ct), 7);
+    let (forward, _) = tracked_flows(&mut p, &ctx, VIP);
+    // One flow per 64 packets of every round and of the warm-up.
+    let flows = (ROUNDS + 1) * PACKETS.div_ceil(64);
+    let pod = (addr::POD1.into(), 5353);
+    let leaving: Vec<FlowKey> = (0..flows)
+        .map(|i| FlowKey {
+            src: [198, 18, 0, 250].into(),
+            dst: VIP.into(),
+            src_port: u16::try_from(10_000 + i).expect("fewer leaving flows than ports"),
+            dst_port: 53,
+            protocol: Protocol::Udp,
+        })
+        .collect();
+    for key in &leaving {
+        ct.insert(*key, pod, 1, FlowMeta::default())
+            .expect("room for the leaving flows");
+        let reply = FlowKey {
+            src: pod.0,
+            dst: key.src,
+            src_port: pod.1,
+            dst_port: key.src_port,
+            protocol: Protocol::Udp,
+        };
+        ct.lookup(&reply, 1, 0).expect("the leaving flow's reply");
+    }
+    let mut leaving = leaving.into_iter();
+    let mut scratch = vec![0u8; 2048];
+    Box::new(move || {
+        let start = Instant::now();
+        for i in 0..PACKETS {
+            if i % 64 == 0 {
+                let key = leaving.next().expect("a leaving flow per 64 packets");
+                assert!(ct.remove(&key), "the leaving flow was there");
+            }
+            black_box(process_copy(&mut p, &ctx, &forward, i, &mut scratch));
+        }
+        start.elapsed()
+    })
 }
 
 /// Packets of 1,024 replied IPv6 flows (or their replies).
