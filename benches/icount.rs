@@ -20,8 +20,7 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use cipgw_config::Protocol;
-use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig, FlowKey, FlowMeta};
+use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig};
 use cipgw_datapath::harness::{addr, pipeline, Net, CLIENT_IFINDEX, POD_IFINDEX};
 use cipgw_datapath::pipeline::{BatchContext, Pipeline};
 
@@ -32,7 +31,9 @@ mod icount_cases;
 #[allow(dead_code)]
 mod packets;
 
-use packets::{client, frame, net, new_flow_frame, process_copy, table, tracked_flows};
+use packets::{
+    client, frame, leaving_flows, net, new_flow_frame, process_copy, table, tracked_flows,
+};
 
 /// The VIP of the measured Service (the last of `table(n)`'s).
 const VIP: [u8; 4] = [198, 19, 255, 254];
@@ -153,28 +154,7 @@ fn churn(packets: usize) {
     );
     with_tracked(|p, t| {
         let ct = &t.conntrack;
-        let pod = (addr::POD1.into(), 5353);
-        let leaving: Vec<FlowKey> = (0..LEAVING)
-            .map(|i| FlowKey {
-                src: [198, 18, 0, 250].into(),
-                dst: VIP.into(),
-                src_port: 10_000 + i as u16,
-                dst_port: 53,
-                protocol: Protocol::Udp,
-            })
-            .collect();
-        for key in &leaving {
-            ct.insert(*key, pod, 1, FlowMeta::default())
-                .expect("room for the leaving flows");
-            let reply = FlowKey {
-                src: pod.0,
-                dst: key.src,
-                src_port: pod.1,
-                dst_port: key.src_port,
-                protocol: Protocol::Udp,
-            };
-            ct.lookup(&reply, 1, 0).expect("the leaving flow's reply");
-        }
+        let leaving = leaving_flows(ct, VIP, LEAVING);
         let len = t.forward[0].len();
         in_batches(p, &t.ctx, packets, len, |buf, i| {
             if i % 64 == 0 {

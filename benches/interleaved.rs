@@ -24,11 +24,10 @@ use std::net::Ipv6Addr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cipgw_config::Protocol;
 use cipgw_datapath::conntrack::snat::SnatConfig;
-use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig, FlowKey, FlowMeta};
+use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig};
 use cipgw_datapath::family::IpFamily;
-use cipgw_datapath::harness::{addr, pipeline};
+use cipgw_datapath::harness::pipeline;
 use cipgw_datapath::pipeline::{BatchContext, Pipeline};
 
 #[path = "support/packets.rs"]
@@ -38,7 +37,9 @@ mod packets;
 #[path = "support/packets6.rs"]
 mod packets6;
 
-use packets::{client, frame, net, new_flow_frame, process_copy, table, tracked_flows};
+use packets::{
+    client, frame, leaving_flows, net, new_flow_frame, process_copy, table, tracked_flows,
+};
 use packets6::{client6, frame6, net6, new_flow_frame6, table6, tracked_flows6, VIP6};
 
 /// The IPv4 VIP of the measured Service (the last of `table(n)`'s).
@@ -188,28 +189,7 @@ fn churning4() -> Side {
     let (forward, _) = tracked_flows(&mut p, &ctx, VIP);
     // One flow per 64 packets of every round and of the warm-up.
     let flows = (ROUNDS + 1) * PACKETS.div_ceil(64);
-    let pod = (addr::POD1.into(), 5353);
-    let leaving: Vec<FlowKey> = (0..flows)
-        .map(|i| FlowKey {
-            src: [198, 18, 0, 250].into(),
-            dst: VIP.into(),
-            src_port: u16::try_from(10_000 + i).expect("fewer leaving flows than ports"),
-            dst_port: 53,
-            protocol: Protocol::Udp,
-        })
-        .collect();
-    for key in &leaving {
-        ct.insert(*key, pod, 1, FlowMeta::default())
-            .expect("room for the leaving flows");
-        let reply = FlowKey {
-            src: pod.0,
-            dst: key.src,
-            src_port: pod.1,
-            dst_port: key.src_port,
-            protocol: Protocol::Udp,
-        };
-        ct.lookup(&reply, 1, 0).expect("the leaving flow's reply");
-    }
+    let leaving = leaving_flows(&ct, VIP, flows);
     let mut leaving = leaving.into_iter();
     let mut scratch = vec![0u8; 2048];
     Box::new(move || {

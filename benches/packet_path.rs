@@ -69,6 +69,8 @@ use cipgw_datapath::pipeline::{BatchContext, Pipeline, Verdict};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 #[path = "support/packets.rs"]
+// Shared with the other packet-path benches; this one uses part of it.
+#[allow(dead_code)]
 mod packets;
 #[path = "support/packets6.rs"]
 mod packets6;

@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use cipgw_config::{LbAlgorithm, Protocol, ServiceName, ServiceTable};
+use cipgw_datapath::conntrack::{Conntrack, FlowKey, FlowMeta};
 use cipgw_datapath::harness::addr::{POD1, POD2, POD3};
 use cipgw_datapath::harness::{
     mac, service, service_port, Frame, Net, CLIENT_IFINDEX, POD_IFINDEX,
@@ -146,4 +147,33 @@ pub fn tracked_flows(
         ));
     }
     (frames, replies)
+}
+
+/// `n` replied UDP flows from 198.18.0.250 to `vip`:53, answered by POD1,
+/// put straight into `ct`, for the churn cases to remove one by one (a
+/// connection that ended elsewhere): their forward keys.
+pub fn leaving_flows(ct: &Conntrack, vip: [u8; 4], n: usize) -> Vec<FlowKey> {
+    let pod = (POD1.into(), 5353);
+    let leaving: Vec<FlowKey> = (0..n)
+        .map(|i| FlowKey {
+            src: [198, 18, 0, 250].into(),
+            dst: vip.into(),
+            src_port: u16::try_from(10_000 + i).expect("fewer leaving flows than ports"),
+            dst_port: 53,
+            protocol: Protocol::Udp,
+        })
+        .collect();
+    for key in &leaving {
+        ct.insert(*key, pod, 1, FlowMeta::default())
+            .expect("room for the leaving flows");
+        let reply = FlowKey {
+            src: pod.0,
+            dst: key.src,
+            src_port: pod.1,
+            dst_port: key.src_port,
+            protocol: Protocol::Udp,
+        };
+        ct.lookup(&reply, 1, 0).expect("the leaving flow's reply");
+    }
+    leaving
 }
