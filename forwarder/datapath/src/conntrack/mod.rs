@@ -1731,13 +1731,13 @@ impl<A: IpFamily> Conntrack<A> {
         class: EvictionClass,
         stats: &ConntrackStats,
     ) -> RecordId {
-        self.unlink(id, victim);
+        let keys = self.unlink(id, victim);
         self.snat.released(victim.snat_index);
         stats.evicted[class as usize].fetch_add(1, STAT);
         if life.bits() & REPLIED != 0 {
             self.unreplied.fetch_add(1, STAT);
             // A replied flow may sit in a worker's flow cache.
-            self.count_removal(victim);
+            self.count_removal(&keys);
         }
         id
     }
@@ -1763,13 +1763,12 @@ impl<A: IpFamily> Conntrack<A> {
         None
     }
 
-    /// Takes a claimed flow's keys out of the index.
-    fn unlink(&self, id: RecordId, flow: &FlowData<A>) {
-        self.unlink_keys(
-            id,
-            self.hash(&flow.forward_key()),
-            self.hash(&flow.reply_key(&self.snat)),
-        );
+    /// Takes a claimed flow's keys out of the index; returns them
+    /// (forward, reply).
+    fn unlink(&self, id: RecordId, flow: &FlowData<A>) -> [FlowKey<A>; 2] {
+        let keys = [flow.forward_key(), flow.reply_key(&self.snat)];
+        self.unlink_keys(id, self.hash(&keys[0]), self.hash(&keys[1]));
+        keys
     }
 
     /// Clears the index slots of record `id`'s two keys (either may be
@@ -1791,7 +1790,7 @@ impl<A: IpFamily> Conntrack<A> {
         doomed: impl Fn(&FlowData<A>, Life) -> bool,
     ) -> Option<(FlowData<A>, Life)> {
         let (flow, life) = self.claim_flow(id, doomed)?;
-        self.unlink(id, &flow);
+        let keys = self.unlink(id, &flow);
         self.slab.free(id);
         self.snat.released(flow.snat_index);
         self.live.fetch_sub(1, STAT);
@@ -1801,15 +1800,15 @@ impl<A: IpFamily> Conntrack<A> {
             // Only flows that got a reply are ever cached by workers, so
             // only their removal needs to reach the caches (a SYN flood's
             // evictions do not).
-            self.count_removal(&flow);
+            self.count_removal(&keys);
         }
         Some((flow, life))
     }
 
     /// Counts a claimed and unlinked flow's removal in the parts of both
     /// its keys (a worker caches a flow under the key its packet had).
-    fn count_removal(&self, flow: &FlowData<A>) {
-        for key in [flow.forward_key(), flow.reply_key(&self.snat)] {
+    fn count_removal(&self, keys: &[FlowKey<A>; 2]) {
+        for key in keys {
             // Release: a cache that sees the new count also sees the
             // flow gone from the index (its claim came before).
             self.removals[Self::removal_part(key.mix())].fetch_add(1, Ordering::Release);
