@@ -1807,13 +1807,7 @@ fn flows_count_their_packets_and_bytes_per_direction() {
 /// third evicts the one cached longest ago; a stale way is reused first.
 #[test]
 fn flow_cache_sets_hold_two_flows() {
-    let key = |port: u16| FlowKey {
-        src: Ipv4Addr::from(CLIENT),
-        dst: Ipv4Addr::from(VIP),
-        src_port: port,
-        dst_port: 8080,
-        protocol: Protocol::Tcp,
-    };
+    let key = forward_key;
     let hit = |port: u16| FlowHit {
         direction: Direction::Forward,
         nat_ip: Ipv4Addr::from(POD1),
@@ -1867,13 +1861,7 @@ fn flow_cache_sets_hold_two_flows() {
 #[test]
 fn a_removal_stales_only_the_cached_flows_of_its_parts() {
     let (mut h, ct) = Harness::sharing_conntrack();
-    let key = |port: u16| FlowKey {
-        src: Ipv4Addr::from(CLIENT),
-        dst: Ipv4Addr::from(VIP),
-        src_port: port,
-        dst_port: 8080,
-        protocol: Protocol::Tcp,
-    };
+    let key = forward_key;
     let reply = |port: u16| FlowKey {
         src: Ipv4Addr::from(POD1),
         dst: Ipv4Addr::from(CLIENT),
