@@ -49,6 +49,16 @@ pub trait IpFamily:
     /// The address's bits, right-aligned (an IPv4 address in the low 32).
     fn bits(self) -> u128;
 
+    /// The address folded into 32 bits (an IPv4 address is itself), for
+    /// the workers' direct-mapped caches and [`FlowKey::mix`].
+    ///
+    /// [`FlowKey::mix`]: crate::conntrack::FlowKey::mix
+    #[inline(always)]
+    fn fold(self) -> u32 {
+        let bits = self.bits();
+        (bits as u32) ^ ((bits >> 32) as u32) ^ ((bits >> 64) as u32) ^ ((bits >> 96) as u32)
+    }
+
     /// Whether this is the unspecified address.
     fn is_unspecified_addr(self) -> bool {
         self == Self::UNSPECIFIED

@@ -207,14 +207,6 @@ impl<A: IpFamily> CachedHop<A> {
     };
 }
 
-/// An address folded into 32 bits for the direct-mapped caches (an IPv4
-/// address is itself).
-#[inline(always)]
-fn fold<A: IpFamily>(ip: A) -> u32 {
-    let bits = ip.bits();
-    (bits as u32) ^ ((bits >> 32) as u32) ^ ((bits >> 64) as u32) ^ ((bits >> 96) as u32)
-}
-
 /// A small direct-mapped, per-worker cache of destination -> next hop, so
 /// that an established flow's packet costs one conntrack lookup and not
 /// also a route match and a neighbour lookup. Emptied whenever the network
@@ -247,7 +239,7 @@ impl<A: IpFamily> NextHopCache<A> {
             self.slots.fill(CachedHop::EMPTY);
             self.snapshot = net.id();
         }
-        let slot = Self::slot(fold(dst));
+        let slot = Self::slot(dst.fold());
         let cached = self.slots[slot];
         if cached.dst == dst && !dst.is_unspecified_addr() {
             return Ok(cached);

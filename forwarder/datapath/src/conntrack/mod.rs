@@ -130,11 +130,7 @@ impl<A: IpFamily> FlowKey<A> {
     /// table counts removals per part of it ([`Conntrack::removals`]).
     #[inline(always)]
     pub fn mix(&self) -> u32 {
-        let fold = |ip: A| {
-            let bits = ip.bits();
-            (bits as u32) ^ ((bits >> 32) as u32) ^ ((bits >> 64) as u32) ^ ((bits >> 96) as u32)
-        };
-        let a = fold(self.src) ^ fold(self.dst).rotate_left(16);
+        let a = self.src.fold() ^ self.dst.fold().rotate_left(16);
         let b = (u32::from(self.src_port) << 16) | u32::from(self.dst_port);
         (a ^ b.wrapping_mul(0x85eb_ca6b)).wrapping_mul(0x9e37_79b9)
     }
