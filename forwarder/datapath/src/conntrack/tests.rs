@@ -400,16 +400,30 @@ fn two_workers_flooding_keep_the_counts() {
             });
         }
     });
+    // Full, and over by at most one flow: both workers may find the
+    // table one short of full at once and both insert without evicting
+    // (RECORD_SLACK's overshoot, one flow per worker but the first).
     let summary = ct.summary();
-    assert_eq!(summary.flows, 512, "the table stays full");
-    assert_eq!(summary.unreplied, 512);
-    assert_eq!(ct.entries(), 1024, "both keys of every flow, nothing else");
+    assert!(
+        (512..=513).contains(&summary.flows),
+        "the table stays full: {summary:?}"
+    );
+    assert_eq!(summary.unreplied, summary.flows);
+    assert_eq!(
+        ct.entries(),
+        2 * summary.flows,
+        "both keys of every flow, nothing else"
+    );
     assert_eq!(
         ct.stats().inserted.load(STAT),
         10_000,
         "every insert counted once"
     );
-    assert_eq!(evicted(&ct).iter().sum::<u64>(), 10_000 - 512);
+    assert_eq!(
+        evicted(&ct).iter().sum::<u64>(),
+        10_000 - summary.flows as u64,
+        "every insert but the flows in the table evicted one"
+    );
 }
 
 /// Inserts the flow of client port `p` and completes its handshake.
