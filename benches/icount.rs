@@ -101,8 +101,9 @@ fn tracked(packets: usize, replies: bool) {
 
 /// Runs `packets` frames of `len` bytes through `p` 64 at a time, as a
 /// worker takes them from an RX ring: `write` puts packet `i`'s frame in
-/// its buffer, each batch's prefetch pass (`Pipeline::prefetch`,
-/// `Pipeline::prefetch_flows`) runs first, then each frame is processed.
+/// its buffer, each batch's prefetch passes (`Pipeline::prefetch_headers`,
+/// `Pipeline::prefetch`, `Pipeline::prefetch_flows`) run first, then each
+/// frame is processed.
 fn in_batches(
     p: &mut Pipeline,
     ctx: &BatchContext<'_>,
@@ -117,6 +118,9 @@ fn in_batches(
         let n = BATCH.min(packets - sent);
         for (k, buf) in scratch[..n].iter_mut().enumerate() {
             write(&mut buf[..len], sent + k);
+            // The worker runs these as two passes over the batch; one loop
+            // here executes the same instructions.
+            Pipeline::prefetch_headers(&buf[..len]);
             p.prefetch(&buf[..len]);
         }
         p.prefetch_flows();

@@ -518,6 +518,9 @@ fn million(
                 for_batches(iters, &mut cursor, |flows| {
                     for (buf, &flow) in bufs.iter_mut().zip(flows) {
                         write(&mut buf[..len], flow);
+                        Pipeline::prefetch_headers(&buf[..len]);
+                    }
+                    for buf in &bufs[..flows.len()] {
                         p.prefetch(&buf[..len]);
                     }
                     p.prefetch_flows();

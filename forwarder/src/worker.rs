@@ -305,7 +305,13 @@ impl Worker {
             self.pass_through(batch, ingress, peer, ctx.net);
             return;
         }
-        // Fetch the batch's conntrack lines before processing any frame.
+        // Fetch the batch's header lines, then its conntrack lines,
+        // before processing any frame.
+        for frame in batch.iter() {
+            // SAFETY: a frame of this worker's UMEM, just received; only
+            // read here.
+            Pipeline::prefetch_headers(unsafe { self.io.data(frame) }.contents());
+        }
         for frame in batch.iter() {
             // SAFETY: a frame of this worker's UMEM, just received; only
             // read here.

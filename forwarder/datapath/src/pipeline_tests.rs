@@ -417,8 +417,9 @@ fn forwarding_cases() {
 }
 
 /// The worker prefetches a whole RX batch before processing it: the same
-/// frames give the same verdicts and bytes with and without that pass,
-/// and the malformed ones are harmless to it.
+/// frames give the same verdicts and bytes with and without that pass
+/// (and pass zero before it), and the malformed ones are harmless to
+/// them.
 #[test]
 fn prefetching_a_batch_changes_no_verdict_or_byte() {
     let mut plain = Harness::new();
@@ -431,6 +432,10 @@ fn prefetching_a_batch_changes_no_verdict_or_byte() {
         good[..20].to_vec(),
         good[..36].to_vec(),
     ]);
+    // Empty and short frames too: pass zero asks only for what they hold.
+    for frame in &inputs {
+        Pipeline::prefetch_headers(frame);
+    }
     for frame in &inputs {
         batched.pipeline.prefetch(frame);
     }

@@ -67,7 +67,7 @@ use cipgw_datapath::dns::{DnsConfig, DnsCounters, DnsResponder, DnsZone};
 use cipgw_datapath::harness::{
     endpoint, pipeline, service, service_port, Harness, Net, CLIENT_IFINDEX, POD_IFINDEX,
 };
-use cipgw_datapath::pipeline::{PipelineConfig, Verdict};
+use cipgw_datapath::pipeline::{Pipeline, PipelineConfig, Verdict};
 use cipgw_datapath::route::{NetSnapshot, PortId};
 use cipgw_datapath::table::CompiledTable;
 
@@ -449,6 +449,7 @@ fn run_session(data: &[u8], mut seen: impl FnMut(Outcome)) {
         let before6 = Checked6::of(&buf[..len]);
 
         // As the worker does for each RX batch (here a batch of one).
+        Pipeline::prefetch_headers(&buf[..len]);
         gateway.pipeline.prefetch(&buf[..len]);
         gateway.pipeline.prefetch_flows();
         let verdict = gateway.process(&mut buf, len, ingress);

@@ -716,7 +716,7 @@ fn for_each_line<T>(start: usize, mut line: impl FnMut(usize)) {
 
 /// Hints the CPU to fetch the cache line holding address `at`.
 #[inline(always)]
-fn prefetch_line(at: usize) {
+pub(crate) fn prefetch_line(at: usize) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is only a hint: it never faults and changes no
     // memory, whatever the address (callers pass addresses inside a live
