@@ -68,9 +68,10 @@
 # `--smoke --debug`: debug binaries, which the test step has built).
 # --profile adds one uncounted rep per cipgw UDP workload under
 # `perf record -g -C 1` (DIR/perf-*.txt). Around every cipgw measurement
-# the script scrapes cipgw's /metrics (its drops by reason and the
-# kernel's AF_XDP socket counters it exports) and prints where packets
-# were lost (DIR/losses.md, also in results.md). --quiet-wait S (default 60,
+# the script scrapes cipgw's /metrics (its drops by reason, the kernel's
+# AF_XDP socket counters it exports and its workers' time in RX batches)
+# and prints where packets were lost and cipgw's batch time per frame
+# (DIR/losses.md, also in results.md). --quiet-wait S (default 60,
 # smoke 0): before each measurement wait up to S seconds for other work on
 # the machine to stop; the busy share seen goes into the record. Everything
 # the script creates is removed on exit, failure or signal.
@@ -422,8 +423,11 @@ quiet() {
 }
 
 # cipgw's counters from /metrics on its admin endpoint, cumulative, as one
-# JSON object: rx, tx, drops by reason, and the kernel's AF_XDP socket
-# statistics (`xsk`: rx_ring_full, rx_dropped, ... as cipgw exports them).
+# JSON object: rx, tx, the wall-clock time its workers spent in RX batches
+# and the frames in them (batch_s, batch_frames: its batch time per frame,
+# the kernel's I/O between batches left out), drops by reason, and the
+# kernel's AF_XDP socket statistics (`xsk`: rx_ring_full, rx_dropped, ...
+# as cipgw exports them).
 cipgw_counters() {
     in_ns "$NS_GW" curl -s --max-time 2 http://127.0.0.1:9477/metrics 2>/dev/null | awk '
         $1 == "cipgw_rx_packets_total" { rx = $2 }
@@ -432,8 +436,10 @@ cipgw_counters() {
             r = $1; sub(/.*reason="/, "", r); sub(/".*/, "", r); d[r] += $2 }
         $1 ~ /^cipgw_xsk_socket_stats_total[{]/ {
             r = $1; sub(/.*stat="/, "", r); sub(/".*/, "", r); k[r] += $2 }
+        $1 ~ /^cipgw_batch_duration_seconds_sum/ { batch_s += $2 }
+        $1 ~ /^cipgw_batch_size_frames_sum/ { batch_frames += $2 }
         END {
-            printf "{\"rx\":%d,\"tx\":%d,\"drops\":{", rx, tx; sep = ""
+            printf "{\"rx\":%d,\"tx\":%d,\"batch_s\":%.9f,\"batch_frames\":%.0f,\"drops\":{", rx, tx, batch_s, batch_frames; sep = ""
             for (r in d) { printf "%s\"%s\":%d", sep, r, d[r]; sep = "," }
             printf "},\"xsk\":{"; sep = ""
             for (r in k) { printf "%s\"%s\":%d", sep, r, k[r]; sep = "," }
@@ -448,8 +454,8 @@ cipgw_counters() {
 LOSSES=$OUT/losses.md
 losses_line() { # PEER WORKLOAD SERVICES REP SNAP0 SNAP1 COUNTERS0 COUNTERS1
     [[ -s $LOSSES ]] || {
-        echo "| peer | workload | Services | rep | gw veth rx | gw veth rx drops | XSK kernel counters | cipgw rx | cipgw tx | cipgw drops | backend rx |"
-        echo "|---|---|---:|---:|---:|---:|---|---:|---:|---|---:|"
+        echo "| peer | workload | Services | rep | gw veth rx | gw veth rx drops | XSK kernel counters | cipgw rx | cipgw tx | cipgw drops | backend rx | cipgw batch ns/frame |"
+        echo "|---|---|---:|---:|---:|---:|---|---:|---:|---|---:|---:|"
     } >"$LOSSES"
     python3 - "$@" >>"$LOSSES" <<'PY'
 import json, sys
@@ -462,8 +468,10 @@ drops = {r: c1["drops"].get(r, 0) - c0["drops"].get(r, 0) for r in c1["drops"]}
 drops = ", ".join(f"{r} {rate(v)}" for r, v in sorted(drops.items()) if v > 0) or "none"
 xsk = {r: c1["xsk"].get(r, 0) - c0["xsk"].get(r, 0) for r in c1["xsk"]}
 xsk = ", ".join(f"{r} {rate(v)}" for r, v in sorted(xsk.items()) if v > 0) or "none"
+frames = c1.get("batch_frames", 0) - c0.get("batch_frames", 0)
+own = f"{1e9 * (c1['batch_s'] - c0['batch_s']) / frames:.0f}" if frames > 0 else "–"
 print(f"| {peer} | {wl} | {n} | {rep} | {rate(b[3] - a[3])} | {rate(b[4] - a[4])} | {xsk} | "
-      f"{rate(c1['rx'] - c0['rx'])} | {rate(c1['tx'] - c0['tx'])} | {drops} | {rate(b[7] - a[7])} |")
+      f"{rate(c1['rx'] - c0['rx'])} | {rate(c1['tx'] - c0['tx'])} | {drops} | {rate(b[7] - a[7])} | {own} |")
 PY
     tail -1 "$LOSSES" | sed 's/^/    losses: /'
 }

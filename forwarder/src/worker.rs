@@ -303,6 +303,9 @@ impl Worker {
         counters.rx_packets.add(n as u64);
         if let Some(peer) = self.shared.pass_through {
             self.pass_through(batch, ingress, peer, ctx.net);
+            // Timed like a pipeline batch: the benchmark's baseline for
+            // the worker's own time per frame.
+            self.latency.record_batch(n, batch_started.elapsed());
             return;
         }
         // Fetch the batch's header lines, then its conntrack lines,

@@ -63,6 +63,20 @@ struct Raw {
     /// CPU time (ns) the gateway's threads (its veths' NAPI threads, and
     /// cipgw's worker) used between snap0 and snap1.
     gw_cpu_ns: Option<f64>,
+    /// cipgw's /metrics around the measurement (cipgw peers only).
+    cipgw0: Option<Scrape>,
+    cipgw1: Option<Scrape>,
+}
+
+/// What run.sh takes from cipgw's /metrics for the report: its workers'
+/// time in RX batches and the frames in them, cumulative (absent from
+/// runs before they were scraped).
+#[derive(Debug, Default, Deserialize)]
+struct Scrape {
+    #[serde(default)]
+    batch_s: f64,
+    #[serde(default)]
+    batch_frames: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,6 +122,15 @@ struct Cell {
     /// the rate.
     #[serde(skip_serializing_if = "Option::is_none")]
     gw_ns_per_packet: Option<f64>,
+    /// cipgw's batch time per frame (ns): the wall-clock time its workers
+    /// spent in RX batches (the pipeline, or pass-through's L2 rewrite)
+    /// over the frames in them, from its /metrics. The kernel's receive
+    /// and transmit work between batches is left out; the veth NAPI
+    /// thread's preemptions of the worker within a batch are not (the
+    /// longer the batch, the more of them). Closer to cipgw's own cost
+    /// than the rate, which an overloaded veth amplifies several times.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch_ns_per_frame: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     transactions_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -205,6 +228,15 @@ fn cells(raws: &[Raw]) -> Vec<Cell> {
                     .iter()
                     .map(|r| r[3])
                     .filter(|v| v.is_finite())
+                    .collect(),
+            );
+            c.batch_ns_per_frame = median(
+                rs.iter()
+                    .filter_map(|r| {
+                        let (a, b) = (r.cipgw0.as_ref()?, r.cipgw1.as_ref()?);
+                        let frames = b.batch_frames - a.batch_frames;
+                        (frames > 0.0).then(|| 1e9 * (b.batch_s - a.batch_s) / frames)
+                    })
                     .collect(),
             );
             c.loss = median(
@@ -585,6 +617,24 @@ fn markdown(all: &Results, counts: &[u32]) -> String {
         }
         o.push('\n');
     }
+    if all.results.iter().any(|c| c.batch_ns_per_frame.is_some()) {
+        let _ = writeln!(
+            o,
+            "#### cipgw's batch time per frame (ns; wall clock of its workers' RX batches, from /metrics: the kernel's I/O between batches left out, preemptions within them not)\n"
+        );
+        let _ = writeln!(o, "{head}\n{rule}");
+        for (p, name) in peers.iter().filter(|(p, _)| p.starts_with("cipgw")) {
+            let _ = write!(o, "| {name} |");
+            for w in UDP {
+                for &n in counts {
+                    let v = t.get(p, w, n).and_then(|c| c.batch_ns_per_frame);
+                    let _ = write!(o, " {} |", num(v, 0));
+                }
+            }
+            o.push('\n');
+        }
+        o.push('\n');
+    }
 
     let max = counts.iter().copied().max().unwrap_or(1);
     let any_tcp = all.results.iter().any(|c| c.workload.starts_with("tcp"));
@@ -909,6 +959,12 @@ mod tests {
             setup_s: None,
             // 1,500 ns of the gateway's threads per delivered packet.
             gw_cpu_ns: Some(delivered * 2.0 * 1500.0),
+            // 200 ns of cipgw's own per frame, over the delivered frames.
+            cipgw0: Some(Scrape::default()),
+            cipgw1: Some(Scrape {
+                batch_s: delivered * 2.0 * 200e-9,
+                batch_frames: delivered * 2.0,
+            }),
         }
     }
 
@@ -927,6 +983,7 @@ mod tests {
         assert_eq!(c[0].offered_pps, Some(1.0e6));
         assert!((c[0].loss.unwrap() - 0.4).abs() < 1e-9);
         assert!((c[0].gw_ns_per_packet.unwrap() - 1500.0).abs() < 1e-6);
+        assert!((c[0].batch_ns_per_frame.unwrap() - 200.0).abs() < 1e-6);
     }
 
     #[test]
