@@ -992,7 +992,16 @@ impl Pipeline {
     ) -> Result<FlowHit<A>, Denied> {
         let key = &flow.key;
         let table = ctx.table.family::<A>();
-        if !table.is_vip(key.dst) {
+        let service = ServiceKey {
+            vip: key.dst,
+            port: key.dst_port,
+            protocol: key.protocol,
+        };
+        // One lookup tells a VIP's port from any other destination (every
+        // port the table holds is a VIP's); what it found for a VIP is
+        // answered only after the source and the segment pass.
+        let looked_up = table.lookup(&service);
+        if let Err(Miss::NotVip) = looked_up {
             return self.not_to_a_vip(flow, ctx);
         }
         self.check_source(frame, key.src, ctx)
@@ -1013,16 +1022,12 @@ impl Pipeline {
                 return Err(Denied::Refuse(DropReason::TcpNoFlow));
             }
         }
-        let service = ServiceKey {
-            vip: key.dst,
-            port: key.dst_port,
-            protocol: key.protocol,
-        };
-        let entry = match table.lookup(&service) {
+        let entry = match looked_up {
             Ok(entry) => entry,
             Err(Miss::NoPort) => return Err(Denied::Refuse(DropReason::NoServicePort)),
             Err(Miss::NoEndpoints) => return Err(Denied::Refuse(DropReason::NoEndpoints)),
-            Err(Miss::NotVip) => return Err(Denied::Verdict(Verdict::Pass)),
+            // Answered above.
+            Err(Miss::NotVip) => return self.not_to_a_vip(flow, ctx),
         };
         let backends = &entry.backends;
         let affine = entry
