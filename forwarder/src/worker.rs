@@ -312,7 +312,7 @@ impl Worker {
         // before processing any frame.
         for frame in batch.iter() {
             // SAFETY: a frame of this worker's UMEM, just received; only
-            // read here.
+            // its address is used here (a prefetch hint).
             Pipeline::prefetch_headers(unsafe { self.io.data(frame) }.contents());
         }
         for frame in batch.iter() {
