@@ -599,42 +599,30 @@ fn markdown(all: &Results, counts: &[u32]) -> String {
         o,
         "\nKernel forwarding involves no Services: its one figure is repeated in parentheses.\n"
     );
-    if all.results.iter().any(|c| c.gw_ns_per_packet.is_some()) {
-        let _ = writeln!(
-            o,
-            "#### The gateway's CPU time per delivered packet (ns; NAPI threads + cipgw worker)\n"
-        );
-        let _ = writeln!(o, "{head}\n{rule}");
-        for (p, name) in &peers {
-            let _ = write!(o, "| {name} |");
-            for w in UDP {
-                for &n in counts {
-                    let v = t.get(p, w, n).and_then(|c| c.gw_ns_per_packet);
-                    let _ = write!(o, " {} |", num(v, 0));
-                }
-            }
-            o.push('\n');
-        }
-        o.push('\n');
-    }
-    if all.results.iter().any(|c| c.batch_ns_per_frame.is_some()) {
-        let _ = writeln!(
-            o,
-            "#### cipgw's batch time per frame (ns; wall clock of its workers' RX batches, from /metrics: the kernel's I/O between batches left out, preemptions within them not)\n"
-        );
-        let _ = writeln!(o, "{head}\n{rule}");
-        for (p, name) in peers.iter().filter(|(p, _)| p.starts_with("cipgw")) {
-            let _ = write!(o, "| {name} |");
-            for w in UDP {
-                for &n in counts {
-                    let v = t.get(p, w, n).and_then(|c| c.batch_ns_per_frame);
-                    let _ = write!(o, " {} |", num(v, 0));
-                }
-            }
-            o.push('\n');
-        }
-        o.push('\n');
-    }
+    let udp_table = UdpTable {
+        head: &head,
+        rule: &rule,
+        counts,
+    };
+    udp_table.ns(
+        &mut o,
+        &t,
+        &peers,
+        "The gateway's CPU time per delivered packet (ns; NAPI threads + cipgw worker)",
+        |c| c.gw_ns_per_packet,
+    );
+    let cipgw_peers: Vec<_> = peers
+        .iter()
+        .filter(|(p, _)| p.starts_with("cipgw"))
+        .cloned()
+        .collect();
+    udp_table.ns(
+        &mut o,
+        &t,
+        &cipgw_peers,
+        "cipgw's batch time per frame (ns; wall clock of its workers' RX batches, from /metrics: the kernel's I/O between batches left out, preemptions within them not)",
+        |c| c.batch_ns_per_frame,
+    );
 
     let max = counts.iter().copied().max().unwrap_or(1);
     let any_tcp = all.results.iter().any(|c| c.workload.starts_with("tcp"));
@@ -651,6 +639,43 @@ fn markdown(all: &Results, counts: &[u32]) -> String {
         o.push_str(losses);
     }
     o
+}
+
+/// The UDP tables' columns: a workload and Service count each.
+struct UdpTable<'a> {
+    head: &'a str,
+    rule: &'a str,
+    counts: &'a [u32],
+}
+
+impl UdpTable<'_> {
+    /// A table of `metric` in ns for `peers`, titled `title`; nothing when
+    /// no cell has it.
+    fn ns(
+        &self,
+        o: &mut String,
+        t: &Table<'_>,
+        peers: &[(String, String)],
+        title: &str,
+        metric: fn(&Cell) -> Option<f64>,
+    ) {
+        if !t.0.iter().any(|c| metric(c).is_some()) {
+            return;
+        }
+        let _ = writeln!(o, "#### {title}\n");
+        let _ = writeln!(o, "{}\n{}", self.head, self.rule);
+        for (p, name) in peers {
+            let _ = write!(o, "| {name} |");
+            for w in UDP {
+                for &n in self.counts {
+                    let v = t.get(p, w, n).and_then(metric);
+                    let _ = write!(o, " {} |", num(v, 0));
+                }
+            }
+            o.push('\n');
+        }
+        o.push('\n');
+    }
 }
 
 fn tcp_table(o: &mut String, t: &Table<'_>, peers: &[(String, String)], max: u32) {
