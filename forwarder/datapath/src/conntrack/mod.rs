@@ -1524,13 +1524,16 @@ impl<A: IpFamily> Conntrack<A> {
     /// A sweep or retirement may remove a flow between its publication
     /// and its linking; if its unlinking came before our link, the slots
     /// we placed would point at a free record for ever. Checked after
-    /// linking (Acquire load in `read`, after the Release of the bucket
-    /// lock): a removal that is not seen here unlinks after us.
+    /// linking, by the record's life word alone: a remover changes the
+    /// sequence before it unlinks under a bucket's lock. If it unlinked
+    /// a bucket before we linked there, we took that lock after it, so
+    /// this load sees the new sequence; if after, it finds our slot there
+    /// and unlinks it itself.
     fn unlink_if_gone(&self, id: RecordId, life: Life, forward_hash: u64, reply_hash: u64) {
         if self
             .slab
-            .read(id)
-            .is_some_and(|(_, now)| now.seq() == life.seq())
+            .life(id)
+            .is_some_and(|now| now.seq() == life.seq())
         {
             return;
         }

@@ -486,6 +486,15 @@ impl<A: RecordLayout> Slab<A> {
         }
     }
 
+    /// A live record's life word alone (its flow left unread), or `None`
+    /// when the record is free or being written.
+    #[inline]
+    pub fn life(&self, id: RecordId) -> Option<Life> {
+        // Acquire: as the first load of `read`.
+        let life = Life(self.record(id)?.life.load(Ordering::Acquire));
+        life.is_live().then_some(life)
+    }
+
     /// Reads a live record: its flow and current life, or `None` when the
     /// record is free, being written, or changed while being read.
     #[inline]
