@@ -469,9 +469,9 @@ drops = ", ".join(f"{r} {rate(v)}" for r, v in sorted(drops.items()) if v > 0) o
 xsk = {r: c1["xsk"].get(r, 0) - c0["xsk"].get(r, 0) for r in c1["xsk"]}
 xsk = ", ".join(f"{r} {rate(v)}" for r, v in sorted(xsk.items()) if v > 0) or "none"
 frames = c1.get("batch_frames", 0) - c0.get("batch_frames", 0)
-own = f"{1e9 * (c1['batch_s'] - c0['batch_s']) / frames:.0f}" if frames > 0 else "–"
+batch = f"{1e9 * (c1['batch_s'] - c0['batch_s']) / frames:.0f}" if frames > 0 else "–"
 print(f"| {peer} | {wl} | {n} | {rep} | {rate(b[3] - a[3])} | {rate(b[4] - a[4])} | {xsk} | "
-      f"{rate(c1['rx'] - c0['rx'])} | {rate(c1['tx'] - c0['tx'])} | {drops} | {rate(b[7] - a[7])} | {own} |")
+      f"{rate(c1['rx'] - c0['rx'])} | {rate(c1['tx'] - c0['tx'])} | {drops} | {rate(b[7] - a[7])} | {batch} |")
 PY
     tail -1 "$LOSSES" | sed 's/^/    losses: /'
 }

@@ -303,8 +303,8 @@ impl Worker {
         counters.rx_packets.add(n as u64);
         if let Some(peer) = self.shared.pass_through {
             self.pass_through(batch, ingress, peer, ctx.net);
-            // Timed like a pipeline batch: the benchmark's baseline for
-            // the worker's own time per frame.
+            // Timed like a pipeline batch: the veth benchmark's baseline
+            // for the batch time per frame.
             self.latency.record_batch(n, batch_started.elapsed());
             return;
         }

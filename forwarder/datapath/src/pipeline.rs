@@ -1394,7 +1394,7 @@ fn be16(bytes: &[u8], at: usize) -> u16 {
 }
 
 /// How far into a frame [`peek_key4`] and [`peek_key6`] read: to the
-/// end of the ports after an IPv6 header.
+/// end of the ports after an IPv6 header (`peek_key6`'s `L4 + 4`).
 const PEEKED_LEN: usize = ethernet::HEADER_LEN + 40 + 4;
 // `Pipeline::prefetch_headers` asks for two lines at most.
 const _: () = assert!(PEEKED_LEN <= 64);
@@ -1432,7 +1432,7 @@ fn peek_key4(frame: &[u8]) -> Option<FlowKey<Ipv4Addr>> {
 fn peek_key6(frame: &[u8]) -> Option<FlowKey<Ipv6Addr>> {
     const IP: usize = ethernet::HEADER_LEN;
     const L4: usize = IP + 40;
-    let bytes: &[u8; PEEKED_LEN] = frame.get(..L4 + 4)?.try_into().ok()?;
+    let bytes: &[u8; PEEKED_LEN] = frame.get(..PEEKED_LEN)?.try_into().ok()?;
     if be16(bytes, 12) != ethertype::IPV6 || bytes[IP] >> 4 != 6 {
         return None;
     }
