@@ -730,7 +730,7 @@ impl ClusterLab {
     fn start(&mut self, extra: &[&str]) {
         let info = self.cluster.info();
         let v6 = info.ipv6().unwrap_or_else(|e| panic!("{e}"));
-        let mut args: Vec<String> = [
+        let args: Vec<String> = [
             "--iface",
             "lan0",
             "--control-file",
@@ -751,7 +751,7 @@ impl ClusterLab {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let args = support::gateway_args(args, extra);
         let gateway =
             GatewayProcess::start(exe(), self.cluster.gateway(), &args, false, READY_WITHIN)
                 .unwrap_or_else(|e| panic!("starting the gateway: {e}"));

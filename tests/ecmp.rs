@@ -132,6 +132,7 @@ impl EcmpLab {
             ]
             .map(str::to_owned),
         );
+        let args = support::gateway_args(args, &[]);
         let gw = GatewayProcess::start(
             support::exe(),
             self.topology.gateway(i),

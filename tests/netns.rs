@@ -507,3 +507,66 @@ fn umem_on_huge_pages_carries_traffic_and_falls_back_without_them() {
     );
     lab.stop_gateway();
 }
+
+/// Page faults (minor and major) thread `name` of process `pid` has taken.
+fn thread_faults(pid: u32, name: &str) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("listing the threads of {pid}: {e}"));
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat"))
+            .unwrap_or_else(|e| panic!("reading {}: {e}", task.path().display()));
+        // Fields after the parenthesised name: state is field 3, minflt
+        // field 10, majflt field 12 (proc(5)).
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let field = |n: usize| -> u64 {
+            fields
+                .get(n - 3)
+                .and_then(|f| f.parse().ok())
+                .unwrap_or_else(|| panic!("field {n} of {stat:?}"))
+        };
+        return field(10) + field(12);
+    }
+    panic!("no thread {name:?} in process {pid}");
+}
+
+/// The worker takes no page fault for new flows: the gateway took its
+/// connection table's memory at start. A table of a million flows (a
+/// 48 MiB index, hit at random) would otherwise take a fault for nearly
+/// every early flow, each up to tens of milliseconds on a huge page.
+#[test]
+fn new_flows_take_no_page_fault_on_the_worker() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    const WARM_UP: usize = 20;
+    const FLOWS: usize = 300;
+    let mut lab = Lab::build(Topology::two_arm("nofault").pods(3));
+    lab.udp_echo(support::UDP_TARGET_PORT);
+    let vip = lab.info().vip(53);
+    let docs = lab.selector_service("dns", vip, &[support::DNS], &[0, 1, 2]);
+    lab.control_file(&docs);
+    lab.start_gateway_with(&["--conntrack-max", "1048576"]);
+    lab.assert_log_contains("connection tables' memory taken");
+    let target = vip_port(vip, &support::DNS);
+    // The first flows resolve the Pods' neighbours and warm the worker's
+    // stack and rings.
+    lab.udp_exchanges(target, WARM_UP);
+    let worker = "cipgw-worker-1";
+    let before = thread_faults(lab.gateway_pid(), worker);
+    let served = lab.udp_exchanges(target, FLOWS);
+    let faults = thread_faults(lab.gateway_pid(), worker) - before;
+    assert_eq!(served.values().sum::<usize>(), FLOWS, "{served:?}");
+    assert_eq!(
+        faults, 0,
+        "the worker took {faults} page faults over {FLOWS} new flows"
+    );
+    lab.stop_gateway();
+}

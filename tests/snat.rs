@@ -140,7 +140,7 @@ impl ClusterLab {
     }
 
     fn gateway_args(&self, extra: &[&str]) -> Vec<String> {
-        let mut args: Vec<String> = [
+        let args: Vec<String> = [
             "--iface",
             "lan0",
             "--control-file",
@@ -157,8 +157,7 @@ impl ClusterLab {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        args
+        support::gateway_args(args, extra)
     }
 
     fn start(&mut self, extra: &[&str]) {

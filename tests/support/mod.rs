@@ -60,6 +60,24 @@ pub fn exe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_cipgw"))
 }
 
+/// The connection table a test gateway gets unless the test sizes one:
+/// 65,536 flows per family, 5 MiB (IPv4) and 9 MiB (IPv6) taken at start.
+/// The default is sized from the machine's memory (4 Mi flows, 372 MiB
+/// for IPv4 here), and taking that at every start costs seconds on these
+/// VMs, where a freshly touched huge page waits on the host; no test
+/// needs more flows.
+pub const TEST_CONNTRACK_MAX: &str = "65536";
+
+/// `args` and `extra` for `cipgw run`, with `--conntrack-max`
+/// [`TEST_CONNTRACK_MAX`] unless `extra` sizes the table itself.
+pub fn gateway_args(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
+    if !extra.contains(&"--conntrack-max") {
+        args.extend(["--conntrack-max".into(), TEST_CONNTRACK_MAX.into()]);
+    }
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    args
+}
+
 /// The repository's `testdata/` directory.
 pub fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata")
@@ -653,7 +671,7 @@ impl Lab {
             "--state-dir".into(),
             self.state_dir().display().to_string(),
         ]);
-        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let args = gateway_args(args, extra);
         let gateway =
             GatewayProcess::start(exe, self.topology.gateway(), &args, false, READY_WITHIN)
                 .unwrap_or_else(|e| panic!("starting the gateway: {e}"));
@@ -722,6 +740,14 @@ impl Lab {
             .as_ref()
             .map(GatewayProcess::log)
             .unwrap_or_default()
+    }
+
+    /// The running gateway's process id.
+    pub fn gateway_pid(&self) -> u32 {
+        self.gateway
+            .as_ref()
+            .map(GatewayProcess::id)
+            .expect("the gateway is not running")
     }
 
     /// The gateway's `--state-dir`: one per lab, so a restarted gateway

@@ -33,6 +33,9 @@ use cipgw::lab::{self, EchoServer, GatewayProcess, Topology};
 
 pub(super) const SERVICE_PORT: u16 = 8080;
 pub(super) const TARGET_PORT: u16 = 5678;
+/// The demo gateway's `--conntrack-max`: flows enough for a lab, 5 MiB
+/// taken at start (the default, sized from memory, would take a GiB here).
+pub(super) const DEMO_CONNTRACK_MAX: &str = "65536";
 /// The seed's Service name, and its headless variant's.
 const SERVICE: &str = "echo-server-clusterip";
 const HEADLESS: &str = "echo-server-headless";
@@ -196,9 +199,12 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         info.vip_range.to_string(),
         "--cores".into(),
         (cores - 1).to_string(),
-        // The demo's connection table goes with its directory.
+        // The demo's connection table goes with its directory; a lab's
+        // size, as a gateway takes its table's memory whole at start.
         "--state-dir".into(),
         dir.join("state").display().to_string(),
+        "--conntrack-max".into(),
+        DEMO_CONNTRACK_MAX.into(),
         "--dns-address".into(),
         dns.to_string(),
         "--cluster-cidr".into(),

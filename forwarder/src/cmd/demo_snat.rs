@@ -68,6 +68,8 @@ pub fn demo(args: DemoArgs, interrupted: Arc<AtomicBool>) -> anyhow::Result<()> 
         &(cores - 1).to_string(),
         "--state-dir",
         &dir.join("state").display().to_string(),
+        "--conntrack-max",
+        super::demo::DEMO_CONNTRACK_MAX,
     ]
     .iter()
     .map(|a| (*a).to_owned())

@@ -5,8 +5,9 @@
 //! handed over as one.
 //!
 //! Each table holds up to `--conntrack-max` flows of its family. Their
-//! memory is only touched as flows arrive (process memory and table files
-//! are sparse), except on huge pages, which a table file reserves whole.
+//! memory is taken whole at start-up, before the workers run
+//! ([`Conntracks::populate`]): a worker never stalls in a page fault, and
+//! a machine short of memory fails the start instead of a flood.
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -172,6 +173,58 @@ impl Conntracks {
         add_targets(&self.v4, &mut targets);
         add_targets(&self.v6, &mut targets);
         targets
+    }
+
+    /// Backs and maps every page of the tables of `families` (those the
+    /// gateway has service CIDRs of: no flow can enter the other's) now,
+    /// before any worker touches them: records, index, accounts (see
+    /// [`Conntrack::populate`]). Where the kernel cannot (before Linux
+    /// 5.14) the tables stay sparse, with a warning; a kernel short of
+    /// memory fails the start.
+    pub fn populate(
+        &self,
+        families: impl IntoIterator<Item = cipgw_config::IpFamily>,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let mut bytes = 0;
+        for family in families {
+            let (populated, flows, per_flow) = match family {
+                cipgw_config::IpFamily::V4 => (
+                    self.v4.populate(),
+                    self.v4.config().max_flows,
+                    ConntrackConfig::BYTES_PER_FLOW,
+                ),
+                cipgw_config::IpFamily::V6 => (
+                    self.v6.populate(),
+                    self.v6.config().max_flows,
+                    ConntrackConfig::BYTES_PER_FLOW_V6,
+                ),
+            };
+            match populated {
+                Ok(()) => bytes += flows as u64 * per_flow,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::warn!(
+                        error = %e,
+                        "the kernel cannot populate the connection tables (MADV_POPULATE_WRITE, \
+                         Linux 5.14): their pages are taken as flows first touch them, \
+                         and those flows' packets wait for the page faults"
+                    );
+                    return Ok(());
+                }
+                Err(e) => {
+                    return Err(e).context(
+                        "taking the connection tables' memory (lower --conntrack-max, \
+                         or free memory)",
+                    )
+                }
+            }
+        }
+        tracing::info!(
+            mib = bytes >> 20,
+            took = ?started.elapsed(),
+            "connection tables' memory taken"
+        );
+        Ok(())
     }
 
     /// Marks every file clean (workers are gone: the records are at rest).

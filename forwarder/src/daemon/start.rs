@@ -114,6 +114,15 @@ pub(super) fn start(
     let (conntracks, epoch) =
         Conntracks::open(settings, conntrack_config(settings), snat.as_ref())?;
     let carried = adopt_flows(&conntracks, &first.table, from_file);
+    let summary = conntracks.v4.summary();
+    tracing::info!(
+        conntrack_max = summary.max_flows,
+        unreplied_percent = settings.conntrack.unreplied_percent,
+        table_mib = (summary.max_flows as u64 * ConntrackConfig::BYTES_PER_FLOW) >> 20,
+        table6_mib = (summary.max_flows as u64 * ConntrackConfig::BYTES_PER_FLOW_V6) >> 20,
+        "connection tables bounded, per family; taking the memory of those the service CIDRs need"
+    );
+    conntracks.populate(settings.service_cidrs.families())?;
     let table = TableHandle::new(first.table);
     let ready = Arc::new(AtomicBool::new(false));
     let admin = Arc::new(AdminState::new(
@@ -136,14 +145,6 @@ pub(super) fn start(
     if let Some(dns) = &dns {
         admin.count_dns(Arc::clone(&dns.stats));
     }
-    let summary = conntracks.v4.summary();
-    tracing::info!(
-        conntrack_max = summary.max_flows,
-        unreplied_percent = settings.conntrack.unreplied_percent,
-        table_mib = (summary.max_flows as u64 * ConntrackConfig::BYTES_PER_FLOW) >> 20,
-        table6_mib = (summary.max_flows as u64 * ConntrackConfig::BYTES_PER_FLOW_V6) >> 20,
-        "connection tables bounded, per family (memory is taken as flows arrive)"
-    );
     if settings.cluster_cidrs.is_empty() {
         tracing::warn!(
             "no --cluster-cidr given: VIPs accept traffic from any source; \

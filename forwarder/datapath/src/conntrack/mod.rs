@@ -58,7 +58,8 @@
 //! with a RST. Concurrent inserts may overshoot the limit by at most one
 //! flow per worker.
 //!
-//! Memory per flow, allocated once and touched as flows arrive:
+//! Memory per flow, allocated once (and populated by a gateway at start,
+//! [`Conntrack::populate`]):
 //! [`ConntrackConfig::BYTES_PER_FLOW`] for IPv4 (a 32-byte record, two
 //! index slots at half load, a 16-byte eviction-queue entry),
 //! [`ConntrackConfig::BYTES_PER_FLOW_V6`] for IPv6 (the same with a
@@ -547,10 +548,10 @@ fn direction_of(bit: u32) -> Direction {
 }
 
 /// `len` zeroed `T`s in memory of their own, mapped straight from the
-/// kernel, which zero-fills pages as they are first touched: a table's
-/// memory is only taken as flows arrive, and building one costs no time
-/// however large it is (the allocator would write every byte of a slice
-/// aligned beyond 16 bytes, touching all of it at start).
+/// kernel, which zero-fills pages as they are first touched or populated
+/// ([`Conntrack::populate`]): building one costs no time however large it
+/// is (the allocator would write every byte of a slice aligned beyond 16
+/// bytes), and tests' many small tables take no memory they do not use.
 pub(crate) struct ZeroedSlice<T> {
     ptr: std::ptr::NonNull<T>,
     len: usize,
@@ -601,17 +602,29 @@ impl<T> ZeroedSlice<T> {
         if bytes == 0 {
             return Ok(());
         }
-        // SAFETY: exactly the mapping made in `new`, which self owns;
-        // populating writes no byte of it (pages come zero-filled, as
-        // they would at first touch), so readers and writers elsewhere
-        // see no change.
-        let rc =
-            unsafe { libc::madvise(self.ptr.as_ptr().cast(), bytes, libc::MADV_POPULATE_WRITE) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
+        // SAFETY: exactly the mapping made in `new`, which self owns and
+        // which stays mapped while self lives.
+        unsafe { populate_pages(self.ptr.as_ptr().cast(), bytes) }
+    }
+}
+
+/// Has the kernel back every page of `[start, start + bytes)` now and map
+/// it writable (MADV_POPULATE_WRITE, Linux 5.14), as a first write would,
+/// without writing a byte: fresh anonymous or file pages come zeroed, and
+/// pages already there keep their contents.
+///
+/// # Safety
+///
+/// `start` must be page aligned and the range lie inside one private
+/// anonymous or shared writable mapping that outlives the call.
+pub(crate) unsafe fn populate_pages(start: *mut u8, bytes: usize) -> std::io::Result<()> {
+    // SAFETY: the caller's mapping; populating changes no byte of it, so
+    // readers and writers elsewhere (even on a live table) see no change.
+    let rc = unsafe { libc::madvise(start.cast(), bytes, libc::MADV_POPULATE_WRITE) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -752,18 +765,26 @@ impl<A: IpFamily> Conntrack<A> {
         config.max_flows.clamp(1, ConntrackConfig::MAX_FLOWS) + RECORD_SLACK + 1
     }
 
-    /// Has the kernel map every page of the table's process memory now
-    /// (records, index, accounts; a table file's records are the file's),
-    /// contents unchanged. A table's pages are otherwise taken as flows
-    /// first touch them, so the flows that first fill a table each pay a
-    /// share of a page fault (about one per 40 IPv6 or 128 IPv4 records):
-    /// benchmarks of new flows populate first, so that they time a
-    /// gateway's steady state and not its first fill. Safe on a live
-    /// table; fails where the kernel lacks MADV_POPULATE_WRITE (before
-    /// Linux 5.14) or memory is short.
+    /// Has the kernel back and map every page of the table now (records,
+    /// in process memory or in the table file, index, accounts), contents
+    /// unchanged, and every slot of the eviction queues written once. A
+    /// table's pages are otherwise taken as flows first touch them, and a
+    /// worker then stalls in a page fault: the index is touched at random,
+    /// so nearly every early flow lands on a page of its own, and the
+    /// first touch of a transparent huge page can take tens of
+    /// milliseconds (up to 41 ms on these VMs, whose host backs fresh
+    /// memory only when the guest first writes it). A gateway populates
+    /// its tables before its workers start: no packet waits for a fault,
+    /// and memory is taken at start-up, not under a flood. Safe on a live
+    /// table; fails where the kernel lacks MADV_POPULATE_WRITE (EINVAL
+    /// before Linux 5.14) or memory is short.
     pub fn populate(&self) -> std::io::Result<()> {
         self.slab.populate()?;
         self.index.populate()?;
+        for worker in self.workers.iter() {
+            worker.unassured.populate(Queued::default());
+            worker.closing.populate(Closing::default());
+        }
         if let Some(accounts) = &self.accounts {
             accounts.populate()?;
         }

@@ -204,7 +204,7 @@ impl TableFile {
             }
         }
         if !matches!(previous, Previous::Compatible { .. }) {
-            // Sparse: pages are only allocated as records are written.
+            // Sparse until the gateway populates it (`populate`).
             file.set_len(len as u64)?;
         }
         // SAFETY: a fresh shared mapping of `len` bytes of a file we just
@@ -282,6 +282,17 @@ impl TableFile {
         // SAFETY: HEADER_BYTES < len: the header lies inside the mapping.
         let ptr = unsafe { self.map.add(HEADER_BYTES) };
         (ptr, self.records)
+    }
+
+    /// Backs and maps every page of the file now, header included,
+    /// contents unchanged ([`super::Conntrack::populate`]): pages a
+    /// previous gateway wrote are only mapped; the rest are allocated in
+    /// the file, so that a full tmpfs fails the start instead of a later
+    /// record write (SIGBUS).
+    pub(super) fn populate(&self) -> io::Result<()> {
+        // SAFETY: the whole shared writable mapping made in `open`,
+        // page aligned (the kernel picked it), which lives as long as self.
+        unsafe { super::populate_pages(self.map.as_ptr(), self.len) }
     }
 
     /// Marks the table as left cleanly (every record at rest).

@@ -19,7 +19,7 @@ use super::slab::RecordId;
 /// An unreplied flow waiting in the queue: its record, the sequence it
 /// had (a reused record is a different flow), and its two home buckets,
 /// so the queue can prefetch what evicting it will touch.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Queued {
     pub id: RecordId,
     pub seq: u32,
@@ -30,7 +30,7 @@ pub(super) struct Queued {
 /// A closing flow waiting in the closing queue: its record and the
 /// sequence it had. Evictions from this queue are rare (a table full of
 /// assured flows), so it keeps no buckets to prefetch.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Closing {
     pub id: RecordId,
     pub seq: u32,
@@ -58,6 +58,22 @@ impl<T> EvictionQueue<T> {
             locked: AtomicBool::new(false),
             entries: UnsafeCell::new(VecDeque::with_capacity(capacity)),
         }
+    }
+
+    /// Writes every free slot of the queue's buffer once, entries
+    /// unchanged: the allocator hands the buffer over untouched, and a
+    /// worker's first push onto each of its pages would take a page fault
+    /// (see [`super::Conntrack::populate`]). The filler entries are gone
+    /// again before the lock is released.
+    pub fn populate(&self, filler: T)
+    where
+        T: Copy,
+    {
+        let mut queue = self.lock();
+        let (len, capacity) = (queue.len(), queue.capacity());
+        // Within the capacity: the buffer never moves.
+        queue.extend(std::iter::repeat(filler).take(capacity - len));
+        queue.truncate(len);
     }
 
     pub fn lock(&self) -> QueueGuard<'_, T> {
@@ -166,5 +182,35 @@ mod tests {
             }
         });
         assert_eq!(queue.lock().len(), 4000);
+    }
+
+    /// Populating writes the free slots and leaves the entries as they
+    /// were, in order, wrapped around the buffer or not.
+    #[test]
+    fn populate_keeps_every_entry() {
+        let queue = EvictionQueue::new(8);
+        for id in 1..=6 {
+            queue.lock().push(entry(id));
+        }
+        queue.lock().pop_front();
+        queue.lock().pop_front();
+        for id in 7..=9 {
+            queue.lock().push(entry(id));
+        }
+        let (front, back) = {
+            let q = queue.lock();
+            let (front, back) = q.as_slices();
+            (front.len(), back.len())
+        };
+        assert!(
+            back > 0,
+            "the entries wrap around the buffer ({front} + {back})"
+        );
+        let capacity = queue.lock().capacity();
+        queue.populate(entry(0));
+        let q = queue.lock();
+        let ids: Vec<RecordId> = q.iter().map(|e| e.id).collect();
+        assert_eq!(ids, [3, 4, 5, 6, 7, 8, 9], "entries and their order kept");
+        assert_eq!(q.capacity(), capacity, "the buffer did not grow");
     }
 }

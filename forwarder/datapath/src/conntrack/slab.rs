@@ -367,12 +367,12 @@ impl<A: RecordLayout> Slab<A> {
         }
     }
 
-    /// Maps every page of process-memory records now (see
-    /// [`super::Conntrack::populate`]); a table file's are left as they are.
+    /// Backs and maps every page of the records now, in process memory or
+    /// in the table file (see [`super::Conntrack::populate`]).
     pub fn populate(&self) -> std::io::Result<()> {
         match &self.records {
             Records::Owned(records) => records.populate(),
-            Records::Mapped { .. } => Ok(()),
+            Records::Mapped { file, .. } => file.populate(),
         }
     }
 
