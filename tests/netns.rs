@@ -554,7 +554,8 @@ fn new_flows_take_no_page_fault_on_the_worker() {
     let docs = lab.selector_service("dns", vip, &[support::DNS], &[0, 1, 2]);
     lab.control_file(&docs);
     lab.start_gateway_with(&["--conntrack-max", "1048576"]);
-    lab.assert_log_contains("connection tables' memory taken");
+    lab.assert_log_contains("connection tables' index and eviction queues taken");
+    lab.assert_log_contains("connection tables' records taken");
     let target = vip_port(vip, &support::DNS);
     // The first flows resolve the Pods' neighbours and warm the worker's
     // stack and rings.

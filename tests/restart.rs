@@ -334,6 +334,22 @@ fn connections_survive_a_hand_over_to_a_gateway_started_beside_the_running_one()
                 ));
             }
             lab.assert_log_contains("keeping the running gateway's XDP program");
+            // The bulk of the new table's memory was taken while the old
+            // gateway still forwarded; only the records, in the file the
+            // old one filled, were taken after it let go.
+            let log = lab.gateway_log();
+            let at = |what: &str| log.iter().position(|l| l.contains(what));
+            let (index, let_go, records) = (
+                at("connection tables' index and eviction queues taken"),
+                at("the running gateway let go"),
+                at("connection tables' records taken"),
+            );
+            if !(index.is_some() && index < let_go && let_go < records) {
+                lab.fail(format_args!(
+                    "the table's memory was not taken in order (index, let go, records): \
+                     lines {index:?}, {let_go:?}, {records:?}"
+                ));
+            }
             // The old gateway said its sockets were in copy mode (veth):
             // the new one did not try zero-copy first.
             if let Some(line) = lab

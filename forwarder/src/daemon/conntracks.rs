@@ -46,73 +46,36 @@ impl Conntracks {
         }
     }
 
-    /// The connection tables, in their files under `--state-dir`
-    /// (adopting the flows a previous gateway left there) or in process
-    /// memory, and the conntrack clock's zero that goes with them.
-    pub fn open(
+    /// Builds both tables in process memory (bounds, workers' queues,
+    /// accounting, source NAT) and takes the memory of everything but
+    /// their records for the families the gateway serves: the index and
+    /// queues are the bulk of a table and hit at random, and this runs
+    /// while a gateway still running on the state directory forwards.
+    /// [`Reserved::open`] then puts the records in place.
+    pub fn reserve(
         settings: &Settings,
         config: ConntrackConfig,
         snat: Option<&Snat>,
-    ) -> anyhow::Result<(Conntracks, Instant)> {
-        let accounting = settings.conntrack.accounting;
-        let workers = settings.cores.len();
-        let v4_snat = snat.and_then(Snat::config::<Ipv4Addr>);
-        let v6_snat = snat.and_then(Snat::config::<Ipv6Addr>);
-        // The IPv6 table in process memory: without a state directory, or
-        // when the IPv4 table got no file.
-        let v6_in_memory = || {
-            open_family::<Ipv6Addr>(
-                None,
-                &config,
-                accounting,
-                workers,
-                v6_snat.as_ref(),
-                0,
-                false,
-            )
+    ) -> anyhow::Result<Reserved> {
+        let reserved = Reserved {
+            v4: build(settings, &config, snat.and_then(Snat::config::<Ipv4Addr>))?,
+            v6: build(settings, &config, snat.and_then(Snat::config::<Ipv6Addr>))?,
         };
-        let Some(dir) = &settings.state_dir else {
-            let v4 = open_family(
-                None,
-                &config,
-                accounting,
-                workers,
-                v4_snat.as_ref(),
-                0,
-                false,
-            )?;
-            return Ok((Conntracks::from_parts(v4, v6_in_memory()?), Instant::now()));
-        };
-        let v4 = open_family(
-            Some(dir),
-            &config,
-            accounting,
-            workers,
-            v4_snat.as_ref(),
-            persist::monotonic_ns(),
-            false,
+        take_memory(
+            settings.service_cidrs.families(),
+            "connection tables' index and eviction queues taken",
+            |family| match family {
+                cipgw_config::IpFamily::V4 => (
+                    reserved.v4.populate_all_but_records(),
+                    lookup_bytes(&reserved.v4),
+                ),
+                cipgw_config::IpFamily::V6 => (
+                    reserved.v6.populate_all_but_records(),
+                    lookup_bytes(&reserved.v6),
+                ),
+            },
         )?;
-        let Some(v4_file) = v4.1.clone() else {
-            // No huge pages for the IPv4 table: neither table gets a file.
-            return Ok((Conntracks::from_parts(v4, v6_in_memory()?), Instant::now()));
-        };
-        let epoch_ns = v4_file.epoch_ns();
-        let v6 = open_family(
-            Some(dir),
-            &config,
-            accounting,
-            workers,
-            v6_snat.as_ref(),
-            epoch_ns,
-            true,
-        )?;
-        if v6.1.is_none() {
-            tracing::warn!("the IPv6 connection table stays in process memory");
-        }
-        Ok((
-            Conntracks::from_parts(v4, v6),
-            persist::instant_of(epoch_ns),
-        ))
+        Ok(reserved)
     }
 
     fn from_parts((v4, v4_file): Family<Ipv4Addr>, (v6, v6_file): Family<Ipv6Addr>) -> Self {
@@ -175,58 +138,6 @@ impl Conntracks {
         targets
     }
 
-    /// Backs and maps every page of the tables of `families` (those the
-    /// gateway has service CIDRs of: no flow can enter the other's) now,
-    /// before any worker touches them: records, index, accounts (see
-    /// [`Conntrack::populate`]). Where the kernel cannot (before Linux
-    /// 5.14) the tables stay sparse, with a warning; a kernel short of
-    /// memory fails the start.
-    pub fn populate(
-        &self,
-        families: impl IntoIterator<Item = cipgw_config::IpFamily>,
-    ) -> anyhow::Result<()> {
-        let started = Instant::now();
-        let mut bytes = 0;
-        for family in families {
-            let (populated, flows, per_flow) = match family {
-                cipgw_config::IpFamily::V4 => (
-                    self.v4.populate(),
-                    self.v4.config().max_flows,
-                    ConntrackConfig::BYTES_PER_FLOW,
-                ),
-                cipgw_config::IpFamily::V6 => (
-                    self.v6.populate(),
-                    self.v6.config().max_flows,
-                    ConntrackConfig::BYTES_PER_FLOW_V6,
-                ),
-            };
-            match populated {
-                Ok(()) => bytes += flows as u64 * per_flow,
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    tracing::warn!(
-                        error = %e,
-                        "the kernel cannot populate the connection tables (MADV_POPULATE_WRITE, \
-                         Linux 5.14): their pages are taken as flows first touch them, \
-                         and those flows' packets wait for the page faults"
-                    );
-                    return Ok(());
-                }
-                Err(e) => {
-                    return Err(e).context(
-                        "taking the connection tables' memory (lower --conntrack-max, \
-                         or free memory)",
-                    )
-                }
-            }
-        }
-        tracing::info!(
-            mib = bytes >> 20,
-            took = ?started.elapsed(),
-            "connection tables' memory taken"
-        );
-        Ok(())
-    }
-
     /// Marks every file clean (workers are gone: the records are at rest).
     pub fn mark_clean(&self) {
         for file in &self.files {
@@ -251,6 +162,133 @@ impl Conntracks {
 /// One family's table and its file.
 type Family<A> = (Arc<Conntrack<A>>, Option<Arc<TableFile>>);
 
+/// Both families' tables, built and with their index and queues in
+/// memory ([`Conntracks::reserve`]), their records not yet in place.
+#[derive(Debug)]
+pub struct Reserved {
+    v4: Conntrack<Ipv4Addr>,
+    v6: Conntrack<Ipv6Addr>,
+}
+
+impl Reserved {
+    /// The connection tables, with their records in their files under
+    /// `--state-dir` (adopting the flows a previous gateway left there)
+    /// or in process memory, taken for the families the gateway serves;
+    /// and the conntrack clock's zero that goes with them.
+    pub fn open(self, settings: &Settings) -> anyhow::Result<(Conntracks, Instant)> {
+        let Reserved { v4, v6 } = self;
+        let (conntracks, epoch) = match &settings.state_dir {
+            None => (
+                Conntracks::from_parts((Arc::new(v4), None), (Arc::new(v6), None)),
+                Instant::now(),
+            ),
+            Some(dir) => {
+                let v4 = open_family(dir, v4, persist::monotonic_ns(), false)?;
+                match v4.1.clone() {
+                    // No huge pages for the IPv4 table: neither table gets
+                    // a file.
+                    None => (
+                        Conntracks::from_parts(v4, (Arc::new(v6), None)),
+                        Instant::now(),
+                    ),
+                    Some(v4_file) => {
+                        let epoch_ns = v4_file.epoch_ns();
+                        let v6 = open_family(dir, v6, epoch_ns, true)?;
+                        if v6.1.is_none() {
+                            tracing::warn!("the IPv6 connection table stays in process memory");
+                        }
+                        (
+                            Conntracks::from_parts(v4, v6),
+                            persist::instant_of(epoch_ns),
+                        )
+                    }
+                }
+            }
+        };
+        take_memory(
+            settings.service_cidrs.families(),
+            "connection tables' records taken",
+            |family| match family {
+                cipgw_config::IpFamily::V4 => (
+                    conntracks.v4.populate_records(),
+                    record_bytes(&conntracks.v4),
+                ),
+                cipgw_config::IpFamily::V6 => (
+                    conntracks.v6.populate_records(),
+                    record_bytes(&conntracks.v6),
+                ),
+            },
+        )?;
+        Ok((conntracks, epoch))
+    }
+}
+
+/// Family `A`'s table in process memory, of `config`'s bounds, with the
+/// settings' workers and accounting and `snat`.
+fn build<A: IpFamily>(
+    settings: &Settings,
+    config: &ConntrackConfig,
+    snat: Option<SnatConfig<A>>,
+) -> anyhow::Result<Conntrack<A>> {
+    let ct = Conntrack::new(*config).with_workers(settings.cores.len());
+    let ct = if settings.conntrack.accounting {
+        ct.with_accounting()
+    } else {
+        ct
+    };
+    Ok(match snat {
+        Some(snat) => ct.with_snat(&snat).context("--snat")?,
+        None => ct,
+    })
+}
+
+/// Bytes of a table's records.
+fn record_bytes<A: IpFamily>(ct: &Conntrack<A>) -> u64 {
+    (Conntrack::<A>::records_for(ct.config()) * Conntrack::<A>::RECORD_BYTES) as u64
+}
+
+/// Bytes of a table's index and queues.
+fn lookup_bytes<A: IpFamily>(ct: &Conntrack<A>) -> u64 {
+    let per_flow = Conntrack::<A>::BYTES_PER_FLOW - Conntrack::<A>::RECORD_BYTES as u64;
+    ct.config().max_flows as u64 * per_flow
+}
+
+/// Takes memory for each of `families` with `populate` (the outcome and
+/// the bytes it covers) and logs `what` with how long it took. Where the
+/// kernel cannot (MADV_POPULATE_WRITE, before Linux 5.14) the memory is
+/// taken as flows first touch it, with a warning; a kernel short of
+/// memory fails the start.
+fn take_memory(
+    families: impl IntoIterator<Item = cipgw_config::IpFamily>,
+    what: &str,
+    mut populate: impl FnMut(cipgw_config::IpFamily) -> (std::io::Result<()>, u64),
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut bytes = 0;
+    for family in families {
+        match populate(family) {
+            (Ok(()), covered) => bytes += covered,
+            (Err(e), _) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::warn!(
+                    error = %e,
+                    "the kernel cannot populate the connection tables (MADV_POPULATE_WRITE, \
+                     Linux 5.14): their pages are taken as flows first touch them, \
+                     and those flows' packets wait for the page faults"
+                );
+                return Ok(());
+            }
+            (Err(e), _) => {
+                return Err(e).context(
+                    "taking the connection tables' memory (lower --conntrack-max, \
+                     or free memory)",
+                )
+            }
+        }
+    }
+    tracing::info!(mib = bytes >> 20, took = ?started.elapsed(), "{what}");
+    Ok(())
+}
+
 /// The target of a flow (forward key, backend).
 fn flow_target<A: IpFamily>(key: &FlowKey<A>, backend: (A, u16)) -> Target {
     target_of(key.dst, key.dst_port, key.protocol, backend)
@@ -264,32 +302,18 @@ fn add_targets<A: IpFamily>(ct: &Conntrack<A>, targets: &mut HashSet<Target>) {
     });
 }
 
-/// Family `A`'s table: in a file under `dir` when given (adopting a
-/// previous gateway's flows; when `shared_clock`, only a table on the
-/// clock `epoch_ns` of the table beside it, as the IPv6 one beside the
-/// IPv4 one) or in process memory when there is none or no huge pages
-/// are free. Each of `workers` workers gets eviction queues of its own.
+/// Family `A`'s table `table` (built, holding no flow) moved into its
+/// file under `dir`, adopting a previous gateway's flows (when
+/// `shared_clock`, only a table on the clock `epoch_ns` of the table
+/// beside it, as the IPv6 one beside the IPv4 one); left in process
+/// memory when no huge pages are free for the file.
 fn open_family<A: IpFamily>(
-    dir: Option<&Path>,
-    config: &ConntrackConfig,
-    accounting: bool,
-    workers: usize,
-    snat: Option<&SnatConfig<A>>,
+    dir: &Path,
+    table: Conntrack<A>,
     epoch_ns: u64,
     shared_clock: bool,
 ) -> anyhow::Result<Family<A>> {
-    let finish = |ct: Conntrack<A>| -> anyhow::Result<Arc<Conntrack<A>>> {
-        let ct = ct.with_workers(workers);
-        let ct = if accounting { ct.with_accounting() } else { ct };
-        Ok(Arc::new(match snat {
-            Some(snat) => ct.with_snat(snat).context("--snat")?,
-            None => ct,
-        }))
-    };
-    let Some(dir) = dir else {
-        return Ok((finish(Conntrack::new(*config))?, None));
-    };
-    let records = Conntrack::<A>::records_for(config);
+    let records = Conntrack::<A>::records_for(table.config());
     let opened = match shared_clock {
         false => TableFile::open(dir, records, Conntrack::<A>::LAYOUT, epoch_ns),
         true => TableFile::open_beside(dir, records, Conntrack::<A>::LAYOUT, epoch_ns),
@@ -303,7 +327,7 @@ fn open_family<A: IpFamily>(
                 "no huge pages for the connection table: it stays in process memory on \
                  normal pages, and a restart will reset connections"
             );
-            return Ok((finish(Conntrack::new(*config))?, None));
+            return Ok((Arc::new(table), None));
         }
         Err(e) => {
             return Err(e).with_context(|| {
@@ -324,7 +348,7 @@ fn open_family<A: IpFamily>(
         ),
         None => tracing::info!(family = A::NAME, "connection table on normal pages"),
     }
-    let conntrack = finish(Conntrack::in_file(*config, Arc::clone(&file)))?;
+    let conntrack = Arc::new(table.into_file(Arc::clone(&file)));
     let path = file.path().display().to_string();
     match file.previous() {
         Previous::Fresh => tracing::info!(%path, "new connection table"),

@@ -7,10 +7,13 @@
 //! 3. a gateway still running on the same `--state-dir` is asked for its
 //!    XDP program ([`super::handover`]); the program is kept if it is
 //!    this binary's, else loaded here; its VIP and backend maps are
-//!    filled, and the workers' UMEMs created;
+//!    filled, the workers' UMEMs created, and the connection tables
+//!    built with their index and queues in memory (the bulk of their
+//!    memory, taken whole so that no worker waits for a page fault);
 //! 4. the running gateway is asked to let go: everything before this
-//!    point can fail while it still forwards; then the connection table
-//!    is adopted, a kept program's other maps set, and the AF_XDP sockets
+//!    point can fail while it still forwards; then the connection tables
+//!    move into their files and adopt the flows there, their records are
+//!    taken, a kept program's other maps set, and the AF_XDP sockets
 //!    of every worker bound and registered in the XSKMAP (a kept
 //!    program forwards to them from then on);
 //! 5. only then is a program loaded here attached, so no VIP packet is
@@ -104,6 +107,15 @@ pub(super) fn start(
         _ => ZeroCopy::Auto,
     };
     let prepared = prepare_sockets(settings, assignments, hint)?;
+    let config = conntrack_config(settings);
+    tracing::info!(
+        conntrack_max = config.max_flows,
+        unreplied_percent = settings.conntrack.unreplied_percent,
+        table_mib = (config.max_flows as u64 * ConntrackConfig::BYTES_PER_FLOW) >> 20,
+        table6_mib = (config.max_flows as u64 * ConntrackConfig::BYTES_PER_FLOW_V6) >> 20,
+        "connection tables bounded, per family; taking the memory of those the service CIDRs need"
+    );
+    let reserved = Conntracks::reserve(settings, config, snat.as_ref())?;
     // Everything above is ready; what follows needs what a gateway still
     // running on this state directory holds.
     let (prepared, took_over) = match &settings.state_dir {
@@ -111,18 +123,8 @@ pub(super) fn start(
         None => (prepared, false),
     };
 
-    let (conntracks, epoch) =
-        Conntracks::open(settings, conntrack_config(settings), snat.as_ref())?;
+    let (conntracks, epoch) = reserved.open(settings)?;
     let carried = adopt_flows(&conntracks, &first.table, from_file);
-    let summary = conntracks.v4.summary();
-    tracing::info!(
-        conntrack_max = summary.max_flows,
-        unreplied_percent = settings.conntrack.unreplied_percent,
-        table_mib = (summary.max_flows as u64 * ConntrackConfig::BYTES_PER_FLOW) >> 20,
-        table6_mib = (summary.max_flows as u64 * ConntrackConfig::BYTES_PER_FLOW_V6) >> 20,
-        "connection tables bounded, per family; taking the memory of those the service CIDRs need"
-    );
-    conntracks.populate(settings.service_cidrs.families())?;
     let table = TableHandle::new(first.table);
     let ready = Arc::new(AtomicBool::new(false));
     let admin = Arc::new(AdminState::new(

@@ -779,7 +779,21 @@ impl<A: IpFamily> Conntrack<A> {
     /// table; fails where the kernel lacks MADV_POPULATE_WRITE (EINVAL
     /// before Linux 5.14) or memory is short.
     pub fn populate(&self) -> std::io::Result<()> {
-        self.slab.populate()?;
+        self.populate_records()?;
+        self.populate_all_but_records()
+    }
+
+    /// [`Conntrack::populate`] for the records alone, in process memory
+    /// or in the table file.
+    pub fn populate_records(&self) -> std::io::Result<()> {
+        self.slab.populate()
+    }
+
+    /// [`Conntrack::populate`] for everything but the records: index,
+    /// eviction queues and accounts, all in process memory, so a gateway
+    /// can take them before the one it replaces lets go of the table file
+    /// ([`Conntrack::into_file`]).
+    pub fn populate_all_but_records(&self) -> std::io::Result<()> {
         self.index.populate()?;
         for worker in self.workers.iter() {
             worker.unassured.populate(Queued::default());
@@ -825,6 +839,45 @@ impl<A: IpFamily> Conntrack<A> {
         table
     }
 
+    /// Moves a table that has never held a flow into `file`'s records
+    /// (opened for [`Conntrack::records_for`] records), keeping its index,
+    /// eviction queues, accounts and source NAT: a gateway builds and
+    /// populates those while the gateway before it still forwards, and
+    /// takes the file only once that one has let go.
+    /// [`Conntrack::adopt`] then takes over the flows left there. The
+    /// records in process memory, never touched, are given back.
+    ///
+    /// # Panics
+    ///
+    /// If the table has held a flow, or the file holds another number of
+    /// records than the table: a caller's bug, not an input's.
+    pub fn into_file(mut self, file: Arc<TableFile>) -> Self {
+        assert_eq!(
+            self.slab.high_water(),
+            1,
+            "only a table that never held a flow moves into a file"
+        );
+        let slab = Slab::in_file(file);
+        assert_eq!(
+            slab.len(),
+            self.slab.len(),
+            "the table file holds the table's records"
+        );
+        self.slab = slab;
+        self.write_snat_addresses();
+        self
+    }
+
+    /// Writes the source NAT addresses into the table file, if the records
+    /// are in one: the next gateway reads what the records' address
+    /// indexes refer to there.
+    fn write_snat_addresses(&self) {
+        if let Some(file) = self.slab.file() {
+            let addresses: Vec<IpAddr> = self.snat.addresses().iter().map(|&a| a.into()).collect();
+            file.set_snat_addresses(&addresses);
+        }
+    }
+
     /// A table whose index is sized for `index_flows` flows (tests use a
     /// tiny one to make every chain overflow).
     fn with_index_for(config: ConntrackConfig, index_flows: usize) -> Self {
@@ -861,10 +914,7 @@ impl<A: IpFamily> Conntrack<A> {
     /// (see [`snat`]). Before the table is shared or adopts a file.
     pub fn with_snat(mut self, config: &SnatConfig<A>) -> Result<Self, SnatError> {
         self.snat = SnatPool::new(config)?;
-        if let Some(file) = self.slab.file() {
-            let addresses: Vec<IpAddr> = self.snat.addresses().iter().map(|&a| a.into()).collect();
-            file.set_snat_addresses(&addresses);
-        }
+        self.write_snat_addresses();
         Ok(self)
     }
 

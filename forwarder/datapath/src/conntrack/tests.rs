@@ -1307,6 +1307,85 @@ fn snat_addresses_are_used_in_turn_and_overflow_to_the_next() {
     assert_eq!(hit.snat.map(|s| s.0), Some(b));
 }
 
+/// A gateway builds its table in process memory and takes the index's
+/// memory before it may open the table file; moved into the file, the
+/// table keeps its source NAT, writes into the file, and the next one
+/// adopts what it wrote.
+#[test]
+fn a_table_built_in_memory_moves_into_its_file_and_is_adopted() {
+    let dir = StateDir::new("into-file");
+    let config = ConntrackConfig {
+        max_flows: 16,
+        unreplied_percent: 50,
+        timeouts: Timeouts::default(),
+    };
+    let built = || {
+        let ct = Conntrack::new(config)
+            .with_workers(2)
+            .with_accounting()
+            .with_snat(&snat_config(&[SNAT_A], 61000..=61099))
+            .expect("valid");
+        ct.populate_all_but_records()
+            .expect("index, queues, accounts");
+        ct
+    };
+    let file = || {
+        Arc::new(
+            persist::TableFile::open(
+                &dir.0,
+                Conntrack::<Ipv4Addr>::records_for(&config),
+                Conntrack::<Ipv4Addr>::LAYOUT,
+                persist::monotonic_ns(),
+            )
+            .expect("table file opens"),
+        )
+    };
+    let hit;
+    {
+        let ct = built().into_file(file());
+        ct.populate_records().expect("the file's records");
+        assert_eq!(ct.adopt(5), Adoption::default(), "a fresh file");
+        hit = ct
+            .insert(forward(1), backend(), 5, FlowMeta::default())
+            .expect("insert");
+        assert!(hit.snat.is_some(), "source NAT kept through the move");
+    }
+    let ct = built().into_file(file());
+    let adoption = ct.adopt(6);
+    assert_eq!((adoption.flows, adoption.discarded), (1, 0), "{adoption:?}");
+    let reply = ct
+        .lookup(&snat_reply(&hit), 6, SYN | ACK)
+        .expect("the reply key, under the same SNAT address");
+    assert_eq!(
+        reply.snat,
+        Some((forward(1).src, forward(1).src_port)),
+        "the reply is turned back to the client"
+    );
+    check_invariants(&ct, 6);
+}
+
+#[test]
+#[should_panic(expected = "only a table that never held a flow moves into a file")]
+fn a_table_that_held_a_flow_does_not_move_into_a_file() {
+    let dir = StateDir::new("into-file-used");
+    let config = ConntrackConfig {
+        max_flows: 16,
+        unreplied_percent: 50,
+        timeouts: Timeouts::default(),
+    };
+    let ct = Conntrack::new(config);
+    ct.insert(forward(1), backend(), 0, FlowMeta::default())
+        .expect("insert");
+    let file = persist::TableFile::open(
+        &dir.0,
+        Conntrack::<Ipv4Addr>::records_for(&config),
+        Conntrack::<Ipv4Addr>::LAYOUT,
+        persist::monotonic_ns(),
+    )
+    .expect("table file opens");
+    let _ = ct.into_file(Arc::new(file));
+}
+
 #[test]
 fn adoption_keeps_snat_flows_only_under_the_same_addresses() {
     let dir = StateDir::new("snat");
