@@ -4,10 +4,12 @@
 //! a previous gateway) side by side on one clock, swept, retired and
 //! handed over as one.
 //!
-//! Each table holds up to `--conntrack-max` flows of its family. Their
-//! memory is taken whole at start-up, before the workers run
-//! ([`Conntracks::populate`]): a worker never stalls in a page fault, and
-//! a machine short of memory fails the start instead of a flood.
+//! Each table holds up to `--conntrack-max` flows of its family. For the
+//! families the gateway serves, its memory is taken whole at start-up,
+//! before the workers run: the index and queues before a running gateway
+//! lets go ([`Conntracks::reserve`]), the records after
+//! ([`Reserved::open`]). A worker never stalls in a page fault, and a
+//! machine short of memory fails the start instead of a flood.
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, Ipv6Addr};

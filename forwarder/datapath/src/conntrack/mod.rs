@@ -1626,7 +1626,7 @@ impl<A: IpFamily> Conntrack<A> {
     /// Room is needed when the table is full or unreplied flows hold
     /// their share of it (the flood guard). The flow is queued, and room
     /// made, in the queues of `worker` (the inserting worker: see
-    /// [`WorkerQueues`]); when those hold nothing that may go, in the
+    /// [`PerWorker`]); when those hold nothing that may go, in the
     /// other workers' in turn. A full table evicts, in this
     /// order (Linux's early_drop): the oldest closing flow if it has
     /// expired, the oldest flow not yet assured (counted as expired when

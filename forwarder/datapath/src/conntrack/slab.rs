@@ -377,7 +377,7 @@ impl<A: RecordLayout> Slab<A> {
     }
 
     /// A slab over a table file's records (`capacity` + 1 of them). Its
-    /// free list starts empty: [`Slab::adopt_record`] rebuilds it.
+    /// free list starts empty: adoption ([`Slab::release`]) rebuilds it.
     pub fn in_file(file: Arc<TableFile>) -> Slab<A> {
         let (ptr, len) = file.records_ptr();
         Slab {

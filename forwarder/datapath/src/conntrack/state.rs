@@ -138,7 +138,7 @@ pub(super) const REPLIED: u8 = 0x40;
 pub(super) const AFFINITY: u8 = 0x80;
 
 /// The state bits after a packet with `flags` travelling `direction`.
-/// (A new SYN on a finished flow never gets here: [`Conntrack::touch`]
+/// (A new SYN on a finished flow never gets here: [`super::Conntrack::touch`]
 /// replaces the flow.)
 #[inline]
 pub(super) fn next_state(bits: u8, direction: Direction, protocol: Protocol, flags: u8) -> u8 {

@@ -994,14 +994,19 @@ impl StateDir {
     }
 
     fn open(&self, config: &ConntrackConfig) -> Conntrack {
+        Conntrack::in_file(*config, self.file(config))
+    }
+
+    /// The IPv4 table file for `config`, opened.
+    fn file(&self, config: &ConntrackConfig) -> Arc<persist::TableFile> {
         let file = persist::TableFile::open(
             &self.0,
-            Conntrack::<std::net::Ipv4Addr>::records_for(config),
+            Conntrack::<Ipv4Addr>::records_for(config),
             Conntrack::<Ipv4Addr>::LAYOUT,
             persist::monotonic_ns(),
         )
         .expect("table file opens");
-        Conntrack::in_file(*config, Arc::new(file))
+        Arc::new(file)
     }
 }
 
@@ -1329,20 +1334,9 @@ fn a_table_built_in_memory_moves_into_its_file_and_is_adopted() {
             .expect("index, queues, accounts");
         ct
     };
-    let file = || {
-        Arc::new(
-            persist::TableFile::open(
-                &dir.0,
-                Conntrack::<Ipv4Addr>::records_for(&config),
-                Conntrack::<Ipv4Addr>::LAYOUT,
-                persist::monotonic_ns(),
-            )
-            .expect("table file opens"),
-        )
-    };
     let hit;
     {
-        let ct = built().into_file(file());
+        let ct = built().into_file(dir.file(&config));
         ct.populate_records().expect("the file's records");
         assert_eq!(ct.adopt(5), Adoption::default(), "a fresh file");
         hit = ct
@@ -1350,7 +1344,7 @@ fn a_table_built_in_memory_moves_into_its_file_and_is_adopted() {
             .expect("insert");
         assert!(hit.snat.is_some(), "source NAT kept through the move");
     }
-    let ct = built().into_file(file());
+    let ct = built().into_file(dir.file(&config));
     let adoption = ct.adopt(6);
     assert_eq!((adoption.flows, adoption.discarded), (1, 0), "{adoption:?}");
     let reply = ct
@@ -1376,14 +1370,7 @@ fn a_table_that_held_a_flow_does_not_move_into_a_file() {
     let ct = Conntrack::new(config);
     ct.insert(forward(1), backend(), 0, FlowMeta::default())
         .expect("insert");
-    let file = persist::TableFile::open(
-        &dir.0,
-        Conntrack::<Ipv4Addr>::records_for(&config),
-        Conntrack::<Ipv4Addr>::LAYOUT,
-        persist::monotonic_ns(),
-    )
-    .expect("table file opens");
-    let _ = ct.into_file(Arc::new(file));
+    let _ = ct.into_file(dir.file(&config));
 }
 
 #[test]
