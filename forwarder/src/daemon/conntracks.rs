@@ -65,17 +65,9 @@ impl Conntracks {
         };
         take_memory(
             settings.service_cidrs.families(),
-            "connection tables' index and eviction queues taken",
-            |family| match family {
-                cipgw_config::IpFamily::V4 => (
-                    reserved.v4.populate_all_but_records(),
-                    lookup_bytes(&reserved.v4),
-                ),
-                cipgw_config::IpFamily::V6 => (
-                    reserved.v6.populate_all_but_records(),
-                    lookup_bytes(&reserved.v6),
-                ),
-            },
+            &reserved.v4,
+            &reserved.v6,
+            Part::AllButRecords,
         )?;
         Ok(reserved)
     }
@@ -209,17 +201,9 @@ impl Reserved {
         };
         take_memory(
             settings.service_cidrs.families(),
-            "connection tables' records taken",
-            |family| match family {
-                cipgw_config::IpFamily::V4 => (
-                    conntracks.v4.populate_records(),
-                    record_bytes(&conntracks.v4),
-                ),
-                cipgw_config::IpFamily::V6 => (
-                    conntracks.v6.populate_records(),
-                    record_bytes(&conntracks.v6),
-                ),
-            },
+            &conntracks.v4,
+            &conntracks.v6,
+            Part::Records,
         )?;
         Ok((conntracks, epoch))
     }
@@ -244,31 +228,60 @@ fn build<A: IpFamily>(
     })
 }
 
-/// Bytes of a table's records.
-fn record_bytes<A: IpFamily>(ct: &Conntrack<A>) -> u64 {
-    (Conntrack::<A>::records_for(ct.config()) * Conntrack::<A>::RECORD_BYTES) as u64
+/// What [`take_memory`] populates of a table: its index, eviction queues
+/// and accounts (before a running gateway lets go), or its records.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    AllButRecords,
+    Records,
 }
 
-/// Bytes of a table's index and queues.
-fn lookup_bytes<A: IpFamily>(ct: &Conntrack<A>) -> u64 {
-    let per_flow = Conntrack::<A>::BYTES_PER_FLOW - Conntrack::<A>::RECORD_BYTES as u64;
-    ct.config().max_flows as u64 * per_flow
+impl Part {
+    /// Populates this part of `ct`; returns the outcome and the bytes
+    /// the part spans.
+    fn populate<A: IpFamily>(self, ct: &Conntrack<A>) -> (std::io::Result<()>, u64) {
+        match self {
+            Part::AllButRecords => {
+                let per_flow = Conntrack::<A>::BYTES_PER_FLOW - Conntrack::<A>::RECORD_BYTES as u64;
+                (
+                    ct.populate_all_but_records(),
+                    ct.config().max_flows as u64 * per_flow,
+                )
+            }
+            Part::Records => (
+                ct.populate_records(),
+                (Conntrack::<A>::records_for(ct.config()) * Conntrack::<A>::RECORD_BYTES) as u64,
+            ),
+        }
+    }
+
+    /// The log line once the part is populated.
+    fn taken(self) -> &'static str {
+        match self {
+            Part::AllButRecords => "connection tables' index and eviction queues taken",
+            Part::Records => "connection tables' records taken",
+        }
+    }
 }
 
-/// Takes memory for each of `families` with `populate` (the outcome and
-/// the bytes it covers) and logs `what` with how long it took. Where the
-/// kernel cannot (MADV_POPULATE_WRITE, before Linux 5.14) the memory is
-/// taken as flows first touch it, with a warning; a kernel short of
-/// memory fails the start.
+/// Populates `part` of the tables of `families` and logs how long it
+/// took. Where the kernel cannot (MADV_POPULATE_WRITE, before Linux 5.14)
+/// the memory is taken as flows first touch it, with a warning; a kernel
+/// short of memory fails the start.
 fn take_memory(
     families: impl IntoIterator<Item = cipgw_config::IpFamily>,
-    what: &str,
-    mut populate: impl FnMut(cipgw_config::IpFamily) -> (std::io::Result<()>, u64),
+    v4: &Conntrack<Ipv4Addr>,
+    v6: &Conntrack<Ipv6Addr>,
+    part: Part,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut bytes = 0;
     for family in families {
-        match populate(family) {
+        let populated = match family {
+            cipgw_config::IpFamily::V4 => part.populate(v4),
+            cipgw_config::IpFamily::V6 => part.populate(v6),
+        };
+        match populated {
             (Ok(()), covered) => bytes += covered,
             (Err(e), _) if e.raw_os_error() == Some(libc::EINVAL) => {
                 tracing::warn!(
@@ -287,7 +300,7 @@ fn take_memory(
             }
         }
     }
-    tracing::info!(mib = bytes >> 20, took = ?started.elapsed(), "{what}");
+    tracing::info!(mib = bytes >> 20, took = ?started.elapsed(), "{}", part.taken());
     Ok(())
 }
 
