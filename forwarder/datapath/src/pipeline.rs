@@ -91,7 +91,11 @@ use crate::table::{Backend, CompiledTable, Miss, ReplyOwner, ServiceKey};
 use crate::wire::ethernet::{self, ethertype, EthernetFrame, MacAddr};
 use crate::wire::frame::{Frame, ParseError, L3, L4};
 use crate::wire::icmp::Quoted;
+use crate::wire::ipv4::{self, Ipv4Packet};
+use crate::wire::ipv6::{self, Ipv6Packet};
 use crate::wire::tcp::flags as tcp_flags;
+use crate::wire::tcp::{self, TcpSegment};
+use crate::wire::udp::{self, UdpDatagram};
 use crate::wire::WireError;
 use crate::wire::{icmp, icmpv6, ip_number};
 
@@ -233,17 +237,28 @@ impl<A: IpFamily> NextHopCache<A> {
         (dst.wrapping_mul(0x9e37_79b9) >> 24) as usize
     }
 
-    #[inline]
+    #[inline(always)]
     fn lookup(&mut self, net: &NetSnapshot, dst: A) -> Result<CachedHop<A>, Verdict> {
+        if self.snapshot == net.id() {
+            let cached = &self.slots[Self::slot(dst.fold())];
+            if cached.dst == dst && !dst.is_unspecified_addr() {
+                return Ok(*cached);
+            }
+        }
+        self.resolve(net, dst)
+    }
+
+    /// A destination the cache does not hold (or a new snapshot, which
+    /// empties it): resolved from the snapshot, and cached once its
+    /// neighbour is known.
+    #[cold]
+    #[inline(never)]
+    fn resolve(&mut self, net: &NetSnapshot, dst: A) -> Result<CachedHop<A>, Verdict> {
         if self.snapshot != net.id() {
             self.slots.fill(CachedHop::EMPTY);
             self.snapshot = net.id();
         }
         let slot = Self::slot(dst.fold());
-        let cached = self.slots[slot];
-        if cached.dst == dst && !dst.is_unspecified_addr() {
-            return Ok(cached);
-        }
         let next_hop = net.next_hop_of(dst).map_err(|e| {
             Verdict::Drop(match e {
                 RouteError::NoRoute => DropReason::NoRoute,
@@ -319,8 +334,11 @@ impl<A: IpFamily> FlowCache<A> {
     #[inline(always)]
     fn find(&self, key: &FlowKey<A>, mix: u32) -> Option<&CachedFlow<A>> {
         let set = Self::set(mix);
-        let ways = self.slots.get(set..set + 2)?;
-        ways.iter().find(|cached| cached.key == *key)
+        match self.slots.get(set..set + 2)? {
+            [first, _] if first.key == *key => Some(first),
+            [_, second] if second.key == *key => Some(second),
+            _ => None,
+        }
     }
 
     /// Whether the cache holds `key`, fresh or not: a flow the prefetch
@@ -345,26 +363,21 @@ impl<A: IpFamily> FlowCache<A> {
     /// every packet; the older of two evicted for a third).
     #[inline]
     fn put(&mut self, key: FlowKey<A>, mix: u32, hit: FlowHit<A>, now: u32, removals: u64) {
-        if self.slots.is_empty() {
-            // Allocated at the first established flow, not per pipeline.
-            self.slots = vec![
-                CachedFlow {
-                    key,
-                    hit,
-                    touched: u32::MAX,
-                    removals,
-                };
-                Self::SLOTS
-            ]
-            .into_boxed_slice();
-        }
-        let set = Self::set(mix);
         let entry = CachedFlow {
             key,
             hit,
             touched: now,
             removals,
         };
+        if self.slots.is_empty() {
+            // Allocated at the first established flow, not per pipeline.
+            let never = CachedFlow {
+                touched: u32::MAX,
+                ..entry
+            };
+            self.slots = vec![never; Self::SLOTS].into_boxed_slice();
+        }
+        let set = Self::set(mix);
         let Some([first, second]) = self.slots.get_mut(set..set + 2) else {
             return;
         };
@@ -597,20 +610,14 @@ impl Pipeline {
             }
         }
         match frame.l3() {
-            L3::Ipv4 { .. } => self.ipv4(frame, len, ingress, ctx),
-            L3::Ipv6 { .. } => self.ipv6(frame, len, ingress, ctx),
+            L3::Ipv4 { .. } => self.ipv4(frame, ingress, ctx),
+            L3::Ipv6 { .. } => self.ipv6(frame, ingress, ctx),
         }
     }
 
     /// An IPv4 frame: a flow, or ICMP, or a later fragment.
     #[inline]
-    fn ipv4(
-        &mut self,
-        frame: FrameMut<'_>,
-        len: usize,
-        ingress: PortId,
-        ctx: &BatchContext<'_>,
-    ) -> Verdict {
+    fn ipv4(&mut self, frame: FrameMut<'_>, ingress: PortId, ctx: &BatchContext<'_>) -> Verdict {
         let flow = match classify(&frame, ctx.table) {
             Ok(Classified::Flow(flow)) => flow,
             Ok(Classified::EchoToVip { src, dst }) => {
@@ -622,7 +629,7 @@ impl Pipeline {
             }
             Err(v) => return v,
         };
-        self.track(frame, flow, len, ingress, ctx)
+        self.track(frame, flow, ingress, ctx)
     }
 
     /// An IPv6 frame: a flow, an ICMPv6 error, a later fragment, or an
@@ -630,15 +637,9 @@ impl Pipeline {
     /// gateway does not translate and whatever is not addressed to a VIP
     /// are the kernel's.
     #[inline]
-    fn ipv6(
-        &mut self,
-        frame: FrameMut<'_>,
-        len: usize,
-        ingress: PortId,
-        ctx: &BatchContext<'_>,
-    ) -> Verdict {
+    fn ipv6(&mut self, frame: FrameMut<'_>, ingress: PortId, ctx: &BatchContext<'_>) -> Verdict {
         if let Some(flow) = Ipv6Addr::flow_of(&frame) {
-            return self.track(frame, flow, len, ingress, ctx);
+            return self.track(frame, flow, ingress, ctx);
         }
         let L3::Ipv6 { src, dst, .. } = frame.l3() else {
             return Verdict::Pass;
@@ -679,7 +680,6 @@ impl Pipeline {
         &mut self,
         mut frame: FrameMut<'_>,
         flow: Flow<A>,
-        len: usize,
         ingress: PortId,
         ctx: &BatchContext<'_>,
     ) -> Verdict {
@@ -694,7 +694,7 @@ impl Pipeline {
         let removals = steady.then(|| A::path(self).conntrack.removals(mix));
         let cached = removals.and_then(|r| A::path(self).flows.get(&key, mix, ctx.now, r));
         let mut hit = match cached {
-            Some(hit) => hit,
+            Some(cached) => cached,
             None => {
                 // Hashed once for the lookup and, on a miss, the insert.
                 let path = A::path(self);
@@ -739,6 +739,7 @@ impl Pipeline {
             Direction::Forward => self.counters.forwarded.inc(),
             Direction::Reply => self.counters.replies.inc(),
         }
+        let len = frame.len();
         A::path(self).conntrack.account(&hit, len);
         if hit.slot != NO_SLOT {
             if let Some(c) = self.services.as_ref().and_then(|s| s.get(hit.slot)) {
@@ -749,20 +750,16 @@ impl Pipeline {
         if hit.affinity && hit.direction == Direction::Forward {
             self.refresh_affinity(&key, ctx.now);
         }
-        rewrite(&mut frame, &flow, &hit);
-        if let Some(snat) = hit.snat {
-            rewrite_snat(&mut frame, &flow, hit.direction, snat);
-        }
-
-        let dst = match (hit.direction, hit.snat) {
-            (Direction::Forward, _) => hit.nat_ip,
-            (Direction::Reply, None) => key.dst,
-            (Direction::Reply, Some((client, _))) => client,
+        let headers = Headers {
+            l3: frame.l3_offset(),
+            l4: frame.l4_offset(),
         };
+        let leaving = Rewrite::of(&key, &hit);
+        leaving.apply(frame.bytes_mut(), headers, flow.ttl, key.protocol);
         if frame.fragment().is_some() {
             self.remember_first_fragment(&frame, &key, ctx.now);
         }
-        self.address(&mut frame, dst, ctx.net)
+        self.address(frame.bytes_mut(), leaving.dst, ctx.net)
     }
 
     /// Affinity lasts from the client's last packet; refreshed at most
@@ -828,16 +825,21 @@ impl Pipeline {
         if ttl <= 1 {
             return Verdict::Drop(DropReason::TtlExceeded);
         }
-        A::rewrite_ip(&mut frame, AddressSlot::Source, src, route.src, None);
-        A::rewrite_ip(
-            &mut frame,
-            AddressSlot::Destination,
+        let l3 = frame.l3_offset();
+        let delta = A::address_delta(
+            A::address_delta(Delta::default(), src, route.src),
             dst,
             route.dst,
-            Some((ttl, protocol)),
+        );
+        A::rewrite_header(
+            frame.bytes_mut(),
+            l3,
+            (route.src, route.dst),
+            (ttl, protocol),
+            delta,
         );
         self.counters.fragments.inc();
-        self.address(&mut frame, route.dst, ctx.net)
+        self.address(frame.bytes_mut(), route.dst, ctx.net)
     }
 
     /// An ICMP or ICMPv6 error about a tracked flow, rewritten for the
@@ -909,13 +911,18 @@ impl Pipeline {
         };
         // The outer header first: ICMPv6's checksum, computed last,
         // covers its addresses.
-        A::rewrite_ip(&mut frame, AddressSlot::Source, src, outer_src, None);
-        A::rewrite_ip(
-            &mut frame,
-            AddressSlot::Destination,
+        let l3 = frame.l3_offset();
+        let delta = A::address_delta(
+            A::address_delta(Delta::default(), src, outer_src),
             dst,
             outer_dst,
-            Some((ttl, A::ICMP)),
+        );
+        A::rewrite_header(
+            frame.bytes_mut(),
+            l3,
+            (outer_src, outer_dst),
+            (ttl, A::ICMP),
+            delta,
         );
         A::rewrite_quoted(
             &mut frame,
@@ -924,23 +931,20 @@ impl Pipeline {
             (outer_src, outer_dst),
         );
         self.counters.icmp_errors.inc();
-        self.address(&mut frame, outer_dst, ctx.net)
+        self.address(frame.bytes_mut(), outer_dst, ctx.net)
     }
 
     /// The next-hop step: addresses `frame` to the next hop towards `dst`
     /// and names the port it leaves from.
     #[inline]
-    fn address<A: PathFamily>(
-        &mut self,
-        frame: &mut FrameMut<'_>,
-        dst: A,
-        net: &NetSnapshot,
-    ) -> Verdict {
+    fn address<A: PathFamily>(&mut self, frame: &mut [u8], dst: A, net: &NetSnapshot) -> Verdict {
         match A::path(self).hops.lookup(net, dst) {
             Ok(hop) => {
-                let mut eth = frame.ethernet_mut();
-                eth.set_source(hop.src_mac);
-                eth.set_destination(hop.dst_mac);
+                if let Some(header) = frame.get_mut(..ethernet::HEADER_LEN) {
+                    let mut eth = EthernetFrame::new_unchecked(header);
+                    eth.set_source(hop.src_mac);
+                    eth.set_destination(hop.dst_mac);
+                }
                 Verdict::Forward { port: hop.port }
             }
             Err(verdict) => verdict,
@@ -1605,98 +1609,100 @@ fn classify(frame: &FrameMut<'_>, table: &CompiledTable) -> Result<Classified, V
     }
 }
 
-/// Rewrites addresses, ports, TTL (hop limit) and checksums in place
-/// (RFC 1624), through the views of the parsed frame.
-#[inline]
-fn rewrite<A: PathFamily>(frame: &mut FrameMut<'_>, flow: &Flow<A>, hit: &FlowHit<A>) {
-    let key = &flow.key;
-    let (old_addr, old_port) = match hit.direction {
-        Direction::Forward => (key.dst, key.dst_port),
-        Direction::Reply => (key.src, key.src_port),
-    };
-    let slot = match hit.direction {
-        Direction::Forward => AddressSlot::Destination,
-        Direction::Reply => AddressSlot::Source,
-    };
-    // The views exist for the headers parse found; were one missing, its
-    // rewrite would be skipped, never read out of bounds.
-    let addr_delta = A::rewrite_ip(
-        frame,
-        slot,
-        old_addr,
-        hit.nat_ip,
-        Some((flow.ttl, key.protocol.ip_number())),
-    );
-    // The L4 checksum covers the addresses through the pseudo-header.
-    let l4_delta = addr_delta.word(old_port, hit.nat_port);
-    match key.protocol {
-        Protocol::Tcp => {
-            if let Some(mut tcp) = frame.tcp_mut() {
-                match hit.direction {
-                    Direction::Forward => tcp.set_dst_port(hit.nat_port),
-                    Direction::Reply => tcp.set_src_port(hit.nat_port),
-                }
-                tcp.set_checksum(l4_delta.apply(tcp.checksum()));
-            }
+/// Where a TCP or UDP packet's headers start in its frame.
+#[derive(Debug, Clone, Copy)]
+struct Headers {
+    /// The IP header.
+    l3: usize,
+    /// The TCP or UDP header.
+    l4: usize,
+}
+
+/// What a tracked flow's packet leaves with: the addresses and ports of
+/// its 5-tuple after destination NAT (and source NAT, when the flow has
+/// it), both ends written whichever changed, and what the change does to
+/// the checksums (RFC 1624). One rewrite for either direction, with or
+/// without source NAT: made from the flow's hit ([`Rewrite::of`]), then
+/// written over the packet ([`Rewrite::apply`]).
+#[derive(Debug, Clone, Copy)]
+struct Rewrite<A> {
+    src: A,
+    dst: A,
+    src_port: u16,
+    dst_port: u16,
+    /// The addresses' change: the IPv4 header checksum's delta before
+    /// the TTL's decrement.
+    addresses: Delta,
+    /// The addresses' and ports' change: the transport checksum's delta
+    /// (it covers the addresses through the pseudo-header).
+    transport: Delta,
+}
+
+impl<A: PathFamily> Rewrite<A> {
+    /// The rewrite of `key`'s packets for `hit`: to the backend (forward),
+    /// from the SNAT address when there is one; from the VIP (reply), to
+    /// the client behind the SNAT address.
+    #[inline]
+    fn of(key: &FlowKey<A>, hit: &FlowHit<A>) -> Self {
+        let nat = (hit.nat_ip, hit.nat_port);
+        let ((src, src_port), (dst, dst_port)) = match hit.direction {
+            Direction::Forward => (hit.snat.unwrap_or((key.src, key.src_port)), nat),
+            Direction::Reply => (nat, hit.snat.unwrap_or((key.dst, key.dst_port))),
+        };
+        // An address or port that stays adds a zero (0xffff) to a
+        // delta, which changes no checksum.
+        let addresses = A::address_delta(
+            A::address_delta(Delta::default(), key.src, src),
+            key.dst,
+            dst,
+        );
+        let transport = addresses
+            .word(key.src_port, src_port)
+            .word(key.dst_port, dst_port);
+        Self {
+            src,
+            dst,
+            src_port,
+            dst_port,
+            addresses,
+            transport,
         }
-        Protocol::Udp => {
-            if let Some(mut udp) = frame.udp_mut() {
-                match hit.direction {
-                    Direction::Forward => udp.set_dst_port(hit.nat_port),
-                    Direction::Reply => udp.set_src_port(hit.nat_port),
+    }
+
+    /// Writes the rewrite over a packet of the flow, in place in `frame`
+    /// whose headers are where `headers` say, with its TTL (hop limit),
+    /// decremented, and every checksum. A header the frame does not hold
+    /// whole is left alone: never out of bounds.
+    #[inline(always)]
+    fn apply(&self, frame: &mut [u8], headers: Headers, ttl: u8, protocol: Protocol) {
+        A::rewrite_header(
+            frame,
+            headers.l3,
+            (self.src, self.dst),
+            (ttl, protocol.ip_number()),
+            self.addresses,
+        );
+        let l4 = headers.l4;
+        match protocol {
+            Protocol::Tcp => {
+                if let Some(header) = frame.get_mut(l4..l4 + tcp::MIN_HEADER_LEN) {
+                    let mut tcp = TcpSegment::new_unchecked(header);
+                    tcp.set_src_port(self.src_port);
+                    tcp.set_dst_port(self.dst_port);
+                    tcp.set_checksum(self.transport.apply(tcp.checksum()));
                 }
-                udp.set_checksum(l4_delta.apply_udp(udp.checksum()));
+            }
+            Protocol::Udp => {
+                if let Some(header) = frame.get_mut(l4..l4 + udp::HEADER_LEN) {
+                    let mut udp = UdpDatagram::new_unchecked(header);
+                    udp.set_src_port(self.src_port);
+                    udp.set_dst_port(self.dst_port);
+                    // Zero, "no checksum", stays so.
+                    udp.set_checksum(self.transport.apply_udp(udp.checksum()));
+                }
             }
         }
     }
-}
-
-/// Source NAT's second rewrite, after [`rewrite`]: the source of a
-/// forward packet becomes the SNAT address and port, the destination of a
-/// reply the client's address and port (checksums updated as there).
-/// Kept out of line: the packet path without source NAT stays as compact
-/// as before, and a call is little next to the rewrite itself.
-#[inline(never)]
-fn rewrite_snat<A: PathFamily>(
-    frame: &mut FrameMut<'_>,
-    flow: &Flow<A>,
-    direction: Direction,
-    (new_addr, new_port): (A, u16),
-) {
-    let key = &flow.key;
-    let (old_addr, old_port, slot) = match direction {
-        Direction::Forward => (key.src, key.src_port, AddressSlot::Source),
-        Direction::Reply => (key.dst, key.dst_port, AddressSlot::Destination),
-    };
-    let addr_delta = A::rewrite_ip(frame, slot, old_addr, new_addr, None);
-    let l4_delta = addr_delta.word(old_port, new_port);
-    match key.protocol {
-        Protocol::Tcp => {
-            if let Some(mut tcp) = frame.tcp_mut() {
-                match direction {
-                    Direction::Forward => tcp.set_src_port(new_port),
-                    Direction::Reply => tcp.set_dst_port(new_port),
-                }
-                tcp.set_checksum(l4_delta.apply(tcp.checksum()));
-            }
-        }
-        Protocol::Udp => {
-            if let Some(mut udp) = frame.udp_mut() {
-                match direction {
-                    Direction::Forward => udp.set_src_port(new_port),
-                    Direction::Reply => udp.set_dst_port(new_port),
-                }
-                udp.set_checksum(l4_delta.apply_udp(udp.checksum()));
-            }
-        }
-    }
-}
-
-/// Which address of the IP header a rewrite changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AddressSlot {
-    Source,
-    Destination,
 }
 
 /// What the packet path does differently per address family: reading a
@@ -1712,17 +1718,21 @@ trait PathFamily: IpFamily + AffinityFamily + MaglevFamily {
     /// fragment.
     fn flow_of<T: AsRef<[u8]>>(frame: &Frame<T>) -> Option<Flow<Self>>;
 
-    /// Writes `new` over the address in `slot` (whose value is `old`),
-    /// and when `ttl` is `Some((ttl, protocol))` decrements the TTL or hop
-    /// limit; updates the IPv4 header checksum. Returns the address's
-    /// part of the transport checksum's delta (the pseudo-header).
-    fn rewrite_ip(
-        frame: &mut FrameMut<'_>,
-        slot: AddressSlot,
-        old: Self,
-        new: Self,
-        ttl: Option<(u8, u8)>,
-    ) -> Delta;
+    /// `delta` with an address's change from `old` to `new` added.
+    fn address_delta(delta: Delta, old: Self, new: Self) -> Delta;
+
+    /// Writes `addresses` (source, destination) over the IP header at
+    /// `l3` of `frame` and decrements its TTL or hop limit, `ttl` (with
+    /// the protocol number, which shares its word in IPv4); updates the
+    /// IPv4 header checksum by `delta`, the addresses' change, and the
+    /// TTL's. A header the frame does not hold whole is left alone.
+    fn rewrite_header(
+        frame: &mut [u8],
+        l3: usize,
+        addresses: (Self, Self),
+        ttl: (u8, u8),
+        delta: Delta,
+    );
 
     /// Whether a packet from `src` may open a connection: not multicast,
     /// loopback, unspecified (or IPv4 broadcast and 0.0.0.0/8).
@@ -1743,34 +1753,31 @@ impl PathFamily for Ipv4Addr {
         flow_between(frame, src, dst, ttl)
     }
 
-    #[inline]
-    fn rewrite_ip(
-        frame: &mut FrameMut<'_>,
-        slot: AddressSlot,
-        old: Self,
-        new: Self,
-        ttl: Option<(u8, u8)>,
-    ) -> Delta {
-        let addr_delta = Delta::default().addr(old.octets(), new.octets());
-        // TTL shares a 16-bit word with the protocol number.
-        let ip_delta = match ttl {
-            Some((ttl, proto)) => addr_delta.word(
-                u16::from_be_bytes([ttl, proto]),
-                u16::from_be_bytes([ttl.wrapping_sub(1), proto]),
-            ),
-            None => addr_delta,
-        };
-        if let Some(mut ip) = frame.ipv4_mut() {
-            match slot {
-                AddressSlot::Destination => ip.set_destination(new),
-                AddressSlot::Source => ip.set_source(new),
-            }
-            if let Some((ttl, _)) = ttl {
-                ip.set_ttl(ttl.wrapping_sub(1));
-            }
-            ip.set_checksum(ip_delta.apply(ip.checksum()));
+    #[inline(always)]
+    fn address_delta(delta: Delta, old: Self, new: Self) -> Delta {
+        delta.addr(old.octets(), new.octets())
+    }
+
+    #[inline(always)]
+    fn rewrite_header(
+        frame: &mut [u8],
+        l3: usize,
+        (src, dst): (Self, Self),
+        (ttl, protocol): (u8, u8),
+        delta: Delta,
+    ) {
+        // The TTL shares a 16-bit word with the protocol number.
+        let delta = delta.word(
+            u16::from_be_bytes([ttl, protocol]),
+            u16::from_be_bytes([ttl.wrapping_sub(1), protocol]),
+        );
+        if let Some(bytes) = frame.get_mut(l3..l3 + ipv4::MIN_HEADER_LEN) {
+            let mut ip = Ipv4Packet::new_unchecked(bytes);
+            ip.set_source(src);
+            ip.set_destination(dst);
+            ip.set_ttl(ttl.wrapping_sub(1));
+            ip.set_checksum(delta.apply(ip.checksum()));
         }
-        addr_delta
     }
 
     fn may_be_client(src: Self) -> bool {
@@ -1797,25 +1804,26 @@ impl PathFamily for Ipv6Addr {
         flow_between(frame, src, dst, hop_limit)
     }
 
-    #[inline]
-    fn rewrite_ip(
-        frame: &mut FrameMut<'_>,
-        slot: AddressSlot,
-        old: Self,
-        new: Self,
-        ttl: Option<(u8, u8)>,
-    ) -> Delta {
-        if let Some(mut ip) = frame.ipv6_mut() {
-            match slot {
-                AddressSlot::Destination => ip.set_destination(new),
-                AddressSlot::Source => ip.set_source(new),
-            }
+    #[inline(always)]
+    fn address_delta(delta: Delta, old: Self, new: Self) -> Delta {
+        delta.addr6(old.octets(), new.octets())
+    }
+
+    #[inline(always)]
+    fn rewrite_header(
+        frame: &mut [u8],
+        l3: usize,
+        (src, dst): (Self, Self),
+        (hop_limit, _): (u8, u8),
+        _delta: Delta,
+    ) {
+        if let Some(bytes) = frame.get_mut(l3..l3 + ipv6::HEADER_LEN) {
+            let mut ip = Ipv6Packet::new_unchecked(bytes);
+            ip.set_source(src);
+            ip.set_destination(dst);
             // No header checksum in IPv6; the hop limit is covered by none.
-            if let Some((hop_limit, _)) = ttl {
-                ip.set_hop_limit(hop_limit.wrapping_sub(1));
-            }
+            ip.set_hop_limit(hop_limit.wrapping_sub(1));
         }
-        Delta::default().addr6(old.octets(), new.octets())
     }
 
     fn may_be_client(src: Self) -> bool {

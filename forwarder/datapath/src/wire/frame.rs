@@ -388,6 +388,14 @@ impl<T: AsRef<[u8]>> Frame<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
+    /// The frame's bytes, writable, for writes at the offsets parse
+    /// found (the views below check their own bounds; these are the
+    /// writer's to check).
+    #[inline]
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.buffer.as_mut()[..self.len]
+    }
+
     /// The Ethernet header, writable.
     #[inline]
     pub fn ethernet_mut(&mut self) -> EthernetFrame<&mut [u8]> {
