@@ -2,7 +2,10 @@
 //! and its transport header's kind and ports, all validated in one pass,
 //! so that every later step (the conntrack key, the NAT rewrite, an
 //! answer, the next hop's addresses) works from what was found here
-//! instead of validating the same bytes again.
+//! instead of validating the same bytes again. The frames a gateway
+//! mostly carries (IPv4 without options, not fragmented; IPv6 with TCP or
+//! UDP right after its fixed header) have their network header read at
+//! fixed offsets; every other frame through the views.
 //!
 //! Invariant, set up by [`Frame::parse`] and kept because no field can be
 //! changed from outside: the Ethernet header lies within the frame's
@@ -174,6 +177,139 @@ fn transport(
     })
 }
 
+/// What [`Frame::parse`] finds of a frame's network layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Network {
+    l3: L3,
+    fragment: Option<Fragment>,
+    /// The upper-layer protocol.
+    protocol: u8,
+    /// Where the upper layer starts in the packet.
+    l4_start: usize,
+    /// The packet's length (Ethernet padding excluded).
+    l3_len: usize,
+}
+
+/// The network layer of the frames a gateway mostly carries, read at
+/// fixed offsets: IPv4 with a 20-byte header, not a fragment, and IPv6
+/// with TCP or UDP right after its fixed header. What [`network`] finds
+/// in such a frame, for a fraction of its instructions (one length and
+/// field check each, no view, no walk); `None` for any other frame,
+/// which `network` then reads (`tests::the_common_shape_is_read_as_in_general`).
+#[inline(always)]
+fn common_network(frame: &[u8]) -> Option<Network> {
+    const IP: usize = ethernet::HEADER_LEN;
+    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    let packet = &frame[IP..];
+    match ethertype {
+        ethertype::IPV4 => {
+            let header: &[u8; 20] = packet.get(..20)?.try_into().ok()?;
+            let total_len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+            // Version 4 and a 20-byte header; neither More Fragments nor
+            // an offset; a length from the header's end to the frame's.
+            let common = header[0] == 0x45
+                && u16::from_be_bytes([header[6], header[7]]) & 0x3fff == 0
+                && (20..=packet.len()).contains(&total_len);
+            let address = |at: usize| {
+                Ipv4Addr::new(header[at], header[at + 1], header[at + 2], header[at + 3])
+            };
+            common.then(|| Network {
+                l3: L3::Ipv4 {
+                    src: address(12),
+                    dst: address(16),
+                    ttl: header[8],
+                },
+                fragment: None,
+                protocol: header[9],
+                l4_start: 20,
+                l3_len: total_len,
+            })
+        }
+        ethertype::IPV6 => {
+            let header: &[u8; 40] = packet.get(..40)?.try_into().ok()?;
+            let total_len = 40 + usize::from(u16::from_be_bytes([header[4], header[5]]));
+            let protocol = header[6];
+            let common = header[0] >> 4 == 6
+                && matches!(protocol, ip_number::TCP | ip_number::UDP)
+                && total_len <= packet.len();
+            let address = |at: usize| {
+                let mut octets = [0; 16];
+                octets.copy_from_slice(&header[at..at + 16]);
+                Ipv6Addr::from(octets)
+            };
+            common.then(|| Network {
+                l3: L3::Ipv6 {
+                    src: address(8),
+                    dst: address(24),
+                    hop_limit: header[7],
+                },
+                fragment: None,
+                protocol,
+                l4_start: 40,
+                l3_len: total_len,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The network layer of a frame's `packet` (after its Ethernet header,
+/// which names `ethertype`), of any shape: every length and field
+/// checked through the views, IPv6's extension headers walked.
+#[inline]
+fn network(ethertype: u16, packet: &[u8]) -> Result<Network, ParseError> {
+    match ethertype {
+        ethertype::IPV4 => {
+            let ip = Ipv4Packet::new_checked(packet).map_err(ParseError::Ipv4)?;
+            let l3 = L3::Ipv4 {
+                src: ip.source(),
+                dst: ip.destination(),
+                ttl: ip.ttl(),
+            };
+            let fragment = ip.is_fragment().then(|| Fragment {
+                ident: u32::from(ip.ident()),
+                offset: ip.fragment_offset(),
+                more: ip.more_fragments(),
+            });
+            Ok(Network {
+                l3,
+                fragment,
+                protocol: ip.protocol(),
+                l4_start: ip.header_len(),
+                l3_len: ip.total_len(),
+            })
+        }
+        ethertype::IPV6 => {
+            let ip = Ipv6Packet::new_checked(packet).map_err(ParseError::Ipv6)?;
+            let upper = ip.upper_layer().map_err(ParseError::Ipv6)?;
+            let l3 = L3::Ipv6 {
+                src: ip.source(),
+                dst: ip.destination(),
+                hop_limit: ip.hop_limit(),
+            };
+            // An atomic fragment (offset 0, no more) is the whole
+            // datagram (RFC 6946): no fragment to follow.
+            let fragment = upper
+                .fragment
+                .filter(|f| f.offset != 0 || f.more)
+                .map(|f| Fragment {
+                    ident: f.ident,
+                    offset: f.offset,
+                    more: f.more,
+                });
+            Ok(Network {
+                l3,
+                fragment,
+                protocol: upper.protocol,
+                l4_start: upper.offset,
+                l3_len: ip.total_len(),
+            })
+        }
+        ethertype::VLAN | ethertype::QINQ => Err(ParseError::VlanTagged),
+        _ => Err(ParseError::NotIp),
+    }
+}
+
 /// A frame whose headers [`Frame::parse`] checked, with where they are.
 #[derive(Debug)]
 pub struct Frame<T: AsRef<[u8]>> {
@@ -207,44 +343,15 @@ impl<T: AsRef<[u8]>> Frame<T> {
         let eth = EthernetFrame::new_checked(frame).map_err(|_| ParseError::TruncatedEthernet)?;
         let l3_offset = ethernet::HEADER_LEN;
         let packet = &frame[l3_offset..];
-        let (l3, fragment, protocol, l4_start, l3_len) = match eth.ethertype() {
-            ethertype::IPV4 => {
-                let ip = Ipv4Packet::new_checked(packet).map_err(ParseError::Ipv4)?;
-                let l3 = L3::Ipv4 {
-                    src: ip.source(),
-                    dst: ip.destination(),
-                    ttl: ip.ttl(),
-                };
-                let fragment = ip.is_fragment().then(|| Fragment {
-                    ident: u32::from(ip.ident()),
-                    offset: ip.fragment_offset(),
-                    more: ip.more_fragments(),
-                });
-                (l3, fragment, ip.protocol(), ip.header_len(), ip.total_len())
-            }
-            ethertype::IPV6 => {
-                let ip = Ipv6Packet::new_checked(packet).map_err(ParseError::Ipv6)?;
-                let upper = ip.upper_layer().map_err(ParseError::Ipv6)?;
-                let l3 = L3::Ipv6 {
-                    src: ip.source(),
-                    dst: ip.destination(),
-                    hop_limit: ip.hop_limit(),
-                };
-                // An atomic fragment (offset 0, no more) is the whole
-                // datagram (RFC 6946): no fragment to follow.
-                let fragment =
-                    upper
-                        .fragment
-                        .filter(|f| f.offset != 0 || f.more)
-                        .map(|f| Fragment {
-                            ident: f.ident,
-                            offset: f.offset,
-                            more: f.more,
-                        });
-                (l3, fragment, upper.protocol, upper.offset, ip.total_len())
-            }
-            ethertype::VLAN | ethertype::QINQ => return Err(ParseError::VlanTagged),
-            _ => return Err(ParseError::NotIp),
+        let Network {
+            l3,
+            fragment,
+            protocol,
+            l4_start,
+            l3_len,
+        } = match common_network(frame) {
+            Some(network) => network,
+            None => network(eth.ethertype(), packet)?,
         };
         let ipv6 = matches!(l3, L3::Ipv6 { .. });
         let l4 = transport(protocol, &packet[l4_start..l3_len], fragment, ipv6)?;
@@ -753,5 +860,55 @@ mod tests {
         assert_eq!(&bytes[..6], &[0xaa; 6]);
         assert_eq!(bytes[22], 63);
         assert_eq!(&bytes[36..38], &5353u16.to_be_bytes());
+    }
+
+    /// The fixed-offset read of the common frames ([`common_network`])
+    /// finds what the general read ([`network`]) finds in every frame it
+    /// reads, however the bytes are changed, cut short or padded; and it
+    /// reads the common frames themselves.
+    #[test]
+    fn the_common_shape_is_read_as_in_general() {
+        use proptest::prelude::*;
+        let mut tcp4 = UDP_FRAME.to_vec();
+        tcp4[14 + 9] = ip_number::TCP;
+        let cases = [
+            UDP_FRAME.to_vec(),
+            tcp4,
+            ipv6_frame(ip_number::UDP, &[]),
+            ipv6_frame(ip_number::TCP, &[]),
+        ];
+        for (i, case) in cases.iter().enumerate() {
+            assert!(common_network(case).is_some(), "common frame {i} is read");
+        }
+        let mut options = UDP_FRAME.to_vec();
+        options[14] = 0x46;
+        let mut fragment = UDP_FRAME.to_vec();
+        fragment[14 + 6] = 0x20;
+        let hop_by_hop = ipv6_frame(0, &[ip_number::UDP, 0, 1, 4, 0, 0, 0, 0]);
+        for (i, other) in [options, fragment, hop_by_hop].iter().enumerate() {
+            assert!(
+                common_network(other).is_none(),
+                "frame {i} is left to the general read"
+            );
+        }
+        proptest!(ProptestConfig::with_cases(4000), |(
+            case in 0..cases.len(),
+            changes in proptest::collection::vec((0usize..80, any::<u8>()), 0..4),
+            cut in 0usize..30,
+            padding in proptest::collection::vec(any::<u8>(), 0..4),
+        )| {
+            let mut frame = cases[case].clone();
+            for (at, byte) in changes {
+                if let Some(b) = frame.get_mut(at) {
+                    *b = byte;
+                }
+            }
+            frame.truncate(frame.len().saturating_sub(cut));
+            frame.extend(padding);
+            if let Some(common) = common_network(&frame) {
+                let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+                prop_assert_eq!(Ok(common), network(ethertype, &frame[14..]), "{:02x?}", frame);
+            }
+        });
     }
 }
