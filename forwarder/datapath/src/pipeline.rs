@@ -698,7 +698,7 @@ impl Pipeline {
         let removals = steady.then(|| A::path(self).conntrack.removals(mix));
         let cached = removals.and_then(|r| A::path(self).flows.get(&key, mix, ctx.now, r));
         let mut hit = match cached {
-            Some(cached) => cached,
+            Some(hit) => hit,
             None => {
                 // Hashed once for the lookup and, on a miss, the insert.
                 let path = A::path(self);
@@ -829,18 +829,11 @@ impl Pipeline {
         if ttl <= 1 {
             return Verdict::Drop(DropReason::TtlExceeded);
         }
-        let l3 = frame.l3_offset();
-        let delta = A::address_delta(
-            A::address_delta(Delta::default(), src, route.src),
-            dst,
-            route.dst,
-        );
-        A::rewrite_header(
-            frame.bytes_mut(),
-            l3,
+        readdress(
+            &mut frame,
+            (src, dst),
             (route.src, route.dst),
             (ttl, protocol),
-            delta,
         );
         self.counters.fragments.inc();
         self.address(frame.bytes_mut(), route.dst, ctx.net)
@@ -915,18 +908,11 @@ impl Pipeline {
         };
         // The outer header first: ICMPv6's checksum, computed last,
         // covers its addresses.
-        let l3 = frame.l3_offset();
-        let delta = A::address_delta(
-            A::address_delta(Delta::default(), src, outer_src),
-            dst,
-            outer_dst,
-        );
-        A::rewrite_header(
-            frame.bytes_mut(),
-            l3,
+        readdress(
+            &mut frame,
+            (src, dst),
             (outer_src, outer_dst),
             (ttl, A::ICMP),
-            delta,
         );
         A::rewrite_quoted(
             &mut frame,
@@ -1707,6 +1693,21 @@ impl<A: PathFamily> Rewrite<A> {
             }
         }
     }
+}
+
+/// Writes new source and destination addresses (`new`, over `old`) into
+/// the IP header of a packet that has no flow's [`Rewrite`] (a later
+/// fragment, an ICMP error's outer header), decrements its TTL or hop
+/// limit (`ttl`, with the protocol number) and updates the IPv4 header
+/// checksum.
+fn readdress<A: PathFamily>(frame: &mut FrameMut<'_>, old: (A, A), new: (A, A), ttl: (u8, u8)) {
+    let delta = A::address_delta(
+        A::address_delta(Delta::default(), old.0, new.0),
+        old.1,
+        new.1,
+    );
+    let l3 = frame.l3_offset();
+    A::rewrite_header(frame.bytes_mut(), l3, new, ttl, delta);
 }
 
 /// What the packet path does differently per address family: reading a
