@@ -29,8 +29,10 @@
 //!   unreplied) into a table holding 1 M established flows, in chunks of
 //!   64 Ki removed again outside the timing so the table stays at 1 M;
 //! - `syn_flood/1M_flows/guard`: what a new-flow packet costs in conntrack
-//!   (in batches of 32: the keys' buckets prefetched, then per packet a
-//!   lookup miss and an insert) for a new 5-tuple every packet that
+//!   (in batches of 32, as a worker's passes do them: the keys' buckets
+//!   asked for; then, each bucket holding no signature of its key, the
+//!   bucket its reply key goes in (`Conntrack::prefetch_reply`); then per
+//!   packet a lookup miss and an insert) for a new 5-tuple every packet that
 //!   never gets a reply, on core 0, with a table of 2 Mi flows where
 //!   unreplied flows may hold 10 %: once the flood holds its share, every
 //!   insert first evicts the oldest unreplied flow (the flood guard).
@@ -403,6 +405,14 @@ fn new_flows(ct: &Conntrack, first: u32, n: usize, worker: usize) -> u64 {
     for (i, hash) in hashes[..n].iter_mut().enumerate() {
         *hash = ct.hash(&forward(first + i as u32));
         ct.prefetch_index(*hash);
+    }
+    // The worker's second pass: a key whose bucket holds no signature
+    // of it gets its backend, and its reply bucket is asked for.
+    for (i, hash) in hashes[..n].iter().enumerate() {
+        let m = first + i as u32;
+        if !ct.prefetch_flow(*hash) {
+            ct.prefetch_reply(&forward(m), *hash, backend(m));
+        }
     }
     let mut refused = 0;
     for (i, hash) in hashes[..n].iter().enumerate() {

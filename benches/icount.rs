@@ -13,7 +13,8 @@
 //! nearly every packet a miss of the worker's flow cache) and
 //! `established_churn` (`established_batched` while one other replied
 //! flow leaves the table per batch, as connections end on a busy
-//! gateway). Cases
+//! gateway) and `new_flow_batched` (`new_flow_1` batched as a worker
+//! runs it: the second pass picks each new flow's backend). Cases
 //! and setup use only what older commits also have, so that the script
 //! can build this file at a base revision for an A/B.
 
@@ -52,6 +53,7 @@ fn main() {
             ("established_churn", &|n| churn(n)),
             ("new_flow_1", &|n| new_flows(n, 1)),
             ("new_flow_10000", &|n| new_flows(n, 10_000)),
+            ("new_flow_batched", &|n| new_flows_batched(n)),
         ],
     );
 }
@@ -123,7 +125,7 @@ fn in_batches(
             Pipeline::prefetch_headers(&buf[..len]);
             p.prefetch(&buf[..len]);
         }
-        p.prefetch_flows();
+        p.prefetch_flows(ctx);
         for buf in &mut scratch[..n] {
             black_box(p.process(buf, len, 0, ctx));
         }
@@ -236,4 +238,29 @@ fn new_flows(packets: usize, services: usize) {
         new_flow_frame(&mut f, &base, i);
         black_box(p.process(&mut f, len, 0, &ctx));
     }
+}
+
+/// `new_flow_1`'s packets batched as a worker runs them
+/// ([`in_batches`]).
+fn new_flows_batched(packets: usize) {
+    assert!(packets < NEW_FLOW_TABLE, "at most {NEW_FLOW_TABLE} packets");
+    let net = net();
+    let t = table(1);
+    let ctx = BatchContext {
+        table: &t,
+        net: &net,
+        now: 1,
+    };
+    let mut p = pipeline(
+        Arc::new(Conntrack::new(ConntrackConfig {
+            max_flows: NEW_FLOW_TABLE,
+            unreplied_percent: 100,
+            ..ConntrackConfig::default()
+        })),
+        9,
+    );
+    let base = frame((client(0), 1), (VIP, 8080));
+    in_batches(&mut p, &ctx, packets, base.len(), |buf, i| {
+        new_flow_frame(buf, &base, i)
+    });
 }

@@ -523,7 +523,7 @@ fn million(
                     for buf in &bufs[..flows.len()] {
                         p.prefetch(&buf[..len]);
                     }
-                    p.prefetch_flows();
+                    p.prefetch_flows(ctx);
                     for buf in &mut bufs[..flows.len()] {
                         black_box(p.process(buf, len, queue, ctx));
                     }

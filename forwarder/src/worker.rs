@@ -321,7 +321,7 @@ impl Worker {
             let data = unsafe { self.io.data(frame) };
             self.pipeline.prefetch(data.contents());
         }
-        self.pipeline.prefetch_flows();
+        self.pipeline.prefetch_flows(ctx);
         for mut frame in batch.drain(..) {
             let verdict = {
                 // SAFETY: a frame of this worker's UMEM; the handle makes

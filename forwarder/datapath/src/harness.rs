@@ -304,6 +304,17 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// The second prefetch pass over a batch ([`Pipeline::prefetch_flows`])
+    /// in this harness's context.
+    pub fn prefetch_flows(&mut self) {
+        let ctx = BatchContext {
+            table: &self.table,
+            net: &self.net,
+            now: self.now,
+        };
+        self.pipeline.prefetch_flows(&ctx);
+    }
+
     /// Processes the frame `buf[..len]` that arrived on `ingress`, as a
     /// worker does; the rest of `buf` is room for an answer.
     pub fn process(&mut self, buf: &mut [u8], len: usize, ingress: PortId) -> Verdict {

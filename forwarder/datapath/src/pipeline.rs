@@ -178,10 +178,23 @@ pub struct Pipeline {
     /// This worker's per-endpoint counters of Service ports, when
     /// counting.
     services: Option<Arc<ServiceCounters>>,
-    /// Conntrack hashes of the batch being prefetched.
-    /// (hash, whether the flow is IPv6) each.
-    prefetching: Box<[(u64, bool); PREFETCH_BATCH]>,
-    prefetched: usize,
+    /// The frames of the RX batch the prefetch passes looked at, in
+    /// order ([`Pipeline::prefetch`]).
+    peeked: Box<[Peeked; PREFETCH_BATCH]>,
+    /// How many of `peeked` are this batch's.
+    peeked_len: usize,
+    /// The frames of this batch [`Pipeline::prefetch`] was called with:
+    /// the next one's ordinal.
+    batch_seen: u32,
+    /// The frames [`Pipeline::process`] was called with since the
+    /// batch's second pass: the ordinal of the one being processed,
+    /// plus 1.
+    batch_processed: u32,
+    /// The first of `peeked` whose frame may not have been processed.
+    peeked_cursor: usize,
+    /// The batch's passes are done: the next [`Pipeline::prefetch`]
+    /// starts another batch.
+    passes_done: bool,
     /// This worker's index among the gateway's: its new flows go into its
     /// own eviction queues ([`Conntrack::with_workers`]).
     worker: usize,
@@ -191,6 +204,42 @@ pub struct Pipeline {
 
 /// Frames whose flows one [`Pipeline::prefetch`] round fetches at most.
 pub const PREFETCH_BATCH: usize = 256;
+
+/// A frame of the RX batch, as the prefetch passes saw it.
+#[derive(Debug, Clone, Copy)]
+struct Peeked {
+    /// Its place in the batch: the frames before it.
+    ordinal: u32,
+    key: PeekedKey,
+    /// The key's conntrack hash.
+    hash: u64,
+    /// For a flow the table did not hold, to a port of a Service that
+    /// picks its backends at random: the backend picked in the second
+    /// pass (an index into the port's backends), whose reply bucket was
+    /// fetched then. Its new-flow path takes this pick rather than
+    /// drawing another.
+    pick: Option<u32>,
+}
+
+/// A peeked frame's flow key, of either family.
+#[derive(Debug, Clone, Copy)]
+enum PeekedKey {
+    V4(FlowKey<Ipv4Addr>),
+    V6(FlowKey<Ipv6Addr>),
+}
+
+const NOT_PEEKED: Peeked = Peeked {
+    ordinal: u32::MAX,
+    key: PeekedKey::V4(FlowKey {
+        src: Ipv4Addr::UNSPECIFIED,
+        dst: Ipv4Addr::UNSPECIFIED,
+        src_port: 0,
+        dst_port: 0,
+        protocol: Protocol::Udp,
+    }),
+    hash: 0,
+    pick: None,
+};
 
 /// A resolved next hop for one destination: egress port and both MACs.
 #[derive(Debug, Clone, Copy)]
@@ -447,8 +496,12 @@ impl Pipeline {
             refreshes: Refreshes::default(),
             refusals: RefusalLimiter::default(),
             services: None,
-            prefetching: Box::new([(0, false); PREFETCH_BATCH]),
-            prefetched: 0,
+            peeked: Box::new([NOT_PEEKED; PREFETCH_BATCH]),
+            peeked_len: 0,
+            batch_seen: 0,
+            batch_processed: 0,
+            peeked_cursor: 0,
+            passes_done: false,
             worker: 0,
             dns: None,
         }
@@ -484,41 +537,129 @@ impl Pipeline {
     /// anyway. Nothing is counted. Frames beyond [`PREFETCH_BATCH`] in one
     /// round are not prefetched, nor flows the worker's flow cache holds
     /// (their packets are served from it, without the table).
+    ///
+    /// Every frame of the batch is passed, in the order
+    /// [`Pipeline::process`] is then called with them.
     #[inline]
     pub fn prefetch(&mut self, frame: &[u8]) {
-        let Some(slot) = self.prefetching.get_mut(self.prefetched) else {
+        if self.passes_done {
+            self.peeked_len = 0;
+            self.batch_seen = 0;
+            self.passes_done = false;
+        }
+        let ordinal = self.batch_seen;
+        self.batch_seen = ordinal.wrapping_add(1);
+        let Some(slot) = self.peeked.get_mut(self.peeked_len) else {
             return;
         };
-        *slot = if let Some(key) = peek_key4(frame) {
+        let (key, hash) = if let Some(key) = peek_key4(frame) {
             if self.v4.flows.holds(&key) {
                 return;
             }
             let hash = self.v4.conntrack.hash(&key);
             self.v4.conntrack.prefetch_index(hash);
-            (hash, false)
+            (PeekedKey::V4(key), hash)
         } else if let Some(key) = peek_key6(frame) {
             if self.v6.flows.holds(&key) {
                 return;
             }
             let hash = self.v6.conntrack.hash(&key);
             self.v6.conntrack.prefetch_index(hash);
-            (hash, true)
+            (PeekedKey::V6(key), hash)
         } else {
             return;
         };
-        self.prefetched += 1;
+        *slot = Peeked {
+            ordinal,
+            key,
+            hash,
+            pick: None,
+        };
+        self.peeked_len += 1;
     }
 
-    /// Second pass: see [`Pipeline::prefetch`].
+    /// Second pass (see [`Pipeline::prefetch`]), with the context the
+    /// batch will be processed in: asks for the records of the flows
+    /// whose buckets hold their keys' signatures. A key whose bucket
+    /// holds none is a new flow's: if it is addressed to a Service port
+    /// that picks backends at random, its backend is picked now and the
+    /// bucket its reply key goes in is asked for
+    /// ([`Conntrack::prefetch_reply`]), so that its insert does not wait
+    /// for a line it could not ask for before (the reply key depends on
+    /// the backend). Maglev's pick depends on the key alone: it is not
+    /// kept but made again, the same, when the flow is processed.
     #[inline]
-    pub fn prefetch_flows(&mut self) {
-        for &(hash, ipv6) in &self.prefetching[..self.prefetched] {
-            match ipv6 {
-                false => self.v4.conntrack.prefetch_flow(hash),
-                true => self.v6.conntrack.prefetch_flow(hash),
-            }
+    pub fn prefetch_flows(&mut self, ctx: &BatchContext<'_>) {
+        for i in 0..self.peeked_len {
+            let peeked = self.peeked[i];
+            let pick = match peeked.key {
+                PeekedKey::V4(key) => match self.v4.conntrack.prefetch_flow(peeked.hash) {
+                    true => None,
+                    false => self.pick_ahead(&key, peeked.hash, ctx),
+                },
+                PeekedKey::V6(key) => match self.v6.conntrack.prefetch_flow(peeked.hash) {
+                    true => None,
+                    false => self.pick_ahead(&key, peeked.hash, ctx),
+                },
+            };
+            self.peeked[i].pick = pick;
         }
-        self.prefetched = 0;
+        self.passes_done = true;
+        // The batch's frames come next, the first of them first.
+        self.batch_processed = 0;
+        self.peeked_cursor = 0;
+    }
+
+    /// For a key the table does not hold: picks its backend (a Service
+    /// port's without session affinity) and asks for its reply bucket.
+    /// Returns the pick when the port's choice is random (see
+    /// [`Pipeline::prefetch_flows`]).
+    #[inline]
+    fn pick_ahead<A: PathFamily>(
+        &mut self,
+        key: &FlowKey<A>,
+        hash: u64,
+        ctx: &BatchContext<'_>,
+    ) -> Option<u32> {
+        let service = ServiceKey {
+            vip: key.dst,
+            port: key.dst_port,
+            protocol: key.protocol,
+        };
+        let entry = ctx.table.family::<A>().lookup(&service).ok()?;
+        if entry.affinity.is_some() {
+            return None;
+        }
+        let (index, kept) = match &entry.maglev {
+            Some(maglev) => (maglev.pick(key), false),
+            None => (self.rng.below(entry.backends.len()), true),
+        };
+        let backend = entry.backends.get(index)?;
+        A::path(self)
+            .conntrack
+            .prefetch_reply(key, hash, (backend.ip, backend.port));
+        kept.then_some(index as u32)
+    }
+
+    /// The backend [`Pipeline::pick_ahead`] picked for the frame being
+    /// processed, if it did and the frame's key is `key`. Frames are
+    /// processed in the order they were peeked: the peeked frames before
+    /// this one are passed over for good.
+    #[inline]
+    fn picked_ahead<A: PathFamily>(&mut self, key: &FlowKey<A>) -> Option<usize> {
+        let ordinal = self.batch_processed.wrapping_sub(1);
+        let peeked = &self.peeked[..self.peeked_len];
+        while peeked
+            .get(self.peeked_cursor)
+            .is_some_and(|p| p.ordinal < ordinal)
+        {
+            self.peeked_cursor += 1;
+        }
+        let p = peeked.get(self.peeked_cursor)?;
+        if p.ordinal != ordinal || A::peeked(&p.key) != Some(key) {
+            return None;
+        }
+        p.pick.map(|pick| pick as usize)
     }
 
     /// Counts packets, bytes and flows into `counters`, at the slot the
@@ -584,6 +725,7 @@ impl Pipeline {
         ctx: &BatchContext<'_>,
     ) -> Verdict {
         let len = len.min(buf.len());
+        self.batch_processed = self.batch_processed.wrapping_add(1);
         let verdict = self.classify_and_rewrite(buf, len, ingress, ctx);
         match verdict {
             Verdict::Drop(reason) => self.counters.count_drop(reason),
@@ -1030,7 +1172,10 @@ impl Pipeline {
         let first = match (affine, &entry.maglev) {
             (Some(index), _) => index,
             (None, Some(maglev)) => maglev.pick(key),
-            (None, None) => self.rng.below(backends.len()),
+            (None, None) => match self.picked_ahead(key) {
+                Some(index) if index < backends.len() => index,
+                _ => self.rng.below(backends.len()),
+            },
         };
         // A reply-key clash is retried on another backend a few times
         // before the connection is given up.
@@ -1742,6 +1887,9 @@ trait PathFamily: IpFamily + AffinityFamily + MaglevFamily {
     /// Whether a packet from `src` may open a connection: not multicast,
     /// loopback, unspecified (or IPv4 broadcast and 0.0.0.0/8).
     fn may_be_client(src: Self) -> bool;
+
+    /// A peeked frame's key, if of this family.
+    fn peeked(key: &PeekedKey) -> Option<&FlowKey<Self>>;
 }
 
 impl PathFamily for Ipv4Addr {
@@ -1788,6 +1936,14 @@ impl PathFamily for Ipv4Addr {
     fn may_be_client(src: Self) -> bool {
         !(src.is_multicast() || src.is_broadcast() || src.is_loopback() || src.octets()[0] == 0)
     }
+
+    #[inline(always)]
+    fn peeked(key: &PeekedKey) -> Option<&FlowKey<Self>> {
+        match key {
+            PeekedKey::V4(key) => Some(key),
+            PeekedKey::V6(_) => None,
+        }
+    }
 }
 
 impl PathFamily for Ipv6Addr {
@@ -1833,6 +1989,14 @@ impl PathFamily for Ipv6Addr {
 
     fn may_be_client(src: Self) -> bool {
         !(src.is_multicast() || src.is_loopback() || src.is_unspecified())
+    }
+
+    #[inline(always)]
+    fn peeked(key: &PeekedKey) -> Option<&FlowKey<Self>> {
+        match key {
+            PeekedKey::V6(key) => Some(key),
+            PeekedKey::V4(_) => None,
+        }
     }
 }
 

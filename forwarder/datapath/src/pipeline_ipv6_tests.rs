@@ -443,7 +443,7 @@ fn prefetching_a_mixed_batch_changes_no_verdict_or_byte() {
         for frame in &inputs {
             batched.pipeline.prefetch(frame);
         }
-        batched.pipeline.prefetch_flows();
+        batched.prefetch_flows();
         for (i, input) in inputs.iter().enumerate() {
             let (mut a, mut b) = (input.clone(), input.clone());
             let (va, vb) = (plain.run(&mut a), batched.run(&mut b));

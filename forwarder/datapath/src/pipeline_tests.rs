@@ -439,7 +439,7 @@ fn prefetching_a_batch_changes_no_verdict_or_byte() {
     for frame in &inputs {
         batched.pipeline.prefetch(frame);
     }
-    batched.pipeline.prefetch_flows();
+    batched.prefetch_flows();
     for (i, input) in inputs.iter().enumerate() {
         let (mut a, mut b) = (input.clone(), input.clone());
         let (va, vb) = (plain.run(&mut a), batched.run(&mut b));
@@ -450,7 +450,131 @@ fn prefetching_a_batch_changes_no_verdict_or_byte() {
     for _ in 0..PREFETCH_BATCH + 10 {
         batched.pipeline.prefetch(&good);
     }
-    batched.pipeline.prefetch_flows();
+    batched.prefetch_flows();
+}
+
+/// A gateway whose UDP Service at `UDP_VIP:53` spreads new flows at
+/// random over Pods .11 to .13.
+fn spread_harness() -> Harness {
+    let model = Arc::new(ServiceTable {
+        services: vec![service(
+            ServiceName::new("default", "spread"),
+            Some(UDP_VIP),
+            None,
+            vec![service_port(
+                53,
+                Protocol::Udp,
+                5353,
+                &[POD1, crate::harness::addr::POD2, crate::harness::addr::POD3],
+            )],
+        )],
+    });
+    Harness {
+        table: Arc::new(CompiledTable::compile(model, 1)),
+        ..Harness::new()
+    }
+}
+
+/// A client datagram from `port` to the spread Service.
+fn spread_udp(port: u16) -> Vec<u8> {
+    udp(CLIENT_MAC, GW_CLIENT_MAC, (CLIENT, port), (UDP_VIP, 53), 64)
+}
+
+/// The second pass picks the backend of each new flow of a batch (to
+/// fetch its reply bucket) and the flow's processing takes that pick:
+/// the picks are drawn in the order the flows' frames come, so a
+/// batch's new flows go where the same frames one at a time send them,
+/// byte for byte, whatever else the batch holds (established flows,
+/// frames that are not flows). (A new flow's second frame in the same
+/// batch draws a pick of its own that nothing takes: see
+/// `a_pick_made_ahead_goes_to_its_own_flow_only`.)
+#[test]
+fn backends_picked_ahead_are_the_ones_frames_one_at_a_time_get() {
+    let mut plain = spread_harness();
+    let mut batched = spread_harness();
+    // Established beforehand, in both.
+    for h in [&mut plain, &mut batched] {
+        for port in 30000..30004 {
+            assert!(matches!(
+                h.run(&mut spread_udp(port)),
+                Verdict::Forward { .. }
+            ));
+        }
+    }
+    let mut batch: Vec<Vec<u8>> = Vec::new();
+    for port in 40000..40060 {
+        batch.push(spread_udp(port));
+        if port % 5 == 0 {
+            batch.push(spread_udp(30000 + port % 4));
+            batch.push(client_syn(port, VIP, 8080));
+            batch.push(vec![0u8; 20]);
+        }
+    }
+    for frame in &batch {
+        batched.pipeline.prefetch(frame);
+    }
+    batched.prefetch_flows();
+    let mut backends = std::collections::HashSet::new();
+    for (i, input) in batch.iter().enumerate() {
+        let (mut a, mut b) = (input.clone(), input.clone());
+        let (va, vb) = (plain.run(&mut a), batched.run(&mut b));
+        assert_eq!(va, vb, "frame {i}: verdict");
+        assert_eq!(a, b, "frame {i}: output bytes");
+        if matches!(vb, Verdict::Forward { .. }) && b.len() > 34 {
+            backends.insert([b[30], b[31], b[32], b[33]]);
+        }
+    }
+    assert_eq!(
+        backends.len(),
+        3,
+        "60 flows reached every Pod: {backends:?}"
+    );
+}
+
+/// Frames processed in another order than the passes saw them (or
+/// other frames) take no pick made for another flow: each new flow
+/// still goes to one of its Service's Pods. A new flow's frames in one
+/// batch all go where its first went (the second pass picked for each,
+/// as neither was in the table yet; only the first frame's pick is
+/// taken, and the second frame finds the flow).
+#[test]
+fn a_pick_made_ahead_goes_to_its_own_flow_only() {
+    let pod_of = |frame: &[u8]| [frame[30], frame[31], frame[32], frame[33]];
+    let mut h = spread_harness();
+    let peeked: Vec<Vec<u8>> = (41000..41032).map(spread_udp).collect();
+    for frame in &peeked {
+        h.pipeline.prefetch(frame);
+    }
+    h.prefetch_flows();
+    // Reversed, then others.
+    let mut frames: Vec<Vec<u8>> = peeked.iter().rev().cloned().collect();
+    frames.extend((42000..42008).map(spread_udp));
+    for (i, mut frame) in frames.into_iter().enumerate() {
+        let verdict = h.run(&mut frame);
+        assert!(
+            matches!(verdict, Verdict::Forward { .. }),
+            "frame {i}: {verdict:?}"
+        );
+        let pod = pod_of(&frame);
+        assert!(
+            (11..14).contains(&pod[3]) && pod[..3] == [198, 18, 2],
+            "frame {i} went to {pod:?}"
+        );
+    }
+    // Each new flow twice in one batch.
+    let batch: Vec<Vec<u8>> = (43000..43016)
+        .flat_map(|port| [spread_udp(port), spread_udp(port)])
+        .collect();
+    for frame in &batch {
+        h.pipeline.prefetch(frame);
+    }
+    h.prefetch_flows();
+    for (i, pair) in batch.chunks(2).enumerate() {
+        let (mut first, mut second) = (pair[0].clone(), pair[1].clone());
+        assert!(matches!(h.run(&mut first), Verdict::Forward { .. }));
+        assert!(matches!(h.run(&mut second), Verdict::Forward { .. }));
+        assert_eq!(pod_of(&first), pod_of(&second), "flow {i}'s two frames");
+    }
 }
 
 /// Frames of every shape the prefetch pass meets, for

@@ -451,7 +451,7 @@ fn run_session(data: &[u8], mut seen: impl FnMut(Outcome)) {
         // As the worker does for each RX batch (here a batch of one).
         Pipeline::prefetch_headers(&buf[..len]);
         gateway.pipeline.prefetch(&buf[..len]);
-        gateway.pipeline.prefetch_flows();
+        gateway.prefetch_flows();
         let verdict = gateway.process(&mut buf, len, ingress);
         if let Some(input) = &before6.ip {
             check_verdict6(verdict, input, &before6, &buf, len, ingress, &fixed.tables);

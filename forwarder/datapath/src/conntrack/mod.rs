@@ -1239,13 +1239,46 @@ impl<A: IpFamily> Conntrack<A> {
     }
 
     /// Second step, once the bucket has arrived: fetch the records its
-    /// matching slots point to.
+    /// matching slots point to. Returns whether any slot matched; when
+    /// none did, the key is not in the table (a new flow's), and
+    /// [`Conntrack::prefetch_reply`] may fetch what its insert needs.
     #[inline]
-    pub fn prefetch_flow(&self, hash: u64) {
+    pub fn prefetch_flow(&self, hash: u64) -> bool {
+        let mut matched = false;
         self.index.find(hash, |id, _| {
+            matched = true;
             self.slab.prefetch(id);
             None::<()>
         });
+        matched
+    }
+
+    /// Third step, for a key [`Conntrack::prefetch_flow`] did not find
+    /// once its backend is chosen: fetches the bucket its insert will
+    /// link the reply key in (with source NAT, the bucket of the first
+    /// port it will probe), which the insert would otherwise wait for
+    /// (a miss of its own: it depends on the backend, so the batch's
+    /// first pass cannot ask for it). Only a hint: nothing is kept.
+    #[inline]
+    pub fn prefetch_reply(&self, forward: &FlowKey<A>, forward_hash: u64, backend: (A, u16)) {
+        let (dst, dst_port) = if self.snat.is_on() {
+            let (Some(index), Some(port)) = (
+                self.snat.next_in_turn(),
+                self.snat.probes(forward_hash).next(),
+            ) else {
+                return;
+            };
+            (self.snat.address(index), port)
+        } else {
+            (forward.src, forward.src_port)
+        };
+        self.index.prefetch(self.hash(&FlowKey {
+            src: backend.0,
+            dst,
+            src_port: backend.1,
+            dst_port,
+            protocol: forward.protocol,
+        }));
     }
 
     /// Looks a packet's key up, marks the flow as seen at `now` and

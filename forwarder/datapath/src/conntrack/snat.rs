@@ -181,6 +181,16 @@ impl<A: IpFamily> SnatPool<A> {
         (0..n).map(move |i| ((first + i) % n) as u8 + 1)
     }
 
+    /// The index [`SnatPool::indexes_in_turn`] would give first now,
+    /// without taking the turn (a prefetch's guess); `None` when source
+    /// NAT is off.
+    #[inline]
+    pub fn next_in_turn(&self) -> Option<u8> {
+        let n = self.addresses.len();
+        let first = if n > 1 { self.turn.load(STAT) } else { 0 };
+        (n > 0).then(|| (first % n) as u8 + 1)
+    }
+
     /// The ports a new flow with forward hash `hash` probes, in order
     /// (see the module docs).
     #[inline]
@@ -409,10 +419,19 @@ mod tests {
     #[test]
     fn addresses_take_turns_and_bad_configs_are_refused() {
         let p = pool(1..=2);
-        let firsts: Vec<u8> = (0..4)
-            .map(|_| p.indexes_in_turn().next().unwrap())
+        // A prefetch's guess names the next first without taking the turn.
+        let firsts: Vec<(u8, u8, u8)> = (0..4)
+            .map(|_| {
+                let guess = p.next_in_turn().unwrap();
+                (
+                    guess,
+                    p.next_in_turn().unwrap(),
+                    p.indexes_in_turn().next().unwrap(),
+                )
+            })
             .collect();
-        assert_eq!(firsts, [1, 2, 1, 2]);
+        assert_eq!(firsts, [(1, 1, 1), (2, 2, 2), (1, 1, 1), (2, 2, 2)]);
+        assert_eq!(SnatPool::<Ipv4Addr>::default().next_in_turn(), None);
         assert_eq!(p.address(2), Ipv4Addr::new(198, 18, 0, 2));
         assert_eq!(p.address(0), Ipv4Addr::UNSPECIFIED);
         assert_eq!(p.address(3), Ipv4Addr::UNSPECIFIED);

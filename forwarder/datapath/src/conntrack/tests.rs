@@ -47,6 +47,33 @@ fn insert_tracks_both_directions() {
     assert_eq!(ct.lookup(&forward(40000).reversed(), 2, 0), None);
 }
 
+/// The batch's second step tells a key the table holds (a signature of
+/// it in its bucket) from a new flow's, whose reply bucket the third
+/// step may then ask for, with source NAT on or off.
+#[test]
+fn prefetch_flow_tells_held_keys_from_new_ones() {
+    let snat = SnatConfig {
+        addresses: vec![Ipv4Addr::new(198, 18, 2, 1), Ipv4Addr::new(198, 18, 2, 2)],
+        ports: 61000..=61999,
+    };
+    for ct in [
+        Conntrack::default(),
+        Conntrack::default().with_snat(&snat).expect("SNAT"),
+    ] {
+        ct.insert(forward(40000), backend(), 1, FlowMeta::default())
+            .expect("insert");
+        let held = ct.hash(&forward(40000));
+        assert!(ct.prefetch_flow(held), "the inserted key");
+        let new = ct.hash(&forward(40001));
+        assert!(!ct.prefetch_flow(new), "a key never inserted");
+        ct.prefetch_reply(&forward(40001), new, backend());
+        ct.insert(forward(40001), backend(), 1, FlowMeta::default())
+            .expect("insert after its prefetches");
+        assert!(ct.prefetch_flow(new), "the key inserted since");
+        assert_eq!(ct.entries(), 4);
+    }
+}
+
 #[test]
 fn populating_a_live_table_keeps_its_flows() {
     let ct = Conntrack::new(ConntrackConfig {
