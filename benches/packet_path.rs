@@ -53,6 +53,11 @@
 //!   `Pipeline::prefetch_flows`, then each frame processed.
 //!   `frames_only_1M/{ipv4,ipv6}` is the harness's own share: the same
 //!   frames written, nothing processed;
+//! - `new_flow_1M/{ipv4,ipv6}`: a new flow every packet into that table
+//!   of 1 M live flows, batched the same way (the second pass picks each
+//!   new flow's backend and asks for its reply bucket); once unreplied
+//!   flows hold their share of the table (half), every insert first
+//!   evicts the oldest of them (the flood guard), as under a SYN flood;
 //!
 //! Run: `cargo bench -p cipgw-datapath --bench packet_path`.
 
@@ -532,6 +537,34 @@ fn million(
             })
         });
     }
+
+    // New flows, numbered on from the live ones: unique 5-tuples for the
+    // first 2^24 (the frame writers' range), and long evicted by then.
+    let mut fresh = 0usize;
+    group.bench_function(format!("new_flow_1M/{}", frames.family), |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            let mut left = iters as usize;
+            while left > 0 {
+                let n = left.min(RX_BATCH);
+                for buf in &mut bufs[..n] {
+                    let flow = MILLION + fresh % ((1 << 24) - MILLION);
+                    fresh += 1;
+                    frames.write_forward(&mut buf[..len], flow);
+                    Pipeline::prefetch_headers(&buf[..len]);
+                }
+                for buf in &bufs[..n] {
+                    p.prefetch(&buf[..len]);
+                }
+                p.prefetch_flows(ctx);
+                for buf in &mut bufs[..n] {
+                    black_box(p.process(buf, len, 0, ctx));
+                }
+                left -= n;
+            }
+            start.elapsed()
+        })
+    });
 }
 
 /// Runs `batch` over `iters` packets' flows, [`RX_BATCH`] at a time,
