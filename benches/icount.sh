@@ -12,9 +12,10 @@
 #                print the ratio
 #   --cases      which cases (default: established,reply,new_flow_1,
 #                new_flow_10000; also established_batched, as a worker
-#                runs it, established_spread over 2^18 flows, and
+#                runs it, established_spread over 2^18 flows,
 #                established_churn, batched while other connections
-#                end; the IPv6 ones are established_ipv6,
+#                end, and new_flow_batched, new flows batched; the IPv6
+#                ones are established_ipv6,
 #                reply_ipv6, new_flow_ipv6_1 and new_flow_ipv6_10000;
 #                new_flow_full_snat and new_flow_full_nosnat set new flows
 #                through a full 8,192-flow table with SNAT against without)

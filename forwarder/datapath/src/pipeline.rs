@@ -183,15 +183,16 @@ pub struct Pipeline {
     peeked: Box<[Peeked; PREFETCH_BATCH]>,
     /// How many of `peeked` are this batch's.
     peeked_len: usize,
+    /// By a frame's place in the batch: the backend the second pass
+    /// picked for its new flow, if it did (see [`Picked`]).
+    picks: Box<[Picked; PREFETCH_BATCH]>,
     /// The frames of this batch [`Pipeline::prefetch`] was called with:
-    /// the next one's ordinal.
+    /// the next one's place.
     batch_seen: u32,
     /// The frames [`Pipeline::process`] was called with since the
-    /// batch's second pass: the ordinal of the one being processed,
+    /// batch's second pass: the place of the one being processed,
     /// plus 1.
     batch_processed: u32,
-    /// The first of `peeked` whose frame may not have been processed.
-    peeked_cursor: usize,
     /// The batch's passes are done: the next [`Pipeline::prefetch`]
     /// starts another batch.
     passes_done: bool,
@@ -209,17 +210,28 @@ pub const PREFETCH_BATCH: usize = 256;
 #[derive(Debug, Clone, Copy)]
 struct Peeked {
     /// Its place in the batch: the frames before it.
-    ordinal: u32,
+    place: u32,
     key: PeekedKey,
     /// The key's conntrack hash.
     hash: u64,
-    /// For a flow the table did not hold, to a port of a Service that
-    /// picks its backends at random: the backend picked in the second
-    /// pass (an index into the port's backends), whose reply bucket was
-    /// fetched then. Its new-flow path takes this pick rather than
-    /// drawing another.
-    pick: Option<u32>,
 }
+
+/// For a frame whose flow the table did not hold, to a port of a
+/// Service that picks its backends at random: the backend the second
+/// pass picked (an index into the port's backends), whose reply bucket
+/// it fetched, and the flow key's hash. The flow's new-flow path takes
+/// this pick rather than drawing another, when the frame it processes
+/// at that place has that hash.
+#[derive(Debug, Clone, Copy)]
+struct Picked {
+    hash: u64,
+    backend: u32,
+}
+
+const NOT_PICKED: Picked = Picked {
+    hash: 0,
+    backend: u32::MAX,
+};
 
 /// A peeked frame's flow key, of either family.
 #[derive(Debug, Clone, Copy)]
@@ -229,7 +241,7 @@ enum PeekedKey {
 }
 
 const NOT_PEEKED: Peeked = Peeked {
-    ordinal: u32::MAX,
+    place: u32::MAX,
     key: PeekedKey::V4(FlowKey {
         src: Ipv4Addr::UNSPECIFIED,
         dst: Ipv4Addr::UNSPECIFIED,
@@ -238,7 +250,6 @@ const NOT_PEEKED: Peeked = Peeked {
         protocol: Protocol::Udp,
     }),
     hash: 0,
-    pick: None,
 };
 
 /// A resolved next hop for one destination: egress port and both MACs.
@@ -498,9 +509,9 @@ impl Pipeline {
             services: None,
             peeked: Box::new([NOT_PEEKED; PREFETCH_BATCH]),
             peeked_len: 0,
+            picks: Box::new([NOT_PICKED; PREFETCH_BATCH]),
             batch_seen: 0,
             batch_processed: 0,
-            peeked_cursor: 0,
             passes_done: false,
             worker: 0,
             dns: None,
@@ -547,8 +558,11 @@ impl Pipeline {
             self.batch_seen = 0;
             self.passes_done = false;
         }
-        let ordinal = self.batch_seen;
-        self.batch_seen = ordinal.wrapping_add(1);
+        let place = self.batch_seen;
+        self.batch_seen = place.wrapping_add(1);
+        if let Some(picked) = self.picks.get_mut(place as usize) {
+            *picked = NOT_PICKED;
+        }
         let Some(slot) = self.peeked.get_mut(self.peeked_len) else {
             return;
         };
@@ -569,12 +583,7 @@ impl Pipeline {
         } else {
             return;
         };
-        *slot = Peeked {
-            ordinal,
-            key,
-            hash,
-            pick: None,
-        };
+        *slot = Peeked { place, key, hash };
         self.peeked_len += 1;
     }
 
@@ -602,12 +611,17 @@ impl Pipeline {
                     false => self.pick_ahead(&key, peeked.hash, ctx),
                 },
             };
-            self.peeked[i].pick = pick;
+            if let (Some(backend), Some(picked)) = (pick, self.picks.get_mut(peeked.place as usize))
+            {
+                *picked = Picked {
+                    hash: peeked.hash,
+                    backend,
+                };
+            }
         }
         self.passes_done = true;
         // The batch's frames come next, the first of them first.
         self.batch_processed = 0;
-        self.peeked_cursor = 0;
     }
 
     /// For a key the table does not hold: picks its backend (a Service
@@ -642,24 +656,18 @@ impl Pipeline {
     }
 
     /// The backend [`Pipeline::pick_ahead`] picked for the frame being
-    /// processed, if it did and the frame's key is `key`. Frames are
-    /// processed in the order they were peeked: the peeked frames before
-    /// this one are passed over for good.
+    /// processed (frames are processed in the order they were peeked),
+    /// if it did and that frame's key hashed to `hash`, the key's being
+    /// processed. (A frame processed out of that order takes no pick of
+    /// another flow's, short of a 64-bit hash collision; a stale pick
+    /// is still an index of the port's backends, checked by the caller:
+    /// a random pick either way.)
     #[inline]
-    fn picked_ahead<A: PathFamily>(&mut self, key: &FlowKey<A>) -> Option<usize> {
-        let ordinal = self.batch_processed.wrapping_sub(1);
-        let peeked = &self.peeked[..self.peeked_len];
-        while peeked
-            .get(self.peeked_cursor)
-            .is_some_and(|p| p.ordinal < ordinal)
-        {
-            self.peeked_cursor += 1;
-        }
-        let p = peeked.get(self.peeked_cursor)?;
-        if p.ordinal != ordinal || A::peeked(&p.key) != Some(key) {
-            return None;
-        }
-        p.pick.map(|pick| pick as usize)
+    fn picked_ahead(&self, hash: u64) -> Option<usize> {
+        let place = self.batch_processed.wrapping_sub(1) as usize;
+        let picked = self.picks.get(place)?;
+        (picked.hash == hash && picked.backend != NOT_PICKED.backend)
+            .then_some(picked.backend as usize)
     }
 
     /// Counts packets, bytes and flows into `counters`, at the slot the
@@ -1172,7 +1180,7 @@ impl Pipeline {
         let first = match (affine, &entry.maglev) {
             (Some(index), _) => index,
             (None, Some(maglev)) => maglev.pick(key),
-            (None, None) => match self.picked_ahead(key) {
+            (None, None) => match self.picked_ahead(hash) {
                 Some(index) if index < backends.len() => index,
                 _ => self.rng.below(backends.len()),
             },
@@ -1887,9 +1895,6 @@ trait PathFamily: IpFamily + AffinityFamily + MaglevFamily {
     /// Whether a packet from `src` may open a connection: not multicast,
     /// loopback, unspecified (or IPv4 broadcast and 0.0.0.0/8).
     fn may_be_client(src: Self) -> bool;
-
-    /// A peeked frame's key, if of this family.
-    fn peeked(key: &PeekedKey) -> Option<&FlowKey<Self>>;
 }
 
 impl PathFamily for Ipv4Addr {
@@ -1936,14 +1941,6 @@ impl PathFamily for Ipv4Addr {
     fn may_be_client(src: Self) -> bool {
         !(src.is_multicast() || src.is_broadcast() || src.is_loopback() || src.octets()[0] == 0)
     }
-
-    #[inline(always)]
-    fn peeked(key: &PeekedKey) -> Option<&FlowKey<Self>> {
-        match key {
-            PeekedKey::V4(key) => Some(key),
-            PeekedKey::V6(_) => None,
-        }
-    }
 }
 
 impl PathFamily for Ipv6Addr {
@@ -1989,14 +1986,6 @@ impl PathFamily for Ipv6Addr {
 
     fn may_be_client(src: Self) -> bool {
         !(src.is_multicast() || src.is_loopback() || src.is_unspecified())
-    }
-
-    #[inline(always)]
-    fn peeked(key: &PeekedKey) -> Option<&FlowKey<Self>> {
-        match key {
-            PeekedKey::V6(key) => Some(key),
-            PeekedKey::V4(_) => None,
-        }
     }
 }
 
