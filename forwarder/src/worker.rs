@@ -308,8 +308,9 @@ impl Worker {
             self.latency.record_batch(n, batch_started.elapsed());
             return;
         }
-        // Fetch the batch's header lines, then its conntrack lines,
-        // before processing any frame.
+        // Fetch the batch's header lines, then its conntrack lines
+        // (and its new flows' reply buckets, their backends picked
+        // ahead), before processing any frame, in the order processed.
         for frame in batch.iter() {
             // SAFETY: a frame of this worker's UMEM, just received; only
             // its address is used here (a prefetch hint).

@@ -13,8 +13,12 @@
 //! A frame is parsed once ([`Frame::parse`]): the flow key, the rewrite,
 //! an answer and the next hop's addresses all work from the offsets and
 //! views that parse found, not from the bytes validated again. (The
-//! batch's prefetch pass before it only reads the flow key off the
-//! common frames' bytes: [`Pipeline::prefetch`].)
+//! batch's prefetch passes before it only read the flow key off the
+//! common frames' bytes, [`Pipeline::prefetch`], and ask for the lines
+//! the batch's lookups and inserts will read: its keys' buckets, then
+//! the records they point to, or for a key no bucket holds, a new
+//! flow's, the backend it is picked ahead and its reply key's bucket,
+//! [`Pipeline::prefetch_flows`].)
 //!
 //! Every frame gets one verdict and one count. Policy:
 //! - a new connection to a VIP that cannot be served is refused, not
