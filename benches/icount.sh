@@ -81,6 +81,10 @@ if [[ -n "$base" ]]; then
                 >> "$tree/forwarder/datapath/Cargo.toml"
     done
     cp "$root"/benches/support/packets*.rs "$root"/benches/support/icount_cases.rs "$tree/benches/support/"
+    # Before 4b71b8c the second prefetch pass took no batch context.
+    if grep -q 'pub fn prefetch_flows(&mut self)' "$tree/forwarder/datapath/src/pipeline.rs"; then
+        sed -i 's/\.prefetch_flows(ctx)/.prefetch_flows()/' "$tree"/benches/icount*.rs
+    fi
     echo "building $base in $tree" >&2
     for b in $benches; do
         base_bin[$b]="$(CARGO_TARGET_DIR="$root/target/icount-base" build "$tree" "$b")"
