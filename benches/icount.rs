@@ -223,14 +223,7 @@ fn new_flows(packets: usize, services: usize) {
         net: &net,
         now: 1,
     };
-    let mut p = pipeline(
-        Arc::new(Conntrack::new(ConntrackConfig {
-            max_flows: NEW_FLOW_TABLE,
-            unreplied_percent: 100,
-            ..ConntrackConfig::default()
-        })),
-        9,
-    );
+    let mut p = new_flow_pipeline();
     let base = frame((client(0), 1), (VIP, 8080));
     let mut f = base.clone();
     let len = f.len();
@@ -251,16 +244,22 @@ fn new_flows_batched(packets: usize) {
         net: &net,
         now: 1,
     };
-    let mut p = pipeline(
+    let mut p = new_flow_pipeline();
+    let base = frame((client(0), 1), (VIP, 8080));
+    in_batches(&mut p, &ctx, packets, base.len(), |buf, i| {
+        new_flow_frame(buf, &base, i)
+    });
+}
+
+/// The new-flow cases' pipeline: a table of [`NEW_FLOW_TABLE`] flows,
+/// every one of which may stay unreplied.
+fn new_flow_pipeline() -> Pipeline {
+    pipeline(
         Arc::new(Conntrack::new(ConntrackConfig {
             max_flows: NEW_FLOW_TABLE,
             unreplied_percent: 100,
             ..ConntrackConfig::default()
         })),
         9,
-    );
-    let base = frame((client(0), 1), (VIP, 8080));
-    in_batches(&mut p, &ctx, packets, base.len(), |buf, i| {
-        new_flow_frame(buf, &base, i)
-    });
+    )
 }

@@ -606,14 +606,8 @@ impl Pipeline {
         for i in 0..self.peeked_len {
             let peeked = self.peeked[i];
             let pick = match peeked.key {
-                PeekedKey::V4(key) => match self.v4.conntrack.prefetch_flow(peeked.hash) {
-                    true => None,
-                    false => self.pick_ahead(&key, peeked.hash, ctx),
-                },
-                PeekedKey::V6(key) => match self.v6.conntrack.prefetch_flow(peeked.hash) {
-                    true => None,
-                    false => self.pick_ahead(&key, peeked.hash, ctx),
-                },
+                PeekedKey::V4(key) => self.prefetch_flow(&key, peeked.hash, ctx),
+                PeekedKey::V6(key) => self.prefetch_flow(&key, peeked.hash, ctx),
             };
             if let (Some(backend), Some(picked)) = (pick, self.picks.get_mut(peeked.place as usize))
             {
@@ -628,22 +622,22 @@ impl Pipeline {
         self.batch_processed = 0;
     }
 
-    /// For a key the table does not hold: picks its backend (a Service
-    /// port's without session affinity) and asks for its reply bucket.
-    /// Returns the pick when the port's choice is random (see
-    /// [`Pipeline::prefetch_flows`]).
+    /// One peeked frame's second pass: asks for the records its
+    /// bucket points to; for a key the bucket does not hold, picks its
+    /// backend (a Service port's without session affinity) and asks for
+    /// its reply bucket. Returns the pick when the port's choice is
+    /// random (see [`Pipeline::prefetch_flows`]).
     #[inline]
-    fn pick_ahead<A: PathFamily>(
+    fn prefetch_flow<A: PathFamily>(
         &mut self,
         key: &FlowKey<A>,
         hash: u64,
         ctx: &BatchContext<'_>,
     ) -> Option<u32> {
-        let service = ServiceKey {
-            vip: key.dst,
-            port: key.dst_port,
-            protocol: key.protocol,
-        };
+        if A::path(self).conntrack.prefetch_flow(hash) {
+            return None;
+        }
+        let service = ServiceKey::of_flow(key);
         let entry = ctx.table.family::<A>().lookup(&service).ok()?;
         if entry.affinity.is_some() {
             return None;
@@ -659,7 +653,7 @@ impl Pipeline {
         kept.then_some(index as u32)
     }
 
-    /// The backend [`Pipeline::pick_ahead`] picked for the frame being
+    /// The backend [`Pipeline::prefetch_flow`] picked for the frame being
     /// processed (frames are processed in the order they were peeked),
     /// if it did and that frame's key hashed to `hash`, the key's being
     /// processed. (A frame processed out of that order takes no pick of
@@ -924,11 +918,7 @@ impl Pipeline {
     /// once a second per binding from this worker.
     #[inline]
     fn refresh_affinity<A: PathFamily>(&mut self, key: &FlowKey<A>, now: u32) {
-        let service = ServiceKey {
-            vip: key.dst,
-            port: key.dst_port,
-            protocol: key.protocol,
-        };
+        let service = ServiceKey::of_flow(key);
         self.refreshes.touch(&self.affinity, service, key.src, now);
     }
 
@@ -1140,11 +1130,7 @@ impl Pipeline {
     ) -> Result<FlowHit<A>, Denied> {
         let key = &flow.key;
         let table = ctx.table.family::<A>();
-        let service = ServiceKey {
-            vip: key.dst,
-            port: key.dst_port,
-            protocol: key.protocol,
-        };
+        let service = ServiceKey::of_flow(key);
         // One lookup tells a VIP's port from any other destination (every
         // port the table holds is a VIP's); what it found for a VIP is
         // answered only after the source and the segment pass.
@@ -1241,11 +1227,7 @@ impl Pipeline {
         ctx: &BatchContext<'_>,
     ) -> Result<FlowHit<A>, Denied> {
         let key = &flow.key;
-        let service = ServiceKey {
-            vip: key.dst,
-            port: key.dst_port,
-            protocol: key.protocol,
-        };
+        let service = ServiceKey::of_flow(key);
         let Ok(entry) = ctx.table.family::<A>().lookup(&service) else {
             return Err(Denied::Refuse(DropReason::TcpNoFlow));
         };

@@ -45,6 +45,18 @@ pub struct ServiceKey<A = Ipv4Addr> {
     pub protocol: Protocol,
 }
 
+impl<A: Copy> ServiceKey<A> {
+    /// The Service port a flow is addressed to: its destination.
+    #[inline]
+    pub fn of_flow(key: &FlowKey<A>) -> Self {
+        Self {
+            vip: key.dst,
+            port: key.dst_port,
+            protocol: key.protocol,
+        }
+    }
+}
+
 impl<A: IpFamily> Hash for ServiceKey<A> {
     // One word for IPv4: the lookup is on the new-flow path.
     fn hash<H: Hasher>(&self, state: &mut H) {

@@ -477,6 +477,24 @@ struct Found<A> {
 }
 
 impl<A: IpFamily> FlowData<A> {
+    /// A new flow of `forward` to `backend`, counted at `slot`, without
+    /// source NAT (yet).
+    #[inline]
+    fn new(forward: &FlowKey<A>, backend: (A, u16), slot: u32) -> Self {
+        Self {
+            client: forward.src,
+            client_port: forward.src_port,
+            vip: forward.dst,
+            vip_port: forward.dst_port,
+            backend: backend.0,
+            backend_port: backend.1,
+            protocol: forward.protocol,
+            slot,
+            snat_index: 0,
+            snat_port: 0,
+        }
+    }
+
     #[inline]
     fn forward_key(&self) -> FlowKey<A> {
         FlowKey {
@@ -1261,24 +1279,17 @@ impl<A: IpFamily> Conntrack<A> {
     /// first pass cannot ask for it). Only a hint: nothing is kept.
     #[inline]
     pub fn prefetch_reply(&self, forward: &FlowKey<A>, forward_hash: u64, backend: (A, u16)) {
-        let (dst, dst_port) = if self.snat.is_on() {
+        let mut flow = FlowData::new(forward, backend, NO_SLOT);
+        if self.snat.is_on() {
             let (Some(index), Some(port)) = (
                 self.snat.next_in_turn(),
                 self.snat.probes(forward_hash).next(),
             ) else {
                 return;
             };
-            (self.snat.address(index), port)
-        } else {
-            (forward.src, forward.src_port)
-        };
-        self.index.prefetch(self.hash(&FlowKey {
-            src: backend.0,
-            dst,
-            src_port: backend.1,
-            dst_port,
-            protocol: forward.protocol,
-        }));
+            (flow.snat_index, flow.snat_port) = (index, port);
+        }
+        self.index.prefetch(self.hash(&flow.reply_key(&self.snat)));
     }
 
     /// Looks a packet's key up, marks the flow as seen at `now` and
@@ -1425,18 +1436,7 @@ impl<A: IpFamily> Conntrack<A> {
         now: u32,
         meta: FlowMeta,
     ) -> Result<FlowHit<A>, InsertError> {
-        let flow = FlowData {
-            client: forward.src,
-            client_port: forward.src_port,
-            vip: forward.dst,
-            vip_port: forward.dst_port,
-            backend: backend.0,
-            backend_port: backend.1,
-            protocol: forward.protocol,
-            slot: meta.slot,
-            snat_index: 0,
-            snat_port: 0,
-        };
+        let flow = FlowData::new(&forward, backend, meta.slot);
         if self.snat.is_on() {
             return self.insert_snat(forward, forward_hash, flow, now, meta);
         }
