@@ -82,6 +82,8 @@ pub(super) enum Placed<T> {
     Linked,
     /// A live flow already holds the key (what `existing` returned).
     Exists(T),
+    /// The record to link was no longer live (nothing placed).
+    Gone,
     /// The key's chain is too long.
     ChainFull,
 }
@@ -183,13 +185,23 @@ impl FlowIndex {
     /// Places `word` in the chain of `hash` unless `existing` finds a live
     /// flow for the same key there (checked under the home bucket's lock,
     /// which every writer of this key holds, so two writers of one key
-    /// cannot both place it).
+    /// cannot both place it), or `live` says the record `word` names no
+    /// longer holds the flow being linked.
+    ///
+    /// `live` is asked under the chain's locks, just before the slot is
+    /// stored; a remover changes a record's sequence before it unlinks
+    /// the record's keys under the same locks. So either `live` sees the
+    /// removal and nothing is placed, or the remover takes these locks
+    /// after us and finds the slot: no slot outlives its flow. (A slot
+    /// word names a record, not a flow: a slot left behind would be taken
+    /// for the record's next flow of the same key.)
     #[inline]
     pub fn link<T>(
         &self,
         hash: u64,
         word: u64,
         existing: impl FnMut(RecordId, u32) -> Option<T>,
+        live: impl FnOnce() -> bool,
     ) -> Placed<T> {
         let home = self.home(hash);
         let mut held = Held::new(self, home);
@@ -206,6 +218,9 @@ impl FlowIndex {
             // Relaxed: we hold this bucket's lock; no one else stores to
             // its slots.
             if let Some(free) = bucket.slots.iter().find(|s| s.load(Ordering::Relaxed) == 0) {
+                if !live() {
+                    return Placed::Gone;
+                }
                 for passed in &self.buckets[home..b] {
                     // Relaxed: under the lock; published with the slot.
                     let meta = passed.meta.load(Ordering::Relaxed);
@@ -413,7 +428,7 @@ mod tests {
             .map(|id| slot_word(hash(id), id, FORWARD))
             .collect();
         for (i, &w) in words.iter().enumerate() {
-            let placed = index.link(hash(i as u32 + 1), w, |_, _| None::<()>);
+            let placed = index.link(hash(i as u32 + 1), w, |_, _| None::<()>, || true);
             assert_eq!(placed, Placed::Linked, "key {i}");
         }
         // 7 at home, 7 in the next, 6 in the third.
@@ -433,7 +448,12 @@ mod tests {
         // A freed home slot is reused before the chain grows.
         assert!(index.unlink(hash(1), words[0]));
         assert_eq!(
-            index.link(hash(99), slot_word(hash(99), 99, REPLY), |_, _| None::<()>),
+            index.link(
+                hash(99),
+                slot_word(hash(99), 99, REPLY),
+                |_, _| None::<()>,
+                || true
+            ),
             Placed::Linked
         );
         assert_eq!(index.overflow(0), 12);
@@ -447,11 +467,32 @@ mod tests {
     fn link_reports_an_existing_key_and_chains_have_an_end() {
         let index = FlowIndex::new(1);
         let w = slot_word(hash(5), 5, FORWARD);
-        assert_eq!(index.link(hash(5), w, |_, _| None::<()>), Placed::Linked);
-        assert_eq!(index.link(hash(5), w, |id, _| Some(id)), Placed::Exists(5));
+        assert_eq!(
+            index.link(hash(5), w, |_, _| None::<()>, || true),
+            Placed::Linked
+        );
+        assert_eq!(
+            index.link(hash(5), w, |id, _| Some(id), || true),
+            Placed::Exists(5)
+        );
+        assert_eq!(
+            index.link(
+                hash(6),
+                slot_word(hash(6), 6, FORWARD),
+                |_, _| None::<()>,
+                || false
+            ),
+            Placed::Gone,
+            "a record no longer live gets no slot"
+        );
+        assert_eq!(index.find(hash(6), |id, _| Some(id)), None);
         let mut placed = 1;
-        while index.link(hash(7), slot_word(hash(7), 7, FORWARD), |_, _| None::<()>)
-            == Placed::Linked
+        while index.link(
+            hash(7),
+            slot_word(hash(7), 7, FORWARD),
+            |_, _| None::<()>,
+            || true,
+        ) == Placed::Linked
         {
             placed += 1;
             assert!(placed <= SLOTS * MAX_CHAIN, "the chain must end");

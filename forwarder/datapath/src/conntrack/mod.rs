@@ -1209,16 +1209,23 @@ impl<A: IpFamily> Conntrack<A> {
     ) -> bool {
         let (forward, reply) = (flow.forward_key(), flow.reply_key(&self.snat));
         let forward_word = index::slot_word(forward_hash, id, index::FORWARD);
-        let linked = self.index.link(forward_hash, forward_word, |other, bit| {
-            self.live_match(other, direction_of(bit), &forward)
-        });
+        // Adoption runs before the table is shared: no one removes flows.
+        let linked = self.index.link(
+            forward_hash,
+            forward_word,
+            |other, bit| self.live_match(other, direction_of(bit), &forward),
+            || true,
+        );
         if !matches!(linked, Placed::Linked) {
             return false;
         }
         let reply_word = index::slot_word(reply_hash, id, index::REPLY);
-        let linked = self.index.link(reply_hash, reply_word, |other, bit| {
-            self.live_match(other, direction_of(bit), &reply)
-        });
+        let linked = self.index.link(
+            reply_hash,
+            reply_word,
+            |other, bit| self.live_match(other, direction_of(bit), &reply),
+            || true,
+        );
         if !matches!(linked, Placed::Linked) {
             self.index.unlink(forward_hash, forward_word);
             return false;
@@ -1565,13 +1572,29 @@ impl<A: IpFamily> Conntrack<A> {
         // Counted with the record: whoever removes the flow releases it.
         self.snat.took(flow.snat_index);
 
+        // A sweep, eviction or removal may end the flow before it is
+        // linked (it is published first, so that a concurrent insert of
+        // the same key finds it). Each link then places nothing; the
+        // remover counted the flow out and unlinks what was placed before.
+        let still_ours = || {
+            self.slab
+                .life(id)
+                .is_some_and(|now| now.seq() == life.seq())
+        };
         let forward_word = index::slot_word(forward_hash, id, index::FORWARD);
-        match self.index.link(forward_hash, forward_word, |other, bit| {
-            self.live_match(other, direction_of(bit), &forward)
-        }) {
+        match self.index.link(
+            forward_hash,
+            forward_word,
+            |other, bit| self.live_match(other, direction_of(bit), &forward),
+            still_ours,
+        ) {
             Placed::Linked => {}
+            Placed::Gone => {
+                stats.inserted.fetch_add(1, STAT);
+                return Ok(flow.hit(id, Direction::Forward, bits, &self.snat));
+            }
             Placed::Exists(existing) => {
-                self.discard(id, life, forward_hash, reply_hash);
+                self.discard(id, life);
                 return Ok(existing.flow.hit(
                     existing.id,
                     existing.direction,
@@ -1580,7 +1603,7 @@ impl<A: IpFamily> Conntrack<A> {
                 ));
             }
             Placed::ChainFull => {
-                self.discard(id, life, forward_hash, reply_hash);
+                self.discard(id, life);
                 stats.refused.fetch_add(1, STAT);
                 return Err(InsertError::Full);
             }
@@ -1593,18 +1616,20 @@ impl<A: IpFamily> Conntrack<A> {
         // replies could not be told apart and the new flow is refused.
         let reply_word = index::slot_word(reply_hash, id, index::REPLY);
         for _ in 0..CLAIM_ATTEMPTS {
-            match self.index.link(reply_hash, reply_word, |other, bit| {
-                self.live_match(other, direction_of(bit), &reply)
-            }) {
-                Placed::Linked => {
+            match self.index.link(
+                reply_hash,
+                reply_word,
+                |other, bit| self.live_match(other, direction_of(bit), &reply),
+                still_ours,
+            ) {
+                Placed::Linked | Placed::Gone => {
                     stats.inserted.fetch_add(1, STAT);
-                    self.unlink_if_gone(id, life, forward_hash, reply_hash);
                     return Ok(flow.hit(id, Direction::Forward, bits, &self.snat));
                 }
                 Placed::Exists(old) => {
                     let finished = |l: Life| FlowState::from_bits(l.bits()).is_finished();
                     if !finished(old.life) {
-                        self.discard(id, life, forward_hash, reply_hash);
+                        self.discard(id, life);
                         return Err(InsertError::ReplyClash);
                     }
                     if self
@@ -1615,41 +1640,21 @@ impl<A: IpFamily> Conntrack<A> {
                     }
                 }
                 Placed::ChainFull => {
-                    self.discard(id, life, forward_hash, reply_hash);
+                    self.discard(id, life);
                     stats.refused.fetch_add(1, STAT);
                     return Err(InsertError::Full);
                 }
             }
         }
-        self.discard(id, life, forward_hash, reply_hash);
+        self.discard(id, life);
         Err(InsertError::ReplyClash)
     }
 
-    /// A sweep or retirement may remove a flow between its publication
-    /// and its linking; if its unlinking came before our link, the slots
-    /// we placed would point at a free record for ever. Checked after
-    /// linking, by the record's life word alone: a remover changes the
-    /// sequence before it unlinks under a bucket's lock. If it unlinked
-    /// a bucket before we linked there, we took that lock after it, so
-    /// this load sees the new sequence; if after, it finds our slot there
-    /// and unlinks it itself.
-    fn unlink_if_gone(&self, id: RecordId, life: Life, forward_hash: u64, reply_hash: u64) {
-        if self
-            .slab
-            .life(id)
-            .is_some_and(|now| now.seq() == life.seq())
-        {
-            return;
-        }
-        self.unlink_keys(id, forward_hash, reply_hash);
-    }
-
     /// Takes back a flow `insert` counted and queued but could not link.
-    fn discard(&self, id: RecordId, life: Life, forward_hash: u64, reply_hash: u64) {
-        if self.remove_flow(id, |_, l| l.seq() == life.seq()).is_none() {
-            // Removed by someone else, maybe before we linked a key.
-            self.unlink_if_gone(id, life, forward_hash, reply_hash);
-        }
+    /// If someone else removed it first, they counted it out and unlinked
+    /// whatever of it was placed (see [`FlowIndex::link`]).
+    fn discard(&self, id: RecordId, life: Life) {
+        self.remove_flow(id, |_, l| l.seq() == life.seq());
     }
 
     /// Makes room for a new flow, counts it in and queues it; returns the
