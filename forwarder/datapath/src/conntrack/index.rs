@@ -152,7 +152,13 @@ impl FlowIndex {
 
     /// Calls `check` with the reference of every slot whose signature
     /// matches `hash`, in the key's chain, until it returns `Some`.
-    #[inline]
+    ///
+    /// Always inlined: as a call, its result (a found flow, tens of
+    /// bytes) went back through the stack, written field by field and
+    /// read back in 16-byte loads, which the CPU cannot forward from
+    /// the narrower stores, and every lookup waited for them (most of a
+    /// cached lookup's time in `perf`; inlined, 1.4x the cached lookups
+    /// per second: benches/RESULTS.md, session 16).
     pub fn find<T>(
         &self,
         hash: u64,
