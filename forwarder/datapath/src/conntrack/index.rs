@@ -20,6 +20,11 @@
 //! deadlock. Slots never move, so a key present for the whole of a lookup
 //! is always found; a reference read from a slot may point to a record
 //! that has since been reused, which the record's sequence check catches.
+//! A slot is placed only while its record still holds the flow being
+//! linked (asked under the chain's lock), and a flow's remover unlinks
+//! under the same lock after ending the flow, so no slot outlives its
+//! flow: a slot word names a record, and a slot left behind would be
+//! taken for the record's next flow of the same key.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
