@@ -545,7 +545,7 @@ impl Pipeline {
     /// in cache instead of waiting for memory one packet after another.
     ///
     /// The flow's key is read straight off the frame's bytes
-    /// ([`peek_key4`], [`peek_key6`]) for the frames a gateway mostly
+    /// (`peek_key4`, `peek_key6`) for the frames a gateway mostly
     /// carries (TCP or UDP over IPv4 without options or IPv6 without
     /// extension headers, not fragments); anything else is not
     /// prefetched, and [`Pipeline::process`] parses every frame in full

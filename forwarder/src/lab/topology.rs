@@ -263,7 +263,7 @@ impl TopologyBuilder {
     }
 
     /// RX and TX queues of every link of the gateway, 1 to
-    /// [`MAX_QUEUES`] (default 1), so that a gateway with as many
+    /// `MAX_QUEUES` (16; default 1), so that a gateway with as many
     /// workers (`--cores`) gives each a queue of every interface. The
     /// sender picks a queue per flow (its socket's hash, or the bridge's
     /// for forwarded frames), and veth delivers a frame on the receiver's

@@ -18,8 +18,8 @@
 //!
 //! The table is sized once, from `max_flows`, and never grows (no pause,
 //! no doubling of memory under load): a slab of 32-byte flow records
-//! ([`slab`]) and a hash index of 64-byte buckets holding both keys of
-//! every flow ([`index`]). A lookup is one bucket line and one record
+//! (`slab.rs`) and a hash index of 64-byte buckets holding both keys of
+//! every flow (`index.rs`). A lookup is one bucket line and one record
 //! line; workers read without any lock and without writing a shared line
 //! (a record is a sequence lock), and write only when a flow's state or
 //! last-seen second changes. [`Conntrack::prefetch_index`] and

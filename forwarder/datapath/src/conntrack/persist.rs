@@ -4,7 +4,7 @@
 //! their Pods.
 //!
 //! Layout: a 4 KiB header, then the slab's records exactly as
-//! [`super::slab`] lays them out in memory. The header is read field by
+//! `slab.rs` lays them out in memory. The header is read field by
 //! field at named offsets and validated, never trusted:
 //!
 //! | bytes | field |

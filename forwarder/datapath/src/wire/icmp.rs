@@ -233,7 +233,7 @@ pub enum IcmpRepr {
     /// The answer to an echo request, with the request's identifier and
     /// sequence number.
     EchoReply { ident: u16, seq_no: u16 },
-    /// Destination unreachable with `code` ([`unreachable`]).
+    /// Destination unreachable with `code` ([`unreachable`](mod@unreachable)).
     DstUnreachable { code: u8 },
 }
 
