@@ -164,6 +164,7 @@ impl FlowIndex {
     /// the narrower stores, and every lookup waited for them (most of a
     /// cached lookup's time in `perf`; inlined, 1.4x the cached lookups
     /// per second: benches/RESULTS.md, session 16).
+    #[inline(always)]
     pub fn find<T>(
         &self,
         hash: u64,
