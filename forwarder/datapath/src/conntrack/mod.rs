@@ -1875,19 +1875,12 @@ impl<A: IpFamily> Conntrack<A> {
     /// (forward, reply).
     fn unlink(&self, id: RecordId, flow: &FlowData<A>) -> [FlowKey<A>; 2] {
         let keys = [flow.forward_key(), flow.reply_key(&self.snat)];
-        self.unlink_keys(id, self.hash(&keys[0]), self.hash(&keys[1]));
+        for (key, direction) in keys.iter().zip([index::FORWARD, index::REPLY]) {
+            let hash = self.hash(key);
+            self.index
+                .unlink(hash, index::slot_word(hash, id, direction));
+        }
         keys
-    }
-
-    /// Clears the index slots of record `id`'s two keys (either may be
-    /// absent).
-    fn unlink_keys(&self, id: RecordId, forward_hash: u64, reply_hash: u64) {
-        self.index.unlink(
-            forward_hash,
-            index::slot_word(forward_hash, id, index::FORWARD),
-        );
-        self.index
-            .unlink(reply_hash, index::slot_word(reply_hash, id, index::REPLY));
     }
 
     /// Removes the flow in record `id` if `doomed` says so (see
