@@ -126,6 +126,86 @@ pub enum ParseError {
     UdpZeroChecksumV6,
 }
 
+/// Which header a frame's [`Transport`] describes: [`L4`]'s variants
+/// without their fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum TransportKind {
+    Tcp,
+    Udp,
+    Icmp,
+    Icmpv6,
+    Fragment,
+    Other,
+}
+
+/// The transport layer as a frame keeps it: [`L4`] flattened into plain
+/// fields, each stored in the width it is read in.
+///
+/// Why not the enum itself: `L4`'s variants overlap in a union, and the
+/// compiler moved it between `transport`, the frame and the pipeline as
+/// a blob of bytes, reading with 16- and 24-bit loads what had been
+/// written a byte and a word at a time. Such a load cannot be forwarded
+/// from the stores still in flight and waits for them to retire: 20% of
+/// the established packet path's samples sat behind two of them
+/// (`benches/RESULTS.md`, session 17). Plain fields stay in registers or
+/// are read back at the width they were written; [`Frame::l4`] builds the
+/// enum, which a caller's `match` then folds away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Transport {
+    kind: TransportKind,
+    /// TCP's control bits, an ICMP or ICMPv6 type, or the protocol number
+    /// of a fragment or of another protocol.
+    byte: u8,
+    /// An ICMP or ICMPv6 code (0 otherwise).
+    code: u8,
+    /// TCP's or UDP's ports (0 otherwise).
+    src_port: u16,
+    dst_port: u16,
+}
+
+impl Transport {
+    #[inline(always)]
+    fn new(kind: TransportKind, byte: u8, code: u8, src_port: u16, dst_port: u16) -> Self {
+        Self {
+            kind,
+            byte,
+            code,
+            src_port,
+            dst_port,
+        }
+    }
+
+    #[inline(always)]
+    fn l4(self) -> L4 {
+        let Self {
+            kind,
+            byte,
+            code,
+            src_port,
+            dst_port,
+        } = self;
+        match kind {
+            TransportKind::Tcp => L4::Tcp {
+                src_port,
+                dst_port,
+                flags: byte,
+            },
+            TransportKind::Udp => L4::Udp { src_port, dst_port },
+            TransportKind::Icmp => L4::Icmp {
+                msg_type: byte,
+                code,
+            },
+            TransportKind::Icmpv6 => L4::Icmpv6 {
+                msg_type: byte,
+                code,
+            },
+            TransportKind::Fragment => L4::Fragment { protocol: byte },
+            TransportKind::Other => L4::Other { protocol: byte },
+        }
+    }
+}
+
 /// The transport layer of a packet whose upper-layer `protocol` starts
 /// `payload` (up to the packet's end).
 #[inline]
@@ -134,19 +214,16 @@ fn transport(
     payload: &[u8],
     fragment: Option<Fragment>,
     ipv6: bool,
-) -> Result<L4, ParseError> {
+) -> Result<Transport, ParseError> {
+    use TransportKind as Kind;
     let tcp_or_udp = matches!(protocol, ip_number::TCP | ip_number::UDP);
     if fragment.is_some_and(|f| !f.is_first() || !tcp_or_udp) {
-        return Ok(L4::Fragment { protocol });
+        return Ok(Transport::new(Kind::Fragment, protocol, 0, 0, 0));
     }
     Ok(match protocol {
         ip_number::TCP => {
             let tcp = TcpSegment::new_checked(payload).map_err(ParseError::L4)?;
-            L4::Tcp {
-                src_port: tcp.src_port(),
-                dst_port: tcp.dst_port(),
-                flags: tcp.flags(),
-            }
+            Transport::new(Kind::Tcp, tcp.flags(), 0, tcp.src_port(), tcp.dst_port())
         }
         ip_number::UDP => {
             let udp = match fragment {
@@ -157,23 +234,20 @@ fn transport(
             if ipv6 && udp.checksum() == 0 {
                 return Err(ParseError::UdpZeroChecksumV6);
             }
-            L4::Udp {
-                src_port: udp.src_port(),
-                dst_port: udp.dst_port(),
-            }
+            Transport::new(Kind::Udp, 0, 0, udp.src_port(), udp.dst_port())
         }
         ip_number::ICMP | ip_number::ICMPV6 => match IcmpPacket::new_checked(payload) {
-            Ok(icmp) if protocol == ip_number::ICMP => L4::Icmp {
-                msg_type: icmp.msg_type(),
-                code: icmp.code(),
-            },
-            Ok(icmp) => L4::Icmpv6 {
-                msg_type: icmp.msg_type(),
-                code: icmp.code(),
-            },
-            Err(_) => L4::Other { protocol },
+            Ok(icmp) => {
+                let kind = if protocol == ip_number::ICMP {
+                    Kind::Icmp
+                } else {
+                    Kind::Icmpv6
+                };
+                Transport::new(kind, icmp.msg_type(), icmp.code(), 0, 0)
+            }
+            Err(_) => Transport::new(Kind::Other, protocol, 0, 0, 0),
         },
-        _ => L4::Other { protocol },
+        _ => Transport::new(Kind::Other, protocol, 0, 0, 0),
     })
 }
 
@@ -318,7 +392,7 @@ pub struct Frame<T: AsRef<[u8]>> {
     /// Length of the frame in `buffer`.
     len: usize,
     l3: L3,
-    l4: L4,
+    l4: Transport,
     /// Set when the packet is a fragment.
     fragment: Option<Fragment>,
     l3_offset: usize,
@@ -395,7 +469,7 @@ impl<T: AsRef<[u8]>> Frame<T> {
 
     #[inline]
     pub fn l4(&self) -> L4 {
-        self.l4
+        self.l4.l4()
     }
 
     /// The fragment this packet is, if it is one.
@@ -457,8 +531,8 @@ impl<T: AsRef<[u8]>> Frame<T> {
     /// The TCP segment, if the frame carries one.
     #[inline]
     pub fn tcp(&self) -> Option<TcpSegment<&[u8]>> {
-        match self.l4 {
-            L4::Tcp { .. } => self.l4_bytes().map(TcpSegment::new_unchecked),
+        match self.l4.kind {
+            TransportKind::Tcp => self.l4_bytes().map(TcpSegment::new_unchecked),
             _ => None,
         }
     }
@@ -466,8 +540,8 @@ impl<T: AsRef<[u8]>> Frame<T> {
     /// The ICMP message, if the frame carries one.
     #[inline]
     pub fn icmp(&self) -> Option<IcmpPacket<&[u8]>> {
-        match self.l4 {
-            L4::Icmp { .. } => self.l4_bytes().map(IcmpPacket::new_unchecked),
+        match self.l4.kind {
+            TransportKind::Icmp => self.l4_bytes().map(IcmpPacket::new_unchecked),
             _ => None,
         }
     }
@@ -475,8 +549,8 @@ impl<T: AsRef<[u8]>> Frame<T> {
     /// The ICMPv6 message, if the frame carries one, as an error.
     #[inline]
     pub fn icmpv6_error(&self) -> Option<Icmpv6Error<&[u8]>> {
-        match self.l4 {
-            L4::Icmpv6 { .. } => self.l4_bytes().map(Icmpv6Error::new_unchecked),
+        match self.l4.kind {
+            TransportKind::Icmpv6 => self.l4_bytes().map(Icmpv6Error::new_unchecked),
             _ => None,
         }
     }
@@ -538,8 +612,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
     /// The TCP segment, writable, if the frame carries one.
     #[inline]
     pub fn tcp_mut(&mut self) -> Option<TcpSegment<&mut [u8]>> {
-        match self.l4 {
-            L4::Tcp { .. } => self.l4_bytes_mut().map(TcpSegment::new_unchecked),
+        match self.l4.kind {
+            TransportKind::Tcp => self.l4_bytes_mut().map(TcpSegment::new_unchecked),
             _ => None,
         }
     }
@@ -547,8 +621,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
     /// The UDP datagram, writable, if the frame carries one.
     #[inline]
     pub fn udp_mut(&mut self) -> Option<UdpDatagram<&mut [u8]>> {
-        match self.l4 {
-            L4::Udp { .. } => self.l4_bytes_mut().map(UdpDatagram::new_unchecked),
+        match self.l4.kind {
+            TransportKind::Udp => self.l4_bytes_mut().map(UdpDatagram::new_unchecked),
             _ => None,
         }
     }
@@ -556,8 +630,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
     /// The ICMP message, writable, if the frame carries one.
     #[inline]
     pub fn icmp_mut(&mut self) -> Option<IcmpPacket<&mut [u8]>> {
-        match self.l4 {
-            L4::Icmp { .. } => self.l4_bytes_mut().map(IcmpPacket::new_unchecked),
+        match self.l4.kind {
+            TransportKind::Icmp => self.l4_bytes_mut().map(IcmpPacket::new_unchecked),
             _ => None,
         }
     }
@@ -566,8 +640,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
     /// error.
     #[inline]
     pub fn icmpv6_error_mut(&mut self) -> Option<Icmpv6Error<&mut [u8]>> {
-        match self.l4 {
-            L4::Icmpv6 { .. } => self.l4_bytes_mut().map(Icmpv6Error::new_unchecked),
+        match self.l4.kind {
+            TransportKind::Icmpv6 => self.l4_bytes_mut().map(Icmpv6Error::new_unchecked),
             _ => None,
         }
     }
