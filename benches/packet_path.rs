@@ -4,7 +4,8 @@
 //! - `established/1024_flows`: parse + conntrack hit + DNAT rewrite with
 //!   incremental checksums + next-hop addressing, over 1,024 live, replied
 //!   flows (served from the worker's flow cache after the first packet of
-//!   each second);
+//!   each second), each frame written into its buffer 7 packets before it
+//!   is processed, as a worker's frames are (`packets::process_copy`);
 //! - `reply/1024_flows`: the same for backend -> client packets;
 //! - `new_flow/{1,10000}_services`: parse + service lookup + random
 //!   backend choice + conntrack insert (both directions) + rewrite, a new
