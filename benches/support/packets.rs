@@ -128,6 +128,45 @@ pub fn process_copy(
     p.process(&mut scratch[at..at + SLOT_LEN], len, 0, ctx)
 }
 
+/// A worker's RX buffers as the new-flow cases fill them: frame `i`,
+/// written by the case's writer (a new 5-tuple each), processed from one
+/// of 8 buffers 7 packets after it was written, for the reason
+/// [`process_copy`] gives.
+pub struct WrittenAhead {
+    bufs: Vec<Vec<u8>>,
+    /// The next frame to write.
+    next: usize,
+}
+
+impl WrittenAhead {
+    /// Buffers of `base`'s length; the first frame processed is `first`.
+    pub fn new(base: &[u8], first: usize) -> Self {
+        Self {
+            bufs: vec![base.to_vec(); WRITTEN_AHEAD + 1],
+            next: first,
+        }
+    }
+
+    /// Writes frames up to `i + 7` and runs frame `i` through `p`.
+    #[inline(always)]
+    pub fn process(
+        &mut self,
+        p: &mut Pipeline,
+        ctx: &BatchContext<'_>,
+        i: usize,
+        write: impl Fn(&mut [u8], usize),
+    ) -> Verdict {
+        const SLOTS: usize = WRITTEN_AHEAD + 1;
+        while self.next <= i + WRITTEN_AHEAD {
+            write(&mut self.bufs[self.next % SLOTS], self.next);
+            self.next += 1;
+        }
+        let buf = &mut self.bufs[i % SLOTS];
+        let len = buf.len();
+        p.process(buf, len, 0, ctx)
+    }
+}
+
 pub fn client(i: usize) -> [u8; 4] {
     [198, 18, 0, 2 + (i % 250) as u8]
 }
