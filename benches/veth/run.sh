@@ -424,8 +424,9 @@ quiet() {
 
 # cipgw's counters from /metrics on its admin endpoint, cumulative, as one
 # JSON object: rx, tx, the wall-clock time its workers spent in RX batches
-# and the frames in them (batch_s, batch_frames: its batch time per frame,
-# the kernel's I/O between batches left out), drops by reason, and the
+# the frames in them and how many batches (batch_s, batch_frames,
+# batches: its batch time per frame, the kernel's I/O between batches left
+# out, and its frames per batch), drops by reason, and the
 # kernel's AF_XDP socket statistics (`xsk`: rx_ring_full, rx_dropped, ...
 # as cipgw exports them).
 cipgw_counters() {
@@ -438,8 +439,9 @@ cipgw_counters() {
             r = $1; sub(/.*stat="/, "", r); sub(/".*/, "", r); k[r] += $2 }
         $1 ~ /^cipgw_batch_duration_seconds_sum/ { batch_s += $2 }
         $1 ~ /^cipgw_batch_size_frames_sum/ { batch_frames += $2 }
+        $1 ~ /^cipgw_batch_size_frames_count/ { batches += $2 }
         END {
-            printf "{\"rx\":%d,\"tx\":%d,\"batch_s\":%.9f,\"batch_frames\":%.0f,\"drops\":{", rx, tx, batch_s, batch_frames; sep = ""
+            printf "{\"rx\":%d,\"tx\":%d,\"batch_s\":%.9f,\"batch_frames\":%.0f,\"batches\":%.0f,\"drops\":{", rx, tx, batch_s, batch_frames, batches; sep = ""
             for (r in d) { printf "%s\"%s\":%d", sep, r, d[r]; sep = "," }
             printf "},\"xsk\":{"; sep = ""
             for (r in k) { printf "%s\"%s\":%d", sep, r, k[r]; sep = "," }
@@ -454,8 +456,8 @@ cipgw_counters() {
 LOSSES=$OUT/losses.md
 losses_line() { # PEER WORKLOAD SERVICES REP SNAP0 SNAP1 COUNTERS0 COUNTERS1
     [[ -s $LOSSES ]] || {
-        echo "| peer | workload | Services | rep | gw veth rx | gw veth rx drops | XSK kernel counters | cipgw rx | cipgw tx | cipgw drops | backend rx | cipgw batch ns/frame |"
-        echo "|---|---|---:|---:|---:|---:|---|---:|---:|---|---:|---:|"
+        echo "| peer | workload | Services | rep | gw veth rx | gw veth rx drops | XSK kernel counters | cipgw rx | cipgw tx | cipgw drops | backend rx | cipgw batch ns/frame | frames/batch |"
+        echo "|---|---|---:|---:|---:|---:|---|---:|---:|---|---:|---:|---:|"
     } >"$LOSSES"
     python3 - "$@" >>"$LOSSES" <<'PY'
 import json, sys
@@ -470,8 +472,10 @@ xsk = {r: c1["xsk"].get(r, 0) - c0["xsk"].get(r, 0) for r in c1["xsk"]}
 xsk = ", ".join(f"{r} {rate(v)}" for r, v in sorted(xsk.items()) if v > 0) or "none"
 frames = c1.get("batch_frames", 0) - c0.get("batch_frames", 0)
 batch = f"{1e9 * (c1['batch_s'] - c0['batch_s']) / frames:.0f}" if frames > 0 else "–"
+batches = c1.get("batches", 0) - c0.get("batches", 0)
+per_batch = f"{frames / batches:.1f}" if batches > 0 else "–"
 print(f"| {peer} | {wl} | {n} | {rep} | {rate(b[3] - a[3])} | {rate(b[4] - a[4])} | {xsk} | "
-      f"{rate(c1['rx'] - c0['rx'])} | {rate(c1['tx'] - c0['tx'])} | {drops} | {rate(b[7] - a[7])} | {batch} |")
+      f"{rate(c1['rx'] - c0['rx'])} | {rate(c1['tx'] - c0['tx'])} | {drops} | {rate(b[7] - a[7])} | {batch} | {per_batch} |")
 PY
     tail -1 "$LOSSES" | sed 's/^/    losses: /'
 }
