@@ -7,6 +7,12 @@
 //!   each second), each frame written into its buffer 7 packets before it
 //!   is processed, as a worker's frames are (`packets::process_copy`);
 //! - `reply/1024_flows`: the same for backend -> client packets;
+//! - `established_cold_batch/1024_flows`: those established flows
+//!   batched as a worker runs an RX batch of 64 (both prefetch passes
+//!   and every frame timed), each batch after 4 MiB written (untimed),
+//!   which evicts the core's L1 and L2 as a gateway core's kernel work
+//!   between two batches may; `established_warm_batch/1024_flows` is
+//!   the same with the caches left warm, its baseline;
 //! - `new_flow/{1,10000}_services`: parse + service lookup + random
 //!   backend choice + conntrack insert (both directions) + rewrite, a new
 //!   5-tuple every packet, with the measured Service among 1 or 10,000
@@ -132,6 +138,25 @@ fn bench(c: &mut Criterion) {
             black_box(verdict)
         })
     });
+    // The same flows batched as a worker runs them, after the work a
+    // gateway core does between two RX batches (the kernel's receive and
+    // transmit paths): 4 MiB written, untimed, which evicts the core's
+    // L1 and L2 (1 MiB each here) but not its share of the L3; and, as
+    // the baseline, with the caches left warm.
+    let mut bufs = vec![vec![0u8; 2048]; RX_BATCH];
+    let mut evict = vec![0u8; 4 << 20];
+    for (case, cold) in [
+        ("established_cold_batch", true),
+        ("established_warm_batch", false),
+    ] {
+        group.bench_function(format!("{case}/1024_flows"), |b| {
+            let mut next = 0usize;
+            b.iter_custom(|iters| {
+                let evict = cold.then_some(&mut evict[..]);
+                tracked_batches(&mut p, &ctx, &frames, &mut next, &mut bufs, evict, iters)
+            })
+        });
+    }
 
     for (case, services) in [
         ("new_flow", 1usize),
@@ -167,6 +192,53 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// The time `iters` packets of the tracked `frames` (from `*next` on)
+/// take batched as a worker runs an RX batch of [`RX_BATCH`]: each
+/// batch's frames written into `bufs` (as the kernel writes them), then
+/// timed: both prefetch passes and every frame. With `evict`, that
+/// buffer is written, untimed, before each batch.
+fn tracked_batches(
+    p: &mut Pipeline,
+    ctx: &BatchContext<'_>,
+    frames: &[Vec<u8>],
+    next: &mut usize,
+    bufs: &mut [Vec<u8>],
+    mut evict: Option<&mut [u8]>,
+    iters: u64,
+) -> Duration {
+    let len = frames[0].len();
+    let mut elapsed = Duration::ZERO;
+    let mut left = iters as usize;
+    while left > 0 {
+        let n = left.min(RX_BATCH);
+        if let Some(evict) = evict.as_deref_mut() {
+            for line in evict.chunks_mut(64) {
+                line[0] = line[0].wrapping_add(1);
+            }
+            black_box(&evict);
+        }
+        for buf in &mut bufs[..n] {
+            let f = &frames[*next & 1023];
+            buf[..f.len()].copy_from_slice(f);
+            *next += 1;
+        }
+        let start = Instant::now();
+        for buf in &bufs[..n] {
+            Pipeline::prefetch_headers(&buf[..len]);
+        }
+        for buf in &bufs[..n] {
+            p.prefetch(&buf[..len]);
+        }
+        p.prefetch_flows(ctx);
+        for buf in &mut bufs[..n] {
+            black_box(p.process(buf, len, 0, ctx));
+        }
+        elapsed += start.elapsed();
+        left -= n;
+    }
+    elapsed
 }
 
 /// A new-flow table of `max_flows` (every flow may stay unreplied), its
