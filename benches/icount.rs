@@ -33,7 +33,7 @@ mod icount_cases;
 mod packets;
 
 use packets::{
-    client, frame, leaving_flows, net, new_flow_frame, process_copy, table, tracked_flows,
+    client, frame, leaving_flows, net, new_flow_frame, table, tracked_flows, WrittenAhead,
 };
 
 /// The VIP of the measured Service (the last of `table(n)`'s).
@@ -94,9 +94,9 @@ fn with_tracked(case: impl FnOnce(&mut Pipeline, &Tracked<'_>)) {
 fn tracked(packets: usize, replies: bool) {
     with_tracked(|p, t| {
         let frames = if replies { &t.back } else { &t.forward };
-        let mut scratch = vec![0u8; 2048];
+        let mut ring = WrittenAhead::new(frames[0].len(), 0);
         for i in 0..packets {
-            black_box(process_copy(p, &t.ctx, frames, i, &mut scratch));
+            black_box(ring.process_tracked(p, &t.ctx, frames, i));
         }
     });
 }

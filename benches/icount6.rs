@@ -24,7 +24,7 @@ mod packets;
 #[path = "support/packets6.rs"]
 mod packets6;
 
-use packets::process_copy;
+use packets::WrittenAhead;
 use packets6::{client6, frame6, net6, new_flow_frame6, table6, tracked_flows6, VIP6};
 
 /// Flows a new-flow table holds, as in `icount.rs`.
@@ -64,9 +64,9 @@ fn tracked(packets: usize, replies: bool) {
     let mut p = pipeline6(Conntrack::default(), 7);
     let (forward, back) = tracked_flows6(&mut p, &ctx);
     let frames = if replies { &back } else { &forward };
-    let mut scratch = vec![0u8; 2048];
+    let mut ring = WrittenAhead::new(frames[0].len(), 0);
     for i in 0..packets {
-        black_box(process_copy(&mut p, &ctx, frames, i, &mut scratch));
+        black_box(ring.process_tracked(&mut p, &ctx, frames, i));
     }
 }
 

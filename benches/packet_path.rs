@@ -5,7 +5,7 @@
 //!   incremental checksums + next-hop addressing, over 1,024 live, replied
 //!   flows (served from the worker's flow cache after the first packet of
 //!   each second), each frame written into its buffer 7 packets before it
-//!   is processed, as a worker's frames are (`packets::process_copy`);
+//!   is processed, as a worker's frames are (`packets::WrittenAhead`);
 //! - `reply/1024_flows`: the same for backend -> client packets;
 //! - `established_cold_batch/1024_flows`: those established flows
 //!   batched as a worker runs an RX batch of 64 (both prefetch passes
@@ -79,6 +79,7 @@ use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig};
 use cipgw_datapath::family::IpFamily;
 use cipgw_datapath::harness::{addr, addr6, pipeline, Net, CLIENT_IFINDEX, POD_IFINDEX};
 use cipgw_datapath::pipeline::{BatchContext, Pipeline, Verdict};
+use cipgw_datapath::route::PortId;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 #[path = "support/packets.rs"]
@@ -89,8 +90,7 @@ mod packets;
 mod packets6;
 
 use packets::{
-    client, frame, maglev_table, net, new_flow_frame, process_copy, table, tracked_flows,
-    WrittenAhead,
+    client, frame, maglev_table, net, new_flow_frame, table, tracked_flows, WrittenAhead,
 };
 use packets6::{
     client6, frame6, net6, new_flow_frame6, table6, tracked_flows6, DST, SPORT, SRC, VIP6,
@@ -124,16 +124,18 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("established/1024_flows", |b| {
         let mut i = 0;
+        let mut ring = WrittenAhead::new(frames[0].len(), 0);
         b.iter(|| {
-            let verdict = process_copy(&mut p, &ctx, &frames, i, &mut scratch);
+            let verdict = ring.process_tracked(&mut p, &ctx, &frames, i);
             i += 1;
             black_box(verdict)
         })
     });
     group.bench_function("reply/1024_flows", |b| {
         let mut i = 0;
+        let mut ring = WrittenAhead::new(replies[0].len(), 0);
         b.iter(|| {
-            let verdict = process_copy(&mut p, &ctx, &replies, i, &mut scratch);
+            let verdict = ring.process_tracked(&mut p, &ctx, &replies, i);
             i += 1;
             black_box(verdict)
         })
@@ -181,7 +183,7 @@ fn bench(c: &mut Criterion) {
                 // takes, so every packet really is a new flow and nothing
                 // is evicted.
                 let mut p = pipeline(Arc::new(new_flow_table(iters as usize + 1)), 9);
-                let mut ring = WrittenAhead::new(&base, 0);
+                let mut ring = WrittenAhead::new(base.len(), 0);
                 let write = |f: &mut [u8], i: usize| new_flow_frame(f, &base, i);
                 let start = Instant::now();
                 for i in 0..iters as usize {
@@ -205,7 +207,7 @@ fn run_batch(
     ctx: &BatchContext<'_>,
     bufs: &mut [Vec<u8>],
     len: usize,
-    ingress: u8,
+    ingress: PortId,
 ) {
     for buf in bufs.iter() {
         p.prefetch(&buf[..len]);
@@ -369,7 +371,7 @@ fn bench_snat(c: &mut Criterion) {
                     };
                     let mut p = pipeline(ct, 9);
                     let n = CHUNK.min(iters - done);
-                    let mut ring = WrittenAhead::new(&base, done as usize);
+                    let mut ring = WrittenAhead::new(base.len(), done as usize);
                     let write = |f: &mut [u8], i: usize| new_flow_frame(f, &base, i);
                     let start = Instant::now();
                     for i in done as usize..(done + n) as usize {
@@ -425,16 +427,18 @@ fn bench_ipv6(c: &mut Criterion) {
     });
     group.bench_function("established_ipv6/1024_flows", |b| {
         let mut i = 0;
+        let mut ring = WrittenAhead::new(frames[0].len(), 0);
         b.iter(|| {
-            let verdict = process_copy(&mut p, &ctx, &frames, i, &mut scratch);
+            let verdict = ring.process_tracked(&mut p, &ctx, &frames, i);
             i += 1;
             black_box(verdict)
         })
     });
     group.bench_function("reply_ipv6/1024_flows", |b| {
         let mut i = 0;
+        let mut ring = WrittenAhead::new(replies[0].len(), 0);
         b.iter(|| {
-            let verdict = process_copy(&mut p, &ctx, &replies, i, &mut scratch);
+            let verdict = ring.process_tracked(&mut p, &ctx, &replies, i);
             i += 1;
             black_box(verdict)
         })
@@ -463,7 +467,7 @@ fn bench_ipv6(c: &mut Criterion) {
                 // As `new_flow`: a fresh table per measurement, bounded
                 // above what it takes.
                 let mut p = pipeline6(new_flow_table(iters as usize + 1), 9);
-                let mut ring = WrittenAhead::new(&base, 0);
+                let mut ring = WrittenAhead::new(base.len(), 0);
                 let write = |f: &mut [u8], i: usize| new_flow_frame6(f, &base, i);
                 let start = Instant::now();
                 for i in 0..iters as usize {
@@ -483,7 +487,7 @@ fn bench_ipv6(c: &mut Criterion) {
                 while done < iters {
                     let mut p = pipeline6(new_flow_table(CHUNK as usize + 1), 9);
                     let n = CHUNK.min(iters - done);
-                    let mut ring = WrittenAhead::new(&base, done as usize);
+                    let mut ring = WrittenAhead::new(base.len(), done as usize);
                     let write = |f: &mut [u8], i: usize| new_flow_frame6(f, &base, i);
                     let start = Instant::now();
                     for i in done as usize..(done + n) as usize {

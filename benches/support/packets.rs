@@ -89,65 +89,41 @@ pub fn new_flow_frame(f: &mut [u8], base: &[u8], i: usize) {
     f[34..36].copy_from_slice(&(i as u16).to_be_bytes());
 }
 
-/// How many frames ahead of the one processed [`process_copy`] writes:
+/// How many frames ahead of the one processed [`WrittenAhead`] writes:
 /// the worker's buffers it cycles through, less one.
 const WRITTEN_AHEAD: usize = 7;
-/// The room each of those buffers gives an answer.
-const SLOT_LEN: usize = 256;
+/// The room each of those buffers gives the frame and an answer.
+const BUFFER_LEN: usize = 256;
 
-/// Packet `i` of a tracked case: frame `i` of `frames` (1,024 of them,
-/// taken in turn) run through `p` from one of 8 buffers in `scratch`
-/// (at least 2,048 bytes), as a worker's RX ring hands them over; the
-/// call also writes frame `i + 7` into its buffer (and, for the first 7,
-/// frame `i` too). A frame is written 7 packets before it is read, as
-/// the kernel or a NIC writes a worker's frames well before the worker
-/// reads them: a frame read right after it is copied is read while the
-/// copy's stores are still in flight, and a load that spans two of them
-/// waits for both to retire (10% of `established/1024_flows`'s samples
-/// when the case processed the frame it had just copied).
-#[inline(always)]
-pub fn process_copy(
-    p: &mut Pipeline,
-    ctx: &BatchContext<'_>,
-    frames: &[Vec<u8>],
-    i: usize,
-    scratch: &mut [u8],
-) -> Verdict {
-    const SLOTS: usize = WRITTEN_AHEAD + 1;
-    let mut write = |k: usize| {
-        let f = &frames[k & 1023];
-        let at = (k % SLOTS) * SLOT_LEN;
-        scratch[at..at + f.len()].copy_from_slice(f);
-    };
-    if i < WRITTEN_AHEAD {
-        write(i);
-    }
-    write(i + WRITTEN_AHEAD);
-    let at = (i % SLOTS) * SLOT_LEN;
-    let len = frames[i & 1023].len();
-    p.process(&mut scratch[at..at + SLOT_LEN], len, 0, ctx)
-}
-
-/// A worker's RX buffers as the new-flow cases fill them: frame `i`,
-/// written by the case's writer (a new 5-tuple each), processed from one
-/// of 8 buffers 7 packets after it was written, for the reason
-/// [`process_copy`] gives.
+/// A worker's RX buffers as the cases fill them: frame `i` is processed
+/// from one of 8 buffers 7 packets after it was written, as the kernel
+/// or a NIC writes a worker's frames well before the worker reads them.
+/// A frame read right after it is copied is read while the copy's
+/// stores are still in flight, and a load that spans two of them waits
+/// for both to retire (10% of `established/1024_flows`'s samples when
+/// the case processed the frame it had just copied). One per case: it
+/// counts the frames written.
 pub struct WrittenAhead {
     bufs: Vec<Vec<u8>>,
+    /// The frames' length (all of a case's frames have one).
+    len: usize,
     /// The next frame to write.
     next: usize,
 }
 
 impl WrittenAhead {
-    /// Buffers of `base`'s length; the first frame processed is `first`.
-    pub fn new(base: &[u8], first: usize) -> Self {
+    /// Buffers for frames of `len` bytes (and room for an answer); the
+    /// first frame processed is `first`.
+    pub fn new(len: usize, first: usize) -> Self {
         Self {
-            bufs: vec![base.to_vec(); WRITTEN_AHEAD + 1],
+            bufs: vec![vec![0; BUFFER_LEN.max(len)]; WRITTEN_AHEAD + 1],
+            len,
             next: first,
         }
     }
 
-    /// Writes frames up to `i + 7` and runs frame `i` through `p`.
+    /// Writes frames up to `i + 7` (`write` puts frame `k` in the
+    /// buffer it is given) and runs frame `i` through `p`.
     #[inline(always)]
     pub fn process(
         &mut self,
@@ -158,12 +134,23 @@ impl WrittenAhead {
     ) -> Verdict {
         const SLOTS: usize = WRITTEN_AHEAD + 1;
         while self.next <= i + WRITTEN_AHEAD {
-            write(&mut self.bufs[self.next % SLOTS], self.next);
+            write(&mut self.bufs[self.next % SLOTS][..self.len], self.next);
             self.next += 1;
         }
-        let buf = &mut self.bufs[i % SLOTS];
-        let len = buf.len();
-        p.process(buf, len, 0, ctx)
+        p.process(&mut self.bufs[i % SLOTS], self.len, 0, ctx)
+    }
+
+    /// Packet `i` of a tracked case: frame `i` of `frames` (1,024 of
+    /// them, taken in turn, all of this ring's length).
+    #[inline(always)]
+    pub fn process_tracked(
+        &mut self,
+        p: &mut Pipeline,
+        ctx: &BatchContext<'_>,
+        frames: &[Vec<u8>],
+        i: usize,
+    ) -> Verdict {
+        self.process(p, ctx, i, |f, k| f.copy_from_slice(&frames[k & 1023]))
     }
 }
 
