@@ -67,7 +67,8 @@
 # checks every peer and workload has a non-zero result (CI runs
 # `--smoke --debug`: debug binaries, which the test step has built).
 # --profile adds one uncounted rep per cipgw UDP workload under
-# `perf record -g -C 1` (DIR/perf-*.txt). Around every cipgw measurement
+# `perf record -F 1999 -C 1`, perf itself pinned to that CPU so the
+# generator keeps its own (DIR/perf-*.txt; perf's share shows as `perf`). Around every cipgw measurement
 # the script scrapes cipgw's /metrics (its drops by reason, the kernel's
 # AF_XDP socket counters it exports and its workers' time in RX batches)
 # and prints where packets were lost and cipgw's batch time per frame
@@ -534,6 +535,9 @@ udp_run() {
     flush_state
     busy=$(quiet)
     total=$(awk -v w="$WARMUP" -v d="$DURATION" 'BEGIN { print w + d + 0.3 }')
+    # perf takes a second or two to start and to write its file: the
+    # generator outlasts it, or the profile ends on an idle gateway.
+    [[ -n ${PERF_OUT:-} ]] && total=$(awk -v t="$total" 'BEGIN { print t + 5 }')
     if [[ $GENERATOR == pktgen ]]; then
         echo '{"generator":"pktgen"}' >"$OUT/gen.json"
         pktgen_start "$dst" "$dport" "$wl" "$total"
@@ -551,7 +555,10 @@ udp_run() {
     s0=$(snap)
     [[ $peer == cipgw* ]] && c0=$(cipgw_counters)
     if [[ -n ${PERF_OUT:-} ]]; then
-        perf record -q -g -C $GW_CPU -o "$PERF_OUT.data" -- sleep "$DURATION" >/dev/null 2>&1 || true
+        # No call graphs (a frame-pointer-less binary gives none worth
+        # their cost) and a modest rate: at full rate the profile would
+        # otherwise slow what it measures.
+        taskset -c $GW_CPU perf record -q -F 1999 -C $GW_CPU -o "$PERF_OUT.data" -- sleep "$DURATION" >/dev/null 2>&1 || true
     else
         sleep "$DURATION"
     fi
@@ -741,7 +748,7 @@ for peer in $PEERS; do
                 esac
             done
             if ((PROFILE)) && [[ $wl == udp-* && $peer != forward ]] && ((n == 1 || n == MAX_SERVICES)); then
-                echo "  $wl profile (perf record -g on CPU $GW_CPU; not counted)"
+                echo "  $wl profile (perf record on CPU $GW_CPU; not counted)"
                 # rep 0: recorded for reference, left out of the medians.
                 PERF_OUT=$OUT/perf-$peer-$wl-$n udp_run "$peer" "$wl" "$n" 0 "$udp_dst" "$udp_port"
                 perf report -i "$OUT/perf-$peer-$wl-$n.data" --no-children --sort comm,sym --stdio -g none \
