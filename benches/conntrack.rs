@@ -64,7 +64,7 @@ use std::time::Duration;
 
 use cipgw_config::Protocol;
 use cipgw_datapath::conntrack::persist::{self, TableFile};
-use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig, FlowKey, FlowMeta};
+use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig, FlowHit, FlowKey, FlowMeta};
 use cipgw_datapath::family::IpFamily;
 use cipgw_datapath::lb::Rng;
 use cipgw_datapath::wire::tcp::flags::{ACK, SYN};
@@ -262,6 +262,7 @@ fn lookups<A: IpFamily>(
         protocol: Protocol::Tcp,
     }; BATCH];
     let mut hashes = [0u64; BATCH];
+    let mut hit = FlowHit::UNSET;
     let start = CpuClock::now();
     while left > 0 {
         let n = (left as usize).min(BATCH);
@@ -279,9 +280,12 @@ fn lookups<A: IpFamily>(
         for hash in &hashes[..n] {
             ct.prefetch_flow(*hash);
         }
+        // As a worker looks up: the hit is written where the caller
+        // keeps it, and read field by field.
         for (key, hash) in batch[..n].iter().zip(&hashes) {
-            let hit = ct.lookup_hashed(key, *hash, NOW, ACK);
-            misses += u64::from(black_box(hit).is_none());
+            let found = ct.lookup_into(key, *hash, NOW, ACK, &mut hit);
+            misses += u64::from(!found);
+            black_box(hit.nat_port);
         }
         left -= n as u64;
     }
@@ -418,14 +422,16 @@ fn new_flows(ct: &Conntrack, first: u32, n: usize, worker: usize) -> u64 {
         }
     }
     let mut refused = 0;
+    // Looked up and inserted as a worker does (see `lookups_batched`).
+    let mut hit = FlowHit::UNSET;
     for (i, hash) in hashes[..n].iter().enumerate() {
         let m = first + i as u32;
         let key = forward(m);
-        if ct.lookup_hashed(&key, *hash, NOW, SYN).is_some() {
+        if ct.lookup_into(&key, *hash, NOW, SYN, &mut hit) {
             continue;
         }
         refused += u64::from(
-            ct.insert_hashed(
+            ct.insert_into(
                 key,
                 *hash,
                 backend(m),
@@ -434,6 +440,7 @@ fn new_flows(ct: &Conntrack, first: u32, n: usize, worker: usize) -> u64 {
                     worker,
                     ..FlowMeta::default()
                 },
+                &mut hit,
             )
             .is_err(),
         );

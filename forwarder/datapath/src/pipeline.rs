@@ -744,7 +744,11 @@ impl Pipeline {
         verdict
     }
 
-    #[inline]
+    /// [`Pipeline::process`]'s body, apart from the counting: inlined
+    /// into its one caller (left to itself, the compiler inlines it in
+    /// some builds and not others, and a call's spills cost the
+    /// established path about 7 instructions).
+    #[inline(always)]
     fn classify_and_rewrite(
         &mut self,
         buf: &mut [u8],
@@ -845,44 +849,39 @@ impl Pipeline {
         let mix = key.mix();
         let removals = steady.then(|| A::path(self).conntrack.removals(mix));
         let cached = removals.and_then(|r| A::path(self).flows.get(&key, mix, ctx.now, r));
-        let mut hit = match cached {
-            Some(hit) => hit,
+        // The table writes its hit into this one, and it is read field
+        // by field (see `Conntrack::lookup_into`).
+        let mut hit;
+        match cached {
+            Some(cached) => hit = cached,
             None => {
+                hit = FlowHit::UNSET;
                 // Hashed once for the lookup and, on a miss, the insert.
                 let path = A::path(self);
                 let hash = path.conntrack.hash(&key);
-                match path
+                if path
                     .conntrack
-                    .lookup_hashed(&key, hash, ctx.now, flow.tcp_flags)
+                    .lookup_into(&key, hash, ctx.now, flow.tcp_flags, &mut hit)
                 {
-                    Some(hit) => {
-                        if let Some(removals) = removals {
-                            if matches!(
-                                hit.state,
-                                FlowState::TcpEstablished | FlowState::UdpReplied
-                            ) {
-                                path.flows.put(key, mix, hit, ctx.now, removals);
-                            }
+                    if let Some(removals) = removals {
+                        if matches!(hit.state, FlowState::TcpEstablished | FlowState::UdpReplied) {
+                            path.flows.put(key, mix, hit, ctx.now, removals);
                         }
-                        hit
                     }
-                    None => match self.new_flow(&frame, &flow, hash, ctx) {
-                        Ok(hit) => hit,
-                        Err(denied) => return self.deny(frame, ingress, &key, denied, ctx),
-                    },
+                } else if let Err(denied) = self.new_flow(&frame, &flow, hash, ctx, &mut hit) {
+                    return self.deny(frame, ingress, &key, denied, ctx);
                 }
             }
-        };
+        }
         if hit.direction == Direction::Forward
             && ctx
                 .table
                 .family::<A>()
                 .retires(&key, (hit.nat_ip, hit.nat_port))
         {
-            hit = match self.retired_flow(&frame, &flow, &hit, ctx) {
-                Ok(hit) => hit,
-                Err(denied) => return self.deny(frame, ingress, &key, denied, ctx),
-            };
+            if let Err(denied) = self.retired_flow(&frame, &flow, &mut hit, ctx) {
+                return self.deny(frame, ingress, &key, denied, ctx);
+            }
         }
         if flow.ttl <= 1 {
             return Verdict::Drop(DropReason::TtlExceeded);
@@ -1104,22 +1103,25 @@ impl Pipeline {
     /// A packet of a flow whose endpoint (or Service port) the current
     /// table removed: the flow ends here, and the packet is treated as
     /// the first of a new one (a UDP datagram picks a live endpoint, a TCP
-    /// segment other than a SYN is answered with a RST).
+    /// segment other than a SYN is answered with a RST). The new flow's
+    /// hit replaces the retired one's in `hit`.
     #[cold]
     fn retired_flow<A: PathFamily>(
         &mut self,
         frame: &FrameMut<'_>,
         flow: &Flow<A>,
-        hit: &FlowHit<A>,
+        hit: &mut FlowHit<A>,
         ctx: &BatchContext<'_>,
-    ) -> Result<FlowHit<A>, Denied> {
+    ) -> Result<(), Denied> {
         let conntrack = &A::path(self).conntrack;
         conntrack.retire_flow(&flow.key, (hit.nat_ip, hit.nat_port));
         let hash = conntrack.hash(&flow.key);
-        self.new_flow(frame, flow, hash, ctx)
+        self.new_flow(frame, flow, hash, ctx, hit)
     }
 
     /// A packet no flow knows: a new connection to a VIP, or not ours.
+    /// Its flow's hit goes into `hit`, as [`Conntrack::insert_into`]
+    /// writes it.
     #[cold]
     fn new_flow<A: PathFamily>(
         &mut self,
@@ -1127,7 +1129,8 @@ impl Pipeline {
         flow: &Flow<A>,
         hash: u64,
         ctx: &BatchContext<'_>,
-    ) -> Result<FlowHit<A>, Denied> {
+        hit: &mut FlowHit<A>,
+    ) -> Result<(), Denied> {
         let key = &flow.key;
         let table = ctx.table.family::<A>();
         let service = ServiceKey::of_flow(key);
@@ -1136,7 +1139,7 @@ impl Pipeline {
         // answered only after the source and the segment pass.
         let looked_up = table.lookup(&service);
         if let Err(Miss::NotVip) = looked_up {
-            return self.not_to_a_vip(flow, ctx);
+            return self.not_to_a_vip(flow, ctx).map(|found| *hit = found);
         }
         self.check_source(frame, key.src, ctx)
             .map_err(Denied::Verdict)?;
@@ -1150,7 +1153,7 @@ impl Pipeline {
                 return Err(Denied::Verdict(Verdict::Drop(DropReason::TcpNoFlow)));
             }
             if f & tcp_flags::SYN == 0 {
-                return self.adopt(flow, hash, ctx);
+                return self.adopt(flow, hash, ctx).map(|adopted| *hit = adopted);
             }
             if f & tcp_flags::ACK != 0 {
                 return Err(Denied::Refuse(DropReason::TcpNoFlow));
@@ -1161,7 +1164,7 @@ impl Pipeline {
             Err(Miss::NoPort) => return Err(Denied::Refuse(DropReason::NoServicePort)),
             Err(Miss::NoEndpoints) => return Err(Denied::Refuse(DropReason::NoEndpoints)),
             // Answered above.
-            Err(Miss::NotVip) => return self.not_to_a_vip(flow, ctx),
+            Err(Miss::NotVip) => return self.not_to_a_vip(flow, ctx).map(|found| *hit = found),
         };
         let backends = &entry.backends;
         let affine = entry
@@ -1186,19 +1189,20 @@ impl Pipeline {
                 slot,
                 worker: self.worker,
             };
-            match A::path(self).conntrack.insert_hashed(
+            match A::path(self).conntrack.insert_into(
                 *key,
                 hash,
                 (backend.ip, backend.port),
                 ctx.now,
                 meta,
+                hit,
             ) {
-                Ok(hit) => {
+                Ok(()) => {
                     self.counters.new_flows.inc();
                     if let Some(c) = self.services.as_ref().and_then(|s| s.get(slot)) {
                         c.flows.inc();
                     }
-                    return Ok(hit);
+                    return Ok(());
                 }
                 Err(InsertError::ReplyClash) => continue,
                 Err(InsertError::Full) => return Err(Denied::Refuse(DropReason::ConntrackFull)),

@@ -267,6 +267,22 @@ pub struct FlowHit<A = Ipv4Addr> {
     pub record: u32,
 }
 
+impl<A: IpFamily> FlowHit<A> {
+    /// A hit that names no flow: what a caller of
+    /// [`Conntrack::lookup_into`] or [`Conntrack::insert_into`] starts
+    /// from, before the table writes the hit it found or made.
+    pub const UNSET: Self = FlowHit {
+        direction: Direction::Forward,
+        nat_ip: A::UNSPECIFIED,
+        nat_port: 0,
+        state: FlowState::UdpUnreplied,
+        affinity: false,
+        slot: NO_SLOT,
+        snat: None,
+        record: u32::MAX,
+    };
+}
+
 /// A flow's packets and bytes (`--conntrack-accounting`), per direction:
 /// index 0 client to backend, 1 backend to client.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -533,26 +549,41 @@ impl<A: IpFamily> FlowData<A> {
         }
     }
 
+    /// Writes the flow's hit into `out` field by field, where the caller
+    /// keeps it: a hit returned by value from a function that is not
+    /// inlined crosses the stack as narrow stores that the caller's copy
+    /// then reads with wide loads, and every such load waits for the
+    /// stores to retire (a store-forwarding stall; see RESULTS, session
+    /// 17). The caller reads the fields it needs one by one.
     #[inline]
-    fn hit(&self, id: RecordId, direction: Direction, bits: u8, snat: &SnatPool<A>) -> FlowHit<A> {
-        let (nat_ip, nat_port) = match direction {
+    fn write_hit(
+        &self,
+        id: RecordId,
+        direction: Direction,
+        bits: u8,
+        snat: &SnatPool<A>,
+        out: &mut FlowHit<A>,
+    ) {
+        out.direction = direction;
+        (out.nat_ip, out.nat_port) = match direction {
             Direction::Forward => (self.backend, self.backend_port),
             Direction::Reply => (self.vip, self.vip_port),
         };
-        let snat = (self.snat_index != 0).then(|| match direction {
+        out.state = FlowState::from_bits(bits);
+        out.affinity = bits & AFFINITY != 0;
+        out.slot = self.slot;
+        out.snat = (self.snat_index != 0).then(|| match direction {
             Direction::Forward => (snat.address(self.snat_index), self.snat_port),
             Direction::Reply => (self.client, self.client_port),
         });
-        FlowHit {
-            direction,
-            nat_ip,
-            nat_port,
-            state: FlowState::from_bits(bits),
-            affinity: bits & AFFINITY != 0,
-            slot: self.slot,
-            snat,
-            record: id,
-        }
+        out.record = id;
+    }
+
+    #[inline]
+    fn hit(&self, id: RecordId, direction: Direction, bits: u8, snat: &SnatPool<A>) -> FlowHit<A> {
+        let mut hit = FlowHit::UNSET;
+        self.write_hit(id, direction, bits, snat, &mut hit);
+        hit
     }
 }
 
@@ -1315,8 +1346,28 @@ impl<A: IpFamily> Conntrack<A> {
         now: u32,
         flags: u8,
     ) -> Option<FlowHit<A>> {
-        let found = self.find(key, hash)?;
-        self.touch(found, key.protocol, now, flags)
+        let mut hit = FlowHit::UNSET;
+        self.lookup_into(key, hash, now, flags, &mut hit)
+            .then_some(hit)
+    }
+
+    /// [`Conntrack::lookup_hashed`] for the packet path: writes the hit
+    /// into `hit` (left as it was on a miss) and says whether there was
+    /// one. Read the hit's fields one by one, not as a whole: see
+    /// [`FlowHit::UNSET`] and RESULTS (session 18).
+    #[inline]
+    pub fn lookup_into(
+        &self,
+        key: &FlowKey<A>,
+        hash: u64,
+        now: u32,
+        flags: u8,
+        hit: &mut FlowHit<A>,
+    ) -> bool {
+        match self.find(key, hash) {
+            Some(found) => self.touch(found, key.protocol, now, flags, hit),
+            None => false,
+        }
     }
 
     /// The rewrite a packet of `key` would get, without recording
@@ -1362,7 +1413,8 @@ impl<A: IpFamily> Conntrack<A> {
         protocol: Protocol,
         now: u32,
         flags: u8,
-    ) -> Option<FlowHit<A>> {
+        hit: &mut FlowHit<A>,
+    ) -> bool {
         let mut life = found.life;
         loop {
             let bits = life.bits();
@@ -1379,14 +1431,17 @@ impl<A: IpFamily> Conntrack<A> {
                 {
                     self.count_replaced(found.id);
                 }
-                return None;
+                return false;
             }
             let next = next_state(bits, found.direction, protocol, flags);
             let updated = life.with(next, now.max(life.seen()));
             // Unchanged (the common case within a second): no write, so
             // the record's line stays shared between cores.
             if updated == life {
-                return Some(found.flow.hit(found.id, found.direction, next, &self.snat));
+                found
+                    .flow
+                    .write_hit(found.id, found.direction, next, &self.snat, hit);
+                return true;
             }
             match self.slab.update(found.id, life, updated) {
                 Ok(()) => {
@@ -1403,10 +1458,13 @@ impl<A: IpFamily> Conntrack<A> {
                     {
                         self.queue_closing(found.id, life.seq());
                     }
-                    return Some(found.flow.hit(found.id, found.direction, next, &self.snat));
+                    found
+                        .flow
+                        .write_hit(found.id, found.direction, next, &self.snat, hit);
+                    return true;
                 }
                 // Removed meanwhile: a miss.
-                Err(now_life) if now_life.seq() != life.seq() => return None,
+                Err(now_life) if now_life.seq() != life.seq() => return false,
                 Err(now_life) => life = now_life,
             }
         }
@@ -1443,11 +1501,29 @@ impl<A: IpFamily> Conntrack<A> {
         now: u32,
         meta: FlowMeta,
     ) -> Result<FlowHit<A>, InsertError> {
+        let mut hit = FlowHit::UNSET;
+        self.insert_into(forward, forward_hash, backend, now, meta, &mut hit)
+            .map(|()| hit)
+    }
+
+    /// [`Conntrack::insert_hashed`] for the packet path: writes the hit
+    /// into `hit` (left as it was on an error), as
+    /// [`Conntrack::lookup_into`] does.
+    #[inline]
+    pub fn insert_into(
+        &self,
+        forward: FlowKey<A>,
+        forward_hash: u64,
+        backend: (A, u16),
+        now: u32,
+        meta: FlowMeta,
+        hit: &mut FlowHit<A>,
+    ) -> Result<(), InsertError> {
         let flow = FlowData::new(&forward, backend, meta.slot);
         if self.snat.is_on() {
-            return self.insert_snat(forward, forward_hash, flow, now, meta);
+            return self.insert_snat(forward, forward_hash, flow, now, meta, hit);
         }
-        self.insert_flow(forward, forward_hash, None, flow, now, meta)
+        self.insert_flow(forward, forward_hash, None, flow, now, meta, hit)
     }
 
     /// Inserts a flow with a source NAT port: probes for a port whose
@@ -1462,7 +1538,8 @@ impl<A: IpFamily> Conntrack<A> {
         flow: FlowData<A>,
         now: u32,
         meta: FlowMeta,
-    ) -> Result<FlowHit<A>, InsertError> {
+        hit: &mut FlowHit<A>,
+    ) -> Result<(), InsertError> {
         for _ in 0..CLAIM_ATTEMPTS {
             let Some((snat_index, snat_port, reply_hash)) =
                 self.free_snat_port(&flow, forward_hash)
@@ -1478,7 +1555,15 @@ impl<A: IpFamily> Conntrack<A> {
                 snat_port,
                 ..flow
             };
-            match self.insert_flow(forward, forward_hash, Some(reply_hash), flow, now, meta) {
+            match self.insert_flow(
+                forward,
+                forward_hash,
+                Some(reply_hash),
+                flow,
+                now,
+                meta,
+                hit,
+            ) {
                 Err(InsertError::ReplyClash) => continue,
                 other => return other,
             }
@@ -1537,6 +1622,7 @@ impl<A: IpFamily> Conntrack<A> {
     /// Inserts `flow`, whose forward key is `forward` (see
     /// [`Conntrack::insert`]); `reply_hash` is its reply key's hash when
     /// the caller has it.
+    #[allow(clippy::too_many_arguments)]
     fn insert_flow(
         &self,
         forward: FlowKey<A>,
@@ -1545,7 +1631,8 @@ impl<A: IpFamily> Conntrack<A> {
         flow: FlowData<A>,
         now: u32,
         meta: FlowMeta,
-    ) -> Result<FlowHit<A>, InsertError> {
+        hit: &mut FlowHit<A>,
+    ) -> Result<(), InsertError> {
         let stats = &self.worker(meta.worker).stats;
         let reply = flow.reply_key(&self.snat);
         let reply_hash = reply_hash.unwrap_or_else(|| self.hash(&reply));
@@ -1591,16 +1678,19 @@ impl<A: IpFamily> Conntrack<A> {
             Placed::Linked => {}
             Placed::Gone => {
                 stats.inserted.fetch_add(1, STAT);
-                return Ok(flow.hit(id, Direction::Forward, bits, &self.snat));
+                flow.write_hit(id, Direction::Forward, bits, &self.snat, hit);
+                return Ok(());
             }
             Placed::Exists(existing) => {
                 self.discard(id, life);
-                return Ok(existing.flow.hit(
+                existing.flow.write_hit(
                     existing.id,
                     existing.direction,
                     existing.life.bits(),
                     &self.snat,
-                ));
+                    hit,
+                );
+                return Ok(());
             }
             Placed::ChainFull => {
                 self.discard(id, life);
@@ -1624,7 +1714,8 @@ impl<A: IpFamily> Conntrack<A> {
             ) {
                 Placed::Linked | Placed::Gone => {
                     stats.inserted.fetch_add(1, STAT);
-                    return Ok(flow.hit(id, Direction::Forward, bits, &self.snat));
+                    flow.write_hit(id, Direction::Forward, bits, &self.snat, hit);
+                    return Ok(());
                 }
                 Placed::Exists(old) => {
                     let finished = |l: Life| FlowState::from_bits(l.bits()).is_finished();

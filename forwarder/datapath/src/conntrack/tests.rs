@@ -47,6 +47,70 @@ fn insert_tracks_both_directions() {
     assert_eq!(ct.lookup(&forward(40000).reversed(), 2, 0), None);
 }
 
+/// The packet path's forms write every field of the hit they are given
+/// (a worker's hit may hold another flow's, SNAT included), and leave
+/// it alone on a miss or a refusal.
+#[test]
+fn lookup_into_and_insert_into_write_the_whole_hit() {
+    let dirty = FlowHit {
+        direction: Direction::Reply,
+        nat_ip: Ipv4Addr::new(198, 18, 9, 9),
+        nat_port: 9,
+        state: FlowState::TcpClose,
+        affinity: true,
+        slot: 7,
+        snat: Some((Ipv4Addr::new(198, 18, 9, 8), 8)),
+        record: 12345,
+    };
+    let ct = Conntrack::new(ConntrackConfig {
+        max_flows: 1,
+        ..ConntrackConfig::default()
+    });
+    let mut hit = dirty;
+    ct.insert_into(
+        forward(40000),
+        ct.hash(&forward(40000)),
+        backend(),
+        1,
+        FlowMeta::default(),
+        &mut hit,
+    )
+    .expect("insert_into");
+    let inserted = ct.peek(&forward(40000)).expect("the inserted flow");
+    assert_eq!(hit, inserted, "insert_into wrote what the table holds");
+    assert_eq!(hit.snat, None, "a flow without SNAT clears the old hit's");
+
+    let mut hit = dirty;
+    let hash = ct.hash(&reply(40000));
+    assert!(ct.lookup_into(&reply(40000), hash, 2, SYN | ACK, &mut hit));
+    assert_eq!(
+        Some(hit),
+        ct.peek(&reply(40000)),
+        "lookup_into wrote the reply's hit"
+    );
+
+    let mut hit = dirty;
+    let hash = ct.hash(&forward(40001));
+    assert!(!ct.lookup_into(&forward(40001), hash, 2, SYN, &mut hit));
+    assert_eq!(hit, dirty, "a miss leaves the hit alone");
+    // A SYN flow is unreplied: the full one-flow table evicts it for the
+    // next, so refuse with an assured flow in it instead.
+    assert!(ct.lookup(&forward(40000), 2, ACK).is_some());
+    assert_eq!(
+        ct.insert_into(
+            forward(40001),
+            hash,
+            backend(),
+            2,
+            FlowMeta::default(),
+            &mut hit
+        ),
+        Err(InsertError::Full),
+        "a one-flow table with an assured flow"
+    );
+    assert_eq!(hit, dirty, "a refusal leaves the hit alone");
+}
+
 /// The batch's second step tells a key the table holds (a signature of
 /// it in its bucket) from a new flow's, whose reply bucket the third
 /// step may then ask for, with source NAT on or off.
