@@ -751,8 +751,12 @@ for peer in $PEERS; do
                 echo "  $wl profile (perf record on CPU $GW_CPU; not counted)"
                 # rep 0: recorded for reference, left out of the medians.
                 PERF_OUT=$OUT/perf-$peer-$wl-$n udp_run "$peer" "$wl" "$n" 0 "$udp_dst" "$udp_port"
-                perf report -i "$OUT/perf-$peer-$wl-$n.data" --no-children --sort comm,sym --stdio -g none \
-                    2>/dev/null | grep -v '^#' | grep -v '^$' | head -60 >"$OUT/perf-$peer-$wl-$n.txt" || true
+                # Per thread and object first (the worker's own code is its
+                # `cipgw` share), then per symbol.
+                for sort in comm,dso comm,sym; do
+                    perf report -i "$OUT/perf-$peer-$wl-$n.data" --no-children --sort $sort --stdio -g none \
+                        2>/dev/null | grep -v '^#' | grep -v '^$' | head -60
+                done >"$OUT/perf-$peer-$wl-$n.txt" || true
             fi
         done
         peer_down
