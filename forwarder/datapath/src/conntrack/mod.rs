@@ -1365,7 +1365,7 @@ impl<A: IpFamily> Conntrack<A> {
         hit: &mut FlowHit<A>,
     ) -> bool {
         match self.find(key, hash) {
-            Some(found) => self.touch(found, key.protocol, now, flags, hit),
+            Some(found) => self.touch(&found, key.protocol, now, flags, hit),
             None => false,
         }
     }
@@ -1409,7 +1409,7 @@ impl<A: IpFamily> Conntrack<A> {
     #[inline]
     fn touch(
         &self,
-        found: Found<A>,
+        found: &Found<A>,
         protocol: Protocol,
         now: u32,
         flags: u8,
