@@ -1353,8 +1353,10 @@ impl<A: IpFamily> Conntrack<A> {
 
     /// [`Conntrack::lookup_hashed`] for the packet path: writes the hit
     /// into `hit` (left as it was on a miss) and says whether there was
-    /// one. Read the hit's fields one by one, not as a whole: see
-    /// [`FlowHit::UNSET`] and RESULTS (session 18).
+    /// one. Read the hit's fields one by one, not as a whole: returned by
+    /// value from a call that is not inlined, a hit crossed the stack as
+    /// narrow stores that a whole copy read with wide loads, which wait
+    /// for the stores to retire (benches/RESULTS.md, session 18).
     #[inline]
     pub fn lookup_into(
         &self,
