@@ -422,7 +422,7 @@ fn new_flows(ct: &Conntrack, first: u32, n: usize, worker: usize) -> u64 {
         }
     }
     let mut refused = 0;
-    // Looked up and inserted as a worker does (see `lookups_batched`).
+    // Looked up and inserted as a worker does (see `lookups`).
     let mut hit = FlowHit::UNSET;
     for (i, hash) in hashes[..n].iter().enumerate() {
         let m = first + i as u32;

@@ -68,8 +68,10 @@
 # `--smoke --debug`: debug binaries, which the test step has built).
 # --profile adds one uncounted rep per cipgw UDP workload under
 # `perf record -F 1999 -C 1`, perf itself pinned to that CPU so the
-# generator keeps its own (DIR/perf-*.txt; perf's share shows as `perf`). Around every cipgw measurement
-# the script scrapes cipgw's /metrics (its drops by reason, the kernel's
+# generator keeps its own, and the generator running 5 s longer than
+# perf needs (DIR/perf-*.txt: each thread's share per object, then per
+# symbol; perf's own share shows as `perf`). Around every cipgw
+# measurement the script scrapes cipgw's /metrics (its drops by reason, the kernel's
 # AF_XDP socket counters it exports and its workers' time in RX batches)
 # and prints where packets were lost and cipgw's batch time per frame
 # (DIR/losses.md, also in results.md). --quiet-wait S (default 60,
