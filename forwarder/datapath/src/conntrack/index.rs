@@ -250,7 +250,31 @@ impl FlowIndex {
     /// Clears the slot holding exactly `word` in the chain of `hash`.
     /// Returns whether it was there.
     pub fn unlink(&self, hash: u64, word: u64) -> bool {
-        let home = self.home(hash);
+        self.unlink_matching(self.home(hash), u64::MAX, word)
+    }
+
+    /// Clears the slot of record `id`'s key in `direction` in the chain
+    /// from bucket `home`, for a remover that kept the key's home but not
+    /// its hash (the eviction queue: rehashing a victim's two keys cost
+    /// more than the rest of its unlinks). Returns whether it was there.
+    ///
+    /// The reference alone names the slot: a record holds one flow at a
+    /// time, and no slot outlives its flow (see the module's docs), so
+    /// the only slot with this reference is the one of the flow the
+    /// caller claimed. The signature's lowest bit, always set in a slot
+    /// in use, tells it from an empty slot (reference 0 is record 0's
+    /// forward key).
+    pub fn unlink_reference(&self, home: usize, id: RecordId, direction: u32) -> bool {
+        const REFERENCE_AND_IN_USE: u64 = 1 << 32 | 0xffff_ffff;
+        let want = 1 << 32 | u64::from(id << 1 | direction);
+        self.unlink_matching(home, REFERENCE_AND_IN_USE, want)
+    }
+
+    /// Clears the first slot whose bits under `mask` equal `want`, in
+    /// the chain from bucket `home`, and lowers the overflow counts of
+    /// the buckets it had passed.
+    #[inline]
+    fn unlink_matching(&self, home: usize, mask: u64, want: u64) -> bool {
         let mut held = Held::new(self, home);
         for b in home..home + MAX_CHAIN {
             if b > home && !held.extend_to(b) {
@@ -263,7 +287,7 @@ impl FlowIndex {
             if let Some(slot) = bucket
                 .slots
                 .iter()
-                .find(|s| s.load(Ordering::Relaxed) == word)
+                .find(|s| s.load(Ordering::Relaxed) & mask == want)
             {
                 // Release: pairs with `find`'s Acquire, for symmetry with
                 // `link`; an empty slot publishes nothing.
@@ -473,6 +497,45 @@ mod tests {
             index.find(hash(99), |id, d| Some((id, d))),
             Some((99, REPLY))
         );
+    }
+
+    #[test]
+    fn unlink_by_reference_clears_only_that_records_slot() {
+        let index = FlowIndex::new(1);
+        // Record 0's forward key has reference 0, the content of an
+        // empty slot's low half: an empty slot ahead of it must not
+        // match. Record 1 takes the home bucket's first slot and record
+        // 0 the second; the first is freed below.
+        let words: Vec<u64> = (0..10)
+            .map(|id| slot_word(hash(id + 1), id, if id == 8 { REPLY } else { FORWARD }))
+            .collect();
+        for id in [1, 0, 2, 3, 4, 5, 6, 7, 8, 9] {
+            let placed = index.link(hash(id + 1), words[id as usize], |_, _| None::<()>, || true);
+            assert_eq!(placed, Placed::Linked, "record {id}");
+        }
+        assert_eq!(index.overflow(0), 3, "records 7 to 9 overflowed");
+        assert!(index.unlink(hash(2), words[1]), "record 1 unlinked by word");
+        assert!(
+            !index.unlink_reference(0, 8, FORWARD),
+            "record 8 holds only its reply key"
+        );
+        assert!(index.unlink_reference(0, 8, REPLY), "record 8's reply key");
+        assert_eq!(index.overflow(0), 2, "its overflow counted out");
+        assert!(
+            index.unlink_reference(0, 0, FORWARD),
+            "record 0, reference 0"
+        );
+        assert_eq!(index.find(hash(1), |id, _| Some(id)), None);
+        assert!(!index.unlink_reference(0, 0, FORWARD), "already gone");
+        for id in [2, 3, 4, 5, 6, 7, 9] {
+            assert_eq!(
+                index.find(hash(id + 1), |found, _| Some(found)),
+                Some(id),
+                "record {id} is still found"
+            );
+        }
+        let (used, consistent) = index.audit(|_| 0);
+        assert_eq!((used, consistent), (7, true));
     }
 
     #[test]

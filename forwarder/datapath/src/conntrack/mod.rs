@@ -1843,10 +1843,12 @@ impl<A: IpFamily> Conntrack<A> {
                     closing.pop_front();
                     queue.push(queued(head.id));
                     drop(queue);
+                    let homes = self.homes(&flow);
                     return Some(self.take_over(
                         head.id,
                         &flow,
                         life,
+                        homes,
                         EvictionClass::Expired,
                         stats,
                     ));
@@ -1889,7 +1891,8 @@ impl<A: IpFamily> Conntrack<A> {
                 } else {
                     EvictionClass::Unassured
                 };
-                return Some(self.take_over(victim.id, &flow, life, class, stats));
+                let homes = [victim.forward_home, victim.reply_home];
+                return Some(self.take_over(victim.id, &flow, life, homes, class, stats));
             }
             // Replied but not assured yet (mid-handshake) is spared by the
             // flood guard, but stays queued for a full table.
@@ -1913,32 +1916,41 @@ impl<A: IpFamily> Conntrack<A> {
                 queue.push(queued(victim.id));
                 drop(queue);
                 drop(closing);
-                return Some(self.take_over(victim.id, &flow, life, EvictionClass::Closing, stats));
+                let homes = self.homes(&flow);
+                return Some(self.take_over(
+                    victim.id,
+                    &flow,
+                    life,
+                    homes,
+                    EvictionClass::Closing,
+                    stats,
+                ));
             }
         }
         None
     }
 
     /// Gives the record of a claimed victim to the new flow that `admit`
-    /// already queued in it: unlinks the victim (before the record is
-    /// reused, so no slot of it can be mistaken for the new flow's) and
-    /// moves the counts. The new flow is unreplied and takes the victim's
-    /// place in the live count.
+    /// already queued in it: unlinks the victim from the chains of its
+    /// `homes` (before the record is reused, so no slot of it can be
+    /// mistaken for the new flow's) and moves the counts. The new flow is
+    /// unreplied and takes the victim's place in the live count.
     fn take_over(
         &self,
         id: RecordId,
         victim: &FlowData<A>,
         life: Life,
+        homes: [u32; 2],
         class: EvictionClass,
         stats: &ConntrackStats,
     ) -> RecordId {
-        let keys = self.unlink(id, victim);
+        self.unlink(id, homes);
         self.snat.released(victim.snat_index);
         stats.evicted[class as usize].fetch_add(1, STAT);
         if life.bits() & REPLIED != 0 {
             self.unreplied.fetch_add(1, STAT);
             // A replied flow may sit in a worker's flow cache.
-            self.count_removal(&keys);
+            self.count_removal(&self.keys(victim));
         }
         id
     }
@@ -1964,16 +1976,25 @@ impl<A: IpFamily> Conntrack<A> {
         None
     }
 
-    /// Takes a claimed flow's keys out of the index; returns them
-    /// (forward, reply).
-    fn unlink(&self, id: RecordId, flow: &FlowData<A>) -> [FlowKey<A>; 2] {
-        let keys = [flow.forward_key(), flow.reply_key(&self.snat)];
-        for (key, direction) in keys.iter().zip([index::FORWARD, index::REPLY]) {
-            let hash = self.hash(key);
-            self.index
-                .unlink(hash, index::slot_word(hash, id, direction));
-        }
-        keys
+    /// A flow's keys: forward, reply.
+    fn keys(&self, flow: &FlowData<A>) -> [FlowKey<A>; 2] {
+        [flow.forward_key(), flow.reply_key(&self.snat)]
+    }
+
+    /// The home buckets of a flow's keys (forward, reply), as its
+    /// eviction-queue entry keeps them.
+    fn homes(&self, flow: &FlowData<A>) -> [u32; 2] {
+        self.keys(flow)
+            .map(|key| self.index.home(self.hash(&key)) as u32)
+    }
+
+    /// Takes claimed record `id`'s keys out of the index, from the
+    /// chains of their `homes` (see [`FlowIndex::unlink_reference`]).
+    fn unlink(&self, id: RecordId, [forward, reply]: [u32; 2]) {
+        self.index
+            .unlink_reference(forward as usize, id, index::FORWARD);
+        self.index
+            .unlink_reference(reply as usize, id, index::REPLY);
     }
 
     /// Removes the flow in record `id` if `doomed` says so (see
@@ -1984,7 +2005,8 @@ impl<A: IpFamily> Conntrack<A> {
         doomed: impl Fn(&FlowData<A>, Life) -> bool,
     ) -> Option<(FlowData<A>, Life)> {
         let (flow, life) = self.claim_flow(id, doomed)?;
-        let keys = self.unlink(id, &flow);
+        let keys = self.keys(&flow);
+        self.unlink(id, keys.map(|key| self.index.home(self.hash(&key)) as u32));
         self.slab.free(id);
         self.snat.released(flow.snat_index);
         self.live.fetch_sub(1, STAT);

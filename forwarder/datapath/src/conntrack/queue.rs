@@ -18,7 +18,8 @@ use super::slab::RecordId;
 
 /// An unreplied flow waiting in the queue: its record, the sequence it
 /// had (a reused record is a different flow), and its two home buckets,
-/// so the queue can prefetch what evicting it will touch.
+/// so the queue can prefetch what evicting it will touch and the
+/// eviction unlinks its keys without hashing them again.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Queued {
     pub id: RecordId,
