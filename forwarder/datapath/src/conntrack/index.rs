@@ -216,12 +216,42 @@ impl FlowIndex {
         live: impl FnOnce() -> bool,
     ) -> Placed<T> {
         let home = self.home(hash);
-        let mut held = Held::new(self, home);
+        let Some(home_bucket) = self.buckets.get(home) else {
+            return Placed::ChainFull;
+        };
+        let _home = HomeLock::new(self, home);
         if let Some(found) = self.find(hash, existing) {
             return Placed::Exists(found);
         }
-        for b in home..home + MAX_CHAIN {
-            if b > home && !held.extend_to(b) {
+        // Relaxed: we hold the home bucket's lock; no one else stores to
+        // its slots.
+        let Some(free) = home_bucket
+            .slots
+            .iter()
+            .find(|s| s.load(Ordering::Relaxed) == 0)
+        else {
+            return self.link_past_home(home, word, live);
+        };
+        if !live() {
+            return Placed::Gone;
+        }
+        // Release: the record is visible to a reader that sees the
+        // reference.
+        free.store(word, Ordering::Release);
+        Placed::Linked
+    }
+
+    /// [`FlowIndex::link`] when the home bucket is full (under its lock):
+    /// places `word` in the first bucket after it with room, locking the
+    /// chain up to it, and counts it as overflowing in every bucket it
+    /// passed. Out of line: a table at most half full rarely comes here,
+    /// and the home bucket's path stays short.
+    #[cold]
+    #[inline(never)]
+    fn link_past_home<T>(&self, home: usize, word: u64, live: impl FnOnce() -> bool) -> Placed<T> {
+        let mut held = Held::after(self, home);
+        for b in home + 1..home + MAX_CHAIN {
+            if !held.extend_to(b) {
                 break;
             }
             let Some(bucket) = self.buckets.get(b) else {
@@ -272,12 +302,38 @@ impl FlowIndex {
 
     /// Clears the first slot whose bits under `mask` equal `want`, in
     /// the chain from bucket `home`, and lowers the overflow counts of
-    /// the buckets it had passed.
+    /// the buckets it had passed. The home bucket is searched inline;
+    /// the rest of the chain, rarely there, out of line.
     #[inline]
     fn unlink_matching(&self, home: usize, mask: u64, want: u64) -> bool {
-        let mut held = Held::new(self, home);
-        for b in home..home + MAX_CHAIN {
-            if b > home && !held.extend_to(b) {
+        let Some(home_bucket) = self.buckets.get(home) else {
+            return false;
+        };
+        let _home = HomeLock::new(self, home);
+        // Relaxed: under the lock.
+        if let Some(slot) = home_bucket
+            .slots
+            .iter()
+            .find(|s| s.load(Ordering::Relaxed) & mask == want)
+        {
+            // Release: pairs with `find`'s Acquire, for symmetry with
+            // `link`; an empty slot publishes nothing.
+            slot.store(0, Ordering::Release);
+            return true;
+        }
+        // Relaxed: under the lock.
+        home_bucket.meta.load(Ordering::Relaxed) & OVERFLOW != 0
+            && self.unlink_past_home(home, mask, want)
+    }
+
+    /// [`FlowIndex::unlink_matching`] past the home bucket (under its
+    /// lock), locking the chain as far as it searches.
+    #[cold]
+    #[inline(never)]
+    fn unlink_past_home(&self, home: usize, mask: u64, want: u64) -> bool {
+        let mut held = Held::after(self, home);
+        for b in home + 1..home + MAX_CHAIN {
+            if !held.extend_to(b) {
                 return false;
             }
             let Some(bucket) = self.buckets.get(b) else {
@@ -289,8 +345,7 @@ impl FlowIndex {
                 .iter()
                 .find(|s| s.load(Ordering::Relaxed) & mask == want)
             {
-                // Release: pairs with `find`'s Acquire, for symmetry with
-                // `link`; an empty slot publishes nothing.
+                // Release: as in `unlink_matching`.
                 slot.store(0, Ordering::Release);
                 for passed in &self.buckets[home..b] {
                     // Relaxed: under the lock.
@@ -393,6 +448,7 @@ impl FlowIndex {
         }
     }
 
+    #[inline]
     fn unlock(&self, b: usize) {
         if let Some(bucket) = self.buckets.get(b) {
             // Relaxed: only the lock holder writes the meta word, so a
@@ -406,7 +462,31 @@ impl FlowIndex {
     }
 }
 
-/// Bucket locks held from `first` to `last`, released on drop.
+/// The lock of a key's home bucket, released on drop: every writer of a
+/// key holds it, so two writers of one key never both place it.
+struct HomeLock<'a> {
+    index: &'a FlowIndex,
+    home: usize,
+}
+
+impl<'a> HomeLock<'a> {
+    #[inline]
+    fn new(index: &'a FlowIndex, home: usize) -> HomeLock<'a> {
+        index.lock(home);
+        HomeLock { index, home }
+    }
+}
+
+impl Drop for HomeLock<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.index.unlock(self.home);
+    }
+}
+
+/// Locks of the buckets after a home bucket (whose lock the caller
+/// holds), from `first` to `last`, released on drop; none while `last`
+/// is below `first`.
 struct Held<'a> {
     index: &'a FlowIndex,
     first: usize,
@@ -414,12 +494,11 @@ struct Held<'a> {
 }
 
 impl<'a> Held<'a> {
-    #[inline]
-    fn new(index: &'a FlowIndex, home: usize) -> Held<'a> {
-        index.lock(home);
+    /// None yet: the chain after `home`.
+    fn after(index: &'a FlowIndex, home: usize) -> Held<'a> {
         Held {
             index,
-            first: home,
+            first: home + 1,
             last: home,
         }
     }
