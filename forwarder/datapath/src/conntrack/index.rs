@@ -68,6 +68,20 @@ fn signature(hash: u64) -> u64 {
     (hash >> 32) | 1
 }
 
+/// Bit `i` set for each slot `i` of `bucket` whose signature is `sig`.
+#[inline(always)]
+fn signature_matches(bucket: &Bucket, sig: u64) -> u32 {
+    bucket
+        .slots
+        .iter()
+        .enumerate()
+        .fold(0, |matches, (i, slot)| {
+            // Acquire: pairs with the Release in `link`.
+            let word = slot.load(Ordering::Acquire);
+            matches | u32::from(word >> 32 == sig) << i
+        })
+}
+
 /// A slot's content: signature and reference; never 0.
 #[inline]
 pub(super) fn slot_word(hash: u64, id: RecordId, direction: u32) -> u64 {
@@ -165,7 +179,27 @@ impl FlowIndex {
     /// cached lookup's time in `perf`; inlined, 1.4x the cached lookups
     /// per second: benches/RESULTS.md, session 16).
     #[inline(always)]
-    pub fn find<T>(
+    pub fn find<T>(&self, hash: u64, check: impl FnMut(RecordId, u32) -> Option<T>) -> Option<T> {
+        self.find_in_chain::<false, T>(hash, check)
+    }
+
+    /// [`FlowIndex::find`] for a key that is most likely not there (a new
+    /// flow's, a source NAT port's probe): each bucket's seven signatures
+    /// are compared at once, without a branch, and only the matches are
+    /// then looked at. A slot-by-slot test costs twice the instructions
+    /// when it must go through all seven, but stops early on a hit,
+    /// which is what lookups mostly are (benches/RESULTS.md, session 19).
+    #[inline(always)]
+    pub fn find_likely_absent<T>(
+        &self,
+        hash: u64,
+        check: impl FnMut(RecordId, u32) -> Option<T>,
+    ) -> Option<T> {
+        self.find_in_chain::<true, T>(hash, check)
+    }
+
+    #[inline(always)]
+    fn find_in_chain<const LIKELY_ABSENT: bool, T>(
         &self,
         hash: u64,
         mut check: impl FnMut(RecordId, u32) -> Option<T>,
@@ -173,14 +207,31 @@ impl FlowIndex {
         let sig = signature(hash);
         let home = self.home(hash);
         for bucket in self.buckets.get(home..)?.iter().take(MAX_CHAIN) {
-            for slot in &bucket.slots {
-                // Acquire: pairs with the Release in `link`: the record
-                // behind a reference was published before it.
-                let word = slot.load(Ordering::Acquire);
-                if word >> 32 == sig {
-                    let (id, direction) = reference(word);
-                    if let Some(found) = check(id, direction) {
-                        return Some(found);
+            if LIKELY_ABSENT {
+                let mut matches = signature_matches(bucket, sig);
+                while matches != 0 {
+                    let slot = matches.trailing_zeros() as usize;
+                    matches &= matches - 1;
+                    // Acquire: as below. Read again: the slot may have
+                    // changed since its signature was compared.
+                    let word = bucket.slots.get(slot)?.load(Ordering::Acquire);
+                    if word >> 32 == sig {
+                        let (id, direction) = reference(word);
+                        if let Some(found) = check(id, direction) {
+                            return Some(found);
+                        }
+                    }
+                }
+            } else {
+                for slot in &bucket.slots {
+                    // Acquire: pairs with the Release in `link`: the
+                    // record behind a reference was published before it.
+                    let word = slot.load(Ordering::Acquire);
+                    if word >> 32 == sig {
+                        let (id, direction) = reference(word);
+                        if let Some(found) = check(id, direction) {
+                            return Some(found);
+                        }
                     }
                 }
             }
@@ -220,7 +271,7 @@ impl FlowIndex {
             return Placed::ChainFull;
         };
         let _home = HomeLock::new(self, home);
-        if let Some(found) = self.find(hash, existing) {
+        if let Some(found) = self.find_likely_absent(hash, existing) {
             return Placed::Exists(found);
         }
         // Relaxed: we hold the home bucket's lock; no one else stores to
