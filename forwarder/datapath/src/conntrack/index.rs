@@ -184,11 +184,13 @@ impl FlowIndex {
     }
 
     /// [`FlowIndex::find`] for a key that is most likely not there (a new
-    /// flow's, a source NAT port's probe): each bucket's seven signatures
-    /// are compared at once, without a branch, and only the matches are
-    /// then looked at. A slot-by-slot test costs twice the instructions
-    /// when it must go through all seven, but stops early on a hit,
-    /// which is what lookups mostly are (benches/RESULTS.md, session 19).
+    /// flow's, as [`FlowIndex::link`] checks it): each bucket's seven
+    /// signatures are compared at once, without a branch, and only the
+    /// matches are then looked at. Where it must go through all seven,
+    /// the slot-by-slot test took 20 instructions more per link; but it
+    /// stops early on a hit, which is what lookups mostly are, and in
+    /// the source NAT probes it came out ahead (benches/RESULTS.md,
+    /// session 19).
     #[inline(always)]
     pub fn find_likely_absent<T>(
         &self,
