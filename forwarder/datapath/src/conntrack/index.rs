@@ -179,8 +179,33 @@ impl FlowIndex {
     /// cached lookup's time in `perf`; inlined, 1.4x the cached lookups
     /// per second: benches/RESULTS.md, session 16).
     #[inline(always)]
-    pub fn find<T>(&self, hash: u64, check: impl FnMut(RecordId, u32) -> Option<T>) -> Option<T> {
-        self.find_in_chain::<false, T>(hash, check)
+    pub fn find<T>(
+        &self,
+        hash: u64,
+        mut check: impl FnMut(RecordId, u32) -> Option<T>,
+    ) -> Option<T> {
+        let sig = signature(hash);
+        let home = self.home(hash);
+        for bucket in self.buckets.get(home..)?.iter().take(MAX_CHAIN) {
+            for slot in &bucket.slots {
+                // Acquire: pairs with the Release in `link`: the record
+                // behind a reference was published before it.
+                let word = slot.load(Ordering::Acquire);
+                if word >> 32 == sig {
+                    let (id, direction) = reference(word);
+                    if let Some(found) = check(id, direction) {
+                        return Some(found);
+                    }
+                }
+            }
+            // Acquire: a count seen as zero means no key of this chain
+            // sits further on, as of a moment no earlier than the slots
+            // read above.
+            if bucket.meta.load(Ordering::Acquire) & OVERFLOW == 0 {
+                return None;
+            }
+        }
+        None
     }
 
     /// [`FlowIndex::find`] for a key that is most likely not there (a new
@@ -190,18 +215,14 @@ impl FlowIndex {
     /// the slot-by-slot test took 20 instructions more per link; but it
     /// stops early on a hit, which is what lookups mostly are, and in
     /// the source NAT probes it came out ahead (benches/RESULTS.md,
-    /// session 19).
+    /// session 19). Its own loop, not a shared one with `find`: behind a
+    /// shared generic, the compiler unrolled `find`'s slot loop with a
+    /// record check in each of the seven copies, and the lookup grew
+    /// 2.5-fold in code (a slower gateway, whose kernel work between
+    /// batches leaves little of the packet path in the instruction
+    /// cache).
     #[inline(always)]
     pub fn find_likely_absent<T>(
-        &self,
-        hash: u64,
-        check: impl FnMut(RecordId, u32) -> Option<T>,
-    ) -> Option<T> {
-        self.find_in_chain::<true, T>(hash, check)
-    }
-
-    #[inline(always)]
-    fn find_in_chain<const LIKELY_ABSENT: bool, T>(
         &self,
         hash: u64,
         mut check: impl FnMut(RecordId, u32) -> Option<T>,
@@ -209,37 +230,21 @@ impl FlowIndex {
         let sig = signature(hash);
         let home = self.home(hash);
         for bucket in self.buckets.get(home..)?.iter().take(MAX_CHAIN) {
-            if LIKELY_ABSENT {
-                let mut matches = signature_matches(bucket, sig);
-                while matches != 0 {
-                    let slot = matches.trailing_zeros() as usize;
-                    matches &= matches - 1;
-                    // Acquire: as below. Read again: the slot may have
-                    // changed since its signature was compared.
-                    let word = bucket.slots.get(slot)?.load(Ordering::Acquire);
-                    if word >> 32 == sig {
-                        let (id, direction) = reference(word);
-                        if let Some(found) = check(id, direction) {
-                            return Some(found);
-                        }
-                    }
-                }
-            } else {
-                for slot in &bucket.slots {
-                    // Acquire: pairs with the Release in `link`: the
-                    // record behind a reference was published before it.
-                    let word = slot.load(Ordering::Acquire);
-                    if word >> 32 == sig {
-                        let (id, direction) = reference(word);
-                        if let Some(found) = check(id, direction) {
-                            return Some(found);
-                        }
+            let mut matches = signature_matches(bucket, sig);
+            while matches != 0 {
+                let slot = matches.trailing_zeros() as usize;
+                matches &= matches - 1;
+                // Acquire: as in `find`. Read again: the slot may have
+                // changed since its signature was compared.
+                let word = bucket.slots.get(slot)?.load(Ordering::Acquire);
+                if word >> 32 == sig {
+                    let (id, direction) = reference(word);
+                    if let Some(found) = check(id, direction) {
+                        return Some(found);
                     }
                 }
             }
-            // Acquire: a count seen as zero means no key of this chain
-            // sits further on, as of a moment no earlier than the slots
-            // read above.
+            // Acquire: as in `find`.
             if bucket.meta.load(Ordering::Acquire) & OVERFLOW == 0 {
                 return None;
             }
