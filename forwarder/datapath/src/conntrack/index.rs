@@ -212,15 +212,15 @@ impl FlowIndex {
     /// flow's, as [`FlowIndex::link`] checks it): each bucket's seven
     /// signatures are compared at once, without a branch, and only the
     /// matches are then looked at. Where it must go through all seven,
-    /// the slot-by-slot test took 20 instructions more per link; but it
-    /// stops early on a hit, which is what lookups mostly are, and in
-    /// the source NAT probes it came out ahead (benches/RESULTS.md,
-    /// session 19). Its own loop, not a shared one with `find`: behind a
-    /// shared generic, the compiler unrolled `find`'s slot loop with a
-    /// record check in each of the seven copies, and the lookup grew
-    /// 2.5-fold in code (a slower gateway, whose kernel work between
-    /// batches leaves little of the packet path in the instruction
-    /// cache).
+    /// `find`'s slot-by-slot test took 20 instructions more per link;
+    /// but it stops early on a hit, which is what lookups mostly are,
+    /// and it stayed ahead in the source NAT port probes too
+    /// (benches/RESULTS.md, session 19). Its own loop, not a shared one
+    /// with `find`: behind a shared generic, the compiler unrolled
+    /// `find`'s slot loop with a record check in each of the seven
+    /// copies, and the lookup grew 2.5-fold in code (a slower gateway,
+    /// whose kernel work between batches leaves little of the packet
+    /// path in the instruction cache).
     #[inline(always)]
     pub fn find_likely_absent<T>(
         &self,

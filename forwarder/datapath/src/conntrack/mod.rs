@@ -2005,8 +2005,7 @@ impl<A: IpFamily> Conntrack<A> {
         doomed: impl Fn(&FlowData<A>, Life) -> bool,
     ) -> Option<(FlowData<A>, Life)> {
         let (flow, life) = self.claim_flow(id, doomed)?;
-        let keys = self.keys(&flow);
-        self.unlink(id, keys.map(|key| self.index.home(self.hash(&key)) as u32));
+        self.unlink(id, self.homes(&flow));
         self.slab.free(id);
         self.snat.released(flow.snat_index);
         self.live.fetch_sub(1, STAT);
@@ -2016,7 +2015,7 @@ impl<A: IpFamily> Conntrack<A> {
             // Only flows that got a reply are ever cached by workers, so
             // only their removal needs to reach the caches (a SYN flood's
             // evictions do not).
-            self.count_removal(&keys);
+            self.count_removal(&self.keys(&flow));
         }
         Some((flow, life))
     }
