@@ -50,6 +50,24 @@ struct Bucket {
     slots: [AtomicU64; SLOTS],
 }
 
+impl Bucket {
+    /// The first slot whose bits under `mask` equal `want` (an empty
+    /// one: `u64::MAX`, 0), for a writer holding this bucket's lock.
+    #[inline(always)]
+    fn slot_matching(&self, mask: u64, want: u64) -> Option<&AtomicU64> {
+        // Relaxed: under the lock; no one else stores to the slots.
+        self.slots
+            .iter()
+            .find(|s| s.load(Ordering::Relaxed) & mask == want)
+    }
+
+    /// The first empty slot, for a writer holding this bucket's lock.
+    #[inline(always)]
+    fn free_slot(&self) -> Option<&AtomicU64> {
+        self.slot_matching(u64::MAX, 0)
+    }
+}
+
 /// Bytes of index per flow (two keys) when the table is full.
 pub(super) const INDEX_BYTES_PER_FLOW: usize =
     2 * std::mem::size_of::<Bucket>() * KEYS_PER_BUCKET_DEN / KEYS_PER_BUCKET_NUM + 1;
@@ -281,13 +299,7 @@ impl FlowIndex {
         if let Some(found) = self.find_likely_absent(hash, existing) {
             return Placed::Exists(found);
         }
-        // Relaxed: we hold the home bucket's lock; no one else stores to
-        // its slots.
-        let Some(free) = home_bucket
-            .slots
-            .iter()
-            .find(|s| s.load(Ordering::Relaxed) == 0)
-        else {
+        let Some(free) = home_bucket.free_slot() else {
             return self.link_past_home(home, word, live);
         };
         if !live() {
@@ -315,9 +327,7 @@ impl FlowIndex {
             let Some(bucket) = self.buckets.get(b) else {
                 break;
             };
-            // Relaxed: we hold this bucket's lock; no one else stores to
-            // its slots.
-            if let Some(free) = bucket.slots.iter().find(|s| s.load(Ordering::Relaxed) == 0) {
+            if let Some(free) = bucket.free_slot() {
                 if !live() {
                     return Placed::Gone;
                 }
@@ -368,12 +378,7 @@ impl FlowIndex {
             return false;
         };
         let _home = HomeLock::new(self, home);
-        // Relaxed: under the lock.
-        if let Some(slot) = home_bucket
-            .slots
-            .iter()
-            .find(|s| s.load(Ordering::Relaxed) & mask == want)
-        {
+        if let Some(slot) = home_bucket.slot_matching(mask, want) {
             // Release: pairs with `find`'s Acquire, for symmetry with
             // `link`; an empty slot publishes nothing.
             slot.store(0, Ordering::Release);
@@ -397,12 +402,7 @@ impl FlowIndex {
             let Some(bucket) = self.buckets.get(b) else {
                 return false;
             };
-            // Relaxed: under the lock.
-            if let Some(slot) = bucket
-                .slots
-                .iter()
-                .find(|s| s.load(Ordering::Relaxed) & mask == want)
-            {
+            if let Some(slot) = bucket.slot_matching(mask, want) {
                 // Release: as in `unlink_matching`.
                 slot.store(0, Ordering::Release);
                 for passed in &self.buckets[home..b] {
