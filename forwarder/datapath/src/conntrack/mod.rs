@@ -1944,6 +1944,9 @@ impl<A: IpFamily> Conntrack<A> {
         class: EvictionClass,
         stats: &ConntrackStats,
     ) -> RecordId {
+        // The homes come from the victim's queue entry: wrong ones would
+        // leave its slots behind, taken later for the record's next flow.
+        debug_assert_eq!(homes, self.homes(victim), "record {id}'s queued homes");
         self.unlink(id, homes);
         self.snat.released(victim.snat_index);
         stats.evicted[class as usize].fetch_add(1, STAT);
