@@ -14,7 +14,10 @@
 //! `established_churn` (`established_batched` while one other replied
 //! flow leaves the table per batch, as connections end on a busy
 //! gateway) and `new_flow_batched` (`new_flow_1` batched as a worker
-//! runs it: the second pass picks each new flow's backend). Cases
+//! runs it: the second pass picks each new flow's backend) and
+//! `established_unreplied` (`established_batched` over 1,024 UDP flows
+//! that never get a reply, as the veth benchmark's udp-est sends them to
+//! a sink). Cases
 //! and setup use only what older commits also have, so that the script
 //! can build this file at a base revision for an A/B.
 
@@ -23,7 +26,7 @@ use std::sync::Arc;
 
 use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig};
 use cipgw_datapath::harness::{addr, pipeline, Net, CLIENT_IFINDEX, POD_IFINDEX};
-use cipgw_datapath::pipeline::{BatchContext, Pipeline};
+use cipgw_datapath::pipeline::{BatchContext, Pipeline, Verdict};
 
 #[path = "support/icount_cases.rs"]
 mod icount_cases;
@@ -51,6 +54,7 @@ fn main() {
             ("established_batched", &|n| batched(n)),
             ("established_spread", &|n| spread(n)),
             ("established_churn", &|n| churn(n)),
+            ("established_unreplied", &|n| unreplied(n)),
             ("new_flow_1", &|n| new_flows(n, 1)),
             ("new_flow_10000", &|n| new_flows(n, 10_000)),
             ("new_flow_batched", &|n| new_flows_batched(n)),
@@ -141,6 +145,35 @@ fn batched(packets: usize) {
         in_batches(p, &t.ctx, packets, len, |buf, i| {
             buf.copy_from_slice(&t.forward[i & 1023])
         });
+    });
+}
+
+/// `packets` packets of 1,024 live UDP flows that never had a reply (a
+/// one-way stream, the veth benchmark's udp-est), client to Pod, batched
+/// as a worker runs them ([`in_batches`]).
+fn unreplied(packets: usize) {
+    let net = net();
+    let one = table(1);
+    let ctx = BatchContext {
+        table: &one,
+        net: &net,
+        now: 1,
+    };
+    let mut p = pipeline(Arc::new(Conntrack::default()), 7);
+    let frames: Vec<Vec<u8>> = (0..1024)
+        .map(|i| frame((client(i), 20000 + i as u16), (VIP, 8080)))
+        .collect();
+    for f in &frames {
+        let mut copy = f.clone();
+        let len = copy.len();
+        assert!(
+            matches!(p.process(&mut copy, len, 0, &ctx), Verdict::Forward { .. }),
+            "a new flow is forwarded"
+        );
+    }
+    let len = frames[0].len();
+    in_batches(&mut p, &ctx, packets, len, |buf, i| {
+        buf.copy_from_slice(&frames[i & 1023])
     });
 }
 

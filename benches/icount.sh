@@ -14,7 +14,9 @@
 #                new_flow_10000; also established_batched, as a worker
 #                runs it, established_spread over 2^18 flows,
 #                established_churn, batched while other connections
-#                end, and new_flow_batched, new flows batched; the IPv6
+#                end, established_unreplied, batched over UDP flows
+#                that never had a reply (the veth udp-est), and
+#                new_flow_batched, new flows batched; the IPv6
 #                ones are established_ipv6,
 #                reply_ipv6, new_flow_ipv6_1 and new_flow_ipv6_10000;
 #                new_flow_full_snat and new_flow_full_nosnat set new flows

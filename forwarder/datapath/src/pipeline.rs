@@ -80,7 +80,7 @@ use ipnet::IpNet;
 use crate::affinity::{Affinity, AffinityFamily, Refreshes};
 use crate::checksum::Delta;
 use crate::conntrack::{
-    self, Conntrack, ConntrackConfig, Direction, FlowHit, FlowKey, FlowMeta, FlowState,
+    self, Conntrack, ConntrackConfig, Direction, FlowHit, FlowKey, FlowMeta, FlowStamp, FlowState,
     InsertError, NO_SLOT,
 };
 use crate::counters::{DropReason, ServiceCounters, WorkerCounters};
@@ -163,6 +163,33 @@ impl<A: IpFamily> FamilyPath<A> {
             hops: NextHopCache::new(),
             flows: FlowCache::new(),
             fragments: FragmentTable::default(),
+        }
+    }
+
+    /// Caches a steady packet's hit from the table, if its flow may be
+    /// served from the cache ([`FlowCache`]): a replied flow's, good while
+    /// its part's removal count stays `removals` (read before the
+    /// lookup); an unreplied UDP flow's, good while its record holds the
+    /// stamp read now.
+    #[inline(always)]
+    fn cache(&mut self, key: FlowKey<A>, mix: u32, hit: &FlowHit<A>, now: u32, removals: u64) {
+        match hit.state {
+            FlowState::TcpEstablished | FlowState::UdpReplied => {
+                self.flows
+                    .put(key, mix, *hit, now, Freshness::removals(removals));
+            }
+            FlowState::UdpUnreplied => self.cache_unreplied(key, mix, hit, now),
+            _ => {}
+        }
+    }
+
+    /// [`FamilyPath::cache`] for an unreplied flow. Out of line: with its
+    /// stamp's read inlined as well, the packet path's code grew by a
+    /// tenth (1.4 KB of `Pipeline::process`).
+    #[inline(never)]
+    fn cache_unreplied(&mut self, key: FlowKey<A>, mix: u32, hit: &FlowHit<A>, now: u32) {
+        if let Some(stamp) = self.conntrack.stamp(&key, hit) {
+            self.flows.put(key, mix, *hit, now, Freshness::stamp(stamp));
         }
     }
 }
@@ -355,13 +382,22 @@ impl<A: IpFamily> NextHopCache<A> {
 /// whose state cannot change (no SYN, FIN or RST) costs a compare instead
 /// of a hash, a bucket probe and a record read. The shared entry is still visited
 /// once per second per flow and worker, which keeps its last-seen time
-/// (and session affinity) fresh for the sweeper. An entry is stale once
-/// a replied flow with a key in its key's part of the key space leaves
-/// the table (conntrack counts removals in 1,024 parts, by the key's
-/// [`FlowKey::mix`] as the cache picks sets), so a retired or expired
-/// flow is never served from here, and connections ending elsewhere
-/// leave the rest of the cache alone; only replied flows are cached, so
-/// evictions of unreplied flows in a SYN flood stale nothing.
+/// (and session affinity) fresh for the sweeper. A cached hit must never
+/// outlive its flow (a retired or expired flow is never served from
+/// here); each entry says what keeps it good ([`Freshness`]):
+/// - a replied flow's, that no replied flow with a key in its key's part
+///   of the key space has left the table since (conntrack counts removals
+///   in 1,024 parts, by the key's [`FlowKey::mix`] as the cache picks
+///   sets): no shared line is read, connections ending elsewhere leave
+///   the rest of the cache alone, and a SYN flood's evictions of
+///   unreplied flows stale nothing;
+/// - an unreplied UDP flow's (a one-way stream: telemetry, logs, the
+///   veth benchmark's udp-est), that its record still holds it in the
+///   same state ([`Conntrack::still_holds`], one load of a line the
+///   lookup read): evictions of unreplied flows come by the thousand in
+///   a flood, so counting them would stale the replied flows' entries,
+///   and a reply changes the state, so that the next forward packet goes
+///   to the table and assures the flow, as Linux does.
 #[derive(Debug)]
 struct FlowCache<A> {
     slots: Box<[CachedFlow<A>]>,
@@ -373,9 +409,43 @@ struct CachedFlow<A> {
     hit: FlowHit<A>,
     /// The second the shared entry was last visited.
     touched: u32,
-    /// Conntrack's removal count of the key's part when cached: the
-    /// entry is good while it has not changed.
-    removals: u64,
+    /// What keeps the entry good.
+    freshness: Freshness,
+}
+
+/// What keeps a cached hit good, in one word: a part's removal count
+/// ([`Conntrack::removals`]) that must not have moved, or, with
+/// [`Freshness::STAMPED`] set, the [`FlowStamp`] its record must still
+/// hold. A removal count never reaches 2^63.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Freshness(u64);
+
+impl Freshness {
+    const STAMPED: u64 = 1 << 63;
+
+    /// Good while the part's removal count stays `removals`.
+    #[inline(always)]
+    fn removals(removals: u64) -> Self {
+        Self(removals & !Self::STAMPED)
+    }
+
+    /// Good while the flow's record holds `stamp`.
+    #[inline(always)]
+    fn stamp(stamp: FlowStamp) -> Self {
+        Self(Self::STAMPED | u64::from(stamp.get()))
+    }
+
+    /// Whether the entry of `record` is still good, with its part's
+    /// removal count now `removals`. Inlined whole: with the stamp's
+    /// check as a call, every cached packet's path took 15 instructions
+    /// more (spills around it), stamped or not.
+    #[inline(always)]
+    fn holds<A: IpFamily>(self, removals: u64, record: u32, conntrack: &Conntrack<A>) -> bool {
+        self.0 == removals
+            || (self.0 & Self::STAMPED != 0
+                && FlowStamp::from_bits(self.0 as u32)
+                    .is_some_and(|stamp| conntrack.still_holds(record, stamp)))
+    }
 }
 
 impl<A: IpFamily> FlowCache<A> {
@@ -417,12 +487,47 @@ impl<A: IpFamily> FlowCache<A> {
         self.find(key, key.mix()).is_some()
     }
 
-    /// A cached hit for `key` (of mix `mix`), if it is fresh this second
-    /// and its part of the key space has had no removal (`removals`).
+    /// Writes the cached hit for `key` (of mix `mix`) into `hit` if it is
+    /// fresh this second and still good ([`Freshness`]) with its part's
+    /// removal count now `removals`; says whether it did (`hit` is left
+    /// alone when not).
     #[inline]
-    fn get(&self, key: &FlowKey<A>, mix: u32, now: u32, removals: u64) -> Option<FlowHit<A>> {
-        let cached = self.find(key, mix)?;
-        (cached.touched == now && cached.removals == removals).then_some(cached.hit)
+    fn get_into(
+        &self,
+        key: &FlowKey<A>,
+        mix: u32,
+        now: u32,
+        removals: u64,
+        conntrack: &Conntrack<A>,
+        hit: &mut FlowHit<A>,
+    ) -> bool {
+        let Some(cached) = self.find(key, mix) else {
+            return false;
+        };
+        let good = cached.touched == now
+            && cached
+                .freshness
+                .holds(removals, cached.hit.record, conntrack);
+        if good {
+            *hit = cached.hit;
+        }
+        good
+    }
+
+    /// The cached hit for `key`, if [`FlowCache::get_into`] would write
+    /// one.
+    #[cfg(test)]
+    fn get(
+        &self,
+        key: &FlowKey<A>,
+        mix: u32,
+        now: u32,
+        removals: u64,
+        conntrack: &Conntrack<A>,
+    ) -> Option<FlowHit<A>> {
+        let mut hit = FlowHit::UNSET;
+        self.get_into(key, mix, now, removals, conntrack, &mut hit)
+            .then_some(hit)
     }
 
     /// Caches `key`'s hit in the first way of its set; a fresh entry of
@@ -430,12 +535,12 @@ impl<A: IpFamily> FlowCache<A> {
     /// two busy flows whose keys share a set do not evict each other on
     /// every packet; the older of two evicted for a third).
     #[inline]
-    fn put(&mut self, key: FlowKey<A>, mix: u32, hit: FlowHit<A>, now: u32, removals: u64) {
+    fn put(&mut self, key: FlowKey<A>, mix: u32, hit: FlowHit<A>, now: u32, freshness: Freshness) {
         let entry = CachedFlow {
             key,
             hit,
             touched: now,
-            removals,
+            freshness,
         };
         if self.slots.is_empty() {
             // Allocated at the first established flow, not per pipeline.
@@ -451,8 +556,8 @@ impl<A: IpFamily> FlowCache<A> {
         };
         // The first way holds the set's newest entry: a new key pushes a
         // fresh first entry to the second way, over the older one there.
-        // (A fresh-looking entry a removal made stale moves on: it is
-        // never served, as `get` checks its part's count.)
+        // (A fresh-looking entry that is no longer good moves on: it is
+        // never served, as `get` checks it.)
         if first.key != key && first.touched == now {
             *second = *first;
         }
@@ -848,29 +953,31 @@ impl Pipeline {
         // cached below carries a count no newer than what the lookup saw.
         let mix = key.mix();
         let removals = steady.then(|| A::path(self).conntrack.removals(mix));
-        let cached = removals.and_then(|r| A::path(self).flows.get(&key, mix, ctx.now, r));
-        // The table writes its hit into this one, and it is read field
-        // by field (see `Conntrack::lookup_into`).
-        let mut hit;
-        match cached {
-            Some(cached) => hit = cached,
-            None => {
-                hit = FlowHit::UNSET;
-                // Hashed once for the lookup and, on a miss, the insert.
-                let path = A::path(self);
-                let hash = path.conntrack.hash(&key);
-                if path
-                    .conntrack
-                    .lookup_into(&key, hash, ctx.now, flow.tcp_flags, &mut hit)
-                {
-                    if let Some(removals) = removals {
-                        if matches!(hit.state, FlowState::TcpEstablished | FlowState::UdpReplied) {
-                            path.flows.put(key, mix, hit, ctx.now, removals);
-                        }
-                    }
-                } else if let Err(denied) = self.new_flow(&frame, &flow, hash, ctx, &mut hit) {
-                    return self.deny(frame, ingress, &key, denied, ctx);
+        // The cache and the table write their hit into this one, and it
+        // is read field by field (see `Conntrack::lookup_into`): copied
+        // as a whole from the cache through temporaries, a hit went
+        // through the stack in overlapping 16-byte halves that the next
+        // copy's loads could not take from the stores (benches/RESULTS.md,
+        // session 20).
+        let mut hit = FlowHit::UNSET;
+        let cached = removals.is_some_and(|r| {
+            let path = A::path(self);
+            path.flows
+                .get_into(&key, mix, ctx.now, r, &path.conntrack, &mut hit)
+        });
+        if !cached {
+            // Hashed once for the lookup and, on a miss, the insert.
+            let path = A::path(self);
+            let hash = path.conntrack.hash(&key);
+            if path
+                .conntrack
+                .lookup_into(&key, hash, ctx.now, flow.tcp_flags, &mut hit)
+            {
+                if let Some(removals) = removals {
+                    path.cache(key, mix, &hit, ctx.now, removals);
                 }
+            } else if let Err(denied) = self.new_flow(&frame, &flow, hash, ctx, &mut hit) {
+                return self.deny(frame, ingress, &key, denied, ctx);
             }
         }
         if hit.direction == Direction::Forward

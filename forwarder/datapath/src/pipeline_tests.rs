@@ -1931,6 +1931,84 @@ fn flows_count_their_packets_and_bytes_per_direction() {
     assert_eq!(plain.counts(hit.record), None, "off by default");
 }
 
+/// A one-way UDP flow (no reply yet: telemetry, logs, the veth
+/// benchmark's udp-est) is served from the worker's cache from its second
+/// packet on, while its record holds it as it was cached: its removal is
+/// never served from the cache, not even once its record holds another
+/// flow; a reply (a change of state) sends its next packet to the table,
+/// which assures the flow, as Linux does.
+#[test]
+fn an_unreplied_udp_flow_is_cached_while_its_record_holds_it() {
+    let ct = Arc::new(Conntrack::new(crate::conntrack::ConntrackConfig {
+        max_flows: 2,
+        unreplied_percent: 100,
+        timeouts: Default::default(),
+    }));
+    let mut h = Harness {
+        pipeline: pipeline(Arc::clone(&ct)),
+        ..Harness::new()
+    };
+    let key = |port: u16| FlowKey {
+        src: Ipv4Addr::from(CLIENT),
+        dst: Ipv4Addr::from(UDP_VIP),
+        src_port: port,
+        dst_port: 53,
+        protocol: Protocol::Udp,
+    };
+    let send = |h: &mut Harness, port: u16| {
+        let mut ask = udp(CLIENT_MAC, GW_CLIENT_MAC, (CLIENT, port), (UDP_VIP, 53), 64);
+        assert_eq!(
+            h.run(&mut ask),
+            Verdict::Forward { port: POD_PORT },
+            "client port {port}'s packet"
+        );
+    };
+    let cached = |h: &Harness, port: u16| {
+        let k = key(port);
+        h.pipeline
+            .v4
+            .flows
+            .get(&k, k.mix(), h.now, ct.removals(k.mix()), &ct)
+            .is_some()
+    };
+    const WATCHED: u16 = 33200;
+    const OTHER: u16 = 33201;
+
+    send(&mut h, WATCHED);
+    assert!(!cached(&h, WATCHED), "a new flow's packet is not cached");
+    send(&mut h, WATCHED);
+    assert!(cached(&h, WATCHED), "its next packet was, unreplied");
+
+    let record = ct.peek(&key(WATCHED)).expect("tracked").record;
+    assert!(ct.remove(&key(WATCHED)));
+    send(&mut h, OTHER);
+    assert_eq!(
+        ct.peek(&key(OTHER)).expect("tracked").record,
+        record,
+        "another flow took the removed one's record"
+    );
+    assert!(!cached(&h, WATCHED), "a removed flow is not served");
+    send(&mut h, WATCHED);
+    send(&mut h, WATCHED);
+    assert!(cached(&h, WATCHED), "tracked anew, and cached");
+
+    let mut answer = udp(POD1_MAC, GW_POD_MAC, (POD1, 5353), (CLIENT, WATCHED), 64);
+    assert_eq!(h.run(&mut answer), Verdict::Forward { port: CLIENT_PORT });
+    assert!(!cached(&h, WATCHED), "the reply changed the flow's state");
+    send(&mut h, WATCHED);
+    assert!(cached(&h, WATCHED), "cached again, replied");
+    // That packet went to the table, which assured the flow: new flows
+    // in the full two-flow table evict the other one and each other,
+    // never it.
+    for port in 33300..33310 {
+        send(&mut h, port);
+    }
+    assert!(
+        ct.peek(&key(WATCHED)).is_some(),
+        "the assured flow stayed through the new flows"
+    );
+}
+
 /// Two flows whose keys share a flow-cache set both stay cached (a
 /// direct-mapped cache would evict one on every packet of the other); a
 /// third evicts the one cached longest ago; a stale way is reused first.
@@ -1954,27 +2032,31 @@ fn flow_cache_sets_hold_two_flows() {
         .collect();
     let (a, b, c) = (1, same_set[0], same_set[1]);
     let mut cache = FlowCache::<Ipv4Addr>::new();
+    // Entries good while no removal is counted (none is here).
+    let (ct, fresh) = (Conntrack::default(), Freshness::removals(0));
     // The NAT port the cache serves for client port `p` at `now`.
     let port_of = |cache: &FlowCache<Ipv4Addr>, p: u16, now: u32| {
-        cache.get(&key(p), key(p).mix(), now, 0).map(|h| h.nat_port)
+        cache
+            .get(&key(p), key(p).mix(), now, 0, &ct)
+            .map(|h| h.nat_port)
     };
-    cache.put(key(a), key(a).mix(), hit(a), 7, 0);
-    cache.put(key(b), key(b).mix(), hit(b), 7, 0);
+    cache.put(key(a), key(a).mix(), hit(a), 7, fresh);
+    cache.put(key(b), key(b).mix(), hit(b), 7, fresh);
     assert_eq!(port_of(&cache, a, 7), Some(a), "first flow cached");
     assert_eq!(port_of(&cache, b, 7), Some(b), "second flow cached");
-    cache.put(key(c), key(c).mix(), hit(c), 7, 0);
+    cache.put(key(c), key(c).mix(), hit(c), 7, fresh);
     assert_eq!(port_of(&cache, c, 7), Some(c), "third flow cached");
     assert_eq!(port_of(&cache, b, 7), Some(b), "the newer of the two stays");
     assert!(
-        cache.get(&key(a), key(a).mix(), 7, 0).is_none(),
+        cache.get(&key(a), key(a).mix(), 7, 0, &ct).is_none(),
         "the older of the two made way"
     );
     // A second later every entry is stale: a new flow takes the first way
     // without pushing a stale one on.
-    cache.put(key(a), key(a).mix(), hit(a), 8, 0);
+    cache.put(key(a), key(a).mix(), hit(a), 8, fresh);
     assert_eq!(port_of(&cache, a, 8), Some(a));
     assert!(
-        cache.get(&key(c), key(c).mix(), 8, 0).is_none(),
+        cache.get(&key(c), key(c).mix(), 8, 0, &ct).is_none(),
         "stale entries are not served"
     );
     assert!(
@@ -2013,7 +2095,7 @@ fn a_removal_stales_only_the_cached_flows_of_its_parts() {
         h.pipeline
             .v4
             .flows
-            .get(&k, k.mix(), h.now, removals)
+            .get(&k, k.mix(), h.now, removals, &ct)
             .is_some()
     };
     const WATCHED: u16 = 44100;

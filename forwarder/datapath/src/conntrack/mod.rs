@@ -81,6 +81,7 @@ mod state;
 
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -281,6 +282,42 @@ impl<A: IpFamily> FlowHit<A> {
         snat: None,
         record: u32::MAX,
     };
+}
+
+/// Which flow a record holds, and in which state ([`Conntrack::stamp`]):
+/// the record's sequence number and state bits. It changes when the flow
+/// leaves the record (its claim makes the sequence odd, a reuse moves it
+/// on) or changes state (a reply, a FIN, assurance), not when its
+/// last-seen time moves; so a copy of a hit is good while
+/// [`Conntrack::still_holds`] finds the same stamp in its record. Never
+/// zero (a live record's sequence is not), so that a cache can keep it
+/// beside a tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowStamp(NonZeroU32);
+
+impl FlowStamp {
+    /// The stamp of a live record's life word.
+    #[inline(always)]
+    fn of(life: Life) -> Self {
+        // A live record's sequence is even and not zero (`Life::is_live`),
+        // and it fills the top 24 of the 32 bits taken here.
+        Self(NonZeroU32::new((life.0 >> 32) as u32).unwrap_or(NonZeroU32::MIN))
+    }
+
+    /// The stamp as bits, for a cache that packs it.
+    #[inline(always)]
+    pub const fn get(self) -> u32 {
+        self.0.get()
+    }
+
+    /// A stamp from [`FlowStamp::get`]'s bits; `None` for zero.
+    #[inline(always)]
+    pub const fn from_bits(bits: u32) -> Option<Self> {
+        match NonZeroU32::new(bits) {
+            Some(bits) => Some(Self(bits)),
+            None => None,
+        }
+    }
 }
 
 /// A flow's packets and bytes (`--conntrack-accounting`), per direction:
@@ -1372,6 +1409,29 @@ impl<A: IpFamily> Conntrack<A> {
         }
     }
 
+    /// The stamp of the flow `hit` names (in its record), if that record
+    /// still holds it as the hit has it: `key` in the hit's direction,
+    /// the same backend, source NAT, slot and state. For a cache of hits
+    /// that must not outlive their flow: it keeps the stamp beside the
+    /// hit it took from [`Conntrack::lookup_into`], and serves the hit
+    /// while [`Conntrack::still_holds`] says so. Read once per cached
+    /// hit (not on the packet path's every packet).
+    #[inline(never)]
+    pub fn stamp(&self, key: &FlowKey<A>, hit: &FlowHit<A>) -> Option<FlowStamp> {
+        let (flow, life) = self.slab.read(hit.record)?;
+        let now = flow.hit(hit.record, hit.direction, life.bits(), &self.snat);
+        (flow.key(hit.direction, &self.snat) == *key && now == *hit).then(|| FlowStamp::of(life))
+    }
+
+    /// Whether `record` still holds the flow, in the state, of `stamp`
+    /// (see [`Conntrack::stamp`]): one load of the record's life word.
+    #[inline]
+    pub fn still_holds(&self, record: u32, stamp: FlowStamp) -> bool {
+        self.slab
+            .life(record)
+            .is_some_and(|life| FlowStamp::of(life) == stamp)
+    }
+
     /// The rewrite a packet of `key` would get, without recording
     /// anything (last seen and state stay as they are): for an ICMP error
     /// about the flow, which says nothing of its liveness (Linux's
@@ -1952,7 +2012,9 @@ impl<A: IpFamily> Conntrack<A> {
         stats.evicted[class as usize].fetch_add(1, STAT);
         if life.bits() & REPLIED != 0 {
             self.unreplied.fetch_add(1, STAT);
-            // A replied flow may sit in a worker's flow cache.
+            // A replied flow may sit in a worker's flow cache by its
+            // part's count (an unreplied one by its stamp, see
+            // `FlowStamp`).
             self.count_removal(&self.keys(victim));
         }
         id
@@ -2015,9 +2077,10 @@ impl<A: IpFamily> Conntrack<A> {
         if life.bits() & REPLIED == 0 {
             self.unreplied.fetch_sub(1, STAT);
         } else {
-            // Only flows that got a reply are ever cached by workers, so
-            // only their removal needs to reach the caches (a SYN flood's
-            // evictions do not).
+            // Workers cache unreplied flows by their stamp (which this
+            // removal changes), replied ones by these counts: only a
+            // replied flow's removal needs to reach the counts (a SYN
+            // flood's evictions do not).
             self.count_removal(&self.keys(&flow));
         }
         Some((flow, life))

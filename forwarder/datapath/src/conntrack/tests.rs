@@ -47,6 +47,55 @@ fn insert_tracks_both_directions() {
     assert_eq!(ct.lookup(&forward(40000).reversed(), 2, 0), None);
 }
 
+/// A stamp names a flow in its record and its state: it holds while only
+/// the flow's last-seen time moves, and no longer once the flow changed
+/// state, left, or its record holds another flow; a hit that is not what
+/// the record holds gets none.
+#[test]
+fn a_stamp_holds_while_the_record_holds_the_flow_as_it_was() {
+    let ct = Conntrack::default();
+    ct.insert(forward(1), backend(), 1, FlowMeta::default())
+        .expect("insert");
+    let hit = ct.lookup(&forward(1), 1, SYN).expect("tracked");
+    let stamp = ct
+        .stamp(&forward(1), &hit)
+        .expect("the record holds the hit");
+    assert!(ct.still_holds(hit.record, stamp));
+    assert_eq!(ct.lookup(&forward(1), 9, SYN), Some(hit), "a later packet");
+    assert!(
+        ct.still_holds(hit.record, stamp),
+        "only the last-seen time moved"
+    );
+    assert_eq!(
+        ct.stamp(&forward(2), &hit),
+        None,
+        "another key in the hit's direction"
+    );
+    let other_backend = FlowHit {
+        nat_port: BACKEND.1 + 1,
+        ..hit
+    };
+    assert_eq!(ct.stamp(&forward(1), &other_backend), None, "another hit");
+
+    ct.lookup(&reply(1), 9, SYN | ACK).expect("the reply");
+    assert!(
+        !ct.still_holds(hit.record, stamp),
+        "the reply changed the flow's state"
+    );
+    let hit = ct.lookup(&forward(1), 9, 0).expect("tracked");
+    let stamp = ct.stamp(&forward(1), &hit).expect("stamped again");
+    assert!(ct.remove(&forward(1)));
+    assert!(!ct.still_holds(hit.record, stamp), "the flow left");
+    let next = ct
+        .insert(forward(2), backend(), 9, FlowMeta::default())
+        .expect("insert");
+    assert_eq!(next.record, hit.record, "the record was reused");
+    assert!(
+        !ct.still_holds(hit.record, stamp),
+        "the record holds another flow"
+    );
+}
+
 /// The packet path's forms write every field of the hit they are given
 /// (a worker's hit may hold another flow's, SNAT included), and leave
 /// it alone on a miss or a refusal.
