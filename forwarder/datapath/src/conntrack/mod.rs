@@ -1418,9 +1418,11 @@ impl<A: IpFamily> Conntrack<A> {
     /// hit (not on the packet path's every packet).
     #[inline(never)]
     pub fn stamp(&self, key: &FlowKey<A>, hit: &FlowHit<A>) -> Option<FlowStamp> {
-        let (flow, life) = self.slab.read(hit.record)?;
-        let now = flow.hit(hit.record, hit.direction, life.bits(), &self.snat);
-        (flow.key(hit.direction, &self.snat) == *key && now == *hit).then(|| FlowStamp::of(life))
+        let found = self.live_match(hit.record, hit.direction, key)?;
+        let now = found
+            .flow
+            .hit(hit.record, hit.direction, found.life.bits(), &self.snat);
+        (now == *hit).then(|| FlowStamp::of(found.life))
     }
 
     /// Whether `record` still holds the flow, in the state, of `stamp`

@@ -497,7 +497,13 @@ impl<A: RecordLayout> Slab<A> {
 
     /// Reads a live record: its flow and current life, or `None` when the
     /// record is free, being written, or changed while being read.
-    #[inline]
+    ///
+    /// Always inlined: left to the compiler, one more caller (the flow
+    /// cache's `Conntrack::stamp`) made it a call, and the eviction's
+    /// claims around it were inlined instead, several times: the IPv4
+    /// insert grew from 11.6 to 21.7 KB and the gateway's new flows took
+    /// a fifth longer (benches/RESULTS.md, session 20).
+    #[inline(always)]
     pub fn read(&self, id: RecordId) -> Option<(FlowData<A>, Life)> {
         let r = self.record(id)?;
         // Acquire: pairs with the Release in `publish`, so the data words
