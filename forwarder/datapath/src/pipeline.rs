@@ -166,6 +166,19 @@ impl<A: IpFamily> FamilyPath<A> {
         }
     }
 
+    /// For the prefetch passes: whether the flow cache holds `key` (of
+    /// mix `mix`); when it does not, `key`'s conntrack hash into `hash`
+    /// and its bucket asked for.
+    #[inline(always)]
+    fn peek_bucket(&self, key: &FlowKey<A>, mix: u32, hash: &mut u64) -> bool {
+        if self.flows.find(key, mix).is_some() {
+            return true;
+        }
+        *hash = self.conntrack.hash(key);
+        self.conntrack.prefetch_index(*hash);
+        false
+    }
+
     /// Caches a steady packet's hit from the table, if its flow may be
     /// served from the cache ([`FlowCache`]): a replied flow's, good while
     /// its part's removal count stays `removals` (read before the
@@ -243,7 +256,13 @@ struct Peeked {
     /// Its place in the batch: the frames before it.
     place: u32,
     key: PeekedKey,
-    /// The key's conntrack hash.
+    /// The key's [`FlowKey::mix`]: its set in the flow cache.
+    mix: u32,
+    /// The flow cache holds the key: its frame is left out of the
+    /// conntrack prefetches.
+    held: bool,
+    /// The key's conntrack hash (once [`Pipeline::prefetch_flows`] has
+    /// found the flow cache without it).
     hash: u64,
 }
 
@@ -280,6 +299,8 @@ const NOT_PEEKED: Peeked = Peeked {
         dst_port: 0,
         protocol: Protocol::Udp,
     }),
+    mix: 0,
+    held: false,
     hash: 0,
 };
 
@@ -479,10 +500,21 @@ impl<A: IpFamily> FlowCache<A> {
         }
     }
 
+    /// Asks for the lines of the set of a key whose [`FlowKey::mix`] is
+    /// `mix` (where each way's key starts), for [`FlowCache::find`].
+    #[inline(always)]
+    fn prefetch(&self, mix: u32) {
+        let set = Self::set(mix);
+        if let Some([first, second]) = self.slots.get(set..set + 2) {
+            conntrack::prefetch_line(first as *const CachedFlow<A> as usize);
+            conntrack::prefetch_line(second as *const CachedFlow<A> as usize);
+        }
+    }
+
     /// Whether the cache holds `key`, fresh or not: a flow the prefetch
     /// pass leaves alone, as its packet will most likely be served from
     /// here.
-    #[inline]
+    #[cfg(test)]
     fn holds(&self, key: &FlowKey<A>) -> bool {
         self.find(key, key.mix()).is_some()
     }
@@ -644,10 +676,14 @@ impl Pipeline {
     }
 
     /// First pass over an RX batch, before any of its frames is
-    /// processed: asks for the conntrack bucket of each frame's flow.
-    /// Then [`Pipeline::prefetch_flows`] asks for the flow records those
-    /// buckets point to, so that the lookups of the batch find both lines
-    /// in cache instead of waiting for memory one packet after another.
+    /// processed: asks for the worker's flow-cache set of each frame's
+    /// flow. Then [`Pipeline::prefetch_flows`] asks for the conntrack
+    /// buckets of the flows the cache does not hold, and for the flow
+    /// records those buckets point to, so that the lookups of the batch
+    /// find their lines in cache instead of waiting for memory one packet
+    /// after another. (The cache's set was read here once: a demand
+    /// load, and for a new flow a miss per frame, one after another,
+    /// once the cache was in use: benches/RESULTS.md, session 20.)
     ///
     /// The flow's key is read straight off the frame's bytes
     /// (`peek_key4`, `peek_key6`) for the frames a gateway mostly
@@ -675,25 +711,40 @@ impl Pipeline {
         let Some(slot) = self.peeked.get_mut(self.peeked_len) else {
             return;
         };
-        let (key, hash) = if let Some(key) = peek_key4(frame) {
-            if self.v4.flows.holds(&key) {
-                return;
-            }
-            let hash = self.v4.conntrack.hash(&key);
-            self.v4.conntrack.prefetch_index(hash);
-            (PeekedKey::V4(key), hash)
+        let (key, mix) = if let Some(key) = peek_key4(frame) {
+            let mix = key.mix();
+            self.v4.flows.prefetch(mix);
+            (PeekedKey::V4(key), mix)
         } else if let Some(key) = peek_key6(frame) {
-            if self.v6.flows.holds(&key) {
-                return;
-            }
-            let hash = self.v6.conntrack.hash(&key);
-            self.v6.conntrack.prefetch_index(hash);
-            (PeekedKey::V6(key), hash)
+            let mix = key.mix();
+            self.v6.flows.prefetch(mix);
+            (PeekedKey::V6(key), mix)
         } else {
             return;
         };
-        *slot = Peeked { place, key, hash };
+        *slot = Peeked {
+            place,
+            key,
+            mix,
+            held: false,
+            hash: 0,
+        };
         self.peeked_len += 1;
+    }
+
+    /// The start of [`Pipeline::prefetch_flows`]: marks the frames whose
+    /// flows the worker's cache holds (their cache sets, asked for in
+    /// [`Pipeline::prefetch`], have had that pass to arrive) to be left
+    /// out, and hashes the others and asks for their conntrack buckets.
+    #[inline]
+    fn prefetch_buckets(&mut self) {
+        let (v4, v6) = (&self.v4, &self.v6);
+        for peeked in &mut self.peeked[..self.peeked_len] {
+            peeked.held = match &peeked.key {
+                PeekedKey::V4(key) => v4.peek_bucket(key, peeked.mix, &mut peeked.hash),
+                PeekedKey::V6(key) => v6.peek_bucket(key, peeked.mix, &mut peeked.hash),
+            };
+        }
     }
 
     /// Second pass (see [`Pipeline::prefetch`]), with the context the
@@ -708,7 +759,13 @@ impl Pipeline {
     /// kept but made again, the same, when the flow is processed.
     #[inline]
     pub fn prefetch_flows(&mut self, ctx: &BatchContext<'_>) {
+        self.prefetch_buckets();
         for i in 0..self.peeked_len {
+            // Checked before the entry is copied out: most are held on a
+            // gateway of established flows.
+            if self.peeked[i].held {
+                continue;
+            }
             let peeked = self.peeked[i];
             let pick = match peeked.key {
                 PeekedKey::V4(key) => self.prefetch_flow(&key, peeked.hash, ctx),
