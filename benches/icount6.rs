@@ -5,7 +5,9 @@
 //! `icount.rs` still builds at revisions from before IPv6.
 //!
 //! Usage: `icount6 CASE PACKETS`, CASE one of `established_ipv6`,
-//! `reply_ipv6`, `new_flow_ipv6_1`, `new_flow_ipv6_10000`.
+//! `reply_ipv6`, `new_flow_ipv6_1`, `new_flow_ipv6_10000`,
+//! `established_unreplied_ipv6` (`established_ipv6` over UDP flows that
+//! never had a reply, as the veth benchmark's udp-est).
 
 use std::hint::black_box;
 use std::net::Ipv6Addr;
@@ -38,6 +40,7 @@ fn main() {
             ("reply_ipv6", &|n| tracked(n, true)),
             ("new_flow_ipv6_1", &|n| new_flows(n, 1)),
             ("new_flow_ipv6_10000", &|n| new_flows(n, 10_000)),
+            ("established_unreplied_ipv6", &|n| unreplied(n)),
         ],
     );
 }
@@ -67,6 +70,31 @@ fn tracked(packets: usize, replies: bool) {
     let mut ring = WrittenAhead::new(frames[0].len(), 0);
     for i in 0..packets {
         black_box(ring.process_tracked(&mut p, &ctx, frames, i));
+    }
+}
+
+/// `packets` packets of 1,024 live IPv6 UDP flows that never had a
+/// reply, client to Pod, one at a time as `established_ipv6`.
+fn unreplied(packets: usize) {
+    let net = net6();
+    let one = table6(1);
+    let ctx = BatchContext {
+        table: &one,
+        net: &net,
+        now: 1,
+    };
+    let mut p = pipeline6(Conntrack::default(), 7);
+    let frames: Vec<Vec<u8>> = (0..1024)
+        .map(|i| frame6((client6(i), 20000 + i as u16), (VIP6, 8080)))
+        .collect();
+    for f in &frames {
+        let mut copy = f.clone();
+        let len = copy.len();
+        black_box(p.process(&mut copy, len, 0, &ctx));
+    }
+    let mut ring = WrittenAhead::new(frames[0].len(), 0);
+    for i in 0..packets {
+        black_box(ring.process_tracked(&mut p, &ctx, &frames, i));
     }
 }
 

@@ -453,3 +453,36 @@ fn prefetching_a_mixed_batch_changes_no_verdict_or_byte() {
     }
     assert_eq!(batched.pipeline.v6.conntrack.summary().flows, 2);
 }
+
+/// A one-way IPv6 UDP flow is served from the worker's cache from its
+/// second packet on, as an IPv4 one is (see the IPv4 test of the same
+/// name), and still forwarded byte for byte as the table would.
+#[test]
+fn an_unreplied_ipv6_udp_flow_is_cached_and_forwarded_the_same() {
+    let mut h = harness();
+    let key = FlowKey {
+        src: Ipv6Addr::from(CLIENT6),
+        dst: Ipv6Addr::from(UDP_VIP6),
+        src_port: 33030,
+        dst_port: 53,
+        protocol: Protocol::Udp,
+    };
+    let cached = |h: &Harness| {
+        let ct = &h.pipeline.v6.conntrack;
+        h.pipeline
+            .v6
+            .flows
+            .get(&key, key.mix(), h.now, ct.removals(key.mix()), ct)
+            .is_some()
+    };
+    for packet in 0..3 {
+        let mut query = udp6(FROM_CLIENT, (CLIENT6, 33030), (UDP_VIP6, 53), 64);
+        assert_eq!(h.run(&mut query), Verdict::Forward { port: POD_PORT });
+        assert_eq!(
+            query,
+            udp6(TO_POD, (CLIENT6, 33030), (POD6, 5353), 63),
+            "packet {packet}"
+        );
+        assert_eq!(cached(&h), packet > 0, "cached after packet {packet}");
+    }
+}
