@@ -35,13 +35,8 @@ here="$(dirname "$0")"
 IFS=, read -ra list <<< "$peers"
 mkdir -p "$out"
 for ((k = 0; k < runs; k++)); do
-    # Rotate by k, and reverse every other run.
+    # Rotated by k: each peer takes each place in turn.
     order=("${list[@]:k % ${#list[@]}}" "${list[@]:0:k % ${#list[@]}}")
-    if ((k % 2)); then
-        for ((i = 0, j = ${#order[@]} - 1; i < j; i++, j--)); do
-            t=${order[i]} order[i]=${order[j]} order[j]=$t
-        done
-    fi
     echo "alternate.sh: run $((k + 1)) of $runs: ${order[*]}" >&2
     (IFS=,; "$here/run.sh" --peers "${order[*]}" "${pass[@]}" --out "$out/run$k") >"$out/run$k.log" 2>&1 ||
         { echo "alternate.sh: run $k failed, see $out/run$k.log" >&2; exit 1; }
