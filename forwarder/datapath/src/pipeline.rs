@@ -589,7 +589,7 @@ impl<A: IpFamily> FlowCache<A> {
         // The first way holds the set's newest entry: a new key pushes a
         // fresh first entry to the second way, over the older one there.
         // (A fresh-looking entry that is no longer good moves on: it is
-        // never served, as `get` checks it.)
+        // never served, as `get_into` checks it.)
         if first.key != key && first.touched == now {
             *second = *first;
         }
