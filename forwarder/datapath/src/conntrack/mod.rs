@@ -1456,15 +1456,7 @@ impl<A: IpFamily> Conntrack<A> {
 
     /// The flow in record `id`, if it is live and its `direction` key is
     /// `key`.
-    ///
-    /// Never inlined: its callers are the lookups and every new key's
-    /// existence checks (a link, an adoption), which run it only on a
-    /// signature match. Left to the compiler, it was inlined at some of
-    /// them or all, differently after unrelated changes: inlined, the
-    /// inserts grew by a fifth in code and a new flow took 50
-    /// instructions more; out of line, a table lookup takes about 20 more
-    /// (benches/RESULTS.md, session 20).
-    #[inline(never)]
+    #[inline]
     fn live_match(&self, id: RecordId, direction: Direction, key: &FlowKey<A>) -> Option<Found<A>> {
         let (flow, life) = self.slab.read(id)?;
         (flow.key(direction, &self.snat) == *key).then_some(Found {
