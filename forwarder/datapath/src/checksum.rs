@@ -99,16 +99,31 @@ impl Delta {
         self.word32(old, new)
     }
 
-    /// Records that a 128-bit field (an IPv6 address) changed, as four
-    /// 32-bit words.
+    /// Records that a 128-bit field (an IPv6 address) changed, as two
+    /// 64-bit halves, each folded to 33 bits first (`hi << 32 | lo` is
+    /// `hi + lo` modulo 0xffff, and the complement of a half is that of
+    /// its words, as in [`Delta::word32`]). In halves, not four 32-bit
+    /// words: the packet path keeps the address in the registers its
+    /// reads here split it into, and stores it to the stack in those
+    /// pieces for the next-hop cache, which reads it back 8 bytes at a
+    /// time; read as 32-bit words, each of those loads spanned two
+    /// stores and stalled (benches/RESULTS.md, session 21).
     #[inline(always)]
     pub fn addr6(self, old: [u8; 16], new: [u8; 16]) -> Self {
-        let word =
-            |bytes: &[u8; 16], i: usize| [bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]];
-        self.word32(word(&old, 0), word(&new, 0))
-            .word32(word(&old, 4), word(&new, 4))
-            .word32(word(&old, 8), word(&new, 8))
-            .word32(word(&old, 12), word(&new, 12))
+        let half = |bytes: &[u8; 16], at: usize| {
+            let mut half = [0; 8];
+            half.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_be_bytes(half)
+        };
+        self.word64(half(&old, 0), half(&new, 0))
+            .word64(half(&old, 8), half(&new, 8))
+    }
+
+    /// Records that a 64-bit field changed (see [`Delta::addr6`]).
+    #[inline(always)]
+    fn word64(self, old: u64, new: u64) -> Self {
+        let fold33 = |x: u64| (x & 0xffff_ffff) + (x >> 32);
+        Delta(self.0 + fold33(!old) + fold33(new))
     }
 
     /// Applies the delta to a stored checksum (RFC 1624, eqn. 3).

@@ -1001,7 +1001,7 @@ impl Pipeline {
         ingress: PortId,
         ctx: &BatchContext<'_>,
     ) -> Verdict {
-        let key = flow.key;
+        let key = &flow.key;
 
         // Packets that may change a flow's state always see the table.
         let steady = flow.tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0;
@@ -1020,31 +1020,31 @@ impl Pipeline {
         let cached = removals.is_some_and(|r| {
             let path = A::path(self);
             path.flows
-                .get_into(&key, mix, ctx.now, r, &path.conntrack, &mut hit)
+                .get_into(key, mix, ctx.now, r, &path.conntrack, &mut hit)
         });
         if !cached {
             // Hashed once for the lookup and, on a miss, the insert.
             let path = A::path(self);
-            let hash = path.conntrack.hash(&key);
+            let hash = path.conntrack.hash(key);
             if path
                 .conntrack
-                .lookup_into(&key, hash, ctx.now, flow.tcp_flags, &mut hit)
+                .lookup_into(key, hash, ctx.now, flow.tcp_flags, &mut hit)
             {
                 if let Some(removals) = removals {
-                    path.cache(key, mix, &hit, ctx.now, removals);
+                    path.cache(*key, mix, &hit, ctx.now, removals);
                 }
             } else if let Err(denied) = self.new_flow(&frame, &flow, hash, ctx, &mut hit) {
-                return self.deny(frame, ingress, &key, denied, ctx);
+                return self.deny(frame, ingress, key, denied, ctx);
             }
         }
         if hit.direction == Direction::Forward
             && ctx
                 .table
                 .family::<A>()
-                .retires(&key, (hit.nat_ip, hit.nat_port))
+                .retires(key, (hit.nat_ip, hit.nat_port))
         {
             if let Err(denied) = self.retired_flow(&frame, &flow, &mut hit, ctx) {
-                return self.deny(frame, ingress, &key, denied, ctx);
+                return self.deny(frame, ingress, key, denied, ctx);
             }
         }
         if flow.ttl <= 1 {
@@ -1063,16 +1063,16 @@ impl Pipeline {
             }
         }
         if hit.affinity && hit.direction == Direction::Forward {
-            self.refresh_affinity(&key, ctx.now);
+            self.refresh_affinity(key, ctx.now);
         }
         let headers = Headers {
             l3: frame.l3_offset(),
             l4: frame.l4_offset(),
         };
-        let leaving = Rewrite::of(&key, &hit);
+        let leaving = Rewrite::of(key, &hit);
         leaving.apply(frame.bytes_mut(), headers, flow.ttl, key.protocol);
         if frame.fragment().is_some() {
-            self.remember_first_fragment(&frame, &key, ctx.now);
+            self.remember_first_fragment(&frame, key, ctx.now);
         }
         self.address(frame.bytes_mut(), leaving.dst, ctx.net)
     }
