@@ -86,9 +86,73 @@ fn signature(hash: u64) -> u64 {
     (hash >> 32) | 1
 }
 
-/// Bit `i` set for each slot `i` of `bucket` whose signature is `sig`.
+/// Bit `i` set for each slot `i` of `bucket` whose signature is `sig`:
+/// a hint, which the caller confirms by reading the slot again (a slot
+/// may change at any moment, before or after this read).
+///
+/// On x86-64, the slots in four loads and their seven
+/// signatures compared at once (14 instructions, against about 45 for
+/// the compiler's slot-by-slot loop, which loads, shifts, compares and
+/// places each bit in turn): every new flow scans three buckets in full
+/// (its batch's prefetch pass and the two links' checks), and source NAT
+/// scans one per port it probes.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn signature_matches(bucket: &Bucket, sig: u64) -> u32 {
+    let matches: u32;
+    // SAFETY: `bucket` is a live, 64-byte aligned `Bucket` (align(64)),
+    // so the loads (8 bytes at offset 8, then three aligned 16-byte ones)
+    // read its seven slots and nothing else. Other workers store to the
+    // slots concurrently, atomically: an aligned 8-byte load, and each
+    // naturally aligned 8-byte half of an aligned 16-byte SSE load, is
+    // read atomically (Intel SDM vol. 3A 9.1.1; AMD APM vol. 2 7.3.2),
+    // as relaxed loads of the `AtomicU64`s would be, and x86 keeps loads
+    // in order (the Acquire the slot loads asked for). The asm is not
+    // marked read-only, so the compiler orders it with every other
+    // memory access, as it does atomic loads. Only SSE2, which every
+    // x86-64 has, and general registers are used; the stack is not.
+    //
+    // Lanes: the bucket is sixteen 32-bit lanes, word k's high half in
+    // lane 2k + 1 (little endian); `shufps` 0xDD gathers the odd lanes
+    // of two registers, so `a` holds the high halves of words 0-3 and
+    // `b` of words 4-7. Word 0, the meta word, is not read but taken as
+    // zero, never a signature, and shifted out: a link has just written
+    // it (the lock), and a 16-byte load over that 8-byte store waits for
+    // it to reach the cache instead of taking it from the store (a stall
+    // that undid the scan's savings in time).
+    unsafe {
+        std::arch::asm!(
+            "movd {s}, {sig:e}",
+            "pshufd {s}, {s}, 0",
+            "xorps {a}, {a}",
+            "movhps {a}, qword ptr [{p} + 8]",
+            "shufps {a}, xmmword ptr [{p} + 16], 0xDD",
+            "movdqa {b}, xmmword ptr [{p} + 32]",
+            "shufps {b}, xmmword ptr [{p} + 48], 0xDD",
+            "pcmpeqd {a}, {s}",
+            "pcmpeqd {b}, {s}",
+            "movmskps {m:e}, {a}",
+            "movmskps {t:e}, {b}",
+            "shl {t:e}, 4",
+            "or {m:e}, {t:e}",
+            "shr {m:e}, 1",
+            p = in(reg) bucket as *const Bucket,
+            sig = in(reg) sig,
+            s = out(xmm_reg) _,
+            a = out(xmm_reg) _,
+            b = out(xmm_reg) _,
+            m = out(reg) matches,
+            t = out(reg) _,
+            options(nostack),
+        );
+    }
+    matches
+}
+
+/// [`signature_matches`] without SIMD, slot by slot.
+#[cfg(any(test, not(target_arch = "x86_64")))]
+#[inline(always)]
+fn signature_matches_by_slot(bucket: &Bucket, sig: u64) -> u32 {
     bucket
         .slots
         .iter()
@@ -98,6 +162,12 @@ fn signature_matches(bucket: &Bucket, sig: u64) -> u32 {
             let word = slot.load(Ordering::Acquire);
             matches | u32::from(word >> 32 == sig) << i
         })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn signature_matches(bucket: &Bucket, sig: u64) -> u32 {
+    signature_matches_by_slot(bucket, sig)
 }
 
 /// A slot's content: signature and reference; never 0.
@@ -196,6 +266,13 @@ impl FlowIndex {
     /// the narrower stores, and every lookup waited for them (most of a
     /// cached lookup's time in `perf`; inlined, 1.4x the cached lookups
     /// per second: benches/RESULTS.md, session 16).
+    ///
+    /// Slot by slot, stopping at the first match: a lookup mostly finds
+    /// its key early in the home bucket. With [`signature_matches`]'
+    /// scan of all seven, the cached lookups lost an eighth of their
+    /// rate, and with it in the batch's prefetch pass
+    /// ([`super::Conntrack::prefetch_flow`]), the lookups at 1 M flows a
+    /// twentieth (benches/RESULTS.md, session 21).
     #[inline(always)]
     pub fn find<T>(
         &self,
@@ -227,18 +304,15 @@ impl FlowIndex {
     }
 
     /// [`FlowIndex::find`] for a key that is most likely not there (a new
-    /// flow's, as [`FlowIndex::link`] checks it): each bucket's seven
-    /// signatures are compared at once, without a branch, and only the
-    /// matches are then looked at. Where it must go through all seven,
-    /// `find`'s slot-by-slot test took 20 instructions more per link;
-    /// but it stops early on a hit, which is what lookups mostly are,
-    /// and it stayed ahead in the source NAT port probes too
-    /// (benches/RESULTS.md, session 19). Its own loop, not a shared one
-    /// with `find`: behind a shared generic, the compiler unrolled
-    /// `find`'s slot loop with a record check in each of the seven
-    /// copies, and the lookup grew 2.5-fold in code (a slower gateway,
-    /// whose kernel work between batches leaves little of the packet
-    /// path in the instruction cache).
+    /// flow's, as [`FlowIndex::link`] checks it; a source NAT port's
+    /// reply key): each bucket's seven signatures are compared at once
+    /// ([`signature_matches`]), and only the matches are then looked at.
+    /// Its own loop, not a shared one with `find`: behind a shared
+    /// generic, the compiler unrolled `find`'s slot loop with a record
+    /// check in each of the seven copies, and the lookup grew 2.5-fold
+    /// in code (a slower gateway, whose kernel work between batches
+    /// leaves little of the packet path in the instruction cache;
+    /// benches/RESULTS.md, session 19).
     #[inline(always)]
     pub fn find_likely_absent<T>(
         &self,
@@ -591,6 +665,41 @@ mod tests {
     /// lowest bit is always set).
     fn hash(n: u32) -> u64 {
         u64::from(n) << 33
+    }
+
+    #[test]
+    fn a_buckets_signatures_are_matched_the_same_at_once_as_slot_by_slot() {
+        let sigs = [signature(hash(1)), signature(hash(2)), signature(u64::MAX)];
+        let bucket = Bucket::default();
+        // Every mix of the three signatures and empty slots over the
+        // seven slots, with the meta word locked, counting, or both.
+        let mut rng = crate::lb::Rng::new(7);
+        for round in 0..2_000 {
+            let meta = [0, LOCKED, LOCKED | 13, 5][round % 4];
+            bucket.meta.store(meta, Ordering::Relaxed);
+            for (i, slot) in bucket.slots.iter().enumerate() {
+                let word = match rng.below(4) {
+                    3 => 0,
+                    k => slot_word(u64::from(sigs[k] as u32) << 32, i as u32, FORWARD),
+                };
+                slot.store(word, Ordering::Relaxed);
+            }
+            for sig in sigs {
+                assert_eq!(
+                    signature_matches(&bucket, sig),
+                    signature_matches_by_slot(&bucket, sig),
+                    "round {round}, signature {sig:#x}"
+                );
+            }
+        }
+        // Each slot alone, the first and the last among them.
+        for i in 0..SLOTS {
+            for slot in &bucket.slots {
+                slot.store(0, Ordering::Relaxed);
+            }
+            bucket.slots[i].store(slot_word(hash(9), 1, REPLY), Ordering::Relaxed);
+            assert_eq!(signature_matches(&bucket, signature(hash(9))), 1 << i);
+        }
     }
 
     #[test]

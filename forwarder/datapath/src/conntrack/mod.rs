@@ -1657,7 +1657,11 @@ impl<A: IpFamily> Conntrack<A> {
         for index in self.snat.indexes_in_turn() {
             for port in self.snat.probes(forward_hash) {
                 let hash = self.hash(&reply(index, port));
-                if self.index.find(hash, |_, _| Some(())).is_none() {
+                if self
+                    .index
+                    .find_likely_absent(hash, |_, _| Some(()))
+                    .is_none()
+                {
                     return Some((index, port, hash));
                 }
             }
