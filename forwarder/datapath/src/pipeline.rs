@@ -1001,6 +1001,10 @@ impl Pipeline {
         ingress: PortId,
         ctx: &BatchContext<'_>,
     ) -> Verdict {
+        // Borrowed, not copied: a copy right after the key's fields were
+        // stored read them back in wider loads, which the CPU cannot
+        // take from the narrower stores, and waited for them
+        // (benches/RESULTS.md, session 21).
         let key = &flow.key;
 
         // Packets that may change a flow's state always see the table.

@@ -90,12 +90,12 @@ fn signature(hash: u64) -> u64 {
 /// a hint, which the caller confirms by reading the slot again (a slot
 /// may change at any moment, before or after this read).
 ///
-/// On x86-64, the slots in four loads and their seven
+/// On x86-64, the seven slots are read in four loads and their
 /// signatures compared at once (14 instructions, against about 45 for
 /// the compiler's slot-by-slot loop, which loads, shifts, compares and
-/// places each bit in turn): every new flow scans three buckets in full
-/// (its batch's prefetch pass and the two links' checks), and source NAT
-/// scans one per port it probes.
+/// places each bit in turn): every new flow scans two buckets in full
+/// (its two links' existence checks), and source NAT scans one per port
+/// it probes.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn signature_matches(bucket: &Bucket, sig: u64) -> u32 {
