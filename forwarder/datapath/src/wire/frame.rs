@@ -330,7 +330,15 @@ fn common_network(frame: &[u8]) -> Option<Network> {
 /// The network layer of a frame's `packet` (after its Ethernet header,
 /// which names `ethertype`), of any shape: every length and field
 /// checked through the views, IPv6's extension headers walked.
-#[inline]
+///
+/// Out of line, for the frames [`common_network`] does not take: inlined,
+/// its result and the common path's met in stack slots that each path
+/// filled in pieces (a byte, a word), and the common path's frames then
+/// read them back 8 bytes at a time, loads the CPU could not take from
+/// those stores (`benches/store_forwarding.py`; benches/RESULTS.md,
+/// session 21).
+#[cold]
+#[inline(never)]
 fn network(ethertype: u16, packet: &[u8]) -> Result<Network, ParseError> {
     match ethertype {
         ethertype::IPV4 => {
