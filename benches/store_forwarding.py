@@ -26,12 +26,15 @@ Usage: benches/store_forwarding.py BINARY SYMBOL|ADDRESS [WINDOW]
   `nm -C -S` to pick one); WINDOW defaults to 40 instructions.
 Example: benches/store_forwarding.py target/release/cipgw \\
            'cipgw_datapath::pipeline::Pipeline::process'
-Exits 1 when it reports a hazard, 0 when it finds none.
+Exits 1 when it reports a hazard, 0 when it finds none, 64 on a wrong
+command line and 66 when the binary has no such function.
 """
 
 import re
 import subprocess
 import sys
+
+USAGE = "usage: " + __doc__.split("Usage: ", 1)[1].split("\n\n", 1)[0]
 
 WIDTH_SUFFIX = {"b": 1, "w": 2, "l": 4, "q": 8}
 BYTE_REGS = {"al", "bl", "cl", "dl", "sil", "dil", "bpl", "spl"}
@@ -68,7 +71,16 @@ def access_width(op, reg):
     return register_width(reg) if reg.startswith("%") else 8
 
 
+def as_address(text):
+    """`text` as a hexadecimal address (with or without 0x), or None."""
+    try:
+        return int(text, 16)
+    except ValueError:
+        return None
+
+
 def function_range(binary, wanted):
+    wanted_address = as_address(wanted)
     symbols = subprocess.run(
         ["nm", "-C", "-S", binary], capture_output=True, text=True, check=True
     ).stdout
@@ -77,9 +89,10 @@ def function_range(binary, wanted):
         if len(parts) < 4:
             continue
         address, size, _, name = parts
-        if name == wanted or address.lstrip("0") == wanted.lower().lstrip("0x").lstrip("0"):
+        if name == wanted or int(address, 16) == wanted_address:
             return int(address, 16), int(size, 16), name
-    sys.exit(f"store_forwarding.py: no function {wanted!r} in {binary}")
+    print(f"store_forwarding.py: no function {wanted!r} in {binary}", file=sys.stderr)
+    sys.exit(66)
 
 
 def instructions(binary, start, size):
@@ -127,7 +140,8 @@ def hazards(binary, wanted, window):
 
 def main():
     if len(sys.argv) not in (3, 4):
-        sys.exit(__doc__.split("Usage: ")[1].split("\n\n")[0].join(["usage: ", ""]))
+        print(USAGE, file=sys.stderr)
+        sys.exit(64)
     window = int(sys.argv[3]) if len(sys.argv) == 4 else 40
     found = list(hazards(sys.argv[1], sys.argv[2], window))
     for line in found:
