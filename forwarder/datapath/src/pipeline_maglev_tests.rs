@@ -378,3 +378,70 @@ fn two_gateways_with_the_same_seed_agree_on_10000_flows() {
         "another seed is another table: {disagree_with_other_seed} of 10,000 differ"
     );
 }
+
+/// A batch's new flows, opened after the second pass picked their
+/// backends and fetched their reply buckets (Maglev's and random
+/// choice's alike): each flow's SYN-ACK from its Pod finds the flow and
+/// leaves from the VIP. Also when the table changed between the pass
+/// and the frames, so that the pass's picks are not the inserts'
+/// backends.
+#[test]
+fn replies_find_the_flows_a_batch_opened() {
+    for changed in [false, true] {
+        let table = compile(model(&PODS), SEED);
+        let mut h = gateway(Arc::clone(&table), &PODS, 7);
+        let target = |port: u16| match port % 2 {
+            0 => (VIP, 8080, 5678),
+            _ => (RANDOM_VIP, 80, 80),
+        };
+        let ports = 40_000..40_040u16;
+        let syns: Vec<Vec<u8>> = ports
+            .clone()
+            .map(|port| {
+                let (vip, vport, _) = target(port);
+                Frame::arriving(CLIENT, vip).tcp(port, vport, segment(tcp_flags::SYN))
+            })
+            .collect();
+        for syn in &syns {
+            h.pipeline.prefetch(syn);
+        }
+        h.prefetch_flows();
+        if changed {
+            // Other backends at the same places: the random port's in
+            // reverse, Maglev's from a table of another seed.
+            h.table = compile(model(&[POD3, POD2, POD1]), SEED ^ 1);
+        }
+        // The batch's frames in the order the passes saw them, then the
+        // Pods' answers.
+        let mut pods = Vec::new();
+        for (port, mut syn) in ports.clone().zip(syns) {
+            let verdict = h.run(&mut syn);
+            assert_eq!(
+                verdict,
+                Verdict::Forward { port: POD_PORT },
+                "changed {changed}: SYN from {port}"
+            );
+            let pod: [u8; 4] = syn[30..34].try_into().expect("an IPv4 frame");
+            pods.push(pod);
+        }
+        for (port, pod) in ports.clone().zip(pods) {
+            let (vip, vport, target) = target(port);
+            let mut syn_ack = Frame::arriving(pod, CLIENT).tcp(
+                target,
+                port,
+                segment(tcp_flags::SYN | tcp_flags::ACK),
+            );
+            assert_eq!(
+                h.run(&mut syn_ack),
+                Verdict::Forward { port: CLIENT_PORT },
+                "changed {changed}: the SYN-ACK to {port} from {pod:?}"
+            );
+            assert_eq!(
+                syn_ack,
+                to_client(port, vip, vport, tcp_flags::SYN | tcp_flags::ACK),
+                "changed {changed}: the SYN-ACK to {port} from {pod:?}"
+            );
+        }
+        assert_eq!(h.counters().new_flows.get(), 40, "changed {changed}");
+    }
+}
