@@ -143,6 +143,12 @@ pub enum Miss {
 pub struct FamilyTable<A: IpFamily> {
     ports: HashMap<ServiceKey<A>, PortEntry<A>, RandomState>,
     vips: HashSet<A, RandomState>,
+    /// The longest prefix every VIP shares (the Service CIDR, or
+    /// narrower): an address outside it is no VIP, told without hashing
+    /// it. A Pod's address, the source every new flow's is checked
+    /// against `vips` with, is outside it in a cluster whose Pod and
+    /// Service ranges do not overlap.
+    vip_span: Span,
     vips_with_endpoints: HashSet<A, RandomState>,
     /// Every endpoint address/port/protocol of a forwarded Service: the
     /// sources whose packets are replies, with the Service port they
@@ -150,6 +156,42 @@ pub struct FamilyTable<A: IpFamily> {
     backends: HashMap<(A, u16, Protocol), ReplyOwner<A>, RandomState>,
     /// Targets of the previous table that this one no longer has.
     retiring: HashSet<FlowTarget<A>, RandomState>,
+}
+
+/// The longest prefix a set of addresses of one family shares, as the
+/// right-aligned bits of [`IpFamily::bits`]: `prefix` under `mask`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    prefix: u128,
+    mask: u128,
+}
+
+impl Span {
+    /// The span of no address: covers none.
+    const EMPTY: Self = Self { prefix: 1, mask: 0 };
+
+    fn of<A: IpFamily>(addresses: impl Iterator<Item = A>) -> Self {
+        let mut bits = addresses.map(A::bits);
+        let Some(first) = bits.next() else {
+            return Self::EMPTY;
+        };
+        // The bits where some address differs from the first, and every
+        // bit below the highest of them.
+        let differ = bits.fold(0, |differ, b| differ | (b ^ first));
+        let below = match differ {
+            0 => 0,
+            d => u128::MAX >> d.leading_zeros(),
+        };
+        Self {
+            prefix: first & !below,
+            mask: !below,
+        }
+    }
+
+    #[inline(always)]
+    fn covers<A: IpFamily>(self, ip: A) -> bool {
+        ip.bits() & self.mask == self.prefix
+    }
 }
 
 /// An immutable, compiled service table: one [`FamilyTable`] per address
@@ -221,6 +263,7 @@ impl<A: IpFamily> FamilyTable<A> {
         Self {
             ports: HashMap::with_hasher(RandomState::new()),
             vips: HashSet::with_hasher(RandomState::new()),
+            vip_span: Span::EMPTY,
             vips_with_endpoints: HashSet::with_hasher(RandomState::new()),
             backends: HashMap::with_hasher(RandomState::new()),
             retiring: HashSet::with_hasher(RandomState::new()),
@@ -290,6 +333,7 @@ impl<A: IpFamily> FamilyTable<A> {
                 );
             }
         }
+        table.vip_span = Span::of(table.vips.iter().copied());
         table
     }
 
@@ -318,7 +362,7 @@ impl<A: IpFamily> FamilyTable<A> {
 
     #[inline]
     pub fn is_vip(&self, ip: A) -> bool {
-        self.vips.contains(&ip)
+        self.vip_span.covers(ip) && self.vips.contains(&ip)
     }
 
     /// True when packets from this address/port/protocol are replies.
@@ -940,6 +984,98 @@ mod tests {
 
     /// A dual-stack Service: each family's VIP goes to that family's
     /// endpoints only, in that family's part of the table.
+    /// The VIP span is the longest prefix the VIPs share: none for no
+    /// VIP, the address itself for one.
+    #[test]
+    fn the_vip_span_is_the_vips_longest_common_prefix() {
+        let v4 = |s: &str| s.parse::<Ipv4Addr>().expect("literal");
+        let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("literal");
+        let none = Span::of(std::iter::empty::<Ipv4Addr>());
+        assert!(!none.covers(Ipv4Addr::UNSPECIFIED) && !none.covers(v4("198.18.0.1")));
+        let one = Span::of([v4("198.19.0.10")].into_iter());
+        assert!(one.covers(v4("198.19.0.10")), "one VIP: itself");
+        assert!(!one.covers(v4("198.19.0.11")) && !one.covers(v4("198.19.0.26")));
+        // 198.19.0.10 and 198.19.3.1 first differ in the third octet's
+        // second-lowest bit: 198.19.0.0/22.
+        let two = Span::of([v4("198.19.0.10"), v4("198.19.3.1")].into_iter());
+        assert!(two.covers(v4("198.19.0.0")) && two.covers(v4("198.19.3.255")));
+        assert!(!two.covers(v4("198.19.4.0")) && !two.covers(v4("198.18.0.10")));
+        let six = Span::of([v6("2001:2:0:ff::10"), v6("2001:2:0:ff::1:0")].into_iter());
+        assert!(six.covers(v6("2001:2:0:ff::")) && six.covers(v6("2001:2:0:ff::1:ffff")));
+        assert!(!six.covers(v6("2001:2:0:ff::2:0")) && !six.covers(v6("2001:2:0:2::11")));
+        // The upper 96 bits of an IPv4 span hold nothing to cover.
+        let wide = Span::of([v4("0.0.0.0"), v4("255.255.255.255")].into_iter());
+        assert!(wide.covers(v4("198.18.0.1")), "every IPv4 address");
+    }
+
+    /// `is_vip`'s span filter never hides a VIP: over Services spread
+    /// across ranges of both families, it answers as the VIP set does
+    /// for every VIP, its neighbours and addresses far from any.
+    #[test]
+    fn is_vip_answers_as_the_vip_set_does() {
+        let base = model(vec![endpoint(11, EndpointState::READY)]);
+        let echo = base.services[0].clone();
+        let v4s: Vec<Ipv4Addr> = [
+            [198, 18, 100, 10],
+            [198, 18, 101, 7],
+            [198, 19, 255, 254],
+            [198, 19, 0, 0],
+        ]
+        .map(Ipv4Addr::from)
+        .to_vec();
+        let v6s: Vec<Ipv6Addr> = ["2001:2:0:ff::10", "2001:2:0:fe::1", "2001:2:1::"]
+            .map(|s| s.parse().expect("literal"))
+            .to_vec();
+        let services = v4s
+            .iter()
+            .map(|&ip| std::net::IpAddr::from(ip))
+            .chain(v6s.iter().map(|&ip| ip.into()))
+            .enumerate()
+            .map(|(i, vip)| Service {
+                name: ServiceName::new("default", format!("s{i}")),
+                cluster_ip: ClusterIp::single(vip),
+                ..echo.clone()
+            })
+            .collect();
+        let table = CompiledTable::compile(Arc::new(ServiceTable { services }), 1);
+        let near4 = |ip: Ipv4Addr| {
+            let b = u32::from(ip);
+            [
+                b.wrapping_sub(1),
+                b,
+                b.wrapping_add(1),
+                b ^ 0x100,
+                b ^ 0x1_0000,
+            ]
+            .map(Ipv4Addr::from)
+        };
+        let probes4 = v4s
+            .iter()
+            .flat_map(|&ip| near4(ip))
+            .chain([[198, 18, 0, 1], [10, 0, 0, 1], [0, 0, 0, 0], [255; 4]].map(Ipv4Addr::from));
+        for ip in probes4 {
+            assert_eq!(table.v4().is_vip(ip), v4s.contains(&ip), "{ip}");
+        }
+        let near6 = |ip: Ipv6Addr| {
+            let b = u128::from(ip);
+            [
+                b.wrapping_sub(1),
+                b,
+                b.wrapping_add(1),
+                b ^ (1 << 64),
+                b ^ (1 << 100),
+            ]
+            .map(Ipv6Addr::from)
+        };
+        let probes6 = v6s.iter().flat_map(|&ip| near6(ip)).chain([
+            Ipv6Addr::UNSPECIFIED,
+            "2001:2:0:2::11".parse().expect("literal"),
+        ]);
+        for ip in probes6 {
+            assert_eq!(table.v6().is_vip(ip), v6s.contains(&ip), "{ip}");
+        }
+    }
+
     #[test]
     fn a_dual_stack_service_is_compiled_into_both_families() {
         let vip4 = Ipv4Addr::new(198, 18, 100, 10);
