@@ -1556,6 +1556,7 @@ impl Pipeline {
     }
 
     /// Whether a source may open connections to VIPs.
+    #[inline(always)]
     fn check_source<A: PathFamily>(
         &self,
         frame: &FrameMut<'_>,

@@ -1573,7 +1573,7 @@ impl<A: IpFamily> Conntrack<A> {
     /// [`Conntrack::insert_hashed`] for the packet path: writes the hit
     /// into `hit` (left as it was on an error), as
     /// [`Conntrack::lookup_into`] does.
-    #[inline]
+    #[inline(always)]
     pub fn insert_into(
         &self,
         forward: FlowKey<A>,
