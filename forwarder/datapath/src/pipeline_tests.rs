@@ -2136,3 +2136,69 @@ fn a_removal_stales_only_the_cached_flows_of_its_parts() {
         "a removed flow's next segment is reset, not forwarded from the cache"
     );
 }
+
+/// A client port that reaches a Pod through one VIP cannot reach the
+/// same Pod port through another (the replies could not be told apart):
+/// a new flow whose pick clashes so goes to the port's next backend,
+/// wrapping from the last to the first, and is refused when every
+/// backend clashes.
+#[test]
+fn a_reply_clash_moves_a_new_flow_to_the_next_backend() {
+    use crate::harness::addr::POD2;
+    const VIP_A: [u8; 4] = [198, 18, 100, 61];
+    const VIP_B: [u8; 4] = [198, 18, 100, 62];
+    let harness = |b_pods: &[[u8; 4]]| {
+        let name = |name| ServiceName::new("default", name);
+        let model = Arc::new(ServiceTable {
+            services: vec![
+                service(
+                    name("a"),
+                    Some(VIP_A),
+                    None,
+                    vec![service_port(53, Protocol::Udp, 5353, &[POD1])],
+                ),
+                service(
+                    name("b"),
+                    Some(VIP_B),
+                    None,
+                    vec![service_port(53, Protocol::Udp, 5353, b_pods)],
+                ),
+            ],
+        });
+        Harness {
+            table: Arc::new(CompiledTable::compile(model, 1)),
+            ..Harness::new()
+        }
+    };
+    let to =
+        |vip: [u8; 4], port: u16| udp(CLIENT_MAC, GW_CLIENT_MAC, (CLIENT, port), (vip, 53), 64);
+    let pod_of = |frame: &[u8]| -> [u8; 4] { frame[30..34].try_into().expect("IPv4") };
+    // Pod 1 first and last: a pick of Pod 1 moves on to Pod 2, after it
+    // or wrapped around to it.
+    for b_pods in [[POD1, POD2], [POD2, POD1]] {
+        let mut h = harness(&b_pods);
+        for port in 40_000..40_040 {
+            let mut first = to(VIP_A, port);
+            assert!(matches!(h.run(&mut first), Verdict::Forward { .. }));
+            assert_eq!(pod_of(&first), POD1, "{b_pods:?}: port {port} through A");
+            let mut second = to(VIP_B, port);
+            assert!(
+                matches!(h.run(&mut second), Verdict::Forward { .. }),
+                "{b_pods:?}: port {port} through B"
+            );
+            assert_eq!(pod_of(&second), POD2, "{b_pods:?}: port {port} through B");
+        }
+        assert_eq!(h.counters().new_flows.get(), 80, "{b_pods:?}");
+    }
+    // Pod 1 alone behind B: nothing to move to.
+    let mut h = harness(&[POD1]);
+    let mut first = to(VIP_A, 40_000);
+    assert!(matches!(h.run(&mut first), Verdict::Forward { .. }));
+    let mut second = to(VIP_B, 40_000);
+    let verdict = h.run(&mut second);
+    assert!(
+        !matches!(verdict, Verdict::Forward { .. }),
+        "refused: {verdict:?}"
+    );
+    assert_eq!(h.counters().drops_of(DropReason::ReplyClash), 1);
+}
