@@ -416,6 +416,31 @@ mod tests {
         );
     }
 
+    /// Each new flow tries every address once, from the one whose turn
+    /// it is, wrapping past the last; a pool of one address always
+    /// starts from it.
+    #[test]
+    fn each_flow_tries_every_address_from_its_turn() {
+        let with = |n: u8| {
+            SnatPool::new(&SnatConfig {
+                addresses: (1..=n).map(|i| Ipv4Addr::new(198, 18, 0, i)).collect(),
+                ports: 61000..=61063,
+            })
+            .expect("valid pool")
+        };
+        let three = with(3);
+        let orders: Vec<Vec<u8>> = (0..4).map(|_| three.indexes_in_turn().collect()).collect();
+        assert_eq!(
+            orders,
+            [vec![1, 2, 3], vec![2, 3, 1], vec![3, 1, 2], vec![1, 2, 3]]
+        );
+        let one = with(1);
+        for _ in 0..3 {
+            assert_eq!(one.next_in_turn(), Some(1));
+            assert_eq!(one.indexes_in_turn().collect::<Vec<_>>(), [1]);
+        }
+    }
+
     #[test]
     fn addresses_take_turns_and_bad_configs_are_refused() {
         let p = pool(1..=2);
