@@ -1562,7 +1562,9 @@ impl Pipeline {
         }
     }
 
-    /// Whether a source may open connections to VIPs.
+    /// Whether a source may open connections to VIPs. Always inlined,
+    /// as the insert is: a new flow's every call counts (see
+    /// [`Conntrack::insert_into`]).
     #[inline(always)]
     fn check_source<A: PathFamily>(
         &self,

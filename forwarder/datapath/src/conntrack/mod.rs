@@ -1572,7 +1572,9 @@ impl<A: IpFamily> Conntrack<A> {
 
     /// [`Conntrack::insert_hashed`] for the packet path: writes the hit
     /// into `hit` (left as it was on an error), as
-    /// [`Conntrack::lookup_into`] does.
+    /// [`Conntrack::lookup_into`] does. Always inlined: as a call of its
+    /// own, its frame and argument copies cost the new-flow path 20-24
+    /// instructions (benches/RESULTS.md, session 22).
     #[inline(always)]
     pub fn insert_into(
         &self,
