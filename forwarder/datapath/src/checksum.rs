@@ -102,7 +102,7 @@ impl Delta {
     /// Records that a 128-bit field (an IPv6 address) changed, as two
     /// 64-bit halves, each folded to 33 bits first (`hi << 32 | lo` is
     /// `hi + lo` modulo 0xffff, and the complement of a half is that of
-    /// its words, as in [`Delta::word32`]). In halves, not four 32-bit
+    /// its words, as for a 32-bit field). In halves, not four 32-bit
     /// words: the packet path keeps the address in the registers its
     /// reads here split it into, and stores it to the stack in those
     /// pieces for the next-hop cache, which reads it back 8 bytes at a
