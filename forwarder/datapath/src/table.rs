@@ -982,8 +982,6 @@ mod tests {
         assert!(!t.retires(&other_port, (Ipv4Addr::new(198, 18, 2, 12), 5678)));
     }
 
-    /// A dual-stack Service: each family's VIP goes to that family's
-    /// endpoints only, in that family's part of the table.
     /// The VIP span is the longest prefix the VIPs share: none for no
     /// VIP, the address itself for one.
     #[test]
@@ -1076,6 +1074,8 @@ mod tests {
         }
     }
 
+    /// A dual-stack Service: each family's VIP goes to that family's
+    /// endpoints only, in that family's part of the table.
     #[test]
     fn a_dual_stack_service_is_compiled_into_both_families() {
         let vip4 = Ipv4Addr::new(198, 18, 100, 10);
