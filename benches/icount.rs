@@ -17,14 +17,17 @@
 //! runs it: the second pass picks each new flow's backend) and
 //! `established_unreplied` (`established_batched` over 1,024 UDP flows
 //! that never get a reply, as the veth benchmark's udp-est sends them to
-//! a sink). Cases
+//! a sink) and `ct_lookups` (the conntrack bench's batched lookups, its
+//! `lookup_established/1M_flows/1_thread_cached`: the table alone, no
+//! packet, over both directions of 1,024 established TCP flows). Cases
 //! and setup use only what older commits also have, so that the script
 //! can build this file at a base revision for an A/B.
 
 use std::hint::black_box;
 use std::sync::Arc;
 
-use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig};
+use cipgw_config::Protocol;
+use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig, FlowHit, FlowKey, FlowMeta};
 use cipgw_datapath::harness::{addr, pipeline, Net, CLIENT_IFINDEX, POD_IFINDEX};
 use cipgw_datapath::pipeline::{BatchContext, Pipeline, Verdict};
 
@@ -58,6 +61,7 @@ fn main() {
             ("new_flow_1", &|n| new_flows(n, 1)),
             ("new_flow_10000", &|n| new_flows(n, 10_000)),
             ("new_flow_batched", &|n| new_flows_batched(n)),
+            ("ct_lookups", &|n| ct_lookups(n)),
         ],
     );
 }
@@ -295,4 +299,64 @@ fn new_flow_pipeline() -> Pipeline {
         })),
         9,
     )
+}
+
+/// `lookups` conntrack lookups as the conntrack bench's batched ones do
+/// them (hash and ask for the bucket of 32 keys, then their records,
+/// then look each up), over both directions of 1,024 established TCP
+/// flows.
+fn ct_lookups(lookups: usize) {
+    const BATCH: usize = 32;
+    const FLOWS: u32 = 1024;
+    const NOW: u32 = 1;
+    let ack = 0x10;
+    let ct = Conntrack::default();
+    let mut keys = Vec::new();
+    for n in 0..FLOWS {
+        let forward = FlowKey {
+            src: std::net::Ipv4Addr::from(0xc612_0000 | n),
+            dst: std::net::Ipv4Addr::new(198, 19, 255, 1 + (n % 16) as u8),
+            src_port: 40_000 + n as u16,
+            dst_port: 80,
+            protocol: Protocol::Tcp,
+        };
+        let backend = (
+            std::net::Ipv4Addr::new(198, 19, 0, 1 + (n % 64) as u8),
+            8080,
+        );
+        let reply = FlowKey {
+            src: backend.0,
+            dst: forward.src,
+            src_port: backend.1,
+            dst_port: forward.src_port,
+            protocol: Protocol::Tcp,
+        };
+        ct.insert(forward, backend, NOW, FlowMeta::default())
+            .expect("room for the flows");
+        ct.lookup(&reply, NOW, 0x12).expect("the reply is tracked");
+        ct.lookup(&forward, NOW, ack).expect("the flow is tracked");
+        keys.extend([forward, reply]);
+    }
+    let mut hashes = [0u64; BATCH];
+    let mut hit = FlowHit::UNSET;
+    let mut done = 0;
+    while done < lookups {
+        let n = BATCH.min(lookups - done);
+        let batch = &keys[done % keys.len()..][..n];
+        for (key, hash) in batch.iter().zip(&mut hashes) {
+            *hash = ct.hash(black_box(key));
+            ct.prefetch_index(*hash);
+        }
+        for hash in &hashes[..n] {
+            ct.prefetch_flow(*hash);
+        }
+        for (key, hash) in batch.iter().zip(&hashes) {
+            assert!(
+                ct.lookup_into(key, *hash, NOW, ack, &mut hit),
+                "a tracked flow"
+            );
+            black_box(hit.nat_port);
+        }
+        done += n;
+    }
 }

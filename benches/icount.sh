@@ -16,7 +16,8 @@
 #                established_churn, batched while other connections
 #                end, established_unreplied, batched over UDP flows
 #                that never had a reply (the veth udp-est), and
-#                new_flow_batched, new flows batched; the IPv6
+#                new_flow_batched, new flows batched, and ct_lookups,
+#                the conntrack bench's batched lookups alone; the IPv6
 #                ones are established_ipv6,
 #                reply_ipv6, new_flow_ipv6_1 and new_flow_ipv6_10000;
 #                new_flow_full_snat and new_flow_full_nosnat set new flows
@@ -34,7 +35,7 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --base) base="$2"; shift 2 ;;
         --cases) cases="$2"; shift 2 ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "icount.sh: unknown argument $1" >&2; exit 64 ;;
     esac
 done

@@ -1331,19 +1331,24 @@ impl<A: IpFamily> Conntrack<A> {
         self.index.prefetch(hash);
     }
 
-    /// Second step, once the bucket has arrived: fetch the records its
-    /// matching slots point to. Returns whether any slot matched; when
-    /// none did, the key is not in the table (a new flow's), and
-    /// [`Conntrack::prefetch_reply`] may fetch what its insert needs.
+    /// Second step, once the bucket has arrived: fetch the record of the
+    /// first slot whose signature matches the key's. Returns whether any
+    /// slot matched; when none did, the key is not in the table (a new
+    /// flow's), and [`Conntrack::prefetch_reply`] may fetch what its
+    /// insert needs.
+    ///
+    /// The first match only: a signature is 31 bits of the hash, so a
+    /// second slot of the same chain matching it is a one-in-a-billion
+    /// accident, not worth scanning the rest of the bucket for (the scan
+    /// to its end was a fifth of a cached lookup's instructions).
     #[inline]
     pub fn prefetch_flow(&self, hash: u64) -> bool {
-        let mut matched = false;
-        self.index.find(hash, |id, _| {
-            matched = true;
-            self.slab.prefetch(id);
-            None::<()>
-        });
-        matched
+        self.index
+            .find(hash, |id, _| {
+                self.slab.prefetch(id);
+                Some(())
+            })
+            .is_some()
     }
 
     /// Third step, for a key [`Conntrack::prefetch_flow`] did not find
@@ -1470,8 +1475,34 @@ impl<A: IpFamily> Conntrack<A> {
     /// Records a packet on a found flow: last seen, state. A new SYN on a
     /// flow in TIME_WAIT or CLOSE ends it instead (as Linux does): the
     /// lookup misses and the SYN starts a new flow with a fresh backend.
-    #[inline]
+    ///
+    /// Most packets change nothing: a flow in a state it stays in
+    /// ([`state::keeps_state`]), already seen this second. Those are
+    /// answered here, inlined into the lookup; the rest go to
+    /// [`Conntrack::touch_changing`], out of line.
+    #[inline(always)]
     fn touch(
+        &self,
+        found: &Found<A>,
+        protocol: Protocol,
+        now: u32,
+        flags: u8,
+        hit: &mut FlowHit<A>,
+    ) -> bool {
+        let bits = found.life.bits();
+        if found.life.seen() >= now && state::keeps_state(bits, found.direction, protocol, flags) {
+            found
+                .flow
+                .write_hit(found.id, found.direction, bits, &self.snat, hit);
+            return true;
+        }
+        self.touch_changing(found, protocol, now, flags, hit)
+    }
+
+    /// [`Conntrack::touch`] for a packet that may change its flow's state
+    /// or last-seen time.
+    #[inline(never)]
+    fn touch_changing(
         &self,
         found: &Found<A>,
         protocol: Protocol,
