@@ -16,7 +16,8 @@
 //! - `lookup_established/1M_flows/1_thread`: lookup hits in a random order
 //!   over both directions of 1 M flows, on core 0, batched as a worker
 //!   does them for an RX batch of 32 (hash all, `prefetch_index` all,
-//!   `prefetch_flow` all, then `lookup_hashed` each);
+//!   `prefetch_flow` all, then `lookup_candidate_into` each, from the
+//!   record its `prefetch_flow` found);
 //! - `lookup_established/1M_flows/1_thread_cached`: the same over 2,048
 //!   of the keys only, whose buckets and records stay in the core's
 //!   caches: the lookups' own cost, without memory's;
@@ -64,7 +65,9 @@ use std::time::Duration;
 
 use cipgw_config::Protocol;
 use cipgw_datapath::conntrack::persist::{self, TableFile};
-use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig, FlowHit, FlowKey, FlowMeta};
+use cipgw_datapath::conntrack::{
+    Candidate, Conntrack, ConntrackConfig, FlowHit, FlowKey, FlowMeta,
+};
 use cipgw_datapath::family::IpFamily;
 use cipgw_datapath::lb::Rng;
 use cipgw_datapath::wire::tcp::flags::{ACK, SYN};
@@ -262,6 +265,7 @@ fn lookups<A: IpFamily>(
         protocol: Protocol::Tcp,
     }; BATCH];
     let mut hashes = [0u64; BATCH];
+    let mut candidates = [Candidate::NONE; BATCH];
     let mut hit = FlowHit::UNSET;
     let start = CpuClock::now();
     while left > 0 {
@@ -277,13 +281,14 @@ fn lookups<A: IpFamily>(
             *hash = ct.hash(black_box(key));
             ct.prefetch_index(*hash);
         }
-        for hash in &hashes[..n] {
-            ct.prefetch_flow(*hash);
+        for (hash, candidate) in hashes[..n].iter().zip(&mut candidates) {
+            *candidate = ct.prefetch_flow(*hash);
         }
-        // As a worker looks up: the hit is written where the caller
-        // keeps it, and read field by field.
-        for (key, hash) in batch[..n].iter().zip(&hashes) {
-            let found = ct.lookup_into(key, *hash, NOW, ACK, &mut hit);
+        // As a worker looks up: the record the bucket pointed to read
+        // first, the hit written where the caller keeps it and read
+        // field by field.
+        for ((key, hash), candidate) in batch[..n].iter().zip(&hashes).zip(&candidates) {
+            let found = ct.lookup_candidate_into(key, *hash, *candidate, NOW, ACK, &mut hit);
             misses += u64::from(!found);
             black_box(hit.nat_port);
         }
@@ -417,7 +422,7 @@ fn new_flows(ct: &Conntrack, first: u32, n: usize, worker: usize) -> u64 {
     // of it gets its backend, and its reply bucket is asked for.
     for (i, hash) in hashes[..n].iter().enumerate() {
         let m = first + i as u32;
-        if !ct.prefetch_flow(*hash) {
+        if !ct.prefetch_flow(*hash).is_some() {
             ct.prefetch_reply(&forward(m), *hash, backend(m));
         }
     }

@@ -27,7 +27,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use cipgw_config::Protocol;
-use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig, FlowHit, FlowKey, FlowMeta};
+use cipgw_datapath::conntrack::{
+    Candidate, Conntrack, ConntrackConfig, FlowHit, FlowKey, FlowMeta,
+};
 use cipgw_datapath::harness::{addr, pipeline, Net, CLIENT_IFINDEX, POD_IFINDEX};
 use cipgw_datapath::pipeline::{BatchContext, Pipeline, Verdict};
 
@@ -303,8 +305,8 @@ fn new_flow_pipeline() -> Pipeline {
 
 /// `lookups` conntrack lookups as the conntrack bench's batched ones do
 /// them (hash and ask for the bucket of 32 keys, then their records,
-/// then look each up), over both directions of 1,024 established TCP
-/// flows.
+/// then look each up from its candidate), over both directions of 1,024
+/// established TCP flows.
 fn ct_lookups(lookups: usize) {
     const BATCH: usize = 32;
     const FLOWS: u32 = 1024;
@@ -338,6 +340,7 @@ fn ct_lookups(lookups: usize) {
         keys.extend([forward, reply]);
     }
     let mut hashes = [0u64; BATCH];
+    let mut candidates = [Candidate::NONE; BATCH];
     let mut hit = FlowHit::UNSET;
     let mut done = 0;
     while done < lookups {
@@ -347,14 +350,12 @@ fn ct_lookups(lookups: usize) {
             *hash = ct.hash(black_box(key));
             ct.prefetch_index(*hash);
         }
-        for hash in &hashes[..n] {
-            ct.prefetch_flow(*hash);
+        for (hash, candidate) in hashes[..n].iter().zip(&mut candidates) {
+            *candidate = ct.prefetch_flow(*hash);
         }
-        for (key, hash) in batch.iter().zip(&hashes) {
-            assert!(
-                ct.lookup_into(key, *hash, NOW, ack, &mut hit),
-                "a tracked flow"
-            );
+        for ((key, hash), candidate) in batch.iter().zip(&hashes).zip(&candidates) {
+            let found = ct.lookup_candidate_into(key, *hash, *candidate, NOW, ack, &mut hit);
+            assert!(found, "a tracked flow");
             black_box(hit.nat_port);
         }
         done += n;

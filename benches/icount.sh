@@ -88,6 +88,14 @@ if [[ -n "$base" ]]; then
     if grep -q 'pub fn prefetch_flows(&mut self)' "$tree/forwarder/datapath/src/pipeline.rs"; then
         sed -i 's/\.prefetch_flows(ctx)/.prefetch_flows()/' "$tree"/benches/icount*.rs
     fi
+    # Before the lookup's candidate, the third step searched the bucket
+    # again: ct_lookups as such a revision's worker did it.
+    if ! grep -q 'pub fn lookup_candidate_into' "$tree/forwarder/datapath/src/conntrack/mod.rs"; then
+        sed -i -e 's/\*candidate = ct\.prefetch_flow(\*hash);/ct.prefetch_flow(*hash);/' \
+            -e 's/ct\.lookup_candidate_into(key, \*hash, \*candidate, /ct.lookup_into(key, *hash, /' \
+            -e 's/\[Candidate::NONE; BATCH\]/[(); BATCH]/' -e 's/Candidate, Conntrack,/Conntrack,/' \
+            "$tree/benches/icount.rs"
+    fi
     echo "building $base in $tree" >&2
     for b in $benches; do
         base_bin[$b]="$(CARGO_TARGET_DIR="$root/target/icount-base" build "$tree" "$b")"

@@ -80,8 +80,8 @@ use ipnet::IpNet;
 use crate::affinity::{Affinity, AffinityFamily, Refreshes};
 use crate::checksum::Delta;
 use crate::conntrack::{
-    self, Conntrack, ConntrackConfig, Direction, FlowHit, FlowKey, FlowMeta, FlowStamp, FlowState,
-    InsertError, NO_SLOT,
+    self, Candidate, Conntrack, ConntrackConfig, Direction, FlowHit, FlowKey, FlowMeta, FlowStamp,
+    FlowState, InsertError, NO_SLOT,
 };
 use crate::counters::{DropReason, ServiceCounters, WorkerCounters};
 use crate::dns::DnsResponder;
@@ -227,9 +227,9 @@ pub struct Pipeline {
     peeked: Box<[Peeked; PREFETCH_BATCH]>,
     /// How many of `peeked` are this batch's.
     peeked_len: usize,
-    /// By a frame's place in the batch: the backend the second pass
-    /// picked for its new flow, if it did (see [`Picked`]).
-    picks: Box<[Picked; PREFETCH_BATCH]>,
+    /// By a frame's place in the batch: what the second pass found for
+    /// its flow (see [`Ahead`]).
+    ahead: Box<[Ahead; PREFETCH_BATCH]>,
     /// The frames of this batch [`Pipeline::prefetch`] was called with:
     /// the next one's place.
     batch_seen: u32,
@@ -266,21 +266,30 @@ struct Peeked {
     hash: u64,
 }
 
-/// For a frame whose flow the table did not hold, to a port of a
-/// Service that picks its backends at random: the backend the second
-/// pass picked (an index into the port's backends), whose reply bucket
-/// it fetched, and the flow key's hash. The flow's new-flow path takes
-/// this pick rather than drawing another, when the frame it processes
-/// at that place has that hash.
+/// What the second pass found for a frame's flow, under the flow key's
+/// hash; the frame processed at that place takes it when its key has
+/// that hash:
+/// - for a flow the table most likely holds, the record its bucket
+///   points to ([`Candidate`]), which the lookup reads before searching
+///   the bucket again;
+/// - for a flow the table did not hold, to a port of a Service that
+///   picks its backends at random, the backend it picked (an index into
+///   the port's backends), whose reply bucket it fetched: the new-flow
+///   path takes this pick rather than drawing another.
 #[derive(Debug, Clone, Copy)]
-struct Picked {
+struct Ahead {
     hash: u64,
     backend: u32,
+    candidate: Candidate,
 }
 
-const NOT_PICKED: Picked = Picked {
+/// No backend picked.
+const NOT_PICKED: u32 = u32::MAX;
+
+const NOTHING_AHEAD: Ahead = Ahead {
     hash: 0,
-    backend: u32::MAX,
+    backend: NOT_PICKED,
+    candidate: Candidate::NONE,
 };
 
 /// A peeked frame's flow key, of either family.
@@ -650,7 +659,7 @@ impl Pipeline {
             services: None,
             peeked: Box::new([NOT_PEEKED; PREFETCH_BATCH]),
             peeked_len: 0,
-            picks: Box::new([NOT_PICKED; PREFETCH_BATCH]),
+            ahead: Box::new([NOTHING_AHEAD; PREFETCH_BATCH]),
             batch_seen: 0,
             batch_processed: 0,
             passes_done: false,
@@ -705,8 +714,8 @@ impl Pipeline {
         }
         let place = self.batch_seen;
         self.batch_seen = place.wrapping_add(1);
-        if let Some(picked) = self.picks.get_mut(place as usize) {
-            *picked = NOT_PICKED;
+        if let Some(ahead) = self.ahead.get_mut(place as usize) {
+            *ahead = NOTHING_AHEAD;
         }
         let Some(slot) = self.peeked.get_mut(self.peeked_len) else {
             return;
@@ -767,16 +776,12 @@ impl Pipeline {
                 continue;
             }
             let peeked = self.peeked[i];
-            let pick = match peeked.key {
+            let found = match peeked.key {
                 PeekedKey::V4(key) => self.prefetch_flow(&key, peeked.hash, ctx),
                 PeekedKey::V6(key) => self.prefetch_flow(&key, peeked.hash, ctx),
             };
-            if let (Some(backend), Some(picked)) = (pick, self.picks.get_mut(peeked.place as usize))
-            {
-                *picked = Picked {
-                    hash: peeked.hash,
-                    backend,
-                };
+            if let Some(ahead) = self.ahead.get_mut(peeked.place as usize) {
+                *ahead = found;
             }
         }
         self.passes_done = true;
@@ -784,35 +789,49 @@ impl Pipeline {
         self.batch_processed = 0;
     }
 
-    /// One peeked frame's second pass: asks for the records its
-    /// bucket points to; for a key the bucket does not hold, picks its
-    /// backend (a Service port's without session affinity) and asks for
-    /// its reply bucket. Returns the pick when the port's choice is
-    /// random (see [`Pipeline::prefetch_flows`]).
+    /// One peeked frame's second pass: asks for the record its bucket
+    /// points to and returns it as the lookup's candidate; for a key the
+    /// bucket does not hold, picks its backend (a Service port's without
+    /// session affinity) and asks for its reply bucket, and returns the
+    /// pick when the port's choice is random (see
+    /// [`Pipeline::prefetch_flows`]).
     #[inline]
     fn prefetch_flow<A: PathFamily>(
         &mut self,
         key: &FlowKey<A>,
         hash: u64,
         ctx: &BatchContext<'_>,
-    ) -> Option<u32> {
-        if A::path(self).conntrack.prefetch_flow(hash) {
-            return None;
+    ) -> Ahead {
+        let candidate = A::path(self).conntrack.prefetch_flow(hash);
+        let found = Ahead {
+            hash,
+            backend: NOT_PICKED,
+            candidate,
+        };
+        if candidate.is_some() {
+            return found;
         }
         let service = ServiceKey::of_flow(key);
-        let entry = ctx.table.family::<A>().lookup(&service).ok()?;
+        let Ok(entry) = ctx.table.family::<A>().lookup(&service) else {
+            return found;
+        };
         if entry.affinity.is_some() {
-            return None;
+            return found;
         }
         let (index, kept) = match &entry.maglev {
             Some(maglev) => (maglev.pick(key), false),
             None => (self.rng.below(entry.backends.len()), true),
         };
-        let backend = entry.backends.get(index)?;
+        let Some(backend) = entry.backends.get(index) else {
+            return found;
+        };
         A::path(self)
             .conntrack
             .prefetch_reply(key, hash, (backend.ip, backend.port));
-        kept.then_some(index as u32)
+        Ahead {
+            backend: if kept { index as u32 } else { NOT_PICKED },
+            ..found
+        }
     }
 
     /// The backend [`Pipeline::prefetch_flow`] picked for the frame being
@@ -824,10 +843,25 @@ impl Pipeline {
     /// a random pick either way.)
     #[inline]
     fn picked_ahead(&self, hash: u64) -> Option<usize> {
+        let ahead = self.found_ahead(hash)?;
+        (ahead.backend != NOT_PICKED).then_some(ahead.backend as usize)
+    }
+
+    /// The record the second pass found in the bucket of the frame being
+    /// processed, under the same conditions as [`Pipeline::picked_ahead`]
+    /// (a stale one is checked by the lookup, as any candidate is).
+    #[inline]
+    fn candidate_ahead(&self, hash: u64) -> Candidate {
+        self.found_ahead(hash)
+            .map_or(Candidate::NONE, |ahead| ahead.candidate)
+    }
+
+    /// What the second pass found for the frame being processed, if its
+    /// key hashed to `hash`.
+    #[inline(always)]
+    fn found_ahead(&self, hash: u64) -> Option<&Ahead> {
         let place = self.batch_processed.wrapping_sub(1) as usize;
-        let picked = self.picks.get(place)?;
-        (picked.hash == hash && picked.backend != NOT_PICKED.backend)
-            .then_some(picked.backend as usize)
+        self.ahead.get(place).filter(|ahead| ahead.hash == hash)
     }
 
     /// Counts packets, bytes and flows into `counters`, at the slot the
@@ -1028,12 +1062,17 @@ impl Pipeline {
         });
         if !cached {
             // Hashed once for the lookup and, on a miss, the insert.
+            let hash = A::path(self).conntrack.hash(key);
+            let candidate = self.candidate_ahead(hash);
             let path = A::path(self);
-            let hash = path.conntrack.hash(key);
-            if path
-                .conntrack
-                .lookup_into(key, hash, ctx.now, flow.tcp_flags, &mut hit)
-            {
+            if path.conntrack.lookup_candidate_into(
+                key,
+                hash,
+                candidate,
+                ctx.now,
+                flow.tcp_flags,
+                &mut hit,
+            ) {
                 if let Some(removals) = removals {
                     path.cache(*key, mix, &hit, ctx.now, removals);
                 }

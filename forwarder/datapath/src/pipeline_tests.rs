@@ -577,6 +577,80 @@ fn a_pick_made_ahead_goes_to_its_own_flow_only() {
     }
 }
 
+/// The second pass hands each frame whose flow the table holds the
+/// record its bucket points to, and the frame's lookup reads that record
+/// first. A record that changed between the pass and the frame (its flow
+/// gone, the record another flow's, the key moved to another record) is
+/// only a hint: each frame still goes where the table holds its flow
+/// when the frame is processed.
+#[test]
+fn a_record_found_ahead_is_checked_by_the_lookup() {
+    let pod2 = crate::harness::addr::POD2;
+    let mut h = Harness::new();
+    let ports = 40_000..40_016u16;
+    // SYNs, then their retransmissions: these see the table every time
+    // (the flow cache keeps only steady packets).
+    for port in ports.clone() {
+        let verdict = h.run(&mut client_syn(port, VIP, 8080));
+        assert_eq!(
+            verdict,
+            Verdict::Forward { port: POD_PORT },
+            "SYN from {port}"
+        );
+    }
+    let batch: Vec<Vec<u8>> = ports
+        .clone()
+        .map(|port| client_syn(port, VIP, 8080))
+        .collect();
+    for frame in &batch {
+        h.pipeline.prefetch(frame);
+    }
+    h.prefetch_flows();
+    for (place, ahead) in h.pipeline.ahead[..batch.len()].iter().enumerate() {
+        assert!(
+            ahead.candidate.is_some(),
+            "frame {place}: no record found ahead"
+        );
+    }
+    // Between the pass and the frames: 40005's flow is removed, its
+    // record taken by another flow, and 40005 tracked again towards POD2
+    // in another record; 40009's flow is removed for good (first: the
+    // free records are a stack).
+    let key = |port: u16| FlowKey {
+        src: CLIENT.into(),
+        dst: VIP.into(),
+        src_port: port,
+        dst_port: 8080,
+        protocol: Protocol::Tcp,
+    };
+    let conntrack = Arc::clone(&h.pipeline.v4.conntrack);
+    assert!(conntrack.remove(&key(40_009)) && conntrack.remove(&key(40_005)));
+    let elsewhere = (Ipv4Addr::from(pod2), 5678);
+    conntrack
+        .insert(key(50_000), (POD1.into(), 5678), h.now, FlowMeta::default())
+        .expect("another flow in 40005's record");
+    conntrack
+        .insert(key(40_005), elsewhere, h.now, FlowMeta::default())
+        .expect("40005 again, towards POD2");
+    assert_eq!(
+        conntrack.prefetch_flow(conntrack.hash(&key(50_000))),
+        h.pipeline.ahead[5].candidate,
+        "the record found ahead for 40005 now holds another flow"
+    );
+    for (port, mut frame) in ports.zip(batch) {
+        let verdict = h.run(&mut frame);
+        assert_eq!(
+            verdict,
+            Verdict::Forward { port: POD_PORT },
+            "SYN from {port}"
+        );
+        let to = [frame[30], frame[31], frame[32], frame[33]];
+        let want = if port == 40_005 { pod2 } else { POD1 };
+        assert_eq!(to, want, "SYN from {port} went to {to:?}");
+    }
+    assert!(conntrack.peek(&key(40_009)).is_some(), "40009 tracked anew");
+}
+
 /// Frames of every shape the prefetch pass meets, for
 /// `peeked_keys_are_the_parsed_ones`: TCP and UDP over both families
 /// (which it must read), and what it must leave to the full parse.

@@ -173,7 +173,14 @@ fn signature_matches(bucket: &Bucket, sig: u64) -> u32 {
 /// A slot's content: signature and reference; never 0.
 #[inline]
 pub(super) fn slot_word(hash: u64, id: RecordId, direction: u32) -> u64 {
-    (signature(hash) << 32) | u64::from(id << 1 | direction)
+    (signature(hash) << 32) | u64::from(slot_reference(id, direction))
+}
+
+/// A slot word's low half: record id and direction, as [`reference`]
+/// reads them back.
+#[inline]
+pub(super) fn slot_reference(id: RecordId, direction: u32) -> u32 {
+    id << 1 | direction
 }
 
 /// Record id and direction of a slot word.
@@ -438,7 +445,7 @@ impl FlowIndex {
     /// forward key).
     pub fn unlink_reference(&self, home: usize, id: RecordId, direction: u32) -> bool {
         const REFERENCE_AND_IN_USE: u64 = 1 << 32 | 0xffff_ffff;
-        let want = 1 << 32 | u64::from(id << 1 | direction);
+        let want = 1 << 32 | u64::from(slot_reference(id, direction));
         self.unlink_matching(home, REFERENCE_AND_IN_USE, want)
     }
 

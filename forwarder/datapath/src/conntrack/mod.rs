@@ -320,6 +320,31 @@ impl FlowStamp {
     }
 }
 
+/// What a batch's second step ([`Conntrack::prefetch_flow`]) saw of a
+/// key in its bucket: the record, and which of its keys, that the first
+/// slot carrying the key's signature points to. The lookup that follows
+/// ([`Conntrack::lookup_candidate_into`]) reads that record first and
+/// searches the bucket again only when the record does not hold the key
+/// (the slot changed since, or its signature was another key's): most
+/// lookups skip their second scan of the bucket.
+///
+/// Only a hint: it is checked as any slot's reference is, by the
+/// record's key, so a stale one costs a search, never a wrong flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate(u32);
+
+impl Candidate {
+    /// No slot carried the key's signature: most likely a new flow's key.
+    pub const NONE: Candidate = Candidate(0);
+
+    /// Whether a slot carried the key's signature: the key is most
+    /// likely in the table.
+    #[inline(always)]
+    pub const fn is_some(self) -> bool {
+        self.0 != 0
+    }
+}
+
 /// A flow's packets and bytes (`--conntrack-accounting`), per direction:
 /// index 0 client to backend, 1 backend to client.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -1332,23 +1357,24 @@ impl<A: IpFamily> Conntrack<A> {
     }
 
     /// Second step, once the bucket has arrived: fetch the record of the
-    /// first slot whose signature matches the key's. Returns whether any
-    /// slot matched; when none did, the key is not in the table (a new
-    /// flow's), and [`Conntrack::prefetch_reply`] may fetch what its
-    /// insert needs.
+    /// first slot whose signature matches the key's, and say which it is
+    /// (for [`Conntrack::lookup_candidate_into`]). When no slot matched
+    /// ([`Candidate::NONE`]), the key is not in the table (a new flow's),
+    /// and [`Conntrack::prefetch_reply`] may fetch what its insert needs.
     ///
     /// The first match only: a signature is 31 bits of the hash, so a
     /// second slot of the same chain matching it is a one-in-a-billion
     /// accident, not worth scanning the rest of the bucket for (the scan
-    /// to its end was a fifth of a cached lookup's instructions).
+    /// to its end was a fifth of a cached lookup's instructions). The
+    /// slot's reference comes back as a [`Candidate`] for the lookup.
     #[inline]
-    pub fn prefetch_flow(&self, hash: u64) -> bool {
+    pub fn prefetch_flow(&self, hash: u64) -> Candidate {
         self.index
-            .find(hash, |id, _| {
+            .find(hash, |id, direction| {
                 self.slab.prefetch(id);
-                Some(())
+                Some(Candidate(index::slot_reference(id, direction)))
             })
-            .is_some()
+            .unwrap_or(Candidate::NONE)
     }
 
     /// Third step, for a key [`Conntrack::prefetch_flow`] did not find
@@ -1409,6 +1435,30 @@ impl<A: IpFamily> Conntrack<A> {
         hit: &mut FlowHit<A>,
     ) -> bool {
         match self.find(key, hash) {
+            Some(found) => self.touch(&found, key.protocol, now, flags, hit),
+            None => false,
+        }
+    }
+
+    /// [`Conntrack::lookup_into`] that reads the record `candidate` names
+    /// first (see [`Candidate`]): where it holds `key`, the bucket is not
+    /// searched again.
+    #[inline]
+    pub fn lookup_candidate_into(
+        &self,
+        key: &FlowKey<A>,
+        hash: u64,
+        candidate: Candidate,
+        now: u32,
+        flags: u8,
+        hit: &mut FlowHit<A>,
+    ) -> bool {
+        let (id, direction) = index::reference(u64::from(candidate.0));
+        let found = match candidate.is_some() {
+            true => self.live_match(id, direction_of(direction), key),
+            false => None,
+        };
+        match found.or_else(|| self.find(key, hash)) {
             Some(found) => self.touch(&found, key.protocol, now, flags, hit),
             None => false,
         }

@@ -176,15 +176,62 @@ fn prefetch_flow_tells_held_keys_from_new_ones() {
         ct.insert(forward(40000), backend(), 1, FlowMeta::default())
             .expect("insert");
         let held = ct.hash(&forward(40000));
-        assert!(ct.prefetch_flow(held), "the inserted key");
+        assert!(ct.prefetch_flow(held).is_some(), "the inserted key");
         let new = ct.hash(&forward(40001));
-        assert!(!ct.prefetch_flow(new), "a key never inserted");
+        assert!(!ct.prefetch_flow(new).is_some(), "a key never inserted");
         ct.prefetch_reply(&forward(40001), new, backend());
         ct.insert(forward(40001), backend(), 1, FlowMeta::default())
             .expect("insert after its prefetches");
-        assert!(ct.prefetch_flow(new), "the key inserted since");
+        assert!(ct.prefetch_flow(new).is_some(), "the key inserted since");
         assert_eq!(ct.entries(), 4);
     }
+}
+
+/// A lookup from the second step's candidate finds the key's flow in
+/// either direction; a candidate that names another flow's record, or a
+/// record freed or reused since, is only a hint: the lookup searches the
+/// bucket and finds what the table holds for the key, or misses.
+#[test]
+fn a_candidate_is_only_a_hint() {
+    let ct = Conntrack::default();
+    let hit_of = |key: &FlowKey, candidate: Candidate| {
+        let mut hit = FlowHit::UNSET;
+        ct.lookup_candidate_into(key, ct.hash(key), candidate, 1, ACK, &mut hit)
+            .then_some(hit)
+    };
+    let other = (Ipv4Addr::new(198, 18, 101, 7), 9090);
+    ct.insert(forward(40000), backend(), 1, FlowMeta::default())
+        .expect("insert a");
+    ct.insert(forward(40001), other, 1, FlowMeta::default())
+        .expect("insert b");
+    let a = ct.prefetch_flow(ct.hash(&forward(40000)));
+    let a_reply = ct.prefetch_flow(ct.hash(&reply(40000)));
+    assert!(a.is_some() && a_reply.is_some() && a != a_reply);
+
+    let hit = hit_of(&forward(40000), a).expect("a from its candidate");
+    assert_eq!(
+        (hit.direction, hit.nat_ip, hit.nat_port),
+        (Direction::Forward, backend().0, backend().1)
+    );
+    let hit = hit_of(&reply(40000), a_reply).expect("a's reply from its candidate");
+    assert_eq!(hit.direction, Direction::Reply);
+    let hit = hit_of(&forward(40001), a).expect("b from a's candidate: searched");
+    assert_eq!((hit.nat_ip, hit.nat_port), other, "b's own backend");
+    let hit = hit_of(&forward(40001), Candidate::NONE).expect("b without a candidate");
+    assert_eq!((hit.nat_ip, hit.nat_port), other);
+    assert!(hit_of(&forward(40002), a).is_none(), "a key never inserted");
+
+    assert!(ct.remove(&forward(40000)), "a removed");
+    assert!(hit_of(&forward(40000), a).is_none(), "a's freed record");
+    // The next insert takes the record a left (the free list is a stack).
+    let c = forward(40003);
+    ct.insert(c, backend(), 1, FlowMeta::default())
+        .expect("insert c");
+    assert_eq!(ct.prefetch_flow(ct.hash(&c)), a, "c took a's record");
+    assert!(hit_of(&forward(40000), a).is_none(), "a's record now c's");
+    assert!(hit_of(&reply(40000), a_reply).is_none(), "nor a's reply");
+    let hit = hit_of(&c, a).expect("c from the candidate a left");
+    assert_eq!((hit.nat_ip, hit.nat_port), backend());
 }
 
 #[test]
