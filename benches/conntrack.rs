@@ -409,8 +409,9 @@ fn background_lookups(ct: &Conntrack, keys: &[FlowKey], stop: &AtomicBool) -> (u
 
 /// The conntrack work of a batch of new-flow packets for fresh flows
 /// `first..first + n` (n <= BATCH), as a worker does it: hash and fetch
-/// every key's bucket, then for each a lookup (a miss) and an insert by
-/// worker `worker` with the lookup's hash. Returns how many were refused.
+/// every key's bucket, then for each a lookup (a miss, from the second
+/// step's candidate: none) and an insert by worker `worker` with the
+/// lookup's hash. Returns how many were refused.
 #[inline]
 fn new_flows(ct: &Conntrack, first: u32, n: usize, worker: usize) -> u64 {
     let mut hashes = [0u64; BATCH];
@@ -420,19 +421,21 @@ fn new_flows(ct: &Conntrack, first: u32, n: usize, worker: usize) -> u64 {
     }
     // The worker's second pass: a key whose bucket holds no signature
     // of it gets its backend, and its reply bucket is asked for.
-    for (i, hash) in hashes[..n].iter().enumerate() {
+    let mut candidates = [Candidate::NONE; BATCH];
+    for (i, (hash, candidate)) in hashes[..n].iter().zip(&mut candidates).enumerate() {
         let m = first + i as u32;
-        if !ct.prefetch_flow(*hash).is_some() {
+        *candidate = ct.prefetch_flow(*hash);
+        if !candidate.is_some() {
             ct.prefetch_reply(&forward(m), *hash, backend(m));
         }
     }
     let mut refused = 0;
     // Looked up and inserted as a worker does (see `lookups`).
     let mut hit = FlowHit::UNSET;
-    for (i, hash) in hashes[..n].iter().enumerate() {
+    for (i, (hash, candidate)) in hashes[..n].iter().zip(&candidates).enumerate() {
         let m = first + i as u32;
         let key = forward(m);
-        if ct.lookup_into(&key, *hash, NOW, SYN, &mut hit) {
+        if ct.lookup_candidate_into(&key, *hash, *candidate, NOW, SYN, &mut hit) {
             continue;
         }
         refused += u64::from(

@@ -19,7 +19,10 @@
 //! that never get a reply, as the veth benchmark's udp-est sends them to
 //! a sink) and `ct_lookups` (the conntrack bench's batched lookups, its
 //! `lookup_established/1M_flows/1_thread_cached`: the table alone, no
-//! packet, over both directions of 1,024 established TCP flows). Cases
+//! packet, over both directions of 1,024 established TCP flows) and
+//! `ct_flood` (the conntrack bench's SYN flood alone, `syn_flood`'s
+//! `new_flows`: fresh flows into a full table, each insert evicting the
+//! oldest unreplied flow). Cases
 //! and setup use only what older commits also have, so that the script
 //! can build this file at a base revision for an A/B.
 
@@ -64,6 +67,7 @@ fn main() {
             ("new_flow_10000", &|n| new_flows(n, 10_000)),
             ("new_flow_batched", &|n| new_flows_batched(n)),
             ("ct_lookups", &|n| ct_lookups(n)),
+            ("ct_flood", &|n| ct_flood(n)),
         ],
     );
 }
@@ -303,6 +307,32 @@ fn new_flow_pipeline() -> Pipeline {
     )
 }
 
+// The conntrack cases' second and third steps, as the worker takes
+// them: `icount.sh` rewrites the three marked lines for a base whose
+// second step returned whether the bucket held the key, and whose
+// lookup searched the bucket again.
+type Seen = Candidate; // icount.sh: base
+#[inline(always)]
+fn held(seen: Seen) -> bool {
+    seen.is_some() // icount.sh: base
+}
+#[inline(always)]
+fn second_step(ct: &Conntrack, hash: u64) -> Seen {
+    ct.prefetch_flow(hash)
+}
+#[inline(always)]
+fn third_step(
+    ct: &Conntrack,
+    key: &FlowKey,
+    hash: u64,
+    seen: Seen,
+    now: u32,
+    flags: u8,
+    hit: &mut FlowHit,
+) -> bool {
+    ct.lookup_candidate_into(key, hash, seen, now, flags, hit) // icount.sh: base
+}
+
 /// `lookups` conntrack lookups as the conntrack bench's batched ones do
 /// them (hash and ask for the bucket of 32 keys, then their records,
 /// then look each up from its candidate), over both directions of 1,024
@@ -340,7 +370,7 @@ fn ct_lookups(lookups: usize) {
         keys.extend([forward, reply]);
     }
     let mut hashes = [0u64; BATCH];
-    let mut candidates = [Candidate::NONE; BATCH];
+    let mut candidates = [Seen::default(); BATCH];
     let mut hit = FlowHit::UNSET;
     let mut done = 0;
     while done < lookups {
@@ -351,12 +381,89 @@ fn ct_lookups(lookups: usize) {
             ct.prefetch_index(*hash);
         }
         for (hash, candidate) in hashes[..n].iter().zip(&mut candidates) {
-            *candidate = ct.prefetch_flow(*hash);
+            *candidate = second_step(&ct, *hash);
         }
         for ((key, hash), candidate) in batch.iter().zip(&hashes).zip(&candidates) {
-            let found = ct.lookup_candidate_into(key, *hash, *candidate, NOW, ack, &mut hit);
+            let found = third_step(&ct, key, *hash, *candidate, NOW, ack, &mut hit);
             assert!(found, "a tracked flow");
             black_box(hit.nat_port);
+        }
+        done += n;
+    }
+}
+
+/// `flows` fresh TCP flows into a table of 8,192 flows that 6,144
+/// established ones hold, 32 at a time as the conntrack bench's SYN
+/// flood (`new_flows`) does them: hash and ask for every key's bucket;
+/// for each key its bucket does not hold, ask for its reply bucket; then
+/// per key a lookup (a miss) and an insert. Once the flood fills the
+/// table, every insert evicts the oldest unreplied flow.
+fn ct_flood(flows: usize) {
+    const BATCH: usize = 32;
+    const NOW: u32 = 1;
+    let (syn, ack) = (0x02, 0x10);
+    let ct = Conntrack::new(ConntrackConfig {
+        max_flows: 8192,
+        ..ConntrackConfig::default()
+    });
+    let forward = |n: u32| FlowKey {
+        src: std::net::Ipv4Addr::from(0xc612_0000 | (n >> 16)),
+        dst: std::net::Ipv4Addr::new(198, 19, 255, 1 + (n % 16) as u8),
+        src_port: n as u16,
+        dst_port: 80,
+        protocol: Protocol::Tcp,
+    };
+    let backend = |n: u32| {
+        (
+            std::net::Ipv4Addr::new(198, 19, 0, 1 + (n % 64) as u8),
+            8080,
+        )
+    };
+    for n in 0..6144 {
+        let (key, to) = (forward(n), backend(n));
+        let reply = FlowKey {
+            src: to.0,
+            dst: key.src,
+            src_port: to.1,
+            dst_port: key.src_port,
+            protocol: Protocol::Tcp,
+        };
+        ct.insert(key, to, NOW, FlowMeta::default())
+            .expect("room for the established flows");
+        ct.lookup(&reply, NOW, syn | ack)
+            .expect("the reply is tracked");
+        ct.lookup(&key, NOW, ack).expect("the flow is tracked");
+    }
+    let mut hashes = [0u64; BATCH];
+    let mut candidates = [Seen::default(); BATCH];
+    let mut hit = FlowHit::UNSET;
+    let mut done = 0;
+    while done < flows {
+        let n = BATCH.min(flows - done);
+        let first = 1_000_000 + done as u32;
+        for (i, hash) in hashes[..n].iter_mut().enumerate() {
+            *hash = ct.hash(&forward(first + i as u32));
+            ct.prefetch_index(*hash);
+        }
+        for (i, (hash, candidate)) in hashes[..n].iter().zip(&mut candidates).enumerate() {
+            let m = first + i as u32;
+            *candidate = second_step(&ct, *hash);
+            if !held(*candidate) {
+                ct.prefetch_reply(&forward(m), *hash, backend(m));
+            }
+        }
+        for (i, (hash, candidate)) in hashes[..n].iter().zip(&candidates).enumerate() {
+            let m = first + i as u32;
+            let key = forward(m);
+            if third_step(&ct, &key, *hash, *candidate, NOW, syn, &mut hit) {
+                continue;
+            }
+            // The first inserts that evict are refused while the queue's
+            // entries of the established flows are popped (as in the
+            // bench); the same in every run, so they cancel out.
+            let inserted =
+                ct.insert_into(key, *hash, backend(m), NOW, FlowMeta::default(), &mut hit);
+            black_box(inserted.is_ok());
         }
         done += n;
     }

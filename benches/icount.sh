@@ -16,8 +16,9 @@
 #                established_churn, batched while other connections
 #                end, established_unreplied, batched over UDP flows
 #                that never had a reply (the veth udp-est), and
-#                new_flow_batched, new flows batched, and ct_lookups,
-#                the conntrack bench's batched lookups alone; the IPv6
+#                new_flow_batched, new flows batched, ct_lookups and
+#                ct_flood, the conntrack bench's batched lookups and
+#                SYN flood alone; the IPv6
 #                ones are established_ipv6,
 #                reply_ipv6, new_flow_ipv6_1 and new_flow_ipv6_10000;
 #                new_flow_full_snat and new_flow_full_nosnat set new flows
@@ -88,12 +89,14 @@ if [[ -n "$base" ]]; then
     if grep -q 'pub fn prefetch_flows(&mut self)' "$tree/forwarder/datapath/src/pipeline.rs"; then
         sed -i 's/\.prefetch_flows(ctx)/.prefetch_flows()/' "$tree"/benches/icount*.rs
     fi
-    # Before the lookup's candidate, the third step searched the bucket
-    # again: ct_lookups as such a revision's worker did it.
+    # Before the lookup's candidate (f534c87), the second step said
+    # whether the bucket held the key, and the third searched it again:
+    # the conntrack cases as such a revision's worker took them.
     if ! grep -q 'pub fn lookup_candidate_into' "$tree/forwarder/datapath/src/conntrack/mod.rs"; then
-        sed -i -e 's/\*candidate = ct\.prefetch_flow(\*hash);/ct.prefetch_flow(*hash);/' \
-            -e 's/ct\.lookup_candidate_into(key, \*hash, \*candidate, /ct.lookup_into(key, *hash, /' \
-            -e 's/\[Candidate::NONE; BATCH\]/[(); BATCH]/' -e 's/Candidate, Conntrack,/Conntrack,/' \
+        sed -i -e 's/^type Seen = Candidate; .*/type Seen = bool;/' \
+            -e 's/^    seen\.is_some() .*/    seen/' \
+            -e 's/^    ct\.lookup_candidate_into(key, hash, seen, now, flags, hit) .*/    let _ = seen;\n    ct.lookup_into(key, hash, now, flags, hit)/' \
+            -e 's/Candidate, Conntrack,/Conntrack,/' \
             "$tree/benches/icount.rs"
     fi
     echo "building $base in $tree" >&2
