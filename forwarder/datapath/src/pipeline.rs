@@ -16,9 +16,9 @@
 //! batch's prefetch passes before it only read the flow key off the
 //! common frames' bytes, [`Pipeline::prefetch`], and ask for the lines
 //! the batch's lookups and inserts will read: its keys' buckets, then
-//! the records they point to, or for a key no bucket holds, a new
-//! flow's, the backend it is picked ahead and its reply key's bucket,
-//! [`Pipeline::prefetch_flows`].)
+//! the records they point to, which each frame's lookup then reads
+//! first, or for a key no bucket holds, a new flow's, the backend it is
+//! picked ahead and its reply key's bucket, [`Pipeline::prefetch_flows`].)
 //!
 //! Every frame gets one verdict and one count. Policy:
 //! - a new connection to a VIP that cannot be served is refused, not
