@@ -1436,18 +1436,15 @@ impl<A: IpFamily> Conntrack<A> {
         flags: u8,
         hit: &mut FlowHit<A>,
     ) -> bool {
-        match self.find(key, hash) {
-            Some(found) => self.touch(&found, key.protocol, now, flags, hit),
-            None => false,
-        }
+        self.lookup_candidate_into(key, hash, Candidate::NONE, now, flags, hit)
     }
 
     /// [`Conntrack::lookup_into`] that reads the record `candidate` names
     /// first (see [`Candidate`]): where it holds `key`, the bucket is not
     /// searched again.
     ///
-    /// With [`Candidate::NONE`], the bucket is searched slot by slot as
-    /// [`Conntrack::lookup_into`] does. Searched as an insert searches it
+    /// With [`Candidate::NONE`] (as [`Conntrack::lookup_into`] calls it),
+    /// the bucket is searched slot by slot. Searched as an insert searches it
     /// (seven signatures compared at once), a new flow's lookup took 17
     /// instructions fewer, and neither the SYN flood nor the new-flow
     /// packet path was any faster (benches/RESULTS.md, session 23).
