@@ -235,7 +235,11 @@ pub struct FlowMeta {
     /// The counter slot of the flow's (Service port, endpoint), or [`NO_SLOT`].
     pub slot: u32,
     /// The inserting worker's index: the flow goes into its eviction
-    /// queues ([`Conntrack::with_workers`]; 0 with one).
+    /// queues ([`Conntrack::with_workers`]; 0 with one). One thread
+    /// inserts with an index at a time (a worker's own): the counts of
+    /// its part's inserts have that thread as their only writer, and two
+    /// threads inserting with one index at once may lose counts (never
+    /// flows).
     pub worker: usize,
 }
 
@@ -377,7 +381,10 @@ pub enum InsertError {
     SnatExhausted,
 }
 
-/// Why flows left the table.
+/// Why flows left the table. In a worker's part ([`PerWorker`]),
+/// `inserted`, `evicted`, `refused`, `reused` and `snat_exhausted` are
+/// that worker's alone (see `count_own`); the rest are counted by
+/// record or by whoever sweeps, with locked additions.
 #[derive(Debug, Default)]
 pub struct ConntrackStats {
     pub inserted: AtomicU64,
@@ -546,6 +553,23 @@ impl<A: IpFamily> Default for Conntrack<A> {
 /// tolerate a momentarily stale value; no other memory is published
 /// through them.
 const STAT: Ordering = Ordering::Relaxed;
+
+/// Adds one to a counter of the inserting worker's own part
+/// ([`PerWorker`]): `inserted`, `evicted`, `refused`, `reused` and
+/// `snat_exhausted`, which only inserts count, each in its worker's
+/// part. A worker index is one thread's ([`FlowMeta::worker`]), so the
+/// counter has one writer, and a load and a store add to it without a
+/// locked instruction: a locked add waits for every store before it to
+/// reach the cache, and a flood's insert, which writes a record and
+/// four buckets, counted two (10-14 ns of 200; benches/RESULTS.md,
+/// session 24). Readers sum the parts, as for the pipeline's counters
+/// ([`crate::counters`]).
+#[inline(always)]
+fn count_own(counter: &AtomicU64) {
+    // Relaxed: a statistic; one writer (see above), so no increment is
+    // lost between the load and the store.
+    counter.store(counter.load(STAT).wrapping_add(1), STAT);
+}
 
 /// A live flow found behind an index slot.
 #[derive(Debug, Clone, Copy)]
@@ -1696,10 +1720,7 @@ impl<A: IpFamily> Conntrack<A> {
             let Some((snat_index, snat_port, reply_hash)) =
                 self.free_snat_port(&flow, forward_hash)
             else {
-                self.worker(meta.worker)
-                    .stats
-                    .snat_exhausted
-                    .fetch_add(1, STAT);
+                count_own(&self.worker(meta.worker).stats.snat_exhausted);
                 return Err(InsertError::SnatExhausted);
             };
             let flow = FlowData {
@@ -1805,7 +1826,7 @@ impl<A: IpFamily> Conntrack<A> {
             now,
             meta.worker,
         ) else {
-            stats.refused.fetch_add(1, STAT);
+            count_own(&stats.refused);
             return Err(InsertError::Full);
         };
         let bits =
@@ -1833,7 +1854,7 @@ impl<A: IpFamily> Conntrack<A> {
         ) {
             Placed::Linked => {}
             Placed::Gone => {
-                stats.inserted.fetch_add(1, STAT);
+                count_own(&stats.inserted);
                 flow.write_hit(id, Direction::Forward, bits, &self.snat, hit);
                 return Ok(());
             }
@@ -1850,7 +1871,7 @@ impl<A: IpFamily> Conntrack<A> {
             }
             Placed::ChainFull => {
                 self.discard(id, life);
-                stats.refused.fetch_add(1, STAT);
+                count_own(&stats.refused);
                 return Err(InsertError::Full);
             }
         }
@@ -1869,7 +1890,7 @@ impl<A: IpFamily> Conntrack<A> {
                 still_ours,
             ) {
                 Placed::Linked | Placed::Gone => {
-                    stats.inserted.fetch_add(1, STAT);
+                    count_own(&stats.inserted);
                     flow.write_hit(id, Direction::Forward, bits, &self.snat, hit);
                     return Ok(());
                 }
@@ -1883,12 +1904,12 @@ impl<A: IpFamily> Conntrack<A> {
                         .remove_flow(old.id, |_, l| l.seq() == old.life.seq() && finished(l))
                         .is_some()
                     {
-                        stats.reused.fetch_add(1, STAT);
+                        count_own(&stats.reused);
                     }
                 }
                 Placed::ChainFull => {
                     self.discard(id, life);
-                    stats.refused.fetch_add(1, STAT);
+                    count_own(&stats.refused);
                     return Err(InsertError::Full);
                 }
             }
@@ -2103,7 +2124,7 @@ impl<A: IpFamily> Conntrack<A> {
         debug_assert_eq!(homes, self.homes(victim), "record {id}'s queued homes");
         self.unlink(id, homes);
         self.snat.released(victim.snat_index);
-        stats.evicted[class as usize].fetch_add(1, STAT);
+        count_own(&stats.evicted[class as usize]);
         if life.bits() & REPLIED != 0 {
             self.unreplied.fetch_add(1, STAT);
             // A replied flow may sit in a worker's flow cache by its

@@ -1088,9 +1088,10 @@ fn concurrent_inserts_of_the_same_keys_leave_each_key_one_indexed_flow() {
     }
 }
 
-/// Four threads inserting, looking up (both ways), removing and sweeping
-/// flows of a key space of `keys` keys where `forward(n)`'s backend is
-/// `backend(n)`: every hit must be the flow's own rewrite.
+/// Four threads, each its own worker, inserting, looking up (both ways),
+/// removing and sweeping flows of a key space of `keys` keys where
+/// `forward(n)`'s backend is `backend(n)`: every hit must be the flow's
+/// own rewrite.
 fn concurrent_run_in<A: IpFamily>(
     max_flows: usize,
     index_flows: usize,
@@ -1106,7 +1107,8 @@ fn concurrent_run_in<A: IpFamily>(
             timeouts: Timeouts::default(),
         },
         index_flows,
-    );
+    )
+    .with_workers(4);
     std::thread::scope(|scope| {
         for t in 0..4u64 {
             let ct = &ct;
@@ -1121,7 +1123,10 @@ fn concurrent_run_in<A: IpFamily>(
                                 spaced_forward(n),
                                 spaced_backend(n),
                                 now,
-                                FlowMeta::default(),
+                                FlowMeta {
+                                    worker: t as usize,
+                                    ..FlowMeta::default()
+                                },
                             ) {
                                 assert_eq!(
                                     (hit.nat_ip, hit.nat_port),
