@@ -2005,7 +2005,10 @@ impl<A: IpFamily> Conntrack<A> {
         };
         let closing_flow =
             |l: Life| l.bits() & ASSURED != 0 && FlowState::from_bits(l.bits()).is_closing();
-        let mut closing = full.then(|| queues.closing.lock());
+        // Locked only when it holds a flow: the lock is a locked
+        // instruction, which a full table's every insert paid though
+        // assured flows seldom close as fast as new ones come.
+        let mut closing = (full && !queues.closing.looks_empty()).then(|| queues.closing.lock());
 
         // 1. The oldest closing flow, if it has expired.
         if let Some(closing) = closing.as_mut() {
@@ -2081,8 +2084,13 @@ impl<A: IpFamily> Conntrack<A> {
             }
         }
 
-        // 3. The oldest assured flow that is closing.
-        let mut closing = closing?;
+        // 3. The oldest assured flow that is closing (looked at under
+        // the lock even when it looked empty in step 1: a flow may have
+        // begun to close since, and the new flow is refused otherwise).
+        if !full {
+            return None;
+        }
+        let mut closing = closing.unwrap_or_else(|| queues.closing.lock());
         for _ in 0..EVICTION_SCAN {
             let victim = closing.pop_front()?;
             let claimed =

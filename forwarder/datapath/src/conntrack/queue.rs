@@ -12,7 +12,7 @@
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::slab::RecordId;
 
@@ -44,6 +44,9 @@ pub(super) const QUEUE_BYTES: usize =
 #[derive(Debug)]
 pub(super) struct EvictionQueue<T> {
     locked: AtomicBool,
+    /// The entries as the last holder left them, for
+    /// [`EvictionQueue::looks_empty`].
+    queued: AtomicUsize,
     entries: UnsafeCell<VecDeque<T>>,
 }
 
@@ -57,6 +60,7 @@ impl<T> EvictionQueue<T> {
     pub fn new(capacity: usize) -> EvictionQueue<T> {
         EvictionQueue {
             locked: AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
             entries: UnsafeCell::new(VecDeque::with_capacity(capacity)),
         }
     }
@@ -75,6 +79,18 @@ impl<T> EvictionQueue<T> {
         // Within the capacity: the buffer never moves.
         queue.extend(std::iter::repeat(filler).take(capacity - len));
         queue.truncate(len);
+    }
+
+    /// Whether the queue was empty when its last holder let go: a
+    /// look without the lock, for a caller that may skip an empty queue
+    /// (a full table's insert, which has a closing flow to evict only
+    /// now and then, and took this lock, a locked instruction, on every
+    /// insert). Entries queued since may be missed; the next look sees
+    /// them.
+    #[inline]
+    pub fn looks_empty(&self) -> bool {
+        // Relaxed: a hint; the entries themselves are read under the lock.
+        self.queued.load(Ordering::Relaxed) == 0
     }
 
     pub fn lock(&self) -> QueueGuard<'_, T> {
@@ -137,6 +153,9 @@ impl<T> DerefMut for QueueGuard<'_, T> {
 
 impl<T> Drop for QueueGuard<'_, T> {
     fn drop(&mut self) {
+        // Relaxed: a hint (see `looks_empty`); we are its only writer
+        // while we hold the lock.
+        self.queue.queued.store(self.len(), Ordering::Relaxed);
         // Release: our changes to the queue are visible to the next
         // holder.
         self.queue.locked.store(false, Ordering::Release);
