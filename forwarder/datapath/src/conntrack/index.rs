@@ -21,10 +21,12 @@
 //! is always found; a reference read from a slot may point to a record
 //! that has since been reused, which the record's sequence check catches.
 //! A slot is placed only while its record still holds the flow being
-//! linked (asked under the chain's lock), and a flow's remover unlinks
-//! under the same lock after ending the flow, so no slot outlives its
-//! flow: a slot word names a record, and a slot left behind would be
-//! taken for the record's next flow of the same key.
+//! linked (asked under the chain's lock), and a flow's remover, after
+//! ending the flow, clears the slot if it finds it in the home bucket
+//! (the link is done: only the remover stores to a slot in use) and
+//! otherwise searches under the same lock, so no slot outlives its flow:
+//! a slot word names a record, and a slot left behind would be taken for
+//! the record's next flow of the same key.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -52,10 +54,13 @@ struct Bucket {
 
 impl Bucket {
     /// The first slot whose bits under `mask` equal `want` (an empty
-    /// one: `u64::MAX`, 0), for a writer holding this bucket's lock.
+    /// one: `u64::MAX`, 0), for a writer holding this bucket's lock, or
+    /// for a flow's remover looking for its slot (see
+    /// [`FlowIndex::unlink_reference`]).
     #[inline(always)]
     fn slot_matching(&self, mask: u64, want: u64) -> Option<&AtomicU64> {
-        // Relaxed: under the lock; no one else stores to the slots.
+        // Relaxed: under the lock, no one else stores to the slots; a
+        // remover's slot, once stored, changes only by its own store.
         self.slots
             .iter()
             .find(|s| s.load(Ordering::Relaxed) & mask == want)
@@ -359,9 +364,11 @@ impl FlowIndex {
     ///
     /// `live` is asked under the chain's locks, just before the slot is
     /// stored; a remover changes a record's sequence before it unlinks
-    /// the record's keys under the same locks. So either `live` sees the
-    /// removal and nothing is placed, or the remover takes these locks
-    /// after us and finds the slot: no slot outlives its flow. (A slot
+    /// the record's keys, and looks for a slot it did not find in the
+    /// home bucket under the same locks. So either `live` sees the
+    /// removal and nothing is placed, or the remover finds the slot
+    /// (stored, or under these locks after us): no slot outlives its
+    /// flow. (A slot
     /// word names a record, not a flow: a slot left behind would be taken
     /// for the record's next flow of the same key.)
     #[inline]
@@ -443,9 +450,32 @@ impl FlowIndex {
     /// caller claimed. The signature's lowest bit, always set in a slot
     /// in use, tells it from an empty slot (reference 0 is record 0's
     /// forward key).
+    ///
+    /// Only the flow's remover (the caller, who claimed it) calls this,
+    /// and a slot found in the home bucket is cleared without the lock:
+    /// a link stores its slot once, under the lock, so a slot found is a
+    /// link done, and no one but the flow's remover stores to a slot in
+    /// use (a linker takes empty slots only). A slot not found there is
+    /// searched for under the locks: its link may still be under way
+    /// (its linker then sees, under the lock, that the flow was claimed,
+    /// and places nothing), or it sits further down the chain, whose
+    /// overflow counts change with it. A lock is a locked instruction,
+    /// which waits for every store before it to reach the cache: a
+    /// flood's eviction unlinked two keys with two of them (benches/
+    /// RESULTS.md, session 24).
     pub fn unlink_reference(&self, home: usize, id: RecordId, direction: u32) -> bool {
         const REFERENCE_AND_IN_USE: u64 = 1 << 32 | 0xffff_ffff;
         let want = 1 << 32 | u64::from(slot_reference(id, direction));
+        if let Some(slot) = self
+            .buckets
+            .get(home)
+            .and_then(|bucket| bucket.slot_matching(REFERENCE_AND_IN_USE, want))
+        {
+            // Release: pairs with `find`'s Acquire, as in
+            // `unlink_matching`.
+            slot.store(0, Ordering::Release);
+            return true;
+        }
         self.unlink_matching(home, REFERENCE_AND_IN_USE, want)
     }
 
