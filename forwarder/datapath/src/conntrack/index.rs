@@ -821,6 +821,49 @@ mod tests {
         assert_eq!((used, consistent), (7, true));
     }
 
+    /// A remover clears its slot in the home bucket without the lock
+    /// (a linker of another key may hold it), and one past the home
+    /// bucket under the locks, once the holder lets go.
+    #[test]
+    fn a_remover_clears_its_home_slot_while_a_linker_holds_the_lock() {
+        let index = FlowIndex::new(1);
+        for id in 1..=8 {
+            let placed = index.link(
+                hash(id),
+                slot_word(hash(id), id, FORWARD),
+                |_, _| None::<()>,
+                || true,
+            );
+            assert_eq!(placed, Placed::Linked, "record {id}");
+        }
+        assert_eq!(index.overflow(0), 1, "record 8 sits past the home bucket");
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            let holder = HomeLock::new(&index, 0);
+            s.spawn(|| {
+                let cleared = index.unlink_reference(0, 3, FORWARD);
+                done.send(("home", cleared)).expect("the test waits");
+                let cleared = index.unlink_reference(0, 8, FORWARD);
+                done.send(("past home", cleared)).expect("the test waits");
+            });
+            assert_eq!(
+                finished.recv_timeout(std::time::Duration::from_secs(60)),
+                Ok(("home", true)),
+                "the home bucket's slot is cleared while its lock is held"
+            );
+            drop(holder);
+            assert_eq!(
+                finished.recv_timeout(std::time::Duration::from_secs(60)),
+                Ok(("past home", true)),
+                "the slot past home is cleared once the lock is free"
+            );
+        });
+        assert_eq!(index.overflow(0), 0, "record 8's overflow counted out");
+        assert_eq!(index.find(hash(3), |id, _| Some(id)), None);
+        let (used, consistent) = index.audit(|_| 0);
+        assert_eq!((used, consistent), (6, true));
+    }
+
     #[test]
     fn link_reports_an_existing_key_and_chains_have_an_end() {
         let index = FlowIndex::new(1);
