@@ -1487,17 +1487,7 @@ impl<A: IpFamily> Conntrack<A> {
             true => self.live_match(id, direction_of(direction), key),
             false => None,
         };
-        // A match, not `Option::or_else`: inlined into a larger loop
-        // (the conntrack bench's, forced), `or_else` was left a call of
-        // its own, the found flow (tens of bytes) went through the stack
-        // into it, written field by field and read back in wider loads,
-        // and the cached lookups took half as long again
-        // (benches/RESULTS.md, session 24).
-        let found = match found {
-            Some(found) => Some(found),
-            None => self.find(key, hash),
-        };
-        match found {
+        match found.or_else(|| self.find(key, hash)) {
             Some(found) => self.touch(&found, key.protocol, now, flags, hit),
             None => false,
         }
