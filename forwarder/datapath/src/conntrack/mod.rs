@@ -1955,19 +1955,32 @@ impl<A: IpFamily> Conntrack<A> {
         now: u32,
         worker: usize,
     ) -> Option<RecordId> {
-        let workers = self.workers.len();
-        let mut w = self.worker_index(worker);
-        let stats = &self.workers[w].stats;
+        let w = self.worker_index(worker);
+        let own = &self.workers[w];
         // The worker's own queues, then the others' in turn.
-        for _ in 0..workers {
-            if let Some(id) =
-                self.admit_with(&self.workers[w], stats, forward_home, reply_home, now)
-            {
-                return Some(id);
-            }
-            w = if w + 1 == workers { 0 } else { w + 1 };
-        }
-        None
+        self.admit_with(own, &own.stats, forward_home, reply_home, now)
+            .or_else(|| self.admit_elsewhere(w, forward_home, reply_home, now))
+    }
+
+    /// [`Conntrack::admit`] with the other workers' queues, in turn after
+    /// worker `w`'s, when its own hold nothing that may go. Out of line:
+    /// rare, and inlined beside the worker's own it doubled the insert's
+    /// code and made its registers spill.
+    #[cold]
+    #[inline(never)]
+    fn admit_elsewhere(
+        &self,
+        w: usize,
+        forward_home: u32,
+        reply_home: u32,
+        now: u32,
+    ) -> Option<RecordId> {
+        let workers = self.workers.len();
+        let stats = &self.workers[w].stats;
+        (1..workers).find_map(|k| {
+            let other = &self.workers[(w + k) % workers];
+            self.admit_with(other, stats, forward_home, reply_home, now)
+        })
     }
 
     /// [`Conntrack::admit`] with one worker's queues; evictions are
