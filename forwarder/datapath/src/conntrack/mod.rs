@@ -381,10 +381,11 @@ pub enum InsertError {
     SnatExhausted,
 }
 
-/// Why flows left the table. In a worker's part ([`PerWorker`]),
-/// `inserted`, `evicted`, `refused`, `reused` and `snat_exhausted` are
-/// that worker's alone (see `count_own`); the rest are counted by
-/// record or by whoever sweeps, with locked additions.
+/// Why flows left the table. In a worker's part of the table (see
+/// [`Conntrack::with_workers`]), `inserted`, `evicted`, `refused`,
+/// `reused` and `snat_exhausted` are that worker's alone (see
+/// [`FlowMeta::worker`]); the rest are counted by record or by whoever
+/// sweeps, with locked additions.
 #[derive(Debug, Default)]
 pub struct ConntrackStats {
     pub inserted: AtomicU64,
