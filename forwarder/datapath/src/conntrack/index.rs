@@ -368,9 +368,8 @@ impl FlowIndex {
     /// home bucket under the same locks. So either `live` sees the
     /// removal and nothing is placed, or the remover finds the slot
     /// (stored, or under these locks after us): no slot outlives its
-    /// flow. (A slot
-    /// word names a record, not a flow: a slot left behind would be taken
-    /// for the record's next flow of the same key.)
+    /// flow. (A slot word names a record, not a flow: a slot left behind
+    /// would be taken for the record's next flow of the same key.)
     #[inline]
     pub fn link<T>(
         &self,

@@ -562,7 +562,7 @@ const STAT: Ordering = Ordering::Relaxed;
 /// counter has one writer, and a load and a store add to it without a
 /// locked instruction: a locked add waits for every store before it to
 /// reach the cache, and a flood's insert, which writes a record and
-/// four buckets, counted two (10-14 ns of 200; benches/RESULTS.md,
+/// four buckets, counted two (about 10 ns of 215; benches/RESULTS.md,
 /// session 24). Readers sum the parts, as for the pipeline's counters
 /// ([`crate::counters`]).
 #[inline(always)]
@@ -1965,8 +1965,9 @@ impl<A: IpFamily> Conntrack<A> {
 
     /// [`Conntrack::admit`] with the other workers' queues, in turn after
     /// worker `w`'s, when its own hold nothing that may go. Out of line:
-    /// rare, and inlined beside the worker's own it doubled the insert's
-    /// code and made its registers spill.
+    /// rare, and tried in one loop with the worker's own queues, inlined,
+    /// it made the insert spill registers (12 instructions more per IPv4
+    /// new flow, 32 per IPv6 one; benches/RESULTS.md, session 24).
     #[cold]
     #[inline(never)]
     fn admit_elsewhere(
