@@ -507,11 +507,7 @@ fn syn_flood(c: &mut Criterion, name: &str, config: ConntrackConfig, keys: &[Flo
         "syn_flood/1M_flows/{name}: {flooded} new flows, {refused} refused, {} evicted; \
          table now {} flows ({} unreplied, max {}); core 1 meanwhile: {:.2} M established \
          lookups/s, {bg_misses} misses",
-        stats
-            .evicted
-            .iter()
-            .map(|e| e.load(Ordering::Relaxed))
-            .sum::<u64>(),
+        stats.evicted.iter().map(|e| e.get()).sum::<u64>(),
         s.flows,
         s.unreplied,
         s.max_flows,

@@ -1744,7 +1744,7 @@ fn snat_forward_reply_and_exhaustion_cases() {
     assert_eq!(c.new_flows.get(), 2, "one TCP and one UDP flow");
     assert_eq!(c.drops_of(DropReason::SnatPortsExhausted), 2);
     assert_eq!(c.refusals.get(), 2, "a RST and an ICMP port unreachable");
-    assert_eq!(ct.stats().snat_exhausted.load(STAT_ORDER), 2);
+    assert_eq!(ct.stats().snat_exhausted.get(), 2);
     assert_eq!(
         ct.snat_ports_in_use(),
         vec![(Ipv4Addr::from(SNAT), 2)],

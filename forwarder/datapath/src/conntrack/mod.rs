@@ -99,6 +99,7 @@ use self::slab::{FlowData, Life, RecordId, Slab};
 use self::snat::{SnatConfig, SnatError, SnatPool};
 use self::state::{next_state, AFFINITY, ASSURED, REPLIED};
 pub use self::state::{FlowState, Timeouts};
+use crate::counters::Counter;
 use crate::family::IpFamily;
 use crate::wire::tcp::flags as tcp_flags;
 
@@ -383,16 +384,20 @@ pub enum InsertError {
 
 /// Why flows left the table. In a worker's part of the table (see
 /// [`Conntrack::with_workers`]), `inserted`, `evicted`, `refused`,
-/// `reused` and `snat_exhausted` are that worker's alone (see
-/// [`FlowMeta::worker`]); the rest are counted by record or by whoever
-/// sweeps, with locked additions.
+/// `reused` and `snat_exhausted` are counted only by that worker's
+/// inserts, so each has one writer ([`FlowMeta::worker`]) and is a
+/// [`Counter`], added to without a locked instruction: a locked add
+/// waits for every store before it to reach the cache, and a flood's
+/// insert, which writes a record and four buckets, counted two (about
+/// 10 ns of 215; benches/RESULTS.md, session 24). The rest are counted
+/// by record or by whoever sweeps, with locked additions.
 #[derive(Debug, Default)]
 pub struct ConntrackStats {
-    pub inserted: AtomicU64,
+    pub inserted: Counter,
     /// Flows evicted for a new one, per [`EvictionClass`].
-    pub evicted: [AtomicU64; EvictionClass::ALL.len()],
+    pub evicted: [Counter; EvictionClass::ALL.len()],
     /// New flows refused because nothing could be evicted.
-    pub refused: AtomicU64,
+    pub refused: Counter,
     /// Flows removed because their backend or Service went away.
     pub retired: AtomicU64,
     /// Flows an operator deleted (`cipgw conntrack --delete`).
@@ -402,16 +407,17 @@ pub struct ConntrackStats {
     pub replaced: AtomicU64,
     /// Finished flows (TIME_WAIT, closed) that made way for a new
     /// connection reusing their reply 5-tuple through another VIP.
-    pub reused: AtomicU64,
+    pub reused: Counter,
     /// Flows expired by the sweeper, per state.
     pub expired: [AtomicU64; FlowState::ALL.len()],
     /// New flows refused because source NAT had no port for them.
-    pub snat_exhausted: AtomicU64,
+    pub snat_exhausted: Counter,
 }
 
 impl ConntrackStats {
     /// Adds `other`'s counts to these (every field: the pattern below
-    /// does not compile when one is missing).
+    /// does not compile when one is missing), for a sum that this
+    /// caller alone writes.
     fn add(&self, other: &ConntrackStats) {
         let ConntrackStats {
             inserted,
@@ -427,19 +433,20 @@ impl ConntrackStats {
         let add = |to: &AtomicU64, from: &AtomicU64| {
             to.fetch_add(from.load(STAT), STAT);
         };
-        add(&self.inserted, inserted);
+        let add_own = |to: &Counter, from: &Counter| to.add(from.get());
+        add_own(&self.inserted, inserted);
         for (to, from) in self.evicted.iter().zip(evicted) {
-            add(to, from);
+            add_own(to, from);
         }
-        add(&self.refused, refused);
+        add_own(&self.refused, refused);
         add(&self.retired, retired);
         add(&self.deleted, deleted);
         add(&self.replaced, replaced);
-        add(&self.reused, reused);
+        add_own(&self.reused, reused);
         for (to, from) in self.expired.iter().zip(expired) {
             add(to, from);
         }
-        add(&self.snat_exhausted, snat_exhausted);
+        add_own(&self.snat_exhausted, snat_exhausted);
     }
 }
 
@@ -554,23 +561,6 @@ impl<A: IpFamily> Default for Conntrack<A> {
 /// tolerate a momentarily stale value; no other memory is published
 /// through them.
 const STAT: Ordering = Ordering::Relaxed;
-
-/// Adds one to a counter of the inserting worker's own part
-/// ([`PerWorker`]): `inserted`, `evicted`, `refused`, `reused` and
-/// `snat_exhausted`, which only inserts count, each in its worker's
-/// part. A worker index is one thread's ([`FlowMeta::worker`]), so the
-/// counter has one writer, and a load and a store add to it without a
-/// locked instruction: a locked add waits for every store before it to
-/// reach the cache, and a flood's insert, which writes a record and
-/// four buckets, counted two (about 10 ns of 215; benches/RESULTS.md,
-/// session 24). Readers sum the parts, as for the pipeline's counters
-/// ([`crate::counters`]).
-#[inline(always)]
-fn count_own(counter: &AtomicU64) {
-    // Relaxed: a statistic; one writer (see above), so no increment is
-    // lost between the load and the store.
-    counter.store(counter.load(STAT).wrapping_add(1), STAT);
-}
 
 /// A live flow found behind an index slot.
 #[derive(Debug, Clone, Copy)]
@@ -1721,7 +1711,7 @@ impl<A: IpFamily> Conntrack<A> {
             let Some((snat_index, snat_port, reply_hash)) =
                 self.free_snat_port(&flow, forward_hash)
             else {
-                count_own(&self.worker(meta.worker).stats.snat_exhausted);
+                self.worker(meta.worker).stats.snat_exhausted.inc();
                 return Err(InsertError::SnatExhausted);
             };
             let flow = FlowData {
@@ -1827,7 +1817,7 @@ impl<A: IpFamily> Conntrack<A> {
             now,
             meta.worker,
         ) else {
-            count_own(&stats.refused);
+            stats.refused.inc();
             return Err(InsertError::Full);
         };
         let bits =
@@ -1855,7 +1845,7 @@ impl<A: IpFamily> Conntrack<A> {
         ) {
             Placed::Linked => {}
             Placed::Gone => {
-                count_own(&stats.inserted);
+                stats.inserted.inc();
                 flow.write_hit(id, Direction::Forward, bits, &self.snat, hit);
                 return Ok(());
             }
@@ -1872,7 +1862,7 @@ impl<A: IpFamily> Conntrack<A> {
             }
             Placed::ChainFull => {
                 self.discard(id, life);
-                count_own(&stats.refused);
+                stats.refused.inc();
                 return Err(InsertError::Full);
             }
         }
@@ -1891,7 +1881,7 @@ impl<A: IpFamily> Conntrack<A> {
                 still_ours,
             ) {
                 Placed::Linked | Placed::Gone => {
-                    count_own(&stats.inserted);
+                    stats.inserted.inc();
                     flow.write_hit(id, Direction::Forward, bits, &self.snat, hit);
                     return Ok(());
                 }
@@ -1905,12 +1895,12 @@ impl<A: IpFamily> Conntrack<A> {
                         .remove_flow(old.id, |_, l| l.seq() == old.life.seq() && finished(l))
                         .is_some()
                     {
-                        count_own(&stats.reused);
+                        stats.reused.inc();
                     }
                 }
                 Placed::ChainFull => {
                     self.discard(id, life);
-                    count_own(&stats.refused);
+                    stats.refused.inc();
                     return Err(InsertError::Full);
                 }
             }
@@ -2147,7 +2137,7 @@ impl<A: IpFamily> Conntrack<A> {
         debug_assert_eq!(homes, self.homes(victim), "record {id}'s queued homes");
         self.unlink(id, homes);
         self.snat.released(victim.snat_index);
-        count_own(&stats.evicted[class as usize]);
+        stats.evicted[class as usize].inc();
         if life.bits() & REPLIED != 0 {
             self.unreplied.fetch_add(1, STAT);
             // A replied flow may sit in a worker's flow cache by its

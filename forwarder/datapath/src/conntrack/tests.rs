@@ -318,7 +318,7 @@ fn a_finished_flow_makes_way_for_a_reused_port() {
         Some(Ipv4Addr::new(198, 18, 100, 11)),
         "replies now belong to the new flow"
     );
-    assert_eq!(ct.stats().reused.load(STAT), 1);
+    assert_eq!(ct.stats().reused.get(), 1);
     assert_eq!(ct.summary().flows, 1);
 }
 
@@ -495,7 +495,7 @@ fn full_table_evicts_unreplied_never_established() {
         ct.insert(forward(30), backend(), 3, FlowMeta::default()),
         Err(InsertError::Full)
     );
-    assert_eq!(ct.stats().refused.load(STAT), 1);
+    assert_eq!(ct.stats().refused.get(), 1);
     assert_eq!(evicted(&ct), [0, 3, 0]);
 }
 
@@ -602,7 +602,7 @@ fn two_workers_flooding_keep_the_counts() {
         "both keys of every flow, nothing else"
     );
     assert_eq!(
-        ct.stats().inserted.load(STAT),
+        ct.stats().inserted.get(),
         10_000,
         "every insert counted once"
     );
@@ -624,7 +624,7 @@ fn handshake(ct: &Conntrack, p: u16, now: u32) {
 
 /// Evictions per class, as [`EvictionClass::ALL`].
 fn evicted(ct: &Conntrack) -> [u64; 3] {
-    std::array::from_fn(|i| ct.stats().evicted[i].load(STAT))
+    std::array::from_fn(|i| ct.stats().evicted[i].get())
 }
 
 /// Whether the flow holding `key` is assured.
@@ -1176,10 +1176,10 @@ fn concurrent_run_in<A: IpFamily>(
     });
     check_invariants(&ct, 0);
     let stats = ct.stats();
-    assert!(stats.inserted.load(STAT) > 1000, "{stats:?}");
+    assert!(stats.inserted.get() > 1000, "{stats:?}");
     if usize::from(keys) > max_flows {
         assert!(
-            stats.evicted.iter().map(|e| e.load(STAT)).sum::<u64>() > 0,
+            stats.evicted.iter().map(|e| e.get()).sum::<u64>() > 0,
             "the table filled up: {stats:?}"
         );
     }
@@ -1430,7 +1430,7 @@ fn snat_flows_are_found_by_both_keys_and_hold_distinct_ports() {
         ct.insert(forward(5), backend(), 1, FlowMeta::default()),
         Err(InsertError::SnatExhausted)
     );
-    assert_eq!(ct.stats().snat_exhausted.load(STAT), 1);
+    assert_eq!(ct.stats().snat_exhausted.get(), 1);
     assert_eq!(
         ct.insert(
             forward(5),
@@ -1474,7 +1474,7 @@ fn snat_ports_come_back_by_every_path_a_flow_leaves() {
     ct.lookup(&snat_reply(&hit), 1000, ACK | FIN);
     ct.insert(forward(5), backend(), 1000, FlowMeta::default())
         .expect("the TIME_WAIT flow's port is taken over");
-    assert_eq!(ct.stats().reused.load(STAT), 1);
+    assert_eq!(ct.stats().reused.get(), 1);
     assert_eq!(in_use(&ct), [1]);
     check_invariants(&ct, 1000);
 
@@ -1729,7 +1729,7 @@ fn a_full_ipv6_table_evicts_unassured_before_assured() {
         );
     }
     assert_eq!(
-        ct.stats().evicted[EvictionClass::Unassured as usize].load(STAT),
+        ct.stats().evicted[EvictionClass::Unassured as usize].get(),
         1
     );
     check_invariants(&ct, 2);
