@@ -39,6 +39,15 @@ fn fold64(acc: u64) -> u16 {
     fold(sum + u32::from(carry))
 }
 
+/// The one's-complement sum of two 64-bit words: their sum with its
+/// carry added back at the bottom (which cannot carry again: a carry
+/// leaves at most 2^64 - 2).
+#[inline(always)]
+fn add_carried(a: u64, b: u64) -> u64 {
+    let (sum, carry) = a.overflowing_add(b);
+    sum + u64::from(carry)
+}
+
 /// The Internet checksum of `data` (RFC 1071).
 pub fn checksum(data: &[u8]) -> u16 {
     !fold(add_words(0, data))
@@ -99,31 +108,30 @@ impl Delta {
         self.word32(old, new)
     }
 
-    /// Records that a 128-bit field (an IPv6 address) changed, as two
-    /// 64-bit halves, each folded to 33 bits first (`hi << 32 | lo` is
-    /// `hi + lo` modulo 0xffff, and the complement of a half is that of
-    /// its words, as for a 32-bit field). In halves, not four 32-bit
-    /// words: the packet path keeps the address in the registers its
-    /// reads here split it into, and stores it to the stack in those
-    /// pieces for the next-hop cache, which reads it back 8 bytes at a
-    /// time; read as 32-bit words, each of those loads spanned two
-    /// stores and stalled (benches/RESULTS.md, session 21).
+    /// Records that a 128-bit field (an IPv6 address) changed.
+    ///
+    /// The four 64-bit halves (the old ones complemented) are added with
+    /// their carries brought back in, as they lie in memory, and folded
+    /// to 16 bits; that sum is byte-swapped once to big-endian order.
+    /// The one's-complement sum of byte-swapped words is the byte-swapped
+    /// sum (RFC 1071 section 2(B)), so this is the same delta as adding
+    /// the eight big-endian words, without swapping each half first.
+    /// Read 8 bytes at a time: the packet path keeps the address in
+    /// those pieces, and stores it to the stack in them for the next-hop
+    /// cache, which reads it back 8 bytes at a time; read as 32-bit
+    /// words, each of those loads spanned two stores and stalled
+    /// (benches/RESULTS.md, session 21).
     #[inline(always)]
     pub fn addr6(self, old: [u8; 16], new: [u8; 16]) -> Self {
         let half = |bytes: &[u8; 16], at: usize| {
             let mut half = [0; 8];
             half.copy_from_slice(&bytes[at..at + 8]);
-            u64::from_be_bytes(half)
+            u64::from_ne_bytes(half)
         };
-        self.word64(half(&old, 0), half(&new, 0))
-            .word64(half(&old, 8), half(&new, 8))
-    }
-
-    /// Records that a 64-bit field changed (see [`Delta::addr6`]).
-    #[inline(always)]
-    fn word64(self, old: u64, new: u64) -> Self {
-        let fold33 = |x: u64| (x & 0xffff_ffff) + (x >> 32);
-        Delta(self.0 + fold33(!old) + fold33(new))
+        let removed = add_carried(!half(&old, 0), !half(&old, 8));
+        let added = add_carried(half(&new, 0), half(&new, 8));
+        let native = fold64(add_carried(removed, added));
+        Delta(self.0 + u64::from(u16::from_be(native)))
     }
 
     /// Applies the delta to a stored checksum (RFC 1624, eqn. 3).
