@@ -38,9 +38,6 @@ pub trait AffinityFamily: IpFamily {
 
     /// The family's refresh slots.
     fn refreshed(refreshes: &mut Refreshes) -> &mut RefreshSlots<Self>;
-
-    /// The address folded into 32 bits (an IPv4 address is itself).
-    fn fold32(self) -> u32;
 }
 
 impl AffinityFamily for Ipv4Addr {
@@ -53,11 +50,6 @@ impl AffinityFamily for Ipv4Addr {
     fn refreshed(refreshes: &mut Refreshes) -> &mut RefreshSlots<Self> {
         &mut refreshes.v4
     }
-
-    #[inline(always)]
-    fn fold32(self) -> u32 {
-        u32::from(self)
-    }
 }
 
 impl AffinityFamily for Ipv6Addr {
@@ -69,12 +61,6 @@ impl AffinityFamily for Ipv6Addr {
     #[inline(always)]
     fn refreshed(refreshes: &mut Refreshes) -> &mut RefreshSlots<Self> {
         &mut refreshes.v6
-    }
-
-    #[inline(always)]
-    fn fold32(self) -> u32 {
-        let bits = u128::from(self);
-        (bits as u32) ^ ((bits >> 32) as u32) ^ ((bits >> 64) as u32) ^ ((bits >> 96) as u32)
     }
 }
 
@@ -257,7 +243,7 @@ impl Refreshes {
 
     #[inline(always)]
     fn slot<A: AffinityFamily>(service: &ServiceKey<A>, client: A) -> usize {
-        let a = client.fold32() ^ service.vip.fold32().rotate_left(16);
+        let a = client.fold() ^ service.vip.fold().rotate_left(16);
         let b = u32::from(service.port) | (u32::from(service.protocol.ip_number()) << 16);
         // The top 10 bits of a multiplicative hash: one of 1024 slots.
         ((a ^ b.wrapping_mul(0x85eb_ca6b)).wrapping_mul(0x9e37_79b9) >> 22) as usize

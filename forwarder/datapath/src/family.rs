@@ -50,7 +50,8 @@ pub trait IpFamily:
     fn bits(self) -> u128;
 
     /// The address folded into 32 bits (an IPv4 address is itself), for
-    /// the workers' direct-mapped caches and [`FlowKey::mix`].
+    /// the workers' direct-mapped caches (the next hop's, the affinity
+    /// refreshes') and [`FlowKey::mix`].
     ///
     /// [`FlowKey::mix`]: crate::conntrack::FlowKey::mix
     #[inline(always)]
