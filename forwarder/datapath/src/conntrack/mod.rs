@@ -82,7 +82,7 @@ mod state;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ahash::RandomState;
@@ -498,6 +498,15 @@ struct PerWorker {
     /// both are held; no two workers' queues are ever held at once.
     closing: EvictionQueue<Closing>,
     stats: ConntrackStats,
+    /// Inserts this part's queues took that are not yet in the table's
+    /// `live` and `unreplied` (each such insert adds one flow to both):
+    /// far from the table's limits, an insert adds to this count with a
+    /// plain load and store instead of two locked adds on lines every
+    /// worker writes, and every [`Conntrack::count_batch`] of them are
+    /// added to the table's counts at once (as Linux's `percpu_counter`
+    /// batches). Written only under `unassured`'s lock; read without it
+    /// by whoever needs whole counts ([`Conntrack::whole_counts`]).
+    unflushed: AtomicUsize,
 }
 
 impl PerWorker {
@@ -511,6 +520,7 @@ impl PerWorker {
                     unassured: EvictionQueue::new(share),
                     closing: EvictionQueue::new(share),
                     stats: ConntrackStats::default(),
+                    unflushed: AtomicUsize::new(0),
                 })
             })
             .collect()
@@ -527,11 +537,16 @@ pub struct Conntrack<A: IpFamily = Ipv4Addr> {
     /// Unreplied flows the flood guard admits: `unreplied_percent` of
     /// `max_flows`, at least one.
     unreplied_cap: usize,
-    /// Flows in the table. Its own line: every insert and removal writes
-    /// it, and nothing on the lookup path reads it.
-    live: CachePadded<AtomicUsize>,
-    /// Flows no reply has been seen for.
-    unreplied: CachePadded<AtomicUsize>,
+    /// Flows in the table, but for the workers' unflushed inserts
+    /// ([`PerWorker::unflushed`]): signed, as a flow a worker has not
+    /// yet added may already be removed. Its own line: inserts and
+    /// removals write it, and nothing on the lookup path reads it.
+    live: CachePadded<AtomicIsize>,
+    /// Flows no reply has been seen for, likewise.
+    unreplied: CachePadded<AtomicIsize>,
+    /// Inserts a worker counts in its own part before adding them to
+    /// `live` and `unreplied` ([`PerWorker::unflushed`]).
+    count_batch: usize,
     /// Counts removals of replied flows per part of the key space (of
     /// either key), so that per-worker caches of flows
     /// ([`crate::pipeline`]) know which of what they hold to forget:
@@ -561,6 +576,19 @@ impl<A: IpFamily> Default for Conntrack<A> {
 /// tolerate a momentarily stale value; no other memory is published
 /// through them.
 const STAT: Ordering = Ordering::Relaxed;
+
+/// What [`Conntrack::room`] found: room far from the table's limits,
+/// room near one, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Room {
+    Far,
+    Near,
+    /// No room: the table is full (or else unreplied flows hold their
+    /// share of it, the flood guard).
+    None {
+        full: bool,
+    },
+}
 
 /// A live flow found behind an index slot.
 #[derive(Debug, Clone, Copy)]
@@ -1029,8 +1057,9 @@ impl<A: IpFamily> Conntrack<A> {
             unreplied_cap: (max_flows * usize::from(config.unreplied_percent))
                 .div_ceil(100)
                 .max(1),
-            live: CachePadded::new(AtomicUsize::new(0)),
-            unreplied: CachePadded::new(AtomicUsize::new(0)),
+            live: CachePadded::new(AtomicIsize::new(0)),
+            unreplied: CachePadded::new(AtomicIsize::new(0)),
+            count_batch: Self::count_batch_for(1),
             removals: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
             workers: PerWorker::for_workers(records, 1),
             snat: SnatPool::default(),
@@ -1052,8 +1081,18 @@ impl<A: IpFamily> Conntrack<A> {
     /// inserting. Before the table is shared or adopts a file.
     pub fn with_workers(mut self, workers: usize) -> Self {
         let records = self.config.max_flows + RECORD_SLACK;
-        self.workers = PerWorker::for_workers(records, workers.clamp(1, MAX_WORKERS));
+        let workers = workers.clamp(1, MAX_WORKERS);
+        self.workers = PerWorker::for_workers(records, workers);
+        self.count_batch = Self::count_batch_for(workers);
         self
+    }
+
+    /// The inserts each of `workers` workers counts before adding them to
+    /// the table's counts: 32, fewer when the workers are many, so that
+    /// what they all hold back is at most half of [`RECORD_SLACK`]
+    /// (one, adding every insert at once, from 128 workers).
+    fn count_batch_for(workers: usize) -> usize {
+        (RECORD_SLACK / 2 / workers).clamp(1, 32)
     }
 
     /// Worker `worker`'s part, or record `id`'s when it is the record
@@ -1353,9 +1392,10 @@ impl<A: IpFamily> Conntrack<A> {
     }
 
     pub fn summary(&self) -> ConntrackSummary {
+        let (flows, unreplied) = self.whole_counts();
         ConntrackSummary {
-            flows: self.live.load(STAT),
-            unreplied: self.unreplied.load(STAT),
+            flows,
+            unreplied,
             max_flows: self.config.max_flows,
         }
     }
@@ -1939,6 +1979,59 @@ impl<A: IpFamily> Conntrack<A> {
     /// worker's pause short. The queue prefetches the records and buckets
     /// of the flows a few evictions ahead, so a flood's evictions do not
     /// wait on memory.
+    /// Whether an insert into the queues of a part with `unflushed`
+    /// inserts of its own not yet counted ([`PerWorker::unflushed`]) may
+    /// take a new record. Far from both limits (further than what every
+    /// worker may hold back), the table's counts and the part's own
+    /// decide; near one, every part's unflushed inserts are added, so a
+    /// table fills to its limit as exactly as with no batching (each
+    /// worker may overshoot it by the insert in flight).
+    #[inline(always)]
+    fn room(&self, unflushed: usize) -> Room {
+        let held_back = (self.workers.len() * self.count_batch) as isize;
+        let (max_flows, cap) = (self.config.max_flows as isize, self.unreplied_cap as isize);
+        // The table's counts with the part's own: never above the whole
+        // counts (no part holds back fewer than none), at most
+        // `held_back` below them.
+        let own = unflushed as isize;
+        let live = self.live.load(STAT) + own;
+        let unreplied = self.unreplied.load(STAT) + own;
+        let far = |count: isize, limit: isize| count + held_back < limit;
+        if far(live, max_flows) && far(unreplied, cap) {
+            return Room::Far;
+        }
+        // A limit these counts reach is reached: a flood's every insert
+        // knows it without reading every part.
+        if live >= max_flows {
+            return Room::None { full: true };
+        }
+        if unreplied >= cap && far(live, max_flows) {
+            return Room::None { full: false };
+        }
+        let (live, unreplied) = self.whole_counts();
+        let full = live >= self.config.max_flows;
+        if full || unreplied >= self.unreplied_cap {
+            Room::None { full }
+        } else {
+            Room::Near
+        }
+    }
+
+    /// The table's flows and unreplied flows, the workers' unflushed
+    /// inserts ([`PerWorker::unflushed`]) included.
+    fn whole_counts(&self) -> (usize, usize) {
+        let unflushed: isize = self
+            .workers
+            .iter()
+            // Acquire: pairs with the Release stores in `admit_with`, so
+            // inserts a part no longer holds are in the table's counts
+            // read after it.
+            .map(|w| w.unflushed.load(Ordering::Acquire) as isize)
+            .sum();
+        let count = |c: &AtomicIsize| (c.load(STAT) + unflushed).max(0) as usize;
+        (count(&self.live), count(&self.unreplied))
+    }
+
     fn admit(
         &self,
         forward_home: u32,
@@ -1986,22 +2079,36 @@ impl<A: IpFamily> Conntrack<A> {
         now: u32,
     ) -> Option<RecordId> {
         let mut queue = queues.unassured.lock();
-        let full = self.live.load(STAT) >= self.config.max_flows;
-        let flooded = self.unreplied.load(STAT) >= self.unreplied_cap;
+        // Relaxed: written only under the lock this thread holds.
+        let unflushed = queues.unflushed.load(Ordering::Relaxed);
+        let room = self.room(unflushed);
         let queued = |id| Queued {
             id,
             seq: self.slab.pending_seq(id),
             forward_home,
             reply_home,
         };
-        if !full && !flooded {
-            let id = self.slab.alloc()?;
-            queue.push(queued(id));
-            drop(queue);
-            self.live.fetch_add(1, STAT);
-            self.unreplied.fetch_add(1, STAT);
-            return Some(id);
-        }
+        let full = match room {
+            Room::Far | Room::Near => {
+                let id = self.slab.alloc()?;
+                queue.push(queued(id));
+                if room == Room::Far && unflushed + 1 < self.count_batch {
+                    // Release: as below (a plain store on x86).
+                    queues.unflushed.store(unflushed + 1, Ordering::Release);
+                } else {
+                    // Added before the part's count is cleared: a reader
+                    // in between counts these flows twice, never none.
+                    let flows = (unflushed + 1) as isize;
+                    self.live.fetch_add(flows, STAT);
+                    self.unreplied.fetch_add(flows, STAT);
+                    // Release: a reader whose Acquire load sees this
+                    // count (or a later one) sees the adds above.
+                    queues.unflushed.store(0, Ordering::Release);
+                }
+                return Some(id);
+            }
+            Room::None { full } => full,
+        };
         let timeouts = &self.config.timeouts;
         let expired = |l: Life| {
             l.seen()
@@ -2272,7 +2379,7 @@ impl<A: IpFamily> Conntrack<A> {
 
     /// Entries in the table (two keys per flow).
     pub fn entries(&self) -> usize {
-        2 * self.live.load(STAT)
+        2 * self.whole_counts().0
     }
 
     /// Live flows, by record (a snapshot per record).

@@ -613,6 +613,121 @@ fn two_workers_flooding_keep_the_counts() {
     );
 }
 
+/// Far from the table's limits a worker adds its inserts to the table's
+/// counts a batch at a time, yet every count read is whole: a flow not
+/// yet added is counted, and one removed before it was added is counted
+/// gone.
+#[test]
+fn counts_are_whole_while_a_worker_holds_its_inserts_back() {
+    let ct = Conntrack::new(ConntrackConfig {
+        max_flows: 100_000,
+        unreplied_percent: 50,
+        timeouts: Timeouts::default(),
+    });
+    let batch = ct.count_batch;
+    assert_eq!(batch, 32, "one worker counts 32 inserts before adding them");
+    for p in 0..5 {
+        ct.insert(forward(p), backend(), 1, FlowMeta::default())
+            .expect("insert");
+    }
+    assert_eq!(ct.live.load(STAT), 0, "five inserts held back");
+    let summary = ct.summary();
+    assert_eq!((summary.flows, summary.unreplied), (5, 5), "{summary:?}");
+    assert_eq!(ct.entries(), 10);
+
+    assert!(ct.remove(&forward(0)), "a held-back flow removed");
+    assert_eq!(ct.live.load(STAT), -1, "removed before it was added");
+    let summary = ct.summary();
+    assert_eq!((summary.flows, summary.unreplied), (4, 4), "{summary:?}");
+
+    for p in 5..batch as u16 {
+        ct.insert(forward(p), backend(), 1, FlowMeta::default())
+            .expect("insert");
+    }
+    assert_eq!(
+        (
+            ct.live.load(STAT),
+            ct.workers[0].unflushed.load(Ordering::Relaxed)
+        ),
+        (batch as isize - 1, 0),
+        "the batch's last insert added all {batch} at once"
+    );
+    let summary = ct.summary();
+    assert_eq!(summary.flows, batch - 1, "{summary:?}");
+}
+
+/// Near a limit every insert is added at once, so a small table holds
+/// exactly its limit; and what all workers hold back stays within the
+/// table's spare records, however many workers there are.
+#[test]
+fn inserts_are_held_back_only_far_from_the_limits() {
+    let ct = Conntrack::new(ConntrackConfig {
+        max_flows: 40,
+        unreplied_percent: 100,
+        timeouts: Timeouts::default(),
+    });
+    for p in 0..40 {
+        ct.insert(forward(p), backend(), 1, FlowMeta::default())
+            .expect("insert");
+        assert_eq!(ct.summary().flows, usize::from(p) + 1);
+    }
+    assert_eq!(ct.live.load(STAT), 40, "near the limit, nothing held back");
+    ct.insert(forward(40), backend(), 1, FlowMeta::default())
+        .expect("an unreplied flow makes way");
+    assert_eq!(ct.summary().flows, 40, "full: the insert evicted");
+    assert_eq!(evicted(&ct).iter().sum::<u64>(), 1);
+
+    for workers in [1, 2, 4, 8, 16, 64, 127, 128, 1024] {
+        let batch = Conntrack::<Ipv4Addr>::count_batch_for(workers);
+        assert!(
+            (1..=32).contains(&batch) && workers * (batch - 1) <= RECORD_SLACK / 2,
+            "{workers} workers hold back {batch} inserts each"
+        );
+    }
+}
+
+/// Four workers filling a table at once, far from its limit and then
+/// near it: it ends full, over by at most the inserts in flight, and
+/// every flow counted once.
+#[test]
+fn four_workers_filling_a_table_keep_the_counts() {
+    let ct = Conntrack::new(ConntrackConfig {
+        max_flows: 2000,
+        unreplied_percent: 100,
+        timeouts: Timeouts::default(),
+    })
+    .with_workers(4);
+    std::thread::scope(|s| {
+        for worker in 0..4u8 {
+            let ct = &ct;
+            s.spawn(move || {
+                for i in 0..1000u16 {
+                    let key = key([198, 18, worker, 2], i, [198, 19, 0, 1], 80);
+                    let meta = FlowMeta {
+                        worker: usize::from(worker),
+                        ..FlowMeta::default()
+                    };
+                    ct.insert(key, backend(), 0, meta)
+                        .expect("an unreplied flow always makes way");
+                }
+            });
+        }
+    });
+    let summary = ct.summary();
+    assert!(
+        (2000..=2003).contains(&summary.flows),
+        "full, over by at most three inserts in flight: {summary:?}"
+    );
+    assert_eq!(summary.unreplied, summary.flows);
+    assert_eq!(ct.entries(), 2 * summary.flows);
+    assert_eq!(ct.stats().inserted.get(), 4000, "every insert counted once");
+    assert_eq!(
+        evicted(&ct).iter().sum::<u64>(),
+        4000 - summary.flows as u64,
+        "every insert but the flows in the table evicted one"
+    );
+}
+
 /// Inserts the flow of client port `p` and completes its handshake.
 fn handshake(ct: &Conntrack, p: u16, now: u32) {
     ct.insert(forward(p), backend(), now, FlowMeta::default())
