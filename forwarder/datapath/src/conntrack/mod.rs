@@ -95,7 +95,7 @@ use self::persist::TableFile;
 use self::persist::TableLayout;
 use self::queue::{Closing, EvictionQueue, Queued, QUEUE_BYTES};
 pub(crate) use self::slab::RecordLayout;
-use self::slab::{FlowData, Life, RecordId, Slab};
+use self::slab::{FlowData, FreshRecords, Life, RecordId, Slab};
 use self::snat::{SnatConfig, SnatError, SnatPool};
 use self::state::{next_state, AFFINITY, ASSURED, REPLIED};
 pub use self::state::{FlowState, Timeouts};
@@ -502,11 +502,15 @@ struct PerWorker {
     /// `live` and `unreplied` (each such insert adds one flow to both):
     /// far from the table's limits, an insert adds to this count with a
     /// plain load and store instead of two locked adds on lines every
-    /// worker writes, and every [`Conntrack::count_batch`] of them are
+    /// worker writes, and every [`Conntrack::worker_batch`] of them are
     /// added to the table's counts at once (as Linux's `percpu_counter`
     /// batches). Written only under `unassured`'s lock; read without it
     /// by whoever needs whole counts ([`Conntrack::whole_counts`]).
     unflushed: AtomicUsize,
+    /// Never-used records this part's inserts take before the free
+    /// stack's ([`Slab::alloc_from`]), [`Conntrack::worker_batch`] at a
+    /// time; handed out only under `unassured`'s lock.
+    fresh: FreshRecords,
 }
 
 impl PerWorker {
@@ -521,6 +525,7 @@ impl PerWorker {
                     closing: EvictionQueue::new(share),
                     stats: ConntrackStats::default(),
                     unflushed: AtomicUsize::new(0),
+                    fresh: FreshRecords::default(),
                 })
             })
             .collect()
@@ -545,8 +550,9 @@ pub struct Conntrack<A: IpFamily = Ipv4Addr> {
     /// Flows no reply has been seen for, likewise.
     unreplied: CachePadded<AtomicIsize>,
     /// Inserts a worker counts in its own part before adding them to
-    /// `live` and `unreplied` ([`PerWorker::unflushed`]).
-    count_batch: usize,
+    /// `live` and `unreplied` ([`PerWorker::unflushed`]), and never-used
+    /// records it takes at a time ([`PerWorker::fresh`]).
+    worker_batch: usize,
     /// Counts removals of replied flows per part of the key space (of
     /// either key), so that per-worker caches of flows
     /// ([`crate::pipeline`]) know which of what they hold to forget:
@@ -1059,7 +1065,7 @@ impl<A: IpFamily> Conntrack<A> {
                 .max(1),
             live: CachePadded::new(AtomicIsize::new(0)),
             unreplied: CachePadded::new(AtomicIsize::new(0)),
-            count_batch: Self::count_batch_for(1),
+            worker_batch: Self::worker_batch_for(1),
             removals: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
             workers: PerWorker::for_workers(records, 1),
             snat: SnatPool::default(),
@@ -1083,15 +1089,19 @@ impl<A: IpFamily> Conntrack<A> {
         let records = self.config.max_flows + RECORD_SLACK;
         let workers = workers.clamp(1, MAX_WORKERS);
         self.workers = PerWorker::for_workers(records, workers);
-        self.count_batch = Self::count_batch_for(workers);
+        self.worker_batch = Self::worker_batch_for(workers);
         self
     }
 
     /// The inserts each of `workers` workers counts before adding them to
-    /// the table's counts: 32, fewer when the workers are many, so that
-    /// what they all hold back is at most half of [`RECORD_SLACK`]
-    /// (one, adding every insert at once, from 128 workers).
-    fn count_batch_for(workers: usize) -> usize {
+    /// the table's counts, and the never-used records it takes at a
+    /// time: 32, fewer when the workers are many, so that what they all
+    /// hold back is at most half of [`RECORD_SLACK`] (one, adding every
+    /// insert at once and taking one record at a time, from 128
+    /// workers). Records held back beside a full table's flows and the
+    /// inserts in flight fit in its slack: no insert is refused for a
+    /// record another worker holds.
+    fn worker_batch_for(workers: usize) -> usize {
         (RECORD_SLACK / 2 / workers).clamp(1, 32)
     }
 
@@ -1988,7 +1998,7 @@ impl<A: IpFamily> Conntrack<A> {
     /// worker may overshoot it by the insert in flight).
     #[inline(always)]
     fn room(&self, unflushed: usize) -> Room {
-        let held_back = (self.workers.len() * self.count_batch) as isize;
+        let held_back = (self.workers.len() * self.worker_batch) as isize;
         let (max_flows, cap) = (self.config.max_flows as isize, self.unreplied_cap as isize);
         // The table's counts with the part's own: never above the whole
         // counts (no part holds back fewer than none), at most
@@ -2090,9 +2100,16 @@ impl<A: IpFamily> Conntrack<A> {
         };
         let full = match room {
             Room::Far | Room::Near => {
-                let id = self.slab.alloc()?;
+                // Near a limit, one record at a time: a small table's
+                // file holds no records taken ahead.
+                let block = if room == Room::Far {
+                    self.worker_batch
+                } else {
+                    1
+                };
+                let id = self.slab.alloc_from(&queues.fresh, block as u32)?;
                 queue.push(queued(id));
-                if room == Room::Far && unflushed + 1 < self.count_batch {
+                if room == Room::Far && unflushed + 1 < self.worker_batch {
                     // Release: as below (a plain store on x86).
                     queues.unflushed.store(unflushed + 1, Ordering::Release);
                 } else {

@@ -19,7 +19,9 @@
 //! Free records form a lock-free stack (Treiber) threaded through their
 //! first word, with a tag against ABA; records never used yet are handed
 //! out by a bump counter, so the slab's pages are only touched as flows
-//! arrive.
+//! arrive. An inserting worker takes never-used records a block at a
+//! time ([`FreshRecords`]): a table filling up then pays the counter's
+//! locked instruction once per block, not once per flow.
 
 use std::fmt::Debug;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -339,6 +341,30 @@ impl<A: RecordLayout> Deref for Records<A> {
     }
 }
 
+/// Never-used records one inserting worker took from the slab ahead of
+/// its inserts ([`Slab::alloc_from`]): ids `next..end`. Records taken
+/// and not yet handed out are counted in no flow; a table file's next
+/// gateway finds them never written and frees them.
+#[derive(Debug, Default)]
+pub(super) struct FreshRecords(AtomicU64);
+
+impl FreshRecords {
+    #[inline]
+    fn get(&self) -> (RecordId, RecordId) {
+        // Relaxed: one thread at a time hands these out, under a lock
+        // that orders it after the last.
+        let word = self.0.load(Ordering::Relaxed);
+        (word as u32, (word >> 32) as u32)
+    }
+
+    #[inline]
+    fn set(&self, next: RecordId, end: RecordId) {
+        // Relaxed: as in `get`.
+        self.0
+            .store((u64::from(end) << 32) | u64::from(next), Ordering::Relaxed);
+    }
+}
+
 /// The slab of records and its free list.
 #[derive(Debug)]
 pub(super) struct Slab<A: RecordLayout> {
@@ -541,16 +567,43 @@ impl<A: RecordLayout> Slab<A> {
             .map_err(Life)
     }
 
-    /// Takes a free record, or `None` when all are in use.
+    /// Takes a free record, or `None` when all are in use (the tests'
+    /// [`Slab::alloc_from`] without a worker's records).
+    #[cfg(test)]
     pub fn alloc(&self) -> Option<RecordId> {
+        self.pop_free()
+            .or_else(|| self.bump(1).map(|(first, _)| first))
+    }
+
+    /// Takes a free record; else one of `fresh`, never used; else takes
+    /// up to `block` never-used records into `fresh` and gives the first.
+    /// `None` when all are in use or in other workers' `fresh`. The
+    /// caller alone hands out `fresh`'s records (the inserting worker,
+    /// under its queue's lock).
+    #[inline]
+    pub fn alloc_from(&self, fresh: &FreshRecords, block: u32) -> Option<RecordId> {
+        if let Some(id) = self.pop_free() {
+            return Some(id);
+        }
+        let (next, end) = fresh.get();
+        let (id, end) = if next < end {
+            (next, end)
+        } else {
+            self.bump(block)?
+        };
+        fresh.set(id + 1, end);
+        Some(id)
+    }
+
+    /// Pops the free stack's top record, if any.
+    #[inline]
+    fn pop_free(&self) -> Option<RecordId> {
         // Acquire: the popped record's `next` word and its claim (odd
         // sequence) were written before it was pushed (Release below).
         let mut head = self.free_head.load(Ordering::Acquire);
         loop {
             let id = head as u32;
-            let Some(r) = self.record(id) else {
-                return self.bump();
-            };
+            let r = self.record(id)?;
             // Relaxed: if another thread popped this record meanwhile and
             // rewrote its link, the tag makes the swap below fail.
             let next = r.link().load(Ordering::Relaxed) as u32;
@@ -568,15 +621,19 @@ impl<A: RecordLayout> Slab<A> {
         }
     }
 
-    fn bump(&self) -> Option<RecordId> {
+    /// Takes up to `count` (at least one) never-used records: ids
+    /// `first..end`.
+    fn bump(&self, count: u32) -> Option<(RecordId, RecordId)> {
         let len = self.records.len() as u32;
         // Relaxed: never-used records are all zero and published by
         // `publish` itself; the counter orders nothing.
-        self.never_used()
+        let first = self
+            .never_used()
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < len).then_some(n + 1)
+                (n < len).then(|| n.saturating_add(count.max(1)).min(len))
             })
-            .ok()
+            .ok()?;
+        Some((first, first.saturating_add(count.max(1)).min(len)))
     }
 
     /// The (even) sequence [`Slab::publish`] will give a record taken
@@ -796,6 +853,31 @@ mod tests {
             slab.update(a, life, life.with(1, 10)).is_err(),
             "a stale life cannot update the reused record"
         );
+    }
+
+    /// A worker takes never-used records a block at a time and hands
+    /// them out before taking more; freed records come first; the last
+    /// block is what is left; another worker's records are not handed
+    /// out.
+    #[test]
+    fn fresh_records_are_taken_a_block_at_a_time() {
+        let slab = Slab::<Ipv4Addr>::new(12);
+        let (mine, theirs) = (FreshRecords::default(), FreshRecords::default());
+        assert_eq!(slab.alloc_from(&mine, 8), Some(1));
+        assert_eq!(slab.high_water(), 9, "records 1..9 taken at once");
+        assert_eq!(slab.alloc_from(&mine, 8), Some(2));
+        slab.free(1);
+        assert_eq!(slab.alloc_from(&mine, 8), Some(1), "a freed record first");
+        assert_eq!(slab.alloc_from(&theirs, 8), Some(9));
+        assert_eq!(slab.high_water(), 13, "only 9..13 were left");
+        for want in 3..9 {
+            assert_eq!(slab.alloc_from(&mine, 8), Some(want));
+        }
+        assert_eq!(slab.alloc_from(&mine, 8), None, "10..13 are theirs");
+        for want in 10..13 {
+            assert_eq!(slab.alloc_from(&theirs, 1), Some(want));
+        }
+        assert_eq!(slab.alloc_from(&theirs, 1), None, "all 12 handed out");
     }
 
     #[test]

@@ -624,7 +624,7 @@ fn counts_are_whole_while_a_worker_holds_its_inserts_back() {
         unreplied_percent: 50,
         timeouts: Timeouts::default(),
     });
-    let batch = ct.count_batch;
+    let batch = ct.worker_batch;
     assert_eq!(batch, 32, "one worker counts 32 inserts before adding them");
     for p in 0..5 {
         ct.insert(forward(p), backend(), 1, FlowMeta::default())
@@ -654,6 +654,11 @@ fn counts_are_whole_while_a_worker_holds_its_inserts_back() {
     );
     let summary = ct.summary();
     assert_eq!(summary.flows, batch - 1, "{summary:?}");
+    assert_eq!(
+        ct.slab.high_water(),
+        batch as u32 + 1,
+        "records taken {batch} at a time: one block and the freed record"
+    );
 }
 
 /// Near a limit every insert is added at once, so a small table holds
@@ -678,7 +683,7 @@ fn inserts_are_held_back_only_far_from_the_limits() {
     assert_eq!(evicted(&ct).iter().sum::<u64>(), 1);
 
     for workers in [1, 2, 4, 8, 16, 64, 127, 128, 1024] {
-        let batch = Conntrack::<Ipv4Addr>::count_batch_for(workers);
+        let batch = Conntrack::<Ipv4Addr>::worker_batch_for(workers);
         assert!(
             (1..=32).contains(&batch) && workers * (batch - 1) <= RECORD_SLACK / 2,
             "{workers} workers hold back {batch} inserts each"
