@@ -56,7 +56,11 @@
 //! never evicted for a new one. When nothing can be evicted the new flow is
 //! refused and counted ([`InsertError::Full`]); the pipeline answers it
 //! with a RST. Concurrent inserts may overshoot the limit by at most one
-//! flow per worker.
+//! flow per worker. Far from both limits, each worker adds its inserts to
+//! the table's counts, and takes never-used records, 32 at a time (fewer
+//! with many workers), instead of one locked instruction each; near a
+//! limit, one at a time, with every worker's held-back count read
+//! (`PerWorker::unflushed`).
 //!
 //! Memory per flow, allocated once (and populated by a gateway at start,
 //! [`Conntrack::populate`]):
@@ -459,7 +463,8 @@ pub struct ConntrackSummary {
 }
 
 /// Records beyond `max_flows`: concurrent inserts may overshoot the limit
-/// by one flow per worker.
+/// by one flow per worker, and workers hold never-used records taken
+/// ahead (at most half of these, [`Conntrack::worker_batch_for`]).
 const RECORD_SLACK: usize = 256;
 /// Workers with eviction queues of their own, at most
 /// ([`Conntrack::with_workers`]).
