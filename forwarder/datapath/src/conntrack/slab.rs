@@ -305,22 +305,52 @@ pub(super) const fn record_bytes<A: RecordLayout>() -> usize {
     std::mem::size_of::<Record<A>>()
 }
 
+/// The records: `len` of them from `ptr`, in the memory `owner` keeps
+/// mapped. Where they live is looked at only to set them up; a record's
+/// every access goes straight to `ptr` (a match on where they live cost a
+/// load and a branch per access, a few dozen instructions per evicting
+/// insert).
+#[derive(Debug)]
+struct Records<A: RecordLayout> {
+    ptr: std::ptr::NonNull<Record<A>>,
+    len: usize,
+    owner: RecordMemory<A>,
+}
+
 /// Where the records live: process memory, or a table file's mapping
 /// that outlives the process ([`super::persist`]).
 #[derive(Debug)]
-enum Records<A: RecordLayout> {
+enum RecordMemory<A: RecordLayout> {
     Owned(super::ZeroedSlice<Record<A>>),
-    Mapped {
-        ptr: std::ptr::NonNull<Record<A>>,
-        len: usize,
-        /// Keeps the mapping alive as long as the records are used.
-        file: Arc<TableFile>,
-    },
+    /// Keeps the mapping alive as long as the records are used.
+    Mapped(Arc<TableFile>),
 }
 
-// SAFETY: the mapped records are atomics in a mapping that `_file` keeps
-// alive; sharing or sending references to them is as safe as for the
-// owned slice.
+impl<A: RecordLayout> Records<A> {
+    fn owned(records: super::ZeroedSlice<Record<A>>) -> Records<A> {
+        // The slice's memory is its own mapping: it stays where it is
+        // when the slice (a pointer and a length) moves into `owner`.
+        let (ptr, len) = (std::ptr::NonNull::from(&records[..]).cast(), records.len());
+        Records {
+            ptr,
+            len,
+            owner: RecordMemory::Owned(records),
+        }
+    }
+
+    /// The `len` records at `ptr`, inside the mapping of `file`.
+    fn mapped(ptr: std::ptr::NonNull<Record<A>>, len: usize, file: Arc<TableFile>) -> Records<A> {
+        Records {
+            ptr,
+            len,
+            owner: RecordMemory::Mapped(file),
+        }
+    }
+}
+
+// SAFETY: the records are atomics in memory that `owner` keeps mapped;
+// sharing or sending references to them is as safe as for a slice of
+// them.
 unsafe impl<A: RecordLayout> Send for Records<A> {}
 // SAFETY: as above.
 unsafe impl<A: RecordLayout> Sync for Records<A> {}
@@ -328,16 +358,13 @@ unsafe impl<A: RecordLayout> Sync for Records<A> {}
 impl<A: RecordLayout> Deref for Records<A> {
     type Target = [Record<A>];
 
+    #[inline(always)]
     fn deref(&self) -> &[Record<A>] {
-        match self {
-            Records::Owned(records) => records,
-            // SAFETY: `ptr` is the start of `len` records inside the live,
-            // page-aligned mapping (so 32-byte aligned); all bytes are a
-            // valid Record (AtomicU64s only).
-            Records::Mapped { ptr, len, .. } => unsafe {
-                std::slice::from_raw_parts(ptr.as_ptr(), *len)
-            },
-        }
+        // SAFETY: `ptr` is the start of `len` records inside memory that
+        // `owner` keeps mapped while self lives (an owned slice's own
+        // mapping, or a table file's, page-aligned, so 32-byte aligned);
+        // all bytes are a valid Record (AtomicU64s only).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
 
@@ -387,7 +414,7 @@ impl<A: RecordLayout> Slab<A> {
         let records = unsafe { super::zeroed_slice::<Record<A>>(len) };
         super::advise_huge_pages(&records);
         Slab {
-            records: Records::Owned(records),
+            records: Records::owned(records),
             free_head: AtomicU64::new(0),
             never_used: AtomicU32::new(1),
         }
@@ -396,9 +423,9 @@ impl<A: RecordLayout> Slab<A> {
     /// Backs and maps every page of the records now, in process memory or
     /// in the table file (see [`super::Conntrack::populate`]).
     pub fn populate(&self) -> std::io::Result<()> {
-        match &self.records {
-            Records::Owned(records) => records.populate(),
-            Records::Mapped { file, .. } => file.populate(),
+        match &self.records.owner {
+            RecordMemory::Owned(records) => records.populate(),
+            RecordMemory::Mapped(file) => file.populate(),
         }
     }
 
@@ -407,11 +434,7 @@ impl<A: RecordLayout> Slab<A> {
     pub fn in_file(file: Arc<TableFile>) -> Slab<A> {
         let (ptr, len) = file.records_ptr();
         Slab {
-            records: Records::Mapped {
-                ptr: ptr.cast::<Record<A>>(),
-                len,
-                file,
-            },
+            records: Records::mapped(ptr.cast::<Record<A>>(), len, file),
             free_head: AtomicU64::new(0),
             never_used: AtomicU32::new(1),
         }
@@ -419,9 +442,9 @@ impl<A: RecordLayout> Slab<A> {
 
     /// The table file the records live in, if any.
     pub fn file(&self) -> Option<&TableFile> {
-        match &self.records {
-            Records::Mapped { file, .. } => Some(file),
-            Records::Owned(_) => None,
+        match &self.records.owner {
+            RecordMemory::Mapped(file) => Some(file),
+            RecordMemory::Owned(_) => None,
         }
     }
 
@@ -458,9 +481,9 @@ impl<A: RecordLayout> Slab<A> {
     /// there is one.
     #[inline]
     fn never_used(&self) -> &AtomicU32 {
-        match &self.records {
-            Records::Mapped { file, .. } => file.never_used(),
-            Records::Owned(_) => &self.never_used,
+        match &self.records.owner {
+            RecordMemory::Mapped(file) => file.never_used(),
+            RecordMemory::Owned(_) => &self.never_used,
         }
     }
 
