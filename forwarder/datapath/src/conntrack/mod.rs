@@ -1971,29 +1971,6 @@ impl<A: IpFamily> Conntrack<A> {
         self.remove_flow(id, |_, l| l.seq() == life.seq());
     }
 
-    /// Makes room for a new flow, counts it in and queues it; returns the
-    /// record it gets, or `None` when room was needed and nothing could
-    /// be evicted.
-    ///
-    /// Room is needed when the table is full or unreplied flows hold
-    /// their share of it (the flood guard). The flow is queued, and room
-    /// made, in the queues of `worker` (the inserting worker: see
-    /// [`PerWorker`]); when those hold nothing that may go, in the
-    /// other workers' in turn. A full table evicts, in this
-    /// order (Linux's early_drop): the oldest closing flow if it has
-    /// expired, the oldest flow not yet assured (counted as expired when
-    /// it has), then the oldest assured flow that is closing; an assured
-    /// open flow never. The flood guard evicts only the oldest unreplied
-    /// flow. Expired flows elsewhere in the queues are the sweeper's.
-    ///
-    /// The new flow takes over the victim's record and its place in the
-    /// counts, so a flood's insert costs no allocation. Queue slots of
-    /// flows that have moved on (assured, or gone) are consumed on the
-    /// way; each is consumed once, so the work is amortised over the
-    /// inserts that queued them, and one call is bounded to keep a
-    /// worker's pause short. The queue prefetches the records and buckets
-    /// of the flows a few evictions ahead, so a flood's evictions do not
-    /// wait on memory.
     /// Whether an insert into the queues of a part with `unflushed`
     /// inserts of its own not yet counted ([`PerWorker::unflushed`]) may
     /// take a new record. Far from both limits (further than what every
@@ -2047,6 +2024,29 @@ impl<A: IpFamily> Conntrack<A> {
         (count(&self.live), count(&self.unreplied))
     }
 
+    /// Makes room for a new flow, counts it in and queues it; returns the
+    /// record it gets, or `None` when room was needed and nothing could
+    /// be evicted.
+    ///
+    /// Room is needed when the table is full or unreplied flows hold
+    /// their share of it (the flood guard). The flow is queued, and room
+    /// made, in the queues of `worker` (the inserting worker: see
+    /// [`PerWorker`]); when those hold nothing that may go, in the
+    /// other workers' in turn. A full table evicts, in this
+    /// order (Linux's early_drop): the oldest closing flow if it has
+    /// expired, the oldest flow not yet assured (counted as expired when
+    /// it has), then the oldest assured flow that is closing; an assured
+    /// open flow never. The flood guard evicts only the oldest unreplied
+    /// flow. Expired flows elsewhere in the queues are the sweeper's.
+    ///
+    /// The new flow takes over the victim's record and its place in the
+    /// counts, so a flood's insert costs no allocation. Queue slots of
+    /// flows that have moved on (assured, or gone) are consumed on the
+    /// way; each is consumed once, so the work is amortised over the
+    /// inserts that queued them, and one call is bounded to keep a
+    /// worker's pause short. The queue prefetches the records and buckets
+    /// of the flows a few evictions ahead, so a flood's evictions do not
+    /// wait on memory.
     fn admit(
         &self,
         forward_home: u32,
