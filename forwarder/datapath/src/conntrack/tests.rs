@@ -565,52 +565,7 @@ fn each_worker_evicts_its_own_oldest_flows_first() {
 /// every insert evicting: no flow is lost or counted twice.
 #[test]
 fn two_workers_flooding_keep_the_counts() {
-    let ct = Conntrack::new(ConntrackConfig {
-        max_flows: 512,
-        unreplied_percent: 100,
-        timeouts: Timeouts::default(),
-    })
-    .with_workers(2);
-    std::thread::scope(|s| {
-        for worker in 0..2u16 {
-            let ct = &ct;
-            s.spawn(move || {
-                for i in 0..5000u16 {
-                    let key = key([198, 18, worker as u8, 2], i, [198, 19, 0, 1], 80);
-                    let meta = FlowMeta {
-                        worker: usize::from(worker),
-                        ..FlowMeta::default()
-                    };
-                    ct.insert(key, backend(), 0, meta)
-                        .expect("an unreplied flow always makes way");
-                }
-            });
-        }
-    });
-    // Full, and over by at most one flow: both workers may find the
-    // table one short of full at once and both insert without evicting
-    // (RECORD_SLACK's overshoot, one flow per worker but the first).
-    let summary = ct.summary();
-    assert!(
-        (512..=513).contains(&summary.flows),
-        "the table stays full: {summary:?}"
-    );
-    assert_eq!(summary.unreplied, summary.flows);
-    assert_eq!(
-        ct.entries(),
-        2 * summary.flows,
-        "both keys of every flow, nothing else"
-    );
-    assert_eq!(
-        ct.stats().inserted.get(),
-        10_000,
-        "every insert counted once"
-    );
-    assert_eq!(
-        evicted(&ct).iter().sum::<u64>(),
-        10_000 - summary.flows as u64,
-        "every insert but the flows in the table evicted one"
-    );
+    workers_filling_a_table_keep_the_counts(2, 512, 5000);
 }
 
 /// Far from the table's limits a worker adds its inserts to the table's
@@ -692,21 +647,30 @@ fn inserts_are_held_back_only_far_from_the_limits() {
 }
 
 /// Four workers filling a table at once, far from its limit and then
-/// near it: it ends full, over by at most the inserts in flight, and
-/// every flow counted once.
+/// near it (where each adds its inserts at once), then flooding it.
 #[test]
 fn four_workers_filling_a_table_keep_the_counts() {
+    workers_filling_a_table_keep_the_counts(4, 2000, 1000);
+}
+
+/// `workers` workers inserting `per_worker` flows each at once, with
+/// their own queues, into a table of `max_flows` that they fill and
+/// then flood: it ends full, over by at most the other workers' inserts
+/// in flight (the limit's overshoot: all may find the table one short of
+/// full at once and insert without evicting), and every flow is counted
+/// once.
+fn workers_filling_a_table_keep_the_counts(workers: u8, max_flows: usize, per_worker: u16) {
     let ct = Conntrack::new(ConntrackConfig {
-        max_flows: 2000,
+        max_flows,
         unreplied_percent: 100,
         timeouts: Timeouts::default(),
     })
-    .with_workers(4);
+    .with_workers(usize::from(workers));
     std::thread::scope(|s| {
-        for worker in 0..4u8 {
+        for worker in 0..workers {
             let ct = &ct;
             s.spawn(move || {
-                for i in 0..1000u16 {
+                for i in 0..per_worker {
                     let key = key([198, 18, worker, 2], i, [198, 19, 0, 1], 80);
                     let meta = FlowMeta {
                         worker: usize::from(worker),
@@ -719,16 +683,26 @@ fn four_workers_filling_a_table_keep_the_counts() {
         }
     });
     let summary = ct.summary();
+    let overshoot = usize::from(workers) - 1;
     assert!(
-        (2000..=2003).contains(&summary.flows),
-        "full, over by at most three inserts in flight: {summary:?}"
+        (max_flows..=max_flows + overshoot).contains(&summary.flows),
+        "full, over by at most {overshoot}: {summary:?}"
     );
     assert_eq!(summary.unreplied, summary.flows);
-    assert_eq!(ct.entries(), 2 * summary.flows);
-    assert_eq!(ct.stats().inserted.get(), 4000, "every insert counted once");
+    assert_eq!(
+        ct.entries(),
+        2 * summary.flows,
+        "both keys of every flow, nothing else"
+    );
+    let inserts = u64::from(workers) * u64::from(per_worker);
+    assert_eq!(
+        ct.stats().inserted.get(),
+        inserts,
+        "every insert counted once"
+    );
     assert_eq!(
         evicted(&ct).iter().sum::<u64>(),
-        4000 - summary.flows as u64,
+        inserts - summary.flows as u64,
         "every insert but the flows in the table evicted one"
     );
 }
