@@ -56,8 +56,7 @@ pub trait IpFamily:
     /// [`FlowKey::mix`]: crate::conntrack::FlowKey::mix
     #[inline(always)]
     fn fold(self) -> u32 {
-        let bits = self.bits();
-        (bits as u32) ^ ((bits >> 32) as u32) ^ ((bits >> 64) as u32) ^ ((bits >> 96) as u32)
+        fold_bits(self.bits())
     }
 
     /// Whether this is the unspecified address.
@@ -81,6 +80,12 @@ pub trait IpFamily:
 
     /// This family's routes and neighbours in a network snapshot.
     fn routes_part(net: &NetSnapshot) -> &FamilyRoutes<Self>;
+}
+
+/// 128 bits folded into 32 by xor ([`IpFamily::fold`]).
+#[inline(always)]
+fn fold_bits(bits: u128) -> u32 {
+    (bits as u32) ^ ((bits >> 32) as u32) ^ ((bits >> 64) as u32) ^ ((bits >> 96) as u32)
 }
 
 /// The ports and protocol of a key, in one word.
@@ -194,8 +199,7 @@ impl IpFamily for Ipv6Addr {
     /// to spread the address's bits, not to read its value.
     #[inline(always)]
     fn fold(self) -> u32 {
-        let bits = in_memory_order(self);
-        (bits as u32) ^ ((bits >> 32) as u32) ^ ((bits >> 64) as u32) ^ ((bits >> 96) as u32)
+        fold_bits(in_memory_order(self))
     }
 
     fn table_part(table: &CompiledTable) -> &FamilyTable<Self> {

@@ -2105,16 +2105,17 @@ impl<A: IpFamily> Conntrack<A> {
         };
         let full = match room {
             Room::Far | Room::Near => {
-                // Near a limit, one record at a time: a small table's
-                // file holds no records taken ahead.
-                let block = if room == Room::Far {
+                // Near a limit, one record at a time (a small table's
+                // file holds no records taken ahead) and every insert
+                // counted at once.
+                let batch = if room == Room::Far {
                     self.worker_batch
                 } else {
                     1
                 };
-                let id = self.slab.alloc_from(&queues.fresh, block as u32)?;
+                let id = self.slab.alloc_from(&queues.fresh, batch as u32)?;
                 queue.push(queued(id));
-                if room == Room::Far && unflushed + 1 < self.worker_batch {
+                if unflushed + 1 < batch {
                     // Release: as below (a plain store on x86).
                     queues.unflushed.store(unflushed + 1, Ordering::Release);
                 } else {

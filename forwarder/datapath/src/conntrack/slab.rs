@@ -648,15 +648,16 @@ impl<A: RecordLayout> Slab<A> {
     /// `first..end`.
     fn bump(&self, count: u32) -> Option<(RecordId, RecordId)> {
         let len = self.records.len() as u32;
+        let end_from = |first: u32| first.saturating_add(count.max(1)).min(len);
         // Relaxed: never-used records are all zero and published by
         // `publish` itself; the counter orders nothing.
         let first = self
             .never_used()
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < len).then(|| n.saturating_add(count.max(1)).min(len))
+                (n < len).then(|| end_from(n))
             })
             .ok()?;
-        Some((first, first.saturating_add(count.max(1)).min(len)))
+        Some((first, end_from(first)))
     }
 
     /// The (even) sequence [`Slab::publish`] will give a record taken
