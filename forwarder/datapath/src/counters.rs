@@ -327,6 +327,10 @@ pub struct WorkerCounters {
     pub icmp_errors: Counter,
     /// Later fragments sent after their datagram's first fragment.
     pub fragments: Counter,
+    /// Seconds in which the worker's flow cache of a family held too few
+    /// of its packets' flows to pay for itself and was bypassed for the
+    /// rest of the second (many flows, or a flood of new ones).
+    pub flow_cache_bypasses: Counter,
     pub drops: CounterArray<{ DropReason::COUNT }>,
     /// The kernel's statistics of the worker's sockets, copied in by the
     /// worker four times a second.

@@ -167,8 +167,8 @@ impl<A: IpFamily> FamilyPath<A> {
     }
 
     /// For the prefetch passes: whether the flow cache holds `key` (of
-    /// mix `mix`); when it does not, `key`'s conntrack hash into `hash`
-    /// and its bucket asked for.
+    /// mix `mix`); when it does not (or the cache is bypassed), `key`'s
+    /// conntrack hash into `hash` and its bucket asked for.
     #[inline(always)]
     fn peek_bucket(&self, key: &FlowKey<A>, mix: u32, hash: &mut u64) -> bool {
         if self.flows.find(key, mix).is_some() {
@@ -434,9 +434,46 @@ impl<A: IpFamily> NextHopCache<A> {
 ///   a flood, so counting them would stale the replied flows' entries,
 ///   and a reply changes the state, so that the next forward packet goes
 ///   to the table and assures the flow, as Linux does.
+///
+/// A cache that holds few of the flows its packets belong to costs
+/// more than it saves: at a million live flows, or under a flood of new
+/// ones, each packet's set is one more random line to fetch and to
+/// write. Each second, once the prefetch passes have asked it about
+/// [`FlowCache::JUDGED_AFTER`] frames, a cache that held fewer than one
+/// in [`FlowCache::HELD_ONE_IN`] of them is left alone for the rest of
+/// the second ([`CacheUse`]; Open vSwitch inserts into its exact-match
+/// cache with a probability for the same reason, `emc-insert-inv-prob`).
+/// Its entries do not outlive the second anyway (`touched`). A pipeline
+/// run frame by frame, without the passes, is never judged and always
+/// uses its cache.
 #[derive(Debug)]
 struct FlowCache<A> {
+    /// The entries; empty before the first is cached, and while the
+    /// cache is bypassed, so that every use finds no set without a check
+    /// of its own.
     slots: Box<[CachedFlow<A>]>,
+    /// The entries while the cache is bypassed.
+    parked: Box<[CachedFlow<A>]>,
+    /// How the cache is used this second.
+    usage: CacheUse,
+    /// The second `usage` is about.
+    second: u32,
+    /// Frames the prefetch passes asked the cache about this second,
+    /// and how many of their flows it held.
+    asked: u32,
+    held: u32,
+}
+
+/// How a worker uses its flow cache in a second ([`FlowCache::judge`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CacheUse {
+    /// Used, and counted: the second's first frames.
+    Judging,
+    /// Used for the rest of the second: it holds enough of the flows.
+    Kept,
+    /// Left alone for the rest of the second: not asked for, read or
+    /// written.
+    Bypassed,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -490,11 +527,67 @@ impl<A: IpFamily> FlowCache<A> {
     /// established flow. With 4,096, a thousand busy flows already lost
     /// about one packet in twenty to sets of three or more keys.
     const SLOTS: usize = 8192;
+    /// Frames a second's judgement waits for: twice the entries, so
+    /// that a cache refilling after a bypassed second is judged on more
+    /// than its refill.
+    const JUDGED_AFTER: u32 = 2 * Self::SLOTS as u32;
+    /// A cache holding fewer than one frame's flow in this many is
+    /// bypassed. A held flow's packet saves a table lookup: 9 ns with the
+    /// table's lines in the core's caches, 20 with them in L3 (1,024
+    /// flows, `established_warm_batch` and `_cold_batch` without a
+    /// cache), more at a million flows; a frame the cache does not hold
+    /// pays for its set's lines, 8-14 ns at a million flows
+    /// (benches/RESULTS.md, session 26). Below one in eight, the misses
+    /// cost more than the hits save.
+    const HELD_ONE_IN: u32 = 8;
 
     fn new() -> Self {
         Self {
-            slots: Vec::new().into_boxed_slice(),
+            slots: Box::default(),
+            parked: Box::default(),
+            usage: CacheUse::Judging,
+            second: 0,
+            asked: 0,
+            held: 0,
         }
+    }
+
+    /// Judges the cache at the start of a batch's second pass, in second
+    /// `now`: a new second uses it again and counts afresh; a judging
+    /// second that has counted enough frames decides whether it is kept
+    /// or bypassed for the rest of the second. Says whether it was just
+    /// bypassed.
+    #[inline]
+    fn judge(&mut self, now: u32) -> bool {
+        if now != self.second {
+            self.second = now;
+            if self.usage == CacheUse::Bypassed {
+                self.slots = std::mem::take(&mut self.parked);
+            }
+            self.usage = CacheUse::Judging;
+            self.asked = 0;
+            self.held = 0;
+            return false;
+        }
+        if self.usage != CacheUse::Judging || self.asked < Self::JUDGED_AFTER {
+            return false;
+        }
+        let bypassed = self.held < self.asked / Self::HELD_ONE_IN;
+        if bypassed {
+            self.usage = CacheUse::Bypassed;
+            self.parked = std::mem::take(&mut self.slots);
+        } else {
+            self.usage = CacheUse::Kept;
+        }
+        bypassed
+    }
+
+    /// Counts a batch's frames the cache was asked about, and how many
+    /// of their flows it held, for [`FlowCache::judge`].
+    #[inline(always)]
+    fn count(&mut self, asked: u32, held: u32) {
+        self.asked = self.asked.wrapping_add(asked);
+        self.held = self.held.wrapping_add(held);
     }
 
     /// The first of the two slots (ways) a key whose [`FlowKey::mix`] is
@@ -590,6 +683,9 @@ impl<A: IpFamily> FlowCache<A> {
             freshness,
         };
         if self.slots.is_empty() {
+            if self.usage == CacheUse::Bypassed {
+                return;
+            }
             // Allocated at the first established flow, not per pipeline.
             let never = CachedFlow {
                 touched: u32::MAX,
@@ -754,12 +850,26 @@ impl Pipeline {
     #[inline]
     fn prefetch_buckets(&mut self) {
         let (v4, v6) = (&self.v4, &self.v6);
+        // What each family's cache held, for `FlowCache::judge`: counted
+        // here, added once per batch.
+        let (mut held4, mut asked6, mut held6) = (0u32, 0u32, 0u32);
         for peeked in &mut self.peeked[..self.peeked_len] {
             peeked.held = match &peeked.key {
-                PeekedKey::V4(key) => v4.peek_bucket(key, peeked.mix, &mut peeked.hash),
-                PeekedKey::V6(key) => v6.peek_bucket(key, peeked.mix, &mut peeked.hash),
+                PeekedKey::V4(key) => {
+                    let held = v4.peek_bucket(key, peeked.mix, &mut peeked.hash);
+                    held4 += u32::from(held);
+                    held
+                }
+                PeekedKey::V6(key) => {
+                    let held = v6.peek_bucket(key, peeked.mix, &mut peeked.hash);
+                    asked6 += 1;
+                    held6 += u32::from(held);
+                    held
+                }
             };
         }
+        self.v4.flows.count(self.peeked_len as u32 - asked6, held4);
+        self.v6.flows.count(asked6, held6);
     }
 
     /// Second pass (see [`Pipeline::prefetch`]), with the context the
@@ -774,6 +884,11 @@ impl Pipeline {
     /// kept but made again, the same, when the flow is processed.
     #[inline]
     pub fn prefetch_flows(&mut self, ctx: &BatchContext<'_>) {
+        let bypassed =
+            u64::from(self.v4.flows.judge(ctx.now)) + u64::from(self.v6.flows.judge(ctx.now));
+        if bypassed != 0 {
+            self.counters.flow_cache_bypasses.add(bypassed);
+        }
         self.prefetch_buckets();
         for i in 0..self.peeked_len {
             // Checked before the entry is copied out: most are held on a

@@ -2276,3 +2276,109 @@ fn a_reply_clash_moves_a_new_flow_to_the_next_backend() {
     );
     assert_eq!(h.counters().drops_of(DropReason::ReplyClash), 1);
 }
+
+/// Runs `frames` through `h` as a worker runs an RX batch: both prefetch
+/// passes, then each frame; every frame must be forwarded.
+fn forward_batch(h: &mut Harness, frames: &mut [Vec<u8>]) {
+    for frame in frames.iter() {
+        Pipeline::prefetch_headers(frame);
+        h.pipeline.prefetch(frame);
+    }
+    h.prefetch_flows();
+    for (i, frame) in frames.iter_mut().enumerate() {
+        let verdict = h.run(frame);
+        assert!(
+            matches!(verdict, Verdict::Forward { .. }),
+            "frame {i} of the batch: {verdict:?}"
+        );
+    }
+}
+
+/// Batches of 64 frames until the flow cache has been asked about enough
+/// of them to be judged, the frames written by `frame(k)` for the k-th.
+fn batches_until_judged(h: &mut Harness, mut frame: impl FnMut(usize) -> Vec<u8>) {
+    let batches = FlowCache::<Ipv4Addr>::JUDGED_AFTER as usize / 64;
+    for b in 0..batches {
+        let mut batch: Vec<Vec<u8>> = (b * 64..(b + 1) * 64).map(&mut frame).collect();
+        forward_batch(h, &mut batch);
+    }
+}
+
+/// A worker's flow cache that holds few of its packets' flows (here a
+/// flood of new ones, which the cache never holds) is bypassed once it
+/// has been asked about enough frames, for the rest of the second:
+/// counted, not read or written, while established flows still go to
+/// their Pods from the table. The next second uses it again.
+#[test]
+fn a_flow_cache_holding_few_flows_is_bypassed_for_the_rest_of_the_second() {
+    let mut h = spread_harness();
+    let pod_of = |frame: &[u8]| [frame[30], frame[31], frame[32], frame[33]];
+    // Established (replied) beforehand, and where each went.
+    let steady: Vec<(u16, [u8; 4])> = (30000..30008)
+        .map(|port| {
+            let mut frame = spread_udp(port);
+            assert!(matches!(h.run(&mut frame), Verdict::Forward { .. }));
+            let pod = pod_of(&frame);
+            let mut reply = udp(POD1_MAC, GW_POD_MAC, (pod, 5353), (CLIENT, port), 64);
+            assert!(matches!(h.run(&mut reply), Verdict::Forward { .. }));
+            (port, pod)
+        })
+        .collect();
+    assert_eq!(h.pipeline.v4.flows.usage, CacheUse::Judging);
+
+    batches_until_judged(&mut h, |k| spread_udp(40000 + k as u16));
+    // The judgement comes with the next batch's second pass.
+    let mut batch: Vec<Vec<u8>> = steady.iter().map(|&(port, _)| spread_udp(port)).collect();
+    forward_batch(&mut h, &mut batch);
+    assert_eq!(h.pipeline.v4.flows.usage, CacheUse::Bypassed);
+    assert_eq!(h.pipeline.counters().flow_cache_bypasses.get(), 1);
+    for (frame, &(port, pod)) in batch.iter().zip(&steady) {
+        assert_eq!(
+            pod_of(frame),
+            pod,
+            "flow {port} kept its Pod from the table"
+        );
+    }
+    // Bypassed: the frames' flows are neither found nor cached.
+    let key = |port: u16| FlowKey {
+        src: Ipv4Addr::from(CLIENT),
+        dst: Ipv4Addr::from(UDP_VIP),
+        src_port: port,
+        dst_port: 53,
+        protocol: Protocol::Udp,
+    };
+    let (port, _) = steady[0];
+    forward_batch(&mut h, &mut [spread_udp(port), spread_udp(port)]);
+    assert!(
+        h.pipeline.v4.flows.slots.is_empty()
+            && h.pipeline.v4.flows.parked.len() == FlowCache::<Ipv4Addr>::SLOTS,
+        "the entries are set aside, not freed"
+    );
+    assert!(!h.pipeline.v4.flows.holds(&key(port)), "nothing is cached");
+
+    // The next second, the cache is used (and judged) again.
+    h.now += 1;
+    forward_batch(&mut h, &mut [spread_udp(port), spread_udp(port)]);
+    assert_eq!(h.pipeline.v4.flows.usage, CacheUse::Judging);
+    assert!(h.pipeline.v4.flows.holds(&key(port)), "cached again");
+    assert_eq!(h.pipeline.counters().flow_cache_bypasses.get(), 1);
+}
+
+/// A flow cache that holds its packets' flows (a few busy connections)
+/// is kept when judged, and stays in use for the rest of the second.
+#[test]
+fn a_flow_cache_holding_its_flows_is_kept() {
+    let mut h = spread_harness();
+    let mut steady: Vec<Vec<u8>> = (30000..30032).map(spread_udp).collect();
+    forward_batch(&mut h, &mut steady);
+    batches_until_judged(&mut h, |k| spread_udp(30000 + (k % 32) as u16));
+    forward_batch(&mut h, &mut [spread_udp(30000)]);
+    assert_eq!(h.pipeline.v4.flows.usage, CacheUse::Kept);
+    assert_eq!(h.pipeline.counters().flow_cache_bypasses.get(), 0);
+    // Kept for the rest of the second, whatever its frames: a flood of
+    // new flows does not bypass it before the next second's judgement.
+    batches_until_judged(&mut h, |k| spread_udp(40000 + k as u16));
+    forward_batch(&mut h, &mut [spread_udp(30000)]);
+    assert_eq!(h.pipeline.v4.flows.usage, CacheUse::Kept);
+    assert_eq!(h.pipeline.counters().flow_cache_bypasses.get(), 0);
+}

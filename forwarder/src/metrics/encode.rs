@@ -328,6 +328,13 @@ impl Collector for Snapshot {
         )?;
         counter(
             enc,
+            "flow_cache_bypasses",
+            "Seconds in which a worker's flow cache of a family held too few of its \
+             packets' flows to pay for itself and was bypassed for the rest of the second",
+            total.flow_cache_bypasses,
+        )?;
+        counter(
+            enc,
             "neighbour_resolved",
             "Frames that waited for a next hop's MAC and then went out",
             total.neighbour_resolved,

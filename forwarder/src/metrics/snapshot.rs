@@ -30,6 +30,7 @@ pub struct CounterValues {
     pub stateless_replies: u64,
     pub icmp_errors: u64,
     pub fragments: u64,
+    pub flow_cache_bypasses: u64,
     pub drops: [u64; DropReason::COUNT],
     pub socket: [u64; SocketStat::COUNT],
 }
@@ -51,6 +52,7 @@ impl Default for CounterValues {
             stateless_replies: 0,
             icmp_errors: 0,
             fragments: 0,
+            flow_cache_bypasses: 0,
             drops: [0; DropReason::COUNT],
             socket: [0; SocketStat::COUNT],
         }
@@ -73,6 +75,7 @@ impl CounterValues {
             stateless_replies: c.stateless_replies.get(),
             icmp_errors: c.icmp_errors.get(),
             fragments: c.fragments.get(),
+            flow_cache_bypasses: c.flow_cache_bypasses.get(),
             drops: std::array::from_fn(|i| c.drops[i].get()),
             socket: std::array::from_fn(|i| c.socket[i].get()),
         }
@@ -95,6 +98,9 @@ impl CounterValues {
         self.stateless_replies = self.stateless_replies.wrapping_add(other.stateless_replies);
         self.icmp_errors = self.icmp_errors.wrapping_add(other.icmp_errors);
         self.fragments = self.fragments.wrapping_add(other.fragments);
+        self.flow_cache_bypasses = self
+            .flow_cache_bypasses
+            .wrapping_add(other.flow_cache_bypasses);
         for (d, o) in self.socket.iter_mut().zip(other.socket) {
             *d = d.wrapping_add(o);
         }
