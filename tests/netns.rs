@@ -20,6 +20,8 @@
 //! - the gateway's own kernel stays reachable while cipgw runs;
 //! - one-arm TCP and UDP;
 //! - a restart after SIGKILL replaces the stale XDP program;
+//! - a flood of new flows makes the worker bypass its flow cache, and
+//!   replied flows are still served;
 //! - `cipgw check` on good and bad control files (no root needed).
 
 use std::collections::BTreeMap;
@@ -589,6 +591,69 @@ fn new_flows_take_no_page_fault_on_the_worker() {
     assert_eq!(
         faults, 0,
         "the worker took {faults} page faults over {FLOWS} new flows and a cached one"
+    );
+    lab.stop_gateway();
+}
+
+/// The counter of seconds a worker's flow cache was bypassed.
+const BYPASSES: &str = "cipgw_flow_cache_bypasses_total";
+
+/// A flood of new UDP flows (each datagram from a port of its own), whose
+/// packets the worker's flow cache never holds, makes the worker bypass
+/// the cache for the rest of the second once it has counted enough of
+/// them; flows before and after it are served as before. Ordinary
+/// traffic does not.
+#[test]
+fn a_flood_of_new_flows_bypasses_the_flow_cache() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    let mut lab = Lab::build(Topology::two_arm("bypass").pods(3));
+    lab.udp_echo(support::UDP_TARGET_PORT);
+    let vip = lab.info().vip(53);
+    let docs = lab.selector_service("dns", vip, &[support::DNS], &[0, 1, 2]);
+    lab.control_file(&docs);
+    lab.start_gateway();
+    let target = vip_port(vip, &support::DNS);
+    let served = lab.udp_exchanges(target, 20);
+    assert_eq!(served.values().sum::<usize>(), 20, "{served:?}");
+    assert_eq!(lab.counter(BYPASSES), 0, "20 exchanges bypass nothing");
+
+    // Rounds of 20,000 new flows (more than a worker counts before it
+    // judges its cache), until a second held enough of them.
+    const FLOOD_PORTS: std::ops::Range<u16> = 30000..50000;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut rounds = 0;
+    while lab.counter(BYPASSES) == 0 {
+        if Instant::now() > deadline {
+            lab.fail(format_args!(
+                "{BYPASSES} still 0 after {rounds} rounds of {} new flows",
+                FLOOD_PORTS.len()
+            ));
+        }
+        let sent = lab.in_client(move || {
+            FLOOD_PORTS
+                .filter(|&port| {
+                    // A port some socket holds is left out.
+                    std::net::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
+                        .and_then(|socket| socket.send_to(b"flood", target))
+                        .is_ok()
+                })
+                .count()
+        });
+        assert!(
+            sent > FLOOD_PORTS.len() * 9 / 10,
+            "round {rounds}: {sent} of {} datagrams sent",
+            FLOOD_PORTS.len()
+        );
+        rounds += 1;
+    }
+    let served = lab.udp_exchanges(target, 20);
+    assert_eq!(
+        served.values().sum::<usize>(),
+        20,
+        "flows after the flood are served: {served:?}"
     );
     lab.stop_gateway();
 }

@@ -334,20 +334,11 @@ fn start_udp_mirror(ns: &Netns, addr: SocketAddr, stop: Arc<AtomicBool>) -> Join
     server
 }
 
-/// The gateway's counter `name` (a sum over its label sets).
-fn counter(lab: &Lab, name: &str) -> u64 {
-    metrics(lab)
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 /// The gateway's non-zero ICMP, fragment, drop and packet counters, for
 /// failure messages.
 fn counters_digest(lab: &Lab) -> String {
     let mut out = String::from("\n--- gateway counters (non-zero) ---");
-    for line in metrics(lab).lines().filter(|l| {
+    for line in lab.metrics().lines().filter(|l| {
         !l.starts_with('#')
             && ["icmp", "fragment", "drop", "packets"]
                 .iter()
@@ -373,27 +364,11 @@ fn counters_digest(lab: &Lab) -> String {
     out
 }
 
-/// The gateway's /metrics text.
-fn metrics(lab: &Lab) -> String {
-    lab.topology()
-        .gateway()
-        .run(|| -> std::io::Result<String> {
-            let mut s = TcpStream::connect("127.0.0.1:9477")?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
-            let mut text = String::new();
-            s.read_to_string(&mut text)?;
-            Ok(text)
-        })
-        .unwrap_or_else(|e| panic!("metrics: {e}"))
-        .unwrap_or_else(|e| panic!("metrics: {e}"))
-}
-
 /// Waits until the gateway's counter `name` reaches `want`.
 fn wait_counter(lab: &Lab, name: &str, want: u64) -> u64 {
     let deadline = Instant::now() + SETTLE_WITHIN;
     loop {
-        let value = counter(lab, name);
+        let value = lab.counter(name);
         if value >= want {
             return value;
         }

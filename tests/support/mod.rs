@@ -750,6 +750,31 @@ impl Lab {
             .expect("the gateway is not running")
     }
 
+    /// The gateway's /metrics text, from its admin address.
+    pub fn metrics(&self) -> String {
+        self.topology
+            .gateway()
+            .run(|| -> std::io::Result<String> {
+                let mut s = TcpStream::connect("127.0.0.1:9477")?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+                let mut text = String::new();
+                s.read_to_string(&mut text)?;
+                Ok(text)
+            })
+            .unwrap_or_else(|e| self.fail(format_args!("entering the gateway: {e}")))
+            .unwrap_or_else(|e| self.fail(format_args!("GET /metrics: {e}")))
+    }
+
+    /// The gateway's counter `name` (a sum over its label sets).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
     /// The gateway's `--state-dir`: one per lab, so a restarted gateway
     /// adopts its own flows and no other test's.
     pub fn state_dir(&self) -> PathBuf {
