@@ -61,6 +61,11 @@
 //!   `Pipeline::prefetch_flows`, then each frame processed.
 //!   `frames_only_1M/{ipv4,ipv6}` is the harness's own share: the same
 //!   frames written, nothing processed;
+//! - `established_zipf_{0.6,1.0}_1M/{ipv4,ipv6}`: `established_1M` with
+//!   the packets' flows drawn from a Zipf distribution over the million
+//!   (exponent 0.6: the 8,192 busiest flows, as many as the worker's flow
+//!   cache holds, carry about a seventh of the packets; 1.0: about two
+//!   thirds), as a gateway's traffic is skewed;
 //! - `new_flow_1M/{ipv4,ipv6}`: a new flow every packet into that table
 //!   of 1 M live flows, batched the same way (the second pass picks each
 //!   new flow's backend and asks for its reply bucket); once unreplied
@@ -78,6 +83,7 @@ use cipgw_datapath::conntrack::snat::SnatConfig;
 use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig};
 use cipgw_datapath::family::IpFamily;
 use cipgw_datapath::harness::{addr, addr6, pipeline, Net, CLIENT_IFINDEX, POD_IFINDEX};
+use cipgw_datapath::lb::Rng;
 use cipgw_datapath::pipeline::{BatchContext, Pipeline, Verdict};
 use cipgw_datapath::route::PortId;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -401,12 +407,12 @@ fn bench_snat(c: &mut Criterion) {
 /// stays empty and small, as the IPv6 one `Pipeline::new` gives the IPv4
 /// cases (1,024 flows), so neither family's cases map the other's
 /// full-size table.
-fn pipeline6(conntrack6: Conntrack<Ipv6Addr>, seed: u64) -> Pipeline {
+fn pipeline6(conntrack6: impl Into<Arc<Conntrack<Ipv6Addr>>>, seed: u64) -> Pipeline {
     let idle = Conntrack::new(ConntrackConfig {
         max_flows: 1024,
         ..ConntrackConfig::default()
     });
-    pipeline(Arc::new(idle), seed).with_conntrack6(Arc::new(conntrack6))
+    pipeline(Arc::new(idle), seed).with_conntrack6(conntrack6.into())
 }
 
 /// The IPv6 cases, each built as its IPv4 case in [`bench`].
@@ -569,14 +575,18 @@ impl MillionFrames {
     }
 }
 
-/// Tracks [`MILLION`] flows in `p` (each flow's forward frame and its
-/// Pod's reply), then benches the family's 1 M-flow cases.
+/// Tracks [`MILLION`] flows in a pipeline `new_pipeline` gives (each
+/// flow's forward frame and its Pod's reply), then benches the family's
+/// 1 M-flow cases; each skewed case runs on a pipeline of its own over
+/// the same table, so that its worker's flow cache is filled and judged
+/// on its own traffic (the bench's clock never moves on).
 fn million(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     frames: &MillionFrames,
-    mut p: Pipeline,
+    new_pipeline: &dyn Fn() -> Pipeline,
     ctx: &BatchContext<'_>,
 ) {
+    let mut p = new_pipeline();
     let len = frames.base.len();
     let mut pods = vec![0u8; MILLION];
     let mut buf = frames.base.clone();
@@ -645,6 +655,40 @@ fn million(
         });
     }
 
+    // Skewed traffic over the same million flows: where the worker's
+    // flow cache is worth its lines, and where its judgement bypasses it.
+    for (name, exponent) in [("zipf_0.6", 0.6), ("zipf_1.0", 1.0)] {
+        let order = zipf_order(exponent, 11);
+        let mut p = new_pipeline();
+        let mut next = 0usize;
+        group.bench_function(format!("established_{name}_1M/{}", frames.family), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                let mut left = iters as usize;
+                while left > 0 {
+                    let n = left.min(RX_BATCH);
+                    for buf in &mut bufs[..n] {
+                        forward(&mut buf[..len], order[next & (MILLION - 1)]);
+                        next += 1;
+                        Pipeline::prefetch_headers(&buf[..len]);
+                    }
+                    run_batch(&mut p, ctx, &mut bufs[..n], len, 0);
+                    left -= n;
+                }
+                start.elapsed()
+            })
+        });
+        if next > 0 {
+            // Whether this traffic's worker kept its flow cache: the
+            // figure above is one or the other.
+            println!(
+                "established_{name}_1M/{}: flow cache bypassed {} times over {next} packets",
+                frames.family,
+                p.counters().flow_cache_bypasses.get()
+            );
+        }
+    }
+
     // New flows, numbered on from the live ones: unique 5-tuples for the
     // first 2^24 (the frame writers' range), and long evicted by then.
     let mut fresh = 0usize;
@@ -666,6 +710,28 @@ fn million(
             start.elapsed()
         })
     });
+}
+
+/// [`MILLION`] packets' flows drawn from a Zipf distribution of the
+/// given exponent over the million flows (rank r's share proportional
+/// to 1 / r^exponent), the ranks scattered over the table by [`SPREAD`]:
+/// at 0.6 the 8,192 busiest flows carry about a seventh of the packets, at
+/// 1.0 about two thirds.
+fn zipf_order(exponent: f64, seed: u64) -> Vec<usize> {
+    let mut cdf = Vec::with_capacity(MILLION);
+    let mut total = 0.0;
+    for rank in 1..=MILLION {
+        total += (rank as f64).powf(-exponent);
+        cdf.push(total);
+    }
+    let mut rng = Rng::new(seed);
+    (0..MILLION)
+        .map(|_| {
+            let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
+            let rank = cdf.partition_point(|&c| c < u).min(MILLION - 1);
+            rank.wrapping_mul(SPREAD) & (MILLION - 1)
+        })
+        .collect()
 }
 
 /// Runs `batch` over `iters` packets' flows, [`RX_BATCH`] at a time,
@@ -725,10 +791,11 @@ fn bench_million(c: &mut Criterion) {
         net: &net,
         now: 1,
     };
+    let table4 = Arc::new(million_table());
     million(
         &mut group,
         &frames,
-        pipeline(Arc::new(million_table()), 7),
+        &|| pipeline(Arc::clone(&table4), 7),
         &ctx,
     );
 
@@ -764,7 +831,13 @@ fn bench_million(c: &mut Criterion) {
         net: &net,
         now: 1,
     };
-    million(&mut group, &frames, pipeline6(million_table(), 7), &ctx);
+    let table6: Arc<Conntrack<Ipv6Addr>> = Arc::new(million_table());
+    million(
+        &mut group,
+        &frames,
+        &|| pipeline6(Arc::clone(&table6), 7),
+        &ctx,
+    );
     group.finish();
 }
 
