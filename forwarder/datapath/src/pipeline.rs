@@ -532,13 +532,14 @@ impl<A: IpFamily> FlowCache<A> {
     /// than its refill.
     const JUDGED_AFTER: u32 = 2 * Self::SLOTS as u32;
     /// A cache holding fewer than one frame's flow in this many is
-    /// bypassed. A held flow's packet saves a table lookup: 9 ns with the
-    /// table's lines in the core's caches, 20 with them in L3 (1,024
-    /// flows, `established_warm_batch` and `_cold_batch` without a
-    /// cache), more at a million flows; a frame the cache does not hold
-    /// pays for its set's lines, 8-14 ns at a million flows
-    /// (benches/RESULTS.md, session 26). Below one in eight, the misses
-    /// cost more than the hits save.
+    /// bypassed. Where it holds every flow (1,024 flows) the cache saves
+    /// 9-20 ns a packet; at a million flows a frame it does not hold
+    /// pays 8-14 ns for its set's lines, and with Zipf-skewed rates the
+    /// cache paid only when it held nearly every frame's flow: bypassing
+    /// was faster at 53% held, even at 84%, and slower at 98.5%
+    /// (benches/RESULTS.md, session 26). One in eight bypasses only
+    /// where that was always right; where between 1/8 and 85% the
+    /// cache stops paying at smaller tables is not measured.
     const HELD_ONE_IN: u32 = 8;
 
     fn new() -> Self {
