@@ -663,19 +663,10 @@ fn million(
         let mut next = 0usize;
         group.bench_function(format!("established_{name}_1M/{}", frames.family), |b| {
             b.iter_custom(|iters| {
-                let start = Instant::now();
-                let mut left = iters as usize;
-                while left > 0 {
-                    let n = left.min(RX_BATCH);
-                    for buf in &mut bufs[..n] {
-                        forward(&mut buf[..len], order[next & (MILLION - 1)]);
-                        next += 1;
-                        Pipeline::prefetch_headers(&buf[..len]);
-                    }
-                    run_batch(&mut p, ctx, &mut bufs[..n], len, 0);
-                    left -= n;
-                }
-                start.elapsed()
+                timed_batches(&mut p, ctx, &mut bufs, len, iters, |f| {
+                    forward(f, order[next & (MILLION - 1)]);
+                    next += 1;
+                })
             })
         });
         if next > 0 {
@@ -694,22 +685,37 @@ fn million(
     let mut fresh = 0usize;
     group.bench_function(format!("new_flow_1M/{}", frames.family), |b| {
         b.iter_custom(|iters| {
-            let start = Instant::now();
-            let mut left = iters as usize;
-            while left > 0 {
-                let n = left.min(RX_BATCH);
-                for buf in &mut bufs[..n] {
-                    let flow = MILLION + fresh % ((1 << 24) - MILLION);
-                    fresh += 1;
-                    frames.write_forward(&mut buf[..len], flow);
-                    Pipeline::prefetch_headers(&buf[..len]);
-                }
-                run_batch(&mut p, ctx, &mut bufs[..n], len, 0);
-                left -= n;
-            }
-            start.elapsed()
+            timed_batches(&mut p, ctx, &mut bufs, len, iters, |f| {
+                frames.write_forward(f, MILLION + fresh % ((1 << 24) - MILLION));
+                fresh += 1;
+            })
         })
     });
+}
+
+/// The time `iters` client frames take through `p` in RX batches: each
+/// batch's frames written by `write` (one call per frame, in order) and
+/// their header lines asked for, then run as a worker runs them.
+fn timed_batches(
+    p: &mut Pipeline,
+    ctx: &BatchContext<'_>,
+    bufs: &mut [Vec<u8>],
+    len: usize,
+    iters: u64,
+    mut write: impl FnMut(&mut [u8]),
+) -> Duration {
+    let start = Instant::now();
+    let mut left = iters as usize;
+    while left > 0 {
+        let n = left.min(RX_BATCH);
+        for buf in &mut bufs[..n] {
+            write(&mut buf[..len]);
+            Pipeline::prefetch_headers(&buf[..len]);
+        }
+        run_batch(p, ctx, &mut bufs[..n], len, 0);
+        left -= n;
+    }
+    start.elapsed()
 }
 
 /// [`MILLION`] packets' flows drawn from a Zipf distribution of the

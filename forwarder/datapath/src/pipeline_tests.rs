@@ -1877,6 +1877,17 @@ fn forward_key(port: u16) -> FlowKey {
     }
 }
 
+/// The forward key of the client's UDP flow from `port` to `UDP_VIP:53`.
+fn udp_vip_key(port: u16) -> FlowKey {
+    FlowKey {
+        src: CLIENT.into(),
+        dst: UDP_VIP.into(),
+        src_port: port,
+        dst_port: 53,
+        protocol: Protocol::Udp,
+    }
+}
+
 /// Each flow's packets, bytes and start count at its endpoint's slot
 /// (a table compiled with one slot per Service port and endpoint): the
 /// slots of one port add up to what the port forwarded.
@@ -1967,13 +1978,7 @@ fn flows_count_their_packets_and_bytes_per_direction() {
         let verdict = h.run(&mut frame);
         assert!(matches!(verdict, Verdict::Forward { .. }), "{verdict:?}");
     }
-    let key = FlowKey {
-        src: CLIENT.into(),
-        dst: UDP_VIP.into(),
-        src_port: 33100,
-        dst_port: 53,
-        protocol: Protocol::Udp,
-    };
+    let key = udp_vip_key(33100);
     let hit = ct.peek(&key).expect("the flow is tracked");
     assert_eq!(
         ct.counts(hit.record),
@@ -2022,13 +2027,7 @@ fn an_unreplied_udp_flow_is_cached_while_its_record_holds_it() {
         pipeline: pipeline(Arc::clone(&ct)),
         ..Harness::new()
     };
-    let key = |port: u16| FlowKey {
-        src: Ipv4Addr::from(CLIENT),
-        dst: Ipv4Addr::from(UDP_VIP),
-        src_port: port,
-        dst_port: 53,
-        protocol: Protocol::Udp,
-    };
+    let key = udp_vip_key;
     let send = |h: &mut Harness, port: u16| {
         let mut ask = udp(CLIENT_MAC, GW_CLIENT_MAC, (CLIENT, port), (UDP_VIP, 53), 64);
         assert_eq!(
@@ -2340,13 +2339,7 @@ fn a_flow_cache_holding_few_flows_is_bypassed_for_the_rest_of_the_second() {
         );
     }
     // Bypassed: the frames' flows are neither found nor cached.
-    let key = |port: u16| FlowKey {
-        src: Ipv4Addr::from(CLIENT),
-        dst: Ipv4Addr::from(UDP_VIP),
-        src_port: port,
-        dst_port: 53,
-        protocol: Protocol::Udp,
-    };
+    let key = udp_vip_key;
     let (port, _) = steady[0];
     forward_batch(&mut h, &mut [spread_udp(port), spread_udp(port)]);
     assert!(
