@@ -538,8 +538,8 @@ impl<A: IpFamily> FlowCache<A> {
     /// cache paid only when it held nearly every frame's flow: bypassing
     /// was faster at 53% held, even at 84%, and slower at 98.5%
     /// (benches/RESULTS.md, session 26). One in eight bypasses only
-    /// where that was always right; where between 1/8 and 85% the
-    /// cache stops paying at smaller tables is not measured.
+    /// where bypassing was always faster. Where the cache stops paying
+    /// at smaller tables, whose misses cost less, is not measured.
     const HELD_ONE_IN: u32 = 8;
 
     fn new() -> Self {
