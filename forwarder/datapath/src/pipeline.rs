@@ -435,13 +435,14 @@ impl<A: IpFamily> NextHopCache<A> {
 ///   and a reply changes the state, so that the next forward packet goes
 ///   to the table and assures the flow, as Linux does.
 ///
-/// A cache that holds few of the flows its packets belong to costs
-/// more than it saves: at a million live flows, or under a flood of new
-/// ones, each packet's set is one more random line to fetch and to
-/// write. Each second, once the prefetch passes have asked it about
-/// [`FlowCache::JUDGED_AFTER`] frames, a cache that held fewer than one
-/// in [`FlowCache::HELD_ONE_IN`] of them is left alone for the rest of
-/// the second ([`CacheUse`]; Open vSwitch inserts into its exact-match
+/// A cache that does not hold nearly all the flows its packets belong
+/// to costs more than it saves: each frame it does not hold pays for its
+/// set's lines (fetched, read and written), and the cache's 448 KiB
+/// crowd the table's busy lines out of the core's caches, so that the
+/// table serves the busy flows nearly as fast. Each second, once the
+/// prefetch passes have asked it about [`FlowCache::JUDGED_AFTER`]
+/// frames, a cache that held fewer than [`FlowCache::KEPT_QUARTERS`]
+/// quarters of them is left alone for the rest of the second ([`CacheUse`]; Open vSwitch inserts into its exact-match
 /// cache with a probability for the same reason, `emc-insert-inv-prob`).
 /// Its entries do not outlive the second anyway (`touched`). A pipeline
 /// run frame by frame, without the passes, is never judged and always
@@ -531,16 +532,15 @@ impl<A: IpFamily> FlowCache<A> {
     /// that a cache refilling after a bypassed second is judged on more
     /// than its refill.
     const JUDGED_AFTER: u32 = 2 * Self::SLOTS as u32;
-    /// A cache holding fewer than one frame's flow in this many is
-    /// bypassed. Where it holds every flow (1,024 flows) the cache saves
-    /// 9-20 ns a packet; at a million flows a frame it does not hold
-    /// pays 8-14 ns for its set's lines, and with Zipf-skewed rates the
-    /// cache paid only when it held nearly every frame's flow: bypassing
-    /// was faster at 53% held, even at 84%, and slower at 98.5%
-    /// (benches/RESULTS.md, session 26). One in eight bypasses only
-    /// where bypassing was always faster. Where the cache stops paying
-    /// at smaller tables, whose misses cost less, is not measured.
-    const HELD_ONE_IN: u32 = 8;
+    /// A cache holding fewer than this many quarters of the frames'
+    /// flows is bypassed. Where it holds every flow (1,024 flows) the
+    /// cache saves 9-20 ns a packet. Bypassing was faster wherever it
+    /// held less: 0%, 33%, 53% and 60% of the frames' flows (uniform
+    /// rates over a million, 24,576 and 12,288 flows, Zipf 1.0 over a
+    /// million) by 8-15%; at 84% (Zipf 1.2) both were even, and at 98.5%
+    /// (Zipf 1.5) the cache was faster by 15-25% (benches/RESULTS.md,
+    /// session 26).
+    const KEPT_QUARTERS: u64 = 3;
 
     fn new() -> Self {
         Self {
@@ -573,7 +573,7 @@ impl<A: IpFamily> FlowCache<A> {
         if self.usage != CacheUse::Judging || self.asked < Self::JUDGED_AFTER {
             return false;
         }
-        let bypassed = self.held < self.asked / Self::HELD_ONE_IN;
+        let bypassed = u64::from(self.held) * 4 < u64::from(self.asked) * Self::KEPT_QUARTERS;
         if bypassed {
             self.usage = CacheUse::Bypassed;
             self.parked = std::mem::take(&mut self.slots);

@@ -2375,3 +2375,32 @@ fn a_flow_cache_holding_its_flows_is_kept() {
     assert_eq!(h.pipeline.v4.flows.usage, CacheUse::Kept);
     assert_eq!(h.pipeline.counters().flow_cache_bypasses.get(), 0);
 }
+
+/// The judgement's boundary: a cache that held three in four of the
+/// frames it was asked about is kept, one fewer is bypassed; nothing is
+/// judged before [`FlowCache::JUDGED_AFTER`] frames, and a new second
+/// judges afresh.
+#[test]
+fn a_flow_cache_is_kept_from_three_quarters_held() {
+    let asked = FlowCache::<Ipv4Addr>::JUDGED_AFTER;
+    let judged = |held: u32| {
+        let mut cache = FlowCache::<Ipv4Addr>::new();
+        assert!(!cache.judge(7), "a new second starts judging");
+        cache.count(asked, held);
+        let bypassed = cache.judge(7);
+        assert_eq!(bypassed, cache.usage == CacheUse::Bypassed);
+        cache
+    };
+    assert_eq!(judged(asked / 4 * 3).usage, CacheUse::Kept);
+    let mut cache = judged(asked / 4 * 3 - 1);
+    assert_eq!(cache.usage, CacheUse::Bypassed);
+    assert!(!cache.judge(7), "judged once a second");
+    assert!(!cache.judge(8));
+    assert_eq!(cache.usage, CacheUse::Judging, "the next second judges afresh");
+
+    let mut cache = FlowCache::<Ipv4Addr>::new();
+    cache.judge(7);
+    cache.count(asked - 1, 0);
+    assert!(!cache.judge(7));
+    assert_eq!(cache.usage, CacheUse::Judging, "too few frames to judge");
+}
