@@ -2396,7 +2396,11 @@ fn a_flow_cache_is_kept_from_three_quarters_held() {
     assert_eq!(cache.usage, CacheUse::Bypassed);
     assert!(!cache.judge(7), "judged once a second");
     assert!(!cache.judge(8));
-    assert_eq!(cache.usage, CacheUse::Judging, "the next second judges afresh");
+    assert_eq!(
+        cache.usage,
+        CacheUse::Judging,
+        "the next second judges afresh"
+    );
 
     let mut cache = FlowCache::<Ipv4Addr>::new();
     cache.judge(7);
