@@ -442,11 +442,13 @@ impl<A: IpFamily> NextHopCache<A> {
 /// table serves the busy flows nearly as fast. Each second, once the
 /// prefetch passes have asked it about [`FlowCache::JUDGED_AFTER`]
 /// frames, a cache that held fewer than [`FlowCache::KEPT_QUARTERS`]
-/// quarters of them is left alone for the rest of the second ([`CacheUse`]; Open vSwitch inserts into its exact-match
-/// cache with a probability for the same reason, `emc-insert-inv-prob`).
-/// Its entries do not outlive the second anyway (`touched`). A pipeline
-/// run frame by frame, without the passes, is never judged and always
-/// uses its cache.
+/// quarters of them is left alone for the rest of the second
+/// ([`CacheUse`]). Its entries do not outlive the second anyway
+/// (`touched`). A pipeline run frame by frame, without the passes, is
+/// never judged and always uses its cache. (Open vSwitch answers the
+/// same cost in its exact-match cache by inserting with a probability,
+/// `emc-insert-inv-prob`; here that kept no more busy flows:
+/// benches/RESULTS.md, session 26.)
 #[derive(Debug)]
 struct FlowCache<A> {
     /// The entries; empty before the first is cached, and while the

@@ -2339,7 +2339,6 @@ fn a_flow_cache_holding_few_flows_is_bypassed_for_the_rest_of_the_second() {
         );
     }
     // Bypassed: the frames' flows are neither found nor cached.
-    let key = udp_vip_key;
     let (port, _) = steady[0];
     forward_batch(&mut h, &mut [spread_udp(port), spread_udp(port)]);
     assert!(
@@ -2347,13 +2346,19 @@ fn a_flow_cache_holding_few_flows_is_bypassed_for_the_rest_of_the_second() {
             && h.pipeline.v4.flows.parked.len() == FlowCache::<Ipv4Addr>::SLOTS,
         "the entries are set aside, not freed"
     );
-    assert!(!h.pipeline.v4.flows.holds(&key(port)), "nothing is cached");
+    assert!(
+        !h.pipeline.v4.flows.holds(&udp_vip_key(port)),
+        "nothing is cached"
+    );
 
     // The next second, the cache is used (and judged) again.
     h.now += 1;
     forward_batch(&mut h, &mut [spread_udp(port), spread_udp(port)]);
     assert_eq!(h.pipeline.v4.flows.usage, CacheUse::Judging);
-    assert!(h.pipeline.v4.flows.holds(&key(port)), "cached again");
+    assert!(
+        h.pipeline.v4.flows.holds(&udp_vip_key(port)),
+        "cached again"
+    );
     assert_eq!(h.pipeline.counters().flow_cache_bypasses.get(), 1);
 }
 
