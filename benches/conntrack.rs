@@ -624,6 +624,15 @@ fn bench(c: &mut Criterion) {
                 t
             })
         });
+        // As `1_thread_cached`: 2,048 of the keys, their lines in cache.
+        let mut cursor6_cached = 0;
+        group.bench_function("1M_flows/1_thread_ipv6_cached", |b| {
+            b.iter_custom(|iters| {
+                let (t, misses) = lookups(&ct6, &keys6[..2048], &mut cursor6_cached, iters);
+                assert_eq!(misses, 0);
+                t
+            })
+        });
     }
     let mut cursor1 = 0;
     group.bench_function("1M_flows/2_threads", |b| {

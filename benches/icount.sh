@@ -20,7 +20,8 @@
 #                ct_flood, the conntrack bench's batched lookups and
 #                SYN flood alone; the IPv6
 #                ones are established_ipv6,
-#                reply_ipv6, new_flow_ipv6_1 and new_flow_ipv6_10000;
+#                reply_ipv6, new_flow_ipv6_1, new_flow_ipv6_10000,
+#                established_unreplied_ipv6 and ct_lookups_ipv6;
 #                new_flow_full_snat and new_flow_full_nosnat set new flows
 #                through a full 8,192-flow table with SNAT against without)
 #
@@ -36,7 +37,7 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --base) base="$2"; shift 2 ;;
         --cases) cases="$2"; shift 2 ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "icount.sh: unknown argument $1" >&2; exit 64 ;;
     esac
 done

@@ -7,13 +7,18 @@
 //! Usage: `icount6 CASE PACKETS`, CASE one of `established_ipv6`,
 //! `reply_ipv6`, `new_flow_ipv6_1`, `new_flow_ipv6_10000`,
 //! `established_unreplied_ipv6` (`established_ipv6` over UDP flows that
-//! never had a reply, as the veth benchmark's udp-est).
+//! never had a reply, as the veth benchmark's udp-est), `ct_lookups_ipv6`
+//! (`icount.rs`'s `ct_lookups` over IPv6: the conntrack bench's batched
+//! lookups alone).
 
 use std::hint::black_box;
 use std::net::Ipv6Addr;
 use std::sync::Arc;
 
-use cipgw_datapath::conntrack::{Conntrack, ConntrackConfig};
+use cipgw_config::Protocol;
+use cipgw_datapath::conntrack::{
+    Candidate, Conntrack, ConntrackConfig, FlowHit, FlowKey, FlowMeta,
+};
 use cipgw_datapath::harness::pipeline;
 use cipgw_datapath::pipeline::{BatchContext, Pipeline, Verdict};
 
@@ -41,6 +46,7 @@ fn main() {
             ("new_flow_ipv6_1", &|n| new_flows(n, 1)),
             ("new_flow_ipv6_10000", &|n| new_flows(n, 10_000)),
             ("established_unreplied_ipv6", &|n| unreplied(n)),
+            ("ct_lookups_ipv6", &|n| ct_lookups(n)),
         ],
     );
 }
@@ -125,5 +131,66 @@ fn new_flows(packets: usize, services: usize) {
     for i in 0..packets {
         new_flow_frame6(&mut f, &base, i);
         black_box(p.process(&mut f, len, 0, &ctx));
+    }
+}
+
+/// `lookups` established lookups of 1,024 IPv6 TCP flows (both
+/// directions), 32 at a time as `icount.rs`'s `ct_lookups` does them
+/// (hash and ask for every bucket, then every record, then look each
+/// up): the conntrack bench's `1_thread_ipv6` lookups with their lines
+/// in cache.
+fn ct_lookups(lookups: usize) {
+    const BATCH: usize = 32;
+    const FLOWS: u16 = 1024;
+    const NOW: u32 = 1;
+    let ack = 0x10;
+    let address = |n: u16| Ipv6Addr::new(0x2001, 2, 0, 0xabcd, 0, 0, 0xc612, n);
+    let ct = Conntrack::<Ipv6Addr>::default();
+    let mut keys = Vec::new();
+    for n in 0..FLOWS {
+        let forward = FlowKey {
+            src: address(n),
+            dst: Ipv6Addr::new(0x2001, 2, 0, 0xabcd, 0, 0, 0xc613, 0xff01 + n % 16),
+            src_port: 40_000 + n,
+            dst_port: 80,
+            protocol: Protocol::Tcp,
+        };
+        let backend = (
+            Ipv6Addr::new(0x2001, 2, 0, 0xabcd, 0, 0, 0xc613, 1 + n % 64),
+            8080,
+        );
+        let reply = FlowKey {
+            src: backend.0,
+            dst: forward.src,
+            src_port: backend.1,
+            dst_port: forward.src_port,
+            protocol: Protocol::Tcp,
+        };
+        ct.insert(forward, backend, NOW, FlowMeta::default())
+            .expect("room for the flows");
+        ct.lookup(&reply, NOW, 0x12).expect("the reply is tracked");
+        ct.lookup(&forward, NOW, ack).expect("the flow is tracked");
+        keys.extend([forward, reply]);
+    }
+    let mut hashes = [0u64; BATCH];
+    let mut candidates = [Candidate::NONE; BATCH];
+    let mut hit = FlowHit::UNSET;
+    let mut done = 0;
+    while done < lookups {
+        let n = BATCH.min(lookups - done);
+        let batch = &keys[done % keys.len()..][..n];
+        for (key, hash) in batch.iter().zip(&mut hashes) {
+            *hash = ct.hash(black_box(key));
+            ct.prefetch_index(*hash);
+        }
+        for (hash, candidate) in hashes[..n].iter().zip(&mut candidates) {
+            *candidate = ct.prefetch_flow(*hash);
+        }
+        for ((key, hash), candidate) in batch.iter().zip(&hashes).zip(&candidates) {
+            let found = ct.lookup_candidate_into(key, *hash, *candidate, NOW, ack, &mut hit);
+            assert!(found, "a tracked flow");
+            black_box(hit.nat_port);
+        }
+        done += n;
     }
 }
