@@ -1530,7 +1530,7 @@ impl<A: IpFamily> Conntrack<A> {
     ) -> bool {
         let (id, direction) = index::reference(u64::from(candidate.0));
         let found = match candidate.is_some() {
-            true => self.live_match(id, direction_of(direction), key),
+            true => self.lookup_match(id, direction_of(direction), key),
             false => None,
         };
         match found.or_else(|| self.find(key, hash)) {
@@ -1580,14 +1580,34 @@ impl<A: IpFamily> Conntrack<A> {
     /// The live flow holding `key`, if any.
     #[inline]
     fn find(&self, key: &FlowKey<A>, hash: u64) -> Option<Found<A>> {
-        self.index
-            .find(hash, |id, bit| self.live_match(id, direction_of(bit), key))
+        self.index.find(hash, |id, bit| {
+            self.lookup_match(id, direction_of(bit), key)
+        })
     }
 
     /// The flow in record `id`, if it is live and its `direction` key is
-    /// `key`.
-    #[inline]
+    /// `key`: for the checks of an insert (a key already linked), an
+    /// adoption and a stamp, which rarely find one. A call: inlined into
+    /// the insert, it cost IPv4 new flows 9 instructions and IPv6 ones
+    /// 10. Lookups inline [`Conntrack::lookup_match`] instead.
+    #[inline(never)]
     fn live_match(&self, id: RecordId, direction: Direction, key: &FlowKey<A>) -> Option<Found<A>> {
+        self.lookup_match(id, direction, key)
+    }
+
+    /// [`Conntrack::live_match`] for a lookup, always inlined. Left to the
+    /// compiler, the IPv6 one was a call, and its flow (about 80 bytes)
+    /// came back through memory: stored in pieces, loaded whole, and the
+    /// lookup waited for the stores (a store-forwarding stall: batched
+    /// IPv6 lookups of cached flows took 40 ns instead of 30,
+    /// benches/RESULTS.md, session 27).
+    #[inline(always)]
+    fn lookup_match(
+        &self,
+        id: RecordId,
+        direction: Direction,
+        key: &FlowKey<A>,
+    ) -> Option<Found<A>> {
         let (flow, life) = self.slab.read(id)?;
         (flow.key(direction, &self.snat) == *key).then_some(Found {
             id,
