@@ -316,9 +316,11 @@ impl FlowIndex {
     }
 
     /// [`FlowIndex::find`] for a key that is most likely not there (a new
-    /// flow's, as [`FlowIndex::link`] checks it; a source NAT port's
-    /// reply key): each bucket's seven signatures are compared at once
-    /// ([`signature_matches`]), and only the matches are then looked at.
+    /// flow's, as [`FlowIndex::link`] checks it and as a lookup whose
+    /// second pass found no candidate searches for it; a source NAT
+    /// port's reply key): each bucket's seven signatures are compared at
+    /// once ([`signature_matches`]), and only the matches are then looked
+    /// at.
     /// Its own loop, not a shared one with `find`: behind a shared
     /// generic, the compiler unrolled `find`'s slot loop with a record
     /// check in each of the seven copies, and the lookup grew 2.5-fold
