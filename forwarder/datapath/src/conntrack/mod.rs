@@ -1592,17 +1592,18 @@ impl<A: IpFamily> Conntrack<A> {
     /// The live flow holding `key`, if any.
     #[inline]
     fn find(&self, key: &FlowKey<A>, hash: u64) -> Option<Found<A>> {
-        self.index.find(hash, |id, bit| {
-            self.lookup_match(id, direction_of(bit), key)
-        })
+        self.index
+            .find(hash, |id, bit| self.live_match(id, direction_of(bit), key))
     }
 
     /// The flow in record `id`, if it is live and its `direction` key is
     /// `key`: for the checks of an insert (a key already linked), an
-    /// adoption and a stamp, which rarely find one. Left to the
-    /// compiler: made a call, the IPv4 SYN flood ran 4 instructions fewer
-    /// per new flow and took 3% longer (benches/RESULTS.md, session 27).
-    /// Lookups inline [`Conntrack::lookup_match`] instead.
+    /// adoption, a stamp and [`Conntrack::find`] (a removal, an ICMP
+    /// error's peek, source NAT's last resort), which are off the packet
+    /// path or rarely find one. Left to the compiler: made a call, the
+    /// IPv4 SYN flood ran 4 instructions fewer per new flow and took 3%
+    /// longer (benches/RESULTS.md, session 27). Lookups inline
+    /// [`Conntrack::lookup_match`] instead.
     #[inline]
     fn live_match(&self, id: RecordId, direction: Direction, key: &FlowKey<A>) -> Option<Found<A>> {
         self.lookup_match(id, direction, key)
