@@ -60,6 +60,20 @@ impl Drop for ClusterLab {
         if std::thread::panicking() {
             if let Some(gateway) = &self.gateway {
                 eprintln!("--- gateway log ---\n{}", gateway.log().join("\n"));
+                // What the gateway counted, for a failure that does not
+                // repeat: its drops by reason and its tables' counts,
+                // those that are not zero.
+                match self.try_metrics() {
+                    Ok(text) => eprintln!(
+                        "--- gateway counters (drops, conntrack, snat; not zero) ---\n{}",
+                        text.lines()
+                            .filter(|l| !l.starts_with('#') && !l.ends_with(" 0"))
+                            .filter(|l| ["drop", "conntrack", "snat"].iter().any(|w| l.contains(w)))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    ),
+                    Err(e) => eprintln!("--- gateway counters: not read: {e}"),
+                }
             }
         }
     }
@@ -253,18 +267,23 @@ impl ClusterLab {
 
     /// The gateway's /metrics.
     fn metrics(&self) -> String {
-        self.cluster
-            .gateway()
-            .run(|| -> std::io::Result<String> {
-                let mut s = TcpStream::connect("127.0.0.1:9477")?;
-                s.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;
-                s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
-                let mut text = String::new();
-                s.read_to_string(&mut text)?;
-                Ok(text)
-            })
+        self.try_metrics()
             .unwrap_or_else(|e| panic!("metrics: {e}"))
-            .unwrap_or_else(|e| panic!("metrics: {e}"))
+    }
+
+    /// The gateway's /metrics, or why they could not be read.
+    fn try_metrics(&self) -> Result<String, String> {
+        let fetched = self.cluster.gateway().run(|| -> std::io::Result<String> {
+            let mut s = TcpStream::connect("127.0.0.1:9477")?;
+            s.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        });
+        fetched
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
     }
 
     /// The value of the metric line starting with `series`.
