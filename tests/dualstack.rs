@@ -24,7 +24,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{Display, Write as _};
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::{
     IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpStream, UdpSocket,
 };
@@ -363,18 +363,7 @@ fn add_outside_address(ns: &Netns, addr: Ipv6Addr) -> Result<(), lab::LabError> 
 /// The gateway's `/metrics` (admin endpoint 127.0.0.1:9477 in its
 /// namespace).
 fn metrics(gateway_ns: &lab::Netns) -> String {
-    gateway_ns
-        .run(|| -> std::io::Result<String> {
-            let mut s = TcpStream::connect("127.0.0.1:9477")?;
-            s.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;
-            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
-            let mut text = String::new();
-            s.read_to_string(&mut text)?;
-            Ok(text)
-        })
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-        .unwrap_or_else(|e| format!("(metrics unavailable: {e})"))
+    support::gateway_metrics(gateway_ns).unwrap_or_else(|e| format!("(metrics unavailable: {e})"))
 }
 
 /// The sum of the metric lines of `name` whose labels contain `label`.

@@ -63,7 +63,7 @@ impl Drop for ClusterLab {
                 // What the gateway counted, for a failure that does not
                 // repeat: its drops by reason and its tables' counts,
                 // those that are not zero.
-                match self.try_metrics() {
+                match support::gateway_metrics(self.cluster.gateway()) {
                     Ok(text) => eprintln!(
                         "--- gateway counters (drops, conntrack, snat; not zero) ---\n{}",
                         text.lines()
@@ -267,23 +267,7 @@ impl ClusterLab {
 
     /// The gateway's /metrics.
     fn metrics(&self) -> String {
-        self.try_metrics()
-            .unwrap_or_else(|e| panic!("metrics: {e}"))
-    }
-
-    /// The gateway's /metrics, or why they could not be read.
-    fn try_metrics(&self) -> Result<String, String> {
-        let fetched = self.cluster.gateway().run(|| -> std::io::Result<String> {
-            let mut s = TcpStream::connect("127.0.0.1:9477")?;
-            s.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;
-            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
-            let mut text = String::new();
-            s.read_to_string(&mut text)?;
-            Ok(text)
-        });
-        fetched
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+        support::gateway_metrics(self.cluster.gateway()).unwrap_or_else(|e| panic!("metrics: {e}"))
     }
 
     /// The value of the metric line starting with `series`.

@@ -752,17 +752,7 @@ impl Lab {
 
     /// The gateway's /metrics text, from its admin address.
     pub fn metrics(&self) -> String {
-        self.topology
-            .gateway()
-            .run(|| -> std::io::Result<String> {
-                let mut s = TcpStream::connect("127.0.0.1:9477")?;
-                s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
-                let mut text = String::new();
-                s.read_to_string(&mut text)?;
-                Ok(text)
-            })
-            .unwrap_or_else(|e| self.fail(format_args!("entering the gateway: {e}")))
+        gateway_metrics(self.topology.gateway())
             .unwrap_or_else(|e| self.fail(format_args!("GET /metrics: {e}")))
     }
 
@@ -1090,4 +1080,20 @@ fn log_tail(gateway: &GatewayProcess) -> String {
         text.push_str(line);
     }
     text
+}
+
+/// The /metrics text of the gateway in `gateway_ns` (its admin endpoint,
+/// 127.0.0.1:9477), or why it could not be read.
+pub fn gateway_metrics(gateway_ns: &cipgw::lab::Netns) -> Result<String, String> {
+    gateway_ns
+        .run(|| -> std::io::Result<String> {
+            let mut s = TcpStream::connect("127.0.0.1:9477")?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        })
+        .map_err(|e| format!("entering the gateway: {e}"))?
+        .map_err(|e| e.to_string())
 }
