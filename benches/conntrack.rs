@@ -24,7 +24,7 @@
 //! - `lookup_established/1M_flows/1_thread_unbatched`: the same keys one
 //!   `Conntrack::lookup` at a time, nothing prefetched;
 //! - `lookup_established/1M_flows/1_thread_ipv6`: the same over an IPv6
-//!   table (96-byte records, two cache lines a lookup instead of one),
+//!   table (64-byte records, a line each, where IPv4's take half of one),
 //!   the flows' addresses mapped into 2001:2::/64;
 //! - `lookup_established/1M_flows/2_threads`: batched, on cores 0 and 1 at
 //!   once, each with its own order; the figure is per core (each thread

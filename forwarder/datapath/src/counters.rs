@@ -59,6 +59,11 @@ pub enum DropReason {
     /// Source NAT had no free port towards the chosen backend on any
     /// address; refused like a full table.
     SnatPortsExhausted,
+    /// A new IPv6 flow to a VIP whose high half is none of the (at most
+    /// 249) the IPv6 connection table holds, when it has no room for
+    /// another; refused like a full table (never, unless VIPs come from
+    /// that many /64s).
+    VipPrefixesFull,
     /// A TCP segment other than a SYN to a VIP with no tracked flow (its
     /// endpoint was removed, or the gateway restarted); answered with RST.
     TcpNoFlow,
@@ -107,7 +112,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 35] = [
+    pub const ALL: [DropReason; 36] = [
         DropReason::TruncatedEthernet,
         DropReason::VlanTagged,
         DropReason::TruncatedIpv4,
@@ -126,6 +131,7 @@ impl DropReason {
         DropReason::TtlExceeded,
         DropReason::ConntrackFull,
         DropReason::SnatPortsExhausted,
+        DropReason::VipPrefixesFull,
         DropReason::TcpNoFlow,
         DropReason::BadSource,
         DropReason::VipAsSource,
@@ -167,6 +173,7 @@ impl DropReason {
             DropReason::TtlExceeded => "ttl_exceeded",
             DropReason::ConntrackFull => "conntrack_full",
             DropReason::SnatPortsExhausted => "snat_ports_exhausted",
+            DropReason::VipPrefixesFull => "vip_prefixes_full",
             DropReason::TcpNoFlow => "tcp_no_flow",
             DropReason::BadSource => "bad_source",
             DropReason::VipAsSource => "vip_as_source",

@@ -1547,6 +1547,9 @@ impl Pipeline {
                 Err(InsertError::SnatExhausted) => {
                     return Err(Denied::Refuse(DropReason::SnatPortsExhausted))
                 }
+                Err(InsertError::VipPrefixesFull) => {
+                    return Err(Denied::Refuse(DropReason::VipPrefixesFull))
+                }
             }
         }
         // Every usable endpoint already carries a live flow from this
@@ -1597,6 +1600,7 @@ impl Pipeline {
             Err(InsertError::ReplyClash) => Err(Denied::Refuse(DropReason::ReplyClash)),
             Err(InsertError::Full) => Err(Denied::Refuse(DropReason::ConntrackFull)),
             Err(InsertError::SnatExhausted) => Err(Denied::Refuse(DropReason::SnatPortsExhausted)),
+            Err(InsertError::VipPrefixesFull) => Err(Denied::Refuse(DropReason::VipPrefixesFull)),
         }
     }
 
@@ -1708,6 +1712,9 @@ impl Pipeline {
                 return Err(Denied::Verdict(Verdict::Drop(
                     DropReason::SnatPortsExhausted,
                 )))
+            }
+            Err(InsertError::VipPrefixesFull) => {
+                return Err(Denied::Verdict(Verdict::Drop(DropReason::VipPrefixesFull)))
             }
         }
         // The reply direction of the flow just tracked (or of the one a

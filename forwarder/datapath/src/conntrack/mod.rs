@@ -67,7 +67,7 @@
 //! [`ConntrackConfig::BYTES_PER_FLOW`] for IPv4 (a 32-byte record, two
 //! index slots at half load, a 16-byte eviction-queue entry),
 //! [`ConntrackConfig::BYTES_PER_FLOW_V6`] for IPv6 (the same with a
-//! 96-byte record), with or without source NAT; the `conntrack` criterion
+//! 64-byte record), with or without source NAT; the `conntrack` criterion
 //! bench measures it.
 //!
 //! Families. A table serves one address family ([`crate::family`]):
@@ -173,7 +173,7 @@ impl ConntrackConfig {
     /// Bytes of memory per IPv4 flow of `max_flows`: record, index slots
     /// and eviction-queue entry.
     pub const BYTES_PER_FLOW: u64 = Conntrack::<Ipv4Addr>::BYTES_PER_FLOW;
-    /// The same for an IPv6 flow (a 96-byte record instead of 32).
+    /// The same for an IPv6 flow (a 64-byte record instead of 32).
     pub const BYTES_PER_FLOW_V6: u64 = Conntrack::<Ipv6Addr>::BYTES_PER_FLOW;
 
     /// The largest table: record ids and their direction bit share 32 bits.
@@ -384,6 +384,9 @@ pub enum InsertError {
     Full,
     /// Source NAT found no free port towards the backend on any address.
     SnatExhausted,
+    /// An IPv6 VIP whose high half the table does not hold, and the
+    /// table holds as many as it can (see `slab.rs`, `VipPrefixTable`).
+    VipPrefixesFull,
 }
 
 /// Why flows left the table. In a worker's part of the table (see
@@ -869,9 +872,8 @@ fn advise_huge_pages<T>(table: &[T]) {
 }
 
 /// Hints the CPU to fetch the cache lines holding `item`: one for a
-/// bucket or an IPv4 record (each aligned to its size), two for an IPv6
-/// record (96 bytes aligned to 32), whose life word, the first thing a
-/// read loads, sits in its second line.
+/// bucket or a record (each aligned to its size, which is at most a
+/// line); more for a `T` that spans lines.
 #[inline(always)]
 fn prefetch<T>(item: &T) {
     for_each_line::<T>(item as *const T as usize, prefetch_line);
@@ -1896,6 +1898,9 @@ impl<A: IpFamily> Conntrack<A> {
         // The reply bucket is a miss of its own; let it arrive while the
         // record is written and room is made.
         self.index.prefetch(reply_hash);
+        let Some(vip_index) = self.slab.vip_index(&flow) else {
+            return Err(InsertError::VipPrefixesFull);
+        };
 
         // Counted, queued and given a record (an evicted flow's, in a
         // flood) before the record is published: from then on a sweep
@@ -1912,7 +1917,7 @@ impl<A: IpFamily> Conntrack<A> {
         let bits =
             FlowState::initial(forward.protocol) as u8 | if meta.affinity { AFFINITY } else { 0 };
         self.reset_account(id);
-        let life = self.slab.publish(id, &flow, bits, now);
+        let life = self.slab.publish(id, &flow, vip_index, bits, now);
         // Counted with the record: whoever removes the flow releases it.
         self.snat.took(flow.snat_index);
 

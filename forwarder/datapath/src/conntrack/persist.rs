@@ -20,10 +20,15 @@
 //! | 56..60 | number of source NAT addresses the records' SNAT indexes refer to (at most 127) |
 //! | 60 | address family of the records: 4 (or 0, written by gateways before IPv6) or 6 |
 //! | 64..2096 | those addresses, 4 (IPv4) or 16 (IPv6) bytes each in network order |
+//! | 2096..2100 | IPv6: number of VIP prefixes the records' VIP indexes refer to (at most 249) |
+//! | 2104..4096 | those prefixes (the VIPs' high halves), 8 bytes each, little endian (`slab.rs`, `VipPrefixTable`); appended to while the table is in use |
 //!
 //! Each family has a file of its own ([`TableLayout`]): `conntrack.table`
 //! for IPv4 (unchanged since before IPv6, so an upgrade keeps its flows),
-//! `conntrack6.table` for IPv6.
+//! `conntrack6.table` for IPv6. IPv6 records were 96 bytes before they
+//! held the VIP as a prefix index (64 now): the record size in the header
+//! tells the two layouts apart, so an older IPv6 file is set aside while
+//! the IPv4 one, unchanged, is still adopted (the version stays 2).
 //!
 //! A file that does not match (another layout, record count or boot, a
 //! short file) is renamed aside with a log line and a fresh one takes its
@@ -79,6 +84,7 @@ const OFF_NEVER_USED: usize = 52;
 const OFF_SNAT_COUNT: usize = 56;
 const OFF_FAMILY: usize = 60;
 const OFF_SNAT_ADDRESSES: usize = 64;
+const OFF_VIP_PREFIXES: usize = 2096;
 /// SNAT addresses the header has room for (the records' 7-bit index).
 const SNAT_HEADER_MAX: usize = 127;
 
@@ -128,8 +134,9 @@ pub struct TableFile {
 }
 
 // SAFETY: the mapping is plain shared memory owned by this value; every
-// access to it goes through atomics (the records and the state word) or
-// happens before the table is shared (the header, on open).
+// access to it goes through atomics (the records, the state word, the
+// VIP prefixes) or happens before the table is shared (the rest of the
+// header, on open).
 unsafe impl Send for TableFile {}
 // SAFETY: as above.
 unsafe impl Sync for TableFile {}
@@ -320,6 +327,19 @@ impl TableFile {
         // SAFETY: OFF_NEVER_USED is 4-byte aligned inside the mapping,
         // which lives as long as self; any u32 is a valid value.
         unsafe { &*self.map.as_ptr().add(OFF_NEVER_USED).cast::<AtomicU32>() }
+    }
+
+    /// The table of VIP prefixes the records' indexes refer to (see
+    /// [`super::slab::VipPrefixTable`]), in the header.
+    pub(super) fn vip_prefixes_ptr(&self) -> NonNull<super::slab::VipPrefixTable> {
+        const _: () = assert!(
+            OFF_VIP_PREFIXES + super::slab::VIP_PREFIX_TABLE_BYTES == HEADER_BYTES
+                && OFF_SNAT_ADDRESSES + 16 * SNAT_HEADER_MAX <= OFF_VIP_PREFIXES
+        );
+        // SAFETY: OFF_VIP_PREFIXES + the table's bytes end at the header's
+        // end, inside the mapping; the offset is 8-byte aligned in the
+        // page-aligned mapping.
+        unsafe { self.map.add(OFF_VIP_PREFIXES).cast() }
     }
 
     /// The source NAT addresses the records a previous gateway left
@@ -576,6 +596,16 @@ fn check_header(
     if u64_at(OFF_EPOCH) > monotonic_ns() {
         return Err("its clock lies in the future".into());
     }
+    let mut vip_count = [0u8; 4];
+    file.read_exact_at(&mut vip_count, OFF_VIP_PREFIXES as u64)
+        .map_err(|e| format!("unreadable header: {e}"))?;
+    let vip_count = u32::from_le_bytes(vip_count);
+    if vip_count as usize > super::slab::VIP_PREFIXES_MAX {
+        return Err(format!(
+            "{vip_count} VIP prefixes, at most {} fit",
+            super::slab::VIP_PREFIXES_MAX
+        ));
+    }
     match u32_at(OFF_STATE) {
         STATE_CLEAN => Ok(true),
         STATE_IN_USE => Ok(false),
@@ -618,7 +648,7 @@ mod tests {
     const V6: TableLayout = TableLayout {
         file_name: "conntrack6.table",
         family: 6,
-        record_bytes: 96,
+        record_bytes: 64,
     };
 
     #[test]
@@ -643,7 +673,7 @@ mod tests {
             &dir,
             16,
             TableLayout {
-                record_bytes: 96,
+                record_bytes: V6.record_bytes,
                 ..V4
             },
             monotonic_ns(),

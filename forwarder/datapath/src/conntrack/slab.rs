@@ -3,9 +3,10 @@
 //! address and port, state, last seen), in a slab allocated once at start
 //! and addressed by a `u32` index. Each address family has its own layout
 //! ([`RecordLayout`]): an IPv4 record is 32 bytes (two per cache line, a
-//! lookup touches one), an IPv6 record 96 bytes (three 128-bit addresses
-//! and the same ports, target and life words; a lookup touches two
-//! lines).
+//! lookup touches one), an IPv6 record 64 bytes, one line (the client and
+//! backend addresses whole, the VIP's low half and an index into the
+//! table's VIP prefixes ([`VipPrefixTable`]), and the same ports, target
+//! and life words).
 //!
 //! Readers never lock. A record is a sequence lock in the style of the
 //! kernel's seqcount: its `life` word carries a sequence number that is
@@ -26,8 +27,9 @@
 use std::fmt::Debug;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::Deref;
+use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use cipgw_config::Protocol;
 
@@ -77,8 +79,14 @@ pub trait RecordLayout: Copy + Eq + Debug + Sized + 'static {
     /// The data words in the record.
     type AtomicWords: Default + Debug + Send + Sync + AsRef<[AtomicU64]>;
 
-    fn encode(flow: &FlowData<Self>) -> Self::Words;
-    fn decode(words: &Self::Words) -> FlowData<Self>;
+    /// The part of the VIP the record holds as an index into the table's
+    /// VIP prefixes: an IPv6 VIP's high half; `None` for IPv4, whose
+    /// record holds the VIP whole.
+    fn vip_prefix(flow: &FlowData<Self>) -> Option<u64>;
+    /// The data words of `flow`, its VIP prefix (if any) at `vip_index`.
+    fn encode(flow: &FlowData<Self>, vip_index: u8) -> Self::Words;
+    /// The flow of `words`, its VIP prefix (if any) read from `vips`.
+    fn decode(words: &Self::Words, vips: &VipPrefixTable) -> FlowData<Self>;
 }
 
 #[inline]
@@ -122,7 +130,12 @@ impl RecordLayout for Ipv4Addr {
     type AtomicWords = [AtomicU64; 3];
 
     #[inline]
-    fn encode(d: &FlowData<Self>) -> [u64; 3] {
+    fn vip_prefix(_: &FlowData<Self>) -> Option<u64> {
+        None
+    }
+
+    #[inline]
+    fn encode(d: &FlowData<Self>, _: u8) -> [u64; 3] {
         [
             (u64::from(u32::from(d.client)) << 32)
                 | (u64::from(d.client_port) << 16)
@@ -133,7 +146,7 @@ impl RecordLayout for Ipv4Addr {
     }
 
     #[inline]
-    fn decode(&[client, addrs, target]: &[u64; 3]) -> FlowData<Self> {
+    fn decode(&[client, addrs, target]: &[u64; 3], _: &VipPrefixTable) -> FlowData<Self> {
         let (backend_port, protocol, slot, snat_index, snat_port) = decode_target(target);
         FlowData {
             client: Ipv4Addr::from((client >> 32) as u32),
@@ -150,51 +163,214 @@ impl RecordLayout for Ipv4Addr {
     }
 }
 
-/// IPv6: client, VIP and backend addresses, two words each (high half
-/// first); client port (16..32 of word 6) and VIP port (0..16); the
-/// target word. 72 bytes with the life word, 96 in the slab (a multiple
-/// of the 32-byte alignment).
+/// IPv6: the client address, two words (high half first); the VIP's low
+/// half; the backend address, two words; the VIP's prefix index (bits
+/// 32..40 of word 5: its high half is the table's VIP prefix of that
+/// index), client port (16..32) and VIP port (0..16); the target word. 64
+/// bytes with the life word: one cache line (72 bytes with the VIP whole,
+/// 96 in the slab, and every record across two lines; benches/RESULTS.md,
+/// session 28).
 impl RecordLayout for Ipv6Addr {
-    type Words = [u64; 8];
-    type AtomicWords = [AtomicU64; 8];
+    type Words = [u64; 7];
+    type AtomicWords = [AtomicU64; 7];
 
     #[inline]
-    fn encode(d: &FlowData<Self>) -> [u64; 8] {
+    fn vip_prefix(d: &FlowData<Self>) -> Option<u64> {
+        Some((u128::from(d.vip) >> 64) as u64)
+    }
+
+    #[inline]
+    fn encode(d: &FlowData<Self>, vip_index: u8) -> [u64; 7] {
         let halves = |a: Ipv6Addr| {
             let bits = u128::from(a);
             [(bits >> 64) as u64, bits as u64]
         };
         let [c0, c1] = halves(d.client);
-        let [v0, v1] = halves(d.vip);
         let [b0, b1] = halves(d.backend);
         [
             c0,
             c1,
-            v0,
-            v1,
+            u128::from(d.vip) as u64,
             b0,
             b1,
-            (u64::from(d.client_port) << 16) | u64::from(d.vip_port),
+            (u64::from(vip_index) << 32) | (u64::from(d.client_port) << 16) | u64::from(d.vip_port),
             encode_target(d),
         ]
     }
 
     #[inline]
-    fn decode(w: &[u64; 8]) -> FlowData<Self> {
+    fn decode(w: &[u64; 7], vips: &VipPrefixTable) -> FlowData<Self> {
         let addr = |hi: u64, lo: u64| Ipv6Addr::from((u128::from(hi) << 64) | u128::from(lo));
-        let (backend_port, protocol, slot, snat_index, snat_port) = decode_target(w[7]);
+        let (backend_port, protocol, slot, snat_index, snat_port) = decode_target(w[6]);
         FlowData {
             client: addr(w[0], w[1]),
-            client_port: (w[6] >> 16) as u16,
-            vip: addr(w[2], w[3]),
-            vip_port: w[6] as u16,
-            backend: addr(w[4], w[5]),
+            client_port: (w[5] >> 16) as u16,
+            vip: addr(vips.prefix((w[5] >> 32) as u8), w[2]),
+            vip_port: w[5] as u16,
+            backend: addr(w[3], w[4]),
             backend_port,
             protocol,
             slot,
             snat_index,
             snat_port,
         }
+    }
+}
+
+/// VIP prefixes an IPv6 table can hold: as many as fill its file's
+/// header after the SNAT addresses ([`super::persist`]).
+pub(crate) const VIP_PREFIXES_MAX: usize = 249;
+
+/// The high halves of the IPv6 VIPs a table's records hold, by index.
+/// A VIP is a Service's ClusterIP, so all of one Service CIDR share a
+/// high half (Kubernetes' IPv6 Service CIDRs are no wider than a /64 in
+/// practice, /108 for its default allocator): a cluster has one or a few.
+/// A record keeps an 8-bit index instead of those 64 bits, which brings
+/// an IPv6 record to one cache line.
+///
+/// Entries are appended and never changed or removed while the table
+/// lives (its file included), so an index in a record always means the
+/// same prefix. An insert finds its VIP's prefix among the first entries
+/// (one, mostly) without a lock; a prefix not seen before is appended
+/// under [`VipPrefixes`]'s lock, once in the table's life. When all
+/// [`VIP_PREFIXES_MAX`] entries are taken, a new flow to a VIP of yet
+/// another prefix is refused ([`super::InsertError::VipPrefixesFull`]).
+///
+/// The layout is shared memory (the table file's header, bytes
+/// 2096..4096): a count, 4 bytes of padding, then the prefixes.
+#[repr(C)]
+#[derive(Debug)]
+pub struct VipPrefixTable {
+    count: AtomicU32,
+    _padding: u32,
+    prefixes: [AtomicU64; VIP_PREFIXES_MAX],
+}
+
+/// Bytes of a [`VipPrefixTable`], as the table file lays it out.
+pub(crate) const VIP_PREFIX_TABLE_BYTES: usize = 8 + 8 * VIP_PREFIXES_MAX;
+const _: () = assert!(std::mem::size_of::<VipPrefixTable>() == VIP_PREFIX_TABLE_BYTES);
+
+impl VipPrefixTable {
+    fn new() -> Self {
+        VipPrefixTable {
+            count: AtomicU32::new(0),
+            _padding: 0,
+            prefixes: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// The prefix at `index`; 0 for an index past the table (a record's
+    /// that is torn, which its sequence check rejects, or corrupt, which
+    /// adoption rejects: it does not encode back).
+    #[inline(always)]
+    pub fn prefix(&self, index: u8) -> u64 {
+        // Relaxed: a record's index was published (the record's Release)
+        // after its inserter saw the entry (it appended it, or loaded the
+        // count with Acquire), so whoever reads the record sees the entry.
+        self.prefixes
+            .get(usize::from(index))
+            .map_or(0, |p| p.load(Ordering::Relaxed))
+    }
+
+    /// Entries in use.
+    #[inline]
+    pub fn len(&self) -> usize {
+        // Acquire: pairs with the Release in `VipPrefixes::append`, so
+        // the entries below the count are seen written.
+        (self.count.load(Ordering::Acquire) as usize).min(VIP_PREFIXES_MAX)
+    }
+
+    /// The index of `prefix`, if the table holds it.
+    #[inline]
+    pub fn index_of(&self, prefix: u64) -> Option<u8> {
+        let count = self.len();
+        let mut index = 0;
+        while index < count {
+            // Relaxed: entries below the count are written (see `len`).
+            if self.prefixes[index].load(Ordering::Relaxed) == prefix {
+                return Some(index as u8);
+            }
+            index += 1;
+        }
+        None
+    }
+}
+
+/// A slab's [`VipPrefixTable`]: in its table file's header, or in
+/// process memory.
+#[derive(Debug)]
+struct VipPrefixes {
+    table: NonNull<VipPrefixTable>,
+    /// The table's memory when it is not in a file (the file's mapping
+    /// is kept alive by the slab's records).
+    _owned: Option<Box<VipPrefixTable>>,
+    /// Serialises appends (a few in a table's life).
+    append: Mutex<()>,
+}
+
+// SAFETY: the table is atomics in memory that `_owned` or the slab's
+// table file keeps alive as long as self; sharing or sending references
+// to it is as safe as for the atomics themselves.
+unsafe impl Send for VipPrefixes {}
+// SAFETY: as above.
+unsafe impl Sync for VipPrefixes {}
+
+impl VipPrefixes {
+    fn owned() -> VipPrefixes {
+        let owned = Box::new(VipPrefixTable::new());
+        VipPrefixes {
+            table: NonNull::from(&*owned),
+            _owned: Some(owned),
+            append: Mutex::new(()),
+        }
+    }
+
+    /// The table at `table`, inside a file mapping the slab keeps alive.
+    fn mapped(table: NonNull<VipPrefixTable>) -> VipPrefixes {
+        VipPrefixes {
+            table,
+            _owned: None,
+            append: Mutex::new(()),
+        }
+    }
+
+    /// The index of `prefix`, appended if the table lacks it; `None` when
+    /// the table is full.
+    #[inline]
+    fn index_or_append(&self, prefix: u64) -> Option<u8> {
+        self.index_of(prefix).or_else(|| self.append(prefix))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn append(&self, prefix: u64) -> Option<u8> {
+        let _appending = self.append.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(index) = self.index_of(prefix) {
+            return Some(index);
+        }
+        let count = self.len();
+        if count == VIP_PREFIXES_MAX {
+            return None;
+        }
+        // Relaxed: published by the Release store of the count below.
+        self.prefixes[count].store(prefix, Ordering::Relaxed);
+        // Release: whoever loads the new count (Acquire, `len`) sees the
+        // entry written.
+        self.count.store(count as u32 + 1, Ordering::Release);
+        Some(count as u8)
+    }
+}
+
+impl Deref for VipPrefixes {
+    type Target = VipPrefixTable;
+
+    #[inline(always)]
+    fn deref(&self) -> &VipPrefixTable {
+        // SAFETY: `table` points to a VipPrefixTable that `_owned` or the
+        // slab's table file keeps alive while self lives (a file's is
+        // 8-byte aligned in its page-aligned header); all bytes are a
+        // valid table (atomics; counts past the end are clamped).
+        unsafe { self.table.as_ref() }
     }
 }
 
@@ -403,6 +579,8 @@ pub(super) struct Slab<A: RecordLayout> {
     /// records; a table file keeps its own count in its header, so the
     /// next gateway reads only the records ever used).
     never_used: AtomicU32,
+    /// What IPv6 records' VIP prefix indexes refer to.
+    vips: VipPrefixes,
 }
 
 impl<A: RecordLayout> Slab<A> {
@@ -417,6 +595,7 @@ impl<A: RecordLayout> Slab<A> {
             records: Records::owned(records),
             free_head: AtomicU64::new(0),
             never_used: AtomicU32::new(1),
+            vips: VipPrefixes::owned(),
         }
     }
 
@@ -433,10 +612,12 @@ impl<A: RecordLayout> Slab<A> {
     /// free list starts empty: adoption ([`Slab::release`]) rebuilds it.
     pub fn in_file(file: Arc<TableFile>) -> Slab<A> {
         let (ptr, len) = file.records_ptr();
+        let vips = VipPrefixes::mapped(file.vip_prefixes_ptr());
         Slab {
             records: Records::mapped(ptr.cast::<Record<A>>(), len, file),
             free_head: AtomicU64::new(0),
             never_used: AtomicU32::new(1),
+            vips,
         }
     }
 
@@ -467,7 +648,9 @@ impl<A: RecordLayout> Slab<A> {
         self.record(id).is_some_and(|r| {
             // Relaxed: adoption runs before the table is shared.
             let words = r.load_words();
-            A::encode(&A::decode(&words)) == words
+            let flow = A::decode(&words, &self.vips);
+            let vip_index = A::vip_prefix(&flow).map_or(Some(0), |p| self.vips.index_of(p));
+            vip_index.is_some_and(|index| A::encode(&flow, index) == words)
         })
     }
 
@@ -572,7 +755,7 @@ impl<A: RecordLayout> Slab<A> {
         if second.seq() != first.seq() {
             return None;
         }
-        Some((A::decode(&words), second))
+        Some((A::decode(&words, &self.vips), second))
     }
 
     /// Replaces a live record's life word (state, last seen) if it is
@@ -681,9 +864,34 @@ impl<A: RecordLayout> Slab<A> {
         }
     }
 
+    /// The VIP prefix index [`Slab::publish`] wants for `flow` (0 for
+    /// IPv4), its prefix appended to the table's if new; `None` when the
+    /// table of VIP prefixes is full.
+    #[inline]
+    pub fn vip_index(&self, flow: &FlowData<A>) -> Option<u8> {
+        match A::vip_prefix(flow) {
+            None => Some(0),
+            Some(prefix) => self.vips.index_or_append(prefix),
+        }
+    }
+
+    /// VIP prefixes the table holds (IPv6).
+    #[cfg(test)]
+    pub fn vips_in_use(&self) -> usize {
+        self.vips.len()
+    }
+
     /// Writes a flow into a record taken with [`Slab::alloc`] and makes it
-    /// live (even sequence). Returns its life.
-    pub fn publish(&self, id: RecordId, flow: &FlowData<A>, bits: u8, seen: u32) -> Life {
+    /// live (even sequence), its VIP prefix at `vip_index`
+    /// ([`Slab::vip_index`]). Returns its life.
+    pub fn publish(
+        &self,
+        id: RecordId,
+        flow: &FlowData<A>,
+        vip_index: u8,
+        bits: u8,
+        seen: u32,
+    ) -> Life {
         let Some(r) = self.record(id) else {
             return Life(1 << Life::SEQ_SHIFT);
         };
@@ -699,7 +907,7 @@ impl<A: RecordLayout> Slab<A> {
         // Release fence: a reader whose data loads see any store below
         // also sees, after its Acquire fence, the odd sequence.
         fence(Ordering::Release);
-        let words = A::encode(flow);
+        let words = A::encode(flow, vip_index);
         for (word, value) in r.data.as_ref().iter().zip(words.as_ref()) {
             // Relaxed: published by the Release store of `life`.
             word.store(*value, Ordering::Relaxed);
@@ -787,19 +995,22 @@ mod tests {
             f.snat_index = index;
             f.snat_port = port;
             f.slot = slot;
-            let words = Ipv4Addr::encode(&f);
+            let words = Ipv4Addr::encode(&f, 0);
             assert_eq!(
-                Ipv4Addr::decode(&words),
+                Ipv4Addr::decode(&words, &VipPrefixTable::new()),
                 f,
                 "index {index} port {port} slot {slot}"
             );
         }
         f.slot = super::super::NO_SLOT;
-        let words = Ipv4Addr::encode(&f);
-        assert_eq!(Ipv4Addr::decode(&words).slot, super::super::NO_SLOT);
+        let words = Ipv4Addr::encode(&f, 0);
+        assert_eq!(
+            Ipv4Addr::decode(&words, &VipPrefixTable::new()).slot,
+            super::super::NO_SLOT
+        );
         f.protocol = Protocol::Udp;
-        let words = Ipv4Addr::encode(&f);
-        assert_eq!(Ipv4Addr::decode(&words), f);
+        let words = Ipv4Addr::encode(&f, 0);
+        assert_eq!(Ipv4Addr::decode(&words, &VipPrefixTable::new()), f);
     }
 
     fn flow6(n: u8) -> FlowData<Ipv6Addr> {
@@ -819,40 +1030,105 @@ mod tests {
         }
     }
 
+    /// Publishes `flow` into record `id`, its VIP prefix appended as needed.
+    fn publish<A: RecordLayout>(
+        slab: &Slab<A>,
+        id: RecordId,
+        flow: &FlowData<A>,
+        bits: u8,
+        seen: u32,
+    ) -> Life {
+        let vip_index = slab.vip_index(flow).expect("room for the VIP prefix");
+        slab.publish(id, flow, vip_index, bits, seen)
+    }
+
     #[test]
     fn ipv6_flows_round_trip_through_the_words() {
+        let vips = VipPrefixes::owned();
         for n in 0..6 {
             let mut f = flow6(n);
-            assert_eq!(Ipv6Addr::decode(&Ipv6Addr::encode(&f)), f, "flow {n}");
+            let index = vips
+                .index_or_append(Ipv6Addr::vip_prefix(&f).expect("IPv6 has one"))
+                .expect("room");
+            assert_eq!(index, 0, "one VIP prefix");
+            assert_eq!(
+                Ipv6Addr::decode(&Ipv6Addr::encode(&f, index), &vips),
+                f,
+                "flow {n}"
+            );
             f.client = Ipv6Addr::from(u128::MAX);
+            f.vip = Ipv6Addr::from(u128::MAX - u128::from(n));
             f.slot = MAX_SLOT - 1;
             f.snat_index = 127;
+            let index = vips
+                .index_or_append(Ipv6Addr::vip_prefix(&f).expect("IPv6 has one"))
+                .expect("room");
+            assert_eq!(index, 1, "all-ones VIPs share the second prefix");
             assert_eq!(
-                Ipv6Addr::decode(&Ipv6Addr::encode(&f)),
+                Ipv6Addr::decode(&Ipv6Addr::encode(&f, index), &vips),
                 f,
                 "flow {n}, all ones"
             );
         }
+        assert_eq!(vips.len(), 2);
+    }
+
+    /// Each new VIP prefix takes the next index, once; a full table
+    /// refuses new prefixes and still finds those it holds.
+    #[test]
+    fn vip_prefixes_are_appended_once_until_the_table_is_full() {
+        let vips = VipPrefixes::owned();
+        for round in 0..2 {
+            for n in 0..VIP_PREFIXES_MAX as u64 {
+                let prefix = 0x2001_0002_0000_0000 | n;
+                assert_eq!(
+                    vips.index_or_append(prefix),
+                    Some(n as u8),
+                    "prefix {n}, round {round}"
+                );
+            }
+        }
+        assert_eq!(vips.len(), VIP_PREFIXES_MAX);
+        assert_eq!(vips.index_or_append(0x2001_0002_0001_0000), None, "full");
+        assert_eq!(vips.prefix(VIP_PREFIXES_MAX as u8), 0, "past the table");
+        assert_eq!(vips.prefix(u8::MAX), 0);
     }
 
     #[test]
-    fn records_are_32_bytes_for_ipv4_and_96_for_ipv6() {
+    fn records_are_32_bytes_for_ipv4_and_64_for_ipv6() {
         assert_eq!(record_bytes::<Ipv4Addr>(), 32);
-        assert_eq!(record_bytes::<Ipv6Addr>(), 96);
+        assert_eq!(record_bytes::<Ipv6Addr>(), 64);
     }
 
     #[test]
     fn ipv6_records_round_trip_and_are_reused_after_free() {
         let slab = Slab::<Ipv6Addr>::new(1);
         let a = slab.alloc().expect("a record");
-        let life = slab.publish(a, &flow6(4), 0x42, 7);
+        let life = publish(&slab, a, &flow6(4), 0x42, 7);
         assert_eq!(slab.read(a), Some((flow6(4), life)));
         assert!(slab.is_canonical(a));
         assert!(slab.claim(a, life));
         slab.free(a);
         assert_eq!(slab.alloc(), Some(a), "freed records come back");
-        slab.publish(a, &flow6(5), 0, 9);
+        publish(&slab, a, &flow6(5), 0, 9);
         assert_eq!(slab.read(a).map(|(d, _)| d), Some(flow6(5)));
+    }
+
+    /// A record whose VIP prefix index names no prefix of the table (a
+    /// scribbled file) does not encode back, so adoption discards it.
+    #[test]
+    fn an_ipv6_record_with_an_unknown_vip_index_is_not_canonical() {
+        let slab = Slab::<Ipv6Addr>::new(1);
+        let a = slab.alloc().expect("a record");
+        slab.publish(a, &flow6(4), 0, 0, 7);
+        assert!(
+            !slab.is_canonical(a),
+            "index 0 before any prefix was appended"
+        );
+        publish(&slab, a, &flow6(4), 0, 7);
+        assert!(slab.is_canonical(a));
+        slab.publish(a, &flow6(4), 1, 0, 7);
+        assert!(!slab.is_canonical(a), "index 1 of a one-prefix table");
     }
 
     #[test]
@@ -861,8 +1137,8 @@ mod tests {
         let a = slab.alloc().expect("first record");
         let b = slab.alloc().expect("second record");
         assert_eq!(slab.alloc(), None, "capacity is 2");
-        let life = slab.publish(a, &flow(1), 0x42, 7);
-        slab.publish(b, &flow(2), 0, 8);
+        let life = publish(&slab, a, &flow(1), 0x42, 7);
+        publish(&slab, b, &flow(2), 0, 8);
         assert_eq!(slab.read(a), Some((flow(1), life)));
         assert_eq!((life.bits(), life.seen()), (0x42, 7));
         assert!(slab.claim(a, life));
@@ -870,7 +1146,7 @@ mod tests {
         assert_eq!(slab.read(a), None, "a claimed record is not read");
         slab.free(a);
         assert_eq!(slab.alloc(), Some(a), "freed records come back");
-        let again = slab.publish(a, &flow(3), 0, 9);
+        let again = publish(&slab, a, &flow(3), 0, 9);
         assert_ne!(again.seq(), life.seq(), "reuse changes the sequence");
         assert_eq!(slab.read(a).map(|(d, _)| d), Some(flow(3)));
         assert!(

@@ -254,9 +254,8 @@ fn populating_a_live_table_keeps_its_flows() {
     assert_eq!(ct.entries(), 4, "two flows, two keys each");
 }
 
-/// A prefetch asks for every line of what it fetches: an IPv6 record's
-/// two (its life word, which a read loads first, is in the second), an
-/// IPv4 record's or a bucket's one.
+/// A prefetch asks for every line of what it fetches: a record's or a
+/// bucket's one.
 #[test]
 fn prefetches_cover_every_line_of_a_record() {
     let lines = |start: usize, record: fn(usize, &mut Vec<usize>)| {
@@ -268,10 +267,9 @@ fn prefetches_cover_every_line_of_a_record() {
         |start, out| for_each_line::<slab::Record<Ipv6Addr>>(start, |at| out.push(at));
     let v4: fn(usize, &mut Vec<usize>) =
         |start, out| for_each_line::<slab::Record<Ipv4Addr>>(start, |at| out.push(at));
-    assert_eq!(std::mem::size_of::<slab::Record<Ipv6Addr>>(), 96);
-    // IPv6 records start at 0 or 32 within a line; both span two.
-    assert_eq!(lines(64 * 10, v6), [10, 11]);
-    assert_eq!(lines(64 * 10 + 32, v6), [10, 11]);
+    assert_eq!(std::mem::size_of::<slab::Record<Ipv6Addr>>(), 64);
+    // IPv6 records start at a line, IPv4 ones at 0 or 32 within one.
+    assert_eq!(lines(64 * 10, v6), [10]);
     assert_eq!(lines(64 * 10 + 32, v4), [10]);
     let mut buckets = Vec::new();
     for_each_line::<[u64; 8]>(64 * 3, |at| buckets.push(at));
@@ -1287,7 +1285,7 @@ fn concurrent_run_in<A: IpFamily>(
 /// measures the same in RSS).
 const _: () = assert!(ConntrackConfig::BYTES_PER_FLOW <= 100);
 /// An IPv6 flow costs its wider record and nothing else.
-const _: () = assert!(ConntrackConfig::BYTES_PER_FLOW_V6 == ConntrackConfig::BYTES_PER_FLOW + 64);
+const _: () = assert!(ConntrackConfig::BYTES_PER_FLOW_V6 == ConntrackConfig::BYTES_PER_FLOW + 32);
 
 /// A table file in a fresh temporary directory, removed on drop.
 struct StateDir(std::path::PathBuf);
@@ -1721,7 +1719,7 @@ fn adoption_keeps_snat_flows_only_under_the_same_addresses() {
     );
 }
 
-// IPv6: the same table over 96-byte records (see slab.rs). The semantics
+// IPv6: the same table over 64-byte records (see slab.rs). The semantics
 // are the family-independent code above; these check what the layout
 // changes: keys and rewrites of both directions, source NAT, adoption
 // from the IPv6 table file, and the sequence lock under concurrency.
@@ -1906,6 +1904,110 @@ fn an_ipv6_table_file_is_adopted_by_the_next_gateway() {
     );
     assert_eq!(ct.lookup(&forward6(11), 11, ACK), None);
     check_invariants(&ct, 11);
+}
+
+/// VIPs of another /64 take the next entry of the table's VIP prefixes;
+/// the table file keeps those prefixes, so the next gateway's lookups
+/// rewrite replies back to the right VIP of each.
+#[test]
+fn ipv6_vips_of_several_prefixes_survive_adoption() {
+    let dir = StateDir::new("vips6");
+    let config = ConntrackConfig {
+        max_flows: 64,
+        unreplied_percent: 50,
+        timeouts: Timeouts::default(),
+    };
+    let open = || {
+        let file = persist::TableFile::open(
+            &dir.0,
+            Conntrack::<Ipv6Addr>::records_for(&config),
+            Conntrack::<Ipv6Addr>::LAYOUT,
+            persist::monotonic_ns(),
+        )
+        .expect("table file opens");
+        Conntrack::<Ipv6Addr>::in_file(config, Arc::new(file))
+    };
+    // Three Service CIDRs' VIPs, the first twice.
+    let vips = [
+        Ipv6Addr::new(0x2001, 2, 0, 0xff, 0, 0, 0, 10),
+        Ipv6Addr::new(0x2001, 2, 0, 0xfe, 0, 0, 0, 10),
+        Ipv6Addr::new(0x2001, 2, 0, 0xff, 0, 0, 0, 11),
+        Ipv6Addr::new(0x2001, 2, 1, 0, 0xffff, 0xffff, 0xffff, 0xffff),
+    ];
+    let forward = |n: usize| key6(v6(2), 40000 + n as u16, vips[n], 8080);
+    let reply = |n: usize| key6(backend6().0, backend6().1, v6(2), 40000 + n as u16);
+    {
+        let ct = open();
+        assert_eq!(ct.adopt(10), Adoption::default(), "a fresh file");
+        for n in 0..vips.len() {
+            ct.insert(forward(n), backend6(), 10, FlowMeta::default())
+                .expect("insert");
+        }
+        assert_eq!(ct.slab.vips_in_use(), 3, "three /64s");
+    }
+    let ct = open();
+    let adoption = ct.adopt(11);
+    assert_eq!((adoption.flows, adoption.discarded), (4, 0), "{adoption:?}");
+    assert_eq!(ct.slab.vips_in_use(), 3, "the file kept the prefixes");
+    for (n, vip) in vips.iter().enumerate() {
+        let hit = ct.lookup(&reply(n), 11, SYN | ACK).expect("adopted reply");
+        assert_eq!((hit.nat_ip, hit.nat_port), (*vip, 8080), "flow {n}");
+        assert!(ct.lookup(&forward(n), 11, ACK).is_some(), "flow {n}");
+    }
+    // A fourth prefix after adoption takes the next index.
+    let fifth = key6(v6(2), 41000, Ipv6Addr::new(0x2001, 2, 2, 0, 0, 0, 0, 1), 80);
+    ct.insert(fifth, backend6(), 11, FlowMeta::default())
+        .expect("insert");
+    assert_eq!(ct.slab.vips_in_use(), 4);
+    check_invariants(&ct, 11);
+}
+
+/// Once the table holds as many VIP prefixes as it can, a new flow to a
+/// VIP of another prefix is refused (and takes no record), while VIPs of
+/// the prefixes it holds are tracked as before.
+#[test]
+fn a_full_table_of_vip_prefixes_refuses_only_new_prefixes() {
+    let ct = Conntrack::<Ipv6Addr>::new(ConntrackConfig {
+        max_flows: 1024,
+        unreplied_percent: 100,
+        timeouts: Timeouts::default(),
+    });
+    let vip = |n: u16| Ipv6Addr::new(0x2001, 2, 0x100, n, 0, 0, 0, 1);
+    let prefixes = slab::VIP_PREFIXES_MAX as u16;
+    for n in 0..prefixes {
+        ct.insert(
+            key6(v6(2), 1000 + n, vip(n), 80),
+            backend6(),
+            1,
+            FlowMeta::default(),
+        )
+        .expect("room for this prefix");
+    }
+    let flows = ct.summary().flows;
+    assert_eq!(
+        ct.insert(
+            key6(v6(2), 3000, vip(prefixes), 80),
+            backend6(),
+            1,
+            FlowMeta::default()
+        ),
+        Err(InsertError::VipPrefixesFull)
+    );
+    assert_eq!(
+        ct.summary().flows,
+        flows,
+        "the refused flow takes no record"
+    );
+    let again = key6(
+        v6(3),
+        3000,
+        Ipv6Addr::new(0x2001, 2, 0x100, 7, 0, 0, 0, 2),
+        80,
+    );
+    ct.insert(again, backend6(), 1, FlowMeta::default())
+        .expect("a VIP of a held prefix");
+    assert!(ct.lookup(&again, 1, ACK).is_some());
+    check_invariants(&ct, 1);
 }
 
 fn spaced_forward6(n: u16) -> FlowKey<Ipv6Addr> {
