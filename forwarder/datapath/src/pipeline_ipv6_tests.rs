@@ -486,3 +486,74 @@ fn an_unreplied_ipv6_udp_flow_is_cached_and_forwarded_the_same() {
         assert_eq!(cached(&h), packet > 0, "cached after packet {packet}");
     }
 }
+
+/// IPv6 records hold a VIP's high half as an index into the connection
+/// table's VIP prefixes (249 of them): Services whose VIPs come from 249
+/// different /64s are all forwarded, and both ways rewritten to the
+/// right VIP; a 250th /64's new connection is refused with a RST and
+/// counted under its own reason, while the others carry on.
+#[test]
+fn vips_of_more_64s_than_the_table_holds_are_refused_and_counted() {
+    let prefixes = crate::conntrack::VIP_PREFIXES_MAX;
+    let vip = |n: usize| {
+        let mut vip = VIP6;
+        vip[6..8].copy_from_slice(&(0x100 + n as u16).to_be_bytes());
+        vip
+    };
+    let services = (0..=prefixes)
+        .map(|n| {
+            let mut port = service_port(80, Protocol::Tcp, 5678, &[]);
+            let mut pod = crate::harness::endpoint([0; 4], 5678);
+            pod.ip = v6(POD6).into();
+            port.endpoints.push(pod);
+            let mut s = service(
+                ServiceName::new("default", format!("s{n}")),
+                None,
+                None,
+                vec![port],
+            );
+            s.cluster_ip = ClusterIp::single(v6(vip(n)).into());
+            s.ip_families = vec![Family::V6];
+            s
+        })
+        .collect();
+    let mut h = harness();
+    h.table = Arc::new(CompiledTable::compile(
+        Arc::new(ServiceTable { services }),
+        1,
+    ));
+    for n in 0..prefixes {
+        let sport = 40000 + n as u16;
+        let mut syn = tcp6(FROM_CLIENT, (CLIENT6, sport), (vip(n), 80), 64, true);
+        assert_eq!(
+            h.run(&mut syn),
+            Verdict::Forward { port: POD_PORT },
+            "VIP {n}"
+        );
+        let mut answer = tcp6(FROM_POD, (POD6, 5678), (CLIENT6, sport), 64, false);
+        assert_eq!(h.run(&mut answer), Verdict::Forward { port: CLIENT_PORT });
+        assert_eq!(
+            answer,
+            tcp6(TO_CLIENT, (vip(n), 80), (CLIENT6, sport), 63, false),
+            "the reply comes from VIP {n}"
+        );
+    }
+    let mut syn = tcp6(FROM_CLIENT, (CLIENT6, 39999), (vip(prefixes), 80), 64, true);
+    assert!(
+        matches!(
+            h.run(&mut syn),
+            Verdict::Respond {
+                port: CLIENT_PORT,
+                ..
+            }
+        ),
+        "refused with a RST"
+    );
+    assert_eq!(h.counters().drops_of(DropReason::VipPrefixesFull), 1);
+    let mut again = tcp6(FROM_CLIENT, (CLIENT6, 39998), (vip(7), 80), 64, true);
+    assert_eq!(
+        h.run(&mut again),
+        Verdict::Forward { port: POD_PORT },
+        "a VIP of a /64 the table holds"
+    );
+}

@@ -99,6 +99,8 @@ use self::persist::TableFile;
 use self::persist::TableLayout;
 use self::queue::{Closing, EvictionQueue, Queued, QUEUE_BYTES};
 pub(crate) use self::slab::RecordLayout;
+#[cfg(test)]
+pub(crate) use self::slab::VIP_PREFIXES_MAX;
 use self::slab::{FlowData, FreshRecords, Life, RecordId, Slab};
 use self::snat::{SnatConfig, SnatError, SnatPool};
 use self::state::{next_state, AFFINITY, ASSURED, REPLIED};

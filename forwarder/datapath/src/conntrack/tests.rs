@@ -1973,7 +1973,7 @@ fn a_full_table_of_vip_prefixes_refuses_only_new_prefixes() {
         timeouts: Timeouts::default(),
     });
     let vip = |n: u16| Ipv6Addr::new(0x2001, 2, 0x100, n, 0, 0, 0, 1);
-    let prefixes = slab::VIP_PREFIXES_MAX as u16;
+    let prefixes = VIP_PREFIXES_MAX as u16;
     for n in 0..prefixes {
         ct.insert(
             key6(v6(2), 1000 + n, vip(n), 80),
