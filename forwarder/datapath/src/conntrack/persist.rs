@@ -755,6 +755,17 @@ mod tests {
             other => panic!("expected the table set aside, got {other:?}"),
         }
         drop(table);
+        // More VIP prefixes than the header holds.
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[OFF_VIP_PREFIXES..OFF_VIP_PREFIXES + 4].copy_from_slice(&250u32.to_le_bytes());
+        std::fs::write(&path, &bytes).expect("write");
+        let table = TableFile::open(&dir, 16, V4, monotonic_ns()).expect("fresh again");
+        assert!(
+            matches!(table.previous(), Previous::SetAside { reason, .. } if reason.contains("250 VIP prefixes")),
+            "{:?}",
+            table.previous()
+        );
+        drop(table);
         // Another size.
         let table = TableFile::open(&dir, 32, V4, monotonic_ns()).expect("resized");
         assert!(
