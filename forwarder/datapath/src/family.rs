@@ -82,10 +82,13 @@ pub trait IpFamily:
     fn routes_part(net: &NetSnapshot) -> &FamilyRoutes<Self>;
 }
 
-/// 128 bits folded into 32 by xor ([`IpFamily::fold`]).
+/// 128 bits folded into 32 by xor ([`IpFamily::fold`]): the halves
+/// first, then the two words of that (the same value as xoring the four
+/// words, in four instructions instead of seven).
 #[inline(always)]
 fn fold_bits(bits: u128) -> u32 {
-    (bits as u32) ^ ((bits >> 32) as u32) ^ ((bits >> 64) as u32) ^ ((bits >> 96) as u32)
+    let half = (bits as u64) ^ ((bits >> 64) as u64);
+    (half as u32) ^ ((half >> 32) as u32)
 }
 
 /// The ports and protocol of a key, in one word.
@@ -223,6 +226,24 @@ impl IpFamily for Ipv6Addr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fold is the xor of the address's four 32-bit words.
+    #[test]
+    fn an_address_folds_to_the_xor_of_its_words() {
+        for bits in [
+            0u128,
+            u128::MAX,
+            0x2001_0002_0000_00ff_0000_0000_0000_0010,
+            1 << 127,
+            0xdead_beef,
+        ] {
+            let words = (bits as u32)
+                ^ ((bits >> 32) as u32)
+                ^ ((bits >> 64) as u32)
+                ^ ((bits >> 96) as u32);
+            assert_eq!(fold_bits(bits), words, "{bits:#x}");
+        }
+    }
 
     #[test]
     fn addresses_round_trip_through_their_bytes() {
