@@ -223,8 +223,10 @@ pub(crate) const VIP_PREFIXES_MAX: usize = 249;
 
 /// The high halves of the IPv6 VIPs a table's records hold, by index.
 /// A VIP is a Service's ClusterIP, so all of one Service CIDR share a
-/// high half (Kubernetes' IPv6 Service CIDRs are no wider than a /64 in
-/// practice, /108 for its default allocator): a cluster has one or a few.
+/// high half when the CIDR is a /64 or narrower, as clusters' are
+/// (kube-apiserver's `--service-cluster-ip-range` takes at most a /108
+/// for IPv6, and the ServiceCIDR API's examples are /64s): a cluster has
+/// one or a few. A wider CIDR takes an entry per /64 its VIPs use.
 /// A record keeps an 8-bit index instead of those 64 bits, which brings
 /// an IPv6 record to one cache line.
 ///
