@@ -1177,12 +1177,13 @@ impl Pipeline {
         // as a whole from the cache through temporaries, a hit went
         // through the stack in overlapping 16-byte halves that the next
         // copy's loads could not take from the stores (benches/RESULTS.md,
-        // session 20).
-        let mut hit = FlowHit::UNSET;
+        // session 20). On a line of its own ([`HitSlot`]).
+        let mut slot = HitSlot(FlowHit::UNSET);
+        let hit = &mut slot.0;
         let cached = removals.is_some_and(|r| {
             let path = A::path(self);
             path.flows
-                .get_into(key, mix, ctx.now, r, &path.conntrack, &mut hit)
+                .get_into(key, mix, ctx.now, r, &path.conntrack, hit)
         });
         if !cached {
             // Hashed once for the lookup and, on a miss, the insert.
@@ -1195,12 +1196,12 @@ impl Pipeline {
                 candidate,
                 ctx.now,
                 flow.tcp_flags,
-                &mut hit,
+                hit,
             ) {
                 if let Some(removals) = removals {
-                    path.cache(*key, mix, &hit, ctx.now, removals);
+                    path.cache(*key, mix, hit, ctx.now, removals);
                 }
-            } else if let Err(denied) = self.new_flow(&frame, &flow, hash, ctx, &mut hit) {
+            } else if let Err(denied) = self.new_flow(&frame, &flow, hash, ctx, hit) {
                 return self.deny(frame, ingress, key, denied, ctx);
             }
         }
@@ -1210,7 +1211,7 @@ impl Pipeline {
                 .family::<A>()
                 .retires(key, (hit.nat_ip, hit.nat_port))
         {
-            if let Err(denied) = self.retired_flow(&frame, &flow, &mut hit, ctx) {
+            if let Err(denied) = self.retired_flow(&frame, &flow, hit, ctx) {
                 return self.deny(frame, ingress, key, denied, ctx);
             }
         }
@@ -1222,7 +1223,7 @@ impl Pipeline {
             Direction::Reply => self.counters.replies.inc(),
         }
         let len = frame.len();
-        A::path(self).conntrack.account(&hit, len);
+        A::path(self).conntrack.account(hit, len);
         if hit.slot != NO_SLOT {
             if let Some(c) = self.services.as_ref().and_then(|s| s.get(hit.slot)) {
                 c.packets.inc();
@@ -1236,7 +1237,7 @@ impl Pipeline {
             l3: frame.l3_offset(),
             l4: frame.l4_offset(),
         };
-        let leaving = Rewrite::of(key, &hit);
+        let leaving = Rewrite::of(key, hit);
         leaving.apply(frame.bytes_mut(), headers, flow.ttl, key.protocol);
         if frame.fragment().is_some() {
             self.remember_first_fragment(&frame, key, ctx.now);
@@ -2105,6 +2106,19 @@ struct Headers {
     /// The TCP or UDP header.
     l4: usize,
 }
+
+/// A packet's [`FlowHit`] on the worker's stack, aligned to a cache line.
+/// The flow cache copies a hit into it in two overlapping 16-byte
+/// stores, and the packet path then reads its fields one by one. Where
+/// the slot fell across two lines (it depends on the frame's offset and
+/// the stack's alignment, so on unrelated code), one of those stores
+/// split, and a store that splits two lines cannot hand its bytes to a
+/// later load: every cached packet waited for it to reach the cache
+/// (the veth udp-est's batch time per frame went from 65-96 ns to
+/// 93-152 ns with a build whose frame moved the slot; benches/RESULTS.md,
+/// session 28).
+#[repr(align(64))]
+struct HitSlot<A: IpFamily>(FlowHit<A>);
 
 /// What a tracked flow's packet leaves with: the addresses and ports of
 /// its 5-tuple after destination NAT (and source NAT, when the flow has
