@@ -1312,6 +1312,22 @@ impl StateDir {
         .expect("table file opens");
         Arc::new(file)
     }
+
+    /// The IPv6 table for `config`, in its own file beside the IPv4 one.
+    fn open6(&self, config: &ConntrackConfig) -> Conntrack<Ipv6Addr> {
+        let file = persist::TableFile::open(
+            &self.0,
+            Conntrack::<Ipv6Addr>::records_for(config),
+            Conntrack::<Ipv6Addr>::LAYOUT,
+            persist::monotonic_ns(),
+        )
+        .expect("table file opens");
+        assert_eq!(
+            file.path().file_name().and_then(|n| n.to_str()),
+            Some("conntrack6.table")
+        );
+        Conntrack::<Ipv6Addr>::in_file(*config, Arc::new(file))
+    }
 }
 
 impl Drop for StateDir {
@@ -1871,20 +1887,7 @@ fn an_ipv6_table_file_is_adopted_by_the_next_gateway() {
         unreplied_percent: 50,
         timeouts: Timeouts::default(),
     };
-    let open = || {
-        let file = persist::TableFile::open(
-            &dir.0,
-            Conntrack::<Ipv6Addr>::records_for(&config),
-            Conntrack::<Ipv6Addr>::LAYOUT,
-            persist::monotonic_ns(),
-        )
-        .expect("table file opens");
-        assert_eq!(
-            file.path().file_name().and_then(|n| n.to_str()),
-            Some("conntrack6.table")
-        );
-        Conntrack::<Ipv6Addr>::in_file(config, Arc::new(file))
-    };
+    let open = || dir.open6(&config);
     {
         let ct = open();
         assert_eq!(ct.adopt(10), Adoption::default(), "a fresh file");
@@ -1917,16 +1920,7 @@ fn ipv6_vips_of_several_prefixes_survive_adoption() {
         unreplied_percent: 50,
         timeouts: Timeouts::default(),
     };
-    let open = || {
-        let file = persist::TableFile::open(
-            &dir.0,
-            Conntrack::<Ipv6Addr>::records_for(&config),
-            Conntrack::<Ipv6Addr>::LAYOUT,
-            persist::monotonic_ns(),
-        )
-        .expect("table file opens");
-        Conntrack::<Ipv6Addr>::in_file(config, Arc::new(file))
-    };
+    let open = || dir.open6(&config);
     // Three Service CIDRs' VIPs, the first twice.
     let vips = [
         Ipv6Addr::new(0x2001, 2, 0, 0xff, 0, 0, 0, 10),
