@@ -1544,13 +1544,7 @@ impl Pipeline {
                     index = if index + 1 < len { index + 1 } else { 0 };
                     continue;
                 }
-                Err(InsertError::Full) => return Err(Denied::Refuse(DropReason::ConntrackFull)),
-                Err(InsertError::SnatExhausted) => {
-                    return Err(Denied::Refuse(DropReason::SnatPortsExhausted))
-                }
-                Err(InsertError::VipPrefixesFull) => {
-                    return Err(Denied::Refuse(DropReason::VipPrefixesFull))
-                }
+                Err(other) => return Err(Denied::Refuse(refusal_reason(other))),
             }
         }
         // Every usable endpoint already carries a live flow from this
@@ -1598,10 +1592,7 @@ impl Pipeline {
                 self.counters.adopted_flows.inc();
                 Ok(hit)
             }
-            Err(InsertError::ReplyClash) => Err(Denied::Refuse(DropReason::ReplyClash)),
-            Err(InsertError::Full) => Err(Denied::Refuse(DropReason::ConntrackFull)),
-            Err(InsertError::SnatExhausted) => Err(Denied::Refuse(DropReason::SnatPortsExhausted)),
-            Err(InsertError::VipPrefixesFull) => Err(Denied::Refuse(DropReason::VipPrefixesFull)),
+            Err(e) => Err(Denied::Refuse(refusal_reason(e))),
         }
     }
 
@@ -1703,20 +1694,7 @@ impl Pipeline {
             .insert(forward, (reply.src, reply.src_port), ctx.now, meta)
         {
             Ok(_) => {}
-            Err(InsertError::ReplyClash) => {
-                return Err(Denied::Verdict(Verdict::Drop(DropReason::ReplyClash)))
-            }
-            Err(InsertError::Full) => {
-                return Err(Denied::Verdict(Verdict::Drop(DropReason::ConntrackFull)))
-            }
-            Err(InsertError::SnatExhausted) => {
-                return Err(Denied::Verdict(Verdict::Drop(
-                    DropReason::SnatPortsExhausted,
-                )))
-            }
-            Err(InsertError::VipPrefixesFull) => {
-                return Err(Denied::Verdict(Verdict::Drop(DropReason::VipPrefixesFull)))
-            }
+            Err(e) => return Err(Denied::Verdict(Verdict::Drop(refusal_reason(e)))),
         }
         // The reply direction of the flow just tracked (or of the one a
         // racing worker tracked first), with this packet's flags applied.
@@ -2119,6 +2097,16 @@ struct Headers {
 /// session 28).
 #[repr(align(64))]
 struct HitSlot<A: IpFamily>(FlowHit<A>);
+
+/// The drop reason a new flow the table would not take is counted under.
+fn refusal_reason(error: InsertError) -> DropReason {
+    match error {
+        InsertError::ReplyClash => DropReason::ReplyClash,
+        InsertError::Full => DropReason::ConntrackFull,
+        InsertError::SnatExhausted => DropReason::SnatPortsExhausted,
+        InsertError::VipPrefixesFull => DropReason::VipPrefixesFull,
+    }
+}
 
 /// What a tracked flow's packet leaves with: the addresses and ports of
 /// its 5-tuple after destination NAT (and source NAT, when the flow has
