@@ -67,7 +67,8 @@
 # checks every peer and workload has a non-zero result (CI runs
 # `--smoke --debug`: debug binaries, which the test step has built).
 # --profile adds one uncounted rep per cipgw UDP workload under
-# `perf record -F 1999 -C 1`, perf itself pinned to that CPU so the
+# `perf record -F 1999 -C 1` (CIPGW_PERF_FREQ=HZ sets another rate: a
+# few percent of the core gets too few samples to annotate at 1999), perf itself pinned to that CPU so the
 # generator keeps its own, and the generator running 5 s longer than
 # perf needs (DIR/perf-*.txt: each thread's share per object, then per
 # symbol; perf's own share shows as `perf`). Around every cipgw
@@ -560,7 +561,7 @@ udp_run() {
         # No call graphs (a frame-pointer-less binary gives none worth
         # their cost) and a modest rate: at full rate the profile would
         # otherwise slow what it measures.
-        taskset -c $GW_CPU perf record -q -F 1999 -C $GW_CPU -o "$PERF_OUT.data" -- sleep "$DURATION" >/dev/null 2>&1 || true
+        taskset -c $GW_CPU perf record -q -F "${CIPGW_PERF_FREQ:-1999}" -C $GW_CPU -o "$PERF_OUT.data" -- sleep "$DURATION" >/dev/null 2>&1 || true
     else
         sleep "$DURATION"
     fi
