@@ -71,7 +71,9 @@
 # few percent of the core gets too few samples to annotate at 1999), perf itself pinned to that CPU so the
 # generator keeps its own, and the generator running 5 s longer than
 # perf needs (DIR/perf-*.txt: each thread's share per object, then per
-# symbol; perf's own share shows as `perf`). Around every cipgw
+# symbol; perf's own share shows as `perf`; last, cipgw's own code's time
+# per delivered packet: its workers' samples outside the kernel over the
+# profiled rep's delivered rate). Around every cipgw
 # measurement the script scrapes cipgw's /metrics (its drops by reason, the kernel's
 # AF_XDP socket counters it exports and its workers' time in RX batches)
 # and prints where packets were lost and cipgw's batch time per frame
@@ -582,6 +584,22 @@ udp_run() {
     [[ -z $c0 ]] || losses_line "$peer" "$wl" "$n" "$rep" "$s0" "$s1" "$c0" "$c1"
 }
 
+# cipgw's own time per delivered packet in a profiled rep (the last
+# record): the worker threads' samples outside the kernel, as a share of
+# the gateway core's, over the rep's delivered rate. Unlike the batch
+# time per frame, it leaves out what preempts a batch (the NAPI thread
+# shares the core), and unlike the delivered ratio, the kernel's share.
+own_time() { # PERF_TXT PEER WORKLOAD
+    local share
+    share=$(awk 'NF == 3 && $2 ~ /^cipgw-worker/ && $3 !~ /kernel/ { sub("%", "", $1); s += $1 }
+        END { printf "%.2f", s }' "$1")
+    tail -1 "$RAW" | awk -v share="$share" -v what="$2 $3" '{
+        match($0, /"snap0":\[[^]]*\]/); split(substr($0, RSTART + 9, RLENGTH - 10), a, ",")
+        match($0, /"snap1":\[[^]]*\]/); split(substr($0, RSTART + 9, RLENGTH - 10), b, ",")
+        pps = (b[8] - a[8]) / (b[1] - a[1])
+        if (pps > 0) printf "    own code of %s: %.1f%% of the gateway core at %.3f Mpps delivered = %.0f ns per packet\n", what, share, pps / 1e6, share / 100 * 1e9 / pps }'
+}
+
 # tcp PEER WORKLOAD SERVICES REP TO
 tcp_run() {
     local peer=$1 wl=$2 n=$3 rep=$4 to=$5 busy res
@@ -760,6 +778,7 @@ for peer in $PEERS; do
                     perf report -i "$OUT/perf-$peer-$wl-$n.data" --no-children --sort $sort --stdio -g none \
                         2>/dev/null | grep -v '^#' | grep -v '^$' | head -60
                 done >"$OUT/perf-$peer-$wl-$n.txt" || true
+                own_time "$OUT/perf-$peer-$wl-$n.txt" "$peer" "$wl" | tee -a "$OUT/perf-$peer-$wl-$n.txt"
             fi
         done
         peer_down
