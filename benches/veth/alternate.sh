@@ -4,7 +4,8 @@
 # machine's drift (this VM's rates move by a fifth between minutes) falls
 # on all peers alike. Prints, per peer and workload, each run's delivered
 # rate, its ratio to cipgw-pt's in the same run and the batch time per
-# frame, with their medians.
+# frame, with their medians; with --profile, also each profiled rep's
+# time of cipgw's own code per delivered packet.
 #
 # Usage: benches/veth/alternate.sh --out DIR [--runs N] --peers P1,P2,...
 #          [any other run.sh argument, passed on]
@@ -19,7 +20,7 @@ while [[ $# -gt 0 ]]; do
         --out) out="$2"; shift 2 ;;
         --runs) runs="$2"; shift 2 ;;
         --peers) peers="$2"; shift 2 ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) pass+=("$1"); shift ;;
     esac
 done
@@ -44,7 +45,7 @@ for ((k = 0; k < runs; k++)); do
 done
 
 python3 - "$out" <<'EOF'
-import glob, json, statistics, sys
+import glob, json, re, statistics, sys
 rows = {}
 for f in sorted(glob.glob(sys.argv[1] + "/run*/results.json")):
     cells = {(c["peer"], c["workload"], c["services"]): c for c in json.load(open(f))["results"]}
@@ -59,4 +60,18 @@ print("|---|---|---:|---|---|---:|---:|")
 for (peer, wl, n), v in sorted(rows.items()):
     print(f"| {peer} | {wl} | {n} | {' '.join(f'{a:.3f}' for a, _, _ in v)} | "
           f"{' '.join(f'{b:.2f}' for _, b, _ in v)} | {med([b for _, b, _ in v]):.3f} | {med([c for _, _, c in v]):.0f} |")
+# With --profile: each run's "own code of PEER WORKLOAD: ... = N ns per
+# packet" (run.sh), per peer and workload.
+own = {}
+for f in sorted(glob.glob(sys.argv[1] + "/run*.log")):
+    for line in open(f):
+        m = re.search(r"own code of (\S+) (\S+): .* = (\d+) ns per packet", line)
+        if m:
+            own.setdefault((m[1], m[2]), []).append(int(m[3]))
+if own:
+    print()
+    print("| peer | workload | cipgw's own code, ns per delivered packet (profiled reps) | median |")
+    print("|---|---|---|---:|")
+    for (peer, wl), v in sorted(own.items()):
+        print(f"| {peer} | {wl} | {' '.join(map(str, v))} | {med(v):.0f} |")
 EOF
