@@ -67,8 +67,9 @@
 # checks every peer and workload has a non-zero result (CI runs
 # `--smoke --debug`: debug binaries, which the test step has built).
 # --profile adds one uncounted rep per cipgw UDP workload under
-# `perf record -F 1999 -C 1` (CIPGW_PERF_FREQ=HZ sets another rate: a
-# few percent of the core gets too few samples to annotate at 1999), perf itself pinned to that CPU so the
+# `perf record -F 1999 -C 1` (CIPGW_PERF_FREQ=HZ sets another rate: at
+# 1999 Hz a few percent of the core gets too few samples to annotate),
+# perf itself pinned to that CPU so the
 # generator keeps its own, and the generator running 5 s longer than
 # perf needs (DIR/perf-*.txt: each thread's share per object, then per
 # symbol; perf's own share shows as `perf`; last, cipgw's own code's time
@@ -597,7 +598,7 @@ own_time() { # PERF_TXT PEER WORKLOAD
         match($0, /"snap0":\[[^]]*\]/); split(substr($0, RSTART + 9, RLENGTH - 10), a, ",")
         match($0, /"snap1":\[[^]]*\]/); split(substr($0, RSTART + 9, RLENGTH - 10), b, ",")
         pps = (b[8] - a[8]) / (b[1] - a[1])
-        if (pps > 0) printf "    own code of %s: %.1f%% of the gateway core at %.3f Mpps delivered = %.0f ns per packet\n", what, share, pps / 1e6, share / 100 * 1e9 / pps }'
+        if (pps > 0 && share > 0) printf "    own code of %s: %.1f%% of the gateway core at %.3f Mpps delivered = %.0f ns per packet\n", what, share, pps / 1e6, share / 100 * 1e9 / pps }'
 }
 
 # tcp PEER WORKLOAD SERVICES REP TO
