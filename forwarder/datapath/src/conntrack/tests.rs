@@ -1303,30 +1303,29 @@ impl StateDir {
 
     /// The IPv4 table file for `config`, opened.
     fn file(&self, config: &ConntrackConfig) -> Arc<persist::TableFile> {
-        let file = persist::TableFile::open(
-            &self.0,
-            Conntrack::<Ipv4Addr>::records_for(config),
-            Conntrack::<Ipv4Addr>::LAYOUT,
-            persist::monotonic_ns(),
-        )
-        .expect("table file opens");
-        Arc::new(file)
+        self.family_file::<Ipv4Addr>(config)
     }
 
     /// The IPv6 table for `config`, in its own file beside the IPv4 one.
     fn open6(&self, config: &ConntrackConfig) -> Conntrack<Ipv6Addr> {
-        let file = persist::TableFile::open(
-            &self.0,
-            Conntrack::<Ipv6Addr>::records_for(config),
-            Conntrack::<Ipv6Addr>::LAYOUT,
-            persist::monotonic_ns(),
-        )
-        .expect("table file opens");
+        let file = self.family_file::<Ipv6Addr>(config);
         assert_eq!(
             file.path().file_name().and_then(|n| n.to_str()),
             Some("conntrack6.table")
         );
-        Conntrack::<Ipv6Addr>::in_file(*config, Arc::new(file))
+        Conntrack::<Ipv6Addr>::in_file(*config, file)
+    }
+
+    /// Family `A`'s table file for `config`, opened.
+    fn family_file<A: IpFamily>(&self, config: &ConntrackConfig) -> Arc<persist::TableFile> {
+        let file = persist::TableFile::open(
+            &self.0,
+            Conntrack::<A>::records_for(config),
+            Conntrack::<A>::LAYOUT,
+            persist::monotonic_ns(),
+        )
+        .expect("table file opens");
+        Arc::new(file)
     }
 }
 
