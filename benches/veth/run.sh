@@ -335,6 +335,7 @@ napi_threads() { # pids of the gateway veths' NAPI kthreads
     done
 }
 GW_THREADS=""  # the NAPI threads' pids and cipgw's worker tids (gw_cpu_ns)
+LAST_DELIVERED_PPS=0  # the last udp_run's delivered rate (own_time)
 pin_napi() {
     local pid t
     GW_THREADS=""
@@ -576,9 +577,13 @@ udp_run() {
     local counters=""
     [[ -n $c0 ]] && counters=",\"cipgw0\":$c0,\"cipgw1\":$c1"
     record "{\"peer\":\"$peer\",\"workload\":\"$wl\",\"services\":$n,\"rep\":$rep,\"busy\":$busy,\"snap0\":$s0,\"snap1\":$s1,\"gw_cpu_ns\":$((g1 - g0)),\"gen\":$gen$counters}"
-    awk -v a="$s0" -v b="$s1" -v g=$((g1 - g0)) 'BEGIN {
+    # The delivered rate, also for `own_time` after a profiled rep.
+    LAST_DELIVERED_PPS=$(awk -v a="$s0" -v b="$s1" 'BEGIN {
         gsub(/[\[\]]/, "", a); gsub(/[\[\]]/, "", b); split(a, x, ","); split(b, y, ",")
-        dt = y[1] - x[1]; off = (y[2] - x[2] + y[3] - x[3]) / dt; del = (y[8] - x[8]) / dt
+        printf "%.1f", (y[8] - x[8]) / (y[1] - x[1]) }')
+    awk -v a="$s0" -v b="$s1" -v g=$((g1 - g0)) -v del="$LAST_DELIVERED_PPS" 'BEGIN {
+        gsub(/[\[\]]/, "", a); gsub(/[\[\]]/, "", b); split(a, x, ","); split(b, y, ",")
+        dt = y[1] - x[1]; off = (y[2] - x[2] + y[3] - x[3]) / dt
         printf "    offered %.3f Mpps, delivered %.3f Mpps (loss %.1f%%)", off / 1e6, del / 1e6, (off > 0 ? 100 * (1 - del / off) : 0)
         if (y[8] > x[8]) printf ", gateway threads %.0f ns per delivered packet", g / (y[8] - x[8])
         printf "\n" }'
@@ -586,19 +591,14 @@ udp_run() {
 }
 
 # cipgw's own time per delivered packet in a profiled rep (the last
-# record): the worker threads' samples outside the kernel, as a share of
-# the gateway core's, over the rep's delivered rate. Unlike the batch
+# `udp_run`): the worker threads' samples outside the kernel, as a share
+# of the gateway core's, over the rep's delivered rate. Unlike the batch
 # time per frame, it leaves out what preempts a batch (the NAPI thread
 # shares the core), and unlike the delivered ratio, the kernel's share.
 own_time() { # PERF_TXT PEER WORKLOAD
-    local share
-    share=$(awk 'NF == 3 && $2 ~ /^cipgw-worker/ && $3 !~ /kernel/ { sub("%", "", $1); s += $1 }
-        END { printf "%.2f", s }' "$1")
-    tail -1 "$RAW" | awk -v share="$share" -v what="$2 $3" '{
-        match($0, /"snap0":\[[^]]*\]/); split(substr($0, RSTART + 9, RLENGTH - 10), a, ",")
-        match($0, /"snap1":\[[^]]*\]/); split(substr($0, RSTART + 9, RLENGTH - 10), b, ",")
-        pps = (b[8] - a[8]) / (b[1] - a[1])
-        if (pps > 0 && share > 0) printf "    own code of %s: %.1f%% of the gateway core at %.3f Mpps delivered = %.0f ns per packet\n", what, share, pps / 1e6, share / 100 * 1e9 / pps }'
+    awk -v pps="$LAST_DELIVERED_PPS" -v what="$2 $3" '
+        NF == 3 && $2 ~ /^cipgw-worker/ && $3 !~ /kernel/ { sub("%", "", $1); share += $1 }
+        END { if (pps > 0 && share > 0) printf "    own code of %s: %.1f%% of the gateway core at %.3f Mpps delivered = %.0f ns per packet\n", what, share, pps / 1e6, share / 100 * 1e9 / pps }' "$1"
 }
 
 # tcp PEER WORKLOAD SERVICES REP TO
