@@ -1087,13 +1087,17 @@ impl Pipeline {
         ingress: PortId,
         ctx: &BatchContext<'_>,
     ) -> Verdict {
-        let frame = match Frame::parse(buf, len) {
+        // Calls that are not inlined are given `frame.reborrow()` (or
+        // what they read), never `frame` or `&frame`: one such call given
+        // the frame itself made every packet store all of its fields to
+        // the stack, 22 instructions (benches/RESULTS.md, session 30).
+        let mut frame = match Frame::parse(buf, len) {
             Ok(frame) => frame,
             Err(e) => return parse_verdict(e),
         };
         if let Some(dns) = self.dns.as_mut() {
             if dns.is_query(&frame) {
-                return dns.answer_frame(frame, ingress, ctx);
+                return dns.answer_frame(frame.reborrow(), ingress, ctx);
             }
         }
         match frame.l3() {
@@ -1104,15 +1108,20 @@ impl Pipeline {
 
     /// An IPv4 frame: a flow, or ICMP, or a later fragment.
     #[inline]
-    fn ipv4(&mut self, frame: FrameMut<'_>, ingress: PortId, ctx: &BatchContext<'_>) -> Verdict {
+    fn ipv4(
+        &mut self,
+        mut frame: FrameMut<'_>,
+        ingress: PortId,
+        ctx: &BatchContext<'_>,
+    ) -> Verdict {
         let flow = match classify(&frame, ctx.table) {
             Ok(Classified::Flow(flow)) => flow,
             Ok(Classified::EchoToVip { src, dst }) => {
-                return self.echo_to_vip(frame, ingress, src, dst, ctx)
+                return self.echo_to_vip(frame.reborrow(), ingress, src, dst, ctx)
             }
-            Ok(Classified::IcmpError) => return self.icmp_error::<Ipv4Addr>(frame, ctx),
+            Ok(Classified::IcmpError) => return self.icmp_error::<Ipv4Addr>(frame.reborrow(), ctx),
             Ok(Classified::LaterFragment { protocol }) => {
-                return self.later_fragment::<Ipv4Addr>(frame, protocol, ctx)
+                return self.later_fragment::<Ipv4Addr>(frame.reborrow(), protocol, ctx)
             }
             Err(v) => return v,
         };
@@ -1124,7 +1133,12 @@ impl Pipeline {
     /// gateway does not translate and whatever is not addressed to a VIP
     /// are the kernel's.
     #[inline]
-    fn ipv6(&mut self, frame: FrameMut<'_>, ingress: PortId, ctx: &BatchContext<'_>) -> Verdict {
+    fn ipv6(
+        &mut self,
+        mut frame: FrameMut<'_>,
+        ingress: PortId,
+        ctx: &BatchContext<'_>,
+    ) -> Verdict {
         if let Some(flow) = Ipv6Addr::flow_of(&frame) {
             return self.track(frame, flow, ingress, ctx);
         }
@@ -1134,13 +1148,15 @@ impl Pipeline {
         let table = ctx.table.v6();
         match frame.l4() {
             L4::Fragment { protocol } => match frame.fragment() {
-                Some(f) if !f.is_first() => self.later_fragment::<Ipv6Addr>(frame, protocol, ctx),
+                Some(f) if !f.is_first() => {
+                    self.later_fragment::<Ipv6Addr>(frame.reborrow(), protocol, ctx)
+                }
                 // The first fragment of a protocol without ports.
                 _ if table.is_vip(dst) => Verdict::Drop(DropReason::Fragment),
                 _ => Verdict::Pass,
             },
             L4::Icmpv6 { msg_type, .. } if icmpv6::is_translated_error(msg_type) => {
-                self.icmp_error::<Ipv6Addr>(frame, ctx)
+                self.icmp_error::<Ipv6Addr>(frame.reborrow(), ctx)
             }
             L4::Icmpv6 {
                 msg_type: icmpv6::kind::REDIRECT,
@@ -1155,7 +1171,7 @@ impl Pipeline {
             L4::Icmpv6 {
                 msg_type: icmpv6::kind::ECHO_REQUEST,
                 ..
-            } => self.echo_to_vip(frame, ingress, src, dst, ctx),
+            } => self.echo_to_vip(frame.reborrow(), ingress, src, dst, ctx),
             _ => Verdict::Drop(DropReason::UnsupportedProtocol),
         }
     }
@@ -1212,8 +1228,10 @@ impl Pipeline {
                 if let Some(removals) = removals {
                     path.cache(*key, mix, hit, ctx.now, removals);
                 }
-            } else if let Err(denied) = self.new_flow(&frame, &flow, hash, ctx, hit) {
-                return self.deny(frame, ingress, key, denied, ctx);
+            } else if let Err(denied) =
+                self.new_flow(frame.ethernet().source(), &flow, hash, ctx, hit)
+            {
+                return self.deny(frame.reborrow(), ingress, key, denied, ctx);
             }
         }
         if hit.direction == Direction::Forward
@@ -1222,8 +1240,8 @@ impl Pipeline {
                 .family::<A>()
                 .retires(key, (hit.nat_ip, hit.nat_port))
         {
-            if let Err(denied) = self.retired_flow(&frame, &flow, hit, ctx) {
-                return self.deny(frame, ingress, key, denied, ctx);
+            if let Err(denied) = self.retired_flow(frame.ethernet().source(), &flow, hit, ctx) {
+                return self.deny(frame.reborrow(), ingress, key, denied, ctx);
             }
         }
         if flow.ttl <= 1 {
@@ -1251,7 +1269,7 @@ impl Pipeline {
         let leaving = Rewrite::of(key, hit);
         leaving.apply(frame.bytes_mut(), headers, flow.ttl, key.protocol);
         if frame.fragment().is_some() {
-            self.remember_first_fragment(&frame, key, ctx.now);
+            self.remember_first_fragment(&frame.reborrow(), key, ctx.now);
         }
         self.address(frame.bytes_mut(), leaving.dst, ctx.net)
     }
@@ -1451,7 +1469,7 @@ impl Pipeline {
     #[cold]
     fn retired_flow<A: PathFamily>(
         &mut self,
-        frame: &FrameMut<'_>,
+        source_mac: MacAddr,
         flow: &Flow<A>,
         hit: &mut FlowHit<A>,
         ctx: &BatchContext<'_>,
@@ -1459,7 +1477,7 @@ impl Pipeline {
         let conntrack = &A::path(self).conntrack;
         conntrack.retire_flow(&flow.key, (hit.nat_ip, hit.nat_port));
         let hash = conntrack.hash(&flow.key);
-        self.new_flow(frame, flow, hash, ctx, hit)
+        self.new_flow(source_mac, flow, hash, ctx, hit)
     }
 
     /// A packet no flow knows: a new connection to a VIP, or not ours.
@@ -1468,7 +1486,7 @@ impl Pipeline {
     #[cold]
     fn new_flow<A: PathFamily>(
         &mut self,
-        frame: &FrameMut<'_>,
+        source_mac: MacAddr,
         flow: &Flow<A>,
         hash: u64,
         ctx: &BatchContext<'_>,
@@ -1484,7 +1502,7 @@ impl Pipeline {
         if let Err(Miss::NotVip) = looked_up {
             return self.not_to_a_vip(flow, ctx).map(|found| *hit = found);
         }
-        self.check_source(frame, key.src, ctx)
+        self.check_source(source_mac, key.src, ctx)
             .map_err(Denied::Verdict)?;
         if flow.ttl <= 1 {
             return Err(Denied::Verdict(Verdict::Drop(DropReason::TtlExceeded)));
@@ -1728,11 +1746,11 @@ impl Pipeline {
     #[inline(always)]
     fn check_source<A: PathFamily>(
         &self,
-        frame: &FrameMut<'_>,
+        source_mac: MacAddr,
         src: A,
         ctx: &BatchContext<'_>,
     ) -> Result<(), Verdict> {
-        if ethernet::is_multicast(frame.ethernet().source()) || !A::may_be_client(src) {
+        if ethernet::is_multicast(source_mac) || !A::may_be_client(src) {
             return Err(Verdict::Drop(DropReason::BadSource));
         }
         if ctx.table.family::<A>().is_vip(src) {
@@ -1802,7 +1820,7 @@ impl Pipeline {
         dst: A,
         ctx: &BatchContext<'_>,
     ) -> Verdict {
-        if let Err(v) = self.check_source(&frame, src, ctx) {
+        if let Err(v) = self.check_source(frame.ethernet().source(), src, ctx) {
             return v;
         }
         if !ctx.table.family::<A>().vip_has_endpoints(dst) {

@@ -576,6 +576,28 @@ impl<T: AsRef<[u8]>> Frame<T> {
     }
 }
 
+impl Frame<&mut [u8]> {
+    /// This parsed frame again, borrowing the same bytes: a new value,
+    /// for handing to a call that is not inlined. Given the frame itself
+    /// (by reference or by move), such a call keeps the whole frame in
+    /// memory on every path, and the packet path stores it there after
+    /// each parse; given a copy made where it is called, the frame's
+    /// fields stay in registers on the paths that make no such call.
+    #[inline(always)]
+    pub fn reborrow(&mut self) -> Frame<&mut [u8]> {
+        Frame {
+            buffer: &mut *self.buffer,
+            len: self.len,
+            l3: self.l3,
+            l4: self.l4,
+            fragment: self.fragment,
+            l3_offset: self.l3_offset,
+            l4_offset: self.l4_offset,
+            l3_end: self.l3_end,
+        }
+    }
+}
+
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
     /// The frame's bytes, writable, for writes at the offsets parse
     /// found (the views below check their own bounds; these are the
