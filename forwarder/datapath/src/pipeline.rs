@@ -166,6 +166,23 @@ impl<A: IpFamily> FamilyPath<A> {
         }
     }
 
+    /// For the first prefetch pass: asks for what the second will read
+    /// for `key` (of mix `mix`). While the flow cache is in use, that is
+    /// the key's cache set. While it is bypassed (a second whose traffic
+    /// it did not hold: new flows, or more flows than it has room for),
+    /// it is the key's conntrack bucket, a pass earlier than
+    /// [`FamilyPath::peek_bucket`] would ask for it, and the key's hash
+    /// goes into `hash`.
+    #[inline(always)]
+    fn peek_early(&self, key: &FlowKey<A>, mix: u32, hash: &mut u64) {
+        if self.flows.usage == CacheUse::Bypassed {
+            *hash = self.conntrack.hash(key);
+            self.conntrack.prefetch_index(*hash);
+        } else {
+            self.flows.prefetch(mix);
+        }
+    }
+
     /// For the prefetch passes: whether the flow cache holds `key` (of
     /// mix `mix`); when it does not (or the cache is bypassed), `key`'s
     /// conntrack hash into `hash` and its bucket asked for.
@@ -261,8 +278,9 @@ struct Peeked {
     /// The flow cache holds the key: its frame is left out of the
     /// conntrack prefetches.
     held: bool,
-    /// The key's conntrack hash (once [`Pipeline::prefetch_flows`] has
-    /// found the flow cache without it).
+    /// The key's conntrack hash: from the first pass when its family's
+    /// flow cache was bypassed, else once [`Pipeline::prefetch_flows`]
+    /// has found the cache without the key.
     hash: u64,
 }
 
@@ -805,8 +823,11 @@ impl Pipeline {
 
     /// First pass over an RX batch, before any of its frames is
     /// processed: asks for the worker's flow-cache set of each frame's
-    /// flow. Then [`Pipeline::prefetch_flows`] asks for the conntrack
-    /// buckets of the flows the cache does not hold, and for the flow
+    /// flow (or, while the family's cache is bypassed, hashes the flow's
+    /// key and asks for its conntrack bucket at once: 8-14% off a packet
+    /// at a million flows, benches/RESULTS.md, session 30). Then
+    /// [`Pipeline::prefetch_flows`] asks for the conntrack buckets of
+    /// the other flows the cache does not hold, and for the flow
     /// records those buckets point to, so that the lookups of the batch
     /// find their lines in cache instead of waiting for memory one packet
     /// after another. (The cache's set was read here once: a demand
@@ -845,12 +866,12 @@ impl Pipeline {
         // instructions more per frame (benches/RESULTS.md, session 29).
         if let Some(key) = peek_key4(frame) {
             let mix = key.mix();
-            self.v4.flows.prefetch(mix);
             *slot = Peeked::new(place, PeekedKey::V4(key), mix);
+            self.v4.peek_early(&key, mix, &mut slot.hash);
         } else if let Some(key) = peek_key6(frame) {
             let mix = key.mix();
-            self.v6.flows.prefetch(mix);
             *slot = Peeked::new(place, PeekedKey::V6(key), mix);
+            self.v6.peek_early(&key, mix, &mut slot.hash);
         } else {
             return;
         }
@@ -861,28 +882,52 @@ impl Pipeline {
     /// flows the worker's cache holds (their cache sets, asked for in
     /// [`Pipeline::prefetch`], have had that pass to arrive) to be left
     /// out, and hashes the others and asks for their conntrack buckets.
+    /// `early` says, for IPv4 and IPv6, whether the family's cache was
+    /// bypassed in the first pass: its frames were hashed there.
     #[inline]
-    fn prefetch_buckets(&mut self) {
+    fn prefetch_buckets(&mut self, early: (bool, bool)) {
+        // One loop per case, so that the common one (both caches in use)
+        // tests nothing more per frame (a test per frame cost a batched
+        // packet 6 instructions).
+        match early {
+            (false, false) => self.peek_buckets::<false, false>(),
+            (true, false) => self.peek_buckets::<true, false>(),
+            (false, true) => self.peek_buckets::<false, true>(),
+            (true, true) => {}
+        }
+    }
+
+    /// [`Pipeline::prefetch_buckets`]' loop; a family whose `EARLY_*` is
+    /// set was hashed in the first pass and is left alone.
+    #[inline(always)]
+    fn peek_buckets<const EARLY_V4: bool, const EARLY_V6: bool>(&mut self) {
         let (v4, v6) = (&self.v4, &self.v6);
         // What each family's cache held, for `FlowCache::judge`: counted
         // here, added once per batch.
-        let (mut held4, mut asked6, mut held6) = (0u32, 0u32, 0u32);
+        let (mut held4, mut asked6, mut held6, mut hashed) = (0u32, 0u32, 0u32, 0u32);
         for peeked in &mut self.peeked[..self.peeked_len] {
             peeked.held = match &peeked.key {
-                PeekedKey::V4(key) => {
+                PeekedKey::V4(key) if !EARLY_V4 => {
                     let held = v4.peek_bucket(key, peeked.mix, &mut peeked.hash);
                     held4 += u32::from(held);
                     held
                 }
-                PeekedKey::V6(key) => {
+                PeekedKey::V6(key) if !EARLY_V6 => {
                     let held = v6.peek_bucket(key, peeked.mix, &mut peeked.hash);
                     asked6 += 1;
                     held6 += u32::from(held);
                     held
                 }
+                // Hashed, and its bucket asked for, by the first pass.
+                _ => {
+                    hashed += 1;
+                    false
+                }
             };
         }
-        self.v4.flows.count(self.peeked_len as u32 - asked6, held4);
+        self.v4
+            .flows
+            .count(self.peeked_len as u32 - asked6 - hashed, held4);
         self.v6.flows.count(asked6, held6);
     }
 
@@ -898,12 +943,17 @@ impl Pipeline {
     /// kept but made again, the same, when the flow is processed.
     #[inline]
     pub fn prefetch_flows(&mut self, ctx: &BatchContext<'_>) {
+        // Read before the judgement, which may end a bypass.
+        let early = (
+            self.v4.flows.usage == CacheUse::Bypassed,
+            self.v6.flows.usage == CacheUse::Bypassed,
+        );
         let bypassed =
             u64::from(self.v4.flows.judge(ctx.now)) + u64::from(self.v6.flows.judge(ctx.now));
         if bypassed != 0 {
             self.counters.flow_cache_bypasses.add(bypassed);
         }
-        self.prefetch_buckets();
+        self.prefetch_buckets(early);
         for i in 0..self.peeked_len {
             // Checked before the entry is copied out: most are held on a
             // gateway of established flows.

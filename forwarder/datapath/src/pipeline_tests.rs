@@ -2362,6 +2362,53 @@ fn a_flow_cache_holding_few_flows_is_bypassed_for_the_rest_of_the_second() {
     assert_eq!(h.pipeline.counters().flow_cache_bypasses.get(), 1);
 }
 
+/// While a family's flow cache is bypassed, the first pass hashes each
+/// frame's key and asks for its conntrack bucket itself; the second pass
+/// then leaves the cache alone and finds each flow's record from that
+/// hash, and the flows still go to their Pods.
+#[test]
+fn a_bypassed_flow_cache_has_the_first_pass_hash_the_keys() {
+    let mut h = spread_harness();
+    let pod_of = |frame: &[u8]| [frame[30], frame[31], frame[32], frame[33]];
+    let steady: Vec<(u16, [u8; 4])> = (30000..30008)
+        .map(|port| {
+            let mut frame = spread_udp(port);
+            assert!(matches!(h.run(&mut frame), Verdict::Forward { .. }));
+            (port, pod_of(&frame))
+        })
+        .collect();
+    batches_until_judged(&mut h, |k| spread_udp(40000 + k as u16));
+    forward_batch(&mut h, &mut [spread_udp(40000)]);
+    assert_eq!(h.pipeline.v4.flows.usage, CacheUse::Bypassed);
+
+    let mut batch: Vec<Vec<u8>> = steady.iter().map(|&(port, _)| spread_udp(port)).collect();
+    for frame in &batch {
+        h.pipeline.prefetch(frame);
+    }
+    for (peeked, &(port, _)) in h.pipeline.peeked.iter().zip(&steady) {
+        assert_eq!(
+            peeked.hash,
+            h.pipeline.v4.conntrack.hash(&udp_vip_key(port)),
+            "flow {port} hashed by the first pass"
+        );
+    }
+    h.prefetch_flows();
+    for (i, &(port, _)) in steady.iter().enumerate() {
+        assert!(!h.pipeline.peeked[i].held, "flow {port}: cache not asked");
+        assert!(
+            h.pipeline.ahead[i].candidate.is_some(),
+            "flow {port}: its record found from the first pass's hash"
+        );
+    }
+    for (frame, &(port, pod)) in batch.iter_mut().zip(&steady) {
+        assert!(
+            matches!(h.run(frame), Verdict::Forward { .. }),
+            "flow {port}"
+        );
+        assert_eq!(pod_of(frame), pod, "flow {port} kept its Pod");
+    }
+}
+
 /// A flow cache that holds its packets' flows (a few busy connections)
 /// is kept when judged, and stays in use for the rest of the second.
 #[test]
