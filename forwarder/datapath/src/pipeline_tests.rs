@@ -2303,6 +2303,26 @@ fn batches_until_judged(h: &mut Harness, mut frame: impl FnMut(usize) -> Vec<u8>
     }
 }
 
+/// The Pod address a forwarded `spread_udp` frame was sent to.
+fn spread_pod(frame: &[u8]) -> [u8; 4] {
+    [frame[30], frame[31], frame[32], frame[33]]
+}
+
+/// Eight `spread_udp` flows (client ports 30000-30007), established and
+/// replied: each port with the Pod its flow went to.
+fn replied_spread_flows(h: &mut Harness) -> Vec<(u16, [u8; 4])> {
+    (30000..30008)
+        .map(|port| {
+            let mut frame = spread_udp(port);
+            assert!(matches!(h.run(&mut frame), Verdict::Forward { .. }));
+            let pod = spread_pod(&frame);
+            let mut reply = udp(POD1_MAC, GW_POD_MAC, (pod, 5353), (CLIENT, port), 64);
+            assert!(matches!(h.run(&mut reply), Verdict::Forward { .. }));
+            (port, pod)
+        })
+        .collect()
+}
+
 /// A worker's flow cache that holds few of its packets' flows (here a
 /// flood of new ones, which the cache never holds) is bypassed once it
 /// has been asked about enough frames, for the rest of the second:
@@ -2311,18 +2331,7 @@ fn batches_until_judged(h: &mut Harness, mut frame: impl FnMut(usize) -> Vec<u8>
 #[test]
 fn a_flow_cache_holding_few_flows_is_bypassed_for_the_rest_of_the_second() {
     let mut h = spread_harness();
-    let pod_of = |frame: &[u8]| [frame[30], frame[31], frame[32], frame[33]];
-    // Established (replied) beforehand, and where each went.
-    let steady: Vec<(u16, [u8; 4])> = (30000..30008)
-        .map(|port| {
-            let mut frame = spread_udp(port);
-            assert!(matches!(h.run(&mut frame), Verdict::Forward { .. }));
-            let pod = pod_of(&frame);
-            let mut reply = udp(POD1_MAC, GW_POD_MAC, (pod, 5353), (CLIENT, port), 64);
-            assert!(matches!(h.run(&mut reply), Verdict::Forward { .. }));
-            (port, pod)
-        })
-        .collect();
+    let steady = replied_spread_flows(&mut h);
     assert_eq!(h.pipeline.v4.flows.usage, CacheUse::Judging);
 
     batches_until_judged(&mut h, |k| spread_udp(40000 + k as u16));
@@ -2333,7 +2342,7 @@ fn a_flow_cache_holding_few_flows_is_bypassed_for_the_rest_of_the_second() {
     assert_eq!(h.pipeline.counters().flow_cache_bypasses.get(), 1);
     for (frame, &(port, pod)) in batch.iter().zip(&steady) {
         assert_eq!(
-            pod_of(frame),
+            spread_pod(frame),
             pod,
             "flow {port} kept its Pod from the table"
         );
@@ -2369,14 +2378,7 @@ fn a_flow_cache_holding_few_flows_is_bypassed_for_the_rest_of_the_second() {
 #[test]
 fn a_bypassed_flow_cache_has_the_first_pass_hash_the_keys() {
     let mut h = spread_harness();
-    let pod_of = |frame: &[u8]| [frame[30], frame[31], frame[32], frame[33]];
-    let steady: Vec<(u16, [u8; 4])> = (30000..30008)
-        .map(|port| {
-            let mut frame = spread_udp(port);
-            assert!(matches!(h.run(&mut frame), Verdict::Forward { .. }));
-            (port, pod_of(&frame))
-        })
-        .collect();
+    let steady = replied_spread_flows(&mut h);
     batches_until_judged(&mut h, |k| spread_udp(40000 + k as u16));
     forward_batch(&mut h, &mut [spread_udp(40000)]);
     assert_eq!(h.pipeline.v4.flows.usage, CacheUse::Bypassed);
@@ -2405,7 +2407,7 @@ fn a_bypassed_flow_cache_has_the_first_pass_hash_the_keys() {
             matches!(h.run(frame), Verdict::Forward { .. }),
             "flow {port}"
         );
-        assert_eq!(pod_of(frame), pod, "flow {port} kept its Pod");
+        assert_eq!(spread_pod(frame), pod, "flow {port} kept its Pod");
     }
 }
 
