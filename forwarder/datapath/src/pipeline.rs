@@ -1242,13 +1242,15 @@ impl Pipeline {
         // (benches/RESULTS.md, session 21).
         let key = &flow.key;
 
-        // Packets that may change a flow's state always see the table.
+        // Packets that may change a flow's state always see the table, as
+        // all do while the flow cache is bypassed.
         let steady = flow.tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0;
+        let cacheable = steady && A::path(self).flows.usage != CacheUse::Bypassed;
         // The key's mix picks its cache set and its part of the key
         // space's removal count, read before the table lookup, so a flow
         // cached below carries a count no newer than what the lookup saw.
         let mix = key.mix();
-        let removals = steady.then(|| A::path(self).conntrack.removals(mix));
+        let removals = cacheable.then(|| A::path(self).conntrack.removals(mix));
         // The cache and the table write their hit into this one, and it
         // is read field by field (see `Conntrack::lookup_into`): copied
         // as a whole from the cache through temporaries, a hit went
