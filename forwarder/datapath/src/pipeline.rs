@@ -175,9 +175,8 @@ impl<A: IpFamily> FamilyPath<A> {
     /// goes into `hash`.
     #[inline(always)]
     fn peek_early(&self, key: &FlowKey<A>, mix: u32, hash: &mut u64) {
-        if self.flows.usage == CacheUse::Bypassed {
-            *hash = self.conntrack.hash(key);
-            self.conntrack.prefetch_index(*hash);
+        if self.flows.bypassed() {
+            self.ask_bucket(key, hash);
         } else {
             self.flows.prefetch(mix);
         }
@@ -191,9 +190,15 @@ impl<A: IpFamily> FamilyPath<A> {
         if self.flows.find(key, mix).is_some() {
             return true;
         }
+        self.ask_bucket(key, hash);
+        false
+    }
+
+    /// `key`'s conntrack hash into `hash`, and its bucket asked for.
+    #[inline(always)]
+    fn ask_bucket(&self, key: &FlowKey<A>, hash: &mut u64) {
         *hash = self.conntrack.hash(key);
         self.conntrack.prefetch_index(*hash);
-        false
     }
 
     /// Caches a steady packet's hit from the table, if its flow may be
@@ -587,6 +592,13 @@ impl<A: IpFamily> FlowCache<A> {
         }
     }
 
+    /// Whether the cache is bypassed for the rest of the second: neither
+    /// read nor written, so nothing need be asked for or kept for it.
+    #[inline(always)]
+    fn bypassed(&self) -> bool {
+        self.usage == CacheUse::Bypassed
+    }
+
     /// Judges the cache at the start of a batch's second pass, in second
     /// `now`: a new second uses it again and counts afresh; a judging
     /// second that has counted enough frames decides whether it is kept
@@ -944,10 +956,7 @@ impl Pipeline {
     #[inline]
     pub fn prefetch_flows(&mut self, ctx: &BatchContext<'_>) {
         // Read before the judgement, which may end a bypass.
-        let early = (
-            self.v4.flows.usage == CacheUse::Bypassed,
-            self.v6.flows.usage == CacheUse::Bypassed,
-        );
+        let early = (self.v4.flows.bypassed(), self.v6.flows.bypassed());
         let bypassed =
             u64::from(self.v4.flows.judge(ctx.now)) + u64::from(self.v6.flows.judge(ctx.now));
         if bypassed != 0 {
@@ -1245,7 +1254,7 @@ impl Pipeline {
         // Packets that may change a flow's state always see the table, as
         // all do while the flow cache is bypassed.
         let steady = flow.tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0;
-        let cacheable = steady && A::path(self).flows.usage != CacheUse::Bypassed;
+        let cacheable = steady && !A::path(self).flows.bypassed();
         // The key's mix picks its cache set and its part of the key
         // space's removal count, read before the table lookup, so a flow
         // cached below carries a count no newer than what the lookup saw.
