@@ -577,16 +577,16 @@ udp_run() {
     local counters=""
     [[ -n $c0 ]] && counters=",\"cipgw0\":$c0,\"cipgw1\":$c1"
     record "{\"peer\":\"$peer\",\"workload\":\"$wl\",\"services\":$n,\"rep\":$rep,\"busy\":$busy,\"snap0\":$s0,\"snap1\":$s1,\"gw_cpu_ns\":$((g1 - g0)),\"gen\":$gen$counters}"
-    # The delivered rate, also for `own_time` after a profiled rep.
-    LAST_DELIVERED_PPS=$(awk -v a="$s0" -v b="$s1" 'BEGIN {
+    # One pass over the snapshots: the delivered rate (kept for
+    # `own_time` after a profiled rep), a tab, then the summary line.
+    local summary
+    summary=$(awk -v a="$s0" -v b="$s1" -v g=$((g1 - g0)) 'BEGIN {
         gsub(/[\[\]]/, "", a); gsub(/[\[\]]/, "", b); split(a, x, ","); split(b, y, ",")
-        printf "%.1f", (y[8] - x[8]) / (y[1] - x[1]) }')
-    awk -v a="$s0" -v b="$s1" -v g=$((g1 - g0)) -v del="$LAST_DELIVERED_PPS" 'BEGIN {
-        gsub(/[\[\]]/, "", a); gsub(/[\[\]]/, "", b); split(a, x, ","); split(b, y, ",")
-        dt = y[1] - x[1]; off = (y[2] - x[2] + y[3] - x[3]) / dt
-        printf "    offered %.3f Mpps, delivered %.3f Mpps (loss %.1f%%)", off / 1e6, del / 1e6, (off > 0 ? 100 * (1 - del / off) : 0)
-        if (y[8] > x[8]) printf ", gateway threads %.0f ns per delivered packet", g / (y[8] - x[8])
-        printf "\n" }'
+        dt = y[1] - x[1]; off = (y[2] - x[2] + y[3] - x[3]) / dt; del = (y[8] - x[8]) / dt
+        printf "%.1f\t    offered %.3f Mpps, delivered %.3f Mpps (loss %.1f%%)", del, off / 1e6, del / 1e6, (off > 0 ? 100 * (1 - del / off) : 0)
+        if (y[8] > x[8]) printf ", gateway threads %.0f ns per delivered packet", g / (y[8] - x[8]) }')
+    LAST_DELIVERED_PPS=${summary%%$'\t'*}
+    echo "${summary#*$'\t'}"
     [[ -z $c0 ]] || losses_line "$peer" "$wl" "$n" "$rep" "$s0" "$s1" "$c0" "$c1"
 }
 
