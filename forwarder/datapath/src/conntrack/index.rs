@@ -261,11 +261,19 @@ impl FlowIndex {
         }
     }
 
-    /// Hints the CPU to fetch a home bucket by its number.
+    /// Hints the CPU to fetch the bucket of a key about to be linked
+    /// there, for the write (see [`super::prefetch_line_for_write`]).
     #[inline]
-    pub fn prefetch_home(&self, home: usize) {
+    pub fn prefetch_for_write(&self, hash: u64) {
+        self.prefetch_home_for_write(self.home(hash));
+    }
+
+    /// Hints the CPU to fetch a home bucket by its number, for a write:
+    /// an evicted flow's keys are unlinked there.
+    #[inline]
+    pub fn prefetch_home_for_write(&self, home: usize) {
         if let Some(b) = self.buckets.get(home) {
-            super::prefetch(b);
+            super::prefetch_for_write(b);
         }
     }
 

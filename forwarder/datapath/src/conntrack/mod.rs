@@ -912,6 +912,58 @@ pub(crate) fn prefetch_line(at: usize) {
     let _ = at;
 }
 
+/// [`prefetch`] for an item about to be written: a bucket about to be
+/// locked, a victim's record about to be claimed and rewritten.
+#[inline(always)]
+fn prefetch_for_write<T>(item: &T) {
+    for_each_line::<T>(item as *const T as usize, prefetch_line_for_write);
+}
+
+/// Hints the CPU to fetch the cache line holding address `at` in order to
+/// write it (`prefetchw`), where the CPU has the instruction, else as
+/// [`prefetch_line`] does.
+///
+/// A line asked for with `prefetcht0` and then locked or stored to may
+/// still have to be asked for again, owned, when the write comes: in the
+/// SYN flood (`benches/conntrack.rs`), whose every insert locks two
+/// buckets and claims a victim's record and unlinks its two keys, the
+/// inserts waited at those writes, and asking for the lines with
+/// `prefetchw` took the flood from 119-165 ns a new flow, varying from
+/// run to run, to 116-141 (benches/RESULTS.md, session 31).
+#[inline(always)]
+pub(crate) fn prefetch_line_for_write(at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if has_prefetchw() {
+        // SAFETY: as in `prefetch_line`: a hint that never faults and
+        // changes no memory; the CPU has the instruction (checked above).
+        unsafe {
+            std::arch::asm!(
+                "prefetchw byte ptr [{at}]",
+                at = in(reg) at,
+                options(nostack, preserves_flags, readonly)
+            );
+        }
+        return;
+    }
+    prefetch_line(at);
+}
+
+/// Whether the CPU has `prefetchw` (CPUID 8000_0001h, ECX bit 8:
+/// PRFCHW, "3dnowprefetch" in /proc/cpuinfo): every AMD64 CPU, and
+/// Intel's since Broadwell. Asked once; afterwards one load and a branch
+/// the CPU always predicts.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn has_prefetchw() -> bool {
+    static HAS_PREFETCHW: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        use std::arch::x86_64::__cpuid;
+        const EXTENDED: u32 = 0x8000_0000;
+        const PRFCHW: u32 = 1 << 8;
+        __cpuid(EXTENDED).eax > EXTENDED && __cpuid(EXTENDED + 1).ecx & PRFCHW != 0
+    });
+    *HAS_PREFETCHW
+}
+
 /// What [`Conntrack::adopt`] found in a table file.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Adoption {
@@ -1458,7 +1510,8 @@ impl<A: IpFamily> Conntrack<A> {
     /// link the reply key in (with source NAT, the bucket of the first
     /// port it will probe), which the insert would otherwise wait for
     /// (a miss of its own: it depends on the backend, so the batch's
-    /// first pass cannot ask for it). Only a hint: nothing is kept.
+    /// first pass cannot ask for it), for the write (the insert locks
+    /// it). Only a hint: nothing is kept.
     #[inline]
     pub fn prefetch_reply(&self, forward: &FlowKey<A>, forward_hash: u64, backend: (A, u16)) {
         let mut flow = FlowData::new(forward, backend, NO_SLOT);
@@ -1471,7 +1524,8 @@ impl<A: IpFamily> Conntrack<A> {
             };
             (flow.snat_index, flow.snat_port) = (index, port);
         }
-        self.index.prefetch(self.hash(&flow.reply_key(&self.snat)));
+        self.index
+            .prefetch_for_write(self.hash(&flow.reply_key(&self.snat)));
     }
 
     /// Looks a packet's key up, marks the flow as seen at `now` and
@@ -1899,7 +1953,7 @@ impl<A: IpFamily> Conntrack<A> {
         let reply_hash = reply_hash.unwrap_or_else(|| self.hash(&reply));
         // The reply bucket is a miss of its own; let it arrive while the
         // record is written and room is made.
-        self.index.prefetch(reply_hash);
+        self.index.prefetch_for_write(reply_hash);
         let Some(vip_index) = self.slab.vip_index(&flow) else {
             return Err(InsertError::VipPrefixesFull);
         };
@@ -2232,9 +2286,11 @@ impl<A: IpFamily> Conntrack<A> {
                 break;
             };
             if let Some(ahead) = queue.get(EVICTION_LOOKAHEAD) {
-                self.slab.prefetch(ahead.id);
-                self.index.prefetch_home(ahead.forward_home as usize);
-                self.index.prefetch_home(ahead.reply_home as usize);
+                self.slab.prefetch_for_write(ahead.id);
+                self.index
+                    .prefetch_home_for_write(ahead.forward_home as usize);
+                self.index
+                    .prefetch_home_for_write(ahead.reply_home as usize);
             }
             let claimed = self.claim_flow(victim.id, |_, l| l.seq() == victim.seq && unassured(l));
             if let Some((flow, life)) = claimed {

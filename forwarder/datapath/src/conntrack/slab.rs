@@ -720,6 +720,15 @@ impl<A: RecordLayout> Slab<A> {
         }
     }
 
+    /// [`Slab::prefetch`] for a record about to be claimed and written
+    /// (an eviction's victim).
+    #[inline]
+    pub fn prefetch_for_write(&self, id: RecordId) {
+        if let Some(r) = self.record(id) {
+            super::prefetch_for_write(r);
+        }
+    }
+
     /// A live record's life word alone (its flow left unread), or `None`
     /// when the record is free or being written.
     #[inline]

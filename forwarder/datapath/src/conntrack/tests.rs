@@ -2084,3 +2084,26 @@ fn removals_are_counted_in_the_parts_of_both_keys() {
         }
     }
 }
+
+/// The write prefetch's CPU check agrees with the kernel's reading of
+/// the same CPUID bit ("3dnowprefetch" in /proc/cpuinfo), so the
+/// instruction is used exactly where the CPU has it.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[test]
+fn the_write_prefetch_is_used_where_the_cpu_has_it() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").expect("/proc/cpuinfo is readable");
+    let flags = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .expect("/proc/cpuinfo lists the CPU's flags");
+    let listed = flags.split_whitespace().any(|f| f == "3dnowprefetch");
+    assert_eq!(
+        super::has_prefetchw(),
+        listed,
+        "CPUID's PRFCHW bit and the kernel's 3dnowprefetch flag disagree"
+    );
+    // Asking for a line, owned, changes nothing in it.
+    let bucket = [7u64; 8];
+    super::prefetch_for_write(&bucket);
+    assert_eq!(bucket, [7; 8], "a prefetch is only a hint");
+}
