@@ -21,6 +21,13 @@
 //! - `lookup_established/1M_flows/1_thread_cached`: the same over 2,048
 //!   of the keys only, whose buckets and records stay in the core's
 //!   caches: the lookups' own cost, without memory's;
+//! - `lookup_established/1M_flows/memory_floor`: what memory alone costs
+//!   such a lookup, the batched lookups' baseline: per key one random
+//!   line of an array the size of the table's index and then one random
+//!   record of an array the size of its records, named by that line's
+//!   content (as a bucket names its record), batched as the lookups (ask
+//!   for every key's line, then read each and ask for its record, then
+//!   read the records), with none of a lookup's own work;
 //! - `lookup_established/1M_flows/1_thread_unbatched`: the same keys one
 //!   `Conntrack::lookup` at a time, nothing prefetched;
 //! - `lookup_established/1M_flows/1_thread_ipv6`: the same over an IPv6
@@ -297,6 +304,114 @@ fn lookups<A: IpFamily>(
     let elapsed = start.elapsed();
     *cursor = i;
     (elapsed, misses)
+}
+
+/// `len` words from `fill`, in memory advised to transparent huge pages
+/// before its first write, as the table's own regions are (a `Vec` this
+/// large is otherwise backed by small pages here).
+fn huge_words(len: usize, fill: impl FnMut(usize) -> u64) -> Vec<u64> {
+    const HUGE: usize = 2 << 20;
+    let mut words = Vec::with_capacity(len);
+    let spare = words.spare_capacity_mut();
+    let (first, bytes) = (spare.as_ptr() as usize, std::mem::size_of_val(spare));
+    let start = first.next_multiple_of(HUGE);
+    let end = (first + bytes) / HUGE * HUGE;
+    if end > start {
+        // SAFETY: [start, end) lies inside the vector's allocation, which
+        // nothing has written yet; the advice only changes how the
+        // kernel backs it. A hint: its result does not matter.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+    }
+    words.extend((0..len).map(fill));
+    words
+}
+
+/// Asks for the cache line holding `word`.
+#[inline(always)]
+fn prefetch_word(word: &u64) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint; it never faults.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (word as *const u64).cast(),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = word;
+}
+
+/// The memory of [`lookups`] without their work (the `memory_floor`
+/// case): `buckets` the size of the index of a table of `max_flows`
+/// (8 words a bucket, its first naming a record), `records` the size of
+/// its records, and `keys` random buckets, one per lookup.
+struct MemoryFloor {
+    buckets: Vec<u64>,
+    records: Vec<u64>,
+    record_words: usize,
+    keys: Vec<u32>,
+}
+
+impl MemoryFloor {
+    fn new(max_flows: usize, record_bytes: usize, lookups: usize) -> MemoryFloor {
+        const BUCKET_WORDS: usize = 8;
+        let mut rng = Rng::new(7);
+        // As the index: a bucket of 64 bytes for every 3.5 keys of a full
+        // table (two keys per flow).
+        let buckets = (4 * max_flows).div_ceil(7);
+        let record_words = record_bytes / std::mem::size_of::<u64>();
+        // Live records are the first `FLOWS` of the slab, as a table
+        // filled once hands them out.
+        let live = FLOWS as usize;
+        let bucket_words = huge_words(buckets * BUCKET_WORDS, |i| {
+            if i % BUCKET_WORDS == 0 {
+                (rng.below(live) * record_words) as u64
+            } else {
+                0
+            }
+        });
+        let records = huge_words(max_flows * record_words, |i| i as u64);
+        let keys = (0..lookups).map(|_| rng.below(buckets) as u32).collect();
+        MemoryFloor {
+            buckets: bucket_words,
+            records,
+            record_words,
+            keys,
+        }
+    }
+
+    /// `iters` lookups' worth of memory from `keys[*cursor..]`, batched
+    /// as [`lookups`] does; returns the time taken.
+    fn run(&self, cursor: &mut usize, iters: u64) -> Duration {
+        let (buckets, records) = (&self.buckets, &self.records);
+        let mut at = [0usize; BATCH];
+        let mut i = *cursor;
+        let mut left = iters;
+        let mut sum = 0u64;
+        let start = CpuClock::now();
+        while left > 0 {
+            let n = (left as usize).min(BATCH);
+            for slot in &mut at[..n] {
+                *slot = self.keys[i] as usize * 8;
+                i += 1;
+                if i == self.keys.len() {
+                    i = 0;
+                }
+                prefetch_word(&buckets[*slot]);
+            }
+            for slot in &mut at[..n] {
+                *slot = (buckets[*slot] as usize).min(records.len() - self.record_words);
+                prefetch_word(&records[*slot]);
+            }
+            for &record in &at[..n] {
+                sum = sum.wrapping_add(records[record]);
+            }
+            left -= n as u64;
+        }
+        let elapsed = start.elapsed();
+        black_box(sum);
+        *cursor = i;
+        elapsed
+    }
 }
 
 /// The same lookups one at a time, with no prefetching: what a packet
@@ -606,6 +721,17 @@ fn bench(c: &mut Criterion) {
             t
         })
     });
+    {
+        let floor = MemoryFloor::new(
+            roomy.max_flows,
+            Conntrack::<Ipv4Addr>::RECORD_BYTES,
+            1 << 21,
+        );
+        let mut cursor = 0;
+        group.bench_function("1M_flows/memory_floor", |b| {
+            b.iter_custom(|iters| floor.run(&mut cursor, iters))
+        });
+    }
     group.bench_function("1M_flows/1_thread_unbatched", |b| {
         b.iter_custom(|iters| {
             let (t, misses) = lookups_one_by_one(&ct, &keys0, &mut cursor0, iters);
