@@ -928,8 +928,9 @@ fn prefetch_for_write<T>(item: &T) {
 /// SYN flood (`benches/conntrack.rs`), whose every insert locks two
 /// buckets and claims a victim's record and unlinks its two keys, the
 /// inserts waited at those writes, and asking for the lines with
-/// `prefetchw` took the flood from 119-165 ns a new flow, varying from
-/// run to run, to 116-141 (benches/RESULTS.md, session 31).
+/// `prefetchw` took the flood from a median of 146.5 ns a new flow
+/// (116-166 over 16 runs) to 123.5 (115-147 over 20; benches/RESULTS.md,
+/// session 31).
 #[inline(always)]
 pub(crate) fn prefetch_line_for_write(at: usize) {
     #[cfg(target_arch = "x86_64")]
@@ -950,8 +951,8 @@ pub(crate) fn prefetch_line_for_write(at: usize) {
 
 /// Whether the CPU has `prefetchw` (CPUID 8000_0001h, ECX bit 8:
 /// PRFCHW, "3dnowprefetch" in /proc/cpuinfo): every AMD64 CPU, and
-/// Intel's since Broadwell. Asked once; afterwards one load and a branch
-/// the CPU always predicts.
+/// Intel's since Broadwell. Asked once; afterwards two loads and two
+/// branches the CPU always predicts (five instructions a prefetch).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn has_prefetchw() -> bool {
