@@ -345,15 +345,18 @@ fn prefetch_word(word: &u64) {
 /// (8 words a bucket, its first naming a record), `records` the size of
 /// its records, and `keys` random buckets, one per lookup.
 struct MemoryFloor {
+    /// [`BUCKET_WORDS`] words a bucket.
     buckets: Vec<u64>,
     records: Vec<u64>,
     record_words: usize,
     keys: Vec<u32>,
 }
 
+/// Words of a 64-byte index bucket.
+const BUCKET_WORDS: usize = 8;
+
 impl MemoryFloor {
     fn new(max_flows: usize, record_bytes: usize, lookups: usize) -> MemoryFloor {
-        const BUCKET_WORDS: usize = 8;
         let mut rng = Rng::new(7);
         // As the index: a bucket of 64 bytes for every 3.5 keys of a full
         // table (two keys per flow).
@@ -391,7 +394,7 @@ impl MemoryFloor {
         while left > 0 {
             let n = (left as usize).min(BATCH);
             for slot in &mut at[..n] {
-                *slot = self.keys[i] as usize * 8;
+                *slot = self.keys[i] as usize * BUCKET_WORDS;
                 i += 1;
                 if i == self.keys.len() {
                     i = 0;
