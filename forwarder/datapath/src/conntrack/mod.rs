@@ -928,9 +928,9 @@ fn prefetch_for_write<T>(item: &T) {
 /// SYN flood (`benches/conntrack.rs`), whose every insert locks two
 /// buckets and claims a victim's record and unlinks its two keys, the
 /// inserts waited at those writes, and asking for the lines with
-/// `prefetchw` took the flood from a median of 146.5 ns a new flow
-/// (116-166 over 16 runs) to 123.5 (115-147 over 20; benches/RESULTS.md,
-/// session 31).
+/// `prefetchw` took the flood from a median of 146.4 ns a new flow
+/// (24 runs) to 125.4 (26 runs; in the sets where the old code ran in
+/// its fast mode, the two were even: benches/RESULTS.md, session 31).
 #[inline(always)]
 pub(crate) fn prefetch_line_for_write(at: usize) {
     #[cfg(target_arch = "x86_64")]
