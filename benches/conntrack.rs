@@ -73,7 +73,7 @@ use std::time::Duration;
 use cipgw_config::Protocol;
 use cipgw_datapath::conntrack::persist::{self, TableFile};
 use cipgw_datapath::conntrack::{
-    Candidate, Conntrack, ConntrackConfig, FlowHit, FlowKey, FlowMeta,
+    self, Candidate, Conntrack, ConntrackConfig, FlowHit, FlowKey, FlowMeta,
 };
 use cipgw_datapath::family::IpFamily;
 use cipgw_datapath::lb::Rng;
@@ -310,18 +310,8 @@ fn lookups<A: IpFamily>(
 /// before its first write, as the table's own regions are (a `Vec` this
 /// large is otherwise backed by small pages here).
 fn huge_words(len: usize, fill: impl FnMut(usize) -> u64) -> Vec<u64> {
-    const HUGE: usize = 2 << 20;
     let mut words = Vec::with_capacity(len);
-    let spare = words.spare_capacity_mut();
-    let (first, bytes) = (spare.as_ptr() as usize, std::mem::size_of_val(spare));
-    let start = first.next_multiple_of(HUGE);
-    let end = (first + bytes) / HUGE * HUGE;
-    if end > start {
-        // SAFETY: [start, end) lies inside the vector's allocation, which
-        // nothing has written yet; the advice only changes how the
-        // kernel backs it. A hint: its result does not matter.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-    }
+    conntrack::advise_huge_pages(words.spare_capacity_mut());
     words.extend((0..len).map(fill));
     words
 }
@@ -329,15 +319,7 @@ fn huge_words(len: usize, fill: impl FnMut(usize) -> u64) -> Vec<u64> {
 /// Asks for the cache line holding `word`.
 #[inline(always)]
 fn prefetch_word(word: &u64) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is only a hint; it never faults.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-            (word as *const u64).cast(),
-        );
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = word;
+    conntrack::prefetch_line(word as *const u64 as usize);
 }
 
 /// The memory of [`lookups`] without their work (the `memory_floor`

@@ -853,8 +853,9 @@ unsafe fn zeroed_slice<T>(len: usize) -> ZeroedSlice<T> {
 /// lookups land at random over tens of megabytes, and with 4 KiB pages
 /// nearly every one would also miss the TLB (a page walk, which a VM
 /// nests). Only a hint: where THP is off, or the kernel has no huge page
-/// at hand, the table works the same on small pages.
-fn advise_huge_pages<T>(table: &[T]) {
+/// at hand, the table works the same on small pages. Public for the
+/// conntrack bench, whose memory baseline lies in memory advised alike.
+pub fn advise_huge_pages<T>(table: &[T]) {
     const HUGE: usize = 2 << 20;
     let bytes = std::mem::size_of_val(table);
     if bytes < HUGE {
@@ -900,7 +901,7 @@ fn for_each_line<T>(start: usize, mut line: impl FnMut(usize)) {
 
 /// Hints the CPU to fetch the cache line holding address `at`.
 #[inline(always)]
-pub(crate) fn prefetch_line(at: usize) {
+pub fn prefetch_line(at: usize) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is only a hint: it never faults and changes no
     // memory, whatever the address (callers pass addresses inside a live
