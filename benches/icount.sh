@@ -21,9 +21,12 @@
 #                SYN flood alone; the IPv6
 #                ones are established_ipv6,
 #                reply_ipv6, new_flow_ipv6_1, new_flow_ipv6_10000,
-#                established_unreplied_ipv6 and ct_lookups_ipv6;
-#                new_flow_full_snat and new_flow_full_nosnat set new flows
-#                through a full 8,192-flow table with SNAT against without)
+#                established_unreplied_ipv6, ct_lookups_ipv6 and
+#                new_flow_ipv6_snat_1 and _10000 (new flows with SNAT
+#                through a full 8,192-flow table, to a Service among 1 or
+#                10,000); new_flow_full_snat and new_flow_full_nosnat set
+#                new flows through a full 8,192-flow table with SNAT
+#                against without)
 #
 # Each case runs twice, with LOW and HIGH packets; instructions per packet
 # are (I(HIGH) - I(LOW)) / (HIGH - LOW), so the setup cancels out.
@@ -37,7 +40,7 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --base) base="$2"; shift 2 ;;
         --cases) cases="$2"; shift 2 ;;
-        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) echo "icount.sh: unknown argument $1" >&2; exit 64 ;;
     esac
 done

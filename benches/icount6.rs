@@ -9,13 +9,17 @@
 //! `established_unreplied_ipv6` (`established_ipv6` over UDP flows that
 //! never had a reply, as the veth benchmark's udp-est), `ct_lookups_ipv6`
 //! (`icount.rs`'s `ct_lookups` over IPv6: the conntrack bench's batched
-//! lookups alone).
+//! lookups alone), `new_flow_ipv6_snat_1` and `new_flow_ipv6_snat_10000`
+//! (new flows with source NAT through a full table of 8,192 flows, each
+//! insert evicting, as the veth benchmark's udp-new runs with SNAT, to
+//! a Service among 1 or 10,000).
 
 use std::hint::black_box;
 use std::net::Ipv6Addr;
 use std::sync::Arc;
 
 use cipgw_config::Protocol;
+use cipgw_datapath::conntrack::snat::SnatConfig;
 use cipgw_datapath::conntrack::{
     Candidate, Conntrack, ConntrackConfig, FlowHit, FlowKey, FlowMeta,
 };
@@ -37,6 +41,16 @@ use packets6::{client6, frame6, net6, new_flow_frame6, table6, tracked_flows6, V
 /// Flows a new-flow table holds, as in `icount.rs`.
 const NEW_FLOW_TABLE: usize = 1 << 19;
 
+/// Flows the SNAT cases' table holds: full after the first 8,192, so
+/// that every insert evicts and each backend's SNAT ports are reused
+/// (as `icount_snat.rs`'s `TABLE`, and the veth benchmark's
+/// `--conntrack-max`).
+const SNAT_TABLE: usize = 8192;
+
+/// The gateway's IPv6 SNAT address in the SNAT cases (the lab's
+/// Pod-side prefix).
+const SNAT6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 0xfe);
+
 fn main() {
     icount_cases::run(
         "icount6",
@@ -47,6 +61,8 @@ fn main() {
             ("new_flow_ipv6_10000", &|n| new_flows(n, 10_000)),
             ("established_unreplied_ipv6", &|n| unreplied(n)),
             ("ct_lookups_ipv6", &|n| ct_lookups(n)),
+            ("new_flow_ipv6_snat_1", &|n| new_flows_snat(n, 1)),
+            ("new_flow_ipv6_snat_10000", &|n| new_flows_snat(n, 10_000)),
         ],
     );
 }
@@ -131,6 +147,40 @@ fn new_flows(packets: usize, services: usize) {
     for i in 0..packets {
         new_flow_frame6(&mut f, &base, i);
         black_box(p.process(&mut f, len, 0, &ctx));
+    }
+}
+
+/// `packets` new flows with source NAT to a Service among `services`,
+/// through a full table of [`SNAT_TABLE`] flows.
+fn new_flows_snat(packets: usize, services: usize) {
+    let net = net6();
+    let t = table6(services);
+    let ctx = BatchContext {
+        table: &t,
+        net: &net,
+        now: 1,
+    };
+    let conntrack = Conntrack::new(ConntrackConfig {
+        max_flows: SNAT_TABLE,
+        unreplied_percent: 100,
+        ..ConntrackConfig::default()
+    })
+    .with_snat(&SnatConfig {
+        addresses: vec![SNAT6],
+        ports: 61000..=65535,
+    })
+    .expect("a valid SNAT configuration");
+    let mut p = pipeline6(conntrack, 9);
+    let base = frame6((client6(0), 1), (VIP6, 8080));
+    let mut f = base.clone();
+    let len = f.len();
+    for i in 0..packets {
+        new_flow_frame6(&mut f, &base, i);
+        let verdict = p.process(&mut f, len, 0, &ctx);
+        assert!(
+            matches!(verdict, Verdict::Forward { .. }),
+            "new flow {i} with SNAT forwarded, not {verdict:?}"
+        );
     }
 }
 
