@@ -217,9 +217,10 @@ fn churn(packets: usize) {
 /// Flows of `established_spread`.
 const SPREAD_FLOWS: usize = 1 << 18;
 
-/// `packets` packets over [`SPREAD_FLOWS`] live, replied, assured flows, packet
-/// `k` of flow `k * 0x9e3779b9 mod 2^18` (as `packet_path`'s
-/// `established_1M`), batched as a worker runs them ([`in_batches`]).
+/// `packets` packets over [`SPREAD_FLOWS`] live, replied, assured
+/// flows, packet `k` of flow `k * 0x9e3779b9 mod 2^18` (as
+/// `packet_path`'s `established_1M`), batched as a worker runs them
+/// ([`in_batches`]).
 fn spread(packets: usize) {
     let pods = [addr::POD1, addr::POD2, addr::POD3];
     let net = Net::two_arm()
@@ -250,10 +251,10 @@ fn spread(packets: usize) {
         let mut r = frame((pod, 5678), ([198, 18, 1, (i >> 16) as u8], i as u16));
         p.process(&mut r, len, 1, &ctx);
     }
-    // One more packet each way makes a UDP flow assured: counted here,
-    // the first packet of each flow after its reply would measure that
-    // one record write instead of the steady packet `established_1M`
-    // times (its flows see dozens of packets each).
+    // A client's packet after the reply makes a UDP flow assured (a
+    // record write). Sent here, before the counted packets, so that they
+    // are steady ones, as `established_1M` times (its flows see dozens
+    // of packets each): counted, each flow's first would be this write.
     for i in 0..SPREAD_FLOWS {
         new_flow_frame(&mut f, &base, i);
         p.process(&mut f, len, 0, &ctx);

@@ -176,12 +176,16 @@ fn new_flows_snat(packets: usize, services: usize) {
     let len = f.len();
     for i in 0..packets {
         new_flow_frame6(&mut f, &base, i);
-        let verdict = p.process(&mut f, len, 0, &ctx);
-        assert!(
-            matches!(verdict, Verdict::Forward { .. }),
-            "new flow {i} with SNAT forwarded, not {verdict:?}"
-        );
+        black_box(p.process(&mut f, len, 0, &ctx));
     }
+    // Checked once, after the loop (which is `icount_snat.rs`'s, so that
+    // the two count the same work): every new flow was forwarded, none
+    // refused for want of ports.
+    assert_eq!(
+        p.counters().forwarded.get(),
+        packets as u64,
+        "every new flow with SNAT forwarded"
+    );
 }
 
 /// `lookups` established lookups of 1,024 IPv6 TCP flows (both
