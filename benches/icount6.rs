@@ -126,40 +126,17 @@ fn unreplied(packets: usize) {
 /// `packets` new IPv6 flows to a Service among `services`.
 fn new_flows(packets: usize, services: usize) {
     assert!(packets < NEW_FLOW_TABLE, "at most {NEW_FLOW_TABLE} packets");
-    let net = net6();
-    let t = table6(services);
-    let ctx = BatchContext {
-        table: &t,
-        net: &net,
-        now: 1,
-    };
-    let mut p = pipeline6(
-        Conntrack::new(ConntrackConfig {
-            max_flows: NEW_FLOW_TABLE,
-            unreplied_percent: 100,
-            ..ConntrackConfig::default()
-        }),
-        9,
-    );
-    let base = frame6((client6(0), 1), (VIP6, 8080));
-    let mut f = base.clone();
-    let len = f.len();
-    for i in 0..packets {
-        new_flow_frame6(&mut f, &base, i);
-        black_box(p.process(&mut f, len, 0, &ctx));
-    }
+    let conntrack = Conntrack::new(ConntrackConfig {
+        max_flows: NEW_FLOW_TABLE,
+        unreplied_percent: 100,
+        ..ConntrackConfig::default()
+    });
+    run_new_flows(packets, services, conntrack);
 }
 
 /// `packets` new flows with source NAT to a Service among `services`,
 /// through a full table of [`SNAT_TABLE`] flows.
 fn new_flows_snat(packets: usize, services: usize) {
-    let net = net6();
-    let t = table6(services);
-    let ctx = BatchContext {
-        table: &t,
-        net: &net,
-        now: 1,
-    };
     let conntrack = Conntrack::new(ConntrackConfig {
         max_flows: SNAT_TABLE,
         unreplied_percent: 100,
@@ -170,14 +147,7 @@ fn new_flows_snat(packets: usize, services: usize) {
         ports: 61000..=65535,
     })
     .expect("a valid SNAT configuration");
-    let mut p = pipeline6(conntrack, 9);
-    let base = frame6((client6(0), 1), (VIP6, 8080));
-    let mut f = base.clone();
-    let len = f.len();
-    for i in 0..packets {
-        new_flow_frame6(&mut f, &base, i);
-        black_box(p.process(&mut f, len, 0, &ctx));
-    }
+    let p = run_new_flows(packets, services, conntrack);
     // Checked once, after the loop (which is `icount_snat.rs`'s, so that
     // the two count the same work): every new flow was forwarded, none
     // refused for want of ports.
@@ -186,6 +156,28 @@ fn new_flows_snat(packets: usize, services: usize) {
         packets as u64,
         "every new flow with SNAT forwarded"
     );
+}
+
+/// Runs `packets` new IPv6 flows, one at a time, to a Service among
+/// `services` through a pipeline whose IPv6 table is `conntrack6`;
+/// returns the pipeline.
+fn run_new_flows(packets: usize, services: usize, conntrack6: Conntrack<Ipv6Addr>) -> Pipeline {
+    let net = net6();
+    let t = table6(services);
+    let ctx = BatchContext {
+        table: &t,
+        net: &net,
+        now: 1,
+    };
+    let mut p = pipeline6(conntrack6, 9);
+    let base = frame6((client6(0), 1), (VIP6, 8080));
+    let mut f = base.clone();
+    let len = f.len();
+    for i in 0..packets {
+        new_flow_frame6(&mut f, &base, i);
+        black_box(p.process(&mut f, len, 0, &ctx));
+    }
+    p
 }
 
 /// `lookups` established lookups of 1,024 IPv6 TCP flows (both
