@@ -765,6 +765,31 @@ impl Lab {
             .sum::<f64>() as u64
     }
 
+    /// Waits until the gateway has taken in every frame sent to it: its
+    /// received-frame count (`cipgw_rx_packets_total`) the same in two
+    /// reads 200 ms apart, within 20 s. After a burst (a flood's
+    /// datagrams, their replies, the client's port-unreachable errors)
+    /// the worker's RX rings may still be full, and a frame sent then is
+    /// dropped there (`rx_ring_full`), as on any gateway under overload:
+    /// a test of what follows the burst waits for this first.
+    pub fn wait_until_drained(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut last = self.counter("cipgw_rx_packets_total");
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = self.counter("cipgw_rx_packets_total");
+            if now == last {
+                return;
+            }
+            if Instant::now() > deadline {
+                self.fail(format_args!(
+                    "the gateway still receiving after 20 s ({last} then {now} frames)"
+                ));
+            }
+            last = now;
+        }
+    }
+
     /// The gateway's `--state-dir`: one per lab, so a restarted gateway
     /// adopts its own flows and no other test's.
     pub fn state_dir(&self) -> PathBuf {
