@@ -5,7 +5,9 @@
 # on all peers alike. Prints, per peer and workload, each run's delivered
 # rate, its ratio to cipgw-pt's in the same run and the batch time per
 # frame, with their medians; with --profile, also each profiled rep's
-# time of cipgw's own code per delivered packet.
+# time of cipgw's own code per delivered packet; with --loss-search, each
+# run's highest rate within the loss tolerance and its ratio to
+# cipgw-pt's in the same run.
 #
 # Usage: benches/veth/alternate.sh --out DIR [--runs N] --peers P1,P2,...
 #          [any other run.sh argument, passed on]
@@ -20,7 +22,7 @@ while [[ $# -gt 0 ]]; do
         --out) out="$2"; shift 2 ;;
         --runs) runs="$2"; shift 2 ;;
         --peers) peers="$2"; shift 2 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) pass+=("$1"); shift ;;
     esac
 done
@@ -55,11 +57,29 @@ for f in sorted(glob.glob(sys.argv[1] + "/run*/results.json")):
             rows.setdefault((peer, wl, n), []).append(
                 (c["delivered_pps"] / 1e6, c["delivered_pps"] / pt["delivered_pps"], c.get("batch_ns_per_frame") or 0))
 med = lambda xs: statistics.median(xs)
-print("| peer | workload | Services | Mpps per run | ratio to pass-through per run | median ratio | median batch ns/frame |")
-print("|---|---|---:|---|---|---:|---:|")
+if rows:
+    print("| peer | workload | Services | Mpps per run | ratio to pass-through per run | median ratio | median batch ns/frame |")
+    print("|---|---|---:|---|---|---:|---:|")
 for (peer, wl, n), v in sorted(rows.items()):
     print(f"| {peer} | {wl} | {n} | {' '.join(f'{a:.3f}' for a, _, _ in v)} | "
           f"{' '.join(f'{b:.2f}' for _, b, _ in v)} | {med([b for _, b, _ in v]):.3f} | {med([c for _, _, c in v]):.0f} |")
+# With --loss-search: each run's median highest rate within the
+# tolerance, and its ratio to cipgw-pt's of the same run.
+loss, tolerance = {}, None
+for f in sorted(glob.glob(sys.argv[1] + "/run*/results.json")):
+    cells = {(c["peer"], c["workload"], c["services"]): c for c in json.load(open(f)).get("loss_search", [])}
+    for (peer, wl, n), c in cells.items():
+        tolerance = c["tolerance_pct"]
+        pt = cells.get(("cipgw-pt", wl, n))
+        if pt and pt["rate_pps"]:
+            loss.setdefault((peer, wl, n), []).append((c["rate_pps"] / 1e6, c["rate_pps"] / pt["rate_pps"]))
+if loss:
+    print()
+    print(f"| peer | workload | Services | highest rate lost at most {tolerance}%, Mpps per run | ratio to pass-through per run | median ratio |")
+    print("|---|---|---:|---|---|---:|")
+    for (peer, wl, n), v in sorted(loss.items()):
+        print(f"| {peer} | {wl} | {n} | {' '.join(f'{a:.3f}' for a, _ in v)} | "
+              f"{' '.join(f'{b:.2f}' for _, b in v)} | {med([b for _, b in v]):.3f} |")
 # With --profile: each run's "own code of PEER WORKLOAD: ... = N ns per
 # packet" (run.sh), per peer and workload.
 own = {}

@@ -9,6 +9,7 @@
 #                       [--generator auto|pktgen|udp-gen]
 #                       [--variant NAME=ARGS]... [--variant-bin NAME=PATH]...
 #                       [--cipgw-args ARGS] [--family ipv4|ipv6]
+#                       [--loss-search PCT]
 #
 # Topology (three namespaces, two veth pairs, nothing in the root one):
 #
@@ -82,6 +83,17 @@
 # smoke 0): before each measurement wait up to S seconds for other work on
 # the machine to stop; the busy share seen goes into the record. Everything
 # the script creates is removed on exit, failure or signal.
+#
+# --loss-search PCT: each UDP measurement (a rep of a peer, workload and
+# Service count) is a search instead of one open-loop run: udp-gen's
+# --rate, bisected (LOSS_STEPS=7 trials after a first at the open loop's
+# full rate), finds the highest offered rate at which the gateway loses
+# at most PCT % of the frames (RFC 2544's throughput, with that
+# tolerance). Overloaded, the open loop measures how a gateway sheds load
+# (its NAPI thread copies frames that full rings then drop); the search
+# measures what it carries without loss. Each trial lasts --warmup +
+# --duration; the results go to DIR/loss.jsonl and a table in
+# results.md, with each peer's ratio to cipgw-pt's. udp-gen only.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -107,6 +119,8 @@ PROFILE_DIR=release
 QUIET_WAIT=""
 GENERATOR=auto
 CIPGW_ARGS=""
+LOSS_SEARCH=""
+LOSS_STEPS=${LOSS_STEPS:-7}
 FAMILY=ipv4
 declare -A VARIANTS=() VARIANT_BINS=()
 
@@ -137,6 +151,7 @@ while (($#)); do
         [[ -n ${VARIANTS[${2%%=*}]+set} ]] || VARIANTS[${2%%=*}]=""
         shift ;;
     --cipgw-args) CIPGW_ARGS=$2; shift ;;
+    --loss-search) LOSS_SEARCH=$2; shift ;;
     --family) FAMILY=$2; shift ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
@@ -164,6 +179,13 @@ fi
 for w in $WORKLOADS; do [[ " $ALL_WORKLOADS " == *" $w "* ]] || die "unknown workload $w (have: $ALL_WORKLOADS)"; done
 [[ $XDP_MODE == native || $XDP_MODE == skb ]] || die "--xdp-mode is native or skb"
 [[ $GENERATOR =~ ^(auto|pktgen|udp-gen)$ ]] || die "--generator is auto, pktgen or udp-gen"
+if [[ -n $LOSS_SEARCH ]]; then
+    awk -v t="$LOSS_SEARCH" 'BEGIN { exit !(t ~ /^[0-9]+(\.[0-9]+)?$/ && t < 100) }' ||
+        die "--loss-search takes a loss in percent, 0 to below 100, not $LOSS_SEARCH"
+    [[ $LOSS_STEPS =~ ^[1-9][0-9]?$ ]] || die "LOSS_STEPS must be 1 to 99, not $LOSS_STEPS"
+    [[ $GENERATOR != pktgen ]] || die "--loss-search paces udp-gen: not with --generator pktgen"
+    GENERATOR=udp-gen
+fi
 if ((SMOKE)); then
     : "${SERVICES:=1 1000}" "${DURATION:=1}" "${WARMUP:=0.5}" "${REPS:=1}" "${QUIET_WAIT:=0}"
 else
@@ -534,6 +556,71 @@ pktgen_start() { # DST DPORT WORKLOAD SECONDS -> sets GEN_PID
     PIDS+=($!)
 }
 
+# One trial of a loss search: udp-gen at RATE frames/s (0: the open
+# loop's full rate) for WARMUP + DURATION; prints the offered and
+# delivered rates (pps) over the DURATION window, tab-separated.
+udp_trial() { # WORKLOAD DST DPORT RATE
+    local wl=$1 dst=$2 dport=$3 rate=$4 src=$CL_IP gpid s0 s1 pattern rate_args=()
+    pattern=(--flows 1024 --sport 10000)
+    [[ $wl == udp-new ]] && pattern=(--new-flows)
+    [[ $FAMILY == ipv6 ]] && src=$CL_IP6
+    [[ $rate == 0 ]] || rate_args=(--rate "$rate")
+    flush_state
+    ip netns exec "$NS_CL" taskset -c $GEN_CPU "$TOOL" udp-gen --iface "$VC" --src-mac $MAC_VC \
+        --dst-mac $MAC_VG --src $src --dst "$dst" --dport "$dport" "${pattern[@]}" "${rate_args[@]}" \
+        --duration "$(awk -v w="$WARMUP" -v d="$DURATION" 'BEGIN { print w + d + 0.3 }')" \
+        --cpu $GEN_CPU >"$OUT/gen.json" &
+    gpid=$!
+    sleep "$WARMUP"
+    s0=$(snap)
+    sleep "$DURATION"
+    s1=$(snap)
+    wait "$gpid" || die "udp-gen failed at rate $rate ($wl)"
+    awk -v a="$s0" -v b="$s1" 'BEGIN {
+        gsub(/[\[\]]/, "", a); gsub(/[\[\]]/, "", b); split(a, x, ","); split(b, y, ",")
+        dt = y[1] - x[1]
+        printf "%.0f\t%.0f\n", (y[2] - x[2] + y[3] - x[3]) / dt, (y[8] - x[8]) / dt }'
+}
+
+# Whether OFFERED and DELIVERED (pps) lose at most LOSS_SEARCH percent.
+within_loss() { # OFFERED DELIVERED
+    awk -v o="$1" -v d="$2" -v t="$LOSS_SEARCH" 'BEGIN { exit !(o > 0 && o - d <= o * t / 100) }'
+}
+
+# loss_search PEER WORKLOAD SERVICES REP DST DPORT (see --loss-search):
+# the rate bisected between 0 and the open loop's offered rate; a trial
+# passes when its loss is within the tolerance. The result is the highest
+# rate that passed (the open loop's own, if it passed: then the generator
+# is the limit, not the gateway).
+loss_search() {
+    local peer=$1 wl=$2 n=$3 rep=$4 dst=$5 dport=$6 busy lo=0 hi mid t off del trials i
+    busy=$(quiet)
+    t=$(udp_trial "$wl" "$dst" "$dport" 0)
+    off=${t%%$'\t'*} del=${t#*$'\t'}
+    trials="[0,$off,$del]"
+    echo "    open loop: offered $off pps, delivered $del pps"
+    if within_loss "$off" "$del"; then
+        lo=$off hi=$off
+    else
+        hi=$off
+        for ((i = 0; i < LOSS_STEPS; i++)); do
+            mid=$(((lo + hi) / 2))
+            t=$(udp_trial "$wl" "$dst" "$dport" "$mid")
+            off=${t%%$'\t'*} del=${t#*$'\t'}
+            trials+=",[$mid,$off,$del]"
+            if within_loss "$off" "$del"; then
+                lo=$mid
+                echo "    $mid pps: offered $off, delivered $del: passed"
+            else
+                hi=$mid
+                echo "    $mid pps: offered $off, delivered $del: lost more than $LOSS_SEARCH%"
+            fi
+        done
+    fi
+    echo "    highest rate losing at most $LOSS_SEARCH%: $(awk -v r="$lo" 'BEGIN { printf "%.3f", r / 1e6 }') Mpps"
+    echo "{\"peer\":\"$peer\",\"workload\":\"$wl\",\"services\":$n,\"rep\":$rep,\"busy\":$busy,\"tolerance_pct\":$LOSS_SEARCH,\"rate_pps\":$lo,\"failed_pps\":$hi,\"trials\":[$trials]}" >>"$OUT/loss.jsonl"
+}
+
 # udp PEER WORKLOAD SERVICES REP DST DPORT
 udp_run() {
     local peer=$1 wl=$2 n=$3 rep=$4 dst=$5 dport=$6 pattern busy s0 s1 g0 g1 gen total
@@ -765,7 +852,12 @@ for peer in $PEERS; do
             for ((rep = 1; rep <= REPS; rep++)); do
                 echo "  $wl rep $rep"
                 case $wl in
-                udp-*) udp_run "$peer" "$wl" "$n" "$rep" "$udp_dst" "$udp_port" ;;
+                udp-*)
+                    if [[ -n $LOSS_SEARCH ]]; then
+                        loss_search "$peer" "$wl" "$n" "$rep" "$udp_dst" "$udp_port"
+                    else
+                        udp_run "$peer" "$wl" "$n" "$rep" "$udp_dst" "$udp_port"
+                    fi ;;
                 tcp-*) tcp_run "$peer" "$wl" "$n" "$rep" "$tcp_to" ;;
                 esac
             done

@@ -9,6 +9,11 @@
 //! gateway's receive queue refused), delivered = the backend veth's rx
 //! packets. Records with `rep` 0 (profiling runs) are kept in the raw file
 //! but left out of the medians.
+//!
+//! A run with `--loss-search` also has `loss.jsonl`, one search per line
+//! (the highest offered rate lost at most the tolerance, and its trials):
+//! their medians go into `results.json` (`loss_search`) and a table of
+//! `results.md`, with each peer's ratio to cipgw-pt's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -146,6 +151,93 @@ struct Cell {
     busy_before: f64,
 }
 
+/// One line of loss.jsonl: a loss search (run.sh `--loss-search`).
+#[derive(Debug, Deserialize)]
+struct LossRaw {
+    peer: String,
+    workload: String,
+    services: u32,
+    rep: u32,
+    tolerance_pct: f64,
+    /// The highest offered rate (pps) that lost at most the tolerance.
+    rate_pps: f64,
+}
+
+/// The median of one (peer, workload, Service count)'s loss searches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LossCell {
+    peer: String,
+    workload: String,
+    services: u32,
+    tolerance_pct: f64,
+    /// Each rep's highest rate within the tolerance (pps), in rep order.
+    rates_pps: Vec<f64>,
+    rate_pps: f64,
+}
+
+/// Loss searches grouped by (peer, workload, Service count), each with
+/// the median of its reps' rates.
+fn loss_cells(raws: &[LossRaw]) -> Vec<LossCell> {
+    let mut groups: BTreeMap<(String, String, u32), Vec<&LossRaw>> = BTreeMap::new();
+    for r in raws.iter().filter(|r| r.rep > 0) {
+        groups
+            .entry((r.peer.clone(), r.workload.clone(), r.services))
+            .or_default()
+            .push(r);
+    }
+    groups
+        .into_iter()
+        .filter_map(|((peer, workload, services), rs)| {
+            let rates_pps: Vec<f64> = rs.iter().map(|r| r.rate_pps).collect();
+            Some(LossCell {
+                peer,
+                workload,
+                services,
+                tolerance_pct: rs[0].tolerance_pct,
+                rate_pps: median(rates_pps.clone())?,
+                rates_pps,
+            })
+        })
+        .collect()
+}
+
+/// The loss searches' table: per peer, workload and Service count, each
+/// rep's rate, the median and its ratio to cipgw-pt's.
+fn loss_table(o: &mut String, cells: &[LossCell]) {
+    let Some(first) = cells.first() else { return };
+    let _ = writeln!(
+        o,
+        "\n#### Loss search: the highest offered rate lost at most {}% (Mpps)\n",
+        first.tolerance_pct
+    );
+    let _ = writeln!(
+        o,
+        "| peer | workload | Services | per rep | median | / cipgw-pt |\n|---|---|---:|---|---:|---:|"
+    );
+    for c in cells {
+        let pt = cells
+            .iter()
+            .find(|p| p.peer == "cipgw-pt" && p.workload == c.workload && p.services == c.services)
+            .filter(|p| p.rate_pps > 0.0)
+            .map(|p| c.rate_pps / p.rate_pps);
+        let reps: Vec<String> = c
+            .rates_pps
+            .iter()
+            .map(|r| format!("{:.3}", r / 1e6))
+            .collect();
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {:.3} | {} |",
+            c.peer,
+            c.workload,
+            thousands(c.services),
+            reps.join(" "),
+            c.rate_pps / 1e6,
+            num(pt, 3)
+        );
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Target {
     what: String,
@@ -161,6 +253,9 @@ struct Results {
     /// Seconds to load the rules or start cipgw, per peer and Service count.
     setup_s: BTreeMap<String, BTreeMap<u32, f64>>,
     targets: Vec<Target>,
+    /// The loss searches (run.sh `--loss-search`), if any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    loss_search: Vec<LossCell>,
     /// DIR/losses.md as run.sh wrote it (not part of results.json).
     #[serde(skip)]
     losses: Option<String>,
@@ -455,6 +550,20 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         }
     }
     let results = cells(&raws);
+    let loss_path = args.dir.join("loss.jsonl");
+    let mut loss_raws = Vec::new();
+    if let Ok(text) = fs::read_to_string(&loss_path) {
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            loss_raws.push(
+                serde_json::from_str::<LossRaw>(line)
+                    .with_context(|| format!("{}:{}", loss_path.display(), i + 1))?,
+            );
+        }
+    }
     let counts = service_counts(&meta);
     let targets = targets(&Table(&results), &counts);
     let mut all = Results {
@@ -462,6 +571,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         results,
         setup_s,
         targets,
+        loss_search: loss_cells(&loss_raws),
         losses: None,
     };
     fs::write(
@@ -630,6 +740,7 @@ fn markdown(all: &Results, counts: &[u32]) -> String {
         tcp_table(&mut o, &t, &peers, max);
     }
     targets_table(&mut o, all);
+    loss_table(&mut o, &all.loss_search);
     setup_table(&mut o, all, &peers, counts);
     if let Some(losses) = &all.losses {
         let _ = writeln!(
@@ -922,6 +1033,19 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
             }
             let positive = |v: Option<f64>| v.is_some_and(|v| v > 0.0);
             match w.as_str() {
+                // A loss search's result may be 0 (no rate tried lost
+                // little enough: a debug build in CI); it must be there.
+                "udp-est" | "udp-new" if !all.loss_search.is_empty() => {
+                    expect(
+                        all.loss_search.iter().any(|c| {
+                            c.peer == *peer
+                                && c.workload == *w
+                                && c.services == 1
+                                && c.rate_pps >= 0.0
+                        }),
+                        format!("{peer} {w}: loss search"),
+                    );
+                }
                 "udp-est" | "udp-new" => {
                     expect(
                         positive(t.pps(peer, w, 1)),
@@ -1009,6 +1133,41 @@ mod tests {
         assert!((c[0].loss.unwrap() - 0.4).abs() < 1e-9);
         assert!((c[0].gw_ns_per_packet.unwrap() - 1500.0).abs() < 1e-6);
         assert!((c[0].batch_ns_per_frame.unwrap() - 200.0).abs() < 1e-6);
+    }
+
+    fn loss(peer: &str, wl: &str, rep: u32, rate_pps: f64) -> LossRaw {
+        LossRaw {
+            peer: peer.into(),
+            workload: wl.into(),
+            services: 1,
+            rep,
+            tolerance_pct: 1.0,
+            rate_pps,
+        }
+    }
+
+    #[test]
+    fn loss_searches_take_the_median_and_the_ratio_to_pass_through() {
+        let raws = vec![
+            loss("cipgw-pt", "udp-new", 1, 0.50e6),
+            loss("cipgw-pt", "udp-new", 2, 0.40e6),
+            loss("cipgw", "udp-new", 1, 0.30e6),
+            loss("cipgw", "udp-new", 2, 0.60e6),
+            loss("cipgw", "udp-new", 3, 0.45e6),
+            loss("cipgw", "udp-new", 0, 0.01e6),
+        ];
+        let cells = loss_cells(&raws);
+        assert_eq!(cells.len(), 2, "one cell per peer: {cells:?}");
+        let cipgw = cells.iter().find(|c| c.peer == "cipgw").unwrap();
+        assert_eq!(cipgw.rates_pps, [0.30e6, 0.60e6, 0.45e6], "rep 0 left out");
+        assert_eq!(cipgw.rate_pps, 0.45e6);
+        let mut md = String::new();
+        loss_table(&mut md, &cells);
+        assert!(md.contains("lost at most 1%"), "{md}");
+        assert!(
+            md.contains("| cipgw | udp-new | 1 | 0.300 0.600 0.450 | 0.450 | 1.000 |"),
+            "cipgw's median over pass-through's (0.45): {md}"
+        );
     }
 
     #[test]

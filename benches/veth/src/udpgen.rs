@@ -9,6 +9,11 @@
 //! out, so the offered rate stays what one core can build and hand to
 //! `veth_xmit` (about 1.0-1.2 Mpps here).
 //!
+//! With `--rate`, the generator offers that many frames a second and no
+//! more (a batch leaves once the frames offered so far are due): for a
+//! loss search, which asks at what rate a gateway still delivers (nearly)
+//! every frame, where the open loop measures what it delivers overloaded.
+//!
 //! Two flow patterns:
 //! - established: `flows` fixed 5-tuples (source ports `sport..sport+flows`)
 //!   sent round robin; every frame is built once up front;
@@ -92,6 +97,10 @@ pub struct GenArgs {
     /// Seconds to send for.
     #[arg(long)]
     duration: f64,
+    /// Frames offered per second, at most [default: as many as the core
+    /// can send].
+    #[arg(long)]
+    rate: Option<f64>,
     /// Core to pin the sending thread to.
     #[arg(long)]
     cpu: Option<usize>,
@@ -144,6 +153,11 @@ pub fn run(args: &GenArgs) -> anyhow::Result<()> {
     if args.flows == 0 {
         bail!("--flows must be at least 1");
     }
+    if let Some(rate) = args.rate {
+        if !(rate.is_finite() && rate >= 1.0) {
+            bail!("--rate must be at least 1 frame per second, not {rate}");
+        }
+    }
     if let Some(cpu) = args.cpu {
         pin_to_cpu(cpu)?;
     }
@@ -156,13 +170,14 @@ pub fn run(args: &GenArgs) -> anyhow::Result<()> {
     };
     let socket = PacketSocket::open(&args.iface)?;
     let deadline = Duration::from_secs_f64(args.duration);
+    let pace = Pace { rate: args.rate };
     let report = if args.new_flows {
-        send_new_flows(&socket, &template, new_src, args.batch, deadline)?
+        send_new_flows(&socket, &template, new_src, args.batch, deadline, pace)?
     } else {
         let frames: Vec<Vec<u8>> = (0..args.flows)
             .map(|i| template.build(args.src, args.sport.wrapping_add(i)))
             .collect();
-        send_established(&socket, &frames, args.batch, deadline)?
+        send_established(&socket, &frames, args.batch, deadline, pace)?
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
@@ -174,12 +189,14 @@ fn send_established(
     frames: &[Vec<u8>],
     batch: usize,
     duration: Duration,
+    pace: Pace,
 ) -> anyhow::Result<GenReport> {
     let mut out = Batch::new(batch);
     let mut next = 0usize;
     let mut counts = Counts::default();
     let start = Instant::now();
     while start.elapsed() < duration {
+        pace.wait(start, counts.offered());
         for j in 0..batch {
             out.set(j, &frames[(next + j) % frames.len()]);
         }
@@ -196,6 +213,7 @@ fn send_new_flows(
     sources: Cidr,
     batch: usize,
     duration: Duration,
+    pace: Pace,
 ) -> anyhow::Result<GenReport> {
     let hosts = sources.hosts();
     let mut bufs: Vec<Vec<u8>> = (0..batch)
@@ -206,6 +224,7 @@ fn send_new_flows(
     let mut counts = Counts::default();
     let start = Instant::now();
     while start.elapsed() < duration {
+        pace.wait(start, counts.offered());
         for (j, buf) in bufs.iter_mut().enumerate() {
             let port = NEW_FLOW_FIRST_PORT + (seq % u64::from(NEW_FLOW_PORTS)) as u32;
             let host = (seq / u64::from(NEW_FLOW_PORTS)) % hosts;
@@ -225,7 +244,41 @@ struct Counts {
     refused: u64,
 }
 
+/// The offered rate's limit, if any (`--rate`).
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    rate: Option<f64>,
+}
+
+impl Pace {
+    /// Returns once `offered` frames since `start` are due at the rate:
+    /// the next batch may go. Sleeps while more than a millisecond ahead,
+    /// then spins (a sleep overshoots by tens of microseconds, the time
+    /// of a batch at these rates).
+    fn wait(self, start: Instant, offered: u64) {
+        let Some(rate) = self.rate else { return };
+        let due = start + Duration::from_secs_f64(offered as f64 / rate);
+        loop {
+            let now = Instant::now();
+            let Some(ahead) = due.checked_duration_since(now) else {
+                return;
+            };
+            if ahead > Duration::from_millis(1) {
+                std::thread::sleep(ahead - Duration::from_millis(1));
+            } else if ahead.is_zero() {
+                return;
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
 impl Counts {
+    fn offered(&self) -> u64 {
+        self.sent + self.refused
+    }
+
     fn add(&mut self, (sent, refused): (usize, usize)) {
         self.sent += sent as u64;
         self.refused += refused as u64;
