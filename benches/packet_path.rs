@@ -13,6 +13,13 @@
 //!   which evicts the core's L1 and L2 as a gateway core's kernel work
 //!   between two batches may; `established_warm_batch/1024_flows` is
 //!   the same with the caches left warm, its baseline;
+//! - `new_flow_cold_batch/8192_flows`: new flows (a new 5-tuple every
+//!   frame) into a full table of 8,192 flows, so that every insert
+//!   evicts the oldest unreplied flow (as the veth benchmark's udp-new
+//!   runs with `--conntrack-max 8192`), batched as a worker runs an RX
+//!   batch of 64, each batch after 4 MiB written (as
+//!   `established_cold_batch`); `new_flow_warm_batch/8192_flows` is the
+//!   same with the caches left warm;
 //! - `new_flow/{1,10000}_services`: parse + service lookup + random
 //!   backend choice + conntrack insert (both directions) + rewrite, a new
 //!   5-tuple every packet, with the measured Service among 1 or 10,000
@@ -176,6 +183,43 @@ fn bench(c: &mut Criterion) {
         });
     }
 
+    // New flows into a full table of 8,192 (every insert evicts, as the
+    // veth benchmark's udp-new runs), batched, after the kernel's work
+    // between batches (4 MiB written) or with the caches warm.
+    {
+        let base = frame((client(0), 1), (vip, 8080));
+        let len = base.len();
+        let mut p = pipeline(
+            Arc::new(new_flow_table_of(
+                8192,
+                ConntrackConfig::default().unreplied_percent,
+            )),
+            13,
+        );
+        let mut fresh = 0usize;
+        for (case, cold) in [
+            ("new_flow_cold_batch", true),
+            ("new_flow_warm_batch", false),
+        ] {
+            group.bench_function(format!("{case}/8192_flows"), |b| {
+                b.iter_custom(|iters| {
+                    let evict = cold.then_some(&mut evict[..]);
+                    written_batches(&mut p, &ctx, len, &mut bufs, evict, iters, |f| {
+                        new_flow_frame(f, &base, fresh % (1 << 24));
+                        fresh += 1;
+                    })
+                })
+            });
+        }
+        // Every frame started a flow (once the table was full, each by
+        // evicting one), none was refused.
+        assert_eq!(
+            p.counters().new_flows.get(),
+            fresh as u64,
+            "every frame of the new-flow batches started a flow"
+        );
+    }
+
     for (case, services) in [
         ("new_flow", 1usize),
         ("new_flow", 10_000),
@@ -235,20 +279,38 @@ fn run_batch(
 }
 
 /// The time `iters` packets of the tracked `frames` (from `*next` on)
-/// take batched as a worker runs an RX batch of [`RX_BATCH`]: each
-/// batch's frames written into `bufs` (as the kernel writes them), then
-/// timed: both prefetch passes and every frame. With `evict`, that
-/// buffer is written, untimed, before each batch.
+/// take batched as a worker runs an RX batch of [`RX_BATCH`] (see
+/// [`written_batches`]).
 fn tracked_batches(
     p: &mut Pipeline,
     ctx: &BatchContext<'_>,
     frames: &[Vec<u8>],
     next: &mut usize,
     bufs: &mut [Vec<u8>],
-    mut evict: Option<&mut [u8]>,
+    evict: Option<&mut [u8]>,
     iters: u64,
 ) -> Duration {
     let len = frames[0].len();
+    written_batches(p, ctx, len, bufs, evict, iters, |buf| {
+        buf.copy_from_slice(&frames[*next & 1023]);
+        *next += 1;
+    })
+}
+
+/// The time `iters` packets of `len` bytes take batched as a worker runs
+/// an RX batch of [`RX_BATCH`]: each batch's frames written into `bufs`
+/// by `write` (as the kernel writes them), then timed: both prefetch
+/// passes and every frame. With `evict`, that buffer is written,
+/// untimed, before each batch.
+fn written_batches(
+    p: &mut Pipeline,
+    ctx: &BatchContext<'_>,
+    len: usize,
+    bufs: &mut [Vec<u8>],
+    mut evict: Option<&mut [u8]>,
+    iters: u64,
+    mut write: impl FnMut(&mut [u8]),
+) -> Duration {
     let mut elapsed = Duration::ZERO;
     let mut left = iters as usize;
     while left > 0 {
@@ -260,9 +322,7 @@ fn tracked_batches(
             black_box(&evict);
         }
         for buf in &mut bufs[..n] {
-            let f = &frames[*next & 1023];
-            buf[..f.len()].copy_from_slice(f);
-            *next += 1;
+            write(&mut buf[..len]);
         }
         let start = Instant::now();
         for buf in &bufs[..n] {
@@ -281,9 +341,15 @@ fn tracked_batches(
 /// costs per flow in proportion to the record's size, so 3x as much for
 /// IPv6, and which a gateway pays once).
 fn new_flow_table<A: IpFamily>(max_flows: usize) -> Conntrack<A> {
+    new_flow_table_of(max_flows, 100)
+}
+
+/// [`new_flow_table`] whose unreplied flows may hold `unreplied_percent`
+/// of it (above, the flood guard evicts the oldest of them).
+fn new_flow_table_of<A: IpFamily>(max_flows: usize, unreplied_percent: u8) -> Conntrack<A> {
     let ct = Conntrack::new(ConntrackConfig {
         max_flows,
-        unreplied_percent: 100,
+        unreplied_percent,
         ..ConntrackConfig::default()
     });
     ct.populate().expect("MADV_POPULATE_WRITE (Linux 5.14)");
