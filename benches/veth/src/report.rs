@@ -524,22 +524,24 @@ fn service_counts(meta: &Value) -> Vec<u32> {
         .unwrap_or_else(|| vec![1])
 }
 
+/// The records of a JSON-lines file (`text`, read from `path`), blank
+/// lines skipped; an error names the file and line.
+fn json_lines<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> anyhow::Result<Vec<T>> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line).with_context(|| format!("{}:{}", path.display(), i + 1))
+        })
+        .collect()
+}
+
 pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     let meta = read_meta(&args.dir)?;
     let raw_path = args.dir.join("raw.jsonl");
     let text =
         fs::read_to_string(&raw_path).with_context(|| format!("reading {}", raw_path.display()))?;
-    let mut raws = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        raws.push(
-            serde_json::from_str::<Raw>(line)
-                .with_context(|| format!("{}:{}", raw_path.display(), i + 1))?,
-        );
-    }
+    let raws: Vec<Raw> = json_lines(&raw_path, &text)?;
     let mut setup_s: BTreeMap<String, BTreeMap<u32, f64>> = BTreeMap::new();
     for r in &raws {
         if let Some(s) = r.setup_s {
@@ -550,20 +552,12 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         }
     }
     let results = cells(&raws);
+    // Only a run with --loss-search has it.
     let loss_path = args.dir.join("loss.jsonl");
-    let mut loss_raws = Vec::new();
-    if let Ok(text) = fs::read_to_string(&loss_path) {
-        for (i, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            loss_raws.push(
-                serde_json::from_str::<LossRaw>(line)
-                    .with_context(|| format!("{}:{}", loss_path.display(), i + 1))?,
-            );
-        }
-    }
+    let loss_raws: Vec<LossRaw> = match fs::read_to_string(&loss_path) {
+        Ok(text) => json_lines(&loss_path, &text)?,
+        Err(_) => Vec::new(),
+    };
     let counts = service_counts(&meta);
     let targets = targets(&Table(&results), &counts);
     let mut all = Results {
