@@ -178,14 +178,7 @@ struct LossCell {
 /// Loss searches grouped by (peer, workload, Service count), each with
 /// the median of its reps' rates.
 fn loss_cells(raws: &[LossRaw]) -> Vec<LossCell> {
-    let mut groups: BTreeMap<(String, String, u32), Vec<&LossRaw>> = BTreeMap::new();
-    for r in raws.iter().filter(|r| r.rep > 0) {
-        groups
-            .entry((r.peer.clone(), r.workload.clone(), r.services))
-            .or_default()
-            .push(r);
-    }
-    groups
+    by_cell(raws, |r| (&r.peer, &r.workload, r.services, r.rep))
         .into_iter()
         .filter_map(|((peer, workload, services), rs)| {
             let rates_pps: Vec<f64> = rs.iter().map(|r| r.rate_pps).collect();
@@ -280,14 +273,27 @@ fn read_meta(dir: &Path) -> anyhow::Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-fn cells(raws: &[Raw]) -> Vec<Cell> {
-    let mut groups: BTreeMap<(String, String, u32), Vec<&Raw>> = BTreeMap::new();
-    for r in raws.iter().filter(|r| r.rep > 0) {
-        groups
-            .entry((r.peer.clone(), r.workload.clone(), r.services))
-            .or_default()
-            .push(r);
+/// `records` grouped by (peer, workload, Service count), as `key` reads
+/// them with the rep; rep 0 (a profiling run) left out.
+fn by_cell<T>(
+    records: &[T],
+    key: impl Fn(&T) -> (&str, &str, u32, u32),
+) -> BTreeMap<(String, String, u32), Vec<&T>> {
+    let mut groups: BTreeMap<(String, String, u32), Vec<&T>> = BTreeMap::new();
+    for r in records {
+        let (peer, workload, services, rep) = key(r);
+        if rep > 0 {
+            groups
+                .entry((peer.to_owned(), workload.to_owned(), services))
+                .or_default()
+                .push(r);
+        }
     }
+    groups
+}
+
+fn cells(raws: &[Raw]) -> Vec<Cell> {
+    let groups = by_cell(raws, |r| (&r.peer, &r.workload, r.services, r.rep));
     let mut out = Vec::new();
     for ((peer, workload, services), rs) in groups {
         let mut c = Cell {
