@@ -92,8 +92,10 @@
 # tolerance). Overloaded, the open loop measures how a gateway sheds load
 # (its NAPI thread copies frames that full rings then drop); the search
 # measures what it carries without loss. Each trial lasts --warmup +
-# --duration; the results go to DIR/loss.jsonl and a table in
-# results.md, with each peer's ratio to cipgw-pt's. udp-gen only.
+# --duration; the results go to DIR/loss.jsonl (with each trial's asked
+# rate, offered, delivered and, of the offered, refused at the gateway
+# veth's receive ring, in pps) and a table in results.md, with each
+# peer's ratio to cipgw-pt's. udp-gen only.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -558,7 +560,9 @@ pktgen_start() { # DST DPORT WORKLOAD SECONDS -> sets GEN_PID
 
 # One trial of a loss search: udp-gen at RATE frames/s (0: the open
 # loop's full rate) for WARMUP + DURATION; prints the offered and
-# delivered rates (pps) over the DURATION window, tab-separated.
+# delivered rates (pps) over the DURATION window and, of the offered,
+# the rate the client's veth refused (the gateway veth's receive ring
+# full), tab-separated.
 udp_trial() { # WORKLOAD DST DPORT RATE
     local wl=$1 dst=$2 dport=$3 rate=$4 src=$CL_IP gpid s0 s1 pattern rate_args=()
     pattern=(--flows 1024 --sport 10000)
@@ -579,7 +583,7 @@ udp_trial() { # WORKLOAD DST DPORT RATE
     awk -v a="$s0" -v b="$s1" 'BEGIN {
         gsub(/[\[\]]/, "", a); gsub(/[\[\]]/, "", b); split(a, x, ","); split(b, y, ",")
         dt = y[1] - x[1]
-        printf "%.0f\t%.0f\n", (y[2] - x[2] + y[3] - x[3]) / dt, (y[8] - x[8]) / dt }'
+        printf "%.0f\t%.0f\t%.0f\n", (y[2] - x[2] + y[3] - x[3]) / dt, (y[8] - x[8]) / dt, (y[3] - x[3]) / dt }'
 }
 
 # Whether OFFERED and DELIVERED (pps) lose at most LOSS_SEARCH percent.
@@ -593,12 +597,12 @@ within_loss() { # OFFERED DELIVERED
 # rate that passed (the open loop's own, if it passed: then the generator
 # is the limit, not the gateway).
 loss_search() {
-    local peer=$1 wl=$2 n=$3 rep=$4 dst=$5 dport=$6 busy lo=0 hi mid t off del trials i
+    local peer=$1 wl=$2 n=$3 rep=$4 dst=$5 dport=$6 busy lo=0 hi mid t off del ref trials i
     busy=$(quiet)
     t=$(udp_trial "$wl" "$dst" "$dport" 0)
-    off=${t%%$'\t'*} del=${t#*$'\t'}
-    trials="[0,$off,$del]"
-    echo "    open loop: offered $off pps, delivered $del pps"
+    IFS=$'\t' read -r off del ref <<<"$t"
+    trials="[0,$off,$del,$ref]"
+    echo "    open loop: offered $off pps, delivered $del pps ($ref refused at the gateway veth's ring)"
     if within_loss "$off" "$del"; then
         lo=$off hi=$off
     else
@@ -606,14 +610,14 @@ loss_search() {
         for ((i = 0; i < LOSS_STEPS; i++)); do
             mid=$(((lo + hi) / 2))
             t=$(udp_trial "$wl" "$dst" "$dport" "$mid")
-            off=${t%%$'\t'*} del=${t#*$'\t'}
-            trials+=",[$mid,$off,$del]"
+            IFS=$'\t' read -r off del ref <<<"$t"
+            trials+=",[$mid,$off,$del,$ref]"
             if within_loss "$off" "$del"; then
                 lo=$mid
-                echo "    $mid pps: offered $off, delivered $del: passed"
+                echo "    $mid pps: offered $off, delivered $del ($ref refused at the gateway veth's ring): passed"
             else
                 hi=$mid
-                echo "    $mid pps: offered $off, delivered $del: lost more than $LOSS_SEARCH%"
+                echo "    $mid pps: offered $off, delivered $del ($ref refused at the gateway veth's ring): lost more than $LOSS_SEARCH%"
             fi
         done
     fi
