@@ -48,9 +48,11 @@ done
 
 python3 - "$out" <<'EOF'
 import glob, json, re, statistics, sys
+# Each run's results.json, read once for both tables.
+runs = [json.load(open(f)) for f in sorted(glob.glob(sys.argv[1] + "/run*/results.json"))]
 rows = {}
-for f in sorted(glob.glob(sys.argv[1] + "/run*/results.json")):
-    cells = {(c["peer"], c["workload"], c["services"]): c for c in json.load(open(f))["results"]}
+for run in runs:
+    cells = {(c["peer"], c["workload"], c["services"]): c for c in run["results"]}
     for (peer, wl, n), c in cells.items():
         pt = cells.get(("cipgw-pt", wl, n))
         if pt and pt["delivered_pps"]:
@@ -66,8 +68,8 @@ for (peer, wl, n), v in sorted(rows.items()):
 # With --loss-search: each run's median highest rate within the
 # tolerance, and its ratio to cipgw-pt's of the same run.
 loss, tolerance = {}, None
-for f in sorted(glob.glob(sys.argv[1] + "/run*/results.json")):
-    cells = {(c["peer"], c["workload"], c["services"]): c for c in json.load(open(f)).get("loss_search", [])}
+for run in runs:
+    cells = {(c["peer"], c["workload"], c["services"]): c for c in run.get("loss_search", [])}
     for (peer, wl, n), c in cells.items():
         tolerance = c["tolerance_pct"]
         pt = cells.get(("cipgw-pt", wl, n))

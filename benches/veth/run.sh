@@ -558,23 +558,31 @@ pktgen_start() { # DST DPORT WORKLOAD SECONDS -> sets GEN_PID
     PIDS+=($!)
 }
 
+# udp-gen in the client namespace on the generator's CPU, in the
+# background (sets GEN_PID, writes $OUT/gen.json): WORKLOAD's flow
+# pattern to DST:DPORT for SECONDS, at RATE frames/s (0: as fast as it
+# can, the open loop).
+udpgen_start() { # WORKLOAD DST DPORT SECONDS RATE
+    local pattern=(--flows 1024 --sport 10000) src=$CL_IP rate_args=()
+    [[ $1 == udp-new ]] && pattern=(--new-flows)
+    [[ $FAMILY == ipv6 ]] && src=$CL_IP6
+    [[ $5 == 0 ]] || rate_args=(--rate "$5")
+    ip netns exec "$NS_CL" taskset -c $GEN_CPU "$TOOL" udp-gen --iface "$VC" --src-mac $MAC_VC \
+        --dst-mac $MAC_VG --src $src --dst "$2" --dport "$3" "${pattern[@]}" "${rate_args[@]}" \
+        --duration "$4" --cpu $GEN_CPU >"$OUT/gen.json" &
+    GEN_PID=$!
+}
+
 # One trial of a loss search: udp-gen at RATE frames/s (0: the open
 # loop's full rate) for WARMUP + DURATION; prints the offered and
 # delivered rates (pps) over the DURATION window and, of the offered,
 # the rate the client's veth refused (the gateway veth's receive ring
 # full), tab-separated.
 udp_trial() { # WORKLOAD DST DPORT RATE
-    local wl=$1 dst=$2 dport=$3 rate=$4 src=$CL_IP gpid s0 s1 pattern rate_args=()
-    pattern=(--flows 1024 --sport 10000)
-    [[ $wl == udp-new ]] && pattern=(--new-flows)
-    [[ $FAMILY == ipv6 ]] && src=$CL_IP6
-    [[ $rate == 0 ]] || rate_args=(--rate "$rate")
+    local wl=$1 rate=$4 gpid s0 s1
     flush_state
-    ip netns exec "$NS_CL" taskset -c $GEN_CPU "$TOOL" udp-gen --iface "$VC" --src-mac $MAC_VC \
-        --dst-mac $MAC_VG --src $src --dst "$dst" --dport "$dport" "${pattern[@]}" "${rate_args[@]}" \
-        --duration "$(awk -v w="$WARMUP" -v d="$DURATION" 'BEGIN { print w + d + 0.3 }')" \
-        --cpu $GEN_CPU >"$OUT/gen.json" &
-    gpid=$!
+    udpgen_start "$wl" "$2" "$3" "$(awk -v w="$WARMUP" -v d="$DURATION" 'BEGIN { print w + d + 0.3 }')" "$rate"
+    gpid=$GEN_PID
     sleep "$WARMUP"
     s0=$(snap)
     sleep "$DURATION"
@@ -627,9 +635,7 @@ loss_search() {
 
 # udp PEER WORKLOAD SERVICES REP DST DPORT
 udp_run() {
-    local peer=$1 wl=$2 n=$3 rep=$4 dst=$5 dport=$6 pattern busy s0 s1 g0 g1 gen total
-    pattern=(--flows 1024 --sport 10000)
-    [[ $wl == udp-new ]] && pattern=(--new-flows)
+    local peer=$1 wl=$2 n=$3 rep=$4 dst=$5 dport=$6 busy s0 s1 g0 g1 gen total
     flush_state
     busy=$(quiet)
     total=$(awk -v w="$WARMUP" -v d="$DURATION" 'BEGIN { print w + d + 0.3 }')
@@ -640,12 +646,7 @@ udp_run() {
         echo '{"generator":"pktgen"}' >"$OUT/gen.json"
         pktgen_start "$dst" "$dport" "$wl" "$total"
     else
-        local src=$CL_IP
-        [[ $FAMILY == ipv6 ]] && src=$CL_IP6
-        ip netns exec "$NS_CL" taskset -c $GEN_CPU "$TOOL" udp-gen --iface "$VC" --src-mac $MAC_VC \
-            --dst-mac $MAC_VG --src $src --dst "$dst" --dport "$dport" "${pattern[@]}" \
-            --duration "$total" --cpu $GEN_CPU >"$OUT/gen.json" &
-        GEN_PID=$!
+        udpgen_start "$wl" "$dst" "$dport" "$total" 0
     fi
     local gpid=$GEN_PID c0="" c1=""
     sleep "$WARMUP"
