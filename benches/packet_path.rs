@@ -14,9 +14,10 @@
 //!   between two batches may; `established_warm_batch/1024_flows` is
 //!   the same with the caches left warm, its baseline;
 //! - `new_flow_cold_batch/8192_flows`: new flows (a new 5-tuple every
-//!   frame) into a full table of 8,192 flows, so that every insert
-//!   evicts the oldest unreplied flow (as the veth benchmark's udp-new
-//!   runs with `--conntrack-max 8192`), batched as a worker runs an RX
+//!   frame) into a table of 8,192 flows whose unreplied share (half, the
+//!   default) is full, so that every insert evicts the oldest unreplied
+//!   flow (the flood guard, as the veth benchmark's udp-new runs with
+//!   `--conntrack-max 8192`), batched as a worker runs an RX
 //!   batch of 64, each batch after 4 MiB written (as
 //!   `established_cold_batch`); `new_flow_warm_batch/8192_flows` is the
 //!   same with the caches left warm;
@@ -183,8 +184,9 @@ fn bench(c: &mut Criterion) {
         });
     }
 
-    // New flows into a full table of 8,192 (every insert evicts, as the
-    // veth benchmark's udp-new runs), batched, after the kernel's work
+    // New flows into a table of 8,192 whose unreplied half is full
+    // (every insert evicts, as the veth benchmark's udp-new runs),
+    // batched, after the kernel's work
     // between batches (4 MiB written) or with the caches warm.
     {
         let base = frame((client(0), 1), (vip, 8080));
@@ -211,8 +213,8 @@ fn bench(c: &mut Criterion) {
                 })
             });
         }
-        // Every frame started a flow (once the table was full, each by
-        // evicting one), none was refused.
+        // Every frame started a flow (once the unreplied half was full,
+        // each by evicting one), none was refused.
         assert_eq!(
             p.counters().new_flows.get(),
             fresh as u64,
