@@ -13,6 +13,10 @@
 //!   which evicts the core's L1 and L2 as a gateway core's kernel work
 //!   between two batches may; `established_warm_batch/1024_flows` is
 //!   the same with the caches left warm, its baseline;
+//! - `established_unreplied_{cold,warm}_batch/1024_flows`: the same
+//!   batches over 1,024 UDP flows that never had a reply (a one-way
+//!   stream, as the veth benchmark's udp-est), which the flow cache
+//!   serves by their record's stamp instead of a removal count;
 //! - `new_flow_cold_batch/8192_flows`: new flows (a new 5-tuple every
 //!   frame) into a table of 8,192 flows whose unreplied share (half, the
 //!   default) is full, so that every insert evicts the oldest unreplied
@@ -48,8 +52,10 @@
 //! - `snat_reply/1024_flows`: `reply` of source-NATed flows (backend ->
 //!   SNAT address and port, rewritten to VIP -> client);
 //! - `established_ipv6/1024_flows`, `reply_ipv6/1024_flows`,
+//!   `established_ipv6_{cold,warm}_batch/1024_flows`,
+//!   `established_unreplied_ipv6_{cold,warm}_batch/1024_flows`,
 //!   `new_flow_ipv6/{1,10000}_services` and `copy_only_ipv6`: the
-//!   `established`, `reply`, `new_flow` and `copy_only` cases over IPv6
+//!   `established`, `reply`, batched, `new_flow` and `copy_only` cases over IPv6
 //!   (IPv6 VIPs in 2001:2:0:100::/64, Pods and clients on the lab's IPv6
 //!   arms, the IPv6 connection table `Pipeline::with_conntrack6` gives),
 //!   built the same way; the frames carry the same 18-byte payload, so
@@ -94,7 +100,8 @@ use cipgw_datapath::harness::{addr, addr6, pipeline, Net, CLIENT_IFINDEX, POD_IF
 use cipgw_datapath::lb::Rng;
 use cipgw_datapath::pipeline::{BatchContext, Pipeline, Verdict};
 use cipgw_datapath::route::PortId;
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 
 #[path = "support/packets.rs"]
 // Shared with the other packet-path benches; this one uses part of it.
@@ -161,28 +168,17 @@ fn bench(c: &mut Criterion) {
     // the baseline, with the caches left warm.
     let mut bufs = vec![vec![0u8; 2048]; RX_BATCH];
     let mut evict = vec![0u8; 4 << 20];
-    for (case, cold) in [
-        ("established_cold_batch", true),
-        ("established_warm_batch", false),
-    ] {
-        group.bench_function(format!("{case}/1024_flows"), |b| {
-            let mut next = 0usize;
-            b.iter_custom(|iters| {
-                let evict = cold.then_some(&mut evict[..]);
-                let time =
-                    tracked_batches(&mut p, &ctx, &frames, &mut next, &mut bufs, evict, iters);
-                // Checked in the build that is timed: the passes count
-                // what the cache holds (a release build once lost that
-                // count; benches/RESULTS.md, session 26).
-                assert_eq!(
-                    p.counters().flow_cache_bypasses.get(),
-                    0,
-                    "the flow cache holds the 1,024 flows and is kept"
-                );
-                time
-            })
-        });
-    }
+    let mut batches = CachedBatches {
+        bufs: &mut bufs,
+        evict: &mut evict,
+    };
+    batches.cases(&mut group, "established", &mut p, &ctx, &frames);
+    // The veth benchmark's udp-est: the same 1,024 UDP flows, never
+    // replied (a one-way stream), in a table of their own; the cache
+    // serves them by their record's stamp, not a removal count.
+    let mut p = pipeline(Arc::new(Conntrack::default()), 11);
+    start_flows(&mut p, &ctx, &frames);
+    batches.cases(&mut group, "established_unreplied", &mut p, &ctx, &frames);
 
     // New flows into a table of 8,192 whose unreplied half is full
     // (every insert evicts, as the veth benchmark's udp-new runs),
@@ -205,8 +201,8 @@ fn bench(c: &mut Criterion) {
         ] {
             group.bench_function(format!("{case}/8192_flows"), |b| {
                 b.iter_custom(|iters| {
-                    let evict = cold.then_some(&mut evict[..]);
-                    written_batches(&mut p, &ctx, len, &mut bufs, evict, iters, |f| {
+                    let evict = cold.then_some(&mut batches.evict[..]);
+                    written_batches(&mut p, &ctx, len, batches.bufs, evict, iters, |f| {
                         new_flow_frame(f, &base, fresh % (1 << 24));
                         fresh += 1;
                     })
@@ -297,6 +293,60 @@ fn tracked_batches(
         buf.copy_from_slice(&frames[*next & 1023]);
         *next += 1;
     })
+}
+
+/// Buffers for the batched cases over 1,024 cached flows: one RX batch's
+/// frames and the 4 MiB written between two cold batches.
+struct CachedBatches<'a> {
+    bufs: &'a mut [Vec<u8>],
+    evict: &'a mut [u8],
+}
+
+impl CachedBatches<'_> {
+    /// The cases `{case}_cold_batch/1024_flows` and
+    /// `{case}_warm_batch/1024_flows`: `frames`, of 1,024 flows `p`
+    /// tracks, batched as a worker runs them ([`tracked_batches`]), each
+    /// batch after 4 MiB written or with the caches left warm.
+    fn cases(
+        &mut self,
+        group: &mut BenchmarkGroup<'_, WallTime>,
+        case: &str,
+        p: &mut Pipeline,
+        ctx: &BatchContext<'_>,
+        frames: &[Vec<u8>],
+    ) {
+        for (temperature, cold) in [("cold", true), ("warm", false)] {
+            group.bench_function(format!("{case}_{temperature}_batch/1024_flows"), |b| {
+                let mut next = 0usize;
+                b.iter_custom(|iters| {
+                    let evict = cold.then_some(&mut self.evict[..]);
+                    let time = tracked_batches(p, ctx, frames, &mut next, self.bufs, evict, iters);
+                    // Checked in the build that is timed: the passes count
+                    // what the cache holds (a release build once lost that
+                    // count; benches/RESULTS.md, session 26).
+                    assert_eq!(
+                        p.counters().flow_cache_bypasses.get(),
+                        0,
+                        "{case}: the flow cache holds the 1,024 flows and is kept"
+                    );
+                    time
+                })
+            });
+        }
+    }
+}
+
+/// Sends each of `frames` once through `p`: flows started, none replied.
+fn start_flows(p: &mut Pipeline, ctx: &BatchContext<'_>, frames: &[Vec<u8>]) {
+    for f in frames {
+        let mut copy = f.clone();
+        let len = copy.len();
+        let verdict = p.process(&mut copy, len, 0, ctx);
+        assert!(
+            matches!(verdict, Verdict::Forward { .. }),
+            "a new flow is forwarded, not {verdict:?}"
+        );
+    }
 }
 
 /// The time `iters` packets of `len` bytes take batched as a worker runs
@@ -527,6 +577,22 @@ fn bench_ipv6(c: &mut Criterion) {
             black_box(verdict)
         })
     });
+    let mut bufs = vec![vec![0u8; 2048]; RX_BATCH];
+    let mut evict = vec![0u8; 4 << 20];
+    let mut batches = CachedBatches {
+        bufs: &mut bufs,
+        evict: &mut evict,
+    };
+    batches.cases(&mut group, "established_ipv6", &mut p, &ctx, &frames);
+    let mut unreplied = pipeline6(Conntrack::default(), 11);
+    start_flows(&mut unreplied, &ctx, &frames);
+    batches.cases(
+        &mut group,
+        "established_unreplied_ipv6",
+        &mut unreplied,
+        &ctx,
+        &frames,
+    );
 
     for services in [1usize, 10_000] {
         let t = table6(services);
