@@ -546,7 +546,8 @@ fn thread_faults(pid: u32, name: &str) -> u64 {
 /// 48 MiB index, hit at random) would otherwise take a fault for nearly
 /// every early flow, each up to tens of milliseconds on a huge page. Nor
 /// for the first packets its flow cache serves (the cache, 448 KiB for
-/// IPv4, is allocated at the first of them).
+/// IPv4 on a 2 MiB huge page of its own, is allocated and written at
+/// the first flow it takes, a reply in the warm-up).
 #[test]
 fn new_flows_take_no_page_fault_on_the_worker() {
     let _serial = lab::serial();

@@ -25,6 +25,7 @@ pub mod family;
 pub mod fragments;
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;
+mod huge_slice;
 pub mod lb;
 pub mod maglev;
 pub mod pipeline;

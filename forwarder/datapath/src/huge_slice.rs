@@ -1,0 +1,240 @@
+//! A slice on memory of its own, aligned to a 2 MiB huge page and advised
+//! for transparent huge pages (MADV_HUGEPAGE), for a worker's flow caches
+//! ([`crate::pipeline`]).
+//!
+//! Each packet a flow cache serves reads an entry at random over its 448
+//! KiB (IPv4) or 832 KiB (IPv6). On 4 KiB pages that is 112 or 208 pages,
+//! more than the core's first-level TLB holds, and the kernel's work on a
+//! gateway core between two batches (the receive path, the copy-mode
+//! transmit) evicts their entries from the second level as well: a page
+//! walk, nested in a VM, before the entry's line. On one huge page one TLB
+//! entry covers a whole cache (benches/RESULTS.md, session 34). The
+//! connection table advises its pages likewise
+//! ([`crate::conntrack::advise_huge_pages`]), but it spans many huge pages
+//! already; a cache smaller than one gets one only if it is placed on one.
+//!
+//! Where transparent huge pages are off, or the kernel has none at hand,
+//! the slice works the same on small pages, of which only those written
+//! are backed.
+
+use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
+
+/// The huge page size the slice is aligned to (x86-64's and arm64's
+/// with 4 KiB base pages).
+pub(crate) const HUGE_PAGE: usize = 2 << 20;
+
+/// `len` `T`s starting on a huge page boundary, in an allocation rounded
+/// up to whole huge pages.
+pub(crate) struct HugePageSlice<T> {
+    ptr: NonNull<T>,
+    len: usize,
+}
+
+// SAFETY: the slice owns its elements as a `Box<[T]>` would, and is sent
+// or shared as one.
+unsafe impl<T: Send> Send for HugePageSlice<T> {}
+// SAFETY: as above: `&HugePageSlice<T>` gives out only `&[T]`.
+unsafe impl<T: Sync> Sync for HugePageSlice<T> {}
+
+impl<T: Clone> HugePageSlice<T> {
+    /// `len` clones of `fill`, on memory advised for huge pages before its
+    /// first write (the write that has the kernel back it).
+    ///
+    /// # Panics
+    ///
+    /// If the size overflows `usize`; aborts if the allocation fails, as
+    /// `Box` does.
+    pub(crate) fn filled(fill: T, len: usize) -> Self {
+        // No memory for no bytes: zero elements, or zero-sized ones.
+        let ptr = Self::layout(len).map_or(NonNull::dangling(), |layout| {
+            // SAFETY: `layout` has a non-zero size (see `layout`).
+            let raw = unsafe { alloc(layout) };
+            let Some(ptr) = NonNull::new(raw.cast::<T>()) else {
+                handle_alloc_error(layout)
+            };
+            // SAFETY: [raw, raw + size) is the allocation just made, which
+            // this slice owns; MADV_HUGEPAGE changes how the kernel backs
+            // its pages, never their contents. Only a hint: its failure (a
+            // kernel without transparent huge pages) leaves small pages.
+            unsafe {
+                libc::madvise(raw.cast(), layout.size(), libc::MADV_HUGEPAGE);
+            }
+            ptr
+        });
+        for i in 0..len {
+            // SAFETY: `i < len`, inside the allocation, which `layout`
+            // sized and aligned for `len` `T`s (or, with no allocation, a
+            // zero-sized write to a well-aligned dangling pointer).
+            unsafe { ptr.add(i).write(fill.clone()) };
+        }
+        Self { ptr, len }
+    }
+}
+
+impl<T> HugePageSlice<T> {
+    /// The allocation of `len` `T`s, `None` if it would be empty.
+    fn layout(len: usize) -> Option<Layout> {
+        let bytes = std::mem::size_of::<T>()
+            .checked_mul(len)
+            .expect("huge page slice size overflows");
+        if bytes == 0 {
+            return None;
+        }
+        let size = bytes
+            .checked_next_multiple_of(HUGE_PAGE)
+            .expect("huge page slice size overflows");
+        let align = HUGE_PAGE.max(std::mem::align_of::<T>());
+        Some(
+            Layout::from_size_align(size, align)
+                .expect("a power-of-two alignment and a size under isize::MAX"),
+        )
+    }
+}
+
+impl<T> Default for HugePageSlice<T> {
+    /// An empty slice, with no allocation.
+    fn default() -> Self {
+        Self {
+            ptr: NonNull::dangling(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Drop for HugePageSlice<T> {
+    fn drop(&mut self) {
+        // SAFETY: the elements are initialized (see `deref`) and dropped
+        // once, here; nothing reads them after.
+        unsafe { std::ptr::drop_in_place(&mut **self as *mut [T]) };
+        if let Some(layout) = Self::layout(self.len) {
+            // SAFETY: allocated in `filled` with this same layout (`len`
+            // never changes).
+            unsafe { dealloc(self.ptr.as_ptr().cast(), layout) };
+        }
+    }
+}
+
+impl<T> Deref for HugePageSlice<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        // SAFETY: `ptr` holds `len` initialized `T`s (written in
+        // `filled`), or is dangling and well aligned with `len` 0.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T> DerefMut for HugePageSlice<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as in `deref`, and `&mut self` makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T> std::fmt::Debug for HugePageSlice<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HugePageSlice")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slice_starts_on_a_huge_page_and_holds_its_fill() {
+        let mut slice = HugePageSlice::filled((7u64, 9u32), 10_000);
+        assert_eq!(slice.len(), 10_000, "the length asked for");
+        assert_eq!(
+            slice.as_ptr() as usize % HUGE_PAGE,
+            0,
+            "the slice starts on a huge page boundary"
+        );
+        assert!(
+            slice.iter().all(|&e| e == (7, 9)),
+            "every element is the fill"
+        );
+        slice[9_999] = (1, 2);
+        assert_eq!(slice[9_999], (1, 2), "elements are writable");
+        let moved = std::thread::spawn(move || slice[0])
+            .join()
+            .expect("the slice moves to another thread");
+        assert_eq!(moved, (7, 9));
+    }
+
+    #[test]
+    fn dropping_the_slice_drops_every_element() {
+        let shared = std::sync::Arc::new(());
+        let slice = HugePageSlice::filled(std::sync::Arc::clone(&shared), 1_000);
+        assert_eq!(
+            std::sync::Arc::strong_count(&shared),
+            1_001,
+            "a clone per element"
+        );
+        drop(slice);
+        assert_eq!(
+            std::sync::Arc::strong_count(&shared),
+            1,
+            "every clone dropped"
+        );
+    }
+
+    #[test]
+    fn an_empty_slice_allocates_nothing() {
+        let empty = HugePageSlice::filled(0u8, 0);
+        assert!(empty.is_empty(), "no elements");
+        let default = HugePageSlice::<u32>::default();
+        assert!(default.is_empty(), "the default is empty");
+        let zero_sized = HugePageSlice::filled((), 5);
+        assert_eq!(zero_sized.len(), 5, "zero-sized elements need no memory");
+    }
+
+    /// The slice's memory is advised for transparent huge pages: the
+    /// kernel marks its mapping eligible (`THPeligible: 1` in
+    /// /proc/self/smaps) wherever transparent huge pages are not off.
+    /// Whether a huge page backs it also depends on the free memory's
+    /// fragmentation, which a test cannot control.
+    #[test]
+    fn its_memory_is_eligible_for_transparent_huge_pages() {
+        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .unwrap_or_default();
+        if thp.is_empty() || thp.contains("[never]") {
+            eprintln!("transparent huge pages are off here: nothing to check");
+            return;
+        }
+        let slice = HugePageSlice::filled(1u8, HUGE_PAGE);
+        let start = slice.as_ptr() as usize;
+        let smaps =
+            std::fs::read_to_string("/proc/self/smaps").expect("/proc/self/smaps is readable");
+        let mut in_mapping = false;
+        let mut eligible = None;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ') {
+                if let Some((low, high)) = range.split_once('-') {
+                    if let (Ok(low), Ok(high)) = (
+                        usize::from_str_radix(low, 16),
+                        usize::from_str_radix(high, 16),
+                    ) {
+                        in_mapping = (low..high).contains(&start);
+                        continue;
+                    }
+                }
+            }
+            if in_mapping {
+                if let Some(value) = line.strip_prefix("THPeligible:") {
+                    eligible = Some(value.trim() == "1");
+                }
+            }
+        }
+        assert_eq!(
+            eligible,
+            Some(true),
+            "the mapping at {start:#x} is eligible for transparent huge pages (THP: {})",
+            thp.trim()
+        );
+    }
+}
