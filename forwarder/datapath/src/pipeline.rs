@@ -567,8 +567,9 @@ impl<A: IpFamily> FlowCache<A> {
     /// 832 KiB for IPv6 (104), allocated at the family's first
     /// established flow, each on a 2 MiB huge page of its own where the
     /// kernel has transparent huge pages ([`HugePageSlice`]: on 4 KiB
-    /// pages, the TLB misses of its random reads cost a gateway core
-    /// 8-14% of its batch time on veth). With 4,096, a thousand busy flows already lost
+    /// pages, the TLB misses of its random reads took 13-22% of the
+    /// worker's own time per packet on veth, benches/RESULTS.md, session
+    /// 34). With 4,096, a thousand busy flows already lost
     /// about one packet in twenty to sets of three or more keys.
     const SLOTS: usize = 8192;
     /// Frames a second's judgement waits for: twice the entries, so
