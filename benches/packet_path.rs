@@ -166,12 +166,7 @@ fn bench(c: &mut Criterion) {
     // transmit paths): 4 MiB written, untimed, which evicts the core's
     // L1 and L2 (1 MiB each here) but not its share of the L3; and, as
     // the baseline, with the caches left warm.
-    let mut bufs = vec![vec![0u8; 2048]; RX_BATCH];
-    let mut evict = vec![0u8; 4 << 20];
-    let mut batches = CachedBatches {
-        bufs: &mut bufs,
-        evict: &mut evict,
-    };
+    let mut batches = CachedBatches::new();
     batches.cases(&mut group, "established", &mut p, &ctx, &frames);
     // The veth benchmark's udp-est: the same 1,024 UDP flows, never
     // replied (a one-way stream), in a table of their own; the cache
@@ -202,7 +197,7 @@ fn bench(c: &mut Criterion) {
             group.bench_function(format!("{case}/8192_flows"), |b| {
                 b.iter_custom(|iters| {
                     let evict = cold.then_some(&mut batches.evict[..]);
-                    written_batches(&mut p, &ctx, len, batches.bufs, evict, iters, |f| {
+                    written_batches(&mut p, &ctx, len, &mut batches.bufs, evict, iters, |f| {
                         new_flow_frame(f, &base, fresh % (1 << 24));
                         fresh += 1;
                     })
@@ -295,14 +290,21 @@ fn tracked_batches(
     })
 }
 
-/// Buffers for the batched cases over 1,024 cached flows: one RX batch's
-/// frames and the 4 MiB written between two cold batches.
-struct CachedBatches<'a> {
-    bufs: &'a mut [Vec<u8>],
-    evict: &'a mut [u8],
+/// Buffers for the batched cases: one RX batch's frames and the 4 MiB
+/// written between two cold batches.
+struct CachedBatches {
+    bufs: Vec<Vec<u8>>,
+    evict: Vec<u8>,
 }
 
-impl CachedBatches<'_> {
+impl CachedBatches {
+    fn new() -> Self {
+        Self {
+            bufs: vec![vec![0u8; 2048]; RX_BATCH],
+            evict: vec![0u8; 4 << 20],
+        }
+    }
+
     /// The cases `{case}_cold_batch/1024_flows` and
     /// `{case}_warm_batch/1024_flows`: `frames`, of 1,024 flows `p`
     /// tracks, batched as a worker runs them ([`tracked_batches`]), each
@@ -320,7 +322,8 @@ impl CachedBatches<'_> {
                 let mut next = 0usize;
                 b.iter_custom(|iters| {
                     let evict = cold.then_some(&mut self.evict[..]);
-                    let time = tracked_batches(p, ctx, frames, &mut next, self.bufs, evict, iters);
+                    let time =
+                        tracked_batches(p, ctx, frames, &mut next, &mut self.bufs, evict, iters);
                     // Checked in the build that is timed: the passes count
                     // what the cache holds (a release build once lost that
                     // count; benches/RESULTS.md, session 26).
@@ -577,12 +580,7 @@ fn bench_ipv6(c: &mut Criterion) {
             black_box(verdict)
         })
     });
-    let mut bufs = vec![vec![0u8; 2048]; RX_BATCH];
-    let mut evict = vec![0u8; 4 << 20];
-    let mut batches = CachedBatches {
-        bufs: &mut bufs,
-        evict: &mut evict,
-    };
+    let mut batches = CachedBatches::new();
     batches.cases(&mut group, "established_ipv6", &mut p, &ctx, &frames);
     let mut unreplied = pipeline6(Conntrack::default(), 11);
     start_flows(&mut unreplied, &ctx, &frames);
