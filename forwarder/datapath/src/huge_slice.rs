@@ -6,9 +6,11 @@
 //! KiB (IPv4) or 832 KiB (IPv6). On 4 KiB pages that is 112 or 208 pages,
 //! more than the core's first-level TLB holds, and the kernel's work on a
 //! gateway core between two batches (the receive path, the copy-mode
-//! transmit) evicts their entries from the second level as well: a page
-//! walk, nested in a VM, before the entry's line. On one huge page one TLB
-//! entry covers a whole cache (benches/RESULTS.md, session 34). The
+//! transmit) evicts their entries from the second level as well (as the
+//! profiles suggest; the host that measured it has no TLB counters): a
+//! page walk, nested in a VM, before the entry's line. On one huge page
+//! one TLB entry covers a whole cache, and the worker's own time per
+//! packet fell by 13-22% on veth (benches/RESULTS.md, session 34). The
 //! connection table advises its pages likewise
 //! ([`crate::conntrack::advise_huge_pages`]), but it spans many huge pages
 //! already; a cache smaller than one gets one only if it is placed on one.
