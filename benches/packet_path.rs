@@ -171,9 +171,20 @@ fn bench(c: &mut Criterion) {
     // The veth benchmark's udp-est: the same 1,024 UDP flows, never
     // replied (a one-way stream), in a table of their own; the cache
     // serves them by their record's stamp, not a removal count.
-    let mut p = pipeline(Arc::new(Conntrack::default()), 11);
-    start_flows(&mut p, &ctx, &frames);
-    batches.cases(&mut group, "established_unreplied", &mut p, &ctx, &frames);
+    let mut unreplied = pipeline(Arc::new(Conntrack::default()), 11);
+    start_flows(&mut unreplied, &ctx, &frames);
+    batches.cases(
+        &mut group,
+        "established_unreplied",
+        &mut unreplied,
+        &ctx,
+        &frames,
+    );
+    assert_eq!(
+        unreplied.counters().new_flows.get(),
+        1024,
+        "the unreplied batches' frames all belonged to the 1,024 flows"
+    );
 
     // New flows into a table of 8,192 whose unreplied half is full
     // (every insert evicts, as the veth benchmark's udp-new runs),
@@ -590,6 +601,11 @@ fn bench_ipv6(c: &mut Criterion) {
         &mut unreplied,
         &ctx,
         &frames,
+    );
+    assert_eq!(
+        unreplied.counters().new_flows.get(),
+        1024,
+        "the unreplied IPv6 batches' frames all belonged to the 1,024 flows"
     );
 
     for services in [1usize, 10_000] {

@@ -27,6 +27,31 @@ use std::ptr::NonNull;
 /// with 4 KiB base pages).
 pub(crate) const HUGE_PAGE: usize = 2 << 20;
 
+/// Advises the whole pages of `[start, start + bytes)` for transparent
+/// huge pages (MADV_HUGEPAGE); a range smaller than a huge page is left
+/// alone, as none fits in it. Only a hint: where transparent huge pages
+/// are off, or the kernel has none at hand, the memory stays on small
+/// pages, and works the same.
+///
+/// # Safety
+///
+/// The range lies inside an allocation the caller owns. (MADV_HUGEPAGE
+/// changes how the kernel backs the pages, never their contents.)
+pub(crate) unsafe fn advise_huge_pages(start: usize, bytes: usize) {
+    if bytes < HUGE_PAGE {
+        return;
+    }
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let aligned = start.next_multiple_of(page);
+    let len = (start + bytes - aligned) / page * page;
+    // SAFETY: [aligned, aligned + len) lies inside [start, start + bytes),
+    // which the caller owns.
+    unsafe {
+        libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+    }
+}
+
 /// `len` `T`s starting on a huge page boundary, in an allocation rounded
 /// up to whole huge pages.
 pub(crate) struct HugePageSlice<T> {
@@ -57,12 +82,8 @@ impl<T: Clone> HugePageSlice<T> {
                 handle_alloc_error(layout)
             };
             // SAFETY: [raw, raw + size) is the allocation just made, which
-            // this slice owns; MADV_HUGEPAGE changes how the kernel backs
-            // its pages, never their contents. Only a hint: its failure (a
-            // kernel without transparent huge pages) leaves small pages.
-            unsafe {
-                libc::madvise(raw.cast(), layout.size(), libc::MADV_HUGEPAGE);
-            }
+            // this slice owns.
+            unsafe { advise_huge_pages(raw as usize, layout.size()) };
             ptr
         });
         for i in 0..len {

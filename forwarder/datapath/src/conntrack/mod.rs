@@ -856,21 +856,9 @@ unsafe fn zeroed_slice<T>(len: usize) -> ZeroedSlice<T> {
 /// at hand, the table works the same on small pages. Public for the
 /// conntrack bench, whose memory baseline lies in memory advised alike.
 pub fn advise_huge_pages<T>(table: &[T]) {
-    const HUGE: usize = 2 << 20;
-    let bytes = std::mem::size_of_val(table);
-    if bytes < HUGE {
-        return;
-    }
-    let start = table.as_ptr() as usize;
-    // SAFETY: sysconf has no preconditions.
-    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    let aligned = start.next_multiple_of(page);
-    let len = (start + bytes - aligned) / page * page;
-    // SAFETY: [aligned, aligned + len) lies inside `table`'s allocation,
-    // which this process owns; MADV_HUGEPAGE changes only how the kernel
-    // backs those pages, never their contents.
+    // SAFETY: the range is `table`'s own memory, which the caller holds.
     unsafe {
-        libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+        crate::huge_slice::advise_huge_pages(table.as_ptr() as usize, std::mem::size_of_val(table));
     }
 }
 
