@@ -466,7 +466,7 @@ fn check_command() {
 }
 
 /// `--umem-huge-pages on`: with enough huge pages free the worker's UMEM
-/// takes them and forwards as before; without, it stays on 4 KiB pages,
+/// takes them and forwards as before; without, it is not on reserved pages,
 /// says why, and forwards the same.
 #[test]
 fn umem_on_huge_pages_carries_traffic_and_falls_back_without_them() {
@@ -509,6 +509,51 @@ fn umem_on_huge_pages_carries_traffic_and_falls_back_without_them() {
         served.values().sum::<usize>(),
         CONNECTIONS,
         "every connection was served with {free} huge pages free: {served:?}"
+    );
+    lab.stop_gateway();
+}
+
+/// Without `--umem-huge-pages`, the worker's UMEM is private memory
+/// advised for transparent huge pages before it is populated
+/// (vendor/xsk-rs/CIPGW-PATCH.md). The gateway reads back from its smaps
+/// what the kernel made of the advice and says so: on them, or eligible
+/// but given none, or not allowed them where THP is off. It forwards the
+/// same in every case.
+#[test]
+fn umem_is_advised_for_transparent_huge_pages_without_reserved_ones() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    const CONNECTIONS: usize = 60;
+    let mut lab = Lab::build(Topology::two_arm("thpumem").pods(3));
+    lab.tcp_echo(TARGET_PORT);
+    let vip = lab.info().vip(10);
+    let docs = lab.selector_service("echo", vip, &[HTTP], &[0, 1, 2]);
+    lab.control_file(&docs);
+    lab.start_gateway();
+
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if thp.is_empty() || thp.contains("[never]") {
+        lab.assert_log_contains("the kernel allows it no transparent huge pages");
+    } else {
+        let reports = lab.log_count("the worker's UMEM is");
+        let on_them = lab.log_count("the worker's UMEM is on transparent huge pages");
+        let given_none = lab.log_count("advised for transparent huge pages, but the kernel");
+        assert!(
+            reports >= 1 && on_them + given_none == reports,
+            "with THP {:?} every worker's UMEM is eligible for transparent huge \
+             pages, on them or not: {:?}",
+            thp.trim(),
+            lab.gateway_log()
+        );
+    }
+    let served = lab.tcp_sessions(vip_port(vip, &HTTP), CONNECTIONS, 2);
+    assert_eq!(
+        served.values().sum::<usize>(),
+        CONNECTIONS,
+        "every connection through the advised UMEM was served: {served:?}"
     );
     lab.stop_gateway();
 }

@@ -232,8 +232,10 @@ pub struct IoSettings {
     /// copying frames into a full RX ring.
     pub worker_nice: i32,
     /// Back each worker's UMEM with 2 MiB pages from the kernel's reserved
-    /// pool (`vm.nr_hugepages`), where enough are free; else 4 KiB pages,
-    /// with a warning. Off by default: the pool is the operator's to size,
+    /// pool (`vm.nr_hugepages`), where enough are free; else, with a
+    /// warning, what backs it without the flag: transparent huge pages
+    /// where the kernel gives them, else 4 KiB pages. Off by default: the
+    /// pool is the operator's to size,
     /// and the connection table (on a hugetlbfs `--state-dir`) draws on it
     /// too, after the UMEMs.
     pub umem_huge_pages: bool,

@@ -91,8 +91,10 @@ pub struct XskConfig {
     /// needed, instead of the worker always making the syscall).
     pub need_wakeup: bool,
     /// Back the UMEM with huge pages where the kernel has enough of them
-    /// reserved (`vm.nr_hugepages`), else with small pages
-    /// ([`PreparedIo::huge_pages`] tells which). Every received
+    /// reserved (`vm.nr_hugepages`), else as without the flag: memory
+    /// advised for transparent huge pages (vendor/xsk-rs/CIPGW-PATCH.md;
+    /// [`PreparedIo::huge_pages`] and [`PreparedIo::page_backing`] tell
+    /// which). Every received
     /// frame's first read is a TLB miss on small pages (two 2 KiB frames
     /// per 4 KiB page, thousands of frames), a nested page walk in a VM;
     /// a 2 MiB page holds a thousand frames.
@@ -405,8 +407,9 @@ impl WorkerIo {
             frame_size: config.frame_size,
             source: Box::new(io::Error::other(error_chain(e))),
         };
-        // Huge pages only where the kernel has them reserved (MAP_HUGETLB
-        // fails otherwise): then small pages, which work the same.
+        // Reserved huge pages only where the kernel has them (MAP_HUGETLB
+        // fails otherwise): then memory advised for transparent huge
+        // pages, which works the same on whatever pages it gets.
         let huge = config
             .huge_pages
             .then(|| Umem::new(umem_config, frames, true).ok())
@@ -648,6 +651,17 @@ impl PreparedIo {
     /// Whether the UMEM got huge pages (see [`XskConfig::huge_pages`]).
     pub fn huge_pages(&self) -> bool {
         self.huge_pages
+    }
+
+    /// How the kernel backs the UMEM (transparent huge pages or not), or
+    /// `None` where /proc/self/smaps cannot tell. Reads the whole smaps
+    /// file: for the start-up report.
+    pub fn page_backing(&self) -> Option<cipgw_datapath::PageBacking> {
+        let first = self.descs.first()?;
+        // SAFETY: `first` is one of this UMEM's own descriptors, on no
+        // ring yet; only its address is taken, nothing is read.
+        let start = unsafe { self.umem.data(first) }.contents().as_ptr();
+        cipgw_datapath::page_backing(start as usize)
     }
 
     /// What it was prepared with, to prepare it again.

@@ -52,6 +52,56 @@ pub(crate) unsafe fn advise_huge_pages(start: usize, bytes: usize) {
     }
 }
 
+/// How the kernel backs one mapping of this process, from
+/// /proc/self/smaps: to tell whether memory advised for huge pages got
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageBacking {
+    /// The mapping's size.
+    pub size_kib: u64,
+    /// How much of it transparent huge pages back (`AnonHugePages`).
+    pub transparent_huge_kib: u64,
+    /// Whether the kernel may back it with transparent huge pages
+    /// (`THPeligible`): advised, or THP `always`, and not off.
+    pub thp_eligible: bool,
+}
+
+/// The backing of the mapping that holds `addr`, or `None` where
+/// /proc/self/smaps is unreadable or no mapping holds it. Reads the whole
+/// file: for start-up reports and tests, not for a data path.
+pub fn page_backing(addr: usize) -> Option<PageBacking> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let mut lines = smaps.lines();
+    // A mapping's header line is "low-high perms ...": its fields follow
+    // until the next header.
+    let header_holds = |line: &str| -> Option<bool> {
+        let (low, high) = line.split_once(' ')?.0.split_once('-')?;
+        let low = usize::from_str_radix(low, 16).ok()?;
+        let high = usize::from_str_radix(high, 16).ok()?;
+        Some((low..high).contains(&addr))
+    };
+    lines.find(|line| header_holds(line) == Some(true))?;
+    let mut backing = PageBacking {
+        size_kib: 0,
+        transparent_huge_kib: 0,
+        thp_eligible: false,
+    };
+    for line in lines.take_while(|line| header_holds(line).is_none()) {
+        let Some((field, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        let kib = || value.trim_end_matches(" kB").parse().unwrap_or(0);
+        match field {
+            "Size" => backing.size_kib = kib(),
+            "AnonHugePages" => backing.transparent_huge_kib = kib(),
+            "THPeligible" => backing.thp_eligible = value == "1",
+            _ => {}
+        }
+    }
+    Some(backing)
+}
+
 /// `len` `T`s starting on a huge page boundary, in an allocation rounded
 /// up to whole huge pages.
 pub(crate) struct HugePageSlice<T> {
@@ -231,33 +281,15 @@ mod tests {
         }
         let slice = HugePageSlice::filled(1u8, HUGE_PAGE);
         let start = slice.as_ptr() as usize;
-        let smaps =
-            std::fs::read_to_string("/proc/self/smaps").expect("/proc/self/smaps is readable");
-        let mut in_mapping = false;
-        let mut eligible = None;
-        for line in smaps.lines() {
-            if let Some((range, _)) = line.split_once(' ') {
-                if let Some((low, high)) = range.split_once('-') {
-                    if let (Ok(low), Ok(high)) = (
-                        usize::from_str_radix(low, 16),
-                        usize::from_str_radix(high, 16),
-                    ) {
-                        in_mapping = (low..high).contains(&start);
-                        continue;
-                    }
-                }
-            }
-            if in_mapping {
-                if let Some(value) = line.strip_prefix("THPeligible:") {
-                    eligible = Some(value.trim() == "1");
-                }
-            }
-        }
-        assert_eq!(
-            eligible,
-            Some(true),
-            "the mapping at {start:#x} is eligible for transparent huge pages (THP: {})",
+        let backing = page_backing(start).expect("/proc/self/smaps has the slice's mapping");
+        assert!(
+            backing.thp_eligible,
+            "the mapping at {start:#x} is eligible for transparent huge pages (THP: {}): {backing:?}",
             thp.trim()
+        );
+        assert!(
+            backing.size_kib >= (HUGE_PAGE >> 10) as u64,
+            "the mapping at {start:#x} spans the slice's huge page: {backing:?}"
         );
     }
 }

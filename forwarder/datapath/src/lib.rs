@@ -26,6 +26,7 @@ pub mod fragments;
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;
 mod huge_slice;
+pub use huge_slice::{page_backing, PageBacking};
 pub mod lb;
 pub mod maglev;
 pub mod pipeline;

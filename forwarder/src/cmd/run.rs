@@ -109,8 +109,10 @@ pub struct RunArgs {
     /// pool, /proc/sys/vm/nr_hugepages (on|off). Every received frame's
     /// first read is otherwise a TLB miss. Reserve the UMEMs' pages in
     /// addition to the connection table's (a hugetlbfs --state-dir): the
-    /// UMEMs are mapped first. Without enough free huge pages the UMEM
-    /// stays on 4 KiB pages, with a warning [default: off].
+    /// UMEMs are mapped first. Without the flag, or without enough free
+    /// huge pages (then with a warning), the UMEM is advised for
+    /// transparent huge pages, which need no reservation, and the log
+    /// says whether the kernel gave them [default: off].
     #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
     pub umem_huge_pages: Option<bool>,
     /// Frames a worker takes from one RX ring per iteration, 1-1024

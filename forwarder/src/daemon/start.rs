@@ -574,24 +574,55 @@ fn prepare_sockets(
         let io = WorkerIo::prepare(&config, &queues, zero_copy != ZeroCopy::Off)
             .with_context(|| format!("creating the UMEM of the worker on core {core}"))?;
         let umem_mib = (u64::from(config.frame_count) * u64::from(config.frame_size)) >> 20;
-        match (config.huge_pages, io.huge_pages()) {
-            (true, true) => tracing::info!(core, umem_mib, "the worker's UMEM is on huge pages"),
-            (true, false) => tracing::warn!(
+        if config.huge_pages && !io.huge_pages() {
+            tracing::warn!(
                 core,
                 umem_mib,
                 "--umem-huge-pages on, but too few huge pages are free: the worker's \
-                 UMEM is on 4 KiB pages (it needs {} free 2 MiB pages; see \
+                 UMEM is not on reserved huge pages (it needs {} free 2 MiB pages; see \
                  /proc/sys/vm/nr_hugepages)",
                 umem_mib.div_ceil(2)
-            ),
-            (false, _) => {}
+            );
         }
+        report_umem_pages(core, umem_mib, &io);
         prepared.push((core, io));
     }
     if prepared.is_empty() {
         bail!("no worker has a queue to serve");
     }
     Ok(prepared)
+}
+
+/// Says what backs a worker's UMEM: each received frame's first read
+/// misses the TLB on 4 KiB pages, and cipgw's own time per packet is
+/// about 7-8% lower on huge pages (benches/RESULTS.md, session 35).
+fn report_umem_pages(core: usize, umem_mib: u64, io: &PreparedIo) {
+    if io.huge_pages() {
+        tracing::info!(core, umem_mib, "the worker's UMEM is on huge pages");
+        return;
+    }
+    match io.page_backing() {
+        Some(backing) if backing.transparent_huge_kib > 0 => tracing::info!(
+            core,
+            umem_mib,
+            transparent_huge_mib = backing.transparent_huge_kib >> 10,
+            "the worker's UMEM is on transparent huge pages"
+        ),
+        Some(backing) if backing.thp_eligible => tracing::warn!(
+            core,
+            umem_mib,
+            "the worker's UMEM is advised for transparent huge pages, but the \
+             kernel gave it none (too little unfragmented free memory?): it is on \
+             4 KiB pages"
+        ),
+        Some(_) => tracing::info!(
+            core,
+            umem_mib,
+            "the worker's UMEM is on 4 KiB pages: the kernel allows it no transparent \
+             huge pages (see /sys/kernel/mm/transparent_hugepage/enabled)"
+        ),
+        None => {}
+    }
 }
 
 /// Binds the prepared sockets of every worker and registers them in the

@@ -5,46 +5,117 @@ use std::{io, ptr::NonNull};
 #[cfg(not(test))]
 mod inner {
     use libc::{
-        MAP_ANONYMOUS, MAP_FAILED, MAP_HUGETLB, MAP_POPULATE, MAP_SHARED, PROT_READ, PROT_WRITE,
+        MADV_HUGEPAGE, MADV_POPULATE_WRITE, MAP_ANONYMOUS, MAP_FAILED, MAP_HUGETLB, MAP_POPULATE,
+        MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE,
     };
     use log::error;
     use std::ptr;
 
     use super::*;
 
+    /// The size of a transparent huge page (x86-64, arm64 with 4 KiB
+    /// pages).
+    const HUGE_PAGE: usize = 2 << 20;
+
+    /// The base page size the fallback population steps by.
+    const BASE_PAGE: usize = 4096;
+
     /// An anonymous memory mapped region.
     #[derive(Debug)]
     pub struct Mmap {
         addr: NonNull<libc::c_void>,
+        /// The length mapped, which `munmap()` is given back: `len`
+        /// rounded up to whole huge pages where the region is aligned
+        /// for transparent huge pages.
         len: usize,
     }
 
     unsafe impl Send for Mmap {}
 
     impl Mmap {
+        /// Maps `len` bytes, populated up front so the data path takes
+        /// no page fault.
+        ///
+        /// With `use_huge_pages` the region comes from the reserved
+        /// hugetlbfs pool (`MAP_HUGETLB`), and fails where too few are
+        /// free.
+        ///
+        /// Otherwise (cipgw's patch, see `CIPGW-PATCH.md`) a region of
+        /// at least one huge page is private anonymous memory aligned to
+        /// 2 MiB, rounded up to whole huge pages and advised
+        /// `MADV_HUGEPAGE` before it is populated. Where transparent huge
+        /// pages are `always` or `madvise` the kernel backs it with 2 MiB
+        /// pages, which no reservation needs: the worker's first read of
+        /// every received frame then finds its translation in the TLB.
+        /// Where they are `never` it is on 4 KiB pages, as upstream's
+        /// shared mapping is.
         pub fn new(len: usize, use_huge_pages: bool) -> io::Result<Self> {
-            // MAP_ANONYMOUS: mapping not backed by a file.
-            // MAP_SHARED: shares this mapping, so changes are visible
-            // to other processes mapping the same file.
-            // MAP_POPULATE: pre-populate page tables, reduces
-            // blocking on page faults later.
-            let mut flags = MAP_ANONYMOUS | MAP_SHARED | MAP_POPULATE;
-
             if use_huge_pages {
-                flags |= MAP_HUGETLB;
+                // MAP_ANONYMOUS: mapping not backed by a file.
+                // MAP_SHARED: shares this mapping, so changes are visible
+                // to other processes mapping the same file.
+                // MAP_POPULATE: pre-populate page tables, reduces
+                // blocking on page faults later.
+                let flags = MAP_ANONYMOUS | MAP_SHARED | MAP_POPULATE | MAP_HUGETLB;
+                // SAFETY: a fresh anonymous mapping; no existing memory is
+                // touched.
+                let addr = unsafe {
+                    libc::mmap(ptr::null_mut(), len, PROT_READ | PROT_WRITE, flags, -1, 0)
+                };
+                return Self::mapped(addr, len);
             }
-
-            let addr = unsafe {
+            if len < HUGE_PAGE {
+                let flags = MAP_ANONYMOUS | MAP_PRIVATE | MAP_POPULATE;
+                // SAFETY: as above.
+                let addr = unsafe {
+                    libc::mmap(ptr::null_mut(), len, PROT_READ | PROT_WRITE, flags, -1, 0)
+                };
+                return Self::mapped(addr, len);
+            }
+            let len = len.next_multiple_of(HUGE_PAGE);
+            // One huge page more than needed, so that a 2 MiB boundary
+            // lies within the first huge page; the slack is unmapped
+            // below.
+            let slack_len = len + HUGE_PAGE;
+            // SAFETY: as above; not populated yet, so that the advice
+            // comes before the first page is taken.
+            let raw = unsafe {
                 libc::mmap(
                     ptr::null_mut(),
-                    len,
-                    PROT_READ | PROT_WRITE, // prot
-                    flags,
-                    -1, // file
-                    0,  // offset
+                    slack_len,
+                    PROT_READ | PROT_WRITE,
+                    MAP_ANONYMOUS | MAP_PRIVATE,
+                    -1,
+                    0,
                 )
             };
+            if raw == MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            let raw = raw as usize;
+            let start = raw.next_multiple_of(HUGE_PAGE);
+            let head = start - raw;
+            let tail = slack_len - head - len;
+            // SAFETY: both ranges lie in the mapping just made, outside
+            // [start, start + len), and nothing refers to them.
+            unsafe {
+                if head > 0 {
+                    libc::munmap(raw as *mut libc::c_void, head);
+                }
+                if tail > 0 {
+                    libc::munmap((start + len) as *mut libc::c_void, tail);
+                }
+            }
+            let region = Self::mapped(start as *mut libc::c_void, len)?;
+            // SAFETY: advice on the mapping this function owns. It fails
+            // only where the kernel has no transparent huge pages, and
+            // then the region stays on 4 KiB pages.
+            unsafe { libc::madvise(region.addr.as_ptr(), len, MADV_HUGEPAGE) };
+            region.populate();
+            Ok(region)
+        }
 
+        fn mapped(addr: *mut libc::c_void, len: usize) -> io::Result<Self> {
             if addr == MAP_FAILED {
                 Err(io::Error::last_os_error())
             } else {
@@ -52,6 +123,25 @@ mod inner {
                     NonNull::new(addr).expect("ptr non-null since we confirmed `mmap()` succeeded");
 
                 Ok(Mmap { addr, len })
+            }
+        }
+
+        /// Takes every page of the region now, as `MAP_POPULATE` would
+        /// have: `MADV_POPULATE_WRITE` (Linux 5.14), else a write to each
+        /// base page.
+        fn populate(&self) {
+            // SAFETY: the range is this mapping, readable and writable.
+            let populated = unsafe {
+                libc::madvise(self.addr.as_ptr(), self.len, MADV_POPULATE_WRITE) == 0
+            };
+            if !populated {
+                let base = self.addr.as_ptr().cast::<u8>();
+                for offset in (0..self.len).step_by(BASE_PAGE) {
+                    // SAFETY: `offset` is within the mapping, which no
+                    // one else refers to yet; a zero is what the page
+                    // already holds.
+                    unsafe { ptr::write_volatile(base.add(offset), 0) };
+                }
             }
         }
 
