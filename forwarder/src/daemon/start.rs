@@ -593,9 +593,9 @@ fn prepare_sockets(
     Ok(prepared)
 }
 
-/// Says what backs a worker's UMEM: each received frame's first read
-/// misses the TLB on 4 KiB pages, and cipgw's own time per packet is
-/// about 7-8% lower on huge pages (benches/RESULTS.md, session 35).
+/// Says what backs a worker's UMEM: on 4 KiB pages each received
+/// frame's header prefetch waits on a page walk (benches/RESULTS.md,
+/// session 35).
 fn report_umem_pages(core: usize, umem_mib: u64, io: &PreparedIo) {
     if io.huge_pages() {
         tracing::info!(core, umem_mib, "the worker's UMEM is on huge pages");
