@@ -235,9 +235,8 @@ pub struct IoSettings {
     /// pool (`vm.nr_hugepages`), where enough are free; else, with a
     /// warning, what backs it without the flag: transparent huge pages
     /// where the kernel gives them, else 4 KiB pages. Off by default: the
-    /// pool is the operator's to size,
-    /// and the connection table (on a hugetlbfs `--state-dir`) draws on it
-    /// too, after the UMEMs.
+    /// pool is the operator's to size, and the connection table (on a
+    /// hugetlbfs `--state-dir`) draws on it too, after the UMEMs.
     pub umem_huge_pages: bool,
 }
 

@@ -94,10 +94,10 @@ pub struct XskConfig {
     /// reserved (`vm.nr_hugepages`), else as without the flag: memory
     /// advised for transparent huge pages (vendor/xsk-rs/CIPGW-PATCH.md;
     /// [`PreparedIo::huge_pages`] and [`PreparedIo::page_backing`] tell
-    /// which). Every received
-    /// frame's first read is a TLB miss on small pages (two 2 KiB frames
-    /// per 4 KiB page, thousands of frames), a nested page walk in a VM;
-    /// a 2 MiB page holds a thousand frames.
+    /// which). Every received frame's header prefetch is a TLB miss on
+    /// small pages (two 2 KiB frames per 4 KiB page, thousands of
+    /// frames), a nested page walk in a VM; a 2 MiB page holds a thousand
+    /// frames.
     pub huge_pages: bool,
     /// Copy mode: descriptors the kernel sends per TX kick
     /// (XDP_MAX_TX_SKB_BUDGET, Linux 6.17+; the kernel's default is 32).

@@ -1,6 +1,8 @@
 //! A slice on memory of its own, aligned to a 2 MiB huge page and advised
 //! for transparent huge pages (MADV_HUGEPAGE), for a worker's flow caches
-//! ([`crate::pipeline`]).
+//! ([`crate::pipeline`]); and [`page_backing`], which reads back what the
+//! kernel made of such advice, for the gateway's start-up report on its
+//! UMEMs and for tests.
 //!
 //! Each packet a flow cache serves reads an entry at random over its 448
 //! KiB (IPv4) or 832 KiB (IPv6). On 4 KiB pages that is 112 or 208 pages,
@@ -54,7 +56,8 @@ pub(crate) unsafe fn advise_huge_pages(start: usize, bytes: usize) {
 
 /// How the kernel backs one mapping of this process, from
 /// /proc/self/smaps: to tell whether memory advised for huge pages got
-/// them.
+/// them. The figures are the mapping's, which the kernel may have merged
+/// with adjacent mappings of the same kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageBacking {
     /// The mapping's size.
