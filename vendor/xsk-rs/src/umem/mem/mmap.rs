@@ -5,8 +5,8 @@ use std::{io, ptr::NonNull};
 #[cfg(not(test))]
 mod inner {
     use libc::{
-        MADV_HUGEPAGE, MADV_POPULATE_WRITE, MAP_ANONYMOUS, MAP_FAILED, MAP_HUGETLB, MAP_POPULATE,
-        MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE,
+        MADV_DONTFORK, MADV_HUGEPAGE, MADV_POPULATE_WRITE, MAP_ANONYMOUS, MAP_FAILED, MAP_HUGETLB,
+        MAP_POPULATE, MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE,
     };
     use log::error;
     use std::ptr;
@@ -45,28 +45,24 @@ mod inner {
         /// 2 MiB, rounded up to whole huge pages and advised
         /// `MADV_HUGEPAGE` before it is populated. Where transparent huge
         /// pages are `always` or `madvise` the kernel backs it with 2 MiB
-        /// pages, which no reservation needs: the worker's first read of
-        /// every received frame then finds its translation in the TLB.
+        /// pages, which no reservation needs: the header prefetch of
+        /// each received frame then finds its translation in the TLB.
         /// Where they are `never` it is on 4 KiB pages, as upstream's
         /// shared mapping is.
         pub fn new(len: usize, use_huge_pages: bool) -> io::Result<Self> {
-            if use_huge_pages {
+            if use_huge_pages || len < HUGE_PAGE {
+                // As upstream maps every UMEM.
                 // MAP_ANONYMOUS: mapping not backed by a file.
                 // MAP_SHARED: shares this mapping, so changes are visible
                 // to other processes mapping the same file.
                 // MAP_POPULATE: pre-populate page tables, reduces
                 // blocking on page faults later.
-                let flags = MAP_ANONYMOUS | MAP_SHARED | MAP_POPULATE | MAP_HUGETLB;
+                let mut flags = MAP_ANONYMOUS | MAP_SHARED | MAP_POPULATE;
+                if use_huge_pages {
+                    flags |= MAP_HUGETLB;
+                }
                 // SAFETY: a fresh anonymous mapping; no existing memory is
                 // touched.
-                let addr = unsafe {
-                    libc::mmap(ptr::null_mut(), len, PROT_READ | PROT_WRITE, flags, -1, 0)
-                };
-                return Self::mapped(addr, len);
-            }
-            if len < HUGE_PAGE {
-                let flags = MAP_ANONYMOUS | MAP_PRIVATE | MAP_POPULATE;
-                // SAFETY: as above.
                 let addr = unsafe {
                     libc::mmap(ptr::null_mut(), len, PROT_READ | PROT_WRITE, flags, -1, 0)
                 };
@@ -111,6 +107,12 @@ mod inner {
             // only where the kernel has no transparent huge pages, and
             // then the region stays on 4 KiB pages.
             unsafe { libc::madvise(region.addr.as_ptr(), len, MADV_HUGEPAGE) };
+            // Private memory would be copied into a forked child (pinned
+            // pages are copied at the fork, not shared as upstream's
+            // shared mapping is); a child has no use for the UMEM.
+            // SAFETY: as above; the advice changes only what a fork
+            // inherits.
+            unsafe { libc::madvise(region.addr.as_ptr(), len, MADV_DONTFORK) };
             region.populate();
             Ok(region)
         }
@@ -131,9 +133,8 @@ mod inner {
         /// base page.
         fn populate(&self) {
             // SAFETY: the range is this mapping, readable and writable.
-            let populated = unsafe {
-                libc::madvise(self.addr.as_ptr(), self.len, MADV_POPULATE_WRITE) == 0
-            };
+            let populated =
+                unsafe { libc::madvise(self.addr.as_ptr(), self.len, MADV_POPULATE_WRITE) == 0 };
             if !populated {
                 let base = self.addr.as_ptr().cast::<u8>();
                 for offset in (0..self.len).step_by(BASE_PAGE) {
