@@ -93,7 +93,7 @@ pub struct XskConfig {
     /// Back the UMEM with huge pages where the kernel has enough of them
     /// reserved (`vm.nr_hugepages`), else as without the flag: memory
     /// advised for transparent huge pages (vendor/xsk-rs/CIPGW-PATCH.md;
-    /// [`PreparedIo::huge_pages`] and [`PreparedIo::page_backing`] tell
+    /// [`WorkerIo::huge_pages`] and [`WorkerIo::page_backing`] tell
     /// which). Every received frame's header prefetch is a TLB miss on
     /// small pages (two 2 KiB frames per 4 KiB page, thousands of
     /// frames), a nested page walk in a VM; a 2 MiB page holds a thousand
@@ -354,6 +354,8 @@ pub struct WorkerIo {
     pub config: XskConfig,
     /// Largest packet a frame holds (frame size minus headrooms).
     pub frame_mtu: u32,
+    /// What backs the UMEM ([`WorkerIo::page_backing`]).
+    pages: UmemPages,
 }
 
 impl fmt::Debug for WorkerIo {
@@ -381,6 +383,24 @@ impl WorkerIo {
         }
     }
 
+    /// Whether the UMEM got reserved huge pages (see
+    /// [`XskConfig::huge_pages`]).
+    pub fn huge_pages(&self) -> bool {
+        self.pages.huge_pages
+    }
+
+    /// How the kernel backs the UMEM (transparent huge pages or not), or
+    /// `None` where /proc/self/smaps cannot tell. Reads the whole smaps
+    /// file: for the start-up report. Asked of the bound sockets' UMEM,
+    /// it describes the one they use, also when zero-copy binding failed
+    /// and copy mode made a fresh one.
+    pub fn page_backing(&self) -> Option<cipgw_datapath::PageBacking> {
+        if self.pages.start == 0 {
+            return None;
+        }
+        cipgw_datapath::page_backing(self.pages.start)
+    }
+
     /// Creates the worker's UMEM for sockets in zero-copy or copy mode,
     /// without binding any: what can be done while another process (a
     /// gateway about to let go) still holds the queues.
@@ -388,6 +408,18 @@ impl WorkerIo {
         config: &XskConfig,
         queues: &[QueueAssignment],
         zero_copy: bool,
+    ) -> Result<PreparedIo, XskError> {
+        Self::prepare_until(config, queues, zero_copy, None)
+    }
+
+    /// [`WorkerIo::prepare`]; with `huge_pages_until`, reserved huge pages
+    /// too few to map are tried again until then (see
+    /// [`PreparedIo::prepare_again`]).
+    fn prepare_until(
+        config: &XskConfig,
+        queues: &[QueueAssignment],
+        zero_copy: bool,
+        huge_pages_until: Option<Instant>,
     ) -> Result<PreparedIo, XskError> {
         let mut seen = HashSet::new();
         for q in queues {
@@ -410,19 +442,26 @@ impl WorkerIo {
         // Reserved huge pages only where the kernel has them (MAP_HUGETLB
         // fails otherwise): then memory advised for transparent huge
         // pages, which works the same on whatever pages it gets.
-        let huge = config
-            .huge_pages
-            .then(|| Umem::new(umem_config, frames, true).ok())
-            .flatten();
+        let huge = if config.huge_pages {
+            umem_on_huge_pages(umem_config, frames, huge_pages_until)
+        } else {
+            None
+        };
         let huge_pages = huge.is_some();
         let (umem, descs) = match huge {
             Some(umem) => umem,
             None => Umem::new(umem_config, frames, false).map_err(|e| umem_error(&e))?,
         };
+        let start = match descs.first() {
+            // SAFETY: `first` is one of this UMEM's own descriptors, on no
+            // ring yet; only its address is taken, nothing is read.
+            Some(first) => unsafe { umem.data(first) }.contents().as_ptr() as usize,
+            None => 0,
+        };
         Ok(PreparedIo {
             umem,
             descs,
-            huge_pages,
+            pages: UmemPages { huge_pages, start },
             frame_mtu,
             config: *config,
             queues: queues.to_vec(),
@@ -625,8 +664,25 @@ pub struct PreparedIo {
     config: XskConfig,
     queues: Vec<QueueAssignment>,
     zero_copy: bool,
-    /// Whether the UMEM is on huge pages.
+    pages: UmemPages,
+}
+
+/// What a UMEM lies on, kept to report it once its sockets are bound.
+#[derive(Debug, Clone, Copy)]
+struct UmemPages {
+    /// Whether it is on reserved huge pages.
     huge_pages: bool,
+    /// The address of its first frame (0 for none), to find its mapping
+    /// in /proc/self/smaps.
+    start: usize,
+}
+
+impl UmemPages {
+    /// Until when a UMEM made to replace this one, just closed, may wait
+    /// for the reserved huge pages this one held; `None` if it held none.
+    fn released_by(self) -> Option<Instant> {
+        self.huge_pages.then(|| Instant::now() + HUGE_PAGES_RELEASE)
+    }
 }
 
 impl fmt::Debug for PreparedIo {
@@ -642,31 +698,37 @@ impl fmt::Debug for PreparedIo {
 /// How long a bind waits before trying a busy queue again.
 const BUSY_RETRY: Duration = Duration::from_micros(200);
 
+/// How long a UMEM made again ([`PreparedIo::prepare_again`]) waits for
+/// the reserved huge pages the one it replaces held. The kernel unpins a
+/// closed UMEM's pages from a work queue (`xdp_umem_release_deferred`),
+/// a moment after the close; until then they are not free.
+const HUGE_PAGES_RELEASE: Duration = Duration::from_secs(1);
+
+/// How long a UMEM made again waits before trying huge pages again.
+const HUGE_PAGES_RETRY: Duration = Duration::from_millis(1);
+
 impl PreparedIo {
     /// Whether the sockets are to be bound in zero-copy mode.
     pub fn zero_copy(&self) -> bool {
         self.zero_copy
     }
 
-    /// Whether the UMEM got huge pages (see [`XskConfig::huge_pages`]).
-    pub fn huge_pages(&self) -> bool {
-        self.huge_pages
-    }
-
-    /// How the kernel backs the UMEM (transparent huge pages or not), or
-    /// `None` where /proc/self/smaps cannot tell. Reads the whole smaps
-    /// file: for the start-up report.
-    pub fn page_backing(&self) -> Option<cipgw_datapath::PageBacking> {
-        let first = self.descs.first()?;
-        // SAFETY: `first` is one of this UMEM's own descriptors, on no
-        // ring yet; only its address is taken, nothing is read.
-        let start = unsafe { self.umem.data(first) }.contents().as_ptr();
-        cipgw_datapath::page_backing(start as usize)
-    }
-
-    /// What it was prepared with, to prepare it again.
-    pub fn parts(&self) -> (&XskConfig, &[QueueAssignment]) {
-        (&self.config, &self.queues)
+    /// Drops this UMEM and prepares a fresh one for the same queues, in
+    /// zero-copy mode or not. If this one was on reserved huge pages, the
+    /// fresh one waits for the kernel to give them back (at most
+    /// [`HUGE_PAGES_RELEASE`]): otherwise a pool reserved for one UMEM
+    /// would leave the fresh one without.
+    pub fn prepare_again(self, zero_copy: bool) -> Result<PreparedIo, XskError> {
+        let PreparedIo {
+            umem,
+            descs,
+            config,
+            queues,
+            pages,
+            ..
+        } = self;
+        drop((descs, umem));
+        WorkerIo::prepare_until(&config, &queues, zero_copy, pages.released_by())
     }
 
     /// [`PreparedIo::bind`]; if zero-copy binding fails, everything is
@@ -675,7 +737,7 @@ impl PreparedIo {
         if !self.zero_copy || self.config.zero_copy == ZeroCopy::Required {
             return self.bind(busy_until);
         }
-        let (config, queues) = (self.config, self.queues.clone());
+        let (config, queues, pages) = (self.config, self.queues.clone(), self.pages);
         match self.bind(busy_until) {
             Ok(io) => Ok(io),
             Err(e @ XskError::Socket { .. }) if !e.is_queue_busy() => {
@@ -684,8 +746,10 @@ impl PreparedIo {
                     "AF_XDP zero-copy unavailable, using copy mode"
                 );
                 // Everything built so far was dropped with the error;
-                // start over with a fresh UMEM in copy mode.
-                WorkerIo::prepare(&config, &queues, false)?.bind(busy_until)
+                // start over with a fresh UMEM in copy mode, on the huge
+                // pages the dropped one held once the kernel frees them.
+                WorkerIo::prepare_until(&config, &queues, false, pages.released_by())?
+                    .bind(busy_until)
             }
             Err(e) => Err(e),
         }
@@ -703,7 +767,7 @@ impl PreparedIo {
             config,
             queues,
             zero_copy,
-            huge_pages: _,
+            pages,
         } = self;
         let config = &config;
         let socket_config = socket_config(config, zero_copy)?;
@@ -803,7 +867,26 @@ impl PreparedIo {
             sockets,
             config: *config,
             frame_mtu,
+            pages,
         })
+    }
+}
+
+/// A UMEM on reserved huge pages, or `None` where too few are free;
+/// tried again until `until`, if given (see [`PreparedIo::prepare_again`]).
+fn umem_on_huge_pages(
+    config: UmemConfig,
+    frames: NonZeroU32,
+    until: Option<Instant>,
+) -> Option<(Umem, Vec<FrameDesc>)> {
+    loop {
+        match Umem::new(config, frames, true) {
+            Ok(umem) => return Some(umem),
+            Err(_) if until.is_some_and(|until| Instant::now() < until) => {
+                std::thread::sleep(HUGE_PAGES_RETRY);
+            }
+            Err(_) => return None,
+        }
     }
 }
 

@@ -573,18 +573,6 @@ fn prepare_sockets(
         };
         let io = WorkerIo::prepare(&config, &queues, zero_copy != ZeroCopy::Off)
             .with_context(|| format!("creating the UMEM of the worker on core {core}"))?;
-        let umem_mib = (u64::from(config.frame_count) * u64::from(config.frame_size)) >> 20;
-        if config.huge_pages && !io.huge_pages() {
-            tracing::warn!(
-                core,
-                umem_mib,
-                "--umem-huge-pages on, but too few huge pages are free: the worker's \
-                 UMEM is not on reserved huge pages (it needs {} free 2 MiB pages; see \
-                 /proc/sys/vm/nr_hugepages)",
-                umem_mib.div_ceil(2)
-            );
-        }
-        report_umem_pages(core, umem_mib, &io);
         prepared.push((core, io));
     }
     if prepared.is_empty() {
@@ -593,10 +581,23 @@ fn prepare_sockets(
     Ok(prepared)
 }
 
-/// Says what backs a worker's UMEM: on 4 KiB pages each received
-/// frame's header prefetch waits on a page walk (benches/RESULTS.md,
-/// session 35).
-fn report_umem_pages(core: usize, umem_mib: u64, io: &PreparedIo) {
+/// Says what backs a worker's UMEM, once its sockets are bound (copy
+/// mode may have made it again): on 4 KiB pages each received frame's
+/// header prefetch waits on a page walk (benches/RESULTS.md, session
+/// 35).
+fn report_umem_pages(core: usize, io: &WorkerIo) {
+    let config = &io.config;
+    let umem_mib = (u64::from(config.frame_count) * u64::from(config.frame_size)) >> 20;
+    if config.huge_pages && !io.huge_pages() {
+        tracing::warn!(
+            core,
+            umem_mib,
+            "--umem-huge-pages on, but too few huge pages are free: the worker's \
+             UMEM is not on reserved huge pages (it needs {} free 2 MiB pages; see \
+             /proc/sys/vm/nr_hugepages)",
+            umem_mib.div_ceil(2)
+        );
+    }
     if io.huge_pages() {
         tracing::info!(core, umem_mib, "the worker's UMEM is on huge pages");
         return;
@@ -646,6 +647,7 @@ fn bind_sockets(
                 socket.fd(),
             )?;
         }
+        report_umem_pages(core, &io);
         io.prefill(io.config.fill_size as usize);
         pending.push((core, io));
     }
@@ -692,10 +694,7 @@ fn take_over(
     {
         let again = prepared
             .into_iter()
-            .map(|(core, p)| {
-                let (config, queues) = p.parts();
-                WorkerIo::prepare(config, queues, false).map(|p| (core, p))
-            })
+            .map(|(core, p)| p.prepare_again(false).map(|p| (core, p)))
             .collect::<Result<Vec<_>, _>>()
             .context("creating the UMEMs again in copy mode")?;
         return Ok((again, true));
