@@ -513,6 +513,41 @@ fn umem_on_huge_pages_carries_traffic_and_falls_back_without_them() {
     lab.stop_gateway();
 }
 
+/// A hand-over with `--umem-huge-pages on`: the new gateway maps its UMEM
+/// while the old one still holds its own (make-before-break), so both
+/// stay on reserved pages when the pool holds two UMEMs' worth (README).
+/// The new gateway's report is of the UMEM its sockets are bound to.
+#[test]
+fn a_hand_over_keeps_the_umem_on_huge_pages_given_pages_for_both() {
+    let _serial = lab::serial();
+    if !lab::require_root() {
+        return;
+    }
+    // As above: a two-arm worker's UMEM takes 8 huge pages.
+    const UMEM_PAGES: u64 = 8;
+    const CONNECTIONS: usize = 30;
+    let mut lab = Lab::build(Topology::two_arm("hoverumem").pods(3));
+    lab.tcp_echo(TARGET_PORT);
+    let vip = lab.info().vip(10);
+    let docs = lab.selector_service("echo", vip, &[HTTP], &[0, 1, 2]);
+    lab.control_file(&docs);
+
+    let pool = ReservedHugePages::reserve(2 * UMEM_PAGES);
+    lab.start_gateway_with(&["--umem-huge-pages", "on"]);
+    lab.assert_log_contains("the worker's UMEM is on huge pages");
+    lab.replace_gateway();
+    lab.assert_log_contains("the running gateway let go of the data path");
+    lab.assert_log_contains("the worker's UMEM is on huge pages");
+    let served = lab.tcp_sessions(vip_port(vip, &HTTP), CONNECTIONS, 2);
+    assert_eq!(
+        served.values().sum::<usize>(),
+        CONNECTIONS,
+        "every connection through the new gateway's UMEM was served: {served:?}"
+    );
+    lab.stop_gateway();
+    drop(pool);
+}
+
 /// Without `--umem-huge-pages`, the worker's UMEM is private memory
 /// advised for transparent huge pages before it is populated
 /// (vendor/xsk-rs/CIPGW-PATCH.md). The gateway reads back from its smaps
