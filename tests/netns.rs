@@ -625,9 +625,9 @@ fn thread_faults(pid: u32, name: &str) -> u64 {
 /// connection table's memory at start. A table of a million flows (a
 /// 48 MiB index, hit at random) would otherwise take a fault for nearly
 /// every early flow, each up to tens of milliseconds on a huge page. Nor
-/// for the first packets its flow cache serves (the cache, 448 KiB for
-/// IPv4 on a 2 MiB huge page of its own, is allocated and written at
-/// the first flow it takes, a reply in the warm-up).
+/// for the first packets its flow cache serves (the caches, one per
+/// family on a 2 MiB huge page each, are taken and written when the
+/// worker starts, before its first packet).
 #[test]
 fn new_flows_take_no_page_fault_on_the_worker() {
     let _serial = lab::serial();

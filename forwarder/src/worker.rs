@@ -164,6 +164,11 @@ impl Worker {
 
     /// Runs until the stop flag is set.
     pub fn run(mut self) {
+        // On this thread and core, before the first packet waits for it
+        // (a pass-through worker has no use for the pipeline's tables).
+        if self.shared.pass_through.is_none() {
+            self.pipeline.take_memory();
+        }
         let mut idle_rounds = 0u32;
         let busy_poll = self.io.sockets.iter().any(|s| s.busy_poll);
         let idle_spin = if busy_poll {

@@ -26,6 +26,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use ahash::RandomState;
 use dashmap::DashMap;
 
+use cipgw_config::Protocol;
+
 use crate::family::IpFamily;
 use crate::lb::Rng;
 use crate::table::{Backend, CompiledTable, ServiceKey};
@@ -249,6 +251,36 @@ impl Refreshes {
         ((a ^ b.wrapping_mul(0x85eb_ca6b)).wrapping_mul(0x9e37_79b9) >> 22) as usize
     }
 
+    /// Slots that each record no touch: copies of `template` in a second
+    /// no worker reaches.
+    fn slots<A: Copy>(template: Refreshed<A>) -> Box<[Refreshed<A>]> {
+        let never = Refreshed {
+            second: u32::MAX,
+            ..template
+        };
+        vec![never; Self::SLOTS].into_boxed_slice()
+    }
+
+    /// Takes both families' slots now, if they have none yet (a worker
+    /// does at its start, so that no affinity packet waits for them).
+    pub fn take_memory(&mut self) {
+        fn take<A: AffinityFamily>(slots: &mut RefreshSlots<A>) {
+            if slots.slots.is_empty() {
+                slots.slots = Refreshes::slots(Refreshed {
+                    service: ServiceKey {
+                        vip: A::UNSPECIFIED,
+                        port: 0,
+                        protocol: Protocol::Udp,
+                    },
+                    client: A::UNSPECIFIED,
+                    second: u32::MAX,
+                });
+            }
+        }
+        take(&mut self.v4);
+        take(&mut self.v6);
+    }
+
     /// Records a packet of an affinity flow from `client` to `service`:
     /// touches the shared binding unless this worker already did in
     /// second `now`.
@@ -274,15 +306,9 @@ impl Refreshes {
             second: now,
         };
         if slots.is_empty() {
-            // Allocated at the first affinity packet, not per pipeline.
-            *slots = vec![
-                Refreshed {
-                    second: now.wrapping_add(1),
-                    ..refreshed
-                };
-                Self::SLOTS
-            ]
-            .into_boxed_slice();
+            // At the first affinity packet, unless the worker took the
+            // memory at its start (`Refreshes::take_memory`).
+            *slots = Self::slots(refreshed);
         }
         if let Some(r) = slots.get_mut(slot) {
             *r = refreshed;
@@ -385,6 +411,37 @@ mod tests {
         assert_eq!(a.sweep_with(29, |_| Some(10), |_| Some(10)), 0);
         assert_eq!(a.sweep_with(30, |_| Some(10), |_| Some(10)), 1);
         assert!(a.is_empty());
+    }
+
+    /// Slots a worker took at its start record no touch: the first packet
+    /// of every binding in every second touches it, the placeholders' own
+    /// client and Service port too.
+    #[test]
+    fn refreshes_taken_at_start_touch_as_those_taken_at_first_use() {
+        let a = Affinity::default();
+        let mut refreshes = Refreshes::default();
+        refreshes.take_memory();
+        let touches = || a.touches.load(Ordering::Relaxed);
+        let placeholder = ServiceKey {
+            vip: Ipv4Addr::UNSPECIFIED,
+            port: 0,
+            protocol: Protocol::Udp,
+        };
+        let client = Ipv4Addr::new(198, 18, 0, 2);
+        for t in [0, 1, 7] {
+            refreshes.touch(&a, svc(), client, t);
+            refreshes.touch(&a, svc(), client, t);
+            refreshes.touch(&a, placeholder, Ipv4Addr::UNSPECIFIED, t);
+        }
+        assert_eq!(touches(), 6, "one touch per binding and second");
+        let slots = refreshes.v4.slots.len();
+        refreshes.take_memory();
+        refreshes.touch(&a, svc(), client, 7);
+        assert_eq!(
+            (touches(), slots),
+            (6, Refreshes::SLOTS),
+            "taken again, the slots keep what they recorded"
+        );
     }
 
     /// IPv6 clients are bound like IPv4 ones, in bindings of their own:

@@ -93,16 +93,35 @@ impl<A: IpFamily> FragmentTable<A> {
         ((a ^ b.wrapping_mul(0x85eb_ca6b)).wrapping_mul(0x9e37_79b9) >> 22) as usize
     }
 
+    /// Takes the table's memory now, empty, if it has none yet (a worker
+    /// does at its start, so that no fragment waits for it).
+    pub fn take_memory(&mut self) {
+        if !self.slots.is_empty() {
+            return;
+        }
+        let empty = Slot {
+            id: DatagramId {
+                src: A::UNSPECIFIED,
+                dst: A::UNSPECIFIED,
+                protocol: 0,
+                ident: 0,
+            },
+            route: FragmentRoute {
+                src: A::UNSPECIFIED,
+                dst: A::UNSPECIFIED,
+            },
+            until: 0,
+        };
+        self.slots = vec![empty; Self::SLOTS].into_boxed_slice();
+    }
+
     /// Remembers where datagram `id`'s first fragment went at `now`,
     /// replacing whatever held its slot.
     pub fn remember(&mut self, id: DatagramId<A>, route: FragmentRoute<A>, now: u32) {
         if self.slots.is_empty() {
-            let empty = Slot {
-                id,
-                route,
-                until: 0,
-            };
-            self.slots = vec![empty; Self::SLOTS].into_boxed_slice();
+            // At the first fragment, unless the worker took the memory
+            // at its start (`FragmentTable::take_memory`).
+            self.take_memory();
         }
         self.slots[Self::slot(&id)] = Slot {
             id,
@@ -152,6 +171,25 @@ mod tests {
             ..id(7)
         };
         assert_eq!(table.route(&other_protocol, 100), None);
+    }
+
+    /// A table a worker took at its start routes nothing it was not told,
+    /// not even the placeholders' own datagram, until it remembers one.
+    #[test]
+    fn a_table_taken_at_start_routes_only_what_it_remembered() {
+        let mut table = FragmentTable::default();
+        table.take_memory();
+        let placeholder = DatagramId {
+            src: Ipv4Addr::UNSPECIFIED,
+            dst: Ipv4Addr::UNSPECIFIED,
+            protocol: 0,
+            ident: 0,
+        };
+        assert_eq!(table.route(&placeholder, 0), None);
+        assert_eq!(table.route(&id(7), 0), None);
+        table.remember(id(7), ROUTE, 0);
+        table.take_memory();
+        assert_eq!(table.route(&id(7), 0), Some(ROUTE), "taken again, kept");
     }
 
     #[test]

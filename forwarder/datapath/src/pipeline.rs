@@ -564,8 +564,9 @@ impl Freshness {
 
 impl<A: IpFamily> FlowCache<A> {
     /// Entries per worker and family: 448 KiB for IPv4 (56 bytes each),
-    /// 832 KiB for IPv6 (104), allocated at the family's first
-    /// established flow, each on a 2 MiB huge page of its own where the
+    /// 832 KiB for IPv6 (104), taken when the worker starts
+    /// ([`Pipeline::take_memory`]; elsewhere at the family's first
+    /// established flow), each on a 2 MiB huge page of its own where the
     /// kernel has transparent huge pages ([`HugePageSlice`]: on 4 KiB
     /// pages, the TLB misses of its random reads took 13-22% of the
     /// worker's own time per packet on veth, benches/RESULTS.md, session
@@ -595,6 +596,37 @@ impl<A: IpFamily> FlowCache<A> {
             asked: 0,
             held: 0,
         }
+    }
+
+    /// The cache's entries, each a copy of `template` that no lookup
+    /// serves (visited in no second a worker reaches).
+    fn entries(template: CachedFlow<A>) -> HugePageSlice<CachedFlow<A>> {
+        let never = CachedFlow {
+            touched: u32::MAX,
+            ..template
+        };
+        HugePageSlice::filled(never, Self::SLOTS)
+    }
+
+    /// Takes the entries' memory now, if the cache has none yet (see
+    /// [`Pipeline::take_memory`]).
+    fn take_memory(&mut self) {
+        if !self.slots.is_empty() || !self.parked.is_empty() {
+            return;
+        }
+        let key = FlowKey {
+            src: A::UNSPECIFIED,
+            dst: A::UNSPECIFIED,
+            src_port: 0,
+            dst_port: 0,
+            protocol: Protocol::Udp,
+        };
+        self.slots = Self::entries(CachedFlow {
+            key,
+            hit: FlowHit::UNSET,
+            touched: u32::MAX,
+            freshness: Freshness::removals(0),
+        });
     }
 
     /// Whether the cache is bypassed for the rest of the second: neither
@@ -738,12 +770,9 @@ impl<A: IpFamily> FlowCache<A> {
             if self.usage == CacheUse::Bypassed {
                 return;
             }
-            // Allocated at the first established flow, not per pipeline.
-            let never = CachedFlow {
-                touched: u32::MAX,
-                ..entry
-            };
-            self.slots = HugePageSlice::filled(never, Self::SLOTS);
+            // Taken at the first established flow, unless the worker took
+            // it at its start (`FlowCache::take_memory`).
+            self.slots = Self::entries(entry);
         }
         let set = Self::set(mix);
         let Some([first, second]) = self.slots.get_mut(set..set + 2) else {
@@ -1110,6 +1139,22 @@ impl Pipeline {
 
     pub fn counters(&self) -> &Arc<WorkerCounters> {
         &self.counters
+    }
+
+    /// Takes the memory of the worker's own tables now, instead of at
+    /// the first packet each serves, which would wait for it: the flow
+    /// caches (one per family, a 2 MiB huge page each where the kernel
+    /// has transparent huge pages, cleared or even compacted for on
+    /// first touch), the fragment routes and the affinity refreshes. A
+    /// worker calls this on its own thread, pinned, before its first
+    /// batch; pipelines that never call it (tests, benches) take each
+    /// table at its first use.
+    pub fn take_memory(&mut self) {
+        self.v4.flows.take_memory();
+        self.v6.flows.take_memory();
+        self.v4.fragments.take_memory();
+        self.v6.fragments.take_memory();
+        self.refreshes.take_memory();
     }
 
     /// Processes one frame in place and counts the outcome.

@@ -2138,6 +2138,57 @@ fn flow_cache_sets_hold_two_flows() {
     );
 }
 
+/// A cache whose memory a worker took at its start holds every entry,
+/// serves none of the placeholders (not even for the placeholder's own
+/// key, in any second), and then caches and serves as one taken at its
+/// first flow; taking it again keeps what it holds.
+#[test]
+fn a_flow_cache_taken_at_start_serves_only_what_was_cached() {
+    let key = forward_key;
+    let hit = FlowHit {
+        direction: Direction::Forward,
+        nat_ip: Ipv4Addr::from(POD1),
+        nat_port: 8080,
+        state: FlowState::TcpEstablished,
+        affinity: false,
+        slot: NO_SLOT,
+        snat: None,
+        record: 1,
+    };
+    let (ct, fresh) = (Conntrack::default(), Freshness::removals(0));
+    let mut cache = FlowCache::<Ipv4Addr>::new();
+    cache.take_memory();
+    assert_eq!(
+        cache.slots.len(),
+        FlowCache::<Ipv4Addr>::SLOTS,
+        "every entry taken"
+    );
+    let placeholder = FlowKey {
+        src: Ipv4Addr::UNSPECIFIED,
+        dst: Ipv4Addr::UNSPECIFIED,
+        src_port: 0,
+        dst_port: 0,
+        protocol: Protocol::Udp,
+    };
+    for now in [0, 1, 7, u32::MAX - 1] {
+        assert!(
+            cache
+                .get(&placeholder, placeholder.mix(), now, 0, &ct)
+                .is_none()
+                && cache.get(&key(1), key(1).mix(), now, 0, &ct).is_none(),
+            "a placeholder is never served (second {now})"
+        );
+    }
+    cache.put(key(1), key(1).mix(), hit, 7, fresh);
+    assert_eq!(cache.get(&key(1), key(1).mix(), 7, 0, &ct), Some(hit));
+    cache.take_memory();
+    assert_eq!(
+        cache.get(&key(1), key(1).mix(), 7, 0, &ct),
+        Some(hit),
+        "taking the memory again keeps the entries"
+    );
+}
+
 /// A connection ending elsewhere in the table leaves what the worker
 /// cached of other parts of the key space cached; one ending in a cached
 /// flow's part stales it (it is looked up again and cached anew), and
