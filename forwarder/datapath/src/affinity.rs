@@ -211,7 +211,8 @@ impl Affinity {
 /// of an affinity flow costs a compare instead of a shard lock.
 /// Direct-mapped; a collision only costs an extra touch, never a missed
 /// one, since a slot remembers exactly whom it touched and when. Each
-/// family has slots of its own, allocated at its first affinity packet.
+/// family has slots of its own, taken when the worker starts
+/// ([`Refreshes::take_memory`]) or at the family's first affinity packet.
 #[derive(Debug, Default)]
 pub struct Refreshes {
     v4: RefreshSlots<Ipv4Addr>,
