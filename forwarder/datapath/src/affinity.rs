@@ -233,6 +233,26 @@ impl<A> Default for RefreshSlots<A> {
     }
 }
 
+impl<A: AffinityFamily> RefreshSlots<A> {
+    /// Takes the slots' memory now, if there is none yet: placeholders
+    /// that record no touch, in a second no worker reaches.
+    fn take_memory(&mut self) {
+        if !self.slots.is_empty() {
+            return;
+        }
+        let never = Refreshed {
+            service: ServiceKey {
+                vip: A::UNSPECIFIED,
+                port: 0,
+                protocol: Protocol::Udp,
+            },
+            client: A::UNSPECIFIED,
+            second: u32::MAX,
+        };
+        self.slots = vec![never; Refreshes::SLOTS].into_boxed_slice();
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Refreshed<A> {
     service: ServiceKey<A>,
@@ -252,34 +272,11 @@ impl Refreshes {
         ((a ^ b.wrapping_mul(0x85eb_ca6b)).wrapping_mul(0x9e37_79b9) >> 22) as usize
     }
 
-    /// Slots that each record no touch: copies of `template` in a second
-    /// no worker reaches.
-    fn slots<A: Copy>(template: Refreshed<A>) -> Box<[Refreshed<A>]> {
-        let never = Refreshed {
-            second: u32::MAX,
-            ..template
-        };
-        vec![never; Self::SLOTS].into_boxed_slice()
-    }
-
     /// Takes both families' slots now, if they have none yet (a worker
     /// does at its start, so that no affinity packet waits for them).
     pub fn take_memory(&mut self) {
-        fn take<A: AffinityFamily>(slots: &mut RefreshSlots<A>) {
-            if slots.slots.is_empty() {
-                slots.slots = Refreshes::slots(Refreshed {
-                    service: ServiceKey {
-                        vip: A::UNSPECIFIED,
-                        port: 0,
-                        protocol: Protocol::Udp,
-                    },
-                    client: A::UNSPECIFIED,
-                    second: u32::MAX,
-                });
-            }
-        }
-        take(&mut self.v4);
-        take(&mut self.v6);
+        self.v4.take_memory();
+        self.v6.take_memory();
     }
 
     /// Records a packet of an affinity flow from `client` to `service`:
@@ -294,8 +291,8 @@ impl Refreshes {
         now: u32,
     ) {
         let slot = Self::slot(&service, client);
-        let slots = &mut A::refreshed(self).slots;
-        if let Some(r) = slots.get(slot) {
+        let family = A::refreshed(self);
+        if let Some(r) = family.slots.get(slot) {
             if r.second == now && r.client == client && r.service == service {
                 return;
             }
@@ -306,12 +303,10 @@ impl Refreshes {
             client,
             second: now,
         };
-        if slots.is_empty() {
-            // At the first affinity packet, unless the worker took the
-            // memory at its start (`Refreshes::take_memory`).
-            *slots = Self::slots(refreshed);
-        }
-        if let Some(r) = slots.get_mut(slot) {
+        // At the first affinity packet, unless the worker took the
+        // memory at its start.
+        family.take_memory();
+        if let Some(r) = family.slots.get_mut(slot) {
             *r = refreshed;
         }
     }

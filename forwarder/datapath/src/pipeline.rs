@@ -598,18 +598,9 @@ impl<A: IpFamily> FlowCache<A> {
         }
     }
 
-    /// The cache's entries, each a copy of `template` that no lookup
-    /// serves (visited in no second a worker reaches).
-    fn entries(template: CachedFlow<A>) -> HugePageSlice<CachedFlow<A>> {
-        let never = CachedFlow {
-            touched: u32::MAX,
-            ..template
-        };
-        HugePageSlice::filled(never, Self::SLOTS)
-    }
-
     /// Takes the entries' memory now, if the cache has none yet (see
-    /// [`Pipeline::take_memory`]).
+    /// [`Pipeline::take_memory`]): placeholders that no lookup serves,
+    /// visited in no second a worker reaches.
     fn take_memory(&mut self) {
         if !self.slots.is_empty() || !self.parked.is_empty() {
             return;
@@ -621,12 +612,13 @@ impl<A: IpFamily> FlowCache<A> {
             dst_port: 0,
             protocol: Protocol::Udp,
         };
-        self.slots = Self::entries(CachedFlow {
+        let never = CachedFlow {
             key,
             hit: FlowHit::UNSET,
             touched: u32::MAX,
             freshness: Freshness::removals(0),
-        });
+        };
+        self.slots = HugePageSlice::filled(never, Self::SLOTS);
     }
 
     /// Whether the cache is bypassed for the rest of the second: neither
@@ -771,8 +763,8 @@ impl<A: IpFamily> FlowCache<A> {
                 return;
             }
             // Taken at the first established flow, unless the worker took
-            // it at its start (`FlowCache::take_memory`).
-            self.slots = Self::entries(entry);
+            // it at its start.
+            self.take_memory();
         }
         let set = Self::set(mix);
         let Some([first, second]) = self.slots.get_mut(set..set + 2) else {
