@@ -42,6 +42,7 @@ test: setup
 	$(CARGO) build -p cipgw --bins
 	$(CARGO) test --workspace
 	$(CARGO) test --manifest-path forwarder/fuzz/Cargo.toml
+	$(CARGO) test --manifest-path vendor/xsk-rs/Cargo.toml --lib
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -52,6 +52,17 @@ impl ConfigBuilder {
         self
     }
 
+    /// Places frames `stride` bytes apart instead of `frame_size`
+    /// (cipgw patch, see CIPGW-PATCH.md). A stride larger than the
+    /// frame size registers the UMEM with unaligned chunks
+    /// (`XDP_UMEM_UNALIGNED_CHUNK_FLAG`): each frame keeps `frame_size`
+    /// bytes, and consecutive frames' packets start at different offsets
+    /// within a page, so they fall in different cache sets.
+    pub fn frame_stride(&mut self, stride: u32) -> &mut Self {
+        self.config.frame_stride = stride;
+        self
+    }
+
     /// Build a [`UmemConfig`](Config) instance using the values set
     /// in this builder.
     ///
@@ -80,6 +91,17 @@ impl ConfigBuilder {
             });
         }
 
+        let frame_stride = self.config.frame_stride;
+
+        if frame_stride != 0 && frame_stride < frame_size {
+            return Err(ConfigBuildError {
+                kind: ConfigBuildErrorKind::FrameStrideBelowFrameSize {
+                    frame_size,
+                    frame_stride,
+                },
+            });
+        }
+
         Ok(self.config)
     }
 }
@@ -101,6 +123,8 @@ pub struct Config {
     fill_queue_size: QueueSize,
     comp_queue_size: QueueSize,
     frame_headroom: u32,
+    /// 0: the frame size.
+    frame_stride: u32,
 }
 
 impl Config {
@@ -136,6 +160,21 @@ impl Config {
         self.frame_headroom
     }
 
+    /// Bytes from one frame's start to the next one's.
+    pub fn frame_stride(&self) -> u32 {
+        if self.frame_stride == 0 {
+            self.frame_size.get()
+        } else {
+            self.frame_stride
+        }
+    }
+
+    /// Whether the UMEM is registered with unaligned chunks: frames
+    /// placed other than a frame size apart.
+    pub fn unaligned_chunks(&self) -> bool {
+        self.frame_stride() != self.frame_size.get()
+    }
+
     /// The maximum transmission unit, or the length of the packet
     /// data segment of the frame.
     ///
@@ -153,6 +192,7 @@ impl Default for Config {
             fill_queue_size: QueueSize(XSK_RING_PROD__DEFAULT_NUM_DESCS),
             comp_queue_size: QueueSize(XSK_RING_CONS__DEFAULT_NUM_DESCS),
             frame_headroom: XSK_UMEM__DEFAULT_FRAME_HEADROOM,
+            frame_stride: 0,
         }
     }
 }
@@ -164,7 +204,11 @@ impl From<Config> for xsk_umem_config {
             comp_size: c.comp_queue_size.get(),
             frame_size: c.frame_size.get(),
             frame_headroom: c.frame_headroom,
-            flags: 0,
+            flags: if c.unaligned_chunks() {
+                libc::XDP_UMEM_UNALIGNED_CHUNK_FLAG
+            } else {
+                0
+            },
         }
     }
 }
@@ -184,6 +228,10 @@ enum ConfigBuildErrorKind {
     FrameSizeNotPowerOfTwo {
         frame_size: u32,
     },
+    FrameStrideBelowFrameSize {
+        frame_size: u32,
+        frame_stride: u32,
+    },
 }
 
 impl fmt::Display for ConfigBuildError {
@@ -198,6 +246,15 @@ impl fmt::Display for ConfigBuildError {
             ),
             ConfigBuildErrorKind::FrameSizeNotPowerOfTwo { frame_size } => {
                 write!(f, "expected a power of two as frame size, got {frame_size}")
+            }
+            ConfigBuildErrorKind::FrameStrideBelowFrameSize {
+                frame_size,
+                frame_stride,
+            } => {
+                write!(
+                    f,
+                    "frame stride {frame_stride} must be at least the frame size {frame_size}"
+                )
             }
         }
     }
@@ -256,6 +313,40 @@ mod tests {
         assert!(
             ConfigBuilder::new()
                 .frame_size((XDP_UMEM_MIN_CHUNK_SIZE + 1).try_into().unwrap())
+                .build()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn frame_stride_defaults_to_the_frame_size_and_may_not_be_less() {
+        let size = XDP_UMEM_MIN_CHUNK_SIZE;
+        let aligned = ConfigBuilder::new()
+            .frame_size(size.try_into().unwrap())
+            .build()
+            .unwrap();
+        assert_eq!(aligned.frame_stride(), size);
+        assert!(!aligned.unaligned_chunks());
+        assert_eq!(xsk_umem_config::from(aligned).flags, 0);
+
+        let spread = ConfigBuilder::new()
+            .frame_size(size.try_into().unwrap())
+            .frame_stride(size + 64)
+            .build()
+            .unwrap();
+        assert_eq!(spread.frame_stride(), size + 64);
+        assert!(spread.unaligned_chunks());
+        assert_eq!(
+            xsk_umem_config::from(spread).flags,
+            libc::XDP_UMEM_UNALIGNED_CHUNK_FLAG
+        );
+        // The frame keeps its size: the stride adds no room.
+        assert_eq!(spread.mtu(), aligned.mtu());
+
+        assert!(
+            ConfigBuilder::new()
+                .frame_size(size.try_into().unwrap())
+                .frame_stride(size - 64)
                 .build()
                 .is_err()
         );

@@ -224,7 +224,7 @@ impl Socket {
 
         let fq_and_cq = match rings {
             CtxRings::New(fq, cq) => {
-                let fq = FillQueue::new(fq, socket.clone());
+                let fq = FillQueue::new(fq, umem.layout(), socket.clone());
                 let cq = CompQueue::new(cq, socket);
 
                 Some((fq, cq))

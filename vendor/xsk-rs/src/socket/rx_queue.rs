@@ -60,7 +60,7 @@ impl RxQueue {
                     unsafe { libxdp_sys::xsk_ring_cons__rx_desc(self.ring.as_ptr(), idx) };
 
                 unsafe {
-                    desc.addr = (*recv_pkt_desc).addr as usize;
+                    desc.addr = packet_addr((*recv_pkt_desc).addr);
                     desc.lengths.data = (*recv_pkt_desc).len as usize;
                     desc.lengths.headroom = 0;
                     desc.options = (*recv_pkt_desc).options;
@@ -93,7 +93,7 @@ impl RxQueue {
                 unsafe { libxdp_sys::xsk_ring_cons__rx_desc(self.ring.as_ptr(), idx) };
 
             unsafe {
-                desc.addr = (*recv_pkt_desc).addr as usize;
+                desc.addr = packet_addr((*recv_pkt_desc).addr);
                 desc.lengths.data = (*recv_pkt_desc).len as usize;
                 desc.lengths.headroom = 0;
                 desc.options = (*recv_pkt_desc).options;
@@ -194,5 +194,34 @@ impl RxQueue {
     #[inline]
     pub fn fd_mut(&mut self) -> &mut Fd {
         &mut self.socket.fd
+    }
+}
+
+/// The packet's address in the UMEM from an RX descriptor's. With
+/// unaligned chunks the kernel gives the chunk's start in the low 48
+/// bits and the packet's offset in it above them
+/// (`XSK_UNALIGNED_BUF_OFFSET_SHIFT`); an aligned UMEM's addresses have
+/// nothing above, so the sum is the address itself (cipgw patch).
+#[inline]
+fn packet_addr(raw: u64) -> usize {
+    ((raw & libc::XSK_UNALIGNED_BUF_ADDR_MASK) + (raw >> libc::XSK_UNALIGNED_BUF_OFFSET_SHIFT))
+        as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packet_addr_adds_an_unaligned_descriptor_s_offset_and_keeps_an_aligned_one() {
+        // Aligned: the address itself.
+        assert_eq!(packet_addr(2048 + 256), 2048 + 256);
+        // Unaligned: the chunk's start below bit 48, the offset above.
+        let chunk = 7 * 2112;
+        assert_eq!(packet_addr(chunk | (256 << 48)), chunk as usize + 256);
+        assert_eq!(
+            packet_addr(((1 << 32) - 2112) | (320 << 48)),
+            (1 << 32) - 2112 + 320
+        );
     }
 }

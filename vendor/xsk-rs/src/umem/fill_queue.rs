@@ -5,7 +5,7 @@ use crate::{
     socket::{Fd, Socket},
 };
 
-use super::frame::FrameDesc;
+use super::{FrameLayout, frame::FrameDesc};
 
 /// Used to transfer ownership of [`Umem`](super::Umem) frames from
 /// user-space to kernel-space.
@@ -25,15 +25,27 @@ use super::frame::FrameDesc;
 #[derive(Debug)]
 pub struct FillQueue {
     ring: XskRingProd,
+    /// Where the UMEM's frames start: with unaligned chunks the kernel
+    /// takes a fill address as the start of its chunk, so a descriptor's
+    /// packet address goes back to its frame's start (cipgw patch).
+    layout: FrameLayout,
     _socket: Socket,
 }
 
 impl FillQueue {
-    pub(crate) fn new(ring: XskRingProd, socket: Socket) -> Self {
+    pub(crate) fn new(ring: XskRingProd, layout: FrameLayout, socket: Socket) -> Self {
         Self {
             ring,
+            layout,
             _socket: socket,
         }
+    }
+
+    /// What the fill ring is given for `desc`: its frame's start. (An
+    /// aligned UMEM's kernel masks any address in the frame to it.)
+    #[inline]
+    fn fill_addr(&self, desc: &FrameDesc) -> u64 {
+        self.layout.frame_start(desc.addr) as u64
     }
 
     /// Let the kernel know that the [`Umem`] frames described by
@@ -76,7 +88,7 @@ impl FillQueue {
             for desc in descs.iter().take(cnt as usize) {
                 unsafe {
                     *libxdp_sys::xsk_ring_prod__fill_addr(self.ring.as_ptr(), idx) =
-                        desc.addr as u64
+                        self.fill_addr(desc)
                 };
 
                 idx = idx.wrapping_add(1);
@@ -103,7 +115,8 @@ impl FillQueue {
 
         if cnt > 0 {
             unsafe {
-                *libxdp_sys::xsk_ring_prod__fill_addr(self.ring.as_ptr(), idx) = desc.addr as u64
+                *libxdp_sys::xsk_ring_prod__fill_addr(self.ring.as_ptr(), idx) =
+                    self.fill_addr(desc)
             };
 
             unsafe { libxdp_sys::xsk_ring_prod__submit(self.ring.as_ptr(), cnt) };

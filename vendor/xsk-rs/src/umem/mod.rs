@@ -193,7 +193,7 @@ impl Umem {
         let mut frame_descs: Vec<FrameDesc> = Vec::with_capacity(frame_count);
 
         for i in 0..frame_count {
-            let addr = (i * frame_layout.frame_size())
+            let addr = (i * frame_layout.stride())
                 + frame_layout.xdp_headroom
                 + frame_layout.frame_headroom;
 
@@ -206,6 +206,12 @@ impl Umem {
         };
 
         Ok((umem, frame_descs))
+    }
+
+    /// Where the UMEM's frames sit.
+    #[inline]
+    pub(crate) fn layout(&self) -> FrameLayout {
+        self.mem.layout()
     }
 
     /// The headroom and packet data segments of the `Umem` frame
@@ -459,17 +465,30 @@ impl Error for UmemCreateError {
     }
 }
 
-/// Dimensions of a [`Umem`] frame.
+/// Dimensions of a [`Umem`] frame, and where frames sit.
 #[derive(Debug, Clone, Copy)]
-struct FrameLayout {
+pub(crate) struct FrameLayout {
     xdp_headroom: usize,
     frame_headroom: usize,
     mtu: usize,
+    /// Bytes from one frame's start to the next one's: the frame size,
+    /// or more with unaligned chunks (cipgw patch).
+    stride: usize,
+    /// `u64::MAX / stride + 1` when the stride is not a power of two
+    /// (Lemire, Kaser and Kurz, "Faster Remainder by Direct
+    /// Computation", 2019: the quotient of any 32-bit address by the
+    /// stride is the high half of its product with this), else 0.
+    stride_reciprocal: u64,
 }
 
 impl FrameLayout {
     fn frame_size(&self) -> usize {
         self.xdp_headroom + self.frame_headroom + self.mtu
+    }
+
+    /// Bytes from one frame's start to the next one's.
+    pub(crate) fn stride(&self) -> usize {
+        self.stride
     }
 
     /// The offset from the start of the [`Umem`] of the frame that
@@ -479,29 +498,43 @@ impl FrameLayout {
     /// that a frame is still located correctly when its packet does
     /// not start where [`Umem::new`] put it - which is the case for
     /// any frame an XDP program has called `bpf_xdp_adjust_head` on.
-    /// The mask is valid because the kernel only accepts a power of
-    /// two frame size for an aligned UMEM, which is the only kind this
-    /// crate creates, and [`UmemConfigBuilder::build`] rejects
-    /// anything else.
+    /// The mask is valid for an aligned UMEM, whose frame size the
+    /// kernel only accepts as a power of two, and
+    /// [`UmemConfigBuilder::build`] rejects anything else. With
+    /// unaligned chunks (cipgw patch) frames sit a stride apart that need
+    /// not be a power of two, and the frame is the address's quotient by
+    /// the stride, by a multiplication ([`Umem::new`] keeps every
+    /// address under 4 GiB for it).
     ///
     /// [`UmemConfigBuilder::build`]: crate::config::UmemConfigBuilder::build
     #[inline]
-    fn frame_start(&self, addr: usize) -> usize {
-        debug_assert!(
-            self.frame_size().is_power_of_two(),
-            "the mask below only finds a frame when the frame size is a power of two"
-        );
-
-        addr & !(self.frame_size() - 1)
+    pub(crate) fn frame_start(&self, addr: usize) -> usize {
+        if self.stride_reciprocal == 0 {
+            debug_assert!(
+                self.stride.is_power_of_two(),
+                "the mask below only finds a frame when the stride is a power of two"
+            );
+            return addr & !(self.stride - 1);
+        }
+        debug_assert!(addr <= u32::MAX as usize, "address {addr} over 4 GiB");
+        let frame = ((u128::from(self.stride_reciprocal) * addr as u128) >> 64) as usize;
+        frame * self.stride
     }
 }
 
 impl From<UmemConfig> for FrameLayout {
     fn from(c: UmemConfig) -> Self {
+        let stride = c.frame_stride();
         Self {
             xdp_headroom: c.xdp_headroom() as usize,
             frame_headroom: c.frame_headroom() as usize,
             mtu: c.mtu() as usize,
+            stride: stride as usize,
+            stride_reciprocal: if stride.is_power_of_two() {
+                0
+            } else {
+                u64::MAX / u64::from(stride) + 1
+            },
         }
     }
 }
@@ -532,6 +565,44 @@ mod tests {
             xdp_headroom: 256,
             frame_headroom: 64,
             mtu: 1728,
+            stride: 2048,
+            stride_reciprocal: 0,
+        }
+    }
+
+    /// Frames a line more than 2 KiB apart, as cipgw's copy mode lays
+    /// them out (cipgw patch).
+    fn spread_layout() -> FrameLayout {
+        UmemConfigBuilder::new()
+            .frame_size(XDP_UMEM_MIN_CHUNK_SIZE.try_into().unwrap())
+            .frame_stride(XDP_UMEM_MIN_CHUNK_SIZE + 64)
+            .build()
+            .unwrap()
+            .into()
+    }
+
+    #[test]
+    fn frame_start_with_a_stride_finds_every_address_s_frame_up_to_4_gib() {
+        let layout = spread_layout();
+        let stride = layout.stride();
+        assert_eq!(stride, 2112);
+        assert_ne!(layout.stride_reciprocal, 0);
+        let last = (1usize << 32) / stride - 1;
+        let frames = (0..4096).chain(last - 4096..=last);
+        for i in frames {
+            for offset in [0, 1, 63, 64, 256, 1000, stride - 65, stride - 1] {
+                assert_eq!(
+                    layout.frame_start(i * stride + offset),
+                    i * stride,
+                    "frame {i}, offset {offset}"
+                );
+            }
+        }
+        // Every address of a few frames at each end.
+        for i in (0..3).chain(last - 2..=last) {
+            for offset in 0..stride {
+                assert_eq!(layout.frame_start(i * stride + offset), i * stride);
+            }
         }
     }
 

@@ -421,6 +421,8 @@ mod tests {
             xdp_headroom: 256,
             frame_headroom: 64,
             mtu: 1728,
+            stride: 2048,
+            stride_reciprocal: 0,
         }
     }
 
@@ -430,6 +432,8 @@ mod tests {
             xdp_headroom: 0,
             frame_headroom: 512,
             mtu: 1536,
+            stride: 2048,
+            stride_reciprocal: 0,
         };
 
         let frame_count = 16.try_into().unwrap();
@@ -670,6 +674,8 @@ mod tests {
             xdp_headroom: 4,
             frame_headroom: 8,
             mtu: 20,
+            stride: 32,
+            stride_reciprocal: 0,
         };
 
         let frame_count = 4.try_into().unwrap();

@@ -2,6 +2,20 @@ pub use inner::Mmap;
 
 use std::{io, ptr::NonNull};
 
+/// The size of the huge pages `MAP_HUGETLB` maps (the kernel's
+/// default, "Hugepagesize" in /proc/meminfo), or 2 MiB where
+/// it cannot be read.
+fn hugetlb_page_size() -> usize {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let kib = info.lines().find_map(|l| l.strip_prefix("Hugepagesize:"))?;
+            kib.trim().strip_suffix("kB")?.trim().parse::<usize>().ok()
+        })
+        .filter(|&kib| kib > 0)
+        .map_or(2 << 20, |kib| kib << 10)
+}
+
 #[cfg(not(test))]
 mod inner {
     use libc::{
@@ -26,7 +40,7 @@ mod inner {
         addr: NonNull<libc::c_void>,
         /// The length mapped, which `munmap()` is given back: `len`
         /// rounded up to whole huge pages where the region is aligned
-        /// for transparent huge pages.
+        /// for transparent huge pages or on hugetlbfs.
         len: usize,
     }
 
@@ -58,8 +72,13 @@ mod inner {
                 // MAP_POPULATE: pre-populate page tables, reduces
                 // blocking on page faults later.
                 let mut flags = MAP_ANONYMOUS | MAP_SHARED | MAP_POPULATE;
+                let mut len = len;
                 if use_huge_pages {
                     flags |= MAP_HUGETLB;
+                    // The kernel maps whole huge pages, and `munmap()`
+                    // of a hugetlbfs mapping fails (EINVAL) on a length
+                    // that is not a whole number of them (cipgw patch).
+                    len = len.next_multiple_of(hugetlb_page_size());
                 }
                 // SAFETY: a fresh anonymous mapping; no existing memory is
                 // touched.
@@ -222,5 +241,13 @@ mod tests {
     #[test]
     fn confirm_pointer_offset_is_a_single_byte() {
         assert_eq!(std::mem::size_of::<libc::c_void>(), 1);
+    }
+
+    #[cfg(not(miri))]
+    #[test]
+    fn hugetlb_pages_are_whole_base_pages() {
+        let size = super::hugetlb_page_size();
+        assert!(size >= 2 << 20, "{size}");
+        assert_eq!(size % 4096, 0, "{size}");
     }
 }

@@ -43,7 +43,16 @@ impl UmemRegion {
         frame_layout: FrameLayout,
         use_huge_pages: bool,
     ) -> io::Result<Self> {
-        let len = (frame_count.get() as usize) * frame_layout.frame_size();
+        let len = (frame_count.get() as usize) * frame_layout.stride();
+
+        // Unaligned frames are found by a 32-bit division
+        // (`FrameLayout::frame_start`).
+        if frame_layout.stride() != frame_layout.frame_size() && len > 1 << 32 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a UMEM with unaligned frames is at most 4 GiB, not {len} bytes"),
+            ));
+        }
 
         let mmap = Mmap::new(len, use_huge_pages)?;
 
@@ -53,6 +62,12 @@ impl UmemRegion {
             len,
             _mmap: Arc::new(Mutex::new(mmap)),
         })
+    }
+
+    /// Where the region's frames sit.
+    #[inline]
+    pub(crate) fn layout(&self) -> FrameLayout {
+        self.layout
     }
 
     /// The size of the underlying memory region.
