@@ -475,8 +475,10 @@ fn umem_on_huge_pages_carries_traffic_and_falls_back_without_them() {
         return;
     }
     // A two-arm worker's UMEM: 8,192 frames of 2 KiB (both ports' rings
-    // full and as many again on their way out), 16 MiB: 8 huge pages.
-    const UMEM_PAGES: u64 = 8;
+    // full and as many again on their way out), in copy mode (veth) a
+    // cache line more apart (xsk::COPY_MODE_FRAME_SPREAD): 16.5 MiB, 9
+    // huge pages.
+    const UMEM_PAGES: u64 = 9;
     const CONNECTIONS: usize = 60;
     let mut lab = Lab::build(Topology::two_arm("hugeumem").pods(3));
     lab.tcp_echo(TARGET_PORT);
@@ -523,8 +525,8 @@ fn a_hand_over_keeps_the_umem_on_huge_pages_given_pages_for_both() {
     if !lab::require_root() {
         return;
     }
-    // As above: a two-arm worker's UMEM takes 8 huge pages.
-    const UMEM_PAGES: u64 = 8;
+    // As above: a two-arm worker's copy-mode UMEM takes 9 huge pages.
+    const UMEM_PAGES: u64 = 9;
     const CONNECTIONS: usize = 30;
     let mut lab = Lab::build(Topology::two_arm("hoverumem").pods(3));
     lab.tcp_echo(TARGET_PORT);

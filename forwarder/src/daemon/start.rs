@@ -587,7 +587,7 @@ fn prepare_sockets(
 /// 35).
 fn report_umem_pages(core: usize, io: &WorkerIo) {
     let config = &io.config;
-    let umem_mib = (u64::from(config.frame_count) * u64::from(config.frame_size)) >> 20;
+    let umem_mib = io.umem_bytes().div_ceil(1 << 20);
     if config.huge_pages && !io.huge_pages() {
         tracing::warn!(
             core,
@@ -595,7 +595,7 @@ fn report_umem_pages(core: usize, io: &WorkerIo) {
             "--umem-huge-pages on, but too few huge pages are free: the worker's \
              UMEM is not on reserved huge pages (it needs {} free 2 MiB pages; see \
              /proc/sys/vm/nr_hugepages)",
-            umem_mib.div_ceil(2)
+            io.umem_bytes().div_ceil(2 << 20)
         );
     }
     if io.huge_pages() {
