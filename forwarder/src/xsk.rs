@@ -470,7 +470,7 @@ impl WorkerIo {
             pages: UmemPages {
                 huge_pages,
                 start,
-                bytes: u64::from(config.frame_count) * u64::from(frame_stride(config, zero_copy)),
+                bytes: u64::from(config.frame_count) * u64::from(umem_config.frame_stride()),
             },
             frame_mtu,
             config: *config,

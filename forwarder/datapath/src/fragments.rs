@@ -15,10 +15,11 @@
 //! datagram by its addresses alone, so all of them reach one queue, and
 //! the kernel's veth keeps one sender's packets on one queue. It is small,
 //! direct-mapped and fixed in size (taken when the worker starts, or at
-//! the first fragment, never grown): a datagram whose slot another one took meanwhile, or whose first
-//! fragment came later than the rest or too long ago ([`TIMEOUT_SECS`]),
-//! loses its later fragments, which the pipeline counts as dropped
-//! (`fragment`), as the kernel's own reassembly would time them out.
+//! the first fragment, never grown): a datagram whose slot another one
+//! took meanwhile, or whose first fragment came later than the rest or
+//! too long ago ([`TIMEOUT_SECS`]), loses its later fragments, which the
+//! pipeline counts as dropped (`fragment`), as the kernel's own
+//! reassembly would time them out.
 //! Each address family has a table of its own (an IPv6 slot is about
 //! three times an IPv4 one).
 

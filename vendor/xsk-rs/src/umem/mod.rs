@@ -491,6 +491,13 @@ impl FrameLayout {
         self.stride
     }
 
+    /// Whether [`FrameLayout::frame_start`] divides by the stride (a
+    /// stride that is not a power of two), which it can for addresses
+    /// under 4 GiB only.
+    pub(crate) fn finds_frames_by_division(&self) -> bool {
+        self.stride_reciprocal != 0
+    }
+
     /// The offset from the start of the [`Umem`] of the frame that
     /// `addr` falls in.
     ///
@@ -503,13 +510,13 @@ impl FrameLayout {
     /// [`UmemConfigBuilder::build`] rejects anything else. With
     /// unaligned chunks (cipgw patch) frames sit a stride apart that need
     /// not be a power of two, and the frame is the address's quotient by
-    /// the stride, by a multiplication ([`Umem::new`] keeps every
-    /// address under 4 GiB for it).
+    /// the stride, by a multiplication (`UmemRegion::new` refuses such a
+    /// UMEM over 4 GiB).
     ///
     /// [`UmemConfigBuilder::build`]: crate::config::UmemConfigBuilder::build
     #[inline]
     pub(crate) fn frame_start(&self, addr: usize) -> usize {
-        if self.stride_reciprocal == 0 {
+        if !self.finds_frames_by_division() {
             debug_assert!(
                 self.stride.is_power_of_two(),
                 "the mask below only finds a frame when the stride is a power of two"

@@ -45,9 +45,7 @@ impl UmemRegion {
     ) -> io::Result<Self> {
         let len = (frame_count.get() as usize) * frame_layout.stride();
 
-        // Unaligned frames are found by a 32-bit division
-        // (`FrameLayout::frame_start`).
-        if frame_layout.stride() != frame_layout.frame_size() && len > 1 << 32 {
+        if frame_layout.finds_frames_by_division() && len > 1 << 32 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("a UMEM with unaligned frames is at most 4 GiB, not {len} bytes"),
