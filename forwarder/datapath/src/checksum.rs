@@ -5,6 +5,11 @@
 //! checksum, `HC' = ~(~HC + ~m + m')` (RFC 1624, eqn. 3), which is correct
 //! for every input including the one's-complement corner cases that
 //! RFC 1141's form got wrong.
+//!
+//! The packet path folds a flow's delta once ([`Delta::on_wire`]) and
+//! applies it to each packet's checksum field as the field lies in
+//! memory ([`WireDelta`]), with no byte swap: a worker's flow cache
+//! keeps the folded deltas of the flows it serves.
 
 /// Adds 16-bit words to a 32-bit one's-complement accumulator.
 #[inline(always)]
@@ -134,6 +139,24 @@ impl Delta {
         Delta(self.0 + u64::from(u16::from_be(native)))
     }
 
+    /// Records an IPv4 TTL's decrement by one, from any TTL of 1 or
+    /// more. The TTL's 16-bit word (TTL, protocol) goes from `w` to
+    /// `w - 0x100`, so `~w + (w - 0x100)` is 0xfeff whatever `w` is: a
+    /// flow's header delta, made once, holds for each of its packets.
+    #[inline(always)]
+    pub fn ttl_decrement(self) -> Self {
+        Delta(self.0 + 0xfeff)
+    }
+
+    /// The delta folded to 16 bits, as a checksum field holds it in
+    /// memory ([`WireDelta`]).
+    #[inline(always)]
+    pub fn on_wire(self) -> WireDelta {
+        // The folded sum of big-endian words, byte-swapped on a
+        // little-endian CPU (nothing on a big-endian one).
+        WireDelta(u16::from_be(fold64(self.0)))
+    }
+
     /// Applies the delta to a stored checksum (RFC 1624, eqn. 3).
     #[inline(always)]
     pub fn apply(self, checksum: u16) -> u16 {
@@ -149,6 +172,39 @@ impl Delta {
         }
         match self.apply(checksum) {
             0 => 0xffff,
+            c => c,
+        }
+    }
+}
+
+/// A [`Delta`] folded to 16 bits and laid out as a checksum field's two
+/// bytes lie in memory, so that it applies to the field as loaded
+/// (`u16::from_ne_bytes`) and the result is stored as is: no byte swap
+/// either way. The one's-complement sum of byte-swapped words is the
+/// byte-swapped sum (RFC 1071 section 2(B)): one's-complement addition
+/// carries around a 16-bit ring, which a byte swap rotates by eight.
+/// What a flow's rewrite keeps, made once per flow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WireDelta(u16);
+
+impl WireDelta {
+    /// Applies the delta to a checksum field's bytes (RFC 1624, eqn. 3).
+    #[inline(always)]
+    pub fn apply(self, checksum: [u8; 2]) -> [u8; 2] {
+        let stored = u16::from_ne_bytes(checksum);
+        (!fold(u32::from(!stored) + u32::from(self.0))).to_ne_bytes()
+    }
+
+    /// Applies the delta to a UDP checksum field: zero means "no
+    /// checksum" and stays zero, and a computed zero is sent as all ones
+    /// (RFC 768). Both are the same in either byte order.
+    #[inline(always)]
+    pub fn apply_udp(self, checksum: [u8; 2]) -> [u8; 2] {
+        if checksum == [0, 0] {
+            return checksum;
+        }
+        match self.apply(checksum) {
+            [0, 0] => [0xff, 0xff],
             c => c,
         }
     }
@@ -254,7 +310,40 @@ mod tests {
         assert_eq!(fold64(u64::MAX), fold_by_steps(u64::MAX));
     }
 
+    /// The TTL's constant delta is the TTL word's own, for every TTL
+    /// that may be decremented and every protocol.
+    #[test]
+    fn ttl_decrement_is_the_ttl_words_delta() {
+        for ttl in 1..=u8::MAX {
+            for protocol in [0u8, 6, 17, 58, 0xff] {
+                let old = u16::from_be_bytes([ttl, protocol]);
+                let new = u16::from_be_bytes([ttl - 1, protocol]);
+                for checksum in [0u16, 1, 0x00ff, 0x7fff, 0xfeff, 0xfffe, 0xffff] {
+                    assert_eq!(
+                        Delta::default().ttl_decrement().apply(checksum),
+                        Delta::default().word(old, new).apply(checksum),
+                        "TTL {ttl}, protocol {protocol}, checksum {checksum:#x}"
+                    );
+                }
+            }
+        }
+    }
+
     proptest! {
+        /// A delta applied to a checksum field's bytes as they lie in
+        /// memory gives the bytes of the checksum it gives applied to the
+        /// field's big-endian value, UDP's zero included.
+        #[test]
+        fn wire_delta_applies_as_the_delta(
+            changes in proptest::collection::vec((any::<u16>(), any::<u16>()), 0..6),
+            checksum in any::<u16>(),
+        ) {
+            let delta = changes.iter().fold(Delta::default(), |d, &(old, new)| d.word(old, new));
+            let on_wire = delta.on_wire();
+            prop_assert_eq!(on_wire.apply(checksum.to_be_bytes()), delta.apply(checksum).to_be_bytes());
+            prop_assert_eq!(on_wire.apply_udp(checksum.to_be_bytes()), delta.apply_udp(checksum).to_be_bytes());
+        }
+
         #[test]
         fn folds_equal_folding_step_by_step_anywhere(acc in any::<u64>()) {
             prop_assert_eq!(fold64(acc), fold_by_steps(acc));

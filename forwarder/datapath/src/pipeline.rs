@@ -78,7 +78,7 @@ use cipgw_config::Protocol;
 use ipnet::IpNet;
 
 use crate::affinity::{Affinity, AffinityFamily, Refreshes};
-use crate::checksum::Delta;
+use crate::checksum::{Delta, WireDelta};
 use crate::conntrack::{
     self, Candidate, Conntrack, ConntrackConfig, Direction, FlowHit, FlowKey, FlowMeta, FlowStamp,
     FlowState, InsertError, NO_SLOT,
@@ -208,11 +208,15 @@ impl<A: IpFamily> FamilyPath<A> {
     /// lookup); an unreplied UDP flow's, good while its record holds the
     /// stamp read now.
     #[inline(always)]
-    fn cache(&mut self, key: FlowKey<A>, mix: u32, hit: &FlowHit<A>, now: u32, removals: u64) {
+    fn cache(&mut self, key: FlowKey<A>, mix: u32, hit: &FlowHit<A>, now: u32, removals: u64)
+    where
+        A: PathFamily,
+    {
         match hit.state {
             FlowState::TcpEstablished | FlowState::UdpReplied => {
+                let rewrite = Rewrite::of(&key, hit);
                 self.flows
-                    .put(key, mix, *hit, now, Freshness::removals(removals));
+                    .put(key, mix, *hit, rewrite, now, Freshness::removals(removals));
             }
             FlowState::UdpUnreplied => self.cache_unreplied(key, mix, hit, now),
             _ => {}
@@ -223,9 +227,14 @@ impl<A: IpFamily> FamilyPath<A> {
     /// stamp's read inlined as well, the packet path's code grew by a
     /// tenth (1.4 KB of `Pipeline::process`).
     #[inline(never)]
-    fn cache_unreplied(&mut self, key: FlowKey<A>, mix: u32, hit: &FlowHit<A>, now: u32) {
+    fn cache_unreplied(&mut self, key: FlowKey<A>, mix: u32, hit: &FlowHit<A>, now: u32)
+    where
+        A: PathFamily,
+    {
         if let Some(stamp) = self.conntrack.stamp(&key, hit) {
-            self.flows.put(key, mix, *hit, now, Freshness::stamp(stamp));
+            let rewrite = Rewrite::of(&key, hit);
+            self.flows
+                .put(key, mix, *hit, rewrite, now, Freshness::stamp(stamp));
         }
     }
 }
@@ -517,10 +526,21 @@ enum CacheUse {
     Bypassed,
 }
 
+/// A flow's entry in a [`FlowCache`]: the rewrite the flow's hit gives
+/// its packets, made once when it was cached (addresses, ports and
+/// checksum deltas are the same for each packet), and the hit's fields
+/// the packet path reads besides ([`CachedFlow::hit_into`]). The
+/// rewrite holds the hit's addresses and ports, so the entry is no
+/// larger than the hit alone was (56 bytes for IPv4, 104 for IPv6).
 #[derive(Debug, Clone, Copy)]
 struct CachedFlow<A> {
     key: FlowKey<A>,
-    hit: FlowHit<A>,
+    rewrite: Rewrite<A>,
+    record: u32,
+    slot: u32,
+    direction: Direction,
+    state: FlowState,
+    affinity: bool,
     /// The second the shared entry was last visited.
     touched: u32,
     /// What keeps the entry good.
@@ -559,6 +579,44 @@ impl Freshness {
             || (self.0 & Self::STAMPED != 0
                 && FlowStamp::from_bits(self.0 as u32)
                     .is_some_and(|stamp| conntrack.still_holds(record, stamp)))
+    }
+}
+
+impl<A: IpFamily> CachedFlow<A> {
+    /// The entry of `key`'s `hit`, whose packets get `rewrite`.
+    #[inline(always)]
+    fn new(
+        key: FlowKey<A>,
+        hit: &FlowHit<A>,
+        rewrite: Rewrite<A>,
+        touched: u32,
+        freshness: Freshness,
+    ) -> Self {
+        Self {
+            key,
+            rewrite,
+            record: hit.record,
+            slot: hit.slot,
+            direction: hit.direction,
+            state: hit.state,
+            affinity: hit.affinity,
+            touched,
+            freshness,
+        }
+    }
+
+    /// Writes the fields of the hit the entry was made from that the
+    /// packet path reads besides the rewrite into `hit`: direction,
+    /// state, affinity, counter slot and record. Its addresses and ports
+    /// (`nat_ip`, `nat_port`, `snat`) are left as they were: a packet
+    /// served from the cache takes them from the rewrite.
+    #[inline(always)]
+    fn hit_into(&self, hit: &mut FlowHit<A>) {
+        hit.direction = self.direction;
+        hit.state = self.state;
+        hit.affinity = self.affinity;
+        hit.slot = self.slot;
+        hit.record = self.record;
     }
 }
 
@@ -612,12 +670,15 @@ impl<A: IpFamily> FlowCache<A> {
             dst_port: 0,
             protocol: Protocol::Udp,
         };
-        let never = CachedFlow {
-            key,
-            hit: FlowHit::UNSET,
-            touched: u32::MAX,
-            freshness: Freshness::removals(0),
+        let unset = FlowHit::UNSET;
+        let rewrite = Rewrite {
+            src: A::UNSPECIFIED,
+            dst: A::UNSPECIFIED,
+            ports: [0; 4],
+            header: WireDelta::default(),
+            transport: WireDelta::default(),
         };
+        let never = CachedFlow::new(key, &unset, rewrite, u32::MAX, Freshness::removals(0));
         self.slots = HugePageSlice::filled(never, Self::SLOTS);
     }
 
@@ -705,8 +766,8 @@ impl<A: IpFamily> FlowCache<A> {
 
     /// Writes the cached hit for `key` (of mix `mix`) into `hit` if it is
     /// fresh this second and still good ([`Freshness`]) with its part's
-    /// removal count now `removals`; says whether it did (`hit` is left
-    /// alone when not).
+    /// removal count now `removals`, and gives its rewrite; `None` (and
+    /// `hit` left alone) when not.
     #[inline]
     fn get_into(
         &self,
@@ -716,22 +777,19 @@ impl<A: IpFamily> FlowCache<A> {
         removals: u64,
         conntrack: &Conntrack<A>,
         hit: &mut FlowHit<A>,
-    ) -> bool {
-        let Some(cached) = self.find(key, mix) else {
-            return false;
-        };
-        let good = cached.touched == now
-            && cached
-                .freshness
-                .holds(removals, cached.hit.record, conntrack);
-        if good {
-            *hit = cached.hit;
+    ) -> Option<Rewrite<A>> {
+        let cached = self.find(key, mix)?;
+        let good =
+            cached.touched == now && cached.freshness.holds(removals, cached.record, conntrack);
+        if !good {
+            return None;
         }
-        good
+        cached.hit_into(hit);
+        Some(cached.rewrite)
     }
 
-    /// The cached hit for `key`, if [`FlowCache::get_into`] would write
-    /// one.
+    /// What [`FlowCache::get_into`] would serve for `key`: the hit's
+    /// fields it writes (over [`FlowHit::UNSET`]) and the rewrite.
     #[cfg(test)]
     fn get(
         &self,
@@ -740,10 +798,10 @@ impl<A: IpFamily> FlowCache<A> {
         now: u32,
         removals: u64,
         conntrack: &Conntrack<A>,
-    ) -> Option<FlowHit<A>> {
+    ) -> Option<(FlowHit<A>, Rewrite<A>)> {
         let mut hit = FlowHit::UNSET;
-        self.get_into(key, mix, now, removals, conntrack, &mut hit)
-            .then_some(hit)
+        let rewrite = self.get_into(key, mix, now, removals, conntrack, &mut hit)?;
+        Some((hit, rewrite))
     }
 
     /// Caches `key`'s hit in the first way of its set; a fresh entry of
@@ -751,13 +809,16 @@ impl<A: IpFamily> FlowCache<A> {
     /// two busy flows whose keys share a set do not evict each other on
     /// every packet; the older of two evicted for a third).
     #[inline]
-    fn put(&mut self, key: FlowKey<A>, mix: u32, hit: FlowHit<A>, now: u32, freshness: Freshness) {
-        let entry = CachedFlow {
-            key,
-            hit,
-            touched: now,
-            freshness,
-        };
+    fn put(
+        &mut self,
+        key: FlowKey<A>,
+        mix: u32,
+        hit: FlowHit<A>,
+        rewrite: Rewrite<A>,
+        now: u32,
+        freshness: Freshness,
+    ) {
+        let entry = CachedFlow::new(key, &hit, rewrite, now, freshness);
         if self.slots.is_empty() {
             if self.usage == CacheUse::Bypassed {
                 return;
@@ -1310,12 +1371,14 @@ impl Pipeline {
         // session 20). On a line of its own ([`HitSlot`]).
         let mut slot = HitSlot(FlowHit::UNSET);
         let hit = &mut slot.0;
-        let cached = removals.is_some_and(|r| {
+        // A hit from the cache comes as its rewrite, with the hit's other
+        // fields written ([`CachedFlow::hit_into`]).
+        let cached = removals.and_then(|r| {
             let path = A::path(self);
             path.flows
                 .get_into(key, mix, ctx.now, r, &path.conntrack, hit)
         });
-        if !cached {
+        if cached.is_none() {
             // Hashed once for the lookup and, on a miss, the insert.
             let hash = A::path(self).conntrack.hash(key);
             let candidate = self.candidate_ahead(hash);
@@ -1337,15 +1400,18 @@ impl Pipeline {
                 return self.deny(frame.reborrow(), ingress, key, denied, ctx);
             }
         }
+        // From here on the flow's addresses and ports are read from its
+        // rewrite: a hit the cache served has none written.
+        let mut leaving = cached.unwrap_or_else(|| Rewrite::of(key, hit));
         if hit.direction == Direction::Forward
-            && ctx
-                .table
-                .family::<A>()
-                .retires(key, (hit.nat_ip, hit.nat_port))
+            && ctx.table.family::<A>().retires(key, leaving.backend())
         {
-            if let Err(denied) = self.retired_flow(frame.ethernet().source(), &flow, hit, ctx) {
+            let (source, backend) = (frame.ethernet().source(), leaving.backend());
+            if let Err(denied) = self.retired_flow(source, &flow, backend, hit, ctx) {
                 return self.deny(frame.reborrow(), ingress, key, denied, ctx);
             }
+            // A new flow, to another backend.
+            leaving = Rewrite::of(key, hit);
         }
         if flow.ttl <= 1 {
             return Verdict::Drop(DropReason::TtlExceeded);
@@ -1369,7 +1435,6 @@ impl Pipeline {
             l3: frame.l3_offset(),
             l4: frame.l4_offset(),
         };
-        let leaving = Rewrite::of(key, hit);
         leaving.apply(frame.bytes_mut(), headers, flow.ttl, key.protocol);
         if frame.fragment().is_some() {
             self.remember_first_fragment(&frame.reborrow(), key, ctx.now);
@@ -1436,12 +1501,7 @@ impl Pipeline {
         if ttl <= 1 {
             return Verdict::Drop(DropReason::TtlExceeded);
         }
-        readdress(
-            &mut frame,
-            (src, dst),
-            (route.src, route.dst),
-            (ttl, protocol),
-        );
+        readdress(&mut frame, (src, dst), (route.src, route.dst), ttl);
         self.counters.fragments.inc();
         self.address(frame.bytes_mut(), route.dst, ctx.net)
     }
@@ -1515,12 +1575,7 @@ impl Pipeline {
         };
         // The outer header first: ICMPv6's checksum, computed last,
         // covers its addresses.
-        readdress(
-            &mut frame,
-            (src, dst),
-            (outer_src, outer_dst),
-            (ttl, A::ICMP),
-        );
+        readdress(&mut frame, (src, dst), (outer_src, outer_dst), ttl);
         A::rewrite_quoted(
             &mut frame,
             &quoted,
@@ -1567,18 +1622,20 @@ impl Pipeline {
     /// A packet of a flow whose endpoint (or Service port) the current
     /// table removed: the flow ends here, and the packet is treated as
     /// the first of a new one (a UDP datagram picks a live endpoint, a TCP
-    /// segment other than a SYN is answered with a RST). The new flow's
-    /// hit replaces the retired one's in `hit`.
+    /// segment other than a SYN is answered with a RST). `backend` is
+    /// where the flow went; the new flow's hit replaces the retired
+    /// one's in `hit`.
     #[cold]
     fn retired_flow<A: PathFamily>(
         &mut self,
         source_mac: MacAddr,
         flow: &Flow<A>,
+        backend: (A, u16),
         hit: &mut FlowHit<A>,
         ctx: &BatchContext<'_>,
     ) -> Result<(), Denied> {
         let conntrack = &A::path(self).conntrack;
-        conntrack.retire_flow(&flow.key, (hit.nat_ip, hit.nat_port));
+        conntrack.retire_flow(&flow.key, backend);
         let hash = conntrack.hash(&flow.key);
         self.new_flow(source_mac, flow, hash, ctx, hit)
     }
@@ -2113,9 +2170,6 @@ fn header_addresses<A: IpFamily>(frame: &FrameMut<'_>) -> Option<(A, A)> {
 /// what its checksum covers (ICMPv6's the IPv6 pseudo-header, so the
 /// outer addresses too; ICMP's the message alone).
 trait IcmpFamily: PathFamily {
-    /// The error protocol's IP protocol number (ICMP, ICMPv6).
-    const ICMP: u8;
-
     /// The datagram the error message of a frame from `src` to `dst`
     /// quotes, once its checksum verified; otherwise the drop reason.
     fn quoted(frame: &FrameMut<'_>, src: Self, dst: Self) -> Result<Quoted<Self>, DropReason>;
@@ -2132,8 +2186,6 @@ trait IcmpFamily: PathFamily {
 }
 
 impl IcmpFamily for Ipv4Addr {
-    const ICMP: u8 = icmp::PROTOCOL;
-
     fn quoted(frame: &FrameMut<'_>, _src: Self, _dst: Self) -> Result<Quoted, DropReason> {
         let message = frame
             .icmp()
@@ -2155,8 +2207,6 @@ impl IcmpFamily for Ipv4Addr {
 }
 
 impl IcmpFamily for Ipv6Addr {
-    const ICMP: u8 = icmpv6::PROTOCOL;
-
     fn quoted(frame: &FrameMut<'_>, src: Self, dst: Self) -> Result<Quoted<Self>, DropReason> {
         let message = frame
             .icmpv6_error()
@@ -2246,18 +2296,19 @@ fn refusal_reason(error: InsertError) -> DropReason {
 /// the checksums (RFC 1624). One rewrite for either direction, with or
 /// without source NAT: made from the flow's hit ([`Rewrite::of`]), then
 /// written over the packet ([`Rewrite::apply`]).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Rewrite<A> {
     src: A,
     dst: A,
-    src_port: u16,
-    dst_port: u16,
-    /// The addresses' change: the IPv4 header checksum's delta before
-    /// the TTL's decrement.
-    addresses: Delta,
-    /// The addresses' and ports' change: the transport checksum's delta
-    /// (it covers the addresses through the pseudo-header).
-    transport: Delta,
+    /// Source and destination ports, big-endian as the transport
+    /// header holds them.
+    ports: [u8; 4],
+    /// The IPv4 header checksum's change: the addresses' and the TTL's
+    /// decrement (the same for every packet that may be forwarded).
+    header: WireDelta,
+    /// The transport checksum's change: the addresses' (through the
+    /// pseudo-header) and the ports'.
+    transport: WireDelta,
 }
 
 impl<A: PathFamily> Rewrite<A> {
@@ -2281,46 +2332,48 @@ impl<A: PathFamily> Rewrite<A> {
         let transport = addresses
             .word(key.src_port, src_port)
             .word(key.dst_port, dst_port);
+        let [s0, s1] = src_port.to_be_bytes();
+        let [d0, d1] = dst_port.to_be_bytes();
         Self {
             src,
             dst,
-            src_port,
-            dst_port,
-            addresses,
-            transport,
+            ports: [s0, s1, d0, d1],
+            header: addresses.ttl_decrement().on_wire(),
+            transport: transport.on_wire(),
         }
     }
 
+    /// Where the packets go, address and port: a forward packet's
+    /// backend.
+    #[inline(always)]
+    fn backend(&self) -> (A, u16) {
+        let [_, _, d0, d1] = self.ports;
+        (self.dst, u16::from_be_bytes([d0, d1]))
+    }
+
     /// Writes the rewrite over a packet of the flow, in place in `frame`
-    /// whose headers are where `headers` say, with its TTL (hop limit),
+    /// whose headers are where `headers` say, with its TTL (hop limit,
+    /// `ttl`, at least 2: a packet at 1 or 0 is dropped before)
     /// decremented, and every checksum. A header the frame does not hold
     /// whole is left alone: never out of bounds.
     #[inline(always)]
     fn apply(&self, frame: &mut [u8], headers: Headers, ttl: u8, protocol: Protocol) {
-        A::rewrite_header(
-            frame,
-            headers.l3,
-            (self.src, self.dst),
-            (ttl, protocol.ip_number()),
-            self.addresses,
-        );
+        A::rewrite_header(frame, headers.l3, (self.src, self.dst), ttl, self.header);
         let l4 = headers.l4;
         match protocol {
             Protocol::Tcp => {
                 if let Some(header) = frame.get_mut(l4..l4 + tcp::MIN_HEADER_LEN) {
                     let mut tcp = TcpSegment::new_unchecked(header);
-                    tcp.set_src_port(self.src_port);
-                    tcp.set_dst_port(self.dst_port);
-                    tcp.set_checksum(self.transport.apply(tcp.checksum()));
+                    tcp.set_ports_bytes(self.ports);
+                    tcp.set_checksum_bytes(self.transport.apply(tcp.checksum_bytes()));
                 }
             }
             Protocol::Udp => {
                 if let Some(header) = frame.get_mut(l4..l4 + udp::HEADER_LEN) {
                     let mut udp = UdpDatagram::new_unchecked(header);
-                    udp.set_src_port(self.src_port);
-                    udp.set_dst_port(self.dst_port);
+                    udp.set_ports_bytes(self.ports);
                     // Zero, "no checksum", stays so.
-                    udp.set_checksum(self.transport.apply_udp(udp.checksum()));
+                    udp.set_checksum_bytes(self.transport.apply_udp(udp.checksum_bytes()));
                 }
             }
         }
@@ -2330,16 +2383,21 @@ impl<A: PathFamily> Rewrite<A> {
 /// Writes new source and destination addresses (`new`, over `old`) into
 /// the IP header of a packet that has no flow's [`Rewrite`] (a later
 /// fragment, an ICMP error's outer header), decrements its TTL or hop
-/// limit (`ttl`, with the protocol number) and updates the IPv4 header
-/// checksum.
-fn readdress<A: PathFamily>(frame: &mut FrameMut<'_>, old: (A, A), new: (A, A), ttl: (u8, u8)) {
+/// limit (`ttl`, at least 2) and updates the IPv4 header checksum.
+fn readdress<A: PathFamily>(frame: &mut FrameMut<'_>, old: (A, A), new: (A, A), ttl: u8) {
     let delta = A::address_delta(
         A::address_delta(Delta::default(), old.0, new.0),
         old.1,
         new.1,
     );
     let l3 = frame.l3_offset();
-    A::rewrite_header(frame.bytes_mut(), l3, new, ttl, delta);
+    A::rewrite_header(
+        frame.bytes_mut(),
+        l3,
+        new,
+        ttl,
+        delta.ttl_decrement().on_wire(),
+    );
 }
 
 /// What the packet path does differently per address family: reading a
@@ -2359,16 +2417,17 @@ trait PathFamily: IpFamily + AffinityFamily + MaglevFamily {
     fn address_delta(delta: Delta, old: Self, new: Self) -> Delta;
 
     /// Writes `addresses` (source, destination) over the IP header at
-    /// `l3` of `frame` and decrements its TTL or hop limit, `ttl` (with
-    /// the protocol number, which shares its word in IPv4); updates the
-    /// IPv4 header checksum by `delta`, the addresses' change, and the
-    /// TTL's. A header the frame does not hold whole is left alone.
+    /// `l3` of `frame` and decrements its TTL or hop limit, `ttl` (at
+    /// least 1); updates the IPv4 header checksum by `delta`, the
+    /// addresses' change and the TTL's decrement
+    /// ([`Delta::ttl_decrement`]). A header the frame does not hold whole
+    /// is left alone.
     fn rewrite_header(
         frame: &mut [u8],
         l3: usize,
         addresses: (Self, Self),
-        ttl: (u8, u8),
-        delta: Delta,
+        ttl: u8,
+        delta: WireDelta,
     );
 
     /// Whether a packet from `src` may open a connection: not multicast,
@@ -2400,20 +2459,16 @@ impl PathFamily for Ipv4Addr {
         frame: &mut [u8],
         l3: usize,
         (src, dst): (Self, Self),
-        (ttl, protocol): (u8, u8),
-        delta: Delta,
+        ttl: u8,
+        delta: WireDelta,
     ) {
-        // The TTL shares a 16-bit word with the protocol number.
-        let delta = delta.word(
-            u16::from_be_bytes([ttl, protocol]),
-            u16::from_be_bytes([ttl.wrapping_sub(1), protocol]),
-        );
+        debug_assert!(ttl >= 1, "a TTL of 0 is not decremented");
         if let Some(bytes) = frame.get_mut(l3..l3 + ipv4::MIN_HEADER_LEN) {
             let mut ip = Ipv4Packet::new_unchecked(bytes);
             ip.set_source(src);
             ip.set_destination(dst);
             ip.set_ttl(ttl.wrapping_sub(1));
-            ip.set_checksum(delta.apply(ip.checksum()));
+            ip.set_checksum_bytes(delta.apply(ip.checksum_bytes()));
         }
     }
 
@@ -2449,8 +2504,8 @@ impl PathFamily for Ipv6Addr {
         frame: &mut [u8],
         l3: usize,
         (src, dst): (Self, Self),
-        (hop_limit, _): (u8, u8),
-        _delta: Delta,
+        hop_limit: u8,
+        _delta: WireDelta,
     ) {
         if let Some(bytes) = frame.get_mut(l3..l3 + ipv6::HEADER_LEN) {
             let mut ip = Ipv6Packet::new_unchecked(bytes);

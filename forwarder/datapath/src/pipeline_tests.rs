@@ -1758,6 +1758,151 @@ fn snat_forward_reply_and_exhaustion_cases() {
     );
 }
 
+/// Packets of a flow with source NAT that the worker's flow cache
+/// serves (after the first of each direction) leave rewritten byte for
+/// byte as the table's first ones did: the cached rewrite, with its
+/// checksum deltas made once, both ways.
+#[test]
+fn snat_flows_served_from_the_flow_cache_are_rewritten_as_by_the_table() {
+    let (mut h, ct) = snat_harness(SNAT_PORT..=SNAT_PORT);
+    let query = || {
+        udp(
+            CLIENT_MAC,
+            GW_CLIENT_MAC,
+            (CLIENT, 33000),
+            (UDP_VIP, 53),
+            64,
+        )
+    };
+    let answer = || udp(POD1_MAC, GW_POD_MAC, (POD1, 5353), (SNAT, SNAT_PORT), 64);
+    let keys = [
+        FlowKey {
+            src: Ipv4Addr::from(CLIENT),
+            dst: Ipv4Addr::from(UDP_VIP),
+            src_port: 33000,
+            dst_port: 53,
+            protocol: Protocol::Udp,
+        },
+        FlowKey {
+            src: Ipv4Addr::from(POD1),
+            dst: Ipv4Addr::from(SNAT),
+            src_port: 5353,
+            dst_port: SNAT_PORT,
+            protocol: Protocol::Udp,
+        },
+    ];
+    let cached = |h: &Harness, key: &FlowKey| {
+        h.pipeline
+            .v4
+            .flows
+            .get(key, key.mix(), h.now, ct.removals(key.mix()), &ct)
+            .is_some()
+    };
+    for round in 0..4 {
+        let mut forward = query();
+        assert_eq!(h.run(&mut forward), Verdict::Forward { port: POD_PORT });
+        assert_eq!(
+            forward,
+            udp(GW_POD_MAC, POD1_MAC, (SNAT, SNAT_PORT), (POD1, 5353), 63),
+            "round {round}: the query"
+        );
+        let mut reply = answer();
+        assert_eq!(h.run(&mut reply), Verdict::Forward { port: CLIENT_PORT });
+        assert_eq!(
+            reply,
+            udp(
+                GW_CLIENT_MAC,
+                CLIENT_MAC,
+                (UDP_VIP, 53),
+                (CLIENT, 33000),
+                63
+            ),
+            "round {round}: the answer"
+        );
+        // The first answer and the second query are the table's (the
+        // flow is replied from then on): the cache serves the rest.
+        if round > 0 {
+            for key in &keys {
+                assert!(cached(&h, key), "round {round}: {key:?} cached");
+            }
+        }
+    }
+    assert_eq!(h.counters().new_flows.get(), 1);
+}
+
+/// A flow-cache entry holds its rewrite in the room the hit took: 56
+/// bytes for IPv4 and 104 for IPv6, as `CachedFlow` and
+/// `FlowCache::SLOTS` say (448 KiB and 832 KiB a cache).
+#[test]
+fn flow_cache_entries_are_as_large_as_documented() {
+    assert_eq!(std::mem::size_of::<CachedFlow<Ipv4Addr>>(), 56);
+    assert_eq!(std::mem::size_of::<CachedFlow<Ipv6Addr>>(), 104);
+}
+
+/// A flow-cache entry serves what the table's hit it was made from
+/// gives a packet: the hit's direction, state, affinity, counter slot and
+/// record, and its rewrite, whose destination is a forward packet's
+/// backend; both ways, with and without source NAT, in both families.
+#[test]
+fn a_flow_cache_entry_serves_what_its_hit_gives() {
+    fn gives_back<A: PathFamily>(key: FlowKey<A>, nat: (A, u16), snat: (A, u16)) {
+        for direction in [Direction::Forward, Direction::Reply] {
+            for snat in [None, Some(snat)] {
+                let hit = FlowHit {
+                    direction,
+                    nat_ip: nat.0,
+                    nat_port: nat.1,
+                    state: FlowState::UdpReplied,
+                    affinity: true,
+                    slot: 7,
+                    snat,
+                    record: 42,
+                };
+                let rewrite = Rewrite::of(&key, &hit);
+                let entry = CachedFlow::new(key, &hit, rewrite, 1, Freshness::removals(0));
+                let mut served = FlowHit::UNSET;
+                entry.hit_into(&mut served);
+                let case = format!("{direction:?}, source NAT {snat:?}");
+                assert_eq!(
+                    (served.direction, served.state, served.affinity),
+                    (hit.direction, hit.state, hit.affinity),
+                    "{case}"
+                );
+                assert_eq!(
+                    (served.slot, served.record),
+                    (hit.slot, hit.record),
+                    "{case}"
+                );
+                assert_eq!(entry.rewrite, rewrite, "{case}");
+                if direction == Direction::Forward {
+                    assert_eq!(rewrite.backend(), nat, "{case}");
+                }
+            }
+        }
+    }
+    gives_back(
+        forward_key(40000),
+        (Ipv4Addr::from(POD1), 5678),
+        (Ipv4Addr::from(SNAT), SNAT_PORT),
+    );
+    let v6 = |last: u8| {
+        let mut a = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        a[15] = last;
+        Ipv6Addr::from(a)
+    };
+    gives_back(
+        FlowKey {
+            src: v6(1),
+            dst: v6(2),
+            src_port: 40000,
+            dst_port: 443,
+            protocol: Protocol::Tcp,
+        },
+        (v6(3), 8443),
+        (v6(4), 61000),
+    );
+}
+
 #[test]
 fn snat_ports_return_when_flows_leave_and_new_flows_get_them() {
     let (mut h, ct) = snat_harness(SNAT_PORT..=SNAT_PORT);
@@ -2111,13 +2256,34 @@ fn flow_cache_sets_hold_two_flows() {
     let port_of = |cache: &FlowCache<Ipv4Addr>, p: u16, now: u32| {
         cache
             .get(&key(p), key(p).mix(), now, 0, &ct)
-            .map(|h| h.nat_port)
+            .map(|(_, rewrite)| rewrite.backend().1)
     };
-    cache.put(key(a), key(a).mix(), hit(a), 7, fresh);
-    cache.put(key(b), key(b).mix(), hit(b), 7, fresh);
+    cache.put(
+        key(a),
+        key(a).mix(),
+        hit(a),
+        Rewrite::of(&key(a), &hit(a)),
+        7,
+        fresh,
+    );
+    cache.put(
+        key(b),
+        key(b).mix(),
+        hit(b),
+        Rewrite::of(&key(b), &hit(b)),
+        7,
+        fresh,
+    );
     assert_eq!(port_of(&cache, a, 7), Some(a), "first flow cached");
     assert_eq!(port_of(&cache, b, 7), Some(b), "second flow cached");
-    cache.put(key(c), key(c).mix(), hit(c), 7, fresh);
+    cache.put(
+        key(c),
+        key(c).mix(),
+        hit(c),
+        Rewrite::of(&key(c), &hit(c)),
+        7,
+        fresh,
+    );
     assert_eq!(port_of(&cache, c, 7), Some(c), "third flow cached");
     assert_eq!(port_of(&cache, b, 7), Some(b), "the newer of the two stays");
     assert!(
@@ -2126,7 +2292,14 @@ fn flow_cache_sets_hold_two_flows() {
     );
     // A second later every entry is stale: a new flow takes the first way
     // without pushing a stale one on.
-    cache.put(key(a), key(a).mix(), hit(a), 8, fresh);
+    cache.put(
+        key(a),
+        key(a).mix(),
+        hit(a),
+        Rewrite::of(&key(a), &hit(a)),
+        8,
+        fresh,
+    );
     assert_eq!(port_of(&cache, a, 8), Some(a));
     assert!(
         cache.get(&key(c), key(c).mix(), 8, 0, &ct).is_none(),
@@ -2179,12 +2352,26 @@ fn a_flow_cache_taken_at_start_serves_only_what_was_cached() {
             "a placeholder is never served (second {now})"
         );
     }
-    cache.put(key(1), key(1).mix(), hit, 7, fresh);
-    assert_eq!(cache.get(&key(1), key(1).mix(), 7, 0, &ct), Some(hit));
+    cache.put(
+        key(1),
+        key(1).mix(),
+        hit,
+        Rewrite::of(&key(1), &hit),
+        7,
+        fresh,
+    );
+    // The record and the backend the cache serves.
+    let served = |cache: &FlowCache<Ipv4Addr>| {
+        cache
+            .get(&key(1), key(1).mix(), 7, 0, &ct)
+            .map(|(hit, rewrite)| (hit.record, rewrite.backend()))
+    };
+    let hit_served = Some((hit.record, (hit.nat_ip, hit.nat_port)));
+    assert_eq!(served(&cache), hit_served);
     cache.take_memory();
     assert_eq!(
-        cache.get(&key(1), key(1).mix(), 7, 0, &ct),
-        Some(hit),
+        served(&cache),
+        hit_served,
         "taking the memory again keeps the entries"
     );
 }

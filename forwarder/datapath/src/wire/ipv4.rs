@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::{read_u16, write_u16, WireError};
+use super::{read_bytes, read_u16, write_bytes, write_u16, WireError};
 use crate::checksum::checksum;
 
 mod field {
@@ -137,6 +137,16 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
 
     pub fn set_checksum(&mut self, checksum: u16) {
         write_u16(self.buffer.as_mut(), field::CHECKSUM.start, checksum);
+    }
+
+    /// The header checksum field's bytes, as they lie (for a
+    /// [`crate::checksum::WireDelta`]).
+    pub fn checksum_bytes(&self) -> [u8; 2] {
+        read_bytes(self.buffer.as_ref(), field::CHECKSUM.start)
+    }
+
+    pub fn set_checksum_bytes(&mut self, checksum: [u8; 2]) {
+        write_bytes(self.buffer.as_mut(), field::CHECKSUM.start, checksum);
     }
 
     pub fn set_source(&mut self, addr: Ipv4Addr) {

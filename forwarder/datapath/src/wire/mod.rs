@@ -51,6 +51,23 @@ pub(crate) fn write_u16(buf: &mut [u8], at: usize, value: u16) {
     buf[at..at + 2].copy_from_slice(&value.to_be_bytes());
 }
 
+/// Reads `N` bytes at `at` as they lie (a field that is only copied or
+/// given to [`crate::checksum::WireDelta`]); callers guarantee
+/// `at + N <= len`.
+#[inline(always)]
+pub(crate) fn read_bytes<const N: usize>(buf: &[u8], at: usize) -> [u8; N] {
+    let mut bytes = [0; N];
+    bytes.copy_from_slice(&buf[at..at + N]);
+    bytes
+}
+
+/// Writes `bytes` at `at` as they are; callers guarantee
+/// `at + N <= len`.
+#[inline(always)]
+pub(crate) fn write_bytes<const N: usize>(buf: &mut [u8], at: usize, bytes: [u8; N]) {
+    buf[at..at + N].copy_from_slice(&bytes);
+}
+
 /// Reads a big-endian u32 at `at`; callers guarantee `at + 4 <= len`.
 #[inline(always)]
 pub(crate) fn read_u32(buf: &[u8], at: usize) -> u32 {

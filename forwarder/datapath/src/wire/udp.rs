@@ -2,7 +2,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::{ip_number, read_u16, write_u16, WireError};
+use super::{ip_number, read_bytes, read_u16, write_bytes, write_u16, WireError};
 use crate::checksum::{l4_checksum, l4_checksum_v6};
 
 mod field {
@@ -72,6 +72,12 @@ impl<T: AsRef<[u8]>> UdpDatagram<T> {
     pub fn checksum(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::CHECKSUM)
     }
+
+    /// The checksum field's bytes, as they lie (for a
+    /// [`crate::checksum::WireDelta`]).
+    pub fn checksum_bytes(&self) -> [u8; 2] {
+        read_bytes(self.buffer.as_ref(), field::CHECKSUM)
+    }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpDatagram<T> {
@@ -85,6 +91,16 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpDatagram<T> {
 
     pub fn set_checksum(&mut self, checksum: u16) {
         write_u16(self.buffer.as_mut(), field::CHECKSUM, checksum);
+    }
+
+    /// Writes source and destination ports, big-endian as the header
+    /// holds them.
+    pub fn set_ports_bytes(&mut self, ports: [u8; 4]) {
+        write_bytes(self.buffer.as_mut(), field::SRC_PORT, ports);
+    }
+
+    pub fn set_checksum_bytes(&mut self, checksum: [u8; 2]) {
+        write_bytes(self.buffer.as_mut(), field::CHECKSUM, checksum);
     }
 }
 
