@@ -463,7 +463,8 @@ impl<A: IpFamily> NextHopCache<A> {
 /// shared conntrack table (Katran keeps per-CPU LRU caches in front of its
 /// global table for the same reason): a packet of an established flow
 /// whose state cannot change (no SYN, FIN or RST) costs a compare instead
-/// of a hash, a bucket probe and a record read. The shared entry is still visited
+/// of a hash, a bucket probe and a record read, and is rewritten as the
+/// entry says, made once ([`CachedFlow`]). The shared entry is still visited
 /// once per second per flow and worker, which keeps its last-seen time
 /// (and session affinity) fresh for the sweeper. A cached hit must never
 /// outlive its flow (a retired or expired flow is never served from
@@ -2268,12 +2269,13 @@ struct Headers {
 }
 
 /// A packet's [`FlowHit`] on the worker's stack, aligned to a cache line.
-/// The flow cache copies a hit into it in two overlapping 16-byte
-/// stores, and the packet path then reads its fields one by one. Where
-/// the slot fell across two lines (it depends on the frame's offset and
-/// the stack's alignment, so on unrelated code), one of those stores
-/// split, and a store that splits two lines cannot hand its bytes to a
-/// later load: every cached packet waited for it to reach the cache
+/// The table and the flow cache write a hit's fields into it, and the
+/// packet path then reads them one by one. Where the slot fell across
+/// two lines (it depends on the frame's offset and the stack's
+/// alignment, so on unrelated code), a store could split (the cache
+/// then copied a whole hit in two overlapping 16-byte stores), and a
+/// store that splits two lines cannot hand its bytes to a later load:
+/// every cached packet waited for it to reach the cache
 /// (the veth udp-est's batch time per frame went from 65-96 ns to
 /// 93-152 ns with a build whose frame moved the slot; benches/RESULTS.md,
 /// session 28).

@@ -2258,32 +2258,16 @@ fn flow_cache_sets_hold_two_flows() {
             .get(&key(p), key(p).mix(), now, 0, &ct)
             .map(|(_, rewrite)| rewrite.backend().1)
     };
-    cache.put(
-        key(a),
-        key(a).mix(),
-        hit(a),
-        Rewrite::of(&key(a), &hit(a)),
-        7,
-        fresh,
-    );
-    cache.put(
-        key(b),
-        key(b).mix(),
-        hit(b),
-        Rewrite::of(&key(b), &hit(b)),
-        7,
-        fresh,
-    );
+    // Caches client port `p`'s flow at `now`.
+    let put = |cache: &mut FlowCache<Ipv4Addr>, p: u16, now: u32| {
+        let rewrite = Rewrite::of(&key(p), &hit(p));
+        cache.put(key(p), key(p).mix(), hit(p), rewrite, now, fresh);
+    };
+    put(&mut cache, a, 7);
+    put(&mut cache, b, 7);
     assert_eq!(port_of(&cache, a, 7), Some(a), "first flow cached");
     assert_eq!(port_of(&cache, b, 7), Some(b), "second flow cached");
-    cache.put(
-        key(c),
-        key(c).mix(),
-        hit(c),
-        Rewrite::of(&key(c), &hit(c)),
-        7,
-        fresh,
-    );
+    put(&mut cache, c, 7);
     assert_eq!(port_of(&cache, c, 7), Some(c), "third flow cached");
     assert_eq!(port_of(&cache, b, 7), Some(b), "the newer of the two stays");
     assert!(
@@ -2292,14 +2276,7 @@ fn flow_cache_sets_hold_two_flows() {
     );
     // A second later every entry is stale: a new flow takes the first way
     // without pushing a stale one on.
-    cache.put(
-        key(a),
-        key(a).mix(),
-        hit(a),
-        Rewrite::of(&key(a), &hit(a)),
-        8,
-        fresh,
-    );
+    put(&mut cache, a, 8);
     assert_eq!(port_of(&cache, a, 8), Some(a));
     assert!(
         cache.get(&key(c), key(c).mix(), 8, 0, &ct).is_none(),
