@@ -214,13 +214,30 @@ impl<A: IpFamily> FamilyPath<A> {
     {
         match hit.state {
             FlowState::TcpEstablished | FlowState::UdpReplied => {
-                let rewrite = Rewrite::of(&key, hit);
-                self.flows
-                    .put(key, mix, *hit, rewrite, now, Freshness::removals(removals));
+                self.cache_replied(key, mix, hit, now, removals)
             }
             FlowState::UdpUnreplied => self.cache_unreplied(key, mix, hit, now),
             _ => {}
         }
+    }
+
+    /// [`FamilyPath::cache`] for a replied flow. Out of line: a flow is
+    /// cached once a second, and its rewrite's code inlined here as well
+    /// made the packet path's larger.
+    #[inline(never)]
+    fn cache_replied(
+        &mut self,
+        key: FlowKey<A>,
+        mix: u32,
+        hit: &FlowHit<A>,
+        now: u32,
+        removals: u64,
+    ) where
+        A: PathFamily,
+    {
+        let rewrite = Rewrite::of(&key, hit);
+        self.flows
+            .put(key, mix, *hit, rewrite, now, Freshness::removals(removals));
     }
 
     /// [`FamilyPath::cache`] for an unreplied flow. Out of line: with its
@@ -1412,7 +1429,7 @@ impl Pipeline {
                 return self.deny(frame.reborrow(), ingress, key, denied, ctx);
             }
             // A new flow, to another backend.
-            leaving = Rewrite::of(key, hit);
+            leaving = Rewrite::of_out_of_line(key, hit);
         }
         if flow.ttl <= 1 {
             return Verdict::Drop(DropReason::TtlExceeded);
@@ -2317,7 +2334,7 @@ impl<A: PathFamily> Rewrite<A> {
     /// The rewrite of `key`'s packets for `hit`: to the backend (forward),
     /// from the SNAT address when there is one; from the VIP (reply), to
     /// the client behind the SNAT address.
-    #[inline]
+    #[inline(always)]
     fn of(key: &FlowKey<A>, hit: &FlowHit<A>) -> Self {
         let nat = (hit.nat_ip, hit.nat_port);
         let ((src, src_port), (dst, dst_port)) = match hit.direction {
@@ -2340,9 +2357,20 @@ impl<A: PathFamily> Rewrite<A> {
             src,
             dst,
             ports: [s0, s1, d0, d1],
-            header: addresses.ttl_decrement().on_wire(),
+            // IPv6's header has no checksum to keep.
+            header: if A::HEADER_CHECKSUM {
+                addresses.ttl_decrement().on_wire()
+            } else {
+                WireDelta::default()
+            },
             transport: transport.on_wire(),
         }
+    }
+
+    /// [`Rewrite::of`] out of line, for the rare paths.
+    #[inline(never)]
+    fn of_out_of_line(key: &FlowKey<A>, hit: &FlowHit<A>) -> Self {
+        Self::of(key, hit)
     }
 
     /// Where the packets go, address and port: a forward packet's
@@ -2408,6 +2436,9 @@ fn readdress<A: PathFamily>(frame: &mut FrameMut<'_>, old: (A, A), new: (A, A), 
 /// translation does per family). Everything else in the pipeline, session
 /// affinity and Maglev included, is one generic path over this.
 trait PathFamily: IpFamily + AffinityFamily + MaglevFamily {
+    /// Whether the IP header has a checksum (IPv4's; IPv6 has none).
+    const HEADER_CHECKSUM: bool;
+
     /// This family's state in the pipeline.
     fn path(p: &mut Pipeline) -> &mut FamilyPath<Self>;
 
@@ -2438,6 +2469,8 @@ trait PathFamily: IpFamily + AffinityFamily + MaglevFamily {
 }
 
 impl PathFamily for Ipv4Addr {
+    const HEADER_CHECKSUM: bool = true;
+
     #[inline(always)]
     fn path(p: &mut Pipeline) -> &mut FamilyPath<Self> {
         &mut p.v4
@@ -2480,6 +2513,8 @@ impl PathFamily for Ipv4Addr {
 }
 
 impl PathFamily for Ipv6Addr {
+    const HEADER_CHECKSUM: bool = false;
+
     #[inline(always)]
     fn path(p: &mut Pipeline) -> &mut FamilyPath<Self> {
         &mut p.v6
