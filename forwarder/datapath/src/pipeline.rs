@@ -222,8 +222,9 @@ impl<A: IpFamily> FamilyPath<A> {
     }
 
     /// [`FamilyPath::cache`] for a replied flow. Out of line: a flow is
-    /// cached once a second, and its rewrite's code inlined here as well
-    /// made the packet path's larger.
+    /// cached once a second, and the packet path inlines [`Rewrite::of`]
+    /// once, where the packet is rewritten (benches/RESULTS.md, session
+    /// 38).
     #[inline(never)]
     fn cache_replied(
         &mut self,
