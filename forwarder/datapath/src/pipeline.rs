@@ -214,31 +214,24 @@ impl<A: IpFamily> FamilyPath<A> {
     {
         match hit.state {
             FlowState::TcpEstablished | FlowState::UdpReplied => {
-                self.cache_replied(key, mix, hit, now, removals)
+                self.put(key, mix, hit, now, Freshness::removals(removals))
             }
             FlowState::UdpUnreplied => self.cache_unreplied(key, mix, hit, now),
             _ => {}
         }
     }
 
-    /// [`FamilyPath::cache`] for a replied flow. Out of line: a flow is
-    /// cached once a second, and the packet path inlines [`Rewrite::of`]
-    /// once, where the packet is rewritten (benches/RESULTS.md, session
-    /// 38).
+    /// Caches `key`'s hit with its rewrite, good as `freshness` says. Out
+    /// of line: a flow is cached once a second, and the packet path
+    /// inlines [`Rewrite::of`] once, where the packet is rewritten
+    /// (benches/RESULTS.md, session 38).
     #[inline(never)]
-    fn cache_replied(
-        &mut self,
-        key: FlowKey<A>,
-        mix: u32,
-        hit: &FlowHit<A>,
-        now: u32,
-        removals: u64,
-    ) where
+    fn put(&mut self, key: FlowKey<A>, mix: u32, hit: &FlowHit<A>, now: u32, freshness: Freshness)
+    where
         A: PathFamily,
     {
         let rewrite = Rewrite::of(&key, hit);
-        self.flows
-            .put(key, mix, *hit, rewrite, now, Freshness::removals(removals));
+        self.flows.put(key, mix, *hit, rewrite, now, freshness);
     }
 
     /// [`FamilyPath::cache`] for an unreplied flow. Out of line: with its
@@ -250,9 +243,7 @@ impl<A: IpFamily> FamilyPath<A> {
         A: PathFamily,
     {
         if let Some(stamp) = self.conntrack.stamp(&key, hit) {
-            let rewrite = Rewrite::of(&key, hit);
-            self.flows
-                .put(key, mix, *hit, rewrite, now, Freshness::stamp(stamp));
+            self.put(key, mix, hit, now, Freshness::stamp(stamp));
         }
     }
 }
@@ -2358,12 +2349,7 @@ impl<A: PathFamily> Rewrite<A> {
             src,
             dst,
             ports: [s0, s1, d0, d1],
-            // IPv6's header has no checksum to keep.
-            header: if A::HEADER_CHECKSUM {
-                addresses.ttl_decrement().on_wire()
-            } else {
-                WireDelta::default()
-            },
+            header: A::header_delta(addresses),
             transport: transport.on_wire(),
         }
     }
@@ -2422,13 +2408,7 @@ fn readdress<A: PathFamily>(frame: &mut FrameMut<'_>, old: (A, A), new: (A, A), 
         new.1,
     );
     let l3 = frame.l3_offset();
-    A::rewrite_header(
-        frame.bytes_mut(),
-        l3,
-        new,
-        ttl,
-        delta.ttl_decrement().on_wire(),
-    );
+    A::rewrite_header(frame.bytes_mut(), l3, new, ttl, A::header_delta(delta));
 }
 
 /// What the packet path does differently per address family: reading a
@@ -2437,9 +2417,6 @@ fn readdress<A: PathFamily>(frame: &mut FrameMut<'_>, old: (A, A), new: (A, A), 
 /// translation does per family). Everything else in the pipeline, session
 /// affinity and Maglev included, is one generic path over this.
 trait PathFamily: IpFamily + AffinityFamily + MaglevFamily {
-    /// Whether the IP header has a checksum (IPv4's; IPv6 has none).
-    const HEADER_CHECKSUM: bool;
-
     /// This family's state in the pipeline.
     fn path(p: &mut Pipeline) -> &mut FamilyPath<Self>;
 
@@ -2449,6 +2426,11 @@ trait PathFamily: IpFamily + AffinityFamily + MaglevFamily {
 
     /// `delta` with an address's change from `old` to `new` added.
     fn address_delta(delta: Delta, old: Self, new: Self) -> Delta;
+
+    /// The IP header checksum's change for `addresses`, the addresses'
+    /// change, with the TTL's decrement: IPv4's; IPv6's header has no
+    /// checksum.
+    fn header_delta(addresses: Delta) -> WireDelta;
 
     /// Writes `addresses` (source, destination) over the IP header at
     /// `l3` of `frame` and decrements its TTL or hop limit, `ttl` (at
@@ -2470,8 +2452,6 @@ trait PathFamily: IpFamily + AffinityFamily + MaglevFamily {
 }
 
 impl PathFamily for Ipv4Addr {
-    const HEADER_CHECKSUM: bool = true;
-
     #[inline(always)]
     fn path(p: &mut Pipeline) -> &mut FamilyPath<Self> {
         &mut p.v4
@@ -2488,6 +2468,11 @@ impl PathFamily for Ipv4Addr {
     #[inline(always)]
     fn address_delta(delta: Delta, old: Self, new: Self) -> Delta {
         delta.addr(old.octets(), new.octets())
+    }
+
+    #[inline(always)]
+    fn header_delta(addresses: Delta) -> WireDelta {
+        addresses.ttl_decrement().on_wire()
     }
 
     #[inline(always)]
@@ -2514,8 +2499,6 @@ impl PathFamily for Ipv4Addr {
 }
 
 impl PathFamily for Ipv6Addr {
-    const HEADER_CHECKSUM: bool = false;
-
     #[inline(always)]
     fn path(p: &mut Pipeline) -> &mut FamilyPath<Self> {
         &mut p.v6
@@ -2535,6 +2518,11 @@ impl PathFamily for Ipv6Addr {
     #[inline(always)]
     fn address_delta(delta: Delta, old: Self, new: Self) -> Delta {
         delta.addr6(old.octets(), new.octets())
+    }
+
+    #[inline(always)]
+    fn header_delta(_addresses: Delta) -> WireDelta {
+        WireDelta::default()
     }
 
     #[inline(always)]

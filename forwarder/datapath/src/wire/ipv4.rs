@@ -84,6 +84,12 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         read_u16(self.buffer.as_ref(), field::CHECKSUM.start)
     }
 
+    /// The header checksum field's bytes, as they lie (for a
+    /// [`crate::checksum::WireDelta`]).
+    pub fn checksum_bytes(&self) -> [u8; 2] {
+        read_bytes(self.buffer.as_ref(), field::CHECKSUM.start)
+    }
+
     pub fn source(&self) -> Ipv4Addr {
         self.addr_at(field::SOURCE.start)
     }
@@ -137,12 +143,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
 
     pub fn set_checksum(&mut self, checksum: u16) {
         write_u16(self.buffer.as_mut(), field::CHECKSUM.start, checksum);
-    }
-
-    /// The header checksum field's bytes, as they lie (for a
-    /// [`crate::checksum::WireDelta`]).
-    pub fn checksum_bytes(&self) -> [u8; 2] {
-        read_bytes(self.buffer.as_ref(), field::CHECKSUM.start)
     }
 
     pub fn set_checksum_bytes(&mut self, checksum: [u8; 2]) {
