@@ -420,12 +420,19 @@ impl<A: IpFamily> NextHopCache<A> {
         (dst.wrapping_mul(0x9e37_79b9) >> (32 - NEXT_HOP_BITS)) as usize
     }
 
+    /// The next hop towards `dst`, in its slot. Given by reference, not
+    /// copied out: a copy went through the stack in one 16-byte store
+    /// that the MACs' and port's loads then read back, and where the
+    /// caller's frame put that store across two cache lines, those
+    /// loads waited for it to reach the cache (a tenth of a cached
+    /// packet's samples in one build; benches/RESULTS.md, session 39).
     #[inline(always)]
-    fn lookup(&mut self, net: &NetSnapshot, dst: A) -> Result<CachedHop<A>, Verdict> {
+    fn lookup(&mut self, net: &NetSnapshot, dst: A) -> Result<&CachedHop<A>, Verdict> {
         if self.snapshot == net.id() {
-            let cached = &self.slots[Self::slot(dst.fold())];
+            let slot = Self::slot(dst.fold());
+            let cached = &self.slots[slot];
             if cached.dst == dst && !dst.is_unspecified_addr() {
-                return Ok(*cached);
+                return Ok(&self.slots[slot]);
             }
         }
         self.resolve(net, dst)
@@ -436,7 +443,7 @@ impl<A: IpFamily> NextHopCache<A> {
     /// neighbour is known.
     #[cold]
     #[inline(never)]
-    fn resolve(&mut self, net: &NetSnapshot, dst: A) -> Result<CachedHop<A>, Verdict> {
+    fn resolve(&mut self, net: &NetSnapshot, dst: A) -> Result<&CachedHop<A>, Verdict> {
         if self.snapshot != net.id() {
             self.slots.fill(CachedHop::EMPTY);
             self.snapshot = net.id();
@@ -464,7 +471,7 @@ impl<A: IpFamily> NextHopCache<A> {
             dst_mac: mac,
         };
         self.slots[slot] = hop;
-        Ok(hop)
+        Ok(&self.slots[slot])
     }
 }
 
