@@ -432,6 +432,9 @@ impl<A: IpFamily> NextHopCache<A> {
             let slot = Self::slot(dst.fold());
             let cached = &self.slots[slot];
             if cached.dst == dst && !dst.is_unspecified_addr() {
+                // Indexed again: returning `cached` would keep `self`
+                // borrowed on the path that resolves (the borrow
+                // checker's limit on a borrow returned conditionally).
                 return Ok(&self.slots[slot]);
             }
         }
