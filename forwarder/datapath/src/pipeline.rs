@@ -428,15 +428,11 @@ impl<A: IpFamily> NextHopCache<A> {
     /// packet's samples in one build; benches/RESULTS.md, session 39).
     #[inline(always)]
     fn lookup(&mut self, net: &NetSnapshot, dst: A) -> Result<&CachedHop<A>, Verdict> {
-        if self.snapshot == net.id() {
-            let slot = Self::slot(dst.fold());
-            let cached = &self.slots[slot];
-            if cached.dst == dst && !dst.is_unspecified_addr() {
-                // Indexed again: returning `cached` would keep `self`
-                // borrowed on the path that resolves (the borrow
-                // checker's limit on a borrow returned conditionally).
-                return Ok(&self.slots[slot]);
-            }
+        let slot = Self::slot(dst.fold());
+        let cached =
+            self.snapshot == net.id() && self.slots[slot].dst == dst && !dst.is_unspecified_addr();
+        if cached {
+            return Ok(&self.slots[slot]);
         }
         self.resolve(net, dst)
     }
