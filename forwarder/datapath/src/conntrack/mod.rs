@@ -942,8 +942,8 @@ pub(crate) fn prefetch_line_for_write(at: usize) {
 /// PRFCHW, "3dnowprefetch" in /proc/cpuinfo): every AMD64 CPU, and
 /// Intel's since Broadwell. Asked once; afterwards one compare of a
 /// static byte and a branch the CPU always predicts. (A `LazyLock`
-/// took two loads and two branches a prefetch: 13 instructions more a
-/// SYN flood's insert, 1,211 against 1,198 in `benches/icount.sh
+/// took two loads and two branches a prefetch: 16 instructions more a
+/// SYN flood's insert, 1,215 against 1,199 in `benches/icount.sh
 /// --cases ct_flood`.)
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
