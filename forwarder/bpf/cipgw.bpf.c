@@ -38,8 +38,13 @@
  * carry connections over the restart.
  *
  * Socket slots: cipgw_ports maps the ingress ifindex to the port's base
- * slot; the slot in cipgw_xsks is base + RX queue index. Userspace
- * (forwarder/src/bpf.rs) owns the layout; map names are its interface.
+ * slot; the slot in cipgw_xsks is base + RX queue index. An ifindex below
+ * PORT_INDEX_SIZE is looked up first in cipgw_portidx, an array the
+ * verifier turns into a bounds check and a load: every redirected frame
+ * asks for its port, and cipgw_ports' lookup (hashing the key, walking a
+ * bucket) took 30-45 ns of the receive core a frame on veth
+ * (benches/RESULTS.md, session 41). Userspace (forwarder/src/bpf/) owns
+ * the layout and writes both maps; map names are its interface.
  *
  * The control plane writes the maps, this program only reads them.
  */
@@ -233,6 +238,20 @@ struct {
 	__type(value, __u32); /* base slot in cipgw_xsks */
 } cipgw_ports SEC(".maps");
 
+/*
+ * cipgw_ports again, for ifindexes below PORT_INDEX_SIZE: the value at
+ * index ifindex is the port's base slot plus one, 0 for no port. Written
+ * after cipgw_ports when a port is set and cleared before it when a port
+ * goes, so wherever it names a port, cipgw_ports does too.
+ */
+#define PORT_INDEX_SIZE 4096
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PORT_INDEX_SIZE);
+	__type(key, __u32);   /* ifindex */
+	__type(value, __u32); /* base slot + 1; 0: not a port */
+} cipgw_portidx SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
 	__uint(max_entries, 1024);
@@ -243,11 +262,24 @@ struct {
 static __always_inline int to_socket(struct xdp_md *ctx)
 {
 	__u32 ifindex = ctx->ingress_ifindex;
-	__u32 *base = bpf_map_lookup_elem(&cipgw_ports, &ifindex);
+	__u32 *base_plus_one = 0;
+	__u32 *found;
+	__u32 base;
 
-	if (!base)
-		return XDP_PASS;
-	return (int)bpf_redirect_map(&cipgw_xsks, *base + ctx->rx_queue_index,
+	if (ifindex < PORT_INDEX_SIZE)
+		base_plus_one = bpf_map_lookup_elem(&cipgw_portidx, &ifindex);
+	if (base_plus_one && *base_plus_one) {
+		base = *base_plus_one - 1;
+	} else {
+		found = bpf_map_lookup_elem(&cipgw_ports, &ifindex);
+		if (!found)
+			return XDP_PASS;
+		base = *found;
+	}
+	/* One call for both: with one per branch, clang shared the address
+	 * of ctx->rx_queue_index between them, and the verifier refuses a
+	 * load through a ctx pointer moved off its start. */
+	return (int)bpf_redirect_map(&cipgw_xsks, base + ctx->rx_queue_index,
 				     XDP_DROP);
 }
 

@@ -161,6 +161,9 @@ fn sh(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `gw1`'s ifindex: past `cipgw_portidx` (free in a new namespace).
+const GW1_IFINDEX: u32 = cipgw::bpf::PORT_INDEX_SIZE + 904;
+
 /// A gateway namespace with `gw0` (198.18.0.1/24) wired to `cl0`
 /// (198.18.0.2/24) in a client namespace that routes the VIP range via
 /// the gateway. The client's veth computes full checksums (AF_XDP needs
@@ -209,12 +212,16 @@ impl Topology {
     }
 
     /// Adds a second port: `gw1` (198.18.1.1/24) wired to `cl1`
-    /// (198.18.1.2/24); the client reaches VIP2 through it.
+    /// (198.18.1.2/24); the client reaches VIP2 through it. Its ifindex,
+    /// [`GW1_IFINDEX`], is past the program's port index, so the program
+    /// finds this port in `cipgw_ports` alone.
     fn add_second_port(&self) {
         self.gw.ip(&[
             "link",
             "add",
             "gw1",
+            "index",
+            &GW1_IFINDEX.to_string(),
             "type",
             "veth",
             "peer",
@@ -909,6 +916,23 @@ fn af_xdp_socket_gets_vip_and_backend_traffic_and_kernel_keeps_the_rest() {
         let base_of = |ifx: u32| if ifx == ifindex { bases[1] } else { bases[2] };
         prog.set_port(ifindex, bases[1]).expect("port gw0");
         prog.set_port(ifindex1, bases[2]).expect("port gw1");
+        // gw0 is in the program's port index (an array by ifindex); gw1,
+        // past it, is looked up in `cipgw_ports`: traffic on both ports
+        // below takes both of the program's paths to a socket.
+        assert!(
+            ifindex < cipgw::bpf::PORT_INDEX_SIZE && ifindex1 == GW1_IFINDEX,
+            "gw0's ifindex {ifindex} below the index, gw1's {ifindex1} past it"
+        );
+        assert_eq!(
+            prog.indexed_port(ifindex).expect("read the port index"),
+            Some(bases[1]),
+            "gw0's base slot in the port index"
+        );
+        assert_eq!(
+            prog.indexed_port(ifindex1).expect("read the port index"),
+            None,
+            "gw1 is past the port index"
+        );
         for s in &io.sockets {
             prog.register_socket(base_of(s.ifindex) + s.queue, s.fd())
                 .expect("register");
@@ -1051,6 +1075,11 @@ fn af_xdp_socket_gets_vip_and_backend_traffic_and_kernel_keeps_the_rest() {
         assert_eq!(late, 0, "no frame for an unregistered socket");
         prog.remove_port(ifindex).expect("remove port");
         prog.remove_port(ifindex1).expect("remove port");
+        assert_eq!(
+            prog.indexed_port(ifindex).expect("read the port index"),
+            None,
+            "a removed port leaves the port index"
+        );
         drop(io);
         prog.detach_all().expect("detach");
         assert_eq!(topo.gw_xdp(), None);

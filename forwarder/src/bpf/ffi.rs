@@ -62,12 +62,23 @@ pub(super) fn map_delete<K>(
     Ok(())
 }
 
+/// Whether the map holds `key`.
 pub(super) fn map_contains<K, V: Default>(
     fd: RawFd,
     map: &'static str,
     key: &K,
     describe: impl FnOnce() -> String,
 ) -> Result<bool, BpfError> {
+    Ok(map_lookup::<K, V>(fd, map, key, describe)?.is_some())
+}
+
+/// The value the map holds for `key`, if any.
+pub(super) fn map_lookup<K, V: Default>(
+    fd: RawFd,
+    map: &'static str,
+    key: &K,
+    describe: impl FnOnce() -> String,
+) -> Result<Option<V>, BpfError> {
     let mut value = V::default();
     // SAFETY: `key` is the map's key size; `value` is writable and of the
     // map's value size.
@@ -75,8 +86,8 @@ pub(super) fn map_contains<K, V: Default>(
         sys::bpf_map_lookup_elem(fd, (key as *const K).cast(), (&mut value as *mut V).cast())
     };
     match ret {
-        0 => Ok(true),
-        r if -r == libc::ENOENT => Ok(false),
+        0 => Ok(Some(value)),
+        r if -r == libc::ENOENT => Ok(None),
         r => Err(BpfError::Map {
             map,
             op: "lookup",

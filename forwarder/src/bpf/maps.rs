@@ -2,7 +2,8 @@
 //! program steers (`cipgw_vips`, `cipgw_backends` and their IPv6
 //! counterparts `cipgw_vips6`, `cipgw_backends6`, mirrored in userspace
 //! as one set of either family so that a change writes only the
-//! difference) and where it steers them (`cipgw_ports`, `cipgw_xsks`).
+//! difference) and where it steers them (`cipgw_ports` with
+//! `cipgw_portidx`, `cipgw_xsks`).
 
 use std::collections::HashSet;
 use std::io;
@@ -13,12 +14,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use libbpf_sys as sys;
 
 use super::ffi::{
-    describe_ifindex, map_contains, map_delete, map_keys, map_update, neg_errno, object_name,
-    prog_fd_by_id, prog_info, prog_map_ids, query_xdp,
+    describe_ifindex, map_contains, map_delete, map_keys, map_lookup, map_update, neg_errno,
+    object_name, prog_fd_by_id, prog_info, prog_map_ids, query_xdp,
 };
 use super::{
-    BackendKey, BpfError, XdpProgram, MAP_BACKENDS, MAP_BACKENDS6, MAP_PORTS, MAP_VIPS, MAP_VIPS6,
-    MAP_XSKS, MAX_PORTS, PROGRAM_NAME, XSK_SLOTS,
+    BackendKey, BpfError, XdpProgram, MAP_BACKENDS, MAP_BACKENDS6, MAP_PORTS, MAP_PORT_INDEX,
+    MAP_VIPS, MAP_VIPS6, MAP_XSKS, MAX_PORTS, PORT_INDEX_SIZE, PROGRAM_NAME, XSK_SLOTS,
 };
 
 /// What `cipgw_vips` and `cipgw_backends` hold, or are to hold: the VIPs
@@ -72,12 +73,49 @@ impl XdpProgram {
         }
         map_update(self.ports_fd, MAP_PORTS, &ifindex, &base_slot, || {
             format!("ifindex {ifindex}")
-        })
+        })?;
+        if ifindex < PORT_INDEX_SIZE {
+            let base_plus_one = base_slot + 1;
+            map_update(
+                self.port_index_fd,
+                MAP_PORT_INDEX,
+                &ifindex,
+                &base_plus_one,
+                || format!("ifindex {ifindex}"),
+            )?;
+        }
+        Ok(())
     }
 
     /// Stops directing frames from `ifindex` to sockets.
     pub fn remove_port(&self, ifindex: u32) -> Result<(), BpfError> {
+        self.clear_port_index(ifindex)?;
         map_delete(self.ports_fd, MAP_PORTS, &ifindex, || {
+            format!("ifindex {ifindex}")
+        })
+    }
+
+    /// The base slot `cipgw_portidx` holds for `ifindex`: `None` for
+    /// an interface that is not a port or whose ifindex is past the index
+    /// (the program then asks `cipgw_ports`). For diagnostics and tests.
+    pub fn indexed_port(&self, ifindex: u32) -> Result<Option<u32>, BpfError> {
+        if ifindex >= PORT_INDEX_SIZE {
+            return Ok(None);
+        }
+        let value = map_lookup::<u32, u32>(self.port_index_fd, MAP_PORT_INDEX, &ifindex, || {
+            format!("ifindex {ifindex}")
+        })?;
+        Ok(value.and_then(|base_plus_one| base_plus_one.checked_sub(1)))
+    }
+
+    /// Clears `ifindex`'s entry of `cipgw_portidx` (an array: its
+    /// entries are set to 0, never deleted), before `cipgw_ports` loses
+    /// the port.
+    pub(super) fn clear_port_index(&self, ifindex: u32) -> Result<(), BpfError> {
+        if ifindex >= PORT_INDEX_SIZE {
+            return Ok(());
+        }
+        map_update(self.port_index_fd, MAP_PORT_INDEX, &ifindex, &0u32, || {
             format!("ifindex {ifindex}")
         })
     }

@@ -17,7 +17,10 @@
 //! - `cipgw_frags`, `cipgw_frags6`: written by the program itself, read by nothing here:
 //!   datagrams whose first fragment it redirected as a backend reply, so
 //!   that their later fragments (no ports) follow,
-//! - `cipgw_ports`: ingress ifindex -> base slot in `cipgw_xsks`,
+//! - `cipgw_ports`: ingress ifindex -> base slot in `cipgw_xsks`, and
+//!   `cipgw_portidx` the same for ifindexes below [`PORT_INDEX_SIZE`]
+//!   (an array: every redirected frame asks for its port, and the
+//!   verifier makes an array's lookup a load),
 //! - `cipgw_xsks`: the AF_XDP sockets, at `base slot + RX queue`.
 //!
 //! Invariants this module keeps:
@@ -71,6 +74,13 @@ pub const MAP_VIPS: &str = "cipgw_vips";
 pub const MAP_BACKENDS: &str = "cipgw_backends";
 /// Port map: `__u32` ifindex -> `__u32` base slot.
 pub const MAP_PORTS: &str = "cipgw_ports";
+/// Port index: `__u32` ifindex below [`PORT_INDEX_SIZE`] -> `__u32` base
+/// slot plus one (0: not a port); written after `cipgw_ports`, cleared
+/// before it.
+pub const MAP_PORT_INDEX: &str = "cipgw_portidx";
+/// Entries of `cipgw_portidx` (the program's `PORT_INDEX_SIZE`): ports
+/// at a higher ifindex are found in `cipgw_ports` alone.
+pub const PORT_INDEX_SIZE: u32 = 4096;
 /// XSKMAP: slot -> AF_XDP socket.
 pub const MAP_XSKS: &str = "cipgw_xsks";
 pub const MAP_SNAT: &str = "cipgw_snat";
@@ -83,7 +93,7 @@ pub const MAP_BACKENDS6: &str = "cipgw_backends6";
 pub const MAP_SNAT6: &str = "cipgw_snat6";
 /// Every map the control plane writes, in the order a gateway hands them
 /// to the next one ([`SharedProgram`]).
-pub const CONTROL_MAPS: [&str; 11] = [
+pub const CONTROL_MAPS: [&str; 12] = [
     MAP_VIPS,
     MAP_BACKENDS,
     MAP_PORTS,
@@ -95,6 +105,7 @@ pub const CONTROL_MAPS: [&str; 11] = [
     MAP_BACKENDS6,
     MAP_SNAT6,
     MAP_DNS6,
+    MAP_PORT_INDEX,
 ];
 
 /// Capacity of `cipgw_xsks`: every (port, RX queue) needs a slot.
@@ -192,6 +203,7 @@ pub struct XdpProgram {
     backends6_fd: RawFd,
     snat6_fd: RawFd,
     dns6_fd: RawFd,
+    port_index_fd: RawFd,
     attached: Vec<Attachment>,
     /// What `cipgw_vips` and `cipgw_backends` hold: changed only after a
     /// successful map write.
@@ -265,6 +277,7 @@ impl XdpProgram {
             backends6_fd: -1,
             snat6_fd: -1,
             dns6_fd: -1,
+            port_index_fd: -1,
             attached: Vec::new(),
             mirror: Steering::default(),
             known_ids: Vec::new(),
@@ -298,6 +311,7 @@ impl XdpProgram {
         program.backends6_fd = program.map_fd(MAP_BACKENDS6)?;
         program.snat6_fd = program.map_fd(MAP_SNAT6)?;
         program.dns6_fd = program.map_fd(MAP_DNS6)?;
+        program.port_index_fd = program.map_fd(MAP_PORT_INDEX)?;
         program.prog_id = prog_info(program.prog_fd)
             .map(|(id, _)| id)
             .map_err(|source| BpfError::Load {
@@ -394,5 +408,15 @@ mod tests {
         assert_eq!(&OBJECT.0[..4], b"\x7fELF");
         // e_machine (offset 18, little endian here) is EM_BPF = 247.
         assert_eq!(u16::from_le_bytes([OBJECT.0[18], OBJECT.0[19]]), 247);
+    }
+
+    /// The kernel keeps 15 bytes of a map's name (`BPF_OBJ_NAME_LEN` - 1),
+    /// and a hand-over checks each map it is given by that name: a longer
+    /// one would never match, and no program would be kept.
+    #[test]
+    fn map_names_fit_the_kernels() {
+        for name in CONTROL_MAPS.iter().chain([&PROGRAM_NAME]) {
+            assert!(name.len() <= 15, "{name} is longer than the kernel keeps");
+        }
     }
 }

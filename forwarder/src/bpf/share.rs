@@ -6,7 +6,8 @@
 //! program attached and writes its maps instead of loading and attaching
 //! a program of its own (~20 ms of a hand-over's gap on two interfaces).
 //!
-//! The maps a start fills as a whole (`cipgw_ports`, `cipgw_snat`,
+//! The maps a start fills as a whole (`cipgw_ports` and its
+//! `cipgw_portidx`, `cipgw_snat`,
 //! `cipgw_snat6`, `cipgw_snat_on`, `cipgw_dns`, `cipgw_dns6`) are set to
 //! this gateway's settings by [`XdpProgram::take_over_maps`] once the
 //! running gateway has let go; the VIP and backend maps of both families
@@ -80,6 +81,7 @@ impl XdpProgram {
             self.backends6_fd,
             self.snat6_fd,
             self.dns6_fd,
+            self.port_index_fd,
         ];
         let fds = raw
             .iter()
@@ -163,6 +165,7 @@ impl XdpProgram {
             backends6_fd: fd(9),
             snat6_fd: fd(10),
             dns6_fd: fd(11),
+            port_index_fd: fd(12),
             attached: Vec::new(),
             mirror: Steering::default(),
             known_ids: vec![prog_id],
@@ -213,6 +216,17 @@ impl XdpProgram {
         dns: &[(IpAddr, u16)],
     ) -> Result<(), BpfError> {
         let keep: HashSet<[u8; 4]> = ports.iter().map(|(i, _)| i.to_ne_bytes()).collect();
+        // The index's entries go before the ports they name (see
+        // `cipgw_portidx`).
+        let old_ports = map_keys::<4>(self.ports_fd).map_err(|source| BpfError::Map {
+            map: MAP_PORTS,
+            op: "list",
+            key: "every key".into(),
+            source,
+        })?;
+        for key in old_ports.iter().filter(|k| !keep.contains(*k)) {
+            self.clear_port_index(u32::from_ne_bytes(*key))?;
+        }
         retain_keys(self.ports_fd, MAP_PORTS, &keep)?;
         for &(ifindex, base) in ports {
             self.set_port(ifindex, base)?;
