@@ -680,6 +680,23 @@ fn applied_tables_write_only_the_difference_make_before_break() {
     // Slots are bounded.
     assert!(prog.register_socket(1024, 0).is_err());
     assert!(prog.set_port(1, 4096).is_err());
+
+    // The program's port index holds every ifindex userspace puts there
+    // (its size is defined in the program and in `cipgw::bpf` alike).
+    let last = cipgw::bpf::PORT_INDEX_SIZE - 1;
+    prog.set_port(last, 7)
+        .expect("a port at the port index's last ifindex");
+    assert_eq!(
+        prog.indexed_port(last).expect("read the port index"),
+        Some(7),
+        "the port index's last entry"
+    );
+    prog.remove_port(last).expect("remove that port");
+    assert_eq!(
+        prog.indexed_port(last).expect("read the port index"),
+        None,
+        "a removed port leaves the port index"
+    );
 }
 
 #[test]
