@@ -42,7 +42,7 @@
  * PORT_INDEX_SIZE is looked up first in cipgw_portidx, an array the
  * verifier turns into a bounds check and a load: every redirected frame
  * asks for its port, and cipgw_ports' lookup (hashing the key, walking a
- * bucket) took 30-45 ns of the receive core a frame on veth
+ * bucket) took 20-40 ns of the receive core a frame on veth
  * (benches/RESULTS.md, session 41). Userspace (forwarder/src/bpf/) owns
  * the layout and writes both maps; map names are its interface.
  *
