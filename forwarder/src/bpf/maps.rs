@@ -74,22 +74,12 @@ impl XdpProgram {
         map_update(self.ports_fd, MAP_PORTS, &ifindex, &base_slot, || {
             format!("ifindex {ifindex}")
         })?;
-        if ifindex < PORT_INDEX_SIZE {
-            let base_plus_one = base_slot + 1;
-            map_update(
-                self.port_index_fd,
-                MAP_PORT_INDEX,
-                &ifindex,
-                &base_plus_one,
-                || format!("ifindex {ifindex}"),
-            )?;
-        }
-        Ok(())
+        self.write_port_index(ifindex, base_slot + 1)
     }
 
     /// Stops directing frames from `ifindex` to sockets.
     pub fn remove_port(&self, ifindex: u32) -> Result<(), BpfError> {
-        self.clear_port_index(ifindex)?;
+        self.write_port_index(ifindex, 0)?;
         map_delete(self.ports_fd, MAP_PORTS, &ifindex, || {
             format!("ifindex {ifindex}")
         })
@@ -108,16 +98,21 @@ impl XdpProgram {
         Ok(value.and_then(|base_plus_one| base_plus_one.checked_sub(1)))
     }
 
-    /// Clears `ifindex`'s entry of `cipgw_portidx` (an array: its
-    /// entries are set to 0, never deleted), before `cipgw_ports` loses
-    /// the port.
-    pub(super) fn clear_port_index(&self, ifindex: u32) -> Result<(), BpfError> {
+    /// Sets `ifindex`'s entry of `cipgw_portidx` (base slot plus one; 0,
+    /// no port: an array's entries are never deleted), when the index
+    /// reaches that far. Written after `cipgw_ports` gains a port and
+    /// before it loses one.
+    fn write_port_index(&self, ifindex: u32, base_plus_one: u32) -> Result<(), BpfError> {
         if ifindex >= PORT_INDEX_SIZE {
             return Ok(());
         }
-        map_update(self.port_index_fd, MAP_PORT_INDEX, &ifindex, &0u32, || {
-            format!("ifindex {ifindex}")
-        })
+        map_update(
+            self.port_index_fd,
+            MAP_PORT_INDEX,
+            &ifindex,
+            &base_plus_one,
+            || format!("ifindex {ifindex}"),
+        )
     }
 
     /// Puts an AF_XDP socket at `slot` of `cipgw_xsks`.

@@ -215,19 +215,16 @@ impl XdpProgram {
         snat: Option<(&[IpAddr], RangeInclusive<u16>)>,
         dns: &[(IpAddr, u16)],
     ) -> Result<(), BpfError> {
-        let keep: HashSet<[u8; 4]> = ports.iter().map(|(i, _)| i.to_ne_bytes()).collect();
-        // The index's entries go before the ports they name (see
-        // `cipgw_portidx`).
-        let old_ports = map_keys::<4>(self.ports_fd).map_err(|source| BpfError::Map {
-            map: MAP_PORTS,
-            op: "list",
-            key: "every key".into(),
-            source,
-        })?;
-        for key in old_ports.iter().filter(|k| !keep.contains(*k)) {
-            self.clear_port_index(u32::from_ne_bytes(*key))?;
+        // A port this gateway does not keep goes as any port goes
+        // (`remove_port`: out of `cipgw_portidx` first, then
+        // `cipgw_ports`).
+        let keep: HashSet<u32> = ports.iter().map(|&(ifindex, _)| ifindex).collect();
+        for key in listed_keys::<4>(self.ports_fd, MAP_PORTS)? {
+            let ifindex = u32::from_ne_bytes(key);
+            if !keep.contains(&ifindex) {
+                self.remove_port(ifindex)?;
+            }
         }
-        retain_keys(self.ports_fd, MAP_PORTS, &keep)?;
         for &(ifindex, base) in ports {
             self.set_port(ifindex, base)?;
         }
@@ -285,16 +282,23 @@ fn retain_keys<const N: usize>(
     map: &'static str,
     keep: &HashSet<[u8; N]>,
 ) -> Result<(), BpfError> {
-    let keys = map_keys::<N>(fd).map_err(|source| BpfError::Map {
+    for key in listed_keys::<N>(fd, map)?
+        .iter()
+        .filter(|k| !keep.contains(*k))
+    {
+        map_delete(fd, map, key, || format!("{key:?}"))?;
+    }
+    Ok(())
+}
+
+/// Every key of hash map `map` (`N` bytes each).
+fn listed_keys<const N: usize>(fd: RawFd, map: &'static str) -> Result<Vec<[u8; N]>, BpfError> {
+    map_keys::<N>(fd).map_err(|source| BpfError::Map {
         map,
         op: "list",
         key: "every key".into(),
         source,
-    })?;
-    for key in keys.iter().filter(|k| !keep.contains(*k)) {
-        map_delete(fd, map, key, || format!("{key:?}"))?;
-    }
-    Ok(())
+    })
 }
 
 /// A map's name, as the kernel has it.
