@@ -188,6 +188,11 @@ pub(super) fn slot_reference(id: RecordId, direction: u32) -> u32 {
     id << 1 | direction
 }
 
+/// The bits of a slot word that name a flow's key: its reference and
+/// the signature's lowest bit, set in every slot in use (reference 0,
+/// record 0's forward key, is also an empty slot's low half).
+const REFERENCE_AND_IN_USE: u64 = 1 << 32 | 0xffff_ffff;
+
 /// Record id and direction of a slot word.
 #[inline]
 pub(super) fn reference(word: u64) -> (RecordId, u32) {
@@ -473,7 +478,6 @@ impl FlowIndex {
     /// flood's eviction unlinked two keys with two of them (benches/
     /// RESULTS.md, session 24).
     pub fn unlink_reference(&self, home: usize, id: RecordId, direction: u32) -> bool {
-        const REFERENCE_AND_IN_USE: u64 = 1 << 32 | 0xffff_ffff;
         let want = 1 << 32 | u64::from(slot_reference(id, direction));
         if let Some(slot) = self
             .buckets
@@ -485,6 +489,16 @@ impl FlowIndex {
             slot.store(0, Ordering::Release);
             return true;
         }
+        self.unlink_reference_locked(home, want)
+    }
+
+    /// [`FlowIndex::unlink_reference`]'s search under the locks, for a
+    /// slot not found in the home bucket. Out of line: rare, and inlined
+    /// its locking and calls made every unlink save and restore six
+    /// registers (14 instructions of the home bucket's 30 or so).
+    #[cold]
+    #[inline(never)]
+    fn unlink_reference_locked(&self, home: usize, want: u64) -> bool {
         self.unlink_matching(home, REFERENCE_AND_IN_USE, want)
     }
 
