@@ -477,6 +477,7 @@ impl FlowIndex {
     /// which waits for every store before it to reach the cache: a
     /// flood's eviction unlinked two keys with two of them (benches/
     /// RESULTS.md, session 24).
+    #[inline]
     pub fn unlink_reference(&self, home: usize, id: RecordId, direction: u32) -> bool {
         let want = 1 << 32 | u64::from(slot_reference(id, direction));
         if let Some(slot) = self

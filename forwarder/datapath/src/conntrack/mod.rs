@@ -2384,13 +2384,20 @@ impl<A: IpFamily> Conntrack<A> {
         self.snat.released(victim.snat_index);
         stats.evicted[class as usize].inc();
         if life.bits() & REPLIED != 0 {
-            self.unreplied.fetch_add(1, STAT);
-            // A replied flow may sit in a worker's flow cache by its
-            // part's count (an unreplied one by its stamp, see
-            // `FlowStamp`).
-            self.count_removal(&self.keys(victim));
+            self.replied_victim_gone(victim);
         }
         id
+    }
+
+    /// [`Conntrack::take_over`]'s count for a victim that had a reply.
+    /// Out of line: a flood's victims never had one.
+    #[cold]
+    #[inline(never)]
+    fn replied_victim_gone(&self, victim: &FlowData<A>) {
+        self.unreplied.fetch_add(1, STAT);
+        // A replied flow may sit in a worker's flow cache by its part's
+        // count (an unreplied one by its stamp, see `FlowStamp`).
+        self.count_removal(&self.keys(victim));
     }
 
     /// Claims the flow in record `id` if `doomed` says so of its current
