@@ -1731,21 +1731,51 @@ impl<A: IpFamily> Conntrack<A> {
                 .write_hit(found.id, found.direction, bits, &self.snat, hit);
             return true;
         }
-        self.touch_changing(found, protocol, now, flags, hit)
+        self.touch_changing(
+            found.id,
+            found.direction,
+            found.life,
+            protocol,
+            now,
+            flags,
+            hit,
+        )
     }
 
     /// [`Conntrack::touch`] for a packet that may change its flow's state
-    /// or last-seen time.
+    /// or last-seen time: the flow in record `id`, found with `seen`.
+    ///
+    /// Given the record, not the found flow: passed by reference, the
+    /// found flow had to be in memory, and the lookup stored it to the
+    /// stack field by field on every hit, the common ones too (about 20
+    /// instructions a lookup at a million flows). This rare path reads the
+    /// record again instead; a record that no longer holds the flow found
+    /// (another sequence, or being removed) is a miss, as a failed swap
+    /// below is.
     #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
     fn touch_changing(
         &self,
-        found: &Found<A>,
+        id: RecordId,
+        direction: Direction,
+        seen: Life,
         protocol: Protocol,
         now: u32,
         flags: u8,
         hit: &mut FlowHit<A>,
     ) -> bool {
-        let mut life = found.life;
+        let Some((flow, mut life)) = self.slab.read(id) else {
+            return false;
+        };
+        if life.seq() != seen.seq() {
+            return false;
+        }
+        let found = Found {
+            id,
+            direction,
+            flow,
+            life,
+        };
         loop {
             let bits = life.bits();
             if protocol == Protocol::Tcp
