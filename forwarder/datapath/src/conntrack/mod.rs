@@ -2302,7 +2302,6 @@ impl<A: IpFamily> Conntrack<A> {
                     let homes = self.homes(&flow);
                     return Some(self.take_over(
                         head.id,
-                        &flow,
                         life,
                         homes,
                         EvictionClass::Expired,
@@ -2340,8 +2339,8 @@ impl<A: IpFamily> Conntrack<A> {
                 self.index
                     .prefetch_home_for_write(ahead.reply_home as usize);
             }
-            let claimed = self.claim_flow(victim.id, |_, l| l.seq() == victim.seq && unassured(l));
-            if let Some((flow, life)) = claimed {
+            let claimed = self.claim_life(victim.id, |l| l.seq() == victim.seq && unassured(l));
+            if let Some(life) = claimed {
                 queue.push(queued(victim.id));
                 drop(queue);
                 let class = if expired(life) {
@@ -2350,14 +2349,14 @@ impl<A: IpFamily> Conntrack<A> {
                     EvictionClass::Unassured
                 };
                 let homes = [victim.forward_home, victim.reply_home];
-                return Some(self.take_over(victim.id, &flow, life, homes, class, stats));
+                return Some(self.take_over(victim.id, life, homes, class, stats));
             }
             // Replied but not assured yet (mid-handshake) is spared by the
             // flood guard, but stays queued for a full table.
             let spared = self
                 .slab
-                .read(victim.id)
-                .is_some_and(|(_, l)| l.seq() == victim.seq && l.bits() & ASSURED == 0);
+                .life(victim.id)
+                .is_some_and(|l| l.seq() == victim.seq && l.bits() & ASSURED == 0);
             if spared && kept < queue.capacity() {
                 queue.push(victim);
                 kept += 1;
@@ -2380,28 +2379,26 @@ impl<A: IpFamily> Conntrack<A> {
                 drop(queue);
                 drop(closing);
                 let homes = self.homes(&flow);
-                return Some(self.take_over(
-                    victim.id,
-                    &flow,
-                    life,
-                    homes,
-                    EvictionClass::Closing,
-                    stats,
-                ));
+                return Some(self.take_over(victim.id, life, homes, EvictionClass::Closing, stats));
             }
         }
         None
     }
 
-    /// Gives the record of a claimed victim to the new flow that `admit`
-    /// already queued in it: unlinks the victim from the chains of its
-    /// `homes` (before the record is reused, so no slot of it can be
-    /// mistaken for the new flow's) and moves the counts. The new flow is
-    /// unreplied and takes the victim's place in the live count.
+    /// Gives the record of a claimed victim (its `life` when claimed) to
+    /// the new flow that `admit` already queued in it: unlinks the victim
+    /// from the chains of its `homes` (before the record is reused, so no
+    /// slot of it can be mistaken for the new flow's) and moves the
+    /// counts. The new flow is unreplied and takes the victim's place in
+    /// the live count.
+    ///
+    /// The victim's flow is read from the claimed record as far as needed
+    /// ([`Slab::claimed_snat_index`]; the whole of it only for a victim
+    /// that had a reply): a flood's eviction decoded it whole and stored
+    /// it to the stack, for one field (benches/RESULTS.md, session 42).
     fn take_over(
         &self,
         id: RecordId,
-        victim: &FlowData<A>,
         life: Life,
         homes: [u32; 2],
         class: EvictionClass,
@@ -2409,25 +2406,32 @@ impl<A: IpFamily> Conntrack<A> {
     ) -> RecordId {
         // The homes come from the victim's queue entry: wrong ones would
         // leave its slots behind, taken later for the record's next flow.
-        debug_assert_eq!(homes, self.homes(victim), "record {id}'s queued homes");
+        debug_assert_eq!(
+            Some(homes),
+            self.slab.claimed(id).map(|victim| self.homes(&victim)),
+            "record {id}'s queued homes"
+        );
         self.unlink(id, homes);
-        self.snat.released(victim.snat_index);
+        self.snat.released(self.slab.claimed_snat_index(id));
         stats.evicted[class as usize].inc();
         if life.bits() & REPLIED != 0 {
-            self.replied_victim_gone(victim);
+            self.replied_victim_gone(id);
         }
         id
     }
 
-    /// [`Conntrack::take_over`]'s count for a victim that had a reply.
-    /// Out of line: a flood's victims never had one.
+    /// [`Conntrack::take_over`]'s count for a claimed victim in record
+    /// `id` that had a reply. Out of line: a flood's victims never had
+    /// one.
     #[cold]
     #[inline(never)]
-    fn replied_victim_gone(&self, victim: &FlowData<A>) {
+    fn replied_victim_gone(&self, id: RecordId) {
         self.unreplied.fetch_add(1, STAT);
         // A replied flow may sit in a worker's flow cache by its part's
         // count (an unreplied one by its stamp, see `FlowStamp`).
-        self.count_removal(&self.keys(victim));
+        if let Some(victim) = self.slab.claimed(id) {
+            self.count_removal(&self.keys(&victim));
+        }
     }
 
     /// Claims the flow in record `id` if `doomed` says so of its current
@@ -2446,6 +2450,21 @@ impl<A: IpFamily> Conntrack<A> {
             }
             if self.slab.claim(id, life) {
                 return Some((flow, life));
+            }
+        }
+        None
+    }
+
+    /// [`Conntrack::claim_flow`] for a victim chosen by its life word
+    /// alone: its flow is not read (see [`Conntrack::take_over`]).
+    fn claim_life(&self, id: RecordId, doomed: impl Fn(Life) -> bool) -> Option<Life> {
+        for _ in 0..CLAIM_ATTEMPTS {
+            let life = self.slab.life(id)?;
+            if !doomed(life) {
+                return None;
+            }
+            if self.slab.claim(id, life) {
+                return Some(life);
             }
         }
         None

@@ -769,6 +769,25 @@ impl<A: RecordLayout> Slab<A> {
         Some((A::decode(&words, &self.vips), second))
     }
 
+    /// The flow in a record the caller claimed ([`Slab::claim`]) and has
+    /// not yet freed or published again: its data words stay as they were
+    /// until then, so they are read without a sequence check.
+    #[inline]
+    pub fn claimed(&self, id: RecordId) -> Option<FlowData<A>> {
+        // Relaxed: the successful claim (AcqRel) made the flow's
+        // publication visible, and no one else writes a claimed record.
+        Some(A::decode(&self.record(id)?.load_words(), &self.vips))
+    }
+
+    /// The source NAT index of the flow in a claimed record (see
+    /// [`Slab::claimed`]), from its target word alone.
+    #[inline]
+    pub fn claimed_snat_index(&self, id: RecordId) -> u8 {
+        // Relaxed: as in `claimed`.
+        self.record(id)
+            .map_or(0, |r| decode_target(r.target().load(Ordering::Relaxed)).3)
+    }
+
     /// Replaces a live record's life word (state, last seen) if it is
     /// still `current`; on failure returns what it is now.
     #[inline]
