@@ -1231,7 +1231,13 @@ impl Pipeline {
     /// `buf[..len]` is the frame; the rest of `buf` is room an answer may
     /// grow into ([`Verdict::Respond`] gives its length). `ingress` is the
     /// port the frame arrived on.
-    #[inline]
+    ///
+    /// Never inlined: the worker calls it once a frame, and when the
+    /// compiler inlined it into the worker's per-frame closure (after
+    /// changes elsewhere in the crate shrank it), the worker's loop took
+    /// 20 ns a frame longer on the veth benchmark's udp-new
+    /// (benches/RESULTS.md, session 42).
+    #[inline(never)]
     pub fn process(
         &mut self,
         buf: &mut [u8],
