@@ -2308,9 +2308,9 @@ impl<A: IpFamily> Conntrack<A> {
                         stats,
                     ));
                 }
-                match self.slab.read(head.id) {
+                match self.slab.life(head.id) {
                     // Still closing, just not expired: it stays first.
-                    Some((_, l)) if l.seq() == head.seq && closing_flow(l) => break,
+                    Some(l) if l.seq() == head.seq && closing_flow(l) => break,
                     _ => {
                         closing.pop_front();
                     }
