@@ -371,6 +371,24 @@ impl FlowIndex {
         None
     }
 
+    /// Whether `hash`'s chain may hold a key of that hash: a slot of its
+    /// home bucket carries its signature, or the chain goes on past the
+    /// home bucket (which [`FlowIndex::find_likely_absent`] then
+    /// searches). If not, a lookup that found no candidate ahead (a new
+    /// flow's) misses without reading a record or saving a register for
+    /// what a match would need (see `Conntrack::lookup_candidate_into`).
+    /// The home bucket only: a loop over the chain was unrolled sixteen
+    /// times in the gateway's build (1.7 KB for one lookup's miss).
+    #[inline(always)]
+    pub fn may_hold(&self, hash: u64) -> bool {
+        let Some(home) = self.buckets.get(self.home(hash)) else {
+            return false;
+        };
+        // Acquire: as in `find`.
+        signature_matches(home, signature(hash)) != 0
+            || home.meta.load(Ordering::Acquire) & OVERFLOW != 0
+    }
+
     /// Places `word` in the chain of `hash` unless `existing` finds a live
     /// flow for the same key there (checked under the home bucket's lock,
     /// which every writer of this key holds, so two writers of one key

@@ -1590,18 +1590,16 @@ impl<A: IpFamily> Conntrack<A> {
     /// searched again.
     ///
     /// With [`Candidate::NONE`] (as [`Conntrack::lookup_into`] calls it),
-    /// or one that no longer holds the key, the bucket is searched as an
-    /// insert searches it, its seven signatures compared at once
-    /// (`FlowIndex::find_likely_absent`): a batch's new flows come
-    /// here, and searched slot by slot their lookups took 21 instructions
-    /// more (benches/RESULTS.md, session 27).
+    /// or one that no longer holds the key, the lookup goes on out of
+    /// line ([`Conntrack::lookup_absent`]): a batch's new flows take that
+    /// way, and most miss there at one look at their home bucket.
     ///
     /// A candidate that holds the key is touched on the spot, not passed
     /// on to one `touch` with the search's result. Merged into one, the
     /// two ways wrote the found flow to one place on the stack in pieces,
     /// and the IPv6 one was then read back whole and waited for the
-    /// stores: at a million flows, IPv6 packets took 8% longer (same
-    /// session).
+    /// stores: at a million flows, IPv6 packets took 8% longer
+    /// (benches/RESULTS.md, session 27).
     #[inline]
     pub fn lookup_candidate_into(
         &self,
@@ -1618,6 +1616,44 @@ impl<A: IpFamily> Conntrack<A> {
                 return self.touch(&found, key.protocol, now, flags, hit);
             }
         }
+        self.lookup_absent(key, hash, now, flags, hit)
+    }
+
+    /// [`Conntrack::lookup_candidate_into`] for a key no candidate found:
+    /// most likely a new flow's, whose home bucket carries no signature of
+    /// it and does not overflow ([`FlowIndex::may_hold`]). That miss
+    /// takes a handful of registers and a tail call's worth of code; the
+    /// search, which needs the key and a record's decoded flow in
+    /// registers, is a call further ([`Conntrack::lookup_searched`]).
+    /// Inline, the search's register saves and the key's copy to the
+    /// stack came with every miss: 74 instructions a new flow's lookup
+    /// took against 33 (benches/RESULTS.md, session 43).
+    #[inline(never)]
+    fn lookup_absent(
+        &self,
+        key: &FlowKey<A>,
+        hash: u64,
+        now: u32,
+        flags: u8,
+        hit: &mut FlowHit<A>,
+    ) -> bool {
+        self.index.may_hold(hash) && self.lookup_searched(key, hash, now, flags, hit)
+    }
+
+    /// The chain search of [`Conntrack::lookup_absent`], for a key its
+    /// home bucket may hold: the bucket's seven signatures compared at
+    /// once, as an insert searches it (`FlowIndex::find_likely_absent`;
+    /// searched slot by slot, new flows' lookups took 21 instructions
+    /// more, benches/RESULTS.md, session 27), and the flow found touched.
+    #[inline(never)]
+    fn lookup_searched(
+        &self,
+        key: &FlowKey<A>,
+        hash: u64,
+        now: u32,
+        flags: u8,
+        hit: &mut FlowHit<A>,
+    ) -> bool {
         let found = self.index.find_likely_absent(hash, |id, bit| {
             self.lookup_match(id, direction_of(bit), key)
         });

@@ -234,6 +234,55 @@ fn a_candidate_is_only_a_hint() {
     assert_eq!((hit.nat_ip, hit.nat_port), backend());
 }
 
+/// A lookup without a candidate finds a key wherever its chain holds it:
+/// in its home bucket (a signature there) or past it (the home bucket
+/// overflows), from either candidate step; a key never inserted misses.
+#[test]
+fn a_lookup_without_a_candidate_finds_keys_past_their_home_bucket() {
+    let config = ConntrackConfig {
+        max_flows: 40,
+        unreplied_percent: 100,
+        timeouts: Timeouts::default(),
+    };
+    // One home bucket for every key: all but its first seven keys sit
+    // further along the chain.
+    let ct = Conntrack::with_index_for(config, 1);
+    let hit_of = |key: &FlowKey, candidate: Candidate| {
+        let mut hit = FlowHit::UNSET;
+        ct.lookup_candidate_into(key, ct.hash(key), candidate, 1, ACK, &mut hit)
+            .then_some(hit)
+    };
+    for n in 0..30 {
+        ct.insert(spaced_forward(n), spaced_backend(n), 1, FlowMeta::default())
+            .unwrap_or_else(|e| panic!("insert {n}: {e:?}"));
+    }
+    let past_home = (0..30)
+        .filter(|&n| ct.index.home(ct.hash(&spaced_forward(n))) == 0)
+        .count();
+    assert_eq!(past_home, 30, "one home bucket for all");
+    for n in 0..30 {
+        let forward = hit_of(&spaced_forward(n), Candidate::NONE)
+            .unwrap_or_else(|| panic!("flow {n} without a candidate"));
+        assert_eq!(
+            (forward.direction, forward.nat_ip, forward.nat_port),
+            (Direction::Forward, spaced_backend(n).0, spaced_backend(n).1),
+            "flow {n}'s forward key"
+        );
+        let reply = hit_of(&spaced_reply(n), Candidate::NONE)
+            .unwrap_or_else(|| panic!("flow {n}'s reply without a candidate"));
+        assert_eq!(reply.direction, Direction::Reply, "flow {n}'s reply key");
+        // A stale candidate (another flow's record) searches the chain too.
+        let other = ct.prefetch_flow(ct.hash(&spaced_forward((n + 1) % 30)));
+        let searched = hit_of(&spaced_forward(n), other)
+            .unwrap_or_else(|| panic!("flow {n} from another flow's candidate"));
+        assert_eq!((searched.nat_ip, searched.nat_port), spaced_backend(n));
+    }
+    assert!(
+        hit_of(&spaced_forward(31), Candidate::NONE).is_none(),
+        "never inserted"
+    );
+}
+
 #[test]
 fn populating_a_live_table_keeps_its_flows() {
     let ct = Conntrack::new(ConntrackConfig {
