@@ -217,6 +217,8 @@ pub(super) struct FlowIndex {
     buckets: super::ZeroedSlice<Bucket>,
     /// Buckets a hash maps to; the rest (MAX_CHAIN) only take overflow.
     homes: u64,
+    /// How a bucket about to be locked is asked for.
+    write_prefetch: super::WritePrefetch,
 }
 
 impl FlowIndex {
@@ -237,6 +239,7 @@ impl FlowIndex {
         FlowIndex {
             buckets,
             homes: homes as u64,
+            write_prefetch: super::WritePrefetch::detect(),
         }
     }
 
@@ -267,7 +270,7 @@ impl FlowIndex {
     }
 
     /// Hints the CPU to fetch the bucket of a key about to be linked
-    /// there, for the write (see [`super::prefetch_line_for_write`]).
+    /// there, for the write (see [`super::WritePrefetch`]).
     #[inline]
     pub fn prefetch_for_write(&self, hash: u64) {
         self.prefetch_home_for_write(self.home(hash));
@@ -278,7 +281,7 @@ impl FlowIndex {
     #[inline]
     pub fn prefetch_home_for_write(&self, home: usize) {
         if let Some(b) = self.buckets.get(home) {
-            super::prefetch_for_write(b);
+            self.write_prefetch.item(b);
         }
     }
 

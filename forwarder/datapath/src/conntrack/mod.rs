@@ -86,7 +86,7 @@ mod state;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ahash::RandomState;
@@ -901,16 +901,17 @@ pub fn prefetch_line(at: usize) {
     let _ = at;
 }
 
-/// [`prefetch`] for an item about to be written: a bucket about to be
-/// locked, a victim's record about to be claimed and rewritten.
-#[inline(always)]
-fn prefetch_for_write<T>(item: &T) {
-    for_each_line::<T>(item as *const T as usize, prefetch_line_for_write);
-}
-
-/// Hints the CPU to fetch the cache line holding address `at` in order to
-/// write it (`prefetchw`), where the CPU has the instruction, else as
-/// [`prefetch_line`] does.
+/// How this CPU asks for a line it is about to write: with `prefetchw`
+/// where it has the instruction (CPUID 8000_0001h, ECX bit 8: PRFCHW,
+/// "3dnowprefetch" in /proc/cpuinfo; every AMD64 CPU, and Intel's since
+/// Broadwell), else as [`prefetch_line`] does. Asked of CPUID once per
+/// index and slab ([`WritePrefetch::detect`]) and kept beside their
+/// lines, so a prefetch tests a byte of the structure it already holds:
+/// one compare with memory and a branch the CPU always predicts. (A
+/// static byte, asked on first use, took a load of its address, a load,
+/// two compares and two branches a prefetch, and kept a register for
+/// the address: 16 instructions more a SYN flood's insert than this,
+/// benches/RESULTS.md, session 43; a `LazyLock` took more still.)
 ///
 /// A line asked for with `prefetcht0` and then locked or stored to may
 /// still have to be asked for again, owned, when the write comes: in the
@@ -920,66 +921,61 @@ fn prefetch_for_write<T>(item: &T) {
 /// `prefetchw` took the flood from a median of 146.4 ns a new flow
 /// (24 runs) to 125.4 (26 runs; in the sets where the old code ran in
 /// its fast mode, the two were even: benches/RESULTS.md, session 31).
-#[inline(always)]
-pub(crate) fn prefetch_line_for_write(at: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if has_prefetchw() {
-        // SAFETY: as in `prefetch_line`: a hint that never faults and
-        // changes no memory; the CPU has the instruction (checked above).
-        unsafe {
-            std::arch::asm!(
-                "prefetchw byte ptr [{at}]",
-                at = in(reg) at,
-                options(nostack, preserves_flags, readonly)
-            );
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WritePrefetch {
+    prefetchw: bool,
+}
+
+impl WritePrefetch {
+    /// Asks CPUID whether the CPU has `prefetchw`.
+    #[cold]
+    pub fn detect() -> WritePrefetch {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::__cpuid;
+            const EXTENDED: u32 = 0x8000_0000;
+            const PRFCHW: u32 = 1 << 8;
+            WritePrefetch {
+                prefetchw: __cpuid(EXTENDED).eax > EXTENDED
+                    && __cpuid(EXTENDED + 1).ecx & PRFCHW != 0,
+            }
         }
-        return;
+        #[cfg(not(target_arch = "x86_64"))]
+        WritePrefetch { prefetchw: false }
     }
-    prefetch_line(at);
-}
 
-/// Whether the CPU has `prefetchw` (CPUID 8000_0001h, ECX bit 8:
-/// PRFCHW, "3dnowprefetch" in /proc/cpuinfo): every AMD64 CPU, and
-/// Intel's since Broadwell. Asked once; afterwards one compare of a
-/// static byte and a branch the CPU always predicts. (A `LazyLock`
-/// took two loads and two branches a prefetch: 16 instructions more a
-/// SYN flood's insert, 1,215 against 1,199 in `benches/icount.sh
-/// --cases ct_flood`.)
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn has_prefetchw() -> bool {
-    // Relaxed: the byte is the whole message; a thread that reads a
-    // stale UNKNOWN asks CPUID itself and stores the same answer.
-    match PREFETCHW.load(Ordering::Relaxed) {
-        PREFETCHW_YES => true,
-        PREFETCHW_NO => false,
-        _ => detect_prefetchw(),
+    /// Whether lines are asked for with `prefetchw`.
+    #[cfg(test)]
+    pub fn uses_prefetchw(self) -> bool {
+        self.prefetchw
     }
-}
 
-/// What [`has_prefetchw`] found: not asked yet, no or yes.
-#[cfg(target_arch = "x86_64")]
-static PREFETCHW: AtomicU8 = AtomicU8::new(PREFETCHW_UNKNOWN);
-#[cfg(target_arch = "x86_64")]
-const PREFETCHW_UNKNOWN: u8 = 0;
-#[cfg(target_arch = "x86_64")]
-const PREFETCHW_NO: u8 = 1;
-#[cfg(target_arch = "x86_64")]
-const PREFETCHW_YES: u8 = 2;
+    /// [`prefetch`] for an item about to be written: a bucket about to be
+    /// locked, a victim's record about to be claimed and rewritten.
+    #[inline(always)]
+    pub fn item<T>(self, item: &T) {
+        for_each_line::<T>(item as *const T as usize, |at| self.line(at));
+    }
 
-/// [`has_prefetchw`]'s first question, asked of CPUID.
-#[cfg(target_arch = "x86_64")]
-#[cold]
-#[inline(never)]
-fn detect_prefetchw() -> bool {
-    use std::arch::x86_64::__cpuid;
-    const EXTENDED: u32 = 0x8000_0000;
-    const PRFCHW: u32 = 1 << 8;
-    let has = __cpuid(EXTENDED).eax > EXTENDED && __cpuid(EXTENDED + 1).ecx & PRFCHW != 0;
-    let answer = if has { PREFETCHW_YES } else { PREFETCHW_NO };
-    // Relaxed: as in `has_prefetchw`.
-    PREFETCHW.store(answer, Ordering::Relaxed);
-    has
+    /// Hints the CPU to fetch the cache line holding address `at` in
+    /// order to write it.
+    #[inline(always)]
+    pub fn line(self, at: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if self.prefetchw {
+            // SAFETY: as in `prefetch_line`: a hint that never faults and
+            // changes no memory; the CPU has the instruction (`detect`).
+            unsafe {
+                std::arch::asm!(
+                    "prefetchw byte ptr [{at}]",
+                    at = in(reg) at,
+                    options(nostack, preserves_flags, readonly)
+                );
+            }
+            return;
+        }
+        prefetch_line(at);
+    }
 }
 
 /// What [`Conntrack::adopt`] found in a table file.

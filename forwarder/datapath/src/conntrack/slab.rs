@@ -583,6 +583,8 @@ pub(super) struct Slab<A: RecordLayout> {
     never_used: AtomicU32,
     /// What IPv6 records' VIP prefix indexes refer to.
     vips: VipPrefixes,
+    /// How a record about to be claimed is asked for.
+    write_prefetch: super::WritePrefetch,
 }
 
 impl<A: RecordLayout> Slab<A> {
@@ -598,6 +600,7 @@ impl<A: RecordLayout> Slab<A> {
             free_head: AtomicU64::new(0),
             never_used: AtomicU32::new(1),
             vips: VipPrefixes::owned(),
+            write_prefetch: super::WritePrefetch::detect(),
         }
     }
 
@@ -620,6 +623,7 @@ impl<A: RecordLayout> Slab<A> {
             free_head: AtomicU64::new(0),
             never_used: AtomicU32::new(1),
             vips,
+            write_prefetch: super::WritePrefetch::detect(),
         }
     }
 
@@ -725,7 +729,7 @@ impl<A: RecordLayout> Slab<A> {
     #[inline]
     pub fn prefetch_for_write(&self, id: RecordId) {
         if let Some(r) = self.record(id) {
-            super::prefetch_for_write(r);
+            self.write_prefetch.item(r);
         }
     }
 

@@ -2146,13 +2146,14 @@ fn the_write_prefetch_is_used_where_the_cpu_has_it() {
         .find(|l| l.starts_with("flags"))
         .expect("/proc/cpuinfo lists the CPU's flags");
     let listed = flags.split_whitespace().any(|f| f == "3dnowprefetch");
+    let write_prefetch = super::WritePrefetch::detect();
     assert_eq!(
-        super::has_prefetchw(),
+        write_prefetch.uses_prefetchw(),
         listed,
         "CPUID's PRFCHW bit and the kernel's 3dnowprefetch flag disagree"
     );
     // Asking for a line, owned, changes nothing in it.
     let bucket = [7u64; 8];
-    super::prefetch_for_write(&bucket);
+    write_prefetch.item(&bucket);
     assert_eq!(bucket, [7; 8], "a prefetch is only a hint");
 }
