@@ -379,7 +379,9 @@ impl FlowIndex {
     /// home bucket (which [`FlowIndex::find_likely_absent`] then
     /// searches). If not, a lookup that found no candidate ahead (a new
     /// flow's) misses without reading a record or saving a register for
-    /// what a match would need (see `Conntrack::lookup_candidate_into`).
+    /// what a match would need (see `Conntrack::lookup_absent`), and a
+    /// link places its key without searching for it
+    /// ([`FlowIndex::find_existing`]).
     /// The home bucket only: a loop over the chain was unrolled sixteen
     /// times in the gateway's build (1.7 KB for one lookup's miss).
     #[inline(always)]
@@ -419,8 +421,10 @@ impl FlowIndex {
             return Placed::ChainFull;
         };
         let _home = HomeLock::new(self, home);
-        if let Some(found) = self.find_likely_absent(hash, existing) {
-            return Placed::Exists(found);
+        if self.may_hold(hash) {
+            if let Some(found) = self.find_existing(hash, existing) {
+                return Placed::Exists(found);
+            }
         }
         let Some(free) = home_bucket.free_slot() else {
             return self.link_past_home(home, word, live);
@@ -432,6 +436,21 @@ impl FlowIndex {
         // reference.
         free.store(word, Ordering::Release);
         Placed::Linked
+    }
+
+    /// [`FlowIndex::link`]'s check for a live flow of the key, for a chain
+    /// that may hold one ([`FlowIndex::may_hold`]; almost never, but for
+    /// a chain that overflows). Out of line, so a link that needs no
+    /// search neither copies the key to the stack for it nor keeps
+    /// registers for a record's decoded flow (as a lookup's miss,
+    /// `Conntrack::lookup_absent`).
+    #[inline(never)]
+    fn find_existing<T>(
+        &self,
+        hash: u64,
+        existing: impl FnMut(RecordId, u32) -> Option<T>,
+    ) -> Option<T> {
+        self.find_likely_absent(hash, existing)
     }
 
     /// [`FlowIndex::link`] when the home bucket is full (under its lock):
