@@ -910,7 +910,7 @@ pub fn prefetch_line(at: usize) {
 /// one compare with memory and a branch the CPU always predicts. (A
 /// static byte, asked on first use, took a load of its address, a load,
 /// two compares and two branches a prefetch, and kept a register for
-/// the address: 16 instructions more a SYN flood's insert than this,
+/// the address: 22 instructions more a SYN flood's insert than this,
 /// benches/RESULTS.md, session 43; a `LazyLock` took more still.)
 ///
 /// A line asked for with `prefetcht0` and then locked or stored to may

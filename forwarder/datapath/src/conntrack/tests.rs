@@ -234,9 +234,9 @@ fn a_candidate_is_only_a_hint() {
     assert_eq!((hit.nat_ip, hit.nat_port), backend());
 }
 
-/// A lookup without a candidate finds a key wherever its chain holds it:
-/// in its home bucket (a signature there) or past it (the home bucket
-/// overflows), from either candidate step; a key never inserted misses.
+/// A lookup without a candidate, or with a stale one, finds a key
+/// wherever its chain holds it: in its home bucket (a signature there)
+/// or past it (the home bucket overflows); a key never inserted misses.
 #[test]
 fn a_lookup_without_a_candidate_finds_keys_past_their_home_bucket() {
     let config = ConntrackConfig {
