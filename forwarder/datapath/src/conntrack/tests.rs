@@ -256,10 +256,10 @@ fn a_lookup_without_a_candidate_finds_keys_past_their_home_bucket() {
         ct.insert(spaced_forward(n), spaced_backend(n), 1, FlowMeta::default())
             .unwrap_or_else(|e| panic!("insert {n}: {e:?}"));
     }
-    let past_home = (0..30)
+    let homed_in_bucket_0 = (0..30)
         .filter(|&n| ct.index.home(ct.hash(&spaced_forward(n))) == 0)
         .count();
-    assert_eq!(past_home, 30, "one home bucket for all");
+    assert_eq!(homed_in_bucket_0, 30, "one home bucket for all");
     for n in 0..30 {
         let forward = hit_of(&spaced_forward(n), Candidate::NONE)
             .unwrap_or_else(|| panic!("flow {n} without a candidate"));
