@@ -2029,8 +2029,14 @@ impl<A: IpFamily> Conntrack<A> {
         hit: &mut FlowHit<A>,
     ) -> Result<(), InsertError> {
         let stats = &self.worker(meta.worker).stats;
+        // Hashed from a key of its own, built from the flow's fields: the
+        // hash of `reply`, which the links below take by reference and so
+        // is stored to the stack field by field, read its two addresses
+        // back as one 8-byte load that no single store could forward (a
+        // stall of about 8 ns a new flow on the gateway's core;
+        // benches/RESULTS.md, session 44).
+        let reply_hash = reply_hash.unwrap_or_else(|| self.hash(&flow.reply_key(&self.snat)));
         let reply = flow.reply_key(&self.snat);
-        let reply_hash = reply_hash.unwrap_or_else(|| self.hash(&reply));
         // The reply bucket is a miss of its own; let it arrive while the
         // record is written and room is made.
         self.index.prefetch_for_write(reply_hash);
