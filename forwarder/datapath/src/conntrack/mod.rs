@@ -2031,10 +2031,12 @@ impl<A: IpFamily> Conntrack<A> {
         let stats = &self.worker(meta.worker).stats;
         // Hashed from a key of its own, built from the flow's fields: the
         // hash of `reply`, which the links below take by reference and so
-        // is stored to the stack field by field, read its two addresses
-        // back as one 8-byte load that no single store could forward (a
-        // stall of about 8 ns a new flow on the gateway's core;
-        // benches/RESULTS.md, session 44).
+        // is stored to the stack field by field, read its two IPv4
+        // addresses back as one 8-byte load that no single store could
+        // forward. On the gateway's core that wait held 11-14% of this
+        // function's samples (benches/RESULTS.md, session 44). Building
+        // `reply` first and hashing a copy of it does not help: the
+        // compiler reads the stack copy again.
         let reply_hash = reply_hash.unwrap_or_else(|| self.hash(&flow.reply_key(&self.snat)));
         let reply = flow.reply_key(&self.snat);
         // The reply bucket is a miss of its own; let it arrive while the
