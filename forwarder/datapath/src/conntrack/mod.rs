@@ -2029,21 +2029,20 @@ impl<A: IpFamily> Conntrack<A> {
         hit: &mut FlowHit<A>,
     ) -> Result<(), InsertError> {
         let stats = &self.worker(meta.worker).stats;
-        // An IPv4 reply key is hashed from a key of its own, built from
-        // the flow's fields, before `reply` is: the hash of `reply`, which
-        // the links below take by reference and so is stored to the stack
-        // field by field, read its two addresses back as one 8-byte load
-        // that no single store could forward. On the gateway's core that
-        // wait held 11-14% of this function's samples (benches/RESULTS.md,
-        // session 44). A copy of `reply` does not do: the compiler reads
-        // the stack copy again. An IPv6 key's 16-byte halves are read as
-        // they were stored, and a second key cost it 7 instructions.
-        let ipv4_hash = (A::BYTES == 4)
-            .then(|| reply_hash.unwrap_or_else(|| self.hash(&flow.reply_key(&self.snat))));
+        // An IPv4 reply key is hashed from a key of its own, before
+        // `reply` is built: the links below take `reply` by reference, so
+        // it is stored to the stack field by field, and its hash read the
+        // two addresses back as one 8-byte load that no single store could
+        // forward (11-14% of this function's samples on the gateway's
+        // core; benches/RESULTS.md, session 44). Hashing a copy of `reply`
+        // reads the stack again. An IPv6 key's 16-byte halves are read as
+        // stored, and a second key would cost it 7 instructions.
+        let reply_hash = match reply_hash {
+            None if A::BYTES == 4 => Some(self.hash(&flow.reply_key(&self.snat))),
+            given => given,
+        };
         let reply = flow.reply_key(&self.snat);
-        let reply_hash = ipv4_hash
-            .or(reply_hash)
-            .unwrap_or_else(|| self.hash(&reply));
+        let reply_hash = reply_hash.unwrap_or_else(|| self.hash(&reply));
         // The reply bucket is a miss of its own; let it arrive while the
         // record is written and room is made.
         self.index.prefetch_for_write(reply_hash);
