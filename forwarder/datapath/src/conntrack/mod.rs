@@ -678,9 +678,13 @@ impl<A: IpFamily> FlowData<A> {
     /// then reads with wide loads, and every such load waits for the
     /// stores to retire (a store-forwarding stall; see RESULTS, session
     /// 17). The caller reads the fields it needs one by one.
+    ///
+    /// The flow is taken by value: by reference, a lookup's hit stored
+    /// the flow's four ports to the stack, where nothing read them (8
+    /// instructions a lookup, benches/RESULTS.md, session 45).
     #[inline]
     fn write_hit(
-        &self,
+        self,
         id: RecordId,
         direction: Direction,
         bits: u8,
@@ -1712,9 +1716,22 @@ impl<A: IpFamily> Conntrack<A> {
     /// IPv4 SYN flood ran 4 instructions fewer per new flow and took 3%
     /// longer (benches/RESULTS.md, session 27). Lookups inline
     /// [`Conntrack::lookup_match`] instead.
+    ///
+    /// Compares the decoded flow's key, where a lookup compares the
+    /// record's words ([`Slab::read_holding`]): an insert's checks
+    /// rarely find a record to compare, and the words' compare had the
+    /// key's encoding hoisted out of their loops onto every insert (a
+    /// new flow with source NAT 1,902 -> 1,920 instructions; this way
+    /// 1,908, benches/RESULTS.md, session 45).
     #[inline]
     fn live_match(&self, id: RecordId, direction: Direction, key: &FlowKey<A>) -> Option<Found<A>> {
-        self.lookup_match(id, direction, key)
+        let (flow, life) = self.slab.read(id)?;
+        (flow.key(direction, &self.snat) == *key).then_some(Found {
+            id,
+            direction,
+            flow,
+            life,
+        })
     }
 
     /// [`Conntrack::live_match`] for a lookup, always inlined. Left to the
@@ -1723,6 +1740,12 @@ impl<A: IpFamily> Conntrack<A> {
     /// lookup waited for the stores (a store-forwarding stall: batched
     /// IPv6 lookups of cached flows took 40 ns instead of 30,
     /// benches/RESULTS.md, session 27).
+    ///
+    /// The key is compared against the record's words as stored, and
+    /// only a match decoded ([`Slab::read_holding`]): decoded first, the
+    /// whole flow was worked out (and partly spilled) before the compare,
+    /// and batched lookups ran 246 instructions against 231
+    /// (benches/RESULTS.md, session 45).
     #[inline(always)]
     fn lookup_match(
         &self,
@@ -1730,8 +1753,10 @@ impl<A: IpFamily> Conntrack<A> {
         direction: Direction,
         key: &FlowKey<A>,
     ) -> Option<Found<A>> {
-        let (flow, life) = self.slab.read(id)?;
-        (flow.key(direction, &self.snat) == *key).then_some(Found {
+        let (flow, life) = self
+            .slab
+            .read_holding(id, direction, key, |i| self.snat.address(i))?;
+        Some(Found {
             id,
             direction,
             flow,

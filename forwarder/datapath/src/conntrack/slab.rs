@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use cipgw_config::Protocol;
 
 use super::persist::TableFile;
+use super::{Direction, FlowKey};
 
 /// A record index; 0 is never used, so a slot word of 0 can mean empty.
 pub(super) type RecordId = u32;
@@ -87,17 +88,34 @@ pub trait RecordLayout: Copy + Eq + Debug + Sized + 'static {
     fn encode(flow: &FlowData<Self>, vip_index: u8) -> Self::Words;
     /// The flow of `words`, its VIP prefix (if any) read from `vips`.
     fn decode(words: &Self::Words, vips: &VipPrefixTable) -> FlowData<Self>;
+    /// Whether `words` hold a flow whose `direction` key is `key`, its
+    /// SNAT index naming the address `snat_address` gives for it and
+    /// its VIP prefix read from `vips`: the same answer as decoding
+    /// them and comparing the flow's key, from only the fields that key
+    /// is made of, compared as stored.
+    fn holds(
+        words: &Self::Words,
+        direction: Direction,
+        key: &FlowKey<Self>,
+        snat_address: impl Fn(u8) -> Self,
+        vips: &VipPrefixTable,
+    ) -> bool;
+}
+
+/// The target word's protocol bit.
+#[inline]
+fn protocol_bit(protocol: Protocol) -> u64 {
+    match protocol {
+        Protocol::Tcp => 0,
+        Protocol::Udp => 1,
+    }
 }
 
 #[inline]
 fn encode_target<A>(d: &FlowData<A>) -> u64 {
-    let proto = match d.protocol {
-        Protocol::Tcp => 0u64,
-        Protocol::Udp => 1,
-    };
     (u64::from(d.backend_port) << 48)
         | (u64::from(d.snat_port) << 32)
-        | (proto << 31)
+        | (protocol_bit(d.protocol) << 31)
         | (u64::from(d.snat_index & 0x7f) << 24)
         | u64::from(d.slot.min(MAX_SLOT))
 }
@@ -161,6 +179,36 @@ impl RecordLayout for Ipv4Addr {
             snat_port,
         }
     }
+
+    #[inline]
+    fn holds(
+        &[client, addrs, target]: &[u64; 3],
+        direction: Direction,
+        key: &FlowKey<Self>,
+        snat_address: impl Fn(u8) -> Self,
+        _: &VipPrefixTable,
+    ) -> bool {
+        let protocol = (target >> 31) & 1 == protocol_bit(key.protocol);
+        let (src, dst) = (u64::from(u32::from(key.src)), u64::from(u32::from(key.dst)));
+        match direction {
+            Direction::Forward => {
+                client == (src << 32) | (u64::from(key.src_port) << 16) | u64::from(key.dst_port)
+                    && addrs >> 32 == dst
+                    && protocol
+            }
+            Direction::Reply => {
+                let (backend_port, _, _, snat_index, snat_port) = decode_target(target);
+                addrs as u32 as u64 == src
+                    && backend_port == key.src_port
+                    && protocol
+                    && if snat_index == 0 {
+                        client >> 16 == (dst << 16) | u64::from(key.dst_port)
+                    } else {
+                        snat_port == key.dst_port && snat_address(snat_index) == key.dst
+                    }
+            }
+        }
+    }
 }
 
 /// IPv6: the client address, two words (high half first); the VIP's low
@@ -213,6 +261,42 @@ impl RecordLayout for Ipv6Addr {
             slot,
             snat_index,
             snat_port,
+        }
+    }
+
+    #[inline]
+    fn holds(
+        w: &[u64; 7],
+        direction: Direction,
+        key: &FlowKey<Self>,
+        snat_address: impl Fn(u8) -> Self,
+        vips: &VipPrefixTable,
+    ) -> bool {
+        let halves = |a: Ipv6Addr| {
+            let bits = u128::from(a);
+            [(bits >> 64) as u64, bits as u64]
+        };
+        let protocol = (w[6] >> 31) & 1 == protocol_bit(key.protocol);
+        match direction {
+            Direction::Forward => {
+                let [vip_high, vip_low] = halves(key.dst);
+                halves(key.src) == [w[0], w[1]]
+                    && w[2] == vip_low
+                    && w[5] as u32 == (u32::from(key.src_port) << 16) | u32::from(key.dst_port)
+                    && protocol
+                    && vips.prefix((w[5] >> 32) as u8) == vip_high
+            }
+            Direction::Reply => {
+                let (backend_port, _, _, snat_index, snat_port) = decode_target(w[6]);
+                halves(key.src) == [w[3], w[4]]
+                    && backend_port == key.src_port
+                    && protocol
+                    && if snat_index == 0 {
+                        halves(key.dst) == [w[0], w[1]] && (w[5] >> 16) as u16 == key.dst_port
+                    } else {
+                        snat_port == key.dst_port && snat_address(snat_index) == key.dst
+                    }
+            }
         }
     }
 }
@@ -752,6 +836,29 @@ impl<A: RecordLayout> Slab<A> {
     /// a fifth longer (benches/RESULTS.md, session 20).
     #[inline(always)]
     pub fn read(&self, id: RecordId) -> Option<(FlowData<A>, Life)> {
+        let (words, life) = self.read_words(id)?;
+        Some((A::decode(&words, &self.vips), life))
+    }
+
+    /// [`Slab::read`] of a record whose flow's `direction` key is `key`
+    /// (`None` for any other): the key is compared against the words as
+    /// stored ([`RecordLayout::holds`]), and only a match is decoded.
+    #[inline(always)]
+    pub fn read_holding(
+        &self,
+        id: RecordId,
+        direction: Direction,
+        key: &FlowKey<A>,
+        snat_address: impl Fn(u8) -> A,
+    ) -> Option<(FlowData<A>, Life)> {
+        let (words, life) = self.read_words(id)?;
+        A::holds(&words, direction, key, snat_address, &self.vips)
+            .then(|| (A::decode(&words, &self.vips), life))
+    }
+
+    /// [`Slab::read`]'s words, not decoded.
+    #[inline(always)]
+    fn read_words(&self, id: RecordId) -> Option<(A::Words, Life)> {
         let r = self.record(id)?;
         // Acquire: pairs with the Release in `publish`, so the data words
         // written before the sequence became even are seen.
@@ -770,7 +877,7 @@ impl<A: RecordLayout> Slab<A> {
         if second.seq() != first.seq() {
             return None;
         }
-        Some((A::decode(&words, &self.vips), second))
+        Some((words, second))
     }
 
     /// The flow in a record the caller claimed ([`Slab::claim`]) and has
@@ -1163,6 +1270,125 @@ mod tests {
         assert!(slab.is_canonical(a));
         slab.publish(a, &flow6(4), 1, 0, 7);
         assert!(!slab.is_canonical(a), "index 1 of a one-prefix table");
+    }
+
+    /// Fields of a flow or key, as indexes into small sets of values
+    /// (so that keys often match and every field's difference is tried):
+    /// addresses, ports, protocol; then the flow's slot, SNAT index (3
+    /// names no address of a two-address pool) and SNAT port.
+    type Fields = ([usize; 3], [usize; 3], bool, u32, u8, usize);
+
+    const PORTS: [u16; 4] = [0, 80, 8080, 61000];
+
+    fn protocol(udp: bool) -> Protocol {
+        if udp {
+            Protocol::Udp
+        } else {
+            Protocol::Tcp
+        }
+    }
+
+    /// [`RecordLayout::holds`] answers as decoding the words and
+    /// comparing the flow's key does, in both directions, for the flow's
+    /// own keys, for every key that differs from one in a single field
+    /// (every value of the field's set), and for `key` (fields given by
+    /// `replace`, the rest the direction's own); source NAT from a pool
+    /// of `addrs[0..2]`.
+    fn assert_holds_as_decoded<A: crate::family::IpFamily>(
+        addrs: [A; 4],
+        (a, p, udp, slot, snat_index, snat_port): Fields,
+        replace: [Option<usize>; 5],
+    ) {
+        let flow = FlowData {
+            client: addrs[a[0]],
+            vip: addrs[a[1]],
+            backend: addrs[a[2]],
+            client_port: PORTS[p[0]],
+            vip_port: PORTS[p[1]],
+            backend_port: PORTS[p[2]],
+            protocol: protocol(udp),
+            slot,
+            snat_index,
+            snat_port: PORTS[snat_port],
+        };
+        let snat = super::super::snat::SnatPool::new(&super::super::snat::SnatConfig {
+            addresses: addrs[..2].to_vec(),
+            ports: 1024..=65535,
+        })
+        .expect("a valid pool");
+        let vips = VipPrefixes::owned();
+        let vip_index = A::vip_prefix(&flow)
+            .map_or(Some(0), |prefix| vips.index_or_append(prefix))
+            .expect("room for the VIP prefix");
+        let words = A::encode(&flow, vip_index);
+        let decoded = A::decode(&words, &vips);
+        for direction in [Direction::Forward, Direction::Reply] {
+            let own = decoded.key(direction, &snat);
+            let with = |replace: [Option<usize>; 5]| FlowKey {
+                src: replace[0].map_or(own.src, |i| addrs[i]),
+                dst: replace[1].map_or(own.dst, |i| addrs[i]),
+                src_port: replace[2].map_or(own.src_port, |i| PORTS[i]),
+                dst_port: replace[3].map_or(own.dst_port, |i| PORTS[i]),
+                protocol: replace[4].map_or(own.protocol, |i| protocol(i == 1)),
+            };
+            let one_field = (0..5).flat_map(|field| {
+                (0..4).map(move |value| {
+                    let mut replace = [None; 5];
+                    replace[field] = Some(value % if field == 4 { 2 } else { 4 });
+                    replace
+                })
+            });
+            for key in [own, with(replace)].into_iter().chain(one_field.map(with)) {
+                assert_eq!(
+                    A::holds(&words, direction, &key, |i| snat.address(i), &vips),
+                    key == own,
+                    "{direction:?} key {key:?} of {flow:?}"
+                );
+            }
+        }
+    }
+
+    fn fields() -> impl proptest::strategy::Strategy<Value = Fields> {
+        use proptest::prelude::*;
+        (
+            [0..4usize, 0..4, 0..4],
+            [0..4usize, 0..4, 0..4],
+            any::<bool>(),
+            prop_oneof![Just(0), Just(MAX_SLOT - 1), Just(super::super::NO_SLOT)],
+            0..4u8,
+            0..4usize,
+        )
+    }
+
+    fn replaced() -> impl proptest::strategy::Strategy<Value = [Option<usize>; 5]> {
+        [
+            proptest::option::of(0..4usize),
+            proptest::option::of(0..4usize),
+            proptest::option::of(0..4usize),
+            proptest::option::of(0..4usize),
+            proptest::option::of(0..2usize),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_key_is_held_as_the_decoded_flow_has_it_ipv4(f in fields(), r in replaced()) {
+            let addrs = [[198, 18, 0, 1], [198, 18, 0, 2], [198, 19, 0, 3], [0, 0, 0, 0]];
+            assert_holds_as_decoded(addrs.map(Ipv4Addr::from), f, r);
+        }
+
+        /// Two VIP prefixes (2001:2:0:0 and 2001:2:0:1) and the
+        /// unspecified address, whose prefix is 0.
+        #[test]
+        fn a_key_is_held_as_the_decoded_flow_has_it_ipv6(f in fields(), r in replaced()) {
+            let addrs = [
+                Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1),
+                Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2),
+                Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 1),
+                Ipv6Addr::UNSPECIFIED,
+            ];
+            assert_holds_as_decoded(addrs, f, r);
+        }
     }
 
     #[test]
