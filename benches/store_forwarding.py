@@ -12,13 +12,18 @@ no instruction count (benches/icount.sh does not see them) and move with
 the compiler's stack layout, so check the hot functions with this after
 changes to them, beside the criterion figures.
 
-What it looks at: stack accesses (`OFF(%rsp)`) only, in program order
-within the function's text, with no account of branches: a load is
-reported when it overlaps a store among the WINDOW instructions before
-it and no single such store holds all of it. A hazard on two exclusive
-paths of a branch is a false report; a hazard through another pointer
-than the stack pointer, or across a call, is missed. Read the reported
-lines in `objdump -dl` before acting on them.
+What it looks at: stack accesses only, in program order within the
+function's text, with no account of branches: a load is reported when
+it overlaps a store among the WINDOW instructions before it and no
+single such store holds all of it. A stack access is `OFF(%rsp)`, or
+`OFF(%reg)` where `reg` holds the address of a stack slot: set by
+`lea OFF(%rsp),%reg`, copied by `mov`, or chosen between two such by a
+`cmov` (then the access may be at either; LLVM picks one of two stack
+copies that way, and an IPv6 address read through such a pointer right
+after its halves were stored is the stall of session 45). A hazard on
+two exclusive paths of a branch is a false report; a hazard through any
+other pointer, or across a call, is missed. Read the reported lines in
+`objdump -dl` before acting on them.
 
 Usage: benches/store_forwarding.py BINARY SYMBOL|ADDRESS [WINDOW]
   SYMBOL is a demangled name as `nm -C` prints it (the first function of
@@ -109,32 +114,92 @@ def instructions(binary, start, size):
             yield m.groups()
 
 
+def full_register(reg):
+    """The 64-bit register that `reg` (`%eax`, `%r8d`, `%dil`...) is part of."""
+    reg = reg.lstrip("%")
+    m = re.fullmatch(r"(r\d+)[dwb]?", reg)
+    if m:
+        return m.group(1)
+    m = re.fullmatch(r"[re]?([abcd])[xlh]", reg)
+    if m:
+        return f"r{m.group(1)}x"
+    m = re.fullmatch(r"[re]?(si|di|bp|sp)l?", reg)
+    if m:
+        return f"r{m.group(1)}"
+    return reg
+
+
+def stack_offsets(address, pointers):
+    """The stack offsets a memory operand `D(%reg)` may name, or None."""
+    m = re.fullmatch(r"(-?0x[0-9a-f]+|)\((%\w+)\)", address)
+    if not m:
+        return None
+    displacement = int(m.group(1) or "0", 16)
+    reg = full_register(m.group(2))
+    if reg == "rsp":
+        return {displacement}
+    if reg in pointers:
+        return {base + displacement for base in pointers[reg]}
+    return None
+
+
 def hazards(binary, wanted, window):
     start, size, name = function_range(binary, wanted)
     stores = []  # (instruction number, offset, width)
+    pointers = {}  # register -> the stack offsets it may point at
     for n, (address, op, args) in enumerate(instructions(binary, start, size)):
         if op.startswith("call"):
             stores = []
+            pointers = {}
             continue
-        if not op.startswith("mov"):
+        operands = re.findall(r"(?:[^,(]|\([^)]*\))+", args)
+        destination = operands[-1] if operands else ""
+        if op.startswith(("cmp", "test", "bt", "push", "j", "nop")):
+            destination = ""
+        target = full_register(destination) if destination.startswith("%") else None
+        source = operands[0] if len(operands) == 2 else ""
+        if op.startswith("lea") and target:
+            pointed = stack_offsets(source, {})
+            pointers.pop(target, None)
+            if pointed is not None and full_register(source.split("(")[1].rstrip(")")) == "rsp":
+                pointers[target] = pointed
             continue
-        store = re.fullmatch(r"(\S+),(-?0x[0-9a-f]+|)\(%rsp\)", args)
-        if store:
-            offset = int(store.group(2) or "0", 16)
-            stores.append((n, offset, access_width(op, store.group(1))))
+        if op in ("mov", "movq") and target and source.startswith("%"):
+            copied = pointers.get(full_register(source))
+            pointers.pop(target, None)
+            if copied is not None and register_width(source) == 8:
+                pointers[target] = copied
             continue
-        load = re.fullmatch(r"(-?0x[0-9a-f]+|)\(%rsp\),(%\w+)", args)
-        if not load:
+        if op.startswith("cmov") and target and source.startswith("%"):
+            chosen = pointers.get(full_register(source))
+            kept = pointers.get(target)
+            pointers.pop(target, None)
+            if chosen is not None and kept is not None:
+                pointers[target] = chosen | kept
             continue
-        offset = int(load.group(1) or "0", 16)
-        width = access_width(op, load.group(2))
+        if target and not op.startswith("mov"):
+            pointers.pop(target, None)
+        if not op.startswith("mov") or len(operands) != 2:
+            continue
+        stored_at = stack_offsets(destination, pointers)
+        if stored_at is not None:
+            width = access_width(op, source)
+            stores.extend((n, offset, width) for offset in stored_at)
+            continue
+        if target:
+            pointers.pop(target, None)
+        loaded_at = stack_offsets(source, pointers)
+        if loaded_at is None or not target:
+            continue
+        width = access_width(op, destination)
         recent = [s for s in stores if n - s[0] <= window]
-        overlapping = [s for s in recent if s[1] < offset + width and offset < s[1] + s[2]]
-        if overlapping and not any(
-            s[1] <= offset and offset + width <= s[1] + s[2] for s in overlapping
-        ):
-            spans = ", ".join(f"{s[2]} bytes at {s[1]:#x}" for s in overlapping)
-            yield f"{address}: {op} {args}: {width} bytes at {offset:#x} over stores of {spans}"
+        for offset in sorted(loaded_at):
+            overlapping = [s for s in recent if s[1] < offset + width and offset < s[1] + s[2]]
+            if overlapping and not any(
+                s[1] <= offset and offset + width <= s[1] + s[2] for s in overlapping
+            ):
+                spans = ", ".join(f"{s[2]} bytes at {s[1]:#x}" for s in overlapping)
+                yield f"{address}: {op} {args}: {width} bytes at {offset:#x} over stores of {spans}"
     print(f"{name} at {start:#x}, {size} bytes", file=sys.stderr)
 
 
