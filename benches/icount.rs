@@ -11,7 +11,8 @@
 //! worker's prefetch pass before each) and `established_spread` (as
 //! `packet_path`'s `established_1M`, over 2^18 flows: batched, and
 //! nearly every packet a miss of the worker's flow cache) and
-//! `established_churn` (`established_batched` while one other replied
+//! `reply_spread` (the same flows' replies, as `packet_path`'s
+//! `reply_1M`) and `established_churn` (`established_batched` while one other replied
 //! flow leaves the table per batch, as connections end on a busy
 //! gateway) and `new_flow_batched` (`new_flow_1` batched as a worker
 //! runs it: the second pass picks each new flow's backend) and
@@ -60,7 +61,8 @@ fn main() {
             ("established", &|n| tracked(n, false)),
             ("reply", &|n| tracked(n, true)),
             ("established_batched", &|n| batched(n)),
-            ("established_spread", &|n| spread(n)),
+            ("established_spread", &|n| spread(n, false)),
+            ("reply_spread", &|n| spread(n, true)),
             ("established_churn", &|n| churn(n)),
             ("established_unreplied", &|n| unreplied(n)),
             ("new_flow_1", &|n| new_flows(n, 1)),
@@ -125,6 +127,18 @@ fn in_batches(
     ctx: &BatchContext<'_>,
     packets: usize,
     len: usize,
+    write: impl FnMut(&mut [u8], usize),
+) {
+    in_batches_from(p, ctx, packets, len, 0, write);
+}
+
+/// [`in_batches`] for frames that arrive on port `ingress`.
+fn in_batches_from(
+    p: &mut Pipeline,
+    ctx: &BatchContext<'_>,
+    packets: usize,
+    len: usize,
+    ingress: u8,
     mut write: impl FnMut(&mut [u8], usize),
 ) {
     const BATCH: usize = 64;
@@ -141,7 +155,7 @@ fn in_batches(
         }
         p.prefetch_flows(ctx);
         for buf in &mut scratch[..n] {
-            black_box(p.process(buf, len, 0, ctx));
+            black_box(p.process(buf, len, ingress.into(), ctx));
         }
         sent += n;
     }
@@ -219,9 +233,10 @@ const SPREAD_FLOWS: usize = 1 << 18;
 
 /// `packets` packets over [`SPREAD_FLOWS`] live, replied, assured
 /// flows, packet `k` of flow `k * 0x9e3779b9 mod 2^18` (as
-/// `packet_path`'s `established_1M`), batched as a worker runs them
+/// `packet_path`'s `established_1M`; with `reply`, the flow's reply from
+/// its Pod, as `reply_1M`), batched as a worker runs them
 /// ([`in_batches`]).
-fn spread(packets: usize) {
+fn spread(packets: usize, reply: bool) {
     let pods = [addr::POD1, addr::POD2, addr::POD3];
     let net = Net::two_arm()
         .route([198, 18, 1, 0], 24, CLIENT_IFINDEX, None)
@@ -244,10 +259,17 @@ fn spread(packets: usize) {
     let base = frame((client(0), 1), (VIP, 8080));
     let len = base.len();
     let mut f = base.clone();
+    // Each flow's Pod, by its index in `pods`.
+    let mut pod_of = Vec::with_capacity(SPREAD_FLOWS);
     for i in 0..SPREAD_FLOWS {
         new_flow_frame(&mut f, &base, i);
         p.process(&mut f, len, 0, &ctx);
         let pod = [f[30], f[31], f[32], f[33]];
+        pod_of.push(
+            pods.iter()
+                .position(|&p| p == pod)
+                .expect("one of the Pods") as u8,
+        );
         let mut r = frame((pod, 5678), ([198, 18, 1, (i >> 16) as u8], i as u16));
         p.process(&mut r, len, 1, &ctx);
     }
@@ -259,9 +281,21 @@ fn spread(packets: usize) {
         new_flow_frame(&mut f, &base, i);
         p.process(&mut f, len, 0, &ctx);
     }
-    in_batches(&mut p, &ctx, packets, len, |buf, i| {
+    if !reply {
+        in_batches(&mut p, &ctx, packets, len, |buf, i| {
+            let flow = i.wrapping_mul(0x9e37_79b9) & (SPREAD_FLOWS - 1);
+            new_flow_frame(buf, &base, flow);
+        });
+        return;
+    }
+    // A Pod's reply with the flow's client address and port written in
+    // (checksums left stale, as `new_flow_frame` leaves them).
+    let replies = pods.map(|pod| frame((pod, 5678), ([198, 18, 1, 0], 0)));
+    in_batches_from(&mut p, &ctx, packets, len, 1, |buf, i| {
         let flow = i.wrapping_mul(0x9e37_79b9) & (SPREAD_FLOWS - 1);
-        new_flow_frame(buf, &base, flow);
+        buf.copy_from_slice(&replies[usize::from(pod_of[flow])]);
+        buf[33] = (flow >> 16) as u8;
+        buf[36..38].copy_from_slice(&(flow as u16).to_be_bytes());
     });
 }
 

@@ -13,6 +13,7 @@
 #   --cases      which cases (default: established,reply,new_flow_1,
 #                new_flow_10000; also established_batched, as a worker
 #                runs it, established_spread over 2^18 flows,
+#                reply_spread, their replies,
 #                established_churn, batched while other connections
 #                end, established_unreplied, batched over UDP flows
 #                that never had a reply (the veth udp-est), and
