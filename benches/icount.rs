@@ -155,7 +155,7 @@ fn in_batches_from(
         }
         p.prefetch_flows(ctx);
         for buf in &mut scratch[..n] {
-            black_box(p.process(buf, len, ingress.into(), ctx));
+            black_box(p.process(buf, len, ingress, ctx));
         }
         sent += n;
     }
