@@ -1732,8 +1732,9 @@ impl<A: IpFamily> Conntrack<A> {
     /// record's words ([`Slab::read_holding`]): an insert's checks
     /// rarely find a record to compare, and the words' compare had the
     /// key's encoding hoisted out of their loops onto every insert (a
-    /// new flow with source NAT 1,902 -> 1,920 instructions; this way
-    /// 1,908, benches/RESULTS.md, session 45).
+    /// new flow with source NAT through a full table 1,902 -> 1,920
+    /// instructions, against 1,903 this way; benches/RESULTS.md,
+    /// session 45).
     #[inline]
     fn live_match(&self, id: RecordId, direction: Direction, key: &FlowKey<A>) -> Option<Found<A>> {
         let (flow, life) = self.slab.read(id)?;

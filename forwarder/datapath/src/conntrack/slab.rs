@@ -6,7 +6,9 @@
 //! lookup touches one), an IPv6 record 64 bytes, one line (the client and
 //! backend addresses whole, the VIP's low half and an index into the
 //! table's VIP prefixes ([`VipPrefixTable`]), and the same ports, target
-//! and life words).
+//! and life words). A lookup compares its key against a record's words
+//! as they are stored ([`RecordLayout::holds`]) and decodes only the
+//! record that matches.
 //!
 //! Readers never lock. A record is a sequence lock in the style of the
 //! kernel's seqcount: its `life` word carries a sequence number that is
@@ -211,6 +213,13 @@ impl RecordLayout for Ipv4Addr {
     }
 }
 
+/// An IPv6 address as a record holds it: two words, high half first.
+#[inline]
+fn halves(addr: Ipv6Addr) -> [u64; 2] {
+    let bits = u128::from(addr);
+    [(bits >> 64) as u64, bits as u64]
+}
+
 /// IPv6: the client address, two words (high half first); the VIP's low
 /// half; the backend address, two words; the VIP's prefix index (bits
 /// 32..40 of word 5: its high half is the table's VIP prefix of that
@@ -229,10 +238,6 @@ impl RecordLayout for Ipv6Addr {
 
     #[inline]
     fn encode(d: &FlowData<Self>, vip_index: u8) -> [u64; 7] {
-        let halves = |a: Ipv6Addr| {
-            let bits = u128::from(a);
-            [(bits >> 64) as u64, bits as u64]
-        };
         let [c0, c1] = halves(d.client);
         let [b0, b1] = halves(d.backend);
         [
@@ -272,10 +277,6 @@ impl RecordLayout for Ipv6Addr {
         snat_address: impl Fn(u8) -> Self,
         vips: &VipPrefixTable,
     ) -> bool {
-        let halves = |a: Ipv6Addr| {
-            let bits = u128::from(a);
-            [(bits >> 64) as u64, bits as u64]
-        };
         let protocol = (w[6] >> 31) & 1 == protocol_bit(key.protocol);
         match direction {
             Direction::Forward => {
