@@ -159,9 +159,10 @@ def hazards(binary, wanted, window):
         target = full_register(destination) if destination.startswith("%") else None
         source = operands[0] if len(operands) == 2 else ""
         if op.startswith("lea") and target:
+            # With no pointers known, only an `OFF(%rsp)` source is a slot.
             pointed = stack_offsets(source, {})
             pointers.pop(target, None)
-            if pointed is not None and full_register(source.split("(")[1].rstrip(")")) == "rsp":
+            if pointed is not None:
                 pointers[target] = pointed
             continue
         if op in ("mov", "movq") and target and source.startswith("%"):
